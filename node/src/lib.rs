@@ -1,0 +1,9 @@
+//! What every depotmesh node shares: the blob store (blobs, bao outboards, verified ranges, durable
+//! progress), the sans-IO transfer engine (which range from which peer, retries, bans), the link
+//! policy (which link may carry which priority class now), the libp2p/tokio runtime that drives
+//! them, and metrics.
+//!
+//! It must never store, forward or hand on a byte that has not been verified against its blob's
+//! BLAKE3 root, and never record a range as held before that range is durable. The decision logic
+//! must never reach for sockets, files or the clock itself: it is fed `now` and events and returns
+//! actions, so that `netsim` can drive the same code for a whole fleet.

@@ -1,0 +1,20 @@
+//! depotmesh's shared language: content ids, chunk-group ranges, bao-verified range streaming and
+//! the wire messages of the mesh's control traffic.
+//!
+//! Every other crate stands on this one, and every byte that moves between nodes is checked with
+//! it: a chunk group is verified against its blob's BLAKE3 root before anyone may store, forward
+//! or flash it.
+//!
+//! This crate must never do I/O of its own (no files, sockets, clocks or async runtime: callers
+//! hand it bytes or a `Read`/`Write`), never panic on bytes from a peer, and never allocate more
+//! for a decoded message than the protocol's limits allow.
+
+#![forbid(unsafe_code)]
+
+pub mod bao;
+mod blob_id;
+mod ranges;
+pub mod wire;
+
+pub use blob_id::{BlobId, ParseBlobIdError};
+pub use ranges::{ChunkGroup, ChunkGroupRanges};

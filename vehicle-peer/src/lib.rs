@@ -1,0 +1,7 @@
+//! The vehicle role, on the gateway: the update agent that fetches verified pieces from the depot
+//! and from neighbouring vehicles, the link policy's cellular fallback, delta apply, and the
+//! flasher with its A/B bank and boot-control drivers.
+//!
+//! It must never install software that is unsigned, older than what runs, stale, or meant for other
+//! hardware; never write the bank an ECU runs from; and never leave an ECU without one bootable,
+//! verified bank, whatever instant the power is cut. Memory must not grow with image size.
