@@ -844,6 +844,7 @@ impl<R: Read> VerifiedReader<R> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data sizes are small
 mod tests {
     use super::*;
 

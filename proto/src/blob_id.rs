@@ -103,6 +103,7 @@ impl FromStr for BlobId {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data sizes are small
 mod tests {
     use super::*;
 

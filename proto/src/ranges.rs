@@ -109,6 +109,11 @@ impl ChunkGroupRanges {
         Self(&self.0 - &other.0)
     }
 
+    /// The first `count` ranges of the set.
+    pub fn first_ranges(&self, count: usize) -> Self {
+        self.iter().take(count).collect()
+    }
+
     /// The first `count` groups of the set, in increasing order.
     pub fn first_groups(&self, count: u64) -> Self {
         let mut left = count;
@@ -161,6 +166,7 @@ impl fmt::Display for ChunkGroupRanges {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data sizes are small
 mod tests {
     use super::*;
     use proptest::prelude::*;

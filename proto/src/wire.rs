@@ -1,1 +1,919 @@
+//! The mesh's control messages and their binary codec.
+//!
+//! # Goals
+//! - Let a node ask a peer for chunk groups of a blob ([`RangeRequest`]), learn which groups a peer
+//!   holds ([`HaveQuery`], [`Have`]), stop a request ([`Cancel`]) and hear why something was
+//!   refused ([`ErrorMessage`]).
+//! - Decode untrusted bytes without panicking, with a hard limit on message size
+//!   ([`MAX_MESSAGE_BYTES`]) and on what a decoded message may allocate, and with errors that name
+//!   the field and byte offset that were wrong.
+//! - One canonical encoding per message, so a decoded message re-encodes to the same bytes.
+//!
+//! # Non-goals
+//! - Carrying blob bytes: a [`RangeRequest`] is answered by a [`RangeResponse`] followed by the bao
+//!   stream of [`crate::bao`], whose every chunk group is verified on arrival. These messages are
+//!   not authenticated; nothing in them is trusted beyond "this peer says so".
+//! - Peer identity, encryption and transport: libp2p's QUIC connection provides them.
+//!
+//! # Framing
+//! Every message is one frame:
+//!
+//! ```text
+//! length  u32 little-endian   bytes that follow, 2 ..= MAX_MESSAGE_BYTES
+//! version u8                  WIRE_VERSION (1)
+//! kind    u8                  which message
+//! body    length - 2 bytes    the message's fields, in order
+//! ```
+//!
+//! Integers in bodies are unsigned LEB128 varints (at most 10 bytes, no redundant trailing zero
+//! bytes); a [`BlobId`] is its 32 raw bytes; an optional value is a `0` or `1` byte then the value;
+//! text is a varint byte length then UTF-8. A set of chunk groups is a varint count of ranges,
+//! then per range the gap from the end of the previous range (from 0 for the first; at least 1
+//! after the first, as ranges never touch) and the range's length (at least 1).
 
+use std::fmt;
+
+use crate::{BlobId, ChunkGroupRanges};
+
+/// The protocol id under which nodes speak this protocol (a libp2p stream protocol name).
+pub const PROTOCOL_ID: &str = "/depotmesh/mesh/1";
+/// The version byte of every frame this code writes and reads.
+pub const WIRE_VERSION: u8 = 1;
+/// The most bytes a frame may hold after its length prefix.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The most ranges one set of chunk groups may hold on the wire. A decoded set holds at most
+/// `2 * MAX_RANGES` boundaries of 8 bytes: exactly [`MAX_MESSAGE_BYTES`].
+pub const MAX_RANGES: usize = MAX_MESSAGE_BYTES / 16;
+/// The most bytes of an error's human-readable detail.
+pub const MAX_DETAIL_BYTES: usize = 256;
+/// The highest chunk group a set may name: a blob of [`crate::bao::MAX_BLOB_SIZE`] bytes has no
+/// group beyond this even at the smallest (1 KiB) group size.
+pub const MAX_GROUP: u64 = crate::bao::MAX_BLOB_SIZE / 1024;
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// Asks a peer for the bao encoding of some chunk groups of a blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeRequest {
+    /// Chosen by the requester; echoed in the response, a cancel or an error.
+    pub request_id: u64,
+    /// The blob.
+    pub blob: BlobId,
+    /// The groups wanted.
+    pub groups: ChunkGroupRanges,
+}
+
+/// Announces the groups that follow a request as a bao stream: those of the requested groups
+/// the peer holds. The bao stream for exactly these groups comes next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeResponse {
+    /// The request answered.
+    pub request_id: u64,
+    /// The groups that follow.
+    pub groups: ChunkGroupRanges,
+}
+
+/// Withdraws a request; the peer stops sending its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cancel {
+    /// The request withdrawn.
+    pub request_id: u64,
+}
+
+/// Asks which groups of a blob a peer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HaveQuery {
+    /// The blob.
+    pub blob: BlobId,
+}
+
+/// The groups of a blob a node holds, verified: the answer to a [`HaveQuery`], or sent unasked
+/// when it holds more.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Have {
+    /// The blob.
+    pub blob: BlobId,
+    /// The blob's size, when the sender has verified it (it holds the last group, or the size
+    /// came from signed metadata).
+    pub size: Option<u64>,
+    /// The groups held. A node holding more than [`MAX_RANGES`] separate ranges sends the
+    /// first ones ([`ChunkGroupRanges::first_ranges`]).
+    pub groups: ChunkGroupRanges,
+}
+
+/// Why a peer refused or failed a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorCode {
+    /// The peer does not know the blob.
+    NotFound,
+    /// The peer holds none of the groups asked for.
+    NotHeld,
+    /// The peer serves too many requests now; ask again later or elsewhere.
+    Busy,
+    /// The request was malformed or broke a limit.
+    BadRequest,
+    /// The peer failed on its side (e.g. its copy failed verification).
+    Internal,
+    /// A code this version does not know, kept so it can be logged.
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    fn to_wire(self) -> u64 {
+        match self {
+            Self::NotFound => 1,
+            Self::NotHeld => 2,
+            Self::Busy => 3,
+            Self::BadRequest => 4,
+            Self::Internal => 5,
+            Self::Unknown(code) => u64::from(code),
+        }
+    }
+
+    fn from_wire(code: u16) -> Self {
+        match code {
+            1 => Self::NotFound,
+            2 => Self::NotHeld,
+            3 => Self::Busy,
+            4 => Self::BadRequest,
+            5 => Self::Internal,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotFound => f.write_str("not found"),
+            Self::NotHeld => f.write_str("not held"),
+            Self::Busy => f.write_str("busy"),
+            Self::BadRequest => f.write_str("bad request"),
+            Self::Internal => f.write_str("internal error"),
+            Self::Unknown(code) => write!(f, "unknown error code {code}"),
+        }
+    }
+}
+
+/// A refusal or failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorMessage {
+    /// The request it answers, if any.
+    pub request_id: Option<u64>,
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// Words for a log, at most [`MAX_DETAIL_BYTES`] bytes.
+    pub detail: String,
+}
+
+impl ErrorMessage {
+    /// An error whose detail is cut (at a character boundary) to [`MAX_DETAIL_BYTES`].
+    pub fn new(request_id: Option<u64>, code: ErrorCode, detail: &str) -> Self {
+        let mut end = detail.len().min(MAX_DETAIL_BYTES);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self {
+            request_id,
+            code,
+            detail: detail[..end].to_owned(),
+        }
+    }
+}
+
+/// A control message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Message {
+    /// See [`RangeRequest`].
+    Request(RangeRequest),
+    /// See [`RangeResponse`].
+    Response(RangeResponse),
+    /// See [`Cancel`].
+    Cancel(Cancel),
+    /// See [`HaveQuery`].
+    HaveQuery(HaveQuery),
+    /// See [`Have`].
+    Have(Have),
+    /// See [`ErrorMessage`].
+    Error(ErrorMessage),
+}
+
+mod kind {
+    pub(super) const REQUEST: u8 = 1;
+    pub(super) const RESPONSE: u8 = 2;
+    pub(super) const CANCEL: u8 = 3;
+    pub(super) const HAVE_QUERY: u8 = 4;
+    pub(super) const HAVE: u8 = 5;
+    pub(super) const ERROR: u8 = 6;
+}
+
+/// Why bytes from a peer are not a valid message. Offsets count from the start of the frame,
+/// length prefix included.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The length prefix announces more than [`MAX_MESSAGE_BYTES`].
+    #[error("frame of {length} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")]
+    FrameTooLarge {
+        /// The announced length.
+        length: u64,
+    },
+    /// The length prefix announces less than a version and a kind byte.
+    #[error("frame of {length} bytes is too short for a version and a kind")]
+    FrameTooShort {
+        /// The announced length.
+        length: u64,
+    },
+    /// The frame has a version this code does not speak.
+    #[error("frame version {found} is not supported (this node speaks {WIRE_VERSION})")]
+    UnsupportedVersion {
+        /// The version byte.
+        found: u8,
+    },
+    /// The kind byte names no known message.
+    #[error("unknown message kind {kind}")]
+    UnknownKind {
+        /// The kind byte.
+        kind: u8,
+    },
+    /// The frame ended inside a field.
+    #[error("frame ends inside field `{field}` at byte {offset}")]
+    Truncated {
+        /// The field.
+        field: &'static str,
+        /// Where it started.
+        offset: usize,
+    },
+    /// A varint is longer than 10 bytes, overflows 64 bits or is not minimal.
+    #[error("field `{field}` at byte {offset} is not a valid varint")]
+    BadVarint {
+        /// The field.
+        field: &'static str,
+        /// Where it started.
+        offset: usize,
+    },
+    /// A field holds a value outside its allowed range.
+    #[error("field `{field}` at byte {offset} has invalid value {value}")]
+    InvalidValue {
+        /// The field.
+        field: &'static str,
+        /// Where it started.
+        offset: usize,
+        /// The value found.
+        value: u64,
+    },
+    /// A set of chunk groups holds more than [`MAX_RANGES`] ranges.
+    #[error("field `{field}` at byte {offset} holds {count} ranges, more than {MAX_RANGES}")]
+    TooManyRanges {
+        /// The field.
+        field: &'static str,
+        /// Where it started.
+        offset: usize,
+        /// The count found.
+        count: u64,
+    },
+    /// A text field is not UTF-8 or is longer than allowed.
+    #[error("field `{field}` at byte {offset} is not UTF-8 text of at most {max} bytes")]
+    BadText {
+        /// The field.
+        field: &'static str,
+        /// Where it started.
+        offset: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Bytes are left after the last field.
+    #[error("{count} unexpected bytes after the message, at byte {offset}")]
+    TrailingBytes {
+        /// Where they start.
+        offset: usize,
+        /// How many.
+        count: usize,
+    },
+}
+
+/// Why a message cannot be encoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A set of chunk groups holds more ranges than a message may carry.
+    #[error("set of chunk groups holds {count} ranges, more than {MAX_RANGES}")]
+    TooManyRanges {
+        /// How many ranges.
+        count: usize,
+    },
+    /// A chunk group lies above [`MAX_GROUP`].
+    #[error("chunk group {group} lies above the limit of {MAX_GROUP}")]
+    GroupTooHigh {
+        /// The group boundary.
+        group: u64,
+    },
+    /// The message would exceed [`MAX_MESSAGE_BYTES`].
+    #[error("message of {length} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")]
+    TooLarge {
+        /// Its length.
+        length: usize,
+    },
+    /// An error detail is longer than [`MAX_DETAIL_BYTES`].
+    #[error("error detail of {length} bytes exceeds {MAX_DETAIL_BYTES}")]
+    DetailTooLong {
+        /// Its length.
+        length: usize,
+    },
+}
+
+/// Checks a frame's length prefix before anything else is read, so a peer cannot make us buffer
+/// more than [`MAX_MESSAGE_BYTES`]. Returns the number of bytes that follow it.
+pub fn frame_length(prefix: [u8; LENGTH_PREFIX_BYTES]) -> Result<usize, WireError> {
+    let length = u64::from(u32::from_le_bytes(prefix));
+    if length > MAX_MESSAGE_BYTES as u64 {
+        return Err(WireError::FrameTooLarge { length });
+    }
+    if length < 2 {
+        return Err(WireError::FrameTooShort { length });
+    }
+    usize::try_from(length).map_err(|_| WireError::FrameTooLarge { length })
+}
+
+impl Message {
+    /// The frame for this message, length prefix included.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut out = vec![0u8; LENGTH_PREFIX_BYTES];
+        out.push(WIRE_VERSION);
+        match self {
+            Self::Request(request) => {
+                out.push(kind::REQUEST);
+                put_varint(&mut out, request.request_id);
+                out.extend_from_slice(request.blob.as_bytes());
+                put_groups(&mut out, &request.groups)?;
+            }
+            Self::Response(response) => {
+                out.push(kind::RESPONSE);
+                put_varint(&mut out, response.request_id);
+                put_groups(&mut out, &response.groups)?;
+            }
+            Self::Cancel(cancel) => {
+                out.push(kind::CANCEL);
+                put_varint(&mut out, cancel.request_id);
+            }
+            Self::HaveQuery(query) => {
+                out.push(kind::HAVE_QUERY);
+                out.extend_from_slice(query.blob.as_bytes());
+            }
+            Self::Have(have) => {
+                out.push(kind::HAVE);
+                out.extend_from_slice(have.blob.as_bytes());
+                put_optional_varint(&mut out, have.size);
+                put_groups(&mut out, &have.groups)?;
+            }
+            Self::Error(error) => {
+                out.push(kind::ERROR);
+                put_optional_varint(&mut out, error.request_id);
+                put_varint(&mut out, error.code.to_wire());
+                if error.detail.len() > MAX_DETAIL_BYTES {
+                    return Err(EncodeError::DetailTooLong {
+                        length: error.detail.len(),
+                    });
+                }
+                put_varint(&mut out, error.detail.len() as u64);
+                out.extend_from_slice(error.detail.as_bytes());
+            }
+        }
+        // Groups stay below 2^32 (5-byte varints), so MAX_RANGES ranges take at most 40 KiB and
+        // every message fits; the check keeps that true if a field is ever added.
+        let length = out.len() - LENGTH_PREFIX_BYTES;
+        let prefix = u32::try_from(length)
+            .ok()
+            .filter(|_| length <= MAX_MESSAGE_BYTES)
+            .ok_or(EncodeError::TooLarge { length })?;
+        out[..LENGTH_PREFIX_BYTES].copy_from_slice(&prefix.to_le_bytes());
+        Ok(out)
+    }
+
+    /// Decodes the first frame in `bytes`: `Ok(None)` when `bytes` holds only part of it (read
+    /// more), else the message and the number of bytes it took.
+    pub fn decode_frame(bytes: &[u8]) -> Result<Option<(Self, usize)>, WireError> {
+        let Some(prefix) = bytes.first_chunk::<LENGTH_PREFIX_BYTES>() else {
+            return Ok(None);
+        };
+        let length = frame_length(*prefix)?;
+        let end = LENGTH_PREFIX_BYTES + length;
+        let Some(body) = bytes.get(LENGTH_PREFIX_BYTES..end) else {
+            return Ok(None);
+        };
+        Ok(Some((Self::decode_body(body)?, end)))
+    }
+
+    /// Decodes the bytes after a frame's length prefix (as checked by [`frame_length`]).
+    pub fn decode_body(body: &[u8]) -> Result<Self, WireError> {
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(WireError::FrameTooLarge {
+                length: body.len() as u64,
+            });
+        }
+        let mut reader = Reader {
+            bytes: body,
+            position: 0,
+        };
+        let version = reader.byte("version")?;
+        if version != WIRE_VERSION {
+            return Err(WireError::UnsupportedVersion { found: version });
+        }
+        let kind = reader.byte("kind")?;
+        let message = match kind {
+            kind::REQUEST => Self::Request(RangeRequest {
+                request_id: reader.varint("request_id")?,
+                blob: reader.blob_id("blob")?,
+                groups: reader.groups("groups")?,
+            }),
+            kind::RESPONSE => Self::Response(RangeResponse {
+                request_id: reader.varint("request_id")?,
+                groups: reader.groups("groups")?,
+            }),
+            kind::CANCEL => Self::Cancel(Cancel {
+                request_id: reader.varint("request_id")?,
+            }),
+            kind::HAVE_QUERY => Self::HaveQuery(HaveQuery {
+                blob: reader.blob_id("blob")?,
+            }),
+            kind::HAVE => Self::Have(Have {
+                blob: reader.blob_id("blob")?,
+                size: reader.optional_varint("size")?,
+                groups: reader.groups("groups")?,
+            }),
+            kind::ERROR => {
+                let request_id = reader.optional_varint("request_id")?;
+                let offset = reader.offset();
+                let code = reader.varint("code")?;
+                let code = u16::try_from(code).map_err(|_| WireError::InvalidValue {
+                    field: "code",
+                    offset,
+                    value: code,
+                })?;
+                Self::Error(ErrorMessage {
+                    request_id,
+                    code: ErrorCode::from_wire(code),
+                    detail: reader.text("detail", MAX_DETAIL_BYTES)?,
+                })
+            }
+            kind => return Err(WireError::UnknownKind { kind }),
+        };
+        let left = reader.bytes.len() - reader.position;
+        if left > 0 {
+            return Err(WireError::TrailingBytes {
+                offset: reader.offset(),
+                count: left,
+            });
+        }
+        Ok(message)
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn put_optional_varint(out: &mut Vec<u8>, value: Option<u64>) {
+    match value {
+        None => out.push(0),
+        Some(value) => {
+            out.push(1);
+            put_varint(out, value);
+        }
+    }
+}
+
+fn put_groups(out: &mut Vec<u8>, groups: &ChunkGroupRanges) -> Result<(), EncodeError> {
+    let count = groups.boundaries().len() / 2;
+    if count > MAX_RANGES {
+        return Err(EncodeError::TooManyRanges { count });
+    }
+    if groups.end() > MAX_GROUP {
+        return Err(EncodeError::GroupTooHigh {
+            group: groups.end(),
+        });
+    }
+    put_varint(out, count as u64);
+    let mut previous_end = 0;
+    for range in groups.iter() {
+        put_varint(out, range.start - previous_end);
+        put_varint(out, range.end - range.start);
+        previous_end = range.end;
+    }
+    Ok(())
+}
+
+/// A cursor over a frame body that turns every shortfall into an error naming the field.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl Reader<'_> {
+    /// The position as an offset in the whole frame.
+    fn offset(&self) -> usize {
+        self.position + LENGTH_PREFIX_BYTES
+    }
+
+    fn take(&mut self, field: &'static str, len: usize) -> Result<&[u8], WireError> {
+        let offset = self.offset();
+        let end = self
+            .position
+            .checked_add(len)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or(WireError::Truncated { field, offset })?;
+        let taken = &self.bytes[self.position..end];
+        self.position = end;
+        Ok(taken)
+    }
+
+    fn byte(&mut self, field: &'static str) -> Result<u8, WireError> {
+        Ok(self.take(field, 1)?[0])
+    }
+
+    fn blob_id(&mut self, field: &'static str) -> Result<BlobId, WireError> {
+        let mut id = [0u8; BlobId::LEN];
+        id.copy_from_slice(self.take(field, BlobId::LEN)?);
+        Ok(BlobId::from_bytes(id))
+    }
+
+    fn varint(&mut self, field: &'static str) -> Result<u64, WireError> {
+        let offset = self.offset();
+        let mut value = 0u64;
+        for index in 0..10 {
+            let byte = self.byte(field)?;
+            let bits = u64::from(byte & 0x7f);
+            // The tenth byte may only carry the 64th bit.
+            if index == 9 && bits > 1 {
+                return Err(WireError::BadVarint { field, offset });
+            }
+            value |= bits << (7 * index);
+            if byte & 0x80 == 0 {
+                // A final zero byte after the first adds nothing: not minimal, so not canonical.
+                if index > 0 && byte == 0 {
+                    return Err(WireError::BadVarint { field, offset });
+                }
+                return Ok(value);
+            }
+        }
+        Err(WireError::BadVarint { field, offset })
+    }
+
+    fn optional_varint(&mut self, field: &'static str) -> Result<Option<u64>, WireError> {
+        let offset = self.offset();
+        match self.byte(field)? {
+            0 => Ok(None),
+            1 => Ok(Some(self.varint(field)?)),
+            tag => Err(WireError::InvalidValue {
+                field,
+                offset,
+                value: u64::from(tag),
+            }),
+        }
+    }
+
+    fn text(&mut self, field: &'static str, max: usize) -> Result<String, WireError> {
+        let offset = self.offset();
+        let len = self.varint(field)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= max)
+            .ok_or(WireError::BadText { field, offset, max })?;
+        let bytes = self.take(field, len)?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| WireError::BadText { field, offset, max })?;
+        Ok(text.to_owned())
+    }
+
+    fn groups(&mut self, field: &'static str) -> Result<ChunkGroupRanges, WireError> {
+        let offset = self.offset();
+        let claimed = self.varint(field)?;
+        let count = usize::try_from(claimed)
+            .ok()
+            .filter(|&count| count <= MAX_RANGES)
+            .ok_or(WireError::TooManyRanges {
+                field,
+                offset,
+                count: claimed,
+            })?;
+        // Each range takes at least 2 bytes, so the allocation is also bounded by what the
+        // frame actually holds.
+        let left = self.bytes.len() - self.position;
+        let mut boundaries = Vec::with_capacity(2 * count.min(left / 2));
+        let mut previous_end = 0u64;
+        for index in 0..count {
+            let gap_offset = self.offset();
+            let gap = self.varint(field)?;
+            if index > 0 && gap == 0 {
+                // Touching ranges would have been one range: not canonical.
+                return Err(WireError::InvalidValue {
+                    field,
+                    offset: gap_offset,
+                    value: gap,
+                });
+            }
+            let len_offset = self.offset();
+            let len = self.varint(field)?;
+            if len == 0 {
+                return Err(WireError::InvalidValue {
+                    field,
+                    offset: len_offset,
+                    value: len,
+                });
+            }
+            let start = previous_end.checked_add(gap).filter(|&s| s < MAX_GROUP);
+            let end = start
+                .and_then(|start| start.checked_add(len))
+                .filter(|&e| e <= MAX_GROUP);
+            let (Some(start), Some(end)) = (start, end) else {
+                return Err(WireError::InvalidValue {
+                    field,
+                    offset: gap_offset,
+                    value: previous_end.saturating_add(gap).saturating_add(len),
+                });
+            };
+            boundaries.push(start);
+            boundaries.push(end);
+            previous_end = end;
+        }
+        // Gaps >= 1 and lengths >= 1 make the boundaries strictly increasing and even in number.
+        ChunkGroupRanges::from_boundaries(&boundaries).ok_or(WireError::InvalidValue {
+            field,
+            offset,
+            value: claimed,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test data sizes are small
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn blob() -> BlobId {
+        BlobId::of(b"image")
+    }
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Request(RangeRequest {
+                request_id: 7,
+                blob: blob(),
+                groups: [0..4, 9..12].into_iter().collect(),
+            }),
+            Message::Response(RangeResponse {
+                request_id: u64::MAX,
+                groups: (0..1).into(),
+            }),
+            Message::Cancel(Cancel { request_id: 0 }),
+            Message::HaveQuery(HaveQuery { blob: blob() }),
+            Message::Have(Have {
+                blob: blob(),
+                size: Some(123_456_789),
+                groups: ChunkGroupRanges::empty(),
+            }),
+            Message::Have(Have {
+                blob: blob(),
+                size: None,
+                groups: (0..MAX_GROUP).into(),
+            }),
+            Message::Error(ErrorMessage::new(Some(3), ErrorCode::NotHeld, "évicted")),
+            Message::Error(ErrorMessage::new(None, ErrorCode::Unknown(999), "")),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for message in samples() {
+            let frame = message.encode().unwrap();
+            let (decoded, used) = Message::decode_frame(&frame).unwrap().unwrap();
+            assert_eq!(decoded, message);
+            assert_eq!(used, frame.len());
+            // Every proper prefix is "read more", never an error or a panic.
+            for cut in 0..frame.len() {
+                assert_eq!(Message::decode_frame(&frame[..cut]), Ok(None));
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field_and_offset() {
+        let frame = Message::Request(RangeRequest {
+            request_id: 1,
+            blob: blob(),
+            groups: (2..5).into(),
+        })
+        .encode()
+        .unwrap();
+        // Shorten the length prefix by one so the frame ends inside the groups.
+        let mut short = frame.clone();
+        short[0] -= 1;
+        assert_eq!(
+            Message::decode_frame(&short[..frame.len() - 1]),
+            Err(WireError::Truncated {
+                field: "groups",
+                offset: frame.len() - 1
+            })
+        );
+        let mut bad_version = frame.clone();
+        bad_version[4] = 2;
+        assert_eq!(
+            Message::decode_frame(&bad_version),
+            Err(WireError::UnsupportedVersion { found: 2 })
+        );
+        let mut bad_kind = frame.clone();
+        bad_kind[5] = 99;
+        assert_eq!(
+            Message::decode_frame(&bad_kind),
+            Err(WireError::UnknownKind { kind: 99 })
+        );
+        let mut too_large = frame.clone();
+        too_large[..4].copy_from_slice(&(MAX_MESSAGE_BYTES as u32 + 1).to_le_bytes());
+        assert!(matches!(
+            Message::decode_frame(&too_large),
+            Err(WireError::FrameTooLarge { .. })
+        ));
+        let mut trailing = frame.clone();
+        trailing.push(0);
+        trailing[0] += 1;
+        assert_eq!(
+            Message::decode_frame(&trailing),
+            Err(WireError::TrailingBytes {
+                offset: frame.len(),
+                count: 1
+            })
+        );
+        assert!(
+            WireError::Truncated {
+                field: "groups",
+                offset: 44
+            }
+            .to_string()
+            .contains("`groups` at byte 44")
+        );
+    }
+
+    #[test]
+    fn non_canonical_encodings_are_rejected() {
+        // Request id 1 written as the two-byte varint 0x81 0x00.
+        let mut frame = vec![0, 0, 0, 0, WIRE_VERSION, kind::CANCEL, 0x81, 0x00];
+        frame[0] = 4;
+        assert_eq!(
+            Message::decode_frame(&frame),
+            Err(WireError::BadVarint {
+                field: "request_id",
+                offset: 6
+            })
+        );
+        // Two touching ranges (gap 0) in a response.
+        let frame = [8, 0, 0, 0, WIRE_VERSION, kind::RESPONSE, 1, 2, 0, 1, 0, 1];
+        assert_eq!(
+            Message::decode_frame(&frame),
+            Err(WireError::InvalidValue {
+                field: "groups",
+                offset: 10,
+                value: 0
+            })
+        );
+        // An eleven-byte varint.
+        let mut frame = vec![13, 0, 0, 0, WIRE_VERSION, kind::CANCEL];
+        frame.extend([0xff; 10]);
+        frame.push(0x01);
+        assert!(matches!(
+            Message::decode_frame(&frame),
+            Err(WireError::BadVarint { .. })
+        ));
+    }
+
+    #[test]
+    fn limits_hold_on_encode_and_decode() {
+        let many: ChunkGroupRanges = (0..=MAX_RANGES as u64).map(|i| 2 * i..2 * i + 1).collect();
+        let have = Message::Have(Have {
+            blob: blob(),
+            size: None,
+            groups: many.clone(),
+        });
+        assert_eq!(
+            have.encode(),
+            Err(EncodeError::TooManyRanges {
+                count: MAX_RANGES + 1
+            })
+        );
+        // The most fragmented set allowed fits in one frame.
+        let most: ChunkGroupRanges = many.iter().take(MAX_RANGES).collect();
+        let frame = Message::Have(Have {
+            blob: blob(),
+            size: Some(u64::MAX),
+            groups: most,
+        })
+        .encode()
+        .unwrap();
+        assert!(frame.len() - LENGTH_PREFIX_BYTES <= MAX_MESSAGE_BYTES);
+        assert!(Message::decode_frame(&frame).unwrap().is_some());
+        // A count above the limit is refused before anything is read or allocated.
+        let mut frame = vec![0, 0, 0, 0, WIRE_VERSION, kind::RESPONSE, 0];
+        put_varint(&mut frame, u64::MAX >> 1);
+        frame[0] = (frame.len() - 4) as u8;
+        assert!(matches!(
+            Message::decode_frame(&frame),
+            Err(WireError::TooManyRanges { .. })
+        ));
+        assert_eq!(
+            Message::Error(ErrorMessage {
+                request_id: None,
+                code: ErrorCode::Busy,
+                detail: "x".repeat(MAX_DETAIL_BYTES + 1)
+            })
+            .encode(),
+            Err(EncodeError::DetailTooLong {
+                length: MAX_DETAIL_BYTES + 1
+            })
+        );
+        assert_eq!(
+            ErrorMessage::new(None, ErrorCode::Busy, &"é".repeat(200))
+                .detail
+                .len(),
+            256
+        );
+        assert_eq!(
+            Message::Response(RangeResponse {
+                request_id: 0,
+                groups: (0..MAX_GROUP + 1).into()
+            })
+            .encode(),
+            Err(EncodeError::GroupTooHigh {
+                group: MAX_GROUP + 1
+            })
+        );
+    }
+
+    fn groups_strategy() -> impl Strategy<Value = ChunkGroupRanges> {
+        proptest::collection::vec((0u64..MAX_GROUP, 1u64..1000), 0..50).prop_map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(s, l)| s..(s + l).min(MAX_GROUP))
+                .collect()
+        })
+    }
+
+    fn message_strategy() -> impl Strategy<Value = Message> {
+        let blob = any::<[u8; 32]>().prop_map(BlobId::from_bytes);
+        prop_oneof![
+            (any::<u64>(), blob.clone(), groups_strategy()).prop_map(
+                |(request_id, blob, groups)| {
+                    Message::Request(RangeRequest {
+                        request_id,
+                        blob,
+                        groups,
+                    })
+                }
+            ),
+            (any::<u64>(), groups_strategy()).prop_map(|(request_id, groups)| Message::Response(
+                RangeResponse { request_id, groups }
+            )),
+            any::<u64>().prop_map(|request_id| Message::Cancel(Cancel { request_id })),
+            blob.clone()
+                .prop_map(|blob| Message::HaveQuery(HaveQuery { blob })),
+            (blob, any::<Option<u64>>(), groups_strategy())
+                .prop_map(|(blob, size, groups)| Message::Have(Have { blob, size, groups })),
+            (any::<Option<u64>>(), any::<u16>(), ".{0,80}").prop_map(
+                |(request_id, code, detail)| {
+                    Message::Error(ErrorMessage::new(
+                        request_id,
+                        ErrorCode::from_wire(code),
+                        &detail,
+                    ))
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_messages_round_trip(message in message_strategy()) {
+            let frame = message.encode().unwrap();
+            let (decoded, used) = Message::decode_frame(&frame).unwrap().unwrap();
+            prop_assert_eq!(used, frame.len());
+            prop_assert_eq!(decoded, message);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_valid_ones_are_canonical(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            if let Ok(Some((message, used))) = Message::decode_frame(&bytes) {
+                prop_assert_eq!(message.encode().unwrap(), bytes[..used].to_vec());
+            }
+        }
+    }
+}

@@ -2,6 +2,13 @@
 //! sizes 0 … 4 MiB and every boundary size, and corruption of any byte of a response, which must
 //! be rejected with an error naming the chunk group (or the groups whose proof) it hit.
 
+// Test code: small sizes, and a panic is how a test fails.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
 use std::ops::Range;
 
 use proptest::prelude::*;

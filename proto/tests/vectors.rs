@@ -1,6 +1,13 @@
 //! proto against official test vectors from outside the project (`../shared/vectors`): BLAKE3's
 //! 35 cases and bao's encode / outboard / slice cases, every corruption offset included.
 
+// Test code: small sizes, and a panic is how a test fails.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
 use std::path::PathBuf;
 
 use proto::BlobId;
