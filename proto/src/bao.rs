@@ -537,6 +537,28 @@ impl std::fmt::Display for Missing {
     }
 }
 
+/// The next item a [`RangeVerifier`] expects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owed {
+    /// A parent pair proving these groups, kept at this byte offset of the outboard (`None`
+    /// for pairs inside a chunk group, which outboards do not keep).
+    Proof {
+        /// The groups the pair proves.
+        groups: Range<u64>,
+        /// Where the pair sits in the blob's pre-order outboard.
+        outboard_offset: Option<u64>,
+    },
+    /// A group's bytes.
+    Group {
+        /// The group.
+        group: ChunkGroup,
+        /// Its first byte in the blob.
+        offset: u64,
+        /// Its length.
+        len: usize,
+    },
+}
+
 /// Reads the size header of a response and checks it against what the caller expects.
 pub fn check_size_header(
     blob: BlobId,
@@ -561,25 +583,73 @@ pub fn check_size_header(
     }
 }
 
-/// An item of a response that has been checked against the root.
+/// An item of a response that has been checked against the root. Only [`RangeVerifier`] makes
+/// these, so code that takes one (a store writing a group, say) knows it was verified.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verified<'a> {
     /// A parent pair on the path to requested groups; stores keep it in the blob's outboard.
-    Proof {
-        /// The tree node the pair belongs to.
-        node: TreeNode,
-        /// The pair: left and right child hashes.
-        pair: (blake3::Hash, blake3::Hash),
-    },
+    Proof(VerifiedProof),
     /// A chunk group's bytes.
-    Group {
-        /// The group.
-        group: ChunkGroup,
-        /// Its first byte in the blob.
-        offset: u64,
-        /// Its bytes (a full group, or the tail of the blob).
-        data: &'a [u8],
-    },
+    Group(VerifiedGroup<'a>),
+}
+
+/// A parent pair that hashed to its verified parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifiedProof {
+    node: TreeNode,
+    pair: (blake3::Hash, blake3::Hash),
+    outboard_offset: Option<u64>,
+}
+
+impl VerifiedProof {
+    /// The tree node the pair belongs to.
+    pub fn node(&self) -> TreeNode {
+        self.node
+    }
+
+    /// The pair: left and right child hashes.
+    pub fn pair(&self) -> (blake3::Hash, blake3::Hash) {
+        self.pair
+    }
+
+    /// The pair as the 64 bytes an outboard stores.
+    pub fn pair_bytes(&self) -> [u8; PARENT_PAIR_BYTES] {
+        let mut bytes = [0u8; PARENT_PAIR_BYTES];
+        bytes[..32].copy_from_slice(self.pair.0.as_bytes());
+        bytes[32..].copy_from_slice(self.pair.1.as_bytes());
+        bytes
+    }
+
+    /// Where the pair goes in the blob's pre-order outboard, in bytes; `None` for a pair inside
+    /// a chunk group, which outboards do not keep.
+    pub fn outboard_offset(&self) -> Option<u64> {
+        self.outboard_offset
+    }
+}
+
+/// A chunk group's bytes that hashed to what the tree says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VerifiedGroup<'a> {
+    group: ChunkGroup,
+    offset: u64,
+    data: &'a [u8],
+}
+
+impl<'a> VerifiedGroup<'a> {
+    /// The group.
+    pub fn group(&self) -> ChunkGroup {
+        self.group
+    }
+
+    /// Its first byte in the blob.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Its bytes (a full group, or the tail of the blob).
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
 }
 
 /// The sans-IO verifier of one response: it says how many bytes the next item takes
@@ -631,6 +701,31 @@ impl RangeVerifier {
             BaoChunk::Parent { .. } => Some(PARENT_PAIR_BYTES),
             BaoChunk::Leaf { size, .. } => Some(size),
         }
+    }
+
+    /// What the next item is and where a store finds it, for a caller that feeds the verifier
+    /// from its own files (recovery after a crash re-verifies groups this way).
+    pub fn owed(&self) -> Option<Owed> {
+        if self.done {
+            return None;
+        }
+        Some(match self.next? {
+            BaoChunk::Parent { node, .. } => Owed::Proof {
+                groups: self.layout.groups_below(node, self.size),
+                outboard_offset: self
+                    .layout
+                    .tree(self.size)
+                    .pre_order_offset(node)
+                    .map(|slot| slot * PARENT_PAIR_BYTES as u64),
+            },
+            BaoChunk::Leaf {
+                start_chunk, size, ..
+            } => Owed::Group {
+                group: self.layout.group_of_chunk(start_chunk),
+                offset: start_chunk.to_bytes(),
+                len: size,
+            },
+        })
     }
 
     /// What the next item is, for an error when the stream ends before it.
@@ -718,7 +813,15 @@ impl RangeVerifier {
                 if left {
                     self.pending_hashes.push(pair.0);
                 }
-                Ok(Verified::Proof { node, pair })
+                Ok(Verified::Proof(VerifiedProof {
+                    node,
+                    pair,
+                    outboard_offset: self
+                        .layout
+                        .tree(self.size)
+                        .pre_order_offset(node)
+                        .map(|slot| slot * PARENT_PAIR_BYTES as u64),
+                }))
             }
             BaoChunk::Leaf {
                 start_chunk,
@@ -734,11 +837,11 @@ impl RangeVerifier {
                         offset,
                     });
                 }
-                Ok(Verified::Group {
+                Ok(Verified::Group(VerifiedGroup {
                     group,
                     offset,
                     data: bytes,
-                })
+                }))
             }
         }
     }
@@ -835,8 +938,8 @@ impl<R: Read> VerifiedReader<R> {
     ) -> Result<u64, VerifyError> {
         let blob = self.verifier.blob;
         while let Some(item) = self.next_item() {
-            if let Verified::Group { offset, data, .. } = item? {
-                sink(offset, data).map_err(|source| VerifyError::Io { blob, source })?;
+            if let Verified::Group(group) = item? {
+                sink(group.offset(), group.data()).map_err(|source| VerifyError::Io { blob, source })?;
             }
         }
         Ok(self.size())
