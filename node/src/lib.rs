@@ -7,3 +7,5 @@
 //! BLAKE3 root, and never record a range as held before that range is durable. The decision logic
 //! must never reach for sockets, files or the clock itself: it is fed `now` and events and returns
 //! actions, so that `netsim` can drive the same code for a whole fleet.
+
+#![forbid(unsafe_code)]
