@@ -25,7 +25,10 @@
 use std::io::{self, Read, Write};
 use std::ops::Range;
 
-use bao_tree::io::sync::{Outboard as BaoOutboard, OutboardMut, ReadAt, truncate_ranges};
+/// Positioned reads, as bao encoding needs them from data and outboard (implemented for slices,
+/// vectors and files; stores implement it for their own file types).
+pub use bao_tree::io::sync::ReadAt;
+use bao_tree::io::sync::{Outboard as BaoOutboard, OutboardMut, truncate_ranges};
 use bao_tree::iter::{BaoChunk, ResponseIter};
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges, TreeNode};
 
@@ -939,7 +942,8 @@ impl<R: Read> VerifiedReader<R> {
         let blob = self.verifier.blob;
         while let Some(item) = self.next_item() {
             if let Verified::Group(group) = item? {
-                sink(group.offset(), group.data()).map_err(|source| VerifyError::Io { blob, source })?;
+                sink(group.offset(), group.data())
+                    .map_err(|source| VerifyError::Io { blob, source })?;
             }
         }
         Ok(self.size())

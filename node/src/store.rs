@@ -1,0 +1,917 @@
+//! The blob store: blobs as files with their bao outboards, partial blobs with the set of verified
+//! chunk groups they hold, and an index of both that never claims more than a crash could keep.
+//!
+//! # Layout under the storage root
+//! - `blobs/<id>.data`: the blob's bytes at their offsets (a partial blob is a sparse file of the
+//!   full size);
+//! - `blobs/<id>.obao`: its pre-order outboard (parent pairs above its 16 KiB chunk groups);
+//! - `tmp/`: imports in progress;
+//! - the index ([`Index`]): per blob, its size, whether it is complete, and the groups durably held.
+//!
+//! # What survives a crash
+//! A group is written only after the bao verifier has checked it ([`Verified`] can only come from
+//! the verifier), with the parent pairs that prove it. A [`BlobStore::checkpoint`] syncs the data
+//! and outboard files and only then records the held groups in the index, so after a power cut the
+//! index never lists a group whose bytes were not durable. Groups written after the last
+//! checkpoint are not lost either when their bytes did reach the disk (a killed process, or a
+//! disk that wrote its cache back): opening the store re-verifies every group the index does not
+//! list against the blob's root, from the files, and keeps those that pass. A torn or half-written
+//! group fails that check and is simply fetched again.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use proto::bao::{self, Layout, Outboard, Owed, RangeVerifier, Verified};
+use proto::{BlobId, ChunkGroup, ChunkGroupRanges};
+
+use crate::storage::{Index, ReadAtFile, Storage, StorageFile};
+
+/// The chunk-group layout of every stored blob.
+pub const LAYOUT: Layout = Layout::MESH;
+/// Unsynced bytes after which a write checkpoints by itself.
+pub const CHECKPOINT_BYTES: u64 = 32 << 20;
+
+const BLOBS_DIR: &str = "blobs";
+const TMP_DIR: &str = "tmp";
+const RECORD_VERSION: u8 = 1;
+
+/// Why a store operation failed. Every variant names the blob or file concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done, with the file or blob.
+        what: String,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+    /// The store does not hold the blob.
+    #[error("blob {0} is not in the store")]
+    NotFound(BlobId),
+    /// The blob is already known with another size.
+    #[error("blob {blob} is stored with size {stored}, not {requested}")]
+    SizeMismatch {
+        /// The blob.
+        blob: BlobId,
+        /// The size on record.
+        stored: u64,
+        /// The size asked for.
+        requested: u64,
+    },
+    /// The blob is larger than depotmesh handles.
+    #[error(
+        "blob of {size} bytes is larger than the limit of {} bytes",
+        bao::MAX_BLOB_SIZE
+    )]
+    TooLarge {
+        /// The size.
+        size: u64,
+    },
+    /// A verified item does not belong to this blob's tree (a caller mixed up blobs).
+    #[error("item for blob {blob} does not fit its tree: {detail}")]
+    Misplaced {
+        /// The blob.
+        blob: BlobId,
+        /// What did not fit.
+        detail: String,
+    },
+    /// The stored copy failed verification (disk corruption); the groups were dropped and must
+    /// be fetched again.
+    #[error("stored copy of blob {blob} is corrupt in chunk groups {}..{}", .groups.start, .groups.end)]
+    Corrupt {
+        /// The blob.
+        blob: BlobId,
+        /// The groups that failed.
+        groups: std::ops::Range<u64>,
+    },
+    /// The blob is not complete.
+    #[error("blob {blob} is incomplete: {held} of {total} chunk groups held")]
+    Incomplete {
+        /// The blob.
+        blob: BlobId,
+        /// Groups held.
+        held: u64,
+        /// Groups in the blob.
+        total: u64,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Io { what, source }
+}
+
+/// What the store knows of one blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// The blob.
+    pub id: BlobId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The verified groups held (some may not be durable until the next checkpoint).
+    pub held: ChunkGroupRanges,
+    /// True when every group is held.
+    pub complete: bool,
+}
+
+/// What a blob's open needed: how its groups were found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Blobs in the index.
+    pub blobs: usize,
+    /// Groups listed in the index as durably held.
+    pub recorded_groups: u64,
+    /// Groups not listed but found verified on disk and kept.
+    pub recovered_groups: u64,
+    /// Leftover files (imports interrupted, blobs never recorded) removed.
+    pub removed_files: usize,
+    /// Records that could not be read, dropped with their files.
+    pub dropped_records: usize,
+}
+
+struct Entry<F> {
+    id: BlobId,
+    size: u64,
+    data: F,
+    outboard: F,
+    state: Mutex<EntryState>,
+}
+
+#[derive(Debug)]
+struct EntryState {
+    /// Verified groups whose bytes were written.
+    held: ChunkGroupRanges,
+    /// Groups the index lists: synced before they were recorded.
+    recorded: ChunkGroupRanges,
+    /// Bytes written since the last sync.
+    unsynced: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Entry state is a set of ranges and counters, consistent between statements; a panic in
+    // another thread cannot leave it half-updated in a way that matters.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The blob store over a [`Storage`] and an [`Index`].
+pub struct BlobStore<S: Storage, I: Index> {
+    storage: S,
+    index: I,
+    entries: Mutex<BTreeMap<BlobId, Arc<Entry<S::File>>>>,
+    next_tmp: Mutex<u64>,
+}
+
+impl<S: Storage, I: Index> std::fmt::Debug for BlobStore<S, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("blobs", &lock(&self.entries).len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn data_name(id: &BlobId) -> String {
+    format!("{BLOBS_DIR}/{id}.data")
+}
+
+fn outboard_name(id: &BlobId) -> String {
+    format!("{BLOBS_DIR}/{id}.obao")
+}
+
+impl<S: Storage, I: Index> BlobStore<S, I> {
+    /// Opens the store: reads the index, re-verifies what a crash may have left unrecorded, and
+    /// removes leftovers of interrupted imports.
+    pub fn open(storage: S, index: I) -> Result<(Self, OpenReport), StoreError> {
+        let store = Self {
+            storage,
+            index,
+            entries: Mutex::new(BTreeMap::new()),
+            next_tmp: Mutex::new(0),
+        };
+        let report = store.load()?;
+        Ok((store, report))
+    }
+
+    fn load(&self) -> Result<OpenReport, StoreError> {
+        let mut report = OpenReport::default();
+        let records = self
+            .index
+            .load()
+            .map_err(io_error("reading the store index"))?;
+        let mut entries = BTreeMap::new();
+        for (key, value) in records {
+            let parsed = <[u8; 32]>::try_from(key.as_slice())
+                .map(BlobId::from_bytes)
+                .map_err(|_| "key is not a blob id".to_owned())
+                .and_then(|id| Record::decode(&value).map(|record| (id, record)));
+            let (id, record) = match parsed {
+                Ok(parsed) => parsed,
+                Err(reason) => {
+                    tracing::warn!(key = hex::encode(&key), %reason, "dropping unreadable index record");
+                    self.index
+                        .remove(&key)
+                        .map_err(io_error("removing an unreadable index record"))?;
+                    report.dropped_records += 1;
+                    continue;
+                }
+            };
+            let opened = self
+                .storage
+                .open(&data_name(&id), false)
+                .and_then(|data| Ok((data, self.storage.open(&outboard_name(&id), false)?)));
+            let (data, outboard) = match opened {
+                Ok(files) => files,
+                Err(error) => {
+                    tracing::warn!(blob = %id, %error, "dropping index record whose files are gone");
+                    self.index
+                        .remove(id.as_bytes())
+                        .map_err(io_error(format!("removing the record of blob {id}")))?;
+                    report.dropped_records += 1;
+                    continue;
+                }
+            };
+            report.recorded_groups += record.held.group_count();
+            let entry = Entry {
+                id,
+                size: record.size,
+                data,
+                outboard,
+                state: Mutex::new(EntryState {
+                    held: record.held.clone(),
+                    recorded: record.held,
+                    unsynced: 0,
+                }),
+            };
+            report.recovered_groups += self.recover(&entry)?;
+            entries.insert(id, Arc::new(entry));
+        }
+        report.blobs = entries.len();
+        report.removed_files = self.remove_leftovers(&entries)?;
+        *lock(&self.entries) = entries;
+        Ok(report)
+    }
+
+    /// Re-verifies, from the files, every group the index does not list; keeps those that pass.
+    fn recover(&self, entry: &Entry<S::File>) -> Result<u64, StoreError> {
+        let missing = {
+            let state = lock(&entry.state);
+            LAYOUT.all_groups(entry.size).difference(&state.held)
+        };
+        let mut found = ChunkGroupRanges::empty();
+        for group in missing.iter().flatten() {
+            let one = ChunkGroupRanges::from(group..group + 1);
+            if self.verify_from_files(entry, &one, |_, _| Ok(())).is_ok() {
+                found.insert(group..group + 1);
+            }
+        }
+        let count = found.group_count();
+        if count > 0 {
+            let mut state = lock(&entry.state);
+            state.held = state.held.union(&found);
+            // Recovered groups are on disk but maybe not durable: the next checkpoint syncs and
+            // records them.
+            state.unsynced += 1;
+        }
+        Ok(count)
+    }
+
+    /// Feeds the verifier from the data and outboard files, handing each verified group's bytes
+    /// to `sink`.
+    fn verify_from_files(
+        &self,
+        entry: &Entry<S::File>,
+        groups: &ChunkGroupRanges,
+        mut sink: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut verifier = RangeVerifier::new(entry.id, LAYOUT, entry.size, groups);
+        let mut buffer = Vec::new();
+        while let Some(owed) = verifier.owed() {
+            let (file, offset, len, what) = match owed {
+                Owed::Proof {
+                    outboard_offset: Some(offset),
+                    groups,
+                } => (&entry.outboard, offset, bao::PARENT_PAIR_BYTES, groups),
+                Owed::Proof {
+                    outboard_offset: None,
+                    groups,
+                } => {
+                    return Err(StoreError::Corrupt {
+                        blob: entry.id,
+                        groups,
+                    });
+                }
+                Owed::Group { group, offset, len } => {
+                    (&entry.data, offset, len, group.0..group.0 + 1)
+                }
+            };
+            buffer.resize(len, 0);
+            file.read_exact_at(offset, &mut buffer)
+                .map_err(io_error(format!("reading blob {}", entry.id)))?;
+            match verifier.verify_next(&buffer) {
+                Ok(Verified::Group(group)) => sink(group.offset(), group.data())?,
+                Ok(Verified::Proof(_)) => {}
+                Err(_) => {
+                    return Err(StoreError::Corrupt {
+                        blob: entry.id,
+                        groups: what,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_leftovers(
+        &self,
+        entries: &BTreeMap<BlobId, Arc<Entry<S::File>>>,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for name in self
+            .storage
+            .list(TMP_DIR)
+            .map_err(io_error("listing tmp/"))?
+        {
+            self.storage
+                .remove(&format!("{TMP_DIR}/{name}"))
+                .map_err(io_error(format!("removing tmp/{name}")))?;
+            removed += 1;
+        }
+        for name in self
+            .storage
+            .list(BLOBS_DIR)
+            .map_err(io_error("listing blobs/"))?
+        {
+            let id = name
+                .split('.')
+                .next()
+                .and_then(|hex| hex.parse::<BlobId>().ok());
+            if id.is_some_and(|id| entries.contains_key(&id)) {
+                continue;
+            }
+            self.storage
+                .remove(&format!("{BLOBS_DIR}/{name}"))
+                .map_err(io_error(format!("removing blobs/{name}")))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            for dir in [TMP_DIR, BLOBS_DIR] {
+                self.storage
+                    .sync_dir(dir)
+                    .map_err(io_error(format!("syncing {dir}/")))?;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn entry(&self, id: &BlobId) -> Result<Arc<Entry<S::File>>, StoreError> {
+        lock(&self.entries)
+            .get(id)
+            .cloned()
+            .ok_or(StoreError::NotFound(*id))
+    }
+
+    /// What the store holds of `id`, if anything.
+    pub fn info(&self, id: &BlobId) -> Option<BlobInfo> {
+        let entry = self.entry(id).ok()?;
+        let state = lock(&entry.state);
+        Some(BlobInfo {
+            id: entry.id,
+            size: entry.size,
+            complete: state.held == LAYOUT.all_groups(entry.size),
+            held: state.held.clone(),
+        })
+    }
+
+    /// Every blob the store knows.
+    pub fn list(&self) -> Vec<BlobInfo> {
+        let ids: Vec<BlobId> = lock(&self.entries).keys().copied().collect();
+        ids.iter().filter_map(|id| self.info(id)).collect()
+    }
+
+    /// Stores the bytes `reader` yields as a complete blob and returns its id. The bytes are
+    /// hashed here, so they need not be trusted.
+    pub fn import(&self, mut reader: impl Read) -> Result<BlobId, StoreError> {
+        let tmp = {
+            let mut next = lock(&self.next_tmp);
+            *next += 1;
+            format!("{TMP_DIR}/import-{}", *next)
+        };
+        let (tmp_data, tmp_outboard) = (format!("{tmp}.data"), format!("{tmp}.obao"));
+        let file = self
+            .storage
+            .open(&tmp_data, true)
+            .map_err(io_error(format!("creating {tmp_data}")))?;
+        let mut size = 0u64;
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = match reader.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(io_error("reading the blob to import")(error)),
+            };
+            file.write_all_at(size, &buffer[..n])
+                .map_err(io_error(format!("writing {tmp_data}")))?;
+            size += n as u64;
+            if size > bao::MAX_BLOB_SIZE {
+                return Err(StoreError::TooLarge { size });
+            }
+        }
+        let outboard = Outboard::create_from_reader(
+            FileReader {
+                file: &file,
+                position: 0,
+                len: size,
+            },
+            size,
+            LAYOUT,
+        )
+        .map_err(|error| match error {
+            bao::OutboardError::TooLarge { size } => StoreError::TooLarge { size },
+            other => io_error(format!("hashing {tmp_data}"))(io::Error::other(other)),
+        })?;
+        let id = outboard.id();
+        if self.info(&id).is_some_and(|info| info.complete) {
+            self.storage
+                .remove(&tmp_data)
+                .map_err(io_error(format!("removing {tmp_data}")))?;
+            return Ok(id);
+        }
+        let pairs = self
+            .storage
+            .open(&tmp_outboard, true)
+            .map_err(io_error(format!("creating {tmp_outboard}")))?;
+        pairs
+            .write_all_at(0, outboard.data())
+            .map_err(io_error(format!("writing {tmp_outboard}")))?;
+        file.sync()
+            .map_err(io_error(format!("syncing {tmp_data}")))?;
+        pairs
+            .sync()
+            .map_err(io_error(format!("syncing {tmp_outboard}")))?;
+        drop((file, pairs));
+        // A partial copy of the same blob gives way to the complete one.
+        self.forget(&id)?;
+        let (data_name, outboard_name) = (data_name(&id), outboard_name(&id));
+        self.storage
+            .rename(&tmp_data, &data_name)
+            .map_err(io_error(format!("renaming {tmp_data} to {data_name}")))?;
+        self.storage
+            .rename(&tmp_outboard, &outboard_name)
+            .map_err(io_error(format!(
+                "renaming {tmp_outboard} to {outboard_name}"
+            )))?;
+        self.storage
+            .sync_dir(BLOBS_DIR)
+            .map_err(io_error("syncing blobs/"))?;
+        let all = LAYOUT.all_groups(size);
+        self.put_record(&id, size, &all)?;
+        self.insert_entry(id, size, all.clone(), all)?;
+        Ok(id)
+    }
+
+    /// Makes room for a blob to be fetched: `size` bytes, no group held yet. Does nothing when
+    /// the blob is already known with that size.
+    pub fn create_partial(&self, id: BlobId, size: u64) -> Result<BlobInfo, StoreError> {
+        if size > bao::MAX_BLOB_SIZE {
+            return Err(StoreError::TooLarge { size });
+        }
+        if let Some(info) = self.info(&id) {
+            if info.size != size {
+                return Err(StoreError::SizeMismatch {
+                    blob: id,
+                    stored: info.size,
+                    requested: size,
+                });
+            }
+            return Ok(info);
+        }
+        let (data_name, outboard_name) = (data_name(&id), outboard_name(&id));
+        for (name, len) in [
+            (&data_name, size),
+            (&outboard_name, LAYOUT.outboard_size(size)),
+        ] {
+            let file = self
+                .storage
+                .open(name, true)
+                .map_err(io_error(format!("creating {name}")))?;
+            file.set_len(len)
+                .map_err(io_error(format!("sizing {name}")))?;
+            file.sync().map_err(io_error(format!("syncing {name}")))?;
+        }
+        self.storage
+            .sync_dir(BLOBS_DIR)
+            .map_err(io_error("syncing blobs/"))?;
+        let none = ChunkGroupRanges::empty();
+        self.put_record(&id, size, &none)?;
+        self.insert_entry(id, size, none.clone(), none)?;
+        self.info(&id).ok_or(StoreError::NotFound(id))
+    }
+
+    fn insert_entry(
+        &self,
+        id: BlobId,
+        size: u64,
+        held: ChunkGroupRanges,
+        recorded: ChunkGroupRanges,
+    ) -> Result<(), StoreError> {
+        let open = |name: String| {
+            self.storage
+                .open(&name, false)
+                .map_err(io_error(format!("opening {name}")))
+        };
+        let entry = Entry {
+            id,
+            size,
+            data: open(data_name(&id))?,
+            outboard: open(outboard_name(&id))?,
+            state: Mutex::new(EntryState {
+                held,
+                recorded,
+                unsynced: 0,
+            }),
+        };
+        lock(&self.entries).insert(id, Arc::new(entry));
+        Ok(())
+    }
+
+    fn put_record(
+        &self,
+        id: &BlobId,
+        size: u64,
+        held: &ChunkGroupRanges,
+    ) -> Result<(), StoreError> {
+        let record = Record {
+            size,
+            held: held.clone(),
+        };
+        self.index
+            .put(id.as_bytes(), &record.encode())
+            .map_err(io_error(format!("recording blob {id} in the index")))
+    }
+
+    /// Removes a blob: its record first (so a crash leaves only unlisted files, which the next
+    /// open removes), then its files.
+    pub fn forget(&self, id: &BlobId) -> Result<(), StoreError> {
+        let Some(entry) = lock(&self.entries).remove(id) else {
+            return Ok(());
+        };
+        self.index
+            .remove(id.as_bytes())
+            .map_err(io_error(format!("removing blob {id} from the index")))?;
+        drop(entry);
+        for name in [data_name(id), outboard_name(id)] {
+            self.storage
+                .remove(&name)
+                .map_err(io_error(format!("removing {name}")))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a verified item of a response for blob `id`: a parent pair into the outboard, or a
+    /// group's bytes into the data file. Only the bao verifier makes [`Verified`] items, so
+    /// nothing unverified reaches the files. Checkpoints by itself every [`CHECKPOINT_BYTES`].
+    pub fn write(&self, id: &BlobId, item: &Verified<'_>) -> Result<(), StoreError> {
+        let entry = self.entry(id)?;
+        match item {
+            Verified::Proof(proof) => {
+                // Pairs inside a group are not kept: the group's hash covers them.
+                let Some(offset) = proof.outboard_offset() else {
+                    return Ok(());
+                };
+                if offset + bao::PARENT_PAIR_BYTES as u64 > LAYOUT.outboard_size(entry.size) {
+                    return Err(StoreError::Misplaced {
+                        blob: *id,
+                        detail: format!("parent pair at outboard offset {offset}"),
+                    });
+                }
+                entry
+                    .outboard
+                    .write_all_at(offset, &proof.pair_bytes())
+                    .map_err(io_error(format!("writing the outboard of blob {id}")))?;
+                lock(&entry.state).unsynced += bao::PARENT_PAIR_BYTES as u64;
+            }
+            Verified::Group(group) => {
+                let range = LAYOUT.group_byte_range(group.group(), entry.size);
+                if range.start != group.offset()
+                    || range.end - range.start != group.data().len() as u64
+                {
+                    return Err(StoreError::Misplaced {
+                        blob: *id,
+                        detail: format!("{} at offset {}", group.group(), group.offset()),
+                    });
+                }
+                let index = group.group().0;
+                if lock(&entry.state).held.contains(ChunkGroup(index)) {
+                    // A duplicate (endgame): the bytes are already there and may be durable;
+                    // do not rewrite them.
+                    return Ok(());
+                }
+                entry
+                    .data
+                    .write_all_at(group.offset(), group.data())
+                    .map_err(io_error(format!("writing blob {id}")))?;
+                let mut state = lock(&entry.state);
+                state.held.insert(index..index + 1);
+                state.unsynced += group.data().len() as u64;
+            }
+        }
+        let due = lock(&entry.state).unsynced >= CHECKPOINT_BYTES;
+        if due {
+            self.checkpoint(id)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every written group durable and records it in the index: sync the data, sync the
+    /// outboard, then record. Returns what the blob now holds.
+    pub fn checkpoint(&self, id: &BlobId) -> Result<BlobInfo, StoreError> {
+        let entry = self.entry(id)?;
+        let (held, dirty) = {
+            let state = lock(&entry.state);
+            (
+                state.held.clone(),
+                state.unsynced > 0 || state.held != state.recorded,
+            )
+        };
+        if dirty {
+            entry
+                .data
+                .sync()
+                .map_err(io_error(format!("syncing blob {id}")))?;
+            entry
+                .outboard
+                .sync()
+                .map_err(io_error(format!("syncing the outboard of blob {id}")))?;
+            self.put_record(id, entry.size, &held)?;
+            let mut state = lock(&entry.state);
+            state.recorded = held;
+            state.unsynced = 0;
+        }
+        self.info(id).ok_or(StoreError::NotFound(*id))
+    }
+
+    /// Writes the response to a request for `groups` of blob `id`: the groups asked for that
+    /// the store holds, each re-checked against the root as it is read. Returns the groups
+    /// served (the ones that follow) and the bytes written.
+    pub fn serve(
+        &self,
+        id: &BlobId,
+        groups: &ChunkGroupRanges,
+        out: impl Write,
+    ) -> Result<(ChunkGroupRanges, u64), StoreError> {
+        let entry = self.entry(id)?;
+        let served = self.servable(&entry, groups);
+        let outboard =
+            Outboard::from_parts(entry.id, entry.size, LAYOUT, ReadAtFile(&entry.outboard));
+        let written = bao::encode_ranges(ReadAtFile(&entry.data), &outboard, &served, out)
+            .map_err(|error| match error {
+                bao::EncodeError::LocalCorruption { groups, .. } => {
+                    self.drop_groups(&entry, &groups);
+                    StoreError::Corrupt { blob: *id, groups }
+                }
+                other => io_error(format!("serving blob {id}"))(io::Error::other(other)),
+            })?;
+        Ok((served, written))
+    }
+
+    /// The groups of `groups` that the store can serve: those it holds, with a request past the
+    /// end answered by the last group, as the bao format does.
+    pub fn servable_groups(
+        &self,
+        id: &BlobId,
+        groups: &ChunkGroupRanges,
+    ) -> Result<ChunkGroupRanges, StoreError> {
+        let entry = self.entry(id)?;
+        Ok(self.servable(&entry, groups))
+    }
+
+    fn servable(&self, entry: &Entry<S::File>, groups: &ChunkGroupRanges) -> ChunkGroupRanges {
+        let count = LAYOUT.group_count(entry.size);
+        let mut wanted = groups.intersection(&LAYOUT.all_groups(entry.size));
+        if groups.end() > count {
+            wanted.insert(count - 1..count);
+        }
+        wanted.intersection(&lock(&entry.state).held)
+    }
+
+    fn drop_groups(&self, entry: &Entry<S::File>, groups: &std::ops::Range<u64>) {
+        tracing::error!(blob = %entry.id, groups = ?groups, "stored copy failed verification; dropping the groups");
+        let mut state = lock(&entry.state);
+        state.held = state
+            .held
+            .difference(&ChunkGroupRanges::from(groups.clone()));
+        // The index may still list them; the next checkpoint records the smaller set.
+        state.unsynced += 1;
+    }
+
+    /// Copies a complete blob to `out`, verifying every group against the root as it is read,
+    /// so what leaves the store (to be flashed, say) is checked again.
+    pub fn export(&self, id: &BlobId, mut out: impl Write) -> Result<u64, StoreError> {
+        let entry = self.entry(id)?;
+        let info = self.info(id).ok_or(StoreError::NotFound(*id))?;
+        if !info.complete {
+            return Err(StoreError::Incomplete {
+                blob: *id,
+                held: info.held.group_count(),
+                total: LAYOUT.group_count(entry.size),
+            });
+        }
+        let mut written = 0;
+        let result = self.verify_from_files(&entry, &LAYOUT.all_groups(entry.size), |_, bytes| {
+            out.write_all(bytes)
+                .map_err(io_error(format!("writing out blob {id}")))?;
+            written += bytes.len() as u64;
+            Ok(())
+        });
+        if let Err(StoreError::Corrupt { groups, .. }) = &result {
+            self.drop_groups(&entry, groups);
+        }
+        result?;
+        Ok(written)
+    }
+}
+
+/// Reads a storage file front to back.
+struct FileReader<'a, F> {
+    file: &'a F,
+    position: u64,
+    len: u64,
+}
+
+impl<F: StorageFile> Read for FileReader<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.len - self.position;
+        let n = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
+        if n == 0 {
+            return Ok(0);
+        }
+        self.file.read_exact_at(self.position, &mut buf[..n])?;
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+/// A blob's index record: version, size, then the held groups as boundaries.
+#[derive(Debug, PartialEq, Eq)]
+struct Record {
+    size: u64,
+    held: ChunkGroupRanges,
+}
+
+impl Record {
+    fn encode(&self) -> Vec<u8> {
+        let boundaries = self.held.boundaries();
+        let mut out = Vec::with_capacity(1 + 8 + 8 + 8 * boundaries.len());
+        out.push(RECORD_VERSION);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&(boundaries.len() as u64).to_le_bytes());
+        for boundary in boundaries {
+            out.extend_from_slice(&boundary.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let word = |at: usize| -> Result<u64, String> {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| {
+                    format!(
+                        "record ends at byte {}, inside a field at {at}",
+                        bytes.len()
+                    )
+                })
+        };
+        match bytes.first() {
+            Some(&RECORD_VERSION) => {}
+            Some(version) => {
+                return Err(format!("record version {version} is not {RECORD_VERSION}"));
+            }
+            None => return Err("record is empty".to_owned()),
+        }
+        let size = word(1)?;
+        if size > bao::MAX_BLOB_SIZE {
+            return Err(format!("record size {size} is above the limit"));
+        }
+        let count = word(9)?;
+        let expected_len = usize::try_from(count)
+            .ok()
+            .and_then(|count| count.checked_mul(8))
+            .and_then(|len| len.checked_add(17))
+            .filter(|&len| len == bytes.len())
+            .ok_or_else(|| {
+                format!(
+                    "record of {} bytes cannot hold {count} boundaries",
+                    bytes.len()
+                )
+            })?;
+        let boundaries = (17..expected_len)
+            .step_by(8)
+            .map(word)
+            .collect::<Result<Vec<_>, _>>()?;
+        let held = ChunkGroupRanges::from_boundaries(&boundaries)
+            .ok_or("record boundaries are not increasing pairs")?;
+        if held.end() > LAYOUT.group_count(size) {
+            return Err(format!(
+                "record holds group {} past the blob's end",
+                held.end() - 1
+            ));
+        }
+        Ok(Self { size, held })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+mod tests {
+    use super::*;
+    use crate::storage::sim::{CrashIndex, CrashStorage};
+
+    fn store() -> (BlobStore<CrashStorage, CrashIndex>, CrashStorage) {
+        let storage = CrashStorage::new();
+        let (store, _) = BlobStore::open(storage.clone(), storage.index()).unwrap();
+        (store, storage)
+    }
+
+    #[test]
+    fn record_round_trip_and_bad_records_name_the_problem() {
+        let record = Record {
+            size: 1 << 20,
+            held: [0..3, 10..12].into_iter().collect(),
+        };
+        assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+        let mut bad = record.encode();
+        bad[0] = 9;
+        assert!(Record::decode(&bad).unwrap_err().contains("version 9"));
+        let bytes = record.encode();
+        assert!(Record::decode(&bytes[..bytes.len() - 1]).is_err());
+        let past_end = Record {
+            size: 16384,
+            held: (0..2).into(),
+        };
+        assert!(
+            Record::decode(&past_end.encode())
+                .unwrap_err()
+                .contains("past the blob's end")
+        );
+    }
+
+    #[test]
+    fn import_export_and_serve() {
+        let (store, _) = store();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let id = store.import(&data[..]).unwrap();
+        assert_eq!(id, BlobId::of(&data));
+        let info = store.info(&id).unwrap();
+        assert!(info.complete);
+        let mut out = Vec::new();
+        store.export(&id, &mut out).unwrap();
+        assert_eq!(out, data);
+        // Importing again is a no-op.
+        assert_eq!(store.import(&data[..]).unwrap(), id);
+
+        let (served, _) = store
+            .serve(&id, &[(1..3), (50..60)].into_iter().collect(), Vec::new())
+            .unwrap();
+        assert_eq!(served.boundaries(), &[1, 3, 12, 13]);
+    }
+
+    #[test]
+    fn partial_blob_filled_from_a_verified_response() {
+        let (source, _) = store();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
+        let id = source.import(&data[..]).unwrap();
+
+        let (sink, _) = store();
+        sink.create_partial(id, data.len() as u64).unwrap();
+        let wanted: ChunkGroupRanges = [0..2, 4..7].into_iter().collect();
+        let mut response = Vec::new();
+        let (served, _) = source.serve(&id, &wanted, &mut response).unwrap();
+        let size = u64::from_le_bytes(response[..8].try_into().unwrap());
+        let mut verifier = RangeVerifier::new(id, LAYOUT, size, &served);
+        let mut at = 8;
+        while let Some(len) = verifier.next_item_len() {
+            let item = verifier.verify_next(&response[at..at + len]).unwrap();
+            sink.write(&id, &item).unwrap();
+            at += len;
+        }
+        let info = sink.checkpoint(&id).unwrap();
+        assert_eq!(info.held, served);
+        assert!(!info.complete);
+        assert!(matches!(
+            sink.export(&id, Vec::new()),
+            Err(StoreError::Incomplete { .. })
+        ));
+        // What the partial store holds, it can serve on.
+        let (again, _) = sink.serve(&id, &wanted, Vec::new()).unwrap();
+        assert_eq!(again, served);
+    }
+}
