@@ -13,7 +13,8 @@
 #![allow(
     clippy::cast_possible_truncation,
     clippy::unwrap_used,
-    clippy::expect_used
+    clippy::expect_used,
+    clippy::single_range_in_vec_init
 )]
 
 use std::io::{BufRead, BufReader};
