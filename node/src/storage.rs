@@ -89,6 +89,18 @@ impl DiskStorage {
         }
         Ok(self.root.join(name))
     }
+
+    /// Creates the directory holding `path` if missing, and makes its entry in the root durable.
+    fn ensure_parent(&self, path: &Path) -> io::Result<()> {
+        let Some(parent) = path.parent() else {
+            return Ok(());
+        };
+        if parent.is_dir() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(parent)?;
+        File::open(&self.root)?.sync_all()
+    }
 }
 
 /// A file on disk.
@@ -101,9 +113,7 @@ impl Storage for DiskStorage {
     fn open(&self, name: &str, create: bool) -> io::Result<DiskFile> {
         let path = self.path(name)?;
         if create {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
+            self.ensure_parent(&path)?;
         }
         let file = OpenOptions::new()
             .read(true)
@@ -118,7 +128,9 @@ impl Storage for DiskStorage {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        std::fs::rename(self.path(from)?, self.path(to)?)
+        let to = self.path(to)?;
+        self.ensure_parent(&to)?;
+        std::fs::rename(self.path(from)?, to)
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
@@ -149,7 +161,15 @@ impl Storage for DiskStorage {
 
     fn sync_dir(&self, dir: &str) -> io::Result<()> {
         let path = self.path(dir)?;
-        File::open(path)?.sync_all()
+        match File::open(&path) {
+            Ok(file) => file.sync_all(),
+            // Nothing was ever created there: nothing to make durable.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io::Error::new(
+                error.kind(),
+                format!("{}: {error}", path.display()),
+            )),
+        }
     }
 }
 
@@ -669,5 +689,9 @@ mod tests {
         file.read_exact_at(0, &mut buf).unwrap();
         assert_eq!(&buf, b"\0\0\0abc");
         assert_eq!(storage.list("blobs").unwrap(), vec!["x".to_owned()]);
+        storage.rename("blobs/x", "other/y").unwrap();
+        storage.sync_dir("other").unwrap();
+        storage.sync_dir("never-made").unwrap();
+        assert_eq!(storage.list("other").unwrap(), vec!["y".to_owned()]);
     }
 }

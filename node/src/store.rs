@@ -757,6 +757,22 @@ impl<F: StorageFile> Read for FileReader<'_, F> {
     }
 }
 
+/// The store of a node's data directory: files under `DIR/store`, the sled index in `DIR/index`.
+pub type DiskStore = BlobStore<crate::storage::DiskStorage, crate::storage::SledIndex>;
+
+/// Opens (creating if needed) the store in data directory `dir`. A second process opening the
+/// same directory gets an error (sled holds a lock on its index).
+pub fn open_data_dir(dir: &std::path::Path) -> Result<(DiskStore, OpenReport), StoreError> {
+    let storage = crate::storage::DiskStorage::new(dir.join("store")).map_err(io_error(
+        format!("creating {}", dir.join("store").display()),
+    ))?;
+    let index = crate::storage::SledIndex::open(&dir.join("index")).map_err(io_error(format!(
+        "opening the index in {}",
+        dir.join("index").display()
+    )))?;
+    BlobStore::open(storage, index)
+}
+
 /// A blob's index record: version, size, then the held groups as boundaries.
 #[derive(Debug, PartialEq, Eq)]
 struct Record {
