@@ -9,5 +9,6 @@
 //! actions, so that `netsim` can drive the same code for a whole fleet.
 
 #![forbid(unsafe_code)]
+pub mod protocol;
 pub mod storage;
 pub mod store;

@@ -1,0 +1,413 @@
+//! The mesh protocol over one bidirectional byte stream (a QUIC stream in the runtime), for both
+//! ends: a server answering from its [`BlobStore`], and a client asking what a peer holds or
+//! fetching chunk groups into its own store, verifying every item on the way in.
+//!
+//! One exchange per stream: the client writes one frame ([`HaveQuery`] or [`RangeRequest`]); the
+//! server answers with one frame ([`Have`], [`RangeResponse`] then the bao stream of those
+//! groups, or an [`ErrorMessage`]) and closes. Cancelling a request is dropping its stream.
+//!
+//! Written against `futures::io` so that it runs over libp2p streams and in-memory pipes alike.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use proto::bao::{self, ExpectedSize, RangeVerifier, VerifyError};
+use proto::wire::{
+    self, ErrorCode, ErrorMessage, Have, HaveQuery, Message, RangeRequest, RangeResponse, WireError,
+};
+use proto::{BlobId, ChunkGroupRanges};
+
+use crate::storage::{Index, Storage};
+use crate::store::{BlobStore, LAYOUT, StoreError};
+
+/// Why an exchange failed, from the client's side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExchangeError {
+    /// The stream broke or closed early.
+    #[error("stream failed")]
+    Io(#[from] io::Error),
+    /// The peer sent a malformed frame.
+    #[error("peer sent a malformed frame")]
+    Wire(#[from] WireError),
+    /// The peer answered with a message that does not fit the exchange.
+    #[error("peer answered {answer} to {question}")]
+    UnexpectedAnswer {
+        /// What was asked.
+        question: &'static str,
+        /// What came back.
+        answer: String,
+    },
+    /// The peer refused.
+    #[error("peer refused: {code}: {detail}")]
+    Refused {
+        /// Its reason.
+        code: ErrorCode,
+        /// Its words.
+        detail: String,
+    },
+    /// The peer announced groups that were not asked for.
+    #[error("peer announced chunk groups {announced} for a request of {requested}")]
+    UnaskedGroups {
+        /// What it announced.
+        announced: ChunkGroupRanges,
+        /// What was asked.
+        requested: ChunkGroupRanges,
+    },
+    /// The data failed verification: the peer sent a bad chunk group, proof or size.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// Storing verified data failed on our side.
+    #[error("storing verified data failed")]
+    Store(#[from] StoreError),
+    /// A message could not be encoded (a bug on our side).
+    #[error("encoding a message failed")]
+    Encode(#[from] wire::EncodeError),
+}
+
+impl ExchangeError {
+    /// True when the peer provably misbehaved (bad data, proof or size, or unasked groups): it
+    /// must not be asked again for this blob.
+    pub fn is_misbehaviour(&self) -> bool {
+        match self {
+            Self::Verify(error) => error.is_peer_misbehaviour(),
+            // Malformed frames and answers that break the exchange's rules are lies too.
+            Self::UnaskedGroups { .. } | Self::Wire(_) | Self::UnexpectedAnswer { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Reads one frame, refusing a length above the protocol's limit before reading it.
+pub async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Message, ExchangeError> {
+    let mut prefix = [0u8; wire::LENGTH_PREFIX_BYTES];
+    reader.read_exact(&mut prefix).await?;
+    let length = wire::frame_length(prefix)?;
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).await?;
+    Ok(Message::decode_body(&body)?)
+}
+
+async fn write_message<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    message: &Message,
+) -> Result<(), ExchangeError> {
+    writer.write_all(&message.encode()?).await?;
+    Ok(())
+}
+
+/// What a server did with one stream, for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// Answered a have query.
+    Have {
+        /// The blob.
+        blob: BlobId,
+    },
+    /// Sent groups of a blob.
+    Groups {
+        /// The blob.
+        blob: BlobId,
+        /// The groups sent.
+        groups: ChunkGroupRanges,
+        /// Bytes of the bao stream.
+        bytes: u64,
+    },
+    /// Answered with an error.
+    Refused {
+        /// Why.
+        code: ErrorCode,
+    },
+}
+
+/// Answers the one exchange on `stream` from `store`, then closes the stream.
+pub async fn serve<St, S, I>(
+    store: &BlobStore<S, I>,
+    mut stream: St,
+) -> Result<Served, ExchangeError>
+where
+    St: AsyncRead + AsyncWrite + Unpin,
+    S: Storage,
+    I: Index,
+{
+    let question = match read_message(&mut stream).await {
+        Ok(message) => message,
+        Err(ExchangeError::Wire(error)) => {
+            let refusal = ErrorMessage::new(None, ErrorCode::BadRequest, &error.to_string());
+            write_message(&mut stream, &Message::Error(refusal)).await?;
+            stream.close().await?;
+            return Err(ExchangeError::Wire(error));
+        }
+        Err(other) => return Err(other),
+    };
+    let refuse = |request_id, code, detail: String| {
+        (
+            Message::Error(ErrorMessage::new(request_id, code, &detail)),
+            Served::Refused { code },
+        )
+    };
+    let (answer, served) = match question {
+        Message::HaveQuery(HaveQuery { blob }) => match store.info(&blob) {
+            Some(info) => (
+                Message::Have(Have {
+                    blob,
+                    // Our size is verified: it came from a verified response or an import.
+                    size: Some(info.size),
+                    groups: info.held.first_ranges(wire::MAX_RANGES),
+                }),
+                Served::Have { blob },
+            ),
+            None => refuse(
+                None,
+                ErrorCode::NotFound,
+                format!("blob {blob} is not here"),
+            ),
+        },
+        Message::Request(RangeRequest {
+            request_id,
+            blob,
+            groups,
+        }) => match store.servable_groups(&blob, &groups) {
+            Err(StoreError::NotFound(_)) => refuse(
+                Some(request_id),
+                ErrorCode::NotFound,
+                format!("blob {blob} is not here"),
+            ),
+            Err(error) => refuse(Some(request_id), ErrorCode::Internal, error.to_string()),
+            Ok(servable) if servable.is_empty() => refuse(
+                Some(request_id),
+                ErrorCode::NotHeld,
+                format!("none of chunk groups {groups} of blob {blob} are held here"),
+            ),
+            Ok(servable) => {
+                // Encode before announcing, so a corrupt local copy becomes a refusal rather
+                // than a broken stream. One request is at most a few hundred KiB.
+                let mut body = Vec::new();
+                match store.serve(&blob, &servable, &mut body) {
+                    Ok((sent, bytes)) => {
+                        let announce = Message::Response(RangeResponse {
+                            request_id,
+                            groups: sent.clone(),
+                        });
+                        write_message(&mut stream, &announce).await?;
+                        stream.write_all(&body).await?;
+                        stream.close().await?;
+                        return Ok(Served::Groups {
+                            blob,
+                            groups: sent,
+                            bytes,
+                        });
+                    }
+                    Err(error) => refuse(Some(request_id), ErrorCode::Internal, error.to_string()),
+                }
+            }
+        },
+        other => refuse(
+            None,
+            ErrorCode::BadRequest,
+            format!("{} cannot open an exchange", kind_name(&other)),
+        ),
+    };
+    write_message(&mut stream, &answer).await?;
+    stream.close().await?;
+    Ok(served)
+}
+
+fn kind_name(message: &Message) -> &'static str {
+    match message {
+        Message::Request(_) => "request",
+        Message::Response(_) => "response",
+        Message::Cancel(_) => "cancel",
+        Message::HaveQuery(_) => "have query",
+        Message::Have(_) => "have",
+        Message::Error(_) => "error",
+        _ => "unknown message",
+    }
+}
+
+/// Asks the peer on `stream` which groups of `blob` it holds.
+pub async fn query_have<St: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: St,
+    blob: BlobId,
+) -> Result<Have, ExchangeError> {
+    write_message(&mut stream, &Message::HaveQuery(HaveQuery { blob })).await?;
+    stream.close().await?;
+    match read_message(&mut stream).await? {
+        Message::Have(have) if have.blob == blob => Ok(have),
+        Message::Error(error) => Err(ExchangeError::Refused {
+            code: error.code,
+            detail: error.detail,
+        }),
+        other => Err(ExchangeError::UnexpectedAnswer {
+            question: "have query",
+            answer: format!("{other:?}"),
+        }),
+    }
+}
+
+/// Progress of a fetch, reported as verified groups are stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchProgress {
+    /// The response's size header was read and, if the size was unknown, bounded.
+    Size(u64),
+    /// These groups were verified and written.
+    Groups {
+        /// The groups.
+        groups: ChunkGroupRanges,
+        /// Their bytes.
+        bytes: u64,
+    },
+    /// The response covered the blob's last group, so its size is proven.
+    SizeProven(u64),
+}
+
+/// The most groups a size probe may return: its response is held in memory until it proves the
+/// size, so it must stay small.
+pub const MAX_PROBE_GROUPS: u64 = 16;
+
+/// Fetches `groups` of `blob` from the peer on `stream` into `store`, verifying every item
+/// before it is written.
+///
+/// When the store already has the blob, its recorded (proven) size is what the response must
+/// claim. Otherwise `size_limit` bounds the claim, the request must reach the blob's last group
+/// (a *size probe*: ask past the end, the peer answers with the last group), and nothing is
+/// stored until the whole response has verified, proving the size; then the blob is created and
+/// the groups written.
+///
+/// `progress` is called after every stored group. Returns the groups fetched.
+#[allow(clippy::too_many_arguments)]
+pub async fn fetch<St, S, I>(
+    mut stream: St,
+    store: &BlobStore<S, I>,
+    blob: BlobId,
+    request_id: u64,
+    groups: &ChunkGroupRanges,
+    size_limit: u64,
+    mut progress: impl FnMut(FetchProgress),
+) -> Result<ChunkGroupRanges, ExchangeError>
+where
+    St: AsyncRead + AsyncWrite + Unpin,
+    S: Storage,
+    I: Index,
+{
+    let known_size = store.info(&blob).map(|info| info.size);
+    let expected = match known_size {
+        Some(size) => ExpectedSize::Exactly(size),
+        None => ExpectedSize::AtMost(size_limit),
+    };
+    let request = Message::Request(RangeRequest {
+        request_id,
+        blob,
+        groups: groups.clone(),
+    });
+    write_message(&mut stream, &request).await?;
+    stream.close().await?;
+    let announced = match read_message(&mut stream).await? {
+        Message::Response(response) if response.request_id == request_id => response.groups,
+        Message::Error(error) => {
+            return Err(ExchangeError::Refused {
+                code: error.code,
+                detail: error.detail,
+            });
+        }
+        other => {
+            return Err(ExchangeError::UnexpectedAnswer {
+                question: "range request",
+                answer: format!("{other:?}"),
+            });
+        }
+    };
+    let mut header = [0u8; bao::SIZE_HEADER_BYTES];
+    stream.read_exact(&mut header).await.map_err(|error| {
+        if error.kind() == io::ErrorKind::UnexpectedEof {
+            ExchangeError::Verify(VerifyError::Truncated {
+                blob,
+                missing: bao::Missing::SizeHeader,
+            })
+        } else {
+            ExchangeError::Io(error)
+        }
+    })?;
+    let claimed = bao::check_size_header(blob, header, expected)?;
+    // What the peer may send: the groups asked for that exist, plus the last group when the
+    // request reached past the end.
+    let count = LAYOUT.group_count(claimed);
+    let last = count - 1;
+    let mut allowed = groups.intersection(&LAYOUT.all_groups(claimed));
+    if groups.end() > count {
+        allowed.insert(last..count);
+    }
+    if !announced.is_subset(&allowed) {
+        return Err(ExchangeError::UnaskedGroups {
+            announced,
+            requested: groups.clone(),
+        });
+    }
+    let probing = known_size.is_none();
+    if probing
+        && (!announced.contains(proto::ChunkGroup(last))
+            || announced.group_count() > MAX_PROBE_GROUPS)
+    {
+        return Err(ExchangeError::UnexpectedAnswer {
+            question: "size probe",
+            answer: format!("chunk groups {announced} of a {claimed}-byte blob"),
+        });
+    }
+    progress(FetchProgress::Size(claimed));
+
+    let mut verifier = RangeVerifier::new(blob, LAYOUT, claimed, &announced);
+    let mut buffer = Vec::with_capacity(usize::try_from(LAYOUT.group_bytes()).unwrap_or(0));
+    // A probe's items wait here until the whole response has proven the size.
+    let mut probe_items = Vec::new();
+    let mut fetched = ChunkGroupRanges::empty();
+    while let Some(len) = verifier.next_item_len() {
+        buffer.resize(len, 0);
+        if let Err(error) = stream.read_exact(&mut buffer).await {
+            return Err(match (error.kind(), verifier.missing()) {
+                (io::ErrorKind::UnexpectedEof, Some(missing)) => {
+                    ExchangeError::Verify(VerifyError::Truncated { blob, missing })
+                }
+                _ => ExchangeError::Io(error),
+            });
+        }
+        let item = verifier.verify_next(&buffer)?;
+        if probing {
+            probe_items.extend_from_slice(&buffer);
+            continue;
+        }
+        store.write(&blob, &item)?;
+        if let bao::Verified::Group(group) = item {
+            let index = group.group().0;
+            fetched.insert(index..index + 1);
+            progress(FetchProgress::Groups {
+                groups: ChunkGroupRanges::from(index..index + 1),
+                bytes: group.data().len() as u64,
+            });
+        }
+    }
+    if probing {
+        // Verified through the last group: the size is proven. Store the items by verifying
+        // them once more from memory (a probe is a handful of groups).
+        store.create_partial(blob, claimed)?;
+        let mut again = RangeVerifier::new(blob, LAYOUT, claimed, &announced);
+        let mut at = 0;
+        while let Some(len) = again.next_item_len() {
+            let bytes = probe_items.get(at..at + len).unwrap_or_default();
+            let item = again.verify_next(bytes)?;
+            store.write(&blob, &item)?;
+            if let bao::Verified::Group(group) = item {
+                let index = group.group().0;
+                fetched.insert(index..index + 1);
+                progress(FetchProgress::Groups {
+                    groups: ChunkGroupRanges::from(index..index + 1),
+                    bytes: group.data().len() as u64,
+                });
+            }
+            at += len;
+        }
+    }
+    if fetched.contains(proto::ChunkGroup(last)) {
+        progress(FetchProgress::SizeProven(claimed));
+    }
+    Ok(fetched)
+}

@@ -1,0 +1,299 @@
+//! The mesh protocol between a serving store and a fetching store over an in-memory stream:
+//! honest exchanges, a size probe, and peers that lie (bad data, a false size, groups nobody
+//! asked for) — which must be caught before anything unverified is stored.
+
+// Test code: small sizes, and a panic is how a test fails.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use node::protocol::{self, ExchangeError, FetchProgress, Served};
+use node::storage::sim::{CrashIndex, CrashStorage};
+use node::store::{BlobStore, LAYOUT};
+use proto::bao::{self, VerifyError};
+use proto::wire::{ErrorCode, MAX_GROUP, Message, RangeResponse};
+use proto::{BlobId, ChunkGroupRanges};
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+
+type Store = BlobStore<CrashStorage, CrashIndex>;
+
+fn new_store() -> Store {
+    let storage = CrashStorage::new();
+    BlobStore::open(storage.clone(), storage.index()).unwrap().0
+}
+
+fn blob_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 131 % 241) as u8).collect()
+}
+
+fn pipe() -> (
+    Compat<tokio::io::DuplexStream>,
+    Compat<tokio::io::DuplexStream>,
+) {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    (a.compat(), b.compat())
+}
+
+/// Runs `fetch` against `serve` on a fresh pipe.
+async fn exchange(
+    server: &Store,
+    client: &Store,
+    blob: BlobId,
+    groups: &ChunkGroupRanges,
+) -> (Result<ChunkGroupRanges, ExchangeError>, Vec<FetchProgress>) {
+    let (near, far) = pipe();
+    let mut progress = Vec::new();
+    let (served, fetched) = tokio::join!(
+        protocol::serve(server, far),
+        protocol::fetch(near, client, blob, 1, groups, 1 << 30, |p| progress.push(p)),
+    );
+    let _ = served;
+    (fetched, progress)
+}
+
+#[tokio::test]
+async fn size_probe_then_the_rest_fetches_the_whole_blob() {
+    let data = blob_bytes(10 * 16384 + 500);
+    let server = new_store();
+    let blob = server.import(&data[..]).unwrap();
+    let client = new_store();
+
+    // Size unknown: ask past the end; the peer answers with the last group, proving the size.
+    let probe = ChunkGroupRanges::from(MAX_GROUP - 1..MAX_GROUP);
+    let (fetched, progress) = exchange(&server, &client, blob, &probe).await;
+    assert_eq!(fetched.unwrap(), ChunkGroupRanges::from(10..11));
+    assert!(progress.contains(&FetchProgress::SizeProven(data.len() as u64)));
+    let info = client.info(&blob).unwrap();
+    assert_eq!(info.size, data.len() as u64);
+
+    let rest = LAYOUT.all_groups(info.size).difference(&info.held);
+    let (fetched, _) = exchange(&server, &client, blob, &rest).await;
+    assert_eq!(fetched.unwrap(), rest);
+    client.checkpoint(&blob).unwrap();
+    let mut out = Vec::new();
+    client.export(&blob, &mut out).unwrap();
+    assert!(out == data);
+}
+
+#[tokio::test]
+async fn have_query_and_refusals() {
+    let data = blob_bytes(5 * 16384);
+    let server = new_store();
+    let blob = server.import(&data[..]).unwrap();
+
+    let (near, far) = pipe();
+    let (served, have) = tokio::join!(
+        protocol::serve(&server, far),
+        protocol::query_have(near, blob)
+    );
+    assert_eq!(served.unwrap(), Served::Have { blob });
+    let have = have.unwrap();
+    assert_eq!(
+        (have.size, have.groups),
+        (
+            Some(data.len() as u64),
+            LAYOUT.all_groups(data.len() as u64)
+        )
+    );
+
+    let unknown = BlobId::of(b"nothing");
+    let (near, far) = pipe();
+    let (served, have) = tokio::join!(
+        protocol::serve(&server, far),
+        protocol::query_have(near, unknown)
+    );
+    assert_eq!(
+        served.unwrap(),
+        Served::Refused {
+            code: ErrorCode::NotFound
+        }
+    );
+    assert!(matches!(
+        have,
+        Err(ExchangeError::Refused {
+            code: ErrorCode::NotFound,
+            ..
+        })
+    ));
+
+    // A partial holder refuses groups it lacks.
+    let partial = new_store();
+    let (fetched, _) = exchange(
+        &server,
+        &partial,
+        blob,
+        &ChunkGroupRanges::from(MAX_GROUP - 1..MAX_GROUP),
+    )
+    .await;
+    fetched.unwrap();
+    let client = new_store();
+    client.create_partial(blob, data.len() as u64).unwrap();
+    let (fetched, _) = exchange(&partial, &client, blob, &ChunkGroupRanges::from(0..2)).await;
+    assert!(
+        matches!(
+            fetched,
+            Err(ExchangeError::Refused {
+                code: ErrorCode::NotHeld,
+                ..
+            })
+        ),
+        "{fetched:?}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_request_is_answered_with_bad_request() {
+    let server = new_store();
+    let (mut near, far) = pipe();
+    let (served, answer) = tokio::join!(protocol::serve(&server, far), async {
+        near.write_all(&[3, 0, 0, 0, 1, 99, 0]).await.unwrap();
+        near.close().await.unwrap();
+        protocol::read_message(&mut near).await
+    });
+    assert!(served.is_err());
+    match answer.unwrap() {
+        Message::Error(error) => {
+            assert_eq!(error.code, ErrorCode::BadRequest);
+            assert!(
+                error.detail.contains("unknown message kind 99"),
+                "{}",
+                error.detail
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A peer that answers every request with `announce` and then `body` (a bao stream it made up).
+async fn lying_peer(
+    mut stream: Compat<tokio::io::DuplexStream>,
+    announce: ChunkGroupRanges,
+    body: Vec<u8>,
+) {
+    let request = protocol::read_message(&mut stream).await.unwrap();
+    let Message::Request(request) = request else {
+        panic!("{request:?}")
+    };
+    let frame = Message::Response(RangeResponse {
+        request_id: request.request_id,
+        groups: announce,
+    })
+    .encode()
+    .unwrap();
+    let _ = stream.write_all(&frame).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.close().await;
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest).await;
+}
+
+#[tokio::test]
+async fn a_corrupt_group_is_rejected_and_never_stored() {
+    let data = blob_bytes(6 * 16384);
+    let honest = new_store();
+    let blob = honest.import(&data[..]).unwrap();
+    let groups = LAYOUT.all_groups(data.len() as u64);
+    let mut body = Vec::new();
+    honest.serve(&blob, &groups, &mut body).unwrap();
+    // Flip one byte in the middle of group 3's data: find it through the item layout.
+    let mut verifier = bao::RangeVerifier::new(blob, LAYOUT, data.len() as u64, &groups);
+    let mut at = bao::SIZE_HEADER_BYTES;
+    let mut target = None;
+    while let Some(owed) = verifier.owed() {
+        let len = verifier.next_item_len().unwrap();
+        if let bao::Owed::Group { group, .. } = owed {
+            if group.0 == 3 {
+                target = Some(at + len / 2);
+            }
+        }
+        verifier.verify_next(&body[at..at + len]).unwrap();
+        at += len;
+    }
+    body[target.unwrap()] ^= 0x40;
+
+    let client = new_store();
+    client.create_partial(blob, data.len() as u64).unwrap();
+    let (near, far) = pipe();
+    let (_, fetched) = tokio::join!(
+        lying_peer(far, groups.clone(), body),
+        protocol::fetch(near, &client, blob, 1, &groups, 1 << 30, |_| {}),
+    );
+    let error = fetched.unwrap_err();
+    assert!(error.is_misbehaviour(), "{error}");
+    assert!(
+        matches!(&error, ExchangeError::Verify(VerifyError::ChunkGroupMismatch { group, .. }) if group.0 == 3),
+        "{error}"
+    );
+    // Groups before the bad one were verified and kept; the bad one and after were not.
+    assert_eq!(
+        client.info(&blob).unwrap().held,
+        ChunkGroupRanges::from(0..3)
+    );
+    let mut response = Vec::new();
+    client
+        .serve(&blob, &ChunkGroupRanges::from(0..3), &mut response)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_false_size_on_a_probe_stores_nothing() {
+    let data = blob_bytes(4 * 16384 + 10);
+    let honest = new_store();
+    let blob = honest.import(&data[..]).unwrap();
+    let last = ChunkGroupRanges::from(4..5);
+    let mut honest_body = Vec::new();
+    honest.serve(&blob, &last, &mut honest_body).unwrap();
+    let probe = ChunkGroupRanges::from(MAX_GROUP - 1..MAX_GROUP);
+    for (claimed, provable) in [
+        (data.len() as u64 - 1, true),
+        (data.len() as u64 + 1, false),
+    ] {
+        let mut body = honest_body.clone();
+        body[..8].copy_from_slice(&claimed.to_le_bytes());
+        let client = new_store();
+        let (near, far) = pipe();
+        let (_, fetched) = tokio::join!(
+            lying_peer(far, last.clone(), body),
+            protocol::fetch(near, &client, blob, 1, &probe, 1 << 30, |_| {}),
+        );
+        let error = fetched.unwrap_err();
+        // A shorter claim fails the hash of the last group: a provable lie. A longer one leaves
+        // the stream short, which a broken connection could also do: no ban, but no storage.
+        assert_eq!(
+            error.is_misbehaviour(),
+            provable,
+            "claimed {claimed}: {error}"
+        );
+        assert!(
+            client.info(&blob).is_none(),
+            "a blob was created from an unproven size"
+        );
+    }
+}
+
+#[tokio::test]
+async fn groups_nobody_asked_for_are_refused() {
+    let data = blob_bytes(6 * 16384);
+    let honest = new_store();
+    let blob = honest.import(&data[..]).unwrap();
+    let mut body = Vec::new();
+    honest
+        .serve(&blob, &ChunkGroupRanges::from(0..6), &mut body)
+        .unwrap();
+    let client = new_store();
+    client.create_partial(blob, data.len() as u64).unwrap();
+    let (near, far) = pipe();
+    let asked = ChunkGroupRanges::from(0..2);
+    let (_, fetched) = tokio::join!(
+        lying_peer(far, ChunkGroupRanges::from(0..6), body),
+        protocol::fetch(near, &client, blob, 1, &asked, 1 << 30, |_| {}),
+    );
+    assert!(
+        matches!(fetched, Err(ExchangeError::UnaskedGroups { .. })),
+        "{fetched:?}"
+    );
+    assert!(client.info(&blob).unwrap().held.is_empty());
+}
