@@ -36,6 +36,13 @@
 //! - A peer that misbehaves (bad group, proof or size) is banned: one [`Action::Ban`], its
 //!   requests forgotten, never asked again for this blob, whatever it sends later.
 //! - Without a known size the engine first probes for it (see [`Transfer::new`]).
+//!
+//! # Cost
+//! Each event marks the transfer for a scheduling pass at the next `poll_action`. A pass in
+//! which no peer has a free slot costs a walk over the peers. Otherwise each request it issues
+//! costs a walk over the open requests and over the pieces the peer could serve, so a blob of
+//! `n` pieces costs `O(n²)` piece visits in all: fine for firmware-sized blobs, and the place to
+//! add an incremental rarity index if `netsim` ever needs one.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -124,7 +131,9 @@ pub enum Event<P> {
         groups: ChunkGroupRanges,
     },
     /// Groups of `request` were verified against the blob's root and stored. May arrive several
-    /// times per request as its stream goes on; each one counts as progress against the timeout.
+    /// times per request as its stream goes on (all before its `RequestFinished`); each one
+    /// counts as progress against the timeout. Recorded as held even when the request is no
+    /// longer tracked (cancelled, or its peer banned): the groups are verified either way.
     GroupsVerified {
         /// The peer that sent them.
         peer: P,
@@ -135,7 +144,8 @@ pub enum Event<P> {
         /// Their bytes, for the statistics.
         bytes: u64,
     },
-    /// A verified response covered the blob's last group, which proves the blob's size.
+    /// A verified response covered the blob's last group, which proves the blob's size. Report
+    /// it before the response's `RequestFinished`: a probe that finishes without it has failed.
     SizeProven {
         /// The size.
         size: u64,
@@ -162,7 +172,8 @@ pub enum Event<P> {
 /// Why a request failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// The peer sent a group, proof or size that failed verification. The peer is banned.
+    /// The peer sent a group, proof or size that failed verification. The peer is banned, even
+    /// if the request is no longer tracked (say, cancelled): the bad data was real.
     Misbehaved {
         /// The groups that failed (`VerifyError::failed_groups`); empty when the failure names
         /// none, as for a false size.
@@ -203,7 +214,8 @@ pub enum Action<P> {
         /// The peer.
         peer: P,
     },
-    /// Every group of the blob is held and its size is known. Emitted once.
+    /// Every group of the blob is held and its size is known. Emitted once, after a `Cancel`
+    /// for every request still open: nothing is in flight after it.
     Done,
 }
 
@@ -389,6 +401,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         if let Some(size) = size {
             transfer.set_size(size);
         }
+        transfer.note_finished(now);
         transfer
     }
 
@@ -472,6 +485,9 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_done() {
+            return None;
+        }
         let deadlines = self
             .requests
             .values()
@@ -839,6 +855,17 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         if self.is_done() {
             if !self.done_announced {
                 self.done_announced = true;
+                // Whatever is still open holds nothing new; closing it here means the driver
+                // may drop the transfer as soon as it sees `Done`.
+                let open: Vec<RequestId> = self.requests.keys().copied().collect();
+                for id in open {
+                    if let Some(request) = self.remove_request(id) {
+                        self.actions.push_back(Action::Cancel {
+                            peer: request.peer,
+                            request: id,
+                        });
+                    }
+                }
                 self.actions.push_back(Action::Done);
             }
             return;
@@ -847,12 +874,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             self.schedule_probe(now);
             return;
         };
-        let coverage = Coverage::new(
-            self.peers
-                .values()
-                .filter(|state| state.connected && state.standing == Standing::Usable)
-                .filter_map(|state| state.claim.as_ref()),
-        );
+        let mut coverage = None;
         // Round-robin, one request per peer per round, so that the first peers in key order do
         // not take every piece before the others get one.
         loop {
@@ -862,9 +884,22 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                 .filter(|(_, state)| state.claim.is_some() && self.has_free_slot(state, now))
                 .map(|(peer, _)| peer.clone())
                 .collect();
+            if ready.is_empty() {
+                break;
+            }
+            // Most passes (one per event) find every slot taken; only build the coverage, the
+            // costly part, when someone can take work. Claims do not change within a pass.
+            let coverage = coverage.get_or_insert_with(|| {
+                Coverage::new(
+                    self.peers
+                        .values()
+                        .filter(|state| state.connected && state.standing == Standing::Usable)
+                        .filter_map(|state| state.claim.as_ref()),
+                )
+            });
             let mut issued = false;
             for peer in ready {
-                if let Some((groups, duplicate)) = self.choose(&peer, &all, &coverage) {
+                if let Some((groups, duplicate)) = self.choose(&peer, &all, coverage) {
                     self.issue(now, peer, groups, false, duplicate);
                     issued = true;
                 }

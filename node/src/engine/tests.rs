@@ -51,6 +51,12 @@ fn assert_completed(sim: &Sim, size: u64) {
     assert_eq!(sim.transfer.held(), &sim.all_groups());
     assert_eq!(sim.transfer.size(), Some(size));
     assert!(sim.transfer.is_done());
+    assert_eq!(
+        sim.transfer.requests_in_flight(),
+        0,
+        "requests left open after Done"
+    );
+    assert_eq!(sim.transfer.poll_timeout(), None);
 }
 
 /// Every action the engine has ready.
@@ -211,10 +217,13 @@ fn endgame_duplicates_a_slow_request_and_cancels_it() {
     let cancelled: BTreeSet<_> = sim
         .cancels
         .iter()
-        .map(|&(_, peer, id)| (peer, id))
+        .filter(|&&(_, peer, _)| peer == 0)
+        .map(|&(_, _, id)| id)
         .collect();
-    let expected: BTreeSet<_> = to_slow.iter().map(|r| (0, r.id)).collect();
+    let expected: BTreeSet<_> = to_slow.iter().map(|r| r.id).collect();
     assert_eq!(cancelled, expected);
+    // Both as overtaken, not merely closed at `Done`.
+    assert_eq!(sim.transfer.stats().cancelled, 2);
     assert!(sim.done_at.expect("done") < Duration::from_secs(2));
     assert_eq!(sim.transfer.stats().timeouts, 0);
 }
@@ -560,7 +569,7 @@ fn arbitrary_yard() -> impl Strategy<Value = (u64, Vec<PeerSpec>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// With one honest full peer that stays, any mix of other peers ends in a complete blob,
     /// and (checked by the simulator on every action) no banned peer is asked, no cap is
