@@ -9,6 +9,8 @@
 //! actions, so that `netsim` can drive the same code for a whole fleet.
 
 #![forbid(unsafe_code)]
+
+pub mod engine;
 pub mod protocol;
 pub mod storage;
 pub mod store;

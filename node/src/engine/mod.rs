@@ -1,0 +1,1095 @@
+//! The sans-IO transfer engine: which chunk groups of one blob to ask of which peer, and what to
+//! do when peers are slow, refuse, vanish or lie.
+//!
+//! A [`Transfer`] owns the decisions for one blob and nothing else: no sockets, files, clock or
+//! randomness. Its driver (the libp2p runtime, or `netsim`) reports what happened as [`Event`]s
+//! and carries out the [`Action`]s it returns:
+//!
+//! ```text
+//! loop {
+//!     while let Some(action) = transfer.poll_action(now) { carry it out }
+//!     sleep until an event arrives or until transfer.poll_timeout()
+//!     transfer.handle(now, event)   or   transfer.handle_timeout(now)
+//! }
+//! ```
+//!
+//! # Trust
+//! Events are the driver's own reports and are believed: `GroupsVerified` means the groups were
+//! verified against the blob's root *and* stored. What peers say about themselves is not: a
+//! have-map or a have-map's size is a claim, used only to decide whom to ask. Events that do not
+//! fit the engine's state (unknown peers or requests, groups outside the blob, repeats) are
+//! ignored and counted in [`TransferStats::ignored_events`]; none of them can make it panic.
+//!
+//! # Policy
+//! - Every connected peer that is not banned or retired, has sent a have-map and has a free
+//!   request slot gets work: at most [`TransferConfig::max_requests_per_peer`] requests each.
+//! - The blob is cut into pieces of [`TransferConfig::groups_per_request`] aligned groups. A
+//!   request is the missing groups of one piece that the peer claims and that no other request
+//!   is fetching. The piece is the rarest one the peer can serve (fewest usable peers claim its
+//!   groups); ties go to a hash of (seed, piece), so vehicles in one yard start apart.
+//! - Endgame: once no usable peer can take a group that is not already in flight, an idle peer
+//!   duplicates groups in flight elsewhere (each group at most twice, slowest request first); a
+//!   request whose groups all arrived by another route is cancelled.
+//! - A request with no progress for [`TransferConfig::request_timeout`] is cancelled and its peer
+//!   struck; a peer with [`TransferConfig::max_timeouts_per_peer`] strikes is *retired*: never
+//!   asked again for this blob, but not banned.
+//! - A peer that misbehaves (bad group, proof or size) is banned: one [`Action::Ban`], its
+//!   requests forgotten, never asked again for this blob, whatever it sends later.
+//! - Without a known size the engine first probes for it (see [`Transfer::new`]).
+//!
+//! # Cost
+//! Each event marks the transfer for a scheduling pass at the next `poll_action`. A pass in
+//! which no peer has a free slot costs a walk over the peers. Otherwise each request it issues
+//! costs a walk over the open requests and over the pieces the peer could serve, so a blob of
+//! `n` pieces costs `O(n²)` piece visits in all: fine for firmware-sized blobs, and the place to
+//! add an incremental rarity index if `netsim` ever needs one.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use proto::bao::{Layout, MAX_BLOB_SIZE};
+use proto::wire::{MAX_GROUP, MAX_RANGES};
+use proto::{BlobId, ChunkGroup, ChunkGroupRanges};
+
+mod pieces;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
+use pieces::{Coverage, piece_groups, tie_break};
+
+/// The layout every transfer uses: depotmesh stores and sends 16 KiB chunk groups.
+const LAYOUT: Layout = Layout::MESH;
+
+/// Names one request of a [`Transfer`]; unique within it, never reused. The driver sends it as
+/// the wire request id and echoes it in events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request {}", self.0)
+    }
+}
+
+/// How a [`Transfer`] spreads its requests and when it gives up on a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferConfig {
+    /// Requests in flight to one peer at most. Zero is taken as one.
+    pub max_requests_per_peer: usize,
+    /// Groups per piece, and so the most groups in one request. Zero is taken as one.
+    pub groups_per_request: u64,
+    /// A request with no verified group for this long is cancelled and its peer struck.
+    pub request_timeout: Duration,
+    /// Strikes (timeouts) after which a peer is not asked again for this blob. Zero is taken as
+    /// one.
+    pub max_timeouts_per_peer: u32,
+    /// How long a peer that answered `Busy` is left alone.
+    pub busy_backoff: Duration,
+    /// Seeds the tie-break between equally rare pieces; give each vehicle its own.
+    pub seed: u64,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        Self {
+            max_requests_per_peer: 4,
+            // 16 groups of 16 KiB: 256 KiB per request.
+            groups_per_request: 16,
+            request_timeout: Duration::from_secs(10),
+            max_timeouts_per_peer: 3,
+            busy_backoff: Duration::from_secs(1),
+            seed: 0,
+        }
+    }
+}
+
+/// Something the driver observed, for [`Transfer::handle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event<P> {
+    /// A connection to `peer` is up; it may be asked once its have-map arrives.
+    PeerConnected {
+        /// The peer.
+        peer: P,
+    },
+    /// The connection to `peer` is gone, with every stream on it. Its requests' groups are
+    /// missing again; its have-map is forgotten (a reconnecting peer sends a new one).
+    PeerClosed {
+        /// The peer.
+        peer: P,
+    },
+    /// `peer` claims to hold `groups` (replacing its earlier claim) and, if it says so, the
+    /// blob's size. Only a hint: neither is trusted.
+    HaveMap {
+        /// The peer.
+        peer: P,
+        /// The size the peer claims.
+        size: Option<u64>,
+        /// The groups the peer claims.
+        groups: ChunkGroupRanges,
+    },
+    /// Groups of `request` were verified against the blob's root and stored. May arrive several
+    /// times per request as its stream goes on (all before its `RequestFinished`); each one
+    /// counts as progress against the timeout. Recorded as held even when the request is no
+    /// longer tracked (cancelled, or its peer banned): the groups are verified either way.
+    GroupsVerified {
+        /// The peer that sent them.
+        peer: P,
+        /// The request they answer.
+        request: RequestId,
+        /// The groups now held.
+        groups: ChunkGroupRanges,
+        /// Their bytes, for the statistics.
+        bytes: u64,
+    },
+    /// A verified response covered the blob's last group, which proves the blob's size. Report
+    /// it before the response's `RequestFinished`: a probe that finishes without it has failed.
+    SizeProven {
+        /// The size.
+        size: u64,
+    },
+    /// The stream of `request` ended normally. Groups it did not deliver are missing again, and
+    /// the peer's claim to them is dropped: it has shown it does not hold them.
+    RequestFinished {
+        /// The peer.
+        peer: P,
+        /// The request.
+        request: RequestId,
+    },
+    /// `request` failed; the groups it did not deliver are missing again.
+    RequestFailed {
+        /// The peer.
+        peer: P,
+        /// The request.
+        request: RequestId,
+        /// Why.
+        failure: Failure,
+    },
+}
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The peer sent a group, proof or size that failed verification. The peer is banned, even
+    /// if the request is no longer tracked (say, cancelled): the bad data was real.
+    Misbehaved {
+        /// The groups that failed (`VerifyError::failed_groups`); empty when the failure names
+        /// none, as for a false size.
+        bad_groups: ChunkGroupRanges,
+    },
+    /// The peer answered `NotHeld` (or `NotFound`): its claim to the requested groups is dropped.
+    NotHeld,
+    /// The peer answered `Busy`: it is left alone for [`TransferConfig::busy_backoff`].
+    Busy,
+    /// The stream broke. Not held against the peer.
+    Lost,
+}
+
+/// What the driver must do, from [`Transfer::poll_action`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<P> {
+    /// Ask `peer` for `groups` of the blob under id `request` (a wire `RangeRequest`). `groups`
+    /// holds at most [`MAX_RANGES`] ranges.
+    Request {
+        /// The peer.
+        peer: P,
+        /// The id to send and to echo in events.
+        request: RequestId,
+        /// The groups wanted.
+        groups: ChunkGroupRanges,
+    },
+    /// Withdraw `request` (a wire `Cancel`) and stop reading its stream. Later events for it are
+    /// ignored, except that verified groups are still recorded as held.
+    Cancel {
+        /// The peer.
+        peer: P,
+        /// The request.
+        request: RequestId,
+    },
+    /// `peer` sent provably bad data for this blob: drop every stream of it for this blob and
+    /// never serve it data it could have poisoned. Emitted once per peer.
+    Ban {
+        /// The peer.
+        peer: P,
+    },
+    /// Every group of the blob is held and its size is known. Emitted once, after a `Cancel`
+    /// for every request still open: nothing is in flight after it.
+    Done,
+}
+
+/// What one peer did for this transfer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Bytes of verified groups it sent.
+    pub bytes: u64,
+    /// Verified groups it sent, including ones already held by then.
+    pub groups: u64,
+    /// Requests sent to it.
+    pub requests: u64,
+    /// Its timeouts (strikes).
+    pub timeouts: u32,
+    /// True once it is retired for too many timeouts.
+    pub retired: bool,
+    /// True once it is banned.
+    pub banned: bool,
+}
+
+/// Counters of a [`Transfer`], for logs, metrics and the simulator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferStats<P> {
+    /// Per peer that was ever heard of.
+    pub peers: BTreeMap<P, PeerStats>,
+    /// Requests sent, size probes and endgame duplicates included.
+    pub requests: u64,
+    /// Size probes sent.
+    pub size_probes: u64,
+    /// Endgame requests for groups already in flight elsewhere.
+    pub duplicate_requests: u64,
+    /// Verified groups that were already held when they arrived (the price of the endgame).
+    pub redundant_groups: u64,
+    /// Requests cancelled because their groups arrived by another route.
+    pub cancelled: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Requests refused (`NotHeld` or `Busy`).
+    pub refused: u64,
+    /// Requests whose stream broke.
+    pub lost: u64,
+    /// Groups named in misbehaviour reports.
+    pub bad_groups: u64,
+    /// Peers banned.
+    pub banned_peers: u64,
+    /// Peers retired for timeouts.
+    pub retired_peers: u64,
+    /// Events that did not fit the engine's state and were ignored, entirely or in part.
+    pub ignored_events: u64,
+    /// When the transfer was created.
+    pub started: Instant,
+    /// When the last missing group was recorded.
+    pub finished: Option<Instant>,
+}
+
+impl<P> TransferStats<P> {
+    fn new(started: Instant) -> Self {
+        Self {
+            peers: BTreeMap::new(),
+            requests: 0,
+            size_probes: 0,
+            duplicate_requests: 0,
+            redundant_groups: 0,
+            cancelled: 0,
+            timeouts: 0,
+            refused: 0,
+            lost: 0,
+            bad_groups: 0,
+            banned_peers: 0,
+            retired_peers: 0,
+            ignored_events: 0,
+            started,
+            finished: None,
+        }
+    }
+}
+
+/// Whether a peer may still be asked for this blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    Usable,
+    /// Too slow: not asked again, but what it still sends is welcome.
+    Retired,
+    /// Lied: not asked again, whatever it says.
+    Banned,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    connected: bool,
+    standing: Standing,
+    /// What it claims to hold, clipped to the blob; `None` until a have-map arrives.
+    claim: Option<ChunkGroupRanges>,
+    claimed_size: Option<u64>,
+    strikes: u32,
+    in_flight: usize,
+    /// Set when it answered `Busy`.
+    backoff: Option<Backoff>,
+    probe_failures: u32,
+}
+
+/// How long a busy peer is left alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backoff {
+    Until(Instant),
+    Indefinite,
+}
+
+impl PeerState {
+    fn new() -> Self {
+        Self {
+            connected: false,
+            standing: Standing::Usable,
+            claim: None,
+            claimed_size: None,
+            strikes: 0,
+            in_flight: 0,
+            backoff: None,
+            probe_failures: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RequestState<P> {
+    peer: P,
+    /// The groups asked for (for a size probe before the size is known: the probe range).
+    groups: ChunkGroupRanges,
+    /// When it was sent or last delivered a group: the timeout counts from here.
+    last_progress: Instant,
+    probe: bool,
+}
+
+/// The transfer of one blob from many peers at once. See the [module docs](self).
+///
+/// `P` names a peer: a libp2p `PeerId` in the runtime, a small integer in tests and `netsim`.
+/// Its `Ord` fixes the order in which peers are served, so equal inputs give equal actions.
+#[derive(Debug)]
+pub struct Transfer<P> {
+    blob: BlobId,
+    config: TransferConfig,
+    size: Option<u64>,
+    held: ChunkGroupRanges,
+    peers: BTreeMap<P, PeerState>,
+    requests: BTreeMap<RequestId, RequestState<P>>,
+    next_request: u64,
+    actions: VecDeque<Action<P>>,
+    /// Set by anything that may open new work; cleared by a scheduling pass.
+    needs_schedule: bool,
+    done_announced: bool,
+    stats: TransferStats<P>,
+}
+
+impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
+    /// A transfer of `blob`, of which the groups in `held` are already verified and stored (they
+    /// are never requested).
+    ///
+    /// `size` comes from signed metadata when known. When it is `None`, the first request is a
+    /// *size probe* for groups `MAX_GROUP - 1 .. MAX_GROUP`, past the end of any blob, which a
+    /// peer answers with the blob's last group and so proves the size; nothing else is requested
+    /// until [`Event::SizeProven`]. A failed probe is sent again to another peer.
+    pub fn new(
+        blob: BlobId,
+        size: Option<u64>,
+        held: ChunkGroupRanges,
+        config: TransferConfig,
+        now: Instant,
+    ) -> Self {
+        let mut transfer = Self {
+            blob,
+            config,
+            size: None,
+            held: ChunkGroupRanges::empty(),
+            peers: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            next_request: 0,
+            actions: VecDeque::new(),
+            needs_schedule: true,
+            done_announced: false,
+            stats: TransferStats::new(now),
+        };
+        transfer.held = held.intersection(&ChunkGroupRanges::from(0..MAX_GROUP));
+        if let Some(size) = size {
+            transfer.set_size(size);
+        }
+        transfer.note_finished(now);
+        transfer
+    }
+
+    /// The blob being fetched.
+    pub fn blob(&self) -> BlobId {
+        self.blob
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TransferConfig {
+        &self.config
+    }
+
+    /// The groups verified and stored so far.
+    pub fn held(&self) -> &ChunkGroupRanges {
+        &self.held
+    }
+
+    /// The blob's size, once given or proven.
+    pub fn size(&self) -> Option<u64> {
+        self.size
+    }
+
+    /// True when the size is known and every group is held.
+    pub fn is_done(&self) -> bool {
+        self.all_groups()
+            .is_some_and(|all| all.difference(&self.held).is_empty())
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &TransferStats<P> {
+        &self.stats
+    }
+
+    /// Requests in flight, to all peers.
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// True when some connected peer may still be asked for this blob. A transfer that is not
+    /// done and has no usable peer waits for new peers; the driver may want to find some.
+    pub fn has_usable_peer(&self) -> bool {
+        self.peers
+            .values()
+            .any(|peer| peer.connected && peer.standing == Standing::Usable)
+    }
+
+    /// Takes in one event. Never panics, whatever the event.
+    pub fn handle(&mut self, now: Instant, event: Event<P>) {
+        self.needs_schedule = true;
+        match event {
+            Event::PeerConnected { peer } => self.on_connected(peer),
+            Event::PeerClosed { peer } => self.on_closed(&peer),
+            Event::HaveMap { peer, size, groups } => self.on_have_map(&peer, size, groups),
+            Event::GroupsVerified {
+                peer,
+                request,
+                groups,
+                bytes,
+            } => self.on_groups_verified(now, peer, request, &groups, bytes),
+            Event::SizeProven { size } => self.on_size_proven(size),
+            Event::RequestFinished { peer, request } => self.on_finished(&peer, request),
+            Event::RequestFailed {
+                peer,
+                request,
+                failure,
+            } => self.on_failed(now, peer, request, failure),
+        }
+        self.note_finished(now);
+    }
+
+    /// The next thing the driver must do; call until `None` after every [`handle`](Self::handle)
+    /// and [`handle_timeout`](Self::handle_timeout).
+    pub fn poll_action(&mut self, now: Instant) -> Option<Action<P>> {
+        if self.actions.is_empty() && self.needs_schedule {
+            self.needs_schedule = false;
+            self.schedule(now);
+        }
+        self.actions.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_done() {
+            return None;
+        }
+        let deadlines = self
+            .requests
+            .values()
+            .filter_map(|request| self.deadline(request));
+        let backoffs = self.peers.values().filter_map(|peer| match peer.backoff {
+            Some(Backoff::Until(until)) => Some(until),
+            _ => None,
+        });
+        deadlines.chain(backoffs).min()
+    }
+
+    /// Fails the requests whose time is up and ends the back-off of busy peers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.needs_schedule = true;
+        for peer in self.peers.values_mut() {
+            if matches!(peer.backoff, Some(Backoff::Until(until)) if until <= now) {
+                peer.backoff = None;
+            }
+        }
+        let expired: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| self.deadline(request).is_some_and(|at| at <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            let Some(request) = self.remove_request(id) else {
+                continue;
+            };
+            self.actions.push_back(Action::Cancel {
+                peer: request.peer.clone(),
+                request: id,
+            });
+            // A request whose groups all arrived (it merely never saw its stream end) is no
+            // sign of a slow peer.
+            if self.outstanding(&request).is_empty() {
+                continue;
+            }
+            tracing::debug!(blob = %self.blob, peer = ?request.peer, %id, "request timed out");
+            self.stats.timeouts += 1;
+            if request.probe && self.size.is_none() {
+                self.note_probe_failure(&request.peer);
+            }
+            self.strike(&request.peer);
+        }
+    }
+
+    fn deadline(&self, request: &RequestState<P>) -> Option<Instant> {
+        // An overflowing deadline (a timeout of years) means "never".
+        request
+            .last_progress
+            .checked_add(self.config.request_timeout)
+    }
+
+    fn group_count(&self) -> Option<u64> {
+        self.size.map(|size| LAYOUT.group_count(size))
+    }
+
+    fn all_groups(&self) -> Option<ChunkGroupRanges> {
+        self.group_count()
+            .map(|count| ChunkGroupRanges::from(0..count))
+    }
+
+    /// Groups that may be named at all: the blob's, or any a blob can have while the size is
+    /// unknown.
+    fn group_limit(&self) -> ChunkGroupRanges {
+        self.all_groups()
+            .unwrap_or_else(|| ChunkGroupRanges::from(0..MAX_GROUP))
+    }
+
+    /// The groups of `request` still neither held nor past the end of the blob.
+    fn outstanding(&self, request: &RequestState<P>) -> ChunkGroupRanges {
+        request
+            .groups
+            .difference(&self.held)
+            .intersection(&self.group_limit())
+    }
+
+    fn set_size(&mut self, size: u64) {
+        self.size = Some(size);
+        let all = LAYOUT.all_groups(size);
+        self.held = self.held.intersection(&all);
+        for peer in self.peers.values_mut() {
+            if let Some(claim) = &mut peer.claim {
+                *claim = claim.intersection(&all);
+            }
+        }
+        // The probe was answered with the last group: from now on it is a request for that
+        // group, so the usual rules (progress, cancel, timeout) apply to it.
+        let last = all.end().saturating_sub(1);
+        for request in self.requests.values_mut() {
+            request.groups = if request.probe {
+                ChunkGroupRanges::from(last..last + 1)
+            } else {
+                request.groups.intersection(&all)
+            };
+        }
+    }
+
+    fn peer_stats(&mut self, peer: &P) -> &mut PeerStats {
+        self.stats.peers.entry(peer.clone()).or_default()
+    }
+
+    fn on_connected(&mut self, peer: P) {
+        let state = self
+            .peers
+            .entry(peer.clone())
+            .or_insert_with(PeerState::new);
+        if state.connected {
+            self.stats.ignored_events += 1;
+            return;
+        }
+        state.connected = true;
+        self.peer_stats(&peer);
+    }
+
+    fn on_closed(&mut self, peer: &P) {
+        let Some(state) = self.peers.get_mut(peer).filter(|state| state.connected) else {
+            self.stats.ignored_events += 1;
+            return;
+        };
+        state.connected = false;
+        state.claim = None;
+        state.claimed_size = None;
+        state.backoff = None;
+        // The streams died with the connection: nothing to cancel, and the peer's groups are
+        // missing again by dropping its requests.
+        self.forget_requests_of(peer);
+    }
+
+    fn on_have_map(&mut self, peer: &P, size: Option<u64>, groups: ChunkGroupRanges) {
+        let limit = self.group_limit();
+        let Some(state) = self.peers.get_mut(peer) else {
+            self.stats.ignored_events += 1;
+            return;
+        };
+        if !state.connected || state.standing == Standing::Banned {
+            self.stats.ignored_events += 1;
+            return;
+        }
+        state.claim = Some(groups.intersection(&limit));
+        state.claimed_size = size.filter(|&size| size <= MAX_BLOB_SIZE);
+    }
+
+    fn on_groups_verified(
+        &mut self,
+        now: Instant,
+        peer: P,
+        id: RequestId,
+        groups: &ChunkGroupRanges,
+        bytes: u64,
+    ) {
+        let valid = groups.intersection(&self.group_limit());
+        let mut fits = valid == *groups;
+        self.stats.redundant_groups += valid.intersection(&self.held).group_count();
+        let arrived = valid.difference(&self.held);
+        // Believed even for an unknown or cancelled request: the driver says these groups are
+        // verified and stored, and asking for them again would only waste a peer's time.
+        self.held = self.held.union(&valid);
+        if self.peers.contains_key(&peer) {
+            let stats = self.peer_stats(&peer);
+            stats.bytes = stats.bytes.saturating_add(bytes);
+            stats.groups += valid.group_count();
+        }
+        match self.requests.get_mut(&id) {
+            Some(request) if request.peer == peer => request.last_progress = now,
+            _ => fits = false,
+        }
+        if !fits {
+            self.stats.ignored_events += 1;
+        }
+        self.cancel_overtaken(id, &arrived);
+    }
+
+    /// Cancels every request but `carrier` that `arrived` completed: its groups came by another
+    /// route. `carrier` is left to end its stream, and so is a request that completed by its own
+    /// stream earlier: both are about to finish anyway.
+    fn cancel_overtaken(&mut self, carrier: RequestId, arrived: &ChunkGroupRanges) {
+        if arrived.is_empty() {
+            return;
+        }
+        let overtaken: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|&(&id, request)| {
+                id != carrier
+                    && !request.groups.intersection(arrived).is_empty()
+                    && self.outstanding(request).is_empty()
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in overtaken {
+            if let Some(request) = self.remove_request(id) {
+                self.stats.cancelled += 1;
+                self.actions.push_back(Action::Cancel {
+                    peer: request.peer,
+                    request: id,
+                });
+            }
+        }
+    }
+
+    fn on_size_proven(&mut self, size: u64) {
+        match self.size {
+            None if size <= MAX_BLOB_SIZE => self.set_size(size),
+            Some(known) if known == size => {}
+            // The driver checks responses against the known size, so a different proven size
+            // (or one no blob can have) is a driver bug; the signed size stands.
+            _ => self.stats.ignored_events += 1,
+        }
+    }
+
+    /// Takes `id` out of the books if it is `peer`'s; counts the event as ignored otherwise.
+    fn take_request_of(&mut self, peer: &P, id: RequestId) -> Option<RequestState<P>> {
+        if self.requests.get(&id).is_some_and(|r| r.peer == *peer) {
+            self.remove_request(id)
+        } else {
+            self.stats.ignored_events += 1;
+            None
+        }
+    }
+
+    fn on_finished(&mut self, peer: &P, id: RequestId) {
+        let Some(request) = self.take_request_of(peer, id) else {
+            return;
+        };
+        if request.probe && self.size.is_none() {
+            self.note_probe_failure(peer);
+            return;
+        }
+        let undelivered = self.outstanding(&request);
+        self.drop_claim(peer, &undelivered);
+    }
+
+    fn on_failed(&mut self, now: Instant, peer: P, id: RequestId, failure: Failure) {
+        if let Failure::Misbehaved { bad_groups } = &failure {
+            self.stats.bad_groups += bad_groups.group_count();
+            // A misbehaviour report convicts the peer even if the request is no longer
+            // tracked (say, cancelled): the bad data was real. A request of another peer
+            // under this id is a driver mix-up, and convicts no one.
+            if self.requests.get(&id).is_some_and(|r| r.peer != peer) {
+                self.stats.ignored_events += 1;
+            } else {
+                self.ban(peer);
+            }
+            return;
+        }
+        let Some(request) = self.take_request_of(&peer, id) else {
+            return;
+        };
+        let probing = request.probe && self.size.is_none();
+        if probing {
+            self.note_probe_failure(&peer);
+        }
+        match failure {
+            Failure::Misbehaved { .. } => {}
+            Failure::NotHeld => {
+                self.stats.refused += 1;
+                if !probing {
+                    let undelivered = self.outstanding(&request);
+                    self.drop_claim(&peer, &undelivered);
+                }
+            }
+            Failure::Busy => {
+                self.stats.refused += 1;
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.backoff = Some(match now.checked_add(self.config.busy_backoff) {
+                        Some(until) => Backoff::Until(until),
+                        // A back-off too long to represent lasts until the peer reconnects.
+                        None => Backoff::Indefinite,
+                    });
+                }
+            }
+            Failure::Lost => self.stats.lost += 1,
+        }
+    }
+
+    fn note_probe_failure(&mut self, peer: &P) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.probe_failures = state.probe_failures.saturating_add(1);
+        }
+    }
+
+    /// The peer showed it does not hold `groups`: stop asking it for them until it says again.
+    fn drop_claim(&mut self, peer: &P, groups: &ChunkGroupRanges) {
+        if groups.is_empty() {
+            return;
+        }
+        if let Some(claim) = self.peers.get_mut(peer).and_then(|s| s.claim.as_mut()) {
+            *claim = claim.difference(groups);
+        }
+    }
+
+    fn ban(&mut self, peer: P) {
+        let state = self
+            .peers
+            .entry(peer.clone())
+            .or_insert_with(PeerState::new);
+        if state.standing == Standing::Banned {
+            return;
+        }
+        tracing::info!(blob = %self.blob, ?peer, "peer banned: sent data that failed verification");
+        state.standing = Standing::Banned;
+        state.claim = None;
+        self.forget_requests_of(&peer);
+        self.stats.banned_peers += 1;
+        self.peer_stats(&peer).banned = true;
+        self.actions.push_back(Action::Ban { peer });
+    }
+
+    fn strike(&mut self, peer: &P) {
+        let limit = self.config.max_timeouts_per_peer.max(1);
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        state.strikes = state.strikes.saturating_add(1);
+        let strikes = state.strikes;
+        let retire = strikes >= limit && state.standing == Standing::Usable;
+        if retire {
+            state.standing = Standing::Retired;
+            tracing::debug!(blob = %self.blob, ?peer, strikes, "peer retired for this blob");
+        }
+        let stats = self.peer_stats(peer);
+        stats.timeouts = strikes;
+        if retire {
+            stats.retired = true;
+            self.stats.retired_peers += 1;
+        }
+    }
+
+    fn remove_request(&mut self, id: RequestId) -> Option<RequestState<P>> {
+        let request = self.requests.remove(&id)?;
+        if let Some(state) = self.peers.get_mut(&request.peer) {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+        Some(request)
+    }
+
+    fn forget_requests_of(&mut self, peer: &P) {
+        self.requests.retain(|_, request| request.peer != *peer);
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.in_flight = 0;
+        }
+    }
+
+    fn note_finished(&mut self, now: Instant) {
+        if self.stats.finished.is_none() && self.is_done() {
+            self.stats.finished = Some(now);
+        }
+    }
+
+    /// May `peer` get a new request now?
+    fn has_free_slot(&self, state: &PeerState, now: Instant) -> bool {
+        state.connected
+            && state.standing == Standing::Usable
+            && state.in_flight < self.config.max_requests_per_peer.max(1)
+            && match state.backoff {
+                None => true,
+                Some(Backoff::Until(until)) => now >= until,
+                Some(Backoff::Indefinite) => false,
+            }
+    }
+
+    fn schedule(&mut self, now: Instant) {
+        if self.is_done() {
+            if !self.done_announced {
+                self.done_announced = true;
+                // Whatever is still open holds nothing new; closing it here means the driver
+                // may drop the transfer as soon as it sees `Done`.
+                let open: Vec<RequestId> = self.requests.keys().copied().collect();
+                for id in open {
+                    if let Some(request) = self.remove_request(id) {
+                        self.actions.push_back(Action::Cancel {
+                            peer: request.peer,
+                            request: id,
+                        });
+                    }
+                }
+                self.actions.push_back(Action::Done);
+            }
+            return;
+        }
+        let Some(all) = self.all_groups() else {
+            self.schedule_probe(now);
+            return;
+        };
+        let mut coverage = None;
+        // Round-robin, one request per peer per round, so that the first peers in key order do
+        // not take every piece before the others get one.
+        loop {
+            let ready: Vec<P> = self
+                .peers
+                .iter()
+                .filter(|(_, state)| state.claim.is_some() && self.has_free_slot(state, now))
+                .map(|(peer, _)| peer.clone())
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            // Most passes (one per event) find every slot taken; only build the coverage, the
+            // costly part, when someone can take work. Claims do not change within a pass.
+            let coverage = coverage.get_or_insert_with(|| {
+                Coverage::new(
+                    self.peers
+                        .values()
+                        .filter(|state| state.connected && state.standing == Standing::Usable)
+                        .filter_map(|state| state.claim.as_ref()),
+                )
+            });
+            let mut issued = false;
+            for peer in ready {
+                if let Some((groups, duplicate)) = self.choose(&peer, &all, coverage) {
+                    self.issue(now, peer, groups, false, duplicate);
+                    issued = true;
+                }
+            }
+            if !issued {
+                break;
+            }
+        }
+    }
+
+    /// The groups to ask `peer` for next, and whether they are an endgame duplicate.
+    fn choose(
+        &self,
+        peer: &P,
+        all: &ChunkGroupRanges,
+        coverage: &Coverage,
+    ) -> Option<(ChunkGroupRanges, bool)> {
+        let claim = self.peers.get(peer)?.claim.as_ref()?;
+        let in_flight = self
+            .requests
+            .values()
+            .fold(ChunkGroupRanges::empty(), |acc, request| {
+                acc.union(&self.outstanding(request))
+            });
+        let unassigned = all.difference(&self.held).difference(&in_flight);
+        let mine = claim.intersection(&unassigned);
+        if !mine.is_empty() {
+            let groups = self.rarest_piece(&mine, coverage);
+            return (!groups.is_empty()).then_some((groups, false));
+        }
+        // Not the endgame while some usable peer could still take a fresh group: duplicates now
+        // would only slow the pieces nobody has started.
+        if !unassigned.intersection(&coverage.support()).is_empty() {
+            return None;
+        }
+        self.endgame_groups(peer, claim)
+            .filter(|groups| !groups.is_empty())
+            .map(|groups| (groups, true))
+    }
+
+    /// Of the pieces touched by `candidates`, the one fewest usable peers can serve (ties by
+    /// seeded hash); returns its groups in `candidates`.
+    fn rarest_piece(&self, candidates: &ChunkGroupRanges, coverage: &Coverage) -> ChunkGroupRanges {
+        let per_piece = self.config.groups_per_request.max(1);
+        let seed = self.config.seed;
+        // (peers claiming the rarest group, tie-break, piece)
+        let mut best: Option<(u32, u64, u64)> = None;
+        let mut consider = |piece: u64, count: u32| {
+            let key = (count, tie_break(seed, piece), piece);
+            if best.is_none_or(|current| key < current) {
+                best = Some(key);
+            }
+        };
+        let mut current: Option<(u64, u32)> = None;
+        for range in candidates.iter() {
+            let mut start = range.start;
+            while start < range.end {
+                let piece = start / per_piece;
+                let end = range.end.min(piece_groups(piece, per_piece).end);
+                let count = coverage.min_count(start..end);
+                current = match current {
+                    Some((open, fewest)) if open == piece => Some((piece, fewest.min(count))),
+                    Some((open, fewest)) => {
+                        consider(open, fewest);
+                        Some((piece, count))
+                    }
+                    None => Some((piece, count)),
+                };
+                start = end;
+            }
+        }
+        if let Some((piece, fewest)) = current {
+            consider(piece, fewest);
+        }
+        let Some((_, _, piece)) = best else {
+            return ChunkGroupRanges::empty();
+        };
+        candidates
+            .intersection(&ChunkGroupRanges::from(piece_groups(piece, per_piece)))
+            .first_ranges(MAX_RANGES)
+    }
+
+    /// Endgame work for `peer`: groups it claims that one other request is fetching, from the
+    /// request that has gone longest without progress.
+    fn endgame_groups(&self, peer: &P, claim: &ChunkGroupRanges) -> Option<ChunkGroupRanges> {
+        let mut seen = ChunkGroupRanges::empty();
+        let mut twice = ChunkGroupRanges::empty();
+        let mut own = ChunkGroupRanges::empty();
+        for request in self.requests.values() {
+            let outstanding = self.outstanding(request);
+            twice = twice.union(&seen.intersection(&outstanding));
+            seen = seen.union(&outstanding);
+            if request.peer == *peer {
+                own = own.union(&outstanding);
+            }
+        }
+        let per_piece = self.config.groups_per_request.max(1);
+        let mut order: Vec<(Instant, u64, RequestId)> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| request.peer != *peer)
+            .map(|(&id, request)| {
+                let piece = request.groups.iter().next().map_or(0, |r| r.start) / per_piece;
+                (
+                    request.last_progress,
+                    tie_break(self.config.seed, piece),
+                    id,
+                )
+            })
+            .collect();
+        order.sort_unstable();
+        order.into_iter().find_map(|(_, _, id)| {
+            let request = self.requests.get(&id)?;
+            let groups = self
+                .outstanding(request)
+                .intersection(claim)
+                .difference(&twice)
+                .difference(&own);
+            (!groups.is_empty()).then(|| groups.first_ranges(MAX_RANGES))
+        })
+    }
+
+    fn schedule_probe(&mut self, now: Instant) {
+        if self.requests.values().any(|request| request.probe) {
+            return;
+        }
+        // Prefer peers that have not failed a probe, then peers whose claim includes the last
+        // group of the size they claim (they can likely answer), then any have-map at all.
+        let target = self
+            .peers
+            .iter()
+            .filter(|(_, state)| self.has_free_slot(state, now))
+            .min_by_key(|(peer, state)| {
+                let rank = match (&state.claim, state.claimed_size) {
+                    (Some(claim), Some(size)) => {
+                        let last = LAYOUT.group_count(size) - 1;
+                        if claim.contains(ChunkGroup(last)) {
+                            0
+                        } else {
+                            1
+                        }
+                    }
+                    (Some(_), None) => 1,
+                    (None, _) => 2,
+                };
+                (state.probe_failures, rank, (*peer).clone())
+            })
+            .map(|(peer, _)| peer.clone());
+        if let Some(peer) = target {
+            self.stats.size_probes += 1;
+            let probe = ChunkGroupRanges::from(MAX_GROUP - 1..MAX_GROUP);
+            self.issue(now, peer, probe, true, false);
+        }
+    }
+
+    fn issue(
+        &mut self,
+        now: Instant,
+        peer: P,
+        groups: ChunkGroupRanges,
+        probe: bool,
+        duplicate: bool,
+    ) {
+        if groups.is_empty() {
+            return;
+        }
+        let id = RequestId(self.next_request);
+        self.next_request = self.next_request.wrapping_add(1);
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.in_flight += 1;
+        }
+        self.stats.requests += 1;
+        if duplicate {
+            self.stats.duplicate_requests += 1;
+        }
+        self.peer_stats(&peer).requests += 1;
+        tracing::trace!(blob = %self.blob, ?peer, %id, %groups, probe, duplicate, "request");
+        self.requests.insert(
+            id,
+            RequestState {
+                peer: peer.clone(),
+                groups: groups.clone(),
+                last_progress: now,
+                probe,
+            },
+        );
+        self.actions.push_back(Action::Request {
+            peer,
+            request: id,
+            groups,
+        });
+    }
+}
