@@ -9,3 +9,5 @@
 //! actions, so that `netsim` can drive the same code for a whole fleet.
 
 #![forbid(unsafe_code)]
+
+pub mod net;
