@@ -939,7 +939,8 @@ impl<R: Read> VerifiedReader<R> {
         let blob = self.verifier.blob;
         while let Some(item) = self.next_item() {
             if let Verified::Group(group) = item? {
-                sink(group.offset(), group.data()).map_err(|source| VerifyError::Io { blob, source })?;
+                sink(group.offset(), group.data())
+                    .map_err(|source| VerifyError::Io { blob, source })?;
             }
         }
         Ok(self.size())
