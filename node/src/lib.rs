@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod net;
 pub mod protocol;
 pub mod storage;
 pub mod store;

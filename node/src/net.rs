@@ -1,0 +1,673 @@
+//! The libp2p transport: a swarm that moves bytes and reports connectivity, and decides nothing.
+//!
+//! # Goals
+//! - One QUIC (`/quic-v1`) endpoint per node, tuned for bulk transfer on a depot yard LAN.
+//! - Raw bidirectional streams of one protocol ([`NetConfig::protocol`], by default
+//!   [`proto::wire::PROTOCOL_ID`]) through `libp2p-stream`, so the transfer engine writes frames
+//!   and bao data straight into a QUIC stream, without a request/response layer in between.
+//! - Connectivity as events ([`NetEvent`]): who connected, who left, who was discovered on the LAN
+//!   by mDNS, what a peer says about itself (identify).
+//!
+//! # Non-goals
+//! - Choosing peers, ranges, retries or bans: the sans-IO transfer engine does that from the
+//!   events this module reports. The only thing done on its own is dialling peers that mDNS found
+//!   (switchable with [`NetConfig::mdns_auto_dial`]), because a yard LAN has no other rendezvous.
+//! - Trusting anything a peer sends: bytes read from a [`Stream`] are untrusted input for the
+//!   decoders in `proto`.
+//!
+//! # Shape
+//! [`start`] builds the swarm and moves it into its own tokio task, which `select!`s over
+//! commands from [`NetHandle`]s and swarm events. The task owns the swarm; everything else talks
+//! to it through channels, so no lock is held across the network. Streams are opened through
+//! `libp2p_stream::Control`, which is safe to use concurrently from any task.
+//!
+//! # Reading and writing streams
+//! A [`Stream`] implements `futures::io::{AsyncRead, AsyncWrite}` (not tokio's traits): use
+//! `futures::{AsyncReadExt, AsyncWriteExt}` (`read`, `read_exact`, `write_all`, `close`). Closing
+//! the write half with `close()` is what gives the reader its end of file. Code that needs tokio's
+//! traits can wrap a stream with `tokio_util::compat::FuturesAsyncReadCompatExt::compat`; this
+//! crate does not, to avoid a dependency for a one-line adapter.
+
+mod driver;
+mod error;
+
+use std::{
+    fmt,
+    pin::Pin,
+    str::FromStr,
+    sync::Once,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, SwarmBuilder, identify, identity::Keypair, mdns,
+    multiaddr::Protocol, ping, swarm::behaviour::toggle::Toggle,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
+
+pub use error::NetError;
+/// A bidirectional byte stream to a peer (a QUIC stream). See the module docs for how to read and
+/// write it.
+pub use libp2p::Stream;
+
+use driver::{Behaviour, Command, Driver};
+
+/// How many events wait for the application before newer ones are dropped (with a warning).
+/// Events are reports, not commands: the swarm must not stall because nobody reads them.
+const EVENT_BUFFER: usize = 1024;
+/// How many accepted inbound streams wait for the application before newer ones are refused.
+/// libp2p-stream itself buffers only one, and drops the rest while the application is busy with
+/// the first; the driver drains it at once into this deeper buffer.
+const INCOMING_STREAM_BUFFER: usize = 64;
+/// How many commands from handles may queue for the driver.
+const COMMAND_BUFFER: usize = 64;
+/// Extra time a handle waits beyond the QUIC handshake timeout before it gives up on the driver:
+/// the driver reports a failed dial itself, this only guards against a report that never comes.
+const REPLY_MARGIN: Duration = Duration::from_secs(1);
+
+/// QUIC transport parameters. The defaults are chosen for bulk transfer between vehicles and the
+/// depot cache on a yard LAN (wired or Wi-Fi); see [`QuicTuning::default`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuicTuning {
+    /// Receive window of one stream in bytes: how much a sender may have in flight on a single
+    /// stream before the reader consumes it.
+    pub max_stream_data: u32,
+    /// Receive window of one connection in bytes, across all its streams.
+    pub max_connection_data: u32,
+    /// A connection with no packet from the peer for this long is dead. This is how a vehicle
+    /// that drives out of the yard mid-transfer is noticed.
+    pub max_idle_timeout: Duration,
+    /// Interval of QUIC PINGs on a quiet connection, so that a live peer is never mistaken for a
+    /// dead one. Must be well below `max_idle_timeout` of both ends.
+    pub keep_alive_interval: Duration,
+    /// Most streams a peer may hold open to us at once.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for QuicTuning {
+    /// Why these numbers:
+    ///
+    /// - Stream window 4 MiB. A stream moves at most one window per round trip, so the window
+    ///   must exceed the bandwidth-delay product: yard Wi-Fi at ~300 Mbit/s with 10–30 ms round
+    ///   trips is 0.4–1.1 MB, gigabit Ethernet at ~1 ms is 0.125 MB. 4 MiB is several times the
+    ///   worst of these, and also covers a reader that stalls for ~30 ms at gigabit speed (an
+    ///   fsync of a chunk group on eMMC) without the sender stopping.
+    /// - Connection window 16 MiB: four streams to one peer at full window (the engine fetches
+    ///   ranges from a peer in parallel). It is also the most unread data one peer can make us
+    ///   buffer, so a gateway pulling from five neighbours holds at most 80 MiB, where libp2p's
+    ///   internet-oriented defaults (10 MB per stream, 15 MB per connection) allow about as
+    ///   much per connection with no throughput to show for it on a LAN. Windows are limits,
+    ///   not allocations. (quinn's send window, 10 MB per connection and not settable through
+    ///   libp2p, caps what one sender has in flight anyway; a larger connection window buys
+    ///   nothing.) On loopback the copy benchmark (`examples/stream_copy.rs`) runs at the same
+    ///   speed, within run-to-run noise, with these windows, with libp2p's and with 1 MiB ones:
+    ///   it is CPU-bound there, so the choice rests on the Wi-Fi arithmetic above.
+    /// - Idle timeout 10 s and keep-alive 2 s: on a LAN a live peer answers within milliseconds,
+    ///   so five unanswered PINGs in a row mean the peer is gone (drove away, powered down). The
+    ///   transfer engine should move its ranges to another peer after seconds, not after the 30 s
+    ///   or more that internet-oriented settings take. The keep-alive costs one small packet
+    ///   every 2 s per connection, nothing next to a firmware image.
+    /// - 256 concurrent streams: libp2p's default; far above what the engine opens per peer.
+    fn default() -> Self {
+        Self {
+            max_stream_data: 4 * 1024 * 1024,
+            max_connection_data: 16 * 1024 * 1024,
+            max_idle_timeout: Duration::from_secs(10),
+            keep_alive_interval: Duration::from_secs(2),
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// How to start a node's transport.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// The node's identity. `None` generates a fresh ed25519 key (fine for tests; a real node
+    /// keeps its key so its peer id is stable across restarts).
+    pub keypair: Option<Keypair>,
+    /// Addresses to listen on, each `/ip4|/ip6/…/udp/<port>/quic-v1`. Empty means dial-only.
+    pub listen: Vec<Multiaddr>,
+    /// Whether to discover and announce peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Whether peers found by mDNS are dialled at once (only when not connected already).
+    pub mdns_auto_dial: bool,
+    /// The protocol of the streams this node opens and accepts.
+    pub protocol: StreamProtocol,
+    /// How long a connection with no open stream is kept before it is closed. Independent of the
+    /// QUIC idle timeout, which detects dead peers.
+    pub idle_timeout: Duration,
+    /// How long a dial (QUIC handshake included) may take before it counts as failed.
+    pub dial_timeout: Duration,
+    /// How long opening a stream on an existing connection may take (protocol negotiation).
+    pub stream_open_timeout: Duration,
+    /// The agent string this node reports through identify (`name/version`).
+    pub agent_version: String,
+    /// QUIC transport parameters.
+    pub quic: QuicTuning,
+}
+
+impl Default for NetConfig {
+    /// Listens on every IPv4 interface on a random UDP port (a vehicle must be reachable on the
+    /// yard LAN, whose address it does not know in advance), with mDNS on and auto-dial on.
+    fn default() -> Self {
+        Self {
+            keypair: None,
+            listen: vec![
+                Multiaddr::empty()
+                    .with(Protocol::Ip4(std::net::Ipv4Addr::UNSPECIFIED))
+                    .with(Protocol::Udp(0))
+                    .with(Protocol::QuicV1),
+            ],
+            mdns: true,
+            mdns_auto_dial: true,
+            protocol: StreamProtocol::new(proto::wire::PROTOCOL_ID),
+            idle_timeout: Duration::from_secs(60),
+            dial_timeout: Duration::from_secs(5),
+            stream_open_timeout: Duration::from_secs(10),
+            agent_version: concat!("depotmesh-node/", env!("CARGO_PKG_VERSION")).to_owned(),
+            quic: QuicTuning::default(),
+        }
+    }
+}
+
+/// Something that happened on the network. Reports only; the receiver decides what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetEvent {
+    /// The first connection to a peer was established (further parallel connections to the same
+    /// peer are not reported).
+    PeerConnected {
+        /// The peer.
+        peer: PeerId,
+        /// The peer's address on that connection.
+        addr: Multiaddr,
+    },
+    /// The last connection to a peer closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+        /// Why the last connection closed, if it was an error (idle timeout, reset).
+        reason: Option<String>,
+    },
+    /// mDNS found a peer on the LAN.
+    PeerDiscovered {
+        /// The peer.
+        peer: PeerId,
+        /// Where it says it listens.
+        addrs: Vec<Multiaddr>,
+    },
+    /// A connected peer told us about itself (identify).
+    Identified {
+        /// The peer.
+        peer: PeerId,
+        /// Its agent string, e.g. `depotmesh-node/0.1.0`.
+        agent: String,
+        /// The addresses it says it listens on (untrusted).
+        listen_addrs: Vec<Multiaddr>,
+    },
+    /// This node listens on a new address (with `/p2p/<own peer id>`).
+    ListenAddr(Multiaddr),
+    /// An outgoing connection attempt failed.
+    DialFailed {
+        /// The peer that was dialled, if known.
+        peer: Option<PeerId>,
+        /// Why, with the underlying error chain.
+        error: String,
+    },
+}
+
+/// The receiving end of a node's [`NetEvent`]s. Events are dropped (with a warning) while it holds
+/// `1024` unread ones; dropping the receiver is allowed and only stops the reports.
+pub type NetEvents = mpsc::Receiver<NetEvent>;
+
+/// Streams that peers opened to this node, in the order they arrived. Ends after the node shuts
+/// down. Read it promptly: while 64 accepted streams are waiting, further ones are reset.
+pub struct IncomingStreams {
+    receiver: mpsc::Receiver<(PeerId, Stream)>,
+}
+
+impl IncomingStreams {
+    /// The next inbound stream and the peer that opened it; `None` once the node has shut down.
+    pub async fn next(&mut self) -> Option<(PeerId, Stream)> {
+        self.receiver.recv().await
+    }
+}
+
+impl futures::Stream for IncomingStreams {
+    type Item = (PeerId, Stream);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+impl fmt::Debug for IncomingStreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingStreams")
+            .field("waiting", &self.receiver.len())
+            .finish()
+    }
+}
+
+/// Controls a running node. Cheap to clone; when every clone is dropped the node shuts down.
+#[derive(Clone)]
+pub struct NetHandle {
+    peer_id: PeerId,
+    protocol: StreamProtocol,
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    dial_timeout: Duration,
+    stream_open_timeout: Duration,
+}
+
+impl fmt::Debug for NetHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetHandle")
+            .field("peer_id", &self.peer_id)
+            .field("protocol", &self.protocol)
+            .field("running", &!self.commands.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetHandle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses this node listens on, each ending in `/p2p/<peer id>` so that it can be
+    /// handed to [`NetHandle::dial`] as is. Waits for the first address to be bound; empty if the
+    /// node listens nowhere, all its listeners failed, or it has shut down.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::ListenAddrs(reply))
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Connects to `addr` and returns the peer's id once the connection is up (QUIC handshake and
+    /// peer authentication done). If `addr` ends in `/p2p/<peer id>`, the remote must prove that
+    /// identity; if we are connected to that peer already, this returns at once.
+    #[tracing::instrument(level = "debug", skip(self), fields(%addr))]
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NetError> {
+        check_quic_address(&addr)?;
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Dial {
+                addr: addr.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Shutdown)?;
+        let patience = self.dial_timeout + REPLY_MARGIN;
+        match tokio::time::timeout(patience, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NetError::Shutdown),
+            Err(_) => Err(NetError::DialTimeout {
+                addr,
+                after: patience,
+            }),
+        }
+    }
+
+    /// Opens a stream of the node's protocol to a connected peer.
+    ///
+    /// Does not dial: a peer we hold no connection to gives [`NetError::PeerNotConnected`], so
+    /// that the caller (which knows addresses and policy) decides whether to dial.
+    #[tracing::instrument(level = "debug", skip(self), fields(%peer))]
+    pub async fn open_stream(&self, peer: PeerId) -> Result<Stream, NetError> {
+        if !self.is_connected(peer).await? {
+            return Err(NetError::PeerNotConnected { peer });
+        }
+        // One control per call: a control opens one stream at a time (`&mut self`), and callers
+        // open streams concurrently.
+        let mut control = self.control.clone();
+        let protocol = self.protocol.clone();
+        let opening = control.open_stream(peer, protocol.clone());
+        // libp2p-stream waits for the peer's answer without a deadline of its own, and if the
+        // connection vanishes between our check and its lookup it starts a dial whose failure it
+        // does not always report; the timeout makes sure the caller hears back.
+        match tokio::time::timeout(self.stream_open_timeout, opening).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(protocol))) => {
+                Err(NetError::UnsupportedProtocol { peer, protocol })
+            }
+            Ok(Err(libp2p_stream::OpenStreamError::Io(source))) => Err(NetError::StreamOpen {
+                peer,
+                protocol,
+                source,
+            }),
+            // The enum is non-exhaustive; keep whatever a newer version reports.
+            Ok(Err(other)) => Err(NetError::StreamOpen {
+                peer,
+                protocol,
+                source: std::io::Error::other(other.to_string()),
+            }),
+            Err(_) => Err(NetError::StreamOpenTimeout {
+                peer,
+                protocol,
+                after: self.stream_open_timeout,
+            }),
+        }
+    }
+
+    /// Whether at least one connection to `peer` is open.
+    pub async fn is_connected(&self, peer: PeerId) -> Result<bool, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::IsConnected { peer, reply })
+            .await
+            .map_err(|_| NetError::Shutdown)?;
+        answer.await.map_err(|_| NetError::Shutdown)
+    }
+
+    /// The peers we hold at least one connection to, in peer id order. Empty after shutdown.
+    pub async fn connected_peers(&self) -> Vec<PeerId> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::ConnectedPeers(reply))
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Closes every connection (peers see the QUIC connection close at once rather than after
+    /// their idle timeout) and stops the node. Returns when the node's task has finished; calling
+    /// it again, or from a clone, is harmless.
+    pub async fn shutdown(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(reply)).await.is_ok() {
+            // An error only means the task ended already, which is what we want.
+            let _ = answer.await;
+        }
+    }
+}
+
+/// Parses a multiaddr, with an error that names the text that was wrong.
+pub fn parse_multiaddr(input: &str) -> Result<Multiaddr, NetError> {
+    Multiaddr::from_str(input).map_err(|error| NetError::InvalidMultiaddr {
+        input: input.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
+/// Installs rustls' ring provider as the process-wide default, once; later calls do nothing.
+///
+/// Why name it: rustls picks a process default only when exactly one provider is compiled in, and
+/// this build has two — `ring` (which the workspace chose) and `aws-lc-rs`, which `libp2p-tls`
+/// and `quinn` enable for themselves. Any rustls user in the process that asks for the default
+/// (a `ClientConfig::builder()` anywhere, today or in a later dependency) would otherwise panic
+/// at run time on the ambiguity. Installing ring up front makes that choice explicit and the same
+/// on every node. It does not change libp2p's own handshake: `libp2p-tls` builds its configs with
+/// the aws-lc-rs provider named in its code, and both providers implement the same TLS 1.3
+/// suites. If the embedding binary installed a default already, that one stays.
+pub fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // An error means another default was installed first (by the binary); keeping it is
+        // correct, so there is nothing to handle.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Starts a node: builds the swarm, binds the listen addresses and spawns the task that drives
+/// it. Must be called within a tokio runtime. Returns the control handle, the event receiver and
+/// the inbound streams of [`NetConfig::protocol`].
+pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingStreams), NetError> {
+    install_crypto_provider();
+
+    for addr in &config.listen {
+        check_quic_address(addr)?;
+    }
+    let quic = quic_settings(&config)?;
+    let keypair = config.keypair.unwrap_or_else(Keypair::generate_ed25519);
+    let peer_id = keypair.public().to_peer_id();
+
+    let mdns = if config.mdns {
+        let behaviour =
+            mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).map_err(|error| {
+                NetError::Start {
+                    reason: format!("mDNS could not start: {error}"),
+                }
+            })?;
+        Some(behaviour)
+    } else {
+        None
+    };
+    let behaviour = Behaviour {
+        identify: identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_owned(), keypair.public())
+                .with_agent_version(config.agent_version.clone()),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new()),
+        mdns: Toggle::from(mdns),
+        stream: libp2p_stream::Behaviour::new(),
+    };
+
+    let Ok(builder) = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_quic_config(|mut libp2p_quic| {
+            libp2p_quic.handshake_timeout = quic.handshake_timeout;
+            libp2p_quic.max_idle_timeout = quic.max_idle_timeout_ms;
+            libp2p_quic.keep_alive_interval = quic.keep_alive_interval;
+            libp2p_quic.max_concurrent_stream_limit = quic.max_concurrent_streams;
+            libp2p_quic.max_stream_data = quic.max_stream_data;
+            libp2p_quic.max_connection_data = quic.max_connection_data;
+            libp2p_quic
+        })
+        .with_behaviour(|_| behaviour);
+    let idle_timeout = config.idle_timeout;
+    let mut swarm = builder
+        .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(idle_timeout))
+        .build();
+
+    let mut control = swarm.behaviour().stream.new_control();
+    let incoming = control
+        .accept(config.protocol.clone())
+        .map_err(|error| NetError::Start {
+            reason: format!("protocol {} already registered: {error}", config.protocol),
+        })?;
+
+    let mut listeners = 0_usize;
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|error| NetError::Listen {
+                addr: addr.clone(),
+                reason: error::error_chain(&error),
+            })?;
+        listeners += 1;
+    }
+
+    let (command_sender, command_receiver) = mpsc::channel(COMMAND_BUFFER);
+    let (event_sender, event_receiver) = mpsc::channel(EVENT_BUFFER);
+    let (stream_sender, stream_receiver) = mpsc::channel(INCOMING_STREAM_BUFFER);
+    let driver = Driver::new(
+        swarm,
+        command_receiver,
+        event_sender,
+        incoming,
+        stream_sender,
+        listeners,
+        config.mdns_auto_dial,
+    );
+    tokio::spawn(
+        driver
+            .run()
+            .instrument(tracing::info_span!("net", local = %peer_id)),
+    );
+
+    let handle = NetHandle {
+        peer_id,
+        protocol: config.protocol,
+        commands: command_sender,
+        control,
+        dial_timeout: config.dial_timeout,
+        stream_open_timeout: config.stream_open_timeout,
+    };
+    let incoming = IncomingStreams {
+        receiver: stream_receiver,
+    };
+    Ok((handle, event_receiver, incoming))
+}
+
+/// The identify protocol version: peers of another protocol family are visible in events but the
+/// engine will not speak to them.
+const IDENTIFY_PROTOCOL_VERSION: &str = "/depotmesh/1.0.0";
+
+/// [`QuicTuning`] and the dial timeout, checked and converted to libp2p-quic's units.
+struct QuicSettings {
+    handshake_timeout: Duration,
+    max_idle_timeout_ms: u32,
+    keep_alive_interval: Duration,
+    max_concurrent_streams: u32,
+    max_stream_data: u32,
+    max_connection_data: u32,
+}
+
+fn quic_settings(config: &NetConfig) -> Result<QuicSettings, NetError> {
+    let tuning = &config.quic;
+    let max_idle_timeout_ms = u32::try_from(tuning.max_idle_timeout.as_millis()).map_err(|_| {
+        NetError::InvalidConfig {
+            field: "quic.max_idle_timeout",
+            reason: format!(
+                "{:?} is beyond u32::MAX milliseconds",
+                tuning.max_idle_timeout
+            ),
+        }
+    })?;
+    if max_idle_timeout_ms == 0 {
+        // QUIC reads 0 as "no idle timeout": a dead peer would never be noticed.
+        return Err(NetError::InvalidConfig {
+            field: "quic.max_idle_timeout",
+            reason: "must be at least 1 ms".to_owned(),
+        });
+    }
+    if tuning.keep_alive_interval.is_zero() || tuning.keep_alive_interval >= tuning.max_idle_timeout
+    {
+        return Err(NetError::InvalidConfig {
+            field: "quic.keep_alive_interval",
+            reason: format!(
+                "{:?} must be above zero and below max_idle_timeout {:?}",
+                tuning.keep_alive_interval, tuning.max_idle_timeout
+            ),
+        });
+    }
+    if config.dial_timeout.is_zero() {
+        return Err(NetError::InvalidConfig {
+            field: "dial_timeout",
+            reason: "must be above zero".to_owned(),
+        });
+    }
+    Ok(QuicSettings {
+        handshake_timeout: config.dial_timeout,
+        max_idle_timeout_ms,
+        keep_alive_interval: tuning.keep_alive_interval,
+        max_concurrent_streams: tuning.max_concurrent_streams,
+        max_stream_data: tuning.max_stream_data,
+        max_connection_data: tuning.max_connection_data,
+    })
+}
+
+/// Refuses addresses of transports this node does not speak, so that the caller hears "not QUIC"
+/// rather than a generic transport error from deep inside the swarm. DNS names are refused too:
+/// the swarm has no resolver (a yard LAN is addressed by IP or found by mDNS).
+fn check_quic_address(addr: &Multiaddr) -> Result<(), NetError> {
+    let mut parts = addr.iter();
+    let ip = matches!(parts.next(), Some(Protocol::Ip4(_) | Protocol::Ip6(_)));
+    let udp = matches!(parts.next(), Some(Protocol::Udp(_)));
+    let quic = matches!(parts.next(), Some(Protocol::QuicV1));
+    let rest_is_peer = parts.all(|part| matches!(part, Protocol::P2p(_)));
+    if ip && udp && quic && rest_is_peer {
+        Ok(())
+    } else {
+        Err(NetError::UnsupportedAddress { addr: addr.clone() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quic_addresses_are_accepted_and_others_refused() {
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        for good in [
+            "/ip4/127.0.0.1/udp/4001/quic-v1".to_owned(),
+            "/ip6/::1/udp/0/quic-v1".to_owned(),
+            format!("/ip4/10.0.0.1/udp/4001/quic-v1/p2p/{peer}"),
+        ] {
+            let addr = parse_multiaddr(&good).unwrap();
+            assert!(check_quic_address(&addr).is_ok(), "{good}");
+        }
+        for bad in [
+            "/ip4/127.0.0.1/tcp/4001",
+            "/ip4/127.0.0.1/udp/4001/quic",
+            "/ip4/127.0.0.1/udp/4001",
+            "/ip4/127.0.0.1/udp/4001/quic-v1/webtransport",
+            "/dns4/depot.local/udp/4001/quic-v1",
+        ] {
+            let addr = parse_multiaddr(bad).unwrap();
+            assert!(
+                matches!(
+                    check_quic_address(&addr),
+                    Err(NetError::UnsupportedAddress { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_multiaddr_error_names_the_input() {
+        let error = parse_multiaddr("/ip4/300.1.2.3/udp/x").unwrap_err();
+        assert!(matches!(error, NetError::InvalidMultiaddr { .. }));
+        assert!(
+            error.to_string().contains("/ip4/300.1.2.3/udp/x"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn tuning_out_of_range_is_refused() {
+        let mut config = NetConfig::default();
+        config.quic.keep_alive_interval = config.quic.max_idle_timeout;
+        assert!(matches!(
+            quic_settings(&config),
+            Err(NetError::InvalidConfig {
+                field: "quic.keep_alive_interval",
+                ..
+            })
+        ));
+        let mut config = NetConfig::default();
+        config.quic.max_idle_timeout = Duration::from_secs(u64::MAX / 1000);
+        assert!(matches!(
+            quic_settings(&config),
+            Err(NetError::InvalidConfig {
+                field: "quic.max_idle_timeout",
+                ..
+            })
+        ));
+        assert!(quic_settings(&NetConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn crypto_provider_install_is_idempotent() {
+        install_crypto_provider();
+        install_crypto_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+}

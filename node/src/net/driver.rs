@@ -1,0 +1,426 @@
+//! The task that owns the swarm: it turns handle commands into swarm calls and swarm events into
+//! [`NetEvent`]s, and forwards inbound streams.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, identify, mdns,
+    multiaddr::Protocol,
+    ping,
+    swarm::{
+        ConnectionId, NetworkBehaviour, SwarmEvent,
+        behaviour::toggle::Toggle,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{NetError, NetEvent, Stream, error::error_chain};
+
+/// How long shutdown waits for connections to close cleanly before dropping the swarm anyway.
+/// A clean close tells peers at once that we are gone; without it they wait for their QUIC idle
+/// timeout.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// The behaviours of a node.
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    pub(super) identify: identify::Behaviour,
+    pub(super) ping: ping::Behaviour,
+    pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(super) stream: libp2p_stream::Behaviour,
+}
+
+/// What a [`super::NetHandle`] asks of the driver.
+pub(super) enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, NetError>>,
+    },
+    IsConnected {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A dial a handle is waiting on.
+struct PendingDial {
+    addr: Multiaddr,
+    reply: oneshot::Sender<Result<PeerId, NetError>>,
+}
+
+pub(super) struct Driver {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    incoming: libp2p_stream::IncomingStreams,
+    streams: mpsc::Sender<(PeerId, Stream)>,
+    /// Our listen addresses, each with `/p2p/<own id>`.
+    listen_addrs: Vec<Multiaddr>,
+    /// Handles waiting for the first listen address.
+    listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    /// Listeners not closed yet; when none is left, nobody should wait for an address.
+    open_listeners: usize,
+    pending_dials: HashMap<ConnectionId, PendingDial>,
+    mdns_auto_dial: bool,
+    dropped_events: u64,
+}
+
+impl Driver {
+    pub(super) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+        incoming: libp2p_stream::IncomingStreams,
+        streams: mpsc::Sender<(PeerId, Stream)>,
+        open_listeners: usize,
+        mdns_auto_dial: bool,
+    ) -> Self {
+        Self {
+            swarm,
+            commands,
+            events,
+            incoming,
+            streams,
+            listen_addrs: Vec::new(),
+            listen_waiters: Vec::new(),
+            open_listeners,
+            pending_dials: HashMap::new(),
+            mdns_auto_dial,
+            dropped_events: 0,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        tracing::debug!("network task started");
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(reply)) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                    // Every handle is gone: nobody can use the node any more.
+                    None => {
+                        self.shutdown().await;
+                        break;
+                    }
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some((peer, stream)) = self.incoming.next() => self.on_incoming_stream(peer, stream),
+            }
+        }
+        tracing::debug!("network task stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::ListenAddrs(reply) => {
+                if self.listen_addrs.is_empty() && self.open_listeners > 0 {
+                    self.listen_waiters.push(reply);
+                } else {
+                    let _ = reply.send(self.listen_addrs.clone());
+                }
+            }
+            Command::Dial { addr, reply } => self.dial(addr, reply),
+            Command::IsConnected { peer, reply } => {
+                let _ = reply.send(self.swarm.is_connected(&peer));
+            }
+            Command::ConnectedPeers(reply) => {
+                let mut peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                peers.sort_unstable();
+                let _ = reply.send(peers);
+            }
+            // Handled in `run`, which must leave its loop.
+            Command::Shutdown(reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, NetError>>) {
+        let peer = match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => Some(peer),
+            _ => None,
+        };
+        let _span = peer.map(|peer| tracing::debug_span!("peer", %peer).entered());
+        if let Some(peer) = peer {
+            if peer == *self.swarm.local_peer_id() {
+                let _ = reply.send(Err(NetError::Dial {
+                    addr,
+                    reason: "the address names this node's own peer id".to_owned(),
+                }));
+                return;
+            }
+            if self.swarm.is_connected(&peer) {
+                let _ = reply.send(Ok(peer));
+                return;
+            }
+        }
+        let opts = match peer {
+            // `Always`: the caller asked for this address explicitly, so a dial already running
+            // to the same peer (say, from mDNS, possibly to a stale address) must not swallow it.
+            Some(peer) => DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::Always)
+                .build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let connection = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                tracing::debug!(%addr, "dialling");
+                self.pending_dials
+                    .insert(connection, PendingDial { addr, reply });
+            }
+            Err(error) => {
+                let reason = error_chain(&error);
+                tracing::debug!(%addr, %reason, "dial refused");
+                let _ = reply.send(Err(NetError::Dial { addr, reason }));
+            }
+        }
+    }
+
+    fn on_incoming_stream(&mut self, peer: PeerId, stream: Stream) {
+        match self.streams.try_send((peer, stream)) {
+            Ok(()) => {}
+            // Dropping the stream resets it, so the opener gets an error instead of silence.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%peer, "inbound stream refused: application is not accepting");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!(%peer, "inbound stream refused: nobody accepts streams");
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = self.full_listen_addr(address);
+                tracing::info!(addr = %full, "listening");
+                if !self.listen_addrs.contains(&full) {
+                    self.listen_addrs.push(full.clone());
+                }
+                for waiter in self.listen_waiters.drain(..) {
+                    let _ = waiter.send(self.listen_addrs.clone());
+                }
+                self.emit(NetEvent::ListenAddr(full));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                tracing::info!(addr = %address, "listen address expired");
+                let full = self.full_listen_addr(address);
+                self.listen_addrs.retain(|known| *known != full);
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                match reason {
+                    Ok(()) => tracing::info!(?addresses, "listener closed"),
+                    Err(error) => tracing::warn!(?addresses, %error, "listener failed"),
+                }
+                let gone: Vec<Multiaddr> = addresses
+                    .into_iter()
+                    .map(|address| self.full_listen_addr(address))
+                    .collect();
+                self.listen_addrs.retain(|known| !gone.contains(known));
+                self.open_listeners = self.open_listeners.saturating_sub(1);
+                if self.open_listeners == 0 {
+                    for waiter in self.listen_waiters.drain(..) {
+                        let _ = waiter.send(self.listen_addrs.clone());
+                    }
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(error = %error_chain(&error), "listener error");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let _span = tracing::info_span!("peer", peer = %peer_id).entered();
+                let addr = endpoint.get_remote_address().clone();
+                tracing::debug!(%addr, %num_established, "connection established");
+                if let Some(pending) = self.pending_dials.remove(&connection_id) {
+                    let _ = pending.reply.send(Ok(peer_id));
+                }
+                if num_established.get() == 1 {
+                    tracing::info!(%addr, "peer connected");
+                    self.emit(NetEvent::PeerConnected {
+                        peer: peer_id,
+                        addr,
+                    });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                let _span = tracing::info_span!("peer", peer = %peer_id).entered();
+                let reason = cause.map(|cause| error_chain(&cause));
+                tracing::debug!(?reason, %num_established, "connection closed");
+                if num_established == 0 {
+                    tracing::info!(?reason, "peer disconnected");
+                    self.emit(NetEvent::PeerDisconnected {
+                        peer: peer_id,
+                        reason,
+                    });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                let _span = peer_id.map(|peer| tracing::info_span!("peer", %peer).entered());
+                let reason = error_chain(&error);
+                tracing::info!(%reason, "dial failed");
+                if let Some(pending) = self.pending_dials.remove(&connection_id) {
+                    let _ = pending.reply.send(Err(NetError::Dial {
+                        addr: pending.addr,
+                        reason: reason.clone(),
+                    }));
+                }
+                self.emit(NetEvent::DialFailed {
+                    peer: peer_id,
+                    error: reason,
+                });
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(from = %send_back_addr, error = %error_chain(&error), "inbound connection failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let _span = tracing::info_span!("peer", peer = %peer_id).entered();
+                tracing::debug!(agent = %info.agent_version, protocol = %info.protocol_version, "identified");
+                self.emit(NetEvent::Identified {
+                    peer: peer_id,
+                    agent: info.agent_version,
+                    listen_addrs: info.listen_addrs,
+                });
+            }
+            BehaviourEvent::Identify(identify::Event::Error { peer_id, error, .. }) => {
+                let _span = tracing::info_span!("peer", peer = %peer_id).entered();
+                tracing::debug!(error = %error_chain(&error), "identify failed");
+            }
+            BehaviourEvent::Identify(_) => {}
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => self.on_discovered(found),
+            BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                for (peer, addr) in gone {
+                    tracing::debug!(%peer, %addr, "mDNS record expired");
+                }
+            }
+            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => match result {
+                Ok(rtt) => tracing::trace!(%peer, ?rtt, "ping"),
+                Err(failure) => tracing::debug!(%peer, %failure, "ping failed"),
+            },
+            BehaviourEvent::Stream(()) => {}
+        }
+    }
+
+    fn on_discovered(&mut self, found: Vec<(PeerId, Multiaddr)>) {
+        // BTreeMap: peers are reported (and dialled) in a reproducible order.
+        let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+        for (peer, addr) in found {
+            by_peer.entry(peer).or_default().push(addr);
+        }
+        for (peer, addrs) in by_peer {
+            let _span = tracing::info_span!("peer", %peer).entered();
+            tracing::info!(?addrs, "discovered by mDNS");
+            if self.mdns_auto_dial && !self.swarm.is_connected(&peer) {
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs.clone())
+                    // Both ends discover each other at about the same time; one connection
+                    // attempt per peer at a time is enough.
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                match self.swarm.dial(opts) {
+                    Ok(()) => tracing::debug!("dialling discovered peer"),
+                    Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                    Err(error) => {
+                        let reason = error_chain(&error);
+                        tracing::info!(%reason, "dial of discovered peer refused");
+                        self.emit(NetEvent::DialFailed {
+                            peer: Some(peer),
+                            error: reason,
+                        });
+                    }
+                }
+            }
+            self.emit(NetEvent::PeerDiscovered { peer, addrs });
+        }
+    }
+
+    fn emit(&mut self, event: NetEvent) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                self.dropped_events += 1;
+                tracing::warn!(
+                    ?event,
+                    dropped = self.dropped_events,
+                    "event receiver is full; event dropped"
+                );
+            }
+            // The application does not want events; that is its choice.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Closes every connection and waits (briefly) until they are closed, so that peers learn at
+    /// once that we are gone.
+    async fn shutdown(&mut self) {
+        tracing::debug!("shutting down");
+        for pending in self.pending_dials.drain().map(|(_, pending)| pending) {
+            let _ = pending.reply.send(Err(NetError::Shutdown));
+        }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            // An error means the peer disconnected in the meantime: nothing left to close.
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.swarm.connected_peers().next().is_some() {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!("connections did not close in time; dropping them");
+                    break;
+                }
+            }
+        }
+        self.listen_addrs.clear();
+    }
+
+    /// A listen address as handed out to the application: with `/p2p/<own id>`.
+    fn full_listen_addr(&self, address: Multiaddr) -> Multiaddr {
+        let local = *self.swarm.local_peer_id();
+        // `with_p2p` fails only if the address names another peer, which a local listener
+        // never does; keep the address as is rather than lose it.
+        address.clone().with_p2p(local).unwrap_or(address)
+    }
+}
