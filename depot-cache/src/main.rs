@@ -25,6 +25,19 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Serve the cache to the yard over QUIC. The first line printed is the full multiaddr to
+    /// give to vehicles (with `/p2p/<peer id>`).
+    Serve {
+        /// The cache's data directory (store and identity; created if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Address to listen on. Repeatable.
+        #[arg(long, default_value = "/ip4/0.0.0.0/udp/0/quic-v1", value_parser = node::net::parse_multiaddr)]
+        listen: Vec<libp2p::Multiaddr>,
+        /// Do not announce the cache on the LAN with mDNS.
+        #[arg(long)]
+        no_mdns: bool,
+    },
     /// List the blobs in the cache: id, size, groups held, complete or not.
     List {
         /// The cache's data directory.
@@ -34,13 +47,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("depot-cache: {error:#}");
@@ -64,6 +78,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve {
+            data_dir,
+            listen,
+            no_mdns,
+        } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve(data_dir, listen, no_mdns))
+        }
         Command::List { data_dir } => {
             let (store, _) = node::store::open_data_dir(&data_dir)
                 .with_context(|| format!("opening the store in {}", data_dir.display()))?;
@@ -80,4 +102,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn serve(
+    data_dir: PathBuf,
+    listen: Vec<libp2p::Multiaddr>,
+    no_mdns: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    let (store, report) = node::store::open_data_dir(&data_dir)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    tracing::info!(?report, "store opened");
+    let keypair = node::identity::load_or_create(&data_dir)
+        .with_context(|| format!("loading the identity in {}", data_dir.display()))?;
+    let (handle, _events, incoming) = node::net::start(node::net::NetConfig {
+        keypair: Some(keypair),
+        listen,
+        mdns: !no_mdns,
+        ..node::net::NetConfig::default()
+    })
+    .await
+    .context("starting the network")?;
+    let addrs = handle.listen_addrs().await;
+    let Some(first) = addrs.first() else {
+        anyhow::bail!("listening on no address");
+    };
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{first}")?;
+        for addr in &addrs[1..] {
+            writeln!(stdout, "{addr}")?;
+        }
+        stdout.flush()?;
+    }
+    let counters = Arc::new(node::runtime::ServeCounters::default());
+    let server = node::runtime::spawn_server(Arc::new(store), incoming, counters);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+        _ = server => {}
+    }
+    handle.shutdown().await;
+    Ok(ExitCode::SUCCESS)
 }

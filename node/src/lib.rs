@@ -11,7 +11,9 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod identity;
 pub mod net;
 pub mod protocol;
+pub mod runtime;
 pub mod storage;
 pub mod store;

@@ -254,7 +254,20 @@ fn child_process_entry() {
     let id = source.import(&data[..]).unwrap();
 
     let storage = DiskStorage::new(dir.join("store")).unwrap();
-    let index = SledIndex::open(&dir.join("index")).unwrap();
+    // The parent has just closed the index; sled releases its lock from a background thread,
+    // so give it a moment.
+    let mut attempts = 0;
+    let index = loop {
+        match SledIndex::open(&dir.join("index")) {
+            Ok(index) => break index,
+            Err(error) if attempts < 100 => {
+                attempts += 1;
+                eprintln!("index busy ({error}), retrying");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("opening the index: {error}"),
+        }
+    };
     let (store, _) = BlobStore::open(storage, index).unwrap();
     let info = store.create_partial(id, data.len() as u64).unwrap();
     let missing = LAYOUT.all_groups(info.size).difference(&info.held);
@@ -304,7 +317,7 @@ fn sigkill_at_random_moments_loses_nothing_written() {
             ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         seed ^= seed << 13;

@@ -1,0 +1,491 @@
+//! The tokio driver that ties the transport ([`crate::net`]), the mesh protocol
+//! ([`crate::protocol`]), the store and the transfer engine together. It makes no decisions of
+//! its own: it reports what the network did to the [`Transfer`] engine and carries out the
+//! engine's actions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use proto::wire::ErrorCode;
+use proto::{BlobId, ChunkGroupRanges};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::engine::{Action, Event, Failure, RequestId, Transfer, TransferConfig};
+use crate::net::{IncomingStreams, NetEvent, NetEvents, NetHandle};
+use crate::protocol::{self, ExchangeError, FetchProgress, Served};
+use crate::storage::{Index, Storage};
+use crate::store::{BlobStore, LAYOUT, StoreError};
+
+/// Streams served at once; more wait for a slot.
+pub const MAX_CONCURRENT_SERVES: usize = 64;
+
+/// Counters of what a server sent, shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct ServeCounters {
+    /// Bytes of bao streams sent.
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// Range requests answered with data.
+    pub requests: std::sync::atomic::AtomicU64,
+    /// Exchanges refused or failed.
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+/// Serves every inbound stream from `store` until the node shuts down.
+pub fn spawn_server<S: Storage, I: Index>(
+    store: Arc<BlobStore<S, I>>,
+    mut incoming: IncomingStreams,
+    counters: Arc<ServeCounters>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
+        while let Some((peer, stream)) = incoming.next().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let store = store.clone();
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                use std::sync::atomic::Ordering::Relaxed;
+                match protocol::serve(&store, stream).await {
+                    Ok(Served::Groups { bytes, .. }) => {
+                        counters.bytes.fetch_add(bytes, Relaxed);
+                        counters.requests.fetch_add(1, Relaxed);
+                    }
+                    Ok(Served::Have { .. }) => {}
+                    Ok(Served::Refused { code }) => {
+                        counters.refused.fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, %code, "refused");
+                    }
+                    Err(error) => {
+                        counters.refused.fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, %error, "exchange failed");
+                    }
+                }
+                drop(slot);
+            });
+        }
+    })
+}
+
+/// How to fetch one blob.
+#[derive(Clone, Debug)]
+pub struct FetchOptions {
+    /// The blob.
+    pub blob: BlobId,
+    /// Its size when known from signed metadata; otherwise it is probed and proven.
+    pub size: Option<u64>,
+    /// Peers to dial (with `/p2p/…`), besides those already connected or found by mDNS.
+    pub peers: Vec<Multiaddr>,
+    /// The engine's settings.
+    pub transfer: TransferConfig,
+    /// How often connected peers are asked again what they hold (neighbours fill up as they
+    /// fetch).
+    pub have_refresh: Duration,
+    /// Give up when nothing was verified and nothing is in flight for this long.
+    pub stall_timeout: Duration,
+    /// The largest size a peer may claim for a blob of unknown size.
+    pub size_limit: u64,
+}
+
+impl FetchOptions {
+    /// Defaults for `blob`.
+    pub fn new(blob: BlobId) -> Self {
+        Self {
+            blob,
+            size: None,
+            peers: Vec::new(),
+            transfer: TransferConfig::default(),
+            have_refresh: Duration::from_secs(1),
+            stall_timeout: Duration::from_secs(20),
+            size_limit: proto::bao::MAX_BLOB_SIZE,
+        }
+    }
+}
+
+/// What a fetch did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FetchReport {
+    /// The blob.
+    pub blob: BlobId,
+    /// Its size.
+    pub size: u64,
+    /// Groups already held when the fetch started (a resumed fetch).
+    pub resumed_groups: u64,
+    /// Bytes of verified groups received in this run, duplicates included.
+    pub bytes_fetched: u64,
+    /// Wall time of the run.
+    pub seconds: f64,
+    /// Verified bytes per peer.
+    pub bytes_per_peer: BTreeMap<PeerId, u64>,
+    /// Chunk groups that failed verification.
+    pub bad_chunk_groups: u64,
+    /// Peers banned for bad data.
+    pub banned_peers: Vec<PeerId>,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// No peer could be reached or held the blob, and nothing moved for the stall timeout.
+    #[error("no progress on blob {blob} for {seconds} s: {why}")]
+    Stalled {
+        /// The blob.
+        blob: BlobId,
+        /// How long nothing moved.
+        seconds: u64,
+        /// What the peers said.
+        why: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Progress of a fetch, for a progress bar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Groups held.
+    pub held_groups: u64,
+    /// Groups in the blob, once the size is known.
+    pub total_groups: Option<u64>,
+    /// Bytes received in this run.
+    pub bytes: u64,
+    /// Peers connected.
+    pub peers: usize,
+}
+
+enum TaskMessage {
+    Dialled(Result<PeerId, String>),
+    Have {
+        peer: PeerId,
+        result: Result<proto::wire::Have, ExchangeError>,
+    },
+    Progress {
+        peer: PeerId,
+        request: RequestId,
+        progress: FetchProgress,
+    },
+    Finished {
+        peer: PeerId,
+        request: RequestId,
+        result: Result<(), ExchangeError>,
+    },
+}
+
+fn failure_of(error: &ExchangeError) -> Failure {
+    match error {
+        ExchangeError::Verify(verify) if error.is_misbehaviour() => Failure::Misbehaved {
+            bad_groups: verify
+                .failed_groups()
+                .map(ChunkGroupRanges::from)
+                .unwrap_or_default(),
+        },
+        _ if error.is_misbehaviour() => Failure::Misbehaved {
+            bad_groups: ChunkGroupRanges::empty(),
+        },
+        ExchangeError::Refused {
+            code: ErrorCode::Busy,
+            ..
+        } => Failure::Busy,
+        ExchangeError::Refused { .. } => Failure::NotHeld,
+        _ => Failure::Lost,
+    }
+}
+
+/// Fetches `options.blob` into `store` from every reachable peer at once, until it is complete.
+/// Interrupting it (dropping the future, killing the process) loses at most the groups in
+/// flight: the store keeps every verified group, and the next fetch resumes from them.
+pub async fn fetch<S: Storage, I: Index>(
+    net: &NetHandle,
+    events: &mut NetEvents,
+    store: Arc<BlobStore<S, I>>,
+    options: FetchOptions,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<FetchReport, FetchError> {
+    let blob = options.blob;
+    let started = Instant::now();
+    let info = store.info(&blob);
+    let held = info.as_ref().map(|i| i.held.clone()).unwrap_or_default();
+    let resumed_groups = held.group_count();
+    let size = info.as_ref().map(|i| i.size).or(options.size);
+    let mut engine: Transfer<PeerId> =
+        Transfer::new(blob, size, held, options.transfer.clone(), started);
+
+    let (sender, mut inbox) = mpsc::unbounded_channel::<TaskMessage>();
+    let mut fetches: BTreeMap<RequestId, (PeerId, JoinHandle<()>)> = BTreeMap::new();
+    let mut have_pending: BTreeSet<PeerId> = BTreeSet::new();
+    let mut connected: BTreeSet<PeerId> = BTreeSet::new();
+    let mut banned: Vec<PeerId> = Vec::new();
+    let mut said: BTreeMap<PeerId, String> = BTreeMap::new();
+    let mut dial_errors: Vec<String> = Vec::new();
+    let mut bytes_fetched = 0u64;
+    let mut last_progress = Instant::now();
+    let mut pending_dials = options.peers.len();
+
+    for addr in &options.peers {
+        let addr = addr.clone();
+        let net = net.clone();
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let result = net
+                .dial(addr.clone())
+                .await
+                .map_err(|e| format!("{addr}: {e}"));
+            let _ = sender.send(TaskMessage::Dialled(result));
+        });
+    }
+    for peer in net.connected_peers().await {
+        connected.insert(peer);
+        engine.handle(Instant::now(), Event::PeerConnected { peer });
+        query_have(net, &sender, &mut have_pending, peer, blob);
+    }
+
+    let mut refresh = tokio::time::interval(options.have_refresh);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Carry out every action the engine has.
+        while let Some(action) = engine.poll_action(Instant::now()) {
+            match action {
+                Action::Request {
+                    peer,
+                    request,
+                    groups,
+                } => {
+                    let task = spawn_fetch(
+                        net,
+                        &store,
+                        &sender,
+                        peer,
+                        request,
+                        blob,
+                        groups,
+                        options.size_limit,
+                    );
+                    fetches.insert(request, (peer, task));
+                }
+                Action::Cancel { request, .. } => {
+                    if let Some((_, task)) = fetches.remove(&request) {
+                        // Dropping the stream resets it: the peer stops sending.
+                        task.abort();
+                    }
+                }
+                Action::Ban { peer } => {
+                    tracing::warn!(%peer, %blob, "peer sent bad data: banned for this blob");
+                    banned.push(peer);
+                    fetches.retain(|_, (owner, task)| {
+                        let keep = *owner != peer;
+                        if !keep {
+                            task.abort();
+                        }
+                        keep
+                    });
+                }
+                Action::Done => {
+                    for (_, (_, task)) in std::mem::take(&mut fetches) {
+                        task.abort();
+                    }
+                    let info = store.checkpoint(&blob)?;
+                    let stats = engine.stats();
+                    return Ok(FetchReport {
+                        blob,
+                        size: info.size,
+                        resumed_groups,
+                        bytes_fetched,
+                        seconds: started.elapsed().as_secs_f64(),
+                        bytes_per_peer: stats
+                            .peers
+                            .iter()
+                            .filter(|(_, s)| s.bytes > 0)
+                            .map(|(peer, s)| (*peer, s.bytes))
+                            .collect(),
+                        bad_chunk_groups: stats.bad_groups,
+                        banned_peers: banned,
+                    });
+                }
+            }
+        }
+
+        // Have queries do not count as activity: they are re-sent every refresh, so a yard
+        // where nobody holds the blob would otherwise never be declared stalled.
+        let idle = fetches.is_empty() && pending_dials == 0;
+        if idle && last_progress.elapsed() >= options.stall_timeout {
+            let mut reasons: Vec<String> = said
+                .iter()
+                .map(|(peer, what)| format!("{peer}: {what}"))
+                .collect();
+            reasons.extend(
+                dial_errors
+                    .iter()
+                    .map(|error| format!("unreachable: {error}")),
+            );
+            let why = if reasons.is_empty() {
+                "no peer was found".to_owned()
+            } else {
+                reasons.join("; ")
+            };
+            // Keep what was verified: the next run resumes from it.
+            store.checkpoint(&blob).ok();
+            return Err(FetchError::Stalled {
+                blob,
+                seconds: options.stall_timeout.as_secs(),
+                why,
+            });
+        }
+        let wake = engine
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + options.have_refresh);
+
+        tokio::select! {
+            message = inbox.recv() => {
+                let Some(message) = message else { continue };
+                let now = Instant::now();
+                match message {
+                    TaskMessage::Dialled(result) => {
+                        pending_dials = pending_dials.saturating_sub(1);
+                        if let Err(error) = result {
+                            tracing::warn!(%error, "dial failed");
+                            dial_errors.push(error);
+                        }
+                    }
+                    TaskMessage::Have { peer, result } => {
+                        have_pending.remove(&peer);
+                        match result {
+                            Ok(have) => {
+                                said.insert(peer, format!("holds {} groups", have.groups.group_count()));
+                                engine.handle(now, Event::HaveMap { peer, size: have.size, groups: have.groups });
+                            }
+                            Err(error) => {
+                                said.insert(peer, error.to_string());
+                            }
+                        }
+                    }
+                    TaskMessage::Progress { peer, request, progress } => match progress {
+                        FetchProgress::Groups { groups, bytes } => {
+                            bytes_fetched += bytes;
+                            last_progress = now;
+                            engine.handle(now, Event::GroupsVerified { peer, request, groups, bytes });
+                            on_progress(&Progress {
+                                held_groups: engine.held().group_count(),
+                                total_groups: engine.size().map(|s| LAYOUT.group_count(s)),
+                                bytes: bytes_fetched,
+                                peers: connected.len(),
+                            });
+                        }
+                        FetchProgress::SizeProven(size) => engine.handle(now, Event::SizeProven { size }),
+                        FetchProgress::Size(_) => {}
+                    },
+                    TaskMessage::Finished { peer, request, result } => {
+                        fetches.remove(&request);
+                        let event = match result {
+                            Ok(()) => Event::RequestFinished { peer, request },
+                            Err(error) => {
+                                tracing::debug!(%peer, %request, %error, "request failed");
+                                if error.is_misbehaviour() {
+                                    said.insert(peer, format!("sent bad data: {error}"));
+                                }
+                                Event::RequestFailed { peer, request, failure: failure_of(&error) }
+                            }
+                        };
+                        engine.handle(now, event);
+                    }
+                }
+            }
+            event = events.recv() => {
+                let Some(event) = event else { continue };
+                let now = Instant::now();
+                match event {
+                    NetEvent::PeerConnected { peer, .. } if connected.insert(peer) => {
+                        engine.handle(now, Event::PeerConnected { peer });
+                        query_have(net, &sender, &mut have_pending, peer, blob);
+                    }
+                    NetEvent::PeerDisconnected { peer, .. } if connected.remove(&peer) => {
+                        engine.handle(now, Event::PeerClosed { peer });
+                    }
+                    _ => {}
+                }
+            }
+            _ = refresh.tick() => {
+                for peer in connected.iter().copied().collect::<Vec<_>>() {
+                    if !banned.contains(&peer) {
+                        query_have(net, &sender, &mut have_pending, peer, blob);
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {
+                engine.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+fn query_have(
+    net: &NetHandle,
+    sender: &mpsc::UnboundedSender<TaskMessage>,
+    pending: &mut BTreeSet<PeerId>,
+    peer: PeerId,
+    blob: BlobId,
+) {
+    if !pending.insert(peer) {
+        return;
+    }
+    let net = net.clone();
+    let sender = sender.clone();
+    tokio::spawn(async move {
+        let result = match net.open_stream(peer).await {
+            Ok(stream) => protocol::query_have(stream, blob).await,
+            Err(error) => Err(ExchangeError::Io(std::io::Error::other(error))),
+        };
+        let _ = sender.send(TaskMessage::Have { peer, result });
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_fetch<S: Storage, I: Index>(
+    net: &NetHandle,
+    store: &Arc<BlobStore<S, I>>,
+    sender: &mpsc::UnboundedSender<TaskMessage>,
+    peer: PeerId,
+    request: RequestId,
+    blob: BlobId,
+    groups: ChunkGroupRanges,
+    size_limit: u64,
+) -> JoinHandle<()> {
+    let net = net.clone();
+    let store = store.clone();
+    let sender = sender.clone();
+    tokio::spawn(async move {
+        let result = match net.open_stream(peer).await {
+            Ok(stream) => {
+                let progress_sender = sender.clone();
+                protocol::fetch(
+                    stream,
+                    &store,
+                    blob,
+                    request.0,
+                    &groups,
+                    size_limit,
+                    |progress| {
+                        let _ = progress_sender.send(TaskMessage::Progress {
+                            peer,
+                            request,
+                            progress,
+                        });
+                    },
+                )
+                .await
+                .map(|_| ())
+            }
+            Err(error) => Err(ExchangeError::Io(std::io::Error::other(error))),
+        };
+        let _ = sender.send(TaskMessage::Finished {
+            peer,
+            request,
+            result,
+        });
+    })
+}

@@ -1,0 +1,191 @@
+//! A vehicle fetching from four real libp2p QUIC nodes on loopback at once: a depot, an honest
+//! neighbour, a neighbour that serves corrupt data and one that vanishes mid-transfer. The blob
+//! must arrive verified, the liar must be banned, and nothing unverified may be in the store.
+
+// Test code: small sizes, and a panic is how a test fails.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::AsyncWriteExt;
+use libp2p::{Multiaddr, PeerId};
+use node::net::{self, NetConfig, NetHandle};
+use node::protocol;
+use node::runtime::{self, FetchOptions, ServeCounters};
+use node::storage::sim::{CrashIndex, CrashStorage};
+use node::store::BlobStore;
+use proto::wire::{Message, RangeResponse};
+
+type Store = BlobStore<CrashStorage, CrashIndex>;
+
+fn new_store() -> Store {
+    let storage = CrashStorage::new();
+    BlobStore::open(storage.clone(), storage.index()).unwrap().0
+}
+
+fn config() -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+        mdns: false,
+        mdns_auto_dial: false,
+        ..NetConfig::default()
+    }
+}
+
+async fn start_node() -> (NetHandle, net::NetEvents, net::IncomingStreams, Multiaddr) {
+    let (handle, events, incoming) = net::start(config()).await.unwrap();
+    let addr = handle.listen_addrs().await.into_iter().next().unwrap();
+    (handle, events, incoming, addr)
+}
+
+/// A peer that answers have queries honestly but corrupts one byte of the first group of every
+/// response it sends.
+fn spawn_liar(store: Arc<Store>, mut incoming: net::IncomingStreams) {
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let Ok(message) = protocol::read_message(&mut stream).await else {
+                    return;
+                };
+                let reply = match message {
+                    Message::HaveQuery(query) => {
+                        let info = store.info(&query.blob).unwrap();
+                        let have = Message::Have(proto::wire::Have {
+                            blob: query.blob,
+                            size: Some(info.size),
+                            groups: info.held,
+                        });
+                        have.encode().unwrap()
+                    }
+                    Message::Request(request) => {
+                        let mut body = Vec::new();
+                        let (served, _) = store
+                            .serve(&request.blob, &request.groups, &mut body)
+                            .unwrap();
+                        // The last byte of the stream is inside the last group served.
+                        let last = body.len() - 1;
+                        body[last] ^= 0x01;
+                        let mut reply = Message::Response(RangeResponse {
+                            request_id: request.request_id,
+                            groups: served,
+                        })
+                        .encode()
+                        .unwrap();
+                        reply.extend_from_slice(&body);
+                        reply
+                    }
+                    _ => return,
+                };
+                let _ = stream.write_all(&reply).await;
+                let _ = stream.close().await;
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_peers_one_liar_one_vanishing() {
+    let data: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+
+    let depot_store = Arc::new(new_store());
+    let blob = depot_store.import(&data[..]).unwrap();
+    let (depot, _depot_events, depot_incoming, depot_addr) = start_node().await;
+    runtime::spawn_server(
+        depot_store.clone(),
+        depot_incoming,
+        Arc::new(ServeCounters::default()),
+    );
+
+    let honest_store = Arc::new(new_store());
+    honest_store.import(&data[..]).unwrap();
+    let (honest, _honest_events, honest_incoming, honest_addr) = start_node().await;
+    let honest_counters = Arc::new(ServeCounters::default());
+    runtime::spawn_server(honest_store, honest_incoming, honest_counters.clone());
+
+    let liar_store = Arc::new(new_store());
+    liar_store.import(&data[..]).unwrap();
+    let (liar, _liar_events, liar_incoming, liar_addr) = start_node().await;
+    spawn_liar(liar_store, liar_incoming);
+
+    // The vanishing peer serves a few requests, then its node shuts down.
+    let vanishing_store = Arc::new(new_store());
+    vanishing_store.import(&data[..]).unwrap();
+    let (vanishing, _vanishing_events, vanishing_incoming, vanishing_addr) = start_node().await;
+    let vanishing_counters = Arc::new(ServeCounters::default());
+    runtime::spawn_server(
+        vanishing_store,
+        vanishing_incoming,
+        vanishing_counters.clone(),
+    );
+    let watcher = vanishing.clone();
+    let served_then = vanishing_counters.clone();
+    let vanished_after = Arc::new(AtomicU64::new(0));
+    let vanished_flag = vanished_after.clone();
+    tokio::spawn(async move {
+        while served_then.requests.load(Ordering::Relaxed) < 3 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        vanished_flag.store(served_then.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        watcher.shutdown().await;
+    });
+
+    let fetcher_store = Arc::new(new_store());
+    let (fetcher, mut fetcher_events, _fetcher_incoming, _) = start_node().await;
+    let mut options = FetchOptions::new(blob);
+    options.peers = vec![depot_addr, honest_addr, liar_addr, vanishing_addr];
+    options.stall_timeout = Duration::from_secs(10);
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        runtime::fetch(
+            &fetcher,
+            &mut fetcher_events,
+            fetcher_store.clone(),
+            options,
+            |_| {},
+        ),
+    )
+    .await
+    .expect("fetch finished in time")
+    .expect("fetch succeeded");
+
+    // The blob is complete and every byte re-verifies on the way out.
+    let mut out = Vec::new();
+    fetcher_store.export(&blob, &mut out).unwrap();
+    assert!(out == data, "fetched blob differs");
+    assert_eq!(report.size, data.len() as u64);
+
+    let liar_id: PeerId = liar.peer_id();
+    assert_eq!(report.banned_peers, vec![liar_id], "{report:?}");
+    assert!(report.bad_chunk_groups >= 1);
+    // Before its ban the liar could only deliver the good groups of the requests it had open.
+    let from_liar = report.bytes_per_peer.get(&liar_id).copied().unwrap_or(0);
+    assert!(
+        from_liar <= 4 * 16 * 16384,
+        "liar delivered {from_liar} bytes"
+    );
+    assert!(
+        vanished_after.load(Ordering::Relaxed) > 0,
+        "the vanishing peer never served"
+    );
+    let from_depot = report
+        .bytes_per_peer
+        .get(&depot.peer_id())
+        .copied()
+        .unwrap_or(0);
+    let from_honest = report
+        .bytes_per_peer
+        .get(&honest.peer_id())
+        .copied()
+        .unwrap_or(0);
+    assert!(from_depot > 0 && from_honest > 0, "{report:?}");
+    eprintln!("{report:#?}");
+}

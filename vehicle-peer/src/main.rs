@@ -1,0 +1,189 @@
+//! `vehicle-peer`: the vehicle gateway's update agent, as operator commands over the libraries.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use node::net::{self, NetConfig};
+use node::runtime::{self, FetchOptions, ServeCounters};
+use proto::BlobId;
+
+/// depotmesh vehicle peer: fetches verified updates from the depot and neighbouring vehicles.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fetch a blob from every given peer (and peers found by mDNS) at once, verifying every
+    /// 16 KiB chunk group; write it to FILE. Interrupted, it resumes where it stopped. Prints a
+    /// one-line JSON summary last.
+    Fetch {
+        /// The peer's data directory (store and identity; created if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A peer to fetch from, as a multiaddr with `/p2p/<peer id>`. Repeatable.
+        #[arg(long = "peer", value_parser = net::parse_multiaddr)]
+        peers: Vec<libp2p::Multiaddr>,
+        /// Address to listen on, so neighbours can fetch from this peer while it fetches.
+        #[arg(long, default_value = "/ip4/0.0.0.0/udp/0/quic-v1", value_parser = net::parse_multiaddr)]
+        listen: Vec<libp2p::Multiaddr>,
+        /// Do not look for peers on the LAN with mDNS.
+        #[arg(long)]
+        no_mdns: bool,
+        /// The blob's size in bytes, when known from signed metadata (else it is probed and
+        /// proven by the first verified response).
+        #[arg(long)]
+        size: Option<u64>,
+        /// Give up after this many seconds without progress.
+        #[arg(long, default_value_t = 20)]
+        stall_timeout: u64,
+        /// The blob id (64 hex digits).
+        blob: BlobId,
+        /// Where to write the verified blob.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("vehicle-peer: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("vehicle-peer: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Fetch {
+            data_dir,
+            peers,
+            listen,
+            no_mdns,
+            size,
+            stall_timeout,
+            blob,
+            out,
+        } => {
+            let (store, _) = node::store::open_data_dir(&data_dir)
+                .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+            let store = Arc::new(store);
+            let keypair = node::identity::load_or_create(&data_dir)
+                .with_context(|| format!("loading the identity in {}", data_dir.display()))?;
+            let (handle, mut events, incoming) = net::start(NetConfig {
+                keypair: Some(keypair),
+                listen,
+                mdns: !no_mdns,
+                ..NetConfig::default()
+            })
+            .await
+            .context("starting the network")?;
+            // Serve what this peer holds to its neighbours while it fetches.
+            let counters = Arc::new(ServeCounters::default());
+            let _server = runtime::spawn_server(store.clone(), incoming, counters.clone());
+
+            let mut options = FetchOptions::new(blob);
+            options.peers = peers;
+            options.size = size;
+            options.stall_timeout = std::time::Duration::from_secs(stall_timeout);
+            let bar = progress_bar();
+            // Off a terminal, a line now and then, as curl does: for logs, and so a supervisor
+            // can see progress.
+            let mut last_line = std::time::Instant::now();
+            let report = runtime::fetch(&handle, &mut events, store.clone(), options, |p| {
+                if let Some(bar) = &bar {
+                    if let Some(total) = p.total_groups {
+                        bar.set_length(total);
+                    }
+                    bar.set_position(p.held_groups);
+                    bar.set_message(format!("{} MB, {} peers", p.bytes / 1_000_000, p.peers));
+                } else if last_line.elapsed() >= std::time::Duration::from_millis(250) {
+                    last_line = std::time::Instant::now();
+                    eprintln!(
+                        "progress {} of {} groups held, {} bytes fetched",
+                        p.held_groups,
+                        p.total_groups.map_or("?".to_owned(), |t| t.to_string()),
+                        p.bytes
+                    );
+                }
+            })
+            .await;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let report = report.context("fetching")?;
+
+            let part = out.with_extension("part");
+            let file = std::fs::File::create(&part)
+                .with_context(|| format!("creating {}", part.display()))?;
+            let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+            store
+                .export(&blob, &mut writer)
+                .with_context(|| format!("writing {}", part.display()))?;
+            let file = writer
+                .into_inner()
+                .map_err(|error| error.into_error())
+                .with_context(|| format!("writing {}", part.display()))?;
+            file.sync_all()
+                .with_context(|| format!("syncing {}", part.display()))?;
+            std::fs::rename(&part, &out)
+                .with_context(|| format!("renaming {} to {}", part.display(), out.display()))?;
+            handle.shutdown().await;
+
+            let summary = serde_json::json!({
+                "blob": blob.to_string(),
+                "size": report.size,
+                "bytes": report.bytes_fetched,
+                "seconds": (report.seconds * 1000.0).round() / 1000.0,
+                "resumed_groups": report.resumed_groups,
+                "bytes_per_peer": report
+                    .bytes_per_peer
+                    .iter()
+                    .map(|(peer, bytes)| (peer.to_string(), serde_json::json!(bytes)))
+                    .collect::<serde_json::Map<_, _>>(),
+                "bad_chunk_groups": report.bad_chunk_groups,
+                "banned_peers": report.banned_peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "served_bytes": counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
+            });
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{summary}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} groups {msg}",
+    )
+    .ok()?;
+    bar.set_style(style);
+    Some(bar)
+}
