@@ -204,6 +204,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             .load()
             .map_err(io_error("reading the store index"))?;
         let mut entries = BTreeMap::new();
+        let mut recovered_blobs = Vec::new();
         for (key, value) in records {
             let parsed = <[u8; 32]>::try_from(key.as_slice())
                 .map(BlobId::from_bytes)
@@ -247,12 +248,21 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                     unsynced: 0,
                 }),
             };
-            report.recovered_groups += self.recover(&entry)?;
+            let recovered = self.recover(&entry)?;
+            report.recovered_groups += recovered;
+            if recovered > 0 {
+                recovered_blobs.push(id);
+            }
             entries.insert(id, Arc::new(entry));
         }
         report.blobs = entries.len();
         report.removed_files = self.remove_leftovers(&entries)?;
         *lock(&self.entries) = entries;
+        // Recovered groups were on disk but maybe only in the page cache: make them durable and
+        // recorded now, so the next crash does not have to find them again.
+        for id in recovered_blobs {
+            self.checkpoint(&id)?;
+        }
         Ok(report)
     }
 

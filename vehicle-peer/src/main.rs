@@ -120,7 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     bar.set_position(p.held_groups);
                     bar.set_message(format!("{} MB, {} peers", p.bytes / 1_000_000, p.peers));
-                } else if last_line.elapsed() >= std::time::Duration::from_millis(250) {
+                } else if last_line.elapsed() >= std::time::Duration::from_millis(100) {
                     last_line = std::time::Instant::now();
                     eprintln!(
                         "progress {} of {} groups held, {} bytes fetched",
