@@ -41,6 +41,10 @@ enum Command {
         /// proven by the first verified response).
         #[arg(long)]
         size: Option<u64>,
+        /// After writing the blob and the summary, keep serving it to neighbours until killed
+        /// (as a parked vehicle does for the rest of the yard).
+        #[arg(long)]
+        keep_serving: bool,
         /// Give up after this many seconds without progress.
         #[arg(long, default_value_t = 20)]
         stall_timeout: u64,
@@ -85,6 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_mdns,
             size,
             stall_timeout,
+            keep_serving,
             blob,
             out,
         } => {
@@ -151,7 +156,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("syncing {}", part.display()))?;
             std::fs::rename(&part, &out)
                 .with_context(|| format!("renaming {} to {}", part.display(), out.display()))?;
-            handle.shutdown().await;
 
             let summary = serde_json::json!({
                 "blob": blob.to_string(),
@@ -168,8 +172,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "banned_peers": report.banned_peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "served_bytes": counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
             });
-            let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "{summary}")?;
+            {
+                let mut stdout = std::io::stdout().lock();
+                writeln!(stdout, "{summary}")?;
+                stdout.flush()?;
+            }
+            if keep_serving {
+                let mut terminate = tokio::signal::unix::signal(
+                    tokio::signal::unix::SignalKind::terminate(),
+                )
+                .context("installing the SIGTERM handler")?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            handle.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
     }
