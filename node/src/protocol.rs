@@ -375,15 +375,7 @@ where
             probe_items.extend_from_slice(&buffer);
             continue;
         }
-        store.write(&blob, &item)?;
-        if let bao::Verified::Group(group) = item {
-            let index = group.group().0;
-            fetched.insert(index..index + 1);
-            progress(FetchProgress::Groups {
-                groups: ChunkGroupRanges::from(index..index + 1),
-                bytes: group.data().len() as u64,
-            });
-        }
+        store_item(store, &blob, &item, &mut fetched, &mut progress)?;
     }
     if probing {
         // Verified through the last group: the size is proven. Store the items by verifying
@@ -394,15 +386,7 @@ where
         while let Some(len) = again.next_item_len() {
             let bytes = probe_items.get(at..at + len).unwrap_or_default();
             let item = again.verify_next(bytes)?;
-            store.write(&blob, &item)?;
-            if let bao::Verified::Group(group) = item {
-                let index = group.group().0;
-                fetched.insert(index..index + 1);
-                progress(FetchProgress::Groups {
-                    groups: ChunkGroupRanges::from(index..index + 1),
-                    bytes: group.data().len() as u64,
-                });
-            }
+            store_item(store, &blob, &item, &mut fetched, &mut progress)?;
             at += len;
         }
     }
@@ -410,4 +394,24 @@ where
         progress(FetchProgress::SizeProven(claimed));
     }
     Ok(fetched)
+}
+
+/// Writes one verified item to the store and reports a stored group.
+fn store_item<S: Storage, I: Index>(
+    store: &BlobStore<S, I>,
+    blob: &BlobId,
+    item: &bao::Verified<'_>,
+    fetched: &mut ChunkGroupRanges,
+    progress: &mut impl FnMut(FetchProgress),
+) -> Result<(), ExchangeError> {
+    store.write(blob, item)?;
+    if let bao::Verified::Group(group) = item {
+        let index = group.group().0;
+        fetched.insert(index..index + 1);
+        progress(FetchProgress::Groups {
+            groups: ChunkGroupRanges::from(index..index + 1),
+            bytes: group.data().len() as u64,
+        });
+    }
+    Ok(())
 }

@@ -11,19 +11,14 @@
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use node::protocol::{self, ExchangeError, FetchProgress, Served};
-use node::storage::sim::{CrashIndex, CrashStorage};
-use node::store::{BlobStore, LAYOUT};
+use node::store::LAYOUT;
 use proto::bao::{self, VerifyError};
 use proto::wire::{ErrorCode, MAX_GROUP, Message, RangeResponse};
 use proto::{BlobId, ChunkGroupRanges};
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
-type Store = BlobStore<CrashStorage, CrashIndex>;
-
-fn new_store() -> Store {
-    let storage = CrashStorage::new();
-    BlobStore::open(storage.clone(), storage.index()).unwrap().0
-}
+mod common;
+use common::{Store, new_store};
 
 fn blob_bytes(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 131 % 241) as u8).collect()

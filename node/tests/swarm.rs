@@ -15,31 +15,16 @@ use std::time::Duration;
 
 use futures::AsyncWriteExt;
 use libp2p::{Multiaddr, PeerId};
-use node::net::{self, NetConfig, NetHandle};
+use node::net::{self, NetHandle};
 use node::protocol;
 use node::runtime::{self, FetchOptions, ServeCounters};
-use node::storage::sim::{CrashIndex, CrashStorage};
-use node::store::BlobStore;
 use proto::wire::{Message, RangeResponse};
 
-type Store = BlobStore<CrashStorage, CrashIndex>;
-
-fn new_store() -> Store {
-    let storage = CrashStorage::new();
-    BlobStore::open(storage.clone(), storage.index()).unwrap().0
-}
-
-fn config() -> NetConfig {
-    NetConfig {
-        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
-        mdns: false,
-        mdns_auto_dial: false,
-        ..NetConfig::default()
-    }
-}
+mod common;
+use common::{Store, new_store};
 
 async fn start_node() -> (NetHandle, net::NetEvents, net::IncomingStreams, Multiaddr) {
-    let (handle, events, incoming) = net::start(config()).await.unwrap();
+    let (handle, events, incoming) = net::start(common::loopback_config()).await.unwrap();
     let addr = handle.listen_addrs().await.into_iter().next().unwrap();
     (handle, events, incoming, addr)
 }

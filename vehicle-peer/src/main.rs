@@ -178,10 +178,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 stdout.flush()?;
             }
             if keep_serving {
-                let mut terminate = tokio::signal::unix::signal(
-                    tokio::signal::unix::SignalKind::terminate(),
-                )
-                .context("installing the SIGTERM handler")?;
+                let mut terminate =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("installing the SIGTERM handler")?;
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = terminate.recv() => {}
