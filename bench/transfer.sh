@@ -65,6 +65,8 @@ fi
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/key.pem" -out "$WORK/cert.pem" \
   -days 1 -subj "/CN=depot.bench" 2> /dev/null
 mkdir -p "$WORK/nginx/logs" "$WORK/www"; ln "$WORK/blob.bin" "$WORK/www/blob.bin"
+# nginx's worker runs unprivileged: let it reach the file.
+chmod a+rx "$WORK" "$WORK/www"; chmod a+r "$WORK/blob.bin"
 cat > "$WORK/nginx/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -85,11 +87,11 @@ http {
 EOF
 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2> "$WORK/nginx/stderr" &
 NGINX=$!; PIDS+=("$NGINX")
-for _ in $(seq 100); do curl -sk -o /dev/null https://127.0.0.1:18443/blob.bin -r 0-0 && break; sleep 0.05; done
+for _ in $(seq 100); do curl -sfk -o /dev/null https://127.0.0.1:18443/blob.bin -r 0-0 && break; sleep 0.05; done
 WORKER=$(pgrep -P "$NGINX" | head -1)
 w0=$(cpu_ticks "$WORKER")
 /usr/bin/time -f '%e %U %S %M' -o "$WORK/curl.time" \
-  curl -sk -o "$WORK/curl.bin" -w '%{time_total}' https://127.0.0.1:18443/blob.bin > "$WORK/curl.out"
+  curl -sfk -o "$WORK/curl.bin" -w '%{time_total}' https://127.0.0.1:18443/blob.bin > "$WORK/curl.out"
 w1=$(cpu_ticks "$WORKER")
 cmp -s "$WORK/blob.bin" "$WORK/curl.bin" || { echo "curl output differs!" >&2; exit 1; }
 read -r CWALL CUSR CSYS CRSS < "$WORK/curl.time"

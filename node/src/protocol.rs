@@ -261,6 +261,9 @@ pub enum FetchProgress {
     SizeProven(u64),
 }
 
+/// Bytes read from a stream at once while fetching.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
 /// The most groups a size probe may return: its response is held in memory until it proves the
 /// size, so it must stay small.
 pub const MAX_PROBE_GROUPS: u64 = 16;
@@ -277,7 +280,7 @@ pub const MAX_PROBE_GROUPS: u64 = 16;
 /// `progress` is called after every stored group. Returns the groups fetched.
 #[allow(clippy::too_many_arguments)]
 pub async fn fetch<St, S, I>(
-    mut stream: St,
+    stream: St,
     store: &BlobStore<S, I>,
     blob: BlobId,
     request_id: u64,
@@ -290,6 +293,9 @@ where
     S: Storage,
     I: Index,
 {
+    // Items are 64-byte pairs and 16 KiB groups; reading each straight off the QUIC stream
+    // costs a poll of the connection per item. One buffered read takes many at once.
+    let mut stream = futures::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream);
     let known_size = store.info(&blob).map(|info| info.size);
     let expected = match known_size {
         Some(size) => ExpectedSize::Exactly(size),

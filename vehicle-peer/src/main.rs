@@ -45,6 +45,13 @@ enum Command {
         /// (as a parked vehicle does for the rest of the yard).
         #[arg(long)]
         keep_serving: bool,
+        /// Chunk groups (16 KiB each) per request: the unit of rarest-first scheduling. Larger
+        /// requests cost fewer streams; smaller ones spread a swarm faster.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        groups_per_request: u64,
+        /// Requests in flight to one peer at most.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+        requests_per_peer: u64,
         /// Give up after this many seconds without progress.
         #[arg(long, default_value_t = 20)]
         stall_timeout: u64,
@@ -90,6 +97,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             size,
             stall_timeout,
             keep_serving,
+            groups_per_request,
+            requests_per_peer,
             blob,
             out,
         } => {
@@ -114,6 +123,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             options.peers = peers;
             options.size = size;
             options.stall_timeout = std::time::Duration::from_secs(stall_timeout);
+            options.transfer.groups_per_request = groups_per_request;
+            options.transfer.max_requests_per_peer =
+                usize::try_from(requests_per_peer).context("--requests-per-peer")?;
             let bar = progress_bar();
             // Off a terminal, a line now and then, as curl does: for logs, and so a supervisor
             // can see progress.
