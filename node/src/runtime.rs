@@ -19,6 +19,9 @@ use crate::protocol::{self, ExchangeError, FetchProgress, Served};
 use crate::storage::{Index, Storage};
 use crate::store::{BlobStore, LAYOUT, StoreError};
 
+/// Verified groups a fetch task collects before it reports them to the engine loop.
+const PROGRESS_BATCH_GROUPS: u64 = 8;
+
 /// Streams served at once; more wait for a slot.
 pub const MAX_CONCURRENT_SERVES: usize = 64;
 
@@ -98,7 +101,7 @@ impl FetchOptions {
             size: None,
             peers: Vec::new(),
             transfer: TransferConfig::default(),
-            have_refresh: Duration::from_secs(1),
+            have_refresh: Duration::from_secs(2),
             stall_timeout: Duration::from_secs(20),
             size_limit: proto::bao::MAX_BLOB_SIZE,
         }
@@ -219,6 +222,7 @@ pub async fn fetch<S: Storage, I: Index>(
     let mut fetches: BTreeMap<RequestId, (PeerId, JoinHandle<()>)> = BTreeMap::new();
     let mut have_pending: BTreeSet<PeerId> = BTreeSet::new();
     let mut connected: BTreeSet<PeerId> = BTreeSet::new();
+    let mut complete_peers: BTreeSet<PeerId> = BTreeSet::new();
     let mut banned: Vec<PeerId> = Vec::new();
     let mut said: BTreeMap<PeerId, String> = BTreeMap::new();
     let mut dial_errors: Vec<String> = Vec::new();
@@ -347,9 +351,14 @@ pub async fn fetch<S: Storage, I: Index>(
                 match message {
                     TaskMessage::Dialled(result) => {
                         pending_dials = pending_dials.saturating_sub(1);
-                        if let Err(error) = result {
-                            tracing::warn!(%error, "dial failed");
-                            dial_errors.push(error);
+                        match result {
+                            // Peers named on the command line are the depot or an upstream
+                            // cache: spare their uplink for what no neighbour has.
+                            Ok(peer) => engine.mark_upstream(peer),
+                            Err(error) => {
+                                tracing::warn!(%error, "dial failed");
+                                dial_errors.push(error);
+                            }
                         }
                     }
                     TaskMessage::Have { peer, result } => {
@@ -357,6 +366,10 @@ pub async fn fetch<S: Storage, I: Index>(
                         match result {
                             Ok(have) => {
                                 said.insert(peer, format!("holds {} groups", have.groups.group_count()));
+                                if have.size.is_some_and(|size| have.groups == LAYOUT.all_groups(size)) {
+                                    // A complete holder's map will not change: stop asking.
+                                    complete_peers.insert(peer);
+                                }
                                 engine.handle(now, Event::HaveMap { peer, size: have.size, groups: have.groups });
                             }
                             Err(error) => {
@@ -404,6 +417,7 @@ pub async fn fetch<S: Storage, I: Index>(
                         query_have(net, &sender, &mut have_pending, peer, blob);
                     }
                     NetEvent::PeerDisconnected { peer, .. } if connected.remove(&peer) => {
+                        complete_peers.remove(&peer);
                         engine.handle(now, Event::PeerClosed { peer });
                     }
                     _ => {}
@@ -411,7 +425,7 @@ pub async fn fetch<S: Storage, I: Index>(
             }
             _ = refresh.tick() => {
                 for peer in connected.iter().copied().collect::<Vec<_>>() {
-                    if !banned.contains(&peer) {
+                    if !banned.contains(&peer) && !complete_peers.contains(&peer) {
                         query_have(net, &sender, &mut have_pending, peer, blob);
                     }
                 }
@@ -459,29 +473,54 @@ fn spawn_fetch<S: Storage, I: Index>(
     let store = store.clone();
     let sender = sender.clone();
     tokio::spawn(async move {
+        // Verified groups are reported in batches: one message per group would wake the engine
+        // loop 64 times per MiB.
+        let mut batch = ChunkGroupRanges::empty();
+        let mut batch_bytes = 0u64;
+        let flush = |batch: &mut ChunkGroupRanges, batch_bytes: &mut u64| {
+            if !batch.is_empty() {
+                let _ = sender.send(TaskMessage::Progress {
+                    peer,
+                    request,
+                    progress: FetchProgress::Groups {
+                        groups: std::mem::take(batch),
+                        bytes: std::mem::take(batch_bytes),
+                    },
+                });
+            }
+        };
         let result = match net.open_stream(peer).await {
-            Ok(stream) => {
-                let progress_sender = sender.clone();
-                protocol::fetch(
-                    stream,
-                    &store,
-                    blob,
-                    request.0,
-                    &groups,
-                    size_limit,
-                    |progress| {
-                        let _ = progress_sender.send(TaskMessage::Progress {
+            Ok(stream) => protocol::fetch(
+                stream,
+                &store,
+                blob,
+                request.0,
+                &groups,
+                size_limit,
+                |progress| match progress {
+                    FetchProgress::Groups { groups, bytes } => {
+                        batch = batch.union(&groups);
+                        batch_bytes += bytes;
+                        if batch.group_count() >= PROGRESS_BATCH_GROUPS {
+                            flush(&mut batch, &mut batch_bytes);
+                        }
+                    }
+                    other => {
+                        flush(&mut batch, &mut batch_bytes);
+                        let _ = sender.send(TaskMessage::Progress {
                             peer,
                             request,
-                            progress,
+                            progress: other,
                         });
-                    },
-                )
-                .await
-                .map(|_| ())
-            }
+                    }
+                },
+            )
+            .await
+            .map(|_| ()),
             Err(error) => Err(ExchangeError::Io(std::io::Error::other(error))),
         };
+        // Groups verified before a failure count too: they are stored.
+        flush(&mut batch, &mut batch_bytes);
         let _ = sender.send(TaskMessage::Finished {
             peer,
             request,

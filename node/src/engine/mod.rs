@@ -360,6 +360,8 @@ pub struct Transfer<P> {
     size: Option<u64>,
     held: ChunkGroupRanges,
     peers: BTreeMap<P, PeerState>,
+    /// Peers to spare: asked only for groups no neighbour claims (see [`Transfer::mark_upstream`]).
+    upstream: std::collections::BTreeSet<P>,
     requests: BTreeMap<RequestId, RequestState<P>>,
     next_request: u64,
     actions: VecDeque<Action<P>>,
@@ -390,6 +392,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             size: None,
             held: ChunkGroupRanges::empty(),
             peers: BTreeMap::new(),
+            upstream: std::collections::BTreeSet::new(),
             requests: BTreeMap::new(),
             next_request: 0,
             actions: VecDeque::new(),
@@ -439,6 +442,16 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
     /// Requests in flight, to all peers.
     pub fn requests_in_flight(&self) -> usize {
         self.requests.len()
+    }
+
+    /// Marks `peer` as *upstream*: a source whose uplink is scarce and shared by many (the depot
+    /// cache, serving a whole yard). It is asked only for groups that no connected, usable
+    /// neighbour claims, so that each group crosses its uplink about once and the vehicles spread
+    /// it among themselves (BitTorrent's super-seeding, decided by the downloader). With no
+    /// neighbour in sight it is asked for everything; the endgame may use it like anyone.
+    pub fn mark_upstream(&mut self, peer: P) {
+        self.upstream.insert(peer);
+        self.needs_schedule = true;
     }
 
     /// True when some connected peer may still be asked for this blob. A transfer that is not
@@ -925,14 +938,31 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                 acc.union(&self.outstanding(request))
             });
         let unassigned = all.difference(&self.held).difference(&in_flight);
-        let mine = claim.intersection(&unassigned);
+        let mut mine = claim.intersection(&unassigned);
+        let mut spare_upstream = false;
+        if self.upstream.contains(peer) {
+            let from_neighbours = self
+                .peers
+                .iter()
+                .filter(|(other, state)| {
+                    !self.upstream.contains(*other)
+                        && state.connected
+                        && state.standing == Standing::Usable
+                })
+                .filter_map(|(_, state)| state.claim.as_ref())
+                .fold(ChunkGroupRanges::empty(), |acc, claim| acc.union(claim));
+            mine = mine.difference(&from_neighbours);
+            // No endgame duplicates from the scarce uplink while neighbours can serve: slow
+            // neighbours are timed out and retired instead.
+            spare_upstream = !from_neighbours.is_empty();
+        }
         if !mine.is_empty() {
             let groups = self.rarest_piece(&mine, coverage);
             return (!groups.is_empty()).then_some((groups, false));
         }
         // Not the endgame while some usable peer could still take a fresh group: duplicates now
         // would only slow the pieces nobody has started.
-        if !unassigned.intersection(&coverage.support()).is_empty() {
+        if spare_upstream || !unassigned.intersection(&coverage.support()).is_empty() {
             return None;
         }
         self.endgame_groups(peer, claim)

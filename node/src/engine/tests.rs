@@ -655,3 +655,45 @@ proptest! {
         prop_assert!(done <= 1);
     }
 }
+
+#[test]
+fn an_upstream_peer_is_asked_only_for_what_no_neighbour_claims() {
+    let size = blob_size(64);
+    let now = Instant::now();
+    let mut transfer: Transfer<u32> = Transfer::new(
+        blob(),
+        Some(size),
+        ChunkGroupRanges::empty(),
+        seeded(7),
+        now,
+    );
+    transfer.mark_upstream(0);
+    announce(&mut transfer, now, 0, span(0..64));
+    // A neighbour claims the first half: the depot must not be asked for any of it.
+    announce(&mut transfer, now, 1, span(0..32));
+    let actions = drain(&mut transfer, now);
+    let to_depot = requests_to(&actions, 0);
+    assert!(!to_depot.is_empty(), "the depot was left idle");
+    for groups in &to_depot {
+        assert!(
+            groups.intersection(&span(0..32)).is_empty(),
+            "depot asked for {groups}"
+        );
+    }
+    for groups in requests_to(&actions, 1) {
+        assert!(groups.is_subset(&span(0..32)));
+    }
+
+    // Without neighbours, an upstream peer is asked for anything.
+    let mut alone: Transfer<u32> = Transfer::new(
+        blob(),
+        Some(size),
+        ChunkGroupRanges::empty(),
+        seeded(7),
+        now,
+    );
+    alone.mark_upstream(0);
+    announce(&mut alone, now, 0, span(0..64));
+    let requests = requests_to(&drain(&mut alone, now), 0);
+    assert_eq!(requests.len(), 4, "{requests:?}");
+}
