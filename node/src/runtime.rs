@@ -215,8 +215,13 @@ pub async fn fetch<S: Storage, I: Index>(
     let held = info.as_ref().map(|i| i.held.clone()).unwrap_or_default();
     let resumed_groups = held.group_count();
     let size = info.as_ref().map(|i| i.size).or(options.size);
-    let mut engine: Transfer<PeerId> =
-        Transfer::new(blob, size, held, options.transfer.clone(), started);
+    let mut config = options.transfer.clone();
+    if config.seed == 0 {
+        // Vehicles in one yard must not all start on the same pieces: with one seed they would
+        // all ask the depot for the same groups first. This node's identity spreads them.
+        config.seed = seed_from(&net.peer_id());
+    }
+    let mut engine: Transfer<PeerId> = Transfer::new(blob, size, held, config, started);
 
     let (sender, mut inbox) = mpsc::unbounded_channel::<TaskMessage>();
     let mut fetches: BTreeMap<RequestId, (PeerId, JoinHandle<()>)> = BTreeMap::new();
@@ -527,4 +532,12 @@ fn spawn_fetch<S: Storage, I: Index>(
             result,
         });
     })
+}
+
+/// A seed for the engine's tie-breaks, different for every node and stable across its restarts.
+fn seed_from(peer: &PeerId) -> u64 {
+    let hash = blake3::hash(&peer.to_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(bytes) | 1
 }
