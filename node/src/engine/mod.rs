@@ -883,6 +883,22 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             }
             return;
         }
+        // Retiring a slow peer means "prefer the others". When every connected peer that is not
+        // banned has been retired (a machine or link so loaded that everyone timed out), waiting
+        // forever helps nobody: they all get a fresh start.
+        let all_retired = self
+            .peers
+            .values()
+            .filter(|state| state.connected && state.standing != Standing::Banned)
+            .all(|state| state.standing == Standing::Retired);
+        if all_retired {
+            for state in self.peers.values_mut() {
+                if state.connected && state.standing == Standing::Retired {
+                    state.standing = Standing::Usable;
+                    state.strikes = 0;
+                }
+            }
+        }
         let Some(all) = self.all_groups() else {
             self.schedule_probe(now);
             return;

@@ -697,3 +697,26 @@ fn an_upstream_peer_is_asked_only_for_what_no_neighbour_claims() {
     let requests = requests_to(&drain(&mut alone, now), 0);
     assert_eq!(requests.len(), 4, "{requests:?}");
 }
+
+#[test]
+fn when_every_peer_is_retired_they_all_get_a_fresh_start() {
+    let size = blob_size(8);
+    let config = TransferConfig {
+        max_requests_per_peer: 1,
+        max_timeouts_per_peer: 1,
+        ..seeded(5)
+    };
+    let start = Instant::now();
+    let mut transfer: Transfer<u32> =
+        Transfer::new(blob(), Some(size), ChunkGroupRanges::empty(), config, start);
+    announce(&mut transfer, start, 0, span(0..8));
+    let first = requests_to(&drain(&mut transfer, start), 0);
+    assert_eq!(first.len(), 1);
+    // The only peer times out once and is retired...
+    let later = transfer.poll_timeout().expect("a request deadline");
+    transfer.handle_timeout(later);
+    assert!(transfer.stats().peers[&0].retired);
+    // ...but as nobody else is left, it is asked again rather than the transfer stalling.
+    let again = requests_to(&drain(&mut transfer, later), 0);
+    assert_eq!(again.len(), 1, "the only peer was never asked again");
+}
