@@ -140,6 +140,14 @@ impl Layout {
         ChunkRanges::new(truncated.boundaries().iter().copied().collect()).unwrap_or_default()
     }
 
+    /// Where `node`'s parent pair sits in the pre-order outboard of a blob of `size` bytes, in
+    /// bytes; `None` for pairs inside a chunk group, which outboards do not keep.
+    fn pair_offset(self, size: u64, node: TreeNode) -> Option<u64> {
+        self.tree(size)
+            .pre_order_offset(node)
+            .map(|slot| slot * PARENT_PAIR_BYTES as u64)
+    }
+
     /// The group that the chunk `chunk` lies in.
     fn group_of_chunk(self, chunk: ChunkNum) -> ChunkGroup {
         ChunkGroup(chunk.0 >> self.chunk_log())
@@ -697,13 +705,10 @@ impl RangeVerifier {
 
     /// Bytes of the next item, or `None` when the response is complete or has failed.
     pub fn next_item_len(&self) -> Option<usize> {
-        if self.done {
-            return None;
-        }
-        match self.next? {
-            BaoChunk::Parent { .. } => Some(PARENT_PAIR_BYTES),
-            BaoChunk::Leaf { size, .. } => Some(size),
-        }
+        Some(match self.owed()? {
+            Owed::Proof { .. } => PARENT_PAIR_BYTES,
+            Owed::Group { len, .. } => len,
+        })
     }
 
     /// What the next item is and where a store finds it, for a caller that feeds the verifier
@@ -715,11 +720,7 @@ impl RangeVerifier {
         Some(match self.next? {
             BaoChunk::Parent { node, .. } => Owed::Proof {
                 groups: self.layout.groups_below(node, self.size),
-                outboard_offset: self
-                    .layout
-                    .tree(self.size)
-                    .pre_order_offset(node)
-                    .map(|slot| slot * PARENT_PAIR_BYTES as u64),
+                outboard_offset: self.layout.pair_offset(self.size, node),
             },
             BaoChunk::Leaf {
                 start_chunk, size, ..
@@ -733,16 +734,9 @@ impl RangeVerifier {
 
     /// What the next item is, for an error when the stream ends before it.
     pub fn missing(&self) -> Option<Missing> {
-        if self.done {
-            return None;
-        }
-        Some(match self.next? {
-            BaoChunk::Parent { node, .. } => {
-                Missing::Proof(self.layout.groups_below(node, self.size))
-            }
-            BaoChunk::Leaf { start_chunk, .. } => {
-                Missing::Group(self.layout.group_of_chunk(start_chunk))
-            }
+        Some(match self.owed()? {
+            Owed::Proof { groups, .. } => Missing::Proof(groups),
+            Owed::Group { group, .. } => Missing::Group(group),
         })
     }
 
@@ -819,11 +813,7 @@ impl RangeVerifier {
                 Ok(Verified::Proof(VerifiedProof {
                     node,
                     pair,
-                    outboard_offset: self
-                        .layout
-                        .tree(self.size)
-                        .pre_order_offset(node)
-                        .map(|slot| slot * PARENT_PAIR_BYTES as u64),
+                    outboard_offset: self.layout.pair_offset(self.size, node),
                 }))
             }
             BaoChunk::Leaf {
