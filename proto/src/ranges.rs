@@ -67,6 +67,11 @@ impl ChunkGroupRanges {
         self.0.is_subset(&other.0)
     }
 
+    /// True when `self` and `other` share at least one group.
+    pub fn intersects(&self, other: &Self) -> bool {
+        !self.0.is_disjoint(&other.0)
+    }
+
     /// The ranges, in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
         self.0.iter().filter_map(|range| match range {
@@ -211,6 +216,7 @@ mod tests {
             prop_assert_eq!(flatten(&ra.intersection(&rb)), ma.intersection(&mb).copied().collect());
             prop_assert_eq!(flatten(&ra.difference(&rb)), ma.difference(&mb).copied().collect());
             prop_assert_eq!(ra.group_count(), ma.len() as u64);
+            prop_assert_eq!(ra.intersects(&rb), !ma.is_disjoint(&mb));
             prop_assert_eq!(ChunkGroupRanges::from_boundaries(ra.boundaries()), Some(ra));
         }
     }

@@ -38,11 +38,13 @@
 //! - Without a known size the engine first probes for it (see [`Transfer::new`]).
 //!
 //! # Cost
-//! Each event marks the transfer for a scheduling pass at the next `poll_action`. A pass in
-//! which no peer has a free slot costs a walk over the peers. Otherwise each request it issues
-//! costs a walk over the open requests and over the pieces the peer could serve, so a blob of
-//! `n` pieces costs `O(n²)` piece visits in all: fine for firmware-sized blobs, and the place to
-//! add an incremental rarity index if `netsim` ever needs one.
+//! Each event marks the transfer for a scheduling pass at the next `poll_action`. Rarity is a
+//! step function updated claim by claim ([`pieces::Coverage`]), never rebuilt. A peer with a
+//! free slot that got nothing in a pass is *starved*: it is skipped until something happens that
+//! could give it work (its claim grows; groups it claims are missing again; a peer's standing,
+//! the size or the endgame changes). So most events (a batch of verified groups, a have-map
+//! from a peer with nothing new) cost a walk over the peers, and the costly choice, a walk over
+//! the open requests and the pieces one peer could serve, runs about once per request issued.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -315,6 +317,39 @@ struct PeerState {
     /// Set when it answered `Busy`.
     backoff: Option<Backoff>,
     probe_failures: u32,
+    /// The groups this peer adds to the coverage now: its claim while it is connected and
+    /// usable, else nothing.
+    counted: ChunkGroupRanges,
+    /// Had a free slot and got no work in the last pass that considered it; skipped until woken.
+    starved: bool,
+}
+
+/// What a [`Transfer::recount`] changed in the coverage.
+#[derive(Clone, Copy, Debug, Default)]
+struct Recount {
+    added: bool,
+    removed: bool,
+}
+
+/// What one scheduling pass works from, computed once and kept up to date as it issues requests.
+struct Pass {
+    /// Groups neither held nor in flight.
+    unassigned: ChunkGroupRanges,
+    /// Groups some usable peer claims.
+    support: ChunkGroupRanges,
+    /// Groups some usable peer that is not upstream claims; computed when first needed.
+    neighbour_support: Option<ChunkGroupRanges>,
+}
+
+impl Pass {
+    /// The endgame: no usable peer can take a group that is neither held nor in flight.
+    fn is_endgame(&self) -> bool {
+        !self.unassigned.intersects(&self.support)
+    }
+
+    fn note_issued(&mut self, groups: &ChunkGroupRanges) {
+        self.unassigned = self.unassigned.difference(groups);
+    }
 }
 
 /// How long a busy peer is left alone.
@@ -335,6 +370,8 @@ impl PeerState {
             in_flight: 0,
             backoff: None,
             probe_failures: 0,
+            counted: ChunkGroupRanges::empty(),
+            starved: false,
         }
     }
 }
@@ -367,6 +404,14 @@ pub struct Transfer<P> {
     actions: VecDeque<Action<P>>,
     /// Set by anything that may open new work; cleared by a scheduling pass.
     needs_schedule: bool,
+    /// How many usable, connected peers claim each group.
+    coverage: Coverage,
+    /// The same, counting only peers that are not upstream.
+    neighbour_coverage: Coverage,
+    /// Whether the endgame had begun when last checked.
+    endgame: bool,
+    /// Set when something may have started (or ended) the endgame.
+    check_endgame: bool,
     done_announced: bool,
     stats: TransferStats<P>,
 }
@@ -397,6 +442,10 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             next_request: 0,
             actions: VecDeque::new(),
             needs_schedule: true,
+            coverage: Coverage::default(),
+            neighbour_coverage: Coverage::default(),
+            endgame: false,
+            check_endgame: true,
             done_announced: false,
             stats: TransferStats::new(now),
         };
@@ -430,8 +479,10 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
 
     /// True when the size is known and every group is held.
     pub fn is_done(&self) -> bool {
-        self.all_groups()
-            .is_some_and(|all| all.difference(&self.held).is_empty())
+        // `held` is clipped to the blob's groups once the size is known, so it is complete
+        // exactly when it is the one range of them all.
+        self.group_count()
+            .is_some_and(|count| count == 0 || self.held.boundaries() == [0, count])
     }
 
     /// The counters.
@@ -450,7 +501,13 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
     /// it among themselves (BitTorrent's super-seeding, decided by the downloader). With no
     /// neighbour in sight it is asked for everything; the endgame may use it like anyone.
     pub fn mark_upstream(&mut self, peer: P) {
-        self.upstream.insert(peer);
+        if !self.upstream.insert(peer.clone()) {
+            return;
+        }
+        if let Some(state) = self.peers.get(&peer) {
+            self.neighbour_coverage.remove(&state.counted);
+        }
+        self.wake_all();
         self.needs_schedule = true;
     }
 
@@ -588,6 +645,8 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                 *claim = claim.intersection(&all);
             }
         }
+        self.recount_all();
+        self.wake_all();
         // The probe was answered with the last group: from now on it is a request for that
         // group, so the usual rules (progress, cancel, timeout) apply to it.
         let last = all.end().saturating_sub(1);
@@ -626,6 +685,9 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         state.claim = None;
         state.claimed_size = None;
         state.backoff = None;
+        state.starved = false;
+        self.recount(peer);
+        self.wake_all();
         // The streams died with the connection: nothing to cancel, and the peer's groups are
         // missing again by dropping its requests.
         self.forget_requests_of(peer);
@@ -643,6 +705,13 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         }
         state.claim = Some(groups.intersection(&limit));
         state.claimed_size = size.filter(|&size| size <= MAX_BLOB_SIZE);
+        // New groups may give this peer work; fewer groups may give anyone work (the
+        // upstream, or the endgame).
+        match self.recount(peer) {
+            Recount { removed: true, .. } => self.wake_all(),
+            Recount { added: true, .. } => self.wake(peer),
+            Recount { .. } => {}
+        }
     }
 
     fn on_groups_verified(
@@ -657,6 +726,15 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         let mut fits = valid == *groups;
         self.stats.redundant_groups += valid.intersection(&self.held).group_count();
         let arrived = valid.difference(&self.held);
+        // Groups that no request of this peer was fetching were unassigned: their arrival may
+        // leave nothing unassigned, which starts the endgame.
+        let carried = self
+            .requests
+            .get(&id)
+            .is_some_and(|request| request.peer == peer && arrived.is_subset(&request.groups));
+        if !carried {
+            self.check_endgame = true;
+        }
         // Believed even for an unknown or cancelled request: the driver says these groups are
         // verified and stored, and asking for them again would only waste a peer's time.
         self.held = self.held.union(&valid);
@@ -682,12 +760,18 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         if arrived.is_empty() {
             return;
         }
+        let (first, end) = (arrived.boundaries()[0], arrived.end());
         let overtaken: Vec<RequestId> = self
             .requests
             .iter()
             .filter(|&(&id, request)| {
+                // Most requests lie outside the arrived span: rule them out without set
+                // arithmetic.
+                let span = request.groups.boundaries();
                 id != carrier
-                    && !request.groups.intersection(arrived).is_empty()
+                    && span.first().is_some_and(|&start| start < end)
+                    && request.groups.end() > first
+                    && request.groups.intersects(arrived)
                     && self.outstanding(request).is_empty()
             })
             .map(|(&id, _)| id)
@@ -792,6 +876,10 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         if let Some(claim) = self.peers.get_mut(peer).and_then(|s| s.claim.as_mut()) {
             *claim = claim.difference(groups);
         }
+        // Fewer claimants may mean work for the upstream, or the endgame: the caller has woken
+        // every claimant of these groups already; the endgame is checked at the next pass.
+        self.recount(peer);
+        self.check_endgame = true;
     }
 
     fn ban(&mut self, peer: P) {
@@ -805,6 +893,8 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         tracing::info!(blob = %self.blob, ?peer, "peer banned: sent data that failed verification");
         state.standing = Standing::Banned;
         state.claim = None;
+        self.recount(&peer);
+        self.wake_all();
         self.forget_requests_of(&peer);
         self.stats.banned_peers += 1;
         self.peer_stats(&peer).banned = true;
@@ -828,6 +918,8 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         if retire {
             stats.retired = true;
             self.stats.retired_peers += 1;
+            self.recount(peer);
+            self.wake_all();
         }
     }
 
@@ -836,14 +928,96 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         if let Some(state) = self.peers.get_mut(&request.peer) {
             state.in_flight = state.in_flight.saturating_sub(1);
         }
+        let missing = self.outstanding(&request);
+        self.wake_claimants(&missing);
         Some(request)
     }
 
     fn forget_requests_of(&mut self, peer: &P) {
-        self.requests.retain(|_, request| request.peer != *peer);
+        let mut missing = ChunkGroupRanges::empty();
+        let mut forgotten = Vec::new();
+        for (&id, request) in &self.requests {
+            if request.peer == *peer {
+                missing = missing.union(&self.outstanding(request));
+                forgotten.push(id);
+            }
+        }
+        for id in forgotten {
+            self.requests.remove(&id);
+        }
         if let Some(state) = self.peers.get_mut(peer) {
             state.in_flight = 0;
         }
+        self.wake_claimants(&missing);
+    }
+
+    /// Brings the coverage in line with `peer`'s claim, connection and standing; call after
+    /// changing any of them.
+    fn recount(&mut self, peer: &P) -> Recount {
+        let neighbour = !self.upstream.contains(peer);
+        let Some(state) = self.peers.get_mut(peer) else {
+            return Recount::default();
+        };
+        let counts = state.connected && state.standing == Standing::Usable;
+        let target = match &state.claim {
+            Some(claim) if counts => claim.clone(),
+            _ => ChunkGroupRanges::empty(),
+        };
+        if target == state.counted {
+            return Recount::default();
+        }
+        let added = target.difference(&state.counted);
+        let removed = state.counted.difference(&target);
+        state.counted = target;
+        self.coverage.add(&added);
+        self.coverage.remove(&removed);
+        if neighbour {
+            self.neighbour_coverage.add(&added);
+            self.neighbour_coverage.remove(&removed);
+        }
+        Recount {
+            added: !added.is_empty(),
+            removed: !removed.is_empty(),
+        }
+    }
+
+    fn recount_all(&mut self) {
+        let peers: Vec<P> = self.peers.keys().cloned().collect();
+        for peer in &peers {
+            self.recount(peer);
+        }
+    }
+
+    /// `peer` may have work: consider it at the next pass.
+    fn wake(&mut self, peer: &P) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.starved = false;
+        }
+    }
+
+    /// Anyone may have work: consider every peer at the next pass.
+    fn wake_all(&mut self) {
+        for state in self.peers.values_mut() {
+            state.starved = false;
+        }
+        self.check_endgame = true;
+    }
+
+    /// `groups` are missing again: every peer that claims some of them may have work.
+    fn wake_claimants(&mut self, groups: &ChunkGroupRanges) {
+        if groups.is_empty() {
+            return;
+        }
+        for state in self.peers.values_mut() {
+            if state
+                .claim
+                .as_ref()
+                .is_some_and(|claim| claim.intersects(groups))
+            {
+                state.starved = false;
+            }
+        }
+        self.check_endgame = true;
     }
 
     fn note_finished(&mut self, now: Instant) {
@@ -892,61 +1066,85 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             .filter(|state| state.connected && state.standing != Standing::Banned)
             .all(|state| state.standing == Standing::Retired);
         if all_retired {
+            let mut refreshed = false;
             for state in self.peers.values_mut() {
                 if state.connected && state.standing == Standing::Retired {
                     state.standing = Standing::Usable;
                     state.strikes = 0;
+                    refreshed = true;
                 }
+            }
+            if refreshed {
+                self.recount_all();
+                self.wake_all();
             }
         }
         let Some(all) = self.all_groups() else {
             self.schedule_probe(now);
             return;
         };
-        let mut coverage = None;
+        // Most passes (one per event) find no peer with both a free slot and a reason to look:
+        // only then is the pass's state built.
+        let wants_work = |state: &PeerState| {
+            state.claim.is_some() && !state.starved && self.has_free_slot(state, now)
+        };
+        if !self.check_endgame && !self.peers.values().any(wants_work) {
+            return;
+        }
+        let mut pass = self.pass(&all);
+        self.check_endgame = false;
+        if pass.is_endgame() != self.endgame {
+            self.endgame = !self.endgame;
+            if self.endgame {
+                self.wake_all();
+                self.check_endgame = false;
+            }
+        }
         // Round-robin, one request per peer per round, so that the first peers in key order do
         // not take every piece before the others get one.
         loop {
             let ready: Vec<P> = self
                 .peers
                 .iter()
-                .filter(|(_, state)| state.claim.is_some() && self.has_free_slot(state, now))
+                .filter(|(_, state)| {
+                    state.claim.is_some() && !state.starved && self.has_free_slot(state, now)
+                })
                 .map(|(peer, _)| peer.clone())
                 .collect();
             if ready.is_empty() {
                 break;
             }
-            // Most passes (one per event) find every slot taken; only build the coverage, the
-            // costly part, when someone can take work. Claims do not change within a pass.
-            let coverage = coverage.get_or_insert_with(|| {
-                Coverage::new(
-                    self.peers
-                        .values()
-                        .filter(|state| state.connected && state.standing == Standing::Usable)
-                        .filter_map(|state| state.claim.as_ref()),
-                )
-            });
             let mut issued = false;
             for peer in ready {
-                if let Some((groups, duplicate)) = self.choose(&peer, &all, coverage) {
-                    self.issue(now, peer, groups, false, duplicate);
-                    issued = true;
+                match self.choose(&peer, &mut pass) {
+                    Some((groups, duplicate)) => {
+                        pass.note_issued(&groups);
+                        self.issue(now, peer, groups, false, duplicate);
+                        issued = true;
+                    }
+                    None => {
+                        if let Some(state) = self.peers.get_mut(&peer) {
+                            state.starved = true;
+                        }
+                    }
                 }
             }
-            if !issued {
+            // Taking the last unassigned groups starts the endgame, which may give work to
+            // peers this pass found starved.
+            if !self.endgame && pass.is_endgame() {
+                self.endgame = true;
+                self.wake_all();
+                self.check_endgame = false;
+            } else if !issued {
                 break;
             }
         }
+        #[cfg(test)]
+        self.check_starved(now, &all);
     }
 
-    /// The groups to ask `peer` for next, and whether they are an endgame duplicate.
-    fn choose(
-        &self,
-        peer: &P,
-        all: &ChunkGroupRanges,
-        coverage: &Coverage,
-    ) -> Option<(ChunkGroupRanges, bool)> {
-        let claim = self.peers.get(peer)?.claim.as_ref()?;
+    /// The state a scheduling pass starts from.
+    fn pass(&self, all: &ChunkGroupRanges) -> Pass {
         let in_flight = self
             .requests
             .values()
@@ -954,31 +1152,51 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                 acc.union(&self.outstanding(request))
             });
         let unassigned = all.difference(&self.held).difference(&in_flight);
-        let mut mine = claim.intersection(&unassigned);
+        Pass {
+            unassigned,
+            support: self.coverage.support(),
+            neighbour_support: None,
+        }
+    }
+
+    /// Tests only: every peer skipped as starved would indeed get nothing now, and the endgame
+    /// flag is true.
+    #[cfg(test)]
+    fn check_starved(&self, now: Instant, all: &ChunkGroupRanges) {
+        let mut pass = self.pass(all);
+        assert_eq!(self.endgame, pass.is_endgame(), "stale endgame flag");
+        for (peer, state) in &self.peers {
+            if state.starved && state.claim.is_some() && self.has_free_slot(state, now) {
+                assert_eq!(
+                    self.choose(peer, &mut pass),
+                    None,
+                    "peer {peer:?} was skipped as starved but has work"
+                );
+            }
+        }
+    }
+
+    /// The groups to ask `peer` for next, and whether they are an endgame duplicate.
+    fn choose(&self, peer: &P, pass: &mut Pass) -> Option<(ChunkGroupRanges, bool)> {
+        let claim = self.peers.get(peer)?.claim.as_ref()?;
+        let mut mine = claim.intersection(&pass.unassigned);
         let mut spare_upstream = false;
         if self.upstream.contains(peer) {
-            let from_neighbours = self
-                .peers
-                .iter()
-                .filter(|(other, state)| {
-                    !self.upstream.contains(*other)
-                        && state.connected
-                        && state.standing == Standing::Usable
-                })
-                .filter_map(|(_, state)| state.claim.as_ref())
-                .fold(ChunkGroupRanges::empty(), |acc, claim| acc.union(claim));
-            mine = mine.difference(&from_neighbours);
+            let from_neighbours = pass
+                .neighbour_support
+                .get_or_insert_with(|| self.neighbour_coverage.support());
+            mine = mine.difference(from_neighbours);
             // No endgame duplicates from the scarce uplink while neighbours can serve: slow
             // neighbours are timed out and retired instead.
             spare_upstream = !from_neighbours.is_empty();
         }
         if !mine.is_empty() {
-            let groups = self.rarest_piece(&mine, coverage);
+            let groups = self.rarest_piece(&mine, &self.coverage);
             return (!groups.is_empty()).then_some((groups, false));
         }
         // Not the endgame while some usable peer could still take a fresh group: duplicates now
         // would only slow the pieces nobody has started.
-        if spare_upstream || !unassigned.intersection(&coverage.support()).is_empty() {
+        if spare_upstream || !pass.is_endgame() {
             return None;
         }
         self.endgame_groups(peer, claim)

@@ -4,68 +4,115 @@ use std::ops::Range;
 
 use proto::ChunkGroupRanges;
 
-/// How many eligible peers claim each group, as sorted, disjoint segments of constant count.
+/// How many eligible peers claim each group: a step function kept up to date claim by claim.
 ///
-/// Counts depend only on peers' claims, not on what is held or in flight, so one `Coverage`
-/// serves every choice of a scheduling pass.
+/// Counts depend only on peers' claims, not on what is held or in flight. The engine adds a
+/// peer's claim when it starts to count and removes exactly what it added when it stops, so an
+/// update costs one merge of the step function with the changed groups, not a rebuild from every
+/// claim.
 #[derive(Debug, Default)]
 pub(super) struct Coverage {
-    /// `(start, end, count)` with `count >= 1`, sorted by `start`, disjoint.
-    segments: Vec<(u64, u64, u32)>,
+    /// `(at, count)`: from group `at` up to the next point, `count` peers claim each group.
+    /// Strictly increasing in `at`; neighbouring counts differ; the count before the first point
+    /// is 0, and so is the last point's (claims are finite).
+    points: Vec<(u64, u32)>,
 }
 
 impl Coverage {
     /// The coverage of a set of claims.
+    #[cfg(test)]
     pub(super) fn new<'a>(claims: impl Iterator<Item = &'a ChunkGroupRanges>) -> Self {
-        let mut edges: Vec<(u64, i64)> = Vec::new();
+        let mut coverage = Self::default();
         for claim in claims {
-            for range in claim.iter() {
-                edges.push((range.start, 1));
-                edges.push((range.end, -1));
+            coverage.add(claim);
+        }
+        coverage
+    }
+
+    /// Counts one more claim on each group of `groups`.
+    pub(super) fn add(&mut self, groups: &ChunkGroupRanges) {
+        self.apply(groups, true);
+    }
+
+    /// Counts one claim less on each group of `groups` (which must have been added).
+    pub(super) fn remove(&mut self, groups: &ChunkGroupRanges) {
+        self.apply(groups, false);
+    }
+
+    fn apply(&mut self, groups: &ChunkGroupRanges, add: bool) {
+        let edges = groups.boundaries();
+        if edges.is_empty() {
+            return;
+        }
+        let mut merged = Vec::with_capacity(self.points.len() + edges.len());
+        let (mut point, mut edge) = (0, 0);
+        let mut count = 0u32;
+        let mut inside = false;
+        let mut last = 0u32;
+        loop {
+            let at = match (self.points.get(point), edges.get(edge)) {
+                (None, None) => break,
+                (Some(&(at, _)), None) => at,
+                (None, Some(&at)) => at,
+                (Some(&(a, _)), Some(&b)) => a.min(b),
+            };
+            while let Some(&(_, value)) = self.points.get(point).filter(|p| p.0 == at) {
+                count = value;
+                point += 1;
+            }
+            while edges.get(edge) == Some(&at) {
+                inside = !inside;
+                edge += 1;
+            }
+            // Saturating: removing what was never added is the engine's bug, not a reason to
+            // panic or wrap.
+            let value = match (inside, add) {
+                (false, _) => count,
+                (true, true) => count.saturating_add(1),
+                (true, false) => count.saturating_sub(1),
+            };
+            if value != last {
+                merged.push((at, value));
+                last = value;
             }
         }
-        edges.sort_unstable();
-        let mut segments = Vec::new();
-        let mut count: i64 = 0;
-        let mut position = 0;
-        for (at, delta) in edges {
-            if at > position && count > 0 {
-                // A claim adds at most 1, so the count never exceeds the number of peers.
-                let count = u32::try_from(count).unwrap_or(u32::MAX);
-                segments.push((position, at, count));
-            }
-            position = at;
-            count += delta;
-        }
-        Self { segments }
+        self.points = merged;
     }
 
     /// The fewest peers claiming any one group of `range`; 0 if some group is claimed by none.
     pub(super) fn min_count(&self, range: Range<u64>) -> u32 {
-        let first = self
-            .segments
-            .partition_point(|&(_, end, _)| end <= range.start);
-        let mut covered_to = range.start;
-        let mut fewest = u32::MAX;
-        for &(start, end, count) in &self.segments[first..] {
-            if start >= range.end {
+        if range.start >= range.end {
+            return u32::MAX;
+        }
+        let after = self.points.partition_point(|&(at, _)| at <= range.start);
+        let mut fewest = after
+            .checked_sub(1)
+            .and_then(|index| self.points.get(index))
+            .map_or(0, |&(_, count)| count);
+        for &(at, count) in self.points.get(after..).unwrap_or_default() {
+            if at >= range.end {
                 break;
             }
-            if start > covered_to {
-                return 0;
-            }
             fewest = fewest.min(count);
-            covered_to = end;
         }
-        if covered_to < range.end { 0 } else { fewest }
+        fewest
     }
 
     /// Every group that at least one eligible peer claims.
     pub(super) fn support(&self) -> ChunkGroupRanges {
-        self.segments
-            .iter()
-            .map(|&(start, end, _)| start..end)
-            .collect()
+        let mut support = Vec::new();
+        let mut open = None;
+        for &(at, count) in &self.points {
+            match (open, count > 0) {
+                (None, true) => open = Some(at),
+                (Some(start), false) => {
+                    support.push(start..at);
+                    open = None;
+                }
+                _ => {}
+            }
+        }
+        support.into_iter().collect()
     }
 }
 
@@ -108,6 +155,43 @@ mod tests {
         assert_eq!(coverage.min_count(26..27), 1);
         assert_eq!(coverage.support().boundaries(), &[0, 20, 25, 30]);
         assert_eq!(Coverage::new(std::iter::empty()).min_count(0..1), 0);
+    }
+
+    #[test]
+    fn coverage_updates_match_a_rebuild() {
+        let claims: Vec<ChunkGroupRanges> = vec![
+            [0..4, 10..12].into_iter().collect(),
+            ChunkGroupRanges::from(2..11),
+            [3..5, 11..20].into_iter().collect(),
+            ChunkGroupRanges::from(0..20),
+        ];
+        let mut coverage = Coverage::default();
+        for claim in &claims {
+            coverage.add(claim);
+        }
+        coverage.remove(&claims[1]);
+        coverage.remove(&claims[3]);
+        let rebuilt = Coverage::new([&claims[0], &claims[2]].into_iter());
+        assert_eq!(coverage.points, rebuilt.points);
+        for start in 0..22 {
+            for end in start + 1..23 {
+                let direct = (start..end)
+                    .map(|group| {
+                        let count = [&claims[0], &claims[2]]
+                            .iter()
+                            .filter(|claim| claim.contains(proto::ChunkGroup(group)))
+                            .count();
+                        u32::try_from(count).unwrap()
+                    })
+                    .min()
+                    .unwrap_or(u32::MAX);
+                assert_eq!(coverage.min_count(start..end), direct, "{start}..{end}");
+            }
+        }
+        coverage.remove(&claims[0]);
+        coverage.remove(&claims[2]);
+        assert!(coverage.points.is_empty());
+        assert!(coverage.support().is_empty());
     }
 
     #[test]
