@@ -6,9 +6,16 @@
 //! server answers with one frame ([`Have`], [`RangeResponse`] then the bao stream of those
 //! groups, or an [`ErrorMessage`]) and closes. Cancelling a request is dropping its stream.
 //!
+//! A subscription ([`Message::HaveSubscribe`]) is the one long exchange: the server answers with
+//! a [`Have`], then writes a [`Message::HaveMore`] with the groups it gained, at most once per
+//! [`HAVE_PUSH_INTERVAL`] and only when there are some, until it holds the whole blob (then it
+//! closes) or the client closes or drops its side. A yard of `n` vehicles so costs one stream
+//! per pair and a few bytes per new piece, instead of `n²` polls every few seconds.
+//!
 //! Written against `futures::io` so that it runs over libp2p streams and in-memory pipes alike.
 
 use std::io;
+use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use proto::bao::{self, ExpectedSize, RangeVerifier, VerifyError};
@@ -96,6 +103,9 @@ async fn write_message<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// How often a subscription's server looks for groups gained since its last message.
+pub const HAVE_PUSH_INTERVAL: Duration = Duration::from_millis(500);
+
 /// What a server did with one stream, for logs and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Served {
@@ -103,6 +113,13 @@ pub enum Served {
     Have {
         /// The blob.
         blob: BlobId,
+    },
+    /// Kept a subscriber up to date until it left or the blob was complete.
+    Subscription {
+        /// The blob.
+        blob: BlobId,
+        /// Messages sent ([`Have`] and [`Message::HaveMore`]).
+        messages: u64,
     },
     /// Sent groups of a blob.
     Groups {
@@ -130,16 +147,62 @@ where
     S: Storage,
     I: Index,
 {
-    let question = match read_message(&mut stream).await {
-        Ok(message) => message,
+    match read_question(&mut stream).await? {
+        Message::HaveSubscribe(HaveQuery { blob }) => serve_subscription(store, stream, blob).await,
+        question => answer(store, stream, question).await,
+    }
+}
+
+/// Reads the frame that opens an exchange. A malformed one is answered with `BadRequest` (and
+/// the stream closed) before the error is returned.
+pub async fn read_question<St>(stream: &mut St) -> Result<Message, ExchangeError>
+where
+    St: AsyncRead + AsyncWrite + Unpin,
+{
+    match read_message(stream).await {
+        Ok(message) => Ok(message),
         Err(ExchangeError::Wire(error)) => {
             let refusal = ErrorMessage::new(None, ErrorCode::BadRequest, &error.to_string());
-            write_message(&mut stream, &Message::Error(refusal)).await?;
+            write_message(stream, &Message::Error(refusal)).await?;
             stream.close().await?;
-            return Err(ExchangeError::Wire(error));
+            Err(ExchangeError::Wire(error))
         }
-        Err(other) => return Err(other),
+        Err(other) => Err(other),
+    }
+}
+
+/// Refuses the exchange `question` opened with `code`, then closes the stream.
+pub async fn refuse<St>(
+    mut stream: St,
+    question: &Message,
+    code: ErrorCode,
+    detail: &str,
+) -> Result<Served, ExchangeError>
+where
+    St: AsyncRead + AsyncWrite + Unpin,
+{
+    let request_id = match question {
+        Message::Request(request) => Some(request.request_id),
+        _ => None,
     };
+    let refusal = ErrorMessage::new(request_id, code, detail);
+    write_message(&mut stream, &Message::Error(refusal)).await?;
+    stream.close().await?;
+    Ok(Served::Refused { code })
+}
+
+/// Answers a one-frame exchange (`question`, as read by [`read_question`]) from `store`, then
+/// closes the stream. A subscription is refused here: see [`serve_subscription`].
+pub async fn answer<St, S, I>(
+    store: &BlobStore<S, I>,
+    mut stream: St,
+    question: Message,
+) -> Result<Served, ExchangeError>
+where
+    St: AsyncRead + AsyncWrite + Unpin,
+    S: Storage,
+    I: Index,
+{
     let refuse = |request_id, code, detail: String| {
         (
             Message::Error(ErrorMessage::new(request_id, code, &detail)),
@@ -221,7 +284,127 @@ fn kind_name(message: &Message) -> &'static str {
         Message::HaveQuery(_) => "have query",
         Message::Have(_) => "have",
         Message::Error(_) => "error",
+        Message::HaveSubscribe(_) => "have subscription",
+        Message::HaveMore(_) => "have-more",
         _ => "unknown message",
+    }
+}
+
+/// Keeps the subscriber on `stream` told of the groups of `blob` that `store` holds: a [`Have`]
+/// now (empty, without a size, when the blob is not here yet), then a [`Message::HaveMore`] with
+/// the groups gained, checked every [`HAVE_PUSH_INTERVAL`]. Ends when the subscriber closes or
+/// drops its side, or after telling it the blob is complete (closing the stream).
+///
+/// Groups the store drops (a copy that failed re-verification, an evicted blob) are not taken
+/// back: a later request for them is answered `NotHeld`, which drops them from the asker's view.
+pub async fn serve_subscription<St, S, I>(
+    store: &BlobStore<S, I>,
+    mut stream: St,
+    blob: BlobId,
+) -> Result<Served, ExchangeError>
+where
+    St: AsyncRead + AsyncWrite + Unpin,
+    S: Storage,
+    I: Index,
+{
+    let info = store.info(&blob);
+    let mut size = info.as_ref().map(|info| info.size);
+    let mut told = info
+        .map(|info| info.held.first_ranges(wire::MAX_RANGES))
+        .unwrap_or_default();
+    let first = Message::Have(Have {
+        blob,
+        size,
+        groups: told.clone(),
+    });
+    write_message(&mut stream, &first).await?;
+    stream.flush().await?;
+    let mut messages = 1;
+    let mut probe = [0u8; 64];
+    loop {
+        if size.is_some_and(|size| told == LAYOUT.all_groups(size)) {
+            stream.close().await?;
+            break;
+        }
+        // Wait for the next look, noticing meanwhile if the subscriber leaves: it writes nothing
+        // after its subscription, so any read that returns means it closed (or broke the rules).
+        tokio::select! {
+            () = tokio::time::sleep(HAVE_PUSH_INTERVAL) => {}
+            _ = stream.read(&mut probe) => break,
+        }
+        let Some(info) = store.info(&blob) else {
+            continue;
+        };
+        let gained = info.held.difference(&told);
+        let learned_size = size.is_none();
+        if gained.is_empty() && !learned_size {
+            continue;
+        }
+        // Ranges beyond the frame's limit wait for the next message.
+        let gained = gained.first_ranges(wire::MAX_RANGES);
+        told = told.union(&gained);
+        size = Some(info.size);
+        let more = Message::HaveMore(Have {
+            blob,
+            size,
+            groups: gained,
+        });
+        write_message(&mut stream, &more).await?;
+        stream.flush().await?;
+        messages += 1;
+    }
+    Ok(Served::Subscription { blob, messages })
+}
+
+/// Subscribes to what the peer on `stream` holds of `blob`: `on_have` gets the peer's [`Have`]
+/// first, then each [`Message::HaveMore`] (groups to add to what it said before). Returns when the
+/// peer closes the stream, which it does once it has said it holds the whole blob. Dropping the
+/// future ends the subscription.
+pub async fn subscribe_have<St: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: St,
+    blob: BlobId,
+    mut on_have: impl FnMut(Have, bool),
+) -> Result<(), ExchangeError> {
+    write_message(&mut stream, &Message::HaveSubscribe(HaveQuery { blob })).await?;
+    stream.flush().await?;
+    match read_message(&mut stream).await? {
+        Message::Have(have) if have.blob == blob => on_have(have, true),
+        Message::Error(error) => {
+            return Err(ExchangeError::Refused {
+                code: error.code,
+                detail: error.detail,
+            });
+        }
+        other => {
+            return Err(ExchangeError::UnexpectedAnswer {
+                question: "have subscription",
+                answer: kind_name(&other).to_owned(),
+            });
+        }
+    }
+    loop {
+        // A clean end is the peer closing between frames.
+        let mut first = [0u8; 1];
+        if stream.read(&mut first).await? == 0 {
+            return Ok(());
+        }
+        let mut rest = [0u8; wire::LENGTH_PREFIX_BYTES - 1];
+        stream.read_exact(&mut rest).await?;
+        let mut prefix = [0u8; wire::LENGTH_PREFIX_BYTES];
+        prefix[0] = first[0];
+        prefix[1..].copy_from_slice(&rest);
+        let length = wire::frame_length(prefix)?;
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await?;
+        match Message::decode_body(&body)? {
+            Message::HaveMore(have) if have.blob == blob => on_have(have, false),
+            other => {
+                return Err(ExchangeError::UnexpectedAnswer {
+                    question: "have subscription",
+                    answer: kind_name(&other).to_owned(),
+                });
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
-use proto::wire::ErrorCode;
+use proto::wire::{ErrorCode, Have, HaveQuery, Message};
 use proto::{BlobId, ChunkGroupRanges};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -36,28 +36,36 @@ pub struct ServeCounters {
     pub refused: std::sync::atomic::AtomicU64,
 }
 
-/// Serves every inbound stream from `store` until the node shuts down.
+/// Have subscriptions served at once; more are refused `Busy` (the asker then polls).
+pub const MAX_SUBSCRIPTIONS: usize = 1024;
+
+/// How long a new stream may take to say what it wants.
+const QUESTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves every inbound stream from `store` until the node shuts down: at most
+/// [`MAX_CONCURRENT_SERVES`] transfers at once (more wait for a slot) and
+/// [`MAX_SUBSCRIPTIONS`] have subscriptions, which hold no transfer slot.
 pub fn spawn_server<S: Storage, I: Index>(
     store: Arc<BlobStore<S, I>>,
     mut incoming: IncomingStreams,
     counters: Arc<ServeCounters>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
+        let transfers = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
+        let subscriptions = Arc::new(Semaphore::new(MAX_SUBSCRIPTIONS));
         while let Some((peer, stream)) = incoming.next().await {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let store = store.clone();
             let counters = counters.clone();
+            let transfers = transfers.clone();
+            let subscriptions = subscriptions.clone();
             tokio::spawn(async move {
                 use std::sync::atomic::Ordering::Relaxed;
-                match protocol::serve(&store, stream).await {
+                match serve_stream(&store, stream, &transfers, &subscriptions).await {
                     Ok(Served::Groups { bytes, .. }) => {
                         counters.bytes.fetch_add(bytes, Relaxed);
                         counters.requests.fetch_add(1, Relaxed);
                     }
-                    Ok(Served::Have { .. }) => {}
+                    Ok(Served::Have { .. } | Served::Subscription { .. }) => {}
                     Ok(Served::Refused { code }) => {
                         counters.refused.fetch_add(1, Relaxed);
                         tracing::debug!(%peer, %code, "refused");
@@ -67,10 +75,42 @@ pub fn spawn_server<S: Storage, I: Index>(
                         tracing::debug!(%peer, %error, "exchange failed");
                     }
                 }
-                drop(slot);
             });
         }
     })
+}
+
+async fn serve_stream<S: Storage, I: Index>(
+    store: &BlobStore<S, I>,
+    mut stream: libp2p::Stream,
+    transfers: &Arc<Semaphore>,
+    subscriptions: &Arc<Semaphore>,
+) -> Result<Served, ExchangeError> {
+    let question = tokio::time::timeout(QUESTION_TIMEOUT, protocol::read_question(&mut stream))
+        .await
+        .map_err(|_| {
+            ExchangeError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the peer opened a stream and asked nothing",
+            ))
+        })??;
+    match question {
+        Message::HaveSubscribe(HaveQuery { blob }) => {
+            match subscriptions.clone().try_acquire_owned() {
+                Ok(_slot) => protocol::serve_subscription(store, stream, blob).await,
+                Err(_) => {
+                    let detail = "too many have subscriptions";
+                    protocol::refuse(stream, &question, ErrorCode::Busy, detail).await
+                }
+            }
+        }
+        question => {
+            let Ok(_slot) = transfers.acquire().await else {
+                return protocol::refuse(stream, &question, ErrorCode::Busy, "shutting down").await;
+            };
+            protocol::answer(store, stream, question).await
+        }
+    }
 }
 
 /// How to fetch one blob.
@@ -84,8 +124,8 @@ pub struct FetchOptions {
     pub peers: Vec<Multiaddr>,
     /// The engine's settings.
     pub transfer: TransferConfig,
-    /// How often connected peers are asked again what they hold (neighbours fill up as they
-    /// fetch).
+    /// How often a peer whose have subscription failed is subscribed again, and a peer that
+    /// cannot subscribe (an older version) is asked again what it holds.
     pub have_refresh: Duration,
     /// Give up when nothing was verified and nothing is in flight for this long.
     pub stall_timeout: Duration,
@@ -163,9 +203,21 @@ pub struct Progress {
 
 enum TaskMessage {
     Dialled(Result<PeerId, String>),
+    /// The answer to a one-off have query (a peer that cannot subscribe).
     Have {
         peer: PeerId,
-        result: Result<proto::wire::Have, ExchangeError>,
+        result: Result<Have, ExchangeError>,
+    },
+    /// A subscription's message: the whole map when `first`, else groups to add.
+    HaveUpdate {
+        peer: PeerId,
+        have: Have,
+        first: bool,
+    },
+    /// A subscription ended: `Ok` when the peer closed it after saying it holds everything.
+    HaveEnded {
+        peer: PeerId,
+        result: Result<(), ExchangeError>,
     },
     Progress {
         peer: PeerId,
@@ -225,9 +277,8 @@ pub async fn fetch<S: Storage, I: Index>(
 
     let (sender, mut inbox) = mpsc::unbounded_channel::<TaskMessage>();
     let mut fetches: BTreeMap<RequestId, (PeerId, JoinHandle<()>)> = BTreeMap::new();
-    let mut have_pending: BTreeSet<PeerId> = BTreeSet::new();
+    let mut haves = Haves::default();
     let mut connected: BTreeSet<PeerId> = BTreeSet::new();
-    let mut complete_peers: BTreeSet<PeerId> = BTreeSet::new();
     let mut banned: Vec<PeerId> = Vec::new();
     let mut said: BTreeMap<PeerId, String> = BTreeMap::new();
     let mut dial_errors: Vec<String> = Vec::new();
@@ -250,7 +301,7 @@ pub async fn fetch<S: Storage, I: Index>(
     for peer in net.connected_peers().await {
         connected.insert(peer);
         engine.handle(Instant::now(), Event::PeerConnected { peer });
-        query_have(net, &sender, &mut have_pending, peer, blob);
+        haves.subscribe(net, &sender, peer, blob);
     }
 
     let mut refresh = tokio::time::interval(options.have_refresh);
@@ -285,6 +336,7 @@ pub async fn fetch<S: Storage, I: Index>(
                 Action::Ban { peer } => {
                     tracing::warn!(%peer, %blob, "peer sent bad data: banned for this blob");
                     banned.push(peer);
+                    haves.forget(&peer);
                     fetches.retain(|_, (owner, task)| {
                         let keep = *owner != peer;
                         if !keep {
@@ -297,6 +349,7 @@ pub async fn fetch<S: Storage, I: Index>(
                     for (_, (_, task)) in std::mem::take(&mut fetches) {
                         task.abort();
                     }
+                    haves.end_all();
                     let info = store.checkpoint(&blob)?;
                     let stats = engine.stats();
                     return Ok(FetchReport {
@@ -338,6 +391,7 @@ pub async fn fetch<S: Storage, I: Index>(
             };
             // Keep what was verified: the next run resumes from it.
             store.checkpoint(&blob).ok();
+            haves.end_all();
             return Err(FetchError::Stalled {
                 blob,
                 seconds: options.stall_timeout.as_secs(),
@@ -367,20 +421,27 @@ pub async fn fetch<S: Storage, I: Index>(
                         }
                     }
                     TaskMessage::Have { peer, result } => {
-                        have_pending.remove(&peer);
+                        haves.polls.remove(&peer);
                         match result {
                             Ok(have) => {
-                                said.insert(peer, format!("holds {} groups", have.groups.group_count()));
-                                if have.size.is_some_and(|size| have.groups == LAYOUT.all_groups(size)) {
-                                    // A complete holder's map will not change: stop asking.
-                                    complete_peers.insert(peer);
+                                if let Some((size, groups)) = haves.update(peer, have, true) {
+                                    said.insert(peer, format!("holds {} groups", groups.group_count()));
+                                    engine.handle(now, Event::HaveMap { peer, size, groups });
                                 }
-                                engine.handle(now, Event::HaveMap { peer, size: have.size, groups: have.groups });
                             }
                             Err(error) => {
                                 said.insert(peer, error.to_string());
                             }
                         }
+                    }
+                    TaskMessage::HaveUpdate { peer, have, first } => {
+                        if let Some((size, groups)) = haves.update(peer, have, first) {
+                            said.insert(peer, format!("holds {} groups", groups.group_count()));
+                            engine.handle(now, Event::HaveMap { peer, size, groups });
+                        }
+                    }
+                    TaskMessage::HaveEnded { peer, result } => {
+                        haves.ended(peer, result, &mut said);
                     }
                     TaskMessage::Progress { peer, request, progress } => match progress {
                         FetchProgress::Groups { groups, bytes } => {
@@ -419,21 +480,17 @@ pub async fn fetch<S: Storage, I: Index>(
                 match event {
                     NetEvent::PeerConnected { peer, .. } if connected.insert(peer) => {
                         engine.handle(now, Event::PeerConnected { peer });
-                        query_have(net, &sender, &mut have_pending, peer, blob);
+                        haves.subscribe(net, &sender, peer, blob);
                     }
                     NetEvent::PeerDisconnected { peer, .. } if connected.remove(&peer) => {
-                        complete_peers.remove(&peer);
+                        haves.forget(&peer);
                         engine.handle(now, Event::PeerClosed { peer });
                     }
                     _ => {}
                 }
             }
             _ = refresh.tick() => {
-                for peer in connected.iter().copied().collect::<Vec<_>>() {
-                    if !banned.contains(&peer) && !complete_peers.contains(&peer) {
-                        query_have(net, &sender, &mut have_pending, peer, blob);
-                    }
-                }
+                haves.refresh(net, &sender, &connected, &banned, blob);
             }
             () = tokio::time::sleep_until(wake) => {
                 engine.handle_timeout(Instant::now());
@@ -442,25 +499,159 @@ pub async fn fetch<S: Storage, I: Index>(
     }
 }
 
-fn query_have(
-    net: &NetHandle,
-    sender: &mpsc::UnboundedSender<TaskMessage>,
-    pending: &mut BTreeSet<PeerId>,
-    peer: PeerId,
-    blob: BlobId,
-) {
-    if !pending.insert(peer) {
-        return;
+/// What each connected peer says it holds, kept up to date by have subscriptions (or, for a
+/// peer that cannot subscribe, by a query every refresh).
+#[derive(Default)]
+struct Haves {
+    /// Per peer: the size it claims and every group it said it holds.
+    claims: BTreeMap<PeerId, (Option<u64>, ChunkGroupRanges)>,
+    /// Open subscriptions.
+    subscriptions: BTreeMap<PeerId, JoinHandle<()>>,
+    /// Peers whose subscription failed: subscribed again at the next refresh.
+    retry: BTreeSet<PeerId>,
+    /// Peers that do not know subscriptions: asked at every refresh until complete.
+    pollers: BTreeSet<PeerId>,
+    /// Peers with a have query in flight.
+    polls: BTreeSet<PeerId>,
+}
+
+impl Haves {
+    fn subscribe(
+        &mut self,
+        net: &NetHandle,
+        sender: &mpsc::UnboundedSender<TaskMessage>,
+        peer: PeerId,
+        blob: BlobId,
+    ) {
+        if self.subscriptions.contains_key(&peer) {
+            return;
+        }
+        self.retry.remove(&peer);
+        let net = net.clone();
+        let sender = sender.clone();
+        let task = tokio::spawn(async move {
+            let result = match net.open_stream(peer).await {
+                Ok(stream) => {
+                    protocol::subscribe_have(stream, blob, |have, first| {
+                        let _ = sender.send(TaskMessage::HaveUpdate { peer, have, first });
+                    })
+                    .await
+                }
+                Err(error) => Err(ExchangeError::Io(std::io::Error::other(error))),
+            };
+            let _ = sender.send(TaskMessage::HaveEnded { peer, result });
+        });
+        self.subscriptions.insert(peer, task);
     }
-    let net = net.clone();
-    let sender = sender.clone();
-    tokio::spawn(async move {
-        let result = match net.open_stream(peer).await {
-            Ok(stream) => protocol::query_have(stream, blob).await,
-            Err(error) => Err(ExchangeError::Io(std::io::Error::other(error))),
+
+    /// Folds one message into `peer`'s claim; returns the claim to hand the engine, or `None`
+    /// when it did not change.
+    fn update(
+        &mut self,
+        peer: PeerId,
+        have: Have,
+        first: bool,
+    ) -> Option<(Option<u64>, ChunkGroupRanges)> {
+        let claim = self.claims.entry(peer).or_default();
+        let groups = if first {
+            have.groups
+        } else {
+            claim.1.union(&have.groups)
         };
-        let _ = sender.send(TaskMessage::Have { peer, result });
-    });
+        let size = have.size.or(if first { None } else { claim.0 });
+        if !first && groups == claim.1 && size == claim.0 {
+            return None;
+        }
+        *claim = (size, groups);
+        Some(claim.clone())
+    }
+
+    fn ended(
+        &mut self,
+        peer: PeerId,
+        result: Result<(), ExchangeError>,
+        said: &mut BTreeMap<PeerId, String>,
+    ) {
+        if self.subscriptions.remove(&peer).is_none() {
+            // Ended after it was forgotten (disconnect, ban): nothing to do.
+            return;
+        }
+        match result {
+            // The peer holds everything and said so: nothing more will come.
+            Ok(()) => {}
+            Err(ExchangeError::Refused {
+                code: ErrorCode::BadRequest,
+                ..
+            }) => {
+                tracing::debug!(%peer, "peer cannot subscribe; polling it");
+                self.pollers.insert(peer);
+            }
+            Err(error) => {
+                tracing::debug!(%peer, %error, "have subscription ended");
+                said.insert(peer, error.to_string());
+                self.retry.insert(peer);
+            }
+        }
+    }
+
+    fn refresh(
+        &mut self,
+        net: &NetHandle,
+        sender: &mpsc::UnboundedSender<TaskMessage>,
+        connected: &BTreeSet<PeerId>,
+        banned: &[PeerId],
+        blob: BlobId,
+    ) {
+        let usable = |peer: &PeerId| connected.contains(peer) && !banned.contains(peer);
+        for peer in std::mem::take(&mut self.retry) {
+            if usable(&peer) {
+                self.subscribe(net, sender, peer, blob);
+            }
+        }
+        let complete = |claim: Option<&(Option<u64>, ChunkGroupRanges)>| {
+            claim.is_some_and(|(size, groups)| {
+                size.is_some_and(|size| *groups == LAYOUT.all_groups(size))
+            })
+        };
+        let pollers: Vec<PeerId> = self.pollers.iter().copied().collect();
+        for peer in pollers {
+            if usable(&peer) && !complete(self.claims.get(&peer)) && self.polls.insert(peer) {
+                let net = net.clone();
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    let result = match net.open_stream(peer).await {
+                        Ok(stream) => protocol::query_have(stream, blob).await,
+                        Err(error) => Err(ExchangeError::Io(std::io::Error::other(error))),
+                    };
+                    let _ = sender.send(TaskMessage::Have { peer, result });
+                });
+            }
+        }
+    }
+
+    /// Stops listening to `peer` (gone, or banned) and forgets what it said.
+    fn forget(&mut self, peer: &PeerId) {
+        if let Some(task) = self.subscriptions.remove(peer) {
+            task.abort();
+        }
+        self.claims.remove(peer);
+        self.retry.remove(peer);
+        self.pollers.remove(peer);
+        self.polls.remove(peer);
+    }
+
+    fn end_all(&mut self) {
+        for (_, task) in std::mem::take(&mut self.subscriptions) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Haves {
+    /// A fetch dropped midway (cancelled by its caller) leaves no subscription running.
+    fn drop(&mut self) {
+        self.end_all();
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -292,3 +292,127 @@ async fn groups_nobody_asked_for_are_refused() {
     );
     assert!(client.info(&blob).unwrap().held.is_empty());
 }
+
+#[tokio::test]
+async fn a_subscription_hears_of_groups_as_they_arrive_and_ends_when_complete() {
+    let data = blob_bytes(40 * 16384 + 77);
+    let origin = new_store();
+    let blob = origin.import(&data[..]).unwrap();
+    let all = LAYOUT.all_groups(data.len() as u64);
+    // The subscribed-to peer starts with the tail (which proves the size) and fills up while
+    // the subscriber listens.
+    let filling = new_store();
+    let (tail, _) = exchange(&origin, &filling, blob, &(30..41).into()).await;
+    assert_eq!(tail.unwrap(), (30..41).into());
+
+    let (near, far) = pipe();
+    let mut heard: Vec<(proto::wire::Have, bool)> = Vec::new();
+    let feed = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        exchange(&origin, &filling, blob, &(0..15).into())
+            .await
+            .0
+            .unwrap();
+        tokio::time::sleep(protocol::HAVE_PUSH_INTERVAL * 2).await;
+        exchange(&origin, &filling, blob, &(15..30).into())
+            .await
+            .0
+            .unwrap();
+    };
+    let (served, subscribed, ()) = tokio::join!(
+        protocol::serve(&filling, far),
+        protocol::subscribe_have(near, blob, |have, first| heard.push((have, first))),
+        feed,
+    );
+    subscribed.unwrap();
+    let Served::Subscription { messages, .. } = served.unwrap() else {
+        panic!("not served as a subscription");
+    };
+    assert_eq!(messages as usize, heard.len());
+    // First the whole map, then only additions, which together make the blob.
+    assert_eq!(heard[0].0.groups, (30..41).into());
+    assert_eq!(heard[0].0.size, Some(data.len() as u64));
+    assert!(heard[0].1 && heard[1..].iter().all(|(_, first)| !first));
+    assert!(
+        heard.len() >= 3,
+        "additions came in {} messages",
+        heard.len() - 1
+    );
+    let mut union = ChunkGroupRanges::empty();
+    for (have, _) in &heard {
+        assert!(
+            !have.groups.intersects(&union),
+            "a group was announced twice"
+        );
+        union = union.union(&have.groups);
+    }
+    assert_eq!(union, all);
+}
+
+#[tokio::test]
+async fn a_subscription_to_an_unknown_blob_waits_and_ends_when_the_subscriber_leaves() {
+    let server = new_store();
+    let unknown = BlobId::of(b"not yet");
+    let (near, far) = pipe();
+    let mut heard = Vec::new();
+    let listen = async {
+        let wait = protocol::HAVE_PUSH_INTERVAL * 3;
+        let outcome = tokio::time::timeout(
+            wait,
+            protocol::subscribe_have(near, unknown, |have, first| heard.push((have, first))),
+        )
+        .await;
+        assert!(
+            outcome.is_err(),
+            "the subscription ended by itself: {outcome:?}"
+        );
+        // `near` is dropped here: the subscriber leaves.
+    };
+    let (served, ()) = tokio::join!(protocol::serve(&server, far), listen);
+    assert_eq!(
+        served.unwrap(),
+        Served::Subscription {
+            blob: unknown,
+            messages: 1
+        }
+    );
+    assert_eq!(heard.len(), 1);
+    assert_eq!(heard[0].0.size, None);
+    assert!(heard[0].0.groups.is_empty() && heard[0].1);
+}
+
+#[tokio::test]
+async fn a_subscription_refuses_messages_that_do_not_belong_to_it() {
+    let blob = BlobId::of(b"image");
+    let (near, mut far) = pipe();
+    let liar = async {
+        let question = protocol::read_message(&mut far).await.unwrap();
+        assert_eq!(
+            question,
+            Message::HaveSubscribe(proto::wire::HaveQuery { blob })
+        );
+        let first = Message::Have(proto::wire::Have {
+            blob,
+            size: None,
+            groups: (0..2).into(),
+        });
+        // A "have-more" for another blob breaks the subscription's rules.
+        let stray = Message::HaveMore(proto::wire::Have {
+            blob: BlobId::of(b"other"),
+            size: None,
+            groups: (2..3).into(),
+        });
+        far.write_all(&first.encode().unwrap()).await.unwrap();
+        far.write_all(&stray.encode().unwrap()).await.unwrap();
+        far.close().await.unwrap();
+    };
+    let mut heard = 0;
+    let (outcome, ()) = tokio::join!(
+        protocol::subscribe_have(near, blob, |_, _| heard += 1),
+        liar
+    );
+    let error = outcome.unwrap_err();
+    assert!(error.is_misbehaviour(), "{error}");
+    assert!(error.to_string().contains("have-more"), "{error}");
+    assert_eq!(heard, 1);
+}

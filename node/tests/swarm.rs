@@ -29,7 +29,8 @@ async fn start_node() -> (NetHandle, net::NetEvents, net::IncomingStreams, Multi
     (handle, events, incoming, addr)
 }
 
-/// A peer that answers have queries honestly but corrupts one byte of the first group of every
+/// A peer that answers have queries and subscriptions honestly (it holds the whole blob, so a
+/// subscription ends with its first answer) but corrupts one byte of the first group of every
 /// response it sends.
 fn spawn_liar(store: Arc<Store>, mut incoming: net::IncomingStreams) {
     tokio::spawn(async move {
@@ -40,7 +41,7 @@ fn spawn_liar(store: Arc<Store>, mut incoming: net::IncomingStreams) {
                     return;
                 };
                 let reply = match message {
-                    Message::HaveQuery(query) => {
+                    Message::HaveQuery(query) | Message::HaveSubscribe(query) => {
                         let info = store.info(&query.blob).unwrap();
                         let have = Message::Have(proto::wire::Have {
                             blob: query.blob,

@@ -2,8 +2,9 @@
 //!
 //! # Goals
 //! - Let a node ask a peer for chunk groups of a blob ([`RangeRequest`]), learn which groups a peer
-//!   holds ([`HaveQuery`], [`Have`]), stop a request ([`Cancel`]) and hear why something was
-//!   refused ([`ErrorMessage`]).
+//!   holds ([`HaveQuery`], [`Have`]) and hear of the groups it gains as it gains them
+//!   ([`Message::HaveSubscribe`], [`Message::HaveMore`]), stop a request ([`Cancel`]) and hear why
+//!   something was refused ([`ErrorMessage`]).
 //! - Decode untrusted bytes without panicking, with a hard limit on message size
 //!   ([`MAX_MESSAGE_BYTES`]) and on what a decoded message may allocate, and with errors that name
 //!   the field and byte offset that were wrong.
@@ -197,6 +198,14 @@ pub enum Message {
     Have(Have),
     /// See [`ErrorMessage`].
     Error(ErrorMessage),
+    /// Like [`Message::HaveQuery`], and more: answered with a [`Message::Have`], then, on the
+    /// same stream, a [`Message::HaveMore`] whenever the peer gains groups, until it holds the
+    /// whole blob (it then closes the stream) or the asker closes it. Added after the first
+    /// release of version 1: a peer that does not know it answers `BadRequest`.
+    HaveSubscribe(HaveQuery),
+    /// Groups the sender gained since its last [`Message::Have`] or `HaveMore` on this stream (and
+    /// the blob's size, once known): an addition to what it said, not a replacement.
+    HaveMore(Have),
 }
 
 mod kind {
@@ -206,6 +215,8 @@ mod kind {
     pub(super) const HAVE_QUERY: u8 = 4;
     pub(super) const HAVE: u8 = 5;
     pub(super) const ERROR: u8 = 6;
+    pub(super) const HAVE_SUBSCRIBE: u8 = 7;
+    pub(super) const HAVE_MORE: u8 = 8;
 }
 
 /// Why bytes from a peer are not a valid message. Offsets count from the start of the frame,
@@ -357,12 +368,20 @@ impl Message {
                 out.push(kind::CANCEL);
                 put_varint(&mut out, cancel.request_id);
             }
-            Self::HaveQuery(query) => {
-                out.push(kind::HAVE_QUERY);
+            Self::HaveQuery(query) | Self::HaveSubscribe(query) => {
+                out.push(if matches!(self, Self::HaveQuery(_)) {
+                    kind::HAVE_QUERY
+                } else {
+                    kind::HAVE_SUBSCRIBE
+                });
                 out.extend_from_slice(query.blob.as_bytes());
             }
-            Self::Have(have) => {
-                out.push(kind::HAVE);
+            Self::Have(have) | Self::HaveMore(have) => {
+                out.push(if matches!(self, Self::Have(_)) {
+                    kind::HAVE
+                } else {
+                    kind::HAVE_MORE
+                });
                 out.extend_from_slice(have.blob.as_bytes());
                 put_optional_varint(&mut out, have.size);
                 put_groups(&mut out, &have.groups)?;
@@ -438,6 +457,14 @@ impl Message {
                 blob: reader.blob_id("blob")?,
             }),
             kind::HAVE => Self::Have(Have {
+                blob: reader.blob_id("blob")?,
+                size: reader.optional_varint("size")?,
+                groups: reader.groups("groups")?,
+            }),
+            kind::HAVE_SUBSCRIBE => Self::HaveSubscribe(HaveQuery {
+                blob: reader.blob_id("blob")?,
+            }),
+            kind::HAVE_MORE => Self::HaveMore(Have {
                 blob: reader.blob_id("blob")?,
                 size: reader.optional_varint("size")?,
                 groups: reader.groups("groups")?,
@@ -687,6 +714,12 @@ mod tests {
                 size: None,
                 groups: (0..MAX_GROUP).into(),
             }),
+            Message::HaveSubscribe(HaveQuery { blob: blob() }),
+            Message::HaveMore(Have {
+                blob: blob(),
+                size: Some(1),
+                groups: [5..6, 70..90].into_iter().collect(),
+            }),
             Message::Error(ErrorMessage::new(Some(3), ErrorCode::NotHeld, "évicted")),
             Message::Error(ErrorMessage::new(None, ErrorCode::Unknown(999), "")),
         ]
@@ -884,8 +917,12 @@ mod tests {
             any::<u64>().prop_map(|request_id| Message::Cancel(Cancel { request_id })),
             blob.clone()
                 .prop_map(|blob| Message::HaveQuery(HaveQuery { blob })),
-            (blob, any::<Option<u64>>(), groups_strategy())
+            blob.clone()
+                .prop_map(|blob| Message::HaveSubscribe(HaveQuery { blob })),
+            (blob.clone(), any::<Option<u64>>(), groups_strategy())
                 .prop_map(|(blob, size, groups)| Message::Have(Have { blob, size, groups })),
+            (blob, any::<Option<u64>>(), groups_strategy())
+                .prop_map(|(blob, size, groups)| Message::HaveMore(Have { blob, size, groups })),
             (any::<Option<u64>>(), any::<u16>(), ".{0,80}").prop_map(
                 |(request_id, code, detail)| {
                     Message::Error(ErrorMessage::new(

@@ -81,6 +81,10 @@ impl fmt::Display for RequestId {
 pub struct TransferConfig {
     /// Requests in flight to one peer at most. Zero is taken as one.
     pub max_requests_per_peer: usize,
+    /// Requests in flight to an upstream peer (see [`Transfer::mark_upstream`]) at most, while
+    /// some usable neighbour is connected; at most `max_requests_per_peer`. Zero is taken as
+    /// one.
+    pub max_requests_per_upstream: usize,
     /// Groups per piece, and so the most groups in one request. Zero is taken as one.
     pub groups_per_request: u64,
     /// A request with no verified group for this long is cancelled and its peer struck.
@@ -98,6 +102,7 @@ impl Default for TransferConfig {
     fn default() -> Self {
         Self {
             max_requests_per_peer: 4,
+            max_requests_per_upstream: 2,
             // 16 groups of 16 KiB: 256 KiB per request.
             groups_per_request: 16,
             request_timeout: Duration::from_secs(10),
@@ -350,6 +355,18 @@ impl Pass {
     fn note_issued(&mut self, groups: &ChunkGroupRanges) {
         self.unassigned = self.unassigned.difference(groups);
     }
+}
+
+/// Every group of every piece that `groups` touches.
+fn widen_to_pieces(groups: &ChunkGroupRanges, per_piece: u64) -> ChunkGroupRanges {
+    groups
+        .iter()
+        .map(|range| {
+            let start = range.start / per_piece * per_piece;
+            let end = range.end.div_ceil(per_piece).saturating_mul(per_piece);
+            start..end
+        })
+        .collect()
 }
 
 /// How long a busy peer is left alone.
@@ -1027,15 +1044,33 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
     }
 
     /// May `peer` get a new request now?
-    fn has_free_slot(&self, state: &PeerState, now: Instant) -> bool {
+    fn has_free_slot(&self, peer: &P, state: &PeerState, now: Instant) -> bool {
         state.connected
             && state.standing == Standing::Usable
-            && state.in_flight < self.config.max_requests_per_peer.max(1)
+            && state.in_flight < self.slots_of(peer)
             && match state.backoff {
                 None => true,
                 Some(Backoff::Until(until)) => now >= until,
                 Some(Backoff::Indefinite) => false,
             }
+    }
+
+    /// How many requests `peer` may have in flight: fewer for an upstream while neighbours are
+    /// in reach, so that the pieces it sends complete (and spread) sooner and vehicles that
+    /// pick pieces at the same moment collide on fewer of them.
+    fn slots_of(&self, peer: &P) -> usize {
+        let all = self.config.max_requests_per_peer.max(1);
+        if !self.upstream.contains(peer) {
+            return all;
+        }
+        let neighbours = self.peers.iter().any(|(other, state)| {
+            state.connected && state.standing == Standing::Usable && !self.upstream.contains(other)
+        });
+        if neighbours {
+            self.config.max_requests_per_upstream.clamp(1, all)
+        } else {
+            all
+        }
     }
 
     fn schedule(&mut self, now: Instant) {
@@ -1085,10 +1120,10 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         };
         // Most passes (one per event) find no peer with both a free slot and a reason to look:
         // only then is the pass's state built.
-        let wants_work = |state: &PeerState| {
-            state.claim.is_some() && !state.starved && self.has_free_slot(state, now)
+        let wants_work = |(peer, state): (&P, &PeerState)| {
+            state.claim.is_some() && !state.starved && self.has_free_slot(peer, state, now)
         };
-        if !self.check_endgame && !self.peers.values().any(wants_work) {
+        if !self.check_endgame && !self.peers.iter().any(wants_work) {
             return;
         }
         let mut pass = self.pass(&all);
@@ -1106,8 +1141,8 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             let ready: Vec<P> = self
                 .peers
                 .iter()
-                .filter(|(_, state)| {
-                    state.claim.is_some() && !state.starved && self.has_free_slot(state, now)
+                .filter(|(peer, state)| {
+                    state.claim.is_some() && !state.starved && self.has_free_slot(peer, state, now)
                 })
                 .map(|(peer, _)| peer.clone())
                 .collect();
@@ -1166,7 +1201,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         let mut pass = self.pass(all);
         assert_eq!(self.endgame, pass.is_endgame(), "stale endgame flag");
         for (peer, state) in &self.peers {
-            if state.starved && state.claim.is_some() && self.has_free_slot(state, now) {
+            if state.starved && state.claim.is_some() && self.has_free_slot(peer, state, now) {
                 assert_eq!(
                     self.choose(peer, &mut pass),
                     None,
@@ -1189,6 +1224,14 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             // No endgame duplicates from the scarce uplink while neighbours can serve: slow
             // neighbours are timed out and retired instead.
             spare_upstream = !from_neighbours.is_empty();
+            // Prefer pieces no neighbour has begun: the rest of a begun piece is most likely on
+            // its way to that neighbour from the upstream already.
+            let per_piece = self.config.groups_per_request.max(1);
+            let begun = widen_to_pieces(from_neighbours, per_piece);
+            let fresh = mine.difference(&begun);
+            if !fresh.is_empty() {
+                mine = fresh;
+            }
         }
         if !mine.is_empty() {
             let groups = self.rarest_piece(&mine, &self.coverage);
@@ -1295,7 +1338,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         let target = self
             .peers
             .iter()
-            .filter(|(_, state)| self.has_free_slot(state, now))
+            .filter(|(peer, state)| self.has_free_slot(peer, state, now))
             .min_by_key(|(peer, state)| {
                 let rank = match (&state.claim, state.claimed_size) {
                     (Some(claim), Some(size)) => {

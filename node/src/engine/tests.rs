@@ -420,6 +420,7 @@ fn garbage_events_are_ignored_without_panicking() {
     // Degenerate settings are clamped, and a timeout of centuries means no timeout.
     let config = TransferConfig {
         max_requests_per_peer: 0,
+        max_requests_per_upstream: 0,
         groups_per_request: 0,
         request_timeout: Duration::MAX,
         max_timeouts_per_peer: 0,
@@ -723,4 +724,44 @@ fn when_every_peer_is_retired_they_all_get_a_fresh_start() {
     // ...but as nobody else is left, it is asked again rather than the transfer stalling.
     let again = requests_to(&drain(&mut transfer, later), 0);
     assert_eq!(again.len(), 1, "the only peer was never asked again");
+}
+
+#[test]
+fn an_upstream_with_neighbours_in_reach_gets_fewer_slots_and_fresh_pieces() {
+    let size = blob_size(256);
+    let now = Instant::now();
+    let mut transfer: Transfer<u32> = Transfer::new(
+        blob(),
+        Some(size),
+        ChunkGroupRanges::empty(),
+        seeded(3),
+        now,
+    );
+    transfer.mark_upstream(0);
+    announce(&mut transfer, now, 0, span(0..256));
+    // A neighbour has begun pieces 0 and 2 (16 groups per piece).
+    announce(&mut transfer, now, 1, set(&[0..3, 40..41]));
+    let actions = drain(&mut transfer, now);
+    let to_depot = requests_to(&actions, 0);
+    assert_eq!(to_depot.len(), 2, "{to_depot:?}");
+    for groups in &to_depot {
+        assert!(
+            !groups.intersects(&set(&[0..16, 32..48])),
+            "depot asked for {groups}, part of a piece a neighbour has begun"
+        );
+    }
+
+    // When only begun pieces are left, the upstream is asked for their missing groups.
+    let mut late: Transfer<u32> = Transfer::new(
+        blob(),
+        Some(size),
+        ChunkGroupRanges::empty(),
+        seeded(3),
+        now,
+    );
+    late.mark_upstream(0);
+    announce(&mut late, now, 0, span(0..256));
+    announce(&mut late, now, 1, set(&[0..5, 8..256]));
+    let to_depot = requests_to(&drain(&mut late, now), 0);
+    assert_eq!(to_depot, vec![span(5..8)]);
 }
