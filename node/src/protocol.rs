@@ -8,13 +8,15 @@
 //!
 //! A subscription ([`Message::HaveSubscribe`]) is the one long exchange: the server answers with
 //! a [`Have`], then writes a [`Message::HaveMore`] with the groups it gained, at most once per
-//! [`HAVE_PUSH_INTERVAL`] and only when there are some, until it holds the whole blob (then it
-//! closes) or the client closes or drops its side. A yard of `n` vehicles so costs one stream
-//! per pair and a few bytes per new piece, instead of `n²` polls every few seconds.
+//! [`HAVE_PUSH_INTERVAL`] and only when there are some, until the client closes or drops its
+//! side. A yard of `n` vehicles so costs one stream per pair and a few bytes per new piece,
+//! instead of `n²` polls every few seconds; and the open stream keeps the connection up while
+//! the client still wants the blob (libp2p closes connections with no stream after a while).
 //!
 //! Written against `futures::io` so that it runs over libp2p streams and in-memory pipes alike.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -292,8 +294,8 @@ fn kind_name(message: &Message) -> &'static str {
 
 /// Keeps the subscriber on `stream` told of the groups of `blob` that `store` holds: a [`Have`]
 /// now (empty, without a size, when the blob is not here yet), then a [`Message::HaveMore`] with
-/// the groups gained, checked every [`HAVE_PUSH_INTERVAL`]. Ends when the subscriber closes or
-/// drops its side, or after telling it the blob is complete (closing the stream).
+/// the groups gained, checked every [`HAVE_PUSH_INTERVAL`] until the blob is complete. Ends when
+/// the subscriber closes or drops its side.
 ///
 /// Groups the store drops (a copy that failed re-verification, an evicted blob) are not taken
 /// back: a later request for them is answered `NotHeld`, which drops them from the asker's view.
@@ -322,12 +324,13 @@ where
     let mut messages = 1;
     let mut probe = [0u8; 64];
     loop {
+        // The subscriber writes nothing after its subscription, so any read that returns means
+        // it closed its side (or broke the rules): either way, the subscription is over.
         if size.is_some_and(|size| told == LAYOUT.all_groups(size)) {
-            stream.close().await?;
+            // Nothing more to tell; the open stream keeps the connection up while it is wanted.
+            let _ = stream.read(&mut probe).await;
             break;
         }
-        // Wait for the next look, noticing meanwhile if the subscriber leaves: it writes nothing
-        // after its subscription, so any read that returns means it closed (or broke the rules).
         tokio::select! {
             () = tokio::time::sleep(HAVE_PUSH_INTERVAL) => {}
             _ = stream.read(&mut probe) => break,
@@ -357,17 +360,17 @@ where
 }
 
 /// Subscribes to what the peer on `stream` holds of `blob`: `on_have` gets the peer's [`Have`]
-/// first, then each [`Message::HaveMore`] (groups to add to what it said before). Returns when the
-/// peer closes the stream, which it does once it has said it holds the whole blob. Dropping the
-/// future ends the subscription.
+/// first (with `true`), then each [`Message::HaveMore`] (groups to add to what it said before).
+/// Returns when `on_have` answers [`ControlFlow::Break`] (the stream is closed) or the peer closes
+/// the stream. Dropping the future ends the subscription too.
 pub async fn subscribe_have<St: AsyncRead + AsyncWrite + Unpin>(
     mut stream: St,
     blob: BlobId,
-    mut on_have: impl FnMut(Have, bool),
+    mut on_have: impl FnMut(Have, bool) -> ControlFlow<()>,
 ) -> Result<(), ExchangeError> {
     write_message(&mut stream, &Message::HaveSubscribe(HaveQuery { blob })).await?;
     stream.flush().await?;
-    match read_message(&mut stream).await? {
+    let mut flow = match read_message(&mut stream).await? {
         Message::Have(have) if have.blob == blob => on_have(have, true),
         Message::Error(error) => {
             return Err(ExchangeError::Refused {
@@ -381,8 +384,12 @@ pub async fn subscribe_have<St: AsyncRead + AsyncWrite + Unpin>(
                 answer: kind_name(&other).to_owned(),
             });
         }
-    }
+    };
     loop {
+        if flow.is_break() {
+            stream.close().await?;
+            return Ok(());
+        }
         // A clean end is the peer closing between frames.
         let mut first = [0u8; 1];
         if stream.read(&mut first).await? == 0 {
@@ -397,7 +404,7 @@ pub async fn subscribe_have<St: AsyncRead + AsyncWrite + Unpin>(
         let mut body = vec![0u8; length];
         stream.read_exact(&mut body).await?;
         match Message::decode_body(&body)? {
-            Message::HaveMore(have) if have.blob == blob => on_have(have, false),
+            Message::HaveMore(have) if have.blob == blob => flow = on_have(have, false),
             other => {
                 return Err(ExchangeError::UnexpectedAnswer {
                     question: "have subscription",

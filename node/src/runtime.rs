@@ -22,8 +22,18 @@ use crate::store::{BlobStore, LAYOUT, StoreError};
 /// Verified groups a fetch task collects before it reports them to the engine loop.
 const PROGRESS_BATCH_GROUPS: u64 = 8;
 
-/// Streams served at once; more wait for a slot.
-pub const MAX_CONCURRENT_SERVES: usize = 64;
+/// A group that arrives this long after a fetch task's last report is reported at once, batch
+/// or not: progress is what keeps a slow request from timing out, so a stream sharing a busy
+/// uplink with a hundred others (a group every second or two) must report every group.
+const PROGRESS_REPORT_GAP: Duration = Duration::from_millis(250);
+
+/// Range requests served at once; more are refused `Busy`, and their askers try other peers
+/// (or this one again after a back-off) instead of queueing here.
+///
+/// Few, because an uplink split among many streams finishes every one of them late: 16 streams
+/// on a 10 Mbit/s vehicle uplink each take ~3 s for a 256 KiB request, where 64 took ~13 s and
+/// queued ones timed out. BitTorrent's unchoke slots serve the same purpose.
+pub const MAX_CONCURRENT_SERVES: usize = 128;
 
 /// Counters of what a server sent, shared with whoever reports them.
 #[derive(Debug, Default)]
@@ -43,8 +53,8 @@ pub const MAX_SUBSCRIPTIONS: usize = 1024;
 const QUESTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves every inbound stream from `store` until the node shuts down: at most
-/// [`MAX_CONCURRENT_SERVES`] transfers at once (more wait for a slot) and
-/// [`MAX_SUBSCRIPTIONS`] have subscriptions, which hold no transfer slot.
+/// [`MAX_CONCURRENT_SERVES`] transfers at once and [`MAX_SUBSCRIPTIONS`] have subscriptions
+/// (which hold no transfer slot); more of either are refused `Busy`.
 pub fn spawn_server<S: Storage, I: Index>(
     store: Arc<BlobStore<S, I>>,
     mut incoming: IncomingStreams,
@@ -104,12 +114,13 @@ async fn serve_stream<S: Storage, I: Index>(
                 }
             }
         }
-        question => {
-            let Ok(_slot) = transfers.acquire().await else {
-                return protocol::refuse(stream, &question, ErrorCode::Busy, "shutting down").await;
-            };
-            protocol::answer(store, stream, question).await
-        }
+        question => match transfers.clone().try_acquire_owned() {
+            Ok(_slot) => protocol::answer(store, stream, question).await,
+            Err(_) => {
+                let detail = "serving as many requests as it can";
+                protocol::refuse(stream, &question, ErrorCode::Busy, detail).await
+            }
+        },
     }
 }
 
@@ -127,7 +138,8 @@ pub struct FetchOptions {
     /// How often a peer whose have subscription failed is subscribed again, and a peer that
     /// cannot subscribe (an older version) is asked again what it holds.
     pub have_refresh: Duration,
-    /// Give up when nothing was verified and nothing is in flight for this long.
+    /// Give up when, for this long, nothing is in flight and no connected peer claims a group
+    /// still missing ([`Transfer::is_stalled`]).
     pub stall_timeout: Duration,
     /// The largest size a peer may claim for a blob of unknown size.
     pub size_limit: u64,
@@ -167,6 +179,29 @@ pub struct FetchReport {
     pub bad_chunk_groups: u64,
     /// Peers banned for bad data.
     pub banned_peers: Vec<PeerId>,
+    /// What happened to the requests: the engine's counters.
+    pub requests: RequestCounts,
+}
+
+/// How a fetch's requests went, for the summary and for tuning.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// Requests sent (size probes and endgame duplicates included).
+    pub sent: u64,
+    /// Endgame duplicates among them.
+    pub duplicates: u64,
+    /// Refused by the peer (`NotHeld`, `Busy`).
+    pub refused: u64,
+    /// Timed out (no verified group for the request timeout).
+    pub timeouts: u64,
+    /// Whose stream broke.
+    pub lost: u64,
+    /// Cancelled because their groups came by another route.
+    pub cancelled: u64,
+    /// Verified groups that were already held on arrival.
+    pub redundant_groups: u64,
+    /// Times a peer was benched for timeouts.
+    pub benched: u64,
 }
 
 /// Why a fetch failed.
@@ -283,7 +318,7 @@ pub async fn fetch<S: Storage, I: Index>(
     let mut said: BTreeMap<PeerId, String> = BTreeMap::new();
     let mut dial_errors: Vec<String> = Vec::new();
     let mut bytes_fetched = 0u64;
-    let mut last_progress = Instant::now();
+    let mut stalled_since: Option<Instant> = None;
     let mut pending_dials = options.peers.len();
 
     for addr in &options.peers {
@@ -366,15 +401,31 @@ pub async fn fetch<S: Storage, I: Index>(
                             .collect(),
                         bad_chunk_groups: stats.bad_groups,
                         banned_peers: banned,
+                        requests: RequestCounts {
+                            sent: stats.requests,
+                            duplicates: stats.duplicate_requests,
+                            refused: stats.refused,
+                            timeouts: stats.timeouts,
+                            lost: stats.lost,
+                            cancelled: stats.cancelled,
+                            redundant_groups: stats.redundant_groups,
+                            benched: stats.benched,
+                        },
                     });
                 }
             }
         }
 
-        // Have queries do not count as activity: they are re-sent every refresh, so a yard
-        // where nobody holds the blob would otherwise never be declared stalled.
-        let idle = fetches.is_empty() && pending_dials == 0;
-        if idle && last_progress.elapsed() >= options.stall_timeout {
+        // Whether any peer could still help is the engine's call (a benched or busy peer that
+        // holds missing groups is worth waiting for); how long to wait for help is the caller's.
+        let stalled = engine.is_stalled() && pending_dials == 0;
+        let since = if stalled {
+            *stalled_since.get_or_insert_with(Instant::now)
+        } else {
+            stalled_since = None;
+            Instant::now()
+        };
+        if since.elapsed() >= options.stall_timeout {
             let mut reasons: Vec<String> = said
                 .iter()
                 .map(|(peer, what)| format!("{peer}: {what}"))
@@ -446,7 +497,6 @@ pub async fn fetch<S: Storage, I: Index>(
                     TaskMessage::Progress { peer, request, progress } => match progress {
                         FetchProgress::Groups { groups, bytes } => {
                             bytes_fetched += bytes;
-                            last_progress = now;
                             engine.handle(now, Event::GroupsVerified { peer, request, groups, bytes });
                             on_progress(&Progress {
                                 held_groups: engine.held().group_count(),
@@ -466,6 +516,8 @@ pub async fn fetch<S: Storage, I: Index>(
                                 tracing::debug!(%peer, %request, %error, "request failed");
                                 if error.is_misbehaviour() {
                                     said.insert(peer, format!("sent bad data: {error}"));
+                                } else if matches!(error, ExchangeError::Refused { .. }) {
+                                    said.insert(peer, error.to_string());
                                 }
                                 Event::RequestFailed { peer, request, failure: failure_of(&error) }
                             }
@@ -534,6 +586,8 @@ impl Haves {
                 Ok(stream) => {
                     protocol::subscribe_have(stream, blob, |have, first| {
                         let _ = sender.send(TaskMessage::HaveUpdate { peer, have, first });
+                        // Kept open until the fetch ends: the stream also keeps the connection.
+                        std::ops::ControlFlow::Continue(())
                     })
                     .await
                 }
@@ -577,7 +631,7 @@ impl Haves {
             return;
         }
         match result {
-            // The peer holds everything and said so: nothing more will come.
+            // The peer closed its side: it will say no more, but what it said stands.
             Ok(()) => {}
             Err(ExchangeError::Refused {
                 code: ErrorCode::BadRequest,
@@ -673,6 +727,7 @@ fn spawn_fetch<S: Storage, I: Index>(
         // loop 64 times per MiB.
         let mut batch = ChunkGroupRanges::empty();
         let mut batch_bytes = 0u64;
+        let mut last_report = Instant::now();
         let flush = |batch: &mut ChunkGroupRanges, batch_bytes: &mut u64| {
             if !batch.is_empty() {
                 let _ = sender.send(TaskMessage::Progress {
@@ -697,8 +752,11 @@ fn spawn_fetch<S: Storage, I: Index>(
                     FetchProgress::Groups { groups, bytes } => {
                         batch = batch.union(&groups);
                         batch_bytes += bytes;
-                        if batch.group_count() >= PROGRESS_BATCH_GROUPS {
+                        if batch.group_count() >= PROGRESS_BATCH_GROUPS
+                            || last_report.elapsed() >= PROGRESS_REPORT_GAP
+                        {
                             flush(&mut batch, &mut batch_bytes);
+                            last_report = Instant::now();
                         }
                     }
                     other => {

@@ -9,6 +9,8 @@
     clippy::expect_used
 )]
 
+use std::ops::ControlFlow;
+
 use futures::{AsyncReadExt, AsyncWriteExt};
 use node::protocol::{self, ExchangeError, FetchProgress, Served};
 use node::store::LAYOUT;
@@ -294,7 +296,7 @@ async fn groups_nobody_asked_for_are_refused() {
 }
 
 #[tokio::test]
-async fn a_subscription_hears_of_groups_as_they_arrive_and_ends_when_complete() {
+async fn a_subscription_hears_of_groups_as_they_arrive_until_the_subscriber_leaves() {
     let data = blob_bytes(40 * 16384 + 77);
     let origin = new_store();
     let blob = origin.import(&data[..]).unwrap();
@@ -307,6 +309,7 @@ async fn a_subscription_hears_of_groups_as_they_arrive_and_ends_when_complete() 
 
     let (near, far) = pipe();
     let mut heard: Vec<(proto::wire::Have, bool)> = Vec::new();
+    let mut union = ChunkGroupRanges::empty();
     let feed = async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         exchange(&origin, &filling, blob, &(0..15).into())
@@ -321,7 +324,17 @@ async fn a_subscription_hears_of_groups_as_they_arrive_and_ends_when_complete() 
     };
     let (served, subscribed, ()) = tokio::join!(
         protocol::serve(&filling, far),
-        protocol::subscribe_have(near, blob, |have, first| heard.push((have, first))),
+        protocol::subscribe_have(near, blob, |have, first| {
+            union = union.union(&have.groups);
+            heard.push((have, first));
+            // Leave once everything was heard of: the server keeps a complete subscription open
+            // for as long as the subscriber wants it.
+            if union == all {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }),
         feed,
     );
     subscribed.unwrap();
@@ -359,7 +372,10 @@ async fn a_subscription_to_an_unknown_blob_waits_and_ends_when_the_subscriber_le
         let wait = protocol::HAVE_PUSH_INTERVAL * 3;
         let outcome = tokio::time::timeout(
             wait,
-            protocol::subscribe_have(near, unknown, |have, first| heard.push((have, first))),
+            protocol::subscribe_have(near, unknown, |have, first| {
+                heard.push((have, first));
+                ControlFlow::Continue(())
+            }),
         )
         .await;
         assert!(
@@ -408,7 +424,10 @@ async fn a_subscription_refuses_messages_that_do_not_belong_to_it() {
     };
     let mut heard = 0;
     let (outcome, ()) = tokio::join!(
-        protocol::subscribe_have(near, blob, |_, _| heard += 1),
+        protocol::subscribe_have(near, blob, |_, _| {
+            heard += 1;
+            ControlFlow::Continue(())
+        }),
         liar
     );
     let error = outcome.unwrap_err();

@@ -129,7 +129,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bar = progress_bar();
             // Off a terminal, a line now and then, as curl does: for logs, and so a supervisor
             // can see progress.
-            let mut last_line = std::time::Instant::now();
+            let started = std::time::Instant::now();
+            let mut last_line = started;
             let report = runtime::fetch(&handle, &mut events, store.clone(), options, |p| {
                 if let Some(bar) = &bar {
                     if let Some(total) = p.total_groups {
@@ -140,10 +141,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else if last_line.elapsed() >= std::time::Duration::from_millis(100) {
                     last_line = std::time::Instant::now();
                     eprintln!(
-                        "progress {} of {} groups held, {} bytes fetched",
+                        "progress {} of {} groups held, {} bytes fetched, {} peers, {:.1} s",
                         p.held_groups,
                         p.total_groups.map_or("?".to_owned(), |t| t.to_string()),
-                        p.bytes
+                        p.bytes,
+                        p.peers,
+                        started.elapsed().as_secs_f64(),
                     );
                 }
             })
@@ -183,6 +186,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "bad_chunk_groups": report.bad_chunk_groups,
                 "banned_peers": report.banned_peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "served_bytes": counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                "requests": {
+                    "sent": report.requests.sent,
+                    "duplicates": report.requests.duplicates,
+                    "refused": report.requests.refused,
+                    "timeouts": report.requests.timeouts,
+                    "lost": report.requests.lost,
+                    "cancelled": report.requests.cancelled,
+                    "redundant_groups": report.requests.redundant_groups,
+                    "benched": report.requests.benched,
+                },
             });
             {
                 let mut stdout = std::io::stdout().lock();

@@ -21,7 +21,7 @@
 //! ignored and counted in [`TransferStats::ignored_events`]; none of them can make it panic.
 //!
 //! # Policy
-//! - Every connected peer that is not banned or retired, has sent a have-map and has a free
+//! - Every connected peer that is not banned or benched, has sent a have-map and has a free
 //!   request slot gets work: at most [`TransferConfig::max_requests_per_peer`] requests each.
 //! - The blob is cut into pieces of [`TransferConfig::groups_per_request`] aligned groups. A
 //!   request is the missing groups of one piece that the peer claims and that no other request
@@ -31,8 +31,13 @@
 //!   duplicates groups in flight elsewhere (each group at most twice, slowest request first); a
 //!   request whose groups all arrived by another route is cancelled.
 //! - A request with no progress for [`TransferConfig::request_timeout`] is cancelled and its peer
-//!   struck; a peer with [`TransferConfig::max_timeouts_per_peer`] strikes is *retired*: never
-//!   asked again for this blob, but not banned.
+//!   struck; a peer with [`TransferConfig::max_timeouts_per_peer`] strikes is *benched*: not
+//!   asked, and not counted as a source, for one request timeout per strike beyond the limit
+//!   (at most [`MAX_BENCH_TIMEOUTS`]). A request it completes clears its strikes. Nobody is
+//!   dropped for good for being slow: on a loaded yard everyone is slow now and then, and a
+//!   peer that is the only source of some groups must be asked again.
+//! - Peers that answer `Busy` are left alone for [`TransferConfig::busy_backoff`]; they, too, do
+//!   not count as sources meanwhile.
 //! - A peer that misbehaves (bad group, proof or size) is banned: one [`Action::Ban`], its
 //!   requests forgotten, never asked again for this blob, whatever it sends later.
 //! - Without a known size the engine first probes for it (see [`Transfer::new`]).
@@ -62,6 +67,12 @@ mod tests;
 
 use pieces::{Coverage, piece_groups, tie_break};
 
+/// The longest bench, in request timeouts.
+pub const MAX_BENCH_TIMEOUTS: u32 = 6;
+
+/// Failed size probes after which a peer is not probed again until its have-map grows.
+pub const MAX_PROBE_FAILURES: u32 = 3;
+
 /// The layout every transfer uses: depotmesh stores and sends 16 KiB chunk groups.
 const LAYOUT: Layout = Layout::MESH;
 
@@ -89,8 +100,7 @@ pub struct TransferConfig {
     pub groups_per_request: u64,
     /// A request with no verified group for this long is cancelled and its peer struck.
     pub request_timeout: Duration,
-    /// Strikes (timeouts) after which a peer is not asked again for this blob. Zero is taken as
-    /// one.
+    /// Strikes (timeouts in a row) after which a peer is benched. Zero is taken as one.
     pub max_timeouts_per_peer: u32,
     /// How long a peer that answered `Busy` is left alone.
     pub busy_backoff: Duration,
@@ -235,10 +245,10 @@ pub struct PeerStats {
     pub groups: u64,
     /// Requests sent to it.
     pub requests: u64,
-    /// Its timeouts (strikes).
+    /// Its timeouts.
     pub timeouts: u32,
-    /// True once it is retired for too many timeouts.
-    pub retired: bool,
+    /// Times it was benched for timeouts.
+    pub benched: u32,
     /// True once it is banned.
     pub banned: bool,
 }
@@ -268,8 +278,8 @@ pub struct TransferStats<P> {
     pub bad_groups: u64,
     /// Peers banned.
     pub banned_peers: u64,
-    /// Peers retired for timeouts.
-    pub retired_peers: u64,
+    /// Times a peer was benched for timeouts.
+    pub benched: u64,
     /// Events that did not fit the engine's state and were ignored, entirely or in part.
     pub ignored_events: u64,
     /// When the transfer was created.
@@ -292,7 +302,7 @@ impl<P> TransferStats<P> {
             lost: 0,
             bad_groups: 0,
             banned_peers: 0,
-            retired_peers: 0,
+            benched: 0,
             ignored_events: 0,
             started,
             finished: None,
@@ -304,8 +314,6 @@ impl<P> TransferStats<P> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Standing {
     Usable,
-    /// Too slow: not asked again, but what it still sends is welcome.
-    Retired,
     /// Lied: not asked again, whatever it says.
     Banned,
 }
@@ -317,9 +325,10 @@ struct PeerState {
     /// What it claims to hold, clipped to the blob; `None` until a have-map arrives.
     claim: Option<ChunkGroupRanges>,
     claimed_size: Option<u64>,
+    /// Timeouts since its last completed request.
     strikes: u32,
     in_flight: usize,
-    /// Set when it answered `Busy`.
+    /// Set when it answered `Busy` or was benched.
     backoff: Option<Backoff>,
     probe_failures: u32,
     /// The groups this peer adds to the coverage now: its claim while it is connected and
@@ -536,6 +545,32 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             .any(|peer| peer.connected && peer.standing == Standing::Usable)
     }
 
+    /// True when the transfer is not done, nothing is in flight, and no connected peer that is
+    /// not banned claims a group it lacks (or, before the size is known, no such peer is
+    /// connected at all): it can only wait for new peers or new claims. A benched or busy peer
+    /// that claims missing groups is a prospect, so waiting out its back-off is not a stall.
+    /// The driver decides how long a stall may last before it gives up.
+    pub fn is_stalled(&self) -> bool {
+        if self.is_done() || !self.requests.is_empty() {
+            return false;
+        }
+        let candidates = self
+            .peers
+            .values()
+            .filter(|peer| peer.connected && peer.standing == Standing::Usable);
+        match self.all_groups() {
+            None => !candidates
+                .into_iter()
+                .any(|peer| peer.probe_failures < MAX_PROBE_FAILURES),
+            Some(all) => {
+                let missing = all.difference(&self.held);
+                !candidates
+                    .filter_map(|peer| peer.claim.as_ref())
+                    .any(|claim| claim.intersects(&missing))
+            }
+        }
+    }
+
     /// Takes in one event. Never panics, whatever the event.
     pub fn handle(&mut self, now: Instant, event: Event<P>) {
         self.needs_schedule = true;
@@ -589,10 +624,17 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
     /// Fails the requests whose time is up and ends the back-off of busy peers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.needs_schedule = true;
+        let mut returned = false;
         for peer in self.peers.values_mut() {
             if matches!(peer.backoff, Some(Backoff::Until(until)) if until <= now) {
                 peer.backoff = None;
+                returned = true;
             }
+        }
+        if returned {
+            // Back as a source: rarity, the upstream's share and the endgame may all change.
+            self.recount_all();
+            self.wake_all();
         }
         let expired: Vec<RequestId> = self
             .requests
@@ -618,7 +660,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             if request.probe && self.size.is_none() {
                 self.note_probe_failure(&request.peer);
             }
-            self.strike(&request.peer);
+            self.strike(now, &request.peer);
         }
     }
 
@@ -724,7 +766,14 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         state.claimed_size = size.filter(|&size| size <= MAX_BLOB_SIZE);
         // New groups may give this peer work; fewer groups may give anyone work (the
         // upstream, or the endgame).
-        match self.recount(peer) {
+        let change = self.recount(peer);
+        if change.added {
+            // New claims are news: it may answer a probe now.
+            if let Some(state) = self.peers.get_mut(peer) {
+                state.probe_failures = 0;
+            }
+        }
+        match change {
             Recount { removed: true, .. } => self.wake_all(),
             Recount { added: true, .. } => self.wake(peer),
             Recount { .. } => {}
@@ -833,6 +882,12 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             return;
         }
         let undelivered = self.outstanding(&request);
+        if undelivered.is_empty() {
+            // A completed request shows the peer is not stuck.
+            if let Some(state) = self.peers.get_mut(peer) {
+                state.strikes = 0;
+            }
+        }
         self.drop_claim(peer, &undelivered);
     }
 
@@ -873,6 +928,8 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                         // A back-off too long to represent lasts until the peer reconnects.
                         None => Backoff::Indefinite,
                     });
+                    self.recount(&peer);
+                    self.wake_all();
                 }
             }
             Failure::Lost => self.stats.lost += 1,
@@ -918,23 +975,29 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         self.actions.push_back(Action::Ban { peer });
     }
 
-    fn strike(&mut self, peer: &P) {
+    fn strike(&mut self, now: Instant, peer: &P) {
         let limit = self.config.max_timeouts_per_peer.max(1);
+        let timeout = self.config.request_timeout;
         let Some(state) = self.peers.get_mut(peer) else {
             return;
         };
         state.strikes = state.strikes.saturating_add(1);
         let strikes = state.strikes;
-        let retire = strikes >= limit && state.standing == Standing::Usable;
-        if retire {
-            state.standing = Standing::Retired;
-            tracing::debug!(blob = %self.blob, ?peer, strikes, "peer retired for this blob");
+        let bench = strikes >= limit && state.standing == Standing::Usable;
+        if bench {
+            let turns = (strikes - limit + 1).min(MAX_BENCH_TIMEOUTS);
+            let until = timeout
+                .checked_mul(turns)
+                .and_then(|length| now.checked_add(length));
+            // A bench too long to represent lasts until the peer reconnects.
+            state.backoff = Some(until.map_or(Backoff::Indefinite, Backoff::Until));
+            tracing::debug!(blob = %self.blob, ?peer, strikes, "peer benched for timeouts");
         }
         let stats = self.peer_stats(peer);
-        stats.timeouts = strikes;
-        if retire {
-            stats.retired = true;
-            self.stats.retired_peers += 1;
+        stats.timeouts = stats.timeouts.saturating_add(1);
+        if bench {
+            stats.benched = stats.benched.saturating_add(1);
+            self.stats.benched += 1;
             self.recount(peer);
             self.wake_all();
         }
@@ -975,7 +1038,8 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         let Some(state) = self.peers.get_mut(peer) else {
             return Recount::default();
         };
-        let counts = state.connected && state.standing == Standing::Usable;
+        let counts =
+            state.connected && state.standing == Standing::Usable && state.backoff.is_none();
         let target = match &state.claim {
             Some(claim) if counts => claim.clone(),
             _ => ChunkGroupRanges::empty(),
@@ -1092,28 +1156,6 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             }
             return;
         }
-        // Retiring a slow peer means "prefer the others". When every connected peer that is not
-        // banned has been retired (a machine or link so loaded that everyone timed out), waiting
-        // forever helps nobody: they all get a fresh start.
-        let all_retired = self
-            .peers
-            .values()
-            .filter(|state| state.connected && state.standing != Standing::Banned)
-            .all(|state| state.standing == Standing::Retired);
-        if all_retired {
-            let mut refreshed = false;
-            for state in self.peers.values_mut() {
-                if state.connected && state.standing == Standing::Retired {
-                    state.standing = Standing::Usable;
-                    state.strikes = 0;
-                    refreshed = true;
-                }
-            }
-            if refreshed {
-                self.recount_all();
-                self.wake_all();
-            }
-        }
         let Some(all) = self.all_groups() else {
             self.schedule_probe(now);
             return;
@@ -1222,7 +1264,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                 .get_or_insert_with(|| self.neighbour_coverage.support());
             mine = mine.difference(from_neighbours);
             // No endgame duplicates from the scarce uplink while neighbours can serve: slow
-            // neighbours are timed out and retired instead.
+            // neighbours are timed out and benched instead.
             spare_upstream = !from_neighbours.is_empty();
             // Prefer pieces no neighbour has begun: the rest of a begun piece is most likely on
             // its way to that neighbour from the upstream already.
@@ -1338,7 +1380,9 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         let target = self
             .peers
             .iter()
-            .filter(|(peer, state)| self.has_free_slot(peer, state, now))
+            .filter(|(peer, state)| {
+                state.probe_failures < MAX_PROBE_FAILURES && self.has_free_slot(peer, state, now)
+            })
             .min_by_key(|(peer, state)| {
                 let rank = match (&state.claim, state.claimed_size) {
                     (Some(claim), Some(size)) => {

@@ -587,12 +587,11 @@ impl Sim {
                 .iter()
                 .filter(|(p, _)| {
                     !self.banned.contains(p)
-                        && !self
+                        && self
                             .transfer
-                            .stats()
                             .peers
                             .get(p)
-                            .is_some_and(|s| s.retired)
+                            .is_none_or(|s| s.backoff.is_none())
                 })
                 .fold(ChunkGroupRanges::empty(), |acc, (_, g)| acc.union(g));
             let missing = self.all_groups().difference(self.transfer.held());

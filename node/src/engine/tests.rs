@@ -229,7 +229,7 @@ fn endgame_duplicates_a_slow_request_and_cancels_it() {
 }
 
 #[test]
-fn timeouts_strike_and_retire_a_stalling_peer() {
+fn timeouts_strike_and_bench_a_stalling_peer() {
     let size = blob_size(100);
     let config = TransferConfig {
         max_requests_per_peer: 1,
@@ -243,17 +243,25 @@ fn timeouts_strike_and_retire_a_stalling_peer() {
     assert_completed(&sim, size);
     let to_staller: Vec<_> = sim.requests.iter().filter(|r| r.peer == 0).collect();
     let cancels: Vec<_> = sim.cancels.iter().filter(|c| c.1 == 0).collect();
-    assert_eq!(to_staller.len(), 2, "asked again after two strikes");
-    assert_eq!(cancels.len(), 2);
+    assert!(to_staller.len() >= 3, "never asked again after its bench");
+    assert_eq!(cancels.len(), to_staller.len());
     for (request, cancel) in to_staller.iter().zip(&cancels) {
         assert_eq!(request.id, cancel.2);
         assert_eq!(cancel.0 - request.at, Duration::from_secs(10));
     }
+    // Two strikes bench it for one request timeout; the third for two.
+    assert_eq!(
+        to_staller[1].at, cancels[0].0,
+        "asked again at once after one strike"
+    );
+    assert_eq!(to_staller[2].at - cancels[1].0, Duration::from_secs(10));
+    if let (Some(fourth), Some(third)) = (to_staller.get(3), cancels.get(2)) {
+        assert_eq!(fourth.at - third.0, Duration::from_secs(20));
+    }
     let stats = &sim.transfer.stats().peers[&0];
-    assert_eq!(stats.timeouts, 2);
-    assert!(stats.retired && !stats.banned);
+    assert_eq!(stats.timeouts as usize, to_staller.len());
+    assert!(stats.benched >= 1 && !stats.banned);
     assert!(sim.bans.is_empty(), "a slow peer is not a liar");
-    assert_eq!(sim.transfer.stats().retired_peers, 1);
     // The honest peer still works after the staller's strikes, so the transfer outlives them.
     assert!(sim.done_at.expect("done") > cancels[1].0);
 }
@@ -704,7 +712,7 @@ fn an_upstream_peer_is_asked_only_for_what_no_neighbour_claims() {
 }
 
 #[test]
-fn when_every_peer_is_retired_they_all_get_a_fresh_start() {
+fn a_benched_peer_is_waited_for_and_asked_again() {
     let size = blob_size(8);
     let config = TransferConfig {
         max_requests_per_peer: 1,
@@ -717,13 +725,21 @@ fn when_every_peer_is_retired_they_all_get_a_fresh_start() {
     announce(&mut transfer, start, 0, span(0..8));
     let first = requests_to(&drain(&mut transfer, start), 0);
     assert_eq!(first.len(), 1);
-    // The only peer times out once and is retired...
+    // The only peer times out once and is benched for one request timeout...
     let later = transfer.poll_timeout().expect("a request deadline");
     transfer.handle_timeout(later);
-    assert!(transfer.stats().peers[&0].retired);
-    // ...but as nobody else is left, it is asked again rather than the transfer stalling.
-    let again = requests_to(&drain(&mut transfer, later), 0);
+    assert_eq!(transfer.stats().peers[&0].benched, 1);
+    assert!(requests_to(&drain(&mut transfer, later), 0).is_empty());
+    // ...which is not a stall: it holds what is missing, and it will be back.
+    assert!(!transfer.is_stalled());
+    let back = transfer.poll_timeout().expect("the end of the bench");
+    assert_eq!(back - later, Duration::from_secs(10));
+    transfer.handle_timeout(back);
+    let again = requests_to(&drain(&mut transfer, back), 0);
     assert_eq!(again.len(), 1, "the only peer was never asked again");
+    // Gone, it leaves nobody who could help: that is a stall.
+    transfer.handle(back, Event::PeerClosed { peer: 0 });
+    assert!(transfer.is_stalled());
 }
 
 #[test]

@@ -1,0 +1,109 @@
+//! `vehicle-peer fetch`, the real binary, given things it cannot do: an unknown blob, a peer that
+//! is not there, malformed arguments. Each ends with a non-zero exit and a message that names
+//! what was wrong, within a bounded time.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use node::net::{self, NetConfig};
+use node::runtime::{self, ServeCounters};
+
+fn fetch(args: &[&str]) -> (bool, String, Duration) {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_vehicle-peer"))
+        .arg("fetch")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn unknown_blob_unreachable_peer_and_bad_arguments_fail_clearly() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A depot that holds one blob, but not the one asked for.
+    let (depot_store, _) = node::store::open_data_dir(&dir.path().join("depot")).unwrap();
+    depot_store.import(&b"some other image"[..]).unwrap();
+    let (handle, depot_addr) = runtime.block_on(async {
+        let (handle, _events, incoming) = net::start(NetConfig {
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+            mdns: false,
+            mdns_auto_dial: false,
+            ..NetConfig::default()
+        })
+        .await
+        .unwrap();
+        runtime::spawn_server(
+            Arc::new(depot_store),
+            incoming,
+            Arc::new(ServeCounters::default()),
+        );
+        let addr = handle.listen_addrs().await.into_iter().next().unwrap();
+        (handle, addr)
+    });
+    let data_dir = dir.path().join("vehicle");
+    let out = dir.path().join("out.bin");
+    let unknown = proto::BlobId::of(b"an image nobody has").to_string();
+    let depot = depot_addr.to_string();
+    let common = [
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--stall-timeout",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+
+    let mut args = common.to_vec();
+    args.extend(["--peer", &depot, &unknown]);
+    let (ok, stderr, took) = fetch(&args);
+    assert!(!ok, "fetching an unknown blob succeeded");
+    assert!(stderr.contains("no progress"), "{stderr}");
+    assert!(
+        stderr.contains("not here"),
+        "the depot's answer is missing: {stderr}"
+    );
+    assert!(took < Duration::from_secs(30), "gave up after {took:?}");
+    assert!(!out.exists());
+
+    // A peer id nobody has, on a port nothing listens on.
+    let nobody = format!(
+        "/ip4/127.0.0.1/udp/9/quic-v1/p2p/{}",
+        libp2p::PeerId::random()
+    );
+    let mut args = common.to_vec();
+    args.extend(["--peer", &nobody, &unknown]);
+    let (ok, stderr, took) = fetch(&args);
+    assert!(!ok);
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    assert!(took < Duration::from_secs(60), "gave up after {took:?}");
+
+    let mut args = common.to_vec();
+    args.extend(["--peer", &depot, "not-a-blob-id"]);
+    let (ok, stderr, _) = fetch(&args);
+    assert!(!ok);
+    assert!(
+        stderr.contains("not-a-blob-id") || stderr.contains("blob"),
+        "{stderr}"
+    );
+
+    let mut args = common.to_vec();
+    args.extend(["--peer", "/ip4/127.0.0.1/tcp/1", &unknown]);
+    let (ok, stderr, _) = fetch(&args);
+    assert!(!ok);
+    assert!(stderr.contains("/ip4/127.0.0.1/tcp/1"), "{stderr}");
+
+    runtime.block_on(handle.shutdown());
+}
