@@ -52,7 +52,12 @@ enum Command {
         /// Requests in flight to one peer at most.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
         requests_per_peer: u64,
-        /// Give up after this many seconds without progress.
+        /// Requests in flight in all, shared out among the peers (at least one each): with many
+        /// peers each gets one, with few each gets up to --requests-per-peer.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        requests_total: u64,
+        /// Give up after this many seconds in which no peer could help (nothing in flight, no
+        /// peer claiming a missing group).
         #[arg(long, default_value_t = 20)]
         stall_timeout: u64,
         /// The blob id (64 hex digits).
@@ -99,6 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_serving,
             groups_per_request,
             requests_per_peer,
+            requests_total,
             blob,
             out,
         } => {
@@ -126,6 +132,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             options.transfer.groups_per_request = groups_per_request;
             options.transfer.max_requests_per_peer =
                 usize::try_from(requests_per_peer).context("--requests-per-peer")?;
+            options.transfer.max_requests_total =
+                usize::try_from(requests_total).context("--requests-total")?;
             let bar = progress_bar();
             // Off a terminal, a line now and then, as curl does: for logs, and so a supervisor
             // can see progress.

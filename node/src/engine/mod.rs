@@ -22,7 +22,9 @@
 //!
 //! # Policy
 //! - Every connected peer that is not banned or benched, has sent a have-map and has a free
-//!   request slot gets work: at most [`TransferConfig::max_requests_per_peer`] requests each.
+//!   request slot gets work: [`TransferConfig::max_requests_total`] shared among the usable
+//!   peers, at least one and at most [`TransferConfig::max_requests_per_peer`] each (fewer for
+//!   an upstream while neighbours are in reach).
 //! - The blob is cut into pieces of [`TransferConfig::groups_per_request`] aligned groups. A
 //!   request is the missing groups of one piece that the peer claims and that no other request
 //!   is fetching. The piece is the rarest one the peer can serve (fewest usable peers claim its
@@ -92,6 +94,12 @@ impl fmt::Display for RequestId {
 pub struct TransferConfig {
     /// Requests in flight to one peer at most. Zero is taken as one.
     pub max_requests_per_peer: usize,
+    /// Requests in flight in all, spread over the usable peers: each may have
+    /// `ceil(max_requests_total / usable peers)` (between 1 and `max_requests_per_peer`). With a
+    /// few peers each gets several, to fill the link; in a full yard each gets one, so the work a
+    /// vehicle has queued at others stays a few seconds of its downlink and every uploader splits
+    /// its uplink among fewer, faster streams. Zero is taken as one.
+    pub max_requests_total: usize,
     /// Requests in flight to an upstream peer (see [`Transfer::mark_upstream`]) at most, while
     /// some usable neighbour is connected; at most `max_requests_per_peer`. Zero is taken as
     /// one.
@@ -112,6 +120,7 @@ impl Default for TransferConfig {
     fn default() -> Self {
         Self {
             max_requests_per_peer: 4,
+            max_requests_total: 16,
             max_requests_per_upstream: 2,
             // 16 groups of 16 KiB: 256 KiB per request.
             groups_per_request: 16,
@@ -1123,7 +1132,18 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
     /// in reach, so that the pieces it sends complete (and spread) sooner and vehicles that
     /// pick pieces at the same moment collide on fewer of them.
     fn slots_of(&self, peer: &P) -> usize {
-        let all = self.config.max_requests_per_peer.max(1);
+        let usable = self
+            .peers
+            .values()
+            .filter(|state| state.connected && state.standing == Standing::Usable)
+            .count()
+            .max(1);
+        let all = self
+            .config
+            .max_requests_total
+            .max(1)
+            .div_ceil(usable)
+            .clamp(1, self.config.max_requests_per_peer.max(1));
         if !self.upstream.contains(peer) {
             return all;
         }

@@ -428,6 +428,7 @@ fn garbage_events_are_ignored_without_panicking() {
     // Degenerate settings are clamped, and a timeout of centuries means no timeout.
     let config = TransferConfig {
         max_requests_per_peer: 0,
+        max_requests_total: 0,
         max_requests_per_upstream: 0,
         groups_per_request: 0,
         request_timeout: Duration::MAX,
@@ -780,4 +781,37 @@ fn an_upstream_with_neighbours_in_reach_gets_fewer_slots_and_fresh_pieces() {
     announce(&mut late, now, 1, set(&[0..5, 8..256]));
     let to_depot = requests_to(&drain(&mut late, now), 0);
     assert_eq!(to_depot, vec![span(5..8)]);
+}
+
+#[test]
+fn requests_per_peer_shrink_as_the_yard_fills() {
+    let size = blob_size(2048);
+    let now = Instant::now();
+    let config = TransferConfig {
+        max_requests_per_peer: 4,
+        max_requests_total: 16,
+        ..seeded(9)
+    };
+    let count_per_peer = |peers: u32| {
+        let mut transfer: Transfer<u32> = Transfer::new(
+            blob(),
+            Some(size),
+            ChunkGroupRanges::empty(),
+            config.clone(),
+            now,
+        );
+        for peer in 0..peers {
+            announce(&mut transfer, now, peer, span(0..2048));
+        }
+        let actions = drain(&mut transfer, now);
+        (0..peers)
+            .map(|peer| requests_to(&actions, peer).len())
+            .collect::<Vec<_>>()
+    };
+    // Two peers: the per-peer cap binds (16 / 2 = 8 > 4).
+    assert_eq!(count_per_peer(2), vec![4, 4]);
+    // Six peers: ceil(16 / 6) = 3 each.
+    assert_eq!(count_per_peer(6), vec![3; 6]);
+    // A full yard: one each, however many peers there are.
+    assert_eq!(count_per_peer(30), vec![1; 30]);
 }
