@@ -76,8 +76,32 @@ fn spawn_liar(store: Arc<Store>, mut incoming: net::IncomingStreams) {
     });
 }
 
+/// A peer that says it holds the whole blob, accepts every request and then never answers nor
+/// closes the stream: a process that hung, or a link that went dark without the connection
+/// noticing yet.
+fn spawn_staller(blob: proto::BlobId, size: u64, mut incoming: net::IncomingStreams) {
+    tokio::spawn(async move {
+        let mut held_open = Vec::new();
+        while let Some((_, mut stream)) = incoming.next().await {
+            let Ok(message) = protocol::read_message(&mut stream).await else {
+                continue;
+            };
+            if let Message::HaveQuery(_) | Message::HaveSubscribe(_) = message {
+                let have = Message::Have(proto::wire::Have {
+                    blob,
+                    size: Some(size),
+                    groups: node::store::LAYOUT.all_groups(size),
+                });
+                let _ = stream.write_all(&have.encode().unwrap()).await;
+                let _ = stream.flush().await;
+            }
+            held_open.push(stream);
+        }
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_peers_one_liar_one_vanishing() {
+async fn five_peers_one_liar_one_vanishing_one_stalling() {
     let data: Vec<u8> = (0..24u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -124,10 +148,19 @@ async fn four_peers_one_liar_one_vanishing() {
         watcher.shutdown().await;
     });
 
+    let (staller, _staller_events, staller_incoming, staller_addr) = start_node().await;
+    spawn_staller(blob, data.len() as u64, staller_incoming);
+
     let fetcher_store = Arc::new(new_store());
     let (fetcher, mut fetcher_events, _fetcher_incoming, _) = start_node().await;
     let mut options = FetchOptions::new(blob);
-    options.peers = vec![depot_addr, honest_addr, liar_addr, vanishing_addr];
+    options.peers = vec![
+        depot_addr,
+        honest_addr,
+        liar_addr,
+        vanishing_addr,
+        staller_addr,
+    ];
     options.stall_timeout = Duration::from_secs(10);
     let report = tokio::time::timeout(
         Duration::from_secs(60),
@@ -173,5 +206,13 @@ async fn four_peers_one_liar_one_vanishing() {
         .copied()
         .unwrap_or(0);
     assert!(from_depot > 0 && from_honest > 0, "{report:?}");
+    // The staller delivered nothing; its groups came from others, by the endgame or after its
+    // requests timed out, and it was not taken for a liar.
+    assert_eq!(report.bytes_per_peer.get(&staller.peer_id()), None);
+    assert!(!report.banned_peers.contains(&staller.peer_id()));
+    assert!(
+        report.requests.duplicates + report.requests.timeouts > 0,
+        "{report:?}"
+    );
     eprintln!("{report:#?}");
 }
