@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs depotmesh on ../shared/testbed's shaped yard: one depot, N vehicles, all starting at once.
+#
+#   sudo N=30 DEPOT_MBIT=20 VEH_MBIT=10 bench/testbed/run.sh 100 [REP]
+#
+# FILE_MB selects the testbed's data/fileNM.bin (run ../shared/testbed/setup.sh once first).
+# Builds the release binaries, then calls testbed.sh with this directory's depot, ready and
+# client scripts. Results (summary.json, per-vehicle JSON summaries and logs) land in
+# $TESTBED/results/n<N>_d<DEPOT>_v<VEH>_f<MB>/depotmesh[-rREP]; `analyze.py DIR` prints them.
+# Environment: TESTBED (default ../shared/testbed beside the repository), DM_ARGS (extra
+# `vehicle-peer fetch` arguments), DM_VERIFY=0 (skip cmp of every output), DM_RUST_LOG,
+# DM_TIMEOUT (seconds, default 600), and testbed.sh's own (N DEPOT_MBIT VEH_MBIT ...).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+TB=${TESTBED:-$(cd "$ROOT/../shared/testbed" && pwd)}
+MB=$1; REP=${2:-}
+F=$TB/data/file${MB}M.bin
+[ -f "$F" ] || { echo "no $F: run $TB/setup.sh first" >&2; exit 1; }
+(cd "$ROOT" && cargo build --release -q -p depot-cache -p vehicle-peer)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+# A private copy: the testbed kills every process in its namespaces, and a rebuild must not
+# replace a binary that is running.
+export DM_BIN=$(mktemp -d /tmp/depotmesh-bin.XXXXXX)
+cp "$TARGET/release/depot-cache" "$TARGET/release/vehicle-peer" "$DM_BIN/"
+export FILE_MB=$MB
+CFG="n${N:-10}_d${DEPOT_MBIT:-100}_v${VEH_MBIT:-50}_f${MB}"
+OUT=$TB/results/$CFG/depotmesh${REP:+-r$REP}
+rm -rf "$OUT"; mkdir -p "$OUT"
+"$TB/testbed.sh" -l "$CFG-depotmesh" -o "$OUT" -t "${DM_TIMEOUT:-600}" \
+  -s "$HERE/depot.sh $F" -r "$HERE/ready.sh" -c "$HERE/client.sh $F" 2>&1 \
+  | grep -v 'Killed' | tee "$OUT/run.log" | tail -3
+rm -rf "$OUT/dm/depot" "$DM_BIN"   # the depot's copy of the file; keep logs
+echo "$OUT"
