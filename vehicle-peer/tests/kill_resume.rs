@@ -30,9 +30,21 @@ fn blob_bytes(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Reads `progress N of M groups held` lines until the child exits or is killed after `kill_at`;
+/// When to kill a fetch.
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    /// Let it finish.
+    Never,
+    /// This long after it started.
+    At(Duration),
+    /// As soon as it reports holding more than this many groups: mid-transfer however fast the
+    /// machine is.
+    Past(u64),
+}
+
+/// Reads `progress N of M groups held` lines until the child exits or is killed as `kill` says;
 /// returns the last N seen and whether the child was killed.
-fn run_fetch(args: &[String], kill_at: Option<Duration>) -> (u64, bool, String) {
+fn run_fetch(args: &[String], kill: Kill) -> (u64, bool, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vehicle-peer"))
         .args(args)
         .stdout(Stdio::piped())
@@ -52,7 +64,7 @@ fn run_fetch(args: &[String], kill_at: Option<Duration>) -> (u64, bool, String) 
     let mut held = 0;
     let mut killed = false;
     loop {
-        if let Some(kill_at) = kill_at {
+        if let Kill::At(kill_at) = kill {
             if started.elapsed() >= kill_at {
                 child.kill().unwrap();
                 killed = true;
@@ -62,6 +74,10 @@ fn run_fetch(args: &[String], kill_at: Option<Duration>) -> (u64, bool, String) 
             Ok(line) => {
                 if let Some(rest) = line.strip_prefix("progress ") {
                     held = rest.split(' ').next().unwrap().parse().unwrap();
+                    if matches!(kill, Kill::Past(past) if held > past) {
+                        child.kill().unwrap();
+                        killed = true;
+                    }
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -131,17 +147,24 @@ fn sigkill_then_resume_completes_without_losing_reported_progress() {
     .map(ToString::to_string)
     .collect();
 
-    // Kill delays from a fixed seed, printed so a failure can be replayed.
+    // Kills alternate between a delay from a fixed seed (printed so a failure can be replayed),
+    // which may land anywhere from start-up on, and the first progress report beyond what the
+    // store already held, which lands mid-transfer however fast the machine is.
     let mut seed = 0x9e37_79b9u64;
     println!("seed {seed:#x}");
     let mut kills = 0;
     let mut summary = String::new();
+    let mut held_before = 0;
     for attempt in 0..12 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let kill_at = (attempt < 10).then(|| Duration::from_millis(60 + seed % 240));
-        let (reported, killed, stdout) = run_fetch(&args, kill_at);
+        let kill = match attempt {
+            10.. => Kill::Never,
+            _ if attempt % 3 == 0 => Kill::At(Duration::from_millis(20 + seed % 200)),
+            _ => Kill::Past(held_before),
+        };
+        let (reported, killed, stdout) = run_fetch(&args, kill);
         if !killed {
             summary = stdout;
             break;
@@ -160,6 +183,7 @@ fn sigkill_then_resume_completes_without_losing_reported_progress() {
         if held < total {
             kills += 1;
         }
+        held_before = held;
         drop(store);
     }
     assert!(kills >= 3, "only {kills} kills landed mid-transfer");
