@@ -89,12 +89,29 @@ impl ExchangeError {
 
 /// Reads one frame, refusing a length above the protocol's limit before reading it.
 pub async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Message, ExchangeError> {
+    read_next_message(reader).await?.ok_or_else(|| {
+        ExchangeError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the stream ended before a message",
+        ))
+    })
+}
+
+/// Like [`read_message`], but a stream that ends cleanly where a frame would begin gives
+/// `Ok(None)`: the end of a stream of messages, not an error.
+pub async fn read_next_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<Message>, ExchangeError> {
     let mut prefix = [0u8; wire::LENGTH_PREFIX_BYTES];
-    reader.read_exact(&mut prefix).await?;
+    let first = reader.read(&mut prefix[..1]).await?;
+    if first == 0 {
+        return Ok(None);
+    }
+    reader.read_exact(&mut prefix[1..]).await?;
     let length = wire::frame_length(prefix)?;
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).await?;
-    Ok(Message::decode_body(&body)?)
+    Ok(Some(Message::decode_body(&body)?))
 }
 
 async fn write_message<W: AsyncWrite + Unpin>(
@@ -391,19 +408,10 @@ pub async fn subscribe_have<St: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
         // A clean end is the peer closing between frames.
-        let mut first = [0u8; 1];
-        if stream.read(&mut first).await? == 0 {
+        let Some(message) = read_next_message(&mut stream).await? else {
             return Ok(());
-        }
-        let mut rest = [0u8; wire::LENGTH_PREFIX_BYTES - 1];
-        stream.read_exact(&mut rest).await?;
-        let mut prefix = [0u8; wire::LENGTH_PREFIX_BYTES];
-        prefix[0] = first[0];
-        prefix[1..].copy_from_slice(&rest);
-        let length = wire::frame_length(prefix)?;
-        let mut body = vec![0u8; length];
-        stream.read_exact(&mut body).await?;
-        match Message::decode_body(&body)? {
+        };
+        match message {
             Message::HaveMore(have) if have.blob == blob => flow = on_have(have, false),
             other => {
                 return Err(ExchangeError::UnexpectedAnswer {
