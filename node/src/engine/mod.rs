@@ -354,6 +354,13 @@ struct Recount {
     removed: bool,
 }
 
+/// Requests in flight a peer may have, from [`Transfer::slots`].
+#[derive(Clone, Copy, Debug)]
+struct Slots {
+    per_peer: usize,
+    per_upstream: usize,
+}
+
 /// What one scheduling pass works from, computed once and kept up to date as it issues requests.
 struct Pass {
     /// Groups neither held nor in flight.
@@ -1116,11 +1123,16 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         }
     }
 
-    /// May `peer` get a new request now?
-    fn has_free_slot(&self, peer: &P, state: &PeerState, now: Instant) -> bool {
+    /// May `peer` get a new request now, with `slots` from [`Self::slots`]?
+    fn has_free_slot(&self, peer: &P, state: &PeerState, now: Instant, slots: Slots) -> bool {
+        let limit = if self.upstream.contains(peer) {
+            slots.per_upstream
+        } else {
+            slots.per_peer
+        };
         state.connected
             && state.standing == Standing::Usable
-            && state.in_flight < self.slots_of(peer)
+            && state.in_flight < limit
             && match state.backoff {
                 None => true,
                 Some(Backoff::Until(until)) => now >= until,
@@ -1128,32 +1140,33 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             }
     }
 
-    /// How many requests `peer` may have in flight: fewer for an upstream while neighbours are
-    /// in reach, so that the pieces it sends complete (and spread) sooner and vehicles that
-    /// pick pieces at the same moment collide on fewer of them.
-    fn slots_of(&self, peer: &P) -> usize {
-        let usable = self
-            .peers
-            .values()
-            .filter(|state| state.connected && state.standing == Standing::Usable)
-            .count()
-            .max(1);
-        let all = self
+    /// How many requests a peer may have in flight now: the total shared out among the usable
+    /// peers, and fewer for an upstream while neighbours are in reach, so that the pieces it
+    /// sends complete (and spread) sooner and vehicles that pick pieces at the same moment
+    /// collide on fewer of them. One walk over the peers; a pass computes it once.
+    fn slots(&self) -> Slots {
+        let mut usable = 0usize;
+        let mut neighbours = false;
+        for (peer, state) in &self.peers {
+            if state.connected && state.standing == Standing::Usable {
+                usable += 1;
+                neighbours |= !self.upstream.contains(peer);
+            }
+        }
+        let per_peer = self
             .config
             .max_requests_total
             .max(1)
-            .div_ceil(usable)
+            .div_ceil(usable.max(1))
             .clamp(1, self.config.max_requests_per_peer.max(1));
-        if !self.upstream.contains(peer) {
-            return all;
-        }
-        let neighbours = self.peers.iter().any(|(other, state)| {
-            state.connected && state.standing == Standing::Usable && !self.upstream.contains(other)
-        });
-        if neighbours {
-            self.config.max_requests_per_upstream.clamp(1, all)
+        let per_upstream = if neighbours {
+            self.config.max_requests_per_upstream.clamp(1, per_peer)
         } else {
-            all
+            per_peer
+        };
+        Slots {
+            per_peer,
+            per_upstream,
         }
     }
 
@@ -1182,8 +1195,9 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         };
         // Most passes (one per event) find no peer with both a free slot and a reason to look:
         // only then is the pass's state built.
+        let slots = self.slots();
         let wants_work = |(peer, state): (&P, &PeerState)| {
-            state.claim.is_some() && !state.starved && self.has_free_slot(peer, state, now)
+            state.claim.is_some() && !state.starved && self.has_free_slot(peer, state, now, slots)
         };
         if !self.check_endgame && !self.peers.iter().any(wants_work) {
             return;
@@ -1204,7 +1218,9 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                 .peers
                 .iter()
                 .filter(|(peer, state)| {
-                    state.claim.is_some() && !state.starved && self.has_free_slot(peer, state, now)
+                    state.claim.is_some()
+                        && !state.starved
+                        && self.has_free_slot(peer, state, now, slots)
                 })
                 .map(|(peer, _)| peer.clone())
                 .collect();
@@ -1261,9 +1277,11 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
     #[cfg(test)]
     fn check_starved(&self, now: Instant, all: &ChunkGroupRanges) {
         let mut pass = self.pass(all);
+        let slots = self.slots();
         assert_eq!(self.endgame, pass.is_endgame(), "stale endgame flag");
         for (peer, state) in &self.peers {
-            if state.starved && state.claim.is_some() && self.has_free_slot(peer, state, now) {
+            if state.starved && state.claim.is_some() && self.has_free_slot(peer, state, now, slots)
+            {
                 assert_eq!(
                     self.choose(peer, &mut pass),
                     None,
@@ -1397,11 +1415,13 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         }
         // Prefer peers that have not failed a probe, then peers whose claim includes the last
         // group of the size they claim (they can likely answer), then any have-map at all.
+        let slots = self.slots();
         let target = self
             .peers
             .iter()
             .filter(|(peer, state)| {
-                state.probe_failures < MAX_PROBE_FAILURES && self.has_free_slot(peer, state, now)
+                state.probe_failures < MAX_PROBE_FAILURES
+                    && self.has_free_slot(peer, state, now, slots)
             })
             .min_by_key(|(peer, state)| {
                 let rank = match (&state.claim, state.claimed_size) {
