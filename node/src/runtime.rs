@@ -28,11 +28,14 @@ const PROGRESS_BATCH_GROUPS: u64 = 8;
 const PROGRESS_REPORT_GAP: Duration = Duration::from_millis(250);
 
 /// Range requests served at once; more are refused `Busy`, and their askers try other peers
-/// (or this one again after a back-off) instead of queueing here.
+/// (or this one again after a back-off) instead of queueing here, where a queued request makes
+/// no progress and times out.
 ///
-/// Few, because an uplink split among many streams finishes every one of them late: 16 streams
-/// on a 10 Mbit/s vehicle uplink each take ~3 s for a 256 KiB request, where 64 took ~13 s and
-/// queued ones timed out. BitTorrent's unchoke slots serve the same purpose.
+/// Enough for a full yard (each of 30 vehicles asks one or two requests of each peer, see
+/// [`TransferConfig::max_requests_total`]): QUIC then shares the uplink among the askers'
+/// connections, which the 30-vehicle testbed showed to be fairer than a few slots (16 slots
+/// starved some vehicles of a neighbour's uplink for minutes). Each request served holds its
+/// encoded response, at most a few hundred KiB, so this also bounds a server's memory.
 pub const MAX_CONCURRENT_SERVES: usize = 128;
 
 /// Counters of what a server sent, shared with whoever reports them.
@@ -249,7 +252,7 @@ enum TaskMessage {
         have: Have,
         first: bool,
     },
-    /// A subscription ended: `Ok` when the peer closed it after saying it holds everything.
+    /// A subscription ended: `Ok` when the peer closed its side cleanly (what it said stands).
     HaveEnded {
         peer: PeerId,
         result: Result<(), ExchangeError>,
