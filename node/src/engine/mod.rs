@@ -101,8 +101,8 @@ pub struct TransferConfig {
     /// its uplink among fewer, faster streams. Zero is taken as one.
     pub max_requests_total: usize,
     /// Requests in flight to an upstream peer (see [`Transfer::mark_upstream`]) at most, while
-    /// some usable neighbour is connected; at most `max_requests_per_peer`. Zero is taken as
-    /// one.
+    /// some usable neighbour is connected; never more than any peer's share (see
+    /// `max_requests_total`). Zero is taken as one.
     pub max_requests_per_upstream: usize,
     /// Groups per piece, and so the most groups in one request. Zero is taken as one.
     pub groups_per_request: u64,
@@ -340,8 +340,8 @@ struct PeerState {
     /// Set when it answered `Busy` or was benched.
     backoff: Option<Backoff>,
     probe_failures: u32,
-    /// The groups this peer adds to the coverage now: its claim while it is connected and
-    /// usable, else nothing.
+    /// The groups this peer adds to the coverage now: its claim while it is connected, usable
+    /// and not backing off (busy or benched), else nothing.
     counted: ChunkGroupRanges,
     /// Had a free slot and got no work in the last pass that considered it; skipped until woken.
     starved: bool,
