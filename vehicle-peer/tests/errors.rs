@@ -9,8 +9,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use node::net::{self, NetConfig};
-use node::runtime::{self, ServeCounters};
+use node::runtime::ServeCounters;
+
+mod common;
 
 fn fetch(args: &[&str]) -> (bool, String, Duration) {
     let started = Instant::now();
@@ -33,23 +34,8 @@ fn unknown_blob_unreachable_peer_and_bad_arguments_fail_clearly() {
     // A depot that holds one blob, but not the one asked for.
     let (depot_store, _) = node::store::open_data_dir(&dir.path().join("depot")).unwrap();
     depot_store.import(&b"some other image"[..]).unwrap();
-    let (handle, depot_addr) = runtime.block_on(async {
-        let (handle, _events, incoming) = net::start(NetConfig {
-            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
-            mdns: false,
-            mdns_auto_dial: false,
-            ..NetConfig::default()
-        })
-        .await
-        .unwrap();
-        runtime::spawn_server(
-            Arc::new(depot_store),
-            incoming,
-            Arc::new(ServeCounters::default()),
-        );
-        let addr = handle.listen_addrs().await.into_iter().next().unwrap();
-        (handle, addr)
-    });
+    let (handle, depot_addr) =
+        common::start_depot(&runtime, depot_store, Arc::new(ServeCounters::default()));
     let data_dir = dir.path().join("vehicle");
     let out = dir.path().join("out.bin");
     let unknown = proto::BlobId::of(b"an image nobody has").to_string();

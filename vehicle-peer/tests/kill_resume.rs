@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use node::net::{self, NetConfig};
-use node::runtime::{self, ServeCounters};
+use node::runtime::ServeCounters;
+
+mod common;
 
 fn blob_bytes(len: usize) -> Vec<u8> {
     let mut state = 0x1234_5678_9abc_def0u64;
@@ -114,19 +115,7 @@ fn sigkill_then_resume_completes_without_losing_reported_progress() {
     let (depot_store, _) = node::store::open_data_dir(&dir.path().join("depot")).unwrap();
     let blob = depot_store.import(&data[..]).unwrap();
     let counters = Arc::new(ServeCounters::default());
-    let (handle, depot_addr) = runtime.block_on(async {
-        let (handle, _events, incoming) = net::start(NetConfig {
-            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
-            mdns: false,
-            mdns_auto_dial: false,
-            ..NetConfig::default()
-        })
-        .await
-        .unwrap();
-        runtime::spawn_server(Arc::new(depot_store), incoming, counters.clone());
-        let addr = handle.listen_addrs().await.into_iter().next().unwrap();
-        (handle, addr)
-    });
+    let (handle, depot_addr) = common::start_depot(&runtime, depot_store, counters.clone());
 
     let vehicle_dir = dir.path().join("vehicle");
     let out = dir.path().join("out.bin");
