@@ -553,14 +553,6 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         self.needs_schedule = true;
     }
 
-    /// True when some connected peer may still be asked for this blob. A transfer that is not
-    /// done and has no usable peer waits for new peers; the driver may want to find some.
-    pub fn has_usable_peer(&self) -> bool {
-        self.peers
-            .values()
-            .any(|peer| peer.connected && peer.standing == Standing::Usable)
-    }
-
     /// True when the transfer is not done, nothing is in flight, and no connected peer that is
     /// not banned claims a group it lacks (or, before the size is known, no such peer is
     /// connected at all): it can only wait for new peers or new claims. A benched or busy peer
