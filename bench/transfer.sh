@@ -24,7 +24,9 @@ trap cleanup EXIT
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime of one process
 
 echo "building (release)..." >&2
-(cd "$ROOT" && cargo build --release -q -p depot-cache -p vehicle-peer -p node --example stream_copy)
+# Two builds: `--example` would narrow one build of several packages to that example alone.
+(cd "$ROOT" && cargo build --release -q -p depot-cache -p vehicle-peer \
+  && cargo build --release -q -p node --example stream_copy)
 BIN=$TARGET/release
 
 head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/blob.bin"

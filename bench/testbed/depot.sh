@@ -6,5 +6,5 @@ F=$1; D=$OUT/dm; mkdir -p "$D"; rm -f "$D/addr" "$D/blob"
 "$DM_BIN/depot-cache" import --data-dir "$D/depot" "$F" > "$D/import.txt" || exit 1
 awk '{print $1; exit}' "$D/import.txt" > "$D/blob.tmp" && mv "$D/blob.tmp" "$D/blob"
 NO_COLOR=1 RUST_LOG=${DM_RUST_LOG:-info} "$DM_BIN/depot-cache" serve --data-dir "$D/depot" \
-  --listen "/ip4/$DEPOT_IP/udp/9000/quic-v1" \
+  --listen "/ip4/$DEPOT_IP/udp/9000/quic-v1" ${DM_DEPOT_ARGS:-} \
   | { IFS= read -r line; echo "$line" > "$D/addr.tmp"; mv "$D/addr.tmp" "$D/addr"; cat; }

@@ -10,6 +10,11 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Threads that serve the yard. One thread served one vehicle 20 % faster on loopback than
+    /// two, at less CPU per byte, and moves ~300 MB/s: more than a yard's WiFi. More threads
+    /// spread encryption over more cores for a depot with many vehicles on a faster network.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,7 +88,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             no_mdns,
         } => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let runtime = node::runtime::build_tokio(Some(cli.threads))
+                .context("starting the async runtime")?;
             runtime.block_on(serve(data_dir, listen, no_mdns))
         }
         Command::List { data_dir } => {

@@ -15,6 +15,11 @@ use proto::BlobId;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Threads that run the network, verification and storage. One thread moved the most bytes
+    /// per second and per CPU-second in every measurement (docs/measurements.md) and leaves the
+    /// gateway's other cores to the vehicle.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,7 +81,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime::build_tokio(Some(cli.threads)) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("vehicle-peer: starting the async runtime: {error}");

@@ -91,5 +91,11 @@ fn unknown_blob_unreachable_peer_and_bad_arguments_fail_clearly() {
     assert!(!ok);
     assert!(stderr.contains("/ip4/127.0.0.1/tcp/1"), "{stderr}");
 
+    let mut args = common.to_vec();
+    args.extend(["--threads", "0", "--peer", &depot, &unknown]);
+    let (ok, stderr, _) = fetch(&args);
+    assert!(!ok);
+    assert!(stderr.contains("--threads"), "{stderr}");
+
     runtime.block_on(handle.shutdown());
 }
