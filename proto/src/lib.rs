@@ -14,6 +14,7 @@
 pub mod bao;
 mod blob_id;
 mod ranges;
+pub mod tuf;
 pub mod wire;
 
 pub use blob_id::{BlobId, ParseBlobIdError};

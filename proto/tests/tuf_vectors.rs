@@ -1,0 +1,248 @@
+//! The TUF client against python-tuf's fixtures (`../shared/vectors/tuf`): a good consistent-
+//! snapshot repository with a delegation, and 21 attack and rotation cases. For each case the
+//! client starts from `client/metadata`, refreshes from `remote/`, downloads the listed
+//! targets, and must do what `expected.json` says python-tuf's own client does: accept or
+//! reject (for the same reason), the same downloads, the same trusted versions afterwards.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use proto::tuf::{
+    FetchError, Limits, LocalStore, Remote, Root, Signed, Snapshot, Targets, Time, Timestamp,
+    TufError, Updater,
+};
+use serde_json::Value;
+
+fn tuf_dir() -> PathBuf {
+    match std::env::var_os("DEPOTMESH_VECTORS") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"),
+    }
+    .join("tuf")
+}
+
+/// The repository as files under `remote/`, read with the limit enforced.
+struct DirRemote {
+    root: PathBuf,
+    log: Vec<String>,
+}
+
+impl Remote for DirRemote {
+    fn fetch(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+        self.log.push(path.to_string());
+        let file = self.root.join(path);
+        let Ok(metadata) = std::fs::metadata(&file) else {
+            return Err(FetchError::NotFound);
+        };
+        if metadata.len() > max_bytes {
+            return Err(FetchError::TooLong);
+        }
+        std::fs::read(&file).map_err(|error| FetchError::Other(error.to_string()))
+    }
+}
+
+/// Trusted metadata in memory, starting from the case's `client/metadata`.
+#[derive(Default)]
+struct MemStore(BTreeMap<String, Vec<u8>>);
+
+impl LocalStore for MemStore {
+    fn load(&self, role: &str) -> Option<Vec<u8>> {
+        self.0.get(role).cloned()
+    }
+
+    fn store(&mut self, role: &str, bytes: &[u8]) -> Result<(), String> {
+        self.0.insert(role.to_string(), bytes.to_vec());
+        Ok(())
+    }
+}
+
+fn python_class(error: &TufError) -> &'static str {
+    match error {
+        TufError::Unsigned { .. } => "UnsignedMetadataError",
+        TufError::Deserialization { .. } => "DeserializationError",
+        TufError::Expired { .. } => "ExpiredMetadataError",
+        TufError::BadVersion { .. } => "BadVersionNumberError",
+        TufError::LengthOrHashMismatch { .. } => "LengthOrHashMismatchError",
+        TufError::DownloadLength { .. } => "DownloadLengthMismatchError",
+        _ => "RepositoryError",
+    }
+}
+
+fn run_case(dir: &Path) -> Vec<String> {
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    let now = Time::parse(expected["reference_time"].as_str().unwrap()).unwrap();
+    assert_eq!(now, Time::parse("2026-01-01T00:00:00Z").unwrap());
+    let mut store = MemStore::default();
+    for entry in std::fs::read_dir(dir.join("client/metadata")).unwrap() {
+        let path = entry.unwrap().path();
+        let role = path.file_stem().unwrap().to_str().unwrap().to_string();
+        store.0.insert(role, std::fs::read(&path).unwrap());
+    }
+    let remote = DirRemote {
+        root: dir.join("remote"),
+        log: Vec::new(),
+    };
+    let mut problems = Vec::new();
+    let python_error = expected["python_tuf_error"].as_str();
+    let mut updater = Updater::new(remote, store, now, Limits::default()).unwrap();
+    let refresh = updater.refresh();
+    let want_refresh = expected["refresh"].as_str().unwrap();
+    match (&refresh, want_refresh) {
+        (Ok(()), "accept") => {}
+        (Err(error), "reject") => {
+            if let Some(class) = python_error {
+                if python_class(error) != class {
+                    problems.push(format!(
+                        "refresh rejected for {} ({error}), python-tuf: {class}",
+                        python_class(error)
+                    ));
+                }
+            }
+        }
+        (got, want) => problems.push(format!("refresh: got {got:?}, want {want}")),
+    }
+    if let Some(downloads) = expected["downloads"].as_object() {
+        for (path, want) in downloads {
+            let got = updater.target_info(path).and_then(|info| match info {
+                Some(info) => updater.download_target(path, &info).map(|_| ()),
+                None => Err(TufError::Repository(format!("{path} is not listed"))),
+            });
+            match (&got, want.as_str().unwrap()) {
+                (Ok(()), "accept") => {}
+                (Err(error), "reject") => {
+                    if let (Some(class), true) = (python_error, refresh.is_ok()) {
+                        if python_class(error) != class {
+                            problems.push(format!(
+                                "{path}: rejected for {} ({error}), python-tuf: {class}",
+                                python_class(error)
+                            ));
+                        }
+                    }
+                }
+                (got, want) => problems.push(format!("{path}: got {got:?}, want {want}")),
+            }
+        }
+    }
+    if let Some(versions) = expected["trusted_versions_after_refresh"].as_object() {
+        for (role, want) in versions {
+            let stored = updater.local().load(role);
+            let have = stored.and_then(|bytes| {
+                serde_json::from_slice::<Value>(&bytes).ok()?["signed"]["version"].as_u64()
+            });
+            if have != want.as_u64() {
+                problems.push(format!("trusted {role}: v{have:?}, want v{want}"));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn every_python_tuf_case_behaves_as_the_reference_client() {
+    let base = tuf_dir();
+    let mut cases = vec![base.join("repo")];
+    let mut attacks: Vec<PathBuf> = std::fs::read_dir(base.join("attacks"))
+        .unwrap_or_else(|error| {
+            panic!(
+                "TUF vectors are required at {} ({error}); set DEPOTMESH_VECTORS",
+                base.display()
+            )
+        })
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    attacks.sort();
+    cases.extend(attacks);
+    assert_eq!(cases.len(), 22, "the good repository and 21 attack cases");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let problems = run_case(case);
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        for problem in problems {
+            failures.push(format!("{name}: {problem}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn canonical_bytes_match_securesystemslib() {
+    let repo = tuf_dir().join("repo");
+    let metadata = repo.join("remote/metadata");
+    let read = |name: &str| std::fs::read(metadata.join(name)).unwrap();
+    let canonical = |name: &str| std::fs::read(repo.join("canonical").join(name)).unwrap();
+    assert_eq!(
+        Signed::<Root>::from_bytes(&read("1.root.json"), "root")
+            .unwrap()
+            .canonical_bytes(),
+        canonical("root.signed.canonical.json")
+    );
+    assert_eq!(
+        Signed::<Timestamp>::from_bytes(&read("timestamp.json"), "timestamp")
+            .unwrap()
+            .canonical_bytes(),
+        canonical("timestamp.signed.canonical.json")
+    );
+    assert_eq!(
+        Signed::<Snapshot>::from_bytes(&read("1.snapshot.json"), "snapshot")
+            .unwrap()
+            .canonical_bytes(),
+        canonical("snapshot.signed.canonical.json")
+    );
+    assert_eq!(
+        Signed::<Targets>::from_bytes(&read("1.targets.json"), "targets")
+            .unwrap()
+            .canonical_bytes(),
+        canonical("targets.signed.canonical.json")
+    );
+    assert_eq!(
+        Signed::<Targets>::from_bytes(&read("1.ecu-firmware.json"), "ecu-firmware")
+            .unwrap()
+            .canonical_bytes(),
+        canonical("ecu-firmware.signed.canonical.json")
+    );
+}
+
+#[test]
+fn the_good_repository_fetches_consistent_snapshot_names_and_checks_custom_blake3() {
+    let dir = tuf_dir().join("repo");
+    let mut store = MemStore::default();
+    store.0.insert(
+        "root".into(),
+        std::fs::read(dir.join("client/metadata/root.json")).unwrap(),
+    );
+    let remote = DirRemote {
+        root: dir.join("remote"),
+        log: Vec::new(),
+    };
+    let now = Time::parse("2026-01-01T00:00:00Z").unwrap();
+    let mut updater = Updater::new(remote, store, now, Limits::default()).unwrap();
+    updater.refresh().unwrap();
+    let info = updater
+        .target_info("ecu/brake-ecu-1.2.0.bin")
+        .unwrap()
+        .unwrap();
+    let data = updater
+        .download_target("ecu/brake-ecu-1.2.0.bin", &info)
+        .unwrap();
+    let blake3 = info.custom.as_ref().unwrap()["blake3"].as_str().unwrap();
+    assert_eq!(blake3::hash(&data).to_hex().as_str(), blake3);
+    assert!(updater.target_info("ecu/unknown.bin").unwrap().is_none());
+    // A path outside every delegation is not searched for in the delegated role.
+    assert!(updater.target_info("other/x.bin").unwrap().is_none());
+    // After the expiry (2035), the same trusted root refuses to go on: a frozen repository.
+    let remote = DirRemote {
+        root: dir.join("remote"),
+        log: Vec::new(),
+    };
+    let mut store = MemStore::default();
+    store.0.insert(
+        "root".into(),
+        std::fs::read(dir.join("client/metadata/root.json")).unwrap(),
+    );
+    let later = Time::parse("2035-01-01T00:00:00Z").unwrap();
+    let mut updater = Updater::new(remote, store, later, Limits::default()).unwrap();
+    assert!(matches!(updater.refresh(), Err(TufError::Expired { .. })));
+}
