@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use proto::tuf::{
-    FetchError, Limits, LocalStore, Remote, Root, Signed, Snapshot, Targets, Time, Timestamp,
+    FetchError, Limits, LocalStore, Remote, Role, Root, Signed, Snapshot, Targets, Time, Timestamp,
     TufError, Updater,
 };
 use serde_json::Value;
@@ -167,42 +167,35 @@ fn every_python_tuf_case_behaves_as_the_reference_client() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+type Canonicalise = fn(&Path) -> Vec<u8>;
+
+fn canonical_of<T: Role>(file: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(file).unwrap();
+    Signed::<T>::from_bytes(&bytes, &file.display().to_string())
+        .unwrap()
+        .canonical_bytes()
+        .to_vec()
+}
+
 #[test]
 fn canonical_bytes_match_securesystemslib() {
     let repo = tuf_dir().join("repo");
     let metadata = repo.join("remote/metadata");
-    let read = |name: &str| std::fs::read(metadata.join(name)).unwrap();
-    let canonical = |name: &str| std::fs::read(repo.join("canonical").join(name)).unwrap();
-    assert_eq!(
-        Signed::<Root>::from_bytes(&read("1.root.json"), "root")
-            .unwrap()
-            .canonical_bytes(),
-        canonical("root.signed.canonical.json")
-    );
-    assert_eq!(
-        Signed::<Timestamp>::from_bytes(&read("timestamp.json"), "timestamp")
-            .unwrap()
-            .canonical_bytes(),
-        canonical("timestamp.signed.canonical.json")
-    );
-    assert_eq!(
-        Signed::<Snapshot>::from_bytes(&read("1.snapshot.json"), "snapshot")
-            .unwrap()
-            .canonical_bytes(),
-        canonical("snapshot.signed.canonical.json")
-    );
-    assert_eq!(
-        Signed::<Targets>::from_bytes(&read("1.targets.json"), "targets")
-            .unwrap()
-            .canonical_bytes(),
-        canonical("targets.signed.canonical.json")
-    );
-    assert_eq!(
-        Signed::<Targets>::from_bytes(&read("1.ecu-firmware.json"), "ecu-firmware")
-            .unwrap()
-            .canonical_bytes(),
-        canonical("ecu-firmware.signed.canonical.json")
-    );
+    let cases: [(&str, Canonicalise, &str); 5] = [
+        ("1.root.json", canonical_of::<Root>, "root"),
+        ("timestamp.json", canonical_of::<Timestamp>, "timestamp"),
+        ("1.snapshot.json", canonical_of::<Snapshot>, "snapshot"),
+        ("1.targets.json", canonical_of::<Targets>, "targets"),
+        (
+            "1.ecu-firmware.json",
+            canonical_of::<Targets>,
+            "ecu-firmware",
+        ),
+    ];
+    for (file, canonical, role) in cases {
+        let want = std::fs::read(repo.join(format!("canonical/{role}.signed.canonical.json")));
+        assert_eq!(canonical(&metadata.join(file)), want.unwrap(), "{file}");
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::metadata::{Role, Root, Signed, Snapshot, Targets, Timestamp};
+use super::metadata::{MetaFile, Role, Root, Signed, Snapshot, Targets, Timestamp};
 use super::{Time, TufError};
 
 /// Trusted root, timestamp, snapshot and targets (top-level and delegated), at one reference time.
@@ -189,15 +189,7 @@ impl TrustedSet {
         }
         self.check_final_snapshot()?;
         let file = format!("{role}.json");
-        let Some(pin) = self
-            .snapshot
-            .as_ref()
-            .and_then(|snapshot| snapshot.signed.meta.get(&file))
-        else {
-            return Err(TufError::Repository(format!(
-                "the snapshot does not list {file}"
-            )));
-        };
+        let pin = self.snapshot_pin(role)?;
         pin.verify(&file, bytes)?;
         let new = Signed::<Targets>::from_bytes(bytes, &file)?;
         if delegator == "root" {
@@ -232,6 +224,15 @@ impl TrustedSet {
         self.check_not_expired(role, new.signed.expires())?;
         self.targets.insert(role.to_string(), new);
         Ok(())
+    }
+
+    /// What the trusted snapshot says of `role`'s metadata file.
+    pub fn snapshot_pin(&self, role: &str) -> Result<&MetaFile, TufError> {
+        let file = format!("{role}.json");
+        self.snapshot
+            .as_ref()
+            .and_then(|snapshot| snapshot.signed.meta.get(&file))
+            .ok_or_else(|| TufError::Repository(format!("the snapshot does not list {file}")))
     }
 
     fn check_not_expired(&self, role: &str, expires: Time) -> Result<(), TufError> {

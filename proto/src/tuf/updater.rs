@@ -245,15 +245,7 @@ impl<R: Remote, L: LocalStore> Updater<R, L> {
             }
         }
         let file = format!("{role}.json");
-        let Some(pin) = self
-            .trusted
-            .snapshot()
-            .and_then(|snapshot| snapshot.signed.meta.get(&file))
-        else {
-            return Err(TufError::Repository(format!(
-                "the snapshot does not list {file}"
-            )));
-        };
+        let pin = self.trusted.snapshot_pin(role)?;
         let limit = pin.length.unwrap_or(self.limits.targets_bytes);
         let path = if self.trusted.root().signed.consistent_snapshot {
             format!("metadata/{}.{file}", pin.version)
