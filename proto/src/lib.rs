@@ -15,6 +15,7 @@ pub mod bao;
 mod blob_id;
 mod ranges;
 pub mod tuf;
+pub mod uptane;
 pub mod wire;
 
 pub use blob_id::{BlobId, ParseBlobIdError};

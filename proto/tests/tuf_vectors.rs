@@ -6,9 +6,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::MemStore;
 use proto::tuf::{
     FetchError, Limits, LocalStore, Remote, Role, Root, Signed, Snapshot, Targets, Time, Timestamp,
     TufError, Updater,
@@ -40,21 +42,6 @@ impl Remote for DirRemote {
             return Err(FetchError::TooLong);
         }
         std::fs::read(&file).map_err(|error| FetchError::Other(error.to_string()))
-    }
-}
-
-/// Trusted metadata in memory, starting from the case's `client/metadata`.
-#[derive(Default)]
-struct MemStore(BTreeMap<String, Vec<u8>>);
-
-impl LocalStore for MemStore {
-    fn load(&self, role: &str) -> Option<Vec<u8>> {
-        self.0.get(role).cloned()
-    }
-
-    fn store(&mut self, role: &str, bytes: &[u8]) -> Result<(), String> {
-        self.0.insert(role.to_string(), bytes.to_vec());
-        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 //! monotonicity, root rotation, consistent snapshots, length limits and target hashes.
 //!
 //! - [`canonical`]: the canonical JSON the signatures cover.
+//! - [`build`]: making and signing metadata (for `origin` and for tests).
 //! - [`metadata`]: the four top-level roles and delegated targets, parsed from JSON with errors
 //!   that name the file and field.
 //! - [`TrustedSet`]: the metadata a client trusts, and the rules for replacing each piece
@@ -15,6 +16,7 @@
 //! Tested against the repository and the 21 attack and rotation cases python-tuf made
 //! (`../shared/vectors/tuf`, see `proto/tests/tuf_vectors.rs`).
 
+pub mod build;
 pub mod canonical;
 pub mod metadata;
 mod time;

@@ -1,0 +1,652 @@
+//! Uptane on top of TUF: a vehicle installs an image only when two repositories agree.
+//!
+//! - The **image repository** (offline keys; delegations per supplier or ECU family) lists
+//!   every image with its length, hashes and, in `custom`, its BLAKE3 (`blake3`), the hardware
+//!   ids it runs on (`hardware_ids`) and its release counter (`release_counter`).
+//! - The **director repository** (online key) signs, per vehicle, which image each ECU must
+//!   install: a targets role with one entry per image to install, naming in `custom` the ECU
+//!   serials it is for and their hardware id (`ecu_identifiers: {serial: {hardware_id}}`) and
+//!   the image's `release_counter`. Director targets never delegate.
+//!
+//! [`verify_full`] is the primary's full verification (both chains, then director ↔ image
+//! match on length, hashes, hardware id and release counter); [`verify_partial`] a
+//! secondary's partial verification (director targets only). Both give [`ApprovedImage`]s,
+//! which nothing else can make: the flasher asks for one before it writes a bank.
+//!
+//! Vehicles report what they run with signed [`EcuVersionReport`]s, gathered by the primary
+//! into a signed vehicle version manifest carrying the director's nonce
+//! ([`sign_vehicle_manifest`], [`verify_vehicle_manifest`]).
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde_json::{Value, json};
+
+use crate::BlobId;
+use crate::tuf::metadata::{Key, RoleKeys, Signed, TargetFile, Targets};
+use crate::tuf::{LocalStore, Remote, Role, Time, TufError, Updater, build};
+
+/// Why an install was not approved or a report not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UptaneError {
+    /// The director's or the image repository's metadata failed TUF's checks.
+    #[error("{repository} repository: {error}")]
+    Tuf {
+        /// `director` or `image`.
+        repository: &'static str,
+        /// What failed.
+        error: TufError,
+    },
+    /// Director targets must list images, not delegate.
+    #[error("director targets delegate to other roles; Uptane forbids it")]
+    DirectorDelegates,
+    /// A director target's `custom` is malformed.
+    #[error("director target {target}: {detail}")]
+    Malformed {
+        /// The target.
+        target: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Two director targets name the same ECU.
+    #[error("ECU {serial} is listed by two director targets")]
+    EcuListedTwice {
+        /// The ECU serial.
+        serial: String,
+    },
+    /// The director names an ECU this vehicle does not have.
+    #[error("director names ECU {serial}, which is not in this vehicle")]
+    UnknownEcu {
+        /// The ECU serial.
+        serial: String,
+    },
+    /// Hardware ids disagree.
+    #[error("ECU {serial} is hardware {ecu}; {source_of_claim} says {claimed}")]
+    WrongHardware {
+        /// The ECU serial.
+        serial: String,
+        /// The ECU's own hardware id.
+        ecu: String,
+        /// Who said otherwise (`director`, `image repository`).
+        source_of_claim: &'static str,
+        /// What they said.
+        claimed: String,
+    },
+    /// The image repository does not list the director's image.
+    #[error("director target {target} is not in the image repository")]
+    ImageNotFound {
+        /// The target.
+        target: String,
+    },
+    /// Director and image repository disagree about the image.
+    #[error("director and image repository disagree about {target}: {detail}")]
+    ImageMismatch {
+        /// The target.
+        target: String,
+        /// What differs.
+        detail: String,
+    },
+    /// The image is older than what the ECU runs.
+    #[error("ECU {serial} runs release {installed}; {target} is release {offered}")]
+    ReleaseCounterRollback {
+        /// The ECU serial.
+        serial: String,
+        /// The target offered.
+        target: String,
+        /// Its release counter.
+        offered: u64,
+        /// The installed release counter.
+        installed: u64,
+    },
+    /// A signed report or manifest is malformed, unsigned or signed by the wrong key.
+    #[error("{what}: {detail}")]
+    Report {
+        /// Which report (`vehicle manifest`, `ECU <serial> report`).
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// An ECU as the vehicle knows it: what it is and what it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcuState {
+    /// Its hardware id.
+    pub hardware_id: String,
+    /// Release counter of the image it runs (0 when unknown).
+    pub installed_release_counter: u64,
+}
+
+/// An image that passed Uptane verification for one ECU. Only [`verify_full`] and
+/// [`verify_partial`] make these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovedImage {
+    ecu_serial: String,
+    hardware_id: String,
+    target: String,
+    file: TargetFile,
+    release_counter: u64,
+    blake3: Option<BlobId>,
+}
+
+impl ApprovedImage {
+    /// The ECU to install on.
+    pub fn ecu_serial(&self) -> &str {
+        &self.ecu_serial
+    }
+    /// Its hardware id.
+    pub fn hardware_id(&self) -> &str {
+        &self.hardware_id
+    }
+    /// The target's name in both repositories.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+    /// Length and hashes, as signed.
+    pub fn file(&self) -> &TargetFile {
+        &self.file
+    }
+    /// The image's release counter.
+    pub fn release_counter(&self) -> u64 {
+        self.release_counter
+    }
+    /// The image's BLAKE3 (its blob id in the mesh), when the image repository lists it.
+    pub fn blake3(&self) -> Option<BlobId> {
+        self.blake3
+    }
+}
+
+/// What one director target asks: the ECUs it is for, with their hardware ids, and the
+/// release counter.
+struct DirectorTarget {
+    ecus: BTreeMap<String, String>,
+    release_counter: Option<u64>,
+}
+
+fn director_target(target: &str, file: &TargetFile) -> Result<DirectorTarget, UptaneError> {
+    let malformed = |detail: &str| UptaneError::Malformed {
+        target: target.to_string(),
+        detail: detail.to_string(),
+    };
+    let custom = file
+        .custom
+        .as_ref()
+        .ok_or_else(|| malformed("has no custom"))?;
+    let identifiers = custom["ecu_identifiers"]
+        .as_object()
+        .ok_or_else(|| malformed("custom.ecu_identifiers must be an object"))?;
+    if identifiers.is_empty() {
+        return Err(malformed("custom.ecu_identifiers names no ECU"));
+    }
+    let mut ecus = BTreeMap::new();
+    for (serial, value) in identifiers {
+        let hardware = value["hardware_id"].as_str().ok_or_else(|| {
+            malformed(&format!(
+                "custom.ecu_identifiers.{serial}.hardware_id must be a string"
+            ))
+        })?;
+        ecus.insert(serial.clone(), hardware.to_string());
+    }
+    let release_counter =
+        match &custom["release_counter"] {
+            Value::Null => None,
+            value => Some(value.as_u64().ok_or_else(|| {
+                malformed("custom.release_counter must be a non-negative integer")
+            })?),
+        };
+    Ok(DirectorTarget {
+        ecus,
+        release_counter,
+    })
+}
+
+/// Checks one director target against an ECU and returns the approval.
+fn approve(
+    target: &str,
+    file: &TargetFile,
+    serial: &str,
+    director_hardware: &str,
+    release_counter: u64,
+    ecu: &EcuState,
+) -> Result<ApprovedImage, UptaneError> {
+    if director_hardware != ecu.hardware_id {
+        return Err(UptaneError::WrongHardware {
+            serial: serial.to_string(),
+            ecu: ecu.hardware_id.clone(),
+            source_of_claim: "director",
+            claimed: director_hardware.to_string(),
+        });
+    }
+    if release_counter < ecu.installed_release_counter {
+        return Err(UptaneError::ReleaseCounterRollback {
+            serial: serial.to_string(),
+            target: target.to_string(),
+            offered: release_counter,
+            installed: ecu.installed_release_counter,
+        });
+    }
+    let blake3 = file
+        .custom
+        .as_ref()
+        .and_then(|custom| custom["blake3"].as_str())
+        .and_then(|text| text.parse().ok());
+    Ok(ApprovedImage {
+        ecu_serial: serial.to_string(),
+        hardware_id: ecu.hardware_id.clone(),
+        target: target.to_string(),
+        file: file.clone(),
+        release_counter,
+        blake3,
+    })
+}
+
+/// One image the director assigns to one ECU.
+struct Assignment<'a> {
+    target: &'a str,
+    file: &'a TargetFile,
+    serial: String,
+    hardware: String,
+    release_counter: Option<u64>,
+}
+
+/// Every assignment in director targets, with each ECU named once and known to the vehicle.
+fn director_assignments<'a>(
+    targets: &'a Targets,
+    ecus: &BTreeMap<String, EcuState>,
+) -> Result<Vec<Assignment<'a>>, UptaneError> {
+    if targets
+        .delegations
+        .as_ref()
+        .is_some_and(|delegations| !delegations.roles.is_empty())
+    {
+        return Err(UptaneError::DirectorDelegates);
+    }
+    let mut seen = BTreeMap::new();
+    let mut out = Vec::new();
+    for (name, file) in &targets.targets {
+        let wanted = director_target(name, file)?;
+        for (serial, hardware) in wanted.ecus {
+            if seen.insert(serial.clone(), ()).is_some() {
+                return Err(UptaneError::EcuListedTwice { serial });
+            }
+            if !ecus.contains_key(&serial) {
+                return Err(UptaneError::UnknownEcu { serial });
+            }
+            out.push(Assignment {
+                target: name.as_str(),
+                file,
+                serial,
+                hardware,
+                release_counter: wanted.release_counter,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Full verification on the primary (Uptane 2.0 §5.4.4.2): refreshes the director and the
+/// image repository, then approves each director target for its ECU only if the image
+/// repository lists the same image (same length, the director's hashes all equal to the
+/// image repository's), for that ECU's hardware id, with a release counter that is the
+/// image repository's and not below what the ECU runs.
+pub fn verify_full<RD, LD, RI, LI>(
+    director: &mut Updater<RD, LD>,
+    image: &mut Updater<RI, LI>,
+    ecus: &BTreeMap<String, EcuState>,
+) -> Result<Vec<ApprovedImage>, UptaneError>
+where
+    RD: Remote,
+    LD: LocalStore,
+    RI: Remote,
+    LI: LocalStore,
+{
+    let tuf = |repository| move |error| UptaneError::Tuf { repository, error };
+    director.refresh().map_err(tuf("director"))?;
+    image.refresh().map_err(tuf("image"))?;
+    let Some(director_targets) = director.trusted().targets("targets") else {
+        return Err(tuf("director")(TufError::Repository(
+            "no targets after refresh".into(),
+        )));
+    };
+    let director_targets = director_targets.signed.clone();
+    let mut approved = Vec::new();
+    for assignment in director_assignments(&director_targets, ecus)? {
+        let Assignment {
+            target,
+            file,
+            serial,
+            hardware,
+            release_counter: counter,
+        } = assignment;
+        let image_file = image
+            .target_info(target)
+            .map_err(tuf("image"))?
+            .ok_or_else(|| UptaneError::ImageNotFound {
+                target: target.to_string(),
+            })?;
+        let mismatch = |detail: String| UptaneError::ImageMismatch {
+            target: target.to_string(),
+            detail,
+        };
+        if file.length != image_file.length {
+            return Err(mismatch(format!(
+                "length {} in the director, {} in the image repository",
+                file.length, image_file.length
+            )));
+        }
+        for (algorithm, digest) in &file.hashes {
+            match image_file.hashes.get(algorithm) {
+                Some(other) if other.eq_ignore_ascii_case(digest) => {}
+                Some(other) => {
+                    return Err(mismatch(format!(
+                        "{algorithm} {digest} in the director, {other} in the image repository"
+                    )));
+                }
+                None => {
+                    return Err(mismatch(format!(
+                        "the image repository has no {algorithm} hash"
+                    )));
+                }
+            }
+        }
+        let image_custom = image_file.custom.clone().unwrap_or(Value::Null);
+        let hardware_ids: Vec<&str> = image_custom["hardware_ids"]
+            .as_array()
+            .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let ecu = &ecus[&serial];
+        if !hardware_ids.contains(&ecu.hardware_id.as_str()) {
+            return Err(UptaneError::WrongHardware {
+                serial,
+                ecu: ecu.hardware_id.clone(),
+                source_of_claim: "image repository",
+                claimed: hardware_ids.join(", "),
+            });
+        }
+        let Some(image_counter) = image_custom["release_counter"].as_u64() else {
+            return Err(mismatch(
+                "the image repository gives no custom.release_counter".into(),
+            ));
+        };
+        if counter.is_some_and(|counter| counter != image_counter) {
+            return Err(mismatch(format!(
+                "release counter {counter:?} in the director, {image_counter} in the image repository"
+            )));
+        }
+        // The image repository's entry is the one approved: it carries the BLAKE3.
+        approved.push(approve(
+            target,
+            &image_file,
+            &serial,
+            &hardware,
+            image_counter,
+            ecu,
+        )?);
+    }
+    Ok(approved)
+}
+
+/// What a secondary keeps for partial verification: the director's targets keys (from the
+/// director root it was provisioned with) and the last director targets version it accepted.
+#[derive(Debug, Clone)]
+pub struct PartialVerifier {
+    /// Key id → key of the director's targets role.
+    pub keys: BTreeMap<String, Key>,
+    /// The role's key ids and threshold.
+    pub role: RoleKeys,
+    /// The last accepted director targets version (0 at first).
+    pub last_version: u64,
+    /// This ECU's serial.
+    pub serial: String,
+    /// This ECU's state.
+    pub ecu: EcuState,
+}
+
+impl PartialVerifier {
+    /// Partial verification (Uptane 2.0 §5.4.4.1): director targets signed by the threshold,
+    /// not expired, not older than the last accepted, not delegating, naming this ECU at most
+    /// once with its hardware id and a release counter not below what it runs. `Ok(None)`:
+    /// nothing for this ECU. On success the version is remembered.
+    pub fn verify(
+        &mut self,
+        director_targets: &[u8],
+        now: Time,
+    ) -> Result<Option<ApprovedImage>, UptaneError> {
+        let tuf = |error| UptaneError::Tuf {
+            repository: "director",
+            error,
+        };
+        let signed =
+            Signed::<Targets>::from_bytes(director_targets, "targets.json").map_err(tuf)?;
+        signed
+            .verify("targets", &self.keys, &self.role)
+            .map_err(tuf)?;
+        if now >= signed.signed.expires() {
+            return Err(tuf(TufError::Expired {
+                role: "targets".into(),
+                expires: signed.signed.expires(),
+                now,
+            }));
+        }
+        if signed.signed.version() < self.last_version {
+            return Err(tuf(TufError::BadVersion {
+                role: "targets".into(),
+                detail: format!(
+                    "version {} is older than the accepted {}",
+                    signed.signed.version(),
+                    self.last_version
+                ),
+            }));
+        }
+        let ecus = BTreeMap::from([(self.serial.clone(), self.ecu.clone())]);
+        // Other ECUs of the vehicle are named too; only ours matters here.
+        let mut mine = None;
+        let mut seen = BTreeMap::new();
+        if signed
+            .signed
+            .delegations
+            .as_ref()
+            .is_some_and(|delegations| !delegations.roles.is_empty())
+        {
+            return Err(UptaneError::DirectorDelegates);
+        }
+        for (name, file) in &signed.signed.targets {
+            let wanted = director_target(name, file)?;
+            for (serial, hardware) in wanted.ecus {
+                if seen.insert(serial.clone(), ()).is_some() {
+                    return Err(UptaneError::EcuListedTwice { serial });
+                }
+                if serial == self.serial {
+                    let counter = wanted.release_counter.unwrap_or(0);
+                    mine = Some(approve(
+                        name,
+                        file,
+                        &serial,
+                        &hardware,
+                        counter,
+                        &ecus[&serial],
+                    )?);
+                }
+            }
+        }
+        self.last_version = signed.signed.version();
+        Ok(mine)
+    }
+}
+
+/// What an ECU reports it runs, signed with its own key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcuVersionReport {
+    /// The ECU serial.
+    pub ecu_serial: String,
+    /// The target it runs.
+    pub installed_image: String,
+    /// Its SHA-256 (hex).
+    pub sha256: String,
+    /// Its release counter.
+    pub release_counter: u64,
+    /// The director's nonce this report answers.
+    pub nonce: String,
+    /// Attacks the ECU detected, in words (empty: none).
+    pub attacks_detected: String,
+}
+
+fn report_json(report: &EcuVersionReport) -> Value {
+    json!({
+        "ecu_serial": report.ecu_serial,
+        "installed_image": report.installed_image,
+        "sha256": report.sha256,
+        "release_counter": report.release_counter,
+        "nonce": report.nonce,
+        "attacks_detected": report.attacks_detected,
+    })
+}
+
+/// Signs an ECU's version report with the ECU's key.
+pub fn sign_ecu_report(report: &EcuVersionReport, key: &SigningKey) -> Value {
+    signed_value(&report_json(report), key)
+}
+
+fn signed_value(signed: &Value, key: &SigningKey) -> Value {
+    let bytes = build::sign(signed, &[key]).unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+/// Signs the vehicle version manifest: the VIN, the primary's serial and each ECU's signed
+/// report, with the primary's key.
+pub fn sign_vehicle_manifest(
+    vin: &str,
+    primary_serial: &str,
+    reports: &[Value],
+    key: &SigningKey,
+) -> Vec<u8> {
+    let reports: serde_json::Map<String, Value> = reports
+        .iter()
+        .map(|report| {
+            let serial = report["signed"]["ecu_serial"].as_str().unwrap_or_default();
+            (serial.to_string(), report.clone())
+        })
+        .collect();
+    let signed = json!({
+        "vin": vin,
+        "primary_ecu_serial": primary_serial,
+        "ecu_version_reports": reports,
+    });
+    serde_json::to_vec(&signed_value(&signed, key)).unwrap_or_default()
+}
+
+/// A vehicle manifest whose every signature checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedManifest {
+    /// The vehicle.
+    pub vin: String,
+    /// Each ECU's report, by serial.
+    pub reports: BTreeMap<String, EcuVersionReport>,
+}
+
+/// The director's check of a vehicle manifest: signed by the vehicle's registered primary key;
+/// every report signed by its ECU's registered key, for an ECU of this vehicle, answering
+/// `nonce`.
+pub fn verify_vehicle_manifest(
+    bytes: &[u8],
+    vin: &str,
+    primary_key: &VerifyingKey,
+    ecu_keys: &BTreeMap<String, VerifyingKey>,
+    nonce: &str,
+) -> Result<VerifiedManifest, UptaneError> {
+    let report_error = |what: &str, detail: String| UptaneError::Report {
+        what: what.to_string(),
+        detail,
+    };
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|error| report_error("vehicle manifest", format!("not JSON: {error}")))?;
+    check_signed_by(&value, primary_key)
+        .map_err(|detail| report_error("vehicle manifest", detail))?;
+    let signed = &value["signed"];
+    if signed["vin"].as_str() != Some(vin) {
+        return Err(report_error(
+            "vehicle manifest",
+            format!("is for VIN {}, expected {vin}", signed["vin"]),
+        ));
+    }
+    let Some(reports) = signed["ecu_version_reports"].as_object() else {
+        return Err(report_error(
+            "vehicle manifest",
+            "field signed.ecu_version_reports must be an object".into(),
+        ));
+    };
+    let mut verified = BTreeMap::new();
+    for (serial, report) in reports {
+        let what = format!("ECU {serial} report");
+        let Some(key) = ecu_keys.get(serial) else {
+            return Err(report_error(&what, "not an ECU of this vehicle".into()));
+        };
+        check_signed_by(report, key).map_err(|detail| report_error(&what, detail))?;
+        let fields = &report["signed"];
+        let text = |field: &str| {
+            fields[field].as_str().map(str::to_string).ok_or_else(|| {
+                report_error(&what, format!("field signed.{field} must be a string"))
+            })
+        };
+        let parsed = EcuVersionReport {
+            ecu_serial: text("ecu_serial")?,
+            installed_image: text("installed_image")?,
+            sha256: text("sha256")?,
+            release_counter: fields["release_counter"].as_u64().ok_or_else(|| {
+                report_error(
+                    &what,
+                    "field signed.release_counter must be an integer".into(),
+                )
+            })?,
+            nonce: text("nonce")?,
+            attacks_detected: text("attacks_detected")?,
+        };
+        if parsed.ecu_serial != *serial {
+            return Err(report_error(
+                &what,
+                format!("is signed for ECU {}", parsed.ecu_serial),
+            ));
+        }
+        if parsed.nonce != nonce {
+            return Err(report_error(
+                &what,
+                format!("answers nonce {:?}, not the current one", parsed.nonce),
+            ));
+        }
+        verified.insert(serial.clone(), parsed);
+    }
+    Ok(VerifiedManifest {
+        vin: vin.to_string(),
+        reports: verified,
+    })
+}
+
+/// Checks that `value` (`{"signatures": [...], "signed": {...}}`) carries a valid signature by
+/// `key` over the canonical `signed`.
+fn check_signed_by(value: &Value, key: &VerifyingKey) -> Result<(), String> {
+    let canonical =
+        crate::tuf::canonical::to_canonical(&value["signed"]).map_err(|e| e.to_string())?;
+    if !value["signed"].is_object() {
+        return Err("field signed must be an object".into());
+    }
+    let keyid = build::key_id(key);
+    let signatures = value["signatures"]
+        .as_array()
+        .ok_or("field signatures must be an array")?;
+    for signature in signatures {
+        if signature["keyid"].as_str() != Some(keyid.as_str()) {
+            continue;
+        }
+        let valid = signature["sig"]
+            .as_str()
+            .and_then(|sig| hex::decode(sig).ok())
+            .and_then(|bytes| ed25519_dalek::Signature::from_slice(&bytes).ok())
+            .is_some_and(|sig| key.verify_strict(&canonical, &sig).is_ok());
+        if valid {
+            return Ok(());
+        }
+        return Err(format!("the signature by key {keyid} is not valid"));
+    }
+    Err(format!("not signed by the registered key {keyid}"))
+}
