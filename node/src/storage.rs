@@ -9,6 +9,29 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// Replaces the file at `path` with `bytes` so that a crash at any instant leaves either the old
+/// file or the whole new one: write a temporary file beside it, sync it, rename it over, sync
+/// the directory. For small files written whole (metadata, keys, exported targets).
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
 /// A directory of files the store may create, write, sync, rename and remove.
 pub trait Storage: Send + Sync + 'static {
     /// An open file.

@@ -6,14 +6,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::MemStore;
 use proto::tuf::{
-    FetchError, Limits, LocalStore, Remote, Role, Root, Signed, Snapshot, Targets, Time, Timestamp,
-    TufError, Updater,
+    FetchError, Limits, LocalStore, MemoryStore, Remote, Role, Root, Signed, Snapshot, Targets,
+    Time, Timestamp, TufError, Updater,
 };
 use serde_json::Value;
 
@@ -62,7 +59,7 @@ fn run_case(dir: &Path) -> Vec<String> {
         serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
     let now = Time::parse(expected["reference_time"].as_str().unwrap()).unwrap();
     assert_eq!(now, Time::parse("2026-01-01T00:00:00Z").unwrap());
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     for entry in std::fs::read_dir(dir.join("client/metadata")).unwrap() {
         let path = entry.unwrap().path();
         let role = path.file_stem().unwrap().to_str().unwrap().to_string();
@@ -188,7 +185,7 @@ fn canonical_bytes_match_securesystemslib() {
 #[test]
 fn the_good_repository_fetches_consistent_snapshot_names_and_checks_custom_blake3() {
     let dir = tuf_dir().join("repo");
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     store.0.insert(
         "root".into(),
         std::fs::read(dir.join("client/metadata/root.json")).unwrap(),
@@ -217,7 +214,7 @@ fn the_good_repository_fetches_consistent_snapshot_names_and_checks_custom_blake
         root: dir.join("remote"),
         log: Vec::new(),
     };
-    let mut store = MemStore::default();
+    let mut store = MemoryStore::default();
     store.0.insert(
         "root".into(),
         std::fs::read(dir.join("client/metadata/root.json")).unwrap(),

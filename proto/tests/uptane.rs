@@ -4,14 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::MemStore;
 use ed25519_dalek::SigningKey;
 use proto::tuf::build::{self, DelegationSpec, RoleSpec};
-use proto::tuf::{FetchError, Key, Limits, Remote, RoleKeys, Time, TufError, Updater};
+use proto::tuf::{FetchError, Key, Limits, MemoryStore, Remote, RoleKeys, Time, TufError, Updater};
 use proto::uptane::{
     EcuState, EcuVersionReport, PartialVerifier, UptaneError, sign_ecu_report,
     sign_vehicle_manifest, verify_full, verify_vehicle_manifest,
@@ -152,8 +149,8 @@ impl Repo {
         );
     }
 
-    fn updater(&self) -> Updater<MemRemote, MemStore> {
-        let mut store = MemStore::default();
+    fn updater(&self) -> Updater<MemRemote, MemoryStore> {
+        let mut store = MemoryStore::default();
         store
             .0
             .insert("root".into(), self.remote.0["metadata/1.root.json"].clone());

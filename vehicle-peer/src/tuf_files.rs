@@ -3,7 +3,7 @@
 //! metadata with [`DirStore`] whatever transport brought it.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,22 +42,7 @@ impl LocalStore for DirStore {
     }
 }
 
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the whole new one.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
-}
+pub use node::storage::replace_file as write_durably;
 
 /// Percent-encodes everything but ASCII letters, digits and `_.-~`, as Python's
 /// `urllib.parse.quote(name, safe="")` does: a role or target name becomes one safe file name.

@@ -35,6 +35,21 @@ pub trait LocalStore {
     fn store(&mut self, role: &str, bytes: &[u8]) -> Result<(), String>;
 }
 
+/// Trusted metadata in memory (tests, simulations, and a vehicle that keeps none on disk).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore(pub std::collections::BTreeMap<String, Vec<u8>>);
+
+impl LocalStore for MemoryStore {
+    fn load(&self, role: &str) -> Option<Vec<u8>> {
+        self.0.get(role).cloned()
+    }
+
+    fn store(&mut self, role: &str, bytes: &[u8]) -> Result<(), String> {
+        self.0.insert(role.to_string(), bytes.to_vec());
+        Ok(())
+    }
+}
+
 /// Upper bounds on what the client downloads and how far it follows chains. The byte limits
 /// apply where signed metadata gives no length (python-tuf's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,175 @@
+//! `origin`: keys, the image and director repositories, releases and their checks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use origin::{Origin, repo};
+use proto::tuf::Time;
+
+/// depotmesh origin: signs releases the TUF/Uptane way and keeps the director's repository.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The origin directory (repositories, online keys, mesh store).
+    #[arg(long, global = true, default_value = "origin-data")]
+    dir: PathBuf,
+    /// Where the offline keys (both roots, image targets) are: needed by init, release, rotate.
+    #[arg(long, global = true)]
+    offline_keys: Option<PathBuf>,
+    /// The time to sign at, as YYYY-MM-DDTHH:MM:SSZ (default: now). For tests and rehearsals.
+    #[arg(long, global = true, value_parser = parse_time)]
+    now: Option<Time>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make a new ed25519 key file (mode 0600); prints its key id and public key.
+    Keygen {
+        /// The key file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a new image repository and director with fresh keys: offline keys into
+    /// --offline-keys, online keys into DIR/keys.
+    Init,
+    /// Release an image: store it (and its bao outboard) and sign new targets, snapshot and
+    /// timestamp of the image repository.
+    Release {
+        /// The image file.
+        file: PathBuf,
+        /// Its target name, e.g. ecu/brake-1.2.0.bin.
+        #[arg(long)]
+        name: String,
+        /// Hardware it runs on. Repeatable.
+        #[arg(long = "hardware-id", required = true)]
+        hardware_ids: Vec<String>,
+        /// Its release counter (vehicles never install a lower one).
+        #[arg(long)]
+        release_counter: u64,
+    },
+    /// Replace a role's key: a new root version signed by the old root key (and the new one
+    /// for root), then the role's metadata re-signed.
+    Rotate {
+        /// `image` or `director`.
+        #[arg(long, value_parser = ["image", "director"])]
+        repository: String,
+        /// `root`, `targets`, `snapshot` or `timestamp`.
+        #[arg(long, value_parser = ["root", "targets", "snapshot", "timestamp"])]
+        role: String,
+        /// The new key (from `origin keygen`).
+        #[arg(long)]
+        new_key: PathBuf,
+    },
+    /// Re-sign both repositories' timestamps (run it hourly: they expire after a day).
+    Timestamp,
+    /// Check both repositories and list every problem, each naming its file. Exit 1 if any.
+    Verify,
+    /// Print the key ids and public keys of every role (never private keys).
+    Keys,
+}
+
+fn parse_time(text: &str) -> Result<Time, String> {
+    Time::parse(text).map_err(|error| error.to_string())
+}
+
+fn system_now() -> Time {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    Time::from_unix(seconds)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("origin: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let origin = Origin {
+        dir: cli.dir,
+        offline_keys: cli.offline_keys,
+        now: cli.now.unwrap_or_else(system_now),
+    };
+    match cli.command {
+        Command::Keygen { out } => {
+            let key = origin::keys::generate();
+            origin::keys::save(&key, &out)?;
+            let public = key.verifying_key();
+            println!(
+                "{}  {}",
+                proto::tuf::build::key_id(&public),
+                hex::encode(public.as_bytes())
+            );
+        }
+        Command::Init => {
+            origin::init(&origin)?;
+            println!(
+                "initialised {} (image and director repositories)",
+                origin.dir.display()
+            );
+        }
+        Command::Release {
+            file,
+            name,
+            hardware_ids,
+            release_counter,
+        } => {
+            let released = origin::release(&origin, &file, &name, &hardware_ids, release_counter)?;
+            println!(
+                "{}  {name}  {} bytes  image targets v{}",
+                released.blob, released.length, released.targets_version
+            );
+        }
+        Command::Rotate {
+            repository,
+            role,
+            new_key,
+        } => {
+            let key = origin::keys::load(&new_key)?;
+            let version = origin.rotate(&repository, &role, &key)?;
+            println!("{repository} {role} key rotated: root v{version}");
+        }
+        Command::Timestamp => {
+            for repository in repo::REPOSITORIES {
+                origin
+                    .refresh_timestamp(repository)
+                    .with_context(|| format!("the {repository} timestamp"))?;
+            }
+        }
+        Command::Verify => {
+            let mut problems = Vec::new();
+            for repository in repo::REPOSITORIES {
+                let dir = origin.dir.join(repository);
+                for problem in
+                    origin::verify::verify_repository(&dir, repository == "image", origin.now)
+                {
+                    problems.push(format!("{repository}: {problem}"));
+                }
+            }
+            for problem in &problems {
+                println!("{problem}");
+            }
+            if !problems.is_empty() {
+                eprintln!("origin: {} problem(s)", problems.len());
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("ok: both repositories verify");
+        }
+        Command::Keys => {
+            for key in origin::describe_keys(&origin)? {
+                println!("{key}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,336 @@
+//! The origin's two TUF repositories on disk (`image/` and `director/` under the origin
+//! directory), each `metadata/` (consistent-snapshot names: `N.root.json`, `N.targets.json`,
+//! `N.snapshot.json`, and `timestamp.json`) and, for the image repository, `targets/` with each
+//! image under `<dir>/<hash>.<name>` for each of its hashes.
+//!
+//! Offline keys (both roots, the image repository's targets) live in a directory the operator
+//! names on every command that needs them and keeps off the origin machine otherwise; online
+//! keys (snapshot, timestamp, the director's targets) live in the origin's `keys/`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ed25519_dalek::SigningKey;
+use proto::tuf::Time;
+use proto::tuf::build::{self, RoleSpec};
+use serde_json::{Map, Value};
+
+use crate::keys;
+
+/// The two repositories.
+pub const REPOSITORIES: [&str; 2] = ["image", "director"];
+/// Roles whose keys are offline, per repository.
+pub fn is_offline(repository: &str, role: &str) -> bool {
+    role == "root" || (repository == "image" && role == "targets")
+}
+/// The top-level roles.
+pub const ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
+
+/// How long each role's metadata stays valid when signed.
+pub fn lifetime_days(role: &str) -> i64 {
+    match role {
+        "root" => 365,
+        "targets" => 90,
+        "snapshot" => 7,
+        // Short, so that a depot relaying metadata cannot freeze a vehicle for long.
+        _ => 1,
+    }
+}
+
+/// An origin directory and the offline key directory given for this command.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The origin directory.
+    pub dir: PathBuf,
+    /// Where offline keys are, when the command needs them.
+    pub offline_keys: Option<PathBuf>,
+    /// The clock.
+    pub now: Time,
+}
+
+impl Origin {
+    /// A repository's metadata directory.
+    pub fn metadata_dir(&self, repository: &str) -> PathBuf {
+        self.dir.join(repository).join("metadata")
+    }
+
+    /// The image repository's targets directory.
+    pub fn targets_dir(&self) -> PathBuf {
+        self.dir.join("image").join("targets")
+    }
+
+    /// The file of a role's key.
+    pub fn key_path(&self, repository: &str, role: &str) -> anyhow::Result<PathBuf> {
+        let name = format!("{repository}-{role}.json");
+        if is_offline(repository, role) {
+            let dir = self.offline_keys.as_ref().with_context(|| {
+                format!("the {repository} {role} key is offline: give --offline-keys DIR")
+            })?;
+            Ok(dir.join(name))
+        } else {
+            Ok(self.dir.join("keys").join(name))
+        }
+    }
+
+    /// Loads a role's signing key.
+    pub fn key(&self, repository: &str, role: &str) -> anyhow::Result<SigningKey> {
+        keys::load(&self.key_path(repository, role)?)
+    }
+
+    fn expires(&self, role: &str) -> Time {
+        Time::from_unix(self.now.unix() + lifetime_days(role) * 86_400)
+    }
+
+    /// The latest version of `role` in `repository` and its `signed` part.
+    pub fn latest(&self, repository: &str, role: &str) -> anyhow::Result<(u64, Value)> {
+        let dir = self.metadata_dir(repository);
+        let file = if role == "timestamp" {
+            dir.join("timestamp.json")
+        } else {
+            let version = latest_version(&dir, role)?
+                .with_context(|| format!("{}: no {role} metadata", dir.display()))?;
+            dir.join(format!("{version}.{role}.json"))
+        };
+        let value: Value = serde_json::from_slice(
+            &fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+        )
+        .with_context(|| format!("{}: not JSON", file.display()))?;
+        let version = value["signed"]["version"]
+            .as_u64()
+            .with_context(|| format!("{}: field signed.version is missing", file.display()))?;
+        Ok((version, value["signed"].clone()))
+    }
+
+    /// Signs and writes `signed` as `role`'s metadata (its `version` must already be set).
+    pub fn write(
+        &self,
+        repository: &str,
+        role: &str,
+        signed: &Value,
+        keys: &[&SigningKey],
+    ) -> anyhow::Result<Vec<u8>> {
+        let bytes = build::sign(signed, keys)?;
+        let dir = self.metadata_dir(repository);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let name = if role == "timestamp" {
+            "timestamp.json".to_string()
+        } else {
+            let version = signed["version"].as_u64().unwrap_or(0);
+            format!("{version}.{role}.json")
+        };
+        let path = dir.join(&name);
+        if role != "timestamp" && path.exists() {
+            bail!("{} exists; versions are never rewritten", path.display());
+        }
+        vehicle_write(&path, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// A new repository: keys for every role (offline ones into `offline_keys`), root,
+    /// empty targets, snapshot and timestamp, all version 1.
+    pub fn init_repository(&self, repository: &str) -> anyhow::Result<()> {
+        let mut signing = Vec::new();
+        for role in ROLES {
+            let key = keys::generate();
+            keys::save(&key, &self.key_path(repository, role)?)?;
+            signing.push(key);
+        }
+        let public: Vec<[ed25519_dalek::VerifyingKey; 1]> =
+            signing.iter().map(|key| [key.verifying_key()]).collect();
+        let specs: Vec<RoleSpec<'_>> = ROLES
+            .iter()
+            .zip(&public)
+            .map(|(name, keys)| RoleSpec {
+                name,
+                keys,
+                threshold: 1,
+            })
+            .collect();
+        let root = build::root(1, self.expires("root"), true, &specs);
+        self.write(repository, "root", &root, &[&signing[0]])?;
+        let targets = build::targets(1, self.expires("targets"), Map::new(), &[]);
+        self.write(repository, "targets", &targets, &[&signing[1]])?;
+        self.publish_snapshot(repository, &signing[2], &signing[3])
+    }
+
+    /// Signs a new snapshot pinning the latest targets, then a new timestamp pinning it.
+    pub fn publish_snapshot(
+        &self,
+        repository: &str,
+        snapshot_key: &SigningKey,
+        timestamp_key: &SigningKey,
+    ) -> anyhow::Result<()> {
+        let (targets_version, _) = self.latest(repository, "targets")?;
+        let snapshot_version = self
+            .latest(repository, "snapshot")
+            .map(|(version, _)| version + 1)
+            .unwrap_or(1);
+        let snapshot = build::snapshot(
+            snapshot_version,
+            self.expires("snapshot"),
+            &[("targets", targets_version)],
+        );
+        let bytes = self.write(repository, "snapshot", &snapshot, &[snapshot_key])?;
+        self.publish_timestamp(repository, snapshot_version, &bytes, timestamp_key)
+    }
+
+    /// Signs a new timestamp pinning snapshot `version` (its bytes).
+    pub fn publish_timestamp(
+        &self,
+        repository: &str,
+        version: u64,
+        snapshot: &[u8],
+        key: &SigningKey,
+    ) -> anyhow::Result<()> {
+        let timestamp_version = self
+            .latest(repository, "timestamp")
+            .map(|(version, _)| version + 1)
+            .unwrap_or(1);
+        let timestamp = build::timestamp(
+            timestamp_version,
+            self.expires("timestamp"),
+            version,
+            snapshot,
+        );
+        self.write(repository, "timestamp", &timestamp, &[key])?;
+        Ok(())
+    }
+
+    /// Re-signs the timestamp over the current snapshot (run it well inside the timestamp's
+    /// one-day lifetime, e.g. hourly).
+    pub fn refresh_timestamp(&self, repository: &str) -> anyhow::Result<()> {
+        let (version, _) = self.latest(repository, "snapshot")?;
+        let path = self
+            .metadata_dir(repository)
+            .join(format!("{version}.snapshot.json"));
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        self.publish_timestamp(
+            repository,
+            version,
+            &bytes,
+            &self.key(repository, "timestamp")?,
+        )
+    }
+
+    /// Signs a new targets version of `repository` with `entries` added (name → target entry).
+    pub fn add_targets(
+        &self,
+        repository: &str,
+        entries: Map<String, Value>,
+    ) -> anyhow::Result<u64> {
+        let (version, signed) = self.latest(repository, "targets")?;
+        let mut targets = signed["targets"].as_object().cloned().unwrap_or_default();
+        for (name, entry) in entries {
+            if let Some(existing) = targets.get(&name) {
+                if existing != &entry {
+                    bail!(
+                        "target {name} is already released with other content; release it under a new name"
+                    );
+                }
+            }
+            targets.insert(name, entry);
+        }
+        let mut next = signed.clone();
+        next["version"] = Value::from(version + 1);
+        next["expires"] = Value::from(self.expires("targets").to_string());
+        next["targets"] = Value::Object(targets);
+        self.write(
+            repository,
+            "targets",
+            &next,
+            &[&self.key(repository, "targets")?],
+        )?;
+        self.publish_snapshot(
+            repository,
+            &self.key(repository, "snapshot")?,
+            &self.key(repository, "timestamp")?,
+        )?;
+        Ok(version + 1)
+    }
+
+    /// Replaces `role`'s key in `repository` with `new_key`: a root N+1 signed by the current
+    /// root key and, for a root rotation, by the new one too; then the rotated role's
+    /// metadata is re-signed with its new key.
+    pub fn rotate(
+        &self,
+        repository: &str,
+        role: &str,
+        new_key: &SigningKey,
+    ) -> anyhow::Result<u64> {
+        let (version, signed) = self.latest(repository, "root")?;
+        let old_root_key = self.key(repository, "root")?;
+        let mut next = signed.clone();
+        let keyid = build::key_id(&new_key.verifying_key());
+        let old_keyids = next["roles"][role]["keyids"].clone();
+        next["keys"][&keyid] = build::key_json(&new_key.verifying_key());
+        next["roles"][role]["keyids"] = Value::from(vec![keyid.clone()]);
+        // Keys no role uses any more leave the root.
+        if let (Some(keys), Some(old)) = (next["keys"].as_object_mut(), old_keyids.as_array()) {
+            for old_id in old.iter().filter_map(Value::as_str) {
+                let used = ROLES.iter().any(|r| {
+                    signed["roles"][r]["keyids"]
+                        .as_array()
+                        .is_some_and(|ids| *r != role && ids.iter().any(|id| id == old_id))
+                });
+                if !used && old_id != keyid {
+                    keys.remove(old_id);
+                }
+            }
+        }
+        next["version"] = Value::from(version + 1);
+        next["expires"] = Value::from(self.expires("root").to_string());
+        let signers: Vec<&SigningKey> = if role == "root" {
+            vec![&old_root_key, new_key]
+        } else {
+            vec![&old_root_key]
+        };
+        self.write(repository, "root", &next, &signers)?;
+        let path = self.key_path(repository, role)?;
+        let retired = path.with_extension(format!("retired-v{version}.json"));
+        fs::rename(&path, &retired).with_context(|| format!("retiring {}", path.display()))?;
+        keys::save(new_key, &path)?;
+        match role {
+            "targets" => {
+                let (targets_version, targets) = self.latest(repository, "targets")?;
+                let mut resigned = targets.clone();
+                resigned["version"] = Value::from(targets_version + 1);
+                self.write(repository, "targets", &resigned, &[new_key])?;
+                self.publish_snapshot(
+                    repository,
+                    &self.key(repository, "snapshot")?,
+                    &self.key(repository, "timestamp")?,
+                )?;
+            }
+            "snapshot" | "timestamp" => {
+                self.publish_snapshot(
+                    repository,
+                    &self.key(repository, "snapshot")?,
+                    &self.key(repository, "timestamp")?,
+                )?;
+            }
+            _ => {}
+        }
+        Ok(version + 1)
+    }
+}
+
+/// The highest N of the `N.<role>.json` files in `dir`.
+pub fn latest_version(dir: &Path, role: &str) -> anyhow::Result<Option<u64>> {
+    let suffix = format!(".{role}.json");
+    let mut latest = None;
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(version) = name
+            .strip_suffix(&suffix)
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            latest = latest.max(Some(version));
+        }
+    }
+    Ok(latest)
+}
+
+fn vehicle_write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    crate::write_durably(path, bytes).with_context(|| format!("writing {}", path.display()))
+}

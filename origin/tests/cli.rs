@@ -1,0 +1,363 @@
+//! The `origin` binary end to end: keys, init, release, rotation and verify, with a vehicle's
+//! TUF client (`proto::tuf::Updater`) reading what it published, and `verify` naming each
+//! problem of a damaged repository. No command may print a private key.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use proto::tuf::{FetchError, Limits, MemoryStore, Remote, Time, Updater};
+use serde_json::Value;
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+struct Fixture {
+    _work: tempfile::TempDir,
+    dir: PathBuf,
+    offline: PathBuf,
+    transcript: String,
+}
+
+const NOW: &str = "2026-01-01T00:00:00Z";
+
+impl Fixture {
+    fn new() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("origin");
+        let offline = work.path().join("usb-stick");
+        Self {
+            _work: work,
+            dir,
+            offline,
+            transcript: String::new(),
+        }
+    }
+
+    fn origin(&mut self, args: &[&str]) -> Run {
+        let output = Command::new(env!("CARGO_BIN_EXE_origin"))
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--offline-keys")
+            .arg(&self.offline)
+            .args(["--now", NOW])
+            .args(args)
+            .output()
+            .unwrap();
+        let run = Run {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        self.transcript.push_str(&run.stdout);
+        self.transcript.push_str(&run.stderr);
+        run
+    }
+
+    fn image(&self) -> PathBuf {
+        self.dir.join("image")
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.dir.parent().unwrap().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Every private key written so far, in hex.
+    fn private_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for dir in [
+            self.offline.clone(),
+            self.dir.join("keys"),
+            self.dir.parent().unwrap().to_path_buf(),
+        ] {
+            for entry in std::fs::read_dir(dir).into_iter().flatten() {
+                let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+                if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
+                    if let Some(private) = value["keyval"]["private"].as_str() {
+                        keys.push(private.to_string());
+                    }
+                }
+            }
+        }
+        keys
+    }
+}
+
+/// A repository directory as a TUF remote.
+struct DirRemote(PathBuf);
+
+impl Remote for DirRemote {
+    fn fetch(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+        let bytes = std::fs::read(self.0.join(path)).map_err(|_| FetchError::NotFound)?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(FetchError::TooLong);
+        }
+        Ok(bytes)
+    }
+}
+
+/// A vehicle that trusted `root` downloads `target` from the repository at `dir`.
+fn vehicle_download(dir: &Path, root: &[u8], target: &str) -> Result<Vec<u8>, String> {
+    let mut store = MemoryStore::default();
+    store.0.insert("root".into(), root.to_vec());
+    let now = Time::parse(NOW).unwrap();
+    let mut updater = Updater::new(DirRemote(dir.to_path_buf()), store, now, Limits::default())
+        .map_err(|e| e.to_string())?;
+    updater.refresh().map_err(|e| e.to_string())?;
+    let info = updater
+        .target_info(target)
+        .map_err(|e| e.to_string())?
+        .ok_or("not listed")?;
+    updater
+        .download_target(target, &info)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn release_rotate_and_verify_as_a_vehicle_sees_it() {
+    let mut f = Fixture::new();
+    // Offline keys may not live inside the origin directory.
+    let inside = f.dir.join("keys-offline");
+    let output = Command::new(env!("CARGO_BIN_EXE_origin"))
+        .arg("--dir")
+        .arg(&f.dir)
+        .arg("--offline-keys")
+        .arg(&inside)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("kept apart"));
+    std::fs::remove_dir_all(&f.dir).unwrap();
+
+    let run = f.origin(&["init"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        f.offline.join("image-root.json").exists() && f.offline.join("image-targets.json").exists()
+    );
+    assert!(f.dir.join("keys/image-timestamp.json").exists());
+    assert!(
+        !f.dir.join("keys/image-root.json").exists(),
+        "an offline key on the origin"
+    );
+    let run = f.origin(&["verify"]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    let root_v1 = std::fs::read(f.image().join("metadata/1.root.json")).unwrap();
+
+    let image: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+        .collect();
+    let file = f.write("brake.bin", &image);
+    let run = f.origin(&[
+        "release",
+        file.to_str().unwrap(),
+        "--name",
+        "ecu/brake-1.2.0.bin",
+        "--hardware-id",
+        "brake-v2",
+        "--release-counter",
+        "5",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let blob = run.stdout.split_whitespace().next().unwrap().to_string();
+    assert_eq!(blob, blake3::hash(&image).to_hex().as_str());
+    assert_eq!(
+        vehicle_download(&f.image(), &root_v1, "ecu/brake-1.2.0.bin").unwrap(),
+        image
+    );
+    // The mesh store holds it, complete, under its BLAKE3.
+    let (store, _) = node::store::open_data_dir(&f.dir.join("mesh")).unwrap();
+    let held = store.list();
+    assert!(
+        held.iter()
+            .any(|info| info.id.to_string() == blob && info.complete)
+    );
+    drop(store);
+    // The same name with other bytes is refused.
+    let other = f.write("other.bin", b"other bytes");
+    let run = f.origin(&[
+        "release",
+        other.to_str().unwrap(),
+        "--name",
+        "ecu/brake-1.2.0.bin",
+        "--hardware-id",
+        "brake-v2",
+        "--release-counter",
+        "6",
+    ]);
+    assert!(
+        !run.ok && run.stderr.contains("already released"),
+        "{}",
+        run.stderr
+    );
+
+    // Rotate the image timestamp key, then the root key: a vehicle holding root v1 follows.
+    for (role, seed) in [
+        ("timestamp", "new-ts.json"),
+        ("root", "new-root.json"),
+        ("targets", "new-targets.json"),
+    ] {
+        let key = f.dir.parent().unwrap().join(seed);
+        assert!(f.origin(&["keygen", "--out", key.to_str().unwrap()]).ok);
+        let run = f.origin(&[
+            "rotate",
+            "--repository",
+            "image",
+            "--role",
+            role,
+            "--new-key",
+            key.to_str().unwrap(),
+        ]);
+        assert!(run.ok, "{role}: {}", run.stderr);
+        let run = f.origin(&["verify"]);
+        assert!(
+            run.ok,
+            "after rotating {role}: {}{}",
+            run.stdout, run.stderr
+        );
+        assert_eq!(
+            vehicle_download(&f.image(), &root_v1, "ecu/brake-1.2.0.bin").unwrap(),
+            image,
+            "{role}"
+        );
+    }
+    let run = f.origin(&["keys"]);
+    assert!(
+        run.ok && run.stdout.contains("\"offline\":true"),
+        "{}",
+        run.stdout
+    );
+    for private in f.private_keys() {
+        assert!(
+            !f.transcript.contains(&private),
+            "a private key was printed"
+        );
+    }
+}
+
+#[test]
+fn verify_names_each_problem() {
+    let mut f = Fixture::new();
+    assert!(f.origin(&["init"]).ok);
+    let file = f.write("fw.bin", b"firmware image bytes");
+    assert!(
+        f.origin(&[
+            "release",
+            file.to_str().unwrap(),
+            "--name",
+            "fw.bin",
+            "--hardware-id",
+            "gw-1",
+            "--release-counter",
+            "1"
+        ])
+        .ok
+    );
+    let image = f.image();
+    let metadata = image.join("metadata");
+
+    // A tampered image file.
+    let sha256 = blake3_free_sha256(b"firmware image bytes");
+    std::fs::write(image.join(format!("targets/{sha256}.fw.bin")), b"tampered").unwrap();
+    // The director's snapshot is gone.
+    std::fs::remove_file(f.dir.join("director/metadata/1.snapshot.json")).unwrap();
+    let run = f.origin(&["verify"]);
+    assert!(!run.ok);
+    let out = &run.stdout;
+    assert!(
+        out.contains(&format!("{sha256}.fw.bin: fw.bin: 8 bytes, expected 20")),
+        "{out}"
+    );
+    assert!(
+        out.contains("director: ") && out.contains("1.snapshot.json: No such file"),
+        "{out}"
+    );
+
+    // Targets metadata with a wrong type.
+    let latest_targets = metadata.join("2.targets.json");
+    let mut targets: Value =
+        serde_json::from_slice(&std::fs::read(&latest_targets).unwrap()).unwrap();
+    targets["signed"]["targets"]["fw.bin"]["length"] = Value::from("twenty");
+    std::fs::write(&latest_targets, serde_json::to_vec(&targets).unwrap()).unwrap();
+    let run = f.origin(&["verify"]);
+    assert!(
+        run.stdout
+            .contains("image: 2.targets.json: field signed.targets.fw.bin.length"),
+        "{}",
+        run.stdout
+    );
+
+    // A day later the timestamps have expired: verify says so for both.
+    let output = Command::new(env!("CARGO_BIN_EXE_origin"))
+        .arg("--dir")
+        .arg(&f.dir)
+        .args(["--now", "2026-01-03T00:00:00Z", "verify"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.matches("timestamp.json: timestamp expired").count() == 2,
+        "{out}"
+    );
+
+    // Malformed key files and a root with an unknown key type.
+    let bad_key = f.write("bad-key.json", b"{\"keytype\": \"rsa\"}");
+    let run = f.origin(&[
+        "rotate",
+        "--repository",
+        "director",
+        "--role",
+        "timestamp",
+        "--new-key",
+        bad_key.to_str().unwrap(),
+    ]);
+    assert!(
+        !run.ok && run.stderr.contains("bad-key.json") && run.stderr.contains("keytype"),
+        "{}",
+        run.stderr
+    );
+    let root_path = f.dir.join("director/metadata/1.root.json");
+    let mut root: Value = serde_json::from_slice(&std::fs::read(&root_path).unwrap()).unwrap();
+    let first = root["signed"]["keys"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    root["signed"]["keys"][&first]["keytype"] = Value::from("rsa");
+    std::fs::write(&root_path, serde_json::to_vec(&root).unwrap()).unwrap();
+    let run = f.origin(&["verify"]);
+    assert!(
+        run.stdout.contains("unsupported key type rsa"),
+        "{}",
+        run.stdout
+    );
+    // Bad arguments.
+    let run = f.origin(&[
+        "release",
+        file.to_str().unwrap(),
+        "--name",
+        "../escape.bin",
+        "--hardware-id",
+        "x",
+        "--release-counter",
+        "1",
+    ]);
+    assert!(
+        !run.ok && run.stderr.contains("relative path"),
+        "{}",
+        run.stderr
+    );
+}
+
+fn blake3_free_sha256(bytes: &[u8]) -> String {
+    let value = proto::tuf::build::target_file(bytes, Value::Null);
+    value["hashes"]["sha256"].as_str().unwrap().to_string()
+}
