@@ -123,7 +123,7 @@ impl Origin {
         if role != "timestamp" && path.exists() {
             bail!("{} exists; versions are never rewritten", path.display());
         }
-        vehicle_write(&path, &bytes)?;
+        write_file(&path, &bytes)?;
         Ok(bytes)
     }
 
@@ -331,6 +331,6 @@ pub fn latest_version(dir: &Path, role: &str) -> anyhow::Result<Option<u64>> {
     Ok(latest)
 }
 
-fn vehicle_write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     crate::write_durably(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
