@@ -23,6 +23,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::{Value, json};
 
 use crate::BlobId;
+use crate::tuf::canonical::CanonicalError;
 use crate::tuf::metadata::{Key, RoleKeys, Signed, TargetFile, Targets};
 use crate::tuf::{LocalStore, Remote, Role, Time, TufError, Updater, build};
 
@@ -250,11 +251,9 @@ struct Assignment<'a> {
     release_counter: Option<u64>,
 }
 
-/// Every assignment in director targets, with each ECU named once and known to the vehicle.
-fn director_assignments<'a>(
-    targets: &'a Targets,
-    ecus: &BTreeMap<String, EcuState>,
-) -> Result<Vec<Assignment<'a>>, UptaneError> {
+/// Every assignment in director targets, each ECU named once. Director targets may not
+/// delegate.
+fn director_assignments(targets: &Targets) -> Result<Vec<Assignment<'_>>, UptaneError> {
     if targets
         .delegations
         .as_ref()
@@ -269,9 +268,6 @@ fn director_assignments<'a>(
         for (serial, hardware) in wanted.ecus {
             if seen.insert(serial.clone(), ()).is_some() {
                 return Err(UptaneError::EcuListedTwice { serial });
-            }
-            if !ecus.contains_key(&serial) {
-                return Err(UptaneError::UnknownEcu { serial });
             }
             out.push(Assignment {
                 target: name.as_str(),
@@ -311,7 +307,13 @@ where
     };
     let director_targets = director_targets.signed.clone();
     let mut approved = Vec::new();
-    for assignment in director_assignments(&director_targets, ecus)? {
+    let assignments = director_assignments(&director_targets)?;
+    if let Some(unknown) = assignments.iter().find(|a| !ecus.contains_key(&a.serial)) {
+        return Err(UptaneError::UnknownEcu {
+            serial: unknown.serial.clone(),
+        });
+    }
+    for assignment in assignments {
         let Assignment {
             target,
             file,
@@ -439,35 +441,18 @@ impl PartialVerifier {
                 ),
             }));
         }
-        let ecus = BTreeMap::from([(self.serial.clone(), self.ecu.clone())]);
         // Other ECUs of the vehicle are named too; only ours matters here.
         let mut mine = None;
-        let mut seen = BTreeMap::new();
-        if signed
-            .signed
-            .delegations
-            .as_ref()
-            .is_some_and(|delegations| !delegations.roles.is_empty())
-        {
-            return Err(UptaneError::DirectorDelegates);
-        }
-        for (name, file) in &signed.signed.targets {
-            let wanted = director_target(name, file)?;
-            for (serial, hardware) in wanted.ecus {
-                if seen.insert(serial.clone(), ()).is_some() {
-                    return Err(UptaneError::EcuListedTwice { serial });
-                }
-                if serial == self.serial {
-                    let counter = wanted.release_counter.unwrap_or(0);
-                    mine = Some(approve(
-                        name,
-                        file,
-                        &serial,
-                        &hardware,
-                        counter,
-                        &ecus[&serial],
-                    )?);
-                }
+        for assignment in director_assignments(&signed.signed)? {
+            if assignment.serial == self.serial {
+                mine = Some(approve(
+                    assignment.target,
+                    assignment.file,
+                    &assignment.serial,
+                    &assignment.hardware,
+                    assignment.release_counter.unwrap_or(0),
+                    &self.ecu,
+                )?);
             }
         }
         self.last_version = signed.signed.version();
@@ -504,13 +489,17 @@ fn report_json(report: &EcuVersionReport) -> Value {
 }
 
 /// Signs an ECU's version report with the ECU's key.
-pub fn sign_ecu_report(report: &EcuVersionReport, key: &SigningKey) -> Value {
+pub fn sign_ecu_report(
+    report: &EcuVersionReport,
+    key: &SigningKey,
+) -> Result<Value, CanonicalError> {
     signed_value(&report_json(report), key)
 }
 
-fn signed_value(signed: &Value, key: &SigningKey) -> Value {
-    let bytes = build::sign(signed, &[key]).unwrap_or_default();
-    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+fn signed_value(signed: &Value, key: &SigningKey) -> Result<Value, CanonicalError> {
+    let bytes = build::sign(signed, &[key])?;
+    // `build::sign` writes JSON that serde_json made; reading it back cannot fail.
+    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 /// Signs the vehicle version manifest: the VIN, the primary's serial and each ECU's signed
@@ -520,7 +509,7 @@ pub fn sign_vehicle_manifest(
     primary_serial: &str,
     reports: &[Value],
     key: &SigningKey,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, CanonicalError> {
     let reports: serde_json::Map<String, Value> = reports
         .iter()
         .map(|report| {
@@ -533,7 +522,7 @@ pub fn sign_vehicle_manifest(
         "primary_ecu_serial": primary_serial,
         "ecu_version_reports": reports,
     });
-    serde_json::to_vec(&signed_value(&signed, key)).unwrap_or_default()
+    build::sign(&signed, &[key])
 }
 
 /// A vehicle manifest whose every signature checked out.

@@ -533,10 +533,10 @@ fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
         ("GW-1".to_string(), gateway.verifying_key()),
     ]);
     let reports = [
-        sign_ecu_report(&report("BRK-1", "n-42"), &brake),
-        sign_ecu_report(&report("GW-1", "n-42"), &gateway),
+        sign_ecu_report(&report("BRK-1", "n-42"), &brake).unwrap(),
+        sign_ecu_report(&report("GW-1", "n-42"), &gateway).unwrap(),
     ];
-    let manifest = sign_vehicle_manifest("VIN0001", "GW-1", &reports, &primary);
+    let manifest = sign_vehicle_manifest("VIN0001", "GW-1", &reports, &primary).unwrap();
     let verified = verify_vehicle_manifest(
         &manifest,
         "VIN0001",
@@ -557,9 +557,9 @@ fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
         )
     };
     // An ECU report signed by a key that is not the ECU's.
-    let forged = [sign_ecu_report(&report("BRK-1", "n-42"), &key(77))];
+    let forged = [sign_ecu_report(&report("BRK-1", "n-42"), &key(77)).unwrap()];
     let error = check(
-        &sign_vehicle_manifest("VIN0001", "GW-1", &forged, &primary),
+        &sign_vehicle_manifest("VIN0001", "GW-1", &forged, &primary).unwrap(),
         "n-42",
     )
     .unwrap_err();
@@ -568,10 +568,10 @@ fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
         "{error}"
     );
     // An ECU report with no signature at all.
-    let mut unsigned = sign_ecu_report(&report("BRK-1", "n-42"), &brake);
+    let mut unsigned = sign_ecu_report(&report("BRK-1", "n-42"), &brake).unwrap();
     unsigned["signatures"] = json!([]);
     let error = check(
-        &sign_vehicle_manifest("VIN0001", "GW-1", &[unsigned], &primary),
+        &sign_vehicle_manifest("VIN0001", "GW-1", &[unsigned], &primary).unwrap(),
         "n-42",
     )
     .unwrap_err();
@@ -579,7 +579,7 @@ fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
     // A manifest signed by another primary, and one replayed with an old nonce.
     assert!(
         check(
-            &sign_vehicle_manifest("VIN0001", "GW-1", &reports, &key(78)),
+            &sign_vehicle_manifest("VIN0001", "GW-1", &reports, &key(78)).unwrap(),
             "n-42"
         )
         .is_err()

@@ -52,10 +52,16 @@ pub trait Role: Sized {
     const TYPE: &'static str;
     /// Parses the `signed` object (after `_type`, `spec_version`, `version` and `expires`).
     fn parse(fields: &Fields<'_>, common: Common) -> Result<Self, TufError>;
+    /// Its common fields.
+    fn common(&self) -> &Common;
     /// Its version.
-    fn version(&self) -> u64;
+    fn version(&self) -> u64 {
+        self.common().version
+    }
     /// When it expires.
-    fn expires(&self) -> Time;
+    fn expires(&self) -> Time {
+        self.common().expires
+    }
 }
 
 /// The fields every role has.
@@ -280,12 +286,8 @@ impl Role for Root {
         })
     }
 
-    fn version(&self) -> u64 {
-        self.common.version
-    }
-
-    fn expires(&self) -> Time {
-        self.common.expires
+    fn common(&self) -> &Common {
+        &self.common
     }
 }
 
@@ -302,12 +304,8 @@ impl Role for Timestamp {
         Ok(Self { common, snapshot })
     }
 
-    fn version(&self) -> u64 {
-        self.common.version
-    }
-
-    fn expires(&self) -> Time {
-        self.common.expires
+    fn common(&self) -> &Common {
+        &self.common
     }
 }
 
@@ -326,12 +324,8 @@ impl Role for Snapshot {
         Ok(Self { common, meta })
     }
 
-    fn version(&self) -> u64 {
-        self.common.version
-    }
-
-    fn expires(&self) -> Time {
-        self.common.expires
+    fn common(&self) -> &Common {
+        &self.common
     }
 }
 
@@ -366,12 +360,8 @@ impl Role for Targets {
         })
     }
 
-    fn version(&self) -> u64 {
-        self.common.version
-    }
-
-    fn expires(&self) -> Time {
-        self.common.expires
+    fn common(&self) -> &Common {
+        &self.common
     }
 }
 
