@@ -2,9 +2,9 @@
 //! ends: a server answering from its [`BlobStore`], and a client asking what a peer holds or
 //! fetching chunk groups into its own store, verifying every item on the way in.
 //!
-//! One exchange per stream: the client writes one frame ([`HaveQuery`] or [`RangeRequest`]); the
-//! server answers with one frame ([`Have`], [`RangeResponse`] then the bao stream of those
-//! groups, or an [`ErrorMessage`]) and closes. Cancelling a request is dropping its stream.
+//! One exchange per stream: the client writes one frame ([`HaveQuery`], [`RangeRequest`] or
+//! [`NameQuery`]); the server answers with one frame ([`Have`], [`RangeResponse`] then the bao
+//! stream of those groups, [`Named`], or an [`ErrorMessage`]) and closes. Cancelling a request is dropping its stream.
 //!
 //! A subscription ([`Message::HaveSubscribe`]) is the one long exchange: the server answers with
 //! a [`Have`], then writes a [`Message::HaveMore`] with the groups it gained, at most once per
@@ -22,7 +22,8 @@ use std::time::Duration;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use proto::bao::{self, ExpectedSize, RangeVerifier, VerifyError};
 use proto::wire::{
-    self, ErrorCode, ErrorMessage, Have, HaveQuery, Message, RangeRequest, RangeResponse, WireError,
+    self, ErrorCode, ErrorMessage, Have, HaveQuery, Message, NameQuery, Named, RangeRequest,
+    RangeResponse, WireError,
 };
 use proto::{BlobId, ChunkGroupRanges};
 
@@ -149,6 +150,11 @@ pub enum Served {
         /// Bytes of the bao stream.
         bytes: u64,
     },
+    /// Said which blob it serves under a name.
+    Name {
+        /// The blob.
+        blob: BlobId,
+    },
     /// Answered with an error.
     Refused {
         /// Why.
@@ -245,6 +251,21 @@ where
                 format!("blob {blob} is not here"),
             ),
         },
+        Message::NameQuery(NameQuery { name }) => match store.resolve(&name) {
+            Some(info) => (
+                Message::Named(Named {
+                    name,
+                    blob: info.id,
+                    size: info.size,
+                }),
+                Served::Name { blob: info.id },
+            ),
+            None => refuse(
+                None,
+                ErrorCode::NotFound,
+                format!("nothing is named {name:?} here"),
+            ),
+        },
         Message::Request(RangeRequest {
             request_id,
             blob,
@@ -305,6 +326,8 @@ fn kind_name(message: &Message) -> &'static str {
         Message::Error(_) => "error",
         Message::HaveSubscribe(_) => "have subscription",
         Message::HaveMore(_) => "have-more",
+        Message::NameQuery(_) => "name query",
+        Message::Named(_) => "named",
         _ => "unknown message",
     }
 }
@@ -438,6 +461,30 @@ pub async fn query_have<St: AsyncRead + AsyncWrite + Unpin>(
         }),
         other => Err(ExchangeError::UnexpectedAnswer {
             question: "have query",
+            answer: format!("{other:?}"),
+        }),
+    }
+}
+
+/// Asks the peer on `stream` which blob it serves under `name`. The answer is the peer's claim:
+/// fetching the blob verifies it against the id, not against the name.
+pub async fn query_name<St: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: St,
+    name: &str,
+) -> Result<Named, ExchangeError> {
+    let question = Message::NameQuery(NameQuery {
+        name: name.to_owned(),
+    });
+    write_message(&mut stream, &question).await?;
+    stream.close().await?;
+    match read_message(&mut stream).await? {
+        Message::Named(named) if named.name == name => Ok(named),
+        Message::Error(error) => Err(ExchangeError::Refused {
+            code: error.code,
+            detail: error.detail,
+        }),
+        other => Err(ExchangeError::UnexpectedAnswer {
+            question: "name query",
             answer: format!("{other:?}"),
         }),
     }

@@ -78,7 +78,8 @@ pub fn spawn_server<S: Storage, I: Index>(
                         counters.bytes.fetch_add(bytes, Relaxed);
                         counters.requests.fetch_add(1, Relaxed);
                     }
-                    Ok(Served::Have { .. } | Served::Subscription { .. }) => {}
+                    Ok(Served::Have { .. } | Served::Subscription { .. } | Served::Name { .. }) => {
+                    }
                     Ok(Served::Refused { code }) => {
                         counters.refused.fetch_add(1, Relaxed);
                         tracing::debug!(%peer, %code, "refused");
@@ -301,7 +302,13 @@ pub async fn fetch<S: Storage, I: Index>(
 ) -> Result<FetchReport, FetchError> {
     let blob = options.blob;
     let started = Instant::now();
-    let info = store.info(&blob);
+    let mut info = store.info(&blob);
+    if let (None, Some(size)) = (&info, options.size) {
+        // A size from signed metadata: the blob is created at it, so every response is checked
+        // against it and no size probe is needed. (A wrong size fails the first verified group:
+        // a BLAKE3 root commits to the length.)
+        info = Some(store.create_partial(blob, size)?);
+    }
     let held = info.as_ref().map(|i| i.held.clone()).unwrap_or_default();
     let resumed_groups = held.group_count();
     let size = info.as_ref().map(|i| i.size).or(options.size);

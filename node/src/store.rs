@@ -6,7 +6,9 @@
 //!   full size);
 //! - `blobs/<id>.obao`: its pre-order outboard (parent pairs above its 16 KiB chunk groups);
 //! - `tmp/`: imports in progress;
-//! - the index ([`Index`]): per blob, its size, whether it is complete, and the groups durably held.
+//! - the index ([`Index`]): per blob, its size, whether it is complete, and the groups durably held;
+//!   and the *names* a node serves blobs under (`image/metadata/timestamp.json` → a blob id), keyed
+//!   `name:` + BLAKE3 of the name so that no name key is ever 32 bytes long like a blob's.
 //!
 //! # What survives a crash
 //! A group is written only after the bao verifier has checked it ([`Verified`] can only come from
@@ -35,6 +37,8 @@ pub const CHECKPOINT_BYTES: u64 = 32 << 20;
 const BLOBS_DIR: &str = "blobs";
 const TMP_DIR: &str = "tmp";
 const RECORD_VERSION: u8 = 1;
+const NAME_KEY_PREFIX: &[u8] = b"name:";
+const NAME_RECORD_VERSION: u8 = 1;
 
 /// Why a store operation failed. Every variant names the blob or file concerned.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,14 @@ pub enum StoreError {
         /// The groups that failed.
         groups: std::ops::Range<u64>,
     },
+    /// A name breaks [`proto::wire::check_name`].
+    #[error("invalid name {name:?}: {reason}")]
+    BadName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The blob is not complete.
     #[error("blob {blob} is incomplete: {held} of {total} chunk groups held")]
     Incomplete {
@@ -131,6 +143,8 @@ pub struct OpenReport {
     pub removed_files: usize,
     /// Records that could not be read, dropped with their files.
     pub dropped_records: usize,
+    /// Names in the index.
+    pub names: usize,
 }
 
 struct Entry<F> {
@@ -164,6 +178,7 @@ pub struct BlobStore<S: Storage, I: Index> {
     storage: S,
     index: I,
     entries: Mutex<BTreeMap<BlobId, Arc<Entry<S::File>>>>,
+    names: Mutex<BTreeMap<String, BlobId>>,
     next_tmp: Mutex<u64>,
 }
 
@@ -191,6 +206,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             storage,
             index,
             entries: Mutex::new(BTreeMap::new()),
+            names: Mutex::new(BTreeMap::new()),
             next_tmp: Mutex::new(0),
         };
         let report = store.load()?;
@@ -204,8 +220,24 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             .load()
             .map_err(io_error("reading the store index"))?;
         let mut entries = BTreeMap::new();
+        let mut names = BTreeMap::new();
         let mut recovered_blobs = Vec::new();
         for (key, value) in records {
+            if key.len() != BlobId::LEN && key.starts_with(NAME_KEY_PREFIX) {
+                match decode_name_record(&key, &value) {
+                    Ok((name, id)) => {
+                        names.insert(name, id);
+                    }
+                    Err(reason) => {
+                        tracing::warn!(key = hex::encode(&key), %reason, "dropping unreadable name record");
+                        self.index
+                            .remove(&key)
+                            .map_err(io_error("removing an unreadable name record"))?;
+                        report.dropped_records += 1;
+                    }
+                }
+                continue;
+            }
             let parsed = <[u8; 32]>::try_from(key.as_slice())
                 .map(BlobId::from_bytes)
                 .map_err(|_| "key is not a blob id".to_owned())
@@ -256,8 +288,10 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             entries.insert(id, Arc::new(entry));
         }
         report.blobs = entries.len();
+        report.names = names.len();
         report.removed_files = self.remove_leftovers(&entries)?;
         *lock(&self.entries) = entries;
+        *lock(&self.names) = names;
         // Recovered groups were on disk but maybe only in the page cache: make them durable and
         // recorded now, so the next crash does not have to find them again.
         for id in recovered_blobs {
@@ -583,6 +617,59 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         Ok(())
     }
 
+    /// Serves the complete blob `id` under `name` from now on (replacing what the name stood
+    /// for): durable when it returns.
+    pub fn set_name(&self, name: &str, id: &BlobId) -> Result<(), StoreError> {
+        proto::wire::check_name(name).map_err(|reason| StoreError::BadName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        let info = self.info(id).ok_or(StoreError::NotFound(*id))?;
+        if !info.complete {
+            return Err(StoreError::Incomplete {
+                blob: *id,
+                held: info.held.group_count(),
+                total: LAYOUT.group_count(info.size),
+            });
+        }
+        let mut names = lock(&self.names);
+        let mut value = Vec::with_capacity(1 + BlobId::LEN + name.len());
+        value.push(NAME_RECORD_VERSION);
+        value.extend_from_slice(id.as_bytes());
+        value.extend_from_slice(name.as_bytes());
+        self.index
+            .put(&name_key(name), &value)
+            .map_err(io_error(format!("recording name {name:?} in the index")))?;
+        names.insert(name.to_owned(), *id);
+        Ok(())
+    }
+
+    /// Stops serving anything under `name`: durable when it returns.
+    pub fn remove_name(&self, name: &str) -> Result<(), StoreError> {
+        let mut names = lock(&self.names);
+        if names.remove(name).is_some() {
+            self.index
+                .remove(&name_key(name))
+                .map_err(io_error(format!("removing name {name:?} from the index")))?;
+        }
+        Ok(())
+    }
+
+    /// The complete blob served under `name`, if any (a name whose blob was forgotten or is
+    /// incomplete resolves to nothing).
+    pub fn resolve(&self, name: &str) -> Option<BlobInfo> {
+        let id = *lock(&self.names).get(name)?;
+        self.info(&id).filter(|info| info.complete)
+    }
+
+    /// Every name and the blob it stands for.
+    pub fn names(&self) -> Vec<(String, BlobId)> {
+        lock(&self.names)
+            .iter()
+            .map(|(name, id)| (name.clone(), *id))
+            .collect()
+    }
+
     /// Writes a verified item of a response for blob `id`: a parent pair into the outboard, or a
     /// group's bytes into the data file. Only the bao verifier makes [`Verified`] items, so
     /// nothing unverified reaches the files. Checkpoints by itself every [`CHECKPOINT_BYTES`].
@@ -783,6 +870,29 @@ pub fn open_data_dir(dir: &std::path::Path) -> Result<(DiskStore, OpenReport), S
     BlobStore::open(storage, index)
 }
 
+fn name_key(name: &str) -> Vec<u8> {
+    let mut key = NAME_KEY_PREFIX.to_vec();
+    key.extend_from_slice(blake3::hash(name.as_bytes()).as_bytes());
+    key
+}
+
+/// A name record: version, blob id, then the name's UTF-8 bytes.
+fn decode_name_record(key: &[u8], value: &[u8]) -> Result<(String, BlobId), String> {
+    let (&version, rest) = value.split_first().ok_or("empty name record")?;
+    if version != NAME_RECORD_VERSION {
+        return Err(format!("name record version {version} is not supported"));
+    }
+    let (id, name) = rest
+        .split_first_chunk::<{ BlobId::LEN }>()
+        .ok_or("name record too short for a blob id")?;
+    let name = std::str::from_utf8(name).map_err(|_| "name is not UTF-8".to_owned())?;
+    proto::wire::check_name(name)?;
+    if name_key(name) != key {
+        return Err("name record does not match its key".into());
+    }
+    Ok((name.to_owned(), BlobId::from_bytes(*id)))
+}
+
 /// A blob's index record: version, size, then the held groups as boundaries.
 #[derive(Debug, PartialEq, Eq)]
 struct Record {
@@ -887,6 +997,76 @@ mod tests {
             Record::decode(&past_end.encode())
                 .unwrap_err()
                 .contains("past the blob's end")
+        );
+    }
+
+    #[test]
+    fn names_resolve_survive_reopen_and_a_power_cut() {
+        let (store, storage) = store();
+        let v1 = store.import(&b"timestamp v1"[..]).unwrap();
+        let v2 = store.import(&b"timestamp v2"[..]).unwrap();
+        let name = "image/metadata/timestamp.json";
+        assert!(store.resolve(name).is_none());
+        store.set_name(name, &v1).unwrap();
+        assert_eq!(store.resolve(name).unwrap().id, v1);
+
+        // Bad names and blobs the store cannot serve whole are refused by name.
+        let error = store.set_name("a\u{7}b", &v1).unwrap_err();
+        assert!(error.to_string().contains("control characters"), "{error}");
+        let missing = BlobId::of(b"nothing");
+        assert!(matches!(
+            store.set_name("x", &missing),
+            Err(StoreError::NotFound(_))
+        ));
+        let partial = BlobId::of(&[1u8; 40_000]);
+        store.create_partial(partial, 40_000).unwrap();
+        assert!(matches!(
+            store.set_name("x", &partial),
+            Err(StoreError::Incomplete { .. })
+        ));
+
+        // A power cut while the name moves to v2 leaves it at v1 or v2, never unreadable.
+        let steps_before = storage.steps();
+        storage.cut_at(steps_before + 1);
+        assert!(store.set_name(name, &v2).is_err());
+        let image = storage.crash_image(crate::storage::sim::Torn::Lost);
+        let (reopened, report) = BlobStore::open(image.clone(), image.index()).unwrap();
+        assert_eq!(report.names, 1);
+        assert_eq!(reopened.resolve(name).unwrap().id, v1);
+        reopened.set_name(name, &v2).unwrap();
+        let (reopened, _) = BlobStore::open(image.clone(), image.index()).unwrap();
+        assert_eq!(reopened.resolve(name).unwrap().id, v2);
+        assert_eq!(reopened.names(), vec![(name.to_owned(), v2)]);
+
+        // A forgotten blob's name resolves to nothing; a removed name is gone after reopening.
+        reopened.forget(&v2).unwrap();
+        assert!(reopened.resolve(name).is_none());
+        reopened.remove_name(name).unwrap();
+        let (reopened, report) = BlobStore::open(image.clone(), image.index()).unwrap();
+        assert_eq!(report.names, 0);
+        assert!(reopened.names().is_empty());
+    }
+
+    #[test]
+    fn unreadable_name_records_are_dropped_not_fatal() {
+        let (store, storage) = store();
+        let id = store.import(&b"root"[..]).unwrap();
+        store.set_name("image/metadata/1.root.json", &id).unwrap();
+        // A record under another name's key, and one that is cut short.
+        let index = storage.index();
+        let mut value = vec![NAME_RECORD_VERSION];
+        value.extend_from_slice(id.as_bytes());
+        value.extend_from_slice(b"other");
+        index.put(&name_key("not other"), &value).unwrap();
+        index
+            .put(&name_key("short"), &[NAME_RECORD_VERSION, 1, 2])
+            .unwrap();
+        let (reopened, report) = BlobStore::open(storage.clone(), storage.index()).unwrap();
+        assert_eq!(report.dropped_records, 2);
+        assert_eq!(report.names, 1);
+        assert_eq!(
+            reopened.resolve("image/metadata/1.root.json").unwrap().id,
+            id
         );
     }
 

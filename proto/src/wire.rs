@@ -5,6 +5,10 @@
 //!   holds ([`HaveQuery`], [`Have`]) and hear of the groups it gains as it gains them
 //!   ([`Message::HaveSubscribe`], [`Message::HaveMore`]), stop a request ([`Cancel`]) and hear why
 //!   something was refused ([`ErrorMessage`]).
+//! - Let a node ask which blob a peer holds under a name ([`NameQuery`], [`Named`]): how a
+//!   vehicle finds the current `timestamp.json`, whose content, and so whose id, it cannot know
+//!   in advance. The answer is a claim like any other; what the vehicle fetches is verified
+//!   against the id it was given, and then as signed metadata.
 //! - Decode untrusted bytes without panicking, with a hard limit on message size
 //!   ([`MAX_MESSAGE_BYTES`]) and on what a decoded message may allocate, and with errors that name
 //!   the field and byte offset that were wrong.
@@ -47,6 +51,8 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const MAX_RANGES: usize = MAX_MESSAGE_BYTES / 16;
 /// The most bytes of an error's human-readable detail.
 pub const MAX_DETAIL_BYTES: usize = 256;
+/// The most bytes of a name (see [`check_name`]).
+pub const MAX_NAME_BYTES: usize = 512;
 /// The highest chunk group a set may name: a blob of [`crate::bao::MAX_BLOB_SIZE`] bytes has no
 /// group beyond this even at the smallest (1 KiB) group size.
 pub const MAX_GROUP: u64 = crate::bao::MAX_BLOB_SIZE / 1024;
@@ -100,6 +106,40 @@ pub struct Have {
     /// The groups held. A node holding more than [`MAX_RANGES`] separate ranges sends the
     /// first ones ([`ChunkGroupRanges::first_ranges`]).
     pub groups: ChunkGroupRanges,
+}
+
+/// Asks which blob a peer holds under a name (e.g. `image/metadata/timestamp.json`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameQuery {
+    /// The name; see [`check_name`].
+    pub name: String,
+}
+
+/// The answer to a [`NameQuery`]: the peer holds the whole of `blob`, of `size` bytes, under
+/// `name`. A peer that has no such name answers [`ErrorCode::NotFound`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named {
+    /// The name asked for.
+    pub name: String,
+    /// The blob the peer holds under it.
+    pub blob: BlobId,
+    /// The blob's size as the peer states it (proven only by the blob's first verified bytes).
+    pub size: u64,
+}
+
+/// Checks that `name` may be used as a name: 1 to [`MAX_NAME_BYTES`] bytes of UTF-8 without
+/// control characters (names appear in logs and error messages). Returns what is wrong.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("a name may not be empty");
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err("a name may hold at most 512 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a name may not hold control characters");
+    }
+    Ok(())
 }
 
 /// Why a peer refused or failed a request.
@@ -206,6 +246,11 @@ pub enum Message {
     /// Groups the sender gained since its last [`Message::Have`] or `HaveMore` on this stream (and
     /// the blob's size, once known): an addition to what it said, not a replacement.
     HaveMore(Have),
+    /// See [`NameQuery`]. Added after the first release of version 1: a peer that does not know
+    /// it answers `BadRequest`.
+    NameQuery(NameQuery),
+    /// See [`Named`].
+    Named(Named),
 }
 
 mod kind {
@@ -217,6 +262,8 @@ mod kind {
     pub(super) const ERROR: u8 = 6;
     pub(super) const HAVE_SUBSCRIBE: u8 = 7;
     pub(super) const HAVE_MORE: u8 = 8;
+    pub(super) const NAME_QUERY: u8 = 9;
+    pub(super) const NAMED: u8 = 10;
 }
 
 /// Why bytes from a peer are not a valid message. Offsets count from the start of the frame,
@@ -332,6 +379,12 @@ pub enum EncodeError {
         /// Its length.
         length: usize,
     },
+    /// A name breaks [`check_name`].
+    #[error("invalid name: {reason}")]
+    BadName {
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// Checks a frame's length prefix before anything else is read, so a peer cannot make us buffer
@@ -397,6 +450,16 @@ impl Message {
                 }
                 put_varint(&mut out, error.detail.len() as u64);
                 out.extend_from_slice(error.detail.as_bytes());
+            }
+            Self::NameQuery(query) => {
+                out.push(kind::NAME_QUERY);
+                put_name(&mut out, &query.name)?;
+            }
+            Self::Named(named) => {
+                out.push(kind::NAMED);
+                put_name(&mut out, &named.name)?;
+                out.extend_from_slice(named.blob.as_bytes());
+                put_varint(&mut out, named.size);
             }
         }
         // Groups stay below 2^32 (5-byte varints), so MAX_RANGES ranges take at most 40 KiB and
@@ -484,6 +547,14 @@ impl Message {
                     detail: reader.text("detail", MAX_DETAIL_BYTES)?,
                 })
             }
+            kind::NAME_QUERY => Self::NameQuery(NameQuery {
+                name: reader.name("name")?,
+            }),
+            kind::NAMED => Self::Named(Named {
+                name: reader.name("name")?,
+                blob: reader.blob_id("blob")?,
+                size: reader.varint("size")?,
+            }),
             kind => return Err(WireError::UnknownKind { kind }),
         };
         let left = reader.bytes.len() - reader.position;
@@ -517,6 +588,13 @@ fn put_optional_varint(out: &mut Vec<u8>, value: Option<u64>) {
             put_varint(out, value);
         }
     }
+}
+
+fn put_name(out: &mut Vec<u8>, name: &str) -> Result<(), EncodeError> {
+    check_name(name).map_err(|reason| EncodeError::BadName { reason })?;
+    put_varint(out, name.len() as u64);
+    out.extend_from_slice(name.as_bytes());
+    Ok(())
 }
 
 fn put_groups(out: &mut Vec<u8>, groups: &ChunkGroupRanges) -> Result<(), EncodeError> {
@@ -621,6 +699,17 @@ impl Reader<'_> {
         Ok(text.to_owned())
     }
 
+    fn name(&mut self, field: &'static str) -> Result<String, WireError> {
+        let offset = self.offset();
+        let name = self.text(field, MAX_NAME_BYTES)?;
+        check_name(&name).map_err(|_| WireError::BadText {
+            field,
+            offset,
+            max: MAX_NAME_BYTES,
+        })?;
+        Ok(name)
+    }
+
     fn groups(&mut self, field: &'static str) -> Result<ChunkGroupRanges, WireError> {
         let offset = self.offset();
         let claimed = self.varint(field)?;
@@ -722,7 +811,57 @@ mod tests {
             }),
             Message::Error(ErrorMessage::new(Some(3), ErrorCode::NotHeld, "évicted")),
             Message::Error(ErrorMessage::new(None, ErrorCode::Unknown(999), "")),
+            Message::NameQuery(NameQuery {
+                name: "image/metadata/timestamp.json".into(),
+            }),
+            Message::Named(Named {
+                name: "director/VIN 1/metadata/timestamp.json".into(),
+                blob: blob(),
+                size: 1234,
+            }),
+            Message::NameQuery(NameQuery {
+                name: "é".repeat(MAX_NAME_BYTES / 2),
+            }),
         ]
+    }
+
+    #[test]
+    fn names_are_checked_both_ways() {
+        for bad in [String::new(), "a\nb".into(), "x".repeat(MAX_NAME_BYTES + 1)] {
+            assert!(check_name(&bad).is_err(), "{bad:?}");
+            assert!(matches!(
+                Message::NameQuery(NameQuery { name: bad }).encode(),
+                Err(EncodeError::BadName { .. })
+            ));
+        }
+        // A name with a control character from a peer is refused at its field.
+        let mut frame = vec![
+            0,
+            0,
+            0,
+            0,
+            WIRE_VERSION,
+            kind::NAME_QUERY,
+            3,
+            b'a',
+            0x07,
+            b'b',
+        ];
+        frame[0] = (frame.len() - LENGTH_PREFIX_BYTES) as u8;
+        assert_eq!(
+            Message::decode_frame(&frame),
+            Err(WireError::BadText {
+                field: "name",
+                offset: 6,
+                max: MAX_NAME_BYTES
+            })
+        );
+        // An empty one too.
+        let frame = [3, 0, 0, 0, WIRE_VERSION, kind::NAME_QUERY, 0];
+        assert!(matches!(
+            Message::decode_frame(&frame),
+            Err(WireError::BadText { field: "name", .. })
+        ));
     }
 
     #[test]
@@ -923,6 +1062,14 @@ mod tests {
                 .prop_map(|(blob, size, groups)| Message::Have(Have { blob, size, groups })),
             (blob, any::<Option<u64>>(), groups_strategy())
                 .prop_map(|(blob, size, groups)| Message::HaveMore(Have { blob, size, groups })),
+            "[a-z/.0-9]{1,80}".prop_map(|name| Message::NameQuery(NameQuery { name })),
+            ("[^\\p{Cc}]{1,80}", any::<[u8; 32]>(), any::<u64>()).prop_map(|(name, blob, size)| {
+                Message::Named(Named {
+                    name,
+                    blob: BlobId::from_bytes(blob),
+                    size,
+                })
+            }),
             (any::<Option<u64>>(), any::<u16>(), ".{0,80}").prop_map(
                 |(request_id, code, detail)| {
                     Message::Error(ErrorMessage::new(
