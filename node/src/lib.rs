@@ -12,6 +12,7 @@
 
 pub mod engine;
 pub mod identity;
+pub mod named;
 pub mod net;
 pub mod protocol;
 pub mod runtime;
