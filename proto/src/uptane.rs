@@ -227,11 +227,7 @@ fn approve(
             installed: ecu.installed_release_counter,
         });
     }
-    let blake3 = file
-        .custom
-        .as_ref()
-        .and_then(|custom| custom["blake3"].as_str())
-        .and_then(|text| text.parse().ok());
+    let blake3 = file.blake3();
     Ok(ApprovedImage {
         ecu_serial: serial.to_string(),
         hardware_id: ecu.hardware_id.clone(),

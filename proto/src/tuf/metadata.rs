@@ -373,6 +373,15 @@ impl MetaFile {
 }
 
 impl TargetFile {
+    /// The BLAKE3 of the target from `custom.blake3`, which is also its blob id on the mesh:
+    /// `None` when absent or not 64 hex digits.
+    pub fn blake3(&self) -> Option<crate::BlobId> {
+        self.custom
+            .as_ref()
+            .and_then(|custom| custom["blake3"].as_str())
+            .and_then(|text| text.parse().ok())
+    }
+
     /// Checks `data` against the target's length and every hash.
     pub fn verify(&self, file: &str, data: &[u8]) -> Result<(), TufError> {
         verify_length_and_hashes(file, data, Some(self.length), &self.hashes)
@@ -473,36 +482,100 @@ fn class_contains(class: &[u8], c: u8) -> bool {
     found != negate
 }
 
-/// Checks `data` against a length (when given) and hashes. An algorithm we cannot compute is a
-/// mismatch: a file is never accepted on hashes we did not check.
+/// Checks `data` against a length (if given) and every hash listed.
 pub fn verify_length_and_hashes(
     file: &str,
     data: &[u8],
     length: Option<u64>,
     hashes: &BTreeMap<String, String>,
 ) -> Result<(), TufError> {
-    let mismatch = |detail: String| TufError::LengthOrHashMismatch {
-        file: file.to_string(),
-        detail,
-    };
-    if let Some(length) = length {
-        if data.len() as u64 != length {
-            return Err(mismatch(format!("{} bytes, expected {length}", data.len())));
-        }
-    }
-    for (algorithm, expected) in hashes {
-        let actual = match algorithm.as_str() {
-            "sha256" => hex::encode(sha2::Sha256::digest(data)),
-            "sha512" => hex::encode(sha2::Sha512::digest(data)),
-            other => return Err(mismatch(format!("unsupported hash algorithm {other:?}"))),
+    let mut check = HashCheck::new(file, hashes)?;
+    check.update(data);
+    check.finish(length)
+}
+
+/// The length and hash check of [`verify_length_and_hashes`] over bytes that arrive in pieces
+/// (a target image written to disk as it is exported), so that no image has to fit in memory.
+#[derive(Debug, Clone)]
+pub struct HashCheck<'a> {
+    file: &'a str,
+    hashes: &'a BTreeMap<String, String>,
+    length: u64,
+    sha256: Option<sha2::Sha256>,
+    sha512: Option<sha2::Sha512>,
+}
+
+impl<'a> HashCheck<'a> {
+    /// A check of `file` against `hashes`. An algorithm other than sha256 and sha512 is an error
+    /// (as in python-tuf): a hash that cannot be checked must not pass.
+    pub fn new(file: &'a str, hashes: &'a BTreeMap<String, String>) -> Result<Self, TufError> {
+        let mut check = Self {
+            file,
+            hashes,
+            length: 0,
+            sha256: None,
+            sha512: None,
         };
-        if !actual.eq_ignore_ascii_case(expected) {
-            return Err(mismatch(format!(
-                "{algorithm} is {actual}, expected {expected}"
-            )));
+        for algorithm in hashes.keys() {
+            match algorithm.as_str() {
+                "sha256" => check.sha256 = Some(sha2::Sha256::new()),
+                "sha512" => check.sha512 = Some(sha2::Sha512::new()),
+                other => {
+                    return Err(check.mismatch(format!("unsupported hash algorithm {other:?}")));
+                }
+            }
+        }
+        Ok(check)
+    }
+
+    fn mismatch(&self, detail: String) -> TufError {
+        TufError::LengthOrHashMismatch {
+            file: self.file.to_string(),
+            detail,
         }
     }
-    Ok(())
+
+    /// Adds the next bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        self.length += data.len() as u64;
+        if let Some(hasher) = &mut self.sha256 {
+            hasher.update(data);
+        }
+        if let Some(hasher) = &mut self.sha512 {
+            hasher.update(data);
+        }
+    }
+
+    /// Checks what was added against `length` (if given) and every hash.
+    pub fn finish(self, length: Option<u64>) -> Result<(), TufError> {
+        if let Some(length) = length {
+            if self.length != length {
+                return Err(self.mismatch(format!("{} bytes, expected {length}", self.length)));
+            }
+        }
+        let actual: BTreeMap<&str, String> = [
+            (
+                "sha256",
+                self.sha256.clone().map(|h| hex::encode(h.finalize())),
+            ),
+            (
+                "sha512",
+                self.sha512.clone().map(|h| hex::encode(h.finalize())),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(algorithm, digest)| Some((algorithm, digest?)))
+        .collect();
+        for (algorithm, expected) in self.hashes {
+            let Some(actual) = actual.get(algorithm.as_str()) else {
+                return Err(self.mismatch(format!("unsupported hash algorithm {algorithm:?}")));
+            };
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(self.mismatch(format!("{algorithm} is {actual}, expected {expected}")));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn parse_keys(fields: &Fields<'_>) -> Result<BTreeMap<String, Key>, TufError> {

@@ -29,7 +29,9 @@ pub use metadata::{
 };
 pub use time::{Time, TimeError};
 pub use trusted::TrustedSet;
-pub use updater::{FetchError, Limits, LocalStore, MemoryStore, Remote, Updater};
+pub use updater::{
+    FetchError, Freshness, Limits, LocalStore, MemoryStore, Remote, Updater, freshness,
+};
 
 /// Why metadata or a target was not trusted. Each variant names the role or file concerned;
 /// the names follow python-tuf's exception classes, so that a case in the vectors can be matched

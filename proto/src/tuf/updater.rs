@@ -50,6 +50,38 @@ impl LocalStore for MemoryStore {
     }
 }
 
+/// How fresh a client's trusted metadata is: what its newest stored timestamp says. A client
+/// must not install when it is not [`Freshness::Fresh`]: it may be cut off from the repository
+/// (a vehicle long offline), or be fed old metadata (a freeze attack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// No timestamp was ever stored: the client has never refreshed.
+    NeverRefreshed,
+    /// The stored timestamp holds until this time.
+    Fresh(Time),
+    /// The stored timestamp expired at this time.
+    Expired(Time),
+}
+
+/// The freshness of the metadata in `local` at `now`. Only the stored timestamp is read: it was
+/// verified before it was stored, and a refresh stores a newer one only once that verified.
+pub fn freshness(local: &impl LocalStore, now: Time) -> Freshness {
+    let Some(bytes) = local.load("timestamp") else {
+        return Freshness::NeverRefreshed;
+    };
+    match super::metadata::Signed::<super::metadata::Timestamp>::from_bytes(
+        &bytes,
+        "timestamp.json",
+    ) {
+        Ok(timestamp) if timestamp.signed.expires() > now => {
+            Freshness::Fresh(timestamp.signed.expires())
+        }
+        Ok(timestamp) => Freshness::Expired(timestamp.signed.expires()),
+        // An unreadable stored timestamp gives no freshness at all.
+        Err(_) => Freshness::NeverRefreshed,
+    }
+}
+
 /// Upper bounds on what the client downloads and how far it follows chains. The byte limits
 /// apply where signed metadata gives no length (python-tuf's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
