@@ -30,6 +30,21 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Store a repository directory (as `origin` writes it: `metadata/` and `targets/`) in the
+    /// cache and serve each file under `<NAME>/<path>` (e.g. `image/metadata/timestamp.json`),
+    /// so that vehicles can refresh their metadata from the depot. Names that already exist
+    /// move to the new content (a new `timestamp.json`); nothing is verified here, as every file
+    /// is signed and vehicles check it.
+    ImportRepo {
+        /// The cache's data directory (created if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The repository's name on the mesh.
+        #[arg(long, default_value = "image")]
+        name: String,
+        /// The repository directory.
+        repo: PathBuf,
+    },
     /// Serve the cache to the yard over QUIC. The first line printed is the full multiaddr to
     /// give to vehicles (with `/p2p/<peer id>`).
     Serve {
@@ -43,7 +58,8 @@ enum Command {
         #[arg(long)]
         no_mdns: bool,
     },
-    /// List the blobs in the cache: id, size, groups held, complete or not.
+    /// List the blobs in the cache (id, size, groups held, complete or not), then the names it
+    /// serves (id, name).
     List {
         /// The cache's data directory.
         #[arg(long)]
@@ -83,6 +99,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::ImportRepo {
+            data_dir,
+            name,
+            repo,
+        } => {
+            let (store, _) = node::store::open_data_dir(&data_dir)
+                .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+            let name = name.trim_end_matches('/');
+            let mut files = Vec::new();
+            for part in ["metadata", "targets"] {
+                collect_files(&repo.join(part), part, &mut files)?;
+            }
+            if !files.iter().any(|(path, _)| path.starts_with("metadata/")) {
+                anyhow::bail!(
+                    "{} holds no metadata/ files: not a repository directory",
+                    repo.display()
+                );
+            }
+            for (relative, path) in files {
+                let file = std::fs::File::open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let id = store
+                    .import(std::io::BufReader::with_capacity(1 << 20, file))
+                    .with_context(|| format!("importing {}", path.display()))?;
+                let mesh_name = format!("{name}/{relative}");
+                store
+                    .set_name(&mesh_name, &id)
+                    .with_context(|| format!("naming {}", path.display()))?;
+                println!("{id}  {mesh_name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve {
             data_dir,
             listen,
@@ -105,9 +153,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     info.held.group_count()
                 );
             }
+            for (name, id) in store.names() {
+                println!("{id}  {name}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Every regular file under `dir` as (`prefix/relative path`, path), in name order. A missing
+/// directory holds nothing.
+fn collect_files(
+    dir: &std::path::Path,
+    prefix: &str,
+    out: &mut Vec<(String, PathBuf)>,
+) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut entries = entries
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("listing {}", dir.display()))?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in entries {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            anyhow::bail!("{}: file name is not UTF-8", entry.path().display());
+        };
+        let relative = format!("{prefix}/{file_name}");
+        let kind = entry
+            .file_type()
+            .with_context(|| format!("reading {}", entry.path().display()))?;
+        if kind.is_dir() {
+            collect_files(&entry.path(), &relative, out)?;
+        } else if kind.is_file() && !file_name.starts_with('.') {
+            out.push((relative, entry.path()));
+        }
+    }
+    Ok(())
 }
 
 async fn serve(

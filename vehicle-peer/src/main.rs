@@ -24,24 +24,33 @@ struct Cli {
     command: Command,
 }
 
+/// Where a command keeps its data and how it meets peers.
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// The peer's data directory (store, identity, trusted metadata under `tuf/`; created if
+    /// missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// A peer (the depot first) as a multiaddr with `/p2p/<peer id>`. Repeatable; asked in
+    /// order, with peers found by mDNS.
+    #[arg(long = "peer", value_parser = net::parse_multiaddr)]
+    peers: Vec<libp2p::Multiaddr>,
+    /// Address to listen on, so neighbours can fetch from this peer while it fetches.
+    #[arg(long, default_value = "/ip4/0.0.0.0/udp/0/quic-v1", value_parser = net::parse_multiaddr)]
+    listen: Vec<libp2p::Multiaddr>,
+    /// Do not look for peers on the LAN with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Fetch a blob from every given peer (and peers found by mDNS) at once, verifying every
     /// 16 KiB chunk group; write it to FILE. Interrupted, it resumes where it stopped. Prints a
     /// one-line JSON summary last.
     Fetch {
-        /// The peer's data directory (store and identity; created if missing).
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// A peer to fetch from, as a multiaddr with `/p2p/<peer id>`. Repeatable.
-        #[arg(long = "peer", value_parser = net::parse_multiaddr)]
-        peers: Vec<libp2p::Multiaddr>,
-        /// Address to listen on, so neighbours can fetch from this peer while it fetches.
-        #[arg(long, default_value = "/ip4/0.0.0.0/udp/0/quic-v1", value_parser = net::parse_multiaddr)]
-        listen: Vec<libp2p::Multiaddr>,
-        /// Do not look for peers on the LAN with mDNS.
-        #[arg(long)]
-        no_mdns: bool,
+        #[command(flatten)]
+        node: NodeArgs,
         /// The blob's size in bytes, when known from signed metadata (else it is probed and
         /// proven by the first verified response).
         #[arg(long)]
@@ -71,6 +80,41 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Refresh the signed metadata of a repository from the depot (by name, over the mesh),
+    /// look up a target in it, fetch the target from the depot and neighbours, check it against
+    /// its signed length, BLAKE3, sha256 and sha512, and write it to FILE. Refuses, saying why,
+    /// when the metadata is unsigned, rolled back, expired (a vehicle offline too long, a frozen
+    /// depot) or too large. Prints a one-line JSON summary.
+    Get {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The repository's first root.json: needed only while the vehicle trusts none (later
+        /// roots arrive by rotation and are kept under the data directory).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// The repository's name on the mesh.
+        #[arg(long, default_value = "image")]
+        repository: String,
+        /// Check expiry against this time (RFC 3339, e.g. 2026-11-22T00:00:00Z) instead of
+        /// the system clock.
+        #[arg(long, value_parser = parse_time)]
+        now: Option<proto::tuf::Time>,
+        /// Seconds one metadata file may take to arrive (slow retrieval ends here).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        metadata_timeout: u64,
+        /// Give up the target after this many seconds in which no peer could help.
+        #[arg(long, default_value_t = 20)]
+        stall_timeout: u64,
+        /// The target's name in the signed targets metadata.
+        target: String,
+        /// Where to write the verified target.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn parse_time(text: &str) -> Result<proto::tuf::Time, String> {
+    proto::tuf::Time::parse(text).map_err(|error| error.to_string())
 }
 
 fn main() -> ExitCode {
@@ -88,6 +132,47 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Get {
+        node:
+            NodeArgs {
+                data_dir,
+                peers,
+                listen,
+                no_mdns,
+            },
+        root,
+        repository,
+        now,
+        metadata_timeout,
+        stall_timeout,
+        target,
+        out,
+    } = cli.command
+    {
+        let request = vehicle_peer::mesh::GetRequest {
+            data_dir,
+            peers,
+            listen,
+            mdns: !no_mdns,
+            root,
+            repository,
+            target,
+            out,
+            now,
+            metadata_timeout: std::time::Duration::from_secs(metadata_timeout),
+            stall_timeout: std::time::Duration::from_secs(stall_timeout),
+        };
+        return match vehicle_peer::mesh::get_target(&runtime, &request) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("vehicle-peer: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
@@ -100,10 +185,13 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Fetch {
-            data_dir,
-            peers,
-            listen,
-            no_mdns,
+            node:
+                NodeArgs {
+                    data_dir,
+                    peers,
+                    listen,
+                    no_mdns,
+                },
             size,
             stall_timeout,
             keep_serving,
@@ -227,6 +315,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             handle.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
+        // `get` drives the runtime itself (its verifier is synchronous) and is run before this.
+        Command::Get { .. } => anyhow::bail!("`get` cannot run inside the async runtime"),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `vehicle-peer fetch`, the real binary, given things it cannot do: an unknown blob, a peer that
-//! is not there, malformed arguments. Each ends with a non-zero exit and a message that names
+//! `vehicle-peer fetch` and `get`, the real binary, given things it cannot do: an unknown blob, a
+//! peer that is not there, malformed arguments, no trusted root. Each ends with a non-zero exit and a message that names
 //! what was wrong, within a bounded time.
 
 // Test code: a panic is how a test fails.
@@ -96,6 +96,29 @@ fn unknown_blob_unreachable_peer_and_bad_arguments_fail_clearly() {
     let (ok, stderr, _) = fetch(&args);
     assert!(!ok);
     assert!(stderr.contains("--threads"), "{stderr}");
+
+    // `get` without a root to start from, with a file that is no root, with a bad time.
+    let get = |extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_vehicle-peer"))
+            .arg("get")
+            .args(&common[..5])
+            .args(["--out", out.to_str().unwrap(), "--peer", &depot])
+            .args(extra)
+            .arg("ecu/fw.bin")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = get(&[]);
+    assert!(stderr.contains("--root"), "{stderr}");
+    let not_root = dir.path().join("not-root.json");
+    std::fs::write(&not_root, br#"{"signed": {"_type": "targets"}}"#).unwrap();
+    let stderr = get(&["--root", not_root.to_str().unwrap()]);
+    assert!(stderr.contains("not-root.json is not a usable root"), "{stderr}");
+    let stderr = get(&["--now", "yesterday"]);
+    assert!(stderr.contains("yesterday"), "{stderr}");
+    assert!(!out.exists());
 
     runtime.block_on(handle.shutdown());
 }

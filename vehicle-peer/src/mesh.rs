@@ -1,0 +1,365 @@
+//! TUF over the mesh: a vehicle refreshes its trusted metadata from the depot cache (or any peer)
+//! by name, then fetches a signed target as a blob from the depot and its neighbours at once.
+//!
+//! A depot relays but cannot forge: every metadata file it hands over is checked by
+//! [`proto::tuf::Updater`] (signatures, versions, expiry, lengths) exactly as if it came from
+//! the origin, and the target's bytes are verified against the BLAKE3 the signed targets
+//! metadata gives, then against its sha256/sha512. Every metadata fetch is bounded by the
+//! updater's length limit and by a time limit ([`node::named`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use libp2p::Multiaddr;
+use node::named::{NamedFetch, NamedFetchError, fetch_named};
+use node::net::NetHandle;
+use node::storage::{Index, Storage};
+use node::store::BlobStore;
+use proto::tuf::{self, FetchError, Freshness, LocalStore, Remote, Role, Time, TufError};
+
+use crate::tuf_files::DirStore;
+
+/// Metadata fetched by name over the mesh: `<repository>/metadata/<file>`, from the given peers
+/// in order, then any connected peer.
+///
+/// [`Remote::fetch`] is synchronous (the verifier is), so each fetch drives `runtime` until the
+/// file has arrived: call it from outside the runtime (not from async code).
+#[derive(Debug)]
+pub struct MeshRemote<'a, S: Storage, I: Index> {
+    runtime: &'a tokio::runtime::Runtime,
+    net: NetHandle,
+    store: Arc<BlobStore<S, I>>,
+    peers: Vec<Multiaddr>,
+    repository: String,
+    timeout: Duration,
+    /// Per name fetched, the bytes that came.
+    pub fetched: Vec<(String, u64)>,
+}
+
+impl<'a, S: Storage, I: Index> MeshRemote<'a, S, I> {
+    /// Files of `repository` (`image`, `director/<vin>`) from `peers` and connected peers, each
+    /// within `timeout`.
+    pub fn new(
+        runtime: &'a tokio::runtime::Runtime,
+        net: NetHandle,
+        store: Arc<BlobStore<S, I>>,
+        peers: Vec<Multiaddr>,
+        repository: &str,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            runtime,
+            net,
+            store,
+            peers,
+            repository: repository.trim_end_matches('/').to_string(),
+            timeout,
+            fetched: Vec::new(),
+        }
+    }
+}
+
+impl<S: Storage, I: Index> Remote for MeshRemote<'_, S, I> {
+    fn fetch(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+        let request = NamedFetch {
+            name: format!("{}/{path}", self.repository),
+            peers: self.peers.clone(),
+            max_bytes,
+            timeout: self.timeout,
+        };
+        let result = self
+            .runtime
+            .block_on(fetch_named(&self.net, self.store.clone(), &request));
+        match result {
+            Ok((_, bytes)) => {
+                self.fetched.push((request.name, bytes.len() as u64));
+                Ok(bytes)
+            }
+            Err(NamedFetchError::TooLong { .. }) => Err(FetchError::TooLong),
+            // A peer that answered "no such name" is what a repository's 404 is: how the client
+            // learns there is no newer root.
+            Err(NamedFetchError::Unavailable { not_served, .. }) if not_served > 0 => {
+                Err(FetchError::NotFound)
+            }
+            Err(other) => Err(FetchError::Other(other.to_string())),
+        }
+    }
+}
+
+/// Starts a vehicle's trusted metadata for `repository` in `data_dir` from `root` when it has
+/// none (a vehicle ships with its first root; later roots come by rotation). Returns the store.
+pub fn trusted_store(
+    data_dir: &Path,
+    repository: &str,
+    root: Option<&Path>,
+) -> anyhow::Result<DirStore> {
+    let dir = metadata_dir(data_dir, repository);
+    let mut local = DirStore::open(&dir)
+        .with_context(|| format!("opening the trusted metadata in {}", dir.display()))?;
+    if local.load("root").is_none() {
+        let Some(root) = root else {
+            anyhow::bail!(
+                "no trusted root for repository {repository:?} in {}: give the vehicle's first root with --root",
+                dir.display()
+            );
+        };
+        let bytes =
+            std::fs::read(root).with_context(|| format!("reading the root {}", root.display()))?;
+        // Checked before it is trusted: it must at least be a root signed by its own keys.
+        tuf::TrustedSet::new(&bytes, Time::from_unix(0))
+            .with_context(|| format!("{} is not a usable root", root.display()))?;
+        local
+            .store("root", &bytes)
+            .map_err(|detail| anyhow::anyhow!("storing the root in {}: {detail}", dir.display()))?;
+    }
+    Ok(local)
+}
+
+/// Where a repository's trusted metadata lives in a data directory.
+pub fn metadata_dir(data_dir: &Path, repository: &str) -> PathBuf {
+    data_dir
+        .join("tuf")
+        .join(crate::tuf_files::quote(repository))
+}
+
+/// Explains a failed refresh the way an operator needs to hear it: a vehicle whose trusted
+/// timestamp has expired has been offline too long (or is being fed stale metadata) and will
+/// not install until it gets a fresh one.
+pub fn explain_refresh_failure(
+    error: TufError,
+    local: &impl LocalStore,
+    now: Time,
+) -> anyhow::Error {
+    if let TufError::Expired { role, expires, .. } = &error {
+        if role == "timestamp" {
+            return anyhow::anyhow!(
+                "refusing to install: the newest timestamp the peers offer expired at {expires} \
+                 ({} ago); the depot is not being refreshed from the origin, or is withholding \
+                 updates. The vehicle will try again at the next depot or cellular window",
+                ago(*expires, now)
+            );
+        }
+    }
+    match tuf::freshness(local, now) {
+        Freshness::Expired(expired) => anyhow::anyhow!(
+            "refusing to install: offline too long. The newest timestamp this vehicle trusts \
+             expired at {expired} ({} ago), and no fresh one could be fetched: {error}",
+            ago(expired, now)
+        ),
+        Freshness::NeverRefreshed => anyhow::anyhow!(
+            "refusing to install: this vehicle has never fetched a timestamp, and could not now: {error}"
+        ),
+        Freshness::Fresh(_) => {
+            anyhow::anyhow!(
+                "refusing to install: the repository's metadata did not verify: {error}"
+            )
+        }
+    }
+}
+
+fn ago(then: Time, now: Time) -> String {
+    let seconds = now.unix().saturating_sub(then.unix()).max(0);
+    match seconds {
+        0..120 => format!("{seconds} s"),
+        120..7200 => format!("{} min", seconds / 60),
+        7200..172_800 => format!("{} h", seconds / 3600),
+        _ => format!("{} days", seconds / 86_400),
+    }
+}
+
+/// One signed target to fetch over the mesh: what `vehicle-peer get` does.
+#[derive(Debug, Clone)]
+pub struct GetRequest {
+    /// The vehicle's data directory: blob store, identity, trusted metadata under `tuf/`.
+    pub data_dir: PathBuf,
+    /// Peers to ask first (the depot), with `/p2p/<peer id>`.
+    pub peers: Vec<Multiaddr>,
+    /// Addresses to listen on, so neighbours can fetch from this vehicle meanwhile.
+    pub listen: Vec<Multiaddr>,
+    /// Find peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// The first root, used only when the vehicle trusts none yet.
+    pub root: Option<PathBuf>,
+    /// The repository's name on the mesh (`image`).
+    pub repository: String,
+    /// The target's name in the signed targets metadata.
+    pub target: String,
+    /// Where to write it.
+    pub out: PathBuf,
+    /// The time metadata must be valid at (the system clock when `None`).
+    pub now: Option<Time>,
+    /// The most time one metadata file may take to arrive.
+    pub metadata_timeout: Duration,
+    /// Give up the target when nothing moved for this long.
+    pub stall_timeout: Duration,
+}
+
+/// Refreshes `request.repository`'s metadata over the mesh, looks up the target, fetches it from
+/// the depot and neighbours, checks it against the signed length, BLAKE3, sha256 and sha512, and
+/// writes it durably to `request.out`. Returns a JSON summary. Call from outside `runtime`.
+pub fn get_target(
+    runtime: &tokio::runtime::Runtime,
+    request: &GetRequest,
+) -> anyhow::Result<serde_json::Value> {
+    let data_dir = &request.data_dir;
+    let (store, _) = node::store::open_data_dir(data_dir)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let store = Arc::new(store);
+    let local = trusted_store(data_dir, &request.repository, request.root.as_deref())?;
+    let keypair = node::identity::load_or_create(data_dir)
+        .with_context(|| format!("loading the identity in {}", data_dir.display()))?;
+    let (net, mut events, incoming) = runtime
+        .block_on(node::net::start(node::net::NetConfig {
+            keypair: Some(keypair),
+            listen: request.listen.clone(),
+            mdns: request.mdns,
+            ..node::net::NetConfig::default()
+        }))
+        .context("starting the network")?;
+    let counters = Arc::new(node::runtime::ServeCounters::default());
+    let server = {
+        let _context = runtime.enter();
+        node::runtime::spawn_server(store.clone(), incoming, counters)
+    };
+    let result = refresh_and_fetch(runtime, request, &net, &mut events, &store, local);
+    server.abort();
+    runtime.block_on(net.shutdown());
+    result
+}
+
+fn refresh_and_fetch<S: Storage, I: Index>(
+    runtime: &tokio::runtime::Runtime,
+    request: &GetRequest,
+    net: &NetHandle,
+    events: &mut node::net::NetEvents,
+    store: &Arc<BlobStore<S, I>>,
+    local: DirStore,
+) -> anyhow::Result<serde_json::Value> {
+    let now = match request.now {
+        Some(now) => now,
+        None => system_now()?,
+    };
+    let remote = MeshRemote::new(
+        runtime,
+        net.clone(),
+        store.clone(),
+        request.peers.clone(),
+        &request.repository,
+        request.metadata_timeout,
+    );
+    let mut updater = tuf::Updater::new(remote, local, now, tuf::Limits::default())
+        .context("loading the trusted root")?;
+    if let Err(error) = updater.refresh() {
+        return Err(explain_refresh_failure(error, updater.local(), now));
+    }
+    let trusted = updater.trusted();
+    let versions = serde_json::json!({
+        "root": trusted.root().signed.version(),
+        "timestamp": trusted.timestamp().map(|t| t.signed.version()),
+        "snapshot": trusted.snapshot().map(|s| s.signed.version()),
+        "targets": trusted.targets("targets").map(|t| t.signed.version()),
+    });
+    let info = updater
+        .target_info(&request.target)
+        .with_context(|| format!("looking up target {:?}", request.target))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no role trusted for {:?} signs a target of that name in repository {:?}",
+                request.target,
+                request.repository
+            )
+        })?;
+    let blob = info.blake3().ok_or_else(|| {
+        anyhow::anyhow!(
+            "target {:?} has no BLAKE3 (custom.blake3) in its signed metadata: it cannot be fetched over the mesh",
+            request.target
+        )
+    })?;
+
+    let mut options = node::runtime::FetchOptions::new(blob);
+    options.size = Some(info.length);
+    options.peers = request.peers.clone();
+    options.stall_timeout = request.stall_timeout;
+    let report = runtime
+        .block_on(node::runtime::fetch(
+            net,
+            events,
+            store.clone(),
+            options,
+            |_| {},
+        ))
+        .with_context(|| format!("fetching target {:?} ({blob})", request.target))?;
+
+    // The blob's id is the signed BLAKE3, so its bytes are the signed target; the signed length
+    // and sha256/sha512 are checked too, on the way to the file, as defence in depth.
+    let out = &request.out;
+    let part = out.with_extension("part");
+    let file =
+        std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?;
+    let mut check = tuf::metadata::HashCheck::new(&request.target, &info.hashes)?;
+    let mut writer = CheckingWriter {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        check: &mut check,
+    };
+    store
+        .export(&blob, &mut writer)
+        .with_context(|| format!("writing {}", part.display()))?;
+    let file = writer
+        .inner
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)
+        .with_context(|| format!("writing {}", part.display()))?;
+    if let Err(error) = check.finish(Some(info.length)) {
+        drop(std::fs::remove_file(&part));
+        return Err(error).context("the fetched target does not match its signed hashes");
+    }
+    file.sync_all()
+        .with_context(|| format!("syncing {}", part.display()))?;
+    std::fs::rename(&part, out)
+        .with_context(|| format!("renaming {} to {}", part.display(), out.display()))?;
+
+    Ok(serde_json::json!({
+        "target": request.target,
+        "length": info.length,
+        "blob": blob.to_string(),
+        "metadata_versions": versions,
+        "bytes": report.bytes_fetched,
+        "seconds": (report.seconds * 1000.0).round() / 1000.0,
+        "bytes_per_peer": report
+            .bytes_per_peer
+            .iter()
+            .map(|(peer, bytes)| (peer.to_string(), serde_json::json!(bytes)))
+            .collect::<serde_json::Map<_, _>>(),
+    }))
+}
+
+/// A writer that feeds what it writes to a [`tuf::metadata::HashCheck`].
+struct CheckingWriter<'a, 'b, W> {
+    inner: W,
+    check: &'a mut tuf::metadata::HashCheck<'b>,
+}
+
+impl<W: std::io::Write> std::io::Write for CheckingWriter<'_, '_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.check.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The system clock as a TUF time.
+pub fn system_now() -> anyhow::Result<Time> {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?
+        .as_secs();
+    Ok(Time::from_unix(
+        i64::try_from(seconds).context("the system clock is out of range")?,
+    ))
+}
