@@ -1,7 +1,7 @@
 //! A vehicle refreshing its TUF metadata from depot caches over the mesh and fetching a signed
 //! target, end to end: `origin` signs (its library), `depot-cache import-repo` and `serve` run as
 //! real processes, and the vehicle is `vehicle_peer::mesh::get_target` on a real libp2p node.
-//! Then depots that lie the ways a depot can: an old repository (rollback), a forged timestamp,
+//! Release 2 is signed by a supplier's delegated role. Then depots that lie the ways a depot can: an old repository (rollback), a forged timestamp,
 //! an endless timestamp, a repository left to expire (freeze); and no depot at all (a vehicle
 //! offline too long). Each must be refused, saying why, and nothing written.
 
@@ -167,16 +167,39 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
         &origin,
         &work.path().join("fw1.bin"),
         "ecu/fw-1.bin",
+        "targets",
         &hw,
         1,
     )
     .unwrap();
     // The repository as it stood at release 1: what a stale (or malicious) depot replays.
     copy_dir(&image, &work.path().join("old-image"));
+    // Release 2 comes from the brake supplier, through a delegation of `ecu/fw-*` to its key:
+    // the vehicle finds it by walking the delegation, fetching the supplier's role by name too.
+    let supplier = origin::keys::generate();
+    origin
+        .delegate("brake-supplier", &["ecu/fw-*".into()], &supplier, false)
+        .unwrap();
+    let outside = origin::release(
+        &origin,
+        &work.path().join("fw2.bin"),
+        "ecu/other.bin",
+        "brake-supplier",
+        &hw,
+        2,
+    )
+    .unwrap_err();
+    assert!(
+        outside
+            .to_string()
+            .contains("may not sign for ecu/other.bin"),
+        "{outside}"
+    );
     origin::release(
         &origin,
         &work.path().join("fw2.bin"),
         "ecu/fw-2.bin",
+        "brake-supplier",
         &hw,
         2,
     )
@@ -202,6 +225,12 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
     );
     assert_eq!(summary["length"], 900_000);
     assert_eq!(summary["metadata_versions"]["targets"], 3);
+    assert!(
+        vehicle
+            .data_dir
+            .join("tuf/image/brake-supplier.json")
+            .exists()
+    );
     let trusted = vehicle.data_dir.join("tuf/image");
     for role in ["root", "timestamp", "snapshot", "targets"] {
         assert!(trusted.join(format!("{role}.json")).exists(), "{role}");

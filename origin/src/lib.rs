@@ -14,7 +14,6 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use proto::BlobId;
-use proto::tuf::build;
 use serde_json::{Map, Value, json};
 
 pub mod keys;
@@ -49,14 +48,17 @@ pub fn check_target_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Releases the image in `file` as target `name` of the image repository: for `hardware_ids`,
-/// at `release_counter`. Stores it in the origin's mesh store (which builds its bao outboard)
-/// and under its consistent-snapshot names, then signs new targets (offline key), snapshot and
+/// Releases the image in `file` as target `name` of the image repository, signed by `role`
+/// (`targets`, or a role delegated to with [`Origin::delegate`]): for `hardware_ids`, at
+/// `release_counter`. Reads the image as a stream (an image of any size is never held in
+/// memory): stores it in the origin's mesh store (which builds its bao outboard) while hashing
+/// it, copies it under its consistent-snapshot names, then signs new targets, snapshot and
 /// timestamp.
 pub fn release(
     origin: &Origin,
     file: &Path,
     name: &str,
+    role: &str,
     hardware_ids: &[String],
     release_counter: u64,
 ) -> anyhow::Result<Released> {
@@ -65,29 +67,38 @@ pub fn release(
         bail!("give at least one --hardware-id, none empty");
     }
     // Sign nothing before the keys are known to be there.
-    for role in ["targets", "snapshot", "timestamp"] {
-        origin.key("image", role)?;
+    for key_role in [role, "snapshot", "timestamp"] {
+        origin.key("image", key_role)?;
     }
-    let bytes = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let entry = build::target_file(
-        &bytes,
-        json!({"hardware_ids": hardware_ids, "release_counter": release_counter}),
-    );
+    if role != "targets" {
+        // Refuse a name outside the role's paths before reading gigabytes.
+        let delegation = origin.delegation("image", role)?;
+        if !delegation.is_delegated_path(name) {
+            bail!(
+                "role {role} may not sign for {name}: its paths are {}",
+                delegation.paths.as_deref().unwrap_or_default().join(", ")
+            );
+        }
+    }
     let (store, _) = node::store::open_data_dir(&origin.dir.join("mesh"))
         .context("opening the origin's mesh store")?;
+    let image = fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let mut hashing = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, image));
     let blob = store
-        .import(bytes.as_slice())
+        .import(&mut hashing)
         .with_context(|| format!("storing {} in the mesh store", file.display()))?;
-    if entry["custom"]["blake3"].as_str() != Some(blob.to_string().as_str()) {
-        bail!("the mesh store's id {blob} is not the image's BLAKE3 (a bug)");
-    }
+    let (length, sha256, sha512) = hashing.finish();
+    let entry = json!({
+        "length": length,
+        "hashes": {"sha256": sha256, "sha512": sha512},
+        "custom": {
+            "hardware_ids": hardware_ids,
+            "release_counter": release_counter,
+            "blake3": blob.to_string(),
+        },
+    });
     let targets_dir = origin.targets_dir();
-    for hash in entry["hashes"]
-        .as_object()
-        .into_iter()
-        .flat_map(Map::values)
-    {
-        let hash = hash.as_str().unwrap_or_default();
+    for hash in [&sha256, &sha512] {
         let on_disk = match name.rsplit_once('/') {
             Some((dir, base)) => targets_dir.join(dir).join(format!("{hash}.{base}")),
             None => targets_dir.join(format!("{hash}.{name}")),
@@ -95,16 +106,77 @@ pub fn release(
         if let Some(parent) = on_disk.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        write_durably(&on_disk, &bytes)
+        copy_durably(&store, &blob, &on_disk)
             .with_context(|| format!("writing {}", on_disk.display()))?;
     }
     let targets_version =
-        origin.add_targets("image", Map::from_iter([(name.to_string(), entry)]))?;
+        origin.add_targets("image", role, Map::from_iter([(name.to_string(), entry)]))?;
     Ok(Released {
         blob,
-        length: bytes.len() as u64,
+        length,
         targets_version,
     })
+}
+
+/// A reader that hashes what passes through it (SHA-256, SHA-512) and counts it.
+struct HashingReader<R> {
+    inner: R,
+    length: u64,
+    sha256: sha2::Sha256,
+    sha512: sha2::Sha512,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        use sha2::Digest;
+        Self {
+            inner,
+            length: 0,
+            sha256: sha2::Sha256::new(),
+            sha512: sha2::Sha512::new(),
+        }
+    }
+
+    /// Length, SHA-256 and SHA-512 (hex) of what was read.
+    fn finish(self) -> (u64, String, String) {
+        use sha2::Digest;
+        (
+            self.length,
+            hex::encode(self.sha256.finalize()),
+            hex::encode(self.sha512.finalize()),
+        )
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let read = self.inner.read(buf)?;
+        self.length += read as u64;
+        self.sha256.update(&buf[..read]);
+        self.sha512.update(&buf[..read]);
+        Ok(read)
+    }
+}
+
+/// Writes blob `blob` of `store` to `path` durably: a temporary file, synced, renamed over
+/// `path`, the directory synced.
+fn copy_durably(store: &node::store::DiskStore, blob: &BlobId, path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let part = path.with_extension("part");
+    let file = fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+    store.export(blob, &mut writer)?;
+    writer.flush()?;
+    let file = writer
+        .into_inner()
+        .map_err(std::io::IntoInnerError::into_error)?;
+    file.sync_all()?;
+    fs::rename(&part, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Makes a new origin: both repositories with fresh keys; the offline ones into
@@ -157,6 +229,23 @@ pub fn describe_keys(origin: &Origin) -> anyhow::Result<Vec<Value>> {
                     "keyid": keyid,
                     "public": root["keys"][keyid]["keyval"]["public"],
                     "offline": repo::is_offline(repository, role),
+                }));
+            }
+        }
+        // Roles the top-level targets delegates to, with the keys it lists for them.
+        let (_, targets) = origin.latest(repository, "targets")?;
+        let delegations = &targets["delegations"];
+        for role in delegations["roles"].as_array().into_iter().flatten() {
+            let name = role["name"].as_str().unwrap_or_default();
+            for keyid in role["keyids"].as_array().into_iter().flatten() {
+                let keyid = keyid.as_str().unwrap_or_default();
+                out.push(json!({
+                    "repository": repository,
+                    "role": name,
+                    "delegated_paths": role["paths"],
+                    "keyid": keyid,
+                    "public": delegations["keys"][keyid]["keyval"]["public"],
+                    "offline": repo::is_offline(repository, name),
                 }));
             }
         }

@@ -50,6 +50,31 @@ enum Command {
         /// Its release counter (vehicles never install a lower one).
         #[arg(long)]
         release_counter: u64,
+        /// The targets role that signs it: `targets` (the image repository's own, offline key)
+        /// or a role made with `origin delegate` (e.g. a supplier's), whose paths must allow
+        /// the name.
+        #[arg(long, default_value = "targets")]
+        role: String,
+    },
+    /// Delegate target names matching --path patterns (e.g. `brake/*`) to a new role of the
+    /// image repository with its own key, for a supplier or an ECU family; a vehicle then
+    /// trusts images under those names only when that role signs them.
+    Delegate {
+        /// The new role's name (a-z, 0-9, -, _).
+        #[arg(long)]
+        name: String,
+        /// A target name pattern the role may sign for (`*` matches within one path segment).
+        /// Repeatable.
+        #[arg(long = "path", required = true)]
+        paths: Vec<String>,
+        /// The role's key (from `origin keygen`, e.g. made by the supplier); by default a new
+        /// one is made. Kept with the offline keys as image-<name>.json.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// A vehicle looking up a name this role matches looks no further, even if the role
+        /// does not list it.
+        #[arg(long)]
+        terminating: bool,
     },
     /// Replace a role's key: a new root version signed by the old root key (and the new one
     /// for root), then the role's metadata re-signed.
@@ -123,11 +148,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             hardware_ids,
             release_counter,
+            role,
         } => {
-            let released = origin::release(&origin, &file, &name, &hardware_ids, release_counter)?;
+            let released =
+                origin::release(&origin, &file, &name, &role, &hardware_ids, release_counter)?;
             println!(
-                "{}  {name}  {} bytes  image targets v{}",
+                "{}  {name}  {} bytes  image {role} v{}",
                 released.blob, released.length, released.targets_version
+            );
+        }
+        Command::Delegate {
+            name,
+            paths,
+            key,
+            terminating,
+        } => {
+            let key = match key {
+                Some(path) => origin::keys::load(&path)?,
+                None => origin::keys::generate(),
+            };
+            let version = origin.delegate(&name, &paths, &key, terminating)?;
+            println!(
+                "image targets v{version} delegates {} to {name} (key {})",
+                paths.join(", "),
+                proto::tuf::build::key_id(&key.verifying_key())
             );
         }
         Command::Rotate {

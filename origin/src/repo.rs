@@ -20,9 +20,25 @@ use crate::keys;
 
 /// The two repositories.
 pub const REPOSITORIES: [&str; 2] = ["image", "director"];
-/// Roles whose keys are offline, per repository.
+/// Roles whose keys are offline, per repository: both roots, and the image repository's targets
+/// and every role it delegates to (a supplier's or ECU family's key).
 pub fn is_offline(repository: &str, role: &str) -> bool {
-    role == "root" || (repository == "image" && role == "targets")
+    role == "root" || (repository == "image" && (role == "targets" || !ROLES.contains(&role)))
+}
+
+/// Checks the name of a delegated role: 1 to 64 of `a-z 0-9 - _`, not a top-level role's.
+pub fn check_role_name(name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid || ROLES.contains(&name) {
+        bail!(
+            "role name {name:?} must be 1 to 64 of a-z, 0-9, - and _, and not root, targets, snapshot or timestamp"
+        );
+    }
+    Ok(())
 }
 /// The top-level roles.
 pub const ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
@@ -161,16 +177,18 @@ impl Origin {
         snapshot_key: &SigningKey,
         timestamp_key: &SigningKey,
     ) -> anyhow::Result<()> {
-        let (targets_version, _) = self.latest(repository, "targets")?;
+        let (targets_version, targets) = self.latest(repository, "targets")?;
+        let mut pins = vec![("targets".to_string(), targets_version)];
+        for role in delegated_roles(&targets) {
+            let (version, _) = self.latest(repository, &role)?;
+            pins.push((role, version));
+        }
+        let pins: Vec<(&str, u64)> = pins.iter().map(|(r, v)| (r.as_str(), *v)).collect();
         let snapshot_version = self
             .latest(repository, "snapshot")
             .map(|(version, _)| version + 1)
             .unwrap_or(1);
-        let snapshot = build::snapshot(
-            snapshot_version,
-            self.expires("snapshot"),
-            &[("targets", targets_version)],
-        );
+        let snapshot = build::snapshot(snapshot_version, self.expires("snapshot"), &pins);
         let bytes = self.write(repository, "snapshot", &snapshot, &[snapshot_key])?;
         self.publish_timestamp(repository, snapshot_version, &bytes, timestamp_key)
     }
@@ -213,13 +231,27 @@ impl Origin {
         )
     }
 
-    /// Signs a new targets version of `repository` with `entries` added (name → target entry).
+    /// Signs a new version of targets role `role` of `repository` (`targets`, or a role it
+    /// delegates to, which may only list names its paths allow) with `entries` added (name →
+    /// target entry); then snapshot and timestamp.
     pub fn add_targets(
         &self,
         repository: &str,
+        role: &str,
         entries: Map<String, Value>,
     ) -> anyhow::Result<u64> {
-        let (version, signed) = self.latest(repository, "targets")?;
+        if role != "targets" {
+            let delegation = self.delegation(repository, role)?;
+            for name in entries.keys() {
+                if !delegation.is_delegated_path(name) {
+                    bail!(
+                        "role {role} may not sign for {name}: its paths are {}",
+                        delegation.paths.as_deref().unwrap_or_default().join(", ")
+                    );
+                }
+            }
+        }
+        let (version, signed) = self.latest(repository, role)?;
         let mut targets = signed["targets"].as_object().cloned().unwrap_or_default();
         for (name, entry) in entries {
             if let Some(existing) = targets.get(&name) {
@@ -235,12 +267,92 @@ impl Origin {
         next["version"] = Value::from(version + 1);
         next["expires"] = Value::from(self.expires("targets").to_string());
         next["targets"] = Value::Object(targets);
-        self.write(
+        self.write(repository, role, &next, &[&self.key(repository, role)?])?;
+        self.publish_snapshot(
             repository,
-            "targets",
-            &next,
-            &[&self.key(repository, "targets")?],
+            &self.key(repository, "snapshot")?,
+            &self.key(repository, "timestamp")?,
         )?;
+        Ok(version + 1)
+    }
+
+    /// The delegation of `role` from `repository`'s top-level targets, as a vehicle reads it.
+    pub fn delegation(
+        &self,
+        repository: &str,
+        role: &str,
+    ) -> anyhow::Result<proto::tuf::DelegatedRole> {
+        let (version, _) = self.latest(repository, "targets")?;
+        let path = self
+            .metadata_dir(repository)
+            .join(format!("{version}.targets.json"));
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let targets = proto::tuf::Signed::<proto::tuf::Targets>::from_bytes(&bytes, "targets")?;
+        targets
+            .signed
+            .delegations
+            .iter()
+            .flat_map(|delegations| &delegations.roles)
+            .find(|delegated| delegated.name == role)
+            .cloned()
+            .with_context(|| {
+                format!("{repository} targets delegates to no role {role:?}: add it with `origin delegate`")
+            })
+    }
+
+    /// Delegates `paths` (patterns like `brake/*`) of the image repository to a new role
+    /// `role` with `key` (its holder, e.g. a supplier, signs that role's targets): a new
+    /// top-level targets version listing the delegation (signed with the offline targets key),
+    /// the role's empty version 1, then snapshot and timestamp.
+    pub fn delegate(
+        &self,
+        role: &str,
+        paths: &[String],
+        key: &SigningKey,
+        terminating: bool,
+    ) -> anyhow::Result<u64> {
+        let repository = "image";
+        check_role_name(role)?;
+        if paths.is_empty() || paths.iter().any(String::is_empty) {
+            bail!("give at least one --path pattern, none empty");
+        }
+        let targets_key = self.key(repository, "targets")?;
+        let (version, signed) = self.latest(repository, "targets")?;
+        if delegated_roles(&signed).iter().any(|name| name == role) {
+            bail!("{repository} targets already delegates to {role}");
+        }
+        let public = key.verifying_key();
+        let keyid = build::key_id(&public);
+        let mut next = signed.clone();
+        let delegations = next["delegations"].as_object().cloned().unwrap_or_default();
+        let mut delegation_keys = delegations
+            .get("keys")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        delegation_keys.insert(keyid.clone(), build::key_json(&public));
+        let mut roles = delegations
+            .get("roles")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        roles.push(serde_json::json!({
+            "name": role,
+            "keyids": [keyid],
+            "threshold": 1,
+            "paths": paths,
+            "terminating": terminating,
+        }));
+        next["delegations"] = serde_json::json!({"keys": delegation_keys, "roles": roles});
+        next["version"] = Value::from(version + 1);
+        next["expires"] = Value::from(self.expires("targets").to_string());
+        let role_targets = build::targets(1, self.expires("targets"), Map::new(), &[]);
+        self.write(repository, role, &role_targets, &[key])?;
+        self.write(repository, "targets", &next, &[&targets_key])?;
+        let path = self.key_path(repository, role)?;
+        if !path.exists() {
+            keys::save(key, &path)?;
+        }
         self.publish_snapshot(
             repository,
             &self.key(repository, "snapshot")?,
@@ -313,6 +425,16 @@ impl Origin {
         }
         Ok(version + 1)
     }
+}
+
+/// The roles a targets role's `signed` part delegates to, in its order.
+pub fn delegated_roles(targets: &Value) -> Vec<String> {
+    targets["delegations"]["roles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|role| role["name"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// The highest N of the `N.<role>.json` files in `dir`.

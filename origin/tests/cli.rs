@@ -197,6 +197,58 @@ fn release_rotate_and_verify_as_a_vehicle_sees_it() {
         run.stderr
     );
 
+    // A supplier's role: names under supplier/ are signed by its key, and only those.
+    let supplier_key = f.dir.parent().unwrap().join("supplier.json");
+    assert!(
+        f.origin(&["keygen", "--out", supplier_key.to_str().unwrap()])
+            .ok
+    );
+    let run = f.origin(&[
+        "delegate",
+        "--name",
+        "brake-supplier",
+        "--path",
+        "supplier/*",
+        "--key",
+        supplier_key.to_str().unwrap(),
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let release_as = |f: &mut Fixture, name: &str| {
+        f.origin(&[
+            "release",
+            file.to_str().unwrap(),
+            "--name",
+            name,
+            "--role",
+            "brake-supplier",
+            "--hardware-id",
+            "brake-v2",
+            "--release-counter",
+            "7",
+        ])
+    };
+    let run = release_as(&mut f, "supplier/brake-2.0.0.bin");
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("image brake-supplier v2"),
+        "{}",
+        run.stdout
+    );
+    let run = release_as(&mut f, "ecu/brake-2.0.0.bin");
+    assert!(!run.ok && run.stderr.contains("may not sign for ecu/brake-2.0.0.bin"));
+    let run = f.origin(&["verify"]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        vehicle_download(&f.image(), &root_v1, "supplier/brake-2.0.0.bin").unwrap(),
+        image
+    );
+    let run = f.origin(&["keys"]);
+    assert!(
+        run.stdout.contains(r#""role":"brake-supplier""#),
+        "{}",
+        run.stdout
+    );
+
     // Rotate the image timestamp key, then the root key: a vehicle holding root v1 follows.
     for (role, seed) in [
         ("timestamp", "new-ts.json"),

@@ -115,7 +115,10 @@ fn unknown_blob_unreachable_peer_and_bad_arguments_fail_clearly() {
     let not_root = dir.path().join("not-root.json");
     std::fs::write(&not_root, br#"{"signed": {"_type": "targets"}}"#).unwrap();
     let stderr = get(&["--root", not_root.to_str().unwrap()]);
-    assert!(stderr.contains("not-root.json is not a usable root"), "{stderr}");
+    assert!(
+        stderr.contains("not-root.json is not a usable root"),
+        "{stderr}"
+    );
     let stderr = get(&["--now", "yesterday"]);
     assert!(stderr.contains("yesterday"), "{stderr}");
     assert!(!out.exists());
