@@ -6,8 +6,8 @@
 //! must keep offline (root, image targets) keys apart from the director's online key.
 //!
 //! Today: [`keys`] (key files), [`repo`] (the image and director repositories on disk: init,
-//! release, key rotation, timestamp refresh) and [`verify`] (every problem of a repository,
-//! each naming its file).
+//! release, delegations, key rotation, timestamp refresh), [`director`] (each vehicle's signed
+//! director targets) and [`verify`] (every problem of a repository, each naming its file).
 
 use std::fs;
 use std::path::Path;
@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use proto::BlobId;
 use serde_json::{Map, Value, json};
 
+pub mod director;
 pub mod keys;
 pub mod repo;
 pub mod verify;

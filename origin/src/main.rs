@@ -89,12 +89,38 @@ enum Command {
         #[arg(long)]
         new_key: PathBuf,
     },
-    /// Re-sign both repositories' timestamps (run it hourly: they expire after a day).
+    /// Tell one vehicle, through the director, which image each of its ECUs must install: a new
+    /// director targets version for that vehicle (online key), checked against the image
+    /// repository (the image must be released for the ECU's hardware).
+    Assign {
+        /// The vehicle's id (VIN).
+        #[arg(long)]
+        vin: String,
+        /// SERIAL,HARDWARE_ID,TARGET: install image repository target TARGET on ECU SERIAL.
+        /// Repeatable; the assignment replaces the vehicle's previous one.
+        #[arg(long = "ecu", required = true)]
+        ecus: Vec<origin::director::Assignment>,
+    },
+    /// Re-sign every repository's timestamp, each vehicle's director one too (run it hourly:
+    /// they expire after a day).
     Timestamp,
-    /// Check both repositories and list every problem, each naming its file. Exit 1 if any.
+    /// Check every repository (image, director, each vehicle's director targets) and list every
+    /// problem, each naming its file. Exit 1 if any.
     Verify,
     /// Print the key ids and public keys of every role (never private keys).
     Keys,
+}
+
+/// The image repository, the director, and each vehicle's director repository.
+fn all_repositories(origin: &Origin) -> anyhow::Result<Vec<String>> {
+    let mut all: Vec<String> = repo::REPOSITORIES
+        .iter()
+        .map(|r| (*r).to_string())
+        .collect();
+    for vin in origin::director::vehicles(origin)? {
+        all.push(origin::director::vehicle_repository(&vin));
+    }
+    Ok(all)
 }
 
 fn parse_time(text: &str) -> Result<Time, String> {
@@ -181,19 +207,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let key = origin::keys::load(&new_key)?;
             let version = origin.rotate(&repository, &role, &key)?;
+            if repository == "director" {
+                for vin in origin::director::vehicles(&origin)? {
+                    origin::director::after_rotation(&origin, &vin, &role)
+                        .with_context(|| format!("re-signing the director metadata of {vin}"))?;
+                }
+            }
             println!("{repository} {role} key rotated: root v{version}");
         }
+        Command::Assign { vin, ecus } => {
+            let version = origin::director::assign(&origin, &vin, &ecus)?;
+            println!(
+                "director targets v{version} for {vin}: {}",
+                ecus.iter()
+                    .map(|ecu| format!("{} <- {}", ecu.serial, ecu.target))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         Command::Timestamp => {
-            for repository in repo::REPOSITORIES {
+            for repository in all_repositories(&origin)? {
                 origin
-                    .refresh_timestamp(repository)
+                    .refresh_timestamp(&repository)
                     .with_context(|| format!("the {repository} timestamp"))?;
             }
         }
         Command::Verify => {
             let mut problems = Vec::new();
-            for repository in repo::REPOSITORIES {
-                let dir = origin.dir.join(repository);
+            for repository in all_repositories(&origin)? {
+                let dir = origin.dir.join(&repository);
                 for problem in
                     origin::verify::verify_repository(&dir, repository == "image", origin.now)
                 {
@@ -207,7 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("origin: {} problem(s)", problems.len());
                 return Ok(ExitCode::FAILURE);
             }
-            println!("ok: both repositories verify");
+            println!("ok: every repository verifies");
         }
         Command::Keys => {
             for key in origin::describe_keys(&origin)? {

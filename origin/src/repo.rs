@@ -78,6 +78,9 @@ impl Origin {
 
     /// The file of a role's key.
     pub fn key_path(&self, repository: &str, role: &str) -> anyhow::Result<PathBuf> {
+        // A vehicle's director repository (`director/vehicles/<vin>`) signs with the
+        // director's keys.
+        let repository = repository.split('/').next().unwrap_or(repository);
         let name = format!("{repository}-{role}.json");
         if is_offline(repository, role) {
             let dir = self.offline_keys.as_ref().with_context(|| {
@@ -94,7 +97,8 @@ impl Origin {
         keys::load(&self.key_path(repository, role)?)
     }
 
-    fn expires(&self, role: &str) -> Time {
+    /// When `role`'s metadata signed now expires.
+    pub fn expires(&self, role: &str) -> Time {
         Time::from_unix(self.now.unix() + lifetime_days(role) * 86_400)
     }
 

@@ -119,6 +119,34 @@ fn vehicle_download(dir: &Path, root: &[u8], target: &str) -> Result<Vec<u8>, St
         .map_err(|e| e.to_string())
 }
 
+/// Uptane full verification of vehicle `vin` (one brake ECU, BRK-1, running release 1)
+/// against the origin's image repository and that vehicle's director repository.
+fn full_verification(
+    f: &Fixture,
+    image_root: &[u8],
+    vin: &str,
+) -> Result<Vec<proto::uptane::ApprovedImage>, proto::uptane::UptaneError> {
+    let now = Time::parse(NOW).unwrap();
+    let updater = |dir: PathBuf, root: &[u8]| {
+        let mut store = MemoryStore::default();
+        store.0.insert("root".into(), root.to_vec());
+        Updater::new(DirRemote(dir), store, now, Limits::default()).unwrap()
+    };
+    let director_root = std::fs::read(f.dir.join("director/metadata/1.root.json")).unwrap();
+    let ecus = std::collections::BTreeMap::from([(
+        "BRK-1".to_string(),
+        proto::uptane::EcuState {
+            hardware_id: "brake-v2".into(),
+            installed_release_counter: 1,
+        },
+    )]);
+    proto::uptane::verify_full(
+        &mut updater(f.dir.join("director/vehicles").join(vin), &director_root),
+        &mut updater(f.image(), image_root),
+        &ecus,
+    )
+}
+
 #[test]
 fn release_rotate_and_verify_as_a_vehicle_sees_it() {
     let mut f = Fixture::new();
@@ -249,6 +277,36 @@ fn release_rotate_and_verify_as_a_vehicle_sees_it() {
         run.stdout
     );
 
+    // The director tells vehicle VIN-1 to put the supplier's image on its brake ECU; the
+    // vehicle's full verification finds both repositories agreeing.
+    let run = f.origin(&[
+        "assign",
+        "--vin",
+        "VIN-1",
+        "--ecu",
+        "BRK-1,brake-v2,supplier/brake-2.0.0.bin",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let run = f.origin(&[
+        "assign",
+        "--vin",
+        "VIN-1",
+        "--ecu",
+        "BRK-1,gateway-v1,supplier/brake-2.0.0.bin",
+    ]);
+    assert!(
+        !run.ok && run.stderr.contains("ECU BRK-1 is gateway-v1 hardware"),
+        "{}",
+        run.stderr
+    );
+    let run = f.origin(&["verify"]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    let approved = full_verification(&f, &root_v1, "VIN-1").unwrap();
+    assert_eq!(approved.len(), 1);
+    assert_eq!(approved[0].ecu_serial(), "BRK-1");
+    assert_eq!(approved[0].release_counter(), 7);
+    assert_eq!(approved[0].blake3().unwrap().to_string(), blob);
+
     // Rotate the image timestamp key, then the root key: a vehicle holding root v1 follows.
     for (role, seed) in [
         ("timestamp", "new-ts.json"),
@@ -279,6 +337,35 @@ fn release_rotate_and_verify_as_a_vehicle_sees_it() {
             "{role}"
         );
     }
+    // Rotating the director's keys re-signs every vehicle's director metadata: the vehicle,
+    // holding the director's root v1, still approves its image.
+    let director_root_v1 = std::fs::read(f.dir.join("director/metadata/1.root.json")).unwrap();
+    for (role, seed) in [
+        ("targets", "new-director-targets.json"),
+        ("snapshot", "new-director-snapshot.json"),
+        ("root", "new-director-root.json"),
+    ] {
+        let key = f.dir.parent().unwrap().join(seed);
+        assert!(f.origin(&["keygen", "--out", key.to_str().unwrap()]).ok);
+        let run = f.origin(&[
+            "rotate",
+            "--repository",
+            "director",
+            "--role",
+            role,
+            "--new-key",
+            key.to_str().unwrap(),
+        ]);
+        assert!(run.ok, "director {role}: {}", run.stderr);
+        assert!(f.origin(&["verify"]).ok, "after rotating director {role}");
+        let approved = full_verification(&f, &root_v1, "VIN-1").unwrap();
+        assert_eq!(approved.len(), 1, "director {role}");
+    }
+    assert_eq!(
+        std::fs::read(f.dir.join("director/metadata/1.root.json")).unwrap(),
+        director_root_v1
+    );
+
     let run = f.origin(&["keys"]);
     assert!(
         run.ok && run.stdout.contains("\"offline\":true"),

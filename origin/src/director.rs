@@ -1,0 +1,273 @@
+//! The director's per-vehicle repositories: which image each ECU of one vehicle must install.
+//!
+//! Each vehicle has its own targets, snapshot and timestamp under
+//! `director/vehicles/<vin>/metadata/`, signed with the director's online keys, next to copies
+//! of the director's root files (one root for all vehicles). A depot serves that directory to
+//! the vehicle under the name `director/<vin>` (`depot-cache import-repo --name director/<vin>`).
+//!
+//! A director target names, in `custom`, the ECU serials it is for with their hardware id
+//! (`ecu_identifiers`) and the image's `release_counter`; its length and hashes are the image
+//! repository's, so that the vehicle's full verification ([`proto::uptane::verify_full`]) finds
+//! the two repositories agreeing. An assignment is refused here, naming the ECU, when the image
+//! repository does not list the image or lists it for other hardware.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use proto::tuf::{FetchError, Limits, MemoryStore, Remote, Updater};
+use serde_json::{Map, Value, json};
+
+use crate::repo::Origin;
+
+/// One ECU's assignment: install `target` (an image repository target name) on ECU `serial`,
+/// whose hardware is `hardware_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The ECU's serial.
+    pub serial: String,
+    /// Its hardware id.
+    pub hardware_id: String,
+    /// The image repository target to install.
+    pub target: String,
+}
+
+impl std::str::FromStr for Assignment {
+    type Err = String;
+
+    /// `SERIAL,HARDWARE_ID,TARGET`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = text.splitn(3, ',').collect();
+        match parts.as_slice() {
+            [serial, hardware_id, target]
+                if !serial.is_empty() && !hardware_id.is_empty() && !target.is_empty() =>
+            {
+                Ok(Self {
+                    serial: (*serial).to_string(),
+                    hardware_id: (*hardware_id).to_string(),
+                    target: (*target).to_string(),
+                })
+            }
+            _ => Err(format!(
+                "{text:?} is not SERIAL,HARDWARE_ID,TARGET (e.g. BRK-1,brake-v2,ecu/brake-1.2.0.bin)"
+            )),
+        }
+    }
+}
+
+/// Checks a VIN (or any vehicle id): 1 to 64 of `A-Z a-z 0-9 - _`.
+pub fn check_vin(vin: &str) -> anyhow::Result<()> {
+    if vin.is_empty()
+        || vin.len() > 64
+        || !vin
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        bail!("vehicle id {vin:?} must be 1 to 64 of A-Z, a-z, 0-9, - and _");
+    }
+    Ok(())
+}
+
+/// The repository name (under the origin directory) of vehicle `vin`'s director metadata.
+pub fn vehicle_repository(vin: &str) -> String {
+    format!("director/vehicles/{vin}")
+}
+
+/// The vehicles that have a director repository.
+pub fn vehicles(origin: &Origin) -> anyhow::Result<Vec<String>> {
+    let dir = origin.dir.join("director").join("vehicles");
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut vins = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        if let Some(vin) = entry.file_name().to_str() {
+            if check_vin(vin).is_ok() {
+                vins.push(vin.to_string());
+            }
+        }
+    }
+    vins.sort();
+    Ok(vins)
+}
+
+/// Signs a new director targets version for vehicle `vin` listing `assignments` (replacing the
+/// previous ones), then its snapshot and timestamp. Returns the targets version.
+pub fn assign(origin: &Origin, vin: &str, assignments: &[Assignment]) -> anyhow::Result<u64> {
+    check_vin(vin)?;
+    if assignments.is_empty() {
+        bail!("give at least one --ecu SERIAL,HARDWARE_ID,TARGET");
+    }
+    let mut by_target: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
+    let mut serials = std::collections::BTreeSet::new();
+    for assignment in assignments {
+        if !serials.insert(&assignment.serial) {
+            bail!("ECU {} is assigned twice", assignment.serial);
+        }
+        by_target
+            .entry(assignment.target.as_str())
+            .or_default()
+            .push(assignment);
+    }
+    for role in ["targets", "snapshot", "timestamp"] {
+        origin.key("director", role)?;
+    }
+
+    // What the image repository says of each target, read the way a vehicle reads it.
+    let image_dir = origin.dir.join("image");
+    let mut image = image_updater(origin, &image_dir)?;
+    let mut entries = Map::new();
+    for (target, ecus) in by_target {
+        let file = image
+            .target_info(target)
+            .with_context(|| format!("looking up {target} in the image repository"))?
+            .with_context(|| format!("the image repository does not list {target}"))?;
+        let custom = file.custom.clone().unwrap_or(Value::Null);
+        let hardware_ids: Vec<&str> = custom["hardware_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut identifiers = Map::new();
+        for ecu in ecus {
+            if !hardware_ids.contains(&ecu.hardware_id.as_str()) {
+                bail!(
+                    "ECU {} is {} hardware, but the image repository releases {target} for {}",
+                    ecu.serial,
+                    ecu.hardware_id,
+                    hardware_ids.join(", ")
+                );
+            }
+            identifiers.insert(ecu.serial.clone(), json!({"hardware_id": ecu.hardware_id}));
+        }
+        let release_counter = custom["release_counter"]
+            .as_u64()
+            .with_context(|| format!("the image repository gives {target} no release_counter"))?;
+        let mut director_custom = json!({
+            "ecu_identifiers": identifiers,
+            "release_counter": release_counter,
+        });
+        if let Some(blake3) = custom.get("blake3") {
+            director_custom["blake3"] = blake3.clone();
+        }
+        entries.insert(
+            target.to_string(),
+            json!({
+                "length": file.length,
+                "hashes": file.hashes,
+                "custom": director_custom,
+            }),
+        );
+    }
+
+    let repository = vehicle_repository(vin);
+    copy_roots(origin, &repository)?;
+    let version = match origin.latest(&repository, "targets") {
+        Ok((version, _)) => version + 1,
+        Err(_) => 1,
+    };
+    let signed = proto::tuf::build::targets(version, origin.expires("targets"), entries, &[]);
+    publish_vehicle(origin, &repository, Some(&signed))?;
+    Ok(version)
+}
+
+/// Signs `targets` (when given) for a vehicle's repository with the director's targets key,
+/// then a new snapshot and timestamp.
+fn publish_vehicle(
+    origin: &Origin,
+    repository: &str,
+    targets: Option<&Value>,
+) -> anyhow::Result<()> {
+    if let Some(targets) = targets {
+        origin.write(
+            repository,
+            "targets",
+            targets,
+            &[&origin.key("director", "targets")?],
+        )?;
+    }
+    origin.publish_snapshot(
+        repository,
+        &origin.key("director", "snapshot")?,
+        &origin.key("director", "timestamp")?,
+    )
+}
+
+/// Brings vehicle `vin`'s director repository up to date after the director's `role` key was
+/// rotated: the new root version copied in, the targets re-signed with the new key (when it is
+/// the targets key), and a new snapshot and timestamp.
+pub fn after_rotation(origin: &Origin, vin: &str, role: &str) -> anyhow::Result<()> {
+    let repository = vehicle_repository(vin);
+    copy_roots(origin, &repository)?;
+    let resigned = if role == "targets" {
+        let (version, signed) = origin.latest(&repository, "targets")?;
+        let mut resigned = signed.clone();
+        resigned["version"] = Value::from(version + 1);
+        resigned["expires"] = Value::from(origin.expires("targets").to_string());
+        Some(resigned)
+    } else {
+        None
+    };
+    publish_vehicle(origin, &repository, resigned.as_ref())
+}
+
+/// Copies every director root version into the vehicle's repository (a vehicle follows root
+/// rotations from there).
+fn copy_roots(origin: &Origin, repository: &str) -> anyhow::Result<()> {
+    let from = origin.metadata_dir("director");
+    let to = origin.metadata_dir(repository);
+    fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in fs::read_dir(&from).with_context(|| format!("listing {}", from.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", from.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".root.json") && !to.join(name).exists() {
+            let bytes = fs::read(entry.path())
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            crate::write_durably(&to.join(name), &bytes)
+                .with_context(|| format!("writing {}", to.join(name).display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A TUF client over the image repository's files, trusting its first root.
+fn image_updater(
+    origin: &Origin,
+    image_dir: &Path,
+) -> anyhow::Result<Updater<FileRemote, MemoryStore>> {
+    let root = fs::read(image_dir.join("metadata/1.root.json"))
+        .with_context(|| format!("reading {}/metadata/1.root.json", image_dir.display()))?;
+    let mut local = MemoryStore::default();
+    local.0.insert("root".into(), root);
+    let mut updater = Updater::new(
+        FileRemote(image_dir.to_path_buf()),
+        local,
+        origin.now,
+        Limits::default(),
+    )?;
+    updater
+        .refresh()
+        .context("the image repository does not verify (run `origin verify`)")?;
+    Ok(updater)
+}
+
+/// A repository read from its directory.
+#[derive(Debug)]
+struct FileRemote(PathBuf);
+
+impl Remote for FileRemote {
+    fn fetch(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+        match fs::read(self.0.join(path)) {
+            Ok(bytes) if bytes.len() as u64 > max_bytes => Err(FetchError::TooLong),
+            Ok(bytes) => Ok(bytes),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(FetchError::NotFound),
+            Err(error) => Err(FetchError::Other(error.to_string())),
+        }
+    }
+}
