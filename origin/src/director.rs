@@ -191,11 +191,7 @@ fn publish_vehicle(
             &[&origin.key("director", "targets")?],
         )?;
     }
-    origin.publish_snapshot(
-        repository,
-        &origin.key("director", "snapshot")?,
-        &origin.key("director", "timestamp")?,
-    )
+    origin.publish(repository)
 }
 
 /// Brings vehicle `vin`'s director repository up to date after the director's `role` key was

@@ -174,6 +174,16 @@ impl Origin {
         self.publish_snapshot(repository, &signing[2], &signing[3])
     }
 
+    /// [`Self::publish_snapshot`] with the repository's own snapshot and timestamp keys (a
+    /// vehicle's director repository uses the director's).
+    pub fn publish(&self, repository: &str) -> anyhow::Result<()> {
+        self.publish_snapshot(
+            repository,
+            &self.key(repository, "snapshot")?,
+            &self.key(repository, "timestamp")?,
+        )
+    }
+
     /// Signs a new snapshot pinning the latest targets, then a new timestamp pinning it.
     pub fn publish_snapshot(
         &self,
@@ -272,11 +282,7 @@ impl Origin {
         next["expires"] = Value::from(self.expires("targets").to_string());
         next["targets"] = Value::Object(targets);
         self.write(repository, role, &next, &[&self.key(repository, role)?])?;
-        self.publish_snapshot(
-            repository,
-            &self.key(repository, "snapshot")?,
-            &self.key(repository, "timestamp")?,
-        )?;
+        self.publish(repository)?;
         Ok(version + 1)
     }
 
@@ -357,11 +363,7 @@ impl Origin {
         if !path.exists() {
             keys::save(key, &path)?;
         }
-        self.publish_snapshot(
-            repository,
-            &self.key(repository, "snapshot")?,
-            &self.key(repository, "timestamp")?,
-        )?;
+        self.publish(repository)?;
         Ok(version + 1)
     }
 
@@ -412,18 +414,10 @@ impl Origin {
                 let mut resigned = targets.clone();
                 resigned["version"] = Value::from(targets_version + 1);
                 self.write(repository, "targets", &resigned, &[new_key])?;
-                self.publish_snapshot(
-                    repository,
-                    &self.key(repository, "snapshot")?,
-                    &self.key(repository, "timestamp")?,
-                )?;
+                self.publish(repository)?;
             }
             "snapshot" | "timestamp" => {
-                self.publish_snapshot(
-                    repository,
-                    &self.key(repository, "snapshot")?,
-                    &self.key(repository, "timestamp")?,
-                )?;
+                self.publish(repository)?;
             }
             _ => {}
         }
