@@ -448,43 +448,53 @@ pub async fn subscribe_have<St: AsyncRead + AsyncWrite + Unpin>(
 
 /// Asks the peer on `stream` which groups of `blob` it holds.
 pub async fn query_have<St: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: St,
+    stream: St,
     blob: BlobId,
 ) -> Result<Have, ExchangeError> {
-    write_message(&mut stream, &Message::HaveQuery(HaveQuery { blob })).await?;
-    stream.close().await?;
-    match read_message(&mut stream).await? {
+    let question = Message::HaveQuery(HaveQuery { blob });
+    ask(stream, &question, |answer| match answer {
         Message::Have(have) if have.blob == blob => Ok(have),
-        Message::Error(error) => Err(ExchangeError::Refused {
-            code: error.code,
-            detail: error.detail,
-        }),
-        other => Err(ExchangeError::UnexpectedAnswer {
-            question: "have query",
-            answer: format!("{other:?}"),
-        }),
-    }
+        other => Err(other),
+    })
+    .await
 }
 
 /// Asks the peer on `stream` which blob it serves under `name`. The answer is the peer's claim:
 /// fetching the blob verifies it against the id, not against the name.
 pub async fn query_name<St: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: St,
+    stream: St,
     name: &str,
 ) -> Result<Named, ExchangeError> {
     let question = Message::NameQuery(NameQuery {
         name: name.to_owned(),
     });
-    write_message(&mut stream, &question).await?;
-    stream.close().await?;
-    match read_message(&mut stream).await? {
+    ask(stream, &question, |answer| match answer {
         Message::Named(named) if named.name == name => Ok(named),
-        Message::Error(error) => Err(ExchangeError::Refused {
+        other => Err(other),
+    })
+    .await
+}
+
+/// A one-frame exchange: writes `question`, closes our side, reads one answer and hands it to
+/// `accept`. An error frame is a refusal; any answer `accept` gives back is unexpected.
+async fn ask<St, T>(
+    mut stream: St,
+    question: &Message,
+    accept: impl FnOnce(Message) -> Result<T, Message>,
+) -> Result<T, ExchangeError>
+where
+    St: AsyncRead + AsyncWrite + Unpin,
+{
+    write_message(&mut stream, question).await?;
+    stream.close().await?;
+    match accept(read_message(&mut stream).await?) {
+        Ok(answer) => Ok(answer),
+        Err(Message::Error(error)) => Err(ExchangeError::Refused {
             code: error.code,
             detail: error.detail,
         }),
-        other => Err(ExchangeError::UnexpectedAnswer {
-            question: "name query",
+        Err(other) => Err(ExchangeError::UnexpectedAnswer {
+            question: kind_name(question),
             answer: format!("{other:?}"),
         }),
     }

@@ -17,22 +17,16 @@ use node::runtime::{self, ServeCounters};
 use proto::wire::{Message, Named, RangeResponse};
 
 mod common;
-use common::{Store, new_store};
+use common::{Store, new_store, start_node};
 
 const NAME: &str = "image/metadata/timestamp.json";
-
-async fn start_node() -> (NetHandle, net::IncomingStreams, Multiaddr) {
-    let (handle, _events, incoming) = net::start(common::loopback_config()).await.unwrap();
-    let addr = handle.listen_addrs().await.into_iter().next().unwrap();
-    (handle, incoming, addr)
-}
 
 /// An honest depot serving `data` under [`NAME`].
 async fn honest_depot(data: &[u8]) -> (NetHandle, Multiaddr) {
     let store = Arc::new(new_store());
     let id = store.import(data).unwrap();
     store.set_name(NAME, &id).unwrap();
-    let (handle, incoming, addr) = start_node().await;
+    let (handle, _events, incoming, addr) = start_node().await;
     runtime::spawn_server(store, incoming, Arc::new(ServeCounters::default()));
     (handle, addr)
 }
@@ -98,7 +92,7 @@ fn spawn_liar(store: Arc<Store>, id: proto::BlobId, lie: Lie, mut incoming: net:
 async fn liar(data: &[u8], lie: Lie) -> (NetHandle, Multiaddr) {
     let store = Arc::new(new_store());
     let id = store.import(data).unwrap();
-    let (handle, incoming, addr) = start_node().await;
+    let (handle, _events, incoming, addr) = start_node().await;
     spawn_liar(store, id, lie, incoming);
     (handle, addr)
 }
@@ -120,7 +114,7 @@ fn timestamp_like() -> Vec<u8> {
 async fn honest_depot_gives_the_named_blob_and_leaves_no_copy() {
     let data = timestamp_like();
     let (_depot, addr) = honest_depot(&data).await;
-    let (vehicle, _incoming, _) = start_node().await;
+    let (vehicle, _events, _incoming, _) = start_node().await;
     let store = Arc::new(new_store());
     let (named, bytes) = fetch_named(
         &vehicle,
@@ -150,7 +144,7 @@ async fn endless_data_is_refused_by_length() {
     // before any of it moves.
     let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
     let (_depot, addr) = honest_depot(&big).await;
-    let (vehicle, _incoming, _) = start_node().await;
+    let (vehicle, _events, _incoming, _) = start_node().await;
     let store = Arc::new(new_store());
     let started = Instant::now();
     let error = fetch_named(
@@ -177,7 +171,7 @@ async fn endless_data_is_refused_by_length() {
     // (the BLAKE3 root commits to the length), and nothing is left in the store. (A vehicle
     // still connected to the honest depot would ask it too, so this is a fresh one.)
     let (_liar, addr) = liar(&big, Lie::SmallSize).await;
-    let (vehicle, _incoming, _) = start_node().await;
+    let (vehicle, _events, _incoming, _) = start_node().await;
     let error = fetch_named(
         &vehicle,
         store.clone(),
@@ -200,7 +194,7 @@ async fn endless_data_is_refused_by_length() {
 async fn slow_retrieval_is_bounded_by_time_and_the_next_peer_still_helps() {
     let data = timestamp_like();
     let (_slow, slow_addr) = liar(&data, Lie::Trickle).await;
-    let (vehicle, _incoming, _) = start_node().await;
+    let (vehicle, _events, _incoming, _) = start_node().await;
     let store = Arc::new(new_store());
 
     // Only the trickling peer: the fetch ends at its time bound, not at the peer's pace

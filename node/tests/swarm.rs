@@ -14,20 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::AsyncWriteExt;
-use libp2p::{Multiaddr, PeerId};
-use node::net::{self, NetHandle};
+use libp2p::PeerId;
+use node::net;
 use node::protocol;
 use node::runtime::{self, FetchOptions, ServeCounters};
 use proto::wire::{Message, RangeResponse};
 
 mod common;
-use common::{Store, new_store};
-
-async fn start_node() -> (NetHandle, net::NetEvents, net::IncomingStreams, Multiaddr) {
-    let (handle, events, incoming) = net::start(common::loopback_config()).await.unwrap();
-    let addr = handle.listen_addrs().await.into_iter().next().unwrap();
-    (handle, events, incoming, addr)
-}
+use common::{Store, new_store, start_node};
 
 /// A peer that answers have queries and subscriptions honestly (it holds the whole blob, so a
 /// subscription ends with its first answer) but corrupts one byte of the first group of every

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use proto::BlobId;
+use proto::tuf::build;
 use serde_json::{Map, Value, json};
 
 pub mod director;
@@ -89,17 +90,18 @@ pub fn release(
         .import(&mut hashing)
         .with_context(|| format!("storing {} in the mesh store", file.display()))?;
     let (length, sha256, sha512) = hashing.finish();
-    let entry = json!({
-        "length": length,
-        "hashes": {"sha256": sha256, "sha512": sha512},
-        "custom": {
-            "hardware_ids": hardware_ids,
-            "release_counter": release_counter,
-            "blake3": blob.to_string(),
-        },
-    });
+    let digests = build::TargetDigests {
+        length,
+        sha256,
+        sha512,
+        blake3: blob.to_string(),
+    };
+    let entry = build::target_entry(
+        &digests,
+        json!({"hardware_ids": hardware_ids, "release_counter": release_counter}),
+    );
     let targets_dir = origin.targets_dir();
-    for hash in [&sha256, &sha512] {
+    for hash in [&digests.sha256, &digests.sha512] {
         let on_disk = match name.rsplit_once('/') {
             Some((dir, base)) => targets_dir.join(dir).join(format!("{hash}.{base}")),
             None => targets_dir.join(format!("{hash}.{name}")),

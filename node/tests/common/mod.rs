@@ -2,7 +2,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // each test binary uses a subset
 
-use node::net::NetConfig;
+use libp2p::Multiaddr;
+use node::net::{self, NetConfig, NetHandle};
 use node::storage::sim::{CrashIndex, CrashStorage};
 use node::store::BlobStore;
 
@@ -23,4 +24,14 @@ pub(crate) fn loopback_config() -> NetConfig {
         mdns_auto_dial: false,
         ..NetConfig::default()
     }
+}
+
+/// A started loopback node: its handle, events, inbound streams and full address.
+pub(crate) type Node = (NetHandle, net::NetEvents, net::IncomingStreams, Multiaddr);
+
+/// Starts a node on [`loopback_config`].
+pub(crate) async fn start_node() -> Node {
+    let (handle, events, incoming) = net::start(loopback_config()).await.unwrap();
+    let addr = handle.listen_addrs().await.into_iter().next().unwrap();
+    (handle, events, incoming, addr)
 }

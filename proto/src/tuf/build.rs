@@ -102,22 +102,46 @@ pub fn snapshot(version: u64, expires: Time, roles: &[(&str, u64)]) -> Value {
     Value::Object(map)
 }
 
+/// What a target entry records of an image: its length and hex digests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetDigests {
+    /// Bytes.
+    pub length: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+    /// SHA-512, hex.
+    pub sha512: String,
+    /// BLAKE3 (the image's blob id), hex.
+    pub blake3: String,
+}
+
+impl TargetDigests {
+    /// The digests of `bytes` (for images held in memory; `origin` streams large ones).
+    pub fn of(bytes: &[u8]) -> Self {
+        Self {
+            length: bytes.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(bytes)),
+            sha512: hex::encode(sha2::Sha512::digest(bytes)),
+            blake3: blake3::hash(bytes).to_hex().to_string(),
+        }
+    }
+}
+
 /// A target entry: length, SHA-256 and SHA-512 of `bytes`, BLAKE3 and `custom` fields merged.
 pub fn target_file(bytes: &[u8], custom: Value) -> Value {
+    target_entry(&TargetDigests::of(bytes), custom)
+}
+
+/// A target entry from `digests`, with the BLAKE3 merged into `custom`.
+pub fn target_entry(digests: &TargetDigests, custom: Value) -> Value {
     let mut custom = match custom {
         Value::Object(map) => map,
         _ => Map::new(),
     };
-    custom.insert(
-        "blake3".into(),
-        json!(blake3::hash(bytes).to_hex().as_str()),
-    );
+    custom.insert("blake3".into(), json!(digests.blake3));
     json!({
-        "length": bytes.len(),
-        "hashes": {
-            "sha256": hex::encode(sha2::Sha256::digest(bytes)),
-            "sha512": hex::encode(sha2::Sha512::digest(bytes)),
-        },
+        "length": digests.length,
+        "hashes": {"sha256": digests.sha256, "sha512": digests.sha512},
         "custom": custom,
     })
 }
