@@ -40,7 +40,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Opens `name`, creating it (empty) when `create` is set and it does not exist.
     fn open(&self, name: &str, create: bool) -> io::Result<Self::File>;
 
-    /// Renames `from` to `to`, replacing `to`. Durable once [`Storage::sync_dir`] returns.
+    /// Renames `from` to `to`, replacing `to`. Durable once [`Storage::sync_dir`] returns
+    /// for `to`'s directory.
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
 
     /// Removes `name`; removing a missing file is not an error.
@@ -50,6 +51,7 @@ pub trait Storage: Send + Sync + 'static {
     fn list(&self, dir: &str) -> io::Result<Vec<String>>;
 
     /// Makes creations, renames and removals in `dir` durable.
+    /// (`""` is the root.)
     fn sync_dir(&self, dir: &str) -> io::Result<()>;
 }
 
@@ -183,7 +185,11 @@ impl Storage for DiskStorage {
     }
 
     fn sync_dir(&self, dir: &str) -> io::Result<()> {
-        let path = self.path(dir)?;
+        let path = if dir.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir)?
+        };
         match File::open(&path) {
             Ok(file) => file.sync_all(),
             // Nothing was ever created there: nothing to make durable.
@@ -556,7 +562,11 @@ pub mod sim {
         fn sync_dir(&self, dir: &str) -> io::Result<()> {
             let mut disk = lock(&self.disk);
             disk.step()?;
-            let prefix = format!("{dir}/");
+            let prefix = if dir.is_empty() {
+                String::new()
+            } else {
+                format!("{dir}/")
+            };
             let in_dir = |name: &String| {
                 name.strip_prefix(&prefix)
                     .is_some_and(|rest| !rest.contains('/'))

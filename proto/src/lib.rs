@@ -13,6 +13,7 @@
 
 pub mod bao;
 mod blob_id;
+pub mod delta;
 mod ranges;
 pub mod tuf;
 pub mod uptane;

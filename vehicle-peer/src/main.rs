@@ -111,6 +111,24 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Rebuild an image from the one a vehicle has and a delta (`origin delta`), verifying each
+    /// segment against the target's hash tree, in bounded memory. Interrupted, the same command
+    /// resumes at the first segment not yet written; OUT appears only when complete and verified.
+    /// Prints a one-line JSON summary.
+    ApplyDelta {
+        /// The source image (the one the delta was made from).
+        #[arg(long)]
+        from: PathBuf,
+        /// The delta.
+        #[arg(long)]
+        delta: PathBuf,
+        /// Where to write the target image.
+        #[arg(long)]
+        out: PathBuf,
+        /// Refuse a delta that rebuilds any other image than this BLAKE3.
+        #[arg(long)]
+        expect: Option<BlobId>,
+    },
 }
 
 fn parse_time(text: &str) -> Result<proto::tuf::Time, String> {
@@ -125,6 +143,24 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::ApplyDelta {
+        from,
+        delta,
+        out,
+        expect,
+    } = &cli.command
+    {
+        return match vehicle_peer::delta::apply_files(from, delta, out, *expect, progress_bar()) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("vehicle-peer: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match runtime::build_tokio(Some(cli.threads)) {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -317,6 +353,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         // `get` drives the runtime itself (its verifier is synchronous) and is run before this.
         Command::Get { .. } => anyhow::bail!("`get` cannot run inside the async runtime"),
+        Command::ApplyDelta { .. } => anyhow::bail!("`apply-delta` runs outside the async runtime"),
     }
 }
 

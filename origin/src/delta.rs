@@ -1,0 +1,759 @@
+//! Building deltas: for each target segment, the smallest of several encodings in the format of
+//! [`proto::delta`].
+//!
+//! Candidates per segment, all compressed with zstd at a high level (22 by default):
+//!
+//! - **patch-from**: the whole segment in the extra stream, compressed against a source window
+//!   of up to 64 MiB (zstd's `--patch-from` with long-distance matching, segment by segment);
+//! - **bsdiff**: operations from a suffix-array matcher over the source (Percival's construction:
+//!   exact matches extended both ways while at least half the bytes agree, the rest as diff and
+//!   extra), with the extra stream *also* compressed against the source window, so bytes the
+//!   matcher left as "new" still find short matches in the source;
+//! - **aligned**: the bsdiff operations with every gap between two matches rebuilt as a diff
+//!   against the source where the previous match pointed (not as extra), in word mode: the shape of
+//!   retrained weights (same layout, every value nudged), where byte-wise matching finds nothing.
+//!
+//! Every candidate is decoded again and checked against the target's hash tree before it can be
+//! chosen, so a creator bug cannot ship a delta that does not apply.
+//!
+//! Memory: the source is matched in windows of at most [`DeltaOptions::match_window`] bytes (the
+//! whole source when it fits): the window, its suffix array (4 bytes per byte), one segment of the
+//! target per worker and zstd's level-22 state per worker. A 2 GiB image is matched in two
+//! overlapping 1 GiB windows: about 5 GiB with the default options.
+//!
+//! Crates: `libsais` (bindings to Ilya Grebnov's libsais, the fastest suffix-array construction
+//! published, single-threaded here) and `zstd` (the reference library: the format's streams are
+//! zstd frames so that any zstd can inspect them).
+
+// The matcher works in signed offsets inside one window (under 2^31 bytes) and one segment (at
+// most 16 MiB), as Percival's algorithm is written; every cast here is of a value in that range.
+#![allow(clippy::cast_possible_truncation)]
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use proto::BlobId;
+use proto::delta::{
+    DeltaHeader, MAX_REF_WINDOW, MAX_SEGMENT_LOG, MIN_SEGMENT_LOG, Op, SegmentDecoder,
+    SegmentEncoder, SegmentEntry, SegmentPlan, SourceView,
+};
+
+/// How to build a delta.
+#[derive(Clone, Debug)]
+pub struct DeltaOptions {
+    /// log2 of the segment size (default 23: 8 MiB).
+    pub segment_log: u8,
+    /// zstd level for every stream (default 22).
+    pub level: i32,
+    /// Largest source window matched at once (default 1 GiB).
+    pub match_window: u64,
+    /// Worker threads (default: the machine's cores).
+    pub threads: usize,
+}
+
+impl Default for DeltaOptions {
+    fn default() -> Self {
+        Self {
+            segment_log: 23,
+            level: 22,
+            match_window: 1 << 30,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// Which encoding a segment got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    /// Extra stream only, against a source window.
+    PatchFrom,
+    /// Matcher operations, byte diff.
+    Bsdiff,
+    /// Matcher operations with gaps as word diffs.
+    Aligned,
+    /// Matcher operations whose poor diff runs became extra.
+    Hybrid,
+}
+
+/// What [`create`] built.
+#[derive(Clone, Debug)]
+pub struct DeltaSummary {
+    /// Source id and length.
+    pub source: (BlobId, u64),
+    /// Target id and length.
+    pub target: (BlobId, u64),
+    /// The delta's length in bytes.
+    pub delta_len: u64,
+    /// The delta's own BLAKE3.
+    pub delta: BlobId,
+    /// How many segments got each method.
+    pub methods: Vec<(Method, usize)>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Builds the delta from `source` to `target` into `out` (written to a temporary file beside it,
+/// fsynced, then renamed into place).
+pub fn create(
+    source: &Path,
+    target: &Path,
+    out: &Path,
+    options: &DeltaOptions,
+) -> anyhow::Result<DeltaSummary> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .context("--out must name a file")?
+        .to_string_lossy()
+        .into_owned();
+    let temp = parent.join(format!(".{name}.partial"));
+    let result = create_into(source, target, out, &temp, options);
+    if result.is_err() {
+        std::fs::remove_file(&temp).ok();
+    }
+    result
+}
+
+fn create_into(
+    source: &Path,
+    target: &Path,
+    out: &Path,
+    temp: &Path,
+    options: &DeltaOptions,
+) -> anyhow::Result<DeltaSummary> {
+    let started = Instant::now();
+    let parent = temp.parent().unwrap_or(Path::new("."));
+    if !(MIN_SEGMENT_LOG..=MAX_SEGMENT_LOG).contains(&options.segment_log) {
+        bail!(
+            "segment size 2^{} is outside 2^{MIN_SEGMENT_LOG}..=2^{MAX_SEGMENT_LOG} bytes",
+            options.segment_log
+        );
+    }
+    if options.match_window < (1 << 20) || options.match_window > (i32::MAX as u64) {
+        bail!("match window must be between 1 MiB and 2 GiB");
+    }
+    let source_file =
+        File::open(source).with_context(|| format!("opening source {}", source.display()))?;
+    let target_file =
+        File::open(target).with_context(|| format!("opening target {}", target.display()))?;
+    let source_len = source_file.metadata()?.len();
+    let target_len = target_file.metadata()?.len();
+    let source_id =
+        hash_file(&source_file).with_context(|| format!("reading {}", source.display()))?;
+    let target_id =
+        hash_file(&target_file).with_context(|| format!("reading {}", target.display()))?;
+
+    let segment_size = 1u64 << options.segment_log;
+    let count = usize::try_from(target_len.div_ceil(segment_size))?;
+    let header_len = proto::delta::FIXED_HEADER_LEN + proto::delta::SEGMENT_ENTRY_LEN * count;
+    if header_len > proto::delta::MAX_HEADER_LEN {
+        bail!("{count} segments are too many for one header; use a larger --segment-size");
+    }
+
+    let mut file = File::create(temp).with_context(|| format!("creating {}", temp.display()))?;
+    file.write_all(&vec![0; header_len])?;
+
+    let mut entries = vec![
+        SegmentEntry {
+            encoded_len: 0,
+            cv: [0; 32]
+        };
+        count
+    ];
+    let mut methods = std::collections::BTreeMap::new();
+    let threads = options.threads.max(1);
+    let mut window: Option<Window> = None;
+    let mut index = 0;
+    while index < count {
+        let batch = index..(index + threads).min(count);
+        let mid = (batch.start as u64 * segment_size
+            + (batch.end as u64 * segment_size).min(target_len))
+            / 2;
+        let wanted = window_for(mid, source_len, target_len, options.match_window);
+        if window
+            .as_ref()
+            .is_none_or(|w| w.offset != wanted.0 || w.bytes.len() as u64 != wanted.1)
+        {
+            drop(window.take()); // free the old window and its suffix array first
+            window = Some(Window::load(&source_file, wanted.0, wanted.1)?);
+        }
+        let Some(w) = window.as_ref() else {
+            bail!("no source window")
+        };
+        let results = encode_batch(
+            w,
+            &target_file,
+            batch.clone(),
+            count,
+            target_len,
+            source_len,
+            options,
+        )?;
+        for (i, (body, method, cv)) in batch.clone().zip(results) {
+            entries[i] = SegmentEntry {
+                encoded_len: u32::try_from(body.len())?,
+                cv,
+            };
+            *methods.entry(method).or_insert(0) += 1;
+            file.write_all(&body)?;
+        }
+        index = batch.end;
+    }
+    let header = DeltaHeader {
+        source: source_id,
+        source_len,
+        target: target_id,
+        target_len,
+        segment_log: options.segment_log,
+        segments: entries,
+    };
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&header.encode())?;
+    file.sync_all()?;
+    drop(file);
+    // The delta as written must parse (its hashes add up to the target).
+    let delta_file = File::open(temp)?;
+    let delta_len = delta_file.metadata()?.len();
+    let delta = hash_file(&delta_file)?;
+    std::fs::rename(temp, out).with_context(|| format!("renaming into {}", out.display()))?;
+    if let Ok(dir) = File::open(parent) {
+        dir.sync_all().ok();
+    }
+    Ok(DeltaSummary {
+        source: (source_id, source_len),
+        target: (target_id, target_len),
+        delta_len,
+        delta,
+        methods: methods.into_iter().collect(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The source window matched for target offset `at`: the whole source when it fits, else a
+/// window placed proportionally, aligned to half a window so neighbouring segments share it.
+fn window_for(at: u64, source_len: u64, target_len: u64, max: u64) -> (u64, u64) {
+    if source_len <= max {
+        return (0, source_len);
+    }
+    let half = max / 2;
+    let centre = (u128::from(at) * u128::from(source_len) / u128::from(target_len.max(1))) as u64;
+    let start = (centre.saturating_sub(half) / half * half).min(source_len - max);
+    (start, max)
+}
+
+struct Window {
+    offset: u64,
+    bytes: Vec<u8>,
+    suffixes: Vec<i32>,
+}
+
+impl Window {
+    fn load(file: &File, offset: u64, len: u64) -> anyhow::Result<Self> {
+        let mut bytes = vec![0; usize::try_from(len)?];
+        file.read_exact_at(&mut bytes, offset)
+            .context("reading the source")?;
+        let suffixes = if bytes.is_empty() {
+            Vec::new()
+        } else {
+            libsais::SuffixArrayConstruction::for_text(&bytes)
+                .in_owned_buffer32()
+                .single_threaded()
+                .run()
+                .map_err(|e| anyhow::anyhow!("suffix array construction failed: {e:?}"))?
+                .into_vec()
+        };
+        Ok(Self {
+            offset,
+            bytes,
+            suffixes,
+        })
+    }
+}
+
+type Encoded = (Vec<u8>, Method, [u8; 32]);
+
+fn encode_batch(
+    window: &Window,
+    target: &File,
+    batch: std::ops::Range<usize>,
+    count: usize,
+    target_len: u64,
+    source_len: u64,
+    options: &DeltaOptions,
+) -> anyhow::Result<Vec<Encoded>> {
+    let next = AtomicUsize::new(batch.start);
+    let results: Mutex<Vec<Option<anyhow::Result<Encoded>>>> =
+        Mutex::new((0..batch.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..options.threads.min(batch.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= batch.end {
+                        break;
+                    }
+                    let result =
+                        encode_segment(window, target, i, count, target_len, source_len, options);
+                    if let Ok(mut slots) = results.lock() {
+                        slots[i - batch.start] = Some(result);
+                    }
+                }
+            });
+        }
+    });
+    let slots = results
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a segment worker panicked"))?;
+    slots
+        .into_iter()
+        .enumerate()
+        .map(|(k, r)| {
+            r.unwrap_or_else(|| {
+                Err(anyhow::anyhow!(
+                    "segment {} was not encoded",
+                    batch.start + k
+                ))
+            })
+        })
+        .collect()
+}
+
+fn encode_segment(
+    window: &Window,
+    target_file: &File,
+    index: usize,
+    count: usize,
+    target_len: u64,
+    source_len: u64,
+    options: &DeltaOptions,
+) -> anyhow::Result<Encoded> {
+    let seg_size = 1u64 << options.segment_log;
+    let start = index as u64 * seg_size;
+    let end = (start + seg_size).min(target_len);
+    let mut target = vec![0; usize::try_from(end - start)?];
+    target_file
+        .read_exact_at(&mut target, start)
+        .context("reading the target")?;
+    let cv = DeltaHeader::chaining_value(count, options.segment_log, index, &target);
+    let header = DeltaHeader {
+        source: BlobId::from_bytes([0; 32]),
+        source_len,
+        target: BlobId::from_bytes([0; 32]),
+        target_len,
+        segment_log: options.segment_log,
+        segments: vec![SegmentEntry { encoded_len: 0, cv }; count],
+    };
+
+    let matches = find_matches(window, &target, start);
+    let bsdiff = to_ops(&matches, window, target.len(), start, false);
+    let aligned = to_ops(&matches, window, target.len(), start, true);
+    let reference = ref_window(&bsdiff, window, start, target_len, source_len);
+    let view = SourceView {
+        offset: window.offset,
+        bytes: &window.bytes,
+    };
+    let mut encoder = SegmentEncoder::new(options.level);
+    let patch_from = [Op {
+        src: start.min(source_len),
+        diff: 0,
+        extra: u32::try_from(target.len())?,
+    }];
+
+    let mut best: Option<(Vec<u8>, Method)> = None;
+    let hybrids = [hybrid(&bsdiff, window, &target, HYBRID_KEEP)];
+    let mut candidates: Vec<(Method, &[Op], Option<u8>)> = vec![
+        (Method::PatchFrom, &patch_from, None),
+        (Method::Bsdiff, &bsdiff, None),
+        (Method::Aligned, &aligned, Some(phase_of(&aligned, start))),
+    ];
+    for h in &hybrids {
+        candidates.push((Method::Hybrid, h, None));
+    }
+    // Which candidates can win at all; trying one costs a full compression at a high level.
+    let matched = agreeing_bytes(&bsdiff, window, &target);
+    let extra: u64 = bsdiff.iter().map(|op| u64::from(op.extra)).sum();
+    let seg_len = target.len() as u64;
+    for (method, ops, word_phase) in candidates {
+        let skip = match method {
+            // The matcher found nothing: the other candidates are patch-from.
+            _ if method != Method::PatchFrom && ops.iter().all(|op| op.diff == 0) => true,
+            // Nine bytes in ten match the source where the matcher put them: zstd alone never
+            // came close on such segments of the corpus.
+            Method::PatchFrom => matched * 10 >= seg_len * 9,
+            // Almost no gaps to fill.
+            Method::Aligned => extra * 64 < seg_len,
+            Method::Hybrid => ops == bsdiff.as_slice(),
+            Method::Bsdiff => false,
+        };
+        if skip {
+            continue;
+        }
+        let plan = SegmentPlan {
+            ops,
+            word_phase,
+            ref_window: reference,
+        };
+        let body = encoder.encode(index, start, &target, &plan, view)?;
+        if best.as_ref().is_none_or(|(b, _)| body.len() < b.len()) {
+            best = Some((body, method));
+        }
+    }
+    let Some((body, method)) = best else {
+        bail!("segment {index}: no encoding")
+    };
+    // Decode what we are about to ship.
+    let header = DeltaHeader {
+        segments: header
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if i == index {
+                    SegmentEntry {
+                        encoded_len: u32::try_from(body.len()).unwrap_or(0),
+                        cv,
+                    }
+                } else {
+                    *e
+                }
+            })
+            .collect(),
+        ..header
+    };
+    let mut rebuilt = Vec::new();
+    SegmentDecoder::new()
+        .decode(&header, index, &body, &mut WindowRead(window), &mut rebuilt)
+        .with_context(|| {
+            format!("segment {index} ({method:?}) does not decode to the target; this is a bug")
+        })?;
+    Ok((body, method, cv))
+}
+
+struct WindowRead<'a>(&'a Window);
+
+impl proto::delta::SourceRead for WindowRead<'_> {
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let bytes: &[u8] = &self.0.bytes;
+        let start = offset
+            .checked_sub(self.0.offset)
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        proto::delta::SourceRead::read_exact_at(&mut { bytes }, start, buf)
+    }
+}
+
+/// The source window a segment's extra stream is compressed against: the whole window when it
+/// is small enough, else 64 MiB centred on where the segment's matches point (or its
+/// proportional place), aligned to 16 MiB so that neighbouring segments share it.
+fn ref_window(
+    ops: &[Op],
+    window: &Window,
+    start: u64,
+    target_len: u64,
+    source_len: u64,
+) -> Option<(u64, u32)> {
+    let len = window.bytes.len() as u64;
+    if len == 0 {
+        return None;
+    }
+    let max = u64::from(MAX_REF_WINDOW);
+    if len <= max {
+        return Some((window.offset, u32::try_from(len).ok()?));
+    }
+    let mut weighted: Vec<(u64, u64)> = ops
+        .iter()
+        .filter(|o| o.diff > 0)
+        .map(|o| (o.src, u64::from(o.diff)))
+        .collect();
+    let centre = if weighted.is_empty() {
+        (u128::from(start) * u128::from(source_len) / u128::from(target_len.max(1))) as u64
+    } else {
+        weighted.sort_unstable();
+        let total: u64 = weighted.iter().map(|w| w.1).sum();
+        let mut acc = 0;
+        weighted
+            .iter()
+            .find(|w| {
+                acc += w.1;
+                acc * 2 >= total
+            })
+            .map_or(0, |w| w.0)
+    };
+    let align = 16 << 20;
+    let lo = window.offset;
+    let hi = window.offset + len - max;
+    let offset = (centre.saturating_sub(max / 2) / align * align).clamp(lo, hi);
+    Some((offset, MAX_REF_WINDOW))
+}
+
+/// The word phase that aligns most of the aligned candidate's diff bytes: the target offset
+/// class (mod 4) of the first long diff run's start.
+fn phase_of(ops: &[Op], start: u64) -> u8 {
+    let mut t = start;
+    let mut best = (0u32, 0u8);
+    for op in ops {
+        if op.diff > best.0 {
+            best = (op.diff, (t % 4) as u8);
+        }
+        t += u64::from(op.diff) + u64::from(op.extra);
+    }
+    best.1
+}
+
+/// One approximate match of the matcher: target bytes `[t, t + len)` against source `src..`,
+/// followed by `extra` bytes the matcher could not place.
+#[derive(Clone, Copy, Debug)]
+struct Match {
+    src: u64,
+    len: u64,
+    extra: u64,
+}
+
+/// Percival's bsdiff matcher over one target segment: returns (source, diff length, extra length)
+/// triples covering the segment. Source offsets are absolute.
+fn find_matches(window: &Window, new: &[u8], start: u64) -> Vec<Match> {
+    let old = &window.bytes[..];
+    let sa = &window.suffixes[..];
+    let mut out = Vec::new();
+    if old.is_empty() || new.is_empty() {
+        out.push(Match {
+            src: window.offset,
+            len: 0,
+            extra: new.len() as u64,
+        });
+        return out;
+    }
+    let (n_old, n_new) = (old.len() as i64, new.len() as i64);
+    let (mut scan, mut len, mut pos) = (0i64, 0i64, 0i64);
+    // Before the first match, assume the segment sits where it sits in the target.
+    let identity = (start.saturating_sub(window.offset) as i64).min(n_old);
+    let (mut last_scan, mut last_pos, mut last_offset) = (0i64, identity, identity);
+    while scan < n_new {
+        let mut old_score = 0i64;
+        scan += len;
+        let mut scsc = scan;
+        while scan < n_new {
+            let (p, l) = search(sa, old, &new[scan as usize..]);
+            pos = p as i64;
+            len = l as i64;
+            while scsc < scan + len {
+                if scsc + last_offset >= 0
+                    && scsc + last_offset < n_old
+                    && old[(scsc + last_offset) as usize] == new[scsc as usize]
+                {
+                    old_score += 1;
+                }
+                scsc += 1;
+            }
+            if (len == old_score && len != 0) || len > old_score + 8 {
+                break;
+            }
+            if scan + last_offset >= 0
+                && scan + last_offset < n_old
+                && old[(scan + last_offset) as usize] == new[scan as usize]
+            {
+                old_score -= 1;
+            }
+            scan += 1;
+        }
+        if len != old_score || scan == n_new {
+            // Extend the previous match forwards while at least half its bytes agree.
+            let (mut s, mut best_f, mut len_f) = (0i64, 0i64, 0i64);
+            let mut i = 0i64;
+            while last_scan + i < scan && last_pos + i < n_old {
+                if old[(last_pos + i) as usize] == new[(last_scan + i) as usize] {
+                    s += 1;
+                }
+                i += 1;
+                if s * 2 - i > best_f * 2 - len_f {
+                    best_f = s;
+                    len_f = i;
+                }
+            }
+            // And this match backwards.
+            let mut len_b = 0i64;
+            if scan < n_new {
+                let (mut s, mut best_b) = (0i64, 0i64);
+                let mut i = 1i64;
+                while scan >= last_scan + i && pos >= i {
+                    if old[(pos - i) as usize] == new[(scan - i) as usize] {
+                        s += 1;
+                    }
+                    if s * 2 - i > best_b * 2 - len_b {
+                        best_b = s;
+                        len_b = i;
+                    }
+                    i += 1;
+                }
+            }
+            // Where they overlap, split at the point that keeps the most agreeing bytes.
+            if last_scan + len_f > scan - len_b {
+                let overlap = (last_scan + len_f) - (scan - len_b);
+                let (mut s, mut best, mut cut) = (0i64, 0i64, 0i64);
+                for i in 0..overlap {
+                    if new[(last_scan + len_f - overlap + i) as usize]
+                        == old[(last_pos + len_f - overlap + i) as usize]
+                    {
+                        s += 1;
+                    }
+                    if new[(scan - len_b + i) as usize] == old[(pos - len_b + i) as usize] {
+                        s -= 1;
+                    }
+                    if s > best {
+                        best = s;
+                        cut = i + 1;
+                    }
+                }
+                len_f += cut - overlap;
+                len_b -= cut;
+            }
+            out.push(Match {
+                src: window.offset + last_pos as u64,
+                len: len_f as u64,
+                extra: ((scan - len_b) - (last_scan + len_f)) as u64,
+            });
+            last_scan = scan - len_b;
+            last_pos = pos - len_b;
+            last_offset = pos - scan;
+        }
+    }
+    out
+}
+
+/// The longest prefix of `new` found in `old`, by binary search over the suffix array.
+fn search(sa: &[i32], old: &[u8], new: &[u8]) -> (usize, usize) {
+    let common = |p: usize| old[p..].iter().zip(new).take_while(|(a, b)| a == b).count();
+    let (mut lo, mut hi) = (0usize, sa.len() - 1);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        let p = sa[mid] as usize;
+        let n = (old.len() - p).min(new.len());
+        if old[p..p + n] < new[..n] {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let (a, b) = (sa[lo] as usize, sa[hi] as usize);
+    let (la, lb) = (common(a), common(b));
+    if la >= lb { (a, la) } else { (b, lb) }
+}
+
+/// Turns matches into operations. With `gaps_as_diff`, each match's extra bytes become a diff
+/// against the source continuing where the match left off (where the source has the bytes).
+fn to_ops(
+    matches: &[Match],
+    window: &Window,
+    seg_len: usize,
+    _start: u64,
+    gaps_as_diff: bool,
+) -> Vec<Op> {
+    let window_end = window.offset + window.bytes.len() as u64;
+    let mut ops = Vec::with_capacity(matches.len());
+    let mut covered = 0u64;
+    for m in matches {
+        let (mut diff, mut extra) = (m.len, m.extra);
+        if gaps_as_diff {
+            let room = window_end.saturating_sub(m.src + m.len);
+            let moved = extra.min(room);
+            diff += moved;
+            extra -= moved;
+        }
+        if diff == 0 && extra == 0 {
+            continue;
+        }
+        // Keep each run within u32 (segments are at most 16 MiB, so this never splits in practice).
+        ops.push(Op {
+            src: m.src,
+            diff: diff as u32,
+            extra: extra as u32,
+        });
+        covered += diff + extra;
+    }
+    debug_assert_eq!(covered, seg_len as u64);
+    if gaps_as_diff {
+        merge_contiguous(&mut ops);
+    }
+    ops
+}
+
+/// How many bytes of the operations' diff runs agree with the source.
+fn agreeing_bytes(ops: &[Op], window: &Window, target: &[u8]) -> u64 {
+    let mut t = 0usize;
+    let mut same = 0u64;
+    for op in ops {
+        let start = (op.src - window.offset) as usize;
+        let old = &window.bytes[start..start + op.diff as usize];
+        same += old
+            .iter()
+            .zip(&target[t..t + op.diff as usize])
+            .filter(|(a, b)| a == b)
+            .count() as u64;
+        t += (op.diff + op.extra) as usize;
+    }
+    same
+}
+
+/// The share of agreeing bytes below which the hybrid candidate drops a diff run (0.6, 0.75, 0.9
+/// and 0.97 were tried on the corpus: 0.6 was smallest).
+const HYBRID_KEEP: f64 = 0.6;
+
+/// The bsdiff operations with every diff run where fewer than `threshold` of the bytes agree
+/// with the source turned into extra bytes (left to zstd's own matching against the source).
+fn hybrid(ops: &[Op], window: &Window, target: &[u8], threshold: f64) -> Vec<Op> {
+    let mut out: Vec<Op> = Vec::with_capacity(ops.len());
+    let mut t = 0usize;
+    for op in ops {
+        let start = (op.src - window.offset) as usize;
+        let old = &window.bytes[start..start + op.diff as usize];
+        let new = &target[t..t + op.diff as usize];
+        let same = old.iter().zip(new).filter(|(a, b)| a == b).count();
+        let keep = op.diff > 0 && (same as f64) >= threshold * f64::from(op.diff);
+        t += (op.diff + op.extra) as usize;
+        if keep {
+            out.push(*op);
+            continue;
+        }
+        let len = op.diff + op.extra;
+        match out.last_mut() {
+            Some(last) => last.extra += len,
+            None => out.push(Op {
+                src: op.src,
+                diff: 0,
+                extra: len,
+            }),
+        }
+    }
+    out
+}
+
+/// Merges operations whose diff runs continue each other in the source with no extra between.
+fn merge_contiguous(ops: &mut Vec<Op>) {
+    let mut merged: Vec<Op> = Vec::with_capacity(ops.len());
+    for op in ops.drain(..) {
+        if let Some(last) = merged.last_mut() {
+            if last.extra == 0 && last.src + u64::from(last.diff) == op.src {
+                last.diff += op.diff;
+                last.extra = op.extra;
+                continue;
+            }
+        }
+        merged.push(op);
+    }
+    *ops = merged;
+}
+
+fn hash_file(file: &File) -> std::io::Result<BlobId> {
+    let mut hasher = blake3::Hasher::new();
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    std::io::copy(&mut reader, &mut hasher)?;
+    Ok(BlobId::from_bytes(*hasher.finalize().as_bytes()))
+}

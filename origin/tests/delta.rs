@@ -1,0 +1,222 @@
+//! `origin delta`: the creator picks, per segment, the encoding the data calls for, the result
+//! applies byte-exact, large sources are matched in windows, and bad arguments get clear errors.
+
+// Test code: small sizes, and a panic is how a test fails.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::path::Path;
+use std::process::Command;
+
+use origin::delta::{DeltaOptions, Method, create};
+use proto::BlobId;
+use proto::delta::{DeltaHeader, SegmentDecoder};
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 29) as u8
+        })
+        .collect()
+}
+
+/// Applies in memory, checking every segment against the target's hash tree.
+fn apply(source: &[u8], delta: &[u8]) -> Vec<u8> {
+    let (header, len) = DeltaHeader::parse(delta).unwrap();
+    header
+        .check_source(BlobId::of(source), source.len() as u64)
+        .unwrap();
+    assert_eq!(header.delta_len(), delta.len() as u64);
+    let mut decoder = SegmentDecoder::new();
+    let (mut out, mut segment, mut at) = (Vec::new(), Vec::new(), len);
+    for (i, entry) in header.segments.iter().enumerate() {
+        let body = &delta[at..at + entry.encoded_len as usize];
+        decoder
+            .decode(&header, i, body, &mut { source }, &mut segment)
+            .unwrap();
+        out.extend_from_slice(&segment);
+        at += entry.encoded_len as usize;
+    }
+    out
+}
+
+fn round_trip(
+    dir: &Path,
+    old: &[u8],
+    new: &[u8],
+    options: &DeltaOptions,
+) -> (Vec<(Method, usize)>, u64) {
+    std::fs::write(dir.join("old"), old).unwrap();
+    std::fs::write(dir.join("new"), new).unwrap();
+    let summary = create(
+        &dir.join("old"),
+        &dir.join("new"),
+        &dir.join("patch"),
+        options,
+    )
+    .unwrap();
+    let delta = std::fs::read(dir.join("patch")).unwrap();
+    assert_eq!(summary.delta_len, delta.len() as u64);
+    assert_eq!(summary.delta, BlobId::of(&delta));
+    assert_eq!(apply(old, &delta), new);
+    (summary.methods, summary.delta_len)
+}
+
+fn options(segment_log: u8) -> DeltaOptions {
+    DeltaOptions {
+        segment_log,
+        level: 9,
+        threads: 2,
+        ..DeltaOptions::default()
+    }
+}
+
+#[test]
+fn each_kind_of_change_gets_its_encoding_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // Retrained weights: every f32 nudged. Only the aligned word diff finds this.
+    let weights: Vec<f32> = (0..60_000)
+        .map(|i| ((i as f32) * 0.013).sin() * 0.2)
+        .collect();
+    let old: Vec<u8> = weights.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let new: Vec<u8> = weights
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| (w + 0.002 * ((i as f32) * 1.7).cos()).to_le_bytes())
+        .collect();
+    let (methods, size) = round_trip(d, &old, &new, &options(16));
+    assert!(
+        methods.iter().any(|(m, _)| *m == Method::Aligned),
+        "{methods:?}"
+    );
+    assert!(
+        size < new.len() as u64 * 3 / 4,
+        "{size} bytes for nudged weights"
+    );
+
+    // Code-like edits: a few bytes changed every few KiB, a shifted block.
+    let old = noise(300_000, 1);
+    let mut new = old.clone();
+    for i in (0..new.len()).step_by(3001) {
+        new[i] ^= 0x10;
+    }
+    new.splice(100_000..100_000, noise(3000, 2));
+    let (methods, size) = round_trip(d, &old, &new, &options(16));
+    assert!(
+        methods.iter().all(|(m, _)| *m != Method::PatchFrom),
+        "{methods:?}"
+    );
+    assert!(size < 20_000, "{size} bytes for a small edit");
+
+    // Nothing in common: the segment is just compressed.
+    let new = noise(100_000, 3);
+    let (methods, _) = round_trip(d, &old, &new, &options(16));
+    assert_eq!(methods, [(Method::PatchFrom, 2)]);
+
+    // Degenerate sizes.
+    round_trip(d, &[], &new, &options(14));
+    round_trip(d, &old, &[], &options(14));
+    round_trip(d, &[], &[], &options(14));
+    round_trip(d, &old, &old, &options(14));
+}
+
+#[test]
+fn a_source_larger_than_the_match_window_is_matched_in_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5 MiB source, 1 MiB windows: the creator moves its window along the source.
+    let old = noise(5 << 20, 4);
+    let mut new = old.clone();
+    for i in (0..new.len()).step_by(65_537) {
+        new[i] = new[i].wrapping_add(1);
+    }
+    new.splice(3 << 20..3 << 20, noise(10_000, 5));
+    let options = DeltaOptions {
+        segment_log: 18,
+        level: 3,
+        threads: 2,
+        match_window: 1 << 20,
+    };
+    let (_, size) = round_trip(dir.path(), &old, &new, &options);
+    assert!(size < 100_000, "{size} bytes: the windows found no matches");
+}
+
+#[test]
+fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("old"), noise(50_000, 1)).unwrap();
+    std::fs::write(d.join("new"), noise(60_000, 1)).unwrap();
+    let origin = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_origin"))
+            .current_dir(d)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = origin(&[
+        "delta",
+        "--from",
+        "old",
+        "--to",
+        "new",
+        "--out",
+        "patch",
+        "--segment-kib",
+        "16",
+        "--level",
+        "5",
+    ]);
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["target_bytes"], 60_000);
+    assert_eq!(
+        summary["delta_bytes"],
+        std::fs::metadata(d.join("patch")).unwrap().len()
+    );
+
+    let (ok, _, stderr) = origin(&[
+        "delta",
+        "--from",
+        "old",
+        "--to",
+        "new",
+        "--out",
+        "p2",
+        "--segment-kib",
+        "24",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--segment-kib 24 must be a power of two"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = origin(&["delta", "--from", "missing", "--to", "new", "--out", "p3"]);
+    assert!(!ok);
+    assert!(stderr.contains("opening source missing"), "{stderr}");
+    let (ok, _, stderr) = origin(&[
+        "delta", "--from", "old", "--to", "new", "--out", "p4", "--level", "30",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("30"), "{stderr}");
+    // Nothing half-written is left by the failures.
+    let mut names: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["new", "old", "patch"]);
+}
