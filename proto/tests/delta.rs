@@ -279,3 +279,28 @@ fn empty_target_has_no_segments() {
     let delta = build(&source, &[], 14, 1, false, false);
     assert_eq!(apply(&source, &delta).unwrap(), Vec::<u8>::new());
 }
+
+/// Found by reading the decoder while fuzzing: an operation whose extra length wraps the running
+/// total (2^64 - S) must be refused, not reach a slice with a wrapped bound.
+#[test]
+fn an_operation_length_that_would_wrap_is_refused() {
+    let delta = hex::decode(concat!(
+        "444d44454c544100010000008c0000001bff9d6e2428d34c57701a9ec40dd809e2e9468b0d4548997ec57376d3",
+        "71515600040000000000009760b4a50a168ad09f08808fd189579282949d66c67131bedb48dc33fd223d6bdc05",
+        "0000000000000e000000010000004b0000009760b4a50a168ad09f08808fd189579282949d66c67131bedb48dc",
+        "33fd223d6b0000140000001d00000000000000000000000000dc0500001200000028b52ffd0058a100000000dc",
+        "0b0000a4f4ffffffffffffff010000dc0b28b52ffd00584d00001000000100d7fd000b",
+    ))
+    .unwrap();
+    let (header, len) = DeltaHeader::parse(&delta).unwrap();
+    let source = vec![0u8; header.source_len as usize];
+    let mut out = Vec::new();
+    let error = SegmentDecoder::new()
+        .decode(&header, 0, &delta[len..], &mut &source[..], &mut out)
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("writes past the segment"),
+        "{error}"
+    );
+    assert!(out.is_empty());
+}

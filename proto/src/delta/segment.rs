@@ -700,9 +700,13 @@ fn walk_ops(
         if diff == 0 && extra == 0 {
             return Err(format!("operation {n} is empty"));
         }
-        let len = diff
-            .checked_add(extra)
-            .ok_or("operation length overflows")?;
+        // Each part is at most a segment, so the sums below cannot overflow.
+        if diff > seg_len || extra > seg_len {
+            return Err(format!(
+                "operation {n} writes past the segment's {seg_len} bytes"
+            ));
+        }
+        let len = diff + extra;
         if written + len > seg_len {
             return Err(format!(
                 "operation {n} writes past the segment's {seg_len} bytes"
