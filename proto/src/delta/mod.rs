@@ -259,8 +259,16 @@ impl DeltaHeader {
             )));
         }
         let mut segments = Vec::with_capacity(count);
-        for _ in 0..count {
+        // A body is never much larger than the bytes it rebuilds (incompressible data stores at a
+        // small overhead); refusing more keeps a decoder's buffer bounded by the format.
+        let max_body = (2u64 << segment_log) + (1 << 20);
+        for i in 0..count {
             let encoded_len = r.u32()?;
+            if u64::from(encoded_len) > max_body {
+                return Err(DeltaError::BadHeader(format!(
+                    "segment {i} claims {encoded_len} bytes, more than {max_body} for a 2^{segment_log}-byte segment"
+                )));
+            }
             let cv = r.array()?;
             segments.push(SegmentEntry { encoded_len, cv });
         }
