@@ -344,18 +344,11 @@ fn encode_segment(
         .read_exact_at(&mut target, start)
         .context("reading the target")?;
     let cv = DeltaHeader::chaining_value(count, options.segment_log, index, &target);
-    let header = DeltaHeader {
-        source: BlobId::from_bytes([0; 32]),
-        source_len,
-        target: BlobId::from_bytes([0; 32]),
-        target_len,
-        segment_log: options.segment_log,
-        segments: vec![SegmentEntry { encoded_len: 0, cv }; count],
-    };
 
     let matches = find_matches(window, &target, start);
-    let bsdiff = to_ops(&matches, window, target.len(), start, false);
-    let aligned = to_ops(&matches, window, target.len(), start, true);
+    let bsdiff = to_ops(&matches, window, target.len(), false);
+    let aligned = to_ops(&matches, window, target.len(), true);
+    let hybrid = hybrid(&bsdiff, window, &target, HYBRID_KEEP);
     let reference = ref_window(&bsdiff, window, start, target_len, source_len);
     let view = SourceView {
         offset: window.offset,
@@ -369,15 +362,12 @@ fn encode_segment(
     }];
 
     let mut best: Option<(Vec<u8>, Method)> = None;
-    let hybrids = [hybrid(&bsdiff, window, &target, HYBRID_KEEP)];
-    let mut candidates: Vec<(Method, &[Op], Option<u8>)> = vec![
+    let candidates: [(Method, &[Op], Option<u8>); 4] = [
         (Method::PatchFrom, &patch_from, None),
         (Method::Bsdiff, &bsdiff, None),
         (Method::Aligned, &aligned, Some(phase_of(&aligned, start))),
+        (Method::Hybrid, &hybrid, None),
     ];
-    for h in &hybrids {
-        candidates.push((Method::Hybrid, h, None));
-    }
     // Which candidates can win at all; trying one costs a full compression at a high level.
     let matched = agreeing_bytes(&bsdiff, window, &target);
     let extra: u64 = bsdiff.iter().map(|op| u64::from(op.extra)).sum();
@@ -410,24 +400,26 @@ fn encode_segment(
     let Some((body, method)) = best else {
         bail!("segment {index}: no encoding")
     };
-    // Decode what we are about to ship.
+    // Decode what we are about to ship. The decoder reads only this segment's entry (and the
+    // lengths), so the others and the ids can be blank.
+    let mut segments = vec![
+        SegmentEntry {
+            encoded_len: 0,
+            cv: [0; 32]
+        };
+        count
+    ];
+    segments[index] = SegmentEntry {
+        encoded_len: u32::try_from(body.len())?,
+        cv,
+    };
     let header = DeltaHeader {
-        segments: header
-            .segments
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                if i == index {
-                    SegmentEntry {
-                        encoded_len: u32::try_from(body.len()).unwrap_or(0),
-                        cv,
-                    }
-                } else {
-                    *e
-                }
-            })
-            .collect(),
-        ..header
+        source: BlobId::from_bytes([0; 32]),
+        source_len,
+        target: BlobId::from_bytes([0; 32]),
+        target_len,
+        segment_log: options.segment_log,
+        segments,
     };
     let mut rebuilt = Vec::new();
     SegmentDecoder::new()
@@ -649,13 +641,7 @@ fn search(sa: &[i32], old: &[u8], new: &[u8]) -> (usize, usize) {
 
 /// Turns matches into operations. With `gaps_as_diff`, each match's extra bytes become a diff
 /// against the source continuing where the match left off (where the source has the bytes).
-fn to_ops(
-    matches: &[Match],
-    window: &Window,
-    seg_len: usize,
-    _start: u64,
-    gaps_as_diff: bool,
-) -> Vec<Op> {
+fn to_ops(matches: &[Match], window: &Window, seg_len: usize, gaps_as_diff: bool) -> Vec<Op> {
     let window_end = window.offset + window.bytes.len() as u64;
     let mut ops = Vec::with_capacity(matches.len());
     let mut covered = 0u64;

@@ -150,16 +150,13 @@ fn main() -> ExitCode {
         expect,
     } = &cli.command
     {
-        return match vehicle_peer::delta::apply_files(from, delta, out, *expect, progress_bar()) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("vehicle-peer: {error:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return summary_or_error(vehicle_peer::delta::apply_files(
+            from,
+            delta,
+            out,
+            *expect,
+            progress_bar(),
+        ));
     }
     let runtime = match runtime::build_tokio(Some(cli.threads)) {
         Ok(runtime) => runtime,
@@ -198,16 +195,7 @@ fn main() -> ExitCode {
             metadata_timeout: std::time::Duration::from_secs(metadata_timeout),
             stall_timeout: std::time::Duration::from_secs(stall_timeout),
         };
-        return match vehicle_peer::mesh::get_target(&runtime, &request) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("vehicle-peer: {error:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return summary_or_error(vehicle_peer::mesh::get_target(&runtime, &request));
     }
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
@@ -354,6 +342,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // `get` drives the runtime itself (its verifier is synchronous) and is run before this.
         Command::Get { .. } => anyhow::bail!("`get` cannot run inside the async runtime"),
         Command::ApplyDelta { .. } => anyhow::bail!("`apply-delta` runs outside the async runtime"),
+    }
+}
+
+/// Prints a command's one-line JSON summary, or its error, and the matching exit code.
+fn summary_or_error(result: anyhow::Result<impl std::fmt::Display>) -> ExitCode {
+    match result {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("vehicle-peer: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
