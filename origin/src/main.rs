@@ -132,6 +132,10 @@ enum Command {
         /// Worker threads (default: every core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Skip the LZMA-with-source-dictionary pass: several times faster on large images,
+        /// 5–15 % larger deltas between far releases of compiled code.
+        #[arg(long)]
+        no_lzma_dict: bool,
     },
 }
 
@@ -282,6 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             segment_kib,
             level,
             threads,
+            no_lzma_dict,
         } => {
             if !segment_kib.is_power_of_two() || !(16..=16384).contains(&segment_kib) {
                 anyhow::bail!(
@@ -291,6 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut options = origin::delta::DeltaOptions {
                 segment_log: u8::try_from(segment_kib.trailing_zeros() + 10)?,
                 level,
+                lzma_dict: !no_lzma_dict,
                 ..Default::default()
             };
             if let Some(threads) = threads {
@@ -314,6 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "target_bytes": summary.target.1,
                     "percent_of_target": 100.0 * summary.delta_len as f64 / summary.target.1.max(1) as f64,
                     "segments": methods,
+                    "lzma_dict_segments": summary.lzma_dict_segments,
                     "seconds": summary.seconds,
                 })
             );

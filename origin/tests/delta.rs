@@ -129,6 +129,78 @@ fn each_kind_of_change_gets_its_encoding_and_round_trips() {
     round_trip(d, &old, &old, &options(14));
 }
 
+/// Bytes shaped like x86 code: relative calls (E8 rel32) into a set of functions between
+/// filler instructions.
+fn code(len: usize, seed: u64, functions: &[u32], base: u32) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        if state % 4 == 0 {
+            let at = base.wrapping_add(out.len() as u32 + 5);
+            let to = functions[(state >> 8) as usize % functions.len()];
+            out.push(0xE8);
+            out.extend_from_slice(&to.wrapping_sub(at).to_le_bytes());
+        } else {
+            out.extend_from_slice(&[
+                0x48,
+                0x8b,
+                0x40 | (state >> 20) as u8 & 7,
+                (state >> 32) as u8 & 0x38,
+            ]);
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn far_releases_of_code_get_lzma_with_the_source_as_dictionary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A far release: the old code's pieces moved around (their calls now relative to new
+    // places), between new code.
+    let functions: Vec<u32> = (0..400).map(|i| i * 2_311 + 64).collect();
+    let old = code(400_000, 11, &functions, 0);
+    let mut new = Vec::new();
+    let mut k = 0u64;
+    while new.len() < 420_000 {
+        k += 1;
+        let from = (k * 7_919 * 13) as usize % (old.len() - 3_000);
+        new.extend_from_slice(&old[from..from + 1_000 + (k as usize * 37) % 2_000]);
+        new.extend(code(
+            300 + (k as usize * 53) % 900,
+            k,
+            &functions,
+            new.len() as u32,
+        ));
+    }
+    std::fs::write(d.join("old"), &old).unwrap();
+    std::fs::write(d.join("new"), &new).unwrap();
+    let make = |lzma_dict: bool, name: &str| {
+        let options = DeltaOptions {
+            lzma_dict,
+            ..options(18)
+        };
+        let summary = create(&d.join("old"), &d.join("new"), &d.join(name), &options).unwrap();
+        let delta = std::fs::read(d.join(name)).unwrap();
+        assert_eq!(apply(&old, &delta), new, "lzma_dict {lzma_dict}");
+        summary
+    };
+    let with = make(true, "with");
+    let without = make(false, "without");
+    assert_eq!(without.lzma_dict_segments, 0);
+    assert!(with.lzma_dict_segments > 0, "{with:?}");
+    assert!(
+        with.delta_len < without.delta_len,
+        "{} bytes with the LZMA pass, {} without",
+        with.delta_len,
+        without.delta_len
+    );
+}
+
 #[test]
 fn a_source_larger_than_the_match_window_is_matched_in_windows() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,6 +216,7 @@ fn a_source_larger_than_the_match_window_is_matched_in_windows() {
         level: 3,
         threads: 2,
         match_window: 1 << 20,
+        lzma_dict: true,
     };
     let (_, size) = round_trip(dir.path(), &old, &new, &options);
     assert!(size < 100_000, "{size} bytes: the windows found no matches");

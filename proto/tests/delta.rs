@@ -59,8 +59,8 @@ fn plan_for(seg_start: u64, seg_len: usize, source_len: u64, seed: u64) -> Vec<O
     ops
 }
 
-/// A segment's plan: operations, word phase, source window.
-type Plan = (Vec<Op>, Option<u8>, Option<(u64, u32)>);
+/// A segment's plan: operations, word phase, source window, LZMA with the window as dictionary.
+type Plan = (Vec<Op>, Option<u8>, Option<(u64, u32)>, bool);
 
 /// Builds a whole delta with the encoder, one plan per segment from `plan(index, start, bytes)`.
 fn build_with(
@@ -76,11 +76,12 @@ fn build_with(
     let mut entries = Vec::new();
     for (i, chunk) in target.chunks(seg).enumerate() {
         let start = (i * seg) as u64;
-        let (ops, word_phase, ref_window) = plan(i, start, chunk);
+        let (ops, word_phase, ref_window, lzma_dict) = plan(i, start, chunk);
         let plan = SegmentPlan {
             ops: &ops,
             word_phase,
             ref_window,
+            lzma_dict,
         };
         let view = SourceView {
             offset: 0,
@@ -123,8 +124,23 @@ fn build(
             let offset = (seed as usize + i) % source.len();
             (offset as u64, (source.len() - offset) as u32)
         });
-        (ops, word.then_some((seed % 4) as u8), ref_window)
+        let lzma_dict = ref_window.is_some() && (seed ^ i as u64) & 1 != 0;
+        (ops, word.then_some((seed % 4) as u8), ref_window, lzma_dict)
     })
+}
+
+/// The codec byte of each segment's extra stream.
+fn extra_codecs(delta: &[u8]) -> Vec<u8> {
+    let (header, mut at) = DeltaHeader::parse(delta).unwrap();
+    let mut codecs = Vec::new();
+    for entry in &header.segments {
+        let body = &delta[at..at + entry.encoded_len as usize];
+        let flags = body[0];
+        let streams = 1 + if flags & 2 != 0 { 12 } else { 0 } + usize::from(flags & 1);
+        codecs.push(body[streams + 18]);
+        at += entry.encoded_len as usize;
+    }
+    codecs
 }
 
 /// Applies a delta in memory the way a vehicle does: header, source check, each segment
@@ -190,7 +206,7 @@ fn word_diff_round_trips_nudged_floats() {
                     extra: 0,
                 },
             ];
-            (ops, Some(phase), None)
+            (ops, Some(phase), None, false)
         });
         assert_eq!(apply(&source, &delta).unwrap(), target, "phase {phase}");
     }
@@ -204,6 +220,12 @@ fn no_corrupted_byte_yields_a_wrong_target() {
     target.extend_from_slice(&bytes(9000, 3));
     let delta = build(&source, &target, 14, 99, false, true);
     assert_eq!(apply(&source, &delta).unwrap(), target);
+    // The flips below reach the zstd patch-from and the LZMA-with-dictionary segments alike.
+    let codecs = extra_codecs(&delta);
+    assert!(
+        codecs.contains(&1) && codecs.iter().any(|c| *c == 4 || *c == 5),
+        "{codecs:?}"
+    );
     let mut harmless = 0;
     for i in 0..delta.len() {
         for flip in [0x01u8, 0x80] {

@@ -41,9 +41,21 @@
 //!
 //! Codecs: 0 a zstd frame; 1 a zstd frame compressed with the source window as prefix (extra
 //! stream only); 2 raw LZMA2 (preset 9e, pb 0, dictionary the stream's length rounded up to a
-//! power of two, 4 KiB..=32 MiB); 3 the x86 branch converter then raw LZMA2. zstd wins most
-//! extra streams (it alone can reference the source); LZMA's finer entropy coding wins most diff
-//! streams, which are mostly zeros with the changed bytes of moved pointers between them.
+//! power of two, 4 KiB..=32 MiB); 3 the x86 branch converter then raw LZMA2; 4 raw LZMA2 with
+//! the source window as preset dictionary (extra stream only; pb 0, dictionary exactly window
+//! plus stream length, at most [`MAX_LZMA_DICT`]); 5 as 4, with the stream and the window each
+//! first through the x86 branch converter (BCJ), the stream counting positions from the
+//! segment's target offset and the window from its source offset, both modulo 2^32 — so a call
+//! into code that kept its address reads the same in both. LZMA's finer entropy coding wins most
+//! diff streams (mostly zeros with the changed bytes of moved pointers between them) and, with
+//! the window as dictionary, the extra streams of far releases of compiled code, 10–15 % under
+//! zstd's patch-from.
+//!
+//! A decoder of codecs 4 and 5 need not hold the window twice: an LZMA2 stream that starts with
+//! the window as stored (uncompressed, 64 KiB) chunks, the first resetting the dictionary, and
+//! continues with the frame (whose first chunk resets state and properties but not the
+//! dictionary) decodes to the window followed by the stream — the window can be streamed from
+//! the source into the decoder's dictionary.
 //!
 //! The control stream is a list of operations, each three LEB128 varints: `seek` (zigzag signed:
 //! where the next source read starts, relative to where the previous one ended; the first is
@@ -67,9 +79,10 @@
 //!
 //! A segment is at most 2^24 bytes (16 MiB); the control and extra streams decode to at most a
 //! segment each and the diff stream to at most its sum of diff runs; a source window is at most
-//! [`MAX_REF_WINDOW`]; zstd frames may not declare a window over 2^[`MAX_WINDOW_LOG`]. The decoder
-//! therefore holds at most about 64 + 4 × 16 MiB whatever the image size, and 64 + 4 × 8 MiB at
-//! the creator's default segment size.
+//! [`MAX_REF_WINDOW`]; zstd frames may not declare a window over 2^[`MAX_WINDOW_LOG`]; an LZMA
+//! dictionary of codecs 4 and 5 is at most [`MAX_LZMA_DICT`] (window plus stream) and replaces
+//! the window buffer. The decoder therefore holds at most about 72 + 4 × 16 MiB whatever the
+//! image size, and 72 + 4 × 8 MiB at the creator's default segment size.
 
 mod segment;
 mod tree;
@@ -94,6 +107,8 @@ pub const MIN_SEGMENT_LOG: u8 = 14;
 pub const MAX_SEGMENT_LOG: u8 = 24;
 /// Largest source window a segment's extra stream may be compressed against.
 pub const MAX_REF_WINDOW: u32 = 64 << 20;
+/// Largest LZMA2 dictionary (source window plus extra stream) of codecs 4 and 5.
+pub const MAX_LZMA_DICT: u32 = 72 << 20;
 /// Largest zstd window a frame may declare (128 MiB covers a full window plus a segment).
 pub const MAX_WINDOW_LOG: u32 = 27;
 
