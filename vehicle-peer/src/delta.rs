@@ -19,6 +19,8 @@ use node::storage::{Storage, StorageFile};
 use proto::BlobId;
 use proto::delta::{DeltaError, DeltaHeader, SegmentDecoder, SourceRead};
 
+use crate::bank::Bank;
+
 const JOURNAL_MAGIC: &[u8; 8] = b"DMAPPLY1";
 const JOURNAL_LEN: usize = 8 + 32 + 8 + 32;
 const READ_CHUNK: usize = 1 << 20;
@@ -159,37 +161,7 @@ where
     let partial_name = join(format!(".{file}.partial"));
     let journal_name = join(format!(".{file}.progress"));
 
-    // The header, checked: its hashes add up to the target.
-    let mut prefix = [0u8; 16];
-    inputs
-        .delta
-        .read_exact_at(0, &mut prefix)
-        .map_err(|_| ApplyError::Delta(DeltaError::Truncated("header")))?;
-    let header_len = DeltaHeader::announced_len(&prefix)?;
-    let mut header_bytes = vec![0; header_len];
-    inputs
-        .delta
-        .read_exact_at(0, &mut header_bytes)
-        .map_err(|_| ApplyError::Delta(DeltaError::Truncated("header")))?;
-    let (header, _) = DeltaHeader::parse(&header_bytes)?;
-    if header.delta_len() != inputs.delta_len {
-        return Err(ApplyError::DeltaLength {
-            expected: header.delta_len(),
-            actual: inputs.delta_len,
-        });
-    }
-    if let Some(expected) = inputs.expect_target {
-        if expected != header.target {
-            return Err(ApplyError::UnexpectedTarget {
-                expected,
-                actual: header.target,
-            });
-        }
-    }
-    // The source, checked before a byte is written.
-    let source_id =
-        hash_of(inputs.source, inputs.source_len).map_err(io_error("reading the source"))?;
-    header.check_source(source_id, inputs.source_len)?;
+    let (header, header_bytes) = checked_header(inputs)?;
 
     // Finished before (the power went out between the rename and the journal's removal)?
     if let Ok(existing) = storage.open(name, false) {
@@ -223,21 +195,9 @@ where
     let partial = storage
         .open(&partial_name, true)
         .map_err(io_error(format!("opening {partial_name}")))?;
-    let mut decoder = SegmentDecoder::new();
-    let mut body = Vec::new();
-    let mut out = Vec::new();
-    let mut source = Source(inputs.source);
-    for index in resumed_at..header.segments.len() {
-        let entry = header.segments[index];
-        body.resize(entry.encoded_len as usize, 0);
-        inputs
-            .delta
-            .read_exact_at(header.body_offset(index), &mut body)
-            .map_err(io_error(format!("reading segment {index} of the delta")))?;
-        decoder.decode(&header, index, &body, &mut source, &mut out)?;
-        let at = header.target_range(index).start;
+    decode_segments(&header, inputs, resumed_at, |index, at, out| {
         partial
-            .write_all_at(at, &out)
+            .write_all_at(at, out)
             .map_err(io_error(format!("writing {partial_name}")))?;
         partial
             .sync()
@@ -245,8 +205,8 @@ where
         write_journal(storage, &journal_name, &header_digest, index + 1)
             .map_err(io_error(format!("writing {journal_name}")))?;
         progress(index + 1, header.segments.len());
-    }
-    drop((body, out, decoder));
+        Ok(())
+    })?;
 
     partial
         .set_len(header.target_len)
@@ -283,6 +243,162 @@ where
         segments: header.segments.len(),
         resumed_at,
     })
+}
+
+/// Reads the delta's header and checks it: its hashes add up to the target, its length is the
+/// delta's, it rebuilds the expected target, and the source is the one it was made from — all
+/// before a byte is written. Returns the header and its bytes.
+fn checked_header<R, D>(
+    inputs: &ApplyInputs<'_, R, D>,
+) -> Result<(DeltaHeader, Vec<u8>), ApplyError>
+where
+    R: ReadAt + ?Sized,
+    D: ReadAt + ?Sized,
+{
+    let mut prefix = [0u8; 16];
+    inputs
+        .delta
+        .read_exact_at(0, &mut prefix)
+        .map_err(|_| ApplyError::Delta(DeltaError::Truncated("header")))?;
+    let header_len = DeltaHeader::announced_len(&prefix)?;
+    let mut header_bytes = vec![0; header_len];
+    inputs
+        .delta
+        .read_exact_at(0, &mut header_bytes)
+        .map_err(|_| ApplyError::Delta(DeltaError::Truncated("header")))?;
+    let (header, _) = DeltaHeader::parse(&header_bytes)?;
+    if header.delta_len() != inputs.delta_len {
+        return Err(ApplyError::DeltaLength {
+            expected: header.delta_len(),
+            actual: inputs.delta_len,
+        });
+    }
+    if let Some(expected) = inputs.expect_target {
+        if expected != header.target {
+            return Err(ApplyError::UnexpectedTarget {
+                expected,
+                actual: header.target,
+            });
+        }
+    }
+    let source_id =
+        hash_of(inputs.source, inputs.source_len).map_err(io_error("reading the source"))?;
+    header.check_source(source_id, inputs.source_len)?;
+    Ok((header, header_bytes))
+}
+
+/// Decodes segments `from..` of the delta in order, each checked against the target's hash
+/// tree, and hands each to `write(index, target_offset, bytes)` — which must make it durable
+/// before it records it.
+fn decode_segments<R, D>(
+    header: &DeltaHeader,
+    inputs: &ApplyInputs<'_, R, D>,
+    from: usize,
+    mut write: impl FnMut(usize, u64, &[u8]) -> Result<(), ApplyError>,
+) -> Result<(), ApplyError>
+where
+    R: ReadAt + ?Sized,
+    D: ReadAt + ?Sized,
+{
+    let mut decoder = SegmentDecoder::new();
+    let mut body = Vec::new();
+    let mut out = Vec::new();
+    let mut source = Source(inputs.source);
+    for index in from..header.segments.len() {
+        let entry = header.segments[index];
+        body.resize(entry.encoded_len as usize, 0);
+        inputs
+            .delta
+            .read_exact_at(header.body_offset(index), &mut body)
+            .map_err(io_error(format!("reading segment {index} of the delta")))?;
+        decoder.decode(header, index, &body, &mut source, &mut out)?;
+        write(index, header.target_range(index).start, &out)?;
+    }
+    Ok(())
+}
+
+/// Where a bank install stands, for the caller's journal: the delta (by the hash of its
+/// header) and how many segments are durably in the bank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BankProgress {
+    /// BLAKE3 of the delta's header: progress of another delta does not count.
+    pub header_digest: [u8; 32],
+    /// Segments written and synced.
+    pub done: usize,
+}
+
+/// Rebuilds the delta's target into `bank` from byte 0 — the flasher's write of the inactive
+/// bank. Resumes after `resume` when it is for this delta (else starts over). Each segment is
+/// decoded, checked against the target's hash tree, written and the bank synced before
+/// `record` is called with the new progress: the caller journals it, durably, and a restart
+/// passes it back, so finished segments are never written again. At the end the bank's first
+/// `target_len` bytes are hashed once more against the target id; on a mismatch
+/// ([`ApplyError::FinalHash`]) the caller drops its progress and the next attempt starts over.
+/// The source is typically the running bank, read through [`crate::bank::BankSource`].
+pub fn apply_into_bank<B, R, D>(
+    bank: &mut B,
+    inputs: &ApplyInputs<'_, R, D>,
+    resume: Option<BankProgress>,
+    mut record: impl FnMut(BankProgress, usize) -> Result<(), ApplyError>,
+) -> Result<Applied, ApplyError>
+where
+    B: Bank + ?Sized,
+    R: ReadAt + ?Sized,
+    D: ReadAt + ?Sized,
+{
+    let (header, header_bytes) = checked_header(inputs)?;
+    if header.target_len > bank.capacity() {
+        return Err(ApplyError::Io {
+            what: format!("bank {}", bank.path().display()),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the target of {} bytes does not fit the bank's {}",
+                    header.target_len,
+                    bank.capacity()
+                ),
+            ),
+        });
+    }
+    let header_digest = *blake3::hash(&header_bytes).as_bytes();
+    let resumed_at = resume
+        .filter(|p| p.header_digest == header_digest && p.done <= header.segments.len())
+        .map_or(0, |p| p.done);
+    let total = header.segments.len();
+    let path = bank.path().display().to_string();
+    decode_segments(&header, inputs, resumed_at, |index, at, out| {
+        bank.write_all_at(at, out)
+            .map_err(io_error(format!("writing bank {path}")))?;
+        bank.sync()
+            .map_err(io_error(format!("syncing bank {path}")))?;
+        record(
+            BankProgress {
+                header_digest,
+                done: index + 1,
+            },
+            total,
+        )
+    })?;
+    let rebuilt = hash_of(&crate::bank::BankSource(&*bank), header.target_len)
+        .map_err(io_error(format!("reading bank {path}")))?;
+    if rebuilt != header.target {
+        return Err(ApplyError::FinalHash {
+            expected: header.target,
+            actual: rebuilt,
+        });
+    }
+    Ok(Applied {
+        target: header.target,
+        target_len: header.target_len,
+        segments: total,
+        resumed_at,
+    })
+}
+
+impl<B: Bank + ?Sized> ReadAt for crate::bank::BankSource<'_, B> {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact_at(offset, buf)
+    }
 }
 
 struct FileRead<'a, F: StorageFile>(&'a F);
