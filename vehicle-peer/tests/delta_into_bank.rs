@@ -123,6 +123,26 @@ fn install(
     (result, inactive.first_write.get())
 }
 
+/// A real delta from `origin::delta::create`, 16 KiB segments.
+fn make_delta(dir: &Path, old: &[u8], new: &[u8]) -> Vec<u8> {
+    std::fs::write(dir.join("old"), old).unwrap();
+    std::fs::write(dir.join("new"), new).unwrap();
+    let options = origin::delta::DeltaOptions {
+        segment_log: 14,
+        level: 3,
+        threads: 1,
+        ..Default::default()
+    };
+    origin::delta::create(
+        &dir.join("old"),
+        &dir.join("new"),
+        &dir.join("patch"),
+        &options,
+    )
+    .unwrap();
+    std::fs::read(dir.join("patch")).unwrap()
+}
+
 /// A disk with bank A holding `old` (durably) and an empty bank B.
 fn provisioned(old: &[u8], capacity: u64) -> CrashStorage {
     let storage = CrashStorage::new();
@@ -144,22 +164,7 @@ fn power_cut_at_every_bank_write_sync_and_journal_update_resumes_without_rewriti
     }
     new.splice(60_000..60_000, noise(5000, 9));
     new.extend_from_slice(&noise(20_000, 11));
-    std::fs::write(dir.path().join("old"), &old).unwrap();
-    std::fs::write(dir.path().join("new"), &new).unwrap();
-    let options = origin::delta::DeltaOptions {
-        segment_log: 14,
-        level: 3,
-        threads: 1,
-        ..Default::default()
-    };
-    origin::delta::create(
-        &dir.path().join("old"),
-        &dir.path().join("new"),
-        &dir.path().join("patch"),
-        &options,
-    )
-    .unwrap();
-    let delta = std::fs::read(dir.path().join("patch")).unwrap();
+    let delta = make_delta(dir.path(), &old, &new);
     let capacity = 256 << 10;
     let target = BlobId::of(&new);
     let segment = 1u64 << 14;
@@ -231,22 +236,7 @@ fn a_wrong_source_bank_or_a_small_bank_is_refused_before_a_byte_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let old = noise(50_000, 1);
     let new = noise(60_000, 2);
-    std::fs::write(dir.path().join("old"), &old).unwrap();
-    std::fs::write(dir.path().join("new"), &new).unwrap();
-    let options = origin::delta::DeltaOptions {
-        segment_log: 14,
-        level: 3,
-        threads: 1,
-        ..Default::default()
-    };
-    origin::delta::create(
-        &dir.path().join("old"),
-        &dir.path().join("new"),
-        &dir.path().join("patch"),
-        &options,
-    )
-    .unwrap();
-    let delta = std::fs::read(dir.path().join("patch")).unwrap();
+    let delta = make_delta(dir.path(), &old, &new);
 
     // The running bank holds something else.
     let storage = provisioned(&noise(50_000, 3), 64 << 10);
