@@ -8,5 +8,6 @@
 pub mod bank;
 pub mod boot;
 pub mod delta;
+pub mod flasher;
 pub mod mesh;
 pub mod tuf_files;

@@ -10,73 +10,14 @@
     clippy::expect_used
 )]
 
-use std::cell::Cell;
-use std::path::{Path, PathBuf};
+mod sim_ecu;
 
-use node::storage::sim::{CrashFile, CrashStorage, Torn};
+use node::storage::sim::{CrashStorage, Torn};
 use node::storage::{Index, Storage, StorageFile};
 use proto::BlobId;
-use vehicle_peer::bank::{Bank, BankSource, holds};
+use sim_ecu::{SimBank, make_delta, noise};
+use vehicle_peer::bank::{BankSource, holds};
 use vehicle_peer::delta::{Applied, ApplyError, ApplyInputs, BankProgress, apply_into_bank};
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 29) as u8
-        })
-        .collect()
-}
-
-/// A bank in a file of the crash-simulating disk; remembers where its first write went.
-#[derive(Debug)]
-struct SimBank {
-    file: CrashFile,
-    path: PathBuf,
-    capacity: u64,
-    first_write: Cell<Option<u64>>,
-}
-
-impl SimBank {
-    fn open(storage: &CrashStorage, name: &str, capacity: u64) -> Self {
-        let file = storage.open(name, true).unwrap();
-        if file.len().unwrap() != capacity {
-            file.set_len(capacity).unwrap();
-            file.sync().unwrap();
-        }
-        Self {
-            file,
-            path: PathBuf::from(name),
-            capacity,
-            first_write: Cell::new(None),
-        }
-    }
-}
-
-impl Bank for SimBank {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn capacity(&self) -> u64 {
-        self.capacity
-    }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.file.read_exact_at(offset, buf)
-    }
-    fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        assert!(offset + data.len() as u64 <= self.capacity);
-        if self.first_write.get().is_none() {
-            self.first_write.set(Some(offset));
-        }
-        self.file.write_all_at(offset, data)
-    }
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.file.sync()
-    }
-}
 
 const JOURNAL_KEY: &[u8] = b"install/ecu-1/progress";
 
@@ -121,26 +62,6 @@ fn install(
         Ok(())
     });
     (result, inactive.first_write.get())
-}
-
-/// A real delta from `origin::delta::create`, 16 KiB segments.
-fn make_delta(dir: &Path, old: &[u8], new: &[u8]) -> Vec<u8> {
-    std::fs::write(dir.join("old"), old).unwrap();
-    std::fs::write(dir.join("new"), new).unwrap();
-    let options = origin::delta::DeltaOptions {
-        segment_log: 14,
-        level: 3,
-        threads: 1,
-        ..Default::default()
-    };
-    origin::delta::create(
-        &dir.join("old"),
-        &dir.join("new"),
-        &dir.join("patch"),
-        &options,
-    )
-    .unwrap();
-    std::fs::read(dir.join("patch")).unwrap()
 }
 
 /// A disk with bank A holding `old` (durably) and an empty bank B.

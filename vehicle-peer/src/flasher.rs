@@ -1,0 +1,602 @@
+//! The flasher: writes an approved image into an ECU's inactive bank, switches the boot target
+//! for one trial, and commits — or rolls back by itself.
+//!
+//! An install is a typestate (STYLE.md, after rustls' handshake states):
+//! [`Install<Verified>`] → [`Install<Written>`] → [`Install<Trial>`] → [`Outcome`] (committed or
+//! rolled back). The first exists only from an [`ApprovedImage`] — which only Uptane verification
+//! makes — for this ECU's serial and hardware id, and it writes only the bank the ECU is not
+//! running. Each step is journaled in the [`Index`] (sled on a vehicle: atomic and durable when
+//! a put returns) before or after its effect, so that a restart at any instant finds a state it
+//! can finish from ([`recover`]):
+//!
+//! | journal | boot environment | after a power cut |
+//! |---|---|---|
+//! | `writing` (n segments) | old slot first | re-verify, [`Install::begin`] again: resumes at segment n |
+//! | `written` | old slot first | [`Install::start_trial`] (re-verifies the bank first) |
+//! | `trial` | old slot first | the switch was cut: set it again, reboot |
+//! | `trial` | new slot first, a try left | reboot into the trial |
+//! | `trial` | new slot first, none left, old slot booted | the new software never came up: roll back |
+//! | `trial` | new slot booted | run the health check, commit or roll back |
+//! | `committed` / `rolled_back` | either | done (a rollback whose switch was cut is redone) |
+//!
+//! The new slot gets exactly one try, so the bootloader falls back to the old slot by itself when
+//! the new software hangs or the power fails during the trial; the old bank is never written.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use node::storage::Index;
+use proto::BlobId;
+use proto::delta::DeltaHeader;
+use proto::uptane::ApprovedImage;
+use serde::{Deserialize, Serialize};
+
+use crate::bank::{Bank, BankError, BankPair, BankSource, holds};
+use crate::boot::{BootError, Medium, Slot, UbootBoot};
+use crate::delta::{ApplyError, ApplyInputs, BankProgress, ReadAt, apply_into_bank};
+
+/// Why an install could not go on. Every variant names what was wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlashError {
+    /// The approval is not for this ECU, or lacks what the flasher needs.
+    #[error("not approved for ECU {ecu}: {detail}")]
+    NotApproved {
+        /// The ECU's serial.
+        ecu: String,
+        /// Why.
+        detail: String,
+    },
+    /// Another install is in flight on this ECU.
+    #[error("ECU {ecu} has an install of {target} at stage {stage}; finish it first")]
+    Busy {
+        /// The ECU's serial.
+        ecu: String,
+        /// What it is installing.
+        target: String,
+        /// Where that install stands.
+        stage: String,
+    },
+    /// The running slot is neither of the ECU's banks.
+    #[error("ECU {ecu} runs slot {slot}, which is not one of its banks")]
+    UnknownSlot {
+        /// The ECU's serial.
+        ecu: String,
+        /// The slot.
+        slot: Slot,
+    },
+    /// The written bank does not hold the target: never switched to.
+    #[error("bank {slot} of ECU {ecu} does not hold {target} after writing; not switching to it")]
+    BankNotVerified {
+        /// The ECU's serial.
+        ecu: String,
+        /// The bank's slot.
+        slot: Slot,
+        /// The target id.
+        target: BlobId,
+    },
+    /// Applying the delta failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// A bank failed.
+    #[error(transparent)]
+    Bank(#[from] BankError),
+    /// Boot control failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The journal could not be read or written.
+    #[error("install journal: {0}")]
+    Journal(String),
+}
+
+/// An ECU the flasher drives: its identity, its two banks and its boot control.
+#[derive(Debug)]
+pub struct Ecu<B, M> {
+    /// Its serial (as the director names it).
+    pub serial: String,
+    /// Its hardware id.
+    pub hardware_id: String,
+    /// Its banks.
+    pub banks: BankPair<B>,
+    /// Its boot control.
+    pub boot: UbootBoot<M>,
+}
+
+/// Where an install stands, as journaled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Stage {
+    /// Segments of the delta (named by the hash of its header) durably in the bank.
+    Writing {
+        /// Hex BLAKE3 of the delta's header.
+        header: String,
+        /// Segments written.
+        done: usize,
+    },
+    /// The bank holds the target, verified.
+    Written,
+    /// The boot target is (being) switched to the new slot for one try.
+    Trial,
+    /// The new slot is kept.
+    Committed,
+    /// The old slot is kept, and why.
+    RolledBack {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Stage {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Writing { .. } => "writing",
+            Self::Written => "written",
+            Self::Trial => "trial",
+            Self::Committed => "committed",
+            Self::RolledBack { .. } => "rolled_back",
+        }
+    }
+}
+
+/// One ECU's install, as journaled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallRecord {
+    /// The ECU's serial.
+    pub ecu: String,
+    /// The target's name in the repositories.
+    pub target: String,
+    /// Its BLAKE3.
+    #[serde(with = "blob_id_text")]
+    pub blake3: BlobId,
+    /// Its length.
+    pub length: u64,
+    /// The slot it was installed from (the one running when it started).
+    pub from: String,
+    /// The slot it is installed into.
+    pub to: String,
+    /// Where it stands.
+    pub stage: Stage,
+}
+
+/// A [`BlobId`] in the journal as its hex text.
+mod blob_id_text {
+    use proto::BlobId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(id: &BlobId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BlobId, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn journal_key(serial: &str) -> Vec<u8> {
+    format!("flasher/{serial}").into_bytes()
+}
+
+/// The journaled install of ECU `serial`, if any.
+pub fn journaled<J: Index>(journal: &J, serial: &str) -> Result<Option<InstallRecord>, FlashError> {
+    let key = journal_key(serial);
+    let records = journal
+        .load()
+        .map_err(|e| FlashError::Journal(e.to_string()))?;
+    records
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, value)| {
+            serde_json::from_slice(&value).map_err(|e| {
+                FlashError::Journal(format!("record of ECU {serial} does not parse: {e}"))
+            })
+        })
+        .transpose()
+}
+
+fn store<J: Index>(journal: &J, record: &InstallRecord) -> Result<(), FlashError> {
+    let value = serde_json::to_vec(record).map_err(|e| FlashError::Journal(e.to_string()))?;
+    journal
+        .put(&journal_key(&record.ecu), &value)
+        .map_err(|e| FlashError::Journal(format!("writing the record of ECU {}: {e}", record.ecu)))
+}
+
+fn slot(name: &str) -> Result<Slot, FlashError> {
+    Slot::new(name).map_err(FlashError::from)
+}
+
+/// Typestate: approved and checked against this ECU; nothing written or being written.
+#[derive(Debug)]
+pub struct Verified;
+/// Typestate: the inactive bank holds the target, verified.
+#[derive(Debug)]
+pub struct Written;
+/// Typestate: the boot target is the new slot for one try.
+#[derive(Debug)]
+pub struct Trial;
+
+/// An install on one ECU, in stage `S`.
+#[derive(Debug)]
+pub struct Install<'a, S, B, M, J> {
+    ecu: &'a mut Ecu<B, M>,
+    journal: &'a J,
+    record: InstallRecord,
+    stage: PhantomData<S>,
+}
+
+/// How an install ended, or what it waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The new slot is kept.
+    Committed,
+    /// The old slot is kept, and why.
+    RolledBack {
+        /// Why.
+        reason: String,
+    },
+    /// The boot target is the new slot for one try: reboot the ECU.
+    Reboot,
+}
+
+impl<S, B: Bank, M: Medium, J: Index> Install<'_, S, B, M, J> {
+    /// The journaled record.
+    pub fn record(&self) -> &InstallRecord {
+        &self.record
+    }
+
+    fn slots(&self) -> Result<(Slot, Slot), FlashError> {
+        Ok((slot(&self.record.from)?, slot(&self.record.to)?))
+    }
+
+    fn set(&mut self, stage: Stage) -> Result<(), FlashError> {
+        self.record.stage = stage;
+        store(self.journal, &self.record)
+    }
+}
+
+impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
+    /// Starts the install of `approved` on `ecu`, which runs slot `running` — or resumes the
+    /// journaled one of the same image. Refused unless the approval names this ECU's serial and
+    /// hardware id and carries the image's BLAKE3, and while another install is in flight.
+    pub fn begin(
+        ecu: &'a mut Ecu<B, M>,
+        journal: &'a J,
+        approved: &ApprovedImage,
+        running: &Slot,
+    ) -> Result<Self, FlashError> {
+        let refuse = |detail: String| FlashError::NotApproved {
+            ecu: ecu.serial.clone(),
+            detail,
+        };
+        if approved.ecu_serial() != ecu.serial {
+            return Err(refuse(format!(
+                "the approval is for ECU {}",
+                approved.ecu_serial()
+            )));
+        }
+        if approved.hardware_id() != ecu.hardware_id {
+            return Err(refuse(format!(
+                "the approval is for hardware {}, this ECU is {}",
+                approved.hardware_id(),
+                ecu.hardware_id
+            )));
+        }
+        let Some(blake3) = approved.blake3() else {
+            return Err(refuse(format!(
+                "{} has no BLAKE3 in its signed metadata",
+                approved.target()
+            )));
+        };
+        let Some((_, to, _)) = ecu.banks.split(running) else {
+            return Err(FlashError::UnknownSlot {
+                ecu: ecu.serial.clone(),
+                slot: running.clone(),
+            });
+        };
+        let to = to.to_string();
+        let fresh = InstallRecord {
+            ecu: ecu.serial.clone(),
+            target: approved.target().to_string(),
+            blake3,
+            length: approved.file().length,
+            from: running.to_string(),
+            to,
+            stage: Stage::Writing {
+                header: String::new(),
+                done: 0,
+            },
+        };
+        let record = match journaled(journal, &ecu.serial)? {
+            Some(
+                old @ InstallRecord {
+                    stage: Stage::Writing { .. },
+                    ..
+                },
+            ) if old.blake3 == fresh.blake3 && old.from == fresh.from => old,
+            Some(old)
+                if matches!(old.stage, Stage::Written | Stage::Trial)
+                    && !(old.blake3 == fresh.blake3 && old.from == fresh.from) =>
+            {
+                return Err(FlashError::Busy {
+                    ecu: ecu.serial.clone(),
+                    target: old.target,
+                    stage: old.stage.name().into(),
+                });
+            }
+            _ => fresh,
+        };
+        Ok(Self {
+            ecu,
+            journal,
+            record,
+            stage: PhantomData,
+        })
+    }
+
+    /// Applies `delta` (`delta_len` bytes) from the running bank into the other one, resuming
+    /// at the journaled segment; each segment is synced before the journal counts it. Calls
+    /// `progress(done, total)` after each segment.
+    pub fn write<D: ReadAt + ?Sized>(
+        mut self,
+        delta: &D,
+        delta_len: u64,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Install<'a, Written, B, M, J>, FlashError> {
+        let (from, _) = self.slots()?;
+        let mut prefix = [0u8; 16];
+        delta
+            .read_exact_at(0, &mut prefix)
+            .map_err(|_| ApplyError::Delta(proto::delta::DeltaError::Truncated("header")))?;
+        let mut header = vec![0u8; DeltaHeader::announced_len(&prefix).map_err(ApplyError::from)?];
+        delta
+            .read_exact_at(0, &mut header)
+            .map_err(|_| ApplyError::Delta(proto::delta::DeltaError::Truncated("header")))?;
+        let (parsed, _) = DeltaHeader::parse(&header).map_err(ApplyError::from)?;
+        let resume = match &self.record.stage {
+            Stage::Writing { header, done } => hex::decode(header)
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .map(|header_digest| BankProgress {
+                    header_digest,
+                    done: *done,
+                }),
+            _ => None,
+        };
+        let serial = self.ecu.serial.clone();
+        let Some((running, _, inactive)) = self.ecu.banks.split(&from) else {
+            return Err(FlashError::UnknownSlot {
+                ecu: serial,
+                slot: from,
+            });
+        };
+        let inputs = ApplyInputs {
+            source: &BankSource(running),
+            source_len: parsed.source_len,
+            delta,
+            delta_len,
+            expect_target: Some(self.record.blake3),
+        };
+        let mut record = self.record.clone();
+        let journal = self.journal;
+        let applied = apply_into_bank(inactive, &inputs, resume, |p, total| {
+            record.stage = Stage::Writing {
+                header: hex::encode(p.header_digest),
+                done: p.done,
+            };
+            store(journal, &record).map_err(|e| ApplyError::Io {
+                what: "journaling the install".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            progress(p.done, total);
+            Ok(())
+        });
+        self.record = record;
+        match applied {
+            Ok(_) => {}
+            Err(e @ ApplyError::FinalHash { .. }) => {
+                // The bank changed under us: start over next time.
+                self.set(Stage::Writing {
+                    header: String::new(),
+                    done: 0,
+                })?;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.set(Stage::Written)?;
+        Ok(Install {
+            ecu: self.ecu,
+            journal: self.journal,
+            record: self.record,
+            stage: PhantomData,
+        })
+    }
+}
+
+impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Written, B, M, J> {
+    /// Verifies the written bank against the target once more, then makes the new slot the
+    /// boot target for one try. Reboot the ECU next ([`Outcome::Reboot`]). A bank that does not
+    /// verify is never switched to; the install goes back to writing from the start.
+    pub fn start_trial(mut self) -> Result<Install<'a, Trial, B, M, J>, FlashError> {
+        let (_, to) = self.slots()?;
+        let bank = self
+            .ecu
+            .banks
+            .get(&to)
+            .ok_or_else(|| FlashError::UnknownSlot {
+                ecu: self.ecu.serial.clone(),
+                slot: to.clone(),
+            })?;
+        if !holds(bank, self.record.length, self.record.blake3)? {
+            self.set(Stage::Writing {
+                header: String::new(),
+                done: 0,
+            })?;
+            return Err(FlashError::BankNotVerified {
+                ecu: self.ecu.serial.clone(),
+                slot: to,
+                target: self.record.blake3,
+            });
+        }
+        self.set(Stage::Trial)?;
+        self.ecu.boot.start_trial(&to)?;
+        Ok(Install {
+            ecu: self.ecu,
+            journal: self.journal,
+            record: self.record,
+            stage: PhantomData,
+        })
+    }
+}
+
+impl<B: Bank, M: Medium, J: Index> Install<'_, Trial, B, M, J> {
+    /// After a boot: `booted` is the slot the ECU came up in. In the new slot, runs `health`
+    /// and commits or rolls back; in the old one, works out from the boot environment whether
+    /// the trial is still to come ([`Outcome::Reboot`]) or the new software never came up
+    /// (rolled back).
+    pub fn conclude(
+        mut self,
+        booted: &Slot,
+        health: &mut dyn HealthCheck,
+    ) -> Result<Outcome, FlashError> {
+        let (from, to) = self.slots()?;
+        if *booted == to {
+            return match health.check(&to) {
+                Ok(()) => {
+                    self.ecu.boot.commit(&to)?;
+                    self.set(Stage::Committed)?;
+                    Ok(Outcome::Committed)
+                }
+                Err(reason) => self.roll_back(format!("health check failed: {reason}")),
+            };
+        }
+        if *booted != from {
+            return Err(FlashError::UnknownSlot {
+                ecu: self.ecu.serial.clone(),
+                slot: booted.clone(),
+            });
+        }
+        let state = self.ecu.boot.state()?;
+        let new_first = state.order.first() == Some(&to);
+        let tries = state.left.get(&to).copied().unwrap_or(0);
+        if new_first && tries > 0 {
+            Ok(Outcome::Reboot)
+        } else if new_first {
+            self.roll_back("boot tries exhausted: the new software did not come up".into())
+        } else {
+            // The switch itself was cut short: make it again.
+            self.ecu.boot.start_trial(&to)?;
+            Ok(Outcome::Reboot)
+        }
+    }
+
+    fn roll_back(mut self, reason: String) -> Result<Outcome, FlashError> {
+        let (from, to) = self.slots()?;
+        self.set(Stage::RolledBack {
+            reason: reason.clone(),
+        })?;
+        self.ecu.boot.roll_back(&to, &from)?;
+        Ok(Outcome::RolledBack { reason })
+    }
+}
+
+/// What [`recover`] found for an ECU.
+#[derive(Debug)]
+pub enum Recovered<'a, B, M, J> {
+    /// Nothing in flight (the last install's record, if any).
+    Idle(Option<InstallRecord>),
+    /// Writing was interrupted: verify the image's metadata again and call [`Install::begin`];
+    /// it resumes at the journaled segment.
+    Writing(InstallRecord),
+    /// Written and verified: [`Install::start_trial`].
+    Written(Install<'a, Written, B, M, J>),
+    /// In trial: [`Install::conclude`] with the slot the ECU booted.
+    Trial(Install<'a, Trial, B, M, J>),
+}
+
+/// After a restart: where ECU `ecu`'s install stands, from its journal. A rollback whose boot
+/// switch was cut short is completed here.
+pub fn recover<'a, B: Bank, M: Medium, J: Index>(
+    ecu: &'a mut Ecu<B, M>,
+    journal: &'a J,
+) -> Result<Recovered<'a, B, M, J>, FlashError> {
+    let Some(record) = journaled(journal, &ecu.serial)? else {
+        return Ok(Recovered::Idle(None));
+    };
+    Ok(match record.stage {
+        Stage::Writing { .. } => Recovered::Writing(record),
+        Stage::Written => Recovered::Written(Install {
+            ecu,
+            journal,
+            record,
+            stage: PhantomData,
+        }),
+        Stage::Trial => Recovered::Trial(Install {
+            ecu,
+            journal,
+            record,
+            stage: PhantomData,
+        }),
+        Stage::RolledBack { .. } => {
+            let (from, to) = (slot(&record.from)?, slot(&record.to)?);
+            let state = ecu.boot.state()?;
+            if state.order.first() == Some(&to) || state.left.get(&to).is_some_and(|n| *n > 0) {
+                ecu.boot.roll_back(&to, &from)?;
+            }
+            Recovered::Idle(Some(record))
+        }
+        Stage::Committed => Recovered::Idle(Some(record)),
+    })
+}
+
+/// The health check of a freshly booted slot.
+pub trait HealthCheck {
+    /// `Ok` when the software in `slot` works; else why not.
+    fn check(&mut self, slot: &Slot) -> Result<(), String>;
+}
+
+impl<F: FnMut(&Slot) -> Result<(), String>> HealthCheck for F {
+    fn check(&mut self, slot: &Slot) -> Result<(), String> {
+        self(slot)
+    }
+}
+
+/// A health check that runs a command (with the slot in `DEPOTMESH_SLOT`) and passes when it
+/// exits 0 within the timeout; it is killed when it does not.
+#[derive(Clone, Debug)]
+pub struct CommandCheck {
+    /// The program.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// How long it may take.
+    pub timeout: Duration,
+}
+
+impl HealthCheck for CommandCheck {
+    fn check(&mut self, slot: &Slot) -> Result<(), String> {
+        let mut child = std::process::Command::new(&self.program)
+            .args(&self.args)
+            .env("DEPOTMESH_SLOT", slot.as_str())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{} did not start: {e}", self.program))?;
+        let started = std::time::Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => return Err(format!("{} exited with {status}", self.program)),
+                Ok(None) if started.elapsed() >= self.timeout => {
+                    child.kill().ok();
+                    child.wait().ok();
+                    return Err(format!(
+                        "{} did not finish within {:?}",
+                        self.program, self.timeout
+                    ));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("waiting for {}: {e}", self.program)),
+            }
+        }
+    }
+}

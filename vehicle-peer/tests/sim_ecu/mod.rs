@@ -1,0 +1,123 @@
+//! Shared by the flasher's tests: banks and a boot environment on the crash-simulating disk,
+//! and real deltas.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation
+)]
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+
+use node::storage::sim::{CrashFile, CrashStorage};
+use node::storage::{Storage, StorageFile};
+use vehicle_peer::bank::Bank;
+use vehicle_peer::boot::Medium;
+
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 29) as u8
+        })
+        .collect()
+}
+
+/// A real delta from `origin::delta::create`, 16 KiB segments.
+pub fn make_delta(dir: &Path, old: &[u8], new: &[u8]) -> Vec<u8> {
+    std::fs::write(dir.join("old"), old).unwrap();
+    std::fs::write(dir.join("new"), new).unwrap();
+    let options = origin::delta::DeltaOptions {
+        segment_log: 14,
+        level: 3,
+        threads: 1,
+        ..Default::default()
+    };
+    origin::delta::create(
+        &dir.join("old"),
+        &dir.join("new"),
+        &dir.join("patch"),
+        &options,
+    )
+    .unwrap();
+    std::fs::read(dir.join("patch")).unwrap()
+}
+
+/// A bank in a file of the crash-simulating disk; remembers where its first write went.
+#[derive(Debug)]
+pub struct SimBank {
+    pub file: CrashFile,
+    path: PathBuf,
+    capacity: u64,
+    pub first_write: Cell<Option<u64>>,
+}
+
+impl SimBank {
+    pub fn open(storage: &CrashStorage, name: &str, capacity: u64) -> Self {
+        let file = storage.open(name, true).unwrap();
+        if file.len().unwrap() != capacity {
+            file.set_len(capacity).unwrap();
+            file.sync().unwrap();
+        }
+        Self {
+            file,
+            path: PathBuf::from(name),
+            capacity,
+            first_write: Cell::new(None),
+        }
+    }
+}
+
+impl Bank for SimBank {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.file.read_exact_at(offset, buf)
+    }
+    fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        assert!(offset + data.len() as u64 <= self.capacity);
+        if self.first_write.get().is_none() {
+            self.first_write.set(Some(offset));
+        }
+        self.file.write_all_at(offset, data)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync()
+    }
+}
+
+/// A boot environment in a file of the crash-simulating disk.
+#[derive(Debug)]
+pub struct SimEnv(pub CrashFile);
+
+impl SimEnv {
+    pub fn open(storage: &CrashStorage, name: &str, len: u64) -> Self {
+        let file = storage.open(name, true).unwrap();
+        if file.len().unwrap() != len {
+            file.set_len(len).unwrap();
+            file.sync().unwrap();
+        }
+        Self(file)
+    }
+}
+
+impl Medium for SimEnv {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_exact_at(offset, buf)
+    }
+    fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_all_at(offset, data)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.0.sync()
+    }
+}
