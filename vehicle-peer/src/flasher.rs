@@ -179,17 +179,28 @@ fn journal_key(serial: &str) -> Vec<u8> {
 
 /// The journaled install of ECU `serial`, if any.
 pub fn journaled<J: Index>(journal: &J, serial: &str) -> Result<Option<InstallRecord>, FlashError> {
-    let key = journal_key(serial);
+    load_json(
+        journal,
+        &journal_key(serial),
+        &format!("record of ECU {serial}"),
+    )
+}
+
+/// The JSON value at `key`, if any; `what` names it in errors.
+fn load_json<J: Index, T: serde::de::DeserializeOwned>(
+    journal: &J,
+    key: &[u8],
+    what: &str,
+) -> Result<Option<T>, FlashError> {
     let records = journal
         .load()
-        .map_err(|e| FlashError::Journal(e.to_string()))?;
+        .map_err(|e| FlashError::Journal(format!("reading the {what}: {e}")))?;
     records
         .into_iter()
-        .find(|(k, _)| *k == key)
+        .find(|(k, _)| k == key)
         .map(|(_, value)| {
-            serde_json::from_slice(&value).map_err(|e| {
-                FlashError::Journal(format!("record of ECU {serial} does not parse: {e}"))
-            })
+            serde_json::from_slice(&value)
+                .map_err(|e| FlashError::Journal(format!("the {what} does not parse: {e}")))
         })
         .transpose()
 }
@@ -449,26 +460,33 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Written, B, M, J> {
     }
 }
 
+/// What a trial showed after a boot (see [`Install::check`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrialCheck {
+    /// The new slot booted and passed its health check.
+    Healthy,
+    /// The new software failed, and why (its health check, or it never came up).
+    Failed(String),
+    /// The trial is still to come: reboot the ECU.
+    Reboot,
+}
+
 impl<B: Bank, M: Medium, J: Index> Install<'_, Trial, B, M, J> {
-    /// After a boot: `booted` is the slot the ECU came up in. In the new slot, runs `health`
-    /// and commits or rolls back; in the old one, works out from the boot environment whether
-    /// the trial is still to come ([`Outcome::Reboot`]) or the new software never came up
-    /// (rolled back).
-    pub fn conclude(
-        mut self,
+    /// After a boot: `booted` is the slot the ECU came up in. In the new slot, runs `health`;
+    /// in the old one, works out from the boot environment whether the trial is still to come
+    /// or the new software never came up. Decides nothing: [`Install::commit`] or
+    /// [`Install::roll_back`] next (or [`Install::conclude`] for both in one).
+    pub fn check(
+        &mut self,
         booted: &Slot,
         health: &mut dyn HealthCheck,
-    ) -> Result<Outcome, FlashError> {
+    ) -> Result<TrialCheck, FlashError> {
         let (from, to) = self.slots()?;
         if *booted == to {
-            return match health.check(&to) {
-                Ok(()) => {
-                    self.ecu.boot.commit(&to)?;
-                    self.set(Stage::Committed)?;
-                    Ok(Outcome::Committed)
-                }
-                Err(reason) => self.roll_back(format!("health check failed: {reason}")),
-            };
+            return Ok(match health.check(&to) {
+                Ok(()) => TrialCheck::Healthy,
+                Err(reason) => TrialCheck::Failed(format!("health check failed: {reason}")),
+            });
         }
         if *booted != from {
             return Err(FlashError::UnknownSlot {
@@ -480,17 +498,44 @@ impl<B: Bank, M: Medium, J: Index> Install<'_, Trial, B, M, J> {
         let new_first = state.order.first() == Some(&to);
         let tries = state.left.get(&to).copied().unwrap_or(0);
         if new_first && tries > 0 {
-            Ok(Outcome::Reboot)
+            Ok(TrialCheck::Reboot)
         } else if new_first {
-            self.roll_back("boot tries exhausted: the new software did not come up".into())
+            Ok(TrialCheck::Failed(
+                "boot tries exhausted: the new software did not come up".into(),
+            ))
         } else {
             // The switch itself was cut short: make it again.
             self.ecu.boot.start_trial(&to)?;
-            Ok(Outcome::Reboot)
+            Ok(TrialCheck::Reboot)
         }
     }
 
-    fn roll_back(mut self, reason: String) -> Result<Outcome, FlashError> {
+    /// One ECU on its own: [`Install::check`], then commit when healthy, roll back when not.
+    pub fn conclude(
+        mut self,
+        booted: &Slot,
+        health: &mut dyn HealthCheck,
+    ) -> Result<Outcome, FlashError> {
+        match self.check(booted, health)? {
+            TrialCheck::Healthy => self.commit(),
+            TrialCheck::Failed(reason) => self.roll_back(reason),
+            TrialCheck::Reboot => Ok(Outcome::Reboot),
+        }
+    }
+
+    /// Keeps the new slot: boot control first (the running new software stays the boot
+    /// target), then the journal.
+    pub fn commit(mut self) -> Result<Outcome, FlashError> {
+        let (_, to) = self.slots()?;
+        self.ecu.boot.commit(&to)?;
+        self.set(Stage::Committed)?;
+        Ok(Outcome::Committed)
+    }
+
+    /// Goes back to the old slot, for `reason`: the journal first (so a restart cannot commit
+    /// what was decided against), then boot control. If the new slot is running, the old one
+    /// runs after the next reboot.
+    pub fn roll_back(mut self, reason: String) -> Result<Outcome, FlashError> {
         let (from, to) = self.slots()?;
         self.set(Stage::RolledBack {
             reason: reason.clone(),
@@ -498,6 +543,184 @@ impl<B: Bank, M: Medium, J: Index> Install<'_, Trial, B, M, J> {
         self.ecu.boot.roll_back(&to, &from)?;
         Ok(Outcome::RolledBack { reason })
     }
+}
+
+/// One ECU's part in a vehicle install: the approval and the delta to apply.
+#[derive(Debug)]
+pub struct EcuJob<'a, D: ?Sized> {
+    /// The Uptane approval of the image for this ECU.
+    pub approval: &'a ApprovedImage,
+    /// The delta from the running image.
+    pub delta: &'a D,
+    /// Its length.
+    pub delta_len: u64,
+}
+
+/// The vehicle's decision for a multi-ECU install, journaled before any ECU acts on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum GroupDecision {
+    /// Every ECU keeps its new slot.
+    Commit,
+    /// Every ECU goes back to its old slot, and why.
+    RollBack {
+        /// Why (which ECU failed, how).
+        reason: String,
+    },
+}
+
+fn group_key(group: &str) -> Vec<u8> {
+    format!("flasher-group/{group}").into_bytes()
+}
+
+/// The journaled decision of vehicle install `group`, if it was taken.
+pub fn group_decision<J: Index>(
+    journal: &J,
+    group: &str,
+) -> Result<Option<GroupDecision>, FlashError> {
+    load_json(
+        journal,
+        &group_key(group),
+        &format!("decision of install {group}"),
+    )
+}
+
+/// One step of a vehicle install of several ECUs (the gateway as Uptane primary), run after
+/// every boot with the slot each ECU came up in: writes whatever is not written, switches all
+/// ECUs to their trials together once all are written and verified, and after the trial boot
+/// commits all of them only when every one is healthy — otherwise rolls all of them back. The
+/// decision is journaled before any ECU acts on it, so a power cut in the middle finishes the
+/// same way: never a vehicle with some ECUs on the new release and some on the old.
+pub fn vehicle_step<B, M, J, D>(
+    group: &str,
+    ecus: &mut [Ecu<B, M>],
+    jobs: &[EcuJob<'_, D>],
+    booted: &[Slot],
+    journal: &J,
+    health: &mut dyn FnMut(&str, &Slot) -> Result<(), String>,
+) -> Result<Outcome, FlashError>
+where
+    B: Bank,
+    M: Medium,
+    J: Index,
+    D: ReadAt + ?Sized,
+{
+    if ecus.len() != jobs.len() || ecus.len() != booted.len() {
+        return Err(FlashError::Journal(format!(
+            "{} ECUs, {} jobs and {} booted slots do not match",
+            ecus.len(),
+            jobs.len(),
+            booted.len()
+        )));
+    }
+    // A decision taken before a power cut is carried out, whatever else the ECUs say.
+    if let Some(decision) = group_decision(journal, group)? {
+        return carry_out(ecus, journal, &decision);
+    }
+    // Write what is not written; switch nobody until everyone is written.
+    for ((ecu, job), running) in ecus.iter_mut().zip(jobs).zip(booted) {
+        let stage = journaled(journal, &ecu.serial)?
+            .filter(|r| Some(r.blake3) == job.approval.blake3())
+            .map(|r| r.stage);
+        match stage {
+            Some(Stage::Written | Stage::Trial) => {}
+            Some(Stage::Committed | Stage::RolledBack { .. }) => {
+                return Err(FlashError::Journal(format!(
+                    "ECU {} finished on its own, outside install {group}",
+                    ecu.serial
+                )));
+            }
+            Some(Stage::Writing { .. }) | None => {
+                Install::begin(ecu, journal, job.approval, running)?.write(
+                    job.delta,
+                    job.delta_len,
+                    |_, _| {},
+                )?;
+            }
+        }
+    }
+    let mut switched = false;
+    for ecu in ecus.iter_mut() {
+        if let Recovered::Written(written) = recover(ecu, journal)? {
+            written.start_trial()?;
+            switched = true;
+        }
+    }
+    if switched {
+        return Ok(Outcome::Reboot);
+    }
+    // Every ECU is in its trial: look at each.
+    let mut reboot = false;
+    let mut failed = None;
+    let mut healthy = Vec::new();
+    for (i, (ecu, slot)) in ecus.iter_mut().zip(booted).enumerate() {
+        let serial = ecu.serial.clone();
+        let Recovered::Trial(mut trial) = recover(ecu, journal)? else {
+            return Err(FlashError::Journal(format!(
+                "ECU {serial} is not in its trial in install {group}"
+            )));
+        };
+        match trial.check(slot, &mut |s: &Slot| health(&serial, s))? {
+            TrialCheck::Healthy => healthy.push(i),
+            TrialCheck::Reboot => reboot = true,
+            TrialCheck::Failed(reason) => {
+                failed.get_or_insert(format!("ECU {serial}: {reason}"));
+            }
+        }
+    }
+    let decision = match failed {
+        Some(reason) => GroupDecision::RollBack { reason },
+        None if reboot => {
+            // Others still need their trial boot: the healthy ones spent their one try, so they
+            // get another, or the bootloader would take them back to the old slot.
+            for i in healthy {
+                if let Recovered::Trial(trial) = recover(&mut ecus[i], journal)? {
+                    let (_, to) = trial.slots()?;
+                    trial.ecu.boot.start_trial(&to)?;
+                }
+            }
+            return Ok(Outcome::Reboot);
+        }
+        None => GroupDecision::Commit,
+    };
+    let value = serde_json::to_vec(&decision).map_err(|e| FlashError::Journal(e.to_string()))?;
+    journal
+        .put(&group_key(group), &value)
+        .map_err(|e| FlashError::Journal(format!("writing the decision of {group}: {e}")))?;
+    carry_out(ecus, journal, &decision)
+}
+
+fn carry_out<B: Bank, M: Medium, J: Index>(
+    ecus: &mut [Ecu<B, M>],
+    journal: &J,
+    decision: &GroupDecision,
+) -> Result<Outcome, FlashError> {
+    for ecu in ecus.iter_mut() {
+        match recover(ecu, journal)? {
+            Recovered::Trial(trial) => {
+                match decision {
+                    GroupDecision::Commit => trial.commit()?,
+                    GroupDecision::RollBack { reason } => trial.roll_back(reason.clone())?,
+                };
+            }
+            Recovered::Written(written) => {
+                // Never switched: nothing to undo but the record.
+                if let GroupDecision::RollBack { reason } = decision {
+                    let mut install = written;
+                    install.set(Stage::RolledBack {
+                        reason: reason.clone(),
+                    })?;
+                }
+            }
+            Recovered::Idle(_) | Recovered::Writing(_) => {}
+        }
+    }
+    Ok(match decision {
+        GroupDecision::Commit => Outcome::Committed,
+        GroupDecision::RollBack { reason } => Outcome::RolledBack {
+            reason: reason.clone(),
+        },
+    })
 }
 
 /// What [`recover`] found for an ECU.

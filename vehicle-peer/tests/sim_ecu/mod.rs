@@ -9,10 +9,15 @@
 )]
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::SigningKey;
 use node::storage::sim::{CrashFile, CrashStorage};
 use node::storage::{Storage, StorageFile};
+use proto::tuf::{Key, RoleKeys, Time, build};
+use proto::uptane::{ApprovedImage, EcuState, PartialVerifier};
+use serde_json::{Map, json};
 use vehicle_peer::bank::Bank;
 use vehicle_peer::boot::Medium;
 
@@ -120,4 +125,37 @@ impl Medium for SimEnv {
     fn sync(&mut self) -> std::io::Result<()> {
         self.0.sync()
     }
+}
+
+/// The director's approval of `image` for ECU `serial` with `hardware`, through the secondary's
+/// real partial verification.
+pub fn approve(image: &[u8], serial: &str, hardware: &str, with_blake3: bool) -> ApprovedImage {
+    let key = SigningKey::from_bytes(&[42; 32]);
+    let mut entry = build::target_file(
+        image,
+        json!({"ecu_identifiers": {serial: {"hardware_id": hardware}}, "release_counter": 2}),
+    );
+    if !with_blake3 {
+        entry["custom"].as_object_mut().unwrap().remove("blake3");
+    }
+    let now = Time::parse("2026-06-01T00:00:00Z").unwrap();
+    let expires = Time::from_unix(now.unix() + 86_400);
+    let targets = Map::from_iter([("ecu/brake.bin".to_string(), entry)]);
+    let signed = build::sign(&build::targets(1, expires, targets, &[]), &[&key]).unwrap();
+    let public = key.verifying_key();
+    let keyid = build::key_id(&public);
+    let mut verifier = PartialVerifier {
+        keys: BTreeMap::from([(keyid.clone(), Key::Ed25519(public))]),
+        role: RoleKeys {
+            keyids: vec![keyid],
+            threshold: 1,
+        },
+        last_version: 0,
+        serial: serial.into(),
+        ecu: EcuState {
+            hardware_id: hardware.into(),
+            installed_release_counter: 1,
+        },
+    };
+    verifier.verify(&signed, now).unwrap().unwrap()
 }
