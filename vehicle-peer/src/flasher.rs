@@ -89,6 +89,17 @@ pub enum FlashError {
     Journal(String),
 }
 
+/// An image as an ECU reports it (Uptane's version report fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledImage {
+    /// The target's name in the repositories.
+    pub target: String,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// Its release counter.
+    pub release_counter: u64,
+}
+
 /// An ECU the flasher drives: its identity, its two banks and its boot control.
 #[derive(Debug)]
 pub struct Ecu<B, M> {
@@ -96,6 +107,10 @@ pub struct Ecu<B, M> {
     pub serial: String,
     /// Its hardware id.
     pub hardware_id: String,
+    /// Its key, which signs its version reports (registered with the director).
+    pub key: ed25519_dalek::SigningKey,
+    /// What it ran before any install the journal knows of.
+    pub installed: Option<InstalledImage>,
     /// Its banks.
     pub banks: BankPair<B>,
     /// Its boot control.
@@ -150,6 +165,10 @@ pub struct InstallRecord {
     pub blake3: BlobId,
     /// Its length.
     pub length: u64,
+    /// The image being installed, as its version report will name it.
+    pub image: InstalledImage,
+    /// What ran before it.
+    pub previous: Option<InstalledImage>,
     /// The slot it was installed from (the one running when it started).
     pub from: String,
     /// The slot it is installed into.
@@ -305,11 +324,32 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
             });
         };
         let to = to.to_string();
+        let Some(sha256) = approved.file().hashes.get("sha256").cloned() else {
+            return Err(refuse(format!(
+                "{} has no SHA-256 in its signed metadata",
+                approved.target()
+            )));
+        };
+        let previous = match journaled(journal, &ecu.serial)? {
+            Some(InstallRecord {
+                stage: Stage::Committed,
+                image,
+                ..
+            }) => Some(image),
+            Some(record) => record.previous,
+            None => ecu.installed.clone(),
+        };
         let fresh = InstallRecord {
             ecu: ecu.serial.clone(),
             target: approved.target().to_string(),
             blake3,
             length: approved.file().length,
+            image: InstalledImage {
+                target: approved.target().to_string(),
+                sha256,
+                release_counter: approved.release_counter(),
+            },
+            previous,
             from: running.to_string(),
             to,
             stage: Stage::Writing {
@@ -822,4 +862,43 @@ impl HealthCheck for CommandCheck {
             }
         }
     }
+}
+
+/// What ECU `ecu` runs, per its journal: the new image once committed, else the one before it.
+pub fn running_image<B, M, J: Index>(
+    ecu: &Ecu<B, M>,
+    journal: &J,
+) -> Result<Option<InstalledImage>, FlashError> {
+    Ok(match journaled(journal, &ecu.serial)? {
+        Some(InstallRecord {
+            stage: Stage::Committed,
+            image,
+            ..
+        }) => Some(image),
+        Some(record) => record.previous,
+        None => ecu.installed.clone(),
+    })
+}
+
+/// The ECU's signed version report (Uptane) answering the director's `nonce`: what it runs —
+/// the new image after a commit, the previous one after a rollback, which is how the director
+/// sees an install's result.
+pub fn version_report<B, M, J: Index>(
+    ecu: &Ecu<B, M>,
+    journal: &J,
+    nonce: &str,
+) -> Result<serde_json::Value, FlashError> {
+    let running = running_image(ecu, journal)?.ok_or_else(|| {
+        FlashError::Journal(format!("ECU {} does not know what it runs", ecu.serial))
+    })?;
+    let report = proto::uptane::EcuVersionReport {
+        ecu_serial: ecu.serial.clone(),
+        installed_image: running.target,
+        sha256: running.sha256,
+        release_counter: running.release_counter,
+        nonce: nonce.to_string(),
+        attacks_detected: String::new(),
+    };
+    proto::uptane::sign_ecu_report(&report, &ecu.key)
+        .map_err(|e| FlashError::Journal(format!("signing the report of {}: {e}", ecu.serial)))
 }

@@ -55,6 +55,8 @@ fn ecu(storage: &CrashStorage) -> Ecu<SimBank, SimEnv> {
     Ecu {
         serial: "BRK-1".into(),
         hardware_id: "brake-v2".into(),
+        key: ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        installed: None,
         banks,
         boot,
     }

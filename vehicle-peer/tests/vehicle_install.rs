@@ -17,10 +17,16 @@ use node::storage::sim::{CrashStorage, Torn};
 use proto::BlobId;
 use proto::uptane::ApprovedImage;
 use sim_ecu::{SimBank, SimEnv, approve, make_delta, noise};
+use std::collections::BTreeMap;
 use vehicle_peer::bank::{BankPair, holds};
 use vehicle_peer::boot::{EnvLayout, EnvStore, Slot, UbootBoot};
+
+use ed25519_dalek::SigningKey;
+use proto::tuf::build::TargetDigests;
+use proto::uptane::{sign_vehicle_manifest, verify_vehicle_manifest};
 use vehicle_peer::flasher::{
-    Ecu, EcuJob, FlashError, GroupDecision, Outcome, Stage, group_decision, journaled, vehicle_step,
+    Ecu, EcuJob, FlashError, GroupDecision, InstalledImage, Outcome, Stage, group_decision,
+    journaled, vehicle_step, version_report,
 };
 
 const CAPACITY: u64 = 192 << 10;
@@ -40,6 +46,7 @@ struct Part {
     new: Vec<u8>,
     delta: Vec<u8>,
     approval: ApprovedImage,
+    key: SigningKey,
 }
 
 fn parts() -> Vec<Part> {
@@ -68,6 +75,7 @@ fn parts() -> Vec<Part> {
             new,
             delta,
             approval,
+            key: SigningKey::from_bytes(&[seed as u8 * 16; 32]),
         }
     })
     .collect()
@@ -89,6 +97,12 @@ fn ecu(storage: &CrashStorage, part: &Part) -> Ecu<SimBank, SimEnv> {
     Ecu {
         serial: part.serial.into(),
         hardware_id: part.hardware.into(),
+        key: part.key.clone(),
+        installed: Some(InstalledImage {
+            target: format!("ecu/{}-1.bin", part.prefix),
+            sha256: TargetDigests::of(&part.old).sha256,
+            release_counter: 1,
+        }),
         banks,
         boot: UbootBoot::new(
             EnvStore::new(env, layout).unwrap(),
@@ -194,6 +208,35 @@ fn assert_all_or_nothing(storage: &CrashStorage, parts: &[Part], outcome: &Outco
     }
 }
 
+/// The vehicle manifest the gateway sends after the install, checked as the director checks it:
+/// each ECU's signed report of what it runs, (target, release counter) by serial.
+fn reported(storage: &CrashStorage, parts: &[Part]) -> BTreeMap<String, (String, u64)> {
+    let index = storage.index();
+    let reports: Vec<_> = parts
+        .iter()
+        .map(|p| version_report(&ecu(storage, p), &index, "nonce-17").unwrap())
+        .collect();
+    let primary = SigningKey::from_bytes(&[99; 32]);
+    let manifest = sign_vehicle_manifest("VIN-1", "GW-1", &reports, &primary).unwrap();
+    let keys = parts
+        .iter()
+        .map(|p| (p.serial.to_string(), p.key.verifying_key()))
+        .collect();
+    let verified = verify_vehicle_manifest(
+        &manifest,
+        "VIN-1",
+        &primary.verifying_key(),
+        &keys,
+        "nonce-17",
+    )
+    .unwrap();
+    verified
+        .reports
+        .into_iter()
+        .map(|(serial, r)| (serial, (r.installed_image, r.release_counter)))
+        .collect()
+}
+
 #[test]
 fn every_ecu_commits_when_every_ecu_is_healthy() {
     let parts = parts();
@@ -209,6 +252,10 @@ fn every_ecu_commits_when_every_ecu_is_healthy() {
         power_on(&storage, &parts).unwrap(),
         vec![slot("B"), slot("B")]
     );
+    // Each ECU's signed report names the new image.
+    let reports = reported(&storage, &parts);
+    assert_eq!(reports["BRK-1"], ("ecu/brake.bin".to_string(), 2));
+    assert_eq!(reports["GW-1"], ("ecu/brake.bin".to_string(), 2));
 }
 
 #[test]
@@ -228,6 +275,10 @@ fn one_unhealthy_ecu_rolls_every_ecu_back() {
         power_on(&storage, &parts).unwrap(),
         vec![slot("A"), slot("A")]
     );
+    // Both report the image they ran before.
+    let reports = reported(&storage, &parts);
+    assert_eq!(reports["BRK-1"], ("ecu/brk-1.bin".to_string(), 1));
+    assert_eq!(reports["GW-1"], ("ecu/gw-1.bin".to_string(), 1));
 }
 
 #[test]
