@@ -9,5 +9,6 @@ pub mod bank;
 pub mod boot;
 pub mod delta;
 pub mod flasher;
+pub mod install;
 pub mod mesh;
 pub mod tuf_files;

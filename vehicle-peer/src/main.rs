@@ -129,6 +129,44 @@ enum Command {
         #[arg(long)]
         expect: Option<BlobId>,
     },
+    /// One step of an ECU install, run after every boot (see docs/flasher.md): with the
+    /// director's targets and a delta, verify, write the inactive bank and set the one-try
+    /// trial; after the reboot, health-check the new slot and commit or roll back. Interrupted,
+    /// run it again. Prints a one-line JSON summary.
+    Install {
+        /// The ECU configuration (TOML; see config/ecu.toml).
+        #[arg(long)]
+        ecu_config: PathBuf,
+        /// The slot the ECU runs now (default: rauc.slot= from /proc/cmdline).
+        #[arg(long, value_parser = parse_slot)]
+        running: Option<vehicle_peer::boot::Slot>,
+        /// The director's signed targets metadata for this vehicle.
+        #[arg(long, requires = "delta")]
+        director_targets: Option<PathBuf>,
+        /// The delta from the running image to the approved one.
+        #[arg(long, requires = "director_targets")]
+        delta: Option<PathBuf>,
+        /// Time to check metadata expiry against (RFC 3339; default: now).
+        #[arg(long, value_parser = parse_time)]
+        now: Option<proto::tuf::Time>,
+        /// Also print the ECU's signed version report answering this nonce.
+        #[arg(long)]
+        report_nonce: Option<String>,
+    },
+    /// The bootloader's step for a file-backed (simulated) ECU: pick the slot as U-Boot's script
+    /// would, save the environment, print the slot.
+    Boot {
+        /// The ECU configuration (TOML).
+        #[arg(long)]
+        ecu_config: PathBuf,
+        /// First write a fresh boot state (A then B, three tries each).
+        #[arg(long)]
+        provision: bool,
+    },
+}
+
+fn parse_slot(text: &str) -> Result<vehicle_peer::boot::Slot, String> {
+    vehicle_peer::boot::Slot::new(text).map_err(|error| error.to_string())
 }
 
 fn parse_time(text: &str) -> Result<proto::tuf::Time, String> {
@@ -157,6 +195,37 @@ fn main() -> ExitCode {
             *expect,
             progress_bar(),
         ));
+    }
+    match &cli.command {
+        Command::Install {
+            ecu_config,
+            running,
+            director_targets,
+            delta,
+            now,
+            report_nonce,
+        } => {
+            let bar = progress_bar();
+            let args = vehicle_peer::install::InstallArgs {
+                config: ecu_config,
+                running: running.clone(),
+                director_targets: director_targets.as_deref(),
+                delta: delta.as_deref(),
+                now: *now,
+                report_nonce: report_nonce.as_deref(),
+            };
+            return summary_or_error(vehicle_peer::install::install(&args, |done, total| {
+                if let Some(bar) = &bar {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+            }));
+        }
+        Command::Boot {
+            ecu_config,
+            provision,
+        } => return summary_or_error(vehicle_peer::install::boot(ecu_config, *provision)),
+        _ => {}
     }
     let runtime = match runtime::build_tokio(Some(cli.threads)) {
         Ok(runtime) => runtime,
@@ -341,7 +410,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         // `get` drives the runtime itself (its verifier is synchronous) and is run before this.
         Command::Get { .. } => anyhow::bail!("`get` cannot run inside the async runtime"),
-        Command::ApplyDelta { .. } => anyhow::bail!("`apply-delta` runs outside the async runtime"),
+        Command::ApplyDelta { .. } | Command::Install { .. } | Command::Boot { .. } => {
+            anyhow::bail!("this command runs outside the async runtime")
+        }
     }
 }
 

@@ -1,0 +1,395 @@
+//! `vehicle-peer install` and `vehicle-peer boot`: one ECU's install driven by hand, against
+//! file-backed banks (a simulated ECU) or a gateway's partitions, from an ECU configuration file
+//! (TOML; `config/ecu.toml` is a commented example).
+//!
+//! `install` is run after every boot: the first run verifies the director's targets for this
+//! ECU (Uptane partial verification with the director's targets key), writes the delta into
+//! the inactive bank and sets the one-try trial; after the reboot the next run checks the new
+//! slot (the configured health command) and commits or rolls back. An interrupted run is simply
+//! run again. `boot` plays the bootloader for file-backed ECUs: it picks the slot as U-Boot's
+//! script would and prints it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use node::storage::{Index, SledIndex};
+use proto::tuf::{Key, RoleKeys, Time};
+use proto::uptane::{EcuState, PartialVerifier};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::bank::{Bank, BankPair, BlockBank, FileBank};
+use crate::boot::{EnvLayout, EnvStore, Slot, UbootBoot};
+use crate::flasher::{
+    CommandCheck, Ecu, Install, InstalledImage, Outcome, Recovered, journaled, version_report,
+};
+
+/// An ECU configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcuConfig {
+    /// The ECU's serial, as the director names it.
+    pub serial: String,
+    /// Its hardware id.
+    pub hardware_id: String,
+    /// A file holding the ECU's ed25519 key (32-byte seed, hex), which signs its reports.
+    pub key_file: PathBuf,
+    /// Directory of the install journal (sled).
+    pub journal: PathBuf,
+    /// The director's targets key (ed25519 public key, hex), from its root metadata.
+    pub director_targets_key: String,
+    /// What the ECU runs now (for the first report and the release counter check).
+    pub installed: InstalledConfig,
+    /// The two banks.
+    pub banks: BanksConfig,
+    /// The U-Boot environment.
+    pub boot_env: BootEnvConfig,
+    /// The health check run in a freshly booted slot.
+    pub health: HealthConfig,
+}
+
+/// What the ECU runs before any install.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstalledConfig {
+    /// The target's name.
+    pub target: String,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// Its release counter.
+    pub release_counter: u64,
+}
+
+/// The banks: `file` (simulated ECU) or `block` (partitions).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanksConfig {
+    /// `file` or `block`.
+    pub kind: String,
+    /// Slot A's file or partition.
+    #[serde(rename = "A")]
+    pub a: PathBuf,
+    /// Slot B's file or partition.
+    #[serde(rename = "B")]
+    pub b: PathBuf,
+}
+
+/// Where the U-Boot environment lives (as in `/etc/fw_env.config`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootEnvConfig {
+    /// The file or device holding it.
+    pub path: PathBuf,
+    /// Size of one copy in bytes.
+    pub size: usize,
+    /// Offset of the first copy.
+    pub first: u64,
+    /// Offset of the second copy (a redundant environment).
+    pub second: Option<u64>,
+}
+
+/// The health check.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Seconds it may take.
+    pub timeout_secs: u64,
+}
+
+/// Reads and checks an ECU configuration file; errors name the file, the key and the line.
+pub fn load_config(path: &Path) -> anyhow::Result<EcuConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: EcuConfig =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if config.banks.kind != "file" && config.banks.kind != "block" {
+        bail!(
+            "{}: banks.kind = {:?}: must be \"file\" or \"block\"",
+            path.display(),
+            config.banks.kind
+        );
+    }
+    if config.health.command.is_empty() {
+        bail!("{}: health.command is empty", path.display());
+    }
+    Ok(config)
+}
+
+/// A bank of either kind.
+#[derive(Debug)]
+pub enum AnyBank {
+    /// A file.
+    File(FileBank),
+    /// A partition.
+    Block(BlockBank),
+}
+
+impl Bank for AnyBank {
+    fn path(&self) -> &Path {
+        match self {
+            Self::File(b) => b.path(),
+            Self::Block(b) => b.path(),
+        }
+    }
+    fn capacity(&self) -> u64 {
+        match self {
+            Self::File(b) => b.capacity(),
+            Self::Block(b) => b.capacity(),
+        }
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            Self::File(b) => b.read_exact_at(offset, buf),
+            Self::Block(b) => b.read_exact_at(offset, buf),
+        }
+    }
+    fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::File(b) => b.write_all_at(offset, data),
+            Self::Block(b) => b.write_all_at(offset, data),
+        }
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::File(b) => b.sync(),
+            Self::Block(b) => b.sync(),
+        }
+    }
+}
+
+fn slot(name: &str) -> anyhow::Result<Slot> {
+    Ok(Slot::new(name)?)
+}
+
+/// Opens the ECU a configuration describes.
+pub fn open_ecu(config: &EcuConfig) -> anyhow::Result<Ecu<AnyBank, std::fs::File>> {
+    let open = |path: &Path| -> anyhow::Result<AnyBank> {
+        Ok(if config.banks.kind == "block" {
+            AnyBank::Block(BlockBank::open(path)?)
+        } else {
+            AnyBank::File(FileBank::open(path)?)
+        })
+    };
+    let banks = BankPair::new(
+        (slot("A")?, open(&config.banks.a)?),
+        (slot("B")?, open(&config.banks.b)?),
+    )?;
+    let env = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&config.boot_env.path)
+        .with_context(|| format!("opening boot_env.path {}", config.boot_env.path.display()))?;
+    let layout = EnvLayout {
+        size: config.boot_env.size,
+        first: config.boot_env.first,
+        second: config.boot_env.second,
+    };
+    let boot = UbootBoot::new(EnvStore::new(env, layout)?, vec![slot("A")?, slot("B")?]);
+    let seed = std::fs::read_to_string(&config.key_file)
+        .with_context(|| format!("reading key_file {}", config.key_file.display()))?;
+    let seed: [u8; 32] = hex::decode(seed.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| {
+            format!(
+                "key_file {}: must hold a 32-byte ed25519 seed in hex",
+                config.key_file.display()
+            )
+        })?;
+    Ok(Ecu {
+        serial: config.serial.clone(),
+        hardware_id: config.hardware_id.clone(),
+        key: ed25519_dalek::SigningKey::from_bytes(&seed),
+        installed: Some(InstalledImage {
+            target: config.installed.target.clone(),
+            sha256: config.installed.sha256.clone(),
+            release_counter: config.installed.release_counter,
+        }),
+        banks,
+        boot,
+    })
+}
+
+/// `vehicle-peer boot`: the bootloader's step on a file-backed ECU (with `provision`, first a
+/// fresh boot state: A then B, three tries each).
+pub fn boot(config_path: &Path, provision: bool) -> anyhow::Result<serde_json::Value> {
+    let config = load_config(config_path)?;
+    let mut ecu = open_ecu(&config)?;
+    if provision {
+        ecu.boot.provision()?;
+    }
+    let booted = ecu.boot.boot()?;
+    Ok(json!({"ecu": config.serial, "booted": booted.as_str()}))
+}
+
+/// What `vehicle-peer install` was given.
+#[derive(Debug)]
+pub struct InstallArgs<'a> {
+    /// The ECU configuration file.
+    pub config: &'a Path,
+    /// The slot the ECU runs (else `rauc.slot=` from `/proc/cmdline`).
+    pub running: Option<Slot>,
+    /// The director's targets metadata naming this ECU's image.
+    pub director_targets: Option<&'a Path>,
+    /// The delta from the running image.
+    pub delta: Option<&'a Path>,
+    /// The time for the metadata's expiry (else the system clock).
+    pub now: Option<Time>,
+    /// Print the ECU's signed version report answering this nonce.
+    pub report_nonce: Option<&'a str>,
+}
+
+/// `vehicle-peer install`: one step of the install, as the journal says; returns the summary.
+pub fn install(
+    args: &InstallArgs<'_>,
+    progress: impl FnMut(usize, usize),
+) -> anyhow::Result<serde_json::Value> {
+    let config = load_config(args.config)?;
+    let mut ecu = open_ecu(&config)?;
+    std::fs::create_dir_all(&config.journal)
+        .with_context(|| format!("creating journal {}", config.journal.display()))?;
+    let journal = SledIndex::open(&config.journal)
+        .with_context(|| format!("opening journal {}", config.journal.display()))?;
+    let running = match &args.running {
+        Some(slot) => slot.clone(),
+        None => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            crate::bank::running_slot(&cmdline).context(
+                "no rauc.slot= on the kernel command line: pass --running A or --running B",
+            )?
+        }
+    };
+    let mut health = CommandCheck {
+        program: config.health.command[0].clone(),
+        args: config.health.command[1..].to_vec(),
+        timeout: Duration::from_secs(config.health.timeout_secs),
+    };
+    let mut summary = match recover(&mut ecu, &journal)? {
+        Step::Trial => {
+            let Recovered::Trial(trial) = crate::flasher::recover(&mut ecu, &journal)? else {
+                bail!("the journal changed under us");
+            };
+            describe(trial.conclude(&running, &mut health)?)
+        }
+        Step::Written => {
+            let Recovered::Written(written) = crate::flasher::recover(&mut ecu, &journal)? else {
+                bail!("the journal changed under us");
+            };
+            let trial = written.start_trial()?;
+            json!({"stage": "trial", "reboot_into": trial.record().to})
+        }
+        Step::Start => match (args.director_targets, args.delta) {
+            (Some(targets), Some(delta)) => {
+                let approved = approve(&config, &journal, targets, args.now)?;
+                let delta_file = std::fs::File::open(delta)
+                    .with_context(|| format!("opening the delta {}", delta.display()))?;
+                let delta_len = delta_file.metadata()?.len();
+                let written = Install::begin(&mut ecu, &journal, &approved, &running)?.write(
+                    &delta_file,
+                    delta_len,
+                    progress,
+                )?;
+                let trial = written.start_trial()?;
+                json!({"stage": "trial", "reboot_into": trial.record().to})
+            }
+            _ => {
+                let record = journaled(&journal, &config.serial)?;
+                json!({"stage": record.map_or("idle".to_string(), |r| {
+                    serde_json::to_value(&r.stage).ok()
+                        .and_then(|v| v["stage"].as_str().map(str::to_string))
+                        .unwrap_or_default()
+                }), "note": "nothing to do without --director-targets and --delta"})
+            }
+        },
+    };
+    summary["ecu"] = json!(config.serial);
+    summary["running"] = json!(running.as_str());
+    if let Some(nonce) = args.report_nonce {
+        summary["report"] = version_report(&ecu, &journal, nonce)?;
+    }
+    Ok(summary)
+}
+
+enum Step {
+    Start,
+    Written,
+    Trial,
+}
+
+fn recover<B: Bank, M: crate::boot::Medium, J: Index>(
+    ecu: &mut Ecu<B, M>,
+    journal: &J,
+) -> anyhow::Result<Step> {
+    Ok(match crate::flasher::recover(ecu, journal)? {
+        Recovered::Idle(_) | Recovered::Writing(_) => Step::Start,
+        Recovered::Written(_) => Step::Written,
+        Recovered::Trial(_) => Step::Trial,
+    })
+}
+
+fn describe(outcome: Outcome) -> serde_json::Value {
+    match outcome {
+        Outcome::Committed => json!({"stage": "committed"}),
+        Outcome::RolledBack { reason } => json!({"stage": "rolled_back", "reason": reason}),
+        Outcome::Reboot => json!({"stage": "trial", "note": "reboot the ECU into its trial"}),
+    }
+}
+
+/// Partial verification of the director's targets for this ECU, remembering the version.
+fn approve(
+    config: &EcuConfig,
+    journal: &SledIndex,
+    targets: &Path,
+    now: Option<Time>,
+) -> anyhow::Result<proto::uptane::ApprovedImage> {
+    let bytes = std::fs::read(targets)
+        .with_context(|| format!("reading director targets {}", targets.display()))?;
+    let public: [u8; 32] = hex::decode(config.director_targets_key.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .context("director_targets_key: must be a 32-byte ed25519 public key in hex")?;
+    let public = ed25519_dalek::VerifyingKey::from_bytes(&public)
+        .context("director_targets_key: not an ed25519 public key")?;
+    let keyid = proto::tuf::build::key_id(&public);
+    let version_key = format!("director-version/{}", config.serial).into_bytes();
+    let last_version = journal
+        .load()?
+        .into_iter()
+        .find(|(k, _)| *k == version_key)
+        .and_then(|(_, v)| v.try_into().ok().map(u64::from_le_bytes))
+        .unwrap_or(0);
+    let mut verifier = PartialVerifier {
+        keys: [(keyid.clone(), Key::Ed25519(public))]
+            .into_iter()
+            .collect(),
+        role: RoleKeys {
+            keyids: vec![keyid],
+            threshold: 1,
+        },
+        last_version,
+        serial: config.serial.clone(),
+        ecu: EcuState {
+            hardware_id: config.hardware_id.clone(),
+            installed_release_counter: config.installed.release_counter,
+        },
+    };
+    let now = match now {
+        Some(now) => now,
+        None => Time::from_unix(i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs(),
+        )?),
+    };
+    let approved = verifier.verify(&bytes, now)?.with_context(|| {
+        format!(
+            "the director's targets name nothing for ECU {}",
+            config.serial
+        )
+    })?;
+    journal.put(&version_key, &verifier.last_version.to_le_bytes())?;
+    Ok(approved)
+}
