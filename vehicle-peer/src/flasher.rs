@@ -464,6 +464,112 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
     }
 }
 
+/// A good piece size for [`Install::write_image`]: 8 MiB, as the delta's segments.
+pub const IMAGE_PIECE: usize = 8 << 20;
+/// What the journal's `header` holds while a full image (not a delta) is written.
+const IMAGE_MARK: &str = "image";
+
+impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
+    /// Copies the full image (`len` bytes: the approved length) into the inactive bank, for an
+    /// ECU that has no delta from its running image. Pieces of `piece` bytes (e.g.
+    /// [`IMAGE_PIECE`]; a multiple of the flash's erase block), each synced before the journal
+    /// counts it; a restart resumes at the first piece not counted (with the same piece size).
+    /// The bank is then hashed against the approved BLAKE3.
+    pub fn write_image<D: ReadAt + ?Sized>(
+        mut self,
+        image: &D,
+        len: u64,
+        piece: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Install<'a, Written, B, M, J>, FlashError> {
+        if len != self.record.length {
+            return Err(FlashError::NotApproved {
+                ecu: self.ecu.serial.clone(),
+                detail: format!(
+                    "the image is {len} bytes, the approval says {}",
+                    self.record.length
+                ),
+            });
+        }
+        let (from, to) = self.slots()?;
+        let from_piece = match &self.record.stage {
+            Stage::Writing { header, done } if header == IMAGE_MARK => *done,
+            _ => 0,
+        };
+        let serial = self.ecu.serial.clone();
+        let Some((_, _, inactive)) = self.ecu.banks.split(&from) else {
+            return Err(FlashError::UnknownSlot {
+                ecu: serial,
+                slot: from,
+            });
+        };
+        if len > inactive.capacity() {
+            return Err(BankError::TooSmall {
+                path: inactive.path().to_path_buf(),
+                len,
+                capacity: inactive.capacity(),
+            }
+            .into());
+        }
+        let piece_len = piece.clamp(4096, 64 << 20);
+        let piece = piece_len as u64;
+        let total = usize::try_from(len.div_ceil(piece)).unwrap_or(usize::MAX);
+        let mut buf = vec![0u8; piece_len];
+        let path = inactive.path().display().to_string();
+        for index in from_piece..total {
+            let at = index as u64 * piece;
+            let n = usize::try_from((len - at).min(piece)).unwrap_or(piece_len);
+            image
+                .read_exact_at(at, &mut buf[..n])
+                .map_err(|source| ApplyError::Io {
+                    what: format!("reading the image at {at}"),
+                    source,
+                })?;
+            let io = |what: &str| {
+                let what = format!("{what} bank {path}");
+                move |source| ApplyError::Io { what, source }
+            };
+            inactive
+                .write_all_at(at, &buf[..n])
+                .map_err(io("writing"))?;
+            inactive.sync().map_err(io("syncing"))?;
+            self.record.stage = Stage::Writing {
+                header: IMAGE_MARK.into(),
+                done: index + 1,
+            };
+            store(self.journal, &self.record)?;
+            progress(index + 1, total);
+        }
+        drop(buf);
+        let bank = self
+            .ecu
+            .banks
+            .get(&to)
+            .ok_or_else(|| FlashError::UnknownSlot {
+                ecu: self.ecu.serial.clone(),
+                slot: to.clone(),
+            })?;
+        if !holds(bank, len, self.record.blake3)? {
+            self.set(Stage::Writing {
+                header: String::new(),
+                done: 0,
+            })?;
+            return Err(FlashError::BankNotVerified {
+                ecu: self.ecu.serial.clone(),
+                slot: to,
+                target: self.record.blake3,
+            });
+        }
+        self.set(Stage::Written)?;
+        Ok(Install {
+            ecu: self.ecu,
+            journal: self.journal,
+            record: self.record,
+            stage: PhantomData,
+        })
+    }
+}
+
 impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Written, B, M, J> {
     /// Verifies the written bank against the target once more, then makes the new slot the
     /// boot target for one try. Reboot the ECU next ([`Outcome::Reboot`]). A bank that does not

@@ -22,7 +22,8 @@ use serde_json::json;
 use crate::bank::{Bank, BankPair, BlockBank, FileBank};
 use crate::boot::{EnvLayout, EnvStore, Slot, UbootBoot};
 use crate::flasher::{
-    CommandCheck, Ecu, Install, InstalledImage, Outcome, Recovered, journaled, version_report,
+    CommandCheck, Ecu, IMAGE_PIECE, Install, InstalledImage, Outcome, Recovered, journaled,
+    version_report,
 };
 
 /// An ECU configuration file.
@@ -236,6 +237,8 @@ pub struct InstallArgs<'a> {
     pub director_targets: Option<&'a Path>,
     /// The delta from the running image.
     pub delta: Option<&'a Path>,
+    /// Or the full image.
+    pub image: Option<&'a Path>,
     /// The time for the metadata's expiry (else the system clock).
     pub now: Option<Time>,
     /// Print the ECU's signed version report answering this nonce.
@@ -281,17 +284,18 @@ pub fn install(
             let trial = written.start_trial()?;
             json!({"stage": "trial", "reboot_into": trial.record().to})
         }
-        Step::Start => match (args.director_targets, args.delta) {
-            (Some(targets), Some(delta)) => {
+        Step::Start => match (args.director_targets, args.delta.or(args.image)) {
+            (Some(targets), Some(path)) => {
                 let approved = approve(&config, &journal, targets, args.now)?;
-                let delta_file = std::fs::File::open(delta)
-                    .with_context(|| format!("opening the delta {}", delta.display()))?;
-                let delta_len = delta_file.metadata()?.len();
-                let written = Install::begin(&mut ecu, &journal, &approved, &running)?.write(
-                    &delta_file,
-                    delta_len,
-                    progress,
-                )?;
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let len = file.metadata()?.len();
+                let install = Install::begin(&mut ecu, &journal, &approved, &running)?;
+                let written = if args.delta.is_some() {
+                    install.write(&file, len, progress)?
+                } else {
+                    install.write_image(&file, len, IMAGE_PIECE, progress)?
+                };
                 let trial = written.start_trial()?;
                 json!({"stage": "trial", "reboot_into": trial.record().to})
             }
@@ -301,7 +305,7 @@ pub fn install(
                     serde_json::to_value(&r.stage).ok()
                         .and_then(|v| v["stage"].as_str().map(str::to_string))
                         .unwrap_or_default()
-                }), "note": "nothing to do without --director-targets and --delta"})
+                }), "note": "nothing to do without --director-targets and --delta or --image"})
             }
         },
     };

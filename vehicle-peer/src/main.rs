@@ -141,11 +141,14 @@ enum Command {
         #[arg(long, value_parser = parse_slot)]
         running: Option<vehicle_peer::boot::Slot>,
         /// The director's signed targets metadata for this vehicle.
-        #[arg(long, requires = "delta")]
+        #[arg(long)]
         director_targets: Option<PathBuf>,
         /// The delta from the running image to the approved one.
-        #[arg(long, requires = "director_targets")]
+        #[arg(long, requires = "director_targets", conflicts_with = "image")]
         delta: Option<PathBuf>,
+        /// The approved image itself, for an ECU with no delta from what it runs.
+        #[arg(long, requires = "director_targets")]
+        image: Option<PathBuf>,
         /// Time to check metadata expiry against (RFC 3339; default: now).
         #[arg(long, value_parser = parse_time)]
         now: Option<proto::tuf::Time>,
@@ -202,6 +205,7 @@ fn main() -> ExitCode {
             running,
             director_targets,
             delta,
+            image,
             now,
             report_nonce,
         } => {
@@ -211,6 +215,7 @@ fn main() -> ExitCode {
                 running: running.clone(),
                 director_targets: director_targets.as_deref(),
                 delta: delta.as_deref(),
+                image: image.as_deref(),
                 now: *now,
                 report_nonce: report_nonce.as_deref(),
             };

@@ -31,6 +31,8 @@ use vehicle_peer::flasher::{
 const CAPACITY: u64 = 256 << 10;
 const ENV: usize = 0x400;
 const SEGMENT: u64 = 1 << 14;
+/// Pieces of a full-image install in these tests (small, so that it has many).
+const FULL_PIECE: usize = 16 << 10;
 
 fn slot(name: &str) -> Slot {
     Slot::new(name).unwrap()
@@ -76,6 +78,8 @@ fn provisioned(old: &[u8]) -> CrashStorage {
 }
 
 struct Case {
+    /// Install the full image instead of the delta.
+    full: bool,
     old: Vec<u8>,
     new: Vec<u8>,
     delta: Vec<u8>,
@@ -96,6 +100,7 @@ fn case() -> Case {
     let approval = approve(&new, "BRK-1", "brake-v2", true);
     let segments = new.len().div_ceil(SEGMENT as usize);
     Case {
+        full: false,
         old,
         new,
         delta,
@@ -149,16 +154,21 @@ fn agent(
         Stage::Writing { done, .. } => *done,
         other => panic!("begin at {other:?}"),
     };
-    let written = install.write(&case.delta, case.delta.len() as u64, |_, _| {})?;
+    let written = if case.full {
+        install.write_image(&case.new[..], case.new.len() as u64, FULL_PIECE, |_, _| {})?
+    } else {
+        install.write(&case.delta, case.delta.len() as u64, |_, _| {})?
+    };
     written.start_trial()?;
     // Finished segments were not written again.
     let first = ecu.banks.get(&slot("B")).unwrap().first_write.get();
-    if done < case.segments {
-        assert_eq!(
-            first,
-            Some(done as u64 * SEGMENT),
-            "resumed at segment {done}"
-        );
+    let (unit, units) = if case.full {
+        (FULL_PIECE as u64, case.new.len().div_ceil(FULL_PIECE))
+    } else {
+        (SEGMENT, case.segments)
+    };
+    if done < units {
+        assert_eq!(first, Some(done as u64 * unit), "resumed at piece {done}");
     } else {
         assert_eq!(first, None);
     }
@@ -227,7 +237,18 @@ fn an_install_commits_and_the_new_slot_boots() {
 
 #[test]
 fn power_cut_after_every_write_and_sync_of_the_install_never_leaves_an_unbootable_ecu() {
-    let case = case();
+    power_cuts(case());
+}
+
+#[test]
+fn a_full_image_install_survives_the_same_power_cuts() {
+    power_cuts(Case {
+        full: true,
+        ..case()
+    });
+}
+
+fn power_cuts(case: Case) {
     let clean = provisioned(&case.old);
     let base = clean.steps();
     lifecycle(&clean, &case, &mut healthy).unwrap();
@@ -267,8 +288,8 @@ fn power_cut_after_every_write_and_sync_of_the_install_never_leaves_an_unbootabl
         }
     }
     println!(
-        "{cut_points} power cuts over {steps} steps (apply, journal, boot environment, bootloader) of a {}-segment install, 3 torn-write modes; {rolled_back} cut the trial and rolled back, the rest committed",
-        case.segments
+        "{cut_points} power cuts over {steps} steps (write, journal, boot environment, bootloader) of a {} install, 3 torn-write modes; {rolled_back} cut the trial and rolled back, the rest committed",
+        if case.full { "full-image" } else { "delta" }
     );
     assert!(
         rolled_back < cut_points / 4,

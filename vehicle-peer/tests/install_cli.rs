@@ -184,6 +184,52 @@ fn an_install_by_hand_commits_and_reports_the_new_image() {
 }
 
 #[test]
+fn a_full_image_installs_by_hand_too() {
+    let run = prepare("true");
+    std::fs::write(run.dir.path().join("new.img"), &run.new).unwrap();
+    let image = run.dir.path().join("new.img").display().to_string();
+    vehicle_peer(&["boot", "--ecu-config", &run.config, "--provision"]);
+    let (ok, out, err) = vehicle_peer(&[
+        "install",
+        "--ecu-config",
+        &run.config,
+        "--running",
+        "A",
+        "--now",
+        NOW,
+        "--director-targets",
+        &run.targets,
+        "--image",
+        &image,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out["stage"], "trial", "{out}");
+    vehicle_peer(&["boot", "--ecu-config", &run.config]);
+    let (ok, out, err) = step(&run, "B", false);
+    assert!(ok, "{err}");
+    assert_eq!(out["stage"], "committed", "{out}");
+    // An image of another length than approved is refused before writing.
+    let run = prepare("true");
+    std::fs::write(run.dir.path().join("short.img"), &run.new[1..]).unwrap();
+    let short = run.dir.path().join("short.img").display().to_string();
+    let (ok, _, err) = vehicle_peer(&[
+        "install",
+        "--ecu-config",
+        &run.config,
+        "--running",
+        "A",
+        "--now",
+        NOW,
+        "--director-targets",
+        &run.targets,
+        "--image",
+        &short,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("the approval says"), "{err}");
+}
+
+#[test]
 fn a_failing_health_command_rolls_back() {
     let run = prepare("echo no CAN traffic >&2; exit 4");
     vehicle_peer(&["boot", "--ecu-config", &run.config, "--provision"]);
