@@ -14,6 +14,7 @@ pub mod engine;
 pub mod identity;
 pub mod named;
 pub mod net;
+pub mod policy;
 pub mod protocol;
 pub mod runtime;
 pub mod storage;
