@@ -57,6 +57,14 @@ pub enum FlashError {
         /// Where that install stands.
         stage: String,
     },
+    /// The ECU already runs the approved image: nothing to install.
+    #[error("ECU {ecu} already runs {target}")]
+    AlreadyInstalled {
+        /// The ECU's serial.
+        ecu: String,
+        /// The image.
+        target: String,
+    },
     /// The running slot is neither of the ECU's banks.
     #[error("ECU {ecu} runs slot {slot}, which is not one of its banks")]
     UnknownSlot {
@@ -330,15 +338,13 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
                 approved.target()
             )));
         };
-        let previous = match journaled(journal, &ecu.serial)? {
-            Some(InstallRecord {
-                stage: Stage::Committed,
-                image,
-                ..
-            }) => Some(image),
-            Some(record) => record.previous,
-            None => ecu.installed.clone(),
-        };
+        let previous = running_image(ecu, journal)?;
+        if previous.as_ref().is_some_and(|p| p.sha256 == sha256) {
+            return Err(FlashError::AlreadyInstalled {
+                ecu: ecu.serial.clone(),
+                target: approved.target().to_string(),
+            });
+        }
         let fresh = InstallRecord {
             ecu: ecu.serial.clone(),
             target: approved.target().to_string(),

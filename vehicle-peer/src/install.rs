@@ -285,12 +285,19 @@ pub fn install(
             json!({"stage": "trial", "reboot_into": trial.record().to})
         }
         Step::Start => match (args.director_targets, args.delta.or(args.image)) {
-            (Some(targets), Some(path)) => {
-                let approved = approve(&config, &journal, targets, args.now)?;
+            (Some(targets), Some(path)) => 'start: {
+                let installed = crate::flasher::running_image(&ecu, &journal)?
+                    .map_or(config.installed.release_counter, |i| i.release_counter);
+                let approved = approve(&config, &journal, targets, args.now, installed)?;
+                let install = match Install::begin(&mut ecu, &journal, &approved, &running) {
+                    Err(crate::flasher::FlashError::AlreadyInstalled { target, .. }) => {
+                        break 'start json!({"stage": "up_to_date", "image": target});
+                    }
+                    other => other?,
+                };
                 let file = std::fs::File::open(path)
                     .with_context(|| format!("opening {}", path.display()))?;
                 let len = file.metadata()?.len();
-                let install = Install::begin(&mut ecu, &journal, &approved, &running)?;
                 let written = if args.delta.is_some() {
                     install.write(&file, len, progress)?
                 } else {
@@ -348,6 +355,7 @@ fn approve(
     journal: &SledIndex,
     targets: &Path,
     now: Option<Time>,
+    installed_release_counter: u64,
 ) -> anyhow::Result<proto::uptane::ApprovedImage> {
     let bytes = std::fs::read(targets)
         .with_context(|| format!("reading director targets {}", targets.display()))?;
@@ -377,7 +385,7 @@ fn approve(
         serial: config.serial.clone(),
         ecu: EcuState {
             hardware_id: config.hardware_id.clone(),
-            installed_release_counter: config.installed.release_counter,
+            installed_release_counter,
         },
     };
     let now = match now {

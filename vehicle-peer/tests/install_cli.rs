@@ -176,11 +176,15 @@ fn an_install_by_hand_commits_and_reports_the_new_image() {
     assert_eq!(b[..run.new.len()], run.new[..]);
     let (_, out, _) = vehicle_peer(&["boot", "--ecu-config", &run.config]);
     assert_eq!(out["booted"], "B");
-    // The same targets again: director targets version 1 is not newer, nothing to install
-    // past the committed image (release counter 2 is what runs).
+    // Without new targets: nothing to do. With the same targets again: the ECU already runs
+    // that image, and nothing is written.
     let (ok, out, _) = step(&run, "B", false);
     assert!(ok);
     assert_eq!(out["stage"], "committed");
+    let (ok, out, err) = step(&run, "B", true);
+    assert!(ok, "{err}");
+    assert_eq!(out["stage"], "up_to_date", "{out}");
+    assert_eq!(out["image"], "ecu/brake-2.0.bin");
 }
 
 #[test]
