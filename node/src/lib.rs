@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod engine;
 pub mod identity;
 pub mod named;

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use proto::bao::{self, Layout, Outboard, Owed, RangeVerifier, Verified};
@@ -39,6 +40,8 @@ const TMP_DIR: &str = "tmp";
 const RECORD_VERSION: u8 = 1;
 const NAME_KEY_PREFIX: &[u8] = b"name:";
 const NAME_RECORD_VERSION: u8 = 1;
+/// Index keys of blobs' last-use stamps (see [`BlobStore::flush_usage`]).
+const USED_KEY_PREFIX: &[u8] = b"used:";
 
 /// Why a store operation failed. Every variant names the blob or file concerned.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,9 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The disk cap cannot make room: pinned blobs fill it.
+    #[error(transparent)]
+    CapFull(crate::cache::CapFull),
     /// The blob is not complete.
     #[error("blob {blob} is incomplete: {held} of {total} chunk groups held")]
     Incomplete {
@@ -153,6 +159,8 @@ struct Entry<F> {
     data: F,
     outboard: F,
     state: Mutex<EntryState>,
+    /// The store's use clock when the blob was last written or served.
+    last_used: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -180,6 +188,8 @@ pub struct BlobStore<S: Storage, I: Index> {
     entries: Mutex<BTreeMap<BlobId, Arc<Entry<S::File>>>>,
     names: Mutex<BTreeMap<String, BlobId>>,
     next_tmp: Mutex<u64>,
+    /// A logical clock: ticks at every use of a blob (write, serve, import).
+    use_clock: AtomicU64,
 }
 
 impl<S: Storage, I: Index> std::fmt::Debug for BlobStore<S, I> {
@@ -188,6 +198,10 @@ impl<S: Storage, I: Index> std::fmt::Debug for BlobStore<S, I> {
             .field("blobs", &lock(&self.entries).len())
             .finish_non_exhaustive()
     }
+}
+
+fn used_key(id: &BlobId) -> Vec<u8> {
+    [USED_KEY_PREFIX, id.as_bytes()].concat()
 }
 
 fn data_name(id: &BlobId) -> String {
@@ -208,6 +222,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             entries: Mutex::new(BTreeMap::new()),
             names: Mutex::new(BTreeMap::new()),
             next_tmp: Mutex::new(0),
+            use_clock: AtomicU64::new(1),
         };
         let report = store.load()?;
         Ok((store, report))
@@ -222,7 +237,25 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         let mut entries = BTreeMap::new();
         let mut names = BTreeMap::new();
         let mut recovered_blobs = Vec::new();
+        let mut used = BTreeMap::new();
         for (key, value) in records {
+            if let Some(id) = key.strip_prefix(USED_KEY_PREFIX) {
+                let stamp = <[u8; 32]>::try_from(id)
+                    .ok()
+                    .zip(<[u8; 8]>::try_from(value.as_slice()).ok());
+                match stamp {
+                    Some((id, stamp)) => {
+                        used.insert(BlobId::from_bytes(id), u64::from_le_bytes(stamp));
+                    }
+                    None => {
+                        self.index
+                            .remove(&key)
+                            .map_err(io_error("removing an unreadable use record"))?;
+                        report.dropped_records += 1;
+                    }
+                }
+                continue;
+            }
             if key.len() != BlobId::LEN && key.starts_with(NAME_KEY_PREFIX) {
                 match decode_name_record(&key, &value) {
                     Ok((name, id)) => {
@@ -279,6 +312,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                     recorded: record.held,
                     unsynced: 0,
                 }),
+                last_used: AtomicU64::new(0),
             };
             let recovered = self.recover(&entry)?;
             report.recovered_groups += recovered;
@@ -289,6 +323,20 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         }
         report.blobs = entries.len();
         report.names = names.len();
+        let mut clock = 0;
+        for (id, stamp) in used {
+            match entries.get(&id) {
+                Some(entry) => {
+                    entry.last_used.store(stamp, Ordering::Relaxed);
+                    clock = clock.max(stamp);
+                }
+                None => self
+                    .index
+                    .remove(&used_key(&id))
+                    .map_err(io_error(format!("removing the use record of blob {id}")))?,
+            }
+        }
+        self.use_clock.store(clock + 1, Ordering::Relaxed);
         report.removed_files = self.remove_leftovers(&entries)?;
         *lock(&self.entries) = entries;
         *lock(&self.names) = names;
@@ -410,6 +458,57 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             }
         }
         Ok(removed)
+    }
+
+    fn tick(&self) -> u64 {
+        self.use_clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Bytes the blob takes on disk (data and outboard), as far as the store can tell.
+    fn disk_bytes(entry: &Entry<S::File>) -> u64 {
+        entry.size + entry.outboard.len().unwrap_or(0)
+    }
+
+    /// Each blob's disk footprint and last use, for a cache's accounting.
+    pub fn usage(&self) -> Vec<crate::cache::CachedBlob> {
+        let entries: Vec<_> = lock(&self.entries).values().cloned().collect();
+        entries
+            .iter()
+            .map(|entry| crate::cache::CachedBlob {
+                id: entry.id,
+                bytes: Self::disk_bytes(entry),
+                last_used: entry.last_used.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Records every blob's last use in the index, so that least-recently-used order survives
+    /// a restart. Cheap enough to call every minute and at shutdown; uses since the last call
+    /// are lost in a crash (the order is a hint, never a correctness matter).
+    pub fn flush_usage(&self) -> Result<(), StoreError> {
+        for blob in self.usage() {
+            self.index
+                .put(&used_key(&blob.id), &blob.last_used.to_le_bytes())
+                .map_err(io_error(format!("recording the use of blob {}", blob.id)))?;
+        }
+        Ok(())
+    }
+
+    /// Makes room for `incoming` more bytes under a disk cap of `cap` bytes: forgets the least
+    /// recently used blobs not in `pinned` until the rest fits. Returns what it forgot; refuses
+    /// (forgetting nothing) when even forgetting every unpinned blob would not be enough.
+    pub fn make_room(
+        &self,
+        incoming: u64,
+        cap: u64,
+        pinned: &std::collections::BTreeSet<BlobId>,
+    ) -> Result<Vec<BlobId>, StoreError> {
+        let plan = crate::cache::plan_eviction(&self.usage(), pinned, incoming, cap)
+            .map_err(StoreError::CapFull)?;
+        for id in &plan {
+            self.forget(id)?;
+        }
+        Ok(plan)
     }
 
     fn entry(&self, id: &BlobId) -> Result<Arc<Entry<S::File>>, StoreError> {
@@ -579,6 +678,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                 recorded,
                 unsynced: 0,
             }),
+            last_used: AtomicU64::new(self.tick()),
         };
         lock(&self.entries).insert(id, Arc::new(entry));
         Ok(())
@@ -608,6 +708,9 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         self.index
             .remove(id.as_bytes())
             .map_err(io_error(format!("removing blob {id} from the index")))?;
+        self.index
+            .remove(&used_key(id))
+            .map_err(io_error(format!("removing the use record of blob {id}")))?;
         drop(entry);
         for name in [data_name(id), outboard_name(id)] {
             self.storage
@@ -675,6 +778,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
     /// nothing unverified reaches the files. Checkpoints by itself every [`CHECKPOINT_BYTES`].
     pub fn write(&self, id: &BlobId, item: &Verified<'_>) -> Result<(), StoreError> {
         let entry = self.entry(id)?;
+        entry.last_used.store(self.tick(), Ordering::Relaxed);
         match item {
             Verified::Proof(proof) => {
                 // Pairs inside a group are not kept: the group's hash covers them.
@@ -763,6 +867,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         out: impl Write,
     ) -> Result<(ChunkGroupRanges, u64), StoreError> {
         let entry = self.entry(id)?;
+        entry.last_used.store(self.tick(), Ordering::Relaxed);
         let served = self.servable(&entry, groups);
         let outboard =
             Outboard::from_parts(entry.id, entry.size, LAYOUT, ReadAtFile(&entry.outboard));
