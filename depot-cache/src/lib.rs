@@ -5,3 +5,5 @@
 //!
 //! It must never serve unverified bytes, never let its disk use exceed the configured cap, and
 //! never evict a blob that an active campaign has pinned.
+
+pub mod prefetch;

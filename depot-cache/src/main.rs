@@ -58,6 +58,34 @@ enum Command {
         #[arg(long)]
         no_mdns: bool,
     },
+    /// Bring a repository's current release into the cache from upstream: refresh and check
+    /// its TUF metadata over the mesh (as a vehicle would), serve what was accepted under the
+    /// same names, and fetch every signed target not yet held (resuming partial ones). Prints a
+    /// one-line JSON summary.
+    Prefetch {
+        /// The cache's data directory (created if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The upstream cache (origin's or a regional depot), with `/p2p/<peer id>`. Repeatable.
+        #[arg(long, required = true)]
+        upstream: Vec<libp2p::Multiaddr>,
+        /// The repository's name on the mesh.
+        #[arg(long, default_value = "image")]
+        repository: String,
+        /// The repository's first root metadata (only needed the first time).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Disk cap in bytes: least recently used blobs the current release does not list are
+        /// forgotten to make room.
+        #[arg(long)]
+        cap: Option<u64>,
+        /// Time to check metadata expiry against (RFC 3339; default: now).
+        #[arg(long, value_parser = parse_time)]
+        now: Option<proto::tuf::Time>,
+        /// Give up a target after this many seconds without progress.
+        #[arg(long, default_value_t = 60)]
+        stall_timeout: u64,
+    },
     /// List the blobs in the cache (id, size, groups held, complete or not), then the names it
     /// serves (id, name).
     List {
@@ -84,8 +112,36 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_time(text: &str) -> Result<proto::tuf::Time, String> {
+    proto::tuf::Time::parse(text).map_err(|error| error.to_string())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Prefetch {
+            data_dir,
+            upstream,
+            repository,
+            root,
+            cap,
+            now,
+            stall_timeout,
+        } => {
+            let runtime = node::runtime::build_tokio(Some(1))?;
+            let request = depot_cache::prefetch::PrefetchRequest {
+                data_dir,
+                upstream,
+                repository,
+                root,
+                cap,
+                now,
+                metadata_timeout: std::time::Duration::from_secs(30),
+                stall_timeout: std::time::Duration::from_secs(stall_timeout),
+            };
+            let summary = depot_cache::prefetch::prefetch(&runtime, &request)?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Import { data_dir, files } => {
             let (store, _) = node::store::open_data_dir(&data_dir)
                 .with_context(|| format!("opening the store in {}", data_dir.display()))?;

@@ -20,3 +20,4 @@ pub mod protocol;
 pub mod runtime;
 pub mod storage;
 pub mod store;
+pub mod tuf_mesh;

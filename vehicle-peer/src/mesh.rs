@@ -13,80 +13,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use libp2p::Multiaddr;
-use node::named::{NamedFetch, NamedFetchError, fetch_named};
 use node::net::NetHandle;
 use node::storage::{Index, Storage};
 use node::store::BlobStore;
-use proto::tuf::{self, FetchError, Freshness, LocalStore, Remote, Role, Time, TufError};
+use proto::tuf::{self, Freshness, LocalStore, Role, Time, TufError};
 
 use crate::tuf_files::DirStore;
 
-/// Metadata fetched by name over the mesh: `<repository>/metadata/<file>`, from the given peers
-/// in order, then any connected peer.
-///
-/// [`Remote::fetch`] is synchronous (the verifier is), so each fetch drives `runtime` until the
-/// file has arrived: call it from outside the runtime (not from async code).
-#[derive(Debug)]
-pub struct MeshRemote<'a, S: Storage, I: Index> {
-    runtime: &'a tokio::runtime::Runtime,
-    net: NetHandle,
-    store: Arc<BlobStore<S, I>>,
-    peers: Vec<Multiaddr>,
-    repository: String,
-    timeout: Duration,
-    /// Per name fetched, the bytes that came.
-    pub fetched: Vec<(String, u64)>,
-}
-
-impl<'a, S: Storage, I: Index> MeshRemote<'a, S, I> {
-    /// Files of `repository` (`image`, `director/<vin>`) from `peers` and connected peers, each
-    /// within `timeout`.
-    pub fn new(
-        runtime: &'a tokio::runtime::Runtime,
-        net: NetHandle,
-        store: Arc<BlobStore<S, I>>,
-        peers: Vec<Multiaddr>,
-        repository: &str,
-        timeout: Duration,
-    ) -> Self {
-        Self {
-            runtime,
-            net,
-            store,
-            peers,
-            repository: repository.trim_end_matches('/').to_string(),
-            timeout,
-            fetched: Vec::new(),
-        }
-    }
-}
-
-impl<S: Storage, I: Index> Remote for MeshRemote<'_, S, I> {
-    fn fetch(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
-        let request = NamedFetch {
-            name: format!("{}/{path}", self.repository),
-            peers: self.peers.clone(),
-            max_bytes,
-            timeout: self.timeout,
-        };
-        let result = self
-            .runtime
-            .block_on(fetch_named(&self.net, self.store.clone(), &request));
-        match result {
-            Ok((_, bytes)) => {
-                self.fetched.push((request.name, bytes.len() as u64));
-                Ok(bytes)
-            }
-            Err(NamedFetchError::TooLong { .. }) => Err(FetchError::TooLong),
-            // A peer that answered "no such name" is what a repository's 404 is: how the client
-            // learns there is no newer root.
-            Err(NamedFetchError::Unavailable { not_served, .. }) if not_served > 0 => {
-                Err(FetchError::NotFound)
-            }
-            Err(other) => Err(FetchError::Other(other.to_string())),
-        }
-    }
-}
+pub use node::tuf_mesh::MeshRemote;
 
 /// Starts a vehicle's trusted metadata for `repository` in `data_dir` from `root` when it has
 /// none (a vehicle ships with its first root; later roots come by rotation). Returns the store.
@@ -95,34 +29,10 @@ pub fn trusted_store(
     repository: &str,
     root: Option<&Path>,
 ) -> anyhow::Result<DirStore> {
-    let dir = metadata_dir(data_dir, repository);
-    let mut local = DirStore::open(&dir)
-        .with_context(|| format!("opening the trusted metadata in {}", dir.display()))?;
-    if local.load("root").is_none() {
-        let Some(root) = root else {
-            anyhow::bail!(
-                "no trusted root for repository {repository:?} in {}: give the vehicle's first root with --root",
-                dir.display()
-            );
-        };
-        let bytes =
-            std::fs::read(root).with_context(|| format!("reading the root {}", root.display()))?;
-        // Checked before it is trusted: it must at least be a root signed by its own keys.
-        tuf::TrustedSet::new(&bytes, Time::from_unix(0))
-            .with_context(|| format!("{} is not a usable root", root.display()))?;
-        local
-            .store("root", &bytes)
-            .map_err(|detail| anyhow::anyhow!("storing the root in {}: {detail}", dir.display()))?;
-    }
-    Ok(local)
+    node::tuf_mesh::trusted_store(data_dir, repository, root).map_err(anyhow::Error::msg)
 }
 
-/// Where a repository's trusted metadata lives in a data directory.
-pub fn metadata_dir(data_dir: &Path, repository: &str) -> PathBuf {
-    data_dir
-        .join("tuf")
-        .join(crate::tuf_files::quote(repository))
-}
+pub use node::tuf_mesh::metadata_dir;
 
 /// Explains a failed refresh the way an operator needs to hear it: a vehicle whose trusted
 /// timestamp has expired has been offline too long (or is being fed stale metadata) and will
@@ -355,11 +265,5 @@ impl<W: std::io::Write> std::io::Write for CheckingWriter<'_, '_, W> {
 
 /// The system clock as a TUF time.
 pub fn system_now() -> anyhow::Result<Time> {
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .context("the system clock is before 1970")?
-        .as_secs();
-    Ok(Time::from_unix(
-        i64::try_from(seconds).context("the system clock is out of range")?,
-    ))
+    node::tuf_mesh::system_now().map_err(anyhow::Error::msg)
 }

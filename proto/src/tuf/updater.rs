@@ -205,6 +205,49 @@ impl<R: Remote, L: LocalStore> Updater<R, L> {
         Ok(None)
     }
 
+    /// The name of every target any role reachable from `targets` lists (loading each role,
+    /// within the delegation budget). A name here is not yet trusted for its path: ask
+    /// [`Self::target_info`], which applies the delegations' path rules — a cache that
+    /// prefetches a repository's images does both.
+    pub fn target_names(&mut self) -> Result<std::collections::BTreeSet<String>, TufError> {
+        if self.trusted.targets("targets").is_none() {
+            self.refresh()?;
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut to_visit = vec![("targets".to_string(), "root".to_string())];
+        let mut visited = std::collections::BTreeSet::new();
+        let mut budget = self.limits.max_delegations;
+        while budget > 0 {
+            let Some((role, parent)) = to_visit.pop() else {
+                break;
+            };
+            if !visited.insert(role.clone()) {
+                continue;
+            }
+            budget -= 1;
+            self.load_targets(&role, &parent)?;
+            let Some(targets) = self.trusted.targets(&role) else {
+                return Err(TufError::Repository(format!("{role} did not load")));
+            };
+            names.extend(targets.signed.targets.keys().cloned());
+            if let Some(delegations) = &targets.signed.delegations {
+                to_visit.extend(
+                    delegations
+                        .roles
+                        .iter()
+                        .rev()
+                        .map(|child| (child.name.clone(), role.clone())),
+                );
+            }
+        }
+        Ok(names)
+    }
+
+    /// The transport, e.g. to see what it fetched.
+    pub fn remote(&self) -> &R {
+        &self.remote
+    }
+
     /// Downloads `target_path` (described by `info`, from [`Self::target_info`]) and checks its
     /// length and every hash. With consistent snapshots the file is fetched under
     /// `<dir>/<hash>.<name>`, with the first hash in algorithm order.

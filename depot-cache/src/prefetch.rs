@@ -1,0 +1,169 @@
+//! `depot-cache prefetch`: bring a repository's current release into the cache over the backhaul
+//! before the vehicles ask. The depot refreshes its own trusted copy of the repository's TUF
+//! metadata from its upstream (the origin's cache or a regional depot) over the mesh, checked
+//! as a vehicle checks it; then it fetches every signed target it does not hold yet, by its
+//! signed BLAKE3, resuming what an earlier run left partial, so that no byte of a release crosses
+//! the backhaul twice. The metadata it accepted is served under the same names, so the yard's
+//! vehicles refresh from the depot. With a disk cap, room is made first by forgetting the least
+//! recently used blobs that the current metadata does not list; the current release's blobs are
+//! pinned.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use libp2p::Multiaddr;
+use node::cache::footprint;
+use node::tuf_mesh::{MeshRemote, system_now, trusted_store};
+use proto::tuf::{self, Role, Time};
+
+/// One prefetch.
+#[derive(Debug, Clone)]
+pub struct PrefetchRequest {
+    /// The cache's data directory (store, identity, trusted metadata under `tuf/`).
+    pub data_dir: PathBuf,
+    /// Where to fetch from, with `/p2p/<peer id>`.
+    pub upstream: Vec<Multiaddr>,
+    /// The repository's name on the mesh (`image`).
+    pub repository: String,
+    /// The repository's first root, used only when the cache trusts none yet.
+    pub root: Option<PathBuf>,
+    /// Disk cap in bytes (store data and outboards).
+    pub cap: Option<u64>,
+    /// The time metadata must be valid at (the system clock when `None`).
+    pub now: Option<Time>,
+    /// The most time one metadata file may take.
+    pub metadata_timeout: Duration,
+    /// Give up a target when nothing moved for this long.
+    pub stall_timeout: Duration,
+}
+
+/// Refreshes, relays and fetches, as the module says; returns a JSON summary. Call from outside
+/// `runtime`.
+pub fn prefetch(
+    runtime: &tokio::runtime::Runtime,
+    request: &PrefetchRequest,
+) -> anyhow::Result<serde_json::Value> {
+    if request.upstream.is_empty() {
+        bail!("no upstream to prefetch from: give --upstream");
+    }
+    let data_dir = &request.data_dir;
+    let (store, _) = node::store::open_data_dir(data_dir)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let store = Arc::new(store);
+    let local = trusted_store(data_dir, &request.repository, request.root.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let keypair = node::identity::load_or_create(data_dir)
+        .with_context(|| format!("loading the identity in {}", data_dir.display()))?;
+    let (net, mut events, _incoming) = runtime
+        .block_on(node::net::start(node::net::NetConfig {
+            keypair: Some(keypair),
+            listen: Vec::new(),
+            mdns: false,
+            ..node::net::NetConfig::default()
+        }))
+        .context("starting the network")?;
+    let result = refresh_and_fetch(runtime, request, &net, &mut events, &store, local);
+    store.flush_usage().ok();
+    runtime.block_on(net.shutdown());
+    result
+}
+
+fn refresh_and_fetch<S: node::storage::Storage, I: node::storage::Index>(
+    runtime: &tokio::runtime::Runtime,
+    request: &PrefetchRequest,
+    net: &node::net::NetHandle,
+    events: &mut node::net::NetEvents,
+    store: &Arc<node::store::BlobStore<S, I>>,
+    local: node::tuf_mesh::DirStore,
+) -> anyhow::Result<serde_json::Value> {
+    let now = match request.now {
+        Some(now) => now,
+        None => system_now().map_err(anyhow::Error::msg)?,
+    };
+    let remote = MeshRemote::new(
+        runtime,
+        net.clone(),
+        store.clone(),
+        request.upstream.clone(),
+        &request.repository,
+        request.metadata_timeout,
+    );
+    let mut updater = tuf::Updater::new(remote, local, now, tuf::Limits::default())
+        .context("loading the trusted root")?;
+    updater
+        .refresh()
+        .with_context(|| format!("refreshing {:?} from upstream", request.repository))?;
+    // Every role's targets (delegations included), each checked against the delegations' paths.
+    let mut targets = Vec::new();
+    for name in updater.target_names()? {
+        if let Some(info) = updater.target_info(&name)? {
+            let Some(blob) = info.blake3() else {
+                tracing::warn!(target = %name, "no BLAKE3 in its signed metadata: not prefetched");
+                continue;
+            };
+            targets.push((name, blob, info.length));
+        }
+    }
+    // The metadata the updater accepted, served under the names it came by.
+    let mut relayed = 0;
+    for (name, bytes) in &updater.remote().fetched {
+        let id = store
+            .import(&bytes[..])
+            .with_context(|| format!("storing {name}"))?;
+        store
+            .set_name(name, &id)
+            .with_context(|| format!("serving {name}"))?;
+        relayed += 1;
+    }
+    let pinned: BTreeSet<_> = targets.iter().map(|(_, blob, _)| *blob).collect();
+    let mut evicted = Vec::new();
+    let mut fetched = Vec::new();
+    let mut upstream_bytes = 0u64;
+    for (name, blob, length) in &targets {
+        if store.info(blob).is_some_and(|info| info.complete) {
+            continue;
+        }
+        if let Some(cap) = request.cap {
+            let held = store.info(blob).map_or(0, |_| footprint(*length));
+            let more = footprint(*length).saturating_sub(held);
+            evicted.extend(
+                store
+                    .make_room(more, cap, &pinned)
+                    .with_context(|| format!("making room for {name}"))?,
+            );
+        }
+        let mut options = node::runtime::FetchOptions::new(*blob);
+        options.size = Some(*length);
+        options.peers = request.upstream.clone();
+        options.stall_timeout = request.stall_timeout;
+        let report = runtime
+            .block_on(node::runtime::fetch(
+                net,
+                events,
+                store.clone(),
+                options,
+                |_| {},
+            ))
+            .with_context(|| format!("fetching target {name:?} ({blob})"))?;
+        upstream_bytes += report.bytes_fetched;
+        fetched.push(serde_json::json!({"target": name, "blob": blob.to_string(), "length": length, "bytes": report.bytes_fetched}));
+    }
+    let trusted = updater.trusted();
+    Ok(serde_json::json!({
+        "repository": request.repository,
+        "metadata_versions": {
+            "root": trusted.root().signed.version(),
+            "timestamp": trusted.timestamp().map(|t| t.signed.version()),
+            "snapshot": trusted.snapshot().map(|s| s.signed.version()),
+            "targets": trusted.targets("targets").map(|t| t.signed.version()),
+        },
+        "metadata_relayed": relayed,
+        "targets": targets.len(),
+        "fetched": fetched,
+        "upstream_bytes": upstream_bytes,
+        "evicted": evicted.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    }))
+}

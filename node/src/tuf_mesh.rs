@@ -1,0 +1,206 @@
+//! TUF over the mesh, for every role that keeps trusted metadata: vehicles refresh from their
+//! depot, depots from their upstream. Metadata files travel by name (`<repository>/metadata/
+//! <file>`) and are checked by [`proto::tuf::Updater`] exactly as if they came from the origin;
+//! trusted metadata is kept on disk with [`DirStore`].
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use proto::tuf::{self, FetchError, LocalStore, Remote, Time};
+
+use crate::named::{NamedFetch, NamedFetchError, fetch_named};
+use crate::net::NetHandle;
+use crate::storage::{Index, Storage};
+use crate::store::BlobStore;
+
+/// Trusted metadata as `<dir>/<role>.json` (role names percent-encoded), each replaced
+/// atomically and durably: written to a temporary file, synced, renamed over the old one, and
+/// the directory synced. A power cut leaves the old file or the new one, never a torn one.
+#[derive(Debug, Clone)]
+pub struct DirStore {
+    dir: PathBuf,
+}
+
+impl DirStore {
+    /// Metadata in `dir` (created if missing).
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The file that holds `role`'s metadata.
+    pub fn path(&self, role: &str) -> PathBuf {
+        self.dir.join(format!("{}.json", quote(role)))
+    }
+}
+
+impl LocalStore for DirStore {
+    fn load(&self, role: &str) -> Option<Vec<u8>> {
+        fs::read(self.path(role)).ok()
+    }
+
+    fn store(&mut self, role: &str, bytes: &[u8]) -> Result<(), String> {
+        crate::storage::replace_file(&self.path(role), bytes).map_err(|error| error.to_string())
+    }
+}
+
+/// Percent-encodes everything but ASCII letters, digits and `_.-~`, as Python's
+/// `urllib.parse.quote(name, safe="")` does: a role or target name becomes one safe file name.
+pub fn quote(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || b"_.-~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Where a repository's trusted metadata lives in a data directory.
+pub fn metadata_dir(data_dir: &Path, repository: &str) -> PathBuf {
+    data_dir.join("tuf").join(quote(repository))
+}
+
+/// The trusted metadata of `repository` in `data_dir`, started from `root` when there is none
+/// yet (a node ships with its first root; later roots come by rotation).
+pub fn trusted_store(
+    data_dir: &Path,
+    repository: &str,
+    root: Option<&Path>,
+) -> Result<DirStore, String> {
+    let dir = metadata_dir(data_dir, repository);
+    let mut local = DirStore::open(&dir)
+        .map_err(|e| format!("opening the trusted metadata in {}: {e}", dir.display()))?;
+    if local.load("root").is_none() {
+        let Some(root) = root else {
+            return Err(format!(
+                "no trusted root for repository {repository:?} in {}: give the first root with --root",
+                dir.display()
+            ));
+        };
+        let bytes =
+            fs::read(root).map_err(|e| format!("reading the root {}: {e}", root.display()))?;
+        // Checked before it is trusted: it must at least be a root signed by its own keys.
+        tuf::TrustedSet::new(&bytes, Time::from_unix(0))
+            .map_err(|e| format!("{} is not a usable root: {e}", root.display()))?;
+        local
+            .store("root", &bytes)
+            .map_err(|detail| format!("storing the root in {}: {detail}", dir.display()))?;
+    }
+    Ok(local)
+}
+
+/// The system clock as a TUF time.
+pub fn system_now() -> Result<Time, String> {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "the system clock is before 1970".to_string())?
+        .as_secs();
+    Ok(Time::from_unix(i64::try_from(seconds).map_err(|_| {
+        "the system clock is out of range".to_string()
+    })?))
+}
+
+/// Metadata fetched by name over the mesh: `<repository>/metadata/<file>`, from the given peers
+/// in order, then any connected peer.
+///
+/// [`Remote::fetch`] is synchronous (the verifier is), so each fetch drives `runtime` until the
+/// file has arrived: call it from outside the runtime (not from async code).
+#[derive(Debug)]
+pub struct MeshRemote<'a, S: Storage, I: Index> {
+    runtime: &'a tokio::runtime::Runtime,
+    net: NetHandle,
+    store: Arc<BlobStore<S, I>>,
+    peers: Vec<Multiaddr>,
+    repository: String,
+    timeout: Duration,
+    /// Per name fetched, the bytes that came (a cache relays the ones the updater accepted).
+    pub fetched: Vec<(String, Vec<u8>)>,
+}
+
+impl<'a, S: Storage, I: Index> MeshRemote<'a, S, I> {
+    /// Files of `repository` (`image`, `director/<vin>`) from `peers` and connected peers, each
+    /// within `timeout`.
+    pub fn new(
+        runtime: &'a tokio::runtime::Runtime,
+        net: NetHandle,
+        store: Arc<BlobStore<S, I>>,
+        peers: Vec<Multiaddr>,
+        repository: &str,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            runtime,
+            net,
+            store,
+            peers,
+            repository: repository.trim_end_matches('/').to_string(),
+            timeout,
+            fetched: Vec::new(),
+        }
+    }
+}
+
+impl<S: Storage, I: Index> Remote for MeshRemote<'_, S, I> {
+    fn fetch(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+        let request = NamedFetch {
+            name: format!("{}/{path}", self.repository),
+            peers: self.peers.clone(),
+            max_bytes,
+            timeout: self.timeout,
+        };
+        let result = self
+            .runtime
+            .block_on(fetch_named(&self.net, self.store.clone(), &request));
+        match result {
+            Ok((_, bytes)) => {
+                self.fetched.push((request.name, bytes.clone()));
+                Ok(bytes)
+            }
+            Err(NamedFetchError::TooLong { .. }) => Err(FetchError::TooLong),
+            // A peer that answered "no such name" is what a repository's 404 is: how the client
+            // learns there is no newer root.
+            Err(NamedFetchError::Unavailable { not_served, .. }) if not_served > 0 => {
+                Err(FetchError::NotFound)
+            }
+            Err(other) => Err(FetchError::Other(other.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn quotes_like_python() {
+        assert_eq!(quote("ecu/brake-1.2.0.bin"), "ecu%2Fbrake-1.2.0.bin");
+        assert_eq!(quote("a b~_"), "a%20b~_");
+        assert_eq!(quote("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn stores_replace_files_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = DirStore::open(dir.path()).unwrap();
+        assert_eq!(store.load("root"), None);
+        store.store("root", b"one").unwrap();
+        store.store("root", b"two").unwrap();
+        assert_eq!(store.load("root").unwrap(), b"two");
+        store.store("a/b", b"x").unwrap();
+        assert!(dir.path().join("a%2Fb.json").exists());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary files left: {names:?}");
+    }
+}
