@@ -1,9 +1,10 @@
 //! A/B banks: the two places an ECU's image lives. The flasher reads the running bank (the delta's
 //! source) and writes only the other one; nothing here hands out the running bank for writing.
 //!
-//! Two drivers: [`FileBank`], a file of fixed capacity (the simulated ECU of tests and netsim),
-//! and [`BlockBank`], a partition per slot on a real gateway (refused while mounted; writes go
-//! straight to the device and [`Bank::sync`] is `fdatasync`).
+//! One driver for both kinds of storage, [`FileBank`]: a regular file of fixed capacity (the
+//! simulated ECU of tests and netsim, [`FileBank::create`], [`FileBank::open`]) or a partition
+//! per slot on a real gateway ([`FileBank::open_block`]: refused while mounted). Writes go
+//! straight to the file or device; [`Bank::sync`] is `fdatasync`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -75,7 +76,7 @@ fn check_range(capacity: u64, offset: u64, len: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A bank in a regular file of fixed length.
+/// A bank in a regular file of fixed length, or on a block device.
 #[derive(Debug)]
 pub struct FileBank {
     file: File,
@@ -130,47 +131,17 @@ impl FileBank {
             capacity: meta.len(),
         })
     }
-}
 
-impl Bank for FileBank {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-    fn capacity(&self) -> u64 {
-        self.capacity
-    }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        check_range(self.capacity, offset, buf.len())?;
-        self.file.read_exact_at(buf, offset)
-    }
-    fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        check_range(self.capacity, offset, data.len())?;
-        self.file.write_all_at(data, offset)
-    }
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()
-    }
-}
-
-/// A bank on a block device (a partition per slot).
-#[derive(Debug)]
-pub struct BlockBank {
-    file: File,
-    path: PathBuf,
-    capacity: u64,
-}
-
-impl BlockBank {
     /// Opens the partition at `path` for reading and writing. Refused when it is not a block
     /// device, or when it is mounted (per `/proc/self/mountinfo`): a mounted partition is in use,
     /// and the running root is always mounted.
-    pub fn open(path: &Path) -> Result<Self, BankError> {
+    pub fn open_block(path: &Path) -> Result<Self, BankError> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        Self::open_with_mounts(path, &mountinfo)
+        Self::open_block_with_mounts(path, &mountinfo)
     }
 
-    /// [`BlockBank::open`] against the given mount table (the text of a `mountinfo` file).
-    pub fn open_with_mounts(path: &Path, mountinfo: &str) -> Result<Self, BankError> {
+    /// [`FileBank::open_block`] against the given mount table (the text of a `mountinfo` file).
+    pub fn open_block_with_mounts(path: &Path, mountinfo: &str) -> Result<Self, BankError> {
         let io = |what: &str| {
             let (path, what) = (path.to_path_buf(), what.to_string());
             move |source| BankError::Io { path, what, source }
@@ -203,7 +174,7 @@ impl BlockBank {
     }
 }
 
-impl Bank for BlockBank {
+impl Bank for FileBank {
     fn path(&self) -> &Path {
         &self.path
     }

@@ -276,7 +276,7 @@ pub enum Outcome {
     Reboot,
 }
 
-impl<S, B: Bank, M: Medium, J: Index> Install<'_, S, B, M, J> {
+impl<'a, S, B: Bank, M: Medium, J: Index> Install<'a, S, B, M, J> {
     /// The journaled record.
     pub fn record(&self) -> &InstallRecord {
         &self.record
@@ -289,6 +289,47 @@ impl<S, B: Bank, M: Medium, J: Index> Install<'_, S, B, M, J> {
     fn set(&mut self, stage: Stage) -> Result<(), FlashError> {
         self.record.stage = stage;
         store(self.journal, &self.record)
+    }
+
+    /// The install `record` says, in stage `S`.
+    fn at(ecu: &'a mut Ecu<B, M>, journal: &'a J, record: InstallRecord) -> Self {
+        Self {
+            ecu,
+            journal,
+            record,
+            stage: PhantomData,
+        }
+    }
+
+    /// The same install in stage `T` (the caller has journaled it).
+    fn advance<T>(self) -> Install<'a, T, B, M, J> {
+        Install::at(self.ecu, self.journal, self.record)
+    }
+
+    /// Hashes the written bank against the target. A bank that does not hold it is never
+    /// switched to: the install goes back to writing from the start.
+    fn check_written_bank(&mut self) -> Result<(), FlashError> {
+        let (_, to) = self.slots()?;
+        let bank = self
+            .ecu
+            .banks
+            .get(&to)
+            .ok_or_else(|| FlashError::UnknownSlot {
+                ecu: self.ecu.serial.clone(),
+                slot: to.clone(),
+            })?;
+        if holds(bank, self.record.length, self.record.blake3)? {
+            return Ok(());
+        }
+        self.set(Stage::Writing {
+            header: String::new(),
+            done: 0,
+        })?;
+        Err(FlashError::BankNotVerified {
+            ecu: self.ecu.serial.clone(),
+            slot: to,
+            target: self.record.blake3,
+        })
     }
 }
 
@@ -382,12 +423,7 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
             }
             _ => fresh,
         };
-        Ok(Self {
-            ecu,
-            journal,
-            record,
-            stage: PhantomData,
-        })
+        Ok(Self::at(ecu, journal, record))
     }
 
     /// Applies `delta` (`delta_len` bytes) from the running bank into the other one, resuming
@@ -461,12 +497,7 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
             Err(e) => return Err(e.into()),
         }
         self.set(Stage::Written)?;
-        Ok(Install {
-            ecu: self.ecu,
-            journal: self.journal,
-            record: self.record,
-            stage: PhantomData,
-        })
+        Ok(self.advance())
     }
 }
 
@@ -497,7 +528,7 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
                 ),
             });
         }
-        let (from, to) = self.slots()?;
+        let (from, _) = self.slots()?;
         let from_piece = match &self.record.stage {
             Stage::Writing { header, done } if header == IMAGE_MARK => *done,
             _ => 0,
@@ -547,32 +578,9 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
             progress(index + 1, total);
         }
         drop(buf);
-        let bank = self
-            .ecu
-            .banks
-            .get(&to)
-            .ok_or_else(|| FlashError::UnknownSlot {
-                ecu: self.ecu.serial.clone(),
-                slot: to.clone(),
-            })?;
-        if !holds(bank, len, self.record.blake3)? {
-            self.set(Stage::Writing {
-                header: String::new(),
-                done: 0,
-            })?;
-            return Err(FlashError::BankNotVerified {
-                ecu: self.ecu.serial.clone(),
-                slot: to,
-                target: self.record.blake3,
-            });
-        }
+        self.check_written_bank()?;
         self.set(Stage::Written)?;
-        Ok(Install {
-            ecu: self.ecu,
-            journal: self.journal,
-            record: self.record,
-            stage: PhantomData,
-        })
+        Ok(self.advance())
     }
 }
 
@@ -582,33 +590,10 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Written, B, M, J> {
     /// verify is never switched to; the install goes back to writing from the start.
     pub fn start_trial(mut self) -> Result<Install<'a, Trial, B, M, J>, FlashError> {
         let (_, to) = self.slots()?;
-        let bank = self
-            .ecu
-            .banks
-            .get(&to)
-            .ok_or_else(|| FlashError::UnknownSlot {
-                ecu: self.ecu.serial.clone(),
-                slot: to.clone(),
-            })?;
-        if !holds(bank, self.record.length, self.record.blake3)? {
-            self.set(Stage::Writing {
-                header: String::new(),
-                done: 0,
-            })?;
-            return Err(FlashError::BankNotVerified {
-                ecu: self.ecu.serial.clone(),
-                slot: to,
-                target: self.record.blake3,
-            });
-        }
+        self.check_written_bank()?;
         self.set(Stage::Trial)?;
         self.ecu.boot.start_trial(&to)?;
-        Ok(Install {
-            ecu: self.ecu,
-            journal: self.journal,
-            record: self.record,
-            stage: PhantomData,
-        })
+        Ok(self.advance())
     }
 }
 
@@ -900,18 +885,8 @@ pub fn recover<'a, B: Bank, M: Medium, J: Index>(
     };
     Ok(match record.stage {
         Stage::Writing { .. } => Recovered::Writing(record),
-        Stage::Written => Recovered::Written(Install {
-            ecu,
-            journal,
-            record,
-            stage: PhantomData,
-        }),
-        Stage::Trial => Recovered::Trial(Install {
-            ecu,
-            journal,
-            record,
-            stage: PhantomData,
-        }),
+        Stage::Written => Recovered::Written(Install::at(ecu, journal, record)),
+        Stage::Trial => Recovered::Trial(Install::at(ecu, journal, record)),
         Stage::RolledBack { .. } => {
             let (from, to) = (slot(&record.from)?, slot(&record.to)?);
             let state = ecu.boot.state()?;

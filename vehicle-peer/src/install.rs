@@ -19,7 +19,7 @@ use proto::uptane::{EcuState, PartialVerifier};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::bank::{Bank, BankPair, BlockBank, FileBank};
+use crate::bank::{Bank, BankPair, FileBank};
 use crate::boot::{EnvLayout, EnvStore, Slot, UbootBoot};
 use crate::flasher::{
     CommandCheck, Ecu, IMAGE_PIECE, Install, InstalledImage, Outcome, Recovered, journaled,
@@ -119,59 +119,17 @@ pub fn load_config(path: &Path) -> anyhow::Result<EcuConfig> {
     Ok(config)
 }
 
-/// A bank of either kind.
-#[derive(Debug)]
-pub enum AnyBank {
-    /// A file.
-    File(FileBank),
-    /// A partition.
-    Block(BlockBank),
-}
-
-impl Bank for AnyBank {
-    fn path(&self) -> &Path {
-        match self {
-            Self::File(b) => b.path(),
-            Self::Block(b) => b.path(),
-        }
-    }
-    fn capacity(&self) -> u64 {
-        match self {
-            Self::File(b) => b.capacity(),
-            Self::Block(b) => b.capacity(),
-        }
-    }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        match self {
-            Self::File(b) => b.read_exact_at(offset, buf),
-            Self::Block(b) => b.read_exact_at(offset, buf),
-        }
-    }
-    fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Self::File(b) => b.write_all_at(offset, data),
-            Self::Block(b) => b.write_all_at(offset, data),
-        }
-    }
-    fn sync(&mut self) -> std::io::Result<()> {
-        match self {
-            Self::File(b) => b.sync(),
-            Self::Block(b) => b.sync(),
-        }
-    }
-}
-
 fn slot(name: &str) -> anyhow::Result<Slot> {
     Ok(Slot::new(name)?)
 }
 
 /// Opens the ECU a configuration describes.
-pub fn open_ecu(config: &EcuConfig) -> anyhow::Result<Ecu<AnyBank, std::fs::File>> {
-    let open = |path: &Path| -> anyhow::Result<AnyBank> {
+pub fn open_ecu(config: &EcuConfig) -> anyhow::Result<Ecu<FileBank, std::fs::File>> {
+    let open = |path: &Path| -> anyhow::Result<FileBank> {
         Ok(if config.banks.kind == "block" {
-            AnyBank::Block(BlockBank::open(path)?)
+            FileBank::open_block(path)?
         } else {
-            AnyBank::File(FileBank::open(path)?)
+            FileBank::open(path)?
         })
     };
     let banks = BankPair::new(

@@ -7,8 +7,7 @@
 use proto::BlobId;
 use proto::delta::SourceRead;
 use vehicle_peer::bank::{
-    Bank, BankError, BankPair, BankSource, BlockBank, FileBank, dev_numbers, holds, mounted_at,
-    running_slot,
+    Bank, BankError, BankPair, BankSource, FileBank, dev_numbers, holds, mounted_at, running_slot,
 };
 use vehicle_peer::boot::Slot;
 
@@ -59,9 +58,9 @@ fn what_is_not_a_free_partition_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plain");
     std::fs::write(&file, [0u8; 4096]).unwrap();
-    let error = BlockBank::open(&file).unwrap_err().to_string();
+    let error = FileBank::open_block(&file).unwrap_err().to_string();
     assert!(error.contains("is not a block device"), "{error}");
-    let error = BlockBank::open(&dir.path().join("missing"))
+    let error = FileBank::open_block(&dir.path().join("missing"))
         .unwrap_err()
         .to_string();
     assert!(
@@ -91,7 +90,7 @@ fn what_is_not_a_free_partition_is_refused() {
             }
             let (major, minor) = dev_numbers(meta.rdev());
             let mounted = format!("1 1 {major}:{minor} / /somewhere rw - ext4 x rw\n");
-            let error = BlockBank::open_with_mounts(&entry.path(), &mounted).unwrap_err();
+            let error = FileBank::open_block_with_mounts(&entry.path(), &mounted).unwrap_err();
             assert!(
                 error.to_string().contains("is mounted at /somewhere"),
                 "{error}"
