@@ -49,22 +49,19 @@ pub fn prefetch(
     if request.upstream.is_empty() {
         bail!("no upstream to prefetch from: give --upstream");
     }
-    let data_dir = &request.data_dir;
-    let (store, _) = node::store::open_data_dir(data_dir)
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    let store = Arc::new(store);
-    let local = trusted_store(data_dir, &request.repository, request.root.as_deref())
+    let local = trusted_store(
+        &request.data_dir,
+        &request.repository,
+        request.root.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let node::runtime::OpenedNode {
+        store,
+        net,
+        mut events,
+        ..
+    } = node::runtime::open_node(runtime, &request.data_dir, Vec::new(), false)
         .map_err(anyhow::Error::msg)?;
-    let keypair = node::identity::load_or_create(data_dir)
-        .with_context(|| format!("loading the identity in {}", data_dir.display()))?;
-    let (net, mut events, _incoming) = runtime
-        .block_on(node::net::start(node::net::NetConfig {
-            keypair: Some(keypair),
-            listen: Vec::new(),
-            mdns: false,
-            ..node::net::NetConfig::default()
-        }))
-        .context("starting the network")?;
     let result = refresh_and_fetch(runtime, request, &net, &mut events, &store, local);
     store.flush_usage().ok();
     runtime.block_on(net.shutdown());

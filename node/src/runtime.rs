@@ -38,6 +38,49 @@ const PROGRESS_REPORT_GAP: Duration = Duration::from_millis(250);
 /// encoded response, at most a few hundred KiB, so this also bounds a server's memory.
 pub const MAX_CONCURRENT_SERVES: usize = 128;
 
+/// A node opened from its data directory, as the one-shot commands (`get`, `prefetch`) use it:
+/// its blob store, and its network started with its own identity.
+#[derive(Debug)]
+pub struct OpenedNode {
+    /// The store in `<data_dir>/store` and `<data_dir>/index`.
+    pub store: Arc<crate::store::DiskStore>,
+    /// The network.
+    pub net: NetHandle,
+    /// Its events.
+    pub events: NetEvents,
+    /// Streams peers open to it (hand them to [`spawn_server`] to serve).
+    pub incoming: IncomingStreams,
+}
+
+/// Opens the store and identity in `data_dir` and starts the network listening on `listen`
+/// (with mDNS when `mdns`). Errors name the directory and the step. Call from outside
+/// `runtime`.
+pub fn open_node(
+    runtime: &tokio::runtime::Runtime,
+    data_dir: &std::path::Path,
+    listen: Vec<Multiaddr>,
+    mdns: bool,
+) -> Result<OpenedNode, String> {
+    let (store, _) = crate::store::open_data_dir(data_dir)
+        .map_err(|e| format!("opening the store in {}: {e}", data_dir.display()))?;
+    let keypair = crate::identity::load_or_create(data_dir)
+        .map_err(|e| format!("loading the identity in {}: {e}", data_dir.display()))?;
+    let (net, events, incoming) = runtime
+        .block_on(crate::net::start(crate::net::NetConfig {
+            keypair: Some(keypair),
+            listen,
+            mdns,
+            ..crate::net::NetConfig::default()
+        }))
+        .map_err(|e| format!("starting the network: {e}"))?;
+    Ok(OpenedNode {
+        store: Arc::new(store),
+        net,
+        events,
+        incoming,
+    })
+}
+
 /// Counters of what a server sent, shared with whoever reports them.
 #[derive(Debug, Default)]
 pub struct ServeCounters {

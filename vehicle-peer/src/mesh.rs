@@ -113,21 +113,23 @@ pub fn get_target(
     runtime: &tokio::runtime::Runtime,
     request: &GetRequest,
 ) -> anyhow::Result<serde_json::Value> {
-    let data_dir = &request.data_dir;
-    let (store, _) = node::store::open_data_dir(data_dir)
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    let store = Arc::new(store);
-    let local = trusted_store(data_dir, &request.repository, request.root.as_deref())?;
-    let keypair = node::identity::load_or_create(data_dir)
-        .with_context(|| format!("loading the identity in {}", data_dir.display()))?;
-    let (net, mut events, incoming) = runtime
-        .block_on(node::net::start(node::net::NetConfig {
-            keypair: Some(keypair),
-            listen: request.listen.clone(),
-            mdns: request.mdns,
-            ..node::net::NetConfig::default()
-        }))
-        .context("starting the network")?;
+    let local = trusted_store(
+        &request.data_dir,
+        &request.repository,
+        request.root.as_deref(),
+    )?;
+    let node::runtime::OpenedNode {
+        store,
+        net,
+        mut events,
+        incoming,
+    } = node::runtime::open_node(
+        runtime,
+        &request.data_dir,
+        request.listen.clone(),
+        request.mdns,
+    )
+    .map_err(anyhow::Error::msg)?;
     let counters = Arc::new(node::runtime::ServeCounters::default());
     let server = {
         let _context = runtime.enter();

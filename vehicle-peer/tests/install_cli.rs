@@ -147,6 +147,24 @@ fn step(run: &Run, running: &str, with_image: bool) -> (bool, Value, String) {
     vehicle_peer(&args)
 }
 
+/// The first step on an ECU running slot A: `targets` approve, `file` is the `--delta` or
+/// `--image` (`flag`).
+fn install_from_a(run: &Run, targets: &str, flag: &str, file: &str) -> (bool, Value, String) {
+    vehicle_peer(&[
+        "install",
+        "--ecu-config",
+        &run.config,
+        "--running",
+        "A",
+        "--now",
+        NOW,
+        "--director-targets",
+        targets,
+        flag,
+        file,
+    ])
+}
+
 #[test]
 fn an_install_by_hand_commits_and_reports_the_new_image() {
     let run = prepare("test \\\"$DEPOTMESH_SLOT\\\" = B");
@@ -193,19 +211,7 @@ fn a_full_image_installs_by_hand_too() {
     std::fs::write(run.dir.path().join("new.img"), &run.new).unwrap();
     let image = run.dir.path().join("new.img").display().to_string();
     vehicle_peer(&["boot", "--ecu-config", &run.config, "--provision"]);
-    let (ok, out, err) = vehicle_peer(&[
-        "install",
-        "--ecu-config",
-        &run.config,
-        "--running",
-        "A",
-        "--now",
-        NOW,
-        "--director-targets",
-        &run.targets,
-        "--image",
-        &image,
-    ]);
+    let (ok, out, err) = install_from_a(&run, &run.targets, "--image", &image);
     assert!(ok, "{err}");
     assert_eq!(out["stage"], "trial", "{out}");
     vehicle_peer(&["boot", "--ecu-config", &run.config]);
@@ -216,19 +222,7 @@ fn a_full_image_installs_by_hand_too() {
     let run = prepare("true");
     std::fs::write(run.dir.path().join("short.img"), &run.new[1..]).unwrap();
     let short = run.dir.path().join("short.img").display().to_string();
-    let (ok, _, err) = vehicle_peer(&[
-        "install",
-        "--ecu-config",
-        &run.config,
-        "--running",
-        "A",
-        "--now",
-        NOW,
-        "--director-targets",
-        &run.targets,
-        "--image",
-        &short,
-    ]);
+    let (ok, _, err) = install_from_a(&run, &run.targets, "--image", &short);
     assert!(!ok);
     assert!(err.contains("the approval says"), "{err}");
 }
@@ -304,19 +298,7 @@ fn bad_configurations_and_arguments_are_refused_by_name() {
     let other = SigningKey::from_bytes(&[78; 32]);
     let targets = director_targets(run.dir.path(), &run.new, &other);
     vehicle_peer(&["boot", "--ecu-config", &run.config, "--provision"]);
-    let (ok, _, err) = vehicle_peer(&[
-        "install",
-        "--ecu-config",
-        &run.config,
-        "--running",
-        "A",
-        "--now",
-        NOW,
-        "--director-targets",
-        targets.to_str().unwrap(),
-        "--delta",
-        &run.delta,
-    ]);
+    let (ok, _, err) = install_from_a(&run, targets.to_str().unwrap(), "--delta", &run.delta);
     assert!(!ok);
     assert!(err.contains("director"), "{err}");
     let b = std::fs::read(run.dir.path().join("bank-b.img")).unwrap();
