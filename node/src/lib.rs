@@ -18,6 +18,8 @@ pub mod net;
 pub mod policy;
 pub mod protocol;
 pub mod runtime;
+pub mod seeding;
 pub mod storage;
 pub mod store;
+pub mod tracker;
 pub mod tuf_mesh;

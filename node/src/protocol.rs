@@ -22,8 +22,8 @@ use std::time::Duration;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use proto::bao::{self, ExpectedSize, RangeVerifier, VerifyError};
 use proto::wire::{
-    self, ErrorCode, ErrorMessage, Have, HaveQuery, Message, NameQuery, Named, RangeRequest,
-    RangeResponse, WireError,
+    self, ErrorCode, ErrorMessage, Have, HaveQuery, Message, NameQuery, Named, Peers, PeersQuery,
+    RangeRequest, RangeResponse, WireError,
 };
 use proto::{BlobId, ChunkGroupRanges};
 
@@ -155,6 +155,13 @@ pub enum Served {
         /// The blob.
         blob: BlobId,
     },
+    /// Said which peers of its yard hold a blob (a tracker's answer).
+    Peers {
+        /// The blob.
+        blob: BlobId,
+        /// Peers listed.
+        listed: usize,
+    },
     /// Answered with an error.
     Refused {
         /// Why.
@@ -214,6 +221,17 @@ where
     write_message(&mut stream, &Message::Error(refusal)).await?;
     stream.close().await?;
     Ok(Served::Refused { code })
+}
+
+/// Writes `message` as the one answer on `stream` and closes it: for answers composed outside
+/// this module (a tracker's [`Peers`]).
+pub async fn reply<St>(mut stream: St, message: &Message) -> Result<(), ExchangeError>
+where
+    St: AsyncRead + AsyncWrite + Unpin,
+{
+    write_message(&mut stream, message).await?;
+    stream.close().await?;
+    Ok(())
 }
 
 /// Answers a one-frame exchange (`question`, as read by [`read_question`]) from `store`, then
@@ -328,6 +346,8 @@ fn kind_name(message: &Message) -> &'static str {
         Message::HaveMore(_) => "have-more",
         Message::NameQuery(_) => "name query",
         Message::Named(_) => "named",
+        Message::PeersQuery(_) => "peers query",
+        Message::Peers(_) => "peers",
         _ => "unknown message",
     }
 }
@@ -470,6 +490,20 @@ pub async fn query_name<St: AsyncRead + AsyncWrite + Unpin>(
     });
     ask(stream, &question, |answer| match answer {
         Message::Named(named) if named.name == name => Ok(named),
+        other => Err(other),
+    })
+    .await
+}
+
+/// Asks the peer on `stream` (an upstream acting as the yard's tracker) which of its other peers
+/// hold groups of `blob`. What comes back are claims to dial, not facts.
+pub async fn query_peers<St: AsyncRead + AsyncWrite + Unpin>(
+    stream: St,
+    blob: BlobId,
+) -> Result<Peers, ExchangeError> {
+    let question = Message::PeersQuery(PeersQuery { blob });
+    ask(stream, &question, |answer| match answer {
+        Message::Peers(peers) if peers.blob == blob => Ok(peers),
         other => Err(other),
     })
     .await

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
-use proto::wire::{ErrorCode, Have, HaveQuery, Message};
+use proto::wire::{ErrorCode, Have, HaveQuery, Message, PeersQuery};
 use proto::{BlobId, ChunkGroupRanges};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -18,6 +18,7 @@ use crate::net::{IncomingStreams, NetEvent, NetEvents, NetHandle};
 use crate::protocol::{self, ExchangeError, FetchProgress, Served};
 use crate::storage::{Index, Storage};
 use crate::store::{BlobStore, LAYOUT, StoreError};
+use crate::tracker::Tracker;
 
 /// Verified groups a fetch task collects before it reports them to the engine loop.
 const PROGRESS_BATCH_GROUPS: u64 = 8;
@@ -103,8 +104,20 @@ const QUESTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// (which hold no transfer slot); more of either are refused `Busy`.
 pub fn spawn_server<S: Storage, I: Index>(
     store: Arc<BlobStore<S, I>>,
+    incoming: IncomingStreams,
+    counters: Arc<ServeCounters>,
+) -> JoinHandle<()> {
+    spawn_server_with(store, incoming, counters, None)
+}
+
+/// Like [`spawn_server`], and with a `tracker` (a depot's): range requests are granted by its
+/// super-seeding rule (groups held back are left to the asker's neighbours; a request with
+/// nothing granted is refused `Busy`), and "who has what" questions are answered.
+pub fn spawn_server_with<S: Storage, I: Index>(
+    store: Arc<BlobStore<S, I>>,
     mut incoming: IncomingStreams,
     counters: Arc<ServeCounters>,
+    tracker: Option<Arc<Tracker>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let transfers = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
@@ -114,15 +127,24 @@ pub fn spawn_server<S: Storage, I: Index>(
             let counters = counters.clone();
             let transfers = transfers.clone();
             let subscriptions = subscriptions.clone();
+            let tracker = tracker.clone();
             tokio::spawn(async move {
                 use std::sync::atomic::Ordering::Relaxed;
-                match serve_stream(&store, stream, &transfers, &subscriptions).await {
+                let slots = Slots {
+                    transfers: &transfers,
+                    subscriptions: &subscriptions,
+                };
+                match serve_stream(&store, peer, stream, slots, tracker.as_ref()).await {
                     Ok(Served::Groups { bytes, .. }) => {
                         counters.bytes.fetch_add(bytes, Relaxed);
                         counters.requests.fetch_add(1, Relaxed);
                     }
-                    Ok(Served::Have { .. } | Served::Subscription { .. } | Served::Name { .. }) => {
-                    }
+                    Ok(
+                        Served::Have { .. }
+                        | Served::Subscription { .. }
+                        | Served::Name { .. }
+                        | Served::Peers { .. },
+                    ) => {}
                     Ok(Served::Refused { code }) => {
                         counters.refused.fetch_add(1, Relaxed);
                         tracing::debug!(%peer, %code, "refused");
@@ -137,11 +159,18 @@ pub fn spawn_server<S: Storage, I: Index>(
     })
 }
 
+#[derive(Clone, Copy)]
+struct Slots<'a> {
+    transfers: &'a Arc<Semaphore>,
+    subscriptions: &'a Arc<Semaphore>,
+}
+
 async fn serve_stream<S: Storage, I: Index>(
     store: &BlobStore<S, I>,
+    peer: PeerId,
     mut stream: libp2p::Stream,
-    transfers: &Arc<Semaphore>,
-    subscriptions: &Arc<Semaphore>,
+    slots: Slots<'_>,
+    tracker: Option<&Arc<Tracker>>,
 ) -> Result<Served, ExchangeError> {
     let question = tokio::time::timeout(QUESTION_TIMEOUT, protocol::read_question(&mut stream))
         .await
@@ -151,23 +180,56 @@ async fn serve_stream<S: Storage, I: Index>(
                 "the peer opened a stream and asked nothing",
             ))
         })??;
-    match question {
-        Message::HaveSubscribe(HaveQuery { blob }) => {
-            match subscriptions.clone().try_acquire_owned() {
+    match (question, tracker) {
+        (Message::HaveSubscribe(HaveQuery { blob }), _) => {
+            if let Some(tracker) = tracker {
+                tracker.watch(peer, blob);
+            }
+            match slots.subscriptions.clone().try_acquire_owned() {
                 Ok(_slot) => protocol::serve_subscription(store, stream, blob).await,
                 Err(_) => {
+                    let question = Message::HaveSubscribe(HaveQuery { blob });
                     let detail = "too many have subscriptions";
                     protocol::refuse(stream, &question, ErrorCode::Busy, detail).await
                 }
             }
         }
-        question => match transfers.clone().try_acquire_owned() {
-            Ok(_slot) => protocol::answer(store, stream, question).await,
-            Err(_) => {
-                let detail = "serving as many requests as it can";
-                protocol::refuse(stream, &question, ErrorCode::Busy, detail).await
+        (Message::PeersQuery(PeersQuery { blob }), Some(tracker)) => {
+            let peers = tracker.peers(peer, blob);
+            let listed = peers.peers.len();
+            protocol::reply(stream, &Message::Peers(peers)).await?;
+            Ok(Served::Peers { blob, listed })
+        }
+        (Message::Request(mut request), Some(tracker)) => {
+            let grant = tracker.grant(peer, request.blob, &request.groups);
+            if grant.serve.is_empty() {
+                let question = Message::Request(request);
+                let detail = "held by your neighbours or on its way to them: ask them";
+                return protocol::refuse(stream, &question, ErrorCode::Busy, detail).await;
             }
-        },
+            request.groups = grant.serve;
+            let served = answer_within_slots(store, stream, Message::Request(request), slots).await;
+            if let Ok(Served::Groups { blob, groups, .. }) = &served {
+                tracker.served(peer, *blob, groups);
+            }
+            served
+        }
+        (question, _) => answer_within_slots(store, stream, question, slots).await,
+    }
+}
+
+async fn answer_within_slots<S: Storage, I: Index>(
+    store: &BlobStore<S, I>,
+    stream: libp2p::Stream,
+    question: Message,
+    slots: Slots<'_>,
+) -> Result<Served, ExchangeError> {
+    match slots.transfers.clone().try_acquire_owned() {
+        Ok(_slot) => protocol::answer(store, stream, question).await,
+        Err(_) => {
+            let detail = "serving as many requests as it can";
+            protocol::refuse(stream, &question, ErrorCode::Busy, detail).await
+        }
     }
 }
 
@@ -284,7 +346,15 @@ pub struct Progress {
 }
 
 enum TaskMessage {
+    /// A dial of a peer named by the caller (an upstream) ended.
     Dialled(Result<PeerId, String>),
+    /// A dial of a neighbour an upstream named ended.
+    NeighbourDialled(Result<PeerId, String>),
+    /// An upstream's answer to "who holds the blob".
+    Peers {
+        from: PeerId,
+        result: Result<proto::wire::Peers, ExchangeError>,
+    },
     /// The answer to a one-off have query (a peer that cannot subscribe).
     Have {
         peer: PeerId,
@@ -373,6 +443,8 @@ pub async fn fetch<S: Storage, I: Index>(
     let mut bytes_fetched = 0u64;
     let mut stalled_since: Option<Instant> = None;
     let mut pending_dials = options.peers.len();
+    let mut upstreams: BTreeSet<PeerId> = BTreeSet::new();
+    let mut neighbour_dials: BTreeMap<PeerId, Instant> = BTreeMap::new();
 
     for addr in &options.peers {
         let addr = addr.clone();
@@ -516,14 +588,35 @@ pub async fn fetch<S: Storage, I: Index>(
                         pending_dials = pending_dials.saturating_sub(1);
                         match result {
                             // Peers named on the command line are the depot or an upstream
-                            // cache: spare their uplink for what no neighbour has.
-                            Ok(peer) => engine.mark_upstream(peer),
+                            // cache: spare their uplink for what no neighbour has, and ask
+                            // them who nearby holds the blob.
+                            Ok(peer) => {
+                                engine.mark_upstream(peer);
+                                if upstreams.insert(peer) {
+                                    ask_for_neighbours(net, &sender, peer, blob);
+                                }
+                            }
                             Err(error) => {
                                 tracing::warn!(%error, "dial failed");
                                 dial_errors.push(error);
                             }
                         }
                     }
+                    TaskMessage::NeighbourDialled(result) => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "dialling a neighbour the depot named failed");
+                        }
+                    }
+                    TaskMessage::Peers { from, result } => match result {
+                        Ok(answer) => {
+                            let mut known = connected.clone();
+                            known.extend(banned.iter().copied());
+                            known.insert(net.peer_id());
+                            dial_neighbours(net, &sender, &answer, &known, &mut neighbour_dials, now);
+                        }
+                        // An upstream that keeps no tracker (an older one) answers BadRequest.
+                        Err(error) => tracing::debug!(peer = %from, %error, "asking for neighbours failed"),
+                    },
                     TaskMessage::Have { peer, result } => {
                         haves.polls.remove(&peer);
                         match result {
@@ -587,7 +680,15 @@ pub async fn fetch<S: Storage, I: Index>(
                         engine.handle(now, Event::PeerConnected { peer });
                         haves.subscribe(net, &sender, peer, blob);
                     }
+                    // A depot found by mDNS is an upstream like one named by the caller.
+                    NetEvent::Identified { peer, agent, .. }
+                        if agent.starts_with(DEPOT_AGENT_PREFIX) && upstreams.insert(peer) =>
+                    {
+                        engine.mark_upstream(peer);
+                        ask_for_neighbours(net, &sender, peer, blob);
+                    }
                     NetEvent::PeerDisconnected { peer, .. } if connected.remove(&peer) => {
+                        upstreams.remove(&peer);
                         haves.forget(&peer);
                         engine.handle(now, Event::PeerClosed { peer });
                     }
@@ -596,11 +697,85 @@ pub async fn fetch<S: Storage, I: Index>(
             }
             _ = refresh.tick() => {
                 haves.refresh(net, &sender, &connected, &banned, blob);
+                // Vehicles arrive and leave: ask the upstreams again who is here.
+                for &upstream in upstreams.iter().filter(|peer| connected.contains(peer)) {
+                    ask_for_neighbours(net, &sender, upstream, blob);
+                }
             }
             () = tokio::time::sleep_until(wake) => {
                 engine.handle_timeout(Instant::now());
             }
         }
+    }
+}
+
+/// The agent string a depot cache reports through identify starts with this; a fetch treats
+/// such a peer as an upstream (see [`Transfer::mark_upstream`]) however it was found.
+pub const DEPOT_AGENT_PREFIX: &str = "depot-cache/";
+
+/// A neighbour named by an upstream is dialled again no sooner than this.
+const NEIGHBOUR_REDIAL: Duration = Duration::from_secs(10);
+
+fn ask_for_neighbours(
+    net: &NetHandle,
+    sender: &mpsc::UnboundedSender<TaskMessage>,
+    upstream: PeerId,
+    blob: BlobId,
+) {
+    let net = net.clone();
+    let sender = sender.clone();
+    tokio::spawn(async move {
+        let result = match net.open_stream(upstream).await {
+            Ok(stream) => protocol::query_peers(stream, blob).await,
+            Err(error) => Err(ExchangeError::Io(std::io::Error::other(error))),
+        };
+        let _ = sender.send(TaskMessage::Peers {
+            from: upstream,
+            result,
+        });
+    });
+}
+
+/// Dials the peers in an upstream's answer that are not `known` (connected, banned or this
+/// node) and were not dialled in the last [`NEIGHBOUR_REDIAL`]. Entries that do not parse are
+/// skipped: the answer is a hint.
+fn dial_neighbours(
+    net: &NetHandle,
+    sender: &mpsc::UnboundedSender<TaskMessage>,
+    answer: &proto::wire::Peers,
+    known: &BTreeSet<PeerId>,
+    dialled: &mut BTreeMap<PeerId, Instant>,
+    now: Instant,
+) {
+    for entry in &answer.peers {
+        let Ok(peer) = PeerId::from_bytes(&entry.peer) else {
+            continue;
+        };
+        if known.contains(&peer)
+            || dialled
+                .get(&peer)
+                .is_some_and(|at| now.saturating_duration_since(*at) < NEIGHBOUR_REDIAL)
+        {
+            continue;
+        }
+        let Some(addr) = entry
+            .addrs
+            .iter()
+            .find_map(|bytes| Multiaddr::try_from(bytes.clone()).ok())
+        else {
+            continue;
+        };
+        dialled.insert(peer, now);
+        let addr = addr.with(libp2p::multiaddr::Protocol::P2p(peer));
+        let net = net.clone();
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let result = net
+                .dial(addr.clone())
+                .await
+                .map_err(|e| format!("{addr}: {e}"));
+            let _ = sender.send(TaskMessage::NeighbourDialled(result));
+        });
     }
 }
 

@@ -58,6 +58,14 @@ pub const MAX_NAME_BYTES: usize = 512;
 pub const MAX_GROUP: u64 = crate::bao::MAX_BLOB_SIZE / 1024;
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
+/// Peers in one [`Peers`] answer at most.
+pub const MAX_YARD_PEERS: usize = 64;
+/// Bytes of one peer identity at most (a libp2p ed25519 peer id takes 38).
+pub const MAX_PEER_ID_BYTES: usize = 64;
+/// Addresses of one peer in a [`Peers`] answer at most.
+pub const MAX_PEER_ADDRS: usize = 4;
+/// Bytes of one address at most (a QUIC multiaddr over IPv6 takes about 30).
+pub const MAX_ADDR_BYTES: usize = 128;
 
 /// Asks a peer for the bao encoding of some chunk groups of a blob.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +133,36 @@ pub struct Named {
     pub blob: BlobId,
     /// The blob's size as the peer states it (proven only by the blob's first verified bytes).
     pub size: u64,
+}
+
+/// Asks an upstream (the depot, acting as the yard's tracker) which peers of its yard hold groups
+/// of a blob, so the asker can fetch them there instead of from the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeersQuery {
+    /// The blob.
+    pub blob: BlobId,
+}
+
+/// One peer in a [`Peers`] answer. Identities and addresses are opaque bytes here (a libp2p
+/// peer id and multiaddrs in the runtime) and unverified claims: the asker dials them and the
+/// connection proves the identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct YardPeer {
+    /// The peer's identity, at most [`MAX_PEER_ID_BYTES`].
+    pub peer: Vec<u8>,
+    /// Where it listens: at most [`MAX_PEER_ADDRS`] addresses of at most [`MAX_ADDR_BYTES`].
+    pub addrs: Vec<Vec<u8>>,
+    /// Groups of the blob it announced to the tracker.
+    pub groups: u64,
+}
+
+/// The answer to a [`PeersQuery`]: at most [`MAX_YARD_PEERS`] peers, those holding most first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peers {
+    /// The blob asked about.
+    pub blob: BlobId,
+    /// Peers holding groups of it, the asker excluded.
+    pub peers: Vec<YardPeer>,
 }
 
 /// Checks that `name` may be used as a name: 1 to [`MAX_NAME_BYTES`] bytes of UTF-8 without
@@ -251,6 +289,11 @@ pub enum Message {
     NameQuery(NameQuery),
     /// See [`Named`].
     Named(Named),
+    /// See [`PeersQuery`]. Added after the first release of version 1: a peer that does not
+    /// know it answers `BadRequest`.
+    PeersQuery(PeersQuery),
+    /// See [`Peers`].
+    Peers(Peers),
 }
 
 mod kind {
@@ -264,6 +307,8 @@ mod kind {
     pub(super) const HAVE_MORE: u8 = 8;
     pub(super) const NAME_QUERY: u8 = 9;
     pub(super) const NAMED: u8 = 10;
+    pub(super) const PEERS_QUERY: u8 = 11;
+    pub(super) const PEERS: u8 = 12;
 }
 
 /// Why bytes from a peer are not a valid message. Offsets count from the start of the frame,
@@ -385,6 +430,18 @@ pub enum EncodeError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A [`Peers`] answer lists more than [`MAX_YARD_PEERS`] peers.
+    #[error("{count} peers in one answer, more than {MAX_YARD_PEERS}")]
+    TooManyPeers {
+        /// How many.
+        count: usize,
+    },
+    /// A peer in a [`Peers`] answer breaks a limit.
+    #[error("invalid peer entry: {reason}")]
+    BadPeer {
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 /// Checks a frame's length prefix before anything else is read, so a peer cannot make us buffer
@@ -460,6 +517,15 @@ impl Message {
                 put_name(&mut out, &named.name)?;
                 out.extend_from_slice(named.blob.as_bytes());
                 put_varint(&mut out, named.size);
+            }
+            Self::PeersQuery(query) => {
+                out.push(kind::PEERS_QUERY);
+                out.extend_from_slice(query.blob.as_bytes());
+            }
+            Self::Peers(peers) => {
+                out.push(kind::PEERS);
+                out.extend_from_slice(peers.blob.as_bytes());
+                put_peers(&mut out, &peers.peers)?;
             }
         }
         // Groups stay below 2^32 (5-byte varints), so MAX_RANGES ranges take at most 40 KiB and
@@ -555,6 +621,13 @@ impl Message {
                 blob: reader.blob_id("blob")?,
                 size: reader.varint("size")?,
             }),
+            kind::PEERS_QUERY => Self::PeersQuery(PeersQuery {
+                blob: reader.blob_id("blob")?,
+            }),
+            kind::PEERS => Self::Peers(Peers {
+                blob: reader.blob_id("blob")?,
+                peers: reader.peers("peers")?,
+            }),
             kind => return Err(WireError::UnknownKind { kind }),
         };
         let left = reader.bytes.len() - reader.position;
@@ -613,6 +686,39 @@ fn put_groups(out: &mut Vec<u8>, groups: &ChunkGroupRanges) -> Result<(), Encode
         put_varint(out, range.start - previous_end);
         put_varint(out, range.end - range.start);
         previous_end = range.end;
+    }
+    Ok(())
+}
+
+fn put_peers(out: &mut Vec<u8>, peers: &[YardPeer]) -> Result<(), EncodeError> {
+    if peers.len() > MAX_YARD_PEERS {
+        return Err(EncodeError::TooManyPeers { count: peers.len() });
+    }
+    put_varint(out, peers.len() as u64);
+    for peer in peers {
+        if peer.peer.is_empty() || peer.peer.len() > MAX_PEER_ID_BYTES {
+            return Err(EncodeError::BadPeer {
+                reason: "identity of 0 bytes or more than MAX_PEER_ID_BYTES",
+            });
+        }
+        if peer.addrs.len() > MAX_PEER_ADDRS {
+            return Err(EncodeError::BadPeer {
+                reason: "more than MAX_PEER_ADDRS addresses",
+            });
+        }
+        put_varint(out, peer.peer.len() as u64);
+        out.extend_from_slice(&peer.peer);
+        put_varint(out, peer.addrs.len() as u64);
+        for addr in &peer.addrs {
+            if addr.is_empty() || addr.len() > MAX_ADDR_BYTES {
+                return Err(EncodeError::BadPeer {
+                    reason: "address of 0 bytes or more than MAX_ADDR_BYTES",
+                });
+            }
+            put_varint(out, addr.len() as u64);
+            out.extend_from_slice(addr);
+        }
+        put_varint(out, peer.groups);
     }
     Ok(())
 }
@@ -710,6 +816,54 @@ impl Reader<'_> {
         Ok(name)
     }
 
+    /// A length-prefixed byte string of 1 to `max` bytes.
+    fn bytes(&mut self, field: &'static str, max: usize) -> Result<Vec<u8>, WireError> {
+        let offset = self.offset();
+        let len = self.varint(field)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| (1..=max).contains(&len))
+            .ok_or(WireError::InvalidValue {
+                field,
+                offset,
+                value: len,
+            })?;
+        Ok(self.take(field, len)?.to_vec())
+    }
+
+    fn count(&mut self, field: &'static str, max: usize) -> Result<usize, WireError> {
+        let offset = self.offset();
+        let count = self.varint(field)?;
+        usize::try_from(count)
+            .ok()
+            .filter(|&count| count <= max)
+            .ok_or(WireError::InvalidValue {
+                field,
+                offset,
+                value: count,
+            })
+    }
+
+    fn peers(&mut self, field: &'static str) -> Result<Vec<YardPeer>, WireError> {
+        let count = self.count(field, MAX_YARD_PEERS)?;
+        let mut peers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let peer = self.bytes(field, MAX_PEER_ID_BYTES)?;
+            let addr_count = self.count(field, MAX_PEER_ADDRS)?;
+            let mut addrs = Vec::with_capacity(addr_count);
+            for _ in 0..addr_count {
+                addrs.push(self.bytes(field, MAX_ADDR_BYTES)?);
+            }
+            let groups = self.varint(field)?;
+            peers.push(YardPeer {
+                peer,
+                addrs,
+                groups,
+            });
+        }
+        Ok(peers)
+    }
+
     fn groups(&mut self, field: &'static str) -> Result<ChunkGroupRanges, WireError> {
         let offset = self.offset();
         let claimed = self.varint(field)?;
@@ -782,6 +936,21 @@ mod tests {
 
     fn samples() -> Vec<Message> {
         vec![
+            Message::PeersQuery(PeersQuery { blob: blob() }),
+            Message::Peers(Peers {
+                blob: blob(),
+                peers: vec![],
+            }),
+            Message::Peers(Peers {
+                blob: blob(),
+                peers: (0..MAX_YARD_PEERS)
+                    .map(|i| YardPeer {
+                        peer: vec![i as u8; MAX_PEER_ID_BYTES],
+                        addrs: vec![vec![0xab; MAX_ADDR_BYTES]; MAX_PEER_ADDRS],
+                        groups: u64::MAX - i as u64,
+                    })
+                    .collect(),
+            }),
             Message::Request(RangeRequest {
                 request_id: 7,
                 blob: blob(),
@@ -861,6 +1030,56 @@ mod tests {
         assert!(matches!(
             Message::decode_frame(&frame),
             Err(WireError::BadText { field: "name", .. })
+        ));
+    }
+
+    #[test]
+    fn peers_answers_over_the_limits_are_refused_both_ways() {
+        let entry = YardPeer {
+            peer: vec![1; 38],
+            addrs: vec![vec![2; 20]],
+            groups: 5,
+        };
+        let too_many = Message::Peers(Peers {
+            blob: blob(),
+            peers: vec![entry.clone(); MAX_YARD_PEERS + 1],
+        });
+        assert!(matches!(
+            too_many.encode(),
+            Err(EncodeError::TooManyPeers { .. })
+        ));
+        for bad in [
+            YardPeer {
+                peer: vec![],
+                ..entry.clone()
+            },
+            YardPeer {
+                addrs: vec![vec![2; MAX_ADDR_BYTES + 1]],
+                ..entry.clone()
+            },
+            YardPeer {
+                addrs: vec![vec![2; 4]; MAX_PEER_ADDRS + 1],
+                ..entry.clone()
+            },
+        ] {
+            let message = Message::Peers(Peers {
+                blob: blob(),
+                peers: vec![bad],
+            });
+            assert!(matches!(message.encode(), Err(EncodeError::BadPeer { .. })));
+        }
+        // A frame claiming 65 peers is refused before anything is allocated for them.
+        let mut frame = Message::Peers(Peers {
+            blob: blob(),
+            peers: vec![],
+        })
+        .encode()
+        .unwrap();
+        let last = frame.len() - 1;
+        frame[last] = (MAX_YARD_PEERS + 1) as u8;
+        assert!(matches!(
+            Message::decode_frame(&frame),
+            Err(WireError::InvalidValue { field: "peers", .. })
         ));
     }
 
@@ -1060,9 +1279,36 @@ mod tests {
                 .prop_map(|blob| Message::HaveSubscribe(HaveQuery { blob })),
             (blob.clone(), any::<Option<u64>>(), groups_strategy())
                 .prop_map(|(blob, size, groups)| Message::Have(Have { blob, size, groups })),
-            (blob, any::<Option<u64>>(), groups_strategy())
+            (blob.clone(), any::<Option<u64>>(), groups_strategy())
                 .prop_map(|(blob, size, groups)| Message::HaveMore(Have { blob, size, groups })),
             "[a-z/.0-9]{1,80}".prop_map(|name| Message::NameQuery(NameQuery { name })),
+            blob.clone()
+                .prop_map(|blob| Message::PeersQuery(PeersQuery { blob })),
+            (
+                blob.clone(),
+                proptest::collection::vec(
+                    (
+                        proptest::collection::vec(any::<u8>(), 1..=MAX_PEER_ID_BYTES),
+                        proptest::collection::vec(
+                            proptest::collection::vec(any::<u8>(), 1..=MAX_ADDR_BYTES),
+                            0..=MAX_PEER_ADDRS
+                        ),
+                        any::<u64>()
+                    ),
+                    0..6
+                )
+            )
+                .prop_map(|(blob, peers)| Message::Peers(Peers {
+                    blob,
+                    peers: peers
+                        .into_iter()
+                        .map(|(peer, addrs, groups)| YardPeer {
+                            peer,
+                            addrs,
+                            groups
+                        })
+                        .collect(),
+                })),
             ("[^\\p{Cc}]{1,80}", any::<[u8; 32]>(), any::<u64>()).prop_map(|(name, blob, size)| {
                 Message::Named(Named {
                     name,

@@ -8,25 +8,30 @@ use std::sync::Arc;
 use libp2p::Multiaddr;
 use node::net::{self, NetConfig, NetHandle};
 use node::runtime::{self, ServeCounters};
+use node::seeding::SeedConfig;
 use node::store::DiskStore;
+use node::tracker::Tracker;
 
-/// Serves `store` on a fresh loopback QUIC node without mDNS, counting into `counters`; returns
-/// the node (shut it down at the end) and its full address for `--peer`.
+/// Serves `store` on a fresh loopback QUIC node without mDNS, counting into `counters`, as a
+/// depot does (with a tracker, super-seeding, and the depot's agent string); returns the node
+/// (shut it down at the end) and its full address for `--peer`.
 pub(crate) fn start_depot(
     runtime: &tokio::runtime::Runtime,
     store: DiskStore,
     counters: Arc<ServeCounters>,
 ) -> (NetHandle, Multiaddr) {
     runtime.block_on(async {
-        let (handle, _events, incoming) = net::start(NetConfig {
+        let (handle, events, incoming) = net::start(NetConfig {
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
             mdns: false,
             mdns_auto_dial: false,
+            agent_version: format!("{}test", runtime::DEPOT_AGENT_PREFIX),
             ..NetConfig::default()
         })
         .await
         .unwrap();
-        runtime::spawn_server(Arc::new(store), incoming, counters);
+        let tracker = Tracker::start(handle.clone(), events, SeedConfig::default());
+        runtime::spawn_server_with(Arc::new(store), incoming, counters, Some(tracker));
         let addr = handle.listen_addrs().await.into_iter().next().unwrap();
         (handle, addr)
     })

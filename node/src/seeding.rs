@@ -1,0 +1,549 @@
+//! The depot's side of the yard swarm, sans-IO: which of the groups a vehicle asks for the depot
+//! sends itself, and which it leaves to the vehicles that already hold them (the *tracker*'s
+//! knowledge: who on the yard holds what).
+//!
+//! A depot's uplink is shared by the whole yard; a vehicle's is idle while it waits. So the depot
+//! should send each group into the yard about once and let the vehicles spread it among
+//! themselves: BitTorrent's *super-seeding* (BEP 16), where the seed hands each piece to one
+//! peer and offers it again only once it has seen it spread. Vehicles already spare an upstream
+//! they were told of ([`crate::engine::Transfer::mark_upstream`]), but only for groups their
+//! neighbours have *announced*; ten vehicles that start together all see the depot as the only
+//! source, and an older or misconfigured vehicle may not spare it at all. The depot therefore
+//! decides too, from what it knows of the yard.
+//!
+//! # The rule
+//! A [`Seeder`] is told which peers are connected, which groups each holds (their have
+//! subscriptions) and what it served. Asked to [`Seeder::grant`] a request of `asker`, it serves
+//! the requested groups except those that
+//! - another connected peer holds (the asker can fetch them there; the depot also tells it whom
+//!   to ask, [`Seeder::yard`]), or
+//! - it served to another connected peer less than [`SeedConfig::propagation_grace`] ago (on
+//!   their way into the yard: the receiver will announce them within a have push interval).
+//!
+//! If that leaves nothing, the asker is *deferred* (the runtime answers `Busy`, and the vehicle
+//! turns to its neighbours for a second). A peer deferred for [`SeedConfig::max_defer`] in a
+//! row is served in full: it may not be able to reach the holders (another subnet, a client
+//! isolated access point), and a vehicle must never wait on the depot's guess. A grant of some
+//! groups ends the deferral.
+//!
+//! Everything here is fed `now`; nothing reads a clock, so the rule is table-tested with virtual
+//! time and `netsim` can run it for a simulated yard.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use proto::{BlobId, ChunkGroupRanges};
+
+/// How long the depot holds back groups it has just sent, and how long it lets a vehicle wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeedConfig {
+    /// Groups served to a connected peer are not served to another for this long, unless the
+    /// receiver announces them first (after which its neighbours fetch them there). Long enough
+    /// for a request to finish and the receiver's next have push (500 ms) on a loaded yard.
+    pub propagation_grace: Duration,
+    /// A peer refused everything for this long in a row is served in full.
+    pub max_defer: Duration,
+    /// Records of served groups kept per blob at most; older ones are dropped first (they only
+    /// ever make the depot serve again, never refuse).
+    pub max_served_records: usize,
+}
+
+impl Default for SeedConfig {
+    fn default() -> Self {
+        Self {
+            propagation_grace: Duration::from_secs(3),
+            max_defer: Duration::from_secs(15),
+            max_served_records: 4096,
+        }
+    }
+}
+
+/// What [`Seeder::grant`] decided for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// Groups to send.
+    pub serve: ChunkGroupRanges,
+    /// Requested groups held back: held by, or on their way to, the asker's neighbours.
+    pub held_back: ChunkGroupRanges,
+    /// True when everything was served because the asker had been deferred for
+    /// [`SeedConfig::max_defer`].
+    pub deferral_expired: bool,
+}
+
+/// A peer of the yard as the tracker sees it, for a "who has what" answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder<P> {
+    /// The peer.
+    pub peer: P,
+    /// Groups of the blob it announced.
+    pub groups: u64,
+}
+
+/// Counters for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeedStats {
+    /// Requests granted in full or in part.
+    pub granted: u64,
+    /// Requests refused in full (the asker was deferred).
+    pub deferred: u64,
+    /// Requests served in full because their asker's deferral ran out.
+    pub deferral_expired: u64,
+    /// Groups held back, summed over requests.
+    pub groups_held_back: u64,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    /// Groups held, per blob, as announced.
+    holds: HashMap<BlobId, ChunkGroupRanges>,
+    /// Per blob: since when every request was refused in full.
+    deferred_since: HashMap<BlobId, Instant>,
+}
+
+/// The depot's super-seeding decisions and the yard's have-maps; see the module docs.
+#[derive(Debug)]
+pub struct Seeder<P> {
+    config: SeedConfig,
+    peers: BTreeMap<P, PeerState>,
+    /// Per blob: (when, to whom, which groups), oldest first.
+    served: HashMap<BlobId, VecDeque<(Instant, P, ChunkGroupRanges)>>,
+    stats: SeedStats,
+}
+
+impl<P: Ord + Clone> Seeder<P> {
+    /// An empty yard.
+    pub fn new(config: SeedConfig) -> Self {
+        Self {
+            config,
+            peers: BTreeMap::new(),
+            served: HashMap::new(),
+            stats: SeedStats::default(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SeedConfig {
+        &self.config
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SeedStats {
+        self.stats
+    }
+
+    /// Peers connected now.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// `peer` connected. Idempotent.
+    pub fn connected(&mut self, peer: P) {
+        self.peers.entry(peer).or_default();
+    }
+
+    /// `peer`'s last connection closed: what it holds is out of reach, and what was sent to it
+    /// no longer holds anything back.
+    pub fn disconnected(&mut self, peer: &P) {
+        self.peers.remove(peer);
+        for records in self.served.values_mut() {
+            records.retain(|(_, to, _)| to != peer);
+        }
+        self.served.retain(|_, records| !records.is_empty());
+    }
+
+    /// `peer` announced `groups` of `blob`: all it holds when `replace`, else groups gained.
+    /// Ignored for a peer that is not connected (a late message).
+    pub fn holds(&mut self, peer: &P, blob: BlobId, groups: &ChunkGroupRanges, replace: bool) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let held = state.holds.entry(blob).or_default();
+        *held = if replace {
+            groups.clone()
+        } else {
+            held.union(groups)
+        };
+    }
+
+    /// What `peer` announced of `blob`.
+    pub fn held_by(&self, peer: &P, blob: &BlobId) -> Option<&ChunkGroupRanges> {
+        self.peers.get(peer)?.holds.get(blob)
+    }
+
+    /// Decides which of `requested` (groups of `blob` that `asker` asked for) to send; records
+    /// them as served at `now`. See the module docs for the rule.
+    pub fn grant(
+        &mut self,
+        now: Instant,
+        asker: &P,
+        blob: BlobId,
+        requested: &ChunkGroupRanges,
+    ) -> Grant {
+        self.expire(now, blob);
+        self.connected(asker.clone());
+        let mut elsewhere = ChunkGroupRanges::empty();
+        for (peer, state) in &self.peers {
+            if peer == asker {
+                continue;
+            }
+            if let Some(held) = state.holds.get(&blob) {
+                if held.intersects(requested) {
+                    elsewhere = elsewhere.union(&held.intersection(requested));
+                }
+            }
+        }
+        if let Some(records) = self.served.get(&blob) {
+            for (_, to, groups) in records {
+                if to != asker && groups.intersects(requested) {
+                    elsewhere = elsewhere.union(&groups.intersection(requested));
+                }
+            }
+        }
+        let mut serve = requested.difference(&elsewhere);
+        let mut held_back = requested.intersection(&elsewhere);
+        let mut deferral_expired = false;
+        let state = self.peers.entry(asker.clone()).or_default();
+        if serve.is_empty() {
+            let since = *state.deferred_since.entry(blob).or_insert(now);
+            if now.saturating_duration_since(since) >= self.config.max_defer {
+                serve = requested.clone();
+                held_back = ChunkGroupRanges::empty();
+                deferral_expired = true;
+                state.deferred_since.remove(&blob);
+            }
+        } else {
+            state.deferred_since.remove(&blob);
+        }
+        self.stats.groups_held_back += held_back.group_count();
+        if serve.is_empty() {
+            self.stats.deferred += 1;
+        } else {
+            self.stats.granted += 1;
+            if deferral_expired {
+                self.stats.deferral_expired += 1;
+            }
+            self.record(now, asker, blob, &serve);
+        }
+        Grant {
+            serve,
+            held_back,
+            deferral_expired,
+        }
+    }
+
+    /// `asker` finished receiving `groups` of `blob` at `now` (a request takes a while on a
+    /// loaded yard): they are held back from others for the grace period from now.
+    pub fn served(&mut self, now: Instant, asker: &P, blob: BlobId, groups: &ChunkGroupRanges) {
+        if groups.is_empty() || !self.peers.contains_key(asker) {
+            return;
+        }
+        self.expire(now, blob);
+        self.record(now, asker, blob, groups);
+    }
+
+    /// Peers other than `asker` that announced groups of `blob`, most groups first (ties in
+    /// peer order), at most `limit`.
+    pub fn yard(&self, blob: &BlobId, asker: &P, limit: usize) -> Vec<Holder<P>> {
+        let mut holders: Vec<Holder<P>> = self
+            .peers
+            .iter()
+            .filter(|(peer, _)| *peer != asker)
+            .filter_map(|(peer, state)| {
+                let groups = state.holds.get(blob)?.group_count();
+                Some(Holder {
+                    peer: peer.clone(),
+                    groups,
+                })
+            })
+            .collect();
+        // Stable: equal counts keep peer order.
+        holders.sort_by_key(|holder| std::cmp::Reverse(holder.groups));
+        holders.truncate(limit);
+        holders
+    }
+
+    fn record(&mut self, now: Instant, to: &P, blob: BlobId, groups: &ChunkGroupRanges) {
+        let records = self.served.entry(blob).or_default();
+        records.push_back((now, to.clone(), groups.clone()));
+        while records.len() > self.config.max_served_records.max(1) {
+            records.pop_front();
+        }
+    }
+
+    fn expire(&mut self, now: Instant, blob: BlobId) {
+        let grace = self.config.propagation_grace;
+        if let Some(records) = self.served.get_mut(&blob) {
+            while records
+                .front()
+                .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) >= grace)
+            {
+                records.pop_front();
+            }
+            if records.is_empty() {
+                self.served.remove(&blob);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn blob() -> BlobId {
+        BlobId::of(b"release")
+    }
+
+    fn groups(range: std::ops::Range<u64>) -> ChunkGroupRanges {
+        ChunkGroupRanges::from_range(range)
+    }
+
+    fn yard(peers: &[u32]) -> (Seeder<u32>, Instant) {
+        let mut seeder = Seeder::new(SeedConfig::default());
+        for &peer in peers {
+            seeder.connected(peer);
+        }
+        (seeder, Instant::now())
+    }
+
+    #[test]
+    fn an_empty_yard_is_served_everything() {
+        let (mut seeder, t0) = yard(&[1]);
+        let grant = seeder.grant(t0, &1, blob(), &groups(0..16));
+        assert_eq!(grant.serve, groups(0..16));
+        assert!(grant.held_back.is_empty());
+    }
+
+    #[test]
+    fn groups_a_neighbour_holds_are_held_back() {
+        let (mut seeder, t0) = yard(&[1, 2]);
+        seeder.holds(&2, blob(), &groups(0..8), true);
+        let grant = seeder.grant(t0, &1, blob(), &groups(0..16));
+        assert_eq!(grant.serve, groups(8..16));
+        assert_eq!(grant.held_back, groups(0..8));
+        // Its own holdings never hold anything back from the asker.
+        let grant = seeder.grant(t0, &2, blob(), &groups(0..4));
+        assert_eq!(grant.serve, groups(0..4));
+    }
+
+    #[test]
+    fn groups_just_sent_to_a_neighbour_wait_out_the_grace_then_go_again() {
+        let (mut seeder, t0) = yard(&[1, 2]);
+        assert_eq!(
+            seeder.grant(t0, &1, blob(), &groups(0..16)).serve,
+            groups(0..16)
+        );
+        // Vehicle 2 asks for the same piece at once: nothing, it is on its way into the yard.
+        let grant = seeder.grant(t0 + S, &2, blob(), &groups(0..16));
+        assert!(grant.serve.is_empty());
+        assert_eq!(seeder.stats().deferred, 1);
+        // Vehicle 1 never announced it (its request broke): after the grace it goes again.
+        let grant = seeder.grant(t0 + 3 * S, &2, blob(), &groups(0..16));
+        assert_eq!(grant.serve, groups(0..16));
+    }
+
+    #[test]
+    fn a_finished_request_restarts_the_grace() {
+        let (mut seeder, t0) = yard(&[1, 2]);
+        seeder.grant(t0, &1, blob(), &groups(0..16));
+        seeder.served(t0 + 2 * S, &1, blob(), &groups(0..16));
+        assert!(
+            seeder
+                .grant(t0 + 4 * S, &2, blob(), &groups(0..16))
+                .serve
+                .is_empty()
+        );
+        assert_eq!(
+            seeder.grant(t0 + 5 * S, &2, blob(), &groups(0..16)).serve,
+            groups(0..16)
+        );
+    }
+
+    #[test]
+    fn a_vehicle_that_cannot_reach_the_holders_is_served_after_max_defer() {
+        let (mut seeder, t0) = yard(&[1, 2]);
+        seeder.holds(&2, blob(), &groups(0..100), true);
+        for second in 0..15 {
+            let grant = seeder.grant(t0 + second * S, &1, blob(), &groups(0..16));
+            assert!(grant.serve.is_empty(), "second {second}");
+        }
+        let grant = seeder.grant(t0 + 15 * S, &1, blob(), &groups(0..16));
+        assert_eq!(grant.serve, groups(0..16));
+        assert!(grant.deferral_expired);
+        // The deferral starts afresh.
+        assert!(
+            seeder
+                .grant(t0 + 16 * S, &1, blob(), &groups(16..32))
+                .serve
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_partial_grant_ends_the_deferral() {
+        let (mut seeder, t0) = yard(&[1, 2]);
+        seeder.holds(&2, blob(), &groups(0..16), true);
+        assert!(
+            seeder
+                .grant(t0, &1, blob(), &groups(0..16))
+                .serve
+                .is_empty()
+        );
+        assert_eq!(
+            seeder.grant(t0 + 10 * S, &1, blob(), &groups(8..24)).serve,
+            groups(16..24)
+        );
+        // Deferred again from 11 s: not served in full at 20 s.
+        assert!(
+            seeder
+                .grant(t0 + 11 * S, &1, blob(), &groups(0..16))
+                .serve
+                .is_empty()
+        );
+        assert!(
+            seeder
+                .grant(t0 + 20 * S, &1, blob(), &groups(0..16))
+                .serve
+                .is_empty()
+        );
+        assert!(
+            seeder
+                .grant(t0 + 26 * S, &1, blob(), &groups(0..16))
+                .deferral_expired
+        );
+    }
+
+    #[test]
+    fn a_neighbour_that_leaves_takes_its_groups_and_its_hold_with_it() {
+        let (mut seeder, t0) = yard(&[1, 2, 3]);
+        seeder.holds(&2, blob(), &groups(0..8), true);
+        seeder.grant(t0, &3, blob(), &groups(8..16));
+        assert!(
+            seeder
+                .grant(t0, &1, blob(), &groups(0..16))
+                .serve
+                .is_empty()
+        );
+        seeder.disconnected(&2);
+        seeder.disconnected(&3);
+        assert_eq!(
+            seeder.grant(t0, &1, blob(), &groups(0..16)).serve,
+            groups(0..16)
+        );
+        // A late announcement from a gone peer changes nothing.
+        seeder.holds(&2, blob(), &groups(0..100), true);
+        assert_eq!(seeder.held_by(&2, &blob()), None);
+    }
+
+    #[test]
+    fn announcements_add_up_unless_they_replace() {
+        let (mut seeder, _) = yard(&[1]);
+        seeder.holds(&1, blob(), &groups(0..4), true);
+        seeder.holds(&1, blob(), &groups(8..12), false);
+        let mut both = groups(0..4);
+        both.insert(8..12);
+        assert_eq!(seeder.held_by(&1, &blob()), Some(&both));
+        seeder.holds(&1, blob(), &groups(2..3), true);
+        assert_eq!(seeder.held_by(&1, &blob()), Some(&groups(2..3)));
+    }
+
+    #[test]
+    fn other_blobs_do_not_interfere() {
+        let (mut seeder, t0) = yard(&[1, 2]);
+        let other = BlobId::of(b"other");
+        seeder.holds(&2, other, &groups(0..16), true);
+        seeder.grant(t0, &2, other, &groups(16..32));
+        assert_eq!(
+            seeder.grant(t0, &1, blob(), &groups(0..32)).serve,
+            groups(0..32)
+        );
+    }
+
+    #[test]
+    fn the_yard_lists_holders_most_first_without_the_asker() {
+        let (mut seeder, _) = yard(&[1, 2, 3, 4]);
+        seeder.holds(&2, blob(), &groups(0..4), true);
+        seeder.holds(&3, blob(), &groups(0..40), true);
+        seeder.holds(&1, blob(), &groups(0..400), true);
+        let holders = seeder.yard(&blob(), &1, 8);
+        assert_eq!(
+            holders,
+            vec![
+                Holder {
+                    peer: 3,
+                    groups: 40
+                },
+                Holder { peer: 2, groups: 4 }
+            ]
+        );
+        assert_eq!(seeder.yard(&blob(), &1, 1).len(), 1);
+    }
+
+    #[test]
+    fn served_records_are_bounded() {
+        let mut seeder = Seeder::new(SeedConfig {
+            max_served_records: 2,
+            ..SeedConfig::default()
+        });
+        let t0 = Instant::now();
+        seeder.connected(1);
+        seeder.connected(2);
+        for piece in 0..3 {
+            seeder.grant(t0, &1, blob(), &groups(piece * 16..piece * 16 + 16));
+        }
+        // The oldest record was dropped: its groups may go again (never the reverse).
+        assert_eq!(
+            seeder.grant(t0, &2, blob(), &groups(0..16)).serve,
+            groups(0..16)
+        );
+        assert!(
+            seeder
+                .grant(t0, &2, blob(), &groups(32..48))
+                .serve
+                .is_empty()
+        );
+    }
+
+    /// Ten vehicles start together, each asking the depot for its own rarest pieces first and
+    /// then for whatever no neighbour announced yet; every announcement lands a little later.
+    /// The depot sends about one copy of the blob however the requests interleave.
+    #[test]
+    fn a_yard_starting_together_gets_about_one_copy_from_the_depot() {
+        const PIECES: u64 = 64;
+        let (mut seeder, t0) = yard(&(0..10).collect::<Vec<u32>>());
+        let mut held: Vec<ChunkGroupRanges> = vec![ChunkGroupRanges::empty(); 10];
+        let mut sent_groups = 0u64;
+        let mut now = t0;
+        for round in 0..200u64 {
+            now += Duration::from_millis(100);
+            for vehicle in 0..10u32 {
+                let mine = &held[vehicle as usize];
+                // The piece it would ask for: its seeded tie-break among missing pieces.
+                let piece = (0..PIECES)
+                    .map(|p| (p * 7 + u64::from(vehicle) * 13 + round) % PIECES)
+                    .find(|&p| !mine.contains(proto::ChunkGroup(p * 16)));
+                let Some(piece) = piece else { continue };
+                let grant =
+                    seeder.grant(now, &vehicle, blob(), &groups(piece * 16..piece * 16 + 16));
+                sent_groups += grant.serve.group_count();
+                held[vehicle as usize] = held[vehicle as usize].union(&grant.serve);
+                // Neighbours fill the rest from whoever announced it.
+                let yard_holds = (0..10u32)
+                    .filter(|&v| v != vehicle)
+                    .filter_map(|v| seeder.held_by(&v, &blob()).cloned())
+                    .fold(ChunkGroupRanges::empty(), |a, b| a.union(&b));
+                held[vehicle as usize] = held[vehicle as usize].union(&yard_holds);
+            }
+            for vehicle in 0..10u32 {
+                let holds = held[vehicle as usize].clone();
+                seeder.holds(&vehicle, blob(), &holds, true);
+            }
+        }
+        assert!(held.iter().all(|h| h.group_count() == PIECES * 16));
+        let copies = sent_groups as f64 / (PIECES * 16) as f64;
+        assert!(copies <= 1.2, "the depot sent {copies:.2} copies");
+    }
+}
