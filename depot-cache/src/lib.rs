@@ -6,4 +6,6 @@
 //! It must never serve unverified bytes, never let its disk use exceed the configured cap, and
 //! never evict a blob that an active campaign has pinned.
 
+pub mod config;
+pub mod daemon;
 pub mod prefetch;

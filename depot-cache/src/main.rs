@@ -15,8 +15,13 @@ struct Cli {
     /// spread encryption over more cores for a depot with many vehicles on a faster network.
     #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
+    /// Run the depot as a service from this configuration file (see config/depot.toml): serve
+    /// the yard, prefetch on schedule, report on /metrics and /status. `threads` comes from the
+    /// file.
+    #[arg(long, conflicts_with = "threads")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +90,9 @@ enum Command {
         /// Give up a target after this many seconds without progress.
         #[arg(long, default_value_t = 60)]
         stall_timeout: u64,
+        /// Backhaul limit for targets, in bytes per second (default: none).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rate_limit: Option<u64>,
     },
     /// List the blobs in the cache (id, size, groups held, complete or not), then the names it
     /// serves (id, name).
@@ -117,7 +125,21 @@ fn parse_time(text: &str) -> Result<proto::tuf::Time, String> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    let command = match (cli.command, cli.config) {
+        (Some(_), Some(_)) => anyhow::bail!("give either --config FILE or a command, not both"),
+        (None, None) => {
+            anyhow::bail!("give --config FILE to run the depot service, or a command (see --help)")
+        }
+        (None, Some(path)) => {
+            let config = depot_cache::config::load(&path)?;
+            let runtime = node::runtime::build_tokio(Some(config.threads))
+                .context("starting the async runtime")?;
+            runtime.block_on(depot_cache::daemon::run(config))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        (Some(command), None) => command,
+    };
+    match command {
         Command::Prefetch {
             data_dir,
             upstream,
@@ -126,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cap,
             now,
             stall_timeout,
+            rate_limit,
         } => {
             let runtime = node::runtime::build_tokio(Some(1))?;
             let request = depot_cache::prefetch::PrefetchRequest {
@@ -137,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 now,
                 metadata_timeout: std::time::Duration::from_secs(30),
                 stall_timeout: std::time::Duration::from_secs(stall_timeout),
+                rate_limit,
             };
             let summary = depot_cache::prefetch::prefetch(&runtime, &request)?;
             println!("{summary}");
@@ -192,9 +216,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             no_mdns,
         } => {
+            // The service without prefetch or HTTP: one code path serves the yard.
+            let config = depot_cache::config::DepotConfig {
+                data_dir,
+                listen,
+                mdns: !no_mdns,
+                threads: cli.threads,
+                cap_bytes: None,
+                http: None,
+                seeding: Some(node::seeding::SeedConfig::default()),
+                prefetch: None,
+            };
             let runtime = node::runtime::build_tokio(Some(cli.threads))
                 .context("starting the async runtime")?;
-            runtime.block_on(serve(data_dir, listen, no_mdns))
+            runtime.block_on(depot_cache::daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::List { data_dir } => {
             let (store, _) = node::store::open_data_dir(&data_dir)
@@ -249,50 +285,4 @@ fn collect_files(
         }
     }
     Ok(())
-}
-
-async fn serve(
-    data_dir: PathBuf,
-    listen: Vec<libp2p::Multiaddr>,
-    no_mdns: bool,
-) -> anyhow::Result<ExitCode> {
-    use std::io::Write;
-    use std::sync::Arc;
-
-    let (store, report) = node::store::open_data_dir(&data_dir)
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    tracing::info!(?report, "store opened");
-    let keypair = node::identity::load_or_create(&data_dir)
-        .with_context(|| format!("loading the identity in {}", data_dir.display()))?;
-    let (handle, _events, incoming) = node::net::start(node::net::NetConfig {
-        keypair: Some(keypair),
-        listen,
-        mdns: !no_mdns,
-        ..node::net::NetConfig::default()
-    })
-    .await
-    .context("starting the network")?;
-    let addrs = handle.listen_addrs().await;
-    let Some(first) = addrs.first() else {
-        anyhow::bail!("listening on no address");
-    };
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{first}")?;
-        for addr in &addrs[1..] {
-            writeln!(stdout, "{addr}")?;
-        }
-        stdout.flush()?;
-    }
-    let counters = Arc::new(node::runtime::ServeCounters::default());
-    let server = node::runtime::spawn_server(Arc::new(store), incoming, counters);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-        _ = server => {}
-    }
-    handle.shutdown().await;
-    Ok(ExitCode::SUCCESS)
 }

@@ -38,6 +38,8 @@ pub struct PrefetchRequest {
     pub metadata_timeout: Duration,
     /// Give up a target when nothing moved for this long.
     pub stall_timeout: Duration,
+    /// Backhaul bytes per second at most for targets; `None`: unlimited.
+    pub rate_limit: Option<u64>,
 }
 
 /// Refreshes, relays and fetches, as the module says; returns a JSON summary. Call from outside
@@ -49,12 +51,6 @@ pub fn prefetch(
     if request.upstream.is_empty() {
         bail!("no upstream to prefetch from: give --upstream");
     }
-    let local = trusted_store(
-        &request.data_dir,
-        &request.repository,
-        request.root.as_deref(),
-    )
-    .map_err(anyhow::Error::msg)?;
     let node::runtime::OpenedNode {
         store,
         net,
@@ -62,20 +58,32 @@ pub fn prefetch(
         ..
     } = node::runtime::open_node(runtime, &request.data_dir, Vec::new(), false)
         .map_err(anyhow::Error::msg)?;
-    let result = refresh_and_fetch(runtime, request, &net, &mut events, &store, local);
+    let result = prefetch_with(runtime.handle(), request, &net, &mut events, &store);
     store.flush_usage().ok();
     runtime.block_on(net.shutdown());
     result
 }
 
-fn refresh_and_fetch<S: node::storage::Storage, I: node::storage::Index>(
-    runtime: &tokio::runtime::Runtime,
+/// One prefetch with a node that is already running (the daemon's, which keeps serving the
+/// yard meanwhile): `events` must be a feed of its network events of its own. Blocks on
+/// `runtime`: call it from a plain thread or `spawn_blocking`.
+pub fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
+    runtime: &tokio::runtime::Handle,
     request: &PrefetchRequest,
     net: &node::net::NetHandle,
     events: &mut node::net::NetEvents,
     store: &Arc<node::store::BlobStore<S, I>>,
-    local: node::tuf_mesh::DirStore,
 ) -> anyhow::Result<serde_json::Value> {
+    if request.upstream.is_empty() {
+        bail!("no upstream to prefetch from");
+    }
+    let local = trusted_store(
+        &request.data_dir,
+        &request.repository,
+        request.root.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let rate_limit = request.rate_limit.map(node::ratelimit::RateLimit::new);
     let now = match request.now {
         Some(now) => now,
         None => system_now().map_err(anyhow::Error::msg)?,
@@ -136,6 +144,7 @@ fn refresh_and_fetch<S: node::storage::Storage, I: node::storage::Index>(
         options.size = Some(*length);
         options.peers = request.upstream.clone();
         options.stall_timeout = request.stall_timeout;
+        options.rate_limit = rate_limit.clone();
         let report = runtime
             .block_on(node::runtime::fetch(
                 net,

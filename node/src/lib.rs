@@ -17,6 +17,7 @@ pub mod named;
 pub mod net;
 pub mod policy;
 pub mod protocol;
+pub mod ratelimit;
 pub mod runtime;
 pub mod seeding;
 pub mod storage;

@@ -222,6 +222,53 @@ pub enum NetEvent {
 /// `1024` unread ones; dropping the receiver is allowed and only stops the reports.
 pub type NetEvents = mpsc::Receiver<NetEvent>;
 
+/// Copies one node's [`NetEvents`] to any number of readers, for a daemon where several parts
+/// follow the network (the tracker, and each prefetch's fetch). A reader that stops reading
+/// loses events past 1024 unread (with a warning) and never blocks the others; a dropped one
+/// is forgotten.
+#[derive(Clone, Debug)]
+pub struct EventHub {
+    readers: std::sync::Arc<std::sync::Mutex<Vec<mpsc::Sender<NetEvent>>>>,
+}
+
+impl EventHub {
+    /// Starts copying `events` until the node shuts down.
+    pub fn start(mut events: NetEvents) -> Self {
+        let hub = Self {
+            readers: std::sync::Arc::default(),
+        };
+        let readers = hub.readers.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let mut readers = readers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                readers.retain(|reader| match reader.try_send(event.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::warn!(
+                            "a reader of network events is behind; an event was dropped"
+                        );
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
+            }
+        });
+        hub
+    }
+
+    /// A new reader: every event from now on.
+    pub fn subscribe(&self) -> NetEvents {
+        let (sender, receiver) = mpsc::channel(1024);
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(sender);
+        receiver
+    }
+}
+
 /// Streams that peers opened to this node, in the order they arrived. Ends after the node shuts
 /// down. Read it promptly: while 64 accepted streams are waiting, further ones are reset.
 pub struct IncomingStreams {

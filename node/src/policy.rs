@@ -118,6 +118,44 @@ impl fmt::Display for Window {
     }
 }
 
+/// Times of day, as windows in local time (UTC plus an offset): when cellular may carry fixes,
+/// or when a depot's backhaul may prefetch. No windows: never open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule<'a> {
+    /// The windows.
+    pub windows: &'a [Window],
+    /// Local time's offset from UTC, in minutes.
+    pub utc_offset_minutes: i32,
+}
+
+impl Schedule<'_> {
+    fn local(&self, now: u64) -> i64 {
+        i64::try_from(now).unwrap_or(i64::MAX) + i64::from(self.utc_offset_minutes) * 60
+    }
+
+    /// Whether a window is open at `now` (Unix seconds).
+    pub fn is_open(&self, now: u64) -> bool {
+        let m = u16::try_from(self.local(now).rem_euclid(86_400) / 60).unwrap_or(0);
+        self.windows.iter().any(|w| w.contains(m))
+    }
+
+    /// The next time (Unix seconds, after `now`) a window opens; `None` without windows.
+    pub fn next_open(&self, now: u64) -> Option<u64> {
+        let local = self.local(now);
+        let day_start = local - local.rem_euclid(86_400);
+        let offset = i64::from(self.utc_offset_minutes) * 60;
+        self.windows
+            .iter()
+            .flat_map(|w| {
+                let at = day_start + i64::from(w.start) * 60;
+                [at, at + 86_400]
+            })
+            .filter(|&at| at > local)
+            .min()
+            .and_then(|at| u64::try_from(at - offset).ok())
+    }
+}
+
 /// The vehicle's cellular rules.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyConfig {
@@ -284,30 +322,20 @@ impl LinkPolicy {
         }
     }
 
-    fn minute_of_day(&self, now: u64) -> u16 {
-        u16::try_from(self.local(now).rem_euclid(86_400) / 60).unwrap_or(0)
+    fn windows(&self) -> Schedule<'_> {
+        Schedule {
+            windows: &self.config.cellular_windows,
+            utc_offset_minutes: self.config.utc_offset_minutes,
+        }
     }
 
     fn in_window(&self, now: u64) -> bool {
-        let m = self.minute_of_day(now);
-        self.config.cellular_windows.iter().any(|w| w.contains(m))
+        self.windows().is_open(now)
     }
 
     /// The next time (Unix seconds, after `now`) a window opens.
     fn next_window_start(&self, now: u64) -> Option<u64> {
-        let local = self.local(now);
-        let day_start = local - local.rem_euclid(86_400);
-        let offset = i64::from(self.config.utc_offset_minutes) * 60;
-        self.config
-            .cellular_windows
-            .iter()
-            .flat_map(|w| {
-                let at = day_start + i64::from(w.start) * 60;
-                [at, at + 86_400]
-            })
-            .filter(|&at| at > local)
-            .min()
-            .and_then(|at| u64::try_from(at - offset).ok())
+        self.windows().next_open(now)
     }
 
     fn next_month_start(&self, now: u64) -> u64 {

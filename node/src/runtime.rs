@@ -16,9 +16,11 @@ use tokio::task::JoinHandle;
 use crate::engine::{Action, Event, Failure, RequestId, Transfer, TransferConfig};
 use crate::net::{IncomingStreams, NetEvent, NetEvents, NetHandle};
 use crate::protocol::{self, ExchangeError, FetchProgress, Served};
+use crate::ratelimit::{RateLimit, Throttled};
 use crate::storage::{Index, Storage};
 use crate::store::{BlobStore, LAYOUT, StoreError};
 use crate::tracker::Tracker;
+use futures::future::Either;
 
 /// Verified groups a fetch task collects before it reports them to the engine loop.
 const PROGRESS_BATCH_GROUPS: u64 = 8;
@@ -91,6 +93,8 @@ pub struct ServeCounters {
     pub requests: std::sync::atomic::AtomicU64,
     /// Exchanges refused or failed.
     pub refused: std::sync::atomic::AtomicU64,
+    /// Of those, requests and questions for a blob or name not held here (cache misses).
+    pub misses: std::sync::atomic::AtomicU64,
 }
 
 /// Have subscriptions served at once; more are refused `Busy` (the asker then polls).
@@ -112,7 +116,7 @@ pub fn spawn_server<S: Storage, I: Index>(
 
 /// Like [`spawn_server`], and with a `tracker` (a depot's): range requests are granted by its
 /// super-seeding rule (groups held back are left to the asker's neighbours; a request with
-/// nothing granted is refused `Busy`), and "who has what" questions are answered.
+/// nothing granted is refused `HeldBack`), and "who has what" questions are answered.
 pub fn spawn_server_with<S: Storage, I: Index>(
     store: Arc<BlobStore<S, I>>,
     mut incoming: IncomingStreams,
@@ -147,6 +151,9 @@ pub fn spawn_server_with<S: Storage, I: Index>(
                     ) => {}
                     Ok(Served::Refused { code }) => {
                         counters.refused.fetch_add(1, Relaxed);
+                        if code == ErrorCode::NotFound {
+                            counters.misses.fetch_add(1, Relaxed);
+                        }
                         tracing::debug!(%peer, %code, "refused");
                     }
                     Err(error) => {
@@ -205,7 +212,7 @@ async fn serve_stream<S: Storage, I: Index>(
             if grant.serve.is_empty() {
                 let question = Message::Request(request);
                 let detail = "held by your neighbours or on its way to them: ask them";
-                return protocol::refuse(stream, &question, ErrorCode::Busy, detail).await;
+                return protocol::refuse(stream, &question, ErrorCode::HeldBack, detail).await;
             }
             request.groups = grant.serve;
             let served = answer_within_slots(store, stream, Message::Request(request), slots).await;
@@ -252,6 +259,8 @@ pub struct FetchOptions {
     pub stall_timeout: Duration,
     /// The largest size a peer may claim for a blob of unknown size.
     pub size_limit: u64,
+    /// Paces every stream of the fetch (a depot's backhaul limit); `None`: as fast as it goes.
+    pub rate_limit: Option<Arc<RateLimit>>,
 }
 
 impl FetchOptions {
@@ -265,6 +274,7 @@ impl FetchOptions {
             have_refresh: Duration::from_secs(2),
             stall_timeout: Duration::from_secs(20),
             size_limit: proto::bao::MAX_BLOB_SIZE,
+            rate_limit: None,
         }
     }
 }
@@ -398,6 +408,10 @@ fn failure_of(error: &ExchangeError) -> Failure {
             code: ErrorCode::Busy,
             ..
         } => Failure::Busy,
+        ExchangeError::Refused {
+            code: ErrorCode::HeldBack,
+            ..
+        } => Failure::HeldBack,
         ExchangeError::Refused { .. } => Failure::NotHeld,
         _ => Failure::Lost,
     }
@@ -445,6 +459,7 @@ pub async fn fetch<S: Storage, I: Index>(
     let mut pending_dials = options.peers.len();
     let mut upstreams: BTreeSet<PeerId> = BTreeSet::new();
     let mut neighbour_dials: BTreeMap<PeerId, Instant> = BTreeMap::new();
+    let mut last_neighbour_ask: Option<Instant> = None;
 
     for addr in &options.peers {
         let addr = addr.clone();
@@ -484,6 +499,7 @@ pub async fn fetch<S: Storage, I: Index>(
                         blob,
                         groups,
                         options.size_limit,
+                        options.rate_limit.clone(),
                     );
                     fetches.insert(request, (peer, task));
                 }
@@ -660,6 +676,14 @@ pub async fn fetch<S: Storage, I: Index>(
                             Ok(()) => Event::RequestFinished { peer, request },
                             Err(error) => {
                                 tracing::debug!(%peer, %request, %error, "request failed");
+                                // Held back for neighbours we may not know yet: ask who they are
+                                // now rather than at the next refresh.
+                                if matches!(error, ExchangeError::Refused { code: ErrorCode::HeldBack, .. })
+                                    && last_neighbour_ask.is_none_or(|at| now.saturating_duration_since(at) >= NEIGHBOUR_ASK_GAP)
+                                {
+                                    last_neighbour_ask = Some(now);
+                                    ask_for_neighbours(net, &sender, peer, blob);
+                                }
                                 if error.is_misbehaviour() {
                                     said.insert(peer, format!("sent bad data: {error}"));
                                 } else if matches!(error, ExchangeError::Refused { .. }) {
@@ -712,6 +736,9 @@ pub async fn fetch<S: Storage, I: Index>(
 /// The agent string a depot cache reports through identify starts with this; a fetch treats
 /// such a peer as an upstream (see [`Transfer::mark_upstream`]) however it was found.
 pub const DEPOT_AGENT_PREFIX: &str = "depot-cache/";
+
+/// An upstream that held groups back is asked who its yard is at most this often.
+const NEIGHBOUR_ASK_GAP: Duration = Duration::from_millis(250);
 
 /// A neighbour named by an upstream is dialled again no sooner than this.
 const NEIGHBOUR_REDIAL: Duration = Duration::from_secs(10);
@@ -946,6 +973,7 @@ fn spawn_fetch<S: Storage, I: Index>(
     blob: BlobId,
     groups: ChunkGroupRanges,
     size_limit: u64,
+    rate_limit: Option<Arc<RateLimit>>,
 ) -> JoinHandle<()> {
     let net = net.clone();
     let store = store.clone();
@@ -970,7 +998,10 @@ fn spawn_fetch<S: Storage, I: Index>(
         };
         let result = match net.open_stream(peer).await {
             Ok(stream) => protocol::fetch(
-                stream,
+                match rate_limit {
+                    Some(limit) => Either::Right(Throttled::new(stream, limit)),
+                    None => Either::Left(stream),
+                },
                 &store,
                 blob,
                 request.0,

@@ -20,8 +20,9 @@
 //! - it served to another connected peer less than [`SeedConfig::propagation_grace`] ago (on
 //!   their way into the yard: the receiver will announce them within a have push interval).
 //!
-//! If that leaves nothing, the asker is *deferred* (the runtime answers `Busy`, and the vehicle
-//! turns to its neighbours for a second). A peer deferred for [`SeedConfig::max_defer`] in a
+//! If that leaves nothing, the asker is *deferred*: the runtime answers `HeldBack`, and the
+//! vehicle asks its neighbours for those groups and the depot for others
+//! ([`crate::engine::Failure::HeldBack`]). A peer deferred for [`SeedConfig::max_defer`] in a
 //! row is served in full: it may not be able to reach the holders (another subnet, a client
 //! isolated access point), and a vehicle must never wait on the depot's guess. A grant of some
 //! groups ends the deferral.

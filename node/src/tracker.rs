@@ -36,6 +36,9 @@ enum Watch {
 /// [`crate::runtime::spawn_server_with`].
 pub struct Tracker {
     net: NetHandle,
+    /// Peers that identified as depot caches (an upstream, a neighbouring depot): not part of
+    /// the yard. Their holdings are not followed or passed on, and they are served in full.
+    depots: Mutex<std::collections::HashSet<PeerId>>,
     seeder: Mutex<Seeder<PeerId>>,
     addrs: Mutex<HashMap<PeerId, Vec<Multiaddr>>>,
     watches: Mutex<HashMap<(PeerId, BlobId), Watch>>,
@@ -63,6 +66,7 @@ impl Tracker {
     pub fn start(net: NetHandle, events: NetEvents, config: SeedConfig) -> Arc<Self> {
         let tracker = Arc::new(Self {
             net,
+            depots: Mutex::new(std::collections::HashSet::new()),
             seeder: Mutex::new(Seeder::new(config)),
             addrs: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
@@ -90,17 +94,22 @@ impl Tracker {
                     .or_insert_with(|| dialable(std::iter::once(addr)));
             }
             NetEvent::PeerDisconnected { peer, .. } => {
+                lock(&self.depots).remove(&peer);
                 lock(&self.seeder).disconnected(&peer);
                 lock(&self.addrs).remove(&peer);
-                lock(&self.watches).retain(|(watched, _), watch| {
-                    if *watched != peer {
-                        return true;
-                    }
-                    if let Watch::Active(task) = watch {
-                        task.abort();
-                    }
-                    false
-                });
+                self.unwatch(&peer);
+            }
+            NetEvent::Identified {
+                peer,
+                listen_addrs,
+                agent,
+            } if agent.starts_with(crate::runtime::DEPOT_AGENT_PREFIX) => {
+                // A cache, not a vehicle: forget whatever was learnt of it as a yard peer.
+                lock(&self.depots).insert(peer);
+                lock(&self.seeder).disconnected(&peer);
+                lock(&self.addrs).remove(&peer);
+                let _ = listen_addrs;
+                self.unwatch(&peer);
             }
             NetEvent::Identified {
                 peer, listen_addrs, ..
@@ -114,9 +123,33 @@ impl Tracker {
         }
     }
 
+    fn unwatch(&self, peer: &PeerId) {
+        lock(&self.watches).retain(|(watched, _), watch| {
+            if watched != peer {
+                return true;
+            }
+            if let Watch::Active(task) = watch {
+                task.abort();
+            }
+            false
+        });
+    }
+
+    fn is_depot(&self, peer: &PeerId) -> bool {
+        lock(&self.depots).contains(peer)
+    }
+
     /// Decides which of `groups` (of `blob`, asked by `peer`) the depot sends; see
-    /// [`Seeder::grant`]. Starts following `peer`'s holdings of `blob`.
+    /// [`Seeder::grant`]. Starts following `peer`'s holdings of `blob`. Another depot is
+    /// granted everything: it serves a yard of its own.
     pub fn grant(self: &Arc<Self>, peer: PeerId, blob: BlobId, groups: &ChunkGroupRanges) -> Grant {
+        if self.is_depot(&peer) {
+            return Grant {
+                serve: groups.clone(),
+                held_back: ChunkGroupRanges::empty(),
+                deferral_expired: false,
+            };
+        }
         self.watch(peer, blob);
         lock(&self.seeder).grant(Instant::now(), &peer, blob, groups)
     }
@@ -152,6 +185,9 @@ impl Tracker {
 
     /// Also called when `peer` subscribes to the depot's have-map of `blob`: it wants the blob.
     pub fn watch(self: &Arc<Self>, peer: PeerId, blob: BlobId) {
+        if self.is_depot(&peer) {
+            return;
+        }
         let mut watches = lock(&self.watches);
         match watches.get(&(peer, blob)) {
             Some(Watch::Active(_) | Watch::Complete) => return,

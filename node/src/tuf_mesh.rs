@@ -111,11 +111,12 @@ pub fn system_now() -> Result<Time, String> {
 /// Metadata fetched by name over the mesh: `<repository>/metadata/<file>`, from the given peers
 /// in order, then any connected peer.
 ///
-/// [`Remote::fetch`] is synchronous (the verifier is), so each fetch drives `runtime` until the
-/// file has arrived: call it from outside the runtime (not from async code).
+/// [`Remote::fetch`] is synchronous (the verifier is), so each fetch blocks on `runtime` until
+/// the file has arrived: call it from outside the runtime's async code (a plain thread, or
+/// `spawn_blocking` in a daemon whose runtime keeps serving meanwhile).
 #[derive(Debug)]
 pub struct MeshRemote<'a, S: Storage, I: Index> {
-    runtime: &'a tokio::runtime::Runtime,
+    runtime: &'a tokio::runtime::Handle,
     net: NetHandle,
     store: Arc<BlobStore<S, I>>,
     peers: Vec<Multiaddr>,
@@ -129,7 +130,7 @@ impl<'a, S: Storage, I: Index> MeshRemote<'a, S, I> {
     /// Files of `repository` (`image`, `director/<vin>`) from `peers` and connected peers, each
     /// within `timeout`.
     pub fn new(
-        runtime: &'a tokio::runtime::Runtime,
+        runtime: &'a tokio::runtime::Handle,
         net: NetHandle,
         store: Arc<BlobStore<S, I>>,
         peers: Vec<Multiaddr>,

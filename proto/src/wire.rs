@@ -193,6 +193,10 @@ pub enum ErrorCode {
     BadRequest,
     /// The peer failed on its side (e.g. its copy failed verification).
     Internal,
+    /// The peer (a depot seeding its yard) holds the groups but leaves them to the asker's
+    /// neighbours, which hold them or will shortly: ask them, and this peer for other groups.
+    /// Added after the first release of version 1; an older peer reads it as an unknown code.
+    HeldBack,
     /// A code this version does not know, kept so it can be logged.
     Unknown(u16),
 }
@@ -205,6 +209,7 @@ impl ErrorCode {
             Self::Busy => 3,
             Self::BadRequest => 4,
             Self::Internal => 5,
+            Self::HeldBack => 6,
             Self::Unknown(code) => u64::from(code),
         }
     }
@@ -216,6 +221,7 @@ impl ErrorCode {
             3 => Self::Busy,
             4 => Self::BadRequest,
             5 => Self::Internal,
+            6 => Self::HeldBack,
             other => Self::Unknown(other),
         }
     }
@@ -229,6 +235,7 @@ impl fmt::Display for ErrorCode {
             Self::Busy => f.write_str("busy"),
             Self::BadRequest => f.write_str("bad request"),
             Self::Internal => f.write_str("internal error"),
+            Self::HeldBack => f.write_str("held back for the neighbours"),
             Self::Unknown(code) => write!(f, "unknown error code {code}"),
         }
     }

@@ -154,7 +154,7 @@ fn refresh_and_fetch<S: Storage, I: Index>(
         None => system_now()?,
     };
     let remote = MeshRemote::new(
-        runtime,
+        runtime.handle(),
         net.clone(),
         store.clone(),
         request.peers.clone(),

@@ -114,6 +114,8 @@ pub struct TransferConfig {
     pub busy_backoff: Duration,
     /// Seeds the tie-break between equally rare pieces; give each vehicle its own.
     pub seed: u64,
+    /// How long groups a peer held back ([`Failure::HeldBack`]) are not asked of it again.
+    pub held_back_hold: Duration,
 }
 
 impl Default for TransferConfig {
@@ -128,6 +130,9 @@ impl Default for TransferConfig {
             max_timeouts_per_peer: 3,
             busy_backoff: Duration::from_secs(1),
             seed: 0,
+            // The depot's propagation grace (`node::seeding`): by then the groups are announced
+            // by whoever got them, or the depot serves them again.
+            held_back_hold: Duration::from_secs(3),
         }
     }
 }
@@ -209,6 +214,11 @@ pub enum Failure {
     NotHeld,
     /// The peer answered `Busy`: it is left alone for [`TransferConfig::busy_backoff`].
     Busy,
+    /// The peer (a depot seeding its yard) left the requested groups to its other peers: it is
+    /// not asked for them for [`TransferConfig::held_back_hold`], and is asked for others at
+    /// once. Its claim stands: after the hold it may be asked again (the neighbour it counted on
+    /// may have left).
+    HeldBack,
     /// The stream broke. Not held against the peer.
     Lost,
 }
@@ -345,6 +355,8 @@ struct PeerState {
     counted: ChunkGroupRanges,
     /// Had a free slot and got no work in the last pass that considered it; skipped until woken.
     starved: bool,
+    /// Groups it held back, each until when they are not asked of it.
+    held_back: Vec<(Instant, ChunkGroupRanges)>,
 }
 
 /// What a [`Transfer::recount`] changed in the coverage.
@@ -414,6 +426,7 @@ impl PeerState {
             probe_failures: 0,
             counted: ChunkGroupRanges::empty(),
             starved: false,
+            held_back: Vec::new(),
         }
     }
 }
@@ -626,7 +639,11 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             Some(Backoff::Until(until)) => Some(until),
             _ => None,
         });
-        deadlines.chain(backoffs).min()
+        let holds = self
+            .peers
+            .values()
+            .flat_map(|peer| peer.held_back.iter().map(|(until, _)| *until));
+        deadlines.chain(backoffs).chain(holds).min()
     }
 
     /// Fails the requests whose time is up and ends the back-off of busy peers.
@@ -634,6 +651,12 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         self.needs_schedule = true;
         let mut returned = false;
         for peer in self.peers.values_mut() {
+            let before = peer.held_back.len();
+            peer.held_back.retain(|(until, _)| *until > now);
+            if peer.held_back.len() != before {
+                // Groups it held back may be asked of it again.
+                peer.starved = false;
+            }
             if matches!(peer.backoff, Some(Backoff::Until(until)) if until <= now) {
                 peer.backoff = None;
                 returned = true;
@@ -938,6 +961,16 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                     });
                     self.recount(&peer);
                     self.wake_all();
+                }
+            }
+            Failure::HeldBack => {
+                self.stats.refused += 1;
+                let undelivered = self.outstanding(&request);
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    let until = now.checked_add(self.config.held_back_hold).unwrap_or(now);
+                    state.held_back.push((until, undelivered));
+                    // Other groups it may serve at once.
+                    state.starved = false;
                 }
             }
             Failure::Lost => self.stats.lost += 1,
@@ -1285,7 +1318,12 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
 
     /// The groups to ask `peer` for next, and whether they are an endgame duplicate.
     fn choose(&self, peer: &P, pass: &mut Pass) -> Option<(ChunkGroupRanges, bool)> {
-        let claim = self.peers.get(peer)?.claim.as_ref()?;
+        let state = self.peers.get(peer)?;
+        let mut claim = state.claim.clone()?;
+        for (_, held_back) in &state.held_back {
+            claim = claim.difference(held_back);
+        }
+        let claim = &claim;
         let mut mine = claim.intersection(&pass.unassigned);
         let mut spare_upstream = false;
         if self.upstream.contains(peer) {

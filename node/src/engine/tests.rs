@@ -435,6 +435,7 @@ fn garbage_events_are_ignored_without_panicking() {
         max_timeouts_per_peer: 0,
         busy_backoff: Duration::MAX,
         seed: 0,
+        held_back_hold: Duration::MAX,
     };
     let held = set(&[0..2, 500..600, MAX_GROUP - 1..MAX_GROUP]);
     let mut transfer = Transfer::new(blob(), Some(size), held, config, now);
@@ -814,4 +815,83 @@ fn requests_per_peer_shrink_as_the_yard_fills() {
     assert_eq!(count_per_peer(6), vec![3; 6]);
     // A full yard: one each, however many peers there are.
     assert_eq!(count_per_peer(30), vec![1; 30]);
+}
+
+/// A depot that holds groups back for the neighbours is asked for other groups at once, not
+/// left alone like a busy peer; the held-back groups are asked of it again after the hold.
+#[test]
+fn held_back_groups_are_skipped_for_the_hold_and_other_groups_asked_at_once() {
+    let start = Instant::now();
+    let size = blob_size(64);
+    let config = TransferConfig {
+        max_requests_per_peer: 1,
+        max_requests_total: 1,
+        max_requests_per_upstream: 1,
+        ..seeded(3)
+    };
+    let mut transfer = Transfer::new(blob(), Some(size), set(&[]), config, start);
+    transfer.mark_upstream(1);
+    announce(&mut transfer, start, 1, span(0..64));
+    let first = match drain(&mut transfer, start).as_slice() {
+        [
+            Action::Request {
+                peer: 1,
+                request,
+                groups,
+            },
+        ] => (*request, groups.clone()),
+        other => panic!("expected one request of the depot, got {other:?}"),
+    };
+    transfer.handle(
+        start,
+        Event::RequestFailed {
+            peer: 1,
+            request: first.0,
+            failure: Failure::HeldBack,
+        },
+    );
+    // At once, a request of other groups.
+    let second = match drain(&mut transfer, start).as_slice() {
+        [
+            Action::Request {
+                peer: 1,
+                request,
+                groups,
+            },
+        ] => (*request, groups.clone()),
+        other => panic!("expected another request of the depot, got {other:?}"),
+    };
+    assert!(!second.1.intersects(&first.1), "{:?} asked again", first.1);
+    // The rest of the blob arrives; only the held-back piece is missing. It is not asked for
+    // until the hold ends, and then it is.
+    let rest = span(0..64).difference(&first.1);
+    transfer.handle(
+        start,
+        Event::GroupsVerified {
+            peer: 1,
+            request: second.0,
+            groups: rest.clone(),
+            bytes: rest.group_count() * GROUP_BYTES,
+        },
+    );
+    transfer.handle(
+        start,
+        Event::RequestFinished {
+            peer: 1,
+            request: second.0,
+        },
+    );
+    assert!(drain(&mut transfer, start).is_empty());
+    assert!(!transfer.is_stalled(), "a held-back claim is a prospect");
+    let wake = transfer.poll_timeout().unwrap();
+    assert_eq!(wake, start + TransferConfig::default().held_back_hold);
+    transfer.handle_timeout(wake);
+    match drain(&mut transfer, wake).as_slice() {
+        [
+            Action::Request {
+                peer: 1, groups, ..
+            },
+        ] => assert_eq!(groups, &first.1),
+        other => panic!("expected the held-back piece again, got {other:?}"),
+    }
 }

@@ -1,0 +1,362 @@
+//! The depot daemon's configuration (`depot-cache --config FILE`; the commented example is
+//! `config/depot.toml`). Every error names the file, the key and its line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use libp2p::Multiaddr;
+use node::policy::Window;
+use node::seeding::SeedConfig;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    data_dir: PathBuf,
+    #[serde(default)]
+    listen: Vec<Spanned<String>>,
+    #[serde(default = "yes")]
+    mdns: bool,
+    #[serde(default = "one")]
+    threads: u16,
+    cap_bytes: Option<u64>,
+    http: Option<Spanned<String>>,
+    #[serde(default)]
+    seeding: SeedingFile,
+    prefetch: Option<PrefetchFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedingFile {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "grace_ms")]
+    propagation_grace_ms: u64,
+    #[serde(default = "max_defer_secs")]
+    max_defer_secs: u64,
+}
+
+impl Default for SeedingFile {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            propagation_grace_ms: grace_ms(),
+            max_defer_secs: max_defer_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrefetchFile {
+    upstream: Vec<Spanned<String>>,
+    #[serde(default = "image")]
+    repositories: Vec<String>,
+    root: Option<PathBuf>,
+    #[serde(default = "interval_secs")]
+    interval_secs: u64,
+    #[serde(default)]
+    windows: Vec<Spanned<String>>,
+    #[serde(default)]
+    utc_offset_minutes: i32,
+    rate_limit_bytes_per_sec: Option<u64>,
+    #[serde(default = "stall_timeout_secs")]
+    stall_timeout_secs: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> u16 {
+    1
+}
+fn grace_ms() -> u64 {
+    3000
+}
+fn max_defer_secs() -> u64 {
+    15
+}
+fn image() -> Vec<String> {
+    vec!["image".to_owned()]
+}
+fn interval_secs() -> u64 {
+    900
+}
+fn stall_timeout_secs() -> u64 {
+    120
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct DepotConfig {
+    /// Store, identity and trusted metadata.
+    pub data_dir: PathBuf,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Announce on the LAN with mDNS.
+    pub mdns: bool,
+    /// Runtime worker threads.
+    pub threads: u16,
+    /// Disk cap in bytes.
+    pub cap_bytes: Option<u64>,
+    /// Where `/metrics` and `/status` are served.
+    pub http: Option<SocketAddr>,
+    /// Super-seeding and tracker; `None` when disabled.
+    pub seeding: Option<SeedConfig>,
+    /// Periodic prefetch from upstream.
+    pub prefetch: Option<PrefetchConfig>,
+}
+
+/// When and how the depot fills itself from upstream.
+#[derive(Debug, Clone)]
+pub struct PrefetchConfig {
+    /// Upstream caches, with `/p2p/<peer id>`.
+    pub upstream: Vec<Multiaddr>,
+    /// Repositories to prefetch (`image`).
+    pub repositories: Vec<String>,
+    /// The first root metadata, for a depot that trusts none yet.
+    pub root: Option<PathBuf>,
+    /// Time between the starts of two runs.
+    pub interval: Duration,
+    /// Backhaul windows (local time); empty: any time.
+    pub windows: Vec<Window>,
+    /// Local time's offset from UTC.
+    pub utc_offset_minutes: i32,
+    /// Backhaul bytes per second at most.
+    pub rate_limit: Option<u64>,
+    /// A target with no progress for this long fails the run (resumed by the next).
+    pub stall_timeout: Duration,
+}
+
+/// Line (1-based) of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Reads and checks `path`.
+pub fn load(path: &Path) -> anyhow::Result<DepotConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
+}
+
+/// Checks the text of a configuration file; errors name the key and its line.
+pub fn parse(text: &str) -> Result<DepotConfig, String> {
+    let file: File = toml::from_str(text).map_err(|error| error.to_string())?;
+    let at = |key: &str, span: std::ops::Range<usize>, why: String| {
+        format!("{key} (line {}): {why}", line_of(text, span.start))
+    };
+    let addr = |key: &str, value: &Spanned<String>| -> Result<Multiaddr, String> {
+        node::net::parse_multiaddr(value.get_ref())
+            .map_err(|error| at(key, value.span(), error.to_string()))
+    };
+    let mut listen = file
+        .listen
+        .iter()
+        .map(|value| addr("listen", value))
+        .collect::<Result<Vec<_>, _>>()?;
+    if listen.is_empty() {
+        listen.push(
+            "/ip4/0.0.0.0/udp/4433/quic-v1"
+                .parse()
+                .map_err(|_| "the default listen address does not parse".to_owned())?,
+        );
+    }
+    if !(1..=256).contains(&file.threads) {
+        return Err(format!("threads = {}: must be 1 to 256", file.threads));
+    }
+    let http = file
+        .http
+        .as_ref()
+        .map(|value| {
+            value.get_ref().parse::<SocketAddr>().map_err(|error| {
+                at(
+                    "http",
+                    value.span(),
+                    format!("{:?}: {error}", value.get_ref()),
+                )
+            })
+        })
+        .transpose()?;
+    let seeding = file.seeding.enabled.then(|| SeedConfig {
+        propagation_grace: Duration::from_millis(file.seeding.propagation_grace_ms),
+        max_defer: Duration::from_secs(file.seeding.max_defer_secs),
+        ..SeedConfig::default()
+    });
+    let prefetch = match file.prefetch {
+        None => None,
+        Some(prefetch) => {
+            if prefetch.upstream.is_empty() {
+                return Err("prefetch.upstream is empty: name at least one upstream cache".into());
+            }
+            let upstream = prefetch
+                .upstream
+                .iter()
+                .map(|value| addr("prefetch.upstream", value))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(bad) = upstream.iter().find(|a| {
+                !a.iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+            }) {
+                return Err(format!(
+                    "prefetch.upstream: {bad} has no /p2p/<peer id>: the depot must know whom it trusts to be its upstream"
+                ));
+            }
+            let windows = prefetch
+                .windows
+                .iter()
+                .map(|value| {
+                    Window::parse(value.get_ref())
+                        .map_err(|why| at("prefetch.windows", value.span(), why))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if prefetch.interval_secs == 0 {
+                return Err("prefetch.interval_secs = 0: must be at least 1".into());
+            }
+            if prefetch.repositories.is_empty() {
+                return Err("prefetch.repositories is empty".into());
+            }
+            if !(-14 * 60..=14 * 60).contains(&prefetch.utc_offset_minutes) {
+                return Err(format!(
+                    "prefetch.utc_offset_minutes = {}: must be within -840..=840",
+                    prefetch.utc_offset_minutes
+                ));
+            }
+            if prefetch.rate_limit_bytes_per_sec == Some(0) {
+                return Err(
+                    "prefetch.rate_limit_bytes_per_sec = 0: leave it out for no limit".into(),
+                );
+            }
+            Some(PrefetchConfig {
+                upstream,
+                repositories: prefetch.repositories,
+                root: prefetch.root,
+                interval: Duration::from_secs(prefetch.interval_secs),
+                windows,
+                utc_offset_minutes: prefetch.utc_offset_minutes,
+                rate_limit: prefetch.rate_limit_bytes_per_sec,
+                stall_timeout: Duration::from_secs(prefetch.stall_timeout_secs.max(1)),
+            })
+        }
+    };
+    Ok(DepotConfig {
+        data_dir: file.data_dir,
+        listen,
+        mdns: file.mdns,
+        threads: file.threads,
+        cap_bytes: file.cap_bytes,
+        http,
+        seeding,
+        prefetch,
+    })
+}
+
+/// Whether a prefetch may start at `now` (Unix seconds), and if not, when it may.
+pub fn backhaul_open(prefetch: &PrefetchConfig, now: u64) -> Result<(), u64> {
+    if prefetch.windows.is_empty() {
+        return Ok(());
+    }
+    let schedule = node::policy::Schedule {
+        windows: &prefetch.windows,
+        utc_offset_minutes: prefetch.utc_offset_minutes,
+    };
+    if schedule.is_open(now) {
+        Ok(())
+    } else {
+        Err(schedule.next_open(now).unwrap_or(now + 3600))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const PEER: &str = "12D3KooWALf6rJuUTPioGjgxkqKYXWbjjb7A6y4EcXQPFGERzuRA";
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/depot.toml"))
+                .unwrap();
+        let config = parse(&text).unwrap();
+        assert!(config.seeding.is_some());
+        let prefetch = config.prefetch.unwrap();
+        assert_eq!(prefetch.windows.len(), 1);
+        assert_eq!(prefetch.repositories, vec!["image".to_owned()]);
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let config = parse("data_dir = \"/tmp/d\"\n").unwrap();
+        assert_eq!(config.listen.len(), 1);
+        assert!(config.mdns);
+        assert_eq!(config.seeding, Some(SeedConfig::default()));
+        assert!(config.prefetch.is_none());
+        assert!(config.http.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_line() {
+        let cases = [
+            (
+                "data_dir = \"/d\"\nlisten = [\"not an address\"]\n",
+                "listen (line 2)",
+            ),
+            (
+                "data_dir = \"/d\"\n\nhttp = \"localhost\"\n",
+                "http (line 3)",
+            ),
+            (
+                &format!(
+                    "data_dir = \"/d\"\n[prefetch]\nupstream = [\"/ip4/1.2.3.4/udp/1/quic-v1/p2p/{PEER}\"]\nwindows = [\"25:00-03:00\"]\n"
+                ),
+                "prefetch.windows (line 4)",
+            ),
+            ("data_dir = \"/d\"\ncolour = \"red\"\n", "line 2"),
+            ("data_dir = \"/d\"\nthreads = \"two\"\n", "line 2"),
+            (
+                "data_dir = \"/d\"\n[prefetch]\nupstream = [\"/ip4/1.2.3.4/udp/1/quic-v1\"]\n",
+                "has no /p2p/",
+            ),
+            (
+                &format!(
+                    "data_dir = \"/d\"\n[prefetch]\nupstream = [\"/ip4/1.2.3.4/udp/1/quic-v1/p2p/{PEER}\"]\nrate_limit_bytes_per_sec = 0\n"
+                ),
+                "rate_limit_bytes_per_sec = 0",
+            ),
+            ("listen = []\n", "data_dir"),
+        ];
+        for (text, expected) in cases {
+            let error = parse(text).unwrap_err();
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_backhaul_opens_in_its_window_only() {
+        let mut config = parse(&format!(
+            "data_dir = \"/d\"\n[prefetch]\nupstream = [\"/ip4/1.2.3.4/udp/1/quic-v1/p2p/{PEER}\"]\nwindows = [\"01:00-05:00\"]\n"
+        ))
+        .unwrap()
+        .prefetch
+        .unwrap();
+        let day = 20_000 * 86_400;
+        assert_eq!(backhaul_open(&config, day + 2 * 3600), Ok(()));
+        assert_eq!(
+            backhaul_open(&config, day + 6 * 3600),
+            Err(day + 86_400 + 3600)
+        );
+        config.windows.clear();
+        assert_eq!(backhaul_open(&config, day + 6 * 3600), Ok(()));
+    }
+}

@@ -1,0 +1,243 @@
+//! Issue 7's end-to-end test, on loopback: origin → upstream cache → depot daemon (prefetch on
+//! its own, from its configuration) → ten vehicles in the yard.
+//!
+//! The upstream (the origin's cache) and the depot are real `depot-cache --config` processes;
+//! the ten vehicles are real libp2p QUIC nodes in this test's process, each with its own store,
+//! identity and server, told only of the depot and serving their neighbours as parked vehicles
+//! do. Both caches' uplinks are read from their `/metrics`: the upstream sent the release once,
+//! and the depot at most 1.5 copies to ten vehicles (the tracker points them at each other and
+//! the depot seeds each piece about once).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::Multiaddr;
+use node::net::{self, NetConfig};
+use node::runtime::{self, FetchOptions, ServeCounters};
+use origin::repo::Origin;
+
+const VEHICLES: usize = 10;
+
+struct Daemon {
+    child: Child,
+    addr: Multiaddr,
+    http: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `depot-cache --config` with `config` written to `dir/depot.toml`; reads its address
+/// and HTTP address from stdout.
+fn daemon(dir: &Path, config: &str) -> Daemon {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("depot.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_depot-cache"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines.next().unwrap().unwrap().parse().unwrap();
+    let http = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(http) = line.strip_prefix("http ") {
+            break http.to_owned();
+        }
+    };
+    Daemon { child, addr, http }
+}
+
+fn get(http: &str, path: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(http).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: depot\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+fn metric(http: &str, series: &str) -> u64 {
+    let (_, body) = get(http, "/metrics");
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in {body}"))
+        .parse()
+        .unwrap()
+}
+
+const SERVED: &str = "depotmesh_depot_bytes_total{direction=\"served\",link=\"yard\"}";
+
+#[test]
+fn origin_to_depot_to_ten_vehicles_with_one_backhaul_copy_and_at_most_one_and_a_half_from_the_depot()
+ {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+
+    // The origin signs a release now (the daemons check expiry against the clock).
+    let origin = Origin {
+        dir: w.join("origin"),
+        offline_keys: Some(w.join("usb")),
+        now: node::tuf_mesh::system_now().unwrap(),
+    };
+    origin::init(&origin).unwrap();
+    let firmware: Vec<u8> = {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        (0..8 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 32) as u8
+            })
+            .collect()
+    };
+    std::fs::write(w.join("fw.bin"), &firmware).unwrap();
+    origin::release(
+        &origin,
+        &w.join("fw.bin"),
+        "ecu/fw-2.bin",
+        "targets",
+        &["brake-v2".to_string()],
+        2,
+    )
+    .unwrap();
+    let image = origin.dir.join("image");
+    let blob = proto::BlobId::of(&firmware);
+
+    // The origin's cache: the repository imported, served by the daemon.
+    let upstream_dir = w.join("upstream");
+    let status = Command::new(env!("CARGO_BIN_EXE_depot-cache"))
+        .args(["import-repo", "--data-dir"])
+        .arg(&upstream_dir)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let upstream = daemon(
+        &upstream_dir,
+        &format!(
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n",
+            upstream_dir.display().to_string()
+        ),
+    );
+
+    // The depot: prefetches on its own as soon as it starts (no windows: any time).
+    let depot_dir = w.join("depot");
+    let depot = daemon(
+        &depot_dir,
+        &format!(
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n\
+             [prefetch]\nupstream = [\"{}\"]\nroot = {:?}\ninterval_secs = 3600\nrate_limit_bytes_per_sec = 50_000_000\n",
+            depot_dir.display().to_string(),
+            upstream.addr,
+            image.join("metadata/1.root.json").display().to_string(),
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, body) = get(&depot.http, "/status");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if status["prefetch"]["runs_ok"].as_u64() == Some(1) {
+            assert!(
+                status["store"]["complete"].as_u64().unwrap() >= 1,
+                "{status}"
+            );
+            break;
+        }
+        assert!(
+            status["prefetch"]["runs_failed"].as_u64() == Some(0),
+            "prefetch failed: {status}"
+        );
+        assert!(Instant::now() < deadline, "no prefetch in 120 s: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let size = firmware.len() as u64;
+    let backhaul = metric(&upstream.http, SERVED);
+    // One copy plus the metadata files and bao proofs (well under 5 %).
+    assert!(
+        backhaul >= size && backhaul < size + size / 20,
+        "the upstream sent {backhaul} bytes for an {size}-byte release"
+    );
+    drop(upstream);
+
+    // Ten vehicles, told only of the depot; each keeps serving once done.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let results = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..VEHICLES {
+            let dir = w.join(format!("vehicle-{i}"));
+            let depot_addr = depot.addr.clone();
+            tasks.push(tokio::spawn(async move {
+                let (store, _) = node::store::open_data_dir(&dir).unwrap();
+                let store = Arc::new(store);
+                let (handle, mut events, incoming) = net::start(NetConfig {
+                    keypair: Some(node::identity::load_or_create(&dir).unwrap()),
+                    listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+                    mdns: false,
+                    mdns_auto_dial: false,
+                    ..NetConfig::default()
+                })
+                .await
+                .unwrap();
+                runtime::spawn_server(store.clone(), incoming, Arc::new(ServeCounters::default()));
+                let mut options = FetchOptions::new(blob);
+                options.size = Some(size);
+                options.peers = vec![depot_addr];
+
+                let report = runtime::fetch(&handle, &mut events, store.clone(), options, |_| {})
+                    .await
+                    .unwrap();
+                (handle, store, report)
+            }));
+        }
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    });
+    for (i, (_, store, report)) in results.iter().enumerate() {
+        let mut bytes = Vec::new();
+        store.export(&blob, &mut bytes).unwrap();
+        assert!(bytes == firmware, "vehicle {i} holds other bytes");
+        println!("vehicle {i}: {:.2} s", report.seconds);
+    }
+    let served = metric(&depot.http, SERVED);
+    let copies = served as f64 / size as f64;
+    println!(
+        "{VEHICLES} vehicles, {size}-byte release: the upstream sent {backhaul} bytes, the depot {served} ({copies:.2} copies)"
+    );
+    assert!(copies <= 1.5, "the depot sent {copies:.2} copies");
+    assert!(served >= size, "the depot sent less than one copy");
+
+    // The endpoints answer what they do not serve clearly.
+    assert!(get(&depot.http, "/nope").0.contains("404"));
+    let seeding = metric(
+        &depot.http,
+        "depotmesh_depot_seeding_requests_total{decision=\"granted\"}",
+    );
+    assert!(seeding > 0);
+    runtime.block_on(async {
+        for (handle, _, _) in &results {
+            handle.shutdown().await;
+        }
+    });
+}
