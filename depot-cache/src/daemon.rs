@@ -173,7 +173,14 @@ async fn prefetch_loop(
             let mut events = hub.subscribe();
             let (net, store, handle) = (net.clone(), state.store.clone(), handle.clone());
             let result = tokio::task::spawn_blocking(move || {
-                prefetch_with(&handle, &request, &net, &mut events, &store)
+                // The main thread drives the runtime; this blocking thread waits through it.
+                prefetch_with(
+                    node::runtime::BlockOn::Handle(&handle),
+                    &request,
+                    &net,
+                    &mut events,
+                    &store,
+                )
             })
             .await
             .map_err(|error| anyhow::anyhow!("the prefetch task failed: {error}"))
@@ -271,34 +278,43 @@ async fn answer_http(mut stream: tokio::net::TcpStream, state: &State) -> std::i
     stream.shutdown().await
 }
 
-struct StoreFigures {
+/// The figures `/metrics` and `/status` both report, read once per answer so the two agree.
+struct Figures {
+    served_bytes: u64,
+    /// Requests answered with data.
+    hits: u64,
+    /// Requests and questions for a blob or name not here.
+    misses: u64,
+    /// Other refusals (busy, held back, failed).
+    refused: u64,
+    peers: Option<usize>,
+    seeding: Option<node::seeding::SeedStats>,
     blobs: usize,
     complete: usize,
-    bytes: u64,
+    store_bytes: u64,
 }
 
-fn store_figures(store: &DiskStore) -> StoreFigures {
-    let list = store.list();
-    StoreFigures {
+fn figures(state: &State) -> Figures {
+    let counters = &state.counters;
+    let misses = counters.misses.load(Relaxed);
+    let list = state.store.list();
+    Figures {
+        served_bytes: counters.bytes.load(Relaxed),
+        hits: counters.requests.load(Relaxed),
+        misses,
+        refused: counters.refused.load(Relaxed).saturating_sub(misses),
+        peers: state.tracker.as_ref().map(|t| t.peer_count()),
+        seeding: state.tracker.as_ref().map(|t| t.stats()),
         blobs: list.len(),
         complete: list.iter().filter(|info| info.complete).count(),
-        bytes: store.usage().iter().map(|blob| blob.bytes).sum(),
+        store_bytes: state.store.usage().iter().map(|blob| blob.bytes).sum(),
     }
 }
 
 fn metrics(state: &State) -> String {
-    let counters = &state.counters;
-    let store = store_figures(&state.store);
+    let figures = figures(state);
     let prefetch = lock(&state.prefetch);
-    let seeding = state
-        .tracker
-        .as_ref()
-        .map(|t| t.stats())
-        .unwrap_or_default();
-    let peers = state.tracker.as_ref().map_or(0, |t| t.peer_count());
-    let requests = counters.requests.load(Relaxed);
-    let misses = counters.misses.load(Relaxed);
-    let refused = counters.refused.load(Relaxed).saturating_sub(misses);
+    let seeding = figures.seeding.unwrap_or_default();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -315,10 +331,7 @@ fn metrics(state: &State) -> String {
         "counter",
         "Bytes moved, by direction and link class.",
         &[
-            (
-                "direction=\"served\",link=\"yard\"",
-                counters.bytes.load(Relaxed),
-            ),
+            ("direction=\"served\",link=\"yard\"", figures.served_bytes),
             (
                 "direction=\"fetched\",link=\"backhaul\"",
                 prefetch.backhaul_bytes,
@@ -330,16 +343,16 @@ fn metrics(state: &State) -> String {
         "counter",
         "Exchanges answered: hit (data sent), miss (blob or name not here), refused (busy, held back by super-seeding, failed).",
         &[
-            ("result=\"hit\"", requests),
-            ("result=\"miss\"", misses),
-            ("result=\"refused\"", refused),
+            ("result=\"hit\"", figures.hits),
+            ("result=\"miss\"", figures.misses),
+            ("result=\"refused\"", figures.refused),
         ],
     );
     metric(
         "depotmesh_depot_peers",
         "gauge",
         "Peers connected (as the tracker counts them).",
-        &[("", peers as u64)],
+        &[("", figures.peers.unwrap_or(0) as u64)],
     );
     metric(
         "depotmesh_depot_seeding_requests_total",
@@ -361,15 +374,18 @@ fn metrics(state: &State) -> String {
         "depotmesh_depot_store_bytes",
         "gauge",
         "Disk bytes of the store (data and outboards).",
-        &[("", store.bytes)],
+        &[("", figures.store_bytes)],
     );
     metric(
         "depotmesh_depot_store_blobs",
         "gauge",
         "Blobs in the store, by state.",
         &[
-            ("state=\"complete\"", store.complete as u64),
-            ("state=\"partial\"", (store.blobs - store.complete) as u64),
+            ("state=\"complete\"", figures.complete as u64),
+            (
+                "state=\"partial\"",
+                (figures.blobs - figures.complete) as u64,
+            ),
         ],
     );
     if let Some(cap) = state.cap {
@@ -434,30 +450,29 @@ fn metrics(state: &State) -> String {
 }
 
 fn status_json(state: &State) -> serde_json::Value {
-    let store = store_figures(&state.store);
+    let figures = figures(state);
     let prefetch = lock(&state.prefetch);
-    let seeding = state.tracker.as_ref().map(|t| t.stats());
     serde_json::json!({
         "peer_id": state.peer_id,
         "listen": state.listen,
         "uptime_seconds": state.started.elapsed().as_secs(),
-        "peers": state.tracker.as_ref().map(|t| t.peer_count()),
-        "served_bytes": state.counters.bytes.load(Relaxed),
+        "peers": figures.peers,
+        "served_bytes": figures.served_bytes,
         "requests": {
-            "hit": state.counters.requests.load(Relaxed),
-            "miss": state.counters.misses.load(Relaxed),
-            "refused": state.counters.refused.load(Relaxed),
+            "hit": figures.hits,
+            "miss": figures.misses,
+            "refused": figures.refused,
         },
-        "seeding": seeding.map(|s| serde_json::json!({
+        "seeding": figures.seeding.map(|s| serde_json::json!({
             "granted": s.granted,
             "deferred": s.deferred,
             "deferral_expired": s.deferral_expired,
             "groups_held_back": s.groups_held_back,
         })),
         "store": {
-            "blobs": store.blobs,
-            "complete": store.complete,
-            "bytes": store.bytes,
+            "blobs": figures.blobs,
+            "complete": figures.complete,
+            "bytes": figures.store_bytes,
             "cap_bytes": state.cap,
         },
         "prefetch": if prefetch.configured {

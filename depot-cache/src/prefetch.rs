@@ -16,8 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use libp2p::Multiaddr;
 use node::cache::footprint;
-use node::tuf_mesh::{MeshRemote, system_now, trusted_store};
-use proto::tuf::{self, Role, Time};
+use node::runtime::BlockOn;
+use node::tuf_mesh::{system_now, trusted_store};
+use proto::tuf::{Role, Time};
 
 /// One prefetch.
 #[derive(Debug, Clone)]
@@ -58,7 +59,13 @@ pub fn prefetch(
         ..
     } = node::runtime::open_node(runtime, &request.data_dir, Vec::new(), false)
         .map_err(anyhow::Error::msg)?;
-    let result = prefetch_with(runtime.handle(), request, &net, &mut events, &store);
+    let result = prefetch_with(
+        BlockOn::Runtime(runtime),
+        request,
+        &net,
+        &mut events,
+        &store,
+    );
     store.flush_usage().ok();
     runtime.block_on(net.shutdown());
     result
@@ -66,9 +73,9 @@ pub fn prefetch(
 
 /// One prefetch with a node that is already running (the daemon's, which keeps serving the
 /// yard meanwhile): `events` must be a feed of its network events of its own. Blocks on
-/// `runtime`: call it from a plain thread or `spawn_blocking`.
+/// through `runtime` (see [`BlockOn`]): call it from a plain thread or `spawn_blocking`.
 pub fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
-    runtime: &tokio::runtime::Handle,
+    runtime: BlockOn<'_>,
     request: &PrefetchRequest,
     net: &node::net::NetHandle,
     events: &mut node::net::NetEvents,
@@ -88,16 +95,17 @@ pub fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
         Some(now) => now,
         None => system_now().map_err(anyhow::Error::msg)?,
     };
-    let remote = MeshRemote::new(
+    let mut updater = node::tuf_mesh::mesh_updater(
         runtime,
-        net.clone(),
-        store.clone(),
-        request.upstream.clone(),
+        net,
+        store,
+        &request.upstream,
         &request.repository,
         request.metadata_timeout,
-    );
-    let mut updater = tuf::Updater::new(remote, local, now, tuf::Limits::default())
-        .context("loading the trusted root")?;
+        local,
+        now,
+    )
+    .context("loading the trusted root")?;
     updater
         .refresh()
         .with_context(|| format!("refreshing {:?} from upstream", request.repository))?;

@@ -41,6 +41,31 @@ const PROGRESS_REPORT_GAP: Duration = Duration::from_millis(250);
 /// encoded response, at most a few hundred KiB, so this also bounds a server's memory.
 pub const MAX_CONCURRENT_SERVES: usize = 128;
 
+/// How synchronous code (the TUF client, a prefetch run) waits on the node's async work.
+///
+/// A current-thread runtime moves its sockets and timers only inside `Runtime::block_on`, so
+/// the thread that owns it must wait through the runtime itself; waiting through a `Handle`
+/// works only while some other thread is inside `Runtime::block_on` (a daemon's main thread,
+/// with the wait in `spawn_blocking`). Waiting through a `Handle` alone on a one-thread
+/// runtime hangs: nothing drives the network.
+#[derive(Clone, Copy, Debug)]
+pub enum BlockOn<'a> {
+    /// This thread owns the runtime (a one-shot command such as `get` or `prefetch`).
+    Runtime(&'a tokio::runtime::Runtime),
+    /// The runtime is driven elsewhere (a daemon); this is a blocking thread beside it.
+    Handle(&'a tokio::runtime::Handle),
+}
+
+impl BlockOn<'_> {
+    /// Runs `future` to completion, blocking this thread.
+    pub fn block_on<F: std::future::Future>(self, future: F) -> F::Output {
+        match self {
+            Self::Runtime(runtime) => runtime.block_on(future),
+            Self::Handle(handle) => handle.block_on(future),
+        }
+    }
+}
+
 /// A node opened from its data directory, as the one-shot commands (`get`, `prefetch`) use it:
 /// its blob store, and its network started with its own identity.
 #[derive(Debug)]
@@ -356,10 +381,12 @@ pub struct Progress {
 }
 
 enum TaskMessage {
-    /// A dial of a peer named by the caller (an upstream) ended.
-    Dialled(Result<PeerId, String>),
-    /// A dial of a neighbour an upstream named ended.
-    NeighbourDialled(Result<PeerId, String>),
+    /// A dial ended: of a peer the caller named (an upstream) when `upstream`, else of a
+    /// neighbour an upstream named.
+    Dialled {
+        result: Result<PeerId, String>,
+        upstream: bool,
+    },
     /// An upstream's answer to "who holds the blob".
     Peers {
         from: PeerId,
@@ -462,16 +489,7 @@ pub async fn fetch<S: Storage, I: Index>(
     let mut last_neighbour_ask: Option<Instant> = None;
 
     for addr in &options.peers {
-        let addr = addr.clone();
-        let net = net.clone();
-        let sender = sender.clone();
-        tokio::spawn(async move {
-            let result = net
-                .dial(addr.clone())
-                .await
-                .map_err(|e| format!("{addr}: {e}"));
-            let _ = sender.send(TaskMessage::Dialled(result));
-        });
+        spawn_dial(net, &sender, addr.clone(), true);
     }
     for peer in net.connected_peers().await {
         connected.insert(peer);
@@ -600,7 +618,7 @@ pub async fn fetch<S: Storage, I: Index>(
                 let Some(message) = message else { continue };
                 let now = Instant::now();
                 match message {
-                    TaskMessage::Dialled(result) => {
+                    TaskMessage::Dialled { result, upstream: true } => {
                         pending_dials = pending_dials.saturating_sub(1);
                         match result {
                             // Peers named on the command line are the depot or an upstream
@@ -618,7 +636,7 @@ pub async fn fetch<S: Storage, I: Index>(
                             }
                         }
                     }
-                    TaskMessage::NeighbourDialled(result) => {
+                    TaskMessage::Dialled { result, upstream: false } => {
                         if let Err(error) = result {
                             tracing::debug!(%error, "dialling a neighbour the depot named failed");
                         }
@@ -794,16 +812,26 @@ fn dial_neighbours(
         };
         dialled.insert(peer, now);
         let addr = addr.with(libp2p::multiaddr::Protocol::P2p(peer));
-        let net = net.clone();
-        let sender = sender.clone();
-        tokio::spawn(async move {
-            let result = net
-                .dial(addr.clone())
-                .await
-                .map_err(|e| format!("{addr}: {e}"));
-            let _ = sender.send(TaskMessage::NeighbourDialled(result));
-        });
+        spawn_dial(net, sender, addr, false);
     }
+}
+
+/// Dials `addr` in the background; the outcome comes back as [`TaskMessage::Dialled`].
+fn spawn_dial(
+    net: &NetHandle,
+    sender: &mpsc::UnboundedSender<TaskMessage>,
+    addr: Multiaddr,
+    upstream: bool,
+) {
+    let net = net.clone();
+    let sender = sender.clone();
+    tokio::spawn(async move {
+        let result = net
+            .dial(addr.clone())
+            .await
+            .map_err(|e| format!("{addr}: {e}"));
+        let _ = sender.send(TaskMessage::Dialled { result, upstream });
+    });
 }
 
 /// What each connected peer says it holds, kept up to date by have subscriptions (or, for a

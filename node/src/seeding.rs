@@ -181,7 +181,6 @@ impl<P: Ord + Clone> Seeder<P> {
         requested: &ChunkGroupRanges,
     ) -> Grant {
         self.expire(now, blob);
-        self.connected(asker.clone());
         let mut elsewhere = ChunkGroupRanges::empty();
         for (peer, state) in &self.peers {
             if peer == asker {

@@ -99,16 +99,13 @@ impl Tracker {
                 lock(&self.addrs).remove(&peer);
                 self.unwatch(&peer);
             }
-            NetEvent::Identified {
-                peer,
-                listen_addrs,
-                agent,
-            } if agent.starts_with(crate::runtime::DEPOT_AGENT_PREFIX) => {
+            NetEvent::Identified { peer, agent, .. }
+                if agent.starts_with(crate::runtime::DEPOT_AGENT_PREFIX) =>
+            {
                 // A cache, not a vehicle: forget whatever was learnt of it as a yard peer.
                 lock(&self.depots).insert(peer);
                 lock(&self.seeder).disconnected(&peer);
                 lock(&self.addrs).remove(&peer);
-                let _ = listen_addrs;
                 self.unwatch(&peer);
             }
             NetEvent::Identified {
@@ -183,7 +180,10 @@ impl Tracker {
         Peers { blob, peers }
     }
 
-    /// Also called when `peer` subscribes to the depot's have-map of `blob`: it wants the blob.
+    /// Follows what `peer` holds of `blob` (a have subscription to it), unless it is a depot or
+    /// already followed; a failed subscription is tried again after a few seconds. Called
+    /// whenever a yard peer shows it wants `blob`: it asks for groups, for its neighbours, or
+    /// subscribes to the depot's own have-map.
     pub fn watch(self: &Arc<Self>, peer: PeerId, blob: BlobId) {
         if self.is_depot(&peer) {
             return;

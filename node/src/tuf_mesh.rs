@@ -13,6 +13,7 @@ use proto::tuf::{self, FetchError, LocalStore, Remote, Time};
 
 use crate::named::{NamedFetch, NamedFetchError, fetch_named};
 use crate::net::NetHandle;
+use crate::runtime::BlockOn;
 use crate::storage::{Index, Storage};
 use crate::store::BlobStore;
 
@@ -111,12 +112,11 @@ pub fn system_now() -> Result<Time, String> {
 /// Metadata fetched by name over the mesh: `<repository>/metadata/<file>`, from the given peers
 /// in order, then any connected peer.
 ///
-/// [`Remote::fetch`] is synchronous (the verifier is), so each fetch blocks on `runtime` until
-/// the file has arrived: call it from outside the runtime's async code (a plain thread, or
-/// `spawn_blocking` in a daemon whose runtime keeps serving meanwhile).
+/// [`Remote::fetch`] is synchronous (the verifier is), so each fetch blocks (see [`BlockOn`])
+/// until the file has arrived: call it from outside the runtime's async code.
 #[derive(Debug)]
 pub struct MeshRemote<'a, S: Storage, I: Index> {
-    runtime: &'a tokio::runtime::Handle,
+    runtime: BlockOn<'a>,
     net: NetHandle,
     store: Arc<BlobStore<S, I>>,
     peers: Vec<Multiaddr>,
@@ -130,7 +130,7 @@ impl<'a, S: Storage, I: Index> MeshRemote<'a, S, I> {
     /// Files of `repository` (`image`, `director/<vin>`) from `peers` and connected peers, each
     /// within `timeout`.
     pub fn new(
-        runtime: &'a tokio::runtime::Handle,
+        runtime: BlockOn<'a>,
         net: NetHandle,
         store: Arc<BlobStore<S, I>>,
         peers: Vec<Multiaddr>,
@@ -147,6 +147,32 @@ impl<'a, S: Storage, I: Index> MeshRemote<'a, S, I> {
             fetched: Vec::new(),
         }
     }
+}
+
+/// A TUF client for `repository` that starts from the trusted metadata in `local` and refreshes
+/// it over the mesh from `peers` (then any connected peer), each file within `timeout`; the
+/// vehicle's `get` and the depot's prefetch both start here. Blocks through `runtime` when it
+/// fetches: see [`BlockOn`].
+#[allow(clippy::too_many_arguments)]
+pub fn mesh_updater<'a, S: Storage, I: Index>(
+    runtime: BlockOn<'a>,
+    net: &NetHandle,
+    store: &Arc<BlobStore<S, I>>,
+    peers: &[Multiaddr],
+    repository: &str,
+    timeout: Duration,
+    local: DirStore,
+    now: Time,
+) -> Result<tuf::Updater<MeshRemote<'a, S, I>, DirStore>, tuf::TufError> {
+    let remote = MeshRemote::new(
+        runtime,
+        net.clone(),
+        store.clone(),
+        peers.to_vec(),
+        repository,
+        timeout,
+    );
+    tuf::Updater::new(remote, local, now, tuf::Limits::default())
 }
 
 impl<S: Storage, I: Index> Remote for MeshRemote<'_, S, I> {

@@ -153,16 +153,17 @@ fn refresh_and_fetch<S: Storage, I: Index>(
         Some(now) => now,
         None => system_now()?,
     };
-    let remote = MeshRemote::new(
-        runtime.handle(),
-        net.clone(),
-        store.clone(),
-        request.peers.clone(),
+    let mut updater = node::tuf_mesh::mesh_updater(
+        node::runtime::BlockOn::Runtime(runtime),
+        net,
+        store,
+        &request.peers,
         &request.repository,
         request.metadata_timeout,
-    );
-    let mut updater = tuf::Updater::new(remote, local, now, tuf::Limits::default())
-        .context("loading the trusted root")?;
+        local,
+        now,
+    )
+    .context("loading the trusted root")?;
     if let Err(error) = updater.refresh() {
         return Err(explain_refresh_failure(error, updater.local(), now));
     }

@@ -51,14 +51,6 @@ fn blob_bytes(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn ten_vehicles_in_a_yard_all_get_the_blob() {
     let work = tempfile::tempdir().unwrap();
@@ -70,39 +62,27 @@ fn ten_vehicles_in_a_yard_all_get_the_blob() {
     let counters = Arc::new(ServeCounters::default());
     let (depot, depot_addr) = common::start_depot(&runtime, store, counters.clone());
 
-    // Identities and addresses first, so that every vehicle can be told of every other.
-    let mut addrs = Vec::new();
-    let mut dirs = Vec::new();
-    for i in 0..VEHICLES {
-        let dir = work.path().join(format!("vehicle-{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let peer = node::identity::load_or_create(&dir)
-            .unwrap()
-            .public()
-            .to_peer_id();
-        let listen = format!("/ip4/127.0.0.1/udp/{}/quic-v1", free_udp_port());
-        addrs.push((listen.clone(), format!("{listen}/p2p/{peer}")));
-        dirs.push(dir);
-    }
     let vehicles: Vec<Vehicle> = (0..VEHICLES)
         .map(|i| {
             let out = work.path().join(format!("out-{i}.bin"));
-            let mut args = vec![
+            let dir = work.path().join(format!("vehicle-{i}"));
+            let args = vec![
                 "fetch".to_string(),
                 "--data-dir".into(),
-                dirs[i].display().to_string(),
+                dir.display().to_string(),
                 "--peer".into(),
                 depot_addr.to_string(),
                 "--no-mdns".into(),
+                // Each learns its neighbours' addresses from the depot's tracker.
                 "--listen".into(),
-                addrs[i].0.clone(),
+                "/ip4/127.0.0.1/udp/0/quic-v1".into(),
                 "--keep-serving".into(),
                 "--size".into(),
                 data.len().to_string(),
                 "--out".into(),
                 out.display().to_string(),
+                blob.to_string(),
             ];
-            args.push(blob.to_string());
             let mut child = Command::new(env!("CARGO_BIN_EXE_vehicle-peer"))
                 .args(&args)
                 .stdout(Stdio::piped())
