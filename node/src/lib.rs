@@ -22,5 +22,6 @@ pub mod runtime;
 pub mod seeding;
 pub mod storage;
 pub mod store;
+pub mod text;
 pub mod tracker;
 pub mod tuf_mesh;

@@ -234,7 +234,33 @@ enum PeerFailure {
     TooLong { size: u64, limit: u64 },
 }
 
+/// Tries a peer again after it reset the stream (it dropped a stream it could not accept in a
+/// burst), up to this many times, waiting 10, 20, 40, 80 ms.
+const RESET_RETRIES: u32 = 4;
+
 async fn fetch_from<S: Storage, I: Index>(
+    net: &NetHandle,
+    store: &Arc<BlobStore<S, I>>,
+    request: &NamedFetch,
+    peer: PeerId,
+    attempts: &mut Attempts,
+) -> Result<(Named, Vec<u8>), PeerFailure> {
+    let mut wait = Duration::from_millis(10);
+    let mut retries = 0;
+    loop {
+        match fetch_from_once(net, store, request, peer, attempts).await {
+            Err(PeerFailure::Exchange(error)) if error.is_reset() && retries < RESET_RETRIES => {
+                tracing::debug!(%peer, name = %request.name, %error, "stream reset; asking again");
+                retries += 1;
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn fetch_from_once<S: Storage, I: Index>(
     net: &NetHandle,
     store: &Arc<BlobStore<S, I>>,
     request: &NamedFetch,

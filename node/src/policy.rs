@@ -46,6 +46,32 @@ impl LinkClass {
         Self::Cellular,
         Self::CellularRoaming,
     ];
+
+    /// Its name in configuration, probes and metrics: `yard-wifi`, `other-wifi`, `cellular`,
+    /// `cellular-roaming`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::YardWifi => "yard-wifi",
+            Self::OtherWifi => "other-wifi",
+            Self::Cellular => "cellular",
+            Self::CellularRoaming => "cellular-roaming",
+        }
+    }
+}
+
+impl std::str::FromStr for LinkClass {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == text)
+            .ok_or_else(|| {
+                format!(
+                    "link class {text:?} must be yard-wifi, other-wifi, cellular or cellular-roaming"
+                )
+            })
+    }
 }
 
 /// How urgent an update is (campaign priority class).
@@ -62,6 +88,26 @@ pub enum Priority {
 impl Priority {
     /// All classes, for tables.
     pub const ALL: [Self; 3] = [Self::Security, Self::Fix, Self::Feature];
+
+    /// Its name in configuration and signed metadata: `security`, `fix`, `feature`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Security => "security",
+            Self::Fix => "fix",
+            Self::Feature => "feature",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == text)
+            .ok_or_else(|| format!("priority {text:?} must be security, fix or feature"))
+    }
 }
 
 /// A time of day range, in minutes after midnight; `end < start` wraps past midnight.

@@ -35,7 +35,7 @@ use crate::store::{BlobStore, LAYOUT, StoreError};
 #[non_exhaustive]
 pub enum ExchangeError {
     /// The stream broke or closed early.
-    #[error("stream failed")]
+    #[error("stream failed: {0}")]
     Io(#[from] io::Error),
     /// The peer sent a malformed frame.
     #[error("peer sent a malformed frame")]
@@ -509,6 +509,30 @@ pub async fn query_peers<St: AsyncRead + AsyncWrite + Unpin>(
     .await
 }
 
+impl ExchangeError {
+    /// The peer reset or stopped the stream: a node under a burst of new streams drops those
+    /// it cannot accept at once (libp2p-stream hands them over one at a time), so an exchange
+    /// that failed this way is worth trying again shortly.
+    pub fn is_reset(&self) -> bool {
+        matches!(self, Self::Io(error) if error.kind() == io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// Closes our side of an exchange whose question was written, and reads the answer. A peer may
+/// answer and drop the stream as soon as it has read the question frame, before our close is
+/// acknowledged: the close then fails ("stopped by peer") although the answer is there to read.
+/// So a failed close is reported only when no answer can be read either.
+async fn read_answer<St>(stream: &mut St) -> Result<Message, ExchangeError>
+where
+    St: AsyncRead + AsyncWrite + Unpin,
+{
+    let closed = stream.close().await;
+    match read_message(stream).await {
+        Ok(answer) => Ok(answer),
+        Err(error) => Err(closed.err().map_or(error, ExchangeError::from)),
+    }
+}
+
 /// A one-frame exchange: writes `question`, closes our side, reads one answer and hands it to
 /// `accept`. An error frame is a refusal; any answer `accept` gives back is unexpected.
 async fn ask<St, T>(
@@ -520,8 +544,8 @@ where
     St: AsyncRead + AsyncWrite + Unpin,
 {
     write_message(&mut stream, question).await?;
-    stream.close().await?;
-    match accept(read_message(&mut stream).await?) {
+    let answer = read_answer(&mut stream).await?;
+    match accept(answer) {
         Ok(answer) => Ok(answer),
         Err(Message::Error(error)) => Err(ExchangeError::Refused {
             code: error.code,
@@ -596,8 +620,7 @@ where
         groups: groups.clone(),
     });
     write_message(&mut stream, &request).await?;
-    stream.close().await?;
-    let announced = match read_message(&mut stream).await? {
+    let announced = match read_answer(&mut stream).await? {
         Message::Response(response) if response.request_id == request_id => response.groups,
         Message::Error(error) => {
             return Err(ExchangeError::Refused {

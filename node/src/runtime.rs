@@ -215,7 +215,7 @@ async fn serve_stream<S: Storage, I: Index>(
     match (question, tracker) {
         (Message::HaveSubscribe(HaveQuery { blob }), _) => {
             if let Some(tracker) = tracker {
-                tracker.watch(peer, blob);
+                tracker.swarms(peer, blob);
             }
             match slots.subscriptions.clone().try_acquire_owned() {
                 Ok(_slot) => protocol::serve_subscription(store, stream, blob).await,
@@ -227,12 +227,15 @@ async fn serve_stream<S: Storage, I: Index>(
             }
         }
         (Message::PeersQuery(PeersQuery { blob }), Some(tracker)) => {
+            tracker.swarms(peer, blob);
             let peers = tracker.peers(peer, blob);
             let listed = peers.peers.len();
             protocol::reply(stream, &Message::Peers(peers)).await?;
             Ok(Served::Peers { blob, listed })
         }
-        (Message::Request(mut request), Some(tracker)) => {
+        (Message::Request(mut request), Some(tracker))
+            if tracker.is_swarming(&peer, &request.blob) =>
+        {
             let grant = tracker.grant(peer, request.blob, &request.groups);
             if grant.serve.is_empty() {
                 let question = Message::Request(request);
@@ -286,6 +289,11 @@ pub struct FetchOptions {
     pub size_limit: u64,
     /// Paces every stream of the fetch (a depot's backhaul limit); `None`: as fast as it goes.
     pub rate_limit: Option<Arc<RateLimit>>,
+    /// Stop once this many bytes arrived in this run (a metered link's allowance): the fetch
+    /// ends with [`FetchError::Allowance`], keeping what it verified. Requests in flight when
+    /// it is reached still land, so a caller holds back `groups_per_request` ×
+    /// `max_requests_total` × 16 KiB of margin. `None`: no limit.
+    pub max_bytes: Option<u64>,
 }
 
 impl FetchOptions {
@@ -300,6 +308,7 @@ impl FetchOptions {
             stall_timeout: Duration::from_secs(20),
             size_limit: proto::bao::MAX_BLOB_SIZE,
             rate_limit: None,
+            max_bytes: None,
         }
     }
 }
@@ -361,6 +370,18 @@ pub enum FetchError {
         seconds: u64,
         /// What the peers said.
         why: String,
+    },
+    /// The run's byte allowance ([`FetchOptions::max_bytes`]) is spent; what arrived is kept.
+    #[error(
+        "stopped fetching blob {blob} after {bytes} bytes: the allowance of {allowance} bytes for this link is spent"
+    )]
+    Allowance {
+        /// The blob.
+        blob: BlobId,
+        /// Bytes received in this run.
+        bytes: u64,
+        /// The allowance.
+        allowance: u64,
     },
     /// The store failed.
     #[error(transparent)]
@@ -684,6 +705,17 @@ pub async fn fetch<S: Storage, I: Index>(
                                 bytes: bytes_fetched,
                                 peers: connected.len(),
                             });
+                            if let Some(allowance) = options.max_bytes {
+                                let complete = engine.size().is_some_and(|s| engine.held().group_count() >= LAYOUT.group_count(s));
+                                if bytes_fetched >= allowance && !complete {
+                                    for (_, (_, task)) in std::mem::take(&mut fetches) {
+                                        task.abort();
+                                    }
+                                    haves.end_all();
+                                    store.checkpoint(&blob).ok();
+                                    return Err(FetchError::Allowance { blob, bytes: bytes_fetched, allowance });
+                                }
+                            }
                         }
                         FetchProgress::SizeProven(size) => engine.handle(now, Event::SizeProven { size }),
                         FetchProgress::Size(_) => {}

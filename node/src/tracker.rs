@@ -42,6 +42,10 @@ pub struct Tracker {
     seeder: Mutex<Seeder<PeerId>>,
     addrs: Mutex<HashMap<PeerId, Vec<Multiaddr>>>,
     watches: Mutex<HashMap<(PeerId, BlobId), Watch>>,
+    /// Peers swarming a blob: they subscribed to the depot's holdings of it or asked who
+    /// holds it, so they can fetch held-back groups from their neighbours. Everyone else (a
+    /// named fetch of a metadata file, an older peer) is served in full.
+    swarming: Mutex<std::collections::HashSet<(PeerId, BlobId)>>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -70,6 +74,7 @@ impl Tracker {
             seeder: Mutex::new(Seeder::new(config)),
             addrs: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
+            swarming: Mutex::new(std::collections::HashSet::new()),
         });
         let weak = Arc::downgrade(&tracker);
         tokio::spawn(async move {
@@ -120,7 +125,23 @@ impl Tracker {
         }
     }
 
+    /// `peer` swarms `blob` (it subscribed to the depot's holdings of it or asked who holds
+    /// it): from now on its requests for `blob` go through super-seeding.
+    pub fn swarms(self: &Arc<Self>, peer: PeerId, blob: BlobId) {
+        if self.is_depot(&peer) {
+            return;
+        }
+        lock(&self.swarming).insert((peer, blob));
+        self.watch(peer, blob);
+    }
+
+    /// Whether `peer` swarms `blob`.
+    pub fn is_swarming(&self, peer: &PeerId, blob: &BlobId) -> bool {
+        lock(&self.swarming).contains(&(*peer, *blob))
+    }
+
     fn unwatch(&self, peer: &PeerId) {
+        lock(&self.swarming).retain(|(swarming, _)| swarming != peer);
         lock(&self.watches).retain(|(watched, _), watch| {
             if watched != peer {
                 return true;
