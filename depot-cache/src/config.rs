@@ -9,6 +9,7 @@ use anyhow::Context;
 use libp2p::Multiaddr;
 use node::policy::Window;
 use node::seeding::SeedConfig;
+use node::text::{check_vehicle_id, line_of};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -58,6 +59,9 @@ struct PrefetchFile {
     #[serde(default = "image")]
     repositories: Vec<String>,
     root: Option<PathBuf>,
+    #[serde(default)]
+    vehicles: Vec<Spanned<String>>,
+    director_root: Option<PathBuf>,
     #[serde(default = "interval_secs")]
     interval_secs: u64,
     #[serde(default)]
@@ -112,6 +116,18 @@ pub struct DepotConfig {
     pub prefetch: Option<PrefetchConfig>,
 }
 
+impl PrefetchConfig {
+    /// The first root for `repository`: the director's for `director/<vin>`, else the image
+    /// repository's.
+    pub fn root_for(&self, repository: &str) -> Option<PathBuf> {
+        if repository.starts_with("director/") {
+            self.director_root.clone()
+        } else {
+            self.root.clone()
+        }
+    }
+}
+
 /// When and how the depot fills itself from upstream.
 #[derive(Debug, Clone)]
 pub struct PrefetchConfig {
@@ -121,6 +137,8 @@ pub struct PrefetchConfig {
     pub repositories: Vec<String>,
     /// The first root metadata, for a depot that trusts none yet.
     pub root: Option<PathBuf>,
+    /// The director's first root metadata, for the `director/<vin>` repositories.
+    pub director_root: Option<PathBuf>,
     /// Time between the starts of two runs.
     pub interval: Duration,
     /// Backhaul windows (local time); empty: any time.
@@ -131,15 +149,6 @@ pub struct PrefetchConfig {
     pub rate_limit: Option<u64>,
     /// A target with no progress for this long fails the run (resumed by the next).
     pub stall_timeout: Duration,
-}
-
-/// Line (1-based) of byte `offset` in `text`.
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 /// Reads and checks `path`.
@@ -225,6 +234,12 @@ pub fn parse(text: &str) -> Result<DepotConfig, String> {
             if prefetch.repositories.is_empty() {
                 return Err("prefetch.repositories is empty".into());
             }
+            let mut repositories = prefetch.repositories;
+            for vin in &prefetch.vehicles {
+                let text = vin.get_ref();
+                check_vehicle_id(text).map_err(|why| at("prefetch.vehicles", vin.span(), why))?;
+                repositories.push(format!("director/{text}"));
+            }
             if !(-14 * 60..=14 * 60).contains(&prefetch.utc_offset_minutes) {
                 return Err(format!(
                     "prefetch.utc_offset_minutes = {}: must be within -840..=840",
@@ -238,8 +253,9 @@ pub fn parse(text: &str) -> Result<DepotConfig, String> {
             }
             Some(PrefetchConfig {
                 upstream,
-                repositories: prefetch.repositories,
+                repositories,
                 root: prefetch.root,
+                director_root: prefetch.director_root,
                 interval: Duration::from_secs(prefetch.interval_secs),
                 windows,
                 utc_offset_minutes: prefetch.utc_offset_minutes,
@@ -292,7 +308,22 @@ mod tests {
         assert!(config.seeding.is_some());
         let prefetch = config.prefetch.unwrap();
         assert_eq!(prefetch.windows.len(), 1);
-        assert_eq!(prefetch.repositories, vec!["image".to_owned()]);
+        assert_eq!(
+            prefetch.repositories,
+            [
+                "image",
+                "director/WDB9634031L123456",
+                "director/WDB9634031L123457"
+            ]
+        );
+        assert_eq!(
+            prefetch.root_for("director/WDB9634031L123456"),
+            Some("/etc/depotmesh/director-root.json".into())
+        );
+        assert_eq!(
+            prefetch.root_for("image"),
+            Some("/etc/depotmesh/image-root.json".into())
+        );
     }
 
     #[test]
@@ -335,6 +366,12 @@ mod tests {
                 "rate_limit_bytes_per_sec = 0",
             ),
             ("listen = []\n", "data_dir"),
+            (
+                &format!(
+                    "data_dir = \"/d\"\n[prefetch]\nupstream = [\"/ip4/1.2.3.4/udp/1/quic-v1/p2p/{PEER}\"]\nvehicles = [\"ok-1\", \"../etc\"]\n"
+                ),
+                "prefetch.vehicles (line 4)",
+            ),
         ];
         for (text, expected) in cases {
             let error = parse(text).unwrap_err();

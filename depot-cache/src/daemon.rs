@@ -163,7 +163,7 @@ async fn prefetch_loop(
                 data_dir: config.data_dir.clone(),
                 upstream: prefetch.upstream.clone(),
                 repository: repository.clone(),
-                root: prefetch.root.clone(),
+                root: prefetch.root_for(repository),
                 cap: config.cap_bytes,
                 now: None,
                 metadata_timeout: Duration::from_secs(30),

@@ -188,7 +188,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("opening the store in {}", data_dir.display()))?;
             let name = name.trim_end_matches('/');
             let mut files = Vec::new();
-            for part in ["metadata", "targets"] {
+            // `deltas/` holds the deltas `origin release --delta-from` listed with images.
+            for part in ["metadata", "targets", "deltas"] {
                 collect_files(&repo.join(part), part, &mut files)?;
             }
             if !files.iter().any(|(path, _)| path.starts_with("metadata/")) {

@@ -58,15 +58,7 @@ impl std::str::FromStr for Assignment {
 
 /// Checks a VIN (or any vehicle id): 1 to 64 of `A-Z a-z 0-9 - _`.
 pub fn check_vin(vin: &str) -> anyhow::Result<()> {
-    if vin.is_empty()
-        || vin.len() > 64
-        || !vin
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        bail!("vehicle id {vin:?} must be 1 to 64 of A-Z, a-z, 0-9, - and _");
-    }
-    Ok(())
+    node::text::check_vehicle_id(vin).map_err(anyhow::Error::msg)
 }
 
 /// The repository name (under the origin directory) of vehicle `vin`'s director metadata.
@@ -97,7 +89,16 @@ pub fn vehicles(origin: &Origin) -> anyhow::Result<Vec<String>> {
 
 /// Signs a new director targets version for vehicle `vin` listing `assignments` (replacing the
 /// previous ones), then its snapshot and timestamp. Returns the targets version.
-pub fn assign(origin: &Origin, vin: &str, assignments: &[Assignment]) -> anyhow::Result<u64> {
+///
+/// Each target also carries, signed, the update's `priority` class (the vehicle's link policy
+/// reads it: whether cellular may be used) and `released` (Unix seconds: when a fix's cellular
+/// deadline starts to run), so a depot relaying the metadata cannot make an update more urgent.
+pub fn assign(
+    origin: &Origin,
+    vin: &str,
+    assignments: &[Assignment],
+    priority: node::policy::Priority,
+) -> anyhow::Result<u64> {
     check_vin(vin)?;
     if assignments.is_empty() {
         bail!("give at least one --ecu SERIAL,HARDWARE_ID,TARGET");
@@ -151,6 +152,8 @@ pub fn assign(origin: &Origin, vin: &str, assignments: &[Assignment]) -> anyhow:
         let mut director_custom = json!({
             "ecu_identifiers": identifiers,
             "release_counter": release_counter,
+            "priority": priority.name(),
+            "released": origin.now.unix(),
         });
         if let Some(blake3) = custom.get("blake3") {
             director_custom["blake3"] = blake3.clone();
@@ -233,7 +236,8 @@ fn copy_roots(origin: &Origin, repository: &str) -> anyhow::Result<()> {
 }
 
 /// A TUF client over the image repository's files, trusting its first root.
-fn image_updater(
+/// The image repository as a vehicle reads it (from its first root, every check made).
+pub(crate) fn image_updater(
     origin: &Origin,
     image_dir: &Path,
 ) -> anyhow::Result<Updater<FileRemote, MemoryStore>> {
@@ -255,7 +259,7 @@ fn image_updater(
 
 /// A repository read from its directory.
 #[derive(Debug)]
-struct FileRemote(PathBuf);
+pub(crate) struct FileRemote(PathBuf);
 
 impl Remote for FileRemote {
     fn fetch(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FetchError> {

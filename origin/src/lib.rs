@@ -65,7 +65,38 @@ pub fn release(
     hardware_ids: &[String],
     release_counter: u64,
 ) -> anyhow::Result<Released> {
+    release_with_deltas(
+        origin,
+        file,
+        name,
+        role,
+        hardware_ids,
+        release_counter,
+        &[],
+        &delta::DeltaOptions::default(),
+    )
+}
+
+/// [`release`], also building a delta from each image in `deltas_from` (target names of earlier
+/// releases in this image repository) to the new one. Each delta is stored in the mesh store
+/// and listed, signed with the image, in the target's `custom.deltas`: source target name →
+/// `{"blake3", "length", "from_blake3"}`. A vehicle running a listed source fetches the delta
+/// instead of the image; the flasher checks what it rebuilds against the image's BLAKE3.
+#[allow(clippy::too_many_arguments)]
+pub fn release_with_deltas(
+    origin: &Origin,
+    file: &Path,
+    name: &str,
+    role: &str,
+    hardware_ids: &[String],
+    release_counter: u64,
+    deltas_from: &[String],
+    delta_options: &delta::DeltaOptions,
+) -> anyhow::Result<Released> {
     check_target_name(name)?;
+    if deltas_from.iter().any(|from| from == name) {
+        bail!("--delta-from {name}: a release cannot be its own delta source");
+    }
     if hardware_ids.is_empty() || hardware_ids.iter().any(String::is_empty) {
         bail!("give at least one --hardware-id, none empty");
     }
@@ -97,10 +128,18 @@ pub fn release(
         sha512,
         blake3: blob.to_string(),
     };
-    let entry = build::target_entry(
-        &digests,
-        json!({"hardware_ids": hardware_ids, "release_counter": release_counter}),
-    );
+    let mut custom = json!({"hardware_ids": hardware_ids, "release_counter": release_counter});
+    if !deltas_from.is_empty() {
+        custom["deltas"] = Value::Object(build_deltas(
+            origin,
+            &store,
+            file,
+            blob,
+            deltas_from,
+            delta_options,
+        )?);
+    }
+    let entry = build::target_entry(&digests, custom);
     let targets_dir = origin.targets_dir();
     for hash in [&digests.sha256, &digests.sha512] {
         let on_disk = match name.rsplit_once('/') {
@@ -120,6 +159,69 @@ pub fn release(
         length,
         targets_version,
     })
+}
+
+/// Builds, stores and describes the deltas from each of `sources` (released targets) to the
+/// image in `file` (BLAKE3 `target`).
+fn build_deltas(
+    origin: &Origin,
+    store: &node::store::DiskStore,
+    file: &Path,
+    target: BlobId,
+    sources: &[String],
+    options: &delta::DeltaOptions,
+) -> anyhow::Result<Map<String, Value>> {
+    let mut image = director::image_updater(origin, &origin.dir.join("image"))?;
+    let work = tempfile::Builder::new()
+        .prefix(".deltas")
+        .tempdir_in(&origin.dir)
+        .with_context(|| format!("creating a work directory in {}", origin.dir.display()))?;
+    let mut deltas = Map::new();
+    for source in sources {
+        let info = image
+            .target_info(source)
+            .with_context(|| format!("looking up --delta-from {source}"))?
+            .with_context(|| {
+                format!("--delta-from {source}: the image repository does not list it")
+            })?;
+        let source_blob = info.blake3().with_context(|| {
+            format!("--delta-from {source}: its signed metadata gives no BLAKE3")
+        })?;
+        if source_blob == target {
+            bail!("--delta-from {source} is the same image as the release");
+        }
+        let source_file = work.path().join("source");
+        copy_durably(store, &source_blob, &source_file).with_context(|| {
+            format!("--delta-from {source}: reading it from the origin's mesh store")
+        })?;
+        let out = work.path().join("delta");
+        let summary = delta::create(&source_file, file, &out, options)
+            .with_context(|| format!("building the delta from {source}"))?;
+        let delta_file =
+            fs::File::open(&out).with_context(|| format!("opening {}", out.display()))?;
+        let stored = store
+            .import(std::io::BufReader::with_capacity(1 << 20, delta_file))
+            .context("storing the delta in the mesh store")?;
+        if stored != summary.delta {
+            bail!("the delta from {source} changed on disk while it was stored");
+        }
+        // Beside the repository's targets, so a cache importing the repository directory
+        // (`depot-cache import-repo`) serves it too.
+        let deltas_dir = origin.dir.join("image").join("deltas");
+        fs::create_dir_all(&deltas_dir)
+            .with_context(|| format!("creating {}", deltas_dir.display()))?;
+        copy_durably(store, &stored, &deltas_dir.join(stored.to_string()))
+            .with_context(|| format!("writing the delta into {}", deltas_dir.display()))?;
+        deltas.insert(
+            source.clone(),
+            json!({
+                "blake3": summary.delta.to_string(),
+                "length": summary.delta_len,
+                "from_blake3": source_blob.to_string(),
+            }),
+        );
+    }
+    Ok(deltas)
 }
 
 /// A reader that hashes what passes through it (SHA-256, SHA-512) and counts it.

@@ -55,6 +55,14 @@ enum Command {
         /// the name.
         #[arg(long, default_value = "targets")]
         role: String,
+        /// Also build a delta from this earlier release (a target name) and list it with the
+        /// image, for vehicles running that release. Repeatable.
+        #[arg(long = "delta-from")]
+        deltas_from: Vec<String>,
+        /// Build the deltas without the LZMA-with-source-dictionary pass (faster; see
+        /// `origin delta --no-lzma-dict`).
+        #[arg(long)]
+        no_lzma_dict: bool,
     },
     /// Delegate target names matching --path patterns (e.g. `brake/*`) to a new role of the
     /// image repository with its own key, for a supplier or an ECU family; a vehicle then
@@ -100,6 +108,11 @@ enum Command {
         /// Repeatable; the assignment replaces the vehicle's previous one.
         #[arg(long = "ecu", required = true)]
         ecus: Vec<origin::director::Assignment>,
+        /// The update's priority class, signed with the assignment: `security` may use cellular
+        /// at once (within the vehicle's budget), `fix` waits for WiFi or a cellular window
+        /// until its deadline, `feature` waits for WiFi.
+        #[arg(long, default_value = "feature")]
+        priority: node::policy::Priority,
     },
     /// Re-sign every repository's timestamp, each vehicle's director one too (run it hourly:
     /// they expire after a day).
@@ -203,9 +216,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hardware_ids,
             release_counter,
             role,
+            deltas_from,
+            no_lzma_dict,
         } => {
-            let released =
-                origin::release(&origin, &file, &name, &role, &hardware_ids, release_counter)?;
+            let options = origin::delta::DeltaOptions {
+                lzma_dict: !no_lzma_dict,
+                ..Default::default()
+            };
+            let released = origin::release_with_deltas(
+                &origin,
+                &file,
+                &name,
+                &role,
+                &hardware_ids,
+                release_counter,
+                &deltas_from,
+                &options,
+            )?;
             println!(
                 "{}  {name}  {} bytes  image {role} v{}",
                 released.blob, released.length, released.targets_version
@@ -243,8 +270,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("{repository} {role} key rotated: root v{version}");
         }
-        Command::Assign { vin, ecus } => {
-            let version = origin::director::assign(&origin, &vin, &ecus)?;
+        Command::Assign {
+            vin,
+            ecus,
+            priority,
+        } => {
+            let version = origin::director::assign(&origin, &vin, &ecus, priority)?;
             println!(
                 "director targets v{version} for {vin}: {}",
                 ecus.iter()
