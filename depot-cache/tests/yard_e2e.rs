@@ -15,75 +15,18 @@
     clippy::cast_possible_truncation
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use libp2p::Multiaddr;
 use node::net::{self, NetConfig};
 use node::runtime::{self, FetchOptions, ServeCounters};
 use origin::repo::Origin;
 
+mod common;
+use common::{SERVED, depot_daemon as daemon, get, metric};
+
 const VEHICLES: usize = 10;
-
-struct Daemon {
-    child: Child,
-    addr: Multiaddr,
-    http: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `depot-cache --config` with `config` written to `dir/depot.toml`; reads its address
-/// and HTTP address from stdout.
-fn daemon(dir: &Path, config: &str) -> Daemon {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("depot.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_depot-cache"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = lines.next().unwrap().unwrap().parse().unwrap();
-    let http = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(http) = line.strip_prefix("http ") {
-            break http.to_owned();
-        }
-    };
-    Daemon { child, addr, http }
-}
-
-fn get(http: &str, path: &str) -> (String, String) {
-    let mut stream = std::net::TcpStream::connect(http).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nhost: depot\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
-}
-
-fn metric(http: &str, series: &str) -> u64 {
-    let (_, body) = get(http, "/metrics");
-    body.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in {body}"))
-        .parse()
-        .unwrap()
-}
-
-const SERVED: &str = "depotmesh_depot_bytes_total{direction=\"served\",link=\"yard\"}";
 
 #[test]
 fn origin_to_depot_to_ten_vehicles_with_one_backhaul_copy_and_at_most_one_and_a_half_from_the_depot()

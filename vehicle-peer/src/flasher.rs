@@ -687,10 +687,12 @@ impl<B: Bank, M: Medium, J: Index> Install<'_, Trial, B, M, J> {
 pub struct EcuJob<'a, D: ?Sized> {
     /// The Uptane approval of the image for this ECU.
     pub approval: &'a ApprovedImage,
-    /// The delta from the running image.
+    /// The delta from the running image (or, with `full_image`, the image itself).
     pub delta: &'a D,
     /// Its length.
     pub delta_len: u64,
+    /// `delta` is the whole image (no delta from what the ECU runs was released).
+    pub full_image: bool,
 }
 
 /// The vehicle's decision for a multi-ECU install, journaled before any ECU acts on it.
@@ -768,11 +770,12 @@ where
                 )));
             }
             Some(Stage::Writing { .. }) | None => {
-                Install::begin(ecu, journal, job.approval, running)?.write(
-                    job.delta,
-                    job.delta_len,
-                    |_, _| {},
-                )?;
+                let install = Install::begin(ecu, journal, job.approval, running)?;
+                if job.full_image {
+                    install.write_image(job.delta, job.delta_len, IMAGE_PIECE, |_, _| {})?;
+                } else {
+                    install.write(job.delta, job.delta_len, |_, _| {})?;
+                }
             }
         }
     }

@@ -7,6 +7,8 @@
 //! verified bank, whatever instant the power is cut. Memory must not grow with image size.
 pub mod bank;
 pub mod boot;
+pub mod config;
+pub mod daemon;
 pub mod delta;
 pub mod flasher;
 pub mod install;

@@ -20,8 +20,17 @@ struct Cli {
     /// gateway's other cores to the vehicle.
     #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
+    /// Run the vehicle's update agent from this configuration file (see config/vehicle.toml):
+    /// check the director's assignment through the depot, download as the link policy allows,
+    /// install with the flasher, report. `threads` comes from the file.
+    #[arg(long, conflicts_with = "threads")]
+    config: Option<PathBuf>,
+    /// With --config: one check (continued through simulated reboots), print the status as
+    /// JSON and exit; for a systemd timer instead of the service, and for tests.
+    #[arg(long, requires = "config")]
+    once: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 /// Where a command keeps its data and how it meets peers.
@@ -183,7 +192,25 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let command = match (cli.command.take(), &cli.config) {
+        (Some(_), Some(_)) => {
+            eprintln!("vehicle-peer: give either --config FILE or a command, not both");
+            return ExitCode::FAILURE;
+        }
+        (None, None) => {
+            eprintln!(
+                "vehicle-peer: give --config FILE to run the update agent, or a command (see --help)"
+            );
+            return ExitCode::FAILURE;
+        }
+        (None, Some(path)) => return agent(path, cli.once),
+        (Some(command), None) => command,
+    };
+    let cli = Args {
+        threads: cli.threads,
+        command,
+    };
     if let Command::ApplyDelta {
         from,
         delta,
@@ -280,7 +307,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Args) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Fetch {
             node:
@@ -419,6 +446,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             anyhow::bail!("this command runs outside the async runtime")
         }
     }
+}
+
+/// A command with the global options taken out.
+struct Args {
+    threads: u16,
+    command: Command,
+}
+
+/// `vehicle-peer --config FILE [--once]`.
+fn agent(path: &std::path::Path, once: bool) -> ExitCode {
+    let result = vehicle_peer::config::load(path).and_then(vehicle_peer::daemon::Daemon::open);
+    let daemon = match result {
+        Ok(daemon) => daemon,
+        Err(error) => {
+            eprintln!("vehicle-peer: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !once {
+        return match daemon.run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("vehicle-peer: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    summary_or_error(daemon.check_once(vehicle_peer::daemon::unix_now()))
 }
 
 /// Prints a command's one-line JSON summary, or its error, and the matching exit code.

@@ -160,6 +160,7 @@ fn lifecycle(
                 approval: &p.approval,
                 delta: &p.delta[..],
                 delta_len: p.delta.len() as u64,
+                full_image: false,
             })
             .collect();
         let mut health = |serial: &str, slot: &Slot| {
