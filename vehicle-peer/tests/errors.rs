@@ -1,5 +1,5 @@
-//! `vehicle-peer fetch` and `get`, the real binary, given things it cannot do: an unknown blob, a
-//! peer that is not there, malformed arguments, no trusted root. Each ends with a non-zero exit and a message that names
+//! `vehicle-peer fetch`, `get` and `--config`, the real binary, given things it cannot do: an unknown blob, a
+//! peer that is not there, malformed arguments, no trusted root, a bad agent configuration. Each ends with a non-zero exit and a message that names
 //! what was wrong, within a bounded time.
 
 // Test code: a panic is how a test fails.
@@ -124,4 +124,40 @@ fn unknown_blob_unreachable_peer_and_bad_arguments_fail_clearly() {
     assert!(!out.exists());
 
     runtime.block_on(handle.shutdown());
+}
+
+#[test]
+fn the_agent_refuses_a_bad_configuration_naming_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vehicle.toml");
+    let run = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_vehicle-peer"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--once")
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let good = "vin = \"V1\"\ndata_dir = \"/d\"\nprimary_key_file = \"/k\"\necus = [\"/e.toml\"]\n\
+                [link]\nclass = \"yard-wifi\"\n[boot]\nmode = \"simulated\"\n";
+    let (ok, stderr) = run(&good.replace("yard-wifi", "wlan"));
+    assert!(!ok);
+    assert!(stderr.contains("link.class (line 6)"), "{stderr}");
+    assert!(stderr.contains("vehicle.toml"), "{stderr}");
+    // A good file naming an ECU configuration that is not there: the file is named.
+    let (ok, stderr) = run(&good.replace("/d", &dir.path().join("data").display().to_string()));
+    assert!(!ok);
+    assert!(stderr.contains("/e.toml"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Neither --config nor a command.
+    let output = Command::new(env!("CARGO_BIN_EXE_vehicle-peer"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--config FILE"));
 }
