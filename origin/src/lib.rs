@@ -17,6 +17,7 @@ use proto::BlobId;
 use proto::tuf::build;
 use serde_json::{Map, Value, json};
 
+pub mod audit;
 pub mod campaign;
 pub mod delta;
 pub mod director;

@@ -21,6 +21,9 @@ struct Cli {
     /// The time to sign at, as YYYY-MM-DDTHH:MM:SSZ (default: now). For tests and rehearsals.
     #[arg(long, global = true, value_parser = parse_time)]
     now: Option<Time>,
+    /// Who is acting, for the audit log (default: $USER).
+    #[arg(long, global = true)]
+    actor: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,6 +125,11 @@ enum Command {
     Verify,
     /// Print the key ids and public keys of every role (never private keys).
     Keys,
+    /// The audit log (`audit.log`: append-only, hash-chained, each entry signed).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Build a delta that rebuilds --to from --from (see `proto::delta` for the format): per
     /// 8 MiB segment, the smallest of zstd patch-from, a bsdiff-class match and an aligned
     /// word diff. Prints a JSON summary. Needs no repository.
@@ -150,6 +158,20 @@ enum Command {
         #[arg(long)]
         no_lzma_dict: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the whole chain and every signature; exit 1 naming the first bad entry.
+    Verify {
+        /// The audit key's public half (hex), as an auditor got it from `origin keys`
+        /// (default: this origin's own key).
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Print every entry (JSON lines): who did what, when: releases, assignments (which
+    /// software for which vehicle), approvals and wave decisions.
+    Export,
 }
 
 /// The image repository, the director, and each vehicle's director repository.
@@ -192,6 +214,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         offline_keys: cli.offline_keys,
         now: cli.now.unwrap_or_else(system_now),
     };
+    let actor = cli
+        .actor
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "origin-cli".to_owned());
     match cli.command {
         Command::Keygen { out } => {
             let key = origin::keys::generate();
@@ -232,6 +259,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 release_counter,
                 &deltas_from,
                 &options,
+            )?;
+            origin::audit::append(
+                &origin,
+                &actor,
+                "release",
+                serde_json::json!({
+                    "target": name, "blake3": released.blob.to_string(), "length": released.length,
+                    "hardware_ids": hardware_ids, "release_counter": release_counter,
+                    "role": role, "targets_version": released.targets_version,
+                    "deltas_from": deltas_from,
+                }),
             )?;
             println!(
                 "{}  {name}  {} bytes  image {role} v{}",
@@ -276,6 +314,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             priority,
         } => {
             let version = origin::director::assign(&origin, &vin, &ecus, priority)?;
+            origin::audit::append(
+                &origin,
+                &actor,
+                "assign",
+                serde_json::json!({
+                    "vin": vin,
+                    "director_targets_version": version,
+                    "priority": priority.name(),
+                    "ecus": ecus.iter().map(|e| serde_json::json!({
+                        "serial": e.serial, "hardware_id": e.hardware_id, "target": e.target,
+                    })).collect::<Vec<_>>(),
+                }),
+            )?;
             println!(
                 "director targets v{version} for {vin}: {}",
                 ecus.iter()
@@ -360,7 +411,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for key in origin::describe_keys(&origin)? {
                 println!("{key}");
             }
+            let audit = origin::audit::key(&origin)?.verifying_key();
+            println!(
+                "{}",
+                serde_json::json!({"role": "audit", "public_key": hex::encode(audit.as_bytes())})
+            );
         }
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { public_key } => {
+                let key = match public_key {
+                    Some(text) => {
+                        let bytes: [u8; 32] = hex::decode(text.trim())
+                            .ok()
+                            .and_then(|b| b.try_into().ok())
+                            .context("--public-key must be 32 bytes in hex")?;
+                        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                            .context("--public-key is not an ed25519 public key")?
+                    }
+                    None => origin::audit::key(&origin)?.verifying_key(),
+                };
+                let entries = origin::audit::verify(&origin::audit::log_path(&origin), &key)?;
+                println!("ok: {entries} entries, chain and signatures intact");
+            }
+            AuditCommand::Export => {
+                for entry in origin::audit::entries(&origin::audit::log_path(&origin))? {
+                    println!("{entry}");
+                }
+            }
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

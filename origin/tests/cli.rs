@@ -500,3 +500,108 @@ fn blake3_free_sha256(bytes: &[u8]) -> String {
     let value = proto::tuf::build::target_file(bytes, Value::Null);
     value["hashes"]["sha256"].as_str().unwrap().to_string()
 }
+
+#[test]
+fn releases_and_assignments_land_in_a_verifiable_audit_log_and_tampering_is_named() {
+    let mut f = Fixture::new();
+    assert!(f.origin(&["init"]).ok);
+    let v1 = f.write("fw-1.bin", &[1u8; 70_000]);
+    let mut v2_bytes = vec![1u8; 70_000];
+    v2_bytes[1000..1100].fill(7);
+    let v2 = f.write("fw-2.bin", &v2_bytes);
+    let release = |f: &mut Fixture, file: &Path, name: &str, counter: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--actor",
+            "alice@release-eng",
+            "release",
+            file.to_str().unwrap(),
+            "--name",
+            name,
+            "--hardware-id",
+            "brake-v2",
+            "--release-counter",
+            counter,
+        ];
+        args.extend_from_slice(extra);
+        let run = f.origin(&args);
+        assert!(run.ok, "{}", run.stderr);
+    };
+    release(&mut f, &v1, "ecu/brake-1.bin", "1", &[]);
+    release(
+        &mut f,
+        &v2,
+        "ecu/brake-2.bin",
+        "2",
+        &["--delta-from", "ecu/brake-1.bin", "--no-lzma-dict"],
+    );
+    let run = f.origin(&[
+        "--actor",
+        "bob@fleet-ops",
+        "assign",
+        "--vin",
+        "VIN1",
+        "--ecu",
+        "BRK-1,brake-v2,ecu/brake-2.bin",
+        "--priority",
+        "security",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+
+    // The delta is listed, signed, with the image.
+    let targets: Value =
+        serde_json::from_slice(&std::fs::read(f.image().join("metadata/3.targets.json")).unwrap())
+            .unwrap();
+    let delta =
+        &targets["signed"]["targets"]["ecu/brake-2.bin"]["custom"]["deltas"]["ecu/brake-1.bin"];
+    assert!(delta["length"].as_u64().unwrap() < 10_000, "{delta}");
+    assert!(
+        f.image()
+            .join("deltas")
+            .join(delta["blake3"].as_str().unwrap())
+            .exists()
+    );
+
+    let run = f.origin(&["audit", "verify"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stdout.contains("3 entries"), "{}", run.stdout);
+    let export = f.origin(&["audit", "export"]);
+    let entries: Vec<Value> = export
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[2]["actor"], "bob@fleet-ops");
+    assert_eq!(entries[2]["action"], "assign");
+    assert_eq!(entries[2]["detail"]["vin"], "VIN1");
+    assert_eq!(entries[2]["detail"]["priority"], "security");
+    assert_eq!(entries[2]["detail"]["ecus"][0]["target"], "ecu/brake-2.bin");
+    assert_eq!(entries[0]["at"], NOW);
+
+    // An auditor's copy of the public key checks it too; someone else's does not.
+    let keys = f.origin(&["keys"]);
+    let audit_key = keys
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|k| k["role"] == "audit")
+        .unwrap();
+    let public = audit_key["public_key"].as_str().unwrap().to_owned();
+    assert!(f.origin(&["audit", "verify", "--public-key", &public]).ok);
+    let wrong = hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[3u8; 32])
+            .verifying_key()
+            .as_bytes(),
+    );
+    let run = f.origin(&["audit", "verify", "--public-key", &wrong]);
+    assert!(!run.ok);
+    assert!(run.stderr.contains("entry 1"), "{}", run.stderr);
+
+    // Whoever edits an entry (here: who approved the assignment) is caught at that entry.
+    let log = f.dir.join("audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.replace("bob@fleet-ops", "eve@fleet-ops")).unwrap();
+    let run = f.origin(&["audit", "verify"]);
+    assert!(!run.ok);
+    assert!(run.stderr.contains("entry 3"), "{}", run.stderr);
+}

@@ -609,7 +609,7 @@ pub fn verify_vehicle_manifest(
 
 /// Checks that `value` (`{"signatures": [...], "signed": {...}}`) carries a valid signature by
 /// `key` over the canonical `signed`.
-fn check_signed_by(value: &Value, key: &VerifyingKey) -> Result<(), String> {
+pub fn check_signed_by(value: &Value, key: &VerifyingKey) -> Result<(), String> {
     let canonical =
         crate::tuf::canonical::to_canonical(&value["signed"]).map_err(|e| e.to_string())?;
     if !value["signed"].is_object() {

@@ -1,0 +1,252 @@
+//! The audit log: append-only, hash-chained, every entry signed.
+//!
+//! `audit.log` in the origin directory holds one entry per line, each a signed envelope in
+//! TUF's format (`{"signatures": [...], "signed": {...}}`, ed25519 over canonical JSON) whose
+//! `signed` part is `{"seq", "at", "actor", "action", "detail", "prev"}`: `seq` counts from 1,
+//! `prev` is the BLAKE3 of the previous line's bytes (64 zeros for the first). Editing,
+//! removing, reordering or inserting an entry breaks the chain or a signature at that entry,
+//! and [`verify`] names the first bad one.
+//!
+//! Entries are signed with the origin's online audit key (`keys/audit-log.json`, made on first
+//! use); `origin keys` prints its public half for auditors. An append writes the line and syncs
+//! the file before returning; a line torn by a power cut (no final newline) was never
+//! acknowledged and is cut off before the next append.
+
+use std::fs;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde_json::{Value, json};
+
+use crate::repo::Origin;
+
+/// The log's file in `origin`.
+pub fn log_path(origin: &Origin) -> PathBuf {
+    origin.dir.join("audit.log")
+}
+
+/// The audit key, made on first use.
+pub fn key(origin: &Origin) -> anyhow::Result<SigningKey> {
+    let path = origin.key_path("audit", "log")?;
+    if !path.exists() {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        crate::keys::save(&crate::keys::generate(), &path)?;
+    }
+    crate::keys::load(&path)
+}
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Appends an entry: `actor` (who: an operator, or `gate` for the campaign core) did `action`
+/// with `detail`, at `origin.now`. Returns its sequence number.
+pub fn append(origin: &Origin, actor: &str, action: &str, detail: Value) -> anyhow::Result<u64> {
+    if actor.is_empty() || action.is_empty() {
+        bail!("an audit entry needs an actor and an action");
+    }
+    let key = key(origin)?;
+    let path = log_path(origin);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    // A torn last line was never acknowledged: cut it off.
+    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if complete < text.len() {
+        file.set_len(complete as u64)
+            .with_context(|| format!("cutting the torn last line of {}", path.display()))?;
+        text.truncate(complete);
+    }
+    let last = text[..complete.saturating_sub(1)]
+        .rsplit(|&b| b == b'\n')
+        .next()
+        .filter(|line| !line.is_empty());
+    let (seq, prev) = match last {
+        Some(line) => {
+            let value: Value = serde_json::from_slice(line)
+                .with_context(|| format!("{}: the last entry is not JSON", path.display()))?;
+            let seq = value["signed"]["seq"]
+                .as_u64()
+                .with_context(|| format!("{}: the last entry has no seq", path.display()))?;
+            (seq + 1, blake3::hash(line).to_hex().to_string())
+        }
+        None => (1, GENESIS.to_string()),
+    };
+    let signed = json!({
+        "seq": seq,
+        "at": origin.now.to_string(),
+        "actor": actor,
+        "action": action,
+        "detail": detail,
+        "prev": prev,
+    });
+    let envelope: Value = serde_json::from_slice(&proto::tuf::build::sign(&signed, &[&key])?)?;
+    let mut line = serde_json::to_vec(&envelope)?;
+    line.push(b'\n');
+    file.seek(std::io::SeekFrom::End(0))?;
+    file.write_all(&line)
+        .with_context(|| format!("appending to {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(seq)
+}
+
+/// Checks the whole chain at `path` against `key`; returns the number of entries, or the first
+/// bad entry and what is wrong with it.
+pub fn verify(path: &Path, key: &VerifyingKey) -> anyhow::Result<u64> {
+    let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut prev = GENESIS.to_string();
+    let mut count = 0u64;
+    let mut lines = text.split(|&b| b == b'\n').peekable();
+    let mut number = 0u64;
+    while let Some(line) = lines.next() {
+        number += 1;
+        if line.is_empty() && lines.peek().is_none() {
+            break;
+        }
+        let bad = |why: String| {
+            anyhow::anyhow!("{}: entry {number} (line {number}): {why}", path.display())
+        };
+        if lines.peek().is_none() {
+            return Err(bad("torn: the line has no end (a write cut short)".into()));
+        }
+        let value: Value =
+            serde_json::from_slice(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        proto::uptane::check_signed_by(&value, key).map_err(bad)?;
+        let signed = &value["signed"];
+        if signed["seq"].as_u64() != Some(number) {
+            return Err(bad(format!(
+                "seq is {}, expected {number}: an entry was removed, inserted or moved",
+                signed["seq"]
+            )));
+        }
+        if signed["prev"].as_str() != Some(prev.as_str()) {
+            return Err(bad(format!(
+                "prev is {}, but the entry before hashes to {prev}: the entry before was changed",
+                signed["prev"]
+            )));
+        }
+        prev = blake3::hash(line).to_hex().to_string();
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// The entries, for `origin audit export`: one JSON value each, as signed.
+pub fn entries(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            serde_json::from_str::<Value>(line)
+                .map(|v| v["signed"].clone())
+                .with_context(|| format!("{}: an entry is not JSON", path.display()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(dir: &Path) -> Origin {
+        Origin {
+            dir: dir.join("origin"),
+            offline_keys: Some(dir.join("usb")),
+            now: proto::tuf::Time::parse("2026-11-22T10:00:00Z").unwrap(),
+        }
+    }
+
+    fn log(dir: &Path) -> (Origin, VerifyingKey) {
+        let origin = origin(dir);
+        fs::create_dir_all(&origin.dir).unwrap();
+        append(
+            &origin,
+            "alice@ops",
+            "campaign.approve",
+            json!({"campaign": "brake-2.0"}),
+        )
+        .unwrap();
+        append(
+            &origin,
+            "gate",
+            "wave.advance",
+            json!({"wave": 2, "reason": "98 % committed"}),
+        )
+        .unwrap();
+        append(
+            &origin,
+            "VIN1",
+            "install",
+            json!({"ecu": "BRK-1", "image": "brake-2.0.bin"}),
+        )
+        .unwrap();
+        let key = key(&origin).unwrap().verifying_key();
+        (origin, key)
+    }
+
+    #[test]
+    fn an_intact_log_verifies_and_every_kind_of_tampering_names_the_first_bad_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (origin, key) = log(dir.path());
+        let path = log_path(&origin);
+        assert_eq!(verify(&path, &key).unwrap(), 3);
+        let good = fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = good.lines().collect();
+        let cases: Vec<(String, &str)> = vec![
+            // An edited detail: the signature of entry 2 fails.
+            (good.replace("98 % committed", "99 % committed"), "entry 2"),
+            // Entry 2 removed: entry 3 says seq 3 at position 2.
+            (format!("{}\n{}\n", lines[0], lines[2]), "entry 2"),
+            // Two entries swapped.
+            (
+                format!("{}\n{}\n{}\n", lines[0], lines[2], lines[1]),
+                "entry 2",
+            ),
+            // A torn last line.
+            (good[..good.len() - 10].to_string(), "entry 3"),
+            // Not JSON.
+            (format!("{}\nrubbish\n{}\n", lines[0], lines[2]), "entry 2"),
+        ];
+        for (text, first_bad) in cases {
+            fs::write(&path, &text).unwrap();
+            let error = verify(&path, &key).unwrap_err().to_string();
+            assert!(error.contains(first_bad), "{error}");
+        }
+        // Re-signed with another key: refused at entry 1.
+        fs::write(&path, &good).unwrap();
+        let other = crate::keys::generate().verifying_key();
+        let error = verify(&path, &other).unwrap_err().to_string();
+        assert!(error.contains("entry 1"), "{error}");
+    }
+
+    #[test]
+    fn an_append_after_a_torn_write_cuts_the_torn_line_and_keeps_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (origin, key) = log(dir.path());
+        let path = log_path(&origin);
+        let good = fs::read(&path).unwrap();
+        // A power cut halfway through a fourth line.
+        let mut torn = good.clone();
+        torn.extend_from_slice(&good[..40]);
+        fs::write(&path, &torn).unwrap();
+        assert!(verify(&path, &key).is_err());
+        assert_eq!(
+            append(&origin, "bob@ops", "campaign.resume", json!({})).unwrap(),
+            4
+        );
+        assert_eq!(verify(&path, &key).unwrap(), 4);
+        let entries = entries(&path).unwrap();
+        assert_eq!(entries[3]["actor"], "bob@ops");
+        assert_eq!(entries[0]["action"], "campaign.approve");
+    }
+}
