@@ -912,6 +912,37 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         state.unsynced += 1;
     }
 
+    /// Writes a complete blob to the file `path` durably, verified as [`Self::export`] does:
+    /// into `path` with the extension `part`, synced, renamed over `path`, the directory
+    /// synced. A crash leaves either the old `path` (or none) or the whole verified blob.
+    pub fn export_to_file(&self, id: &BlobId, path: &std::path::Path) -> Result<u64, StoreError> {
+        use std::io::Write;
+        let part = path.with_extension("part");
+        let file = std::fs::File::create(&part)
+            .map_err(io_error(format!("creating {}", part.display())))?;
+        let mut writer = io::BufWriter::with_capacity(1 << 20, file);
+        let written = self.export(id, &mut writer)?;
+        writer
+            .flush()
+            .map_err(io_error(format!("writing {}", part.display())))?;
+        let file = writer
+            .into_inner()
+            .map_err(|error| io_error(format!("writing {}", part.display()))(error.into_error()))?;
+        file.sync_all()
+            .map_err(io_error(format!("syncing {}", part.display())))?;
+        std::fs::rename(&part, path).map_err(io_error(format!(
+            "renaming {} to {}",
+            part.display(),
+            path.display()
+        )))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error(format!("syncing {}", dir.display())))?;
+        }
+        Ok(written)
+    }
+
     /// Copies a complete blob to `out`, verifying every group against the root as it is read,
     /// so what leaves the store (to be flashed, say) is checked again.
     pub fn export(&self, id: &BlobId, mut out: impl Write) -> Result<u64, StoreError> {

@@ -151,7 +151,8 @@ pub fn release_with_deltas(
         if let Some(parent) = on_disk.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        copy_durably(&store, &blob, &on_disk)
+        store
+            .export_to_file(&blob, &on_disk)
             .with_context(|| format!("writing {}", on_disk.display()))?;
     }
     let targets_version =
@@ -193,9 +194,11 @@ fn build_deltas(
             bail!("--delta-from {source} is the same image as the release");
         }
         let source_file = work.path().join("source");
-        copy_durably(store, &source_blob, &source_file).with_context(|| {
-            format!("--delta-from {source}: reading it from the origin's mesh store")
-        })?;
+        store
+            .export_to_file(&source_blob, &source_file)
+            .with_context(|| {
+                format!("--delta-from {source}: reading it from the origin's mesh store")
+            })?;
         let out = work.path().join("delta");
         let summary = delta::create(&source_file, file, &out, options)
             .with_context(|| format!("building the delta from {source}"))?;
@@ -212,7 +215,8 @@ fn build_deltas(
         let deltas_dir = origin.dir.join("image").join("deltas");
         fs::create_dir_all(&deltas_dir)
             .with_context(|| format!("creating {}", deltas_dir.display()))?;
-        copy_durably(store, &stored, &deltas_dir.join(stored.to_string()))
+        store
+            .export_to_file(&stored, &deltas_dir.join(stored.to_string()))
             .with_context(|| format!("writing the delta into {}", deltas_dir.display()))?;
         deltas.insert(
             source.clone(),
@@ -265,26 +269,6 @@ impl<R: std::io::Read> std::io::Read for HashingReader<R> {
         self.sha512.update(&buf[..read]);
         Ok(read)
     }
-}
-
-/// Writes blob `blob` of `store` to `path` durably: a temporary file, synced, renamed over
-/// `path`, the directory synced.
-fn copy_durably(store: &node::store::DiskStore, blob: &BlobId, path: &Path) -> anyhow::Result<()> {
-    use std::io::Write;
-    let part = path.with_extension("part");
-    let file = fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?;
-    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
-    store.export(blob, &mut writer)?;
-    writer.flush()?;
-    let file = writer
-        .into_inner()
-        .map_err(std::io::IntoInnerError::into_error)?;
-    file.sync_all()?;
-    fs::rename(&part, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Makes a new origin: both repositories with fresh keys; the offline ones into

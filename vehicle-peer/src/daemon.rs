@@ -713,18 +713,9 @@ impl Daemon {
             let path = payloads.join(blob.to_string());
             let ready = fs::metadata(&path).is_ok_and(|m| m.len() == length);
             if !ready {
-                let part = path.with_extension("part");
-                let file = fs::File::create(&part)
-                    .with_context(|| format!("creating {}", part.display()))?;
-                let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
                 self.store
-                    .export(&blob, &mut writer)
-                    .with_context(|| format!("exporting {blob}"))?;
-                let file = writer
-                    .into_inner()
-                    .map_err(std::io::IntoInnerError::into_error)?;
-                file.sync_all()?;
-                fs::rename(&part, &path)?;
+                    .export_to_file(&blob, &path)
+                    .with_context(|| format!("exporting {blob} to {}", path.display()))?;
             }
             files.push(
                 fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?,

@@ -382,21 +382,9 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
             }
             let report = report.context("fetching")?;
 
-            let part = out.with_extension("part");
-            let file = std::fs::File::create(&part)
-                .with_context(|| format!("creating {}", part.display()))?;
-            let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
             store
-                .export(&blob, &mut writer)
-                .with_context(|| format!("writing {}", part.display()))?;
-            let file = writer
-                .into_inner()
-                .map_err(|error| error.into_error())
-                .with_context(|| format!("writing {}", part.display()))?;
-            file.sync_all()
-                .with_context(|| format!("syncing {}", part.display()))?;
-            std::fs::rename(&part, &out)
-                .with_context(|| format!("renaming {} to {}", part.display(), out.display()))?;
+                .export_to_file(&blob, &out)
+                .with_context(|| format!("writing {}", out.display()))?;
 
             let summary = serde_json::json!({
                 "blob": blob.to_string(),
