@@ -41,8 +41,9 @@ pub fn key(origin: &Origin) -> anyhow::Result<SigningKey> {
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Appends an entry: `actor` (who: an operator, or `gate` for the campaign core) did `action`
-/// with `detail`, at `origin.now`. Returns its sequence number.
+/// Appends an entry: `actor` (who: an operator, a vehicle, or the campaign gates) did `action`
+/// with `detail`, at `origin.now`. Numbers that are not integers are recorded as strings.
+/// Returns its sequence number.
 pub fn append(origin: &Origin, actor: &str, action: &str, detail: Value) -> anyhow::Result<u64> {
     if actor.is_empty() || action.is_empty() {
         bail!("an audit entry needs an actor and an action");
@@ -56,28 +57,14 @@ pub fn append(origin: &Origin, actor: &str, action: &str, detail: Value) -> anyh
         .truncate(false)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let mut text = Vec::new();
-    file.read_to_end(&mut text)
-        .with_context(|| format!("reading {}", path.display()))?;
-    // A torn last line was never acknowledged: cut it off.
-    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if complete < text.len() {
-        file.set_len(complete as u64)
-            .with_context(|| format!("cutting the torn last line of {}", path.display()))?;
-        text.truncate(complete);
-    }
-    let last = text[..complete.saturating_sub(1)]
-        .rsplit(|&b| b == b'\n')
-        .next()
-        .filter(|line| !line.is_empty());
-    let (seq, prev) = match last {
+    let (seq, prev) = match last_line(&mut file, &path)? {
         Some(line) => {
-            let value: Value = serde_json::from_slice(line)
+            let value: Value = serde_json::from_slice(&line)
                 .with_context(|| format!("{}: the last entry is not JSON", path.display()))?;
             let seq = value["signed"]["seq"]
                 .as_u64()
                 .with_context(|| format!("{}: the last entry has no seq", path.display()))?;
-            (seq + 1, blake3::hash(line).to_hex().to_string())
+            (seq + 1, blake3::hash(&line).to_hex().to_string())
         }
         None => (1, GENESIS.to_string()),
     };
@@ -86,7 +73,7 @@ pub fn append(origin: &Origin, actor: &str, action: &str, detail: Value) -> anyh
         "at": origin.now.to_string(),
         "actor": actor,
         "action": action,
-        "detail": detail,
+        "detail": integers_only(detail),
         "prev": prev,
     });
     let envelope: Value = serde_json::from_slice(&proto::tuf::build::sign(&signed, &[&key])?)?;
@@ -98,6 +85,60 @@ pub fn append(origin: &Origin, actor: &str, action: &str, detail: Value) -> anyh
     file.sync_all()
         .with_context(|| format!("syncing {}", path.display()))?;
     Ok(seq)
+}
+
+/// `value` with every number that is not an integer written as a string (`0.05` → `"0.05"`):
+/// entries are signed over canonical JSON, which has integers only.
+fn integers_only(value: Value) -> Value {
+    match value {
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => Value::String(n.to_string()),
+        Value::Array(items) => Value::Array(items.into_iter().map(integers_only).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, integers_only(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// The last complete line of the log (without its newline), reading only the log's tail; a torn
+/// last line (never acknowledged) is cut off first.
+fn last_line(file: &mut fs::File, path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    const CHUNK: u64 = 64 * 1024;
+    let len = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    // Grow the tail backwards until it holds the newline ending the last complete line and
+    // the one before it, or reaches the file's start.
+    let mut start = len;
+    let mut tail = Vec::new();
+    while start > 0 {
+        let from = start.saturating_sub(CHUNK);
+        let mut chunk = vec![0u8; usize::try_from(start - from)?];
+        file.seek(std::io::SeekFrom::Start(from))?;
+        file.read_exact(&mut chunk)
+            .with_context(|| format!("reading {}", path.display()))?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        start = from;
+        let last = tail.iter().rposition(|&b| b == b'\n');
+        if last.is_some_and(|last| tail[..last].contains(&b'\n')) {
+            break;
+        }
+    }
+    let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if complete < tail.len() {
+        file.set_len(start + complete as u64)
+            .with_context(|| format!("cutting the torn last line of {}", path.display()))?;
+    }
+    let body = &tail[..complete.saturating_sub(1)];
+    Ok(body
+        .rsplit(|&b| b == b'\n')
+        .next()
+        .filter(|line| !line.is_empty())
+        .map(<[u8]>::to_vec))
 }
 
 /// Checks the whole chain at `path` against `key`; returns the number of entries, or the first
@@ -248,5 +289,22 @@ mod tests {
         let entries = entries(&path).unwrap();
         assert_eq!(entries[3]["actor"], "bob@ops");
         assert_eq!(entries[0]["action"], "campaign.approve");
+    }
+
+    #[test]
+    fn entries_larger_than_the_tail_read_and_torn_ones_chain_correctly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (origin, key) = log(dir.path());
+        let big = "x".repeat(200_000);
+        append(&origin, "bob", "big", json!({"blob": big})).unwrap();
+        append(&origin, "bob", "after-big", json!({})).unwrap();
+        append(&origin, "bob", "big-again", json!({"blob": big})).unwrap();
+        // A torn write of another large entry, then an append: it is cut, the chain holds.
+        let path = log_path(&origin);
+        let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&vec![b'{'; 150_000]).unwrap();
+        drop(file);
+        assert_eq!(append(&origin, "bob", "last", json!({})).unwrap(), 7);
+        assert_eq!(verify(&path, &key).unwrap(), 7);
     }
 }

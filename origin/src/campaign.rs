@@ -125,6 +125,119 @@ impl Plan {
     }
 }
 
+/// What an operator asks for: a release per hardware id, to which vehicles, how urgently, in
+/// which waves, behind which gates. Read from TOML (`origin campaign create --file`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSpec {
+    /// The campaign's id: 1 to 64 of `A-Z a-z 0-9 - _ .`.
+    pub id: String,
+    /// Hardware id → image repository target to install on ECUs of that hardware.
+    pub release: BTreeMap<String, String>,
+    /// Hardware id → the earlier target an abort sends vehicles back to (it must still be
+    /// signed in the image repository, with a release counter the ECUs accept).
+    #[serde(default)]
+    pub fallback: BTreeMap<String, String>,
+    /// `security`, `fix` or `feature` (the vehicles' link policy reads it).
+    #[serde(default = "default_priority")]
+    pub priority: String,
+    /// Which vehicles (every list empty: all with an ECU of a released hardware id).
+    #[serde(default)]
+    pub filters: Filters,
+    /// The waves.
+    pub waves: Vec<Wave>,
+    /// The gates.
+    pub gates: Gates,
+}
+
+fn default_priority() -> String {
+    "feature".into()
+}
+
+/// Which vehicles a campaign is for: each non-empty list must contain the vehicle's value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filters {
+    /// Regions.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Vehicle types.
+    #[serde(default)]
+    pub vehicle_types: Vec<String>,
+    /// Home depots.
+    #[serde(default)]
+    pub depots: Vec<String>,
+    /// Targets one of its ECUs must run now (e.g. only vehicles on 1.x).
+    #[serde(default)]
+    pub installed: Vec<String>,
+}
+
+impl Filters {
+    /// Whether a vehicle with these attributes passes.
+    pub fn admits(
+        &self,
+        region: &str,
+        vehicle_type: &str,
+        depot: &str,
+        installed: &[&str],
+    ) -> bool {
+        let ok = |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
+        ok(&self.regions, region)
+            && ok(&self.vehicle_types, vehicle_type)
+            && ok(&self.depots, depot)
+            && (self.installed.is_empty()
+                || installed
+                    .iter()
+                    .any(|i| self.installed.iter().any(|f| f == i)))
+    }
+}
+
+impl CampaignSpec {
+    /// The plan the core runs.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            id: self.id.clone(),
+            waves: self.waves.clone(),
+            gates: self.gates.clone(),
+        }
+    }
+
+    /// Checks what can be checked without the repositories; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.id.is_empty()
+            || self.id.len() > 64
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "id {:?} must be 1 to 64 of A-Z a-z 0-9 - _ .",
+                self.id
+            ));
+        }
+        if self.release.is_empty() {
+            return Err("release must name at least one hardware id and its target".into());
+        }
+        if let Some(hw) = self
+            .fallback
+            .keys()
+            .find(|hw| !self.release.contains_key(*hw))
+        {
+            return Err(format!(
+                "fallback names hardware {hw}, which release does not"
+            ));
+        }
+        if self.priority.parse::<node::policy::Priority>().is_err() {
+            return Err(format!(
+                "priority {:?} must be security, fix or feature",
+                self.priority
+            ));
+        }
+        self.plan().check()
+    }
+}
+
 /// What a vehicle reported for the campaign's release.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -155,6 +268,14 @@ pub enum State {
     },
     /// Every wave done.
     Completed,
+    /// Called off for good: vehicles that took the release are to be sent back to the earlier
+    /// release (the caller does that, where the earlier release is still signed).
+    Aborted {
+        /// The last open wave.
+        open: usize,
+        /// Why, and who decided.
+        reason: String,
+    },
 }
 
 /// A decision, for the caller to carry out and write to the audit log.
@@ -183,18 +304,27 @@ pub enum Decision {
         /// Who approved.
         by: String,
     },
+    /// Called off; vehicles that took the release go back to the earlier one.
+    Abort {
+        /// Why, and who decided.
+        reason: String,
+    },
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Tally {
-    assigned: u64,
-    committed: u64,
-    rolled_back: u64,
-    health_failed: u64,
-    overdue: u64,
+impl Decision {
+    /// The decision's name: `advance`, `halt`, `complete`, `resume`, `abort`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Advance { .. } => "advance",
+            Self::Halt { .. } => "halt",
+            Self::Complete { .. } => "complete",
+            Self::Resume { .. } => "resume",
+            Self::Abort { .. } => "abort",
+        }
+    }
 }
 
-impl Tally {
+impl Counts {
     fn reports(&self) -> u64 {
         self.committed + self.rolled_back + self.health_failed
     }
@@ -202,14 +332,31 @@ impl Tally {
     fn failures(&self) -> u64 {
         self.rolled_back + self.health_failed
     }
+
+    fn add(&mut self, outcome: Option<Outcome>, overdue: bool) {
+        self.assigned += 1;
+        match outcome {
+            Some(Outcome::Committed) => self.committed += 1,
+            Some(Outcome::RolledBack) => self.rolled_back += 1,
+            Some(Outcome::HealthFailed) => self.health_failed += 1,
+            None if overdue => self.overdue += 1,
+            None => {}
+        }
+    }
 }
 
 /// One vehicle in the campaign.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Member {
     wave: usize,
-    segment: String,
+    segments: Vec<String>,
     outcome: Option<Outcome>,
+    /// When the outcome was reported (Unix seconds).
+    #[serde(default)]
+    reported_at: Option<u64>,
+    /// A failure an approver has seen and resumed past: shown, no longer gated on.
+    #[serde(default)]
+    acknowledged: bool,
 }
 
 /// A campaign in progress: the plan, its members and their reports.
@@ -239,27 +386,66 @@ pub enum CampaignError {
     /// Resume of a campaign that is not halted.
     #[error("campaign {0} is not halted")]
     NotHalted(String),
+    /// Abort of a campaign that has ended.
+    #[error("campaign {0} has already ended (completed or aborted)")]
+    Ended(String),
+}
+
+/// Counts over a group of vehicles (the open waves, or one segment of them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Vehicles offered the release.
+    pub assigned: u64,
+    /// Committed it.
+    pub committed: u64,
+    /// Rolled back (boot or trial failure).
+    pub rolled_back: u64,
+    /// Rolled back on a failed health check.
+    pub health_failed: u64,
+    /// Silent past the report timeout.
+    pub overdue: u64,
+}
+
+/// A campaign's standing, from [`Campaign::progress`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Its state.
+    pub state: State,
+    /// The last open wave (0-based).
+    pub open_wave: usize,
+    /// When each opened wave opened (Unix seconds).
+    pub opened_at: Vec<u64>,
+    /// Vehicles in the population.
+    pub population: u64,
+    /// Counts over the open waves.
+    pub eligible: Counts,
+    /// Counts per segment, over the open waves.
+    pub segments: BTreeMap<String, Counts>,
+    /// Seconds from a vehicle's wave opening to its commit report: 50th, 90th, 99th percentile.
+    pub time_to_update_secs: [Option<u64>; 3],
 }
 
 impl Campaign {
-    /// Starts `plan` at `now` over `population` (vehicle id → segment, e.g. its region), with
-    /// the first wave open.
+    /// Starts `plan` at `now` over `population` (vehicle id → the segments it belongs to, e.g.
+    /// `region:eu-north` and `type:tractor`), with the first wave open.
     pub fn start(
         plan: Plan,
-        population: impl IntoIterator<Item = (String, String)>,
+        population: impl IntoIterator<Item = (String, Vec<String>)>,
         now: u64,
     ) -> Result<Self, CampaignError> {
         plan.check().map_err(CampaignError::Plan)?;
         let members = population
             .into_iter()
-            .map(|(vehicle, segment)| {
+            .map(|(vehicle, segments)| {
                 let wave = plan.wave_of(&vehicle);
                 (
                     vehicle,
                     Member {
                         wave,
-                        segment,
+                        segments,
                         outcome: None,
+                        reported_at: None,
+                        acknowledged: false,
                     },
                 )
             })
@@ -285,7 +471,9 @@ impl Campaign {
     /// The last open wave (none when completed: all are).
     fn open_wave(&self) -> usize {
         match &self.state {
-            State::Running { open } | State::Halted { open, .. } => *open,
+            State::Running { open } | State::Halted { open, .. } | State::Aborted { open, .. } => {
+                *open
+            }
             State::Completed => self.plan.waves.len().saturating_sub(1),
         }
     }
@@ -298,9 +486,19 @@ impl Campaign {
         };
         match &self.state {
             State::Running { open } => member.wave <= *open,
-            State::Halted { .. } => false,
+            State::Halted { .. } | State::Aborted { .. } => false,
             State::Completed => true,
         }
+    }
+
+    /// What `vehicle` reported, if anything.
+    pub fn outcome_of(&self, vehicle: &str) -> Option<Outcome> {
+        self.members.get(vehicle).and_then(|m| m.outcome)
+    }
+
+    /// Whether `vehicle` is in the population.
+    pub fn is_member(&self, vehicle: &str) -> bool {
+        self.members.contains_key(vehicle)
     }
 
     /// The vehicles whose wave is open.
@@ -336,30 +534,36 @@ impl Campaign {
                 ),
             });
         }
+        if matches!(self.state, State::Aborted { .. }) {
+            // Still recorded: the audit trail and the dashboard show what vehicles ran.
+            member.outcome = Some(outcome);
+            member.reported_at = Some(now);
+            return Ok(None);
+        }
         member.outcome = Some(outcome);
+        member.reported_at = Some(now);
         Ok(self.tick(now))
     }
 
-    fn tallies(&self, now: u64) -> (Tally, BTreeMap<&str, Tally>) {
+    /// Counts over the open waves; `gated`: without the failures acknowledged on a resume.
+    fn tallies(&self, now: u64, gated: bool) -> (Counts, BTreeMap<&str, Counts>) {
         let open = self.open_wave();
-        let mut all = Tally::default();
-        let mut segments: BTreeMap<&str, Tally> = BTreeMap::new();
-        for member in self.members.values().filter(|m| m.wave <= open) {
+        let mut all = Counts::default();
+        let mut segments: BTreeMap<&str, Counts> = BTreeMap::new();
+        for member in self
+            .members
+            .values()
+            .filter(|m| m.wave <= open && !(gated && m.acknowledged))
+        {
             let opened = self.opened_at.get(member.wave).copied().unwrap_or(now);
             let overdue = member.outcome.is_none()
                 && now.saturating_sub(opened) >= self.plan.gates.report_timeout_secs;
-            for tally in [
-                &mut all,
-                segments.entry(member.segment.as_str()).or_default(),
-            ] {
-                tally.assigned += 1;
-                match member.outcome {
-                    Some(Outcome::Committed) => tally.committed += 1,
-                    Some(Outcome::RolledBack) => tally.rolled_back += 1,
-                    Some(Outcome::HealthFailed) => tally.health_failed += 1,
-                    None if overdue => tally.overdue += 1,
-                    None => {}
-                }
+            all.add(member.outcome, overdue);
+            for segment in &member.segments {
+                segments
+                    .entry(segment.as_str())
+                    .or_default()
+                    .add(member.outcome, overdue);
             }
         }
         (all, segments)
@@ -372,7 +576,7 @@ impl Campaign {
             return None;
         };
         let gates = self.plan.gates.clone();
-        let (all, segments) = self.tallies(now);
+        let (all, segments) = self.tallies(now, true);
         #[allow(clippy::cast_precision_loss)]
         let rate = |part: u64, whole: u64| {
             if whole == 0 {
@@ -459,12 +663,73 @@ impl Campaign {
         Some(Decision::Halt { reason })
     }
 
-    /// Resumes a halted campaign on `by`'s approval: the open wave's reports so far stay, and
-    /// its report clock restarts at `now`.
+    /// Calls the campaign off for good (from running or halted), on `by`'s decision. The caller
+    /// sends the vehicles whose wave was open back to the earlier release.
+    pub fn abort(&mut self, by: &str, reason: &str) -> Result<Decision, CampaignError> {
+        let open = match &self.state {
+            State::Running { open } | State::Halted { open, .. } => *open,
+            State::Completed | State::Aborted { .. } => {
+                return Err(CampaignError::Ended(self.plan.id.clone()));
+            }
+        };
+        let reason = format!("aborted by {by}: {reason}");
+        self.state = State::Aborted {
+            open,
+            reason: reason.clone(),
+        };
+        Ok(Decision::Abort { reason })
+    }
+
+    /// Where the campaign stands at `now`, for status pages and metrics.
+    pub fn progress(&self, now: u64) -> Progress {
+        let open = self.open_wave();
+        let (all, segments) = self.tallies(now, false);
+        let mut minutes: Vec<u64> = self
+            .members
+            .values()
+            .filter(|m| m.outcome == Some(Outcome::Committed))
+            .filter_map(|m| {
+                let opened = self.opened_at.get(m.wave)?;
+                Some(m.reported_at?.saturating_sub(*opened))
+            })
+            .collect();
+        minutes.sort_unstable();
+        let percentile = |p: usize| {
+            if minutes.is_empty() {
+                None
+            } else {
+                Some(minutes[(minutes.len() - 1) * p / 100])
+            }
+        };
+        Progress {
+            state: self.state.clone(),
+            open_wave: open,
+            opened_at: self.opened_at.clone(),
+            population: u64::try_from(self.members.len()).unwrap_or(u64::MAX),
+            eligible: all,
+            segments: segments
+                .into_iter()
+                .map(|(name, tally)| (name.to_string(), tally))
+                .collect(),
+            time_to_update_secs: [50, 90, 99].map(percentile),
+        }
+    }
+
+    /// Resumes a halted campaign on `by`'s approval: the failures reported so far are
+    /// acknowledged (still counted in [`Campaign::progress`], no longer by the gates: the
+    /// approver has seen them), and the open wave's report clock restarts at `now`.
     pub fn resume(&mut self, by: &str, now: u64) -> Result<Decision, CampaignError> {
         let State::Halted { open, .. } = self.state else {
             return Err(CampaignError::NotHalted(self.plan.id.clone()));
         };
+        for member in self.members.values_mut() {
+            if matches!(
+                member.outcome,
+                Some(Outcome::RolledBack | Outcome::HealthFailed)
+            ) {
+                member.acknowledged = true;
+            }
+        }
         self.state = State::Running { open };
         if let Some(opened) = self.opened_at.get_mut(open) {
             *opened = now;
@@ -497,9 +762,14 @@ mod tests {
         }
     }
 
-    fn fleet(n: usize) -> Vec<(String, String)> {
+    fn fleet(n: usize) -> Vec<(String, Vec<String>)> {
         (0..n)
-            .map(|i| (format!("VIN{i:06}"), format!("region-{}", i % 4)))
+            .map(|i| {
+                (
+                    format!("VIN{i:06}"),
+                    vec![format!("region-{}", i % 4), format!("type-{}", i % 3)],
+                )
+            })
             .collect()
     }
 
@@ -642,6 +912,20 @@ mod tests {
             Err(CampaignError::NotHalted("brake-2.0".into()))
         );
         assert!(campaign.may_install(&canary[0]));
+        // The acknowledged failure no longer trips the gate; a new one does.
+        assert_eq!(campaign.tick(100_010), None);
+        let fresh = campaign
+            .eligible()
+            .find(|v| campaign.outcome_of(v).is_none())
+            .map(str::to_string);
+        if let Some(fresh) = fresh {
+            assert!(matches!(
+                campaign
+                    .report(&fresh, Outcome::HealthFailed, 100_020)
+                    .unwrap(),
+                Some(Decision::Halt { .. })
+            ));
+        }
     }
 
     #[test]
@@ -686,7 +970,7 @@ mod tests {
         let mut decision = None;
         // region-3 rolls back half the time; the others never.
         for (i, (vehicle, segment)) in fleet(400).into_iter().enumerate() {
-            let outcome = if segment == "region-3" && i % 8 == 3 {
+            let outcome = if segment[0] == "region-3" && i % 8 == 3 {
                 Outcome::RolledBack
             } else {
                 Outcome::Committed
@@ -719,5 +1003,41 @@ mod tests {
             .unwrap();
         let error = campaign.report(&late.0, Outcome::Committed, 1).unwrap_err();
         assert!(error.to_string().contains("not open"), "{error}");
+    }
+
+    #[test]
+    fn abort_ends_the_campaign_and_progress_counts_each_segment() {
+        let mut campaign = Campaign::start(plan(), fleet(1000), 0).unwrap();
+        let canary: Vec<String> = campaign.eligible().map(str::to_string).collect();
+        for (i, vehicle) in canary.iter().enumerate() {
+            campaign
+                .report(vehicle, Outcome::Committed, 60 * (i as u64 + 1))
+                .unwrap();
+        }
+        let progress = campaign.progress(1000);
+        assert_eq!(progress.eligible.committed, canary.len() as u64);
+        let regions: u64 = progress
+            .segments
+            .iter()
+            .filter(|(name, _)| name.starts_with("region-"))
+            .map(|(_, c)| c.committed)
+            .sum();
+        assert_eq!(regions, canary.len() as u64, "each vehicle in one region");
+        let [p50, _, p99] = progress.time_to_update_secs;
+        assert!(p50.unwrap() <= p99.unwrap());
+        let Decision::Abort { reason } = campaign.abort("carol", "supplier recall").unwrap() else {
+            panic!()
+        };
+        assert!(
+            reason.contains("carol") && reason.contains("recall"),
+            "{reason}"
+        );
+        assert!(!campaign.may_install(&canary[0]));
+        assert_eq!(campaign.tick(10_000_000), None);
+        assert!(campaign.resume("dave", 1).is_err());
+        assert!(matches!(
+            campaign.abort("carol", "again"),
+            Err(CampaignError::Ended(_))
+        ));
     }
 }

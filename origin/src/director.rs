@@ -170,13 +170,33 @@ pub fn assign(
 
     let repository = vehicle_repository(vin);
     copy_roots(origin, &repository)?;
-    let version = match origin.latest(&repository, "targets") {
-        Ok((version, _)) => version + 1,
-        Err(_) => 1,
-    };
+    let version = targets_version(origin, vin) + 1;
     let signed = proto::tuf::build::targets(version, origin.expires("targets"), entries, &[]);
     publish_vehicle(origin, &repository, Some(&signed))?;
     Ok(version)
+}
+
+/// Signs a new director targets version for vehicle `vin` that lists nothing: the vehicle is to
+/// keep what it runs (a halted campaign withdraws its release from vehicles that have not
+/// installed it yet). Returns the targets version.
+pub fn withdraw(origin: &Origin, vin: &str) -> anyhow::Result<u64> {
+    check_vin(vin)?;
+    for role in ["targets", "snapshot", "timestamp"] {
+        origin.key("director", role)?;
+    }
+    let repository = vehicle_repository(vin);
+    copy_roots(origin, &repository)?;
+    let version = targets_version(origin, vin) + 1;
+    let signed = proto::tuf::build::targets(version, origin.expires("targets"), Map::new(), &[]);
+    publish_vehicle(origin, &repository, Some(&signed))?;
+    Ok(version)
+}
+
+/// The version of vehicle `vin`'s director targets (0: none signed yet).
+pub fn targets_version(origin: &Origin, vin: &str) -> u64 {
+    origin
+        .latest(&vehicle_repository(vin), "targets")
+        .map_or(0, |(version, _)| version)
 }
 
 /// Signs `targets` (when given) for a vehicle's repository with the director's targets key,

@@ -21,8 +21,11 @@ pub mod audit;
 pub mod campaign;
 pub mod delta;
 pub mod director;
+pub mod http;
 pub mod keys;
+pub mod registry;
 pub mod repo;
+pub mod service;
 pub mod verify;
 
 pub use node::storage::replace_file as write_durably;

@@ -130,6 +130,32 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run the director service: the campaigns' HTTP API, vehicle manifests in, the dashboard at
+    /// `/` and Prometheus metrics at `/metrics`. Runs until stopped.
+    Serve {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: std::net::SocketAddr,
+        /// How often the gates are re-evaluated without a report (soak times, report timeouts).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        tick_secs: u64,
+    },
+    /// Staged rollouts, through a running `origin serve`.
+    Campaign {
+        /// The director service's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8470")]
+        director: String,
+        #[command(subcommand)]
+        command: CampaignCommand,
+    },
+    /// The device registry, through a running `origin serve`.
+    Vehicle {
+        /// The director service's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8470")]
+        director: String,
+        #[command(subcommand)]
+        command: VehicleCommand,
+    },
     /// Build a delta that rebuilds --to from --from (see `proto::delta` for the format): per
     /// 8 MiB segment, the smallest of zstd patch-from, a bsdiff-class match and an aligned
     /// word diff. Prints a JSON summary. Needs no repository.
@@ -161,6 +187,60 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum CampaignCommand {
+    /// Create a campaign from a TOML file (see config/campaign.toml); it waits for approval.
+    Create {
+        /// The campaign file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Approve a campaign (not by its creator) and start its first wave.
+    Approve {
+        /// The campaign id.
+        id: String,
+    },
+    /// Print campaigns' standing (JSON): waves, counts per segment, decisions.
+    Status {
+        /// Only this campaign.
+        id: Option<String>,
+    },
+    /// Halt a campaign: no more vehicles get the release; those that have it not installed
+    /// have it withdrawn.
+    Halt {
+        /// The campaign id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume a halted campaign (your approval is recorded).
+    Resume {
+        /// The campaign id.
+        id: String,
+    },
+    /// Call a campaign off for good: vehicles that installed it are sent the fallback release.
+    Abort {
+        /// The campaign id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VehicleCommand {
+    /// Register a vehicle from a TOML file (see config/vehicle-registration.toml).
+    Register {
+        /// The vehicle file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Print the registry (JSON).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Check the whole chain and every signature; exit 1 naming the first bad entry.
     Verify {
@@ -184,6 +264,66 @@ fn all_repositories(origin: &Origin) -> anyhow::Result<Vec<String>> {
         all.push(origin::director::vehicle_repository(&vin));
     }
     Ok(all)
+}
+
+/// A client of the director service's HTTP API.
+struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(base: &str) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(60)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            agent,
+        }
+    }
+
+    fn read(
+        &self,
+        url: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut response = response.with_context(|| {
+            format!("reaching the director at {url} (is `origin serve` running?)")
+        })?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading the answer of {url}"))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{url} answered HTTP {status}, not JSON"))?;
+        if status != 200 {
+            anyhow::bail!(
+                "the director refused (HTTP {status}): {}",
+                value["error"].as_str().unwrap_or(&text)
+            );
+        }
+        Ok(value)
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
+        self.read(&url, self.agent.get(&url).call())
+    }
+
+    fn post(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
+        self.read(
+            &url,
+            self.agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(body.to_string().as_bytes()),
+        )
+    }
 }
 
 fn parse_time(text: &str) -> Result<Time, String> {
@@ -416,6 +556,102 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{}",
                 serde_json::json!({"role": "audit", "public_key": hex::encode(audit.as_bytes())})
             );
+        }
+        Command::Serve { listen, tick_secs } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let director = origin::service::Director::open(origin)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                let local = listener.local_addr()?;
+                println!("director listening on http://{local}");
+                tracing::info!(%local, "director listening");
+                origin::http::serve(
+                    listener,
+                    origin::http::Shared::new(director),
+                    std::time::Duration::from_secs(tick_secs),
+                )
+                .await
+                .context("serving")
+            })?;
+        }
+        Command::Campaign { director, command } => {
+            let client = Client::new(&director);
+            let answer = match command {
+                CampaignCommand::Create { file } => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let spec: origin::campaign::CampaignSpec =
+                        toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
+                    spec.check()
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    client.post(
+                        "/v1/campaigns",
+                        &serde_json::json!({"actor": actor, "spec": spec}),
+                    )?
+                }
+                CampaignCommand::Approve { id } => client.post(
+                    &format!("/v1/campaigns/{id}/approve"),
+                    &serde_json::json!({"by": actor}),
+                )?,
+                CampaignCommand::Halt { id, reason } => client.post(
+                    &format!("/v1/campaigns/{id}/halt"),
+                    &serde_json::json!({"by": actor, "reason": reason}),
+                )?,
+                CampaignCommand::Resume { id } => client.post(
+                    &format!("/v1/campaigns/{id}/resume"),
+                    &serde_json::json!({"by": actor}),
+                )?,
+                CampaignCommand::Abort { id, reason } => client.post(
+                    &format!("/v1/campaigns/{id}/abort"),
+                    &serde_json::json!({"by": actor, "reason": reason}),
+                )?,
+                CampaignCommand::Status { id } => {
+                    let all = client.get("/v1/campaigns")?;
+                    match id {
+                        None => all,
+                        Some(id) => all["campaigns"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|c| c["id"].as_str() == Some(id.as_str()))
+                            .cloned()
+                            .with_context(|| format!("there is no campaign {id}"))?,
+                    }
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+        }
+        Command::Vehicle { director, command } => {
+            let client = Client::new(&director);
+            let answer = match command {
+                VehicleCommand::Register { file } => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let vehicle: origin::registry::VehicleRecord =
+                        toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
+                    vehicle
+                        .check()
+                        .with_context(|| format!("{}", file.display()))?;
+                    client.post(
+                        "/v1/vehicles",
+                        &serde_json::json!({"actor": actor, "vehicle": vehicle}),
+                    )?
+                }
+                VehicleCommand::List => client.get("/v1/vehicles")?,
+            };
+            println!("{}", serde_json::to_string_pretty(&answer)?);
         }
         Command::Audit { command } => match command {
             AuditCommand::Verify { public_key } => {

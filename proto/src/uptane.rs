@@ -498,12 +498,14 @@ fn signed_value(signed: &Value, key: &SigningKey) -> Result<Value, CanonicalErro
     Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-/// Signs the vehicle version manifest: the VIN, the primary's serial and each ECU's signed
-/// report, with the primary's key.
+/// Signs the vehicle version manifest: the VIN, the primary's serial, each ECU's signed report
+/// and, after an install, what the primary saw of it (`install`: e.g. its outcome, reason and
+/// bytes per link class), with the primary's key.
 pub fn sign_vehicle_manifest(
     vin: &str,
     primary_serial: &str,
     reports: &[Value],
+    install: Option<&Value>,
     key: &SigningKey,
 ) -> Result<Vec<u8>, CanonicalError> {
     let reports: serde_json::Map<String, Value> = reports
@@ -513,11 +515,14 @@ pub fn sign_vehicle_manifest(
             (serial.to_string(), report.clone())
         })
         .collect();
-    let signed = json!({
+    let mut signed = json!({
         "vin": vin,
         "primary_ecu_serial": primary_serial,
         "ecu_version_reports": reports,
     });
+    if let Some(install) = install {
+        signed["install"] = install.clone();
+    }
     build::sign(&signed, &[key])
 }
 
@@ -528,6 +533,8 @@ pub struct VerifiedManifest {
     pub vin: String,
     /// Each ECU's report, by serial.
     pub reports: BTreeMap<String, EcuVersionReport>,
+    /// What the primary said of the install this manifest ends, if it ends one.
+    pub install: Option<Value>,
 }
 
 /// The director's check of a vehicle manifest: signed by the vehicle's registered primary key;
@@ -604,6 +611,7 @@ pub fn verify_vehicle_manifest(
     Ok(VerifiedManifest {
         vin: vin.to_string(),
         reports: verified,
+        install: signed.get("install").filter(|v| !v.is_null()).cloned(),
     })
 }
 

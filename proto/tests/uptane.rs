@@ -536,7 +536,7 @@ fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
         sign_ecu_report(&report("BRK-1", "n-42"), &brake).unwrap(),
         sign_ecu_report(&report("GW-1", "n-42"), &gateway).unwrap(),
     ];
-    let manifest = sign_vehicle_manifest("VIN0001", "GW-1", &reports, &primary).unwrap();
+    let manifest = sign_vehicle_manifest("VIN0001", "GW-1", &reports, None, &primary).unwrap();
     let verified = verify_vehicle_manifest(
         &manifest,
         "VIN0001",
@@ -559,7 +559,7 @@ fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
     // An ECU report signed by a key that is not the ECU's.
     let forged = [sign_ecu_report(&report("BRK-1", "n-42"), &key(77)).unwrap()];
     let error = check(
-        &sign_vehicle_manifest("VIN0001", "GW-1", &forged, &primary).unwrap(),
+        &sign_vehicle_manifest("VIN0001", "GW-1", &forged, None, &primary).unwrap(),
         "n-42",
     )
     .unwrap_err();
@@ -571,7 +571,7 @@ fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
     let mut unsigned = sign_ecu_report(&report("BRK-1", "n-42"), &brake).unwrap();
     unsigned["signatures"] = json!([]);
     let error = check(
-        &sign_vehicle_manifest("VIN0001", "GW-1", &[unsigned], &primary).unwrap(),
+        &sign_vehicle_manifest("VIN0001", "GW-1", &[unsigned], None, &primary).unwrap(),
         "n-42",
     )
     .unwrap_err();
@@ -579,7 +579,7 @@ fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
     // A manifest signed by another primary, and one replayed with an old nonce.
     assert!(
         check(
-            &sign_vehicle_manifest("VIN0001", "GW-1", &reports, &key(78)).unwrap(),
+            &sign_vehicle_manifest("VIN0001", "GW-1", &reports, None, &key(78)).unwrap(),
             "n-42"
         )
         .is_err()

@@ -390,6 +390,32 @@ impl Daemon {
     }
 
     /// Counts `bytes` moved over `class` and persists the month's usage.
+    /// Bytes fetched for install `group`, by link class (journaled: an install's downloads may
+    /// span several checks and restarts).
+    fn install_bytes(&self, group: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
+        let key = format!("daemon-bytes/{group}").into_bytes();
+        Ok(self
+            .journal
+            .load()?
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, value)| serde_json::from_slice(&value).ok())
+            .unwrap_or_default())
+    }
+
+    fn add_install_bytes(&self, group: &str, class: LinkClass, bytes: u64) -> anyhow::Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let mut counts = self.install_bytes(group)?;
+        let entry = counts.entry(class.name()).or_insert(json!(0));
+        *entry = json!(entry.as_u64().unwrap_or(0) + bytes);
+        let key = format!("daemon-bytes/{group}");
+        self.journal
+            .put(key.as_bytes(), &serde_json::to_vec(&counts)?)?;
+        Ok(())
+    }
+
     fn record(&mut self, class: LinkClass, bytes: u64, now: u64) -> anyhow::Result<()> {
         if !class.metered() || bytes == 0 {
             return Ok(());
@@ -680,6 +706,7 @@ impl Daemon {
                 |progress| received = progress.bytes,
             ));
             self.record(link.class, received, now)?;
+            self.add_install_bytes(&group, link.class, received)?;
             match result {
                 Ok(report) => downloads.push(json!({
                     "blob": blob.to_string(),
@@ -856,10 +883,26 @@ impl Daemon {
             .first()
             .map(|e| e.serial.clone())
             .unwrap_or_default();
+        let install = json!({
+            "group": group,
+            "outcome": match decision {
+                GroupDecision::Commit => "committed",
+                GroupDecision::RollBack { reason } if reason.contains("health check failed") => {
+                    "health_failed"
+                }
+                GroupDecision::RollBack { .. } => "rolled_back",
+            },
+            "reason": match decision {
+                GroupDecision::Commit => String::new(),
+                GroupDecision::RollBack { reason } => reason.clone(),
+            },
+            "bytes": self.install_bytes(group)?,
+        });
         let manifest = proto::uptane::sign_vehicle_manifest(
             &self.config.vin,
             &primary,
             &reports,
+            Some(&install),
             &self.primary_key,
         )
         .map_err(|e| anyhow::anyhow!("signing the vehicle manifest: {e}"))?;

@@ -218,7 +218,7 @@ fn reported(storage: &CrashStorage, parts: &[Part]) -> BTreeMap<String, (String,
         .map(|p| version_report(&ecu(storage, p), &index, "nonce-17").unwrap())
         .collect();
     let primary = SigningKey::from_bytes(&[99; 32]);
-    let manifest = sign_vehicle_manifest("VIN-1", "GW-1", &reports, &primary).unwrap();
+    let manifest = sign_vehicle_manifest("VIN-1", "GW-1", &reports, None, &primary).unwrap();
     let keys = parts
         .iter()
         .map(|p| (p.serial.to_string(), p.key.verifying_key()))

@@ -1,0 +1,299 @@
+//! The director service over HTTP (`origin serve`).
+//!
+//! | method and path | body | what |
+//! |---|---|---|
+//! | `GET /` | | the dashboard (HTML; refreshes itself from `/v1/campaigns`) |
+//! | `GET /metrics` | | Prometheus text exposition |
+//! | `GET /v1/campaigns` | | every campaign's standing (JSON) |
+//! | `POST /v1/campaigns` | `{"actor", "spec"}` | create a campaign (awaits approval) |
+//! | `POST /v1/campaigns/{id}/approve` | `{"by"}` | approve and start it |
+//! | `POST /v1/campaigns/{id}/halt` | `{"by", "reason"}` | halt it |
+//! | `POST /v1/campaigns/{id}/resume` | `{"by"}` | resume a halted one |
+//! | `POST /v1/campaigns/{id}/abort` | `{"by", "reason"}` | call it off, vehicles to the fallback |
+//! | `GET /v1/vehicles` | | the registry |
+//! | `POST /v1/vehicles` | `{"actor", "vehicle"}` | register a vehicle |
+//! | `POST /v1/vehicles/{vin}/manifest` | a signed vehicle manifest | a vehicle's report |
+//!
+//! Errors answer `{"error": "..."}` naming what was wrong: 400 for a bad request or a refused
+//! operator action, 403 for a refused manifest (malformed, not signed as registered, for
+//! another vehicle or a director version never signed), 404 for an unknown vehicle, 409 for a
+//! replayed manifest. The operator endpoints carry no authentication of
+//! their own: put the service behind the fleet's authenticating proxy (the `by` it records is
+//! what that proxy vouches for).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::campaign::CampaignSpec;
+use crate::registry::VehicleRecord;
+use crate::service::{Director, ManifestError};
+
+/// The dashboard page.
+pub const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The service's shared state: the director and its clock.
+pub struct Shared {
+    director: Mutex<Director>,
+    clock: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The director, on the system clock.
+    pub fn new(director: Director) -> Arc<Self> {
+        Self::with_clock(director, Box::new(unix_now))
+    }
+
+    /// The director, on `clock` (Unix seconds).
+    pub fn with_clock(director: Director, clock: Box<dyn Fn() -> u64 + Send + Sync>) -> Arc<Self> {
+        Arc::new(Self {
+            director: Mutex::new(director),
+            clock,
+        })
+    }
+
+    /// Runs `f` on the director (on a blocking thread: it signs and writes files).
+    async fn with<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Director, u64) -> T + Send + 'static,
+    ) -> Result<T, Refused> {
+        let shared = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let now = (shared.clock)();
+            let mut director = shared
+                .director
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut director, now)
+        })
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}")))
+    }
+}
+
+/// The system clock, in Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A refused request: its status and what was wrong.
+#[derive(Debug)]
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({"error": self.1}).to_string(),
+        )
+            .into_response()
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Refused {
+    Refused(status, message.to_string())
+}
+
+fn ok_json(value: &Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+fn answer(result: anyhow::Result<Value>) -> Result<Response, Refused> {
+    match result {
+        Ok(value) => Ok(ok_json(&value)),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, &format!("{e:#}"))),
+    }
+}
+
+/// Reads a JSON object body and one of its string fields.
+fn body(bytes: &[u8]) -> Result<Value, Refused> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+fn field(value: &Value, name: &str) -> Result<String, Refused> {
+    value[name]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("field {name} must be a non-empty string"),
+            )
+        })
+}
+
+/// The service's routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/metrics", get(metrics))
+        .route("/v1/campaigns", get(campaigns).post(create))
+        .route("/v1/campaigns/{id}/{action}", post(act))
+        .route("/v1/vehicles", get(vehicles).post(register))
+        .route("/v1/vehicles/{vin}/manifest", post(manifest))
+        .with_state(shared)
+}
+
+/// Serves `shared` on `listener`, ticking the campaigns every `tick` (soak times, report
+/// timeouts), until the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    tick: Duration,
+) -> std::io::Result<()> {
+    let ticking = Arc::clone(&shared);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            match ticking.with(|d, now| d.tick(now)).await {
+                Ok(Ok(decisions)) => {
+                    for (id, decision) in decisions {
+                        tracing::info!(campaign = %id, ?decision, "gate decision");
+                    }
+                }
+                Ok(Err(e)) => tracing::error!("tick: {e:#}"),
+                Err(_) => tracing::error!("tick: the director task failed"),
+            }
+        }
+    });
+    axum::serve(listener, router(shared)).await
+}
+
+async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
+    let text = shared.with(|d, now| d.metrics(now)).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+async fn campaigns(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
+    Ok(ok_json(&shared.with(|d, now| d.status(now)).await?))
+}
+
+async fn create(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Result<Response, Refused> {
+    let request = body(&bytes)?;
+    let actor = field(&request, "actor")?;
+    let spec: CampaignSpec = serde_json::from_value(request["spec"].clone())
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("field spec: {e}")))?;
+    let id = spec.id.clone();
+    let result = shared
+        .with(move |d, now| d.create(spec, &actor, now))
+        .await?;
+    answer(result.map(|()| json!({"created": id})))
+}
+
+async fn act(
+    State(shared): State<Arc<Shared>>,
+    Path((id, action)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Result<Response, Refused> {
+    let request = body(&bytes)?;
+    let by = field(&request, "by")?;
+    let reason = match action.as_str() {
+        "halt" | "abort" => field(&request, "reason")?,
+        "approve" | "resume" => String::new(),
+        other => {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                &format!("no action {other:?}: approve, halt, resume or abort"),
+            ));
+        }
+    };
+    let result = shared
+        .with(move |d, now| -> anyhow::Result<Value> {
+            let decision = match action.as_str() {
+                "approve" => {
+                    d.approve(&id, &by, now)?;
+                    return Ok(json!({"approved": id, "by": by}));
+                }
+                "halt" => d.halt(&id, &by, &reason, now)?,
+                "resume" => d.resume(&id, &by, now)?,
+                _ => d.abort(&id, &by, &reason, now)?,
+            };
+            Ok(json!({"campaign": id, "decision": decision}))
+        })
+        .await?;
+    answer(result)
+}
+
+async fn vehicles(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
+    let result = shared.with(|d, _| d.registry().vehicles()).await?;
+    answer(result.map(|v| json!(v)))
+}
+
+async fn register(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Result<Response, Refused> {
+    let request = body(&bytes)?;
+    let actor = field(&request, "actor")?;
+    let vehicle: VehicleRecord = serde_json::from_value(request["vehicle"].clone())
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("field vehicle: {e}")))?;
+    let vin = vehicle.vin.clone();
+    let result = shared
+        .with(move |d, now| d.register(&vehicle, &actor, now))
+        .await?;
+    answer(result.map(|()| json!({"registered": vin})))
+}
+
+async fn manifest(
+    State(shared): State<Arc<Shared>>,
+    Path(vin): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, Refused> {
+    let result = shared
+        .with(move |d, now| d.accept_manifest(&vin, &bytes, now))
+        .await?;
+    match result {
+        Ok(accepted) => Ok(ok_json(&json!(accepted))),
+        Err(e) => {
+            let status = match &e {
+                ManifestError::UnknownVehicle(_) => StatusCode::NOT_FOUND,
+                ManifestError::Rejected { .. } => StatusCode::FORBIDDEN,
+                ManifestError::Replayed { .. } => StatusCode::CONFLICT,
+                ManifestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::warn!("{e}");
+            Err(error(status, &e.to_string()))
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The device registry: each vehicle with its ECUs (serial, hardware id, key, what it runs), its
+//! region, type and home depot, and its last report; and the director's campaigns.
+//!
+//! The director reads and writes it only through [`Registry`]. The embedded default,
+//! [`SledRegistry`], keeps everything in one sled database under the origin directory, each
+//! write flushed before it returns. A fleet that outgrows one machine moves the registry to a
+//! shared database behind the same trait (see `docs/director.md`).
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// One ECU of a vehicle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EcuRecord {
+    /// The ECU's serial.
+    pub serial: String,
+    /// Its hardware id (which images fit it).
+    pub hardware_id: String,
+    /// The public half of the key it signs its version reports with (hex).
+    pub public_key: String,
+    /// The image repository target it runs, as last reported (or registered).
+    #[serde(default)]
+    pub installed: Option<String>,
+}
+
+/// The last vehicle manifest the director accepted from a vehicle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReport {
+    /// When it was accepted (Unix seconds).
+    pub at: u64,
+    /// The nonce it answered.
+    pub nonce: String,
+    /// BLAKE3 of the manifest's bytes (a resend of the same manifest is not a replay).
+    pub manifest: String,
+    /// The install outcome it reported, if it ended one.
+    #[serde(default)]
+    pub outcome: Option<String>,
+}
+
+/// A vehicle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VehicleRecord {
+    /// Its id (VIN).
+    pub vin: String,
+    /// Its region.
+    pub region: String,
+    /// Its vehicle type (model).
+    pub vehicle_type: String,
+    /// Its home depot.
+    pub home_depot: String,
+    /// The public half of its primary's key, which signs its vehicle manifests (hex).
+    pub primary_key: String,
+    /// Its ECUs; the first is the primary.
+    pub ecus: Vec<EcuRecord>,
+    /// The last manifest accepted.
+    #[serde(default)]
+    pub last_report: Option<LastReport>,
+}
+
+impl VehicleRecord {
+    /// Checks the record; the error names the field.
+    pub fn check(&self) -> anyhow::Result<()> {
+        crate::director::check_vin(&self.vin)?;
+        for (field, value) in [
+            ("region", &self.region),
+            ("vehicle_type", &self.vehicle_type),
+            ("home_depot", &self.home_depot),
+        ] {
+            if value.is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
+                anyhow::bail!(
+                    "vehicle {}: {field} {value:?} must be 1 to 64 printable characters",
+                    self.vin
+                );
+            }
+        }
+        parse_key(&self.primary_key)
+            .with_context(|| format!("vehicle {}: primary_key", self.vin))?;
+        if self.ecus.is_empty() {
+            anyhow::bail!("vehicle {}: it has no ECU", self.vin);
+        }
+        let mut serials = std::collections::BTreeSet::new();
+        for ecu in &self.ecus {
+            if ecu.serial.is_empty() || ecu.hardware_id.is_empty() {
+                anyhow::bail!(
+                    "vehicle {}: an ECU has an empty serial or hardware id",
+                    self.vin
+                );
+            }
+            if !serials.insert(&ecu.serial) {
+                anyhow::bail!("vehicle {}: ECU {} is listed twice", self.vin, ecu.serial);
+            }
+            parse_key(&ecu.public_key)
+                .with_context(|| format!("vehicle {}: ECU {} public_key", self.vin, ecu.serial))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a hex ed25519 public key.
+pub fn parse_key(hex_key: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    let bytes = hex::decode(hex_key).context("not hex")?;
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("an ed25519 public key is 32 bytes"))?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).context("not an ed25519 public key")
+}
+
+/// Where the director keeps vehicles and campaigns. Every write is durable when it returns.
+pub trait Registry: Send + Sync {
+    /// Adds or replaces a vehicle.
+    fn put_vehicle(&self, vehicle: &VehicleRecord) -> anyhow::Result<()>;
+    /// One vehicle.
+    fn vehicle(&self, vin: &str) -> anyhow::Result<Option<VehicleRecord>>;
+    /// Every vehicle, by VIN.
+    fn vehicles(&self) -> anyhow::Result<Vec<VehicleRecord>>;
+    /// Adds or replaces a campaign record (JSON: the director's own type).
+    fn put_campaign(&self, id: &str, record: &[u8]) -> anyhow::Result<()>;
+    /// Every campaign record, by id.
+    fn campaigns(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>>;
+}
+
+/// The embedded registry: a sled database.
+#[derive(Debug)]
+pub struct SledRegistry {
+    db: sled::Db,
+    vehicles: sled::Tree,
+    campaigns: sled::Tree,
+}
+
+impl SledRegistry {
+    /// Opens (or creates) the registry at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let db = sled::open(path).with_context(|| {
+            format!(
+                "opening the registry {} (is another `origin serve` running on it?)",
+                path.display()
+            )
+        })?;
+        let vehicles = db
+            .open_tree("vehicles")
+            .context("opening the vehicles tree")?;
+        let campaigns = db
+            .open_tree("campaigns")
+            .context("opening the campaigns tree")?;
+        Ok(Self {
+            db,
+            vehicles,
+            campaigns,
+        })
+    }
+
+    fn flush(&self) -> anyhow::Result<()> {
+        self.db.flush().context("flushing the registry")?;
+        Ok(())
+    }
+}
+
+impl Registry for SledRegistry {
+    fn put_vehicle(&self, vehicle: &VehicleRecord) -> anyhow::Result<()> {
+        self.vehicles
+            .insert(vehicle.vin.as_bytes(), serde_json::to_vec(vehicle)?)
+            .with_context(|| format!("storing vehicle {}", vehicle.vin))?;
+        self.flush()
+    }
+
+    fn vehicle(&self, vin: &str) -> anyhow::Result<Option<VehicleRecord>> {
+        let Some(bytes) = self
+            .vehicles
+            .get(vin.as_bytes())
+            .with_context(|| format!("reading vehicle {vin}"))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!("the registry's record of vehicle {vin} is damaged")
+        })?))
+    }
+
+    fn vehicles(&self) -> anyhow::Result<Vec<VehicleRecord>> {
+        let mut out = Vec::new();
+        for entry in &self.vehicles {
+            let (key, bytes) = entry.context("reading the vehicles")?;
+            out.push(serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "the registry's record of vehicle {} is damaged",
+                    String::from_utf8_lossy(&key)
+                )
+            })?);
+        }
+        Ok(out)
+    }
+
+    fn put_campaign(&self, id: &str, record: &[u8]) -> anyhow::Result<()> {
+        self.campaigns
+            .insert(id.as_bytes(), record)
+            .with_context(|| format!("storing campaign {id}"))?;
+        self.flush()
+    }
+
+    fn campaigns(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for entry in &self.campaigns {
+            let (key, bytes) = entry.context("reading the campaigns")?;
+            out.push((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vehicle(vin: &str) -> VehicleRecord {
+        let key = |seed: u8| {
+            hex::encode(
+                ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+                    .verifying_key()
+                    .as_bytes(),
+            )
+        };
+        VehicleRecord {
+            vin: vin.into(),
+            region: "eu-north".into(),
+            vehicle_type: "tractor".into(),
+            home_depot: "depot-7".into(),
+            primary_key: key(1),
+            ecus: vec![EcuRecord {
+                serial: "GW-1".into(),
+                hardware_id: "gateway-v1".into(),
+                public_key: key(2),
+                installed: Some("gw/1.0.bin".into()),
+            }],
+            last_report: None,
+        }
+    }
+
+    #[test]
+    fn vehicles_and_campaigns_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let registry = SledRegistry::open(&dir.path().join("registry")).unwrap();
+            registry.put_vehicle(&vehicle("VIN-2")).unwrap();
+            registry.put_vehicle(&vehicle("VIN-1")).unwrap();
+            registry.put_campaign("c1", b"{\"x\":1}").unwrap();
+        }
+        let registry = SledRegistry::open(&dir.path().join("registry")).unwrap();
+        let vins: Vec<String> = registry
+            .vehicles()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.vin)
+            .collect();
+        assert_eq!(vins, ["VIN-1", "VIN-2"]);
+        assert_eq!(registry.vehicle("VIN-1").unwrap(), Some(vehicle("VIN-1")));
+        assert_eq!(registry.vehicle("VIN-9").unwrap(), None);
+        assert_eq!(
+            registry.campaigns().unwrap(),
+            [("c1".to_string(), b"{\"x\":1}".to_vec())]
+        );
+    }
+
+    #[test]
+    fn bad_records_are_refused_by_field() {
+        let mut bad = vehicle("VIN-1");
+        bad.primary_key = "zz".into();
+        assert!(format!("{:#}", bad.check().unwrap_err()).contains("primary_key"));
+        let mut bad = vehicle("VIN-1");
+        bad.ecus.push(bad.ecus[0].clone());
+        assert!(bad.check().unwrap_err().to_string().contains("twice"));
+        let mut bad = vehicle("VIN 1");
+        bad.region = String::new();
+        assert!(bad.check().is_err());
+        let mut bad = vehicle("VIN-1");
+        bad.region = String::new();
+        assert!(bad.check().unwrap_err().to_string().contains("region"));
+        vehicle("VIN-1").check().unwrap();
+    }
+}

@@ -1,0 +1,836 @@
+//! The director service: campaigns from the operator, signed per-vehicle targets for the
+//! vehicles of open waves, signed vehicle manifests in, gate decisions out — each step written
+//! to the audit log.
+//!
+//! [`Director`] is the service without its transport: `http` serves it over HTTP, tests and
+//! `netsim` call it directly with their own clock. Every method takes `now` (Unix seconds) and
+//! leaves the registry, the signed metadata and the audit log consistent when it returns.
+//!
+//! A vehicle manifest is accepted only when it is signed by the vehicle's registered primary key,
+//! each ECU report by that ECU's registered key, and all of them answer the nonce of the
+//! vehicle's *current* director targets (`director-v<N>@<time>`, the agent's install group):
+//! a manifest answering an older version is a replay and is refused; the same manifest sent
+//! twice (a lost HTTP answer) is acknowledged without counting twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, bail};
+use proto::tuf::Time;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::campaign::{Campaign, CampaignSpec, Decision, Outcome, State};
+use crate::director::{self, Assignment};
+use crate::registry::{LastReport, Registry, VehicleRecord, parse_key};
+use crate::{Origin, audit};
+
+/// The actor the director's own decisions (gates) are recorded under.
+pub const GATES: &str = "director-gates";
+
+/// A campaign as the director keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CampaignRecord {
+    /// What the operator asked for.
+    pub spec: CampaignSpec,
+    /// Who created it, and when.
+    pub created_by: String,
+    /// When (Unix seconds).
+    pub created_at: u64,
+    /// Who approved it (none: waiting for approval).
+    pub approved_by: Option<String>,
+    /// The running core (none until approved).
+    pub campaign: Option<Campaign>,
+    /// Vehicle → the director targets version that gave it the release.
+    pub assigned: BTreeMap<String, u64>,
+    /// Vehicles whose assignment was withdrawn (the campaign halted before they installed).
+    pub withdrawn: BTreeSet<String>,
+    /// Vehicle → ECU serial → the target it ran when first assigned.
+    pub before: BTreeMap<String, BTreeMap<String, String>>,
+    /// Region → link class → bytes the vehicles fetched for this campaign.
+    pub bytes: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Every decision, with when it was made.
+    pub decisions: Vec<(u64, Decision)>,
+}
+
+/// Why a vehicle manifest was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The vehicle is not registered.
+    #[error("vehicle {0} is not registered")]
+    UnknownVehicle(String),
+    /// Not signed as registered, malformed, or for another vehicle.
+    #[error("manifest of {vin} refused: {why}")]
+    Rejected {
+        /// The vehicle.
+        vin: String,
+        /// Why.
+        why: String,
+    },
+    /// It answers an old nonce, or a nonce already answered by another manifest.
+    #[error("manifest of {vin} refused as a replay: {why}")]
+    Replayed {
+        /// The vehicle.
+        vin: String,
+        /// Why.
+        why: String,
+    },
+    /// The director could not store it.
+    #[error("the director failed: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// What an accepted manifest did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Accepted {
+    /// The vehicle.
+    pub vin: String,
+    /// The same manifest was accepted before; nothing was counted again.
+    pub duplicate: bool,
+    /// Campaign → the outcome counted for it.
+    pub outcomes: BTreeMap<String, Outcome>,
+    /// Campaign → decisions the report caused.
+    pub decisions: Vec<(String, Decision)>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default, Clone)]
+struct Counters {
+    accepted: u64,
+    duplicate: u64,
+    rejected: u64,
+    replayed: u64,
+    unknown: u64,
+}
+
+/// The director service.
+pub struct Director {
+    origin: Origin,
+    registry: Box<dyn Registry>,
+    campaigns: BTreeMap<String, CampaignRecord>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Director {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Director")
+            .field("origin", &self.origin.dir)
+            .field("campaigns", &self.campaigns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The assignments giving each ECU of `vehicle` the target `targets` names for its hardware.
+fn assignments(vehicle: &VehicleRecord, targets: &BTreeMap<String, String>) -> Vec<Assignment> {
+    vehicle
+        .ecus
+        .iter()
+        .filter_map(|ecu| {
+            targets.get(&ecu.hardware_id).map(|target| Assignment {
+                serial: ecu.serial.clone(),
+                hardware_id: ecu.hardware_id.clone(),
+                target: target.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A Prometheus label value, escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Parses the agent's nonce `director-v<N>@<time>` into N.
+fn nonce_version(nonce: &str) -> Option<u64> {
+    let (group, time) = nonce.split_once('@')?;
+    time.parse::<u64>().ok()?;
+    group.strip_prefix("director-v")?.parse().ok()
+}
+
+impl Director {
+    /// Opens the director of `origin` with its embedded registry (`<origin>/registry`).
+    pub fn open(origin: Origin) -> anyhow::Result<Self> {
+        let registry = crate::registry::SledRegistry::open(&origin.dir.join("registry"))?;
+        Self::with_registry(origin, Box::new(registry))
+    }
+
+    /// Opens the director of `origin` on `registry`.
+    pub fn with_registry(origin: Origin, registry: Box<dyn Registry>) -> anyhow::Result<Self> {
+        let mut campaigns = BTreeMap::new();
+        for (id, bytes) in registry.campaigns()? {
+            let record: CampaignRecord = serde_json::from_slice(&bytes)
+                .with_context(|| format!("the registry's record of campaign {id} is damaged"))?;
+            campaigns.insert(id, record);
+        }
+        Ok(Self {
+            origin,
+            registry,
+            campaigns,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The origin.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &dyn Registry {
+        self.registry.as_ref()
+    }
+
+    /// The campaigns.
+    pub fn campaigns(&self) -> &BTreeMap<String, CampaignRecord> {
+        &self.campaigns
+    }
+
+    fn at(&mut self, now: u64) {
+        self.origin.now = Time::from_unix(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
+    fn audit(&self, actor: &str, action: &str, detail: Value) -> anyhow::Result<()> {
+        audit::append(&self.origin, actor, action, detail).map(|_| ())
+    }
+
+    fn save(&self, id: &str) -> anyhow::Result<()> {
+        if let Some(record) = self.campaigns.get(id) {
+            self.registry
+                .put_campaign(id, &serde_json::to_vec(record)?)?;
+        }
+        Ok(())
+    }
+
+    /// Registers (or re-registers) a vehicle.
+    pub fn register(
+        &mut self,
+        vehicle: &VehicleRecord,
+        actor: &str,
+        now: u64,
+    ) -> anyhow::Result<()> {
+        vehicle.check()?;
+        self.at(now);
+        let mut vehicle = vehicle.clone();
+        if let Some(old) = self.registry.vehicle(&vehicle.vin)? {
+            vehicle.last_report = old.last_report;
+        }
+        self.registry.put_vehicle(&vehicle)?;
+        self.audit(
+            actor,
+            "vehicle register",
+            json!({
+                "vin": vehicle.vin,
+                "region": vehicle.region,
+                "vehicle_type": vehicle.vehicle_type,
+                "home_depot": vehicle.home_depot,
+                "ecus": vehicle.ecus.iter().map(|e| json!({
+                    "serial": e.serial, "hardware_id": e.hardware_id, "installed": e.installed,
+                })).collect::<Vec<_>>(),
+            }),
+        )
+    }
+
+    /// Creates a campaign, waiting for approval. The release must be signed in the image
+    /// repository for each hardware id it names.
+    pub fn create(&mut self, spec: CampaignSpec, actor: &str, now: u64) -> anyhow::Result<()> {
+        spec.check().map_err(anyhow::Error::msg)?;
+        if self.campaigns.contains_key(&spec.id) {
+            bail!("campaign {} exists", spec.id);
+        }
+        self.at(now);
+        let mut image = director::image_updater(&self.origin, &self.origin.dir.join("image"))?;
+        for (which, map) in [("release", &spec.release), ("fallback", &spec.fallback)] {
+            for (hardware, target) in map {
+                let info = image
+                    .target_info(target)
+                    .with_context(|| format!("looking up {target} in the image repository"))?
+                    .with_context(|| {
+                        format!("{which}: the image repository does not list {target}")
+                    })?;
+                let fits = info
+                    .custom
+                    .as_ref()
+                    .and_then(|c| c["hardware_ids"].as_array())
+                    .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(hardware)));
+                if !fits {
+                    bail!("{which}: the image repository does not release {target} for {hardware}");
+                }
+            }
+        }
+        self.audit(
+            actor,
+            "campaign create",
+            json!({"campaign": spec.id, "spec": spec}),
+        )?;
+        let id = spec.id.clone();
+        self.campaigns.insert(
+            id.clone(),
+            CampaignRecord {
+                spec,
+                created_by: actor.to_string(),
+                created_at: now,
+                approved_by: None,
+                campaign: None,
+                assigned: BTreeMap::new(),
+                withdrawn: BTreeSet::new(),
+                before: BTreeMap::new(),
+                bytes: BTreeMap::new(),
+                decisions: Vec::new(),
+            },
+        );
+        self.save(&id)
+    }
+
+    fn record_mut(&mut self, id: &str) -> anyhow::Result<&mut CampaignRecord> {
+        self.campaigns
+            .get_mut(id)
+            .with_context(|| format!("there is no campaign {id}"))
+    }
+
+    /// Approves a created campaign and starts it: its population is fixed from the registry
+    /// now, and the first wave's vehicles get signed targets. The approver must not be the
+    /// creator (four eyes).
+    pub fn approve(&mut self, id: &str, by: &str, now: u64) -> anyhow::Result<()> {
+        self.at(now);
+        let vehicles = self.registry.vehicles()?;
+        let record = self.record_mut(id)?;
+        if record.approved_by.is_some() {
+            bail!("campaign {id} is already approved");
+        }
+        if record.created_by == by {
+            bail!("campaign {id} was created by {by}: someone else must approve it");
+        }
+        let spec = record.spec.clone();
+        let population: Vec<(String, Vec<String>)> = vehicles
+            .iter()
+            .filter(|v| {
+                let installed: Vec<&str> = v
+                    .ecus
+                    .iter()
+                    .filter_map(|e| e.installed.as_deref())
+                    .collect();
+                v.ecus
+                    .iter()
+                    .any(|e| spec.release.contains_key(&e.hardware_id))
+                    && spec
+                        .filters
+                        .admits(&v.region, &v.vehicle_type, &v.home_depot, &installed)
+            })
+            .map(|v| {
+                (
+                    v.vin.clone(),
+                    vec![
+                        format!("region:{}", v.region),
+                        format!("type:{}", v.vehicle_type),
+                    ],
+                )
+            })
+            .collect();
+        if population.is_empty() {
+            bail!("campaign {id}: no registered vehicle matches its release and filters");
+        }
+        let size = population.len();
+        let campaign = Campaign::start(spec.plan(), population, now)?;
+        record.campaign = Some(campaign);
+        record.approved_by = Some(by.to_string());
+        self.audit(
+            by,
+            "campaign approve",
+            json!({"campaign": id, "release": spec.release, "population": size}),
+        )?;
+        self.assign_open(id)?;
+        self.save(id)
+    }
+
+    /// Signs the release for every vehicle of the open waves that has neither got it nor
+    /// reported.
+    fn assign_open(&mut self, id: &str) -> anyhow::Result<()> {
+        let record = self.campaigns.get(id).context("no such campaign")?;
+        let Some(campaign) = &record.campaign else {
+            return Ok(());
+        };
+        if !matches!(campaign.state(), State::Running { .. } | State::Completed) {
+            return Ok(());
+        }
+        let due: Vec<String> = campaign
+            .eligible()
+            .filter(|v| {
+                campaign.outcome_of(v).is_none()
+                    && (!record.assigned.contains_key(*v) || record.withdrawn.contains(*v))
+            })
+            .map(str::to_string)
+            .collect();
+        let priority: node::policy::Priority =
+            record.spec.priority.parse().map_err(anyhow::Error::msg)?;
+        let release = record.spec.release.clone();
+        let mut signed = Vec::new();
+        for vin in due {
+            let Some(vehicle) = self.registry.vehicle(&vin)? else {
+                continue;
+            };
+            let assignments = assignments(&vehicle, &release);
+            let version = director::assign(&self.origin, &vin, &assignments, priority)
+                .with_context(|| format!("signing the targets of {vin}"))?;
+            let before: BTreeMap<String, String> = vehicle
+                .ecus
+                .iter()
+                .filter_map(|e| Some((e.serial.clone(), e.installed.clone()?)))
+                .collect();
+            signed.push((vin, version, before));
+        }
+        let record = self.record_mut(id)?;
+        for (vin, version, before) in signed {
+            record.withdrawn.remove(&vin);
+            record.before.entry(vin.clone()).or_insert(before);
+            record.assigned.insert(vin, version);
+        }
+        Ok(())
+    }
+
+    /// Carries out `decision` for campaign `id` and records it.
+    fn apply(&mut self, id: &str, actor: &str, decision: Decision, now: u64) -> anyhow::Result<()> {
+        self.audit(
+            actor,
+            &format!("campaign {}", decision.name()),
+            json!({"campaign": id, "decision": decision}),
+        )?;
+        self.record_mut(id)?.decisions.push((now, decision.clone()));
+        match decision {
+            Decision::Advance { .. } | Decision::Resume { .. } => self.assign_open(id)?,
+            Decision::Halt { .. } => self.withdraw_unreported(id)?,
+            Decision::Abort { .. } => self.fall_back(id, actor)?,
+            Decision::Complete { .. } => {}
+        }
+        self.save(id)
+    }
+
+    /// Takes the release back from vehicles that got it but have not installed it.
+    fn withdraw_unreported(&mut self, id: &str) -> anyhow::Result<()> {
+        let record = self.campaigns.get(id).context("no such campaign")?;
+        let Some(campaign) = &record.campaign else {
+            return Ok(());
+        };
+        let pending: Vec<String> = record
+            .assigned
+            .iter()
+            .filter(|(vin, version)| {
+                campaign.outcome_of(vin).is_none()
+                    && !record.withdrawn.contains(*vin)
+                    && director::targets_version(&self.origin, vin) == **version
+            })
+            .map(|(vin, _)| vin.clone())
+            .collect();
+        for vin in &pending {
+            director::withdraw(&self.origin, vin)
+                .with_context(|| format!("withdrawing the release from {vin}"))?;
+        }
+        let record = self.record_mut(id)?;
+        record.withdrawn.extend(pending);
+        Ok(())
+    }
+
+    /// After an abort: vehicles that installed the release are given the fallback release
+    /// (where the spec names one for their hardware); the rest have the release withdrawn.
+    fn fall_back(&mut self, id: &str, actor: &str) -> anyhow::Result<()> {
+        self.withdraw_unreported(id)?;
+        let record = self.campaigns.get(id).context("no such campaign")?;
+        let Some(campaign) = &record.campaign else {
+            return Ok(());
+        };
+        let fallback = record.spec.fallback.clone();
+        let priority: node::policy::Priority =
+            record.spec.priority.parse().map_err(anyhow::Error::msg)?;
+        let installed: Vec<String> = record
+            .assigned
+            .keys()
+            .filter(|vin| campaign.outcome_of(vin) == Some(Outcome::Committed))
+            .cloned()
+            .collect();
+        for vin in installed {
+            let Some(vehicle) = self.registry.vehicle(&vin)? else {
+                continue;
+            };
+            let assignments = assignments(&vehicle, &fallback);
+            let result = if assignments.is_empty() {
+                Err(anyhow::anyhow!(
+                    "the campaign names no fallback for its hardware"
+                ))
+            } else {
+                director::assign(&self.origin, &vin, &assignments, priority)
+            };
+            let detail = match &result {
+                Ok(version) => json!({"campaign": id, "vin": vin, "director_version": version,
+                    "targets": assignments.iter().map(|a| json!({"ecu": a.serial, "target": a.target})).collect::<Vec<_>>()}),
+                Err(error) => json!({"campaign": id, "vin": vin, "kept": format!("{error:#}")}),
+            };
+            self.audit(actor, "campaign fall back", detail)?;
+        }
+        Ok(())
+    }
+
+    /// Checks and counts a vehicle manifest.
+    pub fn accept_manifest(
+        &mut self,
+        vin: &str,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<Accepted, ManifestError> {
+        let result = self.accept_inner(vin, bytes, now);
+        match &result {
+            Ok(a) if a.duplicate => self.counters.duplicate += 1,
+            Ok(_) => self.counters.accepted += 1,
+            Err(ManifestError::UnknownVehicle(_)) => self.counters.unknown += 1,
+            Err(ManifestError::Rejected { .. }) => self.counters.rejected += 1,
+            Err(ManifestError::Replayed { .. }) => self.counters.replayed += 1,
+            Err(ManifestError::Internal(_)) => {}
+        }
+        result
+    }
+
+    fn accept_inner(
+        &mut self,
+        vin: &str,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<Accepted, ManifestError> {
+        let rejected = |why: String| ManifestError::Rejected {
+            vin: vin.to_string(),
+            why,
+        };
+        let mut vehicle = self
+            .registry
+            .vehicle(vin)?
+            .ok_or_else(|| ManifestError::UnknownVehicle(vin.to_string()))?;
+        self.at(now);
+        // The nonce, read before the signatures are checked (they are checked against it).
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| rejected(format!("not JSON: {e}")))?;
+        let nonce = value["signed"]["ecu_version_reports"]
+            .as_object()
+            .and_then(|reports| reports.values().next())
+            .and_then(|report| report["signed"]["nonce"].as_str())
+            .ok_or_else(|| rejected("it holds no ECU version report".into()))?
+            .to_string();
+        let answered = nonce_version(&nonce)
+            .ok_or_else(|| rejected(format!("nonce {nonce:?} is not director-v<N>@<time>")))?;
+        let current = director::targets_version(&self.origin, vin);
+        let digest = blake3::hash(bytes).to_hex().to_string();
+        if answered < current {
+            return Err(ManifestError::Replayed {
+                vin: vin.to_string(),
+                why: format!(
+                    "it answers director targets version {answered}; the current one is {current}"
+                ),
+            });
+        }
+        if answered > current {
+            return Err(rejected(format!(
+                "it answers director targets version {answered}, which was never signed (current: {current})"
+            )));
+        }
+        if let Some(last) = &vehicle.last_report {
+            if last.nonce == nonce {
+                if last.manifest == digest {
+                    return Ok(Accepted {
+                        vin: vin.to_string(),
+                        duplicate: true,
+                        outcomes: BTreeMap::new(),
+                        decisions: Vec::new(),
+                    });
+                }
+                return Err(ManifestError::Replayed {
+                    vin: vin.to_string(),
+                    why: format!("nonce {nonce} was already answered by another manifest"),
+                });
+            }
+        }
+        let primary = parse_key(&vehicle.primary_key).map_err(|e| {
+            ManifestError::Internal(e.context(format!("the registered primary key of {vin}")))
+        })?;
+        let mut ecu_keys = BTreeMap::new();
+        for ecu in &vehicle.ecus {
+            ecu_keys.insert(
+                ecu.serial.clone(),
+                parse_key(&ecu.public_key).map_err(|e| {
+                    ManifestError::Internal(
+                        e.context(format!("the registered key of ECU {}", ecu.serial)),
+                    )
+                })?,
+            );
+        }
+        let verified =
+            proto::uptane::verify_vehicle_manifest(bytes, vin, &primary, &ecu_keys, &nonce)
+                .map_err(|e| rejected(e.to_string()))?;
+        let install = verified.install.clone().unwrap_or(Value::Null);
+
+        // What each ECU runs now.
+        for ecu in &mut vehicle.ecus {
+            if let Some(report) = verified.reports.get(&ecu.serial) {
+                ecu.installed = Some(report.installed_image.clone());
+            }
+        }
+        let reported_outcome = install["outcome"].as_str().map(str::to_string);
+        vehicle.last_report = Some(LastReport {
+            at: now,
+            nonce: nonce.clone(),
+            manifest: digest,
+            outcome: reported_outcome.clone(),
+        });
+        self.registry.put_vehicle(&vehicle)?;
+
+        // Which campaigns this answers: those that signed version `answered` for the vehicle.
+        let mut outcomes = BTreeMap::new();
+        let mut decisions = Vec::new();
+        let ids: Vec<String> = self
+            .campaigns
+            .iter()
+            .filter(|(_, r)| r.assigned.get(vin) == Some(&answered) && !r.withdrawn.contains(vin))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let record = self.record_mut(&id)?;
+            let on_release = vehicle
+                .ecus
+                .iter()
+                .filter_map(|e| Some((e, record.spec.release.get(&e.hardware_id)?)))
+                .all(|(e, target)| e.installed.as_deref() == Some(target.as_str()));
+            let outcome = match (on_release, reported_outcome.as_deref()) {
+                (true, _) => Outcome::Committed,
+                (false, Some("health_failed")) => Outcome::HealthFailed,
+                (false, Some(_)) => Outcome::RolledBack,
+                // A status manifest before the install ended: nothing to count yet.
+                (false, None) => continue,
+            };
+            if let Some(by_link) = install["bytes"].as_object() {
+                let region = record.bytes.entry(vehicle.region.clone()).or_default();
+                for (link, count) in by_link {
+                    *region.entry(link.clone()).or_default() += count.as_u64().unwrap_or(0);
+                }
+            }
+            let Some(campaign) = record.campaign.as_mut() else {
+                continue;
+            };
+            if campaign.outcome_of(vin).is_some() {
+                continue;
+            }
+            let decision = campaign
+                .report(vin, outcome, now)
+                .map_err(|e| rejected(e.to_string()))?;
+            outcomes.insert(id.clone(), outcome);
+            self.audit(
+                vin,
+                "vehicle install",
+                json!({
+                    "campaign": id,
+                    "vin": vin,
+                    "outcome": outcome,
+                    "reason": install["reason"],
+                    "ecus": verified.reports.values().map(|r| json!({
+                        "serial": r.ecu_serial, "installed": r.installed_image, "sha256": r.sha256,
+                    })).collect::<Vec<_>>(),
+                    "nonce": nonce,
+                }),
+            )?;
+            if let Some(decision) = decision {
+                self.apply(&id, GATES, decision.clone(), now)?;
+                decisions.push((id.clone(), decision));
+            } else {
+                self.save(&id)?;
+            }
+        }
+        Ok(Accepted {
+            vin: vin.to_string(),
+            duplicate: false,
+            outcomes,
+            decisions,
+        })
+    }
+
+    /// Lets time pass: soak times and report timeouts. Returns the decisions made.
+    pub fn tick(&mut self, now: u64) -> anyhow::Result<Vec<(String, Decision)>> {
+        self.at(now);
+        let mut made = Vec::new();
+        let ids: Vec<String> = self.campaigns.keys().cloned().collect();
+        for id in ids {
+            let decision = self
+                .record_mut(&id)?
+                .campaign
+                .as_mut()
+                .and_then(|c| c.tick(now));
+            if let Some(decision) = decision {
+                self.apply(&id, GATES, decision.clone(), now)?;
+                made.push((id, decision));
+            }
+        }
+        Ok(made)
+    }
+
+    fn running(&mut self, id: &str) -> anyhow::Result<&mut Campaign> {
+        self.record_mut(id)?
+            .campaign
+            .as_mut()
+            .with_context(|| format!("campaign {id} is not approved yet"))
+    }
+
+    /// Halts a campaign by hand.
+    pub fn halt(&mut self, id: &str, by: &str, reason: &str, now: u64) -> anyhow::Result<Decision> {
+        self.at(now);
+        let decision = self
+            .running(id)?
+            .halt(&format!("{reason} (by {by})"))
+            .with_context(|| format!("campaign {id} is not running"))?;
+        self.apply(id, by, decision.clone(), now)?;
+        Ok(decision)
+    }
+
+    /// Resumes a halted campaign on `by`'s approval.
+    pub fn resume(&mut self, id: &str, by: &str, now: u64) -> anyhow::Result<Decision> {
+        self.at(now);
+        let decision = self.running(id)?.resume(by, now)?;
+        self.apply(id, by, decision.clone(), now)?;
+        Ok(decision)
+    }
+
+    /// Calls a campaign off: vehicles that installed it get the fallback release.
+    pub fn abort(
+        &mut self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: u64,
+    ) -> anyhow::Result<Decision> {
+        self.at(now);
+        let decision = self.running(id)?.abort(by, reason)?;
+        self.apply(id, by, decision.clone(), now)?;
+        Ok(decision)
+    }
+
+    /// Every campaign's standing at `now`, for the dashboard and `origin campaign status`.
+    pub fn status(&self, now: u64) -> Value {
+        let campaigns: Vec<Value> = self
+            .campaigns
+            .iter()
+            .map(|(id, record)| {
+                let progress = record.campaign.as_ref().map(|c| c.progress(now));
+                let state = match &progress {
+                    None => json!({"state": "awaiting_approval"}),
+                    Some(p) => serde_json::to_value(&p.state).unwrap_or(Value::Null),
+                };
+                json!({
+                    "id": id,
+                    "release": record.spec.release,
+                    "priority": record.spec.priority,
+                    "created_by": record.created_by,
+                    "created_at": record.created_at,
+                    "approved_by": record.approved_by,
+                    "state": state,
+                    "waves": record.spec.waves,
+                    "progress": progress,
+                    "bytes": record.bytes,
+                    "decisions": record.decisions.iter().rev().take(20).map(|(at, d)| json!({"at": at, "decision": d})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({"now": now, "campaigns": campaigns})
+    }
+
+    /// Prometheus text exposition of the campaigns and the manifest counters.
+    pub fn metrics(&self, now: u64) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let c = &self.counters;
+        out.push_str(
+            "# HELP depotmesh_director_manifests_total Vehicle manifests received, by result.\n",
+        );
+        out.push_str("# TYPE depotmesh_director_manifests_total counter\n");
+        for (result, count) in [
+            ("accepted", c.accepted),
+            ("duplicate", c.duplicate),
+            ("rejected", c.rejected),
+            ("replayed", c.replayed),
+            ("unknown_vehicle", c.unknown),
+        ] {
+            let _ = writeln!(
+                out,
+                "depotmesh_director_manifests_total{{result=\"{result}\"}} {count}"
+            );
+        }
+        out.push_str(
+            "# HELP depotmesh_campaign_vehicles Vehicles of a campaign's open waves, by status.\n",
+        );
+        out.push_str("# TYPE depotmesh_campaign_vehicles gauge\n");
+        let mut states = String::from(
+            "# HELP depotmesh_campaign_state 1 for the campaign's current state.\n# TYPE depotmesh_campaign_state gauge\n",
+        );
+        let mut waves = String::from(
+            "# HELP depotmesh_campaign_open_wave The campaign's last open wave (1-based).\n# TYPE depotmesh_campaign_open_wave gauge\n",
+        );
+        let mut bytes = String::from(
+            "# HELP depotmesh_campaign_bytes Bytes vehicles fetched for a campaign, by region and link class.\n# TYPE depotmesh_campaign_bytes gauge\n",
+        );
+        let mut ttu = String::from(
+            "# HELP depotmesh_campaign_time_to_update_seconds From a vehicle's wave opening to its commit report.\n# TYPE depotmesh_campaign_time_to_update_seconds gauge\n",
+        );
+        for (id, record) in &self.campaigns {
+            let Some(progress) = record.campaign.as_ref().map(|c| c.progress(now)) else {
+                let _ = writeln!(
+                    states,
+                    "depotmesh_campaign_state{{campaign=\"{id}\",state=\"awaiting_approval\"}} 1"
+                );
+                continue;
+            };
+            let e = &progress.eligible;
+            for (status, count) in [
+                ("assigned", e.assigned),
+                ("committed", e.committed),
+                ("rolled_back", e.rolled_back),
+                ("health_failed", e.health_failed),
+                ("overdue", e.overdue),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "depotmesh_campaign_vehicles{{campaign=\"{id}\",status=\"{status}\"}} {count}"
+                );
+            }
+            let state = match progress.state {
+                State::Running { .. } => "running",
+                State::Halted { .. } => "halted",
+                State::Completed => "completed",
+                State::Aborted { .. } => "aborted",
+            };
+            let _ = writeln!(
+                states,
+                "depotmesh_campaign_state{{campaign=\"{id}\",state=\"{state}\"}} 1"
+            );
+            let _ = writeln!(
+                waves,
+                "depotmesh_campaign_open_wave{{campaign=\"{id}\"}} {}",
+                progress.open_wave + 1
+            );
+            for (region, links) in &record.bytes {
+                for (link, count) in links {
+                    let _ = writeln!(
+                        bytes,
+                        "depotmesh_campaign_bytes{{campaign=\"{id}\",region=\"{}\",link=\"{}\"}} {count}",
+                        label(region),
+                        label(link)
+                    );
+                }
+            }
+            for (quantile, value) in ["0.5", "0.9", "0.99"]
+                .iter()
+                .zip(progress.time_to_update_secs)
+            {
+                if let Some(value) = value {
+                    let _ = writeln!(
+                        ttu,
+                        "depotmesh_campaign_time_to_update_seconds{{campaign=\"{id}\",quantile=\"{quantile}\"}} {value}"
+                    );
+                }
+            }
+        }
+        out + &states + &waves + &bytes + &ttu
+    }
+}

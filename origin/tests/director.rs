@@ -1,0 +1,761 @@
+//! The director service end to end over HTTP: hundreds of simulated vehicles (each with its own
+//! primary and ECU keys, reading its signed director targets from disk and answering with a
+//! signed vehicle manifest) against `origin::http` on loopback, on a virtual clock; and the
+//! dashboard rendered in headless Chromium.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ed25519_dalek::SigningKey;
+use origin::Origin;
+use origin::campaign::{CampaignSpec, Filters, Gates, Wave};
+use origin::http::Shared;
+use origin::service::Director;
+use serde_json::{Value, json};
+
+const START: u64 = 1_795_000_000;
+const CYCLE: u64 = 600;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    origin: Origin,
+    url: String,
+    clock: Arc<AtomicU64>,
+    agent: ureq::Agent,
+    _runtime: tokio::runtime::Runtime,
+}
+
+struct Vehicle {
+    vin: String,
+    region: String,
+    primary: SigningKey,
+    ecu: SigningKey,
+}
+
+impl Vehicle {
+    fn new(i: usize) -> Self {
+        let seed = |kind: u8| {
+            let mut bytes = [kind; 32];
+            bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            SigningKey::from_bytes(&bytes)
+        };
+        Self {
+            vin: format!("VIN{i:05}"),
+            region: format!("region-{}", i % 4),
+            primary: seed(1),
+            ecu: seed(2),
+        }
+    }
+
+    fn serial(&self) -> String {
+        format!("GW-{}", self.vin)
+    }
+
+    fn record(&self) -> Value {
+        json!({
+            "vin": self.vin,
+            "region": self.region,
+            "vehicle_type": if self.vin.ends_with(['0', '2', '4', '6', '8']) { "tractor" } else { "van" },
+            "home_depot": "depot-1",
+            "primary_key": hex::encode(self.primary.verifying_key().as_bytes()),
+            "ecus": [{
+                "serial": self.serial(),
+                "hardware_id": "gateway-v1",
+                "public_key": hex::encode(self.ecu.verifying_key().as_bytes()),
+                "installed": "gw/1.0.bin",
+            }],
+        })
+    }
+
+    /// The signed vehicle manifest after an install of director targets `version`.
+    fn manifest(&self, version: u64, now: u64, installed: &str, outcome: &str) -> Vec<u8> {
+        self.manifest_signed(version, now, installed, outcome, &self.primary)
+    }
+
+    fn manifest_signed(
+        &self,
+        version: u64,
+        now: u64,
+        installed: &str,
+        outcome: &str,
+        primary: &SigningKey,
+    ) -> Vec<u8> {
+        let nonce = format!("director-v{version}@{now}");
+        let report = proto::uptane::sign_ecu_report(
+            &proto::uptane::EcuVersionReport {
+                ecu_serial: self.serial(),
+                installed_image: installed.into(),
+                sha256: "00".repeat(32),
+                release_counter: 1,
+                nonce,
+                attacks_detected: String::new(),
+            },
+            &self.ecu,
+        )
+        .unwrap();
+        let install = json!({
+            "group": format!("director-v{version}"),
+            "outcome": outcome,
+            "reason": if outcome == "health_failed" { "health check failed: exit 1" } else { "" },
+            "bytes": {"yard-wifi": 21_499, "cellular": if self.region == "region-3" { 4_096 } else { 0 }},
+        });
+        proto::uptane::sign_vehicle_manifest(
+            &self.vin,
+            &self.serial(),
+            &[report],
+            Some(&install),
+            primary,
+        )
+        .unwrap()
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Origin {
+            dir: dir.path().join("origin"),
+            offline_keys: Some(dir.path().join("offline")),
+            now: proto::tuf::Time::from_unix(START as i64),
+        };
+        origin::init(&origin).unwrap();
+        for (name, counter, fill) in [("gw/1.0.bin", 1, 1u8), ("gw/2.0.bin", 2, 2u8)] {
+            let file = dir.path().join("image");
+            std::fs::write(&file, vec![fill; 100_000]).unwrap();
+            origin::release(
+                &origin,
+                &file,
+                name,
+                "targets",
+                &["gateway-v1".to_string()],
+                counter,
+            )
+            .unwrap();
+        }
+        let clock = Arc::new(AtomicU64::new(START));
+        let director = Director::open(origin.clone()).unwrap();
+        let ticking = Arc::clone(&clock);
+        let shared = Shared::with_clock(director, Box::new(move || ticking.load(Ordering::SeqCst)));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        runtime.spawn(origin::http::serve(
+            listener,
+            shared,
+            std::time::Duration::from_millis(50),
+        ));
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self {
+            _dir: dir,
+            origin,
+            url,
+            clock,
+            agent,
+            _runtime: runtime,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+
+    fn advance(&self, seconds: u64) {
+        self.clock.fetch_add(seconds, Ordering::SeqCst);
+    }
+
+    fn post_raw(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        let mut response = self
+            .agent
+            .post(&format!("{}{path}", self.url))
+            .send(body)
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Value {
+        let (status, answer) = self.post_raw(path, body.to_string().as_bytes());
+        assert_eq!(status, 200, "{path}: {answer}");
+        answer
+    }
+
+    fn get(&self, path: &str) -> String {
+        self.agent
+            .get(&format!("{}{path}", self.url))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    }
+
+    fn status(&self, id: &str) -> Value {
+        let all: Value = serde_json::from_str(&self.get("/v1/campaigns")).unwrap();
+        all["campaigns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+            .unwrap()
+    }
+
+    /// The director targets of `vin` as signed on disk: (version, targets listed).
+    fn targets(&self, vin: &str) -> Option<(u64, Vec<String>)> {
+        let (version, signed) = self
+            .origin
+            .latest(&origin::director::vehicle_repository(vin), "targets")
+            .ok()?;
+        Some((
+            version,
+            signed["targets"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect(),
+        ))
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        origin::audit::entries(&origin::audit::log_path(&self.origin)).unwrap()
+    }
+
+    fn fleet(&self, n: usize) -> Vec<Vehicle> {
+        let vehicles: Vec<Vehicle> = (0..n).map(Vehicle::new).collect();
+        for v in &vehicles {
+            self.post(
+                "/v1/vehicles",
+                &json!({"actor": "provisioning", "vehicle": v.record()}),
+            );
+        }
+        vehicles
+    }
+
+    /// One report cycle: every vehicle that holds an assignment of gw/2.0.bin it has not
+    /// answered installs it and reports (a vehicle in `fails` fails its health check and
+    /// keeps 1.0). Returns how many reported.
+    fn cycle(
+        &self,
+        vehicles: &[Vehicle],
+        answered: &mut BTreeMap<String, u64>,
+        fails: &dyn Fn(&Vehicle) -> bool,
+    ) -> usize {
+        self.advance(CYCLE);
+        let mut reported = 0;
+        for v in vehicles {
+            let Some((version, targets)) = self.targets(&v.vin) else {
+                continue;
+            };
+            if answered.get(&v.vin) == Some(&version) || !targets.contains(&"gw/2.0.bin".into()) {
+                continue;
+            }
+            let (installed, outcome) = if fails(v) {
+                ("gw/1.0.bin", "health_failed")
+            } else {
+                ("gw/2.0.bin", "committed")
+            };
+            let manifest = v.manifest(version, self.now(), installed, outcome);
+            let (status, answer) =
+                self.post_raw(&format!("/v1/vehicles/{}/manifest", v.vin), &manifest);
+            // After a halt, a vehicle whose assignment was withdrawn in the same cycle answers
+            // an old version: refused as a replay, as it should be.
+            assert!(
+                status == 200 || status == 409,
+                "{}: {status} {answer}",
+                v.vin
+            );
+            answered.insert(v.vin.clone(), version);
+            reported += 1;
+        }
+        reported
+    }
+}
+
+fn spec(id: &str, waves: &[f64]) -> CampaignSpec {
+    CampaignSpec {
+        id: id.into(),
+        release: BTreeMap::from([("gateway-v1".to_string(), "gw/2.0.bin".to_string())]),
+        fallback: BTreeMap::from([("gateway-v1".to_string(), "gw/1.0.bin".to_string())]),
+        priority: "fix".into(),
+        filters: Filters::default(),
+        waves: waves
+            .iter()
+            .map(|&percent| Wave {
+                percent,
+                min_soak_secs: 3600,
+            })
+            .collect(),
+        gates: Gates {
+            min_success: 0.9,
+            max_rollback: 0.05,
+            max_failed_health: 0,
+            report_timeout_secs: 6 * 3600,
+            min_reports: 5,
+        },
+    }
+}
+
+fn create_and_approve(h: &Harness, spec: &CampaignSpec) {
+    h.post(
+        "/v1/campaigns",
+        &json!({"actor": "alice@fleet-ops", "spec": spec}),
+    );
+    // Four eyes: the creator may not approve.
+    let (status, answer) = h.post_raw(
+        &format!("/v1/campaigns/{}/approve", spec.id),
+        json!({"by": "alice@fleet-ops"}).to_string().as_bytes(),
+    );
+    assert_eq!(status, 400);
+    assert!(answer["error"].as_str().unwrap().contains("someone else"));
+    h.post(
+        &format!("/v1/campaigns/{}/approve", spec.id),
+        &json!({"by": "bob@safety"}),
+    );
+}
+
+/// A tenth of the fleet (a bad sensor batch) fails the new release's health check.
+fn bad_batch(v: &Vehicle) -> bool {
+    v.vin.ends_with('3')
+}
+
+#[test]
+fn ten_percent_failing_health_halts_at_the_canary_within_one_report_cycle() {
+    let h = Harness::new();
+    let vehicles = h.fleet(400);
+    let spec = spec("gw-2.0-canary", &[5.0, 25.0, 100.0]);
+    let canary: Vec<&Vehicle> = vehicles
+        .iter()
+        .filter(|v| spec.plan().wave_of(&v.vin) == 0)
+        .collect();
+    assert!(
+        canary.iter().any(|v| bad_batch(v)),
+        "precondition: the canary holds a failing vehicle"
+    );
+    create_and_approve(&h, &spec);
+    let offered: Vec<&Vehicle> = vehicles
+        .iter()
+        .filter(|v| h.targets(&v.vin).is_some())
+        .collect();
+    assert_eq!(offered.len(), canary.len(), "only the canary is offered");
+
+    let mut answered = BTreeMap::new();
+    let first_cycle_end = h.now() + CYCLE;
+    h.cycle(&vehicles, &mut answered, &bad_batch);
+    let status = h.status(&spec.id);
+    assert_eq!(status["state"]["state"], "halted", "{status:#}");
+    let reason = status["state"]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("failed health checks"), "{reason}");
+    assert!(reason.contains("wave 1"), "{reason}");
+    assert_eq!(status["progress"]["open_wave"], 0);
+    let halted_at = status["decisions"][0]["at"].as_u64().unwrap();
+    assert!(halted_at <= first_cycle_end, "halted after the first cycle");
+
+    // The reason is in the audit log, decided by the gates.
+    let audit = h.audit();
+    let halt = audit
+        .iter()
+        .find(|e| e["action"] == "campaign halt")
+        .expect("a halt entry");
+    assert_eq!(halt["actor"], "director-gates");
+    assert_eq!(halt["detail"]["decision"]["reason"], reason);
+    // Each install result is there too, signed by the vehicle's id as actor.
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "vehicle install" && e["detail"]["outcome"] == "health_failed")
+    );
+    let key = origin::audit::key(&h.origin).unwrap().verifying_key();
+    origin::audit::verify(&origin::audit::log_path(&h.origin), &key).unwrap();
+
+    // Nobody outside the canary was ever offered the release; canary vehicles that had not
+    // installed it when the campaign halted had it withdrawn (empty director targets).
+    for v in &vehicles {
+        match h.targets(&v.vin) {
+            None => assert_ne!(spec.plan().wave_of(&v.vin), 0, "{}", v.vin),
+            Some((_, targets)) => {
+                assert_eq!(spec.plan().wave_of(&v.vin), 0, "{}", v.vin);
+                let installed_or_failed = answered.contains_key(&v.vin);
+                assert!(installed_or_failed || targets.is_empty(), "{}", v.vin);
+            }
+        }
+    }
+
+    // Time and more cycles do not resume it.
+    for _ in 0..6 {
+        h.cycle(&vehicles, &mut answered, &|_| false);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(h.status(&spec.id)["state"]["state"], "halted");
+    // An approval does.
+    let resumed = h.post(
+        &format!("/v1/campaigns/{}/resume", spec.id),
+        &json!({"by": "carol@safety"}),
+    );
+    assert_eq!(resumed["decision"]["by"], "carol@safety");
+    assert_eq!(h.status(&spec.id)["state"]["state"], "running");
+    assert!(
+        h.audit()
+            .iter()
+            .any(|e| e["action"] == "campaign resume" && e["actor"] == "carol@safety")
+    );
+
+    // The metrics say what the page shows.
+    let metrics = h.get("/metrics");
+    assert!(
+        metrics.contains(
+            "depotmesh_campaign_vehicles{campaign=\"gw-2.0-canary\",status=\"health_failed\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("depotmesh_director_manifests_total{result=\"accepted\"}"));
+}
+
+#[test]
+fn a_good_release_walks_through_every_wave_and_every_vehicle_reports_it() {
+    let h = Harness::new();
+    let vehicles = h.fleet(200);
+    let spec = spec("gw-2.0-good", &[1.0, 5.0, 25.0, 100.0]);
+    create_and_approve(&h, &spec);
+    let mut answered = BTreeMap::new();
+    let mut cycles = 0;
+    while h.status(&spec.id)["state"]["state"] == "running" {
+        h.cycle(&vehicles, &mut answered, &|_| false);
+        // Let the service's ticker see the new time (soak times pass without reports).
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        cycles += 1;
+        assert!(cycles < 100, "{:#}", h.status(&spec.id));
+    }
+    let status = h.status(&spec.id);
+    assert_eq!(status["state"]["state"], "completed", "{status:#}");
+    let decisions: Vec<String> = status["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|d| d["decision"]["decision"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(decisions, ["advance", "advance", "advance", "complete"]);
+    assert_eq!(status["progress"]["eligible"]["committed"], 200);
+    let p50 = status["progress"]["time_to_update_secs"][0]
+        .as_u64()
+        .unwrap();
+    assert!(p50 >= CYCLE, "{p50}");
+    // Bytes by region and link class, from the signed manifests.
+    let cellular = status["bytes"]["region-3"]["cellular"].as_u64().unwrap();
+    assert!(cellular > 0 && cellular % 4096 == 0, "{cellular}");
+    assert!(status["bytes"]["region-0"]["yard-wifi"].as_u64().unwrap() > 0);
+    // The registry knows what each vehicle runs.
+    let registry: Value = serde_json::from_str(&h.get("/v1/vehicles")).unwrap();
+    assert!(
+        registry
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["ecus"][0]["installed"] == "gw/2.0.bin")
+    );
+    let key = origin::audit::key(&h.origin).unwrap().verifying_key();
+    let entries = origin::audit::verify(&origin::audit::log_path(&h.origin), &key).unwrap();
+    assert!(entries > 400, "{entries}");
+}
+
+#[test]
+fn unsigned_replayed_mismatched_and_unknown_manifests_are_refused() {
+    let h = Harness::new();
+    let vehicles = h.fleet(40);
+    let mut spec = spec("gw-2.0-all", &[100.0]);
+    spec.gates.max_failed_health = 100;
+    spec.gates.max_rollback = 1.0;
+    create_and_approve(&h, &spec);
+    let v = &vehicles[0];
+    let (version, _) = h.targets(&v.vin).unwrap();
+    let path = format!("/v1/vehicles/{}/manifest", v.vin);
+    let now = h.now();
+
+    // Signed by another key than the registered primary.
+    let forged = v.manifest_signed(
+        version,
+        now,
+        "gw/2.0.bin",
+        "committed",
+        &vehicles[1].primary,
+    );
+    let (status, answer) = h.post_raw(&path, &forged);
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("not signed by the registered key")
+    );
+    // For another vehicle.
+    let (status, answer) = h.post_raw(
+        &format!("/v1/vehicles/{}/manifest", vehicles[1].vin),
+        &v.manifest(version, now, "gw/2.0.bin", "committed"),
+    );
+    assert_eq!(status, 403, "{answer}");
+    // Not JSON; a version never signed; an unknown vehicle.
+    assert_eq!(h.post_raw(&path, b"{not json").0, 403);
+    let (status, answer) = h.post_raw(
+        &path,
+        &v.manifest(version + 5, now, "gw/2.0.bin", "committed"),
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("never signed"));
+    assert_eq!(
+        h.post_raw(
+            "/v1/vehicles/NOPE/manifest",
+            &v.manifest(version, now, "x", "committed")
+        )
+        .0,
+        404
+    );
+
+    // The real one is accepted; sent again (a lost answer) it is acknowledged, not counted.
+    let good = v.manifest(version, now, "gw/2.0.bin", "committed");
+    let (status, answer) = h.post_raw(&path, &good);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcomes"]["gw-2.0-all"], "committed");
+    let (status, answer) = h.post_raw(&path, &good);
+    assert_eq!((status, answer["duplicate"].as_bool()), (200, Some(true)));
+    // Another manifest for the same nonce: a replay.
+    h.advance(1);
+    let other = v.manifest(version, now, "gw/1.0.bin", "rolled_back");
+    let (status, answer) = h.post_raw(&path, &other);
+    assert_eq!(status, 409, "{answer}");
+    // Once the director has signed a newer version, the old manifest is a replay too.
+    h.post(
+        "/v1/campaigns/gw-2.0-all/abort",
+        &json!({"by": "carol@safety", "reason": "supplier recall"}),
+    );
+    let (new_version, targets) = h.targets(&v.vin).unwrap();
+    assert!(new_version > version);
+    assert_eq!(
+        targets,
+        ["gw/1.0.bin"],
+        "the fallback for a vehicle that installed"
+    );
+    let (status, answer) = h.post_raw(&path, &good);
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("current one is"));
+    assert_eq!(h.status("gw-2.0-all")["state"]["state"], "aborted");
+    let metrics = h.get("/metrics");
+    for line in [
+        "result=\"accepted\"} 1",
+        "result=\"duplicate\"} 1",
+        "result=\"replayed\"} 2",
+        "result=\"unknown_vehicle\"} 1",
+        "result=\"rejected\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_by_name() {
+    let h = Harness::new();
+    h.fleet(3);
+    for (hardware, target, needle) in [
+        ("brake-v9", "gw/2.0.bin", "brake-v9"),
+        ("gateway-v1", "gw/9.9.bin", "does not list gw/9.9.bin"),
+    ] {
+        let mut bad = spec("gw-bad", &[50.0, 100.0]);
+        bad.release.insert(hardware.into(), target.into());
+        let request = json!({"actor": "alice", "spec": bad}).to_string();
+        let (status, answer) = h.post_raw("/v1/campaigns", request.as_bytes());
+        assert_eq!(status, 400);
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains(needle), "{error}");
+    }
+    for (path, body, needle) in [
+        ("/v1/campaigns", "[]", "JSON object"),
+        ("/v1/campaigns", "{\"spec\": {}}", "actor"),
+        (
+            "/v1/campaigns/none/approve",
+            "{\"by\": \"bob\"}",
+            "no campaign none",
+        ),
+        (
+            "/v1/campaigns/none/launch",
+            "{\"by\": \"bob\"}",
+            "approve, halt",
+        ),
+        ("/v1/campaigns/none/halt", "{\"by\": \"bob\"}", "reason"),
+        (
+            "/v1/vehicles",
+            "{\"actor\": \"x\", \"vehicle\": {\"vin\": \"V\"}}",
+            "field vehicle",
+        ),
+    ] {
+        let (status, answer) = h.post_raw(path, body.as_bytes());
+        assert!(status == 400 || status == 404, "{path}: {status}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(needle),
+            "{path}: {answer}"
+        );
+    }
+}
+
+/// Where the screenshot goes.
+fn output_dir() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("director-dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Chromium, installed from Debian's archive when missing (the test needs it; CI runs as root).
+fn chromium() -> std::path::PathBuf {
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        if let Ok(out) = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+        {
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && !path.is_empty() {
+                return path.into();
+            }
+        }
+    }
+    let install = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "export DEBIAN_FRONTEND=noninteractive; \
+             apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+             (apt-get update >/dev/null 2>&1 && \
+              apt-get install -y --no-install-recommends chromium >/dev/null 2>&1)",
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        install.success(),
+        "this test needs Chromium: `apt-get install chromium` failed (run as root, with \
+         Debian's archive reachable)"
+    );
+    "/usr/bin/chromium".into()
+}
+
+#[test]
+fn the_dashboard_renders_real_campaigns_in_headless_chromium() {
+    let browser = chromium();
+    let h = Harness::new();
+    let vehicles = h.fleet(400);
+    // One campaign halts in its canary (a bad batch in regions 0 and 1); another, for regions
+    // 2 and 3, runs a good release through its first waves.
+    let mut bad = spec("gw-2.0-north", &[5.0, 25.0, 100.0]);
+    bad.filters.regions = vec!["region-0".into(), "region-1".into()];
+    let mut good = spec("gw-2.0-south", &[10.0, 50.0, 100.0]);
+    good.filters.regions = vec!["region-2".into(), "region-3".into()];
+    good.waves.iter_mut().for_each(|w| w.min_soak_secs = 1200);
+    create_and_approve(&h, &bad);
+    create_and_approve(&h, &good);
+    let mut answered = BTreeMap::new();
+    let fails = |v: &Vehicle| (v.region == "region-0" || v.region == "region-1") && bad_batch(v);
+    for _ in 0..3 {
+        h.cycle(&vehicles, &mut answered, &fails);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    let north = h.status("gw-2.0-north");
+    let south = h.status("gw-2.0-south");
+    assert_eq!(north["state"]["state"], "halted", "{north:#}");
+    assert_eq!(south["state"]["state"], "running", "{south:#}");
+    assert!(
+        south["progress"]["open_wave"].as_u64().unwrap() >= 1,
+        "{south:#}"
+    );
+
+    let out = output_dir();
+    let screenshot = out.join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let url = format!("{}/", h.url);
+    let common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1400,1600",
+        "--virtual-time-budget=5000",
+    ];
+    let dom = std::process::Command::new(&browser)
+        .args(common)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    std::fs::write(out.join("dashboard.html"), &dom).unwrap();
+    let reason = north["state"]["reason"].as_str().unwrap();
+    for needle in [
+        "gw-2.0-north",
+        "gw-2.0-south",
+        "halted",
+        "running",
+        "approved by bob@safety",
+        "region:region-0",
+        "yard-wifi",
+        "time to update p50",
+    ] {
+        assert!(
+            dom.contains(needle),
+            "the rendered page lacks {needle:?}: {dom}"
+        );
+    }
+    assert!(
+        dom.contains(&reason.replace('>', "&gt;").replace('<', "&lt;")),
+        "the halt reason {reason:?} is not on the page"
+    );
+
+    let shot = std::process::Command::new(&browser)
+        .args(common)
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        screenshot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    // The screenshot shows the halted campaign's red (badge, reason, failed-health bar) and
+    // the committed vehicles' green bars.
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&screenshot).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    let channels = info.color_type.samples();
+    let count = |rgb: [u8; 3]| {
+        pixels[..info.buffer_size()]
+            .chunks(channels)
+            .filter(|p| p[..3].iter().zip(rgb).all(|(a, b)| a.abs_diff(b) <= 6))
+            .count()
+    };
+    let red = count([0xc6, 0x28, 0x28]);
+    let green = count([0x2e, 0x7d, 0x32]);
+    eprintln!(
+        "dashboard screenshot {} ({}x{}): {red} halted-red pixels, {green} committed-green pixels",
+        screenshot.display(),
+        info.width,
+        info.height
+    );
+    assert!(red > 5_000, "too little halted red: {red}");
+    assert!(green > 2_000, "too little committed green: {green}");
+}
