@@ -60,6 +60,7 @@ fn vehicle(
     roots: (&Path, &Path),
     link: &str,
     health: &str,
+    director_url: &str,
 ) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let mut a = FileBank::create(&dir.join("bank-a.img"), BANK).unwrap();
@@ -107,6 +108,7 @@ image_root = "{image_root}"
 director_root = "{director_root}"
 primary_key_file = "{dir}/primary.key"
 ecus = ["{dir}/ecu.toml"]
+director_url = "{director_url}"
 stall_timeout_secs = 20
 [link]
 {link}
@@ -286,6 +288,47 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
             .verifying_key()
             .as_bytes(),
     );
+    // The director service: the vehicles are registered and send it their signed manifests.
+    let director = origin::service::Director::open(origin.clone()).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let director_url = format!("http://{}", listener.local_addr().unwrap());
+    runtime.spawn(origin::http::serve(
+        listener,
+        origin::http::Shared::new(director),
+        std::time::Duration::from_secs(10),
+    ));
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let public = |seed: u8| {
+        hex::encode(
+            ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+                .verifying_key()
+                .as_bytes(),
+        )
+    };
+    for vin in &vins {
+        let vehicle = serde_json::json!({
+            "vin": vin, "region": "eu-north", "vehicle_type": "tractor", "home_depot": "depot-1",
+            "primary_key": public(8),
+            "ecus": [{"serial": format!("GW-{vin}"), "hardware_id": "gw-v1",
+                      "public_key": public(9), "installed": "ecu/gw-1.bin"}],
+        });
+        let response = http
+            .post(&format!("{director_url}/v1/vehicles"))
+            .send(serde_json::json!({"actor": "provisioning", "vehicle": vehicle}).to_string())
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+
     let roots = (image_root.as_path(), director_root.as_path());
     let make = |vin: &str, link: &str, health: &str| {
         vehicle(
@@ -297,6 +340,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
             roots,
             link,
             health,
+            &director_url,
         )
     };
 
@@ -343,6 +387,34 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         .unwrap();
         assert_eq!(verified.reports[&format!("GW-{vin}")].sha256, new_sha);
     }
+    // The director took each vehicle's signed manifest: it knows what each runs now.
+    let registry: Value = serde_json::from_str(
+        &http
+            .get(&format!("{director_url}/v1/vehicles"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let record = |vin: &str| {
+        registry
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["vin"] == vin)
+            .cloned()
+            .unwrap()
+    };
+    for vin in yard {
+        assert_eq!(statuses[vin]["report_sent"]["verdict"], "accepted", "{vin}");
+        assert_eq!(record(vin)["ecus"][0]["installed"], "ecu/gw-2.bin", "{vin}");
+        assert_eq!(record(vin)["last_report"]["outcome"], "committed", "{vin}");
+    }
+    assert_eq!(record(sick)["ecus"][0]["installed"], "ecu/gw-1.bin");
+    assert_eq!(record(sick)["last_report"]["outcome"], "health_failed");
+
     let status = &statuses[sick];
     assert_eq!(status["step"], "finished", "{status}");
     let outcome = status["last_install"]["outcome"].as_str().unwrap();

@@ -7,10 +7,11 @@
 //! leaves the registry, the signed metadata and the audit log consistent when it returns.
 //!
 //! A vehicle manifest is accepted only when it is signed by the vehicle's registered primary key,
-//! each ECU report by that ECU's registered key, and all of them answer the nonce of the
-//! vehicle's *current* director targets (`director-v<N>@<time>`, the agent's install group):
-//! a manifest answering an older version is a replay and is refused; the same manifest sent
-//! twice (a lost HTTP answer) is acknowledged without counting twice.
+//! each ECU report by that ECU's registered key, and all of them answer one nonce naming a
+//! director targets version signed for the vehicle (`director-v<N>@<time>`, the agent's install
+//! group), newer than the last one it answered: a manifest answering an older or already
+//! answered version is a replay and is refused; the same manifest sent twice (a lost HTTP
+//! answer) is acknowledged without counting twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -517,32 +518,39 @@ impl Director {
             .ok_or_else(|| rejected(format!("nonce {nonce:?} is not director-v<N>@<time>")))?;
         let current = director::targets_version(&self.origin, vin);
         let digest = blake3::hash(bytes).to_hex().to_string();
-        if answered < current {
-            return Err(ManifestError::Replayed {
-                vin: vin.to_string(),
-                why: format!(
-                    "it answers director targets version {answered}; the current one is {current}"
-                ),
-            });
-        }
         if answered > current {
             return Err(rejected(format!(
                 "it answers director targets version {answered}, which was never signed (current: {current})"
             )));
         }
+        // A vehicle answers each director version once, in order; an older version than the
+        // one it last answered is a replay. (An older version than the current one is not: the
+        // director may have signed a newer one, e.g. withdrawn a halted release, while the
+        // vehicle installed.)
         if let Some(last) = &vehicle.last_report {
-            if last.nonce == nonce {
-                if last.manifest == digest {
-                    return Ok(Accepted {
-                        vin: vin.to_string(),
-                        duplicate: true,
-                        outcomes: BTreeMap::new(),
-                        decisions: Vec::new(),
-                    });
-                }
+            let last_version = nonce_version(&last.nonce).unwrap_or(0);
+            if last.nonce == nonce && last.manifest == digest {
+                return Ok(Accepted {
+                    vin: vin.to_string(),
+                    duplicate: true,
+                    outcomes: BTreeMap::new(),
+                    decisions: Vec::new(),
+                });
+            }
+            if answered < last_version {
                 return Err(ManifestError::Replayed {
                     vin: vin.to_string(),
-                    why: format!("nonce {nonce} was already answered by another manifest"),
+                    why: format!(
+                        "it answers director targets version {answered}; version {last_version} was answered already"
+                    ),
+                });
+            }
+            if answered == last_version {
+                return Err(ManifestError::Replayed {
+                    vin: vin.to_string(),
+                    why: format!(
+                        "director targets version {answered} was already answered by another manifest"
+                    ),
                 });
             }
         }
@@ -586,7 +594,7 @@ impl Director {
         let ids: Vec<String> = self
             .campaigns
             .iter()
-            .filter(|(_, r)| r.assigned.get(vin) == Some(&answered) && !r.withdrawn.contains(vin))
+            .filter(|(_, r)| r.assigned.get(vin) == Some(&answered))
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
@@ -618,6 +626,8 @@ impl Director {
             let decision = campaign
                 .report(vin, outcome, now)
                 .map_err(|e| rejected(e.to_string()))?;
+            // It installed before a halt withdrew the release: its result counts all the same.
+            record.withdrawn.remove(vin);
             outcomes.insert(id.clone(), outcome);
             self.audit(
                 vin,

@@ -39,15 +39,21 @@ impl Fixture {
     }
 
     fn origin(&mut self, args: &[&str]) -> Run {
-        let output = Command::new(env!("CARGO_BIN_EXE_origin"))
+        self.origin_at(Some(NOW), args)
+    }
+
+    /// Runs `origin` at `now` (none: the system clock).
+    fn origin_at(&mut self, now: Option<&str>, args: &[&str]) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_origin"));
+        command
             .arg("--dir")
             .arg(&self.dir)
             .arg("--offline-keys")
-            .arg(&self.offline)
-            .args(["--now", NOW])
-            .args(args)
-            .output()
-            .unwrap();
+            .arg(&self.offline);
+        if let Some(now) = now {
+            command.args(["--now", now]);
+        }
+        let output = command.args(args).output().unwrap();
         let run = Run {
             ok: output.status.success(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -604,4 +610,128 @@ fn releases_and_assignments_land_in_a_verifiable_audit_log_and_tampering_is_name
     let run = f.origin(&["audit", "verify"]);
     assert!(!run.ok);
     assert!(run.stderr.contains("entry 3"), "{}", run.stderr);
+}
+
+/// `origin serve` and the campaign and vehicle commands, with the example files in `config/`.
+#[test]
+fn serve_runs_campaigns_from_the_example_files_through_the_cli() {
+    use std::io::BufRead;
+    let mut f = Fixture::new();
+    assert!(f.origin_at(None, &["init"]).ok, "{}", f.transcript);
+    for (name, counter) in [("gw/1.0.bin", "1"), ("gw/2.0.bin", "2")] {
+        let file = f.write("image.bin", name.as_bytes());
+        let run = f.origin_at(
+            None,
+            &[
+                "release",
+                file.to_str().unwrap(),
+                "--name",
+                name,
+                "--hardware-id",
+                "gateway-v1",
+                "--release-counter",
+                counter,
+            ],
+        );
+        assert!(run.ok, "{}", f.transcript);
+    }
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_origin"))
+        .arg("--dir")
+        .arg(&f.dir)
+        .args(["serve", "--listen", "127.0.0.1:0", "--tick-secs", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("director listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let cli = |f: &mut Fixture, actor: &str, args: &[&str]| {
+        let mut all = vec!["--actor", actor];
+        all.extend_from_slice(&args[..1]);
+        all.extend_from_slice(&["--director", &url]);
+        all.extend_from_slice(&args[1..]);
+        f.origin_at(None, &all)
+    };
+    let registration = config.join("vehicle-registration.toml");
+    let run = cli(
+        &mut f,
+        "provisioning",
+        &[
+            "vehicle",
+            "register",
+            "--file",
+            registration.to_str().unwrap(),
+        ],
+    );
+    assert!(run.ok, "{}", f.transcript);
+    let campaign = config.join("campaign.toml");
+    let run = cli(
+        &mut f,
+        "alice",
+        &["campaign", "create", "--file", campaign.to_str().unwrap()],
+    );
+    assert!(run.ok, "{}", f.transcript);
+    let run = cli(&mut f, "alice", &["campaign", "approve", "gw-2.0"]);
+    assert!(
+        !run.ok && run.stderr.contains("someone else must approve"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        cli(&mut f, "bob", &["campaign", "approve", "gw-2.0"]).ok,
+        "{}",
+        f.transcript
+    );
+    let run = cli(&mut f, "bob", &["campaign", "status", "gw-2.0"]);
+    let status: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(status["state"]["state"], "running", "{status:#}");
+    assert_eq!(status["progress"]["population"], 1);
+    let run = cli(
+        &mut f,
+        "carol",
+        &["campaign", "halt", "gw-2.0", "--reason", "dealer complaint"],
+    );
+    assert!(
+        run.ok && run.stdout.contains("dealer complaint"),
+        "{}",
+        f.transcript
+    );
+    assert!(cli(&mut f, "dave", &["campaign", "resume", "gw-2.0"]).ok);
+    let run = cli(&mut f, "dave", &["campaign", "status"]);
+    assert!(run.stdout.contains("\"running\""), "{}", run.stdout);
+    // Refusals name what was wrong; a missing service is named too.
+    let run = cli(&mut f, "dave", &["campaign", "resume", "nope"]);
+    assert!(
+        !run.ok && run.stderr.contains("no campaign nope"),
+        "{}",
+        run.stderr
+    );
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    let run = cli(&mut f, "dave", &["campaign", "status"]);
+    assert!(
+        !run.ok && run.stderr.contains("is `origin serve` running?"),
+        "{}",
+        run.stderr
+    );
+    // Everything is in the audit log, and it verifies.
+    let run = f.origin(&["audit", "export"]);
+    for needle in [
+        "\"vehicle register\"",
+        "\"campaign create\"",
+        "\"campaign approve\"",
+        "\"campaign halt\"",
+        "\"campaign resume\"",
+    ] {
+        assert!(run.stdout.contains(needle), "{needle}: {}", run.stdout);
+    }
+    assert!(f.origin(&["audit", "verify"]).ok, "{}", f.transcript);
 }

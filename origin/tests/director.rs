@@ -364,6 +364,13 @@ fn ten_percent_failing_health_halts_at_the_canary_within_one_report_cycle() {
     assert_eq!(status["progress"]["open_wave"], 0);
     let halted_at = status["decisions"][0]["at"].as_u64().unwrap();
     assert!(halted_at <= first_cycle_end, "halted after the first cycle");
+    eprintln!(
+        "400 vehicles, canary {} ({} in the failing batch): halted {} s after approval, after {} reports: {reason}",
+        canary.len(),
+        canary.iter().filter(|v| bad_batch(v)).count(),
+        halted_at - START,
+        answered.len()
+    );
 
     // The reason is in the audit log, decided by the gates.
     let audit = h.audit();
@@ -537,7 +544,8 @@ fn unsigned_replayed_mismatched_and_unknown_manifests_are_refused() {
     let other = v.manifest(version, now, "gw/1.0.bin", "rolled_back");
     let (status, answer) = h.post_raw(&path, &other);
     assert_eq!(status, 409, "{answer}");
-    // Once the director has signed a newer version, the old manifest is a replay too.
+    // After an abort the vehicle is sent the fallback; it installs it and answers the new
+    // version; the manifest of the old one is then a replay.
     h.post(
         "/v1/campaigns/gw-2.0-all/abort",
         &json!({"by": "carol@safety", "reason": "supplier recall"}),
@@ -549,13 +557,20 @@ fn unsigned_replayed_mismatched_and_unknown_manifests_are_refused() {
         ["gw/1.0.bin"],
         "the fallback for a vehicle that installed"
     );
+    let back = v.manifest(new_version, h.now(), "gw/1.0.bin", "committed");
+    assert_eq!(h.post_raw(&path, &back).0, 200);
     let (status, answer) = h.post_raw(&path, &good);
     assert_eq!(status, 409, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("current one is"));
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("answered already")
+    );
     assert_eq!(h.status("gw-2.0-all")["state"]["state"], "aborted");
     let metrics = h.get("/metrics");
     for line in [
-        "result=\"accepted\"} 1",
+        "result=\"accepted\"} 2",
         "result=\"duplicate\"} 1",
         "result=\"replayed\"} 2",
         "result=\"unknown_vehicle\"} 1",

@@ -27,6 +27,7 @@ struct File {
     threads: u16,
     image_root: Option<PathBuf>,
     director_root: Option<PathBuf>,
+    director_url: Option<Spanned<String>>,
     primary_key_file: PathBuf,
     ecus: Spanned<Vec<PathBuf>>,
     #[serde(default = "check_interval_secs")]
@@ -154,6 +155,9 @@ pub struct VehicleConfig {
     pub image_root: Option<PathBuf>,
     /// The director's first root (until one is trusted).
     pub director_root: Option<PathBuf>,
+    /// The director service (`origin serve`) that takes the vehicle's signed manifests, e.g.
+    /// `https://director.fleet.example`; none: reports stay under `reports/`.
+    pub director_url: Option<String>,
     /// The primary's ed25519 seed (hex), which signs the vehicle's version manifests.
     pub primary_key_file: PathBuf,
     /// ECU configuration files (`config/ecu.toml`).
@@ -316,8 +320,23 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
             ));
         }
     };
+    let director_url = match &file.director_url {
+        Some(url) => {
+            let text = url.get_ref().trim_end_matches('/');
+            if !(text.starts_with("http://") || text.starts_with("https://")) || text.len() < 10 {
+                return Err(at(
+                    "director_url",
+                    url.span(),
+                    format!("{text:?} must be an http:// or https:// URL"),
+                ));
+            }
+            Some(text.to_string())
+        }
+        None => None,
+    };
     Ok(VehicleConfig {
         vin: vin.clone(),
+        director_url,
         data_dir: file.data_dir,
         listen,
         peers,

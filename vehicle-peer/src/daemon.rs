@@ -460,6 +460,84 @@ impl Daemon {
         step
     }
 
+    /// Sends the reports the director has not acknowledged yet (`director_url`), oldest first;
+    /// each is sent until the director answers (accepted, or refused for good: a replay or a
+    /// bad manifest is not sent again). Counts the bytes on a metered link.
+    fn send_reports(&mut self, class: LinkClass, now: u64) -> anyhow::Result<()> {
+        let Some(url) = self.config.director_url.clone() else {
+            return Ok(());
+        };
+        let dir = self.config.data_dir.join("reports");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        let mut pending: Vec<(String, std::path::PathBuf)> = Vec::new();
+        let journal = self.journal.load()?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(group) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .filter(|_| path.extension().is_some_and(|e| e == "json"))
+            else {
+                continue;
+            };
+            let key = format!("daemon-sent/{group}").into_bytes();
+            if !journal.iter().any(|(k, _)| *k == key) {
+                pending.push((group.to_string(), path.clone()));
+            }
+        }
+        pending.sort();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(self.config.metadata_timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        for (group, path) in pending {
+            let manifest =
+                fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let endpoint = format!("{url}/v1/vehicles/{}/manifest", self.config.vin);
+            let response = agent
+                .post(&endpoint)
+                .header("content-type", "application/json")
+                .send(&manifest[..]);
+            self.record(class, manifest.len() as u64, now)?;
+            let mut response = match response {
+                Ok(response) => response,
+                Err(error) => {
+                    tracing::warn!(%group, "sending the report to {endpoint}: {error}");
+                    self.status["report_sent"] =
+                        json!({"group": group, "error": error.to_string()});
+                    return Ok(());
+                }
+            };
+            let status = response.status().as_u16();
+            let answer = response.body_mut().read_to_string().unwrap_or_default();
+            let verdict = match status {
+                200 => "accepted",
+                403 | 404 | 409 => "refused",
+                _ => {
+                    tracing::warn!(%group, status, %answer, "the director did not take the report; retrying next check");
+                    self.status["report_sent"] =
+                        json!({"group": group, "status": status, "answer": answer});
+                    return Ok(());
+                }
+            };
+            if verdict == "refused" {
+                tracing::error!(%group, status, %answer, "the director refused the report");
+            } else {
+                tracing::info!(%group, "report accepted by the director");
+            }
+            self.journal.put(
+                format!("daemon-sent/{group}").as_bytes(),
+                json!({"at": now, "status": status}).to_string().as_bytes(),
+            )?;
+            self.status["report_sent"] =
+                json!({"group": group, "status": status, "verdict": verdict, "answer": answer});
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_lines)]
     fn check_inner(&mut self, now: u64) -> anyhow::Result<Step> {
         let Some(link) = self.link()? else {
@@ -469,6 +547,18 @@ impl Daemon {
             });
         };
         self.status["link"] = json!({"class": link.class.name(), "signal": link.signal});
+        let step = self.check_link(link, now)?;
+        // Reports go out on any link the policy lets metadata use (they are as small).
+        if let Decision::Allow { .. } = self.policy.decide(link, Priority::Security, now, now) {
+            if let Err(error) = self.send_reports(link.class, now) {
+                tracing::warn!("sending reports: {error:#}");
+            }
+        }
+        Ok(step)
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn check_link(&mut self, link: Link, now: u64) -> anyhow::Result<Step> {
         if let Decision::Wait { retry_at, reason } =
             self.policy.decide(link, Priority::Security, now, now)
         {
