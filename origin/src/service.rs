@@ -611,21 +611,19 @@ impl Director {
                 // A status manifest before the install ended: nothing to count yet.
                 (false, None) => continue,
             };
+            // Each vehicle counts once per campaign (a replay cannot get this far).
+            let decision = match record.campaign.as_mut() {
+                Some(campaign) if campaign.outcome_of(vin).is_none() => campaign
+                    .report(vin, outcome, now)
+                    .map_err(|e| rejected(e.to_string()))?,
+                _ => continue,
+            };
             if let Some(by_link) = install["bytes"].as_object() {
                 let region = record.bytes.entry(vehicle.region.clone()).or_default();
                 for (link, count) in by_link {
                     *region.entry(link.clone()).or_default() += count.as_u64().unwrap_or(0);
                 }
             }
-            let Some(campaign) = record.campaign.as_mut() else {
-                continue;
-            };
-            if campaign.outcome_of(vin).is_some() {
-                continue;
-            }
-            let decision = campaign
-                .report(vin, outcome, now)
-                .map_err(|e| rejected(e.to_string()))?;
             // It installed before a halt withdrew the release: its result counts all the same.
             record.withdrawn.remove(vin);
             outcomes.insert(id.clone(), outcome);
