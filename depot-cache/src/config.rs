@@ -29,6 +29,17 @@ struct File {
     #[serde(default)]
     seeding: SeedingFile,
     prefetch: Option<PrefetchFile>,
+    relay: Option<RelayFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelayFile {
+    director_url: Spanned<String>,
+    #[serde(default = "retry_secs")]
+    retry_secs: u64,
+    #[serde(default = "max_reports")]
+    max_reports: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +105,12 @@ fn interval_secs() -> u64 {
 fn stall_timeout_secs() -> u64 {
     120
 }
+fn retry_secs() -> u64 {
+    30
+}
+fn max_reports() -> usize {
+    100_000
+}
 
 /// A checked configuration.
 #[derive(Debug, Clone)]
@@ -114,6 +131,24 @@ pub struct DepotConfig {
     pub seeding: Option<SeedConfig>,
     /// Periodic prefetch from upstream.
     pub prefetch: Option<PrefetchConfig>,
+    /// Vehicles' reports relayed to the director; `None`: refused.
+    pub relay: Option<RelayConfig>,
+}
+
+/// Where and how the depot passes vehicles' reports on.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The director's base URL (`http://…` or `https://…`).
+    pub director_url: String,
+    /// How long to wait before trying again when the director cannot be reached.
+    pub retry: Duration,
+    /// Reports queued at most; more are refused `Busy` (the vehicle keeps them).
+    pub max_reports: usize,
+}
+
+/// The directory of the queue of reports to relay.
+pub fn relay_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("reports")
 }
 
 impl PrefetchConfig {
@@ -264,8 +299,33 @@ pub fn parse(text: &str) -> Result<DepotConfig, String> {
             })
         }
     };
+    let relay = match file.relay {
+        None => None,
+        Some(relay) => {
+            let url = relay.director_url.get_ref().trim_end_matches('/');
+            let host = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            if host.is_none_or(str::is_empty) {
+                return Err(at(
+                    "relay.director_url",
+                    relay.director_url.span(),
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+            if relay.retry_secs == 0 || relay.max_reports == 0 {
+                return Err("relay.retry_secs and relay.max_reports must be at least 1".into());
+            }
+            Some(RelayConfig {
+                director_url: url.to_string(),
+                retry: Duration::from_secs(relay.retry_secs),
+                max_reports: relay.max_reports,
+            })
+        }
+    };
     Ok(DepotConfig {
         data_dir: file.data_dir,
+        relay,
         listen,
         mdns: file.mdns,
         threads: file.threads,
@@ -306,6 +366,9 @@ mod tests {
                 .unwrap();
         let config = parse(&text).unwrap();
         assert!(config.seeding.is_some());
+        let relay = config.relay.unwrap();
+        assert_eq!(relay.director_url, "https://director.example.net");
+        assert_eq!(relay.retry, Duration::from_secs(30));
         let prefetch = config.prefetch.unwrap();
         assert_eq!(prefetch.windows.len(), 1);
         assert_eq!(
@@ -366,6 +429,14 @@ mod tests {
                 "rate_limit_bytes_per_sec = 0",
             ),
             ("listen = []\n", "data_dir"),
+            (
+                "data_dir = \"/d\"\n[relay]\ndirector_url = \"director:8470\"\n",
+                "relay.director_url (line 3)",
+            ),
+            (
+                "data_dir = \"/d\"\n[relay]\ndirector_url = \"http://d\"\nmax_reports = 0\n",
+                "relay.max_reports",
+            ),
             (
                 &format!(
                     "data_dir = \"/d\"\n[prefetch]\nupstream = [\"/ip4/1.2.3.4/udp/1/quic-v1/p2p/{PEER}\"]\nvehicles = [\"ok-1\", \"../etc\"]\n"

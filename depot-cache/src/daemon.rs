@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use node::net::{EventHub, NetHandle};
+use node::relay::ReportQueue;
 use node::runtime::ServeCounters;
 use node::store::DiskStore;
 use node::tracker::Tracker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{DepotConfig, PrefetchConfig, backhaul_open};
+use crate::config::{DepotConfig, PrefetchConfig, RelayConfig, backhaul_open, relay_dir};
 use crate::prefetch::{PrefetchRequest, prefetch_with};
 
 /// What `/status` and `/metrics` report.
@@ -30,7 +31,21 @@ struct State {
     tracker: Option<Arc<Tracker>>,
     store: Arc<DiskStore>,
     prefetch: Mutex<PrefetchState>,
+    relay: Option<(Arc<ReportQueue>, Mutex<RelayState>)>,
 }
+
+#[derive(Default)]
+struct RelayState {
+    accepted: u64,
+    refused: u64,
+    /// The last refusals (vehicle, status, the director's words), newest last.
+    refusals: std::collections::VecDeque<String>,
+    last_error: Option<String>,
+    last_success_unix: Option<u64>,
+}
+
+/// Refusals kept for `/status`.
+const REFUSALS_KEPT: usize = 20;
 
 #[derive(Default)]
 struct PrefetchState {
@@ -83,12 +98,27 @@ pub async fn run(config: DepotConfig) -> anyhow::Result<()> {
     let tracker = config
         .seeding
         .map(|seeding| Tracker::start(net.clone(), hub.subscribe(), seeding));
+    let queue = match &config.relay {
+        Some(relay) => {
+            let dir = relay_dir(&config.data_dir);
+            let queue = ReportQueue::open(&dir, relay.max_reports)
+                .with_context(|| format!("opening the report queue in {}", dir.display()))?;
+            tracing::info!(queued = queue.len(), director = %relay.director_url, "relaying vehicles' reports");
+            Some(Arc::new(queue))
+        }
+        None => None,
+    };
     let counters = Arc::new(ServeCounters::default());
     let server = node::runtime::spawn_server_with(
         store.clone(),
         incoming,
         counters.clone(),
-        tracker.clone(),
+        node::runtime::Roles {
+            tracker: tracker.clone(),
+            reports: queue
+                .clone()
+                .map(|queue| queue as Arc<dyn node::relay::ReportInbox>),
+        },
     );
     let state = Arc::new(State {
         started: Instant::now(),
@@ -102,6 +132,7 @@ pub async fn run(config: DepotConfig) -> anyhow::Result<()> {
             configured: config.prefetch.is_some(),
             ..PrefetchState::default()
         }),
+        relay: queue.map(|queue| (queue, Mutex::new(RelayState::default()))),
     });
     let mut printed = String::new();
     for addr in &addrs {
@@ -127,6 +158,9 @@ pub async fn run(config: DepotConfig) -> anyhow::Result<()> {
             hub.clone(),
             state.clone(),
         ));
+    }
+    if let Some(relay) = config.relay.clone() {
+        tokio::spawn(relay_loop(relay, state.clone()));
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -211,6 +245,49 @@ async fn prefetch_loop(
             status.next_run_unix = Some(unix_now() + next.as_secs());
         }
         tokio::time::sleep(next).await;
+    }
+}
+
+/// Empties the report queue into the director: at once when a report arrives, and every
+/// `retry` while reports wait (the director was unreachable).
+async fn relay_loop(relay: RelayConfig, state: Arc<State>) {
+    let Some((queue, _)) = &state.relay else {
+        return;
+    };
+    let queue = queue.clone();
+    loop {
+        let round = {
+            let (queue, url) = (queue.clone(), relay.director_url.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::relay::relay_once(&queue, &url, Duration::from_secs(30))
+            })
+            .await
+        };
+        if let (Ok(round), Some((_, status))) = (round, &state.relay) {
+            let mut status = lock(status);
+            status.accepted += round.accepted;
+            status.refused += round.refused;
+            for refusal in round.refusals {
+                if status.refusals.len() == REFUSALS_KEPT {
+                    status.refusals.pop_front();
+                }
+                status.refusals.push_back(refusal);
+            }
+            if let Some(error) = &round.stopped {
+                tracing::warn!(%error, queued = queue.len(), "relaying reports stopped; trying again later");
+            } else if round.accepted + round.refused > 0 {
+                status.last_success_unix = Some(unix_now());
+            }
+            status.last_error = round.stopped;
+        }
+        if queue.is_empty() {
+            queue.arrival().await;
+        } else {
+            tokio::select! {
+                () = queue.arrival() => {}
+                () = tokio::time::sleep(relay.retry) => {}
+            }
+        }
     }
 }
 
@@ -440,6 +517,24 @@ fn metrics(state: &State) -> String {
             &[("", at)],
         );
     }
+    if let Some((queue, relay)) = &state.relay {
+        let relay = lock(relay);
+        metric(
+            "depotmesh_depot_reports_queued",
+            "gauge",
+            "Vehicles' reports stored and waiting to be relayed to the director.",
+            &[("", queue.len() as u64)],
+        );
+        metric(
+            "depotmesh_depot_reports_relayed_total",
+            "counter",
+            "Vehicles' reports the director answered, by answer.",
+            &[
+                ("result=\"accepted\"", relay.accepted),
+                ("result=\"refused\"", relay.refused),
+            ],
+        );
+    }
     metric(
         "depotmesh_depot_uptime_seconds",
         "gauge",
@@ -475,6 +570,17 @@ fn status_json(state: &State) -> serde_json::Value {
             "bytes": figures.store_bytes,
             "cap_bytes": state.cap,
         },
+        "relay": state.relay.as_ref().map(|(queue, relay)| {
+            let relay = lock(relay);
+            serde_json::json!({
+                "queued": queue.len(),
+                "accepted": relay.accepted,
+                "refused": relay.refused,
+                "last_refusals": relay.refusals,
+                "last_error": relay.last_error,
+                "last_success_unix": relay.last_success_unix,
+            })
+        }),
         "prefetch": if prefetch.configured {
             serde_json::json!({
                 "running": prefetch.running,

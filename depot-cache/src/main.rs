@@ -227,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 http: None,
                 seeding: Some(node::seeding::SeedConfig::default()),
                 prefetch: None,
+                relay: None,
             };
             let runtime = node::runtime::build_tokio(Some(cli.threads))
                 .context("starting the async runtime")?;

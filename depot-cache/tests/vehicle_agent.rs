@@ -32,7 +32,7 @@ use vehicle_peer::bank::{Bank, FileBank};
 use vehicle_peer::daemon::Daemon;
 
 mod common;
-use common::{SERVED, depot_daemon, get, metric};
+use common::{SERVED, depot_daemon, director_service, get, metric, register_vehicle};
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -60,7 +60,7 @@ fn vehicle(
     roots: (&Path, &Path),
     link: &str,
     health: &str,
-    director_url: &str,
+    director_url: Option<&str>,
 ) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let mut a = FileBank::create(&dir.join("bank-a.img"), BANK).unwrap();
@@ -108,7 +108,7 @@ image_root = "{image_root}"
 director_root = "{director_root}"
 primary_key_file = "{dir}/primary.key"
 ecus = ["{dir}/ecu.toml"]
-director_url = "{director_url}"
+{director_url}
 stall_timeout_secs = 20
 [link]
 {link}
@@ -121,6 +121,7 @@ mode = "simulated"
         dir = dir.display(),
         image_root = roots.0.display(),
         director_root = roots.1.display(),
+        director_url = director_url.map_or(String::new(), |url| format!("director_url = {url:?}")),
     );
     let path = dir.join("vehicle.toml");
     std::fs::write(&path, config).unwrap();
@@ -245,23 +246,47 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         ),
     );
 
+    let director_key = hex::encode(
+        origin
+            .key("director", "targets")
+            .unwrap()
+            .verifying_key()
+            .as_bytes(),
+    );
+    // The director service: the vehicles are registered and send it their signed manifests,
+    // directly or through the depot. The depot's relay address is not served yet: what the
+    // depot takes waits in its queue, across a kill, until it is.
+    let director = director_service(&origin);
+    let (director_url, shared) = (director.url.clone(), director.shared.clone());
+    let runtime = &director.runtime;
+    for vin in &vins {
+        register_vehicle(&director_url, vin, &format!("GW-{vin}"));
+    }
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let relay_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+
     // The depot prefetches on its own: the image repository with its delta, and its home
     // vehicles' director repositories.
     let image_root = origin.dir.join("image/metadata/1.root.json");
     let director_root = origin.dir.join("director/metadata/1.root.json");
     let depot_dir = w.join("depot");
-    let depot = depot_daemon(
-        &depot_dir,
-        &format!(
-            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n\
-             [prefetch]\nupstream = [\"{}\"]\nroot = {:?}\ndirector_root = {:?}\nvehicles = {:?}\ninterval_secs = 3600\n",
-            depot_dir.display().to_string(),
-            upstream.addr,
-            image_root.display().to_string(),
-            director_root.display().to_string(),
-            vins,
-        ),
+    let depot_config = format!(
+        "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n\
+         [prefetch]\nupstream = [\"{}\"]\nroot = {:?}\ndirector_root = {:?}\nvehicles = {:?}\ninterval_secs = 3600\n\
+         [relay]\ndirector_url = \"http://{relay_addr}\"\nretry_secs = 1\n",
+        depot_dir.display().to_string(),
+        upstream.addr,
+        image_root.display().to_string(),
+        director_root.display().to_string(),
+        vins,
     );
+    let depot = depot_daemon(&depot_dir, &depot_config);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let status: Value = serde_json::from_str(&get(&depot.http, "/status").1).unwrap();
@@ -281,74 +306,38 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     // The vehicles never reach the origin's cache.
     drop(upstream);
 
-    let director_key = hex::encode(
-        origin
-            .key("director", "targets")
-            .unwrap()
-            .verifying_key()
-            .as_bytes(),
-    );
-    // The director service: the vehicles are registered and send it their signed manifests.
-    let director = origin::service::Director::open(origin.clone()).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let director_url = format!("http://{}", listener.local_addr().unwrap());
-    runtime.spawn(origin::http::serve(
-        listener,
-        origin::http::Shared::new(director),
-        std::time::Duration::from_secs(10),
-    ));
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let public = |seed: u8| {
-        hex::encode(
-            ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
-                .verifying_key()
-                .as_bytes(),
-        )
-    };
-    for vin in &vins {
-        let vehicle = serde_json::json!({
-            "vin": vin, "region": "eu-north", "vehicle_type": "tractor", "home_depot": "depot-1",
-            "primary_key": public(8),
-            "ecus": [{"serial": format!("GW-{vin}"), "hardware_id": "gw-v1",
-                      "public_key": public(9), "installed": "ecu/gw-1.bin"}],
-        });
-        let response = http
-            .post(&format!("{director_url}/v1/vehicles"))
-            .send(serde_json::json!({"actor": "provisioning", "vehicle": vehicle}).to_string())
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-    }
-
     let roots = (image_root.as_path(), director_root.as_path());
-    let make = |vin: &str, link: &str, health: &str| {
+    let make = |vin: &str, depot: &str, link: &str, health: &str, director: Option<&str>| {
         vehicle(
             &w.join(vin),
             vin,
             &v1,
             &director_key,
-            &depot.addr.to_string(),
+            depot,
             roots,
             link,
             health,
-            &director_url,
+            director,
         )
     };
 
-    // Three on the yard WiFi at once, and one whose new image is unhealthy.
+    // Three on the yard WiFi at once, and one whose new image is unhealthy. YARD-0's route to
+    // the director is down and YARD-1 has none: their reports go through the depot.
     let mut threads = Vec::new();
     for vin in yard.iter().chain([&sick]) {
         let health = if *vin == sick { "exit 1" } else { "exit 0" };
-        let config = make(vin, "class = \"yard-wifi\"", health);
+        let route = match *vin {
+            "YARD-0" => Some("http://127.0.0.1:1"),
+            "YARD-1" => None,
+            _ => Some(director_url.as_str()),
+        };
+        let config = make(
+            vin,
+            &depot.addr.to_string(),
+            "class = \"yard-wifi\"",
+            health,
+            route,
+        );
         threads.push((*vin, std::thread::spawn(move || check_once(&config))));
     }
     let mut statuses = BTreeMap::new();
@@ -387,19 +376,21 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         .unwrap();
         assert_eq!(verified.reports[&format!("GW-{vin}")].sha256, new_sha);
     }
-    // The director took each vehicle's signed manifest: it knows what each runs now.
-    let registry: Value = serde_json::from_str(
-        &http
-            .get(&format!("{director_url}/v1/vehicles"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap(),
-    )
-    .unwrap();
+    // The director took the signed manifests sent to it: it knows what those vehicles run.
+    let registry = || -> Value {
+        serde_json::from_str(
+            &http
+                .get(&format!("{director_url}/v1/vehicles"))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap(),
+        )
+        .unwrap()
+    };
     let record = |vin: &str| {
-        registry
+        registry()
             .as_array()
             .unwrap()
             .iter()
@@ -407,11 +398,24 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
             .cloned()
             .unwrap()
     };
-    for vin in yard {
-        assert_eq!(statuses[vin]["report_sent"]["verdict"], "accepted", "{vin}");
-        assert_eq!(record(vin)["ecus"][0]["installed"], "ecu/gw-2.bin", "{vin}");
-        assert_eq!(record(vin)["last_report"]["outcome"], "committed", "{vin}");
+    assert_eq!(statuses[yard[2]]["report_sent"]["verdict"], "accepted");
+    assert_eq!(statuses[yard[2]]["report_sent"]["via"], "director");
+    // The depot took the other two; they wait in its queue while the director is out of reach.
+    for vin in &yard[..2] {
+        let sent = &statuses[vin]["report_sent"];
+        assert_eq!(sent["via"], "depot", "{vin}: {sent}");
+        assert_eq!(sent["verdict"], "relayed", "{vin}: {sent}");
+        assert_eq!(record(vin)["ecus"][0]["installed"], "ecu/gw-1.bin", "{vin}");
     }
+    let relay = &serde_json::from_str::<Value>(&get(&depot.http, "/status").1).unwrap()["relay"];
+    assert_eq!(relay["queued"], 2, "{relay}");
+    assert!(
+        relay["last_error"]
+            .as_str()
+            .unwrap()
+            .contains(&relay_addr.to_string()),
+        "{relay}"
+    );
     assert_eq!(record(sick)["ecus"][0]["installed"], "ecu/gw-1.bin");
     assert_eq!(record(sick)["last_report"]["outcome"], "health_failed");
 
@@ -433,13 +437,57 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     assert_eq!(again["step"], "ended", "{again}");
 
     let served = metric(&depot.http, SERVED);
+    // A power cut at the depot: killed, started again on the same data.
+    drop(depot);
+    let depot = depot_daemon(&depot_dir, &depot_config);
+    let relay = &serde_json::from_str::<Value>(&get(&depot.http, "/status").1).unwrap()["relay"];
+    assert_eq!(relay["queued"], 2, "the queue survives the kill: {relay}");
+    // The director's address the depot relays to comes up; the depot delivers within its retry.
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(relay_addr))
+        .unwrap();
+    runtime.spawn(origin::http::serve(
+        listener,
+        shared.clone(),
+        std::time::Duration::from_secs(10),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while yard
+        .iter()
+        .any(|vin| record(vin)["last_report"]["outcome"] != "committed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "relayed reports did not arrive: {}",
+            get(&depot.http, "/status").1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let relay = &serde_json::from_str::<Value>(&get(&depot.http, "/status").1).unwrap()["relay"];
+    assert_eq!(
+        (relay["queued"].as_u64(), relay["accepted"].as_u64()),
+        (Some(0), Some(2)),
+        "{relay}"
+    );
+    for vin in yard {
+        assert_eq!(record(vin)["ecus"][0]["installed"], "ecu/gw-2.bin", "{vin}");
+        assert_eq!(record(vin)["last_report"]["outcome"], "committed", "{vin}");
+    }
     eprintln!(
         "depot served {served} bytes to 4 vehicles for a {delta_len}-byte delta ({:.2} deltas, metadata included)",
         served as f64 / delta_len as f64
     );
 
     // On cellular, a feature update waits for WiFi; the metadata check is counted.
-    let config = make(cellular, "class = \"cellular\"\nsignal = 80", "exit 0");
+    let here = depot.addr.to_string();
+    let direct = Some(director_url.as_str());
+    let config = make(
+        cellular,
+        &here,
+        "class = \"cellular\"\nsignal = 80",
+        "exit 0",
+        direct,
+    );
     let status = check_once(&config);
     assert_eq!(status["step"], "waiting", "{status}");
     assert!(
@@ -459,8 +507,10 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     // Roaming, a security update installs, and every byte counts against the budget.
     let config = make(
         roaming,
+        &here,
         "class = \"cellular-roaming\"\nsignal = 80",
         "exit 0",
+        direct,
     );
     let status = check_once(&config);
     assert_eq!(status["step"], "finished", "{status}");

@@ -18,6 +18,7 @@ pub mod net;
 pub mod policy;
 pub mod protocol;
 pub mod ratelimit;
+pub mod relay;
 pub mod runtime;
 pub mod seeding;
 pub mod storage;

@@ -162,6 +162,11 @@ pub enum Served {
         /// Peers listed.
         listed: usize,
     },
+    /// Took a vehicle's report to relay (stored durably before the answer).
+    Report {
+        /// The BLAKE3 hash of the report's bytes.
+        report: BlobId,
+    },
     /// Answered with an error.
     Refused {
         /// Why.
@@ -348,6 +353,8 @@ fn kind_name(message: &Message) -> &'static str {
         Message::Named(_) => "named",
         Message::PeersQuery(_) => "peers query",
         Message::Peers(_) => "peers",
+        Message::Report(_) => "report",
+        Message::ReportTaken(_) => "report taken",
         _ => "unknown message",
     }
 }
@@ -504,6 +511,23 @@ pub async fn query_peers<St: AsyncRead + AsyncWrite + Unpin>(
     let question = Message::PeersQuery(PeersQuery { blob });
     ask(stream, &question, |answer| match answer {
         Message::Peers(peers) if peers.blob == blob => Ok(peers),
+        other => Err(other),
+    })
+    .await
+}
+
+/// Hands the peer on `stream` (a depot) a vehicle's signed `manifest` to relay to the director;
+/// returns once the peer said it stored exactly these bytes.
+pub async fn hand_report<St: AsyncRead + AsyncWrite + Unpin>(
+    stream: St,
+    manifest: &[u8],
+) -> Result<BlobId, ExchangeError> {
+    let digest = BlobId::of(manifest);
+    let question = Message::Report(wire::Report {
+        manifest: manifest.to_vec(),
+    });
+    ask(stream, &question, |answer| match answer {
+        Message::ReportTaken(taken) if taken.report == digest => Ok(digest),
         other => Err(other),
     })
     .await

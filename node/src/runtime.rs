@@ -17,6 +17,7 @@ use crate::engine::{Action, Event, Failure, RequestId, Transfer, TransferConfig}
 use crate::net::{IncomingStreams, NetEvent, NetEvents, NetHandle};
 use crate::protocol::{self, ExchangeError, FetchProgress, Served};
 use crate::ratelimit::{RateLimit, Throttled};
+use crate::relay::ReportInbox;
 use crate::storage::{Index, Storage};
 use crate::store::{BlobStore, LAYOUT, StoreError};
 use crate::tracker::Tracker;
@@ -136,17 +137,35 @@ pub fn spawn_server<S: Storage, I: Index>(
     incoming: IncomingStreams,
     counters: Arc<ServeCounters>,
 ) -> JoinHandle<()> {
-    spawn_server_with(store, incoming, counters, None)
+    spawn_server_with(store, incoming, counters, Roles::default())
 }
 
-/// Like [`spawn_server`], and with a `tracker` (a depot's): range requests are granted by its
-/// super-seeding rule (groups held back are left to the asker's neighbours; a request with
-/// nothing granted is refused `HeldBack`), and "who has what" questions are answered.
+/// What a server does besides serving blobs (a depot does both).
+#[derive(Clone, Default)]
+pub struct Roles {
+    /// The yard's tracker: range requests are granted by its super-seeding rule (groups held
+    /// back are left to the asker's neighbours; a request with nothing granted is refused
+    /// `HeldBack`), and "who has what" questions are answered.
+    pub tracker: Option<Arc<Tracker>>,
+    /// Where vehicles' reports to relay go; without one they are refused `NotFound`.
+    pub reports: Option<Arc<dyn ReportInbox>>,
+}
+
+impl std::fmt::Debug for Roles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Roles")
+            .field("tracker", &self.tracker.is_some())
+            .field("reports", &self.reports.is_some())
+            .finish()
+    }
+}
+
+/// Like [`spawn_server`], with the [`Roles`] of a depot.
 pub fn spawn_server_with<S: Storage, I: Index>(
     store: Arc<BlobStore<S, I>>,
     mut incoming: IncomingStreams,
     counters: Arc<ServeCounters>,
-    tracker: Option<Arc<Tracker>>,
+    roles: Roles,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let transfers = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
@@ -156,14 +175,14 @@ pub fn spawn_server_with<S: Storage, I: Index>(
             let counters = counters.clone();
             let transfers = transfers.clone();
             let subscriptions = subscriptions.clone();
-            let tracker = tracker.clone();
+            let roles = roles.clone();
             tokio::spawn(async move {
                 use std::sync::atomic::Ordering::Relaxed;
                 let slots = Slots {
                     transfers: &transfers,
                     subscriptions: &subscriptions,
                 };
-                match serve_stream(&store, peer, stream, slots, tracker.as_ref()).await {
+                match serve_stream(&store, peer, stream, slots, &roles).await {
                     Ok(Served::Groups { bytes, .. }) => {
                         counters.bytes.fetch_add(bytes, Relaxed);
                         counters.requests.fetch_add(1, Relaxed);
@@ -172,7 +191,8 @@ pub fn spawn_server_with<S: Storage, I: Index>(
                         Served::Have { .. }
                         | Served::Subscription { .. }
                         | Served::Name { .. }
-                        | Served::Peers { .. },
+                        | Served::Peers { .. }
+                        | Served::Report { .. },
                     ) => {}
                     Ok(Served::Refused { code }) => {
                         counters.refused.fetch_add(1, Relaxed);
@@ -202,8 +222,9 @@ async fn serve_stream<S: Storage, I: Index>(
     peer: PeerId,
     mut stream: libp2p::Stream,
     slots: Slots<'_>,
-    tracker: Option<&Arc<Tracker>>,
+    roles: &Roles,
 ) -> Result<Served, ExchangeError> {
+    let tracker = roles.tracker.as_ref();
     let question = tokio::time::timeout(QUESTION_TIMEOUT, protocol::read_question(&mut stream))
         .await
         .map_err(|_| {
@@ -213,6 +234,32 @@ async fn serve_stream<S: Storage, I: Index>(
             ))
         })??;
     match (question, tracker) {
+        (Message::Report(report), _) => {
+            // Refusals carry no request id, so the question they name needs no bytes.
+            let question = Message::Report(proto::wire::Report {
+                manifest: Vec::new(),
+            });
+            let Some(inbox) = roles.reports.clone() else {
+                let detail = "this peer relays no reports";
+                return protocol::refuse(stream, &question, ErrorCode::NotFound, detail).await;
+            };
+            let manifest = report.manifest;
+            let taken = tokio::task::spawn_blocking(move || inbox.take(&peer, &manifest)).await;
+            match taken {
+                Ok(Ok(digest)) => {
+                    let answer = Message::ReportTaken(proto::wire::ReportTaken { report: digest });
+                    protocol::reply(stream, &answer).await?;
+                    Ok(Served::Report { report: digest })
+                }
+                Ok(Err(refusal)) => {
+                    protocol::refuse(stream, &question, refusal.code, &refusal.detail).await
+                }
+                Err(_) => {
+                    let detail = "the relay failed to store the report";
+                    protocol::refuse(stream, &question, ErrorCode::Internal, detail).await
+                }
+            }
+        }
         (Message::HaveSubscribe(HaveQuery { blob }), _) => {
             if let Some(tracker) = tracker {
                 tracker.swarms(peer, blob);

@@ -66,6 +66,9 @@ pub const MAX_PEER_ID_BYTES: usize = 64;
 pub const MAX_PEER_ADDRS: usize = 4;
 /// Bytes of one address at most (a QUIC multiaddr over IPv6 takes about 30).
 pub const MAX_ADDR_BYTES: usize = 128;
+/// Bytes of one relayed vehicle report at most (a signed manifest for a dozen ECUs takes a few
+/// KiB); the frame around it stays below [`MAX_MESSAGE_BYTES`].
+pub const MAX_REPORT_BYTES: usize = MAX_MESSAGE_BYTES - 64;
 
 /// Asks a peer for the bao encoding of some chunk groups of a blob.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +166,24 @@ pub struct Peers {
     pub blob: BlobId,
     /// Peers holding groups of it, the asker excluded.
     pub peers: Vec<YardPeer>,
+}
+
+/// Hands a peer (the vehicle's depot) a vehicle's signed version manifest to pass on to the
+/// director. The relay cannot forge or alter it unnoticed: the director checks the vehicle's
+/// and its ECUs' signatures and the nonce it signed for that vehicle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The signed manifest as the vehicle wrote it, 1 to [`MAX_REPORT_BYTES`] bytes.
+    pub manifest: Vec<u8>,
+}
+
+/// The answer to a [`Report`]: the peer has stored it durably and will pass it on, however often
+/// it restarts. A peer that relays no reports answers [`ErrorCode::NotFound`]; one whose queue is
+/// full answers [`ErrorCode::Busy`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportTaken {
+    /// The BLAKE3 hash of the manifest's bytes, so the sender knows which bytes were taken.
+    pub report: BlobId,
 }
 
 /// Checks that `name` may be used as a name: 1 to [`MAX_NAME_BYTES`] bytes of UTF-8 without
@@ -301,6 +322,11 @@ pub enum Message {
     PeersQuery(PeersQuery),
     /// See [`Peers`].
     Peers(Peers),
+    /// See [`Report`]. Added after the first release of version 1: a peer that does not know it
+    /// answers `BadRequest`.
+    Report(Report),
+    /// See [`ReportTaken`].
+    ReportTaken(ReportTaken),
 }
 
 mod kind {
@@ -316,6 +342,8 @@ mod kind {
     pub(super) const NAMED: u8 = 10;
     pub(super) const PEERS_QUERY: u8 = 11;
     pub(super) const PEERS: u8 = 12;
+    pub(super) const REPORT: u8 = 13;
+    pub(super) const REPORT_TAKEN: u8 = 14;
 }
 
 /// Why bytes from a peer are not a valid message. Offsets count from the start of the frame,
@@ -449,6 +477,12 @@ pub enum EncodeError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A relayed report is empty or longer than [`MAX_REPORT_BYTES`].
+    #[error("a report of {length} bytes cannot be relayed (1 to {MAX_REPORT_BYTES} bytes)")]
+    BadReport {
+        /// Its length.
+        length: usize,
+    },
 }
 
 /// Checks a frame's length prefix before anything else is read, so a peer cannot make us buffer
@@ -533,6 +567,19 @@ impl Message {
                 out.push(kind::PEERS);
                 out.extend_from_slice(peers.blob.as_bytes());
                 put_peers(&mut out, &peers.peers)?;
+            }
+            Self::Report(report) => {
+                out.push(kind::REPORT);
+                let length = report.manifest.len();
+                if length == 0 || length > MAX_REPORT_BYTES {
+                    return Err(EncodeError::BadReport { length });
+                }
+                put_varint(&mut out, length as u64);
+                out.extend_from_slice(&report.manifest);
+            }
+            Self::ReportTaken(taken) => {
+                out.push(kind::REPORT_TAKEN);
+                out.extend_from_slice(taken.report.as_bytes());
             }
         }
         // Groups stay below 2^32 (5-byte varints), so MAX_RANGES ranges take at most 40 KiB and
@@ -634,6 +681,12 @@ impl Message {
             kind::PEERS => Self::Peers(Peers {
                 blob: reader.blob_id("blob")?,
                 peers: reader.peers("peers")?,
+            }),
+            kind::REPORT => Self::Report(Report {
+                manifest: reader.bytes("manifest", MAX_REPORT_BYTES)?,
+            }),
+            kind::REPORT_TAKEN => Self::ReportTaken(ReportTaken {
+                report: reader.blob_id("report")?,
             }),
             kind => return Err(WireError::UnknownKind { kind }),
         };
@@ -943,6 +996,13 @@ mod tests {
 
     fn samples() -> Vec<Message> {
         vec![
+            Message::Report(Report {
+                manifest: b"{\"signed\":{}}".to_vec(),
+            }),
+            Message::Report(Report {
+                manifest: vec![0xff; MAX_REPORT_BYTES],
+            }),
+            Message::ReportTaken(ReportTaken { report: blob() }),
             Message::PeersQuery(PeersQuery { blob: blob() }),
             Message::Peers(Peers {
                 blob: blob(),
@@ -1038,6 +1098,43 @@ mod tests {
             Message::decode_frame(&frame),
             Err(WireError::BadText { field: "name", .. })
         ));
+    }
+
+    #[test]
+    fn reports_over_the_limits_are_refused_both_ways() {
+        for length in [0, MAX_REPORT_BYTES + 1] {
+            let message = Message::Report(Report {
+                manifest: vec![b'x'; length],
+            });
+            assert!(matches!(
+                message.encode(),
+                Err(EncodeError::BadReport { length: l }) if l == length
+            ));
+        }
+        // A frame claiming one byte more than allowed is refused by name, before the bytes.
+        let mut frame = Message::Report(Report {
+            manifest: vec![b'x'; 100],
+        })
+        .encode()
+        .unwrap();
+        let body = LENGTH_PREFIX_BYTES + 2;
+        assert_eq!(frame[body], 100);
+        let mut claim = Vec::new();
+        put_varint(&mut claim, MAX_REPORT_BYTES as u64 + 1);
+        frame.splice(body..=body, claim);
+        let length = u32::try_from(frame.len() - LENGTH_PREFIX_BYTES).unwrap();
+        frame[..LENGTH_PREFIX_BYTES].copy_from_slice(&length.to_le_bytes());
+        let error = Message::decode_frame(&frame).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                WireError::InvalidValue {
+                    field: "manifest",
+                    ..
+                }
+            ),
+            "{error}"
+        );
     }
 
     #[test]
@@ -1291,6 +1388,10 @@ mod tests {
             "[a-z/.0-9]{1,80}".prop_map(|name| Message::NameQuery(NameQuery { name })),
             blob.clone()
                 .prop_map(|blob| Message::PeersQuery(PeersQuery { blob })),
+            proptest::collection::vec(any::<u8>(), 1..2048)
+                .prop_map(|manifest| Message::Report(Report { manifest })),
+            blob.clone()
+                .prop_map(|report| Message::ReportTaken(ReportTaken { report })),
             (
                 blob.clone(),
                 proptest::collection::vec(

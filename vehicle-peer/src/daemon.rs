@@ -460,13 +460,18 @@ impl Daemon {
         step
     }
 
-    /// Sends the reports the director has not acknowledged yet (`director_url`), oldest first;
-    /// each is sent until the director answers (accepted, or refused for good: a replay or a
-    /// bad manifest is not sent again). Counts the bytes on a metered link.
+    /// Sends the reports the director has not acknowledged yet, oldest first: to the director
+    /// (`director_url`) when it can be reached, else through the depot (the configured peers,
+    /// which store it durably and relay it; they cannot alter it). A report sent directly is
+    /// sent until the director answers (accepted, or refused for good: a replay or a bad
+    /// manifest is not sent again); one a depot took is the depot's to deliver. Counts the
+    /// bytes on a metered link.
     fn send_reports(&mut self, class: LinkClass, now: u64) -> anyhow::Result<()> {
-        let Some(url) = self.config.director_url.clone() else {
+        let director_url = self.config.director_url.clone();
+        let relays = self.config.peers.clone();
+        if director_url.is_none() && relays.is_empty() {
             return Ok(());
-        };
+        }
         let dir = self.config.data_dir.join("reports");
         let Ok(entries) = fs::read_dir(&dir) else {
             return Ok(());
@@ -488,54 +493,90 @@ impl Daemon {
             }
         }
         pending.sort();
+        for (group, path) in pending {
+            let manifest =
+                fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            self.record(class, manifest.len() as u64, now)?;
+            let mut failures = Vec::new();
+            if let Some(url) = &director_url {
+                match self.post_report(url, &manifest) {
+                    Ok((status, answer)) => {
+                        let verdict = if status == 200 { "accepted" } else { "refused" };
+                        if status == 200 {
+                            tracing::info!(%group, "report accepted by the director");
+                        } else {
+                            tracing::error!(%group, status, %answer, "the director refused the report");
+                        }
+                        self.journal.put(
+                            format!("daemon-sent/{group}").as_bytes(),
+                            json!({"at": now, "via": "director", "status": status})
+                                .to_string()
+                                .as_bytes(),
+                        )?;
+                        self.status["report_sent"] = json!({"group": group, "via": "director",
+                            "status": status, "verdict": verdict, "answer": answer});
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%group, "sending the report to the director: {error}");
+                        failures.push(format!("director: {error}"));
+                    }
+                }
+            }
+            if relays.is_empty() {
+                self.status["report_sent"] = json!({"group": group, "error": failures.join("; ")});
+                return Ok(());
+            }
+            let relayed = self.runtime.block_on(node::relay::send_report(
+                &self.net,
+                &relays,
+                &manifest,
+                self.config.metadata_timeout,
+            ));
+            match relayed {
+                Ok(depot) => {
+                    tracing::info!(%group, %depot, "report handed to the depot to relay");
+                    self.journal.put(
+                        format!("daemon-sent/{group}").as_bytes(),
+                        json!({"at": now, "via": "depot", "depot": depot.to_string()})
+                            .to_string()
+                            .as_bytes(),
+                    )?;
+                    self.status["report_sent"] = json!({"group": group, "via": "depot",
+                        "depot": depot.to_string(), "verdict": "relayed"});
+                }
+                Err(error) => {
+                    tracing::warn!(%group, "handing the report to a depot: {error}");
+                    failures.push(format!("depot: {error}"));
+                    self.status["report_sent"] =
+                        json!({"group": group, "error": failures.join("; ")});
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// POSTs one manifest to the director. `Ok` is an answer for good (200, or 403/404/409:
+    /// refused, not worth sending again); `Err` means try again (unreachable, 5xx, other).
+    fn post_report(&self, url: &str, manifest: &[u8]) -> Result<(u16, String), String> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(self.config.metadata_timeout))
             .http_status_as_error(false)
             .build()
             .into();
-        for (group, path) in pending {
-            let manifest =
-                fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let endpoint = format!("{url}/v1/vehicles/{}/manifest", self.config.vin);
-            let response = agent
-                .post(&endpoint)
-                .header("content-type", "application/json")
-                .send(&manifest[..]);
-            self.record(class, manifest.len() as u64, now)?;
-            let mut response = match response {
-                Ok(response) => response,
-                Err(error) => {
-                    tracing::warn!(%group, "sending the report to {endpoint}: {error}");
-                    self.status["report_sent"] =
-                        json!({"group": group, "error": error.to_string()});
-                    return Ok(());
-                }
-            };
-            let status = response.status().as_u16();
-            let answer = response.body_mut().read_to_string().unwrap_or_default();
-            let verdict = match status {
-                200 => "accepted",
-                403 | 404 | 409 => "refused",
-                _ => {
-                    tracing::warn!(%group, status, %answer, "the director did not take the report; retrying next check");
-                    self.status["report_sent"] =
-                        json!({"group": group, "status": status, "answer": answer});
-                    return Ok(());
-                }
-            };
-            if verdict == "refused" {
-                tracing::error!(%group, status, %answer, "the director refused the report");
-            } else {
-                tracing::info!(%group, "report accepted by the director");
-            }
-            self.journal.put(
-                format!("daemon-sent/{group}").as_bytes(),
-                json!({"at": now, "status": status}).to_string().as_bytes(),
-            )?;
-            self.status["report_sent"] =
-                json!({"group": group, "status": status, "verdict": verdict, "answer": answer});
+        let endpoint = format!("{url}/v1/vehicles/{}/manifest", self.config.vin);
+        let mut response = agent
+            .post(&endpoint)
+            .header("content-type", "application/json")
+            .send(manifest)
+            .map_err(|error| format!("{endpoint}: {error}"))?;
+        let status = response.status().as_u16();
+        let answer = response.body_mut().read_to_string().unwrap_or_default();
+        match status {
+            200 | 403 | 404 | 409 => Ok((status, answer)),
+            _ => Err(format!("{endpoint}: status {status}: {}", answer.trim())),
         }
-        Ok(())
     }
 
     #[allow(clippy::too_many_lines)]

@@ -72,3 +72,67 @@ pub(crate) fn metric(http: &str, series: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// A director service (`origin::http`) on a loopback port, on its own runtime.
+pub(crate) struct DirectorService {
+    /// The runtime that serves it (kept alive with it).
+    pub(crate) runtime: tokio::runtime::Runtime,
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) url: String,
+    /// Its state, to serve on another listener too.
+    pub(crate) shared: std::sync::Arc<origin::http::Shared>,
+}
+
+/// Starts the director of `origin` on a loopback port.
+pub(crate) fn director_service(origin: &origin::repo::Origin) -> DirectorService {
+    let director = origin::service::Director::open(origin.clone()).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shared = origin::http::Shared::new(director);
+    runtime.spawn(origin::http::serve(
+        listener,
+        shared.clone(),
+        std::time::Duration::from_secs(10),
+    ));
+    DirectorService {
+        runtime,
+        url,
+        shared,
+    }
+}
+
+/// The hex public key of the ed25519 key whose seed is 32 × `seed`.
+pub(crate) fn public(seed: u8) -> String {
+    hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+            .verifying_key()
+            .as_bytes(),
+    )
+}
+
+/// Registers vehicle `vin` with one gateway ECU `serial` (hardware `gw-v1`, running
+/// `ecu/gw-1.bin`), primary key seed 8 and ECU key seed 9, over the director's HTTP API.
+pub(crate) fn register_vehicle(url: &str, vin: &str, serial: &str) {
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let vehicle = serde_json::json!({
+        "vin": vin, "region": "eu-north", "vehicle_type": "tractor", "home_depot": "depot-1",
+        "primary_key": public(8),
+        "ecus": [{"serial": serial, "hardware_id": "gw-v1",
+                  "public_key": public(9), "installed": "ecu/gw-1.bin"}],
+    });
+    let response = http
+        .post(&format!("{url}/v1/vehicles"))
+        .send(serde_json::json!({"actor": "provisioning", "vehicle": vehicle}).to_string())
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}

@@ -31,7 +31,15 @@ pub(crate) fn start_depot(
         .await
         .unwrap();
         let tracker = Tracker::start(handle.clone(), events, SeedConfig::default());
-        runtime::spawn_server_with(Arc::new(store), incoming, counters, Some(tracker));
+        runtime::spawn_server_with(
+            Arc::new(store),
+            incoming,
+            counters,
+            runtime::Roles {
+                tracker: Some(tracker),
+                ..runtime::Roles::default()
+            },
+        );
         let addr = handle.listen_addrs().await.into_iter().next().unwrap();
         (handle, addr)
     })

@@ -1,0 +1,94 @@
+//! Passing vehicles' reports on to the director: the queue ([`node::relay::ReportQueue`]) is
+//! emptied oldest first, each report POSTed to `<director>/v1/vehicles/<vin>/manifest` as the
+//! vehicle would have sent it.
+//!
+//! A report leaves the queue only when the director has answered it for good: taken (200,
+//! also for a report it already had) or refused (400, 403, 404, 409: not signed right, an
+//! unknown vehicle, a replay; sending it again would change nothing, and the refusal is logged
+//! and counted). When the director cannot be reached or fails (5xx), the round stops and the
+//! report is tried again later, in the same order.
+
+use std::time::Duration;
+
+use node::relay::ReportQueue;
+
+/// What one round of relaying did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RelayRound {
+    /// Reports the director took.
+    pub accepted: u64,
+    /// Reports the director refused for good (dropped, logged).
+    pub refused: u64,
+    /// Per refused report, the vehicle, the status and the director's words.
+    pub refusals: Vec<String>,
+    /// Why the round stopped early (the director unreachable or failing); the reports left are
+    /// tried again.
+    pub stopped: Option<String>,
+}
+
+/// Sends every queued report to the director at `director_url`, each request within `timeout`.
+pub fn relay_once(queue: &ReportQueue, director_url: &str, timeout: Duration) -> RelayRound {
+    let mut round = RelayRound::default();
+    let pending = match queue.pending() {
+        Ok(pending) => pending,
+        Err(error) => {
+            round.stopped = Some(format!("reading the queue: {error}"));
+            return round;
+        }
+    };
+    if pending.is_empty() {
+        return round;
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for report in pending {
+        let endpoint = format!("{director_url}/v1/vehicles/{}/manifest", report.vin);
+        let response = agent
+            .post(&endpoint)
+            .header("content-type", "application/json")
+            .header("x-depotmesh-relayed", "depot")
+            .send(&report.manifest[..]);
+        let mut response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                round.stopped = Some(format!("{endpoint}: {error}"));
+                return round;
+            }
+        };
+        let status = response.status().as_u16();
+        let answer = response
+            .body_mut()
+            .with_config()
+            .limit(4096)
+            .read_to_string()
+            .unwrap_or_default();
+        match status {
+            200 => {
+                tracing::info!(vin = %report.vin, report = %report.digest, "relayed a report to the director");
+                round.accepted += 1;
+            }
+            400 | 403 | 404 | 409 => {
+                tracing::error!(vin = %report.vin, report = %report.digest, status, %answer, "the director refused a relayed report; dropped");
+                round.refused += 1;
+                round.refusals.push(format!(
+                    "{} ({}): {status} {}",
+                    report.vin,
+                    report.digest.short(),
+                    answer.trim()
+                ));
+            }
+            _ => {
+                round.stopped = Some(format!("{endpoint}: status {status}: {}", answer.trim()));
+                return round;
+            }
+        }
+        if let Err(error) = queue.remove(&report.digest) {
+            round.stopped = Some(format!("removing a relayed report from the queue: {error}"));
+            return round;
+        }
+    }
+    round
+}

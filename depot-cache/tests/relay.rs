@@ -1,0 +1,139 @@
+//! The depot's relay of vehicles' reports, against a real director over HTTP: what the director
+//! refuses (a manifest the depot altered, an unknown vehicle) leaves the queue counted and
+//! named; while the director is unreachable, reports stay queued, in order, across a reopen.
+//! (Delivery of good reports from real vehicle agents, across a depot kill, is in
+//! `vehicle_agent.rs`.)
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use node::relay::{ReportInbox, ReportQueue};
+use origin::repo::Origin;
+
+mod common;
+use common::{director_service, register_vehicle};
+
+#[test]
+fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let origin = Origin {
+        dir: w.join("origin"),
+        offline_keys: Some(w.join("usb")),
+        now: node::tuf_mesh::system_now().unwrap(),
+    };
+    origin::init(&origin).unwrap();
+    std::fs::write(w.join("gw.bin"), b"firmware v1").unwrap();
+    let hw = ["gw-v1".to_string()];
+    origin::release(
+        &origin,
+        &w.join("gw.bin"),
+        "ecu/gw-1.bin",
+        "targets",
+        &hw,
+        1,
+    )
+    .unwrap();
+    let ecu = origin::director::Assignment {
+        serial: "GW-1".into(),
+        hardware_id: "gw-v1".into(),
+        target: "ecu/gw-1.bin".into(),
+    };
+    origin::director::assign(&origin, "VIN-1", &[ecu], node::policy::Priority::Fix).unwrap();
+    let version = origin::director::targets_version(&origin, "VIN-1");
+    let director = director_service(&origin);
+    let url = director.url.clone();
+    register_vehicle(&url, "VIN-1", "GW-1");
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+
+    // The vehicle's signed manifest; the same altered by the relay (it claims a rollback); and
+    // one for a vehicle the director does not know.
+    let nonce = format!("director-v{version}@1");
+    let report = proto::uptane::EcuVersionReport {
+        ecu_serial: "GW-1".into(),
+        installed_image: "ecu/gw-1.bin".into(),
+        sha256: proto::tuf::build::TargetDigests::of(b"firmware v1").sha256,
+        release_counter: 1,
+        nonce: nonce.clone(),
+        attacks_detected: String::new(),
+    };
+    let ecu_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let reports = [proto::uptane::sign_ecu_report(&report, &ecu_key).unwrap()];
+    let key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let install =
+        serde_json::json!({"group": format!("director-v{version}"), "outcome": "committed"});
+    let genuine =
+        proto::uptane::sign_vehicle_manifest("VIN-1", "GW-1", &reports, Some(&install), &key)
+            .unwrap();
+    let altered = String::from_utf8(genuine.clone())
+        .unwrap()
+        .replace("\"committed\"", "\"rolled_back\"")
+        .into_bytes();
+    assert_ne!(altered, genuine);
+    let stranger =
+        proto::uptane::sign_vehicle_manifest("VIN-9", "GW-9", &reports, None, &key).unwrap();
+
+    let queue_dir = w.join("queue");
+    let queue = ReportQueue::open(&queue_dir, 100).unwrap();
+    let peer = libp2p::PeerId::random();
+    queue.take(&peer, &altered).unwrap();
+    queue.take(&peer, &stranger).unwrap();
+    queue.take(&peer, &genuine).unwrap();
+
+    // The director down (nothing listens on port 1): the round stops, both stay, in order.
+    let round =
+        depot_cache::relay::relay_once(&queue, "http://127.0.0.1:1", Duration::from_secs(5));
+    assert_eq!((round.accepted, round.refused), (0, 0));
+    assert!(round.stopped.unwrap().contains("127.0.0.1:1"));
+    drop(queue);
+    let queue = ReportQueue::open(&queue_dir, 100).unwrap();
+    let vins: Vec<_> = queue
+        .pending()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.vin)
+        .collect();
+    assert_eq!(vins, ["VIN-1", "VIN-9", "VIN-1"]);
+
+    // The director up: it refuses the altered and the stranger's, and says why; it takes the
+    // genuine one; nothing is left to resend.
+    let round = depot_cache::relay::relay_once(&queue, &url, Duration::from_secs(5));
+    assert_eq!((round.accepted, round.refused, round.stopped), (1, 2, None));
+    assert!(
+        round.refusals[0].starts_with("VIN-1"),
+        "{:?}",
+        round.refusals
+    );
+    assert!(round.refusals[0].contains("403"), "{:?}", round.refusals);
+    assert!(
+        round.refusals[0].contains("signature"),
+        "{:?}",
+        round.refusals
+    );
+    assert!(
+        round.refusals[1].starts_with("VIN-9"),
+        "{:?}",
+        round.refusals
+    );
+    assert!(round.refusals[1].contains("404"), "{:?}", round.refusals);
+    assert!(queue.is_empty());
+
+    // What the director believes is what the vehicle signed.
+    let mut response = http.get(&format!("{url}/v1/vehicles")).call().unwrap();
+    let registry: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(registry[0]["vin"], "VIN-1");
+    assert_eq!(
+        registry[0]["last_report"]["outcome"], "committed",
+        "{registry}"
+    );
+    assert_eq!(
+        registry[0]["last_report"]["nonce"],
+        nonce.as_str(),
+        "{registry}"
+    );
+}

@@ -1,0 +1,386 @@
+//! Vehicle reports relayed through the depot: a vehicle in a yard with no route to the director
+//! hands its signed version manifest to its depot over the mesh ([`send_report`]); the depot
+//! stores it durably ([`ReportQueue`]) before it answers, and passes it on to the director when
+//! it can (the depot daemon's relay loop).
+//!
+//! The relay is trusted with nothing but delivery. The manifest is signed by the vehicle's
+//! primary and every report in it by its ECU, and answers a nonce the director signed for that
+//! vehicle, so a depot that alters, forges or replays one is refused at the director. What a
+//! depot can do is drop reports: the gates' report timeout notices silence, and the vehicle
+//! sends directly again whenever it has a route.
+//!
+//! The queue is a directory of files `<sequence>-<blake3>.json`, each written whole (temporary
+//! file, sync, rename, directory sync) before the vehicle hears "taken": a power cut loses no
+//! report it acknowledged and leaves no torn one. The same bytes handed twice are queued once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use proto::BlobId;
+use proto::wire::ErrorCode;
+
+use crate::net::NetHandle;
+use crate::protocol::{self, ExchangeError};
+
+/// Why a relay would not take a report: the code and words the sender hears.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The wire error code.
+    pub code: ErrorCode,
+    /// What was wrong.
+    pub detail: String,
+}
+
+/// Where a node's server puts the reports vehicles hand it (a depot's [`ReportQueue`]).
+pub trait ReportInbox: Send + Sync + 'static {
+    /// Stores `manifest`, handed over by `from`, durably; returns its BLAKE3 hash. Called on a
+    /// blocking thread.
+    fn take(&self, from: &PeerId, manifest: &[u8]) -> Result<BlobId, Refusal>;
+}
+
+/// A report waiting in the queue.
+#[derive(Clone, Debug)]
+pub struct QueuedReport {
+    /// The BLAKE3 hash of its bytes.
+    pub digest: BlobId,
+    /// The vehicle it names (`signed.vin`: the director checks that it signed it).
+    pub vin: String,
+    /// The manifest's bytes.
+    pub manifest: Vec<u8>,
+}
+
+#[derive(Default)]
+struct QueueIndex {
+    next: u64,
+    /// Sequence number → digest, oldest first.
+    order: BTreeMap<u64, BlobId>,
+    digests: BTreeSet<BlobId>,
+}
+
+/// The depot's durable queue of reports to relay; see the module.
+pub struct ReportQueue {
+    dir: PathBuf,
+    max_reports: usize,
+    index: Mutex<QueueIndex>,
+    arrived: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for ReportQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportQueue")
+            .field("dir", &self.dir)
+            .field("queued", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The vehicle a manifest names, checked enough to be used in the director's URL.
+pub fn vehicle_of(manifest: &[u8]) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Signed {
+        vin: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        signed: Signed,
+    }
+    let envelope: Envelope = serde_json::from_slice(manifest)
+        .map_err(|error| format!("not a signed vehicle manifest ({error})"))?;
+    crate::text::check_vehicle_id(&envelope.signed.vin)?;
+    Ok(envelope.signed.vin)
+}
+
+impl ReportQueue {
+    /// The queue in `dir` (created if missing), holding at most `max_reports`. Temporary files
+    /// a power cut left behind are removed; queued reports are kept in their order.
+    pub fn open(dir: &Path, max_reports: usize) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut index = QueueIndex::default();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                std::fs::remove_file(entry.path())?;
+                continue;
+            }
+            let Some((sequence, digest)) = parse_name(&name) else {
+                tracing::warn!(file = %entry.path().display(), "not a queued report; left alone");
+                continue;
+            };
+            index.next = index.next.max(sequence + 1);
+            index.order.insert(sequence, digest);
+            index.digests.insert(digest);
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            max_reports,
+            index: Mutex::new(index),
+            arrived: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Reports waiting.
+    pub fn len(&self) -> usize {
+        self.lock().order.len()
+    }
+
+    /// True when no report waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until a report is taken (or returns at once if one was taken since the last wait).
+    pub async fn arrival(&self) {
+        self.arrived.notified().await;
+    }
+
+    /// The reports waiting, oldest first. A file that no longer reads as a manifest (damaged on
+    /// disk) is dropped with a warning: it could never be delivered.
+    pub fn pending(&self) -> std::io::Result<Vec<QueuedReport>> {
+        let order: Vec<(u64, BlobId)> = self.lock().order.iter().map(|(s, d)| (*s, *d)).collect();
+        let mut reports = Vec::with_capacity(order.len());
+        for (sequence, digest) in order {
+            let path = self.path(sequence, &digest);
+            let manifest = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            let vin = if BlobId::of(&manifest) == digest {
+                vehicle_of(&manifest)
+            } else {
+                Err("its bytes no longer match its name".into())
+            };
+            match vin {
+                Ok(vin) => reports.push(QueuedReport {
+                    digest,
+                    vin,
+                    manifest,
+                }),
+                Err(reason) => {
+                    tracing::warn!(file = %path.display(), %reason, "dropping a damaged queued report");
+                    self.remove(&digest)?;
+                }
+            }
+        }
+        Ok(reports)
+    }
+
+    /// Removes a report (delivered, or refused for good), durably.
+    pub fn remove(&self, digest: &BlobId) -> std::io::Result<()> {
+        let mut index = self.lock();
+        let Some(sequence) = index
+            .order
+            .iter()
+            .find_map(|(sequence, queued)| (queued == digest).then_some(*sequence))
+        else {
+            return Ok(());
+        };
+        match std::fs::remove_file(self.path(sequence, digest)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        index.order.remove(&sequence);
+        index.digests.remove(digest);
+        Ok(())
+    }
+
+    fn path(&self, sequence: u64, digest: &BlobId) -> PathBuf {
+        self.dir.join(format!("{sequence:012}-{}.json", digest))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueIndex> {
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn parse_name(name: &str) -> Option<(u64, BlobId)> {
+    let stem = name.strip_suffix(".json")?;
+    let (sequence, digest) = stem.split_once('-')?;
+    let sequence = sequence.parse().ok()?;
+    let digest = digest.parse().ok()?;
+    Some((sequence, digest))
+}
+
+impl ReportInbox for ReportQueue {
+    fn take(&self, from: &PeerId, manifest: &[u8]) -> Result<BlobId, Refusal> {
+        let refuse = |code, detail: String| Refusal { code, detail };
+        let vin = vehicle_of(manifest).map_err(|e| refuse(ErrorCode::BadRequest, e))?;
+        let digest = BlobId::of(manifest);
+        // Held across the write: two copies of the same report cannot both be queued, and the
+        // sequence numbers follow the order reports were taken in.
+        let mut index = self.lock();
+        if index.digests.contains(&digest) {
+            return Ok(digest);
+        }
+        if index.order.len() >= self.max_reports {
+            return Err(refuse(
+                ErrorCode::Busy,
+                format!(
+                    "the relay queue is full ({} reports); send it later or directly",
+                    self.max_reports
+                ),
+            ));
+        }
+        let sequence = index.next;
+        crate::storage::replace_file(&self.path(sequence, &digest), manifest).map_err(|error| {
+            tracing::error!(%error, "storing a report to relay");
+            refuse(
+                ErrorCode::Internal,
+                "the relay could not store the report".into(),
+            )
+        })?;
+        index.next += 1;
+        index.order.insert(sequence, digest);
+        index.digests.insert(digest);
+        drop(index);
+        tracing::info!(%from, %vin, report = %digest, "report queued for the director");
+        self.arrived.notify_one();
+        Ok(digest)
+    }
+}
+
+/// Tries a relay again after it reset the stream (a burst of new streams), this many times.
+const RESET_RETRIES: u32 = 4;
+
+/// Hands `manifest` to the first of `relays` (addresses with `/p2p/`, in order) that takes it,
+/// all within `timeout`. Returns the peer that took it, or what each one did.
+pub async fn send_report(
+    net: &NetHandle,
+    relays: &[Multiaddr],
+    manifest: &[u8],
+    timeout: Duration,
+) -> Result<PeerId, String> {
+    let mut tried = Vec::new();
+    let attempt = async {
+        for addr in relays {
+            let peer = match net.dial(addr.clone()).await {
+                Ok(peer) => peer,
+                Err(error) => {
+                    tried.push(format!("{addr}: {error}"));
+                    continue;
+                }
+            };
+            let mut wait = Duration::from_millis(10);
+            let mut retries = 0;
+            loop {
+                let result = match net.open_stream(peer).await {
+                    Ok(stream) => protocol::hand_report(stream, manifest).await,
+                    Err(error) => Err(ExchangeError::Io(std::io::Error::other(error))),
+                };
+                match result {
+                    Ok(_) => return Some(peer),
+                    Err(error) if error.is_reset() && retries < RESET_RETRIES => {
+                        retries += 1;
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                    Err(error) => {
+                        tried.push(format!("{peer}: {error}"));
+                        break;
+                    }
+                }
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Some(peer)) => Ok(peer),
+        Ok(None) if relays.is_empty() => Err("no relay is configured".into()),
+        Ok(None) => Err(format!("no relay took the report: {}", tried.join("; "))),
+        Err(_) => Err(format!(
+            "no relay took the report within {} s{}",
+            timeout.as_secs_f64(),
+            if tried.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", tried.join("; "))
+            }
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn manifest(vin: &str, n: u32) -> Vec<u8> {
+        format!(r#"{{"signatures":[],"signed":{{"vin":"{vin}","n":{n}}}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn reports_are_queued_once_in_order_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = PeerId::random();
+        let queue = ReportQueue::open(dir.path(), 10).unwrap();
+        let first = queue.take(&peer, &manifest("VIN-1", 1)).unwrap();
+        let second = queue.take(&peer, &manifest("VIN-2", 2)).unwrap();
+        assert_eq!(queue.take(&peer, &manifest("VIN-1", 1)).unwrap(), first);
+        assert_eq!(queue.len(), 2);
+        // A temporary file left by a power cut mid-write is cleared at the next open.
+        std::fs::write(dir.path().join(".000000000009-x.json.tmp"), b"{").unwrap();
+        drop(queue);
+        let queue = ReportQueue::open(dir.path(), 10).unwrap();
+        let pending = queue.pending().unwrap();
+        let order: Vec<_> = pending.iter().map(|r| (r.digest, r.vin.as_str())).collect();
+        assert_eq!(order, [(first, "VIN-1"), (second, "VIN-2")]);
+        assert_eq!(pending[0].manifest, manifest("VIN-1", 1));
+        assert!(!dir.path().join(".000000000009-x.json.tmp").exists());
+        queue.remove(&first).unwrap();
+        let third = queue.take(&peer, &manifest("VIN-3", 3)).unwrap();
+        let order: Vec<_> = queue.pending().unwrap().iter().map(|r| r.digest).collect();
+        assert_eq!(
+            order,
+            [second, third],
+            "new reports queue after the old ones"
+        );
+        drop(queue);
+        let queue = ReportQueue::open(dir.path(), 10).unwrap();
+        assert_eq!(queue.len(), 2);
+    }
+
+    #[test]
+    fn bad_reports_and_a_full_queue_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = PeerId::random();
+        let queue = ReportQueue::open(dir.path(), 1).unwrap();
+        for (bad, words) in [
+            (&b"not json"[..], "not a signed vehicle manifest"),
+            (br#"{"signed":{}}"#, "missing field `vin`"),
+            (br#"{"signed":{"vin":"../../etc"}}"#, "must be 1 to 64"),
+        ] {
+            let refusal = queue.take(&peer, bad).unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::BadRequest);
+            assert!(refusal.detail.contains(words), "{}", refusal.detail);
+        }
+        queue.take(&peer, &manifest("VIN-1", 1)).unwrap();
+        let full = queue.take(&peer, &manifest("VIN-1", 2)).unwrap_err();
+        assert_eq!(full.code, ErrorCode::Busy);
+        assert!(full.detail.contains("full (1 reports)"), "{}", full.detail);
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn a_report_damaged_on_disk_is_dropped_not_relayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = PeerId::random();
+        let queue = ReportQueue::open(dir.path(), 10).unwrap();
+        let digest = queue.take(&peer, &manifest("VIN-1", 1)).unwrap();
+        let good = queue.take(&peer, &manifest("VIN-2", 1)).unwrap();
+        let path = dir.path().join(format!("{:012}-{}.json", 0, digest));
+        std::fs::write(&path, manifest("VIN-9", 1)).unwrap();
+        let pending = queue.pending().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].digest, good);
+        assert!(!path.exists());
+        assert_eq!(queue.len(), 1);
+    }
+}
