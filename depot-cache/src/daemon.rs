@@ -68,9 +68,54 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Where a started daemon can be reached.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    /// The node's full addresses (with `/p2p/<peer id>`).
+    pub addrs: Vec<libp2p::Multiaddr>,
+    /// Where `/metrics` and `/status` are served, when they are.
+    pub http: Option<std::net::SocketAddr>,
+}
+
 /// Runs the daemon until SIGINT or SIGTERM. The first lines printed on stdout are the node's
 /// full addresses (with `/p2p/<peer id>`), then `http <addr>` when it serves HTTP.
 pub async fn run(config: DepotConfig) -> anyhow::Result<()> {
+    let (ready, addresses) = tokio::sync::oneshot::channel::<Ready>();
+    let printer = tokio::spawn(async move {
+        let Ok(ready) = addresses.await else {
+            return Ok(());
+        };
+        let mut printed = String::new();
+        for addr in &ready.addrs {
+            printed.push_str(&format!("{addr}\n"));
+        }
+        if let Some(http) = ready.http {
+            printed.push_str(&format!("http {http}\n"));
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(printed.as_bytes())?;
+        stdout.flush()
+    });
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let signals = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    let served = serve(config, ready, signals).await;
+    printer.await.ok();
+    served
+}
+
+/// Runs the daemon until `shutdown` completes (or its server ends); sends where it can be
+/// reached on `ready` once it listens. For programs that run a depot inside them (netsim).
+pub async fn serve(
+    config: DepotConfig,
+    ready: tokio::sync::oneshot::Sender<Ready>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let (store, report) = node::store::open_data_dir(&config.data_dir)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     tracing::info!(?report, "store opened");
@@ -134,40 +179,39 @@ pub async fn run(config: DepotConfig) -> anyhow::Result<()> {
         }),
         relay: queue.map(|queue| (queue, Mutex::new(RelayState::default()))),
     });
-    let mut printed = String::new();
-    for addr in &addrs {
-        printed.push_str(&format!("{addr}\n"));
-    }
+    let mut http_addr = None;
+    let mut tasks = Vec::new();
     if let Some(http) = config.http {
         let listener = tokio::net::TcpListener::bind(http)
             .await
             .with_context(|| format!("listening for HTTP on {http}"))?;
-        printed.push_str(&format!("http {}\n", listener.local_addr()?));
-        tokio::spawn(serve_http(listener, state.clone()));
+        http_addr = Some(listener.local_addr()?);
+        tasks.push(tokio::spawn(serve_http(listener, state.clone())));
     }
-    {
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(printed.as_bytes())?;
-        stdout.flush()?;
-    }
+    let _ = ready.send(Ready {
+        addrs: addrs.clone(),
+        http: http_addr,
+    });
     if let Some(prefetch) = config.prefetch.clone() {
-        tokio::spawn(prefetch_loop(
+        tasks.push(tokio::spawn(prefetch_loop(
             prefetch,
             config.clone(),
             net.clone(),
             hub.clone(),
             state.clone(),
-        ));
+        )));
     }
     if let Some(relay) = config.relay.clone() {
-        tokio::spawn(relay_loop(relay, state.clone()));
+        tasks.push(tokio::spawn(relay_loop(relay, state.clone())));
     }
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    let server_abort = server.abort_handle();
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+        () = shutdown => {}
         _ = server => {}
+    }
+    server_abort.abort();
+    for task in tasks {
+        task.abort();
     }
     store.flush_usage().ok();
     net.shutdown().await;

@@ -8,5 +8,6 @@
 
 pub mod config;
 pub mod daemon;
+pub mod import;
 pub mod prefetch;
 pub mod relay;

@@ -186,28 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let (store, _) = node::store::open_data_dir(&data_dir)
                 .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-            let name = name.trim_end_matches('/');
-            let mut files = Vec::new();
-            // `deltas/` holds the deltas `origin release --delta-from` listed with images.
-            for part in ["metadata", "targets", "deltas"] {
-                collect_files(&repo.join(part), part, &mut files)?;
-            }
-            if !files.iter().any(|(path, _)| path.starts_with("metadata/")) {
-                anyhow::bail!(
-                    "{} holds no metadata/ files: not a repository directory",
-                    repo.display()
-                );
-            }
-            for (relative, path) in files {
-                let file = std::fs::File::open(&path)
-                    .with_context(|| format!("opening {}", path.display()))?;
-                let id = store
-                    .import(std::io::BufReader::with_capacity(1 << 20, file))
-                    .with_context(|| format!("importing {}", path.display()))?;
-                let mesh_name = format!("{name}/{relative}");
-                store
-                    .set_name(&mesh_name, &id)
-                    .with_context(|| format!("naming {}", path.display()))?;
+            for (id, mesh_name) in depot_cache::import::import_repo(&store, &name, &repo)? {
                 println!("{id}  {mesh_name}");
             }
             Ok(ExitCode::SUCCESS)
@@ -255,36 +234,3 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Every regular file under `dir` as (`prefix/relative path`, path), in name order. A missing
-/// directory holds nothing.
-fn collect_files(
-    dir: &std::path::Path,
-    prefix: &str,
-    out: &mut Vec<(String, PathBuf)>,
-) -> anyhow::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(error).with_context(|| format!("listing {}", dir.display())),
-    };
-    let mut entries = entries
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("listing {}", dir.display()))?;
-    entries.sort_by_key(std::fs::DirEntry::file_name);
-    for entry in entries {
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else {
-            anyhow::bail!("{}: file name is not UTF-8", entry.path().display());
-        };
-        let relative = format!("{prefix}/{file_name}");
-        let kind = entry
-            .file_type()
-            .with_context(|| format!("reading {}", entry.path().display()))?;
-        if kind.is_dir() {
-            collect_files(&entry.path(), &relative, out)?;
-        } else if kind.is_file() && !file_name.starts_with('.') {
-            out.push((relative, entry.path()));
-        }
-    }
-    Ok(())
-}

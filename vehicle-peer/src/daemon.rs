@@ -845,6 +845,11 @@ impl Daemon {
                     "link": link.class.name(),
                     "seconds": report.seconds,
                     "from_peers": report.bytes_per_peer.len(),
+                    "bytes_by_peer": report
+                        .bytes_per_peer
+                        .iter()
+                        .map(|(peer, bytes)| (peer.to_string(), json!(bytes)))
+                        .collect::<serde_json::Map<_, _>>(),
                 })),
                 Err(FetchError::Allowance { bytes, .. }) => {
                     return Ok(Step::Waiting {
