@@ -233,4 +233,3 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
 }
-

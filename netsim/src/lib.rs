@@ -6,3 +6,8 @@
 //! It must never carry a decision rule of its own that the nodes do not run: every choice it
 //! simulates comes from the same engines the depot cache and vehicle peer use. Runs take a seed and
 //! are reproducible from it.
+//!
+//! Built so far: [`yard`] (`netsim yard`). The flow-level fleet model (`netsim fleet`) is not.
+
+pub mod report;
+pub mod yard;

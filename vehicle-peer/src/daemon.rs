@@ -242,6 +242,13 @@ impl Daemon {
         self.runtime.block_on(self.net.listen_addrs())
     }
 
+    /// Keeps the node serving its neighbours for `wait`, for a program that drives [`Self::check`]
+    /// itself: the node's runtime runs only while the daemon's thread waits in it.
+    pub fn serve_for(&self, wait: Duration) {
+        self.runtime
+            .block_on(async move { tokio::time::sleep(wait).await });
+    }
+
     /// What the daemon last decided (also in `status.json`).
     pub fn status(&self) -> &Value {
         &self.status

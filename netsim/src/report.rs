@@ -1,0 +1,115 @@
+//! Reports as HTML pages with inline SVG: one file to open in a browser or attach to a ticket.
+
+use crate::yard::YardSummary;
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The yard run's page: the outcome, a bar per vehicle (bytes from the depot and from
+/// neighbours) and the table.
+pub fn yard_html(summary: &YardSummary) -> String {
+    let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
+    let most = summary
+        .results
+        .iter()
+        .map(|r| r.bytes_from_depot + r.bytes_from_peers)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let (row, width) = (28.0, 520.0);
+    let mut bars = String::new();
+    for (i, r) in summary.results.iter().enumerate() {
+        let y = 10.0 + i as f64 * row;
+        let depot = width * r.bytes_from_depot as f64 / most as f64;
+        let peers = width * r.bytes_from_peers as f64 / most as f64;
+        bars.push_str(&format!(
+            "<text x=\"0\" y=\"{ty:.0}\" class=\"label\">{vin}</text>\
+             <rect x=\"90\" y=\"{y:.0}\" width=\"{depot:.1}\" height=\"18\" fill=\"#3b6fb6\"/>\
+             <rect x=\"{px:.1}\" y=\"{y:.0}\" width=\"{peers:.1}\" height=\"18\" fill=\"#4caf6e\"/>\
+             <text x=\"{tx:.1}\" y=\"{ty:.0}\" class=\"label\">{total:.2} MiB</text>",
+            ty = y + 14.0,
+            vin = escape(&r.vin),
+            px = 90.0 + depot,
+            tx = 96.0 + depot + peers,
+            total = mib(r.bytes_from_depot + r.bytes_from_peers),
+        ));
+    }
+    let height = 20.0 + summary.results.len() as f64 * row;
+    let mut rows = String::new();
+    for r in &summary.results {
+        let ecus: Vec<String> = r
+            .ecus
+            .iter()
+            .map(|(serial, (image, slot))| format!("{serial}: {image} (slot {slot})"))
+            .collect();
+        let outcome = r.outcome.clone().unwrap_or_else(|| "not offered".into());
+        let class = if outcome.starts_with("committed") {
+            "ok"
+        } else if outcome.starts_with("rolled back") {
+            "bad"
+        } else {
+            ""
+        };
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&r.vin),
+            r.wave,
+            escape(&outcome),
+            mib(r.bytes_from_depot),
+            mib(r.bytes_from_peers),
+            r.finished_after_secs.map_or("-".into(), |s| format!("{s:.1}")),
+            escape(r.report_via.as_deref().unwrap_or("-")),
+            escape(&ecus.join("; ")),
+        ));
+    }
+    let state_class = if summary.state == "completed" {
+        "ok"
+    } else {
+        "bad"
+    };
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>netsim yard: {campaign}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
+.ok {{ color: #1b7a3a; font-weight: 600; }} .bad {{ color: #b3261e; font-weight: 600; }}
+.label {{ font-size: 12px; font-family: monospace; }}
+</style></head><body>
+<h1>netsim yard</h1>
+<p>Campaign <b>{campaign}</b>: <span class="{state_class}" id="state">{state}</span>{reason} after {seconds:.1} s.
+{vehicles} vehicles; image {image:.1} MiB, delta {delta:.1} KiB{failing}. The depot served {served:.2} MiB to the yard and took {backhaul:.2} MiB over its backhaul.
+Director time to update (p50, p90, p99 s): {ttu}.</p>
+<h2>Bytes per vehicle</h2>
+<p><span style="color:#3b6fb6">■</span> from the depot <span style="color:#4caf6e">■</span> from neighbouring vehicles</p>
+<svg width="760" height="{height:.0}" xmlns="http://www.w3.org/2000/svg">{bars}</svg>
+<h2>Vehicles</h2>
+<table><tr><th>vehicle</th><th>wave</th><th>outcome</th><th>from depot (MiB)</th><th>from peers (MiB)</th><th>done after (s)</th><th>report via</th><th>ECUs</th></tr>
+{rows}</table>
+</body></html>
+"#,
+        campaign = escape(&summary.campaign),
+        state = escape(&summary.state),
+        reason = summary
+            .reason
+            .as_ref()
+            .map(|r| format!(" (<span id=\"reason\">{}</span>)", escape(r)))
+            .unwrap_or_default(),
+        seconds = summary.seconds,
+        vehicles = summary.vehicles,
+        image = mib(summary.image_bytes),
+        delta = summary.delta_bytes as f64 / 1024.0,
+        failing = if summary.failing_canary {
+            "; the release fails its health check"
+        } else {
+            ""
+        },
+        served = mib(summary.depot_served_bytes),
+        backhaul = mib(summary.depot_backhaul_bytes),
+        ttu = escape(&summary.time_to_update_secs.to_string()),
+    )
+}

@@ -1,0 +1,948 @@
+//! `netsim yard`: the whole system on one machine, on loopback. An origin (image repository and
+//! director, with its HTTP service), the origin's cache (a mesh node serving the origin's
+//! repositories), a depot cache (the real daemon: prefetch, super-seeding tracker, report
+//! relay) and N vehicle agents (the real daemon: Uptane verification, delta from the depot and
+//! neighbours over libp2p QUIC, flasher with file-backed A/B banks and simulated boots). The
+//! origin publishes firmware v1 → v2 with a delta; a campaign rolls v2 out (a canary wave, then
+//! everyone), its gates deciding; the run ends when the campaign completes, or, with a failing
+//! release, when it has halted and its canary vehicles have rolled back.
+//!
+//! Nothing here decides anything the real nodes do not: netsim only starts the parts, presses
+//! the operator's buttons (create, approve) and watches.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use origin::campaign::{Gates, Plan, Wave};
+use origin::repo::Origin;
+use serde_json::{Value, json};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct YardOptions {
+    /// Vehicles in the yard.
+    pub vehicles: usize,
+    /// Size of the firmware image, bytes.
+    pub image_bytes: usize,
+    /// The release fails its health check on every vehicle (only the canary gets it).
+    pub failing_canary: bool,
+    /// Where everything is written (recreated).
+    pub out: PathBuf,
+    /// The run fails if it has not ended by then.
+    pub timeout: Duration,
+    /// Seed of the generated firmware.
+    pub seed: u64,
+    /// Print progress lines.
+    pub verbose: bool,
+}
+
+impl Default for YardOptions {
+    fn default() -> Self {
+        Self {
+            vehicles: 8,
+            image_bytes: 32 << 20,
+            failing_canary: false,
+            out: PathBuf::from("target/netsim-yard"),
+            timeout: Duration::from_secs(600),
+            seed: 1,
+            verbose: true,
+        }
+    }
+}
+
+/// One vehicle at the end of the run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VehicleResult {
+    /// Its VIN.
+    pub vin: String,
+    /// Its wave (1-based).
+    pub wave: usize,
+    /// The last install's outcome (`committed`, `rolled back: …`), if it installed.
+    pub outcome: Option<String>,
+    /// Per ECU: the image it runs and from which slot.
+    pub ecus: BTreeMap<String, (String, String)>,
+    /// Verified bytes from the depot.
+    pub bytes_from_depot: u64,
+    /// Verified bytes from neighbouring vehicles.
+    pub bytes_from_peers: u64,
+    /// Seconds from approval to the end of its install.
+    pub finished_after_secs: Option<f64>,
+    /// How its report reached the director (`director`, `depot`).
+    pub report_via: Option<String>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct YardSummary {
+    /// Vehicles.
+    pub vehicles: usize,
+    /// Image size.
+    pub image_bytes: u64,
+    /// Delta size.
+    pub delta_bytes: u64,
+    /// Whether the release was made to fail.
+    pub failing_canary: bool,
+    /// The campaign's id.
+    pub campaign: String,
+    /// Its final state (`completed`, `halted`, …) and, when halted, why.
+    pub state: String,
+    /// Why it halted.
+    pub reason: Option<String>,
+    /// The director's time to update (p50, p90, p99 seconds).
+    pub time_to_update_secs: Value,
+    /// Bytes the depot served the yard.
+    pub depot_served_bytes: u64,
+    /// Bytes the depot took from the origin's cache.
+    pub depot_backhaul_bytes: u64,
+    /// Seconds from approval to the end.
+    pub seconds: f64,
+    /// Each vehicle.
+    pub results: Vec<VehicleResult>,
+    /// Where the HTML report is.
+    pub report: PathBuf,
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A firmware-like image: code-like noise with repeated tables and zero padding.
+fn firmware(len: usize, seed: u64) -> Vec<u8> {
+    let mut image = noise(len, seed);
+    let table = noise(4096, seed ^ 0xabcd);
+    let mut offset = 0;
+    while offset + 65_536 <= len {
+        // Every 64 KiB: a 4 KiB table repeated and 8 KiB of padding.
+        image[offset..offset + 4096].copy_from_slice(&table);
+        image[offset + 4096..offset + 12_288].fill(0xff);
+        offset += 65_536;
+    }
+    image
+}
+
+/// v2: a few hundred scattered patches, one function grown (bytes inserted) and a new section
+/// appended: what a point release of a firmware does.
+fn next_release(v1: &[u8], seed: u64) -> Vec<u8> {
+    let mut v2 = v1.to_vec();
+    let patches = noise(4096, seed ^ 0x5eed);
+    for (i, at) in (0..v2.len()).step_by(v1.len() / 300 + 1).enumerate() {
+        v2[at] ^= patches[i % patches.len()] | 1;
+    }
+    let middle = v2.len() / 3;
+    let grown = noise(64 << 10, seed ^ 0x9);
+    v2.splice(middle..middle, grown);
+    v2.extend_from_slice(&noise(256 << 10, seed ^ 0x77));
+    v2
+}
+
+fn vin(index: usize) -> String {
+    format!("YARD-{:02}", index + 1)
+}
+
+fn seed_of(index: usize, role: u8) -> [u8; 32] {
+    let mut seed = [role; 32];
+    seed[..8].copy_from_slice(&(index as u64).to_le_bytes());
+    seed
+}
+
+fn public_hex(seed: [u8; 32]) -> String {
+    hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .as_bytes(),
+    )
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Prepares `out`: removes a previous run's output (marked by `.netsim-yard`), refuses to
+/// touch a directory that holds anything else.
+fn fresh_out(out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        let marker = out.join(".netsim-yard");
+        let empty = std::fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .next()
+            .is_none();
+        if !marker.exists() && !empty {
+            bail!(
+                "--out {}: the directory exists and was not made by netsim yard; give an empty or new one",
+                out.display()
+            );
+        }
+        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(
+        out.join(".netsim-yard"),
+        b"made by netsim yard; removed by the next run\n",
+    )?;
+    Ok(())
+}
+
+/// An HTTP client that reads error statuses as answers.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn get_json(http: &ureq::Agent, url: &str) -> anyhow::Result<Value> {
+    let mut response = http.get(url).call().with_context(|| format!("GET {url}"))?;
+    let text = response.body_mut().read_to_string()?;
+    serde_json::from_str(&text).with_context(|| format!("GET {url}: not JSON: {text}"))
+}
+
+fn post_json(http: &ureq::Agent, url: &str, body: &Value) -> anyhow::Result<Value> {
+    let mut response = http
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string()?;
+    if status != 200 {
+        bail!("POST {url}: {status} {text}");
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// What a vehicle thread tells the run.
+struct VehicleEvent {
+    index: usize,
+    at: Instant,
+    step: Result<String, String>,
+    status: Value,
+}
+
+/// Writes one vehicle's ECU (file banks, boot environment, key) and agent configuration.
+#[allow(clippy::too_many_arguments)]
+fn write_vehicle(
+    dir: &Path,
+    index: usize,
+    v1: &[u8],
+    bank_bytes: u64,
+    director_key: &str,
+    depot: &str,
+    roots: (&Path, &Path),
+    health: &str,
+    director_url: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    use vehicle_peer::bank::Bank as _;
+    std::fs::create_dir_all(dir)?;
+    let vin = vin(index);
+    let mut a = vehicle_peer::bank::FileBank::create(&dir.join("bank-a.img"), bank_bytes)?;
+    a.write_all_at(0, v1)?;
+    a.sync()?;
+    vehicle_peer::bank::FileBank::create(&dir.join("bank-b.img"), bank_bytes)?;
+    std::fs::write(dir.join("env.img"), vec![0u8; 2048])?;
+    std::fs::write(dir.join("ecu.key"), hex::encode(seed_of(index, 9)))?;
+    std::fs::write(dir.join("primary.key"), hex::encode(seed_of(index, 8)))?;
+    let sha = proto::tuf::build::TargetDigests::of(v1).sha256;
+    let ecu = format!(
+        r#"serial = "GW-{vin}"
+hardware_id = "gw-v1"
+key_file = "{dir}/ecu.key"
+journal = "{dir}/ecu-journal"
+director_targets_key = "{director_key}"
+[installed]
+target = "ecu/gw-1.bin"
+sha256 = "{sha}"
+release_counter = 1
+[banks]
+kind = "file"
+A = "{dir}/bank-a.img"
+B = "{dir}/bank-b.img"
+[boot_env]
+path = "{dir}/env.img"
+size = 1024
+first = 0
+second = 1024
+[health]
+command = ["sh", "-c", "{health}"]
+timeout_secs = 10
+"#,
+        dir = dir.display(),
+    );
+    std::fs::write(dir.join("ecu.toml"), ecu)?;
+    vehicle_peer::install::boot(&dir.join("ecu.toml"), true)?;
+    let config = format!(
+        r#"vin = "{vin}"
+data_dir = "{dir}/data"
+listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]
+peers = ["{depot}"]
+mdns = false
+image_root = "{image_root}"
+director_root = "{director_root}"
+primary_key_file = "{dir}/primary.key"
+ecus = ["{dir}/ecu.toml"]
+{director_url}
+metadata_timeout_secs = 10
+stall_timeout_secs = 30
+[link]
+class = "yard-wifi"
+[boot]
+mode = "simulated"
+"#,
+        dir = dir.display(),
+        image_root = roots.0.display(),
+        director_root = roots.1.display(),
+        director_url = director_url.map_or(String::new(), |url| format!("director_url = {url:?}")),
+    );
+    let path = dir.join("vehicle.toml");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+/// Runs one vehicle agent: a check every second (at once after a simulated reboot) until
+/// `stop`, each step sent on `events`.
+fn drive_vehicle(
+    index: usize,
+    config: PathBuf,
+    stop: Arc<AtomicBool>,
+    events: mpsc::Sender<VehicleEvent>,
+) -> anyhow::Result<()> {
+    let config = vehicle_peer::config::load(&config)?;
+    let mut daemon = vehicle_peer::daemon::Daemon::open(config)?;
+    while !stop.load(Ordering::Relaxed) {
+        let step = daemon.check(unix_now());
+        let again = matches!(step, Ok(vehicle_peer::daemon::Step::Rebooted));
+        let step = match step {
+            Ok(vehicle_peer::daemon::Step::UpToDate) => Ok("up to date".to_string()),
+            Ok(vehicle_peer::daemon::Step::Waiting { reason, .. }) => {
+                Ok(format!("waiting: {reason}"))
+            }
+            Ok(vehicle_peer::daemon::Step::Rebooted) => Ok("trial boot".to_string()),
+            Ok(vehicle_peer::daemon::Step::Ended { .. }) => Ok("done".to_string()),
+            Ok(vehicle_peer::daemon::Step::Finished { outcome, .. }) => Ok(outcome),
+            Err(error) => Err(format!("{error:#}")),
+        };
+        let event = VehicleEvent {
+            index,
+            at: Instant::now(),
+            step,
+            status: daemon.status().clone(),
+        };
+        if events.send(event).is_err() {
+            break;
+        }
+        if !again {
+            // Serving the neighbours meanwhile.
+            daemon.serve_for(Duration::from_millis(1000));
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the origin's cache serving the origin's current director metadata: re-imports a
+/// vehicle's director repository whenever the director signed a new version for it.
+fn follow_director(
+    origin: Origin,
+    store: Arc<node::store::DiskStore>,
+    vins: Vec<String>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        for vin in &vins {
+            let version = origin::director::targets_version(&origin, vin);
+            if seen.get(vin) == Some(&version) {
+                continue;
+            }
+            let repo = origin.dir.join(origin::director::vehicle_repository(vin));
+            match depot_cache::import::import_repo(&store, &format!("director/{vin}"), &repo) {
+                Ok(_) => {
+                    seen.insert(vin.clone(), version);
+                }
+                Err(error) => {
+                    tracing::warn!(%vin, "re-importing the director repository: {error:#}")
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn say(options: &YardOptions, started: Instant, line: &str) {
+    if options.verbose {
+        println!("[{:>6.1} s] {line}", started.elapsed().as_secs_f64());
+    }
+}
+
+/// Runs the yard; see the module.
+#[allow(clippy::too_many_lines)]
+pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
+    if options.vehicles == 0 || options.vehicles > 64 {
+        bail!("--vehicles {}: give 1 to 64", options.vehicles);
+    }
+    if options.image_bytes < (1 << 20) || options.image_bytes > (1 << 30) {
+        bail!("--image-mib: give 1 to 1024");
+    }
+    let started = Instant::now();
+    let out = &options.out;
+    fresh_out(out)?;
+    let out = std::fs::canonicalize(out)?;
+
+    // The origin: keys, v1 and v2 with a delta.
+    let origin = Origin {
+        dir: out.join("origin"),
+        offline_keys: Some(out.join("offline-keys")),
+        now: node::tuf_mesh::system_now().map_err(anyhow::Error::msg)?,
+    };
+    origin::init(&origin)?;
+    say(
+        options,
+        started,
+        &format!(
+            "origin: releasing v1 and v2 ({} MiB) and computing the delta",
+            options.image_bytes >> 20
+        ),
+    );
+    let v1 = firmware(options.image_bytes, options.seed);
+    let v2 = next_release(&v1, options.seed);
+    std::fs::write(out.join("gw-1.bin"), &v1)?;
+    std::fs::write(out.join("gw-2.bin"), &v2)?;
+    let hw = ["gw-v1".to_string()];
+    origin::release(
+        &origin,
+        &out.join("gw-1.bin"),
+        "ecu/gw-1.bin",
+        "targets",
+        &hw,
+        1,
+    )?;
+    // zstd level 19 without the LZMA pass: a few seconds for a 32 MiB image (the origin's
+    // defaults squeeze out a few per cent more in a minute).
+    let delta_options = origin::delta::DeltaOptions {
+        level: 19,
+        lzma_dict: false,
+        ..Default::default()
+    };
+    origin::release_with_deltas(
+        &origin,
+        &out.join("gw-2.bin"),
+        "ecu/gw-2.bin",
+        "targets",
+        &hw,
+        2,
+        &["ecu/gw-1.bin".to_string()],
+        &delta_options,
+    )?;
+    let delta_bytes = std::fs::read_dir(origin.dir.join("image/deltas"))?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum::<u64>();
+    let vins: Vec<String> = (0..options.vehicles).map(vin).collect();
+    for (index, vin) in vins.iter().enumerate() {
+        let ecu = origin::director::Assignment {
+            serial: format!("GW-{vin}"),
+            hardware_id: "gw-v1".into(),
+            target: "ecu/gw-1.bin".into(),
+        };
+        origin::director::assign(&origin, vin, &[ecu], node::policy::Priority::Fix)
+            .with_context(|| format!("assigning v1 to vehicle {}", index + 1))?;
+    }
+    say(
+        options,
+        started,
+        &format!(
+            "origin: v1 and v2 released ({} MiB image, {} KiB delta)",
+            v2.len() >> 20,
+            delta_bytes >> 10
+        ),
+    );
+
+    // The director service, the origin's cache and the depot share one runtime.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let director = origin::service::Director::open(origin.clone())?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let director_url = format!("http://{}", listener.local_addr()?);
+    let shared = origin::http::Shared::new(director);
+    runtime.spawn(origin::http::serve(
+        listener,
+        shared,
+        Duration::from_secs(1),
+    ));
+
+    let loopback: libp2p::Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse()?;
+    let cache = node::runtime::open_node(
+        &runtime,
+        &out.join("origin-cache"),
+        vec![loopback.clone()],
+        false,
+    )
+    .map_err(anyhow::Error::msg)?;
+    {
+        let _context = runtime.enter();
+        node::runtime::spawn_server(
+            cache.store.clone(),
+            cache.incoming,
+            Arc::new(node::runtime::ServeCounters::default()),
+        );
+    }
+    depot_cache::import::import_repo(&cache.store, "image", &origin.dir.join("image"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let follower = {
+        let (origin, store, vins, stop) = (
+            origin.clone(),
+            cache.store.clone(),
+            vins.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || follow_director(origin, store, vins, stop))
+    };
+    let cache_addr = runtime
+        .block_on(cache.net.listen_addrs())
+        .into_iter()
+        .next()
+        .context("the origin's cache listens nowhere")?;
+
+    let image_root = origin.dir.join("image/metadata/1.root.json");
+    let director_root = origin.dir.join("director/metadata/1.root.json");
+    let mut repositories = vec!["image".to_string()];
+    repositories.extend(vins.iter().map(|vin| format!("director/{vin}")));
+    let depot_config = depot_cache::config::DepotConfig {
+        data_dir: out.join("depot"),
+        listen: vec![loopback],
+        mdns: false,
+        threads: 1,
+        cap_bytes: None,
+        http: Some("127.0.0.1:0".parse()?),
+        seeding: Some(node::seeding::SeedConfig::default()),
+        prefetch: Some(depot_cache::config::PrefetchConfig {
+            upstream: vec![cache_addr],
+            repositories: repositories.clone(),
+            root: Some(image_root.clone()),
+            director_root: Some(director_root.clone()),
+            interval: Duration::from_secs(2),
+            windows: Vec::new(),
+            utc_offset_minutes: 0,
+            rate_limit: None,
+            stall_timeout: Duration::from_secs(60),
+        }),
+        relay: Some(depot_cache::config::RelayConfig {
+            director_url: director_url.clone(),
+            retry: Duration::from_secs(1),
+            max_reports: 10_000,
+        }),
+    };
+    let (ready, depot_ready) = tokio::sync::oneshot::channel();
+    let (depot_stop, depot_stopped) = tokio::sync::oneshot::channel::<()>();
+    let depot_task = runtime.spawn(depot_cache::daemon::serve(
+        depot_config,
+        ready,
+        async move {
+            let _ = depot_stopped.await;
+        },
+    ));
+    let depot = runtime
+        .block_on(depot_ready)
+        .context("the depot did not start")?;
+    let depot_addr = depot
+        .addrs
+        .first()
+        .context("the depot listens nowhere")?
+        .clone();
+    let depot_http = format!("http://{}", depot.http.context("the depot serves no HTTP")?);
+    let depot_peer = depot_addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(peer) => Some(peer.to_string()),
+            _ => None,
+        })
+        .context("the depot's address has no peer id")?;
+    let http = agent();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = get_json(&http, &format!("{depot_http}/status"))?;
+        if status["prefetch"]["runs_ok"].as_u64() >= Some(repositories.len() as u64) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the depot did not fill itself from the origin's cache in 120 s: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    say(
+        options,
+        started,
+        &format!(
+            "depot: prefetched v1, v2 and the delta ({} repositories)",
+            repositories.len()
+        ),
+    );
+
+    // The vehicles: registered with the director, then started.
+    let director_key = hex::encode(
+        origin
+            .key("director", "targets")?
+            .verifying_key()
+            .as_bytes(),
+    );
+    let health = if options.failing_canary {
+        "exit 1"
+    } else {
+        "exit 0"
+    };
+    let bank_bytes = (v2.len().max(v1.len()) as u64 + (1 << 20)).next_multiple_of(1 << 20);
+    let (sender, events) = mpsc::channel();
+    let mut threads = Vec::new();
+    for (index, vin) in vins.iter().enumerate() {
+        let vehicle = json!({
+            "vin": vin, "region": "yard", "vehicle_type": "tractor", "home_depot": "depot-1",
+            "primary_key": public_hex(seed_of(index, 8)),
+            "ecus": [{"serial": format!("GW-{vin}"), "hardware_id": "gw-v1",
+                      "public_key": public_hex(seed_of(index, 9)), "installed": "ecu/gw-1.bin"}],
+        });
+        post_json(
+            &http,
+            &format!("{director_url}/v1/vehicles"),
+            &json!({"actor": "provisioning", "vehicle": vehicle}),
+        )?;
+        // Odd vehicles reach the director themselves; even ones only through the depot.
+        let route = (index % 2 == 0).then_some(director_url.as_str());
+        let config = write_vehicle(
+            &out.join("vehicles").join(vin),
+            index,
+            &v1,
+            bank_bytes,
+            &director_key,
+            &depot_addr.to_string(),
+            (&image_root, &director_root),
+            health,
+            route,
+        )?;
+        let (stop, sender) = (stop.clone(), sender.clone());
+        threads.push(std::thread::spawn(move || {
+            if let Err(error) = drive_vehicle(index, config, stop, sender) {
+                tracing::error!(index, "vehicle agent failed: {error:#}");
+            }
+        }));
+    }
+    drop(sender);
+
+    // The campaign: a canary wave, then everyone. Its id fixes who is in the canary (a stable
+    // hash); netsim picks the first id that puts one vehicle in four or fewer there.
+    let waves = vec![
+        Wave {
+            percent: 10.0,
+            min_soak_secs: 3,
+        },
+        Wave {
+            percent: 100.0,
+            min_soak_secs: 0,
+        },
+    ];
+    let gates = Gates {
+        min_success: 1.0,
+        max_rollback: 0.0,
+        max_failed_health: 0,
+        report_timeout_secs: 300,
+        min_reports: 1,
+    };
+    let most = (options.vehicles / 4).max(1);
+    let (campaign, plan) = (0..10_000)
+        .map(|k| {
+            let plan = Plan {
+                id: format!("yard-gw-2-{k}"),
+                waves: waves.clone(),
+                gates: gates.clone(),
+            };
+            (plan.id.clone(), plan)
+        })
+        .find(|(_, plan)| {
+            let canary = vins.iter().filter(|v| plan.wave_of(v) == 0).count();
+            (1..=most).contains(&canary)
+        })
+        .context("no campaign id puts a vehicle in the canary")?;
+    let wave_of: Vec<usize> = vins.iter().map(|v| plan.wave_of(v) + 1).collect();
+    let canary: BTreeSet<usize> = (0..vins.len()).filter(|&i| wave_of[i] == 1).collect();
+    let spec = json!({
+        "id": campaign,
+        "release": {"gw-v1": "ecu/gw-2.bin"},
+        "fallback": {},
+        "priority": "fix",
+        "filters": {},
+        "waves": waves,
+        "gates": gates,
+    });
+    post_json(
+        &http,
+        &format!("{director_url}/v1/campaigns"),
+        &json!({"actor": "release-manager", "spec": spec}),
+    )?;
+    post_json(
+        &http,
+        &format!("{director_url}/v1/campaigns/{campaign}/approve"),
+        &json!({"by": "fleet-safety"}),
+    )?;
+    let approved = Instant::now();
+    say(
+        options,
+        started,
+        &format!(
+            "campaign {campaign} approved: canary {} then the rest{}",
+            canary
+                .iter()
+                .map(|&i| vins[i].as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if options.failing_canary {
+                " (the release fails its health check)"
+            } else {
+                ""
+            }
+        ),
+    );
+
+    // Watch until the campaign ends.
+    let mut last_step: Vec<Option<String>> = vec![None; vins.len()];
+    let mut last_downloads: Vec<Value> = vec![Value::Null; vins.len()];
+    let mut from_depot = vec![0u64; vins.len()];
+    let mut from_peers = vec![0u64; vins.len()];
+    let mut finished_at: Vec<Option<f64>> = vec![None; vins.len()];
+    let mut statuses: Vec<Value> = vec![Value::Null; vins.len()];
+    let mut last_state = String::new();
+    let mut last_poll = Instant::now() - Duration::from_secs(10);
+    let mut state = json!({});
+    let end = approved + options.timeout;
+    loop {
+        match events.recv_timeout(Duration::from_millis(250)) {
+            Ok(event) => {
+                let i = event.index;
+                let downloads = event.status["downloads"].clone();
+                if downloads != last_downloads[i] && downloads.is_array() {
+                    for download in downloads.as_array().into_iter().flatten() {
+                        for (peer, bytes) in
+                            download["bytes_by_peer"].as_object().into_iter().flatten()
+                        {
+                            let bytes = bytes.as_u64().unwrap_or(0);
+                            if *peer == depot_peer {
+                                from_depot[i] += bytes;
+                            } else {
+                                from_peers[i] += bytes;
+                            }
+                        }
+                    }
+                    last_downloads[i] = downloads;
+                }
+                let step = match &event.step {
+                    Ok(step) => step.clone(),
+                    Err(error) => format!("error: {error}"),
+                };
+                if step.starts_with("committed") || step.starts_with("rolled back") {
+                    finished_at[i] = Some(event.at.duration_since(approved).as_secs_f64());
+                }
+                if last_step[i].as_deref() != Some(step.as_str()) {
+                    let extra = if step.starts_with("committed") || step.starts_with("rolled back")
+                    {
+                        format!(
+                            " ({:.1} MiB from the depot, {:.1} MiB from neighbours)",
+                            from_depot[i] as f64 / 1_048_576.0,
+                            from_peers[i] as f64 / 1_048_576.0
+                        )
+                    } else {
+                        String::new()
+                    };
+                    say(options, started, &format!("{}: {step}{extra}", vins[i]));
+                    last_step[i] = Some(step);
+                }
+                statuses[i] = event.status;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("every vehicle agent stopped"),
+        }
+        if last_poll.elapsed() >= Duration::from_millis(500) {
+            last_poll = Instant::now();
+            let all = get_json(&http, &format!("{director_url}/v1/campaigns"))?;
+            if let Some(found) = all["campaigns"]
+                .as_array()
+                .and_then(|list| list.iter().find(|c| c["id"] == campaign.as_str()))
+            {
+                state = found.clone();
+            }
+            let progress = &state["progress"];
+            let now_state = format!(
+                "{} wave {}",
+                progress["state"]["state"].as_str().unwrap_or("?"),
+                progress["open_wave"].as_u64().map_or(0, |w| w + 1)
+            );
+            if now_state != last_state {
+                let reason = progress["state"]["reason"]
+                    .as_str()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                say(
+                    options,
+                    started,
+                    &format!("campaign {campaign}: {now_state}{reason}"),
+                );
+                last_state = now_state;
+            }
+            let name = progress["state"]["state"].as_str().unwrap_or("");
+            let canary_back = canary.iter().all(|&i| {
+                last_step[i]
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("rolled back") || s == "done")
+            });
+            if name == "completed" || (name == "halted" && canary_back) || name == "aborted" {
+                break;
+            }
+        }
+        if Instant::now() > end {
+            bail!(
+                "the campaign did not end within {} s: {}",
+                options.timeout.as_secs(),
+                state["progress"]
+            );
+        }
+    }
+    let seconds = approved.elapsed().as_secs_f64();
+    // Let the depot relay what it holds, then stop everything.
+    std::thread::sleep(Duration::from_millis(500));
+    let depot_status = get_json(&http, &format!("{depot_http}/status"))?;
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    // Events sent after the loop ended carry the vehicles' last word.
+    for event in events.try_iter() {
+        statuses[event.index] = event.status;
+    }
+    let _ = follower.join();
+    let _ = depot_stop.send(());
+    let _ = runtime.block_on(depot_task);
+
+    let progress = &state["progress"];
+    let results: Vec<VehicleResult> = (0..vins.len())
+        .map(|i| {
+            let status = &statuses[i];
+            let ecus = status["ecus"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(serial, ecu)| {
+                    (
+                        serial.clone(),
+                        (
+                            ecu["image"].as_str().unwrap_or("?").to_string(),
+                            ecu["slot"].as_str().unwrap_or("?").to_string(),
+                        ),
+                    )
+                })
+                .collect();
+            VehicleResult {
+                vin: vins[i].clone(),
+                wave: wave_of[i],
+                outcome: status["last_install"]["outcome"]
+                    .as_str()
+                    .map(str::to_string),
+                ecus,
+                bytes_from_depot: from_depot[i],
+                bytes_from_peers: from_peers[i],
+                finished_after_secs: finished_at[i],
+                report_via: status["report_sent"]["via"].as_str().map(str::to_string),
+            }
+        })
+        .collect();
+    let report = out.join("report.html");
+    let summary = YardSummary {
+        vehicles: options.vehicles,
+        image_bytes: v2.len() as u64,
+        delta_bytes,
+        failing_canary: options.failing_canary,
+        campaign,
+        state: progress["state"]["state"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string(),
+        reason: progress["state"]["reason"].as_str().map(str::to_string),
+        time_to_update_secs: progress["time_to_update_secs"].clone(),
+        depot_served_bytes: depot_status["served_bytes"].as_u64().unwrap_or(0),
+        depot_backhaul_bytes: depot_status["prefetch"]["backhaul_bytes"]
+            .as_u64()
+            .unwrap_or(0),
+        seconds,
+        results,
+        report: report.clone(),
+    };
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    std::fs::write(&report, crate::report::yard_html(&summary))?;
+    Ok(summary)
+}
+
+/// The summary as a text table.
+pub fn table(summary: &YardSummary) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "campaign {}: {}{} after {:.1} s; image {:.1} MiB, delta {:.1} KiB; depot served {:.1} MiB to the yard, took {:.1} MiB over its backhaul\n",
+        summary.campaign,
+        summary.state,
+        summary.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        summary.seconds,
+        summary.image_bytes as f64 / 1_048_576.0,
+        summary.delta_bytes as f64 / 1024.0,
+        summary.depot_served_bytes as f64 / 1_048_576.0,
+        summary.depot_backhaul_bytes as f64 / 1_048_576.0,
+    ));
+    out.push_str(&format!(
+        "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>8}  {:<8}  {}\n",
+        "vehicle",
+        "wave",
+        "outcome",
+        "depot KiB",
+        "peers KiB",
+        "done s",
+        "report",
+        "ECUs (image, slot)"
+    ));
+    for r in &summary.results {
+        let ecus: Vec<String> = r
+            .ecus
+            .iter()
+            .map(|(serial, (image, slot))| format!("{serial} {image} {slot}"))
+            .collect();
+        let mut outcome = r.outcome.clone().unwrap_or_else(|| "not offered".into());
+        outcome.truncate(22);
+        out.push_str(&format!(
+            "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>8}  {:<8}  {}\n",
+            r.vin,
+            r.wave,
+            outcome,
+            r.bytes_from_depot / 1024,
+            r.bytes_from_peers / 1024,
+            r.finished_after_secs
+                .map_or("-".into(), |s| format!("{s:.1}")),
+            r.report_via.clone().unwrap_or_else(|| "-".into()),
+            ecus.join("; ")
+        ));
+    }
+    out
+}

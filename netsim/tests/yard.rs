@@ -1,0 +1,102 @@
+//! `netsim yard` end to end on a small yard: real origin, director service, origin's cache,
+//! depot daemon and vehicle agents on loopback. A good release walks the canary and the rest and
+//! every vehicle commits it; a release that fails its health check halts the campaign in its
+//! canary, whose vehicles roll back, and nobody else gets it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use netsim::yard::{YardOptions, run, table};
+
+fn options(out: &std::path::Path, failing_canary: bool) -> YardOptions {
+    YardOptions {
+        vehicles: 4,
+        image_bytes: 2 << 20,
+        failing_canary,
+        out: out.to_path_buf(),
+        timeout: Duration::from_secs(180),
+        seed: 7,
+        verbose: true,
+    }
+}
+
+#[test]
+fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
+    let work = tempfile::tempdir().unwrap();
+
+    let good = run(&options(&work.path().join("good"), false)).unwrap();
+    println!("{}", table(&good));
+    assert_eq!(good.state, "completed", "{good:?}");
+    let canary = good.results.iter().filter(|r| r.wave == 1).count();
+    assert!(canary >= 1 && canary < good.results.len(), "{good:?}");
+    for vehicle in &good.results {
+        assert_eq!(vehicle.outcome.as_deref(), Some("committed"), "{vehicle:?}");
+        for (image, slot) in vehicle.ecus.values() {
+            assert_eq!(
+                (image.as_str(), slot.as_str()),
+                ("ecu/gw-2.bin", "B"),
+                "{vehicle:?}"
+            );
+        }
+        // The delta came, not the image: from the depot or from neighbours.
+        let fetched = vehicle.bytes_from_depot + vehicle.bytes_from_peers;
+        assert!(
+            fetched >= good.delta_bytes && fetched < good.image_bytes / 2,
+            "{vehicle:?}"
+        );
+        assert!(vehicle.report_via.is_some(), "{vehicle:?}");
+    }
+    // Half the vehicles have no route to the director: their reports went through the depot.
+    assert!(
+        good.results
+            .iter()
+            .any(|r| r.report_via.as_deref() == Some("depot"))
+    );
+    let html = std::fs::read_to_string(&good.report).unwrap();
+    assert!(html.contains("id=\"state\">completed<"), "{html}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("good/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["results"].as_array().unwrap().len(), 4);
+
+    let bad = run(&options(&work.path().join("bad"), true)).unwrap();
+    println!("{}", table(&bad));
+    assert_eq!(bad.state, "halted", "{bad:?}");
+    assert!(
+        bad.reason
+            .as_deref()
+            .unwrap()
+            .contains("failed health checks in wave 1"),
+        "{bad:?}"
+    );
+    for vehicle in &bad.results {
+        for (image, slot) in vehicle.ecus.values() {
+            assert_eq!(
+                (image.as_str(), slot.as_str()),
+                ("ecu/gw-1.bin", "A"),
+                "{vehicle:?}"
+            );
+        }
+        if vehicle.wave == 1 {
+            let outcome = vehicle.outcome.as_deref().unwrap();
+            assert!(outcome.starts_with("rolled back"), "{vehicle:?}");
+        } else {
+            assert_eq!(vehicle.outcome, None, "{vehicle:?}");
+            assert_eq!(vehicle.bytes_from_depot + vehicle.bytes_from_peers, 0);
+        }
+    }
+    let html = std::fs::read_to_string(&bad.report).unwrap();
+    assert!(html.contains("id=\"state\">halted<"), "{html}");
+
+    // The output directory is netsim's own: a directory holding anything else is refused.
+    let other = work.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("keep.txt"), b"mine").unwrap();
+    let error = run(&options(&other, false)).unwrap_err();
+    assert!(
+        error.to_string().contains("was not made by netsim yard"),
+        "{error}"
+    );
+    assert!(other.join("keep.txt").exists());
+}
