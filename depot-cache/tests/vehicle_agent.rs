@@ -28,7 +28,6 @@ use origin::director::Assignment;
 use origin::repo::Origin;
 use proto::tuf::build::TargetDigests;
 use serde_json::Value;
-use vehicle_peer::bank::{Bank, FileBank};
 use vehicle_peer::daemon::Daemon;
 
 mod common;
@@ -62,42 +61,18 @@ fn vehicle(
     health: &str,
     director_url: Option<&str>,
 ) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut a = FileBank::create(&dir.join("bank-a.img"), BANK).unwrap();
-    a.write_all_at(0, old).unwrap();
-    a.sync().unwrap();
-    FileBank::create(&dir.join("bank-b.img"), BANK).unwrap();
-    std::fs::write(dir.join("env.img"), vec![0u8; 2048]).unwrap();
-    std::fs::write(dir.join("ecu.key"), hex::encode([9u8; 32])).unwrap();
+    let serial = format!("GW-{vin}");
+    let ecu = vehicle_peer::simulated::FileEcu {
+        serial: &serial,
+        hardware_id: "gw-v1",
+        installed: ("ecu/gw-1.bin", old, 1),
+        bank_bytes: BANK,
+        key_seed: [9; 32],
+        director_key,
+        health,
+    };
+    vehicle_peer::simulated::file_ecu(dir, &ecu).unwrap();
     std::fs::write(dir.join("primary.key"), hex::encode([8u8; 32])).unwrap();
-    let ecu = format!(
-        r#"serial = "GW-{vin}"
-hardware_id = "gw-v1"
-key_file = "{dir}/ecu.key"
-journal = "{dir}/ecu-journal"
-director_targets_key = "{director_key}"
-[installed]
-target = "ecu/gw-1.bin"
-sha256 = "{sha}"
-release_counter = 1
-[banks]
-kind = "file"
-A = "{dir}/bank-a.img"
-B = "{dir}/bank-b.img"
-[boot_env]
-path = "{dir}/env.img"
-size = 1024
-first = 0
-second = 1024
-[health]
-command = ["sh", "-c", "{health}"]
-timeout_secs = 10
-"#,
-        dir = dir.display(),
-        sha = TargetDigests::of(old).sha256,
-    );
-    std::fs::write(dir.join("ecu.toml"), ecu).unwrap();
-    vehicle_peer::install::boot(&dir.join("ecu.toml"), true).unwrap();
     let config = format!(
         r#"vin = "{vin}"
 data_dir = "{dir}/data"

@@ -248,44 +248,19 @@ fn write_vehicle(
     health: &str,
     director_url: Option<&str>,
 ) -> anyhow::Result<PathBuf> {
-    use vehicle_peer::bank::Bank as _;
-    std::fs::create_dir_all(dir)?;
     let vin = vin(index);
-    let mut a = vehicle_peer::bank::FileBank::create(&dir.join("bank-a.img"), bank_bytes)?;
-    a.write_all_at(0, v1)?;
-    a.sync()?;
-    vehicle_peer::bank::FileBank::create(&dir.join("bank-b.img"), bank_bytes)?;
-    std::fs::write(dir.join("env.img"), vec![0u8; 2048])?;
-    std::fs::write(dir.join("ecu.key"), hex::encode(seed_of(index, 9)))?;
+    let serial = format!("GW-{vin}");
+    let ecu = vehicle_peer::simulated::FileEcu {
+        serial: &serial,
+        hardware_id: "gw-v1",
+        installed: ("ecu/gw-1.bin", v1, 1),
+        bank_bytes,
+        key_seed: seed_of(index, 9),
+        director_key,
+        health,
+    };
+    vehicle_peer::simulated::file_ecu(dir, &ecu)?;
     std::fs::write(dir.join("primary.key"), hex::encode(seed_of(index, 8)))?;
-    let sha = proto::tuf::build::TargetDigests::of(v1).sha256;
-    let ecu = format!(
-        r#"serial = "GW-{vin}"
-hardware_id = "gw-v1"
-key_file = "{dir}/ecu.key"
-journal = "{dir}/ecu-journal"
-director_targets_key = "{director_key}"
-[installed]
-target = "ecu/gw-1.bin"
-sha256 = "{sha}"
-release_counter = 1
-[banks]
-kind = "file"
-A = "{dir}/bank-a.img"
-B = "{dir}/bank-b.img"
-[boot_env]
-path = "{dir}/env.img"
-size = 1024
-first = 0
-second = 1024
-[health]
-command = ["sh", "-c", "{health}"]
-timeout_secs = 10
-"#,
-        dir = dir.display(),
-    );
-    std::fs::write(dir.join("ecu.toml"), ecu)?;
-    vehicle_peer::install::boot(&dir.join("ecu.toml"), true)?;
     let config = format!(
         r#"vin = "{vin}"
 data_dir = "{dir}/data"

@@ -13,4 +13,5 @@ pub mod delta;
 pub mod flasher;
 pub mod install;
 pub mod mesh;
+pub mod simulated;
 pub mod tuf_files;
