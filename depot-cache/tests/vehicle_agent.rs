@@ -71,36 +71,20 @@ fn vehicle(
         director_key,
         health,
     };
-    vehicle_peer::simulated::file_ecu(dir, &ecu).unwrap();
-    std::fs::write(dir.join("primary.key"), hex::encode([8u8; 32])).unwrap();
-    let config = format!(
-        r#"vin = "{vin}"
-data_dir = "{dir}/data"
-listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]
-peers = ["{depot}"]
-mdns = false
-image_root = "{image_root}"
-director_root = "{director_root}"
-primary_key_file = "{dir}/primary.key"
-ecus = ["{dir}/ecu.toml"]
-{director_url}
-stall_timeout_secs = 20
-[link]
-{link}
-[policy]
-monthly_budget_bytes = 50_000_000
-min_signal = 30
-[boot]
-mode = "simulated"
-"#,
-        dir = dir.display(),
-        image_root = roots.0.display(),
-        director_root = roots.1.display(),
-        director_url = director_url.map_or(String::new(), |url| format!("director_url = {url:?}")),
+    let ecu = vehicle_peer::simulated::file_ecu(dir, &ecu).unwrap();
+    let extra = format!(
+        "stall_timeout_secs = 20\n[link]\n{link}\n[policy]\nmonthly_budget_bytes = 50_000_000\nmin_signal = 30"
     );
-    let path = dir.join("vehicle.toml");
-    std::fs::write(&path, config).unwrap();
-    path
+    let vehicle = vehicle_peer::simulated::LoopbackVehicle {
+        vin,
+        depot,
+        roots,
+        director_url,
+        primary_seed: [8; 32],
+        ecus: &[ecu],
+        extra: &extra,
+    };
+    vehicle_peer::simulated::loopback_vehicle(dir, &vehicle).unwrap()
 }
 
 /// Bytes the last check downloaded, by its status.

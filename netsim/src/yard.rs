@@ -41,20 +41,6 @@ pub struct YardOptions {
     pub verbose: bool,
 }
 
-impl Default for YardOptions {
-    fn default() -> Self {
-        Self {
-            vehicles: 8,
-            image_bytes: 32 << 20,
-            failing_canary: false,
-            out: PathBuf::from("target/netsim-yard"),
-            timeout: Duration::from_secs(600),
-            seed: 1,
-            verbose: true,
-        }
-    }
-}
-
 /// One vehicle at the end of the run.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct VehicleResult {
@@ -259,34 +245,17 @@ fn write_vehicle(
         director_key,
         health,
     };
-    vehicle_peer::simulated::file_ecu(dir, &ecu)?;
-    std::fs::write(dir.join("primary.key"), hex::encode(seed_of(index, 8)))?;
-    let config = format!(
-        r#"vin = "{vin}"
-data_dir = "{dir}/data"
-listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]
-peers = ["{depot}"]
-mdns = false
-image_root = "{image_root}"
-director_root = "{director_root}"
-primary_key_file = "{dir}/primary.key"
-ecus = ["{dir}/ecu.toml"]
-{director_url}
-metadata_timeout_secs = 10
-stall_timeout_secs = 30
-[link]
-class = "yard-wifi"
-[boot]
-mode = "simulated"
-"#,
-        dir = dir.display(),
-        image_root = roots.0.display(),
-        director_root = roots.1.display(),
-        director_url = director_url.map_or(String::new(), |url| format!("director_url = {url:?}")),
-    );
-    let path = dir.join("vehicle.toml");
-    std::fs::write(&path, config)?;
-    Ok(path)
+    let ecu = vehicle_peer::simulated::file_ecu(dir, &ecu)?;
+    let vehicle = vehicle_peer::simulated::LoopbackVehicle {
+        vin: &vin,
+        depot,
+        roots,
+        director_url,
+        primary_seed: seed_of(index, 8),
+        ecus: &[ecu],
+        extra: "metadata_timeout_secs = 10\nstall_timeout_secs = 30\n[link]\nclass = \"yard-wifi\"",
+    };
+    vehicle_peer::simulated::loopback_vehicle(dir, &vehicle)
 }
 
 /// Runs one vehicle agent: a check every second (at once after a simulated reboot) until

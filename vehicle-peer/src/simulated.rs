@@ -72,3 +72,64 @@ timeout_secs = 10
     crate::install::boot(&path, true)?;
     Ok(path)
 }
+
+/// A vehicle agent on loopback, as `netsim yard` and the end-to-end tests run one.
+#[derive(Clone, Debug)]
+pub struct LoopbackVehicle<'a> {
+    /// Its VIN.
+    pub vin: &'a str,
+    /// Its depot's address (with `/p2p/`).
+    pub depot: &'a str,
+    /// The image repository's and the director's first roots.
+    pub roots: (&'a Path, &'a Path),
+    /// The director service, if the vehicle has a route to it.
+    pub director_url: Option<&'a str>,
+    /// Seed of the primary's ed25519 key (signs the vehicle manifest).
+    pub primary_seed: [u8; 32],
+    /// Its ECUs' configurations.
+    pub ecus: &'a [PathBuf],
+    /// More lines for `vehicle.toml`: top-level keys first, then its `[link]` (required) and
+    /// other sections.
+    pub extra: &'a str,
+}
+
+/// Writes the vehicle's primary key and `vehicle.toml` (the format of `config/vehicle.toml`,
+/// data in `dir/data`, simulated boots) into `dir`; returns the configuration's path.
+pub fn loopback_vehicle(dir: &Path, vehicle: &LoopbackVehicle<'_>) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("primary.key"), hex::encode(vehicle.primary_seed))?;
+    let ecus: Vec<String> = vehicle
+        .ecus
+        .iter()
+        .map(|path| format!("{:?}", path.display().to_string()))
+        .collect();
+    let config = format!(
+        r#"vin = "{vin}"
+data_dir = "{dir}/data"
+listen = ["/ip4/127.0.0.1/udp/0/quic-v1"]
+peers = ["{depot}"]
+mdns = false
+image_root = "{image_root}"
+director_root = "{director_root}"
+primary_key_file = "{dir}/primary.key"
+ecus = [{ecus}]
+{director_url}
+{extra}
+[boot]
+mode = "simulated"
+"#,
+        vin = vehicle.vin,
+        depot = vehicle.depot,
+        dir = dir.display(),
+        image_root = vehicle.roots.0.display(),
+        director_root = vehicle.roots.1.display(),
+        ecus = ecus.join(", "),
+        director_url = vehicle
+            .director_url
+            .map_or(String::new(), |url| format!("director_url = {url:?}")),
+        extra = vehicle.extra,
+    );
+    let path = dir.join("vehicle.toml");
+    std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
