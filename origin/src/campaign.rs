@@ -22,7 +22,7 @@
 //!
 //! A halted campaign resumes only with an approval naming who approved it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -333,14 +333,15 @@ impl Counts {
         self.rolled_back + self.health_failed
     }
 
-    fn add(&mut self, outcome: Option<Outcome>, overdue: bool) {
-        self.assigned += 1;
-        match outcome {
-            Some(Outcome::Committed) => self.committed += 1,
-            Some(Outcome::RolledBack) => self.rolled_back += 1,
-            Some(Outcome::HealthFailed) => self.health_failed += 1,
-            None if overdue => self.overdue += 1,
-            None => {}
+    /// Adds a group's members; `overdue`: the group's report timeout has passed, so its
+    /// members without an outcome count as overdue.
+    fn add(&mut self, tally: &Tally, overdue: bool) {
+        self.assigned += tally.members;
+        self.committed += tally.committed;
+        self.rolled_back += tally.rolled_back;
+        self.health_failed += tally.health_failed;
+        if overdue {
+            self.overdue += tally.unreported;
         }
     }
 }
@@ -360,13 +361,185 @@ struct Member {
 }
 
 /// A campaign in progress: the plan, its members and their reports.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Serialized as its plan, state, wave opening times and members; the counters the gates read
+/// are rebuilt from the members when it is read back.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(from = "StoredCampaign")]
 pub struct Campaign {
     plan: Plan,
     state: State,
     /// When each opened wave opened (Unix seconds).
     opened_at: Vec<u64>,
     members: BTreeMap<String, Member>,
+    /// The members counted per wave and segment, kept in step with `members` on every change
+    /// so that evaluating the gates costs waves × segments, not the population.
+    #[serde(skip)]
+    counters: Counters,
+}
+
+/// A campaign as stored: what [`Campaign`] serializes, without the counters.
+#[derive(Deserialize)]
+#[serde(rename = "Campaign")]
+struct StoredCampaign {
+    plan: Plan,
+    state: State,
+    opened_at: Vec<u64>,
+    members: BTreeMap<String, Member>,
+}
+
+impl From<StoredCampaign> for Campaign {
+    fn from(stored: StoredCampaign) -> Self {
+        let counters = Counters::build(&stored.members);
+        Self {
+            plan: stored.plan,
+            state: stored.state,
+            opened_at: stored.opened_at,
+            members: stored.members,
+            counters,
+        }
+    }
+}
+
+// The counters follow from the members: equality and the debug form are those of the stored
+// fields.
+impl PartialEq for Campaign {
+    fn eq(&self, other: &Self) -> bool {
+        self.plan == other.plan
+            && self.state == other.state
+            && self.opened_at == other.opened_at
+            && self.members == other.members
+    }
+}
+
+impl std::fmt::Debug for Campaign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Campaign")
+            .field("plan", &self.plan)
+            .field("state", &self.state)
+            .field("opened_at", &self.opened_at)
+            .field("members", &self.members)
+            .finish()
+    }
+}
+
+/// How many members of a group (a wave, or one segment of a wave) reported what.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    members: u64,
+    committed: u64,
+    rolled_back: u64,
+    health_failed: u64,
+    /// No outcome yet (overdue once the wave's report timeout has passed).
+    unreported: u64,
+}
+
+impl Tally {
+    /// Counts a member with `outcome` in (`add`) or out (`!add`) of the group.
+    fn change(&mut self, outcome: Option<Outcome>, add: bool) {
+        // Counting out follows counting the same member in: never below zero.
+        let step = |count: &mut u64| {
+            if add {
+                *count += 1;
+            } else {
+                *count -= 1;
+            }
+        };
+        step(&mut self.members);
+        match outcome {
+            Some(Outcome::Committed) => step(&mut self.committed),
+            Some(Outcome::RolledBack) => step(&mut self.rolled_back),
+            Some(Outcome::HealthFailed) => step(&mut self.health_failed),
+            None => step(&mut self.unreported),
+        }
+    }
+}
+
+/// A group's tallies over all its members (for [`Campaign::progress`]) and over those whose
+/// failure was not acknowledged (for the gates).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tallies {
+    everyone: Tally,
+    unacknowledged: Tally,
+}
+
+impl Tallies {
+    fn change(&mut self, member: &Member, add: bool) {
+        self.everyone.change(member.outcome, add);
+        if !member.acknowledged {
+            self.unacknowledged.change(member.outcome, add);
+        }
+    }
+
+    fn get(&self, gated: bool) -> &Tally {
+        if gated {
+            &self.unacknowledged
+        } else {
+            &self.everyone
+        }
+    }
+}
+
+/// One wave's tallies, overall and per segment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct WaveTallies {
+    all: Tallies,
+    /// Indexed by [`Counters`]' segment index.
+    segments: Vec<Tallies>,
+}
+
+/// The members counted per wave and per (wave, segment).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Counters {
+    /// Segment names, interned: the index is the segment's place in [`WaveTallies::segments`].
+    segment_names: Vec<String>,
+    segment_index: HashMap<String, usize>,
+    /// Wave → its tallies (only waves with members).
+    waves: BTreeMap<usize, WaveTallies>,
+}
+
+impl Counters {
+    fn build(members: &BTreeMap<String, Member>) -> Self {
+        let mut counters = Self::default();
+        for member in members.values() {
+            counters.change(member, true);
+        }
+        counters
+    }
+
+    /// Counts `member` in (`add`) or out (`!add`): count it out before changing it and in again
+    /// after.
+    fn change(&mut self, member: &Member, add: bool) {
+        let wave = self.waves.entry(member.wave).or_default();
+        wave.all.change(member, add);
+        for name in &member.segments {
+            // Only the first sighting of a segment allocates (when the counters are built).
+            let index = match self.segment_index.get(name.as_str()) {
+                Some(index) => *index,
+                None => {
+                    self.segment_names.push(name.clone());
+                    self.segment_index
+                        .insert(name.clone(), self.segment_names.len() - 1);
+                    self.segment_names.len() - 1
+                }
+            };
+            if wave.segments.len() <= index {
+                wave.segments.resize(index + 1, Tallies::default());
+            }
+            wave.segments[index].change(member, add);
+        }
+    }
+}
+
+/// What the gates say of the open wave.
+#[derive(Debug)]
+enum Verdict {
+    /// Neither halt nor advance yet.
+    Hold,
+    /// Halt, for this reason.
+    Halt(String),
+    /// The wave passed: advance or complete, for this reason.
+    Pass(String),
 }
 
 /// Why the core refused an input.
@@ -450,11 +623,13 @@ impl Campaign {
                 )
             })
             .collect();
+        let counters = Counters::build(&members);
         Ok(Self {
             plan,
             state: State::Running { open: 0 },
             opened_at: vec![now],
             members,
+            counters,
         })
     }
 
@@ -534,38 +709,39 @@ impl Campaign {
                 ),
             });
         }
-        if matches!(self.state, State::Aborted { .. }) {
-            // Still recorded: the audit trail and the dashboard show what vehicles ran.
-            member.outcome = Some(outcome);
-            member.reported_at = Some(now);
-            return Ok(None);
-        }
+        self.counters.change(member, false);
         member.outcome = Some(outcome);
         member.reported_at = Some(now);
+        self.counters.change(member, true);
+        if matches!(self.state, State::Aborted { .. }) {
+            // Still recorded: the audit trail and the dashboard show what vehicles ran.
+            return Ok(None);
+        }
         Ok(self.tick(now))
     }
 
     /// Counts over the open waves; `gated`: without the failures acknowledged on a resume.
+    /// The segments are those with members in the open waves. Costs waves × segments.
     fn tallies(&self, now: u64, gated: bool) -> (Counts, BTreeMap<&str, Counts>) {
         let open = self.open_wave();
         let mut all = Counts::default();
-        let mut segments: BTreeMap<&str, Counts> = BTreeMap::new();
-        for member in self
-            .members
-            .values()
-            .filter(|m| m.wave <= open && !(gated && m.acknowledged))
-        {
-            let opened = self.opened_at.get(member.wave).copied().unwrap_or(now);
-            let overdue = member.outcome.is_none()
-                && now.saturating_sub(opened) >= self.plan.gates.report_timeout_secs;
-            all.add(member.outcome, overdue);
-            for segment in &member.segments {
-                segments
-                    .entry(segment.as_str())
-                    .or_default()
-                    .add(member.outcome, overdue);
+        let mut per_segment = vec![Counts::default(); self.counters.segment_names.len()];
+        for (&wave, tallies) in self.counters.waves.range(..=open) {
+            let opened = self.opened_at.get(wave).copied().unwrap_or(now);
+            let overdue = now.saturating_sub(opened) >= self.plan.gates.report_timeout_secs;
+            all.add(tallies.all.get(gated), overdue);
+            for (counts, segment) in per_segment.iter_mut().zip(&tallies.segments) {
+                counts.add(segment.get(gated), overdue);
             }
         }
+        let segments = self
+            .counters
+            .segment_names
+            .iter()
+            .map(String::as_str)
+            .zip(per_segment)
+            .filter(|(_, counts)| counts.assigned > 0)
+            .collect();
         (all, segments)
     }
 
@@ -575,8 +751,20 @@ impl Campaign {
         let State::Running { open } = self.state else {
             return None;
         };
-        let gates = self.plan.gates.clone();
         let (all, segments) = self.tallies(now, true);
+        let verdict = self.judge(open, now, &all, &segments);
+        self.enact(open, now, verdict)
+    }
+
+    /// What the gates say of open wave `open` at `now`, given the gated tallies.
+    fn judge(
+        &self,
+        open: usize,
+        now: u64,
+        all: &Counts,
+        segments: &BTreeMap<&str, Counts>,
+    ) -> Verdict {
+        let gates = &self.plan.gates;
         #[allow(clippy::cast_precision_loss)]
         let rate = |part: u64, whole: u64| {
             if whole == 0 {
@@ -595,7 +783,7 @@ impl Campaign {
                 gates.max_failed_health
             ));
         }
-        let judged = (std::iter::once(("all vehicles", &all)))
+        let judged = (std::iter::once(("all vehicles", all)))
             .chain(segments.iter().map(|(s, t)| (*s, t)))
             .filter(|(_, t)| t.reports() + t.overdue >= gates.min_reports.max(1));
         for (segment, tally) in judged {
@@ -616,19 +804,15 @@ impl Campaign {
             }
         }
         if let Some(reason) = halt {
-            self.state = State::Halted {
-                open,
-                reason: reason.clone(),
-            };
-            return Some(Decision::Halt { reason });
+            return Verdict::Halt(reason);
         }
         let soaked =
             now.saturating_sub(self.opened_at[open]) >= self.plan.waves[open].min_soak_secs;
         let success = rate(all.committed, all.assigned);
         if !soaked || success < gates.min_success {
-            return None;
+            return Verdict::Hold;
         }
-        let reason = format!(
+        Verdict::Pass(format!(
             "{}: {} of {} committed ({:.1} %, gate: at least {:.1} %), {} rolled back, soaked {} s",
             wave_name(open),
             all.committed,
@@ -637,7 +821,22 @@ impl Campaign {
             gates.min_success * 100.0,
             all.failures(),
             now.saturating_sub(self.opened_at[open])
-        );
+        ))
+    }
+
+    /// Carries out `verdict` on open wave `open` at `now`.
+    fn enact(&mut self, open: usize, now: u64, verdict: Verdict) -> Option<Decision> {
+        let reason = match verdict {
+            Verdict::Hold => return None,
+            Verdict::Halt(reason) => {
+                self.state = State::Halted {
+                    open,
+                    reason: reason.clone(),
+                };
+                return Some(Decision::Halt { reason });
+            }
+            Verdict::Pass(reason) => reason,
+        };
         if open + 1 == self.plan.waves.len() {
             self.state = State::Completed;
             return Some(Decision::Complete { reason });
@@ -730,6 +929,7 @@ impl Campaign {
                 member.acknowledged = true;
             }
         }
+        self.counters = Counters::build(&self.members);
         self.state = State::Running { open };
         if let Some(opened) = self.opened_at.get_mut(open) {
             *opened = now;
@@ -1035,5 +1235,428 @@ mod tests {
             campaign.abort("carol", "again"),
             Err(CampaignError::Ended(_))
         ));
+    }
+
+    /// A campaign as the code before the counters serialized it (waves 40 % and 100 %; a
+    /// health failure halted the canary, was resumed past, then the canary passed).
+    const STORED: &str = r#"{"plan":{"id":"fixture-1","waves":[{"percent":40.0,"min_soak_secs":100},{"percent":100.0,"min_soak_secs":100}],"gates":{"min_success":0.5,"max_rollback":0.5,"max_failed_health":0,"report_timeout_secs":1000,"min_reports":2}},"state":{"state":"running","open":1},"opened_at":[1020,1200],"members":{"V0":{"wave":1,"segments":["region:r0","type:t0"],"outcome":"committed","reported_at":1300,"acknowledged":false},"V1":{"wave":1,"segments":["region:r1","type:t1"],"outcome":"committed","reported_at":1300,"acknowledged":false},"V2":{"wave":1,"segments":["region:r0","type:t2"],"outcome":null,"reported_at":null,"acknowledged":false},"V3":{"wave":1,"segments":["region:r1","type:t0"],"outcome":null,"reported_at":null,"acknowledged":false},"V4":{"wave":1,"segments":["region:r0","type:t1"],"outcome":null,"reported_at":null,"acknowledged":false},"V5":{"wave":1,"segments":["region:r1","type:t2"],"outcome":null,"reported_at":null,"acknowledged":false},"V6":{"wave":0,"segments":["region:r0","type:t0"],"outcome":"health_failed","reported_at":1010,"acknowledged":true},"V7":{"wave":1,"segments":["region:r1","type:t1"],"outcome":null,"reported_at":null,"acknowledged":false},"V8":{"wave":0,"segments":["region:r0","type:t2"],"outcome":"committed","reported_at":1030,"acknowledged":false},"V9":{"wave":0,"segments":["region:r1","type:t0"],"outcome":null,"reported_at":null,"acknowledged":false}}}"#;
+
+    #[test]
+    fn a_stored_campaign_reads_back_with_its_counters() {
+        let campaign: Campaign = serde_json::from_str(STORED).unwrap();
+        assert_eq!(serde_json::to_string(&campaign).unwrap(), STORED);
+        assert_eq!(campaign.counters, Counters::build(&campaign.members));
+        // What the code before the counters answered for this campaign: at 1300 nothing is
+        // overdue, at 2100 wave 1's silent vehicle is, at 2200 wave 2's are too.
+        let answers = [
+            (
+                1300,
+                r#"{"state":{"state":"running","open":1},"open_wave":1,"opened_at":[1020,1200],"population":10,"eligible":{"assigned":10,"committed":3,"rolled_back":0,"health_failed":1,"overdue":0},"segments":{"region:r0":{"assigned":5,"committed":2,"rolled_back":0,"health_failed":1,"overdue":0},"region:r1":{"assigned":5,"committed":1,"rolled_back":0,"health_failed":0,"overdue":0},"type:t0":{"assigned":4,"committed":1,"rolled_back":0,"health_failed":1,"overdue":0},"type:t1":{"assigned":3,"committed":1,"rolled_back":0,"health_failed":0,"overdue":0},"type:t2":{"assigned":3,"committed":1,"rolled_back":0,"health_failed":0,"overdue":0}},"time_to_update_secs":[100,100,100]}"#,
+                None,
+            ),
+            (
+                2100,
+                r#"{"state":{"state":"running","open":1},"open_wave":1,"opened_at":[1020,1200],"population":10,"eligible":{"assigned":10,"committed":3,"rolled_back":0,"health_failed":1,"overdue":1},"segments":{"region:r0":{"assigned":5,"committed":2,"rolled_back":0,"health_failed":1,"overdue":0},"region:r1":{"assigned":5,"committed":1,"rolled_back":0,"health_failed":0,"overdue":1},"type:t0":{"assigned":4,"committed":1,"rolled_back":0,"health_failed":1,"overdue":1},"type:t1":{"assigned":3,"committed":1,"rolled_back":0,"health_failed":0,"overdue":0},"type:t2":{"assigned":3,"committed":1,"rolled_back":0,"health_failed":0,"overdue":0}},"time_to_update_secs":[100,100,100]}"#,
+                None,
+            ),
+            (
+                2200,
+                r#"{"state":{"state":"running","open":1},"open_wave":1,"opened_at":[1020,1200],"population":10,"eligible":{"assigned":10,"committed":3,"rolled_back":0,"health_failed":1,"overdue":6},"segments":{"region:r0":{"assigned":5,"committed":2,"rolled_back":0,"health_failed":1,"overdue":2},"region:r1":{"assigned":5,"committed":1,"rolled_back":0,"health_failed":0,"overdue":4},"type:t0":{"assigned":4,"committed":1,"rolled_back":0,"health_failed":1,"overdue":2},"type:t1":{"assigned":3,"committed":1,"rolled_back":0,"health_failed":0,"overdue":2},"type:t2":{"assigned":3,"committed":1,"rolled_back":0,"health_failed":0,"overdue":2}},"time_to_update_secs":[100,100,100]}"#,
+                Some(Decision::Halt {
+                    reason: "all vehicles: 6 of 9 reporting rolled back or never reported \
+                             (66.7 %, gate: at most 50.0 %) in wave 2 (100 %)"
+                        .into(),
+                }),
+            ),
+        ];
+        for (now, progress, decision) in answers {
+            assert_eq!(
+                serde_json::to_string(&campaign.progress(now)).unwrap(),
+                progress
+            );
+            assert_eq!(campaign.clone().tick(now), decision, "at {now}");
+        }
+        // A report after reading back moves the counters as it moves the members.
+        let mut campaign = campaign;
+        assert_eq!(
+            campaign.report("V9", Outcome::Committed, 1400).unwrap(),
+            None
+        );
+        assert_eq!(campaign.counters, Counters::build(&campaign.members));
+        assert_eq!(campaign.progress(2200).eligible.overdue, 5);
+        let again: Campaign =
+            serde_json::from_str(&serde_json::to_string(&campaign).unwrap()).unwrap();
+        assert_eq!(again, campaign);
+        assert_eq!(again.counters, campaign.counters);
+        assert_eq!(format!("{again:?}"), format!("{campaign:?}"));
+    }
+
+    #[test]
+    fn two_hundred_thousand_vehicles_report_one_by_one() {
+        let vehicles = 200_000;
+        let population = (0..vehicles).map(|i| {
+            (
+                format!("VIN{i:07}"),
+                vec![format!("region:r{}", i % 20), format!("type:t{}", i % 3)],
+            )
+        });
+        let mut campaign = Campaign::start(plan(), population, 0).unwrap();
+        let mut decisions = Vec::new();
+        let mut now = 0;
+        let mut reported_through = None;
+        // Every vehicle reports, one call each, as soon as its wave opens; the gates are
+        // evaluated on each report and once more per report.
+        while let State::Running { open } = *campaign.state() {
+            assert!(now < 30 * 86_400, "stuck in wave {open}");
+            now += 600;
+            if reported_through != Some(open) {
+                reported_through = Some(open);
+                let due: Vec<String> = campaign
+                    .eligible()
+                    .filter(|v| campaign.outcome_of(v).is_none())
+                    .map(str::to_string)
+                    .collect();
+                for vehicle in due {
+                    decisions.extend(campaign.report(&vehicle, Outcome::Committed, now).unwrap());
+                    decisions.extend(campaign.tick(now));
+                }
+            }
+            decisions.extend(campaign.tick(now));
+        }
+        assert_eq!(campaign.state(), &State::Completed);
+        let advanced: Vec<usize> = decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Advance { wave, .. } => Some(*wave),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(advanced, [1, 2, 3], "{decisions:?}");
+        assert!(matches!(decisions.last(), Some(Decision::Complete { .. })));
+        let progress = campaign.progress(now);
+        assert_eq!(progress.population, vehicles);
+        assert_eq!(progress.eligible.assigned, vehicles);
+        assert_eq!(progress.eligible.committed, vehicles);
+        assert_eq!(progress.segments.len(), 23);
+        assert_eq!(progress.segments["region:r7"].committed, vehicles / 20);
+        assert_eq!(progress.segments["type:t2"].committed, vehicles / 3);
+    }
+
+    /// SplitMix64: a small deterministic generator for the randomized tests.
+    struct SplitMix(u64);
+
+    impl SplitMix {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        /// Uniform-enough in `0..bound` (bound > 0).
+        fn below(&mut self, bound: u64) -> u64 {
+            self.next() % bound
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[usize::try_from(self.below(items.len() as u64)).unwrap()]
+        }
+    }
+
+    /// The old `Counts::add`: one member.
+    fn reference_add(counts: &mut Counts, outcome: Option<Outcome>, overdue: bool) {
+        counts.assigned += 1;
+        match outcome {
+            Some(Outcome::Committed) => counts.committed += 1,
+            Some(Outcome::RolledBack) => counts.rolled_back += 1,
+            Some(Outcome::HealthFailed) => counts.health_failed += 1,
+            None if overdue => counts.overdue += 1,
+            None => {}
+        }
+    }
+
+    /// The tallies as computed before the counters: every member visited on every call.
+    fn reference_tallies(
+        campaign: &Campaign,
+        now: u64,
+        gated: bool,
+    ) -> (Counts, BTreeMap<String, Counts>) {
+        let open = campaign.open_wave();
+        let mut all = Counts::default();
+        let mut segments: BTreeMap<String, Counts> = BTreeMap::new();
+        for member in campaign
+            .members
+            .values()
+            .filter(|m| m.wave <= open && !(gated && m.acknowledged))
+        {
+            let opened = campaign.opened_at.get(member.wave).copied().unwrap_or(now);
+            let overdue = member.outcome.is_none()
+                && now.saturating_sub(opened) >= campaign.plan.gates.report_timeout_secs;
+            reference_add(&mut all, member.outcome, overdue);
+            for segment in &member.segments {
+                reference_add(
+                    segments.entry(segment.clone()).or_default(),
+                    member.outcome,
+                    overdue,
+                );
+            }
+        }
+        (all, segments)
+    }
+
+    /// The tallies the campaign computes, with owned names to compare.
+    fn owned_tallies(
+        campaign: &Campaign,
+        now: u64,
+        gated: bool,
+    ) -> (Counts, BTreeMap<String, Counts>) {
+        let (all, segments) = campaign.tallies(now, gated);
+        let segments = segments
+            .into_iter()
+            .map(|(name, counts)| (name.to_string(), counts))
+            .collect();
+        (all, segments)
+    }
+
+    /// The old `tick`: the same gates over the reference tallies. The reference campaign's
+    /// counters are never read.
+    fn reference_tick(campaign: &mut Campaign, now: u64) -> Option<Decision> {
+        let State::Running { open } = campaign.state else {
+            return None;
+        };
+        let (all, segments) = reference_tallies(campaign, now, true);
+        let segments: BTreeMap<&str, Counts> = segments
+            .iter()
+            .map(|(name, counts)| (name.as_str(), counts.clone()))
+            .collect();
+        let verdict = campaign.judge(open, now, &all, &segments);
+        campaign.enact(open, now, verdict)
+    }
+
+    /// The old `report`: the member changed, no counters.
+    fn reference_report(
+        campaign: &mut Campaign,
+        vehicle: &str,
+        outcome: Outcome,
+        now: u64,
+    ) -> Result<Option<Decision>, CampaignError> {
+        let open = campaign.open_wave();
+        let member = campaign
+            .members
+            .get_mut(vehicle)
+            .ok_or_else(|| CampaignError::Report {
+                vehicle: vehicle.to_string(),
+                why: "is not in this campaign's population".into(),
+            })?;
+        if member.wave > open {
+            return Err(CampaignError::Report {
+                vehicle: vehicle.to_string(),
+                why: format!(
+                    "is in wave {}, which is not open: it was never offered the release",
+                    member.wave + 1
+                ),
+            });
+        }
+        member.outcome = Some(outcome);
+        member.reported_at = Some(now);
+        if matches!(campaign.state, State::Aborted { .. }) {
+            return Ok(None);
+        }
+        Ok(reference_tick(campaign, now))
+    }
+
+    /// The old `resume`: the members changed, no counters.
+    fn reference_resume(
+        campaign: &mut Campaign,
+        by: &str,
+        now: u64,
+    ) -> Result<Decision, CampaignError> {
+        let State::Halted { open, .. } = campaign.state else {
+            return Err(CampaignError::NotHalted(campaign.plan.id.clone()));
+        };
+        for member in campaign.members.values_mut() {
+            if matches!(
+                member.outcome,
+                Some(Outcome::RolledBack | Outcome::HealthFailed)
+            ) {
+                member.acknowledged = true;
+            }
+        }
+        campaign.state = State::Running { open };
+        if let Some(opened) = campaign.opened_at.get_mut(open) {
+            *opened = now;
+        }
+        Ok(Decision::Resume { by: by.to_string() })
+    }
+
+    /// The old `progress`, over the reference tallies.
+    fn reference_progress(campaign: &Campaign, now: u64) -> Progress {
+        let (all, segments) = reference_tallies(campaign, now, false);
+        let mut minutes: Vec<u64> = campaign
+            .members
+            .values()
+            .filter(|m| m.outcome == Some(Outcome::Committed))
+            .filter_map(|m| {
+                let opened = campaign.opened_at.get(m.wave)?;
+                Some(m.reported_at?.saturating_sub(*opened))
+            })
+            .collect();
+        minutes.sort_unstable();
+        let percentile = |p: usize| {
+            if minutes.is_empty() {
+                None
+            } else {
+                Some(minutes[(minutes.len() - 1) * p / 100])
+            }
+        };
+        Progress {
+            state: campaign.state.clone(),
+            open_wave: campaign.open_wave(),
+            opened_at: campaign.opened_at.clone(),
+            population: u64::try_from(campaign.members.len()).unwrap(),
+            eligible: all,
+            segments,
+            time_to_update_secs: [50, 90, 99].map(percentile),
+        }
+    }
+
+    /// A random plan and population: few vehicles, segments that repeat, are missing or
+    /// appear twice on one vehicle, gates loose and tight.
+    fn random_campaign(rng: &mut SplitMix) -> (Plan, Vec<(String, Vec<String>)>) {
+        let plans: [&[f64]; 4] = [
+            &[100.0],
+            &[50.0, 100.0],
+            &[10.0, 40.0, 100.0],
+            &[1.0, 5.0, 25.0, 100.0],
+        ];
+        let waves = *rng.pick(&plans);
+        let plan = Plan {
+            id: format!("random-{}", rng.below(1000)),
+            waves: waves
+                .iter()
+                .map(|&percent| Wave {
+                    percent,
+                    min_soak_secs: rng.below(500),
+                })
+                .collect(),
+            gates: Gates {
+                min_success: *rng.pick(&[0.0, 0.5, 0.9, 1.0]),
+                max_rollback: *rng.pick(&[0.0, 0.2, 0.5, 1.0]),
+                max_failed_health: rng.below(5),
+                report_timeout_secs: *rng.pick(&[0, 300, 1000, 5000]),
+                min_reports: rng.below(6),
+            },
+        };
+        let names = [
+            "region:r0",
+            "region:r1",
+            "region:r2",
+            "type:t0",
+            "type:t1",
+            "depot:d0",
+        ];
+        let vehicles = rng.below(120);
+        let population = (0..vehicles)
+            .map(|_| {
+                // Ids may repeat: the last entry wins, as a map collects them.
+                let id = format!("V{}", rng.below(vehicles + 10));
+                let segments = (0..rng.below(4))
+                    .map(|_| rng.pick(&names).to_string())
+                    .collect();
+                (id, segments)
+            })
+            .collect();
+        (plan, population)
+    }
+
+    #[test]
+    fn the_counters_answer_as_a_full_recount_would() {
+        for seed in 0..200 {
+            let mut rng = SplitMix(seed);
+            let (plan, population) = random_campaign(&mut rng);
+            let ids: Vec<String> = population.iter().map(|(v, _)| v.clone()).collect();
+            let timeout = plan.gates.report_timeout_secs;
+            let mut now = rng.below(10_000);
+            let mut campaign = Campaign::start(plan.clone(), population.clone(), now).unwrap();
+            let mut reference = Campaign::start(plan, population, now).unwrap();
+            for step in 0..300 {
+                let context = format!("seed {seed}, step {step}, now {now}");
+                match rng.below(1000) {
+                    0..=499 => {
+                        let vehicle = if ids.is_empty() || rng.below(20) == 0 {
+                            "NOPE".to_string()
+                        } else {
+                            rng.pick(&ids).clone()
+                        };
+                        let outcome = match rng.below(10) {
+                            0 => Outcome::RolledBack,
+                            1 => Outcome::HealthFailed,
+                            _ => Outcome::Committed,
+                        };
+                        assert_eq!(
+                            campaign.report(&vehicle, outcome, now),
+                            reference_report(&mut reference, &vehicle, outcome, now),
+                            "{context}: report"
+                        );
+                    }
+                    500..=749 => {
+                        assert_eq!(
+                            campaign.tick(now),
+                            reference_tick(&mut reference, now),
+                            "{context}: tick"
+                        );
+                    }
+                    750..=849 => {
+                        assert_eq!(
+                            campaign.resume("approver", now),
+                            reference_resume(&mut reference, "approver", now),
+                            "{context}: resume"
+                        );
+                    }
+                    850..=869 => {
+                        assert_eq!(campaign.halt("test"), reference.halt("test"), "{context}");
+                    }
+                    870..=871 => {
+                        assert_eq!(
+                            campaign.abort("test", "test"),
+                            reference.abort("test", "test"),
+                            "{context}"
+                        );
+                    }
+                    872..=919 => {
+                        let json = serde_json::to_string(&campaign).unwrap();
+                        campaign = serde_json::from_str(&json).unwrap();
+                    }
+                    _ => {}
+                }
+                assert_eq!(campaign, reference, "{context}");
+                assert_eq!(
+                    campaign.counters,
+                    Counters::build(&campaign.members),
+                    "{context}"
+                );
+                for at in [now, now + timeout / 2, now + timeout, now + 3 * timeout] {
+                    assert_eq!(
+                        campaign.progress(at),
+                        reference_progress(&reference, at),
+                        "{context}: progress at {at}"
+                    );
+                    for gated in [false, true] {
+                        assert_eq!(
+                            owned_tallies(&campaign, at, gated),
+                            reference_tallies(&reference, at, gated),
+                            "{context}: tallies at {at}, gated {gated}"
+                        );
+                    }
+                }
+                // Mostly forward, sometimes not at all, once in a while backwards.
+                now = match rng.below(20) {
+                    0 => now.saturating_sub(rng.below(500)),
+                    1..=4 => now,
+                    _ => now + rng.below(600),
+                };
+            }
+        }
     }
 }
