@@ -28,8 +28,16 @@ struct File {
     http: Option<Spanned<String>>,
     #[serde(default)]
     seeding: SeedingFile,
+    #[serde(default)]
+    serve: ServeFile,
     prefetch: Option<PrefetchFile>,
     relay: Option<RelayFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    upload_bytes_per_sec: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,10 +137,20 @@ pub struct DepotConfig {
     pub http: Option<SocketAddr>,
     /// Super-seeding and tracker; `None` when disabled.
     pub seeding: Option<SeedConfig>,
+    /// How the depot serves the yard.
+    pub serve: ServeConfig,
     /// Periodic prefetch from upstream.
     pub prefetch: Option<PrefetchConfig>,
     /// Vehicles' reports relayed to the director; `None`: refused.
     pub relay: Option<RelayConfig>,
+}
+
+/// How the depot serves the yard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Bytes per second the depot sends to the yard at most, over all the vehicles it serves
+    /// (its share of the yard WiFi); `None`: no limit.
+    pub upload_bytes_per_sec: Option<u64>,
 }
 
 /// Where and how the depot passes vehicles' reports on.
@@ -236,6 +254,17 @@ pub fn parse(text: &str) -> Result<DepotConfig, String> {
         max_defer: Duration::from_secs(file.seeding.max_defer_secs),
         ..SeedConfig::default()
     });
+    let upload = file.serve.upload_bytes_per_sec;
+    if let Some(rate) = upload.as_ref().filter(|r| *r.get_ref() == 0) {
+        return Err(at(
+            "serve.upload_bytes_per_sec",
+            rate.span(),
+            "0: leave it out for no limit".into(),
+        ));
+    }
+    let serve = ServeConfig {
+        upload_bytes_per_sec: upload.map(Spanned::into_inner),
+    };
     let prefetch = match file.prefetch {
         None => None,
         Some(prefetch) => {
@@ -332,6 +361,7 @@ pub fn parse(text: &str) -> Result<DepotConfig, String> {
         cap_bytes: file.cap_bytes,
         http,
         seeding,
+        serve,
         prefetch,
     })
 }
@@ -366,6 +396,7 @@ mod tests {
                 .unwrap();
         let config = parse(&text).unwrap();
         assert!(config.seeding.is_some());
+        assert_eq!(config.serve.upload_bytes_per_sec, Some(5_000_000));
         let relay = config.relay.unwrap();
         assert_eq!(relay.director_url, "https://director.example.net");
         assert_eq!(relay.retry, Duration::from_secs(30));
@@ -397,6 +428,7 @@ mod tests {
         assert_eq!(config.seeding, Some(SeedConfig::default()));
         assert!(config.prefetch.is_none());
         assert!(config.http.is_none());
+        assert_eq!(config.serve, ServeConfig::default());
     }
 
     #[test]
@@ -429,6 +461,14 @@ mod tests {
                 "rate_limit_bytes_per_sec = 0",
             ),
             ("listen = []\n", "data_dir"),
+            (
+                "data_dir = \"/d\"\n[serve]\nupload_bytes_per_sec = 0\n",
+                "serve.upload_bytes_per_sec (line 3): 0: leave it out",
+            ),
+            (
+                "data_dir = \"/d\"\n[serve]\nupload_bytes_per_sec = 1\ndownload = 2\n",
+                "line 4",
+            ),
             (
                 "data_dir = \"/d\"\n[relay]\ndirector_url = \"director:8470\"\n",
                 "relay.director_url (line 3)",

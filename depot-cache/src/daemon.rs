@@ -1,6 +1,7 @@
 //! `depot-cache --config FILE`: the depot as a service. It serves the yard (with the tracker and
-//! super-seeding unless disabled), fills itself from upstream on a schedule (inside its backhaul
-//! windows, at its rate limit, under its disk cap), and reports on `/metrics` and `/status`.
+//! super-seeding unless disabled, at its upload limit), fills itself from upstream on a schedule
+//! (inside its backhaul windows, at its rate limit, under its disk cap), and reports on
+//! `/metrics` and `/status`.
 //!
 //! A prefetch run that starts inside a window runs to its end (the rate limit bounds what it
 //! takes); a run that fails is retried at the next interval and resumes what it left partial.
@@ -27,6 +28,8 @@ struct State {
     peer_id: String,
     listen: Vec<String>,
     cap: Option<u64>,
+    /// `[serve] upload_bytes_per_sec`.
+    upload_limit: Option<u64>,
     counters: Arc<ServeCounters>,
     tracker: Option<Arc<Tracker>>,
     store: Arc<DiskStore>,
@@ -163,6 +166,9 @@ pub async fn serve(
             reports: queue
                 .clone()
                 .map(|queue| queue as Arc<dyn node::relay::ReportInbox>),
+            upload_limit: config.serve.upload_bytes_per_sec.map(|rate| {
+                node::ratelimit::RateLimit::with_burst(rate, node::ratelimit::LINK_BURST)
+            }),
         },
     );
     let state = Arc::new(State {
@@ -170,6 +176,7 @@ pub async fn serve(
         peer_id: net.peer_id().to_string(),
         listen: addrs.iter().map(ToString::to_string).collect(),
         cap: config.cap_bytes,
+        upload_limit: config.serve.upload_bytes_per_sec,
         counters,
         tracker,
         store: store.clone(),
@@ -597,6 +604,7 @@ fn status_json(state: &State) -> serde_json::Value {
         "uptime_seconds": state.started.elapsed().as_secs(),
         "peers": figures.peers,
         "served_bytes": figures.served_bytes,
+        "upload_bytes_per_sec": state.upload_limit,
         "requests": {
             "hit": figures.hits,
             "miss": figures.misses,

@@ -205,6 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cap_bytes: None,
                 http: None,
                 seeding: Some(node::seeding::SeedConfig::default()),
+                serve: depot_cache::config::ServeConfig::default(),
                 prefetch: None,
                 relay: None,
             };

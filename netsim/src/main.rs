@@ -41,6 +41,14 @@ enum Command {
         /// Seed of the generated firmware.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Every vehicle downloads at most this many KiB/s, from the depot and neighbours
+        /// together (the agent's download_bytes_per_sec); no limit when left out.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        vehicle_down_kibps: Option<u64>,
+        /// The depot sends the yard at most this many KiB/s, to all vehicles together (its
+        /// [serve] upload_bytes_per_sec); no limit when left out.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        depot_up_kibps: Option<u64>,
     },
 }
 
@@ -61,6 +69,8 @@ fn main() -> ExitCode {
             out,
             timeout_secs,
             seed,
+            vehicle_down_kibps,
+            depot_up_kibps,
         } => {
             let options = netsim::yard::YardOptions {
                 vehicles,
@@ -69,6 +79,8 @@ fn main() -> ExitCode {
                 out,
                 timeout: Duration::from_secs(timeout_secs),
                 seed,
+                vehicle_down_bytes_per_sec: vehicle_down_kibps.map(|k| k.saturating_mul(1024)),
+                depot_up_bytes_per_sec: depot_up_kibps.map(|k| k.saturating_mul(1024)),
                 verbose: true,
             };
             match netsim::yard::run(&options) {

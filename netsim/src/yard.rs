@@ -37,6 +37,12 @@ pub struct YardOptions {
     pub timeout: Duration,
     /// Seed of the generated firmware.
     pub seed: u64,
+    /// Every vehicle agent's `download_bytes_per_sec` (all its mesh fetches together);
+    /// `None`: no limit.
+    pub vehicle_down_bytes_per_sec: Option<u64>,
+    /// The depot's `[serve] upload_bytes_per_sec` (all it sends the yard together); `None`: no
+    /// limit.
+    pub depot_up_bytes_per_sec: Option<u64>,
     /// Print progress lines.
     pub verbose: bool,
 }
@@ -56,8 +62,15 @@ pub struct VehicleResult {
     pub bytes_from_depot: u64,
     /// Verified bytes from neighbouring vehicles.
     pub bytes_from_peers: u64,
-    /// Seconds from approval to the end of its install.
+    /// Seconds from approval to the end of its install, as its agent saw it (the check that
+    /// ended the install also sent the report, to the director or to the depot).
     pub finished_after_secs: Option<f64>,
+    /// Seconds from approval until the director had accepted its install report (committed or
+    /// rolled back): netsim asks the director every 0.2 s, so this is up to 0.2 s late.
+    pub reported_after_secs: Option<f64>,
+    /// Size of the delta it fetched, bytes (the blob; what moved is `bytes_from_depot` +
+    /// `bytes_from_peers`); `None` when it fetched no delta.
+    pub delta_bytes: Option<u64>,
     /// How its report reached the director (`director`, `depot`).
     pub report_via: Option<String>,
 }
@@ -73,6 +86,10 @@ pub struct YardSummary {
     pub delta_bytes: u64,
     /// Whether the release was made to fail.
     pub failing_canary: bool,
+    /// Every vehicle's download limit, bytes per second (`None`: unlimited).
+    pub vehicle_down_bytes_per_sec: Option<u64>,
+    /// The depot's upload limit to the yard, bytes per second (`None`: unlimited).
+    pub depot_up_bytes_per_sec: Option<u64>,
     /// The campaign's id.
     pub campaign: String,
     /// Its final state (`completed`, `halted`, …) and, when halted, why.
@@ -87,6 +104,9 @@ pub struct YardSummary {
     pub depot_backhaul_bytes: u64,
     /// Seconds from approval to the end.
     pub seconds: f64,
+    /// Seconds from approval until the director said the campaign completed (asked every
+    /// 0.2 s); `None` when it did not complete.
+    pub completed_after_secs: Option<f64>,
     /// Each vehicle.
     pub results: Vec<VehicleResult>,
     /// Where the HTML report is.
@@ -133,6 +153,29 @@ fn next_release(v1: &[u8], seed: u64) -> Vec<u8> {
     v2.splice(middle..middle, grown);
     v2.extend_from_slice(&noise(256 << 10, seed ^ 0x77));
     v2
+}
+
+/// The yard campaign's waves and gates: a canary (10 %, soaked 3 s), then everyone; every
+/// vehicle must commit and no health check may fail.
+pub fn campaign_plan() -> (Vec<Wave>, Gates) {
+    let waves = vec![
+        Wave {
+            percent: 10.0,
+            min_soak_secs: 3,
+        },
+        Wave {
+            percent: 100.0,
+            min_soak_secs: 0,
+        },
+    ];
+    let gates = Gates {
+        min_success: 1.0,
+        max_rollback: 0.0,
+        max_failed_health: 0,
+        report_timeout_secs: 300,
+        min_reports: 1,
+    };
+    (waves, gates)
 }
 
 fn vin(index: usize) -> String {
@@ -233,6 +276,7 @@ fn write_vehicle(
     roots: (&Path, &Path),
     health: &str,
     director_url: Option<&str>,
+    download_bytes_per_sec: Option<u64>,
 ) -> anyhow::Result<PathBuf> {
     let vin = vin(index);
     let serial = format!("GW-{vin}");
@@ -246,6 +290,11 @@ fn write_vehicle(
         health,
     };
     let ecu = vehicle_peer::simulated::file_ecu(dir, &ecu)?;
+    let mut extra = String::from("metadata_timeout_secs = 10\nstall_timeout_secs = 30\n");
+    if let Some(rate) = download_bytes_per_sec {
+        extra.push_str(&format!("download_bytes_per_sec = {rate}\n"));
+    }
+    extra.push_str("[link]\nclass = \"yard-wifi\"");
     let vehicle = vehicle_peer::simulated::LoopbackVehicle {
         vin: &vin,
         depot,
@@ -253,7 +302,7 @@ fn write_vehicle(
         director_url,
         primary_seed: seed_of(index, 8),
         ecus: &[ecu],
-        extra: "metadata_timeout_secs = 10\nstall_timeout_secs = 30\n[link]\nclass = \"yard-wifi\"",
+        extra: &extra,
     };
     vehicle_peer::simulated::loopback_vehicle(dir, &vehicle)
 }
@@ -327,6 +376,19 @@ fn follow_director(
     }
 }
 
+/// How often the run asks the director how the campaign and each vehicle's report stand: the
+/// resolution of the times the summary takes from the director.
+const DIRECTOR_POLL: Duration = Duration::from_millis(200);
+
+/// A link rate as the header and the table print it.
+fn rate_text(bytes_per_sec: Option<u64>) -> String {
+    match bytes_per_sec {
+        None => "without a limit".into(),
+        Some(rate) if rate % 1024 == 0 => format!("at most {} KiB/s", rate / 1024),
+        Some(rate) => format!("at most {rate} B/s"),
+    }
+}
+
 fn say(options: &YardOptions, started: Instant, line: &str) {
     if options.verbose {
         println!("[{:>6.1} s] {line}", started.elapsed().as_secs_f64());
@@ -346,6 +408,18 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let out = &options.out;
     fresh_out(out)?;
     let out = std::fs::canonicalize(out)?;
+    say(
+        options,
+        started,
+        &format!(
+            "yard: {} vehicles, {} MiB image, seed {}; links: each vehicle downloads {}, the depot uploads to the yard {} (all vehicles together)",
+            options.vehicles,
+            options.image_bytes >> 20,
+            options.seed,
+            rate_text(options.vehicle_down_bytes_per_sec),
+            rate_text(options.depot_up_bytes_per_sec),
+        ),
+    );
 
     // The origin: keys, v1 and v2 with a delta.
     let origin = Origin {
@@ -392,11 +466,12 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         &["ecu/gw-1.bin".to_string()],
         &delta_options,
     )?;
-    let delta_bytes = std::fs::read_dir(origin.dir.join("image/deltas"))?
+    // Deltas are stored under their BLAKE3 (the blob id the vehicles fetch).
+    let delta_sizes: BTreeMap<String, u64> = std::fs::read_dir(origin.dir.join("image/deltas"))?
         .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum::<u64>();
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?.len())))
+        .collect();
+    let delta_bytes = delta_sizes.values().sum::<u64>();
     let vins: Vec<String> = (0..options.vehicles).map(vin).collect();
     for (index, vin) in vins.iter().enumerate() {
         let ecu = origin::director::Assignment {
@@ -477,6 +552,9 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         cap_bytes: None,
         http: Some("127.0.0.1:0".parse()?),
         seeding: Some(node::seeding::SeedConfig::default()),
+        serve: depot_cache::config::ServeConfig {
+            upload_bytes_per_sec: options.depot_up_bytes_per_sec,
+        },
         prefetch: Some(depot_cache::config::PrefetchConfig {
             upstream: vec![cache_addr],
             repositories: repositories.clone(),
@@ -579,6 +657,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             (&image_root, &director_root),
             health,
             route,
+            options.vehicle_down_bytes_per_sec,
         )?;
         let (stop, sender) = (stop.clone(), sender.clone());
         threads.push(std::thread::spawn(move || {
@@ -591,23 +670,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
 
     // The campaign: a canary wave, then everyone. Its id fixes who is in the canary (a stable
     // hash); netsim picks the first id that puts one vehicle in four or fewer there.
-    let waves = vec![
-        Wave {
-            percent: 10.0,
-            min_soak_secs: 3,
-        },
-        Wave {
-            percent: 100.0,
-            min_soak_secs: 0,
-        },
-    ];
-    let gates = Gates {
-        min_success: 1.0,
-        max_rollback: 0.0,
-        max_failed_health: 0,
-        report_timeout_secs: 300,
-        min_reports: 1,
-    };
+    let (waves, gates) = campaign_plan();
     let most = (options.vehicles / 4).max(1);
     let (campaign, plan) = (0..10_000)
         .map(|k| {
@@ -645,6 +708,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         &json!({"by": "fleet-safety"}),
     )?;
     let approved = Instant::now();
+    let approved_unix = unix_now();
     say(
         options,
         started,
@@ -669,18 +733,24 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let mut from_depot = vec![0u64; vins.len()];
     let mut from_peers = vec![0u64; vins.len()];
     let mut finished_at: Vec<Option<f64>> = vec![None; vins.len()];
+    let mut reported_at: Vec<Option<f64>> = vec![None; vins.len()];
+    let mut fetched_blobs: Vec<BTreeSet<String>> = vec![BTreeSet::new(); vins.len()];
+    let mut completed_after: Option<f64> = None;
     let mut statuses: Vec<Value> = vec![Value::Null; vins.len()];
     let mut last_state = String::new();
     let mut last_poll = Instant::now() - Duration::from_secs(10);
     let mut state = json!({});
     let end = approved + options.timeout;
     loop {
-        match events.recv_timeout(Duration::from_millis(250)) {
+        match events.recv_timeout(DIRECTOR_POLL / 2) {
             Ok(event) => {
                 let i = event.index;
                 let downloads = event.status["downloads"].clone();
                 if downloads != last_downloads[i] && downloads.is_array() {
                     for download in downloads.as_array().into_iter().flatten() {
+                        if let Some(blob) = download["blob"].as_str() {
+                            fetched_blobs[i].insert(blob.to_string());
+                        }
                         for (peer, bytes) in
                             download["bytes_by_peer"].as_object().into_iter().flatten()
                         {
@@ -720,7 +790,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => bail!("every vehicle agent stopped"),
         }
-        if last_poll.elapsed() >= Duration::from_millis(500) {
+        if last_poll.elapsed() >= DIRECTOR_POLL {
             last_poll = Instant::now();
             let all = get_json(&http, &format!("{director_url}/v1/campaigns"))?;
             if let Some(found) = all["campaigns"]
@@ -748,6 +818,23 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
                 last_state = now_state;
             }
             let name = progress["state"]["state"].as_str().unwrap_or("");
+            if name == "completed" {
+                completed_after.get_or_insert(approved.elapsed().as_secs_f64());
+            }
+            // Asked after the campaign: a campaign seen completed has every report in.
+            if reported_at.iter().any(Option::is_none) {
+                let at = approved.elapsed().as_secs_f64();
+                let records = get_json(&http, &format!("{director_url}/v1/vehicles"))?;
+                for record in records.as_array().into_iter().flatten() {
+                    let report = &record["last_report"];
+                    let this_install = report["outcome"].is_string()
+                        && report["at"].as_u64() >= Some(approved_unix);
+                    let index = vins.iter().position(|vin| record["vin"] == vin.as_str());
+                    if let (true, Some(index)) = (this_install, index) {
+                        reported_at[index].get_or_insert(at);
+                    }
+                }
+            }
             let canary_back = canary.iter().all(|&i| {
                 last_step[i]
                     .as_deref()
@@ -809,6 +896,12 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
                 bytes_from_depot: from_depot[i],
                 bytes_from_peers: from_peers[i],
                 finished_after_secs: finished_at[i],
+                reported_after_secs: reported_at[i],
+                delta_bytes: fetched_blobs[i]
+                    .iter()
+                    .filter_map(|blob| delta_sizes.get(blob))
+                    .copied()
+                    .reduce(|a, b| a + b),
                 report_via: status["report_sent"]["via"].as_str().map(str::to_string),
             }
         })
@@ -819,6 +912,8 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         image_bytes: v2.len() as u64,
         delta_bytes,
         failing_canary: options.failing_canary,
+        vehicle_down_bytes_per_sec: options.vehicle_down_bytes_per_sec,
+        depot_up_bytes_per_sec: options.depot_up_bytes_per_sec,
         campaign,
         state: progress["state"]["state"]
             .as_str()
@@ -831,6 +926,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             .as_u64()
             .unwrap_or(0),
         seconds,
+        completed_after_secs: completed_after,
         results,
         report: report.clone(),
     };
@@ -857,13 +953,19 @@ pub fn table(summary: &YardSummary) -> String {
         summary.depot_backhaul_bytes as f64 / 1_048_576.0,
     ));
     out.push_str(&format!(
-        "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>8}  {:<8}  {}\n",
+        "links: each vehicle downloads {}, the depot uploads to the yard {}\n",
+        rate_text(summary.vehicle_down_bytes_per_sec),
+        rate_text(summary.depot_up_bytes_per_sec),
+    ));
+    out.push_str(&format!(
+        "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>8} {:>10}  {:<8}  {}\n",
         "vehicle",
         "wave",
         "outcome",
         "depot KiB",
         "peers KiB",
         "done s",
+        "reported s",
         "report",
         "ECUs (image, slot)"
     ));
@@ -876,13 +978,15 @@ pub fn table(summary: &YardSummary) -> String {
         let mut outcome = r.outcome.clone().unwrap_or_else(|| "not offered".into());
         outcome.truncate(22);
         out.push_str(&format!(
-            "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>8}  {:<8}  {}\n",
+            "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>8} {:>10}  {:<8}  {}\n",
             r.vin,
             r.wave,
             outcome,
             r.bytes_from_depot / 1024,
             r.bytes_from_peers / 1024,
             r.finished_after_secs
+                .map_or("-".into(), |s| format!("{s:.1}")),
+            r.reported_after_secs
                 .map_or("-".into(), |s| format!("{s:.1}")),
             r.report_via.clone().unwrap_or_else(|| "-".into()),
             ecus.join("; ")

@@ -1,7 +1,9 @@
 //! `netsim yard` end to end on a small yard: real origin, director service, origin's cache,
 //! depot daemon and vehicle agents on loopback. A good release walks the canary and the rest and
 //! every vehicle commits it; a release that fails its health check halts the campaign in its
-//! canary, whose vehicles roll back, and nobody else gets it.
+//! canary, whose vehicles roll back, and nobody else gets it. The good run's links are shaped
+//! (each vehicle's download limit, the depot's upload limit) well above what the small delta
+//! needs: the options reach the agents and the depot, and the summary records them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,6 +19,8 @@ fn options(out: &std::path::Path, failing_canary: bool) -> YardOptions {
         out: out.to_path_buf(),
         timeout: Duration::from_secs(180),
         seed: 7,
+        vehicle_down_bytes_per_sec: None,
+        depot_up_bytes_per_sec: None,
         verbose: true,
     }
 }
@@ -25,7 +29,12 @@ fn options(out: &std::path::Path, failing_canary: bool) -> YardOptions {
 fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
     let work = tempfile::tempdir().unwrap();
 
-    let good = run(&options(&work.path().join("good"), false)).unwrap();
+    let good = run(&YardOptions {
+        vehicle_down_bytes_per_sec: Some(2 << 20),
+        depot_up_bytes_per_sec: Some(1 << 20),
+        ..options(&work.path().join("good"), false)
+    })
+    .unwrap();
     println!("{}", table(&good));
     assert_eq!(good.state, "completed", "{good:?}");
     let canary = good.results.iter().filter(|r| r.wave == 1).count();
@@ -46,7 +55,10 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
             "{vehicle:?}"
         );
         assert!(vehicle.report_via.is_some(), "{vehicle:?}");
+        assert_eq!(vehicle.delta_bytes, Some(good.delta_bytes), "{vehicle:?}");
+        assert!(vehicle.reported_after_secs.is_some(), "{vehicle:?}");
     }
+    assert!(good.completed_after_secs.is_some(), "{good:?}");
     // Half the vehicles have no route to the director: their reports went through the depot.
     assert!(
         good.results
@@ -59,6 +71,13 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
         serde_json::from_slice(&std::fs::read(work.path().join("good/summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary["results"].as_array().unwrap().len(), 4);
+    assert_eq!(summary["vehicle_down_bytes_per_sec"], 2 << 20);
+    assert_eq!(summary["depot_up_bytes_per_sec"], 1 << 20);
+    assert!(summary["completed_after_secs"].is_f64(), "{summary}");
+    for vehicle in summary["results"].as_array().unwrap() {
+        assert!(vehicle["reported_after_secs"].is_f64(), "{vehicle}");
+        assert_eq!(vehicle["delta_bytes"], good.delta_bytes, "{vehicle}");
+    }
 
     let bad = run(&options(&work.path().join("bad"), true)).unwrap();
     println!("{}", table(&bad));
@@ -84,6 +103,7 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
         } else {
             assert_eq!(vehicle.outcome, None, "{vehicle:?}");
             assert_eq!(vehicle.bytes_from_depot + vehicle.bytes_from_peers, 0);
+            assert_eq!(vehicle.delta_bytes, None, "{vehicle:?}");
         }
     }
     let html = std::fs::read_to_string(&bad.report).unwrap();

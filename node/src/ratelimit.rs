@@ -1,7 +1,13 @@
-//! A byte-rate limit shared by every stream of a transfer, for a depot's backhaul: a token
-//! bucket refilled at the configured rate, holding at most one second of it, and a stream
-//! wrapper that reads only what the bucket allows. Throttling the reader is enough: QUIC's flow
-//! control then slows the sender, so the link carries no more than the rate on average.
+//! A byte-rate limit shared by many streams: a token bucket refilled at the configured rate,
+//! holding at most one second of it (or a shorter burst, [`LINK_BURST`], for a limit that
+//! stands for a link's capacity), and a stream wrapper that moves only what the bucket allows,
+//! in one direction.
+//!
+//! - Reads, for what a node downloads (a depot's backhaul, a vehicle's download limit): QUIC's
+//!   flow control then slows the sender, so the link carries no more than the rate on average.
+//! - Writes, for what a server uploads (a depot's share of the yard WiFi): the bytes handed to
+//!   QUIC are paced, and QUIC sends them on at once, so the link carries no more than the rate
+//!   on average, in bursts of at most the bucket's size.
 
 use std::future::Future;
 use std::io;
@@ -13,14 +19,27 @@ use std::time::Duration;
 use futures::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-/// The smallest read the limit lets through at once, so that a low rate still moves whole
-/// frames rather than a few bytes per wake-up.
+/// The smallest read or write the limit lets through at once, so that a low rate still moves
+/// whole frames rather than a few bytes per wake-up.
 const MIN_GRANT: u64 = 16 * 1024;
+
+/// The largest write granted at once: a writer hands QUIC a whole response (a few hundred
+/// KiB), and without a cap the first stream to ask would take the whole bucket while the
+/// others sharing the limit wait; with it, streams take turns in slices of this size.
+const MAX_WRITE_GRANT: usize = 64 * 1024;
+
+/// The burst of a limit that stands for a link's capacity (a vehicle's download limit, a
+/// depot's share of the yard WiFi): short, so that a transfer takes its size over the rate,
+/// as on a link of that capacity, even after the link was idle. (With one second's burst, a
+/// 300 KiB delta at 256 KiB/s would arrive in a third of a second.)
+pub const LINK_BURST: Duration = Duration::from_millis(100);
 
 /// A shared token bucket of bytes.
 #[derive(Debug)]
 pub struct RateLimit {
     bytes_per_second: u64,
+    /// Tokens held at most: the burst.
+    capacity: f64,
     state: Mutex<Bucket>,
 }
 
@@ -33,9 +52,17 @@ struct Bucket {
 impl RateLimit {
     /// At most `bytes_per_second` on average (at least 1), with bursts of one second's worth.
     pub fn new(bytes_per_second: u64) -> Arc<Self> {
+        Self::with_burst(bytes_per_second, Duration::from_secs(1))
+    }
+
+    /// At most `bytes_per_second` on average (at least 1), with bursts of `burst`'s worth (but
+    /// at least 16 KiB, the smallest grant). The bucket starts empty.
+    pub fn with_burst(bytes_per_second: u64, burst: Duration) -> Arc<Self> {
         let bytes_per_second = bytes_per_second.max(1);
+        let capacity = (bytes_per_second as f64 * burst.as_secs_f64()).max(MIN_GRANT as f64);
         Arc::new(Self {
             bytes_per_second,
+            capacity,
             state: Mutex::new(Bucket {
                 tokens: 0.0,
                 at: Instant::now(),
@@ -49,7 +76,7 @@ impl RateLimit {
     }
 
     fn capacity(&self) -> f64 {
-        self.bytes_per_second.max(MIN_GRANT) as f64
+        self.capacity
     }
 
     /// Takes up to `want` bytes: `Ok(granted)`, or `Err(wait)` when the bucket must refill.
@@ -89,10 +116,19 @@ impl RateLimit {
     }
 }
 
-/// A stream whose reads are paced by a [`RateLimit`]; writes pass through.
+/// Which direction of a [`Throttled`] stream the limit paces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Paced {
+    Reads,
+    Writes,
+}
+
+/// A stream whose reads (or, made with [`Throttled::writes`], writes) are paced by a
+/// [`RateLimit`]; the other direction passes through.
 pub struct Throttled<S> {
     inner: S,
     limit: Arc<RateLimit>,
+    paced: Paced,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
@@ -100,17 +136,44 @@ impl<S> std::fmt::Debug for Throttled<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Throttled")
             .field("limit", &self.limit)
+            .field("paced", &self.paced)
             .finish_non_exhaustive()
     }
 }
 
 impl<S> Throttled<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner`, pacing its reads (a download).
     pub fn new(inner: S, limit: Arc<RateLimit>) -> Self {
         Self {
             inner,
             limit,
+            paced: Paced::Reads,
             sleep: None,
+        }
+    }
+
+    /// Wraps `inner`, pacing its writes (what a server uploads).
+    pub fn writes(inner: S, limit: Arc<RateLimit>) -> Self {
+        Self {
+            paced: Paced::Writes,
+            ..Self::new(inner, limit)
+        }
+    }
+
+    /// Waits until the bucket grants some of `want` (> 0) bytes; returns how many (at least
+    /// one), taken from the bucket: the caller refunds what it does not use.
+    fn poll_grant(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<usize> {
+        loop {
+            if let Some(sleep) = self.sleep.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.sleep = None;
+            }
+            match self.limit.take(Instant::now(), want) {
+                Ok(granted) => return Poll::Ready(granted),
+                Err(wait) => self.sleep = Some(Box::pin(tokio::time::sleep(wait))),
+            }
         }
     }
 }
@@ -121,32 +184,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for Throttled<S> {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if self.paced != Paced::Reads {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        loop {
-            if let Some(sleep) = self.sleep.as_mut() {
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                self.sleep = None;
-            }
-            match self.limit.take(Instant::now(), buf.len()) {
-                Ok(granted) => {
-                    let this = &mut *self;
-                    let result = Pin::new(&mut this.inner).poll_read(cx, &mut buf[..granted]);
-                    let used = match &result {
-                        Poll::Ready(Ok(read)) => *read,
-                        _ => 0,
-                    };
-                    this.limit.refund(granted - used);
-                    return result;
-                }
-                Err(wait) => {
-                    self.sleep = Some(Box::pin(tokio::time::sleep(wait)));
-                }
-            }
-        }
+        let Poll::Ready(granted) = self.poll_grant(cx, buf.len()) else {
+            return Poll::Pending;
+        };
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, &mut buf[..granted]);
+        let used = match &result {
+            Poll::Ready(Ok(read)) => *read,
+            _ => 0,
+        };
+        this.limit.refund(granted - used);
+        result
     }
 }
 
@@ -156,7 +210,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if self.paced != Paced::Writes {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let Poll::Ready(granted) = self.poll_grant(cx, buf.len().min(MAX_WRITE_GRANT)) else {
+            return Poll::Pending;
+        };
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_write(cx, &buf[..granted]);
+        let used = match &result {
+            Poll::Ready(Ok(written)) => *written,
+            _ => 0,
+        };
+        this.limit.refund(granted - used);
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -172,7 +242,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use futures::AsyncReadExt as _;
+    use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 
     #[test]
     fn the_bucket_grants_what_has_accrued_and_names_the_wait_otherwise() {
@@ -199,6 +269,15 @@ mod tests {
             limit.take(t0 + Duration::from_secs(60), 1 << 20),
             Ok(100_000)
         );
+        // A link's limit bursts less: a tenth of a second's worth, never less than 16 KiB.
+        let link = RateLimit::with_burst(1_000_000, LINK_BURST);
+        let t0 = Instant::now();
+        assert_eq!(
+            link.take(t0 + Duration::from_secs(60), 1 << 20),
+            Ok(100_000)
+        );
+        let slow = RateLimit::with_burst(10_000, LINK_BURST);
+        assert_eq!(slow.take(t0 + Duration::from_secs(60), 1 << 20), Ok(16_384));
     }
 
     #[tokio::test(start_paused = true)]
@@ -226,5 +305,50 @@ mod tests {
             (3.0..=most).contains(&took),
             "took {took} s, at most {most}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_write_takes_as_long_as_the_rate_says() {
+        let data = vec![7u8; 300_000];
+        let limit = RateLimit::new(100_000);
+        let mut writer = Throttled::writes(futures::io::Cursor::new(Vec::new()), limit);
+        let started = Instant::now();
+        // As a server answers: the whole response at once.
+        writer.write_all(&data).await.unwrap();
+        writer.flush().await.unwrap();
+        assert_eq!(writer.inner.get_ref(), &data);
+        // Virtual time, as for reads.
+        let took = started.elapsed().as_secs_f64();
+        let most = 3.0 + MIN_GRANT as f64 / 100_000.0 + 0.01;
+        assert!(
+            (3.0..=most).contains(&took),
+            "took {took} s, at most {most}"
+        );
+        // Reads of a write-paced stream are not paced.
+        let mut reader =
+            Throttled::writes(futures::io::Cursor::new(data.clone()), RateLimit::new(1));
+        let mut out = Vec::new();
+        let started = Instant::now();
+        reader.read_to_end(&mut out).await.unwrap();
+        assert_eq!((out.len(), started.elapsed()), (data.len(), Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_sharing_a_limit_share_its_rate_and_take_turns() {
+        let limit = RateLimit::new(100_000);
+        let started = Instant::now();
+        let write = |bytes: usize| {
+            let limit = limit.clone();
+            async move {
+                let mut writer = Throttled::writes(futures::io::Cursor::new(Vec::new()), limit);
+                writer.write_all(&vec![1u8; bytes]).await.unwrap();
+                started.elapsed().as_secs_f64()
+            }
+        };
+        let (first, second) = tokio::join!(write(200_000), write(200_000));
+        // Together no faster than the rate: 400 KB at 100 KB/s.
+        assert!(first.max(second) >= 4.0, "{first} s and {second} s");
+        // Neither waits for the other to finish: slices of at most 64 KiB alternate.
+        assert!(first.min(second) >= 3.0, "{first} s and {second} s");
     }
 }

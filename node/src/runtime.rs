@@ -140,7 +140,7 @@ pub fn spawn_server<S: Storage, I: Index>(
     spawn_server_with(store, incoming, counters, Roles::default())
 }
 
-/// What a server does besides serving blobs (a depot does both).
+/// What a server does besides serving blobs (a depot does both), and how fast it may send.
 #[derive(Clone, Default)]
 pub struct Roles {
     /// The yard's tracker: range requests are granted by its super-seeding rule (groups held
@@ -149,6 +149,11 @@ pub struct Roles {
     pub tracker: Option<Arc<Tracker>>,
     /// Where vehicles' reports to relay go; without one they are refused `NotFound`.
     pub reports: Option<Arc<dyn ReportInbox>>,
+    /// Paces what the server sends in answers (range responses, have and name answers): one
+    /// bucket shared by every stream it serves, e.g. a depot's share of the yard WiFi. Have
+    /// subscriptions, peer lists, report acknowledgements and refusals (a few hundred bytes
+    /// each) are not paced. `None`: as fast as it goes.
+    pub upload_limit: Option<Arc<RateLimit>>,
 }
 
 impl std::fmt::Debug for Roles {
@@ -156,6 +161,10 @@ impl std::fmt::Debug for Roles {
         f.debug_struct("Roles")
             .field("tracker", &self.tracker.is_some())
             .field("reports", &self.reports.is_some())
+            .field(
+                "upload_limit",
+                &self.upload_limit.as_ref().map(|l| l.bytes_per_second()),
+            )
             .finish()
     }
 }
@@ -290,13 +299,14 @@ async fn serve_stream<S: Storage, I: Index>(
                 return protocol::refuse(stream, &question, ErrorCode::HeldBack, detail).await;
             }
             request.groups = grant.serve;
-            let served = answer_within_slots(store, stream, Message::Request(request), slots).await;
+            let question = Message::Request(request);
+            let served = answer_within_slots(store, stream, question, slots, roles).await;
             if let Ok(Served::Groups { blob, groups, .. }) = &served {
                 tracker.served(peer, *blob, groups);
             }
             served
         }
-        (question, _) => answer_within_slots(store, stream, question, slots).await,
+        (question, _) => answer_within_slots(store, stream, question, slots, roles).await,
     }
 }
 
@@ -305,9 +315,16 @@ async fn answer_within_slots<S: Storage, I: Index>(
     stream: libp2p::Stream,
     question: Message,
     slots: Slots<'_>,
+    roles: &Roles,
 ) -> Result<Served, ExchangeError> {
     match slots.transfers.clone().try_acquire_owned() {
-        Ok(_slot) => protocol::answer(store, stream, question).await,
+        Ok(_slot) => {
+            let stream = match &roles.upload_limit {
+                Some(limit) => Either::Right(Throttled::writes(stream, limit.clone())),
+                None => Either::Left(stream),
+            };
+            protocol::answer(store, stream, question).await
+        }
         Err(_) => {
             let detail = "serving as many requests as it can";
             protocol::refuse(stream, &question, ErrorCode::Busy, detail).await
@@ -334,7 +351,9 @@ pub struct FetchOptions {
     pub stall_timeout: Duration,
     /// The largest size a peer may claim for a blob of unknown size.
     pub size_limit: u64,
-    /// Paces every stream of the fetch (a depot's backhaul limit); `None`: as fast as it goes.
+    /// Paces every stream of the fetch: one bucket for all of them, and for every fetch that
+    /// shares it (a depot's backhaul limit, a vehicle's download limit); `None`: as fast as it
+    /// goes.
     pub rate_limit: Option<Arc<RateLimit>>,
     /// Stop once this many bytes arrived in this run (a metered link's allowance): the fetch
     /// ends with [`FetchError::Allowance`], keeping what it verified. Requests in flight when

@@ -36,6 +36,7 @@ struct File {
     metadata_timeout_secs: u64,
     #[serde(default = "stall_timeout_secs")]
     stall_timeout_secs: u64,
+    download_bytes_per_sec: Option<Spanned<u64>>,
     link: LinkFile,
     #[serde(default)]
     policy: PolicyFile,
@@ -168,6 +169,9 @@ pub struct VehicleConfig {
     pub metadata_timeout: Duration,
     /// Give up a download when nothing moved this long (the next check resumes it).
     pub stall_timeout: Duration,
+    /// Bytes per second the vehicle downloads over the mesh at most, over all its peers (the
+    /// depot and neighbours) at once; `None`: no limit.
+    pub download_bytes_per_sec: Option<u64>,
     /// The link.
     pub link: LinkSource,
     /// Cellular rules.
@@ -239,6 +243,17 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
     }
     if file.check_interval_secs == 0 {
         return Err("check_interval_secs = 0: must be at least 1".into());
+    }
+    if let Some(rate) = file
+        .download_bytes_per_sec
+        .as_ref()
+        .filter(|r| *r.get_ref() == 0)
+    {
+        return Err(at(
+            "download_bytes_per_sec",
+            rate.span(),
+            "0: leave it out for no limit".into(),
+        ));
     }
     let link = match (&file.link.class, &file.link.command) {
         (Some(class), None) => LinkSource::Fixed {
@@ -349,6 +364,7 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
         check_interval: Duration::from_secs(file.check_interval_secs),
         metadata_timeout: Duration::from_secs(file.metadata_timeout_secs.max(1)),
         stall_timeout: Duration::from_secs(file.stall_timeout_secs.max(1)),
+        download_bytes_per_sec: file.download_bytes_per_sec.map(Spanned::into_inner),
         link,
         policy: PolicyConfig {
             cellular_windows,
@@ -418,6 +434,7 @@ mod tests {
         assert_eq!(config.policy.fix_deadline_secs, 72 * 3600);
         assert!(matches!(config.link, LinkSource::Command(_)));
         assert!(matches!(config.boot, BootMode::Reboot(_)));
+        assert_eq!(config.download_bytes_per_sec, Some(2_500_000));
     }
 
     #[test]
@@ -427,6 +444,7 @@ mod tests {
         assert_eq!(config.policy.monthly_budget, 0);
         assert_eq!(config.policy.min_signal, 20);
         assert!(config.mdns);
+        assert_eq!(config.download_bytes_per_sec, None);
         assert_eq!(
             config.link,
             LinkSource::Fixed {
@@ -462,6 +480,10 @@ mod tests {
                 "policy.cellular_windows (line 11)",
             ),
             (format!("colour = 1\n{base}"), "line 1"),
+            (
+                format!("{base}\n").replace("[link]", "download_bytes_per_sec = 0\n[link]"),
+                "download_bytes_per_sec (line 6): 0: leave it out",
+            ),
             (
                 base.replace("ecus = [\"/e.toml\"]", "ecus = []"),
                 "ecus (line 4)",

@@ -12,7 +12,8 @@
 //!    repository lists from what the ECU runs (else the whole image), and asks the policy
 //!    whether it may be fetched now, given the update's signed priority class and release time;
 //!    on a metered link the fetch stops at the allowance the policy grants, and every byte
-//!    received on a metered link is counted against the month's budget (persisted);
+//!    received on a metered link is counted against the month's budget (persisted); every
+//!    fetch is paced by `download_bytes_per_sec`, when set;
 //! 4. hands the verified payloads to the flasher ([`crate::flasher::vehicle_step`]), which writes
 //!    the inactive banks, switches all ECUs to their trial together, and after the reboot commits
 //!    all or rolls all back;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use node::net::{EventHub, NetHandle};
 use node::policy::{Decision, Link, LinkClass, LinkPolicy, Priority, Usage};
+use node::ratelimit::RateLimit;
 use node::runtime::{BlockOn, FetchError, FetchOptions, ServeCounters};
 use node::storage::{Index, SledIndex};
 use node::store::DiskStore;
@@ -91,6 +93,9 @@ pub struct Daemon {
     net: NetHandle,
     hub: EventHub,
     counters: Arc<ServeCounters>,
+    /// `download_bytes_per_sec`: one bucket for every mesh fetch of the agent, so that
+    /// fetches in a row (or a delta and an image) share the rate rather than each having it.
+    download_limit: Option<Arc<RateLimit>>,
     ecu_configs: Vec<EcuConfig>,
     ecus: Vec<Ecu<FileBank, fs::File>>,
     booted: Vec<Slot>,
@@ -220,6 +225,9 @@ impl Daemon {
             .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
             .filter(Value::is_object)
             .unwrap_or_else(|| json!({}));
+        let download_limit = config
+            .download_bytes_per_sec
+            .map(|rate| RateLimit::with_burst(rate, node::ratelimit::LINK_BURST));
         Ok(Self {
             config,
             runtime,
@@ -227,6 +235,7 @@ impl Daemon {
             net,
             hub,
             counters,
+            download_limit,
             ecu_configs,
             ecus,
             booted,
@@ -829,6 +838,7 @@ impl Daemon {
             options.peers = self.config.peers.clone();
             options.stall_timeout = self.config.stall_timeout;
             options.max_bytes = allowance;
+            options.rate_limit = self.download_limit.clone();
             if allowance.is_some() {
                 options.transfer.groups_per_request = 4;
                 options.transfer.max_requests_total = 4;
