@@ -7,7 +7,10 @@
 //! simulates comes from the same engines the depot cache and vehicle peer use. Runs take a seed and
 //! are reproducible from it.
 //!
-//! Built so far: [`yard`] (`netsim yard`). The flow-level fleet model (`netsim fleet`) is not.
+//! Two commands: [`yard`] (`netsim yard`, real nodes on loopback) and [`fleet`] (`netsim fleet`,
+//! the flow-level model of a whole fleet).
 
+pub mod compare;
+pub mod fleet;
 pub mod report;
 pub mod yard;

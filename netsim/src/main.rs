@@ -1,4 +1,5 @@
-//! `netsim yard`: the whole system on loopback (see `netsim::yard`).
+//! `netsim yard`: the whole system on loopback (see `netsim::yard`); `netsim fleet`: a campaign
+//! across a whole fleet in simulated time (see `netsim::fleet`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,39 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         depot_up_kibps: Option<u64>,
     },
+    /// A campaign across a whole fleet in simulated time (flow-level model driven by the real
+    /// link policy and campaign gates); prints the outcome and writes summary.json, SVG charts
+    /// and report.html.
+    Fleet {
+        /// The scenario (TOML; see config/scenarios/).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Seed in place of the scenario's.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Output directory (created; its summary.json, *.svg and report.html are replaced).
+        #[arg(long, default_value = "target/netsim-fleet")]
+        out: PathBuf,
+    },
+}
+
+fn fleet(scenario: &std::path::Path, seed: Option<u64>, out: &std::path::Path) -> ExitCode {
+    let result = netsim::fleet::Scenario::load(scenario).and_then(|checked| {
+        let summary = netsim::fleet::run(&checked, seed)?;
+        netsim::fleet::write(&summary, out)?;
+        Ok(summary)
+    });
+    match result {
+        Ok(summary) => {
+            println!("{}", netsim::fleet::table(&summary));
+            println!("report: {}", out.join("report.html").display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("netsim fleet: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -62,6 +96,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Fleet {
+            scenario,
+            seed,
+            out,
+        } => fleet(&scenario, seed, &out),
         Command::Yard {
             vehicles,
             image_mib,
@@ -86,6 +125,14 @@ fn main() -> ExitCode {
             match netsim::yard::run(&options) {
                 Ok(summary) => {
                     println!("\n{}", netsim::yard::table(&summary));
+                    match netsim::compare::compare(&summary) {
+                        Ok(c) => println!(
+                            "fleet model of this yard (netsim fleet, same vehicles, delta, limits and waves): completed after {} (yard: {})",
+                            c.model_secs.map_or("-".into(), |s| format!("{s:.1} s")),
+                            c.yard_secs.map_or("-".into(), |s| format!("{s:.1} s")),
+                        ),
+                        Err(error) => eprintln!("fleet model of this yard: {error:#}"),
+                    }
                     println!("report: {}", summary.report.display());
                     ExitCode::SUCCESS
                 }

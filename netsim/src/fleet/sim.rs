@@ -1,0 +1,1289 @@
+//! The fleet model: a discrete-event simulation at the level of flows.
+//!
+//! Vehicles drive daily routes between depots. Parked at a depot, a vehicle that knows of the
+//! release downloads it over the yard WiFi from the depot cache and from its neighbours; away,
+//! it asks the link policy (`node::policy`, the code the vehicle peer runs) whether it may use
+//! cellular, and downloads there within what the policy allows. Within a yard, rates are shared
+//! max-min fairly ([`super::flow`]) over the depot's upload, the pooled uploads of the vehicles
+//! holding data, the yard WiFi and each vehicle's download. Rates stay constant between events;
+//! every event that changes a yard brings its byte counts up to date and shares again.
+//!
+//! The director is `origin::campaign` itself: it starts the campaign, receives every report,
+//! ticks, and its decisions (advance, halt, complete) open waves or withdraw the release.
+//!
+//! Swarm approximation. Within a yard, what the depot sends is new to the yard (the depot
+//! super-seeds, `node::seeding`) until the yard holds the whole delta; the yard's *union* is
+//! what the depot sent plus what vehicles brought with them (from cellular or other yards),
+//! at most the delta. A vehicle can get from its neighbours only what the union holds and it
+//! lacks: one that has caught up with the union gets new data from them at most as fast as it
+//! enters the yard. The depot serves a release once it holds it whole (the real depot forwards
+//! groups as they arrive: the model is pessimistic there by at most the prefetch time).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+use node::policy::{Decision as LinkDecision, Link, LinkClass, LinkPolicy};
+use origin::campaign::{Campaign, Decision, Outcome, State as CampaignState};
+use serde::Serialize;
+
+use super::flow::MaxMin;
+use super::scenario::Checked;
+
+const NO_SLOT: u32 = u32::MAX;
+
+/// A 64-bit mix (SplitMix64's finaliser): the model's only source of randomness, so a run
+/// depends on the seed alone.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A uniform draw in [0, 1) for (seed, what, a, b).
+fn draw(seed: u64, what: u64, a: u64, b: u64) -> f64 {
+    let h = mix(mix(mix(seed ^ mix(what)) ^ a) ^ b);
+    #[allow(clippy::cast_precision_loss)]
+    let x = (h >> 11) as f64 / (1u64 << 53) as f64;
+    x
+}
+
+// What a draw is for.
+const DRAW_CHECK: u64 = 1;
+const DRAW_CELL_CHECK: u64 = 2;
+const DRAW_SIGNAL: u64 = 3;
+const DRAW_HEALTH: u64 = 4;
+const DRAW_ROLLBACK: u64 = 5;
+const DRAW_CORRUPT: u64 = 6;
+const DRAW_DEPART: u64 = 7;
+const DRAW_RETURN: u64 = 8;
+const DRAW_AWAY: u64 = 9;
+const DRAW_VISIT: u64 = 10;
+const DRAW_VISIT_WHERE: u64 = 11;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    CampaignStart,
+    Tick,
+    Sample,
+    PrefetchDone(u32),
+    DepotDown(u32),
+    DepotUp(u32),
+    Depart { vehicle: u32, day: u32 },
+    Arrive { vehicle: u32, depot: u32, day: u32 },
+    Learn(u32),
+    Decide { vehicle: u32, generation: u32 },
+    CellStop { vehicle: u32, generation: u32 },
+    Yard { depot: u32, version: u64 },
+    Installed(u32),
+    Report(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not told of the release (its wave is closed, or it has not checked since).
+    Unaware,
+    Downloading,
+    Installing,
+    /// Installed; the report is on its way or recorded.
+    Done,
+    /// The campaign halted before it installed.
+    Withdrawn,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cell {
+    since: f64,
+    cap: f64,
+}
+
+#[derive(Debug)]
+struct Vehicle {
+    home: u32,
+    region: u32,
+    wave: u32,
+    at: Option<u32>,
+    present_slot: u32,
+    yard_slot: u32,
+    phase: Phase,
+    have: f64,
+    from_depot: f64,
+    from_peers: f64,
+    from_cellular: f64,
+    rate_depot: f64,
+    rate_pool: f64,
+    caught_up: bool,
+    cell: Option<Cell>,
+    generation: u32,
+    last_yard: u32,
+    signal: u8,
+    corrupt: bool,
+    policy: LinkPolicy,
+    reported_at: Option<f64>,
+    outcome: Option<Outcome>,
+}
+
+#[derive(Debug, Default)]
+struct Yard {
+    region: u32,
+    up: bool,
+    holds: bool,
+    present: Vec<u32>,
+    downloaders: Vec<u32>,
+    holders: u32,
+    union: f64,
+    last: f64,
+    version: u64,
+    served_depot: f64,
+    served_peers: f64,
+    /// Busy periods: (start, vehicles that joined during it).
+    busy_since: Option<f64>,
+    busy_joins: u32,
+    busy_secs: f64,
+    bound_secs: f64,
+    client_server_secs: f64,
+    vehicles: u32,
+    prefetch_start: f64,
+    prefetch_done: f64,
+}
+
+/// One yard in the summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct YardResult {
+    /// Depot index.
+    pub depot: u32,
+    /// Its region.
+    pub region: u32,
+    /// Vehicles that downloaded there.
+    pub vehicles: u32,
+    /// Bytes the depot cache sent onto the yard.
+    pub bytes_from_depot: f64,
+    /// Bytes vehicles sent each other.
+    pub bytes_from_peers: f64,
+    /// Seconds with at least one vehicle downloading.
+    pub busy_secs: f64,
+    /// The fluid lower bound summed over its busy periods:
+    /// `max(F/u_depot, F/d, N·F/(u_depot + Σ u_vehicle), N·F/wifi)` with N the vehicles that
+    /// joined in the period.
+    pub fluid_bound_secs: f64,
+    /// The client-server bound summed the same way: `max(N·F/min(u_depot, wifi), F/d)`.
+    pub client_server_secs: f64,
+    /// `busy_secs / fluid_bound_secs`.
+    pub ratio_to_fluid: Option<f64>,
+}
+
+/// A time series sample.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    /// Hours since the campaign started (negative before).
+    pub hours: f64,
+    /// Share of the fleet committed, per region.
+    pub region_updated: Vec<f64>,
+    /// Share of each wave's own vehicles committed.
+    pub wave_updated: Vec<f64>,
+    /// Share of the fleet committed.
+    pub fleet_updated: f64,
+    /// Cumulative cellular bytes.
+    pub cellular_bytes: f64,
+    /// Cumulative yard WiFi bytes (depot and peers).
+    pub wifi_bytes: f64,
+    /// Cumulative depot backhaul bytes.
+    pub backhaul_bytes: f64,
+}
+
+/// A decision of the campaign, when it was taken.
+#[derive(Clone, Debug, Serialize)]
+pub struct DecisionAt {
+    /// Hours after the campaign started.
+    pub hours: f64,
+    /// `advance`, `halt`, `complete`.
+    pub decision: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The outcome of a fleet run.
+#[derive(Clone, Debug, Serialize)]
+pub struct FleetSummary {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// Vehicles.
+    pub vehicles: u32,
+    /// Depots.
+    pub depots: u32,
+    /// Regions.
+    pub regions: u32,
+    /// Delta bytes (F).
+    pub delta_bytes: f64,
+    /// Simulated hours run from the campaign's start (with `stop_when_done`, the run ends
+    /// once the campaign has ended and no vehicle is still busy).
+    pub simulated_hours: f64,
+    /// The campaign's final state.
+    pub campaign_state: String,
+    /// Its decisions.
+    pub decisions: Vec<DecisionAt>,
+    /// Hours from the campaign's start until 50, 90 and 99 % of the fleet had committed.
+    pub hours_to_fleet: [Option<f64>; 3],
+    /// Vehicles committed, rolled back, failed health check, never updated.
+    pub committed: u32,
+    /// Rolled back by the flasher.
+    pub rolled_back: u32,
+    /// Failed the health check.
+    pub health_failed: u32,
+    /// Did not install (not offered, withdrawn, or still downloading at the end).
+    pub not_installed: u32,
+    /// Cellular bytes, whole fleet.
+    pub cellular_bytes: f64,
+    /// Cellular bytes per vehicle: mean, median, 99th percentile, largest.
+    pub cellular_per_vehicle: [f64; 4],
+    /// Vehicles that used cellular at all.
+    pub vehicles_on_cellular: u32,
+    /// Yard bytes from depot caches.
+    pub wifi_depot_bytes: f64,
+    /// Yard bytes between vehicles.
+    pub wifi_peer_bytes: f64,
+    /// Backhaul bytes (all depots' prefetch).
+    pub backhaul_bytes: f64,
+    /// Bytes an origin would send with no depots and no peers: every vehicle the delta over
+    /// cellular.
+    pub client_server_bytes: f64,
+    /// Every yard where something was downloaded.
+    pub yards: Vec<YardResult>,
+    /// Median, 90th percentile and largest of the yards' ratio to the fluid bound.
+    pub yard_ratio: [Option<f64>; 3],
+    /// Time series.
+    pub samples: Vec<Sample>,
+    /// Events processed.
+    pub events: u64,
+    /// Wall-clock seconds the run took.
+    pub wall_secs: f64,
+    /// Peak resident memory of this process, bytes (Linux; 0 elsewhere).
+    pub peak_rss_bytes: u64,
+}
+
+struct Model<'a> {
+    sc: &'a Checked,
+    seed: u64,
+    now: f64,
+    end: f64,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    events: u64,
+    vehicles: Vec<Vehicle>,
+    vins: Vec<String>,
+    yards: Vec<Yard>,
+    waves: Vec<Vec<u32>>,
+    wave_opened: Vec<f64>,
+    region_depots: Vec<(u32, u32)>,
+    region_size: Vec<u32>,
+    campaign: Option<Campaign>,
+    campaign_at: f64,
+    decisions: Vec<DecisionAt>,
+    outstanding: u32,
+    cellular_done: f64,
+    margin: f64,
+    maxmin: MaxMin,
+    samples: Vec<Sample>,
+    committed_times: Vec<f64>,
+    committed_by_region: Vec<u32>,
+    committed_by_wave: Vec<u32>,
+}
+
+/// Runs `scenario` (with `seed` in place of its own, if given).
+pub fn run(scenario: &Checked, seed: Option<u64>) -> anyhow::Result<FleetSummary> {
+    Ok(run_with_times(scenario, seed)?.0)
+}
+
+/// Runs `scenario` and also says when the director had each vehicle's report (seconds of
+/// simulated time, vehicles in scenario order).
+pub fn run_with_times(
+    scenario: &Checked,
+    seed: Option<u64>,
+) -> anyhow::Result<(FleetSummary, Vec<Option<f64>>)> {
+    let started = Instant::now();
+    let mut model = Model::new(scenario, seed.unwrap_or(scenario.scenario.seed))?;
+    model.run()?;
+    let times = model.vehicles.iter().map(|v| v.reported_at).collect();
+    Ok((model.summary(started.elapsed().as_secs_f64()), times))
+}
+
+fn secs_to_key(t: f64) -> u64 {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let key = (t.max(0.0) * 1_000_000.0).round() as u64;
+    key
+}
+
+impl<'a> Model<'a> {
+    fn new(sc: &'a Checked, seed: u64) -> anyhow::Result<Self> {
+        let s = &sc.scenario;
+        let (n, depots, regions) = (s.fleet.vehicles, s.fleet.depots, s.fleet.regions);
+        let region_of_depot = |d: u32| -> u32 {
+            u32::try_from(u64::from(d) * u64::from(regions) / u64::from(depots)).unwrap_or(0)
+        };
+        let mut region_depots = vec![(u32::MAX, 0u32); regions as usize];
+        for d in 0..depots {
+            let r = region_of_depot(d) as usize;
+            region_depots[r].0 = region_depots[r].0.min(d);
+            region_depots[r].1 = region_depots[r].1.max(d + 1);
+        }
+        let mut yards: Vec<Yard> = (0..depots)
+            .map(|d| Yard {
+                region: region_of_depot(d),
+                up: true,
+                ..Yard::default()
+            })
+            .collect();
+        let plan = &sc.plan;
+        let mut vehicles = Vec::with_capacity(n as usize);
+        let mut vins = Vec::with_capacity(n as usize);
+        let mut waves = vec![Vec::new(); plan.waves.len()];
+        let mut region_size = vec![0u32; regions as usize];
+        for v in 0..n {
+            let home = u32::try_from(u64::from(v) * u64::from(depots) / u64::from(n)).unwrap_or(0);
+            let region = region_of_depot(home);
+            let vin = s
+                .fleet
+                .vins
+                .get(v as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("SIM{v:08}"));
+            let wave = u32::try_from(plan.wave_of(&vin)).unwrap_or(0);
+            waves[wave as usize].push(v);
+            region_size[region as usize] += 1;
+            let [lo, hi] = s.vehicle.signal;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let signal = lo
+                + (draw(seed, DRAW_SIGNAL, u64::from(v), 0) * f64::from(hi - lo + 1))
+                    .floor()
+                    .min(f64::from(hi - lo)) as u8;
+            let yard = &mut yards[home as usize];
+            yard.present.push(v);
+            vehicles.push(Vehicle {
+                home,
+                region,
+                wave,
+                at: Some(home),
+                present_slot: u32::try_from(yard.present.len() - 1).unwrap_or(NO_SLOT),
+                yard_slot: NO_SLOT,
+                phase: Phase::Unaware,
+                have: 0.0,
+                from_depot: 0.0,
+                from_peers: 0.0,
+                from_cellular: 0.0,
+                rate_depot: 0.0,
+                rate_pool: 0.0,
+                caught_up: false,
+                cell: None,
+                generation: 0,
+                last_yard: NO_SLOT,
+                signal,
+                corrupt: draw(seed, DRAW_CORRUPT, u64::from(v), 0) < s.failures.corrupt_peers,
+                policy: LinkPolicy::new(sc.policy_for(region)),
+                reported_at: None,
+                outcome: None,
+            });
+            vins.push(vin);
+        }
+        let campaign_at = s.campaign.start_hours * 3600.0;
+        let mut model = Self {
+            sc,
+            seed,
+            now: 0.0,
+            end: s.days * 86_400.0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            events: 0,
+            vehicles,
+            vins,
+            yards,
+            wave_opened: Vec::new(),
+            waves,
+            region_depots,
+            region_size,
+            campaign: None,
+            campaign_at,
+            decisions: Vec::new(),
+            outstanding: 0,
+            cellular_done: 0.0,
+            margin: (sc.delta_bytes / 64.0).min(1_048_576.0),
+            maxmin: MaxMin::default(),
+            samples: Vec::new(),
+            committed_times: Vec::new(),
+            committed_by_region: vec![0; regions as usize],
+            committed_by_wave: vec![0; plan.waves.len()],
+        };
+        // Depots prefetch from publication on, at their backhaul's rate; an outage pauses it.
+        let publish = (campaign_at - s.release.published_hours_before * 3600.0).max(0.0);
+        let fetch = sc.prefetch_bytes / sc.backhaul;
+        for d in 0..depots {
+            let mut done = publish + fetch;
+            for o in s.failures.depot_outages.iter().filter(|o| o.depot == d) {
+                let (a, b) = (o.start_hours * 3600.0, (o.start_hours + o.hours) * 3600.0);
+                if a < done && b > publish {
+                    done += b - a.max(publish);
+                }
+            }
+            model.yards[d as usize].prefetch_start = publish;
+            model.yards[d as usize].prefetch_done = done;
+            model.push(done, Ev::PrefetchDone(d));
+        }
+        for o in &s.failures.depot_outages {
+            model.push(o.start_hours * 3600.0, Ev::DepotDown(o.depot));
+            model.push((o.start_hours + o.hours) * 3600.0, Ev::DepotUp(o.depot));
+        }
+        model.push(campaign_at, Ev::CampaignStart);
+        model.push(0.0, Ev::Sample);
+        if !s.routes.always_present {
+            for v in 0..n {
+                let first = model.depart_time(v, 0);
+                let day = if first > 0.0 { 0 } else { 1 };
+                let at = model.depart_time(v, day);
+                model.push(at, Ev::Depart { vehicle: v, day });
+            }
+        }
+        Ok(model)
+    }
+
+    fn push(&mut self, at: f64, ev: Ev) {
+        self.seq += 1;
+        self.queue
+            .push(Reverse((secs_to_key(at.max(self.now)), self.seq, ev)));
+    }
+
+    fn unix(&self) -> u64 {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let secs = self.now.max(0.0).floor() as u64;
+        self.sc.scenario.start_unix + secs
+    }
+
+    /// Simulated time of local minute `minute` on local day `day` (day 0: the local day the
+    /// run starts in) in `region`.
+    fn local_time(&self, region: u32, day: u32, minute: f64) -> f64 {
+        let offset = i64::from(self.sc.utc_offset(region)) * 60;
+        let start = i64::try_from(self.sc.scenario.start_unix).unwrap_or(0);
+        let local_start = start + offset;
+        let day0 = local_start - local_start.rem_euclid(86_400);
+        #[allow(clippy::cast_precision_loss)]
+        let base = (day0 - local_start) as f64;
+        base + f64::from(day) * 86_400.0 + minute * 60.0
+    }
+
+    fn jitter(&self, what: u64, vehicle: u32, day: u32) -> f64 {
+        let j = self.sc.scenario.routes.jitter_minutes;
+        (draw(self.seed, what, u64::from(vehicle), u64::from(day)) * 2.0 - 1.0) * j
+    }
+
+    fn depart_time(&self, v: u32, day: u32) -> f64 {
+        let region = self.vehicles[v as usize].region;
+        let minute = self.sc.depart_minute + self.jitter(DRAW_DEPART, v, day);
+        self.local_time(region, day, minute)
+    }
+
+    fn return_time(&self, v: u32, day: u32) -> f64 {
+        let region = self.vehicles[v as usize].region;
+        let minute = self.sc.return_minute + self.jitter(DRAW_RETURN, v, day);
+        self.local_time(region, day, minute)
+    }
+
+    fn run(&mut self) -> anyhow::Result<()> {
+        while let Some(Reverse((key, _, ev))) = self.queue.pop() {
+            #[allow(clippy::cast_precision_loss)]
+            let at = key as f64 / 1_000_000.0;
+            if at > self.end {
+                break;
+            }
+            self.now = at;
+            self.events += 1;
+            self.handle(ev)?;
+            if self.finished() {
+                break;
+            }
+        }
+        self.now = self.now.min(self.end);
+        for d in 0..self.yards.len() {
+            self.advance(u32::try_from(d).unwrap_or(0));
+            self.close_busy(u32::try_from(d).unwrap_or(0));
+        }
+        for v in 0..self.vehicles.len() {
+            self.stop_cell(u32::try_from(v).unwrap_or(0));
+        }
+        self.sample();
+        Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        if !self.sc.scenario.stop_when_done {
+            return false;
+        }
+        let ended = matches!(
+            self.campaign.as_ref().map(Campaign::state),
+            Some(CampaignState::Completed | CampaignState::Halted { .. })
+        );
+        ended && self.outstanding == 0
+    }
+
+    fn handle(&mut self, ev: Ev) -> anyhow::Result<()> {
+        match ev {
+            Ev::CampaignStart => self.start_campaign()?,
+            Ev::Tick => {
+                let unix = self.unix();
+                let decision = self.campaign.as_mut().and_then(|c| c.tick(unix));
+                self.decided(decision);
+                if matches!(
+                    self.campaign.as_ref().map(Campaign::state),
+                    Some(CampaignState::Running { .. })
+                ) {
+                    #[allow(clippy::cast_precision_loss)]
+                    let next = self.now + self.sc.scenario.campaign.tick_secs as f64;
+                    self.push(next, Ev::Tick);
+                }
+            }
+            Ev::Sample => {
+                self.sample();
+                #[allow(clippy::cast_precision_loss)]
+                let next = self.now + self.sc.scenario.sample_secs as f64;
+                self.push(next, Ev::Sample);
+            }
+            Ev::PrefetchDone(d) => {
+                self.advance(d);
+                self.yards[d as usize].holds = true;
+                self.reshare(d);
+            }
+            Ev::DepotDown(d) => {
+                self.advance(d);
+                self.yards[d as usize].up = false;
+                self.reshare(d);
+            }
+            Ev::DepotUp(d) => {
+                self.advance(d);
+                self.yards[d as usize].up = true;
+                self.reshare(d);
+                let parked = self.yards[d as usize].present.clone();
+                for v in parked {
+                    self.schedule_learn(v);
+                }
+            }
+            Ev::Depart { vehicle, day } => self.depart(vehicle, day),
+            Ev::Arrive {
+                vehicle,
+                depot,
+                day,
+            } => self.arrive(vehicle, depot, day),
+            Ev::Learn(v) => self.learn(v),
+            Ev::Decide {
+                vehicle,
+                generation,
+            } => {
+                if self.vehicles[vehicle as usize].generation == generation {
+                    self.decide_cellular(vehicle);
+                }
+            }
+            Ev::CellStop {
+                vehicle,
+                generation,
+            } => {
+                if self.vehicles[vehicle as usize].generation == generation {
+                    self.stop_cell(vehicle);
+                    if self.vehicles[vehicle as usize].have >= self.sc.delta_bytes - 0.5 {
+                        self.downloaded(vehicle);
+                    } else {
+                        self.decide_cellular(vehicle);
+                    }
+                }
+            }
+            Ev::Yard { depot, version } => {
+                if self.yards[depot as usize].version == version {
+                    self.advance(depot);
+                    self.reshare(depot);
+                }
+            }
+            Ev::Installed(v) => {
+                let f = &self.sc.scenario.failures;
+                let outcome = if draw(self.seed, DRAW_HEALTH, u64::from(v), 0) < f.health_fail {
+                    Outcome::HealthFailed
+                } else if draw(self.seed, DRAW_ROLLBACK, u64::from(v), 0) < f.rollback {
+                    Outcome::RolledBack
+                } else {
+                    Outcome::Committed
+                };
+                self.vehicles[v as usize].outcome = Some(outcome);
+                let at = self.now + self.sc.scenario.vehicle.report_delay_secs;
+                self.push(at, Ev::Report(v));
+            }
+            Ev::Report(v) => self.report(v)?,
+        }
+        Ok(())
+    }
+
+    fn start_campaign(&mut self) -> anyhow::Result<()> {
+        let population = self
+            .vins
+            .iter()
+            .zip(&self.vehicles)
+            .map(|(vin, v)| (vin.clone(), vec![format!("region:r{}", v.region)]));
+        let campaign = Campaign::start(self.sc.plan.clone(), population, self.unix())
+            .map_err(|e| anyhow::anyhow!("starting the campaign: {e}"))?;
+        self.campaign = Some(campaign);
+        self.decisions.push(DecisionAt {
+            hours: 0.0,
+            decision: "start".into(),
+            reason: format!(
+                "approved: wave 1 ({} %) opens",
+                self.sc.plan.waves[0].percent
+            ),
+        });
+        self.open_wave(0);
+        #[allow(clippy::cast_precision_loss)]
+        let next = self.now + self.sc.scenario.campaign.tick_secs as f64;
+        self.push(next, Ev::Tick);
+        Ok(())
+    }
+
+    fn open_wave(&mut self, wave: usize) {
+        while self.wave_opened.len() <= wave {
+            self.wave_opened.push(self.now);
+        }
+        let members = self.waves[wave].clone();
+        self.outstanding += u32::try_from(members.len()).unwrap_or(u32::MAX);
+        for v in members {
+            self.schedule_learn(v);
+        }
+    }
+
+    fn decided(&mut self, decision: Option<Decision>) {
+        let Some(decision) = decision else {
+            return;
+        };
+        let hours = (self.now - self.campaign_at) / 3600.0;
+        let (name, reason) = match &decision {
+            Decision::Advance { reason, .. }
+            | Decision::Halt { reason }
+            | Decision::Complete { reason }
+            | Decision::Abort { reason } => (decision.name(), reason.clone()),
+            Decision::Resume { by } => (decision.name(), format!("approved by {by}")),
+        };
+        self.decisions.push(DecisionAt {
+            hours,
+            decision: name.into(),
+            reason,
+        });
+        match decision {
+            Decision::Advance { wave, .. } => self.open_wave(wave),
+            Decision::Halt { .. } | Decision::Abort { .. } => self.withdraw(),
+            Decision::Complete { .. } | Decision::Resume { .. } => {}
+        }
+    }
+
+    /// The director stops handing the release out: vehicles that have not begun installing
+    /// drop it.
+    fn withdraw(&mut self) {
+        for v in 0..self.vehicles.len() {
+            let v = u32::try_from(v).unwrap_or(0);
+            let phase = self.vehicles[v as usize].phase;
+            let opened = (self.vehicles[v as usize].wave as usize) < self.wave_opened.len();
+            if phase == Phase::Downloading || (phase == Phase::Unaware && opened) {
+                if phase == Phase::Downloading {
+                    self.stop_cell(v);
+                    let in_yard = self.vehicles[v as usize].yard_slot != NO_SLOT;
+                    if let Some(d) = self.vehicles[v as usize].at.filter(|_| in_yard) {
+                        self.advance(d);
+                        self.leave_downloaders(v, d);
+                        self.reshare(d);
+                    }
+                }
+                self.vehicles[v as usize].phase = Phase::Withdrawn;
+                self.outstanding = self.outstanding.saturating_sub(1);
+            }
+        }
+    }
+
+    /// When the vehicle will next ask the director (through its depot, or over cellular
+    /// while away or while its depot is down).
+    fn schedule_learn(&mut self, v: u32) {
+        let vehicle = &self.vehicles[v as usize];
+        if vehicle.phase != Phase::Unaware {
+            return;
+        }
+        let Some(&opened) = self.wave_opened.get(vehicle.wave as usize) else {
+            return;
+        };
+        let s = &self.sc.scenario;
+        let at = match vehicle.at {
+            Some(d) if self.yards[d as usize].up => {
+                let ready = opened + s.depot.metadata_delay_secs;
+                self.now.max(ready)
+                    + draw(self.seed, DRAW_CHECK, u64::from(v), 0) * s.vehicle.check_secs
+            }
+            _ => {
+                self.now
+                    + draw(self.seed, DRAW_CELL_CHECK, u64::from(v), 0)
+                        * s.vehicle.cellular_check_secs
+            }
+        };
+        self.push(at, Ev::Learn(v));
+    }
+
+    fn learn(&mut self, v: u32) {
+        if self.vehicles[v as usize].phase != Phase::Unaware {
+            return;
+        }
+        let may = self
+            .campaign
+            .as_ref()
+            .is_some_and(|c| c.may_install(&self.vins[v as usize]));
+        if !may {
+            return;
+        }
+        self.vehicles[v as usize].phase = Phase::Downloading;
+        match self.vehicles[v as usize].at {
+            Some(d) => self.join_downloaders(v, d),
+            None => self.decide_cellular(v),
+        }
+    }
+
+    fn depart(&mut self, v: u32, day: u32) {
+        if let Some(d) = self.vehicles[v as usize].at {
+            self.advance(d);
+            if self.vehicles[v as usize].yard_slot != NO_SLOT {
+                self.leave_downloaders(v, d);
+            }
+            self.leave_present(v, d);
+            self.reshare(d);
+        }
+        // Tonight: home, another depot of the region, or out.
+        let s = &self.sc.scenario.routes;
+        let mut night = day;
+        if draw(self.seed, DRAW_AWAY, u64::from(v), u64::from(day)) < s.overnight_away {
+            night += 1;
+        }
+        let home = self.vehicles[v as usize].home;
+        let mut depot = home;
+        if draw(self.seed, DRAW_VISIT, u64::from(v), u64::from(day)) < s.visit_other_depot {
+            let (lo, hi) = self.region_depots[self.vehicles[v as usize].region as usize];
+            if hi - lo > 1 {
+                let pick = draw(self.seed, DRAW_VISIT_WHERE, u64::from(v), u64::from(day));
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let other = lo + ((pick * f64::from(hi - lo - 1)).floor() as u32).min(hi - lo - 2);
+                depot = if other >= home { other + 1 } else { other };
+            }
+        }
+        let at = self.return_time(v, night);
+        self.push(
+            at,
+            Ev::Arrive {
+                vehicle: v,
+                depot,
+                day: night,
+            },
+        );
+        if self.vehicles[v as usize].phase == Phase::Downloading {
+            self.decide_cellular(v);
+        }
+    }
+
+    fn arrive(&mut self, v: u32, d: u32, day: u32) {
+        self.stop_cell(v);
+        self.vehicles[v as usize].generation += 1;
+        self.advance(d);
+        let vehicle = &mut self.vehicles[v as usize];
+        vehicle.at = Some(d);
+        let yard = &mut self.yards[d as usize];
+        yard.present.push(v);
+        vehicle.present_slot = u32::try_from(yard.present.len() - 1).unwrap_or(NO_SLOT);
+        if vehicle.have > 0.0 && !vehicle.corrupt {
+            yard.holders += 1;
+            yard.union = (yard.union + vehicle.have).min(self.sc.delta_bytes);
+        }
+        if vehicle.phase == Phase::Downloading {
+            self.join_downloaders(v, d);
+        } else {
+            self.reshare(d);
+            self.schedule_learn(v);
+        }
+        let next = self.depart_time(v, day + 1).max(self.now + 60.0);
+        self.push(
+            next,
+            Ev::Depart {
+                vehicle: v,
+                day: day + 1,
+            },
+        );
+    }
+
+    fn leave_present(&mut self, v: u32, d: u32) {
+        let slot = self.vehicles[v as usize].present_slot as usize;
+        let yard = &mut self.yards[d as usize];
+        yard.present.swap_remove(slot);
+        if let Some(&moved) = yard.present.get(slot) {
+            self.vehicles[moved as usize].present_slot = u32::try_from(slot).unwrap_or(NO_SLOT);
+        }
+        let vehicle = &mut self.vehicles[v as usize];
+        vehicle.present_slot = NO_SLOT;
+        vehicle.at = None;
+        if vehicle.have > 0.0 && !vehicle.corrupt {
+            yard.holders = yard.holders.saturating_sub(1);
+            if yard.holders == 0 {
+                yard.union = 0.0;
+            }
+        }
+    }
+
+    fn join_downloaders(&mut self, v: u32, d: u32) {
+        self.advance(d);
+        let yard = &mut self.yards[d as usize];
+        yard.downloaders.push(v);
+        let vehicle = &mut self.vehicles[v as usize];
+        vehicle.yard_slot = u32::try_from(yard.downloaders.len() - 1).unwrap_or(NO_SLOT);
+        vehicle.caught_up = false;
+        if yard.busy_since.is_none() {
+            yard.busy_since = Some(self.now);
+            yard.busy_joins = 0;
+        }
+        yard.busy_joins += 1;
+        if vehicle.last_yard != d {
+            vehicle.last_yard = d;
+            yard.vehicles += 1;
+        }
+        self.reshare(d);
+    }
+
+    fn leave_downloaders(&mut self, v: u32, d: u32) {
+        let slot = self.vehicles[v as usize].yard_slot as usize;
+        let yard = &mut self.yards[d as usize];
+        yard.downloaders.swap_remove(slot);
+        if let Some(&moved) = yard.downloaders.get(slot) {
+            self.vehicles[moved as usize].yard_slot = u32::try_from(slot).unwrap_or(NO_SLOT);
+        }
+        let vehicle = &mut self.vehicles[v as usize];
+        vehicle.yard_slot = NO_SLOT;
+        vehicle.rate_depot = 0.0;
+        vehicle.rate_pool = 0.0;
+        if yard.downloaders.is_empty() {
+            self.close_busy(d);
+        }
+    }
+
+    /// Ends a yard's busy period, adding its bounds.
+    fn close_busy(&mut self, d: u32) {
+        let sc = self.sc;
+        let yard = &mut self.yards[d as usize];
+        let Some(since) = yard.busy_since.take() else {
+            return;
+        };
+        let n = f64::from(yard.busy_joins.max(1));
+        let f = sc.delta_bytes;
+        let fluid = (f / sc.depot_up)
+            .max(f / sc.vehicle_down)
+            .max(n * f / (sc.depot_up + n * sc.vehicle_up))
+            .max(n * f / sc.wifi);
+        let client_server = (n * f / sc.depot_up.min(sc.wifi)).max(f / sc.vehicle_down);
+        yard.busy_secs += self.now - since;
+        yard.bound_secs += fluid;
+        yard.client_server_secs += client_server;
+    }
+
+    /// Brings a yard's byte counts up to now at the rates last shared.
+    fn advance(&mut self, d: u32) {
+        let f = self.sc.delta_bytes;
+        let yard = &mut self.yards[d as usize];
+        let dt = self.now - yard.last;
+        yard.last = self.now;
+        if dt <= 0.0 || yard.downloaders.is_empty() {
+            return;
+        }
+        let injected: f64 = yard
+            .downloaders
+            .iter()
+            .map(|&v| self.vehicles[v as usize].rate_depot * dt)
+            .sum();
+        let union = (yard.union + injected).min(f);
+        yard.union = union;
+        for &v in &yard.downloaders {
+            let vehicle = &mut self.vehicles[v as usize];
+            let before = vehicle.have;
+            let from_depot = (vehicle.rate_depot * dt).min(f - before);
+            let with_depot = before + from_depot;
+            let ceiling = union.max(with_depot).min(f);
+            let from_peers = (vehicle.rate_pool * dt).min((ceiling - with_depot).max(0.0));
+            vehicle.have = with_depot + from_peers;
+            vehicle.from_depot += from_depot;
+            vehicle.from_peers += from_peers;
+            yard.served_depot += from_depot;
+            yard.served_peers += from_peers;
+            if before <= 0.0 && vehicle.have > 0.0 && !vehicle.corrupt {
+                yard.holders += 1;
+            }
+        }
+    }
+
+    /// Shares the yard's links again, finishes the downloads that are complete and schedules
+    /// the yard's next event.
+    fn reshare(&mut self, d: u32) {
+        let f = self.sc.delta_bytes;
+        // Downloads that are complete leave first.
+        let done: Vec<u32> = self.yards[d as usize]
+            .downloaders
+            .iter()
+            .copied()
+            .filter(|&v| self.vehicles[v as usize].have >= f - 0.5)
+            .collect();
+        for v in done {
+            self.leave_downloaders(v, d);
+            self.downloaded(v);
+        }
+        let sc = self.sc;
+        let margin = self.margin;
+        let yard = &mut self.yards[d as usize];
+        yard.version += 1;
+        if yard.downloaders.is_empty() {
+            return;
+        }
+        let union = yard.union;
+        // Who has caught up with what the yard holds (with hysteresis: 1 margin in, 2 out).
+        for &v in &yard.downloaders {
+            let vehicle = &mut self.vehicles[v as usize];
+            let gap = union - vehicle.have;
+            vehicle.caught_up = if vehicle.caught_up {
+                gap <= 2.0 * margin
+            } else {
+                gap <= margin
+            } && union < f;
+        }
+        let depot_cap = if yard.up && yard.holds {
+            sc.depot_up
+        } else {
+            0.0
+        };
+        let pool_cap = f64::from(yard.holders) * sc.vehicle_up;
+        let build = |m: &mut MaxMin, vehicles: &[Vehicle], downloaders: &[u32], cap: f64| {
+            m.clear();
+            let depot = m.link(depot_cap);
+            let pool = m.link(pool_cap);
+            let wifi = m.link(sc.wifi);
+            for &v in downloaders {
+                let down = m.link(sc.vehicle_down);
+                m.flow([depot, wifi, down]);
+                if vehicles[v as usize].caught_up {
+                    let limit = m.link(cap);
+                    // Three links per flow: the downlink is respected when the rates are
+                    // read back (what is left of it after the depot's share).
+                    m.flow([pool, wifi, limit]);
+                } else {
+                    m.flow([pool, wifi, down]);
+                }
+            }
+        };
+        // First pass: the rate at which new data enters the yard.
+        build(&mut self.maxmin, &self.vehicles, &yard.downloaders, 0.0);
+        let rates = self.maxmin.solve();
+        let entering: f64 = if union < f {
+            rates.iter().step_by(2).sum()
+        } else {
+            0.0
+        };
+        // Second pass: vehicles that caught up get from their neighbours at most that rate.
+        build(
+            &mut self.maxmin,
+            &self.vehicles,
+            &yard.downloaders,
+            entering,
+        );
+        let rates = self.maxmin.solve().to_vec();
+        let mut next = f64::INFINITY;
+        for (i, &v) in yard.downloaders.iter().enumerate() {
+            let vehicle = &mut self.vehicles[v as usize];
+            vehicle.rate_depot = rates[2 * i];
+            vehicle.rate_pool = rates[2 * i + 1]
+                .min(sc.vehicle_down - vehicle.rate_depot)
+                .max(0.0);
+            let total = vehicle.rate_depot + vehicle.rate_pool;
+            if total > 0.0 {
+                next = next.min((f - vehicle.have) / total);
+            }
+            let gap = union - vehicle.have;
+            if vehicle.caught_up {
+                if entering > total {
+                    next = next.min((2.0 * margin - gap).max(0.0) / (entering - total));
+                }
+            } else if total > entering && gap > margin {
+                next = next.min((gap - margin) / (total - entering));
+            }
+        }
+        if entering > 0.0 {
+            next = next.min((f - union) / entering);
+        }
+        let version = yard.version;
+        if next.is_finite() {
+            // At least a millisecond on, so that rounding never spins.
+            let at = self.now + next.max(0.001);
+            self.push(at, Ev::Yard { depot: d, version });
+        }
+    }
+
+    fn downloaded(&mut self, v: u32) {
+        let vehicle = &mut self.vehicles[v as usize];
+        if vehicle.phase != Phase::Downloading {
+            return;
+        }
+        vehicle.phase = Phase::Installing;
+        vehicle.have = self.sc.delta_bytes;
+        let at = self.now + self.sc.scenario.vehicle.install_secs;
+        self.push(at, Ev::Installed(v));
+    }
+
+    /// Away from any yard: may the vehicle use cellular now? The vehicle's own link policy
+    /// answers.
+    fn decide_cellular(&mut self, v: u32) {
+        let unix = self.unix();
+        let released = self.sc.scenario.start_unix + {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let at = self.campaign_at as u64;
+            at
+        };
+        let vehicle = &mut self.vehicles[v as usize];
+        if vehicle.phase != Phase::Downloading || vehicle.at.is_some() || vehicle.cell.is_some() {
+            return;
+        }
+        let link = Link {
+            class: LinkClass::Cellular,
+            signal: vehicle.signal,
+        };
+        vehicle.generation += 1;
+        let generation = vehicle.generation;
+        match vehicle
+            .policy
+            .decide(link, self.sc.priority, released, unix)
+        {
+            LinkDecision::Allow { max_bytes, .. } => {
+                #[allow(clippy::cast_precision_loss)]
+                let cap = (max_bytes as f64).min(self.sc.delta_bytes - vehicle.have);
+                vehicle.cell = Some(Cell {
+                    since: self.now,
+                    cap,
+                });
+                let run =
+                    (cap / self.sc.cellular).min(self.sc.scenario.vehicle.policy_recheck_secs);
+                self.push(
+                    self.now + run,
+                    Ev::CellStop {
+                        vehicle: v,
+                        generation,
+                    },
+                );
+            }
+            LinkDecision::Wait {
+                retry_at: Some(at), ..
+            } => {
+                #[allow(clippy::cast_precision_loss)]
+                let at = (at.saturating_sub(self.sc.scenario.start_unix)) as f64;
+                self.push(
+                    at.max(self.now + 1.0),
+                    Ev::Decide {
+                        vehicle: v,
+                        generation,
+                    },
+                );
+            }
+            LinkDecision::Wait { retry_at: None, .. } => {}
+        }
+    }
+
+    fn stop_cell(&mut self, v: u32) {
+        let unix = self.unix();
+        let vehicle = &mut self.vehicles[v as usize];
+        let Some(cell) = vehicle.cell.take() else {
+            return;
+        };
+        let bytes = ((self.now - cell.since) * self.sc.cellular)
+            .min(cell.cap)
+            .max(0.0);
+        vehicle.have = (vehicle.have + bytes).min(self.sc.delta_bytes);
+        vehicle.from_cellular += bytes;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        vehicle
+            .policy
+            .record(LinkClass::Cellular, bytes.ceil() as u64, unix);
+        self.cellular_done += bytes;
+    }
+
+    fn report(&mut self, v: u32) -> anyhow::Result<()> {
+        let unix = self.unix();
+        let Some(outcome) = self.vehicles[v as usize].outcome else {
+            return Ok(());
+        };
+        let vehicle = &mut self.vehicles[v as usize];
+        vehicle.phase = Phase::Done;
+        vehicle.reported_at = Some(self.now);
+        self.outstanding = self.outstanding.saturating_sub(1);
+        if outcome == Outcome::Committed {
+            self.committed_times.push(self.now - self.campaign_at);
+            self.committed_by_region[vehicle.region as usize] += 1;
+            self.committed_by_wave[vehicle.wave as usize] += 1;
+        }
+        let Some(campaign) = self.campaign.as_mut() else {
+            return Ok(());
+        };
+        let decision = campaign
+            .report(&self.vins[v as usize], outcome, unix)
+            .map_err(|e| anyhow::anyhow!("the campaign refused a report: {e}"))?;
+        self.decided(decision);
+        Ok(())
+    }
+
+    fn sample(&mut self) {
+        for d in 0..self.yards.len() {
+            self.advance(u32::try_from(d).unwrap_or(0));
+        }
+        let cellular_running: f64 = self
+            .vehicles
+            .iter()
+            .filter_map(|v| {
+                v.cell
+                    .map(|c| ((self.now - c.since) * self.sc.cellular).min(c.cap))
+            })
+            .sum();
+        let wifi: f64 = self
+            .yards
+            .iter()
+            .map(|y| y.served_depot + y.served_peers)
+            .sum();
+        let backhaul: f64 = self
+            .yards
+            .iter()
+            .map(|y| {
+                let span = (y.prefetch_done - y.prefetch_start).max(1e-9);
+                self.sc.prefetch_bytes * ((self.now - y.prefetch_start) / span).clamp(0.0, 1.0)
+            })
+            .sum();
+        let fleet = f64::from(self.sc.scenario.fleet.vehicles);
+        self.samples.push(Sample {
+            hours: (self.now - self.campaign_at) / 3600.0,
+            region_updated: self
+                .committed_by_region
+                .iter()
+                .zip(&self.region_size)
+                .map(|(&c, &n)| f64::from(c) / f64::from(n.max(1)))
+                .collect(),
+            wave_updated: self
+                .committed_by_wave
+                .iter()
+                .zip(&self.waves)
+                .map(|(&c, members)| {
+                    #[allow(clippy::cast_precision_loss)]
+                    let n = members.len().max(1) as f64;
+                    f64::from(c) / n
+                })
+                .collect(),
+            #[allow(clippy::cast_precision_loss)]
+            fleet_updated: self.committed_times.len() as f64 / fleet,
+            cellular_bytes: self.cellular_done + cellular_running,
+            wifi_bytes: wifi,
+            backhaul_bytes: backhaul,
+        });
+    }
+
+    fn summary(&self, wall_secs: f64) -> FleetSummary {
+        let s = &self.sc.scenario;
+        let n = s.fleet.vehicles;
+        let mut times = self.committed_times.clone();
+        times.sort_by(f64::total_cmp);
+        let hours_to = |p: f64| -> Option<f64> {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let need = (f64::from(n) * p).ceil() as usize;
+            times.get(need.max(1) - 1).map(|t| t / 3600.0)
+        };
+        let count = |o: Outcome| {
+            u32::try_from(
+                self.vehicles
+                    .iter()
+                    .filter(|v| v.phase == Phase::Done && v.outcome == Some(o))
+                    .count(),
+            )
+            .unwrap_or(u32::MAX)
+        };
+        let (committed, rolled_back, health_failed) = (
+            count(Outcome::Committed),
+            count(Outcome::RolledBack),
+            count(Outcome::HealthFailed),
+        );
+        let mut cellular: Vec<f64> = self.vehicles.iter().map(|v| v.from_cellular).collect();
+        cellular.sort_by(f64::total_cmp);
+        let total_cell: f64 = cellular.iter().sum();
+        let pick = |p: usize| cellular[(cellular.len() - 1) * p / 100];
+        let yards: Vec<YardResult> = self
+            .yards
+            .iter()
+            .enumerate()
+            .filter(|(_, y)| y.vehicles > 0)
+            .map(|(d, y)| YardResult {
+                depot: u32::try_from(d).unwrap_or(0),
+                region: y.region,
+                vehicles: y.vehicles,
+                bytes_from_depot: y.served_depot,
+                bytes_from_peers: y.served_peers,
+                busy_secs: y.busy_secs,
+                fluid_bound_secs: y.bound_secs,
+                client_server_secs: y.client_server_secs,
+                ratio_to_fluid: (y.bound_secs > 0.0).then(|| y.busy_secs / y.bound_secs),
+            })
+            .collect();
+        let mut ratios: Vec<f64> = yards.iter().filter_map(|y| y.ratio_to_fluid).collect();
+        ratios.sort_by(f64::total_cmp);
+        let ratio_at =
+            |p: usize| (!ratios.is_empty()).then(|| ratios[(ratios.len() - 1) * p / 100]);
+        FleetSummary {
+            scenario: s.name.clone(),
+            seed: self.seed,
+            vehicles: n,
+            depots: s.fleet.depots,
+            regions: s.fleet.regions,
+            delta_bytes: self.sc.delta_bytes,
+            simulated_hours: (self.now - self.campaign_at) / 3600.0,
+            campaign_state: match self.campaign.as_ref().map(Campaign::state) {
+                None => "not started".into(),
+                Some(CampaignState::Running { open }) => {
+                    format!("running (wave {} open)", open + 1)
+                }
+                Some(CampaignState::Halted { reason, .. }) => format!("halted: {reason}"),
+                Some(CampaignState::Completed) => "completed".into(),
+                Some(CampaignState::Aborted { reason, .. }) => format!("aborted: {reason}"),
+            },
+            decisions: self.decisions.clone(),
+            hours_to_fleet: [hours_to(0.5), hours_to(0.9), hours_to(0.99)],
+            committed,
+            rolled_back,
+            health_failed,
+            not_installed: n - committed - rolled_back - health_failed,
+            cellular_bytes: total_cell,
+            cellular_per_vehicle: [total_cell / f64::from(n), pick(50), pick(99), pick(100)],
+            vehicles_on_cellular: u32::try_from(cellular.iter().filter(|&&c| c > 0.0).count())
+                .unwrap_or(u32::MAX),
+            wifi_depot_bytes: self.yards.iter().map(|y| y.served_depot).sum(),
+            wifi_peer_bytes: self.yards.iter().map(|y| y.served_peers).sum(),
+            backhaul_bytes: self.samples.last().map_or(0.0, |s| s.backhaul_bytes),
+            client_server_bytes: f64::from(n) * self.sc.delta_bytes,
+            yards,
+            yard_ratio: [ratio_at(50), ratio_at(90), ratio_at(100)],
+            samples: self.samples.clone(),
+            events: self.events,
+            wall_secs,
+            peak_rss_bytes: peak_rss(),
+        }
+    }
+}
+
+/// The process's peak resident set (VmHWM), bytes; 0 where `/proc` does not say.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
