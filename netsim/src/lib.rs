@@ -13,4 +13,5 @@
 pub mod compare;
 pub mod fleet;
 pub mod report;
+pub mod rogue;
 pub mod yard;

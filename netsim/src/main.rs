@@ -50,6 +50,10 @@ enum Command {
         /// [serve] upload_bytes_per_sec); no limit when left out.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         depot_up_kibps: Option<u64>,
+        /// Add a corrupt peer to the yard: it claims the delta and corrupts every piece it
+        /// sends; vehicles must find out, keep nothing from it and finish elsewhere.
+        #[arg(long)]
+        corrupt_peer: bool,
     },
     /// A campaign across a whole fleet in simulated time (flow-level model driven by the real
     /// link policy and campaign gates); prints the outcome and writes summary.json, SVG charts
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
             seed,
             vehicle_down_kibps,
             depot_up_kibps,
+            corrupt_peer,
         } => {
             let options = netsim::yard::YardOptions {
                 vehicles,
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
                 seed,
                 vehicle_down_bytes_per_sec: vehicle_down_kibps.map(|k| k.saturating_mul(1024)),
                 depot_up_bytes_per_sec: depot_up_kibps.map(|k| k.saturating_mul(1024)),
+                corrupt_peer,
                 verbose: true,
             };
             match netsim::yard::run(&options) {

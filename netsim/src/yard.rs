@@ -43,6 +43,9 @@ pub struct YardOptions {
     /// The depot's `[serve] upload_bytes_per_sec` (all it sends the yard together); `None`: no
     /// limit.
     pub depot_up_bytes_per_sec: Option<u64>,
+    /// Add a corrupt peer to the yard: it claims the delta and answers every request with a
+    /// corrupt body ([`crate::rogue`]).
+    pub corrupt_peer: bool,
     /// Print progress lines.
     pub verbose: bool,
 }
@@ -107,10 +110,23 @@ pub struct YardSummary {
     /// Seconds from approval until the director said the campaign completed (asked every
     /// 0.2 s); `None` when it did not complete.
     pub completed_after_secs: Option<f64>,
+    /// The corrupt peer, when there was one.
+    pub corrupt_peer: Option<CorruptPeer>,
     /// Each vehicle.
     pub results: Vec<VehicleResult>,
     /// Where the HTML report is.
     pub report: PathBuf,
+}
+
+/// What the corrupt peer did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CorruptPeer {
+    /// Its peer id.
+    pub peer: String,
+    /// Range requests it answered with a corrupt body.
+    pub lies: u64,
+    /// Verified bytes vehicles kept from it (must be 0).
+    pub bytes_kept: u64,
 }
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -597,6 +613,29 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             _ => None,
         })
         .context("the depot's address has no peer id")?;
+    let rogue = if options.corrupt_peer {
+        let name = delta_sizes
+            .keys()
+            .next()
+            .context("the release has no delta")?;
+        let rogue = crate::rogue::start(
+            &out.join("corrupt-peer"),
+            &origin.dir.join("image/deltas").join(name),
+            &depot_addr,
+        )?;
+        say(
+            options,
+            started,
+            &format!(
+                "corrupt peer {} joins the yard: it claims the delta and corrupts whatever it sends",
+                rogue.peer
+            ),
+        );
+        Some(rogue)
+    } else {
+        None
+    };
+    let rogue_peer = rogue.as_ref().map(|r| r.peer.to_string());
     let http = agent();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -732,6 +771,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let mut last_downloads: Vec<Value> = vec![Value::Null; vins.len()];
     let mut from_depot = vec![0u64; vins.len()];
     let mut from_peers = vec![0u64; vins.len()];
+    let mut from_rogue = 0u64;
     let mut finished_at: Vec<Option<f64>> = vec![None; vins.len()];
     let mut reported_at: Vec<Option<f64>> = vec![None; vins.len()];
     let mut fetched_blobs: Vec<BTreeSet<String>> = vec![BTreeSet::new(); vins.len()];
@@ -757,6 +797,8 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
                             let bytes = bytes.as_u64().unwrap_or(0);
                             if *peer == depot_peer {
                                 from_depot[i] += bytes;
+                            } else if rogue_peer.as_deref() == Some(peer.as_str()) {
+                                from_rogue += bytes;
                             } else {
                                 from_peers[i] += bytes;
                             }
@@ -914,6 +956,11 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         failing_canary: options.failing_canary,
         vehicle_down_bytes_per_sec: options.vehicle_down_bytes_per_sec,
         depot_up_bytes_per_sec: options.depot_up_bytes_per_sec,
+        corrupt_peer: rogue.as_ref().map(|r| CorruptPeer {
+            peer: r.peer.to_string(),
+            lies: r.lies(),
+            bytes_kept: from_rogue,
+        }),
         campaign,
         state: progress["state"]["state"]
             .as_str()
@@ -957,6 +1004,12 @@ pub fn table(summary: &YardSummary) -> String {
         rate_text(summary.vehicle_down_bytes_per_sec),
         rate_text(summary.depot_up_bytes_per_sec),
     ));
+    if let Some(rogue) = &summary.corrupt_peer {
+        out.push_str(&format!(
+            "corrupt peer {}: answered {} requests with corrupt data; vehicles kept {} bytes of it\n",
+            rogue.peer, rogue.lies, rogue.bytes_kept
+        ));
+    }
     out.push_str(&format!(
         "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>8} {:>10}  {:<8}  {}\n",
         "vehicle",

@@ -27,6 +27,7 @@ fn the_fleet_model_predicts_a_shaped_yard_within_a_quarter() {
         seed: 3,
         vehicle_down_bytes_per_sec: Some(32 << 10),
         depot_up_bytes_per_sec: Some(24 << 10),
+        corrupt_peer: false,
         verbose: true,
     })
     .unwrap();

@@ -21,6 +21,7 @@ fn options(out: &std::path::Path, failing_canary: bool) -> YardOptions {
         seed: 7,
         vehicle_down_bytes_per_sec: None,
         depot_up_bytes_per_sec: None,
+        corrupt_peer: false,
         verbose: true,
     }
 }
@@ -119,4 +120,33 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
         "{error}"
     );
     assert!(other.join("keep.txt").exists());
+}
+
+/// A corrupt peer joins the yard: it holds the delta, says so (the depot's tracker follows it
+/// and points vehicles at it) and corrupts every piece it sends. Every vehicle still commits
+/// v2, nothing it sent was kept, and it was asked (so it was really in the way).
+#[test]
+fn a_corrupt_peer_is_caught_and_everyone_still_updates() {
+    let work = tempfile::tempdir().unwrap();
+    let summary = run(&YardOptions {
+        corrupt_peer: true,
+        ..options(&work.path().join("corrupt"), false)
+    })
+    .unwrap();
+    println!("{}", table(&summary));
+    assert_eq!(summary.state, "completed", "{summary:?}");
+    let rogue = summary.corrupt_peer.clone().unwrap();
+    assert!(rogue.lies >= 1, "{rogue:?}");
+    assert_eq!(rogue.bytes_kept, 0, "{rogue:?}");
+    for vehicle in &summary.results {
+        assert_eq!(vehicle.outcome.as_deref(), Some("committed"), "{vehicle:?}");
+        assert!(
+            vehicle.bytes_from_depot + vehicle.bytes_from_peers >= summary.delta_bytes,
+            "{vehicle:?}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("corrupt/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["corrupt_peer"]["bytes_kept"], 0);
 }
