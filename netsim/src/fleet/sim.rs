@@ -946,10 +946,12 @@ impl<'a> Model<'a> {
         for &v in &yard.downloaders {
             let vehicle = &mut self.vehicles[v as usize];
             let gap = union - vehicle.have;
+            // A byte of slack: the event that brings a vehicle to the margin lands on it only
+            // up to rounding, and must not be followed by a string of tiny steps.
             vehicle.caught_up = if vehicle.caught_up {
                 gap <= 2.0 * margin
             } else {
-                gap <= margin
+                gap <= margin + 1.0
             } && union < f;
         }
         let depot_cap = if yard.up && yard.holds {
@@ -1008,7 +1010,7 @@ impl<'a> Model<'a> {
                 if entering > total {
                     next = next.min((2.0 * margin - gap).max(0.0) / (entering - total));
                 }
-            } else if total > entering && gap > margin {
+            } else if total > entering && gap > margin + 1.0 {
                 next = next.min((gap - margin) / (total - entering));
             }
         }
