@@ -101,6 +101,8 @@ pub fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
         store,
         &request.upstream,
         &request.repository,
+        // The upstream only: the depot's other peers are its vehicles.
+        node::named::Ask::ListedOnly,
         request.metadata_timeout,
         local,
         now,

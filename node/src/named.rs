@@ -9,8 +9,9 @@
 //! size fails the first verified group) and never takes longer than `timeout` in all (a peer
 //! that trickles or stalls loses the race against the clock, not the vehicle's update).
 //!
-//! Names are fetched from one peer at a time, in the order given (depots first), then from the
-//! other connected peers; the first peer that delivers a verified blob wins. Each peer but the
+//! Names are fetched from one peer at a time, in the order given (depots first), then — unless
+//! the caller asks the listed peers only ([`Ask::ListedOnly`]) — from the other connected peers;
+//! the first peer that delivers a verified blob wins. Each peer but the
 //! last gets at most half the time left, so one that stalls cannot use up the time of the peers
 //! after it. Metadata files are
 //! small (kilobytes to a few MiB), so the swarm machinery of [`crate::runtime::fetch`] would buy
@@ -27,13 +28,29 @@ use crate::protocol::{self, ExchangeError};
 use crate::storage::{Index, Storage};
 use crate::store::{BlobStore, LAYOUT, StoreError};
 
+/// Which peers a named fetch asks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ask {
+    /// The listed peers in order, then every other connected peer: a vehicle, whose
+    /// neighbours may hold the file when its depot does not.
+    #[default]
+    ListedThenConnected,
+    /// The listed peers only: a depot refreshing from its upstream. Its other connected peers
+    /// are its own vehicles, which hold nothing newer than the depot; asking them would cost
+    /// a query per vehicle whenever the upstream has no such name (as for the next root).
+    ListedOnly,
+}
+
 /// What to fetch and within which bounds.
 #[derive(Clone, Debug)]
 pub struct NamedFetch {
     /// The name (e.g. `image/metadata/timestamp.json`).
     pub name: String,
-    /// Peers to ask first, in order (with `/p2p/<peer id>`); connected peers are asked after.
+    /// Peers to ask first, in order (with `/p2p/<peer id>`); connected peers are asked after
+    /// unless `ask` says otherwise.
     pub peers: Vec<Multiaddr>,
+    /// Whether connected peers are asked after `peers`.
+    pub ask: Ask,
     /// The most bytes the blob may have.
     pub max_bytes: u64,
     /// The most time the whole fetch may take, dialling included.
@@ -163,9 +180,11 @@ async fn fetch_from_peers<S: Storage, I: Index>(
             Err(error) => attempts.log.push(format!("{addr}: {error}")),
         }
     }
-    for peer in net.connected_peers().await {
-        if !candidates.contains(&peer) {
-            candidates.push(peer);
+    if request.ask == Ask::ListedThenConnected {
+        for peer in net.connected_peers().await {
+            if !candidates.contains(&peer) {
+                candidates.push(peer);
+            }
         }
     }
     let count = candidates.len();

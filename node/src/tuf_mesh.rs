@@ -11,7 +11,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use proto::tuf::{self, FetchError, LocalStore, Remote, Time};
 
-use crate::named::{NamedFetch, NamedFetchError, fetch_named};
+use crate::named::{Ask, NamedFetch, NamedFetchError, fetch_named};
 use crate::net::NetHandle;
 use crate::runtime::BlockOn;
 use crate::storage::{Index, Storage};
@@ -122,6 +122,7 @@ pub struct MeshRemote<'a, S: Storage, I: Index> {
     peers: Vec<Multiaddr>,
     repository: String,
     timeout: Duration,
+    ask: Ask,
     /// Per name fetched, the bytes that came (a cache relays the ones the updater accepted).
     pub fetched: Vec<(String, Vec<u8>)>,
 }
@@ -144,13 +145,22 @@ impl<'a, S: Storage, I: Index> MeshRemote<'a, S, I> {
             peers,
             repository: repository.trim_end_matches('/').to_string(),
             timeout,
+            ask: Ask::ListedThenConnected,
             fetched: Vec::new(),
         }
+    }
+
+    /// Asks `ask`'s peers (the default: listed, then connected).
+    #[must_use]
+    pub fn asking(mut self, ask: Ask) -> Self {
+        self.ask = ask;
+        self
     }
 }
 
 /// A TUF client for `repository` that starts from the trusted metadata in `local` and refreshes
-/// it over the mesh from `peers` (then any connected peer), each file within `timeout`; the
+/// it over the mesh from `peers` (then, with [`Ask::ListedThenConnected`], any connected peer),
+/// each file within `timeout`; the
 /// vehicle's `get` and the depot's prefetch both start here. Blocks through `runtime` when it
 /// fetches: see [`BlockOn`].
 #[allow(clippy::too_many_arguments)]
@@ -160,6 +170,7 @@ pub fn mesh_updater<'a, S: Storage, I: Index>(
     store: &Arc<BlobStore<S, I>>,
     peers: &[Multiaddr],
     repository: &str,
+    ask: Ask,
     timeout: Duration,
     local: DirStore,
     now: Time,
@@ -171,7 +182,8 @@ pub fn mesh_updater<'a, S: Storage, I: Index>(
         peers.to_vec(),
         repository,
         timeout,
-    );
+    )
+    .asking(ask);
     tuf::Updater::new(remote, local, now, tuf::Limits::default())
 }
 
@@ -180,6 +192,7 @@ impl<S: Storage, I: Index> Remote for MeshRemote<'_, S, I> {
         let request = NamedFetch {
             name: format!("{}/{path}", self.repository),
             peers: self.peers.clone(),
+            ask: self.ask,
             max_bytes,
             timeout: self.timeout,
         };

@@ -101,6 +101,7 @@ fn request(peers: Vec<Multiaddr>, max_bytes: u64, timeout: Duration) -> NamedFet
     NamedFetch {
         name: NAME.into(),
         peers,
+        ask: node::named::Ask::ListedThenConnected,
         max_bytes,
         timeout,
     }
@@ -225,4 +226,58 @@ async fn slow_retrieval_is_bounded_by_time_and_the_next_peer_still_helps() {
     .unwrap();
     assert_eq!(bytes, data);
     assert!(store.list().is_empty(), "{:?}", store.list());
+}
+
+/// A depot refreshing from its upstream asks the upstream only ([`node::named::Ask::ListedOnly`]):
+/// when the upstream has no such name, the depot's other connected peers (its vehicles) are
+/// not asked one by one. A vehicle asks its connected neighbours after its depot.
+#[tokio::test]
+async fn listed_only_asks_no_connected_peer() {
+    let data = timestamp_like();
+    // The upstream serves nothing under the name; a connected neighbour does.
+    let (_upstream, _upstream_events, upstream_incoming, upstream_addr) = start_node().await;
+    runtime::spawn_server(
+        Arc::new(new_store()),
+        upstream_incoming,
+        Arc::new(ServeCounters::default()),
+    );
+    let (neighbour, neighbour_addr) = honest_depot(&data).await;
+    let (fetcher, _events, _incoming, _) = start_node().await;
+    fetcher.dial(neighbour_addr).await.unwrap();
+    let store = Arc::new(new_store());
+    let mut wanted = request(vec![upstream_addr], 16_384, Duration::from_secs(10));
+    wanted.name = "image/metadata/2.root.json".into();
+    let mut depot = wanted.clone();
+    depot.ask = node::named::Ask::ListedOnly;
+    let error = fetch_named(&fetcher, store.clone(), &depot)
+        .await
+        .unwrap_err();
+    let NamedFetchError::Unavailable {
+        not_served, tried, ..
+    } = &error
+    else {
+        panic!("{error}");
+    };
+    assert_eq!(*not_served, 1, "{error}");
+    assert!(
+        !tried.contains(&neighbour.peer_id().to_string()),
+        "the neighbour was asked: {error}"
+    );
+    // The same question as a vehicle asks it: the neighbour is asked too (and has no such
+    // name either).
+    let error = fetch_named(&fetcher, store.clone(), &wanted)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains(&neighbour.peer_id().to_string()),
+        "{error}"
+    );
+    // A name only the neighbour serves: found as a vehicle, not as a depot (the upstream is
+    // connected now; it has no such name).
+    let mut ours = request(vec![], 16_384, Duration::from_secs(10));
+    ours.name = NAME.into();
+    let (_, bytes) = fetch_named(&fetcher, store.clone(), &ours).await.unwrap();
+    assert_eq!(bytes, data);
+    ours.ask = node::named::Ask::ListedOnly;
+    assert!(fetch_named(&fetcher, store, &ours).await.is_err());
 }

@@ -159,6 +159,7 @@ fn refresh_and_fetch<S: Storage, I: Index>(
         store,
         &request.peers,
         &request.repository,
+        node::named::Ask::ListedThenConnected,
         request.metadata_timeout,
         local,
         now,
