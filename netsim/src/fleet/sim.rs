@@ -108,8 +108,6 @@ struct Vehicle {
     yard_slot: u32,
     phase: Phase,
     have: f64,
-    from_depot: f64,
-    from_peers: f64,
     from_cellular: f64,
     rate_depot: f64,
     rate_pool: f64,
@@ -370,8 +368,6 @@ impl<'a> Model<'a> {
                 yard_slot: NO_SLOT,
                 phase: Phase::Unaware,
                 have: 0.0,
-                from_depot: 0.0,
-                from_peers: 0.0,
                 from_cellular: 0.0,
                 rate_depot: 0.0,
                 rate_pool: 0.0,
@@ -909,8 +905,6 @@ impl<'a> Model<'a> {
             let ceiling = union.max(with_depot).min(f);
             let from_peers = (vehicle.rate_pool * dt).min((ceiling - with_depot).max(0.0));
             vehicle.have = with_depot + from_peers;
-            vehicle.from_depot += from_depot;
-            vehicle.from_peers += from_peers;
             yard.served_depot += from_depot;
             yard.served_peers += from_peers;
             if before <= 0.0 && vehicle.have > 0.0 && !vehicle.corrupt {
