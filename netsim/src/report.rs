@@ -9,6 +9,55 @@ pub(crate) fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Vehicles whose report the director had, per wave, against seconds since approval (a step
+/// per report).
+fn timeline(summary: &YardSummary) -> String {
+    let waves = summary.results.iter().map(|r| r.wave).max().unwrap_or(0);
+    let mut reports: Vec<(f64, usize)> = summary
+        .results
+        .iter()
+        .filter_map(|r| Some((r.reported_after_secs?, r.wave)))
+        .collect();
+    reports.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut x = vec![0.0];
+    let mut counts = vec![0.0; waves];
+    let mut series: Vec<Vec<f64>> = vec![vec![0.0]; waves];
+    for (at, wave) in reports {
+        // Before and after the step, at the same time.
+        x.push(at);
+        for (w, ys) in series.iter_mut().enumerate() {
+            ys.push(counts[w]);
+        }
+        if let Some(count) = counts.get_mut(wave.saturating_sub(1)) {
+            *count += 1.0;
+        }
+        x.push(at);
+        for (w, ys) in series.iter_mut().enumerate() {
+            ys.push(counts[w]);
+        }
+    }
+    let end = summary.seconds.max(x.last().copied().unwrap_or(0.0));
+    x.push(end);
+    for (w, ys) in series.iter_mut().enumerate() {
+        ys.push(counts[w]);
+    }
+    let named: Vec<(String, Vec<f64>)> = series
+        .into_iter()
+        .enumerate()
+        .map(|(w, ys)| (format!("wave {}", w + 1), ys))
+        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let most = summary.results.len().max(1) as f64;
+    crate::fleet::report::line_chart(
+        "Reports at the director (committed or rolled back), per wave",
+        "seconds since approval",
+        "vehicles",
+        &x,
+        &named,
+        Some(most),
+    )
+}
+
 /// The yard run's page: the outcome, a bar per vehicle (bytes from the depot and from
 /// neighbours) and the table.
 pub fn yard_html(summary: &YardSummary) -> String {
@@ -87,11 +136,14 @@ Director time to update (p50, p90, p99 s): {ttu}.</p>
 <h2>Bytes per vehicle</h2>
 <p><span style="color:#3b6fb6">■</span> from the depot <span style="color:#4caf6e">■</span> from neighbouring vehicles</p>
 <svg width="760" height="{height:.0}" xmlns="http://www.w3.org/2000/svg">{bars}</svg>
+<h2>Over time</h2>
+{timeline}
 <h2>Vehicles</h2>
 <table><tr><th>vehicle</th><th>wave</th><th>outcome</th><th>from depot (MiB)</th><th>from peers (MiB)</th><th>done after (s)</th><th>report via</th><th>ECUs</th></tr>
 {rows}</table>
 </body></html>
 "#,
+        timeline = timeline(summary),
         campaign = escape(&summary.campaign),
         state = escape(&summary.state),
         reason = summary

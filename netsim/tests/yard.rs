@@ -68,6 +68,9 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
     );
     let html = std::fs::read_to_string(&good.report).unwrap();
     assert!(html.contains("id=\"state\">completed<"), "{html}");
+    // The timeline: a step per report, one line per wave.
+    assert!(html.contains("Reports at the director"), "{html}");
+    assert_eq!(html.matches("<polyline").count(), 2, "{html}");
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(work.path().join("good/summary.json")).unwrap())
             .unwrap();

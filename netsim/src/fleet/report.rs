@@ -23,15 +23,18 @@ pub fn line_chart(
     let (pw, ph) = (w - left - right, h - top - bottom);
     let x_min = x.first().copied().unwrap_or(0.0);
     let x_max = x.last().copied().unwrap_or(1.0).max(x_min + 1e-9);
+    // An axis of our own choosing ends at a round number; a given one where it was given.
     let y_top = y_max
         .unwrap_or_else(|| {
-            series
-                .iter()
-                .flat_map(|(_, ys)| ys.iter().copied())
-                .fold(0.0, f64::max)
+            nice(
+                series
+                    .iter()
+                    .flat_map(|(_, ys)| ys.iter().copied())
+                    .fold(0.0, f64::max)
+                    .max(1e-9),
+            )
         })
         .max(1e-9);
-    let y_top = nice(y_top);
     let px = |v: f64| left + pw * (v - x_min) / (x_max - x_min);
     let py = |v: f64| top + ph * (1.0 - v / y_top);
     let mut svg = format!(
