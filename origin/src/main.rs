@@ -590,10 +590,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = Client::new(&director);
             let answer = match command {
                 CampaignCommand::Create { file } => {
-                    let text = std::fs::read_to_string(&file)
-                        .with_context(|| format!("reading {}", file.display()))?;
-                    let spec: origin::campaign::CampaignSpec =
-                        toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
+                    let spec: origin::campaign::CampaignSpec = read_toml(&file)?;
                     spec.check()
                         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
                     client.post(
@@ -637,10 +634,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = Client::new(&director);
             let answer = match command {
                 VehicleCommand::Register { file } => {
-                    let text = std::fs::read_to_string(&file)
-                        .with_context(|| format!("reading {}", file.display()))?;
-                    let vehicle: origin::registry::VehicleRecord =
-                        toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
+                    let vehicle: origin::registry::VehicleRecord = read_toml(&file)?;
                     vehicle
                         .check()
                         .with_context(|| format!("{}", file.display()))?;
@@ -677,4 +671,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads an operator's TOML file (a campaign, a vehicle record); errors name the file.
+fn read_toml<T: serde::de::DeserializeOwned>(file: &std::path::Path) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}", file.display()))
 }

@@ -35,8 +35,7 @@ pub fn write(summary: &FleetSummary, out: &Path) -> anyhow::Result<()> {
 /// The run in a few lines, for the terminal.
 pub fn table(s: &FleetSummary) -> String {
     let mib = |b: f64| b / 1_048_576.0;
-    let hours = |h: Option<f64>| h.map_or_else(|| "not reached".into(), |h| format!("{h:.1} h"));
-    let ratio = |r: Option<f64>| r.map_or_else(|| "-".into(), |r| format!("{r:.2}"));
+    use report::{hours, ratio};
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -135,8 +135,14 @@ fn short(v: f64) -> String {
     }
 }
 
-fn hours(h: Option<f64>) -> String {
+/// `12.3 h`, or `not reached`.
+pub(crate) fn hours(h: Option<f64>) -> String {
     h.map_or_else(|| "not reached".into(), |h| format!("{h:.1} h"))
+}
+
+/// `1.23`, or `-`.
+pub(crate) fn ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".into(), |r| format!("{r:.2}"))
 }
 
 /// The charts of a run, each an SVG document: (file stem, svg).
@@ -274,7 +280,6 @@ pub fn html(summary: &FleetSummary) -> String {
         .into_iter()
         .map(|(_, svg)| format!("<div>{svg}</div>\n"))
         .collect();
-    let ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}"));
     #[allow(clippy::cast_precision_loss)]
     let rss_mib = summary.peak_rss_bytes as f64 / 1_048_576.0;
     format!(

@@ -302,7 +302,7 @@ pub fn run_with_times(
     seed: Option<u64>,
 ) -> anyhow::Result<(FleetSummary, Vec<Option<f64>>)> {
     let started = Instant::now();
-    let mut model = Model::new(scenario, seed.unwrap_or(scenario.scenario.seed))?;
+    let mut model = Model::new(scenario, seed.unwrap_or(scenario.scenario.seed));
     model.run()?;
     let times = model.vehicles.iter().map(|v| v.reported_at).collect();
     Ok((model.summary(started.elapsed().as_secs_f64()), times))
@@ -315,7 +315,7 @@ fn secs_to_key(t: f64) -> u64 {
 }
 
 impl<'a> Model<'a> {
-    fn new(sc: &'a Checked, seed: u64) -> anyhow::Result<Self> {
+    fn new(sc: &'a Checked, seed: u64) -> Self {
         let s = &sc.scenario;
         let (n, depots, regions) = (s.fleet.vehicles, s.fleet.depots, s.fleet.regions);
         let region_of_depot = |d: u32| -> u32 {
@@ -440,7 +440,7 @@ impl<'a> Model<'a> {
                 model.push(at, Ev::Depart { vehicle: v, day });
             }
         }
-        Ok(model)
+        model
     }
 
     fn push(&mut self, at: f64, ev: Ev) {
