@@ -743,7 +743,7 @@ pub async fn fetch<S: Storage, I: Index>(
                         match result {
                             Ok(have) => {
                                 if let Some((size, groups)) = haves.update(peer, have, true) {
-                                    said.insert(peer, format!("holds {} groups", groups.group_count()));
+                                    said.insert(peer, claim_said(size, &groups));
                                     engine.handle(now, Event::HaveMap { peer, size, groups });
                                 }
                             }
@@ -754,7 +754,7 @@ pub async fn fetch<S: Storage, I: Index>(
                     }
                     TaskMessage::HaveUpdate { peer, have, first } => {
                         if let Some((size, groups)) = haves.update(peer, have, first) {
-                            said.insert(peer, format!("holds {} groups", groups.group_count()));
+                            said.insert(peer, claim_said(size, &groups));
                             engine.handle(now, Event::HaveMap { peer, size, groups });
                         }
                     }
@@ -1086,6 +1086,17 @@ impl Drop for Haves {
     /// A fetch dropped midway (cancelled by its caller) leaves no subscription running.
     fn drop(&mut self) {
         self.end_all();
+    }
+}
+
+/// What a peer's have-map says, for a stall message. An empty one without a size is how a peer
+/// subscribed to says it has none of the blob; it must read the same as its refusal of a range
+/// request ("not here"), whichever of the two answers arrives last.
+fn claim_said(size: Option<u64>, groups: &ChunkGroupRanges) -> String {
+    if size.is_none() && groups.is_empty() {
+        "blob is not here (yet)".to_owned()
+    } else {
+        format!("holds {} groups", groups.group_count())
     }
 }
 
