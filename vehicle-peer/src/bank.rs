@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 
 use proto::BlobId;
 
-use crate::boot::Slot;
+use crate::boot::{Slot, UbootBoot};
+use crate::delta::{ApplyError, ApplyInputs, BankProgress, ReadAt, apply_into_bank, read_header};
+
+use crate::flasher::FlashError;
+use crate::remap::{MergeReport, SparePlan};
 
 /// Why a bank could not be opened, read, written or verified. Every variant names the bank.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,23 @@ pub enum BankError {
         path: PathBuf,
         /// Why.
         detail: String,
+    },
+    /// An update needs more spare blocks than the remapping bank has free: refused before a
+    /// byte is written.
+    #[error(
+        "bank {path}: the update changes {changed} blocks of {block_size} bytes ({needed} bytes of spare space), but only {available} bytes of spare space are free"
+    )]
+    SpareTooSmall {
+        /// The bank's path.
+        path: PathBuf,
+        /// Blocks the update changes.
+        changed: u64,
+        /// The bank's block size.
+        block_size: u32,
+        /// Spare bytes it needs.
+        needed: u64,
+        /// Spare bytes free.
+        available: u64,
     },
     /// An image does not fit the bank.
     #[error("bank {path}: an image of {len} bytes does not fit its {capacity} bytes")]
@@ -183,7 +204,7 @@ impl Bank for FileBank {
     }
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         check_range(self.capacity, offset, buf.len())?;
-        self.file.read_exact_at(buf, offset)
+        FileExt::read_exact_at(&self.file, buf, offset)
     }
     fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         check_range(self.capacity, offset, data.len())?;
@@ -261,6 +282,184 @@ impl<B: Bank> BankPair<B> {
         } else {
             None
         }
+    }
+}
+
+/// Where one ECU's image lives, as the flasher drives it: two slots the boot control chooses
+/// between, one running and one written. [`BankPair`] is two physical banks (A/B);
+/// [`crate::remap::RemapBank`] is one bank and a spare area, each slot a block map over it.
+/// Whatever the kind, what the running slot shows is never written.
+pub trait Banks: std::fmt::Debug {
+    /// The two slots.
+    fn slots(&self) -> [&Slot; 2];
+
+    /// The slot that is not `running`; `None` when `running` is neither.
+    fn other(&self, running: &Slot) -> Option<Slot> {
+        let [a, b] = self.slots();
+        if running == a {
+            Some(b.clone())
+        } else if running == b {
+            Some(a.clone())
+        } else {
+            None
+        }
+    }
+
+    /// Whether the first `len` bytes of what `slot` shows hash to `expect`.
+    fn holds(&self, slot: &Slot, len: u64, expect: BlobId) -> Result<bool, BankError>;
+
+    /// Writes the target of `delta` (`delta_len` bytes; it must rebuild `expect`) for the slot
+    /// that is not `running`, from what `running` shows, resuming after `resume` when it is for
+    /// this delta. Each segment is durable before `record(progress, total)` is called; the
+    /// caller journals it. Ends with the written image hashed against `expect`
+    /// ([`ApplyError::FinalHash`] when it does not match).
+    fn write_delta<D: ReadAt + ?Sized>(
+        &mut self,
+        running: &Slot,
+        delta: &D,
+        delta_len: u64,
+        expect: BlobId,
+        resume: Option<BankProgress>,
+        record: &mut dyn FnMut(BankProgress, usize) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError>;
+
+    /// Writes the image (`len` bytes, hashing to `expect`) for the slot that is not `running`,
+    /// in pieces of `piece` bytes from piece `from_piece`; each piece is durable before
+    /// `record(done, total)`. The caller verifies the slot afterwards.
+    #[allow(clippy::too_many_arguments)]
+    fn write_image<D: ReadAt + ?Sized>(
+        &mut self,
+        running: &Slot,
+        image: &D,
+        len: u64,
+        expect: BlobId,
+        piece: usize,
+        from_piece: usize,
+        record: &mut dyn FnMut(usize, usize) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError>;
+
+    /// The spare space an update needs and has, before it starts (`payload` is a delta from
+    /// what `running` shows, or with `full_image` the image itself). `None` when the banks
+    /// need no spare space (A/B: the other bank is written whole).
+    fn spare_plan<D: ReadAt + ?Sized>(
+        &self,
+        running: &Slot,
+        payload: &D,
+        len: u64,
+        full_image: bool,
+    ) -> Result<Option<SparePlan>, ApplyError> {
+        let _ = (running, payload, len, full_image);
+        Ok(None)
+    }
+
+    /// What was written for the slot that is not `running` is dropped (a rollback): A/B has
+    /// nothing to drop; a remapping bank drops the new map.
+    fn discard(&mut self, running: &Slot) -> Result<(), BankError> {
+        let _ = running;
+        Ok(())
+    }
+
+    /// After `kept` was committed (no rollback will be needed): finishes what keeping it
+    /// leaves to do, resuming from `resume` (what `record` was last given). A/B: nothing; a
+    /// remapping bank copies the remapped blocks home and frees its spare area.
+    fn merge<M: crate::boot::Medium>(
+        &mut self,
+        kept: &Slot,
+        boot: &mut UbootBoot<M>,
+        resume: Option<(u64, usize)>,
+        record: &mut dyn FnMut(u64, usize) -> Result<(), FlashError>,
+    ) -> Result<MergeReport, FlashError> {
+        let _ = (kept, boot, resume, record);
+        Ok(MergeReport::default())
+    }
+}
+
+impl<B: Bank> Banks for BankPair<B> {
+    fn slots(&self) -> [&Slot; 2] {
+        BankPair::slots(self)
+    }
+
+    fn holds(&self, slot: &Slot, len: u64, expect: BlobId) -> Result<bool, BankError> {
+        let bank = self.get(slot).ok_or_else(|| unknown_slot(self, slot))?;
+        holds(bank, len, expect)
+    }
+
+    fn write_delta<D: ReadAt + ?Sized>(
+        &mut self,
+        running: &Slot,
+        delta: &D,
+        delta_len: u64,
+        expect: BlobId,
+        resume: Option<BankProgress>,
+        record: &mut dyn FnMut(BankProgress, usize) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
+        let (header, _) = read_header(delta)?;
+        let unknown = unknown_slot(self, running);
+        let (source, _, inactive) = self.split(running).ok_or(unknown)?;
+        let inputs = ApplyInputs {
+            source: &BankSource(source),
+            source_len: header.source_len,
+            delta,
+            delta_len,
+            expect_target: Some(expect),
+        };
+        apply_into_bank(inactive, &inputs, resume, record).map(|_| ())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_image<D: ReadAt + ?Sized>(
+        &mut self,
+        running: &Slot,
+        image: &D,
+        len: u64,
+        _expect: BlobId,
+        piece: usize,
+        from_piece: usize,
+        record: &mut dyn FnMut(usize, usize) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
+        let unknown = unknown_slot(self, running);
+        let (_, _, inactive) = self.split(running).ok_or(unknown)?;
+        if len > inactive.capacity() {
+            return Err(BankError::TooSmall {
+                path: inactive.path().to_path_buf(),
+                len,
+                capacity: inactive.capacity(),
+            }
+            .into());
+        }
+        let piece_len = piece.clamp(4096, 64 << 20);
+        let piece = piece_len as u64;
+        let total = usize::try_from(len.div_ceil(piece)).unwrap_or(usize::MAX);
+        let mut buf = vec![0u8; piece_len];
+        let path = inactive.path().display().to_string();
+        let io = |what: &str| {
+            let what = format!("{what} bank {path}");
+            move |source| ApplyError::Io { what, source }
+        };
+        for index in from_piece..total {
+            let at = index as u64 * piece;
+            let n = usize::try_from((len - at).min(piece)).unwrap_or(piece_len);
+            image
+                .read_exact_at(at, &mut buf[..n])
+                .map_err(|source| ApplyError::Io {
+                    what: format!("reading the image at {at}"),
+                    source,
+                })?;
+            inactive
+                .write_all_at(at, &buf[..n])
+                .map_err(io("writing"))?;
+            inactive.sync().map_err(io("syncing"))?;
+            record(index + 1, total)?;
+        }
+        Ok(())
+    }
+}
+
+fn unknown_slot<K: Banks + ?Sized>(banks: &K, slot: &Slot) -> BankError {
+    let [a, b] = banks.slots();
+    BankError::Refused {
+        path: PathBuf::from(slot.as_str()),
+        detail: format!("slot {slot} is neither of the ECU's slots ({a}, {b})"),
     }
 }
 

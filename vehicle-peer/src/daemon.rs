@@ -42,11 +42,10 @@ use proto::tuf::{Role, Time};
 use proto::uptane::{ApprovedImage, EcuState};
 use serde_json::{Value, json};
 
-use crate::bank::FileBank;
 use crate::boot::Slot;
 use crate::config::{BootMode, LinkSource, VehicleConfig};
 use crate::flasher::{
-    CommandCheck, Ecu, EcuJob, GroupDecision, HealthCheck, Outcome, group_decision, running_image,
+    CommandCheck, EcuJob, GroupDecision, HealthCheck, Outcome, group_decision, running_image,
     version_report,
 };
 use crate::install::{EcuConfig, load_config, open_ecu};
@@ -97,7 +96,7 @@ pub struct Daemon {
     /// fetches in a row (or a delta and an image) share the rate rather than each having it.
     download_limit: Option<Arc<RateLimit>>,
     ecu_configs: Vec<EcuConfig>,
-    ecus: Vec<Ecu<FileBank, fs::File>>,
+    ecus: Vec<crate::install::ConfiguredEcu>,
     booted: Vec<Slot>,
     journal: SledIndex,
     policy: LinkPolicy,
@@ -228,7 +227,7 @@ impl Daemon {
         let download_limit = config
             .download_bytes_per_sec
             .map(|rate| RateLimit::with_burst(rate, node::ratelimit::LINK_BURST));
-        Ok(Self {
+        let mut daemon = Self {
             config,
             runtime,
             store,
@@ -243,7 +242,31 @@ impl Daemon {
             policy,
             primary_key,
             status,
-        })
+        };
+        // A merge a power cut interrupted goes on.
+        daemon.merge_all();
+        Ok(daemon)
+    }
+
+    /// After a commit (and at start): remapping banks copy their remapped blocks home
+    /// ([`crate::flasher::merge`]); A/B banks have nothing to do. A merge that fails is
+    /// reported in the status and tried again at the next start or commit; the ECU keeps
+    /// running its committed image meanwhile.
+    fn merge_all(&mut self) {
+        for ecu in &mut self.ecus {
+            let entry = match crate::flasher::merge(ecu, &self.journal) {
+                Ok(report) if report.remapped == 0 && report.blocks_copied == 0 => continue,
+                Ok(report) => json!(report),
+                Err(error) => {
+                    tracing::warn!(ecu = %ecu.serial, %error, "merge failed");
+                    json!({"error": error.to_string()})
+                }
+            };
+            if !self.status["merges"].is_object() {
+                self.status["merges"] = json!({});
+            }
+            self.status["merges"][ecu.serial.as_str()] = entry;
+        }
     }
 
     /// The node's addresses (with `/p2p/`), once it listens.
@@ -363,14 +386,20 @@ impl Daemon {
         let mut ecus = serde_json::Map::new();
         for (ecu, slot) in self.ecus.iter().zip(&self.booted) {
             let running = running_image(ecu, &self.journal).ok().flatten();
-            ecus.insert(
-                ecu.serial.clone(),
-                json!({
+            ecus.insert(ecu.serial.clone(), {
+                let mut entry = json!({
                     "slot": slot.as_str(),
                     "image": running.as_ref().map(|r| r.target.clone()),
                     "release_counter": running.as_ref().map(|r| r.release_counter),
-                }),
-            );
+                });
+                if let crate::install::EcuBanks::Remap(bank) = &ecu.banks {
+                    entry["remap"] = bank
+                        .status()
+                        .unwrap_or_else(|e| json!({"error": e.to_string()}));
+                    entry["flash_writes"] = json!(bank.writes());
+                }
+                entry
+            });
         }
         self.status["ecus"] = Value::Object(ecus);
         let path = self.config.data_dir.join("status.json");
@@ -930,11 +959,11 @@ impl Daemon {
             .collect();
         // vehicle_step takes the ECUs of this install, in job order; they go back after.
         let booted: Vec<Slot> = indexes.iter().map(|&i| self.booted[i].clone()).collect();
-        let mut slots: Vec<Option<Ecu<FileBank, fs::File>>> = std::mem::take(&mut self.ecus)
+        let mut slots: Vec<Option<crate::install::ConfiguredEcu>> = std::mem::take(&mut self.ecus)
             .into_iter()
             .map(Some)
             .collect();
-        let mut group_ecus: Vec<Ecu<FileBank, fs::File>> = indexes
+        let mut group_ecus: Vec<crate::install::ConfiguredEcu> = indexes
             .iter()
             .filter_map(|&i| slots.get_mut(i).and_then(Option::take))
             .collect();
@@ -966,7 +995,11 @@ impl Daemon {
                 self.reboot()?;
                 Ok(Step::Rebooted)
             }
-            Outcome::Committed => self.conclude(&group, &GroupDecision::Commit, now),
+            Outcome::Committed => {
+                let step = self.conclude(&group, &GroupDecision::Commit, now)?;
+                self.merge_all();
+                Ok(step)
+            }
             Outcome::RolledBack { reason } => {
                 // Reported first (durably), then the ECUs restart into the slots they came
                 // from: until then they still run the image that failed.

@@ -59,6 +59,9 @@ pub enum ApplyError {
         /// What the file hashed to.
         actual: BlobId,
     },
+    /// The bank refused (too small, no spare space, a slot it does not have).
+    #[error(transparent)]
+    Bank(#[from] crate::bank::BankError),
     /// Reading the delta or source, or writing the target, failed.
     #[error("{what}: {source}")]
     Io {
@@ -161,7 +164,8 @@ where
     let partial_name = join(format!(".{file}.partial"));
     let journal_name = join(format!(".{file}.progress"));
 
-    let (header, header_bytes) = checked_header(inputs)?;
+    let mut segments = DeltaSegments::new(inputs)?;
+    let header = segments.header().clone();
 
     // Finished before (the power went out between the rename and the journal's removal)?
     if let Ok(existing) = storage.open(name, false) {
@@ -188,14 +192,14 @@ where
         }
     }
 
-    let header_digest = *blake3::hash(&header_bytes).as_bytes();
+    let header_digest = segments.header_digest();
     let resumed_at = read_journal(storage, &journal_name, &header_digest)
         .filter(|next| *next <= header.segments.len())
         .unwrap_or(0);
     let partial = storage
         .open(&partial_name, true)
         .map_err(io_error(format!("opening {partial_name}")))?;
-    decode_segments(&header, inputs, resumed_at, |index, at, out| {
+    decode_segments(&mut segments, inputs, resumed_at, |index, at, out| {
         partial
             .write_all_at(at, out)
             .map_err(io_error(format!("writing {partial_name}")))?;
@@ -245,6 +249,21 @@ where
     })
 }
 
+/// Reads and parses the header of `delta` (nothing else is checked): the header and its bytes.
+pub fn read_header<D: ReadAt + ?Sized>(delta: &D) -> Result<(DeltaHeader, Vec<u8>), ApplyError> {
+    let mut prefix = [0u8; 16];
+    delta
+        .read_exact_at(0, &mut prefix)
+        .map_err(|_| ApplyError::Delta(DeltaError::Truncated("header")))?;
+    let header_len = DeltaHeader::announced_len(&prefix)?;
+    let mut header_bytes = vec![0; header_len];
+    delta
+        .read_exact_at(0, &mut header_bytes)
+        .map_err(|_| ApplyError::Delta(DeltaError::Truncated("header")))?;
+    let (header, _) = DeltaHeader::parse(&header_bytes)?;
+    Ok((header, header_bytes))
+}
+
 /// Reads the delta's header and checks it: its hashes add up to the target, its length is the
 /// delta's, it rebuilds the expected target, and the source is the one it was made from — all
 /// before a byte is written. Returns the header and its bytes.
@@ -255,18 +274,7 @@ where
     R: ReadAt + ?Sized,
     D: ReadAt + ?Sized,
 {
-    let mut prefix = [0u8; 16];
-    inputs
-        .delta
-        .read_exact_at(0, &mut prefix)
-        .map_err(|_| ApplyError::Delta(DeltaError::Truncated("header")))?;
-    let header_len = DeltaHeader::announced_len(&prefix)?;
-    let mut header_bytes = vec![0; header_len];
-    inputs
-        .delta
-        .read_exact_at(0, &mut header_bytes)
-        .map_err(|_| ApplyError::Delta(DeltaError::Truncated("header")))?;
-    let (header, _) = DeltaHeader::parse(&header_bytes)?;
+    let (header, header_bytes) = read_header(inputs.delta)?;
     if header.delta_len() != inputs.delta_len {
         return Err(ApplyError::DeltaLength {
             expected: header.delta_len(),
@@ -287,11 +295,73 @@ where
     Ok((header, header_bytes))
 }
 
+/// A delta's segments, decoded one at a time (each checked against the target's hash tree) —
+/// for a caller that decodes them more than once or out of a loop, as the remapping bank does:
+/// once to plan, once to write.
+#[derive(Debug)]
+pub struct DeltaSegments {
+    header: DeltaHeader,
+    header_digest: [u8; 32],
+    decoder: SegmentDecoder,
+    body: Vec<u8>,
+}
+
+impl DeltaSegments {
+    /// Checks the delta of `inputs` as an apply does ([`checked_header`]: lengths, target,
+    /// source) before a segment is decoded.
+    pub fn new<R: ReadAt + ?Sized, D: ReadAt + ?Sized>(
+        inputs: &ApplyInputs<'_, R, D>,
+    ) -> Result<Self, ApplyError> {
+        let (header, header_bytes) = checked_header(inputs)?;
+        Ok(Self {
+            header_digest: *blake3::hash(&header_bytes).as_bytes(),
+            header,
+            decoder: SegmentDecoder::new(),
+            body: Vec::new(),
+        })
+    }
+
+    /// The checked header.
+    pub fn header(&self) -> &DeltaHeader {
+        &self.header
+    }
+
+    /// BLAKE3 of the header's bytes (names the delta in progress records).
+    pub fn header_digest(&self) -> [u8; 32] {
+        self.header_digest
+    }
+
+    /// Decodes segment `index` into `out` (replacing its contents); returns the target offset
+    /// it starts at.
+    pub fn decode<R: ReadAt + ?Sized, D: ReadAt + ?Sized>(
+        &mut self,
+        inputs: &ApplyInputs<'_, R, D>,
+        index: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<u64, ApplyError> {
+        let entry = self.header.segments.get(index).copied().ok_or_else(|| {
+            ApplyError::Delta(DeltaError::BadHeader(format!(
+                "segment {index} of {} asked for",
+                self.header.segments.len()
+            )))
+        })?;
+        self.body.resize(entry.encoded_len as usize, 0);
+        inputs
+            .delta
+            .read_exact_at(self.header.body_offset(index), &mut self.body)
+            .map_err(io_error(format!("reading segment {index} of the delta")))?;
+        let mut source = Source(inputs.source);
+        self.decoder
+            .decode(&self.header, index, &self.body, &mut source, out)?;
+        Ok(self.header.target_range(index).start)
+    }
+}
+
 /// Decodes segments `from..` of the delta in order, each checked against the target's hash
 /// tree, and hands each to `write(index, target_offset, bytes)` — which must make it durable
 /// before it records it.
 fn decode_segments<R, D>(
-    header: &DeltaHeader,
+    segments: &mut DeltaSegments,
     inputs: &ApplyInputs<'_, R, D>,
     from: usize,
     mut write: impl FnMut(usize, u64, &[u8]) -> Result<(), ApplyError>,
@@ -300,19 +370,10 @@ where
     R: ReadAt + ?Sized,
     D: ReadAt + ?Sized,
 {
-    let mut decoder = SegmentDecoder::new();
-    let mut body = Vec::new();
     let mut out = Vec::new();
-    let mut source = Source(inputs.source);
-    for index in from..header.segments.len() {
-        let entry = header.segments[index];
-        body.resize(entry.encoded_len as usize, 0);
-        inputs
-            .delta
-            .read_exact_at(header.body_offset(index), &mut body)
-            .map_err(io_error(format!("reading segment {index} of the delta")))?;
-        decoder.decode(header, index, &body, &mut source, &mut out)?;
-        write(index, header.target_range(index).start, &out)?;
+    for index in from..segments.header.segments.len() {
+        let at = segments.decode(inputs, index, &mut out)?;
+        write(index, at, &out)?;
     }
     Ok(())
 }
@@ -346,7 +407,8 @@ where
     R: ReadAt + ?Sized,
     D: ReadAt + ?Sized,
 {
-    let (header, header_bytes) = checked_header(inputs)?;
+    let mut segments = DeltaSegments::new(inputs)?;
+    let header = segments.header().clone();
     if header.target_len > bank.capacity() {
         return Err(ApplyError::Io {
             what: format!("bank {}", bank.path().display()),
@@ -360,13 +422,13 @@ where
             ),
         });
     }
-    let header_digest = *blake3::hash(&header_bytes).as_bytes();
+    let header_digest = segments.header_digest();
     let resumed_at = resume
         .filter(|p| p.header_digest == header_digest && p.done <= header.segments.len())
         .map_or(0, |p| p.done);
     let total = header.segments.len();
     let path = bank.path().display().to_string();
-    decode_segments(&header, inputs, resumed_at, |index, at, out| {
+    decode_segments(&mut segments, inputs, resumed_at, |index, at, out| {
         bank.write_all_at(at, out)
             .map_err(io_error(format!("writing bank {path}")))?;
         bank.sync()

@@ -27,13 +27,13 @@ use std::time::Duration;
 
 use node::storage::Index;
 use proto::BlobId;
-use proto::delta::DeltaHeader;
 use proto::uptane::ApprovedImage;
 use serde::{Deserialize, Serialize};
 
-use crate::bank::{Bank, BankError, BankPair, BankSource, holds};
+use crate::bank::{BankError, Banks};
 use crate::boot::{BootError, Medium, Slot, UbootBoot};
-use crate::delta::{ApplyError, ApplyInputs, BankProgress, ReadAt, apply_into_bank};
+use crate::delta::{ApplyError, BankProgress, ReadAt};
+use crate::remap::{MergeReport, SparePlan};
 
 /// Why an install could not go on. Every variant names what was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,8 @@ pub struct InstalledImage {
     pub release_counter: u64,
 }
 
-/// An ECU the flasher drives: its identity, its two banks and its boot control.
+/// An ECU the flasher drives: its identity, its banks (two, or one remapped:
+/// [`crate::bank::Banks`]) and its boot control.
 #[derive(Debug)]
 pub struct Ecu<B, M> {
     /// Its serial (as the director names it).
@@ -119,8 +120,8 @@ pub struct Ecu<B, M> {
     pub key: ed25519_dalek::SigningKey,
     /// What it ran before any install the journal knows of.
     pub installed: Option<InstalledImage>,
-    /// Its banks.
-    pub banks: BankPair<B>,
+    /// Its banks: a [`crate::bank::BankPair`] or a [`crate::remap::RemapBank`].
+    pub banks: B,
     /// Its boot control.
     pub boot: UbootBoot<M>,
 }
@@ -276,7 +277,7 @@ pub enum Outcome {
     Reboot,
 }
 
-impl<'a, S, B: Bank, M: Medium, J: Index> Install<'a, S, B, M, J> {
+impl<'a, S, B: Banks, M: Medium, J: Index> Install<'a, S, B, M, J> {
     /// The journaled record.
     pub fn record(&self) -> &InstallRecord {
         &self.record
@@ -306,19 +307,27 @@ impl<'a, S, B: Bank, M: Medium, J: Index> Install<'a, S, B, M, J> {
         Install::at(self.ecu, self.journal, self.record)
     }
 
+    /// Before the other slot is written the bootloader must not fall back to it: the running
+    /// slot goes first and the other gets no tries (RAUC marks the slot it writes bad the same
+    /// way). One environment save, skipped when it is so already.
+    fn disable_other(&mut self) -> Result<(), FlashError> {
+        let (from, to) = self.slots()?;
+        let state = self.ecu.boot.state()?;
+        if state.order.first() != Some(&from) || state.left.get(&to).is_some_and(|n| *n > 0) {
+            self.ecu.boot.roll_back(&to, &from)?;
+        }
+        Ok(())
+    }
+
     /// Hashes the written bank against the target. A bank that does not hold it is never
     /// switched to: the install goes back to writing from the start.
     fn check_written_bank(&mut self) -> Result<(), FlashError> {
         let (_, to) = self.slots()?;
-        let bank = self
+        if self
             .ecu
             .banks
-            .get(&to)
-            .ok_or_else(|| FlashError::UnknownSlot {
-                ecu: self.ecu.serial.clone(),
-                slot: to.clone(),
-            })?;
-        if holds(bank, self.record.length, self.record.blake3)? {
+            .holds(&to, self.record.length, self.record.blake3)?
+        {
             return Ok(());
         }
         self.set(Stage::Writing {
@@ -333,7 +342,7 @@ impl<'a, S, B: Bank, M: Medium, J: Index> Install<'a, S, B, M, J> {
     }
 }
 
-impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
+impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
     /// Starts the install of `approved` on `ecu`, which runs slot `running` — or resumes the
     /// journaled one of the same image. Refused unless the approval names this ECU's serial and
     /// hardware id and carries the image's BLAKE3, and while another install is in flight.
@@ -366,7 +375,7 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
                 approved.target()
             )));
         };
-        let Some((_, to, _)) = ecu.banks.split(running) else {
+        let Some(to) = ecu.banks.other(running) else {
             return Err(FlashError::UnknownSlot {
                 ecu: ecu.serial.clone(),
                 slot: running.clone(),
@@ -436,15 +445,7 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Install<'a, Written, B, M, J>, FlashError> {
         let (from, _) = self.slots()?;
-        let mut prefix = [0u8; 16];
-        delta
-            .read_exact_at(0, &mut prefix)
-            .map_err(|_| ApplyError::Delta(proto::delta::DeltaError::Truncated("header")))?;
-        let mut header = vec![0u8; DeltaHeader::announced_len(&prefix).map_err(ApplyError::from)?];
-        delta
-            .read_exact_at(0, &mut header)
-            .map_err(|_| ApplyError::Delta(proto::delta::DeltaError::Truncated("header")))?;
-        let (parsed, _) = DeltaHeader::parse(&header).map_err(ApplyError::from)?;
+        self.disable_other()?;
         let resume = match &self.record.stage {
             Stage::Writing { header, done } => hex::decode(header)
                 .ok()
@@ -455,34 +456,27 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
                 }),
             _ => None,
         };
-        let serial = self.ecu.serial.clone();
-        let Some((running, _, inactive)) = self.ecu.banks.split(&from) else {
-            return Err(FlashError::UnknownSlot {
-                ecu: serial,
-                slot: from,
-            });
-        };
-        let inputs = ApplyInputs {
-            source: &BankSource(running),
-            source_len: parsed.source_len,
-            delta,
-            delta_len,
-            expect_target: Some(self.record.blake3),
-        };
         let mut record = self.record.clone();
         let journal = self.journal;
-        let applied = apply_into_bank(inactive, &inputs, resume, |p, total| {
-            record.stage = Stage::Writing {
-                header: hex::encode(p.header_digest),
-                done: p.done,
-            };
-            store(journal, &record).map_err(|e| ApplyError::Io {
-                what: "journaling the install".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            progress(p.done, total);
-            Ok(())
-        });
+        let applied = self.ecu.banks.write_delta(
+            &from,
+            delta,
+            delta_len,
+            self.record.blake3,
+            resume,
+            &mut |p, total| {
+                record.stage = Stage::Writing {
+                    header: hex::encode(p.header_digest),
+                    done: p.done,
+                };
+                store(journal, &record).map_err(|e| ApplyError::Io {
+                    what: "journaling the install".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                progress(p.done, total);
+                Ok(())
+            },
+        );
         self.record = record;
         match applied {
             Ok(_) => {}
@@ -506,7 +500,7 @@ pub const IMAGE_PIECE: usize = 8 << 20;
 /// What the journal's `header` holds while a full image (not a delta) is written.
 const IMAGE_MARK: &str = "image";
 
-impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
+impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
     /// Copies the full image (`len` bytes: the approved length) into the inactive bank, for an
     /// ECU that has no delta from its running image. Pieces of `piece` bytes (e.g.
     /// [`IMAGE_PIECE`]; a multiple of the flash's erase block), each synced before the journal
@@ -529,62 +523,52 @@ impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
             });
         }
         let (from, _) = self.slots()?;
+        self.disable_other()?;
         let from_piece = match &self.record.stage {
             Stage::Writing { header, done } if header == IMAGE_MARK => *done,
             _ => 0,
         };
-        let serial = self.ecu.serial.clone();
-        let Some((_, _, inactive)) = self.ecu.banks.split(&from) else {
-            return Err(FlashError::UnknownSlot {
-                ecu: serial,
-                slot: from,
-            });
-        };
-        if len > inactive.capacity() {
-            return Err(BankError::TooSmall {
-                path: inactive.path().to_path_buf(),
-                len,
-                capacity: inactive.capacity(),
-            }
-            .into());
-        }
-        let piece_len = piece.clamp(4096, 64 << 20);
-        let piece = piece_len as u64;
-        let total = usize::try_from(len.div_ceil(piece)).unwrap_or(usize::MAX);
-        let mut buf = vec![0u8; piece_len];
-        let path = inactive.path().display().to_string();
-        for index in from_piece..total {
-            let at = index as u64 * piece;
-            let n = usize::try_from((len - at).min(piece)).unwrap_or(piece_len);
-            image
-                .read_exact_at(at, &mut buf[..n])
-                .map_err(|source| ApplyError::Io {
-                    what: format!("reading the image at {at}"),
-                    source,
+        let mut record = self.record.clone();
+        let journal = self.journal;
+        let written = self.ecu.banks.write_image(
+            &from,
+            image,
+            len,
+            self.record.blake3,
+            piece,
+            from_piece,
+            &mut |done, total| {
+                record.stage = Stage::Writing {
+                    header: IMAGE_MARK.into(),
+                    done,
+                };
+                store(journal, &record).map_err(|e| ApplyError::Io {
+                    what: "journaling the install".into(),
+                    source: std::io::Error::other(e.to_string()),
                 })?;
-            let io = |what: &str| {
-                let what = format!("{what} bank {path}");
-                move |source| ApplyError::Io { what, source }
-            };
-            inactive
-                .write_all_at(at, &buf[..n])
-                .map_err(io("writing"))?;
-            inactive.sync().map_err(io("syncing"))?;
-            self.record.stage = Stage::Writing {
-                header: IMAGE_MARK.into(),
-                done: index + 1,
-            };
-            store(self.journal, &self.record)?;
-            progress(index + 1, total);
+                progress(done, total);
+                Ok(())
+            },
+        );
+        self.record = record;
+        match written {
+            Ok(()) => {}
+            Err(e @ ApplyError::FinalHash { .. }) => {
+                self.set(Stage::Writing {
+                    header: String::new(),
+                    done: 0,
+                })?;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
         }
-        drop(buf);
         self.check_written_bank()?;
         self.set(Stage::Written)?;
         Ok(self.advance())
     }
 }
 
-impl<'a, B: Bank, M: Medium, J: Index> Install<'a, Written, B, M, J> {
+impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Written, B, M, J> {
     /// Verifies the written bank against the target once more, then makes the new slot the
     /// boot target for one try. Reboot the ECU next ([`Outcome::Reboot`]). A bank that does not
     /// verify is never switched to; the install goes back to writing from the start.
@@ -608,7 +592,7 @@ pub enum TrialCheck {
     Reboot,
 }
 
-impl<B: Bank, M: Medium, J: Index> Install<'_, Trial, B, M, J> {
+impl<B: Banks, M: Medium, J: Index> Install<'_, Trial, B, M, J> {
     /// After a boot: `booted` is the slot the ECU came up in. In the new slot, runs `health`;
     /// in the old one, works out from the boot environment whether the trial is still to come
     /// or the new software never came up. Decides nothing: [`Install::commit`] or
@@ -678,6 +662,7 @@ impl<B: Bank, M: Medium, J: Index> Install<'_, Trial, B, M, J> {
             reason: reason.clone(),
         })?;
         self.ecu.boot.roll_back(&to, &from)?;
+        self.ecu.banks.discard(&from)?;
         Ok(Outcome::RolledBack { reason })
     }
 }
@@ -739,7 +724,7 @@ pub fn vehicle_step<B, M, J, D>(
     health: &mut dyn FnMut(&str, &Slot) -> Result<(), String>,
 ) -> Result<Outcome, FlashError>
 where
-    B: Bank,
+    B: Banks,
     M: Medium,
     J: Index,
     D: ReadAt + ?Sized,
@@ -755,6 +740,21 @@ where
     // A decision taken before a power cut is carried out, whatever else the ECUs say.
     if let Some(decision) = group_decision(journal, group)? {
         return carry_out(ecus, journal, &decision);
+    }
+    // A remapping bank without the spare space for its part refuses before any ECU is written.
+    for ((ecu, job), running) in ecus.iter().zip(jobs).zip(booted) {
+        let writing = journaled(journal, &ecu.serial)?
+            .filter(|r| Some(r.blake3) == job.approval.blake3())
+            .is_none_or(|r| matches!(r.stage, Stage::Writing { .. }));
+        if let Some(plan) = spare_plan(ecu, running, job)?.filter(|p| writing && !p.fits()) {
+            return Err(FlashError::Bank(BankError::SpareTooSmall {
+                path: std::path::PathBuf::from(&ecu.serial),
+                changed: plan.changed.len() as u64,
+                block_size: plan.block_size,
+                needed: plan.needed_bytes(),
+                available: plan.free_bytes(),
+            }));
+        }
     }
     // Write what is not written; switch nobody until everyone is written.
     for ((ecu, job), running) in ecus.iter_mut().zip(jobs).zip(booted) {
@@ -830,7 +830,7 @@ where
     carry_out(ecus, journal, &decision)
 }
 
-fn carry_out<B: Bank, M: Medium, J: Index>(
+fn carry_out<B: Banks, M: Medium, J: Index>(
     ecus: &mut [Ecu<B, M>],
     journal: &J,
     decision: &GroupDecision,
@@ -850,6 +850,8 @@ fn carry_out<B: Bank, M: Medium, J: Index>(
                     install.set(Stage::RolledBack {
                         reason: reason.clone(),
                     })?;
+                    let (from, _) = install.slots()?;
+                    install.ecu.banks.discard(&from)?;
                 }
             }
             Recovered::Idle(_) | Recovered::Writing(_) => {}
@@ -879,7 +881,7 @@ pub enum Recovered<'a, B, M, J> {
 
 /// After a restart: where ECU `ecu`'s install stands, from its journal. A rollback whose boot
 /// switch was cut short is completed here.
-pub fn recover<'a, B: Bank, M: Medium, J: Index>(
+pub fn recover<'a, B: Banks, M: Medium, J: Index>(
     ecu: &'a mut Ecu<B, M>,
     journal: &'a J,
 ) -> Result<Recovered<'a, B, M, J>, FlashError> {
@@ -896,10 +898,60 @@ pub fn recover<'a, B: Bank, M: Medium, J: Index>(
             if state.order.first() == Some(&to) || state.left.get(&to).is_some_and(|n| *n > 0) {
                 ecu.boot.roll_back(&to, &from)?;
             }
+            ecu.banks.discard(&from)?;
             Recovered::Idle(Some(record))
         }
         Stage::Committed => Recovered::Idle(Some(record)),
     })
+}
+
+fn merge_key(serial: &str) -> Vec<u8> {
+    format!("flasher-merge/{serial}").into_bytes()
+}
+
+/// After a commit, in the background: finishes what keeping the new image leaves to the banks
+/// — for a remapping bank ([`crate::remap`]), copying the remapped blocks home and freeing the
+/// spare area, resumed from its journaled progress after a power cut. Nothing to do unless the
+/// journaled install of `ecu` is committed (a rollback needs no merge: home was never written),
+/// and nothing for A/B banks. Run it again after every boot until it reports nothing copied.
+pub fn merge<B: Banks, M: Medium, J: Index>(
+    ecu: &mut Ecu<B, M>,
+    journal: &J,
+) -> Result<MergeReport, FlashError> {
+    let Some(record) = journaled(journal, &ecu.serial)? else {
+        return Ok(MergeReport::default());
+    };
+    if record.stage != Stage::Committed {
+        return Ok(MergeReport::default());
+    }
+    let kept = slot(&record.to)?;
+    let key = merge_key(&ecu.serial);
+    let resume: Option<(u64, usize)> = load_json(
+        journal,
+        &key,
+        &format!("merge progress of ECU {}", ecu.serial),
+    )?;
+    let serial = ecu.serial.clone();
+    ecu.banks
+        .merge(&kept, &mut ecu.boot, resume, &mut |generation, done| {
+            let value = serde_json::to_vec(&(generation, done))
+                .map_err(|e| FlashError::Journal(e.to_string()))?;
+            journal.put(&key, &value).map_err(|e| {
+                FlashError::Journal(format!("writing the merge progress of ECU {serial}: {e}"))
+            })
+        })
+}
+
+/// The spare space `job` needs on `ecu`, which runs `running`, and the space it has — before
+/// anything is written. `None` for A/B banks (the other bank is written whole).
+pub fn spare_plan<B: Banks, M, D: ReadAt + ?Sized>(
+    ecu: &Ecu<B, M>,
+    running: &Slot,
+    job: &EcuJob<'_, D>,
+) -> Result<Option<SparePlan>, FlashError> {
+    Ok(ecu
+        .banks
+        .spare_plan(running, job.delta, job.delta_len, job.full_image)?)
 }
 
 /// The health check of a freshly booted slot.

@@ -19,12 +19,15 @@ use proto::uptane::{EcuState, PartialVerifier};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::bank::{Bank, BankPair, FileBank};
+use crate::bank::{Bank, BankError, BankPair, Banks, FileBank};
 use crate::boot::{EnvLayout, EnvStore, Slot, UbootBoot};
+use crate::delta::{ApplyError, BankProgress, ReadAt};
 use crate::flasher::{
-    CommandCheck, Ecu, IMAGE_PIECE, Install, InstalledImage, Outcome, Recovered, journaled,
-    version_report,
+    CommandCheck, Ecu, EcuJob, FlashError, IMAGE_PIECE, Install, InstalledImage, Outcome,
+    Recovered, journaled, version_report,
 };
+use crate::remap::{MergeReport, RemapBank, RemapLayout, SparePlan};
+use proto::BlobId;
 
 /// An ECU configuration file.
 #[derive(Debug, Deserialize)]
@@ -62,19 +65,122 @@ pub struct InstalledConfig {
     pub release_counter: u64,
 }
 
-/// The banks: `file` (simulated ECU) or `block` (partitions).
+/// The banks: two, `file` (simulated ECU) or `block` (partitions); or one, `remap` (a single
+/// bank with a spare area, [`crate::remap`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BanksConfig {
-    /// `file` or `block`.
+    /// `file`, `block` or `remap`.
     pub kind: String,
-    /// Slot A's file or partition.
+    /// Slot A's file or partition (`file`, `block`).
     #[serde(rename = "A")]
-    pub a: PathBuf,
-    /// Slot B's file or partition.
+    pub a: Option<PathBuf>,
+    /// Slot B's file or partition (`file`, `block`).
     #[serde(rename = "B")]
-    pub b: PathBuf,
+    pub b: Option<PathBuf>,
+    /// `remap`: the one bank's file or partition.
+    pub device: Option<PathBuf>,
+    /// `remap`: `device` is a partition (default: a file).
+    #[serde(default)]
+    pub block_device: bool,
+    /// `remap`: bytes per block, the unit of remapping (default 4096).
+    pub block_size: Option<u32>,
+    /// `remap`: bytes of spare area at the end of the device (before the two maps).
+    pub spare_bytes: Option<u64>,
 }
+
+/// Block size of a remapping bank unless configured.
+pub const DEFAULT_REMAP_BLOCK: u32 = 4096;
+
+impl BanksConfig {
+    /// The remapping layout of a `remap` bank of `capacity` bytes.
+    pub fn remap_layout(&self, capacity: u64) -> anyhow::Result<RemapLayout> {
+        let spare = self
+            .spare_bytes
+            .context("banks.spare_bytes is required with kind = \"remap\"")?;
+        RemapLayout::fit(
+            capacity,
+            self.block_size.unwrap_or(DEFAULT_REMAP_BLOCK),
+            spare,
+        )
+        .map_err(|e| anyhow::anyhow!("banks: {e}"))
+    }
+}
+
+/// The banks of an ECU opened from its configuration.
+#[derive(Debug)]
+pub enum EcuBanks {
+    /// Two banks (A/B).
+    Pair(BankPair<FileBank>),
+    /// One bank and a spare area.
+    Remap(RemapBank<FileBank>),
+}
+
+macro_rules! each {
+    ($self:ident, $banks:ident => $e:expr) => {
+        match $self {
+            EcuBanks::Pair($banks) => $e,
+            EcuBanks::Remap($banks) => $e,
+        }
+    };
+}
+
+impl Banks for EcuBanks {
+    fn slots(&self) -> [&Slot; 2] {
+        each!(self, b => Banks::slots(b))
+    }
+    fn holds(&self, slot: &Slot, len: u64, expect: BlobId) -> Result<bool, BankError> {
+        each!(self, b => b.holds(slot, len, expect))
+    }
+    fn write_delta<D: ReadAt + ?Sized>(
+        &mut self,
+        running: &Slot,
+        delta: &D,
+        delta_len: u64,
+        expect: BlobId,
+        resume: Option<BankProgress>,
+        record: &mut dyn FnMut(BankProgress, usize) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
+        each!(self, b => b.write_delta(running, delta, delta_len, expect, resume, record))
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn write_image<D: ReadAt + ?Sized>(
+        &mut self,
+        running: &Slot,
+        image: &D,
+        len: u64,
+        expect: BlobId,
+        piece: usize,
+        from_piece: usize,
+        record: &mut dyn FnMut(usize, usize) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
+        each!(self, b => b.write_image(running, image, len, expect, piece, from_piece, record))
+    }
+    fn spare_plan<D: ReadAt + ?Sized>(
+        &self,
+        running: &Slot,
+        payload: &D,
+        len: u64,
+        full_image: bool,
+    ) -> Result<Option<SparePlan>, ApplyError> {
+        each!(self, b => b.spare_plan(running, payload, len, full_image))
+    }
+    fn discard(&mut self, running: &Slot) -> Result<(), BankError> {
+        each!(self, b => b.discard(running))
+    }
+    fn merge<M: crate::boot::Medium>(
+        &mut self,
+        kept: &Slot,
+        boot: &mut UbootBoot<M>,
+        resume: Option<(u64, usize)>,
+        record: &mut dyn FnMut(u64, usize) -> Result<(), FlashError>,
+    ) -> Result<MergeReport, FlashError> {
+        each!(self, b => b.merge(kept, boot, resume, record))
+    }
+}
+
+/// An ECU opened from its configuration file.
+pub type ConfiguredEcu = Ecu<EcuBanks, std::fs::File>;
 
 /// Where the U-Boot environment lives (as in `/etc/fw_env.config`).
 #[derive(Debug, Deserialize)]
@@ -106,12 +212,44 @@ pub fn load_config(path: &Path) -> anyhow::Result<EcuConfig> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let config: EcuConfig =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if config.banks.kind != "file" && config.banks.kind != "block" {
-        bail!(
-            "{}: banks.kind = {:?}: must be \"file\" or \"block\"",
-            path.display(),
-            config.banks.kind
-        );
+    let banks = &config.banks;
+    match banks.kind.as_str() {
+        "file" | "block" => {
+            if banks.a.is_none() || banks.b.is_none() {
+                bail!(
+                    "{}: banks.A and banks.B are required with kind = {:?}",
+                    path.display(),
+                    banks.kind
+                );
+            }
+            if banks.device.is_some() || banks.spare_bytes.is_some() || banks.block_size.is_some() {
+                bail!(
+                    "{}: banks.device, banks.spare_bytes and banks.block_size are for kind = \"remap\"",
+                    path.display()
+                );
+            }
+        }
+        "remap" => {
+            if banks.device.is_none() {
+                bail!(
+                    "{}: banks.device is required with kind = \"remap\"",
+                    path.display()
+                );
+            }
+            if banks.a.is_some() || banks.b.is_some() {
+                bail!(
+                    "{}: kind = \"remap\" has one bank (banks.device), not banks.A and banks.B",
+                    path.display()
+                );
+            }
+            banks
+                .remap_layout(u64::MAX / 2)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+        other => bail!(
+            "{}: banks.kind = {other:?}: must be \"file\", \"block\" or \"remap\"",
+            path.display()
+        ),
     }
     if config.health.command.is_empty() {
         bail!("{}: health.command is empty", path.display());
@@ -123,19 +261,57 @@ fn slot(name: &str) -> anyhow::Result<Slot> {
     Ok(Slot::new(name)?)
 }
 
-/// Opens the ECU a configuration describes.
-pub fn open_ecu(config: &EcuConfig) -> anyhow::Result<Ecu<FileBank, std::fs::File>> {
-    let open = |path: &Path| -> anyhow::Result<FileBank> {
-        Ok(if config.banks.kind == "block" {
+/// The configured banks of an ECU; `format` makes a `remap` device a fresh remapping bank
+/// whose image is what its home area holds (provisioning).
+fn open_banks(config: &EcuConfig, format: bool) -> anyhow::Result<EcuBanks> {
+    let banks = &config.banks;
+    let slots = [slot("A")?, slot("B")?];
+    let open = |path: &Path, block: bool| -> anyhow::Result<FileBank> {
+        Ok(if block {
             FileBank::open_block(path)?
         } else {
             FileBank::open(path)?
         })
     };
-    let banks = BankPair::new(
-        (slot("A")?, open(&config.banks.a)?),
-        (slot("B")?, open(&config.banks.b)?),
-    )?;
+    if banks.kind == "remap" {
+        let device = banks
+            .device
+            .as_deref()
+            .context("banks.device is required with kind = \"remap\"")?;
+        let dev = open(device, banks.block_device)?;
+        let layout = banks.remap_layout(dev.capacity())?;
+        let [a, b] = slots;
+        return Ok(EcuBanks::Remap(if format {
+            RemapBank::format(dev, layout, [a, b])?
+        } else {
+            RemapBank::open(dev, layout, [a, b]).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (a new device is formatted by `vehicle-peer boot --provision`)"
+                )
+            })?
+        }));
+    }
+    let (Some(a), Some(b)) = (&banks.a, &banks.b) else {
+        bail!(
+            "banks.A and banks.B are required with kind = {:?}",
+            banks.kind
+        );
+    };
+    let block = banks.kind == "block";
+    let [sa, sb] = slots;
+    Ok(EcuBanks::Pair(BankPair::new(
+        (sa, open(a, block)?),
+        (sb, open(b, block)?),
+    )?))
+}
+
+/// Opens the ECU a configuration describes.
+pub fn open_ecu(config: &EcuConfig) -> anyhow::Result<ConfiguredEcu> {
+    open_ecu_with(config, false)
+}
+
+fn open_ecu_with(config: &EcuConfig, format: bool) -> anyhow::Result<ConfiguredEcu> {
+    let banks = open_banks(config, format)?;
     let env = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -176,7 +352,7 @@ pub fn open_ecu(config: &EcuConfig) -> anyhow::Result<Ecu<FileBank, std::fs::Fil
 /// fresh boot state: A then B, three tries each).
 pub fn boot(config_path: &Path, provision: bool) -> anyhow::Result<serde_json::Value> {
     let config = load_config(config_path)?;
-    let mut ecu = open_ecu(&config)?;
+    let mut ecu = open_ecu_with(&config, provision)?;
     if provision {
         ecu.boot.provision()?;
     }
@@ -247,22 +423,34 @@ pub fn install(
                 let installed = crate::flasher::running_image(&ecu, &journal)?
                     .map_or(config.installed.release_counter, |i| i.release_counter);
                 let approved = approve(&config, &journal, targets, args.now, installed)?;
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let len = file.metadata()?.len();
+                let job = EcuJob {
+                    approval: &approved,
+                    delta: &file,
+                    delta_len: len,
+                    full_image: args.delta.is_none(),
+                };
+                // Before anything is written: the spare space it needs (remapping banks).
+                let plan = crate::flasher::spare_plan(&ecu, &running, &job)?;
                 let install = match Install::begin(&mut ecu, &journal, &approved, &running) {
                     Err(crate::flasher::FlashError::AlreadyInstalled { target, .. }) => {
                         break 'start json!({"stage": "up_to_date", "image": target});
                     }
                     other => other?,
                 };
-                let file = std::fs::File::open(path)
-                    .with_context(|| format!("opening {}", path.display()))?;
-                let len = file.metadata()?.len();
                 let written = if args.delta.is_some() {
                     install.write(&file, len, progress)?
                 } else {
                     install.write_image(&file, len, IMAGE_PIECE, progress)?
                 };
                 let trial = written.start_trial()?;
-                json!({"stage": "trial", "reboot_into": trial.record().to})
+                let mut summary = json!({"stage": "trial", "reboot_into": trial.record().to});
+                if let Some(plan) = plan {
+                    summary["spare"] = spare_summary(&plan);
+                }
+                summary
             }
             _ => {
                 let record = journaled(&journal, &config.serial)?;
@@ -274,6 +462,15 @@ pub fn install(
             }
         },
     };
+    // After a commit: the remapped blocks go home (resumed after a power cut).
+    let merged = crate::flasher::merge(&mut ecu, &journal)?;
+    if merged.remapped > 0 || merged.blocks_copied > 0 {
+        summary["merge"] = serde_json::to_value(merged)?;
+    }
+    if let EcuBanks::Remap(bank) = &ecu.banks {
+        summary["remap"] = bank.status()?;
+        summary["flash_writes"] = serde_json::to_value(bank.writes())?;
+    }
     summary["ecu"] = json!(config.serial);
     summary["running"] = json!(running.as_str());
     if let Some(nonce) = args.report_nonce {
@@ -288,7 +485,7 @@ enum Step {
     Trial,
 }
 
-fn recover<B: Bank, M: crate::boot::Medium, J: Index>(
+fn recover<B: Banks, M: crate::boot::Medium, J: Index>(
     ecu: &mut Ecu<B, M>,
     journal: &J,
 ) -> anyhow::Result<Step> {
@@ -296,6 +493,18 @@ fn recover<B: Bank, M: crate::boot::Medium, J: Index>(
         Recovered::Idle(_) | Recovered::Writing(_) => Step::Start,
         Recovered::Written(_) => Step::Written,
         Recovered::Trial(_) => Step::Trial,
+    })
+}
+
+/// A spare plan as the install summary shows it.
+pub fn spare_summary(plan: &SparePlan) -> serde_json::Value {
+    json!({
+        "block_size": plan.block_size,
+        "image_blocks": plan.image_blocks,
+        "changed_blocks": plan.changed.len(),
+        "needed_bytes": plan.needed_bytes(),
+        "free_bytes": plan.free_bytes(),
+        "fits": plan.fits(),
     })
 }
 

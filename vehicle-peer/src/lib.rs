@@ -13,5 +13,6 @@ pub mod delta;
 pub mod flasher;
 pub mod install;
 pub mod mesh;
+pub mod remap;
 pub mod simulated;
 pub mod tuf_files;

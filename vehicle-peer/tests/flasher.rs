@@ -38,7 +38,7 @@ fn slot(name: &str) -> Slot {
     Slot::new(name).unwrap()
 }
 
-fn ecu(storage: &CrashStorage) -> Ecu<SimBank, SimEnv> {
+fn ecu(storage: &CrashStorage) -> Ecu<BankPair<SimBank>, SimEnv> {
     let banks = BankPair::new(
         (slot("A"), SimBank::open(storage, "banks/A", CAPACITY)),
         (slot("B"), SimBank::open(storage, "banks/B", CAPACITY)),
@@ -175,7 +175,7 @@ fn agent(
     Ok(Outcome::Reboot)
 }
 
-fn ecu_fresh(storage: &CrashStorage) -> Ecu<SimBank, SimEnv> {
+fn ecu_fresh(storage: &CrashStorage) -> Ecu<BankPair<SimBank>, SimEnv> {
     ecu(storage)
 }
 

@@ -81,7 +81,7 @@ fn parts() -> Vec<Part> {
     .collect()
 }
 
-fn ecu(storage: &CrashStorage, part: &Part) -> Ecu<SimBank, SimEnv> {
+fn ecu(storage: &CrashStorage, part: &Part) -> Ecu<BankPair<SimBank>, SimEnv> {
     let bank = |s: &str| SimBank::open(storage, &format!("{}/banks/{s}", part.prefix), CAPACITY);
     let banks = BankPair::new((slot("A"), bank("A")), (slot("B"), bank("B"))).unwrap();
     let env = SimEnv::open(
