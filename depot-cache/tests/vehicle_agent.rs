@@ -70,6 +70,7 @@ fn vehicle(
         key_seed: [9; 32],
         director_key,
         health,
+        single_bank_spare: None,
     };
     let ecu = vehicle_peer::simulated::file_ecu(dir, &ecu).unwrap();
     let extra = format!(

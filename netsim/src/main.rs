@@ -54,6 +54,11 @@ enum Command {
         /// sends; vehicles must find out, keep nothing from it and finish elsewhere.
         #[arg(long)]
         corrupt_peer: bool,
+        /// This many of the vehicles have a single-bank ECU (one bank with a spare area,
+        /// updated in place through a remapping block map, then merged home) instead of A/B
+        /// banks.
+        #[arg(long, default_value_t = 0)]
+        single_bank: usize,
     },
     /// A campaign across a whole fleet in simulated time (flow-level model driven by the real
     /// link policy and campaign gates); prints the outcome and writes summary.json, SVG charts
@@ -115,6 +120,7 @@ fn main() -> ExitCode {
             vehicle_down_kibps,
             depot_up_kibps,
             corrupt_peer,
+            single_bank,
         } => {
             let options = netsim::yard::YardOptions {
                 vehicles,
@@ -126,6 +132,7 @@ fn main() -> ExitCode {
                 vehicle_down_bytes_per_sec: vehicle_down_kibps.map(|k| k.saturating_mul(1024)),
                 depot_up_bytes_per_sec: depot_up_kibps.map(|k| k.saturating_mul(1024)),
                 corrupt_peer,
+                single_bank,
                 verbose: true,
             };
             match netsim::yard::run(&options) {

@@ -46,6 +46,9 @@ pub struct YardOptions {
     /// Add a corrupt peer to the yard: it claims the delta and answers every request with a
     /// corrupt body ([`crate::rogue`]).
     pub corrupt_peer: bool,
+    /// The first this many vehicles have a single-bank ECU ([`vehicle_peer::remap`]: one bank
+    /// and a spare area as large as the bank) instead of A/B banks.
+    pub single_bank: usize,
     /// Print progress lines.
     pub verbose: bool,
 }
@@ -61,6 +64,11 @@ pub struct VehicleResult {
     pub outcome: Option<String>,
     /// Per ECU: the image it runs and from which slot.
     pub ecus: BTreeMap<String, (String, String)>,
+    /// Its ECU's banks: `A/B`, or `single` (remapped in place).
+    pub banks: String,
+    /// A single-bank ECU: flash bytes its agent wrote (spare blocks, maps, merge home), the
+    /// blocks its last merge copied home, and whether both maps are empty again (merged).
+    pub single_bank: Option<Value>,
     /// Verified bytes from the depot.
     pub bytes_from_depot: u64,
     /// Verified bytes from neighbouring vehicles.
@@ -293,6 +301,7 @@ fn write_vehicle(
     health: &str,
     director_url: Option<&str>,
     download_bytes_per_sec: Option<u64>,
+    single_bank: bool,
 ) -> anyhow::Result<PathBuf> {
     let vin = vin(index);
     let serial = format!("GW-{vin}");
@@ -304,6 +313,8 @@ fn write_vehicle(
         key_seed: seed_of(index, 9),
         director_key,
         health,
+        // Spare as large as the bank: any release fits.
+        single_bank_spare: single_bank.then_some(bank_bytes),
     };
     let ecu = vehicle_peer::simulated::file_ecu(dir, &ecu)?;
     let mut extra = String::from("metadata_timeout_secs = 10\nstall_timeout_secs = 30\n");
@@ -416,6 +427,13 @@ fn say(options: &YardOptions, started: Instant, line: &str) {
 pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     if options.vehicles == 0 || options.vehicles > 64 {
         bail!("--vehicles {}: give 1 to 64", options.vehicles);
+    }
+    if options.single_bank > options.vehicles {
+        bail!(
+            "--single-bank {}: the yard has only {} vehicles",
+            options.single_bank,
+            options.vehicles
+        );
     }
     if options.image_bytes < (1 << 20) || options.image_bytes > (1 << 30) {
         bail!("--image-mib: give 1 to 1024");
@@ -697,6 +715,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             health,
             route,
             options.vehicle_down_bytes_per_sec,
+            index < options.single_bank,
         )?;
         let (stop, sender) = (stop.clone(), sender.clone());
         threads.push(std::thread::spawn(move || {
@@ -928,9 +947,28 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
                     )
                 })
                 .collect();
+            let single = status["ecus"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .find(|(_, ecu)| ecu.get("remap").is_some())
+                .map(|(serial, ecu)| {
+                    let merged = ecu["remap"]["maps"].as_array().is_some_and(|maps| {
+                        maps.iter()
+                            .all(|m| m["remapped_blocks"].as_u64() == Some(0))
+                    });
+                    json!({
+                        "ecu": serial,
+                        "flash_writes": ecu["flash_writes"],
+                        "merge": status["merges"][serial.as_str()],
+                        "merged": merged,
+                    })
+                });
             VehicleResult {
                 vin: vins[i].clone(),
                 wave: wave_of[i],
+                banks: if single.is_some() { "single" } else { "A/B" }.to_string(),
+                single_bank: single,
                 outcome: status["last_install"]["outcome"]
                     .as_str()
                     .map(str::to_string),
@@ -1026,7 +1064,18 @@ pub fn table(summary: &YardSummary) -> String {
         let ecus: Vec<String> = r
             .ecus
             .iter()
-            .map(|(serial, (image, slot))| format!("{serial} {image} {slot}"))
+            .map(|(serial, (image, slot))| {
+                let single = if r.banks == "single" {
+                    let home = r
+                        .single_bank
+                        .as_ref()
+                        .map_or(0, |s| s["flash_writes"]["home_bytes"].as_u64().unwrap_or(0));
+                    format!(" single-bank, {} KiB merged home", home / 1024)
+                } else {
+                    String::new()
+                };
+                format!("{serial} {image} {slot}{single}")
+            })
             .collect();
         let mut outcome = r.outcome.clone().unwrap_or_else(|| "not offered".into());
         outcome.truncate(22);

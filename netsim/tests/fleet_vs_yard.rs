@@ -28,6 +28,7 @@ fn the_fleet_model_predicts_a_shaped_yard_within_a_quarter() {
         vehicle_down_bytes_per_sec: Some(32 << 10),
         depot_up_bytes_per_sec: Some(24 << 10),
         corrupt_peer: false,
+        single_bank: 0,
         verbose: true,
     })
     .unwrap();

@@ -22,6 +22,7 @@ fn options(out: &std::path::Path, failing_canary: bool) -> YardOptions {
         vehicle_down_bytes_per_sec: None,
         depot_up_bytes_per_sec: None,
         corrupt_peer: false,
+        single_bank: 2,
         verbose: true,
     }
 }
@@ -58,7 +59,24 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
         assert!(vehicle.report_via.is_some(), "{vehicle:?}");
         assert_eq!(vehicle.delta_bytes, Some(good.delta_bytes), "{vehicle:?}");
         assert!(vehicle.reported_after_secs.is_some(), "{vehicle:?}");
+        // Single-bank ECUs wrote only changed blocks to spare, then merged them home.
+        if let Some(single) = &vehicle.single_bank {
+            assert_eq!(single["merged"], true, "{vehicle:?}");
+            let spare = single["flash_writes"]["spare_bytes"].as_u64().unwrap();
+            assert!(spare > 0 && spare < good.image_bytes, "{vehicle:?}");
+            assert_eq!(single["flash_writes"]["home_bytes"], spare, "{vehicle:?}");
+            assert_eq!(
+                single["merge"]["blocks_copied"],
+                spare / 4096,
+                "{vehicle:?}"
+            );
+        }
     }
+    assert_eq!(
+        good.results.iter().filter(|r| r.banks == "single").count(),
+        2,
+        "{good:?}"
+    );
     assert!(good.completed_after_secs.is_some(), "{good:?}");
     // Half the vehicles have no route to the director: their reports went through the depot.
     assert!(
@@ -100,6 +118,10 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
                 ("ecu/gw-1.bin", "A"),
                 "{vehicle:?}"
             );
+        }
+        if let Some(single) = &vehicle.single_bank {
+            // A rollback drops the new map: home is never written.
+            assert_eq!(single["flash_writes"]["home_bytes"], 0, "{vehicle:?}");
         }
         if vehicle.wave == 1 {
             let outcome = vehicle.outcome.as_deref().unwrap();

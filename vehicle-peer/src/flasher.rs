@@ -746,7 +746,10 @@ where
         let writing = journaled(journal, &ecu.serial)?
             .filter(|r| Some(r.blake3) == job.approval.blake3())
             .is_none_or(|r| matches!(r.stage, Stage::Writing { .. }));
-        if let Some(plan) = spare_plan(ecu, running, job)?.filter(|p| writing && !p.fits()) {
+        if !writing {
+            continue;
+        }
+        if let Some(plan) = spare_plan(ecu, running, job)?.filter(|p| !p.fits()) {
             return Err(FlashError::Bank(BankError::SpareTooSmall {
                 path: std::path::PathBuf::from(&ecu.serial),
                 changed: plan.changed.len() as u64,

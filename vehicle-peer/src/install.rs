@@ -243,7 +243,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<EcuConfig> {
                 );
             }
             banks
-                .remap_layout(u64::MAX / 2)
+                .remap_layout(banks.spare_bytes.unwrap_or(0).saturating_add(1 << 30))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         }
         other => bail!(

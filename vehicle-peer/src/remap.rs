@@ -320,6 +320,7 @@ pub struct RemapBank<B> {
     layout: RemapLayout,
     slots: [Slot; 2],
     writes: Cell<FlashWrites>,
+    merge_batch: usize,
 }
 
 impl<B: Bank> RemapBank<B> {
@@ -385,7 +386,13 @@ impl<B: Bank> RemapBank<B> {
             layout,
             slots,
             writes: Cell::new(FlashWrites::default()),
+            merge_batch: MERGE_BATCH,
         })
+    }
+
+    /// Blocks a merge copies home between syncs and progress records (default 64; at least 1).
+    pub fn set_merge_batch(&mut self, blocks: usize) {
+        self.merge_batch = blocks.max(1);
     }
 
     /// Its layout.
@@ -1024,7 +1031,7 @@ impl<B: Bank> Banks for RemapBank<B> {
             let mut buf = vec![0u8; self.layout.block_size as usize];
             let pairs: Vec<(u32, u32)> = map.entries.iter().map(|(l, s)| (*l, *s)).collect();
             let mut done = from;
-            for batch in pairs[from..].chunks(MERGE_BATCH) {
+            for batch in pairs[from..].chunks(self.merge_batch) {
                 for (logical, spare) in batch {
                     let mut dev = self.dev.borrow_mut();
                     dev.read_exact_at(self.layout.spare_offset(*spare), &mut buf)

@@ -25,16 +25,43 @@ pub struct FileEcu<'a> {
     pub director_key: &'a str,
     /// The health check after a trial boot: a shell command (`exit 0`: healthy).
     pub health: &'a str,
+    /// A single-bank ECU with this many bytes of spare area ([`crate::remap`], blocks of
+    /// 4 KiB) instead of two banks.
+    pub single_bank_spare: Option<u64>,
 }
 
 /// Writes the ECU into `dir` (created) and boots it; returns its `ecu.toml`.
 pub fn file_ecu(dir: &Path, ecu: &FileEcu<'_>) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (target, image, release_counter) = ecu.installed;
-    let mut a = FileBank::create(&dir.join("bank-a.img"), ecu.bank_bytes)?;
-    a.write_all_at(0, image)?;
-    a.sync()?;
-    FileBank::create(&dir.join("bank-b.img"), ecu.bank_bytes)?;
+    let banks = match ecu.single_bank_spare {
+        None => {
+            let mut a = FileBank::create(&dir.join("bank-a.img"), ecu.bank_bytes)?;
+            a.write_all_at(0, image)?;
+            a.sync()?;
+            FileBank::create(&dir.join("bank-b.img"), ecu.bank_bytes)?;
+            format!(
+                "kind = \"file\"\nA = \"{dir}/bank-a.img\"\nB = \"{dir}/bank-b.img\"",
+                dir = dir.display()
+            )
+        }
+        Some(spare) => {
+            let block = crate::install::DEFAULT_REMAP_BLOCK;
+            let layout = crate::remap::RemapLayout {
+                block_size: block,
+                logical_blocks: u32::try_from(ecu.bank_bytes.div_ceil(u64::from(block)))?,
+                spare_blocks: u32::try_from(spare.div_ceil(u64::from(block)).max(1))?,
+            };
+            let mut dev = FileBank::create(&dir.join("bank.img"), layout.physical_len())?;
+            dev.write_all_at(0, image)?;
+            dev.sync()?;
+            format!(
+                "kind = \"remap\"\ndevice = \"{dir}/bank.img\"\nblock_size = {block}\nspare_bytes = {spare}",
+                dir = dir.display(),
+                spare = layout.spare_len(),
+            )
+        }
+    };
     std::fs::write(dir.join("env.img"), vec![0u8; 2048])?;
     std::fs::write(dir.join("ecu.key"), hex::encode(ecu.key_seed))?;
     let sha = proto::tuf::build::TargetDigests::of(image).sha256;
@@ -49,9 +76,7 @@ target = "{target}"
 sha256 = "{sha}"
 release_counter = {release_counter}
 [banks]
-kind = "file"
-A = "{dir}/bank-a.img"
-B = "{dir}/bank-b.img"
+{banks}
 [boot_env]
 path = "{dir}/env.img"
 size = 1024

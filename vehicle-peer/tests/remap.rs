@@ -57,12 +57,14 @@ fn device(storage: &CrashStorage, spare: u32) -> SimBank {
 }
 
 fn ecu_with(storage: &CrashStorage, spare: u32) -> Ecu<RemapBank<SimBank>, SimEnv> {
-    let banks = RemapBank::open(
+    let mut banks = RemapBank::open(
         device(storage, spare),
         layout(spare),
         [slot("A"), slot("B")],
     )
     .unwrap();
+    // Small merge batches: a merge of these few blocks has several durable points to cut.
+    banks.set_merge_batch(4);
     let env = SimEnv::open(storage, "boot/env", 2 * ENV as u64);
     let env_layout = EnvLayout {
         size: ENV,
@@ -345,39 +347,100 @@ fn a_full_image_install_on_a_single_bank_survives_the_same_power_cuts() {
 }
 
 fn power_cuts(case: Case) {
-    let clean = provisioned(&case.old);
-    let base = clean.steps();
+    power_cuts_from(&case, &|| provisioned(&case.old));
+}
+
+/// v1 → v2 committed and merged, then v3 changes other blocks (and some of the same).
+fn second_update() -> (Case, Case) {
+    let first = case();
+    let dir = tempfile::tempdir().unwrap();
+    let mut v3 = first.new.clone();
+    for block in [1usize, 3, 25, 30, 38] {
+        v3[block * BLOCK as usize + 7] ^= 0x33;
+    }
+    let delta = make_delta(dir.path(), &first.new, &v3);
+    let second = Case {
+        full: false,
+        old: first.new.clone(),
+        approval: approve(&v3, "BRK-1", "brake-v2", true),
+        new: v3,
+        delta,
+    };
+    (first, second)
+}
+
+#[test]
+fn power_cuts_in_a_second_update_after_a_merge() {
+    let (first, second) = second_update();
+    power_cuts_from(&second, &|| {
+        let storage = provisioned(&first.old);
+        assert_eq!(
+            lifecycle(&storage, &first, &mut healthy).unwrap(),
+            Outcome::Committed
+        );
+        storage
+    });
+}
+
+#[test]
+fn after_a_rollback_the_next_update_reuses_the_spare_area() {
+    let (first, second) = second_update();
+    let storage = provisioned(&first.old);
+    let mut failing = |_: &Slot| Err("no".to_string());
+    assert!(matches!(
+        lifecycle(&storage, &first, &mut failing).unwrap(),
+        Outcome::RolledBack { .. }
+    ));
+    assert_rolled_back(&storage, &first);
+    // v1 → v3 in one delta, into the spare blocks the dropped map had used.
+    let dir = tempfile::tempdir().unwrap();
+    let direct = Case {
+        full: false,
+        delta: make_delta(dir.path(), &first.old, &second.new),
+        old: first.old.clone(),
+        ..second
+    };
     assert_eq!(
-        lifecycle(&clean, &case, &mut healthy).unwrap(),
+        lifecycle(&storage, &direct, &mut healthy).unwrap(),
         Outcome::Committed
     );
-    assert_merged(&clean, &case);
+    assert_merged(&storage, &direct);
+}
+
+fn power_cuts_from(case: &Case, start: &dyn Fn() -> CrashStorage) {
+    let clean = start();
+    let base = clean.steps();
+    assert_eq!(
+        lifecycle(&clean, case, &mut healthy).unwrap(),
+        Outcome::Committed
+    );
+    assert_merged(&clean, case);
     let steps = clean.steps() - base;
     let mut cut_points = 0;
     let mut rolled_back = 0;
     for torn in [Torn::Lost, Torn::Kept, Torn::FirstHalf] {
         for cut in 1..=steps {
-            let storage = provisioned(&case.old);
+            let storage = start();
             storage.cut_at(storage.steps() + cut);
             assert!(
-                lifecycle(&storage, &case, &mut healthy).is_err(),
+                lifecycle(&storage, case, &mut healthy).is_err(),
                 "cut {cut} did not stop the install"
             );
             let after = storage.crash_image(torn);
             let when = format!("cut {cut} ({torn:?})");
-            assert_every_map_whole(&after, &case, &when);
+            assert_every_map_whole(&after, case, &when);
             let outcome =
-                lifecycle(&after, &case, &mut healthy).unwrap_or_else(|e| panic!("{when}: {e}"));
+                lifecycle(&after, case, &mut healthy).unwrap_or_else(|e| panic!("{when}: {e}"));
             match &outcome {
-                Outcome::Committed => assert_merged(&after, &case),
+                Outcome::Committed => assert_merged(&after, case),
                 Outcome::RolledBack { reason } => {
                     assert!(reason.contains("boot tries exhausted"), "{when}: {reason}");
-                    assert_rolled_back(&after, &case);
+                    assert_rolled_back(&after, case);
                     rolled_back += 1;
                 }
                 Outcome::Reboot => unreachable!(),
             }
-            assert_every_map_whole(&after, &case, &format!("{when}, after"));
+            assert_every_map_whole(&after, case, &format!("{when}, after"));
             cut_points += 1;
         }
     }
