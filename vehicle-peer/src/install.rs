@@ -230,15 +230,15 @@ pub fn load_config(path: &Path) -> anyhow::Result<EcuConfig> {
             }
         }
         "remap" => {
-            if banks.device.is_none() {
-                bail!(
-                    "{}: banks.device is required with kind = \"remap\"",
-                    path.display()
-                );
-            }
             if banks.a.is_some() || banks.b.is_some() {
                 bail!(
                     "{}: kind = \"remap\" has one bank (banks.device), not banks.A and banks.B",
+                    path.display()
+                );
+            }
+            if banks.device.is_none() {
+                bail!(
+                    "{}: banks.device is required with kind = \"remap\"",
                     path.display()
                 );
             }

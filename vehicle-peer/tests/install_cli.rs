@@ -284,6 +284,44 @@ fn bad_configurations_and_arguments_are_refused_by_name() {
         config.replace("kind = \"file\"", "kind = \"nand\""),
     );
     assert!(err.contains("banks.kind = \"nand\""), "{err}");
+    // A single-bank ECU has one device and a spare area, not two banks.
+    let err = bad(
+        "remap-two.toml",
+        config.replace("kind = \"file\"", "kind = \"remap\"\nspare_bytes = 65536"),
+    );
+    assert!(err.contains("not banks.A and banks.B"), "{err}");
+    let remap = |extra: &str| {
+        let start = config.find("[banks]").unwrap();
+        let end = config.find("[boot_env]").unwrap();
+        format!(
+            "{}[banks]\nkind = \"remap\"\n{extra}\n{}",
+            &config[..start],
+            &config[end..]
+        )
+    };
+    let err = bad("remap-device.toml", remap("spare_bytes = 65536"));
+    assert!(err.contains("banks.device is required"), "{err}");
+    let err = bad("remap-spare.toml", remap("device = \"/nonexistent\""));
+    assert!(err.contains("banks.spare_bytes is required"), "{err}");
+    let err = bad(
+        "remap-block.toml",
+        remap("device = \"/nonexistent\"\nspare_bytes = 65536\nblock_size = 3000"),
+    );
+    assert!(
+        err.contains("block size 3000 must be a power of two"),
+        "{err}"
+    );
+    let err = bad(
+        "remap-unformatted.toml",
+        remap(&format!(
+            "device = \"{}\"\nspare_bytes = 65536",
+            run.dir.path().join("bank-b.img").display()
+        )),
+    );
+    assert!(
+        err.contains("neither map copy checks") && err.contains("boot --provision"),
+        "{err}"
+    );
     let err = bad("missing.toml", config.replace("serial = \"BRK-1\"\n", ""));
     assert!(err.contains("missing field `serial`"), "{err}");
     let err = bad(
