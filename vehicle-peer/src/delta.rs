@@ -472,7 +472,7 @@ impl<F: StorageFile> ReadAt for FileRead<'_, F> {
 }
 
 /// The BLAKE3 of the first `len` bytes, read a megabyte at a time.
-fn hash_of<R: ReadAt + ?Sized>(reader: &R, len: u64) -> io::Result<BlobId> {
+pub(crate) fn hash_of<R: ReadAt + ?Sized>(reader: &R, len: u64) -> io::Result<BlobId> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0; READ_CHUNK];
     let mut at = 0u64;

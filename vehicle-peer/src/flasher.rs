@@ -240,6 +240,14 @@ fn store<J: Index>(journal: &J, record: &InstallRecord) -> Result<(), FlashError
         .map_err(|e| FlashError::Journal(format!("writing the record of ECU {}: {e}", record.ecu)))
 }
 
+/// A journal write that failed inside a bank write, as the bank write's error.
+fn journal_failed(error: FlashError) -> ApplyError {
+    ApplyError::Io {
+        what: "journaling the install".into(),
+        source: std::io::Error::other(error.to_string()),
+    }
+}
+
 fn slot(name: &str) -> Result<Slot, FlashError> {
     Slot::new(name).map_err(FlashError::from)
 }
@@ -469,10 +477,7 @@ impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
                     header: hex::encode(p.header_digest),
                     done: p.done,
                 };
-                store(journal, &record).map_err(|e| ApplyError::Io {
-                    what: "journaling the install".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+                store(journal, &record).map_err(journal_failed)?;
                 progress(p.done, total);
                 Ok(())
             },
@@ -542,10 +547,7 @@ impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
                     header: IMAGE_MARK.into(),
                     done,
                 };
-                store(journal, &record).map_err(|e| ApplyError::Io {
-                    what: "journaling the install".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+                store(journal, &record).map_err(journal_failed)?;
                 progress(done, total);
                 Ok(())
             },

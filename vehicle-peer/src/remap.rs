@@ -48,7 +48,9 @@ use serde::Serialize;
 
 use crate::bank::{Bank, BankError, Banks};
 use crate::boot::{Medium, Slot, UbootBoot};
-use crate::delta::{ApplyError, ApplyInputs, BankProgress, DeltaSegments, ReadAt, read_header};
+use crate::delta::{
+    ApplyError, ApplyInputs, BankProgress, DeltaSegments, ReadAt, hash_of, read_header,
+};
 use crate::flasher::FlashError;
 
 const MAGIC: &[u8; 8] = b"DMREMAP1";
@@ -670,7 +672,7 @@ impl<B: Bank> RemapBank<B> {
         }
         self.put_map(other, entries)?;
         let new = self.view(&self.slots[other])?;
-        let actual = hash_view(&new, plan.target_len).map_err(|source| ApplyError::Io {
+        let actual = hash_of(&new, plan.target_len).map_err(|source| ApplyError::Io {
             what: format!("reading the new image of {}", self.path().display()),
             source,
         })?;
@@ -718,19 +720,6 @@ fn blocks_of(at: u64, data: &[u8], bs: u64) -> Result<Vec<(u32, &[u8])>, ApplyEr
                 })
         })
         .collect()
-}
-
-fn hash_view<B: Bank>(view: &LogicalView<'_, B>, len: u64) -> io::Result<BlobId> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    while at < len {
-        let n = usize::try_from((len - at).min(buf.len() as u64)).unwrap_or(buf.len());
-        view.read_exact_at(at, &mut buf[..n])?;
-        hasher.update(&buf[..n]);
-        at += n as u64;
-    }
-    Ok(BlobId::from_bytes(*hasher.finalize().as_bytes()))
 }
 
 /// The image one slot shows: each logical block from its spare block when the map names one,
@@ -877,7 +866,7 @@ impl<B: Bank> Banks for RemapBank<B> {
             // A map that does not check shows no image at all.
             MapCopy::Invalid(_) => return Ok(false),
         };
-        let actual = hash_view(&view, len).map_err(self.io(format!("reading slot {slot}")))?;
+        let actual = hash_of(&view, len).map_err(self.io(format!("reading slot {slot}")))?;
         Ok(actual == expect)
     }
 
