@@ -59,6 +59,8 @@ struct SeedingFile {
     propagation_grace_ms: u64,
     #[serde(default = "max_defer_secs")]
     max_defer_secs: u64,
+    #[serde(default = "distrust_quorum")]
+    distrust_quorum: usize,
 }
 
 impl Default for SeedingFile {
@@ -67,6 +69,7 @@ impl Default for SeedingFile {
             enabled: true,
             propagation_grace_ms: grace_ms(),
             max_defer_secs: max_defer_secs(),
+            distrust_quorum: distrust_quorum(),
         }
     }
 }
@@ -103,6 +106,9 @@ fn grace_ms() -> u64 {
 }
 fn max_defer_secs() -> u64 {
     15
+}
+fn distrust_quorum() -> usize {
+    2
 }
 fn image() -> Vec<String> {
     vec!["image".to_owned()]
@@ -252,6 +258,7 @@ pub fn parse(text: &str) -> Result<DepotConfig, String> {
     let seeding = file.seeding.enabled.then(|| SeedConfig {
         propagation_grace: Duration::from_millis(file.seeding.propagation_grace_ms),
         max_defer: Duration::from_secs(file.seeding.max_defer_secs),
+        distrust_quorum: file.seeding.distrust_quorum,
         ..SeedConfig::default()
     });
     let upload = file.serve.upload_bytes_per_sec;

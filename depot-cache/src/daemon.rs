@@ -417,6 +417,7 @@ struct Figures {
     refused: u64,
     peers: Option<usize>,
     seeding: Option<node::seeding::SeedStats>,
+    accused: Vec<node::seeding::Accused<libp2p::PeerId>>,
     blobs: usize,
     complete: usize,
     store_bytes: u64,
@@ -433,6 +434,11 @@ fn figures(state: &State) -> Figures {
         refused: counters.refused.load(Relaxed).saturating_sub(misses),
         peers: state.tracker.as_ref().map(|t| t.peer_count()),
         seeding: state.tracker.as_ref().map(|t| t.stats()),
+        accused: state
+            .tracker
+            .as_ref()
+            .map(|t| t.accused())
+            .unwrap_or_default(),
         blobs: list.len(),
         complete: list.iter().filter(|info| info.complete).count(),
         store_bytes: state.store.usage().iter().map(|blob| blob.bytes).sum(),
@@ -497,6 +503,18 @@ fn metrics(state: &State) -> String {
         "counter",
         "16 KiB groups left to the asker's neighbours.",
         &[("", seeding.groups_held_back)],
+    );
+    metric(
+        "depotmesh_depot_seeding_distrusts_total",
+        "counter",
+        "Yard peers reported by a vehicle for sending data that failed verification (per reporter, peer and blob).",
+        &[("", seeding.distrusts)],
+    );
+    metric(
+        "depotmesh_depot_seeding_accused_peers",
+        "gauge",
+        "Connected vehicles' reports standing now: (peer, blob) pairs some vehicle distrusts.",
+        &[("", figures.accused.len() as u64)],
     );
     metric(
         "depotmesh_depot_store_bytes",
@@ -615,6 +633,13 @@ fn status_json(state: &State) -> serde_json::Value {
             "deferred": s.deferred,
             "deferral_expired": s.deferral_expired,
             "groups_held_back": s.groups_held_back,
+            "distrusts": s.distrusts,
+            "accused": figures.accused.iter().map(|a| serde_json::json!({
+                "peer": a.peer.to_string(),
+                "blob": a.blob.to_string(),
+                "accusers": a.accusers,
+                "for_everyone": a.for_everyone,
+            })).collect::<Vec<_>>(),
         })),
         "store": {
             "blobs": figures.blobs,

@@ -135,6 +135,11 @@ pub struct CorruptPeer {
     pub lies: u64,
     /// Verified bytes vehicles kept from it (must be 0).
     pub bytes_kept: u64,
+    /// Vehicles that reported it to the depot (`Distrust`), as the depot counts them at the end.
+    pub reported_by: u64,
+    /// Requests the depot served only because the asker's deferral ran out (the depot waited
+    /// on claims nobody could serve); 0 when reports reach it.
+    pub depot_deferrals_expired: u64,
 }
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -994,10 +999,25 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         failing_canary: options.failing_canary,
         vehicle_down_bytes_per_sec: options.vehicle_down_bytes_per_sec,
         depot_up_bytes_per_sec: options.depot_up_bytes_per_sec,
-        corrupt_peer: rogue.as_ref().map(|r| CorruptPeer {
-            peer: r.peer.to_string(),
-            lies: r.lies(),
-            bytes_kept: from_rogue,
+        corrupt_peer: rogue.as_ref().map(|r| {
+            let peer = r.peer.to_string();
+            let reported_by = depot_status["seeding"]["accused"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|accused| accused["peer"].as_str() == Some(peer.as_str()))
+                .filter_map(|accused| accused["accusers"].as_u64())
+                .max()
+                .unwrap_or(0);
+            CorruptPeer {
+                peer,
+                lies: r.lies(),
+                bytes_kept: from_rogue,
+                reported_by,
+                depot_deferrals_expired: depot_status["seeding"]["deferral_expired"]
+                    .as_u64()
+                    .unwrap_or(0),
+            }
         }),
         campaign,
         state: progress["state"]["state"]
@@ -1044,8 +1064,8 @@ pub fn table(summary: &YardSummary) -> String {
     ));
     if let Some(rogue) = &summary.corrupt_peer {
         out.push_str(&format!(
-            "corrupt peer {}: answered {} requests with corrupt data; vehicles kept {} bytes of it\n",
-            rogue.peer, rogue.lies, rogue.bytes_kept
+            "corrupt peer {}: answered {} requests with corrupt data; vehicles kept {} bytes of it; {} reported it to the depot (depot deferrals that ran out: {})\n",
+            rogue.peer, rogue.lies, rogue.bytes_kept, rogue.reported_by, rogue.depot_deferrals_expired
         ));
     }
     out.push_str(&format!(

@@ -149,7 +149,8 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
 
 /// A corrupt peer joins the yard: it holds the delta, says so (the depot's tracker follows it
 /// and points vehicles at it) and corrupts every piece it sends. Every vehicle still commits
-/// v2, nothing it sent was kept, and it was asked (so it was really in the way).
+/// v2, nothing it sent was kept, and it was asked (so it was really in the way); the vehicles
+/// that caught it reported it to the depot, which then stopped deferring to its claims.
 #[test]
 fn a_corrupt_peer_is_caught_and_everyone_still_updates() {
     let work = tempfile::tempdir().unwrap();
@@ -163,6 +164,9 @@ fn a_corrupt_peer_is_caught_and_everyone_still_updates() {
     let rogue = summary.corrupt_peer.clone().unwrap();
     assert!(rogue.lies >= 1, "{rogue:?}");
     assert_eq!(rogue.bytes_kept, 0, "{rogue:?}");
+    // Whoever caught it told the depot, so the depot never waited out a deferral for its claims.
+    assert!(rogue.reported_by >= 1, "{rogue:?}");
+    assert_eq!(rogue.depot_deferrals_expired, 0, "{rogue:?}");
     for vehicle in &summary.results {
         assert_eq!(vehicle.outcome.as_deref(), Some("committed"), "{vehicle:?}");
         assert!(

@@ -162,6 +162,13 @@ pub enum Served {
         /// Peers listed.
         listed: usize,
     },
+    /// Noted that the asker distrusts a peer for a blob, and said who else holds it.
+    Distrust {
+        /// The blob.
+        blob: BlobId,
+        /// Peers listed.
+        listed: usize,
+    },
     /// Took a vehicle's report to relay (stored durably before the answer).
     Report {
         /// The BLAKE3 hash of the report's bytes.
@@ -355,6 +362,7 @@ fn kind_name(message: &Message) -> &'static str {
         Message::Peers(_) => "peers",
         Message::Report(_) => "report",
         Message::ReportTaken(_) => "report taken",
+        Message::Distrust(_) => "distrust",
         _ => "unknown message",
     }
 }
@@ -509,6 +517,22 @@ pub async fn query_peers<St: AsyncRead + AsyncWrite + Unpin>(
     blob: BlobId,
 ) -> Result<Peers, ExchangeError> {
     let question = Message::PeersQuery(PeersQuery { blob });
+    ask(stream, &question, |answer| match answer {
+        Message::Peers(peers) if peers.blob == blob => Ok(peers),
+        other => Err(other),
+    })
+    .await
+}
+
+/// Tells the peer on `stream` (an upstream acting as the yard's tracker) that `peer` (its
+/// identity's bytes) sent data of `blob` that failed verification; returns the upstream's new
+/// answer to who holds `blob`, without that peer. See [`wire::Distrust`].
+pub async fn report_distrust<St: AsyncRead + AsyncWrite + Unpin>(
+    stream: St,
+    blob: BlobId,
+    peer: Vec<u8>,
+) -> Result<Peers, ExchangeError> {
+    let question = Message::Distrust(wire::Distrust { blob, peer });
     ask(stream, &question, |answer| match answer {
         Message::Peers(peers) if peers.blob == blob => Ok(peers),
         other => Err(other),

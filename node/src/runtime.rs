@@ -201,6 +201,7 @@ pub fn spawn_server_with<S: Storage, I: Index>(
                         | Served::Subscription { .. }
                         | Served::Name { .. }
                         | Served::Peers { .. }
+                        | Served::Distrust { .. }
                         | Served::Report { .. },
                     ) => {}
                     Ok(Served::Refused { code }) => {
@@ -288,6 +289,25 @@ async fn serve_stream<S: Storage, I: Index>(
             let listed = peers.peers.len();
             protocol::reply(stream, &Message::Peers(peers)).await?;
             Ok(Served::Peers { blob, listed })
+        }
+        (Message::Distrust(distrust), Some(tracker)) => {
+            let blob = distrust.blob;
+            let Ok(accused) = PeerId::from_bytes(&distrust.peer) else {
+                let detail = "the distrusted peer's identity is not a peer id";
+                return protocol::refuse(
+                    stream,
+                    &Message::Distrust(distrust),
+                    ErrorCode::BadRequest,
+                    detail,
+                )
+                .await;
+            };
+            tracker.swarms(peer, blob);
+            tracker.distrust(peer, blob, accused);
+            let peers = tracker.peers(peer, blob);
+            let listed = peers.peers.len();
+            protocol::reply(stream, &Message::Peers(peers)).await?;
+            Ok(Served::Distrust { blob, listed })
         }
         (Message::Request(mut request), Some(tracker))
             if tracker.is_swarming(&peer, &request.blob) =>
@@ -474,10 +494,12 @@ enum TaskMessage {
         result: Result<PeerId, String>,
         upstream: bool,
     },
-    /// An upstream's answer to "who holds the blob".
+    /// An upstream's answer to "who holds the blob", or to "this peer sent bad data" when
+    /// `distrusted` names it.
     Peers {
         from: PeerId,
         result: Result<proto::wire::Peers, ExchangeError>,
+        distrusted: Option<PeerId>,
     },
     /// The answer to a one-off have query (a peer that cannot subscribe).
     Have {
@@ -616,6 +638,13 @@ pub async fn fetch<S: Storage, I: Index>(
                 }
                 Action::Ban { peer } => {
                     tracing::warn!(%peer, %blob, "peer sent bad data: banned for this blob");
+                    // An upstream may be holding groups back for this peer's claims: say so.
+                    for &upstream in upstreams
+                        .iter()
+                        .filter(|up| **up != peer && connected.contains(up))
+                    {
+                        ask_upstream(net, &sender, upstream, blob, Some(peer));
+                    }
                     banned.push(peer);
                     haves.forget(&peer);
                     fetches.retain(|_, (owner, task)| {
@@ -728,15 +757,21 @@ pub async fn fetch<S: Storage, I: Index>(
                             tracing::debug!(%error, "dialling a neighbour the depot named failed");
                         }
                     }
-                    TaskMessage::Peers { from, result } => match result {
+                    TaskMessage::Peers { from, result, distrusted } => match result {
                         Ok(answer) => {
+                            if distrusted.is_some() {
+                                engine.release_held_back(&from);
+                            }
                             let mut known = connected.clone();
                             known.extend(banned.iter().copied());
                             known.insert(net.peer_id());
                             dial_neighbours(net, &sender, &answer, &known, &mut neighbour_dials, now);
                         }
                         // An upstream that keeps no tracker (an older one) answers BadRequest.
-                        Err(error) => tracing::debug!(peer = %from, %error, "asking for neighbours failed"),
+                        Err(error) => match distrusted {
+                            Some(liar) => tracing::debug!(peer = %from, %liar, %error, "telling the upstream of a banned peer failed"),
+                            None => tracing::debug!(peer = %from, %error, "asking for neighbours failed"),
+                        },
                     },
                     TaskMessage::Have { peer, result } => {
                         haves.polls.remove(&peer);
@@ -865,16 +900,33 @@ fn ask_for_neighbours(
     upstream: PeerId,
     blob: BlobId,
 ) {
+    ask_upstream(net, sender, upstream, blob, None);
+}
+
+/// Asks `upstream` who holds `blob`; with `distrusted`, tells it first that this peer sent bad
+/// data of it (the answer then leaves it out, and what the upstream held back for its claims
+/// it now sends).
+fn ask_upstream(
+    net: &NetHandle,
+    sender: &mpsc::UnboundedSender<TaskMessage>,
+    upstream: PeerId,
+    blob: BlobId,
+    distrusted: Option<PeerId>,
+) {
     let net = net.clone();
     let sender = sender.clone();
     tokio::spawn(async move {
         let result = match net.open_stream(upstream).await {
-            Ok(stream) => protocol::query_peers(stream, blob).await,
+            Ok(stream) => match distrusted {
+                Some(peer) => protocol::report_distrust(stream, blob, peer.to_bytes()).await,
+                None => protocol::query_peers(stream, blob).await,
+            },
             Err(error) => Err(ExchangeError::Io(std::io::Error::other(error))),
         };
         let _ = sender.send(TaskMessage::Peers {
             from: upstream,
             result,
+            distrusted,
         });
     });
 }

@@ -20,6 +20,14 @@
 //! - it served to another connected peer less than [`SeedConfig::propagation_grace`] ago (on
 //!   their way into the yard: the receiver will announce them within a have push interval).
 //!
+//! Claims are not facts. A vehicle that banned a peer for sending data that failed verification
+//! tells the depot ([`Seeder::distrust`], wire [`proto::wire::Distrust`]): that peer's claims and
+//! what was sent to it then hold nothing back from the vehicle that said so, and — once
+//! [`SeedConfig::distrust_quorum`] connected peers said it — from anyone; it is left out of
+//! their [`Seeder::yard`] answers. The depot cannot check the accusation, but believing it only
+//! makes the depot serve more itself, never refuse: a slanderer gains nothing but its own copy
+//! from the depot.
+//!
 //! If that leaves nothing, the asker is *deferred*: the runtime answers `HeldBack`, and the
 //! vehicle asks its neighbours for those groups and the depot for others
 //! ([`crate::engine::Failure::HeldBack`]). A peer deferred for [`SeedConfig::max_defer`] in a
@@ -30,7 +38,7 @@
 //! Everything here is fed `now`; nothing reads a clock, so the rule is table-tested with virtual
 //! time and `netsim` can run it for a simulated yard.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use proto::{BlobId, ChunkGroupRanges};
@@ -47,6 +55,9 @@ pub struct SeedConfig {
     /// Records of served groups kept per blob at most; older ones are dropped first (they only
     /// ever make the depot serve again, never refuse).
     pub max_served_records: usize,
+    /// Connected peers that must distrust a peer (for a blob) before its claims are ignored for
+    /// everyone, not only for those who said so. Zero: never for everyone.
+    pub distrust_quorum: usize,
 }
 
 impl Default for SeedConfig {
@@ -55,6 +66,7 @@ impl Default for SeedConfig {
             propagation_grace: Duration::from_secs(3),
             max_defer: Duration::from_secs(15),
             max_served_records: 4096,
+            distrust_quorum: 2,
         }
     }
 }
@@ -91,21 +103,51 @@ pub struct SeedStats {
     pub deferral_expired: u64,
     /// Groups held back, summed over requests.
     pub groups_held_back: u64,
+    /// Peers reported for bad data (new accuser, accused and blob only).
+    pub distrusts: u64,
 }
 
-#[derive(Debug, Default)]
-struct PeerState {
+/// A peer some connected peers distrust for a blob, for status pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accused<P> {
+    /// The peer said to have sent bad data.
+    pub peer: P,
+    /// The blob.
+    pub blob: BlobId,
+    /// Connected peers that said so.
+    pub accusers: usize,
+    /// Whether its claims are ignored for everyone ([`SeedConfig::distrust_quorum`] reached).
+    pub for_everyone: bool,
+}
+
+/// Peers one peer distrusts per blob, at most this many per blob (a vehicle bans few).
+const MAX_DISTRUSTED: usize = 64;
+
+#[derive(Debug)]
+struct PeerState<P> {
     /// Groups held, per blob, as announced.
     holds: HashMap<BlobId, ChunkGroupRanges>,
     /// Per blob: since when every request was refused in full.
     deferred_since: HashMap<BlobId, Instant>,
+    /// Per blob: peers this one said sent it bad data.
+    distrusts: HashMap<BlobId, BTreeSet<P>>,
+}
+
+impl<P> Default for PeerState<P> {
+    fn default() -> Self {
+        Self {
+            holds: HashMap::new(),
+            deferred_since: HashMap::new(),
+            distrusts: HashMap::new(),
+        }
+    }
 }
 
 /// The depot's super-seeding decisions and the yard's have-maps; see the module docs.
 #[derive(Debug)]
 pub struct Seeder<P> {
     config: SeedConfig,
-    peers: BTreeMap<P, PeerState>,
+    peers: BTreeMap<P, PeerState<P>>,
     /// Per blob: (when, to whom, which groups), oldest first.
     served: HashMap<BlobId, VecDeque<(Instant, P, ChunkGroupRanges)>>,
     stats: SeedStats,
@@ -181,9 +223,10 @@ impl<P: Ord + Clone> Seeder<P> {
         requested: &ChunkGroupRanges,
     ) -> Grant {
         self.expire(now, blob);
+        let ignored = self.ignored(asker, &blob);
         let mut elsewhere = ChunkGroupRanges::empty();
         for (peer, state) in &self.peers {
-            if peer == asker {
+            if peer == asker || ignored.contains(peer) {
                 continue;
             }
             if let Some(held) = state.holds.get(&blob) {
@@ -194,7 +237,7 @@ impl<P: Ord + Clone> Seeder<P> {
         }
         if let Some(records) = self.served.get(&blob) {
             for (_, to, groups) in records {
-                if to != asker && groups.intersects(requested) {
+                if to != asker && !ignored.contains(to) && groups.intersects(requested) {
                     elsewhere = elsewhere.union(&groups.intersection(requested));
                 }
             }
@@ -241,13 +284,80 @@ impl<P: Ord + Clone> Seeder<P> {
         self.record(now, asker, blob, groups);
     }
 
+    /// `asker` says `accused` sent it data of `blob` that failed verification (it banned it):
+    /// from now on `accused`'s claims and what was sent to it hold nothing back from `asker`,
+    /// and from everyone once [`SeedConfig::distrust_quorum`] connected peers said so. Returns
+    /// whether this was news. Ignored from a peer that is not connected, or about itself.
+    pub fn distrust(&mut self, asker: &P, blob: BlobId, accused: P) -> bool {
+        if *asker == accused {
+            return false;
+        }
+        let Some(state) = self.peers.get_mut(asker) else {
+            return false;
+        };
+        let distrusted = state.distrusts.entry(blob).or_default();
+        if distrusted.contains(&accused) || distrusted.len() >= MAX_DISTRUSTED {
+            return false;
+        }
+        distrusted.insert(accused);
+        // It asked to be served in spite of the accused: no deferral to carry over.
+        state.deferred_since.remove(&blob);
+        self.stats.distrusts += 1;
+        true
+    }
+
+    /// Peers whose claims about `blob` hold nothing back from `asker`: those it distrusts, and
+    /// those a quorum of connected peers distrusts.
+    fn ignored(&self, asker: &P, blob: &BlobId) -> BTreeSet<P> {
+        let mut ignored: BTreeSet<P> = self
+            .peers
+            .get(asker)
+            .and_then(|state| state.distrusts.get(blob))
+            .cloned()
+            .unwrap_or_default();
+        let quorum = self.config.distrust_quorum;
+        if quorum > 0 {
+            for accused in self.accused() {
+                if accused.for_everyone && accused.blob == *blob {
+                    ignored.insert(accused.peer);
+                }
+            }
+        }
+        ignored
+    }
+
+    /// Every peer that some connected peer distrusts, per blob, with how many say so (in peer
+    /// order, then blob).
+    pub fn accused(&self) -> Vec<Accused<P>> {
+        let mut counts: BTreeMap<(P, BlobId), usize> = BTreeMap::new();
+        for state in self.peers.values() {
+            for (blob, peers) in &state.distrusts {
+                for peer in peers {
+                    *counts.entry((peer.clone(), *blob)).or_default() += 1;
+                }
+            }
+        }
+        let quorum = self.config.distrust_quorum;
+        counts
+            .into_iter()
+            .map(|((peer, blob), accusers)| Accused {
+                peer,
+                blob,
+                accusers,
+                for_everyone: quorum > 0 && accusers >= quorum,
+            })
+            .collect()
+    }
+
     /// Peers other than `asker` that announced groups of `blob`, most groups first (ties in
-    /// peer order), at most `limit`.
+    /// peer order), at most `limit`. Peers whose claims hold nothing back from `asker` (see
+    /// [`Seeder::distrust`]) are left out.
     pub fn yard(&self, blob: &BlobId, asker: &P, limit: usize) -> Vec<Holder<P>> {
+        let ignored = self.ignored(asker, blob);
         let mut holders: Vec<Holder<P>> = self
             .peers
             .iter()
-            .filter(|(peer, _)| *peer != asker)
+            .filter(|(peer, _)| *peer != asker && !ignored.contains(peer))
             .filter_map(|(peer, state)| {
                 let groups = state.holds.get(blob)?.group_count();
                 Some(Holder {
@@ -436,6 +546,107 @@ mod tests {
         // A late announcement from a gone peer changes nothing.
         seeder.holds(&2, blob(), &groups(0..100), true);
         assert_eq!(seeder.held_by(&2, &blob()), None);
+    }
+
+    #[test]
+    fn a_distrusted_peer_holds_nothing_back_from_its_accuser_and_from_all_at_quorum() {
+        let (mut seeder, t0) = yard(&[1, 2, 3, 9]);
+        // 9 claims everything and lies; 1 asks first: deferred to 9.
+        seeder.holds(&9, blob(), &groups(0..100), true);
+        assert!(
+            seeder
+                .grant(t0, &1, blob(), &groups(0..16))
+                .serve
+                .is_empty()
+        );
+        assert_eq!(seeder.yard(&blob(), &1, 8).len(), 1);
+        // 1 caught 9: served at once, and 9 is no longer named to it.
+        assert!(seeder.distrust(&1, blob(), 9));
+        assert!(!seeder.distrust(&1, blob(), 9), "said twice is not news");
+        let grant = seeder.grant(t0 + S, &1, blob(), &groups(0..16));
+        assert_eq!(grant.serve, groups(0..16));
+        assert!(!grant.deferral_expired);
+        assert!(seeder.yard(&blob(), &1, 8).is_empty());
+        // One accuser does not speak for the others: 2 still defers to 9 (and to what 1 got).
+        assert!(
+            seeder
+                .grant(t0 + S, &2, blob(), &groups(16..32))
+                .serve
+                .is_empty()
+        );
+        assert_eq!(
+            seeder.accused(),
+            vec![Accused {
+                peer: 9,
+                blob: blob(),
+                accusers: 1,
+                for_everyone: false
+            }]
+        );
+        // A second accuser makes the quorum of 2: 3 is served without having said anything.
+        assert!(seeder.distrust(&2, blob(), 9));
+        assert_eq!(
+            seeder.grant(t0 + S, &3, blob(), &groups(32..48)).serve,
+            groups(32..48)
+        );
+        assert!(seeder.accused()[0].for_everyone);
+        assert!(seeder.yard(&blob(), &3, 8).is_empty());
+        // Only for that blob.
+        let other = BlobId::of(b"other");
+        seeder.holds(&9, other, &groups(0..4), true);
+        assert!(
+            seeder
+                .grant(t0 + S, &3, other, &groups(0..4))
+                .serve
+                .is_empty()
+        );
+        // An accuser that leaves takes its word with it: below the quorum again.
+        seeder.disconnected(&2);
+        assert!(
+            seeder
+                .grant(t0 + S, &3, blob(), &groups(48..64))
+                .serve
+                .is_empty()
+        );
+        assert_eq!(seeder.stats().distrusts, 2);
+    }
+
+    #[test]
+    fn what_was_sent_to_a_distrusted_peer_holds_nothing_back_and_nonsense_is_ignored() {
+        let (mut seeder, t0) = yard(&[1, 9]);
+        seeder.grant(t0, &9, blob(), &groups(0..16));
+        assert!(
+            seeder
+                .grant(t0, &1, blob(), &groups(0..16))
+                .serve
+                .is_empty()
+        );
+        seeder.distrust(&1, blob(), 9);
+        assert_eq!(
+            seeder.grant(t0, &1, blob(), &groups(0..16)).serve,
+            groups(0..16)
+        );
+        // About itself, or from a peer not connected: nothing changes.
+        assert!(!seeder.distrust(&1, blob(), 1));
+        assert!(!seeder.distrust(&5, blob(), 9));
+        // A quorum of zero never ignores a peer for everyone.
+        let mut seeder = Seeder::new(SeedConfig {
+            distrust_quorum: 0,
+            ..SeedConfig::default()
+        });
+        for peer in [1, 2, 3, 9] {
+            seeder.connected(peer);
+        }
+        seeder.holds(&9, blob(), &groups(0..16), true);
+        seeder.distrust(&1, blob(), 9);
+        seeder.distrust(&2, blob(), 9);
+        assert!(
+            seeder
+                .grant(t0, &3, blob(), &groups(0..16))
+                .serve
+                .is_empty()
+        );
+        assert!(!seeder.accused()[0].for_everyone);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! asks the depot anything about a blob, the depot subscribes to that vehicle's have-map for it
 //! (the same subscription vehicles use among themselves). A vehicle's claims are only used to
 //! hold groups back and to point its neighbours at it; a false claim costs its neighbours a
-//! refused request and the depot serves them after [`crate::seeding::SeedConfig::max_defer`].
+//! refused request and the depot serves them after [`crate::seeding::SeedConfig::max_defer`], or
+//! at once once they report the liar ([`proto::wire::Distrust`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::net::{NetEvent, NetEvents, NetHandle};
 use crate::protocol;
-use crate::seeding::{Grant, SeedConfig, SeedStats, Seeder};
+use crate::seeding::{Accused, Grant, SeedConfig, SeedStats, Seeder};
 
 /// How long after a failed have subscription the depot tries that peer and blob again.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(5);
@@ -175,6 +176,18 @@ impl Tracker {
     /// `peer` finished receiving `groups` of `blob`.
     pub fn served(&self, peer: PeerId, blob: BlobId, groups: &ChunkGroupRanges) {
         lock(&self.seeder).served(Instant::now(), &peer, blob, groups);
+    }
+
+    /// `peer` says `accused` sent it bad data of `blob`; see [`Seeder::distrust`].
+    pub fn distrust(&self, peer: PeerId, blob: BlobId, accused: PeerId) {
+        if lock(&self.seeder).distrust(&peer, blob, accused) {
+            tracing::warn!(%peer, %accused, %blob, "a yard peer reports bad data from another: its claims no longer hold back what the reporter is sent");
+        }
+    }
+
+    /// Peers some connected peer distrusts; see [`Seeder::accused`].
+    pub fn accused(&self) -> Vec<Accused<PeerId>> {
+        lock(&self.seeder).accused()
     }
 
     /// The answer to `peer`'s question of who holds `blob`: those holding most first, with

@@ -18,57 +18,10 @@ use libp2p::PeerId;
 use node::net;
 use node::protocol;
 use node::runtime::{self, FetchOptions, ServeCounters};
-use proto::wire::{Message, RangeResponse};
+use proto::wire::Message;
 
 mod common;
-use common::{Store, new_store, start_node};
-
-/// A peer that answers have queries and subscriptions honestly (it holds the whole blob, so a
-/// subscription ends with its first answer) but corrupts one byte of the first group of every
-/// response it sends.
-fn spawn_liar(store: Arc<Store>, mut incoming: net::IncomingStreams) {
-    tokio::spawn(async move {
-        while let Some((_, mut stream)) = incoming.next().await {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let Ok(message) = protocol::read_message(&mut stream).await else {
-                    return;
-                };
-                let reply = match message {
-                    Message::HaveQuery(query) | Message::HaveSubscribe(query) => {
-                        let info = store.info(&query.blob).unwrap();
-                        let have = Message::Have(proto::wire::Have {
-                            blob: query.blob,
-                            size: Some(info.size),
-                            groups: info.held,
-                        });
-                        have.encode().unwrap()
-                    }
-                    Message::Request(request) => {
-                        let mut body = Vec::new();
-                        let (served, _) = store
-                            .serve(&request.blob, &request.groups, &mut body)
-                            .unwrap();
-                        // The last byte of the stream is inside the last group served.
-                        let last = body.len() - 1;
-                        body[last] ^= 0x01;
-                        let mut reply = Message::Response(RangeResponse {
-                            request_id: request.request_id,
-                            groups: served,
-                        })
-                        .encode()
-                        .unwrap();
-                        reply.extend_from_slice(&body);
-                        reply
-                    }
-                    _ => return,
-                };
-                let _ = stream.write_all(&reply).await;
-                let _ = stream.close().await;
-            });
-        }
-    });
-}
+use common::{new_store, spawn_liar, start_node};
 
 /// A peer that says it holds the whole blob, accepts every request and then never answers nor
 /// closes the stream: a process that hung, or a link that went dark without the connection

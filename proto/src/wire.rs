@@ -168,6 +168,19 @@ pub struct Peers {
     pub peers: Vec<YardPeer>,
 }
 
+/// Tells an upstream (the depot, as the yard's tracker) that `peer` sent the asker data of `blob`
+/// that failed verification, so the asker banned it. The upstream stops holding groups back from
+/// the asker for that peer's claims and leaves it out of its answers to the asker; when enough
+/// peers say the same, for everyone. It cannot check the claim, so it only ever makes the
+/// upstream serve more itself, never refuse. Answered by [`Peers`]: the yard without that peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Distrust {
+    /// The blob whose data failed.
+    pub blob: BlobId,
+    /// The peer that sent it: its identity, 1 to [`MAX_PEER_ID_BYTES`] bytes.
+    pub peer: Vec<u8>,
+}
+
 /// Hands a peer (the vehicle's depot) a vehicle's signed version manifest to pass on to the
 /// director. The relay cannot forge or alter it unnoticed: the director checks the vehicle's
 /// and its ECUs' signatures and the nonce it signed for that vehicle.
@@ -327,6 +340,9 @@ pub enum Message {
     Report(Report),
     /// See [`ReportTaken`].
     ReportTaken(ReportTaken),
+    /// See [`Distrust`]. Added after the first release of version 1: a peer that does not know
+    /// it answers `BadRequest`.
+    Distrust(Distrust),
 }
 
 mod kind {
@@ -344,6 +360,7 @@ mod kind {
     pub(super) const PEERS: u8 = 12;
     pub(super) const REPORT: u8 = 13;
     pub(super) const REPORT_TAKEN: u8 = 14;
+    pub(super) const DISTRUST: u8 = 15;
 }
 
 /// Why bytes from a peer are not a valid message. Offsets count from the start of the frame,
@@ -581,6 +598,17 @@ impl Message {
                 out.push(kind::REPORT_TAKEN);
                 out.extend_from_slice(taken.report.as_bytes());
             }
+            Self::Distrust(distrust) => {
+                out.push(kind::DISTRUST);
+                out.extend_from_slice(distrust.blob.as_bytes());
+                if distrust.peer.is_empty() || distrust.peer.len() > MAX_PEER_ID_BYTES {
+                    return Err(EncodeError::BadPeer {
+                        reason: "identity of 0 bytes or more than MAX_PEER_ID_BYTES",
+                    });
+                }
+                put_varint(&mut out, distrust.peer.len() as u64);
+                out.extend_from_slice(&distrust.peer);
+            }
         }
         // Groups stay below 2^32 (5-byte varints), so MAX_RANGES ranges take at most 40 KiB and
         // every message fits; the check keeps that true if a field is ever added.
@@ -687,6 +715,10 @@ impl Message {
             }),
             kind::REPORT_TAKEN => Self::ReportTaken(ReportTaken {
                 report: reader.blob_id("report")?,
+            }),
+            kind::DISTRUST => Self::Distrust(Distrust {
+                blob: reader.blob_id("blob")?,
+                peer: reader.bytes("peer", MAX_PEER_ID_BYTES)?,
             }),
             kind => return Err(WireError::UnknownKind { kind }),
         };
@@ -1003,6 +1035,10 @@ mod tests {
                 manifest: vec![0xff; MAX_REPORT_BYTES],
             }),
             Message::ReportTaken(ReportTaken { report: blob() }),
+            Message::Distrust(Distrust {
+                blob: blob(),
+                peer: vec![7; MAX_PEER_ID_BYTES],
+            }),
             Message::PeersQuery(PeersQuery { blob: blob() }),
             Message::Peers(Peers {
                 blob: blob(),
@@ -1097,6 +1133,37 @@ mod tests {
         assert!(matches!(
             Message::decode_frame(&frame),
             Err(WireError::BadText { field: "name", .. })
+        ));
+    }
+
+    #[test]
+    fn a_distrust_names_one_peer_of_1_to_64_bytes() {
+        for length in [0, MAX_PEER_ID_BYTES + 1] {
+            let message = Message::Distrust(Distrust {
+                blob: BlobId::of(b"x"),
+                peer: vec![1; length],
+            });
+            assert!(matches!(message.encode(), Err(EncodeError::BadPeer { .. })));
+        }
+        // A frame naming an empty identity is refused by field name.
+        let mut frame = Message::Distrust(Distrust {
+            blob: BlobId::of(b"x"),
+            peer: vec![1],
+        })
+        .encode()
+        .unwrap();
+        let at = frame.len() - 2;
+        frame[at] = 0;
+        frame.pop();
+        let length = u32::try_from(frame.len() - LENGTH_PREFIX_BYTES).unwrap();
+        frame[..LENGTH_PREFIX_BYTES].copy_from_slice(&length.to_le_bytes());
+        assert!(matches!(
+            Message::decode_frame(&frame),
+            Err(WireError::InvalidValue {
+                field: "peer",
+                value: 0,
+                ..
+            })
         ));
     }
 
@@ -1392,6 +1459,11 @@ mod tests {
                 .prop_map(|manifest| Message::Report(Report { manifest })),
             blob.clone()
                 .prop_map(|report| Message::ReportTaken(ReportTaken { report })),
+            (
+                blob.clone(),
+                proptest::collection::vec(any::<u8>(), 1..=MAX_PEER_ID_BYTES)
+            )
+                .prop_map(|(blob, peer)| Message::Distrust(Distrust { blob, peer })),
             (
                 blob.clone(),
                 proptest::collection::vec(

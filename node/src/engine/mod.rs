@@ -566,6 +566,19 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         self.needs_schedule = true;
     }
 
+    /// `peer` may now serve groups it held back ([`Failure::HeldBack`]): an upstream that was told
+    /// a peer it deferred to is banned (see [`crate::seeding::Seeder::distrust`]). They are asked
+    /// of it again at once rather than after [`TransferConfig::held_back_hold`].
+    pub fn release_held_back(&mut self, peer: &P) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            if !state.held_back.is_empty() {
+                state.held_back.clear();
+                state.starved = false;
+                self.needs_schedule = true;
+            }
+        }
+    }
+
     /// True when the transfer is not done, nothing is in flight, and no connected peer that is
     /// not banned claims a group it lacks (or, before the size is known, no such peer is
     /// connected at all): it can only wait for new peers or new claims. A benched or busy peer
