@@ -685,22 +685,17 @@ impl Campaign {
             .map(|(v, _)| v.as_str())
     }
 
-    /// Records a vehicle's report and evaluates the gates at `now`.
-    pub fn report(
-        &mut self,
-        vehicle: &str,
-        outcome: Outcome,
-        now: u64,
-    ) -> Result<Option<Decision>, CampaignError> {
-        let open = self.open_wave();
+    /// Whether [`Campaign::report`] would take a report of `vehicle` (it is a member of an
+    /// open wave); changes nothing.
+    pub fn check_report(&self, vehicle: &str) -> Result<(), CampaignError> {
         let member = self
             .members
-            .get_mut(vehicle)
+            .get(vehicle)
             .ok_or_else(|| CampaignError::Report {
                 vehicle: vehicle.to_string(),
                 why: "is not in this campaign's population".into(),
             })?;
-        if member.wave > open {
+        if member.wave > self.open_wave() {
             return Err(CampaignError::Report {
                 vehicle: vehicle.to_string(),
                 why: format!(
@@ -709,6 +704,20 @@ impl Campaign {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Records a vehicle's report and evaluates the gates at `now`.
+    pub fn report(
+        &mut self,
+        vehicle: &str,
+        outcome: Outcome,
+        now: u64,
+    ) -> Result<Option<Decision>, CampaignError> {
+        self.check_report(vehicle)?;
+        let Some(member) = self.members.get_mut(vehicle) else {
+            return Ok(None);
+        };
         self.counters.change(member, false);
         member.outcome = Some(outcome);
         member.reported_at = Some(now);

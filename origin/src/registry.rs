@@ -119,6 +119,14 @@ pub trait Registry: Send + Sync {
     fn put_campaign(&self, id: &str, record: &[u8]) -> anyhow::Result<()>;
     /// Every campaign record, by id.
     fn campaigns(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>>;
+    /// Appends `event` to campaign `id`'s log under sequence number `seq` (see
+    /// `service::Director`: reports between snapshots of a campaign record).
+    fn log_campaign_event(&self, id: &str, seq: u64, event: &[u8]) -> anyhow::Result<()>;
+    /// Campaign `id`'s logged events, oldest first.
+    fn campaign_events(&self, id: &str) -> anyhow::Result<Vec<(u64, Vec<u8>)>>;
+    /// Drops campaign `id`'s logged events up to and including `seq` (a snapshot holds them).
+    /// Need not be durable: events a snapshot holds are skipped when read back.
+    fn drop_campaign_events(&self, id: &str, through: u64) -> anyhow::Result<()>;
 }
 
 /// The embedded registry: a sled database.
@@ -127,6 +135,20 @@ pub struct SledRegistry {
     db: sled::Db,
     vehicles: sled::Tree,
     campaigns: sled::Tree,
+    /// Key: campaign id, a 0 byte, sequence number (8 bytes, big-endian).
+    campaign_log: sled::Tree,
+}
+
+fn log_prefix(id: &str) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+fn log_key(id: &str, seq: u64) -> Vec<u8> {
+    let mut key = log_prefix(id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
 }
 
 impl SledRegistry {
@@ -144,10 +166,14 @@ impl SledRegistry {
         let campaigns = db
             .open_tree("campaigns")
             .context("opening the campaigns tree")?;
+        let campaign_log = db
+            .open_tree("campaign-log")
+            .context("opening the campaign log tree")?;
         Ok(Self {
             db,
             vehicles,
             campaigns,
+            campaign_log,
         })
     }
 
@@ -206,6 +232,43 @@ impl Registry for SledRegistry {
             out.push((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()));
         }
         Ok(out)
+    }
+
+    fn log_campaign_event(&self, id: &str, seq: u64, event: &[u8]) -> anyhow::Result<()> {
+        self.campaign_log
+            .insert(log_key(id, seq), event)
+            .with_context(|| format!("logging event {seq} of campaign {id}"))?;
+        self.flush()
+    }
+
+    fn campaign_events(&self, id: &str) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
+        let prefix = log_prefix(id);
+        let mut out = Vec::new();
+        for entry in self.campaign_log.scan_prefix(&prefix) {
+            let (key, bytes) =
+                entry.with_context(|| format!("reading the log of campaign {id}"))?;
+            let seq = key
+                .get(prefix.len()..)
+                .and_then(|rest| <[u8; 8]>::try_from(rest).ok())
+                .map(u64::from_be_bytes)
+                .with_context(|| format!("the log of campaign {id} holds a damaged key"))?;
+            out.push((seq, bytes.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn drop_campaign_events(&self, id: &str, through: u64) -> anyhow::Result<()> {
+        let mut batch = sled::Batch::default();
+        for entry in self
+            .campaign_log
+            .range(log_key(id, 0)..=log_key(id, through))
+        {
+            let (key, _) = entry.with_context(|| format!("reading the log of campaign {id}"))?;
+            batch.remove(key);
+        }
+        self.campaign_log
+            .apply_batch(batch)
+            .with_context(|| format!("dropping logged events of campaign {id}"))
     }
 }
 

@@ -51,6 +51,55 @@ pub struct CampaignRecord {
     pub bytes: BTreeMap<String, BTreeMap<String, u64>>,
     /// Every decision, with when it was made.
     pub decisions: Vec<(u64, Decision)>,
+    /// The last logged report ([`Counted`]) this record includes.
+    #[serde(default)]
+    pub logged: u64,
+    /// Reports counted since the record was last stored whole.
+    #[serde(skip)]
+    unsaved: u64,
+}
+
+/// A report counted for a campaign. Stored in the campaign's log as it is counted; the whole
+/// record is stored only every [`SNAPSHOT_MIN_EVENTS`] reports or an eighth of the campaign's
+/// assigned vehicles, whichever is more (and at every decision), so a report costs a small
+/// write instead of the whole record — at 200K vehicles, tens of MB.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Counted {
+    vin: String,
+    outcome: Outcome,
+    at: u64,
+    region: String,
+    /// Link class → bytes the vehicle fetched, as it reported them.
+    bytes: BTreeMap<String, u64>,
+}
+
+/// Reports logged at least, between two snapshots of a campaign record.
+pub const SNAPSHOT_MIN_EVENTS: u64 = 256;
+
+impl CampaignRecord {
+    /// Counts `event` (once per vehicle); returns the decision it caused.
+    fn count(
+        &mut self,
+        event: &Counted,
+    ) -> Result<Option<Decision>, crate::campaign::CampaignError> {
+        let decision = match self.campaign.as_mut() {
+            Some(campaign) if campaign.outcome_of(&event.vin).is_none() => {
+                campaign.report(&event.vin, event.outcome, event.at)?
+            }
+            _ => return Ok(None),
+        };
+        let region = self.bytes.entry(event.region.clone()).or_default();
+        for (link, count) in &event.bytes {
+            *region.entry(link.clone()).or_default() += count;
+        }
+        // It installed before a halt withdrew the release: its result counts all the same.
+        self.withdrawn.remove(&event.vin);
+        Ok(decision)
+    }
+
+    fn snapshot_due(&self, min_events: u64) -> bool {
+        self.unsaved >= min_events.max(self.assigned.len() as u64 / 8)
+    }
 }
 
 /// Why a vehicle manifest was refused.
@@ -109,6 +158,7 @@ pub struct Director {
     registry: Box<dyn Registry>,
     campaigns: BTreeMap<String, CampaignRecord>,
     counters: Counters,
+    snapshot_min_events: u64,
 }
 
 impl std::fmt::Debug for Director {
@@ -158,19 +208,56 @@ impl Director {
     }
 
     /// Opens the director of `origin` on `registry`.
+    ///
+    /// Each campaign is its stored record and the reports logged after it, counted again in
+    /// order; a decision one of them caused that was not carried out before the service stopped
+    /// (it stopped between logging the report and storing the decision) is carried out now.
     pub fn with_registry(origin: Origin, registry: Box<dyn Registry>) -> anyhow::Result<Self> {
         let mut campaigns = BTreeMap::new();
+        let mut undone = Vec::new();
         for (id, bytes) in registry.campaigns()? {
-            let record: CampaignRecord = serde_json::from_slice(&bytes)
+            let mut record: CampaignRecord = serde_json::from_slice(&bytes)
                 .with_context(|| format!("the registry's record of campaign {id} is damaged"))?;
+            for (seq, bytes) in registry.campaign_events(&id)? {
+                if seq <= record.logged {
+                    continue;
+                }
+                let event: Counted = serde_json::from_slice(&bytes).with_context(|| {
+                    format!("report {seq} in the log of campaign {id} is damaged")
+                })?;
+                let decision = record.count(&event).with_context(|| {
+                    format!(
+                        "counting report {seq} of campaign {id} ({}) again",
+                        event.vin
+                    )
+                })?;
+                record.logged = seq;
+                record.unsaved += 1;
+                if let Some(decision) = decision {
+                    undone.push((id.clone(), decision, event.at));
+                }
+            }
             campaigns.insert(id, record);
         }
-        Ok(Self {
+        let mut director = Self {
             origin,
             registry,
             campaigns,
             counters: Counters::default(),
-        })
+            snapshot_min_events: SNAPSHOT_MIN_EVENTS,
+        };
+        for (id, decision, at) in undone {
+            director.at(at);
+            director.apply(&id, GATES, decision, at)?;
+        }
+        Ok(director)
+    }
+
+    /// Stores a campaign's record whole after at least `events` logged reports (default
+    /// [`SNAPSHOT_MIN_EVENTS`]; at least one), or an eighth of its assigned vehicles if more.
+    /// Fewer means more bytes written per report and less to count again at a restart.
+    pub fn set_snapshot_min_events(&mut self, events: u64) {
+        self.snapshot_min_events = events.max(1);
     }
 
     /// The origin.
@@ -196,10 +283,15 @@ impl Director {
         audit::append(&self.origin, actor, action, detail).map(|_| ())
     }
 
-    fn save(&self, id: &str) -> anyhow::Result<()> {
-        if let Some(record) = self.campaigns.get(id) {
+    /// Stores campaign `id`'s record whole; the logged reports it includes are dropped.
+    fn save(&mut self, id: &str) -> anyhow::Result<()> {
+        if let Some(record) = self.campaigns.get_mut(id) {
             self.registry
                 .put_campaign(id, &serde_json::to_vec(record)?)?;
+            record.unsaved = 0;
+            if record.logged > 0 {
+                self.registry.drop_campaign_events(id, record.logged)?;
+            }
         }
         Ok(())
     }
@@ -279,6 +371,8 @@ impl Director {
                 before: BTreeMap::new(),
                 bytes: BTreeMap::new(),
                 decisions: Vec::new(),
+                logged: 0,
+                unsaved: 0,
             },
         );
         self.save(&id)
@@ -580,13 +674,6 @@ impl Director {
             }
         }
         let reported_outcome = install["outcome"].as_str().map(str::to_string);
-        vehicle.last_report = Some(LastReport {
-            at: now,
-            nonce: nonce.clone(),
-            manifest: digest,
-            outcome: reported_outcome.clone(),
-        });
-        self.registry.put_vehicle(&vehicle)?;
 
         // Which campaigns this answers: those that signed version `answered` for the vehicle.
         let mut outcomes = BTreeMap::new();
@@ -612,21 +699,31 @@ impl Director {
                 (false, None) => continue,
             };
             // Each vehicle counts once per campaign (a replay cannot get this far).
-            let decision = match record.campaign.as_mut() {
-                Some(campaign) if campaign.outcome_of(vin).is_none() => campaign
-                    .report(vin, outcome, now)
-                    .map_err(|e| rejected(e.to_string()))?,
-                _ => continue,
-            };
-            if let Some(by_link) = install["bytes"].as_object() {
-                let region = record.bytes.entry(vehicle.region.clone()).or_default();
-                for (link, count) in by_link {
-                    *region.entry(link.clone()).or_default() += count.as_u64().unwrap_or(0);
-                }
+            let counts = record
+                .campaign
+                .as_ref()
+                .is_some_and(|campaign| campaign.outcome_of(vin).is_none());
+            if !counts {
+                continue;
             }
-            // It installed before a halt withdrew the release: its result counts all the same.
-            record.withdrawn.remove(vin);
-            outcomes.insert(id.clone(), outcome);
+            let event = Counted {
+                vin: vin.to_string(),
+                outcome,
+                at: now,
+                region: vehicle.region.clone(),
+                bytes: install["bytes"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(link, count)| (link.clone(), count.as_u64().unwrap_or(0)))
+                    .collect(),
+            };
+            // Checked first, so that what is logged is what counts.
+            if let Some(campaign) = record.campaign.as_ref() {
+                campaign
+                    .check_report(vin)
+                    .map_err(|e| rejected(e.to_string()))?;
+            }
             self.audit(
                 vin,
                 "vehicle install",
@@ -641,13 +738,35 @@ impl Director {
                     "nonce": nonce,
                 }),
             )?;
+            // Logged (durably) before it counts: a restart counts it again from the log.
+            let seq = self.campaigns.get(&id).map_or(0, |r| r.logged) + 1;
+            let logged = serde_json::to_vec(&event).map_err(anyhow::Error::from)?;
+            self.registry.log_campaign_event(&id, seq, &logged)?;
+            let record = self.record_mut(&id)?;
+            record.logged = seq;
+            record.unsaved += 1;
+            let decision = record.count(&event).map_err(|e| rejected(e.to_string()))?;
+            outcomes.insert(id.clone(), outcome);
             if let Some(decision) = decision {
                 self.apply(&id, GATES, decision.clone(), now)?;
                 decisions.push((id.clone(), decision));
-            } else {
+            } else if self
+                .campaigns
+                .get(&id)
+                .is_some_and(|r| r.snapshot_due(self.snapshot_min_events))
+            {
                 self.save(&id)?;
             }
         }
+        // The vehicle's record last: until it is stored, a resend of this manifest is counted
+        // again (each campaign counts a vehicle once), so a stop in between loses nothing.
+        vehicle.last_report = Some(LastReport {
+            at: now,
+            nonce: nonce.clone(),
+            manifest: digest,
+            outcome: reported_outcome.clone(),
+        });
+        self.registry.put_vehicle(&vehicle)?;
         Ok(Accepted {
             vin: vin.to_string(),
             duplicate: false,

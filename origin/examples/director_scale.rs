@@ -1,0 +1,159 @@
+//! How the director service scales with the fleet: registers N simulated vehicles (own primary
+//! and ECU keys), runs one campaign (canary 1 %, 10 %, then everyone, no soak) and feeds it every
+//! vehicle's signed manifest through `Director::accept_manifest`, the HTTP handler's own call.
+//! Prints the time to register, to open each wave (signing every member's director targets), per
+//! accepted report (first, median, last thousand), and the registry's size on disk.
+//!
+//! ```sh
+//! cargo run --release -p origin --example director_scale -- --vehicles 20000
+//! ```
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation
+)]
+
+use std::path::Path;
+use std::time::Instant;
+
+use origin::service::Director;
+use serde_json::json;
+
+#[path = "../tests/common/sim_fleet.rs"]
+mod sim_fleet;
+use sim_fleet::{START, gateway_campaign, manifest, origin_with_releases, vehicle_record, vin};
+
+fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            let meta = entry.metadata().unwrap();
+            total += if meta.is_dir() {
+                dir_bytes(&entry.path())
+            } else {
+                meta.len()
+            };
+        }
+    }
+    total
+}
+
+fn main() {
+    let mut vehicles = 20_000usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--vehicles" => {
+                vehicles = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--vehicles takes a count")
+            }
+            other => panic!("unknown argument {other:?} (takes --vehicles N)"),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let origin = origin_with_releases(dir.path());
+    let mut director = Director::open(origin.clone()).unwrap();
+
+    let started = Instant::now();
+    for i in 0..vehicles {
+        director
+            .register(&vehicle_record(i, 20, 500), "ops", START)
+            .unwrap();
+    }
+    let register = started.elapsed().as_secs_f64();
+    println!(
+        "register {vehicles} vehicles: {register:.1} s ({:.2} ms each)",
+        register * 1e3 / vehicles as f64
+    );
+
+    let spec = gateway_campaign("scale", &[1.0, 10.0, 100.0], 0.9, 0.05, 5);
+    director.create(spec, "alice", START).unwrap();
+    let t = Instant::now();
+    director.approve("scale", "bob", START).unwrap();
+    println!("approve (opens wave 1): {:.2} s", t.elapsed().as_secs_f64());
+
+    let mut now = START + 60;
+    let mut reported = vec![false; vehicles];
+    let mut times: Vec<f64> = Vec::with_capacity(vehicles);
+    let mut wave_opens: Vec<f64> = Vec::new();
+    let all = Instant::now();
+    loop {
+        let assigned: Vec<(usize, u64)> = {
+            let record = &director.campaigns()["scale"];
+            (0..vehicles)
+                .filter(|&i| !reported[i])
+                .filter_map(|i| Some((i, *record.assigned.get(&vin(i))?)))
+                .collect()
+        };
+        if assigned.is_empty() {
+            break;
+        }
+        for (i, version) in assigned {
+            let bytes = manifest(
+                i,
+                version,
+                now,
+                "gw/2.0.bin",
+                "committed",
+                json!({"yard-wifi": 21_499, "cellular": 0}),
+            );
+            let t = Instant::now();
+            let accepted = director.accept_manifest(&vin(i), &bytes, now).unwrap();
+            let took = t.elapsed().as_secs_f64();
+            if accepted.decisions.is_empty() {
+                times.push(took);
+            } else {
+                // A report that opened the next wave: signing its members' targets.
+                wave_opens.push(took);
+            }
+            reported[i] = true;
+            now += 1;
+        }
+        let t = Instant::now();
+        let decisions = director.tick(now).unwrap();
+        if !decisions.is_empty() {
+            wave_opens.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let total = all.elapsed().as_secs_f64();
+    let count = times.len();
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mean = |slice: &[f64]| slice.iter().sum::<f64>() / slice.len().max(1) as f64 * 1e3;
+    println!(
+        "{count} reports: {total:.1} s with wave openings; per report first 1000 {:.2} ms, last 1000 {:.2} ms, median {:.2} ms, p99 {:.2} ms",
+        mean(&times[..count.min(1000)]),
+        mean(&times[count.saturating_sub(1000)..]),
+        sorted.get(count / 2).copied().unwrap_or(0.0) * 1e3,
+        sorted.get(count * 99 / 100).copied().unwrap_or(0.0) * 1e3,
+    );
+    println!(
+        "wave openings (report or tick that opened a wave, signing its members' targets): {}",
+        wave_opens
+            .iter()
+            .map(|s| format!("{s:.2} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let state = director.campaigns()["scale"]
+        .campaign
+        .as_ref()
+        .map(|c| format!("{:?}", c.state()));
+    println!(
+        "campaign state: {state:?}; registry on disk {:.1} MiB; origin dir {:.1} MiB",
+        dir_bytes(&origin.dir.join("registry")) as f64 / 1048576.0,
+        dir_bytes(&origin.dir) as f64 / 1048576.0
+    );
+    let t = Instant::now();
+    drop(director);
+    let reopened = Director::open(origin).unwrap();
+    println!(
+        "reopen: {:.2} s ({} campaigns)",
+        t.elapsed().as_secs_f64(),
+        reopened.campaigns().len()
+    );
+}
