@@ -315,14 +315,12 @@ impl<P: Ord + Clone> Seeder<P> {
             .and_then(|state| state.distrusts.get(blob))
             .cloned()
             .unwrap_or_default();
-        let quorum = self.config.distrust_quorum;
-        if quorum > 0 {
-            for accused in self.accused() {
-                if accused.for_everyone && accused.blob == *blob {
-                    ignored.insert(accused.peer);
-                }
-            }
-        }
+        ignored.extend(
+            self.accused()
+                .into_iter()
+                .filter(|accused| accused.for_everyone && accused.blob == *blob)
+                .map(|accused| accused.peer),
+        );
         ignored
     }
 
