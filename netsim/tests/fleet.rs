@@ -128,6 +128,30 @@ fn the_link_policy_decides_who_uses_cellular() {
     assert_eq!(run(weak).cellular_bytes, 0.0);
 }
 
+/// A security fix with one-hour soaks on the 10K scenario's fleet (3 days): once spun for ever,
+/// a vehicle that left its yard within a byte of the delta's end asking for a sub-microsecond
+/// cellular run again and again at the same instant.
+#[test]
+fn a_security_campaign_with_short_soaks_completes() {
+    let text = std::fs::read_to_string("../config/scenarios/fleet-10k.toml").unwrap();
+    let mut s: Scenario = toml::from_str(&text).unwrap();
+    s.days = 3.0;
+    s.release.priority = "security".into();
+    for wave in &mut s.campaign.waves {
+        wave.min_soak_secs = 3600;
+    }
+    s.stop_when_done = true;
+    let summary = run(s);
+    assert_eq!(
+        summary.campaign_state, "completed",
+        "{:?}",
+        summary.decisions
+    );
+    assert!(summary.committed >= 9_900, "{}", summary.committed);
+    assert!(summary.hours_to_fleet.iter().all(Option::is_some));
+    assert!(summary.cellular_bytes > 0.0);
+}
+
 /// One yard, every vehicle parked for the whole run, one wave: the yard's completion against
 /// the fluid bound `max(F/u_depot, F/d, N·F/(u_depot + N·u))`.
 fn one_yard(vehicles: u32, depot_mbit: f64, down_mbit: f64, up_mbit: f64) -> fleet::FleetSummary {

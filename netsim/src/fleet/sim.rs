@@ -32,6 +32,62 @@ use super::scenario::Checked;
 
 const NO_SLOT: u32 = u32::MAX;
 
+/// A vehicle within this many bytes of the end of the delta has all of it. Byte counts are the
+/// fluid model's, fractional; a real download counts whole bytes, and a residue below one byte
+/// would otherwise ask for a cellular run shorter than the clock's resolution (a microsecond),
+/// which moves nothing and is asked for again at the same instant, for ever.
+const WHOLE_DELTA_SLACK: f64 = 1.0;
+
+/// The shortest run of a link the model schedules, in seconds: rounding never spins.
+const MIN_STEP_SECS: f64 = 0.001;
+
+/// Events handled at one instant of virtual time before the run is declared stuck: far more
+/// than any real burst (every vehicle of the fleet acting at once, several times over).
+fn stall_limit(vehicles: u32) -> u64 {
+    (64 * u64::from(vehicles)).max(1_000_000)
+}
+
+/// Watches virtual time move: too many events at one instant means a rule keeps rescheduling
+/// itself without progress, and the run stops with the event that was spinning rather than
+/// never ending.
+#[derive(Debug)]
+struct StallGuard {
+    at: u64,
+    same: u64,
+    limit: u64,
+}
+
+impl StallGuard {
+    fn new(limit: u64) -> Self {
+        Self {
+            at: 0,
+            same: 0,
+            limit,
+        }
+    }
+
+    /// Counts an event at `key` (microseconds of virtual time); an error once `limit` events in
+    /// a row came at the same instant.
+    fn observe(&mut self, key: u64, ev: &Ev) -> anyhow::Result<()> {
+        if key != self.at {
+            self.at = key;
+            self.same = 0;
+        }
+        self.same += 1;
+        if self.same > self.limit {
+            #[allow(clippy::cast_precision_loss)]
+            let secs = key as f64 / 1_000_000.0;
+            anyhow::bail!(
+                "virtual time stopped at {secs:.6} s: {} events in a row at that instant, the \
+                 last {}",
+                self.same,
+                ev.describe()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A 64-bit mix (SplitMix64's finaliser): the model's only source of randomness, so a run
 /// depends on the seed alone.
 fn mix(mut z: u64) -> u64 {
@@ -78,6 +134,34 @@ enum Ev {
     Yard { depot: u32, version: u64 },
     Installed(u32),
     Report(u32),
+}
+
+impl Ev {
+    /// The event, naming its vehicle or depot, for errors.
+    fn describe(&self) -> String {
+        match *self {
+            Self::CampaignStart => "the campaign's start".into(),
+            Self::Tick => "a campaign tick".into(),
+            Self::Sample => "a sample".into(),
+            Self::PrefetchDone(d) => format!("depot {d}'s prefetch ending"),
+            Self::DepotDown(d) => format!("depot {d} going down"),
+            Self::DepotUp(d) => format!("depot {d} coming back"),
+            Self::Depart { vehicle, day } => format!("vehicle {vehicle} departing on day {day}"),
+            Self::Arrive {
+                vehicle,
+                depot,
+                day,
+            } => format!("vehicle {vehicle} arriving at depot {depot} on day {day}"),
+            Self::Learn(v) => format!("vehicle {v} learning of the release"),
+            Self::Decide { vehicle, .. } => {
+                format!("vehicle {vehicle} asking its link policy about cellular")
+            }
+            Self::CellStop { vehicle, .. } => format!("vehicle {vehicle} ending a cellular run"),
+            Self::Yard { depot, .. } => format!("depot {depot}'s yard sharing its links again"),
+            Self::Installed(v) => format!("vehicle {v} finishing its install"),
+            Self::Report(v) => format!("vehicle {v} reporting"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -485,12 +569,14 @@ impl<'a> Model<'a> {
     }
 
     fn run(&mut self) -> anyhow::Result<()> {
+        let mut guard = StallGuard::new(stall_limit(self.sc.scenario.fleet.vehicles));
         while let Some(Reverse((key, _, ev))) = self.queue.pop() {
             #[allow(clippy::cast_precision_loss)]
             let at = key as f64 / 1_000_000.0;
             if at > self.end {
                 break;
             }
+            guard.observe(key, &ev)?;
             self.now = at;
             self.events += 1;
             self.handle(ev)?;
@@ -583,7 +669,7 @@ impl<'a> Model<'a> {
             } => {
                 if self.vehicles[vehicle as usize].generation == generation {
                     self.stop_cell(vehicle);
-                    if self.vehicles[vehicle as usize].have >= self.sc.delta_bytes - 0.5 {
+                    if self.has_whole_delta(vehicle) {
                         self.downloaded(vehicle);
                     } else {
                         self.decide_cellular(vehicle);
@@ -922,7 +1008,7 @@ impl<'a> Model<'a> {
             .downloaders
             .iter()
             .copied()
-            .filter(|&v| self.vehicles[v as usize].have >= f - 0.5)
+            .filter(|&v| self.has_whole_delta(v))
             .collect();
         for v in done {
             self.leave_downloaders(v, d);
@@ -1013,10 +1099,13 @@ impl<'a> Model<'a> {
         }
         let version = yard.version;
         if next.is_finite() {
-            // At least a millisecond on, so that rounding never spins.
-            let at = self.now + next.max(0.001);
+            let at = self.now + next.max(MIN_STEP_SECS);
             self.push(at, Ev::Yard { depot: d, version });
         }
+    }
+
+    fn has_whole_delta(&self, v: u32) -> bool {
+        self.vehicles[v as usize].have >= self.sc.delta_bytes - WHOLE_DELTA_SLACK
     }
 
     fn downloaded(&mut self, v: u32) {
@@ -1039,6 +1128,10 @@ impl<'a> Model<'a> {
             let at = self.campaign_at as u64;
             at
         };
+        if self.vehicles[v as usize].phase == Phase::Downloading && self.has_whole_delta(v) {
+            self.downloaded(v);
+            return;
+        }
         let vehicle = &mut self.vehicles[v as usize];
         if vehicle.phase != Phase::Downloading || vehicle.at.is_some() || vehicle.cell.is_some() {
             return;
@@ -1060,8 +1153,9 @@ impl<'a> Model<'a> {
                     since: self.now,
                     cap,
                 });
-                let run =
-                    (cap / self.sc.cellular).min(self.sc.scenario.vehicle.policy_recheck_secs);
+                let run = (cap / self.sc.cellular)
+                    .min(self.sc.scenario.vehicle.policy_recheck_secs)
+                    .max(MIN_STEP_SECS);
                 self.push(
                     self.now + run,
                     Ev::CellStop {
@@ -1282,4 +1376,37 @@ pub fn peak_rss() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stall_guard_names_the_event_that_keeps_time_still() {
+        let mut guard = StallGuard::new(3);
+        let ev = Ev::CellStop {
+            vehicle: 42,
+            generation: 7,
+        };
+        // Time moving on resets the count, however many events came before.
+        for key in 0..10 {
+            for _ in 0..3 {
+                guard.observe(key, &ev).unwrap();
+            }
+        }
+        let error = guard.observe(9, &ev).unwrap_err().to_string();
+        assert!(
+            error.contains("vehicle 42 ending a cellular run"),
+            "{error}"
+        );
+        assert!(error.contains("at 0.000009 s"), "{error}");
+        assert!(error.contains("4 events"), "{error}");
+    }
+
+    #[test]
+    fn the_stall_limit_grows_with_the_fleet() {
+        assert_eq!(stall_limit(10), 1_000_000);
+        assert_eq!(stall_limit(200_000), 12_800_000);
+    }
 }
