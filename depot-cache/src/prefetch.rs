@@ -121,24 +121,18 @@ pub fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
             };
             // The deltas released with it, for vehicles running an earlier image: signed with
             // the target, fetched and served like it.
-            if let Some(deltas) = info
-                .custom
-                .as_ref()
-                .and_then(|custom| custom.get("deltas"))
-                .and_then(serde_json::Value::as_object)
-            {
-                for (from, delta) in deltas {
-                    let blob = delta["blake3"]
-                        .as_str()
-                        .and_then(|text| text.parse::<proto::BlobId>().ok());
-                    match (blob, delta["length"].as_u64()) {
-                        (Some(blob), Some(length)) => {
-                            targets.push((format!("{name} (delta from {from})"), blob, length));
-                        }
-                        _ => {
-                            tracing::warn!(target = %name, %from, "a listed delta has no valid blake3 and length: not prefetched")
-                        }
+            match proto::custom::ImageCustom::of(&name, &info) {
+                Ok(custom) => {
+                    for (from, delta) in custom.deltas {
+                        targets.push((
+                            format!("{name} (delta from {from})"),
+                            delta.blake3,
+                            delta.length,
+                        ));
                     }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "its signed custom metadata does not read: its deltas are not prefetched");
                 }
             }
             targets.push((name, blob, info.length));

@@ -10,7 +10,9 @@
 
 use std::time::Duration;
 
+use node::director_client::{ClientError, DirectorClient, Sender};
 use node::relay::ReportQueue;
+use proto::Vin;
 
 /// What one round of relaying did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -39,49 +41,52 @@ pub fn relay_once(queue: &ReportQueue, director_url: &str, timeout: Duration) ->
     if pending.is_empty() {
         return round;
     }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let director = match DirectorClient::new(director_url, timeout) {
+        Ok(director) => director,
+        Err(error) => {
+            round.stopped = Some(error.to_string());
+            return round;
+        }
+    };
     for report in pending {
-        let endpoint = format!("{director_url}/v1/vehicles/{}/manifest", report.vin);
-        let response = agent
-            .post(&endpoint)
-            .header("content-type", "application/json")
-            .header("x-depotmesh-relayed", "depot")
-            .send(&report.manifest[..]);
-        let mut response = match response {
-            Ok(response) => response,
-            Err(error) => {
-                round.stopped = Some(format!("{endpoint}: {error}"));
-                return round;
-            }
+        let vin = match Vin::parse(&report.vin) {
+            Ok(vin) => Ok(vin),
+            // The queue holds only reports whose VIN parsed when they were queued.
+            Err(error) => Err(error.to_string()),
         };
-        let status = response.status().as_u16();
-        let answer = response
-            .body_mut()
-            .with_config()
-            .limit(4096)
-            .read_to_string()
-            .unwrap_or_default();
-        match status {
-            200 => {
+        let sent =
+            vin.map(|vin| director.send_manifest(&vin, &report.manifest, Sender::DepotRelay));
+        match sent {
+            Ok(Ok(_)) => {
                 tracing::info!(vin = %report.vin, report = %report.digest, "relayed a report to the director");
                 round.accepted += 1;
             }
-            400 | 403 | 404 | 409 => {
-                tracing::error!(vin = %report.vin, report = %report.digest, status, %answer, "the director refused a relayed report; dropped");
+            Ok(Err(error)) if error.is_final() => {
+                tracing::error!(vin = %report.vin, report = %report.digest, %error, "the director refused a relayed report; dropped");
                 round.refused += 1;
+                let detail = match &error {
+                    ClientError::Refused {
+                        status, message, ..
+                    } => format!("{status} {message}"),
+                    other => other.to_string(),
+                };
                 round.refusals.push(format!(
-                    "{} ({}): {status} {}",
+                    "{} ({}): {detail}",
                     report.vin,
-                    report.digest.short(),
-                    answer.trim()
+                    report.digest.short()
                 ));
             }
-            _ => {
-                round.stopped = Some(format!("{endpoint}: status {status}: {}", answer.trim()));
+            Err(error) => {
+                tracing::error!(vin = %report.vin, report = %report.digest, %error, "a queued report names no valid vehicle; dropped");
+                round.refused += 1;
+                round.refusals.push(format!(
+                    "{} ({}): {error}",
+                    report.vin,
+                    report.digest.short()
+                ));
+            }
+            Ok(Err(error)) => {
+                round.stopped = Some(error.to_string());
                 return round;
             }
         }

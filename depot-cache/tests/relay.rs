@@ -36,12 +36,13 @@ fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
     )
     .unwrap();
     let ecu = origin::director::Assignment {
-        serial: "GW-1".into(),
+        serial: "GW-1".parse().unwrap(),
         hardware_id: "gw-v1".into(),
         target: "ecu/gw-1.bin".into(),
     };
-    origin::director::assign(&origin, "VIN-1", &[ecu], node::policy::Priority::Fix).unwrap();
-    let version = origin::director::targets_version(&origin, "VIN-1");
+    let vin = "VIN-1".parse().unwrap();
+    origin::director::assign(&origin, &vin, &[ecu], node::policy::Priority::Fix).unwrap();
+    let version = origin::director::targets_version(&origin, &vin);
     let director = director_service(&origin);
     let url = director.url.clone();
     register_vehicle(&url, "VIN-1", "GW-1");

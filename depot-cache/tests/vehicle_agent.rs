@@ -171,11 +171,11 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
             _ => Priority::Fix,
         };
         let ecu = Assignment {
-            serial: format!("GW-{vin}"),
+            serial: format!("GW-{vin}").parse().unwrap(),
             hardware_id: "gw-v1".into(),
             target: "ecu/gw-2.bin".into(),
         };
-        origin::director::assign(&origin, vin, &[ecu], priority).unwrap();
+        origin::director::assign(&origin, &vin.parse().unwrap(), &[ecu], priority).unwrap();
     }
 
     // The origin's cache: the image repository (targets and deltas) and each vehicle's

@@ -144,7 +144,7 @@ Director time to update (p50, p90, p99 s): {ttu}.</p>
 </body></html>
 "#,
         timeline = timeline(summary),
-        campaign = escape(&summary.campaign),
+        campaign = escape(summary.campaign.as_str()),
         state = escape(&summary.state),
         reason = summary
             .reason

@@ -18,8 +18,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use origin::campaign::{Gates, Plan, Wave};
+use node::director_client::DirectorClient;
+use origin::campaign::{CampaignSpec, Filters, Gates, Plan, Progress, Wave};
 use origin::repo::Origin;
+use proto::Vin;
+use proto::custom::Priority;
+use proto::director_api::{CreateCampaign, EcuRecord, RegisterVehicle, VehicleRecord};
 use serde_json::{Value, json};
 
 /// What to run.
@@ -102,7 +106,7 @@ pub struct YardSummary {
     /// The depot's upload limit to the yard, bytes per second (`None`: unlimited).
     pub depot_up_bytes_per_sec: Option<u64>,
     /// The campaign's id.
-    pub campaign: String,
+    pub campaign: proto::CampaignId,
     /// Its final state (`completed`, `halted`, …) and, when halted, why.
     pub state: String,
     /// Why it halted.
@@ -207,8 +211,9 @@ pub fn campaign_plan() -> (Vec<Wave>, Gates) {
     (waves, gates)
 }
 
-fn vin(index: usize) -> String {
-    format!("YARD-{:02}", index + 1)
+fn vin(index: usize) -> Vin {
+    // Letters, digits and a dash: always a valid vehicle id.
+    Vin::parse(&format!("YARD-{:02}", index + 1)).unwrap_or_else(|_| unreachable!())
 }
 
 fn seed_of(index: usize, role: u8) -> [u8; 32] {
@@ -271,20 +276,6 @@ fn get_json(http: &ureq::Agent, url: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("GET {url}: not JSON: {text}"))
 }
 
-fn post_json(http: &ureq::Agent, url: &str, body: &Value) -> anyhow::Result<Value> {
-    let mut response = http
-        .post(url)
-        .header("content-type", "application/json")
-        .send(body.to_string())
-        .with_context(|| format!("POST {url}"))?;
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string()?;
-    if status != 200 {
-        bail!("POST {url}: {status} {text}");
-    }
-    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 /// What a vehicle thread tells the run.
 struct VehicleEvent {
     index: usize,
@@ -328,7 +319,7 @@ fn write_vehicle(
     }
     extra.push_str("[link]\nclass = \"yard-wifi\"");
     let vehicle = vehicle_peer::simulated::LoopbackVehicle {
-        vin: &vin,
+        vin: vin.as_str(),
         depot,
         roots,
         director_url,
@@ -384,10 +375,10 @@ fn drive_vehicle(
 fn follow_director(
     origin: Origin,
     store: Arc<node::store::DiskStore>,
-    vins: Vec<String>,
+    vins: Vec<Vin>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut seen: BTreeMap<Vin, u64> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         for vin in &vins {
             let version = origin::director::targets_version(&origin, vin);
@@ -511,14 +502,14 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?.len())))
         .collect();
     let delta_bytes = delta_sizes.values().sum::<u64>();
-    let vins: Vec<String> = (0..options.vehicles).map(vin).collect();
+    let vins: Vec<Vin> = (0..options.vehicles).map(vin).collect();
     for (index, vin) in vins.iter().enumerate() {
         let ecu = origin::director::Assignment {
-            serial: format!("GW-{vin}"),
+            serial: format!("GW-{vin}").parse()?,
             hardware_id: "gw-v1".into(),
             target: "ecu/gw-1.bin".into(),
         };
-        origin::director::assign(&origin, vin, &[ecu], node::policy::Priority::Fix)
+        origin::director::assign(&origin, vin, &[ecu], Priority::Fix)
             .with_context(|| format!("assigning v1 to vehicle {}", index + 1))?;
     }
     say(
@@ -660,6 +651,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     };
     let rogue_peer = rogue.as_ref().map(|r| r.peer.to_string());
     let http = agent();
+    let api = DirectorClient::new(&director_url, Duration::from_secs(30))?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let status = get_json(&http, &format!("{depot_http}/status"))?;
@@ -696,21 +688,28 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let (sender, events) = mpsc::channel();
     let mut threads = Vec::new();
     for (index, vin) in vins.iter().enumerate() {
-        let vehicle = json!({
-            "vin": vin, "region": "yard", "vehicle_type": "tractor", "home_depot": "depot-1",
-            "primary_key": public_hex(seed_of(index, 8)),
-            "ecus": [{"serial": format!("GW-{vin}"), "hardware_id": "gw-v1",
-                      "public_key": public_hex(seed_of(index, 9)), "installed": "ecu/gw-1.bin"}],
-        });
-        post_json(
-            &http,
-            &format!("{director_url}/v1/vehicles"),
-            &json!({"actor": "provisioning", "vehicle": vehicle}),
-        )?;
+        let vehicle = VehicleRecord {
+            vin: vin.clone(),
+            region: "yard".into(),
+            vehicle_type: "tractor".into(),
+            home_depot: "depot-1".into(),
+            primary_key: public_hex(seed_of(index, 8)),
+            ecus: vec![EcuRecord {
+                serial: format!("GW-{vin}").parse()?,
+                hardware_id: "gw-v1".into(),
+                public_key: public_hex(seed_of(index, 9)),
+                installed: Some("ecu/gw-1.bin".into()),
+            }],
+            last_report: None,
+        };
+        api.register(&RegisterVehicle {
+            actor: "provisioning".into(),
+            vehicle,
+        })?;
         // Odd vehicles reach the director themselves; even ones only through the depot.
         let route = (index % 2 == 0).then_some(director_url.as_str());
         let config = write_vehicle(
-            &out.join("vehicles").join(vin),
+            &out.join("vehicles").join(vin.as_str()),
             index,
             &v1,
             bank_bytes,
@@ -736,40 +735,38 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let (waves, gates) = campaign_plan();
     let most = (options.vehicles / 4).max(1);
     let (campaign, plan) = (0..10_000)
-        .map(|k| {
+        .filter_map(|k| {
             let plan = Plan {
-                id: format!("yard-gw-2-{k}"),
+                id: format!("yard-gw-2-{k}").parse().ok()?,
                 waves: waves.clone(),
                 gates: gates.clone(),
             };
-            (plan.id.clone(), plan)
+            Some((plan.id.clone(), plan))
         })
         .find(|(_, plan)| {
-            let canary = vins.iter().filter(|v| plan.wave_of(v) == 0).count();
+            let canary = vins
+                .iter()
+                .filter(|v| plan.wave_of(v.as_str()) == 0)
+                .count();
             (1..=most).contains(&canary)
         })
         .context("no campaign id puts a vehicle in the canary")?;
-    let wave_of: Vec<usize> = vins.iter().map(|v| plan.wave_of(v) + 1).collect();
+    let wave_of: Vec<usize> = vins.iter().map(|v| plan.wave_of(v.as_str()) + 1).collect();
     let canary: BTreeSet<usize> = (0..vins.len()).filter(|&i| wave_of[i] == 1).collect();
-    let spec = json!({
-        "id": campaign,
-        "release": {"gw-v1": "ecu/gw-2.bin"},
-        "fallback": {},
-        "priority": "fix",
-        "filters": {},
-        "waves": waves,
-        "gates": gates,
-    });
-    post_json(
-        &http,
-        &format!("{director_url}/v1/campaigns"),
-        &json!({"actor": "release-manager", "spec": spec}),
-    )?;
-    post_json(
-        &http,
-        &format!("{director_url}/v1/campaigns/{campaign}/approve"),
-        &json!({"by": "fleet-safety"}),
-    )?;
+    let spec = CampaignSpec {
+        id: campaign.clone(),
+        release: BTreeMap::from([("gw-v1".to_string(), "ecu/gw-2.bin".to_string())]),
+        fallback: BTreeMap::new(),
+        priority: Priority::Fix,
+        filters: Filters::default(),
+        waves,
+        gates,
+    };
+    api.create_campaign(&CreateCampaign {
+        actor: "release-manager".into(),
+        spec,
+    })?;
+    api.approve(&campaign, "fleet-safety")?;
     let approved = Instant::now();
     let approved_unix = unix_now();
     say(
@@ -803,7 +800,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let mut statuses: Vec<Value> = vec![Value::Null; vins.len()];
     let mut last_state = String::new();
     let mut last_poll = Instant::now() - Duration::from_secs(10);
-    let mut state = json!({});
+    let mut progress: Option<Progress> = None;
     let end = approved + options.timeout;
     loop {
         match events.recv_timeout(DIRECTOR_POLL / 2) {
@@ -858,22 +855,18 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         }
         if last_poll.elapsed() >= DIRECTOR_POLL {
             last_poll = Instant::now();
-            let all = get_json(&http, &format!("{director_url}/v1/campaigns"))?;
-            if let Some(found) = all["campaigns"]
-                .as_array()
-                .and_then(|list| list.iter().find(|c| c["id"] == campaign.as_str()))
-            {
-                state = found.clone();
+            if let Some(found) = api.campaigns()?.campaign(&campaign) {
+                progress = found.progress.clone();
             }
-            let progress = &state["progress"];
             let now_state = format!(
                 "{} wave {}",
-                progress["state"]["state"].as_str().unwrap_or("?"),
-                progress["open_wave"].as_u64().map_or(0, |w| w + 1)
+                progress.as_ref().map_or("?", |p| p.state.name()),
+                progress.as_ref().map_or(0, |p| p.open_wave + 1)
             );
             if now_state != last_state {
-                let reason = progress["state"]["reason"]
-                    .as_str()
+                let reason = progress
+                    .as_ref()
+                    .and_then(|p| p.state.reason())
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default();
                 say(
@@ -883,19 +876,19 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
                 );
                 last_state = now_state;
             }
-            let name = progress["state"]["state"].as_str().unwrap_or("");
+            let name = progress.as_ref().map_or("", |p| p.state.name());
             if name == "completed" {
                 completed_after.get_or_insert(approved.elapsed().as_secs_f64());
             }
             // Asked after the campaign: a campaign seen completed has every report in.
             if reported_at.iter().any(Option::is_none) {
                 let at = approved.elapsed().as_secs_f64();
-                let records = get_json(&http, &format!("{director_url}/v1/vehicles"))?;
-                for record in records.as_array().into_iter().flatten() {
-                    let report = &record["last_report"];
-                    let this_install = report["outcome"].is_string()
-                        && report["at"].as_u64() >= Some(approved_unix);
-                    let index = vins.iter().position(|vin| record["vin"] == vin.as_str());
+                for record in api.vehicles()? {
+                    let this_install = record
+                        .last_report
+                        .as_ref()
+                        .is_some_and(|r| r.outcome.is_some() && r.at >= approved_unix);
+                    let index = vins.iter().position(|vin| &record.vin == vin);
                     if let (true, Some(index)) = (this_install, index) {
                         reported_at[index].get_or_insert(at);
                     }
@@ -914,7 +907,10 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             bail!(
                 "the campaign did not end within {} s: {}",
                 options.timeout.as_secs(),
-                state["progress"]
+                progress
+                    .as_ref()
+                    .map(|p| serde_json::to_value(p).unwrap_or_default())
+                    .unwrap_or_default()
             );
         }
     }
@@ -934,7 +930,6 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let _ = depot_stop.send(());
     let _ = runtime.block_on(depot_task);
 
-    let progress = &state["progress"];
     let results: Vec<VehicleResult> = (0..vins.len())
         .map(|i| {
             let status = &statuses[i];
@@ -970,7 +965,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
                     })
                 });
             VehicleResult {
-                vin: vins[i].clone(),
+                vin: vins[i].to_string(),
                 wave: wave_of[i],
                 banks: if single.is_some() { "single" } else { "A/B" }.to_string(),
                 single_bank: single,
@@ -1020,12 +1015,17 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             }
         }),
         campaign,
-        state: progress["state"]["state"]
-            .as_str()
-            .unwrap_or("?")
+        state: progress
+            .as_ref()
+            .map_or("?", |p| p.state.name())
             .to_string(),
-        reason: progress["state"]["reason"].as_str().map(str::to_string),
-        time_to_update_secs: progress["time_to_update_secs"].clone(),
+        reason: progress
+            .as_ref()
+            .and_then(|p| p.state.reason())
+            .map(str::to_string),
+        time_to_update_secs: progress
+            .as_ref()
+            .map_or(Value::Null, |p| json!(p.time_to_update_secs)),
         depot_served_bytes: depot_status["served_bytes"].as_u64().unwrap_or(0),
         depot_backhaul_bytes: depot_status["prefetch"]["backhaul_bytes"]
             .as_u64()

@@ -1,7 +1,7 @@
 //! What every depotmesh node shares: the blob store (blobs, bao outboards, verified ranges, durable
 //! progress), the sans-IO transfer engine (which range from which peer, retries, bans), the link
 //! policy (which link may carry which priority class now), the libp2p/tokio runtime that drives
-//! them, and metrics.
+//! them, the director API client, and metrics.
 //!
 //! It must never store, forward or hand on a byte that has not been verified against its blob's
 //! BLAKE3 root, and never record a range as held before that range is durable. The decision logic
@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod director_client;
 pub mod engine;
 pub mod identity;
 pub mod named;

@@ -74,41 +74,7 @@ impl std::str::FromStr for LinkClass {
     }
 }
 
-/// How urgent an update is (campaign priority class).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Priority {
-    /// A security fix.
-    Security,
-    /// A bug fix.
-    Fix,
-    /// A feature release.
-    Feature,
-}
-
-impl Priority {
-    /// All classes, for tables.
-    pub const ALL: [Self; 3] = [Self::Security, Self::Fix, Self::Feature];
-
-    /// Its name in configuration and signed metadata: `security`, `fix`, `feature`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Security => "security",
-            Self::Fix => "fix",
-            Self::Feature => "feature",
-        }
-    }
-}
-
-impl std::str::FromStr for Priority {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name() == text)
-            .ok_or_else(|| format!("priority {text:?} must be security, fix or feature"))
-    }
-}
+pub use proto::custom::Priority;
 
 /// A time of day range, in minutes after midnight; `end < start` wraps past midnight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,20 +9,10 @@ pub fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Checks a vehicle id (VIN): 1 to 64 of `A-Z a-z 0-9 - _`, so that it is safe as a path
+/// Checks a vehicle id (VIN): the rules of [`proto::Vin`], so that it is safe as a path
 /// segment and a repository name (`director/<vin>`).
 pub fn check_vehicle_id(vin: &str) -> Result<(), String> {
-    if vin.is_empty()
-        || vin.len() > 64
-        || !vin
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(format!(
-            "vehicle id {vin:?} must be 1 to 64 of A-Z, a-z, 0-9, - and _"
-        ));
-    }
-    Ok(())
+    proto::Vin::parse(vin).map(drop).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

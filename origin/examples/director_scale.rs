@@ -73,7 +73,9 @@ fn main() {
     let spec = gateway_campaign("scale", &[1.0, 10.0, 100.0], 0.9, 0.05, 5);
     director.create(spec, "alice", START).unwrap();
     let t = Instant::now();
-    director.approve("scale", "bob", START).unwrap();
+    director
+        .approve(&"scale".parse().unwrap(), "bob", START)
+        .unwrap();
     println!("approve (opens wave 1): {:.2} s", t.elapsed().as_secs_f64());
 
     let mut now = START + 60;

@@ -24,325 +24,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use proto::CampaignId;
 use serde::{Deserialize, Serialize};
 
-/// One wave: the share of the population it brings the campaign to, and how long it must run
-/// before the next may open.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Wave {
-    /// Cumulative percentage of the population (0 < p ≤ 100, increasing).
-    pub percent: f64,
-    /// Seconds the wave must run before the next opens.
-    pub min_soak_secs: u64,
-}
+pub use proto::campaign::{
+    CampaignSpec, Counts, Decision, Filters, Gates, Outcome, Plan, Progress, SpecError, State, Wave,
+};
 
-/// The gates, applied to every wave.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Gates {
-    /// Smallest share of the wave's vehicles that must have committed the release to advance.
-    pub min_success: f64,
-    /// Largest share of reports that may be rollbacks before the campaign halts.
-    pub max_rollback: f64,
-    /// Most failed health checks (across the campaign) before it halts.
-    pub max_failed_health: u64,
-    /// Seconds after its wave opened by which a vehicle must have reported, else it counts as
-    /// failed.
-    pub report_timeout_secs: u64,
-    /// Reports a segment needs before its own rates are judged.
-    pub min_reports: u64,
-}
-
-/// A campaign's plan.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Plan {
-    /// The campaign's id (part of the wave hash).
-    pub id: String,
-    /// The waves, in order.
-    pub waves: Vec<Wave>,
-    /// The gates.
-    pub gates: Gates,
-}
-
-impl Plan {
-    /// Checks the plan; the error names what is wrong.
-    pub fn check(&self) -> Result<(), String> {
-        if self.id.is_empty() {
-            return Err("the campaign id is empty".into());
-        }
-        if self.waves.is_empty() {
-            return Err("a campaign needs at least one wave".into());
-        }
-        let mut last = 0.0;
-        for (i, wave) in self.waves.iter().enumerate() {
-            if !(wave.percent > last && wave.percent <= 100.0) {
-                return Err(format!(
-                    "wave {} is {} %: waves must grow, each above the one before and at most 100",
-                    i + 1,
-                    wave.percent
-                ));
-            }
-            last = wave.percent;
-        }
-        if (last - 100.0).abs() > f64::EPSILON {
-            return Err(format!("the last wave reaches {last} %, not 100"));
-        }
-        let g = &self.gates;
-        for (name, value) in [
-            ("min_success", g.min_success),
-            ("max_rollback", g.max_rollback),
-        ] {
-            if !(0.0..=1.0).contains(&value) {
-                return Err(format!("gate {name} = {value}: must be within 0..=1"));
-            }
-        }
-        Ok(())
-    }
-
-    /// Where `vehicle` falls in this campaign, in [0, 1): stable, and independent between
-    /// campaigns.
-    pub fn position(&self, vehicle: &str) -> f64 {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"depotmesh wave v1\0");
-        hasher.update(self.id.as_bytes());
-        hasher.update(b"\0");
-        hasher.update(vehicle.as_bytes());
-        let hash = hasher.finalize();
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&hash.as_bytes()[..8]);
-        // 53 bits: exactly representable.
-        #[allow(clippy::cast_precision_loss)]
-        let position = (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64;
-        position
-    }
-
-    /// The first wave (0-based) `vehicle` belongs to.
-    pub fn wave_of(&self, vehicle: &str) -> usize {
-        let position = self.position(vehicle) * 100.0;
-        self.waves
-            .iter()
-            .position(|w| position < w.percent)
-            .unwrap_or(self.waves.len().saturating_sub(1))
-    }
-}
-
-/// What an operator asks for: a release per hardware id, to which vehicles, how urgently, in
-/// which waves, behind which gates. Read from TOML (`origin campaign create --file`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CampaignSpec {
-    /// The campaign's id: 1 to 64 of `A-Z a-z 0-9 - _ .`.
-    pub id: String,
-    /// Hardware id → image repository target to install on ECUs of that hardware.
-    pub release: BTreeMap<String, String>,
-    /// Hardware id → the earlier target an abort sends vehicles back to (it must still be
-    /// signed in the image repository, with a release counter the ECUs accept).
-    #[serde(default)]
-    pub fallback: BTreeMap<String, String>,
-    /// `security`, `fix` or `feature` (the vehicles' link policy reads it).
-    #[serde(default = "default_priority")]
-    pub priority: String,
-    /// Which vehicles (every list empty: all with an ECU of a released hardware id).
-    #[serde(default)]
-    pub filters: Filters,
-    /// The waves.
-    pub waves: Vec<Wave>,
-    /// The gates.
-    pub gates: Gates,
-}
-
-fn default_priority() -> String {
-    "feature".into()
-}
-
-/// Which vehicles a campaign is for: each non-empty list must contain the vehicle's value.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Filters {
-    /// Regions.
-    #[serde(default)]
-    pub regions: Vec<String>,
-    /// Vehicle types.
-    #[serde(default)]
-    pub vehicle_types: Vec<String>,
-    /// Home depots.
-    #[serde(default)]
-    pub depots: Vec<String>,
-    /// Targets one of its ECUs must run now (e.g. only vehicles on 1.x).
-    #[serde(default)]
-    pub installed: Vec<String>,
-}
-
-impl Filters {
-    /// Whether a vehicle with these attributes passes.
-    pub fn admits(
-        &self,
-        region: &str,
-        vehicle_type: &str,
-        depot: &str,
-        installed: &[&str],
-    ) -> bool {
-        let ok = |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
-        ok(&self.regions, region)
-            && ok(&self.vehicle_types, vehicle_type)
-            && ok(&self.depots, depot)
-            && (self.installed.is_empty()
-                || installed
-                    .iter()
-                    .any(|i| self.installed.iter().any(|f| f == i)))
-    }
-}
-
-impl CampaignSpec {
-    /// The plan the core runs.
-    pub fn plan(&self) -> Plan {
-        Plan {
-            id: self.id.clone(),
-            waves: self.waves.clone(),
-            gates: self.gates.clone(),
-        }
-    }
-
-    /// Checks what can be checked without the repositories; the error names the field.
-    pub fn check(&self) -> Result<(), String> {
-        if self.id.is_empty()
-            || self.id.len() > 64
-            || !self
-                .id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(format!(
-                "id {:?} must be 1 to 64 of A-Z a-z 0-9 - _ .",
-                self.id
-            ));
-        }
-        if self.release.is_empty() {
-            return Err("release must name at least one hardware id and its target".into());
-        }
-        if let Some(hw) = self
-            .fallback
-            .keys()
-            .find(|hw| !self.release.contains_key(*hw))
-        {
-            return Err(format!(
-                "fallback names hardware {hw}, which release does not"
-            ));
-        }
-        if self.priority.parse::<node::policy::Priority>().is_err() {
-            return Err(format!(
-                "priority {:?} must be security, fix or feature",
-                self.priority
-            ));
-        }
-        self.plan().check()
-    }
-}
-
-/// What a vehicle reported for the campaign's release.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Installed, healthy, committed.
-    Committed,
-    /// Rolled back (by the flasher: boot failure, trial exhausted).
-    RolledBack,
-    /// Rolled back because the health check failed.
-    HealthFailed,
-}
-
-/// Where the campaign stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum State {
-    /// Waves `0..=open` are open.
-    Running {
-        /// The last open wave.
-        open: usize,
-    },
-    /// Stopped by a gate (or an operator); resumes only on approval.
-    Halted {
-        /// The last open wave.
-        open: usize,
-        /// Why.
-        reason: String,
-    },
-    /// Every wave done.
-    Completed,
-    /// Called off for good: vehicles that took the release are to be sent back to the earlier
-    /// release (the caller does that, where the earlier release is still signed).
-    Aborted {
-        /// The last open wave.
-        open: usize,
-        /// Why, and who decided.
-        reason: String,
-    },
-}
-
-/// A decision, for the caller to carry out and write to the audit log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "decision", rename_all = "snake_case")]
-pub enum Decision {
-    /// Open wave `wave` (0-based).
-    Advance {
-        /// The wave opened.
-        wave: usize,
-        /// Why.
-        reason: String,
-    },
-    /// Stop handing out the release.
-    Halt {
-        /// Why.
-        reason: String,
-    },
-    /// The last wave passed its gates.
-    Complete {
-        /// Why.
-        reason: String,
-    },
-    /// Resumed on approval.
-    Resume {
-        /// Who approved.
-        by: String,
-    },
-    /// Called off; vehicles that took the release go back to the earlier one.
-    Abort {
-        /// Why, and who decided.
-        reason: String,
-    },
-}
-
-impl Decision {
-    /// The decision's name: `advance`, `halt`, `complete`, `resume`, `abort`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Advance { .. } => "advance",
-            Self::Halt { .. } => "halt",
-            Self::Complete { .. } => "complete",
-            Self::Resume { .. } => "resume",
-            Self::Abort { .. } => "abort",
-        }
-    }
-}
-
-impl Counts {
-    fn reports(&self) -> u64 {
-        self.committed + self.rolled_back + self.health_failed
-    }
-
-    fn failures(&self) -> u64 {
-        self.rolled_back + self.health_failed
-    }
-
-    /// Adds a group's members; `overdue`: the group's report timeout has passed, so its
-    /// members without an outcome count as overdue.
-    fn add(&mut self, tally: &Tally, overdue: bool) {
-        self.assigned += tally.members;
-        self.committed += tally.committed;
-        self.rolled_back += tally.rolled_back;
-        self.health_failed += tally.health_failed;
-        if overdue {
-            self.overdue += tally.unreported;
-        }
+/// Adds a group's members to `counts`; `overdue`: the group's report timeout has passed, so
+/// its members without an outcome count as overdue.
+fn add_tally(counts: &mut Counts, tally: &Tally, overdue: bool) {
+    counts.assigned += tally.members;
+    counts.committed += tally.committed;
+    counts.rolled_back += tally.rolled_back;
+    counts.health_failed += tally.health_failed;
+    if overdue {
+        counts.overdue += tally.unreported;
     }
 }
 
@@ -547,7 +244,7 @@ enum Verdict {
 pub enum CampaignError {
     /// The plan does not hold together.
     #[error("campaign plan: {0}")]
-    Plan(String),
+    Plan(#[from] SpecError),
     /// A report from a vehicle outside the campaign, or for a wave not open.
     #[error("vehicle {vehicle}: {why}")]
     Report {
@@ -558,44 +255,10 @@ pub enum CampaignError {
     },
     /// Resume of a campaign that is not halted.
     #[error("campaign {0} is not halted")]
-    NotHalted(String),
+    NotHalted(CampaignId),
     /// Abort of a campaign that has ended.
     #[error("campaign {0} has already ended (completed or aborted)")]
-    Ended(String),
-}
-
-/// Counts over a group of vehicles (the open waves, or one segment of them).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    /// Vehicles offered the release.
-    pub assigned: u64,
-    /// Committed it.
-    pub committed: u64,
-    /// Rolled back (boot or trial failure).
-    pub rolled_back: u64,
-    /// Rolled back on a failed health check.
-    pub health_failed: u64,
-    /// Silent past the report timeout.
-    pub overdue: u64,
-}
-
-/// A campaign's standing, from [`Campaign::progress`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    /// Its state.
-    pub state: State,
-    /// The last open wave (0-based).
-    pub open_wave: usize,
-    /// When each opened wave opened (Unix seconds).
-    pub opened_at: Vec<u64>,
-    /// Vehicles in the population.
-    pub population: u64,
-    /// Counts over the open waves.
-    pub eligible: Counts,
-    /// Counts per segment, over the open waves.
-    pub segments: BTreeMap<String, Counts>,
-    /// Seconds from a vehicle's wave opening to its commit report: 50th, 90th, 99th percentile.
-    pub time_to_update_secs: [Option<u64>; 3],
+    Ended(CampaignId),
 }
 
 impl Campaign {
@@ -606,7 +269,7 @@ impl Campaign {
         population: impl IntoIterator<Item = (String, Vec<String>)>,
         now: u64,
     ) -> Result<Self, CampaignError> {
-        plan.check().map_err(CampaignError::Plan)?;
+        plan.check()?;
         let members = population
             .into_iter()
             .map(|(vehicle, segments)| {
@@ -738,9 +401,9 @@ impl Campaign {
         for (&wave, tallies) in self.counters.waves.range(..=open) {
             let opened = self.opened_at.get(wave).copied().unwrap_or(now);
             let overdue = now.saturating_sub(opened) >= self.plan.gates.report_timeout_secs;
-            all.add(tallies.all.get(gated), overdue);
+            add_tally(&mut all, tallies.all.get(gated), overdue);
             for (counts, segment) in per_segment.iter_mut().zip(&tallies.segments) {
-                counts.add(segment.get(gated), overdue);
+                add_tally(counts, segment.get(gated), overdue);
             }
         }
         let segments = self
@@ -953,7 +616,7 @@ mod tests {
 
     fn plan() -> Plan {
         Plan {
-            id: "brake-2.0".into(),
+            id: "brake-2.0".parse().unwrap(),
             waves: [1.0, 5.0, 25.0, 100.0]
                 .into_iter()
                 .map(|percent| Wave {
@@ -1004,7 +667,7 @@ mod tests {
             );
         }
         let mut other = plan.clone();
-        other.id = "gateway-3.1".into();
+        other.id = "gateway-3.1".parse().unwrap();
         let same = vehicles
             .iter()
             .filter(|(v, _)| plan.wave_of(v) == 0 && other.wave_of(v) == 0)
@@ -1120,7 +783,7 @@ mod tests {
         );
         assert_eq!(
             campaign.resume("bob", 100_001),
-            Err(CampaignError::NotHalted("brake-2.0".into()))
+            Err(CampaignError::NotHalted("brake-2.0".parse().unwrap()))
         );
         assert!(campaign.may_install(&canary[0]));
         // The acknowledged failure no longer trips the gate; a new one does.
@@ -1195,10 +858,10 @@ mod tests {
     fn bad_plans_and_reports_are_refused_by_name() {
         let mut bad = plan();
         bad.waves[2].percent = 3.0;
-        assert!(bad.check().unwrap_err().contains("wave 3"));
+        assert!(bad.check().unwrap_err().to_string().contains("wave 3"));
         let mut bad = plan();
         bad.waves.pop();
-        assert!(bad.check().unwrap_err().contains("not 100"));
+        assert!(bad.check().unwrap_err().to_string().contains("not 100"));
         let mut campaign = Campaign::start(plan(), fleet(100), 0).unwrap();
         let outsider = campaign.report("NOPE", Outcome::Committed, 1).unwrap_err();
         assert!(outsider.to_string().contains("population"));
@@ -1541,7 +1204,7 @@ mod tests {
         ];
         let waves = *rng.pick(&plans);
         let plan = Plan {
-            id: format!("random-{}", rng.below(1000)),
+            id: format!("random-{}", rng.below(1000)).parse().unwrap(),
             waves: waves
                 .iter()
                 .map(|&percent| Wave {

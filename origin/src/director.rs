@@ -16,7 +16,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use proto::custom::{DirectorCustom, EcuIdentifier, ImageCustom, Priority};
 use proto::tuf::{FetchError, Limits, MemoryStore, Remote, Updater};
+use proto::{EcuSerial, Vin};
 use serde_json::{Map, Value, json};
 
 use crate::repo::Origin;
@@ -26,48 +28,55 @@ use crate::repo::Origin;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     /// The ECU's serial.
-    pub serial: String,
+    pub serial: EcuSerial,
     /// Its hardware id.
     pub hardware_id: String,
     /// The image repository target to install.
     pub target: String,
 }
 
+/// An `--ecu` that is not `SERIAL,HARDWARE_ID,TARGET`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{text:?} is not SERIAL,HARDWARE_ID,TARGET (e.g. BRK-1,brake-v2,ecu/brake-1.2.0.bin){detail}"
+)]
+pub struct AssignmentError {
+    /// What was given.
+    pub text: String,
+    /// What was wrong with a part, if one was.
+    pub detail: String,
+}
+
 impl std::str::FromStr for Assignment {
-    type Err = String;
+    type Err = AssignmentError;
 
     /// `SERIAL,HARDWARE_ID,TARGET`.
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, AssignmentError> {
+        let refuse = |detail: String| AssignmentError {
+            text: text.to_string(),
+            detail,
+        };
         let parts: Vec<&str> = text.splitn(3, ',').collect();
         match parts.as_slice() {
-            [serial, hardware_id, target]
-                if !serial.is_empty() && !hardware_id.is_empty() && !target.is_empty() =>
-            {
+            [serial, hardware_id, target] if !hardware_id.is_empty() && !target.is_empty() => {
                 Ok(Self {
-                    serial: (*serial).to_string(),
+                    serial: EcuSerial::parse(serial).map_err(|e| refuse(format!(": {e}")))?,
                     hardware_id: (*hardware_id).to_string(),
                     target: (*target).to_string(),
                 })
             }
-            _ => Err(format!(
-                "{text:?} is not SERIAL,HARDWARE_ID,TARGET (e.g. BRK-1,brake-v2,ecu/brake-1.2.0.bin)"
-            )),
+            _ => Err(refuse(String::new())),
         }
     }
 }
 
-/// Checks a VIN (or any vehicle id): 1 to 64 of `A-Z a-z 0-9 - _`.
-pub fn check_vin(vin: &str) -> anyhow::Result<()> {
-    node::text::check_vehicle_id(vin).map_err(anyhow::Error::msg)
-}
-
 /// The repository name (under the origin directory) of vehicle `vin`'s director metadata.
-pub fn vehicle_repository(vin: &str) -> String {
+pub fn vehicle_repository(vin: &Vin) -> String {
     format!("director/vehicles/{vin}")
 }
 
 /// The vehicles that have a director repository.
-pub fn vehicles(origin: &Origin) -> anyhow::Result<Vec<String>> {
+pub fn vehicles(origin: &Origin) -> anyhow::Result<Vec<Vin>> {
     let dir = origin.dir.join("director").join("vehicles");
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -77,10 +86,8 @@ pub fn vehicles(origin: &Origin) -> anyhow::Result<Vec<String>> {
     let mut vins = Vec::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        if let Some(vin) = entry.file_name().to_str() {
-            if check_vin(vin).is_ok() {
-                vins.push(vin.to_string());
-            }
+        if let Some(vin) = entry.file_name().to_str().and_then(|v| Vin::parse(v).ok()) {
+            vins.push(vin);
         }
     }
     vins.sort();
@@ -95,11 +102,10 @@ pub fn vehicles(origin: &Origin) -> anyhow::Result<Vec<String>> {
 /// deadline starts to run), so a depot relaying the metadata cannot make an update more urgent.
 pub fn assign(
     origin: &Origin,
-    vin: &str,
+    vin: &Vin,
     assignments: &[Assignment],
-    priority: node::policy::Priority,
+    priority: Priority,
 ) -> anyhow::Result<u64> {
-    check_vin(vin)?;
     if assignments.is_empty() {
         bail!("give at least one --ecu SERIAL,HARDWARE_ID,TARGET");
     }
@@ -127,43 +133,40 @@ pub fn assign(
             .target_info(target)
             .with_context(|| format!("looking up {target} in the image repository"))?
             .with_context(|| format!("the image repository does not list {target}"))?;
-        let custom = file.custom.clone().unwrap_or(Value::Null);
-        let hardware_ids: Vec<&str> = custom["hardware_ids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let mut identifiers = Map::new();
+        let image_custom = ImageCustom::of(target, &file)?;
+        let mut ecu_identifiers = BTreeMap::new();
         for ecu in ecus {
-            if !hardware_ids.contains(&ecu.hardware_id.as_str()) {
+            if !image_custom.fits(&ecu.hardware_id) {
                 bail!(
                     "ECU {} is {} hardware, but the image repository releases {target} for {}",
                     ecu.serial,
                     ecu.hardware_id,
-                    hardware_ids.join(", ")
+                    image_custom.hardware_ids.join(", ")
                 );
             }
-            identifiers.insert(ecu.serial.clone(), json!({"hardware_id": ecu.hardware_id}));
+            ecu_identifiers.insert(
+                ecu.serial.clone(),
+                EcuIdentifier {
+                    hardware_id: ecu.hardware_id.clone(),
+                },
+            );
         }
-        let release_counter = custom["release_counter"]
-            .as_u64()
+        let release_counter = image_custom
+            .release_counter
             .with_context(|| format!("the image repository gives {target} no release_counter"))?;
-        let mut director_custom = json!({
-            "ecu_identifiers": identifiers,
-            "release_counter": release_counter,
-            "priority": priority.name(),
-            "released": origin.now.unix(),
-        });
-        if let Some(blake3) = custom.get("blake3") {
-            director_custom["blake3"] = blake3.clone();
-        }
+        let director_custom = DirectorCustom {
+            ecu_identifiers,
+            release_counter: Some(release_counter),
+            priority: Some(priority),
+            released: u64::try_from(origin.now.unix()).ok(),
+            blake3: image_custom.blake3,
+        };
         entries.insert(
             target.to_string(),
             json!({
                 "length": file.length,
                 "hashes": file.hashes,
-                "custom": director_custom,
+                "custom": director_custom.to_value(),
             }),
         );
     }
@@ -179,8 +182,7 @@ pub fn assign(
 /// Signs a new director targets version for vehicle `vin` that lists nothing: the vehicle is to
 /// keep what it runs (a halted campaign withdraws its release from vehicles that have not
 /// installed it yet). Returns the targets version.
-pub fn withdraw(origin: &Origin, vin: &str) -> anyhow::Result<u64> {
-    check_vin(vin)?;
+pub fn withdraw(origin: &Origin, vin: &Vin) -> anyhow::Result<u64> {
     for role in ["targets", "snapshot", "timestamp"] {
         origin.key("director", role)?;
     }
@@ -193,7 +195,7 @@ pub fn withdraw(origin: &Origin, vin: &str) -> anyhow::Result<u64> {
 }
 
 /// The version of vehicle `vin`'s director targets (0: none signed yet).
-pub fn targets_version(origin: &Origin, vin: &str) -> u64 {
+pub fn targets_version(origin: &Origin, vin: &Vin) -> u64 {
     origin
         .latest(&vehicle_repository(vin), "targets")
         .map_or(0, |(version, _)| version)
@@ -220,7 +222,7 @@ fn publish_vehicle(
 /// Brings vehicle `vin`'s director repository up to date after the director's `role` key was
 /// rotated: the new root version copied in, the targets re-signed with the new key (when it is
 /// the targets key), and a new snapshot and timestamp.
-pub fn after_rotation(origin: &Origin, vin: &str, role: &str) -> anyhow::Result<()> {
+pub fn after_rotation(origin: &Origin, vin: &Vin, role: &str) -> anyhow::Result<()> {
     let repository = vehicle_repository(vin);
     copy_roots(origin, &repository)?;
     let resigned = if role == "targets" {

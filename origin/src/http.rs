@@ -30,10 +30,14 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::campaign::CampaignSpec;
-use crate::registry::VehicleRecord;
+use proto::director_api::{
+    ActionRequest, ApprovedAnswer, CampaignAction, CreateCampaign, CreatedAnswer, DecidedAnswer,
+    ErrorAnswer, RegisterVehicle, RegisteredAnswer, path,
+};
+use proto::{CampaignId, Vin};
+
 use crate::service::{Director, ManifestError};
 
 /// The dashboard page.
@@ -100,7 +104,7 @@ impl IntoResponse for Refused {
         (
             self.0,
             [(header::CONTENT_TYPE, "application/json")],
-            json!({"error": self.1}).to_string(),
+            serde_json::to_string(&ErrorAnswer { error: self.1 }).unwrap_or_default(),
         )
             .into_response()
     }
@@ -110,24 +114,26 @@ fn error(status: StatusCode, message: &str) -> Refused {
     Refused(status, message.to_string())
 }
 
-fn ok_json(value: &Value) -> Response {
+fn ok_json(value: &impl serde::Serialize) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        value.to_string(),
+        serde_json::to_string(value).unwrap_or_default(),
     )
         .into_response()
 }
 
-fn answer(result: anyhow::Result<Value>) -> Result<Response, Refused> {
-    match result {
+fn answer<T: serde::Serialize>(result: anyhow::Result<T>) -> Result<Response, Refused> {
+    match result.and_then(|value| Ok(serde_json::to_value(value)?)) {
         Ok(value) => Ok(ok_json(&value)),
         Err(e) => Err(error(StatusCode::BAD_REQUEST, &format!("{e:#}"))),
     }
 }
 
-/// Reads a JSON object body and one of its string fields.
-fn body(bytes: &[u8]) -> Result<Value, Refused> {
+/// Reads a JSON object body as `T`; the error names the field that was wrong. The `required`
+/// top-level fields are checked first, in that order, so a request missing who sends it says so
+/// before what is wrong deeper in it.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], required: &[&str]) -> Result<T, Refused> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
@@ -140,31 +146,58 @@ fn body(bytes: &[u8]) -> Result<Value, Refused> {
             "the body must be a JSON object",
         ));
     }
-    Ok(value)
+    if let Some(missing) = required.iter().find(|field| value.get(**field).is_none()) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("field {missing} is missing"),
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!("field {path}: ")
+        };
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "the body is not the request this route takes: {at}{}",
+                e.inner()
+            ),
+        )
+    })
 }
 
-fn field(value: &Value, name: &str) -> Result<String, Refused> {
-    value[name]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                &format!("field {name} must be a non-empty string"),
-            )
-        })
+/// Refuses an empty or blank name of a person.
+fn named(field: &str, value: &str) -> Result<(), Refused> {
+    if value.trim().is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("field {field} must be a non-empty string"),
+        ));
+    }
+    Ok(())
+}
+
+/// A path segment parsed as an id; a bad one is named.
+fn path_id<T: std::str::FromStr<Err = proto::IdError>>(text: &str) -> Result<T, Refused> {
+    text.parse()
+        .map_err(|e: proto::IdError| error(StatusCode::BAD_REQUEST, &e.to_string()))
 }
 
 /// The service's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(dashboard))
-        .route("/metrics", get(metrics))
-        .route("/v1/campaigns", get(campaigns).post(create))
-        .route("/v1/campaigns/{id}/{action}", post(act))
-        .route("/v1/vehicles", get(vehicles).post(register))
-        .route("/v1/vehicles/{vin}/manifest", post(manifest))
+        .route(path::METRICS, get(metrics))
+        .route(path::CAMPAIGNS, get(campaigns).post(create))
+        .route(&format!("{}/{{id}}/{{action}}", path::CAMPAIGNS), post(act))
+        .route(path::VEHICLES, get(vehicles).post(register))
+        .route(
+            &format!("{}/{{vin}}/manifest", path::VEHICLES),
+            post(manifest),
+        )
         .with_state(shared)
 }
 
@@ -213,15 +246,13 @@ async fn campaigns(State(shared): State<Arc<Shared>>) -> Result<Response, Refuse
 }
 
 async fn create(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Result<Response, Refused> {
-    let request = body(&bytes)?;
-    let actor = field(&request, "actor")?;
-    let spec: CampaignSpec = serde_json::from_value(request["spec"].clone())
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("field spec: {e}")))?;
+    let CreateCampaign { actor, spec } = body(&bytes, &["actor", "spec"])?;
+    named("actor", &actor)?;
     let id = spec.id.clone();
     let result = shared
         .with(move |d, now| d.create(spec, &actor, now))
         .await?;
-    answer(result.map(|()| json!({"created": id})))
+    answer(result.map(|()| CreatedAnswer { created: id }))
 }
 
 async fn act(
@@ -229,30 +260,40 @@ async fn act(
     Path((id, action)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Result<Response, Refused> {
-    let request = body(&bytes)?;
-    let by = field(&request, "by")?;
-    let reason = match action.as_str() {
-        "halt" | "abort" => field(&request, "reason")?,
-        "approve" | "resume" => String::new(),
-        other => {
+    let action: CampaignAction =
+        action
+            .parse()
+            .map_err(|e: proto::director_api::UnknownAction| {
+                error(StatusCode::NOT_FOUND, &e.to_string())
+            })?;
+    let id: CampaignId = path_id(&id)?;
+    let ActionRequest { by, reason } = body(&bytes, &["by"])?;
+    named("by", &by)?;
+    let reason = match (action.needs_reason(), reason) {
+        (true, Some(reason)) if !reason.trim().is_empty() => reason,
+        (true, _) => {
             return Err(error(
-                StatusCode::NOT_FOUND,
-                &format!("no action {other:?}: approve, halt, resume or abort"),
+                StatusCode::BAD_REQUEST,
+                "field reason must be a non-empty string",
             ));
         }
+        (false, _) => String::new(),
     };
     let result = shared
         .with(move |d, now| -> anyhow::Result<Value> {
-            let decision = match action.as_str() {
-                "approve" => {
+            let decision = match action {
+                CampaignAction::Approve => {
                     d.approve(&id, &by, now)?;
-                    return Ok(json!({"approved": id, "by": by}));
+                    return Ok(serde_json::to_value(ApprovedAnswer { approved: id, by })?);
                 }
-                "halt" => d.halt(&id, &by, &reason, now)?,
-                "resume" => d.resume(&id, &by, now)?,
-                _ => d.abort(&id, &by, &reason, now)?,
+                CampaignAction::Halt => d.halt(&id, &by, &reason, now)?,
+                CampaignAction::Resume => d.resume(&id, &by, now)?,
+                CampaignAction::Abort => d.abort(&id, &by, &reason, now)?,
             };
-            Ok(json!({"campaign": id, "decision": decision}))
+            Ok(serde_json::to_value(DecidedAnswer {
+                campaign: id,
+                decision,
+            })?)
         })
         .await?;
     answer(result)
@@ -260,19 +301,17 @@ async fn act(
 
 async fn vehicles(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
     let result = shared.with(|d, _| d.registry().vehicles()).await?;
-    answer(result.map(|v| json!(v)))
+    answer(result)
 }
 
 async fn register(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Result<Response, Refused> {
-    let request = body(&bytes)?;
-    let actor = field(&request, "actor")?;
-    let vehicle: VehicleRecord = serde_json::from_value(request["vehicle"].clone())
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("field vehicle: {e}")))?;
+    let RegisterVehicle { actor, vehicle } = body(&bytes, &["actor", "vehicle"])?;
+    named("actor", &actor)?;
     let vin = vehicle.vin.clone();
     let result = shared
         .with(move |d, now| d.register(&vehicle, &actor, now))
         .await?;
-    answer(result.map(|()| json!({"registered": vin})))
+    answer(result.map(|()| RegisteredAnswer { registered: vin }))
 }
 
 async fn manifest(
@@ -280,11 +319,12 @@ async fn manifest(
     Path(vin): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, Refused> {
+    let vin: Vin = path_id(&vin)?;
     let result = shared
         .with(move |d, now| d.accept_manifest(&vin, &bytes, now))
         .await?;
     match result {
-        Ok(accepted) => Ok(ok_json(&json!(accepted))),
+        Ok(accepted) => Ok(ok_json(&accepted)),
         Err(e) => {
             let status = match &e {
                 ManifestError::UnknownVehicle(_) => StatusCode::NOT_FOUND,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use node::director_client::{ClientError, DirectorClient};
 use origin::{Origin, repo};
 use proto::tuf::Time;
 
@@ -106,7 +107,7 @@ enum Command {
     Assign {
         /// The vehicle's id (VIN).
         #[arg(long)]
-        vin: String,
+        vin: proto::Vin,
         /// SERIAL,HARDWARE_ID,TARGET: install image repository target TARGET on ECU SERIAL.
         /// Repeatable; the assignment replaces the vehicle's previous one.
         #[arg(long = "ecu", required = true)]
@@ -197,18 +198,18 @@ enum CampaignCommand {
     /// Approve a campaign (not by its creator) and start its first wave.
     Approve {
         /// The campaign id.
-        id: String,
+        id: proto::CampaignId,
     },
     /// Print campaigns' standing (JSON): waves, counts per segment, decisions.
     Status {
         /// Only this campaign.
-        id: Option<String>,
+        id: Option<proto::CampaignId>,
     },
     /// Halt a campaign: no more vehicles get the release; those that have it not installed
     /// have it withdrawn.
     Halt {
         /// The campaign id.
-        id: String,
+        id: proto::CampaignId,
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: String,
@@ -216,12 +217,12 @@ enum CampaignCommand {
     /// Resume a halted campaign (your approval is recorded).
     Resume {
         /// The campaign id.
-        id: String,
+        id: proto::CampaignId,
     },
     /// Call a campaign off for good: vehicles that installed it are sent the fallback release.
     Abort {
         /// The campaign id.
-        id: String,
+        id: proto::CampaignId,
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: String,
@@ -266,64 +267,26 @@ fn all_repositories(origin: &Origin) -> anyhow::Result<Vec<String>> {
     Ok(all)
 }
 
-/// A client of the director service's HTTP API.
-struct Client {
-    base: String,
-    agent: ureq::Agent,
+/// How long the CLI waits for the director.
+const DIRECTOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A failed request, as the operator reads it: an unreachable director is explained.
+fn explain(error: ClientError) -> anyhow::Error {
+    match error {
+        ClientError::Unreachable { .. } => {
+            anyhow::anyhow!("{error} (is `origin serve` running?)")
+        }
+        other => other.into(),
+    }
 }
 
-impl Client {
-    fn new(base: &str) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(std::time::Duration::from_secs(60)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            agent,
-        }
-    }
-
-    fn read(
-        &self,
-        url: &str,
-        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> anyhow::Result<serde_json::Value> {
-        let mut response = response.with_context(|| {
-            format!("reaching the director at {url} (is `origin serve` running?)")
-        })?;
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .with_context(|| format!("reading the answer of {url}"))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{url} answered HTTP {status}, not JSON"))?;
-        if status != 200 {
-            anyhow::bail!(
-                "the director refused (HTTP {status}): {}",
-                value["error"].as_str().unwrap_or(&text)
-            );
-        }
-        Ok(value)
-    }
-
-    fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let url = format!("{}{path}", self.base);
-        self.read(&url, self.agent.get(&url).call())
-    }
-
-    fn post(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
-        let url = format!("{}{path}", self.base);
-        self.read(
-            &url,
-            self.agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .send(body.to_string().as_bytes()),
-        )
-    }
+/// The director's answer as the operator sees it: pretty JSON.
+fn print_answer<T: serde::Serialize>(answer: Result<T, ClientError>) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&answer.map_err(explain)?)?
+    );
+    Ok(())
 }
 
 fn parse_time(text: &str) -> Result<Time, String> {
@@ -587,65 +550,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
         }
         Command::Campaign { director, command } => {
-            let client = Client::new(&director);
-            let answer = match command {
+            use proto::director_api::{ActionRequest, CampaignAction, CreateCampaign};
+            let client = DirectorClient::new(&director, DIRECTOR_TIMEOUT)?;
+            let decide = |id: &proto::CampaignId, action, reason: Option<String>| {
+                let request = ActionRequest {
+                    by: actor.clone(),
+                    reason,
+                };
+                print_answer(client.decide(id, action, &request))
+            };
+            match command {
                 CampaignCommand::Create { file } => {
                     let spec: origin::campaign::CampaignSpec = read_toml(&file)?;
                     spec.check()
                         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-                    client.post(
-                        "/v1/campaigns",
-                        &serde_json::json!({"actor": actor, "spec": spec}),
-                    )?
+                    print_answer(client.create_campaign(&CreateCampaign {
+                        actor: actor.clone(),
+                        spec,
+                    }))?;
                 }
-                CampaignCommand::Approve { id } => client.post(
-                    &format!("/v1/campaigns/{id}/approve"),
-                    &serde_json::json!({"by": actor}),
-                )?,
-                CampaignCommand::Halt { id, reason } => client.post(
-                    &format!("/v1/campaigns/{id}/halt"),
-                    &serde_json::json!({"by": actor, "reason": reason}),
-                )?,
-                CampaignCommand::Resume { id } => client.post(
-                    &format!("/v1/campaigns/{id}/resume"),
-                    &serde_json::json!({"by": actor}),
-                )?,
-                CampaignCommand::Abort { id, reason } => client.post(
-                    &format!("/v1/campaigns/{id}/abort"),
-                    &serde_json::json!({"by": actor, "reason": reason}),
-                )?,
-                CampaignCommand::Status { id } => {
-                    let all = client.get("/v1/campaigns")?;
-                    match id {
-                        None => all,
-                        Some(id) => all["campaigns"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .find(|c| c["id"].as_str() == Some(id.as_str()))
-                            .cloned()
-                            .with_context(|| format!("there is no campaign {id}"))?,
-                    }
+                CampaignCommand::Approve { id } => print_answer(client.approve(&id, &actor))?,
+                CampaignCommand::Halt { id, reason } => {
+                    decide(&id, CampaignAction::Halt, Some(reason))?;
                 }
-            };
-            println!("{}", serde_json::to_string_pretty(&answer)?);
+                CampaignCommand::Resume { id } => decide(&id, CampaignAction::Resume, None)?,
+                CampaignCommand::Abort { id, reason } => {
+                    decide(&id, CampaignAction::Abort, Some(reason))?;
+                }
+                CampaignCommand::Status { id: None } => print_answer(client.campaigns())?,
+                CampaignCommand::Status { id: Some(id) } => {
+                    let all = client.campaigns().map_err(explain)?;
+                    let one = all
+                        .campaign(&id)
+                        .with_context(|| format!("there is no campaign {id}"))?;
+                    println!("{}", serde_json::to_string_pretty(one)?);
+                }
+            }
         }
         Command::Vehicle { director, command } => {
-            let client = Client::new(&director);
-            let answer = match command {
+            let client = DirectorClient::new(&director, DIRECTOR_TIMEOUT)?;
+            match command {
                 VehicleCommand::Register { file } => {
                     let vehicle: origin::registry::VehicleRecord = read_toml(&file)?;
                     vehicle
                         .check()
                         .with_context(|| format!("{}", file.display()))?;
-                    client.post(
-                        "/v1/vehicles",
-                        &serde_json::json!({"actor": actor, "vehicle": vehicle}),
-                    )?
+                    print_answer(client.register(&proto::director_api::RegisterVehicle {
+                        actor: actor.clone(),
+                        vehicle,
+                    }))?;
                 }
-                VehicleCommand::List => client.get("/v1/vehicles")?,
-            };
-            println!("{}", serde_json::to_string_pretty(&answer)?);
+                VehicleCommand::List => print_answer(client.vehicles())?,
+            }
         }
         Command::Audit { command } => match command {
             AuditCommand::Verify { public_key } => {

@@ -9,102 +9,13 @@
 use std::path::Path;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+use proto::{CampaignId, Vin};
 
-/// One ECU of a vehicle.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EcuRecord {
-    /// The ECU's serial.
-    pub serial: String,
-    /// Its hardware id (which images fit it).
-    pub hardware_id: String,
-    /// The public half of the key it signs its version reports with (hex).
-    pub public_key: String,
-    /// The image repository target it runs, as last reported (or registered).
-    #[serde(default)]
-    pub installed: Option<String>,
-}
-
-/// The last vehicle manifest the director accepted from a vehicle.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastReport {
-    /// When it was accepted (Unix seconds).
-    pub at: u64,
-    /// The nonce it answered.
-    pub nonce: String,
-    /// BLAKE3 of the manifest's bytes (a resend of the same manifest is not a replay).
-    pub manifest: String,
-    /// The install outcome it reported, if it ended one.
-    #[serde(default)]
-    pub outcome: Option<String>,
-}
-
-/// A vehicle.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VehicleRecord {
-    /// Its id (VIN).
-    pub vin: String,
-    /// Its region.
-    pub region: String,
-    /// Its vehicle type (model).
-    pub vehicle_type: String,
-    /// Its home depot.
-    pub home_depot: String,
-    /// The public half of its primary's key, which signs its vehicle manifests (hex).
-    pub primary_key: String,
-    /// Its ECUs; the first is the primary.
-    pub ecus: Vec<EcuRecord>,
-    /// The last manifest accepted.
-    #[serde(default)]
-    pub last_report: Option<LastReport>,
-}
-
-impl VehicleRecord {
-    /// Checks the record; the error names the field.
-    pub fn check(&self) -> anyhow::Result<()> {
-        crate::director::check_vin(&self.vin)?;
-        for (field, value) in [
-            ("region", &self.region),
-            ("vehicle_type", &self.vehicle_type),
-            ("home_depot", &self.home_depot),
-        ] {
-            if value.is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
-                anyhow::bail!(
-                    "vehicle {}: {field} {value:?} must be 1 to 64 printable characters",
-                    self.vin
-                );
-            }
-        }
-        parse_key(&self.primary_key)
-            .with_context(|| format!("vehicle {}: primary_key", self.vin))?;
-        if self.ecus.is_empty() {
-            anyhow::bail!("vehicle {}: it has no ECU", self.vin);
-        }
-        let mut serials = std::collections::BTreeSet::new();
-        for ecu in &self.ecus {
-            if ecu.serial.is_empty() || ecu.hardware_id.is_empty() {
-                anyhow::bail!(
-                    "vehicle {}: an ECU has an empty serial or hardware id",
-                    self.vin
-                );
-            }
-            if !serials.insert(&ecu.serial) {
-                anyhow::bail!("vehicle {}: ECU {} is listed twice", self.vin, ecu.serial);
-            }
-            parse_key(&ecu.public_key)
-                .with_context(|| format!("vehicle {}: ECU {} public_key", self.vin, ecu.serial))?;
-        }
-        Ok(())
-    }
-}
+pub use proto::director_api::{EcuRecord, LastReport, VehicleRecord};
 
 /// Parses a hex ed25519 public key.
 pub fn parse_key(hex_key: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
-    let bytes = hex::decode(hex_key).context("not hex")?;
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("an ed25519 public key is 32 bytes"))?;
-    ed25519_dalek::VerifyingKey::from_bytes(&bytes).context("not an ed25519 public key")
+    Ok(proto::director_api::parse_key(hex_key)?)
 }
 
 /// Where the director keeps vehicles and campaigns. Every write is durable when it returns.
@@ -112,21 +23,21 @@ pub trait Registry: Send + Sync {
     /// Adds or replaces a vehicle.
     fn put_vehicle(&self, vehicle: &VehicleRecord) -> anyhow::Result<()>;
     /// One vehicle.
-    fn vehicle(&self, vin: &str) -> anyhow::Result<Option<VehicleRecord>>;
+    fn vehicle(&self, vin: &Vin) -> anyhow::Result<Option<VehicleRecord>>;
     /// Every vehicle, by VIN.
     fn vehicles(&self) -> anyhow::Result<Vec<VehicleRecord>>;
     /// Adds or replaces a campaign record (JSON: the director's own type).
-    fn put_campaign(&self, id: &str, record: &[u8]) -> anyhow::Result<()>;
+    fn put_campaign(&self, id: &CampaignId, record: &[u8]) -> anyhow::Result<()>;
     /// Every campaign record, by id.
-    fn campaigns(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>>;
+    fn campaigns(&self) -> anyhow::Result<Vec<(CampaignId, Vec<u8>)>>;
     /// Appends `event` to campaign `id`'s log under sequence number `seq` (see
     /// `service::Director`: reports between snapshots of a campaign record).
-    fn log_campaign_event(&self, id: &str, seq: u64, event: &[u8]) -> anyhow::Result<()>;
+    fn log_campaign_event(&self, id: &CampaignId, seq: u64, event: &[u8]) -> anyhow::Result<()>;
     /// Campaign `id`'s logged events, oldest first.
-    fn campaign_events(&self, id: &str) -> anyhow::Result<Vec<(u64, Vec<u8>)>>;
+    fn campaign_events(&self, id: &CampaignId) -> anyhow::Result<Vec<(u64, Vec<u8>)>>;
     /// Drops campaign `id`'s logged events up to and including `seq` (a snapshot holds them).
     /// Need not be durable: events a snapshot holds are skipped when read back.
-    fn drop_campaign_events(&self, id: &str, through: u64) -> anyhow::Result<()>;
+    fn drop_campaign_events(&self, id: &CampaignId, through: u64) -> anyhow::Result<()>;
 }
 
 /// The embedded registry: a sled database.
@@ -139,13 +50,13 @@ pub struct SledRegistry {
     campaign_log: sled::Tree,
 }
 
-fn log_prefix(id: &str) -> Vec<u8> {
+fn log_prefix(id: &CampaignId) -> Vec<u8> {
     let mut key = id.as_bytes().to_vec();
     key.push(0);
     key
 }
 
-fn log_key(id: &str, seq: u64) -> Vec<u8> {
+fn log_key(id: &CampaignId, seq: u64) -> Vec<u8> {
     let mut key = log_prefix(id);
     key.extend_from_slice(&seq.to_be_bytes());
     key
@@ -191,7 +102,7 @@ impl Registry for SledRegistry {
         self.flush()
     }
 
-    fn vehicle(&self, vin: &str) -> anyhow::Result<Option<VehicleRecord>> {
+    fn vehicle(&self, vin: &Vin) -> anyhow::Result<Option<VehicleRecord>> {
         let Some(bytes) = self
             .vehicles
             .get(vin.as_bytes())
@@ -218,30 +129,32 @@ impl Registry for SledRegistry {
         Ok(out)
     }
 
-    fn put_campaign(&self, id: &str, record: &[u8]) -> anyhow::Result<()> {
+    fn put_campaign(&self, id: &CampaignId, record: &[u8]) -> anyhow::Result<()> {
         self.campaigns
-            .insert(id.as_bytes(), record)
+            .insert(id.as_str().as_bytes(), record)
             .with_context(|| format!("storing campaign {id}"))?;
         self.flush()
     }
 
-    fn campaigns(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    fn campaigns(&self) -> anyhow::Result<Vec<(CampaignId, Vec<u8>)>> {
         let mut out = Vec::new();
         for entry in &self.campaigns {
             let (key, bytes) = entry.context("reading the campaigns")?;
-            out.push((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()));
+            let id = CampaignId::parse(&String::from_utf8_lossy(&key))
+                .context("the registry holds a campaign under a damaged id")?;
+            out.push((id, bytes.to_vec()));
         }
         Ok(out)
     }
 
-    fn log_campaign_event(&self, id: &str, seq: u64, event: &[u8]) -> anyhow::Result<()> {
+    fn log_campaign_event(&self, id: &CampaignId, seq: u64, event: &[u8]) -> anyhow::Result<()> {
         self.campaign_log
             .insert(log_key(id, seq), event)
             .with_context(|| format!("logging event {seq} of campaign {id}"))?;
         self.flush()
     }
 
-    fn campaign_events(&self, id: &str) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
+    fn campaign_events(&self, id: &CampaignId) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
         let prefix = log_prefix(id);
         let mut out = Vec::new();
         for entry in self.campaign_log.scan_prefix(&prefix) {
@@ -257,7 +170,7 @@ impl Registry for SledRegistry {
         Ok(out)
     }
 
-    fn drop_campaign_events(&self, id: &str, through: u64) -> anyhow::Result<()> {
+    fn drop_campaign_events(&self, id: &CampaignId, through: u64) -> anyhow::Result<()> {
         let mut batch = sled::Batch::default();
         for entry in self
             .campaign_log
@@ -285,13 +198,13 @@ mod tests {
             )
         };
         VehicleRecord {
-            vin: vin.into(),
+            vin: vin.parse().unwrap(),
             region: "eu-north".into(),
             vehicle_type: "tractor".into(),
             home_depot: "depot-7".into(),
             primary_key: key(1),
             ecus: vec![EcuRecord {
-                serial: "GW-1".into(),
+                serial: "GW-1".parse().unwrap(),
                 hardware_id: "gateway-v1".into(),
                 public_key: key(2),
                 installed: Some("gw/1.0.bin".into()),
@@ -307,21 +220,27 @@ mod tests {
             let registry = SledRegistry::open(&dir.path().join("registry")).unwrap();
             registry.put_vehicle(&vehicle("VIN-2")).unwrap();
             registry.put_vehicle(&vehicle("VIN-1")).unwrap();
-            registry.put_campaign("c1", b"{\"x\":1}").unwrap();
+            registry
+                .put_campaign(&"c1".parse().unwrap(), b"{\"x\":1}")
+                .unwrap();
         }
         let registry = SledRegistry::open(&dir.path().join("registry")).unwrap();
-        let vins: Vec<String> = registry
+        let vins: Vec<Vin> = registry
             .vehicles()
             .unwrap()
             .into_iter()
             .map(|v| v.vin)
             .collect();
         assert_eq!(vins, ["VIN-1", "VIN-2"]);
-        assert_eq!(registry.vehicle("VIN-1").unwrap(), Some(vehicle("VIN-1")));
-        assert_eq!(registry.vehicle("VIN-9").unwrap(), None);
+        let vin = |v: &str| v.parse::<Vin>().unwrap();
+        assert_eq!(
+            registry.vehicle(&vin("VIN-1")).unwrap(),
+            Some(vehicle("VIN-1"))
+        );
+        assert_eq!(registry.vehicle(&vin("VIN-9")).unwrap(), None);
         assert_eq!(
             registry.campaigns().unwrap(),
-            [("c1".to_string(), b"{\"x\":1}".to_vec())]
+            [("c1".parse().unwrap(), b"{\"x\":1}".to_vec())]
         );
     }
 
@@ -333,9 +252,8 @@ mod tests {
         let mut bad = vehicle("VIN-1");
         bad.ecus.push(bad.ecus[0].clone());
         assert!(bad.check().unwrap_err().to_string().contains("twice"));
-        let mut bad = vehicle("VIN 1");
-        bad.region = String::new();
-        assert!(bad.check().is_err());
+        // A VIN that is not one cannot even be held by a record.
+        assert!("VIN 1".parse::<Vin>().is_err());
         let mut bad = vehicle("VIN-1");
         bad.region = String::new();
         assert!(bad.check().unwrap_err().to_string().contains("region"));

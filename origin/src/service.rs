@@ -20,6 +20,12 @@ use proto::tuf::Time;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use proto::director_api::{
+    CampaignStatus, CampaignsAnswer, DecisionAt, InstallOutcome, InstallReport, ManifestAccepted,
+    Standing,
+};
+use proto::{CampaignId, EcuSerial, Vin};
+
 use crate::campaign::{Campaign, CampaignSpec, Decision, Outcome, State};
 use crate::director::{self, Assignment};
 use crate::registry::{LastReport, Registry, VehicleRecord, parse_key};
@@ -42,11 +48,11 @@ pub struct CampaignRecord {
     /// The running core (none until approved).
     pub campaign: Option<Campaign>,
     /// Vehicle → the director targets version that gave it the release.
-    pub assigned: BTreeMap<String, u64>,
+    pub assigned: BTreeMap<Vin, u64>,
     /// Vehicles whose assignment was withdrawn (the campaign halted before they installed).
-    pub withdrawn: BTreeSet<String>,
+    pub withdrawn: BTreeSet<Vin>,
     /// Vehicle → ECU serial → the target it ran when first assigned.
-    pub before: BTreeMap<String, BTreeMap<String, String>>,
+    pub before: BTreeMap<Vin, BTreeMap<EcuSerial, String>>,
     /// Region → link class → bytes the vehicles fetched for this campaign.
     pub bytes: BTreeMap<String, BTreeMap<String, u64>>,
     /// Every decision, with when it was made.
@@ -65,7 +71,7 @@ pub struct CampaignRecord {
 /// write instead of the whole record — at 200K vehicles, tens of MB.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Counted {
-    vin: String,
+    vin: Vin,
     outcome: Outcome,
     at: u64,
     region: String,
@@ -83,8 +89,8 @@ impl CampaignRecord {
         event: &Counted,
     ) -> Result<Option<Decision>, crate::campaign::CampaignError> {
         let decision = match self.campaign.as_mut() {
-            Some(campaign) if campaign.outcome_of(&event.vin).is_none() => {
-                campaign.report(&event.vin, event.outcome, event.at)?
+            Some(campaign) if campaign.outcome_of(event.vin.as_str()).is_none() => {
+                campaign.report(event.vin.as_str(), event.outcome, event.at)?
             }
             _ => return Ok(None),
         };
@@ -107,12 +113,12 @@ impl CampaignRecord {
 pub enum ManifestError {
     /// The vehicle is not registered.
     #[error("vehicle {0} is not registered")]
-    UnknownVehicle(String),
+    UnknownVehicle(Vin),
     /// Not signed as registered, malformed, or for another vehicle.
     #[error("manifest of {vin} refused: {why}")]
     Rejected {
         /// The vehicle.
-        vin: String,
+        vin: Vin,
         /// Why.
         why: String,
     },
@@ -120,7 +126,7 @@ pub enum ManifestError {
     #[error("manifest of {vin} refused as a replay: {why}")]
     Replayed {
         /// The vehicle.
-        vin: String,
+        vin: Vin,
         /// Why.
         why: String,
     },
@@ -130,17 +136,7 @@ pub enum ManifestError {
 }
 
 /// What an accepted manifest did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Accepted {
-    /// The vehicle.
-    pub vin: String,
-    /// The same manifest was accepted before; nothing was counted again.
-    pub duplicate: bool,
-    /// Campaign → the outcome counted for it.
-    pub outcomes: BTreeMap<String, Outcome>,
-    /// Campaign → decisions the report caused.
-    pub decisions: Vec<(String, Decision)>,
-}
+pub type Accepted = ManifestAccepted;
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default, Clone)]
@@ -156,7 +152,7 @@ struct Counters {
 pub struct Director {
     origin: Origin,
     registry: Box<dyn Registry>,
-    campaigns: BTreeMap<String, CampaignRecord>,
+    campaigns: BTreeMap<CampaignId, CampaignRecord>,
     counters: Counters,
     snapshot_min_events: u64,
 }
@@ -271,7 +267,7 @@ impl Director {
     }
 
     /// The campaigns.
-    pub fn campaigns(&self) -> &BTreeMap<String, CampaignRecord> {
+    pub fn campaigns(&self) -> &BTreeMap<CampaignId, CampaignRecord> {
         &self.campaigns
     }
 
@@ -284,7 +280,7 @@ impl Director {
     }
 
     /// Stores campaign `id`'s record whole; the logged reports it includes are dropped.
-    fn save(&mut self, id: &str) -> anyhow::Result<()> {
+    fn save(&mut self, id: &CampaignId) -> anyhow::Result<()> {
         if let Some(record) = self.campaigns.get_mut(id) {
             self.registry
                 .put_campaign(id, &serde_json::to_vec(record)?)?;
@@ -328,7 +324,7 @@ impl Director {
     /// Creates a campaign, waiting for approval. The release must be signed in the image
     /// repository for each hardware id it names.
     pub fn create(&mut self, spec: CampaignSpec, actor: &str, now: u64) -> anyhow::Result<()> {
-        spec.check().map_err(anyhow::Error::msg)?;
+        spec.check()?;
         if self.campaigns.contains_key(&spec.id) {
             bail!("campaign {} exists", spec.id);
         }
@@ -342,12 +338,7 @@ impl Director {
                     .with_context(|| {
                         format!("{which}: the image repository does not list {target}")
                     })?;
-                let fits = info
-                    .custom
-                    .as_ref()
-                    .and_then(|c| c["hardware_ids"].as_array())
-                    .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(hardware)));
-                if !fits {
+                if !proto::custom::ImageCustom::of(target, &info)?.fits(hardware) {
                     bail!("{which}: the image repository does not release {target} for {hardware}");
                 }
             }
@@ -378,7 +369,7 @@ impl Director {
         self.save(&id)
     }
 
-    fn record_mut(&mut self, id: &str) -> anyhow::Result<&mut CampaignRecord> {
+    fn record_mut(&mut self, id: &CampaignId) -> anyhow::Result<&mut CampaignRecord> {
         self.campaigns
             .get_mut(id)
             .with_context(|| format!("there is no campaign {id}"))
@@ -387,7 +378,7 @@ impl Director {
     /// Approves a created campaign and starts it: its population is fixed from the registry
     /// now, and the first wave's vehicles get signed targets. The approver must not be the
     /// creator (four eyes).
-    pub fn approve(&mut self, id: &str, by: &str, now: u64) -> anyhow::Result<()> {
+    pub fn approve(&mut self, id: &CampaignId, by: &str, now: u64) -> anyhow::Result<()> {
         self.at(now);
         let vehicles = self.registry.vehicles()?;
         let record = self.record_mut(id)?;
@@ -415,7 +406,7 @@ impl Director {
             })
             .map(|v| {
                 (
-                    v.vin.clone(),
+                    v.vin.to_string(),
                     vec![
                         format!("region:{}", v.region),
                         format!("type:{}", v.vehicle_type),
@@ -441,7 +432,7 @@ impl Director {
 
     /// Signs the release for every vehicle of the open waves that has neither got it nor
     /// reported.
-    fn assign_open(&mut self, id: &str) -> anyhow::Result<()> {
+    fn assign_open(&mut self, id: &CampaignId) -> anyhow::Result<()> {
         let record = self.campaigns.get(id).context("no such campaign")?;
         let Some(campaign) = &record.campaign else {
             return Ok(());
@@ -449,16 +440,15 @@ impl Director {
         if !matches!(campaign.state(), State::Running { .. } | State::Completed) {
             return Ok(());
         }
-        let due: Vec<String> = campaign
+        let due: Vec<Vin> = campaign
             .eligible()
             .filter(|v| {
                 campaign.outcome_of(v).is_none()
                     && (!record.assigned.contains_key(*v) || record.withdrawn.contains(*v))
             })
-            .map(str::to_string)
-            .collect();
-        let priority: node::policy::Priority =
-            record.spec.priority.parse().map_err(anyhow::Error::msg)?;
+            .map(Vin::parse)
+            .collect::<Result<_, _>>()?;
+        let priority = record.spec.priority;
         let release = record.spec.release.clone();
         let mut signed = Vec::new();
         for vin in due {
@@ -468,7 +458,7 @@ impl Director {
             let assignments = assignments(&vehicle, &release);
             let version = director::assign(&self.origin, &vin, &assignments, priority)
                 .with_context(|| format!("signing the targets of {vin}"))?;
-            let before: BTreeMap<String, String> = vehicle
+            let before: BTreeMap<EcuSerial, String> = vehicle
                 .ecus
                 .iter()
                 .filter_map(|e| Some((e.serial.clone(), e.installed.clone()?)))
@@ -485,7 +475,13 @@ impl Director {
     }
 
     /// Carries out `decision` for campaign `id` and records it.
-    fn apply(&mut self, id: &str, actor: &str, decision: Decision, now: u64) -> anyhow::Result<()> {
+    fn apply(
+        &mut self,
+        id: &CampaignId,
+        actor: &str,
+        decision: Decision,
+        now: u64,
+    ) -> anyhow::Result<()> {
         self.audit(
             actor,
             &format!("campaign {}", decision.name()),
@@ -502,16 +498,16 @@ impl Director {
     }
 
     /// Takes the release back from vehicles that got it but have not installed it.
-    fn withdraw_unreported(&mut self, id: &str) -> anyhow::Result<()> {
+    fn withdraw_unreported(&mut self, id: &CampaignId) -> anyhow::Result<()> {
         let record = self.campaigns.get(id).context("no such campaign")?;
         let Some(campaign) = &record.campaign else {
             return Ok(());
         };
-        let pending: Vec<String> = record
+        let pending: Vec<Vin> = record
             .assigned
             .iter()
             .filter(|(vin, version)| {
-                campaign.outcome_of(vin).is_none()
+                campaign.outcome_of(vin.as_str()).is_none()
                     && !record.withdrawn.contains(*vin)
                     && director::targets_version(&self.origin, vin) == **version
             })
@@ -528,19 +524,18 @@ impl Director {
 
     /// After an abort: vehicles that installed the release are given the fallback release
     /// (where the spec names one for their hardware); the rest have the release withdrawn.
-    fn fall_back(&mut self, id: &str, actor: &str) -> anyhow::Result<()> {
+    fn fall_back(&mut self, id: &CampaignId, actor: &str) -> anyhow::Result<()> {
         self.withdraw_unreported(id)?;
         let record = self.campaigns.get(id).context("no such campaign")?;
         let Some(campaign) = &record.campaign else {
             return Ok(());
         };
         let fallback = record.spec.fallback.clone();
-        let priority: node::policy::Priority =
-            record.spec.priority.parse().map_err(anyhow::Error::msg)?;
-        let installed: Vec<String> = record
+        let priority = record.spec.priority;
+        let installed: Vec<Vin> = record
             .assigned
             .keys()
-            .filter(|vin| campaign.outcome_of(vin) == Some(Outcome::Committed))
+            .filter(|vin| campaign.outcome_of(vin.as_str()) == Some(Outcome::Committed))
             .cloned()
             .collect();
         for vin in installed {
@@ -568,7 +563,7 @@ impl Director {
     /// Checks and counts a vehicle manifest.
     pub fn accept_manifest(
         &mut self,
-        vin: &str,
+        vin: &Vin,
         bytes: &[u8],
         now: u64,
     ) -> Result<Accepted, ManifestError> {
@@ -586,18 +581,18 @@ impl Director {
 
     fn accept_inner(
         &mut self,
-        vin: &str,
+        vin: &Vin,
         bytes: &[u8],
         now: u64,
     ) -> Result<Accepted, ManifestError> {
         let rejected = |why: String| ManifestError::Rejected {
-            vin: vin.to_string(),
+            vin: vin.clone(),
             why,
         };
         let mut vehicle = self
             .registry
             .vehicle(vin)?
-            .ok_or_else(|| ManifestError::UnknownVehicle(vin.to_string()))?;
+            .ok_or_else(|| ManifestError::UnknownVehicle(vin.clone()))?;
         self.at(now);
         // The nonce, read before the signatures are checked (they are checked against it).
         let value: Value =
@@ -625,7 +620,7 @@ impl Director {
             let last_version = nonce_version(&last.nonce).unwrap_or(0);
             if last.nonce == nonce && last.manifest == digest {
                 return Ok(Accepted {
-                    vin: vin.to_string(),
+                    vin: vin.clone(),
                     duplicate: true,
                     outcomes: BTreeMap::new(),
                     decisions: Vec::new(),
@@ -633,7 +628,7 @@ impl Director {
             }
             if answered < last_version {
                 return Err(ManifestError::Replayed {
-                    vin: vin.to_string(),
+                    vin: vin.clone(),
                     why: format!(
                         "it answers director targets version {answered}; version {last_version} was answered already"
                     ),
@@ -641,7 +636,7 @@ impl Director {
             }
             if answered == last_version {
                 return Err(ManifestError::Replayed {
-                    vin: vin.to_string(),
+                    vin: vin.clone(),
                     why: format!(
                         "director targets version {answered} was already answered by another manifest"
                     ),
@@ -654,7 +649,7 @@ impl Director {
         let mut ecu_keys = BTreeMap::new();
         for ecu in &vehicle.ecus {
             ecu_keys.insert(
-                ecu.serial.clone(),
+                ecu.serial.to_string(),
                 parse_key(&ecu.public_key).map_err(|e| {
                     ManifestError::Internal(
                         e.context(format!("the registered key of ECU {}", ecu.serial)),
@@ -662,23 +657,35 @@ impl Director {
                 })?,
             );
         }
-        let verified =
-            proto::uptane::verify_vehicle_manifest(bytes, vin, &primary, &ecu_keys, &nonce)
-                .map_err(|e| rejected(e.to_string()))?;
-        let install = verified.install.clone().unwrap_or(Value::Null);
+        let verified = proto::uptane::verify_vehicle_manifest(
+            bytes,
+            vin.as_str(),
+            &primary,
+            &ecu_keys,
+            &nonce,
+        )
+        .map_err(|e| rejected(e.to_string()))?;
+        let install: Option<InstallReport> = verified
+            .install
+            .clone()
+            .map(|value| {
+                serde_path_to_error::deserialize(value)
+                    .map_err(|e| rejected(format!("install.{}: {}", e.path(), e.inner())))
+            })
+            .transpose()?;
 
         // What each ECU runs now.
         for ecu in &mut vehicle.ecus {
-            if let Some(report) = verified.reports.get(&ecu.serial) {
+            if let Some(report) = verified.reports.get(ecu.serial.as_str()) {
                 ecu.installed = Some(report.installed_image.clone());
             }
         }
-        let reported_outcome = install["outcome"].as_str().map(str::to_string);
+        let reported_outcome = install.as_ref().map(|i| i.outcome);
 
         // Which campaigns this answers: those that signed version `answered` for the vehicle.
         let mut outcomes = BTreeMap::new();
         let mut decisions = Vec::new();
-        let ids: Vec<String> = self
+        let ids: Vec<CampaignId> = self
             .campaigns
             .iter()
             .filter(|(_, r)| r.assigned.get(vin) == Some(&answered))
@@ -691,9 +698,9 @@ impl Director {
                 .iter()
                 .filter_map(|e| Some((e, record.spec.release.get(&e.hardware_id)?)))
                 .all(|(e, target)| e.installed.as_deref() == Some(target.as_str()));
-            let outcome = match (on_release, reported_outcome.as_deref()) {
+            let outcome = match (on_release, reported_outcome) {
                 (true, _) => Outcome::Committed,
-                (false, Some("health_failed")) => Outcome::HealthFailed,
+                (false, Some(InstallOutcome::HealthFailed)) => Outcome::HealthFailed,
                 (false, Some(_)) => Outcome::RolledBack,
                 // A status manifest before the install ended: nothing to count yet.
                 (false, None) => continue,
@@ -702,36 +709,34 @@ impl Director {
             let counts = record
                 .campaign
                 .as_ref()
-                .is_some_and(|campaign| campaign.outcome_of(vin).is_none());
+                .is_some_and(|campaign| campaign.outcome_of(vin.as_str()).is_none());
             if !counts {
                 continue;
             }
             let event = Counted {
-                vin: vin.to_string(),
+                vin: vin.clone(),
                 outcome,
                 at: now,
                 region: vehicle.region.clone(),
-                bytes: install["bytes"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(link, count)| (link.clone(), count.as_u64().unwrap_or(0)))
-                    .collect(),
+                bytes: install
+                    .as_ref()
+                    .map(|i| i.bytes.clone())
+                    .unwrap_or_default(),
             };
             // Checked first, so that what is logged is what counts.
             if let Some(campaign) = record.campaign.as_ref() {
                 campaign
-                    .check_report(vin)
+                    .check_report(vin.as_str())
                     .map_err(|e| rejected(e.to_string()))?;
             }
             self.audit(
-                vin,
+                vin.as_str(),
                 "vehicle install",
                 json!({
                     "campaign": id,
                     "vin": vin,
                     "outcome": outcome,
-                    "reason": install["reason"],
+                    "reason": install.as_ref().map(|i| i.reason.as_str()),
                     "ecus": verified.reports.values().map(|r| json!({
                         "serial": r.ecu_serial, "installed": r.installed_image, "sha256": r.sha256,
                     })).collect::<Vec<_>>(),
@@ -764,11 +769,11 @@ impl Director {
             at: now,
             nonce: nonce.clone(),
             manifest: digest,
-            outcome: reported_outcome.clone(),
+            outcome: reported_outcome,
         });
         self.registry.put_vehicle(&vehicle)?;
         Ok(Accepted {
-            vin: vin.to_string(),
+            vin: vin.clone(),
             duplicate: false,
             outcomes,
             decisions,
@@ -776,10 +781,10 @@ impl Director {
     }
 
     /// Lets time pass: soak times and report timeouts. Returns the decisions made.
-    pub fn tick(&mut self, now: u64) -> anyhow::Result<Vec<(String, Decision)>> {
+    pub fn tick(&mut self, now: u64) -> anyhow::Result<Vec<(CampaignId, Decision)>> {
         self.at(now);
         let mut made = Vec::new();
-        let ids: Vec<String> = self.campaigns.keys().cloned().collect();
+        let ids: Vec<CampaignId> = self.campaigns.keys().cloned().collect();
         for id in ids {
             let decision = self
                 .record_mut(&id)?
@@ -794,7 +799,7 @@ impl Director {
         Ok(made)
     }
 
-    fn running(&mut self, id: &str) -> anyhow::Result<&mut Campaign> {
+    fn running(&mut self, id: &CampaignId) -> anyhow::Result<&mut Campaign> {
         self.record_mut(id)?
             .campaign
             .as_mut()
@@ -802,7 +807,13 @@ impl Director {
     }
 
     /// Halts a campaign by hand.
-    pub fn halt(&mut self, id: &str, by: &str, reason: &str, now: u64) -> anyhow::Result<Decision> {
+    pub fn halt(
+        &mut self,
+        id: &CampaignId,
+        by: &str,
+        reason: &str,
+        now: u64,
+    ) -> anyhow::Result<Decision> {
         self.at(now);
         let decision = self
             .running(id)?
@@ -813,7 +824,7 @@ impl Director {
     }
 
     /// Resumes a halted campaign on `by`'s approval.
-    pub fn resume(&mut self, id: &str, by: &str, now: u64) -> anyhow::Result<Decision> {
+    pub fn resume(&mut self, id: &CampaignId, by: &str, now: u64) -> anyhow::Result<Decision> {
         self.at(now);
         let decision = self.running(id)?.resume(by, now)?;
         self.apply(id, by, decision.clone(), now)?;
@@ -823,7 +834,7 @@ impl Director {
     /// Calls a campaign off: vehicles that installed it get the fallback release.
     pub fn abort(
         &mut self,
-        id: &str,
+        id: &CampaignId,
         by: &str,
         reason: &str,
         now: u64,
@@ -835,32 +846,39 @@ impl Director {
     }
 
     /// Every campaign's standing at `now`, for the dashboard and `origin campaign status`.
-    pub fn status(&self, now: u64) -> Value {
-        let campaigns: Vec<Value> = self
+    pub fn status(&self, now: u64) -> CampaignsAnswer {
+        let campaigns = self
             .campaigns
             .iter()
             .map(|(id, record)| {
                 let progress = record.campaign.as_ref().map(|c| c.progress(now));
-                let state = match &progress {
-                    None => json!({"state": "awaiting_approval"}),
-                    Some(p) => serde_json::to_value(&p.state).unwrap_or(Value::Null),
-                };
-                json!({
-                    "id": id,
-                    "release": record.spec.release,
-                    "priority": record.spec.priority,
-                    "created_by": record.created_by,
-                    "created_at": record.created_at,
-                    "approved_by": record.approved_by,
-                    "state": state,
-                    "waves": record.spec.waves,
-                    "progress": progress,
-                    "bytes": record.bytes,
-                    "decisions": record.decisions.iter().rev().take(20).map(|(at, d)| json!({"at": at, "decision": d})).collect::<Vec<_>>(),
-                })
+                CampaignStatus {
+                    id: id.clone(),
+                    release: record.spec.release.clone(),
+                    priority: record.spec.priority,
+                    created_by: record.created_by.clone(),
+                    created_at: record.created_at,
+                    approved_by: record.approved_by.clone(),
+                    state: progress.as_ref().map_or(Standing::AwaitingApproval, |p| {
+                        Standing::Started(p.state.clone())
+                    }),
+                    waves: record.spec.waves.clone(),
+                    progress,
+                    bytes: record.bytes.clone(),
+                    decisions: record
+                        .decisions
+                        .iter()
+                        .rev()
+                        .take(20)
+                        .map(|(at, decision)| DecisionAt {
+                            at: *at,
+                            decision: decision.clone(),
+                        })
+                        .collect(),
+                }
             })
             .collect();
-        json!({"now": now, "campaigns": campaigns})
+        CampaignsAnswer { now, campaigns }
     }
 
     /// Prometheus text exposition of the campaigns and the manifest counters.

@@ -203,13 +203,13 @@ impl Harness {
             .unwrap()
     }
 
-    fn status(&self, id: &str) -> Value {
+    fn status(&self, id: &proto::CampaignId) -> Value {
         let all: Value = serde_json::from_str(&self.get("/v1/campaigns")).unwrap();
         all["campaigns"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|c| c["id"] == id)
+            .find(|c| c["id"] == id.as_str())
             .cloned()
             .unwrap()
     }
@@ -218,7 +218,10 @@ impl Harness {
     fn targets(&self, vin: &str) -> Option<(u64, Vec<String>)> {
         let (version, signed) = self
             .origin
-            .latest(&origin::director::vehicle_repository(vin), "targets")
+            .latest(
+                &origin::director::vehicle_repository(&vin.parse().unwrap()),
+                "targets",
+            )
             .ok()?;
         Some((
             version,
@@ -288,10 +291,10 @@ impl Harness {
 
 fn spec(id: &str, waves: &[f64]) -> CampaignSpec {
     CampaignSpec {
-        id: id.into(),
+        id: id.parse().unwrap(),
         release: BTreeMap::from([("gateway-v1".to_string(), "gw/2.0.bin".to_string())]),
         fallback: BTreeMap::from([("gateway-v1".to_string(), "gw/1.0.bin".to_string())]),
-        priority: "fix".into(),
+        priority: proto::custom::Priority::Fix,
         filters: Filters::default(),
         waves: waves
             .iter()
@@ -567,7 +570,10 @@ fn unsigned_replayed_mismatched_and_unknown_manifests_are_refused() {
             .unwrap()
             .contains("answered already")
     );
-    assert_eq!(h.status("gw-2.0-all")["state"]["state"], "aborted");
+    assert_eq!(
+        h.status(&"gw-2.0-all".parse().unwrap())["state"]["state"],
+        "aborted"
+    );
     let metrics = h.get("/metrics");
     for line in [
         "result=\"accepted\"} 2",
@@ -686,8 +692,8 @@ fn the_dashboard_renders_real_campaigns_in_headless_chromium() {
         h.cycle(&vehicles, &mut answered, &fails);
         std::thread::sleep(std::time::Duration::from_millis(150));
     }
-    let north = h.status("gw-2.0-north");
-    let south = h.status("gw-2.0-south");
+    let north = h.status(&"gw-2.0-north".parse().unwrap());
+    let south = h.status(&"gw-2.0-south".parse().unwrap());
     assert_eq!(north["state"]["state"], "halted", "{north:#}");
     assert_eq!(south["state"]["state"], "running", "{south:#}");
     assert!(

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use origin::registry::{Registry, SledRegistry, VehicleRecord};
 use origin::service::{CampaignRecord, Director};
+use proto::{CampaignId, Vin};
 use serde_json::json;
 
 #[path = "common/sim_fleet.rs"]
@@ -46,7 +47,9 @@ fn set_up(dir: &Path) {
     }
     let spec = gateway_campaign(ID, &[10.0, 50.0, 100.0], 0.5, 0.5, 1);
     director.create(spec, "alice", START).unwrap();
-    director.approve(ID, "bob", START).unwrap();
+    director
+        .approve(&ID.parse().unwrap(), "bob", START)
+        .unwrap();
 }
 
 /// The sled registry, with a power cut at its `cut_at`-th write (counted from 0 over every
@@ -72,36 +75,53 @@ impl Registry for Cutting {
         self.write()?;
         self.inner.put_vehicle(vehicle)
     }
-    fn vehicle(&self, vin: &str) -> anyhow::Result<Option<VehicleRecord>> {
+    fn vehicle(&self, vin: &Vin) -> anyhow::Result<Option<VehicleRecord>> {
         self.inner.vehicle(vin)
     }
     fn vehicles(&self) -> anyhow::Result<Vec<VehicleRecord>> {
         self.inner.vehicles()
     }
-    fn put_campaign(&self, id: &str, record: &[u8]) -> anyhow::Result<()> {
+    fn put_campaign(&self, id: &CampaignId, record: &[u8]) -> anyhow::Result<()> {
         self.write()?;
         self.inner.put_campaign(id, record)
     }
-    fn campaigns(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    fn campaigns(&self) -> anyhow::Result<Vec<(CampaignId, Vec<u8>)>> {
         self.inner.campaigns()
     }
-    fn log_campaign_event(&self, id: &str, seq: u64, event: &[u8]) -> anyhow::Result<()> {
+    fn log_campaign_event(&self, id: &CampaignId, seq: u64, event: &[u8]) -> anyhow::Result<()> {
         self.write()?;
         self.inner.log_campaign_event(id, seq, event)
     }
-    fn campaign_events(&self, id: &str) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
+    fn campaign_events(&self, id: &CampaignId) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
         self.inner.campaign_events(id)
     }
-    fn drop_campaign_events(&self, id: &str, through: u64) -> anyhow::Result<()> {
+    fn drop_campaign_events(&self, id: &CampaignId, through: u64) -> anyhow::Result<()> {
         self.write()?;
         self.inner.drop_campaign_events(id, through)
+    }
+}
+
+/// The registry, opened again after a restart in this process: sled's background flusher of the
+/// instance just dropped may hold the database's file lock a moment longer (a real restart is a
+/// new process, whose lock the kernel released with the old one).
+fn reopen_registry(path: &Path) -> SledRegistry {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledRegistry::open(path) {
+            Ok(registry) => return registry,
+            Err(error) if std::time::Instant::now() < deadline => {
+                eprintln!("registry still locked, retrying: {error:#}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => panic!("{error:#}"),
+        }
     }
 }
 
 fn open(dir: &Path, writes: &Arc<AtomicUsize>, cut_at: Option<usize>) -> Director {
     let origin = origin_at(dir);
     let registry = Cutting {
-        inner: SledRegistry::open(&origin.dir.join("registry")).unwrap(),
+        inner: reopen_registry(&origin.dir.join("registry")),
         writes: Arc::clone(writes),
         cut_at,
     };
@@ -136,7 +156,7 @@ fn report_phase(dir: &Path, cut_at: Option<usize>) -> (CampaignRecord, usize, bo
             .unwrap()
             .plan()
             .clone();
-        due.sort_by_key(|&(i, _)| (Some(i) != in_flight, plan.wave_of(&vin(i)), i));
+        due.sort_by_key(|&(i, _)| (Some(i) != in_flight, plan.wave_of(vin(i).as_str()), i));
         if due.is_empty() {
             match director.tick(now) {
                 Ok(decisions) if decisions.is_empty() => break,

@@ -76,6 +76,20 @@ impl fmt::Debug for BlobId {
     }
 }
 
+/// In JSON (signed metadata, API bodies, journals) a blob id is its 64 hex digits.
+impl serde::Serialize for BlobId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BlobId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for BlobId {
     type Err = ParseBlobIdError;
 

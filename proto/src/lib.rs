@@ -1,5 +1,7 @@
-//! depotmesh's shared language: content ids, chunk-group ranges, bao-verified range streaming and
-//! the wire messages of the mesh's control traffic.
+//! depotmesh's shared language: content ids, chunk-group ranges, bao-verified range streaming,
+//! the wire messages of the mesh's control traffic, signed release metadata (TUF/Uptane and the
+//! typed `custom` depotmesh signs in it), the fleet's names (VINs, ECU serials, campaign ids),
+//! and the director API's bodies.
 //!
 //! Every other crate stands on this one, and every byte that moves between nodes is checked with
 //! it: a chunk group is verified against its blob's BLAKE3 root before anyone may store, forward
@@ -13,11 +15,16 @@
 
 pub mod bao;
 mod blob_id;
+pub mod campaign;
+pub mod custom;
 pub mod delta;
+pub mod director_api;
+pub mod ids;
 mod ranges;
 pub mod tuf;
 pub mod uptane;
 pub mod wire;
 
 pub use blob_id::{BlobId, ParseBlobIdError};
+pub use ids::{CampaignId, EcuSerial, IdError, Vin};
 pub use ranges::{ChunkGroup, ChunkGroupRanges};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use libp2p::Multiaddr;
 use node::policy::{LinkClass, PolicyConfig, Window};
-use node::text::{check_vehicle_id, line_of};
+use node::text::line_of;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -141,7 +141,7 @@ pub enum BootMode {
 #[derive(Debug, Clone)]
 pub struct VehicleConfig {
     /// The vehicle's id: its director repository is `director/<vin>`.
-    pub vin: String,
+    pub vin: proto::Vin,
     /// Store, identity, trusted metadata, journal, cellular usage, reports.
     pub data_dir: PathBuf,
     /// Addresses to listen on (neighbours fetch from this vehicle).
@@ -194,7 +194,7 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
         format!("{key} (line {}): {why}", line_of(text, span.start))
     };
     let vin = file.vin.get_ref();
-    check_vehicle_id(vin).map_err(|why| at("vin", file.vin.span(), why))?;
+    let vin = proto::Vin::parse(vin).map_err(|why| at("vin", file.vin.span(), why.to_string()))?;
     let addrs = |key: &str, values: &[Spanned<String>]| -> Result<Vec<Multiaddr>, String> {
         values
             .iter()
@@ -350,7 +350,7 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
         None => None,
     };
     Ok(VehicleConfig {
-        vin: vin.clone(),
+        vin,
         director_url,
         data_dir: file.data_dir,
         listen,

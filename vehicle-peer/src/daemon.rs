@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use node::director_client::{ClientError, DirectorClient, Sender};
 use node::net::{EventHub, NetHandle};
 use node::policy::{Decision, Link, LinkClass, LinkPolicy, Priority, Usage};
 use node::ratelimit::RateLimit;
@@ -38,6 +39,8 @@ use node::runtime::{BlockOn, FetchError, FetchOptions, ServeCounters};
 use node::storage::{Index, SledIndex};
 use node::store::DiskStore;
 use proto::BlobId;
+use proto::custom::{DirectorCustom, ImageCustom};
+use proto::director_api::{InstallOutcome, InstallReport};
 use proto::tuf::{Role, Time};
 use proto::uptane::{ApprovedImage, EcuState};
 use serde_json::{Value, json};
@@ -437,7 +440,7 @@ impl Daemon {
     /// Counts `bytes` moved over `class` and persists the month's usage.
     /// Bytes fetched for install `group`, by link class (journaled: an install's downloads may
     /// span several checks and restarts).
-    fn install_bytes(&self, group: &str) -> anyhow::Result<serde_json::Map<String, Value>> {
+    fn install_bytes(&self, group: &str) -> anyhow::Result<BTreeMap<String, u64>> {
         let key = format!("daemon-bytes/{group}").into_bytes();
         Ok(self
             .journal
@@ -453,8 +456,7 @@ impl Daemon {
             return Ok(());
         }
         let mut counts = self.install_bytes(group)?;
-        let entry = counts.entry(class.name()).or_insert(json!(0));
-        *entry = json!(entry.as_u64().unwrap_or(0) + bytes);
+        *counts.entry(class.name().to_string()).or_default() += bytes;
         let key = format!("daemon-bytes/{group}");
         self.journal
             .put(key.as_bytes(), &serde_json::to_vec(&counts)?)?;
@@ -505,6 +507,26 @@ impl Daemon {
         step
     }
 
+    /// Journals that the director answered report `group` for good (not sent again).
+    fn note_sent(
+        &mut self,
+        group: &str,
+        now: u64,
+        status: u16,
+        verdict: &str,
+        answer: &str,
+    ) -> anyhow::Result<()> {
+        self.journal.put(
+            format!("daemon-sent/{group}").as_bytes(),
+            json!({"at": now, "via": "director", "status": status})
+                .to_string()
+                .as_bytes(),
+        )?;
+        self.status["report_sent"] = json!({"group": group, "via": "director",
+            "status": status, "verdict": verdict, "answer": answer});
+        Ok(())
+    }
+
     /// Sends the reports the director has not acknowledged yet, oldest first: to the director
     /// (`director_url`) when it can be reached, else through the depot (the configured peers,
     /// which store it durably and relay it; they cannot alter it). A report sent directly is
@@ -512,9 +534,12 @@ impl Daemon {
     /// manifest is not sent again); one a depot took is the depot's to deliver. Counts the
     /// bytes on a metered link.
     fn send_reports(&mut self, class: LinkClass, now: u64) -> anyhow::Result<()> {
-        let director_url = self.config.director_url.clone();
         let relays = self.config.peers.clone();
-        if director_url.is_none() && relays.is_empty() {
+        let director = match &self.config.director_url {
+            Some(url) => Some(DirectorClient::new(url, self.config.metadata_timeout)?),
+            None => None,
+        };
+        if director.is_none() && relays.is_empty() {
             return Ok(());
         }
         let dir = self.config.data_dir.join("reports");
@@ -543,23 +568,19 @@ impl Daemon {
                 fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             self.record(class, manifest.len() as u64, now)?;
             let mut failures = Vec::new();
-            if let Some(url) = &director_url {
-                match self.post_report(url, &manifest) {
-                    Ok((status, answer)) => {
-                        let verdict = if status == 200 { "accepted" } else { "refused" };
-                        if status == 200 {
-                            tracing::info!(%group, "report accepted by the director");
-                        } else {
-                            tracing::error!(%group, status, %answer, "the director refused the report");
-                        }
-                        self.journal.put(
-                            format!("daemon-sent/{group}").as_bytes(),
-                            json!({"at": now, "via": "director", "status": status})
-                                .to_string()
-                                .as_bytes(),
-                        )?;
-                        self.status["report_sent"] = json!({"group": group, "via": "director",
-                            "status": status, "verdict": verdict, "answer": answer});
+            if let Some(director) = &director {
+                match director.send_manifest(&self.config.vin, &manifest, Sender::Vehicle) {
+                    Ok(accepted) => {
+                        tracing::info!(%group, "report accepted by the director");
+                        let answer = serde_json::to_string(&accepted)?;
+                        self.note_sent(&group, now, 200, "accepted", &answer)?;
+                        continue;
+                    }
+                    Err(ClientError::Refused {
+                        status, message, ..
+                    }) if proto::director_api::is_final_refusal(status) => {
+                        tracing::error!(%group, status, %message, "the director refused the report");
+                        self.note_sent(&group, now, status, "refused", &message)?;
                         continue;
                     }
                     Err(error) => {
@@ -600,28 +621,6 @@ impl Daemon {
             }
         }
         Ok(())
-    }
-
-    /// POSTs one manifest to the director. `Ok` is an answer for good (200, or 403/404/409:
-    /// refused, not worth sending again); `Err` means try again (unreachable, 5xx, other).
-    fn post_report(&self, url: &str, manifest: &[u8]) -> Result<(u16, String), String> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(self.config.metadata_timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let endpoint = format!("{url}/v1/vehicles/{}/manifest", self.config.vin);
-        let mut response = agent
-            .post(&endpoint)
-            .header("content-type", "application/json")
-            .send(manifest)
-            .map_err(|error| format!("{endpoint}: {error}"))?;
-        let status = response.status().as_u16();
-        let answer = response.body_mut().read_to_string().unwrap_or_default();
-        match status {
-            200 | 403 | 404 | 409 => Ok((status, answer)),
-            _ => Err(format!("{endpoint}: status {status}: {}", answer.trim())),
-        }
     }
 
     #[allow(clippy::too_many_lines)]
@@ -732,16 +731,10 @@ impl Daemon {
             let director_version = director_targets.signed.version();
             // The most urgent signed priority among the assignments, and its release time.
             let mut urgency: Option<(Priority, u64)> = None;
-            for file in director_targets.signed.targets.values() {
-                let custom = file.custom.clone().unwrap_or(Value::Null);
-                let priority = custom["priority"]
-                    .as_str()
-                    .and_then(|p| p.parse::<Priority>().ok())
-                    .unwrap_or(Priority::Feature);
-                let released = custom["released"]
-                    .as_i64()
-                    .and_then(|r| u64::try_from(r).ok())
-                    .unwrap_or(now);
+            for (name, file) in &director_targets.signed.targets {
+                let custom = DirectorCustom::of(name, file)?;
+                let priority = custom.priority();
+                let released = custom.released.unwrap_or(now);
                 if urgency.is_none_or(|(p, _)| priority < p) {
                     urgency = Some((priority, released));
                 }
@@ -751,25 +744,18 @@ impl Daemon {
             let mut deltas: BTreeMap<String, BTreeMap<String, (BlobId, u64, String)>> =
                 BTreeMap::new();
             for a in &approved {
-                let info = image.target_info(a.target())?;
-                let listed = info
-                    .as_ref()
-                    .and_then(|i| i.custom.as_ref())
-                    .and_then(|c| c.get("deltas"))
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                for (from, entry) in listed {
-                    let blob = entry["blake3"].as_str().and_then(|b| b.parse().ok());
-                    let length = entry["length"].as_u64();
+                let Some(info) = image.target_info(a.target())? else {
+                    continue;
+                };
+                for (from, delta) in ImageCustom::of(a.target(), &info)?.deltas {
                     let source_sha = image
                         .target_info(&from)?
                         .and_then(|i| i.hashes.get("sha256").cloned());
-                    if let (Some(blob), Some(length), Some(sha)) = (blob, length, source_sha) {
+                    if let Some(sha) = source_sha {
                         deltas
                             .entry(a.target().to_string())
                             .or_default()
-                            .insert(from, (blob, length, sha));
+                            .insert(from, (delta.blake3, delta.length, sha));
                     }
                 }
             }
@@ -1071,26 +1057,26 @@ impl Daemon {
             .first()
             .map(|e| e.serial.clone())
             .unwrap_or_default();
-        let install = json!({
-            "group": group,
-            "outcome": match decision {
-                GroupDecision::Commit => "committed",
+        let install = InstallReport {
+            group: group.to_string(),
+            outcome: match decision {
+                GroupDecision::Commit => InstallOutcome::Committed,
                 GroupDecision::RollBack { reason } if reason.contains("health check failed") => {
-                    "health_failed"
+                    InstallOutcome::HealthFailed
                 }
-                GroupDecision::RollBack { .. } => "rolled_back",
+                GroupDecision::RollBack { .. } => InstallOutcome::RolledBack,
             },
-            "reason": match decision {
+            reason: match decision {
                 GroupDecision::Commit => String::new(),
                 GroupDecision::RollBack { reason } => reason.clone(),
             },
-            "bytes": self.install_bytes(group)?,
-        });
+            bytes: self.install_bytes(group)?,
+        };
         let manifest = proto::uptane::sign_vehicle_manifest(
-            &self.config.vin,
+            self.config.vin.as_str(),
             &primary,
             &reports,
-            Some(&install),
+            Some(&serde_json::to_value(&install)?),
             &self.primary_key,
         )
         .map_err(|e| anyhow::anyhow!("signing the vehicle manifest: {e}"))?;

@@ -199,7 +199,7 @@ fn default_return() -> String {
 #[serde(deny_unknown_fields)]
 pub struct CampaignSpec {
     /// Its id (part of the wave hash).
-    pub id: String,
+    pub id: proto::CampaignId,
     /// Hours after the start of simulated time when it is approved (wave 1 opens).
     pub start_hours: f64,
     /// Seconds between the director's gate evaluations.

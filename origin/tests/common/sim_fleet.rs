@@ -25,8 +25,8 @@ pub(crate) fn key(kind: u8, i: usize) -> SigningKey {
 }
 
 /// Vehicle `i`'s VIN.
-pub(crate) fn vin(i: usize) -> String {
-    format!("VIN{i:07}")
+pub(crate) fn vin(i: usize) -> proto::Vin {
+    format!("VIN{i:07}").parse().unwrap()
 }
 
 /// Vehicle `i`'s registry record: one gateway ECU running gw/1.0.bin, in region
@@ -39,7 +39,7 @@ pub(crate) fn vehicle_record(i: usize, regions: usize, depots: usize) -> Vehicle
         home_depot: format!("depot-{}", i % depots.max(1)),
         primary_key: hex::encode(key(1, i).verifying_key().as_bytes()),
         ecus: vec![EcuRecord {
-            serial: format!("GW-{}", vin(i)),
+            serial: format!("GW-{}", vin(i)).parse().unwrap(),
             hardware_id: "gateway-v1".into(),
             public_key: hex::encode(key(2, i).verifying_key().as_bytes()),
             installed: Some("gw/1.0.bin".into()),
@@ -77,8 +77,14 @@ pub(crate) fn manifest(
         "reason": "",
         "bytes": bytes,
     });
-    proto::uptane::sign_vehicle_manifest(&vin(i), &serial, &[report], Some(&install), &key(1, i))
-        .unwrap()
+    proto::uptane::sign_vehicle_manifest(
+        vin(i).as_str(),
+        &serial,
+        &[report],
+        Some(&install),
+        &key(1, i),
+    )
+    .unwrap()
 }
 
 /// The origin under `dir` (its offline keys beside it), at [`START`].
@@ -120,10 +126,10 @@ pub(crate) fn gateway_campaign(
     min_reports: u64,
 ) -> CampaignSpec {
     CampaignSpec {
-        id: id.into(),
+        id: id.parse().unwrap(),
         release: BTreeMap::from([("gateway-v1".to_string(), "gw/2.0.bin".to_string())]),
         fallback: BTreeMap::from([("gateway-v1".to_string(), "gw/1.0.bin".to_string())]),
-        priority: "fix".into(),
+        priority: proto::custom::Priority::Fix,
         filters: Filters::default(),
         waves: percents
             .iter()

@@ -1,0 +1,530 @@
+//! The director's HTTP API as types: its paths, and the bodies of every request and answer.
+//! The service (`origin::http`) and every client (`node::director_client`: the vehicle agent,
+//! the depot's relay, the origin CLI, netsim) use these, so a field is spelt once and a body
+//! either parses whole or is refused naming what was wrong.
+//!
+//! | method and path | request | answer |
+//! |---|---|---|
+//! | `GET /v1/campaigns` | | [`CampaignsAnswer`] |
+//! | `POST /v1/campaigns` | [`CreateCampaign`] | [`CreatedAnswer`] |
+//! | `POST /v1/campaigns/{id}/{action}` | [`ActionRequest`] | [`ApprovedAnswer`] or [`DecidedAnswer`] |
+//! | `GET /v1/vehicles` | | a list of [`VehicleRecord`] |
+//! | `POST /v1/vehicles` | [`RegisterVehicle`] | [`RegisteredAnswer`] |
+//! | `POST /v1/vehicles/{vin}/manifest` | a signed vehicle manifest ([`crate::uptane`]) | [`ManifestAccepted`] |
+//!
+//! A refusal answers [`ErrorAnswer`] with a status that says whether sending again can help:
+//! 400, 403, 404 and 409 are final for that body ([`is_final_refusal`]); 5xx is not.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::campaign::{CampaignSpec, Decision, Outcome, Progress, State, Wave};
+use crate::custom::Priority;
+use crate::ids::{CampaignId, EcuSerial, Vin};
+
+/// The paths of the API.
+pub mod path {
+    use super::{CampaignAction, CampaignId, Vin};
+
+    /// Every campaign (`GET`), or a new one (`POST`).
+    pub const CAMPAIGNS: &str = "/v1/campaigns";
+    /// The registry (`GET`), or a vehicle to register (`POST`).
+    pub const VEHICLES: &str = "/v1/vehicles";
+    /// The Prometheus exposition.
+    pub const METRICS: &str = "/metrics";
+
+    /// An operator's action on campaign `id`.
+    pub fn campaign_action(id: &CampaignId, action: CampaignAction) -> String {
+        format!("{CAMPAIGNS}/{id}/{}", action.name())
+    }
+
+    /// Where vehicle `vin` sends its manifests.
+    pub fn manifest(vin: &Vin) -> String {
+        format!("{VEHICLES}/{vin}/manifest")
+    }
+}
+
+/// Whether an HTTP status refuses a request for good: the same body sent again would be
+/// refused again (400 malformed, 403 not signed as registered, 404 unknown, 409 a replay).
+pub fn is_final_refusal(status: u16) -> bool {
+    matches!(status, 400 | 403 | 404 | 409)
+}
+
+/// What an operator does to a campaign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CampaignAction {
+    /// Approve a created campaign and start it (someone other than its creator).
+    Approve,
+    /// Stop handing out the release.
+    Halt,
+    /// Resume a halted campaign.
+    Resume,
+    /// Call it off; vehicles that installed it go to the fallback.
+    Abort,
+}
+
+/// An action that is none of approve, halt, resume, abort.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no action {0:?}: approve, halt, resume or abort")]
+pub struct UnknownAction(pub String);
+
+impl CampaignAction {
+    /// Every action.
+    pub const ALL: [Self; 4] = [Self::Approve, Self::Halt, Self::Resume, Self::Abort];
+
+    /// Its name in the path.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Halt => "halt",
+            Self::Resume => "resume",
+            Self::Abort => "abort",
+        }
+    }
+
+    /// Whether the action needs a reason (a halt or an abort is explained).
+    pub fn needs_reason(self) -> bool {
+        matches!(self, Self::Halt | Self::Abort)
+    }
+}
+
+impl FromStr for CampaignAction {
+    type Err = UnknownAction;
+
+    fn from_str(text: &str) -> Result<Self, UnknownAction> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == text)
+            .ok_or_else(|| UnknownAction(text.to_string()))
+    }
+}
+
+impl fmt::Display for CampaignAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `POST /v1/campaigns`: a campaign to create; it waits for someone else's approval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateCampaign {
+    /// Who creates it.
+    pub actor: String,
+    /// What it is.
+    pub spec: CampaignSpec,
+}
+
+/// `POST /v1/campaigns/{id}/{action}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionRequest {
+    /// Who acts.
+    pub by: String,
+    /// Why (a halt and an abort need one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/vehicles`: a vehicle to register.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterVehicle {
+    /// Who registers it.
+    pub actor: String,
+    /// The vehicle.
+    pub vehicle: VehicleRecord,
+}
+
+/// The answer to a created campaign.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedAnswer {
+    /// Its id.
+    pub created: CampaignId,
+}
+
+/// The answer to an approval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovedAnswer {
+    /// The campaign.
+    pub approved: CampaignId,
+    /// Who approved it.
+    pub by: String,
+}
+
+/// The answer to a halt, resume or abort.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecidedAnswer {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// What was decided.
+    pub decision: Decision,
+}
+
+/// The answer to a registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredAnswer {
+    /// The vehicle.
+    pub registered: Vin,
+}
+
+/// Every refusal's body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorAnswer {
+    /// What was wrong.
+    pub error: String,
+}
+
+/// What an accepted manifest did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestAccepted {
+    /// The vehicle.
+    pub vin: Vin,
+    /// The same manifest was accepted before; nothing was counted again.
+    pub duplicate: bool,
+    /// Campaign → the outcome counted for it.
+    pub outcomes: BTreeMap<CampaignId, Outcome>,
+    /// Campaign → decisions the report caused.
+    pub decisions: Vec<(CampaignId, Decision)>,
+}
+
+/// Where a campaign stands: waiting for approval, or started (then its core's state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Created, not approved yet.
+    AwaitingApproval,
+    /// Approved: the core's state.
+    Started(State),
+}
+
+/// The JSON of [`Standing::AwaitingApproval`]: `{"state": "awaiting_approval"}`, beside the
+/// core's states (`{"state": "running", "open": 0}`, ...).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AwaitingTag {
+    AwaitingApproval,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Awaiting {
+    state: AwaitingTag,
+}
+
+impl Serialize for Standing {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::AwaitingApproval => Awaiting {
+                state: AwaitingTag::AwaitingApproval,
+            }
+            .serialize(serializer),
+            Self::Started(state) => state.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Standing {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if value["state"] == "awaiting_approval" {
+            return Ok(Self::AwaitingApproval);
+        }
+        State::deserialize(value)
+            .map(Self::Started)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A decision and when it was made (Unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionAt {
+    /// When.
+    pub at: u64,
+    /// What.
+    pub decision: Decision,
+}
+
+/// One campaign's standing, as `GET /v1/campaigns` gives it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CampaignStatus {
+    /// Its id.
+    pub id: CampaignId,
+    /// Hardware id → target.
+    pub release: BTreeMap<String, String>,
+    /// Its priority class.
+    pub priority: Priority,
+    /// Who created it.
+    pub created_by: String,
+    /// When (Unix seconds).
+    pub created_at: u64,
+    /// Who approved it.
+    pub approved_by: Option<String>,
+    /// Where it stands.
+    pub state: Standing,
+    /// Its waves.
+    pub waves: Vec<Wave>,
+    /// Its progress, once started.
+    pub progress: Option<Progress>,
+    /// Region → link class → bytes the vehicles fetched for it.
+    pub bytes: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Its last decisions, newest first.
+    pub decisions: Vec<DecisionAt>,
+}
+
+/// `GET /v1/campaigns`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CampaignsAnswer {
+    /// The director's time (Unix seconds).
+    pub now: u64,
+    /// Every campaign, by id.
+    pub campaigns: Vec<CampaignStatus>,
+}
+
+impl CampaignsAnswer {
+    /// Campaign `id`, if there is one.
+    pub fn campaign(&self, id: &CampaignId) -> Option<&CampaignStatus> {
+        self.campaigns.iter().find(|c| &c.id == id)
+    }
+}
+
+/// One ECU of a vehicle, as registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EcuRecord {
+    /// The ECU's serial.
+    pub serial: EcuSerial,
+    /// Its hardware id (which images fit it).
+    pub hardware_id: String,
+    /// The public half of the key it signs its version reports with (hex).
+    pub public_key: String,
+    /// The image repository target it runs, as last reported (or registered).
+    #[serde(default)]
+    pub installed: Option<String>,
+}
+
+/// The last vehicle manifest the director accepted from a vehicle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReport {
+    /// When it was accepted (Unix seconds).
+    pub at: u64,
+    /// The nonce it answered.
+    pub nonce: String,
+    /// BLAKE3 of the manifest's bytes (a resend of the same manifest is not a replay).
+    pub manifest: String,
+    /// The install outcome it reported, if it ended one.
+    #[serde(default)]
+    pub outcome: Option<InstallOutcome>,
+}
+
+/// A vehicle in the director's registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VehicleRecord {
+    /// Its id (VIN).
+    pub vin: Vin,
+    /// Its region.
+    pub region: String,
+    /// Its vehicle type (model).
+    pub vehicle_type: String,
+    /// Its home depot.
+    pub home_depot: String,
+    /// The public half of its primary's key, which signs its vehicle manifests (hex).
+    pub primary_key: String,
+    /// Its ECUs; the first is the primary.
+    pub ecus: Vec<EcuRecord>,
+    /// The last manifest accepted.
+    #[serde(default)]
+    pub last_report: Option<LastReport>,
+}
+
+/// A vehicle record that does not hold together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("vehicle {vin}: {detail}")]
+pub struct RecordError {
+    /// The vehicle.
+    pub vin: Vin,
+    /// What is wrong, naming the field.
+    pub detail: String,
+}
+
+/// A hex ed25519 public key that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// Not hex.
+    #[error("not hex")]
+    NotHex,
+    /// Not 32 bytes.
+    #[error("an ed25519 public key is 32 bytes")]
+    Length,
+    /// Not a point of the curve.
+    #[error("not an ed25519 public key")]
+    NotAKey,
+}
+
+/// Parses a hex ed25519 public key.
+pub fn parse_key(hex_key: &str) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
+    let bytes = hex::decode(hex_key).map_err(|_| KeyError::NotHex)?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Length)?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::NotAKey)
+}
+
+impl VehicleRecord {
+    /// Checks what the types do not: field lengths, keys, ECUs; the error names the field.
+    pub fn check(&self) -> Result<(), RecordError> {
+        let fail = |detail: String| {
+            Err(RecordError {
+                vin: self.vin.clone(),
+                detail,
+            })
+        };
+        for (field, value) in [
+            ("region", &self.region),
+            ("vehicle_type", &self.vehicle_type),
+            ("home_depot", &self.home_depot),
+        ] {
+            if value.is_empty() || value.len() > 64 || value.chars().any(char::is_control) {
+                return fail(format!(
+                    "{field} {value:?} must be 1 to 64 printable characters"
+                ));
+            }
+        }
+        if let Err(error) = parse_key(&self.primary_key) {
+            return fail(format!("primary_key: {error}"));
+        }
+        if self.ecus.is_empty() {
+            return fail("it has no ECU".into());
+        }
+        let mut serials = std::collections::BTreeSet::new();
+        for ecu in &self.ecus {
+            if ecu.hardware_id.is_empty() {
+                return fail(format!("ECU {} has an empty hardware id", ecu.serial));
+            }
+            if !serials.insert(&ecu.serial) {
+                return fail(format!("ECU {} is listed twice", ecu.serial));
+            }
+            if let Err(error) = parse_key(&ecu.public_key) {
+                return fail(format!("ECU {} public_key: {error}", ecu.serial));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a vehicle's install ended as, in its manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallOutcome {
+    /// Every ECU committed the new image.
+    Committed,
+    /// Rolled back: a boot failed, a trial ran out, or anything but the health check.
+    RolledBack,
+    /// Rolled back because a health check failed.
+    HealthFailed,
+}
+
+/// What the vehicle's primary saw of an install, signed in the manifest that ends it
+/// (`install`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallReport {
+    /// The install's name (`director-v<N>`).
+    pub group: String,
+    /// How it ended.
+    pub outcome: InstallOutcome,
+    /// Why it rolled back (empty after a commit).
+    #[serde(default)]
+    pub reason: String,
+    /// Link class → bytes fetched for it.
+    #[serde(default)]
+    pub bytes: BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_standing_reads_as_it_is_written() {
+        for (standing, text) in [
+            (
+                Standing::AwaitingApproval,
+                json!({"state": "awaiting_approval"}),
+            ),
+            (
+                Standing::Started(State::Halted {
+                    open: 1,
+                    reason: "gate".into(),
+                }),
+                json!({"state": "halted", "open": 1, "reason": "gate"}),
+            ),
+        ] {
+            assert_eq!(serde_json::to_value(&standing).unwrap(), text);
+            assert_eq!(serde_json::from_value::<Standing>(text).unwrap(), standing);
+        }
+        assert!(serde_json::from_value::<Standing>(json!({"state": "sleeping"})).is_err());
+    }
+
+    #[test]
+    fn paths_and_actions() {
+        let id = CampaignId::parse("c-1").unwrap();
+        assert_eq!(
+            path::campaign_action(&id, CampaignAction::Approve),
+            "/v1/campaigns/c-1/approve"
+        );
+        assert_eq!(
+            path::manifest(&Vin::parse("VIN-1").unwrap()),
+            "/v1/vehicles/VIN-1/manifest"
+        );
+        for action in CampaignAction::ALL {
+            assert_eq!(action.name().parse::<CampaignAction>().unwrap(), action);
+        }
+        assert!("delete".parse::<CampaignAction>().is_err());
+        assert!(is_final_refusal(409) && !is_final_refusal(503) && !is_final_refusal(200));
+    }
+
+    #[test]
+    fn a_vehicle_record_names_its_bad_field() {
+        let key = hex::encode(
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+                .verifying_key()
+                .as_bytes(),
+        );
+        let good = VehicleRecord {
+            vin: Vin::parse("VIN-1").unwrap(),
+            region: "eu".into(),
+            vehicle_type: "tractor".into(),
+            home_depot: "d1".into(),
+            primary_key: key.clone(),
+            ecus: vec![EcuRecord {
+                serial: EcuSerial::parse("GW-1").unwrap(),
+                hardware_id: "gw".into(),
+                public_key: key.clone(),
+                installed: None,
+            }],
+            last_report: None,
+        };
+        good.check().unwrap();
+        let mut bad = good.clone();
+        bad.region = "a\nb".into();
+        assert!(bad.check().unwrap_err().to_string().contains("region"));
+        let mut bad = good.clone();
+        bad.ecus.push(bad.ecus[0].clone());
+        assert!(
+            bad.check()
+                .unwrap_err()
+                .to_string()
+                .contains("listed twice")
+        );
+        let mut bad = good;
+        bad.primary_key = "zz".into();
+        assert!(
+            bad.check()
+                .unwrap_err()
+                .to_string()
+                .contains("primary_key: not hex")
+        );
+        let error = serde_json::from_value::<EcuRecord>(json!({
+            "serial": "", "hardware_id": "gw", "public_key": key
+        }))
+        .unwrap_err();
+        assert!(error.to_string().contains("ECU serial"), "{error}");
+    }
+}
