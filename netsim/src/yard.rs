@@ -381,11 +381,18 @@ fn follow_director(
     let mut seen: BTreeMap<Vin, u64> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         for vin in &vins {
-            let version = origin::director::targets_version(&origin, vin);
+            // Keyed on the timestamp, which the director writes last (targets, snapshot, then
+            // timestamp): a repository imported between its targets and its timestamp would
+            // serve the new targets under the old timestamp, which no vehicle ever follows, and
+            // a key on the targets version would never import it again.
+            let repository = origin::director::vehicle_repository(vin);
+            let version = origin
+                .latest(&repository, "timestamp")
+                .map_or(0, |(version, _)| version);
             if seen.get(vin) == Some(&version) {
                 continue;
             }
-            let repo = origin.dir.join(origin::director::vehicle_repository(vin));
+            let repo = origin.dir.join(&repository);
             match depot_cache::import::import_repo(&store, &format!("director/{vin}"), &repo) {
                 Ok(_) => {
                     seen.insert(vin.clone(), version);
