@@ -5,6 +5,7 @@
 //! It must never install software that is unsigned, older than what runs, stale, or meant for other
 //! hardware; never write the bank an ECU runs from; and never leave an ECU without one bootable,
 //! verified bank, whatever instant the power is cut. Memory must not grow with image size.
+pub mod agent;
 pub mod bank;
 pub mod boot;
 pub mod config;
