@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
 use node::policy::Window;
 use node::seeding::SeedConfig;
 use node::text::{check_vehicle_id, line_of};
@@ -210,6 +211,44 @@ pub struct PrefetchConfig {
     pub stall_timeout: Duration,
 }
 
+/// What is wrong with a depot configuration: each names the key, and its line where the
+/// value has one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Not TOML, a key unknown or missing, or a value of the wrong type (toml names the line).
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A value that does not parse or is refused.
+    #[error("{key} (line {line}): {why}")]
+    At {
+        key: &'static str,
+        line: usize,
+        why: String,
+    },
+    /// A number outside what its key allows.
+    #[error("{key} = {value}: {allowed}")]
+    OutOfRange {
+        key: &'static str,
+        value: i64,
+        allowed: &'static str,
+    },
+    /// A list that must name at least one entry.
+    #[error("{key} is empty: {need}")]
+    Empty {
+        key: &'static str,
+        need: &'static str,
+    },
+    /// An upstream named without the peer id that says whom the depot trusts.
+    #[error(
+        "prefetch.upstream: {0} has no /p2p/<peer id>: the depot must know whom it trusts to be its upstream"
+    )]
+    UpstreamWithoutPeer(Multiaddr),
+    /// `relay.retry_secs` or `relay.max_reports` is 0.
+    #[error("relay.retry_secs and relay.max_reports must be at least 1")]
+    RelayLimits,
+}
+
 /// Reads and checks `path`.
 pub fn load(path: &Path) -> anyhow::Result<DepotConfig> {
     let text =
@@ -218,14 +257,17 @@ pub fn load(path: &Path) -> anyhow::Result<DepotConfig> {
 }
 
 /// Checks the text of a configuration file; errors name the key and its line.
-pub fn parse(text: &str) -> Result<DepotConfig, String> {
-    let file: File = toml::from_str(text).map_err(|error| error.to_string())?;
-    let at = |key: &str, span: std::ops::Range<usize>, why: String| {
-        format!("{key} (line {}): {why}", line_of(text, span.start))
+pub fn parse(text: &str) -> Result<DepotConfig, ConfigError> {
+    let file: File = toml::from_str(text)?;
+    let at = |key: &'static str, span: std::ops::Range<usize>, why: &dyn std::fmt::Display| {
+        ConfigError::At {
+            key,
+            line: line_of(text, span.start),
+            why: why.to_string(),
+        }
     };
-    let addr = |key: &str, value: &Spanned<String>| -> Result<Multiaddr, String> {
-        node::net::parse_multiaddr(value.get_ref())
-            .map_err(|error| at(key, value.span(), error.to_string()))
+    let addr = |key: &'static str, value: &Spanned<String>| -> Result<Multiaddr, ConfigError> {
+        node::net::parse_multiaddr(value.get_ref()).map_err(|error| at(key, value.span(), &error))
     };
     let mut listen = file
         .listen
@@ -234,13 +276,18 @@ pub fn parse(text: &str) -> Result<DepotConfig, String> {
         .collect::<Result<Vec<_>, _>>()?;
     if listen.is_empty() {
         listen.push(
-            "/ip4/0.0.0.0/udp/4433/quic-v1"
-                .parse()
-                .map_err(|_| "the default listen address does not parse".to_owned())?,
+            Multiaddr::empty()
+                .with(Protocol::Ip4(std::net::Ipv4Addr::UNSPECIFIED))
+                .with(Protocol::Udp(4433))
+                .with(Protocol::QuicV1),
         );
     }
     if !(1..=256).contains(&file.threads) {
-        return Err(format!("threads = {}: must be 1 to 256", file.threads));
+        return Err(ConfigError::OutOfRange {
+            key: "threads",
+            value: i64::from(file.threads),
+            allowed: "must be 1 to 256",
+        });
     }
     let http = file
         .http
@@ -250,7 +297,7 @@ pub fn parse(text: &str) -> Result<DepotConfig, String> {
                 at(
                     "http",
                     value.span(),
-                    format!("{:?}: {error}", value.get_ref()),
+                    &format!("{:?}: {error}", value.get_ref()),
                 )
             })
         })
@@ -266,7 +313,7 @@ pub fn parse(text: &str) -> Result<DepotConfig, String> {
         return Err(at(
             "serve.upload_bytes_per_sec",
             rate.span(),
-            "0: leave it out for no limit".into(),
+            &"0: leave it out for no limit",
         ));
     }
     let serve = ServeConfig {
@@ -276,51 +323,62 @@ pub fn parse(text: &str) -> Result<DepotConfig, String> {
         None => None,
         Some(prefetch) => {
             if prefetch.upstream.is_empty() {
-                return Err("prefetch.upstream is empty: name at least one upstream cache".into());
+                return Err(ConfigError::Empty {
+                    key: "prefetch.upstream",
+                    need: "name at least one upstream cache",
+                });
             }
             let upstream = prefetch
                 .upstream
                 .iter()
                 .map(|value| addr("prefetch.upstream", value))
                 .collect::<Result<Vec<_>, _>>()?;
-            if let Some(bad) = upstream.iter().find(|a| {
-                !a.iter()
-                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-            }) {
-                return Err(format!(
-                    "prefetch.upstream: {bad} has no /p2p/<peer id>: the depot must know whom it trusts to be its upstream"
-                ));
+            if let Some(bad) = upstream
+                .iter()
+                .find(|a| !a.iter().any(|p| matches!(p, Protocol::P2p(_))))
+            {
+                return Err(ConfigError::UpstreamWithoutPeer(bad.clone()));
             }
             let windows = prefetch
                 .windows
                 .iter()
                 .map(|value| {
                     Window::parse(value.get_ref())
-                        .map_err(|why| at("prefetch.windows", value.span(), why))
+                        .map_err(|why| at("prefetch.windows", value.span(), &why))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if prefetch.interval_secs == 0 {
-                return Err("prefetch.interval_secs = 0: must be at least 1".into());
+                return Err(ConfigError::OutOfRange {
+                    key: "prefetch.interval_secs",
+                    value: 0,
+                    allowed: "must be at least 1",
+                });
             }
             if prefetch.repositories.is_empty() {
-                return Err("prefetch.repositories is empty".into());
+                return Err(ConfigError::Empty {
+                    key: "prefetch.repositories",
+                    need: "name at least one repository",
+                });
             }
             let mut repositories = prefetch.repositories;
             for vin in &prefetch.vehicles {
                 let text = vin.get_ref();
-                check_vehicle_id(text).map_err(|why| at("prefetch.vehicles", vin.span(), why))?;
+                check_vehicle_id(text).map_err(|why| at("prefetch.vehicles", vin.span(), &why))?;
                 repositories.push(format!("director/{text}"));
             }
             if !(-14 * 60..=14 * 60).contains(&prefetch.utc_offset_minutes) {
-                return Err(format!(
-                    "prefetch.utc_offset_minutes = {}: must be within -840..=840",
-                    prefetch.utc_offset_minutes
-                ));
+                return Err(ConfigError::OutOfRange {
+                    key: "prefetch.utc_offset_minutes",
+                    value: i64::from(prefetch.utc_offset_minutes),
+                    allowed: "must be within -840..=840",
+                });
             }
             if prefetch.rate_limit_bytes_per_sec == Some(0) {
-                return Err(
-                    "prefetch.rate_limit_bytes_per_sec = 0: leave it out for no limit".into(),
-                );
+                return Err(ConfigError::OutOfRange {
+                    key: "prefetch.rate_limit_bytes_per_sec",
+                    value: 0,
+                    allowed: "leave it out for no limit",
+                });
             }
             Some(PrefetchConfig {
                 upstream,
@@ -346,11 +404,11 @@ pub fn parse(text: &str) -> Result<DepotConfig, String> {
                 return Err(at(
                     "relay.director_url",
                     relay.director_url.span(),
-                    format!("{url:?} is not an http:// or https:// URL"),
+                    &format!("{url:?} is not an http:// or https:// URL"),
                 ));
             }
             if relay.retry_secs == 0 || relay.max_reports == 0 {
-                return Err("relay.retry_secs and relay.max_reports must be at least 1".into());
+                return Err(ConfigError::RelayLimits);
             }
             Some(RelayConfig {
                 director_url: url.to_string(),
@@ -431,6 +489,10 @@ mod tests {
     fn defaults_fill_what_is_left_out() {
         let config = parse("data_dir = \"/tmp/d\"\n").unwrap();
         assert_eq!(config.listen.len(), 1);
+        assert_eq!(
+            config.listen[0].to_string(),
+            "/ip4/0.0.0.0/udp/4433/quic-v1"
+        );
         assert!(config.mdns);
         assert_eq!(config.seeding, Some(SeedConfig::default()));
         assert!(config.prefetch.is_none());
@@ -492,7 +554,7 @@ mod tests {
             ),
         ];
         for (text, expected) in cases {
-            let error = parse(text).unwrap_err();
+            let error = parse(text).unwrap_err().to_string();
             assert!(error.contains(expected), "{text:?}: {error}");
         }
     }
