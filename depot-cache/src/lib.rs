@@ -8,6 +8,9 @@
 
 pub mod config;
 pub mod daemon;
+mod http;
 pub mod import;
+mod metrics;
 pub mod prefetch;
 pub mod relay;
+mod status;
