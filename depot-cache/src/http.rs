@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::registry::Registry;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -30,8 +31,18 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// descriptors repeat at once, and the loop must not spin on them.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// What the handlers read.
+struct Surface {
+    state: Arc<DepotState>,
+    registry: Registry,
+}
+
 /// The routes, with their bounds.
 fn router(state: Arc<DepotState>) -> Router {
+    let surface = Arc::new(Surface {
+        registry: crate::metrics::registry(state.clone()),
+        state,
+    });
     Router::new()
         .route("/metrics", get(metrics))
         .route("/status", get(status))
@@ -44,7 +55,7 @@ fn router(state: Arc<DepotState>) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             ANSWER_TIMEOUT,
         ))
-        .with_state(state)
+        .with_state(surface)
 }
 
 /// Serves [`router`] on `listener` until the task is dropped.
@@ -78,18 +89,25 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, state: Arc<DepotSta
     }
 }
 
-async fn metrics(State(state): State<Arc<DepotState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::metrics(&state),
-    )
-        .into_response()
+async fn metrics(State(surface): State<Arc<Surface>>) -> Response {
+    match node::metrics::render(&surface.registry) {
+        Ok(text) => ([(header::CONTENT_TYPE, node::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "encoding the metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "text/plain")],
+                "the metrics could not be encoded\n",
+            )
+                .into_response()
+        }
+    }
 }
 
-async fn status(State(state): State<Arc<DepotState>>) -> Response {
+async fn status(State(surface): State<Arc<Surface>>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        status_json(&state).to_string(),
+        status_json(&surface.state).to_string(),
     )
         .into_response()
 }
@@ -149,7 +167,7 @@ mod tests {
             (
                 "GET /metrics HTTP/1.1\r\nhost: d\r\n\r\n",
                 "HTTP/1.1 200 OK",
-                "text/plain; version=0.0.4",
+                "text/plain; version=0.0.4; charset=utf-8",
                 "# HELP depotmesh_depot_bytes_total ",
             ),
             (

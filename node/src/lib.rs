@@ -14,6 +14,7 @@ pub mod cache;
 pub mod director_client;
 pub mod engine;
 pub mod identity;
+pub mod metrics;
 pub mod named;
 pub mod net;
 pub mod policy;
