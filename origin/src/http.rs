@@ -237,8 +237,13 @@ async fn dashboard() -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
-    let text = shared.with(|d, now| d.metrics(now)).await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+    let text = shared.with(|d, now| d.metrics(now)).await?.map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("encoding the metrics: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, node::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 async fn campaigns(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {

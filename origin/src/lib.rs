@@ -23,6 +23,7 @@ pub mod delta;
 pub mod director;
 pub mod http;
 pub mod keys;
+mod metrics;
 pub mod registry;
 pub mod repo;
 pub mod service;

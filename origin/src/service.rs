@@ -181,14 +181,6 @@ fn assignments(vehicle: &VehicleRecord, targets: &BTreeMap<String, String>) -> V
         .collect()
 }
 
-/// A Prometheus label value, escaped.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Parses the agent's nonce `director-v<N>@<time>` into N.
 fn nonce_version(nonce: &str) -> Option<u64> {
     let (group, time) = nonce.split_once('@')?;
@@ -881,101 +873,27 @@ impl Director {
         CampaignsAnswer { now, campaigns }
     }
 
-    /// Prometheus text exposition of the campaigns and the manifest counters.
-    pub fn metrics(&self, now: u64) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
+    /// Prometheus text of the campaigns and the manifest counters.
+    pub fn metrics(&self, now: u64) -> Result<String, std::fmt::Error> {
         let c = &self.counters;
-        out.push_str(
-            "# HELP depotmesh_director_manifests_total Vehicle manifests received, by result.\n",
-        );
-        out.push_str("# TYPE depotmesh_director_manifests_total counter\n");
-        for (result, count) in [
-            ("accepted", c.accepted),
-            ("duplicate", c.duplicate),
-            ("rejected", c.rejected),
-            ("replayed", c.replayed),
-            ("unknown_vehicle", c.unknown),
-        ] {
-            let _ = writeln!(
-                out,
-                "depotmesh_director_manifests_total{{result=\"{result}\"}} {count}"
-            );
-        }
-        out.push_str(
-            "# HELP depotmesh_campaign_vehicles Vehicles of a campaign's open waves, by status.\n",
-        );
-        out.push_str("# TYPE depotmesh_campaign_vehicles gauge\n");
-        let mut states = String::from(
-            "# HELP depotmesh_campaign_state 1 for the campaign's current state.\n# TYPE depotmesh_campaign_state gauge\n",
-        );
-        let mut waves = String::from(
-            "# HELP depotmesh_campaign_open_wave The campaign's last open wave (1-based).\n# TYPE depotmesh_campaign_open_wave gauge\n",
-        );
-        let mut bytes = String::from(
-            "# HELP depotmesh_campaign_bytes Bytes vehicles fetched for a campaign, by region and link class.\n# TYPE depotmesh_campaign_bytes gauge\n",
-        );
-        let mut ttu = String::from(
-            "# HELP depotmesh_campaign_time_to_update_seconds From a vehicle's wave opening to its commit report.\n# TYPE depotmesh_campaign_time_to_update_seconds gauge\n",
-        );
-        for (id, record) in &self.campaigns {
-            let Some(progress) = record.campaign.as_ref().map(|c| c.progress(now)) else {
-                let _ = writeln!(
-                    states,
-                    "depotmesh_campaign_state{{campaign=\"{id}\",state=\"awaiting_approval\"}} 1"
-                );
-                continue;
-            };
-            let e = &progress.eligible;
-            for (status, count) in [
-                ("assigned", e.assigned),
-                ("committed", e.committed),
-                ("rolled_back", e.rolled_back),
-                ("health_failed", e.health_failed),
-                ("overdue", e.overdue),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "depotmesh_campaign_vehicles{{campaign=\"{id}\",status=\"{status}\"}} {count}"
-                );
-            }
-            let state = match progress.state {
-                State::Running { .. } => "running",
-                State::Halted { .. } => "halted",
-                State::Completed => "completed",
-                State::Aborted { .. } => "aborted",
-            };
-            let _ = writeln!(
-                states,
-                "depotmesh_campaign_state{{campaign=\"{id}\",state=\"{state}\"}} 1"
-            );
-            let _ = writeln!(
-                waves,
-                "depotmesh_campaign_open_wave{{campaign=\"{id}\"}} {}",
-                progress.open_wave + 1
-            );
-            for (region, links) in &record.bytes {
-                for (link, count) in links {
-                    let _ = writeln!(
-                        bytes,
-                        "depotmesh_campaign_bytes{{campaign=\"{id}\",region=\"{}\",link=\"{}\"}} {count}",
-                        label(region),
-                        label(link)
-                    );
-                }
-            }
-            for (quantile, value) in ["0.5", "0.9", "0.99"]
+        crate::metrics::Figures {
+            manifests: [
+                ("accepted", c.accepted),
+                ("duplicate", c.duplicate),
+                ("rejected", c.rejected),
+                ("replayed", c.replayed),
+                ("unknown_vehicle", c.unknown),
+            ],
+            campaigns: self
+                .campaigns
                 .iter()
-                .zip(progress.time_to_update_secs)
-            {
-                if let Some(value) = value {
-                    let _ = writeln!(
-                        ttu,
-                        "depotmesh_campaign_time_to_update_seconds{{campaign=\"{id}\",quantile=\"{quantile}\"}} {value}"
-                    );
-                }
-            }
+                .map(|(id, record)| crate::metrics::CampaignFigures {
+                    id: id.clone(),
+                    progress: record.campaign.as_ref().map(|c| c.progress(now)),
+                    bytes: record.bytes.clone(),
+                })
+                .collect(),
         }
-        out + &states + &waves + &bytes + &ttu
+        .render()
     }
 }

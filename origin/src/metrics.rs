@@ -1,0 +1,241 @@
+//! The director's Prometheus metrics for `/metrics`: the manifest counters and each campaign's
+//! standing, read under the director's lock into [`Figures`] and encoded from that snapshot
+//! (see `node::metrics` for why they are not kept in metrics of their own).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use node::metrics::Families;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
+
+use crate::campaign::{Progress, State};
+
+/// What `/metrics` reports, as the director stood at one instant.
+#[derive(Debug)]
+pub(crate) struct Figures {
+    /// Vehicle manifests received, by result.
+    pub(crate) manifests: [(&'static str, u64); 5],
+    /// Every campaign, in id order.
+    pub(crate) campaigns: Vec<CampaignFigures>,
+}
+
+/// One campaign's part of [`Figures`].
+#[derive(Debug)]
+pub(crate) struct CampaignFigures {
+    pub(crate) id: proto::CampaignId,
+    /// `None` while it awaits approval.
+    pub(crate) progress: Option<Progress>,
+    /// Region → link class → bytes its vehicles fetched.
+    pub(crate) bytes: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl Figures {
+    /// The Prometheus text of these figures.
+    pub(crate) fn render(self) -> Result<String, fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        node::metrics::render(&registry)
+    }
+
+    /// The approved campaigns with their standing and bytes.
+    fn approved(
+        &self,
+    ) -> impl Iterator<Item = (&str, &Progress, &BTreeMap<String, BTreeMap<String, u64>>)> {
+        self.campaigns.iter().filter_map(|campaign| {
+            let progress = campaign.progress.as_ref()?;
+            Some((campaign.id.as_str(), progress, &campaign.bytes))
+        })
+    }
+}
+
+impl Collector for Figures {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let mut out = Families::new(encoder);
+        out.counter(
+            "depotmesh_director_manifests",
+            "Vehicle manifests received, by result.",
+            self.manifests
+                .iter()
+                .map(|&(result, count)| ([("result", result)], count)),
+        )?;
+        out.gauge(
+            "depotmesh_campaign_vehicles",
+            "Vehicles of a campaign's open waves, by status.",
+            self.approved().flat_map(|(id, progress, _)| {
+                let e = &progress.eligible;
+                [
+                    ("assigned", e.assigned),
+                    ("committed", e.committed),
+                    ("rolled_back", e.rolled_back),
+                    ("health_failed", e.health_failed),
+                    ("overdue", e.overdue),
+                ]
+                .map(|(status, count)| ([("campaign", id), ("status", status)], count))
+            }),
+        )?;
+        out.gauge(
+            "depotmesh_campaign_state",
+            "1 for the campaign's current state.",
+            self.campaigns.iter().map(|campaign| {
+                let state = match campaign.progress.as_ref().map(|p| &p.state) {
+                    None => "awaiting_approval",
+                    Some(State::Running { .. }) => "running",
+                    Some(State::Halted { .. }) => "halted",
+                    Some(State::Completed) => "completed",
+                    Some(State::Aborted { .. }) => "aborted",
+                };
+                ([("campaign", campaign.id.as_str()), ("state", state)], 1)
+            }),
+        )?;
+        out.gauge(
+            "depotmesh_campaign_open_wave",
+            "The campaign's last open wave (1-based).",
+            self.approved()
+                .map(|(id, progress, _)| ([("campaign", id)], progress.open_wave as u64 + 1)),
+        )?;
+        out.gauge(
+            "depotmesh_campaign_bytes",
+            "Bytes vehicles fetched for a campaign, by region and link class.",
+            self.approved().flat_map(|(id, _, bytes)| {
+                bytes.iter().flat_map(move |(region, links)| {
+                    links.iter().map(move |(link, &count)| {
+                        let labels = [("campaign", id), ("region", region), ("link", link)];
+                        (labels, count)
+                    })
+                })
+            }),
+        )?;
+        out.gauge(
+            "depotmesh_campaign_time_to_update_seconds",
+            "From a vehicle's wave opening to its commit report.",
+            self.approved().flat_map(|(id, progress, _)| {
+                ["0.5", "0.9", "0.99"]
+                    .into_iter()
+                    .zip(progress.time_to_update_secs)
+                    .filter_map(move |(quantile, seconds)| {
+                        Some(([("campaign", id), ("quantile", quantile)], seconds?))
+                    })
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::campaign::Counts;
+
+    fn campaign(id: &str, state: Option<State>) -> CampaignFigures {
+        CampaignFigures {
+            id: id.parse().unwrap(),
+            progress: state.map(|state| Progress {
+                state,
+                open_wave: 1,
+                opened_at: vec![100, 200],
+                population: 10,
+                eligible: Counts {
+                    assigned: 4,
+                    committed: 2,
+                    ..Counts::default()
+                },
+                segments: BTreeMap::new(),
+                time_to_update_secs: [Some(60), Some(90), None],
+            }),
+            bytes: BTreeMap::from([(
+                "eu \"north\"".to_owned(),
+                BTreeMap::from([("cellular".to_owned(), 4096), ("yard-wifi".to_owned(), 1)]),
+            )]),
+        }
+    }
+
+    #[test]
+    fn the_whole_exposition_parses_with_every_family_named_and_typed_as_dashboards_expect() {
+        let figures = Figures {
+            manifests: [
+                ("accepted", 5),
+                ("duplicate", 0),
+                ("rejected", 1),
+                ("replayed", 0),
+                ("unknown_vehicle", 2),
+            ],
+            campaigns: vec![
+                campaign("a-waiting", None),
+                campaign("b-running", Some(State::Running { open: 1 })),
+                campaign(
+                    "c-halted",
+                    Some(State::Halted {
+                        open: 1,
+                        reason: "gate".to_owned(),
+                    }),
+                ),
+                campaign("d-completed", Some(State::Completed)),
+                campaign(
+                    "e-aborted",
+                    Some(State::Aborted {
+                        open: 1,
+                        reason: "recall".to_owned(),
+                    }),
+                ),
+            ],
+        };
+        let text = figures.render().unwrap();
+
+        let parsed = openmetrics_parser::prometheus::parse_prometheus(&text)
+            .unwrap_or_else(|error| panic!("{error}:\n{text}"));
+        let expected: [(&str, &str, &[&str], usize); 6] = [
+            (
+                "depotmesh_director_manifests_total",
+                "counter",
+                &["result"],
+                5,
+            ),
+            (
+                "depotmesh_campaign_vehicles",
+                "gauge",
+                &["campaign", "status"],
+                20,
+            ),
+            (
+                "depotmesh_campaign_state",
+                "gauge",
+                &["campaign", "state"],
+                5,
+            ),
+            ("depotmesh_campaign_open_wave", "gauge", &["campaign"], 4),
+            // The parser lists label names sorted; the text keeps campaign, region, link.
+            (
+                "depotmesh_campaign_bytes",
+                "gauge",
+                &["campaign", "link", "region"],
+                8,
+            ),
+            (
+                "depotmesh_campaign_time_to_update_seconds",
+                "gauge",
+                &["campaign", "quantile"],
+                8,
+            ),
+        ];
+        assert_eq!(parsed.families.len(), expected.len(), "{text}");
+        for (name, kind, labels, samples) in expected {
+            let family = &parsed.families[name];
+            assert_eq!(family.family_type.to_string(), kind, "{name}");
+            assert_eq!(family.get_label_names(), labels, "{name}");
+            assert_eq!(family.iter_samples().count(), samples, "{name}");
+        }
+        for sample in [
+            "depotmesh_director_manifests_total{result=\"unknown_vehicle\"} 2\n",
+            "depotmesh_campaign_state{campaign=\"a-waiting\",state=\"awaiting_approval\"} 1\n",
+            "depotmesh_campaign_state{campaign=\"d-completed\",state=\"completed\"} 1\n",
+            "depotmesh_campaign_vehicles{campaign=\"c-halted\",status=\"committed\"} 2\n",
+            "depotmesh_campaign_open_wave{campaign=\"e-aborted\"} 2\n",
+            "depotmesh_campaign_bytes{campaign=\"b-running\",region=\"eu \\\"north\\\"\",link=\"cellular\"} 4096\n",
+            "depotmesh_campaign_time_to_update_seconds{campaign=\"b-running\",quantile=\"0.9\"} 90\n",
+        ] {
+            assert!(text.contains(sample), "{sample} in {text}");
+        }
+    }
+}
