@@ -350,7 +350,8 @@ impl LinkPolicy {
         self.windows().next_open(now)
     }
 
-    fn next_month_start(&self, now: u64) -> u64 {
+    /// When the next month's budget starts (Unix seconds, after `now`, in the vehicle's zone).
+    pub fn next_month_start(&self, now: u64) -> u64 {
         let (y, m) = year_month(month_index(self.local(now)) + 1);
         let local = days_from_civil(y, m, 1) * 86_400;
         u64::try_from(local - i64::from(self.config.utc_offset_minutes) * 60).unwrap_or(u64::MAX)

@@ -359,6 +359,12 @@ impl Agent {
         self.now = self.now.max(now);
     }
 
+    /// The link changed during the check (a long install; a simulated vehicle that drove off):
+    /// what is left of the check (its reports) goes by the new one.
+    pub fn link_changed(&mut self, link: Option<Link>) {
+        self.link = link;
+    }
+
     /// The metadata verified: plans the install (or its report, if it ended).
     pub fn refreshed(&mut self, verified: &Verified) -> Result<(), PlanError> {
         let group = verified.group();
@@ -539,7 +545,7 @@ impl Agent {
                 if allowance == 0 {
                     return Err(Step::Waiting {
                         reason: "the cellular budget left is below one request's margin".into(),
-                        retry_at: None,
+                        retry_at: Some(self.policy.next_month_start(self.now)),
                     });
                 }
                 Ok(Fetch {

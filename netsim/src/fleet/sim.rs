@@ -23,9 +23,14 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-use node::policy::{Decision as LinkDecision, Link, LinkClass, LinkPolicy};
+use node::policy::{Link, LinkClass, LinkPolicy};
 use origin::campaign::{Campaign, Decision, Outcome, State as CampaignState};
+use proto::BlobId;
 use serde::Serialize;
+use vehicle_peer::agent::{
+    Action, Agent, Blob, DeltaOffer, EcuFacts, FetchEnd, Image, Step, Verified,
+};
+use vehicle_peer::flasher::{GroupDecision, Outcome as Flashed};
 
 use super::flow::MaxMin;
 use super::scenario::Checked;
@@ -170,7 +175,11 @@ enum Phase {
     Unaware,
     Downloading,
     Installing,
-    /// Installed; the report is on its way or recorded.
+    /// Installed; the link has not let the report go yet.
+    Unreported,
+    /// Installed; the report is on its way.
+    Reporting,
+    /// Installed and reported.
     Done,
     /// The campaign halted before it installed.
     Withdrawn,
@@ -201,7 +210,8 @@ struct Vehicle {
     last_yard: u32,
     signal: u8,
     corrupt: bool,
-    policy: LinkPolicy,
+    /// The vehicle agent itself: every decision it takes is the real agent's.
+    agent: Agent,
     reported_at: Option<f64>,
     outcome: Option<Outcome>,
 }
@@ -372,6 +382,51 @@ struct Model<'a> {
     committed_times: Vec<f64>,
     committed_by_region: Vec<u32>,
     committed_by_wave: Vec<u32>,
+    /// What every vehicle's refresh verifies (its holding and its install's end filled in).
+    release: Verified,
+}
+
+/// The release as a vehicle's agent sees it after verification: one ECU running the previous
+/// image, the new one approved (the prefetch less the delta), the delta between them listed.
+fn release(sc: &Checked, released: u64) -> Verified {
+    let whole = |bytes: f64| -> u64 {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let bytes = bytes.max(0.0).ceil() as u64;
+        bytes
+    };
+    let image = |target: &str| Image {
+        target: target.into(),
+        sha256: target.into(),
+    };
+    Verified {
+        director_version: 1,
+        priority: sc.priority,
+        released,
+        ecus: vec![EcuFacts {
+            // Letters, digits and a dash: always a valid serial.
+            serial: "GW-1".parse().unwrap_or_else(|_| unreachable!()),
+            approved: image("release-2"),
+            image: Some(Blob {
+                id: BlobId::from_bytes([2; 32]),
+                length: whole(sc.prefetch_bytes - sc.delta_bytes),
+                held: false,
+            }),
+            running: image("release-1"),
+            in_flight: false,
+            deltas: std::collections::BTreeMap::from([(
+                "release-1".to_string(),
+                DeltaOffer {
+                    blob: Blob {
+                        id: BlobId::from_bytes([9; 32]),
+                        length: whole(sc.delta_bytes),
+                        held: false,
+                    },
+                    from_sha256: "release-1".into(),
+                },
+            )]),
+        }],
+        ended: None,
+    }
 }
 
 /// Runs `scenario` (with `seed` in place of its own, if given).
@@ -461,7 +516,7 @@ impl<'a> Model<'a> {
                 last_yard: NO_SLOT,
                 signal,
                 corrupt: draw(seed, DRAW_CORRUPT, u64::from(v), 0) < s.failures.corrupt_peers,
-                policy: LinkPolicy::new(sc.policy_for(region)),
+                agent: Agent::new(LinkPolicy::new(sc.policy_for(region))),
                 reported_at: None,
                 outcome: None,
             });
@@ -494,6 +549,14 @@ impl<'a> Model<'a> {
             committed_times: Vec::new(),
             committed_by_region: vec![0; regions as usize],
             committed_by_wave: vec![0; plan.waves.len()],
+            release: release(
+                sc,
+                s.start_unix + {
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    let at = campaign_at as u64;
+                    at
+                },
+            ),
         };
         // Depots prefetch from publication on, at their backhaul's rate; an outage pauses it.
         let publish = (campaign_at - s.release.published_hours_before * 3600.0).max(0.0);
@@ -660,7 +723,7 @@ impl<'a> Model<'a> {
                 generation,
             } => {
                 if self.vehicles[vehicle as usize].generation == generation {
-                    self.decide_cellular(vehicle);
+                    self.check(vehicle);
                 }
             }
             Ev::CellStop {
@@ -672,7 +735,9 @@ impl<'a> Model<'a> {
                     if self.has_whole_delta(vehicle) {
                         self.downloaded(vehicle);
                     } else {
-                        self.decide_cellular(vehicle);
+                        // The run ended at its allowance or at the policy's recheck: the next
+                        // check asks the policy again.
+                        self.check(vehicle);
                     }
                 }
             }
@@ -682,19 +747,7 @@ impl<'a> Model<'a> {
                     self.reshare(depot);
                 }
             }
-            Ev::Installed(v) => {
-                let f = &self.sc.scenario.failures;
-                let outcome = if draw(self.seed, DRAW_HEALTH, u64::from(v), 0) < f.health_fail {
-                    Outcome::HealthFailed
-                } else if draw(self.seed, DRAW_ROLLBACK, u64::from(v), 0) < f.rollback {
-                    Outcome::RolledBack
-                } else {
-                    Outcome::Committed
-                };
-                self.vehicles[v as usize].outcome = Some(outcome);
-                let at = self.now + self.sc.scenario.vehicle.report_delay_secs;
-                self.push(at, Ev::Report(v));
-            }
+            Ev::Installed(v) => self.installed(v),
             Ev::Report(v) => self.report(v)?,
         }
         Ok(())
@@ -820,10 +873,7 @@ impl<'a> Model<'a> {
             return;
         }
         self.vehicles[v as usize].phase = Phase::Downloading;
-        match self.vehicles[v as usize].at {
-            Some(d) => self.join_downloaders(v, d),
-            None => self.decide_cellular(v),
-        }
+        self.check(v);
     }
 
     fn depart(&mut self, v: u32, day: u32) {
@@ -861,9 +911,7 @@ impl<'a> Model<'a> {
                 day: night,
             },
         );
-        if self.vehicles[v as usize].phase == Phase::Downloading {
-            self.decide_cellular(v);
-        }
+        self.check(v);
     }
 
     fn arrive(&mut self, v: u32, d: u32, day: u32) {
@@ -879,8 +927,9 @@ impl<'a> Model<'a> {
             yard.holders += 1;
             yard.union = (yard.union + vehicle.have).min(self.sc.delta_bytes);
         }
-        if vehicle.phase == Phase::Downloading {
-            self.join_downloaders(v, d);
+        if matches!(vehicle.phase, Phase::Downloading | Phase::Unreported) {
+            self.reshare(d);
+            self.check(v);
         } else {
             self.reshare(d);
             self.schedule_learn(v);
@@ -1109,76 +1158,197 @@ impl<'a> Model<'a> {
     }
 
     fn downloaded(&mut self, v: u32) {
-        let vehicle = &mut self.vehicles[v as usize];
-        if vehicle.phase != Phase::Downloading {
+        if self.vehicles[v as usize].phase != Phase::Downloading {
             return;
         }
-        vehicle.phase = Phase::Installing;
+        let unix = self.unix();
+        let vehicle = &mut self.vehicles[v as usize];
         vehicle.have = self.sc.delta_bytes;
-        let at = self.now + self.sc.scenario.vehicle.install_secs;
-        self.push(at, Ev::Installed(v));
+        vehicle.agent.advance(unix);
+        vehicle.agent.fetch_ended(&FetchEnd::Complete);
+        self.drive(v);
     }
 
-    /// Away from any yard: may the vehicle use cellular now? The vehicle's own link policy
-    /// answers.
-    fn decide_cellular(&mut self, v: u32) {
+    /// The link the vehicle has now: its yard's WiFi when parked, else cellular at its signal.
+    fn link_of(&self, v: u32) -> Link {
+        let vehicle = &self.vehicles[v as usize];
+        match vehicle.at {
+            Some(_) => Link {
+                class: LinkClass::YardWifi,
+                signal: 100,
+            },
+            None => Link {
+                class: LinkClass::Cellular,
+                signal: vehicle.signal,
+            },
+        }
+    }
+
+    /// What the vehicle's refresh verifies: one ECU running the previous release, the new one
+    /// approved, with the delta between them listed; what it holds; how its install ended.
+    fn verified(&self, v: u32) -> Verified {
+        let vehicle = &self.vehicles[v as usize];
+        let mut verified = self.release.clone();
+        verified.ecus[0]
+            .deltas
+            .values_mut()
+            .for_each(|d| d.blob.held = self.has_whole_delta(v));
+        verified.ended = match vehicle.outcome {
+            None => None,
+            Some(Outcome::Committed) => Some(GroupDecision::Commit),
+            Some(Outcome::RolledBack) => Some(GroupDecision::RollBack {
+                reason: "the trial boot failed".into(),
+            }),
+            Some(Outcome::HealthFailed) => Some(GroupDecision::RollBack {
+                reason: "health check failed".into(),
+            }),
+        };
+        verified
+    }
+
+    /// A check of the vehicle's agent on the link it has now, carried out to its end.
+    fn check(&mut self, v: u32) {
+        if !matches!(
+            self.vehicles[v as usize].phase,
+            Phase::Downloading | Phase::Unreported
+        ) {
+            return;
+        }
         let unix = self.unix();
-        let released = self.sc.scenario.start_unix + {
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let at = self.campaign_at as u64;
-            at
-        };
-        if self.vehicles[v as usize].phase == Phase::Downloading && self.has_whole_delta(v) {
-            self.downloaded(v);
-            return;
-        }
+        let link = self.link_of(v);
         let vehicle = &mut self.vehicles[v as usize];
-        if vehicle.phase != Phase::Downloading || vehicle.at.is_some() || vehicle.cell.is_some() {
+        vehicle.generation += 1;
+        vehicle.agent.start_check(unix, Some(link));
+        self.drive(v);
+    }
+
+    /// Carries out the agent's actions until it waits for something the model brings: a
+    /// fetch's end, an install's end, a new link or a time.
+    fn drive(&mut self, v: u32) {
+        loop {
+            let action = self.vehicles[v as usize].agent.poll();
+            match action {
+                Action::Refresh => {
+                    let verified = self.verified(v);
+                    // One ECU with a delta and an image: planning cannot fail.
+                    if self.vehicles[v as usize]
+                        .agent
+                        .refreshed(&verified)
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Action::Fetch(fetch) => {
+                    self.fetch(v, fetch.allowance);
+                    return;
+                }
+                Action::Install { .. } => {
+                    self.vehicles[v as usize].phase = Phase::Installing;
+                    let at = self.now + self.sc.scenario.vehicle.install_secs;
+                    self.push(at, Ev::Installed(v));
+                    return;
+                }
+                Action::Conclude { .. } => {
+                    let vehicle = &mut self.vehicles[v as usize];
+                    let already = vehicle.phase == Phase::Unreported;
+                    vehicle.phase = Phase::Unreported;
+                    vehicle.agent.concluded(already);
+                }
+                Action::SendReports => {
+                    let vehicle = &mut self.vehicles[v as usize];
+                    vehicle.agent.reports_sent();
+                    if vehicle.phase == Phase::Unreported {
+                        vehicle.phase = Phase::Reporting;
+                        let at = self.now + self.sc.scenario.vehicle.report_delay_secs;
+                        self.push(at, Ev::Report(v));
+                    }
+                }
+                Action::Done(step) => {
+                    if let Step::Waiting {
+                        retry_at: Some(at), ..
+                    } = step
+                    {
+                        #[allow(clippy::cast_precision_loss)]
+                        let at = (at.saturating_sub(self.sc.scenario.start_unix)) as f64;
+                        let generation = self.vehicles[v as usize].generation;
+                        self.push(
+                            at.max(self.now + 1.0),
+                            Ev::Decide {
+                                vehicle: v,
+                                generation,
+                            },
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A fetch the agent asked for: in its yard, among the yard's downloaders; away, a cellular
+    /// run within the allowance.
+    fn fetch(&mut self, v: u32, allowance: Option<u64>) {
+        let vehicle = &self.vehicles[v as usize];
+        if let Some(d) = vehicle.at {
+            if vehicle.yard_slot == NO_SLOT {
+                self.join_downloaders(v, d);
+            }
             return;
         }
-        let link = Link {
-            class: LinkClass::Cellular,
-            signal: vehicle.signal,
-        };
-        vehicle.generation += 1;
-        let generation = vehicle.generation;
-        match vehicle
-            .policy
-            .decide(link, self.sc.priority, released, unix)
-        {
-            LinkDecision::Allow { max_bytes, .. } => {
-                #[allow(clippy::cast_precision_loss)]
-                let cap = (max_bytes as f64).min(self.sc.delta_bytes - vehicle.have);
-                vehicle.cell = Some(Cell {
-                    since: self.now,
-                    cap,
-                });
-                let run = (cap / self.sc.cellular)
-                    .min(self.sc.scenario.vehicle.policy_recheck_secs)
-                    .max(MIN_STEP_SECS);
-                self.push(
-                    self.now + run,
-                    Ev::CellStop {
-                        vehicle: v,
-                        generation,
-                    },
-                );
-            }
-            LinkDecision::Wait {
-                retry_at: Some(at), ..
-            } => {
-                #[allow(clippy::cast_precision_loss)]
-                let at = (at.saturating_sub(self.sc.scenario.start_unix)) as f64;
-                self.push(
-                    at.max(self.now + 1.0),
-                    Ev::Decide {
-                        vehicle: v,
-                        generation,
-                    },
-                );
-            }
-            LinkDecision::Wait { retry_at: None, .. } => {}
+        if vehicle.cell.is_some() {
+            return;
         }
+        #[allow(clippy::cast_precision_loss)]
+        let cap = allowance
+            .map_or(f64::INFINITY, |a| a as f64)
+            .min(self.sc.delta_bytes - vehicle.have);
+        let run = (cap / self.sc.cellular)
+            .min(self.sc.scenario.vehicle.policy_recheck_secs)
+            .max(MIN_STEP_SECS);
+        let generation = vehicle.generation;
+        self.vehicles[v as usize].cell = Some(Cell {
+            since: self.now,
+            cap,
+        });
+        self.push(
+            self.now + run,
+            Ev::CellStop {
+                vehicle: v,
+                generation,
+            },
+        );
+    }
+
+    /// The install ended: the flasher's verdict (drawn from the scenario's failure rates) goes
+    /// to the agent, which concludes and reports.
+    fn installed(&mut self, v: u32) {
+        let f = &self.sc.scenario.failures;
+        let outcome = if draw(self.seed, DRAW_HEALTH, u64::from(v), 0) < f.health_fail {
+            Outcome::HealthFailed
+        } else if draw(self.seed, DRAW_ROLLBACK, u64::from(v), 0) < f.rollback {
+            Outcome::RolledBack
+        } else {
+            Outcome::Committed
+        };
+        let flashed = match outcome {
+            Outcome::Committed => Flashed::Committed,
+            Outcome::RolledBack => Flashed::RolledBack {
+                reason: "the trial boot failed".into(),
+            },
+            Outcome::HealthFailed => Flashed::RolledBack {
+                reason: "health check failed".into(),
+            },
+        };
+        let unix = self.unix();
+        let link = self.link_of(v);
+        let vehicle = &mut self.vehicles[v as usize];
+        vehicle.outcome = Some(outcome);
+        // The install took a while: the vehicle may have driven off meanwhile.
+        vehicle.agent.advance(unix);
+        vehicle.agent.link_changed(Some(link));
+        vehicle.agent.installed(&flashed);
+        self.drive(v);
     }
 
     fn stop_cell(&mut self, v: u32) {
@@ -1193,9 +1363,7 @@ impl<'a> Model<'a> {
         vehicle.have = (vehicle.have + bytes).min(self.sc.delta_bytes);
         vehicle.from_cellular += bytes;
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        vehicle
-            .policy
-            .record(LinkClass::Cellular, bytes.ceil() as u64, unix);
+        vehicle.agent.record(bytes.ceil() as u64, unix);
         self.cellular_done += bytes;
     }
 
@@ -1205,6 +1373,9 @@ impl<'a> Model<'a> {
             return Ok(());
         };
         let vehicle = &mut self.vehicles[v as usize];
+        if vehicle.phase != Phase::Reporting {
+            return Ok(());
+        }
         vehicle.phase = Phase::Done;
         vehicle.reported_at = Some(self.now);
         self.outstanding = self.outstanding.saturating_sub(1);
