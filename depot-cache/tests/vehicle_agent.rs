@@ -137,7 +137,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         1,
     )
     .unwrap();
-    let options = origin::delta::DeltaOptions {
+    let options = delta::DeltaOptions {
         lzma_dict: false,
         threads: 1,
         ..Default::default()

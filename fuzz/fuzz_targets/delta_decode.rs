@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::delta::{DeltaHeader, SegmentDecoder};
+use delta::{DeltaHeader, SegmentDecoder};
 
 fuzz_target!(|data: &[u8]| {
     let Ok((header, header_len)) = DeltaHeader::parse(data) else {
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         let Some(body) = data.get(at..at.saturating_add(entry.encoded_len as usize)) else {
             return;
         };
-        let _ = decoder.decode(&header, index, body, &mut &source[..], &mut out);
+        let _ = decoder.decode(&header, index, body, &source, &mut out);
         at += entry.encoded_len as usize;
     }
 });

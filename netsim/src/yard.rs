@@ -488,7 +488,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     )?;
     // zstd level 19 without the LZMA pass: a few seconds for a 32 MiB image (the origin's
     // defaults squeeze out a few per cent more in a minute).
-    let delta_options = origin::delta::DeltaOptions {
+    let delta_options = delta::DeltaOptions {
         level: 19,
         lzma_dict: false,
         ..Default::default()

@@ -9,6 +9,8 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use proto::ReadAt;
+
 /// Replaces the file at `path` with `bytes` so that a crash at any instant leaves either the old
 /// file or the whole new one: write a temporary file beside it, sync it, rename it over, sync
 /// the directory. For small files written whole (metadata, keys, exported targets).
@@ -55,12 +57,9 @@ pub trait Storage: Send + Sync + 'static {
     fn sync_dir(&self, dir: &str) -> io::Result<()>;
 }
 
-/// A file with positioned reads and writes.
-pub trait StorageFile: Send + Sync + 'static {
-    /// Reads exactly `buf.len()` bytes at `offset`; bytes past the end of the file read as an
-    /// `UnexpectedEof` error.
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-
+/// A file with positioned reads ([`ReadAt`]: bytes past the end of the file read as an
+/// `UnexpectedEof` error) and writes.
+pub trait StorageFile: ReadAt + Send + Sync + 'static {
     /// Writes all of `buf` at `offset`, growing the file if needed. Not durable until
     /// [`StorageFile::sync`].
     fn write_all_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
@@ -202,11 +201,13 @@ impl Storage for DiskStorage {
     }
 }
 
-impl StorageFile for DiskFile {
+impl ReadAt for DiskFile {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
     }
+}
 
+impl StorageFile for DiskFile {
     fn write_all_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         std::os::unix::fs::FileExt::write_all_at(&self.0, buf, offset)
     }
@@ -222,23 +223,6 @@ impl StorageFile for DiskFile {
     fn sync(&self) -> io::Result<()> {
         // Data and length; timestamps do not matter to the store.
         self.0.sync_data()
-    }
-}
-
-/// Lets bao-tree read a storage file (for encoding responses from it).
-#[derive(Debug)]
-pub struct ReadAtFile<'a, F>(pub &'a F);
-
-impl<F: StorageFile> proto::bao::ReadAt for ReadAtFile<'_, F> {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let len = self.0.len()?;
-        let available = len.saturating_sub(offset);
-        let n = usize::try_from(available).map_or(buf.len(), |a| a.min(buf.len()));
-        if n == 0 {
-            return Ok(0);
-        }
-        self.0.read_exact_at(offset, &mut buf[..n])?;
-        Ok(n)
     }
 }
 
@@ -322,7 +306,7 @@ pub mod sim {
     use std::io;
     use std::sync::{Arc, Mutex, MutexGuard};
 
-    use super::{Index, Storage, StorageFile};
+    use super::{Index, ReadAt, Storage, StorageFile};
 
     /// What happens to writes that were not synced when the power went out.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -617,7 +601,7 @@ pub mod sim {
         }
     }
 
-    impl StorageFile for CrashFile {
+    impl ReadAt for CrashFile {
         fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
             if lock(&self.disk).cut {
                 return Err(power_cut());
@@ -634,7 +618,9 @@ pub mod sim {
             buf.copy_from_slice(bytes);
             Ok(())
         }
+    }
 
+    impl StorageFile for CrashFile {
         fn write_all_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
             lock(&self.disk).step()?;
             let mut state = lock(&self.state);

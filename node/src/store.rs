@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use proto::bao::{self, Layout, Outboard, Owed, RangeVerifier, Verified};
-use proto::{BlobId, ChunkGroup, ChunkGroupRanges};
+use proto::{BlobId, ChunkGroup, ChunkGroupRanges, ReadAt};
 
-use crate::storage::{Index, ReadAtFile, Storage, StorageFile};
+use crate::storage::{Index, Storage, StorageFile};
 
 /// The chunk-group layout of every stored blob.
 pub const LAYOUT: Layout = Layout::MESH;
@@ -869,16 +869,16 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         let entry = self.entry(id)?;
         entry.last_used.store(self.tick(), Ordering::Relaxed);
         let served = self.servable(&entry, groups);
-        let outboard =
-            Outboard::from_parts(entry.id, entry.size, LAYOUT, ReadAtFile(&entry.outboard));
-        let written = bao::encode_ranges(ReadAtFile(&entry.data), &outboard, &served, out)
-            .map_err(|error| match error {
+        let outboard = Outboard::from_parts(entry.id, entry.size, LAYOUT, &entry.outboard);
+        let written = bao::encode_ranges(&entry.data, &outboard, &served, out).map_err(
+            |error| match error {
                 bao::EncodeError::LocalCorruption { groups, .. } => {
                     self.drop_groups(&entry, &groups);
                     StoreError::Corrupt { blob: *id, groups }
                 }
                 other => io_error(format!("serving blob {id}"))(io::Error::other(other)),
-            })?;
+            },
+        )?;
         Ok((served, written))
     }
 

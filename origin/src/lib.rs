@@ -19,7 +19,6 @@ use serde_json::{Map, Value, json};
 
 pub mod audit;
 pub mod campaign;
-pub mod delta;
 pub mod director;
 pub mod http;
 pub mod keys;

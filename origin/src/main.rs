@@ -157,7 +157,7 @@ enum Command {
         #[command(subcommand)]
         command: VehicleCommand,
     },
-    /// Build a delta that rebuilds --to from --from (see `proto::delta` for the format): per
+    /// Build a delta that rebuilds --to from --from (see the `delta` crate for the format): per
     /// 8 MiB segment, the smallest of zstd patch-from, a bsdiff-class match and an aligned
     /// word diff. Prints a JSON summary. Needs no repository.
     Delta {
@@ -349,7 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             deltas_from,
             no_lzma_dict,
         } => {
-            let options = origin::delta::DeltaOptions {
+            let options = delta::DeltaOptions {
                 lzma_dict: !no_lzma_dict,
                 ..Default::default()
             };
@@ -478,7 +478,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "--segment-kib {segment_kib} must be a power of two from 16 to 16384"
                 );
             }
-            let mut options = origin::delta::DeltaOptions {
+            let mut options = delta::DeltaOptions {
                 segment_log: u8::try_from(segment_kib.trailing_zeros() + 10)?,
                 level,
                 lzma_dict: !no_lzma_dict,
@@ -487,7 +487,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(threads) = threads {
                 options.threads = threads.max(1);
             }
-            let summary = origin::delta::create(&from, &to, &out, &options)?;
+            let summary = delta::create(&from, &to, &out, &options)?;
             let methods: serde_json::Map<String, serde_json::Value> = summary
                 .methods
                 .iter()

@@ -1,6 +1,7 @@
 //! The `origin` binary end to end: keys, init, release, rotation and verify, with a vehicle's
 //! TUF client (`proto::tuf::Updater`) reading what it published, and `verify` naming each
-//! problem of a damaged repository. No command may print a private key.
+//! problem of a damaged repository; `delta` printing its summary and refusing bad arguments. No
+//! command may print a private key.
 
 #![allow(clippy::unwrap_used)]
 
@@ -734,4 +735,80 @@ fn serve_runs_campaigns_from_the_example_files_through_the_cli() {
         assert!(run.stdout.contains(needle), "{needle}: {}", run.stdout);
     }
     assert!(f.origin(&["audit", "verify"]).ok, "{}", f.transcript);
+}
+
+#[test]
+fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The new image is the old one and 10 000 bytes more.
+    let image: Vec<u8> = (0..60_000u32)
+        .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[3])
+        .collect();
+    std::fs::write(d.join("old"), &image[..50_000]).unwrap();
+    std::fs::write(d.join("new"), &image).unwrap();
+    let origin = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_origin"))
+            .current_dir(d)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = origin(&[
+        "delta",
+        "--from",
+        "old",
+        "--to",
+        "new",
+        "--out",
+        "patch",
+        "--segment-kib",
+        "16",
+        "--level",
+        "5",
+    ]);
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["target_bytes"], 60_000);
+    assert_eq!(
+        summary["delta_bytes"],
+        std::fs::metadata(d.join("patch")).unwrap().len()
+    );
+
+    let (ok, _, stderr) = origin(&[
+        "delta",
+        "--from",
+        "old",
+        "--to",
+        "new",
+        "--out",
+        "p2",
+        "--segment-kib",
+        "24",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--segment-kib 24 must be a power of two"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = origin(&["delta", "--from", "missing", "--to", "new", "--out", "p3"]);
+    assert!(!ok);
+    assert!(stderr.contains("opening source missing"), "{stderr}");
+    let (ok, _, stderr) = origin(&[
+        "delta", "--from", "old", "--to", "new", "--out", "p4", "--level", "30",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("30"), "{stderr}");
+    // Nothing half-written is left by the failures.
+    let mut names: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["new", "old", "patch"]);
 }

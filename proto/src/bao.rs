@@ -25,14 +25,11 @@
 use std::io::{self, Read, Write};
 use std::ops::Range;
 
-/// Positioned reads, as bao encoding needs them from data and outboard (implemented for slices,
-/// vectors and files; stores implement it for their own file types).
-pub use bao_tree::io::sync::ReadAt;
 use bao_tree::io::sync::{Outboard as BaoOutboard, OutboardMut, truncate_ranges};
 use bao_tree::iter::{BaoChunk, ResponseIter};
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges, TreeNode};
 
-use crate::{BlobId, ChunkGroup, ChunkGroupRanges};
+use crate::{BlobId, ChunkGroup, ChunkGroupRanges, ReadAt};
 
 /// Bytes in one BLAKE3 chunk, the leaf of every bao tree.
 const CHUNK_BYTES: u64 = 1024;
@@ -368,8 +365,8 @@ pub fn encode_ranges<D: ReadAt, O: ReadAt, W: Write>(
     out.write_all(&size.to_le_bytes())
         .map_err(|source| EncodeError::Io { blob, source })?;
     let ranges = layout.chunk_ranges(groups, size);
-    bao_tree::io::sync::encode_ranges_validated(data, outboard, &ranges, &mut out).map_err(
-        |error| {
+    bao_tree::io::sync::encode_ranges_validated(Positioned(data), outboard, &ranges, &mut out)
+        .map_err(|error| {
             use bao_tree::io::EncodeError as Bao;
             match error {
                 Bao::LeafHashMismatch(chunk) => {
@@ -389,9 +386,22 @@ pub fn encode_ranges<D: ReadAt, O: ReadAt, W: Write>(
                     source: io::Error::other(other.to_string()),
                 },
             }
-        },
-    )?;
+        })?;
     Ok(out.written)
+}
+
+/// bao-tree reads data through positioned-io's trait; this hands it a [`ReadAt`].
+struct Positioned<D>(D);
+
+impl<D: ReadAt> bao_tree::io::sync::ReadAt for Positioned<D> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_exact_at(offset, buf)?;
+        Ok(buf.len())
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact_at(offset, buf)
+    }
 }
 
 struct CountingWriter<W> {

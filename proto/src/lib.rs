@@ -7,9 +7,12 @@
 //! it: a chunk group is verified against its blob's BLAKE3 root before anyone may store, forward
 //! or flash it.
 //!
+//! It also defines [`ReadAt`], the one positioned-read trait of the workspace (bao encoding here,
+//! the `delta` crate, the stores' files and the vehicle's banks all read through it).
+//!
 //! This crate must never do I/O of its own (no files, sockets, clocks or async runtime: callers
-//! hand it bytes or a `Read`/`Write`), never panic on bytes from a peer, and never allocate more
-//! for a decoded message than the protocol's limits allow.
+//! hand it bytes, a `Read`/`Write` or a [`ReadAt`]), never panic on bytes from a peer, and never
+//! allocate more for a decoded message than the protocol's limits allow.
 
 #![forbid(unsafe_code)]
 
@@ -17,10 +20,10 @@ pub mod bao;
 mod blob_id;
 pub mod campaign;
 pub mod custom;
-pub mod delta;
 pub mod director_api;
 pub mod ids;
 mod ranges;
+mod read_at;
 pub mod tuf;
 pub mod uptane;
 pub mod wire;
@@ -28,3 +31,4 @@ pub mod wire;
 pub use blob_id::{BlobId, ParseBlobIdError};
 pub use ids::{CampaignId, EcuSerial, IdError, Vin};
 pub use ranges::{ChunkGroup, ChunkGroupRanges};
+pub use read_at::ReadAt;

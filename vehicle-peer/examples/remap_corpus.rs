@@ -21,7 +21,7 @@
 //!
 //! For each pair, through the same code a gateway runs:
 //!
-//! 1. the delta old → new with `origin::delta::create` (default options: 8 MiB segments, zstd
+//! 1. the delta old → new with `delta::create` (default options: 8 MiB segments, zstd
 //!    level 22, LZMA dictionary tries);
 //! 2. a file bank whose home area holds `max(old, new)` and whose spare area holds the whole new
 //!    image (so every update fits), laid out by [`RemapLayout::fit`]; the old image is written
@@ -42,27 +42,28 @@
 //! and wall times of plan, install and merge. The install's time includes the plan it makes
 //! again itself and hashing the new image twice (through the new map, and before the trial).
 //! MiB = 2^20 bytes. Memory: one image at a time (the approval's digests), plus what
-//! `origin::delta::create` needs (about 6× the old file).
+//! `delta::create` needs (about 6× the old file).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail, ensure};
 use clap::Parser;
+use delta::{ReadAt, WriteAt};
 use ed25519_dalek::SigningKey;
 use node::storage::SledIndex;
 use proto::BlobId;
 use proto::tuf::{Key, RoleKeys, Time, build};
 use proto::uptane::{ApprovedImage, EcuState, PartialVerifier};
 use serde_json::{Map, json};
-use vehicle_peer::bank::{Bank, Banks, FileBank};
+use vehicle_peer::bank::{Bank, FileBank};
 use vehicle_peer::boot::{EnvLayout, EnvStore, Slot, UbootBoot};
 use vehicle_peer::flasher::{self, Ecu, EcuJob, Install, Outcome, Recovered};
 use vehicle_peer::remap::{self, FlashWrites, MapCopy, RemapBank, RemapLayout};
+use vehicle_peer::slots::Banks;
 
 const SERIAL: &str = "ECU-1";
 const HARDWARE: &str = "single-bank-v1";
@@ -263,11 +264,11 @@ fn measure(pair: &Pair, args: &Args, work: &Path) -> anyhow::Result<Row> {
     if args.reuse_deltas && delta_path.is_file() {
         eprintln!("  delta: reusing {}", delta_path.display());
     } else {
-        let options = origin::delta::DeltaOptions {
+        let options = delta::DeltaOptions {
             threads: args.threads.max(1),
             ..Default::default()
         };
-        let summary = origin::delta::create(&pair.old, &pair.new, &delta_path, &options)
+        let summary = delta::create(&pair.old, &pair.new, &delta_path, &options)
             .context("creating the delta")?;
         eprintln!(
             "  delta: {} bytes in {:.1} s ({:?})",
@@ -463,7 +464,7 @@ fn copy_into(path: &Path, dev: &mut FileBank) -> anyhow::Result<()> {
     let mut at = 0u64;
     while at < len {
         let n = usize::try_from((len - at).min(CHUNK as u64))?;
-        file.read_exact_at(&mut buf[..n], at)
+        file.read_exact_at(at, &mut buf[..n])
             .with_context(|| format!("reading {}", path.display()))?;
         dev.write_all_at(at, &buf[..n])
             .with_context(|| format!("writing {}", dev.path().display()))?;
@@ -479,7 +480,7 @@ fn differs(dev: &FileBank, path: &Path, len: u64) -> anyhow::Result<Option<Strin
     let mut at = 0u64;
     while at < len {
         let n = usize::try_from((len - at).min(CHUNK as u64))?;
-        file.read_exact_at(&mut want[..n], at)?;
+        file.read_exact_at(at, &mut want[..n])?;
         dev.read_exact_at(at, &mut got[..n])?;
         if let Some(i) = want[..n].iter().zip(&got[..n]).position(|(w, g)| w != g) {
             return Ok(Some(format!(

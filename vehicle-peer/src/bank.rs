@@ -4,20 +4,20 @@
 //! One driver for both kinds of storage, [`FileBank`]: a regular file of fixed capacity (the
 //! simulated ECU of tests and netsim, [`FileBank::create`], [`FileBank::open`]) or a partition
 //! per slot on a real gateway ([`FileBank::open_block`]: refused while mounted). Writes go
-//! straight to the file or device; [`Bank::sync`] is `fdatasync`.
+//! straight to the file or device; their `sync` is `fdatasync`.
+//!
+//! This module is the bottom of the vehicle's storage stack: it knows nothing of deltas, remapping
+//! or the flasher, which all build on it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use delta::{ReadAt, WriteAt};
 use proto::BlobId;
 
-use crate::boot::{Slot, UbootBoot};
-use crate::delta::{ApplyError, ApplyInputs, BankProgress, ReadAt, apply_into_bank, read_header};
-
-use crate::flasher::FlashError;
-use crate::remap::{MergeReport, SparePlan};
+use crate::boot::Slot;
 
 /// Why a bank could not be opened, read, written or verified. Every variant names the bank.
 #[derive(Debug, thiserror::Error)]
@@ -70,18 +70,12 @@ pub enum BankError {
     },
 }
 
-/// One bank of an ECU: fixed capacity, read and written at offsets.
-pub trait Bank: std::fmt::Debug {
+/// One bank of an ECU: fixed capacity, read and written at offsets inside it ([`WriteAt`]).
+pub trait Bank: WriteAt + std::fmt::Debug {
     /// Where it is (for messages).
     fn path(&self) -> &Path;
     /// Its size in bytes.
     fn capacity(&self) -> u64;
-    /// Fills `buf` from `offset`.
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-    /// Writes `data` at `offset` (inside the capacity).
-    fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()>;
-    /// Makes every finished write durable.
-    fn sync(&mut self) -> std::io::Result<()>;
 }
 
 fn check_range(capacity: u64, offset: u64, len: usize) -> std::io::Result<()> {
@@ -202,10 +196,16 @@ impl Bank for FileBank {
     fn capacity(&self) -> u64 {
         self.capacity
     }
+}
+
+impl ReadAt for FileBank {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         check_range(self.capacity, offset, buf.len())?;
         FileExt::read_exact_at(&self.file, buf, offset)
     }
+}
+
+impl WriteAt for FileBank {
     fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         check_range(self.capacity, offset, data.len())?;
         self.file.write_all_at(data, offset)
@@ -285,184 +285,6 @@ impl<B: Bank> BankPair<B> {
     }
 }
 
-/// Where one ECU's image lives, as the flasher drives it: two slots the boot control chooses
-/// between, one running and one written. [`BankPair`] is two physical banks (A/B);
-/// [`crate::remap::RemapBank`] is one bank and a spare area, each slot a block map over it.
-/// Whatever the kind, what the running slot shows is never written.
-pub trait Banks: std::fmt::Debug {
-    /// The two slots.
-    fn slots(&self) -> [&Slot; 2];
-
-    /// The slot that is not `running`; `None` when `running` is neither.
-    fn other(&self, running: &Slot) -> Option<Slot> {
-        let [a, b] = self.slots();
-        if running == a {
-            Some(b.clone())
-        } else if running == b {
-            Some(a.clone())
-        } else {
-            None
-        }
-    }
-
-    /// Whether the first `len` bytes of what `slot` shows hash to `expect`.
-    fn holds(&self, slot: &Slot, len: u64, expect: BlobId) -> Result<bool, BankError>;
-
-    /// Writes the target of `delta` (`delta_len` bytes; it must rebuild `expect`) for the slot
-    /// that is not `running`, from what `running` shows, resuming after `resume` when it is for
-    /// this delta. Each segment is durable before `record(progress, total)` is called; the
-    /// caller journals it. Ends with the written image hashed against `expect`
-    /// ([`ApplyError::FinalHash`] when it does not match).
-    fn write_delta<D: ReadAt + ?Sized>(
-        &mut self,
-        running: &Slot,
-        delta: &D,
-        delta_len: u64,
-        expect: BlobId,
-        resume: Option<BankProgress>,
-        record: &mut dyn FnMut(BankProgress, usize) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError>;
-
-    /// Writes the image (`len` bytes, hashing to `expect`) for the slot that is not `running`,
-    /// in pieces of `piece` bytes from piece `from_piece`; each piece is durable before
-    /// `record(done, total)`. The caller verifies the slot afterwards.
-    #[allow(clippy::too_many_arguments)]
-    fn write_image<D: ReadAt + ?Sized>(
-        &mut self,
-        running: &Slot,
-        image: &D,
-        len: u64,
-        expect: BlobId,
-        piece: usize,
-        from_piece: usize,
-        record: &mut dyn FnMut(usize, usize) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError>;
-
-    /// The spare space an update needs and has, before it starts (`payload` is a delta from
-    /// what `running` shows, or with `full_image` the image itself). `None` when the banks
-    /// need no spare space (A/B: the other bank is written whole).
-    fn spare_plan<D: ReadAt + ?Sized>(
-        &self,
-        running: &Slot,
-        payload: &D,
-        len: u64,
-        full_image: bool,
-    ) -> Result<Option<SparePlan>, ApplyError> {
-        let _ = (running, payload, len, full_image);
-        Ok(None)
-    }
-
-    /// What was written for the slot that is not `running` is dropped (a rollback): A/B has
-    /// nothing to drop; a remapping bank drops the new map.
-    fn discard(&mut self, running: &Slot) -> Result<(), BankError> {
-        let _ = running;
-        Ok(())
-    }
-
-    /// After `kept` was committed (no rollback will be needed): finishes what keeping it
-    /// leaves to do, resuming from `resume` (what `record` was last given). A/B: nothing; a
-    /// remapping bank copies the remapped blocks home and frees its spare area.
-    fn merge<M: crate::boot::Medium>(
-        &mut self,
-        kept: &Slot,
-        boot: &mut UbootBoot<M>,
-        resume: Option<(u64, usize)>,
-        record: &mut dyn FnMut(u64, usize) -> Result<(), FlashError>,
-    ) -> Result<MergeReport, FlashError> {
-        let _ = (kept, boot, resume, record);
-        Ok(MergeReport::default())
-    }
-}
-
-impl<B: Bank> Banks for BankPair<B> {
-    fn slots(&self) -> [&Slot; 2] {
-        BankPair::slots(self)
-    }
-
-    fn holds(&self, slot: &Slot, len: u64, expect: BlobId) -> Result<bool, BankError> {
-        let bank = self.get(slot).ok_or_else(|| unknown_slot(self, slot))?;
-        holds(bank, len, expect)
-    }
-
-    fn write_delta<D: ReadAt + ?Sized>(
-        &mut self,
-        running: &Slot,
-        delta: &D,
-        delta_len: u64,
-        expect: BlobId,
-        resume: Option<BankProgress>,
-        record: &mut dyn FnMut(BankProgress, usize) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError> {
-        let (header, _) = read_header(delta)?;
-        let unknown = unknown_slot(self, running);
-        let (source, _, inactive) = self.split(running).ok_or(unknown)?;
-        let inputs = ApplyInputs {
-            source: &BankSource(source),
-            source_len: header.source_len,
-            delta,
-            delta_len,
-            expect_target: Some(expect),
-        };
-        apply_into_bank(inactive, &inputs, resume, record).map(|_| ())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn write_image<D: ReadAt + ?Sized>(
-        &mut self,
-        running: &Slot,
-        image: &D,
-        len: u64,
-        _expect: BlobId,
-        piece: usize,
-        from_piece: usize,
-        record: &mut dyn FnMut(usize, usize) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError> {
-        let unknown = unknown_slot(self, running);
-        let (_, _, inactive) = self.split(running).ok_or(unknown)?;
-        if len > inactive.capacity() {
-            return Err(BankError::TooSmall {
-                path: inactive.path().to_path_buf(),
-                len,
-                capacity: inactive.capacity(),
-            }
-            .into());
-        }
-        let piece_len = piece.clamp(4096, 64 << 20);
-        let piece = piece_len as u64;
-        let total = usize::try_from(len.div_ceil(piece)).unwrap_or(usize::MAX);
-        let mut buf = vec![0u8; piece_len];
-        let path = inactive.path().display().to_string();
-        let io = |what: &str| {
-            let what = format!("{what} bank {path}");
-            move |source| ApplyError::Io { what, source }
-        };
-        for index in from_piece..total {
-            let at = index as u64 * piece;
-            let n = usize::try_from((len - at).min(piece)).unwrap_or(piece_len);
-            image
-                .read_exact_at(at, &mut buf[..n])
-                .map_err(|source| ApplyError::Io {
-                    what: format!("reading the image at {at}"),
-                    source,
-                })?;
-            inactive
-                .write_all_at(at, &buf[..n])
-                .map_err(io("writing"))?;
-            inactive.sync().map_err(io("syncing"))?;
-            record(index + 1, total)?;
-        }
-        Ok(())
-    }
-}
-
-fn unknown_slot<K: Banks + ?Sized>(banks: &K, slot: &Slot) -> BankError {
-    let [a, b] = banks.slots();
-    BankError::Refused {
-        path: PathBuf::from(slot.as_str()),
-        detail: format!("slot {slot} is neither of the ECU's slots ({a}, {b})"),
-    }
-}
-
 /// Whether the first `len` bytes of `bank` hash to `expect` (BLAKE3, read 1 MiB at a time); an
 /// image longer than the bank is an error.
 pub fn holds(bank: &dyn Bank, len: u64, expect: BlobId) -> Result<bool, BankError> {
@@ -488,14 +310,4 @@ pub fn holds(bank: &dyn Bank, len: u64, expect: BlobId) -> Result<bool, BankErro
         at += n as u64;
     }
     Ok(BlobId::from_bytes(*hasher.finalize().as_bytes()) == expect)
-}
-
-/// A bank read as a delta's source.
-#[derive(Debug)]
-pub struct BankSource<'a, B: ?Sized>(pub &'a B);
-
-impl<B: Bank + ?Sized> proto::delta::SourceRead for BankSource<'_, B> {
-    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.0.read_exact_at(offset, buf)
-    }
 }

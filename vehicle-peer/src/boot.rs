@@ -27,6 +27,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use delta::WriteAt;
+
 /// Tries a slot gets when it is marked good (RAUC's script uses 3).
 pub const DEFAULT_TRIES: u32 = 3;
 /// The smallest environment copy accepted (a CRC, flags and a few entries).
@@ -60,29 +62,6 @@ pub enum BootError {
         /// Size of one copy.
         size: usize,
     },
-}
-
-/// Where an environment copy lives: a region of a file or block device. Reads and writes are at
-/// offsets inside the region; `sync` makes finished writes durable.
-pub trait Medium {
-    /// Fills `buf` from `offset`.
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-    /// Writes `data` at `offset`.
-    fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()>;
-    /// Makes every finished write durable.
-    fn sync(&mut self) -> std::io::Result<()>;
-}
-
-impl Medium for std::fs::File {
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
-    }
-    fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::write_all_at(self, data, offset)
-    }
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.sync_data()
-    }
 }
 
 /// The variables of an environment, in U-Boot's byte order of keys.
@@ -221,7 +200,9 @@ struct EnvCopy {
     env: Env,
 }
 
-/// A U-Boot environment on a medium, single or redundant.
+/// A U-Boot environment on a medium, single or redundant. The medium is a region of a file or
+/// block device, read and written at offsets inside it ([`WriteAt`]; its `sync` makes finished
+/// writes durable).
 #[derive(Debug)]
 pub struct EnvStore<M> {
     medium: M,
@@ -230,7 +211,7 @@ pub struct EnvStore<M> {
     current: Option<(usize, u8)>,
 }
 
-impl<M: Medium> EnvStore<M> {
+impl<M: WriteAt> EnvStore<M> {
     /// An environment on `medium` laid out as `layout`. Nothing is read yet.
     pub fn new(medium: M, layout: EnvLayout) -> Result<Self, BootError> {
         layout.check()?;
@@ -481,7 +462,7 @@ pub struct UbootBoot<M> {
     slots: Vec<Slot>,
 }
 
-impl<M: Medium> UbootBoot<M> {
+impl<M: WriteAt> UbootBoot<M> {
     /// Boot control over `store` for an ECU with `slots` (e.g. `A` and `B`).
     pub fn new(store: EnvStore<M>, slots: Vec<Slot>) -> Self {
         Self { store, slots }

@@ -25,15 +25,15 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use delta::{ApplyError, Progress, ReadAt, WriteAt};
 use node::storage::Index;
 use proto::BlobId;
 use proto::uptane::ApprovedImage;
 use serde::{Deserialize, Serialize};
 
-use crate::bank::{BankError, Banks};
-use crate::boot::{BootError, Medium, Slot, UbootBoot};
-use crate::delta::{ApplyError, BankProgress, ReadAt};
-use crate::remap::{MergeReport, SparePlan};
+use crate::bank::BankError;
+use crate::boot::{BootError, Slot, UbootBoot};
+use crate::slots::{Banks, MergeReport, SparePlan, WriteError};
 
 /// Why an install could not go on. Every variant names what was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,15 @@ pub enum FlashError {
     Journal(String),
 }
 
+impl From<WriteError> for FlashError {
+    fn from(error: WriteError) -> Self {
+        match error {
+            WriteError::Apply(error) => Self::Apply(error),
+            WriteError::Bank(error) => Self::Bank(error),
+        }
+    }
+}
+
 /// An image as an ECU reports it (Uptane's version report fields).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledImage {
@@ -109,7 +118,7 @@ pub struct InstalledImage {
 }
 
 /// An ECU the flasher drives: its identity, its banks (two, or one remapped:
-/// [`crate::bank::Banks`]) and its boot control.
+/// [`crate::slots::Banks`]) and its boot control.
 #[derive(Debug)]
 pub struct Ecu<B, M> {
     /// Its serial (as the director names it).
@@ -285,7 +294,7 @@ pub enum Outcome {
     Reboot,
 }
 
-impl<'a, S, B: Banks, M: Medium, J: Index> Install<'a, S, B, M, J> {
+impl<'a, S, B: Banks, M: WriteAt, J: Index> Install<'a, S, B, M, J> {
     /// The journaled record.
     pub fn record(&self) -> &InstallRecord {
         &self.record
@@ -350,7 +359,7 @@ impl<'a, S, B: Banks, M: Medium, J: Index> Install<'a, S, B, M, J> {
     }
 }
 
-impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
+impl<'a, B: Banks, M: WriteAt, J: Index> Install<'a, Verified, B, M, J> {
     /// Starts the install of `approved` on `ecu`, which runs slot `running` — or resumes the
     /// journaled one of the same image. Refused unless the approval names this ECU's serial and
     /// hardware id and carries the image's BLAKE3, and while another install is in flight.
@@ -458,7 +467,7 @@ impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
             Stage::Writing { header, done } => hex::decode(header)
                 .ok()
                 .and_then(|h| <[u8; 32]>::try_from(h).ok())
-                .map(|header_digest| BankProgress {
+                .map(|header_digest| Progress {
                     header_digest,
                     done: *done,
                 }),
@@ -484,8 +493,8 @@ impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
         );
         self.record = record;
         match applied {
-            Ok(_) => {}
-            Err(e @ ApplyError::FinalHash { .. }) => {
+            Ok(()) => {}
+            Err(WriteError::Apply(e @ ApplyError::FinalHash { .. })) => {
                 // The bank changed under us: start over next time.
                 self.set(Stage::Writing {
                     header: String::new(),
@@ -505,7 +514,7 @@ pub const IMAGE_PIECE: usize = 8 << 20;
 /// What the journal's `header` holds while a full image (not a delta) is written.
 const IMAGE_MARK: &str = "image";
 
-impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
+impl<'a, B: Banks, M: WriteAt, J: Index> Install<'a, Verified, B, M, J> {
     /// Copies the full image (`len` bytes: the approved length) into the inactive bank, for an
     /// ECU that has no delta from its running image. Pieces of `piece` bytes (e.g.
     /// [`IMAGE_PIECE`]; a multiple of the flash's erase block), each synced before the journal
@@ -555,7 +564,7 @@ impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
         self.record = record;
         match written {
             Ok(()) => {}
-            Err(e @ ApplyError::FinalHash { .. }) => {
+            Err(WriteError::Apply(e @ ApplyError::FinalHash { .. })) => {
                 self.set(Stage::Writing {
                     header: String::new(),
                     done: 0,
@@ -570,7 +579,7 @@ impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Verified, B, M, J> {
     }
 }
 
-impl<'a, B: Banks, M: Medium, J: Index> Install<'a, Written, B, M, J> {
+impl<'a, B: Banks, M: WriteAt, J: Index> Install<'a, Written, B, M, J> {
     /// Verifies the written bank against the target once more, then makes the new slot the
     /// boot target for one try. Reboot the ECU next ([`Outcome::Reboot`]). A bank that does not
     /// verify is never switched to; the install goes back to writing from the start.
@@ -594,7 +603,7 @@ pub enum TrialCheck {
     Reboot,
 }
 
-impl<B: Banks, M: Medium, J: Index> Install<'_, Trial, B, M, J> {
+impl<B: Banks, M: WriteAt, J: Index> Install<'_, Trial, B, M, J> {
     /// After a boot: `booted` is the slot the ECU came up in. In the new slot, runs `health`;
     /// in the old one, works out from the boot environment whether the trial is still to come
     /// or the new software never came up. Decides nothing: [`Install::commit`] or
@@ -727,7 +736,7 @@ pub fn vehicle_step<B, M, J, D>(
 ) -> Result<Outcome, FlashError>
 where
     B: Banks,
-    M: Medium,
+    M: WriteAt,
     J: Index,
     D: ReadAt + ?Sized,
 {
@@ -835,7 +844,7 @@ where
     carry_out(ecus, journal, &decision)
 }
 
-fn carry_out<B: Banks, M: Medium, J: Index>(
+fn carry_out<B: Banks, M: WriteAt, J: Index>(
     ecus: &mut [Ecu<B, M>],
     journal: &J,
     decision: &GroupDecision,
@@ -886,7 +895,7 @@ pub enum Recovered<'a, B, M, J> {
 
 /// After a restart: where ECU `ecu`'s install stands, from its journal. A rollback whose boot
 /// switch was cut short is completed here.
-pub fn recover<'a, B: Banks, M: Medium, J: Index>(
+pub fn recover<'a, B: Banks, M: WriteAt, J: Index>(
     ecu: &'a mut Ecu<B, M>,
     journal: &'a J,
 ) -> Result<Recovered<'a, B, M, J>, FlashError> {
@@ -919,7 +928,7 @@ fn merge_key(serial: &str) -> Vec<u8> {
 /// spare area, resumed from its journaled progress after a power cut. Nothing to do unless the
 /// journaled install of `ecu` is committed (a rollback needs no merge: home was never written),
 /// and nothing for A/B banks. Run it again after every boot until it reports nothing copied.
-pub fn merge<B: Banks, M: Medium, J: Index>(
+pub fn merge<B: Banks, M: WriteAt, J: Index>(
     ecu: &mut Ecu<B, M>,
     journal: &J,
 ) -> Result<MergeReport, FlashError> {

@@ -13,20 +13,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use delta::{ApplyError, Progress, ReadAt, WriteAt};
 use node::storage::{Index, SledIndex};
 use proto::tuf::{Key, RoleKeys, Time};
 use proto::uptane::{EcuState, PartialVerifier};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::bank::{Bank, BankError, BankPair, Banks, FileBank};
-use crate::boot::{EnvLayout, EnvStore, Slot, UbootBoot};
-use crate::delta::{ApplyError, BankProgress, ReadAt};
+use crate::bank::{Bank, BankError, BankPair, FileBank};
+use crate::boot::{BootError, EnvLayout, EnvStore, Slot, UbootBoot};
 use crate::flasher::{
-    CommandCheck, Ecu, EcuJob, FlashError, IMAGE_PIECE, Install, InstalledImage, Outcome,
-    Recovered, journaled, version_report,
+    CommandCheck, Ecu, EcuJob, IMAGE_PIECE, Install, InstalledImage, Outcome, Recovered, journaled,
+    version_report,
 };
-use crate::remap::{MergeReport, RemapBank, RemapLayout, SparePlan};
+use crate::remap::{RemapBank, RemapLayout};
+use crate::slots::{Banks, MergeReport, SparePlan, WriteError};
 use proto::BlobId;
 
 /// An ECU configuration file.
@@ -138,9 +139,9 @@ impl Banks for EcuBanks {
         delta: &D,
         delta_len: u64,
         expect: BlobId,
-        resume: Option<BankProgress>,
-        record: &mut dyn FnMut(BankProgress, usize) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError> {
+        resume: Option<Progress>,
+        record: &mut dyn FnMut(Progress, usize) -> Result<(), ApplyError>,
+    ) -> Result<(), WriteError> {
         each!(self, b => b.write_delta(running, delta, delta_len, expect, resume, record))
     }
     #[allow(clippy::too_many_arguments)]
@@ -153,7 +154,7 @@ impl Banks for EcuBanks {
         piece: usize,
         from_piece: usize,
         record: &mut dyn FnMut(usize, usize) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<(), WriteError> {
         each!(self, b => b.write_image(running, image, len, expect, piece, from_piece, record))
     }
     fn spare_plan<D: ReadAt + ?Sized>(
@@ -162,19 +163,23 @@ impl Banks for EcuBanks {
         payload: &D,
         len: u64,
         full_image: bool,
-    ) -> Result<Option<SparePlan>, ApplyError> {
+    ) -> Result<Option<SparePlan>, WriteError> {
         each!(self, b => b.spare_plan(running, payload, len, full_image))
     }
     fn discard(&mut self, running: &Slot) -> Result<(), BankError> {
         each!(self, b => b.discard(running))
     }
-    fn merge<M: crate::boot::Medium>(
+    fn merge<M, E>(
         &mut self,
         kept: &Slot,
         boot: &mut UbootBoot<M>,
         resume: Option<(u64, usize)>,
-        record: &mut dyn FnMut(u64, usize) -> Result<(), FlashError>,
-    ) -> Result<MergeReport, FlashError> {
+        record: &mut dyn FnMut(u64, usize) -> Result<(), E>,
+    ) -> Result<MergeReport, E>
+    where
+        M: WriteAt,
+        E: From<BankError> + From<BootError>,
+    {
         each!(self, b => b.merge(kept, boot, resume, record))
     }
 }
@@ -485,7 +490,7 @@ enum Step {
     Trial,
 }
 
-fn recover<B: Banks, M: crate::boot::Medium, J: Index>(
+fn recover<B: Banks, M: WriteAt, J: Index>(
     ecu: &mut Ecu<B, M>,
     journal: &J,
 ) -> anyhow::Result<Step> {

@@ -5,6 +5,11 @@
 //! It must never install software that is unsigned, older than what runs, stale, or meant for other
 //! hardware; never write the bank an ECU runs from; and never leave an ECU without one bootable,
 //! verified bank, whatever instant the power is cut. Memory must not grow with image size.
+//!
+//! The storage modules import one way, each only those before it: [`boot`] and [`bank`] at the
+//! bottom, [`delta`] (applying a delta into a file or a bank), [`slots`] (the
+//! [`slots::Banks`] an install writes: A/B or remapped), [`remap`] and [`flasher`]; `install`
+//! and `daemon` drive them.
 pub mod agent;
 pub mod bank;
 pub mod boot;
@@ -16,4 +21,5 @@ pub mod install;
 pub mod mesh;
 pub mod remap;
 pub mod simulated;
+pub mod slots;
 pub mod tuf_files;

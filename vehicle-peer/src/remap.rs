@@ -43,22 +43,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use delta::{
+    ApplyError, ApplyInputs, DeltaSegments, Progress, ReadAt, WriteAt, hash_of, read_header,
+};
 use proto::BlobId;
 use serde::Serialize;
 
-use crate::bank::{Bank, BankError, Banks};
-use crate::boot::{Medium, Slot, UbootBoot};
-use crate::delta::{
-    ApplyError, ApplyInputs, BankProgress, DeltaSegments, ReadAt, hash_of, read_header,
-};
-use crate::flasher::FlashError;
+use crate::bank::{Bank, BankError};
+use crate::boot::{BootError, Slot, UbootBoot};
+use crate::slots::{Banks, MergeReport, SparePlan, WriteError};
 
 const MAGIC: &[u8; 8] = b"DMREMAP1";
 /// Bytes before a map's entries.
 const HEAD: usize = 8 + 4 + 4 + 4 + 8 + 4;
 /// Smallest and largest block: a block never straddles a delta segment (at least 16 KiB).
 const MIN_BLOCK: u32 = 512;
-const MAX_BLOCK: u32 = 1 << proto::delta::MIN_SEGMENT_LOG;
+const MAX_BLOCK: u32 = 1 << delta::MIN_SEGMENT_LOG;
 /// Blocks copied home between syncs (and merge progress records) during a merge.
 const MERGE_BATCH: usize = 64;
 
@@ -253,47 +253,6 @@ pub struct FlashWrites {
     pub map_bytes: u64,
     /// Syncs.
     pub syncs: u64,
-}
-
-/// The spare space an update needs, worked out before it starts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct SparePlan {
-    /// The bank's block size.
-    pub block_size: u32,
-    /// Bytes of the new image.
-    pub target_len: u64,
-    /// Blocks the new image covers.
-    pub image_blocks: u64,
-    /// Logical blocks whose content changes, ascending: each takes one spare block.
-    pub changed: Vec<u32>,
-    /// Spare blocks free for it (not named by the running map).
-    pub free_blocks: u64,
-}
-
-impl SparePlan {
-    /// Spare bytes the update needs.
-    pub fn needed_bytes(&self) -> u64 {
-        self.changed.len() as u64 * u64::from(self.block_size)
-    }
-
-    /// Spare bytes free.
-    pub fn free_bytes(&self) -> u64 {
-        self.free_blocks * u64::from(self.block_size)
-    }
-
-    /// Whether it fits.
-    pub fn fits(&self) -> bool {
-        self.changed.len() as u64 <= self.free_blocks
-    }
-}
-
-/// What a merge did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct MergeReport {
-    /// Blocks copied home by this call (a resumed merge counts only what it copied).
-    pub blocks_copied: u64,
-    /// Blocks that were remapped when the merge began (0: nothing to merge).
-    pub remapped: u64,
 }
 
 /// A map copy as read: the map, or why it does not check.
@@ -562,7 +521,7 @@ impl<B: Bank> RemapBank<B> {
         &self,
         view: &LogicalView<'_, B>,
         units: &mut dyn Units,
-    ) -> Result<SparePlan, ApplyError> {
+    ) -> Result<SparePlan, WriteError> {
         let target_len = units.target_len();
         self.check_fits(target_len)?;
         let bs = self.layout.bs();
@@ -611,7 +570,7 @@ impl<B: Bank> RemapBank<B> {
         from: usize,
         expect: BlobId,
         record: &mut dyn FnMut(usize, usize) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<(), WriteError> {
         let running_map = self.valid_map(running)?;
         let other = 1 - self.copy_index(running)?;
         let view = LogicalView {
@@ -680,7 +639,8 @@ impl<B: Bank> RemapBank<B> {
             return Err(ApplyError::FinalHash {
                 expected: expect,
                 actual,
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -735,9 +695,11 @@ impl<B: Bank> LogicalView<'_, B> {
     pub fn map(&self) -> &RemapMap {
         &self.map
     }
+}
 
+impl<B: Bank> ReadAt for LogicalView<'_, B> {
     /// Fills `buf` from logical `offset`, one physical run at a time.
-    pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let layout = &self.bank.layout;
         let end = offset
             .checked_add(buf.len() as u64)
@@ -781,12 +743,6 @@ impl<B: Bank> LogicalView<'_, B> {
             at = run_end;
         }
         Ok(())
-    }
-}
-
-impl<B: Bank> ReadAt for LogicalView<'_, B> {
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        LogicalView::read_exact_at(self, offset, buf)
     }
 }
 
@@ -876,9 +832,9 @@ impl<B: Bank> Banks for RemapBank<B> {
         delta: &D,
         delta_len: u64,
         expect: BlobId,
-        resume: Option<BankProgress>,
-        record: &mut dyn FnMut(BankProgress, usize) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError> {
+        resume: Option<Progress>,
+        record: &mut dyn FnMut(Progress, usize) -> Result<(), ApplyError>,
+    ) -> Result<(), WriteError> {
         let (header, _) = read_header(delta)?;
         let view = self.view(running)?;
         let inputs = ApplyInputs {
@@ -890,17 +846,14 @@ impl<B: Bank> Banks for RemapBank<B> {
         };
         let segments = DeltaSegments::new(&inputs)?;
         let header_digest = segments.header_digest();
-        let count = segments.header().segments.len();
-        let from = resume
-            .filter(|p| p.header_digest == header_digest && p.done <= count)
-            .map_or(0, |p| p.done);
+        let from = segments.resume_at(resume);
         let mut units = DeltaUnits {
             segments,
             inputs: &inputs,
         };
         self.install(running, &mut units, from, expect, &mut |done, total| {
             record(
-                BankProgress {
+                Progress {
                     header_digest,
                     done,
                 },
@@ -919,7 +872,7 @@ impl<B: Bank> Banks for RemapBank<B> {
         piece: usize,
         from_piece: usize,
         record: &mut dyn FnMut(usize, usize) -> Result<(), ApplyError>,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<(), WriteError> {
         let mut units = ImageUnits {
             image,
             len,
@@ -934,7 +887,7 @@ impl<B: Bank> Banks for RemapBank<B> {
         payload: &D,
         len: u64,
         full_image: bool,
-    ) -> Result<Option<SparePlan>, ApplyError> {
+    ) -> Result<Option<SparePlan>, WriteError> {
         let view = self.view(running)?;
         if full_image {
             let mut units = ImageUnits {
@@ -965,13 +918,17 @@ impl<B: Bank> Banks for RemapBank<B> {
         self.retire(other, &running_map)
     }
 
-    fn merge<M: Medium>(
+    fn merge<M, E>(
         &mut self,
         kept: &Slot,
         boot: &mut UbootBoot<M>,
         resume: Option<(u64, usize)>,
-        record: &mut dyn FnMut(u64, usize) -> Result<(), FlashError>,
-    ) -> Result<MergeReport, FlashError> {
+        record: &mut dyn FnMut(u64, usize) -> Result<(), E>,
+    ) -> Result<MergeReport, E>
+    where
+        M: WriteAt,
+        E: From<BankError> + From<BootError>,
+    {
         let k = self.copy_index(kept)?;
         let o = 1 - k;
         let old_slot = self.slots[o].clone();

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use delta::WriteAt as _;
 
-use crate::bank::{Bank as _, FileBank};
+use crate::bank::FileBank;
 
 /// What the ECU runs and how it is set up.
 #[derive(Clone, Debug)]

@@ -1,4 +1,4 @@
-//! Delta apply: real deltas from `origin::delta::create`, applied through the crash-simulating
+//! Delta apply: real deltas from `delta::create`, applied through the crash-simulating
 //! storage with the power cut at every write, sync, rename and removal (and each unsynced write
 //! lost, kept, or torn in half); then the real `vehicle-peer apply-delta` binary on corrupt,
 //! truncated, mismatched and wrong-source deltas.
@@ -13,10 +13,11 @@
 use std::path::Path;
 use std::process::Command;
 
+use delta::{ApplyError, ApplyInputs};
 use node::storage::Storage;
 use node::storage::sim::{CrashStorage, Torn};
 use proto::BlobId;
-use vehicle_peer::delta::{ApplyError, ApplyInputs, apply};
+use vehicle_peer::delta::apply;
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
@@ -45,13 +46,13 @@ fn image_pair(len: usize) -> (Vec<u8>, Vec<u8>) {
 fn make_delta(dir: &Path, old: &[u8], new: &[u8], segment_log: u8) -> Vec<u8> {
     std::fs::write(dir.join("old"), old).unwrap();
     std::fs::write(dir.join("new"), new).unwrap();
-    let options = origin::delta::DeltaOptions {
+    let options = delta::DeltaOptions {
         segment_log,
         level: 3,
         threads: 1,
         ..Default::default()
     };
-    origin::delta::create(
+    delta::create(
         &dir.join("old"),
         &dir.join("new"),
         &dir.join("patch"),
@@ -66,7 +67,7 @@ fn run(
     old: &[u8],
     delta: &[u8],
     done: &mut usize,
-) -> Result<vehicle_peer::delta::Applied, ApplyError> {
+) -> Result<delta::Applied, ApplyError> {
     let inputs = ApplyInputs {
         source: old,
         source_len: old.len() as u64,

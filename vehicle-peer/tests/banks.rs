@@ -4,10 +4,10 @@
 // Test code: a panic is how a test fails.
 #![allow(clippy::unwrap_used)]
 
+use delta::{ReadAt, WriteAt};
 use proto::BlobId;
-use proto::delta::SourceRead;
 use vehicle_peer::bank::{
-    Bank, BankError, BankPair, BankSource, FileBank, dev_numbers, holds, mounted_at, running_slot,
+    Bank, BankError, BankPair, FileBank, dev_numbers, holds, mounted_at, running_slot,
 };
 use vehicle_peer::boot::Slot;
 
@@ -39,7 +39,7 @@ fn a_file_bank_holds_an_image_and_says_whether_it_is_the_one() {
     let bank = FileBank::open(&path).unwrap();
     assert_eq!(bank.capacity(), 3 << 20);
     let mut buf = [0u8; 100];
-    BankSource(&bank).read_exact_at(1000, &mut buf).unwrap();
+    bank.read_exact_at(1000, &mut buf).unwrap();
     assert_eq!(buf[..], image[1000..1100]);
     assert!(holds(&bank, image.len() as u64, id).unwrap());
 
@@ -47,7 +47,7 @@ fn a_file_bank_holds_an_image_and_says_whether_it_is_the_one() {
     let mut bank = bank;
     let error = bank.write_all_at((3 << 20) - 10, &[0; 11]).unwrap_err();
     assert!(error.to_string().contains("run past the bank's"), "{error}");
-    assert!(BankSource(&bank).read_exact_at(3 << 20, &mut buf).is_err());
+    assert!(bank.read_exact_at(3 << 20, &mut buf).is_err());
     let error = holds(&bank, (3 << 20) + 1, id).unwrap_err();
     assert!(matches!(error, BankError::TooSmall { .. }), "{error}");
     assert!(error.to_string().contains("bank-a.img"), "{error}");

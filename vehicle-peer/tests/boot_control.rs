@@ -7,8 +7,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use delta::{ReadAt, WriteAt};
 use vehicle_peer::boot::{
-    BootError, BootState, DEFAULT_TRIES, Env, EnvLayout, EnvStore, Medium, Slot, UbootBoot,
+    BootError, BootState, DEFAULT_TRIES, Env, EnvLayout, EnvStore, Slot, UbootBoot,
 };
 
 const DATA: &str = "tests/data/uboot";
@@ -58,7 +59,7 @@ impl Flash {
     }
 }
 
-impl Medium for Flash {
+impl ReadAt for Flash {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let bytes = self.bytes.borrow();
         let start = offset as usize;
@@ -68,7 +69,9 @@ impl Medium for Flash {
         buf.copy_from_slice(src);
         Ok(())
     }
+}
 
+impl WriteAt for Flash {
     fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         let n = {
             let mut writes = self.writes.borrow_mut();

@@ -12,19 +12,20 @@
 
 mod sim_ecu;
 
+use delta::{Applied, ApplyError, ApplyInputs, Progress};
 use node::storage::sim::{CrashStorage, Torn};
 use node::storage::{Index, Storage, StorageFile};
 use proto::BlobId;
 use sim_ecu::{SimBank, make_delta, noise};
-use vehicle_peer::bank::{BankSource, holds};
-use vehicle_peer::delta::{Applied, ApplyError, ApplyInputs, BankProgress, apply_into_bank};
+use vehicle_peer::bank::holds;
+use vehicle_peer::delta::apply_into_bank;
 
 const JOURNAL_KEY: &[u8] = b"install/ecu-1/progress";
 
-fn load_progress(storage: &CrashStorage) -> Option<BankProgress> {
+fn load_progress(storage: &CrashStorage) -> Option<Progress> {
     let records = storage.index().load().unwrap();
     let (_, value) = records.into_iter().find(|(k, _)| k == JOURNAL_KEY)?;
-    Some(BankProgress {
+    Some(Progress {
         header_digest: value[..32].try_into().unwrap(),
         done: u64::from_le_bytes(value[32..40].try_into().unwrap()) as usize,
     })
@@ -41,7 +42,7 @@ fn install(
     let running = SimBank::open(storage, "banks/A", capacity);
     let mut inactive = SimBank::open(storage, "banks/B", capacity);
     let inputs = ApplyInputs {
-        source: &BankSource(&running),
+        source: &running,
         source_len,
         delta,
         delta_len: delta.len() as u64,

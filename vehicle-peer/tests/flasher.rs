@@ -16,12 +16,13 @@ mod sim_ecu;
 
 use std::time::Duration;
 
+use delta::ReadAt;
 use node::storage::sim::{CrashStorage, Torn};
 use node::storage::{Storage, StorageFile};
 use proto::BlobId;
 use proto::uptane::ApprovedImage;
 use sim_ecu::{SimBank, SimEnv, approve, make_delta, noise};
-use vehicle_peer::bank::{Bank, BankPair, holds};
+use vehicle_peer::bank::{BankPair, holds};
 use vehicle_peer::boot::{EnvLayout, EnvStore, Slot, UbootBoot};
 use vehicle_peer::flasher::{
     CommandCheck, Ecu, FlashError, HealthCheck, Install, Outcome, Recovered, Stage, journaled,

@@ -14,11 +14,12 @@ mod sim_ecu;
 use std::path::Path;
 use std::process::Command;
 
+use delta::WriteAt;
 use ed25519_dalek::SigningKey;
 use proto::tuf::{Time, build};
 use serde_json::{Map, Value, json};
 use sim_ecu::{make_delta, noise};
-use vehicle_peer::bank::{Bank, FileBank};
+use vehicle_peer::bank::FileBank;
 
 const NOW: &str = "2026-06-01T00:00:00Z";
 

@@ -18,19 +18,20 @@
 
 mod sim_ecu;
 
+use delta::{ReadAt, WriteAt};
 use node::storage::Storage;
 use node::storage::sim::{CrashStorage, Torn};
 use proto::BlobId;
 use proto::uptane::ApprovedImage;
 use sim_ecu::{SimBank, SimEnv, approve, make_delta, noise};
-use vehicle_peer::bank::{Bank, BankError, Banks};
+use vehicle_peer::bank::BankError;
 use vehicle_peer::boot::{EnvLayout, EnvStore, Slot, UbootBoot};
-use vehicle_peer::delta::ApplyError;
 use vehicle_peer::flasher::{
     Ecu, EcuJob, FlashError, HealthCheck, Install, Outcome, Recovered, Stage, journaled, merge,
     recover, spare_plan,
 };
 use vehicle_peer::remap::{MapCopy, RemapBank, RemapLayout};
+use vehicle_peer::slots::Banks;
 
 const BLOCK: u32 = 4096;
 const ENV: usize = 0x400;
@@ -491,10 +492,7 @@ fn an_update_that_does_not_fit_the_spare_area_is_refused_before_a_byte_is_writte
         .write(&case.delta, case.delta.len() as u64, |_, _| {})
         .unwrap_err();
     assert!(
-        matches!(
-            error,
-            FlashError::Apply(ApplyError::Bank(BankError::SpareTooSmall { .. }))
-        ),
+        matches!(error, FlashError::Bank(BankError::SpareTooSmall { .. })),
         "{error}"
     );
     let text = error.to_string();

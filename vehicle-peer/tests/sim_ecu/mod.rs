@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use delta::{ReadAt, WriteAt};
 use ed25519_dalek::SigningKey;
 use node::storage::sim::{CrashFile, CrashStorage};
 use node::storage::{Storage, StorageFile};
@@ -19,7 +20,6 @@ use proto::tuf::{Key, RoleKeys, Time, build};
 use proto::uptane::{ApprovedImage, EcuState, PartialVerifier};
 use serde_json::{Map, json};
 use vehicle_peer::bank::Bank;
-use vehicle_peer::boot::Medium;
 
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
@@ -33,17 +33,17 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A real delta from `origin::delta::create`, 16 KiB segments.
+/// A real delta from `delta::create`, 16 KiB segments.
 pub fn make_delta(dir: &Path, old: &[u8], new: &[u8]) -> Vec<u8> {
     std::fs::write(dir.join("old"), old).unwrap();
     std::fs::write(dir.join("new"), new).unwrap();
-    let options = origin::delta::DeltaOptions {
+    let options = delta::DeltaOptions {
         segment_log: 14,
         level: 3,
         threads: 1,
         ..Default::default()
     };
-    origin::delta::create(
+    delta::create(
         &dir.join("old"),
         &dir.join("new"),
         &dir.join("patch"),
@@ -85,9 +85,15 @@ impl Bank for SimBank {
     fn capacity(&self) -> u64 {
         self.capacity
     }
+}
+
+impl ReadAt for SimBank {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.file.read_exact_at(offset, buf)
     }
+}
+
+impl WriteAt for SimBank {
     fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         assert!(offset + data.len() as u64 <= self.capacity);
         if self.first_write.get().is_none() {
@@ -115,10 +121,13 @@ impl SimEnv {
     }
 }
 
-impl Medium for SimEnv {
+impl ReadAt for SimEnv {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.0.read_exact_at(offset, buf)
     }
+}
+
+impl WriteAt for SimEnv {
     fn write_all_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.0.write_all_at(offset, data)
     }

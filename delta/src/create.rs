@@ -1,5 +1,5 @@
 //! Building deltas: for each target segment, the smallest of several encodings in the format of
-//! [`proto::delta`].
+//! this crate.
 //!
 //! Candidates per segment, all compressed with zstd at a high level (22 by default):
 //!
@@ -37,12 +37,86 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
-use proto::BlobId;
-use proto::delta::{
-    DeltaHeader, MAX_REF_WINDOW, MAX_SEGMENT_LOG, MIN_SEGMENT_LOG, Op, SegmentDecoder,
-    SegmentEncoder, SegmentEntry, SegmentPlan, SourceView,
+use proto::{BlobId, ReadAt};
+
+use crate::format::{
+    DeltaError, DeltaHeader, FIXED_HEADER_LEN, MAX_HEADER_LEN, MAX_REF_WINDOW, MAX_SEGMENT_LOG,
+    MIN_SEGMENT_LOG, SEGMENT_ENTRY_LEN, SegmentEntry,
 };
+use crate::segment::{Op, SegmentDecoder, SegmentEncoder, SegmentPlan, SourceView};
+
+/// Why a delta could not be built. Every variant names what was wrong; nothing half-written is
+/// left under the output's name.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreateError {
+    /// The segment size is outside the format's range.
+    #[error("segment size 2^{0} is outside 2^{MIN_SEGMENT_LOG}..=2^{MAX_SEGMENT_LOG} bytes")]
+    SegmentSize(u8),
+    /// The match window is outside 1 MiB..2 GiB.
+    #[error("match window must be between 1 MiB and 2 GiB (got {0} bytes)")]
+    MatchWindow(u64),
+    /// The output path has no file name.
+    #[error("--out must name a file")]
+    OutNotAFile,
+    /// The target needs more segments than one header holds.
+    #[error("{0} segments are too many for one header; use a larger --segment-size")]
+    TooManySegments(usize),
+    /// Reading the source or target, or writing the delta, failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done, with the file.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A length does not fit this machine's address space (or a segment table entry).
+    #[error("{what} of {value} bytes is out of range")]
+    OutOfRange {
+        /// What was measured.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// The suffix array of a source window could not be built.
+    #[error("suffix array construction failed: {0}")]
+    SuffixArray(libsais::LibsaisError),
+    /// A worker thread died.
+    #[error("a segment worker panicked")]
+    WorkerPanicked,
+    /// A segment's result went missing.
+    #[error("segment {0} was not encoded")]
+    NotEncoded(usize),
+    /// No candidate encoding of a segment was tried.
+    #[error("segment {0}: no encoding")]
+    NoEncoding(usize),
+    /// Compressing a segment failed.
+    #[error(transparent)]
+    Encode(#[from] DeltaError),
+    /// A chosen encoding does not decode to its target: a creator bug, caught before shipping.
+    #[error("segment {segment} ({method:?}) does not decode to the target; this is a bug")]
+    RoundTrip {
+        /// Which segment.
+        segment: usize,
+        /// The encoding that failed.
+        method: Method,
+        /// How it failed.
+        #[source]
+        source: DeltaError,
+    },
+}
+
+/// The I/O error of doing `what`, for `map_err`.
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CreateError {
+    let what = what.into();
+    move |source| CreateError::Io { what, source }
+}
+
+/// `value` as a `T`, or the error naming `what`.
+fn fits<T: TryFrom<u64>>(what: &'static str, value: u64) -> Result<T, CreateError> {
+    T::try_from(value).map_err(|_| CreateError::OutOfRange { what, value })
+}
 
 /// How to build a delta.
 #[derive(Clone, Debug)]
@@ -112,14 +186,14 @@ pub fn create(
     target: &Path,
     out: &Path,
     options: &DeltaOptions,
-) -> anyhow::Result<DeltaSummary> {
+) -> Result<DeltaSummary, CreateError> {
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = out
         .file_name()
-        .context("--out must name a file")?
+        .ok_or(CreateError::OutNotAFile)?
         .to_string_lossy()
         .into_owned();
     let temp = parent.join(format!(".{name}.partial"));
@@ -136,38 +210,34 @@ fn create_into(
     out: &Path,
     temp: &Path,
     options: &DeltaOptions,
-) -> anyhow::Result<DeltaSummary> {
+) -> Result<DeltaSummary, CreateError> {
     let started = Instant::now();
     let parent = temp.parent().unwrap_or(Path::new("."));
     if !(MIN_SEGMENT_LOG..=MAX_SEGMENT_LOG).contains(&options.segment_log) {
-        bail!(
-            "segment size 2^{} is outside 2^{MIN_SEGMENT_LOG}..=2^{MAX_SEGMENT_LOG} bytes",
-            options.segment_log
-        );
+        return Err(CreateError::SegmentSize(options.segment_log));
     }
     if options.match_window < (1 << 20) || options.match_window > (i32::MAX as u64) {
-        bail!("match window must be between 1 MiB and 2 GiB");
+        return Err(CreateError::MatchWindow(options.match_window));
     }
     let source_file =
-        File::open(source).with_context(|| format!("opening source {}", source.display()))?;
+        File::open(source).map_err(io(format!("opening source {}", source.display())))?;
     let target_file =
-        File::open(target).with_context(|| format!("opening target {}", target.display()))?;
-    let source_len = source_file.metadata()?.len();
-    let target_len = target_file.metadata()?.len();
-    let source_id =
-        hash_file(&source_file).with_context(|| format!("reading {}", source.display()))?;
-    let target_id =
-        hash_file(&target_file).with_context(|| format!("reading {}", target.display()))?;
+        File::open(target).map_err(io(format!("opening target {}", target.display())))?;
+    let source_len = file_len(&source_file, source)?;
+    let target_len = file_len(&target_file, target)?;
+    let source_id = hash_file(&source_file).map_err(io(format!("reading {}", source.display())))?;
+    let target_id = hash_file(&target_file).map_err(io(format!("reading {}", target.display())))?;
 
     let segment_size = 1u64 << options.segment_log;
-    let count = usize::try_from(target_len.div_ceil(segment_size))?;
-    let header_len = proto::delta::FIXED_HEADER_LEN + proto::delta::SEGMENT_ENTRY_LEN * count;
-    if header_len > proto::delta::MAX_HEADER_LEN {
-        bail!("{count} segments are too many for one header; use a larger --segment-size");
+    let count: usize = fits("the segment count", target_len.div_ceil(segment_size))?;
+    let header_len = FIXED_HEADER_LEN + SEGMENT_ENTRY_LEN * count;
+    if header_len > MAX_HEADER_LEN {
+        return Err(CreateError::TooManySegments(count));
     }
 
-    let mut file = File::create(temp).with_context(|| format!("creating {}", temp.display()))?;
-    file.write_all(&vec![0; header_len])?;
+    let writing = || io(format!("writing {}", temp.display()));
+    let mut file = File::create(temp).map_err(io(format!("creating {}", temp.display())))?;
+    file.write_all(&vec![0; header_len]).map_err(writing())?;
 
     let mut entries = vec![
         SegmentEntry {
@@ -192,11 +262,12 @@ fn create_into(
             .is_none_or(|w| w.offset != wanted.0 || w.bytes.len() as u64 != wanted.1)
         {
             drop(window.take()); // free the old window and its suffix array first
-            window = Some(Window::load(&source_file, wanted.0, wanted.1)?);
         }
-        let Some(w) = window.as_ref() else {
-            bail!("no source window")
+        let w = match window.take() {
+            Some(w) => w,
+            None => Window::load(&source_file, wanted.0, wanted.1)?,
         };
+        let w = &*window.insert(w);
         let results = encode_batch(
             w,
             &target_file,
@@ -209,11 +280,11 @@ fn create_into(
         for (i, (body, method, dict, cv)) in batch.clone().zip(results) {
             lzma_dict_segments += usize::from(dict);
             entries[i] = SegmentEntry {
-                encoded_len: u32::try_from(body.len())?,
+                encoded_len: fits("a segment body", body.len() as u64)?,
                 cv,
             };
             *methods.entry(method).or_insert(0) += 1;
-            file.write_all(&body)?;
+            file.write_all(&body).map_err(writing())?;
         }
         index = batch.end;
     }
@@ -225,15 +296,16 @@ fn create_into(
         segment_log: options.segment_log,
         segments: entries,
     };
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(&header.encode())?;
-    file.sync_all()?;
+    file.seek(SeekFrom::Start(0)).map_err(writing())?;
+    file.write_all(&header.encode()).map_err(writing())?;
+    file.sync_all().map_err(writing())?;
     drop(file);
     // The delta as written must parse (its hashes add up to the target).
-    let delta_file = File::open(temp)?;
-    let delta_len = delta_file.metadata()?.len();
-    let delta = hash_file(&delta_file)?;
-    std::fs::rename(temp, out).with_context(|| format!("renaming into {}", out.display()))?;
+    let reading = || io(format!("reading {}", temp.display()));
+    let delta_file = File::open(temp).map_err(reading())?;
+    let delta_len = file_len(&delta_file, temp)?;
+    let delta = hash_file(&delta_file).map_err(reading())?;
+    std::fs::rename(temp, out).map_err(io(format!("renaming into {}", out.display())))?;
     if let Ok(dir) = File::open(parent) {
         dir.sync_all().ok();
     }
@@ -267,10 +339,9 @@ struct Window {
 }
 
 impl Window {
-    fn load(file: &File, offset: u64, len: u64) -> anyhow::Result<Self> {
-        let mut bytes = vec![0; usize::try_from(len)?];
-        file.read_exact_at(&mut bytes, offset)
-            .context("reading the source")?;
+    fn load(file: &File, offset: u64, len: u64) -> Result<Self, CreateError> {
+        let mut bytes = vec![0; fits("a source window", len)?];
+        FileExt::read_exact_at(file, &mut bytes, offset).map_err(io("reading the source"))?;
         let suffixes = if bytes.is_empty() {
             Vec::new()
         } else {
@@ -278,7 +349,7 @@ impl Window {
                 .in_owned_buffer32()
                 .single_threaded()
                 .run()
-                .map_err(|e| anyhow::anyhow!("suffix array construction failed: {e:?}"))?
+                .map_err(CreateError::SuffixArray)?
                 .into_vec()
         };
         Ok(Self {
@@ -301,9 +372,9 @@ fn encode_batch(
     target_len: u64,
     source_len: u64,
     options: &DeltaOptions,
-) -> anyhow::Result<Vec<Encoded>> {
+) -> Result<Vec<Encoded>, CreateError> {
     let next = AtomicUsize::new(batch.start);
-    let results: Mutex<Vec<Option<anyhow::Result<Encoded>>>> =
+    let results: Mutex<Vec<Option<Result<Encoded, CreateError>>>> =
         Mutex::new((0..batch.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
         for _ in 0..options.threads.min(batch.len()) {
@@ -324,18 +395,11 @@ fn encode_batch(
     });
     let slots = results
         .into_inner()
-        .map_err(|_| anyhow::anyhow!("a segment worker panicked"))?;
+        .map_err(|_| CreateError::WorkerPanicked)?;
     slots
         .into_iter()
         .enumerate()
-        .map(|(k, r)| {
-            r.unwrap_or_else(|| {
-                Err(anyhow::anyhow!(
-                    "segment {} was not encoded",
-                    batch.start + k
-                ))
-            })
-        })
+        .map(|(k, r)| r.unwrap_or(Err(CreateError::NotEncoded(batch.start + k))))
         .collect()
 }
 
@@ -347,14 +411,12 @@ fn encode_segment(
     target_len: u64,
     source_len: u64,
     options: &DeltaOptions,
-) -> anyhow::Result<Encoded> {
+) -> Result<Encoded, CreateError> {
     let seg_size = 1u64 << options.segment_log;
     let start = index as u64 * seg_size;
     let end = (start + seg_size).min(target_len);
-    let mut target = vec![0; usize::try_from(end - start)?];
-    target_file
-        .read_exact_at(&mut target, start)
-        .context("reading the target")?;
+    let mut target = vec![0; fits("a segment", end - start)?];
+    FileExt::read_exact_at(target_file, &mut target, start).map_err(io("reading the target"))?;
     let cv = DeltaHeader::chaining_value(count, options.segment_log, index, &target);
 
     let matches = find_matches(window, &target, start);
@@ -370,7 +432,7 @@ fn encode_segment(
     let patch_from = [Op {
         src: start.min(source_len),
         diff: 0,
-        extra: u32::try_from(target.len())?,
+        extra: fits("a segment", target.len() as u64)?,
     }];
 
     let mut best: Option<(Vec<u8>, Method, bool)> = None;
@@ -437,7 +499,7 @@ fn encode_segment(
         }
     }
     let Some((body, method, dict)) = best else {
-        bail!("segment {index}: no encoding")
+        return Err(CreateError::NoEncoding(index));
     };
     // Decode what we are about to ship. The decoder reads only this segment's entry (and the
     // lengths), so the others and the ids can be blank.
@@ -449,7 +511,7 @@ fn encode_segment(
         count
     ];
     segments[index] = SegmentEntry {
-        encoded_len: u32::try_from(body.len())?,
+        encoded_len: fits("a segment body", body.len() as u64)?,
         cv,
     };
     let header = DeltaHeader {
@@ -462,22 +524,23 @@ fn encode_segment(
     };
     let mut rebuilt = Vec::new();
     SegmentDecoder::new()
-        .decode(&header, index, &body, &mut WindowRead(window), &mut rebuilt)
-        .with_context(|| {
-            format!("segment {index} ({method:?}) does not decode to the target; this is a bug")
+        .decode(&header, index, &body, &WindowRead(window), &mut rebuilt)
+        .map_err(|source| CreateError::RoundTrip {
+            segment: index,
+            method,
+            source,
         })?;
     Ok((body, method, dict, cv))
 }
 
 struct WindowRead<'a>(&'a Window);
 
-impl proto::delta::SourceRead for WindowRead<'_> {
-    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let bytes: &[u8] = &self.0.bytes;
+impl ReadAt for WindowRead<'_> {
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let start = offset
             .checked_sub(self.0.offset)
             .ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        proto::delta::SourceRead::read_exact_at(&mut { bytes }, start, buf)
+        self.0.bytes.read_exact_at(start, buf)
     }
 }
 
@@ -777,6 +840,13 @@ fn merge_contiguous(ops: &mut Vec<Op>) {
         merged.push(op);
     }
     *ops = merged;
+}
+
+fn file_len(file: &File, path: &Path) -> Result<u64, CreateError> {
+    Ok(file
+        .metadata()
+        .map_err(io(format!("reading the length of {}", path.display())))?
+        .len())
 }
 
 fn hash_file(file: &File) -> std::io::Result<BlobId> {

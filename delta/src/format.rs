@@ -1,95 +1,10 @@
-//! The delta format: a target image rebuilt from a source image in independently decodable,
-//! independently verified segments.
-//!
-//! A delta is a blob like any other (addressed by its BLAKE3, moved in verified chunk groups). This
-//! module is its format: the header, the segment encoding, and a decoder that needs only the
-//! source (read at offsets through [`SourceRead`]) and one segment's bytes. The matcher that
-//! chooses what to put in a segment lives in `origin`; the streaming, resumable apply lives in
-//! `vehicle-peer`.
-//!
-//! # Layout (version 1, all integers little-endian)
-//!
-//! ```text
-//! header   magic "DMDELTA\0" (8) · version u16 = 1 · flags u16 = 0 · header_len u32
-//!          source id [32] · source_len u64 · target id [32] · target_len u64
-//!          segment_log u8 (14..=24) · reserved [3] = 0 · segment_count u32
-//!          segment_count × { encoded_len u32 · chaining value [32] }
-//! segments segment_count bodies, back to back, each exactly its encoded_len
-//! ```
-//!
-//! `header_len` is the whole header, `104 + 36 × segment_count` bytes, at most
-//! [`MAX_HEADER_LEN`]. Segment `i` rebuilds target bytes `[i << segment_log, (i + 1) <<
-//! segment_log)` (the last one ends at `target_len`), so `segment_count` is
-//! `ceil(target_len / 2^segment_log)`. Segments are whole, aligned subtrees of the target's BLAKE3
-//! tree: the chaining values in the table are that tree's nodes, and a header is accepted only if
-//! they merge to the target id. A finished segment is then checked against its own value before it
-//! counts as done, so an apply can stop after any segment and resume at the next one, and a target
-//! whose segments all check out *is* the target.
-//!
-//! ## Segment body
-//!
-//! ```text
-//! flags u8            bit 0: word diff · bit 1: the extra stream references a source window
-//! [bit 1] ref_offset u64 · ref_len u32       source window (≤ MAX_REF_WINDOW) the extra stream
-//!                                            was compressed against (zstd "patch-from")
-//! [bit 0] phase u8 (0..4)                    word alignment: words start where target offset ≡ phase (mod 4)
-//! control: codec u8 · raw_len u32 · packed_len u32
-//! diff:    codec u8 · raw_len u32 · packed_len u32
-//! extra:   codec u8 · raw_len u32 · packed_len u32
-//! the packed control, diff and extra streams (a stream with raw_len 0 has packed_len 0, codec 0)
-//! ```
-//!
-//! Codecs: 0 a zstd frame; 1 a zstd frame compressed with the source window as prefix (extra
-//! stream only); 2 raw LZMA2 (preset 9e, pb 0, dictionary the stream's length rounded up to a
-//! power of two, 4 KiB..=32 MiB); 3 the x86 branch converter then raw LZMA2; 4 raw LZMA2 with
-//! the source window as preset dictionary (extra stream only; pb 0, dictionary exactly window
-//! plus stream length, at most [`MAX_LZMA_DICT`]); 5 as 4, with the stream and the window each
-//! first through the x86 branch converter (BCJ), the stream counting positions from the
-//! segment's target offset and the window from its source offset, both modulo 2^32 — so a call
-//! into code that kept its address reads the same in both. LZMA's finer entropy coding wins most
-//! diff streams (mostly zeros with the changed bytes of moved pointers between them) and, with
-//! the window as dictionary, the extra streams of far releases of compiled code, 10–15 % under
-//! zstd's patch-from.
-//!
-//! A decoder of codecs 4 and 5 need not hold the window twice: an LZMA2 stream that starts with
-//! the window as stored (uncompressed, 64 KiB) chunks, the first resetting the dictionary, and
-//! continues with the frame (whose first chunk resets state and properties but not the
-//! dictionary) decodes to the window followed by the stream — the window can be streamed from
-//! the source into the decoder's dictionary.
-//!
-//! The control stream is a list of operations, each three LEB128 varints: `seek` (zigzag signed:
-//! where the next source read starts, relative to where the previous one ended; the first is
-//! relative to the segment's own target offset), `diff_len`, `extra_len`. An operation writes
-//! `diff_len` bytes of source-plus-diff, then `extra_len` bytes taken from the extra stream — the
-//! bsdiff construction (Percival, "Naive differences of executable code", 2003). Without word
-//! diff, a diff byte is added to its source byte modulo 256. With word diff, target bytes whose
-//! four-byte word (aligned by `phase`) lies inside one operation's diff run are rebuilt as a
-//! little-endian `u32`: source word plus the signed difference, stored zigzagged (`(d << 1) ^
-//! (d >> 31)`, so small changes either way have zero high bytes); the rest byte by byte; and the diff
-//! stream holds four planes one after the other — plane `k` the diff bytes at target offsets
-//! `≡ phase + k (mod 4)` — so a run of perturbed `f32`s puts its unchanged sign/exponent bytes
-//! together, where they compress to nothing.
-//!
-//! The extra stream, compressed with the source window as a zstd prefix, is zstd's own
-//! `--patch-from`: a segment whose control is one operation with no diff is exactly a
-//! patch-from of that segment, so the format holds both tools' constructions and the creator
-//! picks, per segment, whichever is smaller.
-//!
-//! ## Limits (what a decoder will allocate)
-//!
-//! A segment is at most 2^24 bytes (16 MiB); the control and extra streams decode to at most a
-//! segment each and the diff stream to at most its sum of diff runs; a source window is at most
-//! [`MAX_REF_WINDOW`]; zstd frames may not declare a window over 2^[`MAX_WINDOW_LOG`]; an LZMA
-//! dictionary of codecs 4 and 5 is at most [`MAX_LZMA_DICT`] (window plus stream) and replaces
-//! the window buffer. The decoder therefore holds at most about 72 + 4 × 16 MiB whatever the
-//! image size, and 72 + 4 × 8 MiB at the creator's default segment size.
+//! The header of a delta, the format's limits, and the errors of a delta refused. The layout is
+//! in the crate docs.
 
-mod segment;
-mod tree;
+use proto::BlobId;
 
-pub use segment::{Op, SegmentDecoder, SegmentEncoder, SegmentPlan, SourceView};
-
-use crate::BlobId;
+use crate::segment::Codec;
+use crate::tree;
 
 /// The first bytes of every delta.
 pub const MAGIC: [u8; 8] = *b"DMDELTA\0";
@@ -151,7 +66,7 @@ pub enum DeltaError {
         /// Which segment.
         segment: usize,
         /// What was wrong.
-        detail: String,
+        detail: BodyError,
     },
     /// A segment decoded, but to bytes other than the target's.
     #[error("delta segment {segment} rebuilt bytes that do not match the target's hash tree")]
@@ -172,9 +87,225 @@ pub enum DeltaError {
     Compress {
         /// Which segment.
         segment: usize,
-        /// zstd's message.
-        detail: String,
+        /// What failed.
+        detail: EncodeError,
     },
+}
+
+/// What is wrong inside one segment body (the detail of [`DeltaError::Corrupt`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The header has no entry for the segment.
+    #[error("no such segment")]
+    NoSuchSegment,
+    /// The body's length is not the one its table entry gives.
+    #[error("body is {actual} bytes, the header says {expected}")]
+    Length {
+        /// The body's length.
+        actual: usize,
+        /// The table's.
+        expected: u32,
+    },
+    /// The body ends before its own header does.
+    #[error("body ends inside its header")]
+    ShortHeader,
+    /// Flags this decoder does not know.
+    #[error("unknown flags {0:#04x}")]
+    Flags(u8),
+    /// A source window of no bytes or over [`MAX_REF_WINDOW`].
+    #[error("source window of {0} bytes (allowed 1..={MAX_REF_WINDOW})")]
+    WindowSize(u32),
+    /// A source window that ends past the source.
+    #[error("source window {offset}+{len} runs past the source ({source_len} bytes)")]
+    WindowPastSource {
+        /// Where the window starts.
+        offset: u64,
+        /// Its length.
+        len: u32,
+        /// The source's length.
+        source_len: u64,
+    },
+    /// A word phase outside 0..4.
+    #[error("word phase {0} (must be 0..4)")]
+    Phase(u8),
+    /// A codec byte this decoder does not know.
+    #[error("unknown stream codec {0}")]
+    UnknownCodec(u8),
+    /// A stream whose raw and packed lengths are not both zero or both non-zero.
+    #[error("an empty stream must have an empty frame and only it")]
+    EmptyStream,
+    /// A codec that reads the source window, where there is none or on another stream.
+    #[error("codec {0}: only the extra stream of a segment with a source window may use it")]
+    WindowCodec(u8),
+    /// An LZMA dictionary (window plus stream) over [`MAX_LZMA_DICT`].
+    #[error("an LZMA dictionary of window plus stream over {MAX_LZMA_DICT} bytes")]
+    DictTooLarge,
+    /// The streams' packed lengths do not add up to the body.
+    #[error("streams take {streams} bytes, the body has {body}")]
+    StreamsLength {
+        /// What the stream headers add up to.
+        streams: u64,
+        /// The body's length.
+        body: usize,
+    },
+    /// A stream longer than its segment allows.
+    #[error("a stream is longer than the segment allows")]
+    StreamTooLong,
+    /// A stream does not decompress.
+    #[error("{stream} stream: {source}")]
+    Stream {
+        /// Which stream: control, diff or extra.
+        stream: &'static str,
+        /// Why.
+        source: CodecError,
+    },
+    /// The operations use other amounts of diff and extra bytes than the streams hold.
+    #[error(
+        "operations use {diff} diff and {extra} extra bytes, the streams hold {diff_len} and {extra_len}"
+    )]
+    StreamUse {
+        /// Diff bytes the operations use.
+        diff: u64,
+        /// Extra bytes they use.
+        extra: u64,
+        /// Diff bytes in the stream.
+        diff_len: u32,
+        /// Extra bytes in the stream.
+        extra_len: u32,
+    },
+    /// The control stream holds a malformed varint.
+    #[error("control stream: bad varint")]
+    Varint,
+    /// An operation seeks outside the source's address space.
+    #[error("operation {op}: seek {seek} from {pos} leaves the source")]
+    SeekOutside {
+        /// Which operation.
+        op: usize,
+        /// Its seek.
+        seek: i64,
+        /// Where it seeks from.
+        pos: u64,
+    },
+    /// An operation reads past the source's end.
+    #[error("operation {op}: reads source {src}+{diff}, past its {source_len} bytes")]
+    ReadPastSource {
+        /// Which operation.
+        op: usize,
+        /// Where it reads.
+        src: u64,
+        /// How much.
+        diff: u64,
+        /// The source's length.
+        source_len: u64,
+    },
+    /// An operation that writes nothing.
+    #[error("operation {0} is empty")]
+    EmptyOp(usize),
+    /// An operation writes past the segment's end.
+    #[error("operation {op} writes past the segment's {seg_len} bytes")]
+    PastSegment {
+        /// Which operation.
+        op: usize,
+        /// The segment's length.
+        seg_len: u64,
+    },
+    /// The operations leave part of the segment unwritten.
+    #[error("operations write {written} of the segment's {seg_len} bytes")]
+    Unwritten {
+        /// Bytes they write.
+        written: u64,
+        /// The segment's length.
+        seg_len: u64,
+    },
+}
+
+impl BodyError {
+    pub(crate) fn stream(stream: &'static str, source: CodecError) -> Self {
+        Self::Stream { stream, source }
+    }
+}
+
+/// Why one stream could not be compressed or decompressed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// zstd refused, with its error name.
+    #[error("{0}")]
+    Zstd(&'static str),
+    /// liblzma refused to set up or run a coder.
+    #[error("{0}")]
+    Lzma(liblzma::stream::Error),
+    /// The LZMA data is malformed.
+    #[error("lzma: {0}")]
+    LzmaData(liblzma::stream::Error),
+    /// The LZMA2 decoder over the source window failed.
+    #[error("lzma: {0}")]
+    LzmaRead(std::io::Error),
+    /// The x86 converter or the LZMA2 encoder failed.
+    #[error("{0}")]
+    Io(std::io::Error),
+    /// A stream decoded to another length than its header gives.
+    #[error("decoded to {decoded} bytes, expected {expected}")]
+    Length {
+        /// Bytes decoded.
+        decoded: usize,
+        /// Bytes the header gives.
+        expected: u32,
+    },
+    /// An LZMA stream that goes on after its length.
+    #[error("lzma stream does not end after its {0} bytes")]
+    NoEnd(u32),
+    /// An LZMA stream that ends before its frame does.
+    #[error("lzma stream ends {0} bytes before its frame")]
+    EndsEarly(usize),
+    /// Window plus stream over [`MAX_LZMA_DICT`].
+    #[error("window plus stream exceed the {MAX_LZMA_DICT}-byte dictionary")]
+    DictTooLarge,
+    /// A codec that needs the source window, without one.
+    #[error("{0:?} needs a source window")]
+    NeedsWindow(Codec),
+    /// A codec of the extra stream on another stream.
+    #[error("{0:?} is only for an extra stream")]
+    ExtraOnly(Codec),
+    /// No codec was given to choose from.
+    #[error("no codec")]
+    NoCodec,
+}
+
+/// Why the creator could not encode a segment as planned (the detail of
+/// [`DeltaError::Compress`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A diff run reads source bytes the creator does not hold.
+    #[error("diff run at source {src} is outside the view")]
+    OutsideView {
+        /// Where the run starts in the source.
+        src: u64,
+    },
+    /// The operations run past the segment's bytes.
+    #[error("operations run past the segment")]
+    PastSegment,
+    /// The operations do not cover the whole segment.
+    #[error("operations cover {covered} of {len} bytes")]
+    Uncovered {
+        /// Bytes covered.
+        covered: usize,
+        /// The segment's length.
+        len: usize,
+    },
+    /// The source window is empty, too large or outside the view.
+    #[error("source window {offset}+{len} is not usable")]
+    Window {
+        /// Where it starts.
+        offset: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// A stream could not be compressed.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
 }
 
 /// One segment table entry.
@@ -379,13 +510,10 @@ impl DeltaHeader {
     /// Checks rebuilt bytes of segment `index` against the target's hash tree.
     pub fn check_segment(&self, index: usize, bytes: &[u8]) -> Result<(), DeltaError> {
         let range = self.target_range(index);
-        let entry = self
-            .segments
-            .get(index)
-            .ok_or_else(|| DeltaError::Corrupt {
-                segment: index,
-                detail: "no such segment".into(),
-            })?;
+        let entry = self.segments.get(index).ok_or(DeltaError::Corrupt {
+            segment: index,
+            detail: BodyError::NoSuchSegment,
+        })?;
         if bytes.len() as u64 != range.end - range.start
             || tree::segment_cv(self.segments.len(), range.start, bytes) != entry.cv
         {
@@ -437,25 +565,5 @@ impl Reader<'_> {
     }
     fn u64(&mut self) -> Result<u64, DeltaError> {
         Ok(u64::from_le_bytes(self.array()?))
-    }
-}
-
-/// Where a decoder reads the source image: at any offset, any length, exactly.
-pub trait SourceRead {
-    /// Fills `buf` with the source bytes at `offset`.
-    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
-}
-
-impl SourceRead for &[u8] {
-    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let start = usize::try_from(offset).map_err(|_| std::io::ErrorKind::UnexpectedEof)?;
-        let end = start
-            .checked_add(buf.len())
-            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        let bytes = self
-            .get(start..end)
-            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        buf.copy_from_slice(bytes);
-        Ok(())
     }
 }

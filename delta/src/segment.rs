@@ -1,5 +1,5 @@
-//! Segment bodies: encoding (creator side) and decoding (apply side). See the module docs of
-//! [`crate::delta`] for the layout.
+//! Segment bodies: encoding (creator side) and decoding (apply side). See the crate docs for the
+//! layout.
 
 // Every length cast here is of a stream or run already checked against the segment's size (at
 // most 16 MiB), and varint bytes are masked to 7 bits before their cast.
@@ -7,7 +7,12 @@
 
 use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter};
 
-use super::{DeltaError, DeltaHeader, MAX_LZMA_DICT, MAX_REF_WINDOW, MAX_WINDOW_LOG, SourceRead};
+use proto::ReadAt;
+
+use crate::format::{
+    BodyError, CodecError, DeltaError, DeltaHeader, EncodeError, MAX_LZMA_DICT, MAX_REF_WINDOW,
+    MAX_WINDOW_LOG,
+};
 
 const FLAG_WORD_DIFF: u8 = 1;
 const FLAG_REF_WINDOW: u8 = 2;
@@ -92,7 +97,7 @@ impl<'s> SegmentEncoder<'s> {
         plan: &SegmentPlan<'_>,
         source: SourceView<'s>,
     ) -> Result<Vec<u8>, DeltaError> {
-        let bad = |detail: String| DeltaError::Compress {
+        let bad = |detail: EncodeError| DeltaError::Compress {
             segment: index,
             detail,
         };
@@ -109,10 +114,10 @@ impl<'s> SegmentEncoder<'s> {
             put_varint(&mut control, u64::from(op.extra));
             let old = source
                 .get(op.src, u64::from(op.diff))
-                .ok_or_else(|| bad(format!("diff run at source {} is outside the view", op.src)))?;
+                .ok_or_else(|| bad(EncodeError::OutsideView { src: op.src }))?;
             let new = target
                 .get(t..t + op.diff as usize)
-                .ok_or_else(|| bad("operations run past the segment".into()))?;
+                .ok_or_else(|| bad(EncodeError::PastSegment))?;
             match plan.word_phase {
                 None => diff_bytes.extend(new.iter().zip(old).map(|(n, o)| n.wrapping_sub(*o))),
                 Some(phase) => {
@@ -149,16 +154,16 @@ impl<'s> SegmentEncoder<'s> {
             t += op.diff as usize;
             let tail = target
                 .get(t..t + op.extra as usize)
-                .ok_or_else(|| bad("operations run past the segment".into()))?;
+                .ok_or_else(|| bad(EncodeError::PastSegment))?;
             extra.extend_from_slice(tail);
             t += op.extra as usize;
             pos = op.src + u64::from(op.diff);
         }
         if t != target.len() {
-            return Err(bad(format!(
-                "operations cover {t} of {} bytes",
-                target.len()
-            )));
+            return Err(bad(EncodeError::Uncovered {
+                covered: t,
+                len: target.len(),
+            }));
         }
         if plan.word_phase.is_some() {
             diff_bytes = planes.concat();
@@ -168,16 +173,16 @@ impl<'s> SegmentEncoder<'s> {
                 source
                     .get(offset, u64::from(len))
                     .filter(|_| len > 0 && len <= MAX_REF_WINDOW)
-                    .ok_or_else(|| bad(format!("source window {offset}+{len} is not usable")))?,
+                    .ok_or_else(|| bad(EncodeError::Window { offset, len }))?,
             ),
             None => None,
         };
         let control_z = self
             .smallest(&control, &[Codec::Zstd, Codec::Lzma], None)
-            .map_err(bad)?;
+            .map_err(|e| bad(e.into()))?;
         let diff_z = self
             .smallest(&diff_bytes, &[Codec::Zstd, Codec::Lzma], None)
-            .map_err(bad)?;
+            .map_err(|e| bad(e.into()))?;
         let dict_fits = reference.is_some_and(|w| w.len() + extra.len() <= MAX_LZMA_DICT as usize);
         let extra_codecs: &[Codec] = match reference {
             Some(_) if plan.lzma_dict && dict_fits => &[Codec::LzmaRef, Codec::X86LzmaRef],
@@ -189,7 +194,7 @@ impl<'s> SegmentEncoder<'s> {
             .map(|(bytes, (offset, _))| (offset, bytes));
         let extra_z = self
             .smallest_extra(&extra, extra_codecs, window, target_offset)
-            .map_err(bad)?;
+            .map_err(|e| bad(e.into()))?;
 
         let mut body =
             Vec::with_capacity(40 + control_z.1.len() + diff_z.1.len() + extra_z.1.len());
@@ -229,7 +234,7 @@ impl<'s> SegmentEncoder<'s> {
         raw: &[u8],
         codecs: &[Codec],
         reference: Option<&'s [u8]>,
-    ) -> Result<(Codec, Vec<u8>), String> {
+    ) -> Result<(Codec, Vec<u8>), CodecError> {
         self.smallest_extra(raw, codecs, reference.map(|bytes| (0, bytes)), 0)
     }
 
@@ -242,7 +247,7 @@ impl<'s> SegmentEncoder<'s> {
         codecs: &[Codec],
         window: Option<(u64, &'s [u8])>,
         target_offset: u64,
-    ) -> Result<(Codec, Vec<u8>), String> {
+    ) -> Result<(Codec, Vec<u8>), CodecError> {
         if raw.is_empty() {
             return Ok((Codec::Zstd, Vec::new()));
         }
@@ -259,17 +264,17 @@ impl<'s> SegmentEncoder<'s> {
                     offset,
                     codec == Codec::X86LzmaRef,
                 )?,
-                (_, None) => return Err(format!("{codec:?} needs a source window")),
+                (_, None) => return Err(CodecError::NeedsWindow(codec)),
             };
             if best.as_ref().is_none_or(|(_, b)| z.len() < b.len()) {
                 best = Some((codec, z));
             }
         }
-        best.ok_or_else(|| "no codec".to_string())
+        best.ok_or(CodecError::NoCodec)
     }
 
-    fn compress(&mut self, raw: &[u8], reference: Option<&'s [u8]>) -> Result<Vec<u8>, String> {
-        let name = |code| zstd_safe::get_error_name(code).to_string();
+    fn compress(&mut self, raw: &[u8], reference: Option<&'s [u8]>) -> Result<Vec<u8>, CodecError> {
+        let name = |code| CodecError::Zstd(zstd_safe::get_error_name(code));
         self.cctx
             .reset(zstd_safe::ResetDirective::SessionAndParameters)
             .map_err(name)?;
@@ -315,10 +320,10 @@ struct BodyHeader {
     frames_at: usize,
 }
 
-/// How one stream is compressed.
+/// How one stream of a segment body is compressed (the codec byte of its stream header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-enum Codec {
+pub enum Codec {
     /// A zstd frame.
     Zstd = 0,
     /// A zstd frame compressed with the segment's source window as prefix (extra stream only).
@@ -351,10 +356,10 @@ impl Codec {
     }
 }
 
-fn lzma_filters(raw_len: usize, x86: bool) -> Result<liblzma::stream::Filters, String> {
+fn lzma_filters(raw_len: usize, x86: bool) -> Result<liblzma::stream::Filters, CodecError> {
     let dict = raw_len.next_power_of_two().clamp(4096, 32 << 20);
     let mut options = liblzma::stream::LzmaOptions::new_preset(9 | liblzma::stream::PRESET_EXTREME)
-        .map_err(|e| e.to_string())?;
+        .map_err(CodecError::Lzma)?;
     options
         .dict_size(u32::try_from(dict).unwrap_or(32 << 20))
         .position_bits(0);
@@ -366,15 +371,15 @@ fn lzma_filters(raw_len: usize, x86: bool) -> Result<liblzma::stream::Filters, S
     Ok(filters)
 }
 
-fn lzma_compress(raw: &[u8], x86: bool) -> Result<Vec<u8>, String> {
+fn lzma_compress(raw: &[u8], x86: bool) -> Result<Vec<u8>, CodecError> {
     let mut stream = liblzma::stream::Stream::new_raw_encoder(&lzma_filters(raw.len(), x86)?)
-        .map_err(|e| e.to_string())?;
+        .map_err(CodecError::Lzma)?;
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 8 + 1024);
     loop {
         let consumed = stream.total_in() as usize;
         match stream
             .process_vec(&raw[consumed..], &mut out, liblzma::stream::Action::Finish)
-            .map_err(|e| e.to_string())?
+            .map_err(CodecError::Lzma)?
         {
             liblzma::stream::Status::StreamEnd => return Ok(out),
             _ => out.reserve(out.capacity().max(4096)),
@@ -382,24 +387,27 @@ fn lzma_compress(raw: &[u8], x86: bool) -> Result<Vec<u8>, String> {
     }
 }
 
-fn lzma_decompress(out: &mut Vec<u8>, frame: &[u8], raw_len: u32, x86: bool) -> Result<(), String> {
+fn lzma_decompress(
+    out: &mut Vec<u8>,
+    frame: &[u8],
+    raw_len: u32,
+    x86: bool,
+) -> Result<(), CodecError> {
     let mut stream =
         liblzma::stream::Stream::new_raw_decoder(&lzma_filters(raw_len as usize, x86)?)
-            .map_err(|e| e.to_string())?;
+            .map_err(CodecError::Lzma)?;
     out.reserve_exact(raw_len as usize);
     let status = stream
         .process_vec(frame, out, liblzma::stream::Action::Finish)
-        .map_err(|e| format!("lzma: {e}"))?;
+        .map_err(CodecError::LzmaData)?;
     if out.len() != raw_len as usize {
-        return Err(format!(
-            "decoded to {} bytes, expected {raw_len}",
-            out.len()
-        ));
+        return Err(CodecError::Length {
+            decoded: out.len(),
+            expected: raw_len,
+        });
     }
     if status != liblzma::stream::Status::StreamEnd || stream.total_in() != frame.len() as u64 {
-        return Err(format!(
-            "lzma stream does not end after its {raw_len} bytes"
-        ));
+        return Err(CodecError::NoEnd(raw_len));
     }
     Ok(())
 }
@@ -410,22 +418,22 @@ fn x86_start(offset: u64) -> usize {
     (offset & 0xffff_ffff) as usize
 }
 
-fn x86_encode(bytes: &[u8], offset: u64) -> Result<Vec<u8>, String> {
+fn x86_encode(bytes: &[u8], offset: u64) -> Result<Vec<u8>, CodecError> {
     use std::io::Write as _;
     let mut writer = lzma_rust2::filter::bcj::BcjWriter::new_x86(
         Vec::with_capacity(bytes.len()),
         x86_start(offset),
     );
-    writer.write_all(bytes).map_err(|e| e.to_string())?;
-    writer.finish().map_err(|e| e.to_string())
+    writer.write_all(bytes).map_err(CodecError::Io)?;
+    writer.finish().map_err(CodecError::Io)
 }
 
 /// The LZMA2 dictionary for a stream of `stream` bytes after a window of `window` bytes.
-fn dict_size(window: usize, stream: usize) -> Result<u32, String> {
+fn dict_size(window: usize, stream: usize) -> Result<u32, CodecError> {
     u32::try_from(window + stream)
         .ok()
         .filter(|&d| d <= MAX_LZMA_DICT)
-        .ok_or_else(|| format!("window plus stream exceed the {MAX_LZMA_DICT}-byte dictionary"))
+        .ok_or(CodecError::DictTooLarge)
 }
 
 /// Raw LZMA2 of `raw` (target bytes at `target_offset`) with `window` (source bytes at
@@ -438,7 +446,7 @@ fn lzma_dict_compress(
     window: &[u8],
     window_offset: u64,
     x86: bool,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, CodecError> {
     use std::io::Write as _;
     let mut options = lzma_rust2::LzmaOptions::with_preset(9);
     options.pb = 0;
@@ -459,13 +467,13 @@ fn lzma_dict_compress(
             chunk_size: None,
         },
     );
-    writer.write_all(data).map_err(|e| e.to_string())?;
-    writer.finish().map_err(|e| e.to_string())
+    writer.write_all(data).map_err(CodecError::Io)?;
+    writer.finish().map_err(CodecError::Io)
 }
 
 enum DictError {
     Source { offset: u64, source: std::io::Error },
-    Stream(String),
+    Stream(CodecError),
 }
 
 /// Decodes an extra stream of codec 4 or 5 into `out`. The decoder does not hold the window
@@ -478,12 +486,12 @@ fn lzma_dict_decompress(
     frame: &[u8],
     raw_len: u32,
     target_offset: u64,
-    source: &mut dyn SourceRead,
+    source: &dyn ReadAt,
     (window_offset, window_len): (u64, u32),
     x86: bool,
 ) -> Result<(), DictError> {
     use std::io::Read as _;
-    let stream = |e: String| DictError::Stream(e);
+    let stream = DictError::Stream;
     out.clear();
     let dict = dict_size(window_len as usize, raw_len as usize).map_err(stream)?;
     let primed = Primed {
@@ -520,15 +528,12 @@ fn lzma_dict_decompress(
         }
         Ok(())
     })()
-    .map_err(|e: std::io::Error| stream(format!("lzma: {e}")));
+    .map_err(|e: std::io::Error| stream(CodecError::LzmaRead(e)));
     let primed = reader.into_inner();
     if let Some((offset, source)) = primed.failed {
         result = Err(DictError::Source { offset, source });
     } else if result.is_ok() && primed.frame_at != frame.len() {
-        result = Err(stream(format!(
-            "lzma stream ends {} bytes before its frame",
-            frame.len() - primed.frame_at
-        )));
+        result = Err(stream(CodecError::EndsEarly(frame.len() - primed.frame_at)));
     }
     if result.is_err() {
         out.clear();
@@ -538,7 +543,7 @@ fn lzma_dict_decompress(
         let mut filter = lzma_rust2::filter::StreamFilter::new(
             &lzma_rust2::FilterConfig::new_bcj_x86((target_offset & 0xffff_ffff) as u32),
         )
-        .map_err(|e| stream(e.to_string()))?;
+        .map_err(|e| stream(CodecError::Io(e)))?;
         filter.decode(out);
         filter.finish();
     }
@@ -551,7 +556,7 @@ const CHUNK: usize = 1 << 16;
 /// The input of [`lzma_dict_decompress`]: the source window as stored LZMA2 chunks (through
 /// the x86 converter when asked), then the frame.
 struct Primed<'a> {
-    source: &'a mut dyn SourceRead,
+    source: &'a dyn ReadAt,
     next: u64,
     end: u64,
     x86: Option<lzma_rust2::filter::bcj::BcjWriter<Vec<u8>>>,
@@ -635,7 +640,7 @@ impl SegmentDecoder {
         header: &DeltaHeader,
         index: usize,
         body: &[u8],
-        source: &mut dyn SourceRead,
+        source: &dyn ReadAt,
         out: &mut Vec<u8>,
     ) -> Result<(), DeltaError> {
         out.clear();
@@ -652,23 +657,22 @@ impl SegmentDecoder {
         header: &DeltaHeader,
         index: usize,
         body: &[u8],
-        source: &mut dyn SourceRead,
+        source: &dyn ReadAt,
         out: &mut Vec<u8>,
     ) -> Result<(), DeltaError> {
-        let corrupt = |detail: String| DeltaError::Corrupt {
+        let corrupt = |detail: BodyError| DeltaError::Corrupt {
             segment: index,
             detail,
         };
         let entry = header
             .segments
             .get(index)
-            .ok_or_else(|| corrupt("no such segment".into()))?;
+            .ok_or_else(|| corrupt(BodyError::NoSuchSegment))?;
         if body.len() != entry.encoded_len as usize {
-            return Err(corrupt(format!(
-                "body is {} bytes, the header says {}",
-                body.len(),
-                entry.encoded_len
-            )));
+            return Err(corrupt(BodyError::Length {
+                actual: body.len(),
+                expected: entry.encoded_len,
+            }));
         }
         let range = header.target_range(index);
         let seg_len = range.end - range.start;
@@ -682,7 +686,7 @@ impl SegmentDecoder {
             || u64::from(diff_len) > seg_len
             || u64::from(extra_len) > seg_len
         {
-            return Err(corrupt("a stream is longer than the segment allows".into()));
+            return Err(corrupt(BodyError::StreamTooLong));
         }
         let mut at = parsed.frames_at;
         let mut frame = |z: u32| {
@@ -700,7 +704,7 @@ impl SegmentDecoder {
             control_len,
             None,
         )
-        .map_err(|e| corrupt(format!("control stream: {e}")))?;
+        .map_err(|e| corrupt(BodyError::stream("control", e)))?;
         // First pass: check every operation and count the diff planes before touching anything.
         let mut planes = [0usize; 4];
         let mut totals = (0u64, 0u64);
@@ -719,14 +723,16 @@ impl SegmentDecoder {
         )
         .map_err(corrupt)?;
         if totals != (u64::from(diff_len), u64::from(extra_len)) {
-            return Err(corrupt(format!(
-                "operations use {} diff and {} extra bytes, the streams hold {diff_len} and {extra_len}",
-                totals.0, totals.1
-            )));
+            return Err(corrupt(BodyError::StreamUse {
+                diff: totals.0,
+                extra: totals.1,
+                diff_len,
+                extra_len,
+            }));
         }
 
         decompress(&mut self.diff, diff_codec, diff_frame, diff_len, None)
-            .map_err(|e| corrupt(format!("diff stream: {e}")))?;
+            .map_err(|e| corrupt(BodyError::stream("diff", e)))?;
         if let (Some(window), Codec::LzmaRef | Codec::X86LzmaRef) = (parsed.ref_window, extra_codec)
         {
             // The dictionary holds its own copy of the window; drop any cached one first.
@@ -742,7 +748,7 @@ impl SegmentDecoder {
             )
             .map_err(|e| match e {
                 DictError::Source { offset, source } => DeltaError::Source { offset, source },
-                DictError::Stream(e) => corrupt(format!("extra stream: {e}")),
+                DictError::Stream(e) => corrupt(BodyError::stream("extra", e)),
             })?;
         }
         let reference = match parsed.ref_window {
@@ -770,7 +776,7 @@ impl SegmentDecoder {
                 extra_len,
                 reference,
             )
-            .map_err(|e| corrupt(format!("extra stream: {e}")))?;
+            .map_err(|e| corrupt(BodyError::stream("extra", e)))?;
         }
 
         // Second pass: rebuild.
@@ -847,32 +853,32 @@ impl SegmentDecoder {
     }
 }
 
-fn parse_body(body: &[u8], source_len: u64) -> Result<BodyHeader, String> {
+fn parse_body(body: &[u8], source_len: u64) -> Result<BodyHeader, BodyError> {
     let mut at = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], String> {
-        let slice = body.get(at..at + n).ok_or("body ends inside its header")?;
+    let mut take = |n: usize| -> Result<&[u8], BodyError> {
+        let slice = body.get(at..at + n).ok_or(BodyError::ShortHeader)?;
         at += n;
         Ok(slice)
     };
     let flags = take(1)?[0];
     if flags & !(FLAG_WORD_DIFF | FLAG_REF_WINDOW) != 0 {
-        return Err(format!("unknown flags {flags:#04x}"));
+        return Err(BodyError::Flags(flags));
     }
     let ref_window = if flags & FLAG_REF_WINDOW != 0 {
-        let offset = u64::from_le_bytes(take(8)?.try_into().map_err(|_| "short")?);
-        let len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "short")?);
+        let offset = u64::from_le_bytes(array(take(8)?)?);
+        let len = u32::from_le_bytes(array(take(4)?)?);
         if len == 0 || len > MAX_REF_WINDOW {
-            return Err(format!(
-                "source window of {len} bytes (allowed 1..={MAX_REF_WINDOW})"
-            ));
+            return Err(BodyError::WindowSize(len));
         }
         if offset
             .checked_add(u64::from(len))
             .is_none_or(|end| end > source_len)
         {
-            return Err(format!(
-                "source window {offset}+{len} runs past the source ({source_len} bytes)"
-            ));
+            return Err(BodyError::WindowPastSource {
+                offset,
+                len,
+                source_len,
+            });
         }
         Some((offset, len))
     } else {
@@ -881,7 +887,7 @@ fn parse_body(body: &[u8], source_len: u64) -> Result<BodyHeader, String> {
     let word_phase = if flags & FLAG_WORD_DIFF != 0 {
         let phase = take(1)?[0];
         if phase > 3 {
-            return Err(format!("word phase {phase} (must be 0..4)"));
+            return Err(BodyError::Phase(phase));
         }
         Some(phase)
     } else {
@@ -890,34 +896,29 @@ fn parse_body(body: &[u8], source_len: u64) -> Result<BodyHeader, String> {
     let mut lens = [(Codec::Zstd, 0u32, 0u32); 3];
     for (k, len) in lens.iter_mut().enumerate() {
         let byte = take(1)?[0];
-        let codec = Codec::from_byte(byte).ok_or_else(|| format!("unknown stream codec {byte}"))?;
-        let raw = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "short")?);
-        let z = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "short")?);
+        let codec = Codec::from_byte(byte).ok_or(BodyError::UnknownCodec(byte))?;
+        let raw = u32::from_le_bytes(array(take(4)?)?);
+        let z = u32::from_le_bytes(array(take(4)?)?);
         if (raw == 0) != (z == 0) {
-            return Err("an empty stream must have an empty frame and only it".into());
+            return Err(BodyError::EmptyStream);
         }
         if codec.uses_window() && (k != 2 || ref_window.is_none()) {
-            return Err(format!(
-                "codec {byte}: only the extra stream of a segment with a source window may use it"
-            ));
+            return Err(BodyError::WindowCodec(byte));
         }
         if matches!(codec, Codec::LzmaRef | Codec::X86LzmaRef)
             && ref_window
                 .is_some_and(|(_, w)| u64::from(w) + u64::from(raw) > u64::from(MAX_LZMA_DICT))
         {
-            return Err(format!(
-                "an LZMA dictionary of window plus stream over {MAX_LZMA_DICT} bytes"
-            ));
+            return Err(BodyError::DictTooLarge);
         }
         *len = (codec, raw, z);
     }
     let frames: u64 = lens.iter().map(|(_, _, z)| u64::from(*z)).sum();
     if at as u64 + frames != body.len() as u64 {
-        return Err(format!(
-            "streams take {} bytes, the body has {}",
-            at as u64 + frames,
-            body.len()
-        ));
+        return Err(BodyError::StreamsLength {
+            streams: at as u64 + frames,
+            body: body.len(),
+        });
     }
     Ok(BodyHeader {
         word_phase,
@@ -927,13 +928,18 @@ fn parse_body(body: &[u8], source_len: u64) -> Result<BodyHeader, String> {
     })
 }
 
+/// The `N` bytes `take` handed out, as an array.
+fn array<const N: usize>(bytes: &[u8]) -> Result<[u8; N], BodyError> {
+    bytes.try_into().map_err(|_| BodyError::ShortHeader)
+}
+
 fn decompress(
     out: &mut Vec<u8>,
     codec: Codec,
     frame: &[u8],
     raw_len: u32,
     reference: Option<&[u8]>,
-) -> Result<(), String> {
+) -> Result<(), CodecError> {
     out.clear();
     if raw_len == 0 {
         return Ok(());
@@ -943,11 +949,11 @@ fn decompress(
             return lzma_decompress(out, frame, raw_len, codec == Codec::X86Lzma);
         }
         Codec::LzmaRef | Codec::X86LzmaRef => {
-            return Err(format!("{codec:?} is only for an extra stream"));
+            return Err(CodecError::ExtraOnly(codec));
         }
         Codec::Zstd | Codec::ZstdRef => {}
     }
-    let name = |code| zstd_safe::get_error_name(code).to_string();
+    let name = |code| CodecError::Zstd(zstd_safe::get_error_name(code));
     let mut dctx = DCtx::create();
     dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
         .map_err(name)?;
@@ -957,7 +963,10 @@ fn decompress(
     out.reserve_exact(raw_len as usize);
     let n = dctx.decompress(out, frame).map_err(name)?;
     if n != raw_len as usize {
-        return Err(format!("decoded to {n} bytes, expected {raw_len}"));
+        return Err(CodecError::Length {
+            decoded: n,
+            expected: raw_len,
+        });
     }
     Ok(())
 }
@@ -970,38 +979,37 @@ fn walk_ops(
     source_len: u64,
     seg_len: u64,
     mut each: impl FnMut(u64, u64, u64, u64),
-) -> Result<(), String> {
+) -> Result<(), BodyError> {
     let mut at = 0usize;
     let mut pos = target_start;
     let mut written = 0u64;
     let mut n = 0usize;
     while at < control.len() {
-        let seek = unzigzag(get_varint(control, &mut at).ok_or("control stream: bad varint")?);
-        let diff = get_varint(control, &mut at).ok_or("control stream: bad varint")?;
-        let extra = get_varint(control, &mut at).ok_or("control stream: bad varint")?;
-        let src = pos
-            .checked_add_signed(seek)
-            .ok_or_else(|| format!("operation {n}: seek {seek} from {pos} leaves the source"))?;
+        let seek = unzigzag(get_varint(control, &mut at).ok_or(BodyError::Varint)?);
+        let diff = get_varint(control, &mut at).ok_or(BodyError::Varint)?;
+        let extra = get_varint(control, &mut at).ok_or(BodyError::Varint)?;
+        let src =
+            pos.checked_add_signed(seek)
+                .ok_or(BodyError::SeekOutside { op: n, seek, pos })?;
         let end = src
             .checked_add(diff)
             .filter(|end| *end <= source_len)
-            .ok_or_else(|| {
-                format!("operation {n}: reads source {src}+{diff}, past its {source_len} bytes")
+            .ok_or(BodyError::ReadPastSource {
+                op: n,
+                src,
+                diff,
+                source_len,
             })?;
         if diff == 0 && extra == 0 {
-            return Err(format!("operation {n} is empty"));
+            return Err(BodyError::EmptyOp(n));
         }
         // Each part is at most a segment, so the sums below cannot overflow.
         if diff > seg_len || extra > seg_len {
-            return Err(format!(
-                "operation {n} writes past the segment's {seg_len} bytes"
-            ));
+            return Err(BodyError::PastSegment { op: n, seg_len });
         }
         let len = diff + extra;
         if written + len > seg_len {
-            return Err(format!(
-                "operation {n} writes past the segment's {seg_len} bytes"
-            ));
+            return Err(BodyError::PastSegment { op: n, seg_len });
         }
         each(target_start + written, src, diff, extra);
         written += len;
@@ -1009,9 +1017,7 @@ fn walk_ops(
         n += 1;
     }
     if written != seg_len {
-        return Err(format!(
-            "operations write {written} of the segment's {seg_len} bytes"
-        ));
+        return Err(BodyError::Unwritten { written, seg_len });
     }
     Ok(())
 }
@@ -1130,7 +1136,7 @@ mod tests {
                 &frame,
                 target.len() as u32,
                 at,
-                &mut &source[..],
+                &&source[..],
                 (w_off, w_len),
                 x86,
             );
@@ -1144,7 +1150,7 @@ mod tests {
                     &frame[..frame_len],
                     target.len() as u32,
                     at,
-                    &mut &source[..],
+                    &&source[..],
                     (offset, w_len),
                     x86,
                 );
@@ -1163,15 +1169,7 @@ mod tests {
         let frame = lzma_dict_compress(&target, 0, &source[..90_000], 0, false).unwrap();
         let short = &source[..80_000];
         let mut out = Vec::new();
-        let result = lzma_dict_decompress(
-            &mut out,
-            &frame,
-            1_000,
-            0,
-            &mut &short[..],
-            (0, 90_000),
-            false,
-        );
+        let result = lzma_dict_decompress(&mut out, &frame, 1_000, 0, &short, (0, 90_000), false);
         assert!(matches!(
             result,
             Err(DictError::Source { offset: 65_536, .. })

@@ -5,12 +5,12 @@
 // Test code: small sizes, and a panic is how a test fails.
 #![allow(clippy::cast_possible_truncation, clippy::unwrap_used)]
 
-use proptest::prelude::*;
-use proto::BlobId;
-use proto::delta::{
+use delta::{
     DeltaError, DeltaHeader, Op, SegmentDecoder, SegmentEncoder, SegmentEntry, SegmentPlan,
     SourceView,
 };
+use proptest::prelude::*;
+use proto::BlobId;
 
 fn bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
@@ -157,7 +157,7 @@ fn apply(source: &[u8], delta: &[u8]) -> Result<Vec<u8>, DeltaError> {
     let mut at = header_len;
     for (i, entry) in header.segments.iter().enumerate() {
         let body = &delta[at..at + entry.encoded_len as usize];
-        decoder.decode(&header, i, body, &mut { source }, &mut segment)?;
+        decoder.decode(&header, i, body, &source, &mut segment)?;
         out.extend_from_slice(&segment);
         at += entry.encoded_len as usize;
     }
@@ -318,7 +318,7 @@ fn an_operation_length_that_would_wrap_is_refused() {
     let source = vec![0u8; header.source_len as usize];
     let mut out = Vec::new();
     let error = SegmentDecoder::new()
-        .decode(&header, 0, &delta[len..], &mut &source[..], &mut out)
+        .decode(&header, 0, &delta[len..], &&source[..], &mut out)
         .unwrap_err();
     assert!(
         error.to_string().contains("writes past the segment"),

@@ -1,5 +1,6 @@
-//! `origin delta`: the creator picks, per segment, the encoding the data calls for, the result
-//! applies byte-exact, large sources are matched in windows, and bad arguments get clear errors.
+//! Creating deltas: the creator picks, per segment, the encoding the data calls for, the result
+//! applies byte-exact, and large sources are matched in windows. (`origin delta`, the command,
+//! is tested with origin's CLI.)
 
 // Test code: small sizes, and a panic is how a test fails.
 #![allow(
@@ -9,11 +10,9 @@
 )]
 
 use std::path::Path;
-use std::process::Command;
 
-use origin::delta::{DeltaOptions, Method, create};
+use delta::{DeltaHeader, DeltaOptions, Method, SegmentDecoder, create};
 use proto::BlobId;
-use proto::delta::{DeltaHeader, SegmentDecoder};
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
@@ -39,7 +38,7 @@ fn apply(source: &[u8], delta: &[u8]) -> Vec<u8> {
     for (i, entry) in header.segments.iter().enumerate() {
         let body = &delta[at..at + entry.encoded_len as usize];
         decoder
-            .decode(&header, i, body, &mut { source }, &mut segment)
+            .decode(&header, i, body, &source, &mut segment)
             .unwrap();
         out.extend_from_slice(&segment);
         at += entry.encoded_len as usize;
@@ -220,76 +219,4 @@ fn a_source_larger_than_the_match_window_is_matched_in_windows() {
     };
     let (_, size) = round_trip(dir.path(), &old, &new, &options);
     assert!(size < 100_000, "{size} bytes: the windows found no matches");
-}
-
-#[test]
-fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(d.join("old"), noise(50_000, 1)).unwrap();
-    std::fs::write(d.join("new"), noise(60_000, 1)).unwrap();
-    let origin = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_origin"))
-            .current_dir(d)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
-    let (ok, stdout, stderr) = origin(&[
-        "delta",
-        "--from",
-        "old",
-        "--to",
-        "new",
-        "--out",
-        "patch",
-        "--segment-kib",
-        "16",
-        "--level",
-        "5",
-    ]);
-    assert!(ok, "{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(summary["target_bytes"], 60_000);
-    assert_eq!(
-        summary["delta_bytes"],
-        std::fs::metadata(d.join("patch")).unwrap().len()
-    );
-
-    let (ok, _, stderr) = origin(&[
-        "delta",
-        "--from",
-        "old",
-        "--to",
-        "new",
-        "--out",
-        "p2",
-        "--segment-kib",
-        "24",
-    ]);
-    assert!(!ok);
-    assert!(
-        stderr.contains("--segment-kib 24 must be a power of two"),
-        "{stderr}"
-    );
-    let (ok, _, stderr) = origin(&["delta", "--from", "missing", "--to", "new", "--out", "p3"]);
-    assert!(!ok);
-    assert!(stderr.contains("opening source missing"), "{stderr}");
-    let (ok, _, stderr) = origin(&[
-        "delta", "--from", "old", "--to", "new", "--out", "p4", "--level", "30",
-    ]);
-    assert!(!ok);
-    assert!(stderr.contains("30"), "{stderr}");
-    // Nothing half-written is left by the failures.
-    let mut names: Vec<_> = std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["new", "old", "patch"]);
 }
