@@ -49,8 +49,16 @@ pub enum BootError {
         source: std::io::Error,
     },
     /// Neither copy holds a valid environment.
-    #[error("no valid U-Boot environment: {0}")]
-    NoValidCopy(String),
+    #[error(
+        "no valid U-Boot environment: {first}{}",
+        .second.as_ref().map(|e| format!("; {e}")).unwrap_or_default()
+    )]
+    NoValidCopy {
+        /// Why the first copy is not valid.
+        first: CopyError,
+        /// Why the second is not, for a redundant environment.
+        second: Option<CopyError>,
+    },
     /// The environment's content is not what a boot-control environment must hold.
     #[error("U-Boot environment: {0}")]
     Content(String),
@@ -61,6 +69,34 @@ pub enum BootError {
         needed: usize,
         /// Size of one copy.
         size: usize,
+    },
+}
+
+/// Why one copy of the environment is not valid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CopyError {
+    /// Its CRC does not match its data (torn, blank or damaged).
+    #[error("copy {copy} at {offset}: CRC {stored:#010x}, data gives {computed:#010x}")]
+    Crc {
+        /// Which copy (1 or 2).
+        copy: usize,
+        /// Where it is.
+        offset: u64,
+        /// The CRC it holds.
+        stored: u32,
+        /// The CRC of its data.
+        computed: u32,
+    },
+    /// Its CRC holds but its entries do not parse.
+    #[error("copy {copy} at {offset}: {source}")]
+    Content {
+        /// Which copy (1 or 2).
+        copy: usize,
+        /// Where it is.
+        offset: u64,
+        /// What is wrong with its entries.
+        source: Box<BootError>,
     },
 }
 
@@ -234,7 +270,7 @@ impl<M: WriteAt> EnvStore<M> {
         }
     }
 
-    fn read_copy(&self, copy: usize) -> Result<Result<EnvCopy, String>, BootError> {
+    fn read_copy(&self, copy: usize) -> Result<Result<EnvCopy, CopyError>, BootError> {
         let offset = self.offset(copy);
         let mut bytes = vec![0u8; self.layout.size];
         self.medium
@@ -247,22 +283,31 @@ impl<M: WriteAt> EnvStore<M> {
         let stored = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         let computed = crc32fast::hash(&bytes[header..]);
         if stored != computed {
-            return Ok(Err(format!(
-                "copy {} at {offset}: CRC {stored:#010x}, data gives {computed:#010x}",
-                copy + 1
-            )));
+            return Ok(Err(CopyError::Crc {
+                copy: copy + 1,
+                offset,
+                stored,
+                computed,
+            }));
         }
         let flags = if header == 5 { bytes[4] } else { 0 };
         Ok(Env::parse_data(&bytes[header..])
             .map(|env| EnvCopy { flags, env })
-            .map_err(|e| format!("copy {} at {offset}: {e}", copy + 1)))
+            .map_err(|e| CopyError::Content {
+                copy: copy + 1,
+                offset,
+                source: Box::new(e),
+            }))
     }
 
     /// Reads the current environment: the valid copy, or of two valid copies the newer.
     pub fn load(&mut self) -> Result<Env, BootError> {
         let first = self.read_copy(0)?;
         let Some(_) = self.layout.second else {
-            let copy = first.map_err(BootError::NoValidCopy)?;
+            let copy = first.map_err(|first| BootError::NoValidCopy {
+                first,
+                second: None,
+            })?;
             self.current = Some((0, 0));
             return Ok(copy.env);
         };
@@ -277,7 +322,12 @@ impl<M: WriteAt> EnvStore<M> {
             }
             (Ok(a), Err(_)) => (0, a),
             (Err(_), Ok(b)) => (1, b),
-            (Err(a), Err(b)) => return Err(BootError::NoValidCopy(format!("{a}; {b}"))),
+            (Err(first), Err(second)) => {
+                return Err(BootError::NoValidCopy {
+                    first,
+                    second: Some(second),
+                });
+            }
         };
         self.current = Some((index, copy.flags));
         Ok(copy.env)

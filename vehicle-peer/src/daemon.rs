@@ -48,8 +48,8 @@ use serde_json::{Value, json};
 use crate::boot::Slot;
 use crate::config::{BootMode, LinkSource, VehicleConfig};
 use crate::flasher::{
-    CommandCheck, EcuJob, GroupDecision, HealthCheck, Outcome, group_decision, running_image,
-    version_report,
+    CommandCheck, EcuJob, GroupDecision, HealthCheck, HealthError, Outcome, group_decision,
+    running_image, version_report,
 };
 use crate::install::{EcuConfig, load_config, open_ecu};
 
@@ -962,7 +962,7 @@ impl Daemon {
                 &self.journal,
                 &mut |serial: &str, slot: &Slot| match checks.get_mut(serial) {
                     Some(check) => check.check(slot),
-                    None => Err(format!("no health check configured for ECU {serial}")),
+                    None => Err(HealthError::NotConfigured(serial.to_string())),
                 },
             )
             .map_err(anyhow::Error::from)

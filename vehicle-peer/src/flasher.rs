@@ -732,7 +732,7 @@ pub fn vehicle_step<B, M, J, D>(
     jobs: &[EcuJob<'_, D>],
     booted: &[Slot],
     journal: &J,
-    health: &mut dyn FnMut(&str, &Slot) -> Result<(), String>,
+    health: &mut dyn FnMut(&str, &Slot) -> Result<(), HealthError>,
 ) -> Result<Outcome, FlashError>
 where
     B: Banks,
@@ -968,14 +968,58 @@ pub fn spare_plan<B: Banks, M, D: ReadAt + ?Sized>(
         .spare_plan(running, job.delta, job.delta_len, job.full_image)?)
 }
 
+/// Why a freshly booted slot is not healthy.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HealthError {
+    /// The software in the slot reported itself unhealthy, and why.
+    #[error("{0}")]
+    Unhealthy(String),
+    /// No health check is configured for the ECU.
+    #[error("no health check configured for ECU {0}")]
+    NotConfigured(String),
+    /// The check command did not start.
+    #[error("{program} did not start: {source}")]
+    NotStarted {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The check command failed.
+    #[error("{program} exited with {status}")]
+    Exited {
+        /// The program.
+        program: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+    },
+    /// The check command took too long (it was killed).
+    #[error("{program} did not finish within {timeout:?}")]
+    TimedOut {
+        /// The program.
+        program: String,
+        /// How long it had.
+        timeout: Duration,
+    },
+    /// Waiting for the check command failed.
+    #[error("waiting for {program}: {source}")]
+    Wait {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// The health check of a freshly booted slot.
 pub trait HealthCheck {
     /// `Ok` when the software in `slot` works; else why not.
-    fn check(&mut self, slot: &Slot) -> Result<(), String>;
+    fn check(&mut self, slot: &Slot) -> Result<(), HealthError>;
 }
 
-impl<F: FnMut(&Slot) -> Result<(), String>> HealthCheck for F {
-    fn check(&mut self, slot: &Slot) -> Result<(), String> {
+impl<F: FnMut(&Slot) -> Result<(), HealthError>> HealthCheck for F {
+    fn check(&mut self, slot: &Slot) -> Result<(), HealthError> {
         self(slot)
     }
 }
@@ -993,28 +1037,42 @@ pub struct CommandCheck {
 }
 
 impl HealthCheck for CommandCheck {
-    fn check(&mut self, slot: &Slot) -> Result<(), String> {
+    fn check(&mut self, slot: &Slot) -> Result<(), HealthError> {
+        let program = || self.program.clone();
         let mut child = std::process::Command::new(&self.program)
             .args(&self.args)
             .env("DEPOTMESH_SLOT", slot.as_str())
             .stdin(std::process::Stdio::null())
             .spawn()
-            .map_err(|e| format!("{} did not start: {e}", self.program))?;
+            .map_err(|source| HealthError::NotStarted {
+                program: program(),
+                source,
+            })?;
         let started = std::time::Instant::now();
         loop {
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => return Err(format!("{} exited with {status}", self.program)),
+                Ok(Some(status)) => {
+                    return Err(HealthError::Exited {
+                        program: program(),
+                        status,
+                    });
+                }
                 Ok(None) if started.elapsed() >= self.timeout => {
                     child.kill().ok();
                     child.wait().ok();
-                    return Err(format!(
-                        "{} did not finish within {:?}",
-                        self.program, self.timeout
-                    ));
+                    return Err(HealthError::TimedOut {
+                        program: program(),
+                        timeout: self.timeout,
+                    });
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(format!("waiting for {}: {e}", self.program)),
+                Err(source) => {
+                    return Err(HealthError::Wait {
+                        program: program(),
+                        source,
+                    });
+                }
             }
         }
     }

@@ -62,6 +62,93 @@ const MAX_BLOCK: u32 = 1 << delta::MIN_SEGMENT_LOG;
 /// Blocks copied home between syncs (and merge progress records) during a merge.
 const MERGE_BATCH: usize = 64;
 
+/// Why a partition cannot be divided as asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// A block size that is not a power of two in range.
+    #[error("block size {0} must be a power of two from {MIN_BLOCK} to {MAX_BLOCK}")]
+    BlockSize(u32),
+    /// More spare blocks than a map can name.
+    #[error("{0} bytes of spare area is too many blocks")]
+    SpareTooLarge(u64),
+    /// No spare area.
+    #[error("the spare area must hold at least one block")]
+    NoSpare,
+    /// The partition cannot hold the spare area, the maps and a block of image.
+    #[error(
+        "{capacity} bytes cannot hold {spare_blocks} spare blocks of {block_size} bytes, two maps and an image"
+    )]
+    TooSmall {
+        /// The partition's size.
+        capacity: u64,
+        /// Spare blocks asked for.
+        spare_blocks: u32,
+        /// The block size.
+        block_size: u32,
+    },
+    /// More home blocks than a map can name.
+    #[error("{0} home blocks are too many")]
+    HomeTooLarge(u64),
+}
+
+/// Why a map copy does not check.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MapError {
+    /// All zeros: never written.
+    #[error("blank")]
+    Blank,
+    /// Not a map.
+    #[error("no map here (bad magic)")]
+    Magic,
+    /// More entries than spare blocks.
+    #[error("{count} entries, more than the {spare_blocks} spare blocks")]
+    TooManyEntries {
+        /// Entries it claims.
+        count: usize,
+        /// Spare blocks of the bank.
+        spare_blocks: u32,
+    },
+    /// The copy ends inside its entries.
+    #[error("shorter than its entries")]
+    Short,
+    /// Its checksum does not match.
+    #[error("checksum does not match (torn or damaged)")]
+    Checksum,
+    /// Made for another geometry.
+    #[error(
+        "made for blocks of {} bytes, {} home and {} spare blocks; this bank has {}, {} and {}",
+        .made.0, .made.1, .made.2, .bank.0, .bank.1, .bank.2
+    )]
+    Geometry {
+        /// Block size, home and spare blocks it was made for.
+        made: (u32, u32, u32),
+        /// This bank's.
+        bank: (u32, u32, u32),
+    },
+    /// An entry names a block outside the bank.
+    #[error("entry {index} ({logical} → {spare}) is out of range")]
+    OutOfRange {
+        /// Which entry.
+        index: usize,
+        /// Its logical block.
+        logical: u32,
+        /// Its spare block.
+        spare: u32,
+    },
+    /// An entry repeats a logical or spare block, or is out of order.
+    #[error("entry {index} ({logical} → {spare}) repeats or is out of order")]
+    Repeats {
+        /// Which entry.
+        index: usize,
+        /// Its logical block.
+        logical: u32,
+        /// Its spare block.
+        spare: u32,
+    },
+}
+
 /// How a remapping bank divides its partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct RemapLayout {
@@ -76,17 +163,15 @@ pub struct RemapLayout {
 impl RemapLayout {
     /// The layout of a partition of `capacity` bytes with `spare_bytes` of spare area (rounded
     /// up to whole blocks); the home area takes what is left after the two map copies.
-    pub fn fit(capacity: u64, block_size: u32, spare_bytes: u64) -> Result<Self, String> {
+    pub fn fit(capacity: u64, block_size: u32, spare_bytes: u64) -> Result<Self, LayoutError> {
         if !block_size.is_power_of_two() || !(MIN_BLOCK..=MAX_BLOCK).contains(&block_size) {
-            return Err(format!(
-                "block size {block_size} must be a power of two from {MIN_BLOCK} to {MAX_BLOCK}"
-            ));
+            return Err(LayoutError::BlockSize(block_size));
         }
         let bs = u64::from(block_size);
         let spare = u32::try_from(spare_bytes.div_ceil(bs))
-            .map_err(|_| format!("{spare_bytes} bytes of spare area is too many blocks"))?;
+            .map_err(|_| LayoutError::SpareTooLarge(spare_bytes))?;
         if spare == 0 {
-            return Err("the spare area must hold at least one block".into());
+            return Err(LayoutError::NoSpare);
         }
         let probe = Self {
             block_size,
@@ -99,13 +184,14 @@ impl RemapLayout {
             .map(|left| left / bs)
             .filter(|n| *n > 0);
         let Some(home) = home else {
-            return Err(format!(
-                "{capacity} bytes cannot hold {spare} spare blocks of {block_size} bytes, two maps and an image"
-            ));
+            return Err(LayoutError::TooSmall {
+                capacity,
+                spare_blocks: spare,
+                block_size,
+            });
         };
         Ok(Self {
-            logical_blocks: u32::try_from(home)
-                .map_err(|_| format!("{home} home blocks are too many"))?,
+            logical_blocks: u32::try_from(home).map_err(|_| LayoutError::HomeTooLarge(home))?,
             ..probe
         })
     }
@@ -179,29 +265,29 @@ impl RemapMap {
     }
 
     /// The map in `bytes` (one copy), or why it does not check.
-    fn decode(bytes: &[u8], layout: &RemapLayout) -> Result<Self, String> {
+    fn decode(bytes: &[u8], layout: &RemapLayout) -> Result<Self, MapError> {
         if bytes.iter().all(|b| *b == 0) {
-            return Err("blank".into());
+            return Err(MapError::Blank);
         }
         if bytes.len() < HEAD + 32 || &bytes[..8] != MAGIC {
-            return Err("no map here (bad magic)".into());
+            return Err(MapError::Magic);
         }
         let u32_at = |at: usize| {
             u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
         };
         let count = u32_at(28) as usize;
         if count > layout.spare_blocks as usize {
-            return Err(format!(
-                "{count} entries, more than the {} spare blocks",
-                layout.spare_blocks
-            ));
+            return Err(MapError::TooManyEntries {
+                count,
+                spare_blocks: layout.spare_blocks,
+            });
         }
         let end = HEAD + 8 * count;
         if bytes.len() < end + 32 {
-            return Err("shorter than its entries".into());
+            return Err(MapError::Short);
         }
         if blake3::hash(&bytes[..end]).as_bytes() != &bytes[end..end + 32] {
-            return Err("checksum does not match (torn or damaged)".into());
+            return Err(MapError::Checksum);
         }
         let geometry = (u32_at(8), u32_at(12), u32_at(16));
         let want = (
@@ -210,10 +296,10 @@ impl RemapMap {
             layout.spare_blocks,
         );
         if geometry != want {
-            return Err(format!(
-                "made for blocks of {} bytes, {} home and {} spare blocks; this bank has {}, {} and {}",
-                geometry.0, geometry.1, geometry.2, want.0, want.1, want.2
-            ));
+            return Err(MapError::Geometry {
+                made: geometry,
+                bank: want,
+            });
         }
         let mut generation = [0u8; 8];
         generation.copy_from_slice(&bytes[20..28]);
@@ -222,16 +308,22 @@ impl RemapMap {
         for i in 0..count {
             let (logical, spare) = (u32_at(HEAD + 8 * i), u32_at(HEAD + 8 * i + 4));
             if logical >= layout.logical_blocks || spare >= layout.spare_blocks {
-                return Err(format!("entry {i} ({logical} → {spare}) is out of range"));
+                return Err(MapError::OutOfRange {
+                    index: i,
+                    logical,
+                    spare,
+                });
             }
             if entries
                 .last_key_value()
                 .is_some_and(|(last, _)| *last >= logical)
                 || !spares.insert(spare)
             {
-                return Err(format!(
-                    "entry {i} ({logical} → {spare}) repeats or is out of order"
-                ));
+                return Err(MapError::Repeats {
+                    index: i,
+                    logical,
+                    spare,
+                });
             }
             entries.insert(logical, spare);
         }
@@ -261,7 +353,7 @@ pub enum MapCopy {
     /// It checks.
     Valid(RemapMap),
     /// It does not (torn, blank, damaged, another geometry), and why.
-    Invalid(String),
+    Invalid(MapError),
 }
 
 impl MapCopy {
@@ -306,7 +398,7 @@ impl<B: Bank> RemapBank<B> {
         let bank = Self::wrap(dev, layout, slots)?;
         if bank.copy(0)?.valid().is_none() && bank.copy(1)?.valid().is_none() {
             let why = |copy| match bank.copy(copy) {
-                Ok(MapCopy::Invalid(why)) => why,
+                Ok(MapCopy::Invalid(why)) => why.to_string(),
                 Ok(MapCopy::Valid(_)) => "checks".into(),
                 Err(e) => e.to_string(),
             };
@@ -486,7 +578,7 @@ impl<B: Bank> RemapBank<B> {
                     }),
                     MapCopy::Invalid(why) => serde_json::json!({
                         "slot": self.slots[copy].as_str(),
-                        "invalid": why,
+                        "invalid": why.to_string(),
                     }),
                 })
             })

@@ -25,8 +25,8 @@ use sim_ecu::{SimBank, SimEnv, approve, make_delta, noise};
 use vehicle_peer::bank::{BankPair, holds};
 use vehicle_peer::boot::{EnvLayout, EnvStore, Slot, UbootBoot};
 use vehicle_peer::flasher::{
-    CommandCheck, Ecu, FlashError, HealthCheck, Install, Outcome, Recovered, Stage, journaled,
-    recover,
+    CommandCheck, Ecu, FlashError, HealthCheck, HealthError, Install, Outcome, Recovered, Stage,
+    journaled, recover,
 };
 
 const CAPACITY: u64 = 256 << 10;
@@ -180,7 +180,7 @@ fn ecu_fresh(storage: &CrashStorage) -> Ecu<BankPair<SimBank>, SimEnv> {
     ecu(storage)
 }
 
-fn healthy(_: &Slot) -> Result<(), String> {
+fn healthy(_: &Slot) -> Result<(), HealthError> {
     Ok(())
 }
 
@@ -302,7 +302,11 @@ fn power_cuts(case: Case) {
 fn a_failed_health_check_rolls_back_by_itself() {
     let case = case();
     let storage = provisioned(&case.old);
-    let mut failing = |slot: &Slot| Err(format!("brake pressure sensor silent in slot {slot}"));
+    let mut failing = |slot: &Slot| {
+        Err(HealthError::Unhealthy(format!(
+            "brake pressure sensor silent in slot {slot}"
+        )))
+    };
     let outcome = lifecycle(&storage, &case, &mut failing).unwrap();
     assert_eq!(
         outcome,
@@ -415,10 +419,11 @@ fn a_command_health_check_passes_fails_and_times_out() {
         }
         .check(&slot("B"))
     };
-    assert_eq!(run("test \"$DEPOTMESH_SLOT\" = B", 5000), Ok(()));
-    let error = run("exit 3", 5000).unwrap_err();
+    let passed = run("test \"$DEPOTMESH_SLOT\" = B", 5000);
+    assert!(passed.is_ok(), "{passed:?}");
+    let error = run("exit 3", 5000).unwrap_err().to_string();
     assert!(error.contains("exit status: 3"), "{error}");
-    let error = run("sleep 10", 200).unwrap_err();
+    let error = run("sleep 10", 200).unwrap_err().to_string();
     assert!(error.contains("did not finish within"), "{error}");
     let error = CommandCheck {
         program: "/nonexistent/health".into(),
@@ -426,6 +431,7 @@ fn a_command_health_check_passes_fails_and_times_out() {
         timeout: Duration::from_secs(1),
     }
     .check(&slot("B"))
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(error.contains("did not start"), "{error}");
 }

@@ -27,8 +27,8 @@ use sim_ecu::{SimBank, SimEnv, approve, make_delta, noise};
 use vehicle_peer::bank::BankError;
 use vehicle_peer::boot::{EnvLayout, EnvStore, Slot, UbootBoot};
 use vehicle_peer::flasher::{
-    Ecu, EcuJob, FlashError, HealthCheck, Install, Outcome, Recovered, Stage, journaled, merge,
-    recover, spare_plan,
+    Ecu, EcuJob, FlashError, HealthCheck, HealthError, Install, Outcome, Recovered, Stage,
+    journaled, merge, recover, spare_plan,
 };
 use vehicle_peer::remap::{MapCopy, RemapBank, RemapLayout};
 use vehicle_peer::slots::Banks;
@@ -228,7 +228,7 @@ fn agent(
     Ok(outcome)
 }
 
-fn healthy(_: &Slot) -> Result<(), String> {
+fn healthy(_: &Slot) -> Result<(), HealthError> {
     Ok(())
 }
 
@@ -387,7 +387,7 @@ fn power_cuts_in_a_second_update_after_a_merge() {
 fn after_a_rollback_the_next_update_reuses_the_spare_area() {
     let (first, second) = second_update();
     let storage = provisioned(&first.old);
-    let mut failing = |_: &Slot| Err("no".to_string());
+    let mut failing = |_: &Slot| Err(HealthError::Unhealthy("no".to_string()));
     assert!(matches!(
         lifecycle(&storage, &first, &mut failing).unwrap(),
         Outcome::RolledBack { .. }
@@ -459,7 +459,11 @@ fn power_cuts_from(case: &Case, start: &dyn Fn() -> CrashStorage) {
 fn a_failed_health_check_drops_the_new_map_and_home_is_untouched() {
     let case = case();
     let storage = provisioned(&case.old);
-    let mut failing = |slot: &Slot| Err(format!("brake pressure sensor silent in slot {slot}"));
+    let mut failing = |slot: &Slot| {
+        Err(HealthError::Unhealthy(format!(
+            "brake pressure sensor silent in slot {slot}"
+        )))
+    };
     let outcome = lifecycle(&storage, &case, &mut failing).unwrap();
     assert_eq!(
         outcome,
@@ -529,7 +533,7 @@ fn a_map_that_does_not_check_is_never_used() {
     dev.write_all_at(at, &[byte[0] ^ 1]).unwrap();
     let ecu = ecu(&storage);
     assert!(
-        matches!(ecu.banks.copy(1).unwrap(), MapCopy::Invalid(why) if why.contains("checksum"))
+        matches!(ecu.banks.copy(1).unwrap(), MapCopy::Invalid(why) if why.to_string().contains("checksum"))
     );
     assert!(
         !ecu.banks
@@ -559,16 +563,19 @@ fn layouts_that_cannot_work_are_refused_by_name() {
     assert!(
         RemapLayout::fit(1 << 20, 3000, 4096)
             .unwrap_err()
+            .to_string()
             .contains("power of two")
     );
     assert!(
         RemapLayout::fit(1 << 20, 4096, 0)
             .unwrap_err()
+            .to_string()
             .contains("at least one block")
     );
     assert!(
         RemapLayout::fit(64 << 10, 4096, 64 << 10)
             .unwrap_err()
+            .to_string()
             .contains("cannot hold")
     );
     let fit = RemapLayout::fit(1 << 20, 4096, 96 << 10).unwrap();

@@ -25,8 +25,8 @@ use ed25519_dalek::SigningKey;
 use proto::tuf::build::TargetDigests;
 use proto::uptane::{sign_vehicle_manifest, verify_vehicle_manifest};
 use vehicle_peer::flasher::{
-    Ecu, EcuJob, FlashError, GroupDecision, InstalledImage, Outcome, Stage, group_decision,
-    journaled, vehicle_step, version_report,
+    Ecu, EcuJob, FlashError, GroupDecision, HealthError, InstalledImage, Outcome, Stage,
+    group_decision, journaled, vehicle_step, version_report,
 };
 
 const CAPACITY: u64 = 192 << 10;
@@ -165,7 +165,9 @@ fn lifecycle(
             .collect();
         let mut health = |serial: &str, slot: &Slot| {
             if Some(serial) == failing {
-                Err(format!("no CAN traffic from slot {slot}"))
+                Err(HealthError::Unhealthy(format!(
+                    "no CAN traffic from slot {slot}"
+                )))
             } else {
                 Ok(())
             }
