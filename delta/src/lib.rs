@@ -102,9 +102,9 @@ pub use apply::{
 };
 pub use create::{CreateError, DeltaOptions, DeltaSummary, Method, create};
 pub use format::{
-    BodyError, CodecError, DeltaError, DeltaHeader, EncodeError, FIXED_HEADER_LEN, MAGIC,
+    BodyError, Codec, CodecError, DeltaError, DeltaHeader, EncodeError, FIXED_HEADER_LEN, MAGIC,
     MAX_HEADER_LEN, MAX_LZMA_DICT, MAX_REF_WINDOW, MAX_SEGMENT_LOG, MAX_WINDOW_LOG,
     MIN_SEGMENT_LOG, SEGMENT_ENTRY_LEN, SegmentEntry, VERSION,
 };
 pub use proto::ReadAt;
-pub use segment::{Codec, Op, SegmentDecoder, SegmentEncoder, SegmentPlan, SourceView};
+pub use segment::{Op, SegmentDecoder, SegmentEncoder, SegmentPlan, SourceView};

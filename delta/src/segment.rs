@@ -10,8 +10,8 @@ use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter};
 use proto::ReadAt;
 
 use crate::format::{
-    BodyError, CodecError, DeltaError, DeltaHeader, EncodeError, MAX_LZMA_DICT, MAX_REF_WINDOW,
-    MAX_WINDOW_LOG,
+    BodyError, Codec, CodecError, DeltaError, DeltaHeader, EncodeError, MAX_LZMA_DICT,
+    MAX_REF_WINDOW, MAX_WINDOW_LOG,
 };
 
 const FLAG_WORD_DIFF: u8 = 1;
@@ -318,42 +318,6 @@ struct BodyHeader {
     ref_window: Option<(u64, u32)>,
     lens: [(Codec, u32, u32); 3],
     frames_at: usize,
-}
-
-/// How one stream of a segment body is compressed (the codec byte of its stream header).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Codec {
-    /// A zstd frame.
-    Zstd = 0,
-    /// A zstd frame compressed with the segment's source window as prefix (extra stream only).
-    ZstdRef = 1,
-    /// Raw LZMA2 (dictionary: the stream's length rounded up to a power of two, 4 KiB..=32 MiB).
-    Lzma = 2,
-    /// The x86 branch converter, then raw LZMA2.
-    X86Lzma = 3,
-    /// Raw LZMA2 with the segment's source window as preset dictionary (extra stream only).
-    LzmaRef = 4,
-    /// [`Codec::LzmaRef`] with the stream and the window each through the x86 branch converter.
-    X86LzmaRef = 5,
-}
-
-impl Codec {
-    fn uses_window(self) -> bool {
-        matches!(self, Self::ZstdRef | Self::LzmaRef | Self::X86LzmaRef)
-    }
-
-    fn from_byte(byte: u8) -> Option<Self> {
-        Some(match byte {
-            0 => Self::Zstd,
-            1 => Self::ZstdRef,
-            2 => Self::Lzma,
-            3 => Self::X86Lzma,
-            4 => Self::LzmaRef,
-            5 => Self::X86LzmaRef,
-            _ => return None,
-        })
-    }
 }
 
 fn lzma_filters(raw_len: usize, x86: bool) -> Result<liblzma::stream::Filters, CodecError> {
