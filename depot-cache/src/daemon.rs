@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use node::net::{EventHub, NetHandle};
 use node::relay::ReportQueue;
-use node::runtime::ServeCounters;
+use node::serve::ServeCounters;
 use node::tracker::Tracker;
 
 use crate::config::{DepotConfig, PrefetchConfig, RelayConfig, backhaul_open, relay_dir};
@@ -86,7 +86,7 @@ pub async fn serve(
         mdns: config.mdns,
         agent_version: format!(
             "{}{}",
-            node::runtime::DEPOT_AGENT_PREFIX,
+            node::engine::DEPOT_AGENT_PREFIX,
             env!("CARGO_PKG_VERSION")
         ),
         ..node::net::NetConfig::default()
@@ -112,11 +112,11 @@ pub async fn serve(
         None => None,
     };
     let counters = Arc::new(ServeCounters::default());
-    let server = node::runtime::spawn_server_with(
+    let server = node::serve::spawn_server_with(
         store.clone(),
         incoming,
         counters.clone(),
-        node::runtime::Roles {
+        node::serve::Roles {
             tracker: tracker.clone(),
             reports: queue
                 .clone()

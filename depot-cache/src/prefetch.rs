@@ -166,13 +166,13 @@ pub fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
                     .with_context(|| format!("making room for {name}"))?,
             );
         }
-        let mut options = node::runtime::FetchOptions::new(*blob);
+        let mut options = node::fetch::FetchOptions::new(*blob);
         options.size = Some(*length);
         options.peers = request.upstream.clone();
         options.stall_timeout = request.stall_timeout;
         options.rate_limit = rate_limit.clone();
         let report = runtime
-            .block_on(node::runtime::fetch(
+            .block_on(node::fetch::fetch(
                 net,
                 events,
                 store.clone(),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use node::relay::ReportQueue;
-use node::runtime::ServeCounters;
+use node::serve::ServeCounters;
 use node::store::DiskStore;
 use node::tracker::Tracker;
 

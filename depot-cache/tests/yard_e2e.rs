@@ -19,8 +19,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use node::fetch::{self, FetchOptions};
 use node::net::{self, NetConfig};
-use node::runtime::{self, FetchOptions, ServeCounters};
+use node::serve::{self, ServeCounters};
 use origin::repo::Origin;
 
 mod common;
@@ -140,12 +141,12 @@ fn origin_to_depot_to_ten_vehicles_with_one_backhaul_copy_and_at_most_one_and_a_
                 })
                 .await
                 .unwrap();
-                runtime::spawn_server(store.clone(), incoming, Arc::new(ServeCounters::default()));
+                serve::spawn_server(store.clone(), incoming, Arc::new(ServeCounters::default()));
                 let mut options = FetchOptions::new(blob);
                 options.size = Some(size);
                 options.peers = vec![depot_addr];
 
-                let report = runtime::fetch(&handle, &mut events, store.clone(), options, |_| {})
+                let report = fetch::fetch(&handle, &mut events, store.clone(), options, |_| {})
                     .await
                     .unwrap();
                 (handle, store, report)

@@ -554,10 +554,10 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     .map_err(anyhow::Error::msg)?;
     {
         let _context = runtime.enter();
-        node::runtime::spawn_server(
+        node::serve::spawn_server(
             cache.store.clone(),
             cache.incoming,
-            Arc::new(node::runtime::ServeCounters::default()),
+            Arc::new(node::serve::ServeCounters::default()),
         );
     }
     depot_cache::import::import_repo(&cache.store, "image", &origin.dir.join("image"))?;

@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod director_client;
 pub mod engine;
+pub mod fetch;
 pub mod identity;
 pub mod metrics;
 pub mod named;
@@ -23,6 +24,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod runtime;
 pub mod seeding;
+pub mod serve;
 pub mod storage;
 pub mod store;
 pub mod text;

@@ -14,7 +14,7 @@
 //! the first peer that delivers a verified blob wins. Each peer but the
 //! last gets at most half the time left, so one that stalls cannot use up the time of the peers
 //! after it. Metadata files are
-//! small (kilobytes to a few MiB), so the swarm machinery of [`crate::runtime::fetch`] would buy
+//! small (kilobytes to a few MiB), so the swarm machinery of [`crate::fetch::fetch`] would buy
 //! nothing here.
 
 use std::sync::Arc;

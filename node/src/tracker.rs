@@ -34,7 +34,7 @@ enum Watch {
 }
 
 /// A depot's view of its yard. Create it with [`Tracker::start`] and pass it to
-/// [`crate::runtime::spawn_server_with`].
+/// [`crate::serve::spawn_server_with`].
 pub struct Tracker {
     net: NetHandle,
     /// Peers that identified as depot caches (an upstream, a neighbouring depot): not part of
@@ -106,7 +106,7 @@ impl Tracker {
                 self.unwatch(&peer);
             }
             NetEvent::Identified { peer, agent, .. }
-                if agent.starts_with(crate::runtime::DEPOT_AGENT_PREFIX) =>
+                if agent.starts_with(crate::engine::DEPOT_AGENT_PREFIX) =>
             {
                 // A cache, not a vehicle: forget whatever was learnt of it as a yard peer.
                 lock(&self.depots).insert(peer);

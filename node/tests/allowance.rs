@@ -12,8 +12,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use node::fetch::{self, FetchError, FetchOptions};
 use node::ratelimit::{LINK_BURST, RateLimit};
-use node::runtime::{self, FetchError, FetchOptions, Roles, ServeCounters};
+use node::serve::{self, Roles, ServeCounters};
 
 mod common;
 use common::{new_store, start_node};
@@ -27,7 +28,7 @@ async fn a_spent_allowance_stops_the_fetch_and_the_next_run_resumes() {
     let depot_store = Arc::new(new_store());
     let blob = depot_store.import(&data[..]).unwrap();
     let (depot, _depot_events, depot_incoming, depot_addr) = start_node().await;
-    runtime::spawn_server(
+    serve::spawn_server(
         depot_store,
         depot_incoming,
         Arc::new(ServeCounters::default()),
@@ -43,7 +44,7 @@ async fn a_spent_allowance_stops_the_fetch_and_the_next_run_resumes() {
     options.transfer.max_requests_total = 1;
     options.transfer.max_requests_per_peer = 1;
     options.max_bytes = Some(1 << 20);
-    let error = runtime::fetch(
+    let error = fetch::fetch(
         &vehicle,
         &mut events,
         store.clone(),
@@ -68,7 +69,7 @@ async fn a_spent_allowance_stops_the_fetch_and_the_next_run_resumes() {
 
     // A new allowance: the rest comes, and only the rest.
     options.max_bytes = Some(size);
-    let report = runtime::fetch(&vehicle, &mut events, store.clone(), options, |_| {})
+    let report = fetch::fetch(&vehicle, &mut events, store.clone(), options, |_| {})
         .await
         .unwrap();
     assert_eq!(report.resumed_groups, held);
@@ -98,7 +99,7 @@ async fn a_server_with_an_upload_limit_sends_no_faster_than_it() {
     // fetch takes depends on the machine.
     let started = Instant::now();
     let limit = RateLimit::with_burst(1 << 20, LINK_BURST);
-    runtime::spawn_server_with(
+    serve::spawn_server_with(
         depot_store,
         depot_incoming,
         counters.clone(),
@@ -113,7 +114,7 @@ async fn a_server_with_an_upload_limit_sends_no_faster_than_it() {
     let mut options = FetchOptions::new(blob);
     options.size = Some(data.len() as u64);
     options.peers = vec![depot_addr];
-    let report = runtime::fetch(&vehicle, &mut events, store.clone(), options, |_| {})
+    let report = fetch::fetch(&vehicle, &mut events, store.clone(), options, |_| {})
         .await
         .unwrap();
     let took = started.elapsed().as_secs_f64();

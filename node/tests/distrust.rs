@@ -13,9 +13,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use node::fetch::{self, FetchOptions};
 use node::protocol::{self, ExchangeError};
-use node::runtime::{self, FetchOptions, Roles, ServeCounters};
 use node::seeding::{Accused, SeedConfig};
+use node::serve::{self, Roles, ServeCounters};
 use node::tracker::Tracker;
 use proto::wire::ErrorCode;
 
@@ -40,7 +41,7 @@ async fn a_vehicle_that_catches_a_liar_tells_the_depot_and_is_served_at_once() {
             ..SeedConfig::default()
         },
     );
-    runtime::spawn_server_with(
+    serve::spawn_server_with(
         depot_store,
         depot_incoming,
         Arc::new(ServeCounters::default()),
@@ -87,7 +88,7 @@ async fn a_vehicle_that_catches_a_liar_tells_the_depot_and_is_served_at_once() {
     options.stall_timeout = Duration::from_secs(60);
     let report = tokio::time::timeout(
         Duration::from_secs(60),
-        runtime::fetch(
+        fetch::fetch(
             &vehicle,
             &mut vehicle_events,
             vehicle_store.clone(),
@@ -147,7 +148,7 @@ async fn a_vehicle_that_catches_a_liar_tells_the_depot_and_is_served_at_once() {
 
     // A peer without a tracker (an ordinary vehicle, or an older depot) refuses the question.
     let (plain, _plain_events, plain_incoming, plain_addr) = start_node().await;
-    runtime::spawn_server(
+    serve::spawn_server(
         Arc::new(new_store()),
         plain_incoming,
         Arc::new(ServeCounters::default()),

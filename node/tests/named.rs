@@ -13,7 +13,7 @@ use libp2p::Multiaddr;
 use node::named::{NamedFetch, NamedFetchError, fetch_named};
 use node::net::{self, NetHandle};
 use node::protocol;
-use node::runtime::{self, ServeCounters};
+use node::serve::{self, ServeCounters};
 use proto::wire::{Message, Named, RangeResponse};
 
 mod common;
@@ -27,7 +27,7 @@ async fn honest_depot(data: &[u8]) -> (NetHandle, Multiaddr) {
     let id = store.import(data).unwrap();
     store.set_name(NAME, &id).unwrap();
     let (handle, _events, incoming, addr) = start_node().await;
-    runtime::spawn_server(store, incoming, Arc::new(ServeCounters::default()));
+    serve::spawn_server(store, incoming, Arc::new(ServeCounters::default()));
     (handle, addr)
 }
 
@@ -236,7 +236,7 @@ async fn listed_only_asks_no_connected_peer() {
     let data = timestamp_like();
     // The upstream serves nothing under the name; a connected neighbour does.
     let (_upstream, _upstream_events, upstream_incoming, upstream_addr) = start_node().await;
-    runtime::spawn_server(
+    serve::spawn_server(
         Arc::new(new_store()),
         upstream_incoming,
         Arc::new(ServeCounters::default()),

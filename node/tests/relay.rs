@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use node::relay::{ReportQueue, send_report};
-use node::runtime::{self, Roles, ServeCounters};
+use node::serve::{self, Roles, ServeCounters};
 
 mod common;
 use common::{new_store, start_node};
@@ -22,7 +22,7 @@ async fn reports_go_to_the_first_relay_that_takes_them() {
     let dir = tempfile::tempdir().unwrap();
     // A neighbour vehicle: serves blobs, relays nothing.
     let (_plain, _e1, incoming, plain_addr) = start_node().await;
-    runtime::spawn_server(
+    serve::spawn_server(
         Arc::new(new_store()),
         incoming,
         Arc::new(ServeCounters::default()),
@@ -30,7 +30,7 @@ async fn reports_go_to_the_first_relay_that_takes_them() {
     // The depot: relays, with room for two reports.
     let queue = Arc::new(ReportQueue::open(dir.path(), 2).unwrap());
     let (depot, _e2, incoming, depot_addr) = start_node().await;
-    runtime::spawn_server_with(
+    serve::spawn_server_with(
         Arc::new(new_store()),
         incoming,
         Arc::new(ServeCounters::default()),

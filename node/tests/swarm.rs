@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use futures::AsyncWriteExt;
 use libp2p::PeerId;
+use node::fetch::{self, FetchOptions};
 use node::net;
 use node::protocol;
-use node::runtime::{self, FetchOptions, ServeCounters};
+use node::serve::{self, ServeCounters};
 use proto::wire::Message;
 
 mod common;
@@ -56,7 +57,7 @@ async fn five_peers_one_liar_one_vanishing_one_stalling() {
     let depot_store = Arc::new(new_store());
     let blob = depot_store.import(&data[..]).unwrap();
     let (depot, _depot_events, depot_incoming, depot_addr) = start_node().await;
-    runtime::spawn_server(
+    serve::spawn_server(
         depot_store.clone(),
         depot_incoming,
         Arc::new(ServeCounters::default()),
@@ -66,7 +67,7 @@ async fn five_peers_one_liar_one_vanishing_one_stalling() {
     honest_store.import(&data[..]).unwrap();
     let (honest, _honest_events, honest_incoming, honest_addr) = start_node().await;
     let honest_counters = Arc::new(ServeCounters::default());
-    runtime::spawn_server(honest_store, honest_incoming, honest_counters.clone());
+    serve::spawn_server(honest_store, honest_incoming, honest_counters.clone());
 
     let liar_store = Arc::new(new_store());
     liar_store.import(&data[..]).unwrap();
@@ -78,7 +79,7 @@ async fn five_peers_one_liar_one_vanishing_one_stalling() {
     vanishing_store.import(&data[..]).unwrap();
     let (vanishing, _vanishing_events, vanishing_incoming, vanishing_addr) = start_node().await;
     let vanishing_counters = Arc::new(ServeCounters::default());
-    runtime::spawn_server(
+    serve::spawn_server(
         vanishing_store,
         vanishing_incoming,
         vanishing_counters.clone(),
@@ -111,7 +112,7 @@ async fn five_peers_one_liar_one_vanishing_one_stalling() {
     options.stall_timeout = Duration::from_secs(10);
     let report = tokio::time::timeout(
         Duration::from_secs(60),
-        runtime::fetch(
+        fetch::fetch(
             &fetcher,
             &mut fetcher_events,
             fetcher_store.clone(),

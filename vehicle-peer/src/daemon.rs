@@ -32,10 +32,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use node::director_client::{ClientError, DirectorClient, Sender};
+use node::fetch::{FetchError, FetchOptions};
 use node::net::{EventHub, NetHandle};
 use node::policy::{Decision, Link, LinkClass, LinkPolicy, Priority, Usage};
 use node::ratelimit::RateLimit;
-use node::runtime::{BlockOn, FetchError, FetchOptions, ServeCounters};
+use node::runtime::BlockOn;
+use node::serve::ServeCounters;
 use node::storage::{Index, SledIndex};
 use node::store::DiskStore;
 use proto::BlobId;
@@ -218,7 +220,7 @@ impl Daemon {
         let counters = Arc::new(ServeCounters::default());
         let hub = {
             let _context = runtime.enter();
-            node::runtime::spawn_server(store.clone(), incoming, counters.clone());
+            node::serve::spawn_server(store.clone(), incoming, counters.clone());
             EventHub::start(events)
         };
         // What the last run decided (its last install above all) stays until a check replaces it.
@@ -863,7 +865,7 @@ impl Daemon {
             }
             let mut received = 0u64;
             let mut events = self.hub.subscribe();
-            let result = self.runtime.block_on(node::runtime::fetch(
+            let result = self.runtime.block_on(node::fetch::fetch(
                 &self.net,
                 &mut events,
                 self.store.clone(),

@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use node::fetch::{self, FetchOptions};
 use node::net::{self, NetConfig};
-use node::runtime::{self, FetchOptions, ServeCounters};
+use node::runtime;
+use node::serve::{self, ServeCounters};
 use proto::BlobId;
 
 /// depotmesh vehicle peer: fetches verified updates from the depot and neighbouring vehicles.
@@ -341,7 +343,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
             .context("starting the network")?;
             // Serve what this peer holds to its neighbours while it fetches.
             let counters = Arc::new(ServeCounters::default());
-            let _server = runtime::spawn_server(store.clone(), incoming, counters.clone());
+            let _server = serve::spawn_server(store.clone(), incoming, counters.clone());
 
             let mut options = FetchOptions::new(blob);
             options.peers = peers;
@@ -357,7 +359,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
             // can see progress.
             let started = std::time::Instant::now();
             let mut last_line = started;
-            let report = runtime::fetch(&handle, &mut events, store.clone(), options, |p| {
+            let report = fetch::fetch(&handle, &mut events, store.clone(), options, |p| {
                 if let Some(bar) = &bar {
                     if let Some(total) = p.total_groups {
                         bar.set_length(total);

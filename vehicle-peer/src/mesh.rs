@@ -130,10 +130,10 @@ pub fn get_target(
         request.mdns,
     )
     .map_err(anyhow::Error::msg)?;
-    let counters = Arc::new(node::runtime::ServeCounters::default());
+    let counters = Arc::new(node::serve::ServeCounters::default());
     let server = {
         let _context = runtime.enter();
-        node::runtime::spawn_server(store.clone(), incoming, counters)
+        node::serve::spawn_server(store.clone(), incoming, counters)
     };
     let result = refresh_and_fetch(runtime, request, &net, &mut events, &store, local);
     server.abort();
@@ -192,12 +192,12 @@ fn refresh_and_fetch<S: Storage, I: Index>(
         )
     })?;
 
-    let mut options = node::runtime::FetchOptions::new(blob);
+    let mut options = node::fetch::FetchOptions::new(blob);
     options.size = Some(info.length);
     options.peers = request.peers.clone();
     options.stall_timeout = request.stall_timeout;
     let report = runtime
-        .block_on(node::runtime::fetch(
+        .block_on(node::fetch::fetch(
             net,
             events,
             store.clone(),

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use node::runtime::ServeCounters;
+use node::serve::ServeCounters;
 
 mod common;
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use node::runtime::ServeCounters;
+use node::serve::ServeCounters;
 
 mod common;
 

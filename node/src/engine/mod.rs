@@ -75,6 +75,10 @@ pub const MAX_BENCH_TIMEOUTS: u32 = 6;
 /// Failed size probes after which a peer is not probed again until its have-map grows.
 pub const MAX_PROBE_FAILURES: u32 = 3;
 
+/// The agent string a depot cache reports through identify starts with this; a fetch treats
+/// such a peer as an upstream (see [`Transfer::mark_upstream`]) however it was found.
+pub const DEPOT_AGENT_PREFIX: &str = "depot-cache/";
+
 /// The layout every transfer uses: depotmesh stores and sends 16 KiB chunk groups.
 const LAYOUT: Layout = Layout::MESH;
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use libp2p::Multiaddr;
 use node::net::{self, NetConfig, NetHandle};
-use node::runtime::{self, ServeCounters};
 use node::seeding::SeedConfig;
+use node::serve::{self, ServeCounters};
 use node::store::DiskStore;
 use node::tracker::Tracker;
 
@@ -25,19 +25,19 @@ pub(crate) fn start_depot(
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
             mdns: false,
             mdns_auto_dial: false,
-            agent_version: format!("{}test", runtime::DEPOT_AGENT_PREFIX),
+            agent_version: format!("{}test", node::engine::DEPOT_AGENT_PREFIX),
             ..NetConfig::default()
         })
         .await
         .unwrap();
         let tracker = Tracker::start(handle.clone(), events, SeedConfig::default());
-        runtime::spawn_server_with(
+        serve::spawn_server_with(
             Arc::new(store),
             incoming,
             counters,
-            runtime::Roles {
+            serve::Roles {
                 tracker: Some(tracker),
-                ..runtime::Roles::default()
+                ..serve::Roles::default()
             },
         );
         let addr = handle.listen_addrs().await.into_iter().next().unwrap();
