@@ -164,32 +164,7 @@ async fn serve_stream<S: Storage, I: Index>(
             ))
         })??;
     match (question, tracker) {
-        (Message::Report(report), _) => {
-            // Refusals carry no request id, so the question they name needs no bytes.
-            let question = Message::Report(proto::wire::Report {
-                manifest: Vec::new(),
-            });
-            let Some(inbox) = roles.reports.clone() else {
-                let detail = "this peer relays no reports";
-                return protocol::refuse(stream, &question, ErrorCode::NotFound, detail).await;
-            };
-            let manifest = report.manifest;
-            let taken = tokio::task::spawn_blocking(move || inbox.take(&peer, &manifest)).await;
-            match taken {
-                Ok(Ok(digest)) => {
-                    let answer = Message::ReportTaken(proto::wire::ReportTaken { report: digest });
-                    protocol::reply(stream, &answer).await?;
-                    Ok(Served::Report { report: digest })
-                }
-                Ok(Err(refusal)) => {
-                    protocol::refuse(stream, &question, refusal.code, &refusal.detail).await
-                }
-                Err(_) => {
-                    let detail = "the relay failed to store the report";
-                    protocol::refuse(stream, &question, ErrorCode::Internal, detail).await
-                }
-            }
-        }
+        (Message::Report(report), _) => relay_report(stream, peer, report, roles).await,
         (Message::HaveSubscribe(HaveQuery { blob }), _) => {
             if let Some(tracker) = tracker {
                 tracker.swarms(peer, blob);
@@ -247,6 +222,39 @@ async fn serve_stream<S: Storage, I: Index>(
             served
         }
         (question, _) => answer_within_slots(store, stream, question, slots, roles).await,
+    }
+}
+
+/// Hands a vehicle's report to the relay's inbox, if this server relays any.
+async fn relay_report(
+    stream: libp2p::Stream,
+    peer: PeerId,
+    report: proto::wire::Report,
+    roles: &Roles,
+) -> Result<Served, ExchangeError> {
+    // Refusals carry no request id, so the question they name needs no bytes.
+    let question = Message::Report(proto::wire::Report {
+        manifest: Vec::new(),
+    });
+    let Some(inbox) = roles.reports.clone() else {
+        let detail = "this peer relays no reports";
+        return protocol::refuse(stream, &question, ErrorCode::NotFound, detail).await;
+    };
+    let manifest = report.manifest;
+    let taken = tokio::task::spawn_blocking(move || inbox.take(&peer, &manifest)).await;
+    match taken {
+        Ok(Ok(digest)) => {
+            let answer = Message::ReportTaken(proto::wire::ReportTaken { report: digest });
+            protocol::reply(stream, &answer).await?;
+            Ok(Served::Report { report: digest })
+        }
+        Ok(Err(refusal)) => {
+            protocol::refuse(stream, &question, refusal.code, &refusal.detail).await
+        }
+        Err(_) => {
+            let detail = "the relay failed to store the report";
+            protocol::refuse(stream, &question, ErrorCode::Internal, detail).await
+        }
     }
 }
 

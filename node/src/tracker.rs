@@ -105,9 +105,7 @@ impl Tracker {
                 lock(&self.addrs).remove(&peer);
                 self.unwatch(&peer);
             }
-            NetEvent::Identified { peer, agent, .. }
-                if agent.starts_with(crate::engine::DEPOT_AGENT_PREFIX) =>
-            {
+            NetEvent::Identified { peer, agent, .. } if crate::engine::is_depot_agent(&agent) => {
                 // A cache, not a vehicle: forget whatever was learnt of it as a yard peer.
                 lock(&self.depots).insert(peer);
                 lock(&self.seeder).disconnected(&peer);

@@ -13,6 +13,11 @@
 //! }
 //! ```
 //!
+//! Around a transfer, a [`Swarm`] makes the decisions that concern the peers rather than the
+//! ranges (which peers are upstreams, whom to ask for neighbours and whom to dial, when the
+//! allowance or a stall ends the fetch), in the same shape; the fetch driver (`crate::fetch`)
+//! runs the swarm.
+//!
 //! # Trust
 //! Events are the driver's own reports and are believed: `GroupsVerified` means the groups were
 //! verified against the blob's root *and* stored. What peers say about themselves is not: a
@@ -64,20 +69,23 @@ use proto::{BlobId, ChunkGroup, ChunkGroupRanges};
 mod pieces;
 #[cfg(test)]
 mod sim;
+mod swarm;
+#[cfg(test)]
+mod swarm_tests;
 #[cfg(test)]
 mod tests;
 
 use pieces::{Coverage, piece_groups, tie_break};
+pub use swarm::{
+    DEPOT_AGENT_PREFIX, GiveUp, NEIGHBOUR_ASK_GAP, NEIGHBOUR_REDIAL, Swarm, SwarmAction,
+    SwarmConfig, SwarmEvent, is_depot_agent,
+};
 
 /// The longest bench, in request timeouts.
 pub const MAX_BENCH_TIMEOUTS: u32 = 6;
 
 /// Failed size probes after which a peer is not probed again until its have-map grows.
 pub const MAX_PROBE_FAILURES: u32 = 3;
-
-/// The agent string a depot cache reports through identify starts with this; a fetch treats
-/// such a peer as an upstream (see [`Transfer::mark_upstream`]) however it was found.
-pub const DEPOT_AGENT_PREFIX: &str = "depot-cache/";
 
 /// The layout every transfer uses: depotmesh stores and sends 16 KiB chunk groups.
 const LAYOUT: Layout = Layout::MESH;

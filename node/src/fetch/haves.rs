@@ -111,15 +111,15 @@ impl Haves {
         }
     }
 
+    /// Subscribes again to the `usable` peers whose subscription failed, and asks those that
+    /// cannot subscribe and have not claimed the whole blob yet.
     pub(super) fn refresh(
         &mut self,
         net: &NetHandle,
         sender: &mpsc::UnboundedSender<TaskMessage>,
-        connected: &BTreeSet<PeerId>,
-        banned: &[PeerId],
+        usable: impl Fn(&PeerId) -> bool,
         blob: BlobId,
     ) {
-        let usable = |peer: &PeerId| connected.contains(peer) && !banned.contains(peer);
         for peer in std::mem::take(&mut self.retry) {
             if usable(&peer) {
                 self.subscribe(net, sender, peer, blob);

@@ -1,8 +1,9 @@
 //! The fetch driver: fetches one blob from every reachable peer at once. It makes no decisions
-//! of its own: it reports what the network did to the [`Transfer`] engine and carries out the
-//! engine's actions.
+//! of its own: it reports what the network did to the sans-IO [`Swarm`] (and the [`Transfer`]
+//! inside it) and carries out their actions, each in a task of its own ([`tasks`]); what peers
+//! say they hold comes from have subscriptions ([`haves`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::engine::{
-    Action, DEPOT_AGENT_PREFIX, Event, Failure, RequestId, Transfer, TransferConfig,
+    Action, Event, Failure, GiveUp, RequestId, Swarm, SwarmAction, SwarmConfig, SwarmEvent,
+    Transfer, TransferConfig,
 };
 use crate::net::{NetEvent, NetEvents, NetHandle};
 use crate::protocol::{ExchangeError, FetchProgress};
@@ -25,12 +27,7 @@ mod haves;
 mod tasks;
 
 use haves::Haves;
-use tasks::{
-    TaskMessage, ask_for_neighbours, ask_upstream, dial_neighbours, spawn_dial, spawn_fetch,
-};
-
-/// An upstream that held groups back is asked who its yard is at most this often.
-const NEIGHBOUR_ASK_GAP: Duration = Duration::from_millis(250);
+use tasks::{TaskMessage, ask_upstream, neighbours_in, spawn_dial, spawn_fetch};
 
 /// How to fetch one blob.
 #[derive(Clone, Debug)]
@@ -167,6 +164,435 @@ pub struct Progress {
     pub peers: usize,
 }
 
+/// Fetches `options.blob` into `store` from every reachable peer at once, until it is complete.
+/// Interrupting it (dropping the future, killing the process) loses at most the groups in
+/// flight: the store keeps every verified group, and the next fetch resumes from them.
+pub async fn fetch<S: Storage, I: Index>(
+    net: &NetHandle,
+    events: &mut NetEvents,
+    store: Arc<BlobStore<S, I>>,
+    options: FetchOptions,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<FetchReport, FetchError> {
+    let (sender, mut inbox) = mpsc::unbounded_channel::<TaskMessage>();
+    let mut driver = Driver::start(net, store, options, sender)?;
+    for peer in net.connected_peers().await {
+        driver
+            .swarm
+            .handle(Instant::now(), Event::PeerConnected { peer });
+    }
+    loop {
+        while let Some(action) = driver.swarm.poll_action(Instant::now()) {
+            if let Some(end) = driver.carry_out(action) {
+                return end;
+            }
+        }
+        let wake = driver.swarm.poll_timeout().map_or_else(
+            || tokio::time::Instant::now() + driver.options.have_refresh,
+            tokio::time::Instant::from_std,
+        );
+        tokio::select! {
+            message = inbox.recv() => {
+                if let Some(message) = message {
+                    driver.on_message(message, &mut on_progress);
+                }
+            }
+            event = events.recv() => {
+                if let Some(event) = event {
+                    driver.on_net_event(event);
+                }
+            }
+            () = tokio::time::sleep_until(wake) => driver.swarm.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// One fetch in progress: the swarm that decides, and the tasks that carry out its actions.
+struct Driver<'a, S: Storage, I: Index> {
+    net: &'a NetHandle,
+    store: Arc<BlobStore<S, I>>,
+    options: FetchOptions,
+    sender: mpsc::UnboundedSender<TaskMessage>,
+    swarm: Swarm<PeerId>,
+    fetches: BTreeMap<RequestId, (PeerId, JoinHandle<()>)>,
+    haves: Haves,
+    /// What each peer last said, for the stall message.
+    said: BTreeMap<PeerId, String>,
+    dial_errors: Vec<String>,
+    /// Where the neighbours the last upstream answer named listen.
+    neighbour_addrs: BTreeMap<PeerId, Multiaddr>,
+    started: Instant,
+    resumed_groups: u64,
+}
+
+impl<'a, S: Storage, I: Index> Driver<'a, S, I> {
+    /// Opens the blob in the store (at the signed size, when known), starts the swarm from what
+    /// is held, and dials the peers the caller named.
+    fn start(
+        net: &'a NetHandle,
+        store: Arc<BlobStore<S, I>>,
+        options: FetchOptions,
+        sender: mpsc::UnboundedSender<TaskMessage>,
+    ) -> Result<Self, FetchError> {
+        let blob = options.blob;
+        let started = Instant::now();
+        let mut info = store.info(&blob);
+        if let (None, Some(size)) = (&info, options.size) {
+            // A size from signed metadata: the blob is created at it, so every response is
+            // checked against it and no size probe is needed. (A wrong size fails the first
+            // verified group: a BLAKE3 root commits to the length.)
+            info = Some(store.create_partial(blob, size)?);
+        }
+        let held = info.as_ref().map(|i| i.held.clone()).unwrap_or_default();
+        let resumed_groups = held.group_count();
+        let size = info.as_ref().map(|i| i.size).or(options.size);
+        let mut config = options.transfer.clone();
+        if config.seed == 0 {
+            // Vehicles in one yard must not all start on the same pieces: with one seed they
+            // would all ask the depot for the same groups first. This node's identity spreads
+            // them.
+            config.seed = seed_from(&net.peer_id());
+        }
+        let transfer = Transfer::new(blob, size, held, config, started);
+        let swarm_config = SwarmConfig {
+            stall_timeout: options.stall_timeout,
+            max_bytes: options.max_bytes,
+            refresh: options.have_refresh,
+        };
+        let swarm = Swarm::new(
+            transfer,
+            swarm_config,
+            net.peer_id(),
+            options.peers.len(),
+            started,
+        );
+        for addr in &options.peers {
+            spawn_dial(net, &sender, addr.clone(), true);
+        }
+        Ok(Self {
+            net,
+            store,
+            options,
+            sender,
+            swarm,
+            fetches: BTreeMap::new(),
+            haves: Haves::default(),
+            said: BTreeMap::new(),
+            dial_errors: Vec::new(),
+            neighbour_addrs: BTreeMap::new(),
+            started,
+            resumed_groups,
+        })
+    }
+
+    /// Carries out one action; `Some` with the fetch's outcome when it ends the fetch.
+    fn carry_out(
+        &mut self,
+        action: SwarmAction<PeerId>,
+    ) -> Option<Result<FetchReport, FetchError>> {
+        let blob = self.options.blob;
+        match action {
+            SwarmAction::Transfer(Action::Request {
+                peer,
+                request,
+                groups,
+            }) => {
+                let task = spawn_fetch(
+                    self.net,
+                    &self.store,
+                    &self.sender,
+                    peer,
+                    request,
+                    blob,
+                    groups,
+                    self.options.size_limit,
+                    self.options.rate_limit.clone(),
+                );
+                self.fetches.insert(request, (peer, task));
+            }
+            SwarmAction::Transfer(Action::Cancel { request, .. }) => {
+                if let Some((_, task)) = self.fetches.remove(&request) {
+                    // Dropping the stream resets it: the peer stops sending.
+                    task.abort();
+                }
+            }
+            SwarmAction::Transfer(Action::Ban { peer }) => {
+                tracing::warn!(%peer, %blob, "peer sent bad data: banned for this blob");
+                self.fetches.retain(|_, (owner, task)| {
+                    let keep = *owner != peer;
+                    if !keep {
+                        task.abort();
+                    }
+                    keep
+                });
+            }
+            SwarmAction::Transfer(Action::Done) => return Some(self.finish()),
+            SwarmAction::WatchHaves { peer } => {
+                self.haves.subscribe(self.net, &self.sender, peer, blob);
+            }
+            SwarmAction::ForgetHaves { peer } => self.haves.forget(&peer),
+            SwarmAction::RefreshHaves => {
+                let swarm = &self.swarm;
+                let usable = |peer: &PeerId| swarm.is_usable(peer);
+                self.haves.refresh(self.net, &self.sender, usable, blob);
+            }
+            SwarmAction::AskNeighbours { upstream } => {
+                ask_upstream(self.net, &self.sender, upstream, blob, None);
+            }
+            SwarmAction::ReportDistrust { upstream, peer } => {
+                ask_upstream(self.net, &self.sender, upstream, blob, Some(peer));
+            }
+            SwarmAction::Dial { peer } => {
+                if let Some(addr) = self.neighbour_addrs.get(&peer) {
+                    let addr = addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer));
+                    spawn_dial(self.net, &self.sender, addr, false);
+                }
+            }
+            SwarmAction::GiveUp(give_up) => return Some(Err(self.give_up(give_up))),
+        }
+        None
+    }
+
+    /// Reports one task's news to the swarm.
+    fn on_message(&mut self, message: TaskMessage, on_progress: &mut impl FnMut(&Progress)) {
+        let now = Instant::now();
+        match message {
+            TaskMessage::Dialled {
+                result,
+                upstream: true,
+            } => {
+                let peer = result
+                    .map_err(|error| {
+                        tracing::warn!(%error, "dial failed");
+                        self.dial_errors.push(error);
+                    })
+                    .ok();
+                self.swarm.handle(now, SwarmEvent::NamedDialled { peer });
+            }
+            TaskMessage::Dialled {
+                result,
+                upstream: false,
+            } => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "dialling a neighbour the depot named failed");
+                }
+            }
+            TaskMessage::Peers {
+                from,
+                result,
+                distrusted,
+            } => self.on_neighbours(now, from, result, distrusted),
+            TaskMessage::Have { peer, result } => {
+                self.haves.polls.remove(&peer);
+                match result {
+                    Ok(have) => self.on_have(now, peer, have, true),
+                    Err(error) => {
+                        self.said.insert(peer, error.to_string());
+                    }
+                }
+            }
+            TaskMessage::HaveUpdate { peer, have, first } => self.on_have(now, peer, have, first),
+            TaskMessage::HaveEnded { peer, result } => {
+                self.haves.ended(peer, result, &mut self.said);
+            }
+            TaskMessage::Progress {
+                peer,
+                request,
+                progress,
+            } => match progress {
+                FetchProgress::Groups { groups, bytes } => {
+                    let verified = Event::GroupsVerified {
+                        peer,
+                        request,
+                        groups,
+                        bytes,
+                    };
+                    self.swarm.handle(now, verified);
+                    let transfer = self.swarm.transfer();
+                    on_progress(&Progress {
+                        held_groups: transfer.held().group_count(),
+                        total_groups: transfer.size().map(|s| LAYOUT.group_count(s)),
+                        bytes: self.swarm.bytes(),
+                        peers: self.swarm.connected(),
+                    });
+                }
+                FetchProgress::SizeProven(size) => {
+                    self.swarm.handle(now, Event::SizeProven { size });
+                }
+                FetchProgress::Size(_) => {}
+            },
+            TaskMessage::Finished {
+                peer,
+                request,
+                result,
+            } => self.on_finished(now, peer, request, result),
+        }
+    }
+
+    fn on_neighbours(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        result: Result<proto::wire::Peers, ExchangeError>,
+        distrusted: Option<PeerId>,
+    ) {
+        match result {
+            Ok(answer) => {
+                let named = neighbours_in(&answer);
+                self.neighbour_addrs.clear();
+                for (peer, addr) in &named {
+                    self.neighbour_addrs
+                        .entry(*peer)
+                        .or_insert_with(|| addr.clone());
+                }
+                let event = SwarmEvent::Neighbours {
+                    from,
+                    named: named.into_iter().map(|(peer, _)| peer).collect(),
+                    after_distrust: distrusted.is_some(),
+                };
+                self.swarm.handle(now, event);
+            }
+            // An upstream that keeps no tracker (an older one) answers BadRequest.
+            Err(error) => match distrusted {
+                Some(liar) => {
+                    tracing::debug!(peer = %from, %liar, %error, "telling the upstream of a banned peer failed");
+                }
+                None => tracing::debug!(peer = %from, %error, "asking for neighbours failed"),
+            },
+        }
+    }
+
+    fn on_have(&mut self, now: Instant, peer: PeerId, have: proto::wire::Have, first: bool) {
+        if let Some((size, groups)) = self.haves.update(peer, have, first) {
+            self.said.insert(peer, claim_said(size, &groups));
+            self.swarm
+                .handle(now, Event::HaveMap { peer, size, groups });
+        }
+    }
+
+    fn on_finished(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        request: RequestId,
+        result: Result<(), ExchangeError>,
+    ) {
+        self.fetches.remove(&request);
+        let event = match result {
+            Ok(()) => Event::RequestFinished { peer, request },
+            Err(error) => {
+                tracing::debug!(%peer, %request, %error, "request failed");
+                if error.is_misbehaviour() {
+                    self.said.insert(peer, format!("sent bad data: {error}"));
+                } else if matches!(error, ExchangeError::Refused { .. }) {
+                    self.said.insert(peer, error.to_string());
+                }
+                Event::RequestFailed {
+                    peer,
+                    request,
+                    failure: failure_of(&error),
+                }
+            }
+        };
+        self.swarm.handle(now, event);
+    }
+
+    fn on_net_event(&mut self, event: NetEvent) {
+        let now = Instant::now();
+        match event {
+            NetEvent::PeerConnected { peer, .. } => {
+                self.swarm.handle(now, Event::PeerConnected { peer });
+            }
+            NetEvent::Identified { peer, agent, .. } => {
+                self.swarm
+                    .handle(now, SwarmEvent::Identified { peer, agent });
+            }
+            NetEvent::PeerDisconnected { peer, .. } => {
+                self.swarm.handle(now, Event::PeerClosed { peer });
+            }
+            _ => {}
+        }
+    }
+
+    /// Every group is held: stops what still runs and says what the fetch did.
+    fn finish(&mut self) -> Result<FetchReport, FetchError> {
+        self.stop_all();
+        let blob = self.options.blob;
+        let info = self.store.checkpoint(&blob)?;
+        let stats = self.swarm.transfer().stats();
+        Ok(FetchReport {
+            blob,
+            size: info.size,
+            resumed_groups: self.resumed_groups,
+            bytes_fetched: self.swarm.bytes(),
+            seconds: self.started.elapsed().as_secs_f64(),
+            bytes_per_peer: stats
+                .peers
+                .iter()
+                .filter(|(_, s)| s.bytes > 0)
+                .map(|(peer, s)| (*peer, s.bytes))
+                .collect(),
+            bad_chunk_groups: stats.bad_groups,
+            banned_peers: self.swarm.banned().to_vec(),
+            requests: RequestCounts {
+                sent: stats.requests,
+                duplicates: stats.duplicate_requests,
+                refused: stats.refused,
+                timeouts: stats.timeouts,
+                lost: stats.lost,
+                cancelled: stats.cancelled,
+                redundant_groups: stats.redundant_groups,
+                benched: stats.benched,
+            },
+        })
+    }
+
+    /// The swarm gave up: stops what still runs and keeps what was verified (the next run
+    /// resumes from it).
+    fn give_up(&mut self, give_up: GiveUp) -> FetchError {
+        self.stop_all();
+        let blob = self.options.blob;
+        self.store.checkpoint(&blob).ok();
+        match give_up {
+            GiveUp::Allowance { bytes, allowance } => FetchError::Allowance {
+                blob,
+                bytes,
+                allowance,
+            },
+            GiveUp::Stalled => FetchError::Stalled {
+                blob,
+                seconds: self.options.stall_timeout.as_secs(),
+                why: self.why_stalled(),
+            },
+        }
+    }
+
+    fn why_stalled(&self) -> String {
+        let mut reasons: Vec<String> = self
+            .said
+            .iter()
+            .map(|(peer, what)| format!("{peer}: {what}"))
+            .collect();
+        reasons.extend(
+            self.dial_errors
+                .iter()
+                .map(|error| format!("unreachable: {error}")),
+        );
+        if reasons.is_empty() {
+            "no peer was found".to_owned()
+        } else {
+            reasons.join("; ")
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for (_, (_, task)) in std::mem::take(&mut self.fetches) {
+            task.abort();
+        }
+        self.haves.end_all();
+    }
+}
+
 fn failure_of(error: &ExchangeError) -> Failure {
     match error {
         ExchangeError::Verify(verify) if error.is_misbehaviour() => Failure::Misbehaved {
@@ -188,337 +614,6 @@ fn failure_of(error: &ExchangeError) -> Failure {
         } => Failure::HeldBack,
         ExchangeError::Refused { .. } => Failure::NotHeld,
         _ => Failure::Lost,
-    }
-}
-
-/// Fetches `options.blob` into `store` from every reachable peer at once, until it is complete.
-/// Interrupting it (dropping the future, killing the process) loses at most the groups in
-/// flight: the store keeps every verified group, and the next fetch resumes from them.
-pub async fn fetch<S: Storage, I: Index>(
-    net: &NetHandle,
-    events: &mut NetEvents,
-    store: Arc<BlobStore<S, I>>,
-    options: FetchOptions,
-    mut on_progress: impl FnMut(&Progress),
-) -> Result<FetchReport, FetchError> {
-    let blob = options.blob;
-    let started = Instant::now();
-    let mut info = store.info(&blob);
-    if let (None, Some(size)) = (&info, options.size) {
-        // A size from signed metadata: the blob is created at it, so every response is checked
-        // against it and no size probe is needed. (A wrong size fails the first verified group:
-        // a BLAKE3 root commits to the length.)
-        info = Some(store.create_partial(blob, size)?);
-    }
-    let held = info.as_ref().map(|i| i.held.clone()).unwrap_or_default();
-    let resumed_groups = held.group_count();
-    let size = info.as_ref().map(|i| i.size).or(options.size);
-    let mut config = options.transfer.clone();
-    if config.seed == 0 {
-        // Vehicles in one yard must not all start on the same pieces: with one seed they would
-        // all ask the depot for the same groups first. This node's identity spreads them.
-        config.seed = seed_from(&net.peer_id());
-    }
-    let mut engine: Transfer<PeerId> = Transfer::new(blob, size, held, config, started);
-
-    let (sender, mut inbox) = mpsc::unbounded_channel::<TaskMessage>();
-    let mut fetches: BTreeMap<RequestId, (PeerId, JoinHandle<()>)> = BTreeMap::new();
-    let mut haves = Haves::default();
-    let mut connected: BTreeSet<PeerId> = BTreeSet::new();
-    let mut banned: Vec<PeerId> = Vec::new();
-    let mut said: BTreeMap<PeerId, String> = BTreeMap::new();
-    let mut dial_errors: Vec<String> = Vec::new();
-    let mut bytes_fetched = 0u64;
-    let mut stalled_since: Option<Instant> = None;
-    let mut pending_dials = options.peers.len();
-    let mut upstreams: BTreeSet<PeerId> = BTreeSet::new();
-    let mut neighbour_dials: BTreeMap<PeerId, Instant> = BTreeMap::new();
-    let mut last_neighbour_ask: Option<Instant> = None;
-
-    for addr in &options.peers {
-        spawn_dial(net, &sender, addr.clone(), true);
-    }
-    for peer in net.connected_peers().await {
-        connected.insert(peer);
-        engine.handle(Instant::now(), Event::PeerConnected { peer });
-        haves.subscribe(net, &sender, peer, blob);
-    }
-
-    let mut refresh = tokio::time::interval(options.have_refresh);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // Carry out every action the engine has.
-        while let Some(action) = engine.poll_action(Instant::now()) {
-            match action {
-                Action::Request {
-                    peer,
-                    request,
-                    groups,
-                } => {
-                    let task = spawn_fetch(
-                        net,
-                        &store,
-                        &sender,
-                        peer,
-                        request,
-                        blob,
-                        groups,
-                        options.size_limit,
-                        options.rate_limit.clone(),
-                    );
-                    fetches.insert(request, (peer, task));
-                }
-                Action::Cancel { request, .. } => {
-                    if let Some((_, task)) = fetches.remove(&request) {
-                        // Dropping the stream resets it: the peer stops sending.
-                        task.abort();
-                    }
-                }
-                Action::Ban { peer } => {
-                    tracing::warn!(%peer, %blob, "peer sent bad data: banned for this blob");
-                    // An upstream may be holding groups back for this peer's claims: say so.
-                    for &upstream in upstreams
-                        .iter()
-                        .filter(|up| **up != peer && connected.contains(up))
-                    {
-                        ask_upstream(net, &sender, upstream, blob, Some(peer));
-                    }
-                    banned.push(peer);
-                    haves.forget(&peer);
-                    fetches.retain(|_, (owner, task)| {
-                        let keep = *owner != peer;
-                        if !keep {
-                            task.abort();
-                        }
-                        keep
-                    });
-                }
-                Action::Done => {
-                    for (_, (_, task)) in std::mem::take(&mut fetches) {
-                        task.abort();
-                    }
-                    haves.end_all();
-                    let info = store.checkpoint(&blob)?;
-                    let stats = engine.stats();
-                    return Ok(FetchReport {
-                        blob,
-                        size: info.size,
-                        resumed_groups,
-                        bytes_fetched,
-                        seconds: started.elapsed().as_secs_f64(),
-                        bytes_per_peer: stats
-                            .peers
-                            .iter()
-                            .filter(|(_, s)| s.bytes > 0)
-                            .map(|(peer, s)| (*peer, s.bytes))
-                            .collect(),
-                        bad_chunk_groups: stats.bad_groups,
-                        banned_peers: banned,
-                        requests: RequestCounts {
-                            sent: stats.requests,
-                            duplicates: stats.duplicate_requests,
-                            refused: stats.refused,
-                            timeouts: stats.timeouts,
-                            lost: stats.lost,
-                            cancelled: stats.cancelled,
-                            redundant_groups: stats.redundant_groups,
-                            benched: stats.benched,
-                        },
-                    });
-                }
-            }
-        }
-
-        // Whether any peer could still help is the engine's call (a benched or busy peer that
-        // holds missing groups is worth waiting for); how long to wait for help is the caller's.
-        let stalled = engine.is_stalled() && pending_dials == 0;
-        let since = if stalled {
-            *stalled_since.get_or_insert_with(Instant::now)
-        } else {
-            stalled_since = None;
-            Instant::now()
-        };
-        if since.elapsed() >= options.stall_timeout {
-            let mut reasons: Vec<String> = said
-                .iter()
-                .map(|(peer, what)| format!("{peer}: {what}"))
-                .collect();
-            reasons.extend(
-                dial_errors
-                    .iter()
-                    .map(|error| format!("unreachable: {error}")),
-            );
-            let why = if reasons.is_empty() {
-                "no peer was found".to_owned()
-            } else {
-                reasons.join("; ")
-            };
-            // Keep what was verified: the next run resumes from it.
-            store.checkpoint(&blob).ok();
-            haves.end_all();
-            return Err(FetchError::Stalled {
-                blob,
-                seconds: options.stall_timeout.as_secs(),
-                why,
-            });
-        }
-        let wake = engine
-            .poll_timeout()
-            .map(tokio::time::Instant::from_std)
-            .unwrap_or_else(|| tokio::time::Instant::now() + options.have_refresh);
-
-        tokio::select! {
-            message = inbox.recv() => {
-                let Some(message) = message else { continue };
-                let now = Instant::now();
-                match message {
-                    TaskMessage::Dialled { result, upstream: true } => {
-                        pending_dials = pending_dials.saturating_sub(1);
-                        match result {
-                            // Peers named on the command line are the depot or an upstream
-                            // cache: spare their uplink for what no neighbour has, and ask
-                            // them who nearby holds the blob.
-                            Ok(peer) => {
-                                engine.mark_upstream(peer);
-                                if upstreams.insert(peer) {
-                                    ask_for_neighbours(net, &sender, peer, blob);
-                                }
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "dial failed");
-                                dial_errors.push(error);
-                            }
-                        }
-                    }
-                    TaskMessage::Dialled { result, upstream: false } => {
-                        if let Err(error) = result {
-                            tracing::debug!(%error, "dialling a neighbour the depot named failed");
-                        }
-                    }
-                    TaskMessage::Peers { from, result, distrusted } => match result {
-                        Ok(answer) => {
-                            if distrusted.is_some() {
-                                engine.release_held_back(&from);
-                            }
-                            let mut known = connected.clone();
-                            known.extend(banned.iter().copied());
-                            known.insert(net.peer_id());
-                            dial_neighbours(net, &sender, &answer, &known, &mut neighbour_dials, now);
-                        }
-                        // An upstream that keeps no tracker (an older one) answers BadRequest.
-                        Err(error) => match distrusted {
-                            Some(liar) => tracing::debug!(peer = %from, %liar, %error, "telling the upstream of a banned peer failed"),
-                            None => tracing::debug!(peer = %from, %error, "asking for neighbours failed"),
-                        },
-                    },
-                    TaskMessage::Have { peer, result } => {
-                        haves.polls.remove(&peer);
-                        match result {
-                            Ok(have) => {
-                                if let Some((size, groups)) = haves.update(peer, have, true) {
-                                    said.insert(peer, claim_said(size, &groups));
-                                    engine.handle(now, Event::HaveMap { peer, size, groups });
-                                }
-                            }
-                            Err(error) => {
-                                said.insert(peer, error.to_string());
-                            }
-                        }
-                    }
-                    TaskMessage::HaveUpdate { peer, have, first } => {
-                        if let Some((size, groups)) = haves.update(peer, have, first) {
-                            said.insert(peer, claim_said(size, &groups));
-                            engine.handle(now, Event::HaveMap { peer, size, groups });
-                        }
-                    }
-                    TaskMessage::HaveEnded { peer, result } => {
-                        haves.ended(peer, result, &mut said);
-                    }
-                    TaskMessage::Progress { peer, request, progress } => match progress {
-                        FetchProgress::Groups { groups, bytes } => {
-                            bytes_fetched += bytes;
-                            engine.handle(now, Event::GroupsVerified { peer, request, groups, bytes });
-                            on_progress(&Progress {
-                                held_groups: engine.held().group_count(),
-                                total_groups: engine.size().map(|s| LAYOUT.group_count(s)),
-                                bytes: bytes_fetched,
-                                peers: connected.len(),
-                            });
-                            if let Some(allowance) = options.max_bytes {
-                                let complete = engine.size().is_some_and(|s| engine.held().group_count() >= LAYOUT.group_count(s));
-                                if bytes_fetched >= allowance && !complete {
-                                    for (_, (_, task)) in std::mem::take(&mut fetches) {
-                                        task.abort();
-                                    }
-                                    haves.end_all();
-                                    store.checkpoint(&blob).ok();
-                                    return Err(FetchError::Allowance { blob, bytes: bytes_fetched, allowance });
-                                }
-                            }
-                        }
-                        FetchProgress::SizeProven(size) => engine.handle(now, Event::SizeProven { size }),
-                        FetchProgress::Size(_) => {}
-                    },
-                    TaskMessage::Finished { peer, request, result } => {
-                        fetches.remove(&request);
-                        let event = match result {
-                            Ok(()) => Event::RequestFinished { peer, request },
-                            Err(error) => {
-                                tracing::debug!(%peer, %request, %error, "request failed");
-                                // Held back for neighbours we may not know yet: ask who they are
-                                // now rather than at the next refresh.
-                                if matches!(error, ExchangeError::Refused { code: ErrorCode::HeldBack, .. })
-                                    && last_neighbour_ask.is_none_or(|at| now.saturating_duration_since(at) >= NEIGHBOUR_ASK_GAP)
-                                {
-                                    last_neighbour_ask = Some(now);
-                                    ask_for_neighbours(net, &sender, peer, blob);
-                                }
-                                if error.is_misbehaviour() {
-                                    said.insert(peer, format!("sent bad data: {error}"));
-                                } else if matches!(error, ExchangeError::Refused { .. }) {
-                                    said.insert(peer, error.to_string());
-                                }
-                                Event::RequestFailed { peer, request, failure: failure_of(&error) }
-                            }
-                        };
-                        engine.handle(now, event);
-                    }
-                }
-            }
-            event = events.recv() => {
-                let Some(event) = event else { continue };
-                let now = Instant::now();
-                match event {
-                    NetEvent::PeerConnected { peer, .. } if connected.insert(peer) => {
-                        engine.handle(now, Event::PeerConnected { peer });
-                        haves.subscribe(net, &sender, peer, blob);
-                    }
-                    // A depot found by mDNS is an upstream like one named by the caller.
-                    NetEvent::Identified { peer, agent, .. }
-                        if agent.starts_with(DEPOT_AGENT_PREFIX) && upstreams.insert(peer) =>
-                    {
-                        engine.mark_upstream(peer);
-                        ask_for_neighbours(net, &sender, peer, blob);
-                    }
-                    NetEvent::PeerDisconnected { peer, .. } if connected.remove(&peer) => {
-                        upstreams.remove(&peer);
-                        haves.forget(&peer);
-                        engine.handle(now, Event::PeerClosed { peer });
-                    }
-                    _ => {}
-                }
-            }
-            _ = refresh.tick() => {
-                haves.refresh(net, &sender, &connected, &banned, blob);
-                // Vehicles arrive and leave: ask the upstreams again who is here.
-                for &upstream in upstreams.iter().filter(|peer| connected.contains(peer)) {
-                    ask_for_neighbours(net, &sender, upstream, blob);
-                }
-            }
-            () = tokio::time::sleep_until(wake) => {
-                engine.handle_timeout(Instant::now());
-            }
-        }
     }
 }
 

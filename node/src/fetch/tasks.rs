@@ -1,7 +1,6 @@
 //! The background tasks of a fetch: one per range request, per question to an upstream and per
 //! dial. Each reports back to the fetch's loop as a [`TaskMessage`].
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,9 +25,6 @@ const PROGRESS_BATCH_GROUPS: u64 = 8;
 /// or not: progress is what keeps a slow request from timing out, so a stream sharing a busy
 /// uplink with a hundred others (a group every second or two) must report every group.
 const PROGRESS_REPORT_GAP: Duration = Duration::from_millis(250);
-
-/// A neighbour named by an upstream is dialled again no sooner than this.
-const NEIGHBOUR_REDIAL: Duration = Duration::from_secs(10);
 
 pub(super) enum TaskMessage {
     /// A dial ended: of a peer the caller named (an upstream) when `upstream`, else of a
@@ -72,15 +68,6 @@ pub(super) enum TaskMessage {
     },
 }
 
-pub(super) fn ask_for_neighbours(
-    net: &NetHandle,
-    sender: &mpsc::UnboundedSender<TaskMessage>,
-    upstream: PeerId,
-    blob: BlobId,
-) {
-    ask_upstream(net, sender, upstream, blob, None);
-}
-
 /// Asks `upstream` who holds `blob`; with `distrusted`, tells it first that this peer sent bad
 /// data of it (the answer then leaves it out, and what the upstream held back for its claims
 /// it now sends).
@@ -109,39 +96,21 @@ pub(super) fn ask_upstream(
     });
 }
 
-/// Dials the peers in an upstream's answer that are not `known` (connected, banned or this
-/// node) and were not dialled in the last [`NEIGHBOUR_REDIAL`]. Entries that do not parse are
-/// skipped: the answer is a hint.
-pub(super) fn dial_neighbours(
-    net: &NetHandle,
-    sender: &mpsc::UnboundedSender<TaskMessage>,
-    answer: &proto::wire::Peers,
-    known: &BTreeSet<PeerId>,
-    dialled: &mut BTreeMap<PeerId, Instant>,
-    now: Instant,
-) {
-    for entry in &answer.peers {
-        let Ok(peer) = PeerId::from_bytes(&entry.peer) else {
-            continue;
-        };
-        if known.contains(&peer)
-            || dialled
-                .get(&peer)
-                .is_some_and(|at| now.saturating_duration_since(*at) < NEIGHBOUR_REDIAL)
-        {
-            continue;
-        }
-        let Some(addr) = entry
-            .addrs
-            .iter()
-            .find_map(|bytes| Multiaddr::try_from(bytes.clone()).ok())
-        else {
-            continue;
-        };
-        dialled.insert(peer, now);
-        let addr = addr.with(libp2p::multiaddr::Protocol::P2p(peer));
-        spawn_dial(net, sender, addr, false);
-    }
+/// The peers an upstream's answer names, each with the first of its addresses that parses.
+/// Entries that do not parse are skipped: the answer is a hint.
+pub(super) fn neighbours_in(answer: &proto::wire::Peers) -> Vec<(PeerId, Multiaddr)> {
+    answer
+        .peers
+        .iter()
+        .filter_map(|entry| {
+            let peer = PeerId::from_bytes(&entry.peer).ok()?;
+            let addr = entry
+                .addrs
+                .iter()
+                .find_map(|bytes| Multiaddr::try_from(bytes.clone()).ok())?;
+            Some((peer, addr))
+        })
+        .collect()
 }
 
 /// Dials `addr` in the background; the outcome comes back as [`TaskMessage::Dialled`].
