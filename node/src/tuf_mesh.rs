@@ -174,7 +174,7 @@ pub fn mesh_updater<'a, S: Storage, I: Index>(
     timeout: Duration,
     local: DirStore,
     now: Time,
-) -> Result<tuf::Updater<MeshRemote<'a, S, I>, DirStore>, tuf::TufError> {
+) -> Result<tuf::BlockingUpdater<MeshRemote<'a, S, I>, DirStore>, tuf::TufError> {
     let remote = MeshRemote::new(
         runtime,
         net.clone(),
@@ -184,7 +184,7 @@ pub fn mesh_updater<'a, S: Storage, I: Index>(
         timeout,
     )
     .asking(ask);
-    tuf::Updater::new(remote, local, now, tuf::Limits::default())
+    tuf::BlockingUpdater::new(remote, local, now, tuf::Limits::default())
 }
 
 impl<S: Storage, I: Index> Remote for MeshRemote<'_, S, I> {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use proto::custom::{DirectorCustom, EcuIdentifier, ImageCustom, Priority};
-use proto::tuf::{FetchError, Limits, MemoryStore, Remote, Updater};
+use proto::tuf::{BlockingUpdater, FetchError, Limits, MemoryStore, Remote};
 use proto::{EcuSerial, Vin};
 use serde_json::{Map, Value, json};
 
@@ -262,12 +262,12 @@ fn copy_roots(origin: &Origin, repository: &str) -> anyhow::Result<()> {
 pub(crate) fn image_updater(
     origin: &Origin,
     image_dir: &Path,
-) -> anyhow::Result<Updater<FileRemote, MemoryStore>> {
+) -> anyhow::Result<BlockingUpdater<FileRemote, MemoryStore>> {
     let root = fs::read(image_dir.join("metadata/1.root.json"))
         .with_context(|| format!("reading {}/metadata/1.root.json", image_dir.display()))?;
     let mut local = MemoryStore::default();
     local.0.insert("root".into(), root);
-    let mut updater = Updater::new(
+    let mut updater = BlockingUpdater::new(
         FileRemote(image_dir.to_path_buf()),
         local,
         origin.now,

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use proto::tuf::{FetchError, Limits, MemoryStore, Remote, Time, Updater};
+use proto::tuf::{BlockingUpdater, FetchError, Limits, MemoryStore, Remote, Time};
 use serde_json::Value;
 
 struct Run {
@@ -114,8 +114,9 @@ fn vehicle_download(dir: &Path, root: &[u8], target: &str) -> Result<Vec<u8>, St
     let mut store = MemoryStore::default();
     store.0.insert("root".into(), root.to_vec());
     let now = Time::parse(NOW).unwrap();
-    let mut updater = Updater::new(DirRemote(dir.to_path_buf()), store, now, Limits::default())
-        .map_err(|e| e.to_string())?;
+    let mut updater =
+        BlockingUpdater::new(DirRemote(dir.to_path_buf()), store, now, Limits::default())
+            .map_err(|e| e.to_string())?;
     updater.refresh().map_err(|e| e.to_string())?;
     let info = updater
         .target_info(target)
@@ -137,7 +138,7 @@ fn full_verification(
     let updater = |dir: PathBuf, root: &[u8]| {
         let mut store = MemoryStore::default();
         store.0.insert("root".into(), root.to_vec());
-        Updater::new(DirRemote(dir), store, now, Limits::default()).unwrap()
+        BlockingUpdater::new(DirRemote(dir), store, now, Limits::default()).unwrap()
     };
     let director_root = std::fs::read(f.dir.join("director/metadata/1.root.json")).unwrap();
     let ecus = std::collections::BTreeMap::from([(

@@ -8,8 +8,9 @@
 //!   serials it is for and their hardware id (`ecu_identifiers: {serial: {hardware_id}}`) and
 //!   the image's `release_counter`. Director targets never delegate.
 //!
-//! [`verify_full`] is the primary's full verification (both chains, then director ↔ image
-//! match on length, hashes, hardware id and release counter); [`verify_partial`] a
+//! [`FullVerification`] is the primary's full verification (both chains, then director ↔ image
+//! match on length, hashes, hardware id and release counter), push-style like the TUF
+//! operations it is made of ([`verify_full`] drives it from blocking sources); [`verify_partial`] a
 //! secondary's partial verification (director targets only). Both give [`ApprovedImage`]s,
 //! which nothing else can make: the flasher asks for one before it writes a bank.
 //!
@@ -17,7 +18,7 @@
 //! into a signed vehicle version manifest carrying the director's nonce
 //! ([`sign_vehicle_manifest`], [`verify_vehicle_manifest`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::{Value, json};
@@ -25,7 +26,10 @@ use serde_json::{Value, json};
 use crate::BlobId;
 use crate::tuf::canonical::CanonicalError;
 use crate::tuf::metadata::{Key, RoleKeys, Signed, TargetFile, Targets};
-use crate::tuf::{LocalStore, Remote, Role, Time, TufError, Updater, build};
+use crate::tuf::{
+    BlockingUpdater, LocalStore, Lookup, Machine, RefreshMachine, Remote, Request, Response, Role,
+    Step, Time, TufError, Updater, Walk, build,
+};
 
 /// Why an install was not approved or a report not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,7 +123,7 @@ pub struct EcuState {
     pub installed_release_counter: u64,
 }
 
-/// An image that passed Uptane verification for one ECU. Only [`verify_full`] and
+/// An image that passed Uptane verification for one ECU. Only a [`FullVerification`] and
 /// [`verify_partial`] make these.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApprovedImage {
@@ -239,9 +243,10 @@ fn approve(
 }
 
 /// One image the director assigns to one ECU.
-struct Assignment<'a> {
-    target: &'a str,
-    file: &'a TargetFile,
+#[derive(Debug)]
+struct Assignment {
+    target: String,
+    file: TargetFile,
     serial: String,
     hardware: String,
     release_counter: Option<u64>,
@@ -249,7 +254,7 @@ struct Assignment<'a> {
 
 /// Every assignment in director targets, each ECU named once. Director targets may not
 /// delegate.
-fn director_assignments(targets: &Targets) -> Result<Vec<Assignment<'_>>, UptaneError> {
+fn director_assignments(targets: &Targets) -> Result<Vec<Assignment>, UptaneError> {
     if targets
         .delegations
         .as_ref()
@@ -266,8 +271,8 @@ fn director_assignments(targets: &Targets) -> Result<Vec<Assignment<'_>>, Uptane
                 return Err(UptaneError::EcuListedTwice { serial });
             }
             out.push(Assignment {
-                target: name.as_str(),
-                file,
+                target: name.clone(),
+                file: file.clone(),
                 serial,
                 hardware,
                 release_counter: wanted.release_counter,
@@ -277,14 +282,263 @@ fn director_assignments(targets: &Targets) -> Result<Vec<Assignment<'_>>, Uptane
     Ok(out)
 }
 
-/// Full verification on the primary (Uptane 2.0 §5.4.4.2): refreshes the director and the
-/// image repository, then approves each director target for its ECU only if the image
-/// repository lists the same image (same length, the director's hashes all equal to the
-/// image repository's), for that ECU's hardware id, with a release counter that is the
-/// image repository's and not below what the ECU runs.
+/// Which repository a [`FullVerification`] needs a file from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repository {
+    /// The director's (this vehicle's) repository.
+    Director,
+    /// The image repository.
+    Image,
+}
+
+impl Repository {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Director => "director",
+            Self::Image => "image",
+        }
+    }
+}
+
+/// What a [`FullVerification`] needs next, or what it approved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FullStep {
+    /// This file of this repository, handed over with [`FullVerification::handle_response`].
+    Fetch {
+        /// The repository.
+        repository: Repository,
+        /// The file.
+        request: Request,
+    },
+    /// Every director target checked; the approved images.
+    Done(Vec<ApprovedImage>),
+}
+
+/// Where a full verification is.
+#[derive(Debug)]
+enum Phase {
+    /// Refreshing the director's repository.
+    Director(RefreshMachine),
+    /// Refreshing the image repository.
+    Image(RefreshMachine),
+    /// Looking up each assignment's image in the image repository, in turn.
+    Match {
+        assignments: VecDeque<Assignment>,
+        /// The assignment whose image is being looked up (boxed: a walk is large).
+        lookup: Option<Box<(Assignment, Walk<Lookup>)>>,
+        approved: Vec<ApprovedImage>,
+    },
+}
+
+/// Full verification on the primary (Uptane 2.0 §5.4.4.2), push-style: refreshes the director
+/// and the image repository, then approves each director target for its ECU only if the image
+/// repository lists the same image (same length, the director's hashes all equal to the image
+/// repository's), for that ECU's hardware id, with a release counter that is the image
+/// repository's and not below what the ECU runs. Like a TUF [`crate::tuf::Operation`], it says
+/// which file it needs next (and of which repository) and checks what it is handed.
+#[derive(Debug)]
+pub struct FullVerification<'a, LD, LI> {
+    director: &'a mut Updater<LD>,
+    image: &'a mut Updater<LI>,
+    ecus: &'a BTreeMap<String, EcuState>,
+    phase: Phase,
+}
+
+fn tuf(repository: Repository) -> impl Fn(TufError) -> UptaneError {
+    move |error| UptaneError::Tuf {
+        repository: repository.name(),
+        error,
+    }
+}
+
+impl<'a, LD: LocalStore, LI: LocalStore> FullVerification<'a, LD, LI> {
+    /// A full verification of `ecus` (by serial) against both repositories.
+    pub fn new(
+        director: &'a mut Updater<LD>,
+        image: &'a mut Updater<LI>,
+        ecus: &'a BTreeMap<String, EcuState>,
+    ) -> Self {
+        Self {
+            director,
+            image,
+            ecus,
+            phase: Phase::Director(RefreshMachine::new()),
+        }
+    }
+
+    /// The file needed next, or the approved images.
+    pub fn next_step(&mut self) -> Result<FullStep, UptaneError> {
+        loop {
+            match &mut self.phase {
+                Phase::Director(refresh) => {
+                    match refresh
+                        .step(self.director)
+                        .map_err(tuf(Repository::Director))?
+                    {
+                        Step::Fetch(request) => return Ok(fetch(Repository::Director, request)),
+                        Step::Done(()) => self.phase = Phase::Image(RefreshMachine::new()),
+                    }
+                }
+                Phase::Image(refresh) => {
+                    match refresh.step(self.image).map_err(tuf(Repository::Image))? {
+                        Step::Fetch(request) => return Ok(fetch(Repository::Image, request)),
+                        Step::Done(()) => self.phase = self.assignments()?,
+                    }
+                }
+                Phase::Match {
+                    assignments,
+                    lookup,
+                    approved,
+                } => {
+                    let Some(current) = lookup else {
+                        let Some(next) = assignments.pop_front() else {
+                            return Ok(FullStep::Done(std::mem::take(approved)));
+                        };
+                        let walk = Walk::new(self.image, Lookup::new(&next.target));
+                        *lookup = Some(Box::new((next, walk)));
+                        continue;
+                    };
+                    let (assignment, walk) = &mut **current;
+                    let found = match walk.step(self.image).map_err(tuf(Repository::Image))? {
+                        Step::Fetch(request) => return Ok(fetch(Repository::Image, request)),
+                        Step::Done(found) => found,
+                    };
+                    let image_file = found.ok_or_else(|| UptaneError::ImageNotFound {
+                        target: assignment.target.clone(),
+                    })?;
+                    approved.push(check_assignment(assignment, &image_file, self.ecus)?);
+                    *lookup = None;
+                }
+            }
+        }
+    }
+
+    /// Checks what came for the file [`Self::next_step`] asked for.
+    pub fn handle_response(&mut self, response: Response) -> Result<(), UptaneError> {
+        match &mut self.phase {
+            Phase::Director(refresh) => refresh
+                .handle(self.director, response)
+                .map_err(tuf(Repository::Director)),
+            Phase::Image(refresh) => refresh
+                .handle(self.image, response)
+                .map_err(tuf(Repository::Image)),
+            Phase::Match {
+                lookup: Some(current),
+                ..
+            } => current
+                .1
+                .handle(self.image, response)
+                .map_err(tuf(Repository::Image)),
+            Phase::Match { lookup: None, .. } => Err(tuf(Repository::Image)(TufError::NotAsked)),
+        }
+    }
+
+    /// Both repositories are fresh: what the director assigns, each ECU known to the vehicle.
+    fn assignments(&self) -> Result<Phase, UptaneError> {
+        let Some(director_targets) = self.director.trusted().targets("targets") else {
+            return Err(tuf(Repository::Director)(TufError::Repository(
+                "no targets after refresh".into(),
+            )));
+        };
+        let assignments = director_assignments(&director_targets.signed)?;
+        if let Some(unknown) = assignments
+            .iter()
+            .find(|a| !self.ecus.contains_key(&a.serial))
+        {
+            return Err(UptaneError::UnknownEcu {
+                serial: unknown.serial.clone(),
+            });
+        }
+        Ok(Phase::Match {
+            assignments: assignments.into(),
+            lookup: None,
+            approved: Vec::new(),
+        })
+    }
+}
+
+fn fetch(repository: Repository, request: Request) -> FullStep {
+    FullStep::Fetch {
+        repository,
+        request,
+    }
+}
+
+/// Approves `assignment` if the image repository's `image_file` is the same image, for the
+/// ECU's hardware, at a release counter both agree on.
+fn check_assignment(
+    assignment: &Assignment,
+    image_file: &TargetFile,
+    ecus: &BTreeMap<String, EcuState>,
+) -> Result<ApprovedImage, UptaneError> {
+    let Assignment {
+        target,
+        file,
+        serial,
+        hardware,
+        release_counter: counter,
+    } = assignment;
+    let mismatch = |detail: String| UptaneError::ImageMismatch {
+        target: target.to_string(),
+        detail,
+    };
+    if file.length != image_file.length {
+        return Err(mismatch(format!(
+            "length {} in the director, {} in the image repository",
+            file.length, image_file.length
+        )));
+    }
+    for (algorithm, digest) in &file.hashes {
+        match image_file.hashes.get(algorithm) {
+            Some(other) if other.eq_ignore_ascii_case(digest) => {}
+            Some(other) => {
+                return Err(mismatch(format!(
+                    "{algorithm} {digest} in the director, {other} in the image repository"
+                )));
+            }
+            None => {
+                return Err(mismatch(format!(
+                    "the image repository has no {algorithm} hash"
+                )));
+            }
+        }
+    }
+    let image_custom = image_file.custom.clone().unwrap_or(Value::Null);
+    let hardware_ids: Vec<&str> = image_custom["hardware_ids"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(ecu) = ecus.get(serial) else {
+        return Err(UptaneError::UnknownEcu {
+            serial: serial.clone(),
+        });
+    };
+    if !hardware_ids.contains(&ecu.hardware_id.as_str()) {
+        return Err(UptaneError::WrongHardware {
+            serial: serial.clone(),
+            ecu: ecu.hardware_id.clone(),
+            source_of_claim: "image repository",
+            claimed: hardware_ids.join(", "),
+        });
+    }
+    let Some(image_counter) = image_custom["release_counter"].as_u64() else {
+        return Err(mismatch(
+            "the image repository gives no custom.release_counter".into(),
+        ));
+    };
+    if counter.is_some_and(|counter| counter != image_counter) {
+        return Err(mismatch(format!(
+            "release counter {counter:?} in the director, {image_counter} in the image repository"
+        )));
+    }
+    // The image repository's entry is the one approved: it carries the BLAKE3.
+    approve(target, image_file, serial, hardware, image_counter, ecu)
+}
+
+/// [`FullVerification`] with both repositories fetched from blocking [`Remote`]s.
 pub fn verify_full<RD, LD, RI, LI>(
-    director: &mut Updater<RD, LD>,
-    image: &mut Updater<RI, LI>,
+    director: &mut BlockingUpdater<RD, LD>,
+    image: &mut BlockingUpdater<RI, LI>,
     ecus: &BTreeMap<String, EcuState>,
 ) -> Result<Vec<ApprovedImage>, UptaneError>
 where
@@ -293,96 +547,24 @@ where
     RI: Remote,
     LI: LocalStore,
 {
-    let tuf = |repository| move |error| UptaneError::Tuf { repository, error };
-    director.refresh().map_err(tuf("director"))?;
-    image.refresh().map_err(tuf("image"))?;
-    let Some(director_targets) = director.trusted().targets("targets") else {
-        return Err(tuf("director")(TufError::Repository(
-            "no targets after refresh".into(),
-        )));
-    };
-    let director_targets = director_targets.signed.clone();
-    let mut approved = Vec::new();
-    let assignments = director_assignments(&director_targets)?;
-    if let Some(unknown) = assignments.iter().find(|a| !ecus.contains_key(&a.serial)) {
-        return Err(UptaneError::UnknownEcu {
-            serial: unknown.serial.clone(),
-        });
-    }
-    for assignment in assignments {
-        let Assignment {
-            target,
-            file,
-            serial,
-            hardware,
-            release_counter: counter,
-        } = assignment;
-        let image_file = image
-            .target_info(target)
-            .map_err(tuf("image"))?
-            .ok_or_else(|| UptaneError::ImageNotFound {
-                target: target.to_string(),
-            })?;
-        let mismatch = |detail: String| UptaneError::ImageMismatch {
-            target: target.to_string(),
-            detail,
-        };
-        if file.length != image_file.length {
-            return Err(mismatch(format!(
-                "length {} in the director, {} in the image repository",
-                file.length, image_file.length
-            )));
-        }
-        for (algorithm, digest) in &file.hashes {
-            match image_file.hashes.get(algorithm) {
-                Some(other) if other.eq_ignore_ascii_case(digest) => {}
-                Some(other) => {
-                    return Err(mismatch(format!(
-                        "{algorithm} {digest} in the director, {other} in the image repository"
-                    )));
-                }
-                None => {
-                    return Err(mismatch(format!(
-                        "the image repository has no {algorithm} hash"
-                    )));
-                }
+    let (director, director_remote) = director.parts_mut();
+    let (image, image_remote) = image.parts_mut();
+    let mut verification = FullVerification::new(director, image, ecus);
+    loop {
+        match verification.next_step()? {
+            FullStep::Fetch {
+                repository,
+                request,
+            } => {
+                let response = match repository {
+                    Repository::Director => director_remote.fetch(&request.path, request.max_bytes),
+                    Repository::Image => image_remote.fetch(&request.path, request.max_bytes),
+                };
+                verification.handle_response(response)?;
             }
+            FullStep::Done(approved) => return Ok(approved),
         }
-        let image_custom = image_file.custom.clone().unwrap_or(Value::Null);
-        let hardware_ids: Vec<&str> = image_custom["hardware_ids"]
-            .as_array()
-            .map(|ids| ids.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let ecu = &ecus[&serial];
-        if !hardware_ids.contains(&ecu.hardware_id.as_str()) {
-            return Err(UptaneError::WrongHardware {
-                serial,
-                ecu: ecu.hardware_id.clone(),
-                source_of_claim: "image repository",
-                claimed: hardware_ids.join(", "),
-            });
-        }
-        let Some(image_counter) = image_custom["release_counter"].as_u64() else {
-            return Err(mismatch(
-                "the image repository gives no custom.release_counter".into(),
-            ));
-        };
-        if counter.is_some_and(|counter| counter != image_counter) {
-            return Err(mismatch(format!(
-                "release counter {counter:?} in the director, {image_counter} in the image repository"
-            )));
-        }
-        // The image repository's entry is the one approved: it carries the BLAKE3.
-        approved.push(approve(
-            target,
-            &image_file,
-            &serial,
-            &hardware,
-            image_counter,
-            ecu,
-        )?);
     }
-    Ok(approved)
 }
 
 /// What a secondary keeps for partial verification: the director's targets keys (from the
@@ -442,8 +624,8 @@ impl PartialVerifier {
         for assignment in director_assignments(&signed.signed)? {
             if assignment.serial == self.serial {
                 mine = Some(approve(
-                    assignment.target,
-                    assignment.file,
+                    &assignment.target,
+                    &assignment.file,
                     &assignment.serial,
                     &assignment.hardware,
                     assignment.release_counter.unwrap_or(0),

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use proto::tuf::{
-    FetchError, Limits, LocalStore, MemoryStore, Remote, Role, Root, Signed, Snapshot, Targets,
-    Time, Timestamp, TufError, Updater,
+    BlockingUpdater, FetchError, Limits, LocalStore, MemoryStore, Remote, Role, Root, Signed,
+    Snapshot, Targets, Time, Timestamp, TufError,
 };
 use serde_json::Value;
 
@@ -71,7 +71,7 @@ fn run_case(dir: &Path) -> Vec<String> {
     };
     let mut problems = Vec::new();
     let python_error = expected["python_tuf_error"].as_str();
-    let mut updater = Updater::new(remote, store, now, Limits::default()).unwrap();
+    let mut updater = BlockingUpdater::new(remote, store, now, Limits::default()).unwrap();
     let refresh = updater.refresh();
     let want_refresh = expected["refresh"].as_str().unwrap();
     match (&refresh, want_refresh) {
@@ -182,8 +182,8 @@ fn canonical_bytes_match_securesystemslib() {
     }
 }
 
-#[test]
-fn the_good_repository_fetches_consistent_snapshot_names_and_checks_custom_blake3() {
+/// The good repository: a client that trusts its first root, and the remote.
+fn good_repository() -> (MemoryStore, DirRemote) {
     let dir = tuf_dir().join("repo");
     let mut store = MemoryStore::default();
     store.0.insert(
@@ -194,8 +194,14 @@ fn the_good_repository_fetches_consistent_snapshot_names_and_checks_custom_blake
         root: dir.join("remote"),
         log: Vec::new(),
     };
+    (store, remote)
+}
+
+#[test]
+fn the_good_repository_fetches_consistent_snapshot_names_and_checks_custom_blake3() {
+    let (store, remote) = good_repository();
     let now = Time::parse("2026-01-01T00:00:00Z").unwrap();
-    let mut updater = Updater::new(remote, store, now, Limits::default()).unwrap();
+    let mut updater = BlockingUpdater::new(remote, store, now, Limits::default()).unwrap();
     updater.refresh().unwrap();
     let info = updater
         .target_info("ecu/brake-ecu-1.2.0.bin")
@@ -210,16 +216,72 @@ fn the_good_repository_fetches_consistent_snapshot_names_and_checks_custom_blake
     // A path outside every delegation is not searched for in the delegated role.
     assert!(updater.target_info("other/x.bin").unwrap().is_none());
     // After the expiry (2035), the same trusted root refuses to go on: a frozen repository.
-    let remote = DirRemote {
-        root: dir.join("remote"),
-        log: Vec::new(),
-    };
-    let mut store = MemoryStore::default();
-    store.0.insert(
-        "root".into(),
-        std::fs::read(dir.join("client/metadata/root.json")).unwrap(),
-    );
+    let (store, remote) = good_repository();
     let later = Time::parse("2035-01-01T00:00:00Z").unwrap();
-    let mut updater = Updater::new(remote, store, later, Limits::default()).unwrap();
+    let mut updater = BlockingUpdater::new(remote, store, later, Limits::default()).unwrap();
     assert!(matches!(updater.refresh(), Err(TufError::Expired { .. })));
+}
+
+#[test]
+fn the_push_style_updater_asks_for_each_file_in_the_workflow_order_and_checks_what_it_is_handed() {
+    use proto::tuf::{Operation, Request, Step, Updater};
+    let (store, mut remote) = good_repository();
+    let now = Time::parse("2026-01-01T00:00:00Z").unwrap();
+    let mut updater = Updater::new(store, now, Limits::default()).unwrap();
+    // Handed a response before it asked for anything, it refuses it.
+    let mut lookup = updater.target_info("ecu/brake-ecu-1.2.0.bin");
+    assert_eq!(
+        lookup.handle_response(Ok(Vec::new())),
+        Err(TufError::NotAsked)
+    );
+    // A lookup before any refresh refreshes first, asking for one file at a time and the same
+    // file again until it is handed over.
+    let mut asked: Vec<Request> = Vec::new();
+    let info = loop {
+        match lookup.next_step().unwrap() {
+            Step::Fetch(request) => {
+                assert_eq!(lookup.next_step().unwrap(), Step::Fetch(request.clone()));
+                let response = remote.fetch(&request.path, request.max_bytes);
+                lookup.handle_response(response).unwrap();
+                asked.push(request);
+            }
+            Step::Done(info) => break info.unwrap(),
+        }
+    };
+    let paths: Vec<&str> = asked.iter().map(|request| request.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "metadata/2.root.json",
+            "metadata/timestamp.json",
+            "metadata/1.snapshot.json",
+            "metadata/1.targets.json",
+            "metadata/1.ecu-firmware.json",
+        ]
+    );
+    assert_eq!(asked[0].max_bytes, Limits::default().root_bytes);
+    assert_eq!(asked[1].max_bytes, Limits::default().timestamp_bytes);
+    // A download asks for the consistent-snapshot name and refuses bytes that are not the target.
+    let mut download = updater.download_target("ecu/brake-ecu-1.2.0.bin", &info);
+    let Step::Fetch(request) = download.next_step().unwrap() else {
+        panic!("a download asks for the target");
+    };
+    assert!(request.path.starts_with("targets/ecu/"), "{}", request.path);
+    assert_eq!(request.max_bytes, info.length);
+    let wrong = vec![0u8; usize::try_from(info.length).unwrap()];
+    assert!(matches!(
+        download.handle_response(Ok(wrong)),
+        Err(TufError::LengthOrHashMismatch { .. })
+    ));
+    let too_long = vec![0u8; usize::try_from(info.length + 1).unwrap()];
+    assert!(matches!(
+        download.handle_response(Ok(too_long)),
+        Err(TufError::DownloadLength { .. })
+    ));
+    let right = remote.fetch(&request.path, request.max_bytes);
+    download.handle_response(right).unwrap();
+    let Step::Done(data) = download.next_step().unwrap() else {
+        panic!("a checked download is done");
+    };
+    assert_eq!(data.len() as u64, info.length);
 }

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::SigningKey;
 use proto::tuf::build::{self, DelegationSpec, RoleSpec};
-use proto::tuf::{FetchError, Key, Limits, MemoryStore, Remote, RoleKeys, Time, TufError, Updater};
+use proto::tuf::{
+    BlockingUpdater, FetchError, Key, Limits, MemoryStore, Remote, RoleKeys, Time, TufError,
+};
 use proto::uptane::{
     EcuState, EcuVersionReport, PartialVerifier, UptaneError, sign_ecu_report,
     sign_vehicle_manifest, verify_full, verify_vehicle_manifest,
@@ -149,12 +151,12 @@ impl Repo {
         );
     }
 
-    fn updater(&self) -> Updater<MemRemote, MemoryStore> {
+    fn updater(&self) -> BlockingUpdater<MemRemote, MemoryStore> {
         let mut store = MemoryStore::default();
         store
             .0
             .insert("root".into(), self.remote.0["metadata/1.root.json"].clone());
-        Updater::new(self.remote.clone(), store, now(), Limits::default()).unwrap()
+        BlockingUpdater::new(self.remote.clone(), store, now(), Limits::default()).unwrap()
     }
 }
 

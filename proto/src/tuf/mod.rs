@@ -8,14 +8,17 @@
 //!   that name the file and field.
 //! - [`TrustedSet`]: the metadata a client trusts, and the rules for replacing each piece
 //!   (python-tuf's `TrustedMetadataSet`, the reference implementation's reading of the spec).
-//! - [`Updater`]: the client workflow of the TUF specification (section 5) over two small
-//!   traits, [`Remote`] for the repository (HTTP, a mesh peer, a directory) and [`LocalStore`]
-//!   for trusted metadata on disk. No I/O of its own, so the vehicle, the conformance client and
-//!   the tests run the same code.
+//! - [`Updater`]: the client workflow of the TUF specification (section 5), push-style: each
+//!   operation says which file it needs next and checks what it is handed ([`Operation`]), and
+//!   trusted metadata is kept through the small [`LocalStore`] trait. No I/O of its own, so the
+//!   vehicle (fetching over the mesh with `async`), the conformance client and the tests run
+//!   the same code.
+//! - [`blocking`]: drives those operations from a blocking [`Remote`] (HTTP, a directory).
 //!
 //! Tested against the repository and the 21 attack and rotation cases python-tuf made
 //! (`../shared/vectors/tuf`, see `proto/tests/tuf_vectors.rs`).
 
+pub mod blocking;
 pub mod build;
 pub mod canonical;
 pub mod metadata;
@@ -23,6 +26,7 @@ mod time;
 mod trusted;
 mod updater;
 
+pub use blocking::{BlockingUpdater, Remote};
 pub use metadata::{
     DelegatedRole, Delegations, Key, MetaFile, Role, RoleKeys, Root, Signed, Snapshot, TargetFile,
     Targets, Timestamp,
@@ -30,8 +34,10 @@ pub use metadata::{
 pub use time::{Time, TimeError};
 pub use trusted::TrustedSet;
 pub use updater::{
-    FetchError, Freshness, Limits, LocalStore, MemoryStore, Remote, Updater, freshness,
+    FetchError, Freshness, Limits, LocalStore, MemoryStore, Operation, Refresh, Request, Response,
+    Step, TargetDownload, TargetLookup, TargetNames, Updater, freshness,
 };
+pub(crate) use updater::{Lookup, Machine, RefreshMachine, Walk};
 
 /// Why metadata or a target was not trusted. Each variant names the role or file concerned;
 /// the names follow python-tuf's exception classes, so that a case in the vectors can be matched
@@ -114,6 +120,10 @@ pub enum TufError {
     /// delegation that does not exist, a snapshot that drops a role).
     #[error("{0}")]
     Repository(String),
+    /// A response was handed to an operation that asked for no file: its driver broke the
+    /// [`Operation`] protocol.
+    #[error("a response was handed over with no file asked for")]
+    NotAsked,
     /// Storing trusted metadata locally failed.
     #[error("storing {file}: {detail}")]
     Store {

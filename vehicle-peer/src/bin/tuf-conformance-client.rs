@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use proto::tuf::{Limits, LocalStore, Time, TrustedSet, Updater};
+use proto::tuf::{BlockingUpdater, Limits, LocalStore, Time, TrustedSet};
 use vehicle_peer::tuf_files::{DirStore, HttpRemote, quote, write_durably};
 
 /// How long one HTTP request may take.
@@ -98,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Refresh => {
             let remote = HttpRemote::new(metadata_url()?, None, REQUEST_TIMEOUT);
-            let mut updater = Updater::new(remote, store, now(), Limits::default())?;
+            let mut updater = BlockingUpdater::new(remote, store, now(), Limits::default())?;
             updater.refresh()?;
         }
         Command::Download => {
@@ -115,7 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_ref()
                 .context("--target-dir is required")?;
             let remote = HttpRemote::new(metadata_url()?, Some(base), REQUEST_TIMEOUT);
-            let mut updater = Updater::new(remote, store, now(), Limits::default())?;
+            let mut updater = BlockingUpdater::new(remote, store, now(), Limits::default())?;
             updater.refresh()?;
             let info = updater
                 .target_info(name)?
