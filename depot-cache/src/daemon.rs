@@ -187,7 +187,6 @@ async fn prefetch_loop(
     hub: EventHub,
     state: Arc<State>,
 ) {
-    let handle = tokio::runtime::Handle::current();
     loop {
         let now = unix_now();
         if let Err(opens) = backhaul_open(&prefetch, now) {
@@ -211,20 +210,7 @@ async fn prefetch_loop(
                 rate_limit: prefetch.rate_limit,
             };
             let mut events = hub.subscribe();
-            let (net, store, handle) = (net.clone(), state.store.clone(), handle.clone());
-            let result = tokio::task::spawn_blocking(move || {
-                // The main thread drives the runtime; this blocking thread waits through it.
-                prefetch_with(
-                    node::runtime::BlockOn::Handle(&handle),
-                    &request,
-                    &net,
-                    &mut events,
-                    &store,
-                )
-            })
-            .await
-            .map_err(|error| anyhow::anyhow!("the prefetch task failed: {error}"))
-            .and_then(|result| result);
+            let result = prefetch_with(&request, &net, &mut events, &state.store).await;
             state.store.flush_usage().ok();
             let mut status = lock(&state.prefetch);
             match result {

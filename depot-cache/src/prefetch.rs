@@ -16,8 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use libp2p::Multiaddr;
 use node::cache::footprint;
-use node::runtime::BlockOn;
-use node::tuf_mesh::{system_now, trusted_store};
+use node::tuf_mesh::{MeshRemote, MeshUpdater, system_now, trusted_store};
 use proto::tuf::{Role, Time};
 
 /// One prefetch.
@@ -59,23 +58,15 @@ pub fn prefetch(
         ..
     } = node::runtime::open_node(runtime, &request.data_dir, Vec::new(), false)
         .map_err(anyhow::Error::msg)?;
-    let result = prefetch_with(
-        BlockOn::Runtime(runtime),
-        request,
-        &net,
-        &mut events,
-        &store,
-    );
+    let result = runtime.block_on(prefetch_with(request, &net, &mut events, &store));
     store.flush_usage().ok();
     runtime.block_on(net.shutdown());
     result
 }
 
 /// One prefetch with a node that is already running (the daemon's, which keeps serving the
-/// yard meanwhile): `events` must be a feed of its network events of its own. Blocks on
-/// through `runtime` (see [`BlockOn`]): call it from a plain thread or `spawn_blocking`.
-pub fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
-    runtime: BlockOn<'_>,
+/// yard meanwhile): `events` must be a feed of its network events of its own.
+pub async fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
     request: &PrefetchRequest,
     net: &node::net::NetHandle,
     events: &mut node::net::NetEvents,
@@ -95,26 +86,24 @@ pub fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
         Some(now) => now,
         None => system_now().map_err(anyhow::Error::msg)?,
     };
-    let mut updater = node::tuf_mesh::mesh_updater(
-        runtime,
-        net,
-        store,
-        &request.upstream,
+    let remote = MeshRemote::new(
+        net.clone(),
+        store.clone(),
+        request.upstream.clone(),
         &request.repository,
-        // The upstream only: the depot's other peers are its vehicles.
-        node::named::Ask::ListedOnly,
         request.metadata_timeout,
-        local,
-        now,
     )
-    .context("loading the trusted root")?;
+    // The upstream only: the depot's other peers are its vehicles.
+    .asking(node::named::Ask::ListedOnly);
+    let mut updater = MeshUpdater::new(remote, local, now).context("loading the trusted root")?;
     updater
         .refresh()
+        .await
         .with_context(|| format!("refreshing {:?} from upstream", request.repository))?;
     // Every role's targets (delegations included), each checked against the delegations' paths.
     let mut targets = Vec::new();
-    for name in updater.target_names()? {
-        if let Some(info) = updater.target_info(&name)? {
+    for name in updater.target_names().await? {
+        if let Some(info) = updater.target_info(&name).await? {
             let Some(blob) = info.blake3() else {
                 tracing::warn!(target = %name, "no BLAKE3 in its signed metadata: not prefetched");
                 continue;
@@ -171,14 +160,8 @@ pub fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
         options.peers = request.upstream.clone();
         options.stall_timeout = request.stall_timeout;
         options.rate_limit = rate_limit.clone();
-        let report = runtime
-            .block_on(node::fetch::fetch(
-                net,
-                events,
-                store.clone(),
-                options,
-                |_| {},
-            ))
+        let report = node::fetch::fetch(net, events, store.clone(), options, |_| {})
+            .await
             .with_context(|| format!("fetching target {name:?} ({blob})"))?;
         upstream_bytes += report.bytes_fetched;
         fetched.push(serde_json::json!({"target": name, "blob": blob.to_string(), "length": length, "bytes": report.bytes_fetched}));

@@ -8,31 +8,6 @@ use libp2p::Multiaddr;
 
 use crate::net::{IncomingStreams, NetEvents, NetHandle};
 
-/// How synchronous code (the TUF client, a prefetch run) waits on the node's async work.
-///
-/// A current-thread runtime moves its sockets and timers only inside `Runtime::block_on`, so
-/// the thread that owns it must wait through the runtime itself; waiting through a `Handle`
-/// works only while some other thread is inside `Runtime::block_on` (a daemon's main thread,
-/// with the wait in `spawn_blocking`). Waiting through a `Handle` alone on a one-thread
-/// runtime hangs: nothing drives the network.
-#[derive(Clone, Copy, Debug)]
-pub enum BlockOn<'a> {
-    /// This thread owns the runtime (a one-shot command such as `get` or `prefetch`).
-    Runtime(&'a tokio::runtime::Runtime),
-    /// The runtime is driven elsewhere (a daemon); this is a blocking thread beside it.
-    Handle(&'a tokio::runtime::Handle),
-}
-
-impl BlockOn<'_> {
-    /// Runs `future` to completion, blocking this thread.
-    pub fn block_on<F: std::future::Future>(self, future: F) -> F::Output {
-        match self {
-            Self::Runtime(runtime) => runtime.block_on(future),
-            Self::Handle(handle) => handle.block_on(future),
-        }
-    }
-}
-
 /// A node opened from its data directory, as the one-shot commands (`get`, `prefetch`) use it:
 /// its blob store, and its network started with its own identity.
 #[derive(Debug)]

@@ -1,19 +1,24 @@
 //! TUF over the mesh, for every role that keeps trusted metadata: vehicles refresh from their
 //! depot, depots from their upstream. Metadata files travel by name (`<repository>/metadata/
 //! <file>`) and are checked by [`proto::tuf::Updater`] exactly as if they came from the origin;
-//! trusted metadata is kept on disk with [`DirStore`].
+//! trusted metadata is kept on disk with [`DirStore`]. The updater is push-style, so the fetches
+//! are plain `async` ([`MeshUpdater`]): no thread blocks on the network.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
-use proto::tuf::{self, FetchError, LocalStore, Remote, Time};
+use proto::tuf::{
+    self, FetchError, LocalStore, Operation, Request, Response, Step, TargetFile, Time, TufError,
+    Updater,
+};
+use proto::uptane::{ApprovedImage, EcuState, FullStep, FullVerification, Repository, UptaneError};
 
 use crate::named::{Ask, NamedFetch, NamedFetchError, fetch_named};
 use crate::net::NetHandle;
-use crate::runtime::BlockOn;
 use crate::storage::{Index, Storage};
 use crate::store::BlobStore;
 
@@ -110,13 +115,10 @@ pub fn system_now() -> Result<Time, String> {
 }
 
 /// Metadata fetched by name over the mesh: `<repository>/metadata/<file>`, from the given peers
-/// in order, then any connected peer.
-///
-/// [`Remote::fetch`] is synchronous (the verifier is), so each fetch blocks (see [`BlockOn`])
-/// until the file has arrived: call it from outside the runtime's async code.
+/// in order, then any connected peer. Each fetch is `async`: the updater it feeds does no I/O
+/// ([`proto::tuf::Operation`]), so nothing here blocks a thread.
 #[derive(Debug)]
-pub struct MeshRemote<'a, S: Storage, I: Index> {
-    runtime: BlockOn<'a>,
+pub struct MeshRemote<S: Storage, I: Index> {
     net: NetHandle,
     store: Arc<BlobStore<S, I>>,
     peers: Vec<Multiaddr>,
@@ -127,11 +129,10 @@ pub struct MeshRemote<'a, S: Storage, I: Index> {
     pub fetched: Vec<(String, Vec<u8>)>,
 }
 
-impl<'a, S: Storage, I: Index> MeshRemote<'a, S, I> {
+impl<S: Storage, I: Index> MeshRemote<S, I> {
     /// Files of `repository` (`image`, `director/<vin>`) from `peers` and connected peers, each
     /// within `timeout`.
     pub fn new(
-        runtime: BlockOn<'a>,
         net: NetHandle,
         store: Arc<BlobStore<S, I>>,
         peers: Vec<Multiaddr>,
@@ -139,7 +140,6 @@ impl<'a, S: Storage, I: Index> MeshRemote<'a, S, I> {
         timeout: Duration,
     ) -> Self {
         Self {
-            runtime,
             net,
             store,
             peers,
@@ -156,52 +156,19 @@ impl<'a, S: Storage, I: Index> MeshRemote<'a, S, I> {
         self.ask = ask;
         self
     }
-}
 
-/// A TUF client for `repository` that starts from the trusted metadata in `local` and refreshes
-/// it over the mesh from `peers` (then, with [`Ask::ListedThenConnected`], any connected peer),
-/// each file within `timeout`; the
-/// vehicle's `get` and the depot's prefetch both start here. Blocks through `runtime` when it
-/// fetches: see [`BlockOn`].
-#[allow(clippy::too_many_arguments)]
-pub fn mesh_updater<'a, S: Storage, I: Index>(
-    runtime: BlockOn<'a>,
-    net: &NetHandle,
-    store: &Arc<BlobStore<S, I>>,
-    peers: &[Multiaddr],
-    repository: &str,
-    ask: Ask,
-    timeout: Duration,
-    local: DirStore,
-    now: Time,
-) -> Result<tuf::BlockingUpdater<MeshRemote<'a, S, I>, DirStore>, tuf::TufError> {
-    let remote = MeshRemote::new(
-        runtime,
-        net.clone(),
-        store.clone(),
-        peers.to_vec(),
-        repository,
-        timeout,
-    )
-    .asking(ask);
-    tuf::BlockingUpdater::new(remote, local, now, tuf::Limits::default())
-}
-
-impl<S: Storage, I: Index> Remote for MeshRemote<'_, S, I> {
-    fn fetch(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
-        let request = NamedFetch {
-            name: format!("{}/{path}", self.repository),
+    /// The file `request` names, by name over the mesh, at most `request.max_bytes` long.
+    pub async fn fetch(&mut self, request: &Request) -> Response {
+        let named = NamedFetch {
+            name: format!("{}/{}", self.repository, request.path),
             peers: self.peers.clone(),
             ask: self.ask,
-            max_bytes,
+            max_bytes: request.max_bytes,
             timeout: self.timeout,
         };
-        let result = self
-            .runtime
-            .block_on(fetch_named(&self.net, self.store.clone(), &request));
-        match result {
+        match fetch_named(&self.net, self.store.clone(), &named).await {
             Ok((_, bytes)) => {
-                self.fetched.push((request.name, bytes.clone()));
+                self.fetched.push((named.name, bytes.clone()));
                 Ok(bytes)
             }
             Err(NamedFetchError::TooLong { .. }) => Err(FetchError::TooLong),
@@ -212,6 +179,95 @@ impl<S: Storage, I: Index> Remote for MeshRemote<'_, S, I> {
             }
             Err(other) => Err(FetchError::Other(other.to_string())),
         }
+    }
+
+    /// Runs `operation` to the end, fetching each file it asks for over the mesh.
+    pub async fn run<O: Operation>(&mut self, mut operation: O) -> Result<O::Output, TufError> {
+        loop {
+            match operation.next_step()? {
+                Step::Fetch(request) => {
+                    let response = self.fetch(&request).await;
+                    operation.handle_response(response)?;
+                }
+                Step::Done(output) => return Ok(output),
+            }
+        }
+    }
+}
+
+/// A TUF client of one repository over the mesh: the trusted metadata in a [`DirStore`], checked
+/// by the push-style [`Updater`], fed by a [`MeshRemote`]. The vehicle's `get` and check, and the
+/// depot's prefetch, all start here.
+#[derive(Debug)]
+pub struct MeshUpdater<S: Storage, I: Index> {
+    updater: Updater<DirStore>,
+    remote: MeshRemote<S, I>,
+}
+
+impl<S: Storage, I: Index> MeshUpdater<S, I> {
+    /// Starts from the trusted metadata in `local` (its root must be there), refreshing through
+    /// `remote`.
+    pub fn new(remote: MeshRemote<S, I>, local: DirStore, now: Time) -> Result<Self, TufError> {
+        Ok(Self {
+            updater: Updater::new(local, now, tuf::Limits::default())?,
+            remote,
+        })
+    }
+
+    /// See [`Updater::refresh`].
+    pub async fn refresh(&mut self) -> Result<(), TufError> {
+        self.remote.run(self.updater.refresh()).await
+    }
+
+    /// See [`Updater::target_info`].
+    pub async fn target_info(&mut self, target_path: &str) -> Result<Option<TargetFile>, TufError> {
+        self.remote.run(self.updater.target_info(target_path)).await
+    }
+
+    /// See [`Updater::target_names`].
+    pub async fn target_names(&mut self) -> Result<BTreeSet<String>, TufError> {
+        self.remote.run(self.updater.target_names()).await
+    }
+
+    /// What is trusted now.
+    pub fn trusted(&self) -> &tuf::TrustedSet {
+        self.updater.trusted()
+    }
+
+    /// The trusted metadata on disk.
+    pub fn local(&self) -> &DirStore {
+        self.updater.local()
+    }
+
+    /// The transport, e.g. to see what it fetched.
+    pub fn remote(&self) -> &MeshRemote<S, I> {
+        &self.remote
+    }
+}
+
+/// Uptane's full verification ([`FullVerification`]) of `ecus` against the director's and the
+/// image repository, each fetched over the mesh.
+pub async fn verify_full<S: Storage, I: Index>(
+    director: &mut MeshUpdater<S, I>,
+    image: &mut MeshUpdater<S, I>,
+    ecus: &BTreeMap<String, EcuState>,
+) -> Result<Vec<ApprovedImage>, UptaneError> {
+    let (director_remote, image_remote) = (&mut director.remote, &mut image.remote);
+    let mut verification = FullVerification::new(&mut director.updater, &mut image.updater, ecus);
+    loop {
+        let (repository, request) = match verification.next_step()? {
+            FullStep::Done(approved) => return Ok(approved),
+            FullStep::Fetch {
+                repository,
+                request,
+            } => (repository, request),
+        };
+        let remote = if repository == Repository::Director {
+            &mut *director_remote
+        } else {
+            &mut *image_remote
+        };
+        verification.handle_response(remote.fetch(&request).await)?;
     }
 }
 

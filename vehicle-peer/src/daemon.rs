@@ -36,10 +36,10 @@ use node::fetch::{FetchError, FetchOptions};
 use node::net::{EventHub, NetHandle};
 use node::policy::{Decision, Link, LinkClass, LinkPolicy, Priority, Usage};
 use node::ratelimit::RateLimit;
-use node::runtime::BlockOn;
 use node::serve::ServeCounters;
 use node::storage::{Index, SledIndex};
 use node::store::DiskStore;
+use node::tuf_mesh::{MeshRemote, MeshUpdater};
 use proto::BlobId;
 use proto::custom::{DirectorCustom, ImageCustom};
 use proto::director_api::{InstallOutcome, InstallReport};
@@ -644,6 +644,21 @@ impl Daemon {
         Ok(step)
     }
 
+    /// The files of `repository` over the mesh: from the configured peers, then any connected.
+    fn mesh_remote(
+        &self,
+        repository: &str,
+    ) -> MeshRemote<node::storage::DiskStorage, node::storage::SledIndex> {
+        MeshRemote::new(
+            self.net.clone(),
+            self.store.clone(),
+            self.config.peers.clone(),
+            repository,
+            self.config.metadata_timeout,
+        )
+        .asking(node::named::Ask::ListedThenConnected)
+    }
+
     #[allow(clippy::too_many_lines)]
     fn check_link(&mut self, link: Link, now: u64) -> anyhow::Result<Step> {
         if let Decision::Wait { retry_at, reason } =
@@ -661,43 +676,23 @@ impl Daemon {
 
         // 2. Metadata, verified the Uptane way.
         let (approved, director_version, urgency, metadata_bytes, deltas) = {
-            let block_on = BlockOn::Runtime(&self.runtime);
             let local = node::tuf_mesh::trusted_store(
                 &data_dir,
                 &director_repository,
                 self.config.director_root.as_deref(),
             )
             .map_err(anyhow::Error::msg)?;
-            let mut director = node::tuf_mesh::mesh_updater(
-                block_on,
-                &self.net,
-                &self.store,
-                &self.config.peers,
-                &director_repository,
-                node::named::Ask::ListedThenConnected,
-                self.config.metadata_timeout,
-                local,
-                time,
-            )
-            .context("loading the director's trusted root")?;
+            let mut director =
+                MeshUpdater::new(self.mesh_remote(&director_repository), local, time)
+                    .context("loading the director's trusted root")?;
             let local = node::tuf_mesh::trusted_store(
                 &data_dir,
                 "image",
                 self.config.image_root.as_deref(),
             )
             .map_err(anyhow::Error::msg)?;
-            let mut image = node::tuf_mesh::mesh_updater(
-                block_on,
-                &self.net,
-                &self.store,
-                &self.config.peers,
-                "image",
-                node::named::Ask::ListedThenConnected,
-                self.config.metadata_timeout,
-                local,
-                time,
-            )
-            .context("loading the image repository's trusted root")?;
+            let mut image = MeshUpdater::new(self.mesh_remote("image"), local, time)
+                .context("loading the image repository's trusted root")?;
             let mut states = BTreeMap::new();
             for ecu in &self.ecus {
                 let installed = running_image(ecu, &self.journal)?
@@ -710,7 +705,11 @@ impl Daemon {
                     },
                 );
             }
-            let verified = proto::uptane::verify_full(&mut director, &mut image, &states);
+            let verified = self.runtime.block_on(node::tuf_mesh::verify_full(
+                &mut director,
+                &mut image,
+                &states,
+            ));
             let metadata_bytes: u64 = director
                 .remote()
                 .fetched
@@ -746,12 +745,13 @@ impl Daemon {
             let mut deltas: BTreeMap<String, BTreeMap<String, (BlobId, u64, String)>> =
                 BTreeMap::new();
             for a in &approved {
-                let Some(info) = image.target_info(a.target())? else {
+                let Some(info) = self.runtime.block_on(image.target_info(a.target()))? else {
                     continue;
                 };
                 for (from, delta) in ImageCustom::of(a.target(), &info)?.deltas {
-                    let source_sha = image
-                        .target_info(&from)?
+                    let source_sha = self
+                        .runtime
+                        .block_on(image.target_info(&from))?
                         .and_then(|i| i.hashes.get("sha256").cloned());
                     if let Some(sha) = source_sha {
                         deltas

@@ -20,7 +20,7 @@ use proto::tuf::{self, Freshness, LocalStore, Role, Time, TufError};
 
 use crate::tuf_files::DirStore;
 
-pub use node::tuf_mesh::MeshRemote;
+pub use node::tuf_mesh::{MeshRemote, MeshUpdater};
 
 /// Starts a vehicle's trusted metadata for `repository` in `data_dir` from `root` when it has
 /// none (a vehicle ships with its first root; later roots come by rotation). Returns the store.
@@ -153,19 +153,16 @@ fn refresh_and_fetch<S: Storage, I: Index>(
         Some(now) => now,
         None => system_now()?,
     };
-    let mut updater = node::tuf_mesh::mesh_updater(
-        node::runtime::BlockOn::Runtime(runtime),
-        net,
-        store,
-        &request.peers,
+    let remote = MeshRemote::new(
+        net.clone(),
+        store.clone(),
+        request.peers.clone(),
         &request.repository,
-        node::named::Ask::ListedThenConnected,
         request.metadata_timeout,
-        local,
-        now,
     )
-    .context("loading the trusted root")?;
-    if let Err(error) = updater.refresh() {
+    .asking(node::named::Ask::ListedThenConnected);
+    let mut updater = MeshUpdater::new(remote, local, now).context("loading the trusted root")?;
+    if let Err(error) = runtime.block_on(updater.refresh()) {
         return Err(explain_refresh_failure(error, updater.local(), now));
     }
     let trusted = updater.trusted();
@@ -175,8 +172,8 @@ fn refresh_and_fetch<S: Storage, I: Index>(
         "snapshot": trusted.snapshot().map(|s| s.signed.version()),
         "targets": trusted.targets("targets").map(|t| t.signed.version()),
     });
-    let info = updater
-        .target_info(&request.target)
+    let info = runtime
+        .block_on(updater.target_info(&request.target))
         .with_context(|| format!("looking up target {:?}", request.target))?
         .ok_or_else(|| {
             anyhow::anyhow!(
