@@ -59,18 +59,23 @@ impl LinkClass {
     }
 }
 
-impl std::str::FromStr for LinkClass {
-    type Err = String;
+/// Why a link class name was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseLinkClassError {
+    /// None of the four names.
+    #[error("link class {0:?} must be yard-wifi, other-wifi, cellular or cellular-roaming")]
+    Unknown(String),
+}
 
-    fn from_str(text: &str) -> Result<Self, String> {
+impl std::str::FromStr for LinkClass {
+    type Err = ParseLinkClassError;
+
+    fn from_str(text: &str) -> Result<Self, ParseLinkClassError> {
         Self::ALL
             .into_iter()
             .find(|c| c.name() == text)
-            .ok_or_else(|| {
-                format!(
-                    "link class {text:?} must be yard-wifi, other-wifi, cellular or cellular-roaming"
-                )
-            })
+            .ok_or_else(|| ParseLinkClassError::Unknown(text.to_string()))
     }
 }
 
@@ -85,9 +90,24 @@ pub struct Window {
     pub end: u16,
 }
 
+/// Why a time window was refused ([`Window::parse`]); each names the text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WindowError {
+    /// No `-` between two times.
+    #[error("window {0:?} is not HH:MM-HH:MM")]
+    NoRange(String),
+    /// A time that is not a time of day.
+    #[error("window {0:?} is not HH:MM-HH:MM (00:00 to 23:59)")]
+    BadTime(String),
+    /// It starts where it ends.
+    #[error("window {0:?} is empty")]
+    Empty(String),
+}
+
 impl Window {
     /// Parses `HH:MM-HH:MM`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, WindowError> {
         let minute = |t: &str| -> Option<u16> {
             let (h, m) = t.trim().split_once(':')?;
             let (h, m) = (h.parse::<u16>().ok()?, m.parse::<u16>().ok()?);
@@ -95,14 +115,12 @@ impl Window {
         };
         let (a, b) = text
             .split_once('-')
-            .ok_or_else(|| format!("window {text:?} is not HH:MM-HH:MM"))?;
+            .ok_or_else(|| WindowError::NoRange(text.to_string()))?;
         let (Some(start), Some(end)) = (minute(a), minute(b)) else {
-            return Err(format!(
-                "window {text:?} is not HH:MM-HH:MM (00:00 to 23:59)"
-            ));
+            return Err(WindowError::BadTime(text.to_string()));
         };
         if start == end {
-            return Err(format!("window {text:?} is empty"));
+            return Err(WindowError::Empty(text.to_string()));
         }
         Ok(Self { start, end })
     }
@@ -646,7 +664,7 @@ mod tests {
             "10:00-10:00",
             "10:00",
         ] {
-            let error = Window::parse(bad).unwrap_err();
+            let error = Window::parse(bad).unwrap_err().to_string();
             assert!(error.contains("window"), "{bad}: {error}");
         }
     }

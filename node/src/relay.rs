@@ -77,8 +77,20 @@ impl std::fmt::Debug for ReportQueue {
     }
 }
 
+/// Why a report is not a vehicle's signed manifest ([`vehicle_of`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// It does not parse as one (the parser's words).
+    #[error("not a signed vehicle manifest ({0})")]
+    NotAManifest(String),
+    /// Its vehicle id is not one.
+    #[error(transparent)]
+    VehicleId(#[from] proto::IdError),
+}
+
 /// The vehicle a manifest names, checked enough to be used in the director's URL.
-pub fn vehicle_of(manifest: &[u8]) -> Result<String, String> {
+pub fn vehicle_of(manifest: &[u8]) -> Result<String, ManifestError> {
     #[derive(serde::Deserialize)]
     struct Signed {
         vin: String,
@@ -88,7 +100,7 @@ pub fn vehicle_of(manifest: &[u8]) -> Result<String, String> {
         signed: Signed,
     }
     let envelope: Envelope = serde_json::from_slice(manifest)
-        .map_err(|error| format!("not a signed vehicle manifest ({error})"))?;
+        .map_err(|error| ManifestError::NotAManifest(error.to_string()))?;
     crate::text::check_vehicle_id(&envelope.signed.vin)?;
     Ok(envelope.signed.vin)
 }
@@ -150,7 +162,7 @@ impl ReportQueue {
                 Err(error) => return Err(error),
             };
             let vin = if BlobId::of(&manifest) == digest {
-                vehicle_of(&manifest)
+                vehicle_of(&manifest).map_err(|error| error.to_string())
             } else {
                 Err("its bytes no longer match its name".into())
             };
@@ -212,7 +224,7 @@ fn parse_name(name: &str) -> Option<(u64, BlobId)> {
 impl ReportInbox for ReportQueue {
     fn take(&self, from: &PeerId, manifest: &[u8]) -> Result<BlobId, Refusal> {
         let refuse = |code, detail: String| Refusal { code, detail };
-        let vin = vehicle_of(manifest).map_err(|e| refuse(ErrorCode::BadRequest, e))?;
+        let vin = vehicle_of(manifest).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
         let digest = BlobId::of(manifest);
         // Held across the write: two copies of the same report cannot both be queued, and the
         // sequence numbers follow the order reports were taken in.
@@ -250,6 +262,38 @@ impl ReportInbox for ReportQueue {
 /// Tries a relay again after it reset the stream (a burst of new streams), this many times.
 const RESET_RETRIES: u32 = 4;
 
+/// Why no relay took a report ([`send_report`]); each names what every relay tried did.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendReportError {
+    /// No relay was given.
+    #[error("no relay is configured")]
+    NoRelay,
+    /// Every relay was unreachable or refused.
+    #[error("no relay took the report: {}", tried.join("; "))]
+    Refused {
+        /// Per relay, what happened.
+        tried: Vec<String>,
+    },
+    /// Time ran out.
+    #[error("no relay took the report within {} s{}", timeout.as_secs_f64(), listed(tried))]
+    TimedOut {
+        /// The time allowed.
+        timeout: Duration,
+        /// Per relay tried by then, what happened.
+        tried: Vec<String>,
+    },
+}
+
+/// `tried` after a colon, or nothing.
+fn listed(tried: &[String]) -> String {
+    if tried.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", tried.join("; "))
+    }
+}
+
 /// Hands `manifest` to the first of `relays` (addresses with `/p2p/`, in order) that takes it,
 /// all within `timeout`. Returns the peer that took it, or what each one did.
 pub async fn send_report(
@@ -257,7 +301,7 @@ pub async fn send_report(
     relays: &[Multiaddr],
     manifest: &[u8],
     timeout: Duration,
-) -> Result<PeerId, String> {
+) -> Result<PeerId, SendReportError> {
     let mut tried = Vec::new();
     let attempt = async {
         for addr in relays {
@@ -293,17 +337,9 @@ pub async fn send_report(
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Some(peer)) => Ok(peer),
-        Ok(None) if relays.is_empty() => Err("no relay is configured".into()),
-        Ok(None) => Err(format!("no relay took the report: {}", tried.join("; "))),
-        Err(_) => Err(format!(
-            "no relay took the report within {} s{}",
-            timeout.as_secs_f64(),
-            if tried.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", tried.join("; "))
-            }
-        )),
+        Ok(None) if relays.is_empty() => Err(SendReportError::NoRelay),
+        Ok(None) => Err(SendReportError::Refused { tried }),
+        Err(_) => Err(SendReportError::TimedOut { timeout, tried }),
     }
 }
 

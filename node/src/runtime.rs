@@ -2,11 +2,13 @@
 //! directory (store, identity, network) for the one-shot commands. Serving is [`crate::serve`],
 //! fetching [`crate::fetch`].
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use libp2p::Multiaddr;
 
-use crate::net::{IncomingStreams, NetEvents, NetHandle};
+use crate::net::{IncomingStreams, NetError, NetEvents, NetHandle};
+use crate::store::StoreError;
 
 /// A node opened from its data directory, as the one-shot commands (`get`, `prefetch`) use it:
 /// its blob store, and its network started with its own identity.
@@ -22,19 +24,45 @@ pub struct OpenedNode {
     pub incoming: IncomingStreams,
 }
 
+/// Why a node could not be opened ([`open_node`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenNodeError {
+    /// The blob store in the data directory.
+    #[error("opening the store in {}: {source}", dir.display())]
+    Store {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// The node's identity in the data directory.
+    #[error("loading the identity in {}: {source}", dir.display())]
+    Identity {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The network.
+    #[error("starting the network: {0}")]
+    Network(#[source] NetError),
+}
+
 /// Opens the store and identity in `data_dir` and starts the network listening on `listen`
 /// (with mDNS when `mdns`). Errors name the directory and the step. Call from outside
 /// `runtime`.
 pub fn open_node(
     runtime: &tokio::runtime::Runtime,
-    data_dir: &std::path::Path,
+    data_dir: &Path,
     listen: Vec<Multiaddr>,
     mdns: bool,
-) -> Result<OpenedNode, String> {
+) -> Result<OpenedNode, OpenNodeError> {
+    let dir = || data_dir.to_path_buf();
     let (store, _) = crate::store::open_data_dir(data_dir)
-        .map_err(|e| format!("opening the store in {}: {e}", data_dir.display()))?;
+        .map_err(|source| OpenNodeError::Store { dir: dir(), source })?;
     let keypair = crate::identity::load_or_create(data_dir)
-        .map_err(|e| format!("loading the identity in {}: {e}", data_dir.display()))?;
+        .map_err(|source| OpenNodeError::Identity { dir: dir(), source })?;
     let (net, events, incoming) = runtime
         .block_on(crate::net::start(crate::net::NetConfig {
             keypair: Some(keypair),
@@ -42,7 +70,7 @@ pub fn open_node(
             mdns,
             ..crate::net::NetConfig::default()
         }))
-        .map_err(|e| format!("starting the network: {e}"))?;
+        .map_err(OpenNodeError::Network)?;
     Ok(OpenedNode {
         store: Arc::new(store),
         net,

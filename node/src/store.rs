@@ -273,7 +273,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             }
             let parsed = <[u8; 32]>::try_from(key.as_slice())
                 .map(BlobId::from_bytes)
-                .map_err(|_| "key is not a blob id".to_owned())
+                .map_err(|_| RecordError::Key)
                 .and_then(|id| Record::decode(&value).map(|record| (id, record)));
             let (id, record) = match parsed {
                 Ok(parsed) => parsed,
@@ -1012,21 +1012,61 @@ fn name_key(name: &str) -> Vec<u8> {
     key
 }
 
+/// Why a name record in the index could not be read (it is dropped at open).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NameRecordError {
+    #[error("empty name record")]
+    Empty,
+    #[error("name record version {0} is not supported")]
+    Version(u8),
+    #[error("name record too short for a blob id")]
+    TooShort,
+    #[error("name is not UTF-8")]
+    NotUtf8,
+    /// The name breaks the wire's rules for names (their words).
+    #[error("{0}")]
+    Name(&'static str),
+    #[error("name record does not match its key")]
+    WrongKey,
+}
+
 /// A name record: version, blob id, then the name's UTF-8 bytes.
-fn decode_name_record(key: &[u8], value: &[u8]) -> Result<(String, BlobId), String> {
-    let (&version, rest) = value.split_first().ok_or("empty name record")?;
+fn decode_name_record(key: &[u8], value: &[u8]) -> Result<(String, BlobId), NameRecordError> {
+    let (&version, rest) = value.split_first().ok_or(NameRecordError::Empty)?;
     if version != NAME_RECORD_VERSION {
-        return Err(format!("name record version {version} is not supported"));
+        return Err(NameRecordError::Version(version));
     }
     let (id, name) = rest
         .split_first_chunk::<{ BlobId::LEN }>()
-        .ok_or("name record too short for a blob id")?;
-    let name = std::str::from_utf8(name).map_err(|_| "name is not UTF-8".to_owned())?;
-    proto::wire::check_name(name)?;
+        .ok_or(NameRecordError::TooShort)?;
+    let name = std::str::from_utf8(name).map_err(|_| NameRecordError::NotUtf8)?;
+    proto::wire::check_name(name).map_err(NameRecordError::Name)?;
     if name_key(name) != key {
-        return Err("name record does not match its key".into());
+        return Err(NameRecordError::WrongKey);
     }
     Ok((name.to_owned(), BlobId::from_bytes(*id)))
+}
+
+/// Why a blob's index record could not be read (it is dropped at open); each names the offset
+/// or value at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RecordError {
+    #[error("key is not a blob id")]
+    Key,
+    #[error("record ends at byte {len}, inside a field at {at}")]
+    Truncated { len: usize, at: usize },
+    #[error("record version {0} is not {RECORD_VERSION}")]
+    Version(u8),
+    #[error("record is empty")]
+    Empty,
+    #[error("record size {0} is above the limit")]
+    TooLarge(u64),
+    #[error("record of {len} bytes cannot hold {count} boundaries")]
+    Boundaries { len: usize, count: u64 },
+    #[error("record boundaries are not increasing pairs")]
+    NotIncreasing,
+    #[error("record holds group {0} past the blob's end")]
+    PastEnd(u64),
 }
 
 /// A blob's index record: version, size, then the held groups as boundaries.
@@ -1049,29 +1089,25 @@ impl Record {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let word = |at: usize| -> Result<u64, String> {
+    fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let word = |at: usize| -> Result<u64, RecordError> {
             bytes
                 .get(at..at + 8)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map(u64::from_le_bytes)
-                .ok_or_else(|| {
-                    format!(
-                        "record ends at byte {}, inside a field at {at}",
-                        bytes.len()
-                    )
+                .ok_or(RecordError::Truncated {
+                    len: bytes.len(),
+                    at,
                 })
         };
         match bytes.first() {
             Some(&RECORD_VERSION) => {}
-            Some(version) => {
-                return Err(format!("record version {version} is not {RECORD_VERSION}"));
-            }
-            None => return Err("record is empty".to_owned()),
+            Some(&version) => return Err(RecordError::Version(version)),
+            None => return Err(RecordError::Empty),
         }
         let size = word(1)?;
         if size > bao::MAX_BLOB_SIZE {
-            return Err(format!("record size {size} is above the limit"));
+            return Err(RecordError::TooLarge(size));
         }
         let count = word(9)?;
         let expected_len = usize::try_from(count)
@@ -1079,23 +1115,18 @@ impl Record {
             .and_then(|count| count.checked_mul(8))
             .and_then(|len| len.checked_add(17))
             .filter(|&len| len == bytes.len())
-            .ok_or_else(|| {
-                format!(
-                    "record of {} bytes cannot hold {count} boundaries",
-                    bytes.len()
-                )
+            .ok_or(RecordError::Boundaries {
+                len: bytes.len(),
+                count,
             })?;
         let boundaries = (17..expected_len)
             .step_by(8)
             .map(word)
             .collect::<Result<Vec<_>, _>>()?;
-        let held = ChunkGroupRanges::from_boundaries(&boundaries)
-            .ok_or("record boundaries are not increasing pairs")?;
+        let held =
+            ChunkGroupRanges::from_boundaries(&boundaries).ok_or(RecordError::NotIncreasing)?;
         if held.end() > LAYOUT.group_count(size) {
-            return Err(format!(
-                "record holds group {} past the blob's end",
-                held.end() - 1
-            ));
+            return Err(RecordError::PastEnd(held.end() - 1));
         }
         Ok(Self { size, held })
     }
@@ -1122,7 +1153,12 @@ mod tests {
         assert_eq!(Record::decode(&record.encode()).unwrap(), record);
         let mut bad = record.encode();
         bad[0] = 9;
-        assert!(Record::decode(&bad).unwrap_err().contains("version 9"));
+        assert!(
+            Record::decode(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("version 9")
+        );
         let bytes = record.encode();
         assert!(Record::decode(&bytes[..bytes.len() - 1]).is_err());
         let past_end = Record {
@@ -1132,6 +1168,7 @@ mod tests {
         assert!(
             Record::decode(&past_end.encode())
                 .unwrap_err()
+                .to_string()
                 .contains("past the blob's end")
         );
     }

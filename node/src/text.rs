@@ -11,8 +11,8 @@ pub fn line_of(text: &str, offset: usize) -> usize {
 
 /// Checks a vehicle id (VIN): the rules of [`proto::Vin`], so that it is safe as a path
 /// segment and a repository name (`director/<vin>`).
-pub fn check_vehicle_id(vin: &str) -> Result<(), String> {
-    proto::Vin::parse(vin).map(drop).map_err(|e| e.to_string())
+pub fn check_vehicle_id(vin: &str) -> Result<(), proto::IdError> {
+    proto::Vin::parse(vin).map(drop)
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 use proto::tuf::{
-    self, FetchError, LocalStore, Operation, Request, Response, Step, TargetFile, Time, TufError,
-    Updater,
+    self, FetchError, LocalStore, LocalStoreError, Operation, Request, Response, Step, TargetFile,
+    Time, TufError, Updater,
 };
 use proto::uptane::{ApprovedImage, EcuState, FullStep, FullVerification, Repository, UptaneError};
 
@@ -50,8 +50,9 @@ impl LocalStore for DirStore {
         fs::read(self.path(role)).ok()
     }
 
-    fn store(&mut self, role: &str, bytes: &[u8]) -> Result<(), String> {
-        crate::storage::replace_file(&self.path(role), bytes).map_err(|error| error.to_string())
+    fn store(&mut self, role: &str, bytes: &[u8]) -> Result<(), LocalStoreError> {
+        crate::storage::replace_file(&self.path(role), bytes)?;
+        Ok(())
     }
 }
 
@@ -74,44 +75,110 @@ pub fn metadata_dir(data_dir: &Path, repository: &str) -> PathBuf {
     data_dir.join("tuf").join(quote(repository))
 }
 
+/// Why the trusted metadata of a repository could not be opened ([`trusted_store`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustedStoreError {
+    /// Its directory could not be opened or created.
+    #[error("opening the trusted metadata in {}: {source}", dir.display())]
+    Open {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It holds no root, and none was given.
+    #[error(
+        "no trusted root for repository {repository:?} in {}: give the first root with --root",
+        dir.display()
+    )]
+    NoRoot {
+        /// The repository.
+        repository: String,
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// The root given could not be read.
+    #[error("reading the root {}: {source}", path.display())]
+    ReadRoot {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The root given is not a root signed by its own keys.
+    #[error("{} is not a usable root: {source}", path.display())]
+    BadRoot {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: tuf::TufError,
+    },
+    /// The root given could not be stored.
+    #[error("storing the root in {}: {source}", dir.display())]
+    StoreRoot {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: LocalStoreError,
+    },
+}
+
 /// The trusted metadata of `repository` in `data_dir`, started from `root` when there is none
 /// yet (a node ships with its first root; later roots come by rotation).
 pub fn trusted_store(
     data_dir: &Path,
     repository: &str,
     root: Option<&Path>,
-) -> Result<DirStore, String> {
+) -> Result<DirStore, TrustedStoreError> {
     let dir = metadata_dir(data_dir, repository);
-    let mut local = DirStore::open(&dir)
-        .map_err(|e| format!("opening the trusted metadata in {}: {e}", dir.display()))?;
+    let mut local = DirStore::open(&dir).map_err(|source| TrustedStoreError::Open {
+        dir: dir.clone(),
+        source,
+    })?;
     if local.load("root").is_none() {
         let Some(root) = root else {
-            return Err(format!(
-                "no trusted root for repository {repository:?} in {}: give the first root with --root",
-                dir.display()
-            ));
+            return Err(TrustedStoreError::NoRoot {
+                repository: repository.to_string(),
+                dir,
+            });
         };
-        let bytes =
-            fs::read(root).map_err(|e| format!("reading the root {}: {e}", root.display()))?;
+        let path = root.to_path_buf();
+        let bytes = match fs::read(root) {
+            Ok(bytes) => bytes,
+            Err(source) => return Err(TrustedStoreError::ReadRoot { path, source }),
+        };
         // Checked before it is trusted: it must at least be a root signed by its own keys.
-        tuf::TrustedSet::new(&bytes, Time::from_unix(0))
-            .map_err(|e| format!("{} is not a usable root: {e}", root.display()))?;
-        local
-            .store("root", &bytes)
-            .map_err(|detail| format!("storing the root in {}: {detail}", dir.display()))?;
+        if let Err(source) = tuf::TrustedSet::new(&bytes, Time::from_unix(0)) {
+            return Err(TrustedStoreError::BadRoot { path, source });
+        }
+        if let Err(source) = local.store("root", &bytes) {
+            return Err(TrustedStoreError::StoreRoot { dir, source });
+        }
     }
     Ok(local)
 }
 
+/// Why the system clock gives no TUF time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClockError {
+    /// It reads a time before the Unix epoch.
+    #[error("the system clock is before 1970")]
+    BeforeEpoch,
+    /// It reads a time too far ahead to represent.
+    #[error("the system clock is out of range")]
+    OutOfRange,
+}
+
 /// The system clock as a TUF time.
-pub fn system_now() -> Result<Time, String> {
+pub fn system_now() -> Result<Time, ClockError> {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| "the system clock is before 1970".to_string())?
+        .map_err(|_| ClockError::BeforeEpoch)?
         .as_secs();
-    Ok(Time::from_unix(i64::try_from(seconds).map_err(|_| {
-        "the system clock is out of range".to_string()
-    })?))
+    let seconds = i64::try_from(seconds).map_err(|_| ClockError::OutOfRange)?;
+    Ok(Time::from_unix(seconds))
 }
 
 /// Metadata fetched by name over the mesh: `<repository>/metadata/<file>`, from the given peers

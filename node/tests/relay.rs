@@ -50,7 +50,8 @@ async fn reports_go_to_the_first_relay_that_takes_them() {
         timeout,
     )
     .await
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(error.contains("relays no reports"), "{error}");
 
     // The neighbour first, then the depot: the depot takes it, and has it on disk.
@@ -76,18 +77,21 @@ async fn reports_go_to_the_first_relay_that_takes_them() {
     assert_eq!(queue.len(), 2);
     let error = send_report(&vehicle, &relays, &manifest(3), timeout)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("busy") && error.contains("queue is full"),
         "{error}"
     );
     let error = send_report(&vehicle, &relays, b"hello", timeout)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("not a signed vehicle manifest"), "{error}");
     // Nothing configured: said so.
     let error = send_report(&vehicle, &[], &manifest(4), timeout)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("no relay is configured"), "{error}");
 }

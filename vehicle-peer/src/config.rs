@@ -260,7 +260,9 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
             class: class
                 .get_ref()
                 .parse()
-                .map_err(|why| at("link.class", class.span(), why))?,
+                .map_err(|why: node::policy::ParseLinkClassError| {
+                    at("link.class", class.span(), why.to_string())
+                })?,
             signal: file.link.signal.min(100),
         },
         (None, Some(command)) if !command.get_ref().is_empty() => {
@@ -277,7 +279,7 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
         .iter()
         .map(|value| {
             Window::parse(value.get_ref())
-                .map_err(|why| at("policy.cellular_windows", value.span(), why))
+                .map_err(|why| at("policy.cellular_windows", value.span(), why.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     if !(-14 * 60..=14 * 60).contains(&file.policy.utc_offset_minutes) {
@@ -387,7 +389,9 @@ pub fn parse_link(output: &str) -> Result<Option<node::policy::Link>, String> {
     if class == "none" {
         return Ok(None);
     }
-    let class: LinkClass = class.parse()?;
+    let class: LinkClass = class
+        .parse()
+        .map_err(|error: node::policy::ParseLinkClassError| error.to_string())?;
     let signal = match words.next() {
         None if !class.metered() => 100,
         None => {

@@ -34,8 +34,8 @@ pub use metadata::{
 pub use time::{Time, TimeError};
 pub use trusted::TrustedSet;
 pub use updater::{
-    FetchError, Freshness, Limits, LocalStore, MemoryStore, Operation, Refresh, Request, Response,
-    Step, TargetDownload, TargetLookup, TargetNames, Updater, freshness,
+    FetchError, Freshness, Limits, LocalStore, LocalStoreError, MemoryStore, Operation, Refresh,
+    Request, Response, Step, TargetDownload, TargetLookup, TargetNames, Updater, freshness,
 };
 pub(crate) use updater::{Lookup, Machine, RefreshMachine, Walk};
 

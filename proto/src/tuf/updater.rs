@@ -67,7 +67,17 @@ pub trait LocalStore {
     /// The stored bytes of `role`'s metadata, if any.
     fn load(&self, role: &str) -> Option<Vec<u8>>;
     /// Stores `role`'s metadata durably, replacing what was there.
-    fn store(&mut self, role: &str, bytes: &[u8]) -> Result<(), String>;
+    fn store(&mut self, role: &str, bytes: &[u8]) -> Result<(), LocalStoreError>;
+}
+
+/// Why a [`LocalStore`] could not store a role's metadata. The updater names the role
+/// ([`TufError::Store`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocalStoreError {
+    /// Writing it failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// Trusted metadata in memory (tests, simulations, and a vehicle that keeps none on disk).
@@ -79,7 +89,7 @@ impl LocalStore for MemoryStore {
         self.0.get(role).cloned()
     }
 
-    fn store(&mut self, role: &str, bytes: &[u8]) -> Result<(), String> {
+    fn store(&mut self, role: &str, bytes: &[u8]) -> Result<(), LocalStoreError> {
         self.0.insert(role.to_string(), bytes.to_vec());
         Ok(())
     }
@@ -361,9 +371,9 @@ impl<L: LocalStore> Updater<L> {
     fn store(&mut self, role: &str, data: &[u8]) -> Result<(), TufError> {
         self.local
             .store(role, data)
-            .map_err(|detail| TufError::Store {
+            .map_err(|error| TufError::Store {
                 file: format!("{role}.json"),
-                detail,
+                detail: error.to_string(),
             })
     }
 }
