@@ -286,33 +286,8 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                     continue;
                 }
             };
-            let opened = self
-                .storage
-                .open(&data_name(&id), false)
-                .and_then(|data| Ok((data, self.storage.open(&outboard_name(&id), false)?)));
-            let (data, outboard) = match opened {
-                Ok(files) => files,
-                Err(error) => {
-                    tracing::warn!(blob = %id, %error, "dropping index record whose files are gone");
-                    self.index
-                        .remove(id.as_bytes())
-                        .map_err(io_error(format!("removing the record of blob {id}")))?;
-                    report.dropped_records += 1;
-                    continue;
-                }
-            };
-            report.recorded_groups += record.held.group_count();
-            let entry = Entry {
-                id,
-                size: record.size,
-                data,
-                outboard,
-                state: Mutex::new(EntryState {
-                    held: record.held.clone(),
-                    recorded: record.held,
-                    unsynced: 0,
-                }),
-                last_used: AtomicU64::new(0),
+            let Some(entry) = self.open_entry(id, record, &mut report)? else {
+                continue;
             };
             let recovered = self.recover(&entry)?;
             report.recovered_groups += recovered;
@@ -346,6 +321,44 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             self.checkpoint(&id)?;
         }
         Ok(report)
+    }
+
+    /// Blob `id` as its index `record` says, with its files; `None`, and the record dropped,
+    /// when its files are gone.
+    fn open_entry(
+        &self,
+        id: BlobId,
+        record: Record,
+        report: &mut OpenReport,
+    ) -> Result<Option<Entry<S::File>>, StoreError> {
+        let opened = self
+            .storage
+            .open(&data_name(&id), false)
+            .and_then(|data| Ok((data, self.storage.open(&outboard_name(&id), false)?)));
+        let (data, outboard) = match opened {
+            Ok(files) => files,
+            Err(error) => {
+                tracing::warn!(blob = %id, %error, "dropping index record whose files are gone");
+                self.index
+                    .remove(id.as_bytes())
+                    .map_err(io_error(format!("removing the record of blob {id}")))?;
+                report.dropped_records += 1;
+                return Ok(None);
+            }
+        };
+        report.recorded_groups += record.held.group_count();
+        Ok(Some(Entry {
+            id,
+            size: record.size,
+            data,
+            outboard,
+            state: Mutex::new(EntryState {
+                held: record.held.clone(),
+                recorded: record.held,
+                unsynced: 0,
+            }),
+            last_used: AtomicU64::new(0),
+        }))
     }
 
     /// Re-verifies, from the files, every group the index does not list; keeps those that pass.

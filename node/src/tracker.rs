@@ -33,8 +33,8 @@ enum Watch {
     Failed(Instant),
 }
 
-/// A depot's view of its yard. Create it with [`Tracker::start`] and pass it to
-/// [`crate::serve::spawn_server_with`].
+/// A depot's view of its yard. Create it with [`Tracker::start`] and hand it to the server among
+/// the depot's roles (the server asks it; it knows nothing of the server).
 pub struct Tracker {
     net: NetHandle,
     /// Peers that identified as depot caches (an upstream, a neighbouring depot): not part of

@@ -15,8 +15,8 @@
 //!
 //! Around a transfer, a [`Swarm`] makes the decisions that concern the peers rather than the
 //! ranges (which peers are upstreams, whom to ask for neighbours and whom to dial, when the
-//! allowance or a stall ends the fetch), in the same shape; the fetch driver (`crate::fetch`)
-//! runs the swarm.
+//! allowance or a stall ends the fetch), in the same shape; the node's fetch driver runs the
+//! swarm.
 //!
 //! # Trust
 //! Events are the driver's own reports and are believed: `GroupsVerified` means the groups were

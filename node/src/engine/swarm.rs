@@ -3,7 +3,7 @@
 //! the neighbours it names to dial, when the run's byte allowance stops the fetch, and when a
 //! stall has lasted long enough to give up.
 //!
-//! A [`Swarm`] is sans-IO like the transfer it wraps: the fetch driver (`crate::fetch`) feeds
+//! A [`Swarm`] is sans-IO like the transfer it wraps: the node's fetch driver feeds
 //! it `now` and [`SwarmEvent`]s and carries out the [`SwarmAction`]s it returns, in the same
 //! loop as the transfer's:
 //!

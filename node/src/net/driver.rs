@@ -205,44 +205,10 @@ impl Driver {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                let full = self.full_listen_addr(address);
-                tracing::info!(addr = %full, "listening");
-                if !self.listen_addrs.contains(&full) {
-                    self.listen_addrs.push(full.clone());
-                }
-                for waiter in self.listen_waiters.drain(..) {
-                    let _ = waiter.send(self.listen_addrs.clone());
-                }
-                self.emit(NetEvent::ListenAddr(full));
-            }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
-                tracing::info!(addr = %address, "listen address expired");
-                let full = self.full_listen_addr(address);
-                self.listen_addrs.retain(|known| *known != full);
-            }
-            SwarmEvent::ListenerClosed {
-                addresses, reason, ..
-            } => {
-                match reason {
-                    Ok(()) => tracing::info!(?addresses, "listener closed"),
-                    Err(error) => tracing::warn!(?addresses, %error, "listener failed"),
-                }
-                let gone: Vec<Multiaddr> = addresses
-                    .into_iter()
-                    .map(|address| self.full_listen_addr(address))
-                    .collect();
-                self.listen_addrs.retain(|known| !gone.contains(known));
-                self.open_listeners = self.open_listeners.saturating_sub(1);
-                if self.open_listeners == 0 {
-                    for waiter in self.listen_waiters.drain(..) {
-                        let _ = waiter.send(self.listen_addrs.clone());
-                    }
-                }
-            }
-            SwarmEvent::ListenerError { error, .. } => {
-                tracing::warn!(error = %error_chain(&error), "listener error");
-            }
+            event @ (SwarmEvent::NewListenAddr { .. }
+            | SwarmEvent::ExpiredListenAddr { .. }
+            | SwarmEvent::ListenerClosed { .. }
+            | SwarmEvent::ListenerError { .. }) => self.on_listen_event(event),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -308,6 +274,51 @@ impl Driver {
                 tracing::debug!(from = %send_back_addr, error = %error_chain(&error), "inbound connection failed");
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    /// What the listeners did: the addresses this node listens on, and whoever waits for them.
+    fn on_listen_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = self.full_listen_addr(address);
+                tracing::info!(addr = %full, "listening");
+                if !self.listen_addrs.contains(&full) {
+                    self.listen_addrs.push(full.clone());
+                }
+                for waiter in self.listen_waiters.drain(..) {
+                    let _ = waiter.send(self.listen_addrs.clone());
+                }
+                self.emit(NetEvent::ListenAddr(full));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                tracing::info!(addr = %address, "listen address expired");
+                let full = self.full_listen_addr(address);
+                self.listen_addrs.retain(|known| *known != full);
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                match reason {
+                    Ok(()) => tracing::info!(?addresses, "listener closed"),
+                    Err(error) => tracing::warn!(?addresses, %error, "listener failed"),
+                }
+                let gone: Vec<Multiaddr> = addresses
+                    .into_iter()
+                    .map(|address| self.full_listen_addr(address))
+                    .collect();
+                self.listen_addrs.retain(|known| !gone.contains(known));
+                self.open_listeners = self.open_listeners.saturating_sub(1);
+                if self.open_listeners == 0 {
+                    for waiter in self.listen_waiters.drain(..) {
+                        let _ = waiter.send(self.listen_addrs.clone());
+                    }
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(error = %error_chain(&error), "listener error");
+            }
             _ => {}
         }
     }
