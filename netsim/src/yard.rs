@@ -26,6 +26,10 @@ use proto::custom::Priority;
 use proto::director_api::{CreateCampaign, EcuRecord, RegisterVehicle, VehicleRecord};
 use serde_json::{Value, json};
 
+use release::Release;
+
+mod release;
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct YardOptions {
@@ -144,48 +148,6 @@ pub struct CorruptPeer {
     /// Requests the depot served only because the asker's deferral ran out (the depot waited
     /// on claims nobody could serve); 0 when reports reach it.
     pub depot_deferrals_expired: u64,
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A firmware-like image: code-like noise with repeated tables and zero padding.
-fn firmware(len: usize, seed: u64) -> Vec<u8> {
-    let mut image = noise(len, seed);
-    let table = noise(4096, seed ^ 0xabcd);
-    let mut offset = 0;
-    while offset + 65_536 <= len {
-        // Every 64 KiB: a 4 KiB table repeated and 8 KiB of padding.
-        image[offset..offset + 4096].copy_from_slice(&table);
-        image[offset + 4096..offset + 12_288].fill(0xff);
-        offset += 65_536;
-    }
-    image
-}
-
-/// v2: a few hundred scattered patches, one function grown (bytes inserted) and a new section
-/// appended: what a point release of a firmware does.
-fn next_release(v1: &[u8], seed: u64) -> Vec<u8> {
-    let mut v2 = v1.to_vec();
-    let patches = noise(4096, seed ^ 0x5eed);
-    for (i, at) in (0..v2.len()).step_by(v1.len() / 300 + 1).enumerate() {
-        v2[at] ^= patches[i % patches.len()] | 1;
-    }
-    let middle = v2.len() / 3;
-    let grown = noise(64 << 10, seed ^ 0x9);
-    v2.splice(middle..middle, grown);
-    v2.extend_from_slice(&noise(256 << 10, seed ^ 0x77));
-    v2
 }
 
 /// The yard campaign's waves and gates: a canary (10 %, soaked 3 s), then everyone; every
@@ -419,9 +381,18 @@ fn rate_text(bytes_per_sec: Option<u64>) -> String {
     }
 }
 
-fn say(options: &YardOptions, started: Instant, line: &str) {
-    if options.verbose {
-        println!("[{:>6.1} s] {line}", started.elapsed().as_secs_f64());
+/// Prints the run's progress lines, each stamped with the seconds since the run started.
+#[derive(Clone, Copy, Debug)]
+struct Log {
+    verbose: bool,
+    started: Instant,
+}
+
+impl Log {
+    fn say(self, line: &str) {
+        if self.verbose {
+            println!("[{:>6.1} s] {line}", self.started.elapsed().as_secs_f64());
+        }
     }
 }
 
@@ -441,14 +412,14 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     if options.image_bytes < (1 << 20) || options.image_bytes > (1 << 30) {
         bail!("--image-mib: give 1 to 1024");
     }
-    let started = Instant::now();
+    let log = Log {
+        verbose: options.verbose,
+        started: Instant::now(),
+    };
     let out = &options.out;
     fresh_out(out)?;
     let out = std::fs::canonicalize(out)?;
-    say(
-        options,
-        started,
-        &format!(
+    log.say(&format!(
             "yard: {} vehicles, {} MiB image, seed {}; links: each vehicle downloads {}, the depot uploads to the yard {} (all vehicles together)",
             options.vehicles,
             options.image_bytes >> 20,
@@ -458,76 +429,15 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         ),
     );
 
-    // The origin: keys, v1 and v2 with a delta.
-    let origin = Origin {
-        dir: out.join("origin"),
-        offline_keys: Some(out.join("offline-keys")),
-        now: node::tuf_mesh::system_now().map_err(anyhow::Error::msg)?,
-    };
-    origin::init(&origin)?;
-    say(
-        options,
-        started,
-        &format!(
-            "origin: releasing v1 and v2 ({} MiB) and computing the delta",
-            options.image_bytes >> 20
-        ),
-    );
-    let v1 = firmware(options.image_bytes, options.seed);
-    let v2 = next_release(&v1, options.seed);
-    std::fs::write(out.join("gw-1.bin"), &v1)?;
-    std::fs::write(out.join("gw-2.bin"), &v2)?;
-    let hw = ["gw-v1".to_string()];
-    origin::release(
-        &origin,
-        &out.join("gw-1.bin"),
-        "ecu/gw-1.bin",
-        "targets",
-        &hw,
-        1,
-    )?;
-    // zstd level 19 without the LZMA pass: a few seconds for a 32 MiB image (the origin's
-    // defaults squeeze out a few per cent more in a minute).
-    let delta_options = delta::DeltaOptions {
-        level: 19,
-        lzma_dict: false,
-        ..Default::default()
-    };
-    origin::release_with_deltas(
-        &origin,
-        &out.join("gw-2.bin"),
-        "ecu/gw-2.bin",
-        "targets",
-        &hw,
-        2,
-        &["ecu/gw-1.bin".to_string()],
-        &delta_options,
-    )?;
-    // Deltas are stored under their BLAKE3 (the blob id the vehicles fetch).
-    let delta_sizes: BTreeMap<String, u64> = std::fs::read_dir(origin.dir.join("image/deltas"))?
-        .flatten()
-        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?.len())))
-        .collect();
-    let delta_bytes = delta_sizes.values().sum::<u64>();
     let vins: Vec<Vin> = (0..options.vehicles).map(vin).collect();
-    for (index, vin) in vins.iter().enumerate() {
-        let ecu = origin::director::Assignment {
-            serial: format!("GW-{vin}").parse()?,
-            hardware_id: "gw-v1".into(),
-            target: "ecu/gw-1.bin".into(),
-        };
-        origin::director::assign(&origin, vin, &[ecu], Priority::Fix)
-            .with_context(|| format!("assigning v1 to vehicle {}", index + 1))?;
-    }
-    say(
-        options,
-        started,
-        &format!(
-            "origin: v1 and v2 released ({} MiB image, {} KiB delta)",
-            v2.len() >> 20,
-            delta_bytes >> 10
-        ),
-    );
+    let release = release::prepare(&out, &vins, options, log)?;
+    let Release {
+        origin,
+        v1,
+        v2,
+        delta_sizes,
+    } = &release;
+    let delta_bytes = release.delta_bytes();
 
     // The director service, the origin's cache and the depot share one runtime.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -641,17 +551,13 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             .context("the release has no delta")?;
         let rogue = crate::rogue::start(
             &out.join("corrupt-peer"),
-            &origin.dir.join("image/deltas").join(name),
+            &release.deltas_dir().join(name),
             &depot_addr,
         )?;
-        say(
-            options,
-            started,
-            &format!(
-                "corrupt peer {} joins the yard: it claims the delta and corrupts whatever it sends",
-                rogue.peer
-            ),
-        );
+        log.say(&format!(
+            "corrupt peer {} joins the yard: it claims the delta and corrupts whatever it sends",
+            rogue.peer
+        ));
         Some(rogue)
     } else {
         None
@@ -670,14 +576,10 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    say(
-        options,
-        started,
-        &format!(
-            "depot: prefetched v1, v2 and the delta ({} repositories)",
-            repositories.len()
-        ),
-    );
+    log.say(&format!(
+        "depot: prefetched v1, v2 and the delta ({} repositories)",
+        repositories.len()
+    ));
 
     // The vehicles: registered with the director, then started.
     let director_key = hex::encode(
@@ -718,7 +620,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         let config = write_vehicle(
             &out.join("vehicles").join(vin.as_str()),
             index,
-            &v1,
+            v1,
             bank_bytes,
             &director_key,
             &depot_addr.to_string(),
@@ -776,23 +678,19 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     api.approve(&campaign, "fleet-safety")?;
     let approved = Instant::now();
     let approved_unix = unix_now();
-    say(
-        options,
-        started,
-        &format!(
-            "campaign {campaign} approved: canary {} then the rest{}",
-            canary
-                .iter()
-                .map(|&i| vins[i].as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            if options.failing_canary {
-                " (the release fails its health check)"
-            } else {
-                ""
-            }
-        ),
-    );
+    log.say(&format!(
+        "campaign {campaign} approved: canary {} then the rest{}",
+        canary
+            .iter()
+            .map(|&i| vins[i].as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if options.failing_canary {
+            " (the release fails its health check)"
+        } else {
+            ""
+        }
+    ));
 
     // Watch until the campaign ends.
     let mut last_step: Vec<Option<String>> = vec![None; vins.len()];
@@ -852,7 +750,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
                     } else {
                         String::new()
                     };
-                    say(options, started, &format!("{}: {step}{extra}", vins[i]));
+                    log.say(&format!("{}: {step}{extra}", vins[i]));
                     last_step[i] = Some(step);
                 }
                 statuses[i] = event.status;
@@ -876,11 +774,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
                     .and_then(|p| p.state.reason())
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default();
-                say(
-                    options,
-                    started,
-                    &format!("campaign {campaign}: {now_state}{reason}"),
-                );
+                log.say(&format!("campaign {campaign}: {now_state}{reason}"));
                 last_state = now_state;
             }
             let name = progress.as_ref().map_or("", |p| p.state.name());
