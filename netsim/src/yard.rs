@@ -26,40 +26,13 @@ use proto::custom::Priority;
 use proto::director_api::{CreateCampaign, EcuRecord, RegisterVehicle, VehicleRecord};
 use serde_json::{Value, json};
 
+use options::{Log, rate_text};
 use release::Release;
 
-mod release;
+pub use options::YardOptions;
 
-/// What to run.
-#[derive(Clone, Debug)]
-pub struct YardOptions {
-    /// Vehicles in the yard.
-    pub vehicles: usize,
-    /// Size of the firmware image, bytes.
-    pub image_bytes: usize,
-    /// The release fails its health check on every vehicle (only the canary gets it).
-    pub failing_canary: bool,
-    /// Where everything is written (recreated).
-    pub out: PathBuf,
-    /// The run fails if it has not ended by then.
-    pub timeout: Duration,
-    /// Seed of the generated firmware.
-    pub seed: u64,
-    /// Every vehicle agent's `download_bytes_per_sec` (all its mesh fetches together);
-    /// `None`: no limit.
-    pub vehicle_down_bytes_per_sec: Option<u64>,
-    /// The depot's `[serve] upload_bytes_per_sec` (all it sends the yard together); `None`: no
-    /// limit.
-    pub depot_up_bytes_per_sec: Option<u64>,
-    /// Add a corrupt peer to the yard: it claims the delta and answers every request with a
-    /// corrupt body ([`crate::rogue`]).
-    pub corrupt_peer: bool,
-    /// The first this many vehicles have a single-bank ECU ([`vehicle_peer::remap`]: one bank
-    /// and a spare area as large as the bank) instead of A/B banks.
-    pub single_bank: usize,
-    /// Print progress lines.
-    pub verbose: bool,
-}
+mod options;
+mod release;
 
 /// One vehicle at the end of the run.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -372,50 +345,11 @@ fn follow_director(
 /// resolution of the times the summary takes from the director.
 const DIRECTOR_POLL: Duration = Duration::from_millis(200);
 
-/// A link rate as the header and the table print it.
-fn rate_text(bytes_per_sec: Option<u64>) -> String {
-    match bytes_per_sec {
-        None => "without a limit".into(),
-        Some(rate) if rate % 1024 == 0 => format!("at most {} KiB/s", rate / 1024),
-        Some(rate) => format!("at most {rate} B/s"),
-    }
-}
-
-/// Prints the run's progress lines, each stamped with the seconds since the run started.
-#[derive(Clone, Copy, Debug)]
-struct Log {
-    verbose: bool,
-    started: Instant,
-}
-
-impl Log {
-    fn say(self, line: &str) {
-        if self.verbose {
-            println!("[{:>6.1} s] {line}", self.started.elapsed().as_secs_f64());
-        }
-    }
-}
-
 /// Runs the yard; see the module.
 #[allow(clippy::too_many_lines)]
 pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
-    if options.vehicles == 0 || options.vehicles > 64 {
-        bail!("--vehicles {}: give 1 to 64", options.vehicles);
-    }
-    if options.single_bank > options.vehicles {
-        bail!(
-            "--single-bank {}: the yard has only {} vehicles",
-            options.single_bank,
-            options.vehicles
-        );
-    }
-    if options.image_bytes < (1 << 20) || options.image_bytes > (1 << 30) {
-        bail!("--image-mib: give 1 to 1024");
-    }
-    let log = Log {
-        verbose: options.verbose,
-        started: Instant::now(),
-    };
+    options.check()?;
+    let log = Log::new(options.verbose);
     let out = &options.out;
     fresh_out(out)?;
     let out = std::fs::canonicalize(out)?;

@@ -9,7 +9,7 @@ use origin::repo::Origin;
 use proto::Vin;
 use proto::custom::Priority;
 
-use super::{Log, YardOptions};
+use super::options::{Log, YardOptions};
 
 /// The origin with both releases published, and the firmware it published.
 #[derive(Debug)]

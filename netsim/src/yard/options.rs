@@ -1,0 +1,89 @@
+//! What a yard run is given, and how it speaks while it runs.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct YardOptions {
+    /// Vehicles in the yard.
+    pub vehicles: usize,
+    /// Size of the firmware image, bytes.
+    pub image_bytes: usize,
+    /// The release fails its health check on every vehicle (only the canary gets it).
+    pub failing_canary: bool,
+    /// Where everything is written (recreated).
+    pub out: PathBuf,
+    /// The run fails if it has not ended by then.
+    pub timeout: Duration,
+    /// Seed of the generated firmware.
+    pub seed: u64,
+    /// Every vehicle agent's `download_bytes_per_sec` (all its mesh fetches together);
+    /// `None`: no limit.
+    pub vehicle_down_bytes_per_sec: Option<u64>,
+    /// The depot's `[serve] upload_bytes_per_sec` (all it sends the yard together); `None`: no
+    /// limit.
+    pub depot_up_bytes_per_sec: Option<u64>,
+    /// Add a corrupt peer to the yard: it claims the delta and answers every request with a
+    /// corrupt body ([`crate::rogue`]).
+    pub corrupt_peer: bool,
+    /// The first this many vehicles have a single-bank ECU ([`vehicle_peer::remap`]: one bank
+    /// and a spare area as large as the bank) instead of A/B banks.
+    pub single_bank: usize,
+    /// Print progress lines.
+    pub verbose: bool,
+}
+
+impl YardOptions {
+    /// Refuses a yard this machine or the simulated ECUs cannot hold.
+    pub(super) fn check(&self) -> anyhow::Result<()> {
+        if self.vehicles == 0 || self.vehicles > 64 {
+            bail!("--vehicles {}: give 1 to 64", self.vehicles);
+        }
+        if self.single_bank > self.vehicles {
+            bail!(
+                "--single-bank {}: the yard has only {} vehicles",
+                self.single_bank,
+                self.vehicles
+            );
+        }
+        if self.image_bytes < (1 << 20) || self.image_bytes > (1 << 30) {
+            bail!("--image-mib: give 1 to 1024");
+        }
+        Ok(())
+    }
+}
+
+/// A link rate as the header and the table print it.
+pub(super) fn rate_text(bytes_per_sec: Option<u64>) -> String {
+    match bytes_per_sec {
+        None => "without a limit".into(),
+        Some(rate) if rate % 1024 == 0 => format!("at most {} KiB/s", rate / 1024),
+        Some(rate) => format!("at most {rate} B/s"),
+    }
+}
+
+/// Prints the run's progress lines, each stamped with the seconds since the run started.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Log {
+    verbose: bool,
+    started: Instant,
+}
+
+impl Log {
+    /// Starts the clock the lines are stamped with; prints nothing unless `verbose`.
+    pub(super) fn new(verbose: bool) -> Self {
+        Self {
+            verbose,
+            started: Instant::now(),
+        }
+    }
+
+    pub(super) fn say(self, line: &str) {
+        if self.verbose {
+            println!("[{:>6.1} s] {line}", self.started.elapsed().as_secs_f64());
+        }
+    }
+}
