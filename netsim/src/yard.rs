@@ -12,27 +12,26 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use node::director_client::DirectorClient;
 use origin::campaign::{CampaignSpec, Filters, Gates, Plan, Progress, Wave};
-use origin::repo::Origin;
 use proto::Vin;
 use proto::custom::Priority;
-use proto::director_api::{CreateCampaign, EcuRecord, RegisterVehicle, VehicleRecord};
+use proto::director_api::CreateCampaign;
 use serde_json::{Value, json};
 
 use options::{Log, rate_text};
-use release::Release;
+use parts::{Yard, depot_config};
+use vehicle::{VehicleSetup, unix_now, vin};
 
 pub use options::YardOptions;
 
 mod options;
+mod parts;
 mod release;
+mod vehicle;
 
 /// One vehicle at the end of the run.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -146,31 +145,6 @@ pub fn campaign_plan() -> (Vec<Wave>, Gates) {
     (waves, gates)
 }
 
-fn vin(index: usize) -> Vin {
-    // Letters, digits and a dash: always a valid vehicle id.
-    Vin::parse(&format!("YARD-{:02}", index + 1)).unwrap_or_else(|_| unreachable!())
-}
-
-fn seed_of(index: usize, role: u8) -> [u8; 32] {
-    let mut seed = [role; 32];
-    seed[..8].copy_from_slice(&(index as u64).to_le_bytes());
-    seed
-}
-
-fn public_hex(seed: [u8; 32]) -> String {
-    hex::encode(
-        ed25519_dalek::SigningKey::from_bytes(&seed)
-            .verifying_key()
-            .as_bytes(),
-    )
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Prepares `out`: removes a previous run's output (marked by `.netsim-yard`), refuses to
 /// touch a directory that holds anything else.
 fn fresh_out(out: &Path) -> anyhow::Result<()> {
@@ -194,151 +168,6 @@ fn fresh_out(out: &Path) -> anyhow::Result<()> {
         b"made by netsim yard; removed by the next run\n",
     )?;
     Ok(())
-}
-
-/// An HTTP client that reads error statuses as answers.
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-fn get_json(http: &ureq::Agent, url: &str) -> anyhow::Result<Value> {
-    let mut response = http.get(url).call().with_context(|| format!("GET {url}"))?;
-    let text = response.body_mut().read_to_string()?;
-    serde_json::from_str(&text).with_context(|| format!("GET {url}: not JSON: {text}"))
-}
-
-/// What a vehicle thread tells the run.
-struct VehicleEvent {
-    index: usize,
-    at: Instant,
-    step: Result<String, String>,
-    status: Value,
-}
-
-/// Writes one vehicle's ECU (file banks, boot environment, key) and agent configuration.
-#[allow(clippy::too_many_arguments)]
-fn write_vehicle(
-    dir: &Path,
-    index: usize,
-    v1: &[u8],
-    bank_bytes: u64,
-    director_key: &str,
-    depot: &str,
-    roots: (&Path, &Path),
-    health: &str,
-    director_url: Option<&str>,
-    download_bytes_per_sec: Option<u64>,
-    single_bank: bool,
-) -> anyhow::Result<PathBuf> {
-    let vin = vin(index);
-    let serial = format!("GW-{vin}");
-    let ecu = vehicle_peer::simulated::FileEcu {
-        serial: &serial,
-        hardware_id: "gw-v1",
-        installed: ("ecu/gw-1.bin", v1, 1),
-        bank_bytes,
-        key_seed: seed_of(index, 9),
-        director_key,
-        health,
-        // Spare as large as the bank: any release fits.
-        single_bank_spare: single_bank.then_some(bank_bytes),
-    };
-    let ecu = vehicle_peer::simulated::file_ecu(dir, &ecu)?;
-    let mut extra = String::from("metadata_timeout_secs = 10\nstall_timeout_secs = 30\n");
-    if let Some(rate) = download_bytes_per_sec {
-        extra.push_str(&format!("download_bytes_per_sec = {rate}\n"));
-    }
-    extra.push_str("[link]\nclass = \"yard-wifi\"");
-    let vehicle = vehicle_peer::simulated::LoopbackVehicle {
-        vin: vin.as_str(),
-        depot,
-        roots,
-        director_url,
-        primary_seed: seed_of(index, 8),
-        ecus: &[ecu],
-        extra: &extra,
-    };
-    vehicle_peer::simulated::loopback_vehicle(dir, &vehicle)
-}
-
-/// Runs one vehicle agent: a check every second (at once after a simulated reboot) until
-/// `stop`, each step sent on `events`.
-fn drive_vehicle(
-    index: usize,
-    config: PathBuf,
-    stop: Arc<AtomicBool>,
-    events: mpsc::Sender<VehicleEvent>,
-) -> anyhow::Result<()> {
-    let config = vehicle_peer::config::load(&config)?;
-    let mut daemon = vehicle_peer::daemon::Daemon::open(config)?;
-    while !stop.load(Ordering::Relaxed) {
-        let step = daemon.check(unix_now());
-        let again = matches!(step, Ok(vehicle_peer::daemon::Step::Rebooted));
-        let step = match step {
-            Ok(vehicle_peer::daemon::Step::UpToDate) => Ok("up to date".to_string()),
-            Ok(vehicle_peer::daemon::Step::Waiting { reason, .. }) => {
-                Ok(format!("waiting: {reason}"))
-            }
-            Ok(vehicle_peer::daemon::Step::Rebooted) => Ok("trial boot".to_string()),
-            Ok(vehicle_peer::daemon::Step::Ended { .. }) => Ok("done".to_string()),
-            Ok(vehicle_peer::daemon::Step::Finished { outcome, .. }) => Ok(outcome),
-            Err(error) => Err(format!("{error:#}")),
-        };
-        let event = VehicleEvent {
-            index,
-            at: Instant::now(),
-            step,
-            status: daemon.status().clone(),
-        };
-        if events.send(event).is_err() {
-            break;
-        }
-        if !again {
-            // Serving the neighbours meanwhile.
-            daemon.serve_for(Duration::from_millis(1000));
-        }
-    }
-    Ok(())
-}
-
-/// Keeps the origin's cache serving the origin's current director metadata: re-imports a
-/// vehicle's director repository whenever the director signed a new version for it.
-fn follow_director(
-    origin: Origin,
-    store: Arc<node::store::DiskStore>,
-    vins: Vec<Vin>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut seen: BTreeMap<Vin, u64> = BTreeMap::new();
-    while !stop.load(Ordering::Relaxed) {
-        for vin in &vins {
-            // Keyed on the timestamp, which the director writes last (targets, snapshot, then
-            // timestamp): a repository imported between its targets and its timestamp would
-            // serve the new targets under the old timestamp, which no vehicle ever follows, and
-            // a key on the targets version would never import it again.
-            let repository = origin::director::vehicle_repository(vin);
-            let version = origin
-                .latest(&repository, "timestamp")
-                .map_or(0, |(version, _)| version);
-            if seen.get(vin) == Some(&version) {
-                continue;
-            }
-            let repo = origin.dir.join(&repository);
-            match depot_cache::import::import_repo(&store, &format!("director/{vin}"), &repo) {
-                Ok(_) => {
-                    seen.insert(vin.clone(), version);
-                }
-                Err(error) => {
-                    tracing::warn!(%vin, "re-importing the director repository: {error:#}")
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// How often the run asks the director how the campaign and each vehicle's report stand: the
@@ -365,213 +194,20 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
 
     let vins: Vec<Vin> = (0..options.vehicles).map(vin).collect();
     let release = release::prepare(&out, &vins, options, log)?;
-    let Release {
-        origin,
-        v1,
-        v2,
-        delta_sizes,
-    } = &release;
+    let delta_sizes = &release.delta_sizes;
     let delta_bytes = release.delta_bytes();
-
-    // The director service, the origin's cache and the depot share one runtime.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let director = origin::service::Director::open(origin.clone())?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let director_url = format!("http://{}", listener.local_addr()?);
-    let shared = origin::http::Shared::new(director);
-    runtime.spawn(origin::http::serve(
-        listener,
-        shared,
-        Duration::from_secs(1),
-    ));
-
-    let loopback: libp2p::Multiaddr = "/ip4/127.0.0.1/udp/0/quic-v1".parse()?;
-    let cache = node::runtime::open_node(
-        &runtime,
-        &out.join("origin-cache"),
-        vec![loopback.clone()],
-        false,
-    )
-    .map_err(anyhow::Error::msg)?;
-    {
-        let _context = runtime.enter();
-        node::serve::spawn_server(
-            cache.store.clone(),
-            cache.incoming,
-            Arc::new(node::serve::ServeCounters::default()),
-        );
+    let mut yard = Yard::new()?;
+    let director = yard.start_director(&release.origin)?;
+    let cache = yard.start_origin_cache(&out, &release.origin, &vins)?;
+    let depot = yard.start_depot(depot_config(
+        &out, &release, &vins, cache, &director, options,
+    )?)?;
+    if options.corrupt_peer {
+        yard.start_rogue(&out, &release, &depot, log)?;
     }
-    depot_cache::import::import_repo(&cache.store, "image", &origin.dir.join("image"))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let follower = {
-        let (origin, store, vins, stop) = (
-            origin.clone(),
-            cache.store.clone(),
-            vins.clone(),
-            stop.clone(),
-        );
-        std::thread::spawn(move || follow_director(origin, store, vins, stop))
-    };
-    let cache_addr = runtime
-        .block_on(cache.net.listen_addrs())
-        .into_iter()
-        .next()
-        .context("the origin's cache listens nowhere")?;
-
-    let image_root = origin.dir.join("image/metadata/1.root.json");
-    let director_root = origin.dir.join("director/metadata/1.root.json");
-    let mut repositories = vec!["image".to_string()];
-    repositories.extend(vins.iter().map(|vin| format!("director/{vin}")));
-    let depot_config = depot_cache::config::DepotConfig {
-        data_dir: out.join("depot"),
-        listen: vec![loopback],
-        mdns: false,
-        threads: 1,
-        cap_bytes: None,
-        http: Some("127.0.0.1:0".parse()?),
-        seeding: Some(node::seeding::SeedConfig::default()),
-        serve: depot_cache::config::ServeConfig {
-            upload_bytes_per_sec: options.depot_up_bytes_per_sec,
-        },
-        prefetch: Some(depot_cache::config::PrefetchConfig {
-            upstream: vec![cache_addr],
-            repositories: repositories.clone(),
-            root: Some(image_root.clone()),
-            director_root: Some(director_root.clone()),
-            interval: Duration::from_secs(2),
-            windows: Vec::new(),
-            utc_offset_minutes: 0,
-            rate_limit: None,
-            stall_timeout: Duration::from_secs(60),
-        }),
-        relay: Some(depot_cache::config::RelayConfig {
-            director_url: director_url.clone(),
-            retry: Duration::from_secs(1),
-            max_reports: 10_000,
-        }),
-    };
-    let (ready, depot_ready) = tokio::sync::oneshot::channel();
-    let (depot_stop, depot_stopped) = tokio::sync::oneshot::channel::<()>();
-    let depot_task = runtime.spawn(depot_cache::daemon::serve(
-        depot_config,
-        ready,
-        async move {
-            let _ = depot_stopped.await;
-        },
-    ));
-    let depot = runtime
-        .block_on(depot_ready)
-        .context("the depot did not start")?;
-    let depot_addr = depot
-        .addrs
-        .first()
-        .context("the depot listens nowhere")?
-        .clone();
-    let depot_http = format!("http://{}", depot.http.context("the depot serves no HTTP")?);
-    let depot_peer = depot_addr
-        .iter()
-        .find_map(|p| match p {
-            libp2p::multiaddr::Protocol::P2p(peer) => Some(peer.to_string()),
-            _ => None,
-        })
-        .context("the depot's address has no peer id")?;
-    let rogue = if options.corrupt_peer {
-        let name = delta_sizes
-            .keys()
-            .next()
-            .context("the release has no delta")?;
-        let rogue = crate::rogue::start(
-            &out.join("corrupt-peer"),
-            &release.deltas_dir().join(name),
-            &depot_addr,
-        )?;
-        log.say(&format!(
-            "corrupt peer {} joins the yard: it claims the delta and corrupts whatever it sends",
-            rogue.peer
-        ));
-        Some(rogue)
-    } else {
-        None
-    };
-    let rogue_peer = rogue.as_ref().map(|r| r.peer.to_string());
-    let http = agent();
-    let api = DirectorClient::new(&director_url, Duration::from_secs(30))?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = get_json(&http, &format!("{depot_http}/status"))?;
-        if status["prefetch"]["runs_ok"].as_u64() >= Some(repositories.len() as u64) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the depot did not fill itself from the origin's cache in 120 s: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    log.say(&format!(
-        "depot: prefetched v1, v2 and the delta ({} repositories)",
-        repositories.len()
-    ));
-
-    // The vehicles: registered with the director, then started.
-    let director_key = hex::encode(
-        origin
-            .key("director", "targets")?
-            .verifying_key()
-            .as_bytes(),
-    );
-    let health = if options.failing_canary {
-        "exit 1"
-    } else {
-        "exit 0"
-    };
-    let bank_bytes = (v2.len().max(v1.len()) as u64 + (1 << 20)).next_multiple_of(1 << 20);
-    let (sender, events) = mpsc::channel();
-    let mut threads = Vec::new();
-    for (index, vin) in vins.iter().enumerate() {
-        let vehicle = VehicleRecord {
-            vin: vin.clone(),
-            region: "yard".into(),
-            vehicle_type: "tractor".into(),
-            home_depot: "depot-1".into(),
-            primary_key: public_hex(seed_of(index, 8)),
-            ecus: vec![EcuRecord {
-                serial: format!("GW-{vin}").parse()?,
-                hardware_id: "gw-v1".into(),
-                public_key: public_hex(seed_of(index, 9)),
-                installed: Some("ecu/gw-1.bin".into()),
-            }],
-            last_report: None,
-        };
-        api.register(&RegisterVehicle {
-            actor: "provisioning".into(),
-            vehicle,
-        })?;
-        // Odd vehicles reach the director themselves; even ones only through the depot.
-        let route = (index % 2 == 0).then_some(director_url.as_str());
-        let config = write_vehicle(
-            &out.join("vehicles").join(vin.as_str()),
-            index,
-            v1,
-            bank_bytes,
-            &director_key,
-            &depot_addr.to_string(),
-            (&image_root, &director_root),
-            health,
-            route,
-            options.vehicle_down_bytes_per_sec,
-            index < options.single_bank,
-        )?;
-        let (stop, sender) = (stop.clone(), sender.clone());
-        threads.push(std::thread::spawn(move || {
-            if let Err(error) = drive_vehicle(index, config, stop, sender) {
-                tracing::error!(index, "vehicle agent failed: {error:#}");
-            }
-        }));
-    }
-    drop(sender);
+    depot.wait_for_prefetch(log)?;
+    let setup = VehicleSetup::new(&release, &director.url, &depot.addr, options)?;
+    let events = yard.start_vehicles(&out, &vins, &setup, &director)?;
 
     // The campaign: a canary wave, then everyone. Its id fixes who is in the canary (a stable
     // hash); netsim picks the first id that puts one vehicle in four or fewer there.
@@ -605,11 +241,11 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         waves,
         gates,
     };
-    api.create_campaign(&CreateCampaign {
+    director.api.create_campaign(&CreateCampaign {
         actor: "release-manager".into(),
         spec,
     })?;
-    api.approve(&campaign, "fleet-safety")?;
+    director.api.approve(&campaign, "fleet-safety")?;
     let approved = Instant::now();
     let approved_unix = unix_now();
     log.say(&format!(
@@ -631,6 +267,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let mut last_downloads: Vec<Value> = vec![Value::Null; vins.len()];
     let mut from_depot = vec![0u64; vins.len()];
     let mut from_peers = vec![0u64; vins.len()];
+    let rogue_peer = yard.rogue().map(|r| r.peer.to_string());
     let mut from_rogue = 0u64;
     let mut finished_at: Vec<Option<f64>> = vec![None; vins.len()];
     let mut reported_at: Vec<Option<f64>> = vec![None; vins.len()];
@@ -655,7 +292,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
                             download["bytes_by_peer"].as_object().into_iter().flatten()
                         {
                             let bytes = bytes.as_u64().unwrap_or(0);
-                            if *peer == depot_peer {
+                            if *peer == depot.peer {
                                 from_depot[i] += bytes;
                             } else if rogue_peer.as_deref() == Some(peer.as_str()) {
                                 from_rogue += bytes;
@@ -694,7 +331,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         }
         if last_poll.elapsed() >= DIRECTOR_POLL {
             last_poll = Instant::now();
-            if let Some(found) = api.campaigns()?.campaign(&campaign) {
+            if let Some(found) = director.api.campaigns()?.campaign(&campaign) {
                 progress = found.progress.clone();
             }
             let now_state = format!(
@@ -718,7 +355,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             // Asked after the campaign: a campaign seen completed has every report in.
             if reported_at.iter().any(Option::is_none) {
                 let at = approved.elapsed().as_secs_f64();
-                for record in api.vehicles()? {
+                for record in director.api.vehicles()? {
                     let this_install = record
                         .last_report
                         .as_ref()
@@ -751,19 +388,11 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     }
     let seconds = approved.elapsed().as_secs_f64();
     // Let the depot relay what it holds, then stop everything.
-    std::thread::sleep(Duration::from_millis(500));
-    let depot_status = get_json(&http, &format!("{depot_http}/status"))?;
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        let _ = thread.join();
-    }
+    let depot_status = yard.stop(&depot)?;
     // Events sent after the loop ended carry the vehicles' last word.
     for event in events.try_iter() {
         statuses[event.index] = event.status;
     }
-    let _ = follower.join();
-    let _ = depot_stop.send(());
-    let _ = runtime.block_on(depot_task);
 
     let results: Vec<VehicleResult> = (0..vins.len())
         .map(|i| {
@@ -824,12 +453,12 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let report = out.join("report.html");
     let summary = YardSummary {
         vehicles: options.vehicles,
-        image_bytes: v2.len() as u64,
+        image_bytes: release.v2.len() as u64,
         delta_bytes,
         failing_canary: options.failing_canary,
         vehicle_down_bytes_per_sec: options.vehicle_down_bytes_per_sec,
         depot_up_bytes_per_sec: options.depot_up_bytes_per_sec,
-        corrupt_peer: rogue.as_ref().map(|r| {
+        corrupt_peer: yard.rogue().map(|r| {
             let peer = r.peer.to_string();
             let reported_by = depot_status["seeding"]["accused"]
                 .as_array()

@@ -27,6 +27,15 @@ impl Release {
         self.delta_sizes.values().sum()
     }
 
+    /// The first roots of the image repository and of the director's repositories: what the
+    /// depot and every vehicle trust from the start.
+    pub(super) fn roots(&self) -> (PathBuf, PathBuf) {
+        (
+            self.origin.dir.join("image/metadata/1.root.json"),
+            self.origin.dir.join("director/metadata/1.root.json"),
+        )
+    }
+
     /// Where the origin keeps its deltas, one file per blob id.
     pub(super) fn deltas_dir(&self) -> PathBuf {
         self.origin.dir.join("image/deltas")

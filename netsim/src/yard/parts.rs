@@ -1,0 +1,409 @@
+//! The running parts of a yard and how they start and stop: the director service, the origin's
+//! cache (with the thread that keeps it serving the director's newest metadata), the depot
+//! daemon, the corrupt peer and the vehicle agents' threads. [`Yard`] holds whatever must be
+//! stopped and stops it when dropped, so a run that fails half-way leaves nothing running.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use libp2p::Multiaddr;
+use node::director_client::DirectorClient;
+use node::net::{NetEvents, NetHandle};
+use origin::repo::Origin;
+use proto::Vin;
+use serde_json::Value;
+
+use super::options::{Log, YardOptions};
+use super::release::Release;
+use super::vehicle::{self, VehicleEvent, VehicleSetup};
+
+/// What keeps running between the steps of a run. Each `start_*` adds a part; [`Yard::stop`]
+/// (or dropping the yard) stops them all: the vehicle agents, then the director follower,
+/// then the depot; the corrupt peer, the origin's cache and the runtime (with the director
+/// service) go with the yard.
+pub(super) struct Yard {
+    /// Tells the vehicle agents and the director follower to stop at their next turn.
+    stop: Arc<AtomicBool>,
+    vehicles: Vec<JoinHandle<()>>,
+    follower: Option<JoinHandle<()>>,
+    depot: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )>,
+    rogue: Option<crate::rogue::Rogue>,
+    /// The origin's cache, held so that it keeps listening (its server runs on the runtime).
+    cache: Option<(NetHandle, NetEvents)>,
+    /// The director service, the origin's cache and the depot share it.
+    runtime: tokio::runtime::Runtime,
+}
+
+/// The director service, as the operator and the vehicles reach it.
+pub(super) struct Director {
+    pub(super) url: String,
+    pub(super) api: DirectorClient,
+}
+
+/// The running depot, as the vehicles and the run reach it.
+pub(super) struct Depot {
+    /// Its full address (with `/p2p/<peer id>`).
+    pub(super) addr: Multiaddr,
+    /// Its peer id, as the vehicles' download counters name it.
+    pub(super) peer: String,
+    /// Where it serves `/status`.
+    http_url: String,
+    http: ureq::Agent,
+    /// The repositories it prefetches.
+    repositories: usize,
+}
+
+impl Depot {
+    /// The depot's `/status`.
+    pub(super) fn status(&self) -> anyhow::Result<Value> {
+        let url = format!("{}/status", self.http_url);
+        let mut response = self
+            .http
+            .get(&url)
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        let text = response.body_mut().read_to_string()?;
+        serde_json::from_str(&text).with_context(|| format!("GET {url}: not JSON: {text}"))
+    }
+
+    /// Waits until the depot has filled itself from the origin's cache: every repository
+    /// prefetched once.
+    pub(super) fn wait_for_prefetch(&self, log: Log) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = self.status()?;
+            if status["prefetch"]["runs_ok"].as_u64() >= Some(self.repositories as u64) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the depot did not fill itself from the origin's cache in 120 s: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        log.say(&format!(
+            "depot: prefetched v1, v2 and the delta ({} repositories)",
+            self.repositories
+        ));
+        Ok(())
+    }
+}
+
+impl Yard {
+    /// A yard with nothing running yet but the runtime its services will share.
+    pub(super) fn new() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            vehicles: Vec::new(),
+            follower: None,
+            depot: None,
+            rogue: None,
+            cache: None,
+            runtime,
+        })
+    }
+
+    /// Starts the director's HTTP service for `origin` on a loopback port; it runs until the
+    /// yard is dropped.
+    pub(super) fn start_director(&mut self, origin: &Origin) -> anyhow::Result<Director> {
+        let director = origin::service::Director::open(origin.clone())?;
+        let listener = self
+            .runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let shared = origin::http::Shared::new(director);
+        self.runtime.spawn(origin::http::serve(
+            listener,
+            shared,
+            Duration::from_secs(1),
+        ));
+        let api = DirectorClient::new(&url, Duration::from_secs(30))?;
+        Ok(Director { url, api })
+    }
+
+    /// Starts the origin's cache: a mesh node serving the origin's image repository and each
+    /// of `vins`' director repositories, which a follower thread re-imports whenever the
+    /// director signs a new version. Returns its address; both run until the yard stops.
+    pub(super) fn start_origin_cache(
+        &mut self,
+        out: &Path,
+        origin: &Origin,
+        vins: &[Vin],
+    ) -> anyhow::Result<Multiaddr> {
+        let cache = node::runtime::open_node(
+            &self.runtime,
+            &out.join("origin-cache"),
+            vec![loopback()?],
+            false,
+        )
+        .map_err(anyhow::Error::msg)?;
+        {
+            let _context = self.runtime.enter();
+            node::serve::spawn_server(
+                cache.store.clone(),
+                cache.incoming,
+                Arc::new(node::serve::ServeCounters::default()),
+            );
+        }
+        depot_cache::import::import_repo(&cache.store, "image", &origin.dir.join("image"))?;
+        let (origin, store, vins, stop) = (
+            origin.clone(),
+            cache.store.clone(),
+            vins.to_vec(),
+            self.stop.clone(),
+        );
+        self.follower = Some(std::thread::spawn(move || {
+            follow_director(origin, store, vins, stop);
+        }));
+        let addr = self
+            .runtime
+            .block_on(cache.net.listen_addrs())
+            .into_iter()
+            .next()
+            .context("the origin's cache listens nowhere");
+        self.cache = Some((cache.net, cache.events));
+        addr
+    }
+
+    /// Starts the depot daemon configured by `config` (see [`depot_config`]); it runs until
+    /// the yard stops.
+    pub(super) fn start_depot(
+        &mut self,
+        config: depot_cache::config::DepotConfig,
+    ) -> anyhow::Result<Depot> {
+        let repositories = config
+            .prefetch
+            .as_ref()
+            .map_or(0, |prefetch| prefetch.repositories.len());
+        let (ready, depot_ready) = tokio::sync::oneshot::channel();
+        let (depot_stop, depot_stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = self
+            .runtime
+            .spawn(depot_cache::daemon::serve(config, ready, async move {
+                let _ = depot_stopped.await;
+            }));
+        self.depot = Some((depot_stop, task));
+        let depot = self
+            .runtime
+            .block_on(depot_ready)
+            .context("the depot did not start")?;
+        let addr = depot
+            .addrs
+            .first()
+            .context("the depot listens nowhere")?
+            .clone();
+        let http_url = format!("http://{}", depot.http.context("the depot serves no HTTP")?);
+        let peer = addr
+            .iter()
+            .find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(peer) => Some(peer.to_string()),
+                _ => None,
+            })
+            .context("the depot's address has no peer id")?;
+        Ok(Depot {
+            addr,
+            peer,
+            http_url,
+            http: http_agent(),
+            repositories,
+        })
+    }
+
+    /// Starts the corrupt peer beside the depot, holding the release's delta; it runs until
+    /// the yard is dropped.
+    pub(super) fn start_rogue(
+        &mut self,
+        out: &Path,
+        release: &Release,
+        depot: &Depot,
+        log: Log,
+    ) -> anyhow::Result<()> {
+        let name = release
+            .delta_sizes
+            .keys()
+            .next()
+            .context("the release has no delta")?;
+        let rogue = crate::rogue::start(
+            &out.join("corrupt-peer"),
+            &release.deltas_dir().join(name),
+            &depot.addr,
+        )?;
+        log.say(&format!(
+            "corrupt peer {} joins the yard: it claims the delta and corrupts whatever it sends",
+            rogue.peer
+        ));
+        self.rogue = Some(rogue);
+        Ok(())
+    }
+
+    /// The corrupt peer, if one was started.
+    pub(super) fn rogue(&self) -> Option<&crate::rogue::Rogue> {
+        self.rogue.as_ref()
+    }
+
+    /// Registers each of `vins` with the director, writes its ECU and configuration under
+    /// `out/vehicles` and starts its agent on a thread of its own. The agents run until the
+    /// yard stops; what they do arrives on the returned channel.
+    pub(super) fn start_vehicles(
+        &mut self,
+        out: &Path,
+        vins: &[Vin],
+        setup: &VehicleSetup<'_>,
+        director: &Director,
+    ) -> anyhow::Result<mpsc::Receiver<VehicleEvent>> {
+        let (sender, events) = mpsc::channel();
+        for (index, vin) in vins.iter().enumerate() {
+            director
+                .api
+                .register(&proto::director_api::RegisterVehicle {
+                    actor: "provisioning".into(),
+                    vehicle: vehicle::record(index, vin)?,
+                })?;
+            let config =
+                vehicle::write(&out.join("vehicles").join(vin.as_str()), index, vin, setup)?;
+            let (stop, sender) = (self.stop.clone(), sender.clone());
+            self.vehicles.push(std::thread::spawn(move || {
+                if let Err(error) = vehicle::drive(index, config, stop, sender) {
+                    tracing::error!(index, "vehicle agent failed: {error:#}");
+                }
+            }));
+        }
+        Ok(events)
+    }
+
+    /// Gives the depot a moment to relay the reports it holds, reads its `/status`, then
+    /// stops every part that runs on its own (see [`Yard`]). Returns the status.
+    pub(super) fn stop(&mut self, depot: &Depot) -> anyhow::Result<Value> {
+        std::thread::sleep(Duration::from_millis(500));
+        let status = depot.status()?;
+        self.shut_down();
+        Ok(status)
+    }
+
+    /// Stops the vehicle agents, the director follower and the depot, and waits for each.
+    fn shut_down(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.vehicles.drain(..) {
+            let _ = thread.join();
+        }
+        if let Some(follower) = self.follower.take() {
+            let _ = follower.join();
+        }
+        if let Some((stop, task)) = self.depot.take() {
+            let _ = stop.send(());
+            let _ = self.runtime.block_on(task);
+        }
+    }
+}
+
+impl Drop for Yard {
+    fn drop(&mut self) {
+        // A run that ended early (an error, a timeout) still stops its nodes and threads.
+        self.shut_down();
+    }
+}
+
+fn loopback() -> anyhow::Result<Multiaddr> {
+    Ok("/ip4/127.0.0.1/udp/0/quic-v1".parse()?)
+}
+
+/// The depot's configuration: listening on loopback, prefetching the image repository and
+/// every vehicle's director repository from the origin's cache at `cache`, relaying reports
+/// to the director.
+pub(super) fn depot_config(
+    out: &Path,
+    release: &Release,
+    vins: &[Vin],
+    cache: Multiaddr,
+    director: &Director,
+    options: &YardOptions,
+) -> anyhow::Result<depot_cache::config::DepotConfig> {
+    let (image_root, director_root) = release.roots();
+    let mut repositories = vec!["image".to_string()];
+    repositories.extend(vins.iter().map(|vin| format!("director/{vin}")));
+    Ok(depot_cache::config::DepotConfig {
+        data_dir: out.join("depot"),
+        listen: vec![loopback()?],
+        mdns: false,
+        threads: 1,
+        cap_bytes: None,
+        http: Some("127.0.0.1:0".parse()?),
+        seeding: Some(node::seeding::SeedConfig::default()),
+        serve: depot_cache::config::ServeConfig {
+            upload_bytes_per_sec: options.depot_up_bytes_per_sec,
+        },
+        prefetch: Some(depot_cache::config::PrefetchConfig {
+            upstream: vec![cache],
+            repositories,
+            root: Some(image_root),
+            director_root: Some(director_root),
+            interval: Duration::from_secs(2),
+            windows: Vec::new(),
+            utc_offset_minutes: 0,
+            rate_limit: None,
+            stall_timeout: Duration::from_secs(60),
+        }),
+        relay: Some(depot_cache::config::RelayConfig {
+            director_url: director.url.clone(),
+            retry: Duration::from_secs(1),
+            max_reports: 10_000,
+        }),
+    })
+}
+
+/// An HTTP client that reads error statuses as answers.
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Keeps the origin's cache serving the origin's current director metadata: re-imports a
+/// vehicle's director repository whenever the director signed a new version for it.
+fn follow_director(
+    origin: Origin,
+    store: Arc<node::store::DiskStore>,
+    vins: Vec<Vin>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut seen: BTreeMap<Vin, u64> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        for vin in &vins {
+            // Keyed on the timestamp, which the director writes last (targets, snapshot, then
+            // timestamp): a repository imported between its targets and its timestamp would
+            // serve the new targets under the old timestamp, which no vehicle ever follows, and
+            // a key on the targets version would never import it again.
+            let repository = origin::director::vehicle_repository(vin);
+            let version = origin
+                .latest(&repository, "timestamp")
+                .map_or(0, |(version, _)| version);
+            if seen.get(vin) == Some(&version) {
+                continue;
+            }
+            let repo = origin.dir.join(&repository);
+            match depot_cache::import::import_repo(&store, &format!("director/{vin}"), &repo) {
+                Ok(_) => {
+                    seen.insert(vin.clone(), version);
+                }
+                Err(error) => {
+                    tracing::warn!(%vin, "re-importing the director repository: {error:#}")
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
