@@ -16,18 +16,19 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use origin::campaign::{CampaignSpec, Filters, Gates, Plan, Progress, Wave};
+use origin::campaign::Progress;
 use proto::Vin;
-use proto::custom::Priority;
-use proto::director_api::CreateCampaign;
 use serde_json::{Value, json};
 
+use campaign::Campaign;
 use options::{Log, rate_text};
 use parts::{Yard, depot_config};
-use vehicle::{VehicleSetup, unix_now, vin};
+use vehicle::{VehicleSetup, vin};
 
+pub use campaign::campaign_plan;
 pub use options::YardOptions;
 
+mod campaign;
 mod options;
 mod parts;
 mod release;
@@ -122,29 +123,6 @@ pub struct CorruptPeer {
     pub depot_deferrals_expired: u64,
 }
 
-/// The yard campaign's waves and gates: a canary (10 %, soaked 3 s), then everyone; every
-/// vehicle must commit and no health check may fail.
-pub fn campaign_plan() -> (Vec<Wave>, Gates) {
-    let waves = vec![
-        Wave {
-            percent: 10.0,
-            min_soak_secs: 3,
-        },
-        Wave {
-            percent: 100.0,
-            min_soak_secs: 0,
-        },
-    ];
-    let gates = Gates {
-        min_success: 1.0,
-        max_rollback: 0.0,
-        max_failed_health: 0,
-        report_timeout_secs: 300,
-        min_reports: 1,
-    };
-    (waves, gates)
-}
-
 /// Prepares `out`: removes a previous run's output (marked by `.netsim-yard`), refuses to
 /// touch a directory that holds anything else.
 fn fresh_out(out: &Path) -> anyhow::Result<()> {
@@ -209,58 +187,14 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let setup = VehicleSetup::new(&release, &director.url, &depot.addr, options)?;
     let events = yard.start_vehicles(&out, &vins, &setup, &director)?;
 
-    // The campaign: a canary wave, then everyone. Its id fixes who is in the canary (a stable
-    // hash); netsim picks the first id that puts one vehicle in four or fewer there.
-    let (waves, gates) = campaign_plan();
-    let most = (options.vehicles / 4).max(1);
-    let (campaign, plan) = (0..10_000)
-        .filter_map(|k| {
-            let plan = Plan {
-                id: format!("yard-gw-2-{k}").parse().ok()?,
-                waves: waves.clone(),
-                gates: gates.clone(),
-            };
-            Some((plan.id.clone(), plan))
-        })
-        .find(|(_, plan)| {
-            let canary = vins
-                .iter()
-                .filter(|v| plan.wave_of(v.as_str()) == 0)
-                .count();
-            (1..=most).contains(&canary)
-        })
-        .context("no campaign id puts a vehicle in the canary")?;
-    let wave_of: Vec<usize> = vins.iter().map(|v| plan.wave_of(v.as_str()) + 1).collect();
-    let canary: BTreeSet<usize> = (0..vins.len()).filter(|&i| wave_of[i] == 1).collect();
-    let spec = CampaignSpec {
-        id: campaign.clone(),
-        release: BTreeMap::from([("gw-v1".to_string(), "ecu/gw-2.bin".to_string())]),
-        fallback: BTreeMap::new(),
-        priority: Priority::Fix,
-        filters: Filters::default(),
-        waves,
-        gates,
-    };
-    director.api.create_campaign(&CreateCampaign {
-        actor: "release-manager".into(),
-        spec,
-    })?;
-    director.api.approve(&campaign, "fleet-safety")?;
-    let approved = Instant::now();
-    let approved_unix = unix_now();
-    log.say(&format!(
-        "campaign {campaign} approved: canary {} then the rest{}",
-        canary
-            .iter()
-            .map(|&i| vins[i].as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        if options.failing_canary {
-            " (the release fails its health check)"
-        } else {
-            ""
-        }
-    ));
+    let campaign = campaign::create_and_approve(&director.api, &vins, options, log)?;
+    let Campaign {
+        id: campaign,
+        wave_of,
+        canary,
+        approved,
+        approved_unix,
+    } = campaign;
 
     // Watch until the campaign ends.
     let mut last_step: Vec<Option<String>> = vec![None; vins.len()];
