@@ -10,17 +10,14 @@
 //! Nothing here decides anything the real nodes do not: netsim only starts the parts, presses
 //! the operator's buttons (create, approve) and watches.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use origin::campaign::Progress;
 use proto::Vin;
 use serde_json::{Value, json};
 
-use campaign::Campaign;
+use follow::Follow;
 use options::{Log, rate_text};
 use parts::{Yard, depot_config};
 use vehicle::{VehicleSetup, vin};
@@ -29,6 +26,7 @@ pub use campaign::campaign_plan;
 pub use options::YardOptions;
 
 mod campaign;
+mod follow;
 mod options;
 mod parts;
 mod release;
@@ -148,10 +146,6 @@ fn fresh_out(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often the run asks the director how the campaign and each vehicle's report stand: the
-/// resolution of the times the summary takes from the director.
-const DIRECTOR_POLL: Duration = Duration::from_millis(200);
-
 /// Runs the yard; see the module.
 #[allow(clippy::too_many_lines)]
 pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
@@ -188,149 +182,23 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let events = yard.start_vehicles(&out, &vins, &setup, &director)?;
 
     let campaign = campaign::create_and_approve(&director.api, &vins, options, log)?;
-    let Campaign {
-        id: campaign,
-        wave_of,
-        canary,
-        approved,
-        approved_unix,
-    } = campaign;
-
-    // Watch until the campaign ends.
-    let mut last_step: Vec<Option<String>> = vec![None; vins.len()];
-    let mut last_downloads: Vec<Value> = vec![Value::Null; vins.len()];
-    let mut from_depot = vec![0u64; vins.len()];
-    let mut from_peers = vec![0u64; vins.len()];
-    let rogue_peer = yard.rogue().map(|r| r.peer.to_string());
-    let mut from_rogue = 0u64;
-    let mut finished_at: Vec<Option<f64>> = vec![None; vins.len()];
-    let mut reported_at: Vec<Option<f64>> = vec![None; vins.len()];
-    let mut fetched_blobs: Vec<BTreeSet<String>> = vec![BTreeSet::new(); vins.len()];
-    let mut completed_after: Option<f64> = None;
-    let mut statuses: Vec<Value> = vec![Value::Null; vins.len()];
-    let mut last_state = String::new();
-    let mut last_poll = Instant::now() - Duration::from_secs(10);
-    let mut progress: Option<Progress> = None;
-    let end = approved + options.timeout;
-    loop {
-        match events.recv_timeout(DIRECTOR_POLL / 2) {
-            Ok(event) => {
-                let i = event.index;
-                let downloads = event.status["downloads"].clone();
-                if downloads != last_downloads[i] && downloads.is_array() {
-                    for download in downloads.as_array().into_iter().flatten() {
-                        if let Some(blob) = download["blob"].as_str() {
-                            fetched_blobs[i].insert(blob.to_string());
-                        }
-                        for (peer, bytes) in
-                            download["bytes_by_peer"].as_object().into_iter().flatten()
-                        {
-                            let bytes = bytes.as_u64().unwrap_or(0);
-                            if *peer == depot.peer {
-                                from_depot[i] += bytes;
-                            } else if rogue_peer.as_deref() == Some(peer.as_str()) {
-                                from_rogue += bytes;
-                            } else {
-                                from_peers[i] += bytes;
-                            }
-                        }
-                    }
-                    last_downloads[i] = downloads;
-                }
-                let step = match &event.step {
-                    Ok(step) => step.clone(),
-                    Err(error) => format!("error: {error}"),
-                };
-                if step.starts_with("committed") || step.starts_with("rolled back") {
-                    finished_at[i] = Some(event.at.duration_since(approved).as_secs_f64());
-                }
-                if last_step[i].as_deref() != Some(step.as_str()) {
-                    let extra = if step.starts_with("committed") || step.starts_with("rolled back")
-                    {
-                        format!(
-                            " ({:.1} MiB from the depot, {:.1} MiB from neighbours)",
-                            from_depot[i] as f64 / 1_048_576.0,
-                            from_peers[i] as f64 / 1_048_576.0
-                        )
-                    } else {
-                        String::new()
-                    };
-                    log.say(&format!("{}: {step}{extra}", vins[i]));
-                    last_step[i] = Some(step);
-                }
-                statuses[i] = event.status;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("every vehicle agent stopped"),
-        }
-        if last_poll.elapsed() >= DIRECTOR_POLL {
-            last_poll = Instant::now();
-            if let Some(found) = director.api.campaigns()?.campaign(&campaign) {
-                progress = found.progress.clone();
-            }
-            let now_state = format!(
-                "{} wave {}",
-                progress.as_ref().map_or("?", |p| p.state.name()),
-                progress.as_ref().map_or(0, |p| p.open_wave + 1)
-            );
-            if now_state != last_state {
-                let reason = progress
-                    .as_ref()
-                    .and_then(|p| p.state.reason())
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default();
-                log.say(&format!("campaign {campaign}: {now_state}{reason}"));
-                last_state = now_state;
-            }
-            let name = progress.as_ref().map_or("", |p| p.state.name());
-            if name == "completed" {
-                completed_after.get_or_insert(approved.elapsed().as_secs_f64());
-            }
-            // Asked after the campaign: a campaign seen completed has every report in.
-            if reported_at.iter().any(Option::is_none) {
-                let at = approved.elapsed().as_secs_f64();
-                for record in director.api.vehicles()? {
-                    let this_install = record
-                        .last_report
-                        .as_ref()
-                        .is_some_and(|r| r.outcome.is_some() && r.at >= approved_unix);
-                    let index = vins.iter().position(|vin| &record.vin == vin);
-                    if let (true, Some(index)) = (this_install, index) {
-                        reported_at[index].get_or_insert(at);
-                    }
-                }
-            }
-            let canary_back = canary.iter().all(|&i| {
-                last_step[i]
-                    .as_deref()
-                    .is_some_and(|s| s.starts_with("rolled back") || s == "done")
-            });
-            if name == "completed" || (name == "halted" && canary_back) || name == "aborted" {
-                break;
-            }
-        }
-        if Instant::now() > end {
-            bail!(
-                "the campaign did not end within {} s: {}",
-                options.timeout.as_secs(),
-                progress
-                    .as_ref()
-                    .map(|p| serde_json::to_value(p).unwrap_or_default())
-                    .unwrap_or_default()
-            );
-        }
-    }
-    let seconds = approved.elapsed().as_secs_f64();
+    let mut follow = Follow::new(
+        &campaign,
+        &vins,
+        &depot.peer,
+        yard.rogue().map(|r| r.peer.to_string()),
+        log,
+    );
+    follow::until_end(&mut follow, &events, &director.api, options.timeout)?;
+    let seconds = campaign.approved.elapsed().as_secs_f64();
     // Let the depot relay what it holds, then stop everything.
     let depot_status = yard.stop(&depot)?;
-    // Events sent after the loop ended carry the vehicles' last word.
-    for event in events.try_iter() {
-        statuses[event.index] = event.status;
-    }
+    follow.last_word(events.try_iter());
 
     let results: Vec<VehicleResult> = (0..vins.len())
         .map(|i| {
-            let status = &statuses[i];
+            let watched = &follow.vehicles[i];
+            let status = &watched.status;
             let ecus = status["ecus"]
                 .as_object()
                 .into_iter()
@@ -364,18 +232,19 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
                 });
             VehicleResult {
                 vin: vins[i].to_string(),
-                wave: wave_of[i],
+                wave: campaign.wave_of[i],
                 banks: if single.is_some() { "single" } else { "A/B" }.to_string(),
                 single_bank: single,
                 outcome: status["last_install"]["outcome"]
                     .as_str()
                     .map(str::to_string),
                 ecus,
-                bytes_from_depot: from_depot[i],
-                bytes_from_peers: from_peers[i],
-                finished_after_secs: finished_at[i],
-                reported_after_secs: reported_at[i],
-                delta_bytes: fetched_blobs[i]
+                bytes_from_depot: watched.from_depot,
+                bytes_from_peers: watched.from_peers,
+                finished_after_secs: watched.finished_at,
+                reported_after_secs: watched.reported_at,
+                delta_bytes: watched
+                    .fetched_blobs
                     .iter()
                     .filter_map(|blob| delta_sizes.get(blob))
                     .copied()
@@ -405,23 +274,26 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             CorruptPeer {
                 peer,
                 lies: r.lies(),
-                bytes_kept: from_rogue,
+                bytes_kept: follow.from_rogue,
                 reported_by,
                 depot_deferrals_expired: depot_status["seeding"]["deferral_expired"]
                     .as_u64()
                     .unwrap_or(0),
             }
         }),
-        campaign,
-        state: progress
+        campaign: campaign.id.clone(),
+        state: follow
+            .progress
             .as_ref()
             .map_or("?", |p| p.state.name())
             .to_string(),
-        reason: progress
+        reason: follow
+            .progress
             .as_ref()
             .and_then(|p| p.state.reason())
             .map(str::to_string),
-        time_to_update_secs: progress
+        time_to_update_secs: follow
+            .progress
             .as_ref()
             .map_or(Value::Null, |p| json!(p.time_to_update_secs)),
         depot_served_bytes: depot_status["served_bytes"].as_u64().unwrap_or(0),
@@ -429,7 +301,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             .as_u64()
             .unwrap_or(0),
         seconds,
-        completed_after_secs: completed_after,
+        completed_after_secs: follow.completed_after,
         results,
         report: report.clone(),
     };
