@@ -45,8 +45,8 @@ pub(super) struct Watched {
 /// The campaign as followed so far.
 #[derive(Debug)]
 pub(super) struct Follow<'a> {
-    campaign: &'a Campaign,
-    vins: &'a [Vin],
+    pub(super) campaign: &'a Campaign,
+    pub(super) vins: &'a [Vin],
     /// The depot's and the corrupt peer's ids, as the vehicles' download counters name them.
     depot_peer: &'a str,
     rogue_peer: Option<String>,

@@ -54,6 +54,18 @@ impl YardOptions {
         }
         Ok(())
     }
+
+    /// The run's first line: the yard's size, the seed and the links' limits.
+    pub(super) fn header(&self) -> String {
+        format!(
+            "yard: {} vehicles, {} MiB image, seed {}; links: each vehicle downloads {}, the depot uploads to the yard {} (all vehicles together)",
+            self.vehicles,
+            self.image_bytes >> 20,
+            self.seed,
+            rate_text(self.vehicle_down_bytes_per_sec),
+            rate_text(self.depot_up_bytes_per_sec),
+        )
+    }
 }
 
 /// A link rate as the header and the table print it.
