@@ -226,7 +226,8 @@ impl<'a> Follow<'a> {
 
 /// Follows the campaign until it ends: each vehicle event as it arrives, the director every
 /// [`DIRECTOR_POLL`]. Fails when every vehicle agent has stopped, or when the campaign has
-/// not ended within `timeout` of its approval.
+/// not ended within `timeout` of its approval. Stops nothing: every part is still running
+/// when it returns.
 pub(super) fn until_end(
     follow: &mut Follow<'_>,
     events: &mpsc::Receiver<VehicleEvent>,
@@ -258,5 +259,88 @@ pub(super) fn until_end(
                     .unwrap_or_default()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn campaign() -> Campaign {
+        Campaign {
+            id: "yard-gw-2-0".parse().unwrap(),
+            wave_of: vec![1, 2],
+            canary: BTreeSet::from([0]),
+            approved: Instant::now(),
+            approved_unix: 0,
+        }
+    }
+
+    fn vins() -> [Vin; 2] {
+        ["YARD-01", "YARD-02"].map(|vin| Vin::parse(vin).unwrap())
+    }
+
+    fn event(index: usize, step: &str, downloads: &Value) -> VehicleEvent {
+        VehicleEvent {
+            index,
+            at: Instant::now(),
+            step: Ok(step.to_string()),
+            status: json!({ "downloads": downloads }),
+        }
+    }
+
+    #[test]
+    fn bytes_are_counted_by_source_once_for_each_change_of_downloads() {
+        let campaign = campaign();
+        let vins = vins();
+        let mut follow = Follow::new(
+            &campaign,
+            &vins,
+            "depot-id",
+            Some("rogue-id".into()),
+            Log::new(false),
+        );
+        let first = json!([{ "blob": "d1", "bytes_by_peer": { "depot-id": 100, "rogue-id": 7 } }]);
+        follow.vehicle_event(event(0, "waiting: fetching", &first));
+        // A status repeats its downloads until they change: counted once.
+        follow.vehicle_event(event(0, "waiting: fetching", &first));
+        let second = json!([{ "blob": "d1", "bytes_by_peer": { "neighbour-id": 50 } }]);
+        follow.vehicle_event(event(0, "committed", &second));
+        let vehicle = &follow.vehicles[0];
+        assert_eq!((vehicle.from_depot, vehicle.from_peers), (100, 50));
+        assert_eq!(follow.from_rogue, 7);
+        assert_eq!(vehicle.fetched_blobs, BTreeSet::from(["d1".to_string()]));
+        assert!(vehicle.finished_at.is_some());
+        assert_eq!(follow.vehicles[1].from_depot, 0);
+    }
+
+    fn halted() -> Progress {
+        serde_json::from_value(json!({
+            "state": { "state": "halted", "open": 0, "reason": "health checks failed" },
+            "open_wave": 0,
+            "opened_at": [0],
+            "population": 2,
+            "eligible": { "assigned": 1, "committed": 0, "rolled_back": 0, "health_failed": 1, "overdue": 0 },
+            "segments": {},
+            "time_to_update_secs": [null, null, null],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_halted_campaign_has_ended_only_once_its_canary_is_back() {
+        let campaign = campaign();
+        let vins = vins();
+        let mut follow = Follow::new(&campaign, &vins, "depot-id", None, Log::new(false));
+        assert!(!follow.ended(), "no standing from the director yet");
+        follow.progress = Some(halted());
+        follow.vehicle_event(event(0, "trial boot", &Value::Null));
+        assert!(!follow.ended(), "the canary is still on its trial boot");
+        follow.vehicle_event(event(0, "rolled back: health check failed", &Value::Null));
+        assert!(follow.ended());
+        // Vehicle 1 is not in the canary: what it does changes nothing.
+        follow.vehicle_event(event(1, "up to date", &Value::Null));
+        assert!(follow.ended());
     }
 }

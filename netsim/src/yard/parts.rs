@@ -32,6 +32,7 @@ pub(super) struct Yard {
     stop: Arc<AtomicBool>,
     vehicles: Vec<JoinHandle<()>>,
     follower: Option<JoinHandle<()>>,
+    /// The signal that ends the depot daemon, and its task.
     depot: Option<(
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -284,7 +285,9 @@ impl Yard {
     }
 
     /// Gives the depot a moment to relay the reports it holds, reads its `/status`, then
-    /// stops every part that runs on its own (see [`Yard`]). Returns the status.
+    /// stops the vehicle agents, the director follower and the depot, in that order, and
+    /// returns the status. The director service, the origin's cache and the corrupt peer stay
+    /// up until the yard is dropped: the summary still reads the corrupt peer's count.
     pub(super) fn stop(&mut self, depot: &Depot) -> anyhow::Result<Value> {
         std::thread::sleep(Duration::from_millis(500));
         let status = depot.status()?;
