@@ -1,0 +1,196 @@
+//! A check's refresh: the vehicle's director repository (`director/<vin>`) and the image
+//! repository from the depot and its neighbours over the mesh, verified the Uptane way
+//! ([`node::tuf_mesh::verify_full`]: both repositories agree, the hardware matches, no rollback
+//! — the depot relays but cannot forge), turned into the facts the agent decides on: each
+//! approved image, what its ECU runs, the deltas listed for it and what the store holds.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use node::policy::Priority;
+use node::tuf_mesh::{MeshRemote, MeshUpdater};
+use proto::custom::{DirectorCustom, ImageCustom};
+use proto::tuf::{Role, Time};
+use proto::uptane::{ApprovedImage, EcuState};
+use serde_json::json;
+
+use super::Daemon;
+use crate::agent::{Blob, DeltaOffer, EcuFacts, Image, Verified};
+use crate::flasher::{Stage, group_decision, journaled, running_image};
+
+/// The image repository's deltas to one approved image: source target name → the delta and
+/// the source's signed SHA-256.
+type Deltas = BTreeMap<String, (proto::BlobId, u64, String)>;
+
+impl Daemon {
+    /// The files of `repository` over the mesh: from the configured peers, then any connected.
+    fn mesh_remote(
+        &self,
+        repository: &str,
+    ) -> MeshRemote<node::storage::DiskStorage, node::storage::SledIndex> {
+        MeshRemote::new(
+            self.net.clone(),
+            self.store.clone(),
+            self.config.peers.clone(),
+            repository,
+            self.config.metadata_timeout,
+        )
+        .asking(node::named::Ask::ListedThenConnected)
+    }
+
+    /// What each ECU runs, for the Uptane checks (hardware, no rollback).
+    fn ecu_states(&self) -> anyhow::Result<BTreeMap<String, EcuState>> {
+        let mut states = BTreeMap::new();
+        for ecu in &self.ecus {
+            let installed =
+                running_image(ecu, &self.journal)?.context("an ECU does not know what it runs")?;
+            states.insert(
+                ecu.serial.clone(),
+                EcuState {
+                    hardware_id: ecu.hardware_id.clone(),
+                    installed_release_counter: installed.release_counter,
+                },
+            );
+        }
+        Ok(states)
+    }
+
+    /// Refreshes and verifies both repositories; the metadata bytes count against the budget
+    /// whether or not they verify. Remembers the approved images for the install.
+    pub(super) fn refresh(&mut self, now: u64) -> anyhow::Result<Verified> {
+        let time = Time::from_unix(i64::try_from(now).context("the clock")?);
+        let data_dir = self.config.data_dir.clone();
+        let director_repository = format!("director/{}", self.config.vin);
+        let local = node::tuf_mesh::trusted_store(
+            &data_dir,
+            &director_repository,
+            self.config.director_root.as_deref(),
+        )?;
+        let mut director = MeshUpdater::new(self.mesh_remote(&director_repository), local, time)
+            .context("loading the director's trusted root")?;
+        let local =
+            node::tuf_mesh::trusted_store(&data_dir, "image", self.config.image_root.as_deref())?;
+        let mut image = MeshUpdater::new(self.mesh_remote("image"), local, time)
+            .context("loading the image repository's trusted root")?;
+        let states = self.ecu_states()?;
+        let verified = self.runtime.block_on(node::tuf_mesh::verify_full(
+            &mut director,
+            &mut image,
+            &states,
+        ));
+        let metadata_bytes: u64 = director
+            .remote()
+            .fetched
+            .iter()
+            .chain(&image.remote().fetched)
+            .map(|(_, bytes)| bytes.len() as u64)
+            .sum();
+        self.agent.record(metadata_bytes, now);
+        self.persist_usage()?;
+        let approved = verified.context("verifying the director's and image metadata")?;
+        let director_targets = director
+            .trusted()
+            .targets("targets")
+            .context("no director targets after refresh")?;
+        let director_version = director_targets.signed.version();
+        // The most urgent signed priority among the assignments, and its release time.
+        let mut urgency: Option<(Priority, u64)> = None;
+        for (name, file) in &director_targets.signed.targets {
+            let custom = DirectorCustom::of(name, file)?;
+            let priority = custom.priority();
+            let released = custom.released.unwrap_or(now);
+            if urgency.is_none_or(|(p, _)| priority < p) {
+                urgency = Some((priority, released));
+            }
+        }
+        let (priority, released) = urgency.unwrap_or((Priority::Feature, now));
+        let mut ecus = Vec::new();
+        let mut ecu_of = Vec::new();
+        for a in &approved {
+            // The deltas listed for the image, each with the source's signed SHA-256 (a delta
+            // applies only to that image).
+            let info = self.runtime.block_on(image.target_info(a.target()))?;
+            let listed = match &info {
+                Some(info) => ImageCustom::of(a.target(), info)?.deltas,
+                None => BTreeMap::new(),
+            };
+            let mut deltas = Deltas::new();
+            for (from, delta) in listed {
+                let source_sha = self
+                    .runtime
+                    .block_on(image.target_info(&from))?
+                    .and_then(|i| i.hashes.get("sha256").cloned());
+                if let Some(sha) = source_sha {
+                    deltas.insert(from, (delta.blake3, delta.length, sha));
+                }
+            }
+            let (index, facts) = self.facts(a, &deltas)?;
+            ecus.push(facts);
+            ecu_of.push(index);
+        }
+        let verified = Verified {
+            director_version,
+            priority,
+            released,
+            ecus,
+            ended: group_decision(&self.journal, &format!("director-v{director_version}"))?,
+        };
+        self.status["assignment"] = json!({
+            "director_version": director_version,
+            "priority": priority.name(),
+            "released": released,
+            "images": approved.iter().map(|a| json!({"ecu": a.ecu_serial(), "image": a.target()})).collect::<Vec<_>>(),
+        });
+        self.check_state.approved = approved;
+        self.check_state.ecu_of = ecu_of;
+        Ok(verified)
+    }
+
+    /// What the agent needs to know of one approved image's ECU: what it runs, whether an
+    /// install of the image is under way, and what the store holds. Also the ECU's index.
+    fn facts(&self, a: &ApprovedImage, deltas: &Deltas) -> anyhow::Result<(usize, EcuFacts)> {
+        let index = self
+            .ecus
+            .iter()
+            .position(|e| e.serial == a.ecu_serial())
+            .context("the director names an ECU this vehicle does not have")?;
+        let running = running_image(&self.ecus[index], &self.journal)?
+            .context("an ECU does not know what it runs")?;
+        let in_flight = journaled(&self.journal, a.ecu_serial())?.is_some_and(|r| {
+            Some(r.blake3) == a.blake3()
+                && !matches!(r.stage, Stage::Committed | Stage::RolledBack { .. })
+        });
+        let held = |id| self.store.info(&id).is_some_and(|i| i.complete);
+        let blob = |id, length| Blob {
+            id,
+            length,
+            held: held(id),
+        };
+        let facts = EcuFacts {
+            serial: a.ecu_serial().parse()?,
+            approved: Image {
+                target: a.target().to_string(),
+                sha256: a.file().hashes.get("sha256").cloned().unwrap_or_default(),
+            },
+            image: a.blake3().map(|id| blob(id, a.file().length)),
+            running: Image {
+                target: running.target,
+                sha256: running.sha256,
+            },
+            in_flight,
+            deltas: deltas
+                .iter()
+                .map(|(from, &(id, length, ref sha))| {
+                    (
+                        from.clone(),
+                        DeltaOffer {
+                            blob: blob(id, length),
+                            from_sha256: sha.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        Ok((index, facts))
+    }
+}
