@@ -10,7 +10,8 @@ use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use node::policy::Window;
 use node::seeding::SeedConfig;
-use node::text::{check_vehicle_id, line_of};
+use node::text::line_of;
+use proto::Vin;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -363,7 +364,7 @@ pub fn parse(text: &str) -> Result<DepotConfig, ConfigError> {
             let mut repositories = prefetch.repositories;
             for vin in &prefetch.vehicles {
                 let text = vin.get_ref();
-                check_vehicle_id(text).map_err(|why| at("prefetch.vehicles", vin.span(), &why))?;
+                Vin::parse(text).map_err(|why| at("prefetch.vehicles", vin.span(), &why))?;
                 repositories.push(format!("director/{text}"));
             }
             if !(-14 * 60..=14 * 60).contains(&prefetch.utc_offset_minutes) {

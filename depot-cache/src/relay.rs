@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use node::director_client::{ClientError, DirectorClient, Sender};
 use node::relay::ReportQueue;
-use proto::Vin;
 
 /// What one round of relaying did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -49,19 +48,12 @@ pub fn relay_once(queue: &ReportQueue, director_url: &str, timeout: Duration) ->
         }
     };
     for report in pending {
-        let vin = match Vin::parse(&report.vin) {
-            Ok(vin) => Ok(vin),
-            // The queue holds only reports whose VIN parsed when they were queued.
-            Err(error) => Err(error.to_string()),
-        };
-        let sent =
-            vin.map(|vin| director.send_manifest(&vin, &report.manifest, Sender::DepotRelay));
-        match sent {
-            Ok(Ok(_)) => {
+        match director.send_manifest(&report.vin, &report.manifest, Sender::DepotRelay) {
+            Ok(_) => {
                 tracing::info!(vin = %report.vin, report = %report.digest, "relayed a report to the director");
                 round.accepted += 1;
             }
-            Ok(Err(error)) if error.is_final() => {
+            Err(error) if error.is_final() => {
                 tracing::error!(vin = %report.vin, report = %report.digest, %error, "the director refused a relayed report; dropped");
                 round.refused += 1;
                 let detail = match &error {
@@ -77,15 +69,6 @@ pub fn relay_once(queue: &ReportQueue, director_url: &str, timeout: Duration) ->
                 ));
             }
             Err(error) => {
-                tracing::error!(vin = %report.vin, report = %report.digest, %error, "a queued report names no valid vehicle; dropped");
-                round.refused += 1;
-                round.refusals.push(format!(
-                    "{} ({}): {error}",
-                    report.vin,
-                    report.digest.short()
-                ));
-            }
-            Ok(Err(error)) => {
                 round.stopped = Some(error.to_string());
                 return round;
             }

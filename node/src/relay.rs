@@ -19,8 +19,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
-use proto::BlobId;
 use proto::wire::ErrorCode;
+use proto::{BlobId, Vin};
 
 use crate::net::NetHandle;
 use crate::protocol::{self, ExchangeError};
@@ -47,7 +47,7 @@ pub struct QueuedReport {
     /// The BLAKE3 hash of its bytes.
     pub digest: BlobId,
     /// The vehicle it names (`signed.vin`: the director checks that it signed it).
-    pub vin: String,
+    pub vin: Vin,
     /// The manifest's bytes.
     pub manifest: Vec<u8>,
 }
@@ -90,7 +90,7 @@ pub enum ManifestError {
 }
 
 /// The vehicle a manifest names, checked enough to be used in the director's URL.
-pub fn vehicle_of(manifest: &[u8]) -> Result<String, ManifestError> {
+pub fn vehicle_of(manifest: &[u8]) -> Result<Vin, ManifestError> {
     #[derive(serde::Deserialize)]
     struct Signed {
         vin: String,
@@ -101,8 +101,7 @@ pub fn vehicle_of(manifest: &[u8]) -> Result<String, ManifestError> {
     }
     let envelope: Envelope = serde_json::from_slice(manifest)
         .map_err(|error| ManifestError::NotAManifest(error.to_string()))?;
-    crate::text::check_vehicle_id(&envelope.signed.vin)?;
-    Ok(envelope.signed.vin)
+    Ok(Vin::parse(&envelope.signed.vin)?)
 }
 
 impl ReportQueue {

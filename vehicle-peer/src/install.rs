@@ -35,7 +35,7 @@ use proto::BlobId;
 #[serde(deny_unknown_fields)]
 pub struct EcuConfig {
     /// The ECU's serial, as the director names it.
-    pub serial: String,
+    pub serial: proto::EcuSerial,
     /// Its hardware id.
     pub hardware_id: String,
     /// A file holding the ECU's ed25519 key (32-byte seed, hex), which signs its reports.
@@ -340,7 +340,7 @@ fn open_ecu_with(config: &EcuConfig, format: bool) -> anyhow::Result<ConfiguredE
             )
         })?;
     Ok(Ecu {
-        serial: config.serial.clone(),
+        serial: config.serial.to_string(),
         hardware_id: config.hardware_id.clone(),
         key: ed25519_dalek::SigningKey::from_bytes(&seed),
         installed: Some(InstalledImage {
@@ -458,7 +458,7 @@ pub fn install(
                 summary
             }
             _ => {
-                let record = journaled(&journal, &config.serial)?;
+                let record = journaled(&journal, config.serial.as_str())?;
                 json!({"stage": record.map_or("idle".to_string(), |r| {
                     serde_json::to_value(&r.stage).ok()
                         .and_then(|v| v["stage"].as_str().map(str::to_string))
@@ -554,7 +554,7 @@ fn approve(
             threshold: 1,
         },
         last_version,
-        serial: config.serial.clone(),
+        serial: config.serial.to_string(),
         ecu: EcuState {
             hardware_id: config.hardware_id.clone(),
             installed_release_counter,

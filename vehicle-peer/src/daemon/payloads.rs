@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use node::fetch::{FetchError, FetchOptions};
+use proto::EcuSerial;
 use serde_json::json;
 
 use super::Daemon;
@@ -115,7 +116,7 @@ impl Daemon {
             .iter()
             .filter_map(|p| self.check_state.ecu_of.get(p.ecu).copied())
             .collect();
-        let mut checks: BTreeMap<String, CommandCheck> = self
+        let mut checks: BTreeMap<EcuSerial, CommandCheck> = self
             .ecu_configs
             .iter()
             .map(|c| {
