@@ -293,14 +293,18 @@ fn a_bad_scenario_is_refused_by_name() {
     for (change, field) in cases {
         let mut s = quick();
         change(&mut s);
-        let error = s.check().unwrap_err();
+        let error = s.check().unwrap_err().to_string();
         assert!(error.contains(field), "{field}: {error}");
     }
     // Unknown keys and wrong types are named by the parser.
     let text = std::fs::read_to_string("../config/scenarios/quick-1k.toml").unwrap();
-    let error = Scenario::parse(&text.replace("[depot]", "[depot]\nspeed = 3")).unwrap_err();
+    let error = Scenario::parse(&text.replace("[depot]", "[depot]\nspeed = 3"))
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("speed"), "{error}");
-    let error = Scenario::parse(&text.replace("days = 5", "days = \"five\"")).unwrap_err();
+    let error = Scenario::parse(&text.replace("days = 5", "days = \"five\""))
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("days"), "{error}");
 }
 

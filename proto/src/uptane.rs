@@ -736,7 +736,7 @@ pub fn verify_vehicle_manifest(
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|error| report_error("vehicle manifest", format!("not JSON: {error}")))?;
     check_signed_by(&value, primary_key)
-        .map_err(|detail| report_error("vehicle manifest", detail))?;
+        .map_err(|error| report_error("vehicle manifest", error.to_string()))?;
     let signed = &value["signed"];
     if signed["vin"].as_str() != Some(vin) {
         return Err(report_error(
@@ -756,7 +756,7 @@ pub fn verify_vehicle_manifest(
         let Some(key) = ecu_keys.get(serial) else {
             return Err(report_error(&what, "not an ECU of this vehicle".into()));
         };
-        check_signed_by(report, key).map_err(|detail| report_error(&what, detail))?;
+        check_signed_by(report, key).map_err(|error| report_error(&what, error.to_string()))?;
         let fields = &report["signed"];
         let text = |field: &str| {
             fields[field].as_str().map(str::to_string).ok_or_else(|| {
@@ -797,18 +797,38 @@ pub fn verify_vehicle_manifest(
     })
 }
 
+/// Why an envelope is not signed by the key it must be signed by.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// `signed` has no canonical form.
+    #[error("{0}")]
+    Canonical(#[from] CanonicalError),
+    /// `signed` is not an object.
+    #[error("field signed must be an object")]
+    SignedNotObject,
+    /// `signatures` is not an array.
+    #[error("field signatures must be an array")]
+    SignaturesNotArray,
+    /// The key's signature is there but does not verify.
+    #[error("the signature by key {0} is not valid")]
+    BadSignature(String),
+    /// No signature by the key.
+    #[error("not signed by the registered key {0}")]
+    NotSigned(String),
+}
+
 /// Checks that `value` (`{"signatures": [...], "signed": {...}}`) carries a valid signature by
 /// `key` over the canonical `signed`.
-pub fn check_signed_by(value: &Value, key: &VerifyingKey) -> Result<(), String> {
-    let canonical =
-        crate::tuf::canonical::to_canonical(&value["signed"]).map_err(|e| e.to_string())?;
+pub fn check_signed_by(value: &Value, key: &VerifyingKey) -> Result<(), EnvelopeError> {
+    let canonical = crate::tuf::canonical::to_canonical(&value["signed"])?;
     if !value["signed"].is_object() {
-        return Err("field signed must be an object".into());
+        return Err(EnvelopeError::SignedNotObject);
     }
     let keyid = build::key_id(key);
     let signatures = value["signatures"]
         .as_array()
-        .ok_or("field signatures must be an array")?;
+        .ok_or(EnvelopeError::SignaturesNotArray)?;
     for signature in signatures {
         if signature["keyid"].as_str() != Some(keyid.as_str()) {
             continue;
@@ -821,7 +841,7 @@ pub fn check_signed_by(value: &Value, key: &VerifyingKey) -> Result<(), String> 
         if valid {
             return Ok(());
         }
-        return Err(format!("the signature by key {keyid} is not valid"));
+        return Err(EnvelopeError::BadSignature(keyid));
     }
-    Err(format!("not signed by the registered key {keyid}"))
+    Err(EnvelopeError::NotSigned(keyid))
 }

@@ -187,29 +187,68 @@ pub fn load(path: &Path) -> anyhow::Result<VehicleConfig> {
     parse(&text).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
 }
 
+/// A configuration that does not hold: every error names its key (and its line, where the
+/// value is written).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Not TOML, a key unknown or missing, or a value of the wrong type (toml names the line).
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A value that does not parse or is refused, where it is written.
+    #[error("{key} (line {line}): {why}")]
+    At {
+        /// The key.
+        key: &'static str,
+        /// Its line.
+        line: usize,
+        /// What is wrong.
+        why: String,
+    },
+    /// A key's value refused, or keys that do not go together (`detail` follows the key).
+    #[error("{key}{detail}")]
+    Key {
+        /// The key.
+        key: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+fn refused(key: &'static str, detail: String) -> ConfigError {
+    ConfigError::Key { key, detail }
+}
+
 /// Checks the text of a configuration file; errors name the key and its line.
-pub fn parse(text: &str) -> Result<VehicleConfig, String> {
-    let file: File = toml::from_str(text).map_err(|error| error.to_string())?;
-    let at = |key: &str, span: std::ops::Range<usize>, why: String| {
-        format!("{key} (line {}): {why}", line_of(text, span.start))
+pub fn parse(text: &str) -> Result<VehicleConfig, ConfigError> {
+    let file: File = toml::from_str(text)?;
+    let at = |key: &'static str, span: std::ops::Range<usize>, why: String| ConfigError::At {
+        key,
+        line: line_of(text, span.start),
+        why,
     };
     let vin = file.vin.get_ref();
     let vin = proto::Vin::parse(vin).map_err(|why| at("vin", file.vin.span(), why.to_string()))?;
-    let addrs = |key: &str, values: &[Spanned<String>]| -> Result<Vec<Multiaddr>, String> {
-        values
-            .iter()
-            .map(|value| {
-                node::net::parse_multiaddr(value.get_ref())
-                    .map_err(|error| at(key, value.span(), error.to_string()))
-            })
-            .collect()
-    };
+    let addrs =
+        |key: &'static str, values: &[Spanned<String>]| -> Result<Vec<Multiaddr>, ConfigError> {
+            values
+                .iter()
+                .map(|value| {
+                    node::net::parse_multiaddr(value.get_ref())
+                        .map_err(|error| at(key, value.span(), error.to_string()))
+                })
+                .collect()
+        };
     let mut listen = addrs("listen", &file.listen)?;
     if listen.is_empty() {
+        // Every interface, any UDP port, QUIC.
         listen.push(
-            "/ip4/0.0.0.0/udp/0/quic-v1"
-                .parse()
-                .map_err(|_| "the default listen address does not parse".to_owned())?,
+            Multiaddr::empty()
+                .with(libp2p::multiaddr::Protocol::Ip4(
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                ))
+                .with(libp2p::multiaddr::Protocol::Udp(0))
+                .with(libp2p::multiaddr::Protocol::QuicV1),
         );
     }
     let peers = addrs("peers", &file.peers)?;
@@ -227,12 +266,16 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
         ));
     }
     if peers.is_empty() && !file.mdns {
-        return Err(
-            "peers is empty and mdns = false: the vehicle could never find its depot".into(),
-        );
+        return Err(refused(
+            "peers",
+            " is empty and mdns = false: the vehicle could never find its depot".into(),
+        ));
     }
     if !(1..=256).contains(&file.threads) {
-        return Err(format!("threads = {}: must be 1 to 256", file.threads));
+        return Err(refused(
+            "threads",
+            format!(" = {}: must be 1 to 256", file.threads),
+        ));
     }
     if file.ecus.get_ref().is_empty() {
         return Err(at(
@@ -242,7 +285,10 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
         ));
     }
     if file.check_interval_secs == 0 {
-        return Err("check_interval_secs = 0: must be at least 1".into());
+        return Err(refused(
+            "check_interval_secs",
+            " = 0: must be at least 1".into(),
+        ));
     }
     if let Some(rate) = file
         .download_bytes_per_sec
@@ -271,7 +317,12 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
         (None, Some(command)) => {
             return Err(at("link.command", command.span(), "is empty".into()));
         }
-        _ => return Err("link: give exactly one of class and command".into()),
+        _ => {
+            return Err(refused(
+                "link",
+                ": give exactly one of class and command".into(),
+            ));
+        }
     };
     let cellular_windows = file
         .policy
@@ -283,15 +334,18 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     if !(-14 * 60..=14 * 60).contains(&file.policy.utc_offset_minutes) {
-        return Err(format!(
-            "policy.utc_offset_minutes = {}: must be within -840..=840",
-            file.policy.utc_offset_minutes
+        return Err(refused(
+            "policy.utc_offset_minutes",
+            format!(
+                " = {}: must be within -840..=840",
+                file.policy.utc_offset_minutes
+            ),
         ));
     }
     if file.policy.min_signal > 100 {
-        return Err(format!(
-            "policy.min_signal = {}: must be 0 to 100",
-            file.policy.min_signal
+        return Err(refused(
+            "policy.min_signal",
+            format!(" = {}: must be 0 to 100", file.policy.min_signal),
         ));
     }
     let boot = match file.boot.mode.get_ref().as_str() {
@@ -379,35 +433,47 @@ pub fn parse(text: &str) -> Result<VehicleConfig, String> {
     })
 }
 
+/// What a link probe printed that is not a link.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkProbeError {
+    /// Nothing.
+    #[error("printed nothing (expected e.g. \"yard-wifi\" or \"cellular 63\")")]
+    Empty,
+    /// Not a link class.
+    #[error(transparent)]
+    Class(#[from] node::policy::ParseLinkClassError),
+    /// A metered link without its signal quality.
+    #[error("{0} needs a signal quality 0-100 after it")]
+    NoSignal(&'static str),
+    /// A signal quality outside 0–100.
+    #[error("signal quality {0:?} must be 0 to 100")]
+    Signal(String),
+    /// More words than a class and a signal.
+    #[error("unexpected {0:?} after the signal quality")]
+    Extra(String),
+}
+
 /// Parses what a link command printed: `yard-wifi`, `other-wifi`, `cellular 63`,
 /// `cellular-roaming 40`, or `none`. `Ok(None)`: no link now.
-pub fn parse_link(output: &str) -> Result<Option<node::policy::Link>, String> {
+pub fn parse_link(output: &str) -> Result<Option<node::policy::Link>, LinkProbeError> {
     let mut words = output.split_whitespace();
-    let Some(class) = words.next() else {
-        return Err("printed nothing (expected e.g. \"yard-wifi\" or \"cellular 63\")".into());
-    };
+    let class = words.next().ok_or(LinkProbeError::Empty)?;
     if class == "none" {
         return Ok(None);
     }
-    let class: LinkClass = class
-        .parse()
-        .map_err(|error: node::policy::ParseLinkClassError| error.to_string())?;
+    let class: LinkClass = class.parse()?;
     let signal = match words.next() {
         None if !class.metered() => 100,
-        None => {
-            return Err(format!(
-                "{} needs a signal quality 0-100 after it",
-                class.name()
-            ));
-        }
+        None => return Err(LinkProbeError::NoSignal(class.name())),
         Some(word) => word
             .parse::<u8>()
             .ok()
             .filter(|s| *s <= 100)
-            .ok_or_else(|| format!("signal quality {word:?} must be 0 to 100"))?,
+            .ok_or_else(|| LinkProbeError::Signal(word.to_string()))?,
     };
     if let Some(extra) = words.next() {
-        return Err(format!("unexpected {extra:?} after the signal quality"));
+        return Err(LinkProbeError::Extra(extra.to_string()));
     }
     Ok(Some(node::policy::Link { class, signal }))
 }
@@ -501,7 +567,7 @@ mod tests {
             ),
         ];
         for (text, expected) in &cases {
-            let error = parse(text).unwrap_err();
+            let error = parse(text).unwrap_err().to_string();
             assert!(error.contains(expected), "{text:?}: {error}");
         }
     }

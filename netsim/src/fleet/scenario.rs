@@ -294,113 +294,131 @@ impl Checked {
     }
 }
 
-fn positive(name: &str, value: f64) -> Result<f64, String> {
+/// A scenario that does not hold: what is wrong, naming the field.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScenarioError {
+    /// Not TOML, an unknown key or a value of the wrong type (toml names it).
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A field's value refused (the message starts with the field).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(why: String) -> ScenarioError {
+    ScenarioError::Invalid(why)
+}
+
+fn positive(name: &str, value: f64) -> Result<f64, ScenarioError> {
     if value.is_finite() && value > 0.0 {
         Ok(value)
     } else {
-        Err(format!("{name} = {value} must be a positive number"))
+        Err(invalid(format!(
+            "{name} = {value} must be a positive number"
+        )))
     }
 }
 
-fn non_negative(name: &str, value: f64) -> Result<f64, String> {
+fn non_negative(name: &str, value: f64) -> Result<f64, ScenarioError> {
     if value.is_finite() && value >= 0.0 {
         Ok(value)
     } else {
-        Err(format!("{name} = {value} must be zero or more"))
+        Err(invalid(format!("{name} = {value} must be zero or more")))
     }
 }
 
-fn share(name: &str, value: f64) -> Result<f64, String> {
+fn share(name: &str, value: f64) -> Result<f64, ScenarioError> {
     if (0.0..=1.0).contains(&value) {
         Ok(value)
     } else {
-        Err(format!("{name} = {value} must be between 0 and 1"))
+        Err(invalid(format!("{name} = {value} must be between 0 and 1")))
     }
 }
 
-fn minute_of_day(name: &str, text: &str) -> Result<f64, String> {
+fn minute_of_day(name: &str, text: &str) -> Result<f64, ScenarioError> {
     let parsed = text.split_once(':').and_then(|(h, m)| {
         let (h, m) = (h.trim().parse::<u16>().ok()?, m.trim().parse::<u16>().ok()?);
         (h < 24 && m < 60).then_some(f64::from(h * 60 + m))
     });
-    parsed.ok_or_else(|| format!("{name} = {text:?} is not HH:MM (00:00 to 23:59)"))
+    parsed.ok_or_else(|| invalid(format!("{name} = {text:?} is not HH:MM (00:00 to 23:59)")))
 }
 
 impl Scenario {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> anyhow::Result<Checked> {
         let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading scenario {}", path.display()))?;
+            .with_context(|| invalid(format!("reading scenario {}", path.display())))?;
         Self::parse(&text).map_err(|e| anyhow::anyhow!("scenario {}: {e}", path.display()))
     }
 
     /// Parses and checks a scenario's TOML.
-    pub fn parse(text: &str) -> Result<Checked, String> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Checked, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text)?;
         scenario.check()
     }
 
     /// Checks every field; the error names the first that is wrong.
-    pub fn check(self) -> Result<Checked, String> {
+    pub fn check(self) -> Result<Checked, ScenarioError> {
         let s = &self;
         positive("days", s.days)?;
         if s.days > 366.0 {
-            return Err(format!("days = {} must be at most 366", s.days));
+            return Err(invalid(format!("days = {} must be at most 366", s.days)));
         }
         if s.sample_secs == 0 {
-            return Err("sample_secs must be at least 1".into());
+            return Err(invalid("sample_secs must be at least 1".into()));
         }
         let f = &s.fleet;
         if !(1..=1_000_000).contains(&f.vehicles) {
-            return Err(format!(
+            return Err(invalid(format!(
                 "fleet.vehicles = {} must be 1 to 1000000",
                 f.vehicles
-            ));
+            )));
         }
         if f.depots == 0 || f.depots > f.vehicles {
-            return Err(format!(
+            return Err(invalid(format!(
                 "fleet.depots = {} must be 1 to fleet.vehicles ({})",
                 f.depots, f.vehicles
-            ));
+            )));
         }
         if f.regions == 0 || f.regions > f.depots {
-            return Err(format!(
+            return Err(invalid(format!(
                 "fleet.regions = {} must be 1 to fleet.depots ({})",
                 f.regions, f.depots
-            ));
+            )));
         }
         if let Some(o) = f.utc_offsets_minutes.iter().find(|o| o.abs() > 14 * 60) {
-            return Err(format!(
+            return Err(invalid(format!(
                 "fleet.utc_offsets_minutes: {o} is not a time zone (at most ±840)"
-            ));
+            )));
         }
         if !f.vins.is_empty() {
             if f.vins.len() != f.vehicles as usize {
-                return Err(format!(
+                return Err(invalid(format!(
                     "fleet.vins names {} vehicles, fleet.vehicles says {}",
                     f.vins.len(),
                     f.vehicles
-                ));
+                )));
             }
             let mut seen = std::collections::BTreeSet::new();
             if let Some(dup) = f.vins.iter().find(|v| !seen.insert(v.as_str())) {
-                return Err(format!("fleet.vins names {dup:?} twice"));
+                return Err(invalid(format!("fleet.vins names {dup:?} twice")));
             }
         }
         let delta_bytes = positive("release.delta_mib", s.release.delta_mib)? * MIB;
         let prefetch_bytes = positive("release.prefetch_mib", s.release.prefetch_mib)? * MIB;
         if prefetch_bytes < delta_bytes {
-            return Err(format!(
+            return Err(invalid(format!(
                 "release.prefetch_mib = {} must be at least release.delta_mib ({}): the depot \
                  prefetches the delta",
                 s.release.prefetch_mib, s.release.delta_mib
-            ));
+            )));
         }
         let priority: Priority = s.release.priority.parse().map_err(|_| {
-            format!(
+            invalid(format!(
                 "release.priority = {:?} must be security, fix or feature",
                 s.release.priority
-            )
+            ))
         })?;
         non_negative(
             "release.published_hours_before",
@@ -421,23 +439,26 @@ impl Scenario {
         non_negative("vehicle.report_delay_secs", v.report_delay_secs)?;
         positive("vehicle.policy_recheck_secs", v.policy_recheck_secs)?;
         if v.signal[0] > v.signal[1] || v.signal[1] > 100 {
-            return Err(format!(
+            return Err(invalid(format!(
                 "vehicle.signal = {:?} must be [low, high] within 0..=100",
                 v.signal
-            ));
+            )));
         }
         let p = &v.policy;
         let cellular_windows = p
             .cellular_windows
             .iter()
-            .map(|w| Window::parse(w).map_err(|e| format!("vehicle.policy.cellular_windows: {e}")))
+            .map(|w| {
+                Window::parse(w)
+                    .map_err(|e| invalid(format!("vehicle.policy.cellular_windows: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let budget = non_negative("vehicle.policy.monthly_budget_mib", p.monthly_budget_mib)?;
         if p.min_signal > 100 {
-            return Err(format!(
+            return Err(invalid(format!(
                 "vehicle.policy.min_signal = {} must be 0 to 100",
                 p.min_signal
-            ));
+            )));
         }
         let deadline = non_negative("vehicle.policy.fix_deadline_hours", p.fix_deadline_hours)?;
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -452,48 +473,49 @@ impl Scenario {
         let depart_minute = minute_of_day("routes.depart", &r.depart)?;
         let return_minute = minute_of_day("routes.return", &r.r#return)?;
         if !r.always_present && depart_minute >= return_minute {
-            return Err(format!(
+            return Err(invalid(format!(
                 "routes.depart ({}) must be before routes.return ({}): vehicles are out by day",
                 r.depart, r.r#return
-            ));
+            )));
         }
         let jitter = non_negative("routes.jitter_minutes", r.jitter_minutes)?;
         if !r.always_present && jitter * 2.0 >= return_minute - depart_minute {
-            return Err(format!(
+            return Err(invalid(format!(
                 "routes.jitter_minutes = {jitter} must be under half the time out \
                  ({} minutes)",
                 return_minute - depart_minute
-            ));
+            )));
         }
         share("routes.overnight_away", r.overnight_away)?;
         share("routes.visit_other_depot", r.visit_other_depot)?;
         let c = &s.campaign;
         non_negative("campaign.start_hours", c.start_hours)?;
         if c.start_hours >= s.days * 24.0 {
-            return Err(format!(
+            return Err(invalid(format!(
                 "campaign.start_hours = {} must be within the run ({} days)",
                 c.start_hours, s.days
-            ));
+            )));
         }
         if c.tick_secs == 0 {
-            return Err("campaign.tick_secs must be at least 1".into());
+            return Err(invalid("campaign.tick_secs must be at least 1".into()));
         }
         let plan = Plan {
             id: c.id.clone(),
             waves: c.waves.clone(),
             gates: c.gates.clone(),
         };
-        plan.check().map_err(|e| format!("campaign: {e}"))?;
+        plan.check()
+            .map_err(|e| invalid(format!("campaign: {e}")))?;
         let x = &s.failures;
         share("failures.health_fail", x.health_fail)?;
         share("failures.rollback", x.rollback)?;
         share("failures.corrupt_peers", x.corrupt_peers)?;
         for (i, o) in x.depot_outages.iter().enumerate() {
             if o.depot >= f.depots {
-                return Err(format!(
+                return Err(invalid(format!(
                     "failures.depot_outages[{i}].depot = {} must be below fleet.depots ({})",
                     o.depot, f.depots
-                ));
+                )));
             }
             non_negative(
                 &format!("failures.depot_outages[{i}].start_hours"),
