@@ -20,12 +20,6 @@ use crate::config::{DepotConfig, PrefetchConfig, RelayConfig, backhaul_open, rel
 use crate::prefetch::{PrefetchRequest, prefetch_with};
 use crate::status::{PrefetchState, REFUSALS_KEPT, RelayState, State, lock};
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Where a started daemon can be reached.
 #[derive(Clone, Debug)]
 pub struct Ready {
@@ -188,7 +182,7 @@ async fn prefetch_loop(
     state: Arc<State>,
 ) {
     loop {
-        let now = unix_now();
+        let now = node::clock::unix_now();
         if let Err(opens) = backhaul_open(&prefetch, now) {
             lock(&state.prefetch).next_run_unix = Some(opens);
             tracing::info!(opens, "backhaul window closed; prefetch waits");
@@ -217,7 +211,7 @@ async fn prefetch_loop(
                 Ok(summary) => {
                     tracing::info!(%repository, %summary, "prefetch done");
                     status.runs_ok += 1;
-                    status.last_success_unix = Some(unix_now());
+                    status.last_success_unix = Some(node::clock::unix_now());
                     status.backhaul_bytes += summary["upstream_bytes"].as_u64().unwrap_or(0);
                     status.evictions += summary["evicted"].as_array().map_or(0, Vec::len) as u64;
                     status.last_error = None;
@@ -234,7 +228,7 @@ async fn prefetch_loop(
         {
             let mut status = lock(&state.prefetch);
             status.running = false;
-            status.next_run_unix = Some(unix_now() + next.as_secs());
+            status.next_run_unix = Some(node::clock::unix_now() + next.as_secs());
         }
         tokio::time::sleep(next).await;
     }
@@ -268,7 +262,7 @@ async fn relay_loop(relay: RelayConfig, state: Arc<State>) {
             if let Some(error) = &round.stopped {
                 tracing::warn!(%error, queued = queue.len(), "relaying reports stopped; trying again later");
             } else if round.accepted + round.refused > 0 {
-                status.last_success_unix = Some(unix_now());
+                status.last_success_unix = Some(node::clock::unix_now());
             }
             status.last_error = round.stopped;
         }

@@ -85,7 +85,7 @@ enum Command {
         #[arg(long)]
         cap: Option<u64>,
         /// Time to check metadata expiry against (RFC 3339; default: now).
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long)]
         now: Option<proto::tuf::Time>,
         /// Give up a target after this many seconds without progress.
         #[arg(long, default_value_t = 60)]
@@ -118,10 +118,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn parse_time(text: &str) -> Result<proto::tuf::Time, String> {
-    proto::tuf::Time::parse(text).map_err(|error| error.to_string())
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

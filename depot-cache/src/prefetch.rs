@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use libp2p::Multiaddr;
 use node::cache::footprint;
-use node::tuf_mesh::{MeshRemote, MeshUpdater, system_now, trusted_store};
+use node::tuf_mesh::{MeshRemote, MeshUpdater, trusted_store};
 use proto::tuf::{Role, Time};
 
 /// One prefetch.
@@ -84,7 +84,7 @@ pub async fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
     let rate_limit = request.rate_limit.map(node::ratelimit::RateLimit::new);
     let now = match request.now {
         Some(now) => now,
-        None => system_now().map_err(anyhow::Error::msg)?,
+        None => node::clock::now(),
     };
     let remote = MeshRemote::new(
         net.clone(),

@@ -21,7 +21,7 @@ fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
     let origin = Origin {
         dir: w.join("origin"),
         offline_keys: Some(w.join("usb")),
-        now: node::tuf_mesh::system_now().unwrap(),
+        now: node::clock::now(),
     };
     origin::init(&origin).unwrap();
     std::fs::write(w.join("gw.bin"), b"firmware v1").unwrap();

@@ -102,7 +102,7 @@ fn check_once(config: &Path) -> Value {
     let config = vehicle_peer::config::load(config).unwrap();
     Daemon::open(config)
         .unwrap()
-        .check_once(vehicle_peer::daemon::unix_now())
+        .check_once(node::clock::unix_now())
         .unwrap()
 }
 
@@ -114,7 +114,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     let origin = Origin {
         dir: w.join("origin"),
         offline_keys: Some(w.join("usb")),
-        now: node::tuf_mesh::system_now().unwrap(),
+        now: node::clock::now(),
     };
     origin::init(&origin).unwrap();
 

@@ -39,7 +39,7 @@ fn origin_to_depot_to_ten_vehicles_with_one_backhaul_copy_and_at_most_one_and_a_
     let origin = Origin {
         dir: w.join("origin"),
         offline_keys: Some(w.join("usb")),
-        now: node::tuf_mesh::system_now().unwrap(),
+        now: node::clock::now(),
     };
     origin::init(&origin).unwrap();
     let firmware: Vec<u8> = {

@@ -159,28 +159,6 @@ pub fn trusted_store(
     Ok(local)
 }
 
-/// Why the system clock gives no TUF time.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClockError {
-    /// It reads a time before the Unix epoch.
-    #[error("the system clock is before 1970")]
-    BeforeEpoch,
-    /// It reads a time too far ahead to represent.
-    #[error("the system clock is out of range")]
-    OutOfRange,
-}
-
-/// The system clock as a TUF time.
-pub fn system_now() -> Result<Time, ClockError> {
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| ClockError::BeforeEpoch)?
-        .as_secs();
-    let seconds = i64::try_from(seconds).map_err(|_| ClockError::OutOfRange)?;
-    Ok(Time::from_unix(seconds))
-}
-
 /// Metadata fetched by name over the mesh: `<repository>/metadata/<file>`, from the given peers
 /// in order, then any connected peer. Each fetch is `async`: the updater it feeds does no I/O
 /// ([`proto::tuf::Operation`]), so nothing here blocks a thread.

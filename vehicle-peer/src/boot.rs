@@ -387,6 +387,14 @@ fn newer(a: u8, b: u8) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Slot(String);
 
+impl std::str::FromStr for Slot {
+    type Err = BootError;
+
+    fn from_str(name: &str) -> Result<Self, BootError> {
+        Self::new(name)
+    }
+}
+
 impl Slot {
     /// A slot name; letters and digits only, 1 to 16 of them.
     pub fn new(name: &str) -> Result<Self, BootError> {

@@ -560,14 +560,7 @@ fn approve(
             installed_release_counter,
         },
     };
-    let now = match now {
-        Some(now) => now,
-        None => Time::from_unix(i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs(),
-        )?),
-    };
+    let now = now.unwrap_or_else(node::clock::now);
     let approved = verifier.verify(&bytes, now)?.with_context(|| {
         format!(
             "the director's targets name nothing for ECU {}",

@@ -108,7 +108,7 @@ enum Command {
         repository: String,
         /// Check expiry against this time (RFC 3339, e.g. 2026-11-22T00:00:00Z) instead of
         /// the system clock.
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long)]
         now: Option<proto::tuf::Time>,
         /// Seconds one metadata file may take to arrive (slow retrieval ends here).
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -149,7 +149,7 @@ enum Command {
         #[arg(long)]
         ecu_config: PathBuf,
         /// The slot the ECU runs now (default: rauc.slot= from /proc/cmdline).
-        #[arg(long, value_parser = parse_slot)]
+        #[arg(long)]
         running: Option<vehicle_peer::boot::Slot>,
         /// The director's signed targets metadata for this vehicle.
         #[arg(long)]
@@ -161,7 +161,7 @@ enum Command {
         #[arg(long, requires = "director_targets")]
         image: Option<PathBuf>,
         /// Time to check metadata expiry against (RFC 3339; default: now).
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long)]
         now: Option<proto::tuf::Time>,
         /// Also print the ECU's signed version report answering this nonce.
         #[arg(long)]
@@ -177,14 +177,6 @@ enum Command {
         #[arg(long)]
         provision: bool,
     },
-}
-
-fn parse_slot(text: &str) -> Result<vehicle_peer::boot::Slot, String> {
-    vehicle_peer::boot::Slot::new(text).map_err(|error| error.to_string())
-}
-
-fn parse_time(text: &str) -> Result<proto::tuf::Time, String> {
-    proto::tuf::Time::parse(text).map_err(|error| error.to_string())
 }
 
 fn main() -> ExitCode {
@@ -463,7 +455,7 @@ fn agent(path: &std::path::Path, once: bool) -> ExitCode {
             }
         };
     }
-    summary_or_error(daemon.check_once(vehicle_peer::daemon::unix_now()))
+    summary_or_error(daemon.check_once(node::clock::unix_now()))
 }
 
 /// Prints a command's one-line JSON summary, or its error, and the matching exit code.

@@ -151,7 +151,7 @@ fn refresh_and_fetch<S: Storage, I: Index>(
 ) -> anyhow::Result<serde_json::Value> {
     let now = match request.now {
         Some(now) => now,
-        None => system_now()?,
+        None => node::clock::now(),
     };
     let remote = MeshRemote::new(
         net.clone(),
@@ -262,9 +262,4 @@ impl<W: std::io::Write> std::io::Write for CheckingWriter<'_, '_, W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
-}
-
-/// The system clock as a TUF time.
-pub fn system_now() -> anyhow::Result<Time> {
-    node::tuf_mesh::system_now().map_err(anyhow::Error::msg)
 }

@@ -12,7 +12,6 @@ use proto::director_api::CreateCampaign;
 use proto::{CampaignId, Vin};
 
 use super::options::{Log, YardOptions};
-use super::vehicle::unix_now;
 
 /// The approved campaign, as the run follows it.
 #[derive(Debug)]
@@ -81,7 +80,7 @@ pub(super) fn create_and_approve(
         wave_of,
         canary,
         approved: Instant::now(),
-        approved_unix: unix_now(),
+        approved_unix: node::clock::unix_now(),
     };
     log.say(&format!(
         "campaign {} approved: canary {} then the rest{}",

@@ -54,7 +54,7 @@ pub(super) fn prepare(
     let origin = Origin {
         dir: out.join("origin"),
         offline_keys: Some(out.join("offline-keys")),
-        now: node::tuf_mesh::system_now().map_err(anyhow::Error::msg)?,
+        now: node::clock::now(),
     };
     origin::init(&origin)?;
     log.say(&format!(

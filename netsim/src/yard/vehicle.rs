@@ -75,13 +75,6 @@ impl<'a> VehicleSetup<'a> {
     }
 }
 
-/// The wall clock as the agents are given it, Unix seconds.
-pub(super) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 pub(super) fn vin(index: usize) -> Vin {
     // Letters, digits and a dash: always a valid vehicle id.
     Vin::parse(&format!("YARD-{:02}", index + 1)).unwrap_or_else(|_| unreachable!())
@@ -170,7 +163,7 @@ pub(super) fn drive(
     let config = vehicle_peer::config::load(&config)?;
     let mut daemon = vehicle_peer::daemon::Daemon::open(config)?;
     while !stop.load(Ordering::Relaxed) {
-        let step = daemon.check(unix_now());
+        let step = daemon.check(node::clock::unix_now());
         let again = matches!(step, Ok(vehicle_peer::daemon::Step::Rebooted));
         let step = match step {
             Ok(vehicle_peer::daemon::Step::UpToDate) => Ok("up to date".to_string()),

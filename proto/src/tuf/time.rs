@@ -66,6 +66,15 @@ impl Time {
     }
 }
 
+impl std::str::FromStr for Time {
+    type Err = TimeError;
+
+    /// [`Time::parse`]: what a command line's `--now` takes.
+    fn from_str(text: &str) -> Result<Self, TimeError> {
+        Self::parse(text)
+    }
+}
+
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let days = self.0.div_euclid(86_400);

@@ -12,11 +12,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use proto::tuf::{BlockingUpdater, Limits, LocalStore, Time, TrustedSet};
+use proto::tuf::{BlockingUpdater, Limits, LocalStore, TrustedSet};
 use vehicle_peer::tuf_files::{DirStore, HttpRemote, quote, write_durably};
 
 /// How long one HTTP request may take.
@@ -70,14 +70,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn now() -> Time {
-    let seconds = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    Time::from_unix(seconds)
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut store = DirStore::open(&cli.metadata_dir)
         .with_context(|| format!("opening {}", cli.metadata_dir.display()))?;
@@ -90,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init { root } => {
             let bytes =
                 std::fs::read(&root).with_context(|| format!("reading {}", root.display()))?;
-            TrustedSet::new(&bytes, now()).context("the trusted root")?;
+            TrustedSet::new(&bytes, node::clock::now()).context("the trusted root")?;
             store
                 .store("root", &bytes)
                 .map_err(anyhow::Error::msg)
@@ -98,7 +90,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Refresh => {
             let remote = HttpRemote::new(metadata_url()?, None, REQUEST_TIMEOUT);
-            let mut updater = BlockingUpdater::new(remote, store, now(), Limits::default())?;
+            let mut updater =
+                BlockingUpdater::new(remote, store, node::clock::now(), Limits::default())?;
             updater.refresh()?;
         }
         Command::Download => {
@@ -115,7 +108,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_ref()
                 .context("--target-dir is required")?;
             let remote = HttpRemote::new(metadata_url()?, Some(base), REQUEST_TIMEOUT);
-            let mut updater = BlockingUpdater::new(remote, store, now(), Limits::default())?;
+            let mut updater =
+                BlockingUpdater::new(remote, store, node::clock::now(), Limits::default())?;
             updater.refresh()?;
             let info = updater
                 .target_info(name)?

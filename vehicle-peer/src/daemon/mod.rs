@@ -123,13 +123,6 @@ fn load_usage(data_dir: &Path) -> anyhow::Result<Usage> {
     }
 }
 
-/// The Unix time now.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Daemon {
     /// Opens the store, identity, ECUs and journal, starts the node (which serves neighbours
     /// from now on) and, with simulated boots, boots every ECU.
@@ -270,7 +263,7 @@ impl Daemon {
         // for one, and the next try waits for the next check.
         let mut reboots = 0;
         loop {
-            let now = unix_now();
+            let now = node::clock::unix_now();
             let step = self.check(now);
             if matches!(step, Ok(Step::Rebooted)) {
                 reboots += 1;
