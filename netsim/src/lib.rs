@@ -10,8 +10,8 @@
 //! Two commands: [`yard`] (`netsim yard`, real nodes on loopback) and [`fleet`] (`netsim fleet`,
 //! the flow-level model of a whole fleet).
 
+pub mod chart;
 pub mod compare;
 pub mod fleet;
-pub mod report;
 pub mod rogue;
 pub mod yard;

@@ -30,6 +30,7 @@ mod follow;
 mod options;
 mod parts;
 mod release;
+mod report;
 mod summary;
 mod vehicle;
 

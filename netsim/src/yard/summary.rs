@@ -120,7 +120,7 @@ pub(super) fn write(out: &Path, run: &Finished<'_>) -> anyhow::Result<YardSummar
         out.join("summary.json"),
         serde_json::to_vec_pretty(&summary)?,
     )?;
-    std::fs::write(&summary.report, crate::report::yard_html(&summary))?;
+    std::fs::write(&summary.report, super::report::yard_html(&summary))?;
     Ok(summary)
 }
 

@@ -1,13 +1,7 @@
-//! Reports as HTML pages with inline SVG: one file to open in a browser or attach to a ticket.
+//! The yard run's page: HTML with inline SVG, one file to open in a browser or attach to a ticket.
 
-use crate::yard::YardSummary;
-
-pub(crate) fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+use super::YardSummary;
+use crate::chart::escape;
 
 /// Vehicles whose report the director had, per wave, against seconds since approval (a step
 /// per report).
@@ -48,7 +42,7 @@ fn timeline(summary: &YardSummary) -> String {
         .collect();
     #[allow(clippy::cast_precision_loss)]
     let most = summary.results.len().max(1) as f64;
-    crate::fleet::report::line_chart(
+    crate::chart::line_chart(
         "Reports at the director (committed or rolled back), per wave",
         "seconds since approval",
         "vehicles",
@@ -60,7 +54,7 @@ fn timeline(summary: &YardSummary) -> String {
 
 /// The yard run's page: the outcome, a bar per vehicle (bytes from the depot and from
 /// neighbours) and the table.
-pub fn yard_html(summary: &YardSummary) -> String {
+pub(super) fn yard_html(summary: &YardSummary) -> String {
     let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
     let most = summary
         .results
