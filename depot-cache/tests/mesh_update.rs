@@ -163,15 +163,9 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
     std::fs::write(work.path().join("fw1.bin"), &fw1).unwrap();
     std::fs::write(work.path().join("fw2.bin"), &fw2).unwrap();
     let hw = ["brake-v2".to_string()];
-    origin::release(
-        &origin,
-        &work.path().join("fw1.bin"),
-        "ecu/fw-1.bin",
-        "targets",
-        &hw,
-        1,
-    )
-    .unwrap();
+    origin::Release::new(work.path().join("fw1.bin"), "ecu/fw-1.bin", &hw, 1)
+        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .unwrap();
     // The repository as it stood at release 1: what a stale (or malicious) depot replays.
     copy_dir(&image, &work.path().join("old-image"));
     // Release 2 comes from the brake supplier, through a delegation of `ecu/fw-*` to its key:
@@ -180,30 +174,20 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
     origin
         .delegate("brake-supplier", &["ecu/fw-*".into()], &supplier, false)
         .unwrap();
-    let outside = origin::release(
-        &origin,
-        &work.path().join("fw2.bin"),
-        "ecu/other.bin",
-        "brake-supplier",
-        &hw,
-        2,
-    )
-    .unwrap_err();
+    let outside = origin::Release::new(work.path().join("fw2.bin"), "ecu/other.bin", &hw, 2)
+        .signed_by("brake-supplier")
+        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .unwrap_err();
     assert!(
         outside
             .to_string()
             .contains("may not sign for ecu/other.bin"),
         "{outside}"
     );
-    origin::release(
-        &origin,
-        &work.path().join("fw2.bin"),
-        "ecu/fw-2.bin",
-        "brake-supplier",
-        &hw,
-        2,
-    )
-    .unwrap();
+    origin::Release::new(work.path().join("fw2.bin"), "ecu/fw-2.bin", &hw, 2)
+        .signed_by("brake-supplier")
+        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .unwrap();
 
     let vehicle = Vehicle {
         runtime: node::runtime::build_tokio(Some(1)).unwrap(),

@@ -119,28 +119,17 @@ fn origin_repo(work: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
     std::fs::write(work.join("fw1.bin"), &fw1).unwrap();
     std::fs::write(work.join("fw2.bin"), &fw2).unwrap();
     let hw = ["brake-v2".to_string()];
-    origin::release(
-        &origin,
-        &work.join("fw1.bin"),
-        "ecu/fw-1.bin",
-        "targets",
-        &hw,
-        1,
-    )
-    .unwrap();
+    origin::Release::new(work.join("fw1.bin"), "ecu/fw-1.bin", &hw, 1)
+        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .unwrap();
     let supplier = origin::keys::generate();
     origin
         .delegate("brake-supplier", &["ecu/fw-*".into()], &supplier, false)
         .unwrap();
-    origin::release(
-        &origin,
-        &work.join("fw2.bin"),
-        "ecu/fw-2.bin",
-        "brake-supplier",
-        &hw,
-        2,
-    )
-    .unwrap();
+    origin::Release::new(work.join("fw2.bin"), "ecu/fw-2.bin", &hw, 2)
+        .signed_by("brake-supplier")
+        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .unwrap();
     (origin.dir.join("image"), fw1, fw2)
 }
 

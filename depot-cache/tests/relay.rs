@@ -26,15 +26,9 @@ fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
     origin::init(&origin).unwrap();
     std::fs::write(w.join("gw.bin"), b"firmware v1").unwrap();
     let hw = ["gw-v1".to_string()];
-    origin::release(
-        &origin,
-        &w.join("gw.bin"),
-        "ecu/gw-1.bin",
-        "targets",
-        &hw,
-        1,
-    )
-    .unwrap();
+    origin::Release::new(w.join("gw.bin"), "ecu/gw-1.bin", &hw, 1)
+        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .unwrap();
     let ecu = origin::director::Assignment {
         serial: "GW-1".parse().unwrap(),
         hardware_id: "gw-v1".into(),

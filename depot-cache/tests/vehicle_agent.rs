@@ -128,31 +128,19 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     std::fs::write(w.join("v1.bin"), &v1).unwrap();
     std::fs::write(w.join("v2.bin"), &v2).unwrap();
     let hw = ["gw-v1".to_string()];
-    origin::release(
-        &origin,
-        &w.join("v1.bin"),
-        "ecu/gw-1.bin",
-        "targets",
-        &hw,
-        1,
-    )
-    .unwrap();
+    origin::Release::new(w.join("v1.bin"), "ecu/gw-1.bin", &hw, 1)
+        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .unwrap();
     let options = delta::DeltaOptions {
         lzma_dict: false,
         threads: 1,
         ..Default::default()
     };
-    origin::release_with_deltas(
-        &origin,
-        &w.join("v2.bin"),
-        "ecu/gw-2.bin",
-        "targets",
-        &hw,
-        2,
-        &["ecu/gw-1.bin".to_string()],
-        &options,
-    )
-    .unwrap();
+    origin::Release::new(w.join("v2.bin"), "ecu/gw-2.bin", &hw, 2)
+        .with_deltas_from(["ecu/gw-1.bin"])
+        .delta_options(options)
+        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .unwrap();
     let deltas: Vec<_> = std::fs::read_dir(origin.dir.join("image/deltas"))
         .unwrap()
         .collect();

@@ -54,15 +54,9 @@ fn origin_to_depot_to_ten_vehicles_with_one_backhaul_copy_and_at_most_one_and_a_
             .collect()
     };
     std::fs::write(w.join("fw.bin"), &firmware).unwrap();
-    origin::release(
-        &origin,
-        &w.join("fw.bin"),
-        "ecu/fw-2.bin",
-        "targets",
-        &["brake-v2".to_string()],
-        2,
-    )
-    .unwrap();
+    origin::Release::new(w.join("fw.bin"), "ecu/fw-2.bin", ["brake-v2"], 2)
+        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .unwrap();
     let image = origin.dir.join("image");
     let blob = proto::BlobId::of(&firmware);
 

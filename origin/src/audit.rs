@@ -11,7 +11,12 @@
 //! use); `origin keys` prints its public half for auditors. An append writes the line and syncs
 //! the file before returning; a line torn by a power cut (no final newline) was never
 //! acknowledged and is cut off before the next append.
+//!
+//! An operation that signs metadata on an operator's word (a release, an assignment) records
+//! itself through [`audited`]: it signs, then appends its entry, in one call that takes the
+//! [`Actor`], so no caller can sign without the entry.
 
+use std::fmt;
 use std::fs;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -21,6 +26,99 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::{Value, json};
 
 use crate::repo::Origin;
+
+/// Who acts, as the audit log records them: an operator, a vehicle or the director's gates.
+/// Never empty.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Actor(String);
+
+/// An empty actor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an actor (who acts, for the audit log) must not be empty")]
+#[non_exhaustive]
+pub struct EmptyActor;
+
+impl Actor {
+    /// `name`, refused when empty.
+    pub fn new(name: impl Into<String>) -> Result<Self, EmptyActor> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(EmptyActor);
+        }
+        Ok(Self(name))
+    }
+
+    /// The name as recorded.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Actor {
+    type Err = EmptyActor;
+
+    fn from_str(name: &str) -> Result<Self, EmptyActor> {
+        Self::new(name)
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why an operation that signs metadata and records itself in the audit log failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditedError {
+    /// It failed before its entry was due, and recorded nothing. (A signing cut short part way
+    /// leaves what `origin verify` reports.)
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+    /// The metadata is signed and published, but its entry could not be appended: the log does
+    /// not have it. The entry is given here so that it can be recorded by hand.
+    #[error(
+        "{what} is signed but unaudited: its audit entry ({action:?}, {detail}) was not appended"
+    )]
+    Unaudited {
+        /// What was signed.
+        what: String,
+        /// The entry's action.
+        action: String,
+        /// The entry's detail.
+        detail: Value,
+        /// Why the append failed.
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+/// Signs with `sign`, then appends the entry `entry` makes of what it signed (a description of
+/// it for an error, and the entry's detail): `actor` did `action`.
+///
+/// The log is checked first (its key, its last entry), so that what can fail after the
+/// signing is only the write of the entry itself.
+pub(crate) fn audited<T>(
+    origin: &Origin,
+    actor: &Actor,
+    action: &str,
+    sign: impl FnOnce() -> anyhow::Result<T>,
+    entry: impl FnOnce(&T) -> (String, Value),
+) -> Result<T, AuditedError> {
+    drop(open(origin)?);
+    let signed = sign()?;
+    let (what, detail) = entry(&signed);
+    match append(origin, actor.as_str(), action, detail.clone()) {
+        Ok(_) => Ok(signed),
+        Err(source) => Err(AuditedError::Unaudited {
+            what,
+            action: action.to_owned(),
+            detail,
+            source,
+        }),
+    }
+}
 
 /// The log's file in `origin`.
 pub fn log_path(origin: &Origin) -> PathBuf {
@@ -48,6 +146,45 @@ pub fn append(origin: &Origin, actor: &str, action: &str, detail: Value) -> anyh
     if actor.is_empty() || action.is_empty() {
         bail!("an audit entry needs an actor and an action");
     }
+    let Tail {
+        key,
+        mut file,
+        path,
+        seq,
+        prev,
+    } = open(origin)?;
+    let signed = json!({
+        "seq": seq,
+        "at": origin.now.to_string(),
+        "actor": actor,
+        "action": action,
+        "detail": integers_only(detail),
+        "prev": prev,
+    });
+    let envelope: Value = serde_json::from_slice(&proto::tuf::build::sign(&signed, &[&key])?)?;
+    let mut line = serde_json::to_vec(&envelope)?;
+    line.push(b'\n');
+    file.seek(std::io::SeekFrom::End(0))?;
+    file.write_all(&line)
+        .with_context(|| format!("appending to {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(seq)
+}
+
+/// The log opened for the next entry, with what that entry chains to.
+struct Tail {
+    key: SigningKey,
+    file: fs::File,
+    path: PathBuf,
+    /// The next entry's sequence number.
+    seq: u64,
+    /// The BLAKE3 of the last entry's line (or the genesis value).
+    prev: String,
+}
+
+/// Opens the log (made, with its key, on first use) and reads where the next entry goes.
+fn open(origin: &Origin) -> anyhow::Result<Tail> {
     let key = key(origin)?;
     let path = log_path(origin);
     let mut file = fs::OpenOptions::new()
@@ -68,23 +205,13 @@ pub fn append(origin: &Origin, actor: &str, action: &str, detail: Value) -> anyh
         }
         None => (1, GENESIS.to_string()),
     };
-    let signed = json!({
-        "seq": seq,
-        "at": origin.now.to_string(),
-        "actor": actor,
-        "action": action,
-        "detail": integers_only(detail),
-        "prev": prev,
-    });
-    let envelope: Value = serde_json::from_slice(&proto::tuf::build::sign(&signed, &[&key])?)?;
-    let mut line = serde_json::to_vec(&envelope)?;
-    line.push(b'\n');
-    file.seek(std::io::SeekFrom::End(0))?;
-    file.write_all(&line)
-        .with_context(|| format!("appending to {}", path.display()))?;
-    file.sync_all()
-        .with_context(|| format!("syncing {}", path.display()))?;
-    Ok(seq)
+    Ok(Tail {
+        key,
+        file,
+        path,
+        seq,
+        prev,
+    })
 }
 
 /// `value` with every number that is not an integer written as a string (`0.05` → `"0.05"`):
@@ -289,6 +416,65 @@ mod tests {
         let entries = entries(&path).unwrap();
         assert_eq!(entries[3]["actor"], "bob@ops");
         assert_eq!(entries[0]["action"], "campaign.approve");
+    }
+
+    #[test]
+    fn an_audited_signing_is_refused_before_it_signs_or_named_unaudited_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (origin, key) = log(dir.path());
+        let carol = Actor::new("carol").unwrap();
+        let signed = audited(
+            &origin,
+            &carol,
+            "assign",
+            || Ok(7),
+            |n| (format!("version {n}"), json!({"version": n})),
+        );
+        assert_eq!(signed.unwrap(), 7);
+        assert_eq!(
+            entries(&log_path(&origin)).unwrap()[3]["detail"]["version"],
+            7
+        );
+        assert_eq!(verify(&log_path(&origin), &key).unwrap(), 4);
+
+        // A log whose last entry does not read: nothing is signed.
+        let good = fs::read(log_path(&origin)).unwrap();
+        fs::write(log_path(&origin), b"rubbish\n").unwrap();
+        let mut called = false;
+        let refused = audited(
+            &origin,
+            &carol,
+            "assign",
+            || {
+                called = true;
+                Ok(8)
+            },
+            |n| (format!("version {n}"), json!({})),
+        );
+        assert!(matches!(refused, Err(AuditedError::Failed(_))));
+        assert!(!called);
+
+        // The log breaks while signing: what was signed is named, unaudited, with its entry.
+        fs::write(log_path(&origin), &good).unwrap();
+        let refused = audited(
+            &origin,
+            &carol,
+            "assign",
+            || {
+                fs::write(log_path(&origin), b"rubbish\n")?;
+                Ok(9)
+            },
+            |n| (format!("director targets v{n}"), json!({"version": n})),
+        );
+        let error = refused.unwrap_err();
+        assert!(matches!(error, AuditedError::Unaudited { .. }));
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("director targets v9 is signed but unaudited"),
+            "{message}"
+        );
+        assert!(message.contains("{\"version\":9}"), "{message}");
+        assert!(Actor::new("").is_err());
     }
 
     #[test]

@@ -317,11 +317,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         offline_keys: cli.offline_keys,
         now: cli.now.unwrap_or_else(system_now),
     };
-    let actor = cli
-        .actor
-        .or_else(|| std::env::var("USER").ok())
-        .filter(|a| !a.is_empty())
-        .unwrap_or_else(|| "origin-cli".to_owned());
+    let actor = origin::Actor::new(
+        cli.actor
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "origin-cli".to_owned()),
+    )?;
     match cli.command {
         Command::Keygen { out } => {
             let key = origin::keys::generate();
@@ -353,27 +354,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 lzma_dict: !no_lzma_dict,
                 ..Default::default()
             };
-            let released = origin::release_with_deltas(
-                &origin,
-                &file,
-                &name,
-                &role,
-                &hardware_ids,
-                release_counter,
-                &deltas_from,
-                &options,
-            )?;
-            origin::audit::append(
-                &origin,
-                &actor,
-                "release",
-                serde_json::json!({
-                    "target": name, "blake3": released.blob.to_string(), "length": released.length,
-                    "hardware_ids": hardware_ids, "release_counter": release_counter,
-                    "role": role, "targets_version": released.targets_version,
-                    "deltas_from": deltas_from,
-                }),
-            )?;
+            let released = origin::Release::new(file, &name, hardware_ids, release_counter)
+                .signed_by(&role)
+                .with_deltas_from(deltas_from)
+                .delta_options(options)
+                .sign(&origin, &actor)?;
             println!(
                 "{}  {name}  {} bytes  image {role} v{}",
                 released.blob, released.length, released.targets_version
@@ -419,7 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let version = origin::director::assign(&origin, &vin, &ecus, priority)?;
             origin::audit::append(
                 &origin,
-                &actor,
+                actor.as_str(),
                 "assign",
                 serde_json::json!({
                     "vin": vin,
@@ -554,7 +539,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = DirectorClient::new(&director, DIRECTOR_TIMEOUT)?;
             let decide = |id: &proto::CampaignId, action, reason: Option<String>| {
                 let request = ActionRequest {
-                    by: actor.clone(),
+                    by: actor.to_string(),
                     reason,
                 };
                 print_answer(client.decide(id, action, &request))
@@ -565,11 +550,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     spec.check()
                         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
                     print_answer(client.create_campaign(&CreateCampaign {
-                        actor: actor.clone(),
+                        actor: actor.to_string(),
                         spec,
                     }))?;
                 }
-                CampaignCommand::Approve { id } => print_answer(client.approve(&id, &actor))?,
+                CampaignCommand::Approve { id } => {
+                    print_answer(client.approve(&id, actor.as_str()))?
+                }
                 CampaignCommand::Halt { id, reason } => {
                     decide(&id, CampaignAction::Halt, Some(reason))?;
                 }
@@ -596,7 +583,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .check()
                         .with_context(|| format!("{}", file.display()))?;
                     print_answer(client.register(&proto::director_api::RegisterVehicle {
-                        actor: actor.clone(),
+                        actor: actor.to_string(),
                         vehicle,
                     }))?;
                 }

@@ -247,8 +247,9 @@ impl Origin {
 
     /// Signs a new version of targets role `role` of `repository` (`targets`, or a role it
     /// delegates to, which may only list names its paths allow) with `entries` added (name →
-    /// target entry); then snapshot and timestamp.
-    pub fn add_targets(
+    /// target entry); then snapshot and timestamp. Crate-only: images are added through
+    /// [`crate::Release`], which records each in the audit log.
+    pub(crate) fn add_targets(
         &self,
         repository: &str,
         role: &str,

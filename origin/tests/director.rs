@@ -126,15 +126,9 @@ impl Harness {
         for (name, counter, fill) in [("gw/1.0.bin", 1, 1u8), ("gw/2.0.bin", 2, 2u8)] {
             let file = dir.path().join("image");
             std::fs::write(&file, vec![fill; 100_000]).unwrap();
-            origin::release(
-                &origin,
-                &file,
-                name,
-                "targets",
-                &["gateway-v1".to_string()],
-                counter,
-            )
-            .unwrap();
+            origin::Release::new(&file, name, ["gateway-v1"], counter)
+                .sign(&origin, &origin::Actor::new("test").unwrap())
+                .unwrap();
         }
         let clock = Arc::new(AtomicU64::new(START));
         let director = Director::open(origin.clone()).unwrap();

@@ -11,6 +11,9 @@ use proto::custom::Priority;
 
 use super::options::{Log, YardOptions};
 
+/// Who the yard's releases and assignments are recorded as in the origin's audit log.
+const ACTOR: &str = "netsim";
+
 /// The origin with both releases published, and the firmware it published.
 #[derive(Debug)]
 pub(super) struct Release {
@@ -83,15 +86,9 @@ pub(super) fn prepare(
 fn publish(origin: &Origin, out: &Path, v1: &[u8], v2: &[u8]) -> anyhow::Result<()> {
     std::fs::write(out.join("gw-1.bin"), v1)?;
     std::fs::write(out.join("gw-2.bin"), v2)?;
-    let hw = ["gw-v1".to_string()];
-    origin::release(
-        origin,
-        &out.join("gw-1.bin"),
-        "ecu/gw-1.bin",
-        "targets",
-        &hw,
-        1,
-    )?;
+    let hw = ["gw-v1"];
+    let actor = origin::Actor::new(ACTOR)?;
+    origin::Release::new(out.join("gw-1.bin"), "ecu/gw-1.bin", hw, 1).sign(origin, &actor)?;
     // zstd level 19 without the LZMA pass: a few seconds for a 32 MiB image (the origin's
     // defaults squeeze out a few per cent more in a minute).
     let delta_options = delta::DeltaOptions {
@@ -99,16 +96,10 @@ fn publish(origin: &Origin, out: &Path, v1: &[u8], v2: &[u8]) -> anyhow::Result<
         lzma_dict: false,
         ..Default::default()
     };
-    origin::release_with_deltas(
-        origin,
-        &out.join("gw-2.bin"),
-        "ecu/gw-2.bin",
-        "targets",
-        &hw,
-        2,
-        &["ecu/gw-1.bin".to_string()],
-        &delta_options,
-    )?;
+    origin::Release::new(out.join("gw-2.bin"), "ecu/gw-2.bin", hw, 2)
+        .with_deltas_from(["ecu/gw-1.bin"])
+        .delta_options(delta_options)
+        .sign(origin, &actor)?;
     Ok(())
 }
 
