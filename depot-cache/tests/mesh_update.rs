@@ -157,6 +157,7 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
         now: time(SIGNED_AT),
     };
     origin::init(&origin).unwrap();
+    let actor = origin::Actor::new("test").unwrap();
     let image = origin.dir.join("image");
     let fw1: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
     let fw2: Vec<u8> = (0..900_000u32).map(|i| (i * 17 % 241) as u8).collect();
@@ -164,7 +165,7 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
     std::fs::write(work.path().join("fw2.bin"), &fw2).unwrap();
     let hw = ["brake-v2".to_string()];
     origin::Release::new(work.path().join("fw1.bin"), "ecu/fw-1.bin", &hw, 1)
-        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .sign(&origin, &actor)
         .unwrap();
     // The repository as it stood at release 1: what a stale (or malicious) depot replays.
     copy_dir(&image, &work.path().join("old-image"));
@@ -176,7 +177,7 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
         .unwrap();
     let outside = origin::Release::new(work.path().join("fw2.bin"), "ecu/other.bin", &hw, 2)
         .signed_by("brake-supplier")
-        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .sign(&origin, &actor)
         .unwrap_err();
     assert!(
         outside
@@ -186,7 +187,7 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
     );
     origin::Release::new(work.path().join("fw2.bin"), "ecu/fw-2.bin", &hw, 2)
         .signed_by("brake-supplier")
-        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .sign(&origin, &actor)
         .unwrap();
 
     let vehicle = Vehicle {

@@ -114,13 +114,14 @@ fn origin_repo(work: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
         now: Time::parse(SIGNED_AT).unwrap(),
     };
     origin::init(&origin).unwrap();
+    let actor = origin::Actor::new("test").unwrap();
     let fw1: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
     let fw2: Vec<u8> = (0..900_000u32).map(|i| (i * 17 % 241) as u8).collect();
     std::fs::write(work.join("fw1.bin"), &fw1).unwrap();
     std::fs::write(work.join("fw2.bin"), &fw2).unwrap();
     let hw = ["brake-v2".to_string()];
     origin::Release::new(work.join("fw1.bin"), "ecu/fw-1.bin", &hw, 1)
-        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .sign(&origin, &actor)
         .unwrap();
     let supplier = origin::keys::generate();
     origin
@@ -128,7 +129,7 @@ fn origin_repo(work: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
         .unwrap();
     origin::Release::new(work.join("fw2.bin"), "ecu/fw-2.bin", &hw, 2)
         .signed_by("brake-supplier")
-        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .sign(&origin, &actor)
         .unwrap();
     (origin.dir.join("image"), fw1, fw2)
 }

@@ -24,10 +24,11 @@ fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
         now: node::clock::now(),
     };
     origin::init(&origin).unwrap();
+    let actor = origin::Actor::new("test").unwrap();
     std::fs::write(w.join("gw.bin"), b"firmware v1").unwrap();
     let hw = ["gw-v1".to_string()];
     origin::Release::new(w.join("gw.bin"), "ecu/gw-1.bin", &hw, 1)
-        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .sign(&origin, &actor)
         .unwrap();
     let ecu = origin::director::Assignment {
         serial: "GW-1".parse().unwrap(),
@@ -35,7 +36,7 @@ fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
         target: "ecu/gw-1.bin".into(),
     };
     let vin = "VIN-1".parse().unwrap();
-    origin::director::assign(&origin, &vin, &[ecu], node::policy::Priority::Fix).unwrap();
+    origin::director::assign(&origin, &actor, &vin, &[ecu], node::policy::Priority::Fix).unwrap();
     let version = origin::director::targets_version(&origin, &vin);
     let director = director_service(&origin);
     let url = director.url.clone();

@@ -117,6 +117,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         now: node::clock::now(),
     };
     origin::init(&origin).unwrap();
+    let actor = origin::Actor::new("test").unwrap();
 
     // v1 and v2: 1.5 MiB, v2 changes a few hundred scattered bytes and appends 20 KiB.
     let v1 = noise(3 << 19, 1);
@@ -129,7 +130,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     std::fs::write(w.join("v2.bin"), &v2).unwrap();
     let hw = ["gw-v1".to_string()];
     origin::Release::new(w.join("v1.bin"), "ecu/gw-1.bin", &hw, 1)
-        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .sign(&origin, &actor)
         .unwrap();
     let options = delta::DeltaOptions {
         lzma_dict: false,
@@ -139,7 +140,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     origin::Release::new(w.join("v2.bin"), "ecu/gw-2.bin", &hw, 2)
         .with_deltas_from(["ecu/gw-1.bin"])
         .delta_options(options)
-        .sign(&origin, &origin::Actor::new("test").unwrap())
+        .sign(&origin, &actor)
         .unwrap();
     let deltas: Vec<_> = std::fs::read_dir(origin.dir.join("image/deltas"))
         .unwrap()
@@ -163,7 +164,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
             hardware_id: "gw-v1".into(),
             target: "ecu/gw-2.bin".into(),
         };
-        origin::director::assign(&origin, &vin.parse().unwrap(), &[ecu], priority).unwrap();
+        origin::director::assign(&origin, &actor, &vin.parse().unwrap(), &[ecu], priority).unwrap();
     }
 
     // The origin's cache: the image repository (targets and deltas) and each vehicle's

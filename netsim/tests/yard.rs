@@ -100,6 +100,28 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
         assert!(vehicle["reported_after_secs"].is_f64(), "{vehicle}");
         assert_eq!(vehicle["delta_bytes"], good.delta_bytes, "{vehicle}");
     }
+    // The origin's audit log verifies and records, as the CLI would, who released v1 and v2
+    // and assigned v1 to each vehicle.
+    let origin = origin::Origin {
+        dir: work.path().join("good/origin"),
+        offline_keys: None,
+        now: proto::tuf::Time::from_unix(0),
+    };
+    let log = origin::audit::log_path(&origin);
+    let key = origin::audit::key(&origin).unwrap().verifying_key();
+    origin::audit::verify(&log, &key).unwrap();
+    let entries = origin::audit::entries(&log).unwrap();
+    let by_netsim = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| e["actor"] == "netsim" && e["action"] == action)
+            .count()
+    };
+    assert_eq!(
+        (by_netsim("release"), by_netsim("assign")),
+        (2, 4),
+        "{entries:?}"
+    );
 
     let bad = run(&options(&work.path().join("bad"), true)).unwrap();
     println!("{}", table(&bad));

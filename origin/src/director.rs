@@ -21,6 +21,7 @@ use proto::tuf::{BlockingUpdater, FetchError, Limits, MemoryStore, Remote};
 use proto::{EcuSerial, Vin};
 use serde_json::{Map, Value, json};
 
+use crate::audit::{self, Actor, AuditedError};
 use crate::repo::Origin;
 
 /// One ECU's assignment: install `target` (an image repository target name) on ECU `serial`,
@@ -95,12 +96,41 @@ pub fn vehicles(origin: &Origin) -> anyhow::Result<Vec<Vin>> {
 }
 
 /// Signs a new director targets version for vehicle `vin` listing `assignments` (replacing the
-/// previous ones), then its snapshot and timestamp. Returns the targets version.
+/// previous ones), then its snapshot and timestamp, and records it in the audit log as an
+/// `assign` by `actor`. Returns the targets version.
 ///
 /// Each target also carries, signed, the update's `priority` class (the vehicle's link policy
 /// reads it: whether cellular may be used) and `released` (Unix seconds: when a fix's cellular
 /// deadline starts to run), so a depot relaying the metadata cannot make an update more urgent.
 pub fn assign(
+    origin: &Origin,
+    actor: &Actor,
+    vin: &Vin,
+    assignments: &[Assignment],
+    priority: Priority,
+) -> Result<u64, AuditedError> {
+    audit::audited(
+        origin,
+        actor,
+        "assign",
+        || sign_assignment(origin, vin, assignments, priority),
+        |version| {
+            let detail = json!({
+                "vin": vin,
+                "director_targets_version": version,
+                "priority": priority.name(),
+                "ecus": assignments.iter().map(|e| json!({
+                    "serial": e.serial, "hardware_id": e.hardware_id, "target": e.target,
+                })).collect::<Vec<_>>(),
+            });
+            (format!("director targets v{version} for {vin}"), detail)
+        },
+    )
+}
+
+/// [`assign`] without its audit entry, for the director service: a campaign's vehicles get
+/// their targets when a wave opens, and the decision that opened it is the entry.
+pub(crate) fn sign_assignment(
     origin: &Origin,
     vin: &Vin,
     assignments: &[Assignment],
@@ -181,8 +211,9 @@ pub fn assign(
 
 /// Signs a new director targets version for vehicle `vin` that lists nothing: the vehicle is to
 /// keep what it runs (a halted campaign withdraws its release from vehicles that have not
-/// installed it yet). Returns the targets version.
-pub fn withdraw(origin: &Origin, vin: &Vin) -> anyhow::Result<u64> {
+/// installed it yet). Returns the targets version. Crate-only: the campaign decision that
+/// withdraws is the audit entry.
+pub(crate) fn withdraw(origin: &Origin, vin: &Vin) -> anyhow::Result<u64> {
     for role in ["targets", "snapshot", "timestamp"] {
         origin.key("director", role)?;
     }

@@ -401,20 +401,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ecus,
             priority,
         } => {
-            let version = origin::director::assign(&origin, &vin, &ecus, priority)?;
-            origin::audit::append(
-                &origin,
-                actor.as_str(),
-                "assign",
-                serde_json::json!({
-                    "vin": vin,
-                    "director_targets_version": version,
-                    "priority": priority.name(),
-                    "ecus": ecus.iter().map(|e| serde_json::json!({
-                        "serial": e.serial, "hardware_id": e.hardware_id, "target": e.target,
-                    })).collect::<Vec<_>>(),
-                }),
-            )?;
+            let version = origin::director::assign(&origin, &actor, &vin, &ecus, priority)?;
             println!(
                 "director targets v{version} for {vin}: {}",
                 ecus.iter()

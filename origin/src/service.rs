@@ -448,7 +448,7 @@ impl Director {
                 continue;
             };
             let assignments = assignments(&vehicle, &release);
-            let version = director::assign(&self.origin, &vin, &assignments, priority)
+            let version = director::sign_assignment(&self.origin, &vin, &assignments, priority)
                 .with_context(|| format!("signing the targets of {vin}"))?;
             let before: BTreeMap<EcuSerial, String> = vehicle
                 .ecus
@@ -540,7 +540,7 @@ impl Director {
                     "the campaign names no fallback for its hardware"
                 ))
             } else {
-                director::assign(&self.origin, &vin, &assignments, priority)
+                director::sign_assignment(&self.origin, &vin, &assignments, priority)
             };
             let detail = match &result {
                 Ok(version) => json!({"campaign": id, "vin": vin, "director_version": version,

@@ -1,5 +1,7 @@
 //! The origin's side of the yard: firmware v1 and its point release v2, generated from the seed,
-//! both released with a delta from v1 to v2, and every yard vehicle assigned v1.
+//! both released with a delta from v1 to v2, and every yard vehicle assigned v1; each release
+//! and assignment recorded in the origin's audit log as done by `netsim`, as the CLI records
+//! an operator's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -114,13 +116,14 @@ fn delta_sizes(origin: &Origin) -> anyhow::Result<BTreeMap<String, u64>> {
 
 /// Has the director assign v1 to every vehicle's gateway ECU.
 fn assign_v1(origin: &Origin, vins: &[Vin]) -> anyhow::Result<()> {
+    let actor = origin::Actor::new(ACTOR)?;
     for (index, vin) in vins.iter().enumerate() {
         let ecu = origin::director::Assignment {
             serial: format!("GW-{vin}").parse()?,
             hardware_id: "gw-v1".into(),
             target: "ecu/gw-1.bin".into(),
         };
-        origin::director::assign(origin, vin, &[ecu], Priority::Fix)
+        origin::director::assign(origin, &actor, vin, &[ecu], Priority::Fix)
             .with_context(|| format!("assigning v1 to vehicle {}", index + 1))?;
     }
     Ok(())
