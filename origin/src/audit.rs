@@ -309,6 +309,37 @@ pub fn verify(path: &Path, key: &VerifyingKey) -> anyhow::Result<u64> {
     Ok(count)
 }
 
+/// A public key, as an auditor gives it, that is not an ed25519 public key in hex.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublicKeyError {
+    /// Not 32 bytes in hex.
+    #[error("--public-key must be 32 bytes in hex")]
+    NotHex,
+    /// 32 bytes, but no ed25519 public key.
+    #[error("--public-key is not an ed25519 public key")]
+    NotEd25519(#[source] ed25519_dalek::SignatureError),
+}
+
+/// Reads an audit key's public half from hex (as `origin keys` prints it).
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, PublicKeyError> {
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(PublicKeyError::NotHex)?;
+    VerifyingKey::from_bytes(&bytes).map_err(PublicKeyError::NotEd25519)
+}
+
+/// Checks `origin`'s whole log (see [`verify`]) against `key`, by default the origin's own audit
+/// key; returns the number of entries.
+pub fn verify_origin(origin: &Origin, key: Option<&VerifyingKey>) -> anyhow::Result<u64> {
+    let key = match key {
+        Some(key) => *key,
+        None => self::key(origin)?.verifying_key(),
+    };
+    verify(&log_path(origin), &key)
+}
+
 /// The entries, for `origin audit export`: one JSON value each, as signed.
 pub fn entries(path: &Path) -> anyhow::Result<Vec<Value>> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -228,6 +228,51 @@ pub async fn serve(
     axum::serve(listener, router(shared)).await
 }
 
+/// The director service of an origin bound to its address, on a runtime of its own: `origin
+/// serve`.
+#[derive(Debug)]
+pub struct Server {
+    runtime: tokio::runtime::Runtime,
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Opens the director of `origin` and listens on `listen`.
+    pub fn bind(origin: crate::Origin, listen: std::net::SocketAddr) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let director = Director::open(origin)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(listen))
+            .with_context(|| format!("listening on {listen}"))?;
+        Ok(Self {
+            runtime,
+            listener,
+            shared: Shared::new(director),
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until stopped, re-evaluating the gates every `tick`.
+    pub fn run(self, tick: Duration) -> anyhow::Result<()> {
+        use anyhow::Context;
+        if let Ok(local) = self.listener.local_addr() {
+            tracing::info!(%local, "director listening");
+        }
+        self.runtime
+            .block_on(serve(self.listener, self.shared, tick))
+            .context("serving")
+    }
+}
+
 async fn dashboard() -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],

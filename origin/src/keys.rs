@@ -45,6 +45,18 @@ pub fn save(key: &SigningKey, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes a new key and writes it to `path` (see [`save`]).
+pub fn create(path: &Path) -> anyhow::Result<SigningKey> {
+    let key = generate();
+    save(&key, path)?;
+    Ok(key)
+}
+
+/// The key in `path` (see [`load`]), or a new one when no path is given.
+pub fn load_or_generate(path: Option<&Path>) -> anyhow::Result<SigningKey> {
+    path.map_or_else(|| Ok(generate()), load)
+}
+
 /// Reads a key written by [`save`]. Errors name the file and field, never the key material.
 pub fn load(path: &Path) -> anyhow::Result<SigningKey> {
     let text = fs::read(path).with_context(|| format!("reading key {}", path.display()))?;

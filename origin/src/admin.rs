@@ -1,0 +1,144 @@
+//! The origin as a whole, for its operator: made with fresh keys, its keys listed and rotated,
+//! every repository's timestamp refreshed, every repository verified. "Every repository" is the
+//! image repository, the director, and each vehicle's director repository.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+
+use crate::repo::{self, Origin};
+use crate::{audit, director, verify};
+
+/// Makes a new origin: both repositories with fresh keys; the offline ones into
+/// `origin.offline_keys`, which must not be inside the origin directory.
+pub fn init(origin: &Origin) -> anyhow::Result<()> {
+    let offline = origin
+        .offline_keys
+        .as_ref()
+        .context("give --offline-keys DIR: where the offline root and targets keys go")?;
+    let absolute = |path: &Path| fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    fs::create_dir_all(&origin.dir)
+        .with_context(|| format!("creating {}", origin.dir.display()))?;
+    fs::create_dir_all(offline).with_context(|| format!("creating {}", offline.display()))?;
+    if absolute(offline).starts_with(absolute(&origin.dir)) {
+        bail!(
+            "--offline-keys {} is inside the origin directory; offline keys must be kept apart",
+            offline.display()
+        );
+    }
+    for repository in repo::REPOSITORIES {
+        if origin.metadata_dir(repository).exists() {
+            bail!(
+                "{} exists; the origin is already initialised",
+                origin.metadata_dir(repository).display()
+            );
+        }
+    }
+    for repository in repo::REPOSITORIES {
+        origin.init_repository(repository)?;
+    }
+    Ok(())
+}
+
+/// The public description of every key of the origin: repository, role, key id, public key,
+/// and whether it is offline; last, the audit log's key (made on first use), for auditors.
+/// Never the private halves.
+pub fn describe_keys(origin: &Origin) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for repository in repo::REPOSITORIES {
+        let (_, root) = origin.latest(repository, "root")?;
+        for role in repo::ROLES {
+            for keyid in root["roles"][role]["keyids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let keyid = keyid.as_str().unwrap_or_default();
+                out.push(json!({
+                    "repository": repository,
+                    "role": role,
+                    "keyid": keyid,
+                    "public": root["keys"][keyid]["keyval"]["public"],
+                    "offline": repo::is_offline(repository, role),
+                }));
+            }
+        }
+        // Roles the top-level targets delegates to, with the keys it lists for them.
+        let (_, targets) = origin.latest(repository, "targets")?;
+        let delegations = &targets["delegations"];
+        for role in delegations["roles"].as_array().into_iter().flatten() {
+            let name = role["name"].as_str().unwrap_or_default();
+            for keyid in role["keyids"].as_array().into_iter().flatten() {
+                let keyid = keyid.as_str().unwrap_or_default();
+                out.push(json!({
+                    "repository": repository,
+                    "role": name,
+                    "delegated_paths": role["paths"],
+                    "keyid": keyid,
+                    "public": delegations["keys"][keyid]["keyval"]["public"],
+                    "offline": repo::is_offline(repository, name),
+                }));
+            }
+        }
+    }
+    let audit = audit::key(origin)?.verifying_key();
+    out.push(json!({"role": "audit", "public_key": hex::encode(audit.as_bytes())}));
+    Ok(out)
+}
+
+/// Every repository of the origin, by name under its directory.
+pub fn repositories(origin: &Origin) -> anyhow::Result<Vec<String>> {
+    let mut all: Vec<String> = repo::REPOSITORIES
+        .iter()
+        .map(|r| (*r).to_string())
+        .collect();
+    for vin in director::vehicles(origin)? {
+        all.push(director::vehicle_repository(&vin));
+    }
+    Ok(all)
+}
+
+/// Re-signs every repository's timestamp (they expire after a day: run it hourly).
+pub fn refresh_timestamps(origin: &Origin) -> anyhow::Result<()> {
+    for repository in repositories(origin)? {
+        origin
+            .refresh_timestamp(&repository)
+            .with_context(|| format!("the {repository} timestamp"))?;
+    }
+    Ok(())
+}
+
+/// Every problem of every repository, each as `<repository>: <problem>` naming its file. Empty:
+/// every repository verifies.
+pub fn verify(origin: &Origin) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for repository in repositories(origin)? {
+        let dir = origin.dir.join(&repository);
+        for problem in verify::verify_repository(&dir, repository == "image", origin.now) {
+            problems.push(format!("{repository}: {problem}"));
+        }
+    }
+    Ok(problems)
+}
+
+/// Replaces `role`'s key of `repository` (`image` or `director`) with `new_key` (see
+/// [`Origin::rotate`]); after a director rotation, each vehicle's director repository follows.
+/// Returns the new root version.
+pub fn rotate(
+    origin: &Origin,
+    repository: &str,
+    role: &str,
+    new_key: &SigningKey,
+) -> anyhow::Result<u64> {
+    let version = origin.rotate(repository, role, new_key)?;
+    if repository == "director" {
+        for vin in director::vehicles(origin)? {
+            director::after_rotation(origin, &vin, role)
+                .with_context(|| format!("re-signing the director metadata of {vin}"))?;
+        }
+    }
+    Ok(version)
+}

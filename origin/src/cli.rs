@@ -1,0 +1,298 @@
+//! The `origin` binary's command line: its commands and flags as clap reads them and `--help`
+//! prints them. A module of the binary (declared in `main.rs`), not of the library.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use proto::tuf::Time;
+
+/// depotmesh origin: signs releases the TUF/Uptane way and keeps the director's repository.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub(crate) struct Cli {
+    /// The origin directory (repositories, online keys, mesh store).
+    #[arg(long, global = true, default_value = "origin-data")]
+    pub(crate) dir: PathBuf,
+    /// Where the offline keys (both roots, image targets) are: needed by init, release, rotate.
+    #[arg(long, global = true)]
+    pub(crate) offline_keys: Option<PathBuf>,
+    /// The time to sign at, as YYYY-MM-DDTHH:MM:SSZ (default: now). For tests and rehearsals.
+    #[arg(long, global = true, value_parser = parse_time)]
+    pub(crate) now: Option<Time>,
+    /// Who is acting, for the audit log (default: $USER).
+    #[arg(long, global = true)]
+    pub(crate) actor: Option<String>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Make a new ed25519 key file (mode 0600); prints its key id and public key.
+    Keygen {
+        /// The key file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a new image repository and director with fresh keys: offline keys into
+    /// --offline-keys, online keys into DIR/keys.
+    Init,
+    /// Release an image: store it (and its bao outboard) and sign new targets, snapshot and
+    /// timestamp of the image repository.
+    Release(ReleaseArgs),
+    /// Delegate target names matching --path patterns (e.g. `brake/*`) to a new role of the
+    /// image repository with its own key, for a supplier or an ECU family; a vehicle then
+    /// trusts images under those names only when that role signs them.
+    Delegate {
+        /// The new role's name (a-z, 0-9, -, _).
+        #[arg(long)]
+        name: String,
+        /// A target name pattern the role may sign for (`*` matches within one path segment).
+        /// Repeatable.
+        #[arg(long = "path", required = true)]
+        paths: Vec<String>,
+        /// The role's key (from `origin keygen`, e.g. made by the supplier); by default a new
+        /// one is made. Kept with the offline keys as image-<name>.json.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// A vehicle looking up a name this role matches looks no further, even if the role
+        /// does not list it.
+        #[arg(long)]
+        terminating: bool,
+    },
+    /// Replace a role's key: a new root version signed by the old root key (and the new one
+    /// for root), then the role's metadata re-signed.
+    Rotate {
+        /// `image` or `director`.
+        #[arg(long, value_parser = ["image", "director"])]
+        repository: String,
+        /// `root`, `targets`, `snapshot` or `timestamp`.
+        #[arg(long, value_parser = ["root", "targets", "snapshot", "timestamp"])]
+        role: String,
+        /// The new key (from `origin keygen`).
+        #[arg(long)]
+        new_key: PathBuf,
+    },
+    /// Tell one vehicle, through the director, which image each of its ECUs must install: a new
+    /// director targets version for that vehicle (online key), checked against the image
+    /// repository (the image must be released for the ECU's hardware).
+    Assign {
+        /// The vehicle's id (VIN).
+        #[arg(long)]
+        vin: proto::Vin,
+        /// SERIAL,HARDWARE_ID,TARGET: install image repository target TARGET on ECU SERIAL.
+        /// Repeatable; the assignment replaces the vehicle's previous one.
+        #[arg(long = "ecu", required = true)]
+        ecus: Vec<origin::director::Assignment>,
+        /// The update's priority class, signed with the assignment: `security` may use cellular
+        /// at once (within the vehicle's budget), `fix` waits for WiFi or a cellular window
+        /// until its deadline, `feature` waits for WiFi.
+        #[arg(long, default_value = "feature")]
+        priority: node::policy::Priority,
+    },
+    /// Re-sign every repository's timestamp, each vehicle's director one too (run it hourly:
+    /// they expire after a day).
+    Timestamp,
+    /// Check every repository (image, director, each vehicle's director targets) and list every
+    /// problem, each naming its file. Exit 1 if any.
+    Verify,
+    /// Print the key ids and public keys of every role (never private keys).
+    Keys,
+    /// The audit log (`audit.log`: append-only, hash-chained, each entry signed).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Run the director service: the campaigns' HTTP API, vehicle manifests in, the dashboard at
+    /// `/` and Prometheus metrics at `/metrics`. Runs until stopped.
+    Serve {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: std::net::SocketAddr,
+        /// How often the gates are re-evaluated without a report (soak times, report timeouts).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        tick_secs: u64,
+    },
+    /// Staged rollouts, through a running `origin serve`.
+    Campaign {
+        /// The director service's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8470")]
+        director: String,
+        #[command(subcommand)]
+        command: CampaignCommand,
+    },
+    /// The device registry, through a running `origin serve`.
+    Vehicle {
+        /// The director service's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8470")]
+        director: String,
+        #[command(subcommand)]
+        command: VehicleCommand,
+    },
+    /// Build a delta that rebuilds --to from --from (see the `delta` crate for the format): per
+    /// 8 MiB segment, the smallest of zstd patch-from, a bsdiff-class match and an aligned
+    /// word diff. Prints a JSON summary. Needs no repository.
+    Delta(DeltaArgs),
+}
+
+/// `origin release`'s arguments.
+#[derive(Debug, Args)]
+pub(crate) struct ReleaseArgs {
+    /// The image file.
+    pub(crate) file: PathBuf,
+    /// Its target name, e.g. ecu/brake-1.2.0.bin.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// Hardware it runs on. Repeatable.
+    #[arg(long = "hardware-id", required = true)]
+    pub(crate) hardware_ids: Vec<String>,
+    /// Its release counter (vehicles never install a lower one).
+    #[arg(long)]
+    pub(crate) release_counter: u64,
+    /// The targets role that signs it: `targets` (the image repository's own, offline key)
+    /// or a role made with `origin delegate` (e.g. a supplier's), whose paths must allow
+    /// the name.
+    #[arg(long, default_value = "targets")]
+    pub(crate) role: String,
+    /// Also build a delta from this earlier release (a target name) and list it with the
+    /// image, for vehicles running that release. Repeatable.
+    #[arg(long = "delta-from")]
+    pub(crate) deltas_from: Vec<String>,
+    /// Build the deltas without the LZMA-with-source-dictionary pass (faster; see
+    /// `origin delta --no-lzma-dict`).
+    #[arg(long)]
+    pub(crate) no_lzma_dict: bool,
+}
+
+impl ReleaseArgs {
+    /// The release these arguments ask for.
+    pub(crate) fn release(&self) -> origin::Release {
+        let options = delta::DeltaOptions {
+            lzma_dict: !self.no_lzma_dict,
+            ..Default::default()
+        };
+        origin::Release::new(
+            &self.file,
+            &self.name,
+            &self.hardware_ids,
+            self.release_counter,
+        )
+        .signed_by(&self.role)
+        .with_deltas_from(&self.deltas_from)
+        .delta_options(options)
+    }
+}
+
+/// `origin delta`'s arguments.
+#[derive(Debug, Args)]
+pub(crate) struct DeltaArgs {
+    /// The image vehicles have now.
+    #[arg(long)]
+    pub(crate) from: PathBuf,
+    /// The image they should have.
+    #[arg(long)]
+    pub(crate) to: PathBuf,
+    /// The delta file to write (written beside it, fsynced, then renamed).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Segment size in KiB: a power of two from 16 to 16384. An interrupted apply resumes at
+    /// a segment boundary; larger segments compress a little better.
+    #[arg(long, default_value_t = 8192)]
+    pub(crate) segment_kib: u64,
+    /// zstd level of every stream (1..=22).
+    #[arg(long, default_value_t = 22, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub(crate) level: i32,
+    /// Worker threads (default: every core).
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
+    /// Skip the LZMA-with-source-dictionary pass: several times faster on large images,
+    /// 5–15 % larger deltas between far releases of compiled code.
+    #[arg(long)]
+    pub(crate) no_lzma_dict: bool,
+}
+
+impl DeltaArgs {
+    /// The delta options these arguments ask for.
+    pub(crate) fn options(
+        &self,
+    ) -> Result<delta::DeltaOptions, origin::file_delta::SegmentSizeError> {
+        origin::file_delta::options(
+            self.segment_kib,
+            self.level,
+            self.threads,
+            !self.no_lzma_dict,
+        )
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CampaignCommand {
+    /// Create a campaign from a TOML file (see config/campaign.toml); it waits for approval.
+    Create {
+        /// The campaign file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Approve a campaign (not by its creator) and start its first wave.
+    Approve {
+        /// The campaign id.
+        id: proto::CampaignId,
+    },
+    /// Print campaigns' standing (JSON): waves, counts per segment, decisions.
+    Status {
+        /// Only this campaign.
+        id: Option<proto::CampaignId>,
+    },
+    /// Halt a campaign: no more vehicles get the release; those that have it not installed
+    /// have it withdrawn.
+    Halt {
+        /// The campaign id.
+        id: proto::CampaignId,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume a halted campaign (your approval is recorded).
+    Resume {
+        /// The campaign id.
+        id: proto::CampaignId,
+    },
+    /// Call a campaign off for good: vehicles that installed it are sent the fallback release.
+    Abort {
+        /// The campaign id.
+        id: proto::CampaignId,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum VehicleCommand {
+    /// Register a vehicle from a TOML file (see config/vehicle-registration.toml).
+    Register {
+        /// The vehicle file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Print the registry (JSON).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the whole chain and every signature; exit 1 naming the first bad entry.
+    Verify {
+        /// The audit key's public half (hex), as an auditor got it from `origin keys`
+        /// (default: this origin's own key).
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Print every entry (JSON lines): who did what, when: releases, assignments (which
+    /// software for which vehicle), approvals and wave decisions.
+    Export,
+}
+
+fn parse_time(text: &str) -> Result<Time, String> {
+    Time::parse(text).map_err(|error| error.to_string())
+}
