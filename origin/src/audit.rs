@@ -12,8 +12,8 @@
 //! the file before returning; a line torn by a power cut (no final newline) was never
 //! acknowledged and is cut off before the next append.
 //!
-//! An operation that signs metadata on an operator's word (a release, an assignment) records
-//! itself through [`audited`]: it signs, then appends its entry, in one call that takes the
+//! An operation that signs metadata on an operator's word ([`crate::Release::sign`],
+//! [`crate::director::assign`]) signs, then appends its entry, in one call that takes the
 //! [`Actor`], so no caller can sign without the entry.
 
 use std::fmt;

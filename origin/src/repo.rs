@@ -123,7 +123,10 @@ impl Origin {
     }
 
     /// Signs and writes `signed` as `role`'s metadata (its `version` must already be set).
-    pub fn write(
+    /// Crate-only: it signs whatever it is given, so callers outside the crate go through the
+    /// operations that check what they sign and, for images and assignments, record it in the
+    /// audit log ([`crate::Release`], [`crate::director::assign`]).
+    pub(crate) fn write(
         &self,
         repository: &str,
         role: &str,
