@@ -17,7 +17,7 @@ pub(crate) struct Cli {
     #[arg(long, global = true)]
     pub(crate) offline_keys: Option<PathBuf>,
     /// The time to sign at, as YYYY-MM-DDTHH:MM:SSZ (default: now). For tests and rehearsals.
-    #[arg(long, global = true, value_parser = parse_time)]
+    #[arg(long, global = true)]
     pub(crate) now: Option<Time>,
     /// Who is acting, for the audit log (default: $USER).
     #[arg(long, global = true)]
@@ -291,8 +291,4 @@ pub(crate) enum AuditCommand {
     /// Print every entry (JSON lines): who did what, when: releases, assignments (which
     /// software for which vehicle), approvals and wave decisions.
     Export,
-}
-
-fn parse_time(text: &str) -> Result<Time, String> {
-    Time::parse(text).map_err(|error| error.to_string())
 }

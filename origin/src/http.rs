@@ -58,7 +58,7 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     /// The director, on the system clock.
     pub fn new(director: Director) -> Arc<Self> {
-        Self::with_clock(director, Box::new(unix_now))
+        Self::with_clock(director, Box::new(node::clock::unix_now))
     }
 
     /// The director, on `clock` (Unix seconds).
@@ -86,13 +86,6 @@ impl Shared {
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}")))
     }
-}
-
-/// The system clock, in Unix seconds.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A refused request: its status and what was wrong.

@@ -14,7 +14,6 @@ use ed25519_dalek::VerifyingKey;
 use node::director_client::{ClientError, DirectorClient};
 use origin::{Actor, Origin, Released};
 use proto::director_api::{ActionRequest, CampaignAction, CreateCampaign, RegisterVehicle};
-use proto::tuf::Time;
 
 use cli::{AuditCommand, CampaignCommand, Cli, Command, VehicleCommand};
 
@@ -35,7 +34,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let origin = Origin {
         dir: cli.dir,
         offline_keys: cli.offline_keys,
-        now: cli.now.unwrap_or_else(system_now),
+        now: cli.now.unwrap_or_else(node::clock::now),
     };
     let actor = actor(cli.actor)?;
     match cli.command {
@@ -114,14 +113,6 @@ fn actor(flag: Option<String>) -> anyhow::Result<Actor> {
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| "origin-cli".to_owned());
     Ok(Actor::new(name)?)
-}
-
-fn system_now() -> Time {
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    Time::from_unix(seconds)
 }
 
 /// A public key as `origin keygen` prints it: its key id and the key in hex.
