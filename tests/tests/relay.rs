@@ -8,43 +8,28 @@
 
 use std::time::Duration;
 
+use depotmesh_tests::director::{
+    DirectorService, ECU_SEED, PRIMARY_SEED, assign_gateway, register_vehicle, registry,
+};
+use depotmesh_tests::release::{Release, new_origin, release};
+use node::policy::Priority;
 use node::relay::{ReportInbox, ReportQueue};
-use origin::repo::Origin;
-
-mod common;
-use common::{director_service, register_vehicle};
 
 #[test]
 fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let origin = Origin {
-        dir: w.join("origin"),
-        offline_keys: Some(w.join("usb")),
-        now: node::clock::now(),
-    };
-    origin::init(&origin).unwrap();
-    let actor = origin::Actor::new("test").unwrap();
-    std::fs::write(w.join("gw.bin"), b"firmware v1").unwrap();
-    let hw = ["gw-v1".to_string()];
-    origin::Release::new(w.join("gw.bin"), "ecu/gw-1.bin", &hw, 1)
-        .sign(&origin, &actor)
-        .unwrap();
-    let ecu = origin::director::Assignment {
-        serial: "GW-1".parse().unwrap(),
-        hardware_id: "gw-v1".into(),
-        target: "ecu/gw-1.bin".into(),
-    };
-    let vin = "VIN-1".parse().unwrap();
-    origin::director::assign(&origin, &actor, &vin, &[ecu], node::policy::Priority::Fix).unwrap();
-    let version = origin::director::targets_version(&origin, &vin);
-    let director = director_service(&origin);
+    let origin = new_origin(w, node::clock::now());
+    release(
+        &origin,
+        &Release::new("ecu/gw-1.bin", b"firmware v1", "gw-v1", 1),
+    )
+    .unwrap();
+    assign_gateway(&origin, "VIN-1", "GW-1", "ecu/gw-1.bin", Priority::Fix);
+    let version = origin::director::targets_version(&origin, &"VIN-1".parse().unwrap());
+    let director = DirectorService::start(&origin);
     let url = director.url.clone();
     register_vehicle(&url, "VIN-1", "GW-1");
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
 
     // The vehicle's signed manifest; the same altered by the relay (it claims a rollback); and
     // one for a vehicle the director does not know.
@@ -57,9 +42,9 @@ fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
         nonce: nonce.clone(),
         attacks_detected: String::new(),
     };
-    let ecu_key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let ecu_key = ed25519_dalek::SigningKey::from_bytes(&[ECU_SEED; 32]);
     let reports = [proto::uptane::sign_ecu_report(&report, &ecu_key).unwrap()];
-    let key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[PRIMARY_SEED; 32]);
     let install =
         serde_json::json!({"group": format!("director-v{version}"), "outcome": "committed"});
     let genuine =
@@ -119,9 +104,7 @@ fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
     assert!(queue.is_empty());
 
     // What the director believes is what the vehicle signed.
-    let mut response = http.get(&format!("{url}/v1/vehicles")).call().unwrap();
-    let registry: serde_json::Value =
-        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    let registry = registry(&url);
     assert_eq!(registry[0]["vin"], "VIN-1");
     assert_eq!(
         registry[0]["last_report"]["outcome"], "committed",

@@ -1,88 +1,41 @@
 //! A vehicle refreshing its TUF metadata from depot caches over the mesh and fetching a signed
-//! target, end to end: `origin` signs (its library), `depot-cache import-repo` and `serve` run as
-//! real processes, and the vehicle is `vehicle_peer::mesh::get_target` on a real libp2p node.
-//! Release 2 is signed by a supplier's delegated role. Then depots that lie the ways a depot can: an old repository (rollback), a forged timestamp,
-//! an endless timestamp, a repository left to expire (freeze); and no depot at all (a vehicle
-//! offline too long). Each must be refused, saying why, and nothing written.
+//! target, end to end: `origin` signs (its library), depots are filled and served as
+//! `depot-cache import-repo` and `serve` do it (their library calls, in this test's process), and
+//! the vehicle is `vehicle_peer::mesh::get_target` on a real libp2p node. Release 2 is signed by
+//! a supplier's delegated role. Then depots that lie the ways a depot can: an old repository
+//! (rollback), a forged timestamp, an endless timestamp, a repository left to expire (freeze);
+//! and no depot at all (a vehicle offline too long). Each must be refused, saying why, and
+//! nothing written.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use depotmesh_tests::depot::{DepotDaemon, import_repo};
+use depotmesh_tests::release::{
+    BRAKE_HARDWARE, BRAKE_SUPPLIER, Release, SIGNED_AT, brake_firmware, delegate_to_brake_supplier,
+    new_origin, release,
+};
+use depotmesh_tests::vehicle::MeshVehicle;
 use libp2p::Multiaddr;
-use origin::repo::Origin;
 use proto::tuf::Time;
-use vehicle_peer::mesh::{GetRequest, get_target};
-
-const SIGNED_AT: &str = "2026-01-01T00:00:00Z";
 
 fn time(text: &str) -> Time {
     Time::parse(text).unwrap()
 }
 
-/// A `depot-cache serve` process, killed when dropped.
-struct Depot {
-    child: Child,
-    addr: Multiaddr,
-}
-
-impl Drop for Depot {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn depot_cache(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_depot-cache"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 /// Imports `repo` into a new depot data directory under `work` and serves it.
-fn depot(work: &Path, label: &str, repo: &Path) -> Depot {
+fn depot(work: &Path, label: &str, repo: &Path) -> DepotDaemon {
     let data = work.join(label);
-    let output = depot_cache(&[
-        "import-repo",
-        "--data-dir",
-        data.to_str().unwrap(),
-        repo.to_str().unwrap(),
-    ]);
+    let listed = import_repo(&data, "image", repo);
     assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        listed
+            .iter()
+            .any(|name| name == "image/metadata/timestamp.json"),
+        "{listed:?}"
     );
-    let listed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        listed.contains("  image/metadata/timestamp.json"),
-        "{listed}"
-    );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_depot-cache"))
-        .args([
-            "serve",
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    Depot {
-        child,
-        addr: line.trim().parse().unwrap(),
-    }
+    DepotDaemon::serve(&data)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -99,9 +52,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 struct Vehicle {
-    runtime: tokio::runtime::Runtime,
-    data_dir: PathBuf,
-    root: PathBuf,
+    mesh: MeshVehicle,
     out_dir: PathBuf,
     runs: std::cell::Cell<u32>,
 }
@@ -109,7 +60,7 @@ struct Vehicle {
 impl Vehicle {
     fn get(
         &self,
-        depots: &[&Depot],
+        depots: &[&Multiaddr],
         target: &str,
         now: &str,
         timeout: u64,
@@ -118,21 +69,13 @@ impl Vehicle {
         let out = self
             .out_dir
             .join(format!("{}-{}", self.runs.get(), target.replace('/', "_")));
-        let result = get_target(
-            &self.runtime,
-            &GetRequest {
-                data_dir: self.data_dir.clone(),
-                peers: depots.iter().map(|depot| depot.addr.clone()).collect(),
-                listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
-                mdns: false,
-                root: Some(self.root.clone()),
-                repository: "image".into(),
-                target: target.into(),
-                out: out.clone(),
-                now: Some(time(now)),
-                metadata_timeout: Duration::from_secs(timeout),
-                stall_timeout: Duration::from_secs(10),
-            },
+        let peers: Vec<Multiaddr> = depots.iter().map(|&addr| addr.clone()).collect();
+        let result = self.mesh.get(
+            &peers,
+            target,
+            &out,
+            time(now),
+            Duration::from_secs(timeout),
         );
         if result.is_err() {
             assert!(!out.exists(), "a refused target must not be written");
@@ -151,49 +94,37 @@ fn refused(result: anyhow::Result<serde_json::Value>) -> String {
 #[test]
 fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
     let work = tempfile::tempdir().unwrap();
-    let origin = Origin {
-        dir: work.path().join("origin"),
-        offline_keys: Some(work.path().join("usb")),
-        now: time(SIGNED_AT),
-    };
-    origin::init(&origin).unwrap();
-    let actor = origin::Actor::new("test").unwrap();
+    let origin = new_origin(work.path(), time(SIGNED_AT));
     let image = origin.dir.join("image");
-    let fw1: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 251) as u8).collect();
-    let fw2: Vec<u8> = (0..900_000u32).map(|i| (i * 17 % 241) as u8).collect();
-    std::fs::write(work.path().join("fw1.bin"), &fw1).unwrap();
-    std::fs::write(work.path().join("fw2.bin"), &fw2).unwrap();
-    let hw = ["brake-v2".to_string()];
-    origin::Release::new(work.path().join("fw1.bin"), "ecu/fw-1.bin", &hw, 1)
-        .sign(&origin, &actor)
-        .unwrap();
+    let (fw1, fw2) = brake_firmware();
+    release(
+        &origin,
+        &Release::new("ecu/fw-1.bin", &fw1, BRAKE_HARDWARE, 1),
+    )
+    .unwrap();
     // The repository as it stood at release 1: what a stale (or malicious) depot replays.
     copy_dir(&image, &work.path().join("old-image"));
     // Release 2 comes from the brake supplier, through a delegation of `ecu/fw-*` to its key:
     // the vehicle finds it by walking the delegation, fetching the supplier's role by name too.
-    let supplier = origin::keys::generate();
-    origin
-        .delegate("brake-supplier", &["ecu/fw-*".into()], &supplier, false)
-        .unwrap();
-    let outside = origin::Release::new(work.path().join("fw2.bin"), "ecu/other.bin", &hw, 2)
-        .signed_by("brake-supplier")
-        .sign(&origin, &actor)
-        .unwrap_err();
+    delegate_to_brake_supplier(&origin);
+    let by_supplier = |name: &'static str| Release {
+        role: BRAKE_SUPPLIER,
+        ..Release::new(name, &fw2, BRAKE_HARDWARE, 2)
+    };
+    let outside = release(&origin, &by_supplier("ecu/other.bin")).unwrap_err();
     assert!(
         outside
             .to_string()
             .contains("may not sign for ecu/other.bin"),
         "{outside}"
     );
-    origin::Release::new(work.path().join("fw2.bin"), "ecu/fw-2.bin", &hw, 2)
-        .signed_by("brake-supplier")
-        .sign(&origin, &actor)
-        .unwrap();
+    release(&origin, &by_supplier("ecu/fw-2.bin")).unwrap();
 
     let vehicle = Vehicle {
-        runtime: node::runtime::build_tokio(Some(1)).unwrap(),
-        data_dir: work.path().join("vehicle"),
-        root: image.join("metadata/1.root.json"),
+        mesh: MeshVehicle::new(
+            work.path().join("vehicle"),
+            image.join("metadata/1.root.json"),
+        ),
         out_dir: work.path().to_path_buf(),
         runs: std::cell::Cell::new(0),
     };
@@ -202,7 +133,7 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
 
     // The whole path: metadata by name from the depot, the target by its signed BLAKE3.
     let summary = vehicle
-        .get(&[&honest], "ecu/fw-2.bin", hour_later, 10)
+        .get(&[&honest.addr], "ecu/fw-2.bin", hour_later, 10)
         .unwrap();
     assert_eq!(
         std::fs::read(work.path().join("1-ecu_fw-2.bin")).unwrap(),
@@ -212,18 +143,19 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
     assert_eq!(summary["metadata_versions"]["targets"], 3);
     assert!(
         vehicle
+            .mesh
             .data_dir
             .join("tuf/image/brake-supplier.json")
             .exists()
     );
-    let trusted = vehicle.data_dir.join("tuf/image");
+    let trusted = vehicle.mesh.data_dir.join("tuf/image");
     for role in ["root", "timestamp", "snapshot", "targets"] {
         assert!(trusted.join(format!("{role}.json")).exists(), "{role}");
     }
 
     // Rollback: a depot that serves the repository as it was at release 1.
     let stale = depot(work.path(), "stale", &work.path().join("old-image"));
-    let error = refused(vehicle.get(&[&stale], "ecu/fw-1.bin", hour_later, 10));
+    let error = refused(vehicle.get(&[&stale.addr], "ecu/fw-1.bin", hour_later, 10));
     assert!(error.contains("timestamp"), "{error}");
     assert!(error.contains("version"), "{error}");
 
@@ -237,7 +169,7 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
     timestamp["signed"]["version"] = (version + 1).into();
     std::fs::write(&path, serde_json::to_vec(&timestamp).unwrap()).unwrap();
     let forged = depot(work.path(), "forged", &forged_dir);
-    let error = refused(vehicle.get(&[&forged], "ecu/fw-2.bin", hour_later, 10));
+    let error = refused(vehicle.get(&[&forged.addr], "ecu/fw-2.bin", hour_later, 10));
     assert!(error.contains("valid signature"), "{error}");
 
     // Endless data: a depot whose timestamp.json is 1 MiB.
@@ -249,12 +181,12 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
     )
     .unwrap();
     let endless = depot(work.path(), "endless", &endless_dir);
-    let error = refused(vehicle.get(&[&endless], "ecu/fw-2.bin", hour_later, 10));
+    let error = refused(vehicle.get(&[&endless.addr], "ecu/fw-2.bin", hour_later, 10));
     assert!(error.contains("bytes allowed"), "{error}");
 
     // Freeze: the honest depot's timestamp (one day) has expired; it offers nothing newer.
     let days_later = "2026-01-04T00:00:00Z";
-    let error = refused(vehicle.get(&[&honest], "ecu/fw-2.bin", days_later, 10));
+    let error = refused(vehicle.get(&[&honest.addr], "ecu/fw-2.bin", days_later, 10));
     assert!(
         error.contains("the newest timestamp the peers offer expired at 2026-01-02T00:00:00Z"),
         "{error}"
@@ -268,15 +200,7 @@ fn vehicle_updates_through_a_depot_that_can_relay_but_not_forge() {
     let gone = depot(work.path(), "gone", &image);
     let addr = gone.addr.clone();
     drop(gone);
-    let error = refused(vehicle.get(
-        &[&Depot {
-            child: Command::new("true").spawn().unwrap(),
-            addr,
-        }],
-        "ecu/fw-2.bin",
-        days_later,
-        2,
-    ));
+    let error = refused(vehicle.get(&[&addr], "ecu/fw-2.bin", days_later, 2));
     assert!(error.contains("offline too long"), "{error}");
     assert!(error.contains("expired at 2026-01-02T00:00:00Z"), "{error}");
 }

@@ -1,12 +1,12 @@
 //! Issue 7's end-to-end test, on loopback: origin → upstream cache → depot daemon (prefetch on
 //! its own, from its configuration) → ten vehicles in the yard.
 //!
-//! The upstream (the origin's cache) and the depot are real `depot-cache --config` processes;
-//! the ten vehicles are real libp2p QUIC nodes in this test's process, each with its own store,
-//! identity and server, told only of the depot and serving their neighbours as parked vehicles
-//! do. Both caches' uplinks are read from their `/metrics`: the upstream sent the release once,
-//! and the depot at most 1.5 copies to ten vehicles (the tracker points them at each other and
-//! the depot seeds each piece about once).
+//! The upstream (the origin's cache) and the depot are real depot daemons (the code
+//! `depot-cache --config` runs, in this test's process); the ten vehicles are real libp2p QUIC
+//! nodes, each with its own store, identity and server, told only of the depot and serving their
+//! neighbours as parked vehicles do. Both caches' uplinks are read from their `/metrics`: the
+//! upstream sent the release once, and the depot at most 1.5 copies to ten vehicles (the tracker
+//! points them at each other and the depot seeds each piece about once).
 
 #![allow(
     clippy::unwrap_used,
@@ -15,17 +15,15 @@
     clippy::cast_possible_truncation
 )]
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use depotmesh_tests::data::pseudo_random;
+use depotmesh_tests::depot::{DepotDaemon, SERVED, depot_config, import_repo};
+use depotmesh_tests::release::{Release, new_origin, release};
 use node::fetch::{self, FetchOptions};
 use node::net::{self, NetConfig};
 use node::serve::{self, ServeCounters};
-use origin::repo::Origin;
-
-mod common;
-use common::{SERVED, depot_daemon as daemon, get, metric};
 
 const VEHICLES: usize = 10;
 
@@ -36,63 +34,35 @@ fn origin_to_depot_to_ten_vehicles_with_one_backhaul_copy_and_at_most_one_and_a_
     let w = work.path();
 
     // The origin signs a release now (the daemons check expiry against the clock).
-    let origin = Origin {
-        dir: w.join("origin"),
-        offline_keys: Some(w.join("usb")),
-        now: node::clock::now(),
-    };
-    origin::init(&origin).unwrap();
-    let firmware: Vec<u8> = {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        (0..8 << 20)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 32) as u8
-            })
-            .collect()
-    };
-    std::fs::write(w.join("fw.bin"), &firmware).unwrap();
-    origin::Release::new(w.join("fw.bin"), "ecu/fw-2.bin", ["brake-v2"], 2)
-        .sign(&origin, &origin::Actor::new("test").unwrap())
-        .unwrap();
+    let origin = new_origin(w, node::clock::now());
+    let firmware = pseudo_random(8 << 20, 0x2545_f491_4f6c_dd1d);
+    release(
+        &origin,
+        &Release::new("ecu/fw-2.bin", &firmware, "brake-v2", 2),
+    )
+    .unwrap();
     let image = origin.dir.join("image");
     let blob = proto::BlobId::of(&firmware);
 
     // The origin's cache: the repository imported, served by the daemon.
     let upstream_dir = w.join("upstream");
-    let status = Command::new(env!("CARGO_BIN_EXE_depot-cache"))
-        .args(["import-repo", "--data-dir"])
-        .arg(&upstream_dir)
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{status:?}");
-    let upstream = daemon(
-        &upstream_dir,
-        &format!(
-            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n",
-            upstream_dir.display().to_string()
-        ),
-    );
+    import_repo(&upstream_dir, "image", &image);
+    let upstream = DepotDaemon::start(&upstream_dir, &depot_config(&upstream_dir));
 
     // The depot: prefetches on its own as soon as it starts (no windows: any time).
     let depot_dir = w.join("depot");
-    let depot = daemon(
+    let depot = DepotDaemon::start(
         &depot_dir,
         &format!(
-            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n\
-             [prefetch]\nupstream = [\"{}\"]\nroot = {:?}\ninterval_secs = 3600\nrate_limit_bytes_per_sec = 50_000_000\n",
-            depot_dir.display().to_string(),
+            "{}[prefetch]\nupstream = [\"{}\"]\nroot = {:?}\ninterval_secs = 3600\nrate_limit_bytes_per_sec = 50_000_000\n",
+            depot_config(&depot_dir),
             upstream.addr,
             image.join("metadata/1.root.json").display().to_string(),
         ),
     );
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (_, body) = get(&depot.http, "/status");
-        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let status = depot.status();
         if status["prefetch"]["runs_ok"].as_u64() == Some(1) {
             assert!(
                 status["store"]["complete"].as_u64().unwrap() >= 1,
@@ -108,7 +78,7 @@ fn origin_to_depot_to_ten_vehicles_with_one_backhaul_copy_and_at_most_one_and_a_
         std::thread::sleep(Duration::from_millis(200));
     }
     let size = firmware.len() as u64;
-    let backhaul = metric(&upstream.http, SERVED);
+    let backhaul = upstream.metric(SERVED);
     // One copy plus the metadata files and bao proofs (well under 5 %).
     assert!(
         backhaul >= size && backhaul < size + size / 20,
@@ -158,7 +128,7 @@ fn origin_to_depot_to_ten_vehicles_with_one_backhaul_copy_and_at_most_one_and_a_
         assert!(bytes == firmware, "vehicle {i} holds other bytes");
         println!("vehicle {i}: {:.2} s", report.seconds);
     }
-    let served = metric(&depot.http, SERVED);
+    let served = depot.metric(SERVED);
     let copies = served as f64 / size as f64;
     println!(
         "{VEHICLES} vehicles, {size}-byte release: the upstream sent {backhaul} bytes, the depot {served} ({copies:.2} copies)"
@@ -167,11 +137,8 @@ fn origin_to_depot_to_ten_vehicles_with_one_backhaul_copy_and_at_most_one_and_a_
     assert!(served >= size, "the depot sent less than one copy");
 
     // The endpoints answer what they do not serve clearly.
-    assert!(get(&depot.http, "/nope").0.contains("404"));
-    let seeding = metric(
-        &depot.http,
-        "depotmesh_depot_seeding_requests_total{decision=\"granted\"}",
-    );
+    assert!(depot.get("/nope").0.contains("404"));
+    let seeding = depot.metric("depotmesh_depot_seeding_requests_total{decision=\"granted\"}");
     assert!(seeding > 0);
     runtime.block_on(async {
         for (handle, _, _) in &results {

@@ -10,6 +10,9 @@
 //! - one whose new image fails its health check rolls back, reports it, and does not try again;
 //! - on cellular, a feature update waits for WiFi (only metadata counted against the budget);
 //!   while roaming, a security update installs, every byte counted against the month's budget.
+//!
+//! The origin's cache, the depot and the director service run in this test's process, through
+//! the library calls their binaries make.
 
 #![allow(
     clippy::unwrap_used,
@@ -19,105 +22,25 @@
 )]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use depotmesh_tests::data::noise;
+use depotmesh_tests::depot::{DepotDaemon, SERVED, depot_config, import_repo};
+use depotmesh_tests::director::{
+    DirectorService, ECU_SEED, PRIMARY_SEED, assign_gateway, register_vehicle, registry,
+};
+use depotmesh_tests::release::{Release, new_origin, release};
+use depotmesh_tests::vehicle::{GatewayVehicle, check_once, downloaded, gateway_vehicle};
 use node::policy::Priority;
-use origin::director::Assignment;
-use origin::repo::Origin;
 use proto::tuf::build::TargetDigests;
 use serde_json::Value;
-use vehicle_peer::daemon::Daemon;
-
-mod common;
-use common::{SERVED, depot_daemon, director_service, get, metric, register_vehicle};
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect()
-}
-
-const BANK: u64 = 2 << 20;
-
-/// One simulated ECU (banks, a provisioned U-Boot environment, a key) and its vehicle's
-/// agent configuration; returns the agent configuration's path.
-#[allow(clippy::too_many_arguments)]
-fn vehicle(
-    dir: &Path,
-    vin: &str,
-    old: &[u8],
-    director_key: &str,
-    depot: &str,
-    roots: (&Path, &Path),
-    link: &str,
-    health: &str,
-    director_url: Option<&str>,
-) -> PathBuf {
-    let serial = format!("GW-{vin}");
-    let ecu = vehicle_peer::simulated::FileEcu {
-        serial: &serial,
-        hardware_id: "gw-v1",
-        installed: ("ecu/gw-1.bin", old, 1),
-        bank_bytes: BANK,
-        key_seed: [9; 32],
-        director_key,
-        health,
-        single_bank_spare: None,
-    };
-    let ecu = vehicle_peer::simulated::file_ecu(dir, &ecu).unwrap();
-    let extra = format!(
-        "stall_timeout_secs = 20\n[link]\n{link}\n[policy]\nmonthly_budget_bytes = 50_000_000\nmin_signal = 30"
-    );
-    let vehicle = vehicle_peer::simulated::LoopbackVehicle {
-        vin,
-        depot,
-        roots,
-        director_url,
-        primary_seed: [8; 32],
-        ecus: &[ecu],
-        extra: &extra,
-    };
-    vehicle_peer::simulated::loopback_vehicle(dir, &vehicle).unwrap()
-}
-
-/// Bytes the last check downloaded, by its status.
-fn downloaded(status: &Value) -> u64 {
-    status["downloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["bytes"].as_u64().unwrap())
-        .sum()
-}
-
-fn check_once(config: &Path) -> Value {
-    let config = vehicle_peer::config::load(config).unwrap();
-    Daemon::open(config)
-        .unwrap()
-        .check_once(node::clock::unix_now())
-        .unwrap()
-}
 
 #[test]
 #[allow(clippy::too_many_lines)]
 fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the_link_policy() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let origin = Origin {
-        dir: w.join("origin"),
-        offline_keys: Some(w.join("usb")),
-        now: node::clock::now(),
-    };
-    origin::init(&origin).unwrap();
-    let actor = origin::Actor::new("test").unwrap();
+    let origin = new_origin(w, node::clock::now());
 
     // v1 and v2: 1.5 MiB, v2 changes a few hundred scattered bytes and appends 20 KiB.
     let v1 = noise(3 << 19, 1);
@@ -126,22 +49,21 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         v2[i] ^= 0x5a;
     }
     v2.extend_from_slice(&noise(20_000, 2));
-    std::fs::write(w.join("v1.bin"), &v1).unwrap();
-    std::fs::write(w.join("v2.bin"), &v2).unwrap();
-    let hw = ["gw-v1".to_string()];
-    origin::Release::new(w.join("v1.bin"), "ecu/gw-1.bin", &hw, 1)
-        .sign(&origin, &actor)
-        .unwrap();
+    release(&origin, &Release::new("ecu/gw-1.bin", &v1, "gw-v1", 1)).unwrap();
     let options = delta::DeltaOptions {
         lzma_dict: false,
         threads: 1,
         ..Default::default()
     };
-    origin::Release::new(w.join("v2.bin"), "ecu/gw-2.bin", &hw, 2)
-        .with_deltas_from(["ecu/gw-1.bin"])
-        .delta_options(options)
-        .sign(&origin, &actor)
-        .unwrap();
+    release(
+        &origin,
+        &Release {
+            deltas_from: &["ecu/gw-1.bin"],
+            delta_options: options,
+            ..Release::new("ecu/gw-2.bin", &v2, "gw-v1", 2)
+        },
+    )
+    .unwrap();
     let deltas: Vec<_> = std::fs::read_dir(origin.dir.join("image/deltas"))
         .unwrap()
         .collect();
@@ -159,41 +81,21 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
             v if v == roaming => Priority::Security,
             _ => Priority::Fix,
         };
-        let ecu = Assignment {
-            serial: format!("GW-{vin}").parse().unwrap(),
-            hardware_id: "gw-v1".into(),
-            target: "ecu/gw-2.bin".into(),
-        };
-        origin::director::assign(&origin, &actor, &vin.parse().unwrap(), &[ecu], priority).unwrap();
+        assign_gateway(&origin, vin, &format!("GW-{vin}"), "ecu/gw-2.bin", priority);
     }
 
     // The origin's cache: the image repository (targets and deltas) and each vehicle's
     // director repository, served by a depot-cache daemon.
     let upstream_dir = w.join("upstream");
-    let import = |name: &str, dir: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_depot-cache"))
-            .args(["import-repo", "--data-dir"])
-            .arg(&upstream_dir)
-            .args(["--name", name])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    };
-    import("image", &origin.dir.join("image"));
+    import_repo(&upstream_dir, "image", &origin.dir.join("image"));
     for vin in &vins {
-        import(
+        import_repo(
+            &upstream_dir,
             &format!("director/{vin}"),
             &origin.dir.join(format!("director/vehicles/{vin}")),
         );
     }
-    let upstream = depot_daemon(
-        &upstream_dir,
-        &format!(
-            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n",
-            upstream_dir.display().to_string()
-        ),
-    );
+    let upstream = DepotDaemon::start(&upstream_dir, &depot_config(&upstream_dir));
 
     let director_key = hex::encode(
         origin
@@ -205,16 +107,11 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     // The director service: the vehicles are registered and send it their signed manifests,
     // directly or through the depot. The depot's relay address is not served yet: what the
     // depot takes waits in its queue, across a kill, until it is.
-    let director = director_service(&origin);
-    let (director_url, shared) = (director.url.clone(), director.shared.clone());
-    let runtime = &director.runtime;
+    let director = DirectorService::start(&origin);
+    let director_url = director.url.clone();
     for vin in &vins {
         register_vehicle(&director_url, vin, &format!("GW-{vin}"));
     }
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
     let relay_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -225,20 +122,19 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     let image_root = origin.dir.join("image/metadata/1.root.json");
     let director_root = origin.dir.join("director/metadata/1.root.json");
     let depot_dir = w.join("depot");
-    let depot_config = format!(
-        "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n\
-         [prefetch]\nupstream = [\"{}\"]\nroot = {:?}\ndirector_root = {:?}\nvehicles = {:?}\ninterval_secs = 3600\n\
+    let depot_toml = format!(
+        "{}[prefetch]\nupstream = [\"{}\"]\nroot = {:?}\ndirector_root = {:?}\nvehicles = {:?}\ninterval_secs = 3600\n\
          [relay]\ndirector_url = \"http://{relay_addr}\"\nretry_secs = 1\n",
-        depot_dir.display().to_string(),
+        depot_config(&depot_dir),
         upstream.addr,
         image_root.display().to_string(),
         director_root.display().to_string(),
         vins,
     );
-    let depot = depot_daemon(&depot_dir, &depot_config);
+    let depot = DepotDaemon::start(&depot_dir, &depot_toml);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let status: Value = serde_json::from_str(&get(&depot.http, "/status").1).unwrap();
+        let status = depot.status();
         // One run per repository: the image repository and each vehicle's.
         if status["prefetch"]["runs_ok"].as_u64() == Some(vins.len() as u64 + 1) {
             break;
@@ -246,8 +142,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         assert_eq!(
             status["prefetch"]["runs_failed"].as_u64(),
             Some(0),
-            "prefetch failed: {status}; {}",
-            std::fs::read_to_string(depot_dir.join("stderr.txt")).unwrap_or_default()
+            "prefetch failed: {status}"
         );
         assert!(Instant::now() < deadline, "no prefetch in 120 s: {status}");
         std::thread::sleep(Duration::from_millis(200));
@@ -257,16 +152,18 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
 
     let roots = (image_root.as_path(), director_root.as_path());
     let make = |vin: &str, depot: &str, link: &str, health: &str, director: Option<&str>| {
-        vehicle(
+        gateway_vehicle(
             &w.join(vin),
-            vin,
-            &v1,
-            &director_key,
-            depot,
-            roots,
-            link,
-            health,
-            director,
+            &GatewayVehicle {
+                vin,
+                installed: &v1,
+                director_key: &director_key,
+                depot,
+                roots,
+                link,
+                health,
+                director_url: director,
+            },
         )
     };
 
@@ -313,8 +210,8 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         assert_eq!(&bank[..v2.len()], &v2[..], "{vin}: bank B is not v2");
         // The signed version manifest passes the director's check.
         let manifest = std::fs::read(status["last_install"]["report"].as_str().unwrap()).unwrap();
-        let primary = ed25519_dalek::SigningKey::from_bytes(&[8u8; 32]).verifying_key();
-        let ecu_key = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]).verifying_key();
+        let primary = ed25519_dalek::SigningKey::from_bytes(&[PRIMARY_SEED; 32]).verifying_key();
+        let ecu_key = ed25519_dalek::SigningKey::from_bytes(&[ECU_SEED; 32]).verifying_key();
         let verified = proto::uptane::verify_vehicle_manifest(
             &manifest,
             vin,
@@ -326,20 +223,8 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         assert_eq!(verified.reports[&format!("GW-{vin}")].sha256, new_sha);
     }
     // The director took the signed manifests sent to it: it knows what those vehicles run.
-    let registry = || -> Value {
-        serde_json::from_str(
-            &http
-                .get(&format!("{director_url}/v1/vehicles"))
-                .call()
-                .unwrap()
-                .body_mut()
-                .read_to_string()
-                .unwrap(),
-        )
-        .unwrap()
-    };
     let record = |vin: &str| {
-        registry()
+        registry(&director_url)
             .as_array()
             .unwrap()
             .iter()
@@ -356,7 +241,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         assert_eq!(sent["verdict"], "relayed", "{vin}: {sent}");
         assert_eq!(record(vin)["ecus"][0]["installed"], "ecu/gw-1.bin", "{vin}");
     }
-    let relay = &serde_json::from_str::<Value>(&get(&depot.http, "/status").1).unwrap()["relay"];
+    let relay = &depot.status()["relay"];
     assert_eq!(relay["queued"], 2, "{relay}");
     assert!(
         relay["last_error"]
@@ -385,21 +270,14 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     let again = check_once(&w.join(yard[0]).join("vehicle.toml"));
     assert_eq!(again["step"], "ended", "{again}");
 
-    let served = metric(&depot.http, SERVED);
+    let served = depot.metric(SERVED);
     // A power cut at the depot: killed, started again on the same data.
-    drop(depot);
-    let depot = depot_daemon(&depot_dir, &depot_config);
-    let relay = &serde_json::from_str::<Value>(&get(&depot.http, "/status").1).unwrap()["relay"];
+    depot.kill();
+    let depot = DepotDaemon::start(&depot_dir, &depot_toml);
+    let relay = &depot.status()["relay"];
     assert_eq!(relay["queued"], 2, "the queue survives the kill: {relay}");
     // The director's address the depot relays to comes up; the depot delivers within its retry.
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(relay_addr))
-        .unwrap();
-    runtime.spawn(origin::http::serve(
-        listener,
-        shared.clone(),
-        std::time::Duration::from_secs(10),
-    ));
+    director.serve_also(relay_addr);
     let deadline = Instant::now() + Duration::from_secs(30);
     while yard
         .iter()
@@ -408,11 +286,11 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         assert!(
             Instant::now() < deadline,
             "relayed reports did not arrive: {}",
-            get(&depot.http, "/status").1
+            depot.get("/status").1
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let relay = &serde_json::from_str::<Value>(&get(&depot.http, "/status").1).unwrap()["relay"];
+    let relay = &depot.status()["relay"];
     assert_eq!(
         (relay["queued"].as_u64(), relay["accepted"].as_u64()),
         (Some(0), Some(2)),

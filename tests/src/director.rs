@@ -1,0 +1,137 @@
+//! The director service (`origin::http`) on a loopback port, and vehicles registered with it
+//! over its HTTP API, as a provisioning system registers them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the director service runs its campaign gates in tests.
+const TICK: Duration = Duration::from_secs(10);
+
+/// The seed (32 × it) of a registered vehicle's primary key, which signs its manifests.
+pub const PRIMARY_SEED: u8 = 8;
+
+/// The seed (32 × it) of a registered vehicle's ECU key, which signs the ECU's version reports.
+pub const ECU_SEED: u8 = 9;
+
+/// A director service on a loopback port, on its own runtime; it stops when dropped.
+pub struct DirectorService {
+    /// The runtime that serves it (kept alive with it).
+    pub runtime: tokio::runtime::Runtime,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Its state, to serve on another listener too.
+    pub shared: Arc<origin::http::Shared>,
+}
+
+impl std::fmt::Debug for DirectorService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectorService")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirectorService {
+    /// Starts the director of `origin` on a loopback port.
+    pub fn start(origin: &origin::repo::Origin) -> Self {
+        let director = origin::service::Director::open(origin.clone()).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shared = origin::http::Shared::new(director);
+        runtime.spawn(origin::http::serve(listener, shared.clone(), TICK));
+        Self {
+            runtime,
+            url,
+            shared,
+        }
+    }
+
+    /// Serves the same director on `addr` too, from now on: a route to it that comes up.
+    pub fn serve_also(&self, addr: SocketAddr) {
+        let listener = self
+            .runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .unwrap();
+        self.runtime
+            .spawn(origin::http::serve(listener, self.shared.clone(), TICK));
+    }
+}
+
+/// The hex public key of the ed25519 key whose seed is 32 × `seed`.
+#[must_use]
+pub fn public(seed: u8) -> String {
+    hex::encode(
+        ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+            .verifying_key()
+            .as_bytes(),
+    )
+}
+
+/// Registers vehicle `vin` with one gateway ECU `serial` (hardware `gw-v1`, running
+/// `ecu/gw-1.bin`), primary key seed [`PRIMARY_SEED`] and ECU key seed [`ECU_SEED`], over the
+/// director's HTTP API.
+pub fn register_vehicle(url: &str, vin: &str, serial: &str) {
+    let vehicle = serde_json::json!({
+        "vin": vin, "region": "eu-north", "vehicle_type": "tractor", "home_depot": "depot-1",
+        "primary_key": public(PRIMARY_SEED),
+        "ecus": [{"serial": serial, "hardware_id": "gw-v1",
+                  "public_key": public(ECU_SEED), "installed": "ecu/gw-1.bin"}],
+    });
+    let response = http_agent()
+        .post(&format!("{url}/v1/vehicles"))
+        .send(serde_json::json!({"actor": "provisioning", "vehicle": vehicle}).to_string())
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+/// The director's registry (`GET /v1/vehicles`).
+pub fn registry(url: &str) -> serde_json::Value {
+    let text = http_agent()
+        .get(&format!("{url}/v1/vehicles"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// An HTTP client that reads error statuses as answers.
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Has the director assign `target` to vehicle `vin`'s gateway ECU `serial` (hardware
+/// `gw-v1`), at `priority`: it signs the vehicle's director targets.
+pub fn assign_gateway(
+    origin: &origin::repo::Origin,
+    vin: &str,
+    serial: &str,
+    target: &str,
+    priority: node::policy::Priority,
+) {
+    let ecu = origin::director::Assignment {
+        serial: serial.parse().unwrap(),
+        hardware_id: "gw-v1".into(),
+        target: target.into(),
+    };
+    origin::director::assign(
+        origin,
+        &crate::release::actor(),
+        &vin.parse().unwrap(),
+        &[ecu],
+        priority,
+    )
+    .unwrap();
+}

@@ -1,0 +1,140 @@
+//! Vehicles: one that fetches a signed target over the mesh (`vehicle-peer get`), and vehicle
+//! agents in the yard with a file-backed gateway ECU (`vehicle_peer::simulated`, as `netsim
+//! yard` runs them).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use proto::tuf::Time;
+use vehicle_peer::mesh::{GetRequest, get_target};
+
+use crate::director::{ECU_SEED, PRIMARY_SEED};
+
+/// A vehicle that fetches targets of the image repository over the mesh, with its own data
+/// directory (store, identity, the metadata it trusts).
+#[derive(Debug)]
+pub struct MeshVehicle {
+    /// The runtime its node runs on while it fetches.
+    pub runtime: tokio::runtime::Runtime,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// The image repository's first root.
+    pub root: PathBuf,
+}
+
+impl MeshVehicle {
+    /// A vehicle with data in `data_dir` that starts out trusting `root`.
+    pub fn new(data_dir: PathBuf, root: PathBuf) -> Self {
+        Self {
+            runtime: node::runtime::build_tokio(Some(1)).unwrap(),
+            data_dir,
+            root,
+        }
+    }
+
+    /// Refreshes the metadata from `peers` (loopback, no mDNS) and fetches `target` into `out`,
+    /// checking expiry against `now`, waiting at most `metadata_timeout` for one metadata file:
+    /// what `vehicle-peer get` does.
+    pub fn get(
+        &self,
+        peers: &[Multiaddr],
+        target: &str,
+        out: &Path,
+        now: Time,
+        metadata_timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        get_target(
+            &self.runtime,
+            &GetRequest {
+                data_dir: self.data_dir.clone(),
+                peers: peers.to_vec(),
+                listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+                mdns: false,
+                root: Some(self.root.clone()),
+                repository: "image".into(),
+                target: target.into(),
+                out: out.to_path_buf(),
+                now: Some(now),
+                metadata_timeout,
+                stall_timeout: Duration::from_secs(10),
+            },
+        )
+    }
+}
+
+/// Bytes of each bank of a [`gateway_vehicle`]'s ECU.
+pub const GATEWAY_BANK_BYTES: u64 = 2 << 20;
+
+/// A vehicle with one gateway ECU, registered the way [`crate::director::register_vehicle`]
+/// registers it.
+#[derive(Debug, Clone)]
+pub struct GatewayVehicle<'a> {
+    /// Its VIN; its ECU's serial is `GW-<vin>`.
+    pub vin: &'a str,
+    /// What the ECU runs (`ecu/gw-1.bin`, release counter 1), in bank A.
+    pub installed: &'a [u8],
+    /// The director's targets key (hex).
+    pub director_key: &'a str,
+    /// Its depot's address (with `/p2p/`).
+    pub depot: &'a str,
+    /// The image repository's and the director's first roots.
+    pub roots: (&'a Path, &'a Path),
+    /// Its `[link]` section's lines.
+    pub link: &'a str,
+    /// The ECU's health check after a trial boot (`exit 0`: healthy).
+    pub health: &'a str,
+    /// The director service, if the vehicle has a route to it.
+    pub director_url: Option<&'a str>,
+}
+
+/// Writes the vehicle's simulated gateway ECU (booted from bank A) and its agent configuration
+/// into `dir`; returns the configuration's path (`dir/vehicle.toml`).
+pub fn gateway_vehicle(dir: &Path, vehicle: &GatewayVehicle<'_>) -> PathBuf {
+    let serial = format!("GW-{}", vehicle.vin);
+    let ecu = vehicle_peer::simulated::FileEcu {
+        serial: &serial,
+        hardware_id: "gw-v1",
+        installed: ("ecu/gw-1.bin", vehicle.installed, 1),
+        bank_bytes: GATEWAY_BANK_BYTES,
+        key_seed: [ECU_SEED; 32],
+        director_key: vehicle.director_key,
+        health: vehicle.health,
+        single_bank_spare: None,
+    };
+    let ecu = vehicle_peer::simulated::file_ecu(dir, &ecu).unwrap();
+    let extra = format!(
+        "stall_timeout_secs = 20\n[link]\n{}\n[policy]\nmonthly_budget_bytes = 50_000_000\nmin_signal = 30",
+        vehicle.link
+    );
+    let config = vehicle_peer::simulated::LoopbackVehicle {
+        vin: vehicle.vin,
+        depot: vehicle.depot,
+        roots: vehicle.roots,
+        director_url: vehicle.director_url,
+        primary_seed: [PRIMARY_SEED; 32],
+        ecus: &[ecu],
+        extra: &extra,
+    };
+    vehicle_peer::simulated::loopback_vehicle(dir, &config).unwrap()
+}
+
+/// Opens the vehicle agent configured by `config` and runs one check (refresh, fetch, install,
+/// report, as far as it goes now); returns its status.
+pub fn check_once(config: &Path) -> serde_json::Value {
+    let config = vehicle_peer::config::load(config).unwrap();
+    vehicle_peer::daemon::Daemon::open(config)
+        .unwrap()
+        .check_once(node::clock::unix_now())
+        .unwrap()
+}
+
+/// Bytes the last check downloaded, by its status.
+pub fn downloaded(status: &serde_json::Value) -> u64 {
+    status["downloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["bytes"].as_u64().unwrap())
+        .sum()
+}
