@@ -1,0 +1,301 @@
+//! The `depot-cache` binary as an operator and systemd run it: what each command prints and how
+//! it fails, and the service (`--config`) surviving a kill. The fixtures need no other role: a
+//! repository directory is files (the depot verifies nothing it imports; vehicles do), a
+//! vehicle's report is a manifest signed with `proto`, and the client is a `node`. What the
+//! depot does with a real origin, director and vehicles is tested end to end in the workspace's
+//! `tests/` crate.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Lines};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::Multiaddr;
+use proto::BlobId;
+
+fn depot_cache(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_depot-cache"));
+    command.args(args);
+    command
+}
+
+/// Runs `depot-cache ARGS` to its end.
+fn run(args: &[&str]) -> Output {
+    depot_cache(args).output().unwrap()
+}
+
+fn succeeded(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// A `depot-cache` process that serves, killed (SIGKILL) when dropped; with its stdout after
+/// the address lines it printed first.
+struct Running {
+    child: Child,
+    addrs: Vec<Multiaddr>,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        let mut child = depot_cache(args).stdout(Stdio::piped()).spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = stdout.next().unwrap().unwrap();
+        Self {
+            child,
+            addrs: vec![first.parse().unwrap()],
+            stdout,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A repository directory as `origin` lays one out; the depot stores files, it checks no
+/// signature (every file is signed, and vehicles check it).
+fn repository(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let files = vec![
+        (
+            "metadata/1.root.json".to_string(),
+            b"{\"root\": 1}".to_vec(),
+        ),
+        (
+            "metadata/timestamp.json".to_string(),
+            b"{\"ts\": 1}".to_vec(),
+        ),
+        ("targets/ecu/fw-1.bin".to_string(), vec![7u8; 300_000]),
+    ];
+    for (path, bytes) in &files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    files
+}
+
+#[test]
+fn the_operator_commands_print_what_they_stored_and_serve_it() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let data = w.join("depot");
+    let data_dir = data.to_str().unwrap();
+
+    // import: `<blob-id>  <file>`.
+    let file = w.join("old.bin");
+    std::fs::write(&file, vec![3u8; 100_000]).unwrap();
+    let printed = succeeded(&run(&[
+        "import",
+        "--data-dir",
+        data_dir,
+        file.to_str().unwrap(),
+    ]));
+    let old = BlobId::of(&[3u8; 100_000]);
+    assert_eq!(printed, format!("{old}  {}\n", file.display()));
+
+    // import-repo: `<blob-id>  <name>/<path>` for each file, by default under `image`.
+    let repo = w.join("repo");
+    let files = repository(&repo);
+    let printed = succeeded(&run(&[
+        "import-repo",
+        "--data-dir",
+        data_dir,
+        repo.to_str().unwrap(),
+    ]));
+    for (path, bytes) in &files {
+        let line = format!("{}  image/{path}", BlobId::of(bytes));
+        assert!(printed.lines().any(|l| l == line), "{line} in {printed}");
+    }
+    let printed = succeeded(&run(&[
+        "import-repo",
+        "--data-dir",
+        data_dir,
+        "--name",
+        "director/VIN-1",
+        repo.to_str().unwrap(),
+    ]));
+    assert!(
+        printed.contains("  director/VIN-1/metadata/timestamp.json\n"),
+        "{printed}"
+    );
+
+    // list: every blob, complete, then every name.
+    let listed = succeeded(&run(&["list", "--data-dir", data_dir]));
+    let target = BlobId::of(&files[2].1);
+    for id in [old, target] {
+        let complete =
+            |line: &str| line.starts_with(&id.to_string()) && line.ends_with("  complete");
+        assert!(listed.lines().any(complete), "{id} complete in {listed}");
+    }
+    assert!(
+        listed.contains(&format!("{target}  image/targets/ecu/fw-1.bin\n")),
+        "{listed}"
+    );
+
+    // serve: the first line is the address to give vehicles; a node fetches from it.
+    let depot = Running::start(&[
+        "serve",
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--data-dir",
+        data_dir,
+    ]);
+    let addr = depot.addrs[0].clone();
+    assert!(addr.to_string().contains("/p2p/"), "{addr}");
+    let runtime = node::runtime::build_tokio(Some(1)).unwrap();
+    let vehicle = w.join("vehicle");
+    let fetched = runtime.block_on(async {
+        let (store, _) = node::store::open_data_dir(&vehicle).unwrap();
+        let store = Arc::new(store);
+        let (net, mut events, _incoming) = node::net::start(loopback_node()).await.unwrap();
+        let mut options = node::fetch::FetchOptions::new(target);
+        options.peers = vec![addr.clone()];
+        node::fetch::fetch(&net, &mut events, store.clone(), options, |_| {})
+            .await
+            .unwrap();
+        net.shutdown().await;
+        let mut bytes = Vec::new();
+        store.export(&target, &mut bytes).unwrap();
+        bytes
+    });
+    assert_eq!(fetched, files[2].1);
+
+    // prefetch: a failure exits non-zero, says why on stderr, prefixed with the program.
+    let output = run(&[
+        "prefetch",
+        "--data-dir",
+        w.join("fresh").to_str().unwrap(),
+        "--upstream",
+        &addr.to_string(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("depot-cache: ") && stderr.contains("give the first root with --root"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+}
+
+/// The series of the bytes the depot served its yard.
+const SERVED: &str = "depotmesh_depot_bytes_total{direction=\"served\",link=\"yard\"}";
+
+#[test]
+fn the_service_prints_where_it_listens_and_a_kill_loses_no_queued_report() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("depot");
+    std::fs::create_dir_all(&data).unwrap();
+    let config = data.join("depot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n\
+             [relay]\ndirector_url = \"http://127.0.0.1:1\"\nretry_secs = 1\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let mut depot = Running::start(&["--config", config.to_str().unwrap()]);
+        // Its addresses, one a line, then where it serves HTTP.
+        let http = loop {
+            let line = depot.stdout.next().unwrap().unwrap();
+            match line.strip_prefix("http ") {
+                Some(http) => break format!("http://{http}"),
+                None => depot.addrs.push(line.parse().unwrap()),
+            }
+        };
+        (depot, http)
+    };
+    let (depot, http) = start();
+    let status = get_json(&format!("{http}/status"));
+    assert_eq!(status["relay"]["queued"], 0, "{status}");
+    let (code, metrics) = get(&format!("{http}/metrics"));
+    assert_eq!(code, 200);
+    assert!(
+        metrics.lines().any(|line| line.starts_with(SERVED)),
+        "{metrics}"
+    );
+    assert_eq!(get(&format!("{http}/nope")).0, 404);
+
+    // Two vehicles with no route to the director hand the depot their signed reports.
+    let runtime = node::runtime::build_tokio(Some(1)).unwrap();
+    runtime.block_on(async {
+        let (net, _events, _incoming) = node::net::start(loopback_node()).await.unwrap();
+        for vin in ["VIN-1", "VIN-2"] {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+            let manifest =
+                proto::uptane::sign_vehicle_manifest(vin, &format!("GW-{vin}"), &[], None, &key)
+                    .unwrap();
+            node::relay::send_report(&net, &depot.addrs, &manifest, Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        net.shutdown().await;
+    });
+    let queued = |http: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let relay = get_json(&format!("{http}/status"))["relay"].clone();
+            if relay["last_error"].is_string() || Instant::now() > deadline {
+                return relay;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let relay = queued(&http);
+    assert_eq!(relay["queued"], 2, "{relay}");
+    assert!(
+        relay["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:1"),
+        "{relay}"
+    );
+
+    // A power cut: SIGKILL, then the service starts again on the same data.
+    drop(depot);
+    let (_depot, http) = start();
+    let relay = queued(&http);
+    assert_eq!(relay["queued"], 2, "the queue survives the kill: {relay}");
+}
+
+/// A node on 127.0.0.1 with mDNS off.
+fn loopback_node() -> node::net::NetConfig {
+    node::net::NetConfig {
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+        mdns: false,
+        mdns_auto_dial: false,
+        ..node::net::NetConfig::default()
+    }
+}
+
+/// GET `url`: the status code and the body.
+fn get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.get(url).call().unwrap();
+    let body = response.body_mut().read_to_string().unwrap();
+    (response.status().as_u16(), body)
+}
+
+fn get_json(url: &str) -> serde_json::Value {
+    let (code, body) = get(url);
+    assert_eq!(code, 200, "{url}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
