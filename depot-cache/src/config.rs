@@ -46,6 +46,7 @@ struct ServeFile {
 #[serde(deny_unknown_fields)]
 struct RelayFile {
     director_url: Spanned<String>,
+    director_ca: Option<PathBuf>,
     #[serde(default = "retry_secs")]
     retry_secs: u64,
     #[serde(default = "max_reports")]
@@ -164,8 +165,11 @@ pub struct ServeConfig {
 /// Where and how the depot passes vehicles' reports on.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// The director's base URL (`http://…` or `https://…`).
+    /// The director's base URL (`https://…`; `http://` to a loopback address only).
     pub director_url: String,
+    /// The CA certificates (PEM) the director's certificate must chain to: the origin's
+    /// `tls/director-ca.pem`. None: the public web PKI's roots.
+    pub director_ca: Option<PathBuf>,
     /// How long to wait before trying again when the director cannot be reached.
     pub retry: Duration,
     /// Reports queued at most; more are refused `Busy` (the vehicle keeps them).
@@ -408,11 +412,14 @@ pub fn parse(text: &str) -> Result<DepotConfig, ConfigError> {
                     &format!("{url:?} is not an http:// or https:// URL"),
                 ));
             }
+            node::director_client::check_url(url)
+                .map_err(|why| at("relay.director_url", relay.director_url.span(), &why))?;
             if relay.retry_secs == 0 || relay.max_reports == 0 {
                 return Err(ConfigError::RelayLimits);
             }
             Some(RelayConfig {
                 director_url: url.to_string(),
+                director_ca: relay.director_ca,
                 retry: Duration::from_secs(relay.retry_secs),
                 max_reports: relay.max_reports,
             })
@@ -544,8 +551,12 @@ mod tests {
                 "relay.director_url (line 3)",
             ),
             (
-                "data_dir = \"/d\"\n[relay]\ndirector_url = \"http://d\"\nmax_reports = 0\n",
+                "data_dir = \"/d\"\n[relay]\ndirector_url = \"https://d\"\nmax_reports = 0\n",
                 "relay.max_reports",
+            ),
+            (
+                "data_dir = \"/d\"\n[relay]\ndirector_url = \"http://director.example\"\n",
+                "relay.director_url (line 3): director URL \"http://director.example\" must start with https://",
             ),
             (
                 &format!(

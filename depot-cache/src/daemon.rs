@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use node::director_client::DirectorClient;
 use node::net::{EventHub, NetHandle};
 use node::relay::ReportQueue;
 use node::serve::ServeCounters;
@@ -97,6 +98,8 @@ pub async fn serve(
         .map(|seeding| Tracker::start(net.clone(), hub.subscribe(), seeding));
     let queue = match &config.relay {
         Some(relay) => {
+            // Its CA read (and refused, naming the file) before the depot starts.
+            crate::relay::director_client(relay, RELAY_TIMEOUT).context("the relay's director")?;
             let dir = relay_dir(&config.data_dir);
             let queue = ReportQueue::open(&dir, relay.max_reports)
                 .with_context(|| format!("opening the report queue in {}", dir.display()))?;
@@ -157,8 +160,14 @@ pub async fn serve(
             state.clone(),
         )));
     }
-    if let Some(relay) = config.relay.clone() {
-        tasks.push(tokio::spawn(relay_loop(relay, state.clone())));
+    if let Some(relay) = &config.relay {
+        let director =
+            crate::relay::director_client(relay, RELAY_TIMEOUT).context("the relay's director")?;
+        tasks.push(tokio::spawn(relay_loop(
+            relay.clone(),
+            director,
+            state.clone(),
+        )));
     }
     let server_abort = server.abort_handle();
     tokio::select! {
@@ -234,20 +243,20 @@ async fn prefetch_loop(
     }
 }
 
+/// How long the relay waits for the director's answer to one report.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Empties the report queue into the director: at once when a report arrives, and every
 /// `retry` while reports wait (the director was unreachable).
-async fn relay_loop(relay: RelayConfig, state: Arc<State>) {
+async fn relay_loop(relay: RelayConfig, director: DirectorClient, state: Arc<State>) {
     let Some((queue, _)) = &state.relay else {
         return;
     };
     let queue = queue.clone();
     loop {
         let round = {
-            let (queue, url) = (queue.clone(), relay.director_url.clone());
-            tokio::task::spawn_blocking(move || {
-                crate::relay::relay_once(&queue, &url, Duration::from_secs(30))
-            })
-            .await
+            let (queue, director) = (queue.clone(), director.clone());
+            tokio::task::spawn_blocking(move || crate::relay::relay_once(&queue, &director)).await
         };
         if let (Ok(round), Some((_, status))) = (round, &state.relay) {
             let mut status = lock(status);

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use node::director_client::{ClientError, DirectorClient, Sender};
+use node::director_client::{ClientError, ClientTls, DirectorClient, Sender};
 use node::relay::ReportQueue;
 
 /// What one round of relaying did.
@@ -27,8 +27,8 @@ pub struct RelayRound {
     pub stopped: Option<String>,
 }
 
-/// Sends every queued report to the director at `director_url`, each request within `timeout`.
-pub fn relay_once(queue: &ReportQueue, director_url: &str, timeout: Duration) -> RelayRound {
+/// Sends every queued report to the director.
+pub fn relay_once(queue: &ReportQueue, director: &DirectorClient) -> RelayRound {
     let mut round = RelayRound::default();
     let pending = match queue.pending() {
         Ok(pending) => pending,
@@ -40,13 +40,6 @@ pub fn relay_once(queue: &ReportQueue, director_url: &str, timeout: Duration) ->
     if pending.is_empty() {
         return round;
     }
-    let director = match DirectorClient::new(director_url, timeout) {
-        Ok(director) => director,
-        Err(error) => {
-            round.stopped = Some(error.to_string());
-            return round;
-        }
-    };
     for report in pending {
         match director.send_manifest(&report.vin, &report.manifest, Sender::DepotRelay) {
             Ok(_) => {
@@ -79,4 +72,13 @@ pub fn relay_once(queue: &ReportQueue, director_url: &str, timeout: Duration) ->
         }
     }
     round
+}
+
+/// The client of the director `relay` names, trusting its CA.
+pub fn director_client(
+    relay: &crate::config::RelayConfig,
+    timeout: Duration,
+) -> Result<DirectorClient, ClientError> {
+    let tls = ClientTls::roots(relay.director_ca.as_deref())?;
+    DirectorClient::new(&relay.director_url, timeout, &tls)
 }

@@ -84,7 +84,12 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         yard.start_rogue(&out, &release, &depot, log)?;
     }
     depot.wait_for_prefetch(log)?;
-    let setup = VehicleSetup::new(&release, &director.url, &depot.addr, options)?;
+    let setup = VehicleSetup::new(
+        &release,
+        (&director.url, &director.ca),
+        &depot.addr,
+        options,
+    )?;
     let events = yard.start_vehicles(&out, &vins, &setup, &director)?;
 
     let campaign = campaign::create_and_approve(&director.api, &vins, options, log)?;

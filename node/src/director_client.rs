@@ -7,6 +7,8 @@
 //! answered and refused the request for good (400, 403, 404, 409); anything else (unreachable, a
 //! 5xx, an answer that is not what the API promises) may pass later.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::director_api::{
@@ -17,6 +19,7 @@ use proto::director_api::{
 use proto::{CampaignId, Vin};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig, parse_pem};
 
 /// Bytes of an answer read at most: the registry of a large fleet is the largest answer, and a
 /// director (or something posing as one) must not make a vehicle or depot read without end.
@@ -54,9 +57,19 @@ pub enum ClientError {
         /// What was wrong.
         detail: String,
     },
-    /// The director URL is not `http://` or `https://`.
-    #[error("director URL {0:?} must start with http:// or https://")]
+    /// The director URL is not `https://`, or `http://` to a loopback address.
+    #[error(
+        "director URL {0:?} must start with https:// (plain http:// only to localhost, 127.0.0.1 or [::1])"
+    )]
     BadUrl(String),
+    /// A certificate or key for the TLS connection does not read.
+    #[error("{what}: {detail}")]
+    Tls {
+        /// Which file or item.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl ClientError {
@@ -77,6 +90,116 @@ pub enum Sender {
     DepotRelay,
 }
 
+/// What a client trusts and who it is on an `https://` director: the certificates of the
+/// CAs the director's certificate must chain to (none: the public web PKI's roots), and an
+/// operator's client certificate and key, presented when the director asks.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    roots: Option<Vec<Certificate<'static>>>,
+    identity: Option<ClientCert>,
+}
+
+fn tls_error(what: &str, detail: impl std::fmt::Display) -> ClientError {
+    ClientError::Tls {
+        what: what.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| tls_error(&path.display().to_string(), e))
+}
+
+fn certificates(pem: &[u8], what: &str) -> Result<Vec<Certificate<'static>>, ClientError> {
+    let mut certs = Vec::new();
+    for item in parse_pem(pem) {
+        if let PemItem::Certificate(cert) = item.map_err(|e| tls_error(what, e))? {
+            certs.push(cert);
+        }
+    }
+    if certs.is_empty() {
+        return Err(tls_error(what, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+impl ClientTls {
+    /// Trusting the CA certificates (PEM) in `path` for the director, and nothing else: the
+    /// origin's `tls/director-ca.pem` pins a client to that origin's director.
+    pub fn trusting(path: &Path) -> Result<Self, ClientError> {
+        Ok(Self {
+            roots: Some(certificates(&read(path)?, &path.display().to_string())?),
+            identity: None,
+        })
+    }
+
+    /// Trusting the CA certificates in `ca` ([`Self::trusting`]), or the public web PKI's
+    /// roots when none is given.
+    pub fn roots(ca: Option<&Path>) -> Result<Self, ClientError> {
+        ca.map_or_else(|| Ok(Self::default()), Self::trusting)
+    }
+
+    /// Also presenting the client certificate chain and key (PEM files) an operator was
+    /// issued (`origin operator add`).
+    pub fn with_identity(mut self, cert: &Path, key: &Path) -> Result<Self, ClientError> {
+        let chain = certificates(&read(cert)?, &cert.display().to_string())?;
+        let key_pem = read(key)?;
+        let key =
+            PrivateKey::from_pem(&key_pem).map_err(|e| tls_error(&key.display().to_string(), e))?;
+        self.identity = Some(ClientCert::new_with_certs(&chain, key));
+        Ok(self)
+    }
+
+    /// An HTTP agent that trusts and presents what this says, reads error statuses as
+    /// answers, and gives up on a request after `timeout`.
+    pub fn agent(&self, timeout: Duration) -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .tls_config(self.config())
+            .build()
+            .into()
+    }
+
+    fn config(&self) -> TlsConfig {
+        let builder = TlsConfig::builder().client_cert(self.identity.clone());
+        match &self.roots {
+            Some(roots) => builder
+                .root_certs(RootCerts::Specific(Arc::new(roots.clone())))
+                .build(),
+            None => builder.build(),
+        }
+    }
+}
+
+/// Whether `base_url` may be used: `https://`, or `http://` to a loopback host only (a test, a
+/// director behind a TLS terminator on the same machine).
+pub fn check_url(base_url: &str) -> Result<(), ClientError> {
+    if base_url.starts_with("https://") {
+        return Ok(());
+    }
+    let host = base_url
+        .strip_prefix("http://")
+        .map(|rest| rest.split('/').next().unwrap_or_default())
+        .map(|authority| {
+            authority
+                .rsplit_once(':')
+                .filter(|(host, _)| !host.is_empty() && !authority.ends_with(']'))
+                .map_or(authority, |(host, _)| host)
+        });
+    match host {
+        Some("localhost" | "[::1]") => Ok(()),
+        Some(host)
+            if host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback()) =>
+        {
+            Ok(())
+        }
+        _ => Err(ClientError::BadUrl(base_url.to_string())),
+    }
+}
+
 /// A client of one director.
 #[derive(Debug, Clone)]
 pub struct DirectorClient {
@@ -85,17 +208,11 @@ pub struct DirectorClient {
 }
 
 impl DirectorClient {
-    /// A client of the director at `base_url` (`http://host:port`), each request within
-    /// `timeout`.
-    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ClientError> {
-        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-            return Err(ClientError::BadUrl(base_url.to_string()));
-        }
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
+    /// A client of the director at `base_url` (`https://host:port`; `http://` to a loopback
+    /// host only), trusting and presenting what `tls` says, each request within `timeout`.
+    pub fn new(base_url: &str, timeout: Duration, tls: &ClientTls) -> Result<Self, ClientError> {
+        check_url(base_url)?;
+        let agent = tls.agent(timeout);
         Ok(Self {
             base: base_url.trim_end_matches('/').to_string(),
             agent,
@@ -239,12 +356,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_http_urls_and_final_refusals() {
-        assert!(matches!(
-            DirectorClient::new("ftp://x", Duration::from_secs(1)),
-            Err(ClientError::BadUrl(_))
-        ));
-        let client = DirectorClient::new("http://127.0.0.1:9/", Duration::from_secs(1)).unwrap();
+    fn https_or_loopback_only_and_final_refusals() {
+        let none = ClientTls::default();
+        for bad in [
+            "ftp://x",
+            "http://director.example:8470",
+            "http://10.0.0.1:8470",
+            "http://127.0.0.1.example:80",
+            "http://localhost.example",
+        ] {
+            assert!(
+                matches!(
+                    DirectorClient::new(bad, Duration::from_secs(1), &none),
+                    Err(ClientError::BadUrl(_))
+                ),
+                "{bad}"
+            );
+        }
+        for good in [
+            "https://director.example:8470",
+            "http://localhost:8470",
+            "http://127.0.0.1",
+            "http://[::1]:8470/",
+        ] {
+            assert!(
+                DirectorClient::new(good, Duration::from_secs(1), &none).is_ok(),
+                "{good}"
+            );
+        }
+        let client =
+            DirectorClient::new("http://127.0.0.1:9/", Duration::from_secs(1), &none).unwrap();
         assert_eq!(client.base_url(), "http://127.0.0.1:9");
         let refused = |status| ClientError::Refused {
             url: String::new(),

@@ -40,7 +40,7 @@ pub fn init(origin: &Origin) -> anyhow::Result<()> {
     for repository in repo::REPOSITORIES {
         origin.init_repository(repository)?;
     }
-    Ok(())
+    crate::tls::init(origin, &[])
 }
 
 /// The public description of every key of the origin: repository, role, key id, public key,

@@ -194,6 +194,10 @@ fn open(origin: &Origin) -> anyhow::Result<Tail> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
+    // The CLI (a release, an operator added) appends while `origin serve` does: one writer at
+    // a time, or two entries would claim the same place in the chain. Released when the file
+    // is closed, after the entry is synced.
+    fs2::FileExt::lock_exclusive(&file).with_context(|| format!("locking {}", path.display()))?;
     let (seq, prev) = match last_line(&mut file, &path)? {
         Some(line) => {
             let value: Value = serde_json::from_slice(&line)

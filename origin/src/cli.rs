@@ -35,8 +35,18 @@ pub(crate) enum Command {
         out: PathBuf,
     },
     /// Make a new image repository and director with fresh keys: offline keys into
-    /// --offline-keys, online keys into DIR/keys.
+    /// --offline-keys, online keys into DIR/keys; and the director's TLS: a director CA
+    /// (`DIR/tls/director-ca.pem`, the file clients trust), its server certificate for
+    /// localhost, and an operator CA for operators' client certificates.
     Init,
+    /// Issue the director's server certificate again from the origin's director CA, valid for
+    /// localhost and each --name (the names and addresses clients reach it by). Clients trust
+    /// the CA, so they need no change.
+    DirectorCert {
+        /// A DNS name or IP address of the director (repeatable).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+    },
     /// Release an image: store it (and its bao outboard) and sign new targets, snapshot and
     /// timestamp of the image repository.
     Release(ReleaseArgs),
@@ -109,23 +119,32 @@ pub(crate) enum Command {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:8470")]
         listen: std::net::SocketAddr,
+        /// The server certificate chain (PEM), e.g. from the company's PKI (default: the
+        /// origin's own, `DIR/tls/director.pem`).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP instead of HTTPS: only on a loopback address (behind a TLS
+        /// terminator on the same machine).
+        #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+        plain_http: bool,
         /// How often the gates are re-evaluated without a report (soak times, report timeouts).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         tick_secs: u64,
     },
     /// Staged rollouts, through a running `origin serve`.
     Campaign {
-        /// The director service's URL.
-        #[arg(long, default_value = "http://127.0.0.1:8470")]
-        director: String,
+        #[command(flatten)]
+        director: DirectorArgs,
         #[command(subcommand)]
         command: CampaignCommand,
     },
     /// The device registry, through a running `origin serve`.
     Vehicle {
-        /// The director service's URL.
-        #[arg(long, default_value = "http://127.0.0.1:8470")]
-        director: String,
+        #[command(flatten)]
+        director: DirectorArgs,
         #[command(subcommand)]
         command: VehicleCommand,
     },
@@ -133,6 +152,24 @@ pub(crate) enum Command {
     /// 8 MiB segment, the smallest of zstd patch-from, a bsdiff-class match and an aligned
     /// word diff. Prints a JSON summary. Needs no repository.
     Delta(DeltaArgs),
+}
+
+/// How the CLI reaches a director service and who it is there.
+#[derive(Debug, Args)]
+pub(crate) struct DirectorArgs {
+    /// The director service's URL (`https://`; plain `http://` only to a loopback address).
+    #[arg(long, global = true, default_value = "https://127.0.0.1:8470")]
+    pub(crate) director: String,
+    /// The CA certificates (PEM) the director's certificate must chain to (default: the
+    /// origin's `DIR/tls/director-ca.pem` if there is one, else the system's roots).
+    #[arg(long, global = true)]
+    pub(crate) director_ca: Option<PathBuf>,
+    /// Your operator certificate (PEM), from `origin operator add`.
+    #[arg(long, global = true, requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, global = true, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
 }
 
 /// `origin release`'s arguments.

@@ -21,14 +21,20 @@ pub fn generate() -> SigningKey {
 
 /// Writes `key` to `path` (mode 0600), refusing to replace an existing key.
 pub fn save(key: &SigningKey, path: &Path) -> anyhow::Result<()> {
+    let mut public = build::key_json(&key.verifying_key());
+    public["keyval"]["private"] = json!(hex::encode(key.to_bytes()));
+    write_secret(path, serde_json::to_string_pretty(&public)?.as_bytes())
+}
+
+/// Writes secret `bytes` (a private key) to a new file `path`, readable by its owner only,
+/// durably; refuses to replace an existing file.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     if path.exists() {
         bail!("{} exists; refusing to overwrite a key", path.display());
     }
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    let mut public = build::key_json(&key.verifying_key());
-    public["keyval"]["private"] = json!(hex::encode(key.to_bytes()));
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -39,7 +45,7 @@ pub fn save(key: &SigningKey, path: &Path) -> anyhow::Result<()> {
     let mut file = options
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(serde_json::to_string_pretty(&public)?.as_bytes())
+    file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())

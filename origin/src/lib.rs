@@ -27,6 +27,7 @@ pub mod registry;
 pub mod release;
 pub mod repo;
 pub mod service;
+pub mod tls;
 pub mod verify;
 
 pub use admin::init;

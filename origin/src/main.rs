@@ -11,11 +11,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use ed25519_dalek::VerifyingKey;
-use node::director_client::{ClientError, DirectorClient};
+use node::director_client::{ClientError, ClientTls, DirectorClient};
+use origin::http::Listen;
 use origin::{Actor, Origin, Released};
 use proto::director_api::{ActionRequest, CampaignAction, CreateCampaign, RegisterVehicle};
 
-use cli::{AuditCommand, CampaignCommand, Cli, Command, VehicleCommand};
+use cli::{AuditCommand, CampaignCommand, Cli, Command, DirectorArgs, VehicleCommand};
 
 /// How long the CLI waits for the director.
 const DIRECTOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -98,9 +99,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{key}");
             }
         }
-        Command::Serve { listen, tick_secs } => serve(origin, listen, tick_secs)?,
-        Command::Campaign { director, command } => campaign(&director, &actor, command)?,
-        Command::Vehicle { director, command } => vehicle(&director, &actor, command)?,
+        Command::DirectorCert { names } => {
+            origin::tls::issue_director_cert(&origin, &names)?;
+            let file = origin::tls::TlsFiles::of(&origin).director_cert;
+            println!(
+                "{}: valid for localhost and {}",
+                file.display(),
+                names.join(", ")
+            );
+        }
+        Command::Serve {
+            listen,
+            tick_secs,
+            tls_cert,
+            tls_key,
+            plain_http,
+        } => {
+            let how = match (&tls_cert, &tls_key) {
+                _ if plain_http => Listen::PlainLoopback,
+                (Some(cert), Some(key)) => Listen::Tls { cert, key },
+                _ => Listen::OriginTls,
+            };
+            serve(origin, listen, &how, tick_secs)?;
+        }
+        Command::Campaign { director, command } => {
+            campaign(&client(&origin, &director)?, &actor, command)?;
+        }
+        Command::Vehicle { director, command } => {
+            vehicle(&client(&origin, &director)?, &actor, command)?;
+        }
         Command::Audit { command } => audit(&origin, command)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -135,22 +162,46 @@ fn print_problems(problems: &[String]) -> ExitCode {
     }
 }
 
+/// The client of the director `args` name, trusting its CA and presenting the operator's
+/// certificate.
+fn client(origin: &Origin, args: &DirectorArgs) -> anyhow::Result<DirectorClient> {
+    let own_ca = origin::tls::TlsFiles::of(origin).director_ca;
+    let ca = args
+        .director_ca
+        .clone()
+        .or_else(|| own_ca.exists().then_some(own_ca));
+    let mut tls = ClientTls::roots(ca.as_deref())?;
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        tls = tls.with_identity(cert, key)?;
+    }
+    Ok(DirectorClient::new(&args.director, DIRECTOR_TIMEOUT, &tls)?)
+}
+
 /// `origin serve`. The log subscriber is the binary's to install: the library only emits events.
-fn serve(origin: Origin, listen: SocketAddr, tick_secs: u64) -> anyhow::Result<()> {
+fn serve(
+    origin: Origin,
+    listen: SocketAddr,
+    how: &Listen<'_>,
+    tick_secs: u64,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let server = origin::http::Server::bind(origin, listen)?;
-    println!("director listening on http://{}", server.local_addr()?);
-    server.run(std::time::Duration::from_secs(tick_secs))
+    let server = origin::http::Server::bind(origin, listen, how)?;
+    println!("director listening on {}", server.url()?);
+    server.run(std::time::Duration::from_secs(tick_secs));
+    Ok(())
 }
 
-/// `origin campaign`, through the director at `director`.
-fn campaign(director: &str, actor: &Actor, command: CampaignCommand) -> anyhow::Result<()> {
-    let client = DirectorClient::new(director, DIRECTOR_TIMEOUT)?;
+/// `origin campaign`, through the director `client` reaches.
+fn campaign(
+    client: &DirectorClient,
+    actor: &Actor,
+    command: CampaignCommand,
+) -> anyhow::Result<()> {
     let decide = |id: &proto::CampaignId, action, reason: Option<String>| {
         let by = actor.to_string();
         print_answer(client.decide(id, action, &ActionRequest { by, reason }))
@@ -177,9 +228,8 @@ fn campaign(director: &str, actor: &Actor, command: CampaignCommand) -> anyhow::
     }
 }
 
-/// `origin vehicle`, through the director at `director`.
-fn vehicle(director: &str, actor: &Actor, command: VehicleCommand) -> anyhow::Result<()> {
-    let client = DirectorClient::new(director, DIRECTOR_TIMEOUT)?;
+/// `origin vehicle`, through the director `client` reaches.
+fn vehicle(client: &DirectorClient, actor: &Actor, command: VehicleCommand) -> anyhow::Result<()> {
     match command {
         VehicleCommand::Register { file } => {
             let vehicle = origin::operator_file::vehicle(&file)?;

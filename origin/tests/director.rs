@@ -142,16 +142,18 @@ impl Harness {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let transport = origin::http::transport(&origin, &origin::http::Listen::OriginTls).unwrap();
         runtime.spawn(origin::http::serve(
             listener,
+            transport,
             shared,
             std::time::Duration::from_millis(50),
         ));
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let ca = origin::tls::TlsFiles::of(&origin).director_ca;
+        let agent = node::director_client::ClientTls::trusting(&ca)
+            .unwrap()
+            .agent(std::time::Duration::from_secs(60));
         Self {
             _dir: dir,
             origin,
@@ -699,7 +701,14 @@ fn the_dashboard_renders_real_campaigns_in_headless_chromium() {
     let screenshot = out.join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
     let url = format!("{}/", h.url);
+    // Chromium trusts the director's key by its SPKI hash: the pin an operator's browser
+    // policy would carry for the embedded default.
+    let pin = format!(
+        "--ignore-certificate-errors-spki-list={}",
+        origin::tls::spki_pin(&origin::tls::TlsFiles::of(&h.origin).director_key).unwrap()
+    );
     let common = [
+        pin.as_str(),
         "--headless",
         "--no-sandbox",
         "--disable-gpu",

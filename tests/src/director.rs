@@ -2,8 +2,11 @@
 //! over its HTTP API, as a provisioning system registers them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use node::director_client::ClientTls;
 
 /// How often the director service runs its campaign gates in tests.
 const TICK: Duration = Duration::from_secs(10);
@@ -18,10 +21,13 @@ pub const ECU_SEED: u8 = 9;
 pub struct DirectorService {
     /// The runtime that serves it (kept alive with it).
     pub runtime: tokio::runtime::Runtime,
-    /// `http://127.0.0.1:<port>`.
+    /// `https://127.0.0.1:<port>`.
     pub url: String,
+    /// The CA file its certificate chains to (the origin's `tls/director-ca.pem`).
+    pub ca: PathBuf,
     /// Its state, to serve on another listener too.
     pub shared: Arc<origin::http::Shared>,
+    transport: origin::http::Transport,
 }
 
 impl std::fmt::Debug for DirectorService {
@@ -33,7 +39,8 @@ impl std::fmt::Debug for DirectorService {
 }
 
 impl DirectorService {
-    /// Starts the director of `origin` on a loopback port.
+    /// Starts the director of `origin` on a loopback port, over HTTPS with the origin's own
+    /// certificate.
     pub fn start(origin: &origin::repo::Origin) -> Self {
         let director = origin::service::Director::open(origin.clone()).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -44,14 +51,30 @@ impl DirectorService {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let transport = origin::http::transport(origin, &origin::http::Listen::OriginTls).unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
         let shared = origin::http::Shared::new(director);
-        runtime.spawn(origin::http::serve(listener, shared.clone(), TICK));
+        runtime.spawn(origin::http::serve(
+            listener,
+            transport.clone(),
+            shared.clone(),
+            TICK,
+        ));
         Self {
             runtime,
             url,
+            ca: origin::tls::TlsFiles::of(origin).director_ca,
             shared,
+            transport,
         }
+    }
+
+    /// An HTTP client that trusts the director's CA and reads error statuses as answers.
+    #[must_use]
+    pub fn agent(&self) -> ureq::Agent {
+        ClientTls::trusting(&self.ca)
+            .unwrap()
+            .agent(Duration::from_secs(30))
     }
 
     /// Serves the same director on `addr` too, from now on: a route to it that comes up.
@@ -60,8 +83,12 @@ impl DirectorService {
             .runtime
             .block_on(tokio::net::TcpListener::bind(addr))
             .unwrap();
-        self.runtime
-            .spawn(origin::http::serve(listener, self.shared.clone(), TICK));
+        self.runtime.spawn(origin::http::serve(
+            listener,
+            self.transport.clone(),
+            self.shared.clone(),
+            TICK,
+        ));
     }
 }
 
@@ -78,38 +105,32 @@ pub fn public(seed: u8) -> String {
 /// Registers vehicle `vin` with one gateway ECU `serial` (hardware `gw-v1`, running
 /// `ecu/gw-1.bin`), primary key seed [`PRIMARY_SEED`] and ECU key seed [`ECU_SEED`], over the
 /// director's HTTP API.
-pub fn register_vehicle(url: &str, vin: &str, serial: &str) {
+pub fn register_vehicle(director: &DirectorService, vin: &str, serial: &str) {
     let vehicle = serde_json::json!({
         "vin": vin, "region": "eu-north", "vehicle_type": "tractor", "home_depot": "depot-1",
         "primary_key": public(PRIMARY_SEED),
         "ecus": [{"serial": serial, "hardware_id": "gw-v1",
                   "public_key": public(ECU_SEED), "installed": "ecu/gw-1.bin"}],
     });
-    let response = http_agent()
-        .post(&format!("{url}/v1/vehicles"))
+    let response = director
+        .agent()
+        .post(&format!("{}/v1/vehicles", director.url))
         .send(serde_json::json!({"actor": "provisioning", "vehicle": vehicle}).to_string())
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
 }
 
 /// The director's registry (`GET /v1/vehicles`).
-pub fn registry(url: &str) -> serde_json::Value {
-    let text = http_agent()
-        .get(&format!("{url}/v1/vehicles"))
+pub fn registry(director: &DirectorService) -> serde_json::Value {
+    let text = director
+        .agent()
+        .get(&format!("{}/v1/vehicles", director.url))
         .call()
         .unwrap()
         .body_mut()
         .read_to_string()
         .unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-/// An HTTP client that reads error statuses as answers.
-fn http_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
 }
 
 /// Has the director assign `target` to vehicle `vin`'s gateway ECU `serial` (hardware

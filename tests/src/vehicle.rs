@@ -84,8 +84,8 @@ pub struct GatewayVehicle<'a> {
     pub link: &'a str,
     /// The ECU's health check after a trial boot (`exit 0`: healthy).
     pub health: &'a str,
-    /// The director service, if the vehicle has a route to it.
-    pub director_url: Option<&'a str>,
+    /// The director service's URL and CA file, if the vehicle has a route to it.
+    pub director: Option<(&'a str, &'a Path)>,
 }
 
 /// Writes the vehicle's simulated gateway ECU (booted from bank A) and its agent configuration
@@ -111,7 +111,7 @@ pub fn gateway_vehicle(dir: &Path, vehicle: &GatewayVehicle<'_>) -> PathBuf {
         vin: vehicle.vin,
         depot: vehicle.depot,
         roots: vehicle.roots,
-        director_url: vehicle.director_url,
+        director: vehicle.director,
         primary_seed: [PRIMARY_SEED; 32],
         ecus: &[ecu],
         extra: &extra,

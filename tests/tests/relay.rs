@@ -1,4 +1,4 @@
-//! The depot's relay of vehicles' reports, against a real director over HTTP: what the director
+//! The depot's relay of vehicles' reports, against a real director over HTTPS: what the director
 //! refuses (a manifest the depot altered, an unknown vehicle) leaves the queue counted and
 //! named; while the director is unreachable, reports stay queued, in order, across a reopen.
 //! (Delivery of good reports from real vehicle agents, across a depot kill, is in
@@ -12,6 +12,7 @@ use depotmesh_tests::director::{
     DirectorService, ECU_SEED, PRIMARY_SEED, assign_gateway, register_vehicle, registry,
 };
 use depotmesh_tests::release::{Release, new_origin, release};
+use node::director_client::{ClientTls, DirectorClient};
 use node::policy::Priority;
 use node::relay::{ReportInbox, ReportQueue};
 
@@ -29,7 +30,7 @@ fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
     let version = origin::director::targets_version(&origin, &"VIN-1".parse().unwrap());
     let director = DirectorService::start(&origin);
     let url = director.url.clone();
-    register_vehicle(&url, "VIN-1", "GW-1");
+    register_vehicle(&director, "VIN-1", "GW-1");
 
     // The vehicle's signed manifest; the same altered by the relay (it claims a rollback); and
     // one for a vehicle the director does not know.
@@ -66,8 +67,9 @@ fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
     queue.take(&peer, &genuine).unwrap();
 
     // The director down (nothing listens on port 1): the round stops, both stay, in order.
-    let round =
-        depot_cache::relay::relay_once(&queue, "http://127.0.0.1:1", Duration::from_secs(5));
+    let tls = ClientTls::trusting(&director.ca).unwrap();
+    let down = DirectorClient::new("https://127.0.0.1:1", Duration::from_secs(5), &tls).unwrap();
+    let round = depot_cache::relay::relay_once(&queue, &down);
     assert_eq!((round.accepted, round.refused), (0, 0));
     assert!(round.stopped.unwrap().contains("127.0.0.1:1"));
     drop(queue);
@@ -82,7 +84,8 @@ fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
 
     // The director up: it refuses the altered and the stranger's, and says why; it takes the
     // genuine one; nothing is left to resend.
-    let round = depot_cache::relay::relay_once(&queue, &url, Duration::from_secs(5));
+    let up = DirectorClient::new(&url, Duration::from_secs(5), &tls).unwrap();
+    let round = depot_cache::relay::relay_once(&queue, &up);
     assert_eq!((round.accepted, round.refused, round.stopped), (1, 2, None));
     assert!(
         round.refusals[0].starts_with("VIN-1"),
@@ -104,7 +107,7 @@ fn refused_reports_leave_the_queue_and_unreachable_directors_keep_them() {
     assert!(queue.is_empty());
 
     // What the director believes is what the vehicle signed.
-    let registry = registry(&url);
+    let registry = registry(&director);
     assert_eq!(registry[0]["vin"], "VIN-1");
     assert_eq!(
         registry[0]["last_report"]["outcome"], "committed",

@@ -109,8 +109,9 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     // depot takes waits in its queue, across a kill, until it is.
     let director = DirectorService::start(&origin);
     let director_url = director.url.clone();
+    let director_ca = director.ca.clone();
     for vin in &vins {
-        register_vehicle(&director_url, vin, &format!("GW-{vin}"));
+        register_vehicle(&director, vin, &format!("GW-{vin}"));
     }
     let relay_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -124,12 +125,13 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     let depot_dir = w.join("depot");
     let depot_toml = format!(
         "{}[prefetch]\nupstream = [\"{}\"]\nroot = {:?}\ndirector_root = {:?}\nvehicles = {:?}\ninterval_secs = 3600\n\
-         [relay]\ndirector_url = \"http://{relay_addr}\"\nretry_secs = 1\n",
+         [relay]\ndirector_url = \"https://{relay_addr}\"\ndirector_ca = {:?}\nretry_secs = 1\n",
         depot_config(&depot_dir),
         upstream.addr,
         image_root.display().to_string(),
         director_root.display().to_string(),
         vins,
+        director.ca.display().to_string(),
     );
     let depot = DepotDaemon::start(&depot_dir, &depot_toml);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -162,7 +164,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
                 roots,
                 link,
                 health,
-                director_url: director,
+                director: director.map(|url| (url, director_ca.as_path())),
             },
         )
     };
@@ -224,7 +226,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     }
     // The director took the signed manifests sent to it: it knows what those vehicles run.
     let record = |vin: &str| {
-        registry(&director_url)
+        registry(&director)
             .as_array()
             .unwrap()
             .iter()

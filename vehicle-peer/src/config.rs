@@ -28,6 +28,7 @@ struct File {
     image_root: Option<PathBuf>,
     director_root: Option<PathBuf>,
     director_url: Option<Spanned<String>>,
+    director_ca: Option<PathBuf>,
     primary_key_file: PathBuf,
     ecus: Spanned<Vec<PathBuf>>,
     #[serde(default = "check_interval_secs")]
@@ -159,6 +160,9 @@ pub struct VehicleConfig {
     /// The director service (`origin serve`) that takes the vehicle's signed manifests, e.g.
     /// `https://director.fleet.example`; none: reports stay under `reports/`.
     pub director_url: Option<String>,
+    /// The CA certificates (PEM) the director's certificate must chain to: the origin's
+    /// `tls/director-ca.pem`. None: the system's web PKI roots.
+    pub director_ca: Option<PathBuf>,
     /// The primary's ed25519 seed (hex), which signs the vehicle's version manifests.
     pub primary_key_file: PathBuf,
     /// ECU configuration files (`config/ecu.toml`).
@@ -394,20 +398,22 @@ pub fn parse(text: &str) -> Result<VehicleConfig, ConfigError> {
     let director_url = match &file.director_url {
         Some(url) => {
             let text = url.get_ref().trim_end_matches('/');
-            if !(text.starts_with("http://") || text.starts_with("https://")) || text.len() < 10 {
-                return Err(at(
-                    "director_url",
-                    url.span(),
-                    format!("{text:?} must be an http:// or https:// URL"),
-                ));
-            }
+            node::director_client::check_url(text)
+                .map_err(|why| at("director_url", url.span(), why.to_string()))?;
             Some(text.to_string())
         }
         None => None,
     };
+    if file.director_ca.is_some() && director_url.is_none() {
+        return Err(refused(
+            "director_ca",
+            " is set without director_url".into(),
+        ));
+    }
     Ok(VehicleConfig {
         vin,
         director_url,
+        director_ca: file.director_ca,
         data_dir: file.data_dir,
         listen,
         peers,

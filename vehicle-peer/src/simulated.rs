@@ -108,8 +108,9 @@ pub struct LoopbackVehicle<'a> {
     pub depot: &'a str,
     /// The image repository's and the director's first roots.
     pub roots: (&'a Path, &'a Path),
-    /// The director service, if the vehicle has a route to it.
-    pub director_url: Option<&'a str>,
+    /// The director service's URL and the CA file its certificate chains to, if the vehicle
+    /// has a route to it.
+    pub director: Option<(&'a str, &'a Path)>,
     /// Seed of the primary's ed25519 key (signs the vehicle manifest).
     pub primary_seed: [u8; 32],
     /// Its ECUs' configurations.
@@ -150,9 +151,12 @@ mode = "simulated"
         image_root = vehicle.roots.0.display(),
         director_root = vehicle.roots.1.display(),
         ecus = ecus.join(", "),
-        director_url = vehicle
-            .director_url
-            .map_or(String::new(), |url| format!("director_url = {url:?}")),
+        director_url = vehicle.director.map_or(String::new(), |(url, ca)| {
+            format!(
+                "director_url = {url:?}\ndirector_ca = {:?}",
+                ca.display().to_string()
+            )
+        }),
         extra = vehicle.extra,
     );
     let path = dir.join("vehicle.toml");

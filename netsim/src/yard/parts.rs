@@ -4,7 +4,7 @@
 //! stopped and stops it when dropped, so a run that fails half-way leaves nothing running.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use libp2p::Multiaddr;
-use node::director_client::DirectorClient;
+use node::director_client::{ClientTls, DirectorClient};
 use node::net::{NetEvents, NetHandle};
 use origin::repo::Origin;
 use proto::Vin;
@@ -47,6 +47,8 @@ pub(super) struct Yard {
 /// The director service, as the operator and the vehicles reach it.
 pub(super) struct Director {
     pub(super) url: String,
+    /// The CA file its certificate chains to (the origin's `tls/director-ca.pem`).
+    pub(super) ca: PathBuf,
     pub(super) api: DirectorClient,
 }
 
@@ -123,15 +125,19 @@ impl Yard {
         let listener = self
             .runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        let url = format!("http://{}", listener.local_addr()?);
+        // HTTPS with the origin's own certificate, as `origin serve` runs by default.
+        let transport = origin::http::transport(origin, &origin::http::Listen::OriginTls)?;
+        let url = format!("{}://{}", transport.scheme(), listener.local_addr()?);
         let shared = origin::http::Shared::new(director);
         self.runtime.spawn(origin::http::serve(
             listener,
+            transport,
             shared,
             Duration::from_secs(1),
         ));
-        let api = DirectorClient::new(&url, Duration::from_secs(30))?;
-        Ok(Director { url, api })
+        let ca = origin::tls::TlsFiles::of(origin).director_ca;
+        let api = DirectorClient::new(&url, Duration::from_secs(30), &ClientTls::trusting(&ca)?)?;
+        Ok(Director { url, ca, api })
     }
 
     /// Starts the origin's cache: a mesh node serving the origin's image repository and each
@@ -360,6 +366,7 @@ pub(super) fn depot_config(
         }),
         relay: Some(depot_cache::config::RelayConfig {
             director_url: director.url.clone(),
+            director_ca: Some(director.ca.clone()),
             retry: Duration::from_secs(1),
             max_reports: 10_000,
         }),

@@ -38,8 +38,8 @@ pub(super) struct VehicleSetup<'a> {
     roots: (PathBuf, PathBuf),
     /// The health check its ECU runs after a trial boot.
     health: &'static str,
-    /// The director's URL, for the vehicles that reach it themselves.
-    director_url: &'a str,
+    /// The director's URL and CA file, for the vehicles that reach it themselves.
+    director: (&'a str, &'a Path),
     /// Its agent's download limit.
     download_bytes_per_sec: Option<u64>,
     /// The first this many vehicles have a single-bank ECU.
@@ -48,10 +48,10 @@ pub(super) struct VehicleSetup<'a> {
 
 impl<'a> VehicleSetup<'a> {
     /// Vehicles that start on `release`'s v1, with banks that hold either release, and reach
-    /// the depot at `depot` and (half of them) the director at `director_url`.
+    /// the depot at `depot` and (half of them) the director at `director` (URL, CA file).
     pub(super) fn new(
         release: &'a Release,
-        director_url: &'a str,
+        director: (&'a str, &'a Path),
         depot: &libp2p::Multiaddr,
         options: &YardOptions,
     ) -> anyhow::Result<Self> {
@@ -68,7 +68,7 @@ impl<'a> VehicleSetup<'a> {
             } else {
                 "exit 0"
             },
-            director_url,
+            director,
             download_bytes_per_sec: options.vehicle_down_bytes_per_sec,
             single_bank: options.single_bank,
         })
@@ -144,7 +144,7 @@ pub(super) fn write(
         depot: &setup.depot,
         roots: (&setup.roots.0, &setup.roots.1),
         // Odd vehicles reach the director themselves; even ones only through the depot.
-        director_url: (index % 2 == 0).then_some(setup.director_url),
+        director: (index % 2 == 0).then_some(setup.director),
         primary_seed: seed_of(index, 8),
         ecus: &[ecu],
         extra: &extra,

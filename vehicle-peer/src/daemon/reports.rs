@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 
 use anyhow::Context;
-use node::director_client::{ClientError, DirectorClient, Sender};
+use node::director_client::{ClientError, ClientTls, DirectorClient, Sender};
 use node::policy::LinkClass;
 use node::storage::Index;
 use proto::director_api::{InstallOutcome, InstallReport};
@@ -76,7 +76,14 @@ impl Daemon {
     pub(super) fn send_reports(&mut self, now: u64) -> anyhow::Result<()> {
         let relays = self.config.peers.clone();
         let director = match &self.config.director_url {
-            Some(url) => Some(DirectorClient::new(url, self.config.metadata_timeout)?),
+            Some(url) => {
+                let tls = ClientTls::roots(self.config.director_ca.as_deref())?;
+                Some(DirectorClient::new(
+                    url,
+                    self.config.metadata_timeout,
+                    &tls,
+                )?)
+            }
             None => None,
         };
         if director.is_none() && relays.is_empty() {

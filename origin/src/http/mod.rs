@@ -38,7 +38,11 @@ use proto::director_api::{
 };
 use proto::{CampaignId, Vin};
 
+pub use server::{Peer, Transport, TransportError};
+
 use crate::service::{Director, ManifestError};
+
+mod server;
 
 /// The dashboard page.
 pub const DASHBOARD: &str = include_str!("dashboard.html");
@@ -194,13 +198,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Serves `shared` on `listener`, ticking the campaigns every `tick` (soak times, report
-/// timeouts), until the listener fails.
+/// Serves `shared` on `listener` over `transport`, ticking the campaigns every `tick` (soak
+/// times, report timeouts), until the task is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    transport: Transport,
     shared: Arc<Shared>,
     tick: Duration,
-) -> std::io::Result<()> {
+) {
     let ticking = Arc::clone(&shared);
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(tick);
@@ -218,7 +223,23 @@ pub async fn serve(
             }
         }
     });
-    axum::serve(listener, router(shared)).await
+    server::serve(listener, transport, router(shared)).await;
+}
+
+/// How `origin serve` is reached.
+#[derive(Debug, Clone)]
+pub enum Listen<'a> {
+    /// HTTPS with the origin's own certificate (`tls/director.pem`, from its director CA).
+    OriginTls,
+    /// HTTPS with this certificate chain and key (PEM files), e.g. from the company's PKI.
+    Tls {
+        /// The certificate chain.
+        cert: &'a std::path::Path,
+        /// Its private key.
+        key: &'a std::path::Path,
+    },
+    /// Plain HTTP, refused unless the address is a loopback one.
+    PlainLoopback,
 }
 
 /// The director service of an origin bound to its address, on a runtime of its own: `origin
@@ -227,13 +248,20 @@ pub async fn serve(
 pub struct Server {
     runtime: tokio::runtime::Runtime,
     listener: tokio::net::TcpListener,
+    transport: Transport,
     shared: Arc<Shared>,
 }
 
 impl Server {
-    /// Opens the director of `origin` and listens on `listen`.
-    pub fn bind(origin: crate::Origin, listen: std::net::SocketAddr) -> anyhow::Result<Self> {
+    /// Opens the director of `origin` and listens on `listen` as `how` says.
+    pub fn bind(
+        origin: crate::Origin,
+        listen: std::net::SocketAddr,
+        how: &Listen<'_>,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
+        let transport = transport(&origin, how)?;
+        transport.check(listen)?;
         let director = Director::open(origin)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -245,25 +273,39 @@ impl Server {
         Ok(Self {
             runtime,
             listener,
+            transport,
             shared: Shared::new(director),
         })
     }
 
-    /// Where it listens.
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
+    /// Where it listens, as a URL.
+    pub fn url(&self) -> std::io::Result<String> {
+        Ok(format!(
+            "{}://{}",
+            self.transport.scheme(),
+            self.listener.local_addr()?
+        ))
     }
 
     /// Serves until stopped, re-evaluating the gates every `tick`.
-    pub fn run(self, tick: Duration) -> anyhow::Result<()> {
-        use anyhow::Context;
+    pub fn run(self, tick: Duration) {
         if let Ok(local) = self.listener.local_addr() {
-            tracing::info!(%local, "director listening");
+            tracing::info!(%local, scheme = self.transport.scheme(), "director listening");
         }
         self.runtime
-            .block_on(serve(self.listener, self.shared, tick))
-            .context("serving")
+            .block_on(serve(self.listener, self.transport, self.shared, tick));
     }
+}
+
+/// The transport `how` names for `origin`'s director.
+pub fn transport(origin: &crate::Origin, how: &Listen<'_>) -> anyhow::Result<Transport> {
+    Ok(match how {
+        Listen::OriginTls => Transport::Tls(crate::tls::server_config(origin, None)?),
+        Listen::Tls { cert, key } => {
+            Transport::Tls(crate::tls::server_config(origin, Some((cert, key)))?)
+        }
+        Listen::PlainLoopback => Transport::PlainLoopback,
+    })
 }
 
 async fn dashboard() -> Response {
