@@ -101,12 +101,18 @@ pub fn repositories(origin: &Origin) -> anyhow::Result<Vec<String>> {
     Ok(all)
 }
 
-/// Re-signs every repository's timestamp (they expire after a day: run it hourly).
+/// Re-signs every repository's timestamp (they expire after a day: run it hourly). One that
+/// refuses ([`crate::chain`]) does not stop the others, which the fleet still needs fresh; the
+/// error names each that refused.
 pub fn refresh_timestamps(origin: &Origin) -> anyhow::Result<()> {
+    let mut refused = Vec::new();
     for repository in repositories(origin)? {
-        origin
-            .refresh_timestamp(&repository)
-            .with_context(|| format!("the {repository} timestamp"))?;
+        if let Err(error) = origin.refresh_timestamp(&repository) {
+            refused.push(format!("the {repository} timestamp: {error:#}"));
+        }
+    }
+    if !refused.is_empty() {
+        bail!("{}", refused.join("\n"));
     }
     Ok(())
 }
@@ -133,6 +139,9 @@ pub fn rotate(
     role: &str,
     new_key: &SigningKey,
 ) -> anyhow::Result<u64> {
+    if repository == "director" {
+        director::before_rotation(origin, role)?;
+    }
     let version = origin.rotate(repository, role, new_key)?;
     if repository == "director" {
         for vin in director::vehicles(origin)? {

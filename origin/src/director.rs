@@ -150,11 +150,13 @@ pub(crate) fn sign_assignment(
             .or_default()
             .push(assignment);
     }
-    for role in ["targets", "snapshot", "timestamp"] {
-        origin.key("director", role)?;
-    }
+    let repository = vehicle_repository(vin);
+    origin.verified(&repository, &RENEWED)?;
+    // The image repository is only read, the way a vehicle reads it (expiry included); checked
+    // here too so that a refusal names its file.
+    crate::chain::verify(origin, "image", &[])?;
 
-    // What the image repository says of each target, read the way a vehicle reads it.
+    // What the image repository says of each target.
     let image_dir = origin.dir.join("image");
     let mut image = image_updater(origin, &image_dir)?;
     let mut entries = Map::new();
@@ -201,7 +203,6 @@ pub(crate) fn sign_assignment(
         );
     }
 
-    let repository = vehicle_repository(vin);
     copy_roots(origin, &repository)?;
     let version = targets_version(origin, vin) + 1;
     let signed = proto::tuf::build::targets(version, origin.expires("targets"), entries, &[]);
@@ -214,10 +215,8 @@ pub(crate) fn sign_assignment(
 /// installed it yet). Returns the targets version. Crate-only: the campaign decision that
 /// withdraws is the audit entry.
 pub(crate) fn withdraw(origin: &Origin, vin: &Vin) -> anyhow::Result<u64> {
-    for role in ["targets", "snapshot", "timestamp"] {
-        origin.key("director", role)?;
-    }
     let repository = vehicle_repository(vin);
+    origin.verified(&repository, &RENEWED)?;
     copy_roots(origin, &repository)?;
     let version = targets_version(origin, vin) + 1;
     let signed = proto::tuf::build::targets(version, origin.expires("targets"), Map::new(), &[]);
@@ -250,10 +249,29 @@ fn publish_vehicle(
     origin.publish(repository)
 }
 
+/// What an assignment or its withdrawal signs anew in a vehicle's repository.
+const RENEWED: [&str; 3] = ["targets", "snapshot", "timestamp"];
+
+/// Refuses a rotation of the director's `role` key unless every vehicle's repository, which
+/// [`after_rotation`] then signs on top of, verifies.
+pub(crate) fn before_rotation(origin: &Origin, role: &str) -> anyhow::Result<()> {
+    let renews: &[&str] = if role == "targets" {
+        &RENEWED
+    } else {
+        &RENEWED[1..]
+    };
+    for vin in vehicles(origin)? {
+        origin.verified(&vehicle_repository(&vin), renews)?;
+    }
+    Ok(())
+}
+
 /// Brings vehicle `vin`'s director repository up to date after the director's `role` key was
 /// rotated: the new root version copied in, the targets re-signed with the new key (when it is
-/// the targets key), and a new snapshot and timestamp.
-pub fn after_rotation(origin: &Origin, vin: &Vin, role: &str) -> anyhow::Result<()> {
+/// the targets key), and a new snapshot and timestamp. Crate-only: it is verified before the
+/// rotation ([`before_rotation`]), since after it the vehicle's files are signed with a key its
+/// new root no longer lists.
+pub(crate) fn after_rotation(origin: &Origin, vin: &Vin, role: &str) -> anyhow::Result<()> {
     let repository = vehicle_repository(vin);
     copy_roots(origin, &repository)?;
     let resigned = if role == "targets" {

@@ -8,7 +8,8 @@
 //! Today: [`keys`] (key files), [`repo`] (the image and director repositories on disk: init,
 //! delegations, key rotation, timestamp refresh), [`admin`] (the origin as a whole: made, its
 //! keys listed and rotated, every timestamp refreshed, every repository verified), [`release`]
-//! (an image signed with its deltas and its audit entry), [`director`] (each vehicle's signed
+//! (an image signed with its deltas and its audit entry), [`chain`] (the check before every
+//! signing that what it builds on verifies), [`director`] (each vehicle's signed
 //! director targets), [`audit`] (the append-only log), [`verify`] (every problem of a
 //! repository, each naming its file), [`service`] and [`http`] (the director service and its
 //! HTTP API), [`file_delta`] (`origin delta`) and [`operator_file`] (the operator's campaign and
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod audit;
 pub mod campaign;
+pub mod chain;
 pub mod director;
 pub mod file_delta;
 pub mod http;

@@ -149,9 +149,8 @@ impl Release {
         if self.hardware_ids.is_empty() || self.hardware_ids.iter().any(String::is_empty) {
             bail!("give at least one --hardware-id, none empty");
         }
-        for key_role in [role.as_str(), "snapshot", "timestamp"] {
-            origin.key("image", key_role)?;
-        }
+        // Before any byte is read or stored: what this release signs on top of must verify.
+        origin.verified("image", &[role.as_str(), "snapshot", "timestamp"])?;
         if role != "targets" {
             // Refuse a name outside the role's paths before reading gigabytes.
             let delegation = origin.delegation("image", role)?;

@@ -16,7 +16,7 @@ use proto::tuf::Time;
 use proto::tuf::build::{self, RoleSpec};
 use serde_json::{Map, Value};
 
-use crate::keys;
+use crate::{chain, keys};
 
 /// The two repositories.
 pub const REPOSITORIES: [&str; 2] = ["image", "director"];
@@ -95,6 +95,16 @@ impl Origin {
     /// Loads a role's signing key.
     pub fn key(&self, repository: &str, role: &str) -> anyhow::Result<SigningKey> {
         keys::load(&self.key_path(repository, role)?)
+    }
+
+    /// Refuses a signing of `repository` that writes `renews` anew with their keys unless the
+    /// chain it builds on verifies and lists those keys ([`chain::verify`]).
+    pub(crate) fn verified(&self, repository: &str, renews: &[&str]) -> anyhow::Result<()> {
+        let verified = chain::verify(self, repository, renews)?;
+        for role in renews {
+            verified.check_key(role, &self.key(repository, role)?)?;
+        }
+        Ok(())
     }
 
     /// When `role`'s metadata signed now expires.
@@ -178,8 +188,9 @@ impl Origin {
     }
 
     /// [`Self::publish_snapshot`] with the repository's own snapshot and timestamp keys (a
-    /// vehicle's director repository uses the director's).
-    pub fn publish(&self, repository: &str) -> anyhow::Result<()> {
+    /// vehicle's director repository uses the director's). Crate-only, as are the two below:
+    /// they sign on top of what is on disk, which their callers have verified.
+    pub(crate) fn publish(&self, repository: &str) -> anyhow::Result<()> {
         self.publish_snapshot(
             repository,
             &self.key(repository, "snapshot")?,
@@ -188,7 +199,7 @@ impl Origin {
     }
 
     /// Signs a new snapshot pinning the latest targets, then a new timestamp pinning it.
-    pub fn publish_snapshot(
+    pub(crate) fn publish_snapshot(
         &self,
         repository: &str,
         snapshot_key: &SigningKey,
@@ -211,7 +222,7 @@ impl Origin {
     }
 
     /// Signs a new timestamp pinning snapshot `version` (its bytes).
-    pub fn publish_timestamp(
+    pub(crate) fn publish_timestamp(
         &self,
         repository: &str,
         version: u64,
@@ -235,6 +246,7 @@ impl Origin {
     /// Re-signs the timestamp over the current snapshot (run it well inside the timestamp's
     /// one-day lifetime, e.g. hourly).
     pub fn refresh_timestamp(&self, repository: &str) -> anyhow::Result<()> {
+        self.verified(repository, &["timestamp"])?;
         let (version, _) = self.latest(repository, "snapshot")?;
         let path = self
             .metadata_dir(repository)
@@ -269,6 +281,7 @@ impl Origin {
                 }
             }
         }
+        self.verified(repository, &[role, "snapshot", "timestamp"])?;
         let (version, signed) = self.latest(repository, role)?;
         let mut targets = signed["targets"].as_object().cloned().unwrap_or_default();
         for (name, entry) in entries {
@@ -330,6 +343,7 @@ impl Origin {
         if paths.is_empty() || paths.iter().any(String::is_empty) {
             bail!("give at least one --path pattern, none empty");
         }
+        self.verified(repository, &["targets", "snapshot", "timestamp"])?;
         let targets_key = self.key(repository, "targets")?;
         let (version, signed) = self.latest(repository, "targets")?;
         if delegated_roles(&signed).iter().any(|name| name == role) {
@@ -380,6 +394,9 @@ impl Origin {
         role: &str,
         new_key: &SigningKey,
     ) -> anyhow::Result<u64> {
+        let mut renews = vec!["root"];
+        renews.extend(resigned_by_rotation(role));
+        self.verified(repository, &renews)?;
         let (version, signed) = self.latest(repository, "root")?;
         let old_root_key = self.key(repository, "root")?;
         let mut next = signed.clone();
@@ -426,6 +443,15 @@ impl Origin {
             _ => {}
         }
         Ok(version + 1)
+    }
+}
+
+/// The roles besides the root that a rotation of `role`'s key signs anew in its repository.
+pub(crate) fn resigned_by_rotation(role: &str) -> &'static [&'static str] {
+    match role {
+        "targets" => &["targets", "snapshot", "timestamp"],
+        "snapshot" | "timestamp" => &["snapshot", "timestamp"],
+        _ => &[],
     }
 }
 
