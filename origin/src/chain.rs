@@ -19,11 +19,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use proto::tuf::build;
 use proto::tuf::{Key, Role, RoleKeys, Signed, Snapshot, Targets, Time, TrustedSet, TufError};
-
-use crate::repo::{Origin, latest_version};
 
 /// Why a signing refused the metadata it would build on. Each variant names the file, relative
 /// to the origin directory (`image/metadata/3.targets.json`).
@@ -86,27 +85,30 @@ pub(crate) struct Verified {
     targets_file: String,
 }
 
-/// Verifies `repository` (`image`, `director` or `director/vehicles/<vin>`) before a signing
+/// Verifies `repository` (`image`, `director` or `director/vehicles/<vin>`) of the origin
+/// directory `origin`, at time `now`, before a signing
 /// that writes `renews` anew. Expiry is checked, as a client checks it, for every role but
 /// those: signing a role anew is how its expiry is mended (the hourly timestamp refresh must work
 /// after a timestamp expired), so refusing on it would lock the operator out of the mend,
 /// whereas everything else a vehicle checks (signatures, thresholds, versions, lengths and
 /// hashes) can only go wrong through a change that no key holder made.
 pub(crate) fn verify(
-    origin: &Origin,
+    origin: &Path,
+    now: Time,
     repository: &str,
     renews: &[&str],
 ) -> Result<Verified, ChainError> {
     if !repository.starts_with("director/vehicles/") {
-        return Client::new(origin, repository).run(renews);
+        return Client::new(origin, now, repository).run(renews);
     }
     // A vehicle's repository is signed with the director's keys, which the director's root
     // lists; the signing copies that root in (a vehicle left behind by a rotation cut short
     // catches up). The director's other roles are not signed on here.
-    let director = Client::new(origin, "director").run(&["targets", "snapshot", "timestamp"])?;
-    if origin.metadata_dir(repository).exists() {
+    let director =
+        Client::new(origin, now, "director").run(&["targets", "snapshot", "timestamp"])?;
+    if origin.join(repository).join("metadata").exists() {
         same_roots(origin, repository)?;
-        Client::new(origin, repository).run(renews)?;
+        Client::new(origin, now, repository).run(renews)?;
     }
     Ok(director)
 }
@@ -150,7 +152,9 @@ impl Verified {
 
 /// One run of the TUF client over a repository's `metadata/` on disk.
 struct Client<'a> {
-    origin: &'a Origin,
+    /// The origin directory.
+    origin: &'a Path,
+    now: Time,
     /// The metadata directory, relative to the origin directory (for messages).
     metadata: PathBuf,
     /// The newest file of each role and when it expires, for the expiry checks.
@@ -158,16 +162,17 @@ struct Client<'a> {
 }
 
 impl<'a> Client<'a> {
-    fn new(origin: &'a Origin, repository: &str) -> Self {
+    fn new(origin: &'a Path, now: Time, repository: &str) -> Self {
         Self {
             origin,
+            now,
             metadata: Path::new(repository).join("metadata"),
             newest: BTreeMap::new(),
         }
     }
 
     fn read(&self, name: &str) -> Result<Vec<u8>, ChainError> {
-        fs::read(self.origin.dir.join(&self.metadata).join(name)).map_err(|error| {
+        fs::read(self.origin.join(&self.metadata).join(name)).map_err(|error| {
             ChainError::Unreadable {
                 file: self.metadata.join(name),
                 error,
@@ -191,7 +196,7 @@ impl<'a> Client<'a> {
 
     /// The highest version of `role` on disk (at least `pinned`, whose file was read).
     fn newest_version(&self, role: &str, pinned: u64) -> u64 {
-        let dir = self.origin.dir.join(&self.metadata);
+        let dir = self.origin.join(&self.metadata);
         latest_version(&dir, role)
             .ok()
             .flatten()
@@ -204,11 +209,11 @@ impl<'a> Client<'a> {
         let snapshot = self.timestamp_and_snapshot(&mut trusted)?;
         self.targets_roles(&mut trusted, &snapshot)?;
         for (role, (file, expires)) in &self.newest {
-            if !renews.contains(&role.as_str()) && self.origin.now >= *expires {
+            if !renews.contains(&role.as_str()) && self.now >= *expires {
                 let error = TufError::Expired {
                     role: role.clone(),
                     expires: *expires,
-                    now: self.origin.now,
+                    now: self.now,
                 };
                 return Err(self.refuse(file, "")(error));
             }
@@ -231,7 +236,7 @@ impl<'a> Client<'a> {
         // check but expiry; [`Self::run`] checks expiry last, only for the roles kept.
         let mut trusted = TrustedSet::new(&self.read("1.root.json")?, Time::from_unix(i64::MIN))
             .map_err(self.refuse("1.root.json", ""))?;
-        let dir = self.origin.dir.join(&self.metadata);
+        let dir = self.origin.join(&self.metadata);
         let latest = latest_version(&dir, "root").ok().flatten().unwrap_or(1);
         for version in 2..=latest {
             let name = format!("{version}.root.json");
@@ -363,9 +368,9 @@ impl<'a> Client<'a> {
 
 /// Refuses a root file of vehicle repository `repository` that is not the director's own of the
 /// same version: the vehicle follows the director's root chain from there.
-fn same_roots(origin: &Origin, repository: &str) -> Result<(), ChainError> {
-    let dir = origin.metadata_dir(repository);
-    let director = origin.metadata_dir("director");
+fn same_roots(origin: &Path, repository: &str) -> Result<(), ChainError> {
+    let dir = origin.join(repository).join("metadata");
+    let director = origin.join("director").join("metadata");
     let latest = latest_version(&dir, "root").ok().flatten().unwrap_or(0);
     for version in 1..=latest {
         let name = format!("{version}.root.json");
@@ -379,4 +384,20 @@ fn same_roots(origin: &Origin, repository: &str) -> Result<(), ChainError> {
         }
     }
     Ok(())
+}
+
+/// The highest N of the `N.<role>.json` files in `dir`.
+pub fn latest_version(dir: &Path, role: &str) -> anyhow::Result<Option<u64>> {
+    let suffix = format!(".{role}.json");
+    let mut latest = None;
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(version) = name
+            .strip_suffix(&suffix)
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            latest = latest.max(Some(version));
+        }
+    }
+    Ok(latest)
 }

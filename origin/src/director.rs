@@ -154,7 +154,7 @@ pub(crate) fn sign_assignment(
     origin.verified(&repository, &RENEWED)?;
     // The image repository is only read, the way a vehicle reads it (expiry included); checked
     // here too so that a refusal names its file.
-    crate::chain::verify(origin, "image", &[])?;
+    crate::chain::verify(&origin.dir, origin.now, "image", &[])?;
 
     // What the image repository says of each target.
     let image_dir = origin.dir.join("image");

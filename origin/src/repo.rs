@@ -16,6 +16,7 @@ use proto::tuf::Time;
 use proto::tuf::build::{self, RoleSpec};
 use serde_json::{Map, Value};
 
+pub use crate::chain::latest_version;
 use crate::{chain, keys};
 
 /// The two repositories.
@@ -100,7 +101,7 @@ impl Origin {
     /// Refuses a signing of `repository` that writes `renews` anew with their keys unless the
     /// chain it builds on verifies and lists those keys ([`chain::verify`]).
     pub(crate) fn verified(&self, repository: &str, renews: &[&str]) -> anyhow::Result<()> {
-        let verified = chain::verify(self, repository, renews)?;
+        let verified = chain::verify(&self.dir, self.now, repository, renews)?;
         for role in renews {
             verified.check_key(role, &self.key(repository, role)?)?;
         }
@@ -463,22 +464,6 @@ pub fn delegated_roles(targets: &Value) -> Vec<String> {
         .flatten()
         .filter_map(|role| role["name"].as_str().map(str::to_string))
         .collect()
-}
-
-/// The highest N of the `N.<role>.json` files in `dir`.
-pub fn latest_version(dir: &Path, role: &str) -> anyhow::Result<Option<u64>> {
-    let suffix = format!(".{role}.json");
-    let mut latest = None;
-    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(version) = name
-            .strip_suffix(&suffix)
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            latest = latest.max(Some(version));
-        }
-    }
-    Ok(latest)
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
