@@ -24,6 +24,7 @@ pub mod file_delta;
 pub mod http;
 pub mod keys;
 mod metrics;
+pub mod oidc;
 pub mod operator_file;
 pub mod registry;
 pub mod release;
