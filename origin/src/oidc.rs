@@ -624,14 +624,18 @@ mod tests {
     fn issuer() -> Issuer {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let signing = EncodingKey::from_ec_der(&pair.serialize_der());
-        let mut public = Jwk::from_encoding_key(&signing, Algorithm::ES256).unwrap();
-        public.common.key_id = Some("ec-key".to_owned());
         let jwks = json!({ "keys": [
             { "kty": "oct", "kid": "shared", "k": "c2VjcmV0" },
-            public,
+            public_jwk(&signing, "ec-key"),
         ] });
         let verifier = OidcVerifier::from_jwks(config(), jwks.to_string().as_bytes()).unwrap();
         Issuer { signing, verifier }
+    }
+
+    fn public_jwk(signing: &EncodingKey, kid: &str) -> Jwk {
+        let mut public = Jwk::from_encoding_key(signing, Algorithm::ES256).unwrap();
+        public.common.key_id = Some(kid.to_owned());
+        public
     }
 
     fn claims() -> Value {
@@ -977,6 +981,98 @@ mod tests {
         assert_eq!(config.ca, None);
         let typo = "issuer = \"https://sso.example.com\"\naudience = \"d\"\nrole_claim = \"x\"\n";
         assert!(toml::from_str::<OidcConfig>(typo).is_err());
+    }
+
+    /// A plain-HTTP issuer on loopback whose JWKS the test replaces; counts JWKS fetches.
+    struct LoopbackIssuer {
+        url: String,
+        jwks: std::sync::Arc<Mutex<String>>,
+        jwks_fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    fn loopback_issuer(jwks: String) -> LoopbackIssuer {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let issuer = LoopbackIssuer {
+            url: url.clone(),
+            jwks: std::sync::Arc::new(Mutex::new(jwks)),
+            jwks_fetches: Default::default(),
+        };
+        let (jwks, jwks_fetches) = (issuer.jwks.clone(), issuer.jwks_fetches.clone());
+        // Serves until the test process ends.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut request_line = String::new();
+                let mut reader = BufReader::new(&stream);
+                reader.read_line(&mut request_line).unwrap();
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                let body = if request_line.starts_with("GET /jwks ") {
+                    jwks_fetches.fetch_add(1, Ordering::SeqCst);
+                    jwks.lock().unwrap().clone()
+                } else {
+                    json!({ "issuer": url, "jwks_uri": format!("{url}/jwks") }).to_string()
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        issuer
+    }
+
+    #[test]
+    fn an_unknown_key_id_refetches_the_jwks_at_most_once_a_minute() {
+        use std::sync::atomic::Ordering;
+        let old = issuer();
+        let old_jwks = json!({ "keys": [public_jwk(&old.signing, "ec-key")] });
+        let provider = loopback_issuer(old_jwks.to_string());
+        let config = OidcConfig {
+            issuer: provider.url.clone(),
+            ..config()
+        };
+        let verifier = OidcVerifier::discover(config, Duration::from_secs(5)).unwrap();
+        let fetches = || provider.jwks_fetches.load(Ordering::SeqCst);
+        assert_eq!(fetches(), 1);
+        let claims = with(claims(), "iss", json!(provider.url));
+        assert!(verifier.verify(&old.token(&claims), NOW).is_ok());
+
+        // The provider rotates to a new key: its first token causes one refetch and verifies.
+        let new = issuer();
+        *provider.jwks.lock().unwrap() =
+            json!({ "keys": [public_jwk(&new.signing, "ec-key-2")] }).to_string();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("ec-key-2".to_owned());
+        let rotated = jsonwebtoken::encode(&header, &claims, &new.signing).unwrap();
+        assert!(verifier.verify(&rotated, NOW).is_ok());
+        assert_eq!(fetches(), 2);
+
+        // Made-up key ids within the minute fetch nothing; after it, one fetch again.
+        header.kid = Some("made-up".to_owned());
+        let made_up = jsonwebtoken::encode(&header, &claims, &new.signing).unwrap();
+        for _ in 0..5 {
+            assert!(matches!(
+                verifier.verify(&made_up, NOW + 1),
+                Err(OidcError::UnknownKeyId { .. })
+            ));
+        }
+        assert_eq!(fetches(), 2);
+        let minute_later = NOW + JWKS_REFETCH_INTERVAL_SECS;
+        assert!(verifier.verify(&made_up, minute_later).is_err());
+        assert_eq!(fetches(), 3);
+        // The rotated-out key went with the refetch.
+        assert!(matches!(
+            verifier.verify(&old.token(&claims), minute_later + 1),
+            Err(OidcError::UnknownKeyId { .. })
+        ));
+        assert_eq!(fetches(), 3);
     }
 
     #[test]
