@@ -75,7 +75,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let vins: Vec<Vin> = (0..options.vehicles).map(vin).collect();
     let release = release::prepare(&out, &vins, options, log)?;
     let mut yard = Yard::new()?;
-    let director = yard.start_director(&release.origin)?;
+    let director = yard.start_director(&out, &release.origin)?;
     let cache = yard.start_origin_cache(&out, &release.origin, &vins)?;
     let depot = yard.start_depot(depot_config(
         &out, &release, &vins, cache, &director, options,
@@ -92,7 +92,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     )?;
     let events = yard.start_vehicles(&out, &vins, &setup, &director)?;
 
-    let campaign = campaign::create_and_approve(&director.api, &vins, options, log)?;
+    let campaign = campaign::create_and_approve(&director, &vins, options, log)?;
     let mut follow = Follow::new(
         &campaign,
         &vins,

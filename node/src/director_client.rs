@@ -14,7 +14,7 @@ use std::time::Duration;
 use proto::director_api::{
     self, ActionRequest, ApprovedAnswer, CampaignAction, CampaignsAnswer, CreateCampaign,
     CreatedAnswer, DecidedAnswer, ErrorAnswer, ManifestAccepted, RegisterVehicle, RegisteredAnswer,
-    VehicleRecord, path,
+    RotateKeys, SignedApproval, VehicleRecord, path, spec_digest,
 };
 use proto::{CampaignId, Vin};
 use serde::Serialize;
@@ -318,19 +318,50 @@ impl DirectorClient {
         self.post(path::CAMPAIGNS, request)
     }
 
-    /// Approves campaign `id`.
-    pub fn approve(&self, id: &CampaignId, by: &str) -> Result<ApprovedAnswer, ClientError> {
-        let request = ActionRequest {
-            by: by.to_string(),
-            reason: None,
+    /// Signs campaign `id`'s pending `action` (approve, or resume after a halt) with the
+    /// approver's `key`: over the statement the director shows, after checking that its spec
+    /// digest is the digest of the spec it shows (what the approver reviews is what they sign).
+    pub fn sign_approval(
+        &self,
+        id: &CampaignId,
+        action: CampaignAction,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<ApprovedAnswer, ClientError> {
+        let url = self.url(path::CAMPAIGNS);
+        let bad = |detail: String| ClientError::BadAnswer {
+            url: url.clone(),
+            status: 200,
+            detail,
         };
-        self.post(
-            &path::campaign_action(id, CampaignAction::Approve),
-            &request,
-        )
+        let all = self.campaigns()?;
+        let campaign = all
+            .campaign(id)
+            .ok_or_else(|| bad(format!("the director lists no campaign {id}")))?;
+        let pending = campaign
+            .pending_approval
+            .as_ref()
+            .ok_or_else(|| bad(format!("campaign {id} awaits no approval")))?;
+        let statement = &pending.statement;
+        if statement.action != action.name() {
+            return Err(bad(format!(
+                "campaign {id} awaits signatures to {}, not to {action}",
+                statement.action
+            )));
+        }
+        let digest = spec_digest(&campaign.spec);
+        if statement.campaign != *id || statement.spec_sha256 != digest {
+            return Err(bad(format!(
+                "the statement to sign names spec {} but the spec shown hashes to {digest}",
+                statement.spec_sha256
+            )));
+        }
+        let request = SignedApproval {
+            signature: statement.sign(key),
+        };
+        self.post(&path::campaign_action(id, action), &request)
     }
 
-    /// Halts, resumes or aborts campaign `id` (`reason`: why, for a halt or an abort).
+    /// Halts or aborts campaign `id` (`reason`: why).
     pub fn decide(
         &self,
         id: &CampaignId,
@@ -348,6 +379,20 @@ impl DirectorClient {
     /// Registers a vehicle.
     pub fn register(&self, request: &RegisterVehicle) -> Result<RegisteredAnswer, ClientError> {
         self.post(path::VEHICLES, request)
+    }
+
+    /// Gives enrolled vehicle `vin` new keys.
+    pub fn rotate_keys(
+        &self,
+        vin: &Vin,
+        request: &RotateKeys,
+    ) -> Result<RegisteredAnswer, ClientError> {
+        self.post(&format!("{}/{vin}/keys", path::VEHICLES), request)
+    }
+
+    /// Who the director takes this client for (`GET /v1/whoami`).
+    pub fn whoami(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/v1/whoami")
     }
 }
 

@@ -23,7 +23,9 @@ use serde_json::json;
 
 #[path = "../tests/common/sim_fleet.rs"]
 mod sim_fleet;
-use sim_fleet::{START, gateway_campaign, manifest, origin_with_releases, vehicle_record, vin};
+use sim_fleet::{
+    START, approve_as_two, gateway_campaign, manifest, origin_with_releases, vehicle_record, vin,
+};
 
 fn dir_bytes(path: &Path) -> u64 {
     let mut total = 0;
@@ -73,9 +75,7 @@ fn main() {
     let spec = gateway_campaign("scale", &[1.0, 10.0, 100.0], 0.9, 0.05, 5);
     director.create(spec, "alice", START).unwrap();
     let t = Instant::now();
-    director
-        .approve(&"scale".parse().unwrap(), "bob", START)
-        .unwrap();
+    approve_as_two(&mut director, "scale", START);
     println!("approve (opens wave 1): {:.2} s", t.elapsed().as_secs_f64());
 
     let mut now = START + 60;

@@ -130,6 +130,11 @@ pub(crate) enum Command {
         /// terminator on the same machine).
         #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
         plain_http: bool,
+        /// Also take bearer tokens from the company's single sign-on: a TOML file with the
+        /// OpenID provider's `issuer`, the `audience` tokens must name, `roles_claim` (default
+        /// `roles`), `name_claim` (default `preferred_username`) and `ca` (optional PEM file).
+        #[arg(long)]
+        oidc: Option<PathBuf>,
         /// How often the gates are re-evaluated without a report (soak times, report timeouts).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         tick_secs: u64,
@@ -147,6 +152,12 @@ pub(crate) enum Command {
         director: DirectorArgs,
         #[command(subcommand)]
         command: VehicleCommand,
+    },
+    /// The operators of the director: who may do what, with which certificate and approval
+    /// key (`DIR/operators.json`; `origin serve` reads it again when it changes).
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
     },
     /// Build a delta that rebuilds --to from --from (see the `delta` crate for the format): per
     /// 8 MiB segment, the smallest of zstd patch-from, a bsdiff-class match and an aligned
@@ -270,10 +281,14 @@ pub(crate) enum CampaignCommand {
         #[arg(long)]
         file: PathBuf,
     },
-    /// Approve a campaign (not by its creator) and start its first wave.
+    /// Sign your approval of a campaign (you must not be its creator); the second approver's
+    /// signature starts its first wave.
     Approve {
         /// The campaign id.
         id: proto::CampaignId,
+        /// Your approval key (`NAME.approval.key` from `origin operator add`).
+        #[arg(long)]
+        approval_key: PathBuf,
     },
     /// Print campaigns' standing (JSON): waves, counts per segment, decisions.
     Status {
@@ -289,10 +304,13 @@ pub(crate) enum CampaignCommand {
         #[arg(long)]
         reason: String,
     },
-    /// Resume a halted campaign (your approval is recorded).
+    /// Sign your approval to resume a halted campaign; it resumes on the second signature.
     Resume {
         /// The campaign id.
         id: proto::CampaignId,
+        /// Your approval key.
+        #[arg(long)]
+        approval_key: PathBuf,
     },
     /// Call a campaign off for good: vehicles that installed it are sent the fallback release.
     Abort {
@@ -311,6 +329,35 @@ pub(crate) enum VehicleCommand {
         /// The vehicle file.
         #[arg(long)]
         file: PathBuf,
+    },
+    /// Print the registry (JSON).
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OperatorCommand {
+    /// Add an operator, or give one a new certificate and these roles: writes OUT/NAME.pem and
+    /// OUT/NAME.key (their client certificate under the operator CA) and, for an approver or
+    /// operator, OUT/NAME.approval.key (the key their approvals are signed with). Hand them over
+    /// and delete them here.
+    Add {
+        /// Their name, as the audit log records them (a-z 0-9 . _ - @).
+        name: origin::operators::OperatorName,
+        /// What they may do (repeatable).
+        #[arg(long = "role", required = true, value_enum)]
+        roles: Vec<origin::operators::Role>,
+        /// Days their certificate is valid.
+        #[arg(long, default_value_t = origin::operators::DEFAULT_VALIDITY_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+        /// Where their files go.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Remove an operator: their certificates are refused from their next request on.
+    Remove {
+        /// Their name.
+        name: origin::operators::OperatorName,
     },
     /// Print the registry (JSON).
     List,

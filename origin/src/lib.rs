@@ -16,6 +16,7 @@
 //! vehicle files).
 
 pub mod admin;
+pub mod approvals;
 pub mod audit;
 pub mod campaign;
 pub mod chain;
@@ -26,6 +27,7 @@ pub mod keys;
 mod metrics;
 pub mod oidc;
 pub mod operator_file;
+pub mod operators;
 pub mod registry;
 pub mod release;
 pub mod repo;

@@ -16,7 +16,9 @@ use origin::http::Listen;
 use origin::{Actor, Origin, Released};
 use proto::director_api::{ActionRequest, CampaignAction, CreateCampaign, RegisterVehicle};
 
-use cli::{AuditCommand, CampaignCommand, Cli, Command, DirectorArgs, VehicleCommand};
+use cli::{
+    AuditCommand, CampaignCommand, Cli, Command, DirectorArgs, OperatorCommand, VehicleCommand,
+};
 
 /// How long the CLI waits for the director.
 const DIRECTOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -114,20 +116,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_cert,
             tls_key,
             plain_http,
+            oidc,
         } => {
             let how = match (&tls_cert, &tls_key) {
                 _ if plain_http => Listen::PlainLoopback,
                 (Some(cert), Some(key)) => Listen::Tls { cert, key },
                 _ => Listen::OriginTls,
             };
-            serve(origin, listen, &how, tick_secs)?;
+            let bearer = oidc.as_deref().map(oidc_verifier).transpose()?;
+            serve(origin, listen, &how, bearer, tick_secs)?;
         }
         Command::Campaign { director, command } => {
-            campaign(&client(&origin, &director)?, &actor, command)?;
+            campaign(&client(&origin, &director)?, command)?;
         }
         Command::Vehicle { director, command } => {
-            vehicle(&client(&origin, &director)?, &actor, command)?;
+            vehicle(&client(&origin, &director)?, command)?;
         }
+        Command::Operator { command } => operator(&origin, &actor, command)?,
         Command::Audit { command } => audit(&origin, command)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -177,11 +182,26 @@ fn client(origin: &Origin, args: &DirectorArgs) -> anyhow::Result<DirectorClient
     Ok(DirectorClient::new(&args.director, DIRECTOR_TIMEOUT, &tls)?)
 }
 
+/// The OpenID provider `file` (TOML: issuer, audience, roles_claim, name_claim, ca) configures,
+/// its keys fetched now.
+fn oidc_verifier(
+    file: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<dyn origin::http::BearerVerifier>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let config: origin::oidc::OidcConfig =
+        toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
+    let verifier = origin::oidc::OidcVerifier::discover(config, DIRECTOR_TIMEOUT)
+        .with_context(|| format!("the OpenID provider of {}", file.display()))?;
+    Ok(std::sync::Arc::new(verifier))
+}
+
 /// `origin serve`. The log subscriber is the binary's to install: the library only emits events.
 fn serve(
     origin: Origin,
     listen: SocketAddr,
     how: &Listen<'_>,
+    bearer: Option<std::sync::Arc<dyn origin::http::BearerVerifier>>,
     tick_secs: u64,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -190,32 +210,36 @@ fn serve(
         )
         .with_writer(std::io::stderr)
         .init();
-    let server = origin::http::Server::bind(origin, listen, how)?;
+    let server = origin::http::Server::bind(origin, listen, how, bearer)?;
     println!("director listening on {}", server.url()?);
     server.run(std::time::Duration::from_secs(tick_secs));
     Ok(())
 }
 
-/// `origin campaign`, through the director `client` reaches.
-fn campaign(
-    client: &DirectorClient,
-    actor: &Actor,
-    command: CampaignCommand,
-) -> anyhow::Result<()> {
-    let decide = |id: &proto::CampaignId, action, reason: Option<String>| {
-        let by = actor.to_string();
-        print_answer(client.decide(id, action, &ActionRequest { by, reason }))
+/// `origin campaign`, through the director `client` reaches, as the operator its certificate
+/// proves.
+fn campaign(client: &DirectorClient, command: CampaignCommand) -> anyhow::Result<()> {
+    let decide = |id: &proto::CampaignId, action, reason: String| {
+        let reason = Some(reason);
+        print_answer(client.decide(id, action, &ActionRequest { reason }))
+    };
+    let sign = |id: &proto::CampaignId, action, key: &std::path::Path| {
+        let key = origin::operators::load_approval_key(key)?;
+        print_answer(client.sign_approval(id, action, &key))
     };
     match command {
         CampaignCommand::Create { file } => {
             let spec = origin::operator_file::campaign(&file)?;
-            let actor = actor.to_string();
-            print_answer(client.create_campaign(&CreateCampaign { actor, spec }))
+            print_answer(client.create_campaign(&CreateCampaign { spec }))
         }
-        CampaignCommand::Approve { id } => print_answer(client.approve(&id, actor.as_str())),
-        CampaignCommand::Halt { id, reason } => decide(&id, CampaignAction::Halt, Some(reason)),
-        CampaignCommand::Resume { id } => decide(&id, CampaignAction::Resume, None),
-        CampaignCommand::Abort { id, reason } => decide(&id, CampaignAction::Abort, Some(reason)),
+        CampaignCommand::Approve { id, approval_key } => {
+            sign(&id, CampaignAction::Approve, &approval_key)
+        }
+        CampaignCommand::Halt { id, reason } => decide(&id, CampaignAction::Halt, reason),
+        CampaignCommand::Resume { id, approval_key } => {
+            sign(&id, CampaignAction::Resume, &approval_key)
+        }
+        CampaignCommand::Abort { id, reason } => decide(&id, CampaignAction::Abort, reason),
         CampaignCommand::Status { id: None } => print_answer(client.campaigns()),
         CampaignCommand::Status { id: Some(id) } => {
             let all = client.campaigns().map_err(explain)?;
@@ -229,15 +253,48 @@ fn campaign(
 }
 
 /// `origin vehicle`, through the director `client` reaches.
-fn vehicle(client: &DirectorClient, actor: &Actor, command: VehicleCommand) -> anyhow::Result<()> {
+fn vehicle(client: &DirectorClient, command: VehicleCommand) -> anyhow::Result<()> {
     match command {
         VehicleCommand::Register { file } => {
             let vehicle = origin::operator_file::vehicle(&file)?;
-            let actor = actor.to_string();
-            print_answer(client.register(&RegisterVehicle { actor, vehicle }))
+            print_answer(client.register(&RegisterVehicle { vehicle }))
         }
         VehicleCommand::List => print_answer(client.vehicles()),
     }
+}
+
+/// `origin operator`: the operator registry of this origin directory.
+fn operator(origin: &Origin, actor: &Actor, command: OperatorCommand) -> anyhow::Result<()> {
+    use origin::operators;
+    match command {
+        OperatorCommand::Add {
+            name,
+            roles,
+            days,
+            out,
+        } => {
+            let roles = roles.into_iter().collect();
+            let added = operators::add(origin, actor, &name, &roles, days, &out)?;
+            println!(
+                "{name}: certificate {} (key {})",
+                added.certificate.display(),
+                added.key.display()
+            );
+            if let Some(key) = &added.approval_key {
+                println!("{name}: approval key {}", key.display());
+            }
+            println!("sha256 {}", added.fingerprint);
+        }
+        OperatorCommand::Remove { name } => {
+            operators::remove(origin, actor, &name)?;
+            println!("{name} removed: their certificates are refused from now on");
+        }
+        OperatorCommand::List => {
+            let registry = operators::Operators::load(&operators::Operators::path(origin))?;
+            println!("{}", serde_json::to_string_pretty(&registry)?);
+        }
+    }
+    Ok(())
 }
 
 /// `origin audit`.
@@ -249,7 +306,13 @@ fn audit(origin: &Origin, command: AuditCommand) -> anyhow::Result<()> {
                 .map(origin::audit::parse_public_key)
                 .transpose()?;
             let entries = origin::audit::verify_origin(origin, key.as_ref())?;
-            println!("ok: {entries} entries, chain and signatures intact");
+            let log = origin::audit::entries(&origin::audit::log_path(origin))?;
+            let decisions = origin::approvals::audit(&log)?;
+            println!(
+                "ok: {entries} entries, chain and signatures intact; {decisions} campaign \
+                 start(s) and resume(s), each signed by {} approvers other than its creator",
+                origin::approvals::NEEDED
+            );
         }
         AuditCommand::Export => {
             for entry in origin::audit::entries(&origin::audit::log_path(origin))? {

@@ -15,6 +15,9 @@ use crate::campaign::{Progress, State};
 /// What `/metrics` reports, as the director stood at one instant.
 #[derive(Debug)]
 pub(crate) struct Figures {
+    /// Requests refused before their route ran (no credential, a role missing), by route
+    /// and status.
+    pub(crate) refusals: Vec<(String, String, u64)>,
     /// Vehicle manifests received, by result.
     pub(crate) manifests: [(&'static str, u64); 5],
     /// Every campaign, in id order.
@@ -53,6 +56,16 @@ impl Figures {
 impl Collector for Figures {
     fn encode(&self, encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let mut out = Families::new(encoder);
+        out.counter(
+            "depotmesh_director_refusals",
+            "Requests refused for want of a credential or a role, by route and status.",
+            self.refusals.iter().map(|(route, status, count)| {
+                (
+                    [("route", route.as_str()), ("status", status.as_str())],
+                    *count,
+                )
+            }),
+        )?;
         out.counter(
             "depotmesh_director_manifests",
             "Vehicle manifests received, by result.",
@@ -154,6 +167,7 @@ mod tests {
     #[test]
     fn the_whole_exposition_parses_with_every_family_named_and_typed_as_dashboards_expect() {
         let figures = Figures {
+            refusals: vec![("/v1/vehicles".into(), "401".into(), 3)],
             manifests: [
                 ("accepted", 5),
                 ("duplicate", 0),
@@ -185,7 +199,13 @@ mod tests {
 
         let parsed = openmetrics_parser::prometheus::parse_prometheus(&text)
             .unwrap_or_else(|error| panic!("{error}:\n{text}"));
-        let expected: [(&str, &str, &[&str], usize); 6] = [
+        let expected: [(&str, &str, &[&str], usize); 7] = [
+            (
+                "depotmesh_director_refusals_total",
+                "counter",
+                &["route", "status"],
+                1,
+            ),
             (
                 "depotmesh_director_manifests_total",
                 "counter",

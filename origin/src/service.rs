@@ -20,16 +20,56 @@ use proto::tuf::Time;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use ed25519_dalek::VerifyingKey;
 use proto::director_api::{
-    CampaignStatus, CampaignsAnswer, DecisionAt, InstallOutcome, InstallReport, ManifestAccepted,
-    Standing,
+    ApprovalStatement, ApprovedAnswer, CampaignAction, CampaignStatus, CampaignsAnswer, DecisionAt,
+    InstallOutcome, InstallReport, ManifestAccepted, RotateKeys, Standing, spec_digest,
 };
 use proto::{CampaignId, EcuSerial, Vin};
 
+use crate::approvals::{NEEDED, Signed, Waiting};
 use crate::campaign::{Campaign, CampaignSpec, Decision, Outcome, State};
 use crate::director::{self, Assignment};
 use crate::registry::{LastReport, Registry, VehicleRecord, parse_key};
 use crate::{Origin, audit};
+
+/// Why a vehicle is not enrolled as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrollError {
+    /// The VIN is enrolled with other keys: they are never replaced by a registration.
+    #[error(
+        "vehicle {vin} is enrolled with another {what}: keys are not replaced by registering again; rotate them (POST /v1/vehicles/{vin}/keys, provisioner role)"
+    )]
+    KeysDiffer {
+        /// The vehicle.
+        vin: Vin,
+        /// Which key differs.
+        what: String,
+    },
+    /// No vehicle has this VIN.
+    #[error("there is no vehicle {0}")]
+    Unknown(Vin),
+}
+
+/// Which of `old`'s keys `new` would change, if any: the primary's, an ECU's, or the set of
+/// ECUs (each ECU is a key).
+fn keys_differ(old: &VehicleRecord, new: &VehicleRecord) -> Option<String> {
+    if old.primary_key != new.primary_key {
+        return Some("primary_key".into());
+    }
+    let keys = |v: &VehicleRecord| -> BTreeMap<EcuSerial, String> {
+        v.ecus
+            .iter()
+            .map(|e| (e.serial.clone(), e.public_key.clone()))
+            .collect()
+    };
+    let (old, new) = (keys(old), keys(new));
+    old.iter()
+        .chain(&new)
+        .find(|(serial, key)| old.get(*serial) != Some(key) || new.get(*serial) != Some(key))
+        .map(|(serial, _)| format!("key or set of ECUs (ECU {serial})"))
+}
 
 /// The actor the director's own decisions (gates) are recorded under.
 pub const GATES: &str = "director-gates";
@@ -60,6 +100,9 @@ pub struct CampaignRecord {
     /// The last logged report ([`Counted`]) this record includes.
     #[serde(default)]
     pub logged: u64,
+    /// Every approver's signature: the approval's, and each resume's.
+    #[serde(default)]
+    pub signatures: Vec<Signed>,
     /// Reports counted since the record was last stored whole.
     #[serde(skip)]
     unsaved: u64,
@@ -295,6 +338,13 @@ impl Director {
         self.at(now);
         let mut vehicle = vehicle.clone();
         if let Some(old) = self.registry.vehicle(&vehicle.vin)? {
+            if let Some(what) = keys_differ(&old, &vehicle) {
+                return Err(EnrollError::KeysDiffer {
+                    vin: vehicle.vin.clone(),
+                    what,
+                }
+                .into());
+            }
             vehicle.last_report = old.last_report;
         }
         self.registry.put_vehicle(&vehicle)?;
@@ -310,6 +360,48 @@ impl Director {
                     "serial": e.serial, "hardware_id": e.hardware_id, "installed": e.installed,
                 })).collect::<Vec<_>>(),
             }),
+        )
+    }
+
+    /// Gives enrolled vehicle `vin` new keys (a replaced gateway or ECU): the primary's and
+    /// each named ECU's. Recorded with the old and new keys, as done by `actor`.
+    pub fn rotate_keys(
+        &mut self,
+        vin: &Vin,
+        keys: &RotateKeys,
+        actor: &str,
+        now: u64,
+    ) -> anyhow::Result<()> {
+        self.at(now);
+        let mut vehicle = self
+            .registry
+            .vehicle(vin)?
+            .ok_or_else(|| EnrollError::Unknown(vin.clone()))?;
+        if keys.primary_key.is_none() && keys.ecus.is_empty() {
+            bail!("name a new primary_key or at least one ECU's key");
+        }
+        let mut changes = Vec::new();
+        if let Some(new) = &keys.primary_key {
+            parse_key(new).context("primary_key")?;
+            changes.push(json!({"key": "primary", "old": vehicle.primary_key, "new": new}));
+            vehicle.primary_key.clone_from(new);
+        }
+        for (serial, new) in &keys.ecus {
+            parse_key(new).with_context(|| format!("ecus.{serial}"))?;
+            let ecu = vehicle
+                .ecus
+                .iter_mut()
+                .find(|e| &e.serial == serial)
+                .with_context(|| format!("ecus.{serial}: vehicle {vin} has no such ECU"))?;
+            changes.push(json!({"key": serial, "old": ecu.public_key, "new": new}));
+            ecu.public_key.clone_from(new);
+        }
+        vehicle.check()?;
+        self.registry.put_vehicle(&vehicle)?;
+        self.audit(
+            actor,
+            "vehicle rotate keys",
+            json!({"vin": vin, "changes": changes}),
         )
     }
 
@@ -338,7 +430,7 @@ impl Director {
         self.audit(
             actor,
             "campaign create",
-            json!({"campaign": spec.id, "spec": spec}),
+            json!({"campaign": spec.id, "spec": spec, "spec_sha256": spec_digest(&spec)}),
         )?;
         let id = spec.id.clone();
         self.campaigns.insert(
@@ -355,6 +447,7 @@ impl Director {
                 bytes: BTreeMap::new(),
                 decisions: Vec::new(),
                 logged: 0,
+                signatures: Vec::new(),
                 unsaved: 0,
             },
         );
@@ -367,18 +460,129 @@ impl Director {
             .with_context(|| format!("there is no campaign {id}"))
     }
 
-    /// Approves a created campaign and starts it: its population is fixed from the registry
-    /// now, and the first wave's vehicles get signed targets. The approver must not be the
-    /// creator (four eyes).
-    pub fn approve(&mut self, id: &CampaignId, by: &str, now: u64) -> anyhow::Result<()> {
+    /// What campaign `id` waits for approvers to sign, if anything: its approval until it
+    /// starts, a resume while it is halted.
+    pub fn waiting(&self, id: &CampaignId) -> Option<Waiting<'_>> {
+        let record = self.campaigns.get(id)?;
+        let (action, round) = match &record.campaign {
+            None => ("approve", 0),
+            Some(campaign) if matches!(campaign.state(), State::Halted { .. }) => {
+                let halts = record
+                    .decisions
+                    .iter()
+                    .filter(|(_, d)| matches!(d, Decision::Halt { .. }))
+                    .count();
+                ("resume", halts as u64)
+            }
+            Some(_) => return None,
+        };
+        Some(Waiting {
+            statement: ApprovalStatement {
+                campaign: id.clone(),
+                action: action.to_string(),
+                round,
+                spec_sha256: spec_digest(&record.spec),
+            },
+            creator: &record.created_by,
+            signed: &record.signatures,
+        })
+    }
+
+    /// Takes approver `by`'s signature (hex, under their approval `key`) to `action` (approve
+    /// or resume) campaign `id`. When it is the last one needed, the campaign starts or
+    /// resumes, and the audit entry of that decision carries every signature.
+    pub fn sign(
+        &mut self,
+        id: &CampaignId,
+        action: CampaignAction,
+        by: &str,
+        key: &VerifyingKey,
+        signature: &str,
+        now: u64,
+    ) -> anyhow::Result<ApprovedAnswer> {
         self.at(now);
+        let waiting = self
+            .waiting(id)
+            .with_context(|| match self.campaigns.get(id) {
+                None => format!("there is no campaign {id}"),
+                Some(_) => format!("campaign {id} awaits no approval: it is running or over"),
+            })?;
+        let signed = waiting.check(action.name(), by, key, signature, now)?;
+        let statement = signed.statement.clone();
+        self.audit(
+            by,
+            "campaign sign",
+            json!({"campaign": id, "signed": signed}),
+        )?;
+        let record = self.record_mut(id)?;
+        record.signatures.push(signed);
+        let approvals: Vec<Signed> = record
+            .signatures
+            .iter()
+            .filter(|s| s.statement == statement)
+            .cloned()
+            .collect();
+        let still_needed = NEEDED.saturating_sub(approvals.len());
+        let mut decision = None;
+        if still_needed == 0 {
+            let names: Vec<&str> = approvals.iter().map(|s| s.by.as_str()).collect();
+            let by = names.join(" and ");
+            match action {
+                CampaignAction::Resume => {
+                    let resumed = self.running(id)?.resume(&by, now)?;
+                    self.apply_signed(id, &by, resumed.clone(), now, &approvals)?;
+                    decision = Some(resumed);
+                }
+                _ => self.start(id, &by, &approvals, now)?,
+            }
+        } else {
+            self.save(id)?;
+        }
+        Ok(ApprovedAnswer {
+            approved: id.clone(),
+            by: by.to_string(),
+            still_needed,
+            decision,
+        })
+    }
+
+    /// Signs campaign `id`'s pending approval (or resume) as each of `approvers` with their
+    /// key, in turn: what approvers' clients do, for drivers that hold the keys themselves
+    /// (netsim, benchmarks).
+    pub fn sign_as(
+        &mut self,
+        id: &CampaignId,
+        approvers: &[(&str, &ed25519_dalek::SigningKey)],
+        now: u64,
+    ) -> anyhow::Result<ApprovedAnswer> {
+        let mut last = None;
+        for (by, key) in approvers {
+            let waiting = self
+                .waiting(id)
+                .with_context(|| format!("campaign {id} awaits no approval"))?;
+            let action = match waiting.statement.action.as_str() {
+                "resume" => CampaignAction::Resume,
+                _ => CampaignAction::Approve,
+            };
+            let signature = waiting.statement.sign(key);
+            last = Some(self.sign(id, action, by, &key.verifying_key(), &signature, now)?);
+        }
+        last.context("no approver given")
+    }
+
+    /// Starts an approved campaign: its population is fixed from the registry now, and the
+    /// first wave's vehicles get signed targets.
+    fn start(
+        &mut self,
+        id: &CampaignId,
+        by: &str,
+        approvals: &[Signed],
+        now: u64,
+    ) -> anyhow::Result<()> {
         let vehicles = self.registry.vehicles()?;
         let record = self.record_mut(id)?;
         if record.approved_by.is_some() {
             bail!("campaign {id} is already approved");
-        }
-        if record.created_by == by {
-            bail!("campaign {id} was created by {by}: someone else must approve it");
         }
         let spec = record.spec.clone();
         let population: Vec<(String, Vec<String>)> = vehicles
@@ -416,7 +620,8 @@ impl Director {
         self.audit(
             by,
             "campaign approve",
-            json!({"campaign": id, "release": spec.release, "population": size}),
+            json!({"campaign": id, "release": spec.release, "population": size,
+                   "approvals": approvals}),
         )?;
         self.assign_open(id)?;
         self.save(id)
@@ -474,11 +679,23 @@ impl Director {
         decision: Decision,
         now: u64,
     ) -> anyhow::Result<()> {
-        self.audit(
-            actor,
-            &format!("campaign {}", decision.name()),
-            json!({"campaign": id, "decision": decision}),
-        )?;
+        self.apply_signed(id, actor, decision, now, &[])
+    }
+
+    /// [`Self::apply`], the audit entry carrying the approvers' signatures that decided it.
+    fn apply_signed(
+        &mut self,
+        id: &CampaignId,
+        actor: &str,
+        decision: Decision,
+        now: u64,
+        approvals: &[Signed],
+    ) -> anyhow::Result<()> {
+        let mut detail = json!({"campaign": id, "decision": decision});
+        if !approvals.is_empty() {
+            detail["approvals"] = json!(approvals);
+        }
+        self.audit(actor, &format!("campaign {}", decision.name()), detail)?;
         self.record_mut(id)?.decisions.push((now, decision.clone()));
         match decision {
             Decision::Advance { .. } | Decision::Resume { .. } => self.assign_open(id)?,
@@ -815,14 +1032,6 @@ impl Director {
         Ok(decision)
     }
 
-    /// Resumes a halted campaign on `by`'s approval.
-    pub fn resume(&mut self, id: &CampaignId, by: &str, now: u64) -> anyhow::Result<Decision> {
-        self.at(now);
-        let decision = self.running(id)?.resume(by, now)?;
-        self.apply(id, by, decision.clone(), now)?;
-        Ok(decision)
-    }
-
     /// Calls a campaign off: vehicles that installed it get the fallback release.
     pub fn abort(
         &mut self,
@@ -851,6 +1060,8 @@ impl Director {
                     created_by: record.created_by.clone(),
                     created_at: record.created_at,
                     approved_by: record.approved_by.clone(),
+                    spec: record.spec.clone(),
+                    pending_approval: self.waiting(id).map(|w| w.pending()),
                     state: progress.as_ref().map_or(Standing::AwaitingApproval, |p| {
                         Standing::Started(p.state.clone())
                     }),
@@ -874,9 +1085,25 @@ impl Director {
     }
 
     /// Prometheus text of the campaigns and the manifest counters.
-    pub fn metrics(&self, now: u64) -> Result<String, std::fmt::Error> {
+    /// `refusals`: requests the service refused, by route and status (0: before HTTP).
+    pub fn metrics(
+        &self,
+        now: u64,
+        refusals: &BTreeMap<(String, u16), u64>,
+    ) -> Result<String, std::fmt::Error> {
         let c = &self.counters;
         crate::metrics::Figures {
+            refusals: refusals
+                .iter()
+                .map(|((route, status), count)| {
+                    // Status 0: refused before HTTP (a TLS handshake).
+                    let status = match status {
+                        0 => "refused".to_string(),
+                        status => status.to_string(),
+                    };
+                    (route.clone(), status, *count)
+                })
+                .collect(),
             manifests: [
                 ("accepted", c.accepted),
                 ("duplicate", c.duplicate),

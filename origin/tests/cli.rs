@@ -637,6 +637,28 @@ fn serve_runs_campaigns_from_the_example_files_through_the_cli() {
         );
         assert!(run.ok, "{}", f.transcript);
     }
+    // The operators, each with a certificate from the origin's operator CA (and, for the
+    // approvers, an approval key).
+    let ops = f.dir.join("../ops");
+    for (name, roles) in [
+        ("provisioning", &["provisioner"][..]),
+        ("alice", &["release-manager", "approver"]),
+        ("bob", &["approver"]),
+        ("carol", &["approver", "operator"]),
+        ("dave", &["viewer"]),
+    ] {
+        let mut args = vec!["operator", "add", name, "--out", ops.to_str().unwrap()];
+        for role in roles {
+            args.extend(["--role", role]);
+        }
+        let run = f.origin_at(None, &args);
+        assert!(run.ok, "{}", f.transcript);
+    }
+    let run = f.origin_at(
+        None,
+        &["operator", "add", "eve", "--role", "root", "--out", "x"],
+    );
+    assert!(!run.ok && run.stderr.contains("root"), "{}", run.stderr);
     let mut serve = Command::new(env!("CARGO_BIN_EXE_origin"))
         .arg("--dir")
         .arg(&f.dir)
@@ -655,11 +677,23 @@ fn serve_runs_campaigns_from_the_example_files_through_the_cli() {
         .unwrap_or_else(|| panic!("{line}"))
         .to_string();
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
-    let cli = |f: &mut Fixture, actor: &str, args: &[&str]| {
-        let mut all = vec!["--actor", actor];
-        all.extend_from_slice(&args[..1]);
+    // Who acts is whoever the certificate proves (--actor is not asked for, nor believed).
+    let cli = |f: &mut Fixture, who: &str, args: &[&str]| {
+        let cert = ops.join(format!("{who}.pem"));
+        let key = ops.join(format!("{who}.key"));
+        let approval = ops.join(format!("{who}.approval.key"));
+        let mut all = args.to_vec();
         all.extend_from_slice(&["--director", &url]);
-        all.extend_from_slice(&args[1..]);
+        all.extend_from_slice(&[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        if matches!(args.get(1), Some(&"approve" | &"resume")) {
+            all.extend_from_slice(&["--approval-key", approval.to_str().unwrap()]);
+        }
+        all.extend_from_slice(&["--actor", "someone-else"]);
         f.origin_at(None, &all)
     };
     let registration = config.join("vehicle-registration.toml");
@@ -687,12 +721,35 @@ fn serve_runs_campaigns_from_the_example_files_through_the_cli() {
         "{}",
         run.stderr
     );
+    // A viewer may not approve.
+    let run = cli(
+        &mut f,
+        "dave",
+        &["campaign", "halt", "gw-2.0", "--reason", "x"],
+    );
     assert!(
-        cli(&mut f, "bob", &["campaign", "approve", "gw-2.0"]).ok,
+        !run.ok && run.stderr.contains("needs the operator role"),
+        "{}",
+        run.stderr
+    );
+    let run = cli(&mut f, "bob", &["campaign", "approve", "gw-2.0"]);
+    assert!(
+        run.ok && run.stdout.contains("\"still_needed\": 1"),
         "{}",
         f.transcript
     );
-    let run = cli(&mut f, "bob", &["campaign", "status", "gw-2.0"]);
+    let run = cli(&mut f, "bob", &["campaign", "approve", "gw-2.0"]);
+    assert!(
+        !run.ok && run.stderr.contains("already signed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        cli(&mut f, "carol", &["campaign", "approve", "gw-2.0"]).ok,
+        "{}",
+        f.transcript
+    );
+    let run = cli(&mut f, "dave", &["campaign", "status", "gw-2.0"]);
     let status: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(status["state"]["state"], "running", "{status:#}");
     assert_eq!(status["progress"]["population"], 1);
@@ -706,11 +763,24 @@ fn serve_runs_campaigns_from_the_example_files_through_the_cli() {
         "{}",
         f.transcript
     );
-    assert!(cli(&mut f, "dave", &["campaign", "resume", "gw-2.0"]).ok);
+    assert!(
+        cli(&mut f, "bob", &["campaign", "resume", "gw-2.0"]).ok,
+        "{}",
+        f.transcript
+    );
+    assert!(
+        cli(&mut f, "carol", &["campaign", "resume", "gw-2.0"]).ok,
+        "{}",
+        f.transcript
+    );
     let run = cli(&mut f, "dave", &["campaign", "status"]);
     assert!(run.stdout.contains("\"running\""), "{}", run.stdout);
     // Refusals name what was wrong; a missing service is named too.
-    let run = cli(&mut f, "dave", &["campaign", "resume", "nope"]);
+    let run = cli(
+        &mut f,
+        "carol",
+        &["campaign", "halt", "nope", "--reason", "x"],
+    );
     assert!(
         !run.ok && run.stderr.contains("no campaign nope"),
         "{}",
@@ -730,6 +800,8 @@ fn serve_runs_campaigns_from_the_example_files_through_the_cli() {
         "\"vehicle register\"",
         "\"campaign create\"",
         "\"campaign approve\"",
+        "\"campaign sign\"",
+        "\"operator add\"",
         "\"campaign halt\"",
         "\"campaign resume\"",
     ] {

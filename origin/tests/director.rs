@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ed25519_dalek::SigningKey;
+use node::director_client::ClientTls;
 use origin::Origin;
 use origin::campaign::{CampaignSpec, Filters, Gates, Wave};
-use origin::http::Shared;
+use origin::http::{Gate, Need, Shared};
+use origin::operators::Role;
 use origin::service::Director;
 use serde_json::{Value, json};
 
@@ -25,9 +27,76 @@ struct Harness {
     origin: Origin,
     url: String,
     clock: Arc<AtomicU64>,
+    /// With no credential: what a vehicle (or a stranger) is.
     agent: ureq::Agent,
+    /// Each operator's client (presenting their certificate) and approval key.
+    operators: BTreeMap<&'static str, (ureq::Agent, Option<SigningKey>)>,
+    sso: Sso,
+    ca: std::path::PathBuf,
     _runtime: tokio::runtime::Runtime,
 }
+
+/// The company's single sign-on as far as the director sees it: an issuer, an audience, and
+/// the ES256 key it signs tokens with.
+struct Sso {
+    signing: jsonwebtoken::EncodingKey,
+    jwk: jsonwebtoken::jwk::Jwk,
+}
+
+const ISSUER: &str = "https://sso.fleet.example/realms/ops";
+const AUDIENCE: &str = "urn:depotmesh:director";
+
+impl Sso {
+    fn new() -> Self {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let signing = jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der());
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&signing, jsonwebtoken::Algorithm::ES256)
+                .unwrap();
+        jwk.common.key_id = Some("sso-1".into());
+        Self { signing, jwk }
+    }
+
+    fn verifier(&self) -> origin::oidc::OidcVerifier {
+        let config = origin::oidc::OidcConfig {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            roles_claim: "roles".into(),
+            name_claim: "preferred_username".into(),
+            ca: None,
+        };
+        let jwks = json!({"keys": [self.jwk]}).to_string();
+        origin::oidc::OidcVerifier::from_jwks(config, jwks.as_bytes()).unwrap()
+    }
+
+    /// A token for `name` with `roles`, signed by `key` (the SSO's own, or a forger's),
+    /// for `audience`, valid until `exp`.
+    fn token(
+        key: &jsonwebtoken::EncodingKey,
+        name: &str,
+        roles: &[&str],
+        audience: &str,
+        now: u64,
+        exp: u64,
+    ) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("sso-1".into());
+        let claims = json!({"iss": ISSUER, "aud": audience, "sub": format!("id-{name}"),
+            "preferred_username": name, "roles": roles, "iat": now - 10, "exp": exp});
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    }
+}
+
+/// The operators of the harness and their roles.
+const OPERATORS: [(&str, &[Role]); 7] = [
+    ("provisioning", &[Role::Provisioner]),
+    ("alice@fleet-ops", &[Role::ReleaseManager, Role::Approver]),
+    ("bob@safety", &[Role::Approver]),
+    ("carol@safety", &[Role::Approver, Role::Operator]),
+    ("dave@ops", &[Role::Operator]),
+    ("victor", &[Role::Viewer]),
+    ("audrey", &[Role::Auditor]),
+];
 
 struct Vehicle {
     vin: String,
@@ -133,7 +202,18 @@ impl Harness {
         let clock = Arc::new(AtomicU64::new(START));
         let director = Director::open(origin.clone()).unwrap();
         let ticking = Arc::clone(&clock);
-        let shared = Shared::with_clock(director, Box::new(move || ticking.load(Ordering::SeqCst)));
+        // Bearer tokens of a single sign-on whose keys the test holds (the provider itself is
+        // exercised against a real OpenID provider in tests/oidc.rs).
+        let sso = Sso::new();
+        let gate = Gate::new(
+            origin::operators::Operators::path(&origin),
+            Some(Arc::new(sso.verifier())),
+        );
+        let shared = Shared::with_gate(
+            director,
+            Box::new(move || ticking.load(Ordering::SeqCst)),
+            gate,
+        );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -151,15 +231,37 @@ impl Harness {
             std::time::Duration::from_millis(50),
         ));
         let ca = origin::tls::TlsFiles::of(&origin).director_ca;
-        let agent = node::director_client::ClientTls::trusting(&ca)
-            .unwrap()
-            .agent(std::time::Duration::from_secs(60));
+        let timeout = std::time::Duration::from_secs(60);
+        let agent = ClientTls::trusting(&ca).unwrap().agent(timeout);
+        let mut operators = BTreeMap::new();
+        for (name, roles) in OPERATORS {
+            let added = origin::operators::add(
+                &origin,
+                &origin::Actor::new("admin").unwrap(),
+                &name.parse().unwrap(),
+                &roles.iter().copied().collect(),
+                30,
+                &dir.path().join("operators"),
+            )
+            .unwrap();
+            let tls = ClientTls::trusting(&ca)
+                .unwrap()
+                .with_identity(&added.certificate, &added.key)
+                .unwrap();
+            let key = added
+                .approval_key
+                .map(|k| origin::operators::load_approval_key(&k).unwrap());
+            operators.insert(name, (tls.agent(timeout), key));
+        }
         Self {
             _dir: dir,
             origin,
             url,
             clock,
             agent,
+            operators,
+            sso,
+            ca,
             _runtime: runtime,
         }
     }
@@ -172,31 +274,51 @@ impl Harness {
         self.clock.fetch_add(seconds, Ordering::SeqCst);
     }
 
-    fn post_raw(&self, path: &str, body: &[u8]) -> (u16, Value) {
-        let mut response = self
-            .agent
-            .post(&format!("{}{path}", self.url))
-            .send(body)
-            .unwrap();
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    fn client(&self, who: &str) -> &ureq::Agent {
+        &self.operators[who].0
     }
 
-    fn post(&self, path: &str, body: &Value) -> Value {
-        let (status, answer) = self.post_raw(path, body.to_string().as_bytes());
+    /// POSTs `body` with no credential (as a vehicle does): status and JSON answer.
+    fn post_raw(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        post_with(&self.agent, &format!("{}{path}", self.url), body)
+    }
+
+    /// POSTs `body` as operator `who`.
+    fn post_raw_as(&self, who: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        post_with(self.client(who), &format!("{}{path}", self.url), body)
+    }
+
+    fn post_as(&self, who: &str, path: &str, body: &Value) -> Value {
+        let (status, answer) = self.post_raw_as(who, path, body.to_string().as_bytes());
         assert_eq!(status, 200, "{path}: {answer}");
         answer
     }
 
+    /// GETs `path` as the viewer.
     fn get(&self, path: &str) -> String {
-        self.agent
+        self.client("victor")
             .get(&format!("{}{path}", self.url))
             .call()
             .unwrap()
             .body_mut()
             .read_to_string()
             .unwrap()
+    }
+
+    /// Approver `who` signs campaign `id`'s pending statement (approve or resume) with their
+    /// approval key, as `origin campaign approve` does: status and answer.
+    fn sign(&self, who: &str, id: &proto::CampaignId) -> (u16, Value) {
+        let status = self.status(id);
+        let statement: proto::director_api::ApprovalStatement =
+            serde_json::from_value(status["pending_approval"]["statement"].clone())
+                .unwrap_or_else(|e| panic!("{id} awaits no approval ({e}): {status:#}"));
+        let key = self.operators[who].1.as_ref().unwrap();
+        let body = json!({"signature": statement.sign(key)});
+        self.post_raw_as(
+            who,
+            &format!("/v1/campaigns/{id}/{}", statement.action),
+            body.to_string().as_bytes(),
+        )
     }
 
     fn status(&self, id: &proto::CampaignId) -> Value {
@@ -237,9 +359,10 @@ impl Harness {
     fn fleet(&self, n: usize) -> Vec<Vehicle> {
         let vehicles: Vec<Vehicle> = (0..n).map(Vehicle::new).collect();
         for v in &vehicles {
-            self.post(
+            self.post_as(
+                "provisioning",
                 "/v1/vehicles",
-                &json!({"actor": "provisioning", "vehicle": v.record()}),
+                &json!({"vehicle": v.record()}),
             );
         }
         vehicles
@@ -309,21 +432,32 @@ fn spec(id: &str, waves: &[f64]) -> CampaignSpec {
     }
 }
 
+fn post_with(agent: &ureq::Agent, url: &str, body: &[u8]) -> (u16, Value) {
+    let mut response = agent.post(url).send(body).unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 fn create_and_approve(h: &Harness, spec: &CampaignSpec) {
-    h.post(
-        "/v1/campaigns",
-        &json!({"actor": "alice@fleet-ops", "spec": spec}),
-    );
-    // Four eyes: the creator may not approve.
-    let (status, answer) = h.post_raw(
-        &format!("/v1/campaigns/{}/approve", spec.id),
-        json!({"by": "alice@fleet-ops"}).to_string().as_bytes(),
-    );
+    h.post_as("alice@fleet-ops", "/v1/campaigns", &json!({"spec": spec}));
+    // Four eyes: the creator may not approve, even with a valid signature of her own key.
+    let (status, answer) = h.sign("alice@fleet-ops", &spec.id);
     assert_eq!(status, 400);
     assert!(answer["error"].as_str().unwrap().contains("someone else"));
-    h.post(
-        &format!("/v1/campaigns/{}/approve", spec.id),
-        &json!({"by": "bob@safety"}),
+    // One approver is not enough; the second one starts it.
+    let (status, answer) = h.sign("bob@safety", &spec.id);
+    assert_eq!(
+        (status, answer["still_needed"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    assert_eq!(h.status(&spec.id)["state"]["state"], "awaiting_approval");
+    let (status, answer) = h.sign("carol@safety", &spec.id);
+    assert_eq!(
+        (status, answer["still_needed"].as_u64()),
+        (200, Some(0)),
+        "{answer}"
     );
 }
 
@@ -408,17 +542,42 @@ fn ten_percent_failing_health_halts_at_the_canary_within_one_report_cycle() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(h.status(&spec.id)["state"]["state"], "halted");
     // An approval does.
-    let resumed = h.post(
-        &format!("/v1/campaigns/{}/resume", spec.id),
-        &json!({"by": "carol@safety"}),
-    );
-    assert_eq!(resumed["decision"]["by"], "carol@safety");
+    // Two approvers' signatures do: the approval's signatures do not count again.
+    assert_eq!(h.sign("carol@safety", &spec.id).0, 200);
+    assert_eq!(h.status(&spec.id)["state"]["state"], "halted");
+    let (status, resumed) = h.sign("bob@safety", &spec.id);
+    assert_eq!(status, 200, "{resumed}");
+    assert_eq!(resumed["decision"]["by"], "carol@safety and bob@safety");
     assert_eq!(h.status(&spec.id)["state"]["state"], "running");
-    assert!(
-        h.audit()
-            .iter()
-            .any(|e| e["action"] == "campaign resume" && e["actor"] == "carol@safety")
-    );
+    // `origin audit verify` checks both decisions' signatures again, from the log alone;
+    // whoever can write the director's database or log but holds no approver's key cannot
+    // make one up.
+    let log = h.audit();
+    assert_eq!(origin::approvals::audit(&log), Ok(2));
+    let approve = log
+        .iter()
+        .position(|e| e["action"] == "campaign approve")
+        .unwrap();
+    for (tamper, needle) in [
+        ("one approver twice", "1 distinct approver(s), 2 needed"),
+        ("the creator", "approved their own campaign"),
+        ("another signature", "does not verify"),
+        ("another key", "not an approval key the log recorded"),
+    ] {
+        let mut forged = log.clone();
+        let approvals = &mut forged[approve]["detail"]["approvals"];
+        match tamper {
+            "one approver twice" => approvals[1] = approvals[0].clone(),
+            "the creator" => approvals[0]["by"] = json!("alice@fleet-ops"),
+            "another signature" => approvals[0]["signature"] = approvals[1]["signature"].clone(),
+            _ => approvals[0]["key"] = json!(hex::encode([7u8; 32])),
+        }
+        let error = origin::approvals::audit(&forged).unwrap_err().to_string();
+        assert!(error.contains(needle), "{tamper}: {error}");
+    }
+    assert!(h.audit().iter().any(|e| e["action"] == "campaign resume"
+        && e["actor"] == "carol@safety and bob@safety"
+        && e["detail"]["approvals"].as_array().map(Vec::len) == Some(2)));
 
     // The metrics say what the page shows.
     let metrics = h.get("/metrics");
@@ -545,9 +704,10 @@ fn unsigned_replayed_mismatched_and_unknown_manifests_are_refused() {
     assert_eq!(status, 409, "{answer}");
     // After an abort the vehicle is sent the fallback; it installs it and answers the new
     // version; the manifest of the old one is then a replay.
-    h.post(
+    h.post_as(
+        "dave@ops",
         "/v1/campaigns/gw-2.0-all/abort",
-        &json!({"by": "carol@safety", "reason": "supplier recall"}),
+        &json!({"reason": "supplier recall"}),
     );
     let (new_version, targets) = h.targets(&v.vin).unwrap();
     assert!(new_version > version);
@@ -592,33 +752,43 @@ fn bad_requests_are_refused_by_name() {
     ] {
         let mut bad = spec("gw-bad", &[50.0, 100.0]);
         bad.release.insert(hardware.into(), target.into());
-        let request = json!({"actor": "alice", "spec": bad}).to_string();
-        let (status, answer) = h.post_raw("/v1/campaigns", request.as_bytes());
+        let request = json!({"spec": bad}).to_string();
+        let (status, answer) =
+            h.post_raw_as("alice@fleet-ops", "/v1/campaigns", request.as_bytes());
         assert_eq!(status, 400);
         let error = answer["error"].as_str().unwrap();
         assert!(error.contains(needle), "{error}");
     }
-    for (path, body, needle) in [
-        ("/v1/campaigns", "[]", "JSON object"),
-        ("/v1/campaigns", "{\"spec\": {}}", "actor"),
+    for (who, path, body, needle) in [
+        ("alice@fleet-ops", "/v1/campaigns", "[]", "JSON object"),
         (
+            "alice@fleet-ops",
+            "/v1/campaigns",
+            "{\"spec\": {}}",
+            "field spec",
+        ),
+        // Who acts is never a field of the request.
+        (
+            "alice@fleet-ops",
+            "/v1/campaigns",
+            "{\"actor\": \"bob\", \"spec\": {}}",
+            "unknown field `actor`",
+        ),
+        (
+            "bob@safety",
             "/v1/campaigns/none/approve",
-            "{\"by\": \"bob\"}",
+            "{\"signature\": \"00\"}",
             "no campaign none",
         ),
+        ("dave@ops", "/v1/campaigns/none/halt", "{}", "field reason"),
         (
-            "/v1/campaigns/none/launch",
-            "{\"by\": \"bob\"}",
-            "approve, halt",
-        ),
-        ("/v1/campaigns/none/halt", "{\"by\": \"bob\"}", "reason"),
-        (
+            "provisioning",
             "/v1/vehicles",
-            "{\"actor\": \"x\", \"vehicle\": {\"vin\": \"V\"}}",
+            "{\"vehicle\": {\"vin\": \"V\"}}",
             "field vehicle",
         ),
     ] {
-        let (status, answer) = h.post_raw(path, body.as_bytes());
+        let (status, answer) = h.post_raw_as(who, path, body.as_bytes());
         assert!(status == 400 || status == 404, "{path}: {status}");
         assert!(
             answer["error"]
@@ -700,7 +870,16 @@ fn the_dashboard_renders_real_campaigns_in_headless_chromium() {
     let out = output_dir();
     let screenshot = out.join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
-    let url = format!("{}/", h.url);
+    // A viewer signed in with the single sign-on's token.
+    let viewer = Sso::token(
+        &h.sso.signing,
+        "victor",
+        &["viewer"],
+        AUDIENCE,
+        h.now(),
+        h.now() + 3600,
+    );
+    let url = format!("{}/#access_token={viewer}", h.url);
     // Chromium trusts the director's key by its SPKI hash: the pin an operator's browser
     // policy would carry for the embedded default.
     let pin = format!(
@@ -782,4 +961,335 @@ fn the_dashboard_renders_real_campaigns_in_headless_chromium() {
     );
     assert!(red > 5_000, "too little halted red: {red}");
     assert!(green > 2_000, "too little committed green: {green}");
+}
+
+/// What one credential is, for the access table.
+enum Credential {
+    /// No certificate, no token.
+    None,
+    /// An operator's certificate.
+    Operator(&'static str),
+    /// A bearer token, and the roles it gives if it verifies (None: it must not).
+    Token(String, Option<Vec<Role>>),
+    /// A client certificate the TLS handshake must refuse (expired, or not from the operator
+    /// CA), as (certificate, key) files.
+    Refused(std::path::PathBuf, std::path::PathBuf),
+    /// A certificate from the operator CA of an operator since removed.
+    Removed(std::path::PathBuf, std::path::PathBuf),
+}
+
+/// Writes a client certificate for `name` signed by a CA of the attacker's own (same names as
+/// the origin's operator CA), or by the origin's operator CA but expired; returns the files.
+fn bad_certificate(
+    h: &Harness,
+    name: &str,
+    expired: bool,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = h._dir.path().join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = if expired {
+        let now = h.now() as i64;
+        let c = origin::tls::issue_operator_cert(&h.origin, name, now - 3 * 86_400, now - 86_400)
+            .unwrap();
+        // Registered, so only its expiry is wrong.
+        let path = origin::operators::Operators::path(&h.origin);
+        let mut registry = origin::operators::Operators::load(&path).unwrap();
+        let op = registry.operators.get_mut(&name.parse().unwrap()).unwrap();
+        op.certificates.insert(c.fingerprint.clone());
+        registry.save(&path).unwrap();
+        (c.cert_pem, c.key_pem)
+    } else {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "depotmesh operator CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        leaf.distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let tag = if expired { "expired" } else { "forged" };
+    let (c, k) = (
+        dir.join(format!("{tag}.pem")),
+        dir.join(format!("{tag}.key")),
+    );
+    std::fs::write(&c, cert).unwrap();
+    std::fs::write(&k, key).unwrap();
+    (c, k)
+}
+
+/// Everything an operator can change or read that a refused request must leave as it was.
+fn state(h: &Harness) -> (String, String, usize, String) {
+    let operators = std::fs::read_to_string(origin::operators::Operators::path(&h.origin)).unwrap();
+    (
+        h.get("/v1/campaigns"),
+        h.get("/v1/vehicles"),
+        h.audit().len(),
+        operators,
+    )
+}
+
+#[test]
+fn every_route_times_every_role_and_credential_is_allowed_or_refused_and_counted() {
+    let h = Harness::new();
+    let vehicles = h.fleet(2);
+    h.post_as(
+        "alice@fleet-ops",
+        "/v1/campaigns",
+        &json!({"spec": spec("gw-acl", &[50.0, 100.0])}),
+    );
+    let now = h.now();
+    let forger = jsonwebtoken::EncodingKey::from_ec_der(
+        &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_der(),
+    );
+    let token =
+        |key, roles: &[&str], audience, exp| Sso::token(key, "tess", roles, audience, now, exp);
+    // An operator added, then removed: their certificate still chains to the operator CA.
+    let removed = origin::operators::add(
+        &h.origin,
+        &origin::Actor::new("admin").unwrap(),
+        &"mallory".parse().unwrap(),
+        &[Role::Admin].into_iter().collect(),
+        30,
+        &h._dir.path().join("operators"),
+    )
+    .unwrap();
+    origin::operators::remove(
+        &h.origin,
+        &origin::Actor::new("admin").unwrap(),
+        &"mallory".parse().unwrap(),
+    )
+    .unwrap();
+    let mut credentials: Vec<(String, Credential)> = vec![("none".into(), Credential::None)];
+    for (name, _) in OPERATORS {
+        credentials.push((name.into(), Credential::Operator(name)));
+    }
+    credentials.extend([
+        (
+            "token: approver".into(),
+            Credential::Token(
+                token(&h.sso.signing, &["approver"], AUDIENCE, now + 600),
+                Some(vec![Role::Approver]),
+            ),
+        ),
+        (
+            "token: expired".into(),
+            Credential::Token(token(&h.sso.signing, &["admin"], AUDIENCE, now - 120), None),
+        ),
+        (
+            "token: wrong audience".into(),
+            Credential::Token(
+                token(&h.sso.signing, &["admin"], "urn:other", now + 600),
+                None,
+            ),
+        ),
+        (
+            "token: forged".into(),
+            Credential::Token(token(&forger, &["admin"], AUDIENCE, now + 600), None),
+        ),
+        (
+            "token: garbage".into(),
+            Credential::Token("not.a.token".into(), None),
+        ),
+        (
+            "certificate: removed operator".into(),
+            Credential::Removed(removed.certificate.clone(), removed.key.clone()),
+        ),
+        ("certificate: expired".into(), {
+            let (c, k) = bad_certificate(&h, "bob@safety", true);
+            Credential::Refused(c, k)
+        }),
+        ("certificate: another CA".into(), {
+            let (c, k) = bad_certificate(&h, "alice@fleet-ops", false);
+            Credential::Refused(c, k)
+        }),
+    ]);
+    let before = state(&h);
+    let timeout = std::time::Duration::from_secs(30);
+    let mut refused_http: BTreeMap<(String, u16), u64> = BTreeMap::new();
+    let mut handshakes_refused = 0;
+    let mut checked = 0;
+    for &(method, route, need) in origin::http::ROUTES {
+        if need == Need::Anyone {
+            continue;
+        }
+        let path = route
+            .replace("{id}", "gw-acl")
+            .replace("{vin}", &vehicles[0].vin);
+        let url = format!("{}{path}", h.url);
+        for (label, credential) in &credentials {
+            let (agent, bearer, roles): (ureq::Agent, Option<&str>, Option<Vec<Role>>) =
+                match credential {
+                    Credential::None => (h.agent.clone(), None, None),
+                    Credential::Operator(name) => (
+                        h.client(name).clone(),
+                        None,
+                        Some(
+                            OPERATORS
+                                .iter()
+                                .find(|(n, _)| n == name)
+                                .unwrap()
+                                .1
+                                .to_vec(),
+                        ),
+                    ),
+                    Credential::Token(token, roles) => {
+                        (h.agent.clone(), Some(token.as_str()), roles.clone())
+                    }
+                    Credential::Refused(cert, key) | Credential::Removed(cert, key) => {
+                        let tls = ClientTls::trusting(&h.ca)
+                            .unwrap()
+                            .with_identity(cert, key)
+                            .unwrap();
+                        (tls.agent(timeout), None, None)
+                    }
+                };
+            let result = match (method, bearer) {
+                ("GET", None) => agent.get(&url).call(),
+                ("GET", Some(t)) => agent
+                    .get(&url)
+                    .header("authorization", &format!("Bearer {t}"))
+                    .call(),
+                (_, None) => agent.post(&url).send("{}"),
+                (_, Some(t)) => agent
+                    .post(&url)
+                    .header("authorization", &format!("Bearer {t}"))
+                    .send("{}"),
+            };
+            let may = roles.as_ref().is_some_and(|roles| match need {
+                Need::Role(Role::Viewer) | Need::Operator | Need::Anyone => true,
+                Need::Role(role) => roles.contains(&role),
+            });
+            checked += 1;
+            match (credential, result) {
+                (Credential::Refused(..), Err(_)) => handshakes_refused += 1,
+                (Credential::Refused(..), Ok(r)) => {
+                    panic!(
+                        "{label}: {method} {route} passed the handshake: {}",
+                        r.status()
+                    )
+                }
+                (_, Err(e)) => panic!("{label}: {method} {route}: {e}"),
+                (_, Ok(mut response)) => {
+                    let status = response.status().as_u16();
+                    let body = response.body_mut().read_to_string().unwrap();
+                    if may {
+                        assert!(
+                            ![401, 403, 404].contains(&status),
+                            "{label} may {method} {route}: {status} {body}"
+                        );
+                    } else {
+                        let expected = if roles.is_some() { 403 } else { 401 };
+                        assert_eq!(status, expected, "{label} may not {method} {route}: {body}");
+                        let answer: Value = serde_json::from_str(&body).unwrap();
+                        assert!(answer["error"].is_string(), "{body}");
+                        *refused_http.entry((route.to_string(), status)).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 200, "{checked}");
+    assert_eq!(handshakes_refused, 2 * (origin::http::ROUTES.len() - 2));
+    // Nothing any refused request asked for happened (the allowed ones sent `{}`, which no
+    // route takes: they changed nothing either).
+    assert_eq!(state(&h), before);
+    // Every refusal is counted, by route and status.
+    let metrics = h.get("/metrics");
+    for ((route, status), count) in &refused_http {
+        let line = format!(
+            "depotmesh_director_refusals_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+        );
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    let handshakes = metrics
+        .lines()
+        .find(|l| l.starts_with("depotmesh_director_refusals_total{route=\"TLS handshake\""))
+        .unwrap_or_else(|| panic!("no TLS refusals in {metrics}"));
+    let counted: usize = handshakes.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(counted >= handshakes_refused, "{handshakes}");
+}
+
+#[test]
+fn a_vehicle_cannot_be_taken_over_by_registering_it_again() {
+    let h = Harness::new();
+    let vehicles = h.fleet(1);
+    let v = &vehicles[0];
+    // The attacker's own keys for the victim's VIN.
+    let attacker = Vehicle {
+        vin: v.vin.clone(),
+        region: v.region.clone(),
+        primary: SigningKey::from_bytes(&[0xa7; 32]),
+        ecu: SigningKey::from_bytes(&[0xa8; 32]),
+    };
+    let body = json!({"vehicle": attacker.record()}).to_string();
+    // With no credential: refused before anything is read.
+    assert_eq!(h.post_raw("/v1/vehicles", body.as_bytes()).0, 401);
+    // With an operator's certificate but not the provisioner role: refused.
+    assert_eq!(
+        h.post_raw_as("carol@safety", "/v1/vehicles", body.as_bytes())
+            .0,
+        403
+    );
+    // Even the provisioner cannot replace keys by registering again.
+    let (status, answer) = h.post_raw_as("provisioning", "/v1/vehicles", body.as_bytes());
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("rotate them"),
+        "{answer}"
+    );
+    let registry: Value = serde_json::from_str(&h.get("/v1/vehicles")).unwrap();
+    assert_eq!(
+        registry[0]["primary_key"],
+        hex::encode(v.primary.verifying_key().as_bytes())
+    );
+    // So the attacker's signed "health failed" report is refused as not the vehicle's.
+    let forged = attacker.manifest(1, h.now(), "gw/1.0.bin", "health_failed");
+    let (status, _) = h.post_raw(&format!("/v1/vehicles/{}/manifest", v.vin), &forged);
+    assert_eq!(status, 403);
+    // A rotation is explicit, by a provisioner, and audited with the old and new keys.
+    let new = SigningKey::from_bytes(&[0x55; 32]);
+    let rotate = json!({"primary_key": hex::encode(new.verifying_key().as_bytes())}).to_string();
+    assert_eq!(
+        h.post_raw_as(
+            "dave@ops",
+            &format!("/v1/vehicles/{}/keys", v.vin),
+            rotate.as_bytes()
+        )
+        .0,
+        403
+    );
+    let (status, answer) = h.post_raw_as(
+        "provisioning",
+        &format!("/v1/vehicles/{}/keys", v.vin),
+        rotate.as_bytes(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let entry = h
+        .audit()
+        .into_iter()
+        .find(|e| e["action"] == "vehicle rotate keys")
+        .unwrap();
+    assert_eq!(entry["actor"], "provisioning");
+    assert_eq!(
+        entry["detail"]["changes"][0]["old"],
+        hex::encode(v.primary.verifying_key().as_bytes())
+    );
+    // Registering the same keys again (a metadata update) is fine.
+    let mut same = v.record();
+    same["primary_key"] = json!(hex::encode(new.verifying_key().as_bytes()));
+    same["region"] = json!("region-9");
+    let (status, answer) = h.post_raw_as(
+        "provisioning",
+        "/v1/vehicles",
+        json!({"vehicle": same}).to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{answer}");
 }

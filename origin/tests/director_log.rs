@@ -19,7 +19,8 @@ use serde_json::json;
 #[path = "common/sim_fleet.rs"]
 mod sim_fleet;
 use sim_fleet::{
-    START, gateway_campaign, manifest, origin_at, origin_with_releases, vehicle_record, vin,
+    START, approve_as_two, gateway_campaign, manifest, origin_at, origin_with_releases,
+    vehicle_record, vin,
 };
 
 const VEHICLES: usize = 24;
@@ -47,9 +48,7 @@ fn set_up(dir: &Path) {
     }
     let spec = gateway_campaign(ID, &[10.0, 50.0, 100.0], 0.5, 0.5, 1);
     director.create(spec, "alice", START).unwrap();
-    director
-        .approve(&ID.parse().unwrap(), "bob", START)
-        .unwrap();
+    approve_as_two(&mut director, ID, START);
 }
 
 /// The sled registry, with a power cut at its `cut_at`-th write (counted from 0 over every

@@ -108,32 +108,117 @@ impl fmt::Display for CampaignAction {
     }
 }
 
-/// `POST /v1/campaigns`: a campaign to create; it waits for someone else's approval.
+/// `POST /v1/campaigns`: a campaign to create; it waits for others' approvals. Who creates it
+/// is whoever the request's credential proves, never a field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateCampaign {
-    /// Who creates it.
-    pub actor: String,
     /// What it is.
     pub spec: CampaignSpec,
 }
 
-/// `POST /v1/campaigns/{id}/{action}`.
+/// `POST /v1/campaigns/{id}/halt` and `…/abort`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActionRequest {
-    /// Who acts.
-    pub by: String,
     /// Why (a halt and an abort need one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
-/// `POST /v1/vehicles`: a vehicle to register.
+/// `POST /v1/campaigns/{id}/approve` and `…/resume`: the approver's signature (ed25519, hex)
+/// over the [`ApprovalStatement`] the campaign's status shows as pending.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedApproval {
+    /// The signature, hex.
+    pub signature: String,
+}
+
+/// What an approver signs: this campaign, with exactly this spec, may start (`approve`) or go
+/// on after its `round`-th halt (`resume`). The round keeps a signature for one resume from
+/// being replayed for a later one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalStatement {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// `approve` or `resume`.
+    pub action: String,
+    /// 0 for the approval; the number of halts so far for a resume.
+    pub round: u64,
+    /// [`spec_digest`] of the campaign's spec.
+    pub spec_sha256: String,
+}
+
+impl ApprovalStatement {
+    /// The bytes signed: a fixed, domain-separated text (the key signs nothing else).
+    pub fn bytes(&self) -> Vec<u8> {
+        format!(
+            "depotmesh campaign approval v1\ncampaign: {}\naction: {}\nround: {}\nspec-sha256: {}\n",
+            self.campaign, self.action, self.round, self.spec_sha256
+        )
+        .into_bytes()
+    }
+
+    /// Signs it with an approver's key; the signature as [`SignedApproval`] carries it.
+    pub fn sign(&self, key: &ed25519_dalek::SigningKey) -> String {
+        use ed25519_dalek::Signer;
+        hex::encode(key.sign(&self.bytes()).to_bytes())
+    }
+
+    /// Whether `signature` (hex) is `key`'s over it.
+    pub fn verify(&self, key: &ed25519_dalek::VerifyingKey, signature: &str) -> bool {
+        let Some(bytes) = hex::decode(signature)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        else {
+            return false;
+        };
+        key.verify_strict(&self.bytes(), &ed25519_dalek::Signature::from_bytes(&bytes))
+            .is_ok()
+    }
+}
+
+/// The SHA-256 (hex) of a campaign spec's JSON, as both the director and an approver's
+/// client compute it from the spec they hold.
+pub fn spec_digest(spec: &CampaignSpec) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        serde_json::to_vec(spec).unwrap_or_default(),
+    ))
+}
+
+/// Approvals a campaign waits for before it starts or resumes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingApproval {
+    /// What the approvers sign.
+    pub statement: ApprovalStatement,
+    /// Who has signed it so far.
+    pub signed_by: Vec<String>,
+    /// How many distinct approvers, none the campaign's creator, must sign.
+    pub needed: usize,
+}
+
+/// `POST /v1/vehicles`: a vehicle to enrol. Who enrols it is whoever the request's credential
+/// proves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterVehicle {
-    /// Who registers it.
-    pub actor: String,
     /// The vehicle.
     pub vehicle: VehicleRecord,
+}
+
+/// `POST /v1/vehicles/{vin}/keys`: new keys for an enrolled vehicle (a replaced gateway or
+/// ECU, a key rotation): the primary's, and each named ECU's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeys {
+    /// The primary's new public key (ed25519, hex), if it changes.
+    #[serde(default)]
+    pub primary_key: Option<String>,
+    /// ECU serial → its new public key (hex).
+    #[serde(default)]
+    pub ecus: BTreeMap<EcuSerial, String>,
 }
 
 /// The answer to a created campaign.
@@ -143,13 +228,18 @@ pub struct CreatedAnswer {
     pub created: CampaignId,
 }
 
-/// The answer to an approval.
+/// The answer to an approval or a resume's signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovedAnswer {
     /// The campaign.
     pub approved: CampaignId,
-    /// Who approved it.
+    /// Who signed.
     pub by: String,
+    /// Signatures still needed (0: it started, or resumed).
+    pub still_needed: usize,
+    /// The decision taken when the last signature came (a resume's), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
 }
 
 /// The answer to a halt, resume or abort.
@@ -258,6 +348,11 @@ pub struct CampaignStatus {
     pub created_at: u64,
     /// Who approved it.
     pub approved_by: Option<String>,
+    /// Its spec, as the approvers sign it.
+    pub spec: CampaignSpec,
+    /// The approvals it waits for, if it waits (created, or halted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_approval: Option<PendingApproval>,
     /// Where it stands.
     pub state: Standing,
     /// Its waves.

@@ -25,6 +25,9 @@ pub struct DirectorService {
     pub url: String,
     /// The CA file its certificate chains to (the origin's `tls/director-ca.pem`).
     pub ca: PathBuf,
+    /// The provisioning system's credential (an operator with the provisioner role):
+    /// certificate and key.
+    pub provisioning: (PathBuf, PathBuf),
     /// Its state, to serve on another listener too.
     pub shared: Arc<origin::http::Shared>,
     transport: origin::http::Transport,
@@ -60,19 +63,32 @@ impl DirectorService {
             shared.clone(),
             TICK,
         ));
+        let added = origin::operators::add(
+            origin,
+            &crate::release::actor(),
+            &"provisioning".parse().unwrap(),
+            &std::collections::BTreeSet::from([origin::operators::Role::Provisioner]),
+            30,
+            &origin.dir.join("../operators"),
+        )
+        .unwrap();
         Self {
             runtime,
             url,
             ca: origin::tls::TlsFiles::of(origin).director_ca,
+            provisioning: (added.certificate, added.key),
             shared,
             transport,
         }
     }
 
-    /// An HTTP client that trusts the director's CA and reads error statuses as answers.
+    /// An HTTP client that trusts the director's CA, presents the provisioning system's
+    /// certificate and reads error statuses as answers.
     #[must_use]
     pub fn agent(&self) -> ureq::Agent {
         ClientTls::trusting(&self.ca)
+            .unwrap()
+            .with_identity(&self.provisioning.0, &self.provisioning.1)
             .unwrap()
             .agent(Duration::from_secs(30))
     }
@@ -115,7 +131,7 @@ pub fn register_vehicle(director: &DirectorService, vin: &str, serial: &str) {
     let response = director
         .agent()
         .post(&format!("{}/v1/vehicles", director.url))
-        .send(serde_json::json!({"actor": "provisioning", "vehicle": vehicle}).to_string())
+        .send(serde_json::json!({"vehicle": vehicle}).to_string())
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
 }

@@ -5,10 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use anyhow::Context as _;
-use node::director_client::DirectorClient;
 use origin::campaign::{CampaignSpec, Filters, Gates, Plan, Wave};
 use proto::custom::Priority;
-use proto::director_api::CreateCampaign;
+use proto::director_api::{CampaignAction, CreateCampaign};
 use proto::{CampaignId, Vin};
 
 use super::options::{Log, YardOptions};
@@ -53,7 +52,7 @@ pub fn campaign_plan() -> (Vec<Wave>, Gates) {
 /// Creates the campaign for `vins` and approves it: from then on the director opens its waves
 /// as its gates allow. Returns who is in which wave and when it was approved.
 pub(super) fn create_and_approve(
-    api: &DirectorClient,
+    director: &super::parts::Director,
     vins: &[Vin],
     options: &YardOptions,
     log: Log,
@@ -70,11 +69,11 @@ pub(super) fn create_and_approve(
         waves: plan.waves,
         gates: plan.gates,
     };
-    api.create_campaign(&CreateCampaign {
-        actor: "release-manager".into(),
-        spec,
-    })?;
-    api.approve(&plan.id, "fleet-safety")?;
+    director.api.create_campaign(&CreateCampaign { spec })?;
+    // Four eyes: each approver signs the campaign's statement with their own key.
+    for (approver, key) in &director.approvers {
+        approver.sign_approval(&plan.id, CampaignAction::Approve, key)?;
+    }
     let campaign = Campaign {
         id: plan.id,
         wave_of,

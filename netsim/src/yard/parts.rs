@@ -15,6 +15,7 @@ use anyhow::{Context as _, bail};
 use libp2p::Multiaddr;
 use node::director_client::{ClientTls, DirectorClient};
 use node::net::{NetEvents, NetHandle};
+use origin::operators::Role;
 use origin::repo::Origin;
 use proto::Vin;
 use serde_json::Value;
@@ -49,8 +50,21 @@ pub(super) struct Director {
     pub(super) url: String,
     /// The CA file its certificate chains to (the origin's `tls/director-ca.pem`).
     pub(super) ca: PathBuf,
+    /// As the release manager (creates the campaign, watches it).
     pub(super) api: DirectorClient,
+    /// As the provisioning system (enrols the vehicles).
+    pub(super) provisioning: DirectorClient,
+    /// As the two approvers, each with their approval key.
+    pub(super) approvers: Vec<(DirectorClient, ed25519_dalek::SigningKey)>,
 }
+
+/// The operators netsim acts as, each with the roles of that job.
+const OPERATORS: [(&str, Role); 4] = [
+    ("release-manager", Role::ReleaseManager),
+    ("provisioning", Role::Provisioner),
+    ("fleet-safety", Role::Approver),
+    ("fleet-quality", Role::Approver),
+];
 
 /// The running depot, as the vehicles and the run reach it.
 pub(super) struct Depot {
@@ -120,7 +134,11 @@ impl Yard {
 
     /// Starts the director's HTTP service for `origin` on a loopback port; it runs until the
     /// yard is dropped.
-    pub(super) fn start_director(&mut self, origin: &Origin) -> anyhow::Result<Director> {
+    pub(super) fn start_director(
+        &mut self,
+        out: &Path,
+        origin: &Origin,
+    ) -> anyhow::Result<Director> {
         let director = origin::service::Director::open(origin.clone())?;
         let listener = self
             .runtime
@@ -136,8 +154,44 @@ impl Yard {
             Duration::from_secs(1),
         ));
         let ca = origin::tls::TlsFiles::of(origin).director_ca;
-        let api = DirectorClient::new(&url, Duration::from_secs(30), &ClientTls::trusting(&ca)?)?;
-        Ok(Director { url, ca, api })
+        // Each job's operator, with a certificate from the origin's operator CA, as `origin
+        // operator add` makes them.
+        let mut clients = Vec::new();
+        for (name, role) in OPERATORS {
+            let added = origin::operators::add(
+                origin,
+                &origin::Actor::new("netsim")?,
+                &name.parse()?,
+                &std::collections::BTreeSet::from([role]),
+                1,
+                &out.join("operators"),
+            )?;
+            let tls = ClientTls::trusting(&ca)?.with_identity(&added.certificate, &added.key)?;
+            let key = added
+                .approval_key
+                .as_deref()
+                .map(origin::operators::load_approval_key)
+                .transpose()?;
+            clients.push((
+                DirectorClient::new(&url, Duration::from_secs(30), &tls)?,
+                key,
+            ));
+        }
+        let mut clients = clients.into_iter();
+        let mut next = || clients.next().context("an operator is missing");
+        let (api, _) = next()?;
+        let (provisioning, _) = next()?;
+        let approvers = [next()?, next()?]
+            .into_iter()
+            .map(|(client, key)| Ok((client, key.context("an approver has no key")?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Director {
+            url,
+            ca,
+            api,
+            provisioning,
+            approvers,
+        })
     }
 
     /// Starts the origin's cache: a mesh node serving the origin's image repository and each
@@ -273,9 +327,8 @@ impl Yard {
         let (sender, events) = mpsc::channel();
         for (index, vin) in vins.iter().enumerate() {
             director
-                .api
+                .provisioning
                 .register(&proto::director_api::RegisterVehicle {
-                    actor: "provisioning".into(),
                     vehicle: vehicle::record(index, vin)?,
                 })?;
             let config =

@@ -26,22 +26,25 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
 
 use proto::director_api::{
-    ActionRequest, ApprovedAnswer, CampaignAction, CreateCampaign, CreatedAnswer, DecidedAnswer,
-    ErrorAnswer, RegisterVehicle, RegisteredAnswer, path,
+    ActionRequest, CampaignAction, CreateCampaign, CreatedAnswer, DecidedAnswer, ErrorAnswer,
+    RegisterVehicle, RegisteredAnswer, RotateKeys, SignedApproval, parse_key, path,
 };
 use proto::{CampaignId, Vin};
 
+pub use auth::{BearerVerifier, Gate, Need, Principal, ROUTES, Via};
 pub use server::{Peer, Transport, TransportError};
 
-use crate::service::{Director, ManifestError};
+use crate::operators::Operators;
+use crate::service::{Director, EnrollError, ManifestError};
 
+pub mod auth;
 mod server;
 
 /// The dashboard page.
@@ -51,6 +54,10 @@ pub const DASHBOARD: &str = include_str!("dashboard.html");
 pub struct Shared {
     director: Mutex<Director>,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    gate: Gate,
+    /// TLS handshakes refused (an expired, revoked-by-CA or foreign client certificate, or
+    /// no TLS at all).
+    handshakes_failed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -65,11 +72,23 @@ impl Shared {
         Self::with_clock(director, Box::new(node::clock::unix_now))
     }
 
-    /// The director, on `clock` (Unix seconds).
+    /// The director, on `clock` (Unix seconds), its operators those of its origin's registry.
     pub fn with_clock(director: Director, clock: Box<dyn Fn() -> u64 + Send + Sync>) -> Arc<Self> {
+        let gate = Gate::new(Operators::path(director.origin()), None);
+        Self::with_gate(director, clock, gate)
+    }
+
+    /// The director, on `clock`, admitting who `gate` admits.
+    pub fn with_gate(
+        director: Director,
+        clock: Box<dyn Fn() -> u64 + Send + Sync>,
+        gate: Gate,
+    ) -> Arc<Self> {
         Arc::new(Self {
             director: Mutex::new(director),
             clock,
+            gate,
+            handshakes_failed: Arc::default(),
         })
     }
 
@@ -166,17 +185,6 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], required: &[&str]) -> Resu
     })
 }
 
-/// Refuses an empty or blank name of a person.
-fn named(field: &str, value: &str) -> Result<(), Refused> {
-    if value.trim().is_empty() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("field {field} must be a non-empty string"),
-        ));
-    }
-    Ok(())
-}
-
 /// A path segment parsed as an id; a bad one is named.
 fn path_id<T: std::str::FromStr<Err = proto::IdError>>(text: &str) -> Result<T, Refused> {
     text.parse()
@@ -188,13 +196,22 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route(path::METRICS, get(metrics))
+        .route("/v1/whoami", get(whoami))
         .route(path::CAMPAIGNS, get(campaigns).post(create))
-        .route(&format!("{}/{{id}}/{{action}}", path::CAMPAIGNS), post(act))
+        .route("/v1/campaigns/{id}/approve", post(act))
+        .route("/v1/campaigns/{id}/halt", post(act))
+        .route("/v1/campaigns/{id}/resume", post(act))
+        .route("/v1/campaigns/{id}/abort", post(act))
         .route(path::VEHICLES, get(vehicles).post(register))
-        .route(
-            &format!("{}/{{vin}}/manifest", path::VEHICLES),
-            post(manifest),
-        )
+        .route("/v1/vehicles/{vin}/keys", post(rotate_keys))
+        .route("/v1/vehicles/{vin}/manifest", post(manifest))
+        .route("/v1/audit", get(audit_log))
+        .route("/v1/operators", get(operators))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            auth::authorize,
+        ))
+        .fallback(no_route)
         .with_state(shared)
 }
 
@@ -223,7 +240,8 @@ pub async fn serve(
             }
         }
     });
-    server::serve(listener, transport, router(shared)).await;
+    let failed = Arc::clone(&shared.handshakes_failed);
+    server::serve(listener, transport, router(shared), failed).await;
 }
 
 /// How `origin serve` is reached.
@@ -253,15 +271,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the director of `origin` and listens on `listen` as `how` says.
+    /// Opens the director of `origin` and listens on `listen` as `how` says; operators are
+    /// those of the origin's registry, and those whose bearer tokens `bearer` accepts.
     pub fn bind(
         origin: crate::Origin,
         listen: std::net::SocketAddr,
         how: &Listen<'_>,
+        bearer: Option<Arc<dyn BearerVerifier>>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let transport = transport(&origin, how)?;
         transport.check(listen)?;
+        let origin_dir = origin.clone();
         let director = Director::open(origin)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -274,7 +295,11 @@ impl Server {
             runtime,
             listener,
             transport,
-            shared: Shared::new(director),
+            shared: Shared::with_gate(
+                director,
+                Box::new(node::clock::unix_now),
+                Gate::new(Operators::path(&origin_dir), bearer),
+            ),
         })
     }
 
@@ -308,6 +333,13 @@ pub fn transport(origin: &crate::Origin, how: &Listen<'_>) -> anyhow::Result<Tra
     })
 }
 
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Refused {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("no route {method} {}", uri.path()),
+    )
+}
+
 async fn dashboard() -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -317,12 +349,22 @@ async fn dashboard() -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
-    let text = shared.with(|d, now| d.metrics(now)).await?.map_err(|e| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("encoding the metrics: {e}"),
-        )
-    })?;
+    let mut refusals = shared.gate.refusals();
+    let handshakes = shared
+        .handshakes_failed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if handshakes > 0 {
+        refusals.insert(("TLS handshake".to_string(), 0), handshakes);
+    }
+    let text = shared
+        .with(move |d, now| d.metrics(now, &refusals))
+        .await?
+        .map_err(|e| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("encoding the metrics: {e}"),
+            )
+        })?;
     Ok(([(header::CONTENT_TYPE, node::metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -330,55 +372,118 @@ async fn campaigns(State(shared): State<Arc<Shared>>) -> Result<Response, Refuse
     Ok(ok_json(&shared.with(|d, now| d.status(now)).await?))
 }
 
-async fn create(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Result<Response, Refused> {
-    let CreateCampaign { actor, spec } = body(&bytes, &["actor", "spec"])?;
-    named("actor", &actor)?;
+async fn whoami(Extension(who): Extension<Principal>) -> Response {
+    ok_json(&who)
+}
+
+async fn create(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<Principal>,
+    bytes: Bytes,
+) -> Result<Response, Refused> {
+    let CreateCampaign { spec } = body(&bytes, &["spec"])?;
     let id = spec.id.clone();
     let result = shared
-        .with(move |d, now| d.create(spec, &actor, now))
+        .with(move |d, now| d.create(spec, who.name.as_str(), now))
         .await?;
     answer(result.map(|()| CreatedAnswer { created: id }))
 }
 
+/// `POST /v1/campaigns/{id}/{approve,resume,halt,abort}`: each a route of its own (the access
+/// table names each), the action read from the route that matched.
 async fn act(
     State(shared): State<Arc<Shared>>,
-    Path((id, action)): Path<(String, String)>,
+    Extension(who): Extension<Principal>,
+    route: axum::extract::MatchedPath,
+    Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, Refused> {
-    let action: CampaignAction =
-        action
-            .parse()
-            .map_err(|e: proto::director_api::UnknownAction| {
-                error(StatusCode::NOT_FOUND, &e.to_string())
-            })?;
-    let id: CampaignId = path_id(&id)?;
-    let ActionRequest { by, reason } = body(&bytes, &["by"])?;
-    named("by", &by)?;
-    let reason = match (action.needs_reason(), reason) {
-        (true, Some(reason)) if !reason.trim().is_empty() => reason,
-        (true, _) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "field reason must be a non-empty string",
-            ));
+    let action: CampaignAction = route
+        .as_str()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: proto::director_api::UnknownAction| {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        })?;
+    match action {
+        CampaignAction::Approve | CampaignAction::Resume => {
+            sign(shared, who, &id, action, &bytes).await
         }
-        (false, _) => String::new(),
-    };
+        CampaignAction::Halt | CampaignAction::Abort => {
+            decide(shared, who, &id, action, &bytes).await
+        }
+    }
+}
+
+/// `approve` and `resume`: the authenticated approver's signature, checked under the approval
+/// key the operator registry holds for them.
+async fn sign(
+    shared: Arc<Shared>,
+    who: Principal,
+    id: &str,
+    action: CampaignAction,
+    bytes: &[u8],
+) -> Result<Response, Refused> {
+    let id: CampaignId = path_id(id)?;
+    let SignedApproval { signature } = body(bytes, &["signature"])?;
+    let operators = shared
+        .gate
+        .operators()
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    let key = operators
+        .operators
+        .get(&who.name)
+        .and_then(|o| o.approval_key.as_deref())
+        .ok_or_else(|| {
+            error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "{} has no approval key in the operator registry: an approval is a signature",
+                    who.name
+                ),
+            )
+        })?;
+    let key = parse_key(key).map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("{}'s approval key: {e}", who.name),
+        )
+    })?;
     let result = shared
-        .with(move |d, now| -> anyhow::Result<Value> {
+        .with(move |d, now| d.sign(&id, action, who.name.as_str(), &key, &signature, now))
+        .await?;
+    answer(result)
+}
+
+/// `halt` and `abort`: by the authenticated operator, for a reason.
+async fn decide(
+    shared: Arc<Shared>,
+    who: Principal,
+    id: &str,
+    action: CampaignAction,
+    bytes: &[u8],
+) -> Result<Response, Refused> {
+    let id: CampaignId = path_id(id)?;
+    let ActionRequest { reason } = body(bytes, &["reason"])?;
+    let reason = reason.filter(|r| !r.trim().is_empty()).ok_or_else(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "field reason must be a non-empty string",
+        )
+    })?;
+    let result = shared
+        .with(move |d, now| -> anyhow::Result<DecidedAnswer> {
+            let by = who.name.as_str();
             let decision = match action {
-                CampaignAction::Approve => {
-                    d.approve(&id, &by, now)?;
-                    return Ok(serde_json::to_value(ApprovedAnswer { approved: id, by })?);
-                }
-                CampaignAction::Halt => d.halt(&id, &by, &reason, now)?,
-                CampaignAction::Resume => d.resume(&id, &by, now)?,
-                CampaignAction::Abort => d.abort(&id, &by, &reason, now)?,
+                CampaignAction::Abort => d.abort(&id, by, &reason, now)?,
+                _ => d.halt(&id, by, &reason, now)?,
             };
-            Ok(serde_json::to_value(DecidedAnswer {
+            Ok(DecidedAnswer {
                 campaign: id,
                 decision,
-            })?)
+            })
         })
         .await?;
     answer(result)
@@ -389,14 +494,67 @@ async fn vehicles(State(shared): State<Arc<Shared>>) -> Result<Response, Refused
     answer(result)
 }
 
-async fn register(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Result<Response, Refused> {
-    let RegisterVehicle { actor, vehicle } = body(&bytes, &["actor", "vehicle"])?;
-    named("actor", &actor)?;
+/// A refusal for an enrolment the director refused: 409 when the VIN holds other keys, 404
+/// for an unknown VIN, 400 otherwise.
+fn enrol_refusal(e: &anyhow::Error) -> Refused {
+    let status = match e.downcast_ref::<EnrollError>() {
+        Some(EnrollError::KeysDiffer { .. }) => StatusCode::CONFLICT,
+        Some(EnrollError::Unknown(_)) => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(status, &format!("{e:#}"))
+}
+
+async fn register(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<Principal>,
+    bytes: Bytes,
+) -> Result<Response, Refused> {
+    let RegisterVehicle { vehicle } = body(&bytes, &["vehicle"])?;
     let vin = vehicle.vin.clone();
     let result = shared
-        .with(move |d, now| d.register(&vehicle, &actor, now))
+        .with(move |d, now| d.register(&vehicle, who.name.as_str(), now))
         .await?;
-    answer(result.map(|()| RegisteredAnswer { registered: vin }))
+    result.map_err(|e| enrol_refusal(&e))?;
+    Ok(ok_json(&RegisteredAnswer { registered: vin }))
+}
+
+async fn rotate_keys(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<Principal>,
+    Path(vin): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, Refused> {
+    let vin: Vin = path_id(&vin)?;
+    let keys: RotateKeys = body(&bytes, &[])?;
+    let registered = vin.clone();
+    let result = shared
+        .with(move |d, now| d.rotate_keys(&vin, &keys, who.name.as_str(), now))
+        .await?;
+    result.map_err(|e| enrol_refusal(&e))?;
+    Ok(ok_json(&RegisteredAnswer { registered }))
+}
+
+/// Audit entries the console shows at most (the newest).
+const AUDIT_VIEW: usize = 500;
+
+async fn audit_log(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
+    let result = shared
+        .with(|d, _| crate::audit::entries(&crate::audit::log_path(d.origin())))
+        .await?;
+    let mut entries =
+        result.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")))?;
+    let skip = entries.len().saturating_sub(AUDIT_VIEW);
+    entries.drain(..skip);
+    Ok(ok_json(&serde_json::json!({ "entries": entries })))
+}
+
+async fn operators(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
+    let registry = shared
+        .gate
+        .operators()
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+    Ok(ok_json(&registry))
 }
 
 async fn manifest(

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -81,7 +82,12 @@ pub struct Peer {
 /// Serves `router` on `listener` until the task is dropped.
 ///
 /// `axum::serve` is not used: it gives hyper no timer (no head timeout) and knows no TLS.
-pub(super) async fn serve(listener: TcpListener, transport: Transport, router: Router) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    transport: Transport,
+    router: Router,
+    handshakes_failed: Arc<AtomicU64>,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT);
@@ -99,6 +105,7 @@ pub(super) async fn serve(listener: TcpListener, transport: Transport, router: R
             }
         };
         let (router, http, acceptor) = (router.clone(), http.clone(), acceptor.clone());
+        let failed = Arc::clone(&handshakes_failed);
         tokio::spawn(async move {
             match acceptor {
                 None => exchange(&http, stream, Peer::default(), router).await,
@@ -115,8 +122,14 @@ pub(super) async fn serve(listener: TcpListener, transport: Transport, router: R
                             };
                             exchange(&http, tls, peer, router).await;
                         }
-                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                        Ok(Err(error)) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%error, "TLS handshake refused");
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!("TLS handshake timed out");
+                        }
                     }
                 }
             }

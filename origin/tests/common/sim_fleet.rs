@@ -141,3 +141,19 @@ pub(crate) fn gateway_campaign(
         },
     }
 }
+
+/// Approves campaign `id` as two approvers (bob and carol), each signing with their own key:
+/// what two approvers' clients do.
+pub(crate) fn approve_as_two(director: &mut origin::service::Director, id: &str, now: u64) {
+    let (bob, carol) = (
+        SigningKey::from_bytes(&[21; 32]),
+        SigningKey::from_bytes(&[22; 32]),
+    );
+    director
+        .sign_as(
+            &id.parse().unwrap(),
+            &[("bob", &bob), ("carol", &carol)],
+            now,
+        )
+        .unwrap();
+}
