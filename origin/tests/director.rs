@@ -14,7 +14,7 @@ use ed25519_dalek::SigningKey;
 use node::director_client::ClientTls;
 use origin::Origin;
 use origin::campaign::{CampaignSpec, Filters, Gates, Wave};
-use origin::http::{Gate, Need, Shared};
+use origin::http::{Gate, Need, RateLimit, Shared};
 use origin::operators::Role;
 use origin::service::Director;
 use serde_json::{Value, json};
@@ -185,6 +185,11 @@ impl Vehicle {
 
 impl Harness {
     fn new() -> Self {
+        Self::limited(RateLimit::default())
+    }
+
+    /// A harness whose director holds each client to `limit`.
+    fn limited(limit: RateLimit) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let origin = Origin {
             dir: dir.path().join("origin"),
@@ -209,10 +214,11 @@ impl Harness {
             origin::operators::Operators::path(&origin),
             Some(Arc::new(sso.verifier())),
         );
-        let shared = Shared::with_gate(
+        let shared = Shared::with_limit(
             director,
             Box::new(move || ticking.load(Ordering::SeqCst)),
             gate,
+            limit,
         );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -1292,4 +1298,114 @@ fn a_vehicle_cannot_be_taken_over_by_registering_it_again() {
         json!({"vehicle": same}).to_string().as_bytes(),
     );
     assert_eq!(status, 200, "{answer}");
+}
+
+/// A TLS connection to the harness's director, trusting its CA, as a raw byte stream.
+fn raw_tls(h: &Harness) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in origin::tls::read_certs(&h.ca).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(h.url.trim_start_matches("https://")).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    rustls::StreamOwned::new(connection, tcp)
+}
+
+/// Reads until the server closes the stream (or errors); returns what it sent and how long
+/// that took.
+fn until_closed(stream: &mut impl std::io::Read) -> (String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn requests_are_bounded_in_size_time_and_rate() {
+    use std::io::Write;
+    let h = Harness::limited(RateLimit {
+        per_sec: 1.0,
+        burst: 20.0,
+    });
+    // A body over the limit: 413, as JSON, and nothing registered.
+    let big = format!("{{\"vehicle\": \"{}\"}}", "x".repeat(300 * 1024));
+    let (status, answer) = h.post_raw_as("provisioning", "/v1/vehicles", big.as_bytes());
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("262144 bytes"),
+        "{answer}"
+    );
+    // A connection that never starts TLS, one that stops halfway through a request head and
+    // one that sends half its body are all dropped within seconds (not held for ever).
+    let mut silent = std::net::TcpStream::connect(h.url.trim_start_matches("https://")).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut half_head = raw_tls(&h);
+    half_head
+        .write_all(b"GET /v1/campaigns HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    half_head.flush().unwrap();
+    let mut half_body = raw_tls(&h);
+    half_body
+        .write_all(
+            b"POST /v1/vehicles/V-1/manifest HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+              content-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"signed\"",
+        )
+        .unwrap();
+    half_body.flush().unwrap();
+    let (_, silent_for) = until_closed(&mut silent);
+    let (_, head_for) = until_closed(&mut half_head);
+    let (answer, body_for) = until_closed(&mut half_body);
+    for (what, took) in [
+        ("silent", silent_for),
+        ("half a head", head_for),
+        ("half a body", body_for),
+    ] {
+        assert!(
+            took < std::time::Duration::from_secs(25),
+            "{what}: held {took:?}"
+        );
+    }
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(answer.contains("{\"error\""), "{answer}");
+    // Past its burst a client is refused 429, with when to try again; counted.
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        let response = h
+            .client("victor")
+            .get(&format!("{}/v1/campaigns", h.url))
+            .call()
+            .unwrap();
+        statuses.push((
+            response.status().as_u16(),
+            response.headers().get("retry-after").is_some(),
+        ));
+    }
+    assert!(statuses.contains(&(429, true)), "{statuses:?}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let metrics = h.get("/metrics");
+    assert!(
+        metrics.contains("depotmesh_director_refusals_total{route=\"rate limit\",status=\"429\"}"),
+        "{metrics}"
+    );
 }

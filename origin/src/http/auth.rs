@@ -245,7 +245,8 @@ impl Gate {
         }
     }
 
-    fn count(&self, route: &str, status: StatusCode) {
+    /// Counts a refusal of `route` with `status`.
+    pub(super) fn count(&self, route: &str, status: StatusCode) {
         let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
         *refusals
             .entry((route.to_string(), status.as_u16()))

@@ -39,12 +39,14 @@ use proto::director_api::{
 use proto::{CampaignId, Vin};
 
 pub use auth::{BearerVerifier, Gate, Need, Principal, ROUTES, Via};
+pub use rate::RateLimit;
 pub use server::{Peer, Transport, TransportError};
 
 use crate::operators::Operators;
 use crate::service::{Director, EnrollError, ManifestError};
 
 pub mod auth;
+pub mod rate;
 mod server;
 
 /// The dashboard page.
@@ -58,6 +60,10 @@ pub struct Shared {
     /// TLS handshakes refused (an expired, revoked-by-CA or foreign client certificate, or
     /// no TLS at all).
     handshakes_failed: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests per client address.
+    limiter: Mutex<rate::Limiter>,
+    /// What the limiter's clock counts from.
+    started: std::time::Instant,
 }
 
 impl std::fmt::Debug for Shared {
@@ -78,17 +84,30 @@ impl Shared {
         Self::with_gate(director, clock, gate)
     }
 
-    /// The director, on `clock`, admitting who `gate` admits.
+    /// The director, on `clock`, admitting who `gate` admits, each client at the default
+    /// rate.
     pub fn with_gate(
         director: Director,
         clock: Box<dyn Fn() -> u64 + Send + Sync>,
         gate: Gate,
+    ) -> Arc<Self> {
+        Self::with_limit(director, clock, gate, RateLimit::default())
+    }
+
+    /// [`Self::with_gate`], each client held to `limit`.
+    pub fn with_limit(
+        director: Director,
+        clock: Box<dyn Fn() -> u64 + Send + Sync>,
+        gate: Gate,
+        limit: RateLimit,
     ) -> Arc<Self> {
         Arc::new(Self {
             director: Mutex::new(director),
             clock,
             gate,
             handshakes_failed: Arc::default(),
+            limiter: Mutex::new(rate::Limiter::new(limit)),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -212,6 +231,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
             auth::authorize,
         ))
         .fallback(no_route)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_TIMEOUT,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            hygiene,
+        ))
         .with_state(shared)
 }
 
@@ -331,6 +358,71 @@ pub fn transport(origin: &crate::Origin, how: &Listen<'_>) -> anyhow::Result<Tra
         }
         Listen::PlainLoopback => Transport::PlainLoopback,
     })
+}
+
+/// Bytes a request body may hold: the largest is a campaign spec or a vehicle with many ECUs,
+/// a few KiB; a manifest of a vehicle with dozens of ECUs, tens of KiB.
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// How long a client may take to send a request's body once its head arrived.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Around every request: a client over its rate is refused (429, `Retry-After`) before
+/// anything else; a refusal the framework wrote as text (a body over [`MAX_BODY`]: 413) is
+/// written again as the JSON every refusal is.
+async fn hygiene(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let client = request
+        .extensions()
+        .get::<Peer>()
+        .and_then(|p| p.addr)
+        .map(|a| a.ip());
+    if let Some(client) = client {
+        let now = shared.started.elapsed().as_secs_f64();
+        let taken = shared
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(client, now);
+        if let Err(wait) = taken {
+            shared
+                .gate
+                .count("rate limit", StatusCode::TOO_MANY_REQUESTS);
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("too many requests from {client}: try again in {wait:.1} s"),
+            )
+            .into_response();
+            let seconds = wait.ceil().max(1.0).to_string();
+            if let Ok(value) = header::HeaderValue::from_str(&seconds) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+    }
+    let response = next.run(request).await;
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status().is_client_error() && !json {
+        let status = response.status();
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                format!("the body is over the {MAX_BODY} bytes a request may hold")
+            }
+            StatusCode::REQUEST_TIMEOUT => format!(
+                "the body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+            _ => status.canonical_reason().unwrap_or("refused").to_string(),
+        };
+        return error(status, &message).into_response();
+    }
+    response
 }
 
 async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Refused {

@@ -77,6 +77,8 @@ impl Transport {
 pub struct Peer {
     /// The client certificate's fingerprint ([`crate::tls::fingerprint`]).
     pub client_cert: Option<String>,
+    /// The client's address.
+    pub addr: Option<SocketAddr>,
 }
 
 /// Serves `router` on `listener` until the task is dropped.
@@ -96,8 +98,8 @@ pub(super) async fn serve(
         Transport::PlainLoopback => None,
     };
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(error) => {
                 tracing::debug!(%error, "accepting a connection failed");
                 tokio::time::sleep(ACCEPT_PAUSE).await;
@@ -108,7 +110,13 @@ pub(super) async fn serve(
         let failed = Arc::clone(&handshakes_failed);
         tokio::spawn(async move {
             match acceptor {
-                None => exchange(&http, stream, Peer::default(), router).await,
+                None => {
+                    let peer = Peer {
+                        client_cert: None,
+                        addr: Some(addr),
+                    };
+                    exchange(&http, stream, peer, router).await;
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
@@ -119,6 +127,7 @@ pub(super) async fn serve(
                                     .peer_certificates()
                                     .and_then(<[_]>::first)
                                     .map(|cert| crate::tls::fingerprint(cert)),
+                                addr: Some(addr),
                             };
                             exchange(&http, tls, peer, router).await;
                         }
