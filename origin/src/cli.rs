@@ -135,6 +135,13 @@ pub(crate) enum Command {
         /// `roles`), `name_claim` (default `preferred_username`) and `ca` (optional PEM file).
         #[arg(long)]
         oidc: Option<PathBuf>,
+        /// Requests a second each client address may make on average (a depot relays its
+        /// whole yard's reports from one address).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        rate: u32,
+        /// Requests a client address may make at once.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        burst: u32,
         /// How often the gates are re-evaluated without a report (soak times, report timeouts).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         tick_secs: u64,

@@ -117,6 +117,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_key,
             plain_http,
             oidc,
+            rate,
+            burst,
         } => {
             let how = match (&tls_cert, &tls_key) {
                 _ if plain_http => Listen::PlainLoopback,
@@ -124,7 +126,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => Listen::OriginTls,
             };
             let bearer = oidc.as_deref().map(oidc_verifier).transpose()?;
-            serve(origin, listen, &how, bearer, tick_secs)?;
+            let limit = origin::http::RateLimit {
+                per_sec: f64::from(rate),
+                burst: f64::from(burst),
+            };
+            serve(origin, listen, &how, bearer, limit, tick_secs)?;
         }
         Command::Campaign { director, command } => {
             campaign(&client(&origin, &director)?, command)?;
@@ -202,6 +208,7 @@ fn serve(
     listen: SocketAddr,
     how: &Listen<'_>,
     bearer: Option<std::sync::Arc<dyn origin::http::BearerVerifier>>,
+    limit: origin::http::RateLimit,
     tick_secs: u64,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -210,7 +217,7 @@ fn serve(
         )
         .with_writer(std::io::stderr)
         .init();
-    let server = origin::http::Server::bind(origin, listen, how, bearer)?;
+    let server = origin::http::Server::bind(origin, listen, how, bearer, limit)?;
     println!("director listening on {}", server.url()?);
     server.run(std::time::Duration::from_secs(tick_secs));
     Ok(())

@@ -299,12 +299,14 @@ pub struct Server {
 
 impl Server {
     /// Opens the director of `origin` and listens on `listen` as `how` says; operators are
-    /// those of the origin's registry, and those whose bearer tokens `bearer` accepts.
+    /// those of the origin's registry, and those whose bearer tokens `bearer` accepts; each
+    /// client address is held to `limit`.
     pub fn bind(
         origin: crate::Origin,
         listen: std::net::SocketAddr,
         how: &Listen<'_>,
         bearer: Option<Arc<dyn BearerVerifier>>,
+        limit: RateLimit,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let transport = transport(&origin, how)?;
@@ -322,10 +324,11 @@ impl Server {
             runtime,
             listener,
             transport,
-            shared: Shared::with_gate(
+            shared: Shared::with_limit(
                 director,
                 Box::new(node::clock::unix_now),
                 Gate::new(Operators::path(&origin_dir), bearer),
+                limit,
             ),
         })
     }
