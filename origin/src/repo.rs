@@ -55,6 +55,9 @@ pub fn lifetime_days(role: &str) -> i64 {
     }
 }
 
+/// Days before its expiry that `origin timestamp` signs a snapshot again.
+pub const SNAPSHOT_RENEW_DAYS: i64 = 2;
+
 /// An origin directory and the offline key directory given for this command.
 #[derive(Debug, Clone)]
 pub struct Origin {
@@ -245,8 +248,19 @@ impl Origin {
     }
 
     /// Re-signs the timestamp over the current snapshot (run it well inside the timestamp's
-    /// one-day lifetime, e.g. hourly).
+    /// one-day lifetime, e.g. hourly); and the snapshot too (online key) when it has less than
+    /// [`SNAPSHOT_RENEW_DAYS`] left, so a repository nobody changes for a week (a vehicle not
+    /// reassigned) stays fresh.
     pub fn refresh_timestamp(&self, repository: &str) -> anyhow::Result<()> {
+        let (_, snapshot) = self.latest(repository, "snapshot")?;
+        let expires = snapshot["expires"]
+            .as_str()
+            .and_then(|t| Time::parse(t).ok())
+            .map_or(i64::MIN, Time::unix);
+        if expires - self.now.unix() < SNAPSHOT_RENEW_DAYS * 86_400 {
+            self.verified(repository, &["snapshot", "timestamp"])?;
+            return self.publish(repository);
+        }
         self.verified(repository, &["timestamp"])?;
         let (version, _) = self.latest(repository, "snapshot")?;
         let path = self
