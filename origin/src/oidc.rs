@@ -53,6 +53,11 @@ pub struct OidcConfig {
     /// A PEM bundle of the CAs trusted for the issuer's HTTPS; absent, the webpki roots.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// The client id the provider registered for the console: a public client (no secret)
+    /// using the authorization code flow with PKCE, its redirect URI the console's own
+    /// address. Absent, the console offers no single sign-on button.
+    #[serde(default)]
+    pub console_client_id: Option<String>,
 }
 
 fn default_roles_claim() -> String {
@@ -161,13 +166,44 @@ pub struct OidcVerifier {
     config: OidcConfig,
     keys: RwLock<KeySet>,
     refetch: Option<Refetch>,
+    endpoints: Option<Endpoints>,
+}
+
+/// Where a browser signs in: the provider's endpoints from its discovery document.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct Endpoints {
+    authorization_endpoint: String,
+    token_endpoint: String,
 }
 
 #[derive(Deserialize)]
 struct Discovery {
     issuer: String,
     jwks_uri: String,
+    #[serde(flatten)]
+    endpoints: Option<Endpoints>,
 }
+
+/// What the console needs to sign an operator in with the provider (OAuth 2.0 authorization
+/// code with PKCE, as a public browser client): `GET /v1/login`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsoleLogin {
+    /// The issuer.
+    pub issuer: String,
+    /// Where the browser is sent to sign in.
+    pub authorization_endpoint: String,
+    /// Where the console exchanges the code for an access token.
+    pub token_endpoint: String,
+    /// The console's client id at the provider.
+    pub client_id: String,
+    /// The resource indicator (RFC 8707) the token is asked for: the director's audience.
+    pub resource: String,
+    /// The scopes asked for.
+    pub scope: String,
+}
+
+/// The scopes the console asks for: the OpenID sign-in and the director's own.
+pub const CONSOLE_SCOPE: &str = "openid campaigns";
 
 #[derive(Deserialize)]
 struct JwksDocument {
@@ -200,6 +236,7 @@ impl OidcVerifier {
                 jwks_uri: discovery.jwks_uri,
                 last: Mutex::new(None),
             }),
+            endpoints: discovery.endpoints,
         })
     }
 
@@ -211,12 +248,28 @@ impl OidcVerifier {
             config,
             keys: RwLock::new(keys),
             refetch: None,
+            endpoints: None,
         })
     }
 
     /// The configuration this verifier checks against.
     pub fn config(&self) -> &OidcConfig {
         &self.config
+    }
+
+    /// How the console signs an operator in, when a console client is configured and the
+    /// provider's discovery document named its authorization and token endpoints.
+    pub fn console_login(&self) -> Option<ConsoleLogin> {
+        let client_id = self.config.console_client_id.clone()?;
+        let endpoints = self.endpoints.clone()?;
+        Some(ConsoleLogin {
+            issuer: self.config.issuer.clone(),
+            authorization_endpoint: endpoints.authorization_endpoint,
+            token_endpoint: endpoints.token_endpoint,
+            client_id,
+            resource: self.config.audience.clone(),
+            scope: CONSOLE_SCOPE.to_owned(),
+        })
     }
 
     /// Checks `token` (the bearer token, without `Bearer `) at `now` (Unix seconds).
@@ -612,6 +665,7 @@ mod tests {
             roles_claim: "realm_access.roles".to_owned(),
             name_claim: default_name_claim(),
             ca: None,
+            console_client_id: None,
         }
     }
 

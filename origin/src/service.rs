@@ -979,6 +979,7 @@ impl Director {
             nonce: nonce.clone(),
             manifest: digest,
             outcome: reported_outcome,
+            reason: install.map(|i| i.reason).unwrap_or_default(),
         });
         self.registry.put_vehicle(&vehicle)?;
         Ok(Accepted {

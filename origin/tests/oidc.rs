@@ -146,6 +146,7 @@ fn config(roles_claim: &str) -> OidcConfig {
         roles_claim: roles_claim.to_owned(),
         name_claim: "preferred_username".to_owned(),
         ca: Some(provider.ca.clone()),
+        console_client_id: None,
     }
 }
 

@@ -407,6 +407,9 @@ pub struct LastReport {
     /// The install outcome it reported, if it ended one.
     #[serde(default)]
     pub outcome: Option<InstallOutcome>,
+    /// Why that install rolled back, as the vehicle said (empty after a commit).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// A vehicle in the director's registry.

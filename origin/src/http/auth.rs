@@ -37,6 +37,7 @@ pub enum Need {
 /// it, need.
 pub const ROUTES: &[(&str, &str, Need)] = &[
     ("GET", "/", Need::Anyone),
+    ("GET", "/v1/login", Need::Anyone),
     ("GET", "/metrics", Need::Role(Role::Viewer)),
     ("GET", "/v1/whoami", Need::Operator),
     ("GET", "/v1/campaigns", Need::Role(Role::Viewer)),
@@ -116,6 +117,11 @@ impl Principal {
 pub trait BearerVerifier: Send + Sync {
     /// The operator `token` proves, at `now` (Unix seconds); or why it proves none.
     fn verify(&self, token: &str, now: u64) -> Result<Principal, String>;
+
+    /// How the console signs an operator in with this provider, if it can.
+    fn console_login(&self) -> Option<crate::oidc::ConsoleLogin> {
+        None
+    }
 }
 
 /// Tokens of the configured OpenID provider: the name and roles its claims carry (role names
@@ -135,6 +141,10 @@ impl BearerVerifier for crate::oidc::OidcVerifier {
                 .collect(),
             via: Via::Token(verified.issuer),
         })
+    }
+
+    fn console_login(&self) -> Option<crate::oidc::ConsoleLogin> {
+        crate::oidc::OidcVerifier::console_login(self)
     }
 }
 
@@ -192,6 +202,12 @@ impl Gate {
             bearer,
             refusals: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// How the console signs an operator in with the single sign-on, if one is configured for
+    /// it.
+    pub fn console_login(&self) -> Option<crate::oidc::ConsoleLogin> {
+        self.bearer.as_ref()?.console_login()
     }
 
     /// The registry, read again if the file changed since.

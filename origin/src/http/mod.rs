@@ -2,7 +2,8 @@
 //!
 //! | method and path | body | what |
 //! |---|---|---|
-//! | `GET /` | | the dashboard (HTML; refreshes itself from `/v1/campaigns`) |
+//! | `GET /` | | the console (HTML; see [`console`]) |
+//! | `GET /v1/login` | | how the console signs an operator in (the single sign-on's endpoints) |
 //! | `GET /metrics` | | Prometheus text exposition |
 //! | `GET /v1/campaigns` | | every campaign's standing (JSON) |
 //! | `POST /v1/campaigns` | `{"actor", "spec"}` | create a campaign (awaits approval) |
@@ -46,11 +47,9 @@ use crate::operators::Operators;
 use crate::service::{Director, EnrollError, ManifestError};
 
 pub mod auth;
+pub mod console;
 pub mod rate;
 mod server;
-
-/// The dashboard page.
-pub const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// The service's shared state: the director and its clock.
 pub struct Shared {
@@ -213,7 +212,8 @@ fn path_id<T: std::str::FromStr<Err = proto::IdError>>(text: &str) -> Result<T, 
 /// The service's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/", get(dashboard))
+        .route("/", get(console::page))
+        .route("/v1/login", get(console::login))
         .route(path::METRICS, get(metrics))
         .route("/v1/whoami", get(whoami))
         .route(path::CAMPAIGNS, get(campaigns).post(create))
@@ -433,14 +433,6 @@ async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Refused {
         StatusCode::NOT_FOUND,
         &format!("no route {method} {}", uri.path()),
     )
-}
-
-async fn dashboard() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        DASHBOARD,
-    )
-        .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
