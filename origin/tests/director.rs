@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,12 +13,16 @@ use ed25519_dalek::SigningKey;
 use node::director_client::ClientTls;
 use origin::Origin;
 use origin::campaign::{CampaignSpec, Filters, Gates, Wave};
-use origin::http::{Gate, Need, RateLimit, Shared};
+use origin::http::{Gate, Need, RateLimit};
 use origin::operators::Role;
-use origin::service::Director;
 use serde_json::{Value, json};
 
-const START: u64 = 1_795_000_000;
+#[path = "common/director_fixture.rs"]
+mod director_fixture;
+#[path = "common/sim_fleet.rs"]
+mod sim_fleet;
+
+const START: u64 = sim_fleet::START;
 const CYCLE: u64 = 600;
 
 struct Harness {
@@ -192,65 +195,31 @@ impl Harness {
     /// A harness whose director holds each client to `limit`.
     fn limited(limit: RateLimit) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let origin = Origin {
-            dir: dir.path().join("origin"),
-            offline_keys: Some(dir.path().join("offline")),
-            now: proto::tuf::Time::from_unix(START as i64),
-        };
-        origin::init(&origin).unwrap();
-        for (name, counter, fill) in [("gw/1.0.bin", 1, 1u8), ("gw/2.0.bin", 2, 2u8)] {
-            let file = dir.path().join("image");
-            std::fs::write(&file, vec![fill; 100_000]).unwrap();
-            origin::Release::new(&file, name, ["gateway-v1"], counter)
-                .sign(&origin, &origin::Actor::new("test").unwrap())
-                .unwrap();
-        }
+        let origin = sim_fleet::origin_with_releases_at(dir.path(), START);
         let clock = Arc::new(AtomicU64::new(START));
-        let director = Director::open(origin.clone()).unwrap();
         let ticking = Arc::clone(&clock);
         // Bearer tokens of a single sign-on whose keys the test holds (the provider itself is
-        // exercised against a real OpenID provider in tests/oidc.rs).
+        // exercised against a real OpenID provider in tests/oidc.rs and tests/console.rs).
         let sso = Sso::new();
         let gate = Gate::new(
             origin::operators::Operators::path(&origin),
             Some(Arc::new(sso.verifier())),
         );
-        let shared = Shared::with_limit(
-            director,
-            Box::new(move || ticking.load(Ordering::SeqCst)),
+        let bound = director_fixture::bind();
+        let url = bound.url.clone();
+        let runtime = bound.serve(
+            &origin,
             gate,
+            Box::new(move || ticking.load(Ordering::SeqCst)),
             limit,
         );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("https://{}", listener.local_addr().unwrap());
-        let transport = origin::http::transport(&origin, &origin::http::Listen::OriginTls).unwrap();
-        runtime.spawn(origin::http::serve(
-            listener,
-            transport,
-            shared,
-            std::time::Duration::from_millis(50),
-        ));
         let ca = origin::tls::TlsFiles::of(&origin).director_ca;
         let timeout = std::time::Duration::from_secs(60);
         let agent = ClientTls::trusting(&ca).unwrap().agent(timeout);
         let mut operators = BTreeMap::new();
         for (name, roles) in OPERATORS {
-            let added = origin::operators::add(
-                &origin,
-                &origin::Actor::new("admin").unwrap(),
-                &name.parse().unwrap(),
-                &roles.iter().copied().collect(),
-                30,
-                &dir.path().join("operators"),
-            )
-            .unwrap();
+            let added =
+                director_fixture::add_operator(&origin, &dir.path().join("operators"), name, roles);
             let tls = ClientTls::trusting(&ca)
                 .unwrap()
                 .with_identity(&added.certificate, &added.key)
@@ -807,47 +776,9 @@ fn bad_requests_are_refused_by_name() {
     }
 }
 
-/// Where the screenshot goes.
-fn output_dir() -> std::path::PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("director-dashboard");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Chromium, installed from Debian's archive when missing (the test needs it; CI runs as root).
-fn chromium() -> std::path::PathBuf {
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        if let Ok(out) = std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {name}")])
-            .output()
-        {
-            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if out.status.success() && !path.is_empty() {
-                return path.into();
-            }
-        }
-    }
-    let install = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "export DEBIAN_FRONTEND=noninteractive; \
-             apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
-             (apt-get update >/dev/null 2>&1 && \
-              apt-get install -y --no-install-recommends chromium >/dev/null 2>&1)",
-        ])
-        .status()
-        .unwrap();
-    assert!(
-        install.success(),
-        "this test needs Chromium: `apt-get install chromium` failed (run as root, with \
-         Debian's archive reachable)"
-    );
-    "/usr/bin/chromium".into()
-}
-
 #[test]
 fn the_dashboard_renders_real_campaigns_in_headless_chromium() {
-    let browser = chromium();
+    let browser = director_fixture::chromium();
     let h = Harness::new();
     let vehicles = h.fleet(400);
     // One campaign halts in its canary (a bad batch in regions 0 and 1); another, for regions
@@ -874,7 +805,7 @@ fn the_dashboard_renders_real_campaigns_in_headless_chromium() {
         "{south:#}"
     );
 
-    let out = output_dir();
+    let out = director_fixture::output_dir("director-dashboard");
     let screenshot = out.join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
     // A viewer signed in with the single sign-on's token.
@@ -891,7 +822,7 @@ fn the_dashboard_renders_real_campaigns_in_headless_chromium() {
     // policy would carry for the embedded default.
     let pin = format!(
         "--ignore-certificate-errors-spki-list={}",
-        origin::tls::spki_pin(&origin::tls::TlsFiles::of(&h.origin).director_key).unwrap()
+        director_fixture::director_pin(&h.origin)
     );
     let common = [
         pin.as_str(),

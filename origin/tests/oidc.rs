@@ -1,134 +1,32 @@
 //! `origin::oidc` against a real OpenID provider: the npm package `oidc-provider` (pinned in
 //! `tests/oidc/package.json` and its lock), installed once with `npm ci` under the target
 //! directory and started once per test binary on loopback HTTPS with a certificate from a CA
-//! made here. Tokens come from it through the client_credentials grant; the forged one is
-//! signed here with a key the provider never published.
+//! made here (`tests/common/node_fixtures.rs`). Tokens come from it through the
+//! client_credentials grant; the forged one is signed here with a key the provider never
+//! published.
 //!
 //! Needs `node` and `npm` on the PATH, and the npm registry the first time.
 
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use origin::oidc::{CLOCK_LEEWAY_SECS, OidcConfig, OidcError, OidcVerifier, Verified};
 use serde_json::{Map, Value};
 
+#[path = "common/node_fixtures.rs"]
+mod node_fixtures;
+use node_fixtures::{Provider, start_provider};
+
 const DIRECTOR: &str = "urn:depotmesh:director";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The running provider: two issuers sharing one key set, and the CA their HTTPS chains to.
-struct Provider {
-    issuer: String,
-    other_issuer: String,
-    ca: PathBuf,
-    /// Keeps the provider's standard input open: it exits when that closes, that is when this
-    /// test process ends however it ends (a static is never dropped, a killed test runs no
-    /// destructor).
-    _process: Child,
-    _certificates: tempfile::TempDir,
-}
-
 fn provider() -> &'static Provider {
     static PROVIDER: OnceLock<Provider> = OnceLock::new();
-    PROVIDER.get_or_init(start_provider)
-}
-
-/// `tests/oidc` installed under the target directory; `npm ci` runs again only when the lock
-/// file changed.
-fn install_provider() -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("oidc-provider");
-    let lock = fs::read(source.join("package-lock.json")).unwrap();
-    let installed = dir.join("installed-package-lock.json");
-    fs::create_dir_all(&dir).unwrap();
-    if fs::read(&installed).ok().as_ref() != Some(&lock) {
-        fs::copy(source.join("package.json"), dir.join("package.json")).unwrap();
-        fs::write(dir.join("package-lock.json"), &lock).unwrap();
-        let status = Command::new("npm")
-            .args([
-                "ci",
-                "--no-audit",
-                "--no-fund",
-                "--ignore-scripts",
-                "--prefix",
-            ])
-            .arg(&dir)
-            .status()
-            .expect("npm (with node) must be on the PATH to install oidc-provider");
-        assert!(status.success(), "npm ci in {} failed", dir.display());
-        fs::write(&installed, &lock).unwrap();
-    }
-    fs::copy(source.join("provider.mjs"), dir.join("provider.mjs")).unwrap();
-    dir
-}
-
-fn start_provider() -> Provider {
-    let dir = install_provider();
-    let certificates = tempfile::tempdir().unwrap();
-    let ca = write_certificates(certificates.path());
-    let log = certificates.path().join("provider.log");
-    let mut child = Command::new("node")
-        .arg(dir.join("provider.mjs"))
-        .arg(certificates.path().join("server.pem"))
-        .arg(certificates.path().join("server.key"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("node must be on the PATH");
-    let stdout = child.stdout.take().unwrap();
-    let (ready, started) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = ready.send(line);
-    });
-    let line = started
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_default();
-    let Ok(addresses) = serde_json::from_str::<Value>(&line) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "the OpenID provider did not start: {line:?}\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-    };
-    Provider {
-        issuer: addresses["issuer"].as_str().unwrap().to_owned(),
-        other_issuer: addresses["other_issuer"].as_str().unwrap().to_owned(),
-        ca,
-        _process: child,
-        _certificates: certificates,
-    }
-}
-
-/// A test CA and the provider's certificate for 127.0.0.1; returns the CA's PEM path.
-fn write_certificates(dir: &Path) -> PathBuf {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "depotmesh test CA");
-    let ca_certificate = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca_certificate, &ca_key)
-        .unwrap();
-    fs::write(dir.join("server.pem"), server_certificate.pem()).unwrap();
-    fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
-    let ca = dir.join("ca.pem");
-    fs::write(&ca, ca_certificate.pem()).unwrap();
-    ca
+    PROVIDER.get_or_init(|| start_provider(None))
 }
 
 fn now() -> u64 {

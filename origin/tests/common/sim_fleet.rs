@@ -1,6 +1,6 @@
 //! A simulated fleet for the director: vehicles with their own primary and ECU keys (derived
 //! from their index), their registry records and signed vehicle manifests, and an origin with
-//! two gateway releases. Shared by `tests/director_log.rs` and `examples/director_scale.rs`
+//! two gateway releases. Shared by `tests/director_log.rs`, `tests/director.rs`, `tests/console.rs` and `examples/director_scale.rs`
 //! (through `#[path]`).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::cast_possible_wrap)]
@@ -89,16 +89,26 @@ pub(crate) fn manifest(
 
 /// The origin under `dir` (its offline keys beside it), at [`START`].
 pub(crate) fn origin_at(dir: &Path) -> Origin {
+    origin_at_time(dir, START)
+}
+
+/// The origin under `dir` (its offline keys beside it), at `now` (Unix seconds).
+pub(crate) fn origin_at_time(dir: &Path, now: u64) -> Origin {
     Origin {
         dir: dir.join("origin"),
         offline_keys: Some(dir.join("offline")),
-        now: proto::tuf::Time::from_unix(START as i64),
+        now: proto::tuf::Time::from_unix(now as i64),
     }
 }
 
 /// Initialises the origin under `dir` and releases gw/1.0.bin and gw/2.0.bin for gateway-v1.
 pub(crate) fn origin_with_releases(dir: &Path) -> Origin {
-    let origin = origin_at(dir);
+    origin_with_releases_at(dir, START)
+}
+
+/// [`origin_with_releases`] at `now` (Unix seconds).
+pub(crate) fn origin_with_releases_at(dir: &Path, now: u64) -> Origin {
+    let origin = origin_at_time(dir, now);
     origin::init(&origin).unwrap();
     for (name, counter, fill) in [("gw/1.0.bin", 1, 1u8), ("gw/2.0.bin", 2, 2u8)] {
         let file = dir.join("image");

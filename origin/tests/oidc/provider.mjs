@@ -4,15 +4,21 @@
 // client_credentials grant with resource indicators, so each access token is a JWT whose `aud` is
 // the resource server's audience and whose signing algorithm the resource server picks.
 //
-// Usage: node provider.mjs CERT_PEM KEY_PEM. Prints one JSON line {"issuer", "other_issuer"} when
-// both listen, and exits when its standard input closes (the test process ended, however it ended).
+// With a third argument, the console's address (origin/tests/console.rs), it also registers the
+// console as a public client (authorization code with PKCE, no secret) redirecting there, and
+// people sign in on its login page with the names below (any password: the provider's
+// development login).
+//
+// Usage: node provider.mjs CERT_PEM KEY_PEM [CONSOLE_REDIRECT_URI]. Prints one JSON line
+// {"issuer", "other_issuer"} when both listen, and exits when its standard input closes (the test
+// process ended, however it ended).
 import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:https';
 
 import Provider from 'oidc-provider';
 
-const [certPath, keyPath] = process.argv.slice(2);
+const [certPath, keyPath, consoleRedirect] = process.argv.slice(2);
 const tls = { cert: readFileSync(certPath), key: readFileSync(keyPath) };
 
 function privateJwk(kid, type, options) {
@@ -63,6 +69,25 @@ const clients = Object.keys(identities).map((clientId) => ({
   scope: 'campaigns',
 }));
 
+// People who sign in through the console, by login name, and their roles, as the company's
+// directory would say.
+const people = {
+  vera: ['viewer'],
+  'bob@safety': ['approver'],
+  'carol@safety': ['approver'],
+  audrey: ['auditor'],
+};
+
+if (consoleRedirect) {
+  clients.push({
+    client_id: 'depotmesh-console',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: [consoleRedirect],
+  });
+}
+
 function configuration() {
   return {
     clients,
@@ -87,6 +112,9 @@ function configuration() {
       },
     },
     extraTokenClaims(_ctx, token) {
+      if (token.accountId) {
+        return { preferred_username: token.accountId, roles: people[token.accountId] ?? [] };
+      }
       return identities[token.clientId];
     },
   };
