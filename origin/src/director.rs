@@ -113,7 +113,15 @@ pub fn assign(
         origin,
         actor,
         "assign",
-        || sign_assignment(origin, vin, assignments, priority),
+        || {
+            sign_assignment(
+                origin,
+                &mut ImageRepo::open(origin)?,
+                vin,
+                assignments,
+                priority,
+            )
+        },
         |version| {
             let detail = json!({
                 "vin": vin,
@@ -132,6 +140,7 @@ pub fn assign(
 /// their targets when a wave opens, and the decision that opened it is the entry.
 pub(crate) fn sign_assignment(
     origin: &Origin,
+    image: &mut ImageRepo,
     vin: &Vin,
     assignments: &[Assignment],
     priority: Priority,
@@ -152,16 +161,12 @@ pub(crate) fn sign_assignment(
     }
     let repository = vehicle_repository(vin);
     origin.verified(&repository, &RENEWED)?;
-    // The image repository is only read, the way a vehicle reads it (expiry included); checked
-    // here too so that a refusal names its file.
-    crate::chain::verify(&origin.dir, origin.now, "image", &[])?;
 
     // What the image repository says of each target.
-    let image_dir = origin.dir.join("image");
-    let mut image = image_updater(origin, &image_dir)?;
     let mut entries = Map::new();
     for (target, ecus) in by_target {
         let file = image
+            .0
             .target_info(target)
             .with_context(|| format!("looking up {target} in the image repository"))?
             .with_context(|| format!("the image repository does not list {target}"))?;
@@ -326,6 +331,25 @@ pub(crate) fn image_updater(
         .refresh()
         .context("the image repository does not verify (run `origin verify`)")?;
     Ok(updater)
+}
+
+/// The image repository as assignments read it: its chain verified (expiry included, so that a
+/// refusal names its file), then loaded as a vehicle loads it. Opened once for a batch of
+/// assignments (a wave opening), not once per vehicle.
+pub(crate) struct ImageRepo(BlockingUpdater<FileRemote, MemoryStore>);
+
+impl ImageRepo {
+    /// The image repository of `origin`, verified.
+    pub(crate) fn open(origin: &Origin) -> anyhow::Result<Self> {
+        crate::chain::verify(&origin.dir, origin.now, "image", &[])?;
+        Ok(Self(image_updater(origin, &origin.dir.join("image"))?))
+    }
+}
+
+impl std::fmt::Debug for ImageRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageRepo").finish_non_exhaustive()
+    }
 }
 
 /// A repository read from its directory.

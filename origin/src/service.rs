@@ -648,13 +648,19 @@ impl Director {
         let priority = record.spec.priority;
         let release = record.spec.release.clone();
         let mut signed = Vec::new();
+        let mut image = None;
         for vin in due {
             let Some(vehicle) = self.registry.vehicle(&vin)? else {
                 continue;
             };
             let assignments = assignments(&vehicle, &release);
-            let version = director::sign_assignment(&self.origin, &vin, &assignments, priority)
-                .with_context(|| format!("signing the targets of {vin}"))?;
+            let image = match &mut image {
+                Some(image) => image,
+                None => image.insert(director::ImageRepo::open(&self.origin)?),
+            };
+            let version =
+                director::sign_assignment(&self.origin, image, &vin, &assignments, priority)
+                    .with_context(|| format!("signing the targets of {vin}"))?;
             let before: BTreeMap<EcuSerial, String> = vehicle
                 .ecus
                 .iter()
@@ -757,7 +763,15 @@ impl Director {
                     "the campaign names no fallback for its hardware"
                 ))
             } else {
-                director::sign_assignment(&self.origin, &vin, &assignments, priority)
+                director::ImageRepo::open(&self.origin).and_then(|mut image| {
+                    director::sign_assignment(
+                        &self.origin,
+                        &mut image,
+                        &vin,
+                        &assignments,
+                        priority,
+                    )
+                })
             };
             let detail = match &result {
                 Ok(version) => json!({"campaign": id, "vin": vin, "director_version": version,

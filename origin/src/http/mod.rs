@@ -1,26 +1,15 @@
 //! The director service over HTTP (`origin serve`).
 //!
-//! | method and path | body | what |
-//! |---|---|---|
-//! | `GET /` | | the console (HTML; see [`console`]) |
-//! | `GET /v1/login` | | how the console signs an operator in (the single sign-on's endpoints) |
-//! | `GET /metrics` | | Prometheus text exposition |
-//! | `GET /v1/campaigns` | | every campaign's standing (JSON) |
-//! | `POST /v1/campaigns` | `{"actor", "spec"}` | create a campaign (awaits approval) |
-//! | `POST /v1/campaigns/{id}/approve` | `{"by"}` | approve and start it |
-//! | `POST /v1/campaigns/{id}/halt` | `{"by", "reason"}` | halt it |
-//! | `POST /v1/campaigns/{id}/resume` | `{"by"}` | resume a halted one |
-//! | `POST /v1/campaigns/{id}/abort` | `{"by", "reason"}` | call it off, vehicles to the fallback |
-//! | `GET /v1/vehicles` | | the registry |
-//! | `POST /v1/vehicles` | `{"actor", "vehicle"}` | register a vehicle |
-//! | `POST /v1/vehicles/{vin}/manifest` | a signed vehicle manifest | a vehicle's report |
+//! Routes, what each needs and what each takes are in one table: [`auth::ROUTES`] (the role)
+//! and docs/director.md (bodies and answers). Every request passes [`auth`] (who asks, and
+//! whether they may) and a per-client rate limit ([`rate`]) before its route runs; the
+//! listener ([`server`]) speaks HTTPS and bounds how long a client may take.
 //!
 //! Errors answer `{"error": "..."}` naming what was wrong: 400 for a bad request or a refused
-//! operator action, 403 for a refused manifest (malformed, not signed as registered, for
-//! another vehicle or a director version never signed), 404 for an unknown vehicle, 409 for a
-//! replayed manifest. The operator endpoints carry no authentication of
-//! their own: put the service behind the fleet's authenticating proxy (the `by` it records is
-//! what that proxy vouches for).
+//! operator action, 401 for a missing or unknown credential, 403 for a missing role or a
+//! refused manifest (malformed, not signed as registered, for another vehicle or a director
+//! version never signed), 404 for an unknown vehicle or route, 409 for a replayed manifest or
+//! a VIN enrolled with other keys, 413 for a body over [`MAX_BODY`], 429 past the rate limit.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
