@@ -3,7 +3,7 @@
 //! Routes, what each needs and what each takes are in one table: [`auth::ROUTES`] (the role)
 //! and docs/director.md (bodies and answers). Every request passes [`auth`] (who asks, and
 //! whether they may) and a per-client rate limit ([`rate`]) before its route runs; the
-//! listener ([`server`]) speaks HTTPS and bounds how long a client may take.
+//! listener (`server`) speaks HTTPS and bounds how long a client may take.
 //!
 //! Errors answer `{"error": "..."}` naming what was wrong: 400 for a bad request or a refused
 //! operator action, 401 for a missing or unknown credential, 403 for a missing role or a
