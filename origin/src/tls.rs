@@ -141,9 +141,18 @@ pub fn init(origin: &Origin, names: &[String]) -> anyhow::Result<()> {
 }
 
 /// Issues the director's server certificate from the director CA, for [`LOOPBACK_NAMES`] and
-/// `names`, replacing the one there (a new name needs no change on any client).
+/// `names`, replacing the one there (a new name needs no change on any client). An origin made
+/// before it had TLS gets its CAs made first.
 pub fn issue_director_cert(origin: &Origin, names: &[String]) -> anyhow::Result<()> {
+    for name in names {
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            bail!("--name {name:?} is neither a DNS name nor an IP address");
+        }
+    }
     let files = TlsFiles::of(origin);
+    if !files.director_ca_key.exists() && !files.operator_ca.exists() {
+        return init(origin, names);
+    }
     let ca = Authority::load(DIRECTOR_CA, &files.director_ca_key)?;
     let mut all: Vec<String> = LOOPBACK_NAMES.iter().map(ToString::to_string).collect();
     all.extend(names.iter().cloned());
@@ -241,6 +250,15 @@ pub fn server_config(
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let files = TlsFiles::of(origin);
     let (cert_file, key_file) = cert_and_key.unwrap_or((&files.director_cert, &files.director_key));
+    for needed in [cert_file, &files.operator_ca] {
+        if !needed.exists() {
+            bail!(
+                "{} is missing: an origin made before the director spoke HTTPS; make its \
+                 certificates with `origin director-cert --name HOST`",
+                needed.display()
+            );
+        }
+    }
     let chain = read_certs(cert_file)?;
     let key = read_key(key_file)?;
     let mut roots = rustls::RootCertStore::empty();

@@ -885,3 +885,56 @@ fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
     names.sort();
     assert_eq!(names, ["new", "old", "patch"]);
 }
+
+/// An origin made before the director spoke HTTPS: `serve` says what is missing and how to
+/// make it; `director-cert` makes the CAs and the certificate for the names given.
+#[test]
+fn an_origin_without_tls_is_told_how_to_make_it() {
+    let mut f = Fixture::new();
+    assert!(f.origin_at(None, &["init"]).ok, "{}", f.transcript);
+    for file in [
+        "tls",
+        "keys/director-ca.key",
+        "keys/director-tls.key",
+        "keys/operator-ca.key",
+    ] {
+        let path = f.dir.join(file);
+        if path.is_dir() {
+            std::fs::remove_dir_all(path).unwrap();
+        } else {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let run = f.origin_at(None, &["serve", "--listen", "127.0.0.1:0"]);
+    assert!(
+        !run.ok
+            && run.stderr.contains("director.pem is missing")
+            && run.stderr.contains("director-cert"),
+        "{}",
+        run.stderr
+    );
+    let run = f.origin_at(None, &["director-cert", "--name", "director.fleet.example"]);
+    assert!(run.ok, "{}", f.transcript);
+    let chain = std::fs::read_to_string(f.dir.join("tls/director.pem")).unwrap();
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{chain}");
+    assert!(f.dir.join("tls/operator-ca.pem").exists());
+    // And again, for another name, from the same CA: clients need no change.
+    let ca = std::fs::read(f.dir.join("tls/director-ca.pem")).unwrap();
+    assert!(
+        f.origin_at(None, &["director-cert", "--name", "10.0.0.5"])
+            .ok,
+        "{}",
+        f.transcript
+    );
+    assert_eq!(
+        std::fs::read(f.dir.join("tls/director-ca.pem")).unwrap(),
+        ca
+    );
+    // A name that is not one is refused, naming it.
+    let run = f.origin_at(None, &["director-cert", "--name", "not a name"]);
+    assert!(
+        !run.ok && run.stderr.contains("\"not a name\" is neither a DNS name"),
+        "{}",
+        run.stderr
+    );
+}
