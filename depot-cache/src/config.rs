@@ -51,6 +51,12 @@ struct RelayFile {
     retry_secs: u64,
     #[serde(default = "max_reports")]
     max_reports: usize,
+    #[serde(default = "max_queue_bytes")]
+    max_queue_bytes: u64,
+    #[serde(default = "per_vehicle")]
+    max_per_vehicle: usize,
+    #[serde(default = "per_peer")]
+    max_per_peer: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +132,16 @@ fn retry_secs() -> u64 {
     30
 }
 fn max_reports() -> usize {
-    100_000
+    node::relay::Quotas::default().max_reports
+}
+fn max_queue_bytes() -> u64 {
+    node::relay::Quotas::default().max_bytes
+}
+fn per_vehicle() -> usize {
+    node::relay::Quotas::default().per_vehicle
+}
+fn per_peer() -> usize {
+    node::relay::Quotas::default().per_peer
 }
 
 /// A checked configuration.
@@ -172,8 +187,9 @@ pub struct RelayConfig {
     pub director_ca: Option<PathBuf>,
     /// How long to wait before trying again when the director cannot be reached.
     pub retry: Duration,
-    /// Reports queued at most; more are refused `Busy` (the vehicle keeps them).
-    pub max_reports: usize,
+    /// What the queue holds at most, in all and from one vehicle or peer; more is refused
+    /// `Busy` (the vehicle keeps its report).
+    pub quotas: node::relay::Quotas,
 }
 
 /// The directory of the queue of reports to relay.
@@ -250,7 +266,9 @@ pub enum ConfigError {
     )]
     UpstreamWithoutPeer(Multiaddr),
     /// `relay.retry_secs` or `relay.max_reports` is 0.
-    #[error("relay.retry_secs and relay.max_reports must be at least 1")]
+    #[error(
+        "relay.retry_secs, relay.max_reports, relay.max_queue_bytes, relay.max_per_vehicle and relay.max_per_peer must each be at least 1"
+    )]
     RelayLimits,
 }
 
@@ -414,14 +432,24 @@ pub fn parse(text: &str) -> Result<DepotConfig, ConfigError> {
             }
             node::director_client::check_url(url)
                 .map_err(|why| at("relay.director_url", relay.director_url.span(), &why))?;
-            if relay.retry_secs == 0 || relay.max_reports == 0 {
+            if relay.retry_secs == 0
+                || relay.max_reports == 0
+                || relay.max_queue_bytes == 0
+                || relay.max_per_vehicle == 0
+                || relay.max_per_peer == 0
+            {
                 return Err(ConfigError::RelayLimits);
             }
             Some(RelayConfig {
                 director_url: url.to_string(),
                 director_ca: relay.director_ca,
                 retry: Duration::from_secs(relay.retry_secs),
-                max_reports: relay.max_reports,
+                quotas: node::relay::Quotas {
+                    max_reports: relay.max_reports,
+                    max_bytes: relay.max_queue_bytes,
+                    per_vehicle: relay.max_per_vehicle,
+                    per_peer: relay.max_per_peer,
+                },
             })
         }
     };

@@ -101,7 +101,7 @@ pub async fn serve(
             // Its CA read (and refused, naming the file) before the depot starts.
             crate::relay::director_client(relay, RELAY_TIMEOUT).context("the relay's director")?;
             let dir = relay_dir(&config.data_dir);
-            let queue = ReportQueue::open(&dir, relay.max_reports)
+            let queue = ReportQueue::with_quotas(&dir, relay.quotas)
                 .with_context(|| format!("opening the report queue in {}", dir.display()))?;
             tracing::info!(queued = queue.len(), director = %relay.director_url, "relaying vehicles' reports");
             Some(Arc::new(queue))

@@ -13,7 +13,7 @@
 //! file, sync, rename, directory sync) before the vehicle hears "taken": a power cut loses no
 //! report it acknowledged and leaves no torn one. The same bytes handed twice are queued once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -52,18 +52,142 @@ pub struct QueuedReport {
     pub manifest: Vec<u8>,
 }
 
+/// What one sender may fill of the queue, so that one peer (a stranger, a vehicle gone wrong)
+/// cannot take every other vehicle's place or the depot's disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Reports queued at most.
+    pub max_reports: usize,
+    /// Bytes the queued reports may take on disk.
+    pub max_bytes: u64,
+    /// Reports queued at most for one vehicle (its VIN): a vehicle has a report or two
+    /// pending (each install's), a few more after long without a route.
+    pub per_vehicle: usize,
+    /// Reports queued at most from one peer since the depot started (a vehicle hands over
+    /// its own; more from one peer is a flood).
+    pub per_peer: usize,
+}
+
+impl Quotas {
+    /// At most `max_reports`, the other quotas their defaults.
+    pub fn reports(max_reports: usize) -> Self {
+        Self {
+            max_reports,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            max_reports: 100_000,
+            max_bytes: 1 << 30,
+            per_vehicle: 16,
+            per_peer: 64,
+        }
+    }
+}
+
+/// A queued report as the index knows it.
+#[derive(Clone, Debug)]
+struct Entry {
+    digest: BlobId,
+    /// The vehicle it names; None for a file that no longer reads (dropped by `pending`).
+    vin: Option<Vin>,
+    bytes: u64,
+    /// Who handed it over, if it was since the depot started.
+    from: Option<PeerId>,
+}
+
+/// What the queued reports add up to, by vehicle and sender: the quotas' measure.
+#[derive(Debug, Default)]
+struct Tally {
+    bytes: u64,
+    by_vehicle: HashMap<Vin, usize>,
+    by_peer: HashMap<PeerId, usize>,
+}
+
+impl Tally {
+    fn add(&mut self, entry: &Entry) {
+        self.bytes += entry.bytes;
+        if let Some(vin) = &entry.vin {
+            *self.by_vehicle.entry(vin.clone()).or_default() += 1;
+        }
+        if let Some(from) = entry.from {
+            *self.by_peer.entry(from).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, entry: &Entry) {
+        self.bytes = self.bytes.saturating_sub(entry.bytes);
+        if let Some(vin) = &entry.vin {
+            decrement(&mut self.by_vehicle, vin);
+        }
+        if let Some(from) = &entry.from {
+            decrement(&mut self.by_peer, from);
+        }
+    }
+
+    /// Why a report of `bytes` for `vin` from `from` may not join `queued` reports, if so.
+    fn refuse(
+        &self,
+        quotas: &Quotas,
+        queued: usize,
+        from: &PeerId,
+        vin: &Vin,
+        bytes: u64,
+    ) -> Option<String> {
+        if queued >= quotas.max_reports {
+            return Some(format!(
+                "the relay queue is full ({} reports); send it later or directly",
+                quotas.max_reports
+            ));
+        }
+        if self.bytes + bytes > quotas.max_bytes {
+            return Some(format!(
+                "the relay queue is full ({} bytes); send it later or directly",
+                quotas.max_bytes
+            ));
+        }
+        if self.by_vehicle.get(vin).copied().unwrap_or(0) >= quotas.per_vehicle {
+            return Some(format!(
+                "{} reports of {vin} wait already; send it later or directly",
+                quotas.per_vehicle
+            ));
+        }
+        if self.by_peer.get(from).copied().unwrap_or(0) >= quotas.per_peer {
+            return Some(format!(
+                "{} reports from this peer wait already; send it later or directly",
+                quotas.per_peer
+            ));
+        }
+        None
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = counts.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
 #[derive(Default)]
 struct QueueIndex {
     next: u64,
-    /// Sequence number → digest, oldest first.
-    order: BTreeMap<u64, BlobId>,
+    /// Sequence number → report, oldest first.
+    order: BTreeMap<u64, Entry>,
     digests: BTreeSet<BlobId>,
+    tally: Tally,
 }
 
 /// The depot's durable queue of reports to relay; see the module.
 pub struct ReportQueue {
     dir: PathBuf,
-    max_reports: usize,
+    quotas: Quotas,
     index: Mutex<QueueIndex>,
     arrived: tokio::sync::Notify,
 }
@@ -105,9 +229,16 @@ pub fn vehicle_of(manifest: &[u8]) -> Result<Vin, ManifestError> {
 }
 
 impl ReportQueue {
-    /// The queue in `dir` (created if missing), holding at most `max_reports`. Temporary files
-    /// a power cut left behind are removed; queued reports are kept in their order.
+    /// The queue in `dir` (created if missing), holding at most `max_reports` (the other
+    /// quotas their defaults). Temporary files a power cut left behind are removed; queued
+    /// reports are kept in their order.
     pub fn open(dir: &Path, max_reports: usize) -> std::io::Result<Self> {
+        Self::with_quotas(dir, Quotas::reports(max_reports))
+    }
+
+    /// [`Self::open`] with `quotas`. The reports already queued count towards them (read
+    /// once, here), but not towards any sender's: who handed them over is not stored.
+    pub fn with_quotas(dir: &Path, quotas: Quotas) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut index = QueueIndex::default();
         for entry in std::fs::read_dir(dir)? {
@@ -122,12 +253,21 @@ impl ReportQueue {
                 continue;
             };
             index.next = index.next.max(sequence + 1);
-            index.order.insert(sequence, digest);
+            let entry = Entry {
+                digest,
+                vin: std::fs::read(entry.path())
+                    .ok()
+                    .and_then(|bytes| vehicle_of(&bytes).ok()),
+                bytes: entry.metadata()?.len(),
+                from: None,
+            };
+            index.tally.add(&entry);
+            index.order.insert(sequence, entry);
             index.digests.insert(digest);
         }
         Ok(Self {
             dir: dir.to_path_buf(),
-            max_reports,
+            quotas,
             index: Mutex::new(index),
             arrived: tokio::sync::Notify::new(),
         })
@@ -151,7 +291,12 @@ impl ReportQueue {
     /// The reports waiting, oldest first. A file that no longer reads as a manifest (damaged on
     /// disk) is dropped with a warning: it could never be delivered.
     pub fn pending(&self) -> std::io::Result<Vec<QueuedReport>> {
-        let order: Vec<(u64, BlobId)> = self.lock().order.iter().map(|(s, d)| (*s, *d)).collect();
+        let order: Vec<(u64, BlobId)> = self
+            .lock()
+            .order
+            .iter()
+            .map(|(s, e)| (*s, e.digest))
+            .collect();
         let mut reports = Vec::with_capacity(order.len());
         for (sequence, digest) in order {
             let path = self.path(sequence, &digest);
@@ -186,7 +331,7 @@ impl ReportQueue {
         let Some(sequence) = index
             .order
             .iter()
-            .find_map(|(sequence, queued)| (queued == digest).then_some(*sequence))
+            .find_map(|(sequence, queued)| (queued.digest == *digest).then_some(*sequence))
         else {
             return Ok(());
         };
@@ -196,7 +341,9 @@ impl ReportQueue {
             Err(error) => return Err(error),
         }
         std::fs::File::open(&self.dir)?.sync_all()?;
-        index.order.remove(&sequence);
+        if let Some(entry) = index.order.remove(&sequence) {
+            index.tally.remove(&entry);
+        }
         index.digests.remove(digest);
         Ok(())
     }
@@ -231,14 +378,10 @@ impl ReportInbox for ReportQueue {
         if index.digests.contains(&digest) {
             return Ok(digest);
         }
-        if index.order.len() >= self.max_reports {
-            return Err(refuse(
-                ErrorCode::Busy,
-                format!(
-                    "the relay queue is full ({} reports); send it later or directly",
-                    self.max_reports
-                ),
-            ));
+        let bytes = manifest.len() as u64;
+        let queued = index.order.len();
+        if let Some(why) = index.tally.refuse(&self.quotas, queued, from, &vin, bytes) {
+            return Err(refuse(ErrorCode::Busy, why));
         }
         let sequence = index.next;
         crate::storage::replace_file(&self.path(sequence, &digest), manifest).map_err(|error| {
@@ -249,7 +392,14 @@ impl ReportInbox for ReportQueue {
             )
         })?;
         index.next += 1;
-        index.order.insert(sequence, digest);
+        let entry = Entry {
+            digest,
+            vin: Some(vin.clone()),
+            bytes,
+            from: Some(*from),
+        };
+        index.tally.add(&entry);
+        index.order.insert(sequence, entry);
         index.digests.insert(digest);
         drop(index);
         tracing::info!(%from, %vin, report = %digest, "report queued for the director");
@@ -401,6 +551,64 @@ mod tests {
         assert_eq!(full.code, ErrorCode::Busy);
         assert!(full.detail.contains("full (1 reports)"), "{}", full.detail);
         assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn one_peer_or_one_vehicle_cannot_fill_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let quotas = Quotas {
+            max_reports: 100,
+            max_bytes: 10_000,
+            per_vehicle: 3,
+            per_peer: 4,
+        };
+        let queue = ReportQueue::with_quotas(dir.path(), quotas).unwrap();
+        let (flooder, vehicle) = (PeerId::random(), PeerId::random());
+        // One peer floods with reports of many vehicles: four taken, then refused.
+        for n in 0..4 {
+            queue
+                .take(&flooder, &manifest(&format!("VIN-F{n}"), n))
+                .unwrap();
+        }
+        let refused = queue.take(&flooder, &manifest("VIN-F9", 9)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Busy);
+        assert!(
+            refused.detail.contains("from this peer"),
+            "{}",
+            refused.detail
+        );
+        // A vehicle's own report is still taken; its fourth waiting one is not.
+        for n in 0..3 {
+            queue.take(&vehicle, &manifest("VIN-1", n)).unwrap();
+        }
+        let refused = queue.take(&vehicle, &manifest("VIN-1", 3)).unwrap_err();
+        assert!(
+            refused.detail.contains("reports of VIN-1"),
+            "{}",
+            refused.detail
+        );
+        // Delivered reports free their place.
+        let first = queue.pending().unwrap()[0].digest;
+        queue.remove(&first).unwrap();
+        queue.take(&flooder, &manifest("VIN-F9", 9)).unwrap();
+        // The bytes on disk are bounded too, counted again after a reopen.
+        let big = format!(
+            r#"{{"signatures":[],"signed":{{"vin":"VIN-2","pad":"{}"}}}}"#,
+            "x".repeat(9_800)
+        );
+        let refused = queue.take(&PeerId::random(), big.as_bytes()).unwrap_err();
+        assert!(refused.detail.contains("10000 bytes"), "{}", refused.detail);
+        drop(queue);
+        let queue = ReportQueue::with_quotas(dir.path(), quotas).unwrap();
+        assert!(queue.take(&PeerId::random(), big.as_bytes()).is_err());
+        let refused = queue
+            .take(&PeerId::random(), &manifest("VIN-1", 7))
+            .unwrap_err();
+        assert!(
+            refused.detail.contains("reports of VIN-1"),
+            "{}",
+            refused.detail
+        );
     }
 
     #[test]

@@ -421,7 +421,7 @@ pub(super) fn depot_config(
             director_url: director.url.clone(),
             director_ca: Some(director.ca.clone()),
             retry: Duration::from_secs(1),
-            max_reports: 10_000,
+            quotas: node::relay::Quotas::reports(10_000),
         }),
     })
 }
