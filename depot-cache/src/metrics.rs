@@ -49,10 +49,12 @@ impl Collector for Depot {
         )?;
         out.counter(
             "depotmesh_depot_requests",
-            "Exchanges answered: hit (data sent), miss (blob or name not here), refused (busy, held back by super-seeding, failed).",
+            "Exchanges answered: hit (data sent), miss (blob or name not here), over_share (busy for a peer holding its share of the slots), write_timeout (cut: the peer read nothing of the answer for the write deadline), refused (busy, held back by super-seeding, failed).",
             [
                 ([("result", "hit")], figures.hits),
                 ([("result", "miss")], figures.misses),
+                ([("result", "over_share")], figures.over_share),
+                ([("result", "write_timeout")], figures.write_timeouts),
                 ([("result", "refused")], figures.refused),
             ],
         )?;
@@ -230,6 +232,8 @@ mod tests {
         for sample in [
             "depotmesh_depot_bytes_total{direction=\"served\",link=\"yard\"} 0\n",
             "depotmesh_depot_store_blobs{state=\"partial\"} 0\n",
+            "depotmesh_depot_requests_total{result=\"over_share\"} 0\n",
+            "depotmesh_depot_requests_total{result=\"write_timeout\"} 0\n",
             "depotmesh_depot_prefetch_last_success_timestamp_seconds 1800000000\n",
         ] {
             assert!(text.contains(sample), "{sample} in {text}");

@@ -67,6 +67,10 @@ pub(crate) struct Figures {
     pub(crate) hits: u64,
     /// Requests and questions for a blob or name not here.
     pub(crate) misses: u64,
+    /// Requests and subscriptions refused `Busy` because their peer held its share of the slots.
+    pub(crate) over_share: u64,
+    /// Exchanges cut because the peer read nothing of the answer for the write deadline.
+    pub(crate) write_timeouts: u64,
     /// Other refusals (busy, held back, failed).
     pub(crate) refused: u64,
     pub(crate) peers: Option<usize>,
@@ -80,12 +84,19 @@ pub(crate) struct Figures {
 pub(crate) fn figures(state: &State) -> Figures {
     let counters = &state.counters;
     let misses = counters.misses.load(Relaxed);
+    let over_share = counters.over_share.load(Relaxed);
     let list = state.store.list();
     Figures {
         served_bytes: counters.bytes.load(Relaxed),
         hits: counters.requests.load(Relaxed),
         misses,
-        refused: counters.refused.load(Relaxed).saturating_sub(misses),
+        over_share,
+        write_timeouts: counters.write_timeouts.load(Relaxed),
+        refused: counters
+            .refused
+            .load(Relaxed)
+            .saturating_sub(misses)
+            .saturating_sub(over_share),
         peers: state.tracker.as_ref().map(|t| t.peer_count()),
         seeding: state.tracker.as_ref().map(|t| t.stats()),
         accused: state
@@ -114,6 +125,8 @@ pub(crate) fn status_json(state: &State) -> serde_json::Value {
             "hit": figures.hits,
             "miss": figures.misses,
             "refused": figures.refused,
+            "over_share": figures.over_share,
+            "write_timeout": figures.write_timeouts,
         },
         "seeding": figures.seeding.map(|s| serde_json::json!({
             "granted": s.granted,

@@ -273,6 +273,102 @@ fn the_service_prints_where_it_listens_and_a_kill_loses_no_queued_report() {
     assert_eq!(relay["queued"], 2, "the queue survives the kill: {relay}");
 }
 
+/// A depot's address as a vehicle is given it, on a UDP port free now (the test restarts the
+/// depot on it).
+fn free_loopback_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_depot_killed_mid_fetch_and_restarted_on_its_address_is_dialled_again_and_the_fetch_goes_on()
+{
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("depot");
+    std::fs::create_dir_all(&data).unwrap();
+    // 6 MiB at 1 MiB/s: the kill after the first MiB lands mid-fetch on any machine.
+    let size = 6 << 20;
+    let image: Vec<u8> = (0..size).map(|i: usize| (i * 31 % 251) as u8).collect();
+    let file = work.path().join("image.bin");
+    std::fs::write(&file, &image).unwrap();
+    let data_dir = data.to_str().unwrap();
+    succeeded(&run(&["import", "--data-dir", data_dir, file.to_str().unwrap()]));
+    let blob = BlobId::of(&image);
+    let port = free_loopback_port();
+    let config = data.join("depot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/{port}/quic-v1\"]\nmdns = false\n\
+             [serve]\nupload_bytes_per_sec = {}\n",
+            data.display().to_string(),
+            1 << 20
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let depot = Running::start(&["--config", &config]);
+    let addr = depot.addrs[0].clone();
+
+    let runtime = node::runtime::build_tokio(Some(2)).unwrap();
+    let vehicle = work.path().join("vehicle");
+    let mut depot = Some(depot);
+    let mut restarted = None;
+    let mut killed_at = None;
+    let report = runtime.block_on(async {
+        let (store, _) = node::store::open_data_dir(&vehicle).unwrap();
+        let store = Arc::new(store);
+        let mut client = loopback_node();
+        // A killed peer sends no close: the vehicle notices it by the idle timeout, kept short
+        // here so the test is quick.
+        client.quic.max_idle_timeout = Duration::from_secs(3);
+        client.quic.keep_alive_interval = Duration::from_secs(1);
+        let (net, mut events, _incoming) = node::net::start(client).await.unwrap();
+        let mut options = node::fetch::FetchOptions::new(blob);
+        options.size = Some(size as u64);
+        options.peers = vec![addr.clone()];
+        let report = node::fetch::fetch(&net, &mut events, store.clone(), options, |progress| {
+            if progress.bytes >= 1 << 20 {
+                if let Some(depot) = depot.take() {
+                    killed_at = Some(progress.held_groups);
+                    // A power cut: SIGKILL; back on the same address, identity and data 4 s
+                    // later.
+                    drop(depot);
+                    let config = config.clone();
+                    restarted = Some(std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_secs(4));
+                        Running::start(&["--config", &config])
+                    }));
+                }
+            }
+        })
+        .await;
+        net.shutdown().await;
+        let mut bytes = Vec::new();
+        if report.is_ok() {
+            store.export(&blob, &mut bytes).unwrap();
+        }
+        (report, bytes)
+    });
+    let restarted = restarted.expect("the depot was killed").join().unwrap();
+    assert_eq!(restarted.addrs[0], addr, "restarted on the same address");
+    let (report, bytes) = report;
+    let report = report.expect("the fetch goes on once the depot is back");
+    let killed_at = killed_at.unwrap();
+    let total_groups = (size as u64).div_ceil(16 * 1024);
+    assert!(killed_at < total_groups, "killed mid-fetch: {killed_at} of {total_groups}");
+    assert!(bytes == image, "the fetched blob is the image");
+    // About one copy: what was verified before the kill was not fetched again.
+    assert!(
+        report.bytes_fetched < size as u64 + (size as u64) / 8,
+        "{report:?}"
+    );
+    assert_eq!(report.resumed_groups, 0, "one run: {report:?}");
+}
+
 /// A node on 127.0.0.1 with mDNS off.
 fn loopback_node() -> node::net::NetConfig {
     node::net::NetConfig {

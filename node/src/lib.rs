@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod cache;
 pub mod clock;
 pub mod director_client;
@@ -31,3 +32,4 @@ pub mod store;
 pub mod text;
 pub mod tracker;
 pub mod tuf_mesh;
+pub mod write_deadline;

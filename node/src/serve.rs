@@ -1,16 +1,18 @@
 //! The server side of a node: every stream a peer opens is answered from the blob store, within
-//! a bounded number of transfer slots and have subscriptions, with the extra duties of a depot
-//! ([`Roles`]: the yard's tracker, the report relay, an upload pace).
+//! a bounded number of transfer slots and have subscriptions, of which one peer holds at most a
+//! share, and with a deadline on every write, with the extra duties of a depot ([`Roles`]: the
+//! yard's tracker, the report relay, an upload pace).
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::Either;
 use libp2p::PeerId;
 use proto::wire::{ErrorCode, HaveQuery, Message, PeersQuery};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::admission::{Admission, Refusal};
 use crate::net::IncomingStreams;
 use crate::protocol::{self, ExchangeError, Served};
 use crate::ratelimit::{RateLimit, Throttled};
@@ -18,6 +20,7 @@ use crate::relay::ReportInbox;
 use crate::storage::{Index, Storage};
 use crate::store::BlobStore;
 use crate::tracker::Tracker;
+use crate::write_deadline::{WriteDeadline, is_write_stall};
 
 /// Range requests served at once; more are refused `Busy`, and their askers try other peers
 /// (or this one again after a back-off) instead of queueing here, where a queued request makes
@@ -30,6 +33,29 @@ use crate::tracker::Tracker;
 /// encoded response, at most a few hundred KiB, so this also bounds a server's memory.
 pub const MAX_CONCURRENT_SERVES: usize = 128;
 
+/// Of [`MAX_CONCURRENT_SERVES`], the most one peer holds at once; its further requests are
+/// refused `Busy` while other peers are still served.
+///
+/// Four times what the transfer engine asks of one peer
+/// ([`crate::engine::TransferConfig::max_requests_per_peer`], 4): room for endgame duplicates
+/// and for a few fetches at once (a depot prefetching several blobs from its upstream). A
+/// peer asking more is hogging, and with this share it takes eight peers, not one, to hold
+/// the whole pool. Refused at once rather than queued: a `Busy` asker backs off and asks
+/// again or elsewhere, while a queued request would make no progress and hold a task.
+pub const MAX_SERVES_PER_PEER: usize = 16;
+
+/// How long an answer's write may stay blocked, the peer taking not one byte, before the
+/// stream is dropped and its slot freed ([`ServeCounters::write_timeouts`]).
+///
+/// A reading peer unblocks a write within a round trip, and its reader pauses for
+/// milliseconds (an fsync on eMMC) or a Wi-Fi retry burst of a second or so; 5 s is well
+/// past those. It is also half the asker's own
+/// [`crate::engine::TransferConfig::request_timeout`] (10 s), after which an honest asker
+/// has given up on the request anyway, and half QUIC's idle timeout: a peer that is gone is
+/// noticed by the connection, this catches one that is there and does not read. The clock
+/// stops while the answer is held back by [`Roles::upload_limit`]: pacing is not stalling.
+pub const ANSWER_WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Counters of what a server sent, shared with whoever reports them.
 #[derive(Debug, Default)]
 pub struct ServeCounters {
@@ -41,17 +67,30 @@ pub struct ServeCounters {
     pub refused: std::sync::atomic::AtomicU64,
     /// Of those, requests and questions for a blob or name not held here (cache misses).
     pub misses: std::sync::atomic::AtomicU64,
+    /// Of those, requests and subscriptions refused `Busy` because their peer held its share
+    /// ([`MAX_SERVES_PER_PEER`], [`MAX_SUBSCRIPTIONS_PER_PEER`]).
+    pub over_share: std::sync::atomic::AtomicU64,
+    /// Exchanges cut because the peer read nothing for [`ANSWER_WRITE_DEADLINE`] (not counted
+    /// in `refused`).
+    pub write_timeouts: std::sync::atomic::AtomicU64,
 }
 
 /// Have subscriptions served at once; more are refused `Busy` (the asker then polls).
 pub const MAX_SUBSCRIPTIONS: usize = 1024;
+
+/// Of [`MAX_SUBSCRIPTIONS`], the most one peer holds at once. A vehicle subscribes once per
+/// blob it fetches from a peer, and a release is a handful of images and deltas: 64 is far
+/// above that, and keeps one peer from taking every subscription.
+pub const MAX_SUBSCRIPTIONS_PER_PEER: usize = 64;
 
 /// How long a new stream may take to say what it wants.
 const QUESTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves every inbound stream from `store` until the node shuts down: at most
 /// [`MAX_CONCURRENT_SERVES`] transfers at once and [`MAX_SUBSCRIPTIONS`] have subscriptions
-/// (which hold no transfer slot); more of either are refused `Busy`.
+/// (which hold no transfer slot), at most [`MAX_SERVES_PER_PEER`] and
+/// [`MAX_SUBSCRIPTIONS_PER_PEER`] of them for one peer; more are refused `Busy`. A write
+/// blocked for [`ANSWER_WRITE_DEADLINE`] ends its exchange.
 pub fn spawn_server<S: Storage, I: Index>(
     store: Arc<BlobStore<S, I>>,
     incoming: IncomingStreams,
@@ -97,21 +136,19 @@ pub fn spawn_server_with<S: Storage, I: Index>(
     roles: Roles,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let transfers = Arc::new(Semaphore::new(MAX_CONCURRENT_SERVES));
-        let subscriptions = Arc::new(Semaphore::new(MAX_SUBSCRIPTIONS));
+        let slots = Slots {
+            transfers: Pool::new(MAX_CONCURRENT_SERVES, MAX_SERVES_PER_PEER),
+            subscriptions: Pool::new(MAX_SUBSCRIPTIONS, MAX_SUBSCRIPTIONS_PER_PEER),
+            counters: counters.clone(),
+        };
         while let Some((peer, stream)) = incoming.next().await {
             let store = store.clone();
             let counters = counters.clone();
-            let transfers = transfers.clone();
-            let subscriptions = subscriptions.clone();
+            let slots = slots.clone();
             let roles = roles.clone();
             tokio::spawn(async move {
-                use std::sync::atomic::Ordering::Relaxed;
-                let slots = Slots {
-                    transfers: &transfers,
-                    subscriptions: &subscriptions,
-                };
-                match serve_stream(&store, peer, stream, slots, &roles).await {
+                let stream = WriteDeadline::new(stream, ANSWER_WRITE_DEADLINE);
+                match serve_stream(&store, peer, stream, &slots, &roles).await {
                     Ok(Served::Groups { bytes, .. }) => {
                         counters.bytes.fetch_add(bytes, Relaxed);
                         counters.requests.fetch_add(1, Relaxed);
@@ -131,6 +168,10 @@ pub fn spawn_server_with<S: Storage, I: Index>(
                         }
                         tracing::debug!(%peer, %code, "refused");
                     }
+                    Err(ExchangeError::Io(error)) if is_write_stall(&error) => {
+                        counters.write_timeouts.fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, %error, "answer cut");
+                    }
                     Err(error) => {
                         counters.refused.fetch_add(1, Relaxed);
                         tracing::debug!(%peer, %error, "exchange failed");
@@ -141,17 +182,75 @@ pub fn spawn_server_with<S: Storage, I: Index>(
     })
 }
 
-#[derive(Clone, Copy)]
-struct Slots<'a> {
-    transfers: &'a Arc<Semaphore>,
-    subscriptions: &'a Arc<Semaphore>,
+/// What every stream is served on: libp2p's, whose writes end at [`ANSWER_WRITE_DEADLINE`].
+type ServedStream = WriteDeadline<libp2p::Stream>;
+
+/// A server's slots, shared by the tasks of its streams.
+#[derive(Clone)]
+struct Slots {
+    transfers: Pool,
+    subscriptions: Pool,
+    counters: Arc<ServeCounters>,
+}
+
+/// An [`Admission`] shared by the tasks of a server's streams.
+#[derive(Clone)]
+struct Pool(Arc<Mutex<Admission<PeerId>>>);
+
+impl Pool {
+    fn new(capacity: usize, per_peer: usize) -> Self {
+        Self(Arc::new(Mutex::new(Admission::new(capacity, per_peer))))
+    }
+
+    /// A slot for `peer`, given back when dropped, or why not. A refusal for the peer's share
+    /// is counted in `counters`.
+    fn take(&self, peer: PeerId, counters: &ServeCounters) -> Result<Slot, Refusal> {
+        let admitted = self.lock().admit(&peer);
+        match admitted {
+            Ok(()) => Ok(Slot {
+                pool: self.clone(),
+                peer,
+            }),
+            Err(refusal) => {
+                if refusal == Refusal::PeerShare {
+                    counters.over_share.fetch_add(1, Relaxed);
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    /// The admission, even when a task panicked holding it: a count is never left half-made.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Admission<PeerId>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A slot held in a [`Pool`] until dropped.
+struct Slot {
+    pool: Pool,
+    peer: PeerId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.pool.lock().release(&self.peer);
+    }
+}
+
+/// What an asker refused `Busy` is told: `when_full` when the whole pool is held.
+fn busy_detail(refusal: Refusal, when_full: &'static str) -> &'static str {
+    match refusal {
+        Refusal::PeerShare => "you hold your share of this peer's serving slots",
+        Refusal::Full => when_full,
+    }
 }
 
 async fn serve_stream<S: Storage, I: Index>(
     store: &BlobStore<S, I>,
     peer: PeerId,
-    mut stream: libp2p::Stream,
-    slots: Slots<'_>,
+    mut stream: ServedStream,
+    slots: &Slots,
     roles: &Roles,
 ) -> Result<Served, ExchangeError> {
     let tracker = roles.tracker.as_ref();
@@ -169,11 +268,11 @@ async fn serve_stream<S: Storage, I: Index>(
             if let Some(tracker) = tracker {
                 tracker.swarms(peer, blob);
             }
-            match slots.subscriptions.clone().try_acquire_owned() {
+            match slots.subscriptions.take(peer, &slots.counters) {
                 Ok(_slot) => protocol::serve_subscription(store, stream, blob).await,
-                Err(_) => {
+                Err(refusal) => {
                     let question = Message::HaveSubscribe(HaveQuery { blob });
-                    let detail = "too many have subscriptions";
+                    let detail = busy_detail(refusal, "too many have subscriptions");
                     protocol::refuse(stream, &question, ErrorCode::Busy, detail).await
                 }
             }
@@ -215,19 +314,19 @@ async fn serve_stream<S: Storage, I: Index>(
             }
             request.groups = grant.serve;
             let question = Message::Request(request);
-            let served = answer_within_slots(store, stream, question, slots, roles).await;
+            let served = answer_within_slots(store, peer, stream, question, slots, roles).await;
             if let Ok(Served::Groups { blob, groups, .. }) = &served {
                 tracker.served(peer, *blob, groups);
             }
             served
         }
-        (question, _) => answer_within_slots(store, stream, question, slots, roles).await,
+        (question, _) => answer_within_slots(store, peer, stream, question, slots, roles).await,
     }
 }
 
 /// Hands a vehicle's report to the relay's inbox, if this server relays any.
 async fn relay_report(
-    stream: libp2p::Stream,
+    stream: ServedStream,
     peer: PeerId,
     report: proto::wire::Report,
     roles: &Roles,
@@ -260,12 +359,13 @@ async fn relay_report(
 
 async fn answer_within_slots<S: Storage, I: Index>(
     store: &BlobStore<S, I>,
-    stream: libp2p::Stream,
+    peer: PeerId,
+    stream: ServedStream,
     question: Message,
-    slots: Slots<'_>,
+    slots: &Slots,
     roles: &Roles,
 ) -> Result<Served, ExchangeError> {
-    match slots.transfers.clone().try_acquire_owned() {
+    match slots.transfers.take(peer, &slots.counters) {
         Ok(_slot) => {
             let stream = match &roles.upload_limit {
                 Some(limit) => Either::Right(Throttled::writes(stream, limit.clone())),
@@ -273,8 +373,8 @@ async fn answer_within_slots<S: Storage, I: Index>(
             };
             protocol::answer(store, stream, question).await
         }
-        Err(_) => {
-            let detail = "serving as many requests as it can";
+        Err(refusal) => {
+            let detail = busy_detail(refusal, "serving as many requests as it can");
             protocol::refuse(stream, &question, ErrorCode::Busy, detail).await
         }
     }

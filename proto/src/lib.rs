@@ -22,6 +22,7 @@ pub mod campaign;
 pub mod custom;
 pub mod director_api;
 pub mod ids;
+pub mod membership;
 mod ranges;
 mod read_at;
 pub mod tuf;

@@ -67,6 +67,7 @@ use proto::wire::{MAX_GROUP, MAX_RANGES};
 use proto::{BlobId, ChunkGroup, ChunkGroupRanges};
 
 mod pieces;
+mod redial;
 #[cfg(test)]
 mod sim;
 mod swarm;
@@ -76,6 +77,7 @@ mod swarm_tests;
 mod tests;
 
 use pieces::{Coverage, piece_groups, tie_break};
+pub use redial::{REDIAL_FIRST, REDIAL_MAX, Redial, redial_backoff};
 pub use swarm::{
     DEPOT_AGENT_PREFIX, GiveUp, NEIGHBOUR_ASK_GAP, NEIGHBOUR_REDIAL, Swarm, SwarmAction,
     SwarmConfig, SwarmEvent, is_depot_agent,

@@ -1,7 +1,7 @@
 //! The decisions around one [`Transfer`] that concern the swarm of peers rather than its
 //! ranges: which peers are upstreams, when to ask an upstream who else holds the blob, which of
-//! the neighbours it names to dial, when the run's byte allowance stops the fetch, and when a
-//! stall has lasted long enough to give up.
+//! the neighbours it names to dial, when to dial a configured peer again ([`Redial`]), when the
+//! run's byte allowance stops the fetch, and when a stall has lasted long enough to give up.
 //!
 //! A [`Swarm`] is sans-IO like the transfer it wraps: the node's fetch driver feeds
 //! it `now` and [`SwarmEvent`]s and carries out the [`SwarmAction`]s it returns, in the same
@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use super::redial::Redial;
 use super::{Action, Event, Failure, Transfer};
 
 /// The agent string a depot cache reports through identify starts with this; a fetch treats
@@ -57,8 +58,11 @@ pub enum SwarmEvent<P> {
     /// What the transfer takes (connections, have-maps, verified groups, request outcomes).
     /// A connection that was already reported, or a close of a peer not connected, is ignored.
     Transfer(Event<P>),
-    /// A dial of a peer the caller named ended: `Some` with the peer when it connected.
+    /// A dial of the caller's configured address number `address` ended (the first one, or
+    /// one [`SwarmAction::DialNamed`] asked for): `Some` with the peer when it connected.
     NamedDialled {
+        /// The address's index in the caller's list.
+        address: usize,
         /// The peer reached.
         peer: Option<P>,
     },
@@ -138,6 +142,12 @@ pub enum SwarmAction<P> {
         /// The peer.
         peer: P,
     },
+    /// Dial the caller's configured address number `address` again (its peer went away, or
+    /// the last dial failed); the outcome is [`SwarmEvent::NamedDialled`].
+    DialNamed {
+        /// The address's index in the caller's list.
+        address: usize,
+    },
     /// Stop the fetch, keeping what was verified. Nothing more comes.
     GiveUp(GiveUp),
 }
@@ -155,8 +165,8 @@ pub struct Swarm<P> {
     upstreams: BTreeSet<P>,
     /// In the order they were banned.
     banned: Vec<P>,
-    /// Dials of named peers not yet ended: no stall while one may still bring a source.
-    pending_named_dials: usize,
+    /// The caller's configured addresses: dialled again for as long as the fetch runs.
+    redial: Redial<P>,
     /// Bytes of verified groups received in this run, duplicates included.
     bytes: u64,
     stalled_since: Option<Instant>,
@@ -172,8 +182,8 @@ pub struct Swarm<P> {
 }
 
 impl<P: Clone + Ord + fmt::Debug> Swarm<P> {
-    /// The swarm around `transfer`, for node `me`, with `named_dials` dials of peers the caller
-    /// named under way.
+    /// The swarm around `transfer`, for node `me`, with the first dials of the caller's
+    /// `named_dials` configured addresses under way.
     pub fn new(
         transfer: Transfer<P>,
         config: SwarmConfig,
@@ -189,7 +199,7 @@ impl<P: Clone + Ord + fmt::Debug> Swarm<P> {
             connected: BTreeSet::new(),
             upstreams: BTreeSet::new(),
             banned: Vec::new(),
-            pending_named_dials: named_dials,
+            redial: Redial::new(named_dials),
             bytes: 0,
             stalled_since: None,
             next_refresh,
@@ -238,8 +248,12 @@ impl<P: Clone + Ord + fmt::Debug> Swarm<P> {
         }
         match event.into() {
             SwarmEvent::Transfer(event) => self.on_transfer_event(now, event),
-            SwarmEvent::NamedDialled { peer } => {
-                self.pending_named_dials = self.pending_named_dials.saturating_sub(1);
+            SwarmEvent::NamedDialled { address, peer } => {
+                let banned = peer.as_ref().is_some_and(|peer| self.banned.contains(peer));
+                self.redial.dialled(now, address, peer.clone());
+                if banned {
+                    return;
+                }
                 if let Some(peer) = peer {
                     // Peers the caller named are the depot or an upstream cache: spare their
                     // uplink for what no neighbour has, and ask them who nearby holds the blob.
@@ -273,6 +287,7 @@ impl<P: Clone + Ord + fmt::Debug> Swarm<P> {
                 if !self.connected.insert(peer.clone()) {
                     return;
                 }
+                self.redial.connected(peer);
                 self.actions
                     .push_back(SwarmAction::WatchHaves { peer: peer.clone() });
             }
@@ -281,6 +296,9 @@ impl<P: Clone + Ord + fmt::Debug> Swarm<P> {
                     return;
                 }
                 self.upstreams.remove(peer);
+                if !self.banned.contains(peer) {
+                    self.redial.closed(now, peer);
+                }
                 self.actions
                     .push_back(SwarmAction::ForgetHaves { peer: peer.clone() });
             }
@@ -363,6 +381,9 @@ impl<P: Clone + Ord + fmt::Debug> Swarm<P> {
         if let Some(action) = self.actions.pop_front() {
             return Some(action);
         }
+        if let Some(address) = self.redial.poll_dial(now) {
+            return Some(SwarmAction::DialNamed { address });
+        }
         match self.transfer.poll_action(now) {
             Some(Action::Ban { peer }) => {
                 self.on_ban(&peer);
@@ -388,6 +409,7 @@ impl<P: Clone + Ord + fmt::Debug> Swarm<P> {
             }
         }
         self.banned.push(peer.clone());
+        self.redial.abandon(peer);
         self.actions
             .push_back(SwarmAction::ForgetHaves { peer: peer.clone() });
     }
@@ -395,7 +417,7 @@ impl<P: Clone + Ord + fmt::Debug> Swarm<P> {
     /// Whether any peer could still help is the transfer's call (a benched or busy peer that
     /// holds missing groups is worth waiting for); how long to wait for help is the caller's.
     fn check_stall(&mut self, now: Instant) -> Option<SwarmAction<P>> {
-        if !self.transfer.is_stalled() || self.pending_named_dials > 0 {
+        if !self.transfer.is_stalled() || self.redial.first_dials_pending() {
             self.stalled_since = None;
             return None;
         }
@@ -415,7 +437,12 @@ impl<P: Clone + Ord + fmt::Debug> Swarm<P> {
         let stall = self
             .stalled_since
             .and_then(|since| since.checked_add(self.config.stall_timeout));
-        [self.transfer.poll_timeout(), stall, Some(self.next_refresh)]
+        [
+            self.transfer.poll_timeout(),
+            stall,
+            Some(self.next_refresh),
+            self.redial.poll_timeout(),
+        ]
             .into_iter()
             .flatten()
             .min()

@@ -36,7 +36,9 @@ pub struct FetchOptions {
     pub blob: BlobId,
     /// Its size when known from signed metadata; otherwise it is probed and proven.
     pub size: Option<u64>,
-    /// Peers to dial (with `/p2p/…`), besides those already connected or found by mDNS.
+    /// Peers to dial (with `/p2p/…`), besides those already connected or found by mDNS. Each is
+    /// dialled again, with a back-off, whenever its connection closes or a dial of it fails, for
+    /// as long as the fetch runs ([`crate::engine::Redial`]).
     pub peers: Vec<Multiaddr>,
     /// The engine's settings.
     pub transfer: TransferConfig,
@@ -218,7 +220,8 @@ struct Driver<'a, S: Storage, I: Index> {
     haves: Haves,
     /// What each peer last said, for the stall message.
     said: BTreeMap<PeerId, String>,
-    dial_errors: Vec<String>,
+    /// The last dial error of each configured address, by its index.
+    dial_errors: BTreeMap<usize, String>,
     /// Where the neighbours the last upstream answer named listen.
     neighbour_addrs: BTreeMap<PeerId, Multiaddr>,
     started: Instant,
@@ -266,8 +269,8 @@ impl<'a, S: Storage, I: Index> Driver<'a, S, I> {
             options.peers.len(),
             started,
         );
-        for addr in &options.peers {
-            spawn_dial(net, &sender, addr.clone(), true);
+        for (index, addr) in options.peers.iter().enumerate() {
+            spawn_dial(net, &sender, addr.clone(), Some(index));
         }
         Ok(Self {
             net,
@@ -278,7 +281,7 @@ impl<'a, S: Storage, I: Index> Driver<'a, S, I> {
             fetches: BTreeMap::new(),
             haves: Haves::default(),
             said: BTreeMap::new(),
-            dial_errors: Vec::new(),
+            dial_errors: BTreeMap::new(),
             neighbour_addrs: BTreeMap::new(),
             started,
             resumed_groups,
@@ -345,7 +348,13 @@ impl<'a, S: Storage, I: Index> Driver<'a, S, I> {
             SwarmAction::Dial { peer } => {
                 if let Some(addr) = self.neighbour_addrs.get(&peer) {
                     let addr = addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer));
-                    spawn_dial(self.net, &self.sender, addr, false);
+                    spawn_dial(self.net, &self.sender, addr, None);
+                }
+            }
+            SwarmAction::DialNamed { address } => {
+                if let Some(addr) = self.options.peers.get(address) {
+                    tracing::debug!(%addr, "dialling a configured peer again");
+                    spawn_dial(self.net, &self.sender, addr.clone(), Some(address));
                 }
             }
             SwarmAction::GiveUp(give_up) => return Some(Err(self.give_up(give_up))),
@@ -359,19 +368,23 @@ impl<'a, S: Storage, I: Index> Driver<'a, S, I> {
         match message {
             TaskMessage::Dialled {
                 result,
-                upstream: true,
+                configured: Some(address),
             } => {
                 let peer = result
                     .map_err(|error| {
                         tracing::warn!(%error, "dial failed");
-                        self.dial_errors.push(error);
+                        self.dial_errors.insert(address, error);
                     })
                     .ok();
-                self.swarm.handle(now, SwarmEvent::NamedDialled { peer });
+                if peer.is_some() {
+                    self.dial_errors.remove(&address);
+                }
+                self.swarm
+                    .handle(now, SwarmEvent::NamedDialled { address, peer });
             }
             TaskMessage::Dialled {
                 result,
-                upstream: false,
+                configured: None,
             } => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "dialling a neighbour the depot named failed");
@@ -575,7 +588,7 @@ impl<'a, S: Storage, I: Index> Driver<'a, S, I> {
             .collect();
         reasons.extend(
             self.dial_errors
-                .iter()
+                .values()
                 .map(|error| format!("unreachable: {error}")),
         );
         if reasons.is_empty() {

@@ -27,11 +27,11 @@ const PROGRESS_BATCH_GROUPS: u64 = 8;
 const PROGRESS_REPORT_GAP: Duration = Duration::from_millis(250);
 
 pub(super) enum TaskMessage {
-    /// A dial ended: of a peer the caller named (an upstream) when `upstream`, else of a
-    /// neighbour an upstream named.
+    /// A dial ended: of the caller's configured address number `configured` (an upstream) when
+    /// `Some`, else of a neighbour an upstream named.
     Dialled {
         result: Result<PeerId, String>,
-        upstream: bool,
+        configured: Option<usize>,
     },
     /// An upstream's answer to "who holds the blob", or to "this peer sent bad data" when
     /// `distrusted` names it.
@@ -118,7 +118,7 @@ pub(super) fn spawn_dial(
     net: &NetHandle,
     sender: &mpsc::UnboundedSender<TaskMessage>,
     addr: Multiaddr,
-    upstream: bool,
+    configured: Option<usize>,
 ) {
     let net = net.clone();
     let sender = sender.clone();
@@ -127,7 +127,7 @@ pub(super) fn spawn_dial(
             .dial(addr.clone())
             .await
             .map_err(|e| format!("{addr}: {e}"));
-        let _ = sender.send(TaskMessage::Dialled { result, upstream });
+        let _ = sender.send(TaskMessage::Dialled { result, configured });
     });
 }
 
