@@ -117,9 +117,9 @@ fn an_upstream_is_asked_once_however_it_was_found_until_it_reconnects() {
     // (event, upstreams asked)
     let table: Vec<(SwarmEvent<u32>, Vec<u32>)> = vec![
         (Event::PeerConnected { peer: 1 }.into(), vec![]),
-        (SwarmEvent::NamedDialled { peer: Some(1) }, vec![1]),
+        (SwarmEvent::NamedDialled { address: 0, peer: Some(1) }, vec![1]),
         (depot(), vec![]),
-        (SwarmEvent::NamedDialled { peer: Some(1) }, vec![]),
+        (SwarmEvent::NamedDialled { address: 0, peer: Some(1) }, vec![]),
         (Event::PeerClosed { peer: 1 }.into(), vec![]),
         (Event::PeerConnected { peer: 1 }.into(), vec![]),
         (depot(), vec![1]),
@@ -352,7 +352,7 @@ fn a_stall_is_given_up_after_the_stall_timeout() {
         // A named peer that cannot be reached after 5 s: the wait starts then.
         (
             1,
-            vec![(seconds(5), SwarmEvent::NamedDialled { peer: None })],
+            vec![(seconds(5), SwarmEvent::NamedDialled { address: 0, peer: None })],
             Some(seconds(25)),
         ),
         // A peer that claims nothing.
@@ -406,7 +406,7 @@ fn connected_upstreams_are_asked_again_at_every_refresh() {
     };
     connect(&mut swarm, start, 1, ChunkGroupRanges::empty());
     connect(&mut swarm, start, 2, ChunkGroupRanges::empty());
-    swarm.handle(start, SwarmEvent::NamedDialled { peer: Some(1) });
+    swarm.handle(start, SwarmEvent::NamedDialled { address: 0, peer: Some(1) });
     swarm.handle(start, depot(2));
     swarm.handle(start, depot(3));
     assert_eq!(asked(&drain(&mut swarm, start)), [1, 2, 3]);
@@ -444,10 +444,11 @@ fn a_banned_peer_is_reported_to_every_other_connected_upstream() {
         for peer in [1, 2, 3, 5] {
             connect(&mut swarm, now, peer, ChunkGroupRanges::empty());
         }
-        for upstream in [1, 2, 3] {
+        for (address, upstream) in [1, 2, 3].into_iter().enumerate() {
             swarm.handle(
                 now,
                 SwarmEvent::NamedDialled {
+                    address,
                     peer: Some(upstream),
                 },
             );
