@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod admission;
 pub mod cache;
 pub mod clock;
 pub mod director_client;
@@ -32,4 +33,5 @@ pub mod store;
 pub mod text;
 pub mod tracker;
 pub mod tuf_mesh;
+pub mod write_deadline;
 pub mod write_deadline;
