@@ -11,13 +11,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
-pub mod admission;
 pub mod cache;
 pub mod clock;
 pub mod director_client;
 pub mod engine;
 pub mod fetch;
 pub mod identity;
+pub mod membership;
 pub mod metrics;
 pub mod named;
 pub mod net;
@@ -33,5 +33,4 @@ pub mod store;
 pub mod text;
 pub mod tracker;
 pub mod tuf_mesh;
-pub mod write_deadline;
 pub mod write_deadline;

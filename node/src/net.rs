@@ -30,12 +30,13 @@
 
 mod driver;
 mod error;
+mod introduce;
 
 use std::{
     fmt,
     pin::Pin,
     str::FromStr,
-    sync::Once,
+    sync::{Arc, Once},
     task::{Context, Poll},
     time::Duration,
 };
@@ -52,7 +53,9 @@ pub use error::NetError;
 /// write it.
 pub use libp2p::Stream;
 
-use driver::{Behaviour, Command, Driver};
+use driver::{Behaviour, Command, Driver, Members};
+
+use crate::membership::{Gate, MembershipCounters, MeshMembership};
 
 /// How many events wait for the application before newer ones are dropped (with a warning).
 /// Events are reports, not commands: the swarm must not stall because nobody reads them.
@@ -146,6 +149,10 @@ pub struct NetConfig {
     pub agent_version: String,
     /// QUIC transport parameters.
     pub quic: QuicTuning,
+    /// The fleet's mesh this node belongs to: only peers with a valid membership certificate
+    /// are served or reported ([`crate::membership`]). `None` runs an open mesh, where every
+    /// peer that connects is served: for tests and closed networks only.
+    pub membership: Option<MeshMembership>,
 }
 
 impl Default for NetConfig {
@@ -168,6 +175,7 @@ impl Default for NetConfig {
             stream_open_timeout: Duration::from_secs(10),
             agent_version: concat!("depotmesh-node/", env!("CARGO_PKG_VERSION")).to_owned(),
             quic: QuicTuning::default(),
+            membership: None,
         }
     }
 }
@@ -206,6 +214,14 @@ pub enum NetEvent {
         agent: String,
         /// The addresses it says it listens on (untrusted).
         listen_addrs: Vec<Multiaddr>,
+    },
+    /// A peer connected and was refused: it is no fleet member, or no longer one (its
+    /// connections are closing; no stream of it is served).
+    PeerRefused {
+        /// The peer.
+        peer: PeerId,
+        /// Why, in words.
+        reason: String,
     },
     /// This node listens on a new address (with `/p2p/<own peer id>`).
     ListenAddr(Multiaddr),
@@ -307,6 +323,7 @@ pub struct NetHandle {
     control: libp2p_stream::Control,
     dial_timeout: Duration,
     stream_open_timeout: Duration,
+    membership: Option<Arc<MembershipCounters>>,
 }
 
 impl fmt::Debug for NetHandle {
@@ -355,7 +372,8 @@ impl NetHandle {
             })
             .await
             .map_err(|_| NetError::Shutdown)?;
-        let patience = self.dial_timeout + REPLY_MARGIN;
+        // On a fleet's mesh a dial ends once the peer is admitted, an introduction later.
+        let patience = self.dial_timeout + REPLY_MARGIN + crate::membership::INTRODUCTION_TIMEOUT;
         match tokio::time::timeout(patience, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(NetError::Shutdown),
@@ -431,6 +449,32 @@ impl NetHandle {
         answer.await.unwrap_or_default()
     }
 
+    /// What the membership gate decided so far; `None` on an open mesh.
+    pub fn membership_counters(&self) -> Option<Arc<MembershipCounters>> {
+        self.membership.clone()
+    }
+
+    /// Takes a newer fleet revocation list: peers it revokes are disconnected at once and
+    /// refused from now on. Returns them. Refused when the list does not verify, is older than
+    /// the one in force, or the node runs an open mesh.
+    pub async fn update_revocations(
+        &self,
+        signed: proto::membership::SignedRevocations,
+    ) -> Result<Vec<PeerId>, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Revocations {
+                signed: Box::new(signed),
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Shutdown)?;
+        answer
+            .await
+            .map_err(|_| NetError::Shutdown)?
+            .map_err(|reason| NetError::Membership { reason })
+    }
+
     /// Closes every connection (peers see the QUIC connection close at once rather than after
     /// their idle timeout) and stops the node. Returns when the node's task has finished; calling
     /// it again, or from a clone, is harmless.
@@ -482,6 +526,22 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
     let quic = quic_settings(&config)?;
     let keypair = config.keypair.unwrap_or_else(Keypair::generate_ed25519);
     let peer_id = keypair.public().to_peer_id();
+    let counters = Arc::new(MembershipCounters::default());
+    let gate = match config.membership {
+        Some(membership) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            let gate = Gate::new(peer_id, membership, now, counters.clone()).map_err(|error| {
+                NetError::InvalidConfig {
+                    field: "membership",
+                    reason: error.to_string(),
+                }
+            })?;
+            Some(gate)
+        }
+        None => None,
+    };
 
     let mdns = if config.mdns {
         let behaviour =
@@ -527,6 +587,24 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
         .map_err(|error| NetError::Start {
             reason: format!("protocol {} already registered: {error}", config.protocol),
         })?;
+    let members = match gate {
+        Some(gate) => {
+            let introductions =
+                control
+                    .accept(crate::membership::MEMBER_PROTOCOL)
+                    .map_err(|error| NetError::Start {
+                        reason: format!("the membership protocol is taken: {error}"),
+                    })?;
+            Some(Members::new(
+                gate,
+                introductions,
+                control.clone(),
+                counters.clone(),
+            ))
+        }
+        None => None,
+    };
+    let membership = members.as_ref().map(|_| counters);
 
     let mut listeners = 0_usize;
     for addr in &config.listen {
@@ -550,7 +628,8 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
         stream_sender,
         listeners,
         config.mdns_auto_dial,
-    );
+    )
+    .with_members(members);
     tokio::spawn(
         driver
             .run()
@@ -564,6 +643,7 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
         control,
         dial_timeout: config.dial_timeout,
         stream_open_timeout: config.stream_open_timeout,
+        membership,
     };
     let incoming = IncomingStreams {
         receiver: stream_receiver,

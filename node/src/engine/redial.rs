@@ -30,7 +30,9 @@ pub fn redial_backoff(failures: u32) -> Duration {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum State<P> {
     /// A dial is under way; `first` when the address was never dialled before.
-    Dialling { first: bool },
+    Dialling {
+        first: bool,
+    },
     Connected(P),
     /// Dialled again at this instant.
     Waiting(Instant),
@@ -177,7 +179,11 @@ mod tests {
         assert_eq!(redial.poll_timeout(), Some(start + REDIAL_FIRST));
         assert_eq!(redial.poll_dial(start), None);
         assert_eq!(redial.poll_dial(start + REDIAL_FIRST), Some(1));
-        assert_eq!(redial.poll_dial(start + REDIAL_FIRST), None, "dial under way");
+        assert_eq!(
+            redial.poll_dial(start + REDIAL_FIRST),
+            None,
+            "dial under way"
+        );
         assert!(!redial.first_dials_pending(), "a redial holds no stall off");
 
         // Peer 7 (address 0) goes away and stays away: dialled at growing gaps, never dropped.

@@ -443,9 +443,9 @@ impl<P: Clone + Ord + fmt::Debug> Swarm<P> {
             Some(self.next_refresh),
             self.redial.poll_timeout(),
         ]
-            .into_iter()
-            .flatten()
-            .min()
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Refreshes have-maps and asks the upstreams again when that is due, and lets the

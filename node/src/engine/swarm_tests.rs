@@ -117,9 +117,21 @@ fn an_upstream_is_asked_once_however_it_was_found_until_it_reconnects() {
     // (event, upstreams asked)
     let table: Vec<(SwarmEvent<u32>, Vec<u32>)> = vec![
         (Event::PeerConnected { peer: 1 }.into(), vec![]),
-        (SwarmEvent::NamedDialled { address: 0, peer: Some(1) }, vec![1]),
+        (
+            SwarmEvent::NamedDialled {
+                address: 0,
+                peer: Some(1),
+            },
+            vec![1],
+        ),
         (depot(), vec![]),
-        (SwarmEvent::NamedDialled { address: 0, peer: Some(1) }, vec![]),
+        (
+            SwarmEvent::NamedDialled {
+                address: 0,
+                peer: Some(1),
+            },
+            vec![],
+        ),
         (Event::PeerClosed { peer: 1 }.into(), vec![]),
         (Event::PeerConnected { peer: 1 }.into(), vec![]),
         (depot(), vec![1]),
@@ -352,7 +364,13 @@ fn a_stall_is_given_up_after_the_stall_timeout() {
         // A named peer that cannot be reached after 5 s: the wait starts then.
         (
             1,
-            vec![(seconds(5), SwarmEvent::NamedDialled { address: 0, peer: None })],
+            vec![(
+                seconds(5),
+                SwarmEvent::NamedDialled {
+                    address: 0,
+                    peer: None,
+                },
+            )],
             Some(seconds(25)),
         ),
         // A peer that claims nothing.
@@ -406,7 +424,13 @@ fn connected_upstreams_are_asked_again_at_every_refresh() {
     };
     connect(&mut swarm, start, 1, ChunkGroupRanges::empty());
     connect(&mut swarm, start, 2, ChunkGroupRanges::empty());
-    swarm.handle(start, SwarmEvent::NamedDialled { address: 0, peer: Some(1) });
+    swarm.handle(
+        start,
+        SwarmEvent::NamedDialled {
+            address: 0,
+            peer: Some(1),
+        },
+    );
     swarm.handle(start, depot(2));
     swarm.handle(start, depot(3));
     assert_eq!(asked(&drain(&mut swarm, start)), [1, 2, 3]);

@@ -3,7 +3,8 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use futures::StreamExt as _;
@@ -19,7 +20,9 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::introduce::{self, Heard};
 use super::{NetError, NetEvent, Stream, error::error_chain};
+use crate::membership::{EXPIRY_SWEEP, Gate, MembershipCounters, Refused};
 
 /// How long shutdown waits for connections to close cleanly before dropping the swarm anyway.
 /// A clean close tells peers at once that we are gone; without it they wait for their QUIC idle
@@ -47,7 +50,81 @@ pub(super) enum Command {
         reply: oneshot::Sender<bool>,
     },
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    Revocations {
+        signed: Box<proto::membership::SignedRevocations>,
+        reply: oneshot::Sender<Result<Vec<PeerId>, String>>,
+    },
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Fleet membership, when the node takes part in a fleet's mesh ([`crate::membership`]).
+pub(super) struct Members {
+    pub(super) gate: Gate,
+    /// Introductions peers open to us.
+    pub(super) incoming: libp2p_stream::IncomingStreams,
+    pub(super) control: libp2p_stream::Control,
+    pub(super) counters: Arc<MembershipCounters>,
+    heard: mpsc::UnboundedSender<Heard>,
+    hearing: mpsc::UnboundedReceiver<Heard>,
+    /// Peers connected but not admitted yet.
+    waiting: HashMap<PeerId, Waiting>,
+}
+
+impl Members {
+    pub(super) fn new(
+        gate: Gate,
+        incoming: libp2p_stream::IncomingStreams,
+        control: libp2p_stream::Control,
+        counters: Arc<MembershipCounters>,
+    ) -> Self {
+        let (heard, hearing) = mpsc::unbounded_channel();
+        Self {
+            gate,
+            incoming,
+            control,
+            counters,
+            heard,
+            hearing,
+            waiting: HashMap::new(),
+        }
+    }
+}
+
+/// A peer connected and not admitted yet.
+struct Waiting {
+    /// The address of its first connection, for the [`NetEvent::PeerConnected`] to come.
+    addr: Multiaddr,
+    /// Dials that reached it, answered once it is admitted or refused.
+    dials: Vec<PendingDial>,
+    /// Whether we introduced ourselves (on a connection we dialled).
+    introduced: bool,
+}
+
+/// Now, in unix seconds, as certificates count time.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// What the membership side of the driver has next.
+enum FromMembers {
+    /// A peer opened an introduction.
+    Introduction(PeerId, Stream),
+    /// An introduction task reports.
+    Heard(Heard),
+}
+
+/// The next thing from the membership side, when the node has members at all.
+async fn next_from_members(members: &mut Option<Members>) -> FromMembers {
+    let Some(members) = members else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        Some((peer, stream)) = members.incoming.next() => FromMembers::Introduction(peer, stream),
+        Some(heard) = members.hearing.recv() => FromMembers::Heard(heard),
+        else => std::future::pending().await,
+    }
 }
 
 /// A dial a handle is waiting on.
@@ -71,6 +148,7 @@ pub(super) struct Driver {
     pending_dials: HashMap<ConnectionId, PendingDial>,
     mdns_auto_dial: bool,
     dropped_events: u64,
+    members: Option<Members>,
 }
 
 impl Driver {
@@ -95,11 +173,19 @@ impl Driver {
             pending_dials: HashMap::new(),
             mdns_auto_dial,
             dropped_events: 0,
+            members: None,
         }
+    }
+
+    /// The driver of a node in a fleet's mesh: peers are admitted by `members`' gate.
+    pub(super) fn with_members(mut self, members: Option<Members>) -> Self {
+        self.members = members;
+        self
     }
 
     pub(super) async fn run(mut self) {
         tracing::debug!("network task started");
+        let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -117,6 +203,15 @@ impl Driver {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some((peer, stream)) = self.incoming.next() => self.on_incoming_stream(peer, stream),
+                from = next_from_members(&mut self.members) => match from {
+                    FromMembers::Introduction(peer, stream) => {
+                        if let Some(members) = &self.members {
+                            introduce::hear(peer, stream, members.heard.clone());
+                        }
+                    }
+                    FromMembers::Heard(heard) => self.on_heard(heard),
+                },
+                _ = sweep.tick() => self.sweep_expired(),
             }
         }
         tracing::debug!("network task stopped");
@@ -133,12 +228,20 @@ impl Driver {
             }
             Command::Dial { addr, reply } => self.dial(addr, reply),
             Command::IsConnected { peer, reply } => {
-                let _ = reply.send(self.swarm.is_connected(&peer));
+                let _ = reply.send(self.is_usable(&peer));
             }
             Command::ConnectedPeers(reply) => {
-                let mut peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                let mut peers: Vec<PeerId> = self
+                    .swarm
+                    .connected_peers()
+                    .filter(|peer| self.is_admitted(peer))
+                    .copied()
+                    .collect();
                 peers.sort_unstable();
                 let _ = reply.send(peers);
+            }
+            Command::Revocations { signed, reply } => {
+                let _ = reply.send(self.update_revocations(&signed));
             }
             // Handled in `run`, which must leave its loop.
             Command::Shutdown(reply) => {
@@ -161,8 +264,16 @@ impl Driver {
                 }));
                 return;
             }
-            if self.swarm.is_connected(&peer) {
+            if self.is_usable(&peer) {
                 let _ = reply.send(Ok(peer));
+                return;
+            }
+            if let Some(waiting) = self
+                .members
+                .as_mut()
+                .and_then(|members| members.waiting.get_mut(&peer))
+            {
+                waiting.dials.push(PendingDial { addr, reply });
                 return;
             }
         }
@@ -191,6 +302,18 @@ impl Driver {
     }
 
     fn on_incoming_stream(&mut self, peer: PeerId, stream: Stream) {
+        if !self.is_admitted(&peer) {
+            // Dropping the stream resets it: a peer not admitted gets nothing, not even an
+            // answer.
+            if let Some(members) = &self.members {
+                members
+                    .counters
+                    .streams_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::debug!(%peer, "inbound stream refused: the peer is not admitted");
+            return;
+        }
         match self.streams.try_send((peer, stream)) {
             Ok(()) => {}
             // Dropping the stream resets it, so the opener gets an error instead of silence.
@@ -219,8 +342,9 @@ impl Driver {
                 let _span = tracing::info_span!("peer", peer = %peer_id).entered();
                 let addr = endpoint.get_remote_address().clone();
                 tracing::debug!(%addr, %num_established, "connection established");
-                if let Some(pending) = self.pending_dials.remove(&connection_id) {
-                    let _ = pending.reply.send(Ok(peer_id));
+                let pending = self.pending_dials.remove(&connection_id);
+                if self.await_introduction(peer_id, &addr, endpoint.is_dialer(), pending) {
+                    return;
                 }
                 if num_established.get() == 1 {
                     tracing::info!(%addr, "peer connected");
@@ -239,7 +363,7 @@ impl Driver {
                 let _span = tracing::info_span!("peer", peer = %peer_id).entered();
                 let reason = cause.map(|cause| error_chain(&cause));
                 tracing::debug!(?reason, %num_established, "connection closed");
-                if num_established == 0 {
+                if num_established == 0 && self.forget(peer_id) {
                     tracing::info!(?reason, "peer disconnected");
                     self.emit(NetEvent::PeerDisconnected {
                         peer: peer_id,
@@ -383,6 +507,217 @@ impl Driver {
                 }
             }
             self.emit(NetEvent::PeerDiscovered { peer, addrs });
+        }
+    }
+
+    /// Whether `peer` may use this node: every peer on an open mesh, admitted ones on a
+    /// fleet's.
+    fn is_admitted(&self, peer: &PeerId) -> bool {
+        self.members
+            .as_ref()
+            .is_none_or(|members| members.gate.is_admitted(peer))
+    }
+
+    /// Whether `peer` is connected and admitted.
+    fn is_usable(&self, peer: &PeerId) -> bool {
+        self.swarm.is_connected(peer) && self.is_admitted(peer)
+    }
+
+    /// A connection to `peer` is up: on a fleet's mesh, unless the peer is admitted already,
+    /// it waits for the introductions (ours when we dialled, and the deadline for theirs), and
+    /// `dial`'s answer with it. Returns whether it waits.
+    fn await_introduction(
+        &mut self,
+        peer: PeerId,
+        addr: &Multiaddr,
+        dialer: bool,
+        dial: Option<PendingDial>,
+    ) -> bool {
+        let Some(members) = self.members.as_mut() else {
+            if let Some(dial) = dial {
+                let _ = dial.reply.send(Ok(peer));
+            }
+            return false;
+        };
+        if members.gate.is_admitted(&peer) {
+            if let Some(dial) = dial {
+                let _ = dial.reply.send(Ok(peer));
+            }
+            return true;
+        }
+        let waiting = members.waiting.entry(peer).or_insert_with(|| {
+            introduce::deadline(peer, members.heard.clone());
+            Waiting {
+                addr: addr.clone(),
+                dials: Vec::new(),
+                introduced: false,
+            }
+        });
+        waiting.dials.extend(dial);
+        if dialer && !waiting.introduced {
+            waiting.introduced = true;
+            let ours = members.gate.own_certificate().to_vec();
+            introduce::introduce(&members.control, peer, ours, members.heard.clone());
+        }
+        true
+    }
+
+    fn on_heard(&mut self, heard: Heard) {
+        let Some(members) = self.members.as_mut() else {
+            return;
+        };
+        let now = unix_now();
+        match heard {
+            Heard::Introduced {
+                peer,
+                certificate,
+                reply,
+            } => {
+                if members.gate.is_admitted(&peer) {
+                    let _ = reply.send(Some(members.gate.own_certificate().to_vec()));
+                    return;
+                }
+                if !members.waiting.contains_key(&peer) {
+                    // Gone already.
+                    let _ = reply.send(None);
+                    return;
+                }
+                match members.gate.admit(peer, &certificate, now) {
+                    Ok(_) => {
+                        let _ = reply.send(Some(members.gate.own_certificate().to_vec()));
+                        self.on_admitted(peer);
+                    }
+                    Err(refused) => {
+                        let _ = reply.send(None);
+                        self.refuse(refused);
+                    }
+                }
+            }
+            Heard::Answer { peer, result } => {
+                if members.gate.is_admitted(&peer) || !members.waiting.contains_key(&peer) {
+                    return;
+                }
+                match result {
+                    Ok(certificate) => match members.gate.admit(peer, &certificate, now) {
+                        Ok(_) => self.on_admitted(peer),
+                        Err(refused) => self.refuse(refused),
+                    },
+                    Err(reason) => {
+                        let refused = members.gate.silent(peer, reason);
+                        self.refuse(refused);
+                    }
+                }
+            }
+            Heard::Deadline { peer } => {
+                if members.gate.is_admitted(&peer) || !members.waiting.contains_key(&peer) {
+                    return;
+                }
+                let reason = format!(
+                    "introduced nothing within {:?}",
+                    crate::membership::INTRODUCTION_TIMEOUT
+                );
+                let refused = members.gate.silent(peer, reason);
+                self.refuse(refused);
+            }
+        }
+    }
+
+    /// `peer` is admitted: its dials are answered and the application hears of it.
+    fn on_admitted(&mut self, peer: PeerId) {
+        let Some(waiting) = self
+            .members
+            .as_mut()
+            .and_then(|members| members.waiting.remove(&peer))
+        else {
+            return;
+        };
+        let _span = tracing::info_span!("peer", %peer).entered();
+        for dial in waiting.dials {
+            let _ = dial.reply.send(Ok(peer));
+        }
+        tracing::info!(addr = %waiting.addr, "peer connected and admitted");
+        self.emit(NetEvent::PeerConnected {
+            peer,
+            addr: waiting.addr,
+        });
+    }
+
+    /// `refused` is not admitted: its dials fail and its connections close.
+    fn refuse(&mut self, refused: Refused) {
+        let peer = refused.peer;
+        let _span = tracing::info_span!("peer", %peer).entered();
+        tracing::info!(kind = refused.kind.name(), reason = %refused.reason, "peer refused");
+        if let Some(waiting) = self
+            .members
+            .as_mut()
+            .and_then(|members| members.waiting.remove(&peer))
+        {
+            for dial in waiting.dials {
+                let _ = dial.reply.send(Err(NetError::Dial {
+                    addr: dial.addr,
+                    reason: refused.to_string(),
+                }));
+            }
+        }
+        self.emit(NetEvent::PeerRefused {
+            peer,
+            reason: refused.to_string(),
+        });
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// `peer`'s last connection closed; returns whether the application had heard of it.
+    fn forget(&mut self, peer: PeerId) -> bool {
+        let Some(members) = self.members.as_mut() else {
+            return true;
+        };
+        if let Some(waiting) = members.waiting.remove(&peer) {
+            for dial in waiting.dials {
+                let _ = dial.reply.send(Err(NetError::Dial {
+                    addr: dial.addr,
+                    reason: "the connection closed before the peer was admitted".to_owned(),
+                }));
+            }
+        }
+        let admitted = members.gate.is_admitted(&peer);
+        members.gate.forget(&peer);
+        admitted
+    }
+
+    fn update_revocations(
+        &mut self,
+        signed: &proto::membership::SignedRevocations,
+    ) -> Result<Vec<PeerId>, String> {
+        let members = self
+            .members
+            .as_mut()
+            .ok_or("this node runs an open mesh: it holds no fleet membership")?;
+        let revoked = members
+            .gate
+            .update_revocations(signed)
+            .map_err(|error| error.to_string())?;
+        self.evict(&revoked, "revoked");
+        Ok(revoked)
+    }
+
+    fn sweep_expired(&mut self) {
+        let expired = match self.members.as_mut() {
+            Some(members) => members.gate.expire(unix_now()),
+            None => return,
+        };
+        self.evict(&expired, "its certificate expired");
+    }
+
+    /// Disconnects admitted peers the gate has just forgotten.
+    fn evict(&mut self, peers: &[PeerId], why: &str) {
+        for peer in peers {
+            tracing::info!(%peer, why, "peer evicted");
+            if self.swarm.disconnect_peer_id(*peer).is_ok() {
+                self.emit(NetEvent::PeerDisconnected {
+                    peer: *peer,
+                    reason: Some(format!("evicted: {why}")),
+                });
+            }
         }
     }
 

@@ -51,6 +51,14 @@ pub enum NetError {
         reason: String,
     },
 
+    /// A fleet membership change was refused (a revocation list that does not verify or is
+    /// older than the one in force), or asked of a node on an open mesh.
+    #[error("membership: {reason}")]
+    Membership {
+        /// Why.
+        reason: String,
+    },
+
     /// A dial finished without a connection.
     #[error("dial of {addr} failed: {reason}")]
     Dial {

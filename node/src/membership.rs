@@ -1,0 +1,441 @@
+//! Who may use this node: only fleet members, proven by a membership certificate the fleet key
+//! signed for the peer id the connection authenticated ([`proto::membership`]).
+//!
+//! When a connection is made, the dialer introduces itself on the membership protocol
+//! ([`MEMBER_PROTOCOL`]) with its certificate, and the listener answers with its own once it
+//! has admitted the dialer; each end checks the other's against the fleet keys it trusts, the
+//! clock and the newest revocation list it holds. Until then the connection is not reported to
+//! the application and no stream on it is served; a peer that presents nothing within
+//! [`INTRODUCTION_TIMEOUT`], or something that does not hold, is disconnected and counted.
+//! Revocations and expiries also end the connections of peers already admitted.
+//!
+//! [`Gate`] is the decision, sans-IO; the network driver (`net::driver`) does the talking.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use libp2p::{PeerId, StreamProtocol};
+use proto::membership::{
+    FleetKeys, MemberRole, MembershipCert, MembershipError, Revocations, SignedRevocations,
+};
+
+/// The protocol on which peers introduce themselves.
+pub const MEMBER_PROTOCOL: StreamProtocol = StreamProtocol::new("/depotmesh/member/1.0.0");
+
+/// How long a peer that connected has to introduce itself (and a dialer to hear the answer):
+/// an introduction is one round trip of ~300 bytes, so this is for a lossy yard Wi-Fi.
+pub const INTRODUCTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the driver looks for admitted peers whose certificates expired.
+pub const EXPIRY_SWEEP: Duration = Duration::from_secs(60);
+
+/// What a node needs to take part in a fleet's mesh.
+#[derive(Clone, Debug)]
+pub struct MeshMembership {
+    /// This node's own certificate, presented to every peer.
+    pub certificate: MembershipCert,
+    /// The fleet keys whose certificates and revocation lists it accepts.
+    pub keys: FleetKeys,
+    /// The newest revocation list it holds (checked again here), if any.
+    pub revocations: Option<SignedRevocations>,
+}
+
+/// Why a peer was refused, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RefusalKind {
+    /// It presented no certificate in time, or none this node could read.
+    Silent,
+    /// Its certificate is not the fleet's, not its own, or altered.
+    Stranger,
+    /// Its certificate expired, or holds only later.
+    Expired,
+    /// It was revoked.
+    Revoked,
+}
+
+impl RefusalKind {
+    /// Every kind, in counter order.
+    pub const ALL: [Self; 4] = [Self::Silent, Self::Stranger, Self::Expired, Self::Revoked];
+
+    /// The label in metrics and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Silent => "silent",
+            Self::Stranger => "stranger",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    fn of(error: &MembershipError) -> Self {
+        match error {
+            MembershipError::Expired { .. } | MembershipError::NotYetValid { .. } => Self::Expired,
+            _ => Self::Stranger,
+        }
+    }
+}
+
+/// A refused peer: the kind, and the reason in words.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{peer} is not admitted ({}): {reason}", kind.name())]
+pub struct Refused {
+    /// The peer.
+    pub peer: PeerId,
+    /// The kind counted.
+    pub kind: RefusalKind,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// Counts of what the gate decided, shared with whoever reports them (a depot's `/metrics`).
+#[derive(Debug, Default)]
+pub struct MembershipCounters {
+    /// Peers admitted.
+    pub admitted: AtomicU64,
+    /// Peers refused, by [`RefusalKind`] in [`RefusalKind::ALL`] order.
+    refused: [AtomicU64; 4],
+    /// Streams a peer opened before or without being admitted, dropped unread.
+    pub streams_refused: AtomicU64,
+    /// Admitted peers disconnected because they were revoked or their certificate expired.
+    pub evicted: AtomicU64,
+    /// The version of the revocation list in force (0: none).
+    pub revocations_version: AtomicU64,
+}
+
+impl MembershipCounters {
+    /// Peers refused for `kind`.
+    pub fn refused(&self, kind: RefusalKind) -> u64 {
+        self.refused[kind as usize].load(Relaxed)
+    }
+
+    /// Peers refused, every kind together.
+    pub fn refused_total(&self) -> u64 {
+        RefusalKind::ALL
+            .iter()
+            .map(|kind| self.refused(*kind))
+            .sum()
+    }
+
+    pub(crate) fn count_refusal(&self, kind: RefusalKind) {
+        self.refused[kind as usize].fetch_add(1, Relaxed);
+    }
+}
+
+/// An admitted peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its certified role.
+    pub role: MemberRole,
+    /// When its certificate expires (unix seconds).
+    pub expires: u64,
+}
+
+/// The decisions: who is admitted, against which revocations. See the [module docs](self).
+#[derive(Debug)]
+pub struct Gate {
+    keys: FleetKeys,
+    own: Vec<u8>,
+    revocations: Revocations,
+    admitted: BTreeMap<PeerId, Member>,
+    counters: Arc<MembershipCounters>,
+}
+
+impl Gate {
+    /// The gate of node `me` with `membership`, at `now` (unix seconds). Refuses a certificate
+    /// that is not `me`'s or not valid now, and a revocation list that does not verify or
+    /// revokes `me`: a node that could not be admitted anywhere says so at its start.
+    pub fn new(
+        me: PeerId,
+        membership: MeshMembership,
+        now: u64,
+        counters: Arc<MembershipCounters>,
+    ) -> Result<Self, MembershipError> {
+        let MeshMembership {
+            certificate,
+            keys,
+            revocations,
+        } = membership;
+        keys.verify_cert(&certificate, &me.to_string(), now)?;
+        let revocations = match revocations {
+            Some(signed) => keys.verify_revocations(&signed, 0)?.clone(),
+            None => Revocations::default(),
+        };
+        if revocations.revokes(&me.to_string()) {
+            return Err(MembershipError::Malformed(format!(
+                "this node ({me}) is revoked in revocations version {}",
+                revocations.version
+            )));
+        }
+        counters
+            .revocations_version
+            .store(revocations.version, Relaxed);
+        Ok(Self {
+            keys,
+            own: certificate.encode(),
+            revocations,
+            admitted: BTreeMap::new(),
+            counters,
+        })
+    }
+
+    /// This node's certificate as presented.
+    pub fn own_certificate(&self) -> &[u8] {
+        &self.own
+    }
+
+    /// Admits `peer` on the certificate bytes it presented, at `now`, or refuses it (counted).
+    pub fn admit(&mut self, peer: PeerId, presented: &[u8], now: u64) -> Result<Member, Refused> {
+        if let Some(member) = self.admitted.get(&peer) {
+            return Ok(*member);
+        }
+        let refuse = |kind: RefusalKind, reason: String| {
+            self.counters.count_refusal(kind);
+            Refused { peer, kind, reason }
+        };
+        let cert = MembershipCert::decode(presented)
+            .map_err(|error| refuse(RefusalKind::Stranger, error.to_string()))?;
+        let text = peer.to_string();
+        let membership = self
+            .keys
+            .verify_cert(&cert, &text, now)
+            .map_err(|error| refuse(RefusalKind::of(&error), error.to_string()))?;
+        if self.revocations.revokes(&text) {
+            let reason = format!("revoked in version {}", self.revocations.version);
+            return Err(refuse(RefusalKind::Revoked, reason));
+        }
+        let member = Member {
+            role: membership.role,
+            expires: membership.expires,
+        };
+        self.admitted.insert(peer, member);
+        self.counters.admitted.fetch_add(1, Relaxed);
+        Ok(member)
+    }
+
+    /// Counts `peer` refused for saying nothing (in time).
+    pub fn silent(&self, peer: PeerId, reason: String) -> Refused {
+        self.counters.count_refusal(RefusalKind::Silent);
+        Refused {
+            peer,
+            kind: RefusalKind::Silent,
+            reason,
+        }
+    }
+
+    /// Whether `peer` is admitted.
+    pub fn is_admitted(&self, peer: &PeerId) -> bool {
+        self.admitted.contains_key(peer)
+    }
+
+    /// What `peer` was admitted as, if it is.
+    pub fn member(&self, peer: &PeerId) -> Option<Member> {
+        self.admitted.get(peer).copied()
+    }
+
+    /// `peer` left: it introduces itself again when it comes back.
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.admitted.remove(peer);
+    }
+
+    /// Takes a newer revocation list (a list of the same version changes nothing) and returns
+    /// the admitted peers it revokes, now forgotten: the driver disconnects them.
+    pub fn update_revocations(
+        &mut self,
+        signed: &SignedRevocations,
+    ) -> Result<Vec<PeerId>, MembershipError> {
+        let offered = self
+            .keys
+            .verify_revocations(signed, self.revocations.version)?;
+        if offered.version == self.revocations.version {
+            return Ok(Vec::new());
+        }
+        self.revocations = offered.clone();
+        self.counters
+            .revocations_version
+            .store(offered.version, Relaxed);
+        let revoked: Vec<PeerId> = self
+            .admitted
+            .keys()
+            .filter(|peer| self.revocations.revokes(&peer.to_string()))
+            .copied()
+            .collect();
+        self.evict(&revoked);
+        Ok(revoked)
+    }
+
+    /// The admitted peers whose certificates expired by `now`, now forgotten: the driver
+    /// disconnects them.
+    pub fn expire(&mut self, now: u64) -> Vec<PeerId> {
+        let expired: Vec<PeerId> = self
+            .admitted
+            .iter()
+            .filter(|(_, member)| now >= member.expires)
+            .map(|(peer, _)| *peer)
+            .collect();
+        self.evict(&expired);
+        expired
+    }
+
+    /// The version of the revocation list in force.
+    pub fn revocations_version(&self) -> u64 {
+        self.revocations.version
+    }
+
+    fn evict(&mut self, peers: &[PeerId]) {
+        for peer in peers {
+            self.admitted.remove(peer);
+            self.counters.evicted.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use proto::membership::Membership;
+
+    fn fleet() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    fn cert(key: &SigningKey, peer: PeerId, role: MemberRole, expires: u64) -> MembershipCert {
+        let membership = Membership {
+            peer: peer.to_string(),
+            role,
+            issued: 100,
+            expires,
+        };
+        MembershipCert::issue(key, membership).unwrap()
+    }
+
+    fn gate(me: PeerId) -> (Gate, Arc<MembershipCounters>) {
+        let counters = Arc::new(MembershipCounters::default());
+        let membership = MeshMembership {
+            certificate: cert(&fleet(), me, MemberRole::Depot, 10_000),
+            keys: FleetKeys::new([fleet().verifying_key()]),
+            revocations: None,
+        };
+        (
+            Gate::new(me, membership, 200, counters.clone()).unwrap(),
+            counters,
+        )
+    }
+
+    #[test]
+    fn members_are_admitted_and_everyone_else_refused_by_kind() {
+        let (me, vehicle, copier, old) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let (mut gate, counters) = gate(me);
+        let good = cert(&fleet(), vehicle, MemberRole::Vehicle, 10_000).encode();
+        assert_eq!(
+            gate.admit(vehicle, &good, 200).unwrap().role,
+            MemberRole::Vehicle
+        );
+        assert!(gate.is_admitted(&vehicle));
+        // Someone else's certificate, one made with another key, garbage, an expired one.
+        let refused = gate.admit(copier, &good, 200).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Stranger);
+        assert!(refused.reason.contains("presented by"), "{refused}");
+        let forged = cert(
+            &SigningKey::from_bytes(&[8; 32]),
+            copier,
+            MemberRole::Depot,
+            10_000,
+        );
+        assert_eq!(
+            gate.admit(copier, &forged.encode(), 200).unwrap_err().kind,
+            RefusalKind::Stranger
+        );
+        assert_eq!(
+            gate.admit(copier, b"hello", 200).unwrap_err().kind,
+            RefusalKind::Stranger
+        );
+        let stale = cert(&fleet(), old, MemberRole::Vehicle, 150).encode();
+        assert_eq!(
+            gate.admit(old, &stale, 200).unwrap_err().kind,
+            RefusalKind::Expired
+        );
+        assert_eq!(gate.silent(old, "nothing".into()).kind, RefusalKind::Silent);
+        assert_eq!(counters.admitted.load(Relaxed), 1);
+        assert_eq!(counters.refused(RefusalKind::Stranger), 3);
+        assert_eq!(counters.refused(RefusalKind::Expired), 1);
+        assert_eq!(counters.refused_total(), 5);
+        assert!(!gate.is_admitted(&copier) && !gate.is_admitted(&old));
+    }
+
+    #[test]
+    fn a_revocation_evicts_at_once_and_an_older_list_is_refused() {
+        let (me, vehicle, other) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let (mut gate, counters) = gate(me);
+        for peer in [vehicle, other] {
+            let bytes = cert(&fleet(), peer, MemberRole::Vehicle, 10_000).encode();
+            gate.admit(peer, &bytes, 200).unwrap();
+        }
+        let list = |version: u64, peers: &[PeerId]| {
+            let revocations = Revocations {
+                version,
+                issued: 300,
+                peers: peers.iter().map(PeerId::to_string).collect(),
+            };
+            SignedRevocations::sign(&fleet(), revocations).unwrap()
+        };
+        assert_eq!(
+            gate.update_revocations(&list(2, &[vehicle])).unwrap(),
+            [vehicle]
+        );
+        assert!(!gate.is_admitted(&vehicle) && gate.is_admitted(&other));
+        assert_eq!(counters.evicted.load(Relaxed), 1);
+        assert_eq!(counters.revocations_version.load(Relaxed), 2);
+        let again = cert(&fleet(), vehicle, MemberRole::Vehicle, 10_000).encode();
+        assert_eq!(
+            gate.admit(vehicle, &again, 200).unwrap_err().kind,
+            RefusalKind::Revoked
+        );
+        // Replaying version 1 (which revoked nobody) does not pardon it.
+        assert!(matches!(
+            gate.update_revocations(&list(1, &[])),
+            Err(MembershipError::RolledBack { .. })
+        ));
+        assert_eq!(gate.update_revocations(&list(2, &[vehicle])).unwrap(), []);
+        assert_eq!(gate.revocations_version(), 2);
+        // Expiry ends an admission too.
+        assert_eq!(gate.expire(10_000), [other]);
+        assert!(!gate.is_admitted(&other));
+    }
+
+    #[test]
+    fn a_node_that_could_not_be_admitted_anywhere_is_told_at_its_start() {
+        let me = PeerId::random();
+        let keys = FleetKeys::new([fleet().verifying_key()]);
+        let counters = Arc::new(MembershipCounters::default());
+        let someone_elses = MeshMembership {
+            certificate: cert(&fleet(), PeerId::random(), MemberRole::Depot, 10_000),
+            keys: keys.clone(),
+            revocations: None,
+        };
+        let error = Gate::new(me, someone_elses, 200, counters.clone()).unwrap_err();
+        assert!(
+            matches!(error, MembershipError::WrongPeer { .. }),
+            "{error}"
+        );
+        let revocations = Revocations {
+            version: 1,
+            issued: 100,
+            peers: [me.to_string()].into(),
+        };
+        let revoked = MeshMembership {
+            certificate: cert(&fleet(), me, MemberRole::Depot, 10_000),
+            keys,
+            revocations: Some(SignedRevocations::sign(&fleet(), revocations).unwrap()),
+        };
+        let error = Gate::new(me, revoked, 200, counters).unwrap_err();
+        assert!(error.to_string().contains("revoked"), "{error}");
+    }
+}

@@ -1,0 +1,298 @@
+//! Fleet membership on real QUIC nodes: a depot that serves only the fleet. A stranger on the
+//! yard's Wi-Fi (a fresh identity, a certificate from another key, a member's certificate
+//! copied, an expired one) gets no byte, no have-map and no answer; a member fetches; a revoked
+//! member is cut off at once and refused when it comes back. Every refusal is counted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use node::fetch::{self, FetchOptions};
+use node::membership::{MEMBER_PROTOCOL, MeshMembership, RefusalKind};
+use node::net::{self, NetConfig, NetEvent, NetHandle};
+use node::serve::{self, ServeCounters};
+use proto::membership::{
+    FleetKeys, MemberRole, Membership, MembershipCert, Revocations, SignedRevocations,
+};
+use proto::wire::{HaveQuery, Message};
+
+mod common;
+use common::{loopback_config, new_store};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn fleet_key() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+fn certificate(
+    key: &SigningKey,
+    peer: PeerId,
+    role: MemberRole,
+    issued: u64,
+    expires: u64,
+) -> MembershipCert {
+    let membership = Membership {
+        peer: peer.to_string(),
+        role,
+        issued,
+        expires,
+    };
+    MembershipCert::issue(key, membership).unwrap()
+}
+
+/// A loopback node of the fleet in `role`, its certificate valid for a day.
+async fn member(role: MemberRole) -> (NetHandle, net::NetEvents, net::IncomingStreams, Multiaddr) {
+    let keypair = Keypair::generate_ed25519();
+    let peer = keypair.public().to_peer_id();
+    let membership = MeshMembership {
+        certificate: certificate(&fleet_key(), peer, role, now() - 60, now() + 86_400),
+        keys: FleetKeys::new([fleet_key().verifying_key()]),
+        revocations: None,
+    };
+    let config = NetConfig {
+        keypair: Some(keypair),
+        membership: Some(membership),
+        ..loopback_config()
+    };
+    let (handle, events, incoming) = net::start(config).await.unwrap();
+    let addr = handle.listen_addrs().await.into_iter().next().unwrap();
+    (handle, events, incoming, addr)
+}
+
+/// A node outside the fleet that speaks the introduction protocol by hand: its streams are
+/// introductions, so it can present whatever bytes it likes as its certificate.
+async fn impostor(keypair: Keypair) -> NetHandle {
+    let config = NetConfig {
+        keypair: Some(keypair),
+        protocol: MEMBER_PROTOCOL,
+        ..loopback_config()
+    };
+    net::start(config).await.unwrap().0
+}
+
+/// Presents `bytes` to `depot` as `impostor`'s certificate; returns the depot's answer, if any.
+async fn introduce(impostor: &NetHandle, depot: &Multiaddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    let depot_id = impostor.dial(depot.clone()).await.ok()?;
+    let mut stream = impostor.open_stream(depot_id).await.ok()?;
+    let length = u16::try_from(bytes.len()).unwrap().to_be_bytes();
+    stream.write_all(&length).await.ok()?;
+    stream.write_all(bytes).await.ok()?;
+    stream.flush().await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    (!answer.is_empty()).then_some(answer)
+}
+
+/// Waits for `events` to report `peer` gone.
+async fn disconnected(events: &mut net::NetEvents, peer: PeerId) {
+    tokio::time::timeout(WAIT, async {
+        while let Some(event) = events.recv().await {
+            if matches!(event, NetEvent::PeerDisconnected { peer: gone, .. } if gone == peer) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the peer was disconnected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_get_nothing_members_fetch_and_a_revoked_member_is_cut_off() {
+    let data: Vec<u8> = (0..(3 << 20) as u32).map(|i| (i % 251) as u8).collect();
+    let store = Arc::new(new_store());
+    let blob = store.import(&data[..]).unwrap();
+    let (depot, _depot_events, depot_incoming, depot_addr) = member(MemberRole::Depot).await;
+    let served = Arc::new(ServeCounters::default());
+    serve::spawn_server(store, depot_incoming, served.clone());
+    let gate = depot
+        .membership_counters()
+        .expect("the depot is a fleet member");
+
+    // A member fetches the whole blob.
+    let (vehicle, mut vehicle_events, _vehicle_incoming, _) = member(MemberRole::Vehicle).await;
+    let vehicle_store = Arc::new(new_store());
+    let mut options = FetchOptions::new(blob);
+    options.peers = vec![depot_addr.clone()];
+    let report = fetch::fetch(
+        &vehicle,
+        &mut vehicle_events,
+        vehicle_store.clone(),
+        options,
+        |_| {},
+    )
+    .await
+    .expect("a member fetches");
+    assert_eq!(report.size, data.len() as u64);
+    assert_eq!(gate.admitted.load(Relaxed), 1);
+    let served_to_members = served.bytes.load(Relaxed);
+    assert!(served_to_members >= data.len() as u64);
+
+    // A stranger with a fresh identity and no certificate: its dial is taken, its streams are
+    // reset unread, it is dropped when its time to introduce itself is up.
+    let (stranger, mut stranger_events, _stranger_incoming) =
+        net::start(loopback_config()).await.unwrap();
+    let depot_id = stranger.dial(depot_addr.clone()).await.unwrap();
+    let mut stream = stranger.open_stream(depot_id).await.unwrap();
+    let question = Message::HaveQuery(HaveQuery { blob }).encode().unwrap();
+    let _ = stream.write_all(&question).await;
+    let _ = stream.flush().await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty(), "a stranger got {} bytes", answer.len());
+    let mut options = FetchOptions::new(blob);
+    options.peers = vec![depot_addr.clone()];
+    options.stall_timeout = Duration::from_secs(3);
+    let stranger_store = Arc::new(new_store());
+    assert!(
+        fetch::fetch(
+            &stranger,
+            &mut stranger_events,
+            stranger_store,
+            options,
+            |_| {}
+        )
+        .await
+        .is_err(),
+        "a stranger fetched"
+    );
+    disconnected(&mut stranger_events, depot_id).await;
+    assert!(gate.streams_refused.load(Relaxed) >= 1, "{gate:?}");
+    assert!(gate.refused(RefusalKind::Silent) >= 1, "{gate:?}");
+
+    // Impostors: a certificate from another key, the vehicle's own copied, and an expired one.
+    let forger = Keypair::generate_ed25519();
+    let forged = certificate(
+        &SigningKey::from_bytes(&[7; 32]),
+        forger.public().to_peer_id(),
+        MemberRole::Depot,
+        now() - 60,
+        now() + 86_400,
+    );
+    let copier = Keypair::generate_ed25519();
+    let copied = certificate(
+        &fleet_key(),
+        vehicle.peer_id(),
+        MemberRole::Vehicle,
+        now() - 60,
+        now() + 86_400,
+    );
+    let late = Keypair::generate_ed25519();
+    let expired = certificate(
+        &fleet_key(),
+        late.public().to_peer_id(),
+        MemberRole::Vehicle,
+        now() - 7200,
+        now() - 3600,
+    );
+    for (keypair, cert) in [(forger, forged), (copier, copied), (late, expired)] {
+        let impostor = impostor(keypair).await;
+        let answer = introduce(&impostor, &depot_addr, &cert.encode()).await;
+        assert_eq!(answer, None, "the depot answered an impostor");
+        impostor.shutdown().await;
+    }
+    assert_eq!(gate.refused(RefusalKind::Stranger), 2, "{gate:?}");
+    assert_eq!(gate.refused(RefusalKind::Expired), 1, "{gate:?}");
+    assert_eq!(
+        gate.admitted.load(Relaxed),
+        1,
+        "only the vehicle was ever admitted"
+    );
+    assert_eq!(
+        served.bytes.load(Relaxed),
+        served_to_members,
+        "nothing was served to anyone but the member"
+    );
+
+    // Revoked: cut off at once, and refused when it dials again.
+    let revocations = Revocations {
+        version: 1,
+        issued: now(),
+        peers: [vehicle.peer_id().to_string()].into(),
+    };
+    let signed = SignedRevocations::sign(&fleet_key(), revocations).unwrap();
+    let forged_list =
+        SignedRevocations::sign(&SigningKey::from_bytes(&[7; 32]), Revocations::default()).unwrap();
+    assert!(depot.update_revocations(forged_list).await.is_err());
+    assert_eq!(
+        depot.update_revocations(signed.clone()).await.unwrap(),
+        [vehicle.peer_id()]
+    );
+    disconnected(&mut vehicle_events, depot.peer_id()).await;
+    let error = vehicle.dial(depot_addr.clone()).await.unwrap_err();
+    assert!(error.to_string().contains("not admitted"), "{error}");
+    assert_eq!(gate.refused(RefusalKind::Revoked), 1, "{gate:?}");
+    assert_eq!(gate.revocations_version.load(Relaxed), 1);
+    assert!(gate.evicted.load(Relaxed) >= 1);
+    let older = SignedRevocations::sign(&fleet_key(), Revocations::default()).unwrap();
+    let error = depot.update_revocations(older).await.unwrap_err();
+    assert!(error.to_string().contains("older"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_does_not_serve_a_stranger_it_dialled_and_two_members_meet_both_ways() {
+    let (a, mut a_events, _a_incoming, a_addr) = member(MemberRole::Vehicle).await;
+    let (b, mut b_events, _b_incoming, b_addr) = member(MemberRole::Vehicle).await;
+    // Both dial at once: each ends with the other admitted.
+    let (to_b, to_a) = tokio::join!(a.dial(b_addr.clone()), b.dial(a_addr.clone()));
+    assert_eq!(to_b.unwrap(), b.peer_id());
+    assert_eq!(to_a.unwrap(), a.peer_id());
+    for (events, peer) in [(&mut a_events, b.peer_id()), (&mut b_events, a.peer_id())] {
+        tokio::time::timeout(WAIT, async {
+            while let Some(event) = events.recv().await {
+                if matches!(event, NetEvent::PeerConnected { peer: p, .. } if p == peer) {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("each reports the other connected");
+    }
+    assert_eq!(a.connected_peers().await, [b.peer_id()]);
+
+    // A member that dials a stranger (say, found by mDNS) hears no introduction back and drops it.
+    let (stranger, _events, _incoming) = net::start(loopback_config()).await.unwrap();
+    let stranger_addr = stranger.listen_addrs().await.into_iter().next().unwrap();
+    let error = a.dial(stranger_addr).await.unwrap_err();
+    assert!(error.to_string().contains("not admitted"), "{error}");
+    assert!(!a.connected_peers().await.contains(&stranger.peer_id()));
+}
+
+#[tokio::test]
+async fn a_node_whose_certificate_is_not_its_own_or_expired_does_not_start() {
+    let keypair = Keypair::generate_ed25519();
+    let someone = PeerId::random();
+    for (peer, expires) in [
+        (someone, now() + 3600),
+        (keypair.public().to_peer_id(), now() - 1),
+    ] {
+        let membership = MeshMembership {
+            certificate: certificate(&fleet_key(), peer, MemberRole::Depot, now() - 7200, expires),
+            keys: FleetKeys::new([fleet_key().verifying_key()]),
+            revocations: None,
+        };
+        let config = NetConfig {
+            keypair: Some(keypair.clone()),
+            membership: Some(membership),
+            ..loopback_config()
+        };
+        let error = net::start(config).await.unwrap_err();
+        assert!(error.to_string().contains("membership"), "{error}");
+    }
+}
