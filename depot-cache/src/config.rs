@@ -34,6 +34,7 @@ struct File {
     serve: ServeFile,
     prefetch: Option<PrefetchFile>,
     relay: Option<RelayFile>,
+    mesh: Option<node::mesh_config::MeshSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +168,9 @@ pub struct DepotConfig {
     pub prefetch: Option<PrefetchConfig>,
     /// Vehicles' reports relayed to the director; `None`: refused.
     pub relay: Option<RelayConfig>,
+    /// The `[mesh]` section: the fleet the depot serves (its files are read when the daemon
+    /// starts); `None`, no section, is refused then ([`node::mesh_config`]).
+    pub mesh: Option<node::mesh_config::MeshSection>,
 }
 
 /// How the depot serves the yard.
@@ -464,6 +468,7 @@ pub fn parse(text: &str) -> Result<DepotConfig, ConfigError> {
         seeding,
         serve,
         prefetch,
+        mesh: file.mesh,
     })
 }
 

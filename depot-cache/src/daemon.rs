@@ -75,8 +75,13 @@ pub async fn serve(
     let store = Arc::new(store);
     let keypair = node::identity::load_or_create(&config.data_dir)
         .with_context(|| format!("loading the identity in {}", config.data_dir.display()))?;
+    let mesh = node::mesh_config::MeshSection::load(config.mesh.as_ref())?;
+    if matches!(mesh, node::mesh_config::Mesh::Open) {
+        tracing::warn!("mesh.open = true: every peer that connects is served, fleet member or not");
+    }
     let (net, events, incoming) = node::net::start(node::net::NetConfig {
         keypair: Some(keypair),
+        membership: mesh.membership(),
         listen: config.listen.clone(),
         mdns: config.mdns,
         agent_version: format!(
@@ -137,6 +142,7 @@ pub async fn serve(
             ..PrefetchState::default()
         }),
         relay: queue.map(|queue| (queue, Mutex::new(RelayState::default()))),
+        membership: net.membership_counters(),
     });
     let mut http_addr = None;
     let mut tasks = Vec::new();

@@ -204,6 +204,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 serve: depot_cache::config::ServeConfig::default(),
                 prefetch: None,
                 relay: None,
+                // The developer's quick server (README, bench/): an open mesh, said in the
+                // log at start. The service (`--config`) needs a [mesh] section.
+                mesh: Some(node::mesh_config::MeshSection {
+                    open: true,
+                    ..Default::default()
+                }),
             };
             let runtime = node::runtime::build_tokio(Some(cli.threads))
                 .context("starting the async runtime")?;

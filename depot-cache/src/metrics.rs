@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use node::metrics::{Families, NO_LABELS};
 use prometheus_client::collector::Collector;
@@ -58,6 +59,35 @@ impl Collector for Depot {
                 ([("result", "refused")], figures.refused),
             ],
         )?;
+        if let Some(members) = &state.membership {
+            use node::membership::RefusalKind;
+            out.counter(
+                "depotmesh_depot_mesh_admitted",
+                "Peers admitted to the mesh on a valid fleet membership certificate.",
+                [(NO_LABELS, members.admitted.load(Relaxed))],
+            )?;
+            out.counter(
+                "depotmesh_depot_mesh_refusals",
+                "Peers refused and disconnected: silent (no certificate in time), stranger (not the fleet's, not its own, altered), expired, revoked; stream (a stream opened before or without admission, reset unread).",
+                RefusalKind::ALL
+                    .map(|kind| ([("reason", kind.name())], members.refused(kind)))
+                    .into_iter()
+                    .chain([(
+                        [("reason", "stream")],
+                        members.streams_refused.load(Relaxed),
+                    )]),
+            )?;
+            out.counter(
+                "depotmesh_depot_mesh_evictions",
+                "Admitted peers disconnected when revoked or when their certificate expired.",
+                [(NO_LABELS, members.evicted.load(Relaxed))],
+            )?;
+            out.gauge(
+                "depotmesh_depot_mesh_revocations_version",
+                "Version of the fleet revocation list in force (0: none).",
+                [(NO_LABELS, members.revocations_version.load(Relaxed))],
+            )?;
+        }
         out.gauge(
             "depotmesh_depot_peers",
             "Peers connected (as the tracker counts them).",
@@ -211,6 +241,10 @@ mod tests {
                 r#"depotmesh_depot_bytes_total counter ["direction", "link"]"#,
                 r#"depotmesh_depot_cap_bytes gauge []"#,
                 r#"depotmesh_depot_evictions_total counter []"#,
+                r#"depotmesh_depot_mesh_admitted_total counter []"#,
+                r#"depotmesh_depot_mesh_evictions_total counter []"#,
+                r#"depotmesh_depot_mesh_refusals_total counter ["reason"]"#,
+                r#"depotmesh_depot_mesh_revocations_version gauge []"#,
                 r#"depotmesh_depot_peers gauge []"#,
                 r#"depotmesh_depot_prefetch_last_success_timestamp_seconds gauge []"#,
                 r#"depotmesh_depot_prefetch_running gauge []"#,
@@ -233,6 +267,9 @@ mod tests {
             "depotmesh_depot_bytes_total{direction=\"served\",link=\"yard\"} 0\n",
             "depotmesh_depot_store_blobs{state=\"partial\"} 0\n",
             "depotmesh_depot_requests_total{result=\"over_share\"} 0\n",
+            "depotmesh_depot_mesh_refusals_total{reason=\"stranger\"} 0\n",
+            "depotmesh_depot_mesh_refusals_total{reason=\"stream\"} 0\n",
+            "depotmesh_depot_mesh_revocations_version 0\n",
             "depotmesh_depot_requests_total{result=\"write_timeout\"} 0\n",
             "depotmesh_depot_prefetch_last_success_timestamp_seconds 1800000000\n",
         ] {

@@ -23,6 +23,8 @@ pub(crate) struct State {
     pub(crate) store: Arc<DiskStore>,
     pub(crate) prefetch: Mutex<PrefetchState>,
     pub(crate) relay: Option<(Arc<ReportQueue>, Mutex<RelayState>)>,
+    /// The membership gate's counts; `None` on an open mesh.
+    pub(crate) membership: Option<Arc<node::membership::MembershipCounters>>,
 }
 
 #[derive(Default)]
@@ -110,6 +112,25 @@ pub(crate) fn figures(state: &State) -> Figures {
     }
 }
 
+/// The membership part of `/status`: who was admitted and who refused, by kind.
+fn membership_json(state: &State) -> serde_json::Value {
+    let Some(counters) = &state.membership else {
+        return serde_json::json!({ "mode": "open" });
+    };
+    let refused: serde_json::Map<String, serde_json::Value> = node::membership::RefusalKind::ALL
+        .iter()
+        .map(|kind| (kind.name().to_owned(), counters.refused(*kind).into()))
+        .collect();
+    serde_json::json!({
+        "mode": "fleet",
+        "admitted": counters.admitted.load(Relaxed),
+        "refused": refused,
+        "streams_refused": counters.streams_refused.load(Relaxed),
+        "evicted": counters.evicted.load(Relaxed),
+        "revocations_version": counters.revocations_version.load(Relaxed),
+    })
+}
+
 /// The `/status` document.
 pub(crate) fn status_json(state: &State) -> serde_json::Value {
     let figures = figures(state);
@@ -121,6 +142,7 @@ pub(crate) fn status_json(state: &State) -> serde_json::Value {
         "peers": figures.peers,
         "served_bytes": figures.served_bytes,
         "upload_bytes_per_sec": state.upload_limit,
+        "membership": membership_json(state),
         "requests": {
             "hit": figures.hits,
             "miss": figures.misses,
@@ -192,6 +214,7 @@ impl State {
             store,
             prefetch: Mutex::default(),
             relay: None,
+            membership: Some(Arc::default()),
         }
     }
 }

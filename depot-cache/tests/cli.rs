@@ -202,7 +202,7 @@ fn the_service_prints_where_it_listens_and_a_kill_loses_no_queued_report() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n\
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nmesh = {{ open = true }}\nhttp = \"127.0.0.1:0\"\n\
              [relay]\ndirector_url = \"http://127.0.0.1:1\"\nretry_secs = 1\n",
             data.display().to_string()
         ),
@@ -284,8 +284,7 @@ fn free_loopback_port() -> u16 {
 }
 
 #[test]
-fn a_depot_killed_mid_fetch_and_restarted_on_its_address_is_dialled_again_and_the_fetch_goes_on()
-{
+fn a_depot_killed_mid_fetch_and_restarted_on_its_address_is_dialled_again_and_the_fetch_goes_on() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("depot");
     std::fs::create_dir_all(&data).unwrap();
@@ -295,14 +294,19 @@ fn a_depot_killed_mid_fetch_and_restarted_on_its_address_is_dialled_again_and_th
     let file = work.path().join("image.bin");
     std::fs::write(&file, &image).unwrap();
     let data_dir = data.to_str().unwrap();
-    succeeded(&run(&["import", "--data-dir", data_dir, file.to_str().unwrap()]));
+    succeeded(&run(&[
+        "import",
+        "--data-dir",
+        data_dir,
+        file.to_str().unwrap(),
+    ]));
     let blob = BlobId::of(&image);
     let port = free_loopback_port();
     let config = data.join("depot.toml");
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/{port}/quic-v1\"]\nmdns = false\n\
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/{port}/quic-v1\"]\nmdns = false\nmesh = {{ open = true }}\n\
              [serve]\nupload_bytes_per_sec = {}\n",
             data.display().to_string(),
             1 << 20
@@ -359,7 +363,10 @@ fn a_depot_killed_mid_fetch_and_restarted_on_its_address_is_dialled_again_and_th
     let report = report.expect("the fetch goes on once the depot is back");
     let killed_at = killed_at.unwrap();
     let total_groups = (size as u64).div_ceil(16 * 1024);
-    assert!(killed_at < total_groups, "killed mid-fetch: {killed_at} of {total_groups}");
+    assert!(
+        killed_at < total_groups,
+        "killed mid-fetch: {killed_at} of {total_groups}"
+    );
     assert!(bytes == image, "the fetched blob is the image");
     // About one copy: what was verified before the kill was not fetched again.
     assert!(

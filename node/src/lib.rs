@@ -18,6 +18,7 @@ pub mod engine;
 pub mod fetch;
 pub mod identity;
 pub mod membership;
+pub mod mesh_config;
 pub mod metrics;
 pub mod named;
 pub mod net;

@@ -349,7 +349,10 @@ pub fn key_id(key: &VerifyingKey) -> String {
 /// A peer id's text must be plain (base58 or base32 characters) and short: it goes into a
 /// line of a signed statement, where a newline would let one field pose as another.
 fn check_peer_text(peer: &str) -> Result<(), MembershipError> {
-    if peer.is_empty() || peer.len() > MAX_PEER_TEXT || !peer.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if peer.is_empty()
+        || peer.len() > MAX_PEER_TEXT
+        || !peer.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
         return Err(MembershipError::Malformed(format!(
             "peer id {:?}: expected 1 to {MAX_PEER_TEXT} letters and digits",
             peer.chars().take(MAX_PEER_TEXT).collect::<String>()
@@ -365,7 +368,10 @@ fn check_revoked(revocations: &Revocations) -> Result<(), MembershipError> {
             revocations.peers.len()
         )));
     }
-    revocations.peers.iter().try_for_each(|peer| check_peer_text(peer))
+    revocations
+        .peers
+        .iter()
+        .try_for_each(|peer| check_peer_text(peer))
 }
 
 #[cfg(test)]
@@ -395,7 +401,10 @@ mod tests {
         let cert = MembershipCert::issue(&fleet, membership(PEER)).unwrap();
         let read = MembershipCert::decode(&cert.encode()).unwrap();
         assert_eq!(read, cert);
-        assert_eq!(keys.verify_cert(&read, PEER, 1_500).unwrap().role, MemberRole::Vehicle);
+        assert_eq!(
+            keys.verify_cert(&read, PEER, 1_500).unwrap().role,
+            MemberRole::Vehicle
+        );
 
         assert!(matches!(
             keys.verify_cert(&read, OTHER, 1_500),

@@ -19,7 +19,7 @@ pub const SERVED: &str = "depotmesh_depot_bytes_total{direction=\"served\",link=
 #[must_use]
 pub fn depot_config(data_dir: &Path) -> String {
     format!(
-        "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n",
+        "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nmesh = {{ open = true }}\nhttp = \"127.0.0.1:0\"\n",
         data_dir.display().to_string()
     )
 }
@@ -87,7 +87,7 @@ impl DepotDaemon {
         Self::start(
             data_dir,
             &format!(
-                "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\n",
+                "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nmesh = {{ open = true }}\n",
                 data_dir.display().to_string()
             ),
         )

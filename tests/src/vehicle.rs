@@ -114,6 +114,7 @@ pub fn gateway_vehicle(dir: &Path, vehicle: &GatewayVehicle<'_>) -> PathBuf {
         director: vehicle.director,
         primary_seed: [PRIMARY_SEED; 32],
         ecus: &[ecu],
+        mesh: None,
         extra: &extra,
     };
     vehicle_peer::simulated::loopback_vehicle(dir, &config).unwrap()

@@ -42,6 +42,7 @@ struct File {
     #[serde(default)]
     policy: PolicyFile,
     boot: BootFile,
+    mesh: Option<node::mesh_config::MeshSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +183,9 @@ pub struct VehicleConfig {
     pub policy: PolicyConfig,
     /// Boot control.
     pub boot: BootMode,
+    /// The `[mesh]` section: the fleet the vehicle belongs to (its files are read when the
+    /// daemon opens); `None`, no section, is refused then ([`node::mesh_config`]).
+    pub mesh: Option<node::mesh_config::MeshSection>,
 }
 
 /// Reads and checks `path`.
@@ -436,6 +440,7 @@ pub fn parse(text: &str) -> Result<VehicleConfig, ConfigError> {
             utc_offset_minutes: file.policy.utc_offset_minutes,
         },
         boot,
+        mesh: file.mesh,
     })
 }
 

@@ -115,6 +115,8 @@ pub struct LoopbackVehicle<'a> {
     pub primary_seed: [u8; 32],
     /// Its ECUs' configurations.
     pub ecus: &'a [PathBuf],
+    /// Its `[mesh]` section; `None`: an open mesh (`mesh.open = true`).
+    pub mesh: Option<&'a node::mesh_config::MeshSection>,
     /// More lines for `vehicle.toml`: top-level keys first, then its `[link]` (required) and
     /// other sections.
     pub extra: &'a str,
@@ -140,6 +142,7 @@ image_root = "{image_root}"
 director_root = "{director_root}"
 primary_key_file = "{dir}/primary.key"
 ecus = [{ecus}]
+{mesh}
 {director_url}
 {extra}
 [boot]
@@ -151,6 +154,10 @@ mode = "simulated"
         image_root = vehicle.roots.0.display(),
         director_root = vehicle.roots.1.display(),
         ecus = ecus.join(", "),
+        mesh = vehicle.mesh.map_or_else(
+            || "mesh = { open = true }".to_owned(),
+            node::mesh_config::MeshSection::inline_toml
+        ),
         director_url = vehicle.director.map_or(String::new(), |(url, ca)| {
             format!(
                 "director_url = {url:?}\ndirector_ca = {:?}",

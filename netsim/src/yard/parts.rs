@@ -423,6 +423,10 @@ pub(super) fn depot_config(
             retry: Duration::from_secs(1),
             quotas: node::relay::Quotas::reports(10_000),
         }),
+        mesh: Some(node::mesh_config::MeshSection {
+            open: true,
+            ..Default::default()
+        }),
     })
 }
 

@@ -147,6 +147,7 @@ pub(super) fn write(
         director: (index % 2 == 0).then_some(setup.director),
         primary_seed: seed_of(index, 8),
         ecus: &[ecu],
+        mesh: None,
         extra: &extra,
     };
     vehicle_peer::simulated::loopback_vehicle(dir, &vehicle)

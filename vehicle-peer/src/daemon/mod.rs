@@ -174,11 +174,12 @@ impl Daemon {
             net,
             events,
             incoming,
-        } = node::runtime::open_node(
+        } = node::runtime::open_node_with(
             &runtime,
             &config.data_dir,
             config.listen.clone(),
             config.mdns,
+            node::mesh_config::MeshSection::load(config.mesh.as_ref())?.membership(),
         )
         .map_err(anyhow::Error::msg)?;
         let counters = Arc::new(ServeCounters::default());
