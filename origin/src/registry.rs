@@ -209,6 +209,7 @@ mod tests {
                 public_key: key(2),
                 installed: Some("gw/1.0.bin".into()),
             }],
+            peer: None,
             last_report: None,
         }
     }

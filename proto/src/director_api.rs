@@ -10,7 +10,10 @@
 //! | `POST /v1/campaigns/{id}/{action}` | [`ActionRequest`] | [`ApprovedAnswer`] or [`DecidedAnswer`] |
 //! | `GET /v1/vehicles` | | a list of [`VehicleRecord`] |
 //! | `POST /v1/vehicles` | [`RegisterVehicle`] | [`RegisteredAnswer`] |
+//! | `POST /v1/vehicles/{vin}/keys` | [`RotateKeys`] | [`RegisteredAnswer`] |
 //! | `POST /v1/vehicles/{vin}/manifest` | a signed vehicle manifest ([`crate::uptane`]) | [`ManifestAccepted`] |
+//! | `GET /v1/fleet/revocations` | | [`SignedRevocations`] |
+//! | `POST /v1/fleet/revoke` | [`RevokeMember`] | [`SignedRevocations`] |
 //!
 //! A refusal answers [`ErrorAnswer`] with a status that says whether sending again can help:
 //! 400, 403, 404 and 409 are final for that body ([`is_final_refusal`]); 5xx is not.
@@ -24,6 +27,9 @@ use serde::{Deserialize, Serialize};
 use crate::campaign::{CampaignSpec, Decision, Outcome, Progress, State, Wave};
 use crate::custom::Priority;
 use crate::ids::{CampaignId, EcuSerial, Vin};
+use crate::membership::MembershipCert;
+#[cfg(doc)]
+use crate::membership::SignedRevocations;
 
 /// The paths of the API.
 pub mod path {
@@ -35,6 +41,10 @@ pub mod path {
     pub const VEHICLES: &str = "/v1/vehicles";
     /// The Prometheus exposition.
     pub const METRICS: &str = "/metrics";
+    /// The fleet's signed revocation list (`GET`, public: nodes check its signature).
+    pub const FLEET_REVOCATIONS: &str = "/v1/fleet/revocations";
+    /// A mesh peer to throw out of the fleet (`POST`).
+    pub const FLEET_REVOKE: &str = "/v1/fleet/revoke";
 
     /// An operator's action on campaign `id`.
     pub fn campaign_action(id: &CampaignId, action: CampaignAction) -> String {
@@ -219,6 +229,19 @@ pub struct RotateKeys {
     /// ECU serial → its new public key (hex).
     #[serde(default)]
     pub ecus: BTreeMap<EcuSerial, String>,
+    /// The vehicle's new mesh peer id (a replaced gateway), if it changes: the answer carries
+    /// its membership certificate, and the old peer is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+/// `POST /v1/fleet/revoke`: a mesh peer to throw out of the fleet before its membership
+/// certificate expires. Who revokes is whoever the request's credential proves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeMember {
+    /// The peer id, as text (`12D3Koo…`).
+    pub peer: String,
 }
 
 /// The answer to a created campaign.
@@ -256,6 +279,10 @@ pub struct DecidedAnswer {
 pub struct RegisteredAnswer {
     /// The vehicle.
     pub registered: Vin,
+    /// The vehicle's fleet membership certificate, when the request named its mesh peer id:
+    /// what the vehicle's node presents to its peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<MembershipCert>,
 }
 
 /// Every refusal's body.
@@ -427,6 +454,9 @@ pub struct VehicleRecord {
     pub primary_key: String,
     /// Its ECUs; the first is the primary.
     pub ecus: Vec<EcuRecord>,
+    /// Its gateway's libp2p peer id on the mesh (`12D3Koo…`), if enrolled in the fleet's mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     /// The last manifest accepted.
     #[serde(default)]
     pub last_report: Option<LastReport>,
@@ -486,6 +516,9 @@ impl VehicleRecord {
         }
         if let Err(error) = parse_key(&self.primary_key) {
             return fail(format!("primary_key: {error}"));
+        }
+        if let Some(Err(error)) = self.peer.as_deref().map(crate::membership::check_peer_text) {
+            return fail(format!("peer: {error}"));
         }
         if self.ecus.is_empty() {
             return fail("it has no ECU".into());
@@ -597,9 +630,13 @@ mod tests {
                 public_key: key.clone(),
                 installed: None,
             }],
+            peer: Some("12D3KooWGzxzKZYveHXtpG6AsrUJBcWxHBFS2HsEoGTxrMLvKXtf".into()),
             last_report: None,
         };
         good.check().unwrap();
+        let mut bad = good.clone();
+        bad.peer = Some("12D3Koo\npeer: other".into());
+        assert!(bad.check().unwrap_err().to_string().contains("peer"));
         let mut bad = good.clone();
         bad.region = "a\nb".into();
         assert!(bad.check().unwrap_err().to_string().contains("region"));

@@ -346,9 +346,9 @@ pub fn key_id(key: &VerifyingKey) -> String {
     hex::encode(sha2::Sha256::digest(key.as_bytes()))
 }
 
-/// A peer id's text must be plain (base58 or base32 characters) and short: it goes into a
-/// line of a signed statement, where a newline would let one field pose as another.
-fn check_peer_text(peer: &str) -> Result<(), MembershipError> {
+/// Checks that a peer id's text is plain (base58 or base32 characters) and short: it goes into
+/// a line of a signed statement, where a newline would let one field pose as another.
+pub fn check_peer_text(peer: &str) -> Result<(), MembershipError> {
     if peer.is_empty()
         || peer.len() > MAX_PEER_TEXT
         || !peer.bytes().all(|b| b.is_ascii_alphanumeric())

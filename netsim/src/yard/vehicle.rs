@@ -109,6 +109,7 @@ pub(super) fn record(index: usize, vin: &Vin) -> anyhow::Result<VehicleRecord> {
             public_key: public_hex(seed_of(index, 9)),
             installed: Some("ecu/gw-1.bin".into()),
         }],
+        peer: None,
         last_report: None,
     })
 }

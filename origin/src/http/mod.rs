@@ -592,7 +592,10 @@ async fn register(
         .with(move |d, now| d.register(&vehicle, who.name.as_str(), now))
         .await?;
     result.map_err(|e| enrol_refusal(&e))?;
-    Ok(ok_json(&RegisteredAnswer { registered: vin }))
+    Ok(ok_json(&RegisteredAnswer {
+        registered: vin,
+        membership: None,
+    }))
 }
 
 async fn rotate_keys(
@@ -608,7 +611,10 @@ async fn rotate_keys(
         .with(move |d, now| d.rotate_keys(&vin, &keys, who.name.as_str(), now))
         .await?;
     result.map_err(|e| enrol_refusal(&e))?;
-    Ok(ok_json(&RegisteredAnswer { registered }))
+    Ok(ok_json(&RegisteredAnswer {
+        registered,
+        membership: None,
+    }))
 }
 
 /// Audit entries the console shows at most (the newest).

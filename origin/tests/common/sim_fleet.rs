@@ -44,6 +44,7 @@ pub(crate) fn vehicle_record(i: usize, regions: usize, depots: usize) -> Vehicle
             public_key: hex::encode(key(2, i).verifying_key().as_bytes()),
             installed: Some("gw/1.0.bin".into()),
         }],
+        peer: None,
         last_report: None,
     }
 }
