@@ -10,10 +10,11 @@ use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
 use crate::repo::{self, Origin};
-use crate::{audit, director, verify};
+use crate::{audit, director, keys, verify};
 
 /// Makes a new origin: both repositories with fresh keys; the offline ones into
-/// `origin.offline_keys`, which must not be inside the origin directory.
+/// `origin.offline_keys`, which must not be inside the origin directory; the fleet key
+/// ([`crate::fleet`]) and the director's TLS.
 pub fn init(origin: &Origin) -> anyhow::Result<()> {
     let offline = origin
         .offline_keys
@@ -40,6 +41,7 @@ pub fn init(origin: &Origin) -> anyhow::Result<()> {
     for repository in repo::REPOSITORIES {
         origin.init_repository(repository)?;
     }
+    keys::create(&crate::fleet::key_path(origin))?;
     crate::tls::init(origin, &[])
 }
 

@@ -10,10 +10,10 @@
 //! keys listed and rotated, every timestamp refreshed, every repository verified), [`release`]
 //! (an image signed with its deltas and its audit entry), [`chain`] (the check before every
 //! signing that what it builds on verifies), [`director`] (each vehicle's signed
-//! director targets), [`audit`] (the append-only log), [`verify`] (every problem of a
-//! repository, each naming its file), [`service`] and [`http`] (the director service and its
-//! HTTP API), [`file_delta`] (`origin delta`) and [`operator_file`] (the operator's campaign and
-//! vehicle files).
+//! director targets), [`fleet`] (the fleet key, mesh membership certificates and revocations),
+//! [`audit`] (the append-only log), [`verify`] (every problem of a repository, each naming its
+//! file), [`service`] and [`http`] (the director service and its HTTP API), [`file_delta`]
+//! (`origin delta`) and [`operator_file`] (the operator's campaign and vehicle files).
 
 pub mod admin;
 pub mod approvals;
@@ -22,6 +22,7 @@ pub mod campaign;
 pub mod chain;
 pub mod director;
 pub mod file_delta;
+pub mod fleet;
 pub mod http;
 pub mod keys;
 mod metrics;
