@@ -16,6 +16,7 @@ use proto::director_api::{
     CreatedAnswer, DecidedAnswer, ErrorAnswer, ManifestAccepted, RegisterVehicle, RegisteredAnswer,
     RotateKeys, SignedApproval, VehicleRecord, path, spec_digest,
 };
+use proto::membership::SignedRevocations;
 use proto::{CampaignId, Vin};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -24,6 +25,11 @@ use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConf
 /// Bytes of an answer read at most: the registry of a large fleet is the largest answer, and a
 /// director (or something posing as one) must not make a vehicle or depot read without end.
 pub const MAX_ANSWER_BYTES: u64 = 256 << 20;
+
+/// Bytes of the fleet's revocation list read at most: [`proto::membership::MAX_REVOKED`] peer
+/// ids (52 characters each for ed25519 ones, 128 at most) with their JSON. A vehicle fetches it
+/// at every metadata refresh, so it is bounded far below [`MAX_ANSWER_BYTES`].
+pub const MAX_REVOCATIONS_BYTES: u64 = proto::membership::MAX_REVOKED as u64 * 140 + 4096;
 
 /// Why a request did not get the answer it asked for.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +239,15 @@ impl DirectorClient {
         url: &str,
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T, ClientError> {
+        Self::read_at_most(url, response, MAX_ANSWER_BYTES)
+    }
+
+    /// [`Self::read`], of an answer of at most `limit` bytes.
+    fn read_at_most<T: DeserializeOwned>(
+        url: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        limit: u64,
+    ) -> Result<T, ClientError> {
         let mut response = response.map_err(|error| ClientError::Unreachable {
             url: url.to_string(),
             detail: error.to_string(),
@@ -241,7 +256,7 @@ impl DirectorClient {
         let bytes = response
             .body_mut()
             .with_config()
-            .limit(MAX_ANSWER_BYTES)
+            .limit(limit)
             .read_to_vec()
             .map_err(|error| ClientError::Unreachable {
                 url: url.to_string(),
@@ -388,6 +403,15 @@ impl DirectorClient {
         request: &RotateKeys,
     ) -> Result<RegisteredAnswer, ClientError> {
         self.post(&format!("{}/{vin}/keys", path::VEHICLES), request)
+    }
+
+    /// The fleet's revocation list (`GET /v1/fleet/revocations`, at most
+    /// [`MAX_REVOCATIONS_BYTES`]), as the director serves it: the caller checks its signature
+    /// and version against the fleet keys and the list it holds
+    /// ([`proto::membership::FleetKeys::verify_revocations`]).
+    pub fn revocations(&self) -> Result<SignedRevocations, ClientError> {
+        let url = self.url(path::FLEET_REVOCATIONS);
+        Self::read_at_most(&url, self.agent.get(&url).call(), MAX_REVOCATIONS_BYTES)
     }
 
     /// Who the director takes this client for (`GET /v1/whoami`).

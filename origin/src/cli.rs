@@ -166,6 +166,13 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: OperatorCommand,
     },
+    /// The fleet's mesh membership: certificates that a libp2p peer id is a member in a role,
+    /// signed with the origin's fleet key, and the signed list of peers thrown out early
+    /// (`DIR/fleet/revocations.json`). Every issue and revocation is in the audit log.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
     /// Build a delta that rebuilds --to from --from (see the `delta` crate for the format): per
     /// 8 MiB segment, the smallest of zstd patch-from, a bsdiff-class match and an aligned
     /// word diff. Prints a JSON summary. Needs no repository.
@@ -368,6 +375,38 @@ pub(crate) enum OperatorCommand {
     },
     /// Print the registry (JSON).
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum MemberCommand {
+    /// Certify that PEER is a fleet member in ROLE: prints the certificate (JSON), or writes it
+    /// to --out, for the node to present to its peers.
+    Issue {
+        /// The node's libp2p peer id (`12D3Koo…`).
+        #[arg(long)]
+        peer: String,
+        /// `vehicle`, `depot` or `origin-cache`.
+        #[arg(long)]
+        role: proto::membership::MemberRole,
+        /// Days the certificate holds, from now.
+        #[arg(long, default_value_t = origin::fleet::DEFAULT_VALIDITY_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(origin::fleet::MAX_VALIDITY_DAYS)))]
+        days: u32,
+        /// Write the certificate here (replacing the file) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Throw PEER out of the fleet before its certificate expires: the revocation list gains
+    /// it under a new version, which nodes fetch with their metadata.
+    Revoke {
+        /// The peer id.
+        peer: String,
+    },
+    /// Print the signed revocation list (JSON), as the director serves it.
+    Revocations,
+    /// Print the fleet key's public half (hex) and key id (JSON): nodes trust it as
+    /// `fleet_key`.
+    Key,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,7 +17,8 @@ use origin::{Actor, Origin, Released};
 use proto::director_api::{ActionRequest, CampaignAction, CreateCampaign, RegisterVehicle};
 
 use cli::{
-    AuditCommand, CampaignCommand, Cli, Command, DirectorArgs, OperatorCommand, VehicleCommand,
+    AuditCommand, CampaignCommand, Cli, Command, DirectorArgs, MemberCommand, OperatorCommand,
+    VehicleCommand,
 };
 
 /// How long the CLI waits for the director.
@@ -139,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             vehicle(&client(&origin, &director)?, command)?;
         }
         Command::Operator { command } => operator(&origin, &actor, command)?,
+        Command::Member { command } => member(&origin, &actor, command)?,
         Command::Audit { command } => audit(&origin, command)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -299,6 +301,68 @@ fn operator(origin: &Origin, actor: &Actor, command: OperatorCommand) -> anyhow:
         OperatorCommand::List => {
             let registry = operators::Operators::load(&operators::Operators::path(origin))?;
             println!("{}", serde_json::to_string_pretty(&registry)?);
+        }
+    }
+    Ok(())
+}
+
+/// `origin member`: the fleet's membership, signed with this origin's fleet key (made first,
+/// and said so, on an origin made before fleet membership).
+fn member(origin: &Origin, actor: &Actor, command: MemberCommand) -> anyhow::Result<()> {
+    use origin::fleet;
+    if fleet::ensure_key(origin)? {
+        eprintln!(
+            "origin: this origin had no fleet key; made {} (give nodes its public half: \
+             `origin member key`)",
+            fleet::key_path(origin).display()
+        );
+    }
+    match command {
+        MemberCommand::Issue {
+            peer,
+            role,
+            days,
+            out,
+        } => {
+            let cert = fleet::issue(origin, actor, &peer, role, days)?;
+            match out {
+                Some(file) => {
+                    origin::write_durably(&file, &cert.encode())
+                        .with_context(|| format!("writing {}", file.display()))?;
+                    let m = &cert.membership;
+                    println!(
+                        "{}: {} is a fleet {} until {}",
+                        file.display(),
+                        m.peer,
+                        m.role,
+                        proto::tuf::Time::from_unix(i64::try_from(m.expires)?)
+                    );
+                }
+                None => println!("{}", serde_json::to_string_pretty(&cert)?),
+            }
+        }
+        MemberCommand::Revoke { peer } => {
+            let revoked = fleet::revoke(origin, actor, &peer)?;
+            let version = revoked.list.revocations.version;
+            if revoked.already {
+                eprintln!(
+                    "origin: {peer} was revoked already; nothing changed (revocations v{version})"
+                );
+            } else {
+                println!("{peer} revoked: revocations v{version}");
+            }
+        }
+        MemberCommand::Revocations => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&fleet::revocations(origin)?)?
+            );
+        }
+        MemberCommand::Key => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&fleet::describe_key(origin)?)?
+            );
         }
     }
     Ok(())

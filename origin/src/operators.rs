@@ -47,7 +47,7 @@ pub enum Role {
     Approver,
     /// Halts, resumes and aborts campaigns (resuming also takes approvers' signatures).
     Operator,
-    /// Enrols vehicles and rotates their keys.
+    /// Enrols vehicles, rotates their keys, and revokes fleet members.
     Provisioner,
     /// Reads the audit log.
     Auditor,

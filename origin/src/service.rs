@@ -25,6 +25,7 @@ use proto::director_api::{
     ApprovalStatement, ApprovedAnswer, CampaignAction, CampaignStatus, CampaignsAnswer, DecisionAt,
     InstallOutcome, InstallReport, ManifestAccepted, RotateKeys, Standing, spec_digest,
 };
+use proto::membership::{MemberRole, MembershipCert, SignedRevocations};
 use proto::{CampaignId, EcuSerial, Vin};
 
 use crate::approvals::{NEEDED, Signed, Waiting};
@@ -52,11 +53,17 @@ pub enum EnrollError {
     Unknown(Vin),
 }
 
-/// Which of `old`'s keys `new` would change, if any: the primary's, an ECU's, or the set of
-/// ECUs (each ECU is a key).
+/// Which of `old`'s keys `new` would change, if any: the primary's, an ECU's, the set of
+/// ECUs (each ECU is a key), or the mesh peer id (a registration that names none keeps the
+/// registered one; one may be named where none was, a vehicle enrolled before the mesh).
 fn keys_differ(old: &VehicleRecord, new: &VehicleRecord) -> Option<String> {
     if old.primary_key != new.primary_key {
         return Some("primary_key".into());
+    }
+    if let (Some(old), Some(new)) = (&old.peer, &new.peer) {
+        if old != new {
+            return Some("mesh peer id (peer)".into());
+        }
     }
     let keys = |v: &VehicleRecord| -> BTreeMap<EcuSerial, String> {
         v.ecus
@@ -327,16 +334,24 @@ impl Director {
         Ok(())
     }
 
-    /// Registers (or re-registers) a vehicle.
+    /// Registers (or re-registers) a vehicle. When the record names the vehicle's mesh peer
+    /// id, a vehicle membership certificate is issued for it ([`crate::fleet`], valid
+    /// [`crate::fleet::DEFAULT_VALIDITY_DAYS`]) and returned.
     pub fn register(
         &mut self,
         vehicle: &VehicleRecord,
         actor: &str,
         now: u64,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<MembershipCert>> {
         vehicle.check()?;
         self.at(now);
         let mut vehicle = vehicle.clone();
+        let asked = vehicle
+            .peer
+            .as_deref()
+            .map(crate::fleet::parse_peer)
+            .transpose()?;
+        vehicle.peer.clone_from(&asked);
         if let Some(old) = self.registry.vehicle(&vehicle.vin)? {
             if let Some(what) = keys_differ(&old, &vehicle) {
                 return Err(EnrollError::KeysDiffer {
@@ -346,41 +361,76 @@ impl Director {
                 .into());
             }
             vehicle.last_report = old.last_report;
+            if vehicle.peer.is_none() {
+                vehicle.peer = old.peer;
+            }
         }
+        let actor = audit::Actor::new(actor)?;
         self.registry.put_vehicle(&vehicle)?;
         self.audit(
-            actor,
+            actor.as_str(),
             "vehicle register",
             json!({
                 "vin": vehicle.vin,
                 "region": vehicle.region,
                 "vehicle_type": vehicle.vehicle_type,
                 "home_depot": vehicle.home_depot,
+                "peer": vehicle.peer,
                 "ecus": vehicle.ecus.iter().map(|e| json!({
                     "serial": e.serial, "hardware_id": e.hardware_id, "installed": e.installed,
                 })).collect::<Vec<_>>(),
             }),
+        )?;
+        asked
+            .map(|peer| self.issue_vehicle_membership(&actor, &peer))
+            .transpose()
+    }
+
+    fn issue_vehicle_membership(
+        &self,
+        actor: &audit::Actor,
+        peer: &str,
+    ) -> anyhow::Result<MembershipCert> {
+        crate::fleet::issue(
+            &self.origin,
+            actor,
+            peer,
+            MemberRole::Vehicle,
+            crate::fleet::DEFAULT_VALIDITY_DAYS,
         )
     }
 
-    /// Gives enrolled vehicle `vin` new keys (a replaced gateway or ECU): the primary's and
-    /// each named ECU's. Recorded with the old and new keys, as done by `actor`.
+    /// Gives enrolled vehicle `vin` new keys (a replaced gateway or ECU): the primary's, each
+    /// named ECU's, and its mesh peer id. Recorded with the old and new keys, as done by
+    /// `actor`. A new peer id gets a vehicle membership certificate, which is returned, and the
+    /// old peer id, if another, is revoked: the replaced gateway is no member any more.
     pub fn rotate_keys(
         &mut self,
         vin: &Vin,
         keys: &RotateKeys,
         actor: &str,
         now: u64,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<MembershipCert>> {
         self.at(now);
+        let actor = audit::Actor::new(actor)?;
         let mut vehicle = self
             .registry
             .vehicle(vin)?
             .ok_or_else(|| EnrollError::Unknown(vin.clone()))?;
-        if keys.primary_key.is_none() && keys.ecus.is_empty() {
-            bail!("name a new primary_key or at least one ECU's key");
+        if keys.primary_key.is_none() && keys.ecus.is_empty() && keys.peer.is_none() {
+            bail!("name a new primary_key, peer or at least one ECU's key");
         }
         let mut changes = Vec::new();
+        let new_peer = keys
+            .peer
+            .as_deref()
+            .map(crate::fleet::parse_peer)
+            .transpose()?;
+        let old_peer = vehicle.peer.clone();
+        if let Some(new) = &new_peer {
+            changes.push(json!({"key": "peer", "old": old_peer, "new": new}));
+            vehicle.peer = Some(new.clone());
+        }
         if let Some(new) = &keys.primary_key {
             parse_key(new).context("primary_key")?;
             changes.push(json!({"key": "primary", "old": vehicle.primary_key, "new": new}));
@@ -399,10 +449,36 @@ impl Director {
         vehicle.check()?;
         self.registry.put_vehicle(&vehicle)?;
         self.audit(
-            actor,
+            actor.as_str(),
             "vehicle rotate keys",
             json!({"vin": vin, "changes": changes}),
-        )
+        )?;
+        let Some(new) = new_peer else {
+            return Ok(None);
+        };
+        if let Some(old) = old_peer.filter(|old| *old != new) {
+            crate::fleet::revoke(&self.origin, &actor, &old)?;
+        }
+        self.issue_vehicle_membership(&actor, &new).map(Some)
+    }
+
+    /// The fleet's revocation list in force ([`crate::fleet::revocations`]).
+    pub fn revocations(&mut self, now: u64) -> anyhow::Result<SignedRevocations> {
+        self.at(now);
+        crate::fleet::revocations(&self.origin)
+    }
+
+    /// Throws mesh peer `peer` out of the fleet, as `actor` ([`crate::fleet::revoke`]); returns
+    /// the list now in force (unchanged when the peer was revoked already).
+    pub fn revoke_member(
+        &mut self,
+        peer: &str,
+        actor: &str,
+        now: u64,
+    ) -> anyhow::Result<SignedRevocations> {
+        self.at(now);
+        let actor = audit::Actor::new(actor)?;
+        Ok(crate::fleet::revoke(&self.origin, &actor, peer)?.list)
     }
 
     /// Creates a campaign, waiting for approval. The release must be signed in the image

@@ -938,3 +938,164 @@ fn an_origin_without_tls_is_told_how_to_make_it() {
         run.stderr
     );
 }
+
+/// A new libp2p peer id, as a node's identity gives it.
+fn peer_id() -> String {
+    libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string()
+}
+
+/// `origin member`: a certificate that verifies under the key nodes are given, for that peer
+/// and role only; bad arguments named; revocations that grow once per peer and verify.
+#[test]
+fn member_certificates_verify_under_the_fleet_key_and_revocations_only_grow() {
+    let mut f = Fixture::new();
+    assert!(f.origin(&["init"]).ok, "{}", f.transcript);
+    assert!(f.dir.join("keys/fleet-membership.json").exists());
+    let run = f.origin(&["member", "key"]);
+    assert!(run.ok, "{}", run.stderr);
+    let key: Value = serde_json::from_str(&run.stdout).unwrap();
+    let public = proto::director_api::parse_key(key["fleet_key"].as_str().unwrap()).unwrap();
+    assert_eq!(key["key_id"], proto::membership::key_id(&public));
+    let keys = proto::membership::FleetKeys::new([public]);
+
+    let (depot, other) = (peer_id(), peer_id());
+    let run = f.origin(&[
+        "member", "issue", "--peer", &depot, "--role", "depot", "--days", "30",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let cert = proto::membership::MembershipCert::decode(run.stdout.as_bytes()).unwrap();
+    let now = Time::parse(NOW).unwrap().unix() as u64;
+    let membership = keys.verify_cert(&cert, &depot, now + 60).unwrap();
+    assert_eq!(membership.role, proto::membership::MemberRole::Depot);
+    assert_eq!(membership.expires, now + 30 * 86_400);
+    assert!(keys.verify_cert(&cert, &other, now + 60).is_err());
+    assert!(keys.verify_cert(&cert, &depot, now + 31 * 86_400).is_err());
+    // --out writes what a node presents; the default is a year.
+    let out = f.dir.parent().unwrap().join("vehicle.cert.json");
+    let run = f.origin(&[
+        "member",
+        "issue",
+        "--peer",
+        &other,
+        "--role",
+        "vehicle",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    let cert = proto::membership::MembershipCert::decode(&std::fs::read(&out).unwrap()).unwrap();
+    let membership = keys.verify_cert(&cert, &other, now).unwrap();
+    assert_eq!(membership.role, proto::membership::MemberRole::Vehicle);
+    assert_eq!(membership.expires, now + 365 * 86_400);
+
+    // Bad arguments are refused, naming what was wrong; nothing is issued.
+    for (args, named) in [
+        (
+            vec!["--peer", "not-a-peer", "--role", "depot"],
+            "\"not-a-peer\"",
+        ),
+        (
+            vec!["--peer", "12D3KooW", "--role", "depot"],
+            "\"12D3KooW\"",
+        ),
+        (vec!["--peer", depot.as_str(), "--role", "admin"], "--role"),
+        (
+            vec!["--peer", depot.as_str(), "--role", "depot", "--days", "0"],
+            "--days",
+        ),
+        (
+            vec![
+                "--peer",
+                depot.as_str(),
+                "--role",
+                "depot",
+                "--days",
+                "5000",
+            ],
+            "--days",
+        ),
+        (
+            vec!["--peer", depot.as_str(), "--role", "depot", "--days", "x"],
+            "--days",
+        ),
+    ] {
+        let mut all = vec!["member", "issue"];
+        all.extend(args.iter().copied());
+        let run = f.origin(&all);
+        assert!(!run.ok && run.stdout.is_empty(), "{args:?}: {}", run.stdout);
+        assert!(run.stderr.contains(named), "{args:?}: {}", run.stderr);
+    }
+    let entries = origin::audit::entries(&f.dir.join("audit.log")).unwrap();
+    let issued: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "member issue")
+        .collect();
+    assert_eq!(issued.len(), 2);
+    assert_eq!(issued[0]["detail"]["peer"], depot.as_str());
+
+    // Revocations: version 0 before any; each new peer one more; the same peer again changes
+    // nothing and says so; every list verifies under the fleet key.
+    let list = |f: &mut Fixture| {
+        let run = f.origin(&["member", "revocations"]);
+        assert!(run.ok, "{}", run.stderr);
+        serde_json::from_str::<proto::membership::SignedRevocations>(&run.stdout).unwrap()
+    };
+    assert_eq!(list(&mut f).revocations.version, 0);
+    let run = f.origin(&["member", "revoke", &depot]);
+    assert!(
+        run.ok && run.stdout.contains("v1"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    let first = list(&mut f);
+    let verified = keys.verify_revocations(&first, 0).unwrap();
+    assert!(verified.version == 1 && verified.revokes(&depot) && !verified.revokes(&other));
+    let run = f.origin(&["member", "revoke", &depot]);
+    assert!(
+        run.ok && run.stderr.contains("revoked already"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(list(&mut f), first);
+    assert!(f.origin(&["member", "revoke", &other]).ok);
+    let second = list(&mut f);
+    assert_eq!(keys.verify_revocations(&second, 1).unwrap().version, 2);
+    let run = f.origin(&["member", "revoke", "nobody"]);
+    assert!(
+        !run.ok && run.stderr.contains("\"nobody\""),
+        "{}",
+        run.stderr
+    );
+    let revoked = origin::audit::entries(&f.dir.join("audit.log"))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["action"] == "member revoke")
+        .count();
+    assert_eq!(revoked, 2);
+    assert!(f.origin(&["audit", "verify"]).ok, "{}", f.transcript);
+    // No command printed the fleet key's private half.
+    for private in f.private_keys() {
+        assert!(!f.transcript.contains(&private));
+    }
+}
+
+/// An origin made before fleet membership gets its fleet key at the first command that needs
+/// it, and is told so.
+#[test]
+fn an_origin_without_a_fleet_key_gets_one_and_is_told() {
+    let mut f = Fixture::new();
+    assert!(f.origin(&["init"]).ok, "{}", f.transcript);
+    let file = f.dir.join("keys/fleet-membership.json");
+    std::fs::remove_file(&file).unwrap();
+    let run = f.origin(&["member", "key"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stderr.contains("had no fleet key"), "{}", run.stderr);
+    assert!(file.exists());
+    let again = f.origin(&["member", "key"]);
+    assert!(again.ok && again.stderr.is_empty(), "{}", again.stderr);
+    assert_eq!(again.stdout, run.stdout);
+}

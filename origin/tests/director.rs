@@ -1134,6 +1134,15 @@ fn every_route_times_every_role_and_credential_is_allowed_or_refused_and_counted
             }
         }
     }
+    // The public routes a client reads answer anyone, with no credential at all.
+    for &(method, route, need) in origin::http::ROUTES {
+        if need == Need::Anyone && method == "GET" {
+            let mut response = h.agent.get(&format!("{}{route}", h.url)).call().unwrap();
+            let status = response.status().as_u16();
+            let body = response.body_mut().read_to_string().unwrap();
+            assert_eq!(status, 200, "GET {route}: {body}");
+        }
+    }
     assert!(checked > 200, "{checked}");
     let guarded = origin::http::ROUTES
         .iter()
@@ -1344,4 +1353,186 @@ fn requests_are_bounded_in_size_time_and_rate() {
         metrics.contains("depotmesh_director_refusals_total{route=\"rate limit\",status=\"429\"}"),
         "{metrics}"
     );
+}
+
+/// A libp2p peer id, as a vehicle's node has one.
+fn peer_id() -> String {
+    libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string()
+}
+
+/// The fleet keys nodes are configured with: this origin's fleet key.
+fn fleet_keys(h: &Harness) -> proto::membership::FleetKeys {
+    origin::fleet::fleet_keys(&h.origin).unwrap()
+}
+
+#[test]
+fn a_vehicle_enrolled_with_its_mesh_peer_gets_a_membership_and_cannot_be_moved_to_another() {
+    let h = Harness::new();
+    let v = Vehicle::new(7);
+    let (peer, intruder) = (peer_id(), peer_id());
+    let mut record = v.record();
+    record["peer"] = json!(peer);
+    let answer = h.post_as("provisioning", "/v1/vehicles", &json!({"vehicle": record}));
+    assert_eq!(answer["registered"], v.vin.as_str());
+    let cert: proto::membership::MembershipCert =
+        serde_json::from_value(answer["membership"].clone()).unwrap();
+    let keys = fleet_keys(&h);
+    let membership = keys.verify_cert(&cert, &peer, h.now()).unwrap();
+    assert_eq!(membership.role, proto::membership::MemberRole::Vehicle);
+    assert_eq!(membership.expires, h.now() + 365 * 86_400);
+    assert!(keys.verify_cert(&cert, &intruder, h.now()).is_err());
+    let issued = h
+        .audit()
+        .into_iter()
+        .find(|e| e["action"] == "member issue")
+        .unwrap();
+    assert_eq!(issued["actor"], "provisioning");
+    assert_eq!(issued["detail"]["peer"], peer.as_str());
+
+    // The same VIN registered again with another peer id is refused; the registry keeps the
+    // first, and no certificate is issued for the other.
+    let mut other = v.record();
+    other["peer"] = json!(intruder);
+    let (status, answer) = h.post_raw_as(
+        "provisioning",
+        "/v1/vehicles",
+        json!({"vehicle": other}).to_string().as_bytes(),
+    );
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("peer"),
+        "{answer}"
+    );
+    let registry: Value = serde_json::from_str(&h.get("/v1/vehicles")).unwrap();
+    assert_eq!(registry[0]["peer"], peer.as_str());
+    let issued = h
+        .audit()
+        .into_iter()
+        .filter(|e| e["action"] == "member issue")
+        .count();
+    assert_eq!(issued, 1);
+    // Registered again without a peer id (an older tool): it keeps its peer, gets no new
+    // certificate.
+    let answer = h.post_as(
+        "provisioning",
+        "/v1/vehicles",
+        &json!({"vehicle": v.record()}),
+    );
+    assert!(answer.get("membership").is_none(), "{answer}");
+    let registry: Value = serde_json::from_str(&h.get("/v1/vehicles")).unwrap();
+    assert_eq!(registry[0]["peer"], peer.as_str());
+    // A peer id that is not one is refused, naming it.
+    let mut bad = v.record();
+    bad["peer"] = json!("12D3KooW");
+    let (status, answer) = h.post_raw_as(
+        "provisioning",
+        "/v1/vehicles",
+        json!({"vehicle": bad}).to_string().as_bytes(),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("12D3KooW"),
+        "{answer}"
+    );
+
+    // A replaced gateway: the provisioner changes the peer id explicitly; the new one gets
+    // its certificate, the old one is revoked.
+    let (status, answer) = h.post_raw_as(
+        "provisioning",
+        &format!("/v1/vehicles/{}/keys", v.vin),
+        json!({"peer": intruder}).to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let cert: proto::membership::MembershipCert =
+        serde_json::from_value(answer["membership"].clone()).unwrap();
+    assert!(keys.verify_cert(&cert, &intruder, h.now()).is_ok());
+    let registry: Value = serde_json::from_str(&h.get("/v1/vehicles")).unwrap();
+    assert_eq!(registry[0]["peer"], intruder.as_str());
+    let list: proto::membership::SignedRevocations =
+        serde_json::from_str(&get_anonymous(&h, "/v1/fleet/revocations")).unwrap();
+    let list = keys.verify_revocations(&list, 0).unwrap();
+    assert!(list.revokes(&peer) && !list.revokes(&intruder));
+    let rotated = h
+        .audit()
+        .into_iter()
+        .find(|e| e["action"] == "vehicle rotate keys")
+        .unwrap();
+    assert_eq!(rotated["detail"]["changes"][0]["old"], peer.as_str());
+}
+
+/// GET `path` with no credential, as a vehicle or depot does.
+fn get_anonymous(h: &Harness, path: &str) -> String {
+    let mut response = h.agent.get(&format!("{}{path}", h.url)).call().unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{path}");
+    response.body_mut().read_to_string().unwrap()
+}
+
+#[test]
+fn revocations_are_public_signed_and_changed_by_provisioners_only() {
+    let h = Harness::new();
+    let keys = fleet_keys(&h);
+    // With no credential at all, through the client nodes use.
+    let tls = ClientTls::trusting(&h.ca).unwrap();
+    let client = node::director_client::DirectorClient::new(
+        &h.url,
+        std::time::Duration::from_secs(30),
+        &tls,
+    )
+    .unwrap();
+    let first = client.revocations().unwrap();
+    assert_eq!(keys.verify_revocations(&first, 0).unwrap().version, 0);
+
+    let peer = peer_id();
+    let body = json!({"peer": peer}).to_string();
+    // A viewer, an operator without the role, and nobody at all are refused; nothing changes.
+    assert_eq!(
+        h.post_raw_as("victor", "/v1/fleet/revoke", body.as_bytes())
+            .0,
+        403
+    );
+    assert_eq!(
+        h.post_raw_as("dave@ops", "/v1/fleet/revoke", body.as_bytes())
+            .0,
+        403
+    );
+    assert_eq!(h.post_raw("/v1/fleet/revoke", body.as_bytes()).0, 401);
+    assert_eq!(client.revocations().unwrap(), first);
+
+    let answer = h.post_as("provisioning", "/v1/fleet/revoke", &json!({"peer": peer}));
+    let list: proto::membership::SignedRevocations = serde_json::from_value(answer).unwrap();
+    let verified = keys.verify_revocations(&list, 0).unwrap();
+    assert!(verified.version == 1 && verified.revokes(&peer));
+    assert_eq!(client.revocations().unwrap(), list);
+    let entry = h
+        .audit()
+        .into_iter()
+        .find(|e| e["action"] == "member revoke")
+        .unwrap();
+    assert_eq!(entry["actor"], "provisioning");
+    assert_eq!(entry["detail"]["peer"], peer.as_str());
+    assert_eq!(entry["detail"]["version"], 1);
+    // The same peer again: the list stays as it is.
+    let again = h.post_as("provisioning", "/v1/fleet/revoke", &json!({"peer": peer}));
+    assert_eq!(
+        serde_json::from_value::<proto::membership::SignedRevocations>(again).unwrap(),
+        list
+    );
+    // A body without a peer id, or with one that is not one, is refused naming it.
+    let (status, answer) = h.post_raw_as("provisioning", "/v1/fleet/revoke", b"{}");
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("peer"),
+        "{answer}"
+    );
+    let (status, answer) =
+        h.post_raw_as("provisioning", "/v1/fleet/revoke", br#"{"peer": "nobody"}"#);
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("\"nobody\""),
+        "{answer}"
+    );
+    assert_eq!(client.revocations().unwrap().revocations.version, 1);
 }

@@ -24,8 +24,9 @@ use crate::operators::{OperatorName, Operators, Role};
 /// What a route needs of whoever asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
-    /// Nothing: the route is public (the console's page) or checks a signature of its own (a
-    /// vehicle's manifest, signed with the key the registry holds for it).
+    /// Nothing: the route is public (the console's page), checks a signature of its own (a
+    /// vehicle's manifest, signed with the key the registry holds for it) or answers what its
+    /// readers check a signature of (the fleet's revocation list).
     Anyone,
     /// Any authenticated operator.
     Operator,
@@ -72,6 +73,9 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", "/v1/vehicles/{vin}/manifest", Need::Anyone),
     ("GET", "/v1/audit", Need::Role(Role::Auditor)),
     ("GET", "/v1/operators", Need::Role(Role::Admin)),
+    // Signed with the fleet key: nodes fetch it with their metadata, and check it.
+    ("GET", "/v1/fleet/revocations", Need::Anyone),
+    ("POST", "/v1/fleet/revoke", Need::Role(Role::Provisioner)),
 ];
 
 /// What `method path` needs, if the table lists it.

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use proto::director_api::{
     ActionRequest, CampaignAction, CreateCampaign, CreatedAnswer, DecidedAnswer, ErrorAnswer,
-    RegisterVehicle, RegisteredAnswer, RotateKeys, SignedApproval, parse_key, path,
+    RegisterVehicle, RegisteredAnswer, RevokeMember, RotateKeys, SignedApproval, parse_key, path,
 };
 use proto::{CampaignId, Vin};
 
@@ -215,6 +215,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/vehicles/{vin}/manifest", post(manifest))
         .route("/v1/audit", get(audit_log))
         .route("/v1/operators", get(operators))
+        .route(path::FLEET_REVOCATIONS, get(revocations))
+        .route(path::FLEET_REVOKE, post(revoke))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
             auth::authorize,
@@ -591,10 +593,10 @@ async fn register(
     let result = shared
         .with(move |d, now| d.register(&vehicle, who.name.as_str(), now))
         .await?;
-    result.map_err(|e| enrol_refusal(&e))?;
+    let membership = result.map_err(|e| enrol_refusal(&e))?;
     Ok(ok_json(&RegisteredAnswer {
         registered: vin,
-        membership: None,
+        membership,
     }))
 }
 
@@ -610,11 +612,31 @@ async fn rotate_keys(
     let result = shared
         .with(move |d, now| d.rotate_keys(&vin, &keys, who.name.as_str(), now))
         .await?;
-    result.map_err(|e| enrol_refusal(&e))?;
+    let membership = result.map_err(|e| enrol_refusal(&e))?;
     Ok(ok_json(&RegisteredAnswer {
         registered,
-        membership: None,
+        membership,
     }))
+}
+
+/// `GET /v1/fleet/revocations`: public, nodes check the fleet key's signature.
+async fn revocations(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
+    let result = shared.with(|d, now| d.revocations(now)).await?;
+    let list = result.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")))?;
+    Ok(ok_json(&list))
+}
+
+/// `POST /v1/fleet/revoke`: by the authenticated provisioner.
+async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    Extension(who): Extension<Principal>,
+    bytes: Bytes,
+) -> Result<Response, Refused> {
+    let RevokeMember { peer } = body(&bytes, &["peer"])?;
+    let result = shared
+        .with(move |d, now| d.revoke_member(&peer, who.name.as_str(), now))
+        .await?;
+    answer(result)
 }
 
 /// Audit entries the console shows at most (the newest).
