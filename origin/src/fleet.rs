@@ -148,12 +148,11 @@ pub fn issue(
         issued,
         expires: issued + u64::from(days) * 86_400,
     };
-    let cert = MembershipCert::issue(&key, membership)?;
     let signed = audit::audited(
         origin,
         actor,
         "member issue",
-        || Ok(cert),
+        || Ok(MembershipCert::issue(&key, membership)?),
         |cert| {
             let m = &cert.membership;
             (
