@@ -169,6 +169,19 @@ pub async fn serve(
     if let Some(relay) = &config.relay {
         let director =
             crate::relay::director_client(relay, RELAY_TIMEOUT).context("the relay's director")?;
+        if let node::mesh_config::Mesh::Fleet { revocations, .. } = &mesh {
+            // As often as the depot refreshes its metadata.
+            let every = config
+                .prefetch
+                .as_ref()
+                .map_or(REVOCATIONS_REFRESH, |prefetch| prefetch.interval);
+            tasks.push(tokio::spawn(crate::revocations::refresh_loop(
+                director.clone(),
+                net.clone(),
+                revocations.clone(),
+                every,
+            )));
+        }
         tasks.push(tokio::spawn(relay_loop(
             relay.clone(),
             director,
@@ -251,6 +264,10 @@ async fn prefetch_loop(
 
 /// How long the relay waits for the director's answer to one report.
 const RELAY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a depot that prefetches nothing asks the director for the fleet's revocations
+/// (one that prefetches asks at every prefetch interval).
+const REVOCATIONS_REFRESH: Duration = Duration::from_secs(900);
 
 /// Empties the report queue into the director: at once when a report arrives, and every
 /// `retry` while reports wait (the director was unreachable).

@@ -13,4 +13,5 @@ pub mod import;
 mod metrics;
 pub mod prefetch;
 pub mod relay;
+mod revocations;
 mod status;

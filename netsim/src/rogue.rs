@@ -52,9 +52,15 @@ impl Drop for Rogue {
 
 /// Starts a corrupt peer in `dir` holding `file`, connected to the depot at `depot`, and makes
 /// the depot's tracker follow it (it asks the depot who holds the blob, which subscribes to its
-/// have-map).
-pub fn start(dir: &Path, file: &Path, depot: &Multiaddr) -> anyhow::Result<Rogue> {
+/// have-map). It joins the mesh with `membership` (an insider), or as a stranger without.
+pub fn start(
+    dir: &Path,
+    file: &Path,
+    depot: &Multiaddr,
+    membership: Option<node::membership::MeshMembership>,
+) -> anyhow::Result<Rogue> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let keypair = node::identity::load_or_create(dir).context("the corrupt peer's identity")?;
     let (store, _) = node::store::open_data_dir(dir).context("the corrupt peer's store")?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let blob = store
@@ -80,6 +86,8 @@ pub fn start(dir: &Path, file: &Path, depot: &Multiaddr) -> anyhow::Result<Rogue
         runtime.block_on(async move {
             let started = async {
                 let (handle, mut events, mut incoming) = net::start(NetConfig {
+                    keypair: Some(keypair),
+                    membership,
                     listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse()?],
                     mdns: false,
                     ..NetConfig::default()

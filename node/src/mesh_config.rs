@@ -43,7 +43,7 @@ pub enum Mesh {
     /// Only the fleet's members.
     Fleet {
         /// What the node presents and accepts.
-        membership: MeshMembership,
+        membership: Box<MeshMembership>,
         /// Where its revocation list is kept.
         revocations: Option<PathBuf>,
     },
@@ -59,7 +59,9 @@ pub enum MeshConfigError {
     )]
     Missing,
     /// `open = true` with fleet settings too.
-    #[error("mesh.open = true serves every peer; it cannot go with fleet_keys, certificate or revocations")]
+    #[error(
+        "mesh.open = true serves every peer; it cannot go with fleet_keys, certificate or revocations"
+    )]
     OpenAndFleet,
     /// A key is missing.
     #[error("mesh.{0} is required unless mesh.open = true")]
@@ -116,18 +118,18 @@ impl MeshSection {
             .as_deref()
             .ok_or(MeshConfigError::Required("certificate"))?;
         let bytes = read("certificate", path)?;
-        let certificate =
-            MembershipCert::decode(&bytes).map_err(|error| file_error("certificate", path, error))?;
+        let certificate = MembershipCert::decode(&bytes)
+            .map_err(|error| file_error("certificate", path, error))?;
         let revocations = match &section.revocations {
             Some(path) => read_revocations(path)?,
             None => None,
         };
         Ok(Mesh::Fleet {
-            membership: MeshMembership {
+            membership: Box::new(MeshMembership {
                 certificate,
                 keys: FleetKeys::new(keys),
                 revocations,
-            },
+            }),
             revocations: section.revocations.clone(),
         })
     }
@@ -142,7 +144,11 @@ impl MeshSection {
             fields.push("open = true".to_owned());
         }
         if !self.fleet_keys.is_empty() {
-            let keys: Vec<String> = self.fleet_keys.iter().map(|key| format!("{key:?}")).collect();
+            let keys: Vec<String> = self
+                .fleet_keys
+                .iter()
+                .map(|key| format!("{key:?}"))
+                .collect();
             fields.push(format!("fleet_keys = [{}]", keys.join(", ")));
         }
         for (name, path) in [
@@ -162,7 +168,7 @@ impl Mesh {
     pub fn membership(&self) -> Option<MeshMembership> {
         match self {
             Self::Open => None,
-            Self::Fleet { membership, .. } => Some(membership.clone()),
+            Self::Fleet { membership, .. } => Some(MeshMembership::clone(membership)),
         }
     }
 }
@@ -208,7 +214,10 @@ mod tests {
 
     #[test]
     fn deny_by_default_and_each_mistake_named() {
-        assert!(matches!(MeshSection::load(None), Err(MeshConfigError::Missing)));
+        assert!(matches!(
+            MeshSection::load(None),
+            Err(MeshConfigError::Missing)
+        ));
         assert!(matches!(
             MeshSection::load(Some(&section("open = true"))).unwrap(),
             Mesh::Open

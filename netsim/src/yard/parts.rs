@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use libp2p::Multiaddr;
 use node::director_client::{ClientTls, DirectorClient};
+use node::mesh_config::MeshSection;
 use node::net::{NetEvents, NetHandle};
 use origin::operators::Role;
 use origin::repo::Origin;
 use proto::Vin;
+use proto::membership::MemberRole;
 use serde_json::Value;
 
 use super::options::{Log, YardOptions};
@@ -203,11 +205,14 @@ impl Yard {
         origin: &Origin,
         vins: &[Vin],
     ) -> anyhow::Result<Multiaddr> {
-        let cache = node::runtime::open_node(
+        let dir = out.join("origin-cache");
+        let mesh = enrol(origin, &dir, MemberRole::OriginCache)?;
+        let cache = node::runtime::open_node_with(
             &self.runtime,
-            &out.join("origin-cache"),
+            &dir,
             vec![loopback()?],
             false,
+            MeshSection::load(Some(&mesh))?.membership(),
         )
         .map_err(anyhow::Error::msg)?;
         {
@@ -296,10 +301,14 @@ impl Yard {
             .keys()
             .next()
             .context("the release has no delta")?;
+        // An insider: a vehicle of the fleet that went bad, enrolled like the others.
+        let dir = out.join("corrupt-peer");
+        let mesh = enrol(&release.origin, &dir, MemberRole::Vehicle)?;
         let rogue = crate::rogue::start(
-            &out.join("corrupt-peer"),
+            &dir,
             &release.deltas_dir().join(name),
             &depot.addr,
+            MeshSection::load(Some(&mesh))?.membership(),
         )?;
         log.say(&format!(
             "corrupt peer {} joins the yard: it claims the delta and corrupts whatever it sends",
@@ -326,13 +335,22 @@ impl Yard {
     ) -> anyhow::Result<mpsc::Receiver<VehicleEvent>> {
         let (sender, events) = mpsc::channel();
         for (index, vin) in vins.iter().enumerate() {
-            director
+            // Enrolment as a factory does it: the gateway's mesh identity is made, registered
+            // with the vehicle, and the director's answer carries its membership certificate.
+            let dir = out.join("vehicles").join(vin.as_str());
+            let data = dir.join("data");
+            std::fs::create_dir_all(&data)?;
+            let peer = node::identity::load_or_create(&data)?.public().to_peer_id();
+            let mut record = vehicle::record(index, vin)?;
+            record.peer = Some(peer.to_string());
+            let answer = director
                 .provisioning
-                .register(&proto::director_api::RegisterVehicle {
-                    vehicle: vehicle::record(index, vin)?,
-                })?;
-            let config =
-                vehicle::write(&out.join("vehicles").join(vin.as_str()), index, vin, setup)?;
+                .register(&proto::director_api::RegisterVehicle { vehicle: record })?;
+            let certificate = answer
+                .membership
+                .context("the director issued no membership certificate")?;
+            let mesh = mesh_section(&data, &certificate, &setup.fleet_key)?;
+            let config = vehicle::write(&dir, index, vin, setup, &mesh)?;
             let (stop, sender) = (self.stop.clone(), sender.clone());
             self.vehicles.push(std::thread::spawn(move || {
                 if let Err(error) = vehicle::drive(index, config, stop, sender) {
@@ -375,6 +393,36 @@ impl Drop for Yard {
         // A run that ended early (an error, a timeout) still stops its nodes and threads.
         self.shut_down();
     }
+}
+
+/// Enrols the node whose data lives in `dir` in `role`, as an operator does with `origin
+/// member issue`: its identity made if new, its certificate issued by the origin's fleet key
+/// for 30 days. Returns the `[mesh]` section it runs with.
+pub(super) fn enrol(origin: &Origin, dir: &Path, role: MemberRole) -> anyhow::Result<MeshSection> {
+    std::fs::create_dir_all(dir)?;
+    let peer = node::identity::load_or_create(dir)?.public().to_peer_id();
+    let actor = origin::Actor::new("netsim")?;
+    let certificate = origin::fleet::issue(origin, &actor, &peer.to_string(), role, 30)?;
+    let fleet_key = origin::fleet::describe_key(origin)?.fleet_key;
+    mesh_section(dir, &certificate, &fleet_key)
+}
+
+/// Writes `certificate` in `dir` and returns the `[mesh]` section that names it, trusting
+/// `fleet_key`, with the revocation list kept beside it.
+fn mesh_section(
+    dir: &Path,
+    certificate: &proto::membership::MembershipCert,
+    fleet_key: &str,
+) -> anyhow::Result<MeshSection> {
+    let path = dir.join("member.json");
+    std::fs::write(&path, certificate.encode())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(MeshSection {
+        open: false,
+        fleet_keys: vec![fleet_key.to_owned()],
+        certificate: Some(path),
+        revocations: Some(dir.join("revocations.json")),
+    })
 }
 
 fn loopback() -> anyhow::Result<Multiaddr> {
@@ -423,10 +471,11 @@ pub(super) fn depot_config(
             retry: Duration::from_secs(1),
             quotas: node::relay::Quotas::reports(10_000),
         }),
-        mesh: Some(node::mesh_config::MeshSection {
-            open: true,
-            ..Default::default()
-        }),
+        mesh: Some(enrol(
+            &release.origin,
+            &out.join("depot"),
+            MemberRole::Depot,
+        )?),
     })
 }
 

@@ -44,6 +44,8 @@ pub(super) struct VehicleSetup<'a> {
     download_bytes_per_sec: Option<u64>,
     /// The first this many vehicles have a single-bank ECU.
     single_bank: usize,
+    /// The fleet key (hex) its node trusts.
+    pub(super) fleet_key: String,
 }
 
 impl<'a> VehicleSetup<'a> {
@@ -71,6 +73,7 @@ impl<'a> VehicleSetup<'a> {
             director,
             download_bytes_per_sec: options.vehicle_down_bytes_per_sec,
             single_bank: options.single_bank,
+            fleet_key: origin::fleet::describe_key(&release.origin)?.fleet_key,
         })
     }
 }
@@ -121,6 +124,7 @@ pub(super) fn write(
     index: usize,
     vin: &Vin,
     setup: &VehicleSetup<'_>,
+    mesh: &node::mesh_config::MeshSection,
 ) -> anyhow::Result<PathBuf> {
     let serial = format!("GW-{vin}");
     let ecu = vehicle_peer::simulated::FileEcu {
@@ -148,7 +152,7 @@ pub(super) fn write(
         director: (index % 2 == 0).then_some(setup.director),
         primary_seed: seed_of(index, 8),
         ecus: &[ecu],
-        mesh: None,
+        mesh: Some(mesh),
         extra: &extra,
     };
     vehicle_peer::simulated::loopback_vehicle(dir, &vehicle)
