@@ -290,7 +290,9 @@ fn a_depot_killed_mid_fetch_and_restarted_on_its_address_is_dialled_again_and_th
     std::fs::create_dir_all(&data).unwrap();
     // 6 MiB at 1 MiB/s: the kill after the first MiB lands mid-fetch on any machine.
     let size = 6 << 20;
-    let image: Vec<u8> = (0..size).map(|i: usize| u8::try_from(i * 31 % 251).unwrap()).collect();
+    let image: Vec<u8> = (0..size)
+        .map(|i: usize| u8::try_from(i * 31 % 251).unwrap())
+        .collect();
     let file = work.path().join("image.bin");
     std::fs::write(&file, &image).unwrap();
     let data_dir = data.to_str().unwrap();

@@ -44,6 +44,7 @@ use crate::install::{EcuConfig, load_config, open_ecu};
 mod payloads;
 mod refresh;
 mod reports;
+mod revocations;
 
 /// What the current check learnt, for the actions that follow in it.
 #[derive(Debug, Default)]
@@ -455,6 +456,7 @@ impl Daemon {
             self.status["link"] = json!({"class": link.class.name(), "signal": link.signal});
         }
         self.check_state = CheckState::default();
+        self.refresh_revocations();
         self.agent.start_check(now, link);
         let step = self.drive(now);
         let downloads = std::mem::take(&mut self.check_state.downloads);
