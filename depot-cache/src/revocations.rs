@@ -1,16 +1,15 @@
 //! The fleet's revocations, kept fresh: the depot asks the director for the signed list as
-//! often as it refreshes its metadata, hands a newer one to its node (which cuts the revoked
-//! members off at once, [`NetHandle::update_revocations`]) and keeps it on disk, so a restart
-//! starts with it even when the director is out of reach.
+//! often as it refreshes its metadata and hands it to its node, which cuts the revoked members
+//! off at once and keeps a newer list on disk for the next start
+//! ([`node::mesh_config::take_revocations`]).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use node::director_client::DirectorClient;
 use node::net::NetHandle;
 
-/// Until the depot stops: fetch, apply, keep, then wait `every`.
+/// Until the depot stops: fetch, take, then wait `every`.
 pub(crate) async fn refresh_loop(
     director: DirectorClient,
     net: NetHandle,
@@ -18,15 +17,12 @@ pub(crate) async fn refresh_loop(
     every: Duration,
 ) {
     loop {
-        refresh_once(&director, &net, keep.as_ref()).await;
+        refresh_once(&director, &net, keep.as_deref()).await;
         tokio::time::sleep(every).await;
     }
 }
 
-async fn refresh_once(director: &DirectorClient, net: &NetHandle, keep: Option<&PathBuf>) {
-    let Some(counters) = net.membership_counters() else {
-        return;
-    };
+async fn refresh_once(director: &DirectorClient, net: &NetHandle, keep: Option<&std::path::Path>) {
     let client = director.clone();
     let fetched = match tokio::task::spawn_blocking(move || client.revocations()).await {
         Ok(Ok(signed)) => signed,
@@ -39,24 +35,11 @@ async fn refresh_once(director: &DirectorClient, net: &NetHandle, keep: Option<&
             return;
         }
     };
-    let held = counters.revocations_version.load(Relaxed);
-    match net.update_revocations(fetched.clone()).await {
-        Ok(revoked) => {
-            if !revoked.is_empty() {
-                tracing::warn!(?revoked, "revoked members cut off");
-            }
-            if fetched.revocations.version > held {
-                tracing::info!(
-                    version = fetched.revocations.version,
-                    "fleet revocations updated"
-                );
-                if let Some(path) = keep
-                    && let Err(error) = node::mesh_config::keep_revocations(path, &fetched)
-                {
-                    tracing::warn!(%error, path = %path.display(), "keeping the fleet's revocations");
-                }
-            }
+    match node::mesh_config::take_revocations(net, fetched, keep).await {
+        Ok(revoked) if !revoked.is_empty() => {
+            tracing::warn!(?revoked, "revoked members cut off");
         }
-        Err(error) => tracing::warn!(%error, "the director's revocation list was refused"),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "the fleet's revocations"),
     }
 }

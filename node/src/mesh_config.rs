@@ -192,6 +192,49 @@ pub fn keep_revocations(path: &Path, signed: &SignedRevocations) -> std::io::Res
     crate::storage::replace_file(path, &bytes)
 }
 
+/// Why a fetched revocation list was not taken or not kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TakeRevocationsError {
+    /// The node refused it (it does not verify, it is older than the list in force, or the node
+    /// runs an open mesh).
+    #[error("the revocation list was refused: {0}")]
+    Refused(#[from] crate::net::NetError),
+    /// It is in force, but could not be kept for the next start.
+    #[error("keeping the revocation list in {}: {source}", path.display())]
+    Keep {
+        /// Where it was to be kept.
+        path: PathBuf,
+        /// Why it was not.
+        source: std::io::Error,
+    },
+}
+
+/// Hands a fetched revocation list to `net` (which cuts revoked peers off at once) and keeps it
+/// at `keep` when it is newer than the list in force. Returns the peers it cut off.
+pub async fn take_revocations(
+    net: &crate::net::NetHandle,
+    signed: SignedRevocations,
+    keep: Option<&Path>,
+) -> Result<Vec<libp2p::PeerId>, TakeRevocationsError> {
+    let held = net.membership_counters().map_or(0, |counters| {
+        counters
+            .revocations_version
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
+    let version = signed.revocations.version;
+    let revoked = net.update_revocations(signed.clone()).await?;
+    if version > held
+        && let Some(path) = keep
+    {
+        keep_revocations(path, &signed).map_err(|source| TakeRevocationsError::Keep {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(revoked)
+}
+
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, MeshConfigError> {
     std::fs::read(path).map_err(|error| file_error(key, path, error))
 }

@@ -529,9 +529,7 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
     let counters = Arc::new(MembershipCounters::default());
     let gate = match config.membership {
         Some(membership) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_secs());
+            let now = crate::clock::unix_now();
             let gate = Gate::new(peer_id, membership, now, counters.clone()).map_err(|error| {
                 NetError::InvalidConfig {
                     field: "membership",

@@ -100,17 +100,24 @@ async fn introduce(impostor: &NetHandle, depot: &Multiaddr, bytes: &[u8]) -> Opt
     (!answer.is_empty()).then_some(answer)
 }
 
-/// Waits for `events` to report `peer` gone.
-async fn disconnected(events: &mut net::NetEvents, peer: PeerId) {
-    tokio::time::timeout(WAIT, async {
+/// Waits for `events` to report what `wanted` matches; `what` names it when it does not come.
+async fn until(events: &mut net::NetEvents, what: &str, wanted: impl Fn(&NetEvent) -> bool) {
+    let found = tokio::time::timeout(WAIT, async {
         while let Some(event) = events.recv().await {
-            if matches!(event, NetEvent::PeerDisconnected { peer: gone, .. } if gone == peer) {
-                return;
+            if wanted(&event) {
+                return true;
             }
         }
+        false
     })
-    .await
-    .expect("the peer was disconnected");
+    .await;
+    assert_eq!(found, Ok(true), "{what}");
+}
+
+/// Waits for `events` to report `peer` gone.
+async fn disconnected(events: &mut net::NetEvents, peer: PeerId) {
+    let gone = |event: &NetEvent| matches!(event, NetEvent::PeerDisconnected { peer: gone, .. } if *gone == peer);
+    until(events, "the peer was disconnected", gone).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,15 +268,8 @@ async fn a_member_does_not_serve_a_stranger_it_dialled_and_two_members_meet_both
     assert_eq!(to_b.unwrap(), b.peer_id());
     assert_eq!(to_a.unwrap(), a.peer_id());
     for (events, peer) in [(&mut a_events, b.peer_id()), (&mut b_events, a.peer_id())] {
-        tokio::time::timeout(WAIT, async {
-            while let Some(event) = events.recv().await {
-                if matches!(event, NetEvent::PeerConnected { peer: p, .. } if p == peer) {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("each reports the other connected");
+        let connected = |event: &NetEvent| matches!(event, NetEvent::PeerConnected { peer: p, .. } if *p == peer);
+        until(events, "each reports the other connected", connected).await;
     }
     assert_eq!(a.connected_peers().await, [b.peer_id()]);
 

@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use futures::StreamExt as _;
@@ -98,13 +98,6 @@ struct Waiting {
     dials: Vec<PendingDial>,
     /// Whether we introduced ourselves (on a connection we dialled).
     introduced: bool,
-}
-
-/// Now, in unix seconds, as certificates count time.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
 
 /// What the membership side of the driver has next.
@@ -566,7 +559,7 @@ impl Driver {
         let Some(members) = self.members.as_mut() else {
             return;
         };
-        let now = unix_now();
+        let now = crate::clock::unix_now();
         match heard {
             Heard::Introduced {
                 peer,
@@ -702,7 +695,7 @@ impl Driver {
 
     fn sweep_expired(&mut self) {
         let expired = match self.members.as_mut() {
-            Some(members) => members.gate.expire(unix_now()),
+            Some(members) => members.gate.expire(crate::clock::unix_now()),
             None => return,
         };
         self.evict(&expired, "its certificate expired");

@@ -92,11 +92,13 @@ async fn write_frame(stream: &mut Stream, bytes: &[u8]) -> Result<(), String> {
         .ok()
         .filter(|length| usize::from(*length) <= MAX_CERT_BYTES)
         .ok_or_else(|| format!("a certificate of {} bytes", bytes.len()))?;
-    stream
-        .write_all(&length.to_be_bytes())
+    let written = async {
+        stream.write_all(&length.to_be_bytes()).await?;
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    written
         .await
-        .and(stream.write_all(bytes).await)
-        .and(stream.flush().await)
         .map_err(|e| format!("writing the introduction: {e}"))
 }
 

@@ -153,6 +153,11 @@ fn answer<T: serde::Serialize>(result: anyhow::Result<T>) -> Result<Response, Re
     }
 }
 
+/// A failure of the director's own (a file it cannot read): 500, with the error's chain.
+fn internal(e: &anyhow::Error) -> Refused {
+    error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}"))
+}
+
 /// Reads a JSON object body as `T`; the error names the field that was wrong. The `required`
 /// top-level fields are checked first, in that order, so a request missing who sends it says so
 /// before what is wrong deeper in it.
@@ -622,7 +627,7 @@ async fn rotate_keys(
 /// `GET /v1/fleet/revocations`: public, nodes check the fleet key's signature.
 async fn revocations(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
     let result = shared.with(|d, now| d.revocations(now)).await?;
-    let list = result.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")))?;
+    let list = result.map_err(|e| internal(&e))?;
     Ok(ok_json(&list))
 }
 
@@ -646,8 +651,7 @@ async fn audit_log(State(shared): State<Arc<Shared>>) -> Result<Response, Refuse
     let result = shared
         .with(|d, _| crate::audit::entries(&crate::audit::log_path(d.origin())))
         .await?;
-    let mut entries =
-        result.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")))?;
+    let mut entries = result.map_err(|e| internal(&e))?;
     let skip = entries.len().saturating_sub(AUDIT_VIEW);
     entries.drain(..skip);
     Ok(ok_json(&serde_json::json!({ "entries": entries })))
