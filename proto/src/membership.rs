@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 /// node reads a peer's before it knows it.
 pub const MAX_CERT_BYTES: usize = 4096;
 
-/// The most peer ids one revocation list may hold (~60 bytes each): revoked members drop off
-/// once their certificates expire, so the list stays far below this.
+/// The most peer ids one revocation list may hold (~60 bytes each): a fleet's whole size. A
+/// revoked peer stays listed (nothing prunes it once its certificate has expired, which would
+/// keep the list short), so this bounds what a node reads, not what a fleet revokes over years.
 pub const MAX_REVOKED: usize = 200_000;
 
 /// The longest peer id text accepted (an ed25519 peer id is 52 characters; RSA ones longer).
