@@ -34,7 +34,7 @@ BYTES=$((SIZE_MIB << 20))
 
 # --- 1. depotmesh ---------------------------------------------------------------------------
 ID=$("$BIN/depot-cache" import --data-dir "$WORK/depot" "$WORK/blob.bin" | cut -d' ' -f1)
-"$BIN/depot-cache" serve --data-dir "$WORK/depot" --listen /ip4/127.0.0.1/udp/0/quic-v1 \
+"$BIN/depot-cache" serve --data-dir "$WORK/depot" --listen /ip4/127.0.0.1/udp/0/quic-v1 --open-mesh \
   --no-mdns > "$WORK/serve.out" 2> "$WORK/serve.err" &
 SERVER=$!; PIDS+=("$SERVER")
 for _ in $(seq 100); do [ -s "$WORK/serve.out" ] && break; sleep 0.05; done
@@ -42,7 +42,7 @@ ADDR=$(head -1 "$WORK/serve.out")
 cat "$WORK/blob.bin" > /dev/null   # warm the page cache for both sides alike
 s0=$(cpu_ticks "$SERVER")
 /usr/bin/time -f '%e %U %S %M' -o "$WORK/fetch.time" \
-  "$BIN/vehicle-peer" fetch --data-dir "$WORK/vehicle" --peer "$ADDR" --no-mdns \
+  "$BIN/vehicle-peer" fetch --data-dir "$WORK/vehicle" --peer "$ADDR" --no-mdns --open-mesh \
   --listen /ip4/127.0.0.1/udp/0/quic-v1 --out "$WORK/out.bin" "$ID" > "$WORK/fetch.json" \
   2> "$WORK/fetch.err"
 s1=$(cpu_ticks "$SERVER")

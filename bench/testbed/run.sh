@@ -9,7 +9,9 @@
 # $TESTBED/results/n<N>_d<DEPOT>_v<VEH>_f<MB>/depotmesh[-rREP]; `analyze.py DIR` prints them.
 # Environment: TESTBED (default ../shared/testbed beside the repository), DM_ARGS (extra
 # `vehicle-peer fetch` arguments), DM_DEPOT_ARGS (extra `depot-cache serve` arguments), DM_VERIFY=0 (skip cmp of every output), DM_RUST_LOG,
-# DM_TIMEOUT (seconds, default 600), and testbed.sh's own (N DEPOT_MBIT VEH_MBIT ...).
+# DM_TIMEOUT (seconds, default 600), DM_MESH (fleet, the default: every node holds a membership
+# certificate from a fleet key made for the run, as a deployed yard does; open: every peer
+# served), and testbed.sh's own (N DEPOT_MBIT VEH_MBIT ...).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -17,16 +19,22 @@ TB=${TESTBED:-$(cd "$ROOT/../shared/testbed" && pwd)}
 MB=$1; REP=${2:-}
 F=$TB/data/file${MB}M.bin
 [ -f "$F" ] || { echo "no $F: run $TB/setup.sh first" >&2; exit 1; }
-(cd "$ROOT" && cargo build --release -q -p depot-cache -p vehicle-peer)
+(cd "$ROOT" && cargo build --release -q -p depot-cache -p vehicle-peer -p origin)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 # A private copy: the testbed kills every process in its namespaces, and a rebuild must not
 # replace a binary that is running.
 export DM_BIN=$(mktemp -d /tmp/depotmesh-bin.XXXXXX)
-cp "$TARGET/release/depot-cache" "$TARGET/release/vehicle-peer" "$DM_BIN/"
+cp "$TARGET/release/depot-cache" "$TARGET/release/vehicle-peer" "$TARGET/release/origin" "$DM_BIN/"
 export FILE_MB=$MB
+export DM_MESH=${DM_MESH:-fleet}
 CFG="n${N:-10}_d${DEPOT_MBIT:-100}_v${VEH_MBIT:-50}_f${MB}"
-OUT=$TB/results/$CFG/depotmesh${REP:+-r$REP}
+OUT=$TB/results/$CFG/depotmesh${DM_MESH/fleet/}${REP:+-r$REP}   # depotmesh, depotmeshopen
 rm -rf "$OUT"; mkdir -p "$OUT"
+case $DM_MESH in
+  fleet) "$HERE/enrol.sh" "$OUT/dm" "${N:-10}" ;;
+  open) ;;
+  *) echo "DM_MESH=$DM_MESH: give fleet or open" >&2; exit 1 ;;
+esac
 "$TB/testbed.sh" -l "$CFG-depotmesh" -o "$OUT" -t "${DM_TIMEOUT:-600}" \
   -s "$HERE/depot.sh $F" -r "$HERE/ready.sh" -c "$HERE/client.sh $F" 2>&1 \
   | grep -v 'Killed' | tee "$OUT/run.log" | tail -3

@@ -62,6 +62,9 @@ enum Command {
         /// Do not announce the cache on the LAN with mDNS.
         #[arg(long)]
         no_mdns: bool,
+        /// Whom the cache serves (the service's `[mesh]` section).
+        #[command(flatten)]
+        mesh: node::mesh_config::MeshArgs,
     },
     /// Bring a repository's current release into the cache from upstream: refresh and check
     /// its TUF metadata over the mesh (as a vehicle would), serve what was accepted under the
@@ -93,6 +96,16 @@ enum Command {
         /// Backhaul limit for targets, in bytes per second (default: none).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         rate_limit: Option<u64>,
+        /// The fleet the cache and its upstream belong to (the service's `[mesh]` section).
+        #[command(flatten)]
+        mesh: node::mesh_config::MeshArgs,
+    },
+    /// Print the cache's mesh peer id, making its identity in the data directory if it has none
+    /// yet: what `origin member issue --peer` certifies.
+    Identity {
+        /// The cache's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
     },
     /// List the blobs in the cache (id, size, groups held, complete or not), then the names it
     /// serves (id, name).
@@ -145,7 +158,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             now,
             stall_timeout,
             rate_limit,
+            mesh,
         } => {
+            let membership = mesh.load()?.membership();
             let runtime = node::runtime::build_tokio(Some(1))?;
             let request = depot_cache::prefetch::PrefetchRequest {
                 data_dir,
@@ -158,7 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 stall_timeout: std::time::Duration::from_secs(stall_timeout),
                 rate_limit,
             };
-            let summary = depot_cache::prefetch::prefetch(&runtime, &request)?;
+            let summary = depot_cache::prefetch::prefetch(&runtime, &request, membership)?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
@@ -191,7 +206,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             listen,
             no_mdns,
+            mesh,
         } => {
+            // Checked here so that a mistake names the flag; the daemon reads the section.
+            mesh.load()?;
             // The service without prefetch or HTTP: one code path serves the yard.
             let config = depot_cache::config::DepotConfig {
                 data_dir,
@@ -204,16 +222,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 serve: depot_cache::config::ServeConfig::default(),
                 prefetch: None,
                 relay: None,
-                // The developer's quick server (README, bench/): an open mesh, said in the
-                // log at start. The service (`--config`) needs a [mesh] section.
-                mesh: Some(node::mesh_config::MeshSection {
-                    open: true,
-                    ..Default::default()
-                }),
+                mesh: Some(mesh.section()?),
             };
             let runtime = node::runtime::build_tokio(Some(cli.threads))
                 .context("starting the async runtime")?;
             runtime.block_on(depot_cache::daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Identity { data_dir } => {
+            let keypair = node::identity::load_or_create(&data_dir)
+                .with_context(|| format!("loading the identity in {}", data_dir.display()))?;
+            println!("{}", keypair.public().to_peer_id());
             Ok(ExitCode::SUCCESS)
         }
         Command::List { data_dir } => {

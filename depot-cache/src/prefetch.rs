@@ -42,11 +42,12 @@ pub struct PrefetchRequest {
     pub rate_limit: Option<u64>,
 }
 
-/// Refreshes, relays and fetches, as the module says; returns a JSON summary. Call from outside
-/// `runtime`.
+/// Refreshes, relays and fetches, as the module says, with a node of its own in `membership`'s
+/// fleet (`None`: an open mesh); returns a JSON summary. Call from outside `runtime`.
 pub fn prefetch(
     runtime: &tokio::runtime::Runtime,
     request: &PrefetchRequest,
+    membership: Option<node::membership::MeshMembership>,
 ) -> anyhow::Result<serde_json::Value> {
     if request.upstream.is_empty() {
         bail!("no upstream to prefetch from: give --upstream");
@@ -56,7 +57,7 @@ pub fn prefetch(
         net,
         mut events,
         ..
-    } = node::runtime::open_node(runtime, &request.data_dir, Vec::new(), false)
+    } = node::runtime::open_node(runtime, &request.data_dir, Vec::new(), false, membership)
         .map_err(anyhow::Error::msg)?;
     let result = runtime.block_on(prefetch_with(request, &net, &mut events, &store));
     store.flush_usage().ok();

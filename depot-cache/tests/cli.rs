@@ -144,7 +144,48 @@ fn the_operator_commands_print_what_they_stored_and_serve_it() {
         "{listed}"
     );
 
-    // serve: the first line is the address to give vehicles; a node fetches from it.
+    // serve: refused without saying whom it serves (deny by default, as the service's [mesh]).
+    let output = run(&["serve", "--no-mdns", "--data-dir", data_dir]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no mesh given"), "{stderr}");
+    let output = run(&[
+        "serve",
+        "--no-mdns",
+        "--data-dir",
+        data_dir,
+        "--certificate",
+        "x",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--fleet-key is required"),
+        "{output:?}"
+    );
+
+    // identity: the peer id the fleet key certifies (made once, then the same).
+    let peer = succeeded(&run(&["identity", "--data-dir", data_dir]));
+    assert_eq!(peer, succeeded(&run(&["identity", "--data-dir", data_dir])));
+    let fleet = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let certify = |peer: &str, path: &Path| {
+        let now = node::clock::unix_now();
+        let cert = proto::membership::MembershipCert::issue(
+            &fleet,
+            proto::membership::Membership {
+                peer: peer.trim().to_owned(),
+                role: proto::membership::MemberRole::Depot,
+                issued: now - 60,
+                expires: now + 3600,
+            },
+        )
+        .unwrap();
+        std::fs::write(path, cert.encode()).unwrap();
+        cert
+    };
+    let depot_cert = w.join("depot-member.json");
+    certify(&peer, &depot_cert);
+    let fleet_key = hex::encode(fleet.verifying_key().to_bytes());
+
+    // serve: the first line is the address to give vehicles; a member fetches from it.
     let depot = Running::start(&[
         "serve",
         "--no-mdns",
@@ -152,15 +193,34 @@ fn the_operator_commands_print_what_they_stored_and_serve_it() {
         "/ip4/127.0.0.1/udp/0/quic-v1",
         "--data-dir",
         data_dir,
+        "--fleet-key",
+        &fleet_key,
+        "--certificate",
+        depot_cert.to_str().unwrap(),
     ]);
     let addr = depot.addrs[0].clone();
     assert!(addr.to_string().contains("/p2p/"), "{addr}");
     let runtime = node::runtime::build_tokio(Some(1)).unwrap();
     let vehicle = w.join("vehicle");
+    let keypair = node::identity::load_or_create(&vehicle).unwrap();
+    let vehicle_cert = certify(
+        &keypair.public().to_peer_id().to_string(),
+        &w.join("vehicle-member.json"),
+    );
     let fetched = runtime.block_on(async {
         let (store, _) = node::store::open_data_dir(&vehicle).unwrap();
         let store = Arc::new(store);
-        let (net, mut events, _incoming) = node::net::start(loopback_node()).await.unwrap();
+        let (net, mut events, _incoming) = node::net::start(node::net::NetConfig {
+            keypair: Some(keypair),
+            membership: Some(node::membership::MeshMembership {
+                certificate: vehicle_cert,
+                keys: proto::membership::FleetKeys::new([fleet.verifying_key()]),
+                revocations: None,
+            }),
+            ..loopback_node()
+        })
+        .await
+        .unwrap();
         let mut options = node::fetch::FetchOptions::new(target);
         options.peers = vec![addr.clone()];
         node::fetch::fetch(&net, &mut events, store.clone(), options, |_| {})
@@ -180,6 +240,7 @@ fn the_operator_commands_print_what_they_stored_and_serve_it() {
         w.join("fresh").to_str().unwrap(),
         "--upstream",
         &addr.to_string(),
+        "--open-mesh",
     ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

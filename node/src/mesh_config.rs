@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Deny by default: a config without `[mesh]` is refused; `open = true` (every peer served)
-//! must be written out, and is for closed networks and tests only.
+//! must be written out, and is for closed networks and tests only. The one-shot commands
+//! (`depot-cache serve`, `vehicle-peer fetch`, ...) take the same settings as flags
+//! ([`MeshArgs`]), and refuse to start without them just as the services do.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +37,66 @@ pub struct MeshSection {
     pub revocations: Option<PathBuf>,
 }
 
+/// The `[mesh]` section as command-line flags, for the commands that start a node without a
+/// configuration file. Giving none of them is refused, as a config without `[mesh]` is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
+pub struct MeshArgs {
+    /// Serve every peer that connects, fleet member or not (closed networks and tests only).
+    #[arg(long, conflicts_with_all = ["fleet_keys", "certificate", "revocations"])]
+    pub open_mesh: bool,
+    /// A fleet key (ed25519 public key, hex; `origin member key` prints it) whose members this
+    /// node serves and dials. Repeatable.
+    #[arg(long = "fleet-key", value_name = "HEX")]
+    pub fleet_keys: Vec<String>,
+    /// This node's membership certificate (`origin member issue`, or the enrolment's answer).
+    #[arg(long, value_name = "FILE")]
+    pub certificate: Option<PathBuf>,
+    /// The fleet's signed revocation list (read at start when it exists; a newer one the node
+    /// is handed is kept there).
+    #[arg(long, value_name = "FILE")]
+    pub revocations: Option<PathBuf>,
+}
+
+impl MeshArgs {
+    /// An open mesh, said explicitly (tests, benchmarks on a closed network).
+    pub fn open() -> Self {
+        Self {
+            open_mesh: true,
+            ..Self::default()
+        }
+    }
+
+    /// The flags as the `[mesh]` section they stand for; refuses none at all, naming the flags.
+    pub fn section(&self) -> Result<MeshSection, MeshConfigError> {
+        if !self.open_mesh
+            && self.fleet_keys.is_empty()
+            && self.certificate.is_none()
+            && self.revocations.is_none()
+        {
+            return Err(MeshConfigError::NoFlags);
+        }
+        Ok(MeshSection {
+            open: self.open_mesh,
+            fleet_keys: self.fleet_keys.clone(),
+            certificate: self.certificate.clone(),
+            revocations: self.revocations.clone(),
+        })
+    }
+
+    /// The flags checked and their files read, as [`MeshSection::load`] does; errors name the
+    /// flag.
+    pub fn load(&self) -> Result<Mesh, MeshConfigError> {
+        let section = self.section()?;
+        MeshSection::load(Some(&section)).map_err(|error| match error {
+            MeshConfigError::Required(key) => MeshConfigError::RequiredFlag(match key {
+                "fleet_keys" => "--fleet-key",
+                _ => "--certificate",
+            }),
+            other => other,
+        })
+    }
+}
+
 /// What the section says, checked.
 #[derive(Clone, Debug)]
 pub enum Mesh {
@@ -58,6 +120,14 @@ pub enum MeshConfigError {
         "no [mesh] section: give fleet_keys and certificate (the node then serves only the fleet), or open = true to serve every peer"
     )]
     Missing,
+    /// A command was given none of the mesh flags.
+    #[error(
+        "no mesh given: --fleet-key and --certificate (the node then serves only the fleet), or --open-mesh to serve every peer"
+    )]
+    NoFlags,
+    /// A flag is missing.
+    #[error("{0} is required unless --open-mesh")]
+    RequiredFlag(&'static str),
     /// `open = true` with fleet settings too.
     #[error(
         "mesh.open = true serves every peer; it cannot go with fleet_keys, certificate or revocations"
@@ -253,6 +323,46 @@ mod tests {
 
     fn section(text: &str) -> MeshSection {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_flags_deny_by_default_and_name_themselves() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            mesh: MeshArgs,
+        }
+        let parse = |args: &[&str]| {
+            Command::try_parse_from(std::iter::once("command").chain(args.iter().copied()))
+                .map(|command| command.mesh)
+        };
+        let none = parse(&[]).unwrap();
+        assert!(matches!(none.load(), Err(MeshConfigError::NoFlags)));
+        assert!(matches!(
+            parse(&["--open-mesh"]).unwrap().load().unwrap(),
+            Mesh::Open
+        ));
+        assert_eq!(parse(&["--open-mesh"]).unwrap(), MeshArgs::open());
+        assert!(parse(&["--open-mesh", "--certificate", "member.json"]).is_err());
+        let key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        let cases: [(&[&str], &str); 3] = [
+            (&["--certificate", "x"], "--fleet-key is required"),
+            (&["--fleet-key", key], "--certificate is required"),
+            (
+                &[
+                    "--fleet-key",
+                    key,
+                    "--certificate",
+                    "/nonexistent/member.json",
+                ],
+                "/nonexistent/member.json",
+            ),
+        ];
+        for (args, expected) in cases {
+            let error = parse(args).unwrap().load().unwrap_err();
+            assert!(error.to_string().contains(expected), "{args:?}: {error}");
+        }
     }
 
     #[test]

@@ -50,19 +50,10 @@ pub enum OpenNodeError {
 }
 
 /// Opens the store and identity in `data_dir` and starts the network listening on `listen`
-/// (with mDNS when `mdns`), on an open mesh (every peer served: the developer's commands).
-/// Errors name the directory and the step. Call from outside `runtime`.
+/// (with mDNS when `mdns`), in a fleet's mesh when `membership` is given
+/// ([`crate::membership`]), on an open mesh (every peer served) when it is `None`. Errors name
+/// the directory and the step. Call from outside `runtime`.
 pub fn open_node(
-    runtime: &tokio::runtime::Runtime,
-    data_dir: &Path,
-    listen: Vec<Multiaddr>,
-    mdns: bool,
-) -> Result<OpenedNode, OpenNodeError> {
-    open_node_with(runtime, data_dir, listen, mdns, None)
-}
-
-/// [`open_node`] in a fleet's mesh when `membership` is given ([`crate::membership`]).
-pub fn open_node_with(
     runtime: &tokio::runtime::Runtime,
     data_dir: &Path,
     listen: Vec<Multiaddr>,

@@ -51,6 +51,7 @@ impl MeshVehicle {
                 peers: peers.to_vec(),
                 listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
                 mdns: false,
+                membership: None,
                 root: Some(self.root.clone()),
                 repository: "image".into(),
                 target: target.into(),

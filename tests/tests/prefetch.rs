@@ -40,6 +40,7 @@ fn prefetch(
             stall_timeout: Duration::from_secs(60),
             rate_limit: None,
         },
+        None,
     )
 }
 

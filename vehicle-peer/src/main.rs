@@ -52,10 +52,21 @@ struct NodeArgs {
     /// Do not look for peers on the LAN with mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// The fleet this peer belongs to (the service's `[mesh]` section).
+    #[command(flatten)]
+    mesh: node::mesh_config::MeshArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print this gateway's mesh peer id, making its identity in the data directory if it has
+    /// none yet: what the vehicle's registration gives as `peer`, so that the director's answer
+    /// carries its membership certificate.
+    Identity {
+        /// The peer's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Fetch a blob from every given peer (and peers found by mDNS) at once, verifying every
     /// 16 KiB chunk group; write it to FILE. Interrupted, it resumes where it stopped. Prints a
     /// one-line JSON summary last.
@@ -251,6 +262,21 @@ fn main() -> ExitCode {
             ecu_config,
             provision,
         } => return summary_or_error(vehicle_peer::install::boot(ecu_config, *provision)),
+        Command::Identity { data_dir } => {
+            return match node::identity::load_or_create(data_dir) {
+                Ok(keypair) => {
+                    println!("{}", keypair.public().to_peer_id());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!(
+                        "vehicle-peer: loading the identity in {}: {error}",
+                        data_dir.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
         _ => {}
     }
     let runtime = match runtime::build_tokio(Some(cli.threads)) {
@@ -267,6 +293,7 @@ fn main() -> ExitCode {
                 peers,
                 listen,
                 no_mdns,
+                mesh,
             },
         root,
         repository,
@@ -277,11 +304,19 @@ fn main() -> ExitCode {
         out,
     } = cli.command
     {
+        let membership = match mesh.load() {
+            Ok(mesh) => mesh.membership(),
+            Err(error) => {
+                eprintln!("vehicle-peer: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
         let request = vehicle_peer::mesh::GetRequest {
             data_dir,
             peers,
             listen,
             mdns: !no_mdns,
+            membership,
             root,
             repository,
             target,
@@ -310,6 +345,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
                     peers,
                     listen,
                     no_mdns,
+                    mesh,
                 },
             size,
             stall_timeout,
@@ -320,6 +356,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
             blob,
             out,
         } => {
+            let membership = mesh.load()?.membership();
             let (store, _) = node::store::open_data_dir(&data_dir)
                 .with_context(|| format!("opening the store in {}", data_dir.display()))?;
             let store = Arc::new(store);
@@ -329,6 +366,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
                 keypair: Some(keypair),
                 listen,
                 mdns: !no_mdns,
+                membership,
                 ..NetConfig::default()
             })
             .await
@@ -424,7 +462,10 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
         }
         // `get` drives the runtime itself (its verifier is synchronous) and is run before this.
         Command::Get { .. } => anyhow::bail!("`get` cannot run inside the async runtime"),
-        Command::ApplyDelta { .. } | Command::Install { .. } | Command::Boot { .. } => {
+        Command::ApplyDelta { .. }
+        | Command::Install { .. }
+        | Command::Boot { .. }
+        | Command::Identity { .. } => {
             anyhow::bail!("this command runs outside the async runtime")
         }
     }

@@ -90,6 +90,8 @@ pub struct GetRequest {
     pub listen: Vec<Multiaddr>,
     /// Find peers on the LAN with mDNS.
     pub mdns: bool,
+    /// The fleet's mesh this vehicle is a member of; `None`: an open mesh.
+    pub membership: Option<node::membership::MeshMembership>,
     /// The first root, used only when the vehicle trusts none yet.
     pub root: Option<PathBuf>,
     /// The repository's name on the mesh (`image`).
@@ -128,6 +130,7 @@ pub fn get_target(
         &request.data_dir,
         request.listen.clone(),
         request.mdns,
+        request.membership.clone(),
     )
     .map_err(anyhow::Error::msg)?;
     let counters = Arc::new(node::serve::ServeCounters::default());

@@ -16,7 +16,7 @@ mod common;
 fn fetch(args: &[&str]) -> (bool, String, Duration) {
     let started = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_vehicle-peer"))
-        .arg("fetch")
+        .args(["fetch", "--open-mesh"])
         .args(args)
         .output()
         .unwrap();
@@ -91,6 +91,17 @@ fn unknown_blob_unreachable_peer_and_bad_arguments_fail_clearly() {
     assert!(!ok);
     assert!(stderr.contains("/ip4/127.0.0.1/tcp/1"), "{stderr}");
 
+    // Without saying whom it serves and dials, a peer does not start (deny by default).
+    let output = Command::new(env!("CARGO_BIN_EXE_vehicle-peer"))
+        .arg("fetch")
+        .args(common)
+        .args(["--peer", &depot, &unknown])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no mesh given"), "{stderr}");
+
     let mut args = common.to_vec();
     args.extend(["--threads", "0", "--peer", &depot, &unknown]);
     let (ok, stderr, _) = fetch(&args);
@@ -100,7 +111,7 @@ fn unknown_blob_unreachable_peer_and_bad_arguments_fail_clearly() {
     // `get` without a root to start from, with a file that is no root, with a bad time.
     let get = |extra: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_vehicle-peer"))
-            .arg("get")
+            .args(["get", "--open-mesh"])
             .args(&common[..5])
             .args(["--out", out.to_str().unwrap(), "--peer", &depot])
             .args(extra)

@@ -121,6 +121,7 @@ fn sigkill_then_resume_completes_without_losing_reported_progress() {
     let out = dir.path().join("out.bin");
     let args: Vec<String> = [
         "fetch",
+        "--open-mesh",
         "--data-dir",
         vehicle_dir.to_str().unwrap(),
         "--peer",

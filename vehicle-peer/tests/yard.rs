@@ -68,6 +68,7 @@ fn ten_vehicles_in_a_yard_all_get_the_blob() {
             let dir = work.path().join(format!("vehicle-{i}"));
             let args = vec![
                 "fetch".to_string(),
+                "--open-mesh".into(),
                 "--data-dir".into(),
                 dir.display().to_string(),
                 "--peer".into(),

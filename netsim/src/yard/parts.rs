@@ -207,7 +207,7 @@ impl Yard {
     ) -> anyhow::Result<Multiaddr> {
         let dir = out.join("origin-cache");
         let mesh = enrol(origin, &dir, MemberRole::OriginCache)?;
-        let cache = node::runtime::open_node_with(
+        let cache = node::runtime::open_node(
             &self.runtime,
             &dir,
             vec![loopback()?],

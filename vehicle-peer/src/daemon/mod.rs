@@ -175,7 +175,7 @@ impl Daemon {
             net,
             events,
             incoming,
-        } = node::runtime::open_node_with(
+        } = node::runtime::open_node(
             &runtime,
             &config.data_dir,
             config.listen.clone(),
