@@ -28,6 +28,12 @@ pub const MEMBER_PROTOCOL: StreamProtocol = StreamProtocol::new("/depotmesh/memb
 /// an introduction is one round trip of ~300 bytes, so this is for a lossy yard Wi-Fi.
 pub const INTRODUCTION_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most peers connected and not admitted yet at once. An honest member introduces itself
+/// within a round trip; a crowd of strangers, each refused only after [`INTRODUCTION_TIMEOUT`],
+/// would otherwise hold one entry (and a connection) each: when the waiting room is full, the
+/// peer waiting longest is refused (counted silent) to make room, so a member still gets in.
+pub const MAX_WAITING: usize = 256;
+
 /// How often the driver looks for admitted peers whose certificates expired.
 pub const EXPIRY_SWEEP: Duration = Duration::from_secs(60);
 
@@ -118,6 +124,8 @@ impl MembershipCounters {
             .sum()
     }
 
+    /// Counts one peer refused for `kind` (the gate's own decisions count themselves; the
+    /// driver counts the connections it refuses at the handshake).
     pub(crate) fn count_refusal(&self, kind: RefusalKind) {
         self.refused[kind as usize].fetch_add(1, Relaxed);
     }
@@ -276,6 +284,16 @@ impl Gate {
             .collect();
         self.evict(&expired);
         expired
+    }
+
+    /// The peers the list in force revokes (entries that are no peer id are left out: no
+    /// connection can come from them): the driver refuses their connections at the handshake.
+    pub fn revoked_peers(&self) -> std::collections::HashSet<PeerId> {
+        self.revocations
+            .peers
+            .iter()
+            .filter_map(|text| text.parse().ok())
+            .collect()
     }
 
     /// The version of the revocation list in force.

@@ -42,8 +42,8 @@ use std::{
 };
 
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, SwarmBuilder, identify, identity::Keypair, mdns,
-    multiaddr::Protocol, ping, swarm::behaviour::toggle::Toggle,
+    Multiaddr, PeerId, StreamProtocol, SwarmBuilder, allow_block_list, identify, identity::Keypair,
+    mdns, multiaddr::Protocol, ping, swarm::behaviour::toggle::Toggle,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
@@ -553,6 +553,7 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
         None
     };
     let behaviour = Behaviour {
+        revoked: allow_block_list::Behaviour::default(),
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_owned(), keypair.public())
                 .with_agent_version(config.agent_version.clone()),

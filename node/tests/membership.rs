@@ -1,7 +1,8 @@
 //! Fleet membership on real QUIC nodes: a depot that serves only the fleet. A stranger on the
 //! yard's Wi-Fi (a fresh identity, a certificate from another key, a member's certificate
 //! copied, an expired one) gets no byte, no have-map and no answer; a member fetches; a revoked
-//! member is cut off at once and refused when it comes back. Every refusal is counted.
+//! member is cut off at once and refused at the handshake when it comes back; a crowd of silent
+//! strangers does not keep a member out. Every refusal is counted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +15,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use node::fetch::{self, FetchOptions};
-use node::membership::{MEMBER_PROTOCOL, MeshMembership, RefusalKind};
+use node::membership::{MAX_WAITING, MEMBER_PROTOCOL, MeshMembership, RefusalKind};
 use node::net::{self, NetConfig, NetEvent, NetHandle};
 use node::serve::{self, ServeCounters};
 use proto::membership::{
@@ -125,7 +126,7 @@ async fn strangers_get_nothing_members_fetch_and_a_revoked_member_is_cut_off() {
     let data: Vec<u8> = (0..(3 << 20) as u32).map(|i| (i % 251) as u8).collect();
     let store = Arc::new(new_store());
     let blob = store.import(&data[..]).unwrap();
-    let (depot, _depot_events, depot_incoming, depot_addr) = member(MemberRole::Depot).await;
+    let (depot, mut depot_events, depot_incoming, depot_addr) = member(MemberRole::Depot).await;
     let served = Arc::new(ServeCounters::default());
     serve::spawn_server(store, depot_incoming, served.clone());
     let gate = depot
@@ -234,7 +235,8 @@ async fn strangers_get_nothing_members_fetch_and_a_revoked_member_is_cut_off() {
         "nothing was served to anyone but the member"
     );
 
-    // Revoked: cut off at once, and refused when it dials again.
+    // Revoked: cut off at once, and refused at the handshake when it dials again: no
+    // introduction is read, so the gate has nothing to refuse (no `PeerRefused`).
     let revocations = Revocations {
         version: 1,
         issued: now(),
@@ -249,9 +251,17 @@ async fn strangers_get_nothing_members_fetch_and_a_revoked_member_is_cut_off() {
         [vehicle.peer_id()]
     );
     disconnected(&mut vehicle_events, depot.peer_id()).await;
+    while depot_events.try_recv().is_ok() {}
+    // The vehicle sees its connection closed before either side introduced itself.
     let error = vehicle.dial(depot_addr.clone()).await.unwrap_err();
-    assert!(error.to_string().contains("not admitted"), "{error}");
+    assert!(error.to_string().contains("admitted"), "{error}");
     assert_eq!(gate.refused(RefusalKind::Revoked), 1, "{gate:?}");
+    while let Ok(event) = depot_events.try_recv() {
+        assert!(
+            !matches!(&event, NetEvent::PeerRefused { peer, .. } if *peer == vehicle.peer_id()),
+            "the revoked peer got as far as the introduction: {event:?}"
+        );
+    }
     assert_eq!(gate.revocations_version.load(Relaxed), 1);
     assert!(gate.evicted.load(Relaxed) >= 1);
     let older = SignedRevocations::sign(&fleet_key(), Revocations::default()).unwrap();
@@ -279,6 +289,75 @@ async fn a_member_does_not_serve_a_stranger_it_dialled_and_two_members_meet_both
     let error = a.dial(stranger_addr).await.unwrap_err();
     assert!(error.to_string().contains("not admitted"), "{error}");
     assert!(!a.connected_peers().await.contains(&stranger.peer_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_silent_strangers_does_not_keep_a_member_out() {
+    let data: Vec<u8> = (0..(1 << 20) as u32).map(|i| (i % 241) as u8).collect();
+    let store = Arc::new(new_store());
+    let blob = store.import(&data[..]).unwrap();
+    let (depot, mut depot_events, depot_incoming, depot_addr) = member(MemberRole::Depot).await;
+    serve::spawn_server(store, depot_incoming, Arc::new(ServeCounters::default()));
+    let gate = depot.membership_counters().unwrap();
+
+    // More strangers than the waiting room holds connect and say nothing (an open node does not
+    // introduce itself); each would wait out the introduction's timeout.
+    // They come 32 at a time (all at once, a loaded machine times some handshakes out).
+    let mut strangers = Vec::new();
+    let mut crowd = 0;
+    for _ in 0..(MAX_WAITING / 32 + 1) {
+        let batch = futures::future::join_all((0..32).map(|_| async {
+            let (stranger, _events, _incoming) = net::start(loopback_config()).await.unwrap();
+            let connected = stranger.dial(depot_addr.clone()).await.is_ok();
+            (stranger, connected)
+        }))
+        .await;
+        crowd += batch.iter().filter(|(_, connected)| *connected).count();
+        strangers.extend(batch.into_iter().map(|(stranger, _)| stranger));
+    }
+    assert!(crowd > MAX_WAITING, "only {crowd} strangers connected");
+
+    // A member still gets in and fetches meanwhile.
+    let (vehicle, mut vehicle_events, _incoming, _) = member(MemberRole::Vehicle).await;
+    let mut options = FetchOptions::new(blob);
+    options.peers = vec![depot_addr.clone()];
+    let report = fetch::fetch(
+        &vehicle,
+        &mut vehicle_events,
+        Arc::new(new_store()),
+        options,
+        |_| {},
+    )
+    .await
+    .expect("a member fetches beside the crowd");
+    assert_eq!(report.size, data.len() as u64);
+
+    // The room overflowed: those waiting longest were refused to make room, counted silent (on a
+    // slow machine some wait out the introduction's timeout first, also silent).
+    let (mut made_room, mut timed_out) = (0, 0);
+    while made_room + timed_out < crowd - MAX_WAITING {
+        let event = tokio::time::timeout(WAIT, depot_events.recv()).await;
+        let Ok(Some(event)) = event else {
+            panic!("{made_room} refused to make room, {timed_out} timed out, then nothing");
+        };
+        if let NetEvent::PeerRefused { reason, .. } = event {
+            made_room += usize::from(reason.contains("introducing themselves at once"));
+            timed_out += usize::from(reason.contains("introduced nothing within"));
+        }
+    }
+    assert!(made_room >= 1, "nobody was refused to make room");
+    assert!(
+        gate.refused(RefusalKind::Silent) >= (made_room + timed_out) as u64,
+        "{gate:?}"
+    );
+    assert_eq!(
+        gate.admitted.load(Relaxed),
+        1,
+        "only the member was admitted"
+    );
+    for stranger in strangers {
+        stranger.shutdown().await;
+    }
 }
 
 #[tokio::test]

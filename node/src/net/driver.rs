@@ -9,7 +9,7 @@ use std::{
 
 use futures::StreamExt as _;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, identify, mdns,
+    Multiaddr, PeerId, Swarm, allow_block_list, identify, mdns,
     multiaddr::Protocol,
     ping,
     swarm::{
@@ -22,7 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::introduce::{self, Heard};
 use super::{NetError, NetEvent, Stream, error::error_chain};
-use crate::membership::{EXPIRY_SWEEP, Gate, MembershipCounters, Refused};
+use crate::membership::{
+    EXPIRY_SWEEP, Gate, MAX_WAITING, MembershipCounters, RefusalKind, Refused,
+};
 
 /// How long shutdown waits for connections to close cleanly before dropping the swarm anyway.
 /// A clean close tells peers at once that we are gone; without it they wait for their QUIC idle
@@ -32,6 +34,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// The behaviours of a node.
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    /// Peers revoked by the fleet's list in force: their connections are refused at the
+    /// handshake (first, so no other behaviour sees them).
+    pub(super) revoked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
     pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
@@ -92,6 +97,8 @@ impl Members {
 
 /// A peer connected and not admitted yet.
 struct Waiting {
+    /// Since when.
+    since: std::time::Instant,
     /// The address of its first connection, for the [`NetEvent::PeerConnected`] to come.
     addr: Multiaddr,
     /// Dials that reached it, answered once it is admitted or refused.
@@ -173,6 +180,7 @@ impl Driver {
     /// The driver of a node in a fleet's mesh: peers are admitted by `members`' gate.
     pub(super) fn with_members(mut self, members: Option<Members>) -> Self {
         self.members = members;
+        self.refuse_revoked_at_handshake();
         self
     }
 
@@ -388,6 +396,14 @@ impl Driver {
                 error,
                 ..
             } => {
+                if let libp2p::swarm::ListenError::Denied { cause } = &error
+                    && let Some(blocked) = cause.downcast_ref::<allow_block_list::Blocked>()
+                    && let Some(members) = &self.members
+                {
+                    members.counters.count_refusal(RefusalKind::Revoked);
+                    tracing::info!(from = %send_back_addr, %blocked, "revoked peer refused at the handshake");
+                    return;
+                }
                 tracing::debug!(from = %send_back_addr, error = %error_chain(&error), "inbound connection failed");
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
@@ -538,9 +554,29 @@ impl Driver {
             }
             return true;
         }
+        if !members.waiting.contains_key(&peer) && members.waiting.len() >= MAX_WAITING {
+            let longest = members
+                .waiting
+                .iter()
+                .min_by_key(|(_, waiting)| waiting.since)
+                .map(|(peer, _)| *peer);
+            if let Some(longest) = longest {
+                let refused = members.gate.silent(
+                    longest,
+                    format!(
+                        "{MAX_WAITING} peers were introducing themselves at once; it waited longest"
+                    ),
+                );
+                self.refuse(refused);
+            }
+        }
+        let Some(members) = self.members.as_mut() else {
+            return false;
+        };
         let waiting = members.waiting.entry(peer).or_insert_with(|| {
             introduce::deadline(peer, members.heard.clone());
             Waiting {
+                since: std::time::Instant::now(),
                 addr: addr.clone(),
                 dials: Vec::new(),
                 introduced: false,
@@ -689,8 +725,30 @@ impl Driver {
             .gate
             .update_revocations(signed)
             .map_err(|error| error.to_string())?;
+        self.refuse_revoked_at_handshake();
         self.evict(&revoked, "revoked");
         Ok(revoked)
+    }
+
+    /// Makes the swarm's block list the gate's revoked peers: their connections are then refused
+    /// before any stream, identify or ping (counted as revoked).
+    fn refuse_revoked_at_handshake(&mut self) {
+        let Some(members) = &self.members else {
+            return;
+        };
+        let revoked = members.gate.revoked_peers();
+        let blocks = &mut self.swarm.behaviour_mut().revoked;
+        let pardoned: Vec<PeerId> = blocks
+            .blocked_peers()
+            .difference(&revoked)
+            .copied()
+            .collect();
+        for peer in pardoned {
+            blocks.unblock_peer(peer);
+        }
+        for peer in revoked {
+            blocks.block_peer(peer);
+        }
     }
 
     fn sweep_expired(&mut self) {
