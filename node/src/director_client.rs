@@ -414,6 +414,26 @@ impl DirectorClient {
         Self::read_at_most(&url, self.agent.get(&url).call(), MAX_REVOCATIONS_BYTES)
     }
 
+    /// [`Self::revocations`] unless the list in force is version `held` (the one the caller
+    /// holds): then `None`, and the director sends no list (`If-None-Match`, `304`).
+    pub fn revocations_newer_than(
+        &self,
+        held: u64,
+    ) -> Result<Option<SignedRevocations>, ClientError> {
+        let url = self.url(path::FLEET_REVOCATIONS);
+        let response = self
+            .agent
+            .get(&url)
+            .header("If-None-Match", format!("\"{held}\""))
+            .call();
+        if let Ok(answer) = &response
+            && answer.status() == 304
+        {
+            return Ok(None);
+        }
+        Self::read_at_most(&url, response, MAX_REVOCATIONS_BYTES).map(Some)
+    }
+
     /// Who the director takes this client for (`GET /v1/whoami`).
     pub fn whoami(&self) -> Result<serde_json::Value, ClientError> {
         self.get("/v1/whoami")

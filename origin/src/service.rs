@@ -205,6 +205,21 @@ pub struct Director {
     campaigns: BTreeMap<CampaignId, CampaignRecord>,
     counters: Counters,
     snapshot_min_events: u64,
+    /// The revocation list as last served, with the file's stamp it was read at.
+    revocations: Option<ServedRevocations>,
+}
+
+/// The fleet's revocation list, verified once and kept as served: every node asks for it at
+/// each refresh, and reading and verifying up to ~28 MB (200,000 peers) under the director's lock for each would let anyone stall the director.
+#[derive(Clone, Debug)]
+pub struct ServedRevocations {
+    /// Its version.
+    pub version: u64,
+    /// The signed list as JSON (shared, not copied, by every answer).
+    pub body: bytes::Bytes,
+    /// The file's modification time and length when it was read (another process, `origin
+    /// member revoke`, may replace it).
+    stamp: (std::time::SystemTime, u64),
 }
 
 impl std::fmt::Debug for Director {
@@ -283,6 +298,7 @@ impl Director {
             campaigns,
             counters: Counters::default(),
             snapshot_min_events: SNAPSHOT_MIN_EVENTS,
+            revocations: None,
         };
         for (id, decision, at) in undone {
             director.at(at);
@@ -466,6 +482,36 @@ impl Director {
     pub fn revocations(&mut self, now: u64) -> anyhow::Result<SignedRevocations> {
         self.at(now);
         crate::fleet::revocations(&self.origin)
+    }
+
+    /// The revocation list in force as served: read and verified again only when its file
+    /// changed (checked by its modification time and length).
+    pub fn served_revocations(&mut self, now: u64) -> anyhow::Result<ServedRevocations> {
+        let path = crate::fleet::revocations_path(&self.origin);
+        let stamp = || -> Option<(std::time::SystemTime, u64)> {
+            let meta = std::fs::metadata(&path).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        };
+        // Stamped before it is read: a file replaced meanwhile is read again next time.
+        let before = stamp();
+        if let (Some(served), Some(before)) = (&self.revocations, before)
+            && served.stamp == before
+        {
+            return Ok(served.clone());
+        }
+        let signed = self.revocations(now)?;
+        let stamp = match before {
+            Some(before) => before,
+            // The first list, just written.
+            None => stamp().context("the revocation list's file is gone")?,
+        };
+        let served = ServedRevocations {
+            version: signed.revocations.version,
+            body: serde_json::to_vec(&signed)?.into(),
+            stamp,
+        };
+        self.revocations = Some(served.clone());
+        Ok(served)
     }
 
     /// Throws mesh peer `peer` out of the fleet, as `actor` ([`crate::fleet::revoke`]); returns

@@ -1484,6 +1484,12 @@ fn revocations_are_public_signed_and_changed_by_provisioners_only() {
     .unwrap();
     let first = client.revocations().unwrap();
     assert_eq!(keys.verify_revocations(&first, 0).unwrap().version, 0);
+    // A node holding the list in force hears 304, not the list again.
+    assert_eq!(client.revocations_newer_than(0).unwrap(), None);
+    assert_eq!(
+        client.revocations_newer_than(7).unwrap(),
+        Some(first.clone())
+    );
 
     let peer = peer_id();
     let body = json!({"peer": peer}).to_string();
@@ -1535,4 +1541,14 @@ fn revocations_are_public_signed_and_changed_by_provisioners_only() {
         "{answer}"
     );
     assert_eq!(client.revocations().unwrap().revocations.version, 1);
+    assert_eq!(client.revocations_newer_than(0).unwrap(), Some(list));
+    assert_eq!(client.revocations_newer_than(1).unwrap(), None);
+
+    // `origin member revoke` run beside the service (another process, the same file): the
+    // service serves the new list at once, not the one it read before.
+    let other = peer_id();
+    origin::fleet::revoke(&h.origin, &origin::Actor::new("admin").unwrap(), &other).unwrap();
+    let served = client.revocations_newer_than(1).unwrap().unwrap();
+    assert_eq!(served.revocations.version, 2);
+    assert!(served.revocations.revokes(&other));
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
@@ -624,11 +624,31 @@ async fn rotate_keys(
     }))
 }
 
-/// `GET /v1/fleet/revocations`: public, nodes check the fleet key's signature.
-async fn revocations(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
-    let result = shared.with(|d, now| d.revocations(now)).await?;
-    let list = result.map_err(|e| internal(&e))?;
-    Ok(ok_json(&list))
+/// `GET /v1/fleet/revocations`: public, nodes check the fleet key's signature. Its `ETag` is
+/// the list's version: a node that sends it back in `If-None-Match` hears `304 Not Modified`
+/// while its list is the one in force, not the whole list again.
+async fn revocations(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    let result = shared.with(|d, now| d.served_revocations(now)).await?;
+    let served = result.map_err(|e| internal(&e))?;
+    let etag = format!("\"{}\"", served.version);
+    let held = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok());
+    if held == Some(etag.as_str()) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (header::ETAG, etag),
+        ],
+        Bytes::clone(&served.body),
+    )
+        .into_response())
 }
 
 /// `POST /v1/fleet/revoke`: by the authenticated provisioner.
