@@ -87,6 +87,11 @@ impl Collector for Depot {
                 "Version of the fleet revocation list in force (0: none).",
                 [(NO_LABELS, members.revocations_version.load(Relaxed))],
             )?;
+            out.gauge(
+                "depotmesh_depot_mesh_certificate_expiry_timestamp_seconds",
+                "When the depot's own fleet membership certificate expires (unix seconds): peers refuse it from then on; renew it before with `origin member issue`.",
+                [(NO_LABELS, members.certificate_expires.load(Relaxed))],
+            )?;
         }
         out.gauge(
             "depotmesh_depot_peers",
@@ -242,6 +247,7 @@ mod tests {
                 r#"depotmesh_depot_cap_bytes gauge []"#,
                 r#"depotmesh_depot_evictions_total counter []"#,
                 r#"depotmesh_depot_mesh_admitted_total counter []"#,
+                r#"depotmesh_depot_mesh_certificate_expiry_timestamp_seconds gauge []"#,
                 r#"depotmesh_depot_mesh_evictions_total counter []"#,
                 r#"depotmesh_depot_mesh_refusals_total counter ["reason"]"#,
                 r#"depotmesh_depot_mesh_revocations_version gauge []"#,

@@ -128,6 +128,7 @@ fn membership_json(state: &State) -> serde_json::Value {
         "streams_refused": counters.streams_refused.load(Relaxed),
         "evicted": counters.evicted.load(Relaxed),
         "revocations_version": counters.revocations_version.load(Relaxed),
+        "certificate_expires": counters.certificate_expires.load(Relaxed),
     })
 }
 

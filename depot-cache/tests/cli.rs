@@ -166,21 +166,7 @@ fn the_operator_commands_print_what_they_stored_and_serve_it() {
     let peer = succeeded(&run(&["identity", "--data-dir", data_dir]));
     assert_eq!(peer, succeeded(&run(&["identity", "--data-dir", data_dir])));
     let fleet = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-    let certify = |peer: &str, path: &Path| {
-        let now = node::clock::unix_now();
-        let cert = proto::membership::MembershipCert::issue(
-            &fleet,
-            proto::membership::Membership {
-                peer: peer.trim().to_owned(),
-                role: proto::membership::MemberRole::Depot,
-                issued: now - 60,
-                expires: now + 3600,
-            },
-        )
-        .unwrap();
-        std::fs::write(path, cert.encode()).unwrap();
-        cert
-    };
+    let certify = |peer: &str, path: &Path| certify(&fleet, peer, path);
     let depot_cert = w.join("depot-member.json");
     certify(&peer, &depot_cert);
     let fleet_key = hex::encode(fleet.verifying_key().to_bytes());
@@ -202,25 +188,12 @@ fn the_operator_commands_print_what_they_stored_and_serve_it() {
     assert!(addr.to_string().contains("/p2p/"), "{addr}");
     let runtime = node::runtime::build_tokio(Some(1)).unwrap();
     let vehicle = w.join("vehicle");
-    let keypair = node::identity::load_or_create(&vehicle).unwrap();
-    let vehicle_cert = certify(
-        &keypair.public().to_peer_id().to_string(),
-        &w.join("vehicle-member.json"),
-    );
     let fetched = runtime.block_on(async {
         let (store, _) = node::store::open_data_dir(&vehicle).unwrap();
         let store = Arc::new(store);
-        let (net, mut events, _incoming) = node::net::start(node::net::NetConfig {
-            keypair: Some(keypair),
-            membership: Some(node::membership::MeshMembership {
-                certificate: vehicle_cert,
-                keys: proto::membership::FleetKeys::new([fleet.verifying_key()]),
-                revocations: None,
-            }),
-            ..loopback_node()
-        })
-        .await
-        .unwrap();
+        let (net, mut events, _incoming) = node::net::start(fleet_node(&fleet, &vehicle))
+            .await
+            .unwrap();
         let mut options = node::fetch::FetchOptions::new(target);
         options.peers = vec![addr.clone()];
         node::fetch::fetch(&net, &mut events, store.clone(), options, |_| {})
@@ -249,6 +222,69 @@ fn the_operator_commands_print_what_they_stored_and_serve_it() {
         "{stderr}"
     );
     assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn the_service_in_a_fleet_counts_its_members_and_refusals_on_metrics_and_status() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("depot");
+    let fleet = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let peer = succeeded(&run(&["identity", "--data-dir", data.to_str().unwrap()]));
+    let cert = certify(&fleet, &peer, &work.path().join("depot-member.json"));
+    let config = work.path().join("depot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n\
+             [mesh]\nfleet_keys = [{:?}]\ncertificate = {:?}\n",
+            data.display().to_string(),
+            hex::encode(fleet.verifying_key().to_bytes()),
+            work.path().join("depot-member.json").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut depot = Running::start(&["--config", config.to_str().unwrap()]);
+    let http = loop {
+        let line = depot.stdout.next().unwrap().unwrap();
+        if let Some(http) = line.strip_prefix("http ") {
+            break format!("http://{http}");
+        }
+    };
+    let addr = depot.addrs[0].clone();
+
+    // A member is admitted; a node of another fleet (its certificate from another key) is not.
+    let runtime = node::runtime::build_tokio(Some(1)).unwrap();
+    let other_fleet = ed25519_dalek::SigningKey::from_bytes(&[10; 32]);
+    runtime.block_on(async {
+        let member = fleet_node(&fleet, &work.path().join("member"));
+        let (member, _events, _incoming) = node::net::start(member).await.unwrap();
+        assert_eq!(
+            member.dial(addr.clone()).await.unwrap().to_string(),
+            peer.trim()
+        );
+        let stranger = fleet_node(&other_fleet, &work.path().join("stranger"));
+        let (stranger, _events, _incoming) = node::net::start(stranger).await.unwrap();
+        let error = stranger.dial(addr.clone()).await.unwrap_err();
+        assert!(error.to_string().contains("admitted"), "{error}");
+    });
+
+    let metrics = get(&format!("{http}/metrics")).1;
+    for sample in [
+        "depotmesh_depot_mesh_admitted_total 1\n".to_owned(),
+        "depotmesh_depot_mesh_refusals_total{reason=\"stranger\"} 1\n".to_owned(),
+        format!(
+            "depotmesh_depot_mesh_certificate_expiry_timestamp_seconds {}\n",
+            cert.membership.expires
+        ),
+    ] {
+        assert!(metrics.contains(&sample), "{sample} in {metrics}");
+    }
+    let status = get_json(&format!("{http}/status"));
+    let membership = &status["membership"];
+    assert_eq!(membership["mode"], "fleet", "{status}");
+    assert_eq!(membership["admitted"], 1, "{status}");
+    assert_eq!(membership["refused"]["stranger"], 1, "{status}");
+    assert_eq!(membership["certificate_expires"], cert.membership.expires);
 }
 
 /// The series of the bytes the depot served its yard.
@@ -458,6 +494,46 @@ fn get(url: &str) -> (u16, String) {
     let mut response = agent.get(url).call().unwrap();
     let body = response.body_mut().read_to_string().unwrap();
     (response.status().as_u16(), body)
+}
+
+/// `peer` certified by `fleet` for an hour (the role matters to no check), written to `path`.
+fn certify(
+    fleet: &ed25519_dalek::SigningKey,
+    peer: &str,
+    path: &Path,
+) -> proto::membership::MembershipCert {
+    let now = node::clock::unix_now();
+    let cert = proto::membership::MembershipCert::issue(
+        fleet,
+        proto::membership::Membership {
+            peer: peer.trim().to_owned(),
+            role: proto::membership::MemberRole::Depot,
+            issued: now - 60,
+            expires: now + 3600,
+        },
+    )
+    .unwrap();
+    std::fs::write(path, cert.encode()).unwrap();
+    cert
+}
+
+/// A loopback node in the fleet of `fleet`, its identity and certificate made in `dir`.
+fn fleet_node(fleet: &ed25519_dalek::SigningKey, dir: &Path) -> node::net::NetConfig {
+    let keypair = node::identity::load_or_create(dir).unwrap();
+    let cert = certify(
+        fleet,
+        &keypair.public().to_peer_id().to_string(),
+        &dir.join("member.json"),
+    );
+    node::net::NetConfig {
+        keypair: Some(keypair),
+        membership: Some(node::membership::MeshMembership {
+            certificate: cert,
+            keys: proto::membership::FleetKeys::new([fleet.verifying_key()]),
+            revocations: None,
+        }),
+        ..loopback_node()
+    }
 }
 
 fn get_json(url: &str) -> serde_json::Value {

@@ -108,6 +108,9 @@ pub struct MembershipCounters {
     pub evicted: AtomicU64,
     /// The version of the revocation list in force (0: none).
     pub revocations_version: AtomicU64,
+    /// When this node's own certificate expires (unix seconds): peers refuse it from then on,
+    /// so operators renew it before (`origin member issue`).
+    pub certificate_expires: AtomicU64,
 }
 
 impl MembershipCounters {
@@ -179,6 +182,9 @@ impl Gate {
         counters
             .revocations_version
             .store(revocations.version, Relaxed);
+        counters
+            .certificate_expires
+            .store(certificate.membership.expires, Relaxed);
         Ok(Self {
             keys,
             own: certificate.encode(),
