@@ -721,11 +721,16 @@ impl Driver {
             .members
             .as_mut()
             .ok_or("this node runs an open mesh: it holds no fleet membership")?;
+        let held = members.gate.revocations_version();
         let revoked = members
             .gate
             .update_revocations(signed)
             .map_err(|error| error.to_string())?;
-        self.refuse_revoked_at_handshake();
+        // The same list again (each refresh) changes nothing: up to 200,000 peer ids are
+        // parsed only when it does.
+        if members.gate.revocations_version() != held {
+            self.refuse_revoked_at_handshake();
+        }
         self.evict(&revoked, "revoked");
         Ok(revoked)
     }
