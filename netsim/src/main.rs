@@ -54,6 +54,16 @@ enum Command {
         /// sends; vehicles must find out, keep nothing from it and finish elsewhere.
         #[arg(long)]
         corrupt_peer: bool,
+        /// Add a slow reader to the yard: a fleet member that asks the depot for as many
+        /// ranges of the release as it lets one peer hold, on tiny receive windows, and reads
+        /// none of them; started before the campaign.
+        #[arg(long)]
+        slow_reader: bool,
+        /// Add a report flooder to the yard: a fleet member that hands the depot's relay
+        /// reports (each as large as allowed, each claiming another vehicle) as fast as it
+        /// answers; started before the campaign.
+        #[arg(long)]
+        report_flood: bool,
         /// This many of the vehicles have a single-bank ECU (one bank with a spare area,
         /// updated in place through a remapping block map, then merged home) instead of A/B
         /// banks.
@@ -120,6 +130,8 @@ fn main() -> ExitCode {
             vehicle_down_kibps,
             depot_up_kibps,
             corrupt_peer,
+            slow_reader,
+            report_flood,
             single_bank,
         } => {
             let options = netsim::yard::YardOptions {
@@ -132,6 +144,8 @@ fn main() -> ExitCode {
                 vehicle_down_bytes_per_sec: vehicle_down_kibps.map(|k| k.saturating_mul(1024)),
                 depot_up_bytes_per_sec: depot_up_kibps.map(|k| k.saturating_mul(1024)),
                 corrupt_peer,
+                slow_reader,
+                report_flood,
                 single_bank,
                 verbose: true,
             };

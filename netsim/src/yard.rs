@@ -23,7 +23,9 @@ use vehicle::{VehicleSetup, vin};
 
 pub use campaign::campaign_plan;
 pub use options::YardOptions;
-pub use summary::{CorruptPeer, VehicleResult, YardSummary, table};
+pub use summary::{
+    CorruptPeer, ReportFloodSummary, SlowReaderSummary, VehicleResult, YardSummary, table,
+};
 
 mod campaign;
 mod follow;
@@ -61,9 +63,10 @@ fn fresh_out(out: &Path) -> anyhow::Result<()> {
 
 /// Runs the yard (see the module): prepares the origin; starts the director service, the
 /// origin's cache and the depot, and waits for the depot's prefetch; adds the corrupt peer
-/// when asked; registers and starts the vehicles; creates and approves the campaign; follows
-/// it until it ends; stops everything; writes the summary. Whatever was started is stopped on
-/// every way out, an error's included (the running parts stop when dropped).
+/// when asked; registers and starts the vehicles, then the attackers when asked; creates and
+/// approves the campaign; follows it until it ends; stops everything; writes the summary.
+/// Whatever was started is stopped on every way out, an error's included (the running parts
+/// stop when dropped).
 pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     options.check()?;
     let log = Log::new(options.verbose);
@@ -75,7 +78,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let vins: Vec<Vin> = (0..options.vehicles).map(vin).collect();
     let release = release::prepare(&out, &vins, options, log)?;
     let mut yard = Yard::new()?;
-    let director = yard.start_director(&out, &release.origin)?;
+    let director = yard.start_director(&out, &release.origin, vins.len())?;
     let cache = yard.start_origin_cache(&out, &release.origin, &vins)?;
     let depot = yard.start_depot(depot_config(
         &out, &release, &vins, cache, &director, options,
@@ -91,6 +94,8 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         options,
     )?;
     let events = yard.start_vehicles(&out, &vins, &setup, &director)?;
+    // At work before the campaign: every honest fetch runs beside them.
+    yard.start_attackers(&out, &release, &depot, options, log)?;
 
     let campaign = campaign::create_and_approve(&director, &vins, options, log)?;
     let mut follow = Follow::new(
@@ -114,6 +119,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
             follow: &follow,
             depot_status: &depot_status,
             rogue: yard.rogue(),
+            attackers: yard.attackers(),
             seconds,
         },
     )

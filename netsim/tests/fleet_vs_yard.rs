@@ -28,6 +28,8 @@ fn the_fleet_model_predicts_a_shaped_yard_within_a_quarter() {
         vehicle_down_bytes_per_sec: Some(32 << 10),
         depot_up_bytes_per_sec: Some(24 << 10),
         corrupt_peer: false,
+        slow_reader: false,
+        report_flood: false,
         single_bank: 0,
         verbose: true,
     })

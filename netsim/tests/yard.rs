@@ -22,6 +22,8 @@ fn options(out: &std::path::Path, failing_canary: bool) -> YardOptions {
         vehicle_down_bytes_per_sec: None,
         depot_up_bytes_per_sec: None,
         corrupt_peer: false,
+        slow_reader: false,
+        report_flood: false,
         single_bank: 2,
         verbose: true,
     }
@@ -200,4 +202,72 @@ fn a_corrupt_peer_is_caught_and_everyone_still_updates() {
         serde_json::from_slice(&std::fs::read(work.path().join("corrupt/summary.json")).unwrap())
             .unwrap();
     assert_eq!(json["corrupt_peer"]["bytes_kept"], 0);
+}
+
+/// Two compromised vehicles join the yard before the campaign, both enrolled members: a slow
+/// reader that asks the depot for as many ranges of the release as it lets one peer hold and
+/// reads none of them, and a report flooder that hands the depot's relay reports as fast as it
+/// answers. Every honest vehicle still commits v2 (through the depot's relay too, for those
+/// without a route to the director); the depot refused the slow reader's requests over its
+/// share or cut its unread answers, and refused the flood past its quotas, relaying what it
+/// took to a director that refused it.
+#[test]
+fn a_slow_reader_and_a_report_flood_do_not_keep_anyone_from_updating() {
+    let work = tempfile::tempdir().unwrap();
+    let summary = run(&YardOptions {
+        slow_reader: true,
+        report_flood: true,
+        ..options(&work.path().join("attacked"), false)
+    })
+    .unwrap();
+    println!("{}", table(&summary));
+    assert_eq!(summary.state, "completed", "{summary:?}");
+    for vehicle in &summary.results {
+        assert_eq!(vehicle.outcome.as_deref(), Some("committed"), "{vehicle:?}");
+        for (image, slot) in vehicle.ecus.values() {
+            assert_eq!(
+                (image.as_str(), slot.as_str()),
+                ("ecu/gw-2.bin", "B"),
+                "{vehicle:?}"
+            );
+        }
+        assert!(vehicle.fetch_secs.is_some(), "{vehicle:?}");
+        assert!(vehicle.reported_after_secs.is_some(), "{vehicle:?}");
+    }
+    assert!(
+        summary
+            .results
+            .iter()
+            .any(|r| r.report_via.as_deref() == Some("depot")),
+        "{summary:?}"
+    );
+
+    let reader = summary.slow_reader.clone().unwrap();
+    assert!(reader.connections >= 1, "{reader:?}");
+    assert!(
+        reader.requests > node::serve::MAX_SERVES_PER_PEER as u64,
+        "{reader:?}"
+    );
+    assert!(
+        reader.depot_over_share + reader.depot_write_timeouts > 0,
+        "{reader:?}"
+    );
+
+    let flood = summary.report_flood.clone().unwrap();
+    assert!(flood.taken >= 1, "{flood:?}");
+    assert!(flood.refused >= 1, "{flood:?}");
+    // Every report it handed over was answered, but those in flight when it stopped.
+    let answered = flood.taken + flood.refused + flood.failed;
+    assert!(
+        answered <= flood.sent
+            && flood.sent - answered <= netsim::attackers::report_flood::IN_FLIGHT as u64,
+        "{flood:?}"
+    );
+    assert!(flood.depot_relay_refused >= 1, "{flood:?}");
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.path().join("attacked/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["slow_reader"]["requests"], reader.requests);
+    assert_eq!(json["report_flood"]["refused"], flood.refused);
 }

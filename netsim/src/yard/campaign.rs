@@ -69,10 +69,11 @@ pub(super) fn create_and_approve(
         waves: plan.waves,
         gates: plan.gates,
     };
-    director.api.create_campaign(&CreateCampaign { spec })?;
+    let create = CreateCampaign { spec };
+    super::parts::patiently(|| director.api.create_campaign(&create))?;
     // Four eyes: each approver signs the campaign's statement with their own key.
     for (approver, key) in &director.approvers {
-        approver.sign_approval(&plan.id, CampaignAction::Approve, key)?;
+        super::parts::patiently(|| approver.sign_approval(&plan.id, CampaignAction::Approve, key))?;
     }
     let campaign = Campaign {
         id: plan.id,

@@ -34,6 +34,9 @@ pub(super) struct Watched {
     pub(super) from_peers: u64,
     /// The blobs it fetched, by id.
     pub(super) fetched_blobs: BTreeSet<String>,
+    /// Seconds its fetches took, all together (as its agent timed them); `None` before one
+    /// completed.
+    pub(super) fetch_secs: Option<f64>,
     /// Seconds from approval to the end of its install, as its agent saw it.
     pub(super) finished_at: Option<f64>,
     /// Seconds from approval until the director had its install report.
@@ -128,6 +131,9 @@ impl<'a> Follow<'a> {
             if let Some(blob) = download["blob"].as_str() {
                 self.vehicles[i].fetched_blobs.insert(blob.to_string());
             }
+            if let Some(seconds) = download["seconds"].as_f64() {
+                *self.vehicles[i].fetch_secs.get_or_insert(0.0) += seconds;
+            }
             for (peer, bytes) in download["bytes_by_peer"].as_object().into_iter().flatten() {
                 let bytes = bytes.as_u64().unwrap_or(0);
                 if peer == self.depot_peer {
@@ -144,12 +150,12 @@ impl<'a> Follow<'a> {
     /// Asks the director how the campaign stands and, while some report is missing, which
     /// reports it has. Returns whether the campaign has ended.
     fn poll_director(&mut self, api: &DirectorClient) -> anyhow::Result<bool> {
-        let campaigns = api.campaigns()?;
+        let campaigns = super::parts::patiently(|| api.campaigns())?;
         self.campaign_polled(campaigns.campaign(&self.campaign.id));
         // Asked after the campaign: a campaign seen completed has every report in.
         if self.vehicles.iter().any(|v| v.reported_at.is_none()) {
             let at = self.campaign.approved.elapsed().as_secs_f64();
-            self.reports_polled(&api.vehicles()?, at);
+            self.reports_polled(&super::parts::patiently(|| api.vehicles())?, at);
         }
         Ok(self.ended())
     }

@@ -29,6 +29,12 @@ pub struct YardOptions {
     /// Add a corrupt peer to the yard: it claims the delta and answers every request with a
     /// corrupt body ([`crate::rogue`]).
     pub corrupt_peer: bool,
+    /// Add a slow reader to the yard: a member that holds as many range requests open at the
+    /// depot as it lets it and reads none of them ([`crate::attackers::slow_reader`]).
+    pub slow_reader: bool,
+    /// Add a report flooder to the yard: a member that hands the depot's relay reports as
+    /// fast as it answers ([`crate::attackers::report_flood`]).
+    pub report_flood: bool,
     /// The first this many vehicles have a single-bank ECU ([`vehicle_peer::remap`]: one bank
     /// and a spare area as large as the bank) instead of A/B banks.
     pub single_bank: usize,
@@ -55,15 +61,28 @@ impl YardOptions {
         Ok(())
     }
 
-    /// The run's first line: the yard's size, the seed and the links' limits.
+    /// The run's first line: the yard's size, the seed, the links' limits and the attackers.
     pub(super) fn header(&self) -> String {
+        let attackers: Vec<&str> = [
+            (self.corrupt_peer, "a corrupt peer"),
+            (self.slow_reader, "a slow reader"),
+            (self.report_flood, "a report flooder"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
         format!(
-            "yard: {} vehicles, {} MiB image, seed {}; links: each vehicle downloads {}, the depot uploads to the yard {} (all vehicles together)",
+            "yard: {} vehicles, {} MiB image, seed {}; links: each vehicle downloads {}, the depot uploads to the yard {} (all vehicles together){}",
             self.vehicles,
             self.image_bytes >> 20,
             self.seed,
             rate_text(self.vehicle_down_bytes_per_sec),
             rate_text(self.depot_up_bytes_per_sec),
+            if attackers.is_empty() {
+                String::new()
+            } else {
+                format!("; attackers: {}", attackers.join(", "))
+            },
         )
     }
 }

@@ -41,10 +41,30 @@ pub(super) struct Yard {
         tokio::task::JoinHandle<anyhow::Result<()>>,
     )>,
     rogue: Option<crate::rogue::Rogue>,
+    attackers: Attackers,
     /// The origin's cache, held so that it keeps listening (its server runs on the runtime).
     cache: Option<(NetHandle, NetEvents)>,
     /// The director service, the origin's cache and the depot share it.
     runtime: tokio::runtime::Runtime,
+}
+
+/// The attackers of a yard, when asked for; their counts stay readable after they stopped.
+#[derive(Debug, Default)]
+pub(super) struct Attackers {
+    pub(super) slow_reader: Option<crate::attackers::slow_reader::SlowReader>,
+    pub(super) report_flood: Option<crate::attackers::report_flood::ReportFlood>,
+}
+
+impl Attackers {
+    /// Stops those running.
+    fn stop(&mut self) {
+        if let Some(reader) = &mut self.slow_reader {
+            reader.stop();
+        }
+        if let Some(flood) = &mut self.report_flood {
+            flood.stop();
+        }
+    }
 }
 
 /// The director service, as the operator and the vehicles reach it.
@@ -58,6 +78,28 @@ pub(super) struct Director {
     pub(super) provisioning: DirectorClient,
     /// As the two approvers, each with their approval key.
     pub(super) approvers: Vec<(DirectorClient, ed25519_dalek::SigningKey)>,
+}
+
+/// How long the operator's calls wait out the director's rate limit ([`patiently`]).
+const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Calls the director with `call` until it is not refused for its rate (429, which a report
+/// flood relayed by the depot can cause: every yard client shares the loopback address), for
+/// up to [`RATE_LIMIT_PATIENCE`]; any other answer is returned as it came.
+pub(super) fn patiently<T>(
+    mut call: impl FnMut() -> Result<T, node::director_client::ClientError>,
+) -> Result<T, node::director_client::ClientError> {
+    let until = Instant::now() + RATE_LIMIT_PATIENCE;
+    loop {
+        match call() {
+            Err(node::director_client::ClientError::Refused { status: 429, .. })
+                if Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The operators netsim acts as, each with the roles of that job.
@@ -129,17 +171,19 @@ impl Yard {
             follower: None,
             depot: None,
             rogue: None,
+            attackers: Attackers::default(),
             cache: None,
             runtime,
         })
     }
 
-    /// Starts the director's HTTP service for `origin` on a loopback port; it runs until the
-    /// yard is dropped.
+    /// Starts the director's HTTP service for `origin` on a loopback port, for a yard of
+    /// `vehicles`; it runs until the yard is dropped.
     pub(super) fn start_director(
         &mut self,
         out: &Path,
         origin: &Origin,
+        vehicles: usize,
     ) -> anyhow::Result<Director> {
         let director = origin::service::Director::open(origin.clone())?;
         let listener = self
@@ -148,7 +192,22 @@ impl Yard {
         // HTTPS with the origin's own certificate, as `origin serve` runs by default.
         let transport = origin::http::transport(origin, &origin::http::Listen::OriginTls)?;
         let url = format!("{}://{}", transport.scheme(), listener.local_addr()?);
-        let shared = origin::http::Shared::new(director);
+        // Every client of the yard's director shares one loopback address, where each would
+        // have its own on a real yard (the operator, the depot's relay, each vehicle): each is
+        // given the director's default rate per client.
+        let limit = origin::http::RateLimit::default();
+        #[allow(clippy::cast_precision_loss)]
+        let clients = (vehicles + 2) as f64;
+        let gate = origin::http::Gate::new(origin::operators::Operators::path(origin), None);
+        let shared = origin::http::Shared::with_limit(
+            director,
+            Box::new(node::clock::unix_now),
+            gate,
+            origin::http::RateLimit {
+                per_sec: limit.per_sec * clients,
+                burst: limit.burst * clients,
+            },
+        );
         self.runtime.spawn(origin::http::serve(
             listener,
             transport,
@@ -323,6 +382,63 @@ impl Yard {
         self.rogue.as_ref()
     }
 
+    /// Starts the attackers `options` asks for, each enrolled as a vehicle of the fleet (a
+    /// compromised one): the slow reader asks for the release's delta and v2 image, the
+    /// report flooder hands reports to the depot's relay. They run until the campaign ends.
+    pub(super) fn start_attackers(
+        &mut self,
+        out: &Path,
+        release: &Release,
+        depot: &Depot,
+        options: &YardOptions,
+        log: Log,
+    ) -> anyhow::Result<()> {
+        if options.slow_reader {
+            let dir = out.join("slow-reader");
+            let mesh = enrol(&release.origin, &dir, MemberRole::Vehicle)?;
+            let membership = MeshSection::load(Some(&mesh))?
+                .membership()
+                .context("the slow reader's [mesh] names no certificate")?;
+            let mut targets = Vec::new();
+            for (name, size) in &release.delta_sizes {
+                let blob = name
+                    .parse()
+                    .with_context(|| format!("the delta {name} is not named by its blob id"))?;
+                targets.push(crate::attackers::slow_reader::Target::new(blob, *size));
+            }
+            targets.push(crate::attackers::slow_reader::Target::new(
+                proto::BlobId::of(&release.v2),
+                release.v2.len() as u64,
+            ));
+            let reader =
+                crate::attackers::slow_reader::start(&dir, &depot.addr, membership, targets)?;
+            log.say(&format!(
+                "slow reader {} joins the yard: it asks the depot for as many ranges as it may and reads none",
+                reader.peer
+            ));
+            self.attackers.slow_reader = Some(reader);
+        }
+        if options.report_flood {
+            let dir = out.join("report-flooder");
+            let mesh = enrol(&release.origin, &dir, MemberRole::Vehicle)?;
+            let membership = MeshSection::load(Some(&mesh))?
+                .membership()
+                .context("the report flooder's [mesh] names no certificate")?;
+            let flood = crate::attackers::report_flood::start(&dir, &depot.addr, membership)?;
+            log.say(&format!(
+                "report flooder {} joins the yard: it hands the depot's relay reports as fast as it answers",
+                flood.peer
+            ));
+            self.attackers.report_flood = Some(flood);
+        }
+        Ok(())
+    }
+
+    /// The attackers started, running or stopped.
+    pub(super) fn attackers(&self) -> &Attackers {
+        &self.attackers
+    }
+
     /// Registers each of `vins` with the director, writes its ECU and configuration under
     /// `out/vehicles` and starts its agent on a thread of its own. The agents run until the
     /// yard stops; what they do arrives on the returned channel.
@@ -366,6 +482,7 @@ impl Yard {
     /// returns the status. The director service, the origin's cache and the corrupt peer stay
     /// up until the yard is dropped: the summary still reads the corrupt peer's count.
     pub(super) fn stop(&mut self, depot: &Depot) -> anyhow::Result<Value> {
+        self.attackers.stop();
         std::thread::sleep(Duration::from_millis(500));
         let status = depot.status()?;
         self.shut_down();
@@ -374,6 +491,7 @@ impl Yard {
 
     /// Stops the vehicle agents, the director follower and the depot, and waits for each.
     fn shut_down(&mut self) {
+        self.attackers.stop();
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.vehicles.drain(..) {
             let _ = thread.join();

@@ -1,14 +1,19 @@
-//! What a yard run did: each vehicle's result, the campaign's outcome, the depot's and the
-//! corrupt peer's counters; written as `summary.json` and `report.html`, printed as a table.
+//! What a yard run did: each vehicle's result, the campaign's outcome, the depot's, the
+//! corrupt peer's and the attackers' counters; written as `summary.json` and `report.html`, printed as a table.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use super::follow::{Follow, Watched};
 use super::options::{YardOptions, rate_text};
+use super::parts::Attackers;
 use super::release::Release;
+use crate::attackers::report_flood::ReportFlood;
+use crate::attackers::slow_reader::SlowReader;
 use crate::rogue::Rogue;
 
 /// One vehicle at the end of the run.
@@ -34,6 +39,9 @@ pub struct VehicleResult {
     /// Seconds from approval to the end of its install, as its agent saw it (the check that
     /// ended the install also sent the report, to the director or to the depot).
     pub finished_after_secs: Option<f64>,
+    /// Seconds its fetches took (the delta's, as its agent timed them), from its first request
+    /// to the last verified byte; `None` when it fetched nothing.
+    pub fetch_secs: Option<f64>,
     /// Seconds from approval until the director had accepted its install report (committed or
     /// rolled back): netsim asks the director every 0.2 s, so this is up to 0.2 s late.
     pub reported_after_secs: Option<f64>,
@@ -78,6 +86,10 @@ pub struct YardSummary {
     pub completed_after_secs: Option<f64>,
     /// The corrupt peer, when there was one.
     pub corrupt_peer: Option<CorruptPeer>,
+    /// The slow reader, when there was one.
+    pub slow_reader: Option<SlowReaderSummary>,
+    /// The report flooder, when there was one.
+    pub report_flood: Option<ReportFloodSummary>,
     /// Each vehicle.
     pub results: Vec<VehicleResult>,
     /// Where the HTML report is.
@@ -100,6 +112,44 @@ pub struct CorruptPeer {
     pub depot_deferrals_expired: u64,
 }
 
+/// What the slow reader did, and what the depot says it refused and cut (the depot counts
+/// for every peer; honest vehicles, which read, are neither cut nor over their share).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SlowReaderSummary {
+    /// Its peer id.
+    pub peer: String,
+    /// Connections it made to the depot (each with fresh windows).
+    pub connections: u64,
+    /// Range requests it sent.
+    pub requests: u64,
+    /// Of those, the ones the depot let go of (refused, answered into its send buffer, or cut).
+    pub let_go: u64,
+    /// Requests and subscriptions the depot refused `Busy` because their peer held its share.
+    pub depot_over_share: u64,
+    /// Answers the depot cut because their peer read nothing for the write deadline.
+    pub depot_write_timeouts: u64,
+}
+
+/// What the report flooder did, and what the depot's relay made of it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReportFloodSummary {
+    /// Its peer id.
+    pub peer: String,
+    /// Reports it handed over.
+    pub sent: u64,
+    /// Of those, the ones the depot took to relay.
+    pub taken: u64,
+    /// Of those, the ones the depot refused (its relay quotas).
+    pub refused: u64,
+    /// Of those, the ones whose exchange failed.
+    pub failed: u64,
+    /// Reports the depot relayed that the director refused (the flood's; a vehicle's own
+    /// report is signed).
+    pub depot_relay_refused: u64,
+    /// Reports the depot relayed that the director accepted (the honest vehicles').
+    pub depot_relay_accepted: u64,
+}
+
 /// A run whose campaign has ended and whose parts have stopped, as the summary reads it.
 #[derive(Debug)]
 pub(super) struct Finished<'a> {
@@ -109,6 +159,7 @@ pub(super) struct Finished<'a> {
     /// The depot's `/status` at the end.
     pub(super) depot_status: &'a Value,
     pub(super) rogue: Option<&'a Rogue>,
+    pub(super) attackers: &'a Attackers,
     /// Seconds from approval to the end.
     pub(super) seconds: f64,
 }
@@ -141,6 +192,16 @@ fn summarise(run: &Finished<'_>, report: PathBuf) -> YardSummary {
         corrupt_peer: run
             .rogue
             .map(|rogue| corrupt_peer(rogue, depot, follow.from_rogue)),
+        slow_reader: run
+            .attackers
+            .slow_reader
+            .as_ref()
+            .map(|reader| slow_reader(reader, depot)),
+        report_flood: run
+            .attackers
+            .report_flood
+            .as_ref()
+            .map(|flood| report_flood(flood, depot)),
         campaign: follow.campaign.id.clone(),
         state: progress.map_or("?", |p| p.state.name()).to_string(),
         reason: progress.and_then(|p| p.state.reason()).map(str::to_string),
@@ -172,6 +233,7 @@ fn vehicle_result(run: &Finished<'_>, i: usize) -> VehicleResult {
         bytes_from_depot: watched.from_depot,
         bytes_from_peers: watched.from_peers,
         finished_after_secs: watched.finished_at,
+        fetch_secs: watched.fetch_secs,
         reported_after_secs: watched.reported_at,
         delta_bytes: watched
             .fetched_blobs
@@ -246,6 +308,35 @@ fn corrupt_peer(rogue: &Rogue, depot_status: &Value, bytes_kept: u64) -> Corrupt
     }
 }
 
+/// The slow reader's own counts and the depot's refusals and cuts.
+fn slow_reader(reader: &SlowReader, depot_status: &Value) -> SlowReaderSummary {
+    let counts = &reader.counts;
+    let requests = &depot_status["requests"];
+    SlowReaderSummary {
+        peer: reader.peer.to_string(),
+        connections: counts.connections.load(Relaxed),
+        requests: counts.requests.load(Relaxed),
+        let_go: counts.let_go.load(Relaxed),
+        depot_over_share: requests["over_share"].as_u64().unwrap_or(0),
+        depot_write_timeouts: requests["write_timeout"].as_u64().unwrap_or(0),
+    }
+}
+
+/// The report flooder's own counts and the depot's relay's.
+fn report_flood(flood: &ReportFlood, depot_status: &Value) -> ReportFloodSummary {
+    let counts = &flood.counts;
+    let relay = &depot_status["relay"];
+    ReportFloodSummary {
+        peer: flood.peer.to_string(),
+        sent: counts.sent.load(Relaxed),
+        taken: counts.taken.load(Relaxed),
+        refused: counts.refused.load(Relaxed),
+        failed: counts.failed.load(Relaxed),
+        depot_relay_refused: relay["refused"].as_u64().unwrap_or(0),
+        depot_relay_accepted: relay["accepted"].as_u64().unwrap_or(0),
+    }
+}
+
 /// The summary as a text table.
 pub fn table(summary: &YardSummary) -> String {
     let mut out = String::new();
@@ -271,13 +362,37 @@ pub fn table(summary: &YardSummary) -> String {
             rogue.peer, rogue.lies, rogue.bytes_kept, rogue.reported_by, rogue.depot_deferrals_expired
         ));
     }
+    if let Some(reader) = &summary.slow_reader {
+        out.push_str(&format!(
+            "slow reader {}: {} range requests on {} connections, {} let go of by the depot; the depot refused {} requests over a peer's share and cut {} answers nobody read\n",
+            reader.peer,
+            reader.requests,
+            reader.connections,
+            reader.let_go,
+            reader.depot_over_share,
+            reader.depot_write_timeouts,
+        ));
+    }
+    if let Some(flood) = &summary.report_flood {
+        out.push_str(&format!(
+            "report flooder {}: handed over {} reports: {} taken, {} refused, {} failed; the director refused {} relayed reports and accepted {}\n",
+            flood.peer,
+            flood.sent,
+            flood.taken,
+            flood.refused,
+            flood.failed,
+            flood.depot_relay_refused,
+            flood.depot_relay_accepted,
+        ));
+    }
     out.push_str(&format!(
-        "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>8} {:>10}  {:<8}  {}\n",
+        "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>7} {:>8} {:>10}  {:<8}  {}\n",
         "vehicle",
         "wave",
         "outcome",
         "depot KiB",
         "peers KiB",
+        "fetch s",
         "done s",
         "reported s",
         "report",
@@ -303,12 +418,13 @@ pub fn table(summary: &YardSummary) -> String {
         let mut outcome = r.outcome.clone().unwrap_or_else(|| "not offered".into());
         outcome.truncate(22);
         out.push_str(&format!(
-            "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>8} {:>10}  {:<8}  {}\n",
+            "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>7} {:>8} {:>10}  {:<8}  {}\n",
             r.vin,
             r.wave,
             outcome,
             r.bytes_from_depot / 1024,
             r.bytes_from_peers / 1024,
+            r.fetch_secs.map_or("-".into(), |s| format!("{s:.1}")),
             r.finished_after_secs
                 .map_or("-".into(), |s| format!("{s:.1}")),
             r.reported_after_secs
