@@ -26,10 +26,11 @@ use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConf
 /// director (or something posing as one) must not make a vehicle or depot read without end.
 pub const MAX_ANSWER_BYTES: u64 = 256 << 20;
 
-/// Bytes of the fleet's revocation list read at most: [`proto::membership::MAX_REVOKED`] peer
-/// ids (52 characters each for ed25519 ones, 128 at most) with their JSON. A vehicle fetches it
-/// at every metadata refresh, so it is bounded far below [`MAX_ANSWER_BYTES`].
-pub const MAX_REVOCATIONS_BYTES: u64 = proto::membership::MAX_REVOKED as u64 * 140 + 4096;
+/// Bytes of the fleet's revocation list read at most
+/// ([`proto::membership::MAX_REVOCATIONS_BYTES`], the same bound a peer's copy is held to). A
+/// vehicle fetches it at every metadata refresh, so it is bounded far below
+/// [`MAX_ANSWER_BYTES`].
+pub const MAX_REVOCATIONS_BYTES: u64 = proto::membership::MAX_REVOCATIONS_BYTES as u64;
 
 /// Why a request did not get the answer it asked for.
 #[derive(Debug, thiserror::Error)]

@@ -34,6 +34,11 @@ pub const MAX_REVOKED: usize = 200_000;
 /// The longest peer id text accepted (an ed25519 peer id is 52 characters; RSA ones longer).
 const MAX_PEER_TEXT: usize = 128;
 
+/// The most bytes an encoded [`SignedRevocations`] may take, as read from the director or from
+/// a peer: [`MAX_REVOKED`] peer ids (52 characters each for ed25519 ones, 128 at most) with
+/// their JSON and the signature.
+pub const MAX_REVOCATIONS_BYTES: usize = MAX_REVOKED * 140 + 4096;
+
 /// What a member does on the mesh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -208,6 +213,26 @@ impl SignedRevocations {
             key_id: key_id(&key.verifying_key()),
             signature,
         })
+    }
+
+    /// Its JSON, as a node keeps it and hands it on.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads one from untrusted bytes (at most [`MAX_REVOCATIONS_BYTES`]): its form and bounds,
+    /// not its signature, which is [`FleetKeys::verify_revocations`]'.
+    pub fn decode(bytes: &[u8]) -> Result<Self, MembershipError> {
+        if bytes.len() > MAX_REVOCATIONS_BYTES {
+            return Err(MembershipError::Malformed(format!(
+                "a revocation list of {} bytes (at most {MAX_REVOCATIONS_BYTES})",
+                bytes.len()
+            )));
+        }
+        let signed: Self = serde_json::from_slice(bytes)
+            .map_err(|e| MembershipError::Malformed(format!("revocation list: {e}")))?;
+        check_revoked(&signed.revocations)?;
+        Ok(signed)
     }
 }
 
@@ -512,5 +537,22 @@ mod tests {
         let round_trip: SignedRevocations =
             serde_json::from_slice(&serde_json::to_vec(&signed).unwrap()).unwrap();
         assert_eq!(round_trip, signed);
+        assert_eq!(SignedRevocations::decode(&signed.encode()).unwrap(), signed);
+    }
+
+    #[test]
+    fn a_revocation_list_from_bytes_is_bounded_and_its_faults_named() {
+        let big = vec![b' '; MAX_REVOCATIONS_BYTES + 1];
+        let error = SignedRevocations::decode(&big).unwrap_err();
+        assert!(error.to_string().contains("at most"), "{error}");
+        for (bytes, named) in [
+            (&b"{"[..], "revocation list"),
+            (b"{\"revocations\":{\"version\":1,\"issued\":1,\"peers\":[]},\"key_id\":\"\",\"signature\":\"\",\"extra\":1}", "extra"),
+            (b"{\"revocations\":{\"version\":1,\"issued\":1,\"peers\":[\"a\\nrevoked: b\"]},\"key_id\":\"\",\"signature\":\"\"}", "peer id"),
+        ] {
+            let error = SignedRevocations::decode(bytes).unwrap_err();
+            assert!(matches!(error, MembershipError::Malformed(_)), "{error}");
+            assert!(error.to_string().contains(named), "{error}");
+        }
     }
 }

@@ -9,6 +9,10 @@
 //!   vehicle finds the current `timestamp.json`, whose content, and so whose id, it cannot know
 //!   in advance. The answer is a claim like any other; what the vehicle fetches is verified
 //!   against the id it was given, and then as signed metadata.
+//! - Let a node ask a peer for the fleet's revocation list if the peer holds a newer one than
+//!   its own ([`RevocationsQuery`], [`RevocationsOffer`]): how a vehicle that never reaches the
+//!   director learns of a revocation from its depot. The list follows the answer on the stream;
+//!   it is signed by the fleet key, so the peer only carries it and cannot forge or alter it.
 //! - Decode untrusted bytes without panicking, with a hard limit on message size
 //!   ([`MAX_MESSAGE_BYTES`]) and on what a decoded message may allocate, and with errors that name
 //!   the field and byte offset that were wrong.
@@ -66,6 +70,8 @@ pub const MAX_PEER_ID_BYTES: usize = 64;
 pub const MAX_PEER_ADDRS: usize = 4;
 /// Bytes of one address at most (a QUIC multiaddr over IPv6 takes about 30).
 pub const MAX_ADDR_BYTES: usize = 128;
+/// Bytes of a fleet revocation list that follows a [`RevocationsOffer`] at most.
+pub const MAX_REVOCATIONS_BYTES: u64 = crate::membership::MAX_REVOCATIONS_BYTES as u64;
 /// Bytes of one relayed vehicle report at most (a signed manifest for a dozen ECUs takes a few
 /// KiB); the frame around it stays below [`MAX_MESSAGE_BYTES`].
 pub const MAX_REPORT_BYTES: usize = MAX_MESSAGE_BYTES - 64;
@@ -197,6 +203,28 @@ pub struct Report {
 pub struct ReportTaken {
     /// The BLAKE3 hash of the manifest's bytes, so the sender knows which bytes were taken.
     pub report: BlobId,
+}
+
+/// Asks a peer for the fleet's signed revocation list if it holds a newer one than
+/// `newer_than`. Answered by a [`RevocationsOffer`]; a peer that hands on no list (an open mesh)
+/// answers [`ErrorCode::NotFound`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevocationsQuery {
+    /// The version of the list the asker holds (0: none).
+    pub newer_than: u64,
+}
+
+/// The answer to a [`RevocationsQuery`]: the version of the list the peer holds, and the bytes
+/// of that list (a [`SignedRevocations`](crate::membership::SignedRevocations) as JSON) that
+/// follow this frame on the stream. `length` is 0, and nothing follows, when the peer holds no
+/// newer list than the asker's ("not newer"). What follows is a claim until the fleet key's
+/// signature verifies, and is refused if older than what the asker holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevocationsOffer {
+    /// The version of the list the peer holds (0: none).
+    pub version: u64,
+    /// Bytes of the list that follow, at most [`MAX_REVOCATIONS_BYTES`]; 0 when not newer.
+    pub length: u64,
 }
 
 /// Checks that `name` may be used as a name: 1 to [`MAX_NAME_BYTES`] bytes of UTF-8 without
@@ -343,6 +371,11 @@ pub enum Message {
     /// See [`Distrust`]. Added after the first release of version 1: a peer that does not know
     /// it answers `BadRequest`.
     Distrust(Distrust),
+    /// See [`RevocationsQuery`]. Added after the first release of version 1: a peer that does
+    /// not know it answers `BadRequest`.
+    RevocationsQuery(RevocationsQuery),
+    /// See [`RevocationsOffer`].
+    RevocationsOffer(RevocationsOffer),
 }
 
 mod kind {
@@ -361,6 +394,8 @@ mod kind {
     pub(super) const REPORT: u8 = 13;
     pub(super) const REPORT_TAKEN: u8 = 14;
     pub(super) const DISTRUST: u8 = 15;
+    pub(super) const REVOCATIONS_QUERY: u8 = 16;
+    pub(super) const REVOCATIONS_OFFER: u8 = 17;
 }
 
 /// Why bytes from a peer are not a valid message. Offsets count from the start of the frame,
@@ -500,6 +535,14 @@ pub enum EncodeError {
         /// Its length.
         length: usize,
     },
+    /// A revocation list longer than [`MAX_REVOCATIONS_BYTES`] cannot be offered.
+    #[error(
+        "a revocation list of {length} bytes cannot be offered (at most {MAX_REVOCATIONS_BYTES})"
+    )]
+    RevocationsTooLong {
+        /// Its length.
+        length: u64,
+    },
 }
 
 /// Checks a frame's length prefix before anything else is read, so a peer cannot make us buffer
@@ -608,6 +651,20 @@ impl Message {
                 }
                 put_varint(&mut out, distrust.peer.len() as u64);
                 out.extend_from_slice(&distrust.peer);
+            }
+            Self::RevocationsQuery(query) => {
+                out.push(kind::REVOCATIONS_QUERY);
+                put_varint(&mut out, query.newer_than);
+            }
+            Self::RevocationsOffer(offer) => {
+                out.push(kind::REVOCATIONS_OFFER);
+                if offer.length > MAX_REVOCATIONS_BYTES {
+                    return Err(EncodeError::RevocationsTooLong {
+                        length: offer.length,
+                    });
+                }
+                put_varint(&mut out, offer.version);
+                put_varint(&mut out, offer.length);
             }
         }
         // Groups stay below 2^32 (5-byte varints), so MAX_RANGES ranges take at most 40 KiB and
@@ -720,6 +777,22 @@ impl Message {
                 blob: reader.blob_id("blob")?,
                 peer: reader.bytes("peer", MAX_PEER_ID_BYTES)?,
             }),
+            kind::REVOCATIONS_QUERY => Self::RevocationsQuery(RevocationsQuery {
+                newer_than: reader.varint("newer_than")?,
+            }),
+            kind::REVOCATIONS_OFFER => {
+                let version = reader.varint("version")?;
+                let offset = reader.offset();
+                let length = reader.varint("length")?;
+                if length > MAX_REVOCATIONS_BYTES {
+                    return Err(WireError::InvalidValue {
+                        field: "length",
+                        offset,
+                        value: length,
+                    });
+                }
+                Self::RevocationsOffer(RevocationsOffer { version, length })
+            }
             kind => return Err(WireError::UnknownKind { kind }),
         };
         let left = reader.bytes.len() - reader.position;
@@ -1035,6 +1108,18 @@ mod tests {
                 manifest: vec![0xff; MAX_REPORT_BYTES],
             }),
             Message::ReportTaken(ReportTaken { report: blob() }),
+            Message::RevocationsQuery(RevocationsQuery { newer_than: 0 }),
+            Message::RevocationsQuery(RevocationsQuery {
+                newer_than: u64::MAX,
+            }),
+            Message::RevocationsOffer(RevocationsOffer {
+                version: 0,
+                length: 0,
+            }),
+            Message::RevocationsOffer(RevocationsOffer {
+                version: 12,
+                length: MAX_REVOCATIONS_BYTES,
+            }),
             Message::Distrust(Distrust {
                 blob: blob(),
                 peer: vec![7; MAX_PEER_ID_BYTES],
@@ -1202,6 +1287,34 @@ mod tests {
             ),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_revocations_offer_over_the_limit_is_refused_both_ways() {
+        let over = Message::RevocationsOffer(RevocationsOffer {
+            version: 3,
+            length: MAX_REVOCATIONS_BYTES + 1,
+        });
+        assert_eq!(
+            over.encode(),
+            Err(EncodeError::RevocationsTooLong {
+                length: MAX_REVOCATIONS_BYTES + 1
+            })
+        );
+        // A frame announcing one byte more than allowed is refused at its `length` field.
+        let mut frame = vec![0, 0, 0, 0, WIRE_VERSION, kind::REVOCATIONS_OFFER, 3];
+        put_varint(&mut frame, MAX_REVOCATIONS_BYTES + 1);
+        frame[0] = (frame.len() - LENGTH_PREFIX_BYTES) as u8;
+        let error = Message::decode_frame(&frame).unwrap_err();
+        assert_eq!(
+            error,
+            WireError::InvalidValue {
+                field: "length",
+                offset: 7,
+                value: MAX_REVOCATIONS_BYTES + 1
+            }
+        );
+        assert!(error.to_string().contains("`length` at byte 7"), "{error}");
     }
 
     #[test]
@@ -1459,6 +1572,11 @@ mod tests {
                 .prop_map(|manifest| Message::Report(Report { manifest })),
             blob.clone()
                 .prop_map(|report| Message::ReportTaken(ReportTaken { report })),
+            any::<u64>()
+                .prop_map(|newer_than| Message::RevocationsQuery(RevocationsQuery { newer_than })),
+            (any::<u64>(), 0..=MAX_REVOCATIONS_BYTES).prop_map(|(version, length)| {
+                Message::RevocationsOffer(RevocationsOffer { version, length })
+            }),
             (
                 blob.clone(),
                 proptest::collection::vec(any::<u8>(), 1..=MAX_PEER_ID_BYTES)
