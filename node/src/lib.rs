@@ -26,6 +26,7 @@ pub mod policy;
 pub mod protocol;
 pub mod ratelimit;
 pub mod relay;
+pub mod revocations;
 pub mod runtime;
 pub mod seeding;
 pub mod serve;

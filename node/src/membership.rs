@@ -9,17 +9,22 @@
 //! [`INTRODUCTION_TIMEOUT`], or something that does not hold, is disconnected and counted.
 //! Revocations and expiries also end the connections of peers already admitted.
 //!
+//! The signed revocation list a node holds is handed on to members that ask for a newer one
+//! ([`RevocationsInForce`], [`offer`]): the fleet key signed it, so any member can carry it,
+//! and a vehicle that never reaches the director learns of revocations from its depot.
+//!
 //! [`Gate`] is the decision, sans-IO; the network driver (`net::driver`) does the talking.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use libp2p::{PeerId, StreamProtocol};
 use proto::membership::{
     FleetKeys, MemberRole, MembershipCert, MembershipError, Revocations, SignedRevocations,
 };
+use proto::wire::RevocationsOffer;
 
 /// The protocol on which peers introduce themselves.
 pub const MEMBER_PROTOCOL: StreamProtocol = StreamProtocol::new("/depotmesh/member/1.0.0");
@@ -134,6 +139,71 @@ impl MembershipCounters {
     }
 }
 
+/// A signed revocation list as a node hands it on: its version and its bytes, encoded once
+/// ([`SignedRevocations::encode`]) rather than for every peer that asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldRevocations {
+    /// The list's version.
+    pub version: u64,
+    /// The signed list's JSON.
+    pub bytes: Arc<[u8]>,
+}
+
+impl HeldRevocations {
+    /// `signed`, encoded.
+    pub fn of(signed: &SignedRevocations) -> Self {
+        Self {
+            version: signed.revocations.version,
+            bytes: signed.encode().into(),
+        }
+    }
+}
+
+/// What to answer a peer that holds version `newer_than` (0: none) when this node holds `held`:
+/// the offer, and the bytes that follow it (none when the list is not newer than the asker's).
+pub fn offer(
+    held: Option<&HeldRevocations>,
+    newer_than: u64,
+) -> (RevocationsOffer, Option<Arc<[u8]>>) {
+    match held {
+        Some(held) if held.version > newer_than => (
+            RevocationsOffer {
+                version: held.version,
+                length: held.bytes.len() as u64,
+            },
+            Some(held.bytes.clone()),
+        ),
+        _ => (
+            RevocationsOffer {
+                version: held.map_or(0, |held| held.version),
+                length: 0,
+            },
+            None,
+        ),
+    }
+}
+
+/// The revocation list in force on a node, shared by its [`Gate`], which replaces it with every
+/// newer list it takes, and whoever hands it on (the server's
+/// [`Roles::revocations`](crate::serve::Roles::revocations)). Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct RevocationsInForce(Arc<Mutex<Option<HeldRevocations>>>);
+
+impl RevocationsInForce {
+    /// The list in force now, if the node holds one.
+    pub fn get(&self) -> Option<HeldRevocations> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, signed: &SignedRevocations) {
+        let held = HeldRevocations::of(signed);
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
+    }
+}
+
 /// An admitted peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -149,6 +219,7 @@ pub struct Gate {
     keys: FleetKeys,
     own: Vec<u8>,
     revocations: Revocations,
+    in_force: RevocationsInForce,
     admitted: BTreeMap<PeerId, Member>,
     counters: Arc<MembershipCounters>,
 }
@@ -169,8 +240,13 @@ impl Gate {
             revocations,
         } = membership;
         keys.verify_cert(&certificate, &me.to_string(), now)?;
+        let in_force = RevocationsInForce::default();
         let revocations = match revocations {
-            Some(signed) => keys.verify_revocations(&signed, 0)?.clone(),
+            Some(signed) => {
+                let revocations = keys.verify_revocations(&signed, 0)?.clone();
+                in_force.set(&signed);
+                revocations
+            }
             None => Revocations::default(),
         };
         if revocations.revokes(&me.to_string()) {
@@ -189,6 +265,7 @@ impl Gate {
             keys,
             own: certificate.encode(),
             revocations,
+            in_force,
             admitted: BTreeMap::new(),
             counters,
         })
@@ -197,6 +274,12 @@ impl Gate {
     /// This node's certificate as presented.
     pub fn own_certificate(&self) -> &[u8] {
         &self.own
+    }
+
+    /// The signed revocation list in force, as it is handed on; it follows every newer list
+    /// this gate takes.
+    pub fn in_force(&self) -> RevocationsInForce {
+        self.in_force.clone()
     }
 
     /// Admits `peer` on the certificate bytes it presented, at `now`, or refuses it (counted).
@@ -266,6 +349,7 @@ impl Gate {
             return Ok(Vec::new());
         }
         self.revocations = offered.clone();
+        self.in_force.set(signed);
         self.counters
             .revocations_version
             .store(offered.version, Relaxed);
@@ -429,6 +513,24 @@ mod tests {
         ));
         assert_eq!(gate.update_revocations(&list(2, &[vehicle])).unwrap(), []);
         assert_eq!(gate.revocations_version(), 2);
+        // The list in force is what the node hands on: version 2, signed, to whoever holds less.
+        let held = gate.in_force().get().unwrap();
+        assert_eq!(held.version, 2);
+        assert_eq!(
+            SignedRevocations::decode(&held.bytes).unwrap(),
+            list(2, &[vehicle])
+        );
+        let (to_older, bytes) = offer(Some(&held), 1);
+        assert_eq!(
+            (to_older.version, to_older.length),
+            (2, held.bytes.len() as u64)
+        );
+        assert_eq!(bytes.as_deref(), Some(&held.bytes[..]));
+        for newer_than in [2, 3] {
+            let (not_newer, bytes) = offer(Some(&held), newer_than);
+            assert_eq!((not_newer.version, not_newer.length, bytes), (2, 0, None));
+        }
+        assert_eq!(offer(None, 0).0.version, 0);
         // Expiry ends an admission too.
         assert_eq!(gate.expire(10_000), [other]);
         assert!(!gate.is_admitted(&other));

@@ -55,7 +55,7 @@ pub use libp2p::Stream;
 
 use driver::{Behaviour, Command, Driver, Members};
 
-use crate::membership::{Gate, MembershipCounters, MeshMembership};
+use crate::membership::{Gate, MembershipCounters, MeshMembership, RevocationsInForce};
 
 /// How many events wait for the application before newer ones are dropped (with a warning).
 /// Events are reports, not commands: the swarm must not stall because nobody reads them.
@@ -324,6 +324,7 @@ pub struct NetHandle {
     dial_timeout: Duration,
     stream_open_timeout: Duration,
     membership: Option<Arc<MembershipCounters>>,
+    revocations: Option<RevocationsInForce>,
 }
 
 impl fmt::Debug for NetHandle {
@@ -452,6 +453,13 @@ impl NetHandle {
     /// What the membership gate decided so far; `None` on an open mesh.
     pub fn membership_counters(&self) -> Option<Arc<MembershipCounters>> {
         self.membership.clone()
+    }
+
+    /// The signed revocation list in force, as this node hands it on to members that ask
+    /// ([`crate::serve::Roles::revocations`]); `None` on an open mesh. Holding it does not keep
+    /// the node running.
+    pub fn revocations_in_force(&self) -> Option<RevocationsInForce> {
+        self.revocations.clone()
     }
 
     /// Takes a newer fleet revocation list: peers it revokes are disconnected at once and
@@ -604,6 +612,7 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
         None => None,
     };
     let membership = members.as_ref().map(|_| counters);
+    let revocations = members.as_ref().map(|members| members.gate.in_force());
 
     let mut listeners = 0_usize;
     for addr in &config.listen {
@@ -643,6 +652,7 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
         dial_timeout: config.dial_timeout,
         stream_open_timeout: config.stream_open_timeout,
         membership,
+        revocations,
     };
     let incoming = IncomingStreams {
         receiver: stream_receiver,

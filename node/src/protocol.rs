@@ -6,6 +6,10 @@
 //! [`NameQuery`]); the server answers with one frame ([`Have`], [`RangeResponse`] then the bao
 //! stream of those groups, [`Named`], or an [`ErrorMessage`]) and closes. Cancelling a request is dropping its stream.
 //!
+//! A question for the fleet's revocation list ([`wire::RevocationsQuery`]) is answered by a
+//! [`wire::RevocationsOffer`] followed by the signed list's bytes, or by the offer alone when
+//! the list is not newer than the asker's.
+//!
 //! A subscription ([`Message::HaveSubscribe`]) is the one long exchange: the server answers with
 //! a [`Have`], then writes a [`Message::HaveMore`] with the groups it gained, at most once per
 //! [`HAVE_PUSH_INTERVAL`] and only when there are some, until the client closes or drops its
@@ -21,12 +25,14 @@ use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use proto::bao::{self, ExpectedSize, RangeVerifier, VerifyError};
+use proto::membership::{MembershipError, SignedRevocations};
 use proto::wire::{
     self, ErrorCode, ErrorMessage, Have, HaveQuery, Message, NameQuery, Named, Peers, PeersQuery,
     RangeRequest, RangeResponse, WireError,
 };
 use proto::{BlobId, ChunkGroupRanges};
 
+use crate::membership::HeldRevocations;
 use crate::storage::{Index, Storage};
 use crate::store::{BlobStore, LAYOUT, StoreError};
 
@@ -73,6 +79,9 @@ pub enum ExchangeError {
     /// A message could not be encoded (a bug on our side).
     #[error("encoding a message failed")]
     Encode(#[from] wire::EncodeError),
+    /// The peer offered a revocation list that is not one, or not the one it announced.
+    #[error("peer sent a bad revocation list: {0}")]
+    BadRevocations(#[from] MembershipError),
 }
 
 impl ExchangeError {
@@ -82,7 +91,10 @@ impl ExchangeError {
         match self {
             Self::Verify(error) => error.is_peer_misbehaviour(),
             // Malformed frames and answers that break the exchange's rules are lies too.
-            Self::UnaskedGroups { .. } | Self::Wire(_) | Self::UnexpectedAnswer { .. } => true,
+            Self::UnaskedGroups { .. }
+            | Self::Wire(_)
+            | Self::UnexpectedAnswer { .. }
+            | Self::BadRevocations(_) => true,
             _ => false,
         }
     }
@@ -173,6 +185,13 @@ pub enum Served {
     Report {
         /// The BLAKE3 hash of the report's bytes.
         report: BlobId,
+    },
+    /// Answered a question for the fleet's revocation list.
+    Revocations {
+        /// The version offered (0: none held).
+        version: u64,
+        /// Bytes of the list sent (0: not newer than the asker's).
+        bytes: u64,
     },
     /// Answered with an error.
     Refused {
@@ -363,6 +382,8 @@ fn kind_name(message: &Message) -> &'static str {
         Message::Report(_) => "report",
         Message::ReportTaken(_) => "report taken",
         Message::Distrust(_) => "distrust",
+        Message::RevocationsQuery(_) => "revocations query",
+        Message::RevocationsOffer(_) => "revocations offer",
         _ => "unknown message",
     }
 }
@@ -555,6 +576,107 @@ pub async fn hand_report<St: AsyncRead + AsyncWrite + Unpin>(
         other => Err(other),
     })
     .await
+}
+
+/// Answers a peer that holds revocations version `newer_than` with the list this node `held`
+/// ([`crate::membership::offer`]): the offer, then the list's bytes when it is newer; then
+/// closes the stream.
+pub async fn answer_revocations<St>(
+    mut stream: St,
+    newer_than: u64,
+    held: Option<&HeldRevocations>,
+) -> Result<Served, ExchangeError>
+where
+    St: AsyncRead + AsyncWrite + Unpin,
+{
+    let (offer, bytes) = crate::membership::offer(held, newer_than);
+    write_message(&mut stream, &Message::RevocationsOffer(offer)).await?;
+    if let Some(bytes) = &bytes {
+        stream.write_all(bytes).await?;
+    }
+    stream.close().await?;
+    Ok(Served::Revocations {
+        version: offer.version,
+        bytes: offer.length,
+    })
+}
+
+/// What a peer answered to a question for the fleet's revocation list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OfferedRevocations {
+    /// It holds nothing newer than the asker: this version (0: none).
+    NotNewer {
+        /// The version it holds.
+        version: u64,
+    },
+    /// It handed on this list: well-formed, bounded and of the version it announced, but its
+    /// signature and whether it is newer than the list in force are for the membership gate to
+    /// check ([`crate::net::NetHandle::update_revocations`]).
+    List(SignedRevocations),
+}
+
+/// Asks the peer on `stream` for the fleet's revocation list if it holds a newer one than
+/// version `newer_than` (0: none). Reads at most [`wire::MAX_REVOCATIONS_BYTES`] after the
+/// offer.
+pub async fn query_revocations<St: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: St,
+    newer_than: u64,
+) -> Result<OfferedRevocations, ExchangeError> {
+    let question = Message::RevocationsQuery(wire::RevocationsQuery { newer_than });
+    write_message(&mut stream, &question).await?;
+    let offer = match read_answer(&mut stream).await? {
+        Message::RevocationsOffer(offer) => offer,
+        Message::Error(error) => {
+            return Err(ExchangeError::Refused {
+                code: error.code,
+                detail: error.detail,
+            });
+        }
+        other => {
+            return Err(ExchangeError::UnexpectedAnswer {
+                question: kind_name(&question),
+                answer: format!("{other:?}"),
+            });
+        }
+    };
+    if offer.length == 0 {
+        return Ok(OfferedRevocations::NotNewer {
+            version: offer.version,
+        });
+    }
+    // The length is bounded by the frame's decoder; the buffer grows with what arrives, not
+    // with what was announced.
+    let mut bytes = Vec::new();
+    (&mut stream)
+        .take(offer.length)
+        .read_to_end(&mut bytes)
+        .await?;
+    if bytes.len() as u64 != offer.length {
+        return Err(ExchangeError::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the revocation list ended after {} of the {} bytes offered",
+                bytes.len(),
+                offer.length
+            ),
+        )));
+    }
+    let mut more = [0u8; 1];
+    if stream.read(&mut more).await? != 0 {
+        return Err(ExchangeError::BadRevocations(MembershipError::Malformed(
+            format!("bytes follow the {} bytes offered", offer.length),
+        )));
+    }
+    let signed = SignedRevocations::decode(&bytes)?;
+    if signed.revocations.version != offer.version {
+        return Err(ExchangeError::BadRevocations(MembershipError::Malformed(
+            format!(
+                "version {} was offered, and the list is version {}",
+                offer.version, signed.revocations.version
+            ),
+        )));
+    }
+    Ok(OfferedRevocations::List(signed))
 }
 
 impl ExchangeError {

@@ -1,7 +1,8 @@
 //! The server side of a node: every stream a peer opens is answered from the blob store, within
 //! a bounded number of transfer slots and have subscriptions, of which one peer holds at most a
 //! share, and with a deadline on every write, with the extra duties of a depot ([`Roles`]: the
-//! yard's tracker, the report relay, an upload pace).
+//! yard's tracker, the report relay, an upload pace) and of every fleet member (handing on the
+//! fleet's revocation list).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,10 +10,11 @@ use std::time::Duration;
 
 use futures::future::Either;
 use libp2p::PeerId;
-use proto::wire::{ErrorCode, HaveQuery, Message, PeersQuery};
+use proto::wire::{ErrorCode, HaveQuery, Message, PeersQuery, RevocationsQuery};
 use tokio::task::JoinHandle;
 
 use crate::admission::{Admission, Refusal};
+use crate::membership::RevocationsInForce;
 use crate::net::IncomingStreams;
 use crate::protocol::{self, ExchangeError, Served};
 use crate::ratelimit::{RateLimit, Throttled};
@@ -113,6 +115,11 @@ pub struct Roles {
     /// subscriptions, peer lists, report acknowledgements and refusals (a few hundred bytes
     /// each) are not paced. `None`: as fast as it goes.
     pub upload_limit: Option<Arc<RateLimit>>,
+    /// The fleet's signed revocation list this node holds ([`crate::net::NetHandle::
+    /// revocations_in_force`]), handed to members that hold an older one: a depot's yard learns
+    /// of revocations from it without reaching the director. Within a transfer slot, paced.
+    /// `None` (an open mesh): such questions are refused `NotFound`.
+    pub revocations: Option<RevocationsInForce>,
 }
 
 impl std::fmt::Debug for Roles {
@@ -124,6 +131,7 @@ impl std::fmt::Debug for Roles {
                 "upload_limit",
                 &self.upload_limit.as_ref().map(|l| l.bytes_per_second()),
             )
+            .field("revocations", &self.revocations.is_some())
             .finish()
     }
 }
@@ -159,7 +167,8 @@ pub fn spawn_server_with<S: Storage, I: Index>(
                         | Served::Name { .. }
                         | Served::Peers { .. }
                         | Served::Distrust { .. }
-                        | Served::Report { .. },
+                        | Served::Report { .. }
+                        | Served::Revocations { .. },
                     ) => {}
                     Ok(Served::Refused { code }) => {
                         counters.refused.fetch_add(1, Relaxed);
@@ -264,6 +273,9 @@ async fn serve_stream<S: Storage, I: Index>(
         })??;
     match (question, tracker) {
         (Message::Report(report), _) => relay_report(stream, peer, report, roles).await,
+        (Message::RevocationsQuery(RevocationsQuery { newer_than }), _) => {
+            hand_on_revocations(stream, peer, newer_than, slots, roles).await
+        }
         (Message::HaveSubscribe(HaveQuery { blob }), _) => {
             if let Some(tracker) = tracker {
                 tracker.swarms(peer, blob);
@@ -357,6 +369,40 @@ async fn relay_report(
     }
 }
 
+/// Hands the revocation list in force to a member that holds an older one (the gate admitted
+/// it: strangers' streams never reach the server), within a transfer slot and the upload pace.
+async fn hand_on_revocations(
+    stream: ServedStream,
+    peer: PeerId,
+    newer_than: u64,
+    slots: &Slots,
+    roles: &Roles,
+) -> Result<Served, ExchangeError> {
+    let question = Message::RevocationsQuery(RevocationsQuery { newer_than });
+    let Some(in_force) = &roles.revocations else {
+        let detail = "this peer hands on no revocation list (it runs an open mesh)";
+        return protocol::refuse(stream, &question, ErrorCode::NotFound, detail).await;
+    };
+    match slots.transfers.take(peer, &slots.counters) {
+        Ok(_slot) => {
+            let held = in_force.get();
+            protocol::answer_revocations(paced(stream, roles), newer_than, held.as_ref()).await
+        }
+        Err(refusal) => {
+            let detail = busy_detail(refusal, "serving as many requests as it can");
+            protocol::refuse(stream, &question, ErrorCode::Busy, detail).await
+        }
+    }
+}
+
+/// `stream`, its writes paced by [`Roles::upload_limit`] when there is one.
+fn paced(stream: ServedStream, roles: &Roles) -> Either<ServedStream, Throttled<ServedStream>> {
+    match &roles.upload_limit {
+        Some(limit) => Either::Right(Throttled::writes(stream, limit.clone())),
+        None => Either::Left(stream),
+    }
+}
+
 async fn answer_within_slots<S: Storage, I: Index>(
     store: &BlobStore<S, I>,
     peer: PeerId,
@@ -366,13 +412,7 @@ async fn answer_within_slots<S: Storage, I: Index>(
     roles: &Roles,
 ) -> Result<Served, ExchangeError> {
     match slots.transfers.take(peer, &slots.counters) {
-        Ok(_slot) => {
-            let stream = match &roles.upload_limit {
-                Some(limit) => Either::Right(Throttled::writes(stream, limit.clone())),
-                None => Either::Left(stream),
-            };
-            protocol::answer(store, stream, question).await
-        }
+        Ok(_slot) => protocol::answer(store, paced(stream, roles), question).await,
         Err(refusal) => {
             let detail = busy_detail(refusal, "serving as many requests as it can");
             protocol::refuse(stream, &question, ErrorCode::Busy, detail).await

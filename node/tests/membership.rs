@@ -3,6 +3,10 @@
 //! copied, an expired one) gets no byte, no have-map and no answer; a member fetches; a revoked
 //! member is cut off at once and refused at the handshake when it comes back; a crowd of silent
 //! strangers does not keep a member out. Every refusal is counted.
+//!
+//! The revocation list travels the mesh too: a depot hands a newer list to a vehicle that asks,
+//! which cuts its revoked neighbour off and keeps the list; an older, forged or garbled list
+//! from a peer is refused and the list kept stays; a stranger cannot ask.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -57,12 +61,20 @@ fn certificate(
 
 /// A loopback node of the fleet in `role`, its certificate valid for a day.
 async fn member(role: MemberRole) -> (NetHandle, net::NetEvents, net::IncomingStreams, Multiaddr) {
+    member_holding(role, None).await
+}
+
+/// [`member`], started with the revocation list `revocations`.
+async fn member_holding(
+    role: MemberRole,
+    revocations: Option<SignedRevocations>,
+) -> (NetHandle, net::NetEvents, net::IncomingStreams, Multiaddr) {
     let keypair = Keypair::generate_ed25519();
     let peer = keypair.public().to_peer_id();
     let membership = MeshMembership {
         certificate: certificate(&fleet_key(), peer, role, now() - 60, now() + 86_400),
         keys: FleetKeys::new([fleet_key().verifying_key()]),
-        revocations: None,
+        revocations,
     };
     let config = NetConfig {
         keypair: Some(keypair),
@@ -381,4 +393,224 @@ async fn a_node_whose_certificate_is_not_its_own_or_expired_does_not_start() {
         let error = net::start(config).await.unwrap_err();
         assert!(error.to_string().contains("membership"), "{error}");
     }
+}
+
+/// The fleet's revocation list `version`, revoking `peers`, signed by `key`.
+fn revocation_list(key: &SigningKey, version: u64, peers: &[PeerId]) -> SignedRevocations {
+    let revocations = Revocations {
+        version,
+        issued: now(),
+        peers: peers.iter().map(PeerId::to_string).collect(),
+    };
+    SignedRevocations::sign(key, revocations).unwrap()
+}
+
+/// Serves `store` as a depot does, handing on the revocation list `node` holds.
+fn serve_with_revocations(node: &NetHandle, incoming: net::IncomingStreams) -> Arc<ServeCounters> {
+    let served = Arc::new(ServeCounters::default());
+    let roles = serve::Roles {
+        revocations: node.revocations_in_force(),
+        ..serve::Roles::default()
+    };
+    serve::spawn_server_with(Arc::new(new_store()), incoming, served.clone(), roles);
+    served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_depot_hands_a_newer_revocation_list_on_and_the_revoked_neighbour_is_cut_off() {
+    let (neighbour, mut neighbour_events, _neighbour_incoming, neighbour_addr) =
+        member(MemberRole::Vehicle).await;
+    let list = revocation_list(&fleet_key(), 2, &[neighbour.peer_id()]);
+    let (depot, _depot_events, depot_incoming, depot_addr) =
+        member_holding(MemberRole::Depot, Some(list.clone())).await;
+    let served = serve_with_revocations(&depot, depot_incoming);
+
+    // A vehicle that holds no list yet, connected to its neighbour.
+    let (vehicle, _vehicle_events, _vehicle_incoming, _) = member(MemberRole::Vehicle).await;
+    assert_eq!(
+        vehicle.dial(neighbour_addr).await.unwrap(),
+        neighbour.peer_id()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("revocations.json");
+
+    let got = node::revocations::refresh_from_mesh(
+        &vehicle,
+        std::slice::from_ref(&depot_addr),
+        Some(&keep),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        got,
+        node::revocations::MeshRevocations::Taken {
+            version: 2,
+            from: depot.peer_id(),
+            revoked: vec![neighbour.peer_id()],
+        }
+    );
+    disconnected(&mut neighbour_events, vehicle.peer_id()).await;
+    let gate = vehicle.membership_counters().unwrap();
+    let vehicle_addr = vehicle.listen_addrs().await[0].clone();
+    assert!(
+        neighbour.dial(vehicle_addr).await.is_err(),
+        "the revoked neighbour came back"
+    );
+    assert_eq!(gate.refused(RefusalKind::Revoked), 1, "{gate:?}");
+    assert_eq!(gate.revocations_version.load(Relaxed), 2);
+    assert_eq!(
+        node::mesh_config::read_revocations(&keep).unwrap(),
+        Some(list)
+    );
+    // The vehicle now hands the same list on itself.
+    assert_eq!(
+        vehicle
+            .revocations_in_force()
+            .unwrap()
+            .get()
+            .unwrap()
+            .version,
+        2
+    );
+
+    // Asked again, the depot has nothing newer: its offer comes without a list.
+    let again = node::revocations::refresh_from_mesh(&vehicle, &[depot_addr], Some(&keep), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        node::revocations::MeshRevocations::Current {
+            version: 2,
+            from: depot.peer_id(),
+        }
+    );
+    assert_eq!(served.refused.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_forged_or_garbled_list_from_a_peer_is_refused_and_the_kept_list_stays() {
+    let revoked = PeerId::random();
+    let held = revocation_list(&fleet_key(), 2, &[revoked]);
+    let (vehicle, _vehicle_events, _vehicle_incoming, _) =
+        member_holding(MemberRole::Vehicle, Some(held.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("revocations.json");
+    node::mesh_config::keep_revocations(&keep, &held).unwrap();
+    let kept = std::fs::read(&keep).unwrap();
+
+    // A member that answers by hand, with what each case sends after its offer.
+    let (rogue, _rogue_events, mut rogue_incoming, rogue_addr) = member(MemberRole::Vehicle).await;
+    let older = revocation_list(&fleet_key(), 1, &[]).encode();
+    let forged = revocation_list(&SigningKey::from_bytes(&[7; 32]), 9, &[]).encode();
+    let mut pardon = revocation_list(&fleet_key(), 3, &[revoked]);
+    pardon.revocations.peers.clear();
+    let relabelled = revocation_list(&fleet_key(), 3, &[revoked]).encode();
+    let cases: Vec<(u64, u64, Vec<u8>, &str)> = vec![
+        (1, older.len() as u64, older, "older than version 2"),
+        (9, forged.len() as u64, forged, "does not trust"),
+        (
+            3,
+            pardon.encode().len() as u64,
+            pardon.encode(),
+            "does not verify",
+        ),
+        (
+            7,
+            relabelled.len() as u64,
+            relabelled,
+            "version 7 was offered, and the list is version 3",
+        ),
+        (
+            5,
+            1000,
+            b"{\"revocations\":".to_vec(),
+            "ended after 15 of the 1000 bytes",
+        ),
+        (5, 2, b"{}".to_vec(), "revocation list: missing field"),
+    ];
+    let (asked, mut questions) = tokio::sync::mpsc::unbounded_channel();
+    let answers: Vec<(u64, u64, Vec<u8>)> = cases
+        .iter()
+        .map(|(v, l, b, _)| (*v, *l, b.clone()))
+        .collect();
+    tokio::spawn(async move {
+        for (version, length, bytes) in answers {
+            let (_, mut stream) = rogue_incoming.next().await.unwrap();
+            let question = node::protocol::read_question(&mut stream).await.unwrap();
+            asked.send(question).unwrap();
+            let offer =
+                Message::RevocationsOffer(proto::wire::RevocationsOffer { version, length });
+            stream.write_all(&offer.encode().unwrap()).await.unwrap();
+            stream.write_all(&bytes).await.unwrap();
+            stream.close().await.unwrap();
+        }
+    });
+    for (_, _, _, expected) in &cases {
+        let error = node::revocations::refresh_from_mesh(
+            &vehicle,
+            std::slice::from_ref(&rogue_addr),
+            Some(&keep),
+            WAIT,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                node::revocations::MeshRevocationsError::Unanswered { .. }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains(expected), "{expected}: {error}");
+        assert_eq!(
+            questions.recv().await.unwrap(),
+            Message::RevocationsQuery(proto::wire::RevocationsQuery { newer_than: 2 })
+        );
+        assert_eq!(std::fs::read(&keep).unwrap(), kept, "the kept list changed");
+        let gate = vehicle.membership_counters().unwrap();
+        assert_eq!(gate.revocations_version.load(Relaxed), 2);
+        assert!(vehicle.connected_peers().await.contains(&rogue.peer_id()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_ask_for_the_revocation_list() {
+    let list = revocation_list(&fleet_key(), 4, &[PeerId::random()]);
+    let (depot, _depot_events, depot_incoming, depot_addr) =
+        member_holding(MemberRole::Depot, Some(list)).await;
+    let served = serve_with_revocations(&depot, depot_incoming);
+    let gate = depot.membership_counters().unwrap();
+
+    let (stranger, _stranger_events, _stranger_incoming) =
+        net::start(loopback_config()).await.unwrap();
+    let depot_id = stranger.dial(depot_addr.clone()).await.unwrap();
+    let stream = stranger.open_stream(depot_id).await.unwrap();
+    let asked = tokio::time::timeout(WAIT, node::protocol::query_revocations(stream, 0))
+        .await
+        .expect("the exchange ended");
+    assert!(asked.is_err(), "a stranger got {asked:?}");
+    // A raw question gets no byte either.
+    if let Ok(mut stream) = stranger.open_stream(depot_id).await {
+        let question = Message::RevocationsQuery(proto::wire::RevocationsQuery { newer_than: 0 });
+        let _ = stream.write_all(&question.encode().unwrap()).await;
+        let _ = stream.close().await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+        assert!(answer.is_empty(), "a stranger got {} bytes", answer.len());
+    }
+    assert!(gate.streams_refused.load(Relaxed) >= 1, "{gate:?}");
+    assert_eq!(
+        served.refused.load(Relaxed),
+        0,
+        "the server saw the stranger's question"
+    );
+    // And a node without a fleet has no list to refresh.
+    let error = node::revocations::refresh_from_mesh(&stranger, &[depot_addr], None, WAIT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, node::revocations::MeshRevocationsError::OpenMesh),
+        "{error}"
+    );
 }
