@@ -126,6 +126,9 @@ pub async fn serve(
             upload_limit: config.serve.upload_bytes_per_sec.map(|rate| {
                 node::ratelimit::RateLimit::with_burst(rate, node::ratelimit::LINK_BURST)
             }),
+            // The list its gate holds (kept at `[mesh] revocations`, refreshed through the
+            // relay), handed on to the yard's vehicles that ask.
+            revocations: net.revocations_in_force(),
         },
     );
     let state = Arc::new(State {

@@ -1,7 +1,9 @@
 //! The fleet's revocations, kept fresh: the depot asks the director for the signed list as
 //! often as it refreshes its metadata and hands it to its node, which cuts the revoked members
 //! off at once and keeps a newer list on disk for the next start
-//! ([`node::mesh_config::take_revocations`]).
+//! ([`node::mesh_config::take_revocations`]). The list in force is what the depot hands on to
+//! the vehicles of its yard that ask over the mesh ([`node::serve::Roles::revocations`]), so
+//! those that never reach the director learn of a revocation within one check.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! module carries its actions out.
 //!
 //! Every check (each `check_interval_secs`, and at once after a simulated reboot):
+//! 0. refreshes the fleet's revocation list from the director, or over the mesh from its depot
+//!    ([`revocations`]);
 //! 1. asks the link probe which link the vehicle has (yard WiFi, other WiFi, cellular, roaming);
 //!    the agent decides whether metadata may move over it;
 //! 2. refreshes and verifies the metadata ([`refresh`]) and tells the agent what it assigns and
@@ -186,7 +188,12 @@ impl Daemon {
         let counters = Arc::new(ServeCounters::default());
         let hub = {
             let _context = runtime.enter();
-            node::serve::spawn_server(store.clone(), incoming, counters.clone());
+            // Neighbours that ask get the fleet's revocation list in force from it too.
+            let roles = node::serve::Roles {
+                revocations: net.revocations_in_force(),
+                ..node::serve::Roles::default()
+            };
+            node::serve::spawn_server_with(store.clone(), incoming, counters.clone(), roles);
             EventHub::start(events)
         };
         // What the last run decided (its last install above all) stays until a check replaces it.
