@@ -1,0 +1,223 @@
+//! Issue 25: "revocation reaches depots and vehicles within one metadata refresh", for the
+//! vehicle that never reaches the director. A depot daemon holds the fleet's revocation list
+//! version 2 (kept at its `[mesh] revocations`), which revokes a vehicle's neighbour; the vehicle
+//! agent (`vehicle_peer::daemon`, no `director_url`, holding version 1) is connected to that
+//! neighbour over real QUIC. Within one check it has version 2 from its depot, has cut the
+//! neighbour off, and keeps the list for its next start; the next check finds nothing newer.
+//!
+//! (The node's side, with older, forged and garbled lists and strangers, is in
+//! `node/tests/membership.rs`. This test lives here rather than in `vehicle-peer/tests` because
+//! the depot daemon it runs is this crate's fixture.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use depotmesh_tests::depot::DepotDaemon;
+use ed25519_dalek::SigningKey;
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use node::membership::MeshMembership;
+use node::mesh_config::{MeshSection, keep_revocations, read_revocations};
+use node::net::{NetConfig, NetEvent};
+use proto::membership::{
+    FleetKeys, MemberRole, Membership, MembershipCert, Revocations, SignedRevocations,
+};
+
+fn fleet_key() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+fn certificate(peer: PeerId, role: MemberRole) -> MembershipCert {
+    let now = node::clock::unix_now();
+    let membership = Membership {
+        peer: peer.to_string(),
+        role,
+        issued: now - 60,
+        expires: now + 86_400,
+    };
+    MembershipCert::issue(&fleet_key(), membership).unwrap()
+}
+
+fn revocation_list(version: u64, peers: &[PeerId]) -> SignedRevocations {
+    let revocations = Revocations {
+        version,
+        issued: node::clock::unix_now(),
+        peers: peers.iter().map(PeerId::to_string).collect(),
+    };
+    SignedRevocations::sign(&fleet_key(), revocations).unwrap()
+}
+
+/// Enrols the node whose identity is in `data_dir` in `role`, as `origin member issue` does,
+/// starting it with `held` kept in `dir`; returns its `[mesh]` section and peer id.
+fn enrol(
+    dir: &Path,
+    data_dir: &Path,
+    role: MemberRole,
+    held: &SignedRevocations,
+) -> (MeshSection, PeerId) {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let peer = node::identity::load_or_create(data_dir)
+        .unwrap()
+        .public()
+        .to_peer_id();
+    let path = dir.join("member.json");
+    std::fs::write(&path, certificate(peer, role).encode()).unwrap();
+    let revocations = dir.join("revocations.json");
+    keep_revocations(&revocations, held).unwrap();
+    let section = MeshSection {
+        open: false,
+        fleet_keys: vec![hex::encode(fleet_key().verifying_key().as_bytes())],
+        certificate: Some(path),
+        revocations: Some(revocations),
+    };
+    (section, peer)
+}
+
+/// Keeps the daemon's node running (its runtime runs only while its thread waits in it) until
+/// `task`, on the test's runtime, has finished.
+fn serve_until<T>(
+    daemon: &vehicle_peer::daemon::Daemon,
+    runtime: &tokio::runtime::Runtime,
+    task: tokio::task::JoinHandle<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !task.is_finished() {
+        assert!(Instant::now() < deadline, "the task did not finish");
+        daemon.serve_for(Duration::from_millis(50));
+    }
+    runtime.block_on(task).unwrap()
+}
+
+#[test]
+fn a_vehicle_that_reaches_no_director_gets_a_newer_list_from_its_depot_within_one_check() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    // The neighbour to be revoked: a member node in the test's runtime.
+    let neighbour_key = Keypair::generate_ed25519();
+    let neighbour_id = neighbour_key.public().to_peer_id();
+    let newer = revocation_list(2, &[neighbour_id]);
+
+    // The depot holds version 2 (as its relay would have fetched it from the director).
+    let depot_dir = w.join("depot");
+    let (depot_mesh, depot_id) = enrol(&depot_dir, &depot_dir, MemberRole::Depot, &newer);
+    let depot = DepotDaemon::start(
+        &depot_dir,
+        &format!(
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\n{}\n",
+            depot_dir.display().to_string(),
+            depot_mesh.inline_toml()
+        ),
+    );
+
+    // The vehicle: no director_url, its depot as its one peer, holding version 1.
+    let vehicle_dir = w.join("vehicle");
+    let older = revocation_list(1, &[]);
+    let (vehicle_mesh, vehicle_id) = enrol(
+        &vehicle_dir,
+        &vehicle_dir.join("data"),
+        MemberRole::Vehicle,
+        &older,
+    );
+    let director_key = hex::encode(SigningKey::from_bytes(&[5; 32]).verifying_key().as_bytes());
+    let ecu = vehicle_peer::simulated::file_ecu(
+        &vehicle_dir.join("ecu"),
+        &vehicle_peer::simulated::FileEcu {
+            serial: "GW-REV-1",
+            hardware_id: "gw-v1",
+            installed: ("ecu/gw-1.bin", b"firmware v1", 1),
+            bank_bytes: 1 << 16,
+            key_seed: [6; 32],
+            director_key: &director_key,
+            health: "exit 0",
+            single_bank_spare: None,
+        },
+    )
+    .unwrap();
+    let no_root = w.join("no-root.json");
+    let config = vehicle_peer::simulated::loopback_vehicle(
+        &vehicle_dir,
+        &vehicle_peer::simulated::LoopbackVehicle {
+            vin: "REV-1",
+            depot: &depot.addr.to_string(),
+            roots: (&no_root, &no_root),
+            director: None,
+            primary_seed: [7; 32],
+            ecus: &[ecu],
+            mesh: Some(&vehicle_mesh),
+            extra: "metadata_timeout_secs = 10\n[link]\nclass = \"yard-wifi\"",
+        },
+    )
+    .unwrap();
+    let config = vehicle_peer::config::load(&config).unwrap();
+    assert!(config.director_url.is_none());
+    let mut daemon = vehicle_peer::daemon::Daemon::open(config).unwrap();
+    let vehicle_addr = daemon.listen_addrs()[0].clone();
+
+    // The neighbour connects to the vehicle, and both admit each other.
+    let (neighbour, mut neighbour_events) = runtime.block_on(async {
+        let membership = MeshMembership {
+            certificate: certificate(neighbour_id, MemberRole::Vehicle),
+            keys: FleetKeys::new([fleet_key().verifying_key()]),
+            revocations: None,
+        };
+        let (net, events, _incoming) = node::net::start(NetConfig {
+            keypair: Some(neighbour_key),
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+            mdns: false,
+            mdns_auto_dial: false,
+            membership: Some(membership),
+            ..NetConfig::default()
+        })
+        .await
+        .unwrap();
+        (net, events)
+    });
+    let dial = runtime.spawn({
+        let neighbour = neighbour.clone();
+        let addr = vehicle_addr.clone();
+        async move { neighbour.dial(addr).await }
+    });
+    assert_eq!(serve_until(&daemon, &runtime, dial).unwrap(), vehicle_id);
+
+    // One check. It fails later on (this vehicle has no trusted root), after the revocations.
+    let _ = daemon.check(node::clock::unix_now());
+    let status = daemon.status().clone();
+    assert_eq!(status["revocations"]["version"], 2, "{status}");
+    assert_eq!(
+        status["revocations"]["from"],
+        depot_id.to_string(),
+        "{status}"
+    );
+    let kept = vehicle_mesh.revocations.as_deref().unwrap();
+    assert_eq!(read_revocations(kept).unwrap(), Some(newer.clone()));
+
+    // The neighbour is cut off, and refused when it dials again.
+    let gone = runtime.spawn(async move {
+        while let Some(event) = neighbour_events.recv().await {
+            if matches!(event, NetEvent::PeerDisconnected { peer, .. } if peer == vehicle_id) {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(serve_until(&daemon, &runtime, gone), "no disconnection");
+    let again = runtime.spawn({
+        let neighbour = neighbour.clone();
+        async move { neighbour.dial(vehicle_addr).await }
+    });
+    assert!(
+        serve_until(&daemon, &runtime, again).is_err(),
+        "the revoked neighbour was admitted again"
+    );
+
+    // The next check finds nothing newer at the depot; the list kept stays.
+    let _ = daemon.check(node::clock::unix_now());
+    assert_eq!(daemon.status()["revocations"]["version"], 2);
+    assert!(daemon.status()["revocations"]["error"].is_null());
+    assert_eq!(read_revocations(kept).unwrap(), Some(newer));
+    runtime.block_on(neighbour.shutdown());
+}
