@@ -26,8 +26,16 @@ pub(crate) async fn refresh_loop(
 
 async fn refresh_once(director: &DirectorClient, net: &NetHandle, keep: Option<&std::path::Path>) {
     let client = director.clone();
-    let fetched = match tokio::task::spawn_blocking(move || client.revocations()).await {
-        Ok(Ok(signed)) => signed,
+    let held = net.membership_counters().map_or(0, |counters| {
+        counters
+            .revocations_version
+            .load(std::sync::atomic::Ordering::Relaxed)
+    });
+    let newer = move || client.revocations_newer_than(held);
+    let fetched = match tokio::task::spawn_blocking(newer).await {
+        // The list held is the one in force (the director answered 304).
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(signed))) => signed,
         Ok(Err(error)) => {
             tracing::warn!(%error, "fetching the fleet's revocations");
             return;

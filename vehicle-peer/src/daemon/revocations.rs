@@ -78,9 +78,14 @@ impl Daemon {
     /// force after.
     fn revocations_from_director(&self, keep: Option<&Path>) -> anyhow::Result<u64> {
         let url = self.config.director_url.as_deref().unwrap_or_default();
-        let signed = ClientTls::roots(self.config.director_ca.as_deref())
+        let held = self.revocations_version();
+        let fetched = ClientTls::roots(self.config.director_ca.as_deref())
             .and_then(|tls| DirectorClient::new(url, self.config.metadata_timeout, &tls))
-            .and_then(|client| client.revocations())?;
+            .and_then(|client| client.revocations_newer_than(held))?;
+        // The director says the list held is the one in force (304): nothing to take.
+        let Some(signed) = fetched else {
+            return Ok(held);
+        };
         let revoked = self
             .runtime
             .block_on(node::mesh_config::take_revocations(&self.net, signed, keep))?;
