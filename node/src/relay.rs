@@ -60,8 +60,10 @@ pub struct Quotas {
     pub max_reports: usize,
     /// Bytes the queued reports may take on disk.
     pub max_bytes: u64,
-    /// Reports queued at most for one vehicle (its VIN): a vehicle has a report or two
-    /// pending (each install's), a few more after long without a route.
+    /// Reports queued at most for one vehicle (its VIN) from one sender: a vehicle has a
+    /// report or two pending (each install's), a few more after long without a route. Counted
+    /// per sender too, so that a peer claiming another vehicle's VIN (the depot cannot check a
+    /// report's signature) fills only its own share, never the vehicle's.
     pub per_vehicle: usize,
     /// Reports queued at most from one peer since the depot started (a vehicle hands over
     /// its own; more from one peer is a flood).
@@ -104,7 +106,9 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Tally {
     bytes: u64,
-    by_vehicle: HashMap<Vin, usize>,
+    /// By the VIN a report names and who handed it over (`None`: queued before the depot
+    /// started).
+    by_vehicle: HashMap<(Vin, Option<PeerId>), usize>,
     by_peer: HashMap<PeerId, usize>,
 }
 
@@ -112,7 +116,10 @@ impl Tally {
     fn add(&mut self, entry: &Entry) {
         self.bytes += entry.bytes;
         if let Some(vin) = &entry.vin {
-            *self.by_vehicle.entry(vin.clone()).or_default() += 1;
+            *self
+                .by_vehicle
+                .entry((vin.clone(), entry.from))
+                .or_default() += 1;
         }
         if let Some(from) = entry.from {
             *self.by_peer.entry(from).or_default() += 1;
@@ -122,7 +129,7 @@ impl Tally {
     fn remove(&mut self, entry: &Entry) {
         self.bytes = self.bytes.saturating_sub(entry.bytes);
         if let Some(vin) = &entry.vin {
-            decrement(&mut self.by_vehicle, vin);
+            decrement(&mut self.by_vehicle, &(vin.clone(), entry.from));
         }
         if let Some(from) = &entry.from {
             decrement(&mut self.by_peer, from);
@@ -150,9 +157,10 @@ impl Tally {
                 quotas.max_bytes
             ));
         }
-        if self.by_vehicle.get(vin).copied().unwrap_or(0) >= quotas.per_vehicle {
+        let of_vehicle = (vin.clone(), Some(*from));
+        if self.by_vehicle.get(&of_vehicle).copied().unwrap_or(0) >= quotas.per_vehicle {
             return Some(format!(
-                "{} reports of {vin} wait already; send it later or directly",
+                "{} reports of {vin} from this peer wait already; send it later or directly",
                 quotas.per_vehicle
             ));
         }
@@ -601,14 +609,37 @@ mod tests {
         drop(queue);
         let queue = ReportQueue::with_quotas(dir.path(), quotas).unwrap();
         assert!(queue.take(&PeerId::random(), big.as_bytes()).is_err());
-        let refused = queue
-            .take(&PeerId::random(), &manifest("VIN-1", 7))
-            .unwrap_err();
+        // The vehicle's share is its own after a reopen too (what waited before counts for
+        // nobody in particular).
+        queue.take(&vehicle, &manifest("VIN-1", 7)).unwrap();
+    }
+
+    #[test]
+    fn a_peer_claiming_another_vehicles_vin_fills_only_its_own_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let quotas = Quotas {
+            max_reports: 100,
+            max_bytes: 1 << 20,
+            per_vehicle: 3,
+            per_peer: 10,
+        };
+        let queue = ReportQueue::with_quotas(dir.path(), quotas).unwrap();
+        let (flooder, vehicle) = (PeerId::random(), PeerId::random());
+        for n in 0..3 {
+            queue.take(&flooder, &manifest("VIN-1", n)).unwrap();
+        }
+        let refused = queue.take(&flooder, &manifest("VIN-1", 3)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Busy);
         assert!(
-            refused.detail.contains("reports of VIN-1"),
+            refused.detail.contains("reports of VIN-1 from this peer"),
             "{}",
             refused.detail
         );
+        // The vehicle VIN-1 itself still hands over its reports.
+        for n in 10..13 {
+            queue.take(&vehicle, &manifest("VIN-1", n)).unwrap();
+        }
+        assert_eq!(queue.len(), 6);
     }
 
     #[test]
