@@ -1,9 +1,11 @@
-//! Issue 25: "revocation reaches depots and vehicles within one metadata refresh", for the
+//! Issue 25: "revocation reaches depots and vehicles within one metadata refresh". First for the
 //! vehicle that never reaches the director. A depot daemon holds the fleet's revocation list
 //! version 2 (kept at its `[mesh] revocations`), which revokes a vehicle's neighbour; the vehicle
 //! agent (`vehicle_peer::daemon`, no `director_url`, holding version 1) is connected to that
 //! neighbour over real QUIC. Within one check it has version 2 from its depot, has cut the
 //! neighbour off, and keeps the list for its next start; the next check finds nothing newer.
+//! Then for the depot: a revocation made at a real director reaches a depot daemon through its
+//! `[relay]` within one refresh, and the revoked member is cut off.
 //!
 //! (The node's side, with older, forged and garbled lists and strangers, is in
 //! `node/tests/membership.rs`. This test lives here rather than in `vehicle-peer/tests` because
@@ -11,7 +13,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use depotmesh_tests::depot::DepotDaemon;
@@ -220,4 +222,122 @@ fn a_vehicle_that_reaches_no_director_gets_a_newer_list_from_its_depot_within_on
     assert!(daemon.status()["revocations"]["error"].is_null());
     assert_eq!(read_revocations(kept).unwrap(), Some(newer));
     runtime.block_on(neighbour.shutdown());
+}
+
+/// The director's side of the same promise: a provisioner revokes a member at the director
+/// (`POST /v1/fleet/revoke`), and a depot whose `[relay]` names that director takes the new list
+/// at its next refresh (as often as it prefetches: every second here), cuts the member off,
+/// refuses it when it dials again, and keeps the list for its next start.
+#[test]
+fn a_revocation_at_the_director_reaches_a_depot_within_one_refresh() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let origin = depotmesh_tests::release::new_origin(w, node::clock::now());
+    let director = depotmesh_tests::director::DirectorService::start(&origin);
+    let actor = depotmesh_tests::release::actor();
+    let fleet_key = origin::fleet::describe_key(&origin).unwrap().fleet_key;
+    let enrol = |data_dir: &Path, role: MemberRole| -> (PathBuf, PeerId) {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let peer = node::identity::load_or_create(data_dir)
+            .unwrap()
+            .public()
+            .to_peer_id();
+        let cert = origin::fleet::issue(&origin, &actor, &peer.to_string(), role, 1).unwrap();
+        let path = data_dir.join("member.json");
+        std::fs::write(&path, cert.encode()).unwrap();
+        (path, peer)
+    };
+
+    // The depot: a fleet member relaying to the director, "prefetching" every second from an
+    // upstream that is not there (what sets its refresh interval).
+    let depot_dir = w.join("depot");
+    let (depot_cert, depot_id) = enrol(&depot_dir, MemberRole::Depot);
+    let kept = depot_dir.join("revocations.json");
+    let mesh = MeshSection {
+        open: false,
+        fleet_keys: vec![fleet_key.clone()],
+        certificate: Some(depot_cert),
+        revocations: Some(kept.clone()),
+    };
+    let nobody = format!("/ip4/127.0.0.1/udp/9/quic-v1/p2p/{}", PeerId::random());
+    let depot = DepotDaemon::start(
+        &depot_dir,
+        &format!(
+            "data_dir = {:?}\nlisten = [\"/ip4/127.0.0.1/udp/0/quic-v1\"]\nmdns = false\nhttp = \"127.0.0.1:0\"\n{}\n\
+             [prefetch]\nupstream = [{nobody:?}]\ninterval_secs = 1\n\
+             [relay]\ndirector_url = {:?}\ndirector_ca = {:?}\nretry_secs = 1\n",
+            depot_dir.display().to_string(),
+            mesh.inline_toml(),
+            director.url,
+            director.ca.display().to_string(),
+        ),
+    );
+
+    // A member vehicle connects to the depot and is admitted.
+    let vehicle_dir = w.join("vehicle");
+    let (vehicle_cert, vehicle_id) = enrol(&vehicle_dir, MemberRole::Vehicle);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (vehicle, mut vehicle_events) = runtime.block_on(async {
+        let membership = MeshMembership {
+            certificate: MembershipCert::decode(&std::fs::read(&vehicle_cert).unwrap()).unwrap(),
+            keys: origin::fleet::fleet_keys(&origin).unwrap(),
+            revocations: None,
+        };
+        let (net, events, _incoming) = node::net::start(NetConfig {
+            keypair: Some(node::identity::load_or_create(&vehicle_dir).unwrap()),
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+            mdns: false,
+            mdns_auto_dial: false,
+            membership: Some(membership),
+            ..NetConfig::default()
+        })
+        .await
+        .unwrap();
+        (net, events)
+    });
+    let admitted = runtime.block_on(vehicle.dial(depot.addr.clone())).unwrap();
+    assert_eq!(admitted, depot_id);
+
+    // A provisioner revokes it at the director.
+    let answer = director
+        .agent()
+        .post(format!("{}/v1/fleet/revoke", director.url))
+        .header("content-type", "application/json")
+        .send(serde_json::json!({ "peer": vehicle_id.to_string() }).to_string())
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    let list: SignedRevocations = serde_json::from_str(&answer).unwrap();
+    assert_eq!(list.revocations.version, 1, "{answer}");
+
+    // The depot cuts it off at its next refresh, and refuses it when it dials again.
+    let gone = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(event) = vehicle_events.recv().await {
+                if matches!(event, NetEvent::PeerDisconnected { peer, .. } if peer == depot_id) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+    });
+    assert_eq!(
+        gone,
+        Ok(true),
+        "the depot did not cut the revoked member off"
+    );
+    assert!(
+        runtime.block_on(vehicle.dial(depot.addr.clone())).is_err(),
+        "the revoked member was admitted again"
+    );
+    let status = depot.status();
+    assert_eq!(status["membership"]["revocations_version"], 1, "{status}");
+    assert!(
+        status["membership"]["refused"]["revoked"].as_u64() >= Some(1),
+        "{status}"
+    );
+    assert_eq!(read_revocations(&kept).unwrap(), Some(list));
+    runtime.block_on(vehicle.shutdown());
 }
