@@ -14,98 +14,14 @@
 //! machine takes at most one core from the honest nodes) until it is dropped, and counts what
 //! it did in atomics the summary reads.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use anyhow::Context as _;
 use libp2p::identity::Keypair;
 use node::membership::MeshMembership;
 use node::net::{NetConfig, QuicTuning};
 
 pub mod report_flood;
 pub mod slow_reader;
-
-/// How long an attacker may take to make its first connection to the depot.
-const START_WAIT: Duration = Duration::from_secs(30);
-
-/// An attacker's thread, stopped and joined when dropped.
-#[derive(Debug)]
-struct Running {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    /// Runs `work` on a thread of its own until the returned handle is dropped. `work` is given
-    /// a [`Started`] to call once it is at work (connected to the depot); this returns then, or
-    /// with `work`'s error if it ended before.
-    fn start<F, Fut>(name: &str, work: F) -> anyhow::Result<Self>
-    where
-        F: FnOnce(Started) -> Fut + Send + 'static,
-        Fut: Future<Output = anyhow::Result<()>>,
-    {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready, started) = std::sync::mpsc::channel();
-        let thread_name = name.to_owned();
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready.send(Err(anyhow::anyhow!("runtime: {error}")));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let errors = ready.clone();
-                    tokio::select! {
-                        ended = work(Started(ready)) => {
-                            if let Err(error) = ended {
-                                tracing::warn!(attacker = thread_name, "stopped: {error:#}");
-                                let _ = errors.send(Err(error));
-                            }
-                        }
-                        _ = stopped => {}
-                    }
-                });
-            })
-            .with_context(|| format!("starting the {name}'s thread"))?;
-        let running = Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        };
-        match started.recv_timeout(START_WAIT) {
-            Ok(Ok(())) => Ok(running),
-            Ok(Err(error)) => Err(error.context(format!("starting the {name}"))),
-            Err(_) => anyhow::bail!("the {name} did not reach the depot in {START_WAIT:?}"),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Handed to an attacker's work: says, once, that it is at work.
-struct Started(std::sync::mpsc::Sender<anyhow::Result<()>>);
-
-impl Started {
-    fn now(&self) {
-        let _ = self.0.send(Ok(()));
-    }
-}
 
 /// How an attacker's node starts: its identity and certificate, dial-only, no mDNS, with
 /// `quic`'s windows.

@@ -10,6 +10,7 @@
 //! Two commands: [`yard`] (`netsim yard`, real nodes on loopback) and [`fleet`] (`netsim fleet`,
 //! the flow-level model of a whole fleet).
 
+mod actor;
 pub mod attackers;
 pub mod chart;
 pub mod compare;

@@ -16,6 +16,8 @@ use libp2p::{Multiaddr, PeerId};
 use node::net::{self, NetConfig};
 use node::protocol;
 use node::store::DiskStore;
+
+use crate::actor::Running;
 use proto::BlobId;
 use proto::wire::{Message, RangeResponse};
 
@@ -28,25 +30,13 @@ pub struct Rogue {
     pub blob: BlobId,
     /// Range requests it answered with a corrupt body.
     pub lies: Arc<AtomicU64>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _running: Running,
 }
 
 impl Rogue {
     /// Lies told so far.
     pub fn lies(&self) -> u64 {
         self.lies.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Rogue {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -68,73 +58,46 @@ pub fn start(
         .context("importing the delta into the corrupt peer")?;
     let store = Arc::new(store);
     let lies = Arc::new(AtomicU64::new(0));
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let (ready, started) = std::sync::mpsc::channel();
+    let peer = keypair.public().to_peer_id();
     let depot = depot.clone();
     let counter = lies.clone();
-    let thread = std::thread::spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                let _ = ready.send(Err(anyhow::anyhow!("runtime: {error}")));
-                return;
-            }
-        };
-        runtime.block_on(async move {
-            let started = async {
-                let (handle, mut events, mut incoming) = net::start(NetConfig {
-                    keypair: Some(keypair),
-                    membership,
-                    listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse()?],
-                    mdns: false,
-                    ..NetConfig::default()
-                })
-                .await?;
-                tokio::spawn(async move { while events.recv().await.is_some() {} });
-                let depot_peer = handle.dial(depot).await?;
-                let lies = counter.clone();
-                let serving = store.clone();
+    let running = Running::start("corrupt peer", move |started| async move {
+        let (handle, mut events, mut incoming) = net::start(NetConfig {
+            keypair: Some(keypair),
+            membership,
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse()?],
+            mdns: false,
+            ..NetConfig::default()
+        })
+        .await?;
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let depot_peer = handle.dial(depot).await?;
+        let serving = store.clone();
+        tokio::spawn(async move {
+            while let Some((_, stream)) = incoming.next().await {
+                let (store, lies) = (serving.clone(), counter.clone());
                 tokio::spawn(async move {
-                    while let Some((_, stream)) = incoming.next().await {
-                        let (store, lies) = (serving.clone(), lies.clone());
-                        tokio::spawn(async move {
-                            if let Err(error) = answer(&store, stream, &lies).await {
-                                tracing::debug!("corrupt peer: {error}");
-                            }
-                        });
+                    if let Err(error) = answer(&store, stream, &lies).await {
+                        tracing::debug!("corrupt peer: {error}");
                     }
                 });
-                // Ask the depot who holds the blob, as a vehicle joining the swarm does: its
-                // tracker then follows what we hold and points the yard at us.
-                let stream = handle.open_stream(depot_peer).await?;
-                let _ = protocol::query_peers(stream, blob).await;
-                anyhow::Ok(handle)
-            };
-            match started.await {
-                Ok(handle) => {
-                    let _ = ready.send(Ok(handle.peer_id()));
-                    let _ = stopped.await;
-                    handle.shutdown().await;
-                }
-                Err(error) => {
-                    let _ = ready.send(Err(error));
-                }
             }
         });
-    });
-    let peer = started
-        .recv()
-        .context("the corrupt peer's thread ended")?
-        .context("starting the corrupt peer")?;
+        // Ask the depot who holds the blob, as a vehicle joining the swarm does: its tracker
+        // then follows what we hold and points the yard at us.
+        let stream = handle.open_stream(depot_peer).await?;
+        let _ = protocol::query_peers(stream, blob).await;
+        started.now();
+        // Until dropped (the handle keeps the node up).
+        std::future::pending::<()>().await;
+        drop(handle);
+        Ok(())
+    })?;
     Ok(Rogue {
         peer,
         blob,
         lies,
-        stop: Some(stop),
-        thread: Some(thread),
+        _running: running,
     })
 }
 

@@ -19,7 +19,8 @@ use node::net::{self, NetHandle, QuicTuning};
 use node::protocol::ExchangeError;
 use proto::wire::{ErrorCode, MAX_REPORT_BYTES};
 
-use super::{Running, count, node_config};
+use super::{count, node_config};
+use crate::actor::Running;
 
 /// Reports handed over at once.
 pub const IN_FLIGHT: usize = 8;

@@ -29,7 +29,8 @@ use proto::BlobId;
 use proto::ChunkGroupRanges;
 use proto::wire::{Message, RangeRequest};
 
-use super::{Running, Started, count, node_config};
+use super::{count, node_config};
+use crate::actor::{Running, Started};
 
 /// Streams opened on one connection before any is asked on: more than the depot's whole
 /// serving pool ([`node::serve::MAX_CONCURRENT_SERVES`]), fewer than the 256 a connection may
