@@ -397,6 +397,17 @@ impl DirectorClient {
         self.post(path::VEHICLES, request)
     }
 
+    /// A fresh membership certificate for vehicle `vin`'s mesh peer, on `request` (signed with
+    /// its primary key: [`proto::director_api::RenewalStatement::sign`]). The caller checks the
+    /// certificate against its fleet keys before using it.
+    pub fn renew_membership(
+        &self,
+        vin: &Vin,
+        request: &proto::director_api::RenewMembership,
+    ) -> Result<proto::membership::MembershipCert, ClientError> {
+        self.post(&path::membership(vin), request)
+    }
+
     /// Gives enrolled vehicle `vin` new keys.
     pub fn rotate_keys(
         &self,

@@ -216,8 +216,10 @@ pub struct Member {
 /// The decisions: who is admitted, against which revocations. See the [module docs](self).
 #[derive(Debug)]
 pub struct Gate {
+    me: PeerId,
     keys: FleetKeys,
     own: Vec<u8>,
+    own_expires: u64,
     revocations: Revocations,
     in_force: RevocationsInForce,
     admitted: BTreeMap<PeerId, Member>,
@@ -262,8 +264,10 @@ impl Gate {
             .certificate_expires
             .store(certificate.membership.expires, Relaxed);
         Ok(Self {
+            me,
             keys,
             own: certificate.encode(),
+            own_expires: certificate.membership.expires,
             revocations,
             in_force,
             admitted: BTreeMap::new(),
@@ -280,6 +284,25 @@ impl Gate {
     /// this gate takes.
     pub fn in_force(&self) -> RevocationsInForce {
         self.in_force.clone()
+    }
+
+    /// Takes a renewed certificate of this node's own, presented to every peer from now on.
+    /// Refuses one that is not this node's, not valid at `now`, or expires no later than the
+    /// one it has.
+    pub fn renew(&mut self, certificate: &MembershipCert, now: u64) -> Result<(), MembershipError> {
+        self.keys
+            .verify_cert(certificate, &self.me.to_string(), now)?;
+        let expires = certificate.membership.expires;
+        if expires <= self.own_expires {
+            return Err(MembershipError::Malformed(format!(
+                "the renewed certificate expires at {expires}, no later than the one held ({})",
+                self.own_expires
+            )));
+        }
+        self.own = certificate.encode();
+        self.own_expires = expires;
+        self.counters.certificate_expires.store(expires, Relaxed);
+        Ok(())
     }
 
     /// Admits `peer` on the certificate bytes it presented, at `now`, or refuses it (counted).
@@ -430,6 +453,32 @@ mod tests {
             Gate::new(me, membership, 200, counters.clone()).unwrap(),
             counters,
         )
+    }
+
+    #[test]
+    fn a_renewed_certificate_must_be_its_own_valid_and_later() {
+        let me = PeerId::random();
+        let (mut gate, counters) = gate(me);
+        assert_eq!(counters.certificate_expires.load(Relaxed), 10_000);
+        let someone = cert(&fleet(), PeerId::random(), MemberRole::Depot, 50_000);
+        let forged = cert(
+            &SigningKey::from_bytes(&[8; 32]),
+            me,
+            MemberRole::Depot,
+            50_000,
+        );
+        let earlier = cert(&fleet(), me, MemberRole::Depot, 9_000);
+        for bad in [someone, forged, earlier] {
+            assert!(gate.renew(&bad, 200).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            gate.own_certificate(),
+            cert(&fleet(), me, MemberRole::Depot, 10_000).encode()
+        );
+        let renewed = cert(&fleet(), me, MemberRole::Depot, 50_000);
+        gate.renew(&renewed, 200).unwrap();
+        assert_eq!(gate.own_certificate(), renewed.encode());
+        assert_eq!(counters.certificate_expires.load(Relaxed), 50_000);
     }
 
     #[test]

@@ -469,12 +469,36 @@ impl NetHandle {
         &self,
         signed: proto::membership::SignedRevocations,
     ) -> Result<Vec<PeerId>, NetError> {
+        self.ask_membership(|reply| Command::Revocations {
+            signed: Box::new(signed),
+            reply,
+        })
+        .await
+    }
+
+    /// Presents `certificate` (this node's own, renewed) to every peer from now on; peers
+    /// admitted already keep their admission. Refused when it is not this node's, not valid
+    /// now, expires no later than the one held, or the node runs an open mesh.
+    pub async fn renew_certificate(
+        &self,
+        certificate: proto::membership::MembershipCert,
+    ) -> Result<(), NetError> {
+        self.ask_membership(|reply| Command::Certificate {
+            certificate: Box::new(certificate),
+            reply,
+        })
+        .await
+    }
+
+    /// Sends the driver a membership command and waits for its answer; a refusal becomes
+    /// [`NetError::Membership`].
+    async fn ask_membership<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, NetError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Revocations {
-                signed: Box::new(signed),
-                reply,
-            })
+            .send(command(reply))
             .await
             .map_err(|_| NetError::Shutdown)?;
         answer

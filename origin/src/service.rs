@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 use ed25519_dalek::VerifyingKey;
 use proto::director_api::{
     ApprovalStatement, ApprovedAnswer, CampaignAction, CampaignStatus, CampaignsAnswer, DecisionAt,
-    InstallOutcome, InstallReport, ManifestAccepted, RotateKeys, Standing, spec_digest,
+    InstallOutcome, InstallReport, ManifestAccepted, RenewMembership, RenewalStatement, RotateKeys,
+    Standing, spec_digest,
 };
 use proto::membership::{MemberRole, MembershipCert, SignedRevocations};
 use proto::{CampaignId, EcuSerial, Vin};
@@ -184,6 +185,38 @@ pub enum ManifestError {
     #[error("the director failed: {0:#}")]
     Internal(#[from] anyhow::Error),
 }
+
+/// Why a vehicle's membership renewal was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenewError {
+    /// The vehicle is not registered.
+    #[error("vehicle {0} is not registered")]
+    UnknownVehicle(Vin),
+    /// The vehicle was enrolled with another peer id, or none (moving a vehicle to another peer
+    /// is a key rotation by a provisioner).
+    #[error("vehicle {vin} is not enrolled with peer {peer}")]
+    OtherPeer {
+        /// The vehicle.
+        vin: Vin,
+        /// The peer asked for.
+        peer: String,
+    },
+    /// Not signed by the vehicle's primary key, not fresh, or for a revoked peer.
+    #[error("membership renewal of {vin} refused: {why}")]
+    Refused {
+        /// The vehicle.
+        vin: Vin,
+        /// Why.
+        why: String,
+    },
+    /// The director could not answer.
+    #[error("the director failed: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// How far a renewal's `at` may be from the director's clock, either way.
+pub const RENEWAL_FRESHNESS_SECS: u64 = 300;
 
 /// What an accepted manifest did.
 pub type Accepted = ManifestAccepted;
@@ -414,6 +447,58 @@ impl Director {
             MemberRole::Vehicle,
             crate::fleet::DEFAULT_VALIDITY_DAYS,
         )
+    }
+
+    /// A fresh membership certificate for enrolled vehicle `vin`'s mesh peer, on its own request
+    /// signed by its primary key within [`RENEWAL_FRESHNESS_SECS`] of `now`; never for another
+    /// peer than the one enrolled, nor a revoked one. Audited as done by the vehicle.
+    pub fn renew_membership(
+        &mut self,
+        vin: &Vin,
+        request: &RenewMembership,
+        now: u64,
+    ) -> Result<MembershipCert, RenewError> {
+        self.at(now);
+        let refused = |why: String| RenewError::Refused {
+            vin: vin.clone(),
+            why,
+        };
+        let vehicle = self
+            .registry
+            .vehicle(vin)?
+            .ok_or_else(|| RenewError::UnknownVehicle(vin.clone()))?;
+        if vehicle.peer.as_deref() != Some(request.peer.as_str()) {
+            return Err(RenewError::OtherPeer {
+                vin: vin.clone(),
+                peer: request.peer.clone(),
+            });
+        }
+        let key = parse_key(&vehicle.primary_key).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let statement = RenewalStatement {
+            vin,
+            peer: &request.peer,
+            at: request.at,
+        };
+        if !statement.verify(&key, &request.signature) {
+            return Err(refused(
+                "not signed by the vehicle's enrolled primary key".into(),
+            ));
+        }
+        if request.at.abs_diff(now) > RENEWAL_FRESHNESS_SECS {
+            return Err(refused(format!(
+                "signed at {} but the director's clock says {now} (more than {RENEWAL_FRESHNESS_SECS} s apart)",
+                request.at
+            )));
+        }
+        let list = crate::fleet::revocations(&self.origin)?;
+        if list.revocations.revokes(&request.peer) {
+            return Err(refused(format!(
+                "peer {} is revoked (list version {})",
+                request.peer, list.revocations.version
+            )));
+        }
+        let actor = audit::Actor::new(format!("vehicle {vin}")).map_err(anyhow::Error::from)?;
+        Ok(self.issue_vehicle_membership(&actor, &request.peer)?)
     }
 
     /// Gives enrolled vehicle `vin` new keys (a replaced gateway or ECU): the primary's, each

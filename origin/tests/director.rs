@@ -1463,6 +1463,90 @@ fn a_vehicle_enrolled_with_its_mesh_peer_gets_a_membership_and_cannot_be_moved_t
     assert_eq!(rotated["detail"]["changes"][0]["old"], peer.as_str());
 }
 
+#[test]
+fn a_vehicle_renews_its_membership_with_its_primary_key_and_nobody_else_can() {
+    let h = Harness::new();
+    let v = Vehicle::new(8);
+    let (peer, other) = (peer_id(), peer_id());
+    let mut record = v.record();
+    record["peer"] = json!(peer);
+    h.post_as("provisioning", "/v1/vehicles", &json!({"vehicle": record}));
+    let keys = fleet_keys(&h);
+    let vin: proto::Vin = v.vin.parse().unwrap();
+    let path = format!("/v1/vehicles/{}/membership", v.vin);
+    let renewal = |peer: &str, at: u64, key: &SigningKey| {
+        proto::director_api::RenewalStatement {
+            vin: &vin,
+            peer,
+            at,
+        }
+        .sign(key)
+    };
+    let ask = |request: &proto::director_api::RenewMembership| {
+        h.post_raw(&path, serde_json::to_string(request).unwrap().as_bytes())
+    };
+
+    // Eleven months on, the vehicle asks with no credential but its primary key's signature.
+    h.advance(330 * 86_400);
+    let (status, answer) = ask(&renewal(&peer, h.now(), &v.primary));
+    assert_eq!(status, 200, "{answer}");
+    let cert: proto::membership::MembershipCert = serde_json::from_value(answer).unwrap();
+    let renewed = keys.verify_cert(&cert, &peer, h.now()).unwrap();
+    assert_eq!(renewed.expires, h.now() + 365 * 86_400);
+    let issued = h
+        .audit()
+        .into_iter()
+        .rev()
+        .find(|e| e["action"] == "member issue")
+        .unwrap();
+    assert_eq!(issued["actor"], format!("vehicle {}", v.vin));
+
+    // Refused: another key, another peer, a stale or future statement, an unknown VIN, a
+    // malformed body; each says why, and nothing more is issued.
+    let before = h.audit().len();
+    let cases = [
+        (renewal(&peer, h.now(), &v.ecu), 403, "primary key"),
+        (
+            renewal(&other, h.now(), &v.primary),
+            409,
+            "not enrolled with peer",
+        ),
+        (renewal(&peer, h.now() - 600, &v.primary), 403, "apart"),
+        (renewal(&peer, h.now() + 600, &v.primary), 403, "apart"),
+    ];
+    for (request, code, words) in cases {
+        let (status, answer) = ask(&request);
+        assert_eq!(status, code, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(words),
+            "{answer}"
+        );
+    }
+    let (status, _) = h.post_raw(
+        "/v1/vehicles/NOBODY-1/membership",
+        serde_json::to_string(&renewal(&peer, h.now(), &v.primary))
+            .unwrap()
+            .as_bytes(),
+    );
+    assert_eq!(status, 404);
+    let (status, answer) = h.post_raw(&path, br#"{"peer": "x"}"#);
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        h.audit().len(),
+        before,
+        "a refused renewal issued something"
+    );
+
+    // A revoked peer is never renewed.
+    h.post_as("provisioning", "/v1/fleet/revoke", &json!({"peer": peer}));
+    let (status, answer) = ask(&renewal(&peer, h.now(), &v.primary));
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("revoked"),
+        "{answer}"
+    );
+}
+
 /// GET `path` with no credential, as a vehicle or depot does.
 fn get_anonymous(h: &Harness, path: &str) -> String {
     let mut response = h.agent.get(&format!("{}{path}", h.url)).call().unwrap();

@@ -55,6 +55,11 @@ pub mod path {
     pub fn manifest(vin: &Vin) -> String {
         format!("{VEHICLES}/{vin}/manifest")
     }
+
+    /// Where vehicle `vin` asks for a fresh membership certificate.
+    pub fn membership(vin: &Vin) -> String {
+        format!("{VEHICLES}/{vin}/membership")
+    }
 }
 
 /// Whether an HTTP status refuses a request for good: the same body sent again would be
@@ -178,15 +183,21 @@ impl ApprovalStatement {
 
     /// Whether `signature` (hex) is `key`'s over it.
     pub fn verify(&self, key: &ed25519_dalek::VerifyingKey, signature: &str) -> bool {
-        let Some(bytes) = hex::decode(signature)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-        else {
-            return false;
-        };
-        key.verify_strict(&self.bytes(), &ed25519_dalek::Signature::from_bytes(&bytes))
-            .is_ok()
+        verify_hex(key, &self.bytes(), signature)
     }
+}
+
+/// Whether `signature` (hex) is `key`'s ed25519 signature over `message` (strict: no malleable
+/// or small-order forms).
+fn verify_hex(key: &ed25519_dalek::VerifyingKey, message: &[u8], signature: &str) -> bool {
+    let Some(bytes) = hex::decode(signature)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+    else {
+        return false;
+    };
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&bytes))
+        .is_ok()
 }
 
 /// The SHA-256 (hex) of a campaign spec's JSON, as both the director and an approver's
@@ -242,6 +253,59 @@ pub struct RotateKeys {
 pub struct RevokeMember {
     /// The peer id, as text (`12D3Koo…`).
     pub peer: String,
+}
+
+/// `POST /v1/vehicles/{vin}/membership`: an enrolled vehicle asks for a fresh membership
+/// certificate for its mesh peer before its own expires. No operator credential: the vehicle's
+/// primary key signs the [`RenewalStatement`], which the director checks against the key it
+/// enrolled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewMembership {
+    /// The peer id the vehicle was enrolled with, as text.
+    pub peer: String,
+    /// When the vehicle asked (unix seconds): the director takes a statement only while it is
+    /// fresh.
+    pub at: u64,
+    /// The primary key's ed25519 signature over the [`RenewalStatement`], hex.
+    pub signature: String,
+}
+
+/// What a vehicle's primary key signs to renew its membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenewalStatement<'a> {
+    /// The vehicle.
+    pub vin: &'a Vin,
+    /// Its mesh peer id.
+    pub peer: &'a str,
+    /// When (unix seconds).
+    pub at: u64,
+}
+
+impl RenewalStatement<'_> {
+    /// The bytes signed: a fixed, domain-separated text (no other statement reads the same).
+    pub fn bytes(&self) -> Vec<u8> {
+        format!(
+            "depotmesh membership renewal v1\nvin: {}\npeer: {}\nat: {}\n",
+            self.vin, self.peer, self.at
+        )
+        .into_bytes()
+    }
+
+    /// The request the vehicle sends, signed with its primary key.
+    pub fn sign(&self, key: &ed25519_dalek::SigningKey) -> RenewMembership {
+        use ed25519_dalek::Signer;
+        RenewMembership {
+            peer: self.peer.to_owned(),
+            at: self.at,
+            signature: hex::encode(key.sign(&self.bytes()).to_bytes()),
+        }
+    }
+
+    /// Whether `signature` (hex) is `key`'s over it.
+    pub fn verify(&self, key: &ed25519_dalek::VerifyingKey, signature: &str) -> bool {
+        verify_hex(key, &self.bytes(), signature)
+    }
 }
 
 /// The answer to a created campaign.

@@ -5,7 +5,8 @@
 //! neighbour over real QUIC. Within one check it has version 2 from its depot, has cut the
 //! neighbour off, and keeps the list for its next start; the next check finds nothing newer.
 //! Then for the depot: a revocation made at a real director reaches a depot daemon through its
-//! `[relay]` within one refresh, and the revoked member is cut off.
+//! `[relay]` within one refresh, and the revoked member is cut off. Last, the other end of a
+//! membership's life: a vehicle renews its own certificate at the director before it expires.
 //!
 //! (The node's side, with older, forged and garbled lists and strangers, is in
 //! `node/tests/membership.rs`. This test lives here rather than in `vehicle-peer/tests` because
@@ -340,4 +341,108 @@ fn a_revocation_at_the_director_reaches_a_depot_within_one_refresh() {
     );
     assert_eq!(read_revocations(&kept).unwrap(), Some(list));
     runtime.block_on(vehicle.shutdown());
+}
+
+/// A vehicle's own certificate, renewed before it expires: enrolled with its peer id, holding a
+/// certificate with ten days left, the vehicle agent asks the director at its next check
+/// (signed with its primary key), presents the new one and keeps it; with a year left it does
+/// not ask again.
+#[test]
+fn a_vehicle_renews_its_certificate_at_the_director_before_it_expires() {
+    use depotmesh_tests::director::{DirectorService, ECU_SEED, PRIMARY_SEED, public};
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let origin = depotmesh_tests::release::new_origin(w, node::clock::now());
+    let director = DirectorService::start(&origin);
+    let actor = depotmesh_tests::release::actor();
+
+    // Enrolled with its peer id; its certificate (made here) has ten days left.
+    let vehicle_dir = w.join("vehicle");
+    let data_dir = vehicle_dir.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let peer = node::identity::load_or_create(&data_dir)
+        .unwrap()
+        .public()
+        .to_peer_id();
+    let record = serde_json::json!({
+        "vin": "RENEW-1", "region": "eu-north", "vehicle_type": "tractor", "home_depot": "depot-1",
+        "primary_key": public(PRIMARY_SEED), "peer": peer.to_string(),
+        "ecus": [{"serial": "GW-RENEW-1", "hardware_id": "gw-v1",
+                  "public_key": public(ECU_SEED), "installed": "ecu/gw-1.bin"}],
+    });
+    let response = director
+        .agent()
+        .post(format!("{}/v1/vehicles", director.url))
+        .send(serde_json::json!({ "vehicle": record }).to_string())
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let short =
+        origin::fleet::issue(&origin, &actor, &peer.to_string(), MemberRole::Vehicle, 10).unwrap();
+    let cert_path = vehicle_dir.join("member.json");
+    std::fs::write(&cert_path, short.encode()).unwrap();
+    let mesh = MeshSection {
+        open: false,
+        fleet_keys: vec![origin::fleet::describe_key(&origin).unwrap().fleet_key],
+        certificate: Some(cert_path.clone()),
+        revocations: Some(vehicle_dir.join("revocations.json")),
+    };
+
+    let ecu = vehicle_peer::simulated::file_ecu(
+        &vehicle_dir.join("ecu"),
+        &vehicle_peer::simulated::FileEcu {
+            serial: "GW-RENEW-1",
+            hardware_id: "gw-v1",
+            installed: ("ecu/gw-1.bin", b"firmware v1", 1),
+            bank_bytes: 1 << 16,
+            key_seed: [ECU_SEED; 32],
+            director_key: &public(5),
+            health: "exit 0",
+            single_bank_spare: None,
+        },
+    )
+    .unwrap();
+    let no_root = w.join("no-root.json");
+    let nobody = format!("/ip4/127.0.0.1/udp/9/quic-v1/p2p/{}", PeerId::random());
+    let config = vehicle_peer::simulated::loopback_vehicle(
+        &vehicle_dir,
+        &vehicle_peer::simulated::LoopbackVehicle {
+            vin: "RENEW-1",
+            depot: &nobody,
+            roots: (&no_root, &no_root),
+            director: Some((&director.url, &director.ca)),
+            primary_seed: [PRIMARY_SEED; 32],
+            ecus: &[ecu],
+            mesh: Some(&mesh),
+            extra: "metadata_timeout_secs = 2\n[link]\nclass = \"yard-wifi\"",
+        },
+    )
+    .unwrap();
+    let config = vehicle_peer::config::load(&config).unwrap();
+    let mut daemon = vehicle_peer::daemon::Daemon::open(config).unwrap();
+
+    // One check (it fails later on: no depot, no trusted root), after the renewal.
+    let _ = daemon.check(node::clock::unix_now());
+    let status = daemon.status().clone();
+    let kept = MembershipCert::decode(&std::fs::read(&cert_path).unwrap()).unwrap();
+    let keys = origin::fleet::fleet_keys(&origin).unwrap();
+    let renewed = keys
+        .verify_cert(&kept, &peer.to_string(), node::clock::unix_now())
+        .unwrap();
+    assert!(
+        renewed.expires > short.membership.expires + 300 * 86_400,
+        "{status}"
+    );
+    assert_eq!(status["membership"]["expires"], renewed.expires, "{status}");
+    let by_vehicle = || {
+        origin::audit::entries(&origin::audit::log_path(&origin))
+            .unwrap()
+            .into_iter()
+            .filter(|entry| entry["actor"] == "vehicle RENEW-1")
+            .count()
+    };
+    assert_eq!(by_vehicle(), 1);
+
+    // A year left: the next check does not ask.
+    let _ = daemon.check(node::clock::unix_now());
+    assert_eq!(by_vehicle(), 1);
 }

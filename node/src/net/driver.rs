@@ -59,6 +59,10 @@ pub(super) enum Command {
         signed: Box<proto::membership::SignedRevocations>,
         reply: oneshot::Sender<Result<Vec<PeerId>, String>>,
     },
+    Certificate {
+        certificate: Box<proto::membership::MembershipCert>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -243,6 +247,16 @@ impl Driver {
             }
             Command::Revocations { signed, reply } => {
                 let _ = reply.send(self.update_revocations(&signed));
+            }
+            Command::Certificate { certificate, reply } => {
+                let renewed = match self.members.as_mut() {
+                    Some(members) => members
+                        .gate
+                        .renew(&certificate, crate::clock::unix_now())
+                        .map_err(|error| error.to_string()),
+                    None => Err("this node runs an open mesh: it holds no fleet membership".into()),
+                };
+                let _ = reply.send(renewed);
             }
             // Handled in `run`, which must leave its loop.
             Command::Shutdown(reply) => {

@@ -71,6 +71,8 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         Need::Role(Role::Provisioner),
     ),
     ("POST", "/v1/vehicles/{vin}/manifest", Need::Anyone),
+    // Signed by the vehicle's enrolled primary key, checked by the director.
+    ("POST", "/v1/vehicles/{vin}/membership", Need::Anyone),
     ("GET", "/v1/audit", Need::Role(Role::Auditor)),
     ("GET", "/v1/operators", Need::Role(Role::Admin)),
     // Signed with the fleet key: nodes fetch it with their metadata, and check it.

@@ -24,7 +24,8 @@ use serde_json::Value;
 
 use proto::director_api::{
     ActionRequest, CampaignAction, CreateCampaign, CreatedAnswer, DecidedAnswer, ErrorAnswer,
-    RegisterVehicle, RegisteredAnswer, RevokeMember, RotateKeys, SignedApproval, parse_key, path,
+    RegisterVehicle, RegisteredAnswer, RenewMembership, RevokeMember, RotateKeys, SignedApproval,
+    parse_key, path,
 };
 use proto::{CampaignId, Vin};
 
@@ -218,6 +219,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(path::VEHICLES, get(vehicles).post(register))
         .route("/v1/vehicles/{vin}/keys", post(rotate_keys))
         .route("/v1/vehicles/{vin}/manifest", post(manifest))
+        .route("/v1/vehicles/{vin}/membership", post(renew_membership))
         .route("/v1/audit", get(audit_log))
         .route("/v1/operators", get(operators))
         .route(path::FLEET_REVOCATIONS, get(revocations))
@@ -683,6 +685,34 @@ async fn operators(State(shared): State<Arc<Shared>>) -> Result<Response, Refuse
         .operators()
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
     Ok(ok_json(&registry))
+}
+
+/// `POST /v1/vehicles/{vin}/membership`: a vehicle renews its mesh membership, proving itself
+/// by its primary key's signature (no operator credential).
+async fn renew_membership(
+    State(shared): State<Arc<Shared>>,
+    Path(vin): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, Refused> {
+    use crate::service::RenewError;
+    let vin: Vin = path_id(&vin)?;
+    let request: RenewMembership = body(&bytes, &["peer", "at", "signature"])?;
+    let result = shared
+        .with(move |d, now| d.renew_membership(&vin, &request, now))
+        .await?;
+    match result {
+        Ok(cert) => Ok(ok_json(&cert)),
+        Err(e) => {
+            let status = match &e {
+                RenewError::UnknownVehicle(_) => StatusCode::NOT_FOUND,
+                RenewError::OtherPeer { .. } => StatusCode::CONFLICT,
+                RenewError::Refused { .. } => StatusCode::FORBIDDEN,
+                RenewError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::warn!("{e}");
+            Err(error(status, &e.to_string()))
+        }
+    }
 }
 
 async fn manifest(

@@ -45,6 +45,7 @@ use crate::install::{EcuConfig, load_config, open_ecu};
 
 mod payloads;
 mod refresh;
+mod renewal;
 mod reports;
 mod revocations;
 
@@ -464,6 +465,7 @@ impl Daemon {
         }
         self.check_state = CheckState::default();
         self.refresh_revocations();
+        self.renew_membership(now);
         self.agent.start_check(now, link);
         let step = self.drive(now);
         let downloads = std::mem::take(&mut self.check_state.downloads);
