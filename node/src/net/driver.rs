@@ -77,6 +77,10 @@ pub(super) struct Members {
     hearing: mpsc::UnboundedReceiver<Heard>,
     /// Peers connected but not admitted yet.
     waiting: HashMap<PeerId, Waiting>,
+    /// Introductions read before the driver heard of their connection (a connection's streams
+    /// reach the node on their own path, and may overtake the swarm's event for it): taken up
+    /// when the connection is, dropped at the introduction's deadline.
+    early: HashMap<PeerId, Heard>,
 }
 
 impl Members {
@@ -95,6 +99,7 @@ impl Members {
             heard,
             hearing,
             waiting: HashMap::new(),
+            early: HashMap::new(),
         }
     }
 }
@@ -602,6 +607,9 @@ impl Driver {
             let ours = members.gate.own_certificate().to_vec();
             introduce::introduce(&members.control, peer, ours, members.heard.clone());
         }
+        if let Some(early) = members.early.remove(&peer) {
+            self.on_heard(early);
+        }
         true
     }
 
@@ -621,8 +629,22 @@ impl Driver {
                     return;
                 }
                 if !members.waiting.contains_key(&peer) {
-                    // Gone already.
-                    let _ = reply.send(None);
+                    // Its connection not seen yet (or gone already): kept until it is, or until
+                    // the introduction's deadline, one per peer and a bounded number in all.
+                    if members.early.len() >= MAX_WAITING && !members.early.contains_key(&peer) {
+                        let _ = reply.send(None);
+                        return;
+                    }
+                    introduce::deadline(peer, members.heard.clone());
+                    let early = Heard::Introduced {
+                        peer,
+                        certificate,
+                        reply,
+                    };
+                    if let Some(Heard::Introduced { reply, .. }) = members.early.insert(peer, early)
+                    {
+                        let _ = reply.send(None);
+                    }
                     return;
                 }
                 match members.gate.admit(peer, &certificate, now) {
@@ -652,6 +674,13 @@ impl Driver {
                 }
             }
             Heard::Deadline { peer } => {
+                if !members.waiting.contains_key(&peer)
+                    && let Some(Heard::Introduced { reply, .. }) = members.early.remove(&peer)
+                {
+                    // Its connection never showed.
+                    let _ = reply.send(None);
+                    return;
+                }
                 if members.gate.is_admitted(&peer) || !members.waiting.contains_key(&peer) {
                     return;
                 }
@@ -721,6 +750,9 @@ impl Driver {
                     reason: "the connection closed before the peer was admitted".to_owned(),
                 }));
             }
+        }
+        if let Some(Heard::Introduced { reply, .. }) = members.early.remove(&peer) {
+            let _ = reply.send(None);
         }
         let admitted = members.gate.is_admitted(&peer);
         members.gate.forget(&peer);
