@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -20,10 +21,20 @@ fn tuf_dir() -> PathBuf {
     .join("tuf")
 }
 
+/// The paths a [`serve`] server was asked for, in order.
+type Asked = Arc<Mutex<Vec<String>>>;
+
 /// Serves files under `root` over HTTP/1.0 (404 for anything else) until the test ends.
 fn serve(root: PathBuf) -> String {
+    serve_logged(root).0
+}
+
+/// [`serve`], noting every path asked for.
+fn serve_logged(root: PathBuf) -> (String, Asked) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
+    let asked = Asked::default();
+    let log = asked.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
@@ -42,6 +53,7 @@ fn serve(root: PathBuf) -> String {
                 .nth(1)
                 .unwrap_or("/")
                 .trim_start_matches('/');
+            log.lock().unwrap().push(path.to_owned());
             let file = root.join(path);
             let response = match std::fs::read(&file) {
                 Ok(body) if !path.contains("..") => {
@@ -56,7 +68,7 @@ fn serve(root: PathBuf) -> String {
             let _ = stream.write_all(&response);
         }
     });
-    format!("http://{address}")
+    (format!("http://{address}"), asked)
 }
 
 fn client(metadata: &Path, args: &[&str]) -> (bool, String) {
@@ -186,4 +198,75 @@ fn bad_arguments_and_a_bad_root_fail_clearly() {
         !ok && stderr.contains("root"),
         "no trusted root yet: {stderr}"
     );
+}
+
+#[test]
+fn several_targets_at_once_and_a_verified_local_copy_is_not_downloaded_again() {
+    let case = tuf_dir().join("repo");
+    let (url, asked) = serve_logged(case.join("remote"));
+    let work = tempfile::tempdir().unwrap();
+    let metadata = work.path().join("metadata");
+    let targets = work.path().join("targets");
+    let root = case.join("client/metadata/root.json");
+    let (ok, stderr) = client(&metadata, &["init", root.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let names = ["depot/manifest.txt", "ecu/brake-ecu-1.2.0.bin"];
+    let download = || {
+        let (metadata_url, targets_url) = (format!("{url}/metadata/"), format!("{url}/targets/"));
+        let mut args = vec!["--metadata-url", &metadata_url];
+        for name in names {
+            args.extend(["--target-name", name]);
+        }
+        let targets_dir = targets.to_str().unwrap();
+        args.extend([
+            "--target-base-url",
+            &targets_url,
+            "--target-dir",
+            targets_dir,
+            "download",
+        ]);
+        let (ok, stderr) = client(&metadata, &args);
+        assert!(ok, "{stderr}");
+    };
+    let target_requests = || {
+        asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|path| path.starts_with("targets/"))
+            .count()
+    };
+    // Both, in one run.
+    download();
+    assert_eq!(target_requests(), 2, "{:?}", asked.lock().unwrap());
+    let copy = |name: &str| targets.join(vehicle_peer::tuf_files::quote(name));
+    let good = std::fs::read(copy(names[1])).unwrap();
+    // Again: both copies match their trusted hashes; nothing is downloaded.
+    download();
+    assert_eq!(target_requests(), 2, "{:?}", asked.lock().unwrap());
+    // A damaged copy is not taken: it is downloaded again, and right again.
+    std::fs::write(copy(names[1]), b"not the brake firmware").unwrap();
+    download();
+    assert_eq!(target_requests(), 3, "{:?}", asked.lock().unwrap());
+    assert_eq!(std::fs::read(copy(names[1])).unwrap(), good);
+}
+
+#[test]
+fn the_client_names_itself() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tuf-conformance-client"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("tuf-conformance-client "), "{text}");
+    let work = tempfile::tempdir().unwrap();
+    let (ok, stderr) = client(
+        &work.path().join("metadata"),
+        &["--metadata-url", "http://127.0.0.1:9/", "download"],
+    );
+    assert!(
+        !ok && stderr.starts_with("tuf-conformance-client: "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--target-name"), "{stderr}");
 }

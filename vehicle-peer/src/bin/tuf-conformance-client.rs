@@ -1,13 +1,15 @@
 //! `tuf-conformance-client`: the client CLI of the TUF conformance suite
 //! (theupdateframework/tuf-conformance, CLIENT-CLI.md), over the same verifier the vehicle runs
 //! (`proto::tuf::Updater`). Plain HTTP; trusted metadata kept as `root.json`, `timestamp.json`,
-//! ... in the metadata directory; the clock is the system's. Exit 0 on success, 1 on failure.
+//! ... in the metadata directory; the clock is the system's. A target already in the target
+//! directory is checked against its trusted length and hashes and, if it matches, not downloaded
+//! again. Exit 0 on success, 1 on failure.
 //!
 //! ```text
 //! tuf-conformance-client --metadata-dir D init TRUSTED_ROOT
 //! tuf-conformance-client --metadata-dir D --metadata-url URL refresh
 //! tuf-conformance-client --metadata-dir D --metadata-url URL --target-name NAME \
-//!     --target-base-url URL --target-dir T download
+//!     [--target-name NAME ...] --target-base-url URL --target-dir T download
 //! ```
 
 use std::path::PathBuf;
@@ -24,6 +26,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Parser)]
 #[command(
+    name = "tuf-conformance-client",
     version,
     about = "TUF conformance-suite client over depotmesh's verifier"
 )]
@@ -34,9 +37,9 @@ struct Cli {
     /// Base URL of the repository's metadata.
     #[arg(long)]
     metadata_url: Option<String>,
-    /// The target to download.
+    /// A target to download. Repeatable.
     #[arg(long)]
-    target_name: Option<String>,
+    target_name: Vec<String>,
     /// Base URL of the repository's targets.
     #[arg(long)]
     target_base_url: Option<String>,
@@ -56,7 +59,8 @@ enum Command {
     },
     /// Update trusted metadata from the repository.
     Refresh,
-    /// Refresh, then download and verify one target.
+    /// Refresh, then download and verify each target (or take it from the target directory
+    /// when the copy there matches).
     Download,
 }
 
@@ -95,10 +99,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             updater.refresh()?;
         }
         Command::Download => {
-            let name = cli
-                .target_name
-                .as_deref()
-                .context("--target-name is required")?;
+            if cli.target_name.is_empty() {
+                anyhow::bail!("--target-name is required (repeatable)");
+            }
             let base = cli
                 .target_base_url
                 .as_deref()
@@ -111,13 +114,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut updater =
                 BlockingUpdater::new(remote, store, node::clock::now(), Limits::default())?;
             updater.refresh()?;
-            let info = updater
-                .target_info(name)?
-                .with_context(|| format!("no trusted role lists target {name}"))?;
-            let bytes = updater.download_target(name, &info)?;
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let path = dir.join(quote(name));
-            write_durably(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+            for name in &cli.target_name {
+                let info = updater
+                    .target_info(name)?
+                    .with_context(|| format!("no trusted role lists target {name}"))?;
+                let path = dir.join(quote(name));
+                // The local copy, if it matches what the trusted metadata says.
+                if std::fs::read(&path).is_ok_and(|held| info.verify(name, &held).is_ok()) {
+                    continue;
+                }
+                let bytes = updater.download_target(name, &info)?;
+                write_durably(&path, &bytes)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
         }
     }
     Ok(())
