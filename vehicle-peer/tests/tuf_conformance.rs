@@ -180,6 +180,32 @@ fn conformance_client_over_http_matches_python_tuf_on_every_fixture() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The same, over the sets python-tuf made with ECDSA P-256, RSA-PSS and mixed keys
+/// (`proto/tests/vectors/keytypes`).
+#[test]
+fn conformance_client_matches_python_tuf_with_every_key_type() {
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto/tests/vectors/keytypes");
+    let mut failures = Vec::new();
+    for kind in ["ecdsa", "rsa", "mixed"] {
+        let mut cases = vec![base.join(kind).join("repo")];
+        let mut attacks: Vec<PathBuf> = std::fs::read_dir(base.join(kind).join("attacks"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        attacks.sort();
+        cases.extend(attacks);
+        for case in &cases {
+            let name = case.file_name().unwrap().to_string_lossy().into_owned();
+            failures.extend(
+                run_case(case)
+                    .into_iter()
+                    .map(|problem| format!("{kind}/{name}: {problem}")),
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn bad_arguments_and_a_bad_root_fail_clearly() {
     let work = tempfile::tempdir().unwrap();

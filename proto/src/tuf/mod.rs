@@ -21,6 +21,7 @@
 pub mod blocking;
 pub mod build;
 pub mod canonical;
+pub mod keys;
 pub mod metadata;
 mod time;
 mod trusted;

@@ -1,0 +1,215 @@
+//! The public keys TUF metadata lists, of the three types the specification names, and their
+//! signatures: `ed25519` (hex public key, the signature over the canonical bytes),
+//! `ecdsa-sha2-nistp256` (keytype `ecdsa`, or `ecdsa-sha2-nistp256` in older repositories; the
+//! public key as securesystemslib writes it, a PEM `PUBLIC KEY`, or hex of its DER or of the
+//! uncompressed point; the signature DER-encoded, over SHA-256) and `rsassa-pss-sha256`
+//! (keytype `rsa`; a PEM `PUBLIC KEY`; PSS with MGF1-SHA-256 and a 32-byte salt). Parsing is
+//! x509-parser's, verification ring's: nothing here is home-made cryptography. A key of another
+//! type still parses and never verifies anything.
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use x509_parser::prelude::FromDer as _;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+/// A public key as metadata lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// `{"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": <hex>}}`.
+    Ed25519(VerifyingKey),
+    /// `ecdsa-sha2-nistp256`: the public point, uncompressed (SEC 1).
+    EcdsaP256(Vec<u8>),
+    /// `rsassa-pss-sha256`: the public key as PKCS #1 `RSAPublicKey` DER.
+    RsaPssSha256(Vec<u8>),
+    /// A key type or scheme we do not verify: its signatures never count.
+    Unsupported {
+        /// Its `keytype`.
+        keytype: String,
+        /// Its `scheme`.
+        scheme: String,
+    },
+}
+
+/// OID 1.2.840.10045.3.1.7, the curve P-256 (`prime256v1`).
+const P256: &str = "1.2.840.10045.3.1.7";
+
+impl Key {
+    /// Whether `keytype` and `scheme` are one of the three types verified here.
+    pub fn is_supported(keytype: &str, scheme: &str) -> bool {
+        matches!(
+            (keytype, scheme),
+            ("ed25519", "ed25519")
+                | ("ecdsa" | "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256")
+                | ("rsa", "rsassa-pss-sha256")
+        )
+    }
+
+    /// The key `keyval.public` holds for `keytype` and `scheme`; a type or scheme outside the
+    /// three is [`Key::Unsupported`]. An error says what is wrong with a key of a known type.
+    pub fn parse(keytype: &str, scheme: &str, public: &str) -> Result<Self, String> {
+        match (keytype, scheme) {
+            ("ed25519", "ed25519") => {
+                let bytes: [u8; 32] = hex::decode(public)
+                    .ok()
+                    .and_then(|bytes| bytes.try_into().ok())
+                    .ok_or("is not 32 bytes of hex")?;
+                VerifyingKey::from_bytes(&bytes)
+                    .map(Self::Ed25519)
+                    .map_err(|_| "is not an ed25519 public key".into())
+            }
+            ("ecdsa" | "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256") => ecdsa_p256(public),
+            ("rsa", "rsassa-pss-sha256") => rsa(public),
+            _ => Ok(Self::Unsupported {
+                keytype: keytype.to_owned(),
+                scheme: scheme.to_owned(),
+            }),
+        }
+    }
+
+    /// Whether `signature` (as decoded from the metadata's hex) is this key's over `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        use ring::signature::{
+            ECDSA_P256_SHA256_ASN1, RSA_PSS_2048_8192_SHA256, UnparsedPublicKey,
+        };
+        match self {
+            Self::Ed25519(key) => Signature::from_slice(signature)
+                .is_ok_and(|signature| key.verify_strict(message, &signature).is_ok()),
+            Self::EcdsaP256(point) => UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point)
+                .verify(message, signature)
+                .is_ok(),
+            Self::RsaPssSha256(der) => UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, der)
+                .verify(message, signature)
+                .is_ok(),
+            Self::Unsupported { .. } => false,
+        }
+    }
+}
+
+/// The DER `SubjectPublicKeyInfo` in `public`: a PEM `PUBLIC KEY` block, or hex of the DER.
+fn spki_der(public: &str) -> Result<Vec<u8>, String> {
+    let text = public.trim();
+    if text.starts_with("-----BEGIN") {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes())
+            .map_err(|error| format!("is not PEM: {error}"))?;
+        if pem.label != "PUBLIC KEY" {
+            return Err(format!("is a PEM {:?}, not a PUBLIC KEY", pem.label));
+        }
+        return Ok(pem.contents);
+    }
+    hex::decode(text).map_err(|_| "is neither PEM nor hex".into())
+}
+
+fn ecdsa_p256(public: &str) -> Result<Key, String> {
+    // Older repositories carry the uncompressed point itself, in hex.
+    if let Ok(point) = hex::decode(public.trim())
+        && point.len() == 65
+        && point[0] == 4
+    {
+        return Ok(Key::EcdsaP256(point));
+    }
+    let der = spki_der(public)?;
+    let (_, spki) = SubjectPublicKeyInfo::from_der(&der)
+        .map_err(|error| format!("is not a public key (SubjectPublicKeyInfo): {error}"))?;
+    let algorithm = &spki.algorithm;
+    let curve = algorithm
+        .parameters
+        .as_ref()
+        .and_then(|parameters| parameters.as_oid().ok())
+        .map(|oid| oid.to_id_string());
+    if algorithm.algorithm.to_id_string() != "1.2.840.10045.2.1" || curve.as_deref() != Some(P256) {
+        return Err("is not an ECDSA key on P-256".into());
+    }
+    let point = spki.subject_public_key.data.to_vec();
+    if point.len() != 65 || point[0] != 4 {
+        return Err("is not an uncompressed P-256 point".into());
+    }
+    Ok(Key::EcdsaP256(point))
+}
+
+fn rsa(public: &str) -> Result<Key, String> {
+    let der = spki_der(public)?;
+    let (_, spki) = SubjectPublicKeyInfo::from_der(&der)
+        .map_err(|error| format!("is not a public key (SubjectPublicKeyInfo): {error}"))?;
+    if spki.algorithm.algorithm.to_id_string() != "1.2.840.113549.1.1.1" {
+        return Err("is not an RSA key".into());
+    }
+    Ok(Key::RsaPssSha256(spki.subject_public_key.data.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A public key of `keytype` from the python-tuf-made vectors.
+    fn public_of(keytype: &str) -> String {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/vectors/keytypes/mixed/repo/client/metadata/root.json"
+        );
+        let root: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        root["signed"]["keys"]
+            .as_object()
+            .unwrap()
+            .values()
+            .find(|key| key["keytype"] == keytype)
+            .unwrap()["keyval"]["public"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn each_type_parses_and_a_wrong_one_is_named() {
+        let ecdsa = public_of("ecdsa");
+        let rsa = public_of("rsa");
+        assert!(matches!(
+            Key::parse("ecdsa", "ecdsa-sha2-nistp256", &ecdsa),
+            Ok(Key::EcdsaP256(_))
+        ));
+        assert!(matches!(
+            Key::parse("rsa", "rsassa-pss-sha256", &rsa),
+            Ok(Key::RsaPssSha256(_))
+        ));
+        // The hex forms older repositories carry: the DER, and the point itself.
+        let Ok(Key::EcdsaP256(point)) = Key::parse("ecdsa", "ecdsa-sha2-nistp256", &ecdsa) else {
+            panic!()
+        };
+        let (_, pem) = x509_parser::pem::parse_x509_pem(ecdsa.as_bytes()).unwrap();
+        for hex_form in [hex::encode(&pem.contents), hex::encode(&point)] {
+            assert_eq!(
+                Key::parse("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256", &hex_form),
+                Ok(Key::EcdsaP256(point.clone()))
+            );
+        }
+        let cases = [
+            (
+                "ecdsa",
+                "ecdsa-sha2-nistp256",
+                rsa.as_str(),
+                "not an ECDSA key on P-256",
+            ),
+            ("rsa", "rsassa-pss-sha256", ecdsa.as_str(), "not an RSA key"),
+            (
+                "rsa",
+                "rsassa-pss-sha256",
+                "-----BEGIN PUBLIC KEY-----\nzz",
+                "not PEM",
+            ),
+            (
+                "rsa",
+                "rsassa-pss-sha256",
+                "not a key",
+                "neither PEM nor hex",
+            ),
+            ("ed25519", "ed25519", "abcd", "32 bytes"),
+        ];
+        for (keytype, scheme, public, words) in cases {
+            let error = Key::parse(keytype, scheme, public).unwrap_err();
+            assert!(error.contains(words), "{keytype}: {error}");
+        }
+        // Another type or scheme parses, and verifies nothing.
+        let other = Key::parse("rsa", "rsassa-pkcs1v15-sha256", &rsa).unwrap();
+        assert!(matches!(other, Key::Unsupported { .. }));
+        assert!(!other.verify(b"message", &[0; 64]));
+    }
+}
