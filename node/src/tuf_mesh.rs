@@ -56,19 +56,7 @@ impl LocalStore for DirStore {
     }
 }
 
-/// Percent-encodes everything but ASCII letters, digits and `_.-~`, as Python's
-/// `urllib.parse.quote(name, safe="")` does: a role or target name becomes one safe file name.
-pub fn quote(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || b"_.-~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
+pub use proto::tuf::quote;
 
 /// Where a repository's trusted metadata lives in a data directory.
 pub fn metadata_dir(data_dir: &Path, repository: &str) -> PathBuf {
@@ -322,13 +310,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quotes_like_python() {
-        assert_eq!(quote("ecu/brake-1.2.0.bin"), "ecu%2Fbrake-1.2.0.bin");
-        assert_eq!(quote("a b~_"), "a%20b~_");
-        assert_eq!(quote("é"), "%C3%A9");
-    }
-
-    #[test]
     fn stores_replace_files_whole() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = DirStore::open(dir.path()).unwrap();
@@ -338,10 +319,13 @@ mod tests {
         assert_eq!(store.load("root").unwrap(), b"two");
         store.store("a/b", b"x").unwrap();
         assert!(dir.path().join("a%2Fb.json").exists());
+        // A role name with path segments stays one file of the directory.
+        store.store("../x", b"y").unwrap();
+        assert!(dir.path().join("..%2Fx.json").exists());
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names.len(), 2, "no temporary files left: {names:?}");
+        assert_eq!(names.len(), 3, "no temporary files left: {names:?}");
     }
 }

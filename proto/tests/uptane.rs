@@ -43,6 +43,7 @@ fn later(days: i64) -> Time {
 }
 
 /// One TUF repository (image or director) with one key per role.
+#[derive(Clone)]
 struct Repo {
     root: SigningKey,
     targets: SigningKey,
@@ -135,8 +136,9 @@ impl Repo {
         );
         for (name, key, _, role_targets) in delegated {
             let signed = build::targets(1, expires, role_targets.clone(), &[]);
+            // Served under the quoted name, as a TUF client asks for it.
             files.insert(
-                format!("metadata/1.{name}.json"),
+                format!("metadata/1.{}.json", proto::tuf::quote(name)),
                 build::sign(&signed, &[*key]).unwrap(),
             );
             roles.push((name, 1));
@@ -200,6 +202,47 @@ fn image_repo() -> Repo {
         later(1),
     );
     repo
+}
+
+/// A delegated role whose name holds URL-reserved characters and path segments is asked for as
+/// one quoted file of `metadata/` (`1...%2F..%2Fx%3Fa%23b.json`), never outside it.
+#[test]
+fn a_delegated_role_name_is_quoted_in_what_the_client_asks_for() {
+    let mut repo = Repo::new(30);
+    let supplier = key(31);
+    let name = "../../x?a#b";
+    repo.publish(
+        Map::new(),
+        &[(
+            name,
+            &supplier,
+            "ecu/*",
+            one(TARGET, image_entry(IMAGE, &["brake-v2"], 5)),
+        )],
+        later(1),
+    );
+    assert!(
+        repo.remote
+            .0
+            .contains_key("metadata/1...%2F..%2Fx%3Fa%23b.json")
+    );
+    let mut updater = repo.updater();
+    let info = updater.target_info(TARGET).unwrap();
+    assert!(
+        info.is_some(),
+        "the target listed by {name:?} was not found"
+    );
+    // The raw name is not asked for: served there alone, the role is not found.
+    let mut raw = repo.clone();
+    let bytes = raw
+        .remote
+        .0
+        .remove("metadata/1...%2F..%2Fx%3Fa%23b.json")
+        .unwrap();
+    raw.remote
+        .0
+        .insert(format!("metadata/1.{name}.json"), bytes);
+    assert!(raw.updater().target_info(TARGET).is_err());
 }
 
 fn director_repo(targets: Map<String, Value>) -> Repo {

@@ -36,7 +36,7 @@ pub use time::{Time, TimeError};
 pub use trusted::TrustedSet;
 pub use updater::{
     FetchError, Freshness, Limits, LocalStore, LocalStoreError, MemoryStore, Operation, Refresh,
-    Request, Response, Step, TargetDownload, TargetLookup, TargetNames, Updater, freshness,
+    Request, Response, Step, TargetDownload, TargetLookup, TargetNames, Updater, freshness, quote,
 };
 pub(crate) use updater::{Lookup, Machine, RefreshMachine, Walk};
 

@@ -80,6 +80,22 @@ pub enum LocalStoreError {
     Io(#[from] std::io::Error),
 }
 
+/// Percent-encodes everything but ASCII letters, digits and `_.-~`, as Python's
+/// `urllib.parse.quote(name, safe="")` does (python-tuf's client quotes role names so): a role
+/// or target name becomes one URL path segment or one file name, whatever it holds (`/`, `..`,
+/// `?`, `#`), and can never leave the directory it is looked up in.
+pub fn quote(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || b"_.-~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// Trusted metadata in memory (tests, simulations, and a vehicle that keeps none on disk).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore(pub std::collections::BTreeMap<String, Vec<u8>>);
@@ -345,9 +361,10 @@ impl<L: LocalStore> Updater<L> {
                 return Ok(None);
             }
         }
-        let file = format!("{role}.json");
         let pin = self.trusted.snapshot_pin(role)?;
         let max_bytes = pin.length.unwrap_or(self.limits.targets_bytes);
+        // The role's name quoted: `../x` or `a/b` is asked for as one file of `metadata/`.
+        let file = format!("{}.json", quote(role));
         let path = if self.trusted.root().signed.consistent_snapshot {
             format!("metadata/{}.{file}", pin.version)
         } else {
@@ -813,5 +830,18 @@ impl Operation for TargetDownload {
         self.info.verify(&self.target_path, &data)?;
         self.data = Some(data);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote;
+
+    #[test]
+    fn quotes_like_python() {
+        assert_eq!(quote("ecu/brake-1.2.0.bin"), "ecu%2Fbrake-1.2.0.bin");
+        assert_eq!(quote("a b~_"), "a%20b~_");
+        assert_eq!(quote("é"), "%C3%A9");
+        assert_eq!(quote("../x?a#b"), "..%2Fx%3Fa%23b");
     }
 }
