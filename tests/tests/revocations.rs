@@ -93,6 +93,85 @@ fn serve_until<T>(
     runtime.block_on(task).unwrap()
 }
 
+/// A loopback member node in the test's runtime: `keypair` presenting `certificate`, trusting
+/// `keys`.
+async fn member_node(
+    keypair: Keypair,
+    certificate: MembershipCert,
+    keys: FleetKeys,
+) -> (node::net::NetHandle, node::net::NetEvents) {
+    let membership = MeshMembership {
+        certificate,
+        keys,
+        revocations: None,
+    };
+    let (net, events, _incoming) = node::net::start(NetConfig {
+        keypair: Some(keypair),
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+        mdns: false,
+        mdns_auto_dial: false,
+        membership: Some(membership),
+        ..NetConfig::default()
+    })
+    .await
+    .unwrap();
+    (net, events)
+}
+
+/// What differs between the vehicle agents these tests run.
+struct Agent<'a> {
+    vin: &'a str,
+    serial: &'a str,
+    depot: &'a str,
+    director: Option<(&'a str, &'a Path)>,
+    primary_seed: u8,
+    ecu_seed: u8,
+    director_key: &'a str,
+    mesh: &'a MeshSection,
+    metadata_timeout_secs: u64,
+}
+
+/// A vehicle agent in `dir` with one file-backed gateway ECU running v1 and no trusted root
+/// (its checks fail at metadata, after the membership steps these tests look at).
+fn vehicle_agent(w: &Path, dir: &Path, agent: &Agent<'_>) -> vehicle_peer::daemon::Daemon {
+    let ecu = vehicle_peer::simulated::file_ecu(
+        &dir.join("ecu"),
+        &vehicle_peer::simulated::FileEcu {
+            serial: agent.serial,
+            hardware_id: "gw-v1",
+            installed: ("ecu/gw-1.bin", b"firmware v1", 1),
+            bank_bytes: 1 << 16,
+            key_seed: [agent.ecu_seed; 32],
+            director_key: agent.director_key,
+            health: "exit 0",
+            single_bank_spare: None,
+        },
+    )
+    .unwrap();
+    let no_root = w.join("no-root.json");
+    let extra = format!(
+        "metadata_timeout_secs = {}\n[link]\nclass = \"yard-wifi\"",
+        agent.metadata_timeout_secs
+    );
+    let config = vehicle_peer::simulated::loopback_vehicle(
+        dir,
+        &vehicle_peer::simulated::LoopbackVehicle {
+            vin: agent.vin,
+            depot: agent.depot,
+            roots: (&no_root, &no_root),
+            director: agent.director,
+            primary_seed: [agent.primary_seed; 32],
+            ecus: &[ecu],
+            mesh: Some(agent.mesh),
+            extra: &extra,
+        },
+    )
+    .unwrap();
+    let config = vehicle_peer::config::load(&config).unwrap();
+    assert_eq!(config.director_url.is_some(), agent.director.is_some());
+    vehicle_peer::daemon::Daemon::open(config).unwrap()
+}
+
 #[test]
 fn a_vehicle_that_reaches_no_director_gets_a_newer_list_from_its_depot_within_one_check() {
     let work = tempfile::tempdir().unwrap();
@@ -126,59 +205,29 @@ fn a_vehicle_that_reaches_no_director_gets_a_newer_list_from_its_depot_within_on
         &older,
     );
     let director_key = hex::encode(SigningKey::from_bytes(&[5; 32]).verifying_key().as_bytes());
-    let ecu = vehicle_peer::simulated::file_ecu(
-        &vehicle_dir.join("ecu"),
-        &vehicle_peer::simulated::FileEcu {
-            serial: "GW-REV-1",
-            hardware_id: "gw-v1",
-            installed: ("ecu/gw-1.bin", b"firmware v1", 1),
-            bank_bytes: 1 << 16,
-            key_seed: [6; 32],
-            director_key: &director_key,
-            health: "exit 0",
-            single_bank_spare: None,
-        },
-    )
-    .unwrap();
-    let no_root = w.join("no-root.json");
-    let config = vehicle_peer::simulated::loopback_vehicle(
+    let mut daemon = vehicle_agent(
+        w,
         &vehicle_dir,
-        &vehicle_peer::simulated::LoopbackVehicle {
+        &Agent {
             vin: "REV-1",
+            serial: "GW-REV-1",
             depot: &depot.addr.to_string(),
-            roots: (&no_root, &no_root),
             director: None,
-            primary_seed: [7; 32],
-            ecus: &[ecu],
-            mesh: Some(&vehicle_mesh),
-            extra: "metadata_timeout_secs = 10\n[link]\nclass = \"yard-wifi\"",
+            primary_seed: 7,
+            ecu_seed: 6,
+            director_key: &director_key,
+            mesh: &vehicle_mesh,
+            metadata_timeout_secs: 10,
         },
-    )
-    .unwrap();
-    let config = vehicle_peer::config::load(&config).unwrap();
-    assert!(config.director_url.is_none());
-    let mut daemon = vehicle_peer::daemon::Daemon::open(config).unwrap();
+    );
     let vehicle_addr = daemon.listen_addrs()[0].clone();
 
     // The neighbour connects to the vehicle, and both admit each other.
-    let (neighbour, mut neighbour_events) = runtime.block_on(async {
-        let membership = MeshMembership {
-            certificate: certificate(neighbour_id, MemberRole::Vehicle),
-            keys: FleetKeys::new([fleet_key().verifying_key()]),
-            revocations: None,
-        };
-        let (net, events, _incoming) = node::net::start(NetConfig {
-            keypair: Some(neighbour_key),
-            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
-            mdns: false,
-            mdns_auto_dial: false,
-            membership: Some(membership),
-            ..NetConfig::default()
-        })
-        .await
-        .unwrap();
-        (net, events)
-    });
+    let (neighbour, mut neighbour_events) = runtime.block_on(member_node(
+        neighbour_key,
+        certificate(neighbour_id, MemberRole::Vehicle),
+        FleetKeys::new([fleet_key().verifying_key()]),
+    ));
     let dial = runtime.spawn({
         let neighbour = neighbour.clone();
         let addr = vehicle_addr.clone();
@@ -278,24 +327,11 @@ fn a_revocation_at_the_director_reaches_a_depot_within_one_refresh() {
     let vehicle_dir = w.join("vehicle");
     let (vehicle_cert, vehicle_id) = enrol(&vehicle_dir, MemberRole::Vehicle);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (vehicle, mut vehicle_events) = runtime.block_on(async {
-        let membership = MeshMembership {
-            certificate: MembershipCert::decode(&std::fs::read(&vehicle_cert).unwrap()).unwrap(),
-            keys: origin::fleet::fleet_keys(&origin).unwrap(),
-            revocations: None,
-        };
-        let (net, events, _incoming) = node::net::start(NetConfig {
-            keypair: Some(node::identity::load_or_create(&vehicle_dir).unwrap()),
-            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
-            mdns: false,
-            mdns_auto_dial: false,
-            membership: Some(membership),
-            ..NetConfig::default()
-        })
-        .await
-        .unwrap();
-        (net, events)
-    });
+    let (vehicle, mut vehicle_events) = runtime.block_on(member_node(
+        node::identity::load_or_create(&vehicle_dir).unwrap(),
+        MembershipCert::decode(&std::fs::read(&vehicle_cert).unwrap()).unwrap(),
+        origin::fleet::fleet_keys(&origin).unwrap(),
+    ));
     let admitted = runtime.block_on(vehicle.dial(depot.addr.clone())).unwrap();
     assert_eq!(admitted, depot_id);
 
@@ -387,38 +423,22 @@ fn a_vehicle_renews_its_certificate_at_the_director_before_it_expires() {
         revocations: Some(vehicle_dir.join("revocations.json")),
     };
 
-    let ecu = vehicle_peer::simulated::file_ecu(
-        &vehicle_dir.join("ecu"),
-        &vehicle_peer::simulated::FileEcu {
-            serial: "GW-RENEW-1",
-            hardware_id: "gw-v1",
-            installed: ("ecu/gw-1.bin", b"firmware v1", 1),
-            bank_bytes: 1 << 16,
-            key_seed: [ECU_SEED; 32],
-            director_key: &public(5),
-            health: "exit 0",
-            single_bank_spare: None,
-        },
-    )
-    .unwrap();
-    let no_root = w.join("no-root.json");
     let nobody = format!("/ip4/127.0.0.1/udp/9/quic-v1/p2p/{}", PeerId::random());
-    let config = vehicle_peer::simulated::loopback_vehicle(
+    let mut daemon = vehicle_agent(
+        w,
         &vehicle_dir,
-        &vehicle_peer::simulated::LoopbackVehicle {
+        &Agent {
             vin: "RENEW-1",
+            serial: "GW-RENEW-1",
             depot: &nobody,
-            roots: (&no_root, &no_root),
             director: Some((&director.url, &director.ca)),
-            primary_seed: [PRIMARY_SEED; 32],
-            ecus: &[ecu],
-            mesh: Some(&mesh),
-            extra: "metadata_timeout_secs = 2\n[link]\nclass = \"yard-wifi\"",
+            primary_seed: PRIMARY_SEED,
+            ecu_seed: ECU_SEED,
+            director_key: &public(5),
+            mesh: &mesh,
+            metadata_timeout_secs: 2,
         },
-    )
-    .unwrap();
-    let config = vehicle_peer::config::load(&config).unwrap();
-    let mut daemon = vehicle_peer::daemon::Daemon::open(config).unwrap();
+    );
 
     // One check (it fails later on: no depot, no trusted root), after the renewal.
     let _ = daemon.check(node::clock::unix_now());
