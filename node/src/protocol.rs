@@ -623,22 +623,11 @@ pub async fn query_revocations<St: AsyncRead + AsyncWrite + Unpin>(
     newer_than: u64,
 ) -> Result<OfferedRevocations, ExchangeError> {
     let question = Message::RevocationsQuery(wire::RevocationsQuery { newer_than });
-    write_message(&mut stream, &question).await?;
-    let offer = match read_answer(&mut stream).await? {
-        Message::RevocationsOffer(offer) => offer,
-        Message::Error(error) => {
-            return Err(ExchangeError::Refused {
-                code: error.code,
-                detail: error.detail,
-            });
-        }
-        other => {
-            return Err(ExchangeError::UnexpectedAnswer {
-                question: kind_name(&question),
-                answer: format!("{other:?}"),
-            });
-        }
-    };
+    let offer = ask(&mut stream, &question, |answer| match answer {
+        Message::RevocationsOffer(offer) => Ok(offer),
+        other => Err(other),
+    })
+    .await?;
     if offer.length == 0 {
         return Ok(OfferedRevocations::NotNewer {
             version: offer.version,

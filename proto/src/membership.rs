@@ -130,10 +130,10 @@ impl MembershipCert {
                 membership.expires, membership.issued
             )));
         }
-        let signature = hex::encode(key.sign(&membership.statement()).to_bytes());
+        let (key_id, signature) = sign_statement(key, &membership.statement());
         Ok(Self {
             membership,
-            key_id: key_id(&key.verifying_key()),
+            key_id,
             signature,
         })
     }
@@ -145,14 +145,7 @@ impl MembershipCert {
 
     /// Reads one from untrusted bytes (at most [`MAX_CERT_BYTES`]); checks nothing but form.
     pub fn decode(bytes: &[u8]) -> Result<Self, MembershipError> {
-        if bytes.len() > MAX_CERT_BYTES {
-            return Err(MembershipError::Malformed(format!(
-                "a certificate of {} bytes (at most {MAX_CERT_BYTES})",
-                bytes.len()
-            )));
-        }
-        let cert: Self = serde_json::from_slice(bytes)
-            .map_err(|e| MembershipError::Malformed(format!("certificate: {e}")))?;
+        let cert: Self = decode_bounded(bytes, MAX_CERT_BYTES, "certificate")?;
         check_peer_text(&cert.membership.peer)?;
         Ok(cert)
     }
@@ -207,10 +200,10 @@ impl SignedRevocations {
     /// Signs `revocations` with the fleet key `key`.
     pub fn sign(key: &SigningKey, revocations: Revocations) -> Result<Self, MembershipError> {
         check_revoked(&revocations)?;
-        let signature = hex::encode(key.sign(&revocations.statement()).to_bytes());
+        let (key_id, signature) = sign_statement(key, &revocations.statement());
         Ok(Self {
             revocations,
-            key_id: key_id(&key.verifying_key()),
+            key_id,
             signature,
         })
     }
@@ -223,17 +216,31 @@ impl SignedRevocations {
     /// Reads one from untrusted bytes (at most [`MAX_REVOCATIONS_BYTES`]): its form and bounds,
     /// not its signature, which is [`FleetKeys::verify_revocations`]'.
     pub fn decode(bytes: &[u8]) -> Result<Self, MembershipError> {
-        if bytes.len() > MAX_REVOCATIONS_BYTES {
-            return Err(MembershipError::Malformed(format!(
-                "a revocation list of {} bytes (at most {MAX_REVOCATIONS_BYTES})",
-                bytes.len()
-            )));
-        }
-        let signed: Self = serde_json::from_slice(bytes)
-            .map_err(|e| MembershipError::Malformed(format!("revocation list: {e}")))?;
+        let signed: Self = decode_bounded(bytes, MAX_REVOCATIONS_BYTES, "revocation list")?;
         check_revoked(&signed.revocations)?;
         Ok(signed)
     }
+}
+
+/// `key`'s id and its ed25519 signature (hex) over `statement`.
+fn sign_statement(key: &SigningKey, statement: &[u8]) -> (String, String) {
+    let signature = hex::encode(key.sign(statement).to_bytes());
+    (key_id(&key.verifying_key()), signature)
+}
+
+/// The `what` in untrusted `bytes`, at most `max` of them; only its form is checked.
+fn decode_bounded<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    max: usize,
+    what: &str,
+) -> Result<T, MembershipError> {
+    if bytes.len() > max {
+        return Err(MembershipError::Malformed(format!(
+            "a {what} of {} bytes (at most {max})",
+            bytes.len()
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| MembershipError::Malformed(format!("{what}: {e}")))
 }
 
 /// Why a certificate or a revocation list is not accepted.
