@@ -14,14 +14,44 @@
 //! machine takes at most one core from the honest nodes) until it is dropped, and counts what
 //! it did in atomics the summary reads.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use libp2p::PeerId;
 use libp2p::identity::Keypair;
+
+use crate::actor::Running;
 use node::membership::MeshMembership;
 use node::net::{NetConfig, QuicTuning};
 
 pub mod report_flood;
 pub mod slow_reader;
+
+/// A running attacker and what it did; it stops when dropped.
+#[derive(Debug)]
+pub struct Attacker<C> {
+    /// Its peer id.
+    pub peer: PeerId,
+    /// What it did so far.
+    pub counts: Arc<C>,
+    running: Option<Running>,
+}
+
+impl<C> Attacker<C> {
+    /// Stops it; its counts stay readable.
+    pub fn stop(&mut self) {
+        self.running = None;
+    }
+}
+
+/// An attacker's identity, kept in `dir`, and its peer id.
+fn identity(dir: &Path) -> anyhow::Result<(Keypair, PeerId)> {
+    std::fs::create_dir_all(dir)?;
+    let keypair = node::identity::load_or_create(dir)?;
+    let peer = keypair.public().to_peer_id();
+    Ok((keypair, peer))
+}
 
 /// How an attacker's node starts: its identity and certificate, dial-only, no mDNS, with
 /// `quic`'s windows.

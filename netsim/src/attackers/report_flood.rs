@@ -19,7 +19,7 @@ use node::net::{self, NetHandle, QuicTuning};
 use node::protocol::ExchangeError;
 use proto::wire::{ErrorCode, MAX_REPORT_BYTES};
 
-use super::{count, node_config};
+use super::{Attacker, count, identity, node_config};
 use crate::actor::Running;
 
 /// Reports handed over at once.
@@ -39,21 +39,7 @@ pub struct ReportFloodCounts {
 }
 
 /// The running report flooder; stops when dropped.
-#[derive(Debug)]
-pub struct ReportFlood {
-    /// Its peer id.
-    pub peer: PeerId,
-    /// What it did so far.
-    pub counts: Arc<ReportFloodCounts>,
-    running: Option<Running>,
-}
-
-impl ReportFlood {
-    /// Stops it; its counts stay readable.
-    pub fn stop(&mut self) {
-        self.running = None;
-    }
-}
+pub type ReportFlood = Attacker<ReportFloodCounts>;
 
 /// Starts the report flooder in `dir` (its identity), a member by `membership`, handing its
 /// reports to the depot at `depot`. Returns once it is connected.
@@ -62,9 +48,7 @@ pub fn start(
     depot: &Multiaddr,
     membership: MeshMembership,
 ) -> anyhow::Result<ReportFlood> {
-    std::fs::create_dir_all(dir)?;
-    let keypair = node::identity::load_or_create(dir)?;
-    let peer = keypair.public().to_peer_id();
+    let (keypair, peer) = identity(dir)?;
     let counts = Arc::new(ReportFloodCounts::default());
     let config = node_config(&keypair, &membership, QuicTuning::default());
     let (depot, counting) = (depot.clone(), counts.clone());
@@ -97,7 +81,7 @@ pub fn start(
             }
         }
     })?;
-    Ok(ReportFlood {
+    Ok(Attacker {
         peer,
         counts,
         running: Some(running),

@@ -22,14 +22,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{AsyncWriteExt as _, FutureExt as _};
-use libp2p::{Multiaddr, PeerId, Stream};
+use libp2p::{Multiaddr, Stream};
 use node::membership::MeshMembership;
 use node::net::{self, QuicTuning};
 use proto::BlobId;
 use proto::ChunkGroupRanges;
 use proto::wire::{Message, RangeRequest};
 
-use super::{count, node_config};
+use super::{Attacker, count, identity, node_config};
 use crate::actor::{Running, Started};
 
 /// Streams opened on one connection before any is asked on: more than the depot's whole
@@ -88,21 +88,7 @@ pub struct SlowReaderCounts {
 }
 
 /// The running slow reader; stops when dropped.
-#[derive(Debug)]
-pub struct SlowReader {
-    /// Its peer id.
-    pub peer: PeerId,
-    /// What it did so far.
-    pub counts: Arc<SlowReaderCounts>,
-    running: Option<Running>,
-}
-
-impl SlowReader {
-    /// Stops it; its counts stay readable.
-    pub fn stop(&mut self) {
-        self.running = None;
-    }
-}
+pub type SlowReader = Attacker<SlowReaderCounts>;
 
 /// Starts the slow reader in `dir` (its identity), a member by `membership`, asking the depot
 /// at `depot` for ranges of `targets` in turn. Returns once it has its first connection.
@@ -116,9 +102,7 @@ pub fn start(
         targets.iter().any(|t| t.groups > 0),
         "the slow reader has no blob to ask for"
     );
-    std::fs::create_dir_all(dir)?;
-    let keypair = node::identity::load_or_create(dir)?;
-    let peer = keypair.public().to_peer_id();
+    let (keypair, peer) = identity(dir)?;
     let counts = Arc::new(SlowReaderCounts::default());
     let config = node_config(&keypair, &membership, closed_windows());
     let (depot, counting) = (depot.clone(), counts.clone());
@@ -128,7 +112,7 @@ pub fn start(
             connection(&config, &depot, &mut asks, &counting, &started).await?;
         }
     })?;
-    Ok(SlowReader {
+    Ok(Attacker {
         peer,
         counts,
         running: Some(running),

@@ -29,25 +29,39 @@ pub enum Key {
     },
 }
 
+/// The three key types, by the `keytype` and `scheme` metadata names them with.
+#[derive(Clone, Copy)]
+enum Kind {
+    Ed25519,
+    EcdsaP256,
+    RsaPss,
+}
+
+impl Kind {
+    fn of(keytype: &str, scheme: &str) -> Option<Self> {
+        match (keytype, scheme) {
+            ("ed25519", "ed25519") => Some(Self::Ed25519),
+            ("ecdsa" | "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256") => Some(Self::EcdsaP256),
+            ("rsa", "rsassa-pss-sha256") => Some(Self::RsaPss),
+            _ => None,
+        }
+    }
+}
+
 /// OID 1.2.840.10045.3.1.7, the curve P-256 (`prime256v1`).
 const P256: &str = "1.2.840.10045.3.1.7";
 
 impl Key {
     /// Whether `keytype` and `scheme` are one of the three types verified here.
     pub fn is_supported(keytype: &str, scheme: &str) -> bool {
-        matches!(
-            (keytype, scheme),
-            ("ed25519", "ed25519")
-                | ("ecdsa" | "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256")
-                | ("rsa", "rsassa-pss-sha256")
-        )
+        Kind::of(keytype, scheme).is_some()
     }
 
     /// The key `keyval.public` holds for `keytype` and `scheme`; a type or scheme outside the
     /// three is [`Key::Unsupported`]. An error says what is wrong with a key of a known type.
     pub fn parse(keytype: &str, scheme: &str, public: &str) -> Result<Self, String> {
-        match (keytype, scheme) {
-            ("ed25519", "ed25519") => {
+        match Kind::of(keytype, scheme) {
+            Some(Kind::Ed25519) => {
                 let bytes: [u8; 32] = hex::decode(public)
                     .ok()
                     .and_then(|bytes| bytes.try_into().ok())
@@ -56,9 +70,9 @@ impl Key {
                     .map(Self::Ed25519)
                     .map_err(|_| "is not an ed25519 public key".into())
             }
-            ("ecdsa" | "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256") => ecdsa_p256(public),
-            ("rsa", "rsassa-pss-sha256") => rsa(public),
-            _ => Ok(Self::Unsupported {
+            Some(Kind::EcdsaP256) => ecdsa_p256(public),
+            Some(Kind::RsaPss) => rsa(public),
+            None => Ok(Self::Unsupported {
                 keytype: keytype.to_owned(),
                 scheme: scheme.to_owned(),
             }),

@@ -20,13 +20,19 @@ use super::Daemon;
 /// vehicle that reaches the director only now and then still renews in time.
 pub(super) const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 
+/// Whether a certificate expiring at `expires` is to be renewed at `now` (unix seconds): within
+/// [`RENEW_BEFORE`] of its expiry, or after.
+fn renewal_due(expires: u64, now: u64) -> bool {
+    now.saturating_add(RENEW_BEFORE.as_secs()) >= expires
+}
+
 impl Daemon {
     pub(super) fn renew_membership(&mut self, now: u64) {
         let Some(counters) = self.net.membership_counters() else {
             return;
         };
         let expires = counters.certificate_expires.load(Relaxed);
-        if self.config.director_url.is_none() || now + RENEW_BEFORE.as_secs() < expires {
+        if self.config.director_url.is_none() || !renewal_due(expires, now) {
             return;
         }
         self.status["membership"] = match self.renewed_certificate(now) {
@@ -66,5 +72,19 @@ impl Daemon {
         node::storage::replace_file(&path, &certificate.encode())
             .with_context(|| format!("keeping the renewed certificate in {}", path.display()))?;
         Ok(certificate.membership.expires)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_a_month_before_expiry() {
+        let month = RENEW_BEFORE.as_secs();
+        assert!(!renewal_due(1_000_000 + month + 1, 1_000_000));
+        assert!(renewal_due(1_000_000 + month, 1_000_000));
+        assert!(renewal_due(1_000_000, 2_000_000));
+        assert!(renewal_due(0, u64::MAX));
     }
 }
