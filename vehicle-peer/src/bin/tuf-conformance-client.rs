@@ -120,8 +120,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .target_info(name)?
                     .with_context(|| format!("no trusted role lists target {name}"))?;
                 let path = dir.join(quote(name));
-                // The local copy, if it matches what the trusted metadata says.
-                if std::fs::read(&path).is_ok_and(|held| info.verify(name, &held).is_ok()) {
+                // The local copy, if it matches what the trusted metadata says (its length
+                // first, so that a large stray file is not read).
+                let same_length =
+                    std::fs::metadata(&path).is_ok_and(|meta| meta.len() == info.length);
+                if same_length
+                    && std::fs::read(&path).is_ok_and(|held| info.verify(name, &held).is_ok())
+                {
                     continue;
                 }
                 let bytes = updater.download_target(name, &info)?;
