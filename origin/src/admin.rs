@@ -6,29 +6,32 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use ed25519_dalek::SigningKey;
+use proto::tuf::keys::KeyType;
 use serde_json::{Value, json};
 
+use crate::keystore::{KeyStore, NewKey};
 use crate::repo::{self, Origin};
 use crate::{audit, director, keys, verify};
 
-/// Makes a new origin: both repositories with fresh keys; the offline ones into
-/// `origin.offline_keys`, which must not be inside the origin directory; the fleet key
+/// Makes a new origin: both repositories with fresh keys of `kind` (by default the store's:
+/// ed25519 in files, ECDSA P-256 in a token); the offline ones into `origin.offline_keys`, a
+/// directory outside the origin directory or a PKCS #11 token; the fleet key
 /// ([`crate::fleet`]) and the director's TLS.
-pub fn init(origin: &Origin) -> anyhow::Result<()> {
-    let offline = origin
-        .offline_keys
-        .as_ref()
-        .context("give --offline-keys DIR: where the offline root and targets keys go")?;
+pub fn init(origin: &Origin, kind: Option<KeyType>) -> anyhow::Result<()> {
+    let offline = origin.offline_keys.as_ref().context(
+        "give --offline-keys DIR or a pkcs11: URI: where the offline root and targets keys go",
+    )?;
     let absolute = |path: &Path| fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     fs::create_dir_all(&origin.dir)
         .with_context(|| format!("creating {}", origin.dir.display()))?;
-    fs::create_dir_all(offline).with_context(|| format!("creating {}", offline.display()))?;
-    if absolute(offline).starts_with(absolute(&origin.dir)) {
-        bail!(
-            "--offline-keys {} is inside the origin directory; offline keys must be kept apart",
-            offline.display()
-        );
+    if let KeyStore::Dir(offline) = offline {
+        fs::create_dir_all(offline).with_context(|| format!("creating {}", offline.display()))?;
+        if absolute(offline).starts_with(absolute(&origin.dir)) {
+            bail!(
+                "--offline-keys {} is inside the origin directory; offline keys must be kept apart",
+                offline.display()
+            );
+        }
     }
     for repository in repo::REPOSITORIES {
         if origin.metadata_dir(repository).exists() {
@@ -39,7 +42,7 @@ pub fn init(origin: &Origin) -> anyhow::Result<()> {
         }
     }
     for repository in repo::REPOSITORIES {
-        origin.init_repository(repository)?;
+        origin.init_repository(repository, kind)?;
     }
     keys::create(&crate::fleet::key_path(origin))?;
     crate::tls::init(origin, &[])
@@ -139,7 +142,7 @@ pub fn rotate(
     origin: &Origin,
     repository: &str,
     role: &str,
-    new_key: &SigningKey,
+    new_key: &NewKey,
 ) -> anyhow::Result<u64> {
     if repository == "director" {
         director::before_rotation(origin, role)?;

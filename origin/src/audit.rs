@@ -127,7 +127,7 @@ pub fn log_path(origin: &Origin) -> PathBuf {
 
 /// The audit key, made on first use.
 pub fn key(origin: &Origin) -> anyhow::Result<SigningKey> {
-    let path = origin.key_path("audit", "log")?;
+    let path = origin.online_keys_dir().join("audit-log.json");
     if !path.exists() {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -364,7 +364,7 @@ mod tests {
     fn origin(dir: &Path) -> Origin {
         Origin {
             dir: dir.join("origin"),
-            offline_keys: Some(dir.join("usb")),
+            offline_keys: Some(dir.join("usb").into()),
             now: proto::tuf::Time::parse("2026-11-22T10:00:00Z").unwrap(),
         }
     }

@@ -20,8 +20,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use ed25519_dalek::SigningKey;
-use proto::tuf::build;
+use proto::tuf::signer::Signer;
 use proto::tuf::{Key, Role, RoleKeys, Signed, Snapshot, Targets, Time, TrustedSet, TufError};
 
 /// Why a signing refused the metadata it would build on. Each variant names the file, relative
@@ -116,9 +115,9 @@ pub(crate) fn verify(
 impl Verified {
     /// Refuses `key` for `role` (a top-level role, or one the top-level targets delegates to)
     /// when the verified metadata does not list it.
-    pub(crate) fn check_key(&self, role: &str, key: &SigningKey) -> Result<(), ChainError> {
+    pub(crate) fn check_key(&self, role: &str, key: &dyn Signer) -> Result<(), ChainError> {
         let trusted = &self.trusted;
-        let keyid = build::key_id(&key.verifying_key());
+        let keyid = key.public_key().id();
         let root = trusted.root();
         let (listed, file, field) = match root.signed.roles.get(role) {
             Some(keys) => (

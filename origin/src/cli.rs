@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use proto::tuf::Time;
+use proto::tuf::keys::KeyType;
 
 /// depotmesh origin: signs releases the TUF/Uptane way and keeps the director's repository.
 #[derive(Debug, Parser)]
@@ -14,8 +15,10 @@ pub(crate) struct Cli {
     #[arg(long, global = true, default_value = "origin-data")]
     pub(crate) dir: PathBuf,
     /// Where the offline keys (both roots, image targets) are: needed by init, release, rotate.
-    #[arg(long, global = true)]
-    pub(crate) offline_keys: Option<PathBuf>,
+    /// A directory, or a PKCS #11 token as a `pkcs11:` URI (RFC 7512), e.g.
+    /// `pkcs11:token=depotmesh?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/run/pin`.
+    #[arg(long, global = true, value_name = "DIR|pkcs11:URI")]
+    pub(crate) offline_keys: Option<origin::keystore::KeyStore>,
     /// The time to sign at, as YYYY-MM-DDTHH:MM:SSZ (default: now). For tests and rehearsals.
     #[arg(long, global = true)]
     pub(crate) now: Option<Time>,
@@ -28,17 +31,26 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Make a new ed25519 key file (mode 0600); prints its key id and public key.
+    /// Make a new key file (mode 0600); prints its key id and public key object.
     Keygen {
         /// The key file to create.
         #[arg(long)]
         out: PathBuf,
+        /// `ed25519`, `ecdsa` (P-256) or `rsa` (3072 bits, PSS with SHA-256).
+        #[arg(long = "type", default_value = "ed25519")]
+        kind: KeyType,
     },
     /// Make a new image repository and director with fresh keys: offline keys into
     /// --offline-keys, online keys into DIR/keys; and the director's TLS: a director CA
     /// (`DIR/tls/director-ca.pem`, the file clients trust), its server certificate for
-    /// localhost, and an operator CA for operators' client certificates.
-    Init,
+    /// localhost, and an operator CA for operators' client certificates. With a pkcs11: URI
+    /// as --offline-keys, the offline keys are made inside the token and never leave it.
+    Init {
+        /// The type of every new key: `ed25519`, `ecdsa` (P-256) or `rsa` (default: ed25519,
+        /// or ecdsa when the offline keys are in a token).
+        #[arg(long)]
+        key_type: Option<KeyType>,
+    },
     /// Issue the director's server certificate again from the origin's director CA, valid for
     /// localhost and each --name (the names and addresses clients reach it by). Clients trust
     /// the CA, so they need no change.
@@ -61,10 +73,14 @@ pub(crate) enum Command {
         /// Repeatable.
         #[arg(long = "path", required = true)]
         paths: Vec<String>,
-        /// The role's key (from `origin keygen`, e.g. made by the supplier); by default a new
-        /// one is made. Kept with the offline keys as image-<name>.json.
-        #[arg(long)]
+        /// The role's key file (from `origin keygen`, e.g. made by the supplier); by default a
+        /// new one is made with the offline keys (in the token, if they are in one). Kept with
+        /// the offline keys as image-<name>.
+        #[arg(long, conflicts_with = "key_type")]
         key: Option<PathBuf>,
+        /// The type of the key made when no --key is given (default: the offline store's).
+        #[arg(long)]
+        key_type: Option<KeyType>,
         /// A vehicle looking up a name this role matches looks no further, even if the role
         /// does not list it.
         #[arg(long)]
@@ -79,9 +95,14 @@ pub(crate) enum Command {
         /// `root`, `targets`, `snapshot` or `timestamp`.
         #[arg(long, value_parser = ["root", "targets", "snapshot", "timestamp"])]
         role: String,
-        /// The new key (from `origin keygen`).
+        /// The new key file (from `origin keygen`); by default a new key is made where the
+        /// role's key is kept (inside the token, if the offline keys are in one). The old key
+        /// stays there, retired as <name>.retired-v<N>.
+        #[arg(long, conflicts_with = "key_type")]
+        new_key: Option<PathBuf>,
+        /// The type of the key made when no --new-key is given (default: the store's).
         #[arg(long)]
-        new_key: PathBuf,
+        key_type: Option<KeyType>,
     },
     /// Tell one vehicle, through the director, which image each of its ECUs must install: a new
     /// director targets version for that vehicle (online key), checked against the image

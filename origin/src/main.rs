@@ -10,11 +10,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use ed25519_dalek::VerifyingKey;
 use node::director_client::{ClientError, ClientTls, DirectorClient};
 use origin::http::Listen;
+use origin::keystore::NewKey;
 use origin::{Actor, Origin, Released};
 use proto::director_api::{ActionRequest, CampaignAction, CreateCampaign, RegisterVehicle};
+use proto::tuf::signer::Signer as _;
 
 use cli::{
     AuditCommand, CampaignCommand, Cli, Command, DirectorArgs, MemberCommand, OperatorCommand,
@@ -42,9 +43,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let actor = actor(cli.actor)?;
     match cli.command {
-        Command::Keygen { out } => print_key(&origin::keys::create(&out)?.verifying_key()),
-        Command::Init => {
-            origin::init(&origin)?;
+        Command::Keygen { out, kind } => {
+            print_key(&origin::keys::create_pair(&out, kind)?.public_key())
+        }
+        Command::Init { key_type } => {
+            origin::init(&origin, key_type)?;
             let dir = origin.dir.display();
             println!("initialised {dir} (image and director repositories)");
         }
@@ -61,20 +64,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             paths,
             key,
+            key_type,
             terminating,
         } => {
-            let key = origin::keys::load_or_generate(key.as_deref())?;
-            let version = origin.delegate(&name, &paths, &key, terminating)?;
-            let key_id = proto::tuf::build::key_id(&key.verifying_key());
+            let key = new_key(&origin, "image", &name, key, key_type)?;
+            let (version, key_id) = origin.delegate(&name, &paths, &key, terminating)?;
             let paths = paths.join(", ");
             println!("image targets v{version} delegates {paths} to {name} (key {key_id})");
         }
         Command::Rotate {
             repository,
             role,
-            new_key,
+            new_key: file,
+            key_type,
         } => {
-            let key = origin::keys::load(&new_key)?;
+            let key = new_key(&origin, &repository, &role, file, key_type)?;
             let version = origin::admin::rotate(&origin, &repository, &role, &key)?;
             println!("{repository} {role} key rotated: root v{version}");
         }
@@ -155,10 +159,27 @@ fn actor(flag: Option<String>) -> anyhow::Result<Actor> {
     Ok(Actor::new(name)?)
 }
 
-/// A public key as `origin keygen` prints it: its key id and the key in hex.
-fn print_key(public: &VerifyingKey) {
-    let key_id = proto::tuf::build::key_id(public);
-    println!("{key_id}  {}", hex::encode(public.as_bytes()));
+/// A public key as `origin keygen` prints it: its key id and its key object.
+fn print_key(public: &proto::tuf::Key) {
+    println!("{}  {}", public.id(), public.to_json());
+}
+
+/// The new key of `repository`'s `role`: the key file given, or one to make of `kind` (by
+/// default the type the role's store makes).
+fn new_key(
+    origin: &Origin,
+    repository: &str,
+    role: &str,
+    file: Option<std::path::PathBuf>,
+    kind: Option<proto::tuf::keys::KeyType>,
+) -> anyhow::Result<NewKey> {
+    if let Some(file) = file {
+        return Ok(NewKey::File(file));
+    }
+    let (store, _) = origin.key_store(repository, role)?;
+    Ok(NewKey::Make(
+        kind.unwrap_or_else(|| store.default_key_type()),
+    ))
 }
 
 /// `origin verify`'s output: each problem, then a count on stderr and exit 1 if there are any.

@@ -354,10 +354,10 @@ mod tests {
     fn initialised(dir: &Path) -> Origin {
         let origin = Origin {
             dir: dir.join("origin"),
-            offline_keys: Some(dir.join("usb")),
+            offline_keys: Some(dir.join("usb").into()),
             now: proto::tuf::Time::parse("2026-11-22T10:00:00Z").unwrap(),
         };
-        crate::init(&origin).unwrap();
+        crate::init(&origin, None).unwrap();
         origin
     }
 

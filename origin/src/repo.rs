@@ -3,21 +3,24 @@
 //! `N.snapshot.json`, and `timestamp.json`) and, for the image repository, `targets/` with each
 //! image under `<dir>/<hash>.<name>` for each of its hashes.
 //!
-//! Offline keys (both roots, the image repository's targets) live in a directory the operator
-//! names on every command that needs them and keeps off the origin machine otherwise; online
-//! keys (snapshot, timestamp, the director's targets) live in the origin's `keys/`.
+//! Offline keys (both roots, the image repository's targets) live in a key store the operator
+//! names on every command that needs them: a directory kept off the origin machine otherwise,
+//! or a PKCS #11 token ([`KeyStore`]). Online keys (snapshot, timestamp, the director's targets)
+//! live in the origin's `keys/`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use ed25519_dalek::SigningKey;
 use proto::tuf::Time;
 use proto::tuf::build::{self, RoleSpec};
+use proto::tuf::keys::KeyType;
+use proto::tuf::signer::Signer;
 use serde_json::{Map, Value};
 
+use crate::chain;
 pub use crate::chain::latest_version;
-use crate::{chain, keys};
+use crate::keystore::{KeyStore, NewKey, ReadKey, RoleKey};
 
 /// The two repositories.
 pub const REPOSITORIES: [&str; 2] = ["image", "director"];
@@ -64,7 +67,7 @@ pub struct Origin {
     /// The origin directory.
     pub dir: PathBuf,
     /// Where offline keys are, when the command needs them.
-    pub offline_keys: Option<PathBuf>,
+    pub offline_keys: Option<KeyStore>,
     /// The clock.
     pub now: Time,
 }
@@ -80,25 +83,33 @@ impl Origin {
         self.dir.join("image").join("targets")
     }
 
-    /// The file of a role's key.
-    pub fn key_path(&self, repository: &str, role: &str) -> anyhow::Result<PathBuf> {
+    /// The store of a role's key and the key's name in it (`image-root`).
+    pub fn key_store(&self, repository: &str, role: &str) -> anyhow::Result<(KeyStore, String)> {
         // A vehicle's director repository (`director/vehicles/<vin>`) signs with the
         // director's keys.
         let repository = repository.split('/').next().unwrap_or(repository);
-        let name = format!("{repository}-{role}.json");
+        let name = format!("{repository}-{role}");
         if is_offline(repository, role) {
-            let dir = self.offline_keys.as_ref().with_context(|| {
-                format!("the {repository} {role} key is offline: give --offline-keys DIR")
+            let store = self.offline_keys.as_ref().with_context(|| {
+                format!("the {repository} {role} key is offline: give --offline-keys DIR or a pkcs11: URI")
             })?;
-            Ok(dir.join(name))
+            Ok((store.clone(), name))
         } else {
-            Ok(self.dir.join("keys").join(name))
+            Ok((KeyStore::Dir(self.online_keys_dir()), name))
         }
     }
 
+    /// Where the online keys are: `keys/` in the origin directory.
+    pub fn online_keys_dir(&self) -> PathBuf {
+        self.dir.join("keys")
+    }
+
     /// Loads a role's signing key.
-    pub fn key(&self, repository: &str, role: &str) -> anyhow::Result<SigningKey> {
-        keys::load(&self.key_path(repository, role)?)
+    pub fn key(&self, repository: &str, role: &str) -> anyhow::Result<RoleKey> {
+        let (store, name) = self.key_store(repository, role)?;
+        store
+            .load(&name)
+            .with_context(|| format!("the {repository} {role} key"))
     }
 
     /// Refuses a signing of `repository` that writes `renews` anew with their keys unless the
@@ -145,7 +156,7 @@ impl Origin {
         repository: &str,
         role: &str,
         signed: &Value,
-        keys: &[&SigningKey],
+        keys: &[&dyn Signer],
     ) -> anyhow::Result<Vec<u8>> {
         let bytes = build::sign(signed, keys)?;
         let dir = self.metadata_dir(repository);
@@ -164,17 +175,17 @@ impl Origin {
         Ok(bytes)
     }
 
-    /// A new repository: keys for every role (offline ones into `offline_keys`), root,
-    /// empty targets, snapshot and timestamp, all version 1.
-    pub fn init_repository(&self, repository: &str) -> anyhow::Result<()> {
+    /// A new repository: keys for every role (offline ones into `offline_keys`; of `kind`, or
+    /// the store's default type), root, empty targets, snapshot and timestamp, all version 1.
+    pub fn init_repository(&self, repository: &str, kind: Option<KeyType>) -> anyhow::Result<()> {
         let mut signing = Vec::new();
         for role in ROLES {
-            let key = keys::generate();
-            keys::save(&key, &self.key_path(repository, role)?)?;
-            signing.push(key);
+            let (store, name) = self.key_store(repository, role)?;
+            let kind = kind.unwrap_or_else(|| store.default_key_type());
+            signing.push(store.create(&name, kind)?);
         }
-        let public: Vec<[ed25519_dalek::VerifyingKey; 1]> =
-            signing.iter().map(|key| [key.verifying_key()]).collect();
+        let public: Vec<[proto::tuf::Key; 1]> =
+            signing.iter().map(|key| [key.public_key()]).collect();
         let specs: Vec<RoleSpec<'_>> = ROLES
             .iter()
             .zip(&public)
@@ -206,8 +217,8 @@ impl Origin {
     pub(crate) fn publish_snapshot(
         &self,
         repository: &str,
-        snapshot_key: &SigningKey,
-        timestamp_key: &SigningKey,
+        snapshot_key: &dyn Signer,
+        timestamp_key: &dyn Signer,
     ) -> anyhow::Result<()> {
         let (targets_version, targets) = self.latest(repository, "targets")?;
         let mut pins = vec![("targets".to_string(), targets_version)];
@@ -231,7 +242,7 @@ impl Origin {
         repository: &str,
         version: u64,
         snapshot: &[u8],
-        key: &SigningKey,
+        key: &dyn Signer,
     ) -> anyhow::Result<()> {
         let timestamp_version = self
             .latest(repository, "timestamp")
@@ -343,29 +354,44 @@ impl Origin {
     }
 
     /// Delegates `paths` (patterns like `brake/*`) of the image repository to a new role
-    /// `role` with `key` (its holder, e.g. a supplier, signs that role's targets): a new
-    /// top-level targets version listing the delegation (signed with the offline targets key),
-    /// the role's empty version 1, then snapshot and timestamp.
+    /// `role` with `key` (its holder, e.g. a supplier, signs that role's targets; or a key made
+    /// in the offline store): a new top-level targets version listing the delegation (signed
+    /// with the offline targets key), the role's empty version 1, then snapshot and timestamp.
+    /// The role's key is kept in the offline store as `image-<role>`. Returns the new targets
+    /// version and the role's key id.
     pub fn delegate(
         &self,
         role: &str,
         paths: &[String],
-        key: &SigningKey,
+        key: &NewKey,
         terminating: bool,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<(u64, String)> {
         let repository = "image";
         check_role_name(role)?;
         if paths.is_empty() || paths.iter().any(String::is_empty) {
             bail!("give at least one --path pattern, none empty");
         }
+        let (store, name) = self.key_store(repository, role)?;
+        let key = key.read(&store)?;
         self.verified(repository, &["targets", "snapshot", "timestamp"])?;
         let targets_key = self.key(repository, "targets")?;
         let (version, signed) = self.latest(repository, "targets")?;
         if delegated_roles(&signed).iter().any(|name| name == role) {
             bail!("{repository} targets already delegates to {role}");
         }
-        let public = key.verifying_key();
-        let keyid = build::key_id(&public);
+        let key = match key {
+            ReadKey::File(key, path) => {
+                if !store.contains(&name)? {
+                    store.keep_file(&name, path)?;
+                }
+                RoleKey::File(*key)
+            }
+            // A key left by a delegation cut short is taken again.
+            ReadKey::Make(_) if store.contains(&name)? => store.load(&name)?,
+            ReadKey::Make(kind) => store.create(&name, kind)?,
+        };
+        let public = key.public_key();
+        let keyid = public.id();
         let mut next = signed.clone();
         let delegations = next["delegations"].as_object().cloned().unwrap_or_default();
         let mut delegation_keys = delegations
@@ -373,7 +399,7 @@ impl Origin {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        delegation_keys.insert(keyid.clone(), build::key_json(&public));
+        delegation_keys.insert(keyid.clone(), public.to_json());
         let mut roles = delegations
             .get("roles")
             .and_then(Value::as_array)
@@ -390,34 +416,35 @@ impl Origin {
         next["version"] = Value::from(version + 1);
         next["expires"] = Value::from(self.expires("targets").to_string());
         let role_targets = build::targets(1, self.expires("targets"), Map::new(), &[]);
-        self.write(repository, role, &role_targets, &[key])?;
+        self.write(repository, role, &role_targets, &[&key])?;
         self.write(repository, "targets", &next, &[&targets_key])?;
-        let path = self.key_path(repository, role)?;
-        if !path.exists() {
-            keys::save(key, &path)?;
-        }
         self.publish(repository)?;
-        Ok(version + 1)
+        Ok((version + 1, keyid))
     }
 
     /// Replaces `role`'s key in `repository` with `new_key`: a root N+1 signed by the current
     /// root key and, for a root rotation, by the new one too; then the rotated role's
-    /// metadata is re-signed with its new key.
-    pub fn rotate(
-        &self,
-        repository: &str,
-        role: &str,
-        new_key: &SigningKey,
-    ) -> anyhow::Result<u64> {
+    /// metadata is re-signed with its new key. The old key stays in its store, retired.
+    pub fn rotate(&self, repository: &str, role: &str, wanted: &NewKey) -> anyhow::Result<u64> {
+        let (store, name) = self.key_store(repository, role)?;
+        let wanted = wanted.read(&store)?;
         let mut renews = vec!["root"];
         renews.extend(resigned_by_rotation(role));
         self.verified(repository, &renews)?;
         let (version, signed) = self.latest(repository, "root")?;
         let old_root_key = self.key(repository, "root")?;
+        // A key made in the store waits under a name of its own until the root lists it.
+        let pending = format!("{name}.next-v{}", version + 1);
+        let (new_key, file) = match wanted {
+            ReadKey::File(key, path) => (RoleKey::File(*key), Some(path)),
+            ReadKey::Make(_) if store.contains(&pending)? => (store.load(&pending)?, None),
+            ReadKey::Make(kind) => (store.create(&pending, kind)?, None),
+        };
+        let public = new_key.public_key();
         let mut next = signed.clone();
-        let keyid = build::key_id(&new_key.verifying_key());
+        let keyid = public.id();
         let old_keyids = next["roles"][role]["keyids"].clone();
-        next["keys"][&keyid] = build::key_json(&new_key.verifying_key());
+        next["keys"][&keyid] = public.to_json();
         next["roles"][role]["keyids"] = Value::from(vec![keyid.clone()]);
         // Keys no role uses any more leave the root.
         if let (Some(keys), Some(old)) = (next["keys"].as_object_mut(), old_keyids.as_array()) {
@@ -434,22 +461,23 @@ impl Origin {
         }
         next["version"] = Value::from(version + 1);
         next["expires"] = Value::from(self.expires("root").to_string());
-        let signers: Vec<&SigningKey> = if role == "root" {
-            vec![&old_root_key, new_key]
+        let signers: Vec<&dyn Signer> = if role == "root" {
+            vec![&old_root_key, &new_key]
         } else {
             vec![&old_root_key]
         };
         self.write(repository, "root", &next, &signers)?;
-        let path = self.key_path(repository, role)?;
-        let retired = path.with_extension(format!("retired-v{version}.json"));
-        fs::rename(&path, &retired).with_context(|| format!("retiring {}", path.display()))?;
-        keys::save(new_key, &path)?;
+        store.retire(&name, version)?;
+        match file {
+            Some(path) => store.keep_file(&name, path)?,
+            None => store.rename(&pending, &name)?,
+        }
         match role {
             "targets" => {
                 let (targets_version, targets) = self.latest(repository, "targets")?;
                 let mut resigned = targets.clone();
                 resigned["version"] = Value::from(targets_version + 1);
-                self.write(repository, "targets", &resigned, &[new_key])?;
+                self.write(repository, "targets", &resigned, &[&new_key])?;
                 self.publish(repository)?;
             }
             "snapshot" | "timestamp" => {

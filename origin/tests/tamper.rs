@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use origin::keystore::NewKey;
+use proto::tuf::keys::KeyType;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,10 +34,10 @@ impl Fixture {
         let work = tempfile::tempdir().unwrap();
         let origin = Origin {
             dir: work.path().join("origin"),
-            offline_keys: Some(work.path().join("usb")),
+            offline_keys: Some(work.path().join("usb").into()),
             now: Time::parse(NOW).unwrap(),
         };
-        origin::init(&origin).unwrap();
+        origin::init(&origin, None).unwrap();
         let fixture = Self { work, origin };
         fixture.release("ecu/fw-1.bin", 1).unwrap();
         fixture.assign("ecu/fw-1.bin").unwrap();
@@ -77,7 +79,10 @@ impl Fixture {
     fn files(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let mut files = BTreeMap::new();
         collect(&self.origin.dir, &mut files);
-        collect(self.origin.offline_keys.as_ref().unwrap(), &mut files);
+        collect(
+            self.origin.offline_keys.as_ref().unwrap().dir().unwrap(),
+            &mut files,
+        );
         files
     }
 
@@ -87,7 +92,7 @@ impl Fixture {
             .arg("--dir")
             .arg(&self.origin.dir)
             .arg("--offline-keys")
-            .arg(self.origin.offline_keys.as_ref().unwrap())
+            .arg(self.origin.offline_keys.as_ref().unwrap().dir().unwrap())
             .args(["--now", NOW, "--actor", "alice"])
             .args(args)
             .output()
@@ -178,7 +183,7 @@ fn release_and_delegate_refuse_a_targets_file_edited_without_its_key() {
         refusal.contains("targets: 0 valid signature(s) from its keys, threshold 1"),
         "{refusal}"
     );
-    let supplier = origin::keys::generate();
+    let supplier = NewKey::Make(KeyType::Ed25519);
     let refusal = f
         .origin
         .delegate("brake-supplier", &["supplier/*".into()], &supplier, false)
@@ -221,7 +226,7 @@ fn a_targets_version_signed_with_its_key_but_not_yet_published_is_built_on() {
 #[test]
 fn release_by_a_delegated_role_refuses_its_edited_targets() {
     let f = Fixture::new();
-    let supplier = origin::keys::generate();
+    let supplier = NewKey::Make(KeyType::Ed25519);
     f.origin
         .delegate("brake-supplier", &["supplier/*".into()], &supplier, false)
         .unwrap();
@@ -250,15 +255,15 @@ fn release_refuses_a_repository_swapped_for_one_made_with_other_keys() {
     let f = Fixture::new();
     let other = Origin {
         dir: f.work.path().join("attacker"),
-        offline_keys: Some(f.work.path().join("attacker-usb")),
+        offline_keys: Some(f.work.path().join("attacker-usb").into()),
         now: f.origin.now,
     };
-    origin::init(&other).unwrap();
+    origin::init(&other, None).unwrap();
     let metadata = f.metadata("image");
     std::fs::remove_dir_all(&metadata).unwrap();
     std::fs::rename(other.metadata_dir("image"), &metadata).unwrap();
     std::fs::remove_dir_all(&other.dir).unwrap();
-    std::fs::remove_dir_all(other.offline_keys.as_ref().unwrap()).unwrap();
+    std::fs::remove_dir_all(other.offline_keys.as_ref().unwrap().dir().unwrap()).unwrap();
     let before = f.files();
     let refusal = f.release("ecu/fw-2.bin", 2).unwrap_err();
     assert_refused(&f, &before, &refusal, "image/metadata/1.root.json");
@@ -420,7 +425,7 @@ fn rotate_refuses_a_swapped_root_and_an_edited_vehicle_repository() {
     let swapped = proto::tuf::build::sign(&root["signed"], &[&other]).unwrap();
     std::fs::write(&root_file, swapped).unwrap();
     let before = f.files();
-    let new_key = origin::keys::generate();
+    let new_key = NewKey::Make(KeyType::Ed25519);
     let refusal = origin::admin::rotate(&f.origin, "image", "timestamp", &new_key).unwrap_err();
     assert_refused(
         &f,
@@ -453,7 +458,7 @@ fn rotate_refuses_a_swapped_root_and_an_edited_vehicle_repository() {
         &format!("{}/metadata/1.targets.json", f.vehicle()),
     );
     let key = f.work.path().join("new-director-targets.json");
-    origin::keys::save(&new_key, &key).unwrap();
+    origin::keys::create(&key).unwrap();
     let (ok, stderr) = f.cli(&[
         "rotate",
         "--repository",

@@ -20,12 +20,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use serde_json::{Value, json};
 
 use crate::BlobId;
+use crate::tuf::build::SignError;
 use crate::tuf::canonical::CanonicalError;
 use crate::tuf::metadata::{Key, RoleKeys, Signed, TargetFile, Targets};
+use crate::tuf::signer::Signer;
 use crate::tuf::{
     BlockingUpdater, LocalStore, Lookup, Machine, RefreshMachine, Remote, Request, Response, Role,
     Step, Time, TufError, Updater, Walk, build,
@@ -667,14 +669,11 @@ fn report_json(report: &EcuVersionReport) -> Value {
 }
 
 /// Signs an ECU's version report with the ECU's key.
-pub fn sign_ecu_report(
-    report: &EcuVersionReport,
-    key: &SigningKey,
-) -> Result<Value, CanonicalError> {
+pub fn sign_ecu_report(report: &EcuVersionReport, key: &dyn Signer) -> Result<Value, SignError> {
     signed_value(&report_json(report), key)
 }
 
-fn signed_value(signed: &Value, key: &SigningKey) -> Result<Value, CanonicalError> {
+fn signed_value(signed: &Value, key: &dyn Signer) -> Result<Value, SignError> {
     let bytes = build::sign(signed, &[key])?;
     // `build::sign` writes JSON that serde_json made; reading it back cannot fail.
     Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
@@ -688,8 +687,8 @@ pub fn sign_vehicle_manifest(
     primary_serial: &str,
     reports: &[Value],
     install: Option<&Value>,
-    key: &SigningKey,
-) -> Result<Vec<u8>, CanonicalError> {
+    key: &dyn Signer,
+) -> Result<Vec<u8>, SignError> {
     let reports: serde_json::Map<String, Value> = reports
         .iter()
         .map(|report| {

@@ -72,7 +72,7 @@ impl Repo {
         timestamp_expires: Time,
     ) {
         let expires = later(365);
-        let public = |key: &SigningKey| [key.verifying_key()];
+        let public = |key: &SigningKey| [proto::tuf::Key::Ed25519(key.verifying_key())];
         let (rk, tk, sk, xk) = (
             public(&self.root),
             public(&self.targets),
@@ -106,7 +106,7 @@ impl Repo {
                 },
             ],
         );
-        let delegated_keys: Vec<[ed25519_dalek::VerifyingKey; 1]> =
+        let delegated_keys: Vec<[proto::tuf::Key; 1]> =
             delegated.iter().map(|(_, key, _, _)| public(key)).collect();
         let patterns: Vec<[&str; 1]> = delegated.iter().map(|(_, _, path, _)| [*path]).collect();
         let delegations: Vec<DelegationSpec<'_>> = delegated

@@ -1,8 +1,8 @@
 //! Shared test support for depotmesh, and the home of the tests that need more than one role
 //! (`tests/`): an origin with its keys and releases ([`release`]), the director service on a
 //! loopback port ([`director`]), a depot daemon in the test's own process ([`depot`]), vehicles
-//! on the mesh and in the yard with file-backed ECUs ([`vehicle`]), and the bytes they move
-//! ([`data`]).
+//! on the mesh and in the yard with file-backed ECUs ([`vehicle`]), the bytes they move
+//! ([`data`]), and SoftHSM2 tokens for the origin's keys ([`hsm`]).
 //!
 //! Each role runs through the library entry point its binary runs (as `netsim yard` does), so
 //! a test here needs no role's binary. A role crate never depends on this crate, not even for
@@ -17,5 +17,6 @@
 pub mod data;
 pub mod depot;
 pub mod director;
+pub mod hsm;
 pub mod release;
 pub mod vehicle;

@@ -13,10 +13,10 @@ use proto::tuf::Time;
 pub fn new_origin(work: &Path, now: Time) -> Origin {
     let origin = Origin {
         dir: work.join("origin"),
-        offline_keys: Some(work.join("usb")),
+        offline_keys: Some(work.join("usb").into()),
         now,
     };
-    origin::init(&origin).unwrap();
+    origin::init(&origin, None).unwrap();
     origin
 }
 
@@ -107,7 +107,7 @@ pub fn brake_firmware() -> (Vec<u8>, Vec<u8>) {
 
 /// Delegates `ecu/fw-*` to the brake supplier's new key.
 pub fn delegate_to_brake_supplier(origin: &Origin) {
-    let supplier = origin::keys::generate();
+    let supplier = origin::keystore::NewKey::Make(proto::tuf::keys::KeyType::Ed25519);
     origin
         .delegate(BRAKE_SUPPLIER, &["ecu/fw-*".into()], &supplier, false)
         .unwrap();

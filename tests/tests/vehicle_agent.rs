@@ -33,6 +33,7 @@ use depotmesh_tests::release::{Release, new_origin, release};
 use depotmesh_tests::vehicle::{GatewayVehicle, check_once, downloaded, gateway_vehicle};
 use node::policy::Priority;
 use proto::tuf::build::TargetDigests;
+use proto::tuf::signer::Signer as _;
 use serde_json::Value;
 
 #[test]
@@ -97,13 +98,12 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     }
     let upstream = DepotDaemon::start(&upstream_dir, &depot_config(&upstream_dir));
 
-    let director_key = hex::encode(
-        origin
-            .key("director", "targets")
-            .unwrap()
-            .verifying_key()
-            .as_bytes(),
-    );
+    let proto::tuf::Key::Ed25519(director_key) =
+        origin.key("director", "targets").unwrap().public_key()
+    else {
+        panic!("the director's targets key is ed25519")
+    };
+    let director_key = hex::encode(director_key.as_bytes());
     // The director service: the vehicles are registered and send it their signed manifests,
     // directly or through the depot. The depot's relay address is not served yet: what the
     // depot takes waits in its queue, across a kill, until it is.

@@ -58,10 +58,10 @@ pub(super) fn prepare(
 ) -> anyhow::Result<Release> {
     let origin = Origin {
         dir: out.join("origin"),
-        offline_keys: Some(out.join("offline-keys")),
+        offline_keys: Some(out.join("offline-keys").into()),
         now: node::clock::now(),
     };
-    origin::init(&origin)?;
+    origin::init(&origin, None)?;
     log.say(&format!(
         "origin: releasing v1 and v2 ({} MiB) and computing the delta",
         options.image_bytes >> 20

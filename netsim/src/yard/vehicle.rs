@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use proto::Vin;
 use proto::director_api::{EcuRecord, VehicleRecord};
+use proto::tuf::signer::Signer as _;
 use serde_json::Value;
 
 use super::options::YardOptions;
@@ -57,12 +58,16 @@ impl<'a> VehicleSetup<'a> {
         depot: &libp2p::Multiaddr,
         options: &YardOptions,
     ) -> anyhow::Result<Self> {
-        let director_key = release.origin.key("director", "targets")?;
+        let proto::tuf::Key::Ed25519(director_key) =
+            release.origin.key("director", "targets")?.public_key()
+        else {
+            anyhow::bail!("the yard's director targets key is not ed25519");
+        };
         let (v1, v2) = (&release.v1, &release.v2);
         Ok(Self {
             v1,
             bank_bytes: (v2.len().max(v1.len()) as u64 + (1 << 20)).next_multiple_of(1 << 20),
-            director_key: hex::encode(director_key.verifying_key().as_bytes()),
+            director_key: hex::encode(director_key.as_bytes()),
             depot: depot.to_string(),
             roots: release.roots(),
             health: if options.failing_canary {

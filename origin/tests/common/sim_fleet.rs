@@ -97,7 +97,7 @@ pub(crate) fn origin_at(dir: &Path) -> Origin {
 pub(crate) fn origin_at_time(dir: &Path, now: u64) -> Origin {
     Origin {
         dir: dir.join("origin"),
-        offline_keys: Some(dir.join("offline")),
+        offline_keys: Some(dir.join("offline").into()),
         now: proto::tuf::Time::from_unix(now as i64),
     }
 }
@@ -110,7 +110,7 @@ pub(crate) fn origin_with_releases(dir: &Path) -> Origin {
 /// [`origin_with_releases`] at `now` (Unix seconds).
 pub(crate) fn origin_with_releases_at(dir: &Path, now: u64) -> Origin {
     let origin = origin_at_time(dir, now);
-    origin::init(&origin).unwrap();
+    origin::init(&origin, None).unwrap();
     for (name, counter, fill) in [("gw/1.0.bin", 1, 1u8), ("gw/2.0.bin", 2, 2u8)] {
         let file = dir.join("image");
         std::fs::write(&file, vec![fill; 10_000]).unwrap();

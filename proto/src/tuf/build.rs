@@ -2,27 +2,24 @@
 //! `origin` to publish repositories and by tests to make repositories that go wrong in exactly
 //! one way. Pure functions: the caller holds the keys and writes the files.
 
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use serde_json::{Map, Value, json};
 use sha2::Digest;
 
 use super::Time;
 use super::canonical::{CanonicalError, to_canonical};
+use super::keys::Key;
+use super::signer::Signer;
 
 /// The TUF key object of an ed25519 public key.
 pub fn key_json(key: &VerifyingKey) -> Value {
-    json!({
-        "keytype": "ed25519",
-        "scheme": "ed25519",
-        "keyval": {"public": hex::encode(key.as_bytes())},
-    })
+    Key::Ed25519(*key).to_json()
 }
 
-/// A key's id as python-tuf computes it: the SHA-256 of its key object's canonical JSON.
+/// An ed25519 key's id as python-tuf computes it: the SHA-256 of its key object's canonical
+/// JSON ([`Key::id`] for every type).
 pub fn key_id(key: &VerifyingKey) -> String {
-    // A key object has no numbers, so it always has a canonical form.
-    let bytes = to_canonical(&key_json(key)).unwrap_or_default();
-    hex::encode(sha2::Sha256::digest(bytes))
+    Key::Ed25519(*key).id()
 }
 
 /// A role's keys and threshold, as a root or a delegation lists them.
@@ -30,16 +27,16 @@ pub fn key_id(key: &VerifyingKey) -> String {
 pub struct RoleSpec<'a> {
     /// The role's name.
     pub name: &'a str,
-    /// Its public keys.
-    pub keys: &'a [VerifyingKey],
+    /// Its public keys, of any type.
+    pub keys: &'a [Key],
     /// Signatures it needs.
     pub threshold: u64,
 }
 
 fn keys_and_role(spec: &RoleSpec<'_>, keys: &mut Map<String, Value>) -> Value {
-    let keyids: Vec<String> = spec.keys.iter().map(key_id).collect();
+    let keyids: Vec<String> = spec.keys.iter().map(Key::id).collect();
     for key in spec.keys {
-        keys.insert(key_id(key), key_json(key));
+        keys.insert(key.id(), key.to_json());
     }
     json!({"keyids": keyids, "threshold": spec.threshold})
 }
@@ -186,18 +183,28 @@ pub fn targets(
     Value::Object(map)
 }
 
-/// Signs `signed` with each key and returns the metadata file's bytes.
-pub fn sign(signed: &Value, keys: &[&SigningKey]) -> Result<Vec<u8>, CanonicalError> {
+/// Why metadata could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// `signed` has no canonical form (a float, say).
+    #[error(transparent)]
+    Canonical(#[from] CanonicalError),
+    /// A key could not sign.
+    #[error(transparent)]
+    Key(#[from] super::signer::SignError),
+}
+
+/// Signs `signed` with each key (of any type, held anywhere) and returns the metadata file's
+/// bytes.
+pub fn sign(signed: &Value, keys: &[&dyn Signer]) -> Result<Vec<u8>, SignError> {
     let canonical = to_canonical(signed)?;
-    let signatures: Vec<Value> = keys
-        .iter()
-        .map(|key| {
-            json!({
-                "keyid": key_id(&key.verifying_key()),
-                "sig": hex::encode(key.sign(&canonical).to_bytes()),
-            })
-        })
-        .collect();
+    let mut signatures = Vec::with_capacity(keys.len());
+    for key in keys {
+        signatures.push(json!({
+            "keyid": key.public_key().id(),
+            "sig": hex::encode(key.sign(&canonical)?),
+        }));
+    }
     let file = json!({"signatures": signatures, "signed": signed});
     // serde_json writes what it parsed; pretty for people who read repositories.
     Ok(serde_json::to_vec_pretty(&file).unwrap_or_default())

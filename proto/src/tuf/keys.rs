@@ -8,8 +8,12 @@
 //! type still parses and never verifies anything.
 
 use ed25519_dalek::{Signature, VerifyingKey};
+use serde_json::{Value, json};
+use sha2::Digest as _;
 use x509_parser::prelude::FromDer as _;
 use x509_parser::x509::SubjectPublicKeyInfo;
+
+use super::canonical::to_canonical;
 
 /// A public key as metadata lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,20 +34,59 @@ pub enum Key {
 }
 
 /// The three key types, by the `keytype` and `scheme` metadata names them with.
-#[derive(Clone, Copy)]
-enum Kind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    /// `ed25519`.
     Ed25519,
+    /// `ecdsa-sha2-nistp256`.
     EcdsaP256,
-    RsaPss,
+    /// `rsassa-pss-sha256`.
+    RsaPssSha256,
 }
 
-impl Kind {
-    fn of(keytype: &str, scheme: &str) -> Option<Self> {
+impl KeyType {
+    /// The type metadata names with `keytype` and `scheme`, if it is one of the three.
+    pub fn of(keytype: &str, scheme: &str) -> Option<Self> {
         match (keytype, scheme) {
             ("ed25519", "ed25519") => Some(Self::Ed25519),
             ("ecdsa" | "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256") => Some(Self::EcdsaP256),
-            ("rsa", "rsassa-pss-sha256") => Some(Self::RsaPss),
+            ("rsa", "rsassa-pss-sha256") => Some(Self::RsaPssSha256),
             _ => None,
+        }
+    }
+
+    /// The `keytype` and `scheme` of a key of this type as python-tuf writes it now.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Ed25519 => ("ed25519", "ed25519"),
+            Self::EcdsaP256 => ("ecdsa", "ecdsa-sha2-nistp256"),
+            Self::RsaPssSha256 => ("rsa", "rsassa-pss-sha256"),
+        }
+    }
+}
+
+impl std::fmt::Display for KeyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ed25519 => "ed25519",
+            Self::EcdsaP256 => "ecdsa",
+            Self::RsaPssSha256 => "rsa",
+        })
+    }
+}
+
+impl std::str::FromStr for KeyType {
+    type Err = String;
+
+    /// `ed25519`, `ecdsa` (P-256) or `rsa` (PSS, SHA-256), as on the command line.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "ed25519" => Ok(Self::Ed25519),
+            "ecdsa" | "ecdsa-sha2-nistp256" => Ok(Self::EcdsaP256),
+            "rsa" | "rsassa-pss-sha256" => Ok(Self::RsaPssSha256),
+            _ => Err(format!(
+                "key type {text:?} is not one of ed25519, ecdsa (P-256), rsa (PSS, SHA-256)"
+            )),
         }
     }
 }
@@ -54,14 +97,14 @@ const P256: &str = "1.2.840.10045.3.1.7";
 impl Key {
     /// Whether `keytype` and `scheme` are one of the three types verified here.
     pub fn is_supported(keytype: &str, scheme: &str) -> bool {
-        Kind::of(keytype, scheme).is_some()
+        KeyType::of(keytype, scheme).is_some()
     }
 
     /// The key `keyval.public` holds for `keytype` and `scheme`; a type or scheme outside the
     /// three is [`Key::Unsupported`]. An error says what is wrong with a key of a known type.
     pub fn parse(keytype: &str, scheme: &str, public: &str) -> Result<Self, String> {
-        match Kind::of(keytype, scheme) {
-            Some(Kind::Ed25519) => {
+        match KeyType::of(keytype, scheme) {
+            Some(KeyType::Ed25519) => {
                 let bytes: [u8; 32] = hex::decode(public)
                     .ok()
                     .and_then(|bytes| bytes.try_into().ok())
@@ -70,8 +113,8 @@ impl Key {
                     .map(Self::Ed25519)
                     .map_err(|_| "is not an ed25519 public key".into())
             }
-            Some(Kind::EcdsaP256) => ecdsa_p256(public),
-            Some(Kind::RsaPss) => rsa(public),
+            Some(KeyType::EcdsaP256) => ecdsa_p256(public),
+            Some(KeyType::RsaPssSha256) => rsa(public),
             None => Ok(Self::Unsupported {
                 keytype: keytype.to_owned(),
                 scheme: scheme.to_owned(),
@@ -96,6 +139,93 @@ impl Key {
             Self::Unsupported { .. } => false,
         }
     }
+
+    /// The key's type; `None` for [`Key::Unsupported`].
+    pub fn key_type(&self) -> Option<KeyType> {
+        match self {
+            Self::Ed25519(_) => Some(KeyType::Ed25519),
+            Self::EcdsaP256(_) => Some(KeyType::EcdsaP256),
+            Self::RsaPssSha256(_) => Some(KeyType::RsaPssSha256),
+            Self::Unsupported { .. } => None,
+        }
+    }
+
+    /// The key object metadata lists, as python-tuf writes a key of this type: ed25519 in hex,
+    /// the others as a PEM `PUBLIC KEY` (`SubjectPublicKeyInfo`, 64 columns, newline at the
+    /// end). A key read in another form (hex ECDSA) is written in this one, so its id changes.
+    pub fn to_json(&self) -> Value {
+        let (keytype, scheme, public) = match self {
+            Self::Ed25519(key) => ("ed25519", "ed25519", hex::encode(key.as_bytes())),
+            Self::EcdsaP256(point) => {
+                let (keytype, scheme) = KeyType::EcdsaP256.names();
+                (keytype, scheme, public_pem(ec_spki(point)))
+            }
+            Self::RsaPssSha256(pkcs1) => {
+                let (keytype, scheme) = KeyType::RsaPssSha256.names();
+                (keytype, scheme, public_pem(rsa_spki(pkcs1)))
+            }
+            Self::Unsupported { keytype, scheme } => {
+                return json!({"keytype": keytype, "scheme": scheme, "keyval": {}});
+            }
+        };
+        json!({"keytype": keytype, "scheme": scheme, "keyval": {"public": public}})
+    }
+
+    /// The key's id as python-tuf computes it: the SHA-256 of [`Key::to_json`]'s canonical form.
+    pub fn id(&self) -> String {
+        // A key object holds strings only, so it always has a canonical form.
+        let bytes = to_canonical(&self.to_json()).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(bytes))
+    }
+}
+
+/// The `SubjectPublicKeyInfo` DER of an uncompressed P-256 `point`: the fixed header of an
+/// `id-ecPublicKey` on `prime256v1` with a 65-byte BIT STRING, then the point.
+fn ec_spki(point: &[u8]) -> Vec<u8> {
+    yasna::construct_der(|writer| {
+        writer.write_sequence(|writer| {
+            writer.next().write_sequence(|writer| {
+                writer.next().write_oid(&oid(&[1, 2, 840, 10045, 2, 1]));
+                writer.next().write_oid(&oid(&[1, 2, 840, 10045, 3, 1, 7]));
+            });
+            writer.next().write_bitvec_bytes(point, point.len() * 8);
+        });
+    })
+}
+
+/// The `SubjectPublicKeyInfo` DER of an RSA key given as PKCS #1 `RSAPublicKey` DER.
+fn rsa_spki(pkcs1: &[u8]) -> Vec<u8> {
+    yasna::construct_der(|writer| {
+        writer.write_sequence(|writer| {
+            writer.next().write_sequence(|writer| {
+                writer
+                    .next()
+                    .write_oid(&oid(&[1, 2, 840, 113_549, 1, 1, 1]));
+                writer.next().write_null();
+            });
+            writer.next().write_bitvec_bytes(pkcs1, pkcs1.len() * 8);
+        });
+    })
+}
+
+/// PKCS #1 `RSAPublicKey` DER of the big-endian `modulus` and `exponent` (as a PKCS #11 token
+/// gives them).
+pub fn rsa_public_der(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
+    yasna::construct_der(|writer| {
+        writer.write_sequence(|writer| {
+            writer.next().write_bigint_bytes(modulus, true);
+            writer.next().write_bigint_bytes(exponent, true);
+        });
+    })
+}
+
+fn oid(components: &[u64]) -> yasna::models::ObjectIdentifier {
+    yasna::models::ObjectIdentifier::from_slice(components)
+}
+
+fn public_pem(der: Vec<u8>) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("PUBLIC KEY", der), config)
 }
 
 /// The DER `SubjectPublicKeyInfo` in `public`: a PEM `PUBLIC KEY` block, or hex of the DER.
@@ -170,6 +300,28 @@ mod tests {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    #[test]
+    fn key_objects_and_ids_are_what_python_tuf_writes() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/vectors/keytypes/mixed/repo/client/metadata/root.json"
+        );
+        let root: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let keys = root["signed"]["keys"].as_object().unwrap();
+        assert!(keys.len() >= 3);
+        for (keyid, object) in keys {
+            let key = Key::parse(
+                object["keytype"].as_str().unwrap(),
+                object["scheme"].as_str().unwrap(),
+                object["keyval"]["public"].as_str().unwrap(),
+            )
+            .unwrap();
+            assert_eq!(&key.to_json(), object, "{keyid}");
+            assert_eq!(&key.id(), keyid);
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod build;
 pub mod canonical;
 pub mod keys;
 pub mod metadata;
+pub mod signer;
 mod time;
 mod trusted;
 mod updater;
