@@ -293,7 +293,8 @@ pub fn verify(path: &Path, key: &VerifyingKey) -> anyhow::Result<u64> {
         }
         let value: Value =
             serde_json::from_slice(line).map_err(|e| bad(format!("not JSON: {e}")))?;
-        proto::uptane::check_signed_by(&value, key).map_err(|e| bad(e.to_string()))?;
+        proto::uptane::check_signed_by(&value, &proto::tuf::Key::Ed25519(*key))
+            .map_err(|e| bad(e.to_string()))?;
         let signed = &value["signed"];
         if signed["seq"].as_u64() != Some(number) {
             return Err(bad(format!(

@@ -13,9 +13,10 @@ use proto::{CampaignId, Vin};
 
 pub use proto::director_api::{EcuRecord, LastReport, VehicleRecord};
 
-/// Parses a hex ed25519 public key.
-pub fn parse_key(hex_key: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
-    Ok(proto::director_api::parse_key(hex_key)?)
+/// Parses a vehicle's registered primary or ECU key: ed25519 in hex, or a PEM `PUBLIC KEY` of
+/// ECDSA P-256, RSA or Ed25519 ([`proto::director_api::parse_uptane_key`]).
+pub fn parse_key(text: &str) -> anyhow::Result<proto::tuf::Key> {
+    Ok(proto::director_api::parse_uptane_key(text)?)
 }
 
 /// Where the director keeps vehicles and campaigns. Every write is durable when it returns.

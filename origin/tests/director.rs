@@ -1481,6 +1481,7 @@ fn a_vehicle_renews_its_membership_with_its_primary_key_and_nobody_else_can() {
             at,
         }
         .sign(key)
+        .unwrap()
     };
     let ask = |request: &proto::director_api::RenewMembership| {
         h.post_raw(&path, serde_json::to_string(request).unwrap().as_bytes())

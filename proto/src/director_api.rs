@@ -292,19 +292,24 @@ impl RenewalStatement<'_> {
         .into_bytes()
     }
 
-    /// The request the vehicle sends, signed with its primary key.
-    pub fn sign(&self, key: &ed25519_dalek::SigningKey) -> RenewMembership {
-        use ed25519_dalek::Signer;
-        RenewMembership {
+    /// The request the vehicle sends, signed with its primary key (of any type).
+    ///
+    /// # Errors
+    /// When the key cannot sign.
+    pub fn sign(
+        &self,
+        key: &dyn crate::tuf::signer::Signer,
+    ) -> Result<RenewMembership, crate::tuf::signer::SignError> {
+        Ok(RenewMembership {
             peer: self.peer.to_owned(),
             at: self.at,
-            signature: hex::encode(key.sign(&self.bytes()).to_bytes()),
-        }
+            signature: hex::encode(key.sign(&self.bytes())?),
+        })
     }
 
-    /// Whether `signature` (hex) is `key`'s over it.
-    pub fn verify(&self, key: &ed25519_dalek::VerifyingKey, signature: &str) -> bool {
-        verify_hex(key, &self.bytes(), signature)
+    /// Whether `signature` (hex) is `key`'s over it (the vehicle's registered primary key).
+    pub fn verify(&self, key: &crate::tuf::Key, signature: &str) -> bool {
+        hex::decode(signature).is_ok_and(|signature| key.verify(&self.bytes(), &signature))
     }
 }
 
@@ -549,9 +554,18 @@ pub enum KeyError {
     /// Not a point of the curve.
     #[error("not an ed25519 public key")]
     NotAKey,
+    /// Not a public key of a type Uptane keys may have.
+    #[error("{0}")]
+    Public(String),
 }
 
-/// Parses a hex ed25519 public key.
+/// Parses a vehicle's primary or ECU public key as registered: an ed25519 key in hex, or a PEM
+/// `PUBLIC KEY` of ECDSA P-256, RSA or Ed25519 ([`crate::tuf::Key::parse_public`]).
+pub fn parse_uptane_key(text: &str) -> Result<crate::tuf::Key, KeyError> {
+    crate::tuf::Key::parse_public(text).map_err(KeyError::Public)
+}
+
+/// Parses a hex ed25519 public key (fleet, approval and audit keys, which are ed25519).
 pub fn parse_key(hex_key: &str) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
     let bytes = hex::decode(hex_key).map_err(|_| KeyError::NotHex)?;
     let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Length)?;
@@ -578,7 +592,7 @@ impl VehicleRecord {
                 ));
             }
         }
-        if let Err(error) = parse_key(&self.primary_key) {
+        if let Err(error) = parse_uptane_key(&self.primary_key) {
             return fail(format!("primary_key: {error}"));
         }
         if let Some(Err(error)) = self.peer.as_deref().map(crate::membership::check_peer_text) {
@@ -595,7 +609,7 @@ impl VehicleRecord {
             if !serials.insert(&ecu.serial) {
                 return fail(format!("ECU {} is listed twice", ecu.serial));
             }
-            if let Err(error) = parse_key(&ecu.public_key) {
+            if let Err(error) = parse_uptane_key(&ecu.public_key) {
                 return fail(format!("ECU {} public_key: {error}", ecu.serial));
             }
         }
@@ -712,14 +726,33 @@ mod tests {
                 .to_string()
                 .contains("listed twice")
         );
-        let mut bad = good;
+        let mut bad = good.clone();
         bad.primary_key = "zz".into();
+        let error = bad.check().unwrap_err().to_string();
         assert!(
-            bad.check()
-                .unwrap_err()
-                .to_string()
-                .contains("primary_key: not hex")
+            error.contains("primary_key: is not 32 bytes of hex (or give a PEM PUBLIC KEY)"),
+            "{error}"
         );
+        // A PEM key of another type (ECDSA P-256) is taken; a PEM that is not a public key is
+        // named.
+        let mut other = good.clone();
+        use crate::tuf::signer::Signer as _;
+        let ecdsa = crate::tuf::signer::KeyPair::generate_ecdsa_pkcs8().unwrap();
+        other.ecus[0].public_key = crate::tuf::signer::KeyPair::from_pkcs8(&ecdsa)
+            .unwrap()
+            .public_key()
+            .public_text();
+        assert!(
+            other.ecus[0]
+                .public_key
+                .starts_with("-----BEGIN PUBLIC KEY-----")
+        );
+        assert!(other.check().is_ok());
+        let mut bad = good;
+        bad.ecus[0].public_key =
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into();
+        let error = bad.check().unwrap_err().to_string();
+        assert!(error.contains("public_key: is a PEM"), "{error}");
         let error = serde_json::from_value::<EcuRecord>(json!({
             "serial": "", "hardware_id": "gw", "public_key": key
         }))

@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use ed25519_dalek::VerifyingKey;
 use serde_json::{Value, json};
 
 use crate::BlobId;
@@ -720,12 +719,12 @@ pub struct VerifiedManifest {
 
 /// The director's check of a vehicle manifest: signed by the vehicle's registered primary key;
 /// every report signed by its ECU's registered key, for an ECU of this vehicle, answering
-/// `nonce`.
+/// `nonce`. Keys may be of any of the three types, each its own.
 pub fn verify_vehicle_manifest(
     bytes: &[u8],
     vin: &str,
-    primary_key: &VerifyingKey,
-    ecu_keys: &BTreeMap<String, VerifyingKey>,
+    primary_key: &Key,
+    ecu_keys: &BTreeMap<String, Key>,
     nonce: &str,
 ) -> Result<VerifiedManifest, UptaneError> {
     let report_error = |what: &str, detail: String| UptaneError::Report {
@@ -818,13 +817,13 @@ pub enum EnvelopeError {
 }
 
 /// Checks that `value` (`{"signatures": [...], "signed": {...}}`) carries a valid signature by
-/// `key` over the canonical `signed`.
-pub fn check_signed_by(value: &Value, key: &VerifyingKey) -> Result<(), EnvelopeError> {
+/// `key` (of any of the three types) over the canonical `signed`.
+pub fn check_signed_by(value: &Value, key: &Key) -> Result<(), EnvelopeError> {
     let canonical = crate::tuf::canonical::to_canonical(&value["signed"])?;
     if !value["signed"].is_object() {
         return Err(EnvelopeError::SignedNotObject);
     }
-    let keyid = build::key_id(key);
+    let keyid = key.id();
     let signatures = value["signatures"]
         .as_array()
         .ok_or(EnvelopeError::SignaturesNotArray)?;
@@ -835,8 +834,7 @@ pub fn check_signed_by(value: &Value, key: &VerifyingKey) -> Result<(), Envelope
         let valid = signature["sig"]
             .as_str()
             .and_then(|sig| hex::decode(sig).ok())
-            .and_then(|bytes| ed25519_dalek::Signature::from_slice(&bytes).ok())
-            .is_some_and(|sig| key.verify_strict(&canonical, &sig).is_ok());
+            .is_some_and(|sig| key.verify(&canonical, &sig));
         if valid {
             return Ok(());
         }

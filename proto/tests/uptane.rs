@@ -6,8 +6,11 @@
 
 use std::collections::BTreeMap;
 
+use std::rc::Rc;
+
 use ed25519_dalek::SigningKey;
 use proto::tuf::build::{self, DelegationSpec, RoleSpec};
+use proto::tuf::signer::{KeyPair, Signer};
 use proto::tuf::{
     BlockingUpdater, FetchError, Key, Limits, MemoryStore, Remote, RoleKeys, Time, TufError,
 };
@@ -34,6 +37,16 @@ fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
+/// An ECDSA P-256 key, new each call.
+fn ecdsa() -> KeyPair {
+    KeyPair::from_pkcs8(&KeyPair::generate_ecdsa_pkcs8().unwrap()).unwrap()
+}
+
+/// The RSA test key (ring makes none).
+fn rsa() -> KeyPair {
+    KeyPair::parse(include_str!("keys/rsa-2048.pem")).unwrap()
+}
+
 fn now() -> Time {
     Time::parse("2026-01-01T00:00:00Z").unwrap()
 }
@@ -42,23 +55,39 @@ fn later(days: i64) -> Time {
     Time::from_unix(now().unix() + days * 86_400)
 }
 
+/// A role delegated from targets: its name, its key, the path it may sign for, its targets.
+type Delegated<'a> = (&'a str, &'a dyn Signer, &'a str, Map<String, Value>);
+
 /// One TUF repository (image or director) with one key per role.
 #[derive(Clone)]
 struct Repo {
-    root: SigningKey,
-    targets: SigningKey,
-    snapshot: SigningKey,
-    timestamp: SigningKey,
+    root: Rc<KeyPair>,
+    targets: Rc<KeyPair>,
+    snapshot: Rc<KeyPair>,
+    timestamp: Rc<KeyPair>,
     remote: MemRemote,
 }
 
 impl Repo {
+    /// Every role's key ed25519.
     fn new(seed: u8) -> Self {
+        let ed25519 = |seed| Rc::new(KeyPair::Ed25519(key(seed)));
         Self {
-            root: key(seed),
-            targets: key(seed + 1),
-            snapshot: key(seed + 2),
-            timestamp: key(seed + 3),
+            root: ed25519(seed),
+            targets: ed25519(seed + 1),
+            snapshot: ed25519(seed + 2),
+            timestamp: ed25519(seed + 3),
+            remote: MemRemote::default(),
+        }
+    }
+
+    /// The three types mixed: root ECDSA, targets RSA, snapshot ed25519, timestamp ECDSA.
+    fn mixed(seed: u8) -> Self {
+        Self {
+            root: Rc::new(ecdsa()),
+            targets: Rc::new(rsa()),
+            snapshot: Rc::new(KeyPair::Ed25519(key(seed))),
+            timestamp: Rc::new(ecdsa()),
             remote: MemRemote::default(),
         }
     }
@@ -68,16 +97,16 @@ impl Repo {
     fn publish(
         &mut self,
         targets: Map<String, Value>,
-        delegated: &[(&str, &SigningKey, &str, Map<String, Value>)],
+        delegated: &[Delegated<'_>],
         timestamp_expires: Time,
     ) {
         let expires = later(365);
-        let public = |key: &SigningKey| [proto::tuf::Key::Ed25519(key.verifying_key())];
+        let public = |key: &dyn Signer| [key.public_key()];
         let (rk, tk, sk, xk) = (
-            public(&self.root),
-            public(&self.targets),
-            public(&self.snapshot),
-            public(&self.timestamp),
+            public(&*self.root),
+            public(&*self.targets),
+            public(&*self.snapshot),
+            public(&*self.timestamp),
         );
         let root = build::root(
             1,
@@ -106,8 +135,10 @@ impl Repo {
                 },
             ],
         );
-        let delegated_keys: Vec<[proto::tuf::Key; 1]> =
-            delegated.iter().map(|(_, key, _, _)| public(key)).collect();
+        let delegated_keys: Vec<[proto::tuf::Key; 1]> = delegated
+            .iter()
+            .map(|(_, key, _, _)| public(*key))
+            .collect();
         let patterns: Vec<[&str; 1]> = delegated.iter().map(|(_, _, path, _)| [*path]).collect();
         let delegations: Vec<DelegationSpec<'_>> = delegated
             .iter()
@@ -128,11 +159,11 @@ impl Repo {
         let files = &mut self.remote.0;
         files.insert(
             "metadata/1.root.json".into(),
-            build::sign(&root, &[&self.root]).unwrap(),
+            build::sign(&root, &[&*self.root]).unwrap(),
         );
         files.insert(
             "metadata/1.targets.json".into(),
-            build::sign(&top, &[&self.targets]).unwrap(),
+            build::sign(&top, &[&*self.targets]).unwrap(),
         );
         for (name, key, _, role_targets) in delegated {
             let signed = build::targets(1, expires, role_targets.clone(), &[]);
@@ -144,12 +175,12 @@ impl Repo {
             roles.push((name, 1));
         }
         let snapshot =
-            build::sign(&build::snapshot(1, expires, &roles), &[&self.snapshot]).unwrap();
+            build::sign(&build::snapshot(1, expires, &roles), &[&*self.snapshot]).unwrap();
         let timestamp = build::timestamp(1, timestamp_expires, 1, &snapshot);
         files.insert("metadata/1.snapshot.json".into(), snapshot);
         files.insert(
             "metadata/timestamp.json".into(),
-            build::sign(&timestamp, &[&self.timestamp]).unwrap(),
+            build::sign(&timestamp, &[&*self.timestamp]).unwrap(),
         );
     }
 
@@ -358,6 +389,45 @@ fn wrong_hardware_id() {
     );
 }
 
+/// Uptane with every key type: both repositories' roles mixed (ECDSA P-256, RSA-PSS, ed25519),
+/// the image repository delegating to a supplier's ECDSA key; the primary's full verification
+/// approves the image, a secondary's partial verification with the director's RSA targets key
+/// too, and a targets file signed by another key is refused.
+#[test]
+fn full_and_partial_verification_with_every_key_type() {
+    let mut image = Repo::mixed(10);
+    let supplier = ecdsa();
+    image.publish(
+        Map::new(),
+        &[(
+            "brake-supplier",
+            &supplier,
+            "ecu/*",
+            one(TARGET, image_entry(IMAGE, &["brake-v2"], 5)),
+        )],
+        later(1),
+    );
+    let mut director = Repo::mixed(30);
+    let targets = one(TARGET, director_entry(IMAGE, &[("BRK-1", "brake-v2")], 5));
+    director.publish(targets.clone(), &[], later(1));
+    let approved = full(&director, &image, 4).unwrap();
+    assert_eq!(approved.len(), 1);
+    assert_eq!(approved[0].target(), TARGET);
+
+    let signed = director_targets(2, later(1), targets.clone(), &*director.targets);
+    let approved = partial_verifier(&director)
+        .verify(&signed, now())
+        .unwrap()
+        .unwrap();
+    assert_eq!(approved.release_counter(), 5);
+    // Signed by a key the director's root does not list for targets.
+    let forged = director_targets(3, later(1), targets, &ecdsa());
+    let error = partial_verifier(&director)
+        .verify(&forged, now())
+        .unwrap_err();
+    assert!(error.to_string().contains("signature"), "{error}");
+}
+
 #[test]
 fn release_counter_rollback() {
     let director = director_repo(one(
@@ -454,10 +524,10 @@ fn expired_director_timestamp() {
 }
 
 fn partial_verifier(director: &Repo) -> PartialVerifier {
-    let public = director.targets.verifying_key();
-    let keyid = build::key_id(&public);
+    let public = director.targets.public_key();
+    let keyid = public.id();
     PartialVerifier {
-        keys: BTreeMap::from([(keyid.clone(), Key::Ed25519(public))]),
+        keys: BTreeMap::from([(keyid.clone(), public)]),
         role: RoleKeys {
             keyids: vec![keyid],
             threshold: 1,
@@ -475,7 +545,7 @@ fn director_targets(
     version: u64,
     expires: Time,
     targets: Map<String, Value>,
-    signer: &SigningKey,
+    signer: &dyn Signer,
 ) -> Vec<u8> {
     build::sign(&build::targets(version, expires, targets, &[]), &[signer]).unwrap()
 }
@@ -490,7 +560,7 @@ fn secondary_partial_verification_accepting_and_rejecting() {
         director_entry(b"gw", &[("GW-1", "gateway-v1")], 2),
     );
     // Accepted: signed by the director's targets key, naming this ECU.
-    let good = director_targets(3, later(1), targets.clone(), &director.targets);
+    let good = director_targets(3, later(1), targets.clone(), &*director.targets);
     let approved = verifier.verify(&good, now()).unwrap().unwrap();
     assert_eq!(
         (approved.ecu_serial(), approved.target()),
@@ -505,7 +575,7 @@ fn secondary_partial_verification_accepting_and_rejecting() {
     assert_eq!(
         verifier
             .verify(
-                &director_targets(3, later(1), other, &director.targets),
+                &director_targets(3, later(1), other, &*director.targets),
                 now()
             )
             .unwrap(),
@@ -521,7 +591,7 @@ fn secondary_partial_verification_accepting_and_rejecting() {
         })
     ));
     // Rejected: older than what was accepted.
-    let old = director_targets(2, later(1), targets.clone(), &director.targets);
+    let old = director_targets(2, later(1), targets.clone(), &*director.targets);
     assert!(matches!(
         verifier.verify(&old, now()),
         Err(UptaneError::Tuf {
@@ -530,7 +600,7 @@ fn secondary_partial_verification_accepting_and_rejecting() {
         })
     ));
     // Rejected: expired.
-    let stale = director_targets(5, now(), targets.clone(), &director.targets);
+    let stale = director_targets(5, now(), targets.clone(), &*director.targets);
     assert!(matches!(
         verifier.verify(&stale, now()),
         Err(UptaneError::Tuf {
@@ -542,7 +612,7 @@ fn secondary_partial_verification_accepting_and_rejecting() {
     let wrong = one(TARGET, director_entry(IMAGE, &[("BRK-1", "brake-v9")], 5));
     assert!(matches!(
         verifier.verify(
-            &director_targets(6, later(1), wrong, &director.targets),
+            &director_targets(6, later(1), wrong, &*director.targets),
             now()
         ),
         Err(UptaneError::WrongHardware { .. })
@@ -550,7 +620,7 @@ fn secondary_partial_verification_accepting_and_rejecting() {
     let rollback = one(TARGET, director_entry(IMAGE, &[("BRK-1", "brake-v2")], 3));
     assert!(matches!(
         verifier.verify(
-            &director_targets(6, later(1), rollback, &director.targets),
+            &director_targets(6, later(1), rollback, &*director.targets),
             now()
         ),
         Err(UptaneError::ReleaseCounterRollback { .. })
@@ -572,10 +642,12 @@ fn report(serial: &str, nonce: &str) -> EcuVersionReport {
 
 #[test]
 fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
-    let (primary, brake, gateway) = (key(50), key(51), key(52));
+    // Each key of another type: the primary's ECDSA P-256 (what ECU HSMs hold), the brake's
+    // RSA, the gateway's ed25519.
+    let (primary, brake, gateway) = (ecdsa(), rsa(), key(52));
     let ecu_keys = BTreeMap::from([
-        ("BRK-1".to_string(), brake.verifying_key()),
-        ("GW-1".to_string(), gateway.verifying_key()),
+        ("BRK-1".to_string(), brake.public_key()),
+        ("GW-1".to_string(), Key::Ed25519(gateway.verifying_key())),
     ]);
     let reports = [
         sign_ecu_report(&report("BRK-1", "n-42"), &brake).unwrap(),
@@ -585,7 +657,7 @@ fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
     let verified = verify_vehicle_manifest(
         &manifest,
         "VIN0001",
-        &primary.verifying_key(),
+        &primary.public_key(),
         &ecu_keys,
         "n-42",
     )
@@ -593,13 +665,7 @@ fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
     assert_eq!(verified.reports["BRK-1"], report("BRK-1", "n-42"));
 
     let check = |manifest: &[u8], nonce: &str| {
-        verify_vehicle_manifest(
-            manifest,
-            "VIN0001",
-            &primary.verifying_key(),
-            &ecu_keys,
-            nonce,
-        )
+        verify_vehicle_manifest(manifest, "VIN0001", &primary.public_key(), &ecu_keys, nonce)
     };
     // An ECU report signed by a key that is not the ECU's.
     let forged = [sign_ecu_report(&report("BRK-1", "n-42"), &key(77)).unwrap()];
@@ -638,7 +704,7 @@ fn signed_version_reports_and_an_unsigned_one_rejected_by_the_director() {
         verify_vehicle_manifest(
             &serde_json::to_vec(&altered).unwrap(),
             "VIN0002",
-            &primary.verifying_key(),
+            &primary.public_key(),
             &ecu_keys,
             "n-42"
         )

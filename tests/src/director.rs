@@ -122,11 +122,27 @@ pub fn public(seed: u8) -> String {
 /// `ecu/gw-1.bin`), primary key seed [`PRIMARY_SEED`] and ECU key seed [`ECU_SEED`], over the
 /// director's HTTP API.
 pub fn register_vehicle(director: &DirectorService, vin: &str, serial: &str) {
+    register_vehicle_with_keys(
+        director,
+        vin,
+        serial,
+        (&public(PRIMARY_SEED), &public(ECU_SEED)),
+    );
+}
+
+/// [`register_vehicle`] with these public keys of its primary and its ECU (ed25519 in hex, or
+/// PEM public keys of any type).
+pub fn register_vehicle_with_keys(
+    director: &DirectorService,
+    vin: &str,
+    serial: &str,
+    (primary, ecu): (&str, &str),
+) {
     let vehicle = serde_json::json!({
         "vin": vin, "region": "eu-north", "vehicle_type": "tractor", "home_depot": "depot-1",
-        "primary_key": public(PRIMARY_SEED),
+        "primary_key": primary,
         "ecus": [{"serial": serial, "hardware_id": "gw-v1",
-                  "public_key": public(ECU_SEED), "installed": "ecu/gw-1.bin"}],
+                  "public_key": ecu, "installed": "ecu/gw-1.bin"}],
     });
     let response = director
         .agent()

@@ -75,8 +75,11 @@ pub struct GatewayVehicle<'a> {
     pub vin: &'a str,
     /// What the ECU runs (`ecu/gw-1.bin`, release counter 1), in bank A.
     pub installed: &'a [u8],
-    /// The director's targets key (hex).
+    /// The director's targets key (ed25519 in hex, or a PEM public key).
     pub director_key: &'a str,
+    /// Its primary's and its ECU's key files' text ([`seed_keys`]: the keys
+    /// [`crate::director::register_vehicle`] registers).
+    pub keys: (&'a str, &'a str),
     /// Its depot's address (with `/p2p/`).
     pub depot: &'a str,
     /// The image repository's and the director's first roots.
@@ -89,6 +92,13 @@ pub struct GatewayVehicle<'a> {
     pub director: Option<(&'a str, &'a Path)>,
 }
 
+/// The key files' text of the primary and ECU keys [`crate::director::register_vehicle`]
+/// registers: ed25519 seeds [`PRIMARY_SEED`] and [`ECU_SEED`], in hex.
+#[must_use]
+pub fn seed_keys() -> (String, String) {
+    (hex::encode([PRIMARY_SEED; 32]), hex::encode([ECU_SEED; 32]))
+}
+
 /// Writes the vehicle's simulated gateway ECU (booted from bank A) and its agent configuration
 /// into `dir`; returns the configuration's path (`dir/vehicle.toml`).
 pub fn gateway_vehicle(dir: &Path, vehicle: &GatewayVehicle<'_>) -> PathBuf {
@@ -98,7 +108,7 @@ pub fn gateway_vehicle(dir: &Path, vehicle: &GatewayVehicle<'_>) -> PathBuf {
         hardware_id: "gw-v1",
         installed: ("ecu/gw-1.bin", vehicle.installed, 1),
         bank_bytes: GATEWAY_BANK_BYTES,
-        key_seed: [ECU_SEED; 32],
+        key: vehicle.keys.1,
         director_key: vehicle.director_key,
         health: vehicle.health,
         single_bank_spare: None,
@@ -113,7 +123,7 @@ pub fn gateway_vehicle(dir: &Path, vehicle: &GatewayVehicle<'_>) -> PathBuf {
         depot: vehicle.depot,
         roots: vehicle.roots,
         director: vehicle.director,
-        primary_seed: [PRIMARY_SEED; 32],
+        primary_key: vehicle.keys.0,
         ecus: &[ecu],
         mesh: None,
         extra: &extra,

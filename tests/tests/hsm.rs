@@ -2,9 +2,11 @@
 //! both roots and the image targets key inside the token (ECDSA P-256, the type every HSM has),
 //! a rotation moves the image targets key to RSA and the director's root to ed25519, both made
 //! in the token; no private key of theirs is ever on disk, and the token will not give one out.
-//! A release and a director assignment signed that way are then installed by a vehicle agent
-//! that verifies everything over the mesh from a depot: TUF metadata of all three key types,
-//! Uptane's full verification of the director's targets.
+//! The director's online targets key is rotated to ECDSA too. A release and a director
+//! assignment signed that way are then installed by a vehicle agent that verifies everything
+//! over the mesh from a depot (TUF metadata of all three key types, Uptane's full verification,
+//! its ECU's partial verification with the director's ECDSA key); the vehicle's primary key is
+//! ECDSA P-256 and its ECU's RSA, and the director accepts the manifest they sign.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,7 +14,9 @@ use std::path::Path;
 
 use depotmesh_tests::data::noise;
 use depotmesh_tests::depot::{DepotDaemon, import_repo};
-use depotmesh_tests::director::assign_gateway;
+use depotmesh_tests::director::{
+    DirectorService, assign_gateway, register_vehicle_with_keys, registry,
+};
 use depotmesh_tests::hsm::{in_softhsm, token};
 use depotmesh_tests::release::{Release, release};
 use depotmesh_tests::vehicle::{GatewayVehicle, check_once, gateway_vehicle};
@@ -85,10 +89,23 @@ fn in_token(w: &Path) {
     )
     .unwrap();
     origin::admin::rotate(&origin, "director", "root", &NewKey::Make(KeyType::Ed25519)).unwrap();
+    // And the director's online targets key, a file, to ECDSA: Uptane's director keys may be
+    // any type.
+    origin::admin::rotate(
+        &origin,
+        "director",
+        "targets",
+        &NewKey::Make(KeyType::EcdsaP256),
+    )
+    .unwrap();
     assert_eq!(types("image")[1], ("targets".to_owned(), "rsa".to_owned()));
     assert_eq!(
         types("director")[0],
         ("root".to_owned(), "ed25519".to_owned())
+    );
+    assert_eq!(
+        types("director")[1],
+        ("targets".to_owned(), "ecdsa".to_owned())
     );
     // A key file is refused for a key kept in a token, before anything is signed.
     let file = w.join("supplier.json");
@@ -145,12 +162,18 @@ fn in_token(w: &Path) {
         &origin.dir.join(format!("director/vehicles/{vin}")),
     );
     let depot = DepotDaemon::serve(&depot_dir);
-    let proto::tuf::Key::Ed25519(director_key) =
-        origin.key("director", "targets").unwrap().public_key()
-    else {
-        panic!("the director's online targets key is ed25519")
-    };
-    let director_key = hex::encode(director_key.as_bytes());
+    // The ECU checks the director's targets itself, with the director's ECDSA targets key.
+    let director_key = origin
+        .key("director", "targets")
+        .unwrap()
+        .public_key()
+        .public_text();
+    // The vehicle's primary key is ECDSA P-256, its ECU's RSA: registered as PEM public keys,
+    // kept by the vehicle as PKCS #8 PEM files.
+    let (primary_private, primary_public) = pem_pair(w, "primary", KeyType::EcdsaP256);
+    let (ecu_private, ecu_public) = pem_pair(w, "ecu", KeyType::RsaPssSha256);
+    let director = DirectorService::start(&origin);
+    register_vehicle_with_keys(&director, vin, "GW-HSM-0", (&primary_public, &ecu_public));
     let image_root = origin.dir.join("image/metadata/1.root.json");
     let director_root = origin.dir.join("director/metadata/1.root.json");
     let config = gateway_vehicle(
@@ -159,11 +182,12 @@ fn in_token(w: &Path) {
             vin,
             installed: &v1,
             director_key: &director_key,
+            keys: (&primary_private, &ecu_private),
             depot: &depot.addr.to_string(),
             roots: (&image_root, &director_root),
             link: "class = \"yard-wifi\"",
             health: "exit 0",
-            director: None,
+            director: Some((&director.url, &director.ca)),
         },
     );
     let status = check_once(&config);
@@ -173,4 +197,25 @@ fn in_token(w: &Path) {
         status["ecus"]["GW-HSM-0"]["image"], "ecu/gw-2.bin",
         "{status}"
     );
+    // The director checked the manifest against the registered ECDSA and RSA keys.
+    assert_eq!(status["report_sent"]["via"], "director", "{status}");
+    assert_eq!(status["report_sent"]["verdict"], "accepted", "{status}");
+    let registry = registry(&director);
+    let record = registry
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vin"] == vin)
+        .unwrap();
+    assert_eq!(record["ecus"][0]["installed"], "ecu/gw-2.bin", "{record}");
+}
+
+/// A new key of `kind`: its private half as a PKCS #8 PEM and its public half as a PEM public
+/// key (made by `origin keygen`'s code, read from the key file it writes).
+fn pem_pair(w: &Path, name: &str, kind: KeyType) -> (String, String) {
+    let path = w.join(format!("{name}.json"));
+    origin::keys::create_pair(&path, kind).unwrap();
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let pem = |half: &str| file["keyval"][half].as_str().unwrap().to_owned();
+    (pem("private"), pem("public"))
 }

@@ -30,7 +30,9 @@ use depotmesh_tests::director::{
     DirectorService, ECU_SEED, PRIMARY_SEED, assign_gateway, register_vehicle, registry,
 };
 use depotmesh_tests::release::{Release, new_origin, release};
-use depotmesh_tests::vehicle::{GatewayVehicle, check_once, downloaded, gateway_vehicle};
+use depotmesh_tests::vehicle::{
+    GatewayVehicle, check_once, downloaded, gateway_vehicle, seed_keys,
+};
 use node::policy::Priority;
 use proto::tuf::build::TargetDigests;
 use proto::tuf::signer::Signer as _;
@@ -98,12 +100,11 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     }
     let upstream = DepotDaemon::start(&upstream_dir, &depot_config(&upstream_dir));
 
-    let proto::tuf::Key::Ed25519(director_key) =
-        origin.key("director", "targets").unwrap().public_key()
-    else {
-        panic!("the director's targets key is ed25519")
-    };
-    let director_key = hex::encode(director_key.as_bytes());
+    let director_key = origin
+        .key("director", "targets")
+        .unwrap()
+        .public_key()
+        .public_text();
     // The director service: the vehicles are registered and send it their signed manifests,
     // directly or through the depot. The depot's relay address is not served yet: what the
     // depot takes waits in its queue, across a kill, until it is.
@@ -153,6 +154,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
     drop(upstream);
 
     let roots = (image_root.as_path(), director_root.as_path());
+    let seed_keys = seed_keys();
     let make = |vin: &str, depot: &str, link: &str, health: &str, director: Option<&str>| {
         gateway_vehicle(
             &w.join(vin),
@@ -160,6 +162,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
                 vin,
                 installed: &v1,
                 director_key: &director_key,
+                keys: (&seed_keys.0, &seed_keys.1),
                 depot,
                 roots,
                 link,
@@ -212,8 +215,12 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
         assert_eq!(&bank[..v2.len()], &v2[..], "{vin}: bank B is not v2");
         // The signed version manifest passes the director's check.
         let manifest = std::fs::read(status["last_install"]["report"].as_str().unwrap()).unwrap();
-        let primary = ed25519_dalek::SigningKey::from_bytes(&[PRIMARY_SEED; 32]).verifying_key();
-        let ecu_key = ed25519_dalek::SigningKey::from_bytes(&[ECU_SEED; 32]).verifying_key();
+        let ed25519 = |seed| {
+            proto::tuf::Key::Ed25519(
+                ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key(),
+            )
+        };
+        let (primary, ecu_key) = (ed25519(PRIMARY_SEED), ed25519(ECU_SEED));
         let verified = proto::uptane::verify_vehicle_manifest(
             &manifest,
             vin,

@@ -322,7 +322,7 @@ fn measure(pair: &Pair, args: &Args, work: &Path) -> anyhow::Result<Row> {
     let mut ecu = Ecu {
         serial: SERIAL.into(),
         hardware_id: HARDWARE.into(),
-        key: SigningKey::from_bytes(&[1; 32]),
+        key: proto::tuf::signer::KeyPair::Ed25519(SigningKey::from_bytes(&[1; 32])),
         installed: None,
         banks,
         boot,

@@ -125,8 +125,9 @@ pub struct Ecu<B, M> {
     pub serial: String,
     /// Its hardware id.
     pub hardware_id: String,
-    /// Its key, which signs its version reports (registered with the director).
-    pub key: ed25519_dalek::SigningKey,
+    /// Its key, which signs its version reports (registered with the director): any of the
+    /// three TUF key types.
+    pub key: proto::tuf::signer::KeyPair,
     /// What it ran before any install the journal knows of.
     pub installed: Option<InstalledImage>,
     /// Its banks: a [`crate::bank::BankPair`] or a [`crate::remap::RemapBank`].

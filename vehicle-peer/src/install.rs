@@ -38,11 +38,13 @@ pub struct EcuConfig {
     pub serial: proto::EcuSerial,
     /// Its hardware id.
     pub hardware_id: String,
-    /// A file holding the ECU's ed25519 key (32-byte seed, hex), which signs its reports.
+    /// A file holding the ECU's key, which signs its reports: an ed25519 seed (32 bytes, hex) or
+    /// a PKCS #8 PEM of ECDSA P-256 or RSA (ECU HSMs commonly hold P-256 keys).
     pub key_file: PathBuf,
     /// Directory of the install journal (sled).
     pub journal: PathBuf,
-    /// The director's targets key (ed25519 public key, hex), from its root metadata.
+    /// The director's targets key, from its root metadata: ed25519 in hex, or a PEM `PUBLIC
+    /// KEY` of ECDSA P-256, RSA or Ed25519.
     pub director_targets_key: String,
     /// What the ECU runs now (for the first report and the release counter check).
     pub installed: InstalledConfig,
@@ -328,21 +330,14 @@ fn open_ecu_with(config: &EcuConfig, format: bool) -> anyhow::Result<ConfiguredE
         second: config.boot_env.second,
     };
     let boot = UbootBoot::new(EnvStore::new(env, layout)?, vec![slot("A")?, slot("B")?]);
-    let seed = std::fs::read_to_string(&config.key_file)
+    let key = std::fs::read_to_string(&config.key_file)
         .with_context(|| format!("reading key_file {}", config.key_file.display()))?;
-    let seed: [u8; 32] = hex::decode(seed.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| {
-            format!(
-                "key_file {}: must hold a 32-byte ed25519 seed in hex",
-                config.key_file.display()
-            )
-        })?;
+    let key = proto::tuf::signer::KeyPair::parse(&key)
+        .with_context(|| format!("key_file {}", config.key_file.display()))?;
     Ok(Ecu {
         serial: config.serial.to_string(),
         hardware_id: config.hardware_id.clone(),
-        key: ed25519_dalek::SigningKey::from_bytes(&seed),
+        key,
         installed: Some(InstalledImage {
             target: config.installed.target.clone(),
             sha256: config.installed.sha256.clone(),
@@ -531,13 +526,9 @@ fn approve(
 ) -> anyhow::Result<proto::uptane::ApprovedImage> {
     let bytes = std::fs::read(targets)
         .with_context(|| format!("reading director targets {}", targets.display()))?;
-    let public: [u8; 32] = hex::decode(config.director_targets_key.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .context("director_targets_key: must be a 32-byte ed25519 public key in hex")?;
-    let public = ed25519_dalek::VerifyingKey::from_bytes(&public)
-        .context("director_targets_key: not an ed25519 public key")?;
-    let keyid = proto::tuf::build::key_id(&public);
+    let public = Key::parse_public(&config.director_targets_key)
+        .map_err(|error| anyhow::anyhow!("director_targets_key: {error}"))?;
+    let keyid = public.id();
     let version_key = format!("director-version/{}", config.serial).into_bytes();
     let last_version = journal
         .load()?
@@ -546,9 +537,7 @@ fn approve(
         .and_then(|(_, v)| v.try_into().ok().map(u64::from_le_bytes))
         .unwrap_or(0);
     let mut verifier = PartialVerifier {
-        keys: [(keyid.clone(), Key::Ed25519(public))]
-            .into_iter()
-            .collect(),
+        keys: [(keyid.clone(), public)].into_iter().collect(),
         role: RoleKeys {
             keyids: vec![keyid],
             threshold: 1,

@@ -20,9 +20,11 @@ pub struct FileEcu<'a> {
     pub installed: (&'a str, &'a [u8], u64),
     /// Bytes of each bank.
     pub bank_bytes: u64,
-    /// Seed of the ECU's ed25519 key (signs its version reports).
-    pub key_seed: [u8; 32],
-    /// The director's targets key (hex), for the ECU's own check of its targets.
+    /// The ECU's key file (signs its version reports): an ed25519 seed in hex, or a PKCS #8 PEM
+    /// of ECDSA P-256 or RSA.
+    pub key: &'a str,
+    /// The director's targets key (ed25519 in hex, or a PEM public key), for the ECU's own
+    /// check of its targets.
     pub director_key: &'a str,
     /// The health check after a trial boot: a shell command (`exit 0`: healthy).
     pub health: &'a str,
@@ -64,14 +66,14 @@ pub fn file_ecu(dir: &Path, ecu: &FileEcu<'_>) -> anyhow::Result<PathBuf> {
         }
     };
     std::fs::write(dir.join("env.img"), vec![0u8; 2048])?;
-    std::fs::write(dir.join("ecu.key"), hex::encode(ecu.key_seed))?;
+    std::fs::write(dir.join("ecu.key"), ecu.key)?;
     let sha = proto::tuf::build::TargetDigests::of(image).sha256;
     let config = format!(
         r#"serial = "{serial}"
 hardware_id = "{hardware_id}"
 key_file = "{dir}/ecu.key"
 journal = "{dir}/ecu-journal"
-director_targets_key = "{director_key}"
+director_targets_key = {director_key}
 [installed]
 target = "{target}"
 sha256 = "{sha}"
@@ -89,7 +91,7 @@ timeout_secs = 10
 "#,
         serial = ecu.serial,
         hardware_id = ecu.hardware_id,
-        director_key = ecu.director_key,
+        director_key = toml_string(ecu.director_key),
         health = ecu.health,
         dir = dir.display(),
     );
@@ -111,8 +113,9 @@ pub struct LoopbackVehicle<'a> {
     /// The director service's URL and the CA file its certificate chains to, if the vehicle
     /// has a route to it.
     pub director: Option<(&'a str, &'a Path)>,
-    /// Seed of the primary's ed25519 key (signs the vehicle manifest).
-    pub primary_seed: [u8; 32],
+    /// The primary's key file (signs the vehicle manifest): an ed25519 seed in hex, or a
+    /// PKCS #8 PEM of ECDSA P-256 or RSA.
+    pub primary_key: &'a str,
     /// Its ECUs' configurations.
     pub ecus: &'a [PathBuf],
     /// Its `[mesh]` section; `None`: an open mesh (`mesh.open = true`).
@@ -126,7 +129,7 @@ pub struct LoopbackVehicle<'a> {
 /// data in `dir/data`, simulated boots) into `dir`; returns the configuration's path.
 pub fn loopback_vehicle(dir: &Path, vehicle: &LoopbackVehicle<'_>) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("primary.key"), hex::encode(vehicle.primary_seed))?;
+    std::fs::write(dir.join("primary.key"), vehicle.primary_key)?;
     let ecus: Vec<String> = vehicle
         .ecus
         .iter()
@@ -169,4 +172,10 @@ mode = "simulated"
     let path = dir.join("vehicle.toml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// `text` as a TOML basic string (a PEM key's newlines escaped): JSON's string escapes
+/// (`\n`, `\"`, `\\`, `\uXXXX`) are all TOML's too.
+fn toml_string(text: &str) -> String {
+    serde_json::Value::String(text.to_owned()).to_string()
 }

@@ -58,7 +58,7 @@ fn ecu(storage: &CrashStorage) -> Ecu<BankPair<SimBank>, SimEnv> {
     Ecu {
         serial: "BRK-1".into(),
         hardware_id: "brake-v2".into(),
-        key: ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        key: proto::tuf::signer::KeyPair::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[1; 32])),
         installed: None,
         banks,
         boot,

@@ -79,7 +79,7 @@ fn ecu_with(storage: &CrashStorage, spare: u32) -> Ecu<RemapBank<SimBank>, SimEn
     Ecu {
         serial: "BRK-1".into(),
         hardware_id: "brake-v2".into(),
-        key: ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        key: proto::tuf::signer::KeyPair::Ed25519(ed25519_dalek::SigningKey::from_bytes(&[1; 32])),
         installed: None,
         banks,
         boot,

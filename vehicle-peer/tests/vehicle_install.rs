@@ -97,7 +97,7 @@ fn ecu(storage: &CrashStorage, part: &Part) -> Ecu<BankPair<SimBank>, SimEnv> {
     Ecu {
         serial: part.serial.into(),
         hardware_id: part.hardware.into(),
-        key: part.key.clone(),
+        key: proto::tuf::signer::KeyPair::Ed25519(part.key.clone()),
         installed: Some(InstalledImage {
             target: format!("ecu/{}-1.bin", part.prefix),
             sha256: TargetDigests::of(&part.old).sha256,
@@ -223,12 +223,17 @@ fn reported(storage: &CrashStorage, parts: &[Part]) -> BTreeMap<String, (String,
     let manifest = sign_vehicle_manifest("VIN-1", "GW-1", &reports, None, &primary).unwrap();
     let keys = parts
         .iter()
-        .map(|p| (p.serial.to_string(), p.key.verifying_key()))
+        .map(|p| {
+            (
+                p.serial.to_string(),
+                proto::tuf::Key::Ed25519(p.key.verifying_key()),
+            )
+        })
         .collect();
     let verified = verify_vehicle_manifest(
         &manifest,
         "VIN-1",
-        &primary.verifying_key(),
+        &proto::tuf::Key::Ed25519(primary.verifying_key()),
         &keys,
         "nonce-17",
     )

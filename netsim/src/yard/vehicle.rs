@@ -58,16 +58,12 @@ impl<'a> VehicleSetup<'a> {
         depot: &libp2p::Multiaddr,
         options: &YardOptions,
     ) -> anyhow::Result<Self> {
-        let proto::tuf::Key::Ed25519(director_key) =
-            release.origin.key("director", "targets")?.public_key()
-        else {
-            anyhow::bail!("the yard's director targets key is not ed25519");
-        };
+        let director_key = release.origin.key("director", "targets")?.public_key();
         let (v1, v2) = (&release.v1, &release.v2);
         Ok(Self {
             v1,
             bank_bytes: (v2.len().max(v1.len()) as u64 + (1 << 20)).next_multiple_of(1 << 20),
-            director_key: hex::encode(director_key.as_bytes()),
+            director_key: director_key.public_text(),
             depot: depot.to_string(),
             roots: release.roots(),
             health: if options.failing_canary {
@@ -137,7 +133,7 @@ pub(super) fn write(
         hardware_id: "gw-v1",
         installed: ("ecu/gw-1.bin", setup.v1, 1),
         bank_bytes: setup.bank_bytes,
-        key_seed: seed_of(index, 9),
+        key: &hex::encode(seed_of(index, 9)),
         director_key: &setup.director_key,
         health: setup.health,
         // Spare as large as the bank: any release fits.
@@ -155,7 +151,7 @@ pub(super) fn write(
         roots: (&setup.roots.0, &setup.roots.1),
         // Odd vehicles reach the director themselves; even ones only through the depot.
         director: (index % 2 == 0).then_some(setup.director),
-        primary_seed: seed_of(index, 8),
+        primary_key: &hex::encode(seed_of(index, 8)),
         ecus: &[ecu],
         mesh: Some(mesh),
         extra: &extra,

@@ -122,6 +122,32 @@ impl Key {
         }
     }
 
+    /// A public key given alone, with no `keytype` beside it (as a vehicle registers its ECU
+    /// keys): 64 hex digits are an ed25519 key (the form depotmesh has always taken); a PEM
+    /// `PUBLIC KEY` is whichever of the three its `SubjectPublicKeyInfo` says (ECDSA on P-256,
+    /// RSA, or Ed25519). An error says what is wrong.
+    pub fn parse_public(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if !text.starts_with("-----BEGIN") {
+            return Self::parse("ed25519", "ed25519", text)
+                .map_err(|error| format!("{error} (or give a PEM PUBLIC KEY)"));
+        }
+        let der = spki_der(text)?;
+        let (_, spki) = SubjectPublicKeyInfo::from_der(&der)
+            .map_err(|error| format!("is not a public key (SubjectPublicKeyInfo): {error}"))?;
+        match spki.algorithm.algorithm.to_id_string().as_str() {
+            "1.2.840.10045.2.1" => ecdsa_p256(text),
+            "1.2.840.113549.1.1.1" => rsa(text),
+            "1.3.101.112" => {
+                let point = hex::encode(spki.subject_public_key.data.as_ref());
+                Self::parse("ed25519", "ed25519", &point)
+            }
+            other => Err(format!(
+                "is a key of algorithm {other}, not ECDSA P-256, RSA or Ed25519"
+            )),
+        }
+    }
+
     /// Whether `signature` (as decoded from the metadata's hex) is this key's over `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         use ring::signature::{
@@ -169,6 +195,15 @@ impl Key {
             }
         };
         json!({"keytype": keytype, "scheme": scheme, "keyval": {"public": public}})
+    }
+
+    /// `keyval.public` of [`Key::to_json`]: hex for ed25519, a PEM public key otherwise; the
+    /// form [`Key::parse_public`] reads and vehicles configure (`director_targets_key`).
+    pub fn public_text(&self) -> String {
+        self.to_json()["keyval"]["public"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// The key's id as python-tuf computes it: the SHA-256 of [`Key::to_json`]'s canonical form.
@@ -300,6 +335,33 @@ mod tests {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    #[test]
+    fn a_public_key_alone_is_read_by_its_form() {
+        let ecdsa = public_of("ecdsa");
+        let rsa = public_of("rsa");
+        assert!(matches!(Key::parse_public(&ecdsa), Ok(Key::EcdsaP256(_))));
+        assert!(matches!(Key::parse_public(&rsa), Ok(Key::RsaPssSha256(_))));
+        let ed = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
+        let hex_form = hex::encode(ed.as_bytes());
+        assert_eq!(Key::parse_public(&hex_form), Ok(Key::Ed25519(ed)));
+        // An Ed25519 SubjectPublicKeyInfo (RFC 8410), as `openssl pkey -pubout` writes it.
+        let mut der = hex::decode("302a300506032b6570032100").unwrap();
+        der.extend_from_slice(ed.as_bytes());
+        let pem_form = public_pem(der);
+        assert_eq!(Key::parse_public(&pem_form), Ok(Key::Ed25519(ed)));
+        for (text, words) in [
+            ("abcd", "32 bytes"),
+            ("-----BEGIN PUBLIC KEY-----\nzz", "not PEM"),
+            (
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                "not a PUBLIC KEY",
+            ),
+        ] {
+            let error = Key::parse_public(text).unwrap_err();
+            assert!(error.contains(words), "{text}: {error}");
+        }
     }
 
     #[test]

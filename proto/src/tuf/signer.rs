@@ -68,6 +68,9 @@ pub enum KeyPairError {
         "not a PKCS #8 private key of ECDSA on P-256 or of RSA (2048 to 8192 bits); convert others with `openssl pkcs8 -topk8 -nocrypt`"
     )]
     NotPkcs8,
+    /// Neither a PEM block nor an ed25519 seed.
+    #[error("neither a 32-byte ed25519 seed in hex nor a PEM PRIVATE KEY (PKCS #8)")]
+    NotASeed,
     /// The random source failed.
     #[error("the system's random source failed")]
     Random,
@@ -89,6 +92,27 @@ impl KeyPair {
         RsaKeyPair::from_pkcs8(der)
             .map(Self::RsaPss)
             .map_err(|_| KeyPairError::NotPkcs8)
+    }
+
+    /// A private key as a vehicle keeps one in a file: 64 hex digits are an ed25519 seed (the
+    /// form depotmesh has always taken); a PEM `PRIVATE KEY` (PKCS #8) is ECDSA P-256 or RSA.
+    ///
+    /// # Errors
+    /// [`KeyPairError`], without saying more of the text.
+    pub fn parse(text: &str) -> Result<Self, KeyPairError> {
+        let text = text.trim();
+        if text.starts_with("-----BEGIN") {
+            let block = pem::parse(text).map_err(|_| KeyPairError::NotPkcs8)?;
+            if block.tag() != "PRIVATE KEY" {
+                return Err(KeyPairError::NotPkcs8);
+            }
+            return Self::from_pkcs8(block.contents());
+        }
+        let seed: [u8; 32] = hex::decode(text)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or(KeyPairError::NotASeed)?;
+        Ok(Self::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed)))
     }
 
     /// A new ECDSA P-256 key, as PKCS #8 DER (to keep; [`KeyPair::from_pkcs8`] reads it).

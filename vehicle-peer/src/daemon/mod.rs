@@ -80,7 +80,7 @@ pub struct Daemon {
     /// The decisions: [`crate::agent`], with the link policy and the month's usage.
     agent: Agent,
     check_state: CheckState,
-    primary_key: ed25519_dalek::SigningKey,
+    primary_key: proto::tuf::signer::KeyPair,
     status: Value,
 }
 
@@ -92,19 +92,12 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
-fn read_seed(path: &Path, what: &str) -> anyhow::Result<ed25519_dalek::SigningKey> {
+/// A vehicle's private key file: an ed25519 seed in hex, or a PKCS #8 PEM of ECDSA P-256 or RSA
+/// ([`proto::tuf::signer::KeyPair::parse`]).
+pub(crate) fn read_key(path: &Path, what: &str) -> anyhow::Result<proto::tuf::signer::KeyPair> {
     let text =
         fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))?;
-    let seed: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|bytes| bytes.try_into().ok())
-        .with_context(|| {
-            format!(
-                "{what} {}: must hold a 32-byte ed25519 seed in hex",
-                path.display()
-            )
-        })?;
-    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+    proto::tuf::signer::KeyPair::parse(&text).with_context(|| format!("{what} {}", path.display()))
 }
 
 fn usage_path(data_dir: &Path) -> PathBuf {
@@ -169,7 +162,7 @@ impl Daemon {
                 )?]
             }
         };
-        let primary_key = read_seed(&config.primary_key_file, "primary_key_file")?;
+        let primary_key = read_key(&config.primary_key_file, "primary_key_file")?;
         let policy = LinkPolicy::with_usage(config.policy.clone(), load_usage(&config.data_dir)?);
         let runtime = node::runtime::build_tokio(Some(config.threads))
             .context("starting the async runtime")?;

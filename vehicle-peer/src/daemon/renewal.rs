@@ -63,7 +63,7 @@ impl Daemon {
             peer: &peer,
             at: now,
         }
-        .sign(&self.primary_key);
+        .sign(&self.primary_key)?;
         let certificate = ClientTls::roots(self.config.director_ca.as_deref())
             .and_then(|tls| DirectorClient::new(url, self.config.metadata_timeout, &tls))
             .and_then(|client| client.renew_membership(&self.config.vin, &request))?;
