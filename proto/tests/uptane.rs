@@ -220,13 +220,16 @@ fn one(name: &str, entry: Value) -> Map<String, Value> {
 
 /// An image repository listing IMAGE for `brake-v2` at release 5, delegated to a supplier role.
 fn image_repo() -> Repo {
-    let mut repo = Repo::new(10);
-    let supplier = key(20);
+    image_repo_of(Repo::new(10), &key(20))
+}
+
+/// [`image_repo`] with these role keys and this supplier's key.
+fn image_repo_of(mut repo: Repo, supplier: &dyn Signer) -> Repo {
     repo.publish(
         Map::new(),
         &[(
             "brake-supplier",
-            &supplier,
+            supplier,
             "ecu/*",
             one(TARGET, image_entry(IMAGE, &["brake-v2"], 5)),
         )],
@@ -395,18 +398,7 @@ fn wrong_hardware_id() {
 /// too, and a targets file signed by another key is refused.
 #[test]
 fn full_and_partial_verification_with_every_key_type() {
-    let mut image = Repo::mixed(10);
-    let supplier = ecdsa();
-    image.publish(
-        Map::new(),
-        &[(
-            "brake-supplier",
-            &supplier,
-            "ecu/*",
-            one(TARGET, image_entry(IMAGE, &["brake-v2"], 5)),
-        )],
-        later(1),
-    );
+    let image = image_repo_of(Repo::mixed(10), &ecdsa());
     let mut director = Repo::mixed(30);
     let targets = one(TARGET, director_entry(IMAGE, &[("BRK-1", "brake-v2")], 5));
     director.publish(targets.clone(), &[], later(1));
