@@ -170,6 +170,11 @@ impl Token {
             let info = module
                 .get_token_info(slot)
                 .map_err(operation("reading token information"))?;
+            // A token not yet initialised (SoftHSM2 always offers one, its label blank) holds no
+            // keys and takes no login: it neither matches nor is worth naming.
+            if !info.token_initialized() {
+                continue;
+            }
             present.push(info.label().trim_end().to_owned());
             if uri.matches(
                 info.label(),
@@ -184,7 +189,11 @@ impl Token {
             return Err(TokenError::NoSuchToken {
                 uri: uri.to_string(),
                 found: matching.len(),
-                present: present.join(", "),
+                present: if present.is_empty() {
+                    "none".to_owned()
+                } else {
+                    present.join(", ")
+                },
             });
         };
         let pin = match &uri.pin {
