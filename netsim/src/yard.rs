@@ -79,7 +79,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let release = release::prepare(&out, &vins, options, log)?;
     let mut yard = Yard::new()?;
     let director = yard.start_director(&out, &release.origin, vins.len())?;
-    let cache = yard.start_origin_cache(&out, &release.origin, &vins)?;
+    let cache = yard.start_origin_cache(&release.origin)?;
     let depot = yard.start_depot(depot_config(
         &out, &release, &vins, cache, &director, options,
     )?)?;

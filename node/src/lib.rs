@@ -17,6 +17,7 @@ pub mod director_client;
 pub mod engine;
 pub mod fetch;
 pub mod identity;
+pub mod import;
 pub mod membership;
 pub mod mesh_config;
 pub mod metrics;

@@ -166,6 +166,13 @@ pub(crate) enum Command {
         /// How often the gates are re-evaluated without a report (soak times, report timeouts).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         tick_secs: u64,
+        /// Also serve the image repository and every vehicle's director repository on the mesh,
+        /// live as they are signed, for depots to prefetch from (their `upstream`): a QUIC
+        /// address to listen on, e.g. `/ip4/0.0.0.0/udp/7470/quic-v1` (repeatable). The node
+        /// is a fleet member with a certificate from the origin's fleet key; its data is in
+        /// DIR/mesh-node.
+        #[arg(long = "mesh-listen", value_name = "MULTIADDR")]
+        mesh_listen: Vec<libp2p::Multiaddr>,
     },
     /// Staged rollouts, through a running `origin serve`.
     Campaign {

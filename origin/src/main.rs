@@ -124,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             oidc,
             rate,
             burst,
+            mesh_listen,
         } => {
             let how = match (&tls_cert, &tls_key) {
                 _ if plain_http => Listen::PlainLoopback,
@@ -135,7 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 per_sec: f64::from(rate),
                 burst: f64::from(burst),
             };
-            serve(origin, listen, &how, bearer, limit, tick_secs)?;
+            serve(origin, listen, &how, bearer, limit, tick_secs, mesh_listen)?;
         }
         Command::Campaign { director, command } => {
             campaign(&client(&origin, &director)?, command)?;
@@ -233,6 +234,7 @@ fn serve(
     bearer: Option<std::sync::Arc<dyn origin::http::BearerVerifier>>,
     limit: origin::http::RateLimit,
     tick_secs: u64,
+    mesh_listen: Vec<libp2p::Multiaddr>,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -240,8 +242,18 @@ fn serve(
         )
         .with_writer(std::io::stderr)
         .init();
-    let server = origin::http::Server::bind(origin, listen, how, bearer, limit)?;
+    let server = origin::http::Server::bind(origin.clone(), listen, how, bearer, limit)?;
     println!("director listening on {}", server.url()?);
+    // Held until the service stops.
+    let _mesh = if mesh_listen.is_empty() {
+        None
+    } else {
+        let mesh = server.block_on(origin::mesh::start(&origin, mesh_listen))?;
+        for addr in &mesh.addrs {
+            println!("mesh: serving the repositories on {addr}");
+        }
+        Some(mesh)
+    };
     server.run(std::time::Duration::from_secs(tick_secs));
     Ok(())
 }

@@ -172,6 +172,16 @@ impl Origin {
             bail!("{} exists; versions are never rewritten", path.display());
         }
         write_file(&path, &bytes)?;
+        if role == "timestamp" {
+            // The timestamp completes the repository's new version: the origin's mesh node
+            // serves it now. Signing stands if the note fails; the node's full pass finds it.
+            if let Err(error) = crate::publish::note(&self.dir, repository) {
+                tracing::warn!(
+                    repository,
+                    "noting the signing in the publish journal: {error}"
+                );
+            }
+        }
         Ok(bytes)
     }
 

@@ -105,6 +105,30 @@ pub fn brake_firmware() -> (Vec<u8>, Vec<u8>) {
     (fw1, fw2)
 }
 
+/// Enrols the node whose data directory is `data_dir` (its identity made there if new) in
+/// `origin`'s fleet as `role`, for a day: writes its certificate to `data_dir/member.json` and
+/// returns the `[mesh]` section that names it, trusting the origin's fleet key.
+pub fn enrol(
+    origin: &Origin,
+    data_dir: &Path,
+    role: proto::membership::MemberRole,
+) -> node::mesh_config::MeshSection {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let peer = node::identity::load_or_create(data_dir)
+        .unwrap()
+        .public()
+        .to_peer_id();
+    let cert = origin::fleet::issue(origin, &actor(), &peer.to_string(), role, 1).unwrap();
+    let path = data_dir.join("member.json");
+    std::fs::write(&path, cert.encode()).unwrap();
+    node::mesh_config::MeshSection {
+        open: false,
+        fleet_keys: vec![origin::fleet::describe_key(origin).unwrap().fleet_key],
+        certificate: Some(path),
+        revocations: Some(data_dir.join("revocations.json")),
+    }
+}
+
 /// Delegates `ecu/fw-*` to the brake supplier's new key.
 pub fn delegate_to_brake_supplier(origin: &Origin) {
     let supplier = origin::keystore::NewKey::Make(proto::tuf::keys::KeyType::Ed25519);

@@ -90,6 +90,8 @@ pub struct GatewayVehicle<'a> {
     pub health: &'a str,
     /// The director service's URL and CA file, if the vehicle has a route to it.
     pub director: Option<(&'a str, &'a Path)>,
+    /// Its `[mesh]` section ([`crate::release::enrol`]); `None`: an open mesh.
+    pub mesh: Option<&'a node::mesh_config::MeshSection>,
 }
 
 /// The key files' text of the primary and ECU keys [`crate::director::register_vehicle`]
@@ -125,7 +127,7 @@ pub fn gateway_vehicle(dir: &Path, vehicle: &GatewayVehicle<'_>) -> PathBuf {
         director: vehicle.director,
         primary_key: vehicle.keys.0,
         ecus: &[ecu],
-        mesh: None,
+        mesh: vehicle.mesh,
         extra: &extra,
     };
     vehicle_peer::simulated::loopback_vehicle(dir, &config).unwrap()

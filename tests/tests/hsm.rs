@@ -188,6 +188,7 @@ fn in_token(w: &Path) {
             link: "class = \"yard-wifi\"",
             health: "exit 0",
             director: Some((&director.url, &director.ca)),
+            mesh: None,
         },
     );
     let status = check_once(&config);

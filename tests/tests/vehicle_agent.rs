@@ -168,6 +168,7 @@ fn agents_download_deltas_from_the_yard_install_commit_or_roll_back_and_obey_the
                 link,
                 health,
                 director: director.map(|url| (url, director_ca.as_path())),
+                mesh: None,
             },
         )
     };

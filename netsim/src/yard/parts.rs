@@ -3,7 +3,6 @@
 //! daemon, the corrupt peer and the vehicle agents' threads. [`Yard`] holds whatever must be
 //! stopped and stops it when dropped, so a run that fails half-way leaves nothing running.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +14,6 @@ use anyhow::{Context as _, bail};
 use libp2p::Multiaddr;
 use node::director_client::{ClientTls, DirectorClient};
 use node::mesh_config::MeshSection;
-use node::net::{NetEvents, NetHandle};
 use origin::operators::Role;
 use origin::repo::Origin;
 use proto::Vin;
@@ -27,14 +25,12 @@ use super::release::Release;
 use super::vehicle::{self, VehicleEvent, VehicleSetup};
 
 /// What keeps running between the steps of a run. Each `start_*` adds a part; [`Yard::stop`]
-/// (or dropping the yard) stops them all: the vehicle agents, then the director follower,
-/// then the depot; the corrupt peer, the origin's cache and the runtime (with the director
+/// (or dropping the yard) stops them all: the vehicle agents, then the depot; the corrupt peer, the origin's cache and the runtime (with the director
 /// service) go with the yard.
 pub(super) struct Yard {
-    /// Tells the vehicle agents and the director follower to stop at their next turn.
+    /// Tells the vehicle agents to stop at their next turn.
     stop: Arc<AtomicBool>,
     vehicles: Vec<JoinHandle<()>>,
-    follower: Option<JoinHandle<()>>,
     /// The signal that ends the depot daemon, and its task.
     depot: Option<(
         tokio::sync::oneshot::Sender<()>,
@@ -42,8 +38,9 @@ pub(super) struct Yard {
     )>,
     rogue: Option<crate::rogue::Rogue>,
     attackers: Attackers,
-    /// The origin's cache, held so that it keeps listening (its server runs on the runtime).
-    cache: Option<(NetHandle, NetEvents)>,
+    /// The origin's mesh node, held so that it keeps listening and publishing (its server runs
+    /// on the runtime).
+    cache: Option<origin::mesh::OriginMesh>,
     /// The director service, the origin's cache and the depot share it.
     runtime: tokio::runtime::Runtime,
 }
@@ -168,7 +165,6 @@ impl Yard {
         Ok(Self {
             stop: Arc::new(AtomicBool::new(false)),
             vehicles: Vec::new(),
-            follower: None,
             depot: None,
             rogue: None,
             attackers: Attackers::default(),
@@ -255,50 +251,19 @@ impl Yard {
         })
     }
 
-    /// Starts the origin's cache: a mesh node serving the origin's image repository and each
-    /// of `vins`' director repositories, which a follower thread re-imports whenever the
-    /// director signs a new version. Returns its address; both run until the yard stops.
-    pub(super) fn start_origin_cache(
-        &mut self,
-        out: &Path,
-        origin: &Origin,
-        vins: &[Vin],
-    ) -> anyhow::Result<Multiaddr> {
-        let dir = out.join("origin-cache");
-        let mesh = enrol(origin, &dir, MemberRole::OriginCache)?;
-        let cache = node::runtime::open_node(
-            &self.runtime,
-            &dir,
-            vec![loopback()?],
-            false,
-            MeshSection::load(Some(&mesh))?.membership(),
-        )
-        .map_err(anyhow::Error::msg)?;
-        {
-            let _context = self.runtime.enter();
-            node::serve::spawn_server(
-                cache.store.clone(),
-                cache.incoming,
-                Arc::new(node::serve::ServeCounters::default()),
-            );
-        }
-        depot_cache::import::import_repo(&cache.store, "image", &origin.dir.join("image"))?;
-        let (origin, store, vins, stop) = (
-            origin.clone(),
-            cache.store.clone(),
-            vins.to_vec(),
-            self.stop.clone(),
-        );
-        self.follower = Some(std::thread::spawn(move || {
-            follow_director(origin, store, vins, stop);
-        }));
-        let addr = self
+    /// Starts the origin's mesh node ([`origin::mesh`], what `origin serve --mesh-listen`
+    /// runs): it serves the origin's image repository and every vehicle's director repository,
+    /// live as the director signs them. Returns its address; it runs until the yard stops.
+    pub(super) fn start_origin_cache(&mut self, origin: &Origin) -> anyhow::Result<Multiaddr> {
+        let mesh = self
             .runtime
-            .block_on(cache.net.listen_addrs())
-            .into_iter()
-            .next()
-            .context("the origin's cache listens nowhere");
-        self.cache = Some((cache.net, cache.events));
+            .block_on(origin::mesh::start(origin, vec![loopback()?]))?;
+        let addr = mesh
+            .addrs
+            .first()
+            .cloned()
+            .context("the origin's mesh node listens nowhere");
+        self.cache = Some(mesh);
         addr
     }
 
@@ -478,7 +443,7 @@ impl Yard {
     }
 
     /// Gives the depot a moment to relay the reports it holds, reads its `/status`, then
-    /// stops the vehicle agents, the director follower and the depot, in that order, and
+    /// stops the vehicle agents and the depot, in that order, and
     /// returns the status. The director service, the origin's cache and the corrupt peer stay
     /// up until the yard is dropped: the summary still reads the corrupt peer's count.
     pub(super) fn stop(&mut self, depot: &Depot) -> anyhow::Result<Value> {
@@ -489,15 +454,12 @@ impl Yard {
         Ok(status)
     }
 
-    /// Stops the vehicle agents, the director follower and the depot, and waits for each.
+    /// Stops the vehicle agents and the depot, and waits for each.
     fn shut_down(&mut self) {
         self.attackers.stop();
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.vehicles.drain(..) {
             let _ = thread.join();
-        }
-        if let Some(follower) = self.follower.take() {
-            let _ = follower.join();
         }
         if let Some((stop, task)) = self.depot.take() {
             let _ = stop.send(());
@@ -604,40 +566,4 @@ fn http_agent() -> ureq::Agent {
         .timeout_global(Some(Duration::from_secs(30)))
         .build()
         .into()
-}
-
-/// Keeps the origin's cache serving the origin's current director metadata: re-imports a
-/// vehicle's director repository whenever the director signed a new version for it.
-fn follow_director(
-    origin: Origin,
-    store: Arc<node::store::DiskStore>,
-    vins: Vec<Vin>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut seen: BTreeMap<Vin, u64> = BTreeMap::new();
-    while !stop.load(Ordering::Relaxed) {
-        for vin in &vins {
-            // Keyed on the timestamp, which the director writes last (targets, snapshot, then
-            // timestamp): a repository imported between its targets and its timestamp would
-            // serve the new targets under the old timestamp, which no vehicle ever follows, and
-            // a key on the targets version would never import it again.
-            let repository = origin::director::vehicle_repository(vin);
-            let version = origin
-                .latest(&repository, "timestamp")
-                .map_or(0, |(version, _)| version);
-            if seen.get(vin) == Some(&version) {
-                continue;
-            }
-            let repo = origin.dir.join(&repository);
-            match depot_cache::import::import_repo(&store, &format!("director/{vin}"), &repo) {
-                Ok(_) => {
-                    seen.insert(vin.clone(), version);
-                }
-                Err(error) => {
-                    tracing::warn!(%vin, "re-importing the director repository: {error:#}")
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }

@@ -340,6 +340,12 @@ impl Server {
         ))
     }
 
+    /// Runs `future` on the service's runtime (to start what runs beside it: the origin's mesh
+    /// node).
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
     /// Serves until stopped, re-evaluating the gates every `tick`.
     pub fn run(self, tick: Duration) {
         if let Ok(local) = self.listener.local_addr() {

@@ -1,0 +1,166 @@
+//! The origin serves the mesh itself (issue 27): its mesh node (`origin serve --mesh-listen`,
+//! here `origin::mesh::start` on a runtime of the test's) serves the image repository and each
+//! vehicle's director repository as they are signed. A release and an assignment signed after it
+//! started, by the library calls `origin release` and `origin assign` make (another process in
+//! real life: they reach the node through the publish journal), are prefetched by a depot (a
+//! fleet member, as the node serves members only) and installed by a vehicle; then a second
+//! assignment reaches the vehicle the same way. Nothing is imported by hand and nothing
+//! restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use depotmesh_tests::data::noise;
+use depotmesh_tests::depot::{DepotDaemon, depot_config};
+use depotmesh_tests::director::assign_gateway;
+use depotmesh_tests::release::{Release, enrol, new_origin, release};
+use depotmesh_tests::vehicle::{GatewayVehicle, check_once, gateway_vehicle, seed_keys};
+use node::policy::Priority;
+use proto::membership::MemberRole;
+use proto::tuf::signer::Signer as _;
+
+/// Waits until the depot has prefetched `runs` times, every run good.
+fn prefetched(depot: &DepotDaemon, runs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = depot.status();
+        assert_eq!(
+            status["prefetch"]["runs_failed"].as_u64(),
+            Some(0),
+            "prefetch failed: {status}"
+        );
+        if status["prefetch"]["runs_ok"].as_u64() >= Some(runs) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no prefetch in 60 s: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_depot_prefetches_what_the_origin_signs_from_its_own_mesh_node() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let origin = new_origin(w, node::clock::now());
+    let v1 = noise(200_000, 1);
+    let mut v2 = v1.clone();
+    v2[100] ^= 1;
+    let mut v3 = v2.clone();
+    v3[200] ^= 1;
+    release(&origin, &Release::new("ecu/gw-1.bin", &v1, "gw-v1", 1)).unwrap();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mesh = runtime
+        .block_on(origin::mesh::start(
+            &origin,
+            vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+        ))
+        .unwrap();
+    let upstream = mesh.addrs.first().unwrap().to_string();
+    assert!(upstream.contains("/p2p/"), "{upstream}");
+
+    // Signed after the node started.
+    release(&origin, &Release::new("ecu/gw-2.bin", &v2, "gw-v1", 2)).unwrap();
+    let vin = "MESH-0";
+    assign_gateway(&origin, vin, "GW-MESH-0", "ecu/gw-2.bin", Priority::Fix);
+
+    // The node publishes them within its journal's poll.
+    let published = |name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mesh.store.resolve(name).is_none() {
+            assert!(Instant::now() < deadline, "{name} not published in 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    published("image/metadata/3.targets.json");
+    published(&format!("director/{vin}/metadata/timestamp.json"));
+
+    // The depot, a fleet member, prefetches both repositories from the origin's node.
+    let depot_dir = w.join("depot");
+    let depot_mesh = enrol(&origin, &depot_dir, MemberRole::Depot);
+    let config = depot_config(&depot_dir).replace("mesh = { open = true }\n", "");
+    let depot = DepotDaemon::start(
+        &depot_dir,
+        &format!(
+            "{config}{}\n[prefetch]\nupstream = [{upstream:?}]\nroot = {:?}\ndirector_root = {:?}\nvehicles = [{vin:?}]\ninterval_secs = 1\n",
+            depot_mesh.inline_toml(),
+            origin
+                .dir
+                .join("image/metadata/1.root.json")
+                .display()
+                .to_string(),
+            origin
+                .dir
+                .join("director/metadata/1.root.json")
+                .display()
+                .to_string(),
+        ),
+    );
+    prefetched(&depot, 2);
+
+    // A vehicle of the fleet installs v2 from the depot.
+    let vehicle_dir = w.join(vin);
+    let vehicle_mesh = enrol(&origin, &vehicle_dir.join("data"), MemberRole::Vehicle);
+    let director_key = origin
+        .key("director", "targets")
+        .unwrap()
+        .public_key()
+        .public_text();
+    let keys = seed_keys();
+    let image_root = origin.dir.join("image/metadata/1.root.json");
+    let director_root = origin.dir.join("director/metadata/1.root.json");
+    let config = gateway_vehicle(
+        &vehicle_dir,
+        &GatewayVehicle {
+            vin,
+            installed: &v1,
+            director_key: &director_key,
+            keys: (&keys.0, &keys.1),
+            depot: &depot.addr.to_string(),
+            roots: (&image_root, &director_root),
+            link: "class = \"yard-wifi\"",
+            health: "exit 0",
+            director: None,
+            mesh: Some(&vehicle_mesh),
+        },
+    );
+    let status = check_once(&config);
+    assert_eq!(status["last_install"]["outcome"], "committed", "{status}");
+    assert_eq!(
+        status["ecus"]["GW-MESH-0"]["image"], "ecu/gw-2.bin",
+        "{status}"
+    );
+
+    // v3, released and assigned while everything runs, reaches the vehicle the same way.
+    release(&origin, &Release::new("ecu/gw-3.bin", &v3, "gw-v1", 3)).unwrap();
+    assign_gateway(&origin, vin, "GW-MESH-0", "ecu/gw-3.bin", Priority::Fix);
+    published("image/metadata/4.targets.json");
+    published(&format!("director/{vin}/metadata/2.targets.json"));
+    let runs = depot.status()["prefetch"]["runs_ok"].as_u64().unwrap();
+    prefetched(&depot, runs + 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = check_once(&config);
+        if status["ecus"]["GW-MESH-0"]["image"] == "ecu/gw-3.bin" {
+            assert_eq!(status["last_install"]["outcome"], "committed", "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "v3 did not arrive: {status}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Nothing was imported by hand: the node's store names what the origin signed.
+    let names: Vec<String> = mesh.store.names().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with(&format!("director/{vin}/metadata/"))
+                && n.ends_with(".targets.json")),
+        "{names:?}"
+    );
+    drop(mesh);
+}
