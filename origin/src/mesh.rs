@@ -101,6 +101,9 @@ pub async fn start(origin: &Origin, listen: Vec<Multiaddr>) -> anyhow::Result<Or
         certificate,
     };
     let publisher = tokio::task::spawn_blocking(move || {
+        // The journal first (made, and emptied: the full pass covers what it held), so that
+        // every signing from now on is noted.
+        publish::drain(&publisher.origin.dir).context("starting the publish journal")?;
         publisher.full_pass(Import::All)?;
         Ok::<_, anyhow::Error>(publisher)
     })

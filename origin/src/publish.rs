@@ -4,10 +4,12 @@
 //! serve` opening a wave, or `origin release`, `assign` and `timestamp` beside it.
 //!
 //! Writers append under an exclusive lock on the file; the reader takes the same lock to read
-//! every line and empty the file, so that no line is lost between its read and the emptying and
-//! the file never grows past what the reader has not yet taken. A line lost anyway (a reader
-//! killed after emptying, before it imported) is caught by the reader's full pass at its start
-//! and at its periodic full passes.
+//! every line and empty the file, so that no line is lost between its read and the emptying. A
+//! note is written only when the journal exists (the reader makes it when it starts: an origin
+//! that never served the mesh keeps no journal) and holds less than [`MAX_JOURNAL_BYTES`] (a
+//! reader stopped for good leaves a bounded file). A line lost anyway (a reader killed after
+//! emptying, before it imported; a note skipped at the cap) is caught by the reader's full pass
+//! at its start and at its periodic full passes.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -21,15 +23,23 @@ pub fn journal_path(dir: &Path) -> PathBuf {
     dir.join("published")
 }
 
-/// Notes that `repository` (`image`, `director/vehicles/<vin>`) has a new version.
+/// Bytes past which notes are skipped (the reader's full passes find what they name).
+pub const MAX_JOURNAL_BYTES: u64 = 16 << 20;
+
+/// Notes that `repository` (`image`, `director/vehicles/<vin>`) has a new version, if a reader
+/// keeps the journal (see the module's documentation).
 ///
 /// # Errors
 /// When the journal cannot be opened, locked or written.
 pub fn note(dir: &Path, repository: &str) -> std::io::Result<()> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(journal_path(dir))?;
+    let file = match OpenOptions::new().append(true).open(journal_path(dir)) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    if file.metadata()?.len() >= MAX_JOURNAL_BYTES {
+        return Ok(());
+    }
     file.lock_exclusive()?;
     let written = (&file).write_all(format!("{repository}\n").as_bytes());
     let unlocked = FileExt::unlock(&file);
@@ -75,6 +85,9 @@ mod tests {
     #[test]
     fn noted_names_are_drained_once_each() {
         let dir = tempfile::tempdir().unwrap();
+        // No reader yet: no journal, nothing kept.
+        note(dir.path(), "image").unwrap();
+        assert!(!journal_path(dir.path()).exists());
         assert!(drain(dir.path()).unwrap().is_empty());
         for name in ["image", "director/vehicles/VIN-1", "image"] {
             note(dir.path(), name).unwrap();
@@ -105,5 +118,16 @@ mod tests {
         }
         seen.extend(drain(dir.path()).unwrap());
         assert_eq!(seen.len(), 800);
+        // At the cap, notes are skipped: the file stays bounded.
+        std::fs::write(
+            journal_path(dir.path()),
+            vec![b'\n'; usize::try_from(MAX_JOURNAL_BYTES).unwrap()],
+        )
+        .unwrap();
+        note(dir.path(), "image").unwrap();
+        assert_eq!(
+            std::fs::metadata(journal_path(dir.path())).unwrap().len(),
+            MAX_JOURNAL_BYTES
+        );
     }
 }
