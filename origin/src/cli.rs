@@ -173,6 +173,16 @@ pub(crate) enum Command {
         /// DIR/mesh-node.
         #[arg(long = "mesh-listen", value_name = "MULTIADDR")]
         mesh_listen: Vec<libp2p::Multiaddr>,
+        /// Keep the device registry in PostgreSQL: a libpq-style URL,
+        /// `postgres://USER@HOST[:PORT]/DATABASE[?sslmode=require&sslrootcert=CA.pem]` (default:
+        /// the embedded registry in DIR/registry). The password comes from
+        /// --registry-password-file, PGPASSWORD or PGPASSFILE/~/.pgpass: keep it off the
+        /// command line.
+        #[arg(long, value_name = "URL")]
+        registry: Option<String>,
+        /// A file whose first line is the registry database's password.
+        #[arg(long, requires = "registry", value_name = "FILE")]
+        registry_password_file: Option<PathBuf>,
     },
     /// Staged rollouts, through a running `origin serve`.
     Campaign {

@@ -125,7 +125,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rate,
             burst,
             mesh_listen,
+            registry,
+            registry_password_file,
         } => {
+            // The log first: finding the registry's password may already warn.
+            install_log();
+            let registry = registry_location(registry.as_deref(), registry_password_file)?;
             let how = match (&tls_cert, &tls_key) {
                 _ if plain_http => Listen::PlainLoopback,
                 (Some(cert), Some(key)) => Listen::Tls { cert, key },
@@ -136,7 +141,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 per_sec: f64::from(rate),
                 burst: f64::from(burst),
             };
-            serve(origin, listen, &how, bearer, limit, tick_secs, mesh_listen)?;
+            serve(
+                origin,
+                ServeArgs {
+                    registry,
+                    listen,
+                    how,
+                    bearer,
+                    limit,
+                    tick_secs,
+                    mesh_listen,
+                },
+            )?;
         }
         Command::Campaign { director, command } => {
             campaign(&client(&origin, &director)?, command)?;
@@ -226,23 +242,65 @@ fn oidc_verifier(
     Ok(std::sync::Arc::new(verifier))
 }
 
-/// `origin serve`. The log subscriber is the binary's to install: the library only emits events.
-fn serve(
-    origin: Origin,
-    listen: SocketAddr,
-    how: &Listen<'_>,
-    bearer: Option<std::sync::Arc<dyn origin::http::BearerVerifier>>,
-    limit: origin::http::RateLimit,
-    tick_secs: u64,
-    mesh_listen: Vec<libp2p::Multiaddr>,
-) -> anyhow::Result<()> {
+/// The registry `origin serve --registry URL --registry-password-file FILE` names: the
+/// embedded one without a URL; the URL's password, else the file's, PGPASSWORD's or
+/// PGPASSFILE's.
+fn registry_location(
+    url: Option<&str>,
+    password_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<origin::registry::Location> {
+    let Some(url) = url else {
+        return Ok(origin::registry::Location::Embedded);
+    };
+    let mut target = origin::registry::PostgresTarget::parse(url).context("--registry")?;
+    target.resolve_password(password_file.as_deref(), &|key| std::env::var_os(key))?;
+    Ok(origin::registry::Location::Postgres(Box::new(target)))
+}
+
+/// The log of `origin serve`, on stderr (`RUST_LOG`, default `info`). The subscriber is the
+/// binary's to install: the library only emits events.
+fn install_log() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let server = origin::http::Server::bind(origin.clone(), listen, how, bearer, limit)?;
+}
+
+/// What `origin serve` was asked for.
+struct ServeArgs<'a> {
+    registry: origin::registry::Location,
+    listen: SocketAddr,
+    how: Listen<'a>,
+    bearer: Option<std::sync::Arc<dyn origin::http::BearerVerifier>>,
+    limit: origin::http::RateLimit,
+    tick_secs: u64,
+    mesh_listen: Vec<libp2p::Multiaddr>,
+}
+
+/// `origin serve`.
+fn serve(origin: Origin, args: ServeArgs<'_>) -> anyhow::Result<()> {
+    let ServeArgs {
+        registry,
+        listen,
+        how,
+        bearer,
+        limit,
+        tick_secs,
+        mesh_listen,
+    } = args;
+    if let origin::registry::Location::Postgres(target) = &registry {
+        if target.password_in_url() {
+            tracing::warn!(
+                "the --registry URL holds the database password, which anyone who can list \
+                 processes sees: give it in --registry-password-file, PGPASSWORD or PGPASSFILE"
+            );
+        }
+        tracing::info!(database = %target.describe(), "registry in PostgreSQL");
+    }
+    let server =
+        origin::http::Server::bind(origin.clone(), &registry, listen, &how, bearer, limit)?;
     println!("director listening on {}", server.url()?);
     // Held until the service stops.
     let _mesh = if mesh_listen.is_empty() {

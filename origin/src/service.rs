@@ -289,8 +289,14 @@ fn nonce_version(nonce: &str) -> Option<u64> {
 impl Director {
     /// Opens the director of `origin` with its embedded registry (`<origin>/registry`).
     pub fn open(origin: Origin) -> anyhow::Result<Self> {
-        let registry = crate::registry::SledRegistry::open(&origin.dir.join("registry"))?;
-        Self::with_registry(origin, Box::new(registry))
+        Self::open_at(origin, &crate::registry::Location::Embedded)
+    }
+
+    /// Opens the director of `origin` with the registry at `location` (blocking: not on an
+    /// async task).
+    pub fn open_at(origin: Origin, location: &crate::registry::Location) -> anyhow::Result<Self> {
+        let registry = location.open(&origin.dir)?;
+        Self::with_registry(origin, registry)
     }
 
     /// Opens the director of `origin` on `registry`.

@@ -100,7 +100,9 @@ impl Shared {
         })
     }
 
-    /// Runs `f` on the director (on a blocking thread: it signs and writes files).
+    /// Runs `f` on the director on a blocking thread: it signs, writes files and calls the
+    /// registry, whose clients block (PostgreSQL's drives a runtime of its own, which tokio
+    /// refuses on an async worker). Every request and the ticker reach the director here.
     async fn with<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut Director, u64) -> T + Send + 'static,
@@ -296,11 +298,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the director of `origin` and listens on `listen` as `how` says; operators are
-    /// those of the origin's registry, and those whose bearer tokens `bearer` accepts; each
-    /// client address is held to `limit`.
+    /// Opens the director of `origin` on the device registry at `registry` and listens on
+    /// `listen` as `how` says; operators are those of the origin's operator registry, and
+    /// those whose bearer tokens `bearer` accepts; each client address is held to `limit`.
+    ///
+    /// The director is opened here, before the runtime exists, and afterwards reached only
+    /// through `spawn_blocking` ([`Shared`]): a registry's blocking client never runs on an
+    /// async task.
     pub fn bind(
         origin: crate::Origin,
+        registry: &crate::registry::Location,
         listen: std::net::SocketAddr,
         how: &Listen<'_>,
         bearer: Option<Arc<dyn BearerVerifier>>,
@@ -310,7 +317,7 @@ impl Server {
         let transport = transport(&origin, how)?;
         transport.check(listen)?;
         let origin_dir = origin.clone();
-        let director = Director::open(origin)?;
+        let director = Director::open_at(origin, registry)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
