@@ -183,6 +183,11 @@ pub(crate) enum Command {
         /// A file whose first line is the registry database's password.
         #[arg(long, requires = "registry", value_name = "FILE")]
         registry_password_file: Option<PathBuf>,
+        /// Run as a standby replica: wait, not listening, until the director that holds the
+        /// --registry database ends (killed, its host gone), then take over from where the
+        /// registry stands. Several replicas may wait; one takes over.
+        #[arg(long, requires = "registry")]
+        standby: bool,
     },
     /// Staged rollouts, through a running `origin serve`.
     Campaign {

@@ -127,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mesh_listen,
             registry,
             registry_password_file,
+            standby,
         } => {
             // The log first: finding the registry's password may already warn.
             install_log();
@@ -145,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 origin,
                 ServeArgs {
                     registry,
+                    standby,
                     listen,
                     how,
                     bearer,
@@ -271,6 +273,7 @@ fn install_log() {
 /// What `origin serve` was asked for.
 struct ServeArgs<'a> {
     registry: origin::registry::Location,
+    standby: bool,
     listen: SocketAddr,
     how: Listen<'a>,
     bearer: Option<std::sync::Arc<dyn origin::http::BearerVerifier>>,
@@ -283,6 +286,7 @@ struct ServeArgs<'a> {
 fn serve(origin: Origin, args: ServeArgs<'_>) -> anyhow::Result<()> {
     let ServeArgs {
         registry,
+        standby,
         listen,
         how,
         bearer,
@@ -299,8 +303,18 @@ fn serve(origin: Origin, args: ServeArgs<'_>) -> anyhow::Result<()> {
         }
         tracing::info!(database = %target.describe(), "registry in PostgreSQL");
     }
-    let server =
-        origin::http::Server::bind(origin.clone(), &registry, listen, &how, bearer, limit)?;
+    if standby {
+        println!("standby: waiting for the director that holds the registry to end");
+    }
+    let server = origin::http::Server::bind(
+        origin.clone(),
+        &registry,
+        standby,
+        listen,
+        &how,
+        bearer,
+        limit,
+    )?;
     println!("director listening on {}", server.url()?);
     // Held until the service stops.
     let _mesh = if mesh_listen.is_empty() {

@@ -43,6 +43,17 @@ impl Location {
             Self::Postgres(target) => Box::new(PostgresRegistry::open(target)?),
         })
     }
+
+    /// Opens it as a standby: waits until the director that holds it ends, then takes over.
+    /// Only a shared database has standbys.
+    pub fn open_standby(&self) -> anyhow::Result<Box<dyn Registry>> {
+        match self {
+            Self::Embedded => anyhow::bail!(
+                "a standby director needs a shared registry: give --registry postgres://…"
+            ),
+            Self::Postgres(target) => Ok(Box::new(PostgresRegistry::open_standby(target)?)),
+        }
+    }
 }
 
 /// Parses a vehicle's registered primary or ECU key: ed25519 in hex, or a PEM `PUBLIC KEY` of

@@ -299,6 +299,17 @@ impl Director {
         Self::with_registry(origin, registry)
     }
 
+    /// Opens the director of `origin` as a standby of the one that holds the registry at
+    /// `location` (blocking until that one ends, then taking over where its registry stands:
+    /// what a restart does).
+    pub fn open_standby(
+        origin: Origin,
+        location: &crate::registry::Location,
+    ) -> anyhow::Result<Self> {
+        let registry = location.open_standby()?;
+        Self::with_registry(origin, registry)
+    }
+
     /// Opens the director of `origin` on `registry`.
     ///
     /// Each campaign is its stored record and the reports logged after it, counted again in

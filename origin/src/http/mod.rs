@@ -304,10 +304,12 @@ impl Server {
     ///
     /// The director is opened here, before the runtime exists, and afterwards reached only
     /// through `spawn_blocking` ([`Shared`]): a registry's blocking client never runs on an
-    /// async task.
+    /// async task. A `standby` waits here, not listening, until the director that holds the
+    /// registry ends, then takes over ([`Director::open_standby`]).
     pub fn bind(
         origin: crate::Origin,
         registry: &crate::registry::Location,
+        standby: bool,
         listen: std::net::SocketAddr,
         how: &Listen<'_>,
         bearer: Option<Arc<dyn BearerVerifier>>,
@@ -317,7 +319,11 @@ impl Server {
         let transport = transport(&origin, how)?;
         transport.check(listen)?;
         let origin_dir = origin.clone();
-        let director = Director::open_at(origin, registry)?;
+        let director = if standby {
+            Director::open_standby(origin, registry)?
+        } else {
+            Director::open_at(origin, registry)?
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

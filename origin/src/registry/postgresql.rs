@@ -67,8 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 const MIGRATION_LOCK: i64 = 0x6465_706f_746d_6573;
 
 /// The advisory lock a director's session holds while it has the registry open (`depotdir`):
-/// one director per database, as sled's file lock gives one per directory, until replicas
-/// share it (issue 27, point 2).
+/// one director acts on a database at a time, as sled's file lock gives one per directory; a
+/// standby ([`PostgresRegistry::open_standby`]) waits for it and takes over when the session
+/// holding it ends (its process killed, its host gone). A director whose session is lost gets
+/// the lock back only if no standby took it: otherwise each of its registry calls fails from
+/// then on, so it can neither store nor read (nor sign what it would have read) any more.
 const DIRECTOR_LOCK: i64 = 0x6465_706f_7464_6972;
 
 /// How long opening waits for another director's session to let go of the registry (a
@@ -174,7 +177,7 @@ impl Session {
     /// Makes `client`, a new session with `database` (whose schema is up to date), ready for
     /// the registry's calls: the director's lock, durable commits, prepared statements.
     fn new(mut client: Client, database: &str) -> Result<Self, OpenError> {
-        lock(&mut client, database)?;
+        lock(&mut client, database, Some(DIRECTOR_LOCK_WAIT))?;
         Self::prepare(client, database)
     }
 
@@ -247,10 +250,23 @@ impl PostgresRegistry {
     /// takes the director's lock and brings the schema up to date. Blocking: call it from a
     /// plain thread or a blocking one.
     pub fn open(target: &PostgresTarget) -> Result<Self, OpenError> {
+        Self::open_waiting(target, Some(DIRECTOR_LOCK_WAIT))
+    }
+
+    /// [`Self::open`] as a standby: waits as long as it takes for the director holding the
+    /// registry to end, then takes over (a replica of `origin serve --standby`).
+    pub fn open_standby(target: &PostgresTarget) -> Result<Self, OpenError> {
+        Self::open_waiting(target, None)
+    }
+
+    fn open_waiting(
+        target: &PostgresTarget,
+        wait: Option<std::time::Duration>,
+    ) -> Result<Self, OpenError> {
         let database = target.describe();
         let mut client = connect(target)?;
         // The lock first: a director never migrates the schema under another one.
-        lock(&mut client, &database)?;
+        lock(&mut client, &database, wait)?;
         let applied = migrate(&mut client, &database)?;
         if applied > 0 {
             tracing::info!(%database, applied, "registry schema migrated");
@@ -340,15 +356,20 @@ fn lost(client: &Client, error: &postgres::Error) -> bool {
     client.is_closed() || error.is_closed() || ended || broken
 }
 
-/// Takes the director's lock for `client`'s session, waiting [`DIRECTOR_LOCK_WAIT`] for
-/// another session to let go of it.
-fn lock(client: &mut Client, database: &str) -> Result<(), OpenError> {
+/// Takes the director's lock for `client`'s session, waiting up to `wait` (`None`: for ever, a
+/// standby) for another session to let go of it.
+fn lock(
+    client: &mut Client,
+    database: &str,
+    wait: Option<std::time::Duration>,
+) -> Result<(), OpenError> {
     let failed = |source| OpenError::Step {
         database: database.to_owned(),
         step: "taking the director's lock".into(),
         source,
     };
-    let deadline = std::time::Instant::now() + DIRECTOR_LOCK_WAIT;
+    let start = std::time::Instant::now();
+    let mut said = None::<std::time::Instant>;
     loop {
         let taken: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&DIRECTOR_LOCK])
@@ -357,13 +378,32 @@ fn lock(client: &mut Client, database: &str) -> Result<(), OpenError> {
         if taken {
             return Ok(());
         }
-        if std::time::Instant::now() >= deadline {
-            break;
+        match wait {
+            Some(wait) if start.elapsed() >= wait => break,
+            Some(_) => {}
+            None => {
+                if said.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60)) {
+                    said = Some(std::time::Instant::now());
+                    tracing::info!(
+                        %database,
+                        holder = %holder(client),
+                        "standby: another director holds the registry; waiting to take over"
+                    );
+                }
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    Err(OpenError::Held {
+        database: database.to_owned(),
+        holder: holder(client),
+    })
+}
+
+/// Who holds the director's lock, as pg_stat_activity says.
+fn holder(client: &mut Client) -> String {
     // A bigint advisory key shows in pg_locks as its high and low halves.
-    let holder = client
+    client
         .query_opt(
             "SELECT format('session %s from %s, %s, since %s', a.pid,
                         coalesce(host(a.client_addr), 'the local socket'),
@@ -380,11 +420,7 @@ fn lock(client: &mut Client, database: &str) -> Result<(), OpenError> {
         .map_or_else(
             |error| format!("its session could not be read: {error}"),
             |holder| holder.unwrap_or_else(|| "its session has just ended".to_owned()),
-        );
-    Err(OpenError::Held {
-        database: database.to_owned(),
-        holder,
-    })
+        )
 }
 
 /// A session with `target`.
