@@ -297,6 +297,30 @@ impl Harness {
         )
     }
 
+    /// Waits until no campaign has vehicles whose targets are due to be signed or withdrawn:
+    /// the director does that in the background after a decision, and tests read the targets
+    /// as a vehicle would once they are signed. Returns the campaigns as they then stand.
+    fn settled(&self) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let all: Value = serde_json::from_str(&self.get("/v1/campaigns")).unwrap();
+            let due: u64 = all["campaigns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|c| c["targets_job"]["due"].as_u64())
+                .sum();
+            if due == 0 {
+                return all;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the director's background work never ended: {all:#}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     fn status(&self, id: &proto::CampaignId) -> Value {
         let all: Value = serde_json::from_str(&self.get("/v1/campaigns")).unwrap();
         all["campaigns"]
@@ -353,6 +377,8 @@ impl Harness {
         answered: &mut BTreeMap<String, u64>,
         fails: &dyn Fn(&Vehicle) -> bool,
     ) -> usize {
+        // Waves the last cycle (or the ticker) opened are signed first.
+        self.settled();
         self.advance(CYCLE);
         let mut reported = 0;
         for v in vehicles {
@@ -377,9 +403,16 @@ impl Harness {
                 "{}: {status} {answer}",
                 v.vin
             );
+            // A decision this report caused (a halt's withdrawals, a wave's signing) reaches
+            // the vehicles before the next one looks, as when it was done in the request.
+            if answer["decisions"].as_array().is_some_and(|d| !d.is_empty()) {
+                self.settled();
+            }
             answered.insert(v.vin.clone(), version);
             reported += 1;
         }
+        // A halt the reports caused withdraws in the background.
+        self.settled();
         reported
     }
 }
@@ -435,6 +468,8 @@ fn create_and_approve(h: &Harness, spec: &CampaignSpec) {
         (200, Some(0)),
         "{answer}"
     );
+    // The first wave's targets are signed in the background.
+    h.settled();
 }
 
 /// A tenth of the fleet (a bad sensor batch) fails the new release's health check.
@@ -685,6 +720,7 @@ fn unsigned_replayed_mismatched_and_unknown_manifests_are_refused() {
         "/v1/campaigns/gw-2.0-all/abort",
         &json!({"reason": "supplier recall"}),
     );
+    h.settled();
     let (new_version, targets) = h.targets(&v.vin).unwrap();
     assert!(new_version > version);
     assert_eq!(
