@@ -258,7 +258,14 @@ pub struct Director {
     jobs: BTreeMap<CampaignId, Queue>,
     /// What signing or withdrawing one vehicle took in the last batch (sizes the next).
     per_vehicle: Option<Duration>,
+    /// The image repository as the last batch of signings read it, and when (wall clock, and
+    /// the director's clock): verified once for the batches of a few seconds, not per batch.
+    image: Option<(director::ImageRepo, Instant, u64)>,
 }
+
+/// How long batches of signings share one verified image repository: it is verified again
+/// after this long on the wall clock, or a minute on the director's.
+const IMAGE_REUSED: Duration = Duration::from_secs(10);
 
 /// The fleet's revocation list, verified once and kept as served: every node asks for it at
 /// each refresh, and reading and verifying up to ~28 MB (200,000 peers) under the director's lock for each would let anyone stall the director.
@@ -400,6 +407,7 @@ impl Director {
             revocations: None,
             jobs: BTreeMap::new(),
             per_vehicle: None,
+            image: None,
         };
         // A settled batch is stored now: what the files said is then the record's.
         for id in settled {
@@ -1006,13 +1014,24 @@ impl Director {
 
     fn work_on(&mut self, id: &CampaignId, now: u64, batch: &Batch) -> anyhow::Result<Worked> {
         self.at(now);
-        let started = Instant::now();
         let size = batch.size(self.per_vehicle);
         let work = self.jobs.get(id).context("no such work")?.work;
-        // Opened once per batch: a batch is short, and a release signed meanwhile is seen.
-        let mut image = match work {
-            TargetsWork::Sign => Some(director::ImageRepo::open(&self.origin)?),
-            TargetsWork::Withdraw => None,
+        // Verified again every few seconds, so that a repository changed meanwhile is seen.
+        let mut image = match (work, self.image.take()) {
+            (TargetsWork::Withdraw, cached) => {
+                self.image = cached;
+                None
+            }
+            (TargetsWork::Sign, Some((image, opened, at)))
+                if opened.elapsed() < IMAGE_REUSED && now.abs_diff(at) < 60 =>
+            {
+                Some((image, opened, at))
+            }
+            (TargetsWork::Sign, _) => Some((
+                director::ImageRepo::open(&self.origin)?,
+                Instant::now(),
+                now,
+            )),
         };
         let queue = self.jobs.get_mut(id).context("no such work")?;
         let mut taken = Vec::with_capacity(size);
@@ -1056,10 +1075,13 @@ impl Director {
                 return Err(error.context(format!("logging a batch of campaign {id}")));
             }
         }
+        // Only the signings are timed: a batch's fixed cost (its two log entries) sized into
+        // each vehicle would shrink the next batch, raising that cost's share again.
+        let started = Instant::now();
         let mut signed = Vec::with_capacity(vehicles.len());
         for (planned, assignments) in &vehicles {
             let result = match (work, image.as_mut()) {
-                (TargetsWork::Sign, Some(image)) => director::sign_assignment(
+                (TargetsWork::Sign, Some((image, _, _))) => director::sign_assignment(
                     &self.origin,
                     image,
                     &planned.vin,
@@ -1072,6 +1094,11 @@ impl Director {
                 Ok(version) => signed.push((planned.vin.clone(), version)),
                 Err(error) => failed.push((planned.vin.clone(), format!("{error:#}"))),
             }
+        }
+        let signing = started.elapsed();
+        // Kept for the next batch, unless a signing failed (verified again then).
+        if failed.is_empty() {
+            self.image = image;
         }
         let logged = if vehicles.is_empty() {
             Ok(())
@@ -1093,7 +1120,7 @@ impl Director {
             }
         }
         if !vehicles.is_empty() {
-            let each = started.elapsed() / u32::try_from(vehicles.len()).unwrap_or(u32::MAX);
+            let each = signing / u32::try_from(vehicles.len()).unwrap_or(u32::MAX);
             self.per_vehicle = Some(each);
         }
         let done = signed.len() + skipped;
