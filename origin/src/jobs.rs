@@ -271,10 +271,7 @@ mod tests {
         };
         for entry in [begun, done] {
             let bytes = serde_json::to_vec(&entry).unwrap();
-            assert_eq!(
-                serde_json::from_slice::<BatchEntry>(&bytes).unwrap(),
-                entry
-            );
+            assert_eq!(serde_json::from_slice::<BatchEntry>(&bytes).unwrap(), entry);
         }
         // A counted report has no `batch` field: never read as a batch.
         let report = br#"{"vin":"VIN-1","outcome":"committed","at":5,"region":"eu","bytes":{}}"#;

@@ -1151,7 +1151,10 @@ impl Director {
     /// What each of `vins` is to get by `work`, read before anything of the batch is signed.
     fn plan(&self, id: &CampaignId, work: TargetsWork, vins: &[Vin]) -> anyhow::Result<Vec<Plan>> {
         let record = self.campaigns.get(id).context("no such campaign")?;
-        let campaign = record.campaign.as_ref().context("the campaign is not approved")?;
+        let campaign = record
+            .campaign
+            .as_ref()
+            .context("the campaign is not approved")?;
         let mut plans = Vec::with_capacity(vins.len());
         for vin in vins {
             let current = director::targets_version(&self.origin, vin);

@@ -405,7 +405,10 @@ impl Harness {
             );
             // A decision this report caused (a halt's withdrawals, a wave's signing) reaches
             // the vehicles before the next one looks, as when it was done in the request.
-            if answer["decisions"].as_array().is_some_and(|d| !d.is_empty()) {
+            if answer["decisions"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+            {
                 self.settled();
             }
             answered.insert(v.vin.clone(), version);

@@ -55,7 +55,12 @@ fn held(dir: &Path, i: usize) -> Vec<String> {
     let (_, signed) = origin_at(dir)
         .latest(&origin::director::vehicle_repository(&vin(i)), "targets")
         .unwrap();
-    signed["targets"].as_object().unwrap().keys().cloned().collect()
+    signed["targets"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
 }
 
 /// Two vehicles roll back; the gates let the campaign go on.
@@ -307,10 +312,7 @@ fn a_power_cut_at_any_registry_write_of_the_report_phase_loses_no_report() {
             record.decisions, reference.decisions,
             "cut at write {cut_at}"
         );
-        assert_eq!(
-            record.assigned, reference.assigned,
-            "cut at write {cut_at}"
-        );
+        assert_eq!(record.assigned, reference.assigned, "cut at write {cut_at}");
         for i in 0..VEHICLES {
             assert_eq!(
                 version(&dir, i),
@@ -365,7 +367,8 @@ fn approval_returns_before_any_targets_are_signed_and_the_work_signs_each_vehicl
     let metrics = director
         .metrics(START, &std::collections::BTreeMap::new())
         .unwrap();
-    let due = "depotmesh_campaign_targets_job_vehicles{campaign=\"log\",work=\"sign\",status=\"due\"} 40";
+    let due =
+        "depotmesh_campaign_targets_job_vehicles{campaign=\"log\",work=\"sign\",status=\"due\"} 40";
     assert!(metrics.contains(due), "{metrics}");
 
     // One batch: the vehicles it took are signed and recorded, the others still due.
@@ -465,7 +468,9 @@ fn a_halt_while_signing_stops_signing_and_withdraws_what_was_signed() {
     assert_eq!(first.len(), 8);
 
     // Halted with 32 still to sign: none of them is signed; the 8 have it withdrawn.
-    director.halt(&id(), "dave", "brakes pulsing", START + 10).unwrap();
+    director
+        .halt(&id(), "dave", "brakes pulsing", START + 10)
+        .unwrap();
     let job = director.targets_job(&id()).unwrap();
     assert_eq!((job.work, job.due), (TargetsWork::Withdraw, 8));
     director.work_until_idle(START + 10).unwrap();
