@@ -1676,3 +1676,50 @@ fn revocations_are_public_signed_and_changed_by_provisioners_only() {
     assert_eq!(served.revocations.version, 2);
     assert!(served.revocations.revokes(&other));
 }
+
+#[test]
+fn the_service_signs_a_wave_and_withdraws_after_a_halt_in_the_background_and_shows_it() {
+    let h = Harness::new();
+    let vehicles = h.fleet(120);
+    let mut spec = spec("gw-2.0-background", &[100.0]);
+    spec.gates.max_failed_health = 100;
+    // Approved: the service's worker signs every vehicle's targets after the request.
+    create_and_approve(&h, &spec);
+    let status = h.status(&spec.id);
+    assert_eq!(
+        status["targets_job"],
+        json!({"work": "sign", "due": 0, "done": 120, "failed": 0}),
+        "{status:#}"
+    );
+    for v in &vehicles {
+        assert_eq!(
+            h.targets(&v.vin),
+            Some((1, vec!["gw/2.0.bin".to_string()])),
+            "{}",
+            v.vin
+        );
+    }
+    let metrics = h.get("/metrics");
+    assert!(
+        metrics.contains(
+            "depotmesh_campaign_targets_job_vehicles{campaign=\"gw-2.0-background\",work=\"sign\",status=\"done\"} 120"
+        ),
+        "{metrics}"
+    );
+    // Halted: it withdraws the release from each of them, once.
+    h.post_as(
+        "dave@ops",
+        "/v1/campaigns/gw-2.0-background/halt",
+        &json!({"reason": "brakes pulsing"}),
+    );
+    h.settled();
+    let status = h.status(&spec.id);
+    assert_eq!(
+        status["targets_job"],
+        json!({"work": "withdraw", "due": 0, "done": 120, "failed": 0}),
+        "{status:#}"
+    );
+    for v in &vehicles {
+        assert_eq!(h.targets(&v.vin), Some((2, Vec::new())), "{}", v.vin);
+    }
+}
