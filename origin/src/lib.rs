@@ -12,7 +12,8 @@
 //! signing that what it builds on verifies), [`director`] (each vehicle's signed
 //! director targets), [`fleet`] (the fleet key, mesh membership certificates and revocations),
 //! [`audit`] (the append-only log), [`verify`] (every problem of a repository, each naming its
-//! file), [`service`] and [`http`] (the director service and its HTTP API), [`file_delta`]
+//! file), [`service`] and [`http`] (the director service and its HTTP API), [`jobs`] (its
+//! background work: a wave's targets signed, a halt's withdrawn, a batch at a time), [`file_delta`]
 //! (`origin delta`) and [`operator_file`] (the operator's campaign and vehicle files).
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod director;
 pub mod file_delta;
 pub mod fleet;
 pub mod http;
+pub mod jobs;
 pub mod keys;
 pub mod keystore;
 pub mod mesh;

@@ -32,6 +32,8 @@ pub(crate) struct CampaignFigures {
     pub(crate) progress: Option<Progress>,
     /// Region → link class → bytes its vehicles fetched.
     pub(crate) bytes: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Its vehicles' targets being signed or withdrawn in the background, if any.
+    pub(crate) targets_job: Option<proto::director_api::TargetsJob>,
 }
 
 impl Figures {
@@ -121,6 +123,28 @@ impl Collector for Figures {
             }),
         )?;
         out.gauge(
+            "depotmesh_campaign_targets_job_vehicles",
+            "Vehicles whose director targets the campaign's background work signs (work=sign) or \
+             withdraws (work=withdraw), by status: due (waiting), done, failed.",
+            self.campaigns.iter().flat_map(|campaign| {
+                let id = campaign.id.as_str();
+                campaign.targets_job.iter().flat_map(move |job| {
+                    let work = match job.work {
+                        proto::director_api::TargetsWork::Sign => "sign",
+                        proto::director_api::TargetsWork::Withdraw => "withdraw",
+                    };
+                    [("due", job.due), ("done", job.done), ("failed", job.failed)].map(
+                        |(status, count)| {
+                            (
+                                [("campaign", id), ("work", work), ("status", status)],
+                                count,
+                            )
+                        },
+                    )
+                })
+            }),
+        )?;
+        out.gauge(
             "depotmesh_campaign_time_to_update_seconds",
             "From a vehicle's wave opening to its commit report.",
             self.approved().flat_map(|(id, progress, _)| {
@@ -161,6 +185,13 @@ mod tests {
                 "eu \"north\"".to_owned(),
                 BTreeMap::from([("cellular".to_owned(), 4096), ("yard-wifi".to_owned(), 1)]),
             )]),
+            targets_job: (id == "b-running").then_some(proto::director_api::TargetsJob {
+                work: proto::director_api::TargetsWork::Sign,
+                due: 3,
+                done: 1,
+                failed: 0,
+                last_error: None,
+            }),
         }
     }
 
@@ -199,7 +230,7 @@ mod tests {
 
         let parsed = openmetrics_parser::prometheus::parse_prometheus(&text)
             .unwrap_or_else(|error| panic!("{error}:\n{text}"));
-        let expected: [(&str, &str, &[&str], usize); 7] = [
+        let expected: [(&str, &str, &[&str], usize); 8] = [
             (
                 "depotmesh_director_refusals_total",
                 "counter",
@@ -238,6 +269,12 @@ mod tests {
                 &["campaign", "quantile"],
                 8,
             ),
+            (
+                "depotmesh_campaign_targets_job_vehicles",
+                "gauge",
+                &["campaign", "status", "work"],
+                3,
+            ),
         ];
         assert_eq!(parsed.families.len(), expected.len(), "{text}");
         for (name, kind, labels, samples) in expected {
@@ -254,6 +291,7 @@ mod tests {
             "depotmesh_campaign_open_wave{campaign=\"e-aborted\"} 2\n",
             "depotmesh_campaign_bytes{campaign=\"b-running\",region=\"eu \\\"north\\\"\",link=\"cellular\"} 4096\n",
             "depotmesh_campaign_time_to_update_seconds{campaign=\"b-running\",quantile=\"0.9\"} 90\n",
+            "depotmesh_campaign_targets_job_vehicles{campaign=\"b-running\",work=\"sign\",status=\"due\"} 3\n",
         ] {
             assert!(text.contains(sample), "{sample} in {text}");
         }

@@ -4,7 +4,9 @@
 //!
 //! [`Director`] is the service without its transport: `http` serves it over HTTP, tests and
 //! `netsim` call it directly with their own clock. Every method takes `now` (Unix seconds) and
-//! leaves the registry, the signed metadata and the audit log consistent when it returns.
+//! leaves the registry, the signed metadata and the audit log consistent when it returns. A
+//! decision that opens a wave or halts one only says which vehicles' targets are due; they are
+//! signed or withdrawn by [`Director::work`], a bounded batch per call ([`crate::jobs`]).
 //!
 //! A vehicle manifest is accepted only when it is signed by the vehicle's registered primary key,
 //! each ECU report by that ECU's registered key, and all of them answer one nonce naming a
@@ -14,6 +16,7 @@
 //! answer) is acknowledged without counting twice.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use proto::tuf::Time;
@@ -24,7 +27,7 @@ use ed25519_dalek::VerifyingKey;
 use proto::director_api::{
     ApprovalStatement, ApprovedAnswer, CampaignAction, CampaignStatus, CampaignsAnswer, DecisionAt,
     InstallOutcome, InstallReport, ManifestAccepted, RenewMembership, RenewalStatement, RotateKeys,
-    Standing, spec_digest,
+    Standing, TargetsJob, TargetsWork, spec_digest,
 };
 use proto::membership::{MemberRole, MembershipCert, SignedRevocations};
 use proto::{CampaignId, EcuSerial, Vin};
@@ -32,6 +35,7 @@ use proto::{CampaignId, EcuSerial, Vin};
 use crate::approvals::{NEEDED, Signed, Waiting};
 use crate::campaign::{Campaign, CampaignSpec, Decision, Outcome, State};
 use crate::director::{self, Assignment};
+use crate::jobs::{self, Batch, BatchEntry, Planned, Queue, Worked};
 use crate::registry::{LastReport, Registry, VehicleRecord, parse_key};
 use crate::{Origin, audit};
 
@@ -128,6 +132,16 @@ struct Counted {
     region: String,
     /// Link class → bytes the vehicle fetched, as it reported them.
     bytes: BTreeMap<String, u64>,
+}
+
+/// An entry of a campaign's log: a counted report, or a batch of background work on its
+/// vehicles' targets begun or done ([`crate::jobs`]). A report has no `batch` field, so a log
+/// written before batches were logged reads as it did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Logged {
+    Batch(BatchEntry),
+    Counted(Counted),
 }
 
 /// Reports logged at least, between two snapshots of a campaign record.
@@ -240,7 +254,18 @@ pub struct Director {
     snapshot_min_events: u64,
     /// The revocation list as last served, with the file's stamp it was read at.
     revocations: Option<ServedRevocations>,
+    /// Each campaign's background work on its vehicles' targets ([`crate::jobs`]).
+    jobs: BTreeMap<CampaignId, Queue>,
+    /// What signing or withdrawing one vehicle took in the last batch (sizes the next).
+    per_vehicle: Option<Duration>,
+    /// The image repository as the last batch of signings read it, and when (wall clock, and
+    /// the director's clock): verified once for the batches of a few seconds, not per batch.
+    image: Option<(director::ImageRepo, Instant, u64)>,
 }
+
+/// How long batches of signings share one verified image repository: it is verified again
+/// after this long on the wall clock, or a minute on the director's.
+const IMAGE_REUSED: Duration = Duration::from_secs(10);
 
 /// The fleet's revocation list, verified once and kept as served: every node asks for it at
 /// each refresh, and reading and verifying up to ~28 MB (200,000 peers) under the director's lock for each would let anyone stall the director.
@@ -279,6 +304,16 @@ fn assignments(vehicle: &VehicleRecord, targets: &BTreeMap<String, String>) -> V
         .collect()
 }
 
+/// What one vehicle of a batch of background work is to get.
+enum Plan {
+    /// New targets: the planned version, and the assignments (none for a withdrawal).
+    Do(Planned, Vec<Assignment>),
+    /// Nothing any more (a withdrawal from a vehicle that no longer holds the release).
+    Nothing,
+    /// It cannot be done, for this reason.
+    Fail(Vin, String),
+}
+
 /// Parses the agent's nonce `director-v<N>@<time>` into N.
 fn nonce_version(nonce: &str) -> Option<u64> {
     let (group, time) = nonce.split_once('@')?;
@@ -312,33 +347,71 @@ impl Director {
 
     /// Opens the director of `origin` on `registry`.
     ///
-    /// Each campaign is its stored record and the reports logged after it, counted again in
-    /// order; a decision one of them caused that was not carried out before the service stopped
-    /// (it stopped between logging the report and storing the decision) is carried out now.
+    /// Each campaign is its stored record and the entries logged after it, taken again in
+    /// order: reports are counted again, and a decision one of them caused that was not carried
+    /// out before the service stopped (it stopped between logging the report and storing the
+    /// decision) is carried out now; batches of background work are recorded, and one begun
+    /// and never done is settled from the vehicles' repositories ([`jobs::settle`]). Then each
+    /// campaign's background work is derived from its record: what was due is due again.
     pub fn with_registry(origin: Origin, registry: Box<dyn Registry>) -> anyhow::Result<Self> {
         let mut campaigns = BTreeMap::new();
         let mut undone = Vec::new();
+        let mut settled = Vec::new();
         for (id, bytes) in registry.campaigns()? {
             let mut record: CampaignRecord = serde_json::from_slice(&bytes)
                 .with_context(|| format!("the registry's record of campaign {id} is damaged"))?;
+            let mut begun: Option<(TargetsWork, Vec<Planned>)> = None;
+            let mut settle = |record: &mut CampaignRecord, work, vehicles: &[Planned]| {
+                let signed = jobs::settle(record, work, vehicles, |vin| {
+                    director::targets_version(&origin, vin)
+                });
+                tracing::info!(campaign = %id, signed, of = vehicles.len(), "settled a batch the director stopped in");
+                settled.push(id.clone());
+            };
             for (seq, bytes) in registry.campaign_events(&id)? {
                 if seq <= record.logged {
                     continue;
                 }
-                let event: Counted = serde_json::from_slice(&bytes).with_context(|| {
-                    format!("report {seq} in the log of campaign {id} is damaged")
+                let entry: Logged = serde_json::from_slice(&bytes).with_context(|| {
+                    format!("entry {seq} in the log of campaign {id} is damaged")
                 })?;
-                let decision = record.count(&event).with_context(|| {
-                    format!(
-                        "counting report {seq} of campaign {id} ({}) again",
-                        event.vin
-                    )
-                })?;
+                match entry {
+                    Logged::Counted(event) => {
+                        let decision = record.count(&event).with_context(|| {
+                            format!(
+                                "counting report {seq} of campaign {id} ({}) again",
+                                event.vin
+                            )
+                        })?;
+                        if let Some(decision) = decision {
+                            undone.push((id.clone(), decision, event.at));
+                        }
+                    }
+                    Logged::Batch(BatchEntry::Begun { work, vehicles }) => {
+                        if let Some((work, vehicles)) = begun.take() {
+                            settle(&mut record, work, &vehicles);
+                        }
+                        begun = Some((work, vehicles));
+                    }
+                    Logged::Batch(BatchEntry::Done { signed }) => {
+                        let (work, vehicles) = begun.take().with_context(|| {
+                            format!("entry {seq} in the log of campaign {id} ends a batch that never began")
+                        })?;
+                        let planned: BTreeMap<&Vin, &Planned> =
+                            vehicles.iter().map(|p| (&p.vin, p)).collect();
+                        for (vin, version) in &signed {
+                            let planned = planned.get(vin).with_context(|| {
+                                format!("entry {seq} in the log of campaign {id} names {vin}, which its batch did not plan")
+                            })?;
+                            jobs::record_done(&mut record, work, planned, *version);
+                        }
+                    }
+                }
                 record.logged = seq;
                 record.unsaved += 1;
-                if let Some(decision) = decision {
-                    undone.push((id.clone(), decision, event.at));
-                }
+            }
+            if let Some((work, vehicles)) = begun.take() {
+                settle(&mut record, work, &vehicles);
             }
             campaigns.insert(id, record);
         }
@@ -349,10 +422,21 @@ impl Director {
             counters: Counters::default(),
             snapshot_min_events: SNAPSHOT_MIN_EVENTS,
             revocations: None,
+            jobs: BTreeMap::new(),
+            per_vehicle: None,
+            image: None,
         };
+        // A settled batch is stored now: what the files said is then the record's.
+        for id in settled {
+            director.save(&id)?;
+        }
         for (id, decision, at) in undone {
             director.at(at);
             director.apply(&id, GATES, decision, at)?;
+        }
+        let ids: Vec<CampaignId> = director.campaigns.keys().cloned().collect();
+        for id in ids {
+            director.derive_work(&id);
         }
         Ok(director)
     }
@@ -847,58 +931,8 @@ impl Director {
             json!({"campaign": id, "release": spec.release, "population": size,
                    "approvals": approvals}),
         )?;
-        self.assign_open(id)?;
+        self.derive_work(id);
         self.save(id)
-    }
-
-    /// Signs the release for every vehicle of the open waves that has neither got it nor
-    /// reported.
-    fn assign_open(&mut self, id: &CampaignId) -> anyhow::Result<()> {
-        let record = self.campaigns.get(id).context("no such campaign")?;
-        let Some(campaign) = &record.campaign else {
-            return Ok(());
-        };
-        if !matches!(campaign.state(), State::Running { .. } | State::Completed) {
-            return Ok(());
-        }
-        let due: Vec<Vin> = campaign
-            .eligible()
-            .filter(|v| {
-                campaign.outcome_of(v).is_none()
-                    && (!record.assigned.contains_key(*v) || record.withdrawn.contains(*v))
-            })
-            .map(Vin::parse)
-            .collect::<Result<_, _>>()?;
-        let priority = record.spec.priority;
-        let release = record.spec.release.clone();
-        let mut signed = Vec::new();
-        let mut image = None;
-        for vin in due {
-            let Some(vehicle) = self.registry.vehicle(&vin)? else {
-                continue;
-            };
-            let assignments = assignments(&vehicle, &release);
-            let image = match &mut image {
-                Some(image) => image,
-                None => image.insert(director::ImageRepo::open(&self.origin)?),
-            };
-            let version =
-                director::sign_assignment(&self.origin, image, &vin, &assignments, priority)
-                    .with_context(|| format!("signing the targets of {vin}"))?;
-            let before: BTreeMap<EcuSerial, String> = vehicle
-                .ecus
-                .iter()
-                .filter_map(|e| Some((e.serial.clone(), e.installed.clone()?)))
-                .collect();
-            signed.push((vin, version, before));
-        }
-        let record = self.record_mut(id)?;
-        for (vin, version, before) in signed {
-            record.withdrawn.remove(&vin);
-            record.before.entry(vin.clone()).or_insert(before);
-            record.assigned.insert(vin, version);
-        }
-        Ok(())
     }
 
     /// Carries out `decision` for campaign `id` and records it.
@@ -927,44 +961,274 @@ impl Director {
         }
         self.audit(actor, &format!("campaign {}", decision.name()), detail)?;
         self.record_mut(id)?.decisions.push((now, decision.clone()));
-        match decision {
-            Decision::Advance { .. } | Decision::Resume { .. } => self.assign_open(id)?,
-            Decision::Halt { .. } => self.withdraw_unreported(id)?,
-            Decision::Abort { .. } => self.fall_back(id, actor)?,
-            Decision::Complete { .. } => {}
+        if let Decision::Abort { .. } = decision {
+            self.fall_back(id, actor)?;
         }
+        // What the decision made due (a wave's members to sign, a halt's withdrawals) is done
+        // in the background ([`Self::work`]).
+        self.derive_work(id);
         self.save(id)
     }
 
-    /// Takes the release back from vehicles that got it but have not installed it.
-    fn withdraw_unreported(&mut self, id: &CampaignId) -> anyhow::Result<()> {
-        let record = self.campaigns.get(id).context("no such campaign")?;
-        let Some(campaign) = &record.campaign else {
-            return Ok(());
+    /// Sets campaign `id`'s background work to what its record says is due
+    /// ([`jobs::due`]); failed vehicles are tried again.
+    fn derive_work(&mut self, id: &CampaignId) {
+        let Some((work, due)) = self.campaigns.get(id).and_then(jobs::due) else {
+            self.jobs.remove(id);
+            return;
         };
-        let pending: Vec<Vin> = record
-            .assigned
+        let queue = Queue::follow(work, due, self.jobs.get(id));
+        self.jobs.insert(id.clone(), queue);
+    }
+
+    /// Vehicles whose director targets are due to be signed or withdrawn, over every campaign.
+    pub fn work_due(&self) -> u64 {
+        self.jobs.values().map(|q| q.due.len() as u64).sum()
+    }
+
+    /// Campaign `id`'s background work on its vehicles' targets, if any is due, done or failed.
+    pub fn targets_job(&self, id: &CampaignId) -> Option<TargetsJob> {
+        self.jobs.get(id).and_then(Queue::progress)
+    }
+
+    /// Does one batch of the background work ([`crate::jobs`]): signs (or withdraws) the
+    /// director targets of up to `batch` vehicles of the first campaign that has any due, and
+    /// records them. Call it until nothing is due, letting other calls in between: `origin
+    /// serve` runs it on a task of its own, releasing the director between batches.
+    ///
+    /// # Errors
+    /// When the image repository does not verify (nothing is signed: every vehicle stays due)
+    /// or the batch cannot be logged. A vehicle whose signing fails is set aside, with its
+    /// error in [`Self::targets_job`], until the next decision or restart.
+    pub fn work(&mut self, now: u64, batch: &Batch) -> anyhow::Result<Worked> {
+        let Some(id) = self
+            .jobs
             .iter()
-            .filter(|(vin, version)| {
-                campaign.outcome_of(vin.as_str()).is_none()
-                    && !record.withdrawn.contains(*vin)
-                    && director::targets_version(&self.origin, vin) == **version
-            })
-            .map(|(vin, _)| vin.clone())
-            .collect();
-        for vin in &pending {
-            director::withdraw(&self.origin, vin)
-                .with_context(|| format!("withdrawing the release from {vin}"))?;
+            .find(|(_, q)| !q.due.is_empty())
+            .map(|(id, _)| id.clone())
+        else {
+            return Ok(Worked::default());
+        };
+        let result = self.work_on(&id, now, batch);
+        if let (Err(error), Some(queue)) = (&result, self.jobs.get_mut(&id)) {
+            queue.last_error = Some(format!("{error:#}"));
         }
+        result
+    }
+
+    /// Runs [`Self::work`] at `now`, default batches, until nothing is due (drivers without a
+    /// worker of their own: tests, benchmarks). Returns the vehicles done.
+    pub fn work_until_idle(&mut self, now: u64) -> anyhow::Result<usize> {
+        let mut vehicles = 0;
+        loop {
+            let worked = self.work(now, &Batch::default())?;
+            vehicles += worked.vehicles;
+            if worked.due == 0 {
+                return Ok(vehicles);
+            }
+        }
+    }
+
+    fn work_on(&mut self, id: &CampaignId, now: u64, batch: &Batch) -> anyhow::Result<Worked> {
+        self.at(now);
+        let size = batch.size(self.per_vehicle);
+        let work = self.jobs.get(id).context("no such work")?.work;
+        // Verified again every few seconds, so that a repository changed meanwhile is seen.
+        let mut image = match (work, self.image.take()) {
+            (TargetsWork::Withdraw, cached) => {
+                self.image = cached;
+                None
+            }
+            (TargetsWork::Sign, Some((image, opened, at)))
+                if opened.elapsed() < IMAGE_REUSED && now.abs_diff(at) < 60 =>
+            {
+                Some((image, opened, at))
+            }
+            (TargetsWork::Sign, _) => Some((
+                director::ImageRepo::open(&self.origin)?,
+                Instant::now(),
+                now,
+            )),
+        };
+        let queue = self.jobs.get_mut(id).context("no such work")?;
+        let mut taken = Vec::with_capacity(size);
+        while taken.len() < size {
+            let Some(vin) = queue.due.pop_first() else {
+                break;
+            };
+            taken.push(vin);
+        }
+        let planned = match self.plan(id, work, &taken) {
+            Ok(planned) => planned,
+            Err(error) => {
+                if let Some(queue) = self.jobs.get_mut(id) {
+                    queue.due.extend(taken);
+                }
+                return Err(error);
+            }
+        };
+        let record = self.campaigns.get(id).context("no such campaign")?;
+        let priority = record.spec.priority;
+        let mut failed = Vec::new();
+        let mut vehicles = Vec::new();
+        let mut skipped = 0;
+        for plan in planned {
+            match plan {
+                Plan::Do(planned, assignments) => vehicles.push((planned, assignments)),
+                Plan::Nothing => skipped += 1,
+                Plan::Fail(vin, why) => failed.push((vin, why)),
+            }
+        }
+        if !vehicles.is_empty() {
+            let begun = Logged::Batch(BatchEntry::Begun {
+                work,
+                vehicles: vehicles.iter().map(|(p, _)| p.clone()).collect(),
+            });
+            if let Err(error) = self.log(id, &begun) {
+                if let Some(queue) = self.jobs.get_mut(id) {
+                    queue.due.extend(vehicles.into_iter().map(|(p, _)| p.vin));
+                    queue.due.extend(failed.into_iter().map(|(vin, _)| vin));
+                }
+                return Err(error.context(format!("logging a batch of campaign {id}")));
+            }
+        }
+        // Only the signings are timed: a batch's fixed cost (its two log entries) sized into
+        // each vehicle would shrink the next batch, raising that cost's share again.
+        let started = Instant::now();
+        let mut signed = Vec::with_capacity(vehicles.len());
+        for (planned, assignments) in &vehicles {
+            let result = match (work, image.as_mut()) {
+                (TargetsWork::Sign, Some((image, _, _))) => director::sign_assignment(
+                    &self.origin,
+                    image,
+                    &planned.vin,
+                    assignments,
+                    priority,
+                ),
+                _ => director::withdraw(&self.origin, &planned.vin),
+            };
+            match result {
+                Ok(version) => signed.push((planned.vin.clone(), version)),
+                Err(error) => failed.push((planned.vin.clone(), format!("{error:#}"))),
+            }
+        }
+        let signing = started.elapsed();
+        // Kept for the next batch, unless a signing failed (verified again then).
+        if failed.is_empty() {
+            self.image = image;
+        }
+        let logged = if vehicles.is_empty() {
+            Ok(())
+        } else {
+            self.log(
+                id,
+                &Logged::Batch(BatchEntry::Done {
+                    signed: signed.clone(),
+                }),
+            )
+        };
+        // Recorded even when the log refused the end of the batch: the files are signed, and
+        // a restart settles the batch from them.
         let record = self.record_mut(id)?;
-        record.withdrawn.extend(pending);
+        let by_vin: BTreeMap<&Vin, &Planned> = vehicles.iter().map(|(p, _)| (&p.vin, p)).collect();
+        for (vin, version) in &signed {
+            if let Some(planned) = by_vin.get(vin) {
+                jobs::record_done(record, work, planned, *version);
+            }
+        }
+        if !vehicles.is_empty() {
+            let each = signing / u32::try_from(vehicles.len()).unwrap_or(u32::MAX);
+            self.per_vehicle = Some(each);
+        }
+        let done = signed.len() + skipped;
+        let failures = failed.len();
+        if let Some(queue) = self.jobs.get_mut(id) {
+            queue.done += done as u64;
+            for (vin, why) in failed {
+                tracing::warn!(campaign = %id, %vin, "background work on the vehicle's targets failed: {why}");
+                queue.last_error = Some(format!("{vin}: {why}"));
+                queue.failed.insert(vin, why);
+            }
+        }
+        logged.with_context(|| format!("logging the end of a batch of campaign {id}"))?;
+        if self
+            .campaigns
+            .get(id)
+            .is_some_and(|r| r.snapshot_due(self.snapshot_min_events))
+        {
+            self.save(id)?;
+        }
+        Ok(Worked {
+            vehicles: done,
+            failed: failures,
+            due: self.work_due(),
+        })
+    }
+
+    /// What each of `vins` is to get by `work`, read before anything of the batch is signed.
+    fn plan(&self, id: &CampaignId, work: TargetsWork, vins: &[Vin]) -> anyhow::Result<Vec<Plan>> {
+        let record = self.campaigns.get(id).context("no such campaign")?;
+        let campaign = record
+            .campaign
+            .as_ref()
+            .context("the campaign is not approved")?;
+        let mut plans = Vec::with_capacity(vins.len());
+        for vin in vins {
+            let current = director::targets_version(&self.origin, vin);
+            let plan = match work {
+                TargetsWork::Sign => match self.registry.vehicle(vin)? {
+                    None => Plan::Fail(vin.clone(), "it is no longer registered".into()),
+                    Some(vehicle) => Plan::Do(
+                        Planned {
+                            vin: vin.clone(),
+                            version: current + 1,
+                            before: vehicle
+                                .ecus
+                                .iter()
+                                .filter_map(|e| Some((e.serial.clone(), e.installed.clone()?)))
+                                .collect(),
+                        },
+                        assignments(&vehicle, &record.spec.release),
+                    ),
+                },
+                // Only while it still holds this campaign's release (another campaign may
+                // have signed it other targets since).
+                TargetsWork::Withdraw
+                    if campaign.outcome_of(vin.as_str()).is_none()
+                        && !record.withdrawn.contains(vin)
+                        && record.assigned.get(vin) == Some(&current) =>
+                {
+                    Plan::Do(
+                        Planned {
+                            vin: vin.clone(),
+                            version: current + 1,
+                            before: BTreeMap::new(),
+                        },
+                        Vec::new(),
+                    )
+                }
+                TargetsWork::Withdraw => Plan::Nothing,
+            };
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
+
+    /// Appends `entry` to campaign `id`'s log.
+    fn log(&mut self, id: &CampaignId, entry: &Logged) -> anyhow::Result<()> {
+        let seq = self.campaigns.get(id).map_or(0, |r| r.logged) + 1;
+        let bytes = serde_json::to_vec(entry)?;
+        self.registry.log_campaign_event(id, seq, &bytes)?;
+        let record = self.record_mut(id)?;
+        record.logged = seq;
+        record.unsaved += 1;
         Ok(())
     }
 
     /// After an abort: vehicles that installed the release are given the fallback release
-    /// (where the spec names one for their hardware); the rest have the release withdrawn.
+    /// (where the spec names one for their hardware); the rest have the release withdrawn in
+    /// the background, as after a halt.
     fn fall_back(&mut self, id: &CampaignId, actor: &str) -> anyhow::Result<()> {
-        self.withdraw_unreported(id)?;
         let record = self.campaigns.get(id).context("no such campaign")?;
         let Some(campaign) = &record.campaign else {
             return Ok(());
@@ -1191,13 +1455,14 @@ impl Director {
                 }),
             )?;
             // Logged (durably) before it counts: a restart counts it again from the log.
-            let seq = self.campaigns.get(&id).map_or(0, |r| r.logged) + 1;
-            let logged = serde_json::to_vec(&event).map_err(anyhow::Error::from)?;
-            self.registry.log_campaign_event(&id, seq, &logged)?;
+            self.log(&id, &Logged::Counted(event.clone()))?;
             let record = self.record_mut(&id)?;
-            record.logged = seq;
-            record.unsaved += 1;
             let decision = record.count(&event).map_err(|e| rejected(e.to_string()))?;
+            // Reported: nothing more to sign or withdraw for it (a vehicle whose release was
+            // withdrawn, due it again after a resume, may report the install it made before).
+            if let Some(queue) = self.jobs.get_mut(&id) {
+                queue.due.remove(vin);
+            }
             outcomes.insert(id.clone(), outcome);
             if let Some(decision) = decision {
                 self.apply(&id, GATES, decision.clone(), now)?;
@@ -1317,6 +1582,7 @@ impl Director {
                             decision: decision.clone(),
                         })
                         .collect(),
+                    targets_job: self.targets_job(id),
                 }
             })
             .collect();
@@ -1357,6 +1623,7 @@ impl Director {
                     id: id.clone(),
                     progress: record.campaign.as_ref().map(|c| c.progress(now)),
                     bytes: record.bytes.clone(),
+                    targets_job: self.targets_job(id),
                 })
                 .collect(),
         }

@@ -297,6 +297,30 @@ impl Harness {
         )
     }
 
+    /// Waits until no campaign has vehicles whose targets are due to be signed or withdrawn:
+    /// the director does that in the background after a decision, and tests read the targets
+    /// as a vehicle would once they are signed. Returns the campaigns as they then stand.
+    fn settled(&self) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let all: Value = serde_json::from_str(&self.get("/v1/campaigns")).unwrap();
+            let due: u64 = all["campaigns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|c| c["targets_job"]["due"].as_u64())
+                .sum();
+            if due == 0 {
+                return all;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the director's background work never ended: {all:#}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     fn status(&self, id: &proto::CampaignId) -> Value {
         let all: Value = serde_json::from_str(&self.get("/v1/campaigns")).unwrap();
         all["campaigns"]
@@ -353,6 +377,8 @@ impl Harness {
         answered: &mut BTreeMap<String, u64>,
         fails: &dyn Fn(&Vehicle) -> bool,
     ) -> usize {
+        // Waves the last cycle (or the ticker) opened are signed first.
+        self.settled();
         self.advance(CYCLE);
         let mut reported = 0;
         for v in vehicles {
@@ -377,9 +403,19 @@ impl Harness {
                 "{}: {status} {answer}",
                 v.vin
             );
+            // A decision this report caused (a halt's withdrawals, a wave's signing) reaches
+            // the vehicles before the next one looks, as when it was done in the request.
+            if answer["decisions"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+            {
+                self.settled();
+            }
             answered.insert(v.vin.clone(), version);
             reported += 1;
         }
+        // A halt the reports caused withdraws in the background.
+        self.settled();
         reported
     }
 }
@@ -435,6 +471,8 @@ fn create_and_approve(h: &Harness, spec: &CampaignSpec) {
         (200, Some(0)),
         "{answer}"
     );
+    // The first wave's targets are signed in the background.
+    h.settled();
 }
 
 /// A tenth of the fleet (a bad sensor batch) fails the new release's health check.
@@ -685,6 +723,7 @@ fn unsigned_replayed_mismatched_and_unknown_manifests_are_refused() {
         "/v1/campaigns/gw-2.0-all/abort",
         &json!({"reason": "supplier recall"}),
     );
+    h.settled();
     let (new_version, targets) = h.targets(&v.vin).unwrap();
     assert!(new_version > version);
     assert_eq!(
@@ -1636,4 +1675,51 @@ fn revocations_are_public_signed_and_changed_by_provisioners_only() {
     let served = client.revocations_newer_than(1).unwrap().unwrap();
     assert_eq!(served.revocations.version, 2);
     assert!(served.revocations.revokes(&other));
+}
+
+#[test]
+fn the_service_signs_a_wave_and_withdraws_after_a_halt_in_the_background_and_shows_it() {
+    let h = Harness::new();
+    let vehicles = h.fleet(120);
+    let mut spec = spec("gw-2.0-background", &[100.0]);
+    spec.gates.max_failed_health = 100;
+    // Approved: the service's worker signs every vehicle's targets after the request.
+    create_and_approve(&h, &spec);
+    let status = h.status(&spec.id);
+    assert_eq!(
+        status["targets_job"],
+        json!({"work": "sign", "due": 0, "done": 120, "failed": 0}),
+        "{status:#}"
+    );
+    for v in &vehicles {
+        assert_eq!(
+            h.targets(&v.vin),
+            Some((1, vec!["gw/2.0.bin".to_string()])),
+            "{}",
+            v.vin
+        );
+    }
+    let metrics = h.get("/metrics");
+    assert!(
+        metrics.contains(
+            "depotmesh_campaign_targets_job_vehicles{campaign=\"gw-2.0-background\",work=\"sign\",status=\"done\"} 120"
+        ),
+        "{metrics}"
+    );
+    // Halted: it withdraws the release from each of them, once.
+    h.post_as(
+        "dave@ops",
+        "/v1/campaigns/gw-2.0-background/halt",
+        &json!({"reason": "brakes pulsing"}),
+    );
+    h.settled();
+    let status = h.status(&spec.id);
+    assert_eq!(
+        status["targets_job"],
+        json!({"work": "withdraw", "due": 0, "done": 120, "failed": 0}),
+        "{status:#}"
+    );
+    for v in &vehicles {
+        assert_eq!(h.targets(&v.vin), Some((2, Vec::new())), "{}", v.vin);
+    }
 }

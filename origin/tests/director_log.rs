@@ -1,9 +1,14 @@
 //! The director stores a campaign's reports as a log between whole-record snapshots
-//! (`service::Director`). Power cut at every registry write of a campaign's report phase — each
-//! logged report, vehicle record, snapshot and log trim, and the writes of the decisions reports
-//! cause — then the service restarts on what was stored and the vehicle whose report was in
-//! flight sends it again: every run must end exactly as the run without a cut (same members,
-//! outcomes, decisions, byte counts), and a last restart must read back the same campaign.
+//! (`service::Director`), and signs its vehicles' targets in the background, each batch logged
+//! before and after (`origin::jobs`). Power cut at every registry write of a campaign's report
+//! phase — each batch begun and done, logged report, vehicle record, snapshot and log trim, and
+//! the writes of the decisions reports cause — then the service restarts on what was stored and
+//! the vehicle whose report was in flight sends it again: every run must end exactly as the run
+//! without a cut (same members, outcomes, decisions, byte counts, and every vehicle's targets
+//! signed once), and a last restart must read back the same campaign. Beside it: approval
+//! returns before any targets are signed; a restart in the middle of a wave, between batches or
+//! inside one, finishes it signing no vehicle twice; a halt while signing stops the signing and
+//! withdraws what was signed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,8 +16,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use origin::jobs::{Batch, Worked};
 use origin::registry::{Registry, SledRegistry, VehicleRecord};
 use origin::service::{CampaignRecord, Director};
+use proto::director_api::TargetsWork;
 use proto::{CampaignId, Vin};
 use serde_json::json;
 
@@ -25,6 +32,36 @@ use sim_fleet::{
 
 const VEHICLES: usize = 24;
 const ID: &str = "log";
+
+/// Batches of four vehicles, whatever they take: a run's registry writes are the same each time.
+const FOUR: Batch = Batch {
+    vehicles: 4,
+    time: std::time::Duration::MAX,
+};
+
+/// Does the director's background work in batches of [`FOUR`] until nothing is due.
+fn work(director: &mut Director, now: u64) -> anyhow::Result<()> {
+    while director.work(now, &FOUR)?.due > 0 {}
+    Ok(())
+}
+
+/// Vehicle `i`'s director targets version on disk under `dir` (0: none signed).
+fn version(dir: &Path, i: usize) -> u64 {
+    origin::director::targets_version(&origin_at(dir), &vin(i))
+}
+
+/// The targets vehicle `i` holds on disk under `dir`.
+fn held(dir: &Path, i: usize) -> Vec<String> {
+    let (_, signed) = origin_at(dir)
+        .latest(&origin::director::vehicle_repository(&vin(i)), "targets")
+        .unwrap();
+    signed["targets"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
 
 /// Two vehicles roll back; the gates let the campaign go on.
 fn vehicle_manifest(i: usize, version: u64, now: u64) -> Vec<u8> {
@@ -139,6 +176,14 @@ fn report_phase(dir: &Path, cut_at: Option<usize>) -> (CampaignRecord, usize, bo
     let mut acknowledged = [false; VEHICLES];
     let mut in_flight: Option<usize> = None;
     'run: loop {
+        // The targets a decision made due are signed before the vehicles look.
+        if work(&mut director, now).is_err() {
+            assert!(cut_at.is_some() && !cut);
+            cut = true;
+            drop(director);
+            director = open(dir, &writes, None);
+            continue;
+        }
         let mut due: Vec<(usize, u64)> = {
             let record = &director.campaigns()[ID];
             (0..VEHICLES)
@@ -233,13 +278,28 @@ fn a_power_cut_at_any_registry_write_of_the_report_phase_loses_no_report() {
         campaign.state()
     );
     assert_eq!(reference.decisions.len(), 3, "{:?}", reference.decisions);
-    // Reports went to the log, and snapshots trimmed it (more than a write or two per report
-    // would mean whole records per report again).
-    assert_eq!(reference.logged, VEHICLES as u64);
+    // Reports went to the log, each batch of background work (two entries: begun, done), and
+    // snapshots trimmed it (more than a write or two per report would mean whole records per
+    // report again).
+    let plan = reference.campaign.as_ref().unwrap().plan().clone();
+    let batches: usize = (0..plan.waves.len())
+        .map(|wave| {
+            let members = (0..VEHICLES)
+                .filter(|&i| plan.wave_of(vin(i).as_str()) == wave)
+                .count();
+            members.div_ceil(FOUR.vehicles)
+        })
+        .sum();
+    assert_eq!(reference.logged, (VEHICLES + 2 * batches) as u64);
+    // A batch: its two entries, and its share of the snapshots the entries bring about.
     assert!(
-        writes < VEHICLES * 3,
-        "{writes} registry writes for {VEHICLES} reports"
+        writes < VEHICLES * 3 + 3 * batches,
+        "{writes} registry writes for {VEHICLES} reports and {batches} batches"
     );
+    // Every vehicle's targets were signed once.
+    for i in 0..VEHICLES {
+        assert_eq!(version(&reference_dir, i), 1, "{}", vin(i));
+    }
 
     for cut_at in 0..writes {
         let dir = work.path().join(format!("cut-{cut_at}"));
@@ -252,14 +312,212 @@ fn a_power_cut_at_any_registry_write_of_the_report_phase_loses_no_report() {
             record.decisions, reference.decisions,
             "cut at write {cut_at}"
         );
-        assert_eq!(
-            record.assigned.keys().collect::<Vec<_>>(),
-            reference.assigned.keys().collect::<Vec<_>>(),
-            "cut at write {cut_at}"
-        );
+        assert_eq!(record.assigned, reference.assigned, "cut at write {cut_at}");
+        for i in 0..VEHICLES {
+            assert_eq!(
+                version(&dir, i),
+                1,
+                "cut at write {cut_at}: {} signed more than once, or never",
+                vin(i)
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
     eprintln!(
         "{writes} registry writes in the report phase, a power cut at each: all ended as the run without one"
     );
+}
+
+/// An origin with `n` vehicles registered and campaign [`ID`] (everyone in one wave) approved,
+/// its director on a registry that counts its writes (and cuts at none).
+fn approved(dir: &Path, n: usize) -> (Director, Arc<AtomicUsize>) {
+    origin_with_releases(dir);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let mut director = open(dir, &writes, None);
+    for i in 0..n {
+        director
+            .register(&vehicle_record(i, 3, 1), "ops", START)
+            .unwrap();
+    }
+    let spec = gateway_campaign(ID, &[100.0], 0.5, 0.5, 1);
+    director.create(spec, "alice", START).unwrap();
+    approve_as_two(&mut director, ID, START);
+    (director, writes)
+}
+
+fn id() -> CampaignId {
+    ID.parse().unwrap()
+}
+
+#[test]
+fn approval_returns_before_any_targets_are_signed_and_the_work_signs_each_vehicle_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut director, _) = approved(dir.path(), 40);
+    // The approval said what is due and signed nothing.
+    let job = director.targets_job(&id()).unwrap();
+    assert_eq!((job.work, job.due, job.done), (TargetsWork::Sign, 40, 0));
+    assert!((0..40).all(|i| version(dir.path(), i) == 0));
+    assert!(director.campaigns()[ID].assigned.is_empty());
+    // What the API and /metrics show.
+    let status = director.status(START);
+    assert_eq!(
+        status.campaign(&id()).unwrap().targets_job.as_ref(),
+        Some(&job)
+    );
+    let metrics = director
+        .metrics(START, &std::collections::BTreeMap::new())
+        .unwrap();
+    let due =
+        "depotmesh_campaign_targets_job_vehicles{campaign=\"log\",work=\"sign\",status=\"due\"} 40";
+    assert!(metrics.contains(due), "{metrics}");
+
+    // One batch: the vehicles it took are signed and recorded, the others still due.
+    let eight = Batch {
+        vehicles: 8,
+        time: std::time::Duration::MAX,
+    };
+    let worked = director.work(START, &eight).unwrap();
+    assert_eq!(
+        worked,
+        Worked {
+            vehicles: 8,
+            failed: 0,
+            due: 32
+        }
+    );
+    let signed: Vec<usize> = (0..40).filter(|&i| version(dir.path(), i) == 1).collect();
+    assert_eq!(signed.len(), 8);
+    let assigned = &director.campaigns()[ID].assigned;
+    assert_eq!(
+        assigned.keys().cloned().collect::<Vec<_>>(),
+        signed.iter().map(|&i| vin(i)).collect::<Vec<_>>()
+    );
+    assert!(assigned.values().all(|&v| v == 1));
+
+    // The rest, then nothing more to do.
+    director.work_until_idle(START).unwrap();
+    for i in 0..40 {
+        assert_eq!(version(dir.path(), i), 1, "{}", vin(i));
+        assert_eq!(held(dir.path(), i), ["gw/2.0.bin"], "{}", vin(i));
+        assert_eq!(director.campaigns()[ID].assigned.get(&vin(i)), Some(&1));
+    }
+    let job = director.targets_job(&id()).unwrap();
+    assert_eq!((job.due, job.done, job.failed), (0, 40, 0));
+    assert_eq!(director.work(START, &eight).unwrap(), Worked::default());
+}
+
+#[test]
+fn a_director_restarted_in_the_middle_of_a_wave_finishes_it_signing_no_vehicle_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut director, writes) = approved(dir.path(), 40);
+    let eight = Batch {
+        vehicles: 8,
+        time: std::time::Duration::MAX,
+    };
+    let signed = |dir: &Path| (0..40).filter(|&i| version(dir, i) > 0).count();
+
+    // A stop between two batches: the batch done is kept, the rest is due again.
+    director.work(START, &eight).unwrap();
+    drop(director);
+    let director = open(dir.path(), &writes, None);
+    assert_eq!(director.campaigns()[ID].assigned.len(), 8);
+    assert_eq!(director.targets_job(&id()).unwrap().due, 32);
+
+    // A stop inside a batch, before it was logged as begun: nothing of it signed.
+    drop(director);
+    let mut director = open(dir.path(), &writes, Some(writes.load(Ordering::SeqCst)));
+    assert!(director.work(START, &eight).is_err());
+    assert_eq!(signed(dir.path()), 8);
+    drop(director);
+
+    // A stop inside a batch after its vehicles were signed, before it was logged as done:
+    // the restart finds them signed (from their targets) and does not sign them again.
+    let mut director = open(dir.path(), &writes, Some(writes.load(Ordering::SeqCst) + 1));
+    assert_eq!(director.targets_job(&id()).unwrap().due, 32);
+    let error = director.work(START, &eight).unwrap_err();
+    assert!(format!("{error:#}").contains("power cut"), "{error:#}");
+    assert_eq!(signed(dir.path()), 16);
+    drop(director);
+    let mut director = open(dir.path(), &writes, None);
+    assert_eq!(director.campaigns()[ID].assigned.len(), 16);
+    assert_eq!(director.targets_job(&id()).unwrap().due, 24);
+
+    // It finishes the wave: every vehicle signed once, none lost.
+    director.work_until_idle(START).unwrap();
+    for i in 0..40 {
+        assert_eq!(version(dir.path(), i), 1, "{}", vin(i));
+        assert_eq!(director.campaigns()[ID].assigned.get(&vin(i)), Some(&1));
+    }
+    assert_eq!(director.targets_job(&id()).unwrap().due, 0);
+    // And a last restart has nothing left to do.
+    drop(director);
+    let director = open(dir.path(), &writes, None);
+    assert_eq!(director.work_due(), 0);
+}
+
+#[test]
+fn a_halt_while_signing_stops_signing_and_withdraws_what_was_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut director, _) = approved(dir.path(), 40);
+    let eight = Batch {
+        vehicles: 8,
+        time: std::time::Duration::MAX,
+    };
+    director.work(START, &eight).unwrap();
+    let first: Vec<usize> = (0..40).filter(|&i| version(dir.path(), i) == 1).collect();
+    assert_eq!(first.len(), 8);
+
+    // Halted with 32 still to sign: none of them is signed; the 8 have it withdrawn.
+    director
+        .halt(&id(), "dave", "brakes pulsing", START + 10)
+        .unwrap();
+    let job = director.targets_job(&id()).unwrap();
+    assert_eq!((job.work, job.due), (TargetsWork::Withdraw, 8));
+    director.work_until_idle(START + 10).unwrap();
+    for i in 0..40 {
+        if first.contains(&i) {
+            assert_eq!(version(dir.path(), i), 2, "{}", vin(i));
+            assert!(held(dir.path(), i).is_empty(), "{}", vin(i));
+        } else {
+            assert_eq!(version(dir.path(), i), 0, "{}", vin(i));
+        }
+    }
+    let record = &director.campaigns()[ID];
+    assert_eq!(record.withdrawn.len(), 8);
+    assert_eq!(record.assigned.len(), 8);
+
+    // Resumed: every vehicle is due its targets again. One of the first eight installed the
+    // release before it was withdrawn and reports it while it waits: it leaves the queue
+    // and is not signed again.
+    approve_as_two(&mut director, ID, START + 20);
+    let job = director.targets_job(&id()).unwrap();
+    assert_eq!((job.work, job.due), (TargetsWork::Sign, 40));
+    let early = first[0];
+    let report = manifest(
+        early,
+        1,
+        START + 30,
+        "gw/2.0.bin",
+        "committed",
+        json!({"yard-wifi": 1, "cellular": 0}),
+    );
+    let accepted = director
+        .accept_manifest(&vin(early), &report, START + 30)
+        .unwrap();
+    assert_eq!(
+        accepted.outcomes.get(&id()),
+        Some(&origin::campaign::Outcome::Committed)
+    );
+    assert_eq!(director.targets_job(&id()).unwrap().due, 39);
+    director.work_until_idle(START + 30).unwrap();
+    for i in 0..40 {
+        let expected = if i == early {
+            2
+        } else if first.contains(&i) {
+            3
+        } else {
+            1
+        };
+        assert_eq!(version(dir.path(), i), expected, "{}", vin(i));
+    }
 }

@@ -13,6 +13,7 @@ use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use origin::jobs::Batch;
 use origin::registry::{Location, PostgresTarget};
 use origin::service::{CampaignRecord, Director};
 use serde_json::json;
@@ -35,6 +36,11 @@ const LEADER: &str = "DEPOTMESH_REPLICA_LEADER";
 const LEADER_DIR: &str = "DEPOTMESH_REPLICA_DIR";
 /// The password file of the leader's process.
 const LEADER_PASSWORD: &str = "DEPOTMESH_REPLICA_PASSWORD";
+/// Vehicles signed per batch of background work, always (reproducible runs).
+const BATCH: Batch = Batch {
+    vehicles: 3,
+    time: std::time::Duration::MAX,
+};
 /// Reports the leader counts before the test kills it.
 const KILL_AFTER: usize = 7;
 
@@ -75,12 +81,17 @@ fn set_up(dir: &Path, location: &Location) {
 /// campaign as it ends.
 fn report_phase(director: &mut Director, each: &mut dyn FnMut(usize)) -> CampaignRecord {
     loop {
+        let reported = {
+            let campaign = director.campaigns()[ID].campaign.as_ref().unwrap();
+            (0..VEHICLES)
+                .filter(|&i| campaign.outcome_of(vin(i).as_str()).is_some())
+                .count()
+        };
+        let now = START + 60 + reported as u64;
+        // The targets due are signed first, in small batches (a kill may land inside one).
+        while director.work(now, &BATCH).unwrap().due > 0 {}
         let record = &director.campaigns()[ID];
         let campaign = record.campaign.as_ref().unwrap();
-        let reported = (0..VEHICLES)
-            .filter(|&i| campaign.outcome_of(vin(i).as_str()).is_some())
-            .count();
-        let now = START + 60 + reported as u64;
         let plan = campaign.plan().clone();
         let mut due: Vec<(usize, u64)> = (0..VEHICLES)
             .filter(|&i| campaign.outcome_of(vin(i).as_str()).is_none())

@@ -429,6 +429,38 @@ pub struct DecisionAt {
     pub decision: Decision,
 }
 
+/// What the director's background work does to a campaign's vehicles' director targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetsWork {
+    /// Signs the release for the members of the open waves (a wave opened, or the campaign
+    /// resumed).
+    Sign,
+    /// Takes the release back from members that got it and have not reported (a halt or an
+    /// abort).
+    Withdraw,
+}
+
+/// A campaign's background work on its vehicles' director targets: approve, advance and
+/// resume (or halt) return at once, and the vehicles get (or lose) their targets as this work
+/// reaches them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetsJob {
+    /// What it does.
+    pub work: TargetsWork,
+    /// Vehicles still to do.
+    pub due: u64,
+    /// Vehicles done since this work was set (at the decision that set it, or at the
+    /// director's start).
+    pub done: u64,
+    /// Vehicles it could not do (each with its error in the director's log); tried again at
+    /// the next decision or restart.
+    pub failed: u64,
+    /// The last failure, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
 /// One campaign's standing, as `GET /v1/campaigns` gives it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CampaignStatus {
@@ -459,6 +491,10 @@ pub struct CampaignStatus {
     pub bytes: BTreeMap<String, BTreeMap<String, u64>>,
     /// Its last decisions, newest first.
     pub decisions: Vec<DecisionAt>,
+    /// Its vehicles' director targets being signed or withdrawn in the background, if any
+    /// are due or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets_job: Option<TargetsJob>,
 }
 
 /// `GET /v1/campaigns`.

@@ -53,6 +53,9 @@ pub struct Shared {
     limiter: Mutex<rate::Limiter>,
     /// What the limiter's clock counts from.
     started: std::time::Instant,
+    /// Told when a call left background work due (a decision opened a wave, or halted one):
+    /// the worker ([`work`]) wakes.
+    work_due: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Shared {
@@ -97,6 +100,7 @@ impl Shared {
             handshakes_failed: Arc::default(),
             limiter: Mutex::new(rate::Limiter::new(limit)),
             started: std::time::Instant::now(),
+            work_due: tokio::sync::Notify::new(),
         })
     }
 
@@ -114,7 +118,11 @@ impl Shared {
                 .director
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&mut director, now)
+            let result = f(&mut director, now);
+            if director.work_due() > 0 {
+                shared.work_due.notify_one();
+            }
+            result
         })
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}")))
@@ -242,16 +250,58 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// How long the worker leaves the director to others between two batches.
+const BETWEEN_BATCHES: Duration = Duration::from_millis(2);
+
+/// How long the worker waits after a batch failed as a whole (the image repository does not
+/// verify, the registry refused a write) before it tries again.
+const AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// How often an idle worker looks for work nobody told it of.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// The director's background work ([`crate::jobs`]), until the task is dropped: one batch of at
+/// most `batch` at a time, each under the director's lock, the lock left to requests between
+/// batches; idle while nothing is due, woken by the call that made something due.
+pub async fn work(shared: Arc<Shared>, batch: crate::jobs::Batch) {
+    loop {
+        let pause = match shared.with(move |d, now| d.work(now, &batch)).await {
+            Ok(Ok(worked)) if worked.due > 0 => BETWEEN_BATCHES,
+            Ok(Ok(_)) => {
+                tokio::select! {
+                    () = shared.work_due.notified() => {}
+                    () = tokio::time::sleep(IDLE) => {}
+                }
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::error!("background work on vehicles' targets: {e:#}");
+                AFTER_FAILURE
+            }
+            Err(_) => {
+                tracing::error!("background work: the director task failed");
+                AFTER_FAILURE
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// Serves `shared` on `listener` over `transport`, ticking the campaigns every `tick` (soak
-/// times, report timeouts), until the task is dropped.
+/// times, report timeouts) and doing the director's background work ([`work`]), until the task
+/// is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     transport: Transport,
     shared: Arc<Shared>,
     tick: Duration,
 ) {
+    let _worker = AbortOnDrop(tokio::spawn(work(
+        Arc::clone(&shared),
+        crate::jobs::Batch::default(),
+    )));
     let ticking = Arc::clone(&shared);
-    tokio::spawn(async move {
+    let _ticker = AbortOnDrop(tokio::spawn(async move {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -266,9 +316,18 @@ pub async fn serve(
                 Err(_) => tracing::error!("tick: the director task failed"),
             }
         }
-    });
+    }));
     let failed = Arc::clone(&shared.handshakes_failed);
     server::serve(listener, transport, router(shared), failed).await;
+}
+
+/// A task that stops with what spawned it (the ticker and the worker stop with [`serve`]).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How `origin serve` is reached.
