@@ -9,7 +9,7 @@
 //! batches, so that reports and operators' requests interleave with it.
 //!
 //! Nothing is stored for the work itself: which vehicles are due follows from the campaign
-//! record ([`due`]): a member of an open wave that has neither got the release nor reported is
+//! record (`CampaignRecord::targets_due`): a member of an open wave that has neither got the release nor reported is
 //! due a signing; after a halt, a member that got it, has not reported and still holds it is
 //! due a withdrawal. The due set is derived once per decision and at the director's start, then
 //! kept in step (a batch takes vehicles out, a report takes its vehicle out), never recomputed
@@ -29,9 +29,6 @@ use std::time::Duration;
 use proto::director_api::{TargetsJob, TargetsWork};
 use proto::{EcuSerial, Vin};
 use serde::{Deserialize, Serialize};
-
-use crate::campaign::State;
-use crate::service::CampaignRecord;
 
 /// How much one batch of background work may do while it holds the director.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,36 +128,6 @@ impl Queue {
     }
 }
 
-/// What campaign `record` is due, from its stored state: the release signed for members of
-/// the open waves that have neither got it (or had it withdrawn) nor reported, while it runs;
-/// the release withdrawn from members that got it and have not reported, once halted or
-/// aborted (whether each still holds it is checked when its turn comes). None before approval.
-pub(crate) fn due(record: &CampaignRecord) -> Option<(TargetsWork, BTreeSet<Vin>)> {
-    let campaign = record.campaign.as_ref()?;
-    match campaign.state() {
-        State::Running { .. } | State::Completed => {
-            let due = campaign
-                .eligible()
-                .filter(|vin| campaign.outcome_of(vin).is_none())
-                .filter_map(|vin| Vin::parse(vin).ok())
-                .filter(|vin| !record.assigned.contains_key(vin) || record.withdrawn.contains(vin))
-                .collect();
-            Some((TargetsWork::Sign, due))
-        }
-        State::Halted { .. } | State::Aborted { .. } => {
-            let due = record
-                .assigned
-                .keys()
-                .filter(|vin| {
-                    campaign.outcome_of(vin.as_str()).is_none() && !record.withdrawn.contains(*vin)
-                })
-                .cloned()
-                .collect();
-            Some((TargetsWork::Withdraw, due))
-        }
-    }
-}
-
 /// A vehicle of a batch, as planned before anything is signed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Planned {
@@ -190,47 +157,6 @@ pub(crate) enum BatchEntry {
         /// The vehicles signed.
         signed: Vec<(Vin, u64)>,
     },
-}
-
-/// Records in `record` that `planned` got director targets `version` by `work`.
-pub(crate) fn record_done(
-    record: &mut CampaignRecord,
-    work: TargetsWork,
-    planned: &Planned,
-    version: u64,
-) {
-    match work {
-        TargetsWork::Sign => {
-            record.withdrawn.remove(&planned.vin);
-            record
-                .before
-                .entry(planned.vin.clone())
-                .or_insert_with(|| planned.before.clone());
-            record.assigned.insert(planned.vin.clone(), version);
-        }
-        TargetsWork::Withdraw => {
-            record.withdrawn.insert(planned.vin.clone());
-        }
-    }
-}
-
-/// Settles a batch whose [`BatchEntry::Done`] was never written (the director stopped during
-/// it): a vehicle whose targets reached its planned version (`version_of`) was signed, the
-/// others were not and stay due. Returns how many were signed.
-pub(crate) fn settle(
-    record: &mut CampaignRecord,
-    work: TargetsWork,
-    vehicles: &[Planned],
-    version_of: impl Fn(&Vin) -> u64,
-) -> usize {
-    let mut signed = 0;
-    for planned in vehicles {
-        if version_of(&planned.vin) >= planned.version {
-            record_done(record, work, planned, planned.version);
-            signed += 1;
-        }
-    }
-    signed
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use proto::{CampaignId, EcuSerial, Vin};
 use crate::approvals::{NEEDED, Signed, Waiting};
 use crate::campaign::{Campaign, CampaignSpec, Decision, Outcome, State};
 use crate::director::{self, Assignment};
-use crate::jobs::{self, Batch, BatchEntry, Planned, Queue, Worked};
+use crate::jobs::{Batch, BatchEntry, Planned, Queue, Worked};
 use crate::registry::{LastReport, Registry, VehicleRecord, parse_key};
 use crate::{Origin, audit};
 
@@ -148,6 +148,77 @@ enum Logged {
 pub const SNAPSHOT_MIN_EVENTS: u64 = 256;
 
 impl CampaignRecord {
+    /// What this campaign is due, from its stored state: the release signed for members of
+    /// the open waves that have neither got it (or had it withdrawn) nor reported, while it runs;
+    /// the release withdrawn from members that got it and have not reported, once halted or
+    /// aborted (whether each still holds it is checked when its turn comes). None before approval.
+    pub(crate) fn targets_due(&self) -> Option<(TargetsWork, BTreeSet<Vin>)> {
+        let record = self;
+        let campaign = record.campaign.as_ref()?;
+        match campaign.state() {
+            State::Running { .. } | State::Completed => {
+                let due = campaign
+                    .eligible()
+                    .filter(|vin| campaign.outcome_of(vin).is_none())
+                    .filter_map(|vin| Vin::parse(vin).ok())
+                    .filter(|vin| {
+                        !record.assigned.contains_key(vin) || record.withdrawn.contains(vin)
+                    })
+                    .collect();
+                Some((TargetsWork::Sign, due))
+            }
+            State::Halted { .. } | State::Aborted { .. } => {
+                let due = record
+                    .assigned
+                    .keys()
+                    .filter(|vin| {
+                        campaign.outcome_of(vin.as_str()).is_none()
+                            && !record.withdrawn.contains(*vin)
+                    })
+                    .cloned()
+                    .collect();
+                Some((TargetsWork::Withdraw, due))
+            }
+        }
+    }
+
+    /// Records that `planned` got director targets `version` by `work`.
+    pub(crate) fn record_done(&mut self, work: TargetsWork, planned: &Planned, version: u64) {
+        let record = self;
+        match work {
+            TargetsWork::Sign => {
+                record.withdrawn.remove(&planned.vin);
+                record
+                    .before
+                    .entry(planned.vin.clone())
+                    .or_insert_with(|| planned.before.clone());
+                record.assigned.insert(planned.vin.clone(), version);
+            }
+            TargetsWork::Withdraw => {
+                record.withdrawn.insert(planned.vin.clone());
+            }
+        }
+    }
+
+    /// Settles a batch whose [`BatchEntry::Done`] was never written (the director stopped during
+    /// it): a vehicle whose targets reached its planned version (`version_of`) was signed, the
+    /// others were not and stay due. Returns how many were signed.
+    pub(crate) fn settle(
+        &mut self,
+        work: TargetsWork,
+        vehicles: &[Planned],
+        version_of: impl Fn(&Vin) -> u64,
+    ) -> usize {
+        let mut signed = 0;
+        for planned in vehicles {
+            if version_of(&planned.vin) >= planned.version {
+                self.record_done(work, planned, planned.version);
+                signed += 1;
+            }
+        }
+        signed
+    }
+
     /// Counts `event` (once per vehicle); returns the decision it caused.
     fn count(
         &mut self,
@@ -351,7 +422,7 @@ impl Director {
     /// order: reports are counted again, and a decision one of them caused that was not carried
     /// out before the service stopped (it stopped between logging the report and storing the
     /// decision) is carried out now; batches of background work are recorded, and one begun
-    /// and never done is settled from the vehicles' repositories ([`jobs::settle`]). Then each
+    /// and never done is settled from the vehicles' repositories ([`CampaignRecord::settle`]). Then each
     /// campaign's background work is derived from its record: what was due is due again.
     pub fn with_registry(origin: Origin, registry: Box<dyn Registry>) -> anyhow::Result<Self> {
         let mut campaigns = BTreeMap::new();
@@ -362,7 +433,7 @@ impl Director {
                 .with_context(|| format!("the registry's record of campaign {id} is damaged"))?;
             let mut begun: Option<(TargetsWork, Vec<Planned>)> = None;
             let mut settle = |record: &mut CampaignRecord, work, vehicles: &[Planned]| {
-                let signed = jobs::settle(record, work, vehicles, |vin| {
+                let signed = record.settle(work, vehicles, |vin| {
                     director::targets_version(&origin, vin)
                 });
                 tracing::info!(campaign = %id, signed, of = vehicles.len(), "settled a batch the director stopped in");
@@ -403,7 +474,7 @@ impl Director {
                             let planned = planned.get(vin).with_context(|| {
                                 format!("entry {seq} in the log of campaign {id} names {vin}, which its batch did not plan")
                             })?;
-                            jobs::record_done(&mut record, work, planned, *version);
+                            record.record_done(work, planned, *version);
                         }
                     }
                 }
@@ -971,9 +1042,9 @@ impl Director {
     }
 
     /// Sets campaign `id`'s background work to what its record says is due
-    /// ([`jobs::due`]); failed vehicles are tried again.
+    /// ([`CampaignRecord::targets_due`]); failed vehicles are tried again.
     fn derive_work(&mut self, id: &CampaignId) {
-        let Some((work, due)) = self.campaigns.get(id).and_then(jobs::due) else {
+        let Some((work, due)) = self.campaigns.get(id).and_then(CampaignRecord::targets_due) else {
             self.jobs.remove(id);
             return;
         };
@@ -1133,7 +1204,7 @@ impl Director {
         let by_vin: BTreeMap<&Vin, &Planned> = vehicles.iter().map(|(p, _)| (&p.vin, p)).collect();
         for (vin, version) in &signed {
             if let Some(planned) = by_vin.get(vin) {
-                jobs::record_done(record, work, planned, *version);
+                record.record_done(work, planned, *version);
             }
         }
         if !vehicles.is_empty() {
