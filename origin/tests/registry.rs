@@ -659,6 +659,8 @@ fn a_campaign_runs_the_same_on_sled_and_postgres() {
         let mut now = START + 60;
         let mut reported = [false; VEHICLES];
         loop {
+            // What the decisions made due is signed in the background (`origin::jobs`).
+            director.work_until_idle(now).unwrap();
             let due: Vec<(usize, u64)> = {
                 let record = &director.campaigns()[ID];
                 (0..VEHICLES)
