@@ -284,17 +284,7 @@ struct ServeArgs<'a> {
 
 /// `origin serve`.
 fn serve(origin: Origin, args: ServeArgs<'_>) -> anyhow::Result<()> {
-    let ServeArgs {
-        registry,
-        standby,
-        listen,
-        how,
-        bearer,
-        limit,
-        tick_secs,
-        mesh_listen,
-    } = args;
-    if let origin::registry::Location::Postgres(target) = &registry {
+    if let origin::registry::Location::Postgres(target) = &args.registry {
         if target.password_in_url() {
             tracing::warn!(
                 "the --registry URL holds the database password, which anyone who can list \
@@ -303,30 +293,30 @@ fn serve(origin: Origin, args: ServeArgs<'_>) -> anyhow::Result<()> {
         }
         tracing::info!(database = %target.describe(), "registry in PostgreSQL");
     }
-    if standby {
+    if args.standby {
         println!("standby: waiting for the director that holds the registry to end");
     }
     let server = origin::http::Server::bind(
         origin.clone(),
-        &registry,
-        standby,
-        listen,
-        &how,
-        bearer,
-        limit,
+        &args.registry,
+        args.standby,
+        args.listen,
+        &args.how,
+        args.bearer,
+        args.limit,
     )?;
     println!("director listening on {}", server.url()?);
     // Held until the service stops.
-    let _mesh = if mesh_listen.is_empty() {
+    let _mesh = if args.mesh_listen.is_empty() {
         None
     } else {
-        let mesh = server.block_on(origin::mesh::start(&origin, mesh_listen))?;
+        let mesh = server.block_on(origin::mesh::start(&origin, args.mesh_listen))?;
         for addr in &mesh.addrs {
             println!("mesh: serving the repositories on {addr}");
         }
         Some(mesh)
     };
-    server.run(std::time::Duration::from_secs(tick_secs));
+    server.run(std::time::Duration::from_secs(args.tick_secs));
     Ok(())
 }
 
