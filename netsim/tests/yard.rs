@@ -104,11 +104,11 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
     }
     // The origin's audit log verifies and records, as the CLI would, who released v1 and v2
     // and assigned v1 to each vehicle.
-    let origin = origin::Origin {
-        dir: work.path().join("good/origin"),
-        offline_keys: None,
-        now: proto::tuf::Time::from_unix(0),
-    };
+    let origin = origin::Origin::new(
+        work.path().join("good/origin"),
+        None,
+        proto::tuf::Time::from_unix(0),
+    );
     let log = origin::audit::log_path(&origin);
     let key = origin::audit::key(&origin).unwrap().verifying_key();
     origin::audit::verify(&log, &key).unwrap();

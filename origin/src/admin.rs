@@ -34,10 +34,11 @@ pub fn init(origin: &Origin, kind: Option<KeyType>) -> anyhow::Result<()> {
         }
     }
     for repository in repo::REPOSITORIES {
-        if origin.metadata_dir(repository).exists() {
+        let metadata = Origin::metadata_key(repository);
+        if !origin.storage.list(&metadata)?.is_empty() {
             bail!(
                 "{} exists; the origin is already initialised",
-                origin.metadata_dir(repository).display()
+                origin.storage.describe(&metadata)
             );
         }
     }
@@ -127,12 +128,48 @@ pub fn refresh_timestamps(origin: &Origin) -> anyhow::Result<()> {
 pub fn verify(origin: &Origin) -> anyhow::Result<Vec<String>> {
     let mut problems = Vec::new();
     for repository in repositories(origin)? {
-        let dir = origin.dir.join(&repository);
-        for problem in verify::verify_repository(&dir, repository == "image", origin.now) {
+        let check_targets = repository == "image";
+        // In object storage, checked in a local copy of what a vehicle would fetch.
+        let copy;
+        let dir = match origin.storage.local_dir() {
+            Some(root) => root.join(&repository),
+            None => {
+                copy = copy_repository(origin, &repository, check_targets)?;
+                copy.path().to_path_buf()
+            }
+        };
+        for problem in verify::verify_repository(&dir, check_targets, origin.now) {
             problems.push(format!("{repository}: {problem}"));
         }
     }
     Ok(problems)
+}
+
+/// A local copy of `repository`'s metadata (and targets, when `targets`) from the storage.
+fn copy_repository(
+    origin: &Origin,
+    repository: &str,
+    targets: bool,
+) -> anyhow::Result<tempfile::TempDir> {
+    let copy = tempfile::Builder::new()
+        .prefix(".verify")
+        .tempdir_in(&origin.dir)
+        .with_context(|| format!("creating a work directory in {}", origin.dir.display()))?;
+    let mut dirs = vec![format!("{repository}/metadata")];
+    if targets {
+        dirs.push(format!("{repository}/targets"));
+    }
+    for dir in dirs {
+        for listed in origin.storage.list_all(&dir)? {
+            let Some(relative) = listed.key.strip_prefix(&format!("{repository}/")) else {
+                continue;
+            };
+            origin
+                .storage
+                .download(&listed.key, &copy.path().join(relative))?;
+        }
+    }
+    Ok(copy)
 }
 
 /// Replaces `role`'s key of `repository` (`image` or `director`) with `new_key` (see

@@ -363,11 +363,11 @@ mod tests {
     use super::*;
 
     fn origin(dir: &Path) -> Origin {
-        Origin {
-            dir: dir.join("origin"),
-            offline_keys: Some(dir.join("usb").into()),
-            now: proto::tuf::Time::parse("2026-11-22T10:00:00Z").unwrap(),
-        }
+        Origin::new(
+            dir.join("origin"),
+            Some(dir.join("usb").into()),
+            proto::tuf::Time::parse("2026-11-22T10:00:00Z").unwrap(),
+        )
     }
 
     fn log(dir: &Path) -> (Origin, VerifyingKey) {

@@ -23,6 +23,8 @@ use anyhow::Context;
 use proto::tuf::signer::Signer;
 use proto::tuf::{Key, Role, RoleKeys, Signed, Snapshot, Targets, Time, TrustedSet, TufError};
 
+use crate::storage::{Storage, StorageError};
+
 /// Why a signing refused the metadata it would build on. Each variant names the file, relative
 /// to the origin directory (`image/metadata/3.targets.json`).
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +46,11 @@ pub enum ChainError {
         /// The file.
         file: PathBuf,
         /// Why.
-        error: std::io::Error,
+        error: String,
     },
+    /// The metadata cannot be listed.
+    #[error("{0}; refusing to sign on top of it")]
+    Unlisted(StorageError),
     /// The verified metadata does not list a key this signing uses for its role.
     #[error(
         "{}: field {field} does not list key {keyid}, which signs {role} here; refusing to sign on top of it",
@@ -84,15 +89,15 @@ pub(crate) struct Verified {
     targets_file: String,
 }
 
-/// Verifies `repository` (`image`, `director` or `director/vehicles/<vin>`) of the origin
-/// directory `origin`, at time `now`, before a signing
+/// Verifies `repository` (`image`, `director` or `director/vehicles/<vin>`) kept in `origin`,
+/// at time `now`, before a signing
 /// that writes `renews` anew. Expiry is checked, as a client checks it, for every role but
 /// those: signing a role anew is how its expiry is mended (the hourly timestamp refresh must work
 /// after a timestamp expired), so refusing on it would lock the operator out of the mend,
 /// whereas everything else a vehicle checks (signatures, thresholds, versions, lengths and
 /// hashes) can only go wrong through a change that no key holder made.
 pub(crate) fn verify(
-    origin: &Path,
+    origin: &Storage,
     now: Time,
     repository: &str,
     renews: &[&str],
@@ -105,7 +110,10 @@ pub(crate) fn verify(
     // catches up). The director's other roles are not signed on here.
     let director =
         Client::new(origin, now, "director").run(&["targets", "snapshot", "timestamp"])?;
-    if origin.join(repository).join("metadata").exists() {
+    let vehicle_roots = origin
+        .list(&format!("{repository}/metadata"))
+        .map_err(ChainError::Unlisted)?;
+    if !vehicle_roots.is_empty() {
         same_roots(origin, repository)?;
         Client::new(origin, now, repository).run(renews)?;
     }
@@ -149,10 +157,10 @@ impl Verified {
     }
 }
 
-/// One run of the TUF client over a repository's `metadata/` on disk.
+/// One run of the TUF client over a repository's `metadata/` as stored.
 struct Client<'a> {
-    /// The origin directory.
-    origin: &'a Path,
+    /// Where the repositories are.
+    origin: &'a Storage,
     now: Time,
     /// The metadata directory, relative to the origin directory (for messages).
     metadata: PathBuf,
@@ -161,7 +169,7 @@ struct Client<'a> {
 }
 
 impl<'a> Client<'a> {
-    fn new(origin: &'a Path, now: Time, repository: &str) -> Self {
+    fn new(origin: &'a Storage, now: Time, repository: &str) -> Self {
         Self {
             origin,
             now,
@@ -171,12 +179,25 @@ impl<'a> Client<'a> {
     }
 
     fn read(&self, name: &str) -> Result<Vec<u8>, ChainError> {
-        fs::read(self.origin.join(&self.metadata).join(name)).map_err(|error| {
-            ChainError::Unreadable {
-                file: self.metadata.join(name),
-                error,
-            }
-        })
+        let file = self.metadata.join(name);
+        match self.origin.read(&file.to_string_lossy()) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(ChainError::Unreadable {
+                file,
+                error: "no such file".into(),
+            }),
+            Err(error) => Err(ChainError::Unreadable {
+                file,
+                error: error.to_string(),
+            }),
+        }
+    }
+
+    /// The highest version of `role` stored (`None`: none, or the listing failed).
+    fn stored_version(&self, role: &str) -> Option<u64> {
+        latest_stored_version(self.origin, &self.metadata.to_string_lossy(), role)
+            .ok()
+            .flatten()
     }
 
     /// The refusal of file `name` for `error`; `pinned_by` says which file pins it, for the
@@ -195,10 +216,7 @@ impl<'a> Client<'a> {
 
     /// The highest version of `role` on disk (at least `pinned`, whose file was read).
     fn newest_version(&self, role: &str, pinned: u64) -> u64 {
-        let dir = self.origin.join(&self.metadata);
-        latest_version(&dir, role)
-            .ok()
-            .flatten()
+        self.stored_version(role)
             .map_or(pinned, |newest| newest.max(pinned))
     }
 
@@ -235,8 +253,7 @@ impl<'a> Client<'a> {
         // check but expiry; [`Self::run`] checks expiry last, only for the roles kept.
         let mut trusted = TrustedSet::new(&self.read("1.root.json")?, Time::from_unix(i64::MIN))
             .map_err(self.refuse("1.root.json", ""))?;
-        let dir = self.origin.join(&self.metadata);
-        let latest = latest_version(&dir, "root").ok().flatten().unwrap_or(1);
+        let latest = self.stored_version("root").unwrap_or(1);
         for version in 2..=latest {
             let name = format!("{version}.root.json");
             trusted
@@ -367,36 +384,71 @@ impl<'a> Client<'a> {
 
 /// Refuses a root file of vehicle repository `repository` that is not the director's own of the
 /// same version: the vehicle follows the director's root chain from there.
-fn same_roots(origin: &Path, repository: &str) -> Result<(), ChainError> {
-    let dir = origin.join(repository).join("metadata");
-    let director = origin.join("director").join("metadata");
-    let latest = latest_version(&dir, "root").ok().flatten().unwrap_or(0);
+fn same_roots(origin: &Storage, repository: &str) -> Result<(), ChainError> {
+    let dir = format!("{repository}/metadata");
+    let latest = latest_stored_version(origin, &dir, "root")
+        .map_err(ChainError::Unlisted)?
+        .unwrap_or(0);
     for version in 1..=latest {
         let name = format!("{version}.root.json");
         let file = Path::new(repository).join("metadata").join(&name);
-        let ours = fs::read(dir.join(&name)).map_err(|error| ChainError::Unreadable {
-            file: file.clone(),
-            error,
-        })?;
-        if fs::read(director.join(&name)).ok().as_ref() != Some(&ours) {
+        let ours = match origin.read(&format!("{dir}/{name}")) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                return Err(ChainError::Unreadable {
+                    file,
+                    error: "no such file".into(),
+                });
+            }
+            Err(error) => {
+                return Err(ChainError::Unreadable {
+                    file,
+                    error: error.to_string(),
+                });
+            }
+        };
+        let director = origin
+            .read(&format!("director/metadata/{name}"))
+            .ok()
+            .flatten();
+        if director.as_ref() != Some(&ours) {
             return Err(ChainError::NotDirectorRoot { file, name });
         }
     }
     Ok(())
 }
 
-/// The highest N of the `N.<role>.json` files in `dir`.
-pub fn latest_version(dir: &Path, role: &str) -> anyhow::Result<Option<u64>> {
+/// The highest N of the `N.<role>.json` files stored in directory `dir` (`image/metadata`).
+///
+/// # Errors
+/// When it cannot be listed.
+pub fn latest_stored_version(
+    storage: &Storage,
+    dir: &str,
+    role: &str,
+) -> Result<Option<u64>, StorageError> {
+    Ok(highest_version(
+        storage.list(dir)?.iter().map(String::as_str),
+        role,
+    ))
+}
+
+/// The highest N of the names `N.<role>.json` among `names`.
+fn highest_version<'a>(names: impl Iterator<Item = &'a str>, role: &str) -> Option<u64> {
     let suffix = format!(".{role}.json");
-    let mut latest = None;
+    names
+        .filter_map(|name| name.strip_suffix(&suffix)?.parse::<u64>().ok())
+        .max()
+}
+
+/// The highest N of the `N.<role>.json` files in the local directory `dir`.
+///
+/// # Errors
+/// When it cannot be listed.
+pub fn latest_version(dir: &Path, role: &str) -> anyhow::Result<Option<u64>> {
+    let mut names = Vec::new();
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(version) = name
-            .strip_suffix(&suffix)
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            latest = latest.max(Some(version));
-        }
+        names.push(entry?.file_name().to_string_lossy().into_owned());
     }
-    Ok(latest)
+    Ok(highest_version(names.iter().map(String::as_str), role))
 }

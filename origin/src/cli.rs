@@ -50,6 +50,20 @@ pub(crate) enum Command {
         /// or ecdsa when the offline keys are in a token).
         #[arg(long)]
         key_type: Option<KeyType>,
+        /// Keep the repositories in object storage: `s3://BUCKET/PREFIX`, `gs://…`, `az://…`
+        /// (or `file:///PATH`); recorded in DIR/storage.toml for every later command.
+        /// Credentials come from the environment (AWS_ACCESS_KEY_ID, …), never from a flag.
+        /// Default: in the origin directory.
+        #[arg(long, value_name = "URL")]
+        storage: Option<String>,
+        /// A storage option, KEY=VALUE (`endpoint=https://…`, `region=…`,
+        /// `allow_http=true` for a loopback test). Repeatable.
+        #[arg(
+            long = "storage-option",
+            value_name = "KEY=VALUE",
+            requires = "storage"
+        )]
+        storage_options: Vec<String>,
     },
     /// Issue the director's server certificate again from the origin's director CA, valid for
     /// localhost and each --name (the names and addresses clients reach it by). Clients trust

@@ -12,8 +12,6 @@
 //! repository does not list the image or lists it for other hardware.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use proto::custom::{DirectorCustom, EcuIdentifier, ImageCustom, Priority};
@@ -23,6 +21,7 @@ use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Actor, AuditedError};
 use crate::repo::Origin;
+use crate::storage::Storage;
 
 /// One ECU's assignment: install `target` (an image repository target name) on ECU `serial`,
 /// whose hardware is `hardware_id`.
@@ -78,19 +77,12 @@ pub fn vehicle_repository(vin: &Vin) -> String {
 
 /// The vehicles that have a director repository.
 pub fn vehicles(origin: &Origin) -> anyhow::Result<Vec<Vin>> {
-    let dir = origin.dir.join("director").join("vehicles");
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(error).with_context(|| format!("listing {}", dir.display())),
-    };
-    let mut vins = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        if let Some(vin) = entry.file_name().to_str().and_then(|v| Vin::parse(v).ok()) {
-            vins.push(vin);
-        }
-    }
+    let mut vins: Vec<Vin> = origin
+        .storage
+        .list("director/vehicles")?
+        .iter()
+        .filter_map(|name| Vin::parse(name).ok())
+        .collect();
     vins.sort();
     Ok(vins)
 }
@@ -294,18 +286,13 @@ pub(crate) fn after_rotation(origin: &Origin, vin: &Vin, role: &str) -> anyhow::
 /// Copies every director root version into the vehicle's repository (a vehicle follows root
 /// rotations from there).
 fn copy_roots(origin: &Origin, repository: &str) -> anyhow::Result<()> {
-    let from = origin.metadata_dir("director");
-    let to = origin.metadata_dir(repository);
-    fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
-    for entry in fs::read_dir(&from).with_context(|| format!("listing {}", from.display()))? {
-        let entry = entry.with_context(|| format!("listing {}", from.display()))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".root.json") && !to.join(name).exists() {
-            let bytes = fs::read(entry.path())
-                .with_context(|| format!("reading {}", entry.path().display()))?;
-            crate::write_durably(&to.join(name), &bytes)
-                .with_context(|| format!("writing {}", to.join(name).display()))?;
+    let storage = &origin.storage;
+    let to = Origin::metadata_key(repository);
+    let copied = storage.list(&to)?;
+    for name in storage.list(&Origin::metadata_key("director"))? {
+        if name.ends_with(".root.json") && !copied.contains(&name) {
+            let bytes = origin.read_metadata("director", &name)?;
+            storage.write(&format!("{to}/{name}"), &bytes)?;
         }
     }
     Ok(())
@@ -315,14 +302,15 @@ fn copy_roots(origin: &Origin, repository: &str) -> anyhow::Result<()> {
 /// The image repository as a vehicle reads it (from its first root, every check made).
 pub(crate) fn image_updater(
     origin: &Origin,
-    image_dir: &Path,
-) -> anyhow::Result<BlockingUpdater<FileRemote, MemoryStore>> {
-    let root = fs::read(image_dir.join("metadata/1.root.json"))
-        .with_context(|| format!("reading {}/metadata/1.root.json", image_dir.display()))?;
+) -> anyhow::Result<BlockingUpdater<StoredRemote, MemoryStore>> {
+    let root = origin.read_metadata("image", "1.root.json")?;
     let mut local = MemoryStore::default();
     local.0.insert("root".into(), root);
     let mut updater = BlockingUpdater::new(
-        FileRemote(image_dir.to_path_buf()),
+        StoredRemote {
+            storage: origin.storage.clone(),
+            repository: "image".into(),
+        },
         local,
         origin.now,
         Limits::default(),
@@ -336,13 +324,13 @@ pub(crate) fn image_updater(
 /// The image repository as assignments read it: its chain verified (expiry included, so that a
 /// refusal names its file), then loaded as a vehicle loads it. Opened once for a batch of
 /// assignments (a wave opening), not once per vehicle.
-pub(crate) struct ImageRepo(BlockingUpdater<FileRemote, MemoryStore>);
+pub(crate) struct ImageRepo(BlockingUpdater<StoredRemote, MemoryStore>);
 
 impl ImageRepo {
     /// The image repository of `origin`, verified.
     pub(crate) fn open(origin: &Origin) -> anyhow::Result<Self> {
-        crate::chain::verify(&origin.dir, origin.now, "image", &[])?;
-        Ok(Self(image_updater(origin, &origin.dir.join("image"))?))
+        crate::chain::verify(&origin.storage, origin.now, "image", &[])?;
+        Ok(Self(image_updater(origin)?))
     }
 }
 
@@ -352,16 +340,20 @@ impl std::fmt::Debug for ImageRepo {
     }
 }
 
-/// A repository read from its directory.
+/// A repository read from the origin's storage.
 #[derive(Debug)]
-pub(crate) struct FileRemote(PathBuf);
+pub(crate) struct StoredRemote {
+    storage: Storage,
+    /// The repository (`image`).
+    repository: String,
+}
 
-impl Remote for FileRemote {
+impl Remote for StoredRemote {
     fn fetch(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
-        match fs::read(self.0.join(path)) {
-            Ok(bytes) if bytes.len() as u64 > max_bytes => Err(FetchError::TooLong),
-            Ok(bytes) => Ok(bytes),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(FetchError::NotFound),
+        match self.storage.read(&format!("{}/{path}", self.repository)) {
+            Ok(Some(bytes)) if bytes.len() as u64 > max_bytes => Err(FetchError::TooLong),
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(FetchError::NotFound),
             Err(error) => Err(FetchError::Other(error.to_string())),
         }
     }

@@ -310,11 +310,11 @@ mod tests {
     const OTHER: &str = "12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE";
 
     fn origin(dir: &std::path::Path) -> Origin {
-        Origin {
-            dir: dir.to_path_buf(),
-            offline_keys: None,
-            now: proto::tuf::Time::parse("2026-11-22T10:00:00Z").unwrap(),
-        }
+        Origin::new(
+            dir.to_path_buf(),
+            None,
+            proto::tuf::Time::parse("2026-11-22T10:00:00Z").unwrap(),
+        )
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod keys;
 pub mod keystore;
 pub mod mesh;
 mod metrics;
+pub mod mirror;
 pub mod oidc;
 pub mod operator_file;
 pub mod operators;
@@ -39,6 +40,7 @@ pub mod registry;
 pub mod release;
 pub mod repo;
 pub mod service;
+pub mod storage;
 pub mod tls;
 pub mod verify;
 

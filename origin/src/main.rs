@@ -13,6 +13,7 @@ use clap::Parser;
 use node::director_client::{ClientError, ClientTls, DirectorClient};
 use origin::http::Listen;
 use origin::keystore::NewKey;
+use origin::storage::{Storage, StorageConfig};
 use origin::{Actor, Origin, Released};
 use proto::director_api::{ActionRequest, CampaignAction, CreateCampaign, RegisterVehicle};
 use proto::tuf::signer::Signer as _;
@@ -36,20 +37,32 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let origin = Origin {
-        dir: cli.dir,
-        offline_keys: cli.offline_keys,
-        now: cli.now.unwrap_or_else(node::clock::now),
-    };
+    if let Command::Init {
+        storage: Some(url),
+        storage_options,
+        ..
+    } = &cli.command
+    {
+        // Refused before anything is written when the store cannot be opened.
+        let config = StorageConfig::from_flags(url, storage_options)?;
+        Storage::open(&config, "--storage")?;
+        origin::storage::record(&cli.dir, &config)?;
+    }
+    let origin = Origin::open(
+        cli.dir,
+        cli.offline_keys,
+        cli.now.unwrap_or_else(node::clock::now),
+    )?;
     let actor = actor(cli.actor)?;
     match cli.command {
         Command::Keygen { out, kind } => {
             print_key(&origin::keys::create_pair(&out, kind)?.public_key())
         }
-        Command::Init { key_type } => {
+        Command::Init { key_type, .. } => {
             origin::init(&origin, key_type)?;
             let dir = origin.dir.display();
-            println!("initialised {dir} (image and director repositories)");
+            let storage = &origin.storage;
+            println!("initialised {dir} (image and director repositories in {storage})");
         }
         Command::Release(args) => {
             let Released {

@@ -6,7 +6,10 @@
 //! imports every repository whole; then, every [`PUBLISH_POLL`], the repositories the publish
 //! journal names ([`crate::publish`]: every signing notes its repository), importing only what
 //! changed ([`node::import::Import::Changes`]); and every [`FULL_PASS`] every repository again,
-//! changes only, for a note lost to a crash. The node is a fleet member (role `origin-cache`),
+//! changes only, for a note lost to a crash. When the repositories are in object storage, the
+//! node imports from a local copy ([`crate::mirror`], `DIR/mesh-node/mirror`) brought up to the
+//! store first; the image repository is then also looked at every [`IMAGE_POLL`], since a
+//! release signed on another machine notes nothing in this one's journal. The node is a fleet member (role `origin-cache`),
 //! its certificate issued with the origin's own fleet key at start and renewed by the publisher
 //! before it expires.
 
@@ -23,12 +26,15 @@ use node::net::{NetConfig, NetEvents, NetHandle};
 use node::store::DiskStore;
 use proto::membership::{MemberRole, MembershipCert};
 
+use crate::mirror::Mirror;
 use crate::{Actor, Origin, director, fleet, publish};
 
 /// How often the publisher reads the journal.
 pub const PUBLISH_POLL: Duration = Duration::from_millis(200);
 /// How often the publisher looks at every repository anyway.
 pub const FULL_PASS: Duration = Duration::from_secs(600);
+/// How often the publisher looks at the image repository in object storage.
+pub const IMAGE_POLL: Duration = Duration::from_secs(10);
 /// Days the node's membership certificate is valid.
 const CERTIFICATE_DAYS: u32 = 30;
 /// Renewed when it has less than this left.
@@ -93,8 +99,14 @@ pub async fn start(origin: &Origin, listen: Vec<Multiaddr>) -> anyhow::Result<Or
         incoming,
         Arc::new(node::serve::ServeCounters::default()),
     );
-    let publisher = Publisher {
+    let mirror = origin
+        .storage
+        .local_dir()
+        .is_none()
+        .then(|| Mirror::new(origin.storage.clone(), &dir.join("mirror")));
+    let mut publisher = Publisher {
         origin: origin.clone(),
+        mirror,
         store: store.clone(),
         net: net.clone(),
         runtime: tokio::runtime::Handle::current(),
@@ -175,9 +187,11 @@ fn membership(
     }
 }
 
-/// Keeps the store in step with the origin directory.
+/// Keeps the store in step with the origin's repositories.
 struct Publisher {
     origin: Origin,
+    /// The local copy imported from, when the repositories are in object storage.
+    mirror: Option<Mirror>,
     store: Arc<DiskStore>,
     net: NetHandle,
     runtime: tokio::runtime::Handle,
@@ -187,7 +201,14 @@ struct Publisher {
 impl Publisher {
     fn run(mut self, stop: &AtomicBool) {
         let mut last_full = Instant::now();
+        let mut last_image = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if self.mirror.is_some() && last_image.elapsed() >= IMAGE_POLL {
+                last_image = Instant::now();
+                if let Err(error) = self.import("image", Import::Changes) {
+                    tracing::warn!("publishing the image repository: {error:#}");
+                }
+            }
             match publish::drain(&self.origin.dir) {
                 Ok(repositories) => {
                     for repository in repositories {
@@ -211,23 +232,50 @@ impl Publisher {
         }
     }
 
-    /// Imports the image repository and every vehicle's director repository.
-    fn full_pass(&self, what: Import) -> anyhow::Result<()> {
-        self.import("image", what)?;
-        for vin in director::vehicles(&self.origin)? {
-            let repository = director::vehicle_repository(&vin);
+    /// Imports the image repository and every vehicle's director repository (in object
+    /// storage, after the first pass, those whose store changed).
+    fn full_pass(&mut self, what: Import) -> anyhow::Result<()> {
+        let repositories = match (&self.mirror, what) {
+            (Some(mirror), Import::Changes) => {
+                let mut changed = mirror.changed("image")?;
+                changed.extend(mirror.changed("director/vehicles")?);
+                changed
+            }
+            _ => {
+                let mut all = vec!["image".to_owned()];
+                all.extend(
+                    director::vehicles(&self.origin)?
+                        .iter()
+                        .map(director::vehicle_repository),
+                );
+                all
+            }
+        };
+        for repository in repositories {
             if let Err(error) = self.import(&repository, what) {
+                if repository == "image" {
+                    return Err(error);
+                }
                 tracing::warn!(%repository, "publishing: {error:#}");
             }
         }
         Ok(())
     }
 
-    fn import(&self, repository: &str, what: Import) -> anyhow::Result<()> {
+    fn import(&mut self, repository: &str, what: Import) -> anyhow::Result<()> {
         let Some(name) = mesh_name(repository) else {
             return Ok(());
         };
-        let dir = self.origin.dir.join(repository);
+        let dir = match (&mut self.mirror, self.origin.storage.local_dir()) {
+            (Some(mirror), _) => {
+                if !mirror.sync(repository)? && what == Import::Changes {
+                    return Ok(());
+                }
+                mirror.repository_dir(repository)
+            }
+            (None, Some(root)) => root.join(repository),
+            (None, None) => return Ok(()),
+        };
         if !dir.join("metadata").exists() {
             return Ok(());
         }

@@ -219,18 +219,81 @@ fn write_target_files(
     blob: BlobId,
     digests: &build::TargetDigests,
 ) -> anyhow::Result<()> {
-    let targets_dir = origin.targets_dir();
     for hash in [&digests.sha256, &digests.sha512] {
-        let on_disk = match name.rsplit_once('/') {
-            Some((dir, base)) => targets_dir.join(dir).join(format!("{hash}.{base}")),
-            None => targets_dir.join(format!("{hash}.{name}")),
-        };
-        if let Some(parent) = on_disk.parent() {
+        store_blob(origin, store, &blob, &target_key(name, hash))?;
+    }
+    Ok(())
+}
+
+/// Where target `name` is kept under its consistent-snapshot name for `hash`.
+fn target_key(name: &str, hash: &str) -> String {
+    match name.rsplit_once('/') {
+        Some((dir, base)) => format!("image/targets/{dir}/{hash}.{base}"),
+        None => format!("image/targets/{hash}.{name}"),
+    }
+}
+
+/// Copies `blob` from the work store to the origin's storage as `key`: straight into the file
+/// when the storage is the origin directory, through a verified export otherwise.
+fn store_blob(
+    origin: &Origin,
+    store: &node::store::DiskStore,
+    blob: &BlobId,
+    key: &str,
+) -> anyhow::Result<()> {
+    let describe = || format!("writing {}", origin.storage.describe(key));
+    if let Some(root) = origin.storage.local_dir() {
+        let path = root.join(key);
+        if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        store
-            .export_to_file(&blob, &on_disk)
-            .with_context(|| format!("writing {}", on_disk.display()))?;
+        store.export_to_file(blob, &path).with_context(describe)?;
+        return Ok(());
+    }
+    let work = tempfile::Builder::new()
+        .prefix(".upload")
+        .tempdir_in(&origin.dir)
+        .with_context(|| format!("creating a work directory in {}", origin.dir.display()))?;
+    let file = work.path().join("blob");
+    store.export_to_file(blob, &file).with_context(describe)?;
+    origin.storage.upload(key, &file).with_context(describe)?;
+    Ok(())
+}
+
+/// Puts released target `source` (`info`, BLAKE3 `blob`) into `file`: from the work store, or
+/// else from the origin's storage (released from another machine), checked against its
+/// signed BLAKE3 before use.
+fn fetch_source(
+    origin: &Origin,
+    store: &node::store::DiskStore,
+    source: &str,
+    info: &proto::tuf::TargetFile,
+    blob: &BlobId,
+    file: &Path,
+) -> anyhow::Result<()> {
+    if store.export_to_file(blob, file).is_ok() {
+        return Ok(());
+    }
+    let sha256 = info
+        .hashes
+        .get("sha256")
+        .with_context(|| format!("--delta-from {source}: its signed metadata gives no sha256"))?;
+    let key = target_key(source, sha256);
+    if !origin.storage.download(&key, file)? {
+        bail!(
+            "--delta-from {source}: neither the origin's mesh store nor {} holds it",
+            origin.storage.describe(&key)
+        );
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(fs::File::open(file).with_context(|| format!("opening {}", file.display()))?)
+        .with_context(|| format!("reading {}", file.display()))?;
+    if BlobId::from_bytes(*hasher.finalize().as_bytes()) != *blob {
+        bail!(
+            "--delta-from {source}: {} is not the image its signed metadata names (BLAKE3 differs)",
+            origin.storage.describe(&key)
+        );
     }
     Ok(())
 }
@@ -249,7 +312,7 @@ fn build_deltas(
     if sources.is_empty() {
         return Ok(deltas);
     }
-    let mut image = director::image_updater(origin, &origin.dir.join("image"))?;
+    let mut image = director::image_updater(origin)?;
     let work = tempfile::Builder::new()
         .prefix(".deltas")
         .tempdir_in(&origin.dir)
@@ -268,11 +331,7 @@ fn build_deltas(
             bail!("--delta-from {source} is the same image as the release");
         }
         let source_file = work.path().join("source");
-        store
-            .export_to_file(&source_blob, &source_file)
-            .with_context(|| {
-                format!("--delta-from {source}: reading it from the origin's mesh store")
-            })?;
+        fetch_source(origin, store, source, &info, &source_blob, &source_file)?;
         let out = work.path().join("delta");
         let summary = delta::create(&source_file, file, &out, options)
             .with_context(|| format!("building the delta from {source}"))?;
@@ -286,12 +345,7 @@ fn build_deltas(
         }
         // Beside the repository's targets, so a cache importing the repository directory
         // (`depot-cache import-repo`) serves it too.
-        let deltas_dir = origin.dir.join("image").join("deltas");
-        fs::create_dir_all(&deltas_dir)
-            .with_context(|| format!("creating {}", deltas_dir.display()))?;
-        store
-            .export_to_file(&stored, &deltas_dir.join(stored.to_string()))
-            .with_context(|| format!("writing the delta into {}", deltas_dir.display()))?;
+        store_blob(origin, store, &stored, &format!("image/deltas/{stored}"))?;
         deltas.insert(
             source.clone(),
             DeltaRef {
@@ -352,11 +406,11 @@ mod tests {
     use super::*;
 
     fn initialised(dir: &Path) -> Origin {
-        let origin = Origin {
-            dir: dir.join("origin"),
-            offline_keys: Some(dir.join("usb").into()),
-            now: proto::tuf::Time::parse("2026-11-22T10:00:00Z").unwrap(),
-        };
+        let origin = Origin::new(
+            dir.join("origin"),
+            Some(dir.join("usb").into()),
+            proto::tuf::Time::parse("2026-11-22T10:00:00Z").unwrap(),
+        );
         crate::init(&origin, None).unwrap();
         origin
     }

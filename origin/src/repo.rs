@@ -3,13 +3,15 @@
 //! `N.snapshot.json`, and `timestamp.json`) and, for the image repository, `targets/` with each
 //! image under `<dir>/<hash>.<name>` for each of its hashes.
 //!
+//! Where those files are kept is the origin's [`Storage`]: the origin directory itself by
+//! default, or object storage that `DIR/storage.toml` names.
+//!
 //! Offline keys (both roots, the image repository's targets) live in a key store the operator
 //! names on every command that needs them: a directory kept off the origin machine otherwise,
 //! or a PKCS #11 token ([`KeyStore`]). Online keys (snapshot, timestamp, the director's targets)
 //! live in the origin's `keys/`.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use proto::tuf::Time;
@@ -21,6 +23,7 @@ use serde_json::{Map, Value};
 use crate::chain;
 pub use crate::chain::latest_version;
 use crate::keystore::{KeyStore, NewKey, ReadKey, RoleKey};
+use crate::storage::{Storage, StorageError};
 
 /// The two repositories.
 pub const REPOSITORIES: [&str; 2] = ["image", "director"];
@@ -70,17 +73,67 @@ pub struct Origin {
     pub offline_keys: Option<KeyStore>,
     /// The clock.
     pub now: Time,
+    /// Where the repositories are kept.
+    pub storage: Storage,
 }
 
 impl Origin {
-    /// A repository's metadata directory.
-    pub fn metadata_dir(&self, repository: &str) -> PathBuf {
-        self.dir.join(repository).join("metadata")
+    /// The origin in directory `dir`, its repositories in the directory too.
+    pub fn new(dir: PathBuf, offline_keys: Option<KeyStore>, now: Time) -> Self {
+        let storage = Storage::local(&dir);
+        Self {
+            dir,
+            offline_keys,
+            now,
+            storage,
+        }
     }
 
-    /// The image repository's targets directory.
-    pub fn targets_dir(&self) -> PathBuf {
-        self.dir.join("image").join("targets")
+    /// The origin in directory `dir`, its repositories where its `storage.toml` says (in the
+    /// directory when there is none).
+    ///
+    /// # Errors
+    /// An unreadable or wrong `storage.toml`.
+    pub fn open(
+        dir: PathBuf,
+        offline_keys: Option<KeyStore>,
+        now: Time,
+    ) -> Result<Self, StorageError> {
+        let storage = Storage::of_origin(&dir)?;
+        Ok(Self {
+            dir,
+            offline_keys,
+            now,
+            storage,
+        })
+    }
+
+    /// A repository's metadata directory, as a storage path (`image/metadata`).
+    pub fn metadata_key(repository: &str) -> String {
+        format!("{repository}/metadata")
+    }
+
+    /// Metadata file `name` of `repository` (`3.targets.json`), read from the storage.
+    ///
+    /// # Errors
+    /// When it is missing or cannot be read; the message names it.
+    pub fn read_metadata(&self, repository: &str, name: &str) -> anyhow::Result<Vec<u8>> {
+        let key = format!("{}/{name}", Self::metadata_key(repository));
+        self.storage
+            .read(&key)?
+            .with_context(|| format!("{}: no such file", self.storage.describe(&key)))
+    }
+
+    /// The highest N of `repository`'s `N.<role>.json` files; `None` when there is none.
+    ///
+    /// # Errors
+    /// When the metadata cannot be listed.
+    pub fn latest_version(&self, repository: &str, role: &str) -> anyhow::Result<Option<u64>> {
+        Ok(chain::latest_stored_version(
+            &self.storage,
+            &Self::metadata_key(repository),
+            role,
+        )?)
     }
 
     /// The store of a role's key and the key's name in it (`image-root`).
@@ -115,7 +168,7 @@ impl Origin {
     /// Refuses a signing of `repository` that writes `renews` anew with their keys unless the
     /// chain it builds on verifies and lists those keys ([`chain::verify`]).
     pub(crate) fn verified(&self, repository: &str, renews: &[&str]) -> anyhow::Result<()> {
-        let verified = chain::verify(&self.dir, self.now, repository, renews)?;
+        let verified = chain::verify(&self.storage, self.now, repository, renews)?;
         for role in renews {
             verified.check_key(role, &self.key(repository, role)?)?;
         }
@@ -129,21 +182,25 @@ impl Origin {
 
     /// The latest version of `role` in `repository` and its `signed` part.
     pub fn latest(&self, repository: &str, role: &str) -> anyhow::Result<(u64, Value)> {
-        let dir = self.metadata_dir(repository);
-        let file = if role == "timestamp" {
-            dir.join("timestamp.json")
+        let name = if role == "timestamp" {
+            "timestamp.json".to_owned()
         } else {
-            let version = latest_version(&dir, role)?
-                .with_context(|| format!("{}: no {role} metadata", dir.display()))?;
-            dir.join(format!("{version}.{role}.json"))
+            let version = self.latest_version(repository, role)?.with_context(|| {
+                format!(
+                    "{}: no {role} metadata",
+                    self.storage.describe(&Self::metadata_key(repository))
+                )
+            })?;
+            format!("{version}.{role}.json")
         };
-        let value: Value = serde_json::from_slice(
-            &fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
-        )
-        .with_context(|| format!("{}: not JSON", file.display()))?;
+        let file = self
+            .storage
+            .describe(&format!("{}/{name}", Self::metadata_key(repository)));
+        let value: Value = serde_json::from_slice(&self.read_metadata(repository, &name)?)
+            .with_context(|| format!("{file}: not JSON"))?;
         let version = value["signed"]["version"]
             .as_u64()
-            .with_context(|| format!("{}: field signed.version is missing", file.display()))?;
+            .with_context(|| format!("{file}: field signed.version is missing"))?;
         Ok((version, value["signed"].clone()))
     }
 
@@ -159,19 +216,20 @@ impl Origin {
         keys: &[&dyn Signer],
     ) -> anyhow::Result<Vec<u8>> {
         let bytes = build::sign(signed, keys)?;
-        let dir = self.metadata_dir(repository);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let name = if role == "timestamp" {
             "timestamp.json".to_string()
         } else {
             let version = signed["version"].as_u64().unwrap_or(0);
             format!("{version}.{role}.json")
         };
-        let path = dir.join(&name);
-        if role != "timestamp" && path.exists() {
-            bail!("{} exists; versions are never rewritten", path.display());
+        let key = format!("{}/{name}", Self::metadata_key(repository));
+        if role != "timestamp" && self.storage.exists(&key)? {
+            bail!(
+                "{} exists; versions are never rewritten",
+                self.storage.describe(&key)
+            );
         }
-        write_file(&path, &bytes)?;
+        self.storage.write(&key, &bytes)?;
         if role == "timestamp" {
             // The timestamp completes the repository's new version: the origin's mesh node
             // serves it now. Signing stands if the note fails; the node's full pass finds it.
@@ -284,10 +342,7 @@ impl Origin {
         }
         self.verified(repository, &["timestamp"])?;
         let (version, _) = self.latest(repository, "snapshot")?;
-        let path = self
-            .metadata_dir(repository)
-            .join(format!("{version}.snapshot.json"));
-        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = self.read_metadata(repository, &format!("{version}.snapshot.json"))?;
         self.publish_timestamp(
             repository,
             version,
@@ -346,10 +401,7 @@ impl Origin {
         role: &str,
     ) -> anyhow::Result<proto::tuf::DelegatedRole> {
         let (version, _) = self.latest(repository, "targets")?;
-        let path = self
-            .metadata_dir(repository)
-            .join(format!("{version}.targets.json"));
-        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = self.read_metadata(repository, &format!("{version}.targets.json"))?;
         let targets = proto::tuf::Signed::<proto::tuf::Targets>::from_bytes(&bytes, "targets")?;
         targets
             .signed
@@ -516,8 +568,4 @@ pub fn delegated_roles(targets: &Value) -> Vec<String> {
         .flatten()
         .filter_map(|role| role["name"].as_str().map(str::to_string))
         .collect()
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    crate::write_durably(path, bytes).with_context(|| format!("writing {}", path.display()))
 }

@@ -792,7 +792,7 @@ impl Director {
             bail!("campaign {} exists", spec.id);
         }
         self.at(now);
-        let mut image = director::image_updater(&self.origin, &self.origin.dir.join("image"))?;
+        let mut image = director::image_updater(&self.origin)?;
         for (which, map) in [("release", &spec.release), ("fallback", &spec.fallback)] {
             for (hardware, target) in map {
                 let info = image

@@ -1099,3 +1099,103 @@ fn an_origin_without_a_fleet_key_gets_one_and_is_told() {
     assert!(again.ok && again.stderr.is_empty(), "{}", again.stderr);
     assert_eq!(again.stdout, run.stdout);
 }
+
+#[test]
+fn init_records_the_storage_and_every_command_uses_it() {
+    let mut f = Fixture::new();
+    let store = f.dir.parent().unwrap().join("shared-store");
+    let url = format!("file://{}", store.display());
+    // Refused before anything is written: a credential in an option, an unknown option, a
+    // scheme that is no store.
+    for (args, said) in [
+        (
+            vec![
+                "init",
+                "--storage",
+                "s3://bucket/p",
+                "--storage-option",
+                "secret_access_key=x",
+            ],
+            "holds a credential",
+        ),
+        (
+            vec![
+                "init",
+                "--storage",
+                "s3://bucket/p",
+                "--storage-option",
+                "colour=blue",
+            ],
+            "no such S3 option",
+        ),
+        (vec!["init", "--storage", "ftp://host/x"], "ftp://host/x"),
+        (
+            vec![
+                "init",
+                "--storage",
+                "s3://bucket/p",
+                "--storage-option",
+                "novalue",
+            ],
+            "KEY=VALUE",
+        ),
+    ] {
+        let run = f.origin(&args);
+        assert!(
+            !run.ok && run.stderr.contains(said),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!f.dir.join("storage.toml").exists(), "{args:?} recorded");
+    }
+
+    let run = f.origin(&["init", "--storage", &url]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(&store.display().to_string()),
+        "{}",
+        run.stdout
+    );
+    assert!(store.join("image/metadata/1.root.json").exists());
+    assert!(store.join("director/metadata/timestamp.json").exists());
+    assert!(
+        !f.dir.join("image").exists(),
+        "repositories in the origin directory"
+    );
+
+    let file = f.write("gw.bin", &[7u8; 70_000]);
+    let run = f.origin(&[
+        "release",
+        file.to_str().unwrap(),
+        "--name",
+        "ecu/gw-1.bin",
+        "--hardware-id",
+        "gw-v1",
+        "--release-counter",
+        "1",
+    ]);
+    assert!(run.ok, "{}", run.stderr);
+    assert!(store.join("image/metadata/2.targets.json").exists());
+    let run = f.origin(&["timestamp"]);
+    assert!(run.ok, "{}", run.stderr);
+    let run = f.origin(&["verify"]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+
+    // Another storage for the same origin is refused; the recorded one stays.
+    let recorded = std::fs::read(f.dir.join("storage.toml")).unwrap();
+    let run = f.origin(&["init", "--storage", "file:///elsewhere"]);
+    assert!(
+        !run.ok && run.stderr.contains("already names another storage"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read(f.dir.join("storage.toml")).unwrap(), recorded);
+    // A broken storage.toml stops every command, naming the file.
+    std::fs::write(f.dir.join("storage.toml"), "url = 3\n").unwrap();
+    let run = f.origin(&["verify"]);
+    assert!(
+        !run.ok && run.stderr.contains("storage.toml"),
+        "{}",
+        run.stderr
+    );
+}

@@ -32,11 +32,11 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let work = tempfile::tempdir().unwrap();
-        let origin = Origin {
-            dir: work.path().join("origin"),
-            offline_keys: Some(work.path().join("usb").into()),
-            now: Time::parse(NOW).unwrap(),
-        };
+        let origin = Origin::new(
+            work.path().join("origin"),
+            Some(work.path().join("usb").into()),
+            Time::parse(NOW).unwrap(),
+        );
         origin::init(&origin, None).unwrap();
         let fixture = Self { work, origin };
         fixture.release("ecu/fw-1.bin", 1).unwrap();
@@ -68,7 +68,7 @@ impl Fixture {
     }
 
     fn metadata(&self, repository: &str) -> PathBuf {
-        self.origin.metadata_dir(repository)
+        self.origin.dir.join(repository).join("metadata")
     }
 
     fn vehicle(&self) -> String {
@@ -253,15 +253,15 @@ fn release_refuses_a_repository_swapped_for_one_made_with_other_keys() {
     // The whole image repository replaced by a sound one of the attacker's: it verifies on its
     // own, but its root does not list the origin's keys, so they never sign on top of it.
     let f = Fixture::new();
-    let other = Origin {
-        dir: f.work.path().join("attacker"),
-        offline_keys: Some(f.work.path().join("attacker-usb").into()),
-        now: f.origin.now,
-    };
+    let other = Origin::new(
+        f.work.path().join("attacker"),
+        Some(f.work.path().join("attacker-usb").into()),
+        f.origin.now,
+    );
     origin::init(&other, None).unwrap();
     let metadata = f.metadata("image");
     std::fs::remove_dir_all(&metadata).unwrap();
-    std::fs::rename(other.metadata_dir("image"), &metadata).unwrap();
+    std::fs::rename(other.dir.join("image").join("metadata"), &metadata).unwrap();
     std::fs::remove_dir_all(&other.dir).unwrap();
     std::fs::remove_dir_all(other.offline_keys.as_ref().unwrap().dir().unwrap()).unwrap();
     let before = f.files();

@@ -128,6 +128,27 @@ impl DepotDaemon {
         serde_json::from_str(&self.get("/status").1).unwrap()
     }
 
+    /// Waits (up to 60 s) until it has prefetched `runs` times, every run good.
+    pub fn wait_prefetched(&self, runs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let status = self.status();
+            assert_eq!(
+                status["prefetch"]["runs_failed"].as_u64(),
+                Some(0),
+                "prefetch failed: {status}"
+            );
+            if status["prefetch"]["runs_ok"].as_u64() >= Some(runs) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no prefetch in 60 s: {status}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// One series' value from its `/metrics`.
     pub fn metric(&self, series: &str) -> u64 {
         let (_, body) = self.get("/metrics");

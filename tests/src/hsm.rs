@@ -2,6 +2,7 @@
 //! when missing (CI runs as root), with a configuration and token directory of the test's own
 //! ([`in_softhsm`]), and fresh tokens ([`token`]).
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -68,22 +69,13 @@ pub fn in_softhsm(name: &str, work: &Path, body: impl FnOnce()) {
         ),
     )
     .unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("SOFTHSM2_CONF", &conf)
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    crate::child::rerun_with_env(
+        name,
+        &[
+            (OsStr::new("SOFTHSM2_CONF"), conf.as_os_str()),
+            (OsStr::new(CHILD), OsStr::new("1")),
+        ],
     );
-    assert!(
-        out.status.success(),
-        "{name} with SoftHSM2 failed:\n{output}"
-    );
-    assert!(output.contains("1 passed"), "{name} did not run:\n{output}");
 }
 
 /// A new token labelled `label` (user PIN [`PIN`]), inside [`in_softhsm`]; returns its

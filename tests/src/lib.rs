@@ -14,9 +14,11 @@
 // Test support: a fixture that cannot set up fails its test, with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod child;
 pub mod data;
 pub mod depot;
 pub mod director;
 pub mod hsm;
 pub mod release;
+pub mod s3;
 pub mod vehicle;

@@ -11,11 +11,7 @@ use proto::tuf::Time;
 /// An origin initialised under `work` (`origin/`, its offline keys apart in `usb/`), signing at
 /// `now`.
 pub fn new_origin(work: &Path, now: Time) -> Origin {
-    let origin = Origin {
-        dir: work.join("origin"),
-        offline_keys: Some(work.join("usb").into()),
-        now,
-    };
+    let origin = Origin::new(work.join("origin"), Some(work.join("usb").into()), now);
     origin::init(&origin, None).unwrap();
     origin
 }

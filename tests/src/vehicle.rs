@@ -133,6 +133,24 @@ pub fn gateway_vehicle(dir: &Path, vehicle: &GatewayVehicle<'_>) -> PathBuf {
     vehicle_peer::simulated::loopback_vehicle(dir, &config).unwrap()
 }
 
+/// Checks the vehicle agent of `config` every half second until ECU `ecu` runs `target`
+/// (up to 60 s); the install must have committed.
+pub fn wait_for_image(config: &Path, ecu: &str, target: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = check_once(config);
+        if status["ecus"][ecu]["image"] == target {
+            assert_eq!(status["last_install"]["outcome"], "committed", "{status}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{target} did not arrive: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// Opens the vehicle agent configured by `config` and runs one check (refresh, fetch, install,
 /// report, as far as it goes now); returns its status.
 pub fn check_once(config: &Path) -> serde_json::Value {

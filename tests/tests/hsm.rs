@@ -52,11 +52,7 @@ fn root_key_types(origin: &Origin, repository: &str) -> Vec<(String, String)> {
 fn in_token(w: &Path) {
     let uri = token("depotmesh-origin");
     let store: KeyStore = uri.parse().unwrap();
-    let origin = Origin {
-        dir: w.join("origin"),
-        offline_keys: Some(store.clone()),
-        now: node::clock::now(),
-    };
+    let origin = Origin::new(w.join("origin"), Some(store.clone()), node::clock::now());
     origin::init(&origin, None).unwrap();
     // Offline keys in the token are ECDSA P-256; the online ones, files in the origin's
     // `keys/`, ed25519.

@@ -15,28 +15,12 @@ use depotmesh_tests::data::noise;
 use depotmesh_tests::depot::{DepotDaemon, depot_config};
 use depotmesh_tests::director::assign_gateway;
 use depotmesh_tests::release::{Release, enrol, new_origin, release};
-use depotmesh_tests::vehicle::{GatewayVehicle, check_once, gateway_vehicle, seed_keys};
+use depotmesh_tests::vehicle::{
+    GatewayVehicle, check_once, gateway_vehicle, seed_keys, wait_for_image,
+};
 use node::policy::Priority;
 use proto::membership::MemberRole;
 use proto::tuf::signer::Signer as _;
-
-/// Waits until the depot has prefetched `runs` times, every run good.
-fn prefetched(depot: &DepotDaemon, runs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = depot.status();
-        assert_eq!(
-            status["prefetch"]["runs_failed"].as_u64(),
-            Some(0),
-            "prefetch failed: {status}"
-        );
-        if status["prefetch"]["runs_ok"].as_u64() >= Some(runs) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no prefetch in 60 s: {status}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn a_depot_prefetches_what_the_origin_signs_from_its_own_mesh_node() {
@@ -101,7 +85,7 @@ fn a_depot_prefetches_what_the_origin_signs_from_its_own_mesh_node() {
                 .to_string(),
         ),
     );
-    prefetched(&depot, 2);
+    depot.wait_prefetched(2);
 
     // A vehicle of the fleet installs v2 from the depot.
     let vehicle_dir = w.join(vin);
@@ -142,17 +126,8 @@ fn a_depot_prefetches_what_the_origin_signs_from_its_own_mesh_node() {
     published("image/metadata/4.targets.json");
     published(&format!("director/{vin}/metadata/2.targets.json"));
     let runs = depot.status()["prefetch"]["runs_ok"].as_u64().unwrap();
-    prefetched(&depot, runs + 2);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = check_once(&config);
-        if status["ecus"]["GW-MESH-0"]["image"] == "ecu/gw-3.bin" {
-            assert_eq!(status["last_install"]["outcome"], "committed", "{status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "v3 did not arrive: {status}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    depot.wait_prefetched(runs + 2);
+    wait_for_image(&config, "GW-MESH-0", "ecu/gw-3.bin");
     // Nothing was imported by hand: the node's store names what the origin signed.
     let names: Vec<String> = mesh.store.names().into_iter().map(|(n, _)| n).collect();
     assert!(

@@ -56,11 +56,11 @@ pub(super) fn prepare(
     options: &YardOptions,
     log: Log,
 ) -> anyhow::Result<Release> {
-    let origin = Origin {
-        dir: out.join("origin"),
-        offline_keys: Some(out.join("offline-keys").into()),
-        now: node::clock::now(),
-    };
+    let origin = Origin::new(
+        out.join("origin"),
+        Some(out.join("offline-keys").into()),
+        node::clock::now(),
+    );
     origin::init(&origin, None)?;
     log.say(&format!(
         "origin: releasing v1 and v2 ({} MiB) and computing the delta",

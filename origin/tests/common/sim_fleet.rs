@@ -95,11 +95,11 @@ pub(crate) fn origin_at(dir: &Path) -> Origin {
 
 /// The origin under `dir` (its offline keys beside it), at `now` (Unix seconds).
 pub(crate) fn origin_at_time(dir: &Path, now: u64) -> Origin {
-    Origin {
-        dir: dir.join("origin"),
-        offline_keys: Some(dir.join("offline").into()),
-        now: proto::tuf::Time::from_unix(now as i64),
-    }
+    Origin::new(
+        dir.join("origin"),
+        Some(dir.join("offline").into()),
+        proto::tuf::Time::from_unix(now as i64),
+    )
 }
 
 /// Initialises the origin under `dir` and releases gw/1.0.bin and gw/2.0.bin for gateway-v1.
