@@ -143,6 +143,19 @@ pub(crate) enum Command {
     Verify,
     /// Print the key ids and public keys of every role (never private keys).
     Keys,
+    /// Write a repository's root metadata (the newest, or --version N) to standard output or
+    /// --out: what a depot's `root`/`director_root` and a vehicle's roots start trust from,
+    /// wherever the repositories are kept.
+    Root {
+        /// `image` or `director`.
+        repository: RootRepository,
+        /// The root version (default: the newest).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Write it to this file instead.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The audit log (`audit.log`: append-only, hash-chained, each entry signed).
     Audit {
         #[command(subcommand)]
@@ -478,4 +491,23 @@ pub(crate) enum AuditCommand {
     /// Print every entry (JSON lines): who did what, when: releases, assignments (which
     /// software for which vehicle), approvals and wave decisions.
     Export,
+}
+
+/// The repositories `origin root` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RootRepository {
+    /// The image repository.
+    Image,
+    /// The director repository (every vehicle's copies the same root).
+    Director,
+}
+
+impl RootRepository {
+    /// Its name under the origin.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Director => "director",
+        }
+    }
 }

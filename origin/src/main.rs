@@ -114,6 +114,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 origin::file_delta::build(&args.from, &args.to, &args.out, &args.options()?)?;
             println!("{summary}");
         }
+        Command::Root {
+            repository,
+            version,
+            out,
+        } => {
+            let repository = repository.name();
+            let version = match version {
+                Some(version) => version,
+                None => origin
+                    .latest_version(repository, "root")?
+                    .with_context(|| format!("{} holds no root", origin.storage))?,
+            };
+            let root = origin.read_metadata(repository, &format!("{version}.root.json"))?;
+            match out {
+                Some(out) => origin::write_durably(&out, &root)
+                    .with_context(|| format!("writing {}", out.display()))?,
+                None => std::io::Write::write_all(&mut std::io::stdout(), &root)
+                    .context("writing standard output")?,
+            }
+        }
         Command::Keys => {
             for key in origin::admin::describe_keys(&origin)? {
                 println!("{key}");

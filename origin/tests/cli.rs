@@ -1180,6 +1180,24 @@ fn init_records_the_storage_and_every_command_uses_it() {
     assert!(run.ok, "{}", run.stderr);
     let run = f.origin(&["verify"]);
     assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    // The roots a depot and a vehicle start from, wherever the repositories are.
+    let run = f.origin(&["root", "image"]);
+    assert!(run.ok, "{}", run.stderr);
+    let root = std::fs::read(store.join("image/metadata/1.root.json")).unwrap();
+    assert_eq!(run.stdout.as_bytes(), &root[..]);
+    let out = f.dir.parent().unwrap().join("director-root.json");
+    let run = f.origin(&["root", "director", "--out", out.to_str().unwrap()]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(store.join("director/metadata/1.root.json")).unwrap()
+    );
+    let run = f.origin(&["root", "director", "--version", "9"]);
+    assert!(
+        !run.ok && run.stderr.contains("director/metadata/9.root.json"),
+        "{}",
+        run.stderr
+    );
 
     // Another storage for the same origin is refused; the recorded one stays.
     let recorded = std::fs::read(f.dir.join("storage.toml")).unwrap();
