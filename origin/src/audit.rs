@@ -12,6 +12,12 @@
 //! the file before returning; a line torn by a power cut (no final newline) was never
 //! acknowledged and is cut off before the next append.
 //!
+//! When the repositories are in object storage ([`crate::storage`]), so is the log, beside
+//! them: one object per entry, `audit/<seq, 20 digits>.json` holding the same line, so that
+//! every machine and director replica sharing the store writes one chain. An entry is put only
+//! if its name is free (a conditional put): of two writers racing for one place in the chain
+//! exactly one gets it, and the other chains its entry after it.
+//!
 //! An operation that signs metadata on an operator's word ([`crate::Release::sign`],
 //! [`crate::director::assign`]) signs, then appends its entry, in one call that takes the
 //! [`Actor`], so no caller can sign without the entry.
@@ -26,6 +32,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::{Value, json};
 
 use crate::repo::Origin;
+use crate::storage::Storage;
 
 /// Who acts, as the audit log records them: an operator, a vehicle or the director's gates.
 /// Never empty.
@@ -106,7 +113,10 @@ pub(crate) fn audited<T>(
     sign: impl FnOnce() -> anyhow::Result<T>,
     entry: impl FnOnce(&T) -> (String, Value),
 ) -> Result<T, AuditedError> {
-    drop(open(origin)?);
+    match origin.storage.local_dir() {
+        Some(_) => drop(open(origin)?),
+        None => drop((key(origin)?, object_tail(&origin.storage)?)),
+    }
     let signed = sign()?;
     let (what, detail) = entry(&signed);
     match append(origin, actor.as_str(), action, detail.clone()) {
@@ -146,6 +156,10 @@ pub fn append(origin: &Origin, actor: &str, action: &str, detail: Value) -> anyh
     if actor.is_empty() || action.is_empty() {
         bail!("an audit entry needs an actor and an action");
     }
+    let detail = integers_only(detail);
+    if origin.storage.local_dir().is_none() {
+        return append_object(origin, actor, action, &detail);
+    }
     let Tail {
         key,
         mut file,
@@ -153,23 +167,119 @@ pub fn append(origin: &Origin, actor: &str, action: &str, detail: Value) -> anyh
         seq,
         prev,
     } = open(origin)?;
-    let signed = json!({
-        "seq": seq,
-        "at": origin.now.to_string(),
-        "actor": actor,
-        "action": action,
-        "detail": integers_only(detail),
-        "prev": prev,
-    });
-    let envelope: Value = serde_json::from_slice(&proto::tuf::build::sign(&signed, &[&key])?)?;
-    let mut line = serde_json::to_vec(&envelope)?;
-    line.push(b'\n');
+    let line = entry_line(origin, &key, seq, &prev, actor, action, &detail)?;
     file.seek(std::io::SeekFrom::End(0))?;
     file.write_all(&line)
         .with_context(|| format!("appending to {}", path.display()))?;
     file.sync_all()
         .with_context(|| format!("syncing {}", path.display()))?;
     Ok(seq)
+}
+
+/// Entry `seq` chained to `prev`, signed with `key`, as its line (with its newline).
+fn entry_line(
+    origin: &Origin,
+    key: &SigningKey,
+    seq: u64,
+    prev: &str,
+    actor: &str,
+    action: &str,
+    detail: &Value,
+) -> anyhow::Result<Vec<u8>> {
+    let signed = json!({
+        "seq": seq,
+        "at": origin.now.to_string(),
+        "actor": actor,
+        "action": action,
+        "detail": detail,
+        "prev": prev,
+    });
+    let envelope: Value = serde_json::from_slice(&proto::tuf::build::sign(&signed, &[key])?)?;
+    let mut line = serde_json::to_vec(&envelope)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// How many times an append to object storage chains again after losing its place to another
+/// writer.
+const RACES: usize = 32;
+
+/// The name of entry `seq` in object storage.
+fn entry_key(seq: u64) -> String {
+    format!("audit/{seq:020}.json")
+}
+
+/// [`append`] to the log in object storage.
+fn append_object(
+    origin: &Origin,
+    actor: &str,
+    action: &str,
+    detail: &Value,
+) -> anyhow::Result<u64> {
+    let key = key(origin)?;
+    for _ in 0..RACES {
+        let (seq, prev) = object_tail(&origin.storage)?;
+        let line = entry_line(origin, &key, seq, &prev, actor, action, detail)?;
+        if origin.storage.create(&entry_key(seq), &line)? {
+            return Ok(seq);
+        }
+    }
+    bail!(
+        "{}: {RACES} other entries took the next place first; the entry was not written",
+        origin.storage.describe("audit")
+    )
+}
+
+/// The sequence numbers of the entries in object storage, in order.
+fn object_entries(storage: &Storage) -> anyhow::Result<Vec<u64>> {
+    let mut seqs: Vec<u64> = storage
+        .list("audit")?
+        .iter()
+        .filter_map(|name| name.strip_suffix(".json")?.parse().ok())
+        .collect();
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Where the next entry goes in object storage: its sequence number and what it chains to.
+fn object_tail(storage: &Storage) -> anyhow::Result<(u64, String)> {
+    let Some(&last) = object_entries(storage)?.last() else {
+        return Ok((1, GENESIS.to_string()));
+    };
+    let name = entry_key(last);
+    let bytes = storage
+        .read(&name)?
+        .with_context(|| format!("{}: listed, then gone", storage.describe(&name)))?;
+    let line = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let value: Value = serde_json::from_slice(line)
+        .with_context(|| format!("{}: the last entry is not JSON", storage.describe(&name)))?;
+    if value["signed"]["seq"].as_u64() != Some(last) {
+        bail!(
+            "{}: holds seq {}, not {last}",
+            storage.describe(&name),
+            value["signed"]["seq"]
+        );
+    }
+    Ok((last + 1, blake3::hash(line).to_hex().to_string()))
+}
+
+/// The whole log's bytes, one line per entry, and where it is (for messages).
+fn log_bytes(origin: &Origin) -> anyhow::Result<(Vec<u8>, String)> {
+    if origin.storage.local_dir().is_some() {
+        let path = log_path(origin);
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok((bytes, path.display().to_string()));
+    }
+    let storage = &origin.storage;
+    let mut bytes = Vec::new();
+    for seq in object_entries(storage)? {
+        let name = entry_key(seq);
+        let entry = storage
+            .read(&name)?
+            .with_context(|| format!("{}: listed, then gone", storage.describe(&name)))?;
+        bytes.extend_from_slice(&entry);
+    }
+    Ok((bytes, storage.describe("audit")))
 }
 
 /// The log opened for the next entry, with what that entry chains to.
@@ -276,6 +386,11 @@ fn last_line(file: &mut fs::File, path: &Path) -> anyhow::Result<Option<Vec<u8>>
 /// bad entry and what is wrong with it.
 pub fn verify(path: &Path, key: &VerifyingKey) -> anyhow::Result<u64> {
     let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    verify_bytes(&text, &path.display().to_string(), key)
+}
+
+/// [`verify`] over the log's bytes, read from `place`.
+fn verify_bytes(text: &[u8], place: &str, key: &VerifyingKey) -> anyhow::Result<u64> {
     let mut prev = GENESIS.to_string();
     let mut count = 0u64;
     let mut lines = text.split(|&b| b == b'\n').peekable();
@@ -285,9 +400,7 @@ pub fn verify(path: &Path, key: &VerifyingKey) -> anyhow::Result<u64> {
         if line.is_empty() && lines.peek().is_none() {
             break;
         }
-        let bad = |why: String| {
-            anyhow::anyhow!("{}: entry {number} (line {number}): {why}", path.display())
-        };
+        let bad = |why: String| anyhow::anyhow!("{place}: entry {number} (line {number}): {why}");
         if lines.peek().is_none() {
             return Err(bad("torn: the line has no end (a write cut short)".into()));
         }
@@ -342,18 +455,29 @@ pub fn verify_origin(origin: &Origin, key: Option<&VerifyingKey>) -> anyhow::Res
         Some(key) => *key,
         None => self::key(origin)?.verifying_key(),
     };
-    verify(&log_path(origin), &key)
+    let (text, place) = log_bytes(origin)?;
+    verify_bytes(&text, &place, &key)
 }
 
-/// The entries, for `origin audit export`: one JSON value each, as signed.
+/// The entries of the log file at `path`: one JSON value each, as signed.
 pub fn entries(path: &Path) -> anyhow::Result<Vec<Value>> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
+    let text = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    entries_in(&text, &path.display().to_string())
+}
+
+/// The entries of `origin`'s log wherever it is kept, for `origin audit export`.
+pub fn entries_of(origin: &Origin) -> anyhow::Result<Vec<Value>> {
+    let (text, place) = log_bytes(origin)?;
+    entries_in(&text, &place)
+}
+
+fn entries_in(text: &[u8], place: &str) -> anyhow::Result<Vec<Value>> {
+    text.split(|&b| b == b'\n')
         .filter(|line| !line.is_empty())
         .map(|line| {
-            serde_json::from_str::<Value>(line)
+            serde_json::from_slice::<Value>(line)
                 .map(|v| v["signed"].clone())
-                .with_context(|| format!("{}: an entry is not JSON", path.display()))
+                .with_context(|| format!("{place}: an entry is not JSON"))
         })
         .collect()
 }

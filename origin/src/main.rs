@@ -505,7 +505,7 @@ fn audit(origin: &Origin, command: AuditCommand) -> anyhow::Result<()> {
                 .map(origin::audit::parse_public_key)
                 .transpose()?;
             let entries = origin::audit::verify_origin(origin, key.as_ref())?;
-            let log = origin::audit::entries(&origin::audit::log_path(origin))?;
+            let log = origin::audit::entries_of(origin)?;
             let decisions = origin::approvals::audit(&log)?;
             println!(
                 "ok: {entries} entries, chain and signatures intact; {decisions} campaign \
@@ -514,7 +514,7 @@ fn audit(origin: &Origin, command: AuditCommand) -> anyhow::Result<()> {
             );
         }
         AuditCommand::Export => {
-            for entry in origin::audit::entries(&origin::audit::log_path(origin))? {
+            for entry in origin::audit::entries_of(origin)? {
                 println!("{entry}");
             }
         }

@@ -453,6 +453,66 @@ impl Storage {
         }
     }
 
+    /// Writes file `key` only if there is none yet, durably; `false` when one exists (and is
+    /// left as it was). The store decides atomically (a local exclusive create; an object
+    /// store's conditional put, `If-None-Match: *`), so of two writers racing for one name
+    /// exactly one gets it.
+    ///
+    /// # Errors
+    /// When it cannot be written, or the store cannot put conditionally.
+    pub fn create(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        check_key(key)?;
+        match &*self.0 {
+            Backend::Local(dir) => {
+                let path = dir.join(key);
+                let io = |source| StorageError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|source| StorageError::Io {
+                        path: parent.to_path_buf(),
+                        source,
+                    })?;
+                }
+                // Written whole beside it, then linked in: the name never shows a part.
+                let tmp =
+                    tempfile::NamedTempFile::new_in(path.parent().unwrap_or(dir)).map_err(io)?;
+                tmp.as_file().write_all(bytes).map_err(io)?;
+                tmp.as_file().sync_all().map_err(io)?;
+                match tmp.persist_noclobber(&path) {
+                    Ok(_) => {}
+                    Err(error) if error.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Ok(false);
+                    }
+                    Err(error) => return Err(io(error.error)),
+                }
+                if let Some(parent) = path.parent() {
+                    std::fs::File::open(parent)
+                        .and_then(|d| d.sync_all())
+                        .map_err(io)?;
+                }
+                Ok(true)
+            }
+            Backend::Object(object) => {
+                let (store, path) = (object.store.clone(), object.path(key));
+                let payload = PutPayload::from(bytes.to_vec());
+                let put = object.runtime.run(async move {
+                    let options = object_store::PutOptions {
+                        mode: object_store::PutMode::Create,
+                        ..Default::default()
+                    };
+                    match store.put_opts(&path, payload, options).await {
+                        Ok(_) => Ok(true),
+                        Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                        Err(error) => Err(error),
+                    }
+                })?;
+                put.map_err(|source| object.error(key, source))
+            }
+        }
+    }
+
     /// Stores the local file `file` as `key`, streamed (large objects in parts).
     ///
     /// # Errors
@@ -874,6 +934,12 @@ mod tests {
             .map(|listed| listed.key)
             .collect();
         assert_eq!(all, ["image/metadata/1.root.json", "image/targets/a/b.bin"]);
+        assert!(storage.create("audit/1.json", b"one").unwrap());
+        assert!(!storage.create("audit/1.json", b"other").unwrap());
+        assert_eq!(
+            storage.read("audit/1.json").unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
         let out = dir.path().join("out/copy");
         assert!(storage.download("image/targets/a/b.bin", &out).unwrap());
         assert_eq!(std::fs::read(&out).unwrap(), b"blob");

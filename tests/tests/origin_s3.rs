@@ -26,6 +26,65 @@ use origin::storage::{Storage, StorageConfig};
 use proto::membership::MemberRole;
 use proto::tuf::signer::Signer as _;
 
+#[test]
+fn machines_sharing_a_bucket_write_one_audit_chain_even_when_they_race() {
+    let work = tempfile::tempdir().unwrap();
+    in_s3(
+        "machines_sharing_a_bucket_write_one_audit_chain_even_when_they_race",
+        work.path(),
+        |endpoint| {
+            let w = work.path();
+            let first = s3_origin(w, endpoint, "audit");
+            origin::audit::key(&first).unwrap();
+            let other = w.join("other");
+            std::fs::create_dir_all(&other).unwrap();
+            std::fs::copy(first.dir.join("storage.toml"), other.join("storage.toml")).unwrap();
+            std::fs::create_dir_all(other.join("keys")).unwrap();
+            std::fs::copy(
+                first.dir.join("keys/audit-log.json"),
+                other.join("keys/audit-log.json"),
+            )
+            .unwrap();
+            let second = Origin::open(other, None, first.now).unwrap();
+            // Four writers, two per machine, ten entries each, all at once.
+            std::thread::scope(|scope| {
+                for (n, origin) in [&first, &second, &first, &second].into_iter().enumerate() {
+                    scope.spawn(move || {
+                        for i in 0..10 {
+                            let detail = serde_json::json!({"writer": n, "i": i});
+                            origin::audit::append(origin, "racer", "race", detail).unwrap();
+                        }
+                    });
+                }
+            });
+            assert_eq!(origin::audit::verify_origin(&first, None).unwrap(), 40);
+            let log = origin::audit::entries_of(&second).unwrap();
+            let mut written: Vec<(u64, u64)> = log
+                .iter()
+                .map(|e| {
+                    (
+                        e["detail"]["writer"].as_u64().unwrap(),
+                        e["detail"]["i"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            written.sort_unstable();
+            let expected: Vec<(u64, u64)> =
+                (0..4).flat_map(|n| (0..10).map(move |i| (n, i))).collect();
+            assert_eq!(written, expected, "an entry lost or written twice");
+            // An entry edited in the bucket is named by the verification.
+            let name = "audit/00000000000000000007.json";
+            let bytes = first.storage.read(name).unwrap().unwrap();
+            let edited = String::from_utf8(bytes).unwrap().replace("racer", "RACER");
+            first.storage.write(name, edited.as_bytes()).unwrap();
+            let error = origin::audit::verify_origin(&first, None)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("entry 7"), "{error}");
+        },
+    );
+}
+
 /// An origin in `work/origin` whose repositories are in the bucket under `prefix`.
 fn s3_origin(work: &Path, endpoint: &str, prefix: &str) -> Origin {
     let dir = work.join("origin");
@@ -268,7 +327,7 @@ fn an_origin_on_s3_releases_assigns_and_a_vehicle_updates_through_a_depot() {
             // from v2, which it never held, fetched from the bucket and checked.
             let other = w.join("other");
             std::fs::create_dir_all(&other).unwrap();
-            for file in ["storage.toml", "keys", "audit.log"] {
+            for file in ["storage.toml", "keys"] {
                 let status = std::process::Command::new("cp")
                     .args(["-a"])
                     .arg(origin.dir.join(file))
@@ -294,6 +353,23 @@ fn an_origin_on_s3_releases_assigns_and_a_vehicle_updates_through_a_depot() {
             let runs = depot.status()["prefetch"]["runs_ok"].as_u64().unwrap();
             depot.wait_prefetched(runs + 2);
             wait_for_image(&config, "GW-S3-0", "ecu/gw-3.bin");
+
+            // One audit chain for both machines, in the bucket; no log on either's disk.
+            let entries = origin::audit::verify_origin(&second, None).unwrap();
+            let log = origin::audit::entries_of(&origin).unwrap();
+            assert_eq!(log.len() as u64, entries);
+            let releases: Vec<&str> = log
+                .iter()
+                .filter(|entry| entry["action"] == "release")
+                .filter_map(|entry| entry["detail"]["target"].as_str())
+                .collect();
+            assert_eq!(
+                releases,
+                ["ecu/gw-1.bin", "ecu/gw-2.bin", "ecu/gw-3.bin"],
+                "{log:?}"
+            );
+            assert!(!origin.dir.join("audit.log").exists());
+            assert!(!second.dir.join("audit.log").exists());
             drop(mesh);
         },
     );

@@ -749,7 +749,7 @@ const AUDIT_VIEW: usize = 500;
 
 async fn audit_log(State(shared): State<Arc<Shared>>) -> Result<Response, Refused> {
     let result = shared
-        .with(|d, _| crate::audit::entries(&crate::audit::log_path(d.origin())))
+        .with(|d, _| crate::audit::entries_of(d.origin()))
         .await?;
     let mut entries = result.map_err(|e| internal(&e))?;
     let skip = entries.len().saturating_sub(AUDIT_VIEW);
