@@ -6,6 +6,11 @@
 //! was in flight sends it again. The campaign must end exactly as the same reports end it on one
 //! director that never stopped: the same outcomes, the same decisions at the same times — none
 //! made twice, none lost.
+//!
+//! Then the same on two hosts: the leader and the standby each with an origin directory of its
+//! own (keys, TLS and `storage.toml` copied, as a second machine is set up), sharing only the
+//! PostgreSQL registry and an S3-API bucket (moto) that holds the repositories and the audit
+//! log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,6 +25,8 @@ use serde_json::json;
 
 #[path = "common/postgres_server.rs"]
 mod postgres_server;
+#[path = "common/s3_server.rs"]
+mod s3_server;
 #[path = "common/sim_fleet.rs"]
 mod sim_fleet;
 use postgres_server::server;
@@ -41,6 +48,8 @@ const BATCH: Batch = Batch {
     vehicles: 3,
     time: std::time::Duration::MAX,
 };
+/// Set (to the S3 server's endpoint) in the process that runs the two-host test.
+const S3: &str = "DEPOTMESH_REPLICA_S3";
 /// Reports the leader counts before the test kills it.
 const KILL_AFTER: usize = 7;
 
@@ -119,27 +128,39 @@ fn postgres(url: &str, password_file: &Path) -> Location {
     Location::Postgres(Box::new(target))
 }
 
-#[test]
-fn a_standby_takes_over_a_campaign_from_a_killed_leader_with_no_decision_twice_or_lost() {
-    // The leader's process: counts reports, saying each, until it is killed.
-    if let Some(url) = std::env::var_os(LEADER) {
-        let dir = std::env::var_os(LEADER_DIR).unwrap();
-        let password = std::env::var_os(LEADER_PASSWORD).unwrap();
-        let location = postgres(url.to_str().unwrap(), Path::new(&password));
-        let mut director = Director::open_at(origin_at(Path::new(&dir)), &location).unwrap();
-        println!("leader: open");
-        report_phase(&mut director, &mut |n| {
-            println!("leader: report {n}");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        });
-        // Never reached when the test kills it in time; it would fail the run below.
-        println!("leader: done");
-        return;
-    }
+/// In the leader's process (the test binary run again by [`takeover`]): counts reports,
+/// saying each, until it is killed. `false` in any other process.
+fn leader_if_asked() -> bool {
+    let Some(url) = std::env::var_os(LEADER) else {
+        return false;
+    };
+    let dir = std::env::var_os(LEADER_DIR).unwrap();
+    let password = std::env::var_os(LEADER_PASSWORD).unwrap();
+    let location = postgres(url.to_str().unwrap(), Path::new(&password));
+    let mut director = Director::open_at(origin_at(Path::new(&dir)), &location).unwrap();
+    println!("leader: open");
+    report_phase(&mut director, &mut |n| {
+        println!("leader: report {n}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    });
+    // Never reached when the test kills it in time; it would fail the run below.
+    println!("leader: done");
+    true
+}
 
-    let work = tempfile::tempdir().unwrap();
+/// Sets up the campaign in `leader_dir` on a PostgreSQL registry, then `prepare_standby`;
+/// runs the leader (test `name` run again) until its report [`KILL_AFTER`] and kills it while
+/// a standby in `standby_dir` waits; the standby finishes the campaign, which must end as on
+/// a director that never stopped.
+fn takeover(
+    name: &str,
+    work: &Path,
+    leader_dir: &Path,
+    standby_dir: &Path,
+    prepare_standby: impl FnOnce(),
+) {
     // The reference: one director that never stops (its own embedded registry).
-    let reference_dir = work.path().join("reference");
+    let reference_dir = work.join("reference");
     set_up(&reference_dir, &Location::Embedded);
     let reference = report_phase(
         &mut Director::open(origin_at(&reference_dir)).unwrap(),
@@ -147,22 +168,17 @@ fn a_standby_takes_over_a_campaign_from_a_killed_leader_with_no_decision_twice_o
     );
     assert_eq!(reference.decisions.len(), 3, "{:?}", reference.decisions);
 
-    // The replicas' origin and registry.
+    // The replicas' registry.
     let pg = server();
-    let url = pg.url(&pg.database("replicas"), "sslmode=disable");
+    let url = pg.url(&pg.database(&name[..20]), "sslmode=disable");
     let location = postgres(&url, &pg.password_file);
-    let dir = work.path().join("replicas");
-    set_up(&dir, &location);
+    set_up(leader_dir, &location);
+    prepare_standby();
 
     let mut leader = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "a_standby_takes_over_a_campaign_from_a_killed_leader_with_no_decision_twice_or_lost",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(LEADER, &url)
-        .env(LEADER_DIR, &dir)
+        .env(LEADER_DIR, leader_dir)
         .env(LEADER_PASSWORD, &pg.password_file)
         .stdout(Stdio::piped())
         .spawn()
@@ -184,7 +200,7 @@ fn a_standby_takes_over_a_campaign_from_a_killed_leader_with_no_decision_twice_o
     // The standby waits for the leader's lock in a thread of its own; the leader is killed
     // while it sleeps between reports or is in the middle of the next one.
     let standby = std::thread::spawn({
-        let (dir, location) = (dir.clone(), location.clone());
+        let (dir, location) = (standby_dir.to_path_buf(), location.clone());
         move || Director::open_standby(origin_at(&dir), &location).unwrap()
     });
     std::thread::sleep(std::time::Duration::from_millis(3));
@@ -205,14 +221,91 @@ fn a_standby_takes_over_a_campaign_from_a_killed_leader_with_no_decision_twice_o
     assert_eq!(record.assigned, reference.assigned);
     // The audit log, shared by both replicas, holds each decision once, as the reference's does.
     let decisions = |dir: &Path| -> Vec<String> {
-        let log = origin::audit::log_path(&origin_at(dir));
-        origin::audit::entries(&log)
+        origin::audit::entries_of(&origin_at(dir))
             .unwrap()
             .iter()
             .filter_map(|entry| entry["action"].as_str().map(str::to_owned))
             .filter(|action| action.starts_with("campaign "))
             .collect()
     };
-    assert_eq!(decisions(&dir), decisions(&reference_dir));
-    origin::audit::verify_origin(&origin_at(&dir), None).unwrap();
+    assert_eq!(decisions(standby_dir), decisions(&reference_dir));
+    assert_eq!(decisions(leader_dir), decisions(&reference_dir));
+    origin::audit::verify_origin(&origin_at(standby_dir), None).unwrap();
+}
+
+#[test]
+fn a_standby_takes_over_a_campaign_from_a_killed_leader_with_no_decision_twice_or_lost() {
+    if leader_if_asked() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("replicas");
+    takeover(
+        "a_standby_takes_over_a_campaign_from_a_killed_leader_with_no_decision_twice_or_lost",
+        work.path(),
+        &dir,
+        &dir,
+        || {},
+    );
+}
+
+#[test]
+fn replicas_on_two_hosts_share_only_postgres_and_object_storage() {
+    const NAME: &str = "replicas_on_two_hosts_share_only_postgres_and_object_storage";
+    if leader_if_asked() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // The credentials come from the environment, as under systemd: the test runs again with
+    // them (the workspace forbids the unsafe set_var).
+    let Some(endpoint) = std::env::var_os(S3) else {
+        let server = s3_server::S3Server::start(&work.path().join("moto.log"));
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env(S3, &server.endpoint)
+            .envs(s3_server::CREDENTIALS)
+            .output()
+            .unwrap();
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && output.contains("1 passed"),
+            "{output}"
+        );
+        return;
+    };
+    let config = origin::storage::StorageConfig::from_flags(
+        &format!("s3://{}/replicas", s3_server::BUCKET),
+        &s3_server::options(&endpoint.to_string_lossy()),
+    )
+    .unwrap();
+    let (host_a, host_b) = (work.path().join("host-a"), work.path().join("host-b"));
+    for host in [&host_a, &host_b] {
+        origin::storage::record(&host.join("origin"), &config).unwrap();
+    }
+    takeover(NAME, work.path(), &host_a, &host_b, || {
+        // The second machine gets the online keys and the director's TLS, nothing else.
+        for what in ["keys", "tls"] {
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg(host_a.join("origin").join(what))
+                .arg(host_b.join("origin"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "copying {what}");
+        }
+    });
+    // Neither host kept a repository or an audit log of its own.
+    for host in [&host_a, &host_b] {
+        for local in ["image", "director", "audit.log"] {
+            assert!(
+                !host.join("origin").join(local).exists(),
+                "{local} on {}",
+                host.display()
+            );
+        }
+    }
 }

@@ -93,13 +93,15 @@ pub(crate) fn origin_at(dir: &Path) -> Origin {
     origin_at_time(dir, START)
 }
 
-/// The origin under `dir` (its offline keys beside it), at `now` (Unix seconds).
+/// The origin under `dir` (its offline keys beside it), at `now` (Unix seconds); its
+/// repositories where its `storage.toml` says, in the directory when there is none.
 pub(crate) fn origin_at_time(dir: &Path, now: u64) -> Origin {
-    Origin::new(
+    Origin::open(
         dir.join("origin"),
         Some(dir.join("offline").into()),
         proto::tuf::Time::from_unix(now as i64),
     )
+    .unwrap()
 }
 
 /// Initialises the origin under `dir` and releases gw/1.0.bin and gw/2.0.bin for gateway-v1.
