@@ -18,12 +18,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "common/debian.rs"]
-mod debian;
 #[path = "common/origin_cli.rs"]
 mod origin_cli;
 #[path = "common/softhsm.rs"]
 mod softhsm;
+#[path = "common/debian.rs"]
+mod debian;
+#[path = "common/venv.rs"]
+mod venv;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -46,46 +48,8 @@ fn python() -> PathBuf {
     PYTHON.get_or_init(install_python_tuf).clone()
 }
 
-fn make_venv(venv: &Path) -> bool {
-    let _ = fs::remove_dir_all(venv);
-    Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(venv)
-        .output()
-        .is_ok_and(|out| out.status.success())
-}
-
 fn install_python_tuf() -> PathBuf {
-    let requirements_file = scripts().join("requirements.txt");
-    let requirements = fs::read(&requirements_file).unwrap();
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-tuf-venv");
-    let python = venv.join("bin").join("python");
-    let installed = venv.join("installed-requirements.txt");
-    if python.exists() && fs::read(&installed).ok().as_ref() == Some(&requirements) {
-        return python;
-    }
-    // Debian's python3 makes a venv only with python3-venv (ensurepip) installed.
-    debian::install_unless(|| make_venv(&venv), "python3 python3-venv");
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--quiet",
-            "-r",
-        ])
-        .arg(&requirements_file)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "pip install -r {} into {} failed (PyPI must be reachable the first time)",
-        requirements_file.display(),
-        venv.display()
-    );
-    fs::write(&installed, &requirements).unwrap();
-    python
+    venv::python_with("python-tuf-venv", &scripts().join("requirements.txt"))
 }
 
 /// A directory served over HTTP on loopback by Python's `http.server` (`serve.py`), which

@@ -11,65 +11,22 @@ use std::sync::OnceLock;
 
 #[path = "debian.rs"]
 mod debian;
+#[path = "venv.rs"]
+mod venv;
 
 /// The bucket the server makes.
 pub const BUCKET: &str = "fleet-origin";
 /// The venv's Python, with moto installed.
 fn python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(install_moto).clone()
+    PYTHON
+        .get_or_init(|| venv::python_with("moto-venv", &scripts().join("requirements.txt")))
+        .clone()
 }
 
 fn scripts() -> PathBuf {
     // From origin's tests and from the tests crate alike.
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../origin/tests/s3")).to_path_buf()
-}
-
-fn make_venv(venv: &Path) -> bool {
-    let _ = std::fs::remove_dir_all(venv);
-    Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(venv)
-        .output()
-        .is_ok_and(|out| out.status.success())
-}
-
-fn install_moto() -> PathBuf {
-    let requirements_file = scripts().join("requirements.txt");
-    let requirements = std::fs::read(&requirements_file).unwrap();
-    // Beside the test binaries (`target/<profile>/`), kept between runs.
-    let exe = std::env::current_exe().unwrap();
-    let venv = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(Path::new("."))
-        .join("moto-venv");
-    let python = venv.join("bin").join("python");
-    let installed = venv.join("installed-requirements.txt");
-    if python.exists() && std::fs::read(&installed).ok().as_ref() == Some(&requirements) {
-        return python;
-    }
-    debian::install_unless(|| make_venv(&venv), "python3 python3-venv");
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--quiet",
-            "-r",
-        ])
-        .arg(&requirements_file)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "pip install -r {} into {} failed (PyPI must be reachable the first time)",
-        requirements_file.display(),
-        venv.display()
-    );
-    std::fs::write(&installed, &requirements).unwrap();
-    python
 }
 
 /// A running S3 server with [`BUCKET`]. It stops when dropped, or when the test process ends
