@@ -232,16 +232,30 @@ impl Publisher {
         }
     }
 
-    /// Imports the image repository and every vehicle's director repository (in object
-    /// storage, after the first pass, those whose store changed).
+    /// Imports the image repository and every vehicle's director repository. In object
+    /// storage, the copy is first brought up to the store: one listing per root, and only the
+    /// repositories that changed fetched ([`Mirror::changed`]); then, for [`Import::All`],
+    /// every repository copied, and for [`Import::Changes`] those that changed.
     fn full_pass(&mut self, what: Import) -> anyhow::Result<()> {
-        let repositories = match (&self.mirror, what) {
-            (Some(mirror), Import::Changes) => {
+        let repositories = match &mut self.mirror {
+            Some(mirror) => {
                 let mut changed = mirror.changed("image")?;
                 changed.extend(mirror.changed("director/vehicles")?);
-                changed
+                for repository in &changed {
+                    if let Err(error) = mirror.sync(repository) {
+                        if repository == "image" {
+                            return Err(error);
+                        }
+                        tracing::warn!(%repository, "copying from the store: {error:#}");
+                    }
+                }
+                mirror.save()?;
+                match what {
+                    Import::All => mirror.repositories(),
+                    Import::Changes => changed,
+                }
             }
-            _ => {
+            None => {
                 let mut all = vec!["image".to_owned()];
                 all.extend(
                     director::vehicles(&self.origin)?
@@ -252,7 +266,7 @@ impl Publisher {
             }
         };
         for repository in repositories {
-            if let Err(error) = self.import(&repository, what) {
+            if let Err(error) = self.import_copied(&repository, what) {
                 if repository == "image" {
                     return Err(error);
                 }
@@ -262,17 +276,23 @@ impl Publisher {
         Ok(())
     }
 
+    /// Imports `repository` (in object storage, its copy brought up to the store first).
     fn import(&mut self, repository: &str, what: Import) -> anyhow::Result<()> {
+        if let Some(mirror) = &mut self.mirror {
+            if !mirror.sync(repository)? && what == Import::Changes {
+                return Ok(());
+            }
+        }
+        self.import_copied(repository, what)
+    }
+
+    /// Imports `repository` from the origin directory or the copy as it stands.
+    fn import_copied(&self, repository: &str, what: Import) -> anyhow::Result<()> {
         let Some(name) = mesh_name(repository) else {
             return Ok(());
         };
-        let dir = match (&mut self.mirror, self.origin.storage.local_dir()) {
-            (Some(mirror), _) => {
-                if !mirror.sync(repository)? && what == Import::Changes {
-                    return Ok(());
-                }
-                mirror.repository_dir(repository)
-            }
+        let dir = match (&self.mirror, self.origin.storage.local_dir()) {
+            (Some(mirror), _) => mirror.repository_dir(repository),
             (None, Some(root)) => root.join(repository),
             (None, None) => return Ok(()),
         };

@@ -18,12 +18,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/debian.rs"]
+mod debian;
 #[path = "common/origin_cli.rs"]
 mod origin_cli;
 #[path = "common/softhsm.rs"]
 mod softhsm;
-#[path = "common/debian.rs"]
-mod debian;
 #[path = "common/venv.rs"]
 mod venv;
 
