@@ -109,10 +109,25 @@ pub fn repositories(origin: &Origin) -> anyhow::Result<Vec<String>> {
 
 /// Re-signs every repository's timestamp (they expire after a day: run it hourly). One that
 /// refuses ([`crate::chain`]) does not stop the others, which the fleet still needs fresh; the
-/// error names each that refused.
+/// error names each that refused. A vehicle's repository that a rotation of the director's
+/// keys has not reached yet (the rotation was cut short) is brought up to the director's root
+/// first ([`director::catch_up`]).
 pub fn refresh_timestamps(origin: &Origin) -> anyhow::Result<()> {
     let mut refused = Vec::new();
     for repository in repositories(origin)? {
+        let vin = repository
+            .strip_prefix("director/vehicles/")
+            .and_then(|vin| proto::Vin::parse(vin).ok());
+        if let Some(vin) = vin {
+            match director::catch_up(origin, &vin) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(error) => {
+                    refused.push(format!("the {repository} rotation: {error:#}"));
+                    continue;
+                }
+            }
+        }
         if let Err(error) = origin.refresh_timestamp(&repository) {
             refused.push(format!("the {repository} timestamp: {error:#}"));
         }
@@ -187,8 +202,12 @@ pub fn rotate(
     let version = origin.rotate(repository, role, new_key)?;
     if repository == "director" {
         for vin in director::vehicles(origin)? {
-            director::after_rotation(origin, &vin, role)
-                .with_context(|| format!("re-signing the director metadata of {vin}"))?;
+            director::after_rotation(origin, &vin, role).with_context(|| {
+                format!(
+                    "re-signing the director metadata of {vin} (root v{version} is signed; \
+                     `origin timestamp` brings the vehicles not reached yet up to it)"
+                )
+            })?;
         }
     }
     Ok(version)

@@ -283,6 +283,24 @@ pub(crate) fn after_rotation(origin: &Origin, vin: &Vin, role: &str) -> anyhow::
     publish_vehicle(origin, &repository, resigned.as_ref())
 }
 
+/// Completes a rotation of the director's keys that stopped before it reached vehicle `vin`
+/// (`origin rotate` cut short): when the vehicle's repository holds an older root than the
+/// director's, it is verified on its own chain, as [`before_rotation`] verifies it, then
+/// brought up as [`after_rotation`] brings it (the new roots copied in, targets re-signed with
+/// the current key, snapshot and timestamp). Until then its vehicle would go on trusting the
+/// keys the rotation retired. `false` when it was up to date.
+pub(crate) fn catch_up(origin: &Origin, vin: &Vin) -> anyhow::Result<bool> {
+    let repository = vehicle_repository(vin);
+    let director = origin.latest_version("director", "root")?.unwrap_or(0);
+    let copied = origin.latest_version(&repository, "root")?.unwrap_or(0);
+    if copied >= director {
+        return Ok(false);
+    }
+    origin.verified(&repository, &RENEWED)?;
+    after_rotation(origin, vin, "targets")?;
+    Ok(true)
+}
+
 /// Copies every director root version into the vehicle's repository (a vehicle follows root
 /// rotations from there).
 fn copy_roots(origin: &Origin, repository: &str) -> anyhow::Result<()> {

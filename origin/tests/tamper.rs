@@ -8,6 +8,7 @@
 
 use origin::keystore::NewKey;
 use proto::tuf::keys::KeyType;
+use proto::tuf::signer::Signer as _;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -474,5 +475,69 @@ fn rotate_refuses_a_swapped_root_and_an_edited_vehicle_repository() {
         &before,
         &stderr,
         &format!("{}/metadata/1.targets.json", f.vehicle()),
+    );
+}
+
+#[test]
+fn a_director_rotation_cut_short_is_finished_by_the_timestamp_refresh_on_a_verified_chain() {
+    let f = Fixture::new();
+    let vehicle = f.vehicle();
+    let (director_root, _) = f.origin.latest("director", "root").unwrap();
+    // `origin rotate director targets` stopped after the director's new root, before any
+    // vehicle: the vehicle's repository still holds the old root and old-key targets.
+    f.origin
+        .rotate("director", "targets", &NewKey::Make(KeyType::Ed25519))
+        .unwrap();
+    let new_key = f
+        .origin
+        .key("director", "targets")
+        .unwrap()
+        .public_key()
+        .id();
+    assert_eq!(f.origin.latest(&vehicle, "root").unwrap().0, director_root);
+
+    // The hourly refresh brings it up: the director's newest root, targets signed anew with
+    // the new key, and the whole repository verifies.
+    origin::admin::refresh_timestamps(&f.origin).unwrap();
+    assert_eq!(
+        f.origin.latest(&vehicle, "root").unwrap().0,
+        director_root + 1
+    );
+    let (version, _) = f.origin.latest(&vehicle, "targets").unwrap();
+    let targets: Value = serde_json::from_slice(
+        &std::fs::read(f.metadata(&vehicle).join(format!("{version}.targets.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(targets["signatures"][0]["keyid"], new_key.as_str());
+    assert!(origin::admin::verify(&f.origin).unwrap().is_empty());
+    // Done once: the next refresh only refreshes.
+    origin::admin::refresh_timestamps(&f.origin).unwrap();
+    assert_eq!(f.origin.latest(&vehicle, "targets").unwrap().0, version);
+
+    // Cut short again, and the lagging vehicle's targets edited meanwhile by someone with no
+    // key: the refresh refuses it, naming the file, and signs nothing on top.
+    f.origin
+        .rotate("director", "targets", &NewKey::Make(KeyType::Ed25519))
+        .unwrap();
+    let edited = f.metadata(&vehicle).join(format!("{version}.targets.json"));
+    let text = std::fs::read_to_string(&edited).unwrap();
+    std::fs::write(&edited, text.replace("ecu/fw-1.bin", "ecu/evil.bin")).unwrap();
+    let before = f.files();
+    let error = origin::admin::refresh_timestamps(&f.origin)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(&format!("{version}.targets.json")),
+        "{error}"
+    );
+    let after = f.files();
+    let changed: Vec<&PathBuf> = after
+        .keys()
+        .filter(|path| before.get(*path) != after.get(*path))
+        .filter(|path| path.starts_with(f.origin.dir.join(&vehicle)))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "signed on top of an edited file: {changed:?}"
     );
 }
