@@ -46,6 +46,8 @@ pub fn init(origin: &Origin, kind: Option<KeyType>) -> anyhow::Result<()> {
         origin.init_repository(repository, kind)?;
     }
     keys::create(&crate::fleet::key_path(origin))?;
+    // Made now, so that a second machine given this origin's keys/ signs the same chain.
+    audit::key(origin)?;
     crate::tls::init(origin, &[])
 }
 

@@ -135,10 +135,20 @@ pub fn log_path(origin: &Origin) -> PathBuf {
     origin.dir.join("audit.log")
 }
 
-/// The audit key, made on first use.
+/// The audit key, made on first use (by `origin init`). Not made when the log is in object
+/// storage and already holds entries: they were signed with a key made on another machine,
+/// which this one must be given (its `keys/`), or the chain would change keys midway.
 pub fn key(origin: &Origin) -> anyhow::Result<SigningKey> {
     let path = origin.online_keys_dir().join("audit-log.json");
     if !path.exists() {
+        if origin.storage.local_dir().is_none() && !object_entries(&origin.storage)?.is_empty() {
+            bail!(
+                "{} is missing, and the audit log in {} holds entries signed with the origin's \
+                 audit key: copy keys/ from the machine the origin was made on",
+                path.display(),
+                origin.storage.describe("audit")
+            );
+        }
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }

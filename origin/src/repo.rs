@@ -223,13 +223,17 @@ impl Origin {
             format!("{version}.{role}.json")
         };
         let key = format!("{}/{name}", Self::metadata_key(repository));
-        if role != "timestamp" && self.storage.exists(&key)? {
+        if role == "timestamp" {
+            self.storage.write(&key, &bytes)?;
+        } else if !self.storage.create(&key, &bytes)? {
+            // Taken atomically: of two signings racing for one version (two machines sharing
+            // object storage), one gets it and the other stops here, before its snapshot.
             bail!(
-                "{} exists; versions are never rewritten",
+                "{} exists: another signing took this version meanwhile (versions are never \
+                 rewritten); run the command again",
                 self.storage.describe(&key)
             );
         }
-        self.storage.write(&key, &bytes)?;
         if role == "timestamp" {
             // The timestamp completes the repository's new version: the origin's mesh node
             // serves it now. Signing stands if the note fails; the node's full pass finds it.

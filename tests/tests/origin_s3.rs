@@ -85,6 +85,91 @@ fn machines_sharing_a_bucket_write_one_audit_chain_even_when_they_race() {
     );
 }
 
+#[test]
+fn releases_racing_on_two_machines_leave_a_repository_that_verifies() {
+    let work = tempfile::tempdir().unwrap();
+    in_s3(
+        "releases_racing_on_two_machines_leave_a_repository_that_verifies",
+        work.path(),
+        |endpoint| {
+            let w = work.path();
+            let first = s3_origin(w, endpoint, "race");
+            origin::init(&first, None).unwrap();
+            let other = w.join("other");
+            std::fs::create_dir_all(&other).unwrap();
+            for file in ["storage.toml", "keys"] {
+                let status = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(first.dir.join(file))
+                    .arg(&other)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "copying {file}");
+            }
+            let second = Origin::open(other, first.offline_keys.clone(), first.now).unwrap();
+            // Each machine releases three images at once with the other; a version taken
+            // by one is refused to the other, which says so and signs nothing on top.
+            let results: Vec<(String, Result<(), String>)> = std::thread::scope(|scope| {
+                let runs: Vec<_> = [("a", &first), ("b", &second)]
+                    .into_iter()
+                    .map(|(machine, origin)| {
+                        scope.spawn(move || {
+                            (1..=3u8)
+                                .map(|n| {
+                                    let name = format!("ecu/{machine}-{n}.bin");
+                                    let image = noise(20_000, u64::from(n) + 10);
+                                    let signed = release(
+                                        origin,
+                                        &Release::new(&name, &image, "gw-v1", u64::from(n)),
+                                    );
+                                    (name, signed.map(|_| ()).map_err(|e| format!("{e:#}")))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                runs.into_iter()
+                    .flat_map(|run| run.join().unwrap())
+                    .collect()
+            });
+            let refused = results.iter().filter(|(_, r)| r.is_err()).count();
+            println!("racing releases: {refused} of 6 refused as taken");
+            for (name, result) in &results {
+                if let Err(error) = result {
+                    assert!(
+                        error.contains("versions are never rewritten"),
+                        "{name}: {error}"
+                    );
+                }
+            }
+            assert!(
+                origin::admin::verify(&first).unwrap().is_empty(),
+                "{:?}",
+                origin::admin::verify(&first)
+            );
+            let (_, targets) = first.latest("image", "targets").unwrap();
+            for (name, result) in &results {
+                if result.is_ok() {
+                    assert!(targets["targets"].get(name).is_some(), "{name} not listed");
+                }
+            }
+            origin::audit::verify_origin(&first, None).unwrap();
+
+            // A third machine without the origin's audit key may not start a chain of its own
+            // in the middle of the shared one.
+            let third = w.join("third");
+            std::fs::create_dir_all(&third).unwrap();
+            std::fs::copy(first.dir.join("storage.toml"), third.join("storage.toml")).unwrap();
+            let third = Origin::open(third, None, first.now).unwrap();
+            let error = origin::audit::append(&third, "mallory", "release", serde_json::json!({}))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("copy keys/"), "{error}");
+            origin::audit::verify_origin(&first, None).unwrap();
+        },
+    );
+}
+
 /// An origin in `work/origin` whose repositories are in the bucket under `prefix`.
 fn s3_origin(work: &Path, endpoint: &str, prefix: &str) -> Origin {
     let dir = work.join("origin");
