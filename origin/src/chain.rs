@@ -120,6 +120,30 @@ pub(crate) fn verify(
     Ok(director)
 }
 
+/// [`verify`] for a signing that carries nothing over from a vehicle's files (an assignment
+/// or a withdrawal signs its targets anew): a vehicle repository that was never published (no
+/// timestamp: its first signing stopped after its targets, before its snapshot and timestamp)
+/// has nothing a vehicle trusts, so only its roots are checked (they must be the director's),
+/// and the signing publishes it. Anything else is [`verify`]'s.
+pub(crate) fn verify_fresh(
+    origin: &Storage,
+    now: Time,
+    repository: &str,
+    renews: &[&str],
+) -> Result<Verified, ChainError> {
+    let unpublished = repository.starts_with("director/vehicles/")
+        && !origin
+            .exists(&format!("{repository}/metadata/timestamp.json"))
+            .map_err(ChainError::Unlisted)?;
+    if !unpublished {
+        return verify(origin, now, repository, renews);
+    }
+    let director =
+        Client::new(origin, now, "director").run(&["targets", "snapshot", "timestamp"])?;
+    same_roots(origin, repository)?;
+    Ok(director)
+}
+
 impl Verified {
     /// Refuses `key` for `role` (a top-level role, or one the top-level targets delegates to)
     /// when the verified metadata does not list it.

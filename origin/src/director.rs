@@ -152,7 +152,7 @@ pub(crate) fn sign_assignment(
             .push(assignment);
     }
     let repository = vehicle_repository(vin);
-    origin.verified(&repository, &RENEWED)?;
+    origin.verified_fresh(&repository, &RENEWED)?;
 
     // What the image repository says of each target.
     let mut entries = Map::new();
@@ -213,7 +213,7 @@ pub(crate) fn sign_assignment(
 /// withdraws is the audit entry.
 pub(crate) fn withdraw(origin: &Origin, vin: &Vin) -> anyhow::Result<u64> {
     let repository = vehicle_repository(vin);
-    origin.verified(&repository, &RENEWED)?;
+    origin.verified_fresh(&repository, &RENEWED)?;
     copy_roots(origin, &repository)?;
     let version = targets_version(origin, vin) + 1;
     let signed = proto::tuf::build::targets(version, origin.expires("targets"), Map::new(), &[]);
@@ -226,6 +226,23 @@ pub fn targets_version(origin: &Origin, vin: &Vin) -> u64 {
     origin
         .latest(&vehicle_repository(vin), "targets")
         .map_or(0, |(version, _)| version)
+}
+
+/// The version of vehicle `vin`'s director targets that its vehicle sees: the one its
+/// timestamp's snapshot pins (0: none published). Lower than [`targets_version`] when a stop
+/// came between the signing of targets and the snapshot and timestamp that publish them.
+pub fn published_targets_version(origin: &Origin, vin: &Vin) -> u64 {
+    let repository = vehicle_repository(vin);
+    let pinned = || -> Option<u64> {
+        let (_, timestamp) = origin.latest(&repository, "timestamp").ok()?;
+        let snapshot = timestamp["meta"]["snapshot.json"]["version"].as_u64()?;
+        let bytes = origin
+            .read_metadata(&repository, &format!("{snapshot}.snapshot.json"))
+            .ok()?;
+        let snapshot: Value = serde_json::from_slice(&bytes).ok()?;
+        snapshot["signed"]["meta"]["targets.json"]["version"].as_u64()
+    };
+    pinned().unwrap_or(0)
 }
 
 /// Signs `targets` (when given) for a vehicle's repository with the director's targets key,

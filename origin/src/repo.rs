@@ -175,6 +175,16 @@ impl Origin {
         Ok(())
     }
 
+    /// [`Self::verified`] for a signing that carries nothing over from a vehicle's files
+    /// ([`chain::verify_fresh`]: a vehicle repository never published has its roots checked).
+    pub(crate) fn verified_fresh(&self, repository: &str, renews: &[&str]) -> anyhow::Result<()> {
+        let verified = chain::verify_fresh(&self.storage, self.now, repository, renews)?;
+        for role in renews {
+            verified.check_key(role, &self.key(repository, role)?)?;
+        }
+        Ok(())
+    }
+
     /// When `role`'s metadata signed now expires.
     pub fn expires(&self, role: &str) -> Time {
         Time::from_unix(self.now.unix() + lifetime_days(role) * 86_400)

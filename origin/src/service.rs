@@ -433,8 +433,10 @@ impl Director {
                 .with_context(|| format!("the registry's record of campaign {id} is damaged"))?;
             let mut begun: Option<(TargetsWork, Vec<Planned>)> = None;
             let mut settle = |record: &mut CampaignRecord, work, vehicles: &[Planned]| {
+                // What the vehicle sees: targets signed but not yet published by a snapshot
+                // and timestamp (a stop between them) are signed again.
                 let signed = record.settle(work, vehicles, |vin| {
-                    director::targets_version(&origin, vin)
+                    director::published_targets_version(&origin, vin)
                 });
                 tracing::info!(campaign = %id, signed, of = vehicles.len(), "settled a batch the director stopped in");
                 settled.push(id.clone());

@@ -521,3 +521,57 @@ fn a_halt_while_signing_stops_signing_and_withdraws_what_was_signed() {
         assert_eq!(version(dir.path(), i), expected, "{}", vin(i));
     }
 }
+
+#[test]
+fn a_stop_between_a_vehicles_targets_and_their_timestamp_leaves_it_due_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, writes) = approved(dir.path(), 8);
+    let eight = Batch {
+        vehicles: 8,
+        time: std::time::Duration::MAX,
+    };
+    // The batch signs its eight vehicles, then the power goes before it is logged as done...
+    let mut director = open(dir.path(), &writes, Some(writes.load(Ordering::SeqCst) + 1));
+    assert!(director.work(START, &eight).is_err());
+    drop(director);
+    // ...and, for two of them, before their snapshot and timestamp were written: a first
+    // signing (no timestamp at all), and one whose timestamp still pins the version before.
+    let origin = origin_at(dir.path());
+    let metadata = |i: usize| {
+        origin
+            .dir
+            .join(origin::director::vehicle_repository(&vin(i)))
+            .join("metadata")
+    };
+    for i in [2, 5] {
+        std::fs::remove_file(metadata(i).join("1.snapshot.json")).unwrap();
+        std::fs::remove_file(metadata(i).join("timestamp.json")).unwrap();
+    }
+    assert_eq!(version(dir.path(), 2), 1);
+    assert_eq!(
+        origin::director::published_targets_version(&origin, &vin(2)),
+        0
+    );
+
+    // The restart counts the six published as signed and keeps the two due; their vehicles
+    // then get targets they can see, on the director's roots, and the repositories verify.
+    let mut director = open(dir.path(), &writes, None);
+    assert_eq!(director.campaigns()[ID].assigned.len(), 6);
+    assert_eq!(director.targets_job(&id()).unwrap().due, 2);
+    director.work_until_idle(START).unwrap();
+    for i in 0..8 {
+        let published = origin::director::published_targets_version(&origin, &vin(i));
+        let expected = if i == 2 || i == 5 { 2 } else { 1 };
+        assert_eq!(published, expected, "{}", vin(i));
+        assert_eq!(held(dir.path(), i), ["gw/2.0.bin"], "{}", vin(i));
+        assert_eq!(
+            director.campaigns()[ID].assigned.get(&vin(i)),
+            Some(&expected)
+        );
+    }
+    assert!(
+        origin::admin::verify(&origin).unwrap().is_empty(),
+        "{:?}",
+        origin::admin::verify(&origin)
+    );
+}
