@@ -487,11 +487,7 @@ impl Storage {
                     }
                     Err(error) => return Err(io(error.error)),
                 }
-                if let Some(parent) = path.parent() {
-                    std::fs::File::open(parent)
-                        .and_then(|d| d.sync_all())
-                        .map_err(io)?;
-                }
+                sync_dir(&path)?;
                 Ok(true)
             }
             Backend::Object(object) => {
@@ -537,7 +533,7 @@ impl Storage {
                 std::fs::copy(file, tmp.path()).map_err(io)?;
                 tmp.as_file().sync_all().map_err(io)?;
                 tmp.persist(&path).map_err(|error| io(error.error))?;
-                Ok(())
+                sync_dir(&path)
             }
             Backend::Object(object) => {
                 let size = std::fs::metadata(file).map_err(io)?.len();
@@ -654,6 +650,7 @@ impl Storage {
         }
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(file).map_err(|error| io(error.error))?;
+        sync_dir(file)?;
         Ok(true)
     }
 
@@ -803,6 +800,20 @@ fn list_local(root: &Path, dir: &str, found: &mut Vec<Listed>) -> Result<(), Sto
         }
     }
     Ok(())
+}
+
+/// Syncs the directory holding `path`, so that a rename into it survives a power cut.
+fn sync_dir(path: &Path) -> Result<(), StorageError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StorageError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// A local file's version: its length and modification time.
