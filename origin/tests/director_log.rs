@@ -163,6 +163,9 @@ fn open(dir: &Path, writes: &Arc<AtomicUsize>, cut_at: Option<usize>) -> Directo
     };
     let mut director = Director::with_registry(origin, Box::new(registry)).unwrap();
     director.set_snapshot_min_events(3);
+    // Three vehicles of a batch signed at a time, whatever the machine's CPUs: every test
+    // here runs the signing threads, batches of four and eight split unevenly between them.
+    director.set_signers(3);
     director
 }
 
@@ -520,4 +523,43 @@ fn a_halt_while_signing_stops_signing_and_withdraws_what_was_signed() {
         };
         assert_eq!(version(dir.path(), i), expected, "{}", vin(i));
     }
+}
+
+#[test]
+fn a_batch_signed_on_many_threads_signs_each_of_its_vehicles_once_and_logs_them_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut director, _) = approved(dir.path(), 40);
+    director.set_signers(8);
+    let all = Batch {
+        vehicles: 40,
+        time: std::time::Duration::MAX,
+    };
+    let worked = director.work(START, &all).unwrap();
+    assert_eq!(
+        worked,
+        Worked {
+            vehicles: 40,
+            failed: 0,
+            due: 0
+        }
+    );
+    for i in 0..40 {
+        assert_eq!(version(dir.path(), i), 1, "{}", vin(i));
+        assert_eq!(held(dir.path(), i), ["gw/2.0.bin"], "{}", vin(i));
+    }
+    // The batch's entries: begun, then done naming every vehicle in VIN order, whichever
+    // thread signed it and whenever it finished.
+    let entries: Vec<serde_json::Value> = director
+        .registry()
+        .campaign_events(&id())
+        .unwrap()
+        .into_iter()
+        .map(|(_, bytes)| serde_json::from_slice(&bytes).unwrap())
+        .collect();
+    let done = entries.last().unwrap();
+    assert_eq!(done["batch"], "done", "{done}");
+    let signed: Vec<(String, u64)> = serde_json::from_value(done["signed"].clone()).unwrap();
+    let expected: Vec<(String, u64)> = (0..40).map(|i| (vin(i).to_string(), 1)).collect();
+    assert_eq!(signed, expected);
+    assert_eq!(entries[entries.len() - 2]["batch"], "begun");
 }
