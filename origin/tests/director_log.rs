@@ -530,6 +530,27 @@ fn a_batch_signed_on_many_threads_signs_each_of_its_vehicles_once_and_logs_them_
     let dir = tempfile::tempdir().unwrap();
     let (mut director, _) = approved(dir.path(), 40);
     director.set_signers(8);
+    // Vehicles start from different targets versions (0, 1 or 2 signed before), so each
+    // vehicle's result must be paired with it, not with a neighbour signed on another thread.
+    let origin = origin_at(dir.path());
+    let actor = origin::Actor::new("ops").unwrap();
+    for i in 0..40 {
+        for _ in 0..i % 3 {
+            let ecu = origin::director::Assignment {
+                serial: format!("GW-{}", vin(i)).parse().unwrap(),
+                hardware_id: "gateway-v1".into(),
+                target: "gw/1.0.bin".into(),
+            };
+            origin::director::assign(
+                &origin,
+                &actor,
+                &vin(i),
+                &[ecu],
+                proto::custom::Priority::Fix,
+            )
+            .unwrap();
+        }
+    }
     let all = Batch {
         vehicles: 40,
         time: std::time::Duration::MAX,
@@ -543,12 +564,21 @@ fn a_batch_signed_on_many_threads_signs_each_of_its_vehicles_once_and_logs_them_
             due: 0
         }
     );
-    for i in 0..40 {
-        assert_eq!(version(dir.path(), i), 1, "{}", vin(i));
+    let expected: Vec<(String, u64)> = (0..40)
+        .map(|i| (vin(i).to_string(), i as u64 % 3 + 1))
+        .collect();
+    for (i, (_, signed)) in expected.iter().enumerate() {
+        assert_eq!(version(dir.path(), i), *signed, "{}", vin(i));
         assert_eq!(held(dir.path(), i), ["gw/2.0.bin"], "{}", vin(i));
+        assert_eq!(
+            director.campaigns()[ID].assigned.get(&vin(i)),
+            Some(signed),
+            "{}",
+            vin(i)
+        );
     }
-    // The batch's entries: begun, then done naming every vehicle in VIN order, whichever
-    // thread signed it and whenever it finished.
+    // The batch's entries: begun, then done naming every vehicle in VIN order with its own
+    // version, whichever thread signed it and whenever it finished.
     let entries: Vec<serde_json::Value> = director
         .registry()
         .campaign_events(&id())
@@ -559,7 +589,6 @@ fn a_batch_signed_on_many_threads_signs_each_of_its_vehicles_once_and_logs_them_
     let done = entries.last().unwrap();
     assert_eq!(done["batch"], "done", "{done}");
     let signed: Vec<(String, u64)> = serde_json::from_value(done["signed"].clone()).unwrap();
-    let expected: Vec<(String, u64)> = (0..40).map(|i| (vin(i).to_string(), 1)).collect();
     assert_eq!(signed, expected);
     assert_eq!(entries[entries.len() - 2]["batch"], "begun");
 }
