@@ -6,10 +6,19 @@
 //! every member's director targets are signed by the background work (`Director::work`, default
 //! batches, as `origin serve`'s worker runs it) and the longest batch (the longest a report
 //! waits for the director meanwhile); per accepted report (first, median, last thousand); and
-//! the registry's size on disk.
+//! the registry's size (on disk for sled; `pg_database_size` for PostgreSQL).
+//!
+//! The registry is the embedded sled database by default; `--postgres` starts a real temporary
+//! PostgreSQL server as the tests do (`tests/common/postgres_server.rs`: Debian's `postgresql`,
+//! `initdb` in a temporary directory, stopped when the example exits) and keeps it there;
+//! `--registry postgres://…` uses a server the operator runs (the password from
+//! `--registry-password-file`, `PGPASSWORD` or a passfile, as `origin serve` finds it; the
+//! database is written to, so give an empty one). `--signers N` signs N vehicles of a batch at
+//! a time (default: one per CPU).
 //!
 //! ```sh
-//! cargo run --release -p origin --example director_scale -- --vehicles 20000 [--waves 1,10,100]
+//! cargo run --release -p origin --example director_scale -- --vehicles 20000 [--waves 1,10,100] \
+//!     [--postgres | --registry postgres://USER@HOST/DB [--registry-password-file FILE]] [--signers N]
 //! ```
 
 #![allow(
@@ -19,13 +28,16 @@
     clippy::cast_possible_truncation
 )]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use origin::jobs::Batch;
+use origin::registry::{Location, PostgresTarget};
 use origin::service::Director;
 use serde_json::json;
 
+#[path = "../tests/common/postgres_server.rs"]
+mod postgres_server;
 #[path = "../tests/common/sim_fleet.rs"]
 mod sim_fleet;
 use sim_fleet::{
@@ -77,12 +89,43 @@ fn sign_all(director: &mut Director, now: u64, what: &str) -> f64 {
     took
 }
 
+/// Where the registry is kept.
+enum Kept {
+    /// sled, under the origin directory.
+    Sled,
+    /// A temporary PostgreSQL server started here.
+    TemporaryPostgres,
+    /// A PostgreSQL server the operator runs.
+    Postgres(String),
+}
+
 fn main() {
     let mut vehicles = 20_000usize;
     let mut waves = vec![1.0, 10.0, 100.0];
+    let mut kept = Kept::Sled;
+    let mut password_file: Option<PathBuf> = None;
+    let mut signers: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--postgres" => kept = Kept::TemporaryPostgres,
+            "--registry" => {
+                kept = Kept::Postgres(args.next().expect("--registry takes postgres://…"));
+            }
+            "--registry-password-file" => {
+                password_file = Some(
+                    args.next()
+                        .expect("--registry-password-file takes a file")
+                        .into(),
+                );
+            }
+            "--signers" => {
+                signers = Some(
+                    args.next()
+                        .and_then(|n| n.parse().ok())
+                        .expect("--signers takes a count"),
+                );
+            }
             "--vehicles" => {
                 vehicles = args
                     .next()
@@ -96,19 +139,65 @@ fn main() {
                     .expect("--waves takes percents, e.g. 1,10,100")
             }
             other => {
-                panic!("unknown argument {other:?} (takes --vehicles N, --waves P1,P2,...)")
+                panic!(
+                    "unknown argument {other:?} (takes --vehicles N, --waves P1,P2,..., \
+                     --postgres, --registry postgres://…, --registry-password-file FILE, --signers N)"
+                )
             }
         }
     }
     let dir = tempfile::tempdir().unwrap();
     let origin = origin_with_releases(dir.path());
-    let mut director = Director::open(origin.clone()).unwrap();
+    let location = match &kept {
+        Kept::Sled => {
+            println!(
+                "registry: sled in {}",
+                origin.dir.join("registry").display()
+            );
+            Location::Embedded
+        }
+        Kept::TemporaryPostgres => {
+            let started = Instant::now();
+            let server = postgres_server::server();
+            let database = server.database("director_scale");
+            let mut target =
+                PostgresTarget::parse(&server.url(&database, "sslmode=disable")).unwrap();
+            target
+                .resolve_password(Some(&server.password_file), &|_| None)
+                .unwrap();
+            println!(
+                "registry: a temporary PostgreSQL, database {database} on 127.0.0.1:{} (started in {:.1} s)",
+                server.port,
+                started.elapsed().as_secs_f64()
+            );
+            Location::Postgres(Box::new(target))
+        }
+        Kept::Postgres(url) => {
+            let mut target = PostgresTarget::parse(url).unwrap();
+            target
+                .resolve_password(password_file.as_deref(), &|name| std::env::var_os(name))
+                .unwrap();
+            println!("registry: {}", target.describe());
+            Location::Postgres(Box::new(target))
+        }
+    };
+    let mut director = Director::open_at(origin.clone(), &location).unwrap();
+    if let Some(signers) = signers {
+        director.set_signers(signers);
+    }
 
     let started = Instant::now();
     for i in 0..vehicles {
         director
             .register(&vehicle_record(i, 20, 500), "ops", START)
             .unwrap();
+        if (i + 1) % 50_000 == 0 && i + 1 < vehicles {
+            eprintln!(
+                "  {} registered ({:.0} s)",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     let register = started.elapsed().as_secs_f64();
     println!(
@@ -119,12 +208,14 @@ fn main() {
     let spec = gateway_campaign("scale", &waves, 0.9, 0.05, 5);
     director.create(spec, "alice", START).unwrap();
     let t = Instant::now();
+    let approved = Instant::now();
     approve_as_two(&mut director, "scale", START);
     println!(
         "approve (opens wave 1; the request's own latency): {:.3} s",
         t.elapsed().as_secs_f64()
     );
     let mut signing = vec![sign_all(&mut director, START, "wave 1")];
+    let mut fleet_signed = approved.elapsed().as_secs_f64();
 
     let mut now = START + 60;
     let mut reported = vec![false; vehicles];
@@ -177,6 +268,7 @@ fn main() {
         if director.work_due() > 0 {
             let wave = format!("wave {}", signing.len() + 1);
             signing.push(sign_all(&mut director, now, &wave));
+            fleet_signed = approved.elapsed().as_secs_f64();
         }
     }
     let total = all.elapsed().as_secs_f64();
@@ -208,18 +300,33 @@ fn main() {
             .join(", "),
         signing.iter().sum::<f64>()
     );
+    println!(
+        "from approval until the last member's targets were signed: {fleet_signed:.1} s (the reports of the waves before the last in between, {:.1} s of signing)",
+        signing.iter().sum::<f64>()
+    );
     let state = director.campaigns()["scale"]
         .campaign
         .as_ref()
         .map(|c| format!("{:?}", c.state()));
+    let (what, registry_bytes) = match kept {
+        Kept::Sled => ("on disk", dir_bytes(&origin.dir.join("registry"))),
+        Kept::TemporaryPostgres | Kept::Postgres(_) => (
+            "database (pg_database_size)",
+            director
+                .registry()
+                .stored_bytes()
+                .unwrap()
+                .expect("PostgreSQL tells its database's size"),
+        ),
+    };
     println!(
-        "campaign state: {state:?}; registry on disk {:.1} MiB; origin dir {:.1} MiB",
-        dir_bytes(&origin.dir.join("registry")) as f64 / 1048576.0,
+        "campaign state: {state:?}; registry {what} {:.1} MiB; origin dir {:.1} MiB",
+        registry_bytes as f64 / 1048576.0,
         dir_bytes(&origin.dir) as f64 / 1048576.0
     );
     let t = Instant::now();
     drop(director);
-    let reopened = Director::open(origin).unwrap();
+    let reopened = Director::open_at(origin, &location).unwrap();
     println!(
         "reopen: {:.2} s ({} campaigns)",
         t.elapsed().as_secs_f64(),

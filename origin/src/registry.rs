@@ -84,6 +84,11 @@ pub trait Registry: Send + Sync {
     /// Drops campaign `id`'s logged events up to and including `seq` (a snapshot holds them).
     /// Need not be durable: events a snapshot holds are skipped when read back.
     fn drop_campaign_events(&self, id: &CampaignId, through: u64) -> anyhow::Result<()>;
+    /// The bytes the registry takes in its store, when it can tell (sled: its files on disk;
+    /// PostgreSQL: the database's, `pg_database_size`): for planning a fleet's storage.
+    fn stored_bytes(&self) -> anyhow::Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// The embedded registry: a sled database.
@@ -228,6 +233,14 @@ impl Registry for SledRegistry {
         self.campaign_log
             .apply_batch(batch)
             .with_context(|| format!("dropping logged events of campaign {id}"))
+    }
+
+    fn stored_bytes(&self) -> anyhow::Result<Option<u64>> {
+        Ok(Some(
+            self.db
+                .size_on_disk()
+                .context("reading the registry's size on disk")?,
+        ))
     }
 }
 

@@ -16,9 +16,11 @@
 //! answer) is acknowledged without counting twice.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use proto::custom::Priority;
 use proto::tuf::Time;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -327,16 +329,87 @@ pub struct Director {
     revocations: Option<ServedRevocations>,
     /// Each campaign's background work on its vehicles' targets ([`crate::jobs`]).
     jobs: BTreeMap<CampaignId, Queue>,
-    /// What signing or withdrawing one vehicle took in the last batch (sizes the next).
+    /// What signing or withdrawing one vehicle took in the last batch, on the wall clock with
+    /// its signers side by side (sizes the next batch).
     per_vehicle: Option<Duration>,
-    /// The image repository as the last batch of signings read it, and when (wall clock, and
-    /// the director's clock): verified once for the batches of a few seconds, not per batch.
-    image: Option<(director::ImageRepo, Instant, u64)>,
+    /// The image repository as the last batch of signings read it, one copy per signer (a
+    /// signing needs its own), and when (wall clock, and the director's clock): verified once
+    /// for the batches of a few seconds, not per batch.
+    image: Option<(Vec<director::ImageRepo>, Instant, u64)>,
+    /// How many vehicles of a batch are signed at the same time ([`Self::set_signers`]).
+    signers: usize,
 }
 
 /// How long batches of signings share one verified image repository: it is verified again
 /// after this long on the wall clock, or a minute on the director's.
 const IMAGE_REUSED: Duration = Duration::from_secs(10);
+
+/// Signers of a batch by default: one per CPU.
+fn default_signers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// Signs the director targets of each of `vehicles` (or withdraws them, for
+/// [`TargetsWork::Withdraw`]) on up to `signers` threads (the calling one among them), each
+/// taking the next vehicle not yet taken; a signing thread reads the image repository through
+/// a copy of its own in `images` (a withdrawal reads none). Returns each vehicle's targets
+/// version or error, in `vehicles`' order.
+///
+/// Every vehicle has a repository of its own, so no two threads write the same files; what
+/// they share (the director's keys, the root files they copy, the publish journal, appended
+/// under a file lock) is only read or appended to.
+fn sign_vehicles(
+    origin: &Origin,
+    work: TargetsWork,
+    priority: Priority,
+    images: &mut [director::ImageRepo],
+    signers: usize,
+    vehicles: &[(Planned, Vec<Assignment>)],
+) -> Vec<anyhow::Result<u64>> {
+    let next = AtomicUsize::new(0);
+    let sign = |mut image: Option<&mut director::ImageRepo>| {
+        let mut results = Vec::new();
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some((planned, assignments)) = vehicles.get(index) else {
+                return results;
+            };
+            let result = match (work, image.as_deref_mut()) {
+                (TargetsWork::Sign, Some(image)) => {
+                    director::sign_assignment(origin, image, &planned.vin, assignments, priority)
+                }
+                (TargetsWork::Sign, None) => Err(anyhow::anyhow!(
+                    "no verified image repository to sign {} from",
+                    planned.vin
+                )),
+                (TargetsWork::Withdraw, _) => director::withdraw(origin, &planned.vin),
+            };
+            results.push((index, result));
+        }
+    };
+    let mut images: Vec<Option<&mut director::ImageRepo>> = match work {
+        TargetsWork::Sign => images.iter_mut().map(Some).collect(),
+        TargetsWork::Withdraw => (0..signers.max(1)).map(|_| None).collect(),
+    };
+    images.truncate(signers.min(vehicles.len()).max(1));
+    let mut results: Vec<(usize, anyhow::Result<u64>)> = std::thread::scope(|scope| {
+        let mut images = images.into_iter();
+        let here = images.next().flatten();
+        let threads: Vec<_> = images.map(|image| scope.spawn(|| sign(image))).collect();
+        let mut results = sign(here);
+        for thread in threads {
+            match thread.join() {
+                Ok(theirs) => results.extend(theirs),
+                // A signing that panicked broke an invariant: panic here as it would have
+                // without threads (the batch's begun entry settles it at the next start).
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        results
+    });
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}
 
 /// The fleet's revocation list, verified once and kept as served: every node asks for it at
 /// each refresh, and reading and verifying up to ~28 MB (200,000 peers) under the director's lock for each would let anyone stall the director.
@@ -498,6 +571,7 @@ impl Director {
             jobs: BTreeMap::new(),
             per_vehicle: None,
             image: None,
+            signers: default_signers(),
         };
         // A settled batch is stored now: what the files said is then the record's.
         for id in settled {
@@ -519,6 +593,14 @@ impl Director {
     /// Fewer means more bytes written per report and less to count again at a restart.
     pub fn set_snapshot_min_events(&mut self, events: u64) {
         self.snapshot_min_events = events.max(1);
+    }
+
+    /// Signs the vehicles of a batch of background work `signers` at a time, each on a thread
+    /// of its own (default: one per CPU; at least one). A vehicle's signing is three
+    /// signatures and as many durable writes in its own repository, so vehicles do not wait
+    /// for each other; the batch's log entries still come before and after all of them.
+    pub fn set_signers(&mut self, signers: usize) {
+        self.signers = signers.max(1);
     }
 
     /// The origin.
@@ -1106,23 +1188,26 @@ impl Director {
         self.at(now);
         let size = batch.size(self.per_vehicle);
         let work = self.jobs.get(id).context("no such work")?.work;
-        // Verified again every few seconds, so that a repository changed meanwhile is seen.
+        // Verified again every few seconds, so that a repository changed meanwhile is seen;
+        // one copy per signer.
         let mut image = match (work, self.image.take()) {
             (TargetsWork::Withdraw, cached) => {
                 self.image = cached;
                 None
             }
-            (TargetsWork::Sign, Some((image, opened, at)))
+            (TargetsWork::Sign, Some((images, opened, at)))
                 if opened.elapsed() < IMAGE_REUSED && now.abs_diff(at) < 60 =>
             {
-                Some((image, opened, at))
+                Some((images, opened, at))
             }
-            (TargetsWork::Sign, _) => Some((
-                director::ImageRepo::open(&self.origin)?,
-                Instant::now(),
-                now,
-            )),
+            (TargetsWork::Sign, _) => Some((Vec::new(), Instant::now(), now)),
         };
+        if let Some((images, _, _)) = image.as_mut() {
+            let signers = self.signers.min(size).max(1);
+            while images.len() < signers {
+                images.push(director::ImageRepo::open(&self.origin)?);
+            }
+        }
         let queue = self.jobs.get_mut(id).context("no such work")?;
         let mut taken = Vec::with_capacity(size);
         while taken.len() < size {
@@ -1168,18 +1253,18 @@ impl Director {
         // Only the signings are timed: a batch's fixed cost (its two log entries) sized into
         // each vehicle would shrink the next batch, raising that cost's share again.
         let started = Instant::now();
+        let results = sign_vehicles(
+            &self.origin,
+            work,
+            priority,
+            image
+                .as_mut()
+                .map_or(&mut [], |(images, _, _)| images.as_mut_slice()),
+            self.signers,
+            &vehicles,
+        );
         let mut signed = Vec::with_capacity(vehicles.len());
-        for (planned, assignments) in &vehicles {
-            let result = match (work, image.as_mut()) {
-                (TargetsWork::Sign, Some((image, _, _))) => director::sign_assignment(
-                    &self.origin,
-                    image,
-                    &planned.vin,
-                    assignments,
-                    priority,
-                ),
-                _ => director::withdraw(&self.origin, &planned.vin),
-            };
+        for ((planned, _), result) in vehicles.iter().zip(results) {
             match result {
                 Ok(version) => signed.push((planned.vin.clone(), version)),
                 Err(error) => failed.push((planned.vin.clone(), format!("{error:#}"))),

@@ -163,6 +163,9 @@ fn open(dir: &Path, writes: &Arc<AtomicUsize>, cut_at: Option<usize>) -> Directo
     };
     let mut director = Director::with_registry(origin, Box::new(registry)).unwrap();
     director.set_snapshot_min_events(3);
+    // Three vehicles of a batch signed at a time, whatever the machine's CPUs: every test
+    // here runs the signing threads, batches of four and eight split unevenly between them.
+    director.set_signers(3);
     director
 }
 
@@ -574,4 +577,72 @@ fn a_stop_between_a_vehicles_targets_and_their_timestamp_leaves_it_due_not_lost(
         "{:?}",
         origin::admin::verify(&origin)
     );
+}
+
+#[test]
+fn a_batch_signed_on_many_threads_signs_each_of_its_vehicles_once_and_logs_them_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut director, _) = approved(dir.path(), 40);
+    director.set_signers(8);
+    // Vehicles start from different targets versions (0, 1 or 2 signed before), so each
+    // vehicle's result must be paired with it, not with a neighbour signed on another thread.
+    let origin = origin_at(dir.path());
+    let actor = origin::Actor::new("ops").unwrap();
+    for i in 0..40 {
+        for _ in 0..i % 3 {
+            let ecu = origin::director::Assignment {
+                serial: format!("GW-{}", vin(i)).parse().unwrap(),
+                hardware_id: "gateway-v1".into(),
+                target: "gw/1.0.bin".into(),
+            };
+            origin::director::assign(
+                &origin,
+                &actor,
+                &vin(i),
+                &[ecu],
+                proto::custom::Priority::Fix,
+            )
+            .unwrap();
+        }
+    }
+    let all = Batch {
+        vehicles: 40,
+        time: std::time::Duration::MAX,
+    };
+    let worked = director.work(START, &all).unwrap();
+    assert_eq!(
+        worked,
+        Worked {
+            vehicles: 40,
+            failed: 0,
+            due: 0
+        }
+    );
+    let expected: Vec<(String, u64)> = (0..40)
+        .map(|i| (vin(i).to_string(), i as u64 % 3 + 1))
+        .collect();
+    for (i, (_, signed)) in expected.iter().enumerate() {
+        assert_eq!(version(dir.path(), i), *signed, "{}", vin(i));
+        assert_eq!(held(dir.path(), i), ["gw/2.0.bin"], "{}", vin(i));
+        assert_eq!(
+            director.campaigns()[ID].assigned.get(&vin(i)),
+            Some(signed),
+            "{}",
+            vin(i)
+        );
+    }
+    // The batch's entries: begun, then done naming every vehicle in VIN order with its own
+    // version, whichever thread signed it and whenever it finished.
+    let entries: Vec<serde_json::Value> = director
+        .registry()
+        .campaign_events(&id())
+        .unwrap()
+        .into_iter()
+        .map(|(_, bytes)| serde_json::from_slice(&bytes).unwrap())
+        .collect();
+    let done = entries.last().unwrap();
+    assert_eq!(done["batch"], "done", "{done}");
+    let signed: Vec<(String, u64)> = serde_json::from_value(done["signed"].clone()).unwrap();
+    assert_eq!(signed, expected);
+    assert_eq!(entries[entries.len() - 2]["batch"], "begun");
 }

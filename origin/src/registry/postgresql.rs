@@ -638,6 +638,18 @@ impl Registry for PostgresRegistry {
         )?;
         Ok(())
     }
+
+    fn stored_bytes(&self) -> anyhow::Result<Option<u64>> {
+        let bytes: i64 = self.run(
+            || "reading the database's size".to_owned(),
+            |s| {
+                s.client
+                    .query_one("SELECT pg_database_size(current_database())", &[])?
+                    .try_get(0)
+            },
+        )?;
+        Ok(Some(u64::try_from(bytes).unwrap_or(0)))
+    }
 }
 
 #[cfg(test)]
