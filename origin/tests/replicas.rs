@@ -23,6 +23,8 @@ use origin::registry::{Location, PostgresTarget};
 use origin::service::{CampaignRecord, Director};
 use serde_json::json;
 
+#[path = "common/child.rs"]
+mod child;
 #[path = "common/postgres_server.rs"]
 mod postgres_server;
 #[path = "common/s3_server.rs"]
@@ -260,21 +262,9 @@ fn replicas_on_two_hosts_share_only_postgres_and_object_storage() {
     // them (the workspace forbids the unsafe set_var).
     let Some(endpoint) = std::env::var_os(S3) else {
         let server = s3_server::S3Server::start(&work.path().join("moto.log"));
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
-            .env(S3, &server.endpoint)
-            .envs(s3_server::CREDENTIALS)
-            .output()
-            .unwrap();
-        let output = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && output.contains("1 passed"),
-            "{output}"
-        );
+        let mut env = vec![(S3, server.endpoint.as_str())];
+        env.extend(s3_server::CREDENTIALS);
+        child::rerun_with_env(NAME, &env);
         return;
     };
     let config = origin::storage::StorageConfig::from_flags(

@@ -194,3 +194,26 @@ pub fn list(data_dir: &Path) -> Vec<proto::BlobId> {
     ids.extend(store.names().into_iter().map(|(_, id)| id));
     ids
 }
+
+/// A depot daemon of `origin`'s fleet (enrolled as a depot) in `data_dir`, prefetching every
+/// second from `upstream` the image repository (trusting the root file `roots.0`) and the
+/// director repository of each of `vins` (trusting `roots.1`).
+pub fn prefetching_depot(
+    origin: &origin::repo::Origin,
+    data_dir: &Path,
+    upstream: &str,
+    roots: (&Path, &Path),
+    vins: &[&str],
+) -> DepotDaemon {
+    let mesh = crate::release::enrol(origin, data_dir, proto::membership::MemberRole::Depot);
+    let config = depot_config(data_dir).replace("mesh = { open = true }\n", "");
+    DepotDaemon::start(
+        data_dir,
+        &format!(
+            "{config}{}\n[prefetch]\nupstream = [{upstream:?}]\nroot = {:?}\ndirector_root = {:?}\nvehicles = {vins:?}\ninterval_secs = 1\n",
+            mesh.inline_toml(),
+            roots.0.display().to_string(),
+            roots.1.display().to_string(),
+        ),
+    )
+}

@@ -14,6 +14,7 @@
 // Test support: a fixture that cannot set up fails its test, with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../origin/tests/common/child.rs"]
 pub mod child;
 pub mod data;
 pub mod depot;

@@ -170,3 +170,44 @@ pub fn downloaded(status: &serde_json::Value) -> u64 {
         .map(|d| d["bytes"].as_u64().unwrap())
         .sum()
 }
+
+/// A gateway vehicle enrolled in `origin`'s fleet, in `dir` (its node's data in `dir/data`):
+/// runs `installed`, fetches from the depot at `depot`, trusts the root files `roots` (image,
+/// director), checks director targets with the origin's director key, has no director to
+/// report to. Returns its configuration's path.
+pub fn fleet_gateway(
+    origin: &origin::repo::Origin,
+    dir: &Path,
+    vin: &str,
+    installed: &[u8],
+    depot: &str,
+    roots: (&Path, &Path),
+) -> PathBuf {
+    use proto::tuf::signer::Signer as _;
+    let mesh = crate::release::enrol(
+        origin,
+        &dir.join("data"),
+        proto::membership::MemberRole::Vehicle,
+    );
+    let director_key = origin
+        .key("director", "targets")
+        .unwrap()
+        .public_key()
+        .public_text();
+    let keys = seed_keys();
+    gateway_vehicle(
+        dir,
+        &GatewayVehicle {
+            vin,
+            installed,
+            director_key: &director_key,
+            keys: (&keys.0, &keys.1),
+            depot,
+            roots,
+            link: "class = \"yard-wifi\"",
+            health: "exit 0",
+            director: None,
+            mesh: Some(&mesh),
+        },
+    )
+}

@@ -12,15 +12,11 @@
 use std::time::{Duration, Instant};
 
 use depotmesh_tests::data::noise;
-use depotmesh_tests::depot::{DepotDaemon, depot_config};
+use depotmesh_tests::depot::prefetching_depot;
 use depotmesh_tests::director::assign_gateway;
-use depotmesh_tests::release::{Release, enrol, new_origin, release};
-use depotmesh_tests::vehicle::{
-    GatewayVehicle, check_once, gateway_vehicle, seed_keys, wait_for_image,
-};
+use depotmesh_tests::release::{Release, new_origin, release};
+use depotmesh_tests::vehicle::{check_once, fleet_gateway, wait_for_image};
 use node::policy::Priority;
-use proto::membership::MemberRole;
-use proto::tuf::signer::Signer as _;
 
 #[test]
 fn a_depot_prefetches_what_the_origin_signs_from_its_own_mesh_node() {
@@ -65,53 +61,25 @@ fn a_depot_prefetches_what_the_origin_signs_from_its_own_mesh_node() {
     published(&format!("director/{vin}/metadata/timestamp.json"));
 
     // The depot, a fleet member, prefetches both repositories from the origin's node.
-    let depot_dir = w.join("depot");
-    let depot_mesh = enrol(&origin, &depot_dir, MemberRole::Depot);
-    let config = depot_config(&depot_dir).replace("mesh = { open = true }\n", "");
-    let depot = DepotDaemon::start(
-        &depot_dir,
-        &format!(
-            "{config}{}\n[prefetch]\nupstream = [{upstream:?}]\nroot = {:?}\ndirector_root = {:?}\nvehicles = [{vin:?}]\ninterval_secs = 1\n",
-            depot_mesh.inline_toml(),
-            origin
-                .dir
-                .join("image/metadata/1.root.json")
-                .display()
-                .to_string(),
-            origin
-                .dir
-                .join("director/metadata/1.root.json")
-                .display()
-                .to_string(),
-        ),
+    let image_root = origin.dir.join("image/metadata/1.root.json");
+    let director_root = origin.dir.join("director/metadata/1.root.json");
+    let depot = prefetching_depot(
+        &origin,
+        &w.join("depot"),
+        &upstream,
+        (&image_root, &director_root),
+        &[vin],
     );
     depot.wait_prefetched(2);
 
     // A vehicle of the fleet installs v2 from the depot.
-    let vehicle_dir = w.join(vin);
-    let vehicle_mesh = enrol(&origin, &vehicle_dir.join("data"), MemberRole::Vehicle);
-    let director_key = origin
-        .key("director", "targets")
-        .unwrap()
-        .public_key()
-        .public_text();
-    let keys = seed_keys();
-    let image_root = origin.dir.join("image/metadata/1.root.json");
-    let director_root = origin.dir.join("director/metadata/1.root.json");
-    let config = gateway_vehicle(
-        &vehicle_dir,
-        &GatewayVehicle {
-            vin,
-            installed: &v1,
-            director_key: &director_key,
-            keys: (&keys.0, &keys.1),
-            depot: &depot.addr.to_string(),
-            roots: (&image_root, &director_root),
-            link: "class = \"yard-wifi\"",
-            health: "exit 0",
-            director: None,
-            mesh: Some(&vehicle_mesh),
-        },
+    let config = fleet_gateway(
+        &origin,
+        &w.join(vin),
+        vin,
+        &v1,
+        &depot.addr.to_string(),
+        (&image_root, &director_root),
     );
     let status = check_once(&config);
     assert_eq!(status["last_install"]["outcome"], "committed", "{status}");

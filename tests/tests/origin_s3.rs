@@ -13,18 +13,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use depotmesh_tests::data::noise;
-use depotmesh_tests::depot::{DepotDaemon, depot_config};
+use depotmesh_tests::depot::prefetching_depot;
 use depotmesh_tests::director::assign_gateway;
-use depotmesh_tests::release::{Release, enrol, release};
+use depotmesh_tests::release::{Release, release};
 use depotmesh_tests::s3::{BUCKET, in_s3, options};
-use depotmesh_tests::vehicle::{
-    GatewayVehicle, check_once, gateway_vehicle, seed_keys, wait_for_image,
-};
+use depotmesh_tests::vehicle::{check_once, fleet_gateway, wait_for_image};
 use node::policy::Priority;
 use origin::Origin;
 use origin::storage::{Storage, StorageConfig};
-use proto::membership::MemberRole;
-use proto::tuf::signer::Signer as _;
 
 #[test]
 fn machines_sharing_a_bucket_write_one_audit_chain_even_when_they_race() {
@@ -364,42 +360,22 @@ fn an_origin_on_s3_releases_assigns_and_a_vehicle_updates_through_a_depot() {
                     .download("director/metadata/1.root.json", &director_root)
                     .unwrap()
             );
-            let depot_dir = w.join("depot");
-            let depot_mesh = enrol(&origin, &depot_dir, MemberRole::Depot);
-            let config = depot_config(&depot_dir).replace("mesh = { open = true }\n", "");
-            let depot = DepotDaemon::start(
-                &depot_dir,
-                &format!(
-                    "{config}{}\n[prefetch]\nupstream = [{upstream:?}]\nroot = {:?}\ndirector_root = {:?}\nvehicles = [{vin:?}]\ninterval_secs = 1\n",
-                    depot_mesh.inline_toml(),
-                    image_root.display().to_string(),
-                    director_root.display().to_string(),
-                ),
+            let depot = prefetching_depot(
+                &origin,
+                &w.join("depot"),
+                &upstream,
+                (&image_root, &director_root),
+                &[vin],
             );
             depot.wait_prefetched(2);
 
-            let vehicle_dir = w.join(vin);
-            let vehicle_mesh = enrol(&origin, &vehicle_dir.join("data"), MemberRole::Vehicle);
-            let director_key = origin
-                .key("director", "targets")
-                .unwrap()
-                .public_key()
-                .public_text();
-            let keys = seed_keys();
-            let config = gateway_vehicle(
-                &vehicle_dir,
-                &GatewayVehicle {
-                    vin,
-                    installed: &v1,
-                    director_key: &director_key,
-                    keys: (&keys.0, &keys.1),
-                    depot: &depot.addr.to_string(),
-                    roots: (&image_root, &director_root),
-                    link: "class = \"yard-wifi\"",
-                    health: "exit 0",
-                    director: None,
-                    mesh: Some(&vehicle_mesh),
-                },
+            let config = fleet_gateway(
+                &origin,
+                &w.join(vin),
+                vin,
+                &v1,
+                &depot.addr.to_string(),
+                (&image_root, &director_root),
             );
             let status = check_once(&config);
             assert_eq!(status["last_install"]["outcome"], "committed", "{status}");

@@ -1,6 +1,9 @@
 //! Running a test again in a child process with an environment of its own: the workspace
 //! forbids `unsafe`, so a test cannot set a variable for itself (`SOFTHSM2_CONF` for a token,
 //! `AWS_ACCESS_KEY_ID` for object storage), as the real services get them from systemd.
+//! Shared through `#[path]` by origin's tests and the tests crate.
+
+#![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
 use std::ffi::OsStr;
 use std::process::Command;
