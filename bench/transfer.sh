@@ -48,10 +48,15 @@ s0=$(cpu_ticks "$SERVER")
 s1=$(cpu_ticks "$SERVER")
 cmp -s "$WORK/blob.bin" "$WORK/out.bin" || { echo "depotmesh output differs!" >&2; exit 1; }
 read -r WALL USR SYS RSS < "$WORK/fetch.time"
-TRANSFER_S=$(python3 -c "import json;print(json.loads(open('$WORK/fetch.json').read().splitlines()[-1])['seconds'])")
+read -r TRANSFER_S FETCH_CPU < <(python3 -c "
+import json; s = json.loads(open('$WORK/fetch.json').read().splitlines()[-1])
+print(s['seconds'], s['cpu_seconds'])")
+# CPU of the transfer: the fetch's own (it reports it, export excluded) plus the server's during
+# the whole command (it idles while the fetcher exports). The whole command's CPU is printed too.
 DM=$(python3 -c "
-b=$BYTES; t=$TRANSFER_S; wall=$WALL; cpu=$USR+$SYS+($s1-$s0)/$TICK
-print(f'{b/1e6/t:.0f} {b/1e6/wall:.0f} {cpu:.2f} {b/1e6/cpu:.0f}')")
+b=$BYTES; t=$TRANSFER_S; wall=$WALL; server=($s1-$s0)/$TICK
+cpu=$FETCH_CPU+server; cmd=$USR+$SYS+server
+print(f'{b/1e6/t:.0f} {b/1e6/wall:.0f} {cpu:.2f} {b/1e6/cpu:.0f} {cmd:.2f}')")
 echo "depotmesh: transfer ${TRANSFER_S}s, whole command ${WALL}s (incl. export), peak RSS ${RSS} KiB" >&2
 if [ "${RSS_ONLY:-0}" = 1 ]; then
   echo "blob $SIZE_MIB MiB: vehicle-peer fetch peak RSS $((RSS / 1024)) MiB, transfer ${TRANSFER_S} s"
@@ -119,7 +124,7 @@ PY
 )
 
 # --- table ----------------------------------------------------------------------------------
-read -r DM_T DM_W DM_CPU DM_EFF <<< "$DM"
+read -r DM_T DM_W DM_CPU DM_EFF DM_CMD_CPU <<< "$DM"
 read -r NG_T NG_W NG_CPU NG_EFF <<< "$NG"
 read -r BARE_T BARE_CPU BARE_EFF <<< "$BARE"
 echo
@@ -131,4 +136,7 @@ printf '%-44s %10s %14s %12s %14s\n' "bare libp2p-stream copy (ceiling)" "$BARE_
 echo "vehicle-peer fetch peak RSS: $((RSS / 1024)) MiB"
 echo "MB/s = bytes / transfer time (depotmesh: from its summary; curl: time_total);"
 echo "MB/s (cmd) = bytes / whole command wall time (depotmesh includes writing the verified file out)."
-echo "CPU s = user + system of both ends during the transfer."
+echo "CPU s = user + system of both ends during the transfer (depotmesh: the fetch's own figure,"
+echo "  export excluded, plus the server's; the whole command including export took ${DM_CMD_CPU} CPU s)."
+python3 -c "
+print(f'depotmesh / bare copy: {$DM_T/$BARE_T:.2f}x in MB/s, {$DM_EFF/$BARE_EFF:.2f}x in MB/CPU-s')"

@@ -31,6 +31,8 @@
 mod driver;
 mod error;
 mod introduce;
+mod quic;
+mod tls;
 
 use std::{
     fmt,
@@ -52,6 +54,8 @@ pub use error::NetError;
 /// A bidirectional byte stream to a peer (a QUIC stream). See the module docs for how to read and
 /// write it.
 pub use libp2p::Stream;
+pub use quic::QuicError;
+pub use tls::CipherPreference;
 
 use driver::{Behaviour, Command, Driver, Members};
 
@@ -87,6 +91,16 @@ pub struct QuicTuning {
     pub keep_alive_interval: Duration,
     /// Most streams a peer may hold open to us at once.
     pub max_concurrent_streams: u32,
+    /// Bytes one connection keeps in flight unacknowledged (quinn's send window).
+    pub send_window: u64,
+    /// The largest UDP payload path MTU discovery probes for. Discovery starts at QUIC's
+    /// 1200 bytes and climbs only as far as the path carries.
+    pub mtu_upper_bound: u16,
+    /// Ask peers to acknowledge every this many packets (QUIC's ACK frequency extension, used
+    /// where both ends support it); `None` keeps QUIC's default of every second packet.
+    pub ack_every: Option<u32>,
+    /// Which cipher suite this node lists first when it dials. The dialler's list decides.
+    pub ciphers: CipherPreference,
 }
 
 impl Default for QuicTuning {
@@ -120,6 +134,10 @@ impl Default for QuicTuning {
             max_idle_timeout: Duration::from_secs(10),
             keep_alive_interval: Duration::from_secs(2),
             max_concurrent_streams: 256,
+            send_window: 16 * 1024 * 1024,
+            mtu_upper_bound: 1452,
+            ack_every: Some(8),
+            ciphers: CipherPreference::for_this_cpu(),
         }
     }
 }
@@ -595,18 +613,13 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
         stream: libp2p_stream::Behaviour::new(),
     };
 
+    let transport = quic::QuicTransport::new(&keypair, &quic).map_err(|error| NetError::Start {
+        reason: format!("the QUIC transport: {error}"),
+    })?;
     let Ok(builder) = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_quic_config(|mut libp2p_quic| {
-            libp2p_quic.handshake_timeout = quic.handshake_timeout;
-            libp2p_quic.max_idle_timeout = quic.max_idle_timeout_ms;
-            libp2p_quic.keep_alive_interval = quic.keep_alive_interval;
-            libp2p_quic.max_concurrent_stream_limit = quic.max_concurrent_streams;
-            libp2p_quic.max_stream_data = quic.max_stream_data;
-            libp2p_quic.max_connection_data = quic.max_connection_data;
-            libp2p_quic
-        })
-        .with_behaviour(|_| behaviour);
+        .with_other_transport(|_| transport);
+    let Ok(builder) = builder.with_behaviour(|_| behaviour);
     let idle_timeout = config.idle_timeout;
     let mut swarm = builder
         .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(idle_timeout))
@@ -688,17 +701,8 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
 /// engine will not speak to them.
 const IDENTIFY_PROTOCOL_VERSION: &str = "/depotmesh/1.0.0";
 
-/// [`QuicTuning`] and the dial timeout, checked and converted to libp2p-quic's units.
-struct QuicSettings {
-    handshake_timeout: Duration,
-    max_idle_timeout_ms: u32,
-    keep_alive_interval: Duration,
-    max_concurrent_streams: u32,
-    max_stream_data: u32,
-    max_connection_data: u32,
-}
-
-fn quic_settings(config: &NetConfig) -> Result<QuicSettings, NetError> {
+/// [`QuicTuning`] and the dial timeout, checked and converted to the transport's parameters.
+fn quic_settings(config: &NetConfig) -> Result<quic::QuicParams, NetError> {
     let tuning = &config.quic;
     let max_idle_timeout_ms = u32::try_from(tuning.max_idle_timeout.as_millis()).map_err(|_| {
         NetError::InvalidConfig {
@@ -732,15 +736,37 @@ fn quic_settings(config: &NetConfig) -> Result<QuicSettings, NetError> {
             reason: "must be above zero".to_owned(),
         });
     }
-    Ok(QuicSettings {
+    if tuning.mtu_upper_bound < MIN_QUIC_DATAGRAM {
+        return Err(NetError::InvalidConfig {
+            field: "quic.mtu_upper_bound",
+            reason: format!(
+                "{} is below QUIC's minimum datagram of {MIN_QUIC_DATAGRAM} bytes",
+                tuning.mtu_upper_bound
+            ),
+        });
+    }
+    if tuning.ack_every == Some(0) {
+        return Err(NetError::InvalidConfig {
+            field: "quic.ack_every",
+            reason: "must be at least 1 packet".to_owned(),
+        });
+    }
+    Ok(quic::QuicParams {
         handshake_timeout: config.dial_timeout,
-        max_idle_timeout_ms,
+        max_idle_timeout: tuning.max_idle_timeout,
         keep_alive_interval: tuning.keep_alive_interval,
         max_concurrent_streams: tuning.max_concurrent_streams,
-        max_stream_data: tuning.max_stream_data,
-        max_connection_data: tuning.max_connection_data,
+        stream_window: tuning.max_stream_data,
+        connection_window: tuning.max_connection_data,
+        send_window: tuning.send_window,
+        mtu_upper_bound: tuning.mtu_upper_bound,
+        ack_every: tuning.ack_every,
+        ciphers: tuning.ciphers,
     })
 }
+
+/// The smallest UDP payload a QUIC v1 path must carry (RFC 9000, 14.1).
+const MIN_QUIC_DATAGRAM: u16 = 1200;
 
 /// Refuses addresses of transports this node does not speak, so that the caller hears "not QUIC"
 /// rather than a generic transport error from deep inside the swarm. DNS names are refused too:
@@ -818,6 +844,24 @@ mod tests {
             quic_settings(&config),
             Err(NetError::InvalidConfig {
                 field: "quic.max_idle_timeout",
+                ..
+            })
+        ));
+        let mut config = NetConfig::default();
+        config.quic.mtu_upper_bound = 1199;
+        assert!(matches!(
+            quic_settings(&config),
+            Err(NetError::InvalidConfig {
+                field: "quic.mtu_upper_bound",
+                ..
+            })
+        ));
+        let mut config = NetConfig::default();
+        config.quic.ack_every = Some(0);
+        assert!(matches!(
+            quic_settings(&config),
+            Err(NetError::InvalidConfig {
+                field: "quic.ack_every",
                 ..
             })
         ));

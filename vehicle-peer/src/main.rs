@@ -388,6 +388,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
             // Off a terminal, a line now and then, as curl does: for logs, and so a supervisor
             // can see progress.
             let started = std::time::Instant::now();
+            let cpu_before = node::clock::process_cpu();
             let mut last_line = started;
             let report = fetch::fetch(&handle, &mut events, store.clone(), options, |p| {
                 if let Some(bar) = &bar {
@@ -413,6 +414,10 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
                 bar.finish_and_clear();
             }
             let report = report.context("fetching")?;
+            // The fetch's own CPU (verification and storage included), before the export below.
+            let cpu_seconds = node::clock::process_cpu()
+                .zip(cpu_before)
+                .map(|(after, before)| after.saturating_sub(before).as_secs_f64());
 
             store
                 .export_to_file(&blob, &out)
@@ -423,6 +428,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
                 "size": report.size,
                 "bytes": report.bytes_fetched,
                 "seconds": (report.seconds * 1000.0).round() / 1000.0,
+                "cpu_seconds": cpu_seconds,
                 "resumed_groups": report.resumed_groups,
                 "bytes_per_peer": report
                     .bytes_per_peer
