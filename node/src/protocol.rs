@@ -731,6 +731,9 @@ pub enum FetchProgress {
     },
     /// The response covered the blob's last group, so its size is proven.
     SizeProven(u64),
+    /// A checkpoint of the blob is due ([`BlobStore::write_deferred`]): the receiver runs
+    /// [`BlobStore::checkpoint`] off the network task.
+    CheckpointDue,
 }
 
 /// Bytes read from a stream at once while fetching.
@@ -881,7 +884,9 @@ fn store_item<S: Storage, I: Index>(
     fetched: &mut ChunkGroupRanges,
     progress: &mut impl FnMut(FetchProgress),
 ) -> Result<(), ExchangeError> {
-    store.write(blob, item)?;
+    if store.write_deferred(blob, item)? {
+        progress(FetchProgress::CheckpointDue);
+    }
     if let bao::Verified::Group(group) = item {
         let index = group.group().0;
         fetched.insert(index..index + 1);

@@ -118,9 +118,13 @@ pub enum StoreError {
     },
 }
 
-fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
-    let what = what.into();
-    move |source| StoreError::Io { what, source }
+/// The error for a failed I/O step; `what` names the step and runs only on failure (hot paths
+/// must not format a message for every successful write).
+fn io_error<W: Into<String>>(what: impl FnOnce() -> W) -> impl FnOnce(io::Error) -> StoreError {
+    move |source| StoreError::Io {
+        what: what().into(),
+        source,
+    }
 }
 
 /// What the store knows of one blob.
@@ -159,6 +163,10 @@ struct Entry<F> {
     data: F,
     outboard: F,
     state: Mutex<EntryState>,
+    /// Held through a checkpoint, so that checkpoints of one blob run one at a time and each
+    /// records at least what the one before it did (a background checkpoint finishing after the
+    /// final one must not record less).
+    checkpointing: Mutex<()>,
     /// The store's use clock when the blob was last written or served.
     last_used: AtomicU64,
 }
@@ -171,6 +179,9 @@ struct EntryState {
     recorded: ChunkGroupRanges,
     /// Bytes written since the last sync.
     unsynced: u64,
+    /// A writer was told a checkpoint is due and has not finished it yet
+    /// ([`BlobStore::write_deferred`]): others are not told again meanwhile.
+    checkpoint_claimed: bool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -233,7 +244,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         let records = self
             .index
             .load()
-            .map_err(io_error("reading the store index"))?;
+            .map_err(io_error(|| "reading the store index"))?;
         let mut entries = BTreeMap::new();
         let mut names = BTreeMap::new();
         let mut recovered_blobs = Vec::new();
@@ -250,7 +261,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                     None => {
                         self.index
                             .remove(&key)
-                            .map_err(io_error("removing an unreadable use record"))?;
+                            .map_err(io_error(|| "removing an unreadable use record"))?;
                         report.dropped_records += 1;
                     }
                 }
@@ -265,7 +276,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                         tracing::warn!(key = hex::encode(&key), %reason, "dropping unreadable name record");
                         self.index
                             .remove(&key)
-                            .map_err(io_error("removing an unreadable name record"))?;
+                            .map_err(io_error(|| "removing an unreadable name record"))?;
                         report.dropped_records += 1;
                     }
                 }
@@ -281,7 +292,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                     tracing::warn!(key = hex::encode(&key), %reason, "dropping unreadable index record");
                     self.index
                         .remove(&key)
-                        .map_err(io_error("removing an unreadable index record"))?;
+                        .map_err(io_error(|| "removing an unreadable index record"))?;
                     report.dropped_records += 1;
                     continue;
                 }
@@ -308,7 +319,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                 None => self
                     .index
                     .remove(&used_key(&id))
-                    .map_err(io_error(format!("removing the use record of blob {id}")))?,
+                    .map_err(io_error(|| format!("removing the use record of blob {id}")))?,
             }
         }
         self.use_clock.store(clock + 1, Ordering::Relaxed);
@@ -341,7 +352,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                 tracing::warn!(blob = %id, %error, "dropping index record whose files are gone");
                 self.index
                     .remove(id.as_bytes())
-                    .map_err(io_error(format!("removing the record of blob {id}")))?;
+                    .map_err(io_error(|| format!("removing the record of blob {id}")))?;
                 report.dropped_records += 1;
                 return Ok(None);
             }
@@ -356,7 +367,9 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                 held: record.held.clone(),
                 recorded: record.held,
                 unsynced: 0,
+                checkpoint_claimed: false,
             }),
+            checkpointing: Mutex::new(()),
             last_used: AtomicU64::new(0),
         }))
     }
@@ -416,7 +429,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             };
             buffer.resize(len, 0);
             file.read_exact_at(offset, &mut buffer)
-                .map_err(io_error(format!("reading blob {}", entry.id)))?;
+                .map_err(io_error(|| format!("reading blob {}", entry.id)))?;
             match verifier.verify_next(&buffer) {
                 Ok(Verified::Group(group)) => sink(group.offset(), group.data())?,
                 Ok(Verified::Proof(_)) => {}
@@ -439,17 +452,17 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         for name in self
             .storage
             .list(TMP_DIR)
-            .map_err(io_error("listing tmp/"))?
+            .map_err(io_error(|| "listing tmp/"))?
         {
             self.storage
                 .remove(&format!("{TMP_DIR}/{name}"))
-                .map_err(io_error(format!("removing tmp/{name}")))?;
+                .map_err(io_error(|| format!("removing tmp/{name}")))?;
             removed += 1;
         }
         for name in self
             .storage
             .list(BLOBS_DIR)
-            .map_err(io_error("listing blobs/"))?
+            .map_err(io_error(|| "listing blobs/"))?
         {
             let id = name
                 .split('.')
@@ -460,14 +473,14 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             }
             self.storage
                 .remove(&format!("{BLOBS_DIR}/{name}"))
-                .map_err(io_error(format!("removing blobs/{name}")))?;
+                .map_err(io_error(|| format!("removing blobs/{name}")))?;
             removed += 1;
         }
         if removed > 0 {
             for dir in [TMP_DIR, BLOBS_DIR] {
                 self.storage
                     .sync_dir(dir)
-                    .map_err(io_error(format!("syncing {dir}/")))?;
+                    .map_err(io_error(|| format!("syncing {dir}/")))?;
             }
         }
         Ok(removed)
@@ -502,7 +515,9 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         for blob in self.usage() {
             self.index
                 .put(&used_key(&blob.id), &blob.last_used.to_le_bytes())
-                .map_err(io_error(format!("recording the use of blob {}", blob.id)))?;
+                .map_err(io_error(|| {
+                    format!("recording the use of blob {}", blob.id)
+                }))?;
         }
         Ok(())
     }
@@ -561,7 +576,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         let file = self
             .storage
             .open(&tmp_data, true)
-            .map_err(io_error(format!("creating {tmp_data}")))?;
+            .map_err(io_error(|| format!("creating {tmp_data}")))?;
         let mut size = 0u64;
         let mut buffer = vec![0u8; 1 << 20];
         loop {
@@ -569,10 +584,10 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(io_error("reading the blob to import")(error)),
+                Err(error) => return Err(io_error(|| "reading the blob to import")(error)),
             };
             file.write_all_at(size, &buffer[..n])
-                .map_err(io_error(format!("writing {tmp_data}")))?;
+                .map_err(io_error(|| format!("writing {tmp_data}")))?;
             size += n as u64;
             if size > bao::MAX_BLOB_SIZE {
                 return Err(StoreError::TooLarge { size });
@@ -589,42 +604,42 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         )
         .map_err(|error| match error {
             bao::OutboardError::TooLarge { size } => StoreError::TooLarge { size },
-            other => io_error(format!("hashing {tmp_data}"))(io::Error::other(other)),
+            other => io_error(|| format!("hashing {tmp_data}"))(io::Error::other(other)),
         })?;
         let id = outboard.id();
         if self.info(&id).is_some_and(|info| info.complete) {
             self.storage
                 .remove(&tmp_data)
-                .map_err(io_error(format!("removing {tmp_data}")))?;
+                .map_err(io_error(|| format!("removing {tmp_data}")))?;
             return Ok(id);
         }
         let pairs = self
             .storage
             .open(&tmp_outboard, true)
-            .map_err(io_error(format!("creating {tmp_outboard}")))?;
+            .map_err(io_error(|| format!("creating {tmp_outboard}")))?;
         pairs
             .write_all_at(0, outboard.data())
-            .map_err(io_error(format!("writing {tmp_outboard}")))?;
+            .map_err(io_error(|| format!("writing {tmp_outboard}")))?;
         file.sync()
-            .map_err(io_error(format!("syncing {tmp_data}")))?;
+            .map_err(io_error(|| format!("syncing {tmp_data}")))?;
         pairs
             .sync()
-            .map_err(io_error(format!("syncing {tmp_outboard}")))?;
+            .map_err(io_error(|| format!("syncing {tmp_outboard}")))?;
         drop((file, pairs));
         // A partial copy of the same blob gives way to the complete one.
         self.forget(&id)?;
         let (data_name, outboard_name) = (data_name(&id), outboard_name(&id));
         self.storage
             .rename(&tmp_data, &data_name)
-            .map_err(io_error(format!("renaming {tmp_data} to {data_name}")))?;
+            .map_err(io_error(|| format!("renaming {tmp_data} to {data_name}")))?;
         self.storage
             .rename(&tmp_outboard, &outboard_name)
-            .map_err(io_error(format!(
-                "renaming {tmp_outboard} to {outboard_name}"
-            )))?;
+            .map_err(io_error(|| {
+                format!("renaming {tmp_outboard} to {outboard_name}")
+            }))?;
         self.storage
             .sync_dir(BLOBS_DIR)
-            .map_err(io_error("syncing blobs/"))?;
+            .map_err(io_error(|| "syncing blobs/"))?;
         let all = LAYOUT.all_groups(size);
         self.put_record(&id, size, &all)?;
         self.insert_entry(id, size, all.clone(), all)?;
@@ -655,14 +670,15 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             let file = self
                 .storage
                 .open(name, true)
-                .map_err(io_error(format!("creating {name}")))?;
+                .map_err(io_error(|| format!("creating {name}")))?;
             file.set_len(len)
-                .map_err(io_error(format!("sizing {name}")))?;
-            file.sync().map_err(io_error(format!("syncing {name}")))?;
+                .map_err(io_error(|| format!("sizing {name}")))?;
+            file.sync()
+                .map_err(io_error(|| format!("syncing {name}")))?;
         }
         self.storage
             .sync_dir(BLOBS_DIR)
-            .map_err(io_error("syncing blobs/"))?;
+            .map_err(io_error(|| "syncing blobs/"))?;
         let none = ChunkGroupRanges::empty();
         self.put_record(&id, size, &none)?;
         self.insert_entry(id, size, none.clone(), none)?;
@@ -679,7 +695,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         let open = |name: String| {
             self.storage
                 .open(&name, false)
-                .map_err(io_error(format!("opening {name}")))
+                .map_err(io_error(|| format!("opening {name}")))
         };
         let entry = Entry {
             id,
@@ -690,7 +706,9 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                 held,
                 recorded,
                 unsynced: 0,
+                checkpoint_claimed: false,
             }),
+            checkpointing: Mutex::new(()),
             last_used: AtomicU64::new(self.tick()),
         };
         lock(&self.entries).insert(id, Arc::new(entry));
@@ -709,7 +727,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         };
         self.index
             .put(id.as_bytes(), &record.encode())
-            .map_err(io_error(format!("recording blob {id} in the index")))
+            .map_err(io_error(|| format!("recording blob {id} in the index")))
     }
 
     /// Removes a blob: its record first (so a crash leaves only unlisted files, which the next
@@ -720,15 +738,15 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         };
         self.index
             .remove(id.as_bytes())
-            .map_err(io_error(format!("removing blob {id} from the index")))?;
+            .map_err(io_error(|| format!("removing blob {id} from the index")))?;
         self.index
             .remove(&used_key(id))
-            .map_err(io_error(format!("removing the use record of blob {id}")))?;
+            .map_err(io_error(|| format!("removing the use record of blob {id}")))?;
         drop(entry);
         for name in [data_name(id), outboard_name(id)] {
             self.storage
                 .remove(&name)
-                .map_err(io_error(format!("removing {name}")))?;
+                .map_err(io_error(|| format!("removing {name}")))?;
         }
         Ok(())
     }
@@ -755,7 +773,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         value.extend_from_slice(name.as_bytes());
         self.index
             .put(&name_key(name), &value)
-            .map_err(io_error(format!("recording name {name:?} in the index")))?;
+            .map_err(io_error(|| format!("recording name {name:?} in the index")))?;
         names.insert(name.to_owned(), *id);
         Ok(())
     }
@@ -764,9 +782,9 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
     pub fn remove_name(&self, name: &str) -> Result<(), StoreError> {
         let mut names = lock(&self.names);
         if names.remove(name).is_some() {
-            self.index
-                .remove(&name_key(name))
-                .map_err(io_error(format!("removing name {name:?} from the index")))?;
+            self.index.remove(&name_key(name)).map_err(io_error(|| {
+                format!("removing name {name:?} from the index")
+            }))?;
         }
         Ok(())
     }
@@ -790,13 +808,25 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
     /// group's bytes into the data file. Only the bao verifier makes [`Verified`] items, so
     /// nothing unverified reaches the files. Checkpoints by itself every [`CHECKPOINT_BYTES`].
     pub fn write(&self, id: &BlobId, item: &Verified<'_>) -> Result<(), StoreError> {
+        if self.write_deferred(id, item)? {
+            self.checkpoint(id)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a verified item as [`Self::write`] does, but leaves the checkpoint to the caller:
+    /// `true` means one is due, and the caller runs [`Self::checkpoint`], where it does not hold
+    /// up the network (a sync of [`CHECKPOINT_BYTES`] can take tens of milliseconds). Until that
+    /// checkpoint ends, no other write reports one due. A caller that never runs it loses no
+    /// data, only the progress a crash would keep: the next checkpoint records everything.
+    pub fn write_deferred(&self, id: &BlobId, item: &Verified<'_>) -> Result<bool, StoreError> {
         let entry = self.entry(id)?;
         entry.last_used.store(self.tick(), Ordering::Relaxed);
         match item {
             Verified::Proof(proof) => {
                 // Pairs inside a group are not kept: the group's hash covers them.
                 let Some(offset) = proof.outboard_offset() else {
-                    return Ok(());
+                    return Ok(false);
                 };
                 if offset + bao::PARENT_PAIR_BYTES as u64 > LAYOUT.outboard_size(entry.size) {
                     return Err(StoreError::Misplaced {
@@ -807,7 +837,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                 entry
                     .outboard
                     .write_all_at(offset, &proof.pair_bytes())
-                    .map_err(io_error(format!("writing the outboard of blob {id}")))?;
+                    .map_err(io_error(|| format!("writing the outboard of blob {id}")))?;
                 lock(&entry.state).unsynced += bao::PARENT_PAIR_BYTES as u64;
             }
             Verified::Group(group) => {
@@ -824,28 +854,36 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                 if lock(&entry.state).held.contains(ChunkGroup(index)) {
                     // A duplicate (endgame): the bytes are already there and may be durable;
                     // do not rewrite them.
-                    return Ok(());
+                    return Ok(false);
                 }
                 entry
                     .data
                     .write_all_at(group.offset(), group.data())
-                    .map_err(io_error(format!("writing blob {id}")))?;
+                    .map_err(io_error(|| format!("writing blob {id}")))?;
                 let mut state = lock(&entry.state);
                 state.held.insert(index..index + 1);
                 state.unsynced += group.data().len() as u64;
             }
         }
-        let due = lock(&entry.state).unsynced >= CHECKPOINT_BYTES;
-        if due {
-            self.checkpoint(id)?;
-        }
-        Ok(())
+        let mut state = lock(&entry.state);
+        let due = state.unsynced >= CHECKPOINT_BYTES && !state.checkpoint_claimed;
+        state.checkpoint_claimed |= due;
+        Ok(due)
     }
 
     /// Makes every written group durable and records it in the index: sync the data, sync the
     /// outboard, then record. Returns what the blob now holds.
     pub fn checkpoint(&self, id: &BlobId) -> Result<BlobInfo, StoreError> {
+        let result = self.sync_and_record(id);
+        if let Ok(entry) = self.entry(id) {
+            lock(&entry.state).checkpoint_claimed = false;
+        }
+        result
+    }
+
+    fn sync_and_record(&self, id: &BlobId) -> Result<BlobInfo, StoreError> {
         let entry = self.entry(id)?;
+        let _one_at_a_time = lock(&entry.checkpointing);
         let (held, dirty) = {
             let state = lock(&entry.state);
             (
@@ -857,11 +895,11 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
             entry
                 .data
                 .sync()
-                .map_err(io_error(format!("syncing blob {id}")))?;
+                .map_err(io_error(|| format!("syncing blob {id}")))?;
             entry
                 .outboard
                 .sync()
-                .map_err(io_error(format!("syncing the outboard of blob {id}")))?;
+                .map_err(io_error(|| format!("syncing the outboard of blob {id}")))?;
             self.put_record(id, entry.size, &held)?;
             let mut state = lock(&entry.state);
             state.recorded = held;
@@ -889,7 +927,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
                     self.drop_groups(&entry, &groups);
                     StoreError::Corrupt { blob: *id, groups }
                 }
-                other => io_error(format!("serving blob {id}"))(io::Error::other(other)),
+                other => io_error(|| format!("serving blob {id}"))(io::Error::other(other)),
             },
         )?;
         Ok((served, written))
@@ -932,26 +970,24 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         use std::io::Write;
         let part = path.with_extension("part");
         let file = std::fs::File::create(&part)
-            .map_err(io_error(format!("creating {}", part.display())))?;
+            .map_err(io_error(|| format!("creating {}", part.display())))?;
         let mut writer = io::BufWriter::with_capacity(1 << 20, file);
         let written = self.export(id, &mut writer)?;
         writer
             .flush()
-            .map_err(io_error(format!("writing {}", part.display())))?;
-        let file = writer
-            .into_inner()
-            .map_err(|error| io_error(format!("writing {}", part.display()))(error.into_error()))?;
+            .map_err(io_error(|| format!("writing {}", part.display())))?;
+        let file = writer.into_inner().map_err(|error| {
+            io_error(|| format!("writing {}", part.display()))(error.into_error())
+        })?;
         file.sync_all()
-            .map_err(io_error(format!("syncing {}", part.display())))?;
-        std::fs::rename(&part, path).map_err(io_error(format!(
-            "renaming {} to {}",
-            part.display(),
-            path.display()
-        )))?;
+            .map_err(io_error(|| format!("syncing {}", part.display())))?;
+        std::fs::rename(&part, path).map_err(io_error(|| {
+            format!("renaming {} to {}", part.display(), path.display())
+        }))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(io_error(format!("syncing {}", dir.display())))?;
+                .map_err(io_error(|| format!("syncing {}", dir.display())))?;
         }
         Ok(written)
     }
@@ -971,7 +1007,7 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         let mut written = 0;
         let result = self.verify_from_files(&entry, &LAYOUT.all_groups(entry.size), |_, bytes| {
             out.write_all(bytes)
-                .map_err(io_error(format!("writing out blob {id}")))?;
+                .map_err(io_error(|| format!("writing out blob {id}")))?;
             written += bytes.len() as u64;
             Ok(())
         });
@@ -1009,13 +1045,12 @@ pub type DiskStore = BlobStore<crate::storage::DiskStorage, crate::storage::Sled
 /// Opens (creating if needed) the store in data directory `dir`. A second process opening the
 /// same directory gets an error (sled holds a lock on its index).
 pub fn open_data_dir(dir: &std::path::Path) -> Result<(DiskStore, OpenReport), StoreError> {
-    let storage = crate::storage::DiskStorage::new(dir.join("store")).map_err(io_error(
-        format!("creating {}", dir.join("store").display()),
-    ))?;
-    let index = crate::storage::SledIndex::open(&dir.join("index")).map_err(io_error(format!(
-        "opening the index in {}",
-        dir.join("index").display()
-    )))?;
+    let storage = crate::storage::DiskStorage::new(dir.join("store")).map_err(io_error(|| {
+        format!("creating {}", dir.join("store").display())
+    }))?;
+    let index = crate::storage::SledIndex::open(&dir.join("index")).map_err(io_error(|| {
+        format!("opening the index in {}", dir.join("index").display())
+    }))?;
     BlobStore::open(storage, index)
 }
 
@@ -1305,5 +1340,60 @@ mod tests {
         // What the partial store holds, it can serve on.
         let (again, _) = sink.serve(&id, &wanted, Vec::new()).unwrap();
         assert_eq!(again, served);
+    }
+
+    #[test]
+    fn a_due_checkpoint_is_reported_once_until_it_runs() {
+        let (source, _) = store();
+        // Three checkpoints' worth of bytes.
+        let len = usize::try_from(3 * CHECKPOINT_BYTES).unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let id = source.import(&data[..]).unwrap();
+        let (sink, _) = store();
+        sink.create_partial(id, data.len() as u64).unwrap();
+        let all = LAYOUT.all_groups(data.len() as u64);
+        let mut response = Vec::new();
+        let (served, _) = source.serve(&id, &all, &mut response).unwrap();
+        let mut verifier = RangeVerifier::new(id, LAYOUT, data.len() as u64, &served);
+        let mut at = 8;
+        let mut due = 0;
+        let mut written = 0_u64;
+        while let Some(len) = verifier.next_item_len() {
+            let item = verifier.verify_next(&response[at..at + len]).unwrap();
+            at += len;
+            if let Verified::Group(group) = &item {
+                written += group.data().len() as u64;
+            }
+            if sink.write_deferred(&id, &item).unwrap() {
+                due += 1;
+                // The first time only: the claim stands until the checkpoint runs. (Outboard
+                // pairs count towards the threshold too.)
+                assert_eq!(
+                    due, 1,
+                    "a second checkpoint was reported due before the first ran"
+                );
+                assert!(written >= CHECKPOINT_BYTES - CHECKPOINT_BYTES / 64);
+            }
+        }
+        assert_eq!(due, 1);
+        assert!(sink.checkpoint(&id).unwrap().complete);
+        // Once it ran, the next due one is reported again.
+        let (again, _) = store();
+        again.create_partial(id, data.len() as u64).unwrap();
+        let mut verifier = RangeVerifier::new(id, LAYOUT, data.len() as u64, &served);
+        let mut at = 8;
+        let mut due = 0;
+        while let Some(len) = verifier.next_item_len() {
+            let item = verifier.verify_next(&response[at..at + len]).unwrap();
+            at += len;
+            if again.write_deferred(&id, &item).unwrap() {
+                due += 1;
+                again.checkpoint(&id).unwrap();
+            }
+        }
+        assert!(
+            due >= 2,
+            "{due} checkpoints for three checkpoints' worth of bytes"
+        );
     }
 }

@@ -76,7 +76,7 @@ mod swarm_tests;
 #[cfg(test)]
 mod tests;
 
-use pieces::{Coverage, piece_groups, tie_break};
+use pieces::{Coverage, piece_groups, piece_rank, start_piece, tie_break};
 pub use redial::{REDIAL_FIRST, REDIAL_MAX, Redial, redial_backoff};
 pub use swarm::{
     DEPOT_AGENT_PREFIX, GiveUp, NEIGHBOUR_ASK_GAP, NEIGHBOUR_REDIAL, Swarm, SwarmAction,
@@ -1384,39 +1384,47 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             .map(|groups| (groups, true))
     }
 
-    /// Of the pieces touched by `candidates`, the one fewest usable peers can serve (ties by
-    /// seeded hash); returns its groups in `candidates`.
+    /// Of the pieces touched by `candidates`, the one fewest usable peers can serve; ties go to
+    /// the first in this transfer's order, which runs from a piece its seed picks to the end of
+    /// the blob and on from the start ([`piece_rank`]). Returns that piece's groups in
+    /// `candidates`.
+    ///
+    /// The search visits each stretch of `candidates` over which the number of claiming peers is
+    /// constant once, not each piece: within a stretch the first piece in order is the only one
+    /// that can win. So one choice costs the number of stretches, which stays small whatever the
+    /// blob's size, and the groups fetched from one source stay in long runs (every set of
+    /// groups the engine keeps stays a few ranges, not thousands).
     fn rarest_piece(&self, candidates: &ChunkGroupRanges, coverage: &Coverage) -> ChunkGroupRanges {
         let per_piece = self.config.groups_per_request.max(1);
-        let seed = self.config.seed;
-        // (peers claiming the rarest group, tie-break, piece)
+        let pieces = self
+            .group_count()
+            .unwrap_or(MAX_GROUP)
+            .div_ceil(per_piece)
+            .max(1);
+        let origin = start_piece(self.config.seed, pieces);
+        // (peers claiming the piece's rarest candidate group, rank, piece)
         let mut best: Option<(u32, u64, u64)> = None;
-        let mut consider = |piece: u64, count: u32| {
-            let key = (count, tie_break(seed, piece), piece);
-            if best.is_none_or(|current| key < current) {
-                best = Some(key);
-            }
-        };
-        let mut current: Option<(u64, u32)> = None;
         for range in candidates.iter() {
-            let mut start = range.start;
-            while start < range.end {
-                let piece = start / per_piece;
-                let end = range.end.min(piece_groups(piece, per_piece).end);
-                let count = coverage.min_count(start..end);
-                current = match current {
-                    Some((open, fewest)) if open == piece => Some((piece, fewest.min(count))),
-                    Some((open, fewest)) => {
-                        consider(open, fewest);
-                        Some((piece, count))
-                    }
-                    None => Some((piece, count)),
+            for (stretch, _) in coverage.stretches(range.start..range.end) {
+                let first = stretch.start / per_piece;
+                let last = (stretch.end - 1) / per_piece;
+                let piece = if (first..=last).contains(&origin) {
+                    origin
+                } else {
+                    first
                 };
-                start = end;
+                let rank = piece_rank(origin, piece, pieces);
+                let count = candidates
+                    .intersection(&ChunkGroupRanges::from(piece_groups(piece, per_piece)))
+                    .iter()
+                    .map(|groups| coverage.min_count(groups.start..groups.end))
+                    .min()
+                    .unwrap_or(u32::MAX);
+                let key = (count, rank, piece);
+                if best.is_none_or(|current| key < current) {
+                    best = Some(key);
+                }
             }
-        }
-        if let Some((piece, fewest)) = current {
-            consider(piece, fewest);
         }
         let Some((_, _, piece)) = best else {
             return ChunkGroupRanges::empty();

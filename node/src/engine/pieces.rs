@@ -98,6 +98,36 @@ impl Coverage {
         fewest
     }
 
+    /// `range` cut where the count changes: each stretch with the number of peers claiming each
+    /// of its groups, in order.
+    pub(super) fn stretches(&self, range: Range<u64>) -> impl Iterator<Item = (Range<u64>, u32)> {
+        let after = self.points.partition_point(|&(at, _)| at <= range.start);
+        let mut count = after
+            .checked_sub(1)
+            .and_then(|index| self.points.get(index))
+            .map_or(0, |&(_, count)| count);
+        let mut next = after;
+        let mut at = range.start;
+        std::iter::from_fn(move || {
+            if at >= range.end {
+                return None;
+            }
+            // Points after `range.start` are strictly greater than it, so every stretch is
+            // non-empty.
+            let (end, then) = match self.points.get(next) {
+                Some(&(point, then)) if point < range.end => (point, Some(then)),
+                _ => (range.end, None),
+            };
+            let stretch = (at..end, count);
+            at = end;
+            if let Some(then) = then {
+                count = then;
+                next += 1;
+            }
+            Some(stretch)
+        })
+    }
+
     /// Every group that at least one eligible peer claims.
     pub(super) fn support(&self) -> ChunkGroupRanges {
         let mut support = Vec::new();
@@ -121,6 +151,23 @@ impl Coverage {
 pub(super) fn piece_groups(piece: u64, groups_per_piece: u64) -> Range<u64> {
     let start = piece.saturating_mul(groups_per_piece);
     start..start.saturating_add(groups_per_piece)
+}
+
+/// The piece a transfer with `seed` starts from among `pieces` pieces (at least one): vehicles
+/// with different seeds start at different places, so a yard fetching from one depot holds
+/// different pieces early and can trade them.
+pub(super) fn start_piece(seed: u64, pieces: u64) -> u64 {
+    mix(seed) % pieces.max(1)
+}
+
+/// Where `piece` comes in a transfer's order among equally rare pieces: from `origin` to the
+/// last piece, then from the first.
+pub(super) fn piece_rank(origin: u64, piece: u64, pieces: u64) -> u64 {
+    if piece >= origin {
+        piece - origin
+    } else {
+        piece + (pieces - origin)
+    }
 }
 
 /// A reproducible pseudo-random rank for a piece, so that vehicles with different seeds start on
@@ -192,6 +239,35 @@ mod tests {
         coverage.remove(&claims[2]);
         assert!(coverage.points.is_empty());
         assert!(coverage.support().is_empty());
+    }
+
+    #[test]
+    fn stretches_cut_a_range_where_the_count_changes() {
+        let a = ChunkGroupRanges::from(0..10);
+        let b = ChunkGroupRanges::from(5..20);
+        let coverage = Coverage::new([&a, &b].into_iter());
+        let stretches: Vec<_> = coverage.stretches(3..25).collect();
+        assert_eq!(
+            stretches,
+            vec![(3..5, 1), (5..10, 2), (10..20, 1), (20..25, 0)]
+        );
+        assert_eq!(
+            coverage.stretches(6..8).collect::<Vec<_>>(),
+            vec![(6..8, 2)]
+        );
+        assert_eq!(coverage.stretches(7..7).count(), 0);
+        assert_eq!(
+            Coverage::default().stretches(0..4).collect::<Vec<_>>(),
+            vec![(0..4, 0)]
+        );
+    }
+
+    #[test]
+    fn the_order_runs_from_the_start_piece_and_wraps() {
+        let ranks: Vec<u64> = (0..5).map(|piece| piece_rank(3, piece, 5)).collect();
+        assert_eq!(ranks, vec![2, 3, 4, 0, 1]);
+        assert!(start_piece(7, 5) < 5);
+        assert_eq!(start_piece(7, 0), 0);
     }
 
     #[test]

@@ -432,7 +432,8 @@ impl<'a, S: Storage, I: Index> Driver<'a, S, I> {
                 FetchProgress::SizeProven(size) => {
                     self.swarm.handle(now, Event::SizeProven { size });
                 }
-                FetchProgress::Size(_) => {}
+                // The fetch task runs the checkpoint itself.
+                FetchProgress::Size(_) | FetchProgress::CheckpointDue => {}
             },
             TaskMessage::Finished {
                 peer,

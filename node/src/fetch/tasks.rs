@@ -145,6 +145,7 @@ pub(super) fn spawn_fetch<S: Storage, I: Index>(
 ) -> JoinHandle<()> {
     let net = net.clone();
     let store = store.clone();
+    let store_for_checkpoints = store.clone();
     let sender = sender.clone();
     tokio::spawn(async move {
         // Verified groups are reported in batches: one message per group would wake the engine
@@ -185,6 +186,16 @@ pub(super) fn spawn_fetch<S: Storage, I: Index>(
                             flush(&mut batch, &mut batch_bytes);
                             last_report = Instant::now();
                         }
+                    }
+                    FetchProgress::CheckpointDue => {
+                        // A sync of tens of MiB must not stall this worker thread: the other
+                        // requests' streams and the QUIC drivers run on it too.
+                        let store = store_for_checkpoints.clone();
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(error) = store.checkpoint(&blob) {
+                                tracing::warn!(%blob, %error, "checkpoint failed; the next one retries");
+                            }
+                        });
                     }
                     other => {
                         flush(&mut batch, &mut batch_bytes);
