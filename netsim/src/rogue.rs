@@ -103,7 +103,7 @@ pub fn start(
 
 /// One exchange: honest about what it holds, corrupt in every range it sends.
 async fn answer(
-    store: &DiskStore,
+    store: &Arc<DiskStore>,
     mut stream: libp2p::Stream,
     lies: &AtomicU64,
 ) -> anyhow::Result<()> {

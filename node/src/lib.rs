@@ -36,4 +36,5 @@ pub mod store;
 pub mod text;
 pub mod tracker;
 pub mod tuf_mesh;
+mod verify_worker;
 pub mod write_deadline;

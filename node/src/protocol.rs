@@ -21,6 +21,7 @@
 
 use std::io;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -202,7 +203,7 @@ pub enum Served {
 
 /// Answers the one exchange on `stream` from `store`, then closes the stream.
 pub async fn serve<St, S, I>(
-    store: &BlobStore<S, I>,
+    store: &Arc<BlobStore<S, I>>,
     mut stream: St,
 ) -> Result<Served, ExchangeError>
 where
@@ -268,7 +269,7 @@ where
 /// Answers a one-frame exchange (`question`, as read by [`read_question`]) from `store`, then
 /// closes the stream. A subscription is refused here: see [`serve_subscription`].
 pub async fn answer<St, S, I>(
-    store: &BlobStore<S, I>,
+    store: &Arc<BlobStore<S, I>>,
     mut stream: St,
     question: Message,
 ) -> Result<Served, ExchangeError>
@@ -333,10 +334,27 @@ where
             ),
             Ok(servable) => {
                 // Encode before announcing, so a corrupt local copy becomes a refusal rather
-                // than a broken stream. One request is at most a few hundred KiB.
-                let mut body = Vec::new();
-                match store.serve(&blob, &servable, &mut body) {
-                    Ok((sent, bytes)) => {
+                // than a broken stream. One request is at most a few hundred KiB. Reading it
+                // back and checking every group against the root runs on the blocking pool, so
+                // this thread goes on sending what other requests encoded meanwhile.
+                let encoded = {
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut body = Vec::new();
+                        store
+                            .serve(&blob, &servable, &mut body)
+                            .map(|(sent, bytes)| (sent, bytes, body))
+                    })
+                    .await
+                    .unwrap_or_else(|error| {
+                        Err(StoreError::Io {
+                            what: format!("encoding a response of blob {blob}"),
+                            source: io::Error::other(error.to_string()),
+                        })
+                    })
+                };
+                match encoded {
+                    Ok((sent, bytes, body)) => {
                         let announce = Message::Response(RangeResponse {
                             request_id,
                             groups: sent.clone(),
@@ -756,7 +774,7 @@ pub const MAX_PROBE_GROUPS: u64 = 16;
 #[allow(clippy::too_many_arguments)]
 pub async fn fetch<St, S, I>(
     stream: St,
-    store: &BlobStore<S, I>,
+    store: &Arc<BlobStore<S, I>>,
     blob: BlobId,
     request_id: u64,
     groups: &ChunkGroupRanges,
@@ -835,11 +853,45 @@ where
     }
     progress(FetchProgress::Size(claimed));
 
-    let mut verifier = RangeVerifier::new(blob, LAYOUT, claimed, &announced);
+    let verifier = RangeVerifier::new(blob, LAYOUT, claimed, &announced);
+    let fetched = if probing {
+        probe(
+            &mut stream,
+            store,
+            blob,
+            claimed,
+            &announced,
+            verifier,
+            &mut progress,
+        )
+        .await?
+    } else {
+        crate::verify_worker::receive(&mut stream, store, blob, verifier, &mut progress).await?
+    };
+    if fetched.contains(proto::ChunkGroup(last)) {
+        progress(FetchProgress::SizeProven(claimed));
+    }
+    Ok(fetched)
+}
+
+/// Reads a size probe's response: its items wait in memory until the whole response has proven
+/// the size (a probe is a handful of groups), then are verified once more and stored.
+async fn probe<St, S, I>(
+    stream: &mut St,
+    store: &BlobStore<S, I>,
+    blob: BlobId,
+    claimed: u64,
+    announced: &ChunkGroupRanges,
+    mut verifier: RangeVerifier,
+    progress: &mut impl FnMut(FetchProgress),
+) -> Result<ChunkGroupRanges, ExchangeError>
+where
+    St: AsyncRead + Unpin,
+    S: Storage,
+    I: Index,
+{
     let mut buffer = Vec::with_capacity(usize::try_from(LAYOUT.group_bytes()).unwrap_or(0));
-    // A probe's items wait here until the whole response has proven the size.
     let mut probe_items = Vec::new();
-    let mut fetched = ChunkGroupRanges::empty();
     while let Some(len) = verifier.next_item_len() {
         buffer.resize(len, 0);
         if let Err(error) = stream.read_exact(&mut buffer).await {
@@ -850,28 +902,20 @@ where
                 _ => ExchangeError::Io(error),
             });
         }
-        let item = verifier.verify_next(&buffer)?;
-        if probing {
-            probe_items.extend_from_slice(&buffer);
-            continue;
-        }
-        store_item(store, &blob, &item, &mut fetched, &mut progress)?;
+        verifier.verify_next(&buffer)?;
+        probe_items.extend_from_slice(&buffer);
     }
-    if probing {
-        // Verified through the last group: the size is proven. Store the items by verifying
-        // them once more from memory (a probe is a handful of groups).
-        store.create_partial(blob, claimed)?;
-        let mut again = RangeVerifier::new(blob, LAYOUT, claimed, &announced);
-        let mut at = 0;
-        while let Some(len) = again.next_item_len() {
-            let bytes = probe_items.get(at..at + len).unwrap_or_default();
-            let item = again.verify_next(bytes)?;
-            store_item(store, &blob, &item, &mut fetched, &mut progress)?;
-            at += len;
-        }
-    }
-    if fetched.contains(proto::ChunkGroup(last)) {
-        progress(FetchProgress::SizeProven(claimed));
+    // Verified through the last group: the size is proven. Store the items by verifying them
+    // once more from memory.
+    store.create_partial(blob, claimed)?;
+    let mut fetched = ChunkGroupRanges::empty();
+    let mut again = RangeVerifier::new(blob, LAYOUT, claimed, announced);
+    let mut at = 0;
+    while let Some(len) = again.next_item_len() {
+        let bytes = probe_items.get(at..at + len).unwrap_or_default();
+        let item = again.verify_next(bytes)?;
+        store_item(store, &blob, &item, &mut fetched, progress)?;
+        at += len;
     }
     Ok(fetched)
 }

@@ -256,7 +256,7 @@ fn busy_detail(refusal: Refusal, when_full: &'static str) -> &'static str {
 }
 
 async fn serve_stream<S: Storage, I: Index>(
-    store: &BlobStore<S, I>,
+    store: &Arc<BlobStore<S, I>>,
     peer: PeerId,
     mut stream: ServedStream,
     slots: &Slots,
@@ -404,7 +404,7 @@ fn paced(stream: ServedStream, roles: &Roles) -> Either<ServedStream, Throttled<
 }
 
 async fn answer_within_slots<S: Storage, I: Index>(
-    store: &BlobStore<S, I>,
+    store: &Arc<BlobStore<S, I>>,
     peer: PeerId,
     stream: ServedStream,
     question: Message,

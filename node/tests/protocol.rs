@@ -10,6 +10,7 @@
 )]
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use node::protocol::{self, ExchangeError, FetchProgress, Served};
@@ -36,8 +37,8 @@ fn pipe() -> (
 
 /// Runs `fetch` against `serve` on a fresh pipe.
 async fn exchange(
-    server: &Store,
-    client: &Store,
+    server: &Arc<Store>,
+    client: &Arc<Store>,
     blob: BlobId,
     groups: &ChunkGroupRanges,
 ) -> (Result<ChunkGroupRanges, ExchangeError>, Vec<FetchProgress>) {
@@ -54,9 +55,9 @@ async fn exchange(
 #[tokio::test]
 async fn size_probe_then_the_rest_fetches_the_whole_blob() {
     let data = blob_bytes(10 * 16384 + 500);
-    let server = new_store();
+    let server = Arc::new(new_store());
     let blob = server.import(&data[..]).unwrap();
-    let client = new_store();
+    let client = Arc::new(new_store());
 
     // Size unknown: ask past the end; the peer answers with the last group, proving the size.
     let probe = ChunkGroupRanges::from(MAX_GROUP - 1..MAX_GROUP);
@@ -78,7 +79,7 @@ async fn size_probe_then_the_rest_fetches_the_whole_blob() {
 #[tokio::test]
 async fn have_query_and_refusals() {
     let data = blob_bytes(5 * 16384);
-    let server = new_store();
+    let server = Arc::new(new_store());
     let blob = server.import(&data[..]).unwrap();
 
     let (near, far) = pipe();
@@ -117,7 +118,7 @@ async fn have_query_and_refusals() {
     ));
 
     // A partial holder refuses groups it lacks.
-    let partial = new_store();
+    let partial = Arc::new(new_store());
     let (fetched, _) = exchange(
         &server,
         &partial,
@@ -126,7 +127,7 @@ async fn have_query_and_refusals() {
     )
     .await;
     fetched.unwrap();
-    let client = new_store();
+    let client = Arc::new(new_store());
     client.create_partial(blob, data.len() as u64).unwrap();
     let (fetched, _) = exchange(&partial, &client, blob, &ChunkGroupRanges::from(0..2)).await;
     assert!(
@@ -143,7 +144,7 @@ async fn have_query_and_refusals() {
 
 #[tokio::test]
 async fn malformed_request_is_answered_with_bad_request() {
-    let server = new_store();
+    let server = Arc::new(new_store());
     let (mut near, far) = pipe();
     let (served, answer) = tokio::join!(protocol::serve(&server, far), async {
         near.write_all(&[3, 0, 0, 0, 1, 99, 0]).await.unwrap();
@@ -190,7 +191,7 @@ async fn lying_peer(
 #[tokio::test]
 async fn a_corrupt_group_is_rejected_and_never_stored() {
     let data = blob_bytes(6 * 16384);
-    let honest = new_store();
+    let honest = Arc::new(new_store());
     let blob = honest.import(&data[..]).unwrap();
     let groups = LAYOUT.all_groups(data.len() as u64);
     let mut body = Vec::new();
@@ -211,7 +212,7 @@ async fn a_corrupt_group_is_rejected_and_never_stored() {
     }
     body[target.unwrap()] ^= 0x40;
 
-    let client = new_store();
+    let client = Arc::new(new_store());
     client.create_partial(blob, data.len() as u64).unwrap();
     let (near, far) = pipe();
     let (_, fetched) = tokio::join!(
@@ -238,7 +239,7 @@ async fn a_corrupt_group_is_rejected_and_never_stored() {
 #[tokio::test]
 async fn a_false_size_on_a_probe_stores_nothing() {
     let data = blob_bytes(4 * 16384 + 10);
-    let honest = new_store();
+    let honest = Arc::new(new_store());
     let blob = honest.import(&data[..]).unwrap();
     let last = ChunkGroupRanges::from(4..5);
     let mut honest_body = Vec::new();
@@ -250,7 +251,7 @@ async fn a_false_size_on_a_probe_stores_nothing() {
     ] {
         let mut body = honest_body.clone();
         body[..8].copy_from_slice(&claimed.to_le_bytes());
-        let client = new_store();
+        let client = Arc::new(new_store());
         let (near, far) = pipe();
         let (_, fetched) = tokio::join!(
             lying_peer(far, last.clone(), body),
@@ -274,13 +275,13 @@ async fn a_false_size_on_a_probe_stores_nothing() {
 #[tokio::test]
 async fn groups_nobody_asked_for_are_refused() {
     let data = blob_bytes(6 * 16384);
-    let honest = new_store();
+    let honest = Arc::new(new_store());
     let blob = honest.import(&data[..]).unwrap();
     let mut body = Vec::new();
     honest
         .serve(&blob, &ChunkGroupRanges::from(0..6), &mut body)
         .unwrap();
-    let client = new_store();
+    let client = Arc::new(new_store());
     client.create_partial(blob, data.len() as u64).unwrap();
     let (near, far) = pipe();
     let asked = ChunkGroupRanges::from(0..2);
@@ -298,12 +299,12 @@ async fn groups_nobody_asked_for_are_refused() {
 #[tokio::test]
 async fn a_subscription_hears_of_groups_as_they_arrive_until_the_subscriber_leaves() {
     let data = blob_bytes(40 * 16384 + 77);
-    let origin = new_store();
+    let origin = Arc::new(new_store());
     let blob = origin.import(&data[..]).unwrap();
     let all = LAYOUT.all_groups(data.len() as u64);
     // The subscribed-to peer starts with the tail (which proves the size) and fills up while
     // the subscriber listens.
-    let filling = new_store();
+    let filling = Arc::new(new_store());
     let (tail, _) = exchange(&origin, &filling, blob, &(30..41).into()).await;
     assert_eq!(tail.unwrap(), (30..41).into());
 
@@ -364,7 +365,7 @@ async fn a_subscription_hears_of_groups_as_they_arrive_until_the_subscriber_leav
 
 #[tokio::test]
 async fn a_subscription_to_an_unknown_blob_waits_and_ends_when_the_subscriber_leaves() {
-    let server = new_store();
+    let server = Arc::new(new_store());
     let unknown = BlobId::of(b"not yet");
     let (near, far) = pipe();
     let mut heard = Vec::new();
