@@ -115,7 +115,14 @@ fn sigkill_then_resume_completes_without_losing_reported_progress() {
     let (depot_store, _) = node::store::open_data_dir(&dir.path().join("depot")).unwrap();
     let blob = depot_store.import(&data[..]).unwrap();
     let counters = Arc::new(ServeCounters::default());
-    let (handle, depot_addr) = common::start_depot(&runtime, depot_store, counters.clone());
+    // Paced at 48 MiB/s, about two seconds for the whole image: fast enough for a test, slow
+    // enough that a kill after a progress report lands mid-transfer on any machine.
+    let (handle, depot_addr) = common::start_paced_depot(
+        &runtime,
+        depot_store,
+        counters.clone(),
+        Some(node::ratelimit::RateLimit::new(48 << 20)),
+    );
 
     let vehicle_dir = dir.path().join("vehicle");
     let out = dir.path().join("out.bin");

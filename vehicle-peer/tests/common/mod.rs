@@ -15,10 +15,23 @@ use node::tracker::Tracker;
 /// Serves `store` on a fresh loopback QUIC node without mDNS, counting into `counters`, as a
 /// depot does (with a tracker, super-seeding, and the depot's agent string); returns the node
 /// (shut it down at the end) and its full address for `--peer`.
+#[allow(dead_code)] // Not every test binary that shares this module starts an unpaced depot.
 pub(crate) fn start_depot(
     runtime: &tokio::runtime::Runtime,
     store: DiskStore,
     counters: Arc<ServeCounters>,
+) -> (NetHandle, Multiaddr) {
+    start_paced_depot(runtime, store, counters, None)
+}
+
+/// [`start_depot`], sending at most `upload_limit` bytes a second when given: for tests that
+/// must catch a transfer in the middle however fast the machine moves bytes.
+#[allow(dead_code)] // Not every test binary that shares this module paces its depot.
+pub(crate) fn start_paced_depot(
+    runtime: &tokio::runtime::Runtime,
+    store: DiskStore,
+    counters: Arc<ServeCounters>,
+    upload_limit: Option<Arc<node::ratelimit::RateLimit>>,
 ) -> (NetHandle, Multiaddr) {
     runtime.block_on(async {
         let (handle, events, incoming) = net::start(NetConfig {
@@ -37,6 +50,7 @@ pub(crate) fn start_depot(
             counters,
             serve::Roles {
                 tracker: Some(tracker),
+                upload_limit,
                 ..serve::Roles::default()
             },
         );
