@@ -36,5 +36,4 @@ pub mod store;
 pub mod text;
 pub mod tracker;
 pub mod tuf_mesh;
-mod verify_worker;
 pub mod write_deadline;

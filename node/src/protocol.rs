@@ -37,6 +37,8 @@ use crate::membership::HeldRevocations;
 use crate::storage::{Index, Storage};
 use crate::store::{BlobStore, LAYOUT, StoreError};
 
+mod verify_worker;
+
 /// Why an exchange failed, from the client's side.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -866,7 +868,7 @@ where
         )
         .await?
     } else {
-        crate::verify_worker::receive(&mut stream, store, blob, verifier, &mut progress).await?
+        verify_worker::receive(&mut stream, store, blob, verifier, &mut progress).await?
     };
     if fetched.contains(proto::ChunkGroup(last)) {
         progress(FetchProgress::SizeProven(claimed));

@@ -19,7 +19,7 @@ use proto::bao::{RangeVerifier, Verified, VerifyError};
 use proto::{BlobId, ChunkGroupRanges};
 use tokio::sync::mpsc;
 
-use crate::protocol::{ExchangeError, FetchProgress};
+use super::{ExchangeError, FetchProgress};
 use crate::storage::{Index, Storage};
 use crate::store::BlobStore;
 
