@@ -322,7 +322,10 @@ where
             request_id,
             blob,
             groups,
-        }) => match store.servable_groups(&blob, &groups) {
+        }) => match store
+            .servable_groups(&blob, &groups)
+            .map(|servable| servable.first_groups(wire::MAX_REQUEST_GROUPS))
+        {
             Err(StoreError::NotFound(_)) => refuse(
                 Some(request_id),
                 ErrorCode::NotFound,
@@ -341,8 +344,14 @@ where
                 // this thread goes on sending what other requests encoded meanwhile.
                 let encoded = {
                     let store = store.clone();
+                    // Room for the groups, their inner pairs (under 1 KiB a group) and the
+                    // pairs above them, so the body is not moved while it grows.
+                    let capacity = servable
+                        .group_count()
+                        .saturating_mul(crate::store::LAYOUT.group_bytes() + 1024)
+                        .saturating_add(4096);
                     tokio::task::spawn_blocking(move || {
-                        let mut body = Vec::new();
+                        let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
                         store
                             .serve(&blob, &servable, &mut body)
                             .map(|(sent, bytes)| (sent, bytes, body))

@@ -16,7 +16,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use node::protocol::{self, ExchangeError, FetchProgress, Served};
 use node::store::LAYOUT;
 use proto::bao::{self, VerifyError};
-use proto::wire::{ErrorCode, MAX_GROUP, Message, RangeResponse};
+use proto::wire::{ErrorCode, MAX_GROUP, MAX_REQUEST_GROUPS, Message, RangeResponse};
 use proto::{BlobId, ChunkGroupRanges};
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
@@ -70,6 +70,40 @@ async fn size_probe_then_the_rest_fetches_the_whole_blob() {
     let rest = LAYOUT.all_groups(info.size).difference(&info.held);
     let (fetched, _) = exchange(&server, &client, blob, &rest).await;
     assert_eq!(fetched.unwrap(), rest);
+    client.checkpoint(&blob).unwrap();
+    let mut out = Vec::new();
+    client.export(&blob, &mut out).unwrap();
+    assert!(out == data);
+}
+
+#[tokio::test]
+async fn a_request_for_a_whole_large_blob_is_answered_with_its_first_groups_only() {
+    // A peer that asks for everything at once must not make the server read, hash and buffer
+    // the whole blob for it: the answer carries at most MAX_REQUEST_GROUPS groups, and the
+    // asker fetches the rest with further requests.
+    let groups = MAX_REQUEST_GROUPS + 44;
+    let data = blob_bytes(groups as usize * 16384);
+    let server = Arc::new(new_store());
+    let blob = server.import(&data[..]).unwrap();
+    let client = Arc::new(new_store());
+    client.create_partial(blob, data.len() as u64).unwrap();
+    let all = LAYOUT.all_groups(data.len() as u64);
+    let (fetched, _) = exchange(&server, &client, blob, &all).await;
+    assert_eq!(
+        fetched.unwrap(),
+        ChunkGroupRanges::from(0..MAX_REQUEST_GROUPS)
+    );
+    let (fetched, _) = exchange(
+        &server,
+        &client,
+        blob,
+        &all.difference(&(0..MAX_REQUEST_GROUPS).into()),
+    )
+    .await;
+    assert_eq!(
+        fetched.unwrap(),
+        ChunkGroupRanges::from(MAX_REQUEST_GROUPS..groups)
+    );
     client.checkpoint(&blob).unwrap();
     let mut out = Vec::new();
     client.export(&blob, &mut out).unwrap();

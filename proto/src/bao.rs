@@ -29,7 +29,7 @@ use bao_tree::io::sync::{Outboard as BaoOutboard, OutboardMut, truncate_ranges};
 use bao_tree::iter::{BaoChunk, ResponseIter};
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges, TreeNode};
 
-use crate::{BlobId, ChunkGroup, ChunkGroupRanges, ReadAt};
+use crate::{BlobId, ChunkGroup, ChunkGroupRanges, ReadAhead, ReadAt};
 
 /// Bytes in one BLAKE3 chunk, the leaf of every bao tree.
 const CHUNK_BYTES: u64 = 1024;
@@ -365,7 +365,33 @@ pub fn encode_ranges<D: ReadAt, O: ReadAt, W: Write>(
     out.write_all(&size.to_le_bytes())
         .map_err(|source| EncodeError::Io { blob, source })?;
     let ranges = layout.chunk_ranges(groups, size);
-    bao_tree::io::sync::encode_ranges_validated(Positioned(data), outboard, &ranges, &mut out)
+    // bao-tree reads one group, or one parent pair, at a time: read the file in windows instead
+    // (the longest run of groups asked for, and a few pages of the outboard).
+    let longest_run = groups
+        .iter()
+        .map(|run| {
+            let first = layout.group_byte_range(ChunkGroup(run.start), size);
+            let last = layout.group_byte_range(ChunkGroup(run.end.saturating_sub(1)), size);
+            last.end.saturating_sub(first.start)
+        })
+        .max()
+        .unwrap_or(0);
+    let data = ReadAhead::new(
+        data,
+        size,
+        usize::try_from(longest_run.min(MAX_DATA_READ_AHEAD)).unwrap_or(0),
+    );
+    let outboard = Outboard {
+        id: blob,
+        size,
+        layout,
+        data: ReadAhead::new(
+            &outboard.data,
+            layout.outboard_size(size),
+            OUTBOARD_READ_AHEAD,
+        ),
+    };
+    bao_tree::io::sync::encode_ranges_validated(Positioned(data), &outboard, &ranges, &mut out)
         .map_err(|error| {
             use bao_tree::io::EncodeError as Bao;
             match error {
@@ -389,6 +415,13 @@ pub fn encode_ranges<D: ReadAt, O: ReadAt, W: Write>(
         })?;
     Ok(out.written)
 }
+
+/// The most of a blob's data [`encode_ranges`] reads at once.
+const MAX_DATA_READ_AHEAD: u64 = 1 << 20;
+
+/// How much of an outboard [`encode_ranges`] reads at once: the pairs of a run of groups lie
+/// together in the pre-order outboard, after their ancestors'.
+const OUTBOARD_READ_AHEAD: usize = 4096;
 
 /// bao-tree reads data through positioned-io's trait; this hands it a [`ReadAt`].
 struct Positioned<D>(D);

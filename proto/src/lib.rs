@@ -32,4 +32,4 @@ pub mod wire;
 pub use blob_id::{BlobId, ParseBlobIdError};
 pub use ids::{CampaignId, EcuSerial, IdError, Vin};
 pub use ranges::{ChunkGroup, ChunkGroupRanges};
-pub use read_at::ReadAt;
+pub use read_at::{ReadAhead, ReadAt};

@@ -60,6 +60,11 @@ pub const MAX_NAME_BYTES: usize = 512;
 /// The highest chunk group a set may name: a blob of [`crate::bao::MAX_BLOB_SIZE`] bytes has no
 /// group beyond this even at the smallest (1 KiB) group size.
 pub const MAX_GROUP: u64 = crate::bao::MAX_BLOB_SIZE / 1024;
+
+/// Chunk groups a server sends in answer to one request at most (4 MiB of 16 KiB groups): a
+/// request for more is answered with the first this many it holds, and the asker asks again
+/// for the rest. Bounds what one request costs a server to read, check and buffer.
+pub const MAX_REQUEST_GROUPS: u64 = 256;
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// Peers in one [`Peers`] answer at most.

@@ -82,8 +82,9 @@ enum Command {
         #[arg(long)]
         keep_serving: bool,
         /// Chunk groups (16 KiB each) per request: the unit of rarest-first scheduling. Larger
-        /// requests cost fewer streams; smaller ones spread a swarm faster.
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        /// requests cost fewer streams; smaller ones spread a swarm faster. At most 256: a
+        /// peer answers no more of one request.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=proto::wire::MAX_REQUEST_GROUPS))]
         groups_per_request: u64,
         /// Requests in flight to one peer at most.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]

@@ -5,16 +5,16 @@
 //! an occasional sync) runs on a blocking-pool thread fed with chunks of the body. The chunk
 //! queue holds one chunk beside the one being verified, so the two halves overlap (double
 //! buffering) and memory stays at three chunks per request in flight whatever the blob's size.
-//! Chunk buffers go back to the reader when verified, so the steady state allocates nothing.
+//! Chunk buffers are kept for later reads when verified, so the steady state allocates nothing.
 //!
 //! The worker is the only one that sees the verifier: nothing reaches the store unverified, and
 //! the network side never learns more than "these groups were stored" (as [`FetchProgress`]).
 //! It stops at the end of the response, so bytes a peer sends beyond it are never read; the
 //! reader stops as soon as the worker has finished or failed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use futures::{AsyncRead, AsyncReadExt as _};
+use futures::{AsyncRead, AsyncReadExt as _, FutureExt as _};
 use proto::bao::{RangeVerifier, Verified, VerifyError};
 use proto::{BlobId, ChunkGroupRanges};
 use tokio::sync::mpsc;
@@ -25,6 +25,9 @@ use crate::store::BlobStore;
 
 /// Bytes of a body handed to the worker at once (at most: a read returns what has arrived).
 pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Bytes the reader waits for before it hands a chunk over (unless the stream ends first).
+const MIN_HAND_OVER: usize = 64 * 1024;
 
 /// Chunks waiting for the worker beside the one it is verifying.
 const QUEUED_CHUNKS: usize = 1;
@@ -44,34 +47,29 @@ where
     S: Storage,
     I: Index,
 {
-    let (chunks, queued) = mpsc::channel::<Vec<u8>>(QUEUED_CHUNKS);
-    let (spare_sender, mut spares) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (chunks, queued) = mpsc::channel::<Chunk>(QUEUED_CHUNKS);
     let (report_sender, mut reports) = mpsc::unbounded_channel::<FetchProgress>();
     let worker = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || {
-            verify_and_store(
-                &store,
-                blob,
-                verifier,
-                queued,
-                &spare_sender,
-                &report_sender,
-            )
+            verify_and_store(&store, blob, verifier, queued, &report_sender)
         })
     };
     let reader = async move {
         loop {
-            let mut chunk = spares.try_recv().unwrap_or_else(|_| vec![0; CHUNK_BYTES]);
-            chunk.resize(CHUNK_BYTES, 0);
-            let read = stream.read(&mut chunk).await?;
-            if read == 0 {
+            let mut chunk = Chunk::take();
+            let ended = chunk.fill(stream).await;
+            if chunk.len == 0 {
+                chunk.give_back();
+            } else if let Err(unsent) = chunks.send(chunk).await {
+                // The worker is done (or failed): nothing more to read.
+                unsent.0.give_back();
                 return Ok(());
             }
-            chunk.truncate(read);
-            if chunks.send(chunk).await.is_err() {
-                // The worker is done (or failed): nothing more to read.
-                return Ok(());
+            match ended {
+                Fill::More => {}
+                Fill::End => return Ok(()),
+                Fill::Failed(error) => return Err(error),
             }
         }
     };
@@ -111,8 +109,7 @@ fn verify_and_store<S: Storage, I: Index>(
     store: &BlobStore<S, I>,
     blob: BlobId,
     mut verifier: RangeVerifier,
-    mut chunks: mpsc::Receiver<Vec<u8>>,
-    spares: &mpsc::UnboundedSender<Vec<u8>>,
+    mut chunks: mpsc::Receiver<Chunk>,
     reports: &mpsc::UnboundedSender<FetchProgress>,
 ) -> Result<ChunkGroupRanges, ExchangeError> {
     let mut stored = ChunkGroupRanges::empty();
@@ -122,7 +119,8 @@ fn verify_and_store<S: Storage, I: Index>(
     let Some(mut need) = verifier.next_item_len() else {
         return Ok(stored);
     };
-    while let Some(chunk) = chunks.blocking_recv() {
+    while let Some(full) = chunks.blocking_recv() {
+        let chunk = full.filled();
         let mut at = 0;
         let mut finished = false;
         if !carry.is_empty() {
@@ -152,8 +150,7 @@ fn verify_and_store<S: Storage, I: Index>(
             carry.extend_from_slice(chunk.get(at..).unwrap_or_default());
         }
         batch.flush(reports);
-        // The reader may be gone already; then the buffer is simply dropped.
-        let _ = spares.send(chunk);
+        full.give_back();
         if finished {
             return Ok(stored);
         }
@@ -162,6 +159,85 @@ fn verify_and_store<S: Storage, I: Index>(
         Some(missing) => VerifyError::Truncated { blob, missing },
         None => return Ok(stored),
     }))
+}
+
+/// Verified chunks' buffers kept for the next reads, of any request: a fetch with many requests
+/// in flight reuses them instead of allocating (and zeroing) two or three per request.
+static SPARE_CHUNKS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// Spare buffers kept at most (4 MiB): enough for the requests a fetch keeps in flight.
+const MAX_SPARE_CHUNKS: usize = 16;
+
+/// A buffer of [`CHUNK_BYTES`] and how much of it a read filled. The buffer is zeroed once,
+/// when made; a recycled one is read into as it is.
+struct Chunk {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+/// How filling a chunk ended.
+enum Fill {
+    /// The stream may have more.
+    More,
+    /// The stream ended.
+    End,
+    /// Reading failed; the chunk holds what came before.
+    Failed(std::io::Error),
+}
+
+impl Chunk {
+    /// A spare buffer, or a new one.
+    fn take() -> Self {
+        let spare = SPARE_CHUNKS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        Self {
+            bytes: spare.unwrap_or_else(|| vec![0; CHUNK_BYTES]),
+            len: 0,
+        }
+    }
+
+    /// Keeps the buffer for another read, unless enough are kept already.
+    fn give_back(self) {
+        let mut spares = SPARE_CHUNKS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if spares.len() < MAX_SPARE_CHUNKS {
+            spares.push(self.bytes);
+        }
+    }
+
+    fn filled(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+
+    /// Waits for at least [`MIN_HAND_OVER`] bytes (or the end of the stream), then takes
+    /// whatever else has already arrived, up to the chunk's size: one hand-over to the worker
+    /// (two thread wake-ups) per burst of packets, not per packet.
+    async fn fill<St: AsyncRead + Unpin>(&mut self, stream: &mut St) -> Fill {
+        self.len = 0;
+        while let Some(room) = self
+            .bytes
+            .get_mut(self.len..)
+            .filter(|room| !room.is_empty())
+        {
+            let read = if self.len < MIN_HAND_OVER {
+                stream.read(room).await
+            } else {
+                match stream.read(room).now_or_never() {
+                    None => break,
+                    Some(read) => read,
+                }
+            };
+            match read {
+                Ok(0) => return Fill::End,
+                Ok(read) => self.len += read,
+                Err(error) => return Fill::Failed(error),
+            }
+        }
+        Fill::More
+    }
 }
 
 /// Groups stored since the last report.
@@ -222,21 +298,31 @@ mod tests {
         Arc::new(BlobStore::open(storage.clone(), storage.index()).unwrap().0)
     }
 
-    /// Hands out `bytes` a few at a time, in sizes that cycle through `sizes`.
+    /// Hands out `bytes` a few at a time, in sizes that cycle through `sizes`; with `pause`,
+    /// each read is followed by one that is not ready yet (as when the next packet is still on
+    /// its way), so a chunk ends as soon as it holds [`MIN_HAND_OVER`] bytes.
     struct Trickle {
         bytes: Vec<u8>,
         at: usize,
         sizes: Vec<usize>,
         turn: usize,
+        pause: bool,
+        paused: bool,
     }
 
     impl AsyncRead for Trickle {
         fn poll_read(
             self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
+            cx: &mut Context<'_>,
             buf: &mut [u8],
         ) -> Poll<std::io::Result<usize>> {
             let this = self.get_mut();
+            if this.pause && !this.paused {
+                this.paused = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            this.paused = false;
             let size = this.sizes[this.turn % this.sizes.len()];
             this.turn += 1;
             let n = size.min(buf.len()).min(this.bytes.len() - this.at);
@@ -268,6 +354,7 @@ mod tests {
         served: &ChunkGroupRanges,
         body: Vec<u8>,
         sizes: Vec<usize>,
+        pause: bool,
     ) -> (
         Arc<Store>,
         Result<ChunkGroupRanges, ExchangeError>,
@@ -281,6 +368,8 @@ mod tests {
             at: 0,
             sizes,
             turn: 0,
+            pause,
+            paused: false,
         };
         let mut reports = Vec::new();
         let result = receive(&mut stream, &sink, id, verifier, &mut |p| reports.push(p)).await;
@@ -298,7 +387,8 @@ mod tests {
             vec![CHUNK_BYTES],
             vec![7, 100_000, 13],
         ] {
-            let (sink, result, reports) = run(id, len, &served, body.clone(), sizes.clone()).await;
+            let (sink, result, reports) =
+                run(id, len, &served, body.clone(), sizes.clone(), true).await;
             assert_eq!(result.unwrap(), served, "reads of {sizes:?}");
             let reported = reports
                 .iter()
@@ -320,7 +410,7 @@ mod tests {
         let len = 4 * 16 * 1024;
         let (_, id, served, body) = blob_and_body(len);
         let short = body[..body.len() - 100].to_vec();
-        let (_, result, _) = run(id, len, &served, short, vec![4096]).await;
+        let (_, result, _) = run(id, len, &served, short, vec![4096], true).await;
         assert!(
             matches!(
                 result,
@@ -332,7 +422,7 @@ mod tests {
         let mut bad = body.clone();
         let last = bad.len() - 10;
         bad[last] ^= 1;
-        let (sink, result, _) = run(id, len, &served, bad, vec![5000]).await;
+        let (sink, result, _) = run(id, len, &served, bad, vec![5000], true).await;
         assert!(
             matches!(result, Err(ExchangeError::Verify(_))),
             "{result:?}"
@@ -343,5 +433,25 @@ mod tests {
             "the bad group was stored"
         );
         assert_eq!(held, ChunkGroupRanges::from(0..3));
+    }
+
+    #[tokio::test]
+    async fn bytes_that_have_arrived_go_to_the_worker_together() {
+        let len = 5 * 16 * 1024 + 1234;
+        let (_, id, served, body) = blob_and_body(len);
+        let groups_reports = |reports: &[FetchProgress]| {
+            reports
+                .iter()
+                .filter(|report| matches!(report, FetchProgress::Groups { .. }))
+                .count()
+        };
+        // Every 4 KiB read ready at once: one chunk, one report for all six groups.
+        let (_, result, reports) = run(id, len, &served, body.clone(), vec![4096], false).await;
+        assert_eq!(result.unwrap(), served);
+        assert_eq!(groups_reports(&reports), 1, "{reports:?}");
+        // A pause after every read: a chunk per MIN_HAND_OVER bytes, a report for each.
+        let (_, result, reports) = run(id, len, &served, body, vec![4096], true).await;
+        assert_eq!(result.unwrap(), served);
+        assert!(groups_reports(&reports) > 1, "{reports:?}");
     }
 }
