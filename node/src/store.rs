@@ -968,6 +968,22 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
     /// synced. A crash leaves either the old `path` (or none) or the whole verified blob.
     pub fn export_to_file(&self, id: &BlobId, path: &std::path::Path) -> Result<u64, StoreError> {
         use std::io::Write;
+        // The file is replaced by a rename: over a device, a pipe or a symlink that would put a
+        // regular file in its place (`--out /dev/null` would replace /dev/null).
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_file() => {
+                return Err(io_error(|| {
+                    format!(
+                        "{} exists and is not a regular file; give the path of a file to \
+                         write the blob to",
+                        path.display()
+                    )
+                })(io::Error::from(
+                    io::ErrorKind::InvalidInput,
+                )));
+            }
+            _ => {}
+        }
         let part = path.with_extension("part");
         let file = std::fs::File::create(&part)
             .map_err(io_error(|| format!("creating {}", part.display())))?;
@@ -1190,6 +1206,32 @@ mod tests {
         let storage = CrashStorage::new();
         let (store, _) = BlobStore::open(storage.clone(), storage.index()).unwrap();
         (store, storage)
+    }
+
+    #[test]
+    fn exporting_over_something_that_is_not_a_regular_file_is_refused_and_leaves_it_alone() {
+        // `--out /dev/null` once replaced the device node with a regular file: the export writes
+        // PATH.part and renames it over PATH. A symlink stands in for the device here.
+        let (store, _) = store();
+        let id = store.import(&[7u8; 40_000][..]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"keep me").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let error = store.export_to_file(&id, &link).unwrap_err().to_string();
+        assert!(error.contains("not a regular file"), "{error}");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+        assert!(!dir.path().join("link.part").exists());
+        // A regular file, or none, is written whole.
+        assert_eq!(store.export_to_file(&id, &target).unwrap(), 40_000);
+        assert_eq!(std::fs::read(&target).unwrap(), vec![7u8; 40_000]);
     }
 
     #[test]
