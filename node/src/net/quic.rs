@@ -619,6 +619,19 @@ impl Connection {
     }
 }
 
+/// Polls the stream being opened (or accepted) in `slot`, starting it with `start` if none is.
+fn poll_stream(
+    slot: &mut Option<BoxFuture<'static, Result<StreamPair, quinn::ConnectionError>>>,
+    cx: &mut Context<'_>,
+    start: impl FnOnce() -> BoxFuture<'static, Result<StreamPair, quinn::ConnectionError>>,
+) -> Poll<Result<Stream, QuicError>> {
+    let opening = slot.get_or_insert_with(start);
+    let result = futures::ready!(opening.poll_unpin(cx));
+    *slot = None;
+    let (send, recv) = result?;
+    Poll::Ready(Ok(Stream::new(send, recv)))
+}
+
 impl StreamMuxer for Connection {
     type Substream = Stream;
     type Error = QuicError;
@@ -628,14 +641,11 @@ impl StreamMuxer for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
         let this = self.get_mut();
-        let inbound = this.inbound.get_or_insert_with(|| {
-            let connection = this.connection.clone();
+        let connection = &this.connection;
+        poll_stream(&mut this.inbound, cx, || {
+            let connection = connection.clone();
             async move { connection.accept_bi().await }.boxed()
-        });
-        let result = futures::ready!(inbound.poll_unpin(cx));
-        this.inbound = None;
-        let (send, recv) = result?;
-        Poll::Ready(Ok(Stream::new(send, recv)))
+        })
     }
 
     fn poll_outbound(
@@ -643,14 +653,11 @@ impl StreamMuxer for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
         let this = self.get_mut();
-        let outbound = this.outbound.get_or_insert_with(|| {
-            let connection = this.connection.clone();
+        let connection = &this.connection;
+        poll_stream(&mut this.outbound, cx, || {
+            let connection = connection.clone();
             async move { connection.open_bi().await }.boxed()
-        });
-        let result = futures::ready!(outbound.poll_unpin(cx));
-        this.outbound = None;
-        let (send, recv) = result?;
-        Poll::Ready(Ok(Stream::new(send, recv)))
+        })
     }
 
     fn poll(
