@@ -41,6 +41,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct ServeFile {
     upload_bytes_per_sec: Option<Spanned<u64>>,
+    congestion: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +180,8 @@ pub struct ServeConfig {
     /// Bytes per second the depot sends to the yard at most, over all the vehicles it serves
     /// (its share of the yard WiFi); `None`: no limit.
     pub upload_bytes_per_sec: Option<u64>,
+    /// The QUIC congestion controller (`newreno`, the default, or `cubic`).
+    pub congestion: node::net::Congestion,
 }
 
 /// Where and how the depot passes vehicles' reports on.
@@ -343,8 +346,16 @@ pub fn parse(text: &str) -> Result<DepotConfig, ConfigError> {
             &"0: leave it out for no limit",
         ));
     }
+    let congestion = match &file.serve.congestion {
+        None => node::net::Congestion::default(),
+        Some(name) => name
+            .get_ref()
+            .parse()
+            .map_err(|error| at("serve.congestion", name.span(), &error))?,
+    };
     let serve = ServeConfig {
         upload_bytes_per_sec: upload.map(Spanned::into_inner),
+        congestion,
     };
     let prefetch = match file.prefetch {
         None => None,
@@ -503,6 +514,7 @@ mod tests {
         let config = parse(&text).unwrap();
         assert!(config.seeding.is_some());
         assert_eq!(config.serve.upload_bytes_per_sec, Some(5_000_000));
+        assert_eq!(config.serve.congestion, node::net::Congestion::NewReno);
         let relay = config.relay.unwrap();
         assert_eq!(relay.director_url, "https://director.example.net");
         assert_eq!(relay.retry, Duration::from_secs(30));
@@ -578,6 +590,10 @@ mod tests {
             (
                 "data_dir = \"/d\"\n[serve]\nupload_bytes_per_sec = 1\ndownload = 2\n",
                 "line 4",
+            ),
+            (
+                "data_dir = \"/d\"\n[serve]\ncongestion = \"bbr\"\n",
+                "serve.congestion (line 3): \"bbr\" is not a congestion controller: give newreno or cubic",
             ),
             (
                 "data_dir = \"/d\"\n[relay]\ndirector_url = \"director:8470\"\n",

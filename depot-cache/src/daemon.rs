@@ -89,6 +89,10 @@ pub async fn serve(
             node::engine::DEPOT_AGENT_PREFIX,
             env!("CARGO_PKG_VERSION")
         ),
+        quic: node::net::QuicTuning {
+            congestion: config.serve.congestion,
+            ..node::net::QuicTuning::default()
+        },
         ..node::net::NetConfig::default()
     })
     .await
@@ -146,6 +150,7 @@ pub async fn serve(
         }),
         relay: queue.map(|queue| (queue, Mutex::new(RelayState::default()))),
         membership: net.membership_counters(),
+        transport: net.transport_counters(),
     });
     let mut http_addr = None;
     let mut tasks = Vec::new();
@@ -202,6 +207,11 @@ pub async fn serve(
     }
     store.flush_usage().ok();
     net.shutdown().await;
+    tracing::info!(
+        served_bytes = state.counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        transport = %serde_json::json!(state.transport.read()),
+        "stopped"
+    );
     Ok(())
 }
 

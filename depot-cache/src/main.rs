@@ -65,6 +65,10 @@ enum Command {
         /// Whom the cache serves (the service's `[mesh]` section).
         #[command(flatten)]
         mesh: node::mesh_config::MeshArgs,
+        /// QUIC congestion control: `newreno` (QUIC's reference, the default) or `cubic`,
+        /// which overflows shared queues more often (the service's `[serve] congestion`).
+        #[arg(long, default_value = "newreno")]
+        congestion: node::net::Congestion,
     },
     /// Bring a repository's current release into the cache from upstream: refresh and check
     /// its TUF metadata over the mesh (as a vehicle would), serve what was accepted under the
@@ -207,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             no_mdns,
             mesh,
+            congestion,
         } => {
             // Checked here so that a mistake names the flag; the daemon reads the section.
             mesh.load()?;
@@ -219,7 +224,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cap_bytes: None,
                 http: None,
                 seeding: Some(node::seeding::SeedConfig::default()),
-                serve: depot_cache::config::ServeConfig::default(),
+                serve: depot_cache::config::ServeConfig {
+                    congestion,
+                    ..depot_cache::config::ServeConfig::default()
+                },
                 prefetch: None,
                 relay: None,
                 mesh: Some(mesh.section()?),

@@ -59,6 +59,7 @@ impl Collector for Depot {
                 ([("result", "refused")], figures.refused),
             ],
         )?;
+        out.transport(&state.transport.read())?;
         if let Some(members) = &state.membership {
             use node::membership::RefusalKind;
             out.counter(
@@ -266,6 +267,12 @@ mod tests {
                 r#"depotmesh_depot_store_blobs gauge ["state"]"#,
                 r#"depotmesh_depot_store_bytes gauge []"#,
                 r#"depotmesh_depot_uptime_seconds gauge []"#,
+                r#"depotmesh_quic_congestion_events_total counter []"#,
+                r#"depotmesh_quic_connections_total counter []"#,
+                r#"depotmesh_quic_datagrams_sent_total counter []"#,
+                r#"depotmesh_quic_lost_bytes_total counter []"#,
+                r#"depotmesh_quic_packets_lost_total counter []"#,
+                r#"depotmesh_quic_udp_bytes_total counter ["direction"]"#,
             ],
             "{text}"
         );
@@ -278,6 +285,7 @@ mod tests {
             "depotmesh_depot_mesh_revocations_version 0\n",
             "depotmesh_depot_requests_total{result=\"write_timeout\"} 0\n",
             "depotmesh_depot_prefetch_last_success_timestamp_seconds 1800000000\n",
+            "depotmesh_quic_udp_bytes_total{direction=\"received\"} 0\n",
         ] {
             assert!(text.contains(sample), "{sample} in {text}");
         }

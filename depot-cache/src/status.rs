@@ -25,6 +25,8 @@ pub(crate) struct State {
     pub(crate) relay: Option<(Arc<ReportQueue>, Mutex<RelayState>)>,
     /// The membership gate's counts; `None` on an open mesh.
     pub(crate) membership: Option<Arc<node::membership::MembershipCounters>>,
+    /// What the QUIC transport sent and lost.
+    pub(crate) transport: node::net::TransportCounters,
 }
 
 #[derive(Default)]
@@ -216,6 +218,7 @@ impl State {
             prefetch: Mutex::default(),
             relay: None,
             membership: Some(Arc::default()),
+            transport: node::net::TransportCounters::default(),
         }
     }
 }

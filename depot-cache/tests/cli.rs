@@ -326,6 +326,17 @@ fn the_service_prints_where_it_listens_and_a_kill_loses_no_queued_report() {
         metrics.lines().any(|line| line.starts_with(SERVED)),
         "{metrics}"
     );
+    // The transport's own counters, the same families in every role.
+    for family in [
+        "depotmesh_quic_connections_total ",
+        "depotmesh_quic_udp_bytes_total{direction=\"sent\"} ",
+        "depotmesh_quic_packets_lost_total ",
+    ] {
+        assert!(
+            metrics.lines().any(|line| line.starts_with(family)),
+            "{family}: {metrics}"
+        );
+    }
     assert_eq!(get(&format!("{http}/nope")).0, 404);
 
     // Two vehicles with no route to the director hand the depot their signed reports.

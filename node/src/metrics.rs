@@ -65,6 +65,43 @@ impl<'a> Families<'a> {
         self.family(name, help, samples, ConstGauge::new)
     }
 
+    /// The QUIC transport's families (`depotmesh_quic_*`), the same in every role.
+    pub fn transport(&mut self, stats: &crate::net::TransportStats) -> fmt::Result {
+        self.counter(
+            "depotmesh_quic_connections",
+            "QUIC connections established, both directions.",
+            [(NO_LABELS, stats.connections)],
+        )?;
+        self.counter(
+            "depotmesh_quic_udp_bytes",
+            "UDP payload bytes (QUIC packets with their headers), by direction.",
+            [
+                ([("direction", "sent")], stats.udp_tx_bytes),
+                ([("direction", "received")], stats.udp_rx_bytes),
+            ],
+        )?;
+        self.counter(
+            "depotmesh_quic_datagrams_sent",
+            "UDP datagrams sent.",
+            [(NO_LABELS, stats.udp_tx_datagrams)],
+        )?;
+        self.counter(
+            "depotmesh_quic_packets_lost",
+            "QUIC packets declared lost; what they carried is sent again if still wanted.",
+            [(NO_LABELS, stats.lost_packets)],
+        )?;
+        self.counter(
+            "depotmesh_quic_lost_bytes",
+            "Bytes of the QUIC packets declared lost.",
+            [(NO_LABELS, stats.lost_bytes)],
+        )?;
+        self.counter(
+            "depotmesh_quic_congestion_events",
+            "Times a connection's congestion window shrank.",
+            [(NO_LABELS, stats.congestion_events)],
+        )
+    }
+
     fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(
         &mut self,
         name: &str,

@@ -303,6 +303,58 @@ async fn a_member_does_not_serve_a_stranger_it_dialled_and_two_members_meet_both
     assert!(!a.connected_peers().await.contains(&stranger.peer_id()));
 }
 
+/// A yard starting: every vehicle dials the depot and its neighbours at the same moment. Every
+/// introduction must be heard: libp2p-stream drops an inbound stream that finds its one-slot
+/// channel full, and a dropped introduction used to make the introducer refuse the depot as
+/// silent (on the 30-vehicle testbed every vehicle's first dial of the depot failed so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yard_of_members_dialling_at_once_admits_every_one() {
+    const VEHICLES: usize = 12;
+    let (depot, _depot_events, _depot_incoming, depot_addr) = member(MemberRole::Depot).await;
+    let mut vehicles = Vec::new();
+    for _ in 0..VEHICLES {
+        vehicles.push(member(MemberRole::Vehicle).await);
+    }
+    // Each vehicle dials the depot and every other vehicle, all at once: pairs dial both ways.
+    let dials = vehicles.iter().flat_map(|(vehicle, _, _, _)| {
+        std::iter::once(depot_addr.clone())
+            .chain(
+                vehicles
+                    .iter()
+                    .filter(|(other, _, _, _)| other.peer_id() != vehicle.peer_id())
+                    .map(|(_, _, _, addr)| addr.clone()),
+            )
+            .map(move |addr| async move { (addr.clone(), vehicle.dial(addr).await) })
+    });
+    let results = futures::future::join_all(dials).await;
+    let failed: Vec<_> = results
+        .iter()
+        .filter_map(|(addr, result)| {
+            result
+                .as_ref()
+                .err()
+                .map(|error| format!("{addr}: {error}"))
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} dials failed: {failed:#?}",
+        failed.len()
+    );
+    let gate = depot.membership_counters().unwrap();
+    assert_eq!(gate.admitted.load(Relaxed), VEHICLES as u64, "{gate:?}");
+    assert_eq!(gate.refused(RefusalKind::Silent), 0, "{gate:?}");
+    for (vehicle, _, _, _) in &vehicles {
+        let counters = vehicle.membership_counters().unwrap();
+        assert_eq!(counters.refused(RefusalKind::Silent), 0, "{counters:?}");
+        assert_eq!(
+            vehicle.connected_peers().await.len(),
+            VEHICLES,
+            "depot and the others"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_of_silent_strangers_does_not_keep_a_member_out() {
     let data: Vec<u8> = (0..(1 << 20) as u32).map(|i| (i % 241) as u8).collect();

@@ -249,8 +249,21 @@ async fn two_nodes_move_8_mib_over_one_stream() {
         matches!(identified_b, NetEvent::Identified { ref agent, .. } if agent == "depotmesh-test-b/1")
     );
 
+    // Both ends counted the one connection and the bytes that crossed it, headers included.
+    let sent = b.handle.transport_stats();
+    let received = a.handle.transport_stats();
+    assert_eq!((sent.connections, received.connections), (1, 1));
+    assert!(sent.udp_tx_bytes > LEN as u64, "{sent:?}");
+    assert!(received.udp_rx_bytes > LEN as u64, "{received:?}");
+    assert!(sent.sent_packets >= sent.udp_tx_datagrams, "{sent:?}");
+    assert!(sent.stream_frames_sent > 0 && received.ack_frames_sent > 0);
+    // The figures outlive the node: its closed connections keep what they counted.
+    let counters = b.handle.transport_counters();
     a.handle.shutdown().await;
     b.handle.shutdown().await;
+    let after = counters.read();
+    assert_eq!(after.connections, 1);
+    assert!(after.udp_tx_bytes >= sent.udp_tx_bytes, "{after:?}");
 }
 
 #[tokio::test]

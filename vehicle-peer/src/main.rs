@@ -97,6 +97,10 @@ enum Command {
         /// peer claiming a missing group).
         #[arg(long, default_value_t = 20)]
         stall_timeout: u64,
+        /// QUIC congestion control of what this peer serves its neighbours: `newreno` (QUIC's
+        /// reference, the default) or `cubic`, which overflows shared queues more often.
+        #[arg(long, default_value = "newreno")]
+        congestion: net::Congestion,
         /// The blob id (64 hex digits).
         blob: BlobId,
         /// Where to write the verified blob.
@@ -354,6 +358,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
             groups_per_request,
             requests_per_peer,
             requests_total,
+            congestion,
             blob,
             out,
         } => {
@@ -368,6 +373,10 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
                 listen,
                 mdns: !no_mdns,
                 membership,
+                quic: net::QuicTuning {
+                    congestion,
+                    ..net::QuicTuning::default()
+                },
                 ..NetConfig::default()
             })
             .await
@@ -449,6 +458,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
                     "redundant_groups": report.requests.redundant_groups,
                     "benched": report.requests.benched,
                 },
+                "transport": handle.transport_stats(),
             });
             {
                 let mut stdout = std::io::stdout().lock();
@@ -463,6 +473,12 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = terminate.recv() => {}
                 }
+                // What serving cost after the summary line: on stderr, where the log goes.
+                let last = serde_json::json!({
+                    "served_bytes": counters.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                    "transport": handle.transport_stats(),
+                });
+                eprintln!("stopped {last}");
             }
             handle.shutdown().await;
             Ok(ExitCode::SUCCESS)

@@ -533,6 +533,7 @@ pub(super) fn depot_config(
         seeding: Some(node::seeding::SeedConfig::default()),
         serve: depot_cache::config::ServeConfig {
             upload_bytes_per_sec: options.depot_up_bytes_per_sec,
+            ..depot_cache::config::ServeConfig::default()
         },
         prefetch: Some(depot_cache::config::PrefetchConfig {
             upstream: vec![cache],

@@ -69,8 +69,8 @@ pub(super) enum Command {
 /// Fleet membership, when the node takes part in a fleet's mesh ([`crate::membership`]).
 pub(super) struct Members {
     pub(super) gate: Gate,
-    /// Introductions peers open to us.
-    pub(super) incoming: libp2p_stream::IncomingStreams,
+    /// Introductions peers open to us ([`super::inbound::forward`]).
+    pub(super) incoming: mpsc::Receiver<(PeerId, Stream)>,
     pub(super) control: libp2p_stream::Control,
     pub(super) counters: Arc<MembershipCounters>,
     heard: mpsc::UnboundedSender<Heard>,
@@ -93,7 +93,7 @@ impl Members {
         let (heard, hearing) = mpsc::unbounded_channel();
         Self {
             gate,
-            incoming,
+            incoming: super::inbound::forward(incoming, crate::membership::MAX_WAITING),
             control,
             counters,
             heard,
@@ -130,7 +130,7 @@ async fn next_from_members(members: &mut Option<Members>) -> FromMembers {
         return std::future::pending().await;
     };
     tokio::select! {
-        Some((peer, stream)) = members.incoming.next() => FromMembers::Introduction(peer, stream),
+        Some((peer, stream)) = members.incoming.recv() => FromMembers::Introduction(peer, stream),
         Some(heard) = members.hearing.recv() => FromMembers::Heard(heard),
         else => std::future::pending().await,
     }
@@ -146,7 +146,8 @@ pub(super) struct Driver {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
-    incoming: libp2p_stream::IncomingStreams,
+    /// Streams of the node's protocol peers open to us ([`super::inbound::forward`]).
+    incoming: mpsc::Receiver<(PeerId, Stream)>,
     streams: mpsc::Sender<(PeerId, Stream)>,
     /// Our listen addresses, each with `/p2p/<own id>`.
     listen_addrs: Vec<Multiaddr>,
@@ -174,7 +175,7 @@ impl Driver {
             swarm,
             commands,
             events,
-            incoming,
+            incoming: super::inbound::forward(incoming, super::INCOMING_STREAM_BUFFER),
             streams,
             listen_addrs: Vec::new(),
             listen_waiters: Vec::new(),
@@ -212,7 +213,7 @@ impl Driver {
                     }
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                Some((peer, stream)) = self.incoming.next() => self.on_incoming_stream(peer, stream),
+                Some((peer, stream)) = self.incoming.recv() => self.on_incoming_stream(peer, stream),
                 from = next_from_members(&mut self.members) => match from {
                     FromMembers::Introduction(peer, stream) => {
                         if let Some(members) = &self.members {

@@ -37,6 +37,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
+use super::stats::{Entry, TransportCounters};
 use super::tls::{self, CipherPreference};
 
 /// What the transport is built from.
@@ -63,6 +64,10 @@ pub(super) struct QuicParams {
     pub(super) ack_every: Option<u32>,
     /// Which cipher suite the dialler lists first.
     pub(super) ciphers: CipherPreference,
+    /// The congestion controller of every connection.
+    pub(super) congestion: super::Congestion,
+    /// The UDP socket's receive buffer asked of the kernel, bytes; 0 leaves the system default.
+    pub(super) socket_receive_buffer: u32,
 }
 
 /// What went wrong on the transport.
@@ -143,6 +148,10 @@ pub(super) struct QuicTransport {
     dial_v6: Option<quinn::Endpoint>,
     /// Woken when a listener is added or removed, so the swarm polls again.
     waker: Option<Waker>,
+    /// Every connection's counters.
+    stats: TransportCounters,
+    /// The receive buffer each UDP socket asks for (0: the system's default).
+    socket_receive_buffer: u32,
 }
 
 impl QuicTransport {
@@ -176,6 +185,18 @@ impl QuicTransport {
             let mut ack = quinn::AckFrequencyConfig::default();
             ack.ack_eliciting_threshold(every.saturating_sub(1).into());
             transport.ack_frequency_config(Some(ack));
+        }
+        match params.congestion {
+            super::Congestion::NewReno => {
+                transport.congestion_controller_factory(Arc::new(
+                    quinn::congestion::NewRenoConfig::default(),
+                ));
+            }
+            super::Congestion::Cubic => {
+                transport.congestion_controller_factory(Arc::new(
+                    quinn::congestion::CubicConfig::default(),
+                ));
+            }
         }
         let transport = Arc::new(transport);
 
@@ -220,7 +241,14 @@ impl QuicTransport {
             dial_v4: None,
             dial_v6: None,
             waker: None,
+            stats: TransportCounters::default(),
+            socket_receive_buffer: params.socket_receive_buffer,
         })
+    }
+
+    /// The counters of every connection this transport makes or accepts.
+    pub(super) fn stats(&self) -> TransportCounters {
+        self.stats.clone()
     }
 
     fn endpoint(&self, socket: SocketAddr, server: bool) -> Result<quinn::Endpoint, QuicError> {
@@ -237,6 +265,9 @@ impl QuicTransport {
         if socket.is_ipv6() {
             // An IPv6 listener and an IPv4 one on the same port are two sockets.
             udp.set_only_v6(true).map_err(bind)?;
+        }
+        if self.socket_receive_buffer > 0 {
+            receive_buffer(&udp, self.socket_receive_buffer).map_err(bind)?;
         }
         udp.bind(&socket.into()).map_err(bind)?;
         let server = server.then(|| self.server.clone());
@@ -325,6 +356,27 @@ fn multiaddr_of(socket: SocketAddr) -> Multiaddr {
         .with(Protocol::QuicV1)
 }
 
+/// Asks for a receive buffer of `bytes` on `udp`. The kernel caps the request at
+/// `net.core.rmem_max`; a smaller buffer than asked is logged once, with the setting to raise.
+fn receive_buffer(udp: &socket2::Socket, bytes: u32) -> io::Result<()> {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let wanted = usize::try_from(bytes).unwrap_or(usize::MAX);
+    udp.set_recv_buffer_size(wanted)?;
+    // Linux reports twice what it granted (the doubling covers its bookkeeping).
+    let granted = udp.recv_buffer_size()? / 2;
+    if granted < wanted {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                wanted,
+                granted,
+                "the UDP receive buffer is smaller than asked: raise net.core.rmem_max to at \
+                 least {wanted} (sysctl), or a busy node drops datagrams that arrive in bursts"
+            );
+        });
+    }
+    Ok(())
+}
+
 /// Runs a handshake to its end and reads the peer's identity from it.
 async fn establish(
     connecting: quinn::Connecting,
@@ -373,8 +425,14 @@ impl Transport for QuicTransport {
                 source,
             })
         })?;
-        let listener = Listener::new(id, endpoint, bound, self.handshake_timeout)
-            .map_err(TransportError::Other)?;
+        let listener = Listener::new(
+            id,
+            endpoint,
+            bound,
+            self.handshake_timeout,
+            self.stats.clone(),
+        )
+        .map_err(TransportError::Other)?;
         self.listeners.push(listener);
         self.wake();
         Ok(())
@@ -418,8 +476,10 @@ impl Transport for QuicTransport {
                 })
             })?;
         let timeout = self.handshake_timeout;
+        let stats = self.stats.clone();
         Ok(async move {
             let (peer, connection) = establish(connecting, remote, timeout).await?;
+            let entry = stats.open(&connection);
             if let Some(expected) = expected
                 && expected != peer
             {
@@ -430,7 +490,7 @@ impl Transport for QuicTransport {
                     actual: Box::new(peer),
                 });
             }
-            Ok((peer, Connection::new(connection)))
+            Ok((peer, Connection::new(connection, entry)))
         }
         .boxed())
     }
@@ -467,6 +527,7 @@ struct Listener {
     /// The bound address (its IP may be unspecified).
     bound: SocketAddr,
     handshake_timeout: Duration,
+    stats: TransportCounters,
     accepting: BoxFuture<'static, Option<quinn::Incoming>>,
     /// Interface changes, for a listener on an unspecified address.
     interfaces: Option<if_watch::tokio::IfWatcher>,
@@ -485,6 +546,7 @@ impl Listener {
         endpoint: quinn::Endpoint,
         bound: SocketAddr,
         handshake_timeout: Duration,
+        stats: TransportCounters,
     ) -> Result<Self, QuicError> {
         let mut events = VecDeque::new();
         let interfaces = if bound.ip().is_unspecified() {
@@ -502,6 +564,7 @@ impl Listener {
             endpoint,
             bound,
             handshake_timeout,
+            stats,
             interfaces,
             events,
             closed: false,
@@ -578,13 +641,15 @@ impl Listener {
                     self.bound.port(),
                 );
                 let timeout = self.handshake_timeout;
+                let stats = self.stats.clone();
                 let upgrade = async move {
                     let connecting = incoming.accept().map_err(|source| QuicError::Handshake {
                         addr: remote,
                         source,
                     })?;
                     let (peer, connection) = establish(connecting, remote, timeout).await?;
-                    Ok((peer, Connection::new(connection)))
+                    let entry = stats.open(&connection);
+                    Ok((peer, Connection::new(connection, entry)))
                 }
                 .boxed();
                 Poll::Ready(TransportEvent::Incoming {
@@ -606,12 +671,15 @@ pub(super) struct Connection {
     inbound: Option<BoxFuture<'static, Result<StreamPair, quinn::ConnectionError>>>,
     outbound: Option<BoxFuture<'static, Result<StreamPair, quinn::ConnectionError>>>,
     closing: Option<BoxFuture<'static, quinn::ConnectionError>>,
+    /// Files the connection's counters as closed when it is dropped.
+    _stats: Entry,
 }
 
 impl Connection {
-    fn new(connection: quinn::Connection) -> Self {
+    fn new(connection: quinn::Connection, stats: Entry) -> Self {
         Self {
             connection,
+            _stats: stats,
             inbound: None,
             outbound: None,
             closing: None,
