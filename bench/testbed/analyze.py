@@ -2,8 +2,10 @@
 """analyze.py RESULT_DIR: what a bench/testbed/run.sh run did, per vehicle and in all.
 
 Prints the testbed's summary (time until all done, median, depot copies), the fetchers'
-request counters summed, the fastest, median and slowest vehicles, and for those three the
-groups held every 10 s (from the progress lines)."""
+request counters summed, where the vehicles' bytes went (payload served, QUIC packets, lost and
+sent again; from the `stopped` line each vehicle logs when the testbed ends it), the fastest,
+median and slowest vehicles, and for those three the groups held every 10 s (from the progress
+lines)."""
 import glob, json, re, sys
 
 d = sys.argv[1]
@@ -25,6 +27,22 @@ for row in rows:
         totals[key] = totals.get(key, 0) + value
 print("requests, all vehicles:", totals)
 print(f"verified from the depot: {sum(r[2] for r in rows):.0f} MB")
+# What serving cost the vehicles: their `stopped` lines (counted until the testbed ended them).
+served, quic = 0, {}
+for f in glob.glob(f"{d}/dm/veh*.stderr.log"):
+    for line in open(f):
+        if line.startswith("stopped "):
+            stopped = json.loads(line[len("stopped "):])
+            served += stopped["served_bytes"]
+            for key, value in stopped["transport"].items():
+                quic[key] = quic.get(key, 0) + value
+if quic:
+    needed = len(rows) * size - summary["depot_tx_bytes"]
+    print(f"vehicles: needed from them {needed / 1e6:.0f} MB, payload served {served / 1e6:.0f} MB, "
+          f"QUIC sent {quic['udp_tx_bytes'] / 1e6:.0f} MB in {quic['udp_tx_datagrams']} datagrams, "
+          f"lost {quic['lost_bytes'] / 1e6:.0f} MB ({100 * quic['lost_packets'] / max(quic['sent_packets'], 1):.1f} % "
+          f"of packets), interfaces {summary['vehicles_tx_bytes'] / 1e6:.0f} MB, "
+          f"{quic['connections']} connection ends")
 matches = len(glob.glob(f"{d}/dm/cmp.*"))
 differ = sum("DIFFER" in open(f).read() for f in glob.glob(f"{d}/dm/cmp.*"))
 print(f"outputs compared: {matches}, differing: {differ}")
