@@ -197,7 +197,7 @@ impl Default for QuicTuning {
     /// - A 4 MiB socket receive buffer: a node whose CPU is busy (a gateway verifying and
     ///   writing, or the 2-core testbed running 31 nodes) does not read its socket for a few
     ///   milliseconds at times, and the default 208 KiB buffer then drops datagrams. On the
-    ///   30-vehicle testbed that was about a third of the packets QUIC had to send again.
+    ///   30-vehicle testbed that was 76,000–111,000 datagrams a run, of ~200,000 QUIC lost.
     fn default() -> Self {
         Self {
             max_stream_data: 4 * 1024 * 1024,
