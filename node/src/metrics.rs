@@ -80,26 +80,32 @@ impl<'a> Families<'a> {
                 ([("direction", "received")], stats.udp_rx_bytes),
             ],
         )?;
-        self.counter(
-            "depotmesh_quic_datagrams_sent",
-            "UDP datagrams sent.",
-            [(NO_LABELS, stats.udp_tx_datagrams)],
-        )?;
-        self.counter(
-            "depotmesh_quic_packets_lost",
-            "QUIC packets declared lost; what they carried is sent again if still wanted.",
-            [(NO_LABELS, stats.lost_packets)],
-        )?;
-        self.counter(
-            "depotmesh_quic_lost_bytes",
-            "Bytes of the QUIC packets declared lost.",
-            [(NO_LABELS, stats.lost_bytes)],
-        )?;
-        self.counter(
-            "depotmesh_quic_congestion_events",
-            "Times a connection's congestion window shrank.",
-            [(NO_LABELS, stats.congestion_events)],
-        )
+        let plain = [
+            (
+                "depotmesh_quic_datagrams_sent",
+                "UDP datagrams sent.",
+                stats.udp_tx_datagrams,
+            ),
+            (
+                "depotmesh_quic_packets_lost",
+                "QUIC packets declared lost; what they carried is sent again if still wanted.",
+                stats.lost_packets,
+            ),
+            (
+                "depotmesh_quic_lost_bytes",
+                "Bytes of the QUIC packets declared lost.",
+                stats.lost_bytes,
+            ),
+            (
+                "depotmesh_quic_congestion_events",
+                "Times a connection's congestion window shrank.",
+                stats.congestion_events,
+            ),
+        ];
+        for (name, help, value) in plain {
+            self.counter(name, help, [(NO_LABELS, value)])?;
+        }
+        Ok(())
     }
 
     fn family<L: EncodeLabelSet, M: EncodeMetric + TypedMetric>(

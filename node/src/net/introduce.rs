@@ -39,7 +39,7 @@ pub(super) enum Heard {
 }
 
 /// Tries of one introduction whose stream the listener dropped unanswered.
-pub(super) const ATTEMPTS: u32 = 3;
+const ATTEMPTS: u32 = 3;
 /// Pause before the next try.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -52,7 +52,7 @@ pub(super) fn introduce(
 ) {
     let mut control = control.clone();
     tokio::spawn(async move {
-        let exchange = async {
+        let tries = async {
             let mut attempt = 1;
             loop {
                 match exchange(&mut control, peer, &ours).await {
@@ -66,7 +66,7 @@ pub(super) fn introduce(
                 }
             }
         };
-        let result = tokio::time::timeout(INTRODUCTION_TIMEOUT, exchange)
+        let result = tokio::time::timeout(INTRODUCTION_TIMEOUT, tries)
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
