@@ -198,3 +198,92 @@ fn sigkill_then_resume_completes_without_losing_reported_progress() {
     );
     runtime.block_on(handle.shutdown());
 }
+
+/// A vehicle killed mid-fetch sends no CONNECTION_CLOSE: its depot learns it is gone only from
+/// silence. Within seconds the depot must stop sending to it and free what it held (the
+/// connection and its transfer slots), so that a yard's dead vehicles cost their senders nothing.
+#[test]
+fn a_vehicle_killed_mid_fetch_stops_costing_its_depot_within_seconds() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = blob_bytes(64 << 20);
+    let (depot_store, _) = node::store::open_data_dir(&dir.path().join("depot")).unwrap();
+    let blob = depot_store.import(&data[..]).unwrap();
+    let counters = Arc::new(ServeCounters::default());
+    let (handle, depot_addr) = common::start_paced_depot(
+        &runtime,
+        depot_store,
+        counters.clone(),
+        Some(node::ratelimit::RateLimit::new(16 << 20)),
+    );
+    let fetch_args = |name: &str| -> Vec<String> {
+        [
+            "fetch",
+            "--open-mesh",
+            "--data-dir",
+            dir.path().join(name).to_str().unwrap(),
+            "--peer",
+            &depot_addr.to_string(),
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--out",
+            dir.path().join(format!("{name}.bin")).to_str().unwrap(),
+            &blob.to_string(),
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    };
+
+    let (held, killed, _) = run_fetch(&fetch_args("killed"), Kill::Past(4));
+    assert!(killed, "the fetch ended before it could be killed");
+    let total = node::store::LAYOUT.group_count(data.len() as u64);
+    assert!(
+        held < total,
+        "killed after the last group ({held} of {total})"
+    );
+    let at_kill = handle.transport_stats().udp_tx_bytes;
+    let killed_at = Instant::now();
+
+    // The depot notices by itself: nothing is sent to it or received from it.
+    let mut first_second = None;
+    let gone_after = loop {
+        if first_second.is_none() && killed_at.elapsed() >= Duration::from_secs(1) {
+            first_second = Some(handle.transport_stats().udp_tx_bytes - at_kill);
+        }
+        let peers = runtime.block_on(handle.connected_peers());
+        if peers.is_empty() {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "the depot still holds a connection to the killed vehicle: {peers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let after_kill = handle.transport_stats().udp_tx_bytes - at_kill;
+    println!(
+        "killed holding {held} of {total} groups; the depot dropped it after {gone_after:?}, \
+         having sent {after_kill} bytes since the kill ({first_second:?} in its first second); \
+         write timeouts {}",
+        counters.write_timeouts.load(Ordering::Relaxed)
+    );
+    // What was in flight and a few probes, not the rest of the blob at the paced rate.
+    assert!(
+        after_kill < 8 << 20,
+        "the depot sent {after_kill} bytes to a dead vehicle"
+    );
+
+    // Its transfer slots are free again: another vehicle fetches the whole blob.
+    let (_, killed, stdout) = run_fetch(&fetch_args("next"), Kill::Never);
+    assert!(!killed);
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        summary["bytes"].as_u64(),
+        Some(data.len() as u64),
+        "{summary}"
+    );
+    assert!(std::fs::read(dir.path().join("next.bin")).unwrap() == data);
+    runtime.block_on(handle.shutdown());
+}
