@@ -1,25 +1,39 @@
 //! Building deltas: for each target segment, the smallest of several encodings in the format of
 //! this crate.
 //!
-//! Candidates per segment, all compressed with zstd at a high level (22 by default):
+//! Candidates per segment:
 //!
 //! - **patch-from**: the whole segment in the extra stream, compressed against a source window
-//!   of up to 64 MiB (zstd's `--patch-from` with long-distance matching, segment by segment);
+//!   of up to 64 MiB (zstd's `--patch-from` idea, segment by segment);
 //! - **bsdiff**: operations from a suffix-array matcher over the source (Percival's construction:
 //!   exact matches extended both ways while at least half the bytes agree, the rest as diff and
 //!   extra), with the extra stream *also* compressed against the source window, so bytes the
 //!   matcher left as "new" still find short matches in the source;
+//! - **hybrid**: the bsdiff operations with their poor diff runs turned into extra bytes;
 //! - **aligned**: the bsdiff operations with every gap between two matches rebuilt as a diff
 //!   against the source where the previous match pointed (not as extra), in word mode: the shape of
 //!   retrained weights (same layout, every value nudged), where byte-wise matching finds nothing.
+//!
+//! How a segment is built, so that the whole costs about what one `zstd -22 --patch-from` does:
+//!
+//! 1. the source window is indexed once (its suffix array), and the segment matched against it
+//!    in pieces on parallel threads, striding through long stretches without matches;
+//! 2. every candidate that can win is *estimated*: its streams at zstd level 6, the extra stream
+//!    against the window (through the x86 converter for x86 code), a fraction of a second each;
+//! 3. the best estimate, and a runner-up of the other kind (patch-from against matcher
+//!    operations) within 3 %, are *encoded* with the codecs that win in practice
+//!    ([`Effort::Chosen`]): LZMA for large diff streams, one LZMA try with the window as
+//!    dictionary for the extra stream, on two threads. [`DeltaOptions::exhaustive`] tries every
+//!    codec instead, as this crate did before (6–20× slower on the corpus, 0–3 % smaller).
 //!
 //! Every candidate is decoded again and checked against the target's hash tree before it can be
 //! chosen, so a creator bug cannot ship a delta that does not apply.
 //!
 //! Memory: the source is matched in windows of at most [`DeltaOptions::match_window`] bytes (the
-//! whole source when it fits): the window, its suffix array (4 bytes per byte), one segment of the
-//! target per worker and zstd's level-22 state per worker. A 2 GiB image is matched in two
-//! overlapping 1 GiB windows: about 5 GiB with the default options.
+//! whole source when it fits): the window and its suffix array (4 bytes per byte), then per
+//! worker one segment of the target, its streams, and one compressor's state — LZMA's with the
+//! window as dictionary is the largest, 7–12 bytes per window byte (B1 biome, a 46 MB source:
+//! 1.07 GiB peak on two workers). A 2 GiB image is matched in two overlapping 1 GiB windows.
 //!
 //! Crates: `libsais` (bindings to Ilya Grebnov's libsais, the fastest suffix-array construction
 //! published, single-threaded here) and `zstd` (the reference library: the format's streams are
@@ -39,11 +53,12 @@ use std::time::Instant;
 
 use proto::{BlobId, ReadAt};
 
+use crate::format::Codec;
 use crate::format::{
     DeltaError, DeltaHeader, FIXED_HEADER_LEN, MAX_HEADER_LEN, MAX_REF_WINDOW, MAX_SEGMENT_LOG,
     MIN_SEGMENT_LOG, SEGMENT_ENTRY_LEN, SegmentEntry,
 };
-use crate::segment::{Op, SegmentDecoder, SegmentEncoder, SegmentPlan, SourceView};
+use crate::segment::{Effort, Op, SegmentDecoder, SegmentEncoder, SegmentPlan, SourceView};
 
 /// Why a delta could not be built. Every variant names what was wrong; nothing half-written is
 /// left under the output's name.
@@ -133,6 +148,9 @@ pub struct DeltaOptions {
     /// candidates (default on): 5–15 % smaller on far pairs of compiled code, and slow (each try
     /// indexes the whole window).
     pub lzma_dict: bool,
+    /// Encode each finalist with every codec that could win instead of those that win in
+    /// practice (default off): a little smaller, several times slower.
+    pub exhaustive: bool,
 }
 
 impl Default for DeltaOptions {
@@ -143,6 +161,7 @@ impl Default for DeltaOptions {
             match_window: 1 << 30,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             lzma_dict: true,
+            exhaustive: false,
         }
     }
 }
@@ -179,6 +198,35 @@ pub struct DeltaSummary {
     pub seconds: f64,
 }
 
+/// How far [`create_with_progress`] is, each time a segment is done.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CreateProgress {
+    /// Segments done.
+    pub segments_done: usize,
+    /// Segments in all.
+    pub segments: usize,
+    /// Target bytes in the segments done.
+    pub bytes_done: u64,
+    /// The target's length.
+    pub target_len: u64,
+    /// Seconds since the start.
+    pub seconds: f64,
+}
+
+impl CreateProgress {
+    /// Target bytes done per second so far.
+    pub fn bytes_per_second(&self) -> f64 {
+        self.bytes_done as f64 / self.seconds.max(1e-3)
+    }
+
+    /// Seconds left at the rate so far, once a segment is done.
+    pub fn eta_seconds(&self) -> Option<f64> {
+        (self.bytes_done > 0).then(|| {
+            self.target_len.saturating_sub(self.bytes_done) as f64 / self.bytes_per_second()
+        })
+    }
+}
+
 /// Builds the delta from `source` to `target` into `out` (written to a temporary file beside it,
 /// fsynced, then renamed into place).
 pub fn create(
@@ -186,6 +234,17 @@ pub fn create(
     target: &Path,
     out: &Path,
     options: &DeltaOptions,
+) -> Result<DeltaSummary, CreateError> {
+    create_with_progress(source, target, out, options, &|_| {})
+}
+
+/// [`create`], calling `progress` (from a worker thread) each time a segment is done.
+pub fn create_with_progress(
+    source: &Path,
+    target: &Path,
+    out: &Path,
+    options: &DeltaOptions,
+    progress: &(dyn Fn(CreateProgress) + Sync),
 ) -> Result<DeltaSummary, CreateError> {
     let parent = out
         .parent()
@@ -197,7 +256,7 @@ pub fn create(
         .to_string_lossy()
         .into_owned();
     let temp = parent.join(format!(".{name}.partial"));
-    let result = create_into(source, target, out, &temp, options);
+    let result = create_into(source, target, out, &temp, options, progress);
     if result.is_err() {
         std::fs::remove_file(&temp).ok();
     }
@@ -210,6 +269,7 @@ fn create_into(
     out: &Path,
     temp: &Path,
     options: &DeltaOptions,
+    progress: &(dyn Fn(CreateProgress) + Sync),
 ) -> Result<DeltaSummary, CreateError> {
     let started = Instant::now();
     let parent = temp.parent().unwrap_or(Path::new("."));
@@ -230,6 +290,25 @@ fn create_into(
 
     let segment_size = 1u64 << options.segment_log;
     let count: usize = fits("the segment count", target_len.div_ceil(segment_size))?;
+    let mut head = [0; 64];
+    let head_len = (target_len.min(64)) as usize;
+    FileExt::read_exact_at(&target_file, &mut head[..head_len], 0)
+        .map_err(io(format!("reading {}", target.display())))?;
+    let x86 = is_x86_code(&head[..head_len]);
+    let done = Mutex::new((0usize, 0u64));
+    let report = |i: usize| {
+        let range_len = ((i as u64 + 1) * segment_size).min(target_len) - i as u64 * segment_size;
+        let Ok(mut done) = done.lock() else { return };
+        done.0 += 1;
+        done.1 += range_len;
+        progress(CreateProgress {
+            segments_done: done.0,
+            segments: count,
+            bytes_done: done.1,
+            target_len,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    };
     let header_len = FIXED_HEADER_LEN + SEGMENT_ENTRY_LEN * count;
     if header_len > MAX_HEADER_LEN {
         return Err(CreateError::TooManySegments(count));
@@ -268,15 +347,17 @@ fn create_into(
             None => Window::load(&source_file, wanted.0, wanted.1)?,
         };
         let w = &*window.insert(w);
-        let results = encode_batch(
-            w,
-            &target_file,
-            batch.clone(),
+        let job = Job {
+            window: w,
+            target: &target_file,
             count,
             target_len,
             source_len,
+            x86,
             options,
-        )?;
+            progress: &report,
+        };
+        let results = encode_batch(&job, batch.clone())?;
         for (i, (body, method, dict, cv)) in batch.clone().zip(results) {
             lzma_dict_segments += usize::from(dict);
             entries[i] = SegmentEntry {
@@ -318,6 +399,25 @@ fn create_into(
         lzma_dict_segments,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Whether an image whose first bytes are `head` is x86 code: an ELF file for x86 or x86-64
+/// (e_machine 3 or 62), or a PE/COFF file (MZ). Its extra streams then go through the x86
+/// branch converter, which on the corpus made them 5–8 % smaller where it mattered (E3, E4)
+/// and at most 0.8 % larger where it did not (E1).
+fn is_x86_code(head: &[u8]) -> bool {
+    if head.starts_with(b"MZ") {
+        return true;
+    }
+    if head.len() < 20 || !head.starts_with(b"\x7fELF") {
+        return false;
+    }
+    // e_machine at offset 18, in the file's byte order (EI_DATA at 5: 1 little, 2 big).
+    let machine = match head[5] {
+        2 => u16::from_be_bytes([head[18], head[19]]),
+        _ => u16::from_le_bytes([head[18], head[19]]),
+    };
+    matches!(machine, 3 | 62)
 }
 
 /// The source window matched for target offset `at`: the whole source when it fits, else a
@@ -364,28 +464,34 @@ impl Window {
 /// dictionary, and its chaining value.
 type Encoded = (Vec<u8>, Method, bool, [u8; 32]);
 
-fn encode_batch(
-    window: &Window,
-    target: &File,
-    batch: std::ops::Range<usize>,
+/// What every segment of a batch shares.
+struct Job<'a> {
+    window: &'a Window,
+    target: &'a File,
     count: usize,
     target_len: u64,
     source_len: u64,
-    options: &DeltaOptions,
-) -> Result<Vec<Encoded>, CreateError> {
+    /// The target is x86 code: extra streams go through the x86 branch converter.
+    x86: bool,
+    options: &'a DeltaOptions,
+    /// Called with each segment's index when it is done.
+    progress: &'a (dyn Fn(usize) + Sync),
+}
+
+fn encode_batch(job: &Job<'_>, batch: std::ops::Range<usize>) -> Result<Vec<Encoded>, CreateError> {
     let next = AtomicUsize::new(batch.start);
     let results: Mutex<Vec<Option<Result<Encoded, CreateError>>>> =
         Mutex::new((0..batch.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
-        for _ in 0..options.threads.min(batch.len()) {
+        for _ in 0..job.options.threads.min(batch.len()) {
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= batch.end {
                         break;
                     }
-                    let result =
-                        encode_segment(window, target, i, count, target_len, source_len, options);
+                    let result = encode_segment(job, i);
+                    (job.progress)(i);
                     if let Ok(mut slots) = results.lock() {
                         slots[i - batch.start] = Some(result);
                     }
@@ -403,15 +509,17 @@ fn encode_batch(
         .collect()
 }
 
-fn encode_segment(
-    window: &Window,
-    target_file: &File,
-    index: usize,
-    count: usize,
-    target_len: u64,
-    source_len: u64,
-    options: &DeltaOptions,
-) -> Result<Encoded, CreateError> {
+fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
+    let Job {
+        window,
+        target: target_file,
+        count,
+        target_len,
+        source_len,
+        x86,
+        options,
+        progress: _,
+    } = *job;
     let seg_size = 1u64 << options.segment_log;
     let start = index as u64 * seg_size;
     let end = (start + seg_size).min(target_len);
@@ -419,11 +527,17 @@ fn encode_segment(
     FileExt::read_exact_at(target_file, &mut target, start).map_err(io("reading the target"))?;
     let cv = DeltaHeader::chaining_value(count, options.segment_log, index, &target);
 
-    let matches = find_matches(window, &target, start);
+    let matches = find_matches_in_pieces(window, &target, start, options.threads)?;
     let bsdiff = to_ops(&matches, window, target.len(), false);
     let aligned = to_ops(&matches, window, target.len(), true);
     let hybrid = hybrid(&bsdiff, window, &target, HYBRID_KEEP);
-    let reference = ref_window(&bsdiff, window, start, target_len, source_len);
+    let reference = ref_window(
+        &bsdiff,
+        window,
+        start,
+        (target_len, source_len),
+        u64::from(MAX_REF_WINDOW),
+    );
     let view = SourceView {
         offset: window.offset,
         bytes: &window.bytes,
@@ -435,18 +549,19 @@ fn encode_segment(
         extra: fits("a segment", target.len() as u64)?,
     }];
 
-    let mut best: Option<(Vec<u8>, Method, bool)> = None;
     let candidates: [(Method, &[Op], Option<u8>); 4] = [
         (Method::PatchFrom, &patch_from, None),
         (Method::Bsdiff, &bsdiff, None),
         (Method::Aligned, &aligned, Some(phase_of(&aligned, start))),
         (Method::Hybrid, &hybrid, None),
     ];
-    // Which candidates can win at all; trying one costs a full compression at a high level.
+    // Which candidates can win at all.
     let matched = agreeing_bytes(&bsdiff, window, &target);
     let extra: u64 = bsdiff.iter().map(|op| u64::from(op.extra)).sum();
     let seg_len = target.len() as u64;
-    let mut tried = Vec::new();
+    // First every candidate that can win, estimated with fast codecs: the estimates rank them.
+    let lzma_final = reference.is_some() && options.lzma_dict;
+    let mut ranked = Vec::new();
     for (method, ops, word_phase) in candidates {
         let skip = match method {
             // The matcher found nothing: the other candidates are patch-from.
@@ -467,40 +582,87 @@ fn encode_segment(
             word_phase,
             ref_window: reference,
             lzma_dict: false,
+            effort: Effort::Exhaustive,
+        };
+        let estimate = encoder.estimate(index, start, &target, &plan, view, x86)?;
+        // LZMA codes a literal after a match against the byte at the match's distance, so
+        // compiled code moved and patched (a patch-from stream against the window) ends far
+        // smaller with LZMA than zstd's estimate says: 0.60–0.81 of it on the corpus's x86
+        // pairs, against 0.66–0.88 for matcher candidates, and ranking by the estimates alone
+        // lost 25 % on one segment (E3 esbuild). On other content (weights) it gains nothing.
+        let rank = if method == Method::PatchFrom && x86 && lzma_final {
+            estimate / 5 * 4
+        } else {
+            estimate
+        };
+        ranked.push((rank, method, ops, word_phase));
+    }
+    ranked.sort_by_key(|r| r.0);
+    let mut best: Option<(Vec<u8>, Method)> = None;
+    // Then the best of them, and a runner-up within FINALIST_MARGIN of it, with the codecs that
+    // win (or every codec, when asked). Estimates rank LZMA's results less well than zstd's:
+    // the runner-up catches most of what that misses.
+    let cut = ranked.first().map_or(0, |r| r.0 + r.0 / FINALIST_MARGIN);
+    let effort = if options.exhaustive {
+        Effort::Exhaustive
+    } else {
+        Effort::Chosen { x86 }
+    };
+    let first = ranked.first().map(|r| r.1);
+    for (estimate, method, ops, word_phase) in ranked.into_iter().take(FINALISTS) {
+        // A runner-up is encoded only if it is of the other kind (patch-from against matcher
+        // operations): bsdiff, hybrid and aligned bodies of one segment end within 0.1 % of
+        // each other when their estimates do (B1 biome).
+        let other_kind =
+            first.is_some_and(|f| (f == Method::PatchFrom) != (method == Method::PatchFrom));
+        if best.is_some() && (estimate > cut || !other_kind) {
+            break;
+        }
+        // A few kilobytes of extra bytes are not worth indexing the window for (32 MiB of it
+        // took 0.9 s with LZMA's fastest match finder, per segment): compressed alone they
+        // come out about 6 % larger (E1 esbuild, 20 KB: 11.5 KB against 10.8 KB).
+        // A longer stream is compressed against a window of 32 bytes per extra byte around
+        // the segment's matches, at least 4 MiB: indexing costs by the window's length.
+        let extra_len: u64 = ops.iter().map(|op| u64::from(op.extra)).sum();
+        let ref_window = if extra_len < TINY_EXTRA {
+            None
+        } else {
+            ref_window(
+                &bsdiff,
+                window,
+                start,
+                (target_len, source_len),
+                (extra_len * REF_PER_EXTRA).max(MIN_REF_WINDOW),
+            )
+        };
+        let plan = SegmentPlan {
+            ops,
+            word_phase,
+            ref_window,
+            lzma_dict: ref_window.is_some() && options.lzma_dict,
+            effort,
         };
         let body = encoder.encode(index, start, &target, &plan, view)?;
-        tried.push((body.len(), method, ops, word_phase));
-        if best.as_ref().is_none_or(|(b, ..)| body.len() < b.len()) {
-            best = Some((body, method, false));
+        // Matcher operations must beat patch-from by more than 1/512 of their size: on a tie
+        // (noise against noise) the segment is just compressed, and applies without reading
+        // the source where the operations point.
+        let score = |len: usize, method: Method| {
+            len.saturating_mul(512) + if method == Method::PatchFrom { 0 } else { len }
+        };
+        if best
+            .as_ref()
+            .is_none_or(|(b, m)| score(body.len(), method) < score(b.len(), *m))
+        {
+            best = Some((body, method));
         }
     }
-    // Second pass: the extra stream through LZMA with the window as dictionary, for the
-    // candidates it could bring under the best (it saved at most a fifth of a body on the
-    // corpus), smallest first.
-    if reference.is_some() && options.lzma_dict {
-        tried.sort_by_key(|t| t.0);
-        for (len, method, ops, word_phase) in tried {
-            if best
-                .as_ref()
-                .is_some_and(|(b, ..)| len as f64 * LZMA_DICT_GAIN > b.len() as f64)
-            {
-                break;
-            }
-            let plan = SegmentPlan {
-                ops,
-                word_phase,
-                ref_window: reference,
-                lzma_dict: true,
-            };
-            let body = encoder.encode(index, start, &target, &plan, view)?;
-            if best.as_ref().is_none_or(|(b, ..)| body.len() < b.len()) {
-                best = Some((body, method, true));
-            }
-        }
-    }
-    let Some((body, method, dict)) = best else {
+    let Some((body, method)) = best else {
         return Err(CreateError::NoEncoding(index));
     };
+    let dict = matches!(
+        crate::segment::extra_codec(&body, source_len),
+        Some(Codec::LzmaRef | Codec::X86LzmaRef)
+    );
     // Decode what we are about to ship. The decoder reads only this segment's entry (and the
     // lengths), so the others and the ids can be blank.
     let mut segments = vec![
@@ -545,20 +707,21 @@ impl ReadAt for WindowRead<'_> {
 }
 
 /// The source window a segment's extra stream is compressed against: the whole window when it
-/// is small enough, else 64 MiB centred on where the segment's matches point (or its
-/// proportional place), aligned to 16 MiB so that neighbouring segments share it.
+/// is at most `max` (and 64 MiB) long, else that much centred on where the segment's matches
+/// point (or its proportional place), aligned to a quarter of its length so that neighbouring
+/// segments share it.
 fn ref_window(
     ops: &[Op],
     window: &Window,
     start: u64,
-    target_len: u64,
-    source_len: u64,
+    (target_len, source_len): (u64, u64),
+    max: u64,
 ) -> Option<(u64, u32)> {
     let len = window.bytes.len() as u64;
     if len == 0 {
         return None;
     }
-    let max = u64::from(MAX_REF_WINDOW);
+    let max = max.min(u64::from(MAX_REF_WINDOW));
     if len <= max {
         return Some((window.offset, u32::try_from(len).ok()?));
     }
@@ -581,11 +744,11 @@ fn ref_window(
             })
             .map_or(0, |w| w.0)
     };
-    let align = 16 << 20;
+    let align = (max / 4).max(1);
     let lo = window.offset;
     let hi = window.offset + len - max;
     let offset = (centre.saturating_sub(max / 2) / align * align).clamp(lo, hi);
-    Some((offset, MAX_REF_WINDOW))
+    Some((offset, u32::try_from(max).ok()?))
 }
 
 /// The word phase that aligns most of the aligned candidate's diff bytes: the target offset
@@ -611,6 +774,49 @@ struct Match {
     extra: u64,
 }
 
+/// Fruitless searches one byte apart before the matcher starts to stride.
+const GALLOP_AFTER: u32 = 32;
+/// Fruitless searches per doubling of the stride.
+const GALLOP_EVERY: u32 = 16;
+/// The longest stride: 2^5 = 32 bytes.
+const GALLOP_MAX_LOG: u32 = 5;
+
+/// Segments shorter than twice this are matched in one piece.
+const MIN_MATCH_PIECE: usize = 1 << 20;
+
+/// [`find_matches`] over `new` cut into `pieces` pieces, each matched on a thread of its own,
+/// one after the other in the result. The matcher is sequential and a segment of a far pair
+/// takes it seconds (4 s for the first 8 MiB of E4 esbuild, 10 s for the retrained model M2),
+/// while the other workers may have nothing left to do. A piece starts its search afresh,
+/// which loses at most a match at each cut.
+fn find_matches_in_pieces(
+    window: &Window,
+    new: &[u8],
+    start: u64,
+    pieces: usize,
+) -> Result<Vec<Match>, CreateError> {
+    let pieces = pieces.min(new.len() / MIN_MATCH_PIECE).max(1);
+    if pieces == 1 {
+        return Ok(find_matches(window, new, start));
+    }
+    let piece = new.len().div_ceil(pieces);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = new
+            .chunks(piece)
+            .enumerate()
+            .map(|(k, chunk)| {
+                let at = start + (k * piece) as u64;
+                scope.spawn(move || find_matches(window, chunk, at))
+            })
+            .collect();
+        let mut all = Vec::new();
+        for handle in handles {
+            all.extend(handle.join().map_err(|_| CreateError::WorkerPanicked)?);
+        }
+        Ok(all)
+    })
+}
+
 /// Percival's bsdiff matcher over one target segment: returns (source, diff length, extra length)
 /// triples covering the segment. Source offsets are absolute.
 fn find_matches(window: &Window, new: &[u8], start: u64) -> Vec<Match> {
@@ -634,6 +840,7 @@ fn find_matches(window: &Window, new: &[u8], start: u64) -> Vec<Match> {
         let mut old_score = 0i64;
         scan += len;
         let mut scsc = scan;
+        let mut misses = 0u32;
         while scan < n_new {
             let (p, l) = search(sa, old, &new[scan as usize..]);
             pos = p as i64;
@@ -650,13 +857,25 @@ fn find_matches(window: &Window, new: &[u8], start: u64) -> Vec<Match> {
             if (len == old_score && len != 0) || len > old_score + 8 {
                 break;
             }
-            if scan + last_offset >= 0
-                && scan + last_offset < n_old
-                && old[(scan + last_offset) as usize] == new[scan as usize]
-            {
-                old_score -= 1;
+            // Percival's matcher searches again one byte on; after a run of fruitless searches
+            // it searches every `step` bytes. A long match starting between two searches is
+            // still found from its next search on and extended backwards below, and a short
+            // one missed here is found again by the extra stream's codec against the window.
+            misses += 1;
+            let step =
+                1i64 << (misses.saturating_sub(GALLOP_AFTER) / GALLOP_EVERY).min(GALLOP_MAX_LOG);
+            for _ in 0..step {
+                if scan >= n_new {
+                    break;
+                }
+                if scan + last_offset >= 0
+                    && scan + last_offset < n_old
+                    && old[(scan + last_offset) as usize] == new[scan as usize]
+                {
+                    old_score -= 1;
+                }
+                scan += 1;
             }
-            scan += 1;
         }
         if len != old_score || scan == n_new {
             // Extend the previous match forwards while at least half its bytes agree.
@@ -793,9 +1012,16 @@ fn agreeing_bytes(ops: &[Op], window: &Window, target: &[u8]) -> u64 {
 /// The share of agreeing bytes below which the hybrid candidate drops a diff run (0.6, 0.75, 0.9
 /// and 0.97 were tried on the corpus: 0.6 was smallest).
 const HYBRID_KEEP: f64 = 0.6;
-/// The smallest share of a body the LZMA-with-dictionary pass is expected to leave: candidates
-/// whose first-pass body is over the best by more than this factor are not tried.
-const LZMA_DICT_GAIN: f64 = 0.8;
+/// Extra streams shorter than this are compressed without the source window.
+const TINY_EXTRA: u64 = 64 << 10;
+/// Window bytes per extra byte a finalist's extra stream is compressed against, at most.
+const REF_PER_EXTRA: u64 = 32;
+/// The shortest window a finalist's extra stream is compressed against.
+const MIN_REF_WINDOW: u64 = 4 << 20;
+/// Candidates encoded in full per segment, at most: the best estimate and a runner-up.
+const FINALISTS: usize = 2;
+/// A runner-up is encoded in full only if its estimate is within 1/this of the best (3 %).
+const FINALIST_MARGIN: usize = 33;
 
 /// The bsdiff operations with every diff run where fewer than `threshold` of the bytes agree
 /// with the source turned into extra bytes (left to zstd's own matching against the source).
@@ -854,4 +1080,31 @@ fn hash_file(file: &File) -> std::io::Result<BlobId> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     std::io::copy(&mut reader, &mut hasher)?;
     Ok(BlobId::from_bytes(*hasher.finalize().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x86_code_is_told_by_its_header() {
+        let elf = |class: u8, data: u8, machine: [u8; 2]| {
+            let mut head = vec![0u8; 64];
+            head[..4].copy_from_slice(b"\x7fELF");
+            head[4] = class;
+            head[5] = data;
+            head[18..20].copy_from_slice(&machine);
+            head
+        };
+        assert!(is_x86_code(&elf(2, 1, [62, 0]))); // x86-64
+        assert!(is_x86_code(&elf(1, 1, [3, 0]))); // i386
+        assert!(!is_x86_code(&elf(2, 1, [183, 0]))); // AArch64
+        assert!(!is_x86_code(&elf(1, 1, [40, 0]))); // 32-bit Arm
+        assert!(!is_x86_code(&elf(2, 2, [0, 21]))); // PowerPC 64, big-endian
+        assert!(!is_x86_code(&elf(2, 2, [62, 0]))); // 62 << 8 read big-endian: not x86-64
+        assert!(is_x86_code(b"MZ\x90\x00"));
+        assert!(!is_x86_code(b"\x7fELF"));
+        assert!(!is_x86_code(b""));
+        assert!(!is_x86_code(&[0x08; 64])); // an ONNX model starts with a protobuf tag
+    }
 }

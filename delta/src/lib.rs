@@ -100,11 +100,15 @@ mod tree;
 pub use apply::{
     Applied, ApplyError, ApplyInputs, DeltaSegments, Progress, WriteAt, hash_of, read_header,
 };
-pub use create::{CreateError, DeltaOptions, DeltaSummary, Method, create};
+pub use create::{
+    CreateError, CreateProgress, DeltaOptions, DeltaSummary, Method, create, create_with_progress,
+};
 pub use format::{
     BodyError, Codec, CodecError, DeltaError, DeltaHeader, EncodeError, FIXED_HEADER_LEN, MAGIC,
     MAX_HEADER_LEN, MAX_LZMA_DICT, MAX_REF_WINDOW, MAX_SEGMENT_LOG, MAX_WINDOW_LOG,
     MIN_SEGMENT_LOG, SEGMENT_ENTRY_LEN, SegmentEntry, VERSION,
 };
 pub use proto::ReadAt;
-pub use segment::{Op, SegmentDecoder, SegmentEncoder, SegmentPlan, SourceView};
+pub use segment::{
+    Effort, Op, SMALL_STREAM, SegmentDecoder, SegmentEncoder, SegmentPlan, SourceView,
+};

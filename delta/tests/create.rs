@@ -11,7 +11,9 @@
 
 use std::path::Path;
 
-use delta::{DeltaHeader, DeltaOptions, Method, SegmentDecoder, create};
+use delta::{
+    CreateProgress, DeltaHeader, DeltaOptions, Method, SegmentDecoder, create, create_with_progress,
+};
 use proto::BlobId;
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -216,7 +218,90 @@ fn a_source_larger_than_the_match_window_is_matched_in_windows() {
         threads: 2,
         match_window: 1 << 20,
         lzma_dict: true,
+        exhaustive: false,
     };
     let (_, size) = round_trip(dir.path(), &old, &new, &options);
     assert!(size < 100_000, "{size} bytes: the windows found no matches");
+}
+
+#[test]
+fn progress_counts_every_segment_once_up_to_the_whole_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old = noise(700_000, 8);
+    let mut new = old.clone();
+    new.splice(300_000..300_000, noise(50_000, 9));
+    std::fs::write(d.join("old"), &old).unwrap();
+    std::fs::write(d.join("new"), &new).unwrap();
+    let seen = std::sync::Mutex::new(Vec::new());
+    let summary = create_with_progress(
+        &d.join("old"),
+        &d.join("new"),
+        &d.join("patch"),
+        &options(17),
+        &|p: CreateProgress| seen.lock().unwrap().push(p),
+    )
+    .unwrap();
+    let seen = seen.into_inner().unwrap();
+    let segments = new.len().div_ceil(1 << 17);
+    assert_eq!(seen.len(), segments, "{seen:?}");
+    for (k, p) in seen.iter().enumerate() {
+        assert_eq!(p.segments_done, k + 1);
+        assert_eq!(p.segments, segments);
+        assert_eq!(p.target_len, new.len() as u64);
+        assert!(p.bytes_done <= p.target_len);
+    }
+    let last = seen.last().unwrap();
+    assert_eq!(last.bytes_done, new.len() as u64);
+    assert_eq!(last.eta_seconds(), Some(0.0));
+    assert!(last.seconds <= summary.seconds);
+    let delta = std::fs::read(d.join("patch")).unwrap();
+    assert_eq!(apply(&old, &delta), new);
+}
+
+#[test]
+fn segments_matched_in_pieces_and_every_codec_tried_both_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // One 4 MiB segment, matched in four pieces on four threads: the changes straddle the cuts.
+    let functions: Vec<u32> = (0..300).map(|i| i * 4_099 + 77).collect();
+    let old = code(4 << 20, 21, &functions, 0);
+    let mut new = old.clone();
+    for at in [(1 << 20) - 500, 2 << 20, (3 << 20) + 7] {
+        new.splice(at..at + 300, code(900, at as u64, &functions, at as u32));
+    }
+    new.truncate(4 << 20);
+    std::fs::write(d.join("old"), &old).unwrap();
+    std::fs::write(d.join("new"), &new).unwrap();
+    let make = |threads: usize, exhaustive: bool| {
+        let options = DeltaOptions {
+            threads,
+            exhaustive,
+            ..options(22)
+        };
+        let name = format!("patch-{threads}-{exhaustive}");
+        let summary = create(&d.join("old"), &d.join("new"), &d.join(&name), &options).unwrap();
+        let delta = std::fs::read(d.join(&name)).unwrap();
+        assert_eq!(
+            apply(&old, &delta),
+            new,
+            "{threads} threads, exhaustive {exhaustive}"
+        );
+        summary.delta_len
+    };
+    let whole = make(1, false);
+    let pieces = make(4, false);
+    let every_codec = make(4, true);
+    // The cuts cost at most a match each.
+    assert!(
+        pieces <= whole + whole / 50 + 64,
+        "{pieces} bytes in pieces, {whole} in one"
+    );
+    // Every codec on the same finalists is never larger than the chosen ones.
+    assert!(
+        every_codec <= pieces,
+        "{every_codec} bytes with every codec, {pieces} with the chosen"
+    );
+    // All of it far below the 4 MiB image.
+    assert!(pieces < 100_000, "{pieces} bytes");
 }

@@ -6,7 +6,7 @@
 #![allow(clippy::cast_possible_truncation, clippy::unwrap_used)]
 
 use delta::{
-    DeltaError, DeltaHeader, Op, SegmentDecoder, SegmentEncoder, SegmentEntry, SegmentPlan,
+    DeltaError, DeltaHeader, Effort, Op, SegmentDecoder, SegmentEncoder, SegmentEntry, SegmentPlan,
     SourceView,
 };
 use proptest::prelude::*;
@@ -77,17 +77,32 @@ fn build_with(
     for (i, chunk) in target.chunks(seg).enumerate() {
         let start = (i * seg) as u64;
         let (ops, word_phase, ref_window, lzma_dict) = plan(i, start, chunk);
+        // Both efforts, and the x86 converter on and off, over the segments.
+        let effort = match i % 3 {
+            0 => Effort::Exhaustive,
+            k => Effort::Chosen { x86: k == 1 },
+        };
         let plan = SegmentPlan {
             ops: &ops,
             word_phase,
             ref_window,
             lzma_dict,
+            effort,
         };
         let view = SourceView {
             offset: 0,
             bytes: source,
         };
         let body = encoder.encode(i, start, chunk, &plan, view).unwrap();
+        // An estimate is of the same order as the body (fast zstd against the best codec).
+        let estimate = encoder
+            .estimate(i, start, chunk, &plan, view, i % 2 == 0)
+            .unwrap();
+        assert!(
+            estimate > 0 && estimate < 4 * body.len() + 256,
+            "segment {i}: estimate {estimate} for a body of {}",
+            body.len()
+        );
         entries.push(SegmentEntry {
             encoded_len: body.len() as u32,
             cv: DeltaHeader::chaining_value(count, segment_log, i, chunk),

@@ -12,12 +12,13 @@ pub struct SegmentSizeError(pub u64);
 
 /// The options of a delta with segments of `segment_kib` KiB, streams at zstd `level`, on
 /// `threads` workers (default: every core), with or without the LZMA-with-source-dictionary
-/// pass.
+/// pass, and trying every codec on each finalist when `exhaustive`.
 pub fn options(
     segment_kib: u64,
     level: i32,
     threads: Option<usize>,
     lzma_dict: bool,
+    exhaustive: bool,
 ) -> Result<delta::DeltaOptions, SegmentSizeError> {
     if !segment_kib.is_power_of_two() || !(16..=16384).contains(&segment_kib) {
         return Err(SegmentSizeError(segment_kib));
@@ -28,12 +29,46 @@ pub fn options(
         segment_log,
         level,
         lzma_dict,
+        exhaustive,
         ..Default::default()
     };
     if let Some(threads) = threads {
         options.threads = threads.max(1);
     }
     Ok(options)
+}
+
+/// A progress callback for [`delta::create_with_progress`] that, when standard error is a
+/// terminal, keeps one line there, headed `name`, up to date: segments done, megabytes, rate and time left.
+/// Elsewhere (a log, a pipe) it prints nothing.
+pub fn terminal_progress(name: String) -> impl Fn(delta::CreateProgress) + Sync {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stderr().is_terminal();
+    move |p: delta::CreateProgress| {
+        if !terminal {
+            return;
+        }
+        let eta = p
+            .eta_seconds()
+            .map_or_else(String::new, |s| format!(", {s:.0} s left"));
+        let end = if p.segments_done == p.segments {
+            "\n"
+        } else {
+            ""
+        };
+        let mut err = std::io::stderr().lock();
+        // A progress line that cannot be written is not worth failing the delta for.
+        let _ = write!(
+            err,
+            "\r\x1b[K{name}: segment {}/{}, {:.1}/{:.1} MB, {:.2} MB/s{eta}{end}",
+            p.segments_done,
+            p.segments,
+            p.bytes_done as f64 / 1e6,
+            p.target_len as f64 / 1e6,
+            p.bytes_per_second() / 1e6,
+        );
+        let _ = err.flush();
+    }
 }
 
 /// Builds the delta that rebuilds `to` from `from` into `out` (written beside it, fsynced, then
@@ -44,7 +79,13 @@ pub fn build(
     out: &Path,
     options: &delta::DeltaOptions,
 ) -> anyhow::Result<Value> {
-    let summary = delta::create(from, to, out, options)?;
+    let summary = delta::create_with_progress(
+        from,
+        to,
+        out,
+        options,
+        &terminal_progress(out.display().to_string()),
+    )?;
     let methods: Map<String, Value> = summary
         .methods
         .iter()

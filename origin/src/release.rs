@@ -333,7 +333,8 @@ fn build_deltas(
         let source_file = work.path().join("source");
         fetch_source(origin, store, source, &info, &source_blob, &source_file)?;
         let out = work.path().join("delta");
-        let summary = delta::create(&source_file, file, &out, options)
+        let progress = crate::file_delta::terminal_progress(format!("delta from {source}"));
+        let summary = delta::create_with_progress(&source_file, file, &out, options, &progress)
             .with_context(|| format!("building the delta from {source}"))?;
         let delta_file =
             fs::File::open(&out).with_context(|| format!("opening {}", out.display()))?;

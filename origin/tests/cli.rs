@@ -853,6 +853,32 @@ fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
         std::fs::metadata(d.join("patch")).unwrap().len()
     );
 
+    // One worker, every codec: the same finalists, never larger.
+    let (ok, stdout, stderr) = origin(&[
+        "delta",
+        "--from",
+        "old",
+        "--to",
+        "new",
+        "--out",
+        "patch-every-codec",
+        "--segment-kib",
+        "16",
+        "--level",
+        "5",
+        "--jobs",
+        "1",
+        "--exhaustive",
+    ]);
+    assert!(ok, "{stderr}");
+    let every: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(
+        every["delta_bytes"].as_u64() <= summary["delta_bytes"].as_u64(),
+        "{every} against {summary}"
+    );
+    // Standard error is no terminal here: no progress lines.
+    assert!(!stderr.contains("segment 1/"), "{stderr}");
+
     let (ok, _, stderr) = origin(&[
         "delta",
         "--from",
@@ -883,7 +909,7 @@ fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
         .map(|e| e.unwrap().file_name())
         .collect();
     names.sort();
-    assert_eq!(names, ["new", "old", "patch"]);
+    assert_eq!(names, ["new", "old", "patch", "patch-every-codec"]);
 }
 
 /// An origin made before the director spoke HTTPS: `serve` says what is missing and how to
