@@ -102,6 +102,19 @@ def trip(r):
     return f"FAIL ({r['status'][4:]})"   # ERR-create / ERR-apply
 
 
+def time_ratio(tools):
+    """Our create time over zstd's (the patch-from baseline) for one pair, or None."""
+    ours, zstd = tools.get("ours"), tools.get("zstd")
+    if not ours or not zstd or ours["create_s"] is None or not zstd["create_s"]:
+        return None
+    return ours["create_s"] / zstd["create_s"]
+
+
+def time_ratio_cell(tools):
+    r = time_ratio(tools)
+    return "-" if r is None else f"{r:.2f}"
+
+
 def table(header, body):
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(row) + " |" for row in body]
@@ -118,7 +131,7 @@ def main():
     ran_ours = any("ours" in tools for tools in rows.values())
 
     header = ["pair", "new MB"] + [f"{labels[t]} %" for t in BASELINES] + [
-        "ours %", "ours / best", "ours create s", "ours create MiB", "ours apply s",
+        "ours %", "ours / best", "ours create s", "create / zstd", "ours create MiB", "ours apply s",
         "ours apply MiB", "round trip " + " / ".join(labels[t].split()[0] for t in TOOLS)]
     body = []
     for pair, tools in rows.items():
@@ -130,7 +143,8 @@ def main():
             + [percent_cell(tools.get(t), labels[t]) for t in BASELINES]
             + [percent_cell(ours, labels["ours"]),
                "-" if r is None else f"{r[0]:.3f} ({labels[r[1]].split()[0]})",
-               seconds(ours and ours["create_s"]), mib(ours and ours["create_kib"]),
+               seconds(ours and ours["create_s"]), time_ratio_cell(tools),
+               mib(ours and ours["create_kib"]),
                seconds(ours and ours["apply_s"]), mib(ours and ours["apply_kib"]),
                " / ".join(trip(tools.get(t)) for t in TOOLS)])
     print(table(header, body))
@@ -156,6 +170,16 @@ def main():
             worst = max(measured)
             print(f"- worst pair: {worst[1]}, ours / best = {worst[0]:.3f} "
                   f"(best: {rows[worst[1]][worst[2]]['label']})")
+        times = [(time_ratio(t), p) for p, t in rows.items() if time_ratio(t) is not None]
+        if times:
+            slowest = max(times)
+            print(f"- our create time / zstd's: at most {slowest[0]:.2f} ({slowest[1]}); "
+                  f"{sum(1 for r, _ in times if r <= 1.0)} of {len(times)} pairs at or under 1.0")
+        creates = [(t["ours"]["create_kib"], p) for p, t in rows.items()
+                   if "ours" in t and t["ours"]["create_kib"] is not None]
+        if creates:
+            peak = max(creates)
+            print(f"- max create peak RSS (ours): {mib(peak[0])} MiB ({peak[1]})")
         applies = [(t["ours"]["apply_kib"], p) for p, t in rows.items()
                    if "ours" in t and t["ours"]["apply_kib"] is not None]
         if applies:

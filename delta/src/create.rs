@@ -436,12 +436,44 @@ struct Window {
     offset: u64,
     bytes: Vec<u8>,
     suffixes: Vec<i32>,
+    /// Where each two-byte prefix's suffixes start in `suffixes` (65 537 entries; the last is
+    /// the end): a search starts inside its bucket, skipping the first dozen or more steps of
+    /// the binary search, each a cache miss on a source this size.
+    buckets: Vec<u32>,
+}
+
+/// The two-byte bucket of the suffix at `p` of `bytes`; the one-byte suffix at the end sorts
+/// first among those starting with its byte, so it takes that byte's bucket for a zero.
+fn bucket_of(bytes: &[u8], p: usize) -> usize {
+    usize::from(bytes[p]) << 8 | usize::from(bytes.get(p + 1).copied().unwrap_or(0))
+}
+
+/// The start of every two-byte bucket in the suffix array `sa` of `bytes`.
+fn buckets(bytes: &[u8], sa: &[i32]) -> Vec<u32> {
+    let mut starts = vec![0u32; (1 << 16) + 1];
+    let mut next = 0usize;
+    for (i, &p) in sa.iter().enumerate() {
+        let key = bucket_of(bytes, p as usize);
+        while next <= key {
+            starts[next] = i as u32;
+            next += 1;
+        }
+    }
+    for start in &mut starts[next..] {
+        *start = sa.len() as u32;
+    }
+    starts
 }
 
 impl Window {
     fn load(file: &File, offset: u64, len: u64) -> Result<Self, CreateError> {
         let mut bytes = vec![0; fits("a source window", len)?];
         FileExt::read_exact_at(file, &mut bytes, offset).map_err(io("reading the source"))?;
+        Self::load_bytes(offset, bytes)
+    }
+
+    /// The window of `bytes`, found at `offset` of the source, with its index.
+    fn load_bytes(offset: u64, bytes: Vec<u8>) -> Result<Self, CreateError> {
         let suffixes = if bytes.is_empty() {
             Vec::new()
         } else {
@@ -452,10 +484,12 @@ impl Window {
                 .map_err(CreateError::SuffixArray)?
                 .into_vec()
         };
+        let buckets = buckets(&bytes, &suffixes);
         Ok(Self {
             offset,
             bytes,
             suffixes,
+            buckets,
         })
     }
 }
@@ -842,7 +876,7 @@ fn find_matches(window: &Window, new: &[u8], start: u64) -> Vec<Match> {
         let mut scsc = scan;
         let mut misses = 0u32;
         while scan < n_new {
-            let (p, l) = search(sa, old, &new[scan as usize..]);
+            let (p, l) = search(sa, old, &new[scan as usize..], &window.buckets);
             pos = p as i64;
             len = l as i64;
             while scsc < scan + len {
@@ -941,23 +975,70 @@ fn find_matches(window: &Window, new: &[u8], start: u64) -> Vec<Match> {
     out
 }
 
-/// The longest prefix of `new` found in `old`, by binary search over the suffix array.
-fn search(sa: &[i32], old: &[u8], new: &[u8]) -> (usize, usize) {
-    let common = |p: usize| old[p..].iter().zip(new).take_while(|(a, b)| a == b).count();
-    let (mut lo, mut hi) = (0usize, sa.len() - 1);
+/// The longest prefix of `new` found in `old`, by binary search over the suffix array. Each
+/// step compares from the shorter of the two bounds' common prefixes on (every suffix between
+/// the bounds shares it with `new`), so a long match is not compared again from its first byte
+/// at every step.
+fn search(sa: &[i32], old: &[u8], new: &[u8], buckets: &[u32]) -> (usize, usize) {
+    let common_from = |p: usize, from: usize| from + common_prefix(&old[p + from..], &new[from..]);
+    // Within the bucket of `new`'s first two bytes when it has any suffix: the longest match
+    // is there. Otherwise no match is two bytes long, and the whole array is searched.
+    let (mut lo, mut hi) = match new {
+        [a, b, ..] => {
+            let key = usize::from(*a) << 8 | usize::from(*b);
+            let (start, end) = (buckets[key] as usize, buckets[key + 1] as usize);
+            if start < end {
+                (start, end - 1)
+            } else {
+                (0usize, sa.len() - 1)
+            }
+        }
+        _ => (0usize, sa.len() - 1),
+    };
+    let mut lcp_lo = common_from(sa[lo] as usize, 0);
+    let mut lcp_hi = common_from(sa[hi] as usize, 0);
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         let p = sa[mid] as usize;
+        let l = common_from(p, lcp_lo.min(lcp_hi));
+        // The suffix sorts before `new` if it differs at `l` with a smaller byte or ends there;
+        // equal over the shorter of the two (including `new` ending) counts as not before.
         let n = (old.len() - p).min(new.len());
-        if old[p..p + n] < new[..n] {
+        let before = l < n && old[p + l] < new[l];
+        if before {
             lo = mid;
+            lcp_lo = l;
         } else {
             hi = mid;
+            lcp_hi = l;
         }
     }
-    let (a, b) = (sa[lo] as usize, sa[hi] as usize);
-    let (la, lb) = (common(a), common(b));
-    if la >= lb { (a, la) } else { (b, lb) }
+    if lcp_lo >= lcp_hi {
+        (sa[lo] as usize, lcp_lo)
+    } else {
+        (sa[hi] as usize, lcp_hi)
+    }
+}
+
+/// How many leading bytes `a` and `b` share, eight at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut i = 0;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let x = u64::from_le_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]);
+        let y = u64::from_le_bytes([y[0], y[1], y[2], y[3], y[4], y[5], y[6], y[7]]);
+        let diff = x ^ y;
+        if diff != 0 {
+            return i + (diff.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[i..]
+        .iter()
+        .zip(&b[i..])
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 /// Turns matches into operations. With `gaps_as_diff`, each match's extra bytes become a diff
@@ -1085,6 +1166,32 @@ fn hash_file(file: &File) -> std::io::Result<BlobId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_finds_the_longest_match_from_its_bucket() {
+        // A small alphabet, so that matches are long and buckets uneven (some empty).
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut byte = |k: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % k) as u8
+        };
+        let old: Vec<u8> = (0..20_000).map(|_| byte(3) * 7).collect();
+        let window = Window::load_bytes(0, old.clone()).unwrap();
+        for len in [1usize, 2, 3, 9, 40] {
+            for _ in 0..200 {
+                let new: Vec<u8> = (0..len).map(|_| byte(4) * 7).collect();
+                let (p, l) = search(&window.suffixes, &old, &new, &window.buckets);
+                assert_eq!(old[p..p + l], new[..l]);
+                let longest = (0..old.len())
+                    .map(|q| common_prefix(&old[q..], &new))
+                    .max()
+                    .unwrap();
+                assert_eq!(l, longest, "{new:?}");
+            }
+        }
+    }
 
     #[test]
     fn x86_code_is_told_by_its_header() {
