@@ -443,19 +443,14 @@ fn zstd_compress<'a>(
     let log = (64 - span.saturating_sub(1).leading_zeros()).clamp(10, MAX_WINDOW_LOG);
     cctx.set_parameter(CParameter::WindowLog(log))
         .map_err(name)?;
-    let mut out = Vec::with_capacity(zstd_safe::compress_bound(raw.len()));
-    match reference {
-        Some(prefix) => {
-            cctx.set_parameter(CParameter::EnableLongDistanceMatching(true))
-                .map_err(name)?;
-            // The prefix is referenced for this one frame only: the next reset drops it.
-            cctx.ref_prefix(prefix).map_err(name)?;
-            cctx.compress2(&mut out, raw).map_err(name)?;
-        }
-        None => {
-            cctx.compress2(&mut out, raw).map_err(name)?;
-        }
+    if let Some(prefix) = reference {
+        cctx.set_parameter(CParameter::EnableLongDistanceMatching(true))
+            .map_err(name)?;
+        // The prefix is referenced for this one frame only: the next reset drops it.
+        cctx.ref_prefix(prefix).map_err(name)?;
     }
+    let mut out = Vec::with_capacity(zstd_safe::compress_bound(raw.len()));
+    cctx.compress2(&mut out, raw).map_err(name)?;
     Ok(out)
 }
 

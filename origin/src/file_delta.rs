@@ -39,8 +39,8 @@ pub fn options(
 }
 
 /// A progress callback for [`delta::create_with_progress`] that, when standard error is a
-/// terminal, keeps one line there, headed `name`, up to date: segments done, megabytes, rate and time left.
-/// Elsewhere (a log, a pipe) it prints nothing.
+/// terminal, keeps one line there, headed `name`, up to date: segments done, megabytes, rate
+/// and time left. Elsewhere (a log, a pipe) it prints nothing.
 pub fn terminal_progress(name: String) -> impl Fn(delta::CreateProgress) + Sync {
     use std::io::{IsTerminal, Write};
     let terminal = std::io::stderr().is_terminal();

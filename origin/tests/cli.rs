@@ -903,6 +903,14 @@ fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("30"), "{stderr}");
+    // Workers are bounded: none, or more than any machine has, is refused before any work.
+    for jobs in ["0", "257"] {
+        let (ok, _, stderr) = origin(&[
+            "delta", "--from", "old", "--to", "new", "--out", "p5", "--jobs", jobs,
+        ]);
+        assert!(!ok, "--jobs {jobs}");
+        assert!(stderr.contains("1..=256"), "{stderr}");
+    }
     // Nothing half-written is left by the failures.
     let mut names: Vec<_> = std::fs::read_dir(d)
         .unwrap()

@@ -31,6 +31,33 @@ fn blob_bytes(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `vehicle-peer fetch` of `blob` from the depot at `depot` alone, on an open mesh, into
+/// `data_dir`, writing it out to `out`.
+fn fetch_args(
+    data_dir: &std::path::Path,
+    out: &std::path::Path,
+    depot: &libp2p::Multiaddr,
+    blob: &proto::BlobId,
+) -> Vec<String> {
+    [
+        "fetch",
+        "--open-mesh",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--peer",
+        &depot.to_string(),
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "--out",
+        out.to_str().unwrap(),
+        &blob.to_string(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect()
+}
+
 /// When to kill a fetch.
 #[derive(Clone, Copy, Debug)]
 enum Kill {
@@ -126,23 +153,7 @@ fn sigkill_then_resume_completes_without_losing_reported_progress() {
 
     let vehicle_dir = dir.path().join("vehicle");
     let out = dir.path().join("out.bin");
-    let args: Vec<String> = [
-        "fetch",
-        "--open-mesh",
-        "--data-dir",
-        vehicle_dir.to_str().unwrap(),
-        "--peer",
-        &depot_addr.to_string(),
-        "--no-mdns",
-        "--listen",
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        "--out",
-        out.to_str().unwrap(),
-        &blob.to_string(),
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
+    let args = fetch_args(&vehicle_dir, &out, &depot_addr, &blob);
 
     // Kills alternate between a delay from a fixed seed (printed so a failure can be replayed),
     // which may land anywhere from start-up on, and the first progress report beyond what the
@@ -216,24 +227,13 @@ fn a_vehicle_killed_mid_fetch_stops_costing_its_depot_within_seconds() {
         counters.clone(),
         Some(node::ratelimit::RateLimit::new(16 << 20)),
     );
-    let fetch_args = |name: &str| -> Vec<String> {
-        [
-            "fetch",
-            "--open-mesh",
-            "--data-dir",
-            dir.path().join(name).to_str().unwrap(),
-            "--peer",
-            &depot_addr.to_string(),
-            "--no-mdns",
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-            "--out",
-            dir.path().join(format!("{name}.bin")).to_str().unwrap(),
-            &blob.to_string(),
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+    let fetch_args = |name: &str| {
+        fetch_args(
+            &dir.path().join(name),
+            &dir.path().join(format!("{name}.bin")),
+            &depot_addr,
+            &blob,
+        )
     };
 
     let (held, killed, _) = run_fetch(&fetch_args("killed"), Kill::Past(4));
