@@ -157,6 +157,31 @@ fn code(len: usize, seed: u64, functions: &[u32], base: u32) -> Vec<u8> {
     out
 }
 
+/// A release's image compressed is a delta from the empty image: it round-trips, code
+/// compresses, and noise costs at most its framing over its own size.
+#[test]
+fn an_image_compressed_is_a_delta_from_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let functions: Vec<u32> = (0..64).map(|i| 0x40_0000 + i * 977).collect();
+    let image = code(600_000, 5, &functions, 0x40_0000);
+    let (methods, size) = round_trip(d, &[], &image, &options(16));
+    let segments = image.len().div_ceil(1 << 16);
+    assert_eq!(methods, [(Method::PatchFrom, segments)]);
+    assert!(
+        size < image.len() as u64 / 3,
+        "{size} bytes for {}",
+        image.len()
+    );
+    let random = noise(200_000, 11);
+    let (_, size) = round_trip(d, &[], &random, &options(16));
+    let framing = 104 + random.len().div_ceil(1 << 16) as u64 * (36 + 64);
+    assert!(
+        size <= random.len() as u64 + random.len() as u64 / 64 + framing,
+        "{size}"
+    );
+}
+
 #[test]
 fn far_releases_of_code_get_lzma_with_the_source_as_dictionary() {
     let dir = tempfile::tempdir().unwrap();

@@ -109,8 +109,9 @@ pub async fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
                 tracing::warn!(target = %name, "no BLAKE3 in its signed metadata: not prefetched");
                 continue;
             };
-            // The deltas released with it, for vehicles running an earlier image: signed with
-            // the target, fetched and served like it.
+            // The deltas released with it, for vehicles running an earlier image, and the image
+            // compressed, for vehicles no delta applies to: signed with the target, fetched
+            // and served like it.
             match proto::custom::ImageCustom::of(&name, &info) {
                 Ok(custom) => {
                     for (from, delta) in custom.deltas {
@@ -118,6 +119,13 @@ pub async fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
                             format!("{name} (delta from {from})"),
                             delta.blake3,
                             delta.length,
+                        ));
+                    }
+                    if let Some(compressed) = custom.compressed {
+                        targets.push((
+                            format!("{name} (compressed)"),
+                            compressed.blake3,
+                            compressed.length,
                         ));
                     }
                 }

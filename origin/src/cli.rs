@@ -294,6 +294,11 @@ pub(crate) struct ReleaseArgs {
     /// `origin delta --no-lzma-dict`).
     #[arg(long)]
     pub(crate) no_lzma_dict: bool,
+    /// Do not build the image compressed. By default it is built (a delta from nothing, with
+    /// the x86 converter for x86 code) and listed beside the image when it saves at least a
+    /// sixteenth of it: a vehicle that runs nothing a listed delta applies to fetches that.
+    #[arg(long)]
+    pub(crate) no_compressed: bool,
 }
 
 impl ReleaseArgs {
@@ -312,6 +317,7 @@ impl ReleaseArgs {
         .signed_by(&self.role)
         .with_deltas_from(&self.deltas_from)
         .delta_options(options)
+        .compressed(!self.no_compressed)
     }
 }
 

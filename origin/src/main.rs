@@ -69,9 +69,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 blob,
                 length,
                 targets_version,
+                compressed,
             } = args.release().sign(&origin, &actor)?;
             let (name, role) = (&args.name, &args.role);
-            println!("{blob}  {name}  {length} bytes  image {role} v{targets_version}");
+            let compressed = match compressed {
+                Some(c) => format!("  compressed {} bytes ({})", c.length, c.blake3),
+                None => String::new(),
+            };
+            println!("{blob}  {name}  {length} bytes  image {role} v{targets_version}{compressed}");
         }
         Command::Delegate {
             name,

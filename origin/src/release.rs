@@ -1,7 +1,8 @@
 //! A release: an image signed into the image repository with its deltas, and its audit entry.
 //!
 //! [`Release::sign`] stores the image (and its bao outboard) in the origin's mesh store, builds
-//! the deltas from earlier releases, signs new targets, snapshot and timestamp, and appends the
+//! the deltas from earlier releases and the image compressed (a delta from nothing, listed when
+//! it is [`WORTH_LISTING`] smaller), signs new targets, snapshot and timestamp, and appends the
 //! `release` entry to the audit log under the acting [`Actor`], all in one call: there is no way
 //! to sign a release without its entry.
 
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use proto::BlobId;
-use proto::custom::{DeltaRef, ImageCustom};
+use proto::custom::{CompressedRef, DeltaRef, ImageCustom};
 use proto::tuf::build;
 use serde_json::{Map, json};
 
@@ -28,7 +29,13 @@ pub struct Released {
     pub length: u64,
     /// The image repository's new targets version.
     pub targets_version: u64,
+    /// The image compressed, if it was listed.
+    pub compressed: Option<CompressedRef>,
 }
+
+/// The image compressed is listed only when it saves at least 1/`WORTH_LISTING` of the
+/// image: a blob that saves less still costs every depot its backhaul and its disk.
+pub const WORTH_LISTING: u64 = 16;
 
 /// Checks a target name: relative, `/`-separated, no empty, `.` or `..` segment.
 pub fn check_target_name(name: &str) -> anyhow::Result<()> {
@@ -46,7 +53,7 @@ pub fn check_target_name(name: &str) -> anyhow::Result<()> {
 
 /// A release to sign: the image in a file, released as a target name of the image repository
 /// for some hardware at a release counter; by default signed by the `targets` role, without
-/// deltas.
+/// deltas, with the image compressed.
 #[derive(Debug, Clone)]
 pub struct Release {
     file: PathBuf,
@@ -56,6 +63,7 @@ pub struct Release {
     role: String,
     deltas_from: Vec<String>,
     delta_options: delta::DeltaOptions,
+    compressed: bool,
 }
 
 impl Release {
@@ -75,6 +83,7 @@ impl Release {
             role: "targets".to_owned(),
             deltas_from: Vec::new(),
             delta_options: delta::DeltaOptions::default(),
+            compressed: true,
         }
     }
 
@@ -97,6 +106,16 @@ impl Release {
         sources: impl IntoIterator<Item = impl Into<String>>,
     ) -> Self {
         self.deltas_from.extend(sources.into_iter().map(Into::into));
+        self
+    }
+
+    /// Whether to build the image compressed (default: yes) and list it in the target's
+    /// `custom.compressed` when it saves at least 1/[`WORTH_LISTING`] of the image. A vehicle
+    /// that runs nothing a listed delta applies to fetches it instead of the image. It is a
+    /// delta from the empty image, made with the delta options (the x86 converter for code).
+    #[must_use]
+    pub fn compressed(mut self, compressed: bool) -> Self {
+        self.compressed = compressed;
         self
     }
 
@@ -136,6 +155,7 @@ impl Release {
             "hardware_ids": self.hardware_ids, "release_counter": self.release_counter,
             "role": self.role, "targets_version": released.targets_version,
             "deltas_from": self.deltas_from,
+            "compressed": released.compressed.as_ref().map(|c| json!({"blake3": c.blake3.to_string(), "length": c.length})),
         })
     }
 
@@ -194,6 +214,10 @@ impl Release {
                 &self.deltas_from,
                 &self.delta_options,
             )?,
+            compressed: match self.compressed {
+                true => build_compressed(origin, &store, file, length, &self.delta_options)?,
+                false => None,
+            },
         };
         let entry = build::target_entry(&digests, custom.to_value());
         write_target_files(origin, &store, &self.name, blob, &digests)?;
@@ -206,6 +230,7 @@ impl Release {
             blob,
             length,
             targets_version,
+            compressed: custom.compressed,
         })
     }
 }
@@ -336,17 +361,8 @@ fn build_deltas(
         let progress = crate::file_delta::terminal_progress(format!("delta from {source}"));
         let summary = delta::create_with_progress(&source_file, file, &out, options, &progress)
             .with_context(|| format!("building the delta from {source}"))?;
-        let delta_file =
-            fs::File::open(&out).with_context(|| format!("opening {}", out.display()))?;
-        let stored = store
-            .import(std::io::BufReader::with_capacity(1 << 20, delta_file))
-            .context("storing the delta in the mesh store")?;
-        if stored != summary.delta {
-            bail!("the delta from {source} changed on disk while it was stored");
-        }
-        // Beside the repository's targets, so a cache importing the repository directory
-        // (`depot-cache import-repo`) serves it too.
-        store_blob(origin, store, &stored, &format!("image/deltas/{stored}"))?;
+        store_delta(origin, store, &out, &summary)
+            .with_context(|| format!("storing the delta from {source}"))?;
         deltas.insert(
             source.clone(),
             DeltaRef {
@@ -357,6 +373,62 @@ fn build_deltas(
         );
     }
     Ok(deltas)
+}
+
+/// Builds the image in `file` (`length` bytes) compressed: a delta from the empty image. Stores
+/// and describes it when it saves at least 1/[`WORTH_LISTING`] of the image.
+fn build_compressed(
+    origin: &Origin,
+    store: &node::store::DiskStore,
+    file: &Path,
+    length: u64,
+    options: &delta::DeltaOptions,
+) -> anyhow::Result<Option<CompressedRef>> {
+    if length == 0 {
+        return Ok(None);
+    }
+    let work = tempfile::Builder::new()
+        .prefix(".compressed")
+        .tempdir_in(&origin.dir)
+        .with_context(|| format!("creating a work directory in {}", origin.dir.display()))?;
+    let nothing = work.path().join("nothing");
+    fs::write(&nothing, b"").with_context(|| format!("writing {}", nothing.display()))?;
+    let out = work.path().join("compressed");
+    let progress = crate::file_delta::terminal_progress("compressed image".to_string());
+    let summary = delta::create_with_progress(&nothing, file, &out, options, &progress)
+        .context("compressing the image")?;
+    if summary.delta_len > length - length / WORTH_LISTING {
+        tracing::info!(
+            length,
+            compressed = summary.delta_len,
+            "the image compresses too little to list it compressed"
+        );
+        return Ok(None);
+    }
+    store_delta(origin, store, &out, &summary).context("storing the compressed image")?;
+    Ok(Some(CompressedRef {
+        blake3: summary.delta,
+        length: summary.delta_len,
+    }))
+}
+
+/// Stores the delta in `file` (made as `summary` says) in the mesh store and beside the
+/// repository's targets, in `image/deltas/<BLAKE3>`, so a cache importing the repository
+/// directory (`depot-cache import-repo`) serves it too.
+fn store_delta(
+    origin: &Origin,
+    store: &node::store::DiskStore,
+    file: &Path,
+    summary: &delta::DeltaSummary,
+) -> anyhow::Result<()> {
+    let delta_file = fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let stored = store
+        .import(std::io::BufReader::with_capacity(1 << 20, delta_file))
+        .context("storing it in the mesh store")?;
+    if stored != summary.delta {
+        bail!("{} changed on disk while it was stored", file.display());
+    }
+    store_blob(origin, store, &stored, &format!("image/deltas/{stored}"))
 }
 
 /// A reader that hashes what passes through it (SHA-256, SHA-512) and counts it.
@@ -455,6 +527,10 @@ mod tests {
                 "target": "ecu/fw-2.bin", "blake3": released.blob.to_string(), "length": 50_000,
                 "hardware_ids": ["fw-v1"], "release_counter": 2, "role": "targets",
                 "targets_version": released.targets_version, "deltas_from": ["ecu/fw-1.bin"],
+                "compressed": {
+                    "blake3": released.compressed.as_ref().unwrap().blake3.to_string(),
+                    "length": released.compressed.as_ref().unwrap().length,
+                },
             })
         );
     }

@@ -504,6 +504,121 @@ fn verify_names_each_problem() {
     );
 }
 
+/// Rebuilds an image from `delta`, a delta from nothing, as a vehicle does (every segment
+/// checked against the image's hash tree, the whole hashed at the end).
+fn apply_from_nothing(delta: &Path, out: &Path, expect: proto::BlobId) -> Vec<u8> {
+    let delta_file = std::fs::File::open(delta).unwrap();
+    let inputs = delta::ApplyInputs {
+        source: &[][..],
+        source_len: 0,
+        delta: &delta_file,
+        delta_len: delta_file.metadata().unwrap().len(),
+        expect_target: Some(expect),
+    };
+    let mut target = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .unwrap();
+    delta::DeltaSegments::new(&inputs)
+        .unwrap()
+        .apply(&inputs, &mut target, "image", None, |_, _| Ok(()))
+        .unwrap();
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn a_release_lists_its_image_compressed_when_that_saves_enough() {
+    let mut f = Fixture::new();
+    assert!(f.origin(&["init"]).ok);
+    // Table-like firmware compresses several times; noise does not.
+    let firmware: Vec<u8> = (0..600_000u32)
+        .map(|i| ((i % 97) ^ (i / 4096)).to_le_bytes()[0])
+        .collect();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..300_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[3]
+        })
+        .collect();
+    let release = |f: &mut Fixture, bytes: &[u8], name: &str, extra: &[&str]| {
+        let file = f.write(&name.replace('/', "_"), bytes);
+        let mut args = vec![
+            "release",
+            file.to_str().unwrap(),
+            "--name",
+            name,
+            "--hardware-id",
+            "gw-v1",
+            "--release-counter",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let run = f.origin(&args);
+        assert!(run.ok, "{}", run.stderr);
+        run.stdout
+    };
+    let targets = |f: &Fixture, version: u32| -> Value {
+        let path = f.image().join(format!("metadata/{version}.targets.json"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+
+    // Compressible: listed, signed with the image, stored beside the deltas, and it rebuilds
+    // the image exactly.
+    let stdout = release(&mut f, &firmware, "ecu/fw-1.bin", &[]);
+    let entry = &targets(&f, 2)["signed"]["targets"]["ecu/fw-1.bin"];
+    let compressed = &entry["custom"]["compressed"];
+    let length = compressed["length"].as_u64().unwrap();
+    assert!(length < firmware.len() as u64 / 4, "{compressed}");
+    assert!(
+        stdout.contains(&format!("compressed {length} bytes")),
+        "{stdout}"
+    );
+    let blob: proto::BlobId = compressed["blake3"].as_str().unwrap().parse().unwrap();
+    let stored = f.image().join("deltas").join(blob.to_string());
+    assert_eq!(std::fs::metadata(&stored).unwrap().len(), length);
+    let image_blob = entry["custom"]["blake3"].as_str().unwrap().parse().unwrap();
+    let rebuilt = apply_from_nothing(&stored, &f.dir.with_file_name("rebuilt"), image_blob);
+    assert!(
+        rebuilt == firmware,
+        "the compressed image rebuilds another image"
+    );
+
+    // Noise compresses by less than a sixteenth: not listed, nothing stored.
+    let stdout = release(&mut f, &noise, "ecu/noise-1.bin", &[]);
+    let custom = &targets(&f, 3)["signed"]["targets"]["ecu/noise-1.bin"]["custom"];
+    assert!(custom.get("compressed").is_none(), "{custom}");
+    assert!(!stdout.contains("compressed"), "{stdout}");
+    // --no-compressed: not even built.
+    release(
+        &mut f,
+        &firmware[1..],
+        "ecu/fw-1b.bin",
+        &["--no-compressed"],
+    );
+    let custom = &targets(&f, 4)["signed"]["targets"]["ecu/fw-1b.bin"]["custom"];
+    assert!(custom.get("compressed").is_none(), "{custom}");
+    assert_eq!(
+        std::fs::read_dir(f.image().join("deltas")).unwrap().count(),
+        1
+    );
+
+    // The audit log records what was listed.
+    let export = f.origin(&["audit", "export"]);
+    assert!(export.ok, "{}", export.stderr);
+    assert!(
+        export.stdout.contains(&format!(
+            "\"compressed\":{{\"blake3\":\"{blob}\",\"length\":{length}}}"
+        )),
+        "{}",
+        export.stdout
+    );
+}
+
 fn blake3_free_sha256(bytes: &[u8]) -> String {
     let value = proto::tuf::build::target_file(bytes, Value::Null);
     value["hashes"]["sha256"].as_str().unwrap().to_string()

@@ -133,6 +133,18 @@ pub struct DeltaRef {
     pub from_blake3: BlobId,
 }
 
+/// The image compressed: a delta (depotmesh's format) from the empty image, for a vehicle that
+/// runs nothing a listed delta applies to (a new ECU, a replaced part, a jump across
+/// releases). It rebuilds the image in the same bounded memory as any delta, and the flasher
+/// checks what it rebuilds against the target's BLAKE3 like any delta.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompressedRef {
+    /// Its BLAKE3: its blob id on the mesh.
+    pub blake3: BlobId,
+    /// Its length in bytes.
+    pub length: u64,
+}
+
 /// An image repository target's `custom`: what the image is for and how to get it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageCustom {
@@ -148,6 +160,9 @@ pub struct ImageCustom {
     /// Deltas to this image, by the target name of the image each applies to.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deltas: BTreeMap<String, DeltaRef>,
+    /// The image compressed, when the origin found it worth listing (smaller than the image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<CompressedRef>,
 }
 
 impl ImageCustom {
@@ -242,10 +257,12 @@ mod tests {
             "hardware_ids": ["gw-v1"],
             "release_counter": 2,
             "deltas": {"app-1.bin": {"blake3": B, "length": 21, "from_blake3": B}},
+            "compressed": {"blake3": B, "length": 40},
             "vendor": "someone else's key",
         });
         let custom = ImageCustom::of("app-2.bin", &file(written.clone())).unwrap();
         assert_eq!(custom.release_counter, Some(2));
+        assert_eq!(custom.compressed.as_ref().map(|c| c.length), Some(40));
         assert!(custom.fits("gw-v1") && !custom.fits("gw-v2"));
         assert_eq!(custom.deltas["app-1.bin"].length, 21);
         let mut expected = written;
@@ -273,6 +290,12 @@ mod tests {
             error
                 .to_string()
                 .starts_with("target app-2.bin: custom.deltas"),
+            "{error}"
+        );
+        let error = ImageCustom::of("a", &file(json!({"compressed": {"blake3": B}}))).unwrap_err();
+        assert_eq!(error.path, "compressed", "{error}");
+        assert!(
+            error.to_string().contains("missing field `length`"),
             "{error}"
         );
         let error = ImageCustom::of("a", &file(json!({"blake3": "zz"}))).unwrap_err();

@@ -33,10 +33,13 @@ pub struct Release<'a> {
     pub deltas_from: &'a [&'a str],
     /// How the deltas are built.
     pub delta_options: delta::DeltaOptions,
+    /// Build the image compressed (listed when worth it), as `origin release` does by default.
+    pub compressed: bool,
 }
 
 impl<'a> Release<'a> {
-    /// `image` as `name` for `hardware_id`, signed by the top-level targets role, no deltas.
+    /// `image` as `name` for `hardware_id`, signed by the top-level targets role, no deltas,
+    /// compressed as by default.
     #[must_use]
     pub fn new(name: &'a str, image: &'a [u8], hardware_id: &'a str, release_counter: u64) -> Self {
         Self {
@@ -47,6 +50,7 @@ impl<'a> Release<'a> {
             release_counter,
             deltas_from: &[],
             delta_options: delta::DeltaOptions::default(),
+            compressed: true,
         }
     }
 }
@@ -66,6 +70,7 @@ pub fn release(origin: &Origin, release: &Release<'_>) -> anyhow::Result<origin:
     .signed_by(release.role)
     .with_deltas_from(release.deltas_from.iter().copied())
     .delta_options(release.delta_options.clone())
+    .compressed(release.compressed)
     .sign(origin, &actor())?;
     Ok(signed)
 }

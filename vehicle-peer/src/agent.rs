@@ -9,7 +9,8 @@
 //! - metadata is a few KiB and is how a security fix is learnt of: it may move on any link the
 //!   link policy allows for a security update, and reports go out on the same terms;
 //! - for each ECU whose approved image is not what it runs, the delta the image repository lists
-//!   from what it runs (matched on the signed SHA-256), else the whole image;
+//!   from what it runs (matched on the signed SHA-256), else the image compressed when it is
+//!   listed and smaller, else the whole image;
 //! - a payload the store does not hold yet moves only if the policy allows the update's signed
 //!   priority class on this link now; on a metered link within the allowance the policy grants,
 //!   less [`METERED_MARGIN`] (requests in flight when it is spent still land), and every byte
@@ -111,6 +112,8 @@ pub struct EcuFacts {
     pub in_flight: bool,
     /// Deltas to the approved image, by the target name of the image each applies to.
     pub deltas: BTreeMap<String, DeltaOffer>,
+    /// The approved image compressed (a delta from nothing), if the image repository lists it.
+    pub compressed: Option<Blob>,
 }
 
 /// What a refresh verified (the Uptane way) and what the vehicle knows of each ECU it names.
@@ -140,10 +143,32 @@ impl Verified {
 pub struct Payload {
     /// Which ECU (its index in [`Verified::ecus`]).
     pub ecu: usize,
-    /// The blob: a delta from what the ECU runs, or the whole image.
+    /// The blob: a delta from what the ECU runs, the image compressed, or the whole image.
     pub blob: Blob,
-    /// The blob is the whole image (no delta applies).
-    pub full_image: bool,
+    /// Which of these it is.
+    pub kind: PayloadKind,
+}
+
+/// What a payload's blob is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// A delta from the image the ECU runs.
+    Delta,
+    /// The image compressed: a delta from nothing (no listed delta applies).
+    Compressed,
+    /// The whole image (no listed delta applies and no smaller form is listed).
+    Image,
+}
+
+impl PayloadKind {
+    /// Its name in status and logs: `delta`, `compressed`, `image`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Delta => "delta",
+            Self::Compressed => "compressed",
+            Self::Image => "image",
+        }
+    }
 }
 
 /// Why the verified metadata cannot be installed.
@@ -163,7 +188,8 @@ pub enum PlanError {
 }
 
 /// What the ECU needs: nothing when it runs the approved image (and no install of it is under
-/// way), else the delta from what it runs, else the whole image.
+/// way), else the delta from what it runs, else the image compressed if it is listed and
+/// smaller than the image, else the whole image.
 pub fn payload(index: usize, ecu: &EcuFacts) -> Result<Option<Payload>, PlanError> {
     let runs_it = ecu
         .running
@@ -176,10 +202,14 @@ pub fn payload(index: usize, ecu: &EcuFacts) -> Result<Option<Payload>, PlanErro
         .deltas
         .get(&ecu.running.target)
         .filter(|d| d.from_sha256.eq_ignore_ascii_case(&ecu.running.sha256));
-    let (blob, full_image) = match (delta, ecu.image) {
-        (Some(delta), _) => (delta.blob, false),
-        (None, Some(image)) => (image, true),
-        (None, None) => {
+    let compressed = ecu
+        .compressed
+        .filter(|c| ecu.image.is_none_or(|image| c.length < image.length));
+    let (blob, kind) = match (delta, compressed, ecu.image) {
+        (Some(delta), ..) => (delta.blob, PayloadKind::Delta),
+        (None, Some(compressed), _) => (compressed, PayloadKind::Compressed),
+        (None, None, Some(image)) => (image, PayloadKind::Image),
+        (None, None, None) => {
             return Err(PlanError::NoBlob {
                 serial: ecu.serial.clone(),
                 target: ecu.approved.target.clone(),
@@ -189,7 +219,7 @@ pub fn payload(index: usize, ecu: &EcuFacts) -> Result<Option<Payload>, PlanErro
     Ok(Some(Payload {
         ecu: index,
         blob,
-        full_image,
+        kind,
     }))
 }
 
@@ -621,6 +651,7 @@ mod tests {
                         from_sha256: "aa".into(),
                     },
                 )]),
+                compressed: None,
             }],
             ended: None,
         }
@@ -635,18 +666,37 @@ mod tests {
     }
 
     #[test]
-    fn the_payload_is_the_delta_from_what_runs_else_the_image() {
-        let facts = &verified(Priority::Fix, false).ecus[0];
-        let delta = payload(0, facts).unwrap().unwrap();
+    fn the_payload_is_the_delta_from_what_runs_else_the_image_compressed_else_the_image() {
+        let mut facts = verified(Priority::Fix, false).ecus.remove(0);
+        facts.compressed = Some(blob(5, 40 * MIB, false));
+        let delta = payload(0, &facts).unwrap().unwrap();
         assert_eq!(
-            (delta.blob.id, delta.full_image),
-            (blob(9, 0, false).id, false)
+            (delta.blob.id, delta.kind),
+            (blob(9, 0, false).id, PayloadKind::Delta)
         );
-        // The delta applies to another build of gw-1: the whole image.
+        // The delta applies to another build of gw-1: the image compressed.
         let mut other = facts.clone();
         other.running.sha256 = "cc".into();
+        let compressed = payload(0, &other).unwrap().unwrap();
+        assert_eq!(
+            (compressed.blob.length, compressed.kind),
+            (40 * MIB, PayloadKind::Compressed)
+        );
+        // Listed but not smaller than the image (signed, yet nothing to gain): the image.
+        other.compressed = Some(blob(5, 100 * MIB, false));
         let full = payload(0, &other).unwrap().unwrap();
-        assert_eq!((full.blob.length, full.full_image), (100 * MIB, true));
+        assert_eq!(
+            (full.blob.length, full.kind),
+            (100 * MIB, PayloadKind::Image)
+        );
+        // Not listed: the whole image.
+        other.compressed = None;
+        let full = payload(0, &other).unwrap().unwrap();
+        assert_eq!(
+            (full.blob.length, full.kind),
+            (100 * MIB, PayloadKind::Image)
+        );
+        let facts = &facts;
         // Already running it: nothing, unless an install of it is under way.
         let mut done = facts.clone();
         done.running = image("gw-2", "BB");

@@ -249,6 +249,17 @@ fn a_full_image_install_survives_the_same_power_cuts() {
     });
 }
 
+/// The image compressed (a delta from nothing, for an ECU no listed delta applies to) installs
+/// as any delta does, resuming at its segments.
+#[test]
+fn a_compressed_image_install_survives_the_same_power_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = case();
+    let delta = make_delta(dir.path(), &[], &case.new);
+    assert!(delta.len() < case.new.len() + case.new.len() / 32);
+    power_cuts(Case { delta, ..case });
+}
+
 fn power_cuts(case: Case) {
     let clean = provisioned(&case.old);
     let base = clean.steps();

@@ -31,7 +31,7 @@ use vehicle_peer::flasher::{
     journaled, merge, recover, spare_plan,
 };
 use vehicle_peer::remap::{MapCopy, RemapBank, RemapLayout};
-use vehicle_peer::slots::Banks;
+use vehicle_peer::slots::{Banks, SparePlan};
 
 const BLOCK: u32 = 4096;
 const ENV: usize = 0x400;
@@ -289,23 +289,30 @@ fn assert_rolled_back(storage: &CrashStorage, case: &Case) {
     assert_eq!(&home[..case.old.len()], &case.old[..]);
 }
 
-#[test]
-fn an_install_writes_only_changed_blocks_switches_commits_and_merges() {
-    let case = case();
-    let storage = provisioned(&case.old);
-    let mut ecu = ecu(&storage);
+/// The spare plan of `case` (the delta of [`case`], or another payload for the same images) on
+/// a bank running slot A, checked to change what [`case`] changes: 9 blocks in place (36 is
+/// also where the old image ended) and 3 new ones.
+fn planned_changes(ecu: &Ecu<RemapBank<SimBank>, SimEnv>, case: &Case) -> SparePlan {
     let job = EcuJob {
         approval: &case.approval,
         delta: &case.delta,
         delta_len: case.delta.len() as u64,
         full_image: false,
     };
-    let plan = spare_plan(&ecu, &slot("A"), &job).unwrap().unwrap();
-    // 9 blocks changed in place (36 is also where the old image ended) and 3 new ones.
+    let plan = spare_plan(ecu, &slot("A"), &job).unwrap().unwrap();
     assert_eq!(
         plan.changed,
         vec![0, 3, 4, 10, 11, 12, 20, 30, 36, 37, 38, 39]
     );
+    plan
+}
+
+#[test]
+fn an_install_writes_only_changed_blocks_switches_commits_and_merges() {
+    let case = case();
+    let storage = provisioned(&case.old);
+    let mut ecu = ecu(&storage);
+    let plan = planned_changes(&ecu, &case);
     assert_eq!(plan.image_blocks, 40);
     assert!(plan.fits());
     drop(ecu);
@@ -345,6 +352,21 @@ fn a_full_image_install_on_a_single_bank_survives_the_same_power_cuts() {
         full: true,
         ..case()
     });
+}
+
+/// The image compressed (a delta from nothing) rebuilds the whole image, yet only the blocks
+/// that differ from what the bank holds are written to spare, as for a delta.
+#[test]
+fn a_compressed_image_install_writes_only_changed_blocks_and_survives_the_same_power_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = case();
+    let case = Case {
+        delta: make_delta(dir.path(), &[], &case.new),
+        ..case
+    };
+    let storage = provisioned(&case.old);
+    planned_changes(&ecu(&storage), &case);
+    power_cuts(case);
 }
 
 fn power_cuts(case: Case) {

@@ -424,6 +424,7 @@ fn release(sc: &Checked, released: u64) -> Verified {
                     from_sha256: "release-1".into(),
                 },
             )]),
+            compressed: None,
         }],
         ended: None,
     }

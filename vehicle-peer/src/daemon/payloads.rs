@@ -13,7 +13,7 @@ use proto::EcuSerial;
 use serde_json::json;
 
 use super::Daemon;
-use crate::agent::{self, Fetch, FetchEnd, Payload};
+use crate::agent::{self, Fetch, FetchEnd, Payload, PayloadKind};
 use crate::boot::Slot;
 use crate::flasher::{CommandCheck, EcuJob, HealthCheck, HealthError, Outcome};
 use crate::install::ConfiguredEcu;
@@ -96,6 +96,16 @@ impl Daemon {
 
     /// One step of the vehicle install `group` with `payloads`: the flasher's verdict.
     pub(super) fn install(&mut self, group: &str, payloads: &[Payload]) -> anyhow::Result<Outcome> {
+        for payload in payloads {
+            tracing::info!(
+                group,
+                ecu = payload.ecu,
+                payload = payload.kind.name(),
+                blob = %payload.blob.id,
+                bytes = payload.blob.length,
+                "install step"
+            );
+        }
         let files = self.payload_files(payloads)?;
         let approved = &self.check_state.approved;
         let jobs = payloads
@@ -108,7 +118,7 @@ impl Daemon {
                         .context("a payload names an ECU the refresh did not approve")?,
                     delta: file,
                     delta_len: payload.blob.length,
-                    full_image: payload.full_image,
+                    full_image: payload.kind == PayloadKind::Image,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

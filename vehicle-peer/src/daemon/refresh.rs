@@ -110,12 +110,12 @@ impl Daemon {
             // The deltas listed for the image, each with the source's signed SHA-256 (a delta
             // applies only to that image).
             let info = self.runtime.block_on(image.target_info(a.target()))?;
-            let listed = match &info {
-                Some(info) => ImageCustom::of(a.target(), info)?.deltas,
-                None => BTreeMap::new(),
+            let custom = match &info {
+                Some(info) => ImageCustom::of(a.target(), info)?,
+                None => ImageCustom::default(),
             };
             let mut deltas = Deltas::new();
-            for (from, delta) in listed {
+            for (from, delta) in custom.deltas {
                 let source_sha = self
                     .runtime
                     .block_on(image.target_info(&from))?
@@ -124,7 +124,8 @@ impl Daemon {
                     deltas.insert(from, (delta.blake3, delta.length, sha));
                 }
             }
-            let (index, facts) = self.facts(a, &deltas)?;
+            let compressed = custom.compressed.map(|c| (c.blake3, c.length));
+            let (index, facts) = self.facts(a, &deltas, compressed)?;
             ecus.push(facts);
             ecu_of.push(index);
         }
@@ -147,8 +148,14 @@ impl Daemon {
     }
 
     /// What the agent needs to know of one approved image's ECU: what it runs, whether an
-    /// install of the image is under way, and what the store holds. Also the ECU's index.
-    fn facts(&self, a: &ApprovedImage, deltas: &Deltas) -> anyhow::Result<(usize, EcuFacts)> {
+    /// install of the image is under way, the deltas and compressed image listed for it, and
+    /// what the store holds. Also the ECU's index.
+    fn facts(
+        &self,
+        a: &ApprovedImage,
+        deltas: &Deltas,
+        compressed: Option<(proto::BlobId, u64)>,
+    ) -> anyhow::Result<(usize, EcuFacts)> {
         let index = self
             .ecus
             .iter()
@@ -190,6 +197,7 @@ impl Daemon {
                     )
                 })
                 .collect(),
+            compressed: compressed.map(|(id, length)| blob(id, length)),
         };
         Ok((index, facts))
     }
