@@ -31,6 +31,7 @@ fn the_fleet_model_predicts_a_shaped_yard_within_a_quarter() {
         slow_reader: false,
         report_flood: false,
         single_bank: 0,
+        replaced_parts: 0,
         verbose: true,
     })
     .unwrap();

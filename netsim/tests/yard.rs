@@ -3,7 +3,9 @@
 //! every vehicle commits it; a release that fails its health check halts the campaign in its
 //! canary, whose vehicles roll back, and nobody else gets it. The good run's links are shaped
 //! (each vehicle's download limit, the depot's upload limit) well above what the small delta
-//! needs: the options reach the agents and the depot, and the summary records them.
+//! needs: the options reach the agents and the depot, and the summary records them. One
+//! vehicle of the good run had its gateway replaced (it runs a build no delta starts from): it
+//! installs from the image compressed, fetching fewer bytes than the image.
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,6 +27,7 @@ fn options(out: &std::path::Path, failing_canary: bool) -> YardOptions {
         slow_reader: false,
         report_flood: false,
         single_bank: 2,
+        replaced_parts: 0,
         verbose: true,
     }
 }
@@ -33,12 +36,18 @@ fn options(out: &std::path::Path, failing_canary: bool) -> YardOptions {
 fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
     let work = tempfile::tempdir().unwrap();
 
+    // The last vehicle's gateway was replaced: it runs v1's factory build, which no delta
+    // starts from.
     let good = run(&YardOptions {
         vehicle_down_bytes_per_sec: Some(2 << 20),
         depot_up_bytes_per_sec: Some(1 << 20),
+        replaced_parts: 1,
         ..options(&work.path().join("good"), false)
     })
     .unwrap();
+    let replaced = &good.results.last().unwrap().vin;
+    let compressed = good.compressed_bytes.unwrap();
+    assert!(compressed < good.image_bytes, "{good:?}");
     println!("{}", table(&good));
     assert_eq!(good.state, "completed", "{good:?}");
     let canary = good.results.iter().filter(|r| r.wave == 1).count();
@@ -52,14 +61,25 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
                 "{vehicle:?}"
             );
         }
-        // The delta came, not the image: from the depot or from neighbours.
         let fetched = vehicle.bytes_from_depot + vehicle.bytes_from_peers;
-        assert!(
-            fetched >= good.delta_bytes && fetched < good.image_bytes / 2,
-            "{vehicle:?}"
-        );
+        if &vehicle.vin == replaced {
+            // No delta applies: the image compressed came, fewer bytes than the image.
+            assert!(
+                fetched >= compressed && fetched < good.image_bytes,
+                "{vehicle:?}"
+            );
+            assert_eq!(vehicle.compressed_bytes, Some(compressed), "{vehicle:?}");
+            assert_eq!(vehicle.delta_bytes, None, "{vehicle:?}");
+        } else {
+            // The delta came, not the image: from the depot or from neighbours.
+            assert!(
+                fetched >= good.delta_bytes && fetched < good.image_bytes / 2,
+                "{vehicle:?}"
+            );
+            assert_eq!(vehicle.delta_bytes, Some(good.delta_bytes), "{vehicle:?}");
+            assert_eq!(vehicle.compressed_bytes, None, "{vehicle:?}");
+        }
         assert!(vehicle.report_via.is_some(), "{vehicle:?}");
-        assert_eq!(vehicle.delta_bytes, Some(good.delta_bytes), "{vehicle:?}");
         assert!(vehicle.reported_after_secs.is_some(), "{vehicle:?}");
         // Single-bank ECUs wrote only changed blocks to spare, then merged them home.
         if let Some(single) = &vehicle.single_bank {
@@ -98,12 +118,17 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
     assert_eq!(summary["vehicle_down_bytes_per_sec"], 2 << 20);
     assert_eq!(summary["depot_up_bytes_per_sec"], 1 << 20);
     assert!(summary["completed_after_secs"].is_f64(), "{summary}");
+    assert_eq!(summary["compressed_bytes"], compressed);
     for vehicle in summary["results"].as_array().unwrap() {
         assert!(vehicle["reported_after_secs"].is_f64(), "{vehicle}");
-        assert_eq!(vehicle["delta_bytes"], good.delta_bytes, "{vehicle}");
+        if vehicle["vin"] == replaced.as_str() {
+            assert_eq!(vehicle["compressed_bytes"], compressed, "{vehicle}");
+        } else {
+            assert_eq!(vehicle["delta_bytes"], good.delta_bytes, "{vehicle}");
+        }
     }
-    // The origin's audit log verifies and records, as the CLI would, who released v1 and v2
-    // and assigned v1 to each vehicle.
+    // The origin's audit log verifies and records, as the CLI would, who released v1, its
+    // factory build and v2, and assigned v1 (or the factory build) to each vehicle.
     let origin = origin::Origin::new(
         work.path().join("good/origin"),
         None,
@@ -121,7 +146,7 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
     };
     assert_eq!(
         (by_netsim("release"), by_netsim("assign")),
-        (2, 4),
+        (3, 4),
         "{entries:?}"
     );
 

@@ -38,6 +38,9 @@ pub struct YardOptions {
     /// The first this many vehicles have a single-bank ECU ([`vehicle_peer::remap`]: one bank
     /// and a spare area as large as the bank) instead of A/B banks.
     pub single_bank: usize,
+    /// The last this many vehicles had their gateway ECU replaced: it runs v1's factory build,
+    /// which no delta starts from, so they install v2 from the image compressed.
+    pub replaced_parts: usize,
     /// Print progress lines.
     pub verbose: bool,
 }
@@ -52,6 +55,13 @@ impl YardOptions {
             bail!(
                 "--single-bank {}: the yard has only {} vehicles",
                 self.single_bank,
+                self.vehicles
+            );
+        }
+        if self.replaced_parts > self.vehicles {
+            bail!(
+                "--replaced-parts {}: the yard has only {} vehicles",
+                self.replaced_parts,
                 self.vehicles
             );
         }
@@ -71,8 +81,12 @@ impl YardOptions {
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
+        let replaced = match self.replaced_parts {
+            0 => String::new(),
+            n => format!(" ({n} with a replaced gateway, on v1's factory build)"),
+        };
         format!(
-            "yard: {} vehicles, {} MiB image, seed {}; links: each vehicle downloads {}, the depot uploads to the yard {} (all vehicles together){}",
+            "yard: {} vehicles{replaced}, {} MiB image, seed {}; links: each vehicle downloads {}, the depot uploads to the yard {} (all vehicles together){}",
             self.vehicles,
             self.image_bytes >> 20,
             self.seed,

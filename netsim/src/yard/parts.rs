@@ -148,7 +148,7 @@ impl Depot {
             std::thread::sleep(Duration::from_millis(200));
         }
         log.say(&format!(
-            "depot: prefetched v1, v2 and the delta ({} repositories)",
+            "depot: prefetched the releases and what is listed with them ({} repositories)",
             self.repositories
         ));
         Ok(())
@@ -422,7 +422,7 @@ impl Yard {
             let data = dir.join("data");
             std::fs::create_dir_all(&data)?;
             let peer = node::identity::load_or_create(&data)?.public().to_peer_id();
-            let mut record = vehicle::record(index, vin)?;
+            let mut record = vehicle::record(index, vin, setup.replaced(index))?;
             record.peer = Some(peer.to_string());
             let answer = director
                 .provisioning

@@ -87,7 +87,13 @@ pub(super) fn yard_html(summary: &YardSummary) -> String {
         let ecus: Vec<String> = r
             .ecus
             .iter()
-            .map(|(serial, (image, slot))| format!("{serial}: {image} (slot {slot})"))
+            .map(|(serial, (image, slot))| {
+                let from = match r.compressed_bytes {
+                    Some(_) => ", installed from the compressed image",
+                    None => "",
+                };
+                format!("{serial}: {image} (slot {slot}{from})")
+            })
             .collect();
         let outcome = r.outcome.clone().unwrap_or_else(|| "not offered".into());
         let class = if outcome.starts_with("committed") {
@@ -125,7 +131,7 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 </style></head><body>
 <h1>netsim yard</h1>
 <p>Campaign <b>{campaign}</b>: <span class="{state_class}" id="state">{state}</span>{reason} after {seconds:.1} s.
-{vehicles} vehicles; image {image:.1} MiB, delta {delta:.1} KiB{failing}. The depot served {served:.2} MiB to the yard and took {backhaul:.2} MiB over its backhaul.
+{vehicles} vehicles; image {image:.1} MiB, delta {delta:.1} KiB{compressed}{failing}. The depot served {served:.2} MiB to the yard and took {backhaul:.2} MiB over its backhaul.
 Director time to update (p50, p90, p99 s): {ttu}.</p>
 <h2>Bytes per vehicle</h2>
 <p><span style="color:#3b6fb6">■</span> from the depot <span style="color:#4caf6e">■</span> from neighbouring vehicles</p>
@@ -149,6 +155,12 @@ Director time to update (p50, p90, p99 s): {ttu}.</p>
         vehicles = summary.vehicles,
         image = mib(summary.image_bytes),
         delta = summary.delta_bytes as f64 / 1024.0,
+        compressed = summary.compressed_bytes.map_or(String::new(), |c| format!(
+            ", compressed image {:.1} MiB (for {} replaced gateway{})",
+            mib(c),
+            summary.replaced_parts,
+            if summary.replaced_parts == 1 { "" } else { "s" }
+        )),
         failing = if summary.failing_canary {
             "; the release fails its health check"
         } else {

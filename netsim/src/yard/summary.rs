@@ -48,6 +48,9 @@ pub struct VehicleResult {
     /// Size of the delta it fetched, bytes (the blob; what moved is `bytes_from_depot` +
     /// `bytes_from_peers`); `None` when it fetched no delta.
     pub delta_bytes: Option<u64>,
+    /// Size of the compressed image it fetched, bytes (a replaced part: no delta applied to
+    /// what it ran); `None` when it fetched none.
+    pub compressed_bytes: Option<u64>,
     /// How its report reached the director (`director`, `depot`).
     pub report_via: Option<String>,
 }
@@ -61,6 +64,10 @@ pub struct YardSummary {
     pub image_bytes: u64,
     /// Delta size.
     pub delta_bytes: u64,
+    /// v2 compressed: its size, when the origin listed it (the yard had replaced parts).
+    pub compressed_bytes: Option<u64>,
+    /// Vehicles whose gateway was replaced (the last ones; on v1's factory build).
+    pub replaced_parts: usize,
     /// Whether the release was made to fail.
     pub failing_canary: bool,
     /// Every vehicle's download limit, bytes per second (`None`: unlimited).
@@ -186,6 +193,8 @@ fn summarise(run: &Finished<'_>, report: PathBuf) -> YardSummary {
         vehicles: options.vehicles,
         image_bytes: run.release.v2.len() as u64,
         delta_bytes: run.release.delta_bytes(),
+        compressed_bytes: run.release.compressed.as_ref().map(|(_, size)| *size),
+        replaced_parts: options.replaced_parts,
         failing_canary: options.failing_canary,
         vehicle_down_bytes_per_sec: options.vehicle_down_bytes_per_sec,
         depot_up_bytes_per_sec: options.depot_up_bytes_per_sec,
@@ -241,6 +250,13 @@ fn vehicle_result(run: &Finished<'_>, i: usize) -> VehicleResult {
             .filter_map(|blob| run.release.delta_sizes.get(blob))
             .copied()
             .reduce(|a, b| a + b),
+        compressed_bytes: run.release.compressed.as_ref().and_then(|(blob, size)| {
+            watched
+                .fetched_blobs
+                .iter()
+                .any(|b| b == blob)
+                .then_some(*size)
+        }),
         report_via: status["report_sent"]["via"].as_str().map(str::to_string),
     }
 }
@@ -341,13 +357,19 @@ fn report_flood(flood: &ReportFlood, depot_status: &Value) -> ReportFloodSummary
 pub fn table(summary: &YardSummary) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "campaign {}: {}{} after {:.1} s; image {:.1} MiB, delta {:.1} KiB; depot served {:.1} MiB to the yard, took {:.1} MiB over its backhaul\n",
+        "campaign {}: {}{} after {:.1} s; image {:.1} MiB, delta {:.1} KiB{}; depot served {:.1} MiB to the yard, took {:.1} MiB over its backhaul\n",
         summary.campaign,
         summary.state,
         summary.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
         summary.seconds,
         summary.image_bytes as f64 / 1_048_576.0,
         summary.delta_bytes as f64 / 1024.0,
+        summary.compressed_bytes.map_or(String::new(), |c| format!(
+            ", compressed image {:.1} MiB (for {} replaced gateway{})",
+            c as f64 / 1_048_576.0,
+            summary.replaced_parts,
+            if summary.replaced_parts == 1 { "" } else { "s" }
+        )),
         summary.depot_served_bytes as f64 / 1_048_576.0,
         summary.depot_backhaul_bytes as f64 / 1_048_576.0,
     ));
@@ -412,7 +434,11 @@ pub fn table(summary: &YardSummary) -> String {
                 } else {
                     String::new()
                 };
-                format!("{serial} {image} {slot}{single}")
+                let from = match r.compressed_bytes {
+                    Some(_) => " from the compressed image",
+                    None => "",
+                };
+                format!("{serial} {image} {slot}{single}{from}")
             })
             .collect();
         let mut outcome = r.outcome.clone().unwrap_or_else(|| "not offered".into());

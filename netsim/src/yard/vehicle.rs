@@ -13,7 +13,7 @@ use proto::tuf::signer::Signer as _;
 use serde_json::Value;
 
 use super::options::YardOptions;
-use super::release::Release;
+use super::release::{FACTORY, Release, V1, is_replaced};
 
 /// What a vehicle thread tells the run.
 #[derive(Debug)]
@@ -29,6 +29,10 @@ pub(super) struct VehicleEvent {
 pub(super) struct VehicleSetup<'a> {
     /// The image its ECU runs at the start.
     v1: &'a [u8],
+    /// The image a replaced gateway's ECU runs at the start (v1's factory build).
+    factory: &'a [u8],
+    /// Vehicles in the yard, and how many of the last ones had their gateway replaced.
+    replaced: (usize, usize),
     /// Each bank's size.
     bank_bytes: u64,
     /// The director's targets key (hex), which its ECU trusts.
@@ -62,6 +66,8 @@ impl<'a> VehicleSetup<'a> {
         let (v1, v2) = (&release.v1, &release.v2);
         Ok(Self {
             v1,
+            factory: &release.factory,
+            replaced: (options.vehicles, options.replaced_parts),
             bank_bytes: (v2.len().max(v1.len()) as u64 + (1 << 20)).next_multiple_of(1 << 20),
             director_key: director_key.public_text(),
             depot: depot.to_string(),
@@ -76,6 +82,14 @@ impl<'a> VehicleSetup<'a> {
             single_bank: options.single_bank,
             fleet_key: origin::fleet::describe_key(&release.origin)?.fleet_key,
         })
+    }
+}
+
+impl VehicleSetup<'_> {
+    /// Whether vehicle `index` had its gateway replaced (it starts on v1's factory build).
+    pub(super) fn replaced(&self, index: usize) -> bool {
+        let (vehicles, replaced) = self.replaced;
+        is_replaced(index, vehicles, replaced)
     }
 }
 
@@ -99,8 +113,9 @@ fn public_hex(seed: [u8; 32]) -> String {
 }
 
 /// Vehicle `index` as the provisioning registers it with the director: its keys and its one
-/// gateway ECU running v1.
-pub(super) fn record(index: usize, vin: &Vin) -> anyhow::Result<VehicleRecord> {
+/// gateway ECU running v1 (`replaced`: v1's factory build).
+pub(super) fn record(index: usize, vin: &Vin, replaced: bool) -> anyhow::Result<VehicleRecord> {
+    let installed = if replaced { FACTORY } else { V1 };
     Ok(VehicleRecord {
         vin: vin.clone(),
         region: "yard".into(),
@@ -111,7 +126,7 @@ pub(super) fn record(index: usize, vin: &Vin) -> anyhow::Result<VehicleRecord> {
             serial: format!("GW-{vin}").parse()?,
             hardware_id: "gw-v1".into(),
             public_key: public_hex(seed_of(index, 9)),
-            installed: Some("ecu/gw-1.bin".into()),
+            installed: Some(installed.into()),
         }],
         peer: None,
         last_report: None,
@@ -128,10 +143,14 @@ pub(super) fn write(
     mesh: &node::mesh_config::MeshSection,
 ) -> anyhow::Result<PathBuf> {
     let serial = format!("GW-{vin}");
+    let installed = match setup.replaced(index) {
+        true => (FACTORY, setup.factory, 1),
+        false => (V1, setup.v1, 1),
+    };
     let ecu = vehicle_peer::simulated::FileEcu {
         serial: &serial,
         hardware_id: "gw-v1",
-        installed: ("ecu/gw-1.bin", setup.v1, 1),
+        installed,
         bank_bytes: setup.bank_bytes,
         key: &hex::encode(seed_of(index, 9)),
         director_key: &setup.director_key,
