@@ -470,13 +470,28 @@ struct BodyHeader {
     frames_at: usize,
 }
 
-fn lzma_filters(raw_len: usize, x86: bool) -> Result<liblzma::stream::Filters, CodecError> {
+/// The filters of codecs 2 and 3 for a stream of `raw_len` bytes (the decoder's, and the
+/// encoder's). A `sparse` stream ([`is_sparse`]) is encoded with a hash chain and a nice length
+/// of 32 in place of preset 9e's binary tree and 273 (the decoder does not see the difference):
+/// the binary tree spends its time on the runs of zeros. On the 32 MiB `netsim yard` delta, 40 %
+/// of the CPU was bt4's skip; with this the delta took 5.5–5.8 s instead of 7.1–7.6 s and came
+/// out 0.05 % larger, and no corpus pair's delta changed size.
+fn lzma_filters(
+    raw_len: usize,
+    x86: bool,
+    sparse: bool,
+) -> Result<liblzma::stream::Filters, CodecError> {
     let dict = raw_len.next_power_of_two().clamp(4096, 32 << 20);
     let mut options = liblzma::stream::LzmaOptions::new_preset(9 | liblzma::stream::PRESET_EXTREME)
         .map_err(CodecError::Lzma)?;
     options
         .dict_size(u32::try_from(dict).unwrap_or(32 << 20))
         .position_bits(0);
+    if sparse {
+        options
+            .match_finder(liblzma::stream::MatchFinder::HashChain4)
+            .nice_len(32);
+    }
     let mut filters = liblzma::stream::Filters::new();
     if x86 {
         filters.x86();
@@ -486,8 +501,9 @@ fn lzma_filters(raw_len: usize, x86: bool) -> Result<liblzma::stream::Filters, C
 }
 
 fn lzma_compress(raw: &[u8], x86: bool) -> Result<Vec<u8>, CodecError> {
-    let mut stream = liblzma::stream::Stream::new_raw_encoder(&lzma_filters(raw.len(), x86)?)
-        .map_err(CodecError::Lzma)?;
+    let filters = lzma_filters(raw.len(), x86, is_sparse(raw))?;
+    let mut stream =
+        liblzma::stream::Stream::new_raw_encoder(&filters).map_err(CodecError::Lzma)?;
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 8 + 1024);
     loop {
         let consumed = stream.total_in() as usize;
@@ -501,6 +517,15 @@ fn lzma_compress(raw: &[u8], x86: bool) -> Result<Vec<u8>, CodecError> {
     }
 }
 
+/// A stream with fewer than one byte in [`SPARSE_RATIO`] not zero: the diff stream of a point
+/// release (matched bytes that did not change are zeros).
+fn is_sparse(raw: &[u8]) -> bool {
+    raw.iter().filter(|&&b| b != 0).count() < raw.len() / SPARSE_RATIO
+}
+
+/// See [`is_sparse`].
+const SPARSE_RATIO: usize = 64;
+
 fn lzma_decompress(
     out: &mut Vec<u8>,
     frame: &[u8],
@@ -508,7 +533,7 @@ fn lzma_decompress(
     x86: bool,
 ) -> Result<(), CodecError> {
     let mut stream =
-        liblzma::stream::Stream::new_raw_decoder(&lzma_filters(raw_len as usize, x86)?)
+        liblzma::stream::Stream::new_raw_decoder(&lzma_filters(raw_len as usize, x86, false)?)
             .map_err(CodecError::Lzma)?;
     out.reserve_exact(raw_len as usize);
     let status = stream
