@@ -35,6 +35,9 @@
 //! worker one segment of the target, its streams, and one compressor's state — LZMA's with the
 //! window as dictionary is the largest (B1 biome, a 46 MB source: 861 MiB peak on two
 //! workers). A 2 GiB image is matched in two overlapping 1 GiB windows.
+//! [`DeltaOptions::memory_budget`] caps the workers by [`memory_plan`]: the window at 5 bytes
+//! per source byte, each worker at [`WORKER_BYTES_PER_SEGMENT_BYTE`] per segment byte and
+//! [`WORKER_BYTES_PER_WINDOW_BYTE`] per byte of the window it compresses against.
 //!
 //! Crates: `libsais` (bindings to Ilya Grebnov's libsais, the fastest suffix-array construction
 //! published, single-threaded here) and `zstd` (the reference library: the format's streams are
@@ -98,6 +101,18 @@ pub enum CreateError {
     /// The suffix array of a source window could not be built.
     #[error("suffix array construction failed: {0}")]
     SuffixArray(libsais::LibsaisError),
+    /// The memory budget cannot hold the source window, its index and one worker.
+    #[error(
+        "a memory budget of {} MiB cannot hold the source window, its index and one segment worker ({} MiB)",
+        budget >> 20,
+        needed.div_ceil(1 << 20)
+    )]
+    MemoryBudget {
+        /// The budget, bytes.
+        budget: u64,
+        /// What one worker needs with the window, bytes.
+        needed: u64,
+    },
     /// A worker thread died.
     #[error("a segment worker panicked")]
     WorkerPanicked,
@@ -152,6 +167,74 @@ pub struct DeltaOptions {
     /// Encode each finalist with every codec that could win instead of those that win in
     /// practice (default off): a little smaller, several times slower.
     pub exhaustive: bool,
+    /// At most this many bytes for the source window, its index and the workers (default: no
+    /// limit): fewer segments are encoded at once when all `threads` would not fit, and a
+    /// budget that cannot hold the window and one worker is refused before any work
+    /// ([`memory_plan`]).
+    pub memory_budget: Option<u64>,
+}
+
+/// Bytes one segment worker may hold per byte of segment (its target bytes, the streams of its
+/// candidates, the check's decoded copy, zstd's and LZMA's state for them) ...
+pub const WORKER_BYTES_PER_SEGMENT_BYTE: u64 = 32;
+
+/// ... and per byte of the source window its extra stream is compressed against (at most
+/// [`MAX_REF_WINDOW`]: LZMA's match finder over it). Fitted to the peak RSS of one worker
+/// (`--jobs 1`, 8 MiB segments, less the window's index) on the corpus: E4 esbuild 283 MiB
+/// with a 9.6 MB source, B1 biome 456 MiB with a 46.8 MB one; 30 and 5 fit both. Two workers'
+/// peaks do not coincide: B1 on two workers peaked at 858 MiB against 1.2 GiB planned.
+pub const WORKER_BYTES_PER_WINDOW_BYTE: u64 = 6;
+
+/// Bytes a source window of `len` bytes holds while it is matched: the bytes, the suffix array
+/// (4 bytes per byte) and the two-byte bucket table.
+pub fn window_memory(len: u64) -> u64 {
+    len.saturating_mul(5) + ((1 << 16) + 1) * 4
+}
+
+/// How a delta's work fits its memory budget: the source window and its index, what one
+/// worker may hold, and the workers that fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// Bytes of the largest source window and its index ([`window_memory`]).
+    pub window: u64,
+    /// Bytes one worker may hold ([`WORKER_BYTES_PER_SEGMENT_BYTE`] per segment byte and
+    /// [`WORKER_BYTES_PER_WINDOW_BYTE`] per byte of the window it compresses against).
+    pub per_worker: u64,
+    /// Segments encoded at once: `threads`, or fewer under the budget.
+    pub workers: usize,
+}
+
+/// The memory plan of building a delta from a `source_len`-byte source with `options`, or
+/// [`CreateError::MemoryBudget`] when the budget cannot hold the window and one worker.
+pub fn memory_plan(source_len: u64, options: &DeltaOptions) -> Result<MemoryPlan, CreateError> {
+    let window_len = source_len.min(options.match_window);
+    let window = window_memory(window_len);
+    let per_worker = (1u64 << options.segment_log.min(MAX_SEGMENT_LOG))
+        .saturating_mul(WORKER_BYTES_PER_SEGMENT_BYTE)
+        .saturating_add(
+            window_len
+                .min(u64::from(MAX_REF_WINDOW))
+                .saturating_mul(WORKER_BYTES_PER_WINDOW_BYTE),
+        );
+    let threads = options.threads.max(1);
+    let workers = match options.memory_budget {
+        None => threads,
+        Some(budget) => {
+            let fit = budget.saturating_sub(window) / per_worker;
+            if fit == 0 {
+                return Err(CreateError::MemoryBudget {
+                    budget,
+                    needed: window + per_worker,
+                });
+            }
+            threads.min(usize::try_from(fit).unwrap_or(usize::MAX))
+        }
+    };
+    Ok(MemoryPlan {
+        window,
+        per_worker,
+        workers,
+    })
 }
 
 impl Default for DeltaOptions {
@@ -163,6 +246,7 @@ impl Default for DeltaOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             lzma_dict: true,
             exhaustive: false,
+            memory_budget: None,
         }
     }
 }
@@ -195,6 +279,8 @@ pub struct DeltaSummary {
     pub methods: Vec<(Method, usize)>,
     /// How many segments' extra streams are LZMA with the source window as dictionary.
     pub lzma_dict_segments: usize,
+    /// Segments encoded at once (fewer than the threads asked for under a memory budget).
+    pub workers: usize,
     /// Wall time.
     pub seconds: f64,
 }
@@ -286,6 +372,8 @@ fn create_into(
         File::open(target).map_err(io(format!("opening target {}", target.display())))?;
     let source_len = file_len(&source_file, source)?;
     let target_len = file_len(&target_file, target)?;
+    // Refuse a budget too small before reading a byte more.
+    let workers = memory_plan(source_len, options)?.workers;
     let source_id = hash_file(&source_file).map_err(io(format!("reading {}", source.display())))?;
     let target_id = hash_file(&target_file).map_err(io(format!("reading {}", target.display())))?;
 
@@ -328,11 +416,10 @@ fn create_into(
     ];
     let mut methods = std::collections::BTreeMap::new();
     let mut lzma_dict_segments = 0;
-    let threads = options.threads.max(1);
     let mut window: Option<Window> = None;
     let mut index = 0;
     while index < count {
-        let batch = index..(index + threads).min(count);
+        let batch = index..(index + workers).min(count);
         let mid = (batch.start as u64 * segment_size
             + (batch.end as u64 * segment_size).min(target_len))
             / 2;
@@ -356,6 +443,7 @@ fn create_into(
             source_len,
             x86,
             options,
+            workers,
             progress: &report,
         };
         let results = encode_batch(&job, batch.clone())?;
@@ -398,6 +486,7 @@ fn create_into(
         delta,
         methods: methods.into_iter().collect(),
         lzma_dict_segments,
+        workers,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -509,6 +598,8 @@ struct Job<'a> {
     /// The target is x86 code: extra streams go through the x86 branch converter.
     x86: bool,
     options: &'a DeltaOptions,
+    /// Segments encoded at once.
+    workers: usize,
     /// Called with each segment's index when it is done.
     progress: &'a (dyn Fn(usize) + Sync),
 }
@@ -518,7 +609,7 @@ fn encode_batch(job: &Job<'_>, batch: std::ops::Range<usize>) -> Result<Vec<Enco
     let results: Mutex<Vec<Option<Result<Encoded, CreateError>>>> =
         Mutex::new((0..batch.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
-        for _ in 0..job.options.threads.min(batch.len()) {
+        for _ in 0..job.workers.min(batch.len()) {
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -553,6 +644,7 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         source_len,
         x86,
         options,
+        workers: _,
         progress: _,
     } = *job;
     let seg_size = 1u64 << options.segment_log;

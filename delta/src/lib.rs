@@ -101,7 +101,9 @@ pub use apply::{
     Applied, ApplyError, ApplyInputs, DeltaSegments, Progress, WriteAt, hash_of, read_header,
 };
 pub use create::{
-    CreateError, CreateProgress, DeltaOptions, DeltaSummary, Method, create, create_with_progress,
+    CreateError, CreateProgress, DeltaOptions, DeltaSummary, MemoryPlan, Method,
+    WORKER_BYTES_PER_SEGMENT_BYTE, WORKER_BYTES_PER_WINDOW_BYTE, create, create_with_progress,
+    memory_plan, window_memory,
 };
 pub use format::{
     BodyError, Codec, CodecError, DeltaError, DeltaHeader, EncodeError, FIXED_HEADER_LEN, MAGIC,

@@ -12,7 +12,9 @@
 use std::path::Path;
 
 use delta::{
-    CreateProgress, DeltaHeader, DeltaOptions, Method, SegmentDecoder, create, create_with_progress,
+    CreateError, CreateProgress, DeltaHeader, DeltaOptions, Method, SegmentDecoder,
+    WORKER_BYTES_PER_SEGMENT_BYTE, WORKER_BYTES_PER_WINDOW_BYTE, create, create_with_progress,
+    memory_plan, window_memory,
 };
 use proto::BlobId;
 
@@ -182,6 +184,56 @@ fn an_image_compressed_is_a_delta_from_nothing() {
     );
 }
 
+/// A memory budget caps the segments encoded at once and changes nothing else: the delta is
+/// byte for byte the same. A budget that cannot hold the window's index and one worker is
+/// refused before anything is written.
+#[test]
+fn a_memory_budget_caps_the_workers_and_changes_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old = noise(400_000, 3);
+    let mut new = old.clone();
+    for i in (0..new.len()).step_by(7001) {
+        new[i] ^= 0x55;
+    }
+    std::fs::write(d.join("old"), &old).unwrap();
+    std::fs::write(d.join("new"), &new).unwrap();
+    let options = DeltaOptions {
+        threads: 3,
+        ..options(16)
+    };
+    let free = create(&d.join("old"), &d.join("new"), &d.join("free"), &options).unwrap();
+    assert_eq!(free.workers, 3);
+    let plan = memory_plan(old.len() as u64, &options).unwrap();
+    assert_eq!(
+        (plan.window, plan.per_worker),
+        (
+            window_memory(400_000),
+            (1 << 16) * WORKER_BYTES_PER_SEGMENT_BYTE + 400_000 * WORKER_BYTES_PER_WINDOW_BYTE
+        )
+    );
+    let one = DeltaOptions {
+        memory_budget: Some(plan.window + plan.per_worker),
+        ..options.clone()
+    };
+    let capped = create(&d.join("old"), &d.join("new"), &d.join("capped"), &one).unwrap();
+    assert_eq!(capped.workers, 1);
+    assert_eq!(
+        std::fs::read(d.join("free")).unwrap(),
+        std::fs::read(d.join("capped")).unwrap()
+    );
+    let too_small = DeltaOptions {
+        memory_budget: Some(plan.window + plan.per_worker - 1),
+        ..options
+    };
+    let error = create(&d.join("old"), &d.join("new"), &d.join("none"), &too_small).unwrap_err();
+    assert!(
+        matches!(error, CreateError::MemoryBudget { needed, .. } if needed == plan.window + plan.per_worker),
+        "{error}"
+    );
+    assert!(!d.join("none").exists() && !d.join(".none.partial").exists());
+}
+
 #[test]
 fn far_releases_of_code_get_lzma_with_the_source_as_dictionary() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,6 +296,7 @@ fn a_source_larger_than_the_match_window_is_matched_in_windows() {
         match_window: 1 << 20,
         lzma_dict: true,
         exhaustive: false,
+        memory_budget: None,
     };
     let (_, size) = round_trip(dir.path(), &old, &new, &options);
     assert!(size < 100_000, "{size} bytes: the windows found no matches");

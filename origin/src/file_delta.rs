@@ -102,6 +102,7 @@ pub fn build(
         "percent_of_target": 100.0 * summary.delta_len as f64 / summary.target.1.max(1) as f64,
         "segments": methods,
         "lzma_dict_segments": summary.lzma_dict_segments,
+        "workers": summary.workers,
         "seconds": summary.seconds,
     }))
 }

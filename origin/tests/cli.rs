@@ -1026,6 +1026,38 @@ fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
         assert!(!ok, "--jobs {jobs}");
         assert!(stderr.contains("1..=256"), "{stderr}");
     }
+    // A memory budget that cannot hold the source's index and one 8 MiB segment worker
+    // (over 256 MiB) is refused before any work, naming both figures; no budget at all is
+    // refused by the parser.
+    let (ok, _, stderr) = origin(&[
+        "delta",
+        "--from",
+        "old",
+        "--to",
+        "new",
+        "--out",
+        "p6",
+        "--memory-budget-mib",
+        "100",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("a memory budget of 100 MiB cannot hold")
+            && stderr.contains("one segment worker (2"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = origin(&[
+        "delta",
+        "--from",
+        "old",
+        "--to",
+        "new",
+        "--out",
+        "p6",
+        "--memory-budget-mib",
+        "0",
+    ]);
+    assert!(!ok && stderr.contains("--memory-budget-mib"), "{stderr}");
     // Nothing half-written is left by the failures.
     let mut names: Vec<_> = std::fs::read_dir(d)
         .unwrap()
