@@ -1013,51 +1013,30 @@ fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
     let (ok, _, stderr) = origin(&["delta", "--from", "missing", "--to", "new", "--out", "p3"]);
     assert!(!ok);
     assert!(stderr.contains("opening source missing"), "{stderr}");
-    let (ok, _, stderr) = origin(&[
-        "delta", "--from", "old", "--to", "new", "--out", "p4", "--level", "30",
-    ]);
-    assert!(!ok);
-    assert!(stderr.contains("30"), "{stderr}");
-    // Workers are bounded: none, or more than any machine has, is refused before any work.
-    for jobs in ["0", "257"] {
+    // From old to new into p4 with `flag value`: refused before any work, saying `why`.
+    let refused = |flag: &str, value: &str, why: &[&str]| {
         let (ok, _, stderr) = origin(&[
-            "delta", "--from", "old", "--to", "new", "--out", "p5", "--jobs", jobs,
+            "delta", "--from", "old", "--to", "new", "--out", "p4", flag, value,
         ]);
-        assert!(!ok, "--jobs {jobs}");
-        assert!(stderr.contains("1..=256"), "{stderr}");
-    }
+        assert!(!ok, "{flag} {value}");
+        assert!(
+            why.iter().all(|w| stderr.contains(w)),
+            "{flag} {value}: {stderr}"
+        );
+    };
+    refused("--level", "30", &["30"]);
+    // Workers are bounded: none, or more than any machine has, is refused before any work.
+    refused("--jobs", "0", &["1..=256"]);
+    refused("--jobs", "257", &["1..=256"]);
     // A memory budget that cannot hold the source's index and one 8 MiB segment worker
     // (over 256 MiB) is refused before any work, naming both figures; no budget at all is
     // refused by the parser.
-    let (ok, _, stderr) = origin(&[
-        "delta",
-        "--from",
-        "old",
-        "--to",
-        "new",
-        "--out",
-        "p6",
-        "--memory-budget-mib",
-        "100",
-    ]);
-    assert!(!ok);
-    assert!(
-        stderr.contains("a memory budget of 100 MiB cannot hold")
-            && stderr.contains("one segment worker (2"),
-        "{stderr}"
-    );
-    let (ok, _, stderr) = origin(&[
-        "delta",
-        "--from",
-        "old",
-        "--to",
-        "new",
-        "--out",
-        "p6",
-        "--memory-budget-mib",
-        "0",
-    ]);
-    assert!(!ok && stderr.contains("--memory-budget-mib"), "{stderr}");
+    let too_small = [
+        "a memory budget of 100 MiB cannot hold",
+        "one segment worker (2",
+    ];
+    refused("--memory-budget-mib", "100", &too_small);
+    refused("--memory-budget-mib", "0", &["--memory-budget-mib"]);
     // Nothing half-written is left by the failures.
     let mut names: Vec<_> = std::fs::read_dir(d)
         .unwrap()
