@@ -132,3 +132,100 @@ impl Log {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> YardOptions {
+        YardOptions {
+            vehicles: 4,
+            image_bytes: 2 << 20,
+            failing_canary: false,
+            out: PathBuf::from("unused"),
+            timeout: Duration::from_secs(60),
+            seed: 1,
+            vehicle_down_bytes_per_sec: None,
+            depot_up_bytes_per_sec: None,
+            corrupt_peer: false,
+            slow_reader: false,
+            report_flood: false,
+            single_bank: 4,
+            replaced_parts: 4,
+            verbose: false,
+        }
+    }
+
+    #[test]
+    fn a_yard_that_cannot_be_built_is_refused_by_its_flag() {
+        assert!(options().check().is_ok());
+        let cases: [(YardOptions, &str); 6] = [
+            (
+                YardOptions {
+                    vehicles: 0,
+                    ..options()
+                },
+                "--vehicles 0: give 1 to 64",
+            ),
+            (
+                YardOptions {
+                    vehicles: 65,
+                    ..options()
+                },
+                "--vehicles 65: give 1 to 64",
+            ),
+            (
+                YardOptions {
+                    single_bank: 5,
+                    ..options()
+                },
+                "--single-bank 5: the yard has only 4 vehicles",
+            ),
+            (
+                YardOptions {
+                    replaced_parts: 5,
+                    ..options()
+                },
+                "--replaced-parts 5: the yard has only 4 vehicles",
+            ),
+            (
+                YardOptions {
+                    image_bytes: 1 << 19,
+                    ..options()
+                },
+                "--image-mib: give 1 to 1024",
+            ),
+            (
+                YardOptions {
+                    image_bytes: (1 << 30) + 1,
+                    ..options()
+                },
+                "--image-mib: give 1 to 1024",
+            ),
+        ];
+        for (yard, error) in cases {
+            let refused = yard.check().unwrap_err().to_string();
+            assert_eq!(refused, error);
+        }
+    }
+
+    #[test]
+    fn the_header_names_the_replaced_gateways() {
+        assert!(
+            options().header().starts_with(
+                "yard: 4 vehicles (4 with a replaced gateway, on v1's factory build), 2 MiB image"
+            ),
+            "{}",
+            options().header()
+        );
+        let none = YardOptions {
+            replaced_parts: 0,
+            ..options()
+        };
+        assert!(
+            none.header().starts_with("yard: 4 vehicles, 2 MiB"),
+            "{}",
+            none.header()
+        );
+    }
+}
