@@ -70,6 +70,7 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
             );
             assert_eq!(vehicle.compressed_bytes, Some(compressed), "{vehicle:?}");
             assert_eq!(vehicle.delta_bytes, None, "{vehicle:?}");
+            assert_eq!(vehicle.payloads, ["compressed"], "{vehicle:?}");
         } else {
             // The delta came, not the image: from the depot or from neighbours.
             assert!(
@@ -78,6 +79,7 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
             );
             assert_eq!(vehicle.delta_bytes, Some(good.delta_bytes), "{vehicle:?}");
             assert_eq!(vehicle.compressed_bytes, None, "{vehicle:?}");
+            assert_eq!(vehicle.payloads, ["delta"], "{vehicle:?}");
         }
         assert!(vehicle.report_via.is_some(), "{vehicle:?}");
         assert!(vehicle.reported_after_secs.is_some(), "{vehicle:?}");

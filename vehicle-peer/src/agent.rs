@@ -228,6 +228,8 @@ pub fn payload(index: usize, ecu: &EcuFacts) -> Result<Option<Payload>, PlanErro
 pub struct Fetch {
     /// What to fetch.
     pub blob: Blob,
+    /// What it is (for status and logs: why this blob and not another).
+    pub kind: PayloadKind,
     /// At most this many bytes (a metered link); `None`: no limit.
     pub allowance: Option<u64>,
     /// The link is metered: keep few requests in flight ([`METERED_REQUESTS`]).
@@ -533,7 +535,7 @@ impl Agent {
                         };
                         continue;
                     };
-                    match self.fetch_of(next.blob, *priority, *released) {
+                    match self.fetch_of(next.blob, next.kind, *priority, *released) {
                         Ok(fetch) => return Action::Fetch(fetch),
                         Err(step) => self.phase = self.finishing(step),
                     }
@@ -558,7 +560,13 @@ impl Agent {
 
     /// May `blob` of an update of `priority`, released at `released`, be fetched on the
     /// current link now, and within what?
-    fn fetch_of(&self, blob: Blob, priority: Priority, released: u64) -> Result<Fetch, Step> {
+    fn fetch_of(
+        &self,
+        blob: Blob,
+        kind: PayloadKind,
+        priority: Priority,
+        released: u64,
+    ) -> Result<Fetch, Step> {
         let Some(link) = self.link else {
             return Err(Step::Waiting {
                 reason: "no link".into(),
@@ -580,12 +588,14 @@ impl Agent {
                 }
                 Ok(Fetch {
                     blob,
+                    kind,
                     allowance: Some(allowance),
                     metered: true,
                 })
             }
             Decision::Allow { .. } => Ok(Fetch {
                 blob,
+                kind,
                 allowance: None,
                 metered: false,
             }),
@@ -750,6 +760,7 @@ mod tests {
                 if allowed {
                     let expected = Fetch {
                         blob: blob(9, 2 * MIB, false),
+                        kind: PayloadKind::Delta,
                         allowance: metered.then_some(500 * MIB - METERED_MARGIN),
                         metered,
                     };

@@ -34,6 +34,8 @@ pub(super) struct Watched {
     pub(super) from_peers: u64,
     /// The blobs it fetched, by id.
     pub(super) fetched_blobs: BTreeSet<String>,
+    /// What each of them was, as its agent said (`delta`, `compressed`, `image`).
+    pub(super) payloads: BTreeSet<String>,
     /// Seconds its fetches took, all together (as its agent timed them); `None` before one
     /// completed.
     pub(super) fetch_secs: Option<f64>,
@@ -130,6 +132,9 @@ impl<'a> Follow<'a> {
         for download in downloads.as_array().into_iter().flatten() {
             if let Some(blob) = download["blob"].as_str() {
                 self.vehicles[i].fetched_blobs.insert(blob.to_string());
+            }
+            if let Some(payload) = download["payload"].as_str() {
+                self.vehicles[i].payloads.insert(payload.to_string());
             }
             if let Some(seconds) = download["seconds"].as_f64() {
                 *self.vehicles[i].fetch_secs.get_or_insert(0.0) += seconds;

@@ -48,6 +48,8 @@ pub struct VehicleResult {
     /// Size of the delta it fetched, bytes (the blob; what moved is `bytes_from_depot` +
     /// `bytes_from_peers`); `None` when it fetched no delta.
     pub delta_bytes: Option<u64>,
+    /// What it fetched, as its agent said: `delta`, `compressed` (the image compressed), `image`.
+    pub payloads: Vec<String>,
     /// Size of the compressed image it fetched, bytes (a replaced part: no delta applied to
     /// what it ran); `None` when it fetched none.
     pub compressed_bytes: Option<u64>,
@@ -250,6 +252,7 @@ fn vehicle_result(run: &Finished<'_>, i: usize) -> VehicleResult {
             .filter_map(|blob| run.release.delta_sizes.get(blob))
             .copied()
             .reduce(|a, b| a + b),
+        payloads: watched.payloads.iter().cloned().collect(),
         compressed_bytes: run.release.compressed.as_ref().and_then(|(blob, size)| {
             watched
                 .fetched_blobs

@@ -54,8 +54,19 @@ impl Daemon {
         }
         match result {
             Ok(report) => {
+                tracing::info!(
+                    payload = fetch.kind.name(),
+                    %blob,
+                    bytes = report.bytes_fetched,
+                    length = fetch.blob.length,
+                    peers = report.bytes_per_peer.len(),
+                    seconds = report.seconds,
+                    "fetched"
+                );
                 self.check_state.downloads.push(json!({
                     "blob": blob.to_string(),
+                    "payload": fetch.kind.name(),
+                    "length": fetch.blob.length,
                     "bytes": report.bytes_fetched,
                     "link": self.agent.link().map(|l| l.class.name()),
                     "seconds": report.seconds,
