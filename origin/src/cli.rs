@@ -267,6 +267,24 @@ pub(crate) struct DirectorArgs {
     pub(crate) key: Option<PathBuf>,
 }
 
+/// The memory budget of building deltas (`origin delta`, `origin release`).
+#[derive(Debug, Args)]
+pub(crate) struct MemoryBudgetArgs {
+    /// At most this many MiB for the source window, its index and the segment workers: fewer
+    /// segments are encoded at once when every --jobs worker would not fit (the index takes 5
+    /// bytes per source byte; a worker 32 per segment byte and 6 per source byte up to 64 MiB);
+    /// refused when not even one fits.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    pub(crate) memory_budget_mib: Option<u64>,
+}
+
+impl MemoryBudgetArgs {
+    /// The budget in bytes, if one was given.
+    pub(crate) fn bytes(&self) -> Option<u64> {
+        self.memory_budget_mib.map(|mib| mib << 20)
+    }
+}
+
 /// `origin release`'s arguments.
 #[derive(Debug, Args)]
 pub(crate) struct ReleaseArgs {
@@ -303,12 +321,8 @@ pub(crate) struct ReleaseArgs {
     /// every core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub(crate) jobs: Option<u16>,
-    /// At most this many MiB for the source window, its index and the segment workers: fewer
-    /// segments are encoded at once when every --jobs worker would not fit (the index takes 5
-    /// bytes per source byte; a worker 32 per segment byte and 6 per source byte up to 64 MiB);
-    /// refused when not even one fits.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
-    pub(crate) memory_budget_mib: Option<u64>,
+    #[command(flatten)]
+    pub(crate) memory: MemoryBudgetArgs,
 }
 
 impl ReleaseArgs {
@@ -316,7 +330,7 @@ impl ReleaseArgs {
     pub(crate) fn release(&self) -> origin::Release {
         let mut options = delta::DeltaOptions {
             lzma_dict: !self.no_lzma_dict,
-            memory_budget: self.memory_budget_mib.map(|mib| mib << 20),
+            memory_budget: self.memory.bytes(),
             ..Default::default()
         };
         if let Some(jobs) = self.jobs {
@@ -367,12 +381,8 @@ pub(crate) struct DeltaArgs {
     /// a little smaller, slower (E3 esbuild: 0.3 % smaller, 2.3× the time to encode them).
     #[arg(long)]
     pub(crate) exhaustive: bool,
-    /// At most this many MiB for the source window, its index and the segment workers: fewer
-    /// segments are encoded at once when every --jobs worker would not fit (the index takes 5
-    /// bytes per source byte; a worker 32 per segment byte and 6 per source byte up to 64 MiB);
-    /// refused when not even one fits.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
-    pub(crate) memory_budget_mib: Option<u64>,
+    #[command(flatten)]
+    pub(crate) memory: MemoryBudgetArgs,
 }
 
 impl DeltaArgs {
@@ -387,7 +397,7 @@ impl DeltaArgs {
             !self.no_lzma_dict,
             self.exhaustive,
         )?;
-        options.memory_budget = self.memory_budget_mib.map(|mib| mib << 20);
+        options.memory_budget = self.memory.bytes();
         Ok(options)
     }
 }

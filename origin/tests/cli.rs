@@ -947,19 +947,13 @@ fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     };
-    let (ok, stdout, stderr) = origin(&[
-        "delta",
-        "--from",
-        "old",
-        "--to",
-        "new",
-        "--out",
-        "patch",
-        "--segment-kib",
-        "16",
-        "--level",
-        "5",
-    ]);
+    // From old to new into `out`, with `extra` arguments.
+    let delta = |out: &str, extra: &[&str]| {
+        let mut args = vec!["delta", "--from", "old", "--to", "new", "--out", out];
+        args.extend_from_slice(extra);
+        origin(&args)
+    };
+    let (ok, stdout, stderr) = delta("patch", &["--segment-kib", "16", "--level", "5"]);
     assert!(ok, "{stderr}");
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(summary["target_bytes"], 60_000);
@@ -969,22 +963,18 @@ fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
     );
 
     // One worker, every codec: the same finalists, never larger.
-    let (ok, stdout, stderr) = origin(&[
-        "delta",
-        "--from",
-        "old",
-        "--to",
-        "new",
-        "--out",
+    let (ok, stdout, stderr) = delta(
         "patch-every-codec",
-        "--segment-kib",
-        "16",
-        "--level",
-        "5",
-        "--jobs",
-        "1",
-        "--exhaustive",
-    ]);
+        &[
+            "--segment-kib",
+            "16",
+            "--level",
+            "5",
+            "--jobs",
+            "1",
+            "--exhaustive",
+        ],
+    );
     assert!(ok, "{stderr}");
     let every: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(
@@ -994,17 +984,7 @@ fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
     // Standard error is no terminal here: no progress lines.
     assert!(!stderr.contains("segment 1/"), "{stderr}");
 
-    let (ok, _, stderr) = origin(&[
-        "delta",
-        "--from",
-        "old",
-        "--to",
-        "new",
-        "--out",
-        "p2",
-        "--segment-kib",
-        "24",
-    ]);
+    let (ok, _, stderr) = delta("p2", &["--segment-kib", "24"]);
     assert!(!ok);
     assert!(
         stderr.contains("--segment-kib 24 must be a power of two"),
@@ -1015,9 +995,7 @@ fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
     assert!(stderr.contains("opening source missing"), "{stderr}");
     // From old to new into p4 with `flag value`: refused before any work, saying `why`.
     let refused = |flag: &str, value: &str, why: &[&str]| {
-        let (ok, _, stderr) = origin(&[
-            "delta", "--from", "old", "--to", "new", "--out", "p4", flag, value,
-        ]);
+        let (ok, _, stderr) = delta("p4", &[flag, value]);
         assert!(!ok, "{flag} {value}");
         assert!(
             why.iter().all(|w| stderr.contains(w)),
