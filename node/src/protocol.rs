@@ -37,6 +37,7 @@ use crate::membership::HeldRevocations;
 use crate::storage::{Index, Storage};
 use crate::store::{BlobStore, LAYOUT, StoreError};
 
+mod spares;
 mod verify_worker;
 
 /// Why an exchange failed, from the client's side.
@@ -344,16 +345,11 @@ where
                 // this thread goes on sending what other requests encoded meanwhile.
                 let encoded = {
                     let store = store.clone();
-                    // Room for the groups, their inner pairs (under 1 KiB a group) and the
-                    // pairs above them, so the body is not moved while it grows.
-                    let capacity = servable
-                        .group_count()
-                        .saturating_mul(crate::store::LAYOUT.group_bytes() + 1024)
-                        .saturating_add(4096);
+                    let mut body = SPARE_BODIES.take().unwrap_or_default();
+                    body.clear();
                     tokio::task::spawn_blocking(move || {
-                        let mut body = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
                         store
-                            .serve(&blob, &servable, &mut body)
+                            .serve_into(&blob, &servable, &mut body)
                             .map(|(sent, bytes)| (sent, bytes, body))
                     })
                     .await
@@ -371,7 +367,10 @@ where
                             groups: sent.clone(),
                         });
                         write_message(&mut stream, &announce).await?;
-                        stream.write_all(&body).await?;
+                        stream.write_all(body.bytes()).await?;
+                        if body.capacity() <= MAX_SPARE_BODY_BYTES {
+                            SPARE_BODIES.give_back(body);
+                        }
                         stream.close().await?;
                         return Ok(Served::Groups {
                             blob,
@@ -393,6 +392,15 @@ where
     stream.close().await?;
     Ok(served)
 }
+
+/// Response bodies kept for the next requests: a server answering a stream of requests fills
+/// the same buffers instead of allocating and zeroing one per response. At most 16, each of at
+/// most [`MAX_SPARE_BODY_BYTES`] (16 MiB in all, for a node serving many peers at once).
+static SPARE_BODIES: spares::Spares<bao::ResponseBody> = spares::Spares::new(16);
+
+/// The largest body kept: a 64-group response (1 MiB of data and its pairs). Larger ones (up to
+/// [`wire::MAX_REQUEST_GROUPS`]) are rare and freed after use.
+const MAX_SPARE_BODY_BYTES: usize = (1 << 20) + 64 * 1024;
 
 fn kind_name(message: &Message) -> &'static str {
     match message {

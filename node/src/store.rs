@@ -908,28 +908,45 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
         self.info(id).ok_or(StoreError::NotFound(*id))
     }
 
-    /// Writes the response to a request for `groups` of blob `id`: the groups asked for that
-    /// the store holds, each re-checked against the root as it is read. Returns the groups
-    /// served (the ones that follow) and the bytes written.
+    /// Writes the response to a request for `groups` of blob `id`, as [`Self::serve_into`] builds
+    /// it. Returns the groups served and the bytes written.
     pub fn serve(
         &self,
         id: &BlobId,
         groups: &ChunkGroupRanges,
-        out: impl Write,
+        mut out: impl Write,
+    ) -> Result<(ChunkGroupRanges, u64), StoreError> {
+        let mut body = bao::ResponseBody::default();
+        let served = self.serve_into(id, groups, &mut body)?;
+        out.write_all(body.bytes())
+            .map_err(io_error(|| format!("serving blob {id}")))?;
+        Ok(served)
+    }
+
+    /// Appends the response to a request for `groups` of blob `id` to `body`: the groups asked
+    /// for that the store holds, each re-checked against the root as it is read into place.
+    /// Groups that fail are dropped from what the store holds. Returns the groups served (the
+    /// ones that follow) and the bytes appended.
+    pub fn serve_into(
+        &self,
+        id: &BlobId,
+        groups: &ChunkGroupRanges,
+        body: &mut bao::ResponseBody,
     ) -> Result<(ChunkGroupRanges, u64), StoreError> {
         let entry = self.entry(id)?;
         entry.last_used.store(self.tick(), Ordering::Relaxed);
         let served = self.servable(&entry, groups);
         let outboard = Outboard::from_parts(entry.id, entry.size, LAYOUT, &entry.outboard);
-        let written = bao::encode_ranges(&entry.data, &outboard, &served, out).map_err(
-            |error| match error {
-                bao::EncodeError::LocalCorruption { groups, .. } => {
-                    self.drop_groups(&entry, &groups);
-                    StoreError::Corrupt { blob: *id, groups }
+        let written =
+            bao::encode_ranges_into(&entry.data, &outboard, &served, body).map_err(|error| {
+                match error {
+                    bao::EncodeError::LocalCorruption { groups, .. } => {
+                        self.drop_groups(&entry, &groups);
+                        StoreError::Corrupt { blob: *id, groups }
+                    }
+                    other => io_error(|| format!("serving blob {id}"))(io::Error::other(other)),
                 }
-                other => io_error(|| format!("serving blob {id}"))(io::Error::other(other)),
-            },
-        )?;
+            })?;
         Ok((served, written))
     }
 

@@ -61,13 +61,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(outboard.id(), id, "root differs from blake3::hash");
 
         let groups = layout.all_groups(size as u64);
-        let mut encoded = Vec::with_capacity(
-            usize::try_from(layout.response_size(size as u64, &groups)).unwrap_or(0),
-        );
+        // As a server does: into a body kept from one response to the next.
+        let mut body = bao::ResponseBody::default();
         let encode = best(&mut || {
-            encoded.clear();
-            bao::encode_ranges(&data[..], &outboard, &groups, &mut encoded).expect("encode");
+            body.clear();
+            bao::encode_ranges_into(&data[..], &outboard, &groups, &mut body).expect("encode");
         });
+        let encoded = body.bytes();
 
         let verify = best(&mut || {
             let reader = VerifiedReader::new(
@@ -75,7 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 layout,
                 &groups,
                 ExpectedSize::Exactly(size as u64),
-                &encoded[..],
+                encoded,
             )
             .expect("header");
             reader

@@ -348,111 +348,136 @@ pub enum EncodeError {
 /// never sent. Returns the number of bytes written.
 ///
 /// `data` must hold the requested groups and `outboard` the pairs above them; a partial blob can
-/// serve the groups it holds.
+/// serve the groups it holds. A server builds responses with [`encode_ranges_into`] instead,
+/// which reads straight into a reused buffer.
 pub fn encode_ranges<D: ReadAt, O: ReadAt, W: Write>(
     data: D,
     outboard: &Outboard<O>,
     groups: &ChunkGroupRanges,
-    out: W,
+    mut out: W,
+) -> Result<u64, EncodeError> {
+    let mut body = ResponseBody::default();
+    let written = encode_ranges_into(data, outboard, groups, &mut body)?;
+    out.write_all(body.bytes())
+        .map_err(|source| EncodeError::Io {
+            blob: outboard.id(),
+            source,
+        })?;
+    Ok(written)
+}
+
+/// Appends the response for `groups` of a blob to `body`, as [`encode_ranges`] writes it: each
+/// item is read from `data` or `outboard` straight into its place in the body and checked there
+/// with the same [`RangeVerifier`] a receiver runs, so nothing is copied twice and a corrupt
+/// local copy is never sent. On an error the body is left as it was. Returns the bytes appended.
+pub fn encode_ranges_into<D: ReadAt, O: ReadAt>(
+    data: D,
+    outboard: &Outboard<O>,
+    groups: &ChunkGroupRanges,
+    body: &mut ResponseBody,
 ) -> Result<u64, EncodeError> {
     let blob = outboard.id();
     let layout = outboard.layout();
     let size = outboard.size();
-    let mut out = CountingWriter {
-        inner: out,
-        written: 0,
-    };
-    out.write_all(&size.to_le_bytes())
-        .map_err(|source| EncodeError::Io { blob, source })?;
-    let ranges = layout.chunk_ranges(groups, size);
-    // bao-tree reads one group, or one parent pair, at a time: read the file in windows instead
-    // (the longest run of groups asked for, and a few pages of the outboard).
-    let longest_run = groups
-        .iter()
-        .map(|run| {
-            let first = layout.group_byte_range(ChunkGroup(run.start), size);
-            let last = layout.group_byte_range(ChunkGroup(run.end.saturating_sub(1)), size);
-            last.end.saturating_sub(first.start)
-        })
-        .max()
-        .unwrap_or(0);
-    let data = ReadAhead::new(
-        data,
-        size,
-        usize::try_from(longest_run.min(MAX_DATA_READ_AHEAD)).unwrap_or(0),
+    let before = body.len;
+    // The pairs of a run of groups lie together in the pre-order outboard, after their
+    // ancestors': read it a few pages at a time. Groups are read one at a time, into place.
+    let pairs = ReadAhead::new(
+        &outboard.data,
+        layout.outboard_size(size),
+        OUTBOARD_READ_AHEAD,
     );
-    let outboard = Outboard {
-        id: blob,
-        size,
-        layout,
-        data: ReadAhead::new(
-            &outboard.data,
-            layout.outboard_size(size),
-            OUTBOARD_READ_AHEAD,
-        ),
-    };
-    bao_tree::io::sync::encode_ranges_validated(Positioned(data), &outboard, &ranges, &mut out)
-        .map_err(|error| {
-            use bao_tree::io::EncodeError as Bao;
-            match error {
-                Bao::LeafHashMismatch(chunk) => {
-                    let group = layout.group_of_chunk(chunk).0;
-                    EncodeError::LocalCorruption {
-                        blob,
-                        groups: group..group + 1,
-                    }
-                }
-                Bao::ParentHashMismatch(node) => EncodeError::LocalCorruption {
-                    blob,
-                    groups: layout.groups_below(node, size),
-                },
-                Bao::Io(source) => EncodeError::Io { blob, source },
-                other => EncodeError::Io {
-                    blob,
-                    source: io::Error::other(other.to_string()),
-                },
+    let mut verifier = RangeVerifier::new(blob, layout, size, groups);
+    body.reserve(usize::try_from(layout.response_size(size, groups)).unwrap_or(0));
+    body.append(SIZE_HEADER_BYTES)
+        .copy_from_slice(&size.to_le_bytes());
+    let encoded = (|| {
+        while let Some(owed) = verifier.owed() {
+            let at = body.len;
+            match owed {
+                Owed::Proof {
+                    outboard_offset: Some(offset),
+                    ..
+                } => pairs.read_exact_at(offset, body.append(PARENT_PAIR_BYTES)),
+                Owed::Proof {
+                    outboard_offset: None,
+                    groups,
+                } => Err(io::Error::other(format!(
+                    "the outboard keeps no pair for chunk groups {}..{}",
+                    groups.start, groups.end
+                ))),
+                Owed::Group { offset, len, .. } => data.read_exact_at(offset, body.append(len)),
             }
-        })?;
-    Ok(out.written)
+            .map_err(|source| EncodeError::Io { blob, source })?;
+            let item = body.bytes.get(at..body.len).unwrap_or_default();
+            verifier
+                .verify_next(item)
+                .map_err(|error| match error.failed_groups() {
+                    Some(groups) => EncodeError::LocalCorruption { blob, groups },
+                    None => EncodeError::Io {
+                        blob,
+                        source: io::Error::other(error.to_string()),
+                    },
+                })?;
+        }
+        Ok(())
+    })();
+    match encoded {
+        Ok(()) => Ok((body.len - before) as u64),
+        Err(error) => {
+            body.len = before;
+            Err(error)
+        }
+    }
 }
 
-/// The most of a blob's data [`encode_ranges`] reads at once.
-const MAX_DATA_READ_AHEAD: u64 = 1 << 20;
+/// A response body being built, kept from one response to the next: its buffer grows to the
+/// largest response and is then filled in place, never zeroed or moved again.
+#[derive(Debug, Default)]
+pub struct ResponseBody {
+    bytes: Vec<u8>,
+    len: usize,
+}
 
-/// How much of an outboard [`encode_ranges`] reads at once: the pairs of a run of groups lie
+impl ResponseBody {
+    /// The body so far.
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+
+    /// Empties the body, keeping its buffer.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Bytes the buffer has room for, used or not.
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// Makes room for `additional` more bytes at once, so that filling them moves nothing.
+    fn reserve(&mut self, additional: usize) {
+        let wanted = self.len.saturating_add(additional);
+        if let Some(more) = wanted.checked_sub(self.bytes.len()) {
+            self.bytes.reserve_exact(more);
+        }
+    }
+
+    /// The next `n` bytes of the body, to be filled by the caller.
+    fn append(&mut self, n: usize) -> &mut [u8] {
+        let end = self.len.saturating_add(n);
+        if self.bytes.len() < end {
+            self.bytes.resize(end, 0);
+        }
+        let start = self.len;
+        self.len = end;
+        self.bytes.get_mut(start..end).unwrap_or_default()
+    }
+}
+
+/// How much of an outboard [`encode_ranges_into`] reads at once: the pairs of a run of groups lie
 /// together in the pre-order outboard, after their ancestors'.
 const OUTBOARD_READ_AHEAD: usize = 4096;
-
-/// bao-tree reads data through positioned-io's trait; this hands it a [`ReadAt`].
-struct Positioned<D>(D);
-
-impl<D: ReadAt> bao_tree::io::sync::ReadAt for Positioned<D> {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read_exact_at(offset, buf)?;
-        Ok(buf.len())
-    }
-
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.0.read_exact_at(offset, buf)
-    }
-}
-
-struct CountingWriter<W> {
-    inner: W,
-    written: u64,
-}
-
-impl<W: Write> Write for CountingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let written = self.inner.write(buf)?;
-        self.written += written as u64;
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 /// What the caller knows of a blob's size before a response arrives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1061,6 +1086,47 @@ mod tests {
             matches!(err, EncodeError::LocalCorruption { ref groups, .. } if *groups == (2..3)),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_reused_body_encodes_the_same_bytes_and_a_failure_leaves_it_as_it_was() {
+        let data = blob(300_000);
+        let outboard = Outboard::create(&data, Layout::MESH);
+        let mut expected = Vec::new();
+        let groups = ChunkGroupRanges::from_range(3..9);
+        encode_ranges(&data[..], &outboard, &groups, &mut expected).unwrap();
+
+        let mut body = ResponseBody::default();
+        // A larger response first, so the second fills a buffer that holds older bytes.
+        encode_ranges_into(
+            &data[..],
+            &outboard,
+            &Layout::MESH.all_groups(300_000),
+            &mut body,
+        )
+        .unwrap();
+        let capacity = body.capacity();
+        body.clear();
+        let written = encode_ranges_into(&data[..], &outboard, &groups, &mut body).unwrap();
+        assert_eq!(body.bytes(), &expected[..]);
+        assert_eq!(written, expected.len() as u64);
+        assert_eq!(body.capacity(), capacity, "the buffer was not reallocated");
+
+        // A corrupt pair in the outboard: refused, naming the groups it proves; body unchanged.
+        let mut pairs = outboard.data().clone();
+        pairs[0] ^= 1;
+        let corrupt = Outboard::from_parts(outboard.id(), 300_000, Layout::MESH, pairs);
+        let err = encode_ranges_into(&data[..], &corrupt, &groups, &mut body).unwrap_err();
+        assert!(
+            matches!(err, EncodeError::LocalCorruption { ref groups, .. } if groups.start == 0),
+            "{err}"
+        );
+        assert_eq!(body.bytes(), &expected[..]);
+
+        // Data shorter than the groups asked for (a partial copy): an I/O error, body unchanged.
+        let err = encode_ranges_into(&data[..100_000], &outboard, &groups, &mut body).unwrap_err();
+        assert!(matches!(err, EncodeError::Io { .. }), "{err}");
+        assert_eq!(body.bytes(), &expected[..]);
     }
 
     #[test]

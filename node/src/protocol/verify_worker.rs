@@ -12,13 +12,14 @@
 //! It stops at the end of the response, so bytes a peer sends beyond it are never read; the
 //! reader stops as soon as the worker has finished or failed.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::{AsyncRead, AsyncReadExt as _, FutureExt as _};
 use proto::bao::{RangeVerifier, Verified, VerifyError};
 use proto::{BlobId, ChunkGroupRanges};
 use tokio::sync::mpsc;
 
+use super::spares::Spares;
 use super::{ExchangeError, FetchProgress};
 use crate::storage::{Index, Storage};
 use crate::store::BlobStore;
@@ -162,11 +163,9 @@ fn verify_and_store<S: Storage, I: Index>(
 }
 
 /// Verified chunks' buffers kept for the next reads, of any request: a fetch with many requests
-/// in flight reuses them instead of allocating (and zeroing) two or three per request.
-static SPARE_CHUNKS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-
-/// Spare buffers kept at most (4 MiB): enough for the requests a fetch keeps in flight.
-const MAX_SPARE_CHUNKS: usize = 16;
+/// in flight reuses them instead of allocating (and zeroing) two or three per request. At most
+/// 16 (4 MiB): enough for the requests a fetch keeps in flight.
+static SPARE_CHUNKS: Spares<Vec<u8>> = Spares::new(16);
 
 /// A buffer of [`CHUNK_BYTES`] and how much of it a read filled. The buffer is zeroed once,
 /// when made; a recycled one is read into as it is.
@@ -188,24 +187,15 @@ enum Fill {
 impl Chunk {
     /// A spare buffer, or a new one.
     fn take() -> Self {
-        let spare = SPARE_CHUNKS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
         Self {
-            bytes: spare.unwrap_or_else(|| vec![0; CHUNK_BYTES]),
+            bytes: SPARE_CHUNKS.take().unwrap_or_else(|| vec![0; CHUNK_BYTES]),
             len: 0,
         }
     }
 
     /// Keeps the buffer for another read, unless enough are kept already.
     fn give_back(self) {
-        let mut spares = SPARE_CHUNKS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if spares.len() < MAX_SPARE_CHUNKS {
-            spares.push(self.bytes);
-        }
+        SPARE_CHUNKS.give_back(self.bytes);
     }
 
     fn filled(&self) -> &[u8] {
