@@ -52,8 +52,8 @@ pub struct SeedConfig {
     pub propagation_grace: Duration,
     /// A peer refused everything for this long in a row is served in full.
     pub max_defer: Duration,
-    /// Records of served groups kept per blob at most; older ones are dropped first (they only
-    /// ever make the depot serve again, never refuse).
+    /// Records of served groups kept per blob at most, over all recipients; older ones are
+    /// dropped first (they only ever make the depot serve again, never refuse).
     pub max_served_records: usize,
     /// Connected peers that must distrust a peer (for a blob) before its claims are ignored for
     /// everyone, not only for those who said so. Zero: never for everyone.
@@ -148,8 +148,8 @@ impl<P> Default for PeerState<P> {
 pub struct Seeder<P> {
     config: SeedConfig,
     peers: BTreeMap<P, PeerState<P>>,
-    /// Per blob: (when, to whom, which groups), oldest first.
-    served: HashMap<BlobId, VecDeque<(Instant, P, ChunkGroupRanges)>>,
+    /// Per blob: what was served to whom, and when.
+    served: HashMap<BlobId, ServedRecords<P>>,
     stats: SeedStats,
 }
 
@@ -189,7 +189,7 @@ impl<P: Ord + Clone> Seeder<P> {
     pub fn disconnected(&mut self, peer: &P) {
         self.peers.remove(peer);
         for records in self.served.values_mut() {
-            records.retain(|(_, to, _)| to != peer);
+            records.forget(peer);
         }
         self.served.retain(|_, records| !records.is_empty());
     }
@@ -236,9 +236,16 @@ impl<P: Ord + Clone> Seeder<P> {
             }
         }
         if let Some(records) = self.served.get(&blob) {
-            for (_, to, groups) in records {
-                if to != asker && !ignored.contains(to) && groups.intersects(requested) {
-                    elsewhere = elsewhere.union(&groups.intersection(requested));
+            // The asker's own records are skipped whole: a single fast peer asking hundreds of
+            // times within the grace period costs nothing per request.
+            for (to, sent) in &records.by_peer {
+                if to == asker || ignored.contains(to) {
+                    continue;
+                }
+                for (_, groups) in sent {
+                    if groups.intersects(requested) {
+                        elsewhere = elsewhere.union(&groups.intersection(requested));
+                    }
                 }
             }
         }
@@ -372,24 +379,98 @@ impl<P: Ord + Clone> Seeder<P> {
 
     fn record(&mut self, now: Instant, to: &P, blob: BlobId, groups: &ChunkGroupRanges) {
         let records = self.served.entry(blob).or_default();
-        records.push_back((now, to.clone(), groups.clone()));
-        while records.len() > self.config.max_served_records.max(1) {
-            records.pop_front();
+        records.push(now, to, groups.clone());
+        while records.count > self.config.max_served_records.max(1) {
+            records.drop_oldest();
         }
     }
 
     fn expire(&mut self, now: Instant, blob: BlobId) {
         let grace = self.config.propagation_grace;
         if let Some(records) = self.served.get_mut(&blob) {
-            while records
-                .front()
-                .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) >= grace)
-            {
-                records.pop_front();
-            }
+            records.expire(|at| now.saturating_duration_since(at) >= grace);
             if records.is_empty() {
                 self.served.remove(&blob);
             }
+        }
+    }
+}
+
+/// What was served of one blob: per recipient, (when, which groups), oldest first.
+#[derive(Debug)]
+struct ServedRecords<P> {
+    by_peer: BTreeMap<P, VecDeque<(Instant, ChunkGroupRanges)>>,
+    /// Records in all the queues.
+    count: usize,
+}
+
+impl<P> Default for ServedRecords<P> {
+    fn default() -> Self {
+        Self {
+            by_peer: BTreeMap::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<P: Ord + Clone> ServedRecords<P> {
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn push(&mut self, at: Instant, to: &P, groups: ChunkGroupRanges) {
+        self.by_peer
+            .entry(to.clone())
+            .or_default()
+            .push_back((at, groups));
+        self.count += 1;
+    }
+
+    /// Drops the oldest record of any recipient.
+    fn drop_oldest(&mut self) {
+        let oldest = self
+            .by_peer
+            .iter()
+            .filter_map(|(peer, sent)| Some((sent.front()?.0, peer)))
+            .min_by_key(|(at, _)| *at)
+            .map(|(_, peer)| peer.clone());
+        if let Some(peer) = oldest {
+            self.remove_front_while(&peer, |_| true, 1);
+        }
+    }
+
+    /// Drops every record for which `old` says so (they are in time order per recipient).
+    fn expire(&mut self, old: impl Fn(Instant) -> bool) {
+        let peers: Vec<P> = self
+            .by_peer
+            .iter()
+            .filter(|(_, sent)| sent.front().is_some_and(|(at, _)| old(*at)))
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in peers {
+            self.remove_front_while(&peer, &old, usize::MAX);
+        }
+    }
+
+    /// Forgets what was served to `peer`.
+    fn forget(&mut self, peer: &P) {
+        if let Some(sent) = self.by_peer.remove(peer) {
+            self.count -= sent.len();
+        }
+    }
+
+    fn remove_front_while(&mut self, peer: &P, old: impl Fn(Instant) -> bool, most: usize) {
+        let Some(sent) = self.by_peer.get_mut(peer) else {
+            return;
+        };
+        let mut removed = 0;
+        while removed < most && sent.front().is_some_and(|(at, _)| old(*at)) {
+            sent.pop_front();
+            removed += 1;
+        }
+        self.count -= removed;
+        if sent.is_empty() {
+            self.by_peer.remove(peer);
         }
     }
 }
@@ -713,6 +794,36 @@ mod tests {
                 .grant(t0, &2, blob(), &groups(32..48))
                 .serve
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_bound_drops_the_oldest_record_of_any_recipient() {
+        let mut seeder = Seeder::new(SeedConfig {
+            max_served_records: 2,
+            ..SeedConfig::default()
+        });
+        let t0 = Instant::now();
+        for peer in 1..=3 {
+            seeder.connected(peer);
+        }
+        seeder.grant(t0, &1, blob(), &groups(0..16));
+        seeder.grant(t0 + S / 4, &2, blob(), &groups(16..32));
+        seeder.grant(t0 + S / 2, &1, blob(), &groups(32..48));
+        // 1's first record (the oldest of all) went; 2's and 1's second hold back from 3.
+        let grant = seeder.grant(t0 + S / 2, &3, blob(), &groups(0..48));
+        assert_eq!(grant.serve, groups(0..16));
+        // 3's grant is recorded in turn, and 2's record was the oldest: 16..32 may go again.
+        assert_eq!(
+            seeder.grant(t0 + S / 2, &1, blob(), &groups(16..32)).serve,
+            groups(16..32)
+        );
+        // What was sent to a peer that left holds nothing back, and is counted out of the bound.
+        seeder.disconnected(&1);
+        seeder.disconnected(&3);
+        assert_eq!(
+            seeder.grant(t0 + S / 2, &2, blob(), &groups(0..48)).serve,
+            groups(0..48)
         );
     }
 

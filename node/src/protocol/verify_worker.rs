@@ -164,8 +164,10 @@ fn verify_and_store<S: Storage, I: Index>(
 
 /// Verified chunks' buffers kept for the next reads, of any request: a fetch with many requests
 /// in flight reuses them instead of allocating (and zeroing) two or three per request. At most
-/// 16 (4 MiB): enough for the requests a fetch keeps in flight.
-static SPARE_CHUNKS: Spares<Vec<u8>> = Spares::new(16);
+/// 48 (12 MiB): the three a request holds at once (one being read, one queued, one being
+/// verified) for each of the 16 requests a fetch keeps in flight, so keeping them never holds
+/// more than those requests had in use together.
+static SPARE_CHUNKS: Spares<Vec<u8>> = Spares::new(48);
 
 /// A buffer of [`CHUNK_BYTES`] and how much of it a read filled. The buffer is zeroed once,
 /// when made; a recycled one is read into as it is.
