@@ -63,7 +63,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use proto::bao::{Layout, MAX_BLOB_SIZE};
-use proto::wire::{MAX_GROUP, MAX_RANGES};
+use proto::wire::{MAX_GROUP, MAX_RANGES, MAX_REQUEST_GROUPS};
 use proto::{BlobId, ChunkGroup, ChunkGroupRanges};
 
 mod pieces;
@@ -118,8 +118,16 @@ pub struct TransferConfig {
     /// some usable neighbour is connected; never more than any peer's share (see
     /// `max_requests_total`). Zero is taken as one.
     pub max_requests_per_upstream: usize,
-    /// Groups per piece, and so the most groups in one request. Zero is taken as one.
+    /// Groups per piece, and so the most groups in one request while many peers share the
+    /// slots. Zero is taken as one.
     pub groups_per_request: u64,
+    /// Consecutive pieces one request may take at most. A request takes as many as keep the
+    /// peer's share of `max_requests_total` pieces in flight: with one usable peer, which gets
+    /// `max_requests_per_peer` slots, `max_requests_total / max_requests_per_peer` pieces each;
+    /// with more peers, fewer, and one piece once the slots are all shared out. Fewer, longer
+    /// requests cost a single source less CPU per byte (a stream and a hand-over each), while
+    /// the bytes in flight stay what a full yard has. Zero is taken as one.
+    pub max_pieces_per_request: u64,
     /// A request with no verified group for this long is cancelled and its peer struck.
     pub request_timeout: Duration,
     /// Strikes (timeouts in a row) after which a peer is benched. Zero is taken as one.
@@ -140,6 +148,8 @@ impl Default for TransferConfig {
             max_requests_per_upstream: 2,
             // 16 groups of 16 KiB: 256 KiB per request.
             groups_per_request: 16,
+            // A sole source: 4 requests of 4 pieces (1 MiB) in flight.
+            max_pieces_per_request: 4,
             request_timeout: Duration::from_secs(10),
             max_timeouts_per_peer: 3,
             busy_backoff: Duration::from_secs(1),
@@ -385,6 +395,8 @@ struct Recount {
 struct Slots {
     per_peer: usize,
     per_upstream: usize,
+    /// Pieces one fresh request may take.
+    pieces_per_request: u64,
 }
 
 /// What one scheduling pass works from, computed once and kept up to date as it issues requests.
@@ -395,6 +407,8 @@ struct Pass {
     support: ChunkGroupRanges,
     /// Groups some usable peer that is not upstream claims; computed when first needed.
     neighbour_support: Option<ChunkGroupRanges>,
+    /// Pieces a fresh request may take ([`Slots::pieces_per_request`]).
+    pieces_per_request: u64,
 }
 
 impl Pass {
@@ -1216,9 +1230,16 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         } else {
             per_peer
         };
+        let shared = u64::try_from(usable.max(1).saturating_mul(per_peer)).unwrap_or(u64::MAX);
+        let pieces_per_request = u64::try_from(self.config.max_requests_total.max(1))
+            .unwrap_or(u64::MAX)
+            .checked_div(shared)
+            .unwrap_or(1)
+            .clamp(1, self.config.max_pieces_per_request.max(1));
         Slots {
             per_peer,
             per_upstream,
+            pieces_per_request,
         }
     }
 
@@ -1321,6 +1342,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             unassigned,
             support: self.coverage.support(),
             neighbour_support: None,
+            pieces_per_request: self.slots().pieces_per_request,
         }
     }
 
@@ -1372,6 +1394,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         }
         if !mine.is_empty() {
             let groups = self.rarest_piece(&mine, &self.coverage);
+            let groups = self.run_on(groups, &mine, pass.pieces_per_request);
             return (!groups.is_empty()).then_some((groups, false));
         }
         // Not the endgame while some usable peer could still take a fresh group: duplicates now
@@ -1432,6 +1455,32 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         candidates
             .intersection(&ChunkGroupRanges::from(piece_groups(piece, per_piece)))
             .first_ranges(MAX_RANGES)
+    }
+
+    /// `groups` (of one piece) and the groups of `mine` in up to `pieces - 1` pieces after it, as
+    /// long as they carry on the run without a gap (one request stays one stretch of the blob)
+    /// and a server answers them all ([`MAX_REQUEST_GROUPS`]).
+    fn run_on(
+        &self,
+        groups: ChunkGroupRanges,
+        mine: &ChunkGroupRanges,
+        pieces: u64,
+    ) -> ChunkGroupRanges {
+        let per_piece = self.config.groups_per_request.max(1);
+        let Some(first) = groups.iter().next().map(|range| range.start / per_piece) else {
+            return groups;
+        };
+        let mut run = groups;
+        for piece in first.saturating_add(1)..first.saturating_add(pieces) {
+            let more = mine.intersection(&ChunkGroupRanges::from(piece_groups(piece, per_piece)));
+            if more.iter().next().map(|range| range.start) != Some(run.end())
+                || run.group_count().saturating_add(more.group_count()) > MAX_REQUEST_GROUPS
+            {
+                break;
+            }
+            run = run.union(&more);
+        }
+        run.first_ranges(MAX_RANGES)
     }
 
     /// Endgame work for `peer`: groups it claims that one other request is fetching, from the

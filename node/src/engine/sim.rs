@@ -569,10 +569,14 @@ impl Sim {
             );
             assert!(groups.is_subset(&self.all_groups()), "request past the end");
             let per_piece = self.config.groups_per_request.max(1);
-            assert_eq!(
-                groups.boundaries()[0] / per_piece,
-                (groups.end() - 1) / per_piece,
-                "request {groups} spans pieces"
+            let pieces = (groups.end() - 1) / per_piece - groups.boundaries()[0] / per_piece + 1;
+            assert!(
+                pieces <= self.config.max_pieces_per_request.max(1),
+                "request {groups} spans {pieces} pieces"
+            );
+            assert!(
+                groups.group_count() <= proto::wire::MAX_REQUEST_GROUPS,
+                "request {groups} is longer than a server answers"
             );
         }
         let in_flight: ChunkGroupRanges = self

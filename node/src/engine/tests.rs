@@ -111,6 +111,7 @@ fn the_rarest_piece_goes_first() {
     let size = Some(blob_size(64));
     let one_each = TransferConfig {
         max_requests_per_peer: 1,
+        max_pieces_per_request: 1,
         ..seeded(7)
     };
     // Piece 3 (groups 48..64) is only at peer 2.
@@ -197,6 +198,7 @@ fn endgame_duplicates_a_slow_request_and_cancels_it() {
     let held = span(16..64);
     let config = TransferConfig {
         groups_per_request: 8,
+        max_pieces_per_request: 1,
         ..seeded(3)
     };
     let slow = PeerSpec::full().speed(4_000);
@@ -431,6 +433,7 @@ fn garbage_events_are_ignored_without_panicking() {
         max_requests_total: 0,
         max_requests_per_upstream: 0,
         groups_per_request: 0,
+        max_pieces_per_request: 0,
         request_timeout: Duration::MAX,
         max_timeouts_per_peer: 0,
         busy_backoff: Duration::MAX,
@@ -699,18 +702,91 @@ fn an_upstream_peer_is_asked_only_for_what_no_neighbour_claims() {
         assert!(groups.is_subset(&span(0..32)));
     }
 
-    // Without neighbours, an upstream peer is asked for anything.
+    // Without neighbours, an upstream peer is asked for anything, in its full share of
+    // requests (one piece each, to count them).
     let mut alone: Transfer<u32> = Transfer::new(
         blob(),
         Some(size),
         ChunkGroupRanges::empty(),
-        seeded(7),
+        TransferConfig {
+            max_pieces_per_request: 1,
+            ..seeded(7)
+        },
         now,
     );
     alone.mark_upstream(0);
     announce(&mut alone, now, 0, span(0..64));
     let requests = requests_to(&drain(&mut alone, now), 0);
     assert_eq!(requests.len(), 4, "{requests:?}");
+}
+
+#[test]
+fn a_sole_source_gets_runs_of_pieces_and_a_shared_yard_one_piece_a_request() {
+    let now = Instant::now();
+    let size = Some(blob_size(256));
+    // One peer: 4 slots of the 16 in flight, so 4 pieces (64 groups, 1 MiB) a request, each a
+    // run of the blob (shorter only where the blob ends).
+    let mut alone = Transfer::new(blob(), size, set(&[]), seeded(5), now);
+    announce(&mut alone, now, 0, span(0..256));
+    let requests = requests_to(&drain(&mut alone, now), 0);
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    for groups in &requests {
+        assert_eq!(groups.iter().count(), 1, "{groups} is not one run");
+        if groups.end() < 256 {
+            assert_eq!(groups.group_count(), 64, "{groups}");
+        }
+    }
+    assert!(
+        requests
+            .iter()
+            .filter(|groups| groups.group_count() == 64)
+            .count()
+            >= 3
+    );
+    // A run stops at a gap: with every other piece held, one piece a request.
+    let held: ChunkGroupRanges = (0..16u64).step_by(2).map(|p| p * 16..p * 16 + 16).collect();
+    let mut gappy = Transfer::new(blob(), size, held, seeded(5), now);
+    announce(&mut gappy, now, 0, span(0..256));
+    for groups in requests_to(&drain(&mut gappy, now), 0) {
+        assert_eq!(groups.group_count(), 16, "{groups}");
+    }
+    // Two peers: 4 slots each, 2 pieces a request.
+    let mut pair = Transfer::new(blob(), size, set(&[]), seeded(5), now);
+    announce(&mut pair, now, 0, span(0..256));
+    announce(&mut pair, now, 1, span(0..256));
+    let actions = drain(&mut pair, now);
+    for peer in 0..2 {
+        let requests = requests_to(&actions, peer);
+        assert_eq!(requests.len(), 4, "{requests:?}");
+        assert!(requests.iter().all(|groups| groups.group_count() == 32));
+    }
+    // Four peers share the 16 slots out: one piece a request, as in a full yard.
+    let mut yard = Transfer::new(blob(), size, set(&[]), seeded(5), now);
+    for peer in 0..4 {
+        announce(&mut yard, now, peer, span(0..256));
+    }
+    let actions = drain(&mut yard, now);
+    for peer in 0..4 {
+        assert!(
+            requests_to(&actions, peer)
+                .iter()
+                .all(|groups| groups.group_count() == 16)
+        );
+    }
+    // A run never outgrows what a server answers in one response.
+    let config = TransferConfig {
+        groups_per_request: 128,
+        ..seeded(5)
+    };
+    let mut long = Transfer::new(blob(), Some(blob_size(1024)), set(&[]), config, now);
+    announce(&mut long, now, 0, span(0..1024));
+    for groups in requests_to(&drain(&mut long, now), 0) {
+        assert!(
+            groups.group_count() <= proto::wire::MAX_REQUEST_GROUPS,
+            "{groups}"
+        );
+        assert_eq!(groups.group_count(), 256, "{groups}");
+    }
 }
 
 #[test]
