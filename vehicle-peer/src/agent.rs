@@ -28,7 +28,8 @@ use proto::{BlobId, EcuSerial};
 use crate::flasher::{GroupDecision, Outcome};
 
 /// Bytes a metered fetch may overshoot its allowance by: requests in flight when it is spent
-/// still land (4 requests of 4 groups of 16 KiB with the settings used on metered links).
+/// still land (4 requests of 4 groups of 16 KiB with the settings used on metered links, one
+/// piece a request).
 pub const METERED_MARGIN: u64 = 4 * 4 * 16 * 1024;
 
 /// On a metered link a fetch keeps this few requests in flight, of this many groups each, so

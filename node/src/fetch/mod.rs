@@ -56,8 +56,8 @@ pub struct FetchOptions {
     pub rate_limit: Option<Arc<RateLimit>>,
     /// Stop once this many bytes arrived in this run (a metered link's allowance): the fetch
     /// ends with [`FetchError::Allowance`], keeping what it verified. Requests in flight when
-    /// it is reached still land, so a caller holds back `groups_per_request` ×
-    /// `max_requests_total` × 16 KiB of margin. `None`: no limit.
+    /// it is reached still land, so a caller holds back `max_pieces_per_request` ×
+    /// `groups_per_request` × `max_requests_total` × 16 KiB of margin. `None`: no limit.
     pub max_bytes: Option<u64>,
 }
 

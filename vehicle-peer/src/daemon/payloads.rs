@@ -37,6 +37,8 @@ impl Daemon {
             options.transfer.groups_per_request = agent::METERED_GROUPS_PER_REQUEST;
             options.transfer.max_requests_total = agent::METERED_REQUESTS;
             options.transfer.max_requests_per_peer = agent::METERED_REQUESTS;
+            // One piece a request whatever the peers: the margin counts pieces.
+            options.transfer.max_pieces_per_request = 1;
         }
         let mut received = 0u64;
         let mut events = self.hub.subscribe();
