@@ -395,7 +395,7 @@ where
 
 /// Response bodies kept for the next requests: a server answering a stream of requests fills
 /// the same buffers instead of allocating and zeroing one per response. At most 16, each of at
-/// most [`MAX_SPARE_BODY_BYTES`] (16 MiB in all, for a node serving many peers at once).
+/// most [`MAX_SPARE_BODY_BYTES`] (17 MiB in all), and never more than were in use at once.
 static SPARE_BODIES: spares::Spares<bao::ResponseBody> = spares::Spares::new(16);
 
 /// The largest body kept: a 64-group response (1 MiB of data and its pairs). Larger ones (up to
