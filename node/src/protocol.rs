@@ -340,9 +340,10 @@ where
             ),
             Ok(servable) => {
                 // Encode before announcing, so a corrupt local copy becomes a refusal rather
-                // than a broken stream. One request is at most a few hundred KiB. Reading it
-                // back and checking every group against the root runs on the blocking pool, so
-                // this thread goes on sending what other requests encoded meanwhile.
+                // than a broken stream. One response is at most 4 MiB (MAX_REQUEST_GROUPS).
+                // Reading it back and checking every group against the root runs on the
+                // blocking pool, so this thread goes on sending what other requests encoded
+                // meanwhile.
                 let encoded = {
                     let store = store.clone();
                     let mut body = SPARE_BODIES.take().unwrap_or_default();

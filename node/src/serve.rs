@@ -32,7 +32,8 @@ use crate::write_deadline::{WriteDeadline, is_write_stall};
 /// [`crate::engine::TransferConfig::max_requests_total`]): QUIC then shares the uplink among the askers'
 /// connections, which the 30-vehicle testbed showed to be fairer than a few slots (16 slots
 /// starved some vehicles of a neighbour's uplink for minutes). Each request served holds its
-/// encoded response, at most a few hundred KiB, so this also bounds a server's memory.
+/// encoded response (256 KiB to 1 MiB as depotmesh fetchers ask, at most 4 MiB:
+/// [`proto::wire::MAX_REQUEST_GROUPS`]), so this also bounds a server's memory.
 pub const MAX_CONCURRENT_SERVES: usize = 128;
 
 /// Of [`MAX_CONCURRENT_SERVES`], the most one peer holds at once; its further requests are
