@@ -434,43 +434,35 @@ impl<P: Ord + Clone> ServedRecords<P> {
             .filter_map(|(peer, sent)| Some((sent.front()?.0, peer)))
             .min_by_key(|(at, _)| *at)
             .map(|(_, peer)| peer.clone());
-        if let Some(peer) = oldest {
-            self.remove_front_while(&peer, |_| true, 1);
+        let Some(peer) = oldest else {
+            return;
+        };
+        if let Some(sent) = self.by_peer.get_mut(&peer) {
+            sent.pop_front();
+            self.count -= 1;
+            if sent.is_empty() {
+                self.by_peer.remove(&peer);
+            }
         }
     }
 
     /// Drops every record for which `old` says so (they are in time order per recipient).
     fn expire(&mut self, old: impl Fn(Instant) -> bool) {
-        let peers: Vec<P> = self
-            .by_peer
-            .iter()
-            .filter(|(_, sent)| sent.front().is_some_and(|(at, _)| old(*at)))
-            .map(|(peer, _)| peer.clone())
-            .collect();
-        for peer in peers {
-            self.remove_front_while(&peer, &old, usize::MAX);
-        }
+        let mut dropped = 0;
+        self.by_peer.retain(|_, sent| {
+            while sent.front().is_some_and(|(at, _)| old(*at)) {
+                sent.pop_front();
+                dropped += 1;
+            }
+            !sent.is_empty()
+        });
+        self.count -= dropped;
     }
 
     /// Forgets what was served to `peer`.
     fn forget(&mut self, peer: &P) {
         if let Some(sent) = self.by_peer.remove(peer) {
             self.count -= sent.len();
-        }
-    }
-
-    fn remove_front_while(&mut self, peer: &P, old: impl Fn(Instant) -> bool, most: usize) {
-        let Some(sent) = self.by_peer.get_mut(peer) else {
-            return;
-        };
-        let mut removed = 0;
-        while removed < most && sent.front().is_some_and(|(at, _)| old(*at)) {
-            sent.pop_front();
-            removed += 1;
-        }
-        self.count -= removed;
-        if sent.is_empty() {
-            self.by_peer.remove(peer);
         }
     }
 }

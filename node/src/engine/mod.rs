@@ -407,8 +407,6 @@ struct Pass {
     support: ChunkGroupRanges,
     /// Groups some usable peer that is not upstream claims; computed when first needed.
     neighbour_support: Option<ChunkGroupRanges>,
-    /// Pieces a fresh request may take ([`Slots::pieces_per_request`]).
-    pieces_per_request: u64,
 }
 
 impl Pass {
@@ -1230,11 +1228,10 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         } else {
             per_peer
         };
-        let shared = u64::try_from(usable.max(1).saturating_mul(per_peer)).unwrap_or(u64::MAX);
-        let pieces_per_request = u64::try_from(self.config.max_requests_total.max(1))
+        // Both at least one: the share of the total each usable peer's slots leave.
+        let shared = usable.max(1).saturating_mul(per_peer);
+        let pieces_per_request = u64::try_from(self.config.max_requests_total.max(1) / shared)
             .unwrap_or(u64::MAX)
-            .checked_div(shared)
-            .unwrap_or(1)
             .clamp(1, self.config.max_pieces_per_request.max(1));
         Slots {
             per_peer,
@@ -1302,7 +1299,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             }
             let mut issued = false;
             for peer in ready {
-                match self.choose(&peer, &mut pass) {
+                match self.choose(&peer, &mut pass, slots) {
                     Some((groups, duplicate)) => {
                         pass.note_issued(&groups);
                         self.issue(now, peer, groups, false, duplicate);
@@ -1342,7 +1339,6 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             unassigned,
             support: self.coverage.support(),
             neighbour_support: None,
-            pieces_per_request: self.slots().pieces_per_request,
         }
     }
 
@@ -1357,7 +1353,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             if state.starved && state.claim.is_some() && self.has_free_slot(peer, state, now, slots)
             {
                 assert_eq!(
-                    self.choose(peer, &mut pass),
+                    self.choose(peer, &mut pass, slots),
                     None,
                     "peer {peer:?} was skipped as starved but has work"
                 );
@@ -1366,7 +1362,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
     }
 
     /// The groups to ask `peer` for next, and whether they are an endgame duplicate.
-    fn choose(&self, peer: &P, pass: &mut Pass) -> Option<(ChunkGroupRanges, bool)> {
+    fn choose(&self, peer: &P, pass: &mut Pass, slots: Slots) -> Option<(ChunkGroupRanges, bool)> {
         let state = self.peers.get(peer)?;
         let mut claim = state.claim.clone()?;
         for (_, held_back) in &state.held_back {
@@ -1394,7 +1390,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         }
         if !mine.is_empty() {
             let groups = self.rarest_piece(&mine, &self.coverage);
-            let groups = self.run_on(groups, &mine, pass.pieces_per_request);
+            let groups = self.run_on(groups, &mine, slots.pieces_per_request);
             return (!groups.is_empty()).then_some((groups, false));
         }
         // Not the endgame while some usable peer could still take a fresh group: duplicates now
