@@ -95,6 +95,14 @@ pub enum FlashError {
     /// The journal could not be read or written.
     #[error("install journal: {0}")]
     Journal(String),
+    /// RAUC, which installs this ECU's slots, failed or refused ([`crate::rauc`]).
+    #[error("ECU {ecu}: {source}")]
+    Rauc {
+        /// The ECU's serial.
+        ecu: String,
+        /// What RAUC said.
+        source: crate::rauc::RaucError,
+    },
 }
 
 impl From<WriteError> for FlashError {
@@ -241,6 +249,26 @@ fn load_json<J: Index, T: serde::de::DeserializeOwned>(
                 .map_err(|e| FlashError::Journal(format!("the {what} does not parse: {e}")))
         })
         .transpose()
+}
+
+/// Journals `record` under its ECU (for installs driven outside this module: [`crate::rauc`]).
+pub(crate) fn store_record<J: Index>(
+    journal: &J,
+    record: &InstallRecord,
+) -> Result<(), FlashError> {
+    store(journal, record)
+}
+
+/// Journals vehicle install `group`'s decision, before any ECU acts on it.
+pub(crate) fn store_decision<J: Index>(
+    journal: &J,
+    group: &str,
+    decision: &GroupDecision,
+) -> Result<(), FlashError> {
+    let value = serde_json::to_vec(decision).map_err(|e| FlashError::Journal(e.to_string()))?;
+    journal
+        .put(&group_key(group), &value)
+        .map_err(|e| FlashError::Journal(format!("writing the decision of {group}: {e}")))
 }
 
 fn store<J: Index>(journal: &J, record: &InstallRecord) -> Result<(), FlashError> {
@@ -838,10 +866,7 @@ where
         }
         None => GroupDecision::Commit,
     };
-    let value = serde_json::to_vec(&decision).map_err(|e| FlashError::Journal(e.to_string()))?;
-    journal
-        .put(&group_key(group), &value)
-        .map_err(|e| FlashError::Journal(format!("writing the decision of {group}: {e}")))?;
+    store_decision(journal, group, &decision)?;
     carry_out(ecus, journal, &decision)
 }
 
@@ -1084,14 +1109,24 @@ pub fn running_image<B, M, J: Index>(
     ecu: &Ecu<B, M>,
     journal: &J,
 ) -> Result<Option<InstalledImage>, FlashError> {
-    Ok(match journaled(journal, &ecu.serial)? {
+    running_image_of(&ecu.serial, ecu.installed.as_ref(), journal)
+}
+
+/// What ECU `serial` runs, per its journal, having run `installed` before any install the
+/// journal knows of.
+pub fn running_image_of<J: Index>(
+    serial: &str,
+    installed: Option<&InstalledImage>,
+    journal: &J,
+) -> Result<Option<InstalledImage>, FlashError> {
+    Ok(match journaled(journal, serial)? {
         Some(InstallRecord {
             stage: Stage::Committed,
             image,
             ..
         }) => Some(image),
         Some(record) => record.previous,
-        None => ecu.installed.clone(),
+        None => installed.cloned(),
     })
 }
 
@@ -1103,17 +1138,34 @@ pub fn version_report<B, M, J: Index>(
     journal: &J,
     nonce: &str,
 ) -> Result<serde_json::Value, FlashError> {
-    let running = running_image(ecu, journal)?.ok_or_else(|| {
-        FlashError::Journal(format!("ECU {} does not know what it runs", ecu.serial))
-    })?;
+    version_report_of(
+        &ecu.serial,
+        ecu.installed.as_ref(),
+        &ecu.key,
+        journal,
+        nonce,
+    )
+}
+
+/// [`version_report`] of ECU `serial` with key `key`, having run `installed` before any
+/// install the journal knows of.
+pub fn version_report_of<J: Index>(
+    serial: &str,
+    installed: Option<&InstalledImage>,
+    key: &proto::tuf::signer::KeyPair,
+    journal: &J,
+    nonce: &str,
+) -> Result<serde_json::Value, FlashError> {
+    let running = running_image_of(serial, installed, journal)?
+        .ok_or_else(|| FlashError::Journal(format!("ECU {serial} does not know what it runs")))?;
     let report = proto::uptane::EcuVersionReport {
-        ecu_serial: ecu.serial.clone(),
+        ecu_serial: serial.to_string(),
         installed_image: running.target,
         sha256: running.sha256,
         release_counter: running.release_counter,
         nonce: nonce.to_string(),
         attacks_detected: String::new(),
     };
-    proto::uptane::sign_ecu_report(&report, &ecu.key)
-        .map_err(|e| FlashError::Journal(format!("signing the report of {}: {e}", ecu.serial)))
+    proto::uptane::sign_ecu_report(&report, key)
+        .map_err(|e| FlashError::Journal(format!("signing the report of {serial}: {e}")))
 }

@@ -9,7 +9,8 @@
 //! The storage modules import one way, each only those before it: [`boot`] and [`bank`] at the
 //! bottom, [`delta`] (applying a delta into a file or a bank), [`slots`] (the
 //! [`slots::Banks`] an install writes: A/B or remapped), [`remap`] and [`flasher`]; `install`
-//! and `daemon` drive them.
+//! and `daemon` drive them. [`rauc`] is the other way to install: an ECU whose slots RAUC
+//! writes and switches, with depotmesh's trial, health check and rollback around it.
 pub mod agent;
 pub mod bank;
 pub mod boot;
@@ -19,6 +20,7 @@ pub mod delta;
 pub mod flasher;
 pub mod install;
 pub mod mesh;
+pub mod rauc;
 pub mod remap;
 pub mod simulated;
 pub mod slots;

@@ -1,0 +1,860 @@
+//! RAUC under the flasher: an ECU whose slots RAUC installs (`banks.kind = "rauc"` in its
+//! configuration). depotmesh fetches the RAUC bundle as the approved target and checks it
+//! against the Uptane approval (length and BLAKE3); RAUC checks the bundle's own signature
+//! against its keyring and writes the inactive slot; the trial boot, the health check and the
+//! commit or rollback are depotmesh's, carried out with `rauc status mark-good|mark-bad|
+//! mark-active`, so an integrator keeps RAUC's bootloader integration as it is.
+//!
+//! The RAUC service is driven through its command-line client (`rauc install`, `rauc status
+//! --output-format=json`), which talks to the service over D-Bus as RAUC's own tools do.
+//!
+//! Journal and RAUC, after a power cut at any instant (the same journal records as
+//! [`crate::flasher`], so reports and status read them unchanged):
+//!
+//! | journal | RAUC | next |
+//! |---|---|---|
+//! | `writing` | anything | `rauc install` again (RAUC marks the target slot bad before writing it) |
+//! | `trial` | new slot primary, old slot booted | reboot into the trial |
+//! | `trial` | new slot booted | health check, then commit or roll back |
+//! | `trial` | old slot booted, new slot not primary or bad | the trial never came up: roll back |
+//! | `committed` | new slot booted, not marked good | `mark-good` again |
+//! | `rolled_back` | new slot still primary | `mark-bad` it and `mark-active` the old slot again |
+//!
+//! The decision is journaled before RAUC is told, and telling RAUC again is harmless, so an
+//! interrupted commit or rollback is finished the same way after the power returns.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use node::storage::Index;
+use proto::BlobId;
+use proto::uptane::ApprovedImage;
+use serde_json::Value;
+
+use crate::boot::Slot;
+use crate::flasher::{
+    FlashError, GroupDecision, HealthError, InstallRecord, InstalledImage, Outcome, Stage,
+    journaled,
+};
+
+/// Why RAUC could not do what was asked; each names the command and what it said.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RaucError {
+    /// The `rauc` program did not start.
+    #[error("{command} did not start: {source}")]
+    NotStarted {
+        /// The command line.
+        command: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// RAUC refused or failed (a bundle it does not trust, not compatible, a slot it cannot
+    /// write, no service), with what it printed.
+    #[error("{command} exited with {status}: {said}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// The end of what it printed on stderr (or stdout).
+        said: String,
+    },
+    /// `rauc status` printed something this module does not understand.
+    #[error("`rauc status` output: {0}")]
+    Status(String),
+    /// The system's slots do not make an A/B pair of the configured class.
+    #[error("RAUC slots of class {class:?}: {detail}")]
+    Slots {
+        /// The configured slot class.
+        class: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// RAUC said an install succeeded but did not make its slot the next to boot.
+    #[error("after installing, RAUC boots {primary:?} next, not the installed slot {installed}")]
+    NotActivated {
+        /// The slot RAUC boots next (slot name), if any.
+        primary: Option<String>,
+        /// The slot installed (slot name).
+        installed: String,
+    },
+}
+
+/// How much of RAUC's output an error quotes.
+const SAID_BYTES: usize = 2048;
+
+/// The RAUC client: the program and, optionally, the system configuration it reads (RAUC's
+/// compiled-in `/etc/rauc/system.conf` otherwise).
+#[derive(Clone, Debug)]
+pub struct Rauc {
+    /// The `rauc` program.
+    pub program: PathBuf,
+    /// `--conf` for every command, when set.
+    pub conf: Option<PathBuf>,
+}
+
+impl Default for Rauc {
+    fn default() -> Self {
+        Self {
+            program: PathBuf::from("rauc"),
+            conf: None,
+        }
+    }
+}
+
+/// One of RAUC's marks (`rauc status mark-*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// The slot works: keep booting it.
+    Good,
+    /// The slot must not be booted.
+    Bad,
+    /// Boot the slot next.
+    Active,
+}
+
+impl Mark {
+    fn command(self) -> &'static str {
+        match self {
+            Self::Good => "mark-good",
+            Self::Bad => "mark-bad",
+            Self::Active => "mark-active",
+        }
+    }
+}
+
+impl Rauc {
+    fn run(&self, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, RaucError> {
+        let mut all: Vec<OsString> = Vec::new();
+        if let Some(conf) = &self.conf {
+            let mut flag = OsString::from("--conf=");
+            flag.push(conf);
+            all.push(flag);
+        }
+        all.extend(args.iter().map(|a| a.to_os_string()));
+        let command = std::iter::once(self.program.as_os_str().to_os_string())
+            .chain(all.iter().cloned())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let output = Command::new(&self.program)
+            .args(&all)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| RaucError::NotStarted {
+                command: command.clone(),
+                source,
+            })?;
+        if !output.status.success() {
+            let said = if output.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
+                &output.stderr
+            } else {
+                &output.stdout
+            };
+            let said = String::from_utf8_lossy(&said[said.len().saturating_sub(SAID_BYTES)..]);
+            return Err(RaucError::Failed {
+                command,
+                status: output.status,
+                said: said.trim().to_string(),
+            });
+        }
+        Ok(output.stdout)
+    }
+
+    /// What RAUC says of the system (`rauc status --detailed --output-format=json`).
+    pub fn status(&self) -> Result<RaucStatus, RaucError> {
+        let out = self.run(&[
+            "status".as_ref(),
+            "--detailed".as_ref(),
+            "--output-format=json".as_ref(),
+        ])?;
+        RaucStatus::parse(&out)
+    }
+
+    /// `rauc install BUNDLE`: RAUC checks the bundle's signature and compatible and writes the
+    /// slots it is for. Returns when RAUC has finished.
+    pub fn install(&self, bundle: &Path) -> Result<(), RaucError> {
+        self.run(&["install".as_ref(), bundle.as_os_str()])
+            .map(|_| ())
+    }
+
+    /// `rauc status mark-* SLOT` (a slot name such as `rootfs.1`, or `booted` / `other`).
+    pub fn mark(&self, mark: Mark, slot: &str) -> Result<(), RaucError> {
+        self.run(&["status".as_ref(), mark.command().as_ref(), slot.as_ref()])
+            .map(|_| ())
+    }
+}
+
+/// One slot as `rauc status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaucSlot {
+    /// Its name (`rootfs.0`).
+    pub name: String,
+    /// Its class (`rootfs`).
+    pub class: String,
+    /// Its name to the bootloader (`A`), for bootable slots.
+    pub bootname: Option<String>,
+    /// `booted`, `active` or `inactive`.
+    pub state: String,
+    /// `good` or `bad`, for bootable slots.
+    pub boot_status: Option<String>,
+    /// The version of the bundle last installed into it, if RAUC recorded one.
+    pub bundle_version: Option<String>,
+}
+
+/// What `rauc status` says of the system.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaucStatus {
+    /// The system's compatible string.
+    pub compatible: String,
+    /// The bootname of the slot the system booted.
+    pub booted: Option<String>,
+    /// The slot name of the slot the bootloader boots next.
+    pub boot_primary: Option<String>,
+    /// Every slot.
+    pub slots: Vec<RaucSlot>,
+}
+
+/// The two bootable slots of one class: what depotmesh calls the ECU's banks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaucPair {
+    /// Slot name by bootname, for both.
+    pub names: BTreeMap<Slot, String>,
+    /// The slot booted.
+    pub booted: Slot,
+    /// The slot the bootloader boots next (`None`: neither of the pair).
+    pub primary: Option<Slot>,
+    /// The slots RAUC counts good.
+    pub good: Vec<Slot>,
+}
+
+impl RaucPair {
+    /// The slot of the pair that is not `slot`.
+    pub fn other(&self, slot: &Slot) -> Option<&Slot> {
+        self.names.keys().find(|s| *s != slot)
+    }
+
+    /// The RAUC slot name of `slot`.
+    fn name(&self, slot: &Slot) -> Result<&str, FlashError> {
+        self.names
+            .get(slot)
+            .map(String::as_str)
+            .ok_or_else(|| FlashError::Journal(format!("RAUC has no slot booted as {slot}")))
+    }
+}
+
+fn text(value: &Value, key: &str) -> Option<String> {
+    value.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+impl RaucStatus {
+    /// Parses `rauc status --detailed --output-format=json`.
+    pub fn parse(json: &[u8]) -> Result<Self, RaucError> {
+        let bad = |detail: &str| RaucError::Status(detail.to_string());
+        let value: Value = serde_json::from_slice(json)
+            .map_err(|e| RaucError::Status(format!("not JSON: {e}")))?;
+        let compatible = text(&value, "compatible").ok_or_else(|| bad("no \"compatible\""))?;
+        let list = value
+            .get("slots")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no \"slots\" list"))?;
+        let mut slots = Vec::with_capacity(list.len());
+        for entry in list {
+            // Each entry is an object of one slot name.
+            let Some((name, slot)) = entry
+                .as_object()
+                .filter(|o| o.len() == 1)
+                .and_then(|o| o.iter().next())
+            else {
+                return Err(bad("a \"slots\" entry is not an object of one slot"));
+            };
+            let class = text(slot, "class")
+                .ok_or_else(|| RaucError::Status(format!("slot {name} has no class")))?;
+            let state = text(slot, "state")
+                .ok_or_else(|| RaucError::Status(format!("slot {name} has no state")))?;
+            slots.push(RaucSlot {
+                name: name.clone(),
+                class,
+                bootname: text(slot, "bootname"),
+                state,
+                boot_status: text(slot, "boot_status"),
+                bundle_version: slot
+                    .pointer("/slot_status/bundle/version")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            });
+        }
+        Ok(Self {
+            compatible,
+            booted: text(&value, "booted"),
+            boot_primary: text(&value, "boot_primary"),
+            slots,
+        })
+    }
+
+    /// The A/B pair of slots of `class`: exactly two with bootnames that are depotmesh slot
+    /// names, one of them booted.
+    pub fn pair(&self, class: &str) -> Result<RaucPair, RaucError> {
+        let refuse = |detail: String| RaucError::Slots {
+            class: class.to_string(),
+            detail,
+        };
+        let of_class: Vec<&RaucSlot> = self.slots.iter().filter(|s| s.class == class).collect();
+        if of_class.len() != 2 {
+            return Err(refuse(format!(
+                "{} slots of this class, not two (RAUC lists {})",
+                of_class.len(),
+                self.slots
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let mut names = BTreeMap::new();
+        let mut good = Vec::new();
+        let mut primary = None;
+        for slot in of_class {
+            let bootname = slot
+                .bootname
+                .as_deref()
+                .ok_or_else(|| refuse(format!("slot {} has no bootname", slot.name)))?;
+            let id = Slot::new(bootname).map_err(|e| refuse(format!("slot {}: {e}", slot.name)))?;
+            if slot.boot_status.as_deref() == Some("good") {
+                good.push(id.clone());
+            }
+            if self.boot_primary.as_deref() == Some(slot.name.as_str()) {
+                primary = Some(id.clone());
+            }
+            names.insert(id, slot.name.clone());
+        }
+        let booted = self
+            .booted
+            .as_deref()
+            .and_then(|b| names.keys().find(|s| s.as_str() == b))
+            .cloned()
+            .ok_or_else(|| {
+                refuse(format!(
+                    "the system booted {:?}, which is neither of them",
+                    self.booted
+                ))
+            })?;
+        Ok(RaucPair {
+            names,
+            booted,
+            primary,
+            good,
+        })
+    }
+}
+
+/// What to do next for a journaled install, from the journal and what RAUC says: the
+/// decision without its effects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Hand the bundle to `rauc install`.
+    Install,
+    /// Installed and switched: reboot into the trial.
+    Reboot,
+    /// The new slot booted: run its health check.
+    Judge,
+    /// The trial boot did not come up (the bootloader went back): roll back.
+    FellBack,
+    /// Finished; tell RAUC again what the journal decided, when it does not show it.
+    Done(Vec<(Mark, Slot)>),
+}
+
+/// The next step for install `record` on a system whose pair of slots is `pair`.
+pub fn next(record: &InstallRecord, pair: &RaucPair) -> Result<Next, FlashError> {
+    let (from, to) = (slot(&record.from)?, slot(&record.to)?);
+    let good = |s: &Slot| pair.good.contains(s);
+    Ok(match &record.stage {
+        // RAUC activates a slot only once it is written: a cut between its switch and the
+        // journal's leaves the trial booted.
+        Stage::Writing { .. } | Stage::Written if pair.booted == to => Next::Judge,
+        Stage::Writing { .. } | Stage::Written => Next::Install,
+        Stage::Trial if pair.booted == to => Next::Judge,
+        Stage::Trial if pair.primary.as_ref() == Some(&to) && good(&to) => Next::Reboot,
+        Stage::Trial => Next::FellBack,
+        // RAUC's bootloader integrations spend a try at every boot: `mark-good` gives the
+        // committed slot its tries back (RAUC's own `mark-good` service does it at each boot).
+        Stage::Committed => Next::Done(if pair.booted == to {
+            vec![(Mark::Good, to)]
+        } else {
+            Vec::new()
+        }),
+        // The new slot is never tried again, even by a bootloader that resets every slot's
+        // tries when none has any left; the old one boots next.
+        Stage::RolledBack { .. } => {
+            let mut marks = vec![(Mark::Bad, to)];
+            if pair.primary.as_ref() != Some(&from) {
+                marks.push((Mark::Active, from));
+            }
+            Next::Done(marks)
+        }
+    })
+}
+
+fn slot(name: &str) -> Result<Slot, FlashError> {
+    Slot::new(name).map_err(FlashError::from)
+}
+
+/// An ECU whose slots RAUC installs.
+#[derive(Debug)]
+pub struct RaucEcu {
+    /// Its serial (as the director names it).
+    pub serial: String,
+    /// Its hardware id.
+    pub hardware_id: String,
+    /// Its key, which signs its version reports.
+    pub key: proto::tuf::signer::KeyPair,
+    /// What it ran before any install the journal knows of.
+    pub installed: Option<InstalledImage>,
+    /// The class of RAUC slots that are its A/B banks (`rootfs`); a bundle may write other
+    /// classes along with it, as RAUC's slot groups do.
+    pub class: String,
+    /// The RAUC client.
+    pub rauc: Rauc,
+}
+
+impl RaucEcu {
+    /// RAUC's pair of slots of this ECU's class, as RAUC sees them now.
+    pub fn pair(&self) -> Result<RaucPair, FlashError> {
+        self.rauc
+            .status()
+            .and_then(|status| status.pair(&self.class))
+            .map_err(|e| self.rauc_failed(e))
+    }
+
+    fn rauc_failed(&self, error: RaucError) -> FlashError {
+        FlashError::Rauc {
+            ecu: self.serial.clone(),
+            source: error,
+        }
+    }
+
+    fn mark(&self, pair: &RaucPair, mark: Mark, slot: &Slot) -> Result<(), FlashError> {
+        let name = pair.name(slot)?;
+        tracing::info!(ecu = self.serial, slot = %slot, rauc_slot = name, "rauc status {}", mark.command());
+        self.rauc.mark(mark, name).map_err(|e| self.rauc_failed(e))
+    }
+}
+
+/// Whether the file `path` is `len` bytes hashing to `expect` (BLAKE3, read 1 MiB at a time).
+fn file_holds(path: &Path, len: u64, expect: BlobId) -> Result<bool, std::io::Error> {
+    let mut file = std::fs::File::open(path)?;
+    if file.metadata()?.len() != len {
+        return Ok(false);
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(BlobId::from_bytes(*hasher.finalize().as_bytes()) == expect)
+}
+
+fn store<J: Index>(journal: &J, record: &InstallRecord) -> Result<(), FlashError> {
+    crate::flasher::store_record(journal, record)
+}
+
+/// The fresh record of installing `approved` on `ecu`, which boots `pair.booted`; refused
+/// unless the approval names this ECU's serial and hardware id with a BLAKE3 and a SHA-256.
+fn begin<J: Index>(
+    ecu: &RaucEcu,
+    journal: &J,
+    approved: &ApprovedImage,
+    pair: &RaucPair,
+) -> Result<InstallRecord, FlashError> {
+    let refuse = |detail: String| FlashError::NotApproved {
+        ecu: ecu.serial.clone(),
+        detail,
+    };
+    if approved.ecu_serial() != ecu.serial {
+        return Err(refuse(format!(
+            "the approval is for ECU {}",
+            approved.ecu_serial()
+        )));
+    }
+    if approved.hardware_id() != ecu.hardware_id {
+        return Err(refuse(format!(
+            "the approval is for hardware {}, this ECU is {}",
+            approved.hardware_id(),
+            ecu.hardware_id
+        )));
+    }
+    let Some(blake3) = approved.blake3() else {
+        return Err(refuse(format!(
+            "{} has no BLAKE3 in its signed metadata",
+            approved.target()
+        )));
+    };
+    let Some(sha256) = approved.file().hashes.get("sha256").cloned() else {
+        return Err(refuse(format!(
+            "{} has no SHA-256 in its signed metadata",
+            approved.target()
+        )));
+    };
+    let previous = crate::flasher::running_image_of(&ecu.serial, ecu.installed.as_ref(), journal)?;
+    if previous.as_ref().is_some_and(|p| p.sha256 == sha256) {
+        return Err(FlashError::AlreadyInstalled {
+            ecu: ecu.serial.clone(),
+            target: approved.target().to_string(),
+        });
+    }
+    let to = pair
+        .other(&pair.booted)
+        .ok_or_else(|| FlashError::UnknownSlot {
+            ecu: ecu.serial.clone(),
+            slot: pair.booted.clone(),
+        })?;
+    Ok(InstallRecord {
+        ecu: ecu.serial.clone(),
+        target: approved.target().to_string(),
+        blake3,
+        length: approved.file().length,
+        image: InstalledImage {
+            target: approved.target().to_string(),
+            sha256,
+            release_counter: approved.release_counter(),
+        },
+        previous,
+        from: pair.booted.to_string(),
+        to: to.to_string(),
+        stage: Stage::Writing {
+            header: String::new(),
+            done: 0,
+        },
+    })
+}
+
+/// One step of installing the approved RAUC bundle `bundle` on `ecu` as vehicle install
+/// `group`, run after every boot (as [`crate::flasher::vehicle_step`] is): hands the bundle to
+/// RAUC and switches to the trial ([`Outcome::Reboot`]); after the trial boot runs `health` in
+/// the new slot and commits or rolls back; after a rollback the caller reboots into the old
+/// slot. The bundle is checked against the approval's length and BLAKE3 before RAUC sees it.
+pub fn step<J: Index>(
+    group: &str,
+    ecu: &RaucEcu,
+    approved: &ApprovedImage,
+    bundle: &Path,
+    journal: &J,
+    health: &mut dyn FnMut(&Slot) -> Result<(), HealthError>,
+) -> Result<Outcome, FlashError> {
+    let pair = ecu.pair()?;
+    let record = match journaled(journal, &ecu.serial)? {
+        Some(record) if Some(record.blake3) == approved.blake3() => record,
+        Some(record) if matches!(record.stage, Stage::Trial) => {
+            return Err(FlashError::Busy {
+                ecu: ecu.serial.clone(),
+                target: record.target,
+                stage: "trial".into(),
+            });
+        }
+        _ => begin(ecu, journal, approved, &pair)?,
+    };
+    match next(&record, &pair)? {
+        Next::Install => install(ecu, journal, record, bundle, &pair),
+        Next::Reboot => Ok(Outcome::Reboot),
+        Next::Judge => {
+            let to = slot(&record.to)?;
+            match health(&to) {
+                Ok(()) => conclude(group, ecu, journal, record, GroupDecision::Commit),
+                Err(reason) => {
+                    let reason = format!("ECU {}: {reason}", ecu.serial);
+                    conclude(
+                        group,
+                        ecu,
+                        journal,
+                        record,
+                        GroupDecision::RollBack { reason },
+                    )
+                }
+            }
+        }
+        Next::FellBack => {
+            let reason = format!(
+                "ECU {}: the trial boot of slot {} did not come up; the bootloader went back to {}",
+                ecu.serial, record.to, pair.booted
+            );
+            conclude(
+                group,
+                ecu,
+                journal,
+                record,
+                GroupDecision::RollBack { reason },
+            )
+        }
+        Next::Done(marks) => {
+            for (mark, slot) in &marks {
+                ecu.mark(&pair, *mark, slot)?;
+            }
+            Ok(match record.stage {
+                Stage::RolledBack { reason } => Outcome::RolledBack { reason },
+                _ => Outcome::Committed,
+            })
+        }
+    }
+}
+
+/// Checks the bundle, hands it to RAUC, makes sure RAUC boots the new slot next, journals the
+/// trial.
+fn install<J: Index>(
+    ecu: &RaucEcu,
+    journal: &J,
+    mut record: InstallRecord,
+    bundle: &Path,
+    pair: &RaucPair,
+) -> Result<Outcome, FlashError> {
+    let holds = file_holds(bundle, record.length, record.blake3).map_err(|e| {
+        FlashError::Journal(format!("reading the bundle {}: {e}", bundle.display()))
+    })?;
+    if !holds {
+        return Err(FlashError::NotApproved {
+            ecu: ecu.serial.clone(),
+            detail: format!(
+                "{} is not the approved bundle {} ({} bytes, BLAKE3 {})",
+                bundle.display(),
+                record.target,
+                record.length,
+                record.blake3
+            ),
+        });
+    }
+    store(journal, &record)?;
+    tracing::info!(
+        ecu = ecu.serial,
+        target = record.target,
+        from = record.from,
+        to = record.to,
+        "rauc install"
+    );
+    ecu.rauc.install(bundle).map_err(|e| ecu.rauc_failed(e))?;
+    let after = ecu.pair()?;
+    let to = slot(&record.to)?;
+    if after.primary.as_ref() != Some(&to) || !after.good.contains(&to) {
+        // RAUC configured with `activate-installed=false` leaves the switch to us.
+        ecu.mark(&after, Mark::Active, &to)?;
+        let activated = ecu.pair()?;
+        if activated.primary.as_ref() != Some(&to) {
+            return Err(ecu.rauc_failed(RaucError::NotActivated {
+                primary: activated
+                    .primary
+                    .as_ref()
+                    .and_then(|p| activated.names.get(p).cloned()),
+                installed: pair.name(&to)?.to_string(),
+            }));
+        }
+    }
+    record.stage = Stage::Trial;
+    store(journal, &record)?;
+    Ok(Outcome::Reboot)
+}
+
+/// Journals `decision` (the vehicle's and this ECU's), then tells RAUC.
+fn conclude<J: Index>(
+    group: &str,
+    ecu: &RaucEcu,
+    journal: &J,
+    mut record: InstallRecord,
+    decision: GroupDecision,
+) -> Result<Outcome, FlashError> {
+    crate::flasher::store_decision(journal, group, &decision)?;
+    record.stage = match &decision {
+        GroupDecision::Commit => Stage::Committed,
+        GroupDecision::RollBack { reason } => Stage::RolledBack {
+            reason: reason.clone(),
+        },
+    };
+    store(journal, &record)?;
+    tracing::info!(ecu = ecu.serial, target = record.target, stage = ?record.stage, "rauc install concluded");
+    let pair = ecu.pair()?;
+    match next(&record, &pair)? {
+        Next::Done(marks) => {
+            for (mark, slot) in &marks {
+                ecu.mark(&pair, *mark, slot)?;
+            }
+        }
+        other => {
+            return Err(FlashError::Journal(format!(
+                "ECU {}: a concluded install asks for {other:?}",
+                ecu.serial
+            )));
+        }
+    }
+    Ok(match decision {
+        GroupDecision::Commit => Outcome::Committed,
+        GroupDecision::RollBack { reason } => Outcome::RolledBack { reason },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const STATUS: &str = r#"{"compatible":"c","variant":"","booted":"A","boot_primary":"rootfs.1",
+      "slots":[{"rootfs.1":{"class":"rootfs","device":"/b","type":"raw","bootname":"B",
+        "state":"inactive","boot_status":"good","slot_status":{"bundle":{"version":"2"}}}},
+       {"rootfs.0":{"class":"rootfs","device":"/a","type":"raw","bootname":"A",
+        "state":"booted","boot_status":"good"}},
+       {"appfs.0":{"class":"appfs","device":"/c","type":"raw","state":"inactive"}}]}"#;
+
+    fn record(stage: Stage) -> InstallRecord {
+        let image = InstalledImage {
+            target: "t".into(),
+            sha256: "00".into(),
+            release_counter: 2,
+        };
+        InstallRecord {
+            ecu: "GW-1".into(),
+            target: "t".into(),
+            blake3: BlobId::from_bytes([7; 32]),
+            length: 1,
+            image: image.clone(),
+            previous: Some(image),
+            from: "A".into(),
+            to: "B".into(),
+            stage,
+        }
+    }
+
+    fn slot(name: &str) -> Slot {
+        Slot::new(name).unwrap()
+    }
+
+    #[test]
+    fn status_parses_into_the_pair_of_a_class() {
+        let status = RaucStatus::parse(STATUS.as_bytes()).unwrap();
+        assert_eq!(status.slots.len(), 3);
+        assert_eq!(status.slots[0].bundle_version.as_deref(), Some("2"));
+        let pair = status.pair("rootfs").unwrap();
+        assert_eq!(pair.booted, slot("A"));
+        assert_eq!(pair.primary, Some(slot("B")));
+        assert_eq!(pair.good, vec![slot("B"), slot("A")]);
+        assert_eq!(pair.name(&slot("B")).unwrap(), "rootfs.1");
+        assert_eq!(pair.other(&slot("A")), Some(&slot("B")));
+        // A class with one slot, or none, is no pair; the error names the slots there are.
+        let error = status.pair("appfs").unwrap_err().to_string();
+        assert!(
+            error.contains("1 slots") && error.contains("rootfs.0"),
+            "{error}"
+        );
+        assert!(status.pair("kernel").is_err());
+    }
+
+    #[test]
+    fn bad_status_output_is_an_error_naming_what_is_wrong() {
+        for (json, expect) in [
+            ("not json", "not JSON"),
+            (r#"{"slots":[]}"#, "compatible"),
+            (r#"{"compatible":"c"}"#, "slots"),
+            (
+                r#"{"compatible":"c","slots":[{"a":{},"b":{}}]}"#,
+                "one slot",
+            ),
+            (
+                r#"{"compatible":"c","slots":[{"a":{"state":"x"}}]}"#,
+                "no class",
+            ),
+        ] {
+            let error = RaucStatus::parse(json.as_bytes()).unwrap_err().to_string();
+            assert!(error.contains(expect), "{json}: {error}");
+        }
+        let booted_elsewhere = STATUS.replace(r#""booted":"A""#, r#""booted":"C""#);
+        let error = RaucStatus::parse(booted_elsewhere.as_bytes())
+            .unwrap()
+            .pair("rootfs")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("neither"), "{error}");
+        let bad_bootname = STATUS.replace(r#""bootname":"B""#, r#""bootname":"B-1""#);
+        assert!(
+            RaucStatus::parse(bad_bootname.as_bytes())
+                .unwrap()
+                .pair("rootfs")
+                .is_err()
+        );
+    }
+
+    fn pair(booted: &str, primary: Option<&str>, good: &[&str]) -> RaucPair {
+        RaucPair {
+            names: BTreeMap::from([
+                (slot("A"), "rootfs.0".into()),
+                (slot("B"), "rootfs.1".into()),
+            ]),
+            booted: slot(booted),
+            primary: primary.map(slot),
+            good: good.iter().map(|s| slot(s)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_next_step_follows_the_journal_and_what_rauc_says() {
+        let writing = record(Stage::Writing {
+            header: String::new(),
+            done: 0,
+        });
+        assert_eq!(
+            next(&writing, &pair("A", Some("B"), &["A", "B"])).unwrap(),
+            Next::Install
+        );
+        // Installed and switched, cut before the journal said so, rebooted: the trial runs.
+        assert_eq!(
+            next(&writing, &pair("B", Some("B"), &["A", "B"])).unwrap(),
+            Next::Judge
+        );
+        let trial = record(Stage::Trial);
+        // Switched, not rebooted yet.
+        assert_eq!(
+            next(&trial, &pair("A", Some("B"), &["A", "B"])).unwrap(),
+            Next::Reboot
+        );
+        // The new slot came up.
+        assert_eq!(
+            next(&trial, &pair("B", Some("B"), &["A", "B"])).unwrap(),
+            Next::Judge
+        );
+        // The bootloader spent the try and went back.
+        assert_eq!(
+            next(&trial, &pair("A", Some("A"), &["A"])).unwrap(),
+            Next::FellBack
+        );
+        assert_eq!(
+            next(&trial, &pair("A", Some("B"), &["A"])).unwrap(),
+            Next::FellBack
+        );
+        // A commit is told to RAUC whenever the new slot runs (its tries back); a cut before
+        // RAUC was told is told again.
+        let committed = record(Stage::Committed);
+        for good in [&["A"][..], &["A", "B"]] {
+            assert_eq!(
+                next(&committed, &pair("B", Some("B"), good)).unwrap(),
+                Next::Done(vec![(Mark::Good, slot("B"))])
+            );
+        }
+        assert_eq!(
+            next(&committed, &pair("A", Some("A"), &["A"])).unwrap(),
+            Next::Done(vec![])
+        );
+        // A rollback: the new slot bad and the old one next, whatever was cut.
+        let rolled = record(Stage::RolledBack { reason: "r".into() });
+        assert_eq!(
+            next(&rolled, &pair("B", Some("B"), &["A", "B"])).unwrap(),
+            Next::Done(vec![(Mark::Bad, slot("B")), (Mark::Active, slot("A"))])
+        );
+        assert_eq!(
+            next(&rolled, &pair("B", Some("A"), &["A"])).unwrap(),
+            Next::Done(vec![(Mark::Bad, slot("B"))])
+        );
+    }
+}
