@@ -32,6 +32,9 @@ pub(crate) struct CampaignFigures {
     pub(crate) progress: Option<Progress>,
     /// Region → link class → bytes its vehicles fetched.
     pub(crate) bytes: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Share of the month's cellular budget → its reporting vehicles that had used at least
+    /// that much ([`crate::service::CELLULAR_BUDGET_SHARES`]).
+    pub(crate) cellular_budget_used: [(&'static str, u64); 4],
     /// Its vehicles' targets being signed or withdrawn in the background, if any.
     pub(crate) targets_job: Option<proto::director_api::TargetsJob>,
 }
@@ -123,6 +126,21 @@ impl Collector for Figures {
             }),
         )?;
         out.gauge(
+            "depotmesh_campaign_vehicles_cellular_budget_used",
+            "Vehicles of a campaign whose install report said they had used at least the share \
+             at_least of their month's cellular budget when the install ended (vehicles without \
+             a budget, or too old to say, are not counted).",
+            self.campaigns
+                .iter()
+                .filter(|campaign| campaign.progress.is_some())
+                .flat_map(|campaign| {
+                    let id = campaign.id.as_str();
+                    campaign
+                        .cellular_budget_used
+                        .map(|(share, count)| ([("campaign", id), ("at_least", share)], count))
+                }),
+        )?;
+        out.gauge(
             "depotmesh_campaign_targets_job_vehicles",
             "Vehicles whose director targets the campaign's background work signs (work=sign) or \
              withdraws (work=withdraw), by status: due (waiting), done, failed.",
@@ -185,6 +203,7 @@ mod tests {
                 "eu \"north\"".to_owned(),
                 BTreeMap::from([("cellular".to_owned(), 4096), ("yard-wifi".to_owned(), 1)]),
             )]),
+            cellular_budget_used: [("0.5", 3), ("0.8", 2), ("0.9", 1), ("1", 0)],
             targets_job: (id == "b-running").then_some(proto::director_api::TargetsJob {
                 work: proto::director_api::TargetsWork::Sign,
                 due: 3,
@@ -230,7 +249,7 @@ mod tests {
 
         let parsed = openmetrics_parser::prometheus::parse_prometheus(&text)
             .unwrap_or_else(|error| panic!("{error}:\n{text}"));
-        let expected: [(&str, &str, &[&str], usize); 8] = [
+        let expected: [(&str, &str, &[&str], usize); 9] = [
             (
                 "depotmesh_director_refusals_total",
                 "counter",
@@ -275,6 +294,12 @@ mod tests {
                 &["campaign", "status", "work"],
                 3,
             ),
+            (
+                "depotmesh_campaign_vehicles_cellular_budget_used",
+                "gauge",
+                &["at_least", "campaign"],
+                16,
+            ),
         ];
         assert_eq!(parsed.families.len(), expected.len(), "{text}");
         for (name, kind, labels, samples) in expected {
@@ -292,6 +317,7 @@ mod tests {
             "depotmesh_campaign_bytes{campaign=\"b-running\",region=\"eu \\\"north\\\"\",link=\"cellular\"} 4096\n",
             "depotmesh_campaign_time_to_update_seconds{campaign=\"b-running\",quantile=\"0.9\"} 90\n",
             "depotmesh_campaign_targets_job_vehicles{campaign=\"b-running\",work=\"sign\",status=\"due\"} 3\n",
+            "depotmesh_campaign_vehicles_cellular_budget_used{campaign=\"c-halted\",at_least=\"0.9\"} 1\n",
         ] {
             assert!(text.contains(sample), "{sample} in {text}");
         }

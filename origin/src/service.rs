@@ -27,9 +27,9 @@ use serde_json::{Value, json};
 
 use ed25519_dalek::VerifyingKey;
 use proto::director_api::{
-    ApprovalStatement, ApprovedAnswer, CampaignAction, CampaignStatus, CampaignsAnswer, DecisionAt,
-    InstallOutcome, InstallReport, ManifestAccepted, RenewMembership, RenewalStatement, RotateKeys,
-    Standing, TargetsJob, TargetsWork, spec_digest,
+    ApprovalStatement, ApprovedAnswer, CampaignAction, CampaignStatus, CampaignsAnswer,
+    CellularMonth, DecisionAt, InstallOutcome, InstallReport, ManifestAccepted, RenewMembership,
+    RenewalStatement, RotateKeys, Standing, TargetsJob, TargetsWork, spec_digest,
 };
 use proto::membership::{MemberRole, MembershipCert, SignedRevocations};
 use proto::{CampaignId, EcuSerial, Vin};
@@ -117,6 +117,10 @@ pub struct CampaignRecord {
     /// Every approver's signature: the approval's, and each resume's.
     #[serde(default)]
     pub signatures: Vec<Signed>,
+    /// Share of the month's cellular budget (a label of [`CELLULAR_BUDGET_SHARES`]) → the
+    /// reporting vehicles that had used at least that much when their install ended.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cellular_budget_used: BTreeMap<String, u64>,
     /// Reports counted since the record was last stored whole.
     #[serde(skip)]
     unsaved: u64,
@@ -134,7 +138,18 @@ struct Counted {
     region: String,
     /// Link class → bytes the vehicle fetched, as it reported them.
     bytes: BTreeMap<String, u64>,
+    /// Its cellular month when the install ended, as it reported it (none: no budget, or a
+    /// vehicle that does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cellular: Option<CellularMonth>,
 }
+
+/// The shares of their month's cellular budget at or above which a campaign's reporting
+/// vehicles are counted (`depotmesh_campaign_vehicles_cellular_budget_used`): label, numerator,
+/// denominator. Alerts pick the share they warn at; a vehicle at 100 % waits for next month
+/// for anything it may not fetch over WiFi.
+pub const CELLULAR_BUDGET_SHARES: [(&str, u64, u64); 4] =
+    [("0.5", 1, 2), ("0.8", 4, 5), ("0.9", 9, 10), ("1", 1, 1)];
 
 /// An entry of a campaign's log: a counted report, or a batch of background work on its
 /// vehicles' targets begun or done ([`crate::jobs`]). A report has no `batch` field, so a log
@@ -235,6 +250,13 @@ impl CampaignRecord {
         let region = self.bytes.entry(event.region.clone()).or_default();
         for (link, count) in &event.bytes {
             *region.entry(link.clone()).or_default() += count;
+        }
+        if let Some(month) = event.cellular {
+            for (share, numerator, denominator) in CELLULAR_BUDGET_SHARES {
+                if month.used_at_least(numerator, denominator) {
+                    *self.cellular_budget_used.entry(share.into()).or_default() += 1;
+                }
+            }
         }
         // It installed before a halt withdrew the release: its result counts all the same.
         self.withdrawn.remove(&event.vin);
@@ -911,6 +933,7 @@ impl Director {
                 decisions: Vec::new(),
                 logged: 0,
                 signatures: Vec::new(),
+                cellular_budget_used: BTreeMap::new(),
                 unsaved: 0,
             },
         );
@@ -1591,6 +1614,7 @@ impl Director {
                     .as_ref()
                     .map(|i| i.bytes.clone())
                     .unwrap_or_default(),
+                cellular: install.as_ref().and_then(|i| i.cellular),
             };
             // Checked first, so that what is logged is what counts.
             if let Some(campaign) = record.campaign.as_ref() {
@@ -1781,6 +1805,10 @@ impl Director {
                     id: id.clone(),
                     progress: record.campaign.as_ref().map(|c| c.progress(now)),
                     bytes: record.bytes.clone(),
+                    cellular_budget_used: CELLULAR_BUDGET_SHARES.map(|(share, ..)| {
+                        let count = record.cellular_budget_used.get(share);
+                        (share, count.copied().unwrap_or(0))
+                    }),
                     targets_job: self.targets_job(id),
                 })
                 .collect(),

@@ -679,6 +679,30 @@ pub struct InstallReport {
     /// Link class → bytes fetched for it.
     #[serde(default)]
     pub bytes: BTreeMap<String, u64>,
+    /// The vehicle's cellular month when the install ended, if it has a cellular budget: the
+    /// fleet sees from it which vehicles an update left with little cellular to spare (a
+    /// vehicle keeps its usage to itself otherwise). Absent in manifests of older vehicles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cellular: Option<CellularMonth>,
+}
+
+/// A vehicle's cellular use this month against its budget (`monthly_budget_bytes`), as its
+/// link policy counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellularMonth {
+    /// Bytes used this month (at most the budget: the policy stops there).
+    pub used_bytes: u64,
+    /// The month's budget, never 0 (a vehicle without one reports none).
+    pub budget_bytes: u64,
+}
+
+impl CellularMonth {
+    /// Whether at least `numerator / denominator` of the budget is used.
+    #[must_use]
+    pub fn used_at_least(&self, numerator: u64, denominator: u64) -> bool {
+        u128::from(self.used_bytes) * u128::from(denominator)
+            >= u128::from(self.budget_bytes) * u128::from(numerator)
+    }
 }
 
 #[cfg(test)]
@@ -705,6 +729,33 @@ mod tests {
             assert_eq!(serde_json::from_value::<Standing>(text).unwrap(), standing);
         }
         assert!(serde_json::from_value::<Standing>(json!({"state": "sleeping"})).is_err());
+    }
+
+    #[test]
+    fn an_install_report_carries_the_cellular_month_only_when_there_is_a_budget() {
+        let older = json!({"group": "director-v2", "outcome": "committed"});
+        let report: InstallReport = serde_json::from_value(older.clone()).unwrap();
+        assert_eq!(report.cellular, None);
+        assert!(!serde_json::to_value(&report).unwrap()["cellular"].is_object());
+        let month = CellularMonth {
+            used_bytes: 90,
+            budget_bytes: 100,
+        };
+        let mut newer = older;
+        newer["cellular"] = json!({"used_bytes": 90, "budget_bytes": 100});
+        let report: InstallReport = serde_json::from_value(newer.clone()).unwrap();
+        assert_eq!(report.cellular, Some(month));
+        assert_eq!(
+            serde_json::to_value(&report).unwrap()["cellular"],
+            newer["cellular"]
+        );
+        assert!(month.used_at_least(9, 10) && month.used_at_least(4, 5));
+        assert!(!month.used_at_least(1, 1));
+        let spent = CellularMonth {
+            used_bytes: u64::MAX,
+            budget_bytes: u64::MAX,
+        };
+        assert!(spent.used_at_least(1, 1));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::Context;
 use node::director_client::{ClientError, ClientTls, DirectorClient, Sender};
 use node::policy::LinkClass;
 use node::storage::Index;
-use proto::director_api::{InstallOutcome, InstallReport};
+use proto::director_api::{CellularMonth, InstallOutcome, InstallReport};
 use serde_json::json;
 
 use super::Daemon;
@@ -171,6 +171,17 @@ impl Daemon {
         Ok(())
     }
 
+    /// The month's cellular use against the budget, for the install report; none without a
+    /// budget (the vehicle never uses cellular).
+    fn cellular_month(&self, now: u64) -> Option<CellularMonth> {
+        let policy = self.agent.policy();
+        let budget_bytes = policy.config().monthly_budget;
+        (budget_bytes > 0).then(|| CellularMonth {
+            used_bytes: budget_bytes.saturating_sub(policy.remaining(now)),
+            budget_bytes,
+        })
+    }
+
     /// Reports an ended install once (the signed vehicle manifest under `reports/`) and frees
     /// its payloads. True when it had been reported at an earlier check.
     pub(super) fn conclude(
@@ -217,6 +228,7 @@ impl Daemon {
                 GroupDecision::RollBack { reason } => reason.clone(),
             },
             bytes: self.install_bytes(group)?,
+            cellular: self.cellular_month(now),
         };
         let manifest = proto::uptane::sign_vehicle_manifest(
             self.config.vin.as_str(),
