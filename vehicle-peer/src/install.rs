@@ -50,8 +50,8 @@ pub struct EcuConfig {
     pub installed: InstalledConfig,
     /// The two banks.
     pub banks: BanksConfig,
-    /// The U-Boot environment.
-    pub boot_env: BootEnvConfig,
+    /// The U-Boot environment (every kind of banks but `rauc`, whose bootloader RAUC drives).
+    pub boot_env: Option<BootEnvConfig>,
     /// The health check run in a freshly booted slot.
     pub health: HealthConfig,
 }
@@ -69,11 +69,11 @@ pub struct InstalledConfig {
 }
 
 /// The banks: two, `file` (simulated ECU) or `block` (partitions); or one, `remap` (a single
-/// bank with a spare area, [`crate::remap`]).
+/// bank with a spare area, [`crate::remap`]); or `rauc`: slots RAUC installs ([`crate::rauc`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BanksConfig {
-    /// `file`, `block` or `remap`.
+    /// `file`, `block`, `remap` or `rauc`.
     pub kind: String,
     /// Slot A's file or partition (`file`, `block`).
     #[serde(rename = "A")]
@@ -90,7 +90,16 @@ pub struct BanksConfig {
     pub block_size: Option<u32>,
     /// `remap`: bytes of spare area at the end of the device (before the two maps).
     pub spare_bytes: Option<u64>,
+    /// `rauc`: the class of RAUC slots that are the ECU's A/B pair (default `rootfs`).
+    pub class: Option<String>,
+    /// `rauc`: RAUC's system configuration (default: RAUC's own, `/etc/rauc/system.conf`).
+    pub rauc_conf: Option<PathBuf>,
+    /// `rauc`: the `rauc` client program (default: `rauc` on the PATH).
+    pub rauc_program: Option<PathBuf>,
 }
+
+/// The slot class of a `rauc` ECU unless configured.
+pub const DEFAULT_RAUC_CLASS: &str = "rootfs";
 
 /// Block size of a remapping bank unless configured.
 pub const DEFAULT_REMAP_BLOCK: u32 = 4096;
@@ -220,7 +229,54 @@ pub fn load_config(path: &Path) -> anyhow::Result<EcuConfig> {
     let config: EcuConfig =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let banks = &config.banks;
+    let rauc_keys =
+        banks.class.is_some() || banks.rauc_conf.is_some() || banks.rauc_program.is_some();
+    if banks.kind != "rauc" && rauc_keys {
+        bail!(
+            "{}: banks.class, banks.rauc_conf and banks.rauc_program are for kind = \"rauc\"",
+            path.display()
+        );
+    }
+    if (banks.kind == "rauc") != config.boot_env.is_none() {
+        if banks.kind == "rauc" {
+            bail!(
+                "{}: kind = \"rauc\" has no [boot_env]: RAUC switches the slots through its own \
+                 bootloader integration",
+                path.display()
+            );
+        }
+        bail!(
+            "{}: [boot_env] is required with kind = {:?}",
+            path.display(),
+            banks.kind
+        );
+    }
     match banks.kind.as_str() {
+        "rauc" => {
+            if banks.a.is_some()
+                || banks.b.is_some()
+                || banks.device.is_some()
+                || banks.spare_bytes.is_some()
+                || banks.block_size.is_some()
+            {
+                bail!(
+                    "{}: kind = \"rauc\" takes its slots from RAUC's system.conf: only \
+                     banks.class, banks.rauc_conf and banks.rauc_program",
+                    path.display()
+                );
+            }
+            let class = banks.class.as_deref().unwrap_or(DEFAULT_RAUC_CLASS);
+            if class.is_empty()
+                || !class
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                bail!(
+                    "{}: banks.class = {class:?} is not a RAUC slot class",
+                    path.display()
+                );
+            }
+        }
         "file" | "block" => {
             if banks.a.is_none() || banks.b.is_none() {
                 bail!(
@@ -254,7 +310,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<EcuConfig> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         }
         other => bail!(
-            "{}: banks.kind = {other:?}: must be \"file\", \"block\" or \"remap\"",
+            "{}: banks.kind = {other:?}: must be \"file\", \"block\", \"remap\" or \"rauc\"",
             path.display()
         ),
     }
@@ -318,34 +374,77 @@ pub fn open_ecu(config: &EcuConfig) -> anyhow::Result<ConfiguredEcu> {
 }
 
 fn open_ecu_with(config: &EcuConfig, format: bool) -> anyhow::Result<ConfiguredEcu> {
+    let Some(boot_env) = &config.boot_env else {
+        bail!(
+            "ECU {} is installed by RAUC (banks.kind = \"rauc\"): the agent (`vehicle-peer \
+             --config`) drives it",
+            config.serial
+        );
+    };
     let banks = open_banks(config, format)?;
     let env = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&config.boot_env.path)
-        .with_context(|| format!("opening boot_env.path {}", config.boot_env.path.display()))?;
+        .open(&boot_env.path)
+        .with_context(|| format!("opening boot_env.path {}", boot_env.path.display()))?;
     let layout = EnvLayout {
-        size: config.boot_env.size,
-        first: config.boot_env.first,
-        second: config.boot_env.second,
+        size: boot_env.size,
+        first: boot_env.first,
+        second: boot_env.second,
     };
     let boot = UbootBoot::new(EnvStore::new(env, layout)?, vec![slot("A")?, slot("B")?]);
-    let key = std::fs::read_to_string(&config.key_file)
-        .with_context(|| format!("reading key_file {}", config.key_file.display()))?;
-    let key = proto::tuf::signer::KeyPair::parse(&key)
-        .with_context(|| format!("key_file {}", config.key_file.display()))?;
     Ok(Ecu {
         serial: config.serial.to_string(),
         hardware_id: config.hardware_id.clone(),
-        key,
-        installed: Some(InstalledImage {
-            target: config.installed.target.clone(),
-            sha256: config.installed.sha256.clone(),
-            release_counter: config.installed.release_counter,
-        }),
+        key: read_ecu_key(config)?,
+        installed: Some(installed_image(config)),
         banks,
         boot,
     })
+}
+
+fn read_ecu_key(config: &EcuConfig) -> anyhow::Result<proto::tuf::signer::KeyPair> {
+    let key = std::fs::read_to_string(&config.key_file)
+        .with_context(|| format!("reading key_file {}", config.key_file.display()))?;
+    proto::tuf::signer::KeyPair::parse(&key)
+        .with_context(|| format!("key_file {}", config.key_file.display()))
+}
+
+fn installed_image(config: &EcuConfig) -> InstalledImage {
+    InstalledImage {
+        target: config.installed.target.clone(),
+        sha256: config.installed.sha256.clone(),
+        release_counter: config.installed.release_counter,
+    }
+}
+
+/// Opens an ECU whose slots RAUC installs (`banks.kind = "rauc"`): RAUC must answer `rauc
+/// status` with an A/B pair of the configured class.
+pub fn open_rauc_ecu(config: &EcuConfig) -> anyhow::Result<crate::rauc::RaucEcu> {
+    if config.banks.kind != "rauc" {
+        bail!("ECU {} is not installed by RAUC", config.serial);
+    }
+    let ecu = crate::rauc::RaucEcu {
+        serial: config.serial.to_string(),
+        hardware_id: config.hardware_id.clone(),
+        key: read_ecu_key(config)?,
+        installed: Some(installed_image(config)),
+        class: config
+            .banks
+            .class
+            .clone()
+            .unwrap_or_else(|| DEFAULT_RAUC_CLASS.to_string()),
+        rauc: crate::rauc::Rauc {
+            program: config
+                .banks
+                .rauc_program
+                .clone()
+                .unwrap_or_else(|| crate::rauc::Rauc::default().program),
+            conf: config.banks.rauc_conf.clone(),
+        },
+    };
+    ecu.pair()?;
+    Ok(ecu)
 }
 
 /// `vehicle-peer boot`: the bootloader's step on a file-backed ECU (with `provision`, first a

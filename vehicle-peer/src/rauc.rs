@@ -569,7 +569,7 @@ pub fn step<J: Index>(
             match health(&to) {
                 Ok(()) => conclude(group, ecu, journal, record, GroupDecision::Commit),
                 Err(reason) => {
-                    let reason = format!("ECU {}: {reason}", ecu.serial);
+                    let reason = format!("ECU {}: health check failed: {reason}", ecu.serial);
                     conclude(
                         group,
                         ecu,
@@ -582,8 +582,9 @@ pub fn step<J: Index>(
         }
         Next::FellBack => {
             let reason = format!(
-                "ECU {}: the trial boot of slot {} did not come up; the bootloader went back to {}",
-                ecu.serial, record.to, pair.booted
+                "ECU {}: boot tries exhausted: the new software did not come up (RAUC booted {} \
+                 again, not {})",
+                ecu.serial, pair.booted, record.to
             );
             conclude(
                 group,
@@ -603,6 +604,22 @@ pub fn step<J: Index>(
             })
         }
     }
+}
+
+/// At every start of the agent outside a trial: the slot that runs is marked good, as RAUC's
+/// own `mark-good` service would (RAUC's bootloader integrations spend a try at every boot).
+/// During a trial nothing is marked: the health check decides. Returns the slot marked.
+pub fn mark_booted_good<J: Index>(ecu: &RaucEcu, journal: &J) -> Result<Option<Slot>, FlashError> {
+    let pair = ecu.pair()?;
+    let in_trial = journaled(journal, &ecu.serial)?.is_some_and(|record| {
+        matches!(record.stage, Stage::Trial)
+            || (matches!(record.stage, Stage::Writing { .. }) && record.to == pair.booted.as_str())
+    });
+    if in_trial {
+        return Ok(None);
+    }
+    ecu.mark(&pair, Mark::Good, &pair.booted)?;
+    Ok(Some(pair.booted))
 }
 
 /// Checks the bundle, hands it to RAUC, makes sure RAUC boots the new slot next, journals the

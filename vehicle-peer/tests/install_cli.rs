@@ -323,6 +323,46 @@ fn bad_configurations_and_arguments_are_refused_by_name() {
         err.contains("neither map copy checks") && err.contains("boot --provision"),
         "{err}"
     );
+    // An ECU RAUC installs has no banks or environment of its own, and this command does
+    // not drive it (the agent does).
+    let rauc = |banks: &str, env: bool| {
+        let start = config.find("[banks]").unwrap();
+        let env_at = config.find("[boot_env]").unwrap();
+        let health = config.find("[health]").unwrap();
+        format!(
+            "{}[banks]\n{banks}\n{}{}",
+            &config[..start],
+            if env { &config[env_at..health] } else { "" },
+            &config[health..]
+        )
+    };
+    let err = bad("rauc-env.toml", rauc("kind = \"rauc\"", true));
+    assert!(err.contains("kind = \"rauc\" has no [boot_env]"), "{err}");
+    let err = bad(
+        "rauc-banks.toml",
+        rauc("kind = \"rauc\"\nA = \"/a\"", false),
+    );
+    assert!(err.contains("only banks.class, banks.rauc_conf"), "{err}");
+    let err = bad(
+        "rauc-class.toml",
+        rauc("kind = \"rauc\"\nclass = \"root fs\"", false),
+    );
+    assert!(err.contains("not a RAUC slot class"), "{err}");
+    let err = bad(
+        "file-class.toml",
+        config.replace("kind = \"file\"", "kind = \"file\"\nclass = \"rootfs\""),
+    );
+    assert!(err.contains("are for kind = \"rauc\""), "{err}");
+    let err = bad(
+        "file-no-env.toml",
+        rauc("kind = \"file\"\nA = \"/a\"\nB = \"/b\"", false),
+    );
+    assert!(
+        err.contains("[boot_env] is required with kind = \"file\""),
+        "{err}"
+    );
+    let err = bad("rauc.toml", rauc("kind = \"rauc\"", false));
+    assert!(err.contains("installed by RAUC"), "{err}");
     let err = bad("missing.toml", config.replace("serial = \"BRK-1\"\n", ""));
     assert!(err.contains("missing field `serial`"), "{err}");
     let err = bad(

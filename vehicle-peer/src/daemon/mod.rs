@@ -41,7 +41,7 @@ use crate::agent::{Action, Agent};
 use crate::boot::Slot;
 use crate::config::{BootMode, LinkSource, VehicleConfig};
 use crate::flasher::{GroupDecision, Outcome, running_image};
-use crate::install::{EcuConfig, load_config, open_ecu};
+use crate::install::{EcuConfig, load_config, open_ecu, open_rauc_ecu};
 
 mod payloads;
 mod refresh;
@@ -76,6 +76,8 @@ pub struct Daemon {
     ecu_configs: Vec<EcuConfig>,
     ecus: Vec<crate::install::ConfiguredEcu>,
     booted: Vec<Slot>,
+    /// The vehicle's ECU whose slots RAUC installs, if it has one (then its only ECU).
+    rauc: Option<crate::rauc::RaucEcu>,
     journal: SledIndex,
     /// The decisions: [`crate::agent`], with the link policy and the month's usage.
     agent: Agent,
@@ -137,8 +139,25 @@ impl Daemon {
                 bail!("ecus: ECU {} is configured twice", ecu.serial);
             }
         }
+        let rauc = match ecu_configs.iter().find(|c| c.banks.kind == "rauc") {
+            Some(ecu) if ecu_configs.len() > 1 => bail!(
+                "ecus: ECU {} is installed by RAUC and must be the vehicle's only ECU: one \
+                 install across RAUC's slots and depotmesh's own banks is not all-or-nothing",
+                ecu.serial
+            ),
+            Some(ecu) if config.boot == BootMode::Simulated => bail!(
+                "ECU {} is installed by RAUC: it needs boot.mode = \"reboot\" (RAUC's \
+                 bootloader integration starts the trial)",
+                ecu.serial
+            ),
+            Some(ecu) => Some(
+                open_rauc_ecu(ecu).with_context(|| format!("opening ECU {} (RAUC)", ecu.serial))?,
+            ),
+            None => None,
+        };
         let mut ecus = ecu_configs
             .iter()
+            .filter(|ecu| ecu.banks.kind != "rauc")
             .map(|ecu| open_ecu(ecu).with_context(|| format!("opening ECU {}", ecu.serial)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let journal_dir = config.data_dir.join("flasher");
@@ -155,6 +174,8 @@ impl Daemon {
                         .with_context(|| format!("booting simulated ECU {}", ecu.serial))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?,
+            // RAUC says which slot runs, when it is asked (`RaucEcu::pair`).
+            BootMode::Reboot(_) if rauc.is_some() => Vec::new(),
             BootMode::Reboot(_) => {
                 let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
                 vec![crate::bank::running_slot(&cmdline).context(
@@ -210,6 +231,7 @@ impl Daemon {
             ecu_configs,
             ecus,
             booted,
+            rauc,
             journal,
             agent: Agent::new(policy),
             check_state: CheckState::default(),
@@ -218,6 +240,15 @@ impl Daemon {
         };
         // A merge a power cut interrupted goes on.
         daemon.merge_all();
+        if let Some(ecu) = &daemon.rauc {
+            match crate::rauc::mark_booted_good(ecu, &daemon.journal) {
+                Ok(Some(slot)) => tracing::info!(ecu = ecu.serial, %slot, "RAUC slot marked good"),
+                Ok(None) => tracing::info!(ecu = ecu.serial, "RAUC trial in progress"),
+                Err(error) => {
+                    tracing::error!(ecu = ecu.serial, "marking the booted slot good: {error}")
+                }
+            }
+        }
         Ok(daemon)
     }
 
@@ -375,11 +406,39 @@ impl Daemon {
                 entry
             });
         }
+        if let Some(ecu) = &self.rauc {
+            let running = self.running_image_of_rauc(ecu);
+            let pair = ecu.pair();
+            ecus.insert(
+                ecu.serial.clone(),
+                json!({
+                    "slot": pair.as_ref().ok().map(|p| p.booted.as_str().to_string()),
+                    "image": running.as_ref().map(|r| r.target.clone()),
+                    "release_counter": running.as_ref().map(|r| r.release_counter),
+                    "rauc": match &pair {
+                        Ok(pair) => json!({
+                            "primary": pair.primary.as_ref().map(Slot::as_str),
+                            "good": pair.good.iter().map(Slot::as_str).collect::<Vec<_>>(),
+                        }),
+                        Err(error) => json!({"error": error.to_string()}),
+                    },
+                }),
+            );
+        }
         self.status["ecus"] = Value::Object(ecus);
         let path = self.config.data_dir.join("status.json");
         if let Err(error) = node::storage::replace_file(&path, self.status.to_string().as_bytes()) {
             tracing::warn!(%error, "writing {}", path.display());
         }
+    }
+
+    fn running_image_of_rauc(
+        &self,
+        ecu: &crate::rauc::RaucEcu,
+    ) -> Option<crate::flasher::InstalledImage> {
+        crate::flasher::running_image_of(&ecu.serial, ecu.installed.as_ref(), &self.journal)
+            .ok()
+            .flatten()
     }
 
     /// The link now, from the configuration or the probe command.

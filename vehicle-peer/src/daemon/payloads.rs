@@ -88,9 +88,17 @@ impl Daemon {
 
     /// The payloads out of the store (verified again on the way) into `payloads/`, opened.
     fn payload_files(&self, payloads: &[Payload]) -> anyhow::Result<Vec<fs::File>> {
+        self.payload_paths(payloads)?
+            .iter()
+            .map(|path| fs::File::open(path).with_context(|| format!("opening {}", path.display())))
+            .collect()
+    }
+
+    /// The payloads out of the store (verified again on the way) into `payloads/`.
+    fn payload_paths(&self, payloads: &[Payload]) -> anyhow::Result<Vec<std::path::PathBuf>> {
         let dir = self.config.data_dir.join("payloads");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut files = Vec::new();
+        let mut paths = Vec::new();
         for payload in payloads {
             let blob = payload.blob.id;
             let path = dir.join(blob.to_string());
@@ -100,11 +108,50 @@ impl Daemon {
                     .export_to_file(&blob, &path)
                     .with_context(|| format!("exporting {blob} to {}", path.display()))?;
             }
-            files.push(
-                fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?,
-            );
+            paths.push(path);
         }
-        Ok(files)
+        Ok(paths)
+    }
+
+    /// One step of installing the bundle of the vehicle's RAUC ECU ([`crate::rauc::step`]),
+    /// with the ECU's configured health check.
+    fn install_rauc(
+        &self,
+        ecu: &crate::rauc::RaucEcu,
+        group: &str,
+        payloads: &[Payload],
+    ) -> anyhow::Result<Outcome> {
+        let [payload] = payloads else {
+            anyhow::bail!(
+                "install {group}: {} payloads for the one RAUC ECU",
+                payloads.len()
+            );
+        };
+        let approved = self
+            .check_state
+            .approved
+            .get(payload.ecu)
+            .context("a payload names an ECU the refresh did not approve")?;
+        let config = self
+            .ecu_configs
+            .iter()
+            .find(|c| c.serial.as_str() == ecu.serial)
+            .context("the RAUC ECU has no configuration")?;
+        let mut check = CommandCheck {
+            program: config.health.command[0].clone(),
+            args: config.health.command[1..].to_vec(),
+            timeout: Duration::from_secs(config.health.timeout_secs),
+        };
+        let bundle = self.payload_paths(payloads)?.remove(0);
+        crate::rauc::step(
+            group,
+            ecu,
+            approved,
+            &bundle,
+            &self.journal,
+            &mut |slot: &Slot| check.check(slot),
+        )
+        .with_context(|| format!("install {group}"))
     }
 
     /// One step of the vehicle install `group` with `payloads`: the flasher's verdict.
@@ -118,6 +165,9 @@ impl Daemon {
                 bytes = payload.blob.length,
                 "install step"
             );
+        }
+        if let Some(ecu) = &self.rauc {
+            return self.install_rauc(ecu, group, payloads);
         }
         let files = self.payload_files(payloads)?;
         let approved = &self.check_state.approved;

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use node::policy::Priority;
 use node::tuf_mesh::{MeshRemote, MeshUpdater};
 use proto::custom::{DirectorCustom, ImageCustom};
@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::Daemon;
 use crate::agent::{Blob, DeltaOffer, EcuFacts, Image, Verified};
-use crate::flasher::{Stage, group_decision, journaled, running_image};
+use crate::flasher::{Stage, group_decision, journaled, running_image, running_image_of};
 
 /// The image repository's deltas to one approved image: source target name → the delta and
 /// the source's signed SHA-256.
@@ -44,6 +44,17 @@ impl Daemon {
         for ecu in &self.ecus {
             let installed =
                 running_image(ecu, &self.journal)?.context("an ECU does not know what it runs")?;
+            states.insert(
+                ecu.serial.clone(),
+                EcuState {
+                    hardware_id: ecu.hardware_id.clone(),
+                    installed_release_counter: installed.release_counter,
+                },
+            );
+        }
+        if let Some(ecu) = &self.rauc {
+            let installed = running_image_of(&ecu.serial, ecu.installed.as_ref(), &self.journal)?
+                .context("an ECU does not know what it runs")?;
             states.insert(
                 ecu.serial.clone(),
                 EcuState {
@@ -156,13 +167,26 @@ impl Daemon {
         deltas: &Deltas,
         compressed: Option<(proto::BlobId, u64)>,
     ) -> anyhow::Result<(usize, EcuFacts)> {
-        let index = self
-            .ecus
-            .iter()
-            .position(|e| e.serial == a.ecu_serial())
-            .context("the director names an ECU this vehicle does not have")?;
-        let running = running_image(&self.ecus[index], &self.journal)?
-            .context("an ECU does not know what it runs")?;
+        let rauc = self.rauc.as_ref().filter(|e| e.serial == a.ecu_serial());
+        let (index, running) = match (
+            self.ecus.iter().position(|e| e.serial == a.ecu_serial()),
+            rauc,
+        ) {
+            (Some(index), _) => (index, running_image(&self.ecus[index], &self.journal)?),
+            // RAUC's ECU is no index of `ecus`; the install takes it by itself.
+            (None, Some(ecu)) => (
+                self.ecus.len(),
+                running_image_of(&ecu.serial, ecu.installed.as_ref(), &self.journal)?,
+            ),
+            (None, None) => bail!("the director names an ECU this vehicle does not have"),
+        };
+        let running = running.context("an ECU does not know what it runs")?;
+        // A RAUC bundle is installed whole: RAUC reads it, not a delta of it.
+        let (deltas, compressed) = if rauc.is_some() {
+            (&Deltas::new(), None)
+        } else {
+            (deltas, compressed)
+        };
         let in_flight = journaled(&self.journal, a.ecu_serial())?.is_some_and(|r| {
             Some(r.blake3) == a.blake3()
                 && !matches!(r.stage, Stage::Committed | Stage::RolledBack { .. })

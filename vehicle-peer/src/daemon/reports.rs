@@ -204,15 +204,25 @@ impl Daemon {
             return Ok(true);
         }
         let nonce = format!("{group}@{now}");
-        let reports = self
+        let mut reports = self
             .ecus
             .iter()
             .map(|ecu| version_report(ecu, &self.journal, &nonce))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(ecu) = &self.rauc {
+            reports.push(crate::flasher::version_report_of(
+                &ecu.serial,
+                ecu.installed.as_ref(),
+                &ecu.key,
+                &self.journal,
+                &nonce,
+            )?);
+        }
         let primary = self
             .ecus
             .first()
             .map(|e| e.serial.clone())
+            .or_else(|| self.rauc.as_ref().map(|e| e.serial.clone()))
             .unwrap_or_default();
         let install = InstallReport {
             group: group.to_string(),
