@@ -1,6 +1,6 @@
 //! Where a role's key is kept: a directory of key files ([`crate::keys`]) or a PKCS #11 token
 //! ([`crate::pkcs11`]), named by a key reference: a path, or a `pkcs11:` URI (RFC 7512). Both
-//! hold each key under the same name (`image-root`: the file `image-root.json`, or the token
+//! hold each key under the same name (`image-root`: the file `image-root.key.json`, or the token
 //! object labelled `image-root`), make new keys, and retire a rotated one under
 //! `<name>.retired-v<N>` without destroying it.
 
@@ -156,8 +156,17 @@ impl KeyStore {
         Ok(Some(opened.get_or_init(|| token)))
     }
 
+    /// The file of key `name`: `<name>.key.json`, so that a root key on the offline stick is never
+    /// taken for the root metadata depots and vehicles start from (`image-root.json`); a store
+    /// made before keeps its `<name>.json` files, read and renamed as they are.
     fn file(dir: &Path, name: &str) -> PathBuf {
-        dir.join(format!("{name}.json"))
+        let file = dir.join(format!("{name}.key.json"));
+        let before = dir.join(format!("{name}.json"));
+        if !file.exists() && before.exists() {
+            before
+        } else {
+            file
+        }
     }
 
     /// Whether the store holds a key `name`.
@@ -214,7 +223,8 @@ impl KeyStore {
         match (self, self.token()?) {
             (_, Some(token)) => Ok(token.relabel(name, new_name)?),
             (Self::Dir(dir), None) => {
-                let (from, to) = (Self::file(dir, name), Self::file(dir, new_name));
+                let to = dir.join(format!("{new_name}.key.json"));
+                let from = Self::file(dir, name);
                 if to.exists() {
                     bail!("{} exists; refusing to overwrite a key", to.display());
                 }
@@ -229,5 +239,33 @@ impl KeyStore {
     /// `<name>.retired-v<version>`.
     pub fn retire(&self, name: &str, version: u64) -> anyhow::Result<()> {
         self.rename(name, &format!("{name}.retired-v{version}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn key_files_are_named_apart_from_metadata_and_older_names_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::Dir(dir.path().to_path_buf());
+        store.create("image-root", KeyType::Ed25519).unwrap();
+        assert!(dir.path().join("image-root.key.json").exists());
+        assert!(!dir.path().join("image-root.json").exists());
+        // A store made before: `<name>.json`, loaded, and retired under the new name.
+        keys::create_pair(&dir.path().join("director-root.json"), KeyType::Ed25519).unwrap();
+        assert!(store.contains("director-root").unwrap());
+        store.load("director-root").unwrap();
+        assert!(store.create("director-root", KeyType::Ed25519).is_err());
+        store.retire("director-root", 1).unwrap();
+        assert!(
+            dir.path()
+                .join("director-root.retired-v1.key.json")
+                .exists()
+        );
+        assert!(!store.contains("director-root").unwrap());
     }
 }

@@ -175,11 +175,12 @@ fn release_rotate_and_verify_as_a_vehicle_sees_it() {
     let run = f.origin(&["init"]);
     assert!(run.ok, "{}", run.stderr);
     assert!(
-        f.offline.join("image-root.json").exists() && f.offline.join("image-targets.json").exists()
+        f.offline.join("image-root.key.json").exists()
+            && f.offline.join("image-targets.key.json").exists()
     );
-    assert!(f.dir.join("keys/image-timestamp.json").exists());
+    assert!(f.dir.join("keys/image-timestamp.key.json").exists());
     assert!(
-        !f.dir.join("keys/image-root.json").exists(),
+        !f.dir.join("keys/image-root.key.json").exists(),
         "an offline key on the origin"
     );
     let run = f.origin(&["verify"]);

@@ -215,7 +215,7 @@ fn a_targets_version_signed_with_its_key_but_not_yet_published_is_built_on() {
     let metadata = f.metadata("image");
     let mut next = read_json(&metadata.join("2.targets.json"))["signed"].clone();
     next["version"] = json!(3);
-    let key = origin::keys::load(&f.work.path().join("usb/image-targets.json")).unwrap();
+    let key = origin::keys::load(&f.work.path().join("usb/image-targets.key.json")).unwrap();
     let bytes = proto::tuf::build::sign(&next, &[&key]).unwrap();
     std::fs::write(metadata.join("3.targets.json"), bytes).unwrap();
     let released = f.release("ecu/fw-2.bin", 2).unwrap();
