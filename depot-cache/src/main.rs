@@ -10,15 +10,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Threads that serve the yard. One thread served one vehicle 20 % faster on loopback than
-    /// two, at less CPU per byte, and moves ~300 MB/s: more than a yard's WiFi. More threads
-    /// spread encryption over more cores for a depot with many vehicles on a faster network.
-    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    threads: u16,
     /// Run the depot as a service from this configuration file (see config/depot.toml): serve
-    /// the yard, prefetch on schedule, report on /metrics and /status. `threads` comes from the
-    /// file.
-    #[arg(long, conflicts_with = "threads")]
+    /// the yard, prefetch on schedule, report on /metrics and /status.
+    #[arg(long)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -56,6 +50,12 @@ enum Command {
         /// The cache's data directory (store and identity; created if missing).
         #[arg(long)]
         data_dir: PathBuf,
+        /// Threads that serve the yard. One thread served one vehicle 20 % faster on loopback
+        /// than two, at less CPU per byte, and moves ~300 MB/s: more than a yard's WiFi. More
+        /// threads spread encryption over more cores for a depot with many vehicles on a faster
+        /// network.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: u16,
         /// Address to listen on. Repeatable.
         #[arg(long, default_value = "/ip4/0.0.0.0/udp/0/quic-v1", value_parser = node::net::parse_multiaddr)]
         listen: Vec<libp2p::Multiaddr>,
@@ -122,9 +122,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The service says what it decides (one line each: prefetch runs, relays, peers); a command
+    // prints its answer and only warnings. RUST_LOG overrides both.
+    let default = if cli.config.is_some() {
+        "warn,depot_cache=info,node=info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -208,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve {
             data_dir,
+            threads,
             listen,
             no_mdns,
             mesh,
@@ -220,7 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir,
                 listen,
                 mdns: !no_mdns,
-                threads: cli.threads,
+                threads,
                 cap_bytes: None,
                 http: None,
                 seeding: Some(node::seeding::SeedConfig::default()),
@@ -232,8 +241,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 relay: None,
                 mesh: Some(mesh.section()?),
             };
-            let runtime = node::runtime::build_tokio(Some(cli.threads))
-                .context("starting the async runtime")?;
+            let runtime =
+                node::runtime::build_tokio(Some(threads)).context("starting the async runtime")?;
             runtime.block_on(depot_cache::daemon::run(config))?;
             Ok(ExitCode::SUCCESS)
         }

@@ -17,15 +17,10 @@ use proto::BlobId;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Threads that run the network, verification and storage. One thread moved the most bytes
-    /// per second and per CPU-second in every measurement (docs/measurements.md) and leaves the
-    /// gateway's other cores to the vehicle.
-    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    threads: u16,
     /// Run the vehicle's update agent from this configuration file (see config/vehicle.toml):
     /// check the director's assignment through the depot, download as the link policy allows,
-    /// install with the flasher, report. `threads` comes from the file.
-    #[arg(long, conflicts_with = "threads")]
+    /// install with the flasher, report.
+    #[arg(long)]
     config: Option<PathBuf>,
     /// With --config: one check (continued through simulated reboots), print the status as
     /// JSON and exit; for a systemd timer instead of the service, and for tests.
@@ -55,6 +50,11 @@ struct NodeArgs {
     /// The fleet this peer belongs to (the service's `[mesh]` section).
     #[command(flatten)]
     mesh: node::mesh_config::MeshArgs,
+    /// Threads that run the network, verification and storage. One thread moved the most bytes
+    /// per second and per CPU-second in every measurement (docs/measurements.md) and leaves the
+    /// gateway's other cores to the vehicle.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,13 +196,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    // The agent says what it decides (one line each: fetches with their bytes and peers,
+    // install steps, reports); a command prints its answer and only warnings. RUST_LOG
+    // overrides both.
+    let default = if cli.config.is_some() {
+        "warn,vehicle_peer=info,node=info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut cli = Cli::parse();
     let command = match (cli.command.take(), &cli.config) {
         (Some(_), Some(_)) => {
             eprintln!("vehicle-peer: give either --config FILE or a command, not both");
@@ -217,10 +226,11 @@ fn main() -> ExitCode {
         (None, Some(path)) => return agent(path, cli.once),
         (Some(command), None) => command,
     };
-    let cli = Args {
-        threads: cli.threads,
-        command,
+    let threads = match &command {
+        Command::Fetch { node, .. } | Command::Get { node, .. } => node.threads,
+        _ => 1,
     };
+    let cli = Args { threads, command };
     if let Command::ApplyDelta {
         from,
         delta,
@@ -299,6 +309,7 @@ fn main() -> ExitCode {
                 listen,
                 no_mdns,
                 mesh,
+                ..
             },
         root,
         repository,
@@ -351,6 +362,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
                     listen,
                     no_mdns,
                     mesh,
+                    ..
                 },
             size,
             stall_timeout,

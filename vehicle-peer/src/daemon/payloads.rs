@@ -40,6 +40,15 @@ impl Daemon {
             // One piece a request whatever the peers: the margin counts pieces.
             options.transfer.max_pieces_per_request = 1;
         }
+        tracing::info!(
+            group,
+            payload = fetch.kind.name(),
+            %blob,
+            length = fetch.blob.length,
+            metered = fetch.metered,
+            allowance = fetch.allowance,
+            "fetching"
+        );
         let mut received = 0u64;
         let mut events = self.hub.subscribe();
         let result = self.runtime.block_on(node::fetch::fetch(
