@@ -20,6 +20,7 @@ pub mod delta;
 pub mod flasher;
 pub mod install;
 pub mod mesh;
+pub mod provision;
 pub mod rauc;
 pub mod remap;
 pub mod simulated;

@@ -193,6 +193,52 @@ enum Command {
         #[arg(long)]
         provision: bool,
     },
+    /// Make a bench vehicle in one step in DIR: fresh primary and ECU keys (the format the
+    /// configuration reads), file-backed banks with each ECU's image in bank A, the root
+    /// metadata copied and checked, vehicle.toml (simulated boots) and registration.toml for
+    /// `origin vehicle register --file`. Prints what it made and what to run next.
+    Provision {
+        /// The directory to make the vehicle in.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The vehicle's VIN.
+        #[arg(long)]
+        vin: String,
+        /// An ECU: SERIAL:HARDWARE_ID:TARGET:IMAGE_FILE[:RELEASE_COUNTER] (what it runs now).
+        /// Repeatable; the first is the primary.
+        #[arg(long = "ecu", required = true)]
+        ecus: Vec<vehicle_peer::provision::EcuSpec>,
+        /// The image repository's root metadata (`origin root image --out FILE`).
+        #[arg(long)]
+        image_root: PathBuf,
+        /// The director's root metadata (`origin root director --out FILE`).
+        #[arg(long)]
+        director_root: PathBuf,
+        /// The depot (then other peers) as a multiaddr with `/p2p/<peer id>`. Repeatable.
+        #[arg(long = "peer", value_parser = net::parse_multiaddr)]
+        peers: Vec<libp2p::Multiaddr>,
+        /// Address the vehicle listens on. Repeatable.
+        #[arg(long, default_value = "/ip4/0.0.0.0/udp/0/quic-v1", value_parser = net::parse_multiaddr)]
+        listen: Vec<libp2p::Multiaddr>,
+        /// Do not look for neighbours on the LAN with mDNS.
+        #[arg(long)]
+        no_mdns: bool,
+        /// Bytes of each bank (default: twice the largest image, at least 2 MiB).
+        #[arg(long)]
+        bank_bytes: Option<u64>,
+        /// Region, for the registration.
+        #[arg(long, default_value = "bench")]
+        region: String,
+        /// Vehicle type, for the registration.
+        #[arg(long, default_value = "bench")]
+        vehicle_type: String,
+        /// Home depot, for the registration.
+        #[arg(long, default_value = "bench-depot")]
+        home_depot: String,
+        /// The fleet the vehicle belongs to (its `[mesh]` section).
+        #[command(flatten)]
+        mesh: node::mesh_config::MeshArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -277,6 +323,41 @@ fn main() -> ExitCode {
             ecu_config,
             provision,
         } => return summary_or_error(vehicle_peer::install::boot(ecu_config, *provision)),
+        Command::Provision {
+            dir,
+            vin,
+            ecus,
+            image_root,
+            director_root,
+            peers,
+            listen,
+            no_mdns,
+            bank_bytes,
+            region,
+            vehicle_type,
+            home_depot,
+            mesh,
+        } => {
+            let made = mesh
+                .section()
+                .map_err(anyhow::Error::from)
+                .and_then(|mesh| {
+                    vehicle_peer::provision::provision(&vehicle_peer::provision::ProvisionArgs {
+                        dir,
+                        vin,
+                        peers,
+                        listen,
+                        mdns: !*no_mdns,
+                        image_root,
+                        director_root,
+                        ecus,
+                        bank_bytes: *bank_bytes,
+                        mesh: &mesh,
+                        registry: (region, vehicle_type, home_depot),
+                    })
+                });
+            return summary_or_error(made);
+        }
         Command::Identity { data_dir } => {
             return match node::identity::load_or_create(data_dir) {
                 Ok(keypair) => {
@@ -500,6 +581,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
         Command::ApplyDelta { .. }
         | Command::Install { .. }
         | Command::Boot { .. }
+        | Command::Provision { .. }
         | Command::Identity { .. } => {
             anyhow::bail!("this command runs outside the async runtime")
         }
