@@ -69,8 +69,16 @@ pub enum KeyPairError {
     )]
     NotPkcs8,
     /// Neither a PEM block nor an ed25519 seed.
-    #[error("neither a 32-byte ed25519 seed in hex nor a PEM PRIVATE KEY (PKCS #8)")]
+    #[error(
+        "neither a 32-byte ed25519 seed in hex, a PEM PRIVATE KEY (PKCS #8) nor a key file of `origin keygen`"
+    )]
     NotASeed,
+    /// JSON, but not a key file with `keyval.private`.
+    #[error("JSON but not a key file of `origin keygen` (no keyval.private)")]
+    NotAKeyFile,
+    /// A key file whose public key is not its private key's.
+    #[error("the key file's keyval.public is not the public half of its keyval.private")]
+    PublicMismatch,
     /// The random source failed.
     #[error("the system's random source failed")]
     Random,
@@ -95,12 +103,29 @@ impl KeyPair {
     }
 
     /// A private key as a vehicle keeps one in a file: 64 hex digits are an ed25519 seed (the
-    /// form depotmesh has always taken); a PEM `PRIVATE KEY` (PKCS #8) is ECDSA P-256 or RSA.
+    /// form depotmesh has always taken); a PEM `PRIVATE KEY` (PKCS #8) is ECDSA P-256 or RSA;
+    /// a JSON key file as `origin keygen` writes it holds either in `keyval.private`, and its
+    /// `keyval.public` must be that key's.
     ///
     /// # Errors
     /// [`KeyPairError`], without saying more of the text.
     pub fn parse(text: &str) -> Result<Self, KeyPairError> {
         let text = text.trim();
+        if text.starts_with('{') {
+            let file: serde_json::Value =
+                serde_json::from_str(text).map_err(|_| KeyPairError::NotAKeyFile)?;
+            let private = file["keyval"]["private"]
+                .as_str()
+                .filter(|p| !p.trim_start().starts_with('{'))
+                .ok_or(KeyPairError::NotAKeyFile)?;
+            let pair = Self::parse(private)?;
+            if let Some(public) = file["keyval"]["public"].as_str() {
+                if pair.public_key().public_text().trim() != public.trim() {
+                    return Err(KeyPairError::PublicMismatch);
+                }
+            }
+            return Ok(pair);
+        }
         if text.starts_with("-----BEGIN") {
             let block = pem::parse(text).map_err(|_| KeyPairError::NotPkcs8)?;
             if block.tag() != "PRIVATE KEY" {
@@ -209,6 +234,52 @@ mod tests {
             KeyPair::from_pkcs8(b"not a key"),
             Err(KeyPairError::NotPkcs8)
         ));
+    }
+
+    #[test]
+    fn key_files_of_origin_keygen_parse_when_their_halves_match() {
+        let seed = hex::encode([9u8; 32]);
+        let pair = KeyPair::parse(&seed).unwrap();
+        let mut file = pair.public_key().to_json();
+        file["keyval"]["private"] = serde_json::json!(seed);
+        let parsed = KeyPair::parse(&file.to_string()).unwrap();
+        assert_eq!(parsed.public_key(), pair.public_key());
+        // An ECDSA key file holds a PEM.
+        let der = KeyPair::generate_ecdsa_pkcs8().unwrap();
+        let ecdsa = KeyPair::from_pkcs8(&der).unwrap();
+        let mut ecdsa_file = ecdsa.public_key().to_json();
+        ecdsa_file["keyval"]["private"] =
+            serde_json::json!(pem::encode(&pem::Pem::new("PRIVATE KEY", der)));
+        assert_eq!(
+            KeyPair::parse(&ecdsa_file.to_string())
+                .unwrap()
+                .public_key(),
+            ecdsa.public_key()
+        );
+        // A public half that is another key's, no private half, a nested file, not JSON.
+        let mut other = file.clone();
+        other["keyval"]["public"] = serde_json::json!(hex::encode([1u8; 32]));
+        assert!(matches!(
+            KeyPair::parse(&other.to_string()),
+            Err(KeyPairError::PublicMismatch)
+        ));
+        let mut public_only = file.clone();
+        public_only["keyval"]
+            .as_object_mut()
+            .unwrap()
+            .remove("private");
+        let mut nested = file.clone();
+        nested["keyval"]["private"] = serde_json::json!(file.to_string());
+        for bad in [
+            public_only.to_string(),
+            nested.to_string(),
+            "{not json".into(),
+        ] {
+            assert!(
+                matches!(KeyPair::parse(&bad), Err(KeyPairError::NotAKeyFile)),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
