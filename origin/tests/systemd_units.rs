@@ -1,6 +1,7 @@
 //! The systemd units in `config/` are what systemd accepts (`systemd-analyze verify`, with each
-//! `/usr/local/bin/<binary>` pointed at an executable here), and the origin's units run commands
-//! the `origin` binary accepts: the timestamp job re-signs a fresh origin's timestamps.
+//! `/usr/bin/<binary>` pointed at an executable here), and the origin's units run commands the
+//! `origin` binary accepts: the timestamp job re-signs a fresh origin's timestamps. (The packages
+//! that install them are checked in `tests/tests/packages.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -45,9 +46,9 @@ fn units_verify_and_run_what_the_binaries_accept() {
         let text = std::fs::read_to_string(&path).unwrap();
         // `origin` is the binary built here; the others only need to be executables.
         let text = text
-            .replace("/usr/local/bin/origin", origin)
-            .replace("/usr/local/bin/depot-cache", "/bin/true")
-            .replace("/usr/local/bin/vehicle-peer", "/bin/true");
+            .replace("ExecStart=/usr/bin/origin", &format!("ExecStart={origin}"))
+            .replace("ExecStart=/usr/bin/depot-cache", "ExecStart=/bin/true")
+            .replace("ExecStart=/usr/bin/vehicle-peer", "ExecStart=/bin/true");
         let copy = work.path().join(path.file_name().unwrap());
         std::fs::write(&copy, text).unwrap();
         units.push(copy);
@@ -87,7 +88,7 @@ fn units_verify_and_run_what_the_binaries_accept() {
     assert!(init.status.success(), "{init:?}");
     let unit = std::fs::read_to_string(config_dir().join("origin-timestamp.service")).unwrap();
     let command = exec_start(&unit);
-    assert_eq!(command[0], "/usr/local/bin/origin");
+    assert_eq!(command[0], "/usr/bin/origin");
     let args: Vec<String> = command[1..]
         .iter()
         .map(|arg| arg.replace("/var/lib/depotmesh/origin", dir.to_str().unwrap()))
