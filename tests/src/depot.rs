@@ -167,6 +167,24 @@ impl Drop for DepotDaemon {
     }
 }
 
+/// A depot daemon in `data_dir` serving `origin`'s image repository and the director
+/// repositories of `vins`, as imported now (no prefetch).
+pub fn serving_origin(
+    data_dir: &Path,
+    origin: &origin::repo::Origin,
+    vins: &[&str],
+) -> DepotDaemon {
+    import_repo(data_dir, "image", &origin.dir.join("image"));
+    for vin in vins {
+        import_repo(
+            data_dir,
+            &format!("director/{vin}"),
+            &origin.dir.join(format!("director/vehicles/{vin}")),
+        );
+    }
+    DepotDaemon::start(data_dir, &depot_config(data_dir))
+}
+
 /// Stores the repository directory `repo` in the cache in `data_dir` under `name`, as
 /// `depot-cache import-repo --data-dir DATA_DIR --name NAME REPO` does; returns the names it
 /// now serves.

@@ -9,7 +9,7 @@
 use std::fs;
 
 use depotmesh_tests::data::noise;
-use depotmesh_tests::depot::{DepotDaemon, depot_config, import_repo};
+use depotmesh_tests::depot::serving_origin;
 use depotmesh_tests::director::assign_gateway;
 use depotmesh_tests::release::{Release, new_origin, release};
 use depotmesh_tests::vehicle::wait_for_image;
@@ -29,14 +29,7 @@ fn a_provisioned_bench_vehicle_registers_and_installs_what_the_director_assigns(
     release(&origin, &Release::new("ecu/gw-2.bin", &v2, "gw-v1", 2)).unwrap();
     let (vin, serial) = ("BENCH-1", "GW-BENCH-1");
     assign_gateway(&origin, vin, serial, "ecu/gw-2.bin", Priority::Fix);
-    let depot_dir = w.join("depot");
-    import_repo(&depot_dir, "image", &origin.dir.join("image"));
-    import_repo(
-        &depot_dir,
-        &format!("director/{vin}"),
-        &origin.dir.join(format!("director/vehicles/{vin}")),
-    );
-    let depot = DepotDaemon::start(&depot_dir, &depot_config(&depot_dir));
+    let depot = serving_origin(&w.join("depot"), &origin, &[vin]);
 
     let image_file = w.join("gw-1.bin");
     fs::write(&image_file, &v1).unwrap();

@@ -19,7 +19,7 @@ mod rauc_system;
 use std::fs;
 
 use depotmesh_tests::data::noise;
-use depotmesh_tests::depot::{DepotDaemon, depot_config, import_repo};
+use depotmesh_tests::depot::serving_origin;
 use depotmesh_tests::director::{ECU_SEED, PRIMARY_SEED, assign_gateway};
 use depotmesh_tests::release::{Release, new_origin, release};
 use depotmesh_tests::vehicle::check_once;
@@ -51,14 +51,7 @@ fn a_rauc_gateway_fetches_its_bundle_from_the_depot_and_rauc_installs_it_through
     assign_gateway(&origin, vin, serial, "ecu/gw-2.raucb", Priority::Fix);
 
     // The depot serves the image repository and the vehicle's director repository.
-    let depot_dir = w.join("depot");
-    import_repo(&depot_dir, "image", &origin.dir.join("image"));
-    import_repo(
-        &depot_dir,
-        &format!("director/{vin}"),
-        &origin.dir.join(format!("director/vehicles/{vin}")),
-    );
-    let depot = DepotDaemon::start(&depot_dir, &depot_config(&depot_dir));
+    let depot = serving_origin(&w.join("depot"), &origin, &[vin]);
 
     // The vehicle: one ECU, installed by RAUC.
     let dir = w.join("vehicle");

@@ -290,6 +290,44 @@ fn slot(name: &str) -> Result<Slot, FlashError> {
     Slot::new(name).map_err(FlashError::from)
 }
 
+/// The BLAKE3 and SHA-256 of `approved` when it is for ECU `serial` of `hardware_id` and its
+/// signed metadata carries both; else why not.
+pub(crate) fn approved_for(
+    serial: &str,
+    hardware_id: &str,
+    approved: &ApprovedImage,
+) -> Result<(BlobId, String), FlashError> {
+    let refuse = |detail: String| FlashError::NotApproved {
+        ecu: serial.to_string(),
+        detail,
+    };
+    if approved.ecu_serial() != serial {
+        return Err(refuse(format!(
+            "the approval is for ECU {}",
+            approved.ecu_serial()
+        )));
+    }
+    if approved.hardware_id() != hardware_id {
+        return Err(refuse(format!(
+            "the approval is for hardware {}, this ECU is {hardware_id}",
+            approved.hardware_id()
+        )));
+    }
+    let Some(blake3) = approved.blake3() else {
+        return Err(refuse(format!(
+            "{} has no BLAKE3 in its signed metadata",
+            approved.target()
+        )));
+    };
+    let Some(sha256) = approved.file().hashes.get("sha256").cloned() else {
+        return Err(refuse(format!(
+            "{} has no SHA-256 in its signed metadata",
+            approved.target()
+        )));
+    };
+    Ok((blake3, sha256))
+}
+
 /// Typestate: approved and checked against this ECU; nothing written or being written.
 #[derive(Debug)]
 pub struct Verified;
@@ -398,29 +436,7 @@ impl<'a, B: Banks, M: WriteAt, J: Index> Install<'a, Verified, B, M, J> {
         approved: &ApprovedImage,
         running: &Slot,
     ) -> Result<Self, FlashError> {
-        let refuse = |detail: String| FlashError::NotApproved {
-            ecu: ecu.serial.clone(),
-            detail,
-        };
-        if approved.ecu_serial() != ecu.serial {
-            return Err(refuse(format!(
-                "the approval is for ECU {}",
-                approved.ecu_serial()
-            )));
-        }
-        if approved.hardware_id() != ecu.hardware_id {
-            return Err(refuse(format!(
-                "the approval is for hardware {}, this ECU is {}",
-                approved.hardware_id(),
-                ecu.hardware_id
-            )));
-        }
-        let Some(blake3) = approved.blake3() else {
-            return Err(refuse(format!(
-                "{} has no BLAKE3 in its signed metadata",
-                approved.target()
-            )));
-        };
+        let (blake3, sha256) = approved_for(&ecu.serial, &ecu.hardware_id, approved)?;
         let Some(to) = ecu.banks.other(running) else {
             return Err(FlashError::UnknownSlot {
                 ecu: ecu.serial.clone(),
@@ -428,12 +444,6 @@ impl<'a, B: Banks, M: WriteAt, J: Index> Install<'a, Verified, B, M, J> {
             });
         };
         let to = to.to_string();
-        let Some(sha256) = approved.file().hashes.get("sha256").cloned() else {
-            return Err(refuse(format!(
-                "{} has no SHA-256 in its signed metadata",
-                approved.target()
-            )));
-        };
         let previous = running_image(ecu, journal)?;
         if previous.as_ref().is_some_and(|p| p.sha256 == sha256) {
             return Err(FlashError::AlreadyInstalled {

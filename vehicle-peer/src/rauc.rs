@@ -474,35 +474,7 @@ fn begin<J: Index>(
     approved: &ApprovedImage,
     pair: &RaucPair,
 ) -> Result<InstallRecord, FlashError> {
-    let refuse = |detail: String| FlashError::NotApproved {
-        ecu: ecu.serial.clone(),
-        detail,
-    };
-    if approved.ecu_serial() != ecu.serial {
-        return Err(refuse(format!(
-            "the approval is for ECU {}",
-            approved.ecu_serial()
-        )));
-    }
-    if approved.hardware_id() != ecu.hardware_id {
-        return Err(refuse(format!(
-            "the approval is for hardware {}, this ECU is {}",
-            approved.hardware_id(),
-            ecu.hardware_id
-        )));
-    }
-    let Some(blake3) = approved.blake3() else {
-        return Err(refuse(format!(
-            "{} has no BLAKE3 in its signed metadata",
-            approved.target()
-        )));
-    };
-    let Some(sha256) = approved.file().hashes.get("sha256").cloned() else {
-        return Err(refuse(format!(
-            "{} has no SHA-256 in its signed metadata",
-            approved.target()
-        )));
-    };
+    let (blake3, sha256) = crate::flasher::approved_for(&ecu.serial, &ecu.hardware_id, approved)?;
     let previous = crate::flasher::running_image_of(&ecu.serial, ecu.installed.as_ref(), journal)?;
     if previous.as_ref().is_some_and(|p| p.sha256 == sha256) {
         return Err(FlashError::AlreadyInstalled {
