@@ -207,7 +207,7 @@ package depotmesh-origin origin origin \
   "origin-serve.service" \
   "origin-serve.service origin-timestamp.timer origin-timestamp.service" \
   "packaging/debian/origin-storage.env:/etc/depotmesh/origin-storage.env:0600" \
-  "README.md config/README.md docs/director.md docs/security.md docs/walkthrough.md docs/architecture.md" \
+  "README.md config/README.md docs/director.md docs/security.md docs/walkthrough.md docs/architecture.md docs/operate.md config/monitoring/README.md config/monitoring/alerts.yml config/monitoring/alerts.test.yml config/monitoring/grafana/director.json config/monitoring/grafana/depots.json config/monitoring/grafana/fleet-cellular.json" \
   "config/campaign.toml config/vehicle-registration.toml" \
   "$sysusers_depends" \
   "depotmesh origin: signs OTA releases and runs the Uptane director" \
@@ -216,7 +216,7 @@ package depotmesh-origin origin origin \
 package depotmesh-depot depot-cache depot-cache \
   "depot-cache.service" "depot-cache.service" "depot-cache.service" "depot-cache.service" \
   "config/depot.toml:/etc/depotmesh/depot.toml:0644" \
-  "README.md config/README.md docs/architecture.md docs/security.md" \
+  "README.md config/README.md docs/architecture.md docs/security.md docs/operate.md" \
   "" \
   "$sysusers_depends" \
   "depotmesh depot cache: serves OTA updates to a vehicle yard" \
@@ -225,7 +225,7 @@ package depotmesh-depot depot-cache depot-cache \
 package depotmesh-vehicle vehicle-peer vehicle-peer \
   "vehicle-peer.service" "vehicle-peer.service" "vehicle-peer.service" "vehicle-peer.service" \
   "config/vehicle.toml:/etc/depotmesh/vehicle.toml:0644 config/ecu.toml:/etc/depotmesh/ecu.toml:0644" \
-  "README.md config/README.md docs/flasher.md docs/architecture.md docs/security.md" \
+  "README.md config/README.md docs/flasher.md docs/architecture.md docs/security.md docs/operate.md" \
   "" \
   "" \
   "depotmesh vehicle agent: fetches, verifies and installs OTA updates" \

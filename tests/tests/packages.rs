@@ -62,8 +62,16 @@ const PACKAGES: [Expected; 3] = [
         docs: &[
             "README.md",
             "config/README.md",
+            // The alert rules and dashboards an operator loads (config/monitoring/README.md).
+            "config/monitoring/README.md",
+            "config/monitoring/alerts.test.yml",
+            "config/monitoring/alerts.yml",
+            "config/monitoring/grafana/depots.json",
+            "config/monitoring/grafana/director.json",
+            "config/monitoring/grafana/fleet-cellular.json",
             "docs/architecture.md",
             "docs/director.md",
+            "docs/operate.md",
             "docs/security.md",
             "docs/walkthrough.md",
             "examples/campaign.toml",
@@ -82,6 +90,7 @@ const PACKAGES: [Expected; 3] = [
             "README.md",
             "config/README.md",
             "docs/architecture.md",
+            "docs/operate.md",
             "docs/security.md",
         ],
         user: Some("depotmesh-depot"),
@@ -101,6 +110,7 @@ const PACKAGES: [Expected; 3] = [
             "config/README.md",
             "docs/architecture.md",
             "docs/flasher.md",
+            "docs/operate.md",
             "docs/security.md",
         ],
         // Root: it writes ECU banks and the boot environment (config/vehicle-peer.service).
