@@ -113,16 +113,20 @@ pub fn repositories(origin: &Origin) -> anyhow::Result<Vec<String>> {
 /// refuses ([`crate::chain`]) does not stop the others, which the fleet still needs fresh; the
 /// error names each that refused. A vehicle's repository that a rotation of the director's
 /// keys has not reached yet (the rotation was cut short) is brought up to the director's root
-/// first ([`director::catch_up`]).
-pub fn refresh_timestamps(origin: &Origin) -> anyhow::Result<()> {
+/// first ([`director::catch_up`]). Returns the repositories re-signed.
+pub fn refresh_timestamps(origin: &Origin) -> anyhow::Result<Vec<String>> {
     let mut refused = Vec::new();
+    let mut refreshed = Vec::new();
     for repository in repositories(origin)? {
         let vin = repository
             .strip_prefix("director/vehicles/")
             .and_then(|vin| proto::Vin::parse(vin).ok());
         if let Some(vin) = vin {
             match director::catch_up(origin, &vin) {
-                Ok(true) => continue,
+                Ok(true) => {
+                    refreshed.push(repository);
+                    continue;
+                }
                 Ok(false) => {}
                 Err(error) => {
                     refused.push(format!("the {repository} rotation: {error:#}"));
@@ -130,14 +134,15 @@ pub fn refresh_timestamps(origin: &Origin) -> anyhow::Result<()> {
                 }
             }
         }
-        if let Err(error) = origin.refresh_timestamp(&repository) {
-            refused.push(format!("the {repository} timestamp: {error:#}"));
+        match origin.refresh_timestamp(&repository) {
+            Ok(()) => refreshed.push(repository),
+            Err(error) => refused.push(format!("the {repository} timestamp: {error:#}")),
         }
     }
     if !refused.is_empty() {
         bail!("{}", refused.join("\n"));
     }
-    Ok(())
+    Ok(refreshed)
 }
 
 /// Every problem of every repository, each as `<repository>: <problem>` naming its file. Empty:

@@ -70,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 length,
                 targets_version,
                 compressed,
+                deltas,
             } = args.release().sign(&origin, &actor)?;
             let (name, role) = (&args.name, &args.role);
             let compressed = match compressed {
@@ -77,6 +78,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => String::new(),
             };
             println!("{blob}  {name}  {length} bytes  image {role} v{targets_version}{compressed}");
+            for (from, delta) in &deltas {
+                println!(
+                    "{}  delta from {from}  {} bytes",
+                    delta.blake3, delta.length
+                );
+            }
         }
         Command::Delegate {
             name,
@@ -112,7 +119,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .collect();
             println!("director targets v{version} for {vin}: {}", ecus.join(", "));
         }
-        Command::Timestamp => origin::admin::refresh_timestamps(&origin)?,
+        Command::Timestamp => {
+            for repository in origin::admin::refresh_timestamps(&origin)? {
+                println!("{repository}: timestamp re-signed");
+            }
+        }
         Command::Verify => return Ok(print_problems(&origin::admin::verify(&origin)?)),
         Command::Delta(args) => {
             let summary =

@@ -31,6 +31,8 @@ pub struct Released {
     pub targets_version: u64,
     /// The image compressed, if it was listed.
     pub compressed: Option<CompressedRef>,
+    /// The deltas listed with it, by the target name of the image each applies to.
+    pub deltas: BTreeMap<String, DeltaRef>,
 }
 
 /// The image compressed is listed only when it saves at least 1/`WORTH_LISTING` of the
@@ -231,6 +233,7 @@ impl Release {
             length,
             targets_version,
             compressed: custom.compressed,
+            deltas: custom.deltas,
         })
     }
 }

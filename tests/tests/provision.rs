@@ -95,6 +95,16 @@ fn a_provisioned_bench_vehicle_registers_and_installs_what_the_director_assigns(
     // The agent from the vehicle.toml made: v2 through the depot, committed.
     wait_for_image(&dir.join("vehicle.toml"), serial, "ecu/gw-2.bin");
 
+    // One agent at a time on a data directory: a second is told so.
+    let load = || vehicle_peer::config::load(&dir.join("vehicle.toml")).unwrap();
+    let first = vehicle_peer::daemon::Daemon::open(load()).unwrap();
+    let second = vehicle_peer::daemon::Daemon::open(load()).unwrap_err();
+    assert!(
+        format!("{second:#}").contains("another vehicle-peer runs on"),
+        "{second:#}"
+    );
+    drop(first);
+
     // Made once: a second run refuses rather than replace the keys; bad input is named.
     let again = provision(&args).unwrap_err().to_string();
     assert!(again.contains("holds a vehicle already"), "{again}");

@@ -163,8 +163,21 @@ impl Daemon {
         let journal_dir = config.data_dir.join("flasher");
         fs::create_dir_all(&journal_dir)
             .with_context(|| format!("creating {}", journal_dir.display()))?;
-        let journal = SledIndex::open(&journal_dir)
-            .with_context(|| format!("opening the journal {}", journal_dir.display()))?;
+        let journal = SledIndex::open(&journal_dir).map_err(|error| {
+            // sled locks its directory: another process has it open.
+            let busy = error.kind() == std::io::ErrorKind::WouldBlock
+                || error.to_string().contains("could not acquire lock");
+            let error = anyhow::Error::new(error);
+            if busy {
+                error.context(format!(
+                    "another vehicle-peer runs on {} (the journal {} is locked): stop it first",
+                    config.data_dir.display(),
+                    journal_dir.display()
+                ))
+            } else {
+                error.context(format!("opening the journal {}", journal_dir.display()))
+            }
+        })?;
         let booted = match &config.boot {
             BootMode::Simulated => ecus
                 .iter_mut()

@@ -172,12 +172,29 @@ impl Daemon {
                 payload = payload.kind.name(),
                 blob = %payload.blob.id,
                 bytes = payload.blob.length,
-                "install step"
+                "install step started"
             );
         }
-        if let Some(ecu) = &self.rauc {
-            return self.install_rauc(ecu, group, payloads);
+        let outcome = if let Some(ecu) = &self.rauc {
+            self.install_rauc(ecu, group, payloads)
+        } else {
+            self.install_flashed(group, payloads)
+        };
+        match &outcome {
+            Ok(Outcome::Reboot) => {
+                tracing::info!(group, "install step ended: trial set, rebooting")
+            }
+            Ok(Outcome::Committed) => tracing::info!(group, "install step ended: committed"),
+            Ok(Outcome::RolledBack { reason }) => {
+                tracing::info!(group, reason, "install step ended: rolled back");
+            }
+            Err(error) => tracing::warn!(group, "install step failed: {error:#}"),
         }
+        outcome
+    }
+
+    /// [`Self::install`] on ECUs whose banks depotmesh writes ([`crate::flasher::vehicle_step`]).
+    fn install_flashed(&mut self, group: &str, payloads: &[Payload]) -> anyhow::Result<Outcome> {
         let files = self.payload_files(payloads)?;
         let approved = &self.check_state.approved;
         let jobs = payloads
