@@ -95,13 +95,13 @@ pub enum FlashError {
     /// The journal could not be read or written.
     #[error("install journal: {0}")]
     Journal(String),
-    /// RAUC, which installs this ECU's slots, failed or refused ([`crate::rauc`]).
+    /// RAUC, which installs this ECU's slots, failed or refused ([`crate::rauc_client`]).
     #[error("ECU {ecu}: {source}")]
     Rauc {
         /// The ECU's serial.
         ecu: String,
         /// What RAUC said.
-        source: crate::rauc::RaucError,
+        source: crate::rauc_client::RaucError,
     },
 }
 
@@ -251,7 +251,7 @@ fn load_json<J: Index, T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-/// Journals `record` under its ECU (for installs driven outside this module: [`crate::rauc`]).
+/// Journals `record` under its ECU (for installs driven outside this module: RAUC's).
 pub(crate) fn store_record<J: Index>(
     journal: &J,
     record: &InstallRecord,

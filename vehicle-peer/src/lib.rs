@@ -22,6 +22,7 @@ pub mod install;
 pub mod mesh;
 pub mod provision;
 pub mod rauc;
+pub mod rauc_client;
 pub mod remap;
 pub mod simulated;
 pub mod slots;
