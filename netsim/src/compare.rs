@@ -52,6 +52,7 @@ pub fn yard_scenario(yard: &YardSummary) -> Scenario {
             depots: 1,
             regions: 1,
             utc_offsets_minutes: Vec::new(),
+            region_names: Vec::new(),
             vins: yard.results.iter().map(|r| r.vin.clone()).collect(),
         },
         release: Release {
@@ -113,6 +114,9 @@ pub struct Comparison {
     pub yard_secs: Option<f64>,
     /// The same, predicted by the fleet model.
     pub model_secs: Option<f64>,
+    /// How the campaign ended in the model (`completed`, `halted`, `aborted`) and when,
+    /// seconds from approval; `None` when it did not end.
+    pub model_end: Option<(String, f64)>,
     /// Per vehicle (yard order): seconds from approval until the director had its report,
     /// in the yard and in the model.
     pub vehicles: Vec<(String, Option<f64>, Option<f64>)>,
@@ -137,6 +141,8 @@ pub fn compare(yard: &YardSummary) -> anyhow::Result<Comparison> {
         .iter()
         .find(|d| d.decision == "complete")
         .map(|d| d.hours * 3600.0);
+    let model_end = crate::fleet::report::ended_hours(&summary)
+        .map(|(hours, state)| (state.to_string(), hours * 3600.0));
     let vehicles = yard
         .results
         .iter()
@@ -146,6 +152,7 @@ pub fn compare(yard: &YardSummary) -> anyhow::Result<Comparison> {
     Ok(Comparison {
         yard_secs: yard.completed_after_secs,
         model_secs,
+        model_end,
         vehicles,
     })
 }

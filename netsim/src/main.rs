@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "netsim",
+    version,
     about = "Runs depotmesh in a simulated yard on this machine"
 )]
 struct Cli {
@@ -21,7 +22,8 @@ struct Cli {
 enum Command {
     /// An origin, a depot and N vehicle agents as real libp2p QUIC nodes on loopback; a
     /// campaign rolls firmware v2 out (canary, then the rest); prints progress and a summary,
-    /// and writes report.html and summary.json.
+    /// and writes report.html and summary.json. Exits 0 when the campaign ended as expected
+    /// (see --expect), 3 when it ended otherwise, 1 when the run failed.
     Yard {
         /// Vehicles in the yard (1 to 64).
         #[arg(long, default_value_t = 8)]
@@ -30,9 +32,13 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         image_mib: usize,
         /// Make the release fail its health check: the canary rolls back and the campaign
-        /// halts by itself.
+        /// halts by itself (which is then what the run expects).
         #[arg(long)]
         failing_canary: bool,
+        /// How the campaign must end for the run to succeed [default: halted with
+        /// --failing-canary, completed otherwise]; otherwise it exits 3.
+        #[arg(long, value_enum)]
+        expect: Option<netsim::yard::Expected>,
         /// Output directory (recreated; only one netsim made, or an empty one).
         #[arg(long, default_value = "target/netsim-yard")]
         out: PathBuf,
@@ -92,8 +98,25 @@ enum Command {
 }
 
 fn fleet(scenario: &std::path::Path, seed: Option<u64>, out: &std::path::Path) -> ExitCode {
+    let begun = std::time::Instant::now();
+    let mut said = begun;
+    // A run of more than a few seconds says how far it has come (on standard error: the
+    // outcome on standard output stays the same).
+    let mut progress = |p: netsim::fleet::RunProgress| {
+        if said.elapsed() >= Duration::from_secs(2) {
+            said = std::time::Instant::now();
+            eprintln!(
+                "[{:>6.1} s] simulated {:.0} h of {:.0} after approval, {} events; {:.1} % of the fleet committed",
+                begun.elapsed().as_secs_f64(),
+                p.hours,
+                p.end_hours,
+                p.events,
+                p.committed * 100.0
+            );
+        }
+    };
     let result = netsim::fleet::Scenario::load(scenario).and_then(|checked| {
-        let summary = netsim::fleet::run(&checked, seed)?;
+        let summary = netsim::fleet::run_with_progress(&checked, seed, &mut progress)?;
         netsim::fleet::write(&summary, out)?;
         Ok(summary)
     });
@@ -129,6 +152,7 @@ fn main() -> ExitCode {
             vehicles,
             image_mib,
             failing_canary,
+            expect,
             out,
             timeout_secs,
             seed,
@@ -154,6 +178,7 @@ fn main() -> ExitCode {
                 report_flood,
                 single_bank,
                 replaced_parts,
+                expect,
                 verbose: true,
             };
             match netsim::yard::run(&options) {
@@ -161,9 +186,18 @@ fn main() -> ExitCode {
                     println!("\n{}", netsim::yard::table(&summary));
                     match netsim::compare::compare(&summary) {
                         Ok(c) => println!(
-                            "fleet model of this yard (netsim fleet, same vehicles, delta, limits and waves): completed after {} (yard: {}){}",
-                            c.model_secs.map_or("-".into(), |s| format!("{s:.1} s")),
-                            c.yard_secs.map_or("-".into(), |s| format!("{s:.1} s")),
+                            "fleet model of this yard (netsim fleet, same vehicles, delta, limits and waves): {} (yard: {}){}",
+                            c.model_end
+                                .as_ref()
+                                .map_or("did not end".into(), |(state, s)| format!(
+                                    "{state} after {s:.1} s"
+                                )),
+                            summary
+                                .ended_after_secs
+                                .map_or("did not end".into(), |s| format!(
+                                    "{} after {s:.1} s",
+                                    summary.state
+                                )),
                             match summary.replaced_parts {
                                 0 => String::new(),
                                 n => format!(
@@ -174,7 +208,16 @@ fn main() -> ExitCode {
                         Err(error) => eprintln!("fleet model of this yard: {error:#}"),
                     }
                     println!("report: {}", summary.report.display());
-                    ExitCode::SUCCESS
+                    match summary
+                        .expected
+                        .judge(&summary.state, summary.reason.as_deref())
+                    {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(unexpected) => {
+                            eprintln!("netsim yard: {unexpected}");
+                            ExitCode::from(netsim::yard::UNEXPECTED_EXIT)
+                        }
+                    }
                 }
                 Err(error) => {
                     eprintln!("netsim yard: {error:#}");

@@ -5,7 +5,8 @@
 //! neighbours over libp2p QUIC, flasher with file-backed A/B banks and simulated boots). The
 //! origin publishes firmware v1 → v2 with a delta; a campaign rolls v2 out (a canary wave, then
 //! everyone), its gates deciding; the run ends when the campaign completes, or, with a failing
-//! release, when it has halted and its canary vehicles have rolled back.
+//! release, when it has halted and its canary vehicles have rolled back. The summary says
+//! whether it ended as expected ([`Expected`]): `netsim yard` exits non-zero when not.
 //!
 //! Nothing here decides anything the real nodes do not: netsim only starts the parts, presses
 //! the operator's buttons (create, approve) and watches.
@@ -22,9 +23,9 @@ use summary::Finished;
 use vehicle::{VehicleSetup, vin};
 
 pub use campaign::campaign_plan;
-pub use options::YardOptions;
+pub use options::{Expected, UNEXPECTED_EXIT, YardOptions};
 pub use summary::{
-    CorruptPeer, ReportFloodSummary, SlowReaderSummary, VehicleResult, YardSummary, table,
+    CorruptPeer, Download, ReportFloodSummary, SlowReaderSummary, VehicleResult, YardSummary, table,
 };
 
 mod campaign;
@@ -93,7 +94,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
         &depot.addr,
         options,
     )?;
-    let events = yard.start_vehicles(&out, &vins, &setup, &director)?;
+    let (events, vehicle_peers) = yard.start_vehicles(&out, &vins, &setup, &director)?;
     // At work before the campaign: every honest fetch runs beside them.
     yard.start_attackers(&out, &release, &depot, options, log)?;
 
@@ -101,7 +102,7 @@ pub fn run(options: &YardOptions) -> anyhow::Result<YardSummary> {
     let mut follow = Follow::new(
         &campaign,
         &vins,
-        &depot.peer,
+        (&depot.peer, &vehicle_peers),
         yard.rogue().map(|r| r.peer.to_string()),
         log,
     );

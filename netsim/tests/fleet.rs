@@ -263,6 +263,10 @@ fn a_bad_scenario_is_refused_by_name() {
         ),
         (Box::new(|s| s.vehicle.signal = [90, 10]), "vehicle.signal"),
         (
+            Box::new(|s| s.fleet.region_names = vec!["north".into()]),
+            "fleet.region_names",
+        ),
+        (
             Box::new(|s| s.vehicle.policy.cellular_windows = vec!["25:00-01:00".into()]),
             "vehicle.policy.cellular_windows",
         ),
@@ -322,8 +326,73 @@ fn the_report_holds_the_charts() {
             svg.starts_with("<svg") && svg.contains("<polyline"),
             "{chart}"
         );
+        // Well-formed enough to open alone: no element names an attribute twice.
+        for tag in svg.split('<').skip(1) {
+            let tag = tag.split('>').next().unwrap();
+            let names: Vec<&str> = tag
+                .split('"')
+                .step_by(2)
+                .filter_map(|part| part.trim().rsplit(' ').next()?.strip_suffix('='))
+                .collect();
+            let unique: std::collections::BTreeSet<&&str> = names.iter().collect();
+            assert_eq!(unique.len(), names.len(), "{chart}: <{tag}>");
+        }
     }
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(json["vehicles"], 1000);
+
+    // Every region has its chart, named with its time zone; the scenario's outage is shaded on
+    // the time axis, in its region's chart too; the whole fleet is the emphasised line.
+    let by_wave = std::fs::read_to_string(dir.path().join("updated-by-wave.svg")).unwrap();
+    let by_region = std::fs::read_to_string(dir.path().join("updated-by-region.svg")).unwrap();
+    assert_eq!(
+        summary.region_labels,
+        ["region 0 · UTC+1", "region 1 · UTC-5"]
+    );
+    for label in &summary.region_labels {
+        assert!(by_region.contains(&format!("{label} — 99 %")), "{label}");
+    }
+    let [outage] = summary.depot_outages.as_slice() else {
+        panic!("{:?}", summary.depot_outages)
+    };
+    let shaded = format!(">depot {} down<", outage.depot);
+    assert!(by_wave.contains(&shaded), "{by_wave}");
+    assert_eq!(
+        by_region
+            .matches(&format!("<title>depot {} down</title>", outage.depot))
+            .count(),
+        1,
+        "{by_region}"
+    );
+    assert!(
+        by_wave.contains("stroke-width=\"3\" stroke-dasharray"),
+        "{by_wave}"
+    );
+    // The time axis ends a little past 99 % of the fleet committed, before the run's end.
+    let p99 = summary.hours_to_fleet[2].unwrap();
+    let last = summary.samples.last().unwrap().hours;
+    let end = fleet::report::time_axis_end(
+        Some(p99),
+        fleet::report::ended_hours(&summary).map(|(h, _)| h),
+        summary.samples[0].hours,
+        last,
+    );
+    assert!(end > p99 && end < last, "{p99} {end} {last}");
+    assert!(
+        html.contains(&format!("The time axes end at {end:.0} h")),
+        "{html}"
+    );
+}
+
+#[test]
+fn regions_named_in_the_scenario_are_named_in_the_report() {
+    let mut s = quick();
+    s.fleet.region_names = vec!["Bavaria".into(), "Ohio".into()];
+    let summary = run(s);
+    assert_eq!(summary.region_labels, ["Bavaria", "Ohio"]);
+    let dir = tempfile::tempdir().unwrap();
+    fleet::write(&summary, dir.path()).unwrap();
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains(">Bavaria — 99 %"), "{html}");
 }

@@ -32,6 +32,7 @@ fn the_fleet_model_predicts_a_shaped_yard_within_a_quarter() {
         report_flood: false,
         single_bank: 0,
         replaced_parts: 0,
+        expect: None,
         verbose: true,
     })
     .unwrap();

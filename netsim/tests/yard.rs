@@ -5,7 +5,9 @@
 //! (each vehicle's download limit, the depot's upload limit) well above what the small delta
 //! needs: the options reach the agents and the depot, and the summary records them. One
 //! vehicle of the good run had its gateway replaced (it runs a build no delta starts from): it
-//! installs from the image compressed, fetching fewer bytes than the image.
+//! installs from the image compressed, fetching fewer bytes than the image. Every report draws a
+//! timeline row per vehicle; `netsim yard` itself exits non-zero when the campaign did not end
+//! as expected.
 
 #![allow(clippy::unwrap_used)]
 
@@ -28,6 +30,7 @@ fn options(out: &std::path::Path, failing_canary: bool) -> YardOptions {
         report_flood: false,
         single_bank: 2,
         replaced_parts: 0,
+        expect: None,
         verbose: true,
     }
 }
@@ -108,9 +111,43 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
             .iter()
             .any(|r| r.report_via.as_deref() == Some("depot"))
     );
+    assert!(good.as_expected, "{good:?}");
+    for vehicle in &good.results {
+        // Its timeline, in the order things happen.
+        let (fetch, trial, done) = (
+            vehicle.fetch_started_after_secs.unwrap(),
+            vehicle.trial_boot_after_secs.unwrap(),
+            vehicle.finished_after_secs.unwrap(),
+        );
+        assert!(fetch <= trial && trial <= done, "{vehicle:?}");
+        // What arrived, by sender, adds up; what went beyond the payload came twice.
+        let [download] = vehicle.downloads.as_slice() else {
+            panic!("one fetch: {vehicle:?}")
+        };
+        assert_eq!(download.from.values().sum::<u64>(), download.received);
+        assert_eq!(
+            download.received,
+            vehicle.bytes_from_depot + vehicle.bytes_from_peers
+        );
+        assert_eq!(download.twice(), download.received - download.length);
+        for sender in download.from.keys() {
+            assert!(
+                sender == "depot" || good.results.iter().any(|r| &r.vin == sender),
+                "a sender is named by what it is: {sender}"
+            );
+        }
+    }
     let html = std::fs::read_to_string(&good.report).unwrap();
     assert!(html.contains("id=\"state\">completed<"), "{html}");
-    // The timeline: a step per report, one line per wave.
+    assert!(html.contains("id=\"verdict\">as expected<"), "{html}");
+    // The director's time to update in words, not JSON.
+    assert!(html.contains(
+        "Time to update (the director's, from a vehicle's wave opening to its commit): p50 "
+    ));
+    // Each vehicle's timeline, with its download, install and trial boot.
+    assert_timeline(&html, &good);
+    assert_eq!(html.matches("download, ").count(), 4, "{html}");
+    // Reports at the director: a step per report, one line per wave.
     assert!(html.contains("Reports at the director"), "{html}");
     assert_eq!(html.matches("<polyline").count(), 2, "{html}");
     let summary: serde_json::Value =
@@ -183,8 +220,12 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
             assert_eq!(vehicle.delta_bytes, None, "{vehicle:?}");
         }
     }
+    // A failing release is expected to halt: it did, as expected.
+    assert!(bad.as_expected, "{bad:?}");
     let html = std::fs::read_to_string(&bad.report).unwrap();
     assert!(html.contains("id=\"state\">halted<"), "{html}");
+    assert!(html.contains("id=\"verdict\">as expected<"), "{html}");
+    assert_timeline(&html, &bad);
 
     // The output directory is netsim's own: a directory holding anything else is refused.
     let other = work.path().join("other");
@@ -196,6 +237,97 @@ fn a_good_release_reaches_every_vehicle_and_a_bad_one_halts_in_the_canary() {
         "{error}"
     );
     assert!(other.join("keep.txt").exists());
+}
+
+/// The report draws a timeline row for every vehicle.
+fn assert_timeline(html: &str, summary: &netsim::yard::YardSummary) {
+    assert!(html.contains("id=\"timeline\""), "{html}");
+    for vehicle in &summary.results {
+        assert!(
+            html.contains(&format!(
+                "<g class=\"vehicle\" data-vin=\"{}\">",
+                vehicle.vin
+            )),
+            "{} has no timeline row",
+            vehicle.vin
+        );
+    }
+    assert_eq!(
+        html.matches("<g class=\"vehicle\"").count(),
+        summary.results.len()
+    );
+}
+
+/// `netsim yard` itself: a campaign that halts where it was expected to complete is a failure
+/// (exit code 3), with its summary and report written all the same; with `--failing-canary` a
+/// halt is what is expected (exit code 0).
+#[test]
+fn the_exit_code_says_whether_the_campaign_ended_as_expected() {
+    let work = tempfile::tempdir().unwrap();
+    let yard = |out: &str, extra: &[&str]| {
+        let out = work.path().join(out);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_netsim"))
+            .args([
+                "yard",
+                "--vehicles",
+                "2",
+                "--image-mib",
+                "1",
+                "--failing-canary",
+            ])
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        );
+        println!("{stdout}{stderr}");
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+        let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+        (output.status.code(), stdout, stderr, summary, html)
+    };
+
+    let (code, stdout, stderr, summary, html) = yard("halt-expected", &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(summary["state"], "halted");
+    assert_eq!(
+        (&summary["expected"], &summary["as_expected"]),
+        (&"halted".into(), &true.into())
+    );
+    assert!(stdout.contains("halted"), "{stdout}");
+    // Nobody reads "up to date" while still on v1, and the end of the canary's install is
+    // said once, by the director having its report.
+    assert!(!stdout.contains(": up to date"), "{stdout}");
+    assert!(
+        stdout.contains("no update assigned to it yet (runs ecu/gw-1.bin)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the director has its report (rolled back"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(": done"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "time to update (the director's, from a vehicle's wave opening to its commit): none"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(html.matches("<g class=\"vehicle\"").count(), 2, "{html}");
+
+    let (code, _, stderr, summary, html) = yard("complete-expected", &["--expect", "completed"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the campaign was expected to complete; it halted"),
+        "{stderr}"
+    );
+    assert_eq!(summary["as_expected"], false);
+    assert!(html.contains("id=\"verdict\">not as expected<"), "{html}");
+    assert_eq!(html.matches("<g class=\"vehicle\"").count(), 2, "{html}");
 }
 
 /// A corrupt peer joins the yard: it holds the delta, says so (the depot's tracker follows it

@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::Context as _;
 
 pub use scenario::{Checked, Scenario};
-pub use sim::{FleetSummary, run};
+pub use sim::{FleetSummary, RunProgress, run, run_with_progress};
 
 /// Writes a run's `summary.json`, charts (`*.svg`) and `report.html` into `out` (created if
 /// missing; files of the same names are replaced).
@@ -49,8 +49,9 @@ pub fn table(s: &FleetSummary) -> String {
     );
     let _ = writeln!(
         out,
-        "campaign: {} after {:.1} simulated hours",
-        s.campaign_state, s.simulated_hours
+        "campaign: {}{}",
+        s.campaign_state,
+        report::campaign_end(s)
     );
     let _ = writeln!(
         out,

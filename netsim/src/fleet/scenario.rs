@@ -77,6 +77,10 @@ pub struct Fleet {
     /// i mod len). Empty: UTC everywhere.
     #[serde(default)]
     pub utc_offsets_minutes: Vec<i32>,
+    /// Each region's name, for reports, in order (as many as `regions`); empty: reports call
+    /// region i `region i` with its time zone.
+    #[serde(default)]
+    pub region_names: Vec<String>,
     /// The vehicles' ids, in order (their home depots follow from the order); empty:
     /// `SIM00000000`, `SIM00000001`, … The campaign's wave hash reads the id, so naming a real
     /// yard's vehicles puts the same ones in the canary.
@@ -283,6 +287,25 @@ impl Checked {
         }
     }
 
+    /// Region `region` as reports name it: its name in the scenario, else `region <i>` and its
+    /// time zone when the scenario gives time zones (`region 3 · UTC+5:30`).
+    pub fn region_label(&self, region: u32) -> String {
+        let fleet = &self.scenario.fleet;
+        if let Some(name) = fleet.region_names.get(region as usize) {
+            return name.clone();
+        }
+        if fleet.utc_offsets_minutes.is_empty() {
+            return format!("region {region}");
+        }
+        let offset = self.utc_offset(region);
+        let sign = if offset < 0 { '-' } else { '+' };
+        let (hours, minutes) = (offset.abs() / 60, offset.abs() % 60);
+        match minutes {
+            0 => format!("region {region} · UTC{sign}{hours}"),
+            _ => format!("region {region} · UTC{sign}{hours}:{minutes:02}"),
+        }
+    }
+
     /// Region `region`'s local time offset, minutes east of UTC.
     pub fn utc_offset(&self, region: u32) -> i32 {
         let offsets = &self.scenario.fleet.utc_offsets_minutes;
@@ -390,6 +413,13 @@ impl Scenario {
         if let Some(o) = f.utc_offsets_minutes.iter().find(|o| o.abs() > 14 * 60) {
             return Err(invalid(format!(
                 "fleet.utc_offsets_minutes: {o} is not a time zone (at most ±840)"
+            )));
+        }
+        if !f.region_names.is_empty() && f.region_names.len() != f.regions as usize {
+            return Err(invalid(format!(
+                "fleet.region_names names {} regions, fleet.regions says {}",
+                f.region_names.len(),
+                f.regions
             )));
         }
         if !f.vins.is_empty() {

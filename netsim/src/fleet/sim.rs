@@ -295,6 +295,19 @@ pub struct DecisionAt {
     pub reason: String,
 }
 
+/// A depot outage of the scenario, on the campaign's clock.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutageAt {
+    /// The depot (0-based).
+    pub depot: u32,
+    /// Its region.
+    pub region: u32,
+    /// Hours after the campaign started that it went down (negative: before).
+    pub from_hours: f64,
+    /// Hours after the campaign started that it came back.
+    pub to_hours: f64,
+}
+
 /// The outcome of a fleet run.
 #[derive(Clone, Debug, Serialize)]
 pub struct FleetSummary {
@@ -308,6 +321,10 @@ pub struct FleetSummary {
     pub depots: u32,
     /// Regions.
     pub regions: u32,
+    /// Each region's name in reports (the scenario's, else `region <i>` and its time zone).
+    pub region_labels: Vec<String>,
+    /// The scenario's depot outages.
+    pub depot_outages: Vec<OutageAt>,
     /// Delta bytes (F).
     pub delta_bytes: f64,
     /// Simulated hours run from the campaign's start (with `stop_when_done`, the run ends
@@ -430,9 +447,37 @@ fn release(sc: &Checked, released: u64) -> Verified {
     }
 }
 
+/// How far a run has come, for a progress line.
+#[derive(Clone, Copy, Debug)]
+pub struct RunProgress {
+    /// Simulated hours since the campaign started (negative before).
+    pub hours: f64,
+    /// Simulated hours the run lasts at most, from the campaign's start.
+    pub end_hours: f64,
+    /// Events handled.
+    pub events: u64,
+    /// Share of the fleet committed.
+    pub committed: f64,
+}
+
+/// Events between two calls of a run's progress callback.
+const PROGRESS_EVERY: u64 = 1 << 16;
+
 /// Runs `scenario` (with `seed` in place of its own, if given).
 pub fn run(scenario: &Checked, seed: Option<u64>) -> anyhow::Result<FleetSummary> {
-    Ok(run_with_times(scenario, seed)?.0)
+    run_with_progress(scenario, seed, &mut |_| {})
+}
+
+/// [`run`], calling `progress` every few tens of thousands of events.
+pub fn run_with_progress(
+    scenario: &Checked,
+    seed: Option<u64>,
+    progress: &mut dyn FnMut(RunProgress),
+) -> anyhow::Result<FleetSummary> {
+    let started = Instant::now();
+    let mut model = Model::new(scenario, seed.unwrap_or(scenario.scenario.seed));
+    model.run(progress)?;
+    Ok(model.summary(started.elapsed().as_secs_f64()))
 }
 
 /// Runs `scenario` and also says when the director had each vehicle's report (seconds of
@@ -443,7 +488,7 @@ pub fn run_with_times(
 ) -> anyhow::Result<(FleetSummary, Vec<Option<f64>>)> {
     let started = Instant::now();
     let mut model = Model::new(scenario, seed.unwrap_or(scenario.scenario.seed));
-    model.run()?;
+    model.run(&mut |_| {})?;
     let times = model.vehicles.iter().map(|v| v.reported_at).collect();
     Ok((model.summary(started.elapsed().as_secs_f64()), times))
 }
@@ -632,7 +677,7 @@ impl<'a> Model<'a> {
         self.local_time(region, day, minute)
     }
 
-    fn run(&mut self) -> anyhow::Result<()> {
+    fn run(&mut self, progress: &mut dyn FnMut(RunProgress)) -> anyhow::Result<()> {
         let mut guard = StallGuard::new(stall_limit(self.sc.scenario.fleet.vehicles));
         while let Some(Reverse((key, _, ev))) = self.queue.pop() {
             #[allow(clippy::cast_precision_loss)]
@@ -643,6 +688,16 @@ impl<'a> Model<'a> {
             guard.observe(key, &ev)?;
             self.now = at;
             self.events += 1;
+            if self.events % PROGRESS_EVERY == 0 {
+                progress(RunProgress {
+                    hours: (self.now - self.campaign_at) / 3600.0,
+                    end_hours: (self.end - self.campaign_at) / 3600.0,
+                    events: self.events,
+                    #[allow(clippy::cast_precision_loss)]
+                    committed: self.committed_times.len() as f64
+                        / f64::from(self.sc.scenario.fleet.vehicles),
+                });
+            }
             self.handle(ev)?;
             if self.finished() {
                 break;
@@ -1502,6 +1557,20 @@ impl<'a> Model<'a> {
             vehicles: n,
             depots: s.fleet.depots,
             regions: s.fleet.regions,
+            region_labels: (0..s.fleet.regions)
+                .map(|r| self.sc.region_label(r))
+                .collect(),
+            depot_outages: s
+                .failures
+                .depot_outages
+                .iter()
+                .map(|o| OutageAt {
+                    depot: o.depot,
+                    region: self.yards.get(o.depot as usize).map_or(0, |y| y.region),
+                    from_hours: o.start_hours - self.campaign_at / 3600.0,
+                    to_hours: o.start_hours + o.hours - self.campaign_at / 3600.0,
+                })
+                .collect(),
             delta_bytes: self.sc.delta_bytes,
             simulated_hours: (self.now - self.campaign_at) / 3600.0,
             campaign_state: match self.campaign.as_ref().map(Campaign::state) {

@@ -1,5 +1,6 @@
 //! What a yard run is given, and how it speaks while it runs.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -41,11 +42,62 @@ pub struct YardOptions {
     /// The last this many vehicles had their gateway ECU replaced: it runs v1's factory build,
     /// which no delta starts from, so they install v2 from the image compressed.
     pub replaced_parts: usize,
+    /// How the campaign must end for the run to succeed; `None`: halted with
+    /// `failing_canary`, completed otherwise.
+    pub expect: Option<Expected>,
     /// Print progress lines.
     pub verbose: bool,
 }
 
+/// How a yard's campaign is expected to end. A run whose campaign ends otherwise still writes
+/// its summary and report, and `netsim yard` exits with [`UNEXPECTED_EXIT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expected {
+    /// Every wave opened and the gates held.
+    Completed,
+    /// The director halted it (a release that fails its health check).
+    Halted,
+}
+
+impl Expected {
+    /// The campaign state's name, as the director gives it.
+    pub fn state(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Halted => "halted",
+        }
+    }
+
+    /// Whether a campaign that ended in `state` ended as expected; if not, why not.
+    pub fn judge(self, state: &str, reason: Option<&str>) -> Result<(), String> {
+        if state == self.state() {
+            return Ok(());
+        }
+        let wanted = match self {
+            Self::Completed => "complete",
+            Self::Halted => "halt",
+        };
+        Err(format!(
+            "the campaign was expected to {wanted}; it {state}{}",
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        ))
+    }
+}
+
+/// `netsim yard`'s exit code when the campaign did not end as expected (1: the run itself
+/// failed; 2: the command line was wrong).
+pub const UNEXPECTED_EXIT: u8 = 3;
+
 impl YardOptions {
+    /// How the campaign must end for the run to succeed.
+    pub fn expected(&self) -> Expected {
+        self.expect.unwrap_or(match self.failing_canary {
+            true => Expected::Halted,
+            false => Expected::Completed,
+        })
+    }
+
     /// Refuses a yard this machine or the simulated ECUs cannot hold.
     pub(super) fn check(&self) -> anyhow::Result<()> {
         if self.vehicles == 0 || self.vehicles > 64 {
@@ -131,7 +183,43 @@ impl Log {
             println!("[{:>6.1} s] {line}", self.started.elapsed().as_secs_f64());
         }
     }
+
+    /// Runs `work`, saying every [`HEARTBEAT`] that it is still at `what` and for how long: a
+    /// step of more than a few seconds shows that it goes on.
+    pub(super) fn during<T>(self, what: &str, work: impl FnOnce() -> T) -> T {
+        if !self.verbose {
+            return work();
+        }
+        let begun = Instant::now();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                // On a terminal the origin keeps a progress line of its own on standard error
+                // (its delta's segments); a line of ours first clears it.
+                let clear = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(HEARTBEAT)
+                {
+                    let line = format!(
+                        "{what}: still at it after {:.0} s",
+                        begun.elapsed().as_secs_f64()
+                    );
+                    if clear {
+                        print!("\r\x1b[K");
+                    }
+                    self.say(&line);
+                }
+            });
+            let result = work();
+            // The heartbeat ends when its channel closes, sent to or not.
+            drop(done);
+            result
+        })
+    }
 }
+
+/// How often a long step says it goes on.
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
@@ -152,6 +240,7 @@ mod tests {
             report_flood: false,
             single_bank: 4,
             replaced_parts: 4,
+            expect: None,
             verbose: false,
         }
     }
@@ -207,6 +296,34 @@ mod tests {
             let refused = yard.check().unwrap_err().to_string();
             assert_eq!(refused, error);
         }
+    }
+
+    #[test]
+    fn a_halt_fails_a_run_expected_to_complete_and_completing_fails_a_failing_canary() {
+        assert_eq!(options().expected(), Expected::Completed);
+        let failing = YardOptions {
+            failing_canary: true,
+            ..options()
+        };
+        assert_eq!(failing.expected(), Expected::Halted);
+        let told = YardOptions {
+            expect: Some(Expected::Completed),
+            ..failing
+        };
+        assert_eq!(told.expected(), Expected::Completed);
+
+        assert_eq!(Expected::Completed.judge("completed", None), Ok(()));
+        assert_eq!(Expected::Halted.judge("halted", Some("health")), Ok(()));
+        assert_eq!(
+            Expected::Completed.judge("halted", Some("1 failed health checks in wave 1")),
+            Err("the campaign was expected to complete; it halted: 1 failed health checks in wave 1".into())
+        );
+        assert_eq!(
+            Expected::Halted.judge("completed", None),
+            Err("the campaign was expected to halt; it completed".into())
+        );
+        assert!(Expected::Completed.judge("aborted", None).is_err());
+        assert!(Expected::Halted.judge("running", None).is_err());
     }
 
     #[test]

@@ -136,14 +136,28 @@ impl Depot {
     /// Waits until the depot has filled itself from the origin's cache: every repository
     /// prefetched once.
     pub(super) fn wait_for_prefetch(&self, log: Log) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let begun = Instant::now();
+        let deadline = begun + Duration::from_secs(120);
+        let mut said = begun;
         loop {
             let status = self.status()?;
-            if status["prefetch"]["runs_ok"].as_u64() >= Some(self.repositories as u64) {
+            let runs = status["prefetch"]["runs_ok"].as_u64().unwrap_or(0);
+            if runs >= self.repositories as u64 {
                 break;
             }
             if Instant::now() > deadline {
                 bail!("the depot did not fill itself from the origin's cache in 120 s: {status}");
+            }
+            if said.elapsed() >= super::options::HEARTBEAT {
+                said = Instant::now();
+                #[allow(clippy::cast_precision_loss)]
+                let mib =
+                    status["prefetch"]["backhaul_bytes"].as_u64().unwrap_or(0) as f64 / 1_048_576.0;
+                log.say(&format!(
+                    "depot: prefetching for {:.0} s: {runs} of {} repositories, {mib:.1} MiB over its backhaul so far",
+                    begun.elapsed().as_secs_f64(),
+                    self.repositories
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -406,15 +420,17 @@ impl Yard {
 
     /// Registers each of `vins` with the director, writes its ECU and configuration under
     /// `out/vehicles` and starts its agent on a thread of its own. The agents run until the
-    /// yard stops; what they do arrives on the returned channel.
+    /// yard stops; what they do arrives on the returned channel. Also returns each vehicle's
+    /// peer id, as its neighbours' download counters name it.
     pub(super) fn start_vehicles(
         &mut self,
         out: &Path,
         vins: &[Vin],
         setup: &VehicleSetup<'_>,
         director: &Director,
-    ) -> anyhow::Result<mpsc::Receiver<VehicleEvent>> {
+    ) -> anyhow::Result<(mpsc::Receiver<VehicleEvent>, Vec<String>)> {
         let (sender, events) = mpsc::channel();
+        let mut peers = Vec::new();
         for (index, vin) in vins.iter().enumerate() {
             // Enrolment as a factory does it: the gateway's mesh identity is made, registered
             // with the vehicle, and the director's answer carries its membership certificate.
@@ -424,6 +440,7 @@ impl Yard {
             let peer = node::identity::load_or_create(&data)?.public().to_peer_id();
             let mut record = vehicle::record(index, vin, setup.replaced(index))?;
             record.peer = Some(peer.to_string());
+            peers.push(peer.to_string());
             let answer = director
                 .provisioning
                 .register(&proto::director_api::RegisterVehicle { vehicle: record })?;
@@ -439,7 +456,7 @@ impl Yard {
                 }
             }));
         }
-        Ok(events)
+        Ok((events, peers))
     }
 
     /// Gives the depot a moment to relay the reports it holds, reads its `/status`, then

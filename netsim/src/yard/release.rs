@@ -82,7 +82,13 @@ pub(super) fn prepare(
     let v2 = next_release(&v1, options.seed);
     let factory = factory_build(&v1);
     let replaced = options.replaced_parts > 0;
-    let compressed = publish(&origin, out, [&v1, &factory, &v2], replaced)?;
+    let what = match replaced {
+        true => "origin: computing the delta and the compressed image",
+        false => "origin: computing the delta",
+    };
+    let compressed = log.during(what, || {
+        publish(&origin, out, [&v1, &factory, &v2], replaced)
+    })?;
     let compressed = compressed.map(|c| (c.blake3.to_string(), c.length));
     let release = Release {
         delta_sizes: delta_sizes(&origin, compressed.as_ref().map(|c| c.0.as_str()))?,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::follow::{Follow, Watched};
-use super::options::{YardOptions, rate_text};
+use super::options::{Expected, YardOptions, rate_text};
 use super::parts::Attackers;
 use super::release::Release;
 use crate::attackers::report_flood::ReportFlood;
@@ -55,6 +55,70 @@ pub struct VehicleResult {
     pub compressed_bytes: Option<u64>,
     /// How its report reached the director (`director`, `depot`).
     pub report_via: Option<String>,
+    /// Each fetch its agent finished: what, how large, what arrived and from whom.
+    pub downloads: Vec<Download>,
+    /// Seconds from approval to the start of the check that fetched (its metadata refresh,
+    /// then the fetch, then the install); `None` when it fetched nothing.
+    pub fetch_started_after_secs: Option<f64>,
+    /// Seconds from approval until its agent had written the new image to the inactive bank,
+    /// switched the ECU to it and rebooted into the trial; `None` when it did not install.
+    pub trial_boot_after_secs: Option<f64>,
+}
+
+/// One fetch a vehicle's agent finished.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Download {
+    /// What it was: `delta`, `compressed` (the image compressed) or `image`.
+    pub payload: String,
+    /// Its blob id.
+    pub blob: String,
+    /// Its size, bytes.
+    pub length: u64,
+    /// Verified bytes that arrived, chunk groups that came twice counted twice.
+    pub received: u64,
+    /// Seconds the fetch took, as its agent timed it.
+    pub seconds: f64,
+    /// Verified bytes by sender: `depot`, a neighbour's VIN, `corrupt peer`.
+    pub from: BTreeMap<String, u64>,
+}
+
+impl Download {
+    /// Bytes that arrived beyond the payload's size: chunk groups that came from two peers
+    /// (the fetch engine asks a second peer for groups still in flight at the end of a fetch,
+    /// its endgame, or after a request timed out; both copies are verified and counted, the
+    /// store keeps one). Metadata and proofs are not in these counts.
+    pub fn twice(&self) -> u64 {
+        self.received.saturating_sub(self.length)
+    }
+
+    /// What arrived beyond the payload, and why, in a few words. A fetch shorter than the
+    /// engine's request timeout cannot have re-asked a timed-out request: what came twice
+    /// there is the endgame's.
+    pub fn beyond_payload(&self) -> String {
+        const GROUP: u64 = 16 * 1024;
+        let twice = self.twice();
+        if twice == 0 {
+            return match self.length - self.received.min(self.length) {
+                0 => "exactly the payload".into(),
+                held => format!("{} KiB held already (a resumed fetch)", held / 1024),
+            };
+        }
+        let timeout = node::engine::TransferConfig::default().request_timeout;
+        let why = if self.seconds < timeout.as_secs_f64() {
+            format!(
+                "endgame duplicates (in {:.2} s no request can have timed out)",
+                self.seconds
+            )
+        } else {
+            "endgame duplicates, or requests asked again after a timeout".into()
+        };
+        format!(
+            "+{} KiB came twice: {} of its {} chunk groups again from a second peer, {why}",
+            twice / 1024,
+            twice.div_ceil(GROUP),
+            self.length.div_ceil(GROUP),
+        )
+    }
 }
 
 /// What a run did.
@@ -84,6 +148,16 @@ pub struct YardSummary {
     pub reason: Option<String>,
     /// The director's time to update (p50, p90, p99 seconds).
     pub time_to_update_secs: Value,
+    /// How the campaign was expected to end.
+    pub expected: Expected,
+    /// Whether it did.
+    pub as_expected: bool,
+    /// Seconds from approval until each wave was seen open (netsim asks the director every
+    /// 0.2 s).
+    pub waves_opened_after_secs: Vec<f64>,
+    /// Seconds from approval until the campaign was seen ended (completed, halted or
+    /// aborted); `None` when it did not end.
+    pub ended_after_secs: Option<f64>,
     /// Bytes the depot served the yard.
     pub depot_served_bytes: u64,
     /// Bytes the depot took from the origin's cache.
@@ -188,6 +262,9 @@ pub(super) fn write(out: &Path, run: &Finished<'_>) -> anyhow::Result<YardSummar
 fn summarise(run: &Finished<'_>, report: PathBuf) -> YardSummary {
     let (options, follow, depot) = (run.options, run.follow, run.depot_status);
     let progress = follow.progress.as_ref();
+    let state = progress.map_or("?", |p| p.state.name()).to_string();
+    let reason = progress.and_then(|p| p.state.reason()).map(str::to_string);
+    let expected = options.expected();
     let results = (0..follow.vins.len())
         .map(|i| vehicle_result(run, i))
         .collect();
@@ -214,9 +291,13 @@ fn summarise(run: &Finished<'_>, report: PathBuf) -> YardSummary {
             .as_ref()
             .map(|flood| report_flood(flood, depot)),
         campaign: follow.campaign.id.clone(),
-        state: progress.map_or("?", |p| p.state.name()).to_string(),
-        reason: progress.and_then(|p| p.state.reason()).map(str::to_string),
+        as_expected: expected.judge(&state, reason.as_deref()).is_ok(),
+        expected,
+        state,
+        reason,
         time_to_update_secs: progress.map_or(Value::Null, |p| json!(p.time_to_update_secs)),
+        waves_opened_after_secs: follow.waves_opened_at.clone(),
+        ended_after_secs: follow.ended_at.as_ref().map(|(at, _)| *at),
         depot_served_bytes: depot["served_bytes"].as_u64().unwrap_or(0),
         depot_backhaul_bytes: depot["prefetch"]["backhaul_bytes"].as_u64().unwrap_or(0),
         seconds: run.seconds,
@@ -261,7 +342,44 @@ fn vehicle_result(run: &Finished<'_>, i: usize) -> VehicleResult {
                 .then_some(*size)
         }),
         report_via: status["report_sent"]["via"].as_str().map(str::to_string),
+        downloads: watched.downloads.clone(),
+        fetch_started_after_secs: watched.fetch_check_at,
+        trial_boot_after_secs: watched.trial_at,
     }
+}
+
+/// An install's outcome in a table's column: `committed`, `rolled back` with the kind of
+/// failure, `not offered`.
+fn short_outcome(outcome: Option<&str>) -> String {
+    match outcome {
+        None => "not offered".into(),
+        Some(o) if o.starts_with("rolled back") && o.contains("health check failed") => {
+            "rolled back: health".into()
+        }
+        Some(o) if o.starts_with("rolled back") => "rolled back".into(),
+        Some(o) => o.chars().take(22).collect(),
+    }
+}
+
+/// The director's time to update (`[p50, p90, p99]` seconds, each `null` until enough
+/// vehicles committed) as a sentence's end.
+pub(super) fn time_to_update_text(secs: &Value) -> String {
+    let values: Vec<Option<f64>> = secs
+        .as_array()
+        .map(|a| a.iter().map(Value::as_f64).collect())
+        .unwrap_or_default();
+    if values.iter().all(Option::is_none) {
+        return "none (no vehicle committed)".into();
+    }
+    ["p50", "p90", "p99"]
+        .iter()
+        .zip(values.iter().chain(std::iter::repeat(&None)))
+        .map(|(name, v)| match v {
+            Some(v) => format!("{name} {v:.0} s"),
+            None => format!("{name} -"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Per ECU in an agent's status: the image it runs and from which slot.
@@ -360,11 +478,15 @@ fn report_flood(flood: &ReportFlood, depot_status: &Value) -> ReportFloodSummary
 pub fn table(summary: &YardSummary) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "campaign {}: {}{} after {:.1} s; image {:.1} MiB, delta {:.1} KiB{}; depot served {:.1} MiB to the yard, took {:.1} MiB over its backhaul\n",
+        "campaign {}: {}{} after {:.1} s, {}; image {:.1} MiB, delta {:.1} KiB{}; depot served {:.1} MiB to the yard, took {:.1} MiB over its backhaul\n",
         summary.campaign,
         summary.state,
         summary.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
         summary.seconds,
+        match summary.as_expected {
+            true => "as expected".to_string(),
+            false => format!("NOT as expected ({})", summary.expected.state()),
+        },
         summary.image_bytes as f64 / 1_048_576.0,
         summary.delta_bytes as f64 / 1024.0,
         summary.compressed_bytes.map_or(String::new(), |c| format!(
@@ -380,6 +502,10 @@ pub fn table(summary: &YardSummary) -> String {
         "links: each vehicle downloads {}, the depot uploads to the yard {}\n",
         rate_text(summary.vehicle_down_bytes_per_sec),
         rate_text(summary.depot_up_bytes_per_sec),
+    ));
+    out.push_str(&format!(
+        "time to update (the director's, from a vehicle's wave opening to its commit): {}\n",
+        time_to_update_text(&summary.time_to_update_secs)
     ));
     if let Some(rogue) = &summary.corrupt_peer {
         out.push_str(&format!(
@@ -444,8 +570,7 @@ pub fn table(summary: &YardSummary) -> String {
                 format!("{serial} {image} {slot}{single}{from}")
             })
             .collect();
-        let mut outcome = r.outcome.clone().unwrap_or_else(|| "not offered".into());
-        outcome.truncate(22);
+        let outcome = short_outcome(r.outcome.as_deref());
         out.push_str(&format!(
             "{:<8} {:>4}  {:<22} {:>10} {:>10} {:>7} {:>8} {:>10}  {:<8}  {}\n",
             r.vin,
@@ -463,4 +588,86 @@ pub fn table(summary: &YardSummary) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_to_update_reads_as_words_not_json() {
+        assert_eq!(
+            time_to_update_text(&json!([3, 3, 3])),
+            "p50 3 s, p90 3 s, p99 3 s"
+        );
+        assert_eq!(
+            time_to_update_text(&json!([null, null, null])),
+            "none (no vehicle committed)"
+        );
+        assert_eq!(
+            time_to_update_text(&json!([2.4, 5.6, null])),
+            "p50 2 s, p90 6 s, p99 -"
+        );
+        assert_eq!(
+            time_to_update_text(&Value::Null),
+            "none (no vehicle committed)"
+        );
+    }
+
+    #[test]
+    fn outcomes_fit_the_table() {
+        let failed =
+            "rolled back: ECU GW-YARD-02: health check failed: sh exited with exit status: 1";
+        assert_eq!(short_outcome(Some(failed)), "rolled back: health");
+        assert_eq!(
+            short_outcome(Some("rolled back: trial timed out")),
+            "rolled back"
+        );
+        assert_eq!(short_outcome(Some("committed")), "committed");
+        assert_eq!(short_outcome(None), "not offered");
+    }
+
+    #[test]
+    fn bytes_past_the_payload_are_what_came_twice() {
+        // Seen in a 10-vehicle yard: the whole delta from one neighbour and ten of its 16 KiB
+        // groups again from another.
+        let download = Download {
+            payload: "delta".into(),
+            blob: "ce15".into(),
+            length: 334_740,
+            received: 498_580,
+            seconds: 0.21,
+            from: BTreeMap::from([("YARD-03".into(), 334_740), ("YARD-05".into(), 163_840)]),
+        };
+        assert_eq!(download.twice(), 163_840);
+        assert_eq!(
+            download.beyond_payload(),
+            "+160 KiB came twice: 10 of its 21 chunk groups again from a second peer, endgame \
+             duplicates (in 0.21 s no request can have timed out)"
+        );
+        let slow = Download {
+            seconds: 12.0,
+            ..download.clone()
+        };
+        assert!(
+            slow.beyond_payload()
+                .ends_with("or requests asked again after a timeout"),
+            "{}",
+            slow.beyond_payload()
+        );
+        let resumed = Download {
+            received: 100_000,
+            ..download.clone()
+        };
+        assert_eq!(resumed.twice(), 0);
+        assert_eq!(
+            resumed.beyond_payload(),
+            "229 KiB held already (a resumed fetch)"
+        );
+        let exact = Download {
+            received: 334_740,
+            ..download
+        };
+        assert_eq!(exact.beyond_payload(), "exactly the payload");
+    }
 }

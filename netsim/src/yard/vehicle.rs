@@ -19,6 +19,9 @@ use super::release::{FACTORY, Release, V1, is_replaced};
 #[derive(Debug)]
 pub(super) struct VehicleEvent {
     pub(super) index: usize,
+    /// When the check began.
+    pub(super) started: Instant,
+    /// When it ended.
     pub(super) at: Instant,
     pub(super) step: Result<String, String>,
     pub(super) status: Value,
@@ -189,6 +192,7 @@ pub(super) fn drive(
     let config = vehicle_peer::config::load(&config)?;
     let mut daemon = vehicle_peer::daemon::Daemon::open(config)?;
     while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
         let step = daemon.check(node::clock::unix_now());
         let again = matches!(step, Ok(vehicle_peer::daemon::Step::Rebooted));
         let step = match step {
@@ -203,6 +207,7 @@ pub(super) fn drive(
         };
         let event = VehicleEvent {
             index,
+            started,
             at: Instant::now(),
             step,
             status: daemon.status().clone(),
