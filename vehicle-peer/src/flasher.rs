@@ -204,6 +204,37 @@ pub struct InstallRecord {
     pub stage: Stage,
 }
 
+impl InstallRecord {
+    /// A new install of `approved` (with its BLAKE3 and SHA-256, [`approved_for`]) on ECU
+    /// `ecu`, which ran `previous`, from slot `from` into slot `to`: nothing written yet.
+    pub(crate) fn fresh(
+        ecu: &str,
+        approved: &ApprovedImage,
+        (blake3, sha256): (BlobId, String),
+        previous: Option<InstalledImage>,
+        (from, to): (String, String),
+    ) -> Self {
+        Self {
+            ecu: ecu.to_string(),
+            target: approved.target().to_string(),
+            blake3,
+            length: approved.file().length,
+            image: InstalledImage {
+                target: approved.target().to_string(),
+                sha256,
+                release_counter: approved.release_counter(),
+            },
+            previous,
+            from,
+            to,
+            stage: Stage::Writing {
+                header: String::new(),
+                done: 0,
+            },
+        }
+    }
+}
+
 /// A [`BlobId`] in the journal as its hex text.
 mod blob_id_text {
     use proto::BlobId;
@@ -451,24 +482,13 @@ impl<'a, B: Banks, M: WriteAt, J: Index> Install<'a, Verified, B, M, J> {
                 target: approved.target().to_string(),
             });
         }
-        let fresh = InstallRecord {
-            ecu: ecu.serial.clone(),
-            target: approved.target().to_string(),
-            blake3,
-            length: approved.file().length,
-            image: InstalledImage {
-                target: approved.target().to_string(),
-                sha256,
-                release_counter: approved.release_counter(),
-            },
+        let fresh = InstallRecord::fresh(
+            &ecu.serial,
+            approved,
+            (blake3, sha256),
             previous,
-            from: running.to_string(),
-            to,
-            stage: Stage::Writing {
-                header: String::new(),
-                done: 0,
-            },
-        };
+            (running.to_string(), to),
+        );
         let record = match journaled(journal, &ecu.serial)? {
             Some(
                 old @ InstallRecord {

@@ -175,24 +175,13 @@ fn begin<J: Index>(
             ecu: ecu.serial.clone(),
             slot: pair.booted.clone(),
         })?;
-    Ok(InstallRecord {
-        ecu: ecu.serial.clone(),
-        target: approved.target().to_string(),
-        blake3,
-        length: approved.file().length,
-        image: InstalledImage {
-            target: approved.target().to_string(),
-            sha256,
-            release_counter: approved.release_counter(),
-        },
+    Ok(InstallRecord::fresh(
+        &ecu.serial,
+        approved,
+        (blake3, sha256),
         previous,
-        from: pair.booted.to_string(),
-        to: to.to_string(),
-        stage: Stage::Writing {
-            header: String::new(),
-            done: 0,
-        },
-    })
+        (pair.booted.to_string(), to.to_string()),
+    ))
 }
 
 /// One step of installing the approved RAUC bundle `bundle` on `ecu` as vehicle install
