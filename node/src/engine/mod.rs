@@ -36,7 +36,10 @@
 //!   groups); ties go to a hash of (seed, piece), so vehicles in one yard start apart.
 //! - Endgame: once no usable peer can take a group that is not already in flight, an idle peer
 //!   duplicates groups in flight elsewhere (each group at most twice, slowest request first); a
-//!   request whose groups all arrived by another route is cancelled.
+//!   request whose groups all arrived by another route is cancelled. Only requests out for
+//!   [`TransferConfig::endgame_patience`] are duplicated: a small blob (a delta of a few hundred
+//!   KiB) is mostly in flight at once, and copying requests that are about to finish only
+//!   doubles what the senders send.
 //! - A request with no progress for [`TransferConfig::request_timeout`] is cancelled and its peer
 //!   struck; a peer with [`TransferConfig::max_timeouts_per_peer`] strikes is *benched*: not
 //!   asked, and not counted as a source, for one request timeout per strike beyond the limit
@@ -138,6 +141,8 @@ pub struct TransferConfig {
     pub seed: u64,
     /// How long groups a peer held back ([`Failure::HeldBack`]) are not asked of it again.
     pub held_back_hold: Duration,
+    /// How long a request is out before the endgame may ask another peer for its groups too.
+    pub endgame_patience: Duration,
 }
 
 impl Default for TransferConfig {
@@ -157,6 +162,9 @@ impl Default for TransferConfig {
             // The depot's propagation grace (`node::seeding`): by then the groups are announced
             // by whoever got them, or the depot serves them again.
             held_back_hold: Duration::from_secs(3),
+            // A piece (256 KiB) takes about 0.2 s at 10 Mbit/s: a request out for a second is
+            // slow, and its duplicate likely finishes first.
+            endgame_patience: Duration::from_secs(1),
         }
     }
 }
@@ -464,6 +472,11 @@ struct RequestState<P> {
     groups: ChunkGroupRanges,
     /// When it was sent or last delivered a group: the timeout counts from here.
     last_progress: Instant,
+    /// When it was sent: the endgame's patience counts from here.
+    issued: Instant,
+    /// Its endgame patience has run out (set by [`Transfer::handle_timeout`], so that
+    /// [`Transfer::poll_timeout`] stops naming it).
+    overdue: bool,
     probe: bool,
 }
 
@@ -682,7 +695,23 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             .peers
             .values()
             .flat_map(|peer| peer.held_back.iter().map(|(until, _)| *until));
-        deadlines.chain(backoffs).chain(holds).min()
+        // In the endgame, when a request becomes a candidate for a duplicate by a peer that
+        // waits for work.
+        let waiting: Vec<&P> = if self.endgame {
+            self.peers
+                .iter()
+                .filter(|(_, state)| state.starved && state.claim.is_some())
+                .map(|(peer, _)| peer)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let patience = self
+            .requests
+            .values()
+            .filter(|request| !request.overdue && waiting.iter().any(|&p| *p != request.peer))
+            .filter_map(|request| self.patience_end(request));
+        deadlines.chain(backoffs).chain(holds).chain(patience).min()
     }
 
     /// Fails the requests whose time is up and ends the back-off of busy peers.
@@ -704,6 +733,23 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         if returned {
             // Back as a source: rarity, the upstream's share and the endgame may all change.
             self.recount_all();
+            self.wake_all();
+        }
+        let patience = self.config.endgame_patience;
+        let mut overdue = false;
+        for request in self.requests.values_mut() {
+            if !request.overdue
+                && request
+                    .issued
+                    .checked_add(patience)
+                    .is_some_and(|at| at <= now)
+            {
+                request.overdue = true;
+                overdue = true;
+            }
+        }
+        if overdue {
+            // Idle peers may duplicate these now.
             self.wake_all();
         }
         let expired: Vec<RequestId> = self
@@ -732,6 +778,11 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             }
             self.strike(now, &request.peer);
         }
+    }
+
+    /// When `request` has been out for the endgame's patience.
+    fn patience_end(&self, request: &RequestState<P>) -> Option<Instant> {
+        request.issued.checked_add(self.config.endgame_patience)
     }
 
     fn deadline(&self, request: &RequestState<P>) -> Option<Instant> {
@@ -1299,7 +1350,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             }
             let mut issued = false;
             for peer in ready {
-                match self.choose(&peer, &mut pass, slots) {
+                match self.choose(now, &peer, &mut pass, slots) {
                     Some((groups, duplicate)) => {
                         pass.note_issued(&groups);
                         self.issue(now, peer, groups, false, duplicate);
@@ -1353,7 +1404,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             if state.starved && state.claim.is_some() && self.has_free_slot(peer, state, now, slots)
             {
                 assert_eq!(
-                    self.choose(peer, &mut pass, slots),
+                    self.choose(now, peer, &mut pass, slots),
                     None,
                     "peer {peer:?} was skipped as starved but has work"
                 );
@@ -1362,7 +1413,13 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
     }
 
     /// The groups to ask `peer` for next, and whether they are an endgame duplicate.
-    fn choose(&self, peer: &P, pass: &mut Pass, slots: Slots) -> Option<(ChunkGroupRanges, bool)> {
+    fn choose(
+        &self,
+        now: Instant,
+        peer: &P,
+        pass: &mut Pass,
+        slots: Slots,
+    ) -> Option<(ChunkGroupRanges, bool)> {
         let state = self.peers.get(peer)?;
         let mut claim = state.claim.clone()?;
         for (_, held_back) in &state.held_back {
@@ -1398,7 +1455,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         if spare_upstream || !pass.is_endgame() {
             return None;
         }
-        self.endgame_groups(peer, claim)
+        self.endgame_groups(now, peer, claim)
             .filter(|groups| !groups.is_empty())
             .map(|groups| (groups, true))
     }
@@ -1481,7 +1538,12 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
 
     /// Endgame work for `peer`: groups it claims that one other request is fetching, from the
     /// request that has gone longest without progress.
-    fn endgame_groups(&self, peer: &P, claim: &ChunkGroupRanges) -> Option<ChunkGroupRanges> {
+    fn endgame_groups(
+        &self,
+        now: Instant,
+        peer: &P,
+        claim: &ChunkGroupRanges,
+    ) -> Option<ChunkGroupRanges> {
         let mut seen = ChunkGroupRanges::empty();
         let mut twice = ChunkGroupRanges::empty();
         let mut own = ChunkGroupRanges::empty();
@@ -1497,7 +1559,9 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         let mut order: Vec<(Instant, u64, RequestId)> = self
             .requests
             .iter()
-            .filter(|(_, request)| request.peer != *peer)
+            .filter(|(_, request)| {
+                request.peer != *peer && self.patience_end(request).is_some_and(|at| at <= now)
+            })
             .map(|(&id, request)| {
                 let piece = request.groups.iter().next().map_or(0, |r| r.start) / per_piece;
                 (
@@ -1584,6 +1648,8 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                 peer: peer.clone(),
                 groups: groups.clone(),
                 last_progress: now,
+                issued: now,
+                overdue: false,
                 probe,
             },
         );

@@ -230,6 +230,48 @@ fn endgame_duplicates_a_slow_request_and_cancels_it() {
     assert_eq!(sim.transfer.stats().timeouts, 0);
 }
 
+/// A small blob from two fast peers (a delta of a few hundred KiB): everything is in flight at
+/// once, and each request finishes well within the endgame's patience, so nothing is fetched
+/// twice. (Without the patience, the peer that ran out of fresh pieces first duplicated the
+/// other's requests at once.)
+#[test]
+fn a_small_blob_from_fast_peers_is_not_fetched_twice() {
+    let size = blob_size(21);
+    let config = TransferConfig {
+        groups_per_request: 4,
+        max_pieces_per_request: 1,
+        ..seeded(5)
+    };
+    let fast = || PeerSpec::full().speed(50_000_000);
+    let mut sim = Sim::new(
+        size,
+        true,
+        ChunkGroupRanges::empty(),
+        config.clone(),
+        vec![fast(), fast()],
+    );
+    sim.strict_endgame = true;
+    sim.run(HOUR);
+    assert_completed(&sim, size);
+    assert_eq!(sim.transfer.stats().duplicate_requests, 0);
+    assert!(sim.requests.iter().all(|r| !r.duplicate));
+    // With no patience, the same transfer duplicates: the test shows what the patience saves.
+    let impatient = TransferConfig {
+        endgame_patience: Duration::ZERO,
+        ..config
+    };
+    let mut sim = Sim::new(
+        size,
+        true,
+        ChunkGroupRanges::empty(),
+        impatient,
+        vec![fast(), fast()],
+    );
+    sim.run(HOUR);
+    assert_completed(&sim, size);
+    assert!(sim.transfer.stats().duplicate_requests > 0);
+}
+
 #[test]
 fn timeouts_strike_and_bench_a_stalling_peer() {
     let size = blob_size(100);
@@ -439,6 +481,7 @@ fn garbage_events_are_ignored_without_panicking() {
         busy_backoff: Duration::MAX,
         seed: 0,
         held_back_hold: Duration::MAX,
+        endgame_patience: Duration::MAX,
     };
     let held = set(&[0..2, 500..600, MAX_GROUP - 1..MAX_GROUP]);
     let mut transfer = Transfer::new(blob(), Some(size), held, config, now);
