@@ -100,6 +100,19 @@ pub async fn prefetch_with<S: node::storage::Storage, I: node::storage::Index>(
     updater
         .refresh()
         .await
+        .map_err(|error| {
+            match node::tuf_mesh::director_repository_missing(&request.repository, &error) {
+                // A registered vehicle has one (empty targets until something is assigned).
+                Some(vin) => anyhow::anyhow!(
+                    "the upstream serves no {}/metadata/timestamp.json: the director has no \
+                     repository for vehicle {vin} (it is not registered, or it was registered \
+                     before the director signed an empty repository at registration: \
+                     restarting `origin serve` signs one), or the upstream does not relay it",
+                    request.repository
+                ),
+                None => error.into(),
+            }
+        })
         .with_context(|| format!("refreshing {:?} from upstream", request.repository))?;
     // Every role's targets (delegations included), each checked against the delegations' paths.
     let mut targets = Vec::new();

@@ -112,6 +112,15 @@ pub enum TrustedStoreError {
     },
 }
 
+/// The VIN of `repository` when it is a vehicle's director repository (`director/<vin>`) and
+/// `error` says that no peer asked serves its timestamp: the director has no repository for
+/// that vehicle (it signs one at registration), or the peers asked do not relay it. Callers
+/// say so in the operator's words rather than "fetching metadata/timestamp.json: not found".
+pub fn director_repository_missing<'a>(repository: &'a str, error: &TufError) -> Option<&'a str> {
+    let vin = repository.strip_prefix("director/")?;
+    (error.not_found() == Some("metadata/timestamp.json")).then_some(vin)
+}
+
 /// The trusted metadata of `repository` in `data_dir`, started from `root` when there is none
 /// yet (a node ships with its first root; later roots come by rotation).
 pub fn trusted_store(

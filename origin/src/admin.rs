@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use proto::tuf::keys::KeyType;
+use proto::tuf::signer::Signer as _;
 use serde_json::{Value, json};
 
 use crate::keystore::{KeyStore, NewKey};
@@ -199,6 +200,7 @@ fn copy_repository(
 /// Returns the new root version.
 pub fn rotate(
     origin: &Origin,
+    actor: &audit::Actor,
     repository: &str,
     role: &str,
     new_key: &NewKey,
@@ -207,6 +209,13 @@ pub fn rotate(
         director::before_rotation(origin, role)?;
     }
     let version = origin.rotate(repository, role, new_key)?;
+    let key_id = origin.key(repository, role)?.public_key().id();
+    audit::append(
+        origin,
+        actor.as_str(),
+        "key rotate",
+        json!({"repository": repository, "role": role, "root_version": version, "key_id": key_id}),
+    )?;
     if repository == "director" {
         for vin in director::vehicles(origin)? {
             director::after_rotation(origin, &vin, role).with_context(|| {
@@ -218,4 +227,46 @@ pub fn rotate(
         }
     }
     Ok(version)
+}
+
+/// Delegates `paths` of the image repository to a new role `role` with `key` (see
+/// [`Origin::delegate`]), recorded in the audit log as `actor`'s. Returns the new targets
+/// version and the role's key id.
+pub fn delegate(
+    origin: &Origin,
+    actor: &audit::Actor,
+    role: &str,
+    paths: &[String],
+    key: &NewKey,
+    terminating: bool,
+) -> anyhow::Result<(u64, String)> {
+    let (version, key_id) = origin.delegate(role, paths, key, terminating)?;
+    audit::append(
+        origin,
+        actor.as_str(),
+        "delegate",
+        json!({
+            "role": role, "paths": paths, "terminating": terminating,
+            "key_id": key_id, "targets_version": version,
+        }),
+    )?;
+    Ok((version, key_id))
+}
+
+/// Issues the director's server certificate again for `names` (see
+/// [`crate::tls::issue_director_cert_valid_for`]), recorded in the audit log as `actor`'s.
+pub fn director_cert(
+    origin: &Origin,
+    actor: &audit::Actor,
+    names: &[String],
+    days: crate::tls::CertificateDays,
+) -> anyhow::Result<()> {
+    crate::tls::issue_director_cert_valid_for(origin, names, days)?;
+    audit::append(
+        origin,
+        actor.as_str(),
+        "director certificate issue",
+        json!({"names": names, "days": days.get()}),
+    )?;
+    Ok(())
 }

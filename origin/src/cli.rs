@@ -14,15 +14,15 @@ pub(crate) struct Cli {
     /// The origin directory (repositories, online keys, mesh store).
     #[arg(long, global = true, default_value = "origin-data")]
     pub(crate) dir: PathBuf,
-    /// Where the offline keys (both roots, image targets) are: needed by init, release, rotate.
-    /// A directory, or a PKCS #11 token as a `pkcs11:` URI (RFC 7512), e.g.
-    /// `pkcs11:token=depotmesh?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/run/pin`.
-    #[arg(long, global = true, value_name = "DIR|pkcs11:URI")]
+    /// Where the offline keys are, for init, release, delegate and rotate (which also take it
+    /// after the subcommand; other commands do not read it).
+    #[arg(long, value_name = "DIR|pkcs11:URI")]
     pub(crate) offline_keys: Option<origin::keystore::KeyStore>,
     /// The time to sign at, as YYYY-MM-DDTHH:MM:SSZ (default: now). For tests and rehearsals.
     #[arg(long, global = true)]
     pub(crate) now: Option<Time>,
-    /// Who is acting, for the audit log (default: $USER).
+    /// Who is acting, for the audit log (default: the user logged in, even through runuser,
+    /// su or sudo; else sudo's user; else $USER unless that is a service's account).
     #[arg(long, global = true)]
     pub(crate) actor: Option<String>,
     #[command(subcommand)]
@@ -46,6 +46,8 @@ pub(crate) enum Command {
     /// localhost, and an operator CA for operators' client certificates. With a pkcs11: URI
     /// as --offline-keys, the offline keys are made inside the token and never leave it.
     Init {
+        #[command(flatten)]
+        offline: OfflineKeysArg,
         /// The type of every new key: `ed25519`, `ecdsa` (P-256) or `rsa` (default: ed25519,
         /// or ecdsa when the offline keys are in a token).
         #[arg(long)]
@@ -72,6 +74,11 @@ pub(crate) enum Command {
         /// A DNS name or IP address of the director (repeatable).
         #[arg(long = "name", required = true)]
         names: Vec<String>,
+        /// Days the certificate is valid: 1 to 398 (199 by default, under the CA/Browser
+        /// Forum's 200 since March 2026). `origin serve` renews it once fewer than 30 days are
+        /// left.
+        #[arg(long, default_value_t = origin::tls::CertificateDays::DEFAULT)]
+        days: origin::tls::CertificateDays,
     },
     /// Release an image: store it (and its bao outboard) and sign new targets, snapshot and
     /// timestamp of the image repository.
@@ -80,6 +87,8 @@ pub(crate) enum Command {
     /// image repository with its own key, for a supplier or an ECU family; a vehicle then
     /// trusts images under those names only when that role signs them.
     Delegate {
+        #[command(flatten)]
+        offline: OfflineKeysArg,
         /// The new role's name (a-z, 0-9, -, _).
         #[arg(long)]
         name: String,
@@ -103,6 +112,8 @@ pub(crate) enum Command {
     /// Replace a role's key: a new root version signed by the old root key (and the new one
     /// for root), then the role's metadata re-signed.
     Rotate {
+        #[command(flatten)]
+        offline: OfflineKeysArg,
         /// `image` or `director`.
         #[arg(long, value_parser = ["image", "director"])]
         repository: String,
@@ -243,10 +254,40 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: MemberCommand,
     },
+    /// Print the peer id of the origin's mesh node (`origin serve --mesh-listen`), making its
+    /// identity in DIR/mesh-node if it has none yet: with the address it listens on, what a
+    /// depot's `upstream` names (`/ip4/ADDR/udp/7470/quic-v1/p2p/PEER`). Run it as the user
+    /// `origin serve` runs as.
+    MeshIdentity,
     /// Build a delta that rebuilds --to from --from (see the `delta` crate for the format): per
     /// 8 MiB segment, the smallest of zstd patch-from, a bsdiff-class match and an aligned
     /// word diff. Prints a JSON summary. Needs no repository.
     Delta(DeltaArgs),
+}
+
+/// Where the offline keys are: the commands that sign with them take it after the subcommand
+/// too.
+#[derive(Debug, Args)]
+pub(crate) struct OfflineKeysArg {
+    /// Where the offline keys (both roots, image targets) are. A directory (kept apart from
+    /// the origin directory, e.g. on a USB stick), or a PKCS #11 token as a `pkcs11:` URI (RFC
+    /// 7512), e.g.
+    /// `pkcs11:token=depotmesh?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/run/pin`.
+    #[arg(long = "offline-keys", value_name = "DIR|pkcs11:URI")]
+    pub(crate) offline_keys: Option<origin::keystore::KeyStore>,
+}
+
+impl Command {
+    /// The `--offline-keys` given after the subcommand, taken out.
+    pub(crate) fn take_offline_keys(&mut self) -> Option<origin::keystore::KeyStore> {
+        match self {
+            Self::Init { offline, .. }
+            | Self::Delegate { offline, .. }
+            | Self::Rotate { offline, .. }
+            | Self::Release(ReleaseArgs { offline, .. }) => offline.offline_keys.take(),
+            _ => None,
+        }
+    }
 }
 
 /// How the CLI reaches a director service and who it is there.
@@ -288,6 +329,8 @@ impl MemoryBudgetArgs {
 /// `origin release`'s arguments.
 #[derive(Debug, Args)]
 pub(crate) struct ReleaseArgs {
+    #[command(flatten)]
+    pub(crate) offline: OfflineKeysArg,
     /// The image file.
     pub(crate) file: PathBuf,
     /// Its target name, e.g. ecu/brake-1.2.0.bin.
@@ -458,6 +501,11 @@ pub(crate) enum VehicleCommand {
         /// The vehicle file.
         #[arg(long)]
         file: PathBuf,
+        /// Also write the vehicle's mesh membership certificate, from the director's answer,
+        /// to this file (replacing it): the vehicle's `[mesh] certificate`. Refused when the
+        /// file names no `peer`, as then no certificate is issued.
+        #[arg(long, value_name = "FILE")]
+        membership_out: Option<PathBuf>,
     },
     /// Print the registry (JSON).
     List,

@@ -212,6 +212,30 @@ pub(crate) fn sign_assignment(
 /// installed it yet). Returns the targets version. Crate-only: the campaign decision that
 /// withdraws is the audit entry.
 pub(crate) fn withdraw(origin: &Origin, vin: &Vin) -> anyhow::Result<u64> {
+    sign_empty(origin, vin)
+}
+
+/// Gives vehicle `vin` a director repository when it has none its vehicle could read (no
+/// timestamp published): director targets that list nothing, then snapshot and timestamp,
+/// signed as an assignment signs them. A registered vehicle with nothing assigned yet then
+/// reads "nothing to install" (Uptane's way: the director signs at registration), and its
+/// depot's prefetch of `director/<vin>` succeeds, instead of both failing on a missing
+/// timestamp. Returns the targets version signed, or `None` when the vehicle's repository is
+/// published already: an assignment, or the empty targets of an earlier registration, are
+/// kept. Crate-only: the registration (or the director's start, for vehicles registered
+/// before it did this) is the audit entry.
+pub(crate) fn sign_unassigned(origin: &Origin, vin: &Vin) -> anyhow::Result<Option<u64>> {
+    if published_targets_version(origin, vin) > 0 {
+        return Ok(None);
+    }
+    // A version signed and never published (a stop before its timestamp) is passed over:
+    // the vehicle never saw it.
+    sign_empty(origin, vin).map(Some)
+}
+
+/// Signs the next director targets version of vehicle `vin`, listing nothing, then its
+/// snapshot and timestamp.
+fn sign_empty(origin: &Origin, vin: &Vin) -> anyhow::Result<u64> {
     let repository = vehicle_repository(vin);
     origin.verified_fresh(&repository, &RENEWED)?;
     copy_roots(origin, &repository)?;

@@ -1,6 +1,8 @@
 //! The director's background work on campaign vehicles' director targets: signing the release
 //! for the members of a wave that opened (approval, advance, resume) and withdrawing it after
-//! a halt or abort.
+//! a halt or abort. (Also, once no campaign has work due, the empty director targets of
+//! vehicles registered before the director signed them at registration, found at its start:
+//! `Director::work`.)
 //!
 //! Signing one vehicle's targets costs a few milliseconds (three signatures and their durable
 //! writes), so a wave of 45,000 vehicles took minutes inside the request that opened it. Here
@@ -80,7 +82,8 @@ pub struct Worked {
     pub vehicles: usize,
     /// Vehicles that failed (left out until the next decision or restart).
     pub failed: usize,
-    /// Vehicles still due, over every campaign.
+    /// Vehicles still due, over every campaign, and registered vehicles still due their first
+    /// (empty) director targets.
     pub due: u64,
 }
 

@@ -4,6 +4,7 @@
 //! of the director's HTTP client), prints what it returns and maps a failure to the exit code.
 
 mod cli;
+mod who;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ const DIRECTOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60)
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
+        // The reader of standard output went away (`| head`): nothing more to say.
+        Err(error) if node::stdout::is_closed_pipe(error.as_ref()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("origin: {error:#}");
             ExitCode::FAILURE
@@ -36,7 +39,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    let offline_keys = match (cli.offline_keys.take(), cli.command.take_offline_keys()) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("--offline-keys is given twice, before and after the subcommand")
+        }
+        (before, after) => before.or(after),
+    };
     if let Command::Init {
         storage: Some(url),
         storage_options,
@@ -50,19 +59,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let origin = Origin::open(
         cli.dir,
-        cli.offline_keys,
+        offline_keys,
         cli.now.unwrap_or_else(node::clock::now),
     )?;
-    let actor = actor(cli.actor)?;
+    // Asked for only by the commands the audit log records.
+    let actor_flag = cli.actor;
+    let actor = move || -> anyhow::Result<Actor> {
+        Ok(Actor::new(who::choose(who::seen(actor_flag.clone()))?)?)
+    };
     match cli.command {
         Command::Keygen { out, kind } => {
-            print_key(&origin::keys::create_pair(&out, kind)?.public_key())
+            print_key(&origin::keys::create_pair(&out, kind)?.public_key())?
         }
         Command::Init { key_type, .. } => {
             origin::init(&origin, key_type)?;
             let dir = origin.dir.display();
             let storage = &origin.storage;
-            println!("initialised {dir} (image and director repositories in {storage})");
+            node::say!("initialised {dir} (image and director repositories in {storage})")?;
         }
         Command::Release(args) => {
             let Released {
@@ -71,18 +84,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 targets_version,
                 compressed,
                 deltas,
-            } = args.release().sign(&origin, &actor)?;
+            } = args.release().sign(&origin, &actor()?)?;
             let (name, role) = (&args.name, &args.role);
             let compressed = match compressed {
                 Some(c) => format!("  compressed {} bytes ({})", c.length, c.blake3),
                 None => String::new(),
             };
-            println!("{blob}  {name}  {length} bytes  image {role} v{targets_version}{compressed}");
+            node::say!(
+                "{blob}  {name}  {length} bytes  image {role} v{targets_version}{compressed}"
+            )?;
             for (from, delta) in &deltas {
-                println!(
+                node::say!(
                     "{}  delta from {from}  {} bytes",
-                    delta.blake3, delta.length
-                );
+                    delta.blake3,
+                    delta.length
+                )?;
             }
         }
         Command::Delegate {
@@ -91,44 +107,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             key,
             key_type,
             terminating,
+            ..
         } => {
             let key = new_key(&origin, "image", &name, key, key_type)?;
-            let (version, key_id) = origin.delegate(&name, &paths, &key, terminating)?;
+            let (version, key_id) =
+                origin::admin::delegate(&origin, &actor()?, &name, &paths, &key, terminating)?;
             let paths = paths.join(", ");
-            println!("image targets v{version} delegates {paths} to {name} (key {key_id})");
+            node::say!("image targets v{version} delegates {paths} to {name} (key {key_id})")?;
         }
         Command::Rotate {
             repository,
             role,
             new_key: file,
             key_type,
+            ..
         } => {
             let key = new_key(&origin, &repository, &role, file, key_type)?;
-            let version = origin::admin::rotate(&origin, &repository, &role, &key)?;
-            println!("{repository} {role} key rotated: root v{version}");
+            let version = origin::admin::rotate(&origin, &actor()?, &repository, &role, &key)?;
+            node::say!("{repository} {role} key rotated: root v{version}")?;
         }
         Command::Assign {
             vin,
             ecus,
             priority,
         } => {
-            let version = origin::director::assign(&origin, &actor, &vin, &ecus, priority)?;
+            let version = origin::director::assign(&origin, &actor()?, &vin, &ecus, priority)?;
             let ecus: Vec<String> = ecus
                 .iter()
                 .map(|ecu| format!("{} <- {}", ecu.serial, ecu.target))
                 .collect();
-            println!("director targets v{version} for {vin}: {}", ecus.join(", "));
+            node::say!("director targets v{version} for {vin}: {}", ecus.join(", "))?;
         }
         Command::Timestamp => {
             for repository in origin::admin::refresh_timestamps(&origin)? {
-                println!("{repository}: timestamp re-signed");
+                node::say!("{repository}: timestamp re-signed")?;
             }
         }
-        Command::Verify => return Ok(print_problems(&origin::admin::verify(&origin)?)),
+        Command::Verify => return Ok(print_problems(&origin::admin::verify(&origin)?)?),
         Command::Delta(args) => {
             let summary =
                 origin::file_delta::build(&args.from, &args.to, &args.out, &args.options()?)?;
-            println!("{summary}");
+            node::say!("{summary}")?;
         }
         Command::Root {
             repository,
@@ -150,19 +169,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .context("writing standard output")?,
             }
         }
+        Command::MeshIdentity => {
+            let dir = origin::mesh::node_dir(&origin);
+            let keypair = node::identity::load_or_create(&dir)
+                .with_context(|| format!("loading the identity in {}", dir.display()))?;
+            node::say!("{}", keypair.public().to_peer_id())?;
+        }
         Command::Keys => {
             for key in origin::admin::describe_keys(&origin)? {
-                println!("{key}");
+                node::say!("{key}")?;
             }
         }
-        Command::DirectorCert { names } => {
-            origin::tls::issue_director_cert(&origin, &names)?;
+        Command::DirectorCert { names, days } => {
+            origin::admin::director_cert(&origin, &actor()?, &names, days)?;
             let file = origin::tls::TlsFiles::of(&origin).director_cert;
-            println!(
+            node::say!(
                 "{}: valid for localhost and {}",
                 file.display(),
                 names.join(", ")
-            );
+            )?;
         }
         Command::Serve {
             listen,
@@ -218,18 +243,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Who is acting, for the audit log: `--actor`, else `$USER`, else `origin-cli`.
-fn actor(flag: Option<String>) -> anyhow::Result<Actor> {
-    let name = flag
-        .or_else(|| std::env::var("USER").ok())
-        .filter(|a| !a.is_empty())
-        .unwrap_or_else(|| "origin-cli".to_owned());
-    Ok(Actor::new(name)?)
-}
-
 /// A public key as `origin keygen` prints it: its key id and its key object.
-fn print_key(public: &proto::tuf::Key) {
-    println!("{}  {}", public.id(), public.to_json());
+fn print_key(public: &proto::tuf::Key) -> std::io::Result<()> {
+    node::say!("{}  {}", public.id(), public.to_json())
 }
 
 /// The new key of `repository`'s `role`: the key file given, or one to make of `kind` (by
@@ -251,16 +267,16 @@ fn new_key(
 }
 
 /// `origin verify`'s output: each problem, then a count on stderr and exit 1 if there are any.
-fn print_problems(problems: &[String]) -> ExitCode {
+fn print_problems(problems: &[String]) -> std::io::Result<ExitCode> {
     for problem in problems {
-        println!("{problem}");
+        node::say!("{problem}")?;
     }
     if problems.is_empty() {
-        println!("ok: every repository verifies");
-        ExitCode::SUCCESS
+        node::say!("ok: every repository verifies")?;
+        Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("origin: {} problem(s)", problems.len());
-        ExitCode::FAILURE
+        Ok(ExitCode::FAILURE)
     }
 }
 
@@ -311,14 +327,7 @@ fn registry_location(
 /// The log of `origin serve`, on stderr (`RUST_LOG`, default `info`). The subscriber is the
 /// binary's to install: the library only emits events.
 fn install_log() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: journald and log files keep the text as it is.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    node::logging::install("info");
 }
 
 /// What `origin serve` was asked for.
@@ -345,7 +354,7 @@ fn serve(origin: Origin, args: ServeArgs<'_>) -> anyhow::Result<()> {
         tracing::info!(database = %target.describe(), "registry in PostgreSQL");
     }
     if args.standby {
-        println!("standby: waiting for the director that holds the registry to end");
+        node::say!("standby: waiting for the director that holds the registry to end")?;
     }
     let server = origin::http::Server::bind(
         origin.clone(),
@@ -356,14 +365,14 @@ fn serve(origin: Origin, args: ServeArgs<'_>) -> anyhow::Result<()> {
         args.bearer,
         args.limit,
     )?;
-    println!("director listening on {}", server.url()?);
+    node::say!("director listening on {}", server.url()?)?;
     // Held until the service stops.
     let _mesh = if args.mesh_listen.is_empty() {
         None
     } else {
         let mesh = server.block_on(origin::mesh::start(&origin, args.mesh_listen))?;
         for addr in &mesh.addrs {
-            println!("mesh: serving the repositories on {addr}");
+            node::say!("mesh: serving the repositories on {addr}")?;
         }
         Some(mesh)
     };
@@ -401,7 +410,7 @@ fn campaign(client: &DirectorClient, command: CampaignCommand) -> anyhow::Result
             let one = all
                 .campaign(&id)
                 .with_context(|| format!("there is no campaign {id}"))?;
-            println!("{}", serde_json::to_string_pretty(one)?);
+            node::say!("{}", serde_json::to_string_pretty(one)?)?;
             Ok(())
         }
     }
@@ -410,16 +419,36 @@ fn campaign(client: &DirectorClient, command: CampaignCommand) -> anyhow::Result
 /// `origin vehicle`, through the director `client` reaches.
 fn vehicle(client: &DirectorClient, command: VehicleCommand) -> anyhow::Result<()> {
     match command {
-        VehicleCommand::Register { file } => {
+        VehicleCommand::Register {
+            file,
+            membership_out,
+        } => {
             let vehicle = origin::operator_file::vehicle(&file)?;
-            print_answer(client.register(&RegisterVehicle { vehicle }))
+            if membership_out.is_some() && vehicle.peer.is_none() {
+                anyhow::bail!(
+                    "--membership-out: {} names no `peer`, so the director issues no membership \
+                     certificate",
+                    file.display()
+                );
+            }
+            let answer = client
+                .register(&RegisterVehicle { vehicle })
+                .map_err(explain)?;
+            if let (Some(out), Some(cert)) = (&membership_out, &answer.membership) {
+                origin::write_durably(out, &cert.encode())
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+            print_answer(Ok(answer))
         }
         VehicleCommand::List => print_answer(client.vehicles()),
     }
 }
 
 /// `origin operator`: the operator registry of this origin directory.
-fn operator(origin: &Origin, actor: &Actor, command: OperatorCommand) -> anyhow::Result<()> {
+/// Who acts, asked only by the commands the audit log records.
+type ActorOf<'a> = &'a dyn Fn() -> anyhow::Result<Actor>;
+
+fn operator(origin: &Origin, actor: ActorOf<'_>, command: OperatorCommand) -> anyhow::Result<()> {
     use origin::operators;
     match command {
         OperatorCommand::Add {
@@ -429,24 +458,24 @@ fn operator(origin: &Origin, actor: &Actor, command: OperatorCommand) -> anyhow:
             out,
         } => {
             let roles = roles.into_iter().collect();
-            let added = operators::add(origin, actor, &name, &roles, days, &out)?;
-            println!(
+            let added = operators::add(origin, &actor()?, &name, &roles, days, &out)?;
+            node::say!(
                 "{name}: certificate {} (key {})",
                 added.certificate.display(),
                 added.key.display()
-            );
+            )?;
             if let Some(key) = &added.approval_key {
-                println!("{name}: approval key {}", key.display());
+                node::say!("{name}: approval key {}", key.display())?;
             }
-            println!("sha256 {}", added.fingerprint);
+            node::say!("sha256 {}", added.fingerprint)?;
         }
         OperatorCommand::Remove { name } => {
-            operators::remove(origin, actor, &name)?;
-            println!("{name} removed: their certificates are refused from now on");
+            operators::remove(origin, &actor()?, &name)?;
+            node::say!("{name} removed: their certificates are refused from now on")?;
         }
         OperatorCommand::List => {
             let registry = operators::Operators::load(&operators::Operators::path(origin))?;
-            println!("{}", serde_json::to_string_pretty(&registry)?);
+            node::say!("{}", serde_json::to_string_pretty(&registry)?)?;
         }
     }
     Ok(())
@@ -454,7 +483,7 @@ fn operator(origin: &Origin, actor: &Actor, command: OperatorCommand) -> anyhow:
 
 /// `origin member`: the fleet's membership, signed with this origin's fleet key (made first,
 /// and said so, on an origin made before fleet membership).
-fn member(origin: &Origin, actor: &Actor, command: MemberCommand) -> anyhow::Result<()> {
+fn member(origin: &Origin, actor: ActorOf<'_>, command: MemberCommand) -> anyhow::Result<()> {
     use origin::fleet;
     if fleet::ensure_key(origin)? {
         eprintln!(
@@ -470,45 +499,45 @@ fn member(origin: &Origin, actor: &Actor, command: MemberCommand) -> anyhow::Res
             days,
             out,
         } => {
-            let cert = fleet::issue(origin, actor, &peer, role, days)?;
+            let cert = fleet::issue(origin, &actor()?, &peer, role, days)?;
             match out {
                 Some(file) => {
                     origin::write_durably(&file, &cert.encode())
                         .with_context(|| format!("writing {}", file.display()))?;
                     let m = &cert.membership;
-                    println!(
+                    node::say!(
                         "{}: {} is a fleet {} until {}",
                         file.display(),
                         m.peer,
                         m.role,
                         proto::tuf::Time::from_unix(i64::try_from(m.expires)?)
-                    );
+                    )?;
                 }
-                None => println!("{}", serde_json::to_string_pretty(&cert)?),
+                None => node::say!("{}", serde_json::to_string_pretty(&cert)?)?,
             }
         }
         MemberCommand::Revoke { peer } => {
-            let revoked = fleet::revoke(origin, actor, &peer)?;
+            let revoked = fleet::revoke(origin, &actor()?, &peer)?;
             let version = revoked.list.revocations.version;
             if revoked.already {
                 eprintln!(
                     "origin: {peer} was revoked already; nothing changed (revocations v{version})"
                 );
             } else {
-                println!("{peer} revoked: revocations v{version}");
+                node::say!("{peer} revoked: revocations v{version}")?;
             }
         }
         MemberCommand::Revocations => {
-            println!(
+            node::say!(
                 "{}",
                 serde_json::to_string_pretty(&fleet::revocations(origin)?)?
-            );
+            )?;
         }
         MemberCommand::Key => {
-            println!(
+            node::say!(
                 "{}",
                 serde_json::to_string_pretty(&fleet::describe_key(origin)?)?
-            );
+            )?;
         }
     }
     Ok(())
@@ -525,15 +554,15 @@ fn audit(origin: &Origin, command: AuditCommand) -> anyhow::Result<()> {
             let entries = origin::audit::verify_origin(origin, key.as_ref())?;
             let log = origin::audit::entries_of(origin)?;
             let decisions = origin::approvals::audit(&log)?;
-            println!(
+            node::say!(
                 "ok: {entries} entries, chain and signatures intact; {decisions} campaign \
                  start(s) and resume(s), each signed by {} approvers other than its creator",
                 origin::approvals::NEEDED
-            );
+            )?;
         }
         AuditCommand::Export => {
             for entry in origin::audit::entries_of(origin)? {
-                println!("{entry}");
+                node::say!("{entry}")?;
             }
         }
     }
@@ -553,6 +582,6 @@ fn explain(error: ClientError) -> anyhow::Error {
 /// The director's answer as the operator sees it: pretty JSON.
 fn print_answer<T: serde::Serialize>(answer: Result<T, ClientError>) -> anyhow::Result<()> {
     let answer = answer.map_err(explain)?;
-    println!("{}", serde_json::to_string_pretty(&answer)?);
+    node::say!("{}", serde_json::to_string_pretty(&answer)?)?;
     Ok(())
 }

@@ -75,7 +75,7 @@ pub fn mesh_name(repository: &str) -> Option<String> {
 /// When the data directory, the fleet key, the certificate, the network or the first import
 /// fails.
 pub async fn start(origin: &Origin, listen: Vec<Multiaddr>) -> anyhow::Result<OriginMesh> {
-    let dir = origin.dir.join("mesh-node");
+    let dir = node_dir(origin);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (store, _) = node::store::open_data_dir(&dir)
         .with_context(|| format!("opening the mesh store in {}", dir.display()))?;
@@ -150,6 +150,11 @@ impl OriginMesh {
     pub fn net(&self) -> &NetHandle {
         &self.net
     }
+}
+
+/// The mesh node's data directory (identity, store, certificate): `DIR/mesh-node`.
+pub fn node_dir(origin: &Origin) -> std::path::PathBuf {
+    origin.dir.join("mesh-node")
 }
 
 /// A membership certificate for the node's `peer`, from the origin's fleet key (audited as
@@ -314,7 +319,7 @@ impl Publisher {
         let certificate = issue(&self.origin, &peer)?;
         self.runtime
             .block_on(self.net.renew_certificate(certificate.clone()))?;
-        let path = self.origin.dir.join("mesh-node").join("member.json");
+        let path = node_dir(&self.origin).join("member.json");
         crate::write_durably(&path, &certificate.encode())
             .with_context(|| format!("writing {}", path.display()))?;
         self.certificate = certificate;

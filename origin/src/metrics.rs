@@ -1,6 +1,7 @@
 //! The director's Prometheus metrics for `/metrics`: the manifest counters and each campaign's
 //! standing, read under the director's lock into [`Figures`] and encoded from that snapshot
-//! (see `node::metrics` for why they are not kept in metrics of their own).
+//! (see `node::metrics` for why they are not kept in metrics of their own); and the HTTPS
+//! listener's certificate ([`TlsFigures`]), which the service, not the director, holds.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -177,6 +178,40 @@ impl Collector for Figures {
     }
 }
 
+/// What `/metrics` reports of the director's HTTPS listener, written after [`Figures`].
+#[derive(Debug)]
+pub(crate) struct TlsFigures {
+    /// When the certificate served now ends (Not After, Unix seconds); `None` over plain HTTP.
+    pub(crate) certificate: Option<i64>,
+}
+
+impl TlsFigures {
+    /// The Prometheus text of these figures (nothing over plain HTTP).
+    pub(crate) fn render(self) -> Result<String, fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        node::metrics::render(&registry)
+    }
+}
+
+impl Collector for TlsFigures {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let Some(not_after) = self.certificate else {
+            return Ok(());
+        };
+        Families::new(encoder).gauge(
+            "depotmesh_director_tls_certificate_expires_timestamp_seconds",
+            "When the certificate the director serves over HTTPS ends (Not After), Unix seconds. \
+             The origin's own is renewed 30 days before; one given with --tls-cert is the \
+             operator's to replace.",
+            [(
+                node::metrics::NO_LABELS,
+                u64::try_from(not_after).unwrap_or(0),
+            )],
+        )
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -321,5 +356,21 @@ mod tests {
         ] {
             assert!(text.contains(sample), "{sample} in {text}");
         }
+    }
+
+    #[test]
+    fn the_served_certificate_s_end_is_a_gauge_without_labels_and_absent_over_plain_http() {
+        let text = TlsFigures {
+            certificate: Some(1_830_000_000),
+        }
+        .render()
+        .unwrap();
+        let parsed = openmetrics_parser::prometheus::parse_prometheus(&text)
+            .unwrap_or_else(|error| panic!("{error}:\n{text}"));
+        let name = "depotmesh_director_tls_certificate_expires_timestamp_seconds";
+        assert_eq!(parsed.families.len(), 1, "{text}");
+        assert_eq!(parsed.families[name].family_type.to_string(), "gauge");
+        assert!(text.contains(&format!("{name} 1830000000\n")), "{text}");
+        assert_eq!(TlsFigures { certificate: None }.render().unwrap(), "");
     }
 }

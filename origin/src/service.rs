@@ -58,6 +58,15 @@ pub enum EnrollError {
     /// No vehicle has this VIN.
     #[error("there is no vehicle {0}")]
     Unknown(Vin),
+    /// The director could not sign the vehicle's director repository (empty targets: nothing
+    /// assigned yet); the vehicle is not enrolled, and registering it again may be tried.
+    #[error("vehicle {vin} is not enrolled: signing its director repository failed: {detail}")]
+    Unsigned {
+        /// The vehicle.
+        vin: Vin,
+        /// Why, naming the file.
+        detail: String,
+    },
 }
 
 /// Which of `old`'s keys `new` would change, if any: the primary's, an ECU's, the set of
@@ -87,6 +96,11 @@ fn keys_differ(old: &VehicleRecord, new: &VehicleRecord) -> Option<String> {
 
 /// The actor the director's own decisions (gates) are recorded under.
 pub const GATES: &str = "director-gates";
+
+/// The actor the director's own work is recorded under when no operator or gate asked for it:
+/// the empty repositories of vehicles registered before it signed one at registration
+/// ([`Director::work`]), its TLS certificate renewed (`origin serve`).
+pub const DIRECTOR: &str = "director";
 
 /// A campaign as the director keeps it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -360,6 +374,10 @@ pub struct Director {
     image: Option<(Vec<director::ImageRepo>, Instant, u64)>,
     /// How many vehicles of a batch are signed at the same time ([`Self::set_signers`]).
     signers: usize,
+    /// Registered vehicles with no director repository, found at start (registered before the
+    /// director signed one at registration): each is given empty targets by the background
+    /// work, after the campaigns' ([`Self::work`]).
+    unsigned: BTreeSet<Vin>,
 }
 
 /// How long batches of signings share one verified image repository: it is verified again
@@ -480,6 +498,20 @@ enum Plan {
     Fail(Vin, String),
 }
 
+/// The registered vehicles that have no director repository at all: registered before the
+/// director signed one at registration. Two listings, not a read per vehicle: a repository
+/// that exists without a timestamp (a signing cut short) is left to the vehicle's next
+/// registration, which signs it ([`director::sign_unassigned`]).
+fn unsigned_vehicles(origin: &Origin, registry: &dyn Registry) -> anyhow::Result<BTreeSet<Vin>> {
+    let held: BTreeSet<Vin> = director::vehicles(origin)?.into_iter().collect();
+    Ok(registry
+        .vehicles()?
+        .into_iter()
+        .map(|vehicle| vehicle.vin)
+        .filter(|vin| !held.contains(vin))
+        .collect())
+}
+
 /// Parses the agent's nonce `director-v<N>@<time>` into N.
 fn nonce_version(nonce: &str) -> Option<u64> {
     let (group, time) = nonce.split_once('@')?;
@@ -583,6 +615,13 @@ impl Director {
             }
             campaigns.insert(id, record);
         }
+        let unsigned = unsigned_vehicles(&origin, registry.as_ref())?;
+        if !unsigned.is_empty() {
+            tracing::info!(
+                vehicles = unsigned.len(),
+                "registered vehicles without a director repository: signing empty targets for each in the background"
+            );
+        }
         let mut director = Self {
             origin,
             registry,
@@ -594,6 +633,7 @@ impl Director {
             per_vehicle: None,
             image: None,
             signers: default_signers(),
+            unsigned,
         };
         // A settled batch is stored now: what the files said is then the record's.
         for id in settled {
@@ -664,6 +704,13 @@ impl Director {
     /// Registers (or re-registers) a vehicle. When the record names the vehicle's mesh peer
     /// id, a vehicle membership certificate is issued for it ([`crate::fleet`], valid
     /// [`crate::fleet::DEFAULT_VALIDITY_DAYS`]) and returned.
+    ///
+    /// A vehicle new to the director gets its director repository first: targets that list
+    /// nothing, snapshot and timestamp (`director::sign_unassigned`), so that its agent and
+    /// its depot read "nothing assigned" rather than find no repository. Its version is in the
+    /// registration's audit entry (`director_targets_version`). A vehicle registered again
+    /// keeps its repository, assignment included. When the signing fails, nothing is
+    /// registered ([`EnrollError::Unsigned`]).
     pub fn register(
         &mut self,
         vehicle: &VehicleRecord,
@@ -693,21 +740,28 @@ impl Director {
             }
         }
         let actor = audit::Actor::new(actor)?;
+        let signed = director::sign_unassigned(&self.origin, &vehicle.vin).map_err(|error| {
+            EnrollError::Unsigned {
+                vin: vehicle.vin.clone(),
+                detail: format!("{error:#}"),
+            }
+        })?;
+        self.unsigned.remove(&vehicle.vin);
         self.registry.put_vehicle(&vehicle)?;
-        self.audit(
-            actor.as_str(),
-            "vehicle register",
-            json!({
-                "vin": vehicle.vin,
-                "region": vehicle.region,
-                "vehicle_type": vehicle.vehicle_type,
-                "home_depot": vehicle.home_depot,
-                "peer": vehicle.peer,
-                "ecus": vehicle.ecus.iter().map(|e| json!({
-                    "serial": e.serial, "hardware_id": e.hardware_id, "installed": e.installed,
-                })).collect::<Vec<_>>(),
-            }),
-        )?;
+        let mut detail = json!({
+            "vin": vehicle.vin,
+            "region": vehicle.region,
+            "vehicle_type": vehicle.vehicle_type,
+            "home_depot": vehicle.home_depot,
+            "peer": vehicle.peer,
+            "ecus": vehicle.ecus.iter().map(|e| json!({
+                "serial": e.serial, "hardware_id": e.hardware_id, "installed": e.installed,
+            })).collect::<Vec<_>>(),
+        });
+        if let Some(version) = signed {
+            detail["director_targets_version"] = json!(version);
+        }
+        self.audit(actor.as_str(), "vehicle register", detail)?;
         asked
             .map(|peer| self.issue_vehicle_membership(&actor, &peer))
             .transpose()
@@ -1159,9 +1213,10 @@ impl Director {
         self.jobs.insert(id.clone(), queue);
     }
 
-    /// Vehicles whose director targets are due to be signed or withdrawn, over every campaign.
+    /// Vehicles whose director targets are due to be signed or withdrawn, over every campaign,
+    /// and registered vehicles due their first, empty, director targets.
     pub fn work_due(&self) -> u64 {
-        self.jobs.values().map(|q| q.due.len() as u64).sum()
+        self.jobs.values().map(|q| q.due.len() as u64).sum::<u64>() + self.unsigned.len() as u64
     }
 
     /// Campaign `id`'s background work on its vehicles' targets, if any is due, done or failed.
@@ -1171,8 +1226,10 @@ impl Director {
 
     /// Does one batch of the background work ([`crate::jobs`]): signs (or withdraws) the
     /// director targets of up to `batch` vehicles of the first campaign that has any due, and
-    /// records them. Call it until nothing is due, letting other calls in between: `origin
-    /// serve` runs it on a task of its own, releasing the director between batches.
+    /// records them; when no campaign has any, gives up to `batch` registered vehicles that
+    /// have no director repository their empty one (`Self::sign_unsigned`). Call it until
+    /// nothing is due, letting other calls in between: `origin serve` runs it on a task of its
+    /// own, releasing the director between batches.
     ///
     /// # Errors
     /// When the image repository does not verify (nothing is signed: every vehicle stays due)
@@ -1185,7 +1242,7 @@ impl Director {
             .find(|(_, q)| !q.due.is_empty())
             .map(|(id, _)| id.clone())
         else {
-            return Ok(Worked::default());
+            return self.sign_unsigned(now, batch);
         };
         let result = self.work_on(&id, now, batch);
         if let (Err(error), Some(queue)) = (&result, self.jobs.get_mut(&id)) {
@@ -1205,6 +1262,60 @@ impl Director {
                 return Ok(vehicles);
             }
         }
+    }
+
+    /// Signs the empty director targets of up to `batch` registered vehicles that have no
+    /// director repository (found at start: registered before the director signed one at
+    /// registration), one audit entry for the batch (`vehicle repositories`, by the director,
+    /// naming each vehicle and its targets version). A vehicle given a repository meanwhile (an
+    /// assignment) is left as it is; one whose signing fails is logged and left out until the
+    /// next start.
+    fn sign_unsigned(&mut self, now: u64, batch: &Batch) -> anyhow::Result<Worked> {
+        if self.unsigned.is_empty() {
+            return Ok(Worked::default());
+        }
+        self.at(now);
+        let size = batch.size(self.per_vehicle);
+        let started = Instant::now();
+        let mut signed = Vec::new();
+        let (mut skipped, mut failed) = (0, 0);
+        while signed.len() + skipped + failed < size {
+            let Some(vin) = self.unsigned.pop_first() else {
+                break;
+            };
+            match director::sign_unassigned(&self.origin, &vin) {
+                Ok(Some(version)) => signed.push((vin, version)),
+                Ok(None) => skipped += 1,
+                Err(error) => {
+                    tracing::warn!(%vin, "signing the vehicle's empty director repository failed: {error:#}");
+                    failed += 1;
+                }
+            }
+        }
+        if !signed.is_empty() {
+            let each = started.elapsed() / u32::try_from(signed.len()).unwrap_or(u32::MAX);
+            self.per_vehicle = Some(each);
+            let vehicles: Vec<Value> = signed
+                .iter()
+                .map(|(vin, version)| json!({"vin": vin, "director_targets_version": version}))
+                .collect();
+            self.audit(
+                DIRECTOR,
+                "vehicle repositories",
+                json!({
+                    "why": "registered before the director signed a repository at registration: empty targets, nothing assigned",
+                    "vehicles": vehicles,
+                }),
+            )?;
+        }
+        if self.unsigned.is_empty() {
+            tracing::info!("every registered vehicle has a director repository");
+        }
+        Ok(Worked {
+            vehicles: signed.len() + skipped,
+            failed,
+            due: self.work_due(),
+        })
     }
 
     fn work_on(&mut self, id: &CampaignId, now: u64, batch: &Batch) -> anyhow::Result<Worked> {

@@ -5,11 +5,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/dir_remote.rs"]
+mod dir_remote;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use proto::tuf::{BlockingUpdater, FetchError, Limits, MemoryStore, Remote, Time};
+use proto::tuf::{BlockingUpdater, Limits, MemoryStore, Time};
 use serde_json::Value;
+
+use dir_remote::DirRemote;
 
 struct Run {
     ok: bool,
@@ -93,19 +98,6 @@ impl Fixture {
             }
         }
         keys
-    }
-}
-
-/// A repository directory as a TUF remote.
-struct DirRemote(PathBuf);
-
-impl Remote for DirRemote {
-    fn fetch(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
-        let bytes = std::fs::read(self.0.join(path)).map_err(|_| FetchError::NotFound)?;
-        if bytes.len() as u64 > max_bytes {
-            return Err(FetchError::TooLong);
-        }
-        Ok(bytes)
     }
 }
 
@@ -387,6 +379,33 @@ fn release_rotate_and_verify_as_a_vehicle_sees_it() {
             "a private key was printed"
         );
     }
+
+    // Every delegation and key rotation is in the audit log, with who did it and the key.
+    let entries = origin::audit::entries(&f.dir.join("audit.log")).unwrap();
+    let of = |action: &str| -> Vec<&Value> {
+        entries.iter().filter(|e| e["action"] == action).collect()
+    };
+    let delegations = of("delegate");
+    assert_eq!(delegations.len(), 1, "{entries:#?}");
+    assert_eq!(delegations[0]["detail"]["role"], "brake-supplier");
+    assert_eq!(
+        delegations[0]["detail"]["paths"],
+        serde_json::json!(["supplier/*"])
+    );
+    let rotations = of("key rotate");
+    assert_eq!(rotations.len(), 6, "{entries:#?}");
+    let director_root = rotations.last().unwrap();
+    assert_eq!(director_root["detail"]["repository"], "director");
+    assert_eq!(director_root["detail"]["role"], "root");
+    assert_eq!(director_root["detail"]["root_version"], 4);
+    assert!(director_root["detail"]["key_id"].as_str().is_some());
+    assert!(
+        delegations
+            .iter()
+            .chain(&rotations)
+            .all(|e| e["actor"] != "")
+    );
+    assert!(f.origin(&["audit", "verify"]).ok, "{}", f.transcript);
 }
 
 #[test]
@@ -824,6 +843,41 @@ fn serve_runs_campaigns_from_the_example_files_through_the_cli() {
         ],
     );
     assert!(run.ok, "{}", f.transcript);
+    // Its membership certificate straight into the file the vehicle reads: only when the
+    // registration names the gateway's peer id.
+    let member = f.dir.parent().unwrap().join("member.json");
+    let membership_out = |f: &mut Fixture, file: &Path| {
+        let args = [
+            "vehicle",
+            "register",
+            "--file",
+            file.to_str().unwrap(),
+            "--membership-out",
+            member.to_str().unwrap(),
+        ];
+        cli(f, "provisioning", &args)
+    };
+    let run = membership_out(&mut f, &registration);
+    assert!(
+        !run.ok && run.stderr.contains("names no `peer`") && !member.exists(),
+        "{}",
+        run.stderr
+    );
+    let peer = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string();
+    let with_peer = f.write(
+        "with-peer.toml",
+        std::fs::read_to_string(&registration)
+            .unwrap()
+            .replace("# peer = \"12D3KooW...\"", &format!("peer = \"{peer}\""))
+            .as_bytes(),
+    );
+    let run = membership_out(&mut f, &with_peer);
+    assert!(run.ok, "{}", f.transcript);
+    let cert = proto::membership::MembershipCert::decode(&std::fs::read(&member).unwrap()).unwrap();
+    assert_eq!(cert.membership.peer, peer);
     let campaign = config.join("campaign.toml");
     let run = cli(
         &mut f,
@@ -1025,6 +1079,89 @@ fn the_binary_prints_a_summary_and_refuses_bad_arguments() {
     assert_eq!(names, ["new", "old", "patch", "patch-every-codec"]);
 }
 
+/// The offline keys are a flag of the commands that sign with them (before or after the
+/// subcommand, not both); the mesh node's peer id is printed before it first serves, and stays;
+/// a reader that closes the pipe early (`| head`) ends the command quietly, not in a panic.
+#[test]
+fn offline_keys_go_where_they_are_used_and_output_ends_quietly_when_the_reader_goes() {
+    let mut f = Fixture::new();
+    // After the subcommand.
+    let init = Command::new(env!("CARGO_BIN_EXE_origin"))
+        .arg("--dir")
+        .arg(&f.dir)
+        .args(["--now", NOW, "init", "--offline-keys"])
+        .arg(&f.offline)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    assert!(f.offline.join("image-root.key.json").exists());
+    // Before and after: which one was meant is not guessed.
+    let file = f.write("fw.bin", b"firmware");
+    let offline = f.offline.to_str().unwrap().to_owned();
+    let release = [
+        "release",
+        file.to_str().unwrap(),
+        "--name",
+        "fw.bin",
+        "--hardware-id",
+        "hw",
+        "--release-counter",
+        "1",
+        "--offline-keys",
+        &offline,
+    ];
+    let run = f.origin(&release);
+    assert!(
+        !run.ok && run.stderr.contains("--offline-keys is given twice"),
+        "{}",
+        run.stderr
+    );
+    // Only the commands that sign with them list them.
+    let help = |command: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_origin"))
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).contains("--offline-keys")
+    };
+    for command in ["init", "release", "rotate", "delegate"] {
+        assert!(help(command), "{command}");
+    }
+    for command in [
+        "serve",
+        "assign",
+        "director-cert",
+        "timestamp",
+        "vehicle",
+        "campaign",
+    ] {
+        assert!(!help(command), "{command}");
+    }
+
+    // The mesh node's identity: made once, printed the same each time, where the node keeps it.
+    let first = f.origin(&["mesh-identity"]);
+    assert!(first.ok, "{}", first.stderr);
+    let peer: libp2p::PeerId = first.stdout.trim().parse().unwrap();
+    assert_eq!(f.origin(&["mesh-identity"]).stdout, first.stdout);
+    let node = node::identity::load_or_create(&f.dir.join("mesh-node")).unwrap();
+    assert_eq!(node.public().to_peer_id(), peer);
+
+    // The reader of the output is gone before the command writes.
+    let mut keys = Command::new(env!("CARGO_BIN_EXE_origin"))
+        .arg("--dir")
+        .arg(&f.dir)
+        .arg("keys")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(keys.stdout.take());
+    let output = keys.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// An origin made before the director spoke HTTPS: `serve` says what is missing and how to
 /// make it; `director-cert` makes the CAs and the certificate for the names given.
 #[test]
@@ -1076,6 +1213,18 @@ fn an_origin_without_tls_is_told_how_to_make_it() {
         "{}",
         run.stderr
     );
+    // Each issue is in the audit log, with its names and days.
+    let issued: Vec<_> = origin::audit::entries(&f.dir.join("audit.log"))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["action"] == "director certificate issue")
+        .collect();
+    assert_eq!(issued.len(), 2, "{issued:#?}");
+    assert_eq!(
+        issued[1]["detail"]["names"],
+        serde_json::json!(["10.0.0.5"])
+    );
+    assert_eq!(issued[1]["detail"]["days"], 199);
 }
 
 /// A new libp2p peer id, as a node's identity gives it.

@@ -25,6 +25,9 @@ mod sim_fleet;
 const START: u64 = sim_fleet::START;
 const CYCLE: u64 = 600;
 
+/// The director targets version a vehicle's registration signs: empty, nothing assigned.
+const REGISTERED: u64 = 1;
+
 struct Harness {
     _dir: tempfile::TempDir,
     origin: Origin,
@@ -332,6 +335,12 @@ impl Harness {
             .unwrap()
     }
 
+    /// Whether a campaign signed `vin` director targets after those of its registration.
+    fn offered(&self, vin: &str) -> bool {
+        self.targets(vin)
+            .is_some_and(|(version, _)| version > REGISTERED)
+    }
+
     /// The director targets of `vin` as signed on disk: (version, targets listed).
     fn targets(&self, vin: &str) -> Option<(u64, Vec<String>)> {
         let (version, signed) = self
@@ -494,10 +503,7 @@ fn ten_percent_failing_health_halts_at_the_canary_within_one_report_cycle() {
         "precondition: the canary holds a failing vehicle"
     );
     create_and_approve(&h, &spec);
-    let offered: Vec<&Vehicle> = vehicles
-        .iter()
-        .filter(|v| h.targets(&v.vin).is_some())
-        .collect();
+    let offered: Vec<&Vehicle> = vehicles.iter().filter(|v| h.offered(&v.vin)).collect();
     assert_eq!(offered.len(), canary.len(), "only the canary is offered");
 
     let mut answered = BTreeMap::new();
@@ -539,13 +545,14 @@ fn ten_percent_failing_health_halts_at_the_canary_within_one_report_cycle() {
     // Nobody outside the canary was ever offered the release; canary vehicles that had not
     // installed it when the campaign halted had it withdrawn (empty director targets).
     for v in &vehicles {
-        match h.targets(&v.vin) {
-            None => assert_ne!(spec.plan().wave_of(&v.vin), 0, "{}", v.vin),
-            Some((_, targets)) => {
-                assert_eq!(spec.plan().wave_of(&v.vin), 0, "{}", v.vin);
-                let installed_or_failed = answered.contains_key(&v.vin);
-                assert!(installed_or_failed || targets.is_empty(), "{}", v.vin);
-            }
+        let (_, targets) = h.targets(&v.vin).unwrap();
+        if h.offered(&v.vin) {
+            assert_eq!(spec.plan().wave_of(&v.vin), 0, "{}", v.vin);
+            let installed_or_failed = answered.contains_key(&v.vin);
+            assert!(installed_or_failed || targets.is_empty(), "{}", v.vin);
+        } else {
+            assert_ne!(spec.plan().wave_of(&v.vin), 0, "{}", v.vin);
+            assert!(targets.is_empty(), "{}", v.vin);
         }
     }
 
@@ -1694,7 +1701,7 @@ fn the_service_signs_a_wave_and_withdraws_after_a_halt_in_the_background_and_sho
     for v in &vehicles {
         assert_eq!(
             h.targets(&v.vin),
-            Some((1, vec!["gw/2.0.bin".to_string()])),
+            Some((REGISTERED + 1, vec!["gw/2.0.bin".to_string()])),
             "{}",
             v.vin
         );
@@ -1720,6 +1727,11 @@ fn the_service_signs_a_wave_and_withdraws_after_a_halt_in_the_background_and_sho
         "{status:#}"
     );
     for v in &vehicles {
-        assert_eq!(h.targets(&v.vin), Some((2, Vec::new())), "{}", v.vin);
+        assert_eq!(
+            h.targets(&v.vin),
+            Some((REGISTERED + 2, Vec::new())),
+            "{}",
+            v.vin
+        );
     }
 }

@@ -45,6 +45,10 @@ fn work(director: &mut Director, now: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The director targets version a vehicle's registration signs: empty, nothing assigned. A
+/// campaign's signing is the next.
+const REGISTERED: u64 = 1;
+
 /// Vehicle `i`'s director targets version on disk under `dir` (0: none signed).
 fn version(dir: &Path, i: usize) -> u64 {
     origin::director::targets_version(&origin_at(dir), &vin(i))
@@ -299,9 +303,9 @@ fn a_power_cut_at_any_registry_write_of_the_report_phase_loses_no_report() {
         writes < VEHICLES * 3 + 3 * batches,
         "{writes} registry writes for {VEHICLES} reports and {batches} batches"
     );
-    // Every vehicle's targets were signed once.
+    // Every vehicle's targets were signed once (after its registration's).
     for i in 0..VEHICLES {
-        assert_eq!(version(&reference_dir, i), 1, "{}", vin(i));
+        assert_eq!(version(&reference_dir, i), REGISTERED + 1, "{}", vin(i));
     }
 
     for cut_at in 0..writes {
@@ -319,7 +323,7 @@ fn a_power_cut_at_any_registry_write_of_the_report_phase_loses_no_report() {
         for i in 0..VEHICLES {
             assert_eq!(
                 version(&dir, i),
-                1,
+                REGISTERED + 1,
                 "cut at write {cut_at}: {} signed more than once, or never",
                 vin(i)
             );
@@ -359,7 +363,7 @@ fn approval_returns_before_any_targets_are_signed_and_the_work_signs_each_vehicl
     // The approval said what is due and signed nothing.
     let job = director.targets_job(&id()).unwrap();
     assert_eq!((job.work, job.due, job.done), (TargetsWork::Sign, 40, 0));
-    assert!((0..40).all(|i| version(dir.path(), i) == 0));
+    assert!((0..40).all(|i| version(dir.path(), i) == REGISTERED));
     assert!(director.campaigns()[ID].assigned.is_empty());
     // What the API and /metrics show.
     let status = director.status(START);
@@ -388,21 +392,26 @@ fn approval_returns_before_any_targets_are_signed_and_the_work_signs_each_vehicl
             due: 32
         }
     );
-    let signed: Vec<usize> = (0..40).filter(|&i| version(dir.path(), i) == 1).collect();
+    let signed: Vec<usize> = (0..40)
+        .filter(|&i| version(dir.path(), i) == REGISTERED + 1)
+        .collect();
     assert_eq!(signed.len(), 8);
     let assigned = &director.campaigns()[ID].assigned;
     assert_eq!(
         assigned.keys().cloned().collect::<Vec<_>>(),
         signed.iter().map(|&i| vin(i)).collect::<Vec<_>>()
     );
-    assert!(assigned.values().all(|&v| v == 1));
+    assert!(assigned.values().all(|&v| v == REGISTERED + 1));
 
     // The rest, then nothing more to do.
     director.work_until_idle(START).unwrap();
     for i in 0..40 {
-        assert_eq!(version(dir.path(), i), 1, "{}", vin(i));
+        assert_eq!(version(dir.path(), i), REGISTERED + 1, "{}", vin(i));
         assert_eq!(held(dir.path(), i), ["gw/2.0.bin"], "{}", vin(i));
-        assert_eq!(director.campaigns()[ID].assigned.get(&vin(i)), Some(&1));
+        assert_eq!(
+            director.campaigns()[ID].assigned.get(&vin(i)),
+            Some(&(REGISTERED + 1))
+        );
     }
     let job = director.targets_job(&id()).unwrap();
     assert_eq!((job.due, job.done, job.failed), (0, 40, 0));
@@ -417,7 +426,7 @@ fn a_director_restarted_in_the_middle_of_a_wave_finishes_it_signing_no_vehicle_t
         vehicles: 8,
         time: std::time::Duration::MAX,
     };
-    let signed = |dir: &Path| (0..40).filter(|&i| version(dir, i) > 0).count();
+    let signed = |dir: &Path| (0..40).filter(|&i| version(dir, i) > REGISTERED).count();
 
     // A stop between two batches: the batch done is kept, the rest is due again.
     director.work(START, &eight).unwrap();
@@ -448,8 +457,11 @@ fn a_director_restarted_in_the_middle_of_a_wave_finishes_it_signing_no_vehicle_t
     // It finishes the wave: every vehicle signed once, none lost.
     director.work_until_idle(START).unwrap();
     for i in 0..40 {
-        assert_eq!(version(dir.path(), i), 1, "{}", vin(i));
-        assert_eq!(director.campaigns()[ID].assigned.get(&vin(i)), Some(&1));
+        assert_eq!(version(dir.path(), i), REGISTERED + 1, "{}", vin(i));
+        assert_eq!(
+            director.campaigns()[ID].assigned.get(&vin(i)),
+            Some(&(REGISTERED + 1))
+        );
     }
     assert_eq!(director.targets_job(&id()).unwrap().due, 0);
     // And a last restart has nothing left to do.
@@ -467,7 +479,9 @@ fn a_halt_while_signing_stops_signing_and_withdraws_what_was_signed() {
         time: std::time::Duration::MAX,
     };
     director.work(START, &eight).unwrap();
-    let first: Vec<usize> = (0..40).filter(|&i| version(dir.path(), i) == 1).collect();
+    let first: Vec<usize> = (0..40)
+        .filter(|&i| version(dir.path(), i) == REGISTERED + 1)
+        .collect();
     assert_eq!(first.len(), 8);
 
     // Halted with 32 still to sign: none of them is signed; the 8 have it withdrawn.
@@ -479,10 +493,10 @@ fn a_halt_while_signing_stops_signing_and_withdraws_what_was_signed() {
     director.work_until_idle(START + 10).unwrap();
     for i in 0..40 {
         if first.contains(&i) {
-            assert_eq!(version(dir.path(), i), 2, "{}", vin(i));
+            assert_eq!(version(dir.path(), i), REGISTERED + 2, "{}", vin(i));
             assert!(held(dir.path(), i).is_empty(), "{}", vin(i));
         } else {
-            assert_eq!(version(dir.path(), i), 0, "{}", vin(i));
+            assert_eq!(version(dir.path(), i), REGISTERED, "{}", vin(i));
         }
     }
     let record = &director.campaigns()[ID];
@@ -498,7 +512,7 @@ fn a_halt_while_signing_stops_signing_and_withdraws_what_was_signed() {
     let early = first[0];
     let report = manifest(
         early,
-        1,
+        REGISTERED + 1,
         START + 30,
         "gw/2.0.bin",
         "committed",
@@ -514,13 +528,14 @@ fn a_halt_while_signing_stops_signing_and_withdraws_what_was_signed() {
     assert_eq!(director.targets_job(&id()).unwrap().due, 39);
     director.work_until_idle(START + 30).unwrap();
     for i in 0..40 {
-        let expected = if i == early {
-            2
-        } else if first.contains(&i) {
-            3
-        } else {
-            1
-        };
+        let expected = REGISTERED
+            + if i == early {
+                2
+            } else if first.contains(&i) {
+                3
+            } else {
+                1
+            };
         assert_eq!(version(dir.path(), i), expected, "{}", vin(i));
     }
 }
@@ -533,12 +548,6 @@ fn a_stop_between_a_vehicles_targets_and_their_timestamp_leaves_it_due_not_lost(
         vehicles: 8,
         time: std::time::Duration::MAX,
     };
-    // The batch signs its eight vehicles, then the power goes before it is logged as done...
-    let mut director = open(dir.path(), &writes, Some(writes.load(Ordering::SeqCst) + 1));
-    assert!(director.work(START, &eight).is_err());
-    drop(director);
-    // ...and, for two of them, before their snapshot and timestamp were written: a first
-    // signing (no timestamp at all), and one whose timestamp still pins the version before.
     let origin = origin_at(dir.path());
     let metadata = |i: usize| {
         origin
@@ -546,14 +555,29 @@ fn a_stop_between_a_vehicles_targets_and_their_timestamp_leaves_it_due_not_lost(
             .join(origin::director::vehicle_repository(&vin(i)))
             .join("metadata")
     };
-    for i in [2, 5] {
-        std::fs::remove_file(metadata(i).join("1.snapshot.json")).unwrap();
-        std::fs::remove_file(metadata(i).join("timestamp.json")).unwrap();
-    }
+    // Vehicle 2 was registered before the director signed a repository at registration: it
+    // has none. Vehicle 5's timestamp as its registration signed it.
+    std::fs::remove_dir_all(metadata(2).parent().unwrap()).unwrap();
+    let registered = std::fs::read(metadata(5).join("timestamp.json")).unwrap();
+    // The batch signs its eight vehicles, then the power goes before it is logged as done...
+    let mut director = open(dir.path(), &writes, Some(writes.load(Ordering::SeqCst) + 1));
+    assert!(director.work(START, &eight).is_err());
+    drop(director);
+    // ...and, for two of them, before their snapshot and timestamp were written: a first
+    // signing (no timestamp at all), and one whose timestamp still pins the version before.
+    std::fs::remove_file(metadata(2).join("1.snapshot.json")).unwrap();
+    std::fs::remove_file(metadata(2).join("timestamp.json")).unwrap();
+    std::fs::remove_file(metadata(5).join("2.snapshot.json")).unwrap();
+    std::fs::write(metadata(5).join("timestamp.json"), registered).unwrap();
     assert_eq!(version(dir.path(), 2), 1);
     assert_eq!(
         origin::director::published_targets_version(&origin, &vin(2)),
         0
+    );
+    assert_eq!(version(dir.path(), 5), REGISTERED + 1);
+    assert_eq!(
+        origin::director::published_targets_version(&origin, &vin(5)),
+        REGISTERED
     );
 
     // The restart counts the six published as signed and keeps the two due; their vehicles
@@ -564,7 +588,11 @@ fn a_stop_between_a_vehicles_targets_and_their_timestamp_leaves_it_due_not_lost(
     director.work_until_idle(START).unwrap();
     for i in 0..8 {
         let published = origin::director::published_targets_version(&origin, &vin(i));
-        let expected = if i == 2 || i == 5 { 2 } else { 1 };
+        let expected = match i {
+            2 => 2,
+            5 => REGISTERED + 2,
+            _ => REGISTERED + 1,
+        };
         assert_eq!(published, expected, "{}", vin(i));
         assert_eq!(held(dir.path(), i), ["gw/2.0.bin"], "{}", vin(i));
         assert_eq!(
@@ -584,8 +612,9 @@ fn a_batch_signed_on_many_threads_signs_each_of_its_vehicles_once_and_logs_them_
     let dir = tempfile::tempdir().unwrap();
     let (mut director, _) = approved(dir.path(), 40);
     director.set_signers(8);
-    // Vehicles start from different targets versions (0, 1 or 2 signed before), so each
-    // vehicle's result must be paired with it, not with a neighbour signed on another thread.
+    // Vehicles start from different targets versions (their registration's, and none, one or two
+    // assignments after it), so each vehicle's result must be paired with it, not with a
+    // neighbour signed on another thread.
     let origin = origin_at(dir.path());
     let actor = origin::Actor::new("ops").unwrap();
     for i in 0..40 {
@@ -619,7 +648,7 @@ fn a_batch_signed_on_many_threads_signs_each_of_its_vehicles_once_and_logs_them_
         }
     );
     let expected: Vec<(String, u64)> = (0..40)
-        .map(|i| (vin(i).to_string(), i as u64 % 3 + 1))
+        .map(|i| (vin(i).to_string(), REGISTERED + i as u64 % 3 + 1))
         .collect();
     for (i, (_, signed)) in expected.iter().enumerate() {
         assert_eq!(version(dir.path(), i), *signed, "{}", vin(i));

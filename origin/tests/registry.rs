@@ -19,6 +19,8 @@ use origin::registry::{
 use proto::director_api::InstallOutcome;
 use proto::{CampaignId, Vin};
 
+#[path = "common/dir_remote.rs"]
+mod dir_remote;
 #[path = "common/postgres_server.rs"]
 mod postgres_server;
 use postgres_server::server;
@@ -178,6 +180,12 @@ macro_rules! suite {
             #[test]
             fn everything_survives_a_reopen() {
                 super::everything_survives_a_reopen(&$store("reopen"));
+            }
+            #[test]
+            fn a_registered_vehicle_reads_nothing_assigned_and_keeps_its_assignment() {
+                super::a_registered_vehicle_reads_nothing_assigned_and_keeps_its_assignment(
+                    &$store("unassigned"),
+                );
             }
         }
     };
@@ -392,6 +400,177 @@ fn everything_survives_a_reopen(store: &dyn Store) {
     assert_eq!(
         registry.campaign_events(&campaign("c1")).unwrap(),
         [(7, b"{\"e\":7}".to_vec())]
+    );
+}
+
+/// What vehicle `i` of `sim_fleet` (one gateway ECU running release 1) finds in its director
+/// repository at `now`, checked as its agent checks it (Uptane's full verification from both
+/// first roots): the director targets version and the images approved for it.
+fn as_vehicle(origin: &origin::Origin, i: usize, now: u64) -> Result<(u64, Vec<String>), String> {
+    use dir_remote::DirRemote;
+    use proto::tuf::{BlockingUpdater, Limits, MemoryStore, Role as _, Time};
+    let updater = |repository: &str, root: &str| {
+        let mut store = MemoryStore::default();
+        let root = std::fs::read(origin.dir.join(root)).unwrap();
+        store.0.insert("root".into(), root);
+        let now = Time::from_unix(i64::try_from(now).unwrap());
+        let remote = DirRemote(origin.dir.join(repository));
+        BlockingUpdater::new(remote, store, now, Limits::default()).unwrap()
+    };
+    let vin = sim_fleet::vin(i);
+    let mut director = updater(
+        &origin::director::vehicle_repository(&vin),
+        "director/metadata/1.root.json",
+    );
+    let mut image = updater("image", "image/metadata/1.root.json");
+    let ecus = std::collections::BTreeMap::from([(
+        format!("GW-{vin}"),
+        proto::uptane::EcuState {
+            hardware_id: "gateway-v1".into(),
+            installed_release_counter: 1,
+        },
+    )]);
+    let approved = proto::uptane::verify_full(&mut director, &mut image, &ecus)
+        .map_err(|error| error.to_string())?;
+    let version = director
+        .trusted()
+        .targets("targets")
+        .unwrap()
+        .signed
+        .version();
+    Ok((
+        version,
+        approved.iter().map(|a| a.target().to_owned()).collect(),
+    ))
+}
+
+/// A vehicle is registered with a director repository of its own: empty director targets,
+/// snapshot and timestamp, which its agent verifies as "nothing to install". Registering it
+/// again signs nothing, an assignment included; a vehicle in the registry without a repository
+/// (registered before the director signed one at registration) gets its empty one from the
+/// director's background work after a start, and `origin timestamp` keeps it fresh with the
+/// others. Each signing is in the audit log.
+fn a_registered_vehicle_reads_nothing_assigned_and_keeps_its_assignment(store: &dyn Store) {
+    use origin::service::Director;
+    use sim_fleet::{START, vehicle_record};
+    let work = tempfile::tempdir().unwrap();
+    let origin = sim_fleet::origin_with_releases(work.path());
+    let audited = || origin::audit::entries(&origin::audit::log_path(&origin)).unwrap();
+    let mut director = Director::with_registry(origin.clone(), store.open()).unwrap();
+    assert_eq!(director.work_due(), 0);
+
+    director
+        .register(&vehicle_record(0, 1, 1), "ops", START)
+        .unwrap();
+    assert_eq!(as_vehicle(&origin, 0, START + 60), Ok((1, Vec::new())));
+    let entry = audited().pop().unwrap();
+    assert_eq!(entry["action"], "vehicle register", "{entry}");
+    assert_eq!(entry["detail"]["director_targets_version"], 1, "{entry}");
+
+    // Again: nothing signed, nothing said of the targets.
+    director
+        .register(&vehicle_record(0, 1, 1), "ops", START + 10)
+        .unwrap();
+    assert_eq!(
+        origin::director::targets_version(&origin, &sim_fleet::vin(0)),
+        1
+    );
+    let entry = audited().pop().unwrap();
+    assert_eq!(entry["action"], "vehicle register", "{entry}");
+    assert!(
+        entry["detail"].get("director_targets_version").is_none(),
+        "{entry}"
+    );
+
+    // Assigned, then registered again: the assignment stands.
+    let gateway = origin::director::Assignment {
+        serial: format!("GW-{}", sim_fleet::vin(0)).parse().unwrap(),
+        hardware_id: "gateway-v1".into(),
+        target: "gw/2.0.bin".into(),
+    };
+    let actor = origin::Actor::new("ops").unwrap();
+    let priority = proto::custom::Priority::Fix;
+    origin::director::assign(&origin, &actor, &sim_fleet::vin(0), &[gateway], priority).unwrap();
+    director
+        .register(&vehicle_record(0, 1, 1), "ops", START + 20)
+        .unwrap();
+    let assigned = Ok((2, vec!["gw/2.0.bin".to_owned()]));
+    assert_eq!(as_vehicle(&origin, 0, START + 60), assigned);
+
+    // Registered before the director signed at registration: in the registry, no repository.
+    director
+        .registry()
+        .put_vehicle(&vehicle_record(1, 1, 1))
+        .unwrap();
+    drop(director);
+    let missing = as_vehicle(&origin, 1, START + 60).unwrap_err();
+    assert!(missing.contains("timestamp.json"), "{missing}");
+    let mut director = Director::with_registry(origin.clone(), store.open()).unwrap();
+    assert_eq!(director.work_due(), 1);
+    assert_eq!(director.work_until_idle(START + 30).unwrap(), 1);
+    assert_eq!(director.work_due(), 0);
+    assert_eq!(as_vehicle(&origin, 1, START + 60), Ok((1, Vec::new())));
+    assert_eq!(as_vehicle(&origin, 0, START + 60), assigned);
+    let entry = audited().pop().unwrap();
+    assert_eq!(entry["actor"], origin::service::DIRECTOR, "{entry}");
+    assert_eq!(entry["action"], "vehicle repositories", "{entry}");
+    let signed = &entry["detail"]["vehicles"];
+    assert_eq!(
+        signed,
+        &serde_json::json!([{"vin": sim_fleet::vin(1), "director_targets_version": 1}]),
+        "{entry}"
+    );
+    // Started again, nothing is due.
+    drop(director);
+    let mut director = Director::with_registry(origin.clone(), store.open()).unwrap();
+    assert_eq!(director.work_due(), 0);
+
+    // Its timestamp expires after a day; `origin timestamp` re-signs it with the others.
+    let day = 86_400;
+    assert!(as_vehicle(&origin, 1, START + day + 60).is_err());
+    let mut hourly = origin.clone();
+    hourly.now = proto::tuf::Time::from_unix(i64::try_from(START + day - 3600).unwrap());
+    let refreshed = origin::admin::refresh_timestamps(&hourly).unwrap();
+    for i in 0..2 {
+        let repository = origin::director::vehicle_repository(&sim_fleet::vin(i));
+        assert!(
+            refreshed.contains(&repository),
+            "{repository}: {refreshed:?}"
+        );
+    }
+    assert_eq!(
+        as_vehicle(&origin, 1, START + day + 60),
+        Ok((1, Vec::new()))
+    );
+
+    // A repository the director will not sign on (its root is not the director's): the
+    // registration is refused, saying so, and nothing is registered.
+    let forged = origin
+        .dir
+        .join(origin::director::vehicle_repository(&sim_fleet::vin(2)))
+        .join("metadata");
+    std::fs::create_dir_all(&forged).unwrap();
+    std::fs::write(forged.join("1.root.json"), b"{}").unwrap();
+    let refused = director
+        .register(&vehicle_record(2, 1, 1), "ops", START + 40)
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused.downcast_ref(),
+            Some(origin::service::EnrollError::Unsigned { .. })
+        ),
+        "{refused:#}"
+    );
+    assert!(
+        format!("{refused:#}").contains("1.root.json"),
+        "{refused:#}"
+    );
+    assert!(
+        director
+            .registry()
+            .vehicle(&sim_fleet::vin(2))
+            .unwrap()
+            .is_none()
     );
 }
 

@@ -427,7 +427,9 @@ fn rotate_refuses_a_swapped_root_and_an_edited_vehicle_repository() {
     std::fs::write(&root_file, swapped).unwrap();
     let before = f.files();
     let new_key = NewKey::Make(KeyType::Ed25519);
-    let refusal = origin::admin::rotate(&f.origin, "image", "timestamp", &new_key).unwrap_err();
+    let refusal =
+        origin::admin::rotate(&f.origin, &Fixture::actor(), "image", "timestamp", &new_key)
+            .unwrap_err();
     assert_refused(
         &f,
         &before,
@@ -438,7 +440,8 @@ fn rotate_refuses_a_swapped_root_and_an_edited_vehicle_repository() {
     root["signed"]["consistent_snapshot"] = json!(false);
     write_json(&root_file, &root);
     let before = f.files();
-    let refusal = origin::admin::rotate(&f.origin, "image", "root", &new_key).unwrap_err();
+    let refusal =
+        origin::admin::rotate(&f.origin, &Fixture::actor(), "image", "root", &new_key).unwrap_err();
     assert_refused(
         &f,
         &before,
@@ -451,7 +454,14 @@ fn rotate_refuses_a_swapped_root_and_an_edited_vehicle_repository() {
     // edited targets stop it before anything is signed.
     backdoor_in_place(&f.metadata(&f.vehicle()).join("1.targets.json"));
     let before = f.files();
-    let refusal = origin::admin::rotate(&f.origin, "director", "targets", &new_key).unwrap_err();
+    let refusal = origin::admin::rotate(
+        &f.origin,
+        &Fixture::actor(),
+        "director",
+        "targets",
+        &new_key,
+    )
+    .unwrap_err();
     assert_refused(
         &f,
         &before,

@@ -136,20 +136,46 @@ pub fn register_vehicle_with_keys(
     director: &DirectorService,
     vin: &str,
     serial: &str,
-    (primary, ecu): (&str, &str),
+    keys: (&str, &str),
 ) {
-    let vehicle = serde_json::json!({
+    let vehicle = gateway_record(vin, serial, keys);
+    register(director, &vehicle);
+}
+
+/// Registers `vehicle` (a registration record, as `origin vehicle register --file` sends it)
+/// over the director's HTTP API, as the provisioning system.
+pub fn register(director: &DirectorService, vehicle: &serde_json::Value) {
+    let response = director
+        .agent()
+        .post(&format!("{}/v1/vehicles", director.url))
+        .send(serde_json::json!({ "vehicle": vehicle }).to_string())
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+/// The registry record of vehicle `vin` with one gateway ECU `serial` (hardware `gw-v1`,
+/// running `ecu/gw-1.bin`) and these public keys of its primary and its ECU.
+fn gateway_record(vin: &str, serial: &str, (primary, ecu): (&str, &str)) -> serde_json::Value {
+    serde_json::json!({
         "vin": vin, "region": "eu-north", "vehicle_type": "tractor", "home_depot": "depot-1",
         "primary_key": primary,
         "ecus": [{"serial": serial, "hardware_id": "gw-v1",
                   "public_key": ecu, "installed": "ecu/gw-1.bin"}],
-    });
-    let response = director
-        .agent()
-        .post(&format!("{}/v1/vehicles", director.url))
-        .send(serde_json::json!({"vehicle": vehicle}).to_string())
+    })
+}
+
+/// [`register_vehicle`] with no service running: the director of `origin` (its embedded
+/// registry) opened for the call the HTTP handler makes, and closed again.
+pub fn register_with_director(origin: &origin::repo::Origin, vin: &str, serial: &str) {
+    let record = gateway_record(vin, serial, (&public(PRIMARY_SEED), &public(ECU_SEED)));
+    let mut director = origin::service::Director::open(origin.clone()).unwrap();
+    director
+        .register(
+            &serde_json::from_value(record).unwrap(),
+            "provisioning",
+            node::clock::unix_now(),
+        )
         .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
 }
 
 /// The director's registry (`GET /v1/vehicles`).

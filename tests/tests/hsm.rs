@@ -79,16 +79,25 @@ fn in_token(w: &Path) {
     // Rotations make their new keys in the token too, of the type asked for.
     origin::admin::rotate(
         &origin,
+        &actor(),
         "image",
         "targets",
         &NewKey::Make(KeyType::RsaPssSha256),
     )
     .unwrap();
-    origin::admin::rotate(&origin, "director", "root", &NewKey::Make(KeyType::Ed25519)).unwrap();
+    origin::admin::rotate(
+        &origin,
+        &actor(),
+        "director",
+        "root",
+        &NewKey::Make(KeyType::Ed25519),
+    )
+    .unwrap();
     // And the director's online targets key, a file, to ECDSA: Uptane's director keys may be
     // any type.
     origin::admin::rotate(
         &origin,
+        &actor(),
         "director",
         "targets",
         &NewKey::Make(KeyType::EcdsaP256),
@@ -107,7 +116,7 @@ fn in_token(w: &Path) {
     let file = w.join("supplier.json");
     origin::keys::create(&file).unwrap();
     let before = origin.latest("image", "root").unwrap().0;
-    let refused = origin::admin::rotate(&origin, "image", "root", &NewKey::File(file))
+    let refused = origin::admin::rotate(&origin, &actor(), "image", "root", &NewKey::File(file))
         .map_err(|error| format!("{error:#}"))
         .unwrap_err();
     assert!(refused.contains("takes no key from a file"), "{refused}");
@@ -215,4 +224,9 @@ fn pem_pair(w: &Path, name: &str, kind: KeyType) -> (String, String) {
     let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let pem = |half: &str| file["keyval"][half].as_str().unwrap().to_owned();
     (pem("private"), pem("public"))
+}
+
+/// Who the test acts as, for the audit log.
+fn actor() -> origin::Actor {
+    origin::Actor::new("test").unwrap()
 }

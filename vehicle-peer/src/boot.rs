@@ -586,6 +586,21 @@ impl<M: WriteAt> UbootBoot<M> {
         self.update(|state| state.put_first(slot, DEFAULT_TRIES))
     }
 
+    /// Marks `slot` good, as RAUC's `mark-good` does after every boot outside a trial: its
+    /// tries back to [`DEFAULT_TRIES`], the order as it is (the bootloader spends a try at
+    /// every boot; without this a kept slot runs out after a few boots and the bootloader falls
+    /// back to the other one). Saves only when a try was spent. Returns whether it saved.
+    pub fn mark_good(&mut self, slot: &Slot) -> Result<bool, BootError> {
+        self.known(slot)?;
+        if self.state()?.left.get(slot) == Some(&DEFAULT_TRIES) {
+            return Ok(false);
+        }
+        self.update(|state| {
+            state.left.insert(slot.clone(), DEFAULT_TRIES);
+        })?;
+        Ok(true)
+    }
+
     /// Goes back to `good`: first in order with [`DEFAULT_TRIES`], and `bad` gets no tries.
     pub fn roll_back(&mut self, bad: &Slot, good: &Slot) -> Result<(), BootError> {
         self.known(bad)?;

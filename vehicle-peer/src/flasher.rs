@@ -979,6 +979,25 @@ fn merge_key(serial: &str) -> Vec<u8> {
     format!("flasher-merge/{serial}").into_bytes()
 }
 
+/// At every start of the agent outside a trial: `booted`, the slot `ecu` runs, is marked good
+/// ([`UbootBoot::mark_good`]), as RAUC's `mark-good` service does on a RAUC system. During a
+/// trial nothing is marked: the health check decides, and a trial slot that did not come up
+/// must be left to run out of tries. Returns whether a spent try was given back.
+pub fn mark_booted_good<B: Banks, M: WriteAt, J: Index>(
+    ecu: &mut Ecu<B, M>,
+    journal: &J,
+    booted: &Slot,
+) -> Result<bool, FlashError> {
+    let in_trial = journaled(journal, &ecu.serial)?.is_some_and(|record| {
+        matches!(record.stage, Stage::Trial)
+            || (matches!(record.stage, Stage::Writing { .. }) && record.to == booted.as_str())
+    });
+    if in_trial {
+        return Ok(false);
+    }
+    Ok(ecu.boot.mark_good(booted)?)
+}
+
 /// After a commit, in the background: finishes what keeping the new image leaves to the banks
 /// — for a remapping bank ([`crate::remap`]), copying the remapped blocks home and freeing the
 /// spare area, resumed from its journaled progress after a power cut. Nothing to do unless the

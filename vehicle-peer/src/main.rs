@@ -235,6 +235,14 @@ enum Command {
         /// Home depot, for the registration.
         #[arg(long, default_value = "bench-depot")]
         home_depot: String,
+        /// The director service's URL, for reports and certificate renewal (`director_url`;
+        /// without it, reports go through the depot).
+        #[arg(long)]
+        director_url: Option<String>,
+        /// The CA certificate (PEM) the director's certificate chains to (`director_ca`:
+        /// copied into DIR; the origin's `tls/director-ca.pem`).
+        #[arg(long, requires = "director_url")]
+        director_ca: Option<PathBuf>,
         /// The fleet the vehicle belongs to (its `[mesh]` section).
         #[command(flatten)]
         mesh: node::mesh_config::MeshArgs,
@@ -251,15 +259,7 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default.into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: journald and log files keep the text as it is.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    node::logging::install(default);
     let command = match (cli.command.take(), &cli.config) {
         (Some(_), Some(_)) => {
             eprintln!("vehicle-peer: give either --config FILE or a command, not both");
@@ -338,6 +338,8 @@ fn main() -> ExitCode {
             region,
             vehicle_type,
             home_depot,
+            director_url,
+            director_ca,
             mesh,
         } => {
             let made = mesh
@@ -356,6 +358,9 @@ fn main() -> ExitCode {
                         bank_bytes: *bank_bytes,
                         mesh: &mesh,
                         registry: (region, vehicle_type, home_depot),
+                        director: director_url
+                            .as_deref()
+                            .map(|url| (url, director_ca.as_deref())),
                     })
                 });
             return summary_or_error(made);

@@ -99,6 +99,10 @@ pub struct ProvisionArgs<'a> {
     pub mesh: &'a node::mesh_config::MeshSection,
     /// `region`, `vehicle_type` and `home_depot` for its registration.
     pub registry: (&'a str, &'a str, &'a str),
+    /// The director service the vehicle sends its reports to and renews its membership
+    /// certificate from, and the CA (PEM) its certificate chains to: `director_url` and
+    /// `director_ca` (copied into the vehicle's directory). None: reports go through the depot.
+    pub director: Option<(&'a str, Option<&'a Path>)>,
 }
 
 /// A fresh ed25519 key, as the hex seed key files hold.
@@ -241,6 +245,26 @@ pub fn provision(args: &ProvisionArgs<'_>) -> anyhow::Result<serde_json::Value> 
         .with_context(|| format!("making the identity in {}", data_dir.display()))?
         .public()
         .to_peer_id();
+    let director = match args.director {
+        None => String::new(),
+        Some((url, ca)) => {
+            let mut lines = format!("director_url = {}\n", toml_text(url));
+            if let Some(ca) = ca {
+                let pem = std::fs::read_to_string(ca)
+                    .with_context(|| format!("reading --director-ca {}", ca.display()))?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    bail!("--director-ca {}: no PEM certificate in it", ca.display());
+                }
+                let copy = dir.join("director-ca.pem");
+                std::fs::write(&copy, pem)?;
+                lines.push_str(&format!(
+                    "director_ca = {}\n",
+                    toml_text(&copy.display().to_string())
+                ));
+            }
+            lines
+        }
+    };
     let list = |items: &mut dyn Iterator<Item = String>| {
         items.map(|s| toml_text(&s)).collect::<Vec<_>>().join(", ")
     };
@@ -248,7 +272,7 @@ pub fn provision(args: &ProvisionArgs<'_>) -> anyhow::Result<serde_json::Value> 
         "# A bench vehicle made by `vehicle-peer provision` (config/vehicle.toml explains each key).\n\
          vin = {vin}\ndata_dir = {data}\nlisten = [{listen}]\npeers = [{peers}]\nmdns = {mdns}\n\
          image_root = {image_root}\ndirector_root = {director_root}\nprimary_key_file = {primary}\n\
-         ecus = [{ecus}]\n{mesh}\n\n[link]\nclass = \"yard-wifi\"\n\n[boot]\nmode = \"simulated\"\n",
+         {director}ecus = [{ecus}]\n{mesh}\n\n[link]\nclass = \"yard-wifi\"\n\n[boot]\nmode = \"simulated\"\n",
         vin = toml_text(args.vin),
         data = toml_text(&data_dir.display().to_string()),
         listen = list(&mut args.listen.iter().map(ToString::to_string)),
@@ -284,12 +308,24 @@ pub fn provision(args: &ProvisionArgs<'_>) -> anyhow::Result<serde_json::Value> 
         "primary_key": primary_public,
         "ecu_keys": ecu_keys,
         "bank_bytes": bank_bytes,
-        "next": format!(
-            "origin vehicle register --file {}; then vehicle-peer --config {}",
-            registration_toml.display(),
-            vehicle_toml.display()
-        ),
+        "next": next_steps(&registration_toml, args.mesh.certificate.as_deref(), &vehicle_toml),
     }))
+}
+
+/// What to do next, as commands: register the vehicle (an operator's credential and the
+/// director), its membership certificate written where `[mesh] certificate` reads it; then start
+/// the agent.
+fn next_steps(registration: &Path, certificate: Option<&Path>, vehicle: &Path) -> String {
+    let membership = certificate
+        .map(|file| format!(" --membership-out {}", file.display()))
+        .unwrap_or_default();
+    format!(
+        "origin vehicle register --director URL --director-ca CA.pem --cert YOU.pem --key YOU.key \
+         --file {}{membership}; then vehicle-peer --config {} (or copy it to \
+         /etc/depotmesh/vehicle.toml for the packaged unit)",
+        registration.display(),
+        vehicle.display()
+    )
 }
 
 #[cfg(test)]

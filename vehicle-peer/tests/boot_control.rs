@@ -130,6 +130,35 @@ fn vars(env: &Env) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Marking the running slot good gives back the try its boot spent, keeps the order, and
+/// writes nothing when no try was spent (a flash environment wears with every save).
+#[test]
+fn marking_the_booted_slot_good_gives_its_try_back() {
+    let flash = Flash::new(0x4000);
+    let mut boot = UbootBoot::new(
+        EnvStore::new(flash.clone(), redundant(0x2000)).unwrap(),
+        slots(),
+    );
+    boot.provision().unwrap();
+    let booted = boot.boot().unwrap();
+    assert_eq!(booted, slot("A"));
+    assert_eq!(boot.state().unwrap().left[&slot("A")], DEFAULT_TRIES - 1);
+    assert!(boot.mark_good(&booted).unwrap());
+    let state = boot.state().unwrap();
+    assert_eq!(state.left[&slot("A")], DEFAULT_TRIES);
+    assert_eq!(state.order, vec![slot("A"), slot("B")]);
+    let before = flash.bytes.borrow().clone();
+    assert!(!boot.mark_good(&booted).unwrap());
+    assert_eq!(*flash.bytes.borrow(), before);
+    // Booting many times, each marked good: never falls over to B.
+    for _ in 0..10 {
+        let booted = boot.boot().unwrap();
+        assert_eq!(booted, slot("A"));
+        boot.mark_good(&booted).unwrap();
+    }
+    assert!(boot.mark_good(&slot("C")).is_err());
+}
+
 #[test]
 fn reads_what_mkenvimage_writes() {
     // Single copy: CRC, data, 0xff padding.

@@ -56,6 +56,8 @@ pub struct Shared {
     /// Told when a call left background work due (a decision opened a wave, or halted one):
     /// the worker ([`work`]) wakes.
     work_due: tokio::sync::Notify,
+    /// The certificate served over HTTPS, once [`serve`] serves it: its end is a metric.
+    certificate: std::sync::OnceLock<Arc<crate::tls::ServedCertificate>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -101,6 +103,7 @@ impl Shared {
             limiter: Mutex::new(rate::Limiter::new(limit)),
             started: std::time::Instant::now(),
             work_due: tokio::sync::Notify::new(),
+            certificate: std::sync::OnceLock::new(),
         })
     }
 
@@ -287,9 +290,113 @@ pub async fn work(shared: Arc<Shared>, batch: crate::jobs::Batch) {
     }
 }
 
+/// How often a director serving HTTPS looks at its certificate's end (`look_after`).
+pub const CERTIFICATE_CHECK: Duration = Duration::from_secs(3600);
+
+/// Looks at the end of the certificate `certificate` served (on the system clock, which TLS
+/// clients judge it by): once fewer than [`crate::tls::RENEW_WITHIN`] are left, the origin's own
+/// is renewed from its director CA and served from the next handshake on (logged at info, and
+/// recorded in the audit log as done by the director), and a certificate given with
+/// `--tls-cert` is warned about, with what to do. `at_start`: a due certificate is warned
+/// about before it is renewed too.
+async fn look_after(
+    shared: &Arc<Shared>,
+    certificate: &Arc<crate::tls::ServedCertificate>,
+    at_start: bool,
+) {
+    let now = i64::try_from(node::clock::unix_now()).unwrap_or(i64::MAX);
+    if at_start && certificate.renewable() && certificate.unbounded() {
+        tracing::warn!(
+            not_after = certificate.not_after(),
+            "the director's TLS certificate was made before certificates' lives were bounded \
+             and is valid until {}: issue a new one with `origin director-cert --name HOST` \
+             (clients trust the CA and need nothing)",
+            proto::tuf::Time::from_unix(certificate.not_after()),
+        );
+    }
+    if !certificate.due(now) {
+        return;
+    }
+    let not_after = certificate.not_after();
+    let ends = ends(not_after, now);
+    if !certificate.renewable() {
+        tracing::warn!(
+            not_after,
+            "the director's TLS certificate (--tls-cert) {ends}: get a new one from the \
+             company's PKI, put it in place and restart `origin serve`"
+        );
+        return;
+    }
+    if at_start {
+        tracing::warn!(
+            not_after,
+            "the director's TLS certificate {ends}: renewing it from the director CA"
+        );
+    }
+    let renewing = Arc::clone(certificate);
+    let renewed = shared
+        .with(move |director, clock| {
+            let renewal = renewing.renew_if_due(director.origin(), now)?;
+            if let Some(renewal) = &renewal {
+                let mut origin = director.origin().clone();
+                origin.now = proto::tuf::Time::from_unix(i64::try_from(clock).unwrap_or(i64::MAX));
+                let detail = serde_json::json!({
+                    "names": renewal.names,
+                    "previous_not_after": renewal.previous_not_after,
+                    "not_after": renewal.not_after,
+                    "days": renewal.days.get(),
+                    "fingerprint": renewal.fingerprint,
+                });
+                if let Err(e) = crate::audit::append(
+                    &origin,
+                    crate::service::DIRECTOR,
+                    "director certificate renew",
+                    detail,
+                ) {
+                    tracing::error!(
+                        "the director's TLS certificate was renewed, but the audit log did not \
+                         take its entry: {e:#}"
+                    );
+                }
+            }
+            Ok::<_, crate::tls::RenewError>(renewal)
+        })
+        .await;
+    match renewed {
+        Ok(Ok(Some(renewal))) => tracing::info!(
+            not_after = renewal.not_after,
+            names = ?renewal.names,
+            fingerprint = %renewal.fingerprint,
+            "the director's TLS certificate renewed from the director CA, valid {} days until {}",
+            renewal.days,
+            proto::tuf::Time::from_unix(renewal.not_after),
+        ),
+        // Another check renewed it first.
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::error!(
+            not_after,
+            "the director's TLS certificate {ends} and could not be renewed: {e} \
+             (clients refuse the director once it has ended)"
+        ),
+        Err(_) => tracing::error!("renewing the director's TLS certificate: the task failed"),
+    }
+}
+
+/// When a certificate that ends at `not_after` ends, said from `now` (Unix seconds).
+fn ends(not_after: i64, now: i64) -> String {
+    let day = 86_400;
+    let when = proto::tuf::Time::from_unix(not_after);
+    if not_after > now {
+        format!("expires in {} days ({when})", (not_after - now) / day)
+    } else {
+        format!("expired {} days ago ({when})", (now - not_after) / day)
+    }
+}
+
 /// Serves `shared` on `listener` over `transport`, ticking the campaigns every `tick` (soak
 /// times, report timeouts) and doing the director's background work ([`work`]), until the task
-/// is dropped.
+/// is dropped. Over HTTPS, the certificate's end is looked at before the first connection is
+/// taken and every [`CERTIFICATE_CHECK`] after (`look_after`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     transport: Transport,
@@ -317,11 +424,27 @@ pub async fn serve(
             }
         }
     }));
+    let _certificate = match transport.certificate() {
+        Some(certificate) => {
+            // A second listener of the same service (`serve` again) serves the same one.
+            let _ = shared.certificate.set(Arc::clone(certificate));
+            look_after(&shared, certificate, true).await;
+            let (shared, certificate) = (Arc::clone(&shared), Arc::clone(certificate));
+            Some(AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(CERTIFICATE_CHECK).await;
+                    look_after(&shared, &certificate, false).await;
+                }
+            })))
+        }
+        None => None,
+    };
     let failed = Arc::clone(&shared.handshakes_failed);
     server::serve(listener, transport, router(shared), failed).await;
 }
 
-/// A task that stops with what spawned it (the ticker and the worker stop with [`serve`]).
+/// A task that stops with what spawned it (the ticker, the worker and the certificate's check
+/// stop with [`serve`]).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -431,11 +554,21 @@ impl Server {
 /// The transport `how` names for `origin`'s director.
 pub fn transport(origin: &crate::Origin, how: &Listen<'_>) -> anyhow::Result<Transport> {
     Ok(match how {
-        Listen::OriginTls => Transport::Tls(crate::tls::server_config(origin, None)?),
-        Listen::Tls { cert, key } => {
-            Transport::Tls(crate::tls::server_config(origin, Some((cert, key)))?)
-        }
+        Listen::OriginTls => tls(origin, None)?,
+        Listen::Tls { cert, key } => tls(origin, Some((cert, key)))?,
         Listen::PlainLoopback => Transport::PlainLoopback,
+    })
+}
+
+fn tls(
+    origin: &crate::Origin,
+    cert_and_key: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<Transport> {
+    let certificate = Arc::new(crate::tls::ServedCertificate::load(origin, cert_and_key)?);
+    let config = crate::tls::server_config(origin, Arc::clone(&certificate))?;
+    Ok(Transport::Tls {
+        config,
+        certificate,
     })
 }
 
@@ -519,8 +652,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Result<Response, Refused>
     if handshakes > 0 {
         refusals.insert(("TLS handshake".to_string(), 0), handshakes);
     }
+    let certificate = shared.certificate.get().map(|c| c.not_after());
     let text = shared
-        .with(move |d, now| d.metrics(now, &refusals))
+        .with(move |d, now| {
+            let mut text = d.metrics(now, &refusals)?;
+            text.push_str(&crate::metrics::TlsFigures { certificate }.render()?);
+            Ok::<_, std::fmt::Error>(text)
+        })
         .await?
         .map_err(|e| {
             error(
@@ -658,11 +796,13 @@ async fn vehicles(State(shared): State<Arc<Shared>>) -> Result<Response, Refused
 }
 
 /// A refusal for an enrolment the director refused: 409 when the VIN holds other keys, 404
-/// for an unknown VIN, 400 otherwise.
+/// for an unknown VIN, 500 when the director could not sign the vehicle's repository (sending
+/// again may help), 400 otherwise.
 fn enrol_refusal(e: &anyhow::Error) -> Refused {
     let status = match e.downcast_ref::<EnrollError>() {
         Some(EnrollError::KeysDiffer { .. }) => StatusCode::CONFLICT,
         Some(EnrollError::Unknown(_)) => StatusCode::NOT_FOUND,
+        Some(EnrollError::Unsigned { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     };
     error(status, &format!("{e:#}"))

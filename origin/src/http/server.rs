@@ -34,7 +34,12 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 pub enum Transport {
     /// HTTPS with this configuration (the director's certificate, client certificates asked
     /// for under the operator CA).
-    Tls(Arc<rustls::ServerConfig>),
+    Tls {
+        /// The configuration every handshake uses.
+        config: Arc<rustls::ServerConfig>,
+        /// The certificate it serves, which a renewal swaps ([`crate::tls::ServedCertificate`]).
+        certificate: Arc<crate::tls::ServedCertificate>,
+    },
     /// Plain HTTP, on a loopback address only (a test, a director behind a local TLS
     /// terminator).
     PlainLoopback,
@@ -65,8 +70,16 @@ impl Transport {
     /// The URL scheme clients use.
     pub fn scheme(&self) -> &'static str {
         match self {
-            Self::Tls(_) => "https",
+            Self::Tls { .. } => "https",
             Self::PlainLoopback => "http",
+        }
+    }
+
+    /// The certificate it serves, if it speaks HTTPS.
+    pub fn certificate(&self) -> Option<&Arc<crate::tls::ServedCertificate>> {
+        match self {
+            Self::Tls { certificate, .. } => Some(certificate),
+            Self::PlainLoopback => None,
         }
     }
 }
@@ -94,7 +107,7 @@ pub(super) async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT);
     let acceptor = match &transport {
-        Transport::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(Arc::clone(config))),
+        Transport::Tls { config, .. } => Some(tokio_rustls::TlsAcceptor::from(Arc::clone(config))),
         Transport::PlainLoopback => None,
     };
     loop {

@@ -135,3 +135,14 @@ pub enum TufError {
         detail: String,
     },
 }
+
+impl TufError {
+    /// The file the repository said it does not have ([`FetchError::NotFound`]: an HTTP
+    /// 403/404, a peer that does not serve the name), when that is the error.
+    pub fn not_found(&self) -> Option<&str> {
+        match self {
+            Self::Fetch { file, detail } if detail == updater::NOT_FOUND => Some(file),
+            _ => None,
+        }
+    }
+}

@@ -408,6 +408,9 @@ fn checked(request: &Request, response: Response) -> Result<Vec<u8>, TufError> {
     Ok(data)
 }
 
+/// [`TufError::Fetch`]'s detail for [`FetchError::NotFound`] ([`TufError::not_found`]).
+pub(crate) const NOT_FOUND: &str = "not found";
+
 fn fetch_error(path: &str, limit: u64, error: FetchError) -> TufError {
     match error {
         FetchError::TooLong => TufError::DownloadLength {
@@ -416,7 +419,7 @@ fn fetch_error(path: &str, limit: u64, error: FetchError) -> TufError {
         },
         FetchError::NotFound => TufError::Fetch {
             file: path.to_string(),
-            detail: "not found".into(),
+            detail: NOT_FOUND.into(),
         },
         FetchError::Other(detail) => TufError::Fetch {
             file: path.to_string(),
@@ -843,5 +846,23 @@ mod tests {
         assert_eq!(quote("a b~_"), "a%20b~_");
         assert_eq!(quote("é"), "%C3%A9");
         assert_eq!(quote("../x?a#b"), "..%2Fx%3Fa%23b");
+    }
+
+    #[test]
+    fn only_a_missing_file_reads_as_not_found() {
+        use super::{FetchError, fetch_error};
+        let missing = fetch_error("metadata/timestamp.json", 100, FetchError::NotFound);
+        assert_eq!(missing.not_found(), Some("metadata/timestamp.json"));
+        assert_eq!(
+            missing.to_string(),
+            "fetching metadata/timestamp.json: not found"
+        );
+        let other = fetch_error(
+            "metadata/timestamp.json",
+            100,
+            FetchError::Other("timeout".into()),
+        );
+        assert_eq!(other.not_found(), None);
+        assert_eq!(fetch_error("x", 100, FetchError::TooLong).not_found(), None);
     }
 }

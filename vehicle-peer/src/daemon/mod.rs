@@ -62,6 +62,24 @@ struct CheckState {
     installed: Option<Outcome>,
 }
 
+/// SIGTERM (systemd's stop) and SIGINT (Ctrl-C), listened for from the start of a run: one
+/// that comes while a check runs waits here for the sleep after it.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Listens for both; within the runtime.
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+}
+
 /// A running vehicle agent: its node (serving neighbours all the time), ECUs and journal.
 pub struct Daemon {
     config: VehicleConfig,
@@ -253,6 +271,7 @@ impl Daemon {
         };
         // A merge a power cut interrupted goes on.
         daemon.merge_all();
+        daemon.mark_booted_good();
         if let Some(ecu) = &daemon.rauc {
             match crate::rauc::mark_booted_good(ecu, &daemon.journal) {
                 Ok(Some(slot)) => tracing::info!(ecu = ecu.serial, %slot, "RAUC slot marked good"),
@@ -263,6 +282,23 @@ impl Daemon {
             }
         }
         Ok(daemon)
+    }
+
+    /// At start, outside a trial: each ECU's running slot gets back the try its boot spent
+    /// ([`crate::flasher::mark_booted_good`]). A failure is logged: the ECU still runs, and
+    /// the next start tries again.
+    fn mark_booted_good(&mut self) {
+        for (ecu, booted) in self.ecus.iter_mut().zip(&self.booted) {
+            match crate::flasher::mark_booted_good(ecu, &self.journal, booted) {
+                Ok(true) => {
+                    tracing::info!(ecu = ecu.serial, slot = %booted, "booted slot marked good")
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(ecu = ecu.serial, slot = %booted, "marking the booted slot good: {error}");
+                }
+            }
+        }
     }
 
     /// After a commit (and at start): remapping banks copy their remapped blocks home
@@ -306,6 +342,10 @@ impl Daemon {
     /// Runs checks forever, sleeping between them (the node keeps serving meanwhile), until
     /// SIGTERM or Ctrl-C.
     pub fn run(mut self) -> anyhow::Result<()> {
+        // Listening from the start, for the whole run: a signal that comes during a check is
+        // kept and ends the next sleep (a listener made at each sleep missed it, and systemd
+        // waited its stop timeout out before it killed the agent).
+        let mut stop = self.runtime.block_on(async { StopSignals::listen() })?;
         // Simulated reboots in a row; a trial needs one, so more means something keeps asking
         // for one, and the next try waits for the next check.
         let mut reboots = 0;
@@ -338,7 +378,8 @@ impl Daemon {
                     self.config.check_interval
                 }
             };
-            if self.sleep(wait)? {
+            if self.sleep(wait, &mut stop) {
+                tracing::info!("stopping");
                 break;
             }
         }
@@ -366,17 +407,15 @@ impl Daemon {
         Ok(self.status.clone())
     }
 
-    /// Sleeps `wait` while the node serves; true when asked to stop.
-    fn sleep(&self, wait: Duration) -> anyhow::Result<bool> {
+    /// Sleeps `wait` while the node serves; true when asked to stop (now, or since the last
+    /// sleep).
+    fn sleep(&self, wait: Duration, stop: &mut StopSignals) -> bool {
         self.runtime.block_on(async {
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .context("installing the SIGTERM handler")?;
-            Ok(tokio::select! {
+            tokio::select! {
                 () = tokio::time::sleep(wait) => false,
-                _ = tokio::signal::ctrl_c() => true,
-                _ = terminate.recv() => true,
-            })
+                _ = stop.terminate.recv() => true,
+                _ = stop.interrupt.recv() => true,
+            }
         })
     }
 

@@ -11,12 +11,36 @@ use node::policy::Priority;
 use node::tuf_mesh::{MeshRemote, MeshUpdater};
 use proto::custom::{DirectorCustom, ImageCustom};
 use proto::tuf::{Role, Time};
-use proto::uptane::{ApprovedImage, EcuState};
+use proto::uptane::{ApprovedImage, EcuState, UptaneError};
 use serde_json::json;
 
 use super::Daemon;
 use crate::agent::{Blob, DeltaOffer, EcuFacts, Image, Verified};
 use crate::flasher::{Stage, group_decision, journaled, running_image, running_image_of};
+
+/// `error`, or, when no peer serves the vehicle's director repository at all, what that means:
+/// the director has none for this VIN (it signs one, empty, at registration), or the depot
+/// does not relay it yet. A registered vehicle with nothing assigned is not this: it reads
+/// empty director targets and is up to date.
+fn explain_missing_director(repository: &str, error: UptaneError) -> anyhow::Error {
+    let missing = match &error {
+        UptaneError::Tuf {
+            repository: "director",
+            error,
+        } => node::tuf_mesh::director_repository_missing(repository, error),
+        _ => None,
+    };
+    match missing {
+        Some(vin) => anyhow::anyhow!(
+            "no peer serves {repository}/metadata/timestamp.json: the director has no repository \
+             for vehicle {vin} (it is not registered: `origin vehicle register`; or it was \
+             registered before the director signed an empty repository at registration: \
+             restarting `origin serve` signs one), or the depot does not prefetch {repository} \
+             (yet: its [prefetch] vehicles)"
+        ),
+        None => error.into(),
+    }
+}
 
 /// The image repository's deltas to one approved image: source target name → the delta and
 /// the source's signed SHA-256.
@@ -98,7 +122,9 @@ impl Daemon {
             .sum();
         self.agent.record(metadata_bytes, now);
         self.persist_usage()?;
-        let approved = verified.context("verifying the director's and image metadata")?;
+        let approved = verified
+            .map_err(|error| explain_missing_director(&director_repository, error))
+            .context("verifying the director's and image metadata")?;
         let director_targets = director
             .trusted()
             .targets("targets")
