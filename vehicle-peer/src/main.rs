@@ -93,6 +93,10 @@ enum Command {
         /// peers each gets one, with few each gets up to --requests-per-peer.
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
         requests_total: u64,
+        /// Milliseconds a request is out before the endgame may ask another peer for its groups
+        /// too (default: the engine's, 1000; 0: at once, as before it waited; for measuring).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+        endgame_patience_ms: Option<u64>,
         /// Give up after this many seconds in which no peer could help (nothing in flight, no
         /// peer claiming a missing group).
         #[arg(long, default_value_t = 20)]
@@ -458,6 +462,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
             groups_per_request,
             requests_per_peer,
             requests_total,
+            endgame_patience_ms,
             congestion,
             blob,
             out,
@@ -494,6 +499,9 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
                 usize::try_from(requests_per_peer).context("--requests-per-peer")?;
             options.transfer.max_requests_total =
                 usize::try_from(requests_total).context("--requests-total")?;
+            if let Some(ms) = endgame_patience_ms {
+                options.transfer.endgame_patience = std::time::Duration::from_millis(ms);
+            }
             let bar = progress_bar();
             // Off a terminal, a line now and then, as curl does: for logs, and so a supervisor
             // can see progress.
