@@ -318,11 +318,7 @@ fn a_company_certificate_is_served_as_given_never_renewed_and_its_end_exported()
     let dir = tempfile::tempdir().unwrap();
     let origin = new_origin(dir.path());
     let files = TlsFiles::of(&origin);
-    // The company's PKI, played by the origin's director CA: a certificate with 10 days left,
-    // kept outside the origin.
-    origin::tls::issue_director_cert_valid_for(&origin, &[], CertificateDays::new(10).unwrap())
-        .unwrap();
-    let (cert, key) = company_files(dir.path(), &files);
+    let (cert, key) = company_certificate(dir.path(), &origin, &files);
     let given = pem_chain(&cert);
     origin::tls::issue_director_cert(&origin, &[]).unwrap();
     let own = std::fs::read(&files.director_cert).unwrap();
@@ -350,8 +346,11 @@ fn a_company_certificate_is_served_as_given_never_renewed_and_its_end_exported()
     );
 }
 
-/// Copies of the origin's director certificate and key, as a company's PKI would hand them.
-fn company_files(dir: &Path, files: &TlsFiles) -> (PathBuf, PathBuf) {
+/// The company's PKI, played by the origin's director CA: a certificate with 10 days left and
+/// its key, copied outside the origin as a company would hand them over.
+fn company_certificate(dir: &Path, origin: &Origin, files: &TlsFiles) -> (PathBuf, PathBuf) {
+    origin::tls::issue_director_cert_valid_for(origin, &[], CertificateDays::new(10).unwrap())
+        .unwrap();
     let (cert, key) = (dir.join("company.pem"), dir.join("company.key"));
     std::fs::copy(&files.director_cert, &cert).unwrap();
     std::fs::copy(&files.director_key, &key).unwrap();
@@ -408,9 +407,7 @@ fn origin_serve_warns_at_start_of_a_certificate_ending_within_30_days() {
     let dir = tempfile::tempdir().unwrap();
     let origin = new_origin(dir.path());
     let files = TlsFiles::of(&origin);
-    origin::tls::issue_director_cert_valid_for(&origin, &[], CertificateDays::new(10).unwrap())
-        .unwrap();
-    let (cert, key) = company_files(dir.path(), &files);
+    let (cert, key) = company_certificate(dir.path(), &origin, &files);
 
     // The company's: warned about, with what to do.
     let log = serve_log(
