@@ -62,7 +62,9 @@ use crate::format::{
     DeltaError, DeltaHeader, FIXED_HEADER_LEN, MAX_HEADER_LEN, MAX_REF_WINDOW, MAX_SEGMENT_LOG,
     MIN_SEGMENT_LOG, SEGMENT_ENTRY_LEN, SegmentEntry,
 };
+use crate::refs::{Correction, Layout, MAX_MODEL_SOURCE, ReferenceModel, References};
 use crate::segment::{Effort, Op, SegmentDecoder, SegmentEncoder, SegmentPlan, SourceView};
+use std::sync::Arc;
 
 /// Why a delta could not be built. Every variant names what was wrong; nothing half-written is
 /// left under the output's name.
@@ -172,6 +174,11 @@ pub struct DeltaOptions {
     /// budget that cannot hold the window and one worker is refused before any work
     /// ([`memory_plan`]).
     pub memory_budget: Option<u64>,
+    /// Executable-aware matching (default on): for an x86-64 or AArch64 ELF source and target
+    /// of the same kind, correct the source's references in diff runs against where the
+    /// release moved their targets ([`crate::refs`]). Appliers older than the reference model
+    /// refuse such a delta (its header flag).
+    pub references: bool,
 }
 
 /// Bytes one segment worker may hold per byte of segment (its target bytes, the streams of its
@@ -247,6 +254,7 @@ impl Default for DeltaOptions {
             lzma_dict: true,
             exhaustive: false,
             memory_budget: None,
+            references: true,
         }
     }
 }
@@ -281,6 +289,11 @@ pub struct DeltaSummary {
     pub lzma_dict_segments: usize,
     /// Segments encoded at once (fewer than the threads asked for under a memory budget).
     pub workers: usize,
+    /// References found in the source and address map entries, when the delta corrects
+    /// references (executable-aware matching).
+    pub references: Option<(u64, usize)>,
+    /// Segments whose diff runs correct references.
+    pub corrected_segments: usize,
     /// Wall time.
     pub seconds: f64,
 }
@@ -404,7 +417,14 @@ fn create_into(
     }
 
     let writing = || io(format!("writing {}", temp.display()));
-    let mut file = File::create(temp).map_err(io(format!("creating {}", temp.display())))?;
+    // Read too: bodies move down when the reference model is dropped.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(temp)
+        .map_err(io(format!("creating {}", temp.display())))?;
     file.write_all(&vec![0; header_len]).map_err(writing())?;
 
     let mut entries = vec![
@@ -416,7 +436,34 @@ fn create_into(
     ];
     let mut methods = std::collections::BTreeMap::new();
     let mut lzma_dict_segments = 0;
+    let mut corrected_segments = 0;
     let mut window: Option<Window> = None;
+    // Executable-aware: the whole source in one window, matched for every segment first, so
+    // that the address map the references are predicted from covers the whole image.
+    let executable = if options.references
+        && source_len <= MAX_MODEL_SOURCE
+        && source_len <= options.match_window
+    {
+        executable_model(&source_file, source_len, &target_file, target_len, options)?
+    } else {
+        None
+    };
+    let executable = executable.map(|(exe, w)| {
+        window = Some(w);
+        exe
+    });
+    let model = executable.as_ref().map(|e| e.model.clone());
+    let header_len = header_len + model.as_ref().map_or(0, |m| 4 + m.packed_bytes().len());
+    if header_len > MAX_HEADER_LEN {
+        return Err(CreateError::TooManySegments(count));
+    }
+    file.write_all(&vec![
+        0;
+        header_len
+            - FIXED_HEADER_LEN
+            - SEGMENT_ENTRY_LEN * count
+    ])
+    .map_err(writing())?;
     let mut index = 0;
     while index < count {
         let batch = index..(index + workers).min(count);
@@ -437,6 +484,7 @@ fn create_into(
         let w = &*window.insert(w);
         let job = Job {
             window: w,
+            executable: executable.as_ref(),
             target: &target_file,
             count,
             target_len,
@@ -447,8 +495,9 @@ fn create_into(
             progress: &report,
         };
         let results = encode_batch(&job, batch.clone())?;
-        for (i, (body, method, dict, cv)) in batch.clone().zip(results) {
+        for (i, (body, method, dict, corrected, cv)) in batch.clone().zip(results) {
             lzma_dict_segments += usize::from(dict);
+            corrected_segments += usize::from(corrected);
             entries[i] = SegmentEntry {
                 encoded_len: fits("a segment body", body.len() as u64)?,
                 cv,
@@ -458,6 +507,8 @@ fn create_into(
         }
         index = batch.end;
     }
+    // No segment corrects references: the model goes, and the bodies move up to the table.
+    let model = model.filter(|_| corrected_segments > 0);
     let header = DeltaHeader {
         source: source_id,
         source_len,
@@ -465,7 +516,11 @@ fn create_into(
         target_len,
         segment_log: options.segment_log,
         segments: entries,
+        model,
     };
+    if header.len() < header_len {
+        shift_down(&file, header_len as u64, header.len() as u64).map_err(writing())?;
+    }
     file.seek(SeekFrom::Start(0)).map_err(writing())?;
     file.write_all(&header.encode()).map_err(writing())?;
     file.sync_all().map_err(writing())?;
@@ -487,8 +542,137 @@ fn create_into(
         methods: methods.into_iter().collect(),
         lzma_dict_segments,
         workers,
+        references: executable
+            .as_ref()
+            .map(|e| (e.references.count(), e.model.map().len())),
+        corrected_segments,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What a reference predicted right saves, for weighing a reference model against its header
+/// bytes: a corrected reference leaves zeros where the diff stream had 1–4 changed bytes.
+const BYTES_PER_FIXED_REFERENCE: i64 = 2;
+
+/// Moves the bytes of `file` from offset `from` to its end down to offset `to` (< `from`), and
+/// cuts the file there.
+fn shift_down(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        FileExt::read_exact_at(file, &mut buf[..n], at)?;
+        FileExt::write_all_at(file, &buf[..n], at - (from - to))?;
+        at += n as u64;
+    }
+    file.set_len(len - (from - to))
+}
+
+/// What executable-aware matching holds for the whole delta: the source's references, the
+/// model in the header, and every segment's matches (found before any is encoded).
+struct Executable {
+    references: Arc<References>,
+    model: ReferenceModel,
+    matches: Vec<Vec<Match>>,
+}
+
+/// The reference model of a delta between two ELF images of one architecture, with every
+/// segment's matches, and the source window they were matched in; `None` when either is not
+/// such an image.
+fn executable_model(
+    source_file: &File,
+    source_len: u64,
+    target_file: &File,
+    target_len: u64,
+    options: &DeltaOptions,
+) -> Result<Option<(Executable, Window)>, CreateError> {
+    let (Some(old), Some(new)) = (
+        Layout::parse(source_file, source_len),
+        Layout::parse(target_file, target_len),
+    ) else {
+        return Ok(None);
+    };
+    if old.arch != new.arch {
+        return Ok(None);
+    }
+    let window = Window::load(source_file, 0, source_len)?;
+    let Some(references) =
+        References::find(&window.bytes, source_len).map_err(io("reading the source"))?
+    else {
+        return Ok(None);
+    };
+    let segment_size = 1u64 << options.segment_log;
+    let read_segment = |start: u64| -> Result<Vec<u8>, CreateError> {
+        let end = (start + segment_size).min(target_len);
+        let mut target = vec![0; fits("a segment", end - start)?];
+        FileExt::read_exact_at(target_file, &mut target, start)
+            .map_err(io("reading the target"))?;
+        Ok(target)
+    };
+    let mut matches = Vec::new();
+    let mut ranges = Vec::new();
+    let mut targets = Vec::new();
+    let mut start = 0u64;
+    while start < target_len {
+        let target = read_segment(start)?;
+        let found = find_matches_in_pieces(&window, &target, start, options.threads)?;
+        let mut t = start;
+        for m in &found {
+            ranges.push((m.src, t, m.len));
+            t += m.len + m.extra;
+            references.each_in(m.src, m.src + m.len, |at, width| {
+                let at_ = at as usize;
+                if let Some(target) =
+                    references.target_of(at, &window.bytes[at_..at_ + width as usize])
+                {
+                    targets.push(target);
+                }
+            });
+        }
+        matches.push(found);
+        start += target.len() as u64;
+    }
+    targets.sort_unstable();
+    let model = ReferenceModel::build(&old, &new, &ranges, &targets);
+    // Worth its header bytes? Count the references in diff runs the model predicts right where
+    // the bytes differ, less those it gets wrong where they did not differ.
+    let correction = Correction {
+        refs: &references,
+        model: &model,
+    };
+    let mut fixed = 0i64;
+    let mut start = 0u64;
+    for found in &matches {
+        let target = read_segment(start)?;
+        let mut t = 0usize;
+        for m in found {
+            references.each_in(m.src, m.src + m.len, |at, width| {
+                let (w, i) = (width as usize, (at - m.src) as usize);
+                let old = &window.bytes[at as usize..at as usize + w];
+                let new = &target[t + i..t + i + w];
+                let mut bytes = [0u8; 8];
+                bytes[..w].copy_from_slice(new);
+                let predicted = correction.predict(at, old, start + (t + i) as u64);
+                let right = predicted == u64::from_le_bytes(bytes);
+                fixed += i64::from(right && old != new) - i64::from(!right && old == new);
+            });
+            t += (m.len + m.extra) as usize;
+        }
+        start += target.len() as u64;
+    }
+    let cost = model.packed_bytes().len() as i64;
+    if fixed * BYTES_PER_FIXED_REFERENCE < cost {
+        return Ok(None);
+    }
+    Ok(Some((
+        Executable {
+            references: Arc::new(references),
+            model,
+            matches,
+        },
+        window,
+    )))
 }
 
 /// Whether an image whose first bytes are `head` is x86 code: an ELF file for x86 or x86-64
@@ -586,11 +770,13 @@ impl Window {
 
 /// A segment's body, its method, whether its extra stream is LZMA with the window as
 /// dictionary, and its chaining value.
-type Encoded = (Vec<u8>, Method, bool, [u8; 32]);
+type Encoded = (Vec<u8>, Method, bool, bool, [u8; 32]);
 
 /// What every segment of a batch shares.
 struct Job<'a> {
     window: &'a Window,
+    /// Executable-aware matching's model, references and matches.
+    executable: Option<&'a Executable>,
     target: &'a File,
     count: usize,
     target_len: u64,
@@ -638,6 +824,7 @@ fn encode_batch(job: &Job<'_>, batch: std::ops::Range<usize>) -> Result<Vec<Enco
 fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
     let Job {
         window,
+        executable,
         target: target_file,
         count,
         target_len,
@@ -654,7 +841,18 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
     FileExt::read_exact_at(target_file, &mut target, start).map_err(io("reading the target"))?;
     let cv = DeltaHeader::chaining_value(count, options.segment_log, index, &target);
 
-    let matches = find_matches_in_pieces(window, &target, start, options.threads)?;
+    let matches = match executable {
+        Some(exe) => exe
+            .matches
+            .get(index)
+            .cloned()
+            .ok_or(CreateError::NotEncoded(index))?,
+        None => find_matches_in_pieces(window, &target, start, options.threads)?,
+    };
+    let correction = executable.map(|exe| Correction {
+        refs: &exe.references,
+        model: &exe.model,
+    });
     let bsdiff = to_ops(&matches, window, target.len(), false);
     let aligned = to_ops(&matches, window, target.len(), true);
     let hybrid = hybrid(&bsdiff, window, &target, HYBRID_KEEP);
@@ -704,14 +902,27 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         if skip {
             continue;
         }
-        let plan = SegmentPlan {
+        let mut plan = SegmentPlan {
             ops,
             word_phase,
             ref_window: reference,
             lzma_dict: false,
             effort: Effort::Exhaustive,
+            correction: None,
         };
-        let estimate = encoder.estimate(index, start, &target, &plan, view, x86)?;
+        let mut estimate = encoder.estimate(index, start, &target, &plan, view, x86)?;
+        // Correct the references if that saves this segment's share of the model's header
+        // bytes at least (a far pair gains little: E3 esbuild's second segment 0.1 %).
+        let mut corrected = None;
+        if let Some(correction) = correction.filter(|_| corrects(method)) {
+            plan.correction = Some(correction);
+            let with = encoder.estimate(index, start, &target, &plan, view, x86)?;
+            let share = correction.model.packed_bytes().len() as u64 * seg_len / target_len.max(1);
+            if (with as u64).saturating_add(share) < estimate as u64 {
+                estimate = with;
+                corrected = Some(correction);
+            }
+        }
         // LZMA codes a literal after a match against the byte at the match's distance, so
         // compiled code moved and patched (a patch-from stream against the window) ends far
         // smaller with LZMA than zstd's estimate says: 0.60–0.81 of it on the corpus's x86
@@ -722,10 +933,10 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         } else {
             estimate
         };
-        ranked.push((rank, method, ops, word_phase));
+        ranked.push((rank, method, ops, word_phase, corrected));
     }
     ranked.sort_by_key(|r| r.0);
-    let mut best: Option<(Vec<u8>, Method)> = None;
+    let mut best: Option<(Vec<u8>, Method, bool)> = None;
     // Then the best of them, and a runner-up within FINALIST_MARGIN of it, with the codecs that
     // win (or every codec, when asked). Estimates rank LZMA's results less well than zstd's:
     // the runner-up catches most of what that misses.
@@ -736,7 +947,7 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         Effort::Chosen { x86 }
     };
     let first = ranked.first().map(|r| r.1);
-    for (estimate, method, ops, word_phase) in ranked.into_iter().take(FINALISTS) {
+    for (estimate, method, ops, word_phase, corrected) in ranked.into_iter().take(FINALISTS) {
         // A runner-up is encoded only if it is of the other kind (patch-from against matcher
         // operations): bsdiff, hybrid and aligned bodies of one segment end within 0.1 % of
         // each other when their estimates do (B1 biome).
@@ -768,6 +979,7 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
             ref_window,
             lzma_dict: ref_window.is_some() && options.lzma_dict,
             effort,
+            correction: corrected,
         };
         let body = encoder.encode(index, start, &target, &plan, view)?;
         // Matcher operations must beat patch-from by more than 1/512 of their size: on a tie
@@ -778,12 +990,12 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         };
         if best
             .as_ref()
-            .is_none_or(|(b, m)| score(body.len(), method) < score(b.len(), *m))
+            .is_none_or(|(b, m, _)| score(body.len(), method) < score(b.len(), *m))
         {
-            best = Some((body, method));
+            best = Some((body, method, corrected.is_some()));
         }
     }
-    let Some((body, method)) = best else {
+    let Some((body, method, corrected)) = best else {
         return Err(CreateError::NoEncoding(index));
     };
     let dict = matches!(
@@ -810,16 +1022,26 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         target_len,
         segment_log: options.segment_log,
         segments,
+        model: executable.map(|exe| exe.model.clone()),
+    };
+    let mut decoder = match executable {
+        Some(exe) => SegmentDecoder::with_references(header.source, exe.references.clone()),
+        None => SegmentDecoder::new(),
     };
     let mut rebuilt = Vec::new();
-    SegmentDecoder::new()
+    decoder
         .decode(&header, index, &body, &WindowRead(window), &mut rebuilt)
         .map_err(|source| CreateError::RoundTrip {
             segment: index,
             method,
             source,
         })?;
-    Ok((body, method, dict, cv))
+    Ok((body, method, dict, corrected, cv))
+}
+
+/// Whether a method's diff runs correct references (byte diff runs: bsdiff and hybrid).
+fn corrects(method: Method) -> bool {
+    matches!(method, Method::Bsdiff | Method::Hybrid)
 }
 
 struct WindowRead<'a>(&'a Window);

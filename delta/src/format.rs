@@ -3,7 +3,13 @@
 
 use proto::BlobId;
 
+use crate::refs::{MAX_MODEL_SOURCE, ReferenceModel};
 use crate::tree;
+
+/// Header flag: a reference model follows the segment table.
+const HEADER_FLAG_MODEL: u16 = 1;
+/// Most bytes of a header's packed reference model.
+pub const MAX_MODEL_FRAME: usize = 768 << 10;
 
 /// The first bytes of every delta.
 pub const MAGIC: [u8; 8] = *b"DMDELTA\0";
@@ -125,6 +131,12 @@ pub enum BodyError {
         /// The source's length.
         source_len: u64,
     },
+    /// A segment corrects references, and the header has no reference model.
+    #[error("the segment corrects references but the header has no reference model")]
+    NoModel,
+    /// A segment corrects references, and the source is not an image of the model's kind.
+    #[error("the segment corrects references but the source is not a {0:?} ELF image")]
+    NotExecutable(crate::refs::Arch),
     /// A word phase outside 0..4.
     #[error("word phase {0} (must be 0..4)")]
     Phase(u8),
@@ -367,6 +379,9 @@ pub struct DeltaHeader {
     pub segment_log: u8,
     /// One entry per segment, in target order.
     pub segments: Vec<SegmentEntry>,
+    /// The references model of an executable-aware delta (header flag bit 0): the target's
+    /// loads and where the source's addresses went ([`crate::refs`]).
+    pub model: Option<ReferenceModel>,
 }
 
 impl DeltaHeader {
@@ -384,7 +399,7 @@ impl DeltaHeader {
             return Err(DeltaError::UnsupportedVersion(version));
         }
         let flags = u16::from_le_bytes([prefix[10], prefix[11]]);
-        if flags != 0 {
+        if flags & !HEADER_FLAG_MODEL != 0 {
             return Err(DeltaError::BadHeader(format!(
                 "unknown header flags {flags:#06x}"
             )));
@@ -409,6 +424,7 @@ impl DeltaHeader {
     pub fn parse(bytes: &[u8]) -> Result<(Self, usize), DeltaError> {
         let len = Self::announced_len(bytes)?;
         let header = bytes.get(..len).ok_or(DeltaError::Truncated("header"))?;
+        let has_model = u16::from_le_bytes([header[10], header[11]]) & HEADER_FLAG_MODEL != 0;
         let mut r = Reader {
             bytes: header,
             at: 16,
@@ -434,7 +450,8 @@ impl DeltaHeader {
                 "{count} segments for a target of {target_len} bytes in 2^{segment_log}-byte segments (expected {expected_count})"
             )));
         }
-        if len != FIXED_HEADER_LEN + SEGMENT_ENTRY_LEN * count {
+        let table_end = FIXED_HEADER_LEN + SEGMENT_ENTRY_LEN * count;
+        if (!has_model && len != table_end) || (has_model && len < table_end + 4) {
             return Err(DeltaError::BadHeader(format!(
                 "header length {len} does not fit {count} segments"
             )));
@@ -453,6 +470,23 @@ impl DeltaHeader {
             let cv = r.array()?;
             segments.push(SegmentEntry { encoded_len, cv });
         }
+        let model = if has_model {
+            if source_len > MAX_MODEL_SOURCE {
+                return Err(DeltaError::BadHeader(format!(
+                    "a reference model over a source of {source_len} bytes (at most {MAX_MODEL_SOURCE})"
+                )));
+            }
+            let frame_len = r.u32()? as usize;
+            if frame_len > MAX_MODEL_FRAME || len != table_end + 4 + frame_len {
+                return Err(DeltaError::BadHeader(format!(
+                    "reference model of {frame_len} bytes does not fit the header's {len} (at most {MAX_MODEL_FRAME})"
+                )));
+            }
+            let frame = r.take(frame_len)?;
+            Some(ReferenceModel::unpack(frame).map_err(|e| DeltaError::BadHeader(e.to_string()))?)
+        } else {
+            None
+        };
         let parsed = Self {
             source,
             source_len,
@@ -460,6 +494,7 @@ impl DeltaHeader {
             target_len,
             segment_log,
             segments,
+            model,
         };
         let cvs: Vec<[u8; 32]> = parsed.segments.iter().map(|s| s.cv).collect();
         if tree::root_of(&cvs) != *target.as_bytes() {
@@ -470,11 +505,16 @@ impl DeltaHeader {
 
     /// The header's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let len = FIXED_HEADER_LEN + SEGMENT_ENTRY_LEN * self.segments.len();
+        let len = self.len();
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
+        let flags = if self.model.is_some() {
+            HEADER_FLAG_MODEL
+        } else {
+            0
+        };
+        out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
         out.extend_from_slice(self.source.as_bytes());
         out.extend_from_slice(&self.source_len.to_le_bytes());
@@ -491,12 +531,22 @@ impl DeltaHeader {
             out.extend_from_slice(&segment.encoded_len.to_le_bytes());
             out.extend_from_slice(&segment.cv);
         }
+        if let Some(model) = &self.model {
+            let frame = model.packed_bytes();
+            out.extend_from_slice(&u32::try_from(frame.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(frame);
+        }
         out
     }
 
     /// The header's length in bytes.
     pub fn len(&self) -> usize {
-        FIXED_HEADER_LEN + SEGMENT_ENTRY_LEN * self.segments.len()
+        FIXED_HEADER_LEN
+            + SEGMENT_ENTRY_LEN * self.segments.len()
+            + self
+                .model
+                .as_ref()
+                .map_or(0, |m| 4 + m.packed_bytes().len())
     }
 
     /// Whether the delta rebuilds an empty target (no segments).

@@ -15,15 +15,20 @@
 //! # Layout (version 1, all integers little-endian)
 //!
 //! ```text
-//! header   magic "DMDELTA\0" (8) · version u16 = 1 · flags u16 = 0 · header_len u32
+//! header   magic "DMDELTA\0" (8) · version u16 = 1 · flags u16 · header_len u32
 //!          source id [32] · source_len u64 · target id [32] · target_len u64
 //!          segment_log u8 (14..=24) · reserved [3] = 0 · segment_count u32
 //!          segment_count × { encoded_len u32 · chaining value [32] }
+//!          [flags bit 0] model_len u32 · reference model (a zstd frame, ≤ MAX_MODEL_FRAME)
 //! segments segment_count bodies, back to back, each exactly its encoded_len
 //! ```
 //!
-//! `header_len` is the whole header, `104 + 36 × segment_count` bytes, at most
-//! [`MAX_HEADER_LEN`]. Segment `i` rebuilds target bytes `[i << segment_log, (i + 1) <<
+//! `header_len` is the whole header, `104 + 36 × segment_count` bytes (plus `4 + model_len` with
+//! a reference model), at most [`MAX_HEADER_LEN`]. Header flag bit 0 is the only one defined:
+//! the delta corrects references in compiled code (executable-aware matching, [`References`]);
+//! its model — the target's loads and an address map saying where ranges of the source's
+//! virtual addresses went — is in the header, and a source over [`MAX_MODEL_SOURCE`] may not
+//! have one. A decoder from before the model refuses such a delta ("unknown header flags"). Segment `i` rebuilds target bytes `[i << segment_log, (i + 1) <<
 //! segment_log)` (the last one ends at `target_len`), so `segment_count` is
 //! `ceil(target_len / 2^segment_log)`. Segments are whole, aligned subtrees of the target's BLAKE3
 //! tree: the chaining values in the table are that tree's nodes, and a header is accepted only if
@@ -34,7 +39,9 @@
 //! ## Segment body
 //!
 //! ```text
-//! flags u8            bit 0: word diff · bit 1: the extra stream references a source window
+//! flags u8            bit 0: word diff · bit 1: the extra stream references a source window ·
+//!                     bit 2: byte diff runs correct references (needs the header's model; not
+//!                     with bit 0)
 //! [bit 1] ref_offset u64 · ref_len u32       source window (≤ MAX_REF_WINDOW) the extra stream
 //!                                            was compressed against (zstd "patch-from")
 //! [bit 0] phase u8 (0..4)                    word alignment: words start where target offset ≡ phase (mod 4)
@@ -75,6 +82,15 @@
 //! `≡ phase + k (mod 4)` — so a run of perturbed `f32`s puts its unchanged sign/exponent bytes
 //! together, where they compress to nothing.
 //!
+//! With body flag bit 2, the applier finds the references of the source image itself (x86-64:
+//! each 32-bit branch and RIP-relative displacement of a linear sweep of the code; AArch64: each
+//! B, BL, B.cond, CBZ/CBNZ, TBZ/TBNZ, LDR literal, ADR and ADRP; 64-bit pointers in data: the
+//! dynamic relocations' addresses and sites, else aligned words pointing into a fixed-address
+//! image), and a reference lying wholly inside a diff run is rebuilt as its *predicted* value
+//! plus the diff bytes at its place read as a little-endian integer of its width (4 or 8),
+//! wrapping. The prediction moves the reference's target by the address map and re-aims it from
+//! the site's new address (`refs` module docs). Every other byte is rebuilt as above.
+//!
 //! The extra stream, compressed with the source window as a zstd prefix, is zstd's own
 //! `--patch-from`: a segment whose control is one operation with no diff is exactly a
 //! patch-from of that segment, so the format holds both tools' constructions and the creator
@@ -87,13 +103,16 @@
 //! [`MAX_REF_WINDOW`]; zstd frames may not declare a window over 2^[`MAX_WINDOW_LOG`]; an LZMA
 //! dictionary of codecs 4 and 5 is at most [`MAX_LZMA_DICT`] (window plus stream) and replaces
 //! the window buffer. The decoder therefore holds at most about 72 + 4 × 16 MiB whatever the
-//! image size, and 72 + 4 × 8 MiB at the creator's default segment size.
+//! image size, and 72 + 4 × 8 MiB at the creator's default segment size; a delta that corrects
+//! references adds one bit per source byte (at most 16 MiB, [`MAX_MODEL_SOURCE`] is 128 MiB) and
+//! its model (at most [`MAX_PACKED_MODEL`] decompressed).
 
 #![forbid(unsafe_code)]
 
 mod apply;
 mod create;
 mod format;
+mod refs;
 mod segment;
 mod tree;
 
@@ -107,10 +126,14 @@ pub use create::{
 };
 pub use format::{
     BodyError, Codec, CodecError, DeltaError, DeltaHeader, EncodeError, FIXED_HEADER_LEN, MAGIC,
-    MAX_HEADER_LEN, MAX_LZMA_DICT, MAX_REF_WINDOW, MAX_SEGMENT_LOG, MAX_WINDOW_LOG,
-    MIN_SEGMENT_LOG, SEGMENT_ENTRY_LEN, SegmentEntry, VERSION,
+    MAX_HEADER_LEN, MAX_LZMA_DICT, MAX_MODEL_FRAME, MAX_REF_WINDOW, MAX_SEGMENT_LOG,
+    MAX_WINDOW_LOG, MIN_SEGMENT_LOG, SEGMENT_ENTRY_LEN, SegmentEntry, VERSION,
 };
 pub use proto::ReadAt;
+pub use refs::{
+    AddressMap, Arch, Correction, Load, MAX_MAP_ENTRIES, MAX_MODEL_SOURCE, MAX_PACKED_MODEL,
+    ModelError, ReferenceModel, References,
+};
 pub use segment::{
     Effort, Op, SMALL_STREAM, SegmentDecoder, SegmentEncoder, SegmentPlan, SourceView,
 };

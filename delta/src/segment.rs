@@ -9,13 +9,19 @@ use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter};
 
 use proto::ReadAt;
 
+use std::sync::Arc;
+
+use proto::BlobId;
+
 use crate::format::{
     BodyError, Codec, CodecError, DeltaError, DeltaHeader, EncodeError, MAX_LZMA_DICT,
     MAX_REF_WINDOW, MAX_WINDOW_LOG,
 };
+use crate::refs::{Correction, References};
 
 const FLAG_WORD_DIFF: u8 = 1;
 const FLAG_REF_WINDOW: u8 = 2;
+const FLAG_REFERENCES: u8 = 4;
 /// Control bytes a segment may carry beyond one per target byte (the creator stays far below).
 const CONTROL_SLACK: u64 = 4096;
 
@@ -46,6 +52,9 @@ pub struct SegmentPlan<'a> {
     pub lzma_dict: bool,
     /// How hard to work on the streams.
     pub effort: Effort,
+    /// Correct the source's references in byte diff runs against their predicted values
+    /// (the delta's header must carry the model; not with word diff).
+    pub correction: Option<Correction<'a>>,
 }
 
 /// How hard [`SegmentEncoder::encode`] works on a plan's streams. Both write a body that decodes
@@ -200,7 +209,19 @@ impl<'s> SegmentEncoder<'s> {
                 .get(t..t + op.diff as usize)
                 .ok_or_else(|| bad(EncodeError::PastSegment))?;
             match plan.word_phase {
-                None => diff_bytes.extend(new.iter().zip(old).map(|(n, o)| n.wrapping_sub(*o))),
+                None => {
+                    let run = diff_bytes.len();
+                    diff_bytes.extend(new.iter().zip(old).map(|(n, o)| n.wrapping_sub(*o)));
+                    if let Some(correction) = plan.correction {
+                        let new_at = target_offset + t as u64;
+                        correct_run(correction, op.src, old, new_at, |i, w, predicted| {
+                            let mut actual = [0u8; 8];
+                            actual[..w].copy_from_slice(&new[i..i + w]);
+                            let d = u64::from_le_bytes(actual).wrapping_sub(predicted);
+                            diff_bytes[run + i..run + i + w].copy_from_slice(&d.to_le_bytes()[..w]);
+                        });
+                    }
+                }
                 Some(phase) => {
                     for_each_word(
                         target_offset + t as u64,
@@ -367,6 +388,9 @@ impl<'s> SegmentEncoder<'s> {
         if plan.ref_window.is_some() {
             flags |= FLAG_REF_WINDOW;
         }
+        if plan.correction.is_some() && plan.word_phase.is_none() {
+            flags |= FLAG_REFERENCES;
+        }
         body.push(flags);
         if let Some((offset, len)) = plan.ref_window {
             body.extend_from_slice(&offset.to_le_bytes());
@@ -458,6 +482,8 @@ fn zstd_compress<'a>(
 #[derive(Debug, Default)]
 pub struct SegmentDecoder {
     window: Option<(u64, Vec<u8>)>,
+    /// The references of the source (by id), found on the first segment that corrects them.
+    references: Option<(BlobId, Arc<References>)>,
     control: Vec<u8>,
     diff: Vec<u8>,
     extra: Vec<u8>,
@@ -465,6 +491,7 @@ pub struct SegmentDecoder {
 
 struct BodyHeader {
     word_phase: Option<u8>,
+    references: bool,
     ref_window: Option<(u64, u32)>,
     lens: [(Codec, u32, u32); 3],
     frames_at: usize,
@@ -796,6 +823,41 @@ impl SegmentDecoder {
         Self::default()
     }
 
+    /// A decoder that takes the references of the source `source` from `references` instead of
+    /// finding them itself (the creator has them already).
+    pub fn with_references(source: BlobId, references: Arc<References>) -> Self {
+        Self {
+            references: Some((source, references)),
+            ..Self::default()
+        }
+    }
+
+    /// The source's references, found once per source.
+    fn references(
+        &mut self,
+        header: &DeltaHeader,
+        source: &dyn ReadAt,
+        index: usize,
+    ) -> Result<Arc<References>, DeltaError> {
+        if let Some((id, refs)) = &self.references {
+            if *id == header.source {
+                return Ok(refs.clone());
+            }
+        }
+        let corrupt = |detail| DeltaError::Corrupt {
+            segment: index,
+            detail,
+        };
+        let model = header.model.as_ref().ok_or(corrupt(BodyError::NoModel))?;
+        let refs = References::find(source, header.source_len)
+            .map_err(|source| DeltaError::Source { offset: 0, source })?
+            .filter(|r| r.arch() == model.arch())
+            .ok_or(corrupt(BodyError::NotExecutable(model.arch())))?;
+        let refs = Arc::new(refs);
+        self.references = Some((header.source, refs.clone()));
+        Ok(refs)
+    }
+
     /// Rebuilds segment `index` of the delta `header` from its `body`, reading the source through
     /// `source`, into `out` (cleared first), and checks the result against the target's hash tree.
     /// On any error `out` holds nothing that could pass for the segment.
@@ -852,6 +914,12 @@ impl SegmentDecoder {
         {
             return Err(corrupt(BodyError::StreamTooLong));
         }
+        let references = if parsed.references {
+            let model = header.model.as_ref().ok_or(corrupt(BodyError::NoModel))?;
+            Some((self.references(header, source, index)?, model))
+        } else {
+            None
+        };
         let mut at = parsed.frames_at;
         let mut frame = |z: u32| {
             let start = at;
@@ -975,8 +1043,22 @@ impl SegmentDecoder {
                 let run = &mut out[start..];
                 match parsed.word_phase {
                     None => {
-                        for (byte, d) in run.iter_mut().zip(&self.diff[diff_at..]) {
+                        let diff = &self.diff[diff_at..];
+                        let mut fixed = Vec::new();
+                        if let Some((refs, model)) = &references {
+                            let correction = Correction { refs, model };
+                            correct_run(correction, src, run, t, |i, w, predicted| {
+                                let mut d = [0u8; 8];
+                                d[..w].copy_from_slice(&diff[i..i + w]);
+                                let value = predicted.wrapping_add(u64::from_le_bytes(d));
+                                fixed.push((i, w, value));
+                            });
+                        }
+                        for (byte, d) in run.iter_mut().zip(diff) {
                             *byte = byte.wrapping_add(*d);
+                        }
+                        for (i, w, value) in fixed {
+                            run[i..i + w].copy_from_slice(&value.to_le_bytes()[..w]);
                         }
                         diff_at += run.len();
                     }
@@ -1017,6 +1099,26 @@ impl SegmentDecoder {
     }
 }
 
+/// Calls `each(i, width, predicted)` for each source reference lying wholly in the diff run of
+/// source bytes `old` read at `src`, whose first byte lands at target offset `new_at`: `i` is
+/// its index in the run, `predicted` its predicted value in the target (low `width` bytes).
+fn correct_run(
+    correction: Correction<'_>,
+    src: u64,
+    old: &[u8],
+    new_at: u64,
+    mut each: impl FnMut(usize, usize, u64),
+) {
+    correction
+        .refs
+        .each_in(src, src + old.len() as u64, |at, width| {
+            let i = (at - src) as usize;
+            let w = width as usize;
+            let predicted = correction.predict(at, &old[i..i + w], new_at + i as u64);
+            each(i, w, predicted);
+        });
+}
+
 /// The codec of a body's extra stream, if the body parses.
 pub(crate) fn extra_codec(body: &[u8], source_len: u64) -> Option<Codec> {
     parse_body(body, source_len)
@@ -1032,7 +1134,9 @@ fn parse_body(body: &[u8], source_len: u64) -> Result<BodyHeader, BodyError> {
         Ok(slice)
     };
     let flags = take(1)?[0];
-    if flags & !(FLAG_WORD_DIFF | FLAG_REF_WINDOW) != 0 {
+    if flags & !(FLAG_WORD_DIFF | FLAG_REF_WINDOW | FLAG_REFERENCES) != 0
+        || flags & (FLAG_WORD_DIFF | FLAG_REFERENCES) == FLAG_WORD_DIFF | FLAG_REFERENCES
+    {
         return Err(BodyError::Flags(flags));
     }
     let ref_window = if flags & FLAG_REF_WINDOW != 0 {
@@ -1093,6 +1197,7 @@ fn parse_body(body: &[u8], source_len: u64) -> Result<BodyHeader, BodyError> {
     }
     Ok(BodyHeader {
         word_phase,
+        references: flags & FLAG_REFERENCES != 0,
         ref_window,
         lens,
         frames_at: at,
@@ -1232,7 +1337,7 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(((v & 0x7f) as u8) | 0x80);
         v >>= 7;
@@ -1240,7 +1345,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+pub(crate) fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..70).step_by(7) {
         let byte = *bytes.get(*at)?;

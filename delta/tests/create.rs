@@ -297,6 +297,7 @@ fn a_source_larger_than_the_match_window_is_matched_in_windows() {
         lzma_dict: true,
         exhaustive: false,
         memory_budget: None,
+        references: true,
     };
     let (_, size) = round_trip(dir.path(), &old, &new, &options);
     assert!(size < 100_000, "{size} bytes: the windows found no matches");

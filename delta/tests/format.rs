@@ -88,6 +88,7 @@ fn build_with(
             ref_window,
             lzma_dict,
             effort,
+            correction: None,
         };
         let view = SourceView {
             offset: 0,
@@ -116,6 +117,7 @@ fn build_with(
         target_len: target.len() as u64,
         segment_log,
         segments: entries,
+        model: None,
     };
     let mut delta = header.encode();
     for body in bodies {

@@ -360,6 +360,10 @@ pub(crate) struct ReleaseArgs {
     /// sixteenth of it: a vehicle that runs nothing a listed delta applies to fetches that.
     #[arg(long)]
     pub(crate) no_compressed: bool,
+    /// Leave the references in compiled code uncorrected (executable-aware matching off):
+    /// for vehicles whose agents predate it, which refuse such deltas.
+    #[arg(long)]
+    pub(crate) no_references: bool,
     /// Segments of a delta (or of the image compressed) encoded at once, 1 to 256 (default:
     /// every core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -374,6 +378,7 @@ impl ReleaseArgs {
         let mut options = delta::DeltaOptions {
             lzma_dict: !self.no_lzma_dict,
             memory_budget: self.memory.bytes(),
+            references: !self.no_references,
             ..Default::default()
         };
         if let Some(jobs) = self.jobs {
@@ -424,6 +429,10 @@ pub(crate) struct DeltaArgs {
     /// a little smaller, slower (E3 esbuild: 0.3 % smaller, 2.3× the time to encode them).
     #[arg(long)]
     pub(crate) exhaustive: bool,
+    /// Leave the references in compiled code uncorrected (executable-aware matching off):
+    /// for vehicles whose agents predate it, which refuse such deltas.
+    #[arg(long)]
+    pub(crate) no_references: bool,
     #[command(flatten)]
     pub(crate) memory: MemoryBudgetArgs,
 }
@@ -441,6 +450,7 @@ impl DeltaArgs {
             self.exhaustive,
         )?;
         options.memory_budget = self.memory.bytes();
+        options.references = !self.no_references;
         Ok(options)
     }
 }

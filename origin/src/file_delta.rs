@@ -102,6 +102,11 @@ pub fn build(
         "percent_of_target": 100.0 * summary.delta_len as f64 / summary.target.1.max(1) as f64,
         "segments": methods,
         "lzma_dict_segments": summary.lzma_dict_segments,
+        "references": summary.references.map(|(found, map)| json!({
+            "found_in_source": found,
+            "address_map_entries": map,
+            "corrected_segments": summary.corrected_segments,
+        })),
         "workers": summary.workers,
         "seconds": summary.seconds,
     }))
