@@ -902,7 +902,7 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         if skip {
             continue;
         }
-        let mut plan = SegmentPlan {
+        let plan = SegmentPlan {
             ops,
             word_phase,
             ref_window: reference,
@@ -915,11 +915,12 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         // bytes at least (a far pair gains little: E3 esbuild's second segment 0.1 %).
         let mut corrected = None;
         if let Some(correction) = correction.filter(|_| corrects(method)) {
-            plan.correction = Some(correction);
-            let with = encoder.estimate(index, start, &target, &plan, view, x86)?;
-            let share = correction.model.packed_bytes().len() as u64 * seg_len / target_len.max(1);
-            if (with as u64).saturating_add(share) < estimate as u64 {
-                estimate = with;
+            let plain = encoder.estimate_diff(index, &target, start, ops, view, None)?;
+            let with = encoder.estimate_diff(index, &target, start, ops, view, Some(correction))?;
+            let share =
+                correction.model.packed_bytes().len() * target.len() / target_len.max(1) as usize;
+            if with.saturating_add(share) < plain {
+                estimate = estimate + with - plain;
                 corrected = Some(correction);
             }
         }

@@ -115,6 +115,7 @@ mod format;
 mod refs;
 mod segment;
 mod tree;
+mod varint;
 
 pub use apply::{
     Applied, ApplyError, ApplyInputs, DeltaSegments, Progress, WriteAt, hash_of, read_header,

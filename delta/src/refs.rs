@@ -36,7 +36,7 @@ use std::ops::Range;
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind};
 use proto::ReadAt;
 
-use crate::segment::{get_varint, put_varint};
+use crate::varint::{get_varint, put_varint};
 
 /// Largest source a delta's reference model may be built over (the applier holds a bitmap of
 /// one bit per source byte: 16 MiB at this size).

@@ -18,6 +18,7 @@ use crate::format::{
     MAX_REF_WINDOW, MAX_WINDOW_LOG,
 };
 use crate::refs::{Correction, References};
+use crate::varint::{get_varint, put_varint};
 
 const FLAG_WORD_DIFF: u8 = 1;
 const FLAG_REF_WINDOW: u8 = 2;
@@ -154,6 +155,54 @@ impl<'s> SegmentEncoder<'s> {
         )
     }
 
+    /// About how many bytes the byte diff stream of `ops` takes, compressed with the estimate's
+    /// fast codec, with the source's references corrected (`correction`) or not: the only
+    /// stream correcting references changes, so two of these weigh a correction at a fraction
+    /// of the cost of two full estimates (no window to index).
+    pub fn estimate_diff(
+        &mut self,
+        index: usize,
+        target: &[u8],
+        target_offset: u64,
+        ops: &[Op],
+        source: SourceView<'s>,
+        correction: Option<Correction<'_>>,
+    ) -> Result<usize, DeltaError> {
+        let bad = |detail: EncodeError| DeltaError::Compress {
+            segment: index,
+            detail,
+        };
+        let mut diff_bytes = Vec::new();
+        let mut t = 0usize;
+        for op in ops {
+            let old = source
+                .get(op.src, u64::from(op.diff))
+                .ok_or_else(|| bad(EncodeError::OutsideView { src: op.src }))?;
+            let new = target
+                .get(t..t + op.diff as usize)
+                .ok_or_else(|| bad(EncodeError::PastSegment))?;
+            push_diff(
+                &mut diff_bytes,
+                old,
+                new,
+                op.src,
+                target_offset + t as u64,
+                correction,
+            );
+            t += (op.diff + op.extra) as usize;
+        }
+        compress_smallest(
+            &mut self.cctx,
+            ESTIMATE_LEVEL,
+            &diff_bytes,
+            &[Codec::Zstd],
+            None,
+            0,
+        )
+        .map(|(_, z)| z.len())
+        .map_err(|e| bad(e.into()))
+    }
+
     /// About how many bytes `plan` would take, from fast codecs (zstd at a low level, the
     /// extra stream against the plan's window), with the x86 converter applied first to the
     /// extra stream and the window when `x86`. `plan.effort` is not used. A small fraction of
@@ -209,19 +258,14 @@ impl<'s> SegmentEncoder<'s> {
                 .get(t..t + op.diff as usize)
                 .ok_or_else(|| bad(EncodeError::PastSegment))?;
             match plan.word_phase {
-                None => {
-                    let run = diff_bytes.len();
-                    diff_bytes.extend(new.iter().zip(old).map(|(n, o)| n.wrapping_sub(*o)));
-                    if let Some(correction) = plan.correction {
-                        let new_at = target_offset + t as u64;
-                        correct_run(correction, op.src, old, new_at, |i, w, predicted| {
-                            let mut actual = [0u8; 8];
-                            actual[..w].copy_from_slice(&new[i..i + w]);
-                            let d = u64::from_le_bytes(actual).wrapping_sub(predicted);
-                            diff_bytes[run + i..run + i + w].copy_from_slice(&d.to_le_bytes()[..w]);
-                        });
-                    }
-                }
+                None => push_diff(
+                    &mut diff_bytes,
+                    old,
+                    new,
+                    op.src,
+                    target_offset + t as u64,
+                    plan.correction,
+                ),
                 Some(phase) => {
                     for_each_word(
                         target_offset + t as u64,
@@ -1099,6 +1143,29 @@ impl SegmentDecoder {
     }
 }
 
+/// Appends the byte diff of one run (`new` less `old`, read at source `src`, landing at target
+/// offset `new_at`), each reference `correction` finds in it as its difference from the
+/// predicted value.
+fn push_diff(
+    diff_bytes: &mut Vec<u8>,
+    old: &[u8],
+    new: &[u8],
+    src: u64,
+    new_at: u64,
+    correction: Option<Correction<'_>>,
+) {
+    let run = diff_bytes.len();
+    diff_bytes.extend(new.iter().zip(old).map(|(n, o)| n.wrapping_sub(*o)));
+    if let Some(correction) = correction {
+        correct_run(correction, src, old, new_at, |i, w, predicted| {
+            let mut actual = [0u8; 8];
+            actual[..w].copy_from_slice(&new[i..i + w]);
+            let d = u64::from_le_bytes(actual).wrapping_sub(predicted);
+            diff_bytes[run + i..run + i + w].copy_from_slice(&d.to_le_bytes()[..w]);
+        });
+    }
+}
+
 /// Calls `each(i, width, predicted)` for each source reference lying wholly in the diff run of
 /// source bytes `old` read at `src`, whose first byte lands at target offset `new_at`: `i` is
 /// its index in the run, `predicted` its predicted value in the target (low `width` bytes).
@@ -1335,30 +1402,6 @@ fn zigzag(v: i64) -> u64 {
 
 fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(((v & 0x7f) as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-pub(crate) fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..70).step_by(7) {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        if shift == 63 && byte > 1 {
-            return None;
-        }
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
 }
 
 #[cfg(test)]
