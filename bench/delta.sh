@@ -15,6 +15,10 @@
 #   --big SIZE_MIB    add a generated pair of SIZE_MIB (>= 4) MiB: ours and zstd -19 only
 #   --big-all         on the generated pair also run bsdiff (needs ~9x the old file in RAM) and
 #                     xdelta3 (with its source window widened to the whole old file)
+#   --arm64           add three AArch64 pairs, the same releases as E1, E3 and B1 built for
+#                     linux-arm64 (A1 esbuild 0.24.0->0.24.1, A3 0.25.0->0.27.0, AB1 biome
+#                     2.3.10->2.3.11), fetched with `npm pack` into DIR/files/arm64 when missing;
+#                     their geometric mean is printed apart from the corpus's
 #
 # For each pair and tool: create the patch, apply it, `cmp` the result with the new file, and
 # take wall time and peak RSS of both steps from /usr/bin/time -v. Baseline settings are those of
@@ -41,7 +45,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit "${1
 
 CORPUS=$REPO/target/corpus
 WORK=$REPO/target/delta-bench
-SELECT=""; OURS=1; FRESH=0; BIG=0; BIG_ALL=0
+SELECT=""; OURS=1; FRESH=0; BIG=0; BIG_ALL=0; ARM64=0
 while [ $# -gt 0 ]; do
   case $1 in
     --corpus) [ $# -ge 2 ] || die "--corpus needs a directory"; CORPUS=$(realpath -m -- "$2"); shift 2 ;;
@@ -51,6 +55,7 @@ while [ $# -gt 0 ]; do
     --fresh) FRESH=1; shift ;;
     --big) [ $# -ge 2 ] || die "--big needs a size in MiB"; BIG=$2; shift 2 ;;
     --big-all) BIG_ALL=1; shift ;;
+    --arm64) ARM64=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "delta.sh: unknown argument: $1" >&2; usage ;;
   esac
@@ -114,6 +119,31 @@ if [ "$SELECT" != none ]; then
       [[ " ${NAMES[*]} " == *" $w "* ]] || die "no pair '$w' in $PAIRS_FILE"
     done
   fi
+fi
+
+# The AArch64 pairs (--arm64): npm packages of the corpus's own programs, built for linux-arm64.
+if [ "$ARM64" = 1 ]; then
+  ARM=$CORPUS/files/arm64
+  mkdir -p "$ARM"
+  fetch_npm() {   # fetch_npm PACKAGE VERSION PATH-IN-PACKAGE OUT
+    [ -f "$4" ] && return 0
+    command -v npm > /dev/null || die "--arm64 needs npm to fetch $1@$2"
+    local dir; dir=$(mktemp -d)
+    (cd "$dir" && npm pack --silent "$1@$2" > /dev/null) || die "npm pack $1@$2 failed"
+    tar -xzf "$dir"/*.tgz -C "$dir" || die "unpacking $1@$2 failed"
+    mv "$dir/package/$3" "$4"; rm -rf "$dir"
+  }
+  for v in 0.24.0 0.24.1 0.25.0 0.27.0; do
+    fetch_npm @esbuild/linux-arm64 "$v" bin/esbuild "$ARM/esbuild-$v"
+  done
+  for v in 2.3.10 2.3.11; do
+    fetch_npm @biomejs/cli-linux-arm64 "$v" biome "$ARM/biome-$v"
+  done
+  for pair in "A1 esbuild-0.24.0 esbuild-0.24.1" "A3 esbuild-0.25.0 esbuild-0.27.0" \
+      "AB1 biome-2.3.10 biome-2.3.11"; do
+    read -r name old new <<< "$pair"
+    NAMES+=("$name"); OLDS+=("$ARM/$old"); NEWS+=("$ARM/$new"); ORIGINS+=(arm64)
+  done
 fi
 
 # The generated pair (--big N). Old: N MiB of AES-256-CTR keystream (encrypting zeros with a fixed

@@ -3,7 +3,7 @@
 
 RESULTS_TSV has one line per (pair, tool) measurement, tab-separated, written by delta.sh:
   pair origin tool label old_bytes new_bytes patch_bytes create_s create_kib apply_s apply_kib status
-origin is `corpus` or `generated`; tool is bsdiff, xdelta3, zstd or ours; label is the setting
+origin is `corpus`, `arm64` (the --arm64 pairs) or `generated`; tool is bsdiff, xdelta3, zstd or ours; label is the setting
 used (e.g. `zstd -22`); status is OK, FAIL (output differs), ERR-create or ERR-apply, or SKIP; a
 field that was not measured is `-`. The optional labels are the column headers (the settings used on
 the corpus); a cell measured with another setting names it. Without them, the most common label of
@@ -165,6 +165,11 @@ def main():
                   f"**{gmean:.3f}**")
         else:
             print("- geometric mean of ours / best tool: - (no corpus pair with a result)")
+        arm64 = [r[0] for p, r in ratios.items() if r and rows[p]["ours"]["origin"] == "arm64"]
+        if arm64:
+            gmean = math.exp(sum(math.log(x) for x in arm64) / len(arm64))
+            print(f"- geometric mean of ours / best tool over {len(arm64)} AArch64 pairs: "
+                  f"**{gmean:.3f}**")
         measured = [(r[0], p, r[1]) for p, r in ratios.items() if r]
         if measured:
             worst = max(measured)
