@@ -452,7 +452,10 @@ fn create_into(
         window = Some(w);
         exe
     });
-    let model = executable.as_ref().map(|e| e.model.clone());
+    let model = executable
+        .as_ref()
+        .and_then(|e| e.model.as_ref())
+        .map(|(_, m)| m.clone());
     let header_len = header_len + model.as_ref().map_or(0, |m| 4 + m.packed_bytes().len());
     if header_len > MAX_HEADER_LEN {
         return Err(CreateError::TooManySegments(count));
@@ -544,7 +547,8 @@ fn create_into(
         workers,
         references: executable
             .as_ref()
-            .map(|e| (e.references.count(), e.model.map().len())),
+            .and_then(|e| e.model.as_ref())
+            .map(|(r, m)| (r.count(), m.map().len())),
         corrected_segments,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -572,8 +576,9 @@ fn shift_down(file: &File, from: u64, to: u64) -> std::io::Result<()> {
 /// What executable-aware matching holds for the whole delta: the source's references, the
 /// model in the header, and every segment's matches (found before any is encoded).
 struct Executable {
-    references: Arc<References>,
-    model: ReferenceModel,
+    /// The source's references and the model, when the model is worth its header bytes.
+    model: Option<(Arc<References>, ReferenceModel)>,
+    /// Every segment's matches, found before any segment is encoded.
     matches: Vec<Vec<Match>>,
 }
 
@@ -662,17 +667,9 @@ fn executable_model(
         start += target.len() as u64;
     }
     let cost = model.packed_bytes().len() as i64;
-    if fixed * BYTES_PER_FIXED_REFERENCE < cost {
-        return Ok(None);
-    }
-    Ok(Some((
-        Executable {
-            references: Arc::new(references),
-            model,
-            matches,
-        },
-        window,
-    )))
+    // Not worth it: the segments are encoded without, from the matches already found.
+    let model = (fixed * BYTES_PER_FIXED_REFERENCE >= cost).then(|| (Arc::new(references), model));
+    Ok(Some((Executable { model, matches }, window)))
 }
 
 /// Whether an image whose first bytes are `head` is x86 code: an ELF file for x86 or x86-64
@@ -849,10 +846,12 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
             .ok_or(CreateError::NotEncoded(index))?,
         None => find_matches_in_pieces(window, &target, start, options.threads)?,
     };
-    let correction = executable.map(|exe| Correction {
-        refs: &exe.references,
-        model: &exe.model,
-    });
+    let correction = executable
+        .and_then(|exe| exe.model.as_ref())
+        .map(|(refs, model)| Correction {
+            refs: refs.as_ref(),
+            model,
+        });
     let bsdiff = to_ops(&matches, window, target.len(), false);
     let aligned = to_ops(&matches, window, target.len(), true);
     let hybrid = hybrid(&bsdiff, window, &target, HYBRID_KEEP);
@@ -1023,10 +1022,12 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         target_len,
         segment_log: options.segment_log,
         segments,
-        model: executable.map(|exe| exe.model.clone()),
+        model: executable
+            .and_then(|exe| exe.model.as_ref())
+            .map(|(_, m)| m.clone()),
     };
-    let mut decoder = match executable {
-        Some(exe) => SegmentDecoder::with_references(header.source, exe.references.clone()),
+    let mut decoder = match executable.and_then(|exe| exe.model.as_ref()) {
+        Some((refs, _)) => SegmentDecoder::with_references(header.source, refs.clone()),
         None => SegmentDecoder::new(),
     };
     let mut rebuilt = Vec::new();
