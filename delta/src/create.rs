@@ -16,8 +16,9 @@
 //!
 //! How a segment is built, so that the whole costs about what one `zstd -22 --patch-from` does:
 //!
-//! 1. the source window is indexed once (its suffix array), and the segment matched against it
-//!    in pieces on parallel threads, striding through long stretches without matches;
+//! 1. the source window is indexed once (its suffix array; two halves on two threads from
+//!    16 MiB on), and the segment matched against it in pieces on parallel threads, striding
+//!    through long stretches without matches;
 //! 2. every candidate that can win is *estimated*: its streams at zstd level 6, the extra stream
 //!    against the window (through the x86 converter for x86 code), a fraction of a second each;
 //! 3. the best estimate, and a runner-up of the other kind (patch-from against matcher
@@ -39,8 +40,13 @@
 //! per source byte, each worker at [`WORKER_BYTES_PER_SEGMENT_BYTE`] per segment byte and
 //! [`WORKER_BYTES_PER_WINDOW_BYTE`] per byte of the window it compresses against.
 //!
+//! Segments are taken by the workers one after another as they finish, and written in order as
+//! soon as those before them are; a worker left without a segment lends its core to a segment
+//! with two finalists, which are then encoded at once.
+//!
 //! Crates: `libsais` (bindings to Ilya Grebnov's libsais, the fastest suffix-array construction
-//! published, single-threaded here) and `zstd` (the reference library: the format's streams are
+//! published, single-threaded per part: its OpenMP build would link libgomp into the vehicle's
+//! binary too) and `zstd` (the reference library: the format's streams are
 //! zstd frames so that any zstd can inspect them).
 
 // The matcher works in signed offsets inside one window (under 2^31 bytes) and one segment (at
@@ -52,7 +58,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use proto::{BlobId, ReadAt};
@@ -469,7 +475,14 @@ fn create_into(
     .map_err(writing())?;
     let mut index = 0;
     while index < count {
-        let batch = index..(index + workers).min(count);
+        // One window for the whole source: every segment in one batch, workers taking the next
+        // as they finish (no core waits at a batch's end). Windows over a larger source: a
+        // batch of `workers` segments per window position.
+        let batch = if source_len <= options.match_window {
+            index..count
+        } else {
+            index..(index + workers).min(count)
+        };
         let mid = (batch.start as u64 * segment_size
             + (batch.end as u64 * segment_size).min(target_len))
             / 2;
@@ -482,7 +495,7 @@ fn create_into(
         }
         let w = match window.take() {
             Some(w) => w,
-            None => Window::load(&source_file, wanted.0, wanted.1)?,
+            None => Window::load(&source_file, wanted.0, wanted.1, options.threads)?,
         };
         let w = &*window.insert(w);
         let job = Job {
@@ -497,8 +510,14 @@ fn create_into(
             workers,
             progress: &report,
         };
-        let results = encode_batch(&job, batch.clone())?;
-        for (i, (body, method, dict, corrected, cv)) in batch.clone().zip(results) {
+        encode_batch(&job, batch.clone(), &mut |i,
+                                                (
+            body,
+            method,
+            dict,
+            corrected,
+            cv,
+        )| {
             lzma_dict_segments += usize::from(dict);
             corrected_segments += usize::from(corrected);
             entries[i] = SegmentEntry {
@@ -506,8 +525,8 @@ fn create_into(
                 cv,
             };
             *methods.entry(method).or_insert(0) += 1;
-            file.write_all(&body).map_err(writing())?;
-        }
+            file.write_all(&body).map_err(writing())
+        })?;
         index = batch.end;
     }
     // No segment corrects references: the model goes, and the bodies move up to the table.
@@ -601,10 +620,20 @@ fn executable_model(
     if old.arch != new.arch {
         return Ok(None);
     }
-    let window = Window::load(source_file, 0, source_len)?;
-    let Some(references) =
-        References::find(&window.bytes, source_len).map_err(io("reading the source"))?
-    else {
+    // The references are found while the window is indexed (E1 esbuild, 10 MB: ~1 s of
+    // suffix sorting on one core).
+    let bytes = read_window(source_file, 0, source_len)?;
+    let (window, references) = std::thread::scope(|scope| {
+        let references = scope.spawn(|| References::find(&bytes, source_len));
+        let index = Window::index(&bytes, window_parts(bytes.len()), options.threads);
+        let references = references
+            .join()
+            .map_err(|_| CreateError::WorkerPanicked)
+            .and_then(|r| r.map_err(io("reading the source")));
+        (index, references)
+    });
+    let (window, references) = (Window::new(0, bytes, window?), references?);
+    let Some(references) = references else {
         return Ok(None);
     };
     let segment_size = 1u64 << options.segment_log;
@@ -703,14 +732,50 @@ fn window_for(at: u64, source_len: u64, target_len: u64, max: u64) -> (u64, u64)
     (start, max)
 }
 
+/// A source window and its index: the suffix array of each of its parts.
 struct Window {
     offset: u64,
     bytes: Vec<u8>,
+    /// One part, or two halves for a window of [`SPLIT_WINDOW`] bytes or more.
+    parts: Vec<Part>,
+}
+
+/// Windows of at least this many bytes are indexed as two halves, each with its own suffix
+/// array, built on two threads: construction is the one step of a delta on a large source
+/// that runs on one core while the other waits (32 MiB, `netsim yard`'s image: 2.7 s of its
+/// 5.1 s). A match then cannot run across the cut; the next search after it picks up there.
+/// Fixed, not by the machine's cores, so that a delta does not depend on where it was built.
+const SPLIT_WINDOW: usize = 16 << 20;
+
+/// A stretch of a window, `start..start + suffixes.len()`, and its suffix array.
+struct Part {
+    start: usize,
     suffixes: Vec<i32>,
     /// Where each two-byte prefix's suffixes start in `suffixes` (65 537 entries; the last is
     /// the end): a search starts inside its bucket, skipping the first dozen or more steps of
     /// the binary search, each a cache miss on a source this size.
     buckets: Vec<u32>,
+}
+
+impl Part {
+    /// The index of `bytes`, found at `start` of its window.
+    fn index(start: usize, bytes: &[u8]) -> Result<Self, CreateError> {
+        let suffixes = if bytes.is_empty() {
+            Vec::new()
+        } else {
+            libsais::SuffixArrayConstruction::for_text(bytes)
+                .in_owned_buffer32()
+                .single_threaded()
+                .run()
+                .map_err(CreateError::SuffixArray)?
+                .into_vec()
+        };
+        Ok(Self {
+            start,
+            suffixes,
+            buckets: buckets(bytes),
+        })
+    }
 }
 
 /// The two-byte bucket of the suffix at `p` of `bytes`; the one-byte suffix at the end sorts
@@ -719,49 +784,80 @@ fn bucket_of(bytes: &[u8], p: usize) -> usize {
     usize::from(bytes[p]) << 8 | usize::from(bytes.get(p + 1).copied().unwrap_or(0))
 }
 
-/// The start of every two-byte bucket in the suffix array `sa` of `bytes`.
-fn buckets(bytes: &[u8], sa: &[i32]) -> Vec<u32> {
+/// The start of every two-byte bucket in the suffix array of `bytes`: each bucket's suffixes
+/// sort together, so its start is the count of suffixes in the buckets before it, counted in
+/// one pass over the text (walking the suffix array instead reads the text at random: 9 % of
+/// `netsim yard`'s delta, on the critical path).
+fn buckets(bytes: &[u8]) -> Vec<u32> {
     let mut starts = vec![0u32; (1 << 16) + 1];
-    let mut next = 0usize;
-    for (i, &p) in sa.iter().enumerate() {
-        let key = bucket_of(bytes, p as usize);
-        while next <= key {
-            starts[next] = i as u32;
-            next += 1;
-        }
+    for p in 0..bytes.len() {
+        starts[bucket_of(bytes, p) + 1] += 1;
     }
-    for start in &mut starts[next..] {
-        *start = sa.len() as u32;
+    for k in 1..starts.len() {
+        starts[k] += starts[k - 1];
     }
     starts
 }
 
+/// `len` source bytes from `offset`.
+fn read_window(file: &File, offset: u64, len: u64) -> Result<Vec<u8>, CreateError> {
+    let mut bytes = vec![0; fits("a source window", len)?];
+    FileExt::read_exact_at(file, &mut bytes, offset).map_err(io("reading the source"))?;
+    Ok(bytes)
+}
+
+/// How many parts a window of `len` bytes is indexed in.
+fn window_parts(len: usize) -> usize {
+    if len >= SPLIT_WINDOW { 2 } else { 1 }
+}
+
 impl Window {
-    fn load(file: &File, offset: u64, len: u64) -> Result<Self, CreateError> {
-        let mut bytes = vec![0; fits("a source window", len)?];
-        FileExt::read_exact_at(file, &mut bytes, offset).map_err(io("reading the source"))?;
-        Self::load_bytes(offset, bytes)
+    /// The window of `len` source bytes at `offset`, indexed on up to `threads` threads.
+    fn load(file: &File, offset: u64, len: u64, threads: usize) -> Result<Self, CreateError> {
+        let bytes = read_window(file, offset, len)?;
+        let parts = Self::index(&bytes, window_parts(bytes.len()), threads)?;
+        Ok(Self::new(offset, bytes, parts))
     }
 
-    /// The window of `bytes`, found at `offset` of the source, with its index.
-    fn load_bytes(offset: u64, bytes: Vec<u8>) -> Result<Self, CreateError> {
-        let suffixes = if bytes.is_empty() {
-            Vec::new()
-        } else {
-            libsais::SuffixArrayConstruction::for_text(&bytes)
-                .in_owned_buffer32()
-                .single_threaded()
-                .run()
-                .map_err(CreateError::SuffixArray)?
-                .into_vec()
-        };
-        let buckets = buckets(&bytes, &suffixes);
-        Ok(Self {
+    fn new(offset: u64, bytes: Vec<u8>, parts: Vec<Part>) -> Self {
+        Self {
             offset,
             bytes,
-            suffixes,
-            buckets,
-        })
+            parts,
+        }
+    }
+
+    /// The index of `bytes` in `parts` equal parts, built on up to `threads` threads.
+    fn index(bytes: &[u8], parts: usize, threads: usize) -> Result<Vec<Part>, CreateError> {
+        let size = bytes.len().div_ceil(parts.max(1)).max(1);
+        let cuts: Vec<usize> = (0..bytes.len()).step_by(size).collect();
+        let index =
+            |&start: &usize| Part::index(start, &bytes[start..(start + size).min(bytes.len())]);
+        if threads > 1 && cuts.len() > 1 {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = cuts.iter().map(|c| scope.spawn(move || index(c))).collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().map_err(|_| CreateError::WorkerPanicked)?)
+                    .collect()
+            })
+        } else {
+            cuts.iter().map(index).collect()
+        }
+    }
+
+    /// The longest match of a prefix of `new` in one part of the window: (offset in the window,
+    /// length), the first part's on a tie. The window is not empty.
+    fn search(&self, new: &[u8]) -> (usize, usize) {
+        let mut best: Option<(usize, usize)> = None;
+        for part in &self.parts {
+            let text = &self.bytes[part.start..part.start + part.suffixes.len()];
+            let (p, l) = search(&part.suffixes, text, new, &part.buckets);
+            if best.is_none_or(|(_, b)| l > b) {
+                best = Some((part.start + p, l));
+            }
+        }
+        best.unwrap_or((0, 0))
     }
 }
 
@@ -787,38 +883,155 @@ struct Job<'a> {
     progress: &'a (dyn Fn(usize) + Sync),
 }
 
-fn encode_batch(job: &Job<'_>, batch: std::ops::Range<usize>) -> Result<Vec<Encoded>, CreateError> {
-    let next = AtomicUsize::new(batch.start);
-    let results: Mutex<Vec<Option<Result<Encoded, CreateError>>>> =
-        Mutex::new((0..batch.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..job.workers.min(batch.len()) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= batch.end {
-                        break;
-                    }
-                    let result = encode_segment(job, i);
-                    (job.progress)(i);
-                    if let Ok(mut slots) = results.lock() {
-                        slots[i - batch.start] = Some(result);
-                    }
-                }
-            });
-        }
-    });
-    let slots = results
-        .into_inner()
-        .map_err(|_| CreateError::WorkerPanicked)?;
-    slots
-        .into_iter()
-        .enumerate()
-        .map(|(k, r)| r.unwrap_or(Err(CreateError::NotEncoded(batch.start + k))))
-        .collect()
+/// The worker slots of a batch left idle: a worker with no segment left to take gives its slot
+/// back, and a segment with two finalists borrows one, when there is one before its first
+/// finalist is done, to encode the second beside it.
+struct Idle {
+    slots: Mutex<usize>,
+    changed: std::sync::Condvar,
 }
 
-fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
+impl Idle {
+    fn new(slots: usize) -> Self {
+        Self {
+            slots: Mutex::new(slots),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits for an idle slot and takes it (true), or for `stop` to be set (false).
+    fn take_unless(&self, stop: &AtomicBool) -> bool {
+        let Ok(mut slots) = self.slots.lock() else {
+            return false;
+        };
+        loop {
+            if *slots > 0 {
+                *slots -= 1;
+                return true;
+            }
+            if stop.load(Ordering::Acquire) {
+                return false;
+            }
+            match self.changed.wait(slots) {
+                Ok(s) => slots = s,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn give(&self) {
+        if let Ok(mut slots) = self.slots.lock() {
+            *slots += 1;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Wakes the waiters of [`Idle::take_unless`] to look at their `stop` again.
+    fn wake(&self) {
+        drop(self.slots.lock());
+        self.changed.notify_all();
+    }
+}
+
+/// Segments a batch's workers may run ahead of the first one not yet written, per worker: the
+/// encoded bodies held for writing stay bounded by a few segments per worker.
+const AHEAD_PER_WORKER: usize = 2;
+
+/// Encodes the segments of `batch` on `job.workers` threads, handing each to `write` in order,
+/// on the calling thread, as soon as it and those before it are done. The first error stops
+/// the workers (each finishes the segment it is on) and is returned.
+fn encode_batch(
+    job: &Job<'_>,
+    batch: std::ops::Range<usize>,
+    write: &mut dyn FnMut(usize, Encoded) -> Result<(), CreateError>,
+) -> Result<(), CreateError> {
+    /// The next segment to take, the first not yet written, and whether to stop.
+    struct Queue {
+        next: usize,
+        written: usize,
+        stop: bool,
+    }
+    let queue = Mutex::new(Queue {
+        next: batch.start,
+        written: batch.start,
+        stop: false,
+    });
+    let moved = std::sync::Condvar::new();
+    let ahead = job.workers * AHEAD_PER_WORKER;
+    let threads = job.workers.min(batch.len());
+    let idle = Idle::new(job.workers - threads);
+    let (done, results) = std::sync::mpsc::channel::<(usize, Result<Encoded, CreateError>)>();
+    let take = || -> Option<usize> {
+        let mut q = queue.lock().ok()?;
+        while !q.stop && q.next < batch.end && q.next >= q.written + ahead {
+            q = moved.wait(q).ok()?;
+        }
+        if q.stop || q.next >= batch.end {
+            return None;
+        }
+        q.next += 1;
+        Some(q.next - 1)
+    };
+    let set = |f: &dyn Fn(&mut Queue)| {
+        if let Ok(mut q) = queue.lock() {
+            f(&mut q);
+        }
+        moved.notify_all();
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let done = done.clone();
+            let (take, idle) = (&take, &idle);
+            scope.spawn(move || {
+                while let Some(i) = take() {
+                    let result = encode_segment(job, idle, i);
+                    (job.progress)(i);
+                    if done.send((i, result)).is_err() {
+                        break;
+                    }
+                }
+                idle.give();
+            });
+        }
+        drop(done);
+        let mut pending = std::collections::BTreeMap::new();
+        let mut next = batch.start;
+        let mut outcome = Ok(());
+        // Until every worker has gone (each drops its sender).
+        for (i, result) in results {
+            match result {
+                Ok(encoded) if outcome.is_ok() => {
+                    pending.insert(i, encoded);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                    set(&|q| q.stop = true);
+                }
+            }
+            while outcome.is_ok() {
+                let Some(encoded) = pending.remove(&next) else {
+                    break;
+                };
+                if let Err(e) = write(next, encoded) {
+                    outcome = Err(e);
+                    set(&|q| q.stop = true);
+                    break;
+                }
+                next += 1;
+                set(&|q| q.written = next);
+            }
+        }
+        match outcome {
+            Ok(()) if next < batch.end => Err(CreateError::NotEncoded(next)),
+            other => other,
+        }
+    })
+}
+
+fn encode_segment(job: &Job<'_>, idle: &Idle, index: usize) -> Result<Encoded, CreateError> {
     let Job {
         window,
         executable,
@@ -909,7 +1122,12 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
             effort: Effort::Exhaustive,
             correction: None,
         };
-        let mut estimate = encoder.estimate(index, start, &target, &plan, view, x86)?;
+        let found = encoder.estimate(index, start, &target, &plan, view, x86)?;
+        let mut estimate = found.len;
+        // Extra bytes the estimate could not compress, against the window or alone (new
+        // noise-like data: encrypted or compressed blobs, `netsim yard`'s inserted bytes),
+        // are not worth indexing the window for: LZMA does no better on them.
+        let incompressible = found.extra_compressed * 32 >= found.extra * 31;
         // Correct the references if that saves this segment's share of the model's header
         // bytes at least (a far pair gains little: E3 esbuild's second segment 0.1 %).
         let mut corrected = None;
@@ -933,10 +1151,9 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         } else {
             estimate
         };
-        ranked.push((rank, method, ops, word_phase, corrected));
+        ranked.push((rank, method, ops, word_phase, corrected, incompressible));
     }
     ranked.sort_by_key(|r| r.0);
-    let mut best: Option<(Vec<u8>, Method, bool)> = None;
     // Then the best of them, and a runner-up within FINALIST_MARGIN of it, with the codecs that
     // win (or every codec, when asked). Estimates rank LZMA's results less well than zstd's:
     // the runner-up catches most of what that misses.
@@ -947,13 +1164,16 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         Effort::Chosen { x86 }
     };
     let first = ranked.first().map(|r| r.1);
-    for (estimate, method, ops, word_phase, corrected) in ranked.into_iter().take(FINALISTS) {
+    let mut plans = Vec::new();
+    for (estimate, method, ops, word_phase, corrected, incompressible) in
+        ranked.into_iter().take(FINALISTS)
+    {
         // A runner-up is encoded only if it is of the other kind (patch-from against matcher
         // operations): bsdiff, hybrid and aligned bodies of one segment end within 0.1 % of
         // each other when their estimates do (B1 biome).
         let other_kind =
             first.is_some_and(|f| (f == Method::PatchFrom) != (method == Method::PatchFrom));
-        if best.is_some() && (estimate > cut || !other_kind) {
+        if !plans.is_empty() && (estimate > cut || !other_kind) {
             break;
         }
         // A few kilobytes of extra bytes are not worth indexing the window for (46 MB of it
@@ -962,7 +1182,7 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
         // A longer stream is compressed against a window of 32 bytes per extra byte around
         // the segment's matches, at least 4 MiB: indexing costs by the window's length.
         let extra_len: u64 = ops.iter().map(|op| u64::from(op.extra)).sum();
-        let ref_window = if extra_len < TINY_EXTRA {
+        let ref_window = if extra_len < TINY_EXTRA || (incompressible && !options.exhaustive) {
             None
         } else {
             ref_window(
@@ -981,7 +1201,43 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
             effort,
             correction: corrected,
         };
-        let body = encoder.encode(index, start, &target, &plan, view)?;
+        plans.push((method, plan));
+    }
+    // Two finalists: the second on a worker slot of this batch left idle, if one is or becomes
+    // idle before the first is done, else after it. E3 esbuild's first segment is encoded both
+    // as patch-from and as hybrid, each with LZMA against the window, while its second, 3 MB
+    // segment is done seconds earlier.
+    let first_done = &AtomicBool::new(false);
+    let bodies: Vec<Result<Vec<u8>, CreateError>> = match plans.as_slice() {
+        [(_, a), (_, b)] => std::thread::scope(|scope| {
+            let second = scope.spawn(|| {
+                idle.take_unless(first_done).then(|| {
+                    let body =
+                        SegmentEncoder::new(options.level).encode(index, start, &target, b, view);
+                    idle.give();
+                    body
+                })
+            });
+            let first = encoder.encode(index, start, &target, a, view);
+            first_done.store(true, Ordering::Release);
+            idle.wake();
+            let second = match second.join() {
+                Ok(Some(body)) => body.map_err(CreateError::from),
+                Ok(None) => encoder
+                    .encode(index, start, &target, b, view)
+                    .map_err(CreateError::from),
+                Err(_) => Err(CreateError::WorkerPanicked),
+            };
+            vec![first.map_err(CreateError::from), second]
+        }),
+        _ => plans
+            .iter()
+            .map(|(_, plan)| Ok(encoder.encode(index, start, &target, plan, view)?))
+            .collect(),
+    };
+    let mut best: Option<(Vec<u8>, Method, bool)> = None;
+    for ((method, plan), body) in plans.iter().zip(bodies) {
+        let (method, body) = (*method, body?);
         // Matcher operations must beat patch-from by more than 1/512 of their size: on a tie
         // (noise against noise) the segment is just compressed, and applies without reading
         // the source where the operations point.
@@ -992,7 +1248,7 @@ fn encode_segment(job: &Job<'_>, index: usize) -> Result<Encoded, CreateError> {
             .as_ref()
             .is_none_or(|(b, m, _)| score(body.len(), method) < score(b.len(), *m))
         {
-            best = Some((body, method, corrected.is_some()));
+            best = Some((body, method, plan.correction.is_some()));
         }
     }
     let Some((body, method, corrected)) = best else {
@@ -1172,7 +1428,6 @@ fn find_matches_in_pieces(
 /// triples covering the segment. Source offsets are absolute.
 fn find_matches(window: &Window, new: &[u8], start: u64) -> Vec<Match> {
     let old = &window.bytes[..];
-    let sa = &window.suffixes[..];
     let mut out = Vec::new();
     if old.is_empty() || new.is_empty() {
         out.push(Match {
@@ -1193,7 +1448,7 @@ fn find_matches(window: &Window, new: &[u8], start: u64) -> Vec<Match> {
         let mut scsc = scan;
         let mut misses = 0u32;
         while scan < n_new {
-            let (p, l) = search(sa, old, &new[scan as usize..], &window.buckets);
+            let (p, l) = window.search(&new[scan as usize..]);
             pos = p as i64;
             len = l as i64;
             while scsc < scan + len {
@@ -1488,17 +1743,59 @@ mod tests {
             (state % k) as u8
         };
         let old: Vec<u8> = (0..20_000).map(|_| byte(3) * 7).collect();
-        let window = Window::load_bytes(0, old.clone()).unwrap();
-        for len in [1usize, 2, 3, 9, 40] {
-            for _ in 0..200 {
-                let new: Vec<u8> = (0..len).map(|_| byte(4) * 7).collect();
-                let (p, l) = search(&window.suffixes, &old, &new, &window.buckets);
-                assert_eq!(old[p..p + l], new[..l]);
-                let longest = (0..old.len())
-                    .map(|q| common_prefix(&old[q..], &new))
-                    .max()
-                    .unwrap();
-                assert_eq!(l, longest, "{new:?}");
+        // One part, and three (the last shorter) indexed on two threads: the longest match
+        // that stays inside one part.
+        for (parts, threads) in [(1, 1), (3, 2)] {
+            let window = Window::new(0, old.clone(), Window::index(&old, parts, threads).unwrap());
+            assert_eq!(window.parts.len(), parts);
+            let size = old.len().div_ceil(parts);
+            for len in [1usize, 2, 3, 9, 40] {
+                for _ in 0..200 {
+                    let new: Vec<u8> = (0..len).map(|_| byte(4) * 7).collect();
+                    let (p, l) = window.search(&new);
+                    assert_eq!(old[p..p + l], new[..l]);
+                    let longest = (0..old.len())
+                        .map(|q| {
+                            common_prefix(&old[q..((q / size + 1) * size).min(old.len())], &new)
+                        })
+                        .max()
+                        .unwrap();
+                    assert_eq!(l, longest, "{parts} parts: {new:?}");
+                }
+            }
+        }
+    }
+
+    /// Buckets counted from the text are where the suffix array puts them: every suffix in
+    /// bucket k lies in `starts[k]..starts[k + 1]`, on texts whose last byte's one-byte suffix
+    /// shares a bucket with two-byte ones, and on one byte, two and none.
+    #[test]
+    fn buckets_counted_from_the_text_bound_the_suffix_array() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut texts: Vec<Vec<u8>> = vec![vec![], vec![5], vec![0, 0], vec![7, 0, 7]];
+        for alphabet in [2u64, 3, 256] {
+            texts.push(
+                (0..5000)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        (state % alphabet) as u8
+                    })
+                    .collect(),
+            );
+        }
+        for text in texts {
+            let part = Part::index(0, &text).unwrap();
+            assert_eq!(part.buckets.len(), (1 << 16) + 1);
+            assert_eq!(part.buckets[1 << 16] as usize, text.len());
+            for (i, &p) in part.suffixes.iter().enumerate() {
+                let k = bucket_of(&text, p as usize);
+                let range = part.buckets[k] as usize..part.buckets[k + 1] as usize;
+                assert!(
+                    range.contains(&i),
+                    "{text:?}: suffix {p} at {i}, bucket {range:?}"
+                );
             }
         }
     }

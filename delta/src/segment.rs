@@ -111,6 +111,17 @@ impl<'s> SourceView<'s> {
     }
 }
 
+/// What [`SegmentEncoder::estimate`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Estimate {
+    /// About how many bytes the segment's body would take.
+    pub len: usize,
+    /// Bytes in the plan's extra stream ...
+    pub extra: usize,
+    /// ... and what the estimate's codec made of them (against the plan's window, if any).
+    pub extra_compressed: usize,
+}
+
 /// Compresses segment bodies. Holds a zstd context between segments; the source windows it
 /// compresses against live as long as the view (`'s`).
 pub struct SegmentEncoder<'s> {
@@ -153,6 +164,7 @@ impl<'s> SegmentEncoder<'s> {
             source,
             Work::Encode(plan.effort),
         )
+        .map(|(body, ..)| body)
     }
 
     /// About how many bytes the byte diff stream of `ops` takes, compressed with the estimate's
@@ -215,7 +227,7 @@ impl<'s> SegmentEncoder<'s> {
         plan: &SegmentPlan<'_>,
         source: SourceView<'s>,
         x86: bool,
-    ) -> Result<usize, DeltaError> {
+    ) -> Result<Estimate, DeltaError> {
         self.work(
             index,
             target_offset,
@@ -224,7 +236,11 @@ impl<'s> SegmentEncoder<'s> {
             source,
             Work::Estimate { x86 },
         )
-        .map(|body| body.len())
+        .map(|(body, extra, extra_compressed)| Estimate {
+            len: body.len(),
+            extra,
+            extra_compressed,
+        })
     }
 
     fn work(
@@ -235,7 +251,7 @@ impl<'s> SegmentEncoder<'s> {
         plan: &SegmentPlan<'_>,
         source: SourceView<'s>,
         work: Work,
-    ) -> Result<Vec<u8>, DeltaError> {
+    ) -> Result<(Vec<u8>, usize, usize), DeltaError> {
         let bad = |detail: EncodeError| DeltaError::Compress {
             segment: index,
             detail,
@@ -455,7 +471,7 @@ impl<'s> SegmentEncoder<'s> {
         body.extend_from_slice(&control_z.1);
         body.extend_from_slice(&diff_z.1);
         body.extend_from_slice(&extra_z.1);
-        Ok(body)
+        Ok((body, extra.len(), extra_z.1.len()))
     }
 }
 

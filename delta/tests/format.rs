@@ -98,7 +98,8 @@ fn build_with(
         // An estimate is of the same order as the body (fast zstd against the best codec).
         let estimate = encoder
             .estimate(i, start, chunk, &plan, view, i % 2 == 0)
-            .unwrap();
+            .unwrap()
+            .len;
         assert!(
             estimate > 0 && estimate < 4 * body.len() + 256,
             "segment {i}: estimate {estimate} for a body of {}",
