@@ -135,7 +135,7 @@ fn publish(
             .compressed(false)
             .sign(origin, &actor)?;
     }
-    // The origin's own delta options, as a real release uses (5.5 s for the 32 MiB image on two
+    // The origin's own delta options, as a real release uses (3 s for the 32 MiB image on two
     // cores; zstd level 19 without the LZMA pass, which the yard used before, took 24 s). v2
     // compressed only when a replaced part will take it: the yard's noise-like firmware
     // compresses little and slowly (82 % in 6.7 s for 32 MiB).
