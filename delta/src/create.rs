@@ -32,11 +32,12 @@
 //! chosen, so a creator bug cannot ship a delta that does not apply.
 //!
 //! Memory: the source is matched in windows of at most [`DeltaOptions::match_window`] bytes (the
-//! whole source when it fits): the window and its suffix array (4 bytes per byte), then per
+//! whole source when it fits): the window, its suffix array (4 bytes per byte) and the filter
+//! of its 8-byte strings (at most 2 bytes per byte), then per
 //! worker one segment of the target, its streams, and one compressor's state — LZMA's with the
 //! window as dictionary is the largest (B1 biome, a 46 MB source: 861 MiB peak on two
 //! workers). A 2 GiB image is matched in two overlapping 1 GiB windows.
-//! [`DeltaOptions::memory_budget`] caps the workers by [`memory_plan`]: the window at 5 bytes
+//! [`DeltaOptions::memory_budget`] caps the workers by [`memory_plan`]: the window at 7 bytes
 //! per source byte, each worker at [`WORKER_BYTES_PER_SEGMENT_BYTE`] per segment byte and
 //! [`WORKER_BYTES_PER_WINDOW_BYTE`] per byte of the window it compresses against.
 //!
@@ -199,9 +200,10 @@ pub const WORKER_BYTES_PER_SEGMENT_BYTE: u64 = 32;
 pub const WORKER_BYTES_PER_WINDOW_BYTE: u64 = 6;
 
 /// Bytes a source window of `len` bytes holds while it is matched: the bytes, the suffix array
-/// (4 bytes per byte) and the two-byte bucket table.
+/// (4 bytes per byte), the filter of its 8-byte strings (at most 2 bytes per byte) and the
+/// two-byte bucket table of each of its (at most two) parts.
 pub fn window_memory(len: u64) -> u64 {
-    len.saturating_mul(5) + ((1 << 16) + 1) * 4
+    len.saturating_mul(7) + ((1 << 16) + 1) * 4 * 2
 }
 
 /// How a delta's work fits its memory budget: the source window and its index, what one
@@ -403,6 +405,7 @@ fn create_into(
     FileExt::read_exact_at(&target_file, &mut head[..head_len], 0)
         .map_err(io(format!("reading {}", target.display())))?;
     let x86 = is_x86_code(&head[..head_len]);
+    let code = is_code(&head[..head_len]);
     let done = Mutex::new((0usize, 0u64));
     let report = |i: usize| {
         let range_len = ((i as u64 + 1) * segment_size).min(target_len) - i as u64 * segment_size;
@@ -506,6 +509,7 @@ fn create_into(
             target_len,
             source_len,
             x86,
+            code,
             options,
             workers,
             progress: &report,
@@ -632,7 +636,8 @@ fn executable_model(
             .and_then(|r| r.map_err(io("reading the source")));
         (index, references)
     });
-    let (window, references) = (Window::new(0, bytes, window?), references?);
+    let ((parts, grams), references) = (window?, references?);
+    let window = Window::new(0, bytes, parts, grams);
     let Some(references) = references else {
         return Ok(None);
     };
@@ -706,18 +711,25 @@ fn executable_model(
 /// branch converter, which made E4 esbuild's first patch-from stream 7 % smaller with the
 /// window as dictionary (2.00 MB against 2.15 MB) and E1's 20 KB extra stream 0.8 % larger.
 fn is_x86_code(head: &[u8]) -> bool {
-    if head.starts_with(b"MZ") {
-        return true;
-    }
+    head.starts_with(b"MZ") || matches!(elf_machine(head), Some(3 | 62))
+}
+
+/// Whether an image whose first bytes are `head` is compiled code, x86 or AArch64 (ELF
+/// e_machine 183): a patch-from candidate of such code is ranked for what LZMA makes of it.
+fn is_code(head: &[u8]) -> bool {
+    is_x86_code(head) || elf_machine(head) == Some(183)
+}
+
+/// The e_machine of an ELF header, read in the file's byte order (EI_DATA at 5: 1 little, 2
+/// big).
+fn elf_machine(head: &[u8]) -> Option<u16> {
     if head.len() < 20 || !head.starts_with(b"\x7fELF") {
-        return false;
+        return None;
     }
-    // e_machine at offset 18, in the file's byte order (EI_DATA at 5: 1 little, 2 big).
-    let machine = match head[5] {
+    Some(match head[5] {
         2 => u16::from_be_bytes([head[18], head[19]]),
         _ => u16::from_le_bytes([head[18], head[19]]),
-    };
-    matches!(machine, 3 | 62)
+    })
 }
 
 /// The source window matched for target offset `at`: the whole source when it fits, else a
@@ -738,6 +750,51 @@ struct Window {
     bytes: Vec<u8>,
     /// One part, or two halves for a window of [`SPLIT_WINDOW`] bytes or more.
     parts: Vec<Part>,
+    /// Which [`GRAM`]-byte strings the window may hold.
+    grams: Grams,
+}
+
+/// Bytes of the strings [`Grams`] records: a match shorter than this cannot be taken (the
+/// matcher takes one longer by 8 bytes than what the current alignment already agrees on,
+/// or the alignment itself).
+const GRAM: usize = 8;
+
+/// A one-hash Bloom filter of every [`GRAM`]-byte string of a window, about 8 bits per window
+/// byte (1/8 filled, so one string in eight not in the window passes). The matcher searches
+/// the suffix array only where the target's next bytes may be in the window: on E4 esbuild,
+/// 58 % of the target's positions start 8 bytes found nowhere in the source, and each search is
+/// a dozen or more cache misses.
+struct Grams {
+    bits: Vec<u64>,
+    shift: u32,
+}
+
+impl Grams {
+    fn new(bytes: &[u8]) -> Self {
+        let log = (usize::BITS - bytes.len().max(1).leading_zeros() + 3).clamp(16, 33);
+        let mut bits = vec![0u64; 1 << (log - 6)];
+        let shift = 64 - log;
+        for gram in bytes.windows(GRAM) {
+            let h = Self::hash(gram, shift);
+            bits[h >> 6] |= 1 << (h & 63);
+        }
+        Self { bits, shift }
+    }
+
+    fn hash(gram: &[u8], shift: u32) -> usize {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&gram[..GRAM]);
+        (u64::from_le_bytes(word).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as usize
+    }
+
+    /// Whether the window may hold `bytes`' first [`GRAM`] bytes (true when shorter).
+    fn may_hold(&self, bytes: &[u8]) -> bool {
+        if bytes.len() < GRAM {
+            return true;
+        }
+        let h = Self::hash(bytes, self.shift);
+        self.bits[h >> 6] & (1 << (h & 63)) != 0
+    }
 }
 
 /// Windows of at least this many bytes are indexed as two halves, each with its own suffix
@@ -815,34 +872,43 @@ impl Window {
     /// The window of `len` source bytes at `offset`, indexed on up to `threads` threads.
     fn load(file: &File, offset: u64, len: u64, threads: usize) -> Result<Self, CreateError> {
         let bytes = read_window(file, offset, len)?;
-        let parts = Self::index(&bytes, window_parts(bytes.len()), threads)?;
-        Ok(Self::new(offset, bytes, parts))
+        let (parts, grams) = Self::index(&bytes, window_parts(bytes.len()), threads)?;
+        Ok(Self::new(offset, bytes, parts, grams))
     }
 
-    fn new(offset: u64, bytes: Vec<u8>, parts: Vec<Part>) -> Self {
+    fn new(offset: u64, bytes: Vec<u8>, parts: Vec<Part>, grams: Grams) -> Self {
         Self {
             offset,
             bytes,
             parts,
+            grams,
         }
     }
 
-    /// The index of `bytes` in `parts` equal parts, built on up to `threads` threads.
-    fn index(bytes: &[u8], parts: usize, threads: usize) -> Result<Vec<Part>, CreateError> {
+    /// The index of `bytes` in `parts` equal parts and the filter of its strings, built on up
+    /// to `threads` threads (the filter beside the parts' suffix arrays).
+    fn index(
+        bytes: &[u8],
+        parts: usize,
+        threads: usize,
+    ) -> Result<(Vec<Part>, Grams), CreateError> {
         let size = bytes.len().div_ceil(parts.max(1)).max(1);
         let cuts: Vec<usize> = (0..bytes.len()).step_by(size).collect();
         let index =
             |&start: &usize| Part::index(start, &bytes[start..(start + size).min(bytes.len())]);
-        if threads > 1 && cuts.len() > 1 {
+        if threads > 1 {
             std::thread::scope(|scope| {
                 let handles: Vec<_> = cuts.iter().map(|c| scope.spawn(move || index(c))).collect();
-                handles
+                let grams = Grams::new(bytes);
+                let parts = handles
                     .into_iter()
                     .map(|h| h.join().map_err(|_| CreateError::WorkerPanicked)?)
-                    .collect()
+                    .collect::<Result<_, _>>()?;
+                Ok((parts, grams))
             })
         } else {
-            cuts.iter().map(index).collect()
+            let parts = cuts.iter().map(index).collect::<Result<_, _>>()?;
+            Ok((parts, Grams::new(bytes)))
         }
     }
 
@@ -876,6 +942,8 @@ struct Job<'a> {
     source_len: u64,
     /// The target is x86 code: extra streams go through the x86 branch converter.
     x86: bool,
+    /// The target is x86 or AArch64 code.
+    code: bool,
     options: &'a DeltaOptions,
     /// Segments encoded at once.
     workers: usize,
@@ -1040,6 +1108,7 @@ fn encode_segment(job: &Job<'_>, idle: &Idle, index: usize) -> Result<Encoded, C
         target_len,
         source_len,
         x86,
+        code,
         options,
         workers: _,
         progress: _,
@@ -1145,8 +1214,10 @@ fn encode_segment(job: &Job<'_>, idle: &Idle, index: usize) -> Result<Encoded, C
         // compiled code moved and patched (a patch-from stream against the window) ends far
         // smaller with LZMA than zstd's estimate says: 0.60–0.81 of it on the corpus's x86
         // pairs, against 0.66–0.88 for matcher candidates, and ranking by the estimates alone
-        // lost 25 % on one segment (E3 esbuild). On other content (weights) it gains nothing.
-        let rank = if method == Method::PatchFrom && x86 && lzma_final {
+        // lost 25 % on one segment (E3 esbuild). The same holds for AArch64 code without a
+        // converter (A3 esbuild arm64: 25.41 % ranked as estimated, 22.27 % so). On other
+        // content (weights) it gains nothing.
+        let rank = if method == Method::PatchFrom && code && lzma_final {
             estimate / 5 * 4
         } else {
             estimate
@@ -1448,9 +1519,17 @@ fn find_matches(window: &Window, new: &[u8], start: u64) -> Vec<Match> {
         let mut scsc = scan;
         let mut misses = 0u32;
         while scan < n_new {
-            let (p, l) = window.search(&new[scan as usize..]);
-            pos = p as i64;
-            len = l as i64;
+            // Nothing to take here when the next GRAM bytes are nowhere in the window.
+            let next = &new[scan as usize..];
+            let searched = window.grams.may_hold(next);
+            if !searched {
+                len = 0;
+            } else {
+                let (p, l) = window.search(next);
+                pos = p as i64;
+                len = l as i64;
+            }
+            scsc = scsc.max(scan);
             while scsc < scan + len {
                 if scsc + last_offset >= 0
                     && scsc + last_offset < n_old
@@ -1467,14 +1546,16 @@ fn find_matches(window: &Window, new: &[u8], start: u64) -> Vec<Match> {
             // it searches every `step` bytes. A long match starting between two searches is
             // still found from its next search on and extended backwards below, and a short
             // one missed here is found again by the extra stream's codec against the window.
-            misses += 1;
+            // A position the filter passed over cost no search and does not count.
+            misses += u32::from(searched);
             let step =
                 1i64 << (misses.saturating_sub(GALLOP_AFTER) / GALLOP_EVERY).min(GALLOP_MAX_LOG);
             for _ in 0..step {
                 if scan >= n_new {
                     break;
                 }
-                if scan + last_offset >= 0
+                if scan < scsc
+                    && scan + last_offset >= 0
                     && scan + last_offset < n_old
                     && old[(scan + last_offset) as usize] == new[scan as usize]
                 {
@@ -1746,7 +1827,8 @@ mod tests {
         // One part, and three (the last shorter) indexed on two threads: the longest match
         // that stays inside one part.
         for (parts, threads) in [(1, 1), (3, 2)] {
-            let window = Window::new(0, old.clone(), Window::index(&old, parts, threads).unwrap());
+            let (index, grams) = Window::index(&old, parts, threads).unwrap();
+            let window = Window::new(0, old.clone(), index, grams);
             assert_eq!(window.parts.len(), parts);
             let size = old.len().div_ceil(parts);
             for len in [1usize, 2, 3, 9, 40] {
@@ -1800,6 +1882,29 @@ mod tests {
         }
     }
 
+    /// The filter of a window's 8-byte strings holds every one of them (the matcher must never
+    /// skip a position a match starts at) and passes few others.
+    #[test]
+    fn the_string_filter_never_misses_and_rarely_passes_strangers() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let bytes: Vec<u8> = (0..100_000).map(|_| next() as u8).collect();
+        let grams = Grams::new(&bytes);
+        assert!(bytes.windows(GRAM).all(|g| grams.may_hold(g)));
+        assert!(grams.may_hold(&bytes[..GRAM - 1]), "too short to tell");
+        let strangers = (0..100_000)
+            .filter(|_| grams.may_hold(&next().to_le_bytes()))
+            .count();
+        assert!(strangers < 100_000 / 6, "{strangers} of 100000 passed");
+        let empty = Grams::new(&[]);
+        assert!(!empty.may_hold(&[0; GRAM]));
+    }
+
     #[test]
     fn x86_code_is_told_by_its_header() {
         let elf = |class: u8, data: u8, machine: [u8; 2]| {
@@ -1820,5 +1925,7 @@ mod tests {
         assert!(!is_x86_code(b"\x7fELF"));
         assert!(!is_x86_code(b""));
         assert!(!is_x86_code(&[0x08; 64])); // an ONNX model starts with a protobuf tag
+        assert!(is_code(&elf(2, 1, [183, 0])) && is_code(&elf(2, 1, [62, 0])));
+        assert!(!is_code(&elf(1, 1, [40, 0])) && !is_code(&[0x08; 64]));
     }
 }
