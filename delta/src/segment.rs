@@ -111,6 +111,22 @@ impl<'s> SourceView<'s> {
     }
 }
 
+/// The source bytes of `op`'s diff run and the target bytes they are diffed with, from `t` on.
+fn diff_run<'s, 't>(
+    source: SourceView<'s>,
+    target: &'t [u8],
+    op: &Op,
+    t: usize,
+) -> Result<(&'s [u8], &'t [u8]), EncodeError> {
+    let old = source
+        .get(op.src, u64::from(op.diff))
+        .ok_or(EncodeError::OutsideView { src: op.src })?;
+    let new = target
+        .get(t..t + op.diff as usize)
+        .ok_or(EncodeError::PastSegment)?;
+    Ok((old, new))
+}
+
 /// What [`SegmentEncoder::estimate`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Estimate {
@@ -187,12 +203,7 @@ impl<'s> SegmentEncoder<'s> {
         let mut diff_bytes = Vec::new();
         let mut t = 0usize;
         for op in ops {
-            let old = source
-                .get(op.src, u64::from(op.diff))
-                .ok_or_else(|| bad(EncodeError::OutsideView { src: op.src }))?;
-            let new = target
-                .get(t..t + op.diff as usize)
-                .ok_or_else(|| bad(EncodeError::PastSegment))?;
+            let (old, new) = diff_run(source, target, op, t).map_err(bad)?;
             push_diff(
                 &mut diff_bytes,
                 old,
@@ -267,12 +278,7 @@ impl<'s> SegmentEncoder<'s> {
             put_varint(&mut control, zigzag(seek));
             put_varint(&mut control, u64::from(op.diff));
             put_varint(&mut control, u64::from(op.extra));
-            let old = source
-                .get(op.src, u64::from(op.diff))
-                .ok_or_else(|| bad(EncodeError::OutsideView { src: op.src }))?;
-            let new = target
-                .get(t..t + op.diff as usize)
-                .ok_or_else(|| bad(EncodeError::PastSegment))?;
+            let (old, new) = diff_run(source, target, op, t).map_err(bad)?;
             match plan.word_phase {
                 None => push_diff(
                     &mut diff_bytes,
