@@ -5,6 +5,9 @@
 // Test code: small sizes, and a panic is how a test fails.
 #![allow(clippy::cast_possible_truncation, clippy::unwrap_used)]
 
+mod common;
+
+use common::apply;
 use delta::{
     DeltaError, DeltaHeader, Effort, Op, SegmentDecoder, SegmentEncoder, SegmentEntry, SegmentPlan,
     SourceView,
@@ -159,27 +162,6 @@ fn extra_codecs(delta: &[u8]) -> Vec<u8> {
         at += entry.encoded_len as usize;
     }
     codecs
-}
-
-/// Applies a delta in memory the way a vehicle does: header, source check, each segment
-/// decoded and checked.
-fn apply(source: &[u8], delta: &[u8]) -> Result<Vec<u8>, DeltaError> {
-    let (header, header_len) = DeltaHeader::parse(delta)?;
-    header.check_source(BlobId::of(source), source.len() as u64)?;
-    if delta.len() as u64 != header.delta_len() {
-        return Err(DeltaError::Truncated("segments"));
-    }
-    let mut decoder = SegmentDecoder::new();
-    let mut out = Vec::new();
-    let mut segment = Vec::new();
-    let mut at = header_len;
-    for (i, entry) in header.segments.iter().enumerate() {
-        let body = &delta[at..at + entry.encoded_len as usize];
-        decoder.decode(&header, i, body, &source, &mut segment)?;
-        out.extend_from_slice(&segment);
-        at += entry.encoded_len as usize;
-    }
-    Ok(out)
 }
 
 proptest! {

@@ -15,8 +15,10 @@
     clippy::expect_used
 )]
 
+mod common;
+
+use common::apply;
 use delta::{BodyError, DeltaError, DeltaHeader, DeltaOptions, SegmentDecoder, create};
-use proto::BlobId;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Isa {
@@ -192,21 +194,6 @@ fn releases(isa: Isa) -> (Vec<u8>, Vec<u8>) {
         new[k].push(Insn::Filler(0xbeef));
     }
     (link(isa, &old), link(isa, &new))
-}
-
-/// Applies in memory with a fresh decoder (which finds the source's references itself).
-fn apply(source: &[u8], delta: &[u8]) -> Result<Vec<u8>, DeltaError> {
-    let (header, len) = DeltaHeader::parse(delta)?;
-    header.check_source(BlobId::of(source), source.len() as u64)?;
-    let mut decoder = SegmentDecoder::new();
-    let (mut out, mut segment, mut at) = (Vec::new(), Vec::new(), len);
-    for (i, entry) in header.segments.iter().enumerate() {
-        let body = &delta[at..at + entry.encoded_len as usize];
-        decoder.decode(&header, i, body, &source, &mut segment)?;
-        out.extend_from_slice(&segment);
-        at += entry.encoded_len as usize;
-    }
-    Ok(out)
 }
 
 fn make(dir: &std::path::Path, old: &[u8], new: &[u8], references: bool) -> Vec<u8> {
