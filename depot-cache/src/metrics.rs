@@ -272,6 +272,7 @@ mod tests {
                 r#"depotmesh_quic_datagrams_sent_total counter []"#,
                 r#"depotmesh_quic_lost_bytes_total counter []"#,
                 r#"depotmesh_quic_packets_lost_total counter []"#,
+                r#"depotmesh_quic_streams_dropped_total counter []"#,
                 r#"depotmesh_quic_udp_bytes_total counter ["direction"]"#,
             ],
             "{text}"

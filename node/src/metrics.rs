@@ -101,6 +101,11 @@ impl<'a> Families<'a> {
                 "Times a connection's congestion window shrank.",
                 stats.congestion_events,
             ),
+            (
+                "depotmesh_quic_streams_dropped",
+                "Streams peers opened that were reset unread: the node's queue for them was full.",
+                stats.streams_dropped,
+            ),
         ];
         for (name, help, value) in plain {
             self.counter(name, help, [(NO_LABELS, value)])?;

@@ -3,7 +3,7 @@
 //! # Goals
 //! - One QUIC (`/quic-v1`) endpoint per node, tuned for bulk transfer on a depot yard LAN.
 //! - Raw bidirectional streams of one protocol ([`NetConfig::protocol`], by default
-//!   [`proto::wire::PROTOCOL_ID`]) through `libp2p-stream`, so the transfer engine writes frames
+//!   [`proto::wire::PROTOCOL_ID`]) through a stream behaviour of our own ([`streams`]), so the transfer engine writes frames
 //!   and bao data straight into a QUIC stream, without a request/response layer in between.
 //! - Connectivity as events ([`NetEvent`]): who connected, who left, who was discovered on the LAN
 //!   by mDNS, what a peer says about itself (identify).
@@ -19,7 +19,7 @@
 //! [`start`] builds the swarm and moves it into its own tokio task, which `select!`s over
 //! commands from [`NetHandle`]s and swarm events. The task owns the swarm; everything else talks
 //! to it through channels, so no lock is held across the network. Streams are opened through
-//! `libp2p_stream::Control`, which is safe to use concurrently from any task.
+//! a `streams::Control`, which is safe to use concurrently from any task.
 //!
 //! # Reading and writing streams
 //! A [`Stream`] implements `futures::io::{AsyncRead, AsyncWrite}` (not tokio's traits): use
@@ -30,10 +30,10 @@
 
 mod driver;
 mod error;
-mod inbound;
 mod introduce;
 mod quic;
 mod stats;
+mod streams;
 mod tls;
 
 use std::{
@@ -67,10 +67,10 @@ use crate::membership::{Gate, MembershipCounters, MeshMembership, RevocationsInF
 /// How many events wait for the application before newer ones are dropped (with a warning).
 /// Events are reports, not commands: the swarm must not stall because nobody reads them.
 const EVENT_BUFFER: usize = 1024;
-/// How many inbound streams wait for the driver, and then for the application, before newer
-/// ones are refused. libp2p-stream itself buffers only one and drops the rest; a task of its own
-/// ([`inbound::forward`]) drains it into a queue of this size.
-const INCOMING_STREAM_BUFFER: usize = 64;
+/// How many inbound streams of the node's protocol wait for the driver, and then for the
+/// application, before newer ones are refused ([`streams`]). A depot's yard of 30 vehicles
+/// asks it up to ~100 range requests, have subscriptions and questions at once.
+const INCOMING_STREAM_BUFFER: usize = 256;
 /// How many commands from handles may queue for the driver.
 const COMMAND_BUFFER: usize = 64;
 /// Extra time a handle waits beyond the QUIC handshake timeout before it gives up on the driver:
@@ -411,7 +411,7 @@ pub struct NetHandle {
     peer_id: PeerId,
     protocol: StreamProtocol,
     commands: mpsc::Sender<Command>,
-    control: libp2p_stream::Control,
+    control: streams::Control,
     dial_timeout: Duration,
     stream_open_timeout: Duration,
     membership: Option<Arc<MembershipCounters>>,
@@ -486,29 +486,25 @@ impl NetHandle {
         if !self.is_connected(peer).await? {
             return Err(NetError::PeerNotConnected { peer });
         }
-        // One control per call: a control opens one stream at a time (`&mut self`), and callers
-        // open streams concurrently.
-        let mut control = self.control.clone();
         let protocol = self.protocol.clone();
-        let opening = control.open_stream(peer, protocol.clone());
-        // libp2p-stream waits for the peer's answer without a deadline of its own, and if the
-        // connection vanishes between our check and its lookup it starts a dial whose failure it
-        // does not always report; the timeout makes sure the caller hears back.
+        let opening = self.control.open_stream(peer, protocol.clone());
+        // Negotiation has a deadline of its own (the swarm's upgrade timeout); this one bounds
+        // the whole wait, whatever the connection does.
         match tokio::time::timeout(self.stream_open_timeout, opening).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(protocol))) => {
+            Ok(Err(streams::OpenError::UnsupportedProtocol(protocol))) => {
                 Err(NetError::UnsupportedProtocol { peer, protocol })
             }
-            Ok(Err(libp2p_stream::OpenStreamError::Io(source))) => Err(NetError::StreamOpen {
+            Ok(Err(streams::OpenError::NotConnected)) => Err(NetError::PeerNotConnected { peer }),
+            Ok(Err(streams::OpenError::Io(source))) => Err(NetError::StreamOpen {
                 peer,
                 protocol,
                 source,
             }),
-            // The enum is non-exhaustive; keep whatever a newer version reports.
-            Ok(Err(other)) => Err(NetError::StreamOpen {
+            Ok(Err(closed @ streams::OpenError::ConnectionClosed)) => Err(NetError::StreamOpen {
                 peer,
                 protocol,
-                source: std::io::Error::other(other.to_string()),
+                source: std::io::Error::new(std::io::ErrorKind::ConnectionAborted, closed),
             }),
             Err(_) => Err(NetError::StreamOpenTimeout {
                 peer,
@@ -686,6 +682,20 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
     } else {
         None
     };
+    let transport = quic::QuicTransport::new(&keypair, &quic).map_err(|error| NetError::Start {
+        reason: format!("the QUIC transport: {error}"),
+    })?;
+    let transport_stats = transport.stats();
+    let mut protocols = streams::Protocols::default();
+    let incoming = protocols.accept(config.protocol.clone(), INCOMING_STREAM_BUFFER);
+    let introductions = gate.as_ref().map(|_| {
+        protocols.accept(
+            crate::membership::MEMBER_PROTOCOL,
+            crate::membership::MAX_WAITING,
+        )
+    });
+    let streams = streams::Streams::new(protocols, transport_stats.clone());
+    let control = streams.control();
     let behaviour = Behaviour {
         revoked: allow_block_list::Behaviour::default(),
         identify: identify::Behaviour::new(
@@ -694,13 +704,9 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
         ),
         ping: ping::Behaviour::new(ping::Config::new()),
         mdns: Toggle::from(mdns),
-        stream: libp2p_stream::Behaviour::new(),
+        stream: streams,
     };
 
-    let transport = quic::QuicTransport::new(&keypair, &quic).map_err(|error| NetError::Start {
-        reason: format!("the QUIC transport: {error}"),
-    })?;
-    let transport_stats = transport.stats();
     let Ok(builder) = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|_| transport);
@@ -710,28 +716,14 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
         .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(idle_timeout))
         .build();
 
-    let mut control = swarm.behaviour().stream.new_control();
-    let incoming = control
-        .accept(config.protocol.clone())
-        .map_err(|error| NetError::Start {
-            reason: format!("protocol {} already registered: {error}", config.protocol),
-        })?;
-    let members = match gate {
-        Some(gate) => {
-            let introductions =
-                control
-                    .accept(crate::membership::MEMBER_PROTOCOL)
-                    .map_err(|error| NetError::Start {
-                        reason: format!("the membership protocol is taken: {error}"),
-                    })?;
-            Some(Members::new(
-                gate,
-                introductions,
-                control.clone(),
-                counters.clone(),
-            ))
-        }
-        None => None,
+    let members = match (gate, introductions) {
+        (Some(gate), Some(introductions)) => Some(Members::new(
+            gate,
+            introductions,
+            control.clone(),
+            counters.clone(),
+        )),
+        _ => None,
     };
     let membership = members.as_ref().map(|_| counters);
     let revocations = members.as_ref().map(|members| members.gate.in_force());
@@ -759,6 +751,7 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
         listeners,
         config.mdns_auto_dial,
     )
+    .counting_in(transport_stats.clone())
     .with_members(members);
     tokio::spawn(
         driver

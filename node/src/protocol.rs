@@ -708,8 +708,8 @@ pub async fn query_revocations<St: AsyncRead + AsyncWrite + Unpin>(
 
 impl ExchangeError {
     /// The peer reset or stopped the stream: a node under a burst of new streams drops those
-    /// it cannot accept at once (libp2p-stream hands them over one at a time), so an exchange
-    /// that failed this way is worth trying again shortly.
+    /// its queue has no room for, so an exchange that failed this way is worth trying again
+    /// shortly.
     pub fn is_reset(&self) -> bool {
         matches!(self, Self::Io(error) if error.kind() == io::ErrorKind::ConnectionReset)
     }

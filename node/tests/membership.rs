@@ -304,7 +304,7 @@ async fn a_member_does_not_serve_a_stranger_it_dialled_and_two_members_meet_both
 }
 
 /// A yard starting: every vehicle dials the depot and its neighbours at the same moment. Every
-/// introduction must be heard: libp2p-stream drops an inbound stream that finds its one-slot
+/// introduction must be heard: libp2p-stream dropped an inbound stream that found its one-slot
 /// channel full, and a dropped introduction used to make the introducer refuse the depot as
 /// silent (on the 30-vehicle testbed every vehicle's first dial of the depot failed so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -349,6 +349,119 @@ async fn concurrent_streams_to_two_peers_and_a_peer_that_leaves_mid_stream() {
     c.handle.shutdown().await;
 }
 
+/// Clients that each dial `server` and open `streams` streams at once, all writing an 8-byte
+/// question and closing their side; what each stream then read (its answer) or the error
+/// (`TimedOut` if nothing came within `wait`).
+async fn burst(
+    server: &Multiaddr,
+    clients: usize,
+    streams: usize,
+    wait: Duration,
+) -> (Vec<TestNode>, Vec<std::io::Result<Vec<u8>>>) {
+    let mut nodes = Vec::new();
+    for i in 0..clients {
+        let node = TestNode::start(loopback_config(&format!("depotmesh-test-burst-{i}/1"))).await;
+        node.handle.dial(server.clone()).await.unwrap();
+        nodes.push(node);
+    }
+    let server_id = match server.iter().last() {
+        Some(Protocol::P2p(peer)) => peer,
+        _ => panic!("{server} names no peer"),
+    };
+    let asks = nodes.iter().flat_map(|node| {
+        (0..streams as u64).map(move |i| async move {
+            let ask = async {
+                let mut stream = node
+                    .handle
+                    .open_stream(server_id)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                stream.write_all(&i.to_le_bytes()).await?;
+                stream.close().await?;
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).await?;
+                Ok(answer)
+            };
+            timeout(wait, ask)
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        })
+    });
+    let answers = futures::future::join_all(asks).await;
+    (nodes, answers)
+}
+
+/// A depot's yard asks at once: 6 peers open 24 streams each in the same instant, on this
+/// one-thread runtime as the node commands run. Each must reach the server and be answered.
+/// libp2p-stream handed inbound streams over a channel of one slot and reset those that found
+/// it full: on the 30-vehicle testbed 3,377 streams a run were lost so.
+#[tokio::test]
+async fn a_burst_of_streams_from_many_peers_is_answered_whole() {
+    let mut server = TestNode::start(loopback_config("depotmesh-test-server/1")).await;
+    let addr = server.address().await;
+    let answering = tokio::spawn(async move {
+        while let Some((_, mut stream)) = server.incoming.next().await {
+            tokio::spawn(async move {
+                let mut question = Vec::new();
+                stream.read_to_end(&mut question).await?;
+                stream.write_all(&question).await?;
+                stream.close().await
+            });
+        }
+    });
+    let (clients, answers) = burst(&addr, 6, 24, TRANSFER_WAIT).await;
+    let mut failed = 0;
+    for (i, answer) in answers.iter().enumerate() {
+        match answer {
+            Ok(bytes) => assert_eq!(bytes[..], ((i % 24) as u64).to_le_bytes()),
+            Err(error) => {
+                failed += 1;
+                println!("stream {i}: {error}");
+            }
+        }
+    }
+    assert_eq!(failed, 0, "of {} streams", answers.len());
+    for client in clients {
+        client.handle.shutdown().await;
+    }
+    answering.abort();
+}
+
+/// A node that takes no streams: its queues fill, and what does not fit is reset at once, so
+/// the opener hears of it instead of waiting; the node counts each one.
+#[tokio::test]
+async fn streams_beyond_the_queue_are_reset_and_counted() {
+    let server = TestNode::start(loopback_config("depotmesh-test-server/1")).await;
+    let addr = server.address().await;
+    // 600 streams: more than the two queues in the node hold (256 each, and one in hand), fewer
+    // than 128 per connection (the swarm's own bound on streams being negotiated). The queued
+    // ones are never answered: their clients give up reading after the wait.
+    let (clients, answers) = burst(&addr, 5, 120, Duration::from_secs(5)).await;
+    let reset = answers
+        .iter()
+        .filter(|answer| {
+            answer
+                .as_ref()
+                .is_err_and(|error| error.kind() != std::io::ErrorKind::TimedOut)
+        })
+        .count();
+    let mut kinds = std::collections::BTreeMap::new();
+    for answer in &answers {
+        let kind = match answer {
+            Ok(_) => "answered".to_owned(),
+            Err(error) => format!("{:?}: {error}", error.kind()),
+        };
+        *kinds.entry(kind).or_insert(0) += 1;
+    }
+    println!("{kinds:#?}");
+    let dropped = server.handle.transport_stats().streams_dropped;
+    assert!(dropped > 0, "600 streams fit a node that reads none");
+    assert_eq!(reset as u64, dropped);
+    for client in clients {
+        client.handle.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn dial_and_listen_errors_are_clear_and_bounded() {
     let a = TestNode::start(loopback_config("depotmesh-test-a/1")).await;

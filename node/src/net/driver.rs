@@ -40,7 +40,7 @@ pub(super) struct Behaviour {
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
     pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
-    pub(super) stream: libp2p_stream::Behaviour,
+    pub(super) stream: super::streams::Streams,
 }
 
 /// What a [`super::NetHandle`] asks of the driver.
@@ -69,9 +69,9 @@ pub(super) enum Command {
 /// Fleet membership, when the node takes part in a fleet's mesh ([`crate::membership`]).
 pub(super) struct Members {
     pub(super) gate: Gate,
-    /// Introductions peers open to us ([`super::inbound::forward`]).
+    /// Introductions peers open to us.
     pub(super) incoming: mpsc::Receiver<(PeerId, Stream)>,
-    pub(super) control: libp2p_stream::Control,
+    pub(super) control: super::streams::Control,
     pub(super) counters: Arc<MembershipCounters>,
     heard: mpsc::UnboundedSender<Heard>,
     hearing: mpsc::UnboundedReceiver<Heard>,
@@ -86,14 +86,14 @@ pub(super) struct Members {
 impl Members {
     pub(super) fn new(
         gate: Gate,
-        incoming: libp2p_stream::IncomingStreams,
-        control: libp2p_stream::Control,
+        incoming: mpsc::Receiver<(PeerId, Stream)>,
+        control: super::streams::Control,
         counters: Arc<MembershipCounters>,
     ) -> Self {
         let (heard, hearing) = mpsc::unbounded_channel();
         Self {
             gate,
-            incoming: super::inbound::forward(incoming, crate::membership::MAX_WAITING),
+            incoming,
             control,
             counters,
             heard,
@@ -146,7 +146,7 @@ pub(super) struct Driver {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
-    /// Streams of the node's protocol peers open to us ([`super::inbound::forward`]).
+    /// Streams of the node's protocol peers open to us.
     incoming: mpsc::Receiver<(PeerId, Stream)>,
     streams: mpsc::Sender<(PeerId, Stream)>,
     /// Our listen addresses, each with `/p2p/<own id>`.
@@ -159,6 +159,8 @@ pub(super) struct Driver {
     mdns_auto_dial: bool,
     dropped_events: u64,
     members: Option<Members>,
+    /// Where streams dropped on a full queue are counted.
+    transport: super::TransportCounters,
 }
 
 impl Driver {
@@ -166,7 +168,7 @@ impl Driver {
         swarm: Swarm<Behaviour>,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<NetEvent>,
-        incoming: libp2p_stream::IncomingStreams,
+        incoming: mpsc::Receiver<(PeerId, Stream)>,
         streams: mpsc::Sender<(PeerId, Stream)>,
         open_listeners: usize,
         mdns_auto_dial: bool,
@@ -175,7 +177,7 @@ impl Driver {
             swarm,
             commands,
             events,
-            incoming: super::inbound::forward(incoming, super::INCOMING_STREAM_BUFFER),
+            incoming,
             streams,
             listen_addrs: Vec::new(),
             listen_waiters: Vec::new(),
@@ -184,7 +186,14 @@ impl Driver {
             mdns_auto_dial,
             dropped_events: 0,
             members: None,
+            transport: super::TransportCounters::default(),
         }
+    }
+
+    /// Counts the streams it drops on a full queue in `transport`, the node's transport counters.
+    pub(super) fn counting_in(mut self, transport: super::TransportCounters) -> Self {
+        self.transport = transport;
+        self
     }
 
     /// The driver of a node in a fleet's mesh: peers are admitted by `members`' gate.
@@ -339,7 +348,10 @@ impl Driver {
             Ok(()) => {}
             // Dropping the stream resets it, so the opener gets an error instead of silence.
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(%peer, "inbound stream refused: application is not accepting");
+                // Counted (`depotmesh_quic_streams_dropped_total`) rather than logged at warn: a
+                // peer opening streams by the thousand must not flood the log.
+                self.transport.stream_dropped();
+                tracing::debug!(%peer, "inbound stream refused: application is not accepting");
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::debug!(%peer, "inbound stream refused: nobody accepts streams");
@@ -502,7 +514,7 @@ impl Driver {
                 Ok(rtt) => tracing::trace!(%peer, ?rtt, "ping"),
                 Err(failure) => tracing::debug!(%peer, %failure, "ping failed"),
             },
-            BehaviourEvent::Stream(()) => {}
+            BehaviourEvent::Stream(never) => match never {},
         }
     }
 

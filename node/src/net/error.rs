@@ -100,7 +100,7 @@ pub enum NetError {
         peer: PeerId,
         /// The protocol that was asked for.
         protocol: StreamProtocol,
-        /// The I/O error reported by libp2p-stream.
+        /// The I/O error of the negotiation.
         #[source]
         source: std::io::Error,
     },

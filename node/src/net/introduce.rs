@@ -45,17 +45,17 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Introduces us to `peer` (which we dialled) with `ours`, and reports its answer.
 pub(super) fn introduce(
-    control: &libp2p_stream::Control,
+    control: &super::streams::Control,
     peer: PeerId,
     ours: Vec<u8>,
     heard: mpsc::UnboundedSender<Heard>,
 ) {
-    let mut control = control.clone();
+    let control = control.clone();
     tokio::spawn(async move {
         let tries = async {
             let mut attempt = 1;
             loop {
-                match exchange(&mut control, peer, &ours).await {
+                match exchange(&control, peer, &ours).await {
                     Err(Attempt::Dropped(reason)) if attempt < ATTEMPTS => {
                         tracing::debug!(%peer, attempt, %reason, "introduction dropped; again");
                         attempt += 1;
@@ -79,8 +79,8 @@ pub(super) fn introduce(
 
 /// How one try of an introduction failed.
 enum Attempt {
-    /// The listener dropped the stream before answering anything (as libp2p-stream does with
-    /// a stream it has no room for): worth another try.
+    /// The listener dropped the stream before answering anything (as a node does with a
+    /// stream its queue has no room for): worth another try.
     Dropped(String),
     /// Anything else: the answer was bad, or the connection is gone.
     Failed(String),
@@ -88,7 +88,7 @@ enum Attempt {
 
 /// One try: open a stream, write our certificate, read the answer.
 async fn exchange(
-    control: &mut libp2p_stream::Control,
+    control: &super::streams::Control,
     peer: PeerId,
     ours: &[u8],
 ) -> Result<Vec<u8>, Attempt> {

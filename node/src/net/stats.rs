@@ -38,6 +38,8 @@ pub struct TransportStats {
     pub reset_stream_sent: u64,
     /// STOP_SENDING frames sent (a reader asked the writer to stop).
     pub stop_sending_sent: u64,
+    /// Streams peers opened that were reset unread because the node's queue for them was full.
+    pub streams_dropped: u64,
 }
 
 impl TransportStats {
@@ -56,6 +58,7 @@ impl TransportStats {
             stream_frames_sent: stats.frame_tx.stream,
             reset_stream_sent: stats.frame_tx.reset_stream,
             stop_sending_sent: stats.frame_tx.stop_sending,
+            streams_dropped: 0,
         }
     }
 
@@ -74,6 +77,7 @@ impl TransportStats {
             stream_frames_sent,
             reset_stream_sent,
             stop_sending_sent,
+            streams_dropped,
         } = self;
         *connections += other.connections;
         *udp_tx_datagrams += other.udp_tx_datagrams;
@@ -88,6 +92,7 @@ impl TransportStats {
         *stream_frames_sent += other.stream_frames_sent;
         *reset_stream_sent += other.reset_stream_sent;
         *stop_sending_sent += other.stop_sending_sent;
+        *streams_dropped += other.streams_dropped;
     }
 }
 
@@ -130,6 +135,11 @@ impl TransportCounters {
             book: self.clone(),
             id,
         }
+    }
+
+    /// Counts an inbound stream reset unread because its queue was full.
+    pub(super) fn stream_dropped(&self) {
+        self.lock().closed.streams_dropped += 1;
     }
 
     /// The sums now: closed connections plus each open one as it stands.
@@ -179,6 +189,7 @@ mod tests {
             stream_frames_sent: 11,
             reset_stream_sent: 12,
             stop_sending_sent: 13,
+            streams_dropped: 14,
         };
         let mut sum = one;
         sum.add(&one);
@@ -186,6 +197,7 @@ mod tests {
         assert_eq!(sum.udp_tx_bytes, 6);
         assert_eq!(sum.lost_bytes, 16);
         assert_eq!(sum.stop_sending_sent, 26);
+        assert_eq!(sum.streams_dropped, 28);
         assert_eq!(
             TransportCounters::default().read(),
             TransportStats::default()
