@@ -62,6 +62,11 @@ pub(super) struct QuicParams {
     /// Ask the peer to acknowledge every this many ack-eliciting packets (the QUIC ACK
     /// frequency extension, where the peer supports it); `None` leaves quinn's default of two.
     pub(super) ack_every: Option<u32>,
+    /// The longest a peer may hold an acknowledgement back (with `ack_every`); `None` leaves
+    /// the peer's own (25 ms unless it says otherwise).
+    pub(super) ack_delay: Option<Duration>,
+    /// Bytes of the connection ids peers put in every packet they send us.
+    pub(super) connection_id_length: u8,
     /// Which cipher suite the dialler lists first.
     pub(super) ciphers: CipherPreference,
     /// The congestion controller of every connection.
@@ -183,7 +188,8 @@ impl QuicTransport {
         transport.mtu_discovery_config(Some(mtu));
         if let Some(every) = params.ack_every {
             let mut ack = quinn::AckFrequencyConfig::default();
-            ack.ack_eliciting_threshold(every.saturating_sub(1).into());
+            ack.ack_eliciting_threshold(every.saturating_sub(1).into())
+                .max_ack_delay(params.ack_delay);
             transport.ack_frequency_config(Some(ack));
         }
         match params.congestion {
@@ -231,6 +237,8 @@ impl QuicTransport {
             None => quinn::EndpointConfig::default(),
         };
         endpoint_config.supported_versions(vec![1]);
+        let length = params.connection_id_length;
+        endpoint_config.cid_generator(move || Box::new(RandomIds { length, made: 0 }));
 
         Ok(Self {
             client,
@@ -799,6 +807,41 @@ impl AsyncWrite for Stream {
         let result = futures::ready!(AsyncWrite::poll_close(Pin::new(&mut this.send), cx));
         this.closed = Some(result.as_ref().map(|_| ()).map_err(io::Error::kind));
         Poll::Ready(result)
+    }
+}
+
+/// The longest connection id QUIC v1 allows (RFC 9000, 17.2).
+pub(super) const MAX_CONNECTION_ID: u8 = 20;
+
+/// Connection ids of a chosen length, drawn from the system's random source. quinn checks a new
+/// id against those in use, so a short id is safe among a node's few hundred connections; it
+/// only has to tell them apart (packets are authenticated by their keys, not their ids).
+struct RandomIds {
+    length: u8,
+    /// Ids made so far: what an id is derived from should the random source ever fail.
+    made: u64,
+}
+
+impl quinn::ConnectionIdGenerator for RandomIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        self.made += 1;
+        let length = usize::from(self.length.min(MAX_CONNECTION_ID));
+        let mut bytes = [0_u8; MAX_CONNECTION_ID as usize];
+        let id = &mut bytes[..length];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), id).is_err() {
+            // Still distinct from one id to the next, which is all quinn needs to route.
+            let derived = blake3::hash(&self.made.to_le_bytes());
+            id.copy_from_slice(&derived.as_bytes()[..length]);
+        }
+        quinn::ConnectionId::new(id)
+    }
+
+    fn cid_len(&self) -> usize {
+        usize::from(self.length.min(MAX_CONNECTION_ID))
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
     }
 }
 
