@@ -700,13 +700,26 @@ pub async fn start(config: NetConfig) -> Result<(NetHandle, NetEvents, IncomingS
     })?;
     let transport_stats = transport.stats();
     let mut protocols = streams::Protocols::default();
-    let incoming = protocols.accept(config.protocol.clone(), INCOMING_STREAM_BUFFER);
-    let introductions = gate.as_ref().map(|_| {
-        protocols.accept(
-            crate::membership::MEMBER_PROTOCOL,
-            crate::membership::MAX_WAITING,
-        )
-    });
+    let incoming = protocols
+        .accept(config.protocol.clone(), INCOMING_STREAM_BUFFER)
+        .map_err(|protocol| NetError::Start {
+            reason: format!("protocol {protocol} registered twice"),
+        })?;
+    let introductions = match gate {
+        Some(_) => Some(
+            protocols
+                .accept(
+                    crate::membership::MEMBER_PROTOCOL,
+                    crate::membership::MAX_WAITING,
+                )
+                .map_err(|protocol| NetError::Start {
+                    reason: format!(
+                        "the membership protocol {protocol} is taken by the node's own"
+                    ),
+                })?,
+        ),
+        None => None,
+    };
     let streams = streams::Streams::new(protocols, transport_stats.clone());
     let control = streams.control();
     let behaviour = Behaviour {

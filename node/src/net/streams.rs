@@ -61,15 +61,21 @@ pub(super) struct Protocols {
 }
 
 impl Protocols {
-    /// Accepts `protocol`, its streams waiting in a queue of `capacity`; returns the queue's end.
+    /// Accepts `protocol`, its streams waiting in a queue of `capacity`; returns the queue's end,
+    /// or gives the protocol back if it was accepted already (its streams go to one queue only).
     pub(super) fn accept(
         &mut self,
         protocol: StreamProtocol,
         capacity: usize,
-    ) -> mpsc::Receiver<Incoming> {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
-        self.queues.insert(protocol, sender);
-        receiver
+    ) -> Result<mpsc::Receiver<Incoming>, StreamProtocol> {
+        match self.queues.entry(protocol) {
+            std::collections::hash_map::Entry::Occupied(taken) => Err(taken.key().clone()),
+            std::collections::hash_map::Entry::Vacant(free) => {
+                let (sender, receiver) = mpsc::channel(capacity.max(1));
+                free.insert(sender);
+                Ok(receiver)
+            }
+        }
     }
 }
 
