@@ -25,9 +25,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime of on
 
 echo "building (release)..." >&2
 # Two builds: `--example` would narrow one build of several packages to that example alone.
-# The same packages as bench/testbed/run.sh builds (origin too), so that the two scripts share
-# one set of release artifacts instead of rebuilding each other's features.
-(cd "$ROOT" && cargo build --release -q -p depot-cache -p vehicle-peer -p origin \
+(cd "$ROOT" && cargo build --release -q -p depot-cache -p vehicle-peer \
   && cargo build --release -q -p node --example stream_copy)
 BIN=$TARGET/release
 
