@@ -25,7 +25,8 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime of on
 
 echo "building (release)..." >&2
 # Two builds: `--example` would narrow one build of several packages to that example alone.
-(cd "$ROOT" && cargo build --release -q -p depot-cache -p vehicle-peer \
+# The first builds what bench/testbed/run.sh builds, so neither script rebuilds the other's features.
+(cd "$ROOT" && cargo build --release -q -p depot-cache -p vehicle-peer -p origin \
   && cargo build --release -q -p node --example stream_copy)
 BIN=$TARGET/release
 
