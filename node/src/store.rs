@@ -25,8 +25,8 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use proto::bao::{self, Layout, Outboard, Owed, RangeVerifier, Verified};
-use proto::{BlobId, ChunkGroup, ChunkGroupRanges, ReadAt};
+use proto::bao::{self, Layout, Outboard, Owed, RangeVerifier, Verified, VerifiedGroup};
+use proto::{BlobId, ChunkGroupRanges, ReadAt};
 
 use crate::storage::{Index, Storage, StorageFile};
 
@@ -209,6 +209,16 @@ impl<S: Storage, I: Index> std::fmt::Debug for BlobStore<S, I> {
             .field("blobs", &lock(&self.entries).len())
             .finish_non_exhaustive()
     }
+}
+
+/// `items` cut into stretches that follow each other on disk: each starts where the one before
+/// it ends (`start` and `len` say where an item lies).
+fn runs<'a, T>(
+    items: &'a [T],
+    start: impl Fn(&T) -> u64,
+    len: impl Fn(&T) -> u64,
+) -> impl Iterator<Item = &'a [T]> {
+    items.chunk_by(move |before, after| start(before) + len(before) == start(after))
 }
 
 fn used_key(id: &BlobId) -> Vec<u8> {
@@ -820,52 +830,93 @@ impl<S: Storage, I: Index> BlobStore<S, I> {
     /// checkpoint ends, no other write reports one due. A caller that never runs it loses no
     /// data, only the progress a crash would keep: the next checkpoint records everything.
     pub fn write_deferred(&self, id: &BlobId, item: &Verified<'_>) -> Result<bool, StoreError> {
+        self.write_all_deferred(id, std::slice::from_ref(item))
+    }
+
+    /// Writes verified items of a response for blob `id` as [`Self::write_deferred`] does one
+    /// at a time, but each stretch of consecutive groups, and each of adjacent parent pairs, in
+    /// one write: a response's groups follow each other in the data file, and its pairs in the
+    /// pre-order outboard, so a chunk of a response takes a few system calls instead of two per
+    /// group. Every item is checked for its place before any is written; groups already held
+    /// (endgame duplicates) are skipped. The groups count as held once their bytes are written.
+    pub fn write_all_deferred(
+        &self,
+        id: &BlobId,
+        items: &[Verified<'_>],
+    ) -> Result<bool, StoreError> {
         let entry = self.entry(id)?;
         entry.last_used.store(self.tick(), Ordering::Relaxed);
-        match item {
-            Verified::Proof(proof) => {
-                // Pairs inside a group are not kept: the group's hash covers them.
-                let Some(offset) = proof.outboard_offset() else {
-                    return Ok(false);
-                };
-                if offset + bao::PARENT_PAIR_BYTES as u64 > LAYOUT.outboard_size(entry.size) {
-                    return Err(StoreError::Misplaced {
-                        blob: *id,
-                        detail: format!("parent pair at outboard offset {offset}"),
-                    });
+        let outboard_size = LAYOUT.outboard_size(entry.size);
+        // Pairs inside a group are not kept (the group's hash covers them): the rest, in order.
+        let mut pairs: Vec<(u64, [u8; bao::PARENT_PAIR_BYTES])> = Vec::new();
+        let mut groups: Vec<&VerifiedGroup<'_>> = Vec::new();
+        {
+            let state = lock(&entry.state);
+            for item in items {
+                match item {
+                    Verified::Proof(proof) => {
+                        let Some(offset) = proof.outboard_offset() else {
+                            continue;
+                        };
+                        if offset + bao::PARENT_PAIR_BYTES as u64 > outboard_size {
+                            return Err(StoreError::Misplaced {
+                                blob: *id,
+                                detail: format!("parent pair at outboard offset {offset}"),
+                            });
+                        }
+                        pairs.push((offset, proof.pair_bytes()));
+                    }
+                    Verified::Group(group) => {
+                        let range = LAYOUT.group_byte_range(group.group(), entry.size);
+                        if range.start != group.offset()
+                            || range.end - range.start != group.data().len() as u64
+                        {
+                            return Err(StoreError::Misplaced {
+                                blob: *id,
+                                detail: format!("{} at offset {}", group.group(), group.offset()),
+                            });
+                        }
+                        // A duplicate (endgame): the bytes are already there and may be
+                        // durable; do not rewrite them.
+                        if !state.held.contains(group.group()) {
+                            groups.push(group);
+                        }
+                    }
                 }
-                entry
-                    .outboard
-                    .write_all_at(offset, &proof.pair_bytes())
-                    .map_err(io_error(|| format!("writing the outboard of blob {id}")))?;
-                lock(&entry.state).unsynced += bao::PARENT_PAIR_BYTES as u64;
             }
-            Verified::Group(group) => {
-                let range = LAYOUT.group_byte_range(group.group(), entry.size);
-                if range.start != group.offset()
-                    || range.end - range.start != group.data().len() as u64
-                {
-                    return Err(StoreError::Misplaced {
-                        blob: *id,
-                        detail: format!("{} at offset {}", group.group(), group.offset()),
-                    });
-                }
+        }
+        for run in runs(
+            &pairs,
+            |(offset, _)| *offset,
+            |_| bao::PARENT_PAIR_BYTES as u64,
+        ) {
+            let bufs: Vec<&[u8]> = run.iter().map(|(_, pair)| pair.as_slice()).collect();
+            entry
+                .outboard
+                .write_all_vectored_at(run[0].0, &bufs)
+                .map_err(io_error(|| format!("writing the outboard of blob {id}")))?;
+        }
+        let mut written = ChunkGroupRanges::empty();
+        let mut written_bytes = 0;
+        for run in runs(
+            &groups,
+            |group| group.offset(),
+            |group| group.data().len() as u64,
+        ) {
+            let bufs: Vec<&[u8]> = run.iter().map(|group| group.data()).collect();
+            entry
+                .data
+                .write_all_vectored_at(run[0].offset(), &bufs)
+                .map_err(io_error(|| format!("writing blob {id}")))?;
+            for group in run {
                 let index = group.group().0;
-                if lock(&entry.state).held.contains(ChunkGroup(index)) {
-                    // A duplicate (endgame): the bytes are already there and may be durable;
-                    // do not rewrite them.
-                    return Ok(false);
-                }
-                entry
-                    .data
-                    .write_all_at(group.offset(), group.data())
-                    .map_err(io_error(|| format!("writing blob {id}")))?;
-                let mut state = lock(&entry.state);
-                state.held.insert(index..index + 1);
-                state.unsynced += group.data().len() as u64;
+                written.insert(index..index + 1);
+                written_bytes += group.data().len() as u64;
             }
         }
         let mut state = lock(&entry.state);
+        state.held = state.held.union(&written);
+        state.unsynced += pairs.len() as u64 * bao::PARENT_PAIR_BYTES as u64 + written_bytes;
         let due = state.unsynced >= CHECKPOINT_BYTES && !state.checkpoint_claimed;
         state.checkpoint_claimed |= due;
         Ok(due)
@@ -1399,6 +1450,88 @@ mod tests {
         // What the partial store holds, it can serve on.
         let (again, _) = sink.serve(&id, &wanted, Vec::new()).unwrap();
         assert_eq!(again, served);
+    }
+
+    /// The items of `response` (as [`BlobStore::serve`] writes it) for `groups` of a blob
+    /// of `size`, verified.
+    fn verified_items<'a>(
+        id: BlobId,
+        size: u64,
+        groups: &ChunkGroupRanges,
+        response: &'a [u8],
+    ) -> Vec<Verified<'a>> {
+        let mut verifier = RangeVerifier::new(id, LAYOUT, size, groups);
+        let mut at = 8;
+        let mut items = Vec::new();
+        while let Some(len) = verifier.next_item_len() {
+            items.push(verifier.verify_next(&response[at..at + len]).unwrap());
+            at += len;
+        }
+        items
+    }
+
+    #[test]
+    fn a_response_written_in_stretches_leaves_what_one_item_at_a_time_does() {
+        let (source, _) = store();
+        let data: Vec<u8> = (0..1_100_000u32).map(|i| (i % 241) as u8).collect();
+        let size = data.len() as u64;
+        let id = source.import(&data[..]).unwrap();
+        let wanted: ChunkGroupRanges = [0..5, 9..30, 40..LAYOUT.group_count(size)]
+            .into_iter()
+            .collect();
+        let mut response = Vec::new();
+        let (served, _) = source.serve(&id, &wanted, &mut response).unwrap();
+        let items = verified_items(id, size, &served, &response);
+
+        let (one_by_one, one_storage) = store();
+        one_by_one.create_partial(id, size).unwrap();
+        for item in &items {
+            one_by_one.write_deferred(&id, item).unwrap();
+        }
+        let (together, together_storage) = store();
+        together.create_partial(id, size).unwrap();
+        // A group already held (an endgame duplicate) is left as it is.
+        let twelve: ChunkGroupRanges = [12..13].into_iter().collect();
+        let mut early = Vec::new();
+        source.serve(&id, &twelve, &mut early).unwrap();
+        for item in verified_items(id, size, &twelve, &early) {
+            together.write_deferred(&id, &item).unwrap();
+        }
+        assert!(!together.write_all_deferred(&id, &items).unwrap());
+
+        let one = one_by_one.checkpoint(&id).unwrap();
+        let all = together.checkpoint(&id).unwrap();
+        assert_eq!(one.held, served);
+        assert_eq!(all.held, served);
+        for name in [data_name(&id), outboard_name(&id)] {
+            assert_eq!(
+                one_storage.read_all(&name),
+                together_storage.read_all(&name),
+                "{name} differs"
+            );
+        }
+        // And it serves on what it wrote.
+        let (again, _) = together.serve(&id, &served, Vec::new()).unwrap();
+        assert_eq!(again, served);
+    }
+
+    #[test]
+    fn items_that_do_not_fit_the_blob_are_refused_before_any_is_written() {
+        let (source, _) = store();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 239) as u8).collect();
+        let id = source.import(&data[..]).unwrap();
+        let all = LAYOUT.all_groups(data.len() as u64);
+        let mut response = Vec::new();
+        let (served, _) = source.serve(&id, &all, &mut response).unwrap();
+        let items = verified_items(id, data.len() as u64, &served, &response);
+        // The same id, stored as a shorter blob: the first groups fit, the later ones do not.
+        let (sink, storage) = store();
+        sink.create_partial(id, 100_000).unwrap();
+        let before = storage.read_all(&data_name(&id));
+        let error = sink.write_all_deferred(&id, &items).unwrap_err();
+        assert!(matches!(error, StoreError::Misplaced { .. }), "{error}");
+        assert_eq!(storage.read_all(&data_name(&id)), before);
+        assert!(sink.checkpoint(&id).unwrap().held.is_empty());
     }
 
     #[test]

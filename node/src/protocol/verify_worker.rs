@@ -130,7 +130,7 @@ fn verify_and_store<S: Storage, I: Index>(
             at = take;
             if carry.len() == need {
                 let item = verifier.verify_next(&carry)?;
-                store_item(store, &blob, &item, &mut stored, &mut batch, reports)?;
+                store_items(store, &blob, &[item], &mut stored, &mut batch, reports)?;
                 carry.clear();
                 match verifier.next_item_len() {
                     Some(next) => need = next,
@@ -138,14 +138,29 @@ fn verify_and_store<S: Storage, I: Index>(
                 }
             }
         }
+        // The whole items in the chunk are verified in place, then written together (a
+        // stretch of consecutive groups in one system call). Those before a bad item are
+        // stored all the same.
+        let mut items = Vec::new();
+        let mut failed = None;
         while !finished && let Some(bytes) = chunk.get(at..at + need) {
-            let item = verifier.verify_next(bytes)?;
-            store_item(store, &blob, &item, &mut stored, &mut batch, reports)?;
+            match verifier.verify_next(bytes) {
+                Ok(item) => items.push(item),
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
             at += need;
             match verifier.next_item_len() {
                 Some(next) => need = next,
                 None => finished = true,
             }
+        }
+        store_items(store, &blob, &items, &mut stored, &mut batch, reports)?;
+        if let Some(error) = failed {
+            batch.flush(reports);
+            return Err(error.into());
         }
         if !finished {
             carry.extend_from_slice(chunk.get(at..).unwrap_or_default());
@@ -250,24 +265,29 @@ impl Batch {
     }
 }
 
-/// Writes one verified item to the store; notes a stored group, and reports a due checkpoint
+/// Writes verified items to the store; notes the stored groups, and reports a due checkpoint
 /// at once.
-fn store_item<S: Storage, I: Index>(
+fn store_items<S: Storage, I: Index>(
     store: &BlobStore<S, I>,
     blob: &BlobId,
-    item: &Verified<'_>,
+    items: &[Verified<'_>],
     stored: &mut ChunkGroupRanges,
     batch: &mut Batch,
     reports: &mpsc::UnboundedSender<FetchProgress>,
 ) -> Result<(), ExchangeError> {
-    if store.write_deferred(blob, item)? {
+    if items.is_empty() {
+        return Ok(());
+    }
+    if store.write_all_deferred(blob, items)? {
         let _ = reports.send(FetchProgress::CheckpointDue);
     }
-    if let Verified::Group(group) = item {
-        let index = group.group().0;
-        stored.insert(index..index + 1);
-        batch.groups.insert(index..index + 1);
-        batch.bytes += group.data().len() as u64;
+    for item in items {
+        if let Verified::Group(group) = item {
+            let index = group.group().0;
+            stored.insert(index..index + 1);
+            batch.groups.insert(index..index + 1);
+            batch.bytes += group.data().len() as u64;
+        }
     }
     Ok(())
 }
