@@ -97,6 +97,11 @@ enum Command {
         /// too (default: the engine's, 1000; 0: at once, as before it waited; for measuring).
         #[arg(long, value_parser = clap::value_parser!(u64).range(0..=60_000))]
         endgame_patience_ms: Option<u64>,
+        /// The endgame duplicates a request once it has been out this many times as long as
+        /// requests of its size were taking when it was sent (default: the engine's, 1; 0: the
+        /// patience alone, as before; for measuring).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+        endgame_slowness: Option<u32>,
         /// Give up after this many seconds in which no peer could help (nothing in flight, no
         /// peer claiming a missing group).
         #[arg(long, default_value_t = 20)]
@@ -463,6 +468,7 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
             requests_per_peer,
             requests_total,
             endgame_patience_ms,
+            endgame_slowness,
             congestion,
             blob,
             out,
@@ -501,6 +507,9 @@ async fn run(cli: Args) -> anyhow::Result<ExitCode> {
                 usize::try_from(requests_total).context("--requests-total")?;
             if let Some(ms) = endgame_patience_ms {
                 options.transfer.endgame_patience = std::time::Duration::from_millis(ms);
+            }
+            if let Some(slowness) = endgame_slowness {
+                options.transfer.endgame_slowness = slowness;
             }
             let bar = progress_bar();
             // Off a terminal, a line now and then, as curl does: for logs, and so a supervisor

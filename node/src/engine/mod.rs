@@ -37,9 +37,11 @@
 //! - Endgame: once no usable peer can take a group that is not already in flight, an idle peer
 //!   duplicates groups in flight elsewhere (each group at most twice, slowest request first); a
 //!   request whose groups all arrived by another route is cancelled. Only requests out for
-//!   [`TransferConfig::endgame_patience`] are duplicated: a small blob (a delta of a few hundred
-//!   KiB) is mostly in flight at once, and copying requests that are about to finish only
-//!   doubles what the senders send.
+//!   [`TransferConfig::endgame_patience`], and for longer than requests of their size had been
+//!   taking when they were sent ([`TransferConfig::endgame_slowness`]), are duplicated: a small
+//!   blob (a delta of a few hundred KiB) is mostly in flight at once, and in a yard thirty
+//!   neighbours share a vehicle's downlink so that every request takes seconds; copying
+//!   requests that are about to finish only doubles what the senders send.
 //! - A request with no progress for [`TransferConfig::request_timeout`] is cancelled and its peer
 //!   struck; a peer with [`TransferConfig::max_timeouts_per_peer`] strikes is *benched*: not
 //!   asked, and not counted as a source, for one request timeout per strike beyond the limit
@@ -141,8 +143,13 @@ pub struct TransferConfig {
     pub seed: u64,
     /// How long groups a peer held back ([`Failure::HeldBack`]) are not asked of it again.
     pub held_back_hold: Duration,
-    /// How long a request is out before the endgame may ask another peer for its groups too.
+    /// How long a request is out, at least, before the endgame may ask another peer for its
+    /// groups too. It waits longer where requests take longer ([`Self::endgame_slowness`]).
     pub endgame_patience: Duration,
+    /// The endgame duplicates a request once it has been out this many times as long as a
+    /// request of its size was taking when it was sent (a moving average over the requests
+    /// completed so far), and at least [`Self::endgame_patience`]. 0: the patience alone.
+    pub endgame_slowness: u32,
 }
 
 impl Default for TransferConfig {
@@ -165,6 +172,10 @@ impl Default for TransferConfig {
             // A piece (256 KiB) takes about 0.2 s at 10 Mbit/s: a request out for a second is
             // slow, and its duplicate likely finishes first.
             endgame_patience: Duration::from_secs(1),
+            // In a yard thirty neighbours share a vehicle's downlink and a piece takes seconds;
+            // one out for longer than usual is a straggler. On the 30-vehicle testbed 2 saved
+            // more duplicates but let the tail drag ~10 s longer (docs/measurements.md).
+            endgame_slowness: 1,
         }
     }
 }
@@ -472,8 +483,11 @@ struct RequestState<P> {
     groups: ChunkGroupRanges,
     /// When it was sent or last delivered a group: the timeout counts from here.
     last_progress: Instant,
-    /// When it was sent: the endgame's patience counts from here.
+    /// When it was sent.
     issued: Instant,
+    /// When the endgame may duplicate it ([`Transfer::patience_end`]); fixed when it is sent,
+    /// so that a peer found with nothing to duplicate stays right until this instant passes.
+    patience_end: Option<Instant>,
     /// Its endgame patience has run out (set by [`Transfer::handle_timeout`], so that
     /// [`Transfer::poll_timeout`] stops naming it).
     overdue: bool,
@@ -504,6 +518,9 @@ pub struct Transfer<P> {
     neighbour_coverage: Coverage,
     /// Whether the endgame had begun when last checked.
     endgame: bool,
+    /// How long a group of a completed request took, smoothed over the requests completed so far
+    /// (by 1/8 each): what the endgame's patience for new requests scales with.
+    group_time: Option<Duration>,
     /// Set when something may have started (or ended) the endgame.
     check_endgame: bool,
     done_announced: bool,
@@ -539,6 +556,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             coverage: Coverage::default(),
             neighbour_coverage: Coverage::default(),
             endgame: false,
+            group_time: None,
             check_endgame: true,
             done_announced: false,
             stats: TransferStats::new(now),
@@ -658,7 +676,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                 bytes,
             } => self.on_groups_verified(now, peer, request, &groups, bytes),
             Event::SizeProven { size } => self.on_size_proven(size),
-            Event::RequestFinished { peer, request } => self.on_finished(&peer, request),
+            Event::RequestFinished { peer, request } => self.on_finished(now, &peer, request),
             Event::RequestFailed {
                 peer,
                 request,
@@ -735,15 +753,9 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             self.recount_all();
             self.wake_all();
         }
-        let patience = self.config.endgame_patience;
         let mut overdue = false;
         for request in self.requests.values_mut() {
-            if !request.overdue
-                && request
-                    .issued
-                    .checked_add(patience)
-                    .is_some_and(|at| at <= now)
-            {
+            if !request.overdue && request.patience_end.is_some_and(|at| at <= now) {
                 request.overdue = true;
                 overdue = true;
             }
@@ -780,9 +792,34 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         }
     }
 
-    /// When `request` has been out for the endgame's patience.
+    /// When `request` has been out for the endgame's patience (`None`: never).
     fn patience_end(&self, request: &RequestState<P>) -> Option<Instant> {
-        request.issued.checked_add(self.config.endgame_patience)
+        request.patience_end
+    }
+
+    /// The endgame's patience with a request for `groups` sent now: at least
+    /// [`TransferConfig::endgame_patience`], and [`TransferConfig::endgame_slowness`] times as
+    /// long as a request of its size has been taking.
+    fn patience_for(&self, groups: &ChunkGroupRanges) -> Duration {
+        let count = u32::try_from(groups.group_count()).unwrap_or(u32::MAX);
+        // Before any request completed, the patience alone; a product past `Duration`'s range
+        // (a config for measuring) waits for ever.
+        let usual = self.group_time.map_or(Duration::ZERO, |each| {
+            each.checked_mul(count)
+                .and_then(|took| took.checked_mul(self.config.endgame_slowness))
+                .unwrap_or(Duration::MAX)
+        });
+        self.config.endgame_patience.max(usual)
+    }
+
+    /// Counts how long a completed `request` took per group, for the endgame's patience.
+    fn note_request_time(&mut self, now: Instant, request: &RequestState<P>) {
+        let groups = u32::try_from(request.groups.group_count().max(1)).unwrap_or(u32::MAX);
+        let each = now.saturating_duration_since(request.issued) / groups;
+        self.group_time = Some(match self.group_time {
+            None => each,
+            Some(before) => before.saturating_mul(7).saturating_add(each) / 8,
+        });
     }
 
     fn deadline(&self, request: &RequestState<P>) -> Option<Instant> {
@@ -994,7 +1031,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         }
     }
 
-    fn on_finished(&mut self, peer: &P, id: RequestId) {
+    fn on_finished(&mut self, now: Instant, peer: &P, id: RequestId) {
         let Some(request) = self.take_request_of(peer, id) else {
             return;
         };
@@ -1008,6 +1045,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             if let Some(state) = self.peers.get_mut(peer) {
                 state.strikes = 0;
             }
+            self.note_request_time(now, &request);
         }
         self.drop_claim(peer, &undelivered);
     }
@@ -1641,6 +1679,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             self.stats.duplicate_requests += 1;
         }
         self.peer_stats(&peer).requests += 1;
+        let patience = self.patience_for(&groups);
         tracing::trace!(blob = %self.blob, ?peer, %id, %groups, probe, duplicate, "request");
         self.requests.insert(
             id,
@@ -1649,6 +1688,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                 groups: groups.clone(),
                 last_progress: now,
                 issued: now,
+                patience_end: now.checked_add(patience),
                 overdue: false,
                 probe,
             },

@@ -272,9 +272,54 @@ fn a_small_blob_from_fast_peers_is_not_fetched_twice() {
     assert!(sim.transfer.stats().duplicate_requests > 0);
 }
 
+/// A yard: many peers share the fetcher's downlink, so every request takes seconds, well past
+/// the endgame's one-second floor. The endgame waits for as long as requests have been taking
+/// before it duplicates one ([`TransferConfig::endgame_slowness`]), so requests going at the
+/// yard's usual pace are mostly left to finish; with the floor alone, the same transfer
+/// duplicated most requests in flight at its end.
+#[test]
+fn the_endgame_waits_as_long_as_requests_usually_take() {
+    let size = blob_size(384);
+    let config = TransferConfig {
+        groups_per_request: 4,
+        max_pieces_per_request: 1,
+        ..seeded(7)
+    };
+    // 64 KiB requests, four at a time from each peer at 20 kB/s: ~13 s each.
+    let peers = || {
+        (0..6)
+            .map(|_| PeerSpec::full().speed(20_000))
+            .collect::<Vec<_>>()
+    };
+    let duplicates = |slowness: u32| {
+        let config = TransferConfig {
+            endgame_slowness: slowness,
+            ..config.clone()
+        };
+        let mut sim = Sim::new(size, true, ChunkGroupRanges::empty(), config, peers());
+        sim.run(HOUR);
+        assert_completed(&sim, size);
+        sim.transfer.stats().duplicate_requests
+    };
+    let (floor_only, usual, twice) = (duplicates(0), duplicates(1), duplicates(2));
+    println!("duplicates: floor only {floor_only}, as long as usual {usual}, twice {twice}");
+    assert!(usual < floor_only, "{usual} vs {floor_only}");
+    assert_eq!(twice, 0);
+    assert_eq!(TransferConfig::default().endgame_slowness, 1);
+    // A straggler among them is still duplicated: one peer at a tenth of the others' pace.
+    let mut mixed = peers();
+    mixed[0] = PeerSpec::full().speed(2_000);
+    let mut sim = Sim::new(size, true, ChunkGroupRanges::empty(), config, mixed);
+    sim.run(HOUR);
+    assert_completed(&sim, size);
+    assert!(sim.requests.iter().any(|r| r.duplicate && r.peer != 0));
+}
+
 #[test]
 fn timeouts_strike_and_bench_a_stalling_peer() {
-    let size = blob_size(100);
+    // Long enough for the honest peer that the bench ends before the endgame (which would
+    // duplicate only the honest peer's requests, once they are slower than usual).
+    let size = blob_size(200);
     let config = TransferConfig {
         max_requests_per_peer: 1,
         max_timeouts_per_peer: 2,
@@ -482,6 +527,7 @@ fn garbage_events_are_ignored_without_panicking() {
         seed: 0,
         held_back_hold: Duration::MAX,
         endgame_patience: Duration::MAX,
+        endgame_slowness: u32::MAX,
     };
     let held = set(&[0..2, 500..600, MAX_GROUP - 1..MAX_GROUP]);
     let mut transfer = Transfer::new(blob(), Some(size), held, config, now);
