@@ -213,11 +213,11 @@ impl<S: Storage, I: Index> std::fmt::Debug for BlobStore<S, I> {
 
 /// `items` cut into stretches that follow each other on disk: each starts where the one before
 /// it ends (`start` and `len` say where an item lies).
-fn runs<'a, T>(
-    items: &'a [T],
+fn runs<T>(
+    items: &[T],
     start: impl Fn(&T) -> u64,
     len: impl Fn(&T) -> u64,
-) -> impl Iterator<Item = &'a [T]> {
+) -> impl Iterator<Item = &[T]> {
     items.chunk_by(move |before, after| start(before) + len(before) == start(after))
 }
 
@@ -1491,7 +1491,7 @@ mod tests {
         let (together, together_storage) = store();
         together.create_partial(id, size).unwrap();
         // A group already held (an endgame duplicate) is left as it is.
-        let twelve: ChunkGroupRanges = [12..13].into_iter().collect();
+        let twelve = ChunkGroupRanges::from(12..13);
         let mut early = Vec::new();
         source.serve(&id, &twelve, &mut early).unwrap();
         for item in verified_items(id, size, &twelve, &early) {
