@@ -82,6 +82,31 @@ impl ChunkGroupRanges {
         })
     }
 
+    /// The set's groups within `range`, as ranges in increasing order: a binary search for the
+    /// first, so the cost is the ranges returned, not the size of the set.
+    pub fn clipped(&self, range: Range<u64>) -> impl Iterator<Item = Range<u64>> + '_ {
+        let boundaries = self.boundaries();
+        // The first boundary past `range.start` is the end of the range holding it, or the
+        // start of the first range after it: either way, that range comes first.
+        let first = boundaries.partition_point(|&at| at <= range.start) / 2;
+        boundaries
+            .get(first * 2..)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .map_while(move |pair| match *pair {
+                [start, end] if start < range.end => {
+                    Some(start.max(range.start)..end.min(range.end))
+                }
+                _ => None,
+            })
+            .filter(|clip| clip.start < clip.end)
+    }
+
+    /// The set's groups within `range` ([`Self::clipped`], as a set).
+    pub fn within(&self, range: Range<u64>) -> Self {
+        self.clipped(range).collect()
+    }
+
     /// The number of groups in the set.
     pub fn group_count(&self) -> u64 {
         self.iter().map(|range| range.end - range.start).sum()
@@ -142,12 +167,35 @@ impl From<Range<u64>> for ChunkGroupRanges {
 }
 
 impl FromIterator<Range<u64>> for ChunkGroupRanges {
+    /// The union of the ranges, in any order: one sort and one sweep, not a merge per range.
     fn from_iter<I: IntoIterator<Item = Range<u64>>>(iter: I) -> Self {
-        let mut set = Self::empty();
-        for range in iter {
-            set.insert(range);
+        let mut ranges: Vec<Range<u64>> = iter
+            .into_iter()
+            .filter(|range| range.start < range.end)
+            .collect();
+        // Ranges taken from a set come sorted and apart already.
+        if !ranges.windows(2).all(|pair| pair[0].end < pair[1].start) {
+            ranges.sort_unstable_by_key(|range| range.start);
         }
-        set
+        let mut boundaries: Vec<u64> = Vec::with_capacity(ranges.len() * 2);
+        for range in &ranges {
+            match boundaries.last_mut() {
+                Some(end) if range.start <= *end => *end = (*end).max(range.end),
+                _ => boundaries.extend([range.start, range.end]),
+            }
+        }
+        match RangeSet2::new(boundaries.into_iter().collect()) {
+            Some(set) => Self(set),
+            // Unreachable (the sweep leaves the boundaries strictly increasing), but a merge per
+            // range is the right answer anyway.
+            None => {
+                let mut set = Self::empty();
+                for range in ranges {
+                    set.insert(range);
+                }
+                set
+            }
+        }
     }
 }
 
@@ -212,6 +260,13 @@ mod tests {
             let (ra, ma) = to_set(&a);
             let (rb, mb) = to_set(&b);
             let flatten = |r: &ChunkGroupRanges| r.iter().flatten().collect::<std::collections::BTreeSet<_>>();
+            prop_assert_eq!(flatten(&ra), ma.clone());
+            for &(start, len) in &b {
+                let window = ChunkGroupRanges::from(start..start + len);
+                prop_assert_eq!(ra.within(start..start + len), ra.intersection(&window));
+            }
+            let (high, low) = (7, 3);
+            prop_assert!(ra.within(high..low).is_empty());
             prop_assert_eq!(flatten(&ra.union(&rb)), ma.union(&mb).copied().collect());
             prop_assert_eq!(flatten(&ra.intersection(&rb)), ma.intersection(&mb).copied().collect());
             prop_assert_eq!(flatten(&ra.difference(&rb)), ma.difference(&mb).copied().collect());
