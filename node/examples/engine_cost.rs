@@ -1,14 +1,16 @@
 //! What the transfer engine's decisions cost in CPU, on a workload shaped like a depot yard.
 //!
 //! ```sh
-//! cargo run --release -p node --example engine_cost -- [GROUPS] [NEIGHBOURS] [ROUNDS]
+//! cargo run --release -p node --example engine_cost -- [GROUPS] [NEIGHBOURS] [ROUNDS] [TICK_MS]
 //! ```
 //!
 //! One vehicle fetches a blob of GROUPS 16 KiB chunk groups (default 6400 = 100 MiB) from an
 //! upstream depot holding all of it and NEIGHBOURS vehicles (default 29) that start empty and
-//! gain random pieces as time goes on, re-announcing their have-maps every tick (the runtime's
-//! 2 s refresh). Each tick the vehicle receives about ten requests' worth of groups (10 Mbit/s),
-//! reported as the runtime does: one `GroupsVerified` per 8 groups, then `RequestFinished`.
+//! gain random pieces as time goes on, re-announcing their have-maps every tick (default 500 ms:
+//! a subscribed peer pushes what it gained every `HAVE_PUSH_INTERVAL`; 2000 was the polling
+//! refresh this bench first modelled). The vehicle receives five requests' worth of groups a
+//! second (10 Mbit/s), reported as the runtime does: one `GroupsVerified` per 8 groups, then
+//! `RequestFinished`.
 //! No sockets, no storage: only `Transfer::handle` and `Transfer::poll_action` are timed.
 //! Prints events handled, engine time per event, and engine CPU per MiB fetched.
 
@@ -85,8 +87,10 @@ fn main() -> Result<(), String> {
     let groups = arg(1, 6400)?.max(1);
     let neighbours = u32::try_from(arg(2, 29)?).map_err(|_| "too many neighbours")?;
     let rounds = arg(3, 3)?.max(1);
+    let tick = Duration::from_millis(arg(4, 500)?.max(1));
     let pieces = groups.div_ceil(16);
-    let requests_per_tick = 10;
+    // Requests received a second (16 groups of 16 KiB each at 10 Mbit/s), in hundredths.
+    let requests_per_second_x100 = 500u128;
     let mut best: Option<(Duration, u64)> = None;
     for _ in 0..rounds {
         let now = Instant::now();
@@ -123,14 +127,22 @@ fn main() -> Result<(), String> {
             timed.handle(now, Event::PeerConnected { peer });
         }
         let mut rng = Rng(42);
-        let mut tick = 0u64;
-        while !timed.done && tick < 100_000 {
-            tick += 1;
-            let now = now + Duration::from_secs(2 * tick);
-            // Neighbours fetch too: each gains about as many pieces per tick as this vehicle.
+        let mut ticks = 0u32;
+        // Requests owed so far, in hundredths, for this vehicle and for each neighbour.
+        let (mut owed, mut gained) = (0u128, 0u128);
+        while !timed.done && ticks < 1_000_000 {
+            ticks += 1;
+            let now = now + tick * ticks;
+            owed += requests_per_second_x100 * tick.as_millis() / 1000;
+            gained += requests_per_second_x100 * tick.as_millis() / 2000;
+            let (requests_this_tick, gains_this_tick) = (owed / 100, gained / 100);
+            owed %= 100;
+            gained %= 100;
+            // Neighbours fetch too: each gains half as many random pieces a tick as this vehicle
+            // fetches (some of them pieces it already had).
             for peer in 1..=neighbours {
                 let claim = &mut claims[peer as usize];
-                for _ in 0..(requests_per_tick / 2) {
+                for _ in 0..gains_this_tick {
                     let piece = rng.next() % pieces;
                     claim.insert(piece * 16..((piece + 1) * 16).min(groups));
                 }
@@ -144,7 +156,7 @@ fn main() -> Result<(), String> {
                     },
                 );
             }
-            for _ in 0..requests_per_tick {
+            for _ in 0..requests_this_tick {
                 let Some((peer, request, wanted)) = timed.pending.pop_front() else {
                     break;
                 };
@@ -187,7 +199,8 @@ fn main() -> Result<(), String> {
     let (spent, events) = best.ok_or("no round ran")?;
     let mib = (groups * GROUP_BYTES) as f64 / (1024.0 * 1024.0);
     println!(
-        "engine_cost: {groups} groups ({mib:.0} MiB), {neighbours} neighbours + 1 upstream, best of {rounds}"
+        "engine_cost: {groups} groups ({mib:.0} MiB), {neighbours} neighbours + 1 upstream, have-maps every {} ms, best of {rounds}",
+        tick.as_millis()
     );
     println!(
         "  events {events}, engine time {:.1} ms, {:.2} us per event, {:.3} CPU-ms per MiB",

@@ -845,6 +845,16 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             .unwrap_or_else(|| ChunkGroupRanges::from(0..MAX_GROUP))
     }
 
+    /// `groups` cut to [`Self::group_limit`]; a set within it (nearly every one) is returned
+    /// as it is, without a merge.
+    fn within_limit(&self, groups: ChunkGroupRanges) -> ChunkGroupRanges {
+        if groups.end() <= self.group_count().unwrap_or(MAX_GROUP) {
+            groups
+        } else {
+            groups.intersection(&self.group_limit())
+        }
+    }
+
     /// The groups of `request` still neither held nor past the end of the blob.
     fn outstanding(&self, request: &RequestState<P>) -> ChunkGroupRanges {
         request
@@ -911,7 +921,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
     }
 
     fn on_have_map(&mut self, peer: &P, size: Option<u64>, groups: ChunkGroupRanges) {
-        let limit = self.group_limit();
+        let claim = self.within_limit(groups);
         let Some(state) = self.peers.get_mut(peer) else {
             self.stats.ignored_events += 1;
             return;
@@ -920,7 +930,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             self.stats.ignored_events += 1;
             return;
         }
-        state.claim = Some(groups.intersection(&limit));
+        state.claim = Some(claim);
         state.claimed_size = size.filter(|&size| size <= MAX_BLOB_SIZE);
         // New groups may give this peer work; fewer groups may give anyone work (the
         // upstream, or the endgame).
@@ -961,7 +971,9 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         }
         // Believed even for an unknown or cancelled request: the driver says these groups are
         // verified and stored, and asking for them again would only waste a peer's time.
-        self.held = self.held.union(&valid);
+        for range in valid.iter() {
+            self.held.insert(range);
+        }
         if self.peers.contains_key(&peer) {
             let stats = self.peer_stats(&peer);
             stats.bytes = stats.bytes.saturating_add(bytes);
@@ -1417,12 +1429,14 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
 
     /// The state a scheduling pass starts from.
     fn pass(&self, all: &ChunkGroupRanges) -> Pass {
-        let in_flight = self
+        // Every group some request asks for. What a request still lacks is its groups less the
+        // held ones, which the unassigned leave out anyway: one collection of the requests'
+        // ranges instead of a difference with the held groups per request.
+        let in_flight: ChunkGroupRanges = self
             .requests
             .values()
-            .fold(ChunkGroupRanges::empty(), |acc, request| {
-                acc.union(&self.outstanding(request))
-            });
+            .flat_map(|request| request.groups.iter())
+            .collect();
         let unassigned = all.difference(&self.held).difference(&in_flight);
         Pass {
             unassigned,
@@ -1529,9 +1543,8 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
                 };
                 let rank = piece_rank(origin, piece, pieces);
                 let count = candidates
-                    .intersection(&ChunkGroupRanges::from(piece_groups(piece, per_piece)))
-                    .iter()
-                    .map(|groups| coverage.min_count(groups.start..groups.end))
+                    .clipped(piece_groups(piece, per_piece))
+                    .map(|groups| coverage.min_count(groups))
                     .min()
                     .unwrap_or(u32::MAX);
                 let key = (count, rank, piece);
@@ -1544,8 +1557,9 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
             return ChunkGroupRanges::empty();
         };
         candidates
-            .intersection(&ChunkGroupRanges::from(piece_groups(piece, per_piece)))
-            .first_ranges(MAX_RANGES)
+            .clipped(piece_groups(piece, per_piece))
+            .take(MAX_RANGES)
+            .collect()
     }
 
     /// `groups` (of one piece) and the groups of `mine` in up to `pieces - 1` pieces after it, as
@@ -1563,7 +1577,7 @@ impl<P: Clone + Ord + fmt::Debug> Transfer<P> {
         };
         let mut run = groups;
         for piece in first.saturating_add(1)..first.saturating_add(pieces) {
-            let more = mine.intersection(&ChunkGroupRanges::from(piece_groups(piece, per_piece)));
+            let more = mine.within(piece_groups(piece, per_piece));
             if more.iter().next().map(|range| range.start) != Some(run.end())
                 || run.group_count().saturating_add(more.group_count()) > MAX_REQUEST_GROUPS
             {

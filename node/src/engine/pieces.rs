@@ -44,6 +44,61 @@ impl Coverage {
         if edges.is_empty() {
             return;
         }
+        // A claim that grew by a few ranges (a peer's have-map every half second) touches a
+        // few points of thousands: change those in place. Many ranges at once (a peer's first
+        // claim, or one that left) cost one merge of the whole function instead of a shift of
+        // its tail per range.
+        if edges.len() * IN_PLACE_FACTOR <= self.points.len() {
+            for pair in edges.chunks_exact(2) {
+                if let [start, end] = *pair {
+                    self.apply_range(start, end, add);
+                }
+            }
+        } else {
+            self.merge(edges, add);
+        }
+    }
+
+    /// Counts one claim more (or less) on each group of `start..end` (non-empty), rewriting only
+    /// the points from `start` to `end`.
+    fn apply_range(&mut self, start: u64, end: u64, add: bool) {
+        let first = self.points.partition_point(|&(at, _)| at < start);
+        let after = self.points.partition_point(|&(at, _)| at <= end);
+        let before = first
+            .checked_sub(1)
+            .and_then(|index| self.points.get(index))
+            .map_or(0, |&(_, count)| count);
+        // The count at `end` itself, which the change leaves as it is.
+        let at_end = after
+            .checked_sub(1)
+            .and_then(|index| self.points.get(index))
+            .map_or(0, |&(_, count)| count);
+        let window = self.points.get(first..after).unwrap_or_default();
+        let mut rewritten: Vec<(u64, u32)> = Vec::with_capacity(window.len() + 2);
+        let mut last = before;
+        let mut push = |at: u64, count: u32| {
+            if count != last {
+                rewritten.push((at, count));
+                last = count;
+            }
+        };
+        let starts_here = window.first().filter(|&&(at, _)| at == start);
+        push(
+            start,
+            adjust(starts_here.map_or(before, |&(_, count)| count), add),
+        );
+        for &(at, count) in window {
+            if at > start && at < end {
+                push(at, adjust(count, add));
+            }
+        }
+        push(end, at_end);
+        self.points.splice(first..after, rewritten);
+    }
+
+    /// Counts one claim more (or less) on each group between `edges` (a range set's
+    /// boundaries) in one pass over the whole function.
+    fn merge(&mut self, edges: &[u64], add: bool) {
         let mut merged = Vec::with_capacity(self.points.len() + edges.len());
         let (mut point, mut edge) = (0, 0);
         let mut count = 0u32;
@@ -64,13 +119,7 @@ impl Coverage {
                 inside = !inside;
                 edge += 1;
             }
-            // Saturating: removing what was never added is the engine's bug, not a reason to
-            // panic or wrap.
-            let value = match (inside, add) {
-                (false, _) => count,
-                (true, true) => count.saturating_add(1),
-                (true, false) => count.saturating_sub(1),
-            };
+            let value = if inside { adjust(count, add) } else { count };
             if value != last {
                 merged.push((at, value));
                 last = value;
@@ -146,6 +195,20 @@ impl Coverage {
     }
 }
 
+/// Above this many points per range boundary an update rewrites points in place
+/// ([`Coverage::apply_range`]); below it, it merges the whole function ([`Coverage::merge`]).
+const IN_PLACE_FACTOR: usize = 16;
+
+/// `count` with one claim more, or one less. Saturating: removing what was never added is the
+/// engine's bug, not a reason to panic or wrap.
+fn adjust(count: u32, add: bool) -> u32 {
+    if add {
+        count.saturating_add(1)
+    } else {
+        count.saturating_sub(1)
+    }
+}
+
 /// The groups of piece `piece`: `groups_per_piece` aligned groups (the last piece of a blob is
 /// cut by the caller's intersection with the blob).
 pub(super) fn piece_groups(piece: u64, groups_per_piece: u64) -> Range<u64> {
@@ -187,6 +250,7 @@ fn mix(value: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn coverage_counts_overlapping_claims() {
@@ -239,6 +303,60 @@ mod tests {
         coverage.remove(&claims[2]);
         assert!(coverage.points.is_empty());
         assert!(coverage.support().is_empty());
+    }
+
+    /// Claims of up to 8 ranges within groups 0..64.
+    fn claim() -> impl Strategy<Value = ChunkGroupRanges> {
+        proptest::collection::vec((0u64..64, 1u64..12), 0..8).prop_map(|ranges| {
+            ranges
+                .into_iter()
+                .map(|(start, len)| start..start + len)
+                .collect()
+        })
+    }
+
+    proptest! {
+        /// Changing points in place range by range leaves the function a merge of the whole
+        /// leaves, and both count what a brute force counts.
+        #[test]
+        fn in_place_updates_match_merges(
+            claims in proptest::collection::vec(claim(), 1..12),
+            removals in proptest::collection::vec(any::<bool>(), 12),
+        ) {
+            let (mut in_place, mut merged) = (Coverage::default(), Coverage::default());
+            let mut counted = Vec::new();
+            for (claim, remove) in claims.iter().zip(&removals) {
+                for (coverage, by_range) in [(&mut in_place, true), (&mut merged, false)] {
+                    if by_range {
+                        for pair in claim.boundaries().chunks_exact(2) {
+                            coverage.apply_range(pair[0], pair[1], true);
+                        }
+                    } else {
+                        coverage.merge(claim.boundaries(), true);
+                    }
+                }
+                counted.push(claim.clone());
+                prop_assert_eq!(&in_place.points, &merged.points);
+                if *remove {
+                    let gone = counted.remove(0);
+                    for pair in gone.boundaries().chunks_exact(2) {
+                        in_place.apply_range(pair[0], pair[1], false);
+                    }
+                    merged.merge(gone.boundaries(), false);
+                    prop_assert_eq!(&in_place.points, &merged.points);
+                }
+                for group in 0..80u64 {
+                    let direct = counted
+                        .iter()
+                        .filter(|claim| claim.contains(proto::ChunkGroup(group)))
+                        .count();
+                    prop_assert_eq!(
+                        in_place.min_count(group..group + 1),
+                        u32::try_from(direct).unwrap_or(u32::MAX)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
