@@ -9,7 +9,8 @@
 # $TESTBED/results/n<N>_d<DEPOT>_v<VEH>_f<MB>/depotmesh[-rREP]; `analyze.py DIR` prints them.
 # Environment: TESTBED (default ../shared/testbed beside the repository), DM_ARGS (extra
 # `vehicle-peer fetch` arguments), DM_DEPOT_ARGS (extra `depot-cache serve` arguments), DM_VERIFY=0 (skip cmp of every output), DM_RUST_LOG,
-# DM_TIMEOUT (seconds, default 600), DM_MESH (fleet, the default: every node holds a membership
+# DM_PREBUILT (a directory holding depot-cache, vehicle-peer and origin built earlier: no build,
+# so that runs of two builds can alternate), DM_TIMEOUT (seconds, default 600), DM_MESH (fleet, the default: every node holds a membership
 # certificate from a fleet key made for the run, as a deployed yard does; open: every peer
 # served), and testbed.sh's own (N DEPOT_MBIT VEH_MBIT ...).
 set -euo pipefail
@@ -19,12 +20,16 @@ TB=${TESTBED:-$(cd "$ROOT/../shared/testbed" && pwd)}
 MB=$1; REP=${2:-}
 F=$TB/data/file${MB}M.bin
 [ -f "$F" ] || { echo "no $F: run $TB/setup.sh first" >&2; exit 1; }
-(cd "$ROOT" && cargo build --release -q -p depot-cache -p vehicle-peer -p origin)
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+if [ -n "${DM_PREBUILT:-}" ]; then
+  SRC=$DM_PREBUILT
+else
+  (cd "$ROOT" && cargo build --release -q -p depot-cache -p vehicle-peer -p origin)
+  SRC=${CARGO_TARGET_DIR:-$ROOT/target}/release
+fi
 # A private copy: the testbed kills every process in its namespaces, and a rebuild must not
 # replace a binary that is running.
 export DM_BIN=$(mktemp -d /tmp/depotmesh-bin.XXXXXX)
-cp "$TARGET/release/depot-cache" "$TARGET/release/vehicle-peer" "$TARGET/release/origin" "$DM_BIN/"
+cp "$SRC/depot-cache" "$SRC/vehicle-peer" "$SRC/origin" "$DM_BIN/"
 export FILE_MB=$MB
 export DM_MESH=${DM_MESH:-fleet}
 CFG="n${N:-10}_d${DEPOT_MBIT:-100}_v${VEH_MBIT:-50}_f${MB}"
