@@ -8,11 +8,12 @@
 # client scripts. Results (summary.json, per-vehicle JSON summaries and logs) land in
 # $TESTBED/results/n<N>_d<DEPOT>_v<VEH>_f<MB>/depotmesh[-rREP]; `analyze.py DIR` prints them.
 # Environment: TESTBED (default ../shared/testbed beside the repository), DM_ARGS (extra
-# `vehicle-peer fetch` arguments), DM_DEPOT_ARGS (extra `depot-cache serve` arguments), DM_VERIFY=0 (skip cmp of every output), DM_RUST_LOG,
-# DM_PREBUILT (a directory holding depot-cache, vehicle-peer and origin built earlier: no build,
-# so that runs of two builds can alternate), DM_TIMEOUT (seconds, default 600), DM_MESH (fleet, the default: every node holds a membership
-# certificate from a fleet key made for the run, as a deployed yard does; open: every peer
-# served), and testbed.sh's own (N DEPOT_MBIT VEH_MBIT ...).
+# `vehicle-peer fetch` arguments), DM_DEPOT_ARGS (extra `depot-cache serve` arguments),
+# DM_VERIFY=0 (skip cmp of every output), DM_RUST_LOG, DM_PREBUILT (a directory holding
+# depot-cache, vehicle-peer and origin built earlier: no build, so that runs of two builds can
+# alternate), DM_TIMEOUT (seconds, default 600), DM_MESH (fleet, the default: every node holds a
+# membership certificate from a fleet key made for the run, as a deployed yard does; open: every
+# peer served), and testbed.sh's own (N DEPOT_MBIT VEH_MBIT ...).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)

@@ -99,6 +99,7 @@ impl ChunkGroupRanges {
                 }
                 _ => None,
             })
+            // Only an empty or reversed `range` clips a range to nothing.
             .filter(|clip| clip.start < clip.end)
     }
 

@@ -316,8 +316,8 @@ mod tests {
     }
 
     proptest! {
-        /// Changing points in place range by range leaves the function a merge of the whole
-        /// leaves, and both count what a brute force counts.
+        /// Rewriting points range by range leaves the same function as merging the whole claim,
+        /// and both count what a group-by-group count of the claims gives.
         #[test]
         fn in_place_updates_match_merges(
             claims in proptest::collection::vec(claim(), 1..12),
