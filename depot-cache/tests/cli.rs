@@ -86,6 +86,25 @@ fn repository(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// The built depot allocates with mimalloc, its arenas committing lazily: the build-time default
+/// in .cargo/config.toml (docs/measurements.md). mimalloc prints its options when
+/// `MIMALLOC_VERBOSE` is set.
+#[test]
+fn arenas_commit_lazily_without_any_environment() {
+    let output = depot_cache(&["--version"])
+        .env("MIMALLOC_VERBOSE", "1")
+        .env_remove("MIMALLOC_ARENA_EAGER_COMMIT")
+        .env_remove("MIMALLOC_EAGER_REGION_COMMIT")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("option 'arena_eager_commit': 0"),
+        "mimalloc's options as the binary printed them:\n{stderr}"
+    );
+}
+
 #[test]
 fn the_operator_commands_print_what_they_stored_and_serve_it() {
     let work = tempfile::tempdir().unwrap();
