@@ -259,8 +259,9 @@ enum Command {
 }
 
 /// mimalloc: the 30-vehicle yard ran ~5 % faster than with glibc's allocator (medians of six
-/// alternated runs, docs/measurements.md). Its arenas commit lazily (`MI_DEFAULT_ARENA_EAGER_COMMIT=0`, set at
-/// build time in .cargo/config.toml), which keeps a fetcher's peak RSS inside its bound.
+/// alternated runs, docs/measurements.md). Its arenas commit lazily
+/// (`MI_DEFAULT_ARENA_EAGER_COMMIT=0`, set at build time in .cargo/config.toml), which keeps a
+/// fetcher's peak RSS inside its bound.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
